@@ -1,0 +1,2 @@
+"""The only I/O layer: the ledger (asyncpg + SQL migrations), provider clients
+(httpx + tenacity) and notifications."""

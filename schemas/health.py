@@ -1,0 +1,42 @@
+"""Input and result of the Ping health-check workflow."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PingInput(BaseModel):
+    """Which activity task queues to probe, and how long to wait for each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ledger_task_queue: str = Field(min_length=1, max_length=200)
+    providers_task_queue: str = Field(min_length=1, max_length=200)
+    # Who asked: an operator or a tool name. Kept to show that operator data is
+    # encrypted in histories like any other payload.
+    requested_by: str = Field(default="cardflow", max_length=200)
+    # A worker that is down never picks the activity up; this bounds how long
+    # the probe waits before calling that queue unhealthy.
+    schedule_to_start_timeout_seconds: int = Field(default=5, ge=1, le=300)
+
+
+class QueueHealth(BaseModel):
+    """What one task queue's worker answered, or why it did not."""
+
+    task_queue: str
+    answered: bool
+    worker_identity: str | None = None
+    detail: str = ""
+
+
+class PingResult(BaseModel):
+    """The Ping workflow ran on the workflow worker; its activities report the rest."""
+
+    workflow_task_queue: str
+    requested_by: str
+    ledger: QueueHealth
+    providers: QueueHealth
+
+    @property
+    def healthy(self) -> bool:
+        return self.ledger.answered and self.providers.answered

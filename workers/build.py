@@ -1,0 +1,64 @@
+"""What runs on each task queue. Process entry points and tests both build
+their workers here, so a test exercises exactly what production runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.health import LedgerHealthActivities, providers_ping
+from schemas.task_queues import TaskQueues
+from workflows.health import Ping
+
+# Every workflow type cardflow runs; the replayer uses the same list.
+ALL_WORKFLOWS: Sequence[type] = (Ping,)
+
+# Provider APIs rate-limit us; the worker's task-queue limit keeps the whole
+# fleet under it no matter how many processes run.
+PROVIDERS_ACTIVITIES_PER_SECOND_MAX = 50.0
+
+
+def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
+    return [LedgerHealthActivities(pool).ping]
+
+
+def provider_activities() -> list[Callable[..., Any]]:
+    return [providers_ping]
+
+
+def build_worker(
+    kind: str,
+    client: Client,
+    queues: TaskQueues,
+    *,
+    pool: asyncpg.Pool | None = None,
+    pool_size_max: int = 10,
+    identity: str | None = None,
+) -> Worker:
+    """The worker for one task-queue kind: workflows, ledger or providers."""
+    if kind == "workflows":
+        return Worker(client, task_queue=queues.workflows, workflows=list(ALL_WORKFLOWS), identity=identity)
+    if kind == "ledger":
+        assert pool is not None, "the ledger worker needs a database pool"
+        # Never take more activities than there are connections: the extra
+        # ones would only queue inside the process and time out there.
+        return Worker(
+            client,
+            task_queue=queues.ledger,
+            activities=ledger_activities(pool),
+            max_concurrent_activities=pool_size_max,
+            identity=identity,
+        )
+    if kind == "providers":
+        return Worker(
+            client,
+            task_queue=queues.providers,
+            activities=provider_activities(),
+            max_task_queue_activities_per_second=PROVIDERS_ACTIVITIES_PER_SECOND_MAX,
+            identity=identity,
+        )
+    raise ValueError(f"unknown task-queue kind {kind!r}; expected workflows, ledger or providers")

@@ -1,0 +1,40 @@
+"""Connecting to Temporal with cardflow's settings and data converter."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.service import TLSConfig
+
+from workers.converter import data_converter_from_settings
+from workers.settings import Settings
+
+
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """mTLS when a client certificate is configured; plain TLS for an API key."""
+    if settings.temporal_tls_cert is not None or settings.temporal_tls_key is not None:
+        if settings.temporal_tls_cert is None or settings.temporal_tls_key is None:
+            raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY must be set together")
+        return TLSConfig(
+            client_cert=settings.temporal_tls_cert.read_bytes(),
+            client_private_key=settings.temporal_tls_key.read_bytes(),
+            server_root_ca_cert=(
+                settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None
+            ),
+            domain=settings.temporal_tls_server_name,
+        )
+    if settings.temporal_api_key is not None:
+        return True
+    return False
+
+
+async def connect(settings: Settings, *, identity: str | None = None) -> Client:
+    """A client for the configured namespace, with the encrypting data converter."""
+    api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+    return await Client.connect(
+        settings.temporal_target,
+        namespace=settings.temporal_namespace,
+        data_converter=data_converter_from_settings(settings),
+        tls=tls_config(settings),
+        api_key=api_key,
+        identity=identity,
+    )

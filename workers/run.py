@@ -1,0 +1,49 @@
+"""Run one worker process for one task queue until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from activities.database import create_pool
+from activities.migrate import migrate
+from workers.build import build_worker
+from workers.client import connect
+from workers.settings import Settings
+
+log = logging.getLogger("cardflow.worker")
+
+
+async def run_worker(kind: str, settings: Settings) -> None:
+    queues = settings.task_queues
+    task_queue = queues.by_kind()[kind]
+    identity = f"cardflow-{kind}-{os.getpid()}@{socket.gethostname()}"
+    client = await connect(settings, identity=identity)
+    pool = None
+    if kind == "ledger":
+        database_url = settings.effective_database_url
+        # Every ledger worker migrates at start; the advisory lock makes
+        # simultaneous starts safe and later ones a no-op.
+        applied = await migrate(database_url)
+        if applied:
+            log.info("applied migrations %s", [m.version for m in applied])
+        pool = await create_pool(database_url, size_max=settings.database_pool_size_max)
+    worker = build_worker(
+        kind, client, queues, pool=pool, pool_size_max=settings.database_pool_size_max,
+        identity=identity,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("worker %s polling %s on %s", identity, task_queue, settings.temporal_target)
+    try:
+        async with worker:
+            await stop.wait()
+            log.info("shutting down: finishing in-flight tasks")
+    finally:
+        if pool is not None:
+            await pool.close()

@@ -1,0 +1,80 @@
+"""Ping: proves that every task queue has a worker that answers.
+
+The workflow task itself proves the workflow worker; one activity on the
+ledger queue (which also round-trips to PostgreSQL) and one on the providers
+queue prove the activity workers. A queue whose worker is down is reported,
+not waited on forever: the activity's schedule-to-start timeout bounds it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.health import LEDGER_PING, PROVIDERS_PING
+    from schemas.health import PingInput, PingResult, QueueHealth
+
+PING_WORKFLOW = "Ping"
+PING_ID_PREFIX = "ping/"
+PING_START_TO_CLOSE = timedelta(seconds=10)
+# One attempt: a health check that retries hides the fault it exists to show.
+PING_RETRY_POLICY = RetryPolicy(maximum_attempts=1)
+
+
+def ping_workflow_id(token: str) -> str:
+    return f"{PING_ID_PREFIX}{token}"
+
+
+@workflow.defn(name=PING_WORKFLOW)
+class Ping:
+    def __init__(self) -> None:
+        self._stage = "started"
+
+    @workflow.run
+    async def run(self, request: PingInput) -> PingResult:
+        schedule_to_start = timedelta(seconds=request.schedule_to_start_timeout_seconds)
+        self._stage = "probing activity queues"
+        workflow.set_current_details(
+            f"Probing {request.ledger_task_queue} and {request.providers_task_queue}"
+        )
+        ledger = await self._probe(LEDGER_PING, request.ledger_task_queue, schedule_to_start)
+        providers = await self._probe(
+            PROVIDERS_PING, request.providers_task_queue, schedule_to_start
+        )
+        self._stage = "done"
+        result = PingResult(
+            workflow_task_queue=workflow.info().task_queue,
+            requested_by=request.requested_by,
+            ledger=ledger,
+            providers=providers,
+        )
+        workflow.set_current_details(
+            "All queues answered" if result.healthy else "Some queues did not answer"
+        )
+        return result
+
+    @workflow.query
+    def status(self) -> str:
+        return self._stage
+
+    async def _probe(
+        self, activity_name: str, task_queue: str, schedule_to_start: timedelta
+    ) -> QueueHealth:
+        try:
+            identity = await workflow.execute_activity(
+                activity_name,
+                task_queue=task_queue,
+                schedule_to_start_timeout=schedule_to_start,
+                start_to_close_timeout=PING_START_TO_CLOSE,
+                retry_policy=PING_RETRY_POLICY,
+                result_type=str,
+            )
+        except ActivityError as error:
+            cause = error.cause
+            detail = str(cause) if cause is not None else str(error)
+            return QueueHealth(task_queue=task_queue, answered=False, detail=detail)
+        return QueueHealth(task_queue=task_queue, answered=True, worker_identity=identity)
