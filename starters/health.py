@@ -15,6 +15,7 @@ from workflows.health import PING_WORKFLOW, ping_workflow_id
 # Long enough for a worker to pick up a task on a busy machine, short enough
 # that `dev status` answers promptly when a worker is down.
 SCHEDULE_TO_START_SECONDS = 5
+DEADLINE_MARGIN_SECONDS = 5.0
 PING_EXECUTION_TIMEOUT = timedelta(seconds=60)
 
 
@@ -25,6 +26,8 @@ class WorkflowWorkerSilent(Exception):
 async def ping(
     client: Client, queues: TaskQueues, *, requested_by: str = "cardflow",
     schedule_to_start_seconds: int = SCHEDULE_TO_START_SECONDS,
+    deadline_margin_seconds: float = DEADLINE_MARGIN_SECONDS,
+    workflow_id: str | None = None,
 ) -> PingResult:
     """Run Ping on the workflow queue; raise WorkflowWorkerSilent if nobody runs it."""
     handle = await client.start_workflow(
@@ -35,7 +38,7 @@ async def ping(
             requested_by=requested_by,
             schedule_to_start_timeout_seconds=schedule_to_start_seconds,
         ),
-        id=ping_workflow_id(uuid.uuid4().hex),
+        id=workflow_id or ping_workflow_id(uuid.uuid4().hex),
         task_queue=queues.workflows,
         execution_timeout=PING_EXECUTION_TIMEOUT,
         result_type=PingResult,
@@ -43,7 +46,7 @@ async def ping(
     )
     # Both activity probes run in parallel, each bounded by schedule-to-start;
     # the margin covers the workflow tasks around them.
-    deadline_seconds = schedule_to_start_seconds + 10
+    deadline_seconds = schedule_to_start_seconds + deadline_margin_seconds
     try:
         return await asyncio.wait_for(handle.result(), timeout=deadline_seconds)
     except TimeoutError:

@@ -1,0 +1,182 @@
+"""One Temporal dev server (in memory) and one PostgreSQL per test session.
+
+Both come from the pinned wheels; nothing is downloaded. Each test that needs
+them gets its own database (copied from a migrated template) and its own task
+queues with freshly started workers, so tests never see each other's state.
+Set DATABASE_URL to use an existing PostgreSQL server instead of the embedded one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.database import create_pool
+from activities.migrate import migrate
+from schemas.search import ALL_SEARCH_ATTRIBUTES
+from schemas.task_queues import QUEUE_KINDS, TaskQueues
+from starters.devstack import postgres
+from starters.devstack.stack import temporal_cli_path
+from workers.build import build_worker
+from workers.converter import EncryptionCodec, build_data_converter, generate_key
+
+TEMPLATE_DATABASE = "cardflow_template"
+TEST_POOL_SIZE_MAX = 5
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def encryption_keys() -> list[tuple[str, bytes]]:
+    import base64
+
+    return [("test-key-1", base64.b64decode(generate_key()))]
+
+
+@pytest.fixture(scope="session")
+def codec(encryption_keys: list[tuple[str, bytes]]) -> EncryptionCodec:
+    return EncryptionCodec(encryption_keys)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def workflow_env(
+    encryption_keys: list[tuple[str, bytes]],
+) -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli_path()),
+        search_attributes=ALL_SEARCH_ATTRIBUTES,
+        data_converter=build_data_converter(encryption_keys),
+        dev_server_extra_args=["--ui-disable-news-fetch"],
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterable[str]:
+    """URL of a PostgreSQL server's `postgres` database."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield with_database(external, "postgres")
+        return
+    root = tmp_path_factory.mktemp("postgres")
+    data_dir, log_path = root / "data", root / "postgres.log"
+    port = free_port()
+    postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        postgres.stop(data_dir, log_path=log_path)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def template_database(postgres_server_url: str) -> str:
+    """A migrated database that each test's database is copied from."""
+    connection = await asyncpg.connect(postgres_server_url)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DATABASE}"')
+        await connection.execute(f'CREATE DATABASE "{TEMPLATE_DATABASE}"')
+    finally:
+        await connection.close()
+    await migrate(with_database(postgres_server_url, TEMPLATE_DATABASE))
+    return TEMPLATE_DATABASE
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database_url(postgres_server_url: str, template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of the test's own, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    connection = await asyncpg.connect(postgres_server_url)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+        yield with_database(postgres_server_url, name)
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def empty_database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A database with no migrations applied, for the migration runner's tests."""
+    name = f"empty_{uuid.uuid4().hex[:16]}"
+    connection = await asyncpg.connect(postgres_server_url)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(postgres_server_url, name)
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@dataclass
+class RunningStack:
+    """What a workflow test talks to: its own queues, database and workers."""
+
+    client: Client
+    queues: TaskQueues
+    database_url: str
+    pool: asyncpg.Pool
+    codec: EncryptionCodec
+
+
+StackFactory = Callable[..., contextlib.AbstractAsyncContextManager[RunningStack]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_stack(
+    workflow_env: WorkflowEnvironment, database_url: str, codec: EncryptionCodec
+) -> AsyncIterator[StackFactory]:
+    """Start workers for the chosen task-queue kinds on queues of the test's own."""
+
+    @contextlib.asynccontextmanager
+    async def start(kinds: Iterable[str] = QUEUE_KINDS) -> AsyncIterator[RunningStack]:
+        queues = TaskQueues(prefix=f"test-{uuid.uuid4().hex[:12]}")
+        pool = await create_pool(database_url, size_max=TEST_POOL_SIZE_MAX)
+        try:
+            async with contextlib.AsyncExitStack() as running:
+                for kind in kinds:
+                    worker = build_worker(kind, workflow_env.client, queues, pool=pool,
+                                          pool_size_max=TEST_POOL_SIZE_MAX)
+                    await running.enter_async_context(worker)
+                yield RunningStack(workflow_env.client, queues, database_url, pool, codec)
+        finally:
+            await pool.close()
+
+    yield start
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack(make_stack: StackFactory) -> AsyncIterator[RunningStack]:
+    async with make_stack() as running:
+        yield running
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+__all__: list[Any] = ["RunningStack", "free_port", "project_root", "with_database"]

@@ -1,0 +1,85 @@
+"""The codec server decodes what workers encoded, for the Web UI, and nothing it cannot."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+import httpx
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload, Payloads
+
+from starters.codec_server import create_app
+from starters.health import ping
+from tests.conftest import RunningStack
+from workers.converter import EncryptionCodec, generate_key
+from workflows.health import ping_workflow_id
+
+UI_ORIGIN = "http://localhost:8233"
+
+
+def client_for(codec: EncryptionCodec) -> httpx.AsyncClient:
+    app = create_app(codec, [UI_ORIGIN])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://codec")
+
+
+def body(payloads: list[Payload]) -> str:
+    return json_format.MessageToJson(Payloads(payloads=payloads))
+
+
+async def test_decodes_the_input_a_worker_encoded_in_a_real_history(stack: RunningStack) -> None:
+    workflow_id = ping_workflow_id(f"codec-{uuid.uuid4().hex}")
+    await ping(stack.client, stack.queues, requested_by="operator Grace", workflow_id=workflow_id)
+    history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    async with client_for(stack.codec) as http:
+        response = await http.post("/decode", content=body(list(started.input.payloads)),
+                                   headers={"X-Namespace": "default"})
+    assert response.status_code == 200
+    [decoded] = json_format.Parse(response.text, Payloads()).payloads
+    assert decoded.metadata["encoding"] == b"json/plain"
+    assert json.loads(decoded.data)["requested_by"] == "operator Grace"
+
+
+async def test_encode_then_decode_round_trips(codec: EncryptionCodec) -> None:
+    original = Payload(metadata={"encoding": b"json/plain"}, data=b'{"customer":"c-1"}')
+    async with client_for(codec) as http:
+        encoded = await http.post("/encode", content=body([original]))
+        [ciphertext] = json_format.Parse(encoded.text, Payloads()).payloads
+        assert b"c-1" not in ciphertext.data
+        decoded = await http.post("/decode", content=encoded.text)
+    assert json_format.Parse(decoded.text, Payloads()).payloads[0] == original
+
+
+async def test_unknown_key_id_is_refused_with_a_clear_error(codec: EncryptionCodec) -> None:
+    foreign = EncryptionCodec([("someone-elses-key", base64.b64decode(generate_key()))])
+    [payload] = await foreign.encode([Payload(data=b"x")])
+    async with client_for(codec) as http:
+        response = await http.post("/decode", content=body([payload]))
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "payload was encrypted with unknown key id 'someone-elses-key'"
+    }
+
+
+async def test_malformed_body_is_a_400_not_a_crash(codec: EncryptionCodec) -> None:
+    async with client_for(codec) as http:
+        response = await http.post("/decode", content=b"{not json")
+    assert response.status_code == 400
+    assert "payloads" in response.json()["error"]
+
+
+async def test_cors_admits_the_web_ui_origin_only(codec: EncryptionCodec) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-namespace",
+    }
+    async with client_for(codec) as http:
+        allowed = await http.options("/decode", headers={"Origin": UI_ORIGIN, **preflight})
+        refused = await http.options("/decode", headers={"Origin": "http://evil.example",
+                                                         **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == UI_ORIGIN
+    assert refused.status_code == 400
+    assert "access-control-allow-origin" not in refused.headers

@@ -1,0 +1,37 @@
+"""The Ping workflow proves each task queue's worker answers, and names the one that does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.health import PingResult
+from starters.health import WorkflowWorkerSilent, ping
+from tests.conftest import StackFactory, RunningStack
+
+
+async def test_ping_reports_every_queue_answering(stack: RunningStack) -> None:
+    result = await ping(stack.client, stack.queues, requested_by="test")
+    assert isinstance(result, PingResult)
+    assert result.healthy
+    assert result.workflow_task_queue == stack.queues.workflows
+    assert result.ledger.answered and "database answered, 1 migrations applied" in (
+        result.ledger.worker_identity or ""
+    )
+    assert result.providers.answered and result.providers.worker_identity
+
+
+async def test_ping_names_the_queue_whose_worker_is_down(make_stack: StackFactory) -> None:
+    async with make_stack(kinds=("workflows", "providers")) as running:
+        result = await ping(running.client, running.queues, schedule_to_start_seconds=1)
+    assert not result.healthy
+    assert result.providers.answered
+    assert not result.ledger.answered
+    assert result.ledger.task_queue == running.queues.ledger
+    assert "timeout" in result.ledger.detail.lower()
+
+
+async def test_ping_raises_when_no_workflow_worker_runs(make_stack: StackFactory) -> None:
+    async with make_stack(kinds=("ledger", "providers")) as running:
+        with pytest.raises(WorkflowWorkerSilent, match=running.queues.workflows):
+            await ping(running.client, running.queues, schedule_to_start_seconds=1,
+                       deadline_margin_seconds=2)
