@@ -15,9 +15,10 @@ class PingInput(BaseModel):
     # Who asked: an operator or a tool name. Kept to show that operator data is
     # encrypted in histories like any other payload.
     requested_by: str = Field(default="cardflow", max_length=200)
-    # A worker that is down never picks the activity up; this bounds how long
-    # the probe waits before calling that queue unhealthy.
-    schedule_to_start_timeout_seconds: int = Field(default=5, ge=1, le=300)
+    # A worker that is down never picks the activity up, and one that is hung
+    # never finishes it; this bounds how long the probe waits in both cases
+    # before calling that queue unhealthy.
+    probe_timeout_seconds: int = Field(default=5, ge=1, le=300)
 
 
 class QueueHealth(BaseModel):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
+import traceback
 from typing import Annotated
 
 import typer
@@ -172,11 +174,28 @@ def demo() -> None:
 
 
 def main() -> None:
+    """Run one command, then leave without interpreter teardown.
+
+    The Temporal SDK's native threads may still call into Python while the
+    interpreter finalizes, which aborts a short-lived client process after its
+    work is done. Every command has finished and flushed by the time we get
+    here, so the process exits directly with the command's code.
+    """
+    code = 0
     try:
+        # Standalone mode reports usage errors itself and ends in SystemExit.
         app()
     except SettingsError as error:
         typer.echo(f"cardflow: {error}", err=True)
-        sys.exit(2)
+        code = 2
+    except SystemExit as error:
+        code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+    except BaseException:  # noqa: BLE001 - report and exit non-zero like Python would
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

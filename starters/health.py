@@ -14,7 +14,7 @@ from workflows.health import PING_WORKFLOW, ping_workflow_id
 
 # Long enough for a worker to pick up a task on a busy machine, short enough
 # that `dev status` answers promptly when a worker is down.
-SCHEDULE_TO_START_SECONDS = 5
+PROBE_TIMEOUT_SECONDS = 5
 DEADLINE_MARGIN_SECONDS = 5.0
 PING_EXECUTION_TIMEOUT = timedelta(seconds=60)
 
@@ -25,7 +25,7 @@ class WorkflowWorkerSilent(Exception):
 
 async def ping(
     client: Client, queues: TaskQueues, *, requested_by: str = "cardflow",
-    schedule_to_start_seconds: int = SCHEDULE_TO_START_SECONDS,
+    probe_timeout_seconds: int = PROBE_TIMEOUT_SECONDS,
     deadline_margin_seconds: float = DEADLINE_MARGIN_SECONDS,
     workflow_id: str | None = None,
 ) -> PingResult:
@@ -36,7 +36,7 @@ async def ping(
             ledger_task_queue=queues.ledger,
             providers_task_queue=queues.providers,
             requested_by=requested_by,
-            schedule_to_start_timeout_seconds=schedule_to_start_seconds,
+            probe_timeout_seconds=probe_timeout_seconds,
         ),
         id=workflow_id or ping_workflow_id(uuid.uuid4().hex),
         task_queue=queues.workflows,
@@ -44,9 +44,9 @@ async def ping(
         result_type=PingResult,
         static_summary="Health check of every task queue",
     )
-    # Both activity probes run in parallel, each bounded by schedule-to-start;
+    # Both activity probes run in parallel, each bounded by the probe timeout;
     # the margin covers the workflow tasks around them.
-    deadline_seconds = schedule_to_start_seconds + deadline_margin_seconds
+    deadline_seconds = probe_timeout_seconds + deadline_margin_seconds
     try:
         return await asyncio.wait_for(handle.result(), timeout=deadline_seconds)
     except TimeoutError:

@@ -21,7 +21,6 @@ with workflow.unsafe.imports_passed_through():
 
 PING_WORKFLOW = "Ping"
 PING_ID_PREFIX = "ping/"
-PING_START_TO_CLOSE = timedelta(seconds=10)
 # One attempt: a health check that retries hides the fault it exists to show.
 PING_RETRY_POLICY = RetryPolicy(maximum_attempts=1)
 
@@ -37,15 +36,15 @@ class Ping:
 
     @workflow.run
     async def run(self, request: PingInput) -> PingResult:
-        schedule_to_start = timedelta(seconds=request.schedule_to_start_timeout_seconds)
+        probe_timeout = timedelta(seconds=request.probe_timeout_seconds)
         self._stage = "probing activity queues"
         workflow.set_current_details(
             f"Probing {request.ledger_task_queue} and {request.providers_task_queue}"
         )
         # Both probes at once: a dead queue costs one timeout, not two.
         ledger, providers = await asyncio.gather(
-            self._probe(LEDGER_PING, request.ledger_task_queue, schedule_to_start),
-            self._probe(PROVIDERS_PING, request.providers_task_queue, schedule_to_start),
+            self._probe(LEDGER_PING, request.ledger_task_queue, probe_timeout),
+            self._probe(PROVIDERS_PING, request.providers_task_queue, probe_timeout),
         )
         self._stage = "done"
         result = PingResult(
@@ -64,14 +63,15 @@ class Ping:
         return self._stage
 
     async def _probe(
-        self, activity_name: str, task_queue: str, schedule_to_start: timedelta
+        self, activity_name: str, task_queue: str, probe_timeout: timedelta
     ) -> QueueHealth:
         try:
             identity = await workflow.execute_activity(
                 activity_name,
                 task_queue=task_queue,
-                schedule_to_start_timeout=schedule_to_start,
-                start_to_close_timeout=PING_START_TO_CLOSE,
+                # Schedule-to-close covers a worker that is down (never
+                # starts the task) and one that is hung (never finishes it).
+                schedule_to_close_timeout=probe_timeout,
                 retry_policy=PING_RETRY_POLICY,
                 result_type=str,
             )

@@ -63,7 +63,7 @@ schema_values = st.one_of(
               sell=money, buy=money, note=texts),
     st.builds(PingInput, ledger_task_queue=queue_names, providers_task_queue=queue_names,
               requested_by=st.text(max_size=200),
-              schedule_to_start_timeout_seconds=st.integers(1, 300)),
+              probe_timeout_seconds=st.integers(1, 300)),
     st.builds(PingResult, workflow_task_queue=queue_names, requested_by=texts,
               ledger=st.builds(QueueHealth, task_queue=queue_names, answered=st.booleans(),
                                worker_identity=st.none() | texts, detail=texts),

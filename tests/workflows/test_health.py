@@ -22,7 +22,7 @@ async def test_ping_reports_every_queue_answering(stack: RunningStack) -> None:
 
 async def test_ping_names_the_queue_whose_worker_is_down(make_stack: StackFactory) -> None:
     async with make_stack(kinds=("workflows", "providers")) as running:
-        result = await ping(running.client, running.queues, schedule_to_start_seconds=1)
+        result = await ping(running.client, running.queues, probe_timeout_seconds=1)
     assert not result.healthy
     assert result.providers.answered
     assert not result.ledger.answered
@@ -33,5 +33,5 @@ async def test_ping_names_the_queue_whose_worker_is_down(make_stack: StackFactor
 async def test_ping_raises_when_no_workflow_worker_runs(make_stack: StackFactory) -> None:
     async with make_stack(kinds=("ledger", "providers")) as running:
         with pytest.raises(WorkflowWorkerSilent, match=running.queues.workflows):
-            await ping(running.client, running.queues, schedule_to_start_seconds=1,
+            await ping(running.client, running.queues, probe_timeout_seconds=1,
                        deadline_margin_seconds=2)

@@ -1,0 +1,253 @@
+"""`cardflow dev up | status | down` against a real embedded stack on free ports.
+
+The stack runs as the separate processes a user gets (Temporal dev server on
+SQLite, PostgreSQL, codec server, three workers), under a CARDFLOW_HOME of the
+test's own, and is driven only through the `cardflow` command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+
+from schemas.search import ALL_SEARCH_ATTRIBUTES
+from starters.health import ping
+from tests.conftest import free_port
+from workers.client import connect
+from workers.settings import Settings, load_settings
+from workflows.health import ping_workflow_id
+
+STACK_ENV_DROPPED = ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "CARDFLOW_ENCRYPTION_KEYS")
+
+
+@dataclass
+class DevStack:
+    home: Path
+    env: dict[str, str]
+
+    def cardflow(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "starters.cli", *args], env=self.env, capture_output=True,
+            text=True, timeout=timeout,
+        )
+
+    def status(self) -> tuple[int, dict[str, Any]]:
+        completed = self.cardflow("dev", "status", "--json")
+        return completed.returncode, json.loads(completed.stdout)
+
+    def settings(self) -> Settings:
+        overrides = {k: v for k, v in self.env.items()
+                     if k.startswith("CARDFLOW_") or k in ("DATABASE_URL",)}
+        return load_settings(**overrides)
+
+    def record_pid(self, part: str) -> int:
+        return int(json.loads((self.home / "run" / f"{part}.json").read_text())["pid"])
+
+
+def stack_env(home: Path, **ports: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in STACK_ENV_DROPPED}
+    env.update(
+        CARDFLOW_HOME=str(home),
+        CARDFLOW_TEMPORAL_PORT=str(ports.get("temporal", free_port())),
+        CARDFLOW_TEMPORAL_UI_PORT=str(ports.get("ui", free_port())),
+        CARDFLOW_POSTGRES_PORT=str(ports.get("postgres", free_port())),
+        CARDFLOW_CODEC_PORT=str(ports.get("codec", free_port())),
+        CARDFLOW_TASK_QUEUE_PREFIX=f"devstack-{uuid.uuid4().hex[:8]}",
+    )
+    return env
+
+
+def parts_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {part["name"]: part for part in status["parts"]}
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    home = tmp_path_factory.mktemp("cardflow-home")
+    stack = DevStack(home, stack_env(home))
+    up = stack.cardflow("dev", "up", "--json")
+    try:
+        assert up.returncode == 0, f"dev up failed:\n{up.stdout}\n{up.stderr}"
+        yield stack
+    finally:
+        stack.cardflow("dev", "down")
+
+
+def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevStack) -> None:
+    code, status = dev_stack.status()
+    assert code == 0 and status["healthy"]
+    parts = parts_by_name(status)
+    assert set(parts) == {"postgres", "codec", "temporal", "worker-workflows", "worker-ledger",
+                          "worker-providers"}
+    for part in parts.values():
+        assert part["healthy"] and part["running"] and psutil.pid_exists(part["pid"]), part
+    assert "ran the Ping workflow" in parts["worker-workflows"]["detail"]
+    assert "database answered" in parts["worker-ledger"]["detail"]
+    settings = dev_stack.settings()
+    ui = httpx.get(f"http://127.0.0.1:{settings.temporal_ui_port}/api/v1/settings", timeout=10)
+    assert ui.status_code == 200
+    assert ui.json()["Codec"]["Endpoint"] == settings.codec_url
+    for log in ("temporal", "codec", "worker-workflows", "worker-ledger", "worker-providers"):
+        assert (dev_stack.home / "logs" / f"{log}.log").exists()
+
+
+async def test_search_attributes_exist_on_the_server_after_dev_up(dev_stack: DevStack) -> None:
+    client = await connect(dev_stack.settings())
+    response = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace="default")
+    )
+    registered = dict(response.custom_attributes)
+    expected = {
+        "CustomerId": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "CardId": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "ProcessStatus": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "AmountMinor": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+        "Currency": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "Provider": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    }
+    assert {key.name for key in ALL_SEARCH_ATTRIBUTES} == set(expected)
+    for name, value_type in expected.items():
+        assert registered.get(name) == value_type, name
+
+
+async def test_the_codec_server_process_decodes_a_history_of_the_stack(dev_stack: DevStack) -> None:
+    settings = dev_stack.settings()
+    client = await connect(settings)
+    workflow_id = ping_workflow_id(f"devstack-{uuid.uuid4().hex}")
+    await ping(client, settings.task_queues, requested_by="operator Ada", workflow_id=workflow_id)
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    assert b"operator Ada" not in started.input.SerializeToString()
+    origin = f"http://localhost:{settings.temporal_ui_port}"
+    response = httpx.post(
+        f"{settings.codec_url}/decode",
+        content=json_format.MessageToJson(Payloads(payloads=list(started.input.payloads))),
+        headers={"Origin": origin, "X-Namespace": "default", "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == origin
+    [decoded] = json_format.Parse(response.text, Payloads()).payloads
+    assert json.loads(decoded.data)["requested_by"] == "operator Ada"
+
+
+def test_a_second_dev_up_reuses_the_running_parts(dev_stack: DevStack) -> None:
+    _, before = dev_stack.status()
+    again = dev_stack.cardflow("dev", "up", "--json")
+    assert again.returncode == 0, again.stderr
+    after = json.loads(again.stdout)
+    assert {p["name"]: p["pid"] for p in after["parts"]} == {
+        p["name"]: p["pid"] for p in before["parts"]
+    }
+
+
+def test_status_reports_a_stopped_worker_as_unhealthy(dev_stack: DevStack) -> None:
+    pid = dev_stack.record_pid("worker-providers")
+    os.kill(pid, signal.SIGKILL)
+    psutil.Process(pid).wait(timeout=10) if psutil.pid_exists(pid) else None
+    code, status = dev_stack.status()
+    parts = parts_by_name(status)
+    assert code == 1 and not status["healthy"]
+    assert parts["worker-providers"] == {**parts["worker-providers"], "running": False,
+                                         "healthy": False, "pid": None}
+    assert parts["worker-ledger"]["healthy"] and parts["worker-workflows"]["healthy"]
+    # dev up brings back only what is missing.
+    assert dev_stack.cardflow("dev", "up").returncode == 0
+    code, status = dev_stack.status()
+    assert code == 0 and parts_by_name(status)["worker-providers"]["pid"] not in (None, pid)
+
+
+def test_status_reports_a_hung_worker_that_still_has_a_pid(dev_stack: DevStack) -> None:
+    # A process that exists but does not answer is exactly what a pid check
+    # would miss; only the Ping workflow catches it.
+    pid = dev_stack.record_pid("worker-ledger")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        code, status = dev_stack.status()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    ledger = parts_by_name(status)["worker-ledger"]
+    assert code == 1
+    assert ledger["running"] and ledger["pid"] == pid and not ledger["healthy"]
+    assert "did not answer Ping" in ledger["detail"]
+    assert parts_by_name(status)["worker-workflows"]["healthy"]
+
+
+async def test_state_survives_dev_down_and_up(dev_stack: DevStack) -> None:
+    settings = dev_stack.settings()
+    client = await connect(settings)
+    workflow_id = ping_workflow_id(f"survivor-{uuid.uuid4().hex}")
+    await ping(client, settings.task_queues, workflow_id=workflow_id)
+    database = await asyncpg.connect(settings.effective_database_url)
+    try:
+        await database.execute(
+            "INSERT INTO ledger_accounts (code, currency, kind) VALUES ('bank:inbound:USD', 'USD', 'bank')"
+        )
+    finally:
+        await database.close()
+    pids = [p["pid"] for p in dev_stack.status()[1]["parts"]]
+
+    down = dev_stack.cardflow("dev", "down")
+    assert down.returncode == 0 and "postgres" in down.stdout
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+              for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in pids)
+    code, status = dev_stack.status()
+    assert code == 1 and not any(p["running"] for p in status["parts"])
+
+    assert dev_stack.cardflow("dev", "up").returncode == 0
+    client = await connect(settings)
+    description = await client.get_workflow_handle(workflow_id).describe()
+    assert description.status is not None and description.status.name == "COMPLETED"
+    database = await asyncpg.connect(settings.effective_database_url)
+    try:
+        assert await database.fetchval(
+            "SELECT count(*) FROM ledger_accounts WHERE code = 'bank:inbound:USD'"
+        ) == 1
+    finally:
+        await database.close()
+
+
+@pytest.mark.parametrize(
+    ("port_name", "variable"),
+    [("postgres", "CARDFLOW_POSTGRES_PORT"), ("temporal", "CARDFLOW_TEMPORAL_PORT"),
+     ("codec", "CARDFLOW_CODEC_PORT")],
+)
+def test_dev_up_on_a_taken_port_fails_naming_the_port_and_its_owner(
+    tmp_path: Path, port_name: str, variable: str
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        stack = DevStack(tmp_path, stack_env(tmp_path, **{port_name: port}))
+        completed = stack.cardflow("dev", "up", timeout=60)
+    assert completed.returncode == 1
+    assert f"port {port}" in completed.stderr
+    assert f"pid {os.getpid()} (" in completed.stderr
+    assert variable in completed.stderr
+    # Nothing was started: the check runs before any part.
+    assert not list((tmp_path / "run").glob("*.json")) if (tmp_path / "run").exists() else True
+    assert not (tmp_path / "postgres").exists()
