@@ -251,3 +251,30 @@ def test_dev_up_on_a_taken_port_fails_naming_the_port_and_its_owner(
     # Nothing was started: the check runs before any part.
     assert not list((tmp_path / "run").glob("*.json")) if (tmp_path / "run").exists() else True
     assert not (tmp_path / "postgres").exists()
+
+
+async def test_dev_up_uses_external_temporal_and_database_without_starting_them(
+    tmp_path: Path, workflow_env: Any, database_url: str
+) -> None:
+    temporal_address = workflow_env.client.service_client.config.target_host
+    env = stack_env(tmp_path)
+    env.update(TEMPORAL_ADDRESS=temporal_address, DATABASE_URL=database_url)
+    stack = DevStack(tmp_path, env)
+    up = stack.cardflow("dev", "up", "--json")
+    try:
+        assert up.returncode == 0, up.stderr
+        parts = parts_by_name(json.loads(up.stdout))
+        for name in ("temporal", "postgres"):
+            assert parts[name]["managed"] is False and parts[name]["pid"] is None
+            assert parts[name]["healthy"], parts[name]
+        assert parts["temporal"]["address"] == temporal_address
+        assert all(parts[f"worker-{k}"]["healthy"] for k in ("workflows", "ledger", "providers"))
+        assert not (tmp_path / "postgres").exists() and not (tmp_path / "temporal").exists()
+        assert not (tmp_path / "run" / "temporal.json").exists()
+    finally:
+        down = stack.cardflow("dev", "down")
+    assert "temporal" not in down.stdout and "postgres" not in down.stdout
+    # The external parts are left running.
+    await workflow_env.client.service_client.check_health()
+    connection = await asyncpg.connect(database_url)
+    await connection.close()
