@@ -41,16 +41,24 @@ def sample_payloads(count: int) -> list[BaseModel]:
     values: list[BaseModel] = []
     for index in range(count):
         if index % 2:
-            values.append(PingInput(ledger_task_queue="cardflow-ledger",
-                                    providers_task_queue="cardflow-providers",
-                                    requested_by=f"operator-{index}"))
+            values.append(
+                PingInput(
+                    ledger_task_queue="cardflow-ledger",
+                    providers_task_queue="cardflow-providers",
+                    requested_by=f"operator-{index}",
+                )
+            )
         else:
-            values.append(_Conversion(
-                request_id=f"fx-{index:08d}", customer_id=f"cus_{index:012d}",
-                sell=Money(amount_minor=100_000 + index, currency=Currency.USD),
-                buy=Money(amount_minor=92_310 + index, currency=Currency.EUR),
-                rate=Decimal("0.923100"), note="monthly savings" * 4,
-            ))
+            values.append(
+                _Conversion(
+                    request_id=f"fx-{index:08d}",
+                    customer_id=f"cus_{index:012d}",
+                    sell=Money(amount_minor=100_000 + index, currency=Currency.USD),
+                    buy=Money(amount_minor=92_310 + index, currency=Currency.EUR),
+                    rate=Decimal("0.923100"),
+                    note="monthly savings" * 4,
+                )
+            )
     return values
 
 
@@ -84,10 +92,14 @@ async def main_async(payload_count: int, rounds: int) -> None:
         return statistics.quantiles(samples, n=10)[-1]
 
     print(f"payloads per round: {payload_count}, rounds: {rounds}")
-    print(f"plain pydantic JSON   median {statistics.median(plain_us):8.2f} us/payload"
-          f"   p90 {p90(plain_us):8.2f}")
-    print(f"JSON + AES-256-GCM    median {statistics.median(encrypted_us):8.2f} us/payload"
-          f"   p90 {p90(encrypted_us):8.2f}")
+    print(
+        f"plain pydantic JSON   median {statistics.median(plain_us):8.2f} us/payload"
+        f"   p90 {p90(plain_us):8.2f}"
+    )
+    print(
+        f"JSON + AES-256-GCM    median {statistics.median(encrypted_us):8.2f} us/payload"
+        f"   p90 {p90(encrypted_us):8.2f}"
+    )
     print(f"encrypted / plain     median ratio {statistics.median(ratios):.2f}x")
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_TASK_QUEUE_PREFIX = "cardflow"
+TASK_QUEUE_PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$"
 
 
 class TaskQueues(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    prefix: str = Field(default=DEFAULT_TASK_QUEUE_PREFIX, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
+    prefix: str = Field(default=DEFAULT_TASK_QUEUE_PREFIX, pattern=TASK_QUEUE_PREFIX_PATTERN)
 
     @property
     def workflows(self) -> str:

@@ -14,8 +14,11 @@ import typer
 
 from workers.settings import Settings, SettingsError, load_settings
 
-app = typer.Typer(help="cardflow: a prepaid card program on Temporal.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="cardflow: a prepaid card program on Temporal.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 dev_app = typer.Typer(help="The embedded stack on this machine.", no_args_is_help=True)
 worker_app = typer.Typer(help="Worker processes.", no_args_is_help=True)
 codec_app = typer.Typer(help="The codec server for the Temporal Web UI.", no_args_is_help=True)
@@ -37,7 +40,8 @@ def _settings() -> Settings:
 def _print_status(parts: list, as_json: bool) -> bool:  # type: ignore[type-arg]
     healthy = all(part.healthy for part in parts)
     if as_json:
-        typer.echo(json.dumps({"healthy": healthy, "parts": [p.as_dict() for p in parts]}, indent=2))
+        document = {"healthy": healthy, "parts": [part.as_dict() for part in parts]}
+        typer.echo(json.dumps(document, indent=2))
         return healthy
     rows = [("PART", "ADDRESS", "PID", "HEALTH", "DETAIL")]
     for part in parts:
@@ -45,7 +49,8 @@ def _print_status(parts: list, as_json: bool) -> bool:  # type: ignore[type-arg]
         rows.append((part.name, part.address, str(part.pid or "-"), health, part.detail))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+        columns = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4]))
+        typer.echo(f"{columns}  {row[4]}")
     return healthy
 
 
@@ -65,8 +70,9 @@ def dev_up(
         raise typer.Exit(1) from None
     healthy = _print_status(parts, as_json)
     if not as_json:
-        typer.echo(f"\nTemporal Web UI: {settings.web_ui_url}" if not settings.temporal_is_external
-                   else "")
+        typer.echo(
+            f"\nTemporal Web UI: {settings.web_ui_url}" if not settings.temporal_is_external else ""
+        )
     raise typer.Exit(0 if healthy else 1)
 
 
@@ -163,8 +169,9 @@ def demo() -> None:
         raise typer.Exit(1) from None
     healthy = _print_status(parts, as_json=False)
     if not healthy:
-        typer.echo("\nThe stack is not healthy; logs are in " + str(settings.home_path / "logs"),
-                   err=True)
+        typer.echo(
+            "\nThe stack is not healthy; logs are in " + str(settings.home_path / "logs"), err=True
+        )
         raise typer.Exit(1)
     typer.echo(
         f"\nEvery task queue answered the Ping health check."

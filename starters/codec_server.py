@@ -39,7 +39,7 @@ def create_app(codec: EncryptionCodec, allowed_origins: Sequence[str]) -> Starle
         try:
             payloads = json_format.Parse(body, Payloads())
         except (json_format.ParseError, UnicodeDecodeError) as error:
-            return _error(400, f"body must be {{\"payloads\": [...]}} in protobuf JSON: {error}")
+            return _error(400, f'body must be {{"payloads": [...]}} in protobuf JSON: {error}')
         try:
             result = await operation(payloads.payloads)
         except (UnknownEncryptionKeyError, PayloadDecryptionError) as error:
@@ -56,8 +56,9 @@ def create_app(codec: EncryptionCodec, allowed_origins: Sequence[str]) -> Starle
         return await transform(request, codec.decode)
 
     async def health(_: Request) -> Response:
-        return Response(json.dumps({"status": "ok", "key_ids": codec.key_ids}),
-                        media_type="application/json")
+        return Response(
+            json.dumps({"status": "ok", "key_ids": codec.key_ids}), media_type="application/json"
+        )
 
     return Starlette(
         routes=[

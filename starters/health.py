@@ -24,7 +24,10 @@ class WorkflowWorkerSilent(Exception):
 
 
 async def ping(
-    client: Client, queues: TaskQueues, *, requested_by: str = "cardflow",
+    client: Client,
+    queues: TaskQueues,
+    *,
+    requested_by: str = "cardflow",
     probe_timeout_seconds: int = PROBE_TIMEOUT_SECONDS,
     deadline_margin_seconds: float = DEADLINE_MARGIN_SECONDS,
     workflow_id: str | None = None,

@@ -159,8 +159,13 @@ async def make_stack(
         try:
             async with contextlib.AsyncExitStack() as running:
                 for kind in kinds:
-                    worker = build_worker(kind, workflow_env.client, queues, pool=pool,
-                                          pool_size_max=TEST_POOL_SIZE_MAX)
+                    worker = build_worker(
+                        kind,
+                        workflow_env.client,
+                        queues,
+                        pool=pool,
+                        pool_size_max=TEST_POOL_SIZE_MAX,
+                    )
                     await running.enter_async_context(worker)
                 yield RunningStack(workflow_env.client, queues, database_url, pool, codec)
         finally:

@@ -41,7 +41,9 @@ def build_worker(
 ) -> Worker:
     """The worker for one task-queue kind: workflows, ledger or providers."""
     if kind == "workflows":
-        return Worker(client, task_queue=queues.workflows, workflows=list(ALL_WORKFLOWS), identity=identity)
+        return Worker(
+            client, task_queue=queues.workflows, workflows=list(ALL_WORKFLOWS), identity=identity
+        )
     if kind == "ledger":
         assert pool is not None, "the ledger worker needs a database pool"
         # Never take more activities than there are connections: the extra

@@ -32,7 +32,11 @@ async def run_worker(kind: str, settings: Settings) -> None:
             log.info("applied migrations %s", [m.version for m in applied])
         pool = await create_pool(database_url, size_max=settings.database_pool_size_max)
     worker = build_worker(
-        kind, client, queues, pool=pool, pool_size_max=settings.database_pool_size_max,
+        kind,
+        client,
+        queues,
+        pool=pool,
+        pool_size_max=settings.database_pool_size_max,
         identity=identity,
     )
     stop = asyncio.Event()

@@ -19,7 +19,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.task_queues import TaskQueues
+from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TASK_QUEUE_PREFIX_PATTERN, TaskQueues
 
 ENCRYPTION_KEY_BYTES = 32  # AES-256-GCM
 _KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -108,9 +108,9 @@ class Settings(BaseSettings):
     codec_public_url: str | None = Field(default=None, validation_alias="CARDFLOW_CODEC_URL")
 
     task_queue_prefix: str = Field(
-        default="cardflow",
+        default=DEFAULT_TASK_QUEUE_PREFIX,
         validation_alias="CARDFLOW_TASK_QUEUE_PREFIX",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$",
+        pattern=TASK_QUEUE_PREFIX_PATTERN,
     )
 
     @field_validator("temporal_address")

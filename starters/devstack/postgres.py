@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 with warnings.catch_warnings():
     # The package computes a runtime directory at import and warns when
@@ -51,8 +50,12 @@ def _run(binary: str, args: list[str], user: str | None, log_path: Path) -> None
     # the descriptors and would keep a pipe open forever.
     with open(log_path, "ab") as log:
         result = subprocess.run(
-            [str(POSTGRES_BIN_PATH / binary), *args], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, user=user, timeout=START_TIMEOUT_SECONDS + 30,
+            [str(POSTGRES_BIN_PATH / binary), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            user=user,
+            timeout=START_TIMEOUT_SECONDS + 30,
         )
     if result.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
@@ -81,16 +84,44 @@ def start(data_dir: Path, *, host: str, port: int, log_path: Path) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
         data_dir.chmod(0o700)
         _hand_over(data_dir, user)
-        _run("initdb", ["-D", str(data_dir), "--auth=trust", "--encoding=UTF8",
-                        "--locale=C", "-U", SUPERUSER, "--no-instructions"], user, log_path)
+        _run(
+            "initdb",
+            [
+                "-D",
+                str(data_dir),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "-U",
+                SUPERUSER,
+                "--no-instructions",
+            ],
+            user,
+            log_path,
+        )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.touch()
     _hand_over(log_path, user)
     # No Unix socket: the server is reached on loopback TCP only, which keeps
     # long CARDFLOW_HOME paths from hitting the socket path length limit.
     options = f"-h {host} -p {port} -k ''"
-    _run("pg_ctl", ["-D", str(data_dir), "-l", str(log_path), "-w", "-t",
-                    str(START_TIMEOUT_SECONDS), "-o", options, "start"], user, log_path)
+    _run(
+        "pg_ctl",
+        [
+            "-D",
+            str(data_dir),
+            "-l",
+            str(log_path),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_SECONDS),
+            "-o",
+            options,
+            "start",
+        ],
+        user,
+        log_path,
+    )
     pid = running_pid(data_dir)
     assert pid is not None, "pg_ctl reported success but no postmaster is running"
     return pid

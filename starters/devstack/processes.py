@@ -33,7 +33,7 @@ class ProcessRecord:
         try:
             process = psutil.Process(self.pid)
             # The create time guards against a recycled pid.
-            return (
+            return bool(
                 abs(process.create_time() - self.create_time) < 1.0
                 and process.status() != psutil.STATUS_ZOMBIE
             )
@@ -124,18 +124,33 @@ def wait_for_port(host: str, port: int, timeout_seconds: float) -> bool:
     return False
 
 
-def spawn(name: str, argv: list[str], *, env: dict[str, str], log_path: Path,
-          address: str, cwd: Path | None = None) -> ProcessRecord:
+def spawn(
+    name: str,
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    address: str,
+    cwd: Path | None = None,
+) -> ProcessRecord:
     """Start a detached process (own session) with output appended to its log."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=cwd, start_new_session=True,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
     return ProcessRecord(
-        name=name, pid=process.pid, create_time=psutil.Process(process.pid).create_time(),
-        address=address, argv=argv,
+        name=name,
+        pid=process.pid,
+        create_time=psutil.Process(process.pid).create_time(),
+        address=address,
+        argv=argv,
     )
 
 

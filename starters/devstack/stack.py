@@ -124,8 +124,12 @@ class Stack:
         s = self.settings
         if not s.database_is_external:
             if postgres.running_pid(self.pg_data) is None:
-                postgres.start(self.pg_data, host=s.bind_host, port=s.postgres_port,
-                               log_path=self.logs / "postgres.log")
+                postgres.start(
+                    self.pg_data,
+                    host=s.bind_host,
+                    port=s.postgres_port,
+                    log_path=self.logs / "postgres.log",
+                )
             server_url = s.embedded_database_url.rsplit("/", 1)[0] + "/postgres"
             asyncio.run(postgres.ensure_database(server_url, "cardflow"))
         asyncio.run(migrate(s.effective_database_url))
@@ -142,13 +146,17 @@ class Stack:
             return
         s = self.settings
         record = spawn(
-            CODEC, [sys.executable, "-m", "starters.cli", "codec", "serve"],
-            env=self._children_env(), log_path=self.logs / "codec.log",
+            CODEC,
+            [sys.executable, "-m", "starters.cli", "codec", "serve"],
+            env=self._children_env(),
+            log_path=self.logs / "codec.log",
             address=f"http://{s.bind_host}:{s.codec_port}",
         )
         self.run.write(record)
         if not wait_for_port(s.bind_host, s.codec_port, CODEC_READY_SECONDS):
-            raise StackError(f"the codec server did not listen in time; see {self.logs / 'codec.log'}")
+            raise StackError(
+                f"the codec server did not listen in time; see {self.logs / 'codec.log'}"
+            )
 
     def _up_temporal(self) -> None:
         s = self.settings
@@ -156,21 +164,35 @@ class Stack:
             return
         self.temporal_db.parent.mkdir(parents=True, exist_ok=True)
         argv = [
-            str(temporal_cli_path()), "server", "start-dev",
-            "--db-filename", str(self.temporal_db),
-            "--ip", s.bind_host,
-            "--port", str(s.temporal_port),
-            "--ui-port", str(s.temporal_ui_port),
-            "--ui-codec-endpoint", s.codec_url,
+            str(temporal_cli_path()),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(self.temporal_db),
+            "--ip",
+            s.bind_host,
+            "--port",
+            str(s.temporal_port),
+            "--ui-port",
+            str(s.temporal_ui_port),
+            "--ui-codec-endpoint",
+            s.codec_url,
             "--ui-disable-news-fetch",
-            "--log-format", "json",
-            "--log-level", "warn",
+            "--log-format",
+            "json",
+            "--log-level",
+            "warn",
             *dev_server_flags(),
         ]
         if s.temporal_namespace != "default":
             argv += ["--namespace", s.temporal_namespace]
-        record = spawn(TEMPORAL, argv, env=child_env(), log_path=self.logs / "temporal.log",
-                       address=s.temporal_target)
+        record = spawn(
+            TEMPORAL,
+            argv,
+            env=child_env(),
+            log_path=self.logs / "temporal.log",
+            address=s.temporal_target,
+        )
         self.run.write(record)
         if not wait_for_port(s.bind_host, s.temporal_port, TEMPORAL_READY_SECONDS):
             raise StackError(f"Temporal did not listen in time; see {self.logs / 'temporal.log'}")
@@ -196,8 +218,10 @@ class Stack:
         if self.run.alive(name) is not None:
             return
         record = spawn(
-            name, [sys.executable, "-m", "starters.cli", "worker", "run", kind],
-            env=self._children_env(), log_path=self.logs / f"{name}.log",
+            name,
+            [sys.executable, "-m", "starters.cli", "worker", "run", kind],
+            env=self._children_env(),
+            log_path=self.logs / f"{name}.log",
             address=self.settings.task_queues.by_kind()[kind],
         )
         self.run.write(record)
@@ -257,8 +281,9 @@ class Stack:
                 healthy, detail = True, f"{applied} migrations applied"
             except Exception as error:  # noqa: BLE001 - reported, not raised
                 detail = f"does not answer: {error}"
-        return PartStatus(POSTGRES, _redact(url), pid, not s.database_is_external, running,
-                          healthy, detail)
+        return PartStatus(
+            POSTGRES, _redact(url), pid, not s.database_is_external, running, healthy, detail
+        )
 
     async def _codec_status(self) -> PartStatus:
         record = self.run.alive(CODEC)
@@ -292,8 +317,15 @@ class Stack:
                     detail += f", Web UI {s.web_ui_url}"
             except Exception as error:  # noqa: BLE001 - reported, not raised
                 detail = f"does not answer: {error}"
-        return PartStatus(TEMPORAL, s.temporal_target, record.pid if record else None,
-                          not s.temporal_is_external, running, healthy, detail)
+        return PartStatus(
+            TEMPORAL,
+            s.temporal_target,
+            record.pid if record else None,
+            not s.temporal_is_external,
+            running,
+            healthy,
+            detail,
+        )
 
     async def _worker_statuses(self, temporal_healthy: bool) -> list[PartStatus]:
         queues = self.settings.task_queues
@@ -308,7 +340,8 @@ class Stack:
                 answered["workflows"] = (True, "ran the Ping workflow")
                 for kind, health in (("ledger", result.ledger), ("providers", result.providers)):
                     answered[kind] = (
-                        (True, f"answered Ping: {health.worker_identity}") if health.answered
+                        (True, f"answered Ping: {health.worker_identity}")
+                        if health.answered
                         else (False, f"did not answer Ping: {health.detail}")
                     )
             except WorkflowWorkerSilent as error:
@@ -321,9 +354,17 @@ class Stack:
             ok, detail = answered[kind]
             if record is None:
                 ok, detail = False, "not running"
-            statuses.append(PartStatus(worker_part(kind), queues.by_kind()[kind],
-                                       record.pid if record else None, True,
-                                       record is not None, ok, detail))
+            statuses.append(
+                PartStatus(
+                    worker_part(kind),
+                    queues.by_kind()[kind],
+                    record.pid if record else None,
+                    True,
+                    record is not None,
+                    ok,
+                    detail,
+                )
+            )
         return statuses
 
 
@@ -341,5 +382,12 @@ def _redact(url: str) -> str:
     return f"postgresql://{host}{port}{parts.path}"
 
 
-__all__ = ["PartStatus", "PortTakenError", "ProcessRecord", "Stack", "StackError",
-           "port_is_free", "temporal_cli_path"]
+__all__ = [
+    "PartStatus",
+    "PortTakenError",
+    "ProcessRecord",
+    "Stack",
+    "StackError",
+    "port_is_free",
+    "temporal_cli_path",
+]

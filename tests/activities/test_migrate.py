@@ -50,14 +50,18 @@ async def test_a_failing_migration_leaves_nothing_half_written(
     empty_database_url: str, tmp_path: Path
 ) -> None:
     write(tmp_path, "0001_ok.sql", "CREATE TABLE first_table (id integer);")
-    write(tmp_path, "0002_broken.sql",
-          "CREATE TABLE second_table (id integer); INSERT INTO no_such_table VALUES (1);")
+    write(
+        tmp_path,
+        "0002_broken.sql",
+        "CREATE TABLE second_table (id integer); INSERT INTO no_such_table VALUES (1);",
+    )
     with pytest.raises(asyncpg.UndefinedTableError):
         await migrate(empty_database_url, tmp_path)
     recorded = await fetch(empty_database_url, "SELECT version FROM schema_migrations")
     assert [r["version"] for r in recorded] == [1]
-    tables = await fetch(empty_database_url,
-                         "SELECT tablename FROM pg_tables WHERE tablename = 'second_table'")
+    tables = await fetch(
+        empty_database_url, "SELECT tablename FROM pg_tables WHERE tablename = 'second_table'"
+    )
     assert tables == []
     # Fixed, it applies on the next run.
     write(tmp_path, "0002_broken.sql", "CREATE TABLE second_table (id integer);")

@@ -34,8 +34,11 @@ async def test_decodes_the_input_a_worker_encoded_in_a_real_history(stack: Runni
     history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
     async with client_for(stack.codec) as http:
-        response = await http.post("/decode", content=body(list(started.input.payloads)),
-                                   headers={"X-Namespace": "default"})
+        response = await http.post(
+            "/decode",
+            content=body(list(started.input.payloads)),
+            headers={"X-Namespace": "default"},
+        )
     assert response.status_code == 200
     [decoded] = json_format.Parse(response.text, Payloads()).payloads
     assert decoded.metadata["encoding"] == b"json/plain"
@@ -77,8 +80,9 @@ async def test_cors_admits_the_web_ui_origin_only(codec: EncryptionCodec) -> Non
     }
     async with client_for(codec) as http:
         allowed = await http.options("/decode", headers={"Origin": UI_ORIGIN, **preflight})
-        refused = await http.options("/decode", headers={"Origin": "http://evil.example",
-                                                         **preflight})
+        refused = await http.options(
+            "/decode", headers={"Origin": "http://evil.example", **preflight}
+        )
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == UI_ORIGIN
     assert refused.status_code == 400

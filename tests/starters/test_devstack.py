@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,8 +45,11 @@ class DevStack:
 
     def cardflow(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "starters.cli", *args], env=self.env, capture_output=True,
-            text=True, timeout=timeout,
+            [sys.executable, "-m", "starters.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def status(self) -> tuple[int, dict[str, Any]]:
@@ -55,8 +57,9 @@ class DevStack:
         return completed.returncode, json.loads(completed.stdout)
 
     def settings(self) -> Settings:
-        overrides = {k: v for k, v in self.env.items()
-                     if k.startswith("CARDFLOW_") or k in ("DATABASE_URL",)}
+        overrides = {
+            k: v for k, v in self.env.items() if k.startswith("CARDFLOW_") or k in ("DATABASE_URL",)
+        }
         return load_settings(**overrides)
 
     def record_pid(self, part: str) -> int:
@@ -74,6 +77,13 @@ def stack_env(home: Path, **ports: int) -> dict[str, str]:
         CARDFLOW_TASK_QUEUE_PREFIX=f"devstack-{uuid.uuid4().hex[:8]}",
     )
     return env
+
+
+def process_lives(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def parts_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -96,8 +106,14 @@ def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevS
     code, status = dev_stack.status()
     assert code == 0 and status["healthy"]
     parts = parts_by_name(status)
-    assert set(parts) == {"postgres", "codec", "temporal", "worker-workflows", "worker-ledger",
-                          "worker-providers"}
+    assert set(parts) == {
+        "postgres",
+        "codec",
+        "temporal",
+        "worker-workflows",
+        "worker-ledger",
+        "worker-providers",
+    }
     for part in parts.values():
         assert part["healthy"] and part["running"] and psutil.pid_exists(part["pid"]), part
     assert "ran the Ping workflow" in parts["worker-workflows"]["detail"]
@@ -138,12 +154,16 @@ async def test_the_codec_server_process_decodes_a_history_of_the_stack(dev_stack
     started = history.events[0].workflow_execution_started_event_attributes
     assert b"operator Ada" not in started.input.SerializeToString()
     origin = f"http://localhost:{settings.temporal_ui_port}"
-    response = httpx.post(
-        f"{settings.codec_url}/decode",
-        content=json_format.MessageToJson(Payloads(payloads=list(started.input.payloads))),
-        headers={"Origin": origin, "X-Namespace": "default", "Content-Type": "application/json"},
-        timeout=10,
-    )
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{settings.codec_url}/decode",
+            content=json_format.MessageToJson(Payloads(payloads=list(started.input.payloads))),
+            headers={
+                "Origin": origin,
+                "X-Namespace": "default",
+                "Content-Type": "application/json",
+            },
+        )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == origin
     [decoded] = json_format.Parse(response.text, Payloads()).payloads
@@ -167,8 +187,12 @@ def test_status_reports_a_stopped_worker_as_unhealthy(dev_stack: DevStack) -> No
     code, status = dev_stack.status()
     parts = parts_by_name(status)
     assert code == 1 and not status["healthy"]
-    assert parts["worker-providers"] == {**parts["worker-providers"], "running": False,
-                                         "healthy": False, "pid": None}
+    assert parts["worker-providers"] == {
+        **parts["worker-providers"],
+        "running": False,
+        "healthy": False,
+        "pid": None,
+    }
     assert parts["worker-ledger"]["healthy"] and parts["worker-workflows"]["healthy"]
     # dev up brings back only what is missing.
     assert dev_stack.cardflow("dev", "up").returncode == 0
@@ -200,7 +224,8 @@ async def test_state_survives_dev_down_and_up(dev_stack: DevStack) -> None:
     database = await asyncpg.connect(settings.effective_database_url)
     try:
         await database.execute(
-            "INSERT INTO ledger_accounts (code, currency, kind) VALUES ('bank:inbound:USD', 'USD', 'bank')"
+            "INSERT INTO ledger_accounts (code, currency, kind)"
+            " VALUES ('bank:inbound:USD', 'USD', 'bank')"
         )
     finally:
         await database.close()
@@ -208,12 +233,8 @@ async def test_state_survives_dev_down_and_up(dev_stack: DevStack) -> None:
 
     down = dev_stack.cardflow("dev", "down")
     assert down.returncode == 0 and "postgres" in down.stdout
-    deadline = time.monotonic() + 30
-    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-              for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in pids)
+    psutil.wait_procs([psutil.Process(pid) for pid in pids if process_lives(pid)], timeout=30)
+    assert not any(process_lives(pid) for pid in pids)
     code, status = dev_stack.status()
     assert code == 1 and not any(p["running"] for p in status["parts"])
 
@@ -223,17 +244,23 @@ async def test_state_survives_dev_down_and_up(dev_stack: DevStack) -> None:
     assert description.status is not None and description.status.name == "COMPLETED"
     database = await asyncpg.connect(settings.effective_database_url)
     try:
-        assert await database.fetchval(
-            "SELECT count(*) FROM ledger_accounts WHERE code = 'bank:inbound:USD'"
-        ) == 1
+        assert (
+            await database.fetchval(
+                "SELECT count(*) FROM ledger_accounts WHERE code = 'bank:inbound:USD'"
+            )
+            == 1
+        )
     finally:
         await database.close()
 
 
 @pytest.mark.parametrize(
     ("port_name", "variable"),
-    [("postgres", "CARDFLOW_POSTGRES_PORT"), ("temporal", "CARDFLOW_TEMPORAL_PORT"),
-     ("codec", "CARDFLOW_CODEC_PORT")],
+    [
+        ("postgres", "CARDFLOW_POSTGRES_PORT"),
+        ("temporal", "CARDFLOW_TEMPORAL_PORT"),
+        ("codec", "CARDFLOW_CODEC_PORT"),
+    ],
 )
 def test_dev_up_on_a_taken_port_fails_naming_the_port_and_its_owner(
     tmp_path: Path, port_name: str, variable: str

@@ -18,7 +18,6 @@ from schemas.health import PingInput, PingResult, QueueHealth
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Money, Rate
 from starters.health import ping
 from tests.conftest import RunningStack
-from workflows.health import ping_workflow_id
 from workers.converter import (
     ENCODING_ENCRYPTED,
     METADATA_KEY_ID,
@@ -31,6 +30,7 @@ from workers.converter import (
     load_keys,
 )
 from workers.settings import load_settings
+from workflows.health import ping_workflow_id
 
 
 def key(key_id: str) -> tuple[str, bytes]:
@@ -58,17 +58,45 @@ texts = st.text(max_size=200)
 queue_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-0123456789", min_size=1, max_size=40)
 schema_values = st.one_of(
     money,
-    st.builds(Quote, rate=st.decimals(min_value=Decimal("0.000001"), max_value=Decimal("100000"),
-                                      allow_nan=False, allow_infinity=False, places=8),
-              sell=money, buy=money, note=texts),
-    st.builds(PingInput, ledger_task_queue=queue_names, providers_task_queue=queue_names,
-              requested_by=st.text(max_size=200),
-              probe_timeout_seconds=st.integers(1, 300)),
-    st.builds(PingResult, workflow_task_queue=queue_names, requested_by=texts,
-              ledger=st.builds(QueueHealth, task_queue=queue_names, answered=st.booleans(),
-                               worker_identity=st.none() | texts, detail=texts),
-              providers=st.builds(QueueHealth, task_queue=queue_names, answered=st.booleans(),
-                                  worker_identity=st.none() | texts, detail=texts)),
+    st.builds(
+        Quote,
+        rate=st.decimals(
+            min_value=Decimal("0.000001"),
+            max_value=Decimal("100000"),
+            allow_nan=False,
+            allow_infinity=False,
+            places=8,
+        ),
+        sell=money,
+        buy=money,
+        note=texts,
+    ),
+    st.builds(
+        PingInput,
+        ledger_task_queue=queue_names,
+        providers_task_queue=queue_names,
+        requested_by=st.text(max_size=200),
+        probe_timeout_seconds=st.integers(1, 300),
+    ),
+    st.builds(
+        PingResult,
+        workflow_task_queue=queue_names,
+        requested_by=texts,
+        ledger=st.builds(
+            QueueHealth,
+            task_queue=queue_names,
+            answered=st.booleans(),
+            worker_identity=st.none() | texts,
+            detail=texts,
+        ),
+        providers=st.builds(
+            QueueHealth,
+            task_queue=queue_names,
+            answered=st.booleans(),
+            worker_identity=st.none() | texts,
+            detail=texts,
+        ),
+    ),
 )
 
 
@@ -85,8 +113,12 @@ async def test_schema_types_round_trip_through_the_encrypting_converter(value: B
 
 async def test_money_travels_as_integers_and_rates_as_strings() -> None:
     plain = build_data_converter(KEYS).payload_converter
-    quote = Quote(rate=Decimal("1.0825"), sell=Money(amount_minor=1000, currency=Currency.USD),
-                  buy=Money(amount_minor=923, currency=Currency.EUR), note="")
+    quote = Quote(
+        rate=Decimal("1.0825"),
+        sell=Money(amount_minor=1000, currency=Currency.USD),
+        buy=Money(amount_minor=923, currency=Currency.EUR),
+        note="",
+    )
     [payload] = plain.to_payloads([quote])
     document = json.loads(payload.data)
     assert document["rate"] == "1.0825"
@@ -95,8 +127,9 @@ async def test_money_travels_as_integers_and_rates_as_strings() -> None:
 
 async def test_encrypted_payload_hides_the_plaintext() -> None:
     converter = build_data_converter(KEYS)
-    [payload] = await converter.encode([PingInput(ledger_task_queue="a", providers_task_queue="b",
-                                                  requested_by="Jane Customer")])
+    [payload] = await converter.encode(
+        [PingInput(ledger_task_queue="a", providers_task_queue="b", requested_by="Jane Customer")]
+    )
     assert b"Jane Customer" not in payload.SerializeToString()
     assert payload.metadata[METADATA_KEY_ID] == b"k1"
 

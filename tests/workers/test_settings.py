@@ -76,7 +76,10 @@ def test_the_cli_refuses_to_start_with_a_bad_setting() -> None:
     env = dict(os.environ, TEMPORAL_ADDRESS="nonsense")
     completed = subprocess.run(
         [sys.executable, "-m", "starters.cli", "dev", "status"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert completed.returncode == 2
     assert "TEMPORAL_ADDRESS" in completed.stderr

@@ -6,7 +6,7 @@ import pytest
 
 from schemas.health import PingResult
 from starters.health import WorkflowWorkerSilent, ping
-from tests.conftest import StackFactory, RunningStack
+from tests.conftest import RunningStack, StackFactory
 
 
 async def test_ping_reports_every_queue_answering(stack: RunningStack) -> None:
@@ -33,5 +33,6 @@ async def test_ping_names_the_queue_whose_worker_is_down(make_stack: StackFactor
 async def test_ping_raises_when_no_workflow_worker_runs(make_stack: StackFactory) -> None:
     async with make_stack(kinds=("ledger", "providers")) as running:
         with pytest.raises(WorkflowWorkerSilent, match=running.queues.workflows):
-            await ping(running.client, running.queues, probe_timeout_seconds=1,
-                       deadline_margin_seconds=2)
+            await ping(
+                running.client, running.queues, probe_timeout_seconds=1, deadline_margin_seconds=2
+            )
