@@ -106,30 +106,34 @@ async def template_database(postgres_server_url: str) -> str:
     return TEMPLATE_DATABASE
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def database_url(postgres_server_url: str, template_database: str) -> AsyncIterator[str]:
-    """A fresh, migrated database of the test's own, dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    connection = await asyncpg.connect(postgres_server_url)
+@contextlib.asynccontextmanager
+async def scratch_database(
+    server_url: str, prefix: str, template: str | None = None
+) -> AsyncIterator[str]:
+    """A database of its own for one test, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    copy_of = f' TEMPLATE "{template}"' if template else ""
+    connection = await asyncpg.connect(server_url)
     try:
-        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-        yield with_database(postgres_server_url, name)
+        await connection.execute(f'CREATE DATABASE "{name}"{copy_of}')
+        yield with_database(server_url, name)
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database_url(postgres_server_url: str, template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of the test's own."""
+    async with scratch_database(postgres_server_url, "test", template_database) as url:
+        yield url
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def empty_database_url(postgres_server_url: str) -> AsyncIterator[str]:
     """A database with no migrations applied, for the migration runner's tests."""
-    name = f"empty_{uuid.uuid4().hex[:16]}"
-    connection = await asyncpg.connect(postgres_server_url)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(postgres_server_url, name)
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    async with scratch_database(postgres_server_url, "empty") as url:
+        yield url
 
 
 @dataclass

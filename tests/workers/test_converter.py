@@ -56,6 +56,13 @@ money = st.builds(
 )
 texts = st.text(max_size=200)
 queue_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-0123456789", min_size=1, max_size=40)
+queue_health = st.builds(
+    QueueHealth,
+    task_queue=queue_names,
+    answered=st.booleans(),
+    worker_identity=st.none() | texts,
+    detail=texts,
+)
 schema_values = st.one_of(
     money,
     st.builds(
@@ -82,20 +89,8 @@ schema_values = st.one_of(
         PingResult,
         workflow_task_queue=queue_names,
         requested_by=texts,
-        ledger=st.builds(
-            QueueHealth,
-            task_queue=queue_names,
-            answered=st.booleans(),
-            worker_identity=st.none() | texts,
-            detail=texts,
-        ),
-        providers=st.builds(
-            QueueHealth,
-            task_queue=queue_names,
-            answered=st.booleans(),
-            worker_identity=st.none() | texts,
-            detail=texts,
-        ),
+        ledger=queue_health,
+        providers=queue_health,
     ),
 )
 
