@@ -59,4 +59,5 @@ async def ping(
             pass
         raise WorkflowWorkerSilent(
             f"no worker on {queues.workflows} ran the health check within {deadline_seconds}s"
+            " (none is polling, or its workflow task fails: see the worker's log)"
         ) from None

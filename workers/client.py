@@ -11,9 +11,7 @@ from workers.settings import Settings
 
 def tls_config(settings: Settings) -> TLSConfig | bool:
     """mTLS when a client certificate is configured; plain TLS for an API key."""
-    if settings.temporal_tls_cert is not None or settings.temporal_tls_key is not None:
-        if settings.temporal_tls_cert is None or settings.temporal_tls_key is None:
-            raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY must be set together")
+    if settings.temporal_tls_cert is not None and settings.temporal_tls_key is not None:
         return TLSConfig(
             client_cert=settings.temporal_tls_cert.read_bytes(),
             client_private_key=settings.temporal_tls_key.read_bytes(),

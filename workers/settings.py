@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TASK_QUEUE_PREFIX_PATTERN, TaskQueues
@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"file {value} does not exist")
         return value
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY must be set together")
+        return self
 
     @field_validator("codec_cors_origins", mode="before")
     @classmethod

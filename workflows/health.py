@@ -18,6 +18,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.health import LEDGER_PING, PROVIDERS_PING
     from schemas.health import PingInput, PingResult, QueueHealth
+    from schemas.search import PROCESS_STATUS
 
 PING_WORKFLOW = "Ping"
 PING_ID_PREFIX = "ping/"
@@ -38,6 +39,9 @@ class Ping:
     async def run(self, request: PingInput) -> PingResult:
         probe_timeout = timedelta(seconds=request.probe_timeout_seconds)
         self._stage = "probing activity queues"
+        # Also proves the namespace has cardflow's search attributes: an
+        # upsert of an unregistered one fails the workflow task.
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set("probing")])
         workflow.set_current_details(
             f"Probing {request.ledger_task_queue} and {request.providers_task_queue}"
         )
@@ -52,6 +56,9 @@ class Ping:
             requested_by=request.requested_by,
             ledger=ledger,
             providers=providers,
+        )
+        workflow.upsert_search_attributes(
+            [PROCESS_STATUS.value_set("healthy" if result.healthy else "unhealthy")]
         )
         workflow.set_current_details(
             "All queues answered" if result.healthy else "Some queues did not answer"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,16 @@ def test_bad_value_names_the_variable(
     message = str(error.value)
     assert f"{variable}:" in message
     assert expected in message
+
+
+def test_a_client_certificate_without_its_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    certificate = tmp_path / "client.pem"
+    certificate.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("TEMPORAL_TLS_CERT", str(certificate))
+    with pytest.raises(SettingsError, match="TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY"):
+        load_settings()
 
 
 def test_key_material_never_appears_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from schemas.health import PingResult
+from schemas.search import PROCESS_STATUS
 from starters.health import WorkflowWorkerSilent, ping
 from tests.conftest import RunningStack, StackFactory
+from workflows.health import ping_workflow_id
 
 
 async def test_ping_reports_every_queue_answering(stack: RunningStack) -> None:
-    result = await ping(stack.client, stack.queues, requested_by="test")
+    workflow_id = ping_workflow_id(uuid.uuid4().hex)
+    result = await ping(stack.client, stack.queues, requested_by="test", workflow_id=workflow_id)
     assert isinstance(result, PingResult)
     assert result.healthy
     assert result.workflow_task_queue == stack.queues.workflows
@@ -18,6 +23,8 @@ async def test_ping_reports_every_queue_answering(stack: RunningStack) -> None:
         result.ledger.worker_identity or ""
     )
     assert result.providers.answered and result.providers.worker_identity
+    description = await stack.client.get_workflow_handle(workflow_id).describe()
+    assert description.typed_search_attributes.get(PROCESS_STATUS) == "healthy"
 
 
 async def test_ping_names_the_queue_whose_worker_is_down(make_stack: StackFactory) -> None:
