@@ -114,7 +114,9 @@ class TransferBatch(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    items: Annotated[list[HoldRequest | TransferRequest], Field(min_length=1, max_length=BATCH_SIZE_MAX)]
+    items: Annotated[
+        list[HoldRequest | TransferRequest], Field(min_length=1, max_length=BATCH_SIZE_MAX)
+    ]
     atomic: bool = True
 
 

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from starters.ledger import ledger_app
 from workers.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(worker_app, name="worker")
 app.add_typer(codec_app, name="codec")
 app.add_typer(db_app, name="db")
+app.add_typer(ledger_app, name="ledger")
 
 
 def _settings() -> Settings:

@@ -189,3 +189,12 @@ def project_root() -> Path:
 
 
 __all__: list[Any] = ["RunningStack", "free_port", "project_root", "with_database"]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def ledger_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, size_max=40)
+    try:
+        yield pool
+    finally:
+        await pool.close()

@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.health import LedgerHealthActivities, providers_ping
+from activities.ledger.activities import LedgerActivities
 from schemas.task_queues import TaskQueues
 from workflows.health import Ping
 
@@ -23,7 +24,7 @@ PROVIDERS_ACTIVITIES_PER_SECOND_MAX = 50.0
 
 
 def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
-    return [LedgerHealthActivities(pool).ping]
+    return [LedgerHealthActivities(pool).ping, *LedgerActivities(pool).all()]  # type: ignore[list-item]
 
 
 def provider_activities() -> list[Callable[..., Any]]:

@@ -41,8 +41,9 @@ def payload_hash(*fields: object) -> bytes:
 def transfer_hash(request: TransferRequest) -> bytes:
     expires = request.expires_at.isoformat() if isinstance(request, HoldRequest) else None
     kind = "pending" if isinstance(request, HoldRequest) else "posted"
-    return payload_hash(kind, request.debit, request.credit, request.amount_minor,
-                        request.currency.value, expires)
+    return payload_hash(
+        kind, request.debit, request.credit, request.amount_minor, request.currency.value, expires
+    )
 
 
 def resolution_hash(request: HoldResolution) -> bytes:
@@ -68,15 +69,20 @@ class Ledger:
                 ON CONFLICT (code) DO NOTHING
                 RETURNING *
                 """,
-                spec.code, spec.currency.value, spec.kind, spec.owner_id,
-                spec.debits_must_not_exceed_credits, spec.credits_must_not_exceed_debits,
+                spec.code,
+                spec.currency.value,
+                spec.kind,
+                spec.owner_id,
+                spec.debits_must_not_exceed_credits,
+                spec.credits_must_not_exceed_debits,
                 spec.balance_slots,
             )
             if row is not None:
                 await connection.execute(
                     "INSERT INTO ledger_balances (account_id, slot)"
                     " SELECT $1, generate_series(0, $2 - 1)",
-                    row["id"], spec.balance_slots,
+                    row["id"],
+                    spec.balance_slots,
                 )
             else:
                 row = await connection.fetchrow(
@@ -111,8 +117,15 @@ class Ledger:
     ) -> list[TransferOutcome]:
         """Transfers and holds in one call. Atomic: all accepted or all rejected."""
         keys, hashes, pending, debits, credits, amounts, currencies, expires = (
-            [], [], [], [], [], [], [], []
-        )  # type: ignore[var-annotated]
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
         for request in requests:
             keys.append(request.key)
             hashes.append(transfer_hash(request))
@@ -124,13 +137,25 @@ class Ledger:
             currencies.append(request.currency.value)
             expires.append(request.expires_at if isinstance(request, HoldRequest) else None)
         rows = await self._call(
-            self._pool.fetch, _SUBMIT, atomic, keys, hashes, pending, debits, credits, amounts,
-            currencies, expires,
+            self._pool.fetch,
+            _SUBMIT,
+            atomic,
+            keys,
+            hashes,
+            pending,
+            debits,
+            credits,
+            amounts,
+            currencies,
+            expires,
         )
         return [
             TransferOutcome(
-                key=keys[row["item"] - 1], transfer_id=row["transfer_id"],
-                rejection=row["rejection"], detail=row["detail"], replayed=row["replayed"],
+                key=keys[row["item"] - 1],
+                transfer_id=row["transfer_id"],
+                rejection=row["rejection"],
+                detail=row["detail"],
+                replayed=row["replayed"],
                 created_at=row["created_at"],
                 amount_minor=None if row["rejection"] else amounts[row["item"] - 1],
             )
@@ -140,12 +165,21 @@ class Ledger:
     async def resolve_hold(self, request: HoldResolution) -> TransferOutcome:
         """Post (all or part), void or expire a hold."""
         row = await self._call(
-            self._pool.fetchrow, _RESOLVE, request.key, resolution_hash(request), request.action,
-            request.hold_key, request.amount_minor,
+            self._pool.fetchrow,
+            _RESOLVE,
+            request.key,
+            resolution_hash(request),
+            request.action,
+            request.hold_key,
+            request.amount_minor,
         )
         return TransferOutcome(
-            key=request.key, transfer_id=row["transfer_id"], rejection=row["rejection"],
-            detail=row["detail"], replayed=row["replayed"], created_at=row["created_at"],
+            key=request.key,
+            transfer_id=row["transfer_id"],
+            rejection=row["rejection"],
+            detail=row["detail"],
+            replayed=row["replayed"],
+            created_at=row["created_at"],
             amount_minor=row["amount_minor"],
         )
 
@@ -185,9 +219,13 @@ class Ledger:
             row = await self._pool.fetchrow(_BALANCE_AS_OF, account.id, as_of)
         assert row is not None
         return Balance(
-            code=code, currency=account.currency, debits_posted=row["dp"] or 0,
-            credits_posted=row["cp"] or 0, debits_pending=row["dpend"] or 0,
-            credits_pending=row["cpend"] or 0, as_of=as_of,
+            code=code,
+            currency=account.currency,
+            debits_posted=row["dp"] or 0,
+            credits_posted=row["cp"] or 0,
+            debits_pending=row["dpend"] or 0,
+            credits_pending=row["cpend"] or 0,
+            as_of=as_of,
         )
 
     async def history(
@@ -200,10 +238,14 @@ class Ledger:
         rows = await self._pool.fetch(_HISTORY, account.id, after or 0, limit + 1)
         entries = [
             HistoryEntry(
-                transfer_id=row["id"], key=row["idempotency_key"], kind=row["kind"],
+                transfer_id=row["id"],
+                key=row["idempotency_key"],
+                kind=row["kind"],
                 direction="debit" if row["debit_account_id"] == account.id else "credit",
-                counterparty=row["counterparty"], amount_minor=row["amount_minor"],
-                currency=row["currency"], created_at=row["created_at"],
+                counterparty=row["counterparty"],
+                amount_minor=row["amount_minor"],
+                currency=row["currency"],
+                created_at=row["created_at"],
                 pending_id=row["pending_id"],
             )
             for row in rows[:limit]
@@ -229,11 +271,16 @@ class Ledger:
 
 def _account(row: asyncpg.Record) -> Account:
     return Account(
-        id=row["id"], code=row["code"], currency=row["currency"], kind=row["kind"],
+        id=row["id"],
+        code=row["code"],
+        currency=row["currency"],
+        kind=row["kind"],
         owner_id=row["owner_id"],
         debits_must_not_exceed_credits=row["debits_must_not_exceed_credits"],
         credits_must_not_exceed_debits=row["credits_must_not_exceed_debits"],
-        balance_slots=row["balance_slots"], status=row["status"], created_at=row["created_at"],
+        balance_slots=row["balance_slots"],
+        status=row["status"],
+        created_at=row["created_at"],
     )
 
 

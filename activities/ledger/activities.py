@@ -1,0 +1,117 @@
+"""Temporal activities over the ledger, for the ledger task queue.
+
+A business rejection (insufficient funds, closed account...) is returned as
+the outcome, not raised: the first outcome is final, and retrying could not
+change it. Malformed calls and reused keys raise non-retryable errors; only
+infrastructure failures (connection lost, timeout) are retried, and the
+idempotency key makes every retry safe.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+from temporalio import activity
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+from activities.ledger.errors import NON_RETRYABLE_ERROR_TYPES, LedgerError
+from activities.ledger.store import Ledger
+from schemas.ledger import (
+    Account,
+    AccountSpec,
+    Balance,
+    HoldRequest,
+    HoldResolution,
+    TransferBatch,
+    TransferOutcome,
+    TransferRequest,
+)
+
+OPEN_ACCOUNT = "ledger.open_account"
+CLOSE_ACCOUNT = "ledger.close_account"
+TRANSFER = "ledger.transfer"
+HOLD = "ledger.hold"
+RESOLVE_HOLD = "ledger.resolve_hold"
+SUBMIT_BATCH = "ledger.submit_batch"
+GET_BALANCE = "ledger.balance"
+
+# Ledger calls are short; a call that has not finished in this time is stuck
+# on a lock or a lost connection and is better retried (idempotently).
+LEDGER_START_TO_CLOSE = timedelta(seconds=30)
+LEDGER_RETRY_POLICY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    non_retryable_error_types=list(NON_RETRYABLE_ERROR_TYPES),
+)
+
+
+def _non_retryable(error: LedgerError) -> ApplicationError:
+    return ApplicationError(str(error), type=type(error).__name__, non_retryable=True)
+
+
+class LedgerActivities:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.ledger = Ledger(pool)
+
+    @activity.defn(name=OPEN_ACCOUNT)
+    async def open_account(self, spec: AccountSpec) -> Account:
+        try:
+            return await self.ledger.open_account(spec)
+        except LedgerError as error:
+            raise _non_retryable(error) from error
+
+    @activity.defn(name=CLOSE_ACCOUNT)
+    async def close_account(self, code: str) -> bool:
+        try:
+            return await self.ledger.close_account(code)
+        except LedgerError as error:
+            raise _non_retryable(error) from error
+
+    @activity.defn(name=TRANSFER)
+    async def transfer(self, request: TransferRequest) -> TransferOutcome:
+        try:
+            return await self.ledger.transfer(request)
+        except LedgerError as error:
+            raise _non_retryable(error) from error
+
+    @activity.defn(name=HOLD)
+    async def hold(self, request: HoldRequest) -> TransferOutcome:
+        try:
+            return await self.ledger.transfer(request)
+        except LedgerError as error:
+            raise _non_retryable(error) from error
+
+    @activity.defn(name=RESOLVE_HOLD)
+    async def resolve_hold(self, request: HoldResolution) -> TransferOutcome:
+        try:
+            return await self.ledger.resolve_hold(request)
+        except LedgerError as error:
+            raise _non_retryable(error) from error
+
+    @activity.defn(name=SUBMIT_BATCH)
+    async def submit_batch(self, batch: TransferBatch) -> list[TransferOutcome]:
+        try:
+            return await self.ledger.submit(batch.items, atomic=batch.atomic)
+        except LedgerError as error:
+            raise _non_retryable(error) from error
+
+    @activity.defn(name=GET_BALANCE)
+    async def balance(self, code: str) -> Balance:
+        try:
+            return await self.ledger.balance(code)
+        except LedgerError as error:
+            raise _non_retryable(error) from error
+
+    def all(self) -> list[object]:
+        return [
+            self.open_account,
+            self.close_account,
+            self.transfer,
+            self.hold,
+            self.resolve_hold,
+            self.submit_batch,
+            self.balance,
+        ]
