@@ -1,0 +1,95 @@
+"""Ledger activities under Temporal: retries are safe, rejections are not retried."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import asyncpg
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.ledger import Ledger
+from activities.ledger.activities import (
+    LEDGER_RETRY_POLICY,
+    LEDGER_START_TO_CLOSE,
+    TRANSFER,
+    LedgerActivities,
+)
+from schemas.ledger import TransferOutcome, TransferRequest
+from tests.activities.ledger.helpers import BANK, move, open_basics
+
+
+@workflow.defn(name="LedgerTransferProbe", sandboxed=False)
+class TransferProbe:
+    """Runs one ledger transfer activity with the production retry policy."""
+
+    @workflow.run
+    async def run(self, request: TransferRequest) -> TransferOutcome:
+        return await workflow.execute_activity(
+            TRANSFER, request, start_to_close_timeout=LEDGER_START_TO_CLOSE,
+            retry_policy=LEDGER_RETRY_POLICY, result_type=TransferOutcome,
+        )
+
+
+class CrashAfterCommit:
+    """The real transfer activity, whose first attempt commits and then dies."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.real = LedgerActivities(pool)
+        self.attempts: list[int] = []
+
+    @activity.defn(name=TRANSFER)
+    async def transfer(self, request: TransferRequest) -> TransferOutcome:
+        self.attempts.append(activity.info().attempt)
+        outcome = await self.real.transfer(request)
+        if activity.info().attempt == 1:
+            raise ConnectionResetError("worker lost its connection after the commit")
+        return outcome
+
+
+async def run_probe(client: Client, activities: object, request: TransferRequest) -> TransferOutcome:
+    queue = f"ledger-probe-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=queue, workflows=[TransferProbe],
+                      activities=[activities.transfer]):  # type: ignore[attr-defined]
+        return await client.execute_workflow(
+            TransferProbe.run, request, id=f"probe/{uuid.uuid4().hex}", task_queue=queue,
+            execution_timeout=timedelta(seconds=60),
+        )
+
+
+async def test_a_retry_after_commit_leaves_exactly_one_transfer(
+    workflow_env: object, ledger_pool: asyncpg.Pool
+) -> None:
+    ledger = Ledger(ledger_pool)
+    await open_basics(ledger, "w:a")
+    crashing = CrashAfterCommit(ledger_pool)
+    request = move(BANK, "w:a", 4_200)
+    outcome = await run_probe(workflow_env.client, crashing, request)  # type: ignore[attr-defined]
+    assert crashing.attempts == [1, 2]
+    assert outcome.accepted and outcome.replayed
+    rows = await ledger_pool.fetch(
+        "SELECT id FROM ledger_transfers WHERE idempotency_key = $1", request.key
+    )
+    assert [r["id"] for r in rows] == [outcome.transfer_id]
+    assert (await ledger.balance("w:a")).posted == 4_200
+
+
+async def test_a_business_rejection_is_returned_not_retried(
+    workflow_env: object, ledger_pool: asyncpg.Pool
+) -> None:
+    ledger = Ledger(ledger_pool)
+    await open_basics(ledger, "w:a", "w:b")
+
+    class Counting(LedgerActivities):
+        attempts = 0
+
+        @activity.defn(name=TRANSFER)
+        async def transfer(self, request: TransferRequest) -> TransferOutcome:
+            Counting.attempts += 1
+            return await super().transfer(request)
+
+    outcome = await run_probe(workflow_env.client, Counting(ledger_pool),  # type: ignore[attr-defined]
+                              move("w:a", "w:b", 1))
+    assert outcome.rejection == "insufficient_funds" and Counting.attempts == 1
