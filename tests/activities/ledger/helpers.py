@@ -18,30 +18,52 @@ def key(prefix: str = "k") -> str:
 
 
 def wallet_spec(code: str, currency: Currency = Currency.USD) -> AccountSpec:
-    return AccountSpec(code=code, currency=currency, kind="wallet", owner_id=code,
-                       debits_must_not_exceed_credits=True)
+    return AccountSpec(
+        code=code,
+        currency=currency,
+        kind="wallet",
+        owner_id=code,
+        debits_must_not_exceed_credits=True,
+    )
 
 
 async def open_basics(ledger: Ledger, *wallets: str, settlement_slots: int = 8) -> None:
     await ledger.open_account(AccountSpec(code=BANK, currency=Currency.USD, kind="bank"))
-    await ledger.open_account(AccountSpec(code=SETTLEMENT, currency=Currency.USD,
-                                          kind="settlement", balance_slots=settlement_slots))
+    await ledger.open_account(
+        AccountSpec(
+            code=SETTLEMENT,
+            currency=Currency.USD,
+            kind="settlement",
+            balance_slots=settlement_slots,
+        )
+    )
     for wallet in wallets:
         await ledger.open_account(wallet_spec(wallet))
 
 
 def move(debit: str, credit: str, amount: int, k: str | None = None) -> TransferRequest:
-    return TransferRequest(key=k or key(), debit=debit, credit=credit, amount_minor=amount,
-                           currency=Currency.USD)
+    return TransferRequest(
+        key=k or key(), debit=debit, credit=credit, amount_minor=amount, currency=Currency.USD
+    )
 
 
-def hold(debit: str, credit: str, amount: int, *, seconds: float = 60,
-         k: str | None = None) -> HoldRequest:
-    return HoldRequest(key=k or key("hold"), debit=debit, credit=credit, amount_minor=amount,
-                       currency=Currency.USD,
-                       expires_at=datetime.now(UTC) + timedelta(seconds=seconds))
+def hold(
+    debit: str, credit: str, amount: int, *, seconds: float = 60, k: str | None = None
+) -> HoldRequest:
+    return HoldRequest(
+        key=k or key("hold"),
+        debit=debit,
+        credit=credit,
+        amount_minor=amount,
+        currency=Currency.USD,
+        expires_at=datetime.now(UTC) + timedelta(seconds=seconds),
+    )
 
 
 def resolve(hold_key: str, action: str, amount: int | None = None) -> HoldResolution:
-    return HoldResolution(key=key(action), hold_key=hold_key, action=action,  # type: ignore[arg-type]
-                          amount_minor=amount)
+    return HoldResolution(
+        key=key(action),
+        hold_key=hold_key,
+        action=action,  # type: ignore[arg-type]
+        amount_minor=amount,
+    )

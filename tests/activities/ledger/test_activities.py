@@ -28,8 +28,11 @@ class TransferProbe:
     @workflow.run
     async def run(self, request: TransferRequest) -> TransferOutcome:
         return await workflow.execute_activity(
-            TRANSFER, request, start_to_close_timeout=LEDGER_START_TO_CLOSE,
-            retry_policy=LEDGER_RETRY_POLICY, result_type=TransferOutcome,
+            TRANSFER,
+            request,
+            start_to_close_timeout=LEDGER_START_TO_CLOSE,
+            retry_policy=LEDGER_RETRY_POLICY,
+            result_type=TransferOutcome,
         )
 
 
@@ -49,12 +52,18 @@ class CrashAfterCommit:
         return outcome
 
 
-async def run_probe(client: Client, activities: object, request: TransferRequest) -> TransferOutcome:
+async def run_probe(
+    client: Client, activities: object, request: TransferRequest
+) -> TransferOutcome:
     queue = f"ledger-probe-{uuid.uuid4().hex[:8]}"
-    async with Worker(client, task_queue=queue, workflows=[TransferProbe],
-                      activities=[activities.transfer]):  # type: ignore[attr-defined]
+    async with Worker(
+        client, task_queue=queue, workflows=[TransferProbe], activities=[activities.transfer]
+    ):  # type: ignore[attr-defined]
         return await client.execute_workflow(
-            TransferProbe.run, request, id=f"probe/{uuid.uuid4().hex}", task_queue=queue,
+            TransferProbe.run,
+            request,
+            id=f"probe/{uuid.uuid4().hex}",
+            task_queue=queue,
             execution_timeout=timedelta(seconds=60),
         )
 
@@ -90,6 +99,9 @@ async def test_a_business_rejection_is_returned_not_retried(
             Counting.attempts += 1
             return await super().transfer(request)
 
-    outcome = await run_probe(workflow_env.client, Counting(ledger_pool),  # type: ignore[attr-defined]
-                              move("w:a", "w:b", 1))
+    outcome = await run_probe(
+        workflow_env.client,
+        Counting(ledger_pool),  # type: ignore[attr-defined]
+        move("w:a", "w:b", 1),
+    )
     assert outcome.rejection == "insufficient_funds" and Counting.attempts == 1

@@ -43,8 +43,13 @@ async def test_opening_is_idempotent_and_a_different_spec_conflicts(ledger: Ledg
     with pytest.raises(AccountConflict, match="w:a"):
         await ledger.open_account(wallet_spec("w:a", Currency.EUR))
     with pytest.raises(ValidationError, match="balance_slots must be 1"):
-        AccountSpec(code="x", currency=Currency.USD, kind="wallet",
-                    debits_must_not_exceed_credits=True, balance_slots=4)
+        AccountSpec(
+            code="x",
+            currency=Currency.USD,
+            kind="wallet",
+            debits_must_not_exceed_credits=True,
+            balance_slots=4,
+        )
 
 
 async def test_a_wallet_cannot_go_below_zero_and_the_rejection_is_final(ledger: Ledger) -> None:
@@ -103,7 +108,9 @@ async def test_bad_transfers_are_rejected_with_a_typed_reason(
     await open_basics(ledger, "w:a", "w:closed")
     await ledger.open_account(wallet_spec("w:eur", Currency.EUR))
     assert await ledger.close_account("w:closed")
-    outcome = await ledger.transfer(move(debit, credit, 5).model_copy(update={"currency": currency}))
+    outcome = await ledger.transfer(
+        move(debit, credit, 5).model_copy(update={"currency": currency})
+    )
     assert outcome.rejection is rejection
     assert await verify(ledger._pool) == []
 
@@ -258,7 +265,10 @@ async def test_balance_as_of_an_instant_and_paged_history(ledger: Ledger) -> Non
 async def test_transfers_are_immutable(ledger: Ledger, ledger_pool: asyncpg.Pool) -> None:
     await open_basics(ledger, "w:a")
     await ledger.transfer(move(BANK, "w:a", 100))
-    for statement in ("UPDATE ledger_transfers SET amount_minor = 1",
-                      "DELETE FROM ledger_transfers", "TRUNCATE ledger_transfers CASCADE"):
+    for statement in (
+        "UPDATE ledger_transfers SET amount_minor = 1",
+        "DELETE FROM ledger_transfers",
+        "TRUNCATE ledger_transfers CASCADE",
+    ):
         with pytest.raises(asyncpg.PostgresError, match="immutable"):
             await ledger_pool.execute(statement)

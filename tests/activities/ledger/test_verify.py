@@ -28,12 +28,16 @@ async def filled(ledger_pool: asyncpg.Pool) -> Ledger:
 def cardflow(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "starters.cli", "ledger", *args],
-        env=dict(os.environ, DATABASE_URL=database_url), capture_output=True, text=True,
+        env=dict(os.environ, DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 
 
-async def test_a_tampered_balance_row_is_reported(filled: Ledger, ledger_pool: asyncpg.Pool) -> None:
+async def test_a_tampered_balance_row_is_reported(
+    filled: Ledger, ledger_pool: asyncpg.Pool
+) -> None:
     await ledger_pool.execute(
         "UPDATE ledger_balances SET credits_posted = credits_posted + 5 FROM ledger_accounts a"
         " WHERE a.id = account_id AND a.code = 'w:b'"
