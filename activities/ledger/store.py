@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -28,6 +28,9 @@ from schemas.ledger import (
 # is retried and then finds the winner's outcome. One retry always suffices;
 # the bound guards against a bug turning this into a loop.
 KEY_RACE_RETRIES_MAX = 3
+
+# Stands in for "no expiry" in the submit arrays, which carry no NULLs.
+NOT_A_HOLD = datetime(9999, 12, 31, tzinfo=UTC)
 
 _SUBMIT = "SELECT * FROM ledger_submit($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 _RESOLVE = "SELECT * FROM ledger_resolve_hold($1, $2, $3, $4, $5)"
@@ -135,7 +138,7 @@ class Ledger:
             credits.append(request.credit)
             amounts.append(request.amount_minor)
             currencies.append(request.currency.value)
-            expires.append(request.expires_at if isinstance(request, HoldRequest) else None)
+            expires.append(request.expires_at if isinstance(request, HoldRequest) else NOT_A_HOLD)
         rows = await self._call(
             self._pool.fetch,
             _SUBMIT,

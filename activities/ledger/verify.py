@@ -155,6 +155,17 @@ CHECKS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        "transfer_references",
+        """
+        SELECT t.idempotency_key, 'refers to a missing account or hold'
+        FROM ledger_transfers t
+        LEFT JOIN ledger_accounts d ON d.id = t.debit_account_id
+        LEFT JOIN ledger_accounts c ON c.id = t.credit_account_id
+        LEFT JOIN ledger_transfers h ON h.id = t.pending_id
+        WHERE d.id IS NULL OR c.id IS NULL OR (t.pending_id IS NOT NULL AND h.id IS NULL)
+        """,
+    ),
+    (
         "key_has_one_outcome",
         """
         SELECT t.idempotency_key, 'both a transfer and a recorded rejection'

@@ -47,19 +47,22 @@ CREATE TABLE ledger_balances (
     PRIMARY KEY (account_id, slot)
 ) WITH (fillfactor = 50);  -- room for HOT updates of these hot rows
 
+-- No foreign keys here: each would lock the referenced account row (a tuple
+-- write) on every transfer. Only the functions below insert, using ids they
+-- have just read under lock; the verifier checks every reference.
 CREATE TABLE ledger_transfers (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     idempotency_key   text        NOT NULL UNIQUE CHECK (length(idempotency_key) BETWEEN 1 AND 200),
     payload_hash      bytea       NOT NULL,
     kind              text        NOT NULL CHECK (kind IN
                           ('posted', 'pending', 'post_pending', 'void_pending', 'expire_pending')),
-    debit_account_id  bigint      NOT NULL REFERENCES ledger_accounts (id),
+    debit_account_id  bigint      NOT NULL,
     debit_slot        smallint    NOT NULL,
-    credit_account_id bigint      NOT NULL REFERENCES ledger_accounts (id),
+    credit_account_id bigint      NOT NULL,
     credit_slot       smallint    NOT NULL,
     amount_minor      bigint      NOT NULL CHECK (amount_minor > 0),
     currency          text        NOT NULL,
-    pending_id        bigint      REFERENCES ledger_transfers (id),
+    pending_id        bigint,
     expires_at        timestamptz,
     created_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
     CHECK (debit_account_id <> credit_account_id),
@@ -102,8 +105,13 @@ CREATE TABLE ledger_rejections (
 -- p_atomic: all or nothing (a rejection of one item rejects every item);
 -- otherwise each item stands alone. Items are checked in order, so within a
 -- batch a later item sees the effect of the earlier ones.
+-- p_expires holds 'infinity' for plain transfers (arrays here carry no NULLs:
+-- reading element i of an array with NULLs or variable-length elements walks
+-- the array from its start, which would make a batch quadratic).
 -- Errors (SQLSTATE): CF400 malformed call, CF409 idempotency key reused with
--- another payload. Business rejections are returned and recorded.
+-- another payload (atomic only; in an independent batch that item alone
+-- reports rejection 'idempotency_conflict', which is not recorded).
+-- Business rejections are returned and recorded.
 -- ---------------------------------------------------------------------------
 CREATE FUNCTION ledger_submit(
     p_atomic     boolean,
@@ -125,6 +133,9 @@ CREATE FUNCTION ledger_submit(
 )
 LANGUAGE plpgsql AS $$
 DECLARE
+    codes        CONSTANT text[] := ARRAY['invalid_amount', 'same_account', 'unknown_account',
+                     'currency_mismatch', 'account_closed', 'invalid_expiry', 'insufficient_funds',
+                     'credits_exceed_debits', 'idempotency_conflict'];
     n            integer := coalesce(cardinality(p_keys), 0);
     acc_id       bigint[];
     acc_code     text[];
@@ -139,16 +150,18 @@ DECLARE
     b_closed     boolean[];
     d_ix         integer[];
     c_ix         integer[];
-    f_hash       bytea[];
-    f_tid        bigint[];
-    f_code       text[];
-    f_detail     text[];
-    f_at         timestamptz[];
-    st           text[] := array_fill(NULL::text, ARRAY[n]);
-    r_code       text[] := array_fill(NULL::text, ARRAY[n]);
-    r_detail     text[] := array_fill(NULL::text, ARRAY[n]);
-    found_count  integer := 0;
+    cur_ok       boolean[];
+    -- Per item: 0 new, 1 same key and payload seen before, 2 key seen with another payload.
+    seen         smallint[];
+    -- Per item: 0 undecided, 1 accepted, 2 rejected, 3 replayed.
+    st           smallint[] := array_fill(0::smallint, ARRAY[n]);
+    r_code       smallint[] := array_fill(0::smallint, ARRAY[n]);
+    -- Per item: the balance the rejection was measured against.
+    r_room       bigint[] := array_fill(0::bigint, ARRAY[n]);
+    distinct_keys integer;
+    seen_count   integer;
     ok_count     integer := 0;
+    rejected_count integer := 0;
     rejected_at  integer := 0;
     i            integer;
     di           integer;
@@ -164,18 +177,15 @@ BEGIN
        OR cardinality(p_currencies) <> n OR cardinality(p_expires) <> n THEN
         RAISE EXCEPTION 'submit arrays differ in length' USING ERRCODE = 'CF400';
     END IF;
-    IF (SELECT count(DISTINCT k) FROM unnest(p_keys) k) <> n THEN
-        RAISE EXCEPTION 'an idempotency key appears twice in one submit' USING ERRCODE = 'CF400';
-    END IF;
 
     -- Resolve the accounts and lock one balance row of each, in global order.
-    WITH codes AS (
+    WITH wanted AS (
         SELECT DISTINCT code FROM unnest(p_debits || p_credits) AS code
     ), accounts AS (
         SELECT a.id, a.code, a.currency, a.debits_must_not_exceed_credits AS dmnec,
                a.credits_must_not_exceed_debits AS cmned,
                (pg_backend_pid() % a.balance_slots)::smallint AS slot
-        FROM ledger_accounts a JOIN codes USING (code)
+        FROM ledger_accounts a JOIN wanted USING (code)
     ), locked AS (
         SELECT b.account_id, b.slot, b.debits_posted, b.credits_posted, b.debits_pending,
                b.credits_pending, b.closed
@@ -193,99 +203,98 @@ BEGIN
            b_dp, b_cp, b_dpend, b_cpend, b_closed
     FROM accounts x JOIN locked l ON l.account_id = x.id;
 
-    SELECT array_agg(coalesce(dm.ix, 0)::integer ORDER BY it.i),
-           array_agg(coalesce(cm.ix, 0)::integer ORDER BY it.i)
-      INTO d_ix, c_ix
-    FROM unnest(p_debits, p_credits) WITH ORDINALITY AS it(dcode, ccode, i)
-    LEFT JOIN unnest(acc_code) WITH ORDINALITY AS dm(code, ix) ON dm.code = it.dcode
-    LEFT JOIN unnest(acc_code) WITH ORDINALITY AS cm(code, ix) ON cm.code = it.ccode;
-
-    -- Idempotency, after the locks: a concurrent call with the same key has
-    -- either committed (and is seen here) or waits behind us.
-    WITH found AS (
-        SELECT t.idempotency_key AS key, t.payload_hash, t.id, NULL::text AS code,
-               NULL::text AS detail, t.created_at
-        FROM ledger_transfers t WHERE t.idempotency_key = ANY (p_keys)
+    -- Per item, in one pass: account positions, currency agreement, and
+    -- idempotency. Idempotency is read after the locks: a concurrent call with
+    -- the same key has either committed (and is seen here) or waits behind us.
+    WITH items AS (
+        SELECT * FROM unnest(p_keys, p_hashes, p_debits, p_credits, p_currencies)
+                 WITH ORDINALITY AS u(key, hash, dcode, ccode, currency, i)
+    ), accounts AS (
+        SELECT * FROM unnest(acc_code, acc_currency) WITH ORDINALITY AS x(code, currency, ix)
+    ), found AS (
+        SELECT t.idempotency_key AS key, t.payload_hash FROM ledger_transfers t
+        WHERE t.idempotency_key = ANY (p_keys)
         UNION ALL
-        SELECT r.idempotency_key, r.payload_hash, NULL::bigint, r.code, r.detail, r.created_at
-        FROM ledger_rejections r WHERE r.idempotency_key = ANY (p_keys)
+        SELECT r.idempotency_key, r.payload_hash FROM ledger_rejections r
+        WHERE r.idempotency_key = ANY (p_keys)
     )
-    SELECT array_agg(f.payload_hash ORDER BY u.i), array_agg(f.id ORDER BY u.i),
-           array_agg(f.code ORDER BY u.i), array_agg(f.detail ORDER BY u.i),
-           array_agg(f.created_at ORDER BY u.i), count(f.key)
-      INTO f_hash, f_tid, f_code, f_detail, f_at, found_count
-    FROM unnest(p_keys) WITH ORDINALITY AS u(key, i) LEFT JOIN found f ON f.key = u.key;
+    SELECT array_agg(coalesce(dm.ix, 0)::integer ORDER BY it.i),
+           array_agg(coalesce(cm.ix, 0)::integer ORDER BY it.i),
+           array_agg(coalesce(dm.currency = it.currency AND cm.currency = it.currency, false)
+                     ORDER BY it.i),
+           array_agg(CASE WHEN f.key IS NULL THEN 0 WHEN f.payload_hash = it.hash THEN 1
+                          ELSE 2 END::smallint ORDER BY it.i),
+           count(f.key), count(DISTINCT it.key)
+      INTO d_ix, c_ix, cur_ok, seen, seen_count, distinct_keys
+    FROM items it
+    LEFT JOIN accounts dm ON dm.code = it.dcode
+    LEFT JOIN accounts cm ON cm.code = it.ccode
+    LEFT JOIN found f ON f.key = it.key;
 
-    IF found_count > 0 THEN
+    IF distinct_keys <> n THEN
+        RAISE EXCEPTION 'an idempotency key appears twice in one submit' USING ERRCODE = 'CF400';
+    END IF;
+    IF seen_count > 0 AND p_atomic THEN
         FOR i IN 1 .. n LOOP
-            IF f_hash[i] IS NOT NULL AND f_hash[i] <> p_hashes[i] THEN
+            IF seen[i] = 2 THEN
                 RAISE EXCEPTION 'idempotency key "%" was already used with a different payload',
                     p_keys[i] USING ERRCODE = 'CF409';
             END IF;
         END LOOP;
-        IF p_atomic AND found_count < n THEN
-            SELECT u.key INTO STRICT detail
-            FROM unnest(p_keys) WITH ORDINALITY AS u(key, i) WHERE f_hash[u.i] IS NOT NULL LIMIT 1;
-            RAISE EXCEPTION 'idempotency key "%" was already used outside this atomic batch', detail
-                USING ERRCODE = 'CF409';
+        IF seen_count < n THEN
+            FOR i IN 1 .. n LOOP
+                IF seen[i] = 1 THEN
+                    RAISE EXCEPTION 'idempotency key "%" was already used outside this atomic batch',
+                        p_keys[i] USING ERRCODE = 'CF409';
+                END IF;
+            END LOOP;
         END IF;
-        FOR i IN 1 .. n LOOP
-            IF f_hash[i] IS NOT NULL THEN
-                st[i] := 'replayed';
-            END IF;
-        END LOOP;
     END IF;
 
     now_ts := clock_timestamp();
     FOR i IN 1 .. n LOOP
-        CONTINUE WHEN st[i] IS NOT NULL;
-        di := d_ix[i];
-        ci := c_ix[i];
-        a := p_amounts[i];
-        IF a IS NULL OR a <= 0 THEN
-            r_code[i] := 'invalid_amount';
-            r_detail[i] := format('amount must be positive, got %s', a);
-        ELSIF p_debits[i] = p_credits[i] THEN
-            r_code[i] := 'same_account';
-            r_detail[i] := format('%s cannot pay itself', p_debits[i]);
-        ELSIF di = 0 THEN
-            r_code[i] := 'unknown_account';
-            r_detail[i] := format('no account %s', p_debits[i]);
-        ELSIF ci = 0 THEN
-            r_code[i] := 'unknown_account';
-            r_detail[i] := format('no account %s', p_credits[i]);
-        ELSIF acc_currency[di] <> p_currencies[i] OR acc_currency[ci] <> p_currencies[i] THEN
-            r_code[i] := 'currency_mismatch';
-            r_detail[i] := format('%s %s to %s %s in %s', p_debits[i], acc_currency[di],
-                                  p_credits[i], acc_currency[ci], p_currencies[i]);
-        ELSIF b_closed[di] OR b_closed[ci] THEN
-            r_code[i] := 'account_closed';
-            r_detail[i] := format('%s is closed',
-                                  CASE WHEN b_closed[di] THEN p_debits[i] ELSE p_credits[i] END);
-        ELSIF p_pending[i] AND (p_expires[i] IS NULL OR p_expires[i] <= now_ts) THEN
-            r_code[i] := 'invalid_expiry';
-            r_detail[i] := format('a hold must expire in the future, got %s', p_expires[i]);
-        ELSIF acc_dmnec[di] AND b_dp[di] + b_dpend[di] + a > b_cp[di] THEN
-            r_code[i] := 'insufficient_funds';
-            r_detail[i] := format('%s has %s available, %s requested', p_debits[i],
-                                  b_cp[di] - b_dp[di] - b_dpend[di], a);
-        ELSIF acc_cmned[ci] AND b_cp[ci] + b_cpend[ci] + a > b_dp[ci] THEN
-            r_code[i] := 'credits_exceed_debits';
-            r_detail[i] := format('%s may take %s more, %s offered', p_credits[i],
-                                  b_dp[ci] - b_cp[ci] - b_cpend[ci], a);
-        ELSE
-            IF p_pending[i] THEN
-                b_dpend[di] := b_dpend[di] + a;
-                b_cpend[ci] := b_cpend[ci] + a;
-            ELSE
-                b_dp[di] := b_dp[di] + a;
-                b_cp[ci] := b_cp[ci] + a;
-            END IF;
-            st[i] := 'ok';
-            ok_count := ok_count + 1;
+        IF seen[i] = 1 THEN
+            st[i] := 3;
             CONTINUE;
+        ELSIF seen[i] = 2 THEN
+            r_code[i] := 9;
+        ELSE
+            di := d_ix[i];
+            ci := c_ix[i];
+            a := p_amounts[i];
+            IF a IS NULL OR a <= 0 THEN
+                r_code[i] := 1;
+            ELSIF di = ci AND di > 0 THEN
+                r_code[i] := 2;
+            ELSIF di = 0 OR ci = 0 THEN
+                r_code[i] := 3;
+            ELSIF NOT cur_ok[i] THEN
+                r_code[i] := 4;
+            ELSIF b_closed[di] OR b_closed[ci] THEN
+                r_code[i] := 5;
+            ELSIF p_pending[i] AND p_expires[i] <= now_ts THEN
+                r_code[i] := 6;
+            ELSIF acc_dmnec[di] AND b_dp[di] + b_dpend[di] + a > b_cp[di] THEN
+                r_code[i] := 7;
+                r_room[i] := b_cp[di] - b_dp[di] - b_dpend[di];
+            ELSIF acc_cmned[ci] AND b_cp[ci] + b_cpend[ci] + a > b_dp[ci] THEN
+                r_code[i] := 8;
+                r_room[i] := b_dp[ci] - b_cp[ci] - b_cpend[ci];
+            ELSE
+                IF p_pending[i] THEN
+                    b_dpend[di] := b_dpend[di] + a;
+                    b_cpend[ci] := b_cpend[ci] + a;
+                ELSE
+                    b_dp[di] := b_dp[di] + a;
+                    b_cp[ci] := b_cp[ci] + a;
+                END IF;
+                st[i] := 1;
+                ok_count := ok_count + 1;
+                CONTINUE;
+            END IF;
         END IF;
-        st[i] := 'rejected';
+        st[i] := 2;
+        rejected_count := rejected_count + 1;
         IF p_atomic THEN
             rejected_at := i;
             EXIT;
@@ -294,14 +303,9 @@ BEGIN
 
     IF rejected_at > 0 THEN
         -- All or nothing: every item of the batch carries the one reason.
-        FOR i IN 1 .. n LOOP
-            st[i] := 'rejected';
-            r_code[i] := r_code[rejected_at];
-            r_detail[i] := CASE WHEN n = 1 THEN r_detail[rejected_at]
-                ELSE format('batch rejected at item %s (%s): %s', rejected_at,
-                            p_keys[rejected_at], r_detail[rejected_at]) END;
-        END LOOP;
+        st := array_fill(2::smallint, ARRAY[n]);
         ok_count := 0;
+        rejected_count := n;
     END IF;
 
     IF ok_count > 0 THEN
@@ -315,36 +319,81 @@ BEGIN
                IS DISTINCT FROM (v.dp, v.cp, v.dpend, v.cpend);
     END IF;
 
-    INSERT INTO ledger_rejections (idempotency_key, payload_hash, code, detail, created_at)
-    SELECT u.key, p_hashes[u.i], r_code[u.i], r_detail[u.i], now_ts
-    FROM unnest(p_keys) WITH ORDINALITY AS u(key, i)
-    WHERE st[u.i] = 'rejected';
-
     RETURN QUERY
-    WITH inserted AS (
+    WITH items AS (
+        SELECT * FROM unnest(p_keys, p_hashes, p_pending, p_debits, p_credits, p_amounts,
+                             p_currencies, p_expires, st, r_code, r_room, d_ix, c_ix)
+                 WITH ORDINALITY
+                 AS u(key, hash, pending, dcode, ccode, amount, currency, expires, state, code,
+                      room, di, ci, i)
+    ), failed AS (
+        -- The reason, in words, of each rejected item (in an atomic batch, of
+        -- the one item that failed it).
+        SELECT it.i,
+               CASE it.code
+                   WHEN 1 THEN format('amount must be positive, got %s', it.amount)
+                   WHEN 2 THEN format('%s cannot pay itself', it.dcode)
+                   WHEN 3 THEN format('no account %s',
+                                      CASE WHEN it.di = 0 THEN it.dcode ELSE it.ccode END)
+                   WHEN 4 THEN format('%s %s to %s %s in %s', it.dcode, acc_currency[it.di],
+                                      it.ccode, acc_currency[it.ci], it.currency)
+                   WHEN 5 THEN format('%s is closed',
+                                      CASE WHEN b_closed[it.di] THEN it.dcode ELSE it.ccode END)
+                   WHEN 6 THEN format('a hold must expire in the future, got %s', it.expires)
+                   WHEN 7 THEN format('%s has %s available, %s requested', it.dcode, it.room,
+                                      it.amount)
+                   WHEN 8 THEN format('%s may take %s more, %s offered', it.ccode, it.room,
+                                      it.amount)
+                   WHEN 9 THEN format('idempotency key "%s" was already used with a different '
+                                      'payload', it.key)
+               END AS why
+        FROM items it WHERE it.code > 0
+    ), reasons AS (
+        SELECT it.i, it.key, it.hash,
+               codes[CASE WHEN rejected_at > 0 THEN r_code[rejected_at] ELSE it.code END] AS code,
+               CASE WHEN rejected_at = 0 OR n = 1 THEN f.why
+                    ELSE format('batch rejected at item %s (%s): %s', rejected_at,
+                                p_keys[rejected_at], (SELECT f2.why FROM failed f2
+                                                      WHERE f2.i = rejected_at)) END AS why
+        FROM items it LEFT JOIN failed f ON f.i = it.i
+        WHERE rejected_count > 0 AND it.state = 2
+    ), recorded AS (
+        -- A conflicting key is refused, not recorded: it has an outcome already.
+        INSERT INTO ledger_rejections (idempotency_key, payload_hash, code, detail, created_at)
+        SELECT r.key, r.hash, r.code, r.why, now_ts FROM reasons r
+        WHERE r.code <> 'idempotency_conflict'
+    ), inserted AS (
         INSERT INTO ledger_transfers (idempotency_key, payload_hash, kind, debit_account_id,
                                       debit_slot, credit_account_id, credit_slot, amount_minor,
                                       currency, expires_at)
-        SELECT u.key, p_hashes[u.i],
-               CASE WHEN p_pending[u.i] THEN 'pending' ELSE 'posted' END,
-               acc_id[d_ix[u.i]], acc_slot[d_ix[u.i]], acc_id[c_ix[u.i]], acc_slot[c_ix[u.i]],
-               p_amounts[u.i], p_currencies[u.i],
-               CASE WHEN p_pending[u.i] THEN p_expires[u.i] END
-        FROM unnest(p_keys) WITH ORDINALITY AS u(key, i)
-        WHERE st[u.i] = 'ok'
-        ORDER BY u.i
+        SELECT it.key, it.hash, CASE WHEN it.pending THEN 'pending' ELSE 'posted' END,
+               acc_id[it.di], acc_slot[it.di], acc_id[it.ci], acc_slot[it.ci], it.amount,
+               it.currency, CASE WHEN it.pending THEN it.expires END
+        FROM items it
+        WHERE ok_count > 0 AND it.state = 1
+        ORDER BY it.i
         RETURNING ledger_transfers.idempotency_key, ledger_transfers.id,
                   ledger_transfers.created_at
+    ), earlier AS (
+        SELECT t.idempotency_key AS key, t.id, NULL::text AS code, ''::text AS why, t.created_at
+        FROM ledger_transfers t
+        WHERE seen_count > 0 AND t.idempotency_key = ANY (p_keys)
+        UNION ALL
+        SELECT r.idempotency_key, NULL, r.code, r.detail, r.created_at
+        FROM ledger_rejections r
+        WHERE seen_count > 0 AND r.idempotency_key = ANY (p_keys)
     )
-    SELECT u.i::integer,
-           coalesce(ins.id, f_tid[u.i]),
-           coalesce(r_code[u.i], f_code[u.i]),
-           coalesce(r_detail[u.i], f_detail[u.i], ''),
-           st[u.i] = 'replayed',
-           coalesce(ins.created_at, f_at[u.i], now_ts)
-    FROM unnest(p_keys) WITH ORDINALITY AS u(key, i)
-    LEFT JOIN inserted ins ON ins.idempotency_key = u.key
-    ORDER BY u.i;
+    SELECT it.i::integer,
+           CASE WHEN it.state = 3 THEN e.id ELSE ins.id END,
+           CASE WHEN it.state = 3 THEN e.code ELSE r.code END,
+           coalesce(CASE WHEN it.state = 3 THEN e.why ELSE r.why END, ''),
+           it.state = 3,
+           coalesce(CASE WHEN it.state = 3 THEN e.created_at ELSE ins.created_at END, now_ts)
+    FROM items it
+    LEFT JOIN inserted ins ON ins.idempotency_key = it.key
+    LEFT JOIN reasons r ON r.i = it.i
+    LEFT JOIN earlier e ON e.key = it.key AND it.state = 3
+    ORDER BY it.i;
 END;
 $$;
 

@@ -1,0 +1,254 @@
+"""Ledger throughput and latency, each figure also as a ratio to a bare-commit ceiling.
+
+Run: .venv/bin/python -m bench.ledger [--connections N] [--seconds S] [--json]
+
+Starts its own embedded PostgreSQL in a temporary directory (or uses
+DATABASE_URL, into a scratch database it creates and drops), applies the
+migrations, then measures, in one run on the same server:
+
+  ceiling      bare one-row UPDATE commits, one row per connection
+  50 accounts  single transfers between random pairs of 50 constrained wallets
+  2 accounts   single transfers back and forth between 2 constrained wallets
+  hot account  single transfers from 50 wallets into one striped system account
+  batches      atomic batches of 8,000 transfers over 50 wallets
+
+All constraints and idempotency are on: every transfer has its own key, is
+checked against the wallet's available balance inside the lock, and is
+recorded with its payload hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import asyncpg
+
+from activities.database import create_pool
+from activities.ledger import Ledger
+from activities.migrate import migrate
+from schemas.ledger import BATCH_SIZE_MAX, AccountSpec, TransferRequest
+from schemas.money import Currency
+from starters.devstack import postgres
+
+FUNDING_MINOR = 10**15
+HOT_ACCOUNT_SLOTS = 16
+BATCHES_IN_FLIGHT = 2
+
+
+@dataclass
+class Figure:
+    name: str
+    rate_per_second: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    ratio_to_ceiling: float = 0.0
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def timed_loop(
+    connections: int, seconds: float, operation: Callable[[int], Awaitable[int]]
+) -> tuple[float, list[float]]:
+    """Run `operation(worker)` in `connections` loops for `seconds`; return rate and latencies."""
+    latencies: list[float] = []
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop(worker: int) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            # Await first, then add: `done += await ...` would read `done`
+            # before the await and lose the other loops' increments.
+            finished = await operation(worker)
+            done += finished
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop(worker) for worker in range(connections)))
+    return done / (time.perf_counter() - started), latencies
+
+
+async def measure_ceiling(pool: asyncpg.Pool, connections: int, seconds: float) -> Figure:
+    await pool.execute(
+        "CREATE TABLE bench_ceiling (id integer PRIMARY KEY, n bigint NOT NULL);"
+        "INSERT INTO bench_ceiling SELECT g, 0 FROM generate_series(0, 255) g"
+    )
+
+    async def update(worker: int) -> int:
+        await pool.execute("UPDATE bench_ceiling SET n = n + 1 WHERE id = $1", worker)
+        return 1
+
+    rate, latencies = await timed_loop(connections, seconds, update)
+    return Figure("bare one-row UPDATE (ceiling)", rate, percentile(latencies, 0.5),
+                  percentile(latencies, 0.99), 1.0)
+
+
+async def open_wallets(ledger: Ledger, prefix: str, count: int) -> list[str]:
+    source = f"{prefix}:funding"
+    await ledger.open_account(AccountSpec(code=source, currency=Currency.USD, kind="bank"))
+    codes = [f"{prefix}:wallet:{i}" for i in range(count)]
+    for code in codes:
+        await ledger.open_account(AccountSpec(code=code, currency=Currency.USD, kind="wallet",
+                                              debits_must_not_exceed_credits=True))
+    await ledger.submit([
+        TransferRequest(key=f"{prefix}:fund:{code}", debit=source, credit=code,
+                        amount_minor=FUNDING_MINOR, currency=Currency.USD)
+        for code in codes
+    ])
+    return codes
+
+
+async def measure_transfers(
+    ledger: Ledger, name: str, pairs: Callable[[random.Random], tuple[str, str]],
+    connections: int, seconds: float,
+) -> Figure:
+    run = uuid.uuid4().hex[:8]
+    rngs = [random.Random(worker) for worker in range(connections)]
+    counters = [0] * connections
+
+    async def one(worker: int) -> int:
+        debit, credit = pairs(rngs[worker])
+        counters[worker] += 1
+        outcome = await ledger.transfer(TransferRequest(
+            key=f"{run}:{worker}:{counters[worker]}", debit=debit, credit=credit,
+            amount_minor=rngs[worker].randint(1, 10_000), currency=Currency.USD,
+        ))
+        assert outcome.accepted, outcome.detail
+        return 1
+
+    rate, latencies = await timed_loop(connections, seconds, one)
+    return Figure(name, rate, percentile(latencies, 0.5), percentile(latencies, 0.99))
+
+
+async def measure_batches(ledger: Ledger, wallets: list[str], seconds: float) -> Figure:
+    rng = random.Random(7)
+    run = uuid.uuid4().hex[:8]
+    made = 0
+
+    def next_batch() -> list[TransferRequest]:
+        nonlocal made
+        made += 1
+        batch = []
+        for index in range(BATCH_SIZE_MAX):
+            debit, credit = rng.sample(wallets, 2)
+            batch.append(TransferRequest.model_construct(
+                key=f"{run}:{made}:{index}", debit=debit, credit=credit,
+                amount_minor=rng.randint(1, 10_000), currency=Currency.USD,
+            ))
+        return batch
+
+    # Requests are built before the clock starts: a caller has them already.
+    ready = [next_batch() for _ in range(max(4, int(seconds * 3)))]
+
+    async def one(worker: int) -> int:
+        if not ready:
+            return 0
+        outcomes = await ledger.submit(ready.pop())
+        assert all(o.accepted for o in outcomes)
+        return len(outcomes)
+
+    rate, latencies = await timed_loop(BATCHES_IN_FLIGHT, seconds, one)
+    return Figure(f"batches of {BATCH_SIZE_MAX}", rate, percentile(latencies, 0.5),
+                  percentile(latencies, 0.99))
+
+
+async def run(connections: int, seconds: float, database_url: str) -> list[Figure]:
+    pool = await create_pool(database_url, size_max=connections + BATCHES_IN_FLIGHT)
+    try:
+        ledger = Ledger(pool)
+        ceiling = await measure_ceiling(pool, connections, seconds)
+        fifty = await open_wallets(ledger, "fifty", 50)
+        two = await open_wallets(ledger, "two", 2)
+        hot = "issuer:settlement:USD"
+        await ledger.open_account(AccountSpec(code=hot, currency=Currency.USD, kind="settlement",
+                                              balance_slots=HOT_ACCOUNT_SLOTS))
+        figures = [
+            ceiling,
+            await measure_transfers(ledger, "single transfers, 50 accounts",
+                                    lambda r: tuple(r.sample(fifty, 2)),  # type: ignore[arg-type,return-value]
+                                    connections, seconds),
+            await measure_transfers(ledger, "single transfers, 2 accounts",
+                                    lambda r: tuple(r.sample(two, 2)),  # type: ignore[arg-type,return-value]
+                                    connections, seconds),
+            await measure_transfers(ledger, "single transfers into 1 hot account",
+                                    lambda r: (r.choice(fifty), hot), connections, seconds),
+            await measure_batches(ledger, fifty, seconds),
+        ]
+    finally:
+        await pool.close()
+    for figure in figures:
+        figure.ratio_to_ceiling = figure.rate_per_second / ceiling.rate_per_second
+    return figures
+
+
+def print_table(figures: list[Figure], connections: int) -> None:
+    print(f"ledger benchmark: {connections} connections, {os.cpu_count()} CPUs")
+    print(f"{'workload':<38}{'rate/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x ceiling':>11}")
+    for f in figures:
+        p50 = f"{f.p50_ms:.2f}" if f.p50_ms is not None else "-"
+        p99 = f"{f.p99_ms:.2f}" if f.p99_ms is not None else "-"
+        print(f"{f.name:<38}{f.rate_per_second:>10.0f}{p50:>9}{p99:>9}{f.ratio_to_ceiling:>11.2f}")
+    fifty = figures[1].rate_per_second
+    print(f"2 accounts / 50 accounts: {figures[2].rate_per_second / fifty:.2f}; "
+          f"hot account / 50 accounts: {figures[3].rate_per_second / fifty:.2f}")
+
+
+async def main_async(connections: int, seconds: float, as_json: bool) -> None:
+    external = os.environ.get("DATABASE_URL")
+    with tempfile.TemporaryDirectory(prefix="cardflow-bench-") as scratch:
+        data_dir, log_path = Path(scratch) / "data", Path(scratch) / "postgres.log"
+        if external:
+            server_url = external.rsplit("/", 1)[0] + "/postgres"
+        else:
+            import socket
+
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
+            server_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        database = f"bench_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(server_url)
+        await admin.execute(f'CREATE DATABASE "{database}"')
+        database_url = server_url.rsplit("/", 1)[0] + f"/{database}"
+        try:
+            await migrate(database_url)
+            figures = await run(connections, seconds, database_url)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            await admin.close()
+            if not external:
+                postgres.stop(data_dir, log_path=log_path)
+    if as_json:
+        print(json.dumps({"connections": connections, "seconds_per_workload": seconds,
+                          "figures": [asdict(f) for f in figures]}))
+    else:
+        print_table(figures, connections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    arguments = parser.parse_args()
+    asyncio.run(main_async(arguments.connections, arguments.seconds, arguments.json))
+
+
+if __name__ == "__main__":
+    main()
