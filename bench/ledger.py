@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 import uuid
@@ -36,8 +35,9 @@ import asyncpg
 
 from activities.database import create_pool
 from activities.ledger import Ledger
+from activities.ledger.coalesce import TransferCoalescer
 from activities.migrate import migrate
-from schemas.ledger import BATCH_SIZE_MAX, AccountSpec, TransferRequest
+from schemas.ledger import BATCH_SIZE_MAX, AccountSpec, TransferOutcome, TransferRequest
 from schemas.money import Currency
 from starters.devstack import postgres
 
@@ -53,6 +53,11 @@ class Figure:
     p50_ms: float | None = None
     p99_ms: float | None = None
     ratio_to_ceiling: float = 0.0
+
+
+def pick_two(rng: random.Random, codes: list[str]) -> tuple[str, str]:
+    debit, credit = rng.sample(codes, 2)
+    return debit, credit
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -94,8 +99,13 @@ async def measure_ceiling(pool: asyncpg.Pool, connections: int, seconds: float) 
         return 1
 
     rate, latencies = await timed_loop(connections, seconds, update)
-    return Figure("bare one-row UPDATE (ceiling)", rate, percentile(latencies, 0.5),
-                  percentile(latencies, 0.99), 1.0)
+    return Figure(
+        "bare one-row UPDATE (ceiling)",
+        rate,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.99),
+        1.0,
+    )
 
 
 async def open_wallets(ledger: Ledger, prefix: str, count: int) -> list[str]:
@@ -103,19 +113,32 @@ async def open_wallets(ledger: Ledger, prefix: str, count: int) -> list[str]:
     await ledger.open_account(AccountSpec(code=source, currency=Currency.USD, kind="bank"))
     codes = [f"{prefix}:wallet:{i}" for i in range(count)]
     for code in codes:
-        await ledger.open_account(AccountSpec(code=code, currency=Currency.USD, kind="wallet",
-                                              debits_must_not_exceed_credits=True))
-    await ledger.submit([
-        TransferRequest(key=f"{prefix}:fund:{code}", debit=source, credit=code,
-                        amount_minor=FUNDING_MINOR, currency=Currency.USD)
-        for code in codes
-    ])
+        await ledger.open_account(
+            AccountSpec(
+                code=code, currency=Currency.USD, kind="wallet", debits_must_not_exceed_credits=True
+            )
+        )
+    await ledger.submit(
+        [
+            TransferRequest(
+                key=f"{prefix}:fund:{code}",
+                debit=source,
+                credit=code,
+                amount_minor=FUNDING_MINOR,
+                currency=Currency.USD,
+            )
+            for code in codes
+        ]
+    )
     return codes
 
 
 async def measure_transfers(
-    ledger: Ledger, name: str, pairs: Callable[[random.Random], tuple[str, str]],
-    connections: int, seconds: float,
+    submit: Callable[[TransferRequest], Awaitable[TransferOutcome]],
+    name: str,
+    pairs: Callable[[random.Random], tuple[str, str]],
+    connections: int,
+    seconds: float,
 ) -> Figure:
     run = uuid.uuid4().hex[:8]
     rngs = [random.Random(worker) for worker in range(connections)]
@@ -124,10 +147,15 @@ async def measure_transfers(
     async def one(worker: int) -> int:
         debit, credit = pairs(rngs[worker])
         counters[worker] += 1
-        outcome = await ledger.transfer(TransferRequest(
-            key=f"{run}:{worker}:{counters[worker]}", debit=debit, credit=credit,
-            amount_minor=rngs[worker].randint(1, 10_000), currency=Currency.USD,
-        ))
+        outcome = await submit(
+            TransferRequest(
+                key=f"{run}:{worker}:{counters[worker]}",
+                debit=debit,
+                credit=credit,
+                amount_minor=rngs[worker].randint(1, 10_000),
+                currency=Currency.USD,
+            )
+        )
         assert outcome.accepted, outcome.detail
         return 1
 
@@ -146,25 +174,39 @@ async def measure_batches(ledger: Ledger, wallets: list[str], seconds: float) ->
         batch = []
         for index in range(BATCH_SIZE_MAX):
             debit, credit = rng.sample(wallets, 2)
-            batch.append(TransferRequest.model_construct(
-                key=f"{run}:{made}:{index}", debit=debit, credit=credit,
-                amount_minor=rng.randint(1, 10_000), currency=Currency.USD,
-            ))
+            batch.append(
+                TransferRequest.model_construct(
+                    key=f"{run}:{made}:{index}",
+                    debit=debit,
+                    credit=credit,
+                    amount_minor=rng.randint(1, 10_000),
+                    currency=Currency.USD,
+                )
+            )
         return batch
 
     # Requests are built before the clock starts: a caller has them already.
-    ready = [next_batch() for _ in range(max(4, int(seconds * 3)))]
+    ready = [next_batch() for _ in range(max(4, int(seconds * 4)))]
+    latencies: list[float] = []
 
-    async def one(worker: int) -> int:
-        if not ready:
-            return 0
-        outcomes = await ledger.submit(ready.pop())
-        assert all(o.accepted for o in outcomes)
-        return len(outcomes)
+    async def feed() -> None:
+        while ready:
+            batch = ready.pop()
+            started = time.perf_counter()
+            outcomes = await ledger.submit(batch)
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert all(o.accepted for o in outcomes)
 
-    rate, latencies = await timed_loop(BATCHES_IN_FLIGHT, seconds, one)
-    return Figure(f"batches of {BATCH_SIZE_MAX}", rate, percentile(latencies, 0.5),
-                  percentile(latencies, 0.99))
+    total = sum(len(batch) for batch in ready)
+    started = time.perf_counter()
+    await asyncio.gather(*(feed() for _ in range(BATCHES_IN_FLIGHT)))
+    rate = total / (time.perf_counter() - started)
+    return Figure(
+        f"batches of {BATCH_SIZE_MAX}",
+        rate,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.99),
+    )
 
 
 async def run(connections: int, seconds: float, database_url: str) -> list[Figure]:
@@ -175,20 +217,33 @@ async def run(connections: int, seconds: float, database_url: str) -> list[Figur
         fifty = await open_wallets(ledger, "fifty", 50)
         two = await open_wallets(ledger, "two", 2)
         hot = "issuer:settlement:USD"
-        await ledger.open_account(AccountSpec(code=hot, currency=Currency.USD, kind="settlement",
-                                              balance_slots=HOT_ACCOUNT_SLOTS))
-        figures = [
-            ceiling,
-            await measure_transfers(ledger, "single transfers, 50 accounts",
-                                    lambda r: tuple(r.sample(fifty, 2)),  # type: ignore[arg-type,return-value]
-                                    connections, seconds),
-            await measure_transfers(ledger, "single transfers, 2 accounts",
-                                    lambda r: tuple(r.sample(two, 2)),  # type: ignore[arg-type,return-value]
-                                    connections, seconds),
-            await measure_transfers(ledger, "single transfers into 1 hot account",
-                                    lambda r: (r.choice(fifty), hot), connections, seconds),
-            await measure_batches(ledger, fifty, seconds),
+        await ledger.open_account(
+            AccountSpec(
+                code=hot, currency=Currency.USD, kind="settlement", balance_slots=HOT_ACCOUNT_SLOTS
+            )
+        )
+        workloads: list[tuple[str, Callable[[random.Random], tuple[str, str]]]] = [
+            ("50 accounts", lambda r: pick_two(r, fifty)),
+            ("2 accounts", lambda r: (two[0], two[1]) if r.random() < 0.5 else (two[1], two[0])),
+            ("1 hot account", lambda r: (r.choice(fifty), hot)),
         ]
+        figures = [ceiling]
+        # As the ledger worker runs them: concurrent calls coalesced into batches.
+        coalescer = TransferCoalescer(ledger)
+        for label, pairs in workloads:
+            figures.append(
+                await measure_transfers(
+                    coalescer.transfer, f"single transfers, {label}", pairs, connections, seconds
+                )
+            )
+        # For comparison: one database call per transfer.
+        for label, pairs in workloads:
+            figures.append(
+                await measure_transfers(
+                    ledger.transfer, f"  one call each, {label}", pairs, connections, seconds
+                )
+            )
+        figures.append(await measure_batches(ledger, fifty, seconds))
     finally:
         await pool.close()
     for figure in figures:
@@ -204,8 +259,10 @@ def print_table(figures: list[Figure], connections: int) -> None:
         p99 = f"{f.p99_ms:.2f}" if f.p99_ms is not None else "-"
         print(f"{f.name:<38}{f.rate_per_second:>10.0f}{p50:>9}{p99:>9}{f.ratio_to_ceiling:>11.2f}")
     fifty = figures[1].rate_per_second
-    print(f"2 accounts / 50 accounts: {figures[2].rate_per_second / fifty:.2f}; "
-          f"hot account / 50 accounts: {figures[3].rate_per_second / fifty:.2f}")
+    print(
+        f"single transfers: 2 accounts / 50 accounts {figures[2].rate_per_second / fifty:.2f}, "
+        f"hot account / 50 accounts {figures[3].rate_per_second / fifty:.2f}"
+    )
 
 
 async def main_async(connections: int, seconds: float, as_json: bool) -> None:
@@ -235,8 +292,15 @@ async def main_async(connections: int, seconds: float, as_json: bool) -> None:
             if not external:
                 postgres.stop(data_dir, log_path=log_path)
     if as_json:
-        print(json.dumps({"connections": connections, "seconds_per_workload": seconds,
-                          "figures": [asdict(f) for f in figures]}))
+        print(
+            json.dumps(
+                {
+                    "connections": connections,
+                    "seconds_per_workload": seconds,
+                    "figures": [asdict(f) for f in figures],
+                }
+            )
+        )
     else:
         print_table(figures, connections)
 

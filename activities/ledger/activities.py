@@ -16,6 +16,7 @@ from temporalio import activity
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
+from activities.ledger.coalesce import TransferCoalescer
 from activities.ledger.errors import NON_RETRYABLE_ERROR_TYPES, LedgerError
 from activities.ledger.store import Ledger
 from schemas.ledger import (
@@ -55,6 +56,8 @@ def _non_retryable(error: LedgerError) -> ApplicationError:
 class LedgerActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.ledger = Ledger(pool)
+        # Concurrent transfer and hold activities of this worker share batches.
+        self.coalescer = TransferCoalescer(self.ledger)
 
     @activity.defn(name=OPEN_ACCOUNT)
     async def open_account(self, spec: AccountSpec) -> Account:
@@ -73,14 +76,14 @@ class LedgerActivities:
     @activity.defn(name=TRANSFER)
     async def transfer(self, request: TransferRequest) -> TransferOutcome:
         try:
-            return await self.ledger.transfer(request)
+            return await self.coalescer.transfer(request)
         except LedgerError as error:
             raise _non_retryable(error) from error
 
     @activity.defn(name=HOLD)
     async def hold(self, request: HoldRequest) -> TransferOutcome:
         try:
-            return await self.ledger.transfer(request)
+            return await self.coalescer.transfer(request)
         except LedgerError as error:
             raise _non_retryable(error) from error
 
