@@ -74,6 +74,25 @@ def balance_command(
     raise typer.Exit(asyncio.run(run()))
 
 
+@ledger_app.command("expire-holds")
+def expire_holds_command(
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Holds per run")] = 1_000,
+) -> None:
+    """Release every hold past its expiry that nobody posted or voided."""
+
+    async def run() -> int:
+        pool = await _pool()
+        try:
+            outcomes = await Ledger(pool).expire_due_holds(limit)
+        finally:
+            await pool.close()
+        expired = sum(outcome.accepted for outcome in outcomes)
+        typer.echo(f"expired {expired} hold(s)")
+        return 0
+
+    raise typer.Exit(asyncio.run(run()))
+
+
 @ledger_app.command("history")
 def history_command(
     code: Annotated[str, typer.Argument(help="Account code")],

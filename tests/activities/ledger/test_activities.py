@@ -6,8 +6,10 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
+import pytest
 from temporalio import activity, workflow
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.ledger import Ledger
@@ -105,3 +107,27 @@ async def test_a_business_rejection_is_returned_not_retried(
         move("w:a", "w:b", 1),
     )
     assert outcome.rejection == "insufficient_funds" and Counting.attempts == 1
+
+
+async def test_a_reused_key_fails_the_activity_once_without_retrying(
+    workflow_env: object, ledger_pool: asyncpg.Pool
+) -> None:
+    ledger = Ledger(ledger_pool)
+    await open_basics(ledger, "w:a")
+    await ledger.transfer(move(BANK, "w:a", 5, k="reused-key"))
+
+    class Counting(LedgerActivities):
+        attempts = 0
+
+        @activity.defn(name=TRANSFER)
+        async def transfer(self, request: TransferRequest) -> TransferOutcome:
+            Counting.attempts += 1
+            return await super().transfer(request)
+
+    with pytest.raises(WorkflowFailureError) as failure:
+        await run_probe(workflow_env.client, Counting(ledger_pool),  # type: ignore[attr-defined]
+                        move(BANK, "w:a", 6, k="reused-key"))
+    cause = failure.value.cause.cause  # workflow failure <- activity error <- application error
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "IdempotencyConflict" and "reused-key" in cause.message
+    assert Counting.attempts == 1

@@ -100,5 +100,7 @@ async def test_the_cli_shows_balance_and_history(filled: Ledger, database_url: s
     assert history.returncode == 0
     assert "+1000 USD" in history.stdout and "-250 USD" in history.stdout
     assert "more: --after" in history.stdout
+    expired = cardflow(database_url, "expire-holds")
+    assert expired.returncode == 0 and "expired 0 hold(s)" in expired.stdout
     missing = cardflow(database_url, "balance", "nobody")
     assert missing.returncode == 1 and "no account nobody" in missing.stderr
