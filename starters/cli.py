@@ -24,11 +24,13 @@ dev_app = typer.Typer(help="The embedded stack on this machine.", no_args_is_hel
 worker_app = typer.Typer(help="Worker processes.", no_args_is_help=True)
 codec_app = typer.Typer(help="The codec server for the Temporal Web UI.", no_args_is_help=True)
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
+simulators_app = typer.Typer(help="Local stand-ins for the providers.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
 app.add_typer(worker_app, name="worker")
 app.add_typer(codec_app, name="codec")
 app.add_typer(db_app, name="db")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(simulators_app, name="simulators")
 
 
 def _settings() -> Settings:
@@ -124,6 +126,19 @@ def codec_serve() -> None:
     settings = _settings()
     application = create_app(EncryptionCodec(load_keys(settings)), settings.allowed_codec_origins)
     uvicorn.run(application, host=settings.bind_host, port=settings.codec_port, log_level="info")
+
+
+@simulators_app.command("serve")
+def simulators_serve() -> None:
+    """Serve every provider simulator on CARDFLOW_SIMULATORS_PORT."""
+    import uvicorn
+
+    from simulators.server import build
+
+    settings = _settings()
+    uvicorn.run(
+        build(settings), host=settings.bind_host, port=settings.simulators_port, log_level="warning"
+    )
 
 
 @db_app.command("migrate")

@@ -198,3 +198,35 @@ async def ledger_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def webhook_sink() -> AsyncIterator[Any]:
+    """A webhook receiver standing where the gateway stands (session-wide)."""
+    from tests.providers import webhook_receiver
+
+    async with webhook_receiver(free_port()) as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def simulators(tmp_path_factory: pytest.TempPathFactory, webhook_sink: Any) -> Iterable[Any]:
+    """The provider simulators as a real process on loopback, webhooks to webhook_sink."""
+    from tests.providers import running, simulator_process
+
+    process = simulator_process(
+        tmp_path_factory.mktemp("simulators"), free_port(), webhook_sink.url
+    )
+    webhook_sink.secrets.update(process.secrets)
+    with running(process):
+        yield process
+
+
+@pytest.fixture
+def sim(simulators: Any, webhook_sink: Any) -> Any:
+    """The session's simulators, reset: no state, no faults, nothing received."""
+    simulators.reset()
+    webhook_sink.received.clear()
+    webhook_sink.script.clear()
+    webhook_sink.rejected = 0
+    return simulators

@@ -63,6 +63,31 @@ def parse_encryption_keys(raw: str) -> list[tuple[str, bytes]]:
     return keys
 
 
+def parse_webhook_secrets(raw: str) -> dict[str, list[str]]:
+    """{"provider": "whsec_..." | [newest, older...]} -> {"provider": [secrets]}."""
+    import json
+
+    try:
+        document = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError("must be a JSON object of provider to secret(s)") from None
+    if not isinstance(document, dict):
+        raise ValueError("must be a JSON object of provider to secret(s)")
+    secrets: dict[str, list[str]] = {}
+    for provider, value in document.items():
+        values = [value] if isinstance(value, str) else value
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(
+                isinstance(v, str) and v.startswith("whsec_") and len(v) > 12 for v in values
+            )
+        ):
+            raise ValueError(f"secrets of provider '{provider}' must be whsec_... strings")
+        secrets[str(provider)] = values
+    return secrets
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=None, extra="ignore", populate_by_name=False, frozen=True
@@ -106,6 +131,19 @@ class Settings(BaseSettings):
     )
     # Address the Web UI uses to reach the codec server (the browser calls it).
     codec_public_url: str | None = Field(default=None, validation_alias="CARDFLOW_CODEC_URL")
+
+    # Provider simulators (one process, one port) and the gateway.
+    simulators_port: Port = Field(default=8240, validation_alias="CARDFLOW_SIMULATORS_PORT")
+    gateway_port: Port = Field(default=8235, validation_alias="CARDFLOW_GATEWAY_PORT")
+    # Base URL of the providers; each provider is at {providers_url}/{name}.
+    providers_url: str | None = Field(default=None, validation_alias="CARDFLOW_PROVIDERS_URL")
+    # Where providers deliver webhooks and real-time requests: the gateway.
+    gateway_url: str | None = Field(default=None, validation_alias="CARDFLOW_GATEWAY_URL")
+    # JSON {"provider": "whsec_..." or ["whsec_new", "whsec_old"]}. Unset: dev
+    # secrets generated once under CARDFLOW_HOME.
+    webhook_secrets: SecretStr | None = Field(
+        default=None, validation_alias="CARDFLOW_WEBHOOK_SECRETS"
+    )
 
     task_queue_prefix: str = Field(
         default=DEFAULT_TASK_QUEUE_PREFIX,
@@ -153,6 +191,13 @@ class Settings(BaseSettings):
             raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY must be set together")
         return self
 
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _check_webhook_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_webhook_secrets(value.get_secret_value())
+        return value
+
     @field_validator("codec_cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -191,6 +236,14 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url.get_secret_value()
         return self.embedded_database_url
+
+    @property
+    def providers_base_url(self) -> str:
+        return (self.providers_url or f"http://{self.bind_host}:{self.simulators_port}").rstrip("/")
+
+    @property
+    def gateway_base_url(self) -> str:
+        return (self.gateway_url or f"http://{self.bind_host}:{self.gateway_port}").rstrip("/")
 
     @property
     def web_ui_url(self) -> str:

@@ -125,8 +125,11 @@ async def test_a_reused_key_fails_the_activity_once_without_retrying(
             return await super().transfer(request)
 
     with pytest.raises(WorkflowFailureError) as failure:
-        await run_probe(workflow_env.client, Counting(ledger_pool),  # type: ignore[attr-defined]
-                        move(BANK, "w:a", 6, k="reused-key"))
+        await run_probe(
+            workflow_env.client,
+            Counting(ledger_pool),  # type: ignore[attr-defined]
+            move(BANK, "w:a", 6, k="reused-key"),
+        )
     cause = failure.value.cause.cause  # workflow failure <- activity error <- application error
     assert isinstance(cause, ApplicationError)
     assert cause.type == "IdempotencyConflict" and "reused-key" in cause.message

@@ -1,0 +1,126 @@
+"""All provider simulators in one ASGI app, each mounted under its name.
+
+    /issuer /kyc /fx /tron /bank /notify     the simulated provider APIs
+    /_admin/...                              faults, webhook modes, reset
+                                             (loopback clients only)
+
+Run with `cardflow simulators serve`; `cardflow dev up` and the test fixtures
+start it. State lives in SQLite (CARDFLOW_HOME/simulators/state.db).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from simulators.framework.context import SimulatorContext
+from simulators.framework.faults import Fault, FaultMiddleware
+from simulators.framework.idempotency import IdempotencyMiddleware
+
+SimulatorFactory = Callable[[SimulatorContext], FastAPI]
+
+
+class WebhookMode(BaseModel):
+    hold: bool | None = None
+    duplicate: bool | None = None
+
+
+class Release(BaseModel):
+    order: Literal["forward", "reverse"] = "forward"
+
+
+def _loopback_only(request: Request) -> None:
+    host = request.client.host if request.client else ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise HTTPException(status_code=403, detail="the admin API answers loopback clients only")
+
+
+def admin_app(context: SimulatorContext) -> FastAPI:
+    admin = FastAPI(title="cardflow simulators admin", openapi_url=None)
+
+    @admin.middleware("http")
+    async def loopback(request: Request, call_next: Any) -> Any:
+        try:
+            _loopback_only(request)
+        except HTTPException as error:
+            from fastapi.responses import JSONResponse
+
+            return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+        return await call_next(request)
+
+    @admin.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "webhooks_pending": context.outbox.pending()}
+
+    @admin.post("/faults", status_code=201)
+    async def add_fault(fault: Fault) -> Fault:
+        context.faults.add(fault)
+        return fault
+
+    @admin.get("/faults")
+    async def list_faults() -> list[Fault]:
+        return context.faults.list()
+
+    @admin.delete("/faults", status_code=204)
+    async def clear_faults() -> None:
+        context.faults.clear()
+
+    @admin.post("/reset", status_code=204)
+    async def reset() -> None:
+        context.store.reset()
+        context.faults.clear()
+        context.outbox.hold = False
+        context.outbox.duplicate = False
+        context.options.clear()
+
+    @admin.post("/webhooks")
+    async def webhook_mode(mode: WebhookMode) -> dict[str, bool]:
+        if mode.hold is not None:
+            context.outbox.hold = mode.hold
+        if mode.duplicate is not None:
+            context.outbox.duplicate = mode.duplicate
+        return {"hold": context.outbox.hold, "duplicate": context.outbox.duplicate}
+
+    @admin.post("/webhooks/release")
+    async def release(body: Release) -> dict[str, int]:
+        return {"released": context.outbox.release(body.order)}
+
+    @admin.get("/webhooks")
+    async def deliveries() -> list[dict[str, Any]]:
+        return context.outbox.deliveries()
+
+    @admin.put("/options/{simulator}")
+    async def set_options(simulator: str, options: dict[str, Any]) -> dict[str, Any]:
+        context.options.setdefault(simulator, {}).update(options)
+        return context.options[simulator]
+
+    return admin
+
+
+def build_app(context: SimulatorContext, simulators: dict[str, SimulatorFactory]) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(context.outbox.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    routes = [Mount("/_admin", app=admin_app(context))]
+    routes += [Mount(f"/{name}", app=factory(context)) for name, factory in simulators.items()]
+    root = Starlette(routes=routes, lifespan=lifespan)
+    return FaultMiddleware(IdempotencyMiddleware(root, context.store), context.faults)

@@ -1,0 +1,25 @@
+"""What a simulator is given: its store, faults, webhook outbox and settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulators.framework.faults import FaultRegistry
+from simulators.framework.store import Store
+from simulators.framework.webhooks import WebhookOutbox
+
+
+@dataclass
+class SimulatorContext:
+    store: Store
+    faults: FaultRegistry
+    outbox: WebhookOutbox
+    # Where cardflow's gateway listens (real-time authorization requests).
+    gateway_url: str
+    # Per-simulator knobs settable through the admin API (e.g. the issuer's
+    # stand-in decision); simulators read them on every request.
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def option(self, simulator: str, name: str, default: Any) -> Any:
+        return self.options.get(simulator, {}).get(name, default)

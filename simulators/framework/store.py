@@ -1,0 +1,131 @@
+"""A small document store on SQLite, so a simulator restart loses nothing.
+
+Documents are JSON objects addressed by (kind, id). Calls are synchronous and
+short; simulators are test doubles serving one machine, not a database.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    kind       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    request    TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    response   TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    simulator       TEXT NOT NULL,
+    event_id        TEXT NOT NULL UNIQUE,
+    body            TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    delivered_at    TEXT,
+    deliveries      INTEGER NOT NULL DEFAULT 0,
+    last_status     TEXT
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._connection.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+
+    def execute(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            cursor = self._connection.execute(sql, args)
+            return cursor.fetchall()
+
+    # ----- documents ----------------------------------------------------
+
+    def put(self, kind: str, doc_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        stamp = now_iso()
+        self.execute(
+            "INSERT INTO documents (kind, id, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body,"
+            " updated_at = excluded.updated_at",
+            kind,
+            doc_id,
+            json.dumps(body),
+            stamp,
+            stamp,
+        )
+        return body
+
+    def get(self, kind: str, doc_id: str) -> dict[str, Any] | None:
+        rows = self.execute("SELECT body FROM documents WHERE kind = ? AND id = ?", kind, doc_id)
+        return json.loads(rows[0][0]) if rows else None
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        rows = self.execute(
+            "SELECT body FROM documents WHERE kind = ? ORDER BY created_at, id", kind
+        )
+        return [json.loads(row[0]) for row in rows]
+
+    def next_number(self, name: str) -> int:
+        """1, 2, 3... per name: readable, stable ids that survive restarts."""
+        with self._lock:
+            rows = self.execute(
+                "INSERT INTO counters (name, value) VALUES (?, 1)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
+                name,
+            )
+            return int(rows[0][0])
+
+    def reset(self) -> None:
+        with self._lock:
+            for table in ("documents", "idempotency", "outbox", "counters"):
+                self._connection.execute(f"DELETE FROM {table}")
+
+    # ----- idempotency ----------------------------------------------------
+
+    def remembered(self, scope: str, key: str) -> tuple[str, int, str] | None:
+        rows = self.execute(
+            "SELECT request, status, response FROM idempotency WHERE scope = ? AND key = ?",
+            scope,
+            key,
+        )
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    def remember(self, scope: str, key: str, request: str, status: int, response: str) -> None:
+        self.execute(
+            "INSERT OR IGNORE INTO idempotency (scope, key, request, status, response)"
+            " VALUES (?, ?, ?, ?, ?)",
+            scope,
+            key,
+            request,
+            status,
+            response,
+        )

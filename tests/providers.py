@@ -1,0 +1,153 @@
+"""Test fixtures' helpers for the provider simulators: a process, an admin
+client, and a webhook receiver that verifies signatures like the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from standardwebhooks import Webhook, WebhookVerificationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from schemas.providers import PROVIDERS
+from workers.secrets import new_webhook_secret
+
+STARTUP_SECONDS_MAX = 30
+
+
+@dataclass
+class SimulatorProcess:
+    url: str
+    home: Path
+    env: dict[str, str]
+    secrets: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def provider_url(self, provider: str) -> str:
+        return f"{self.url}/{provider}"
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        response = httpx.request(method, f"{self.url}/_admin{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def fault(self, **fault: Any) -> None:
+        self.admin("POST", "/faults", fault)
+
+    def reset(self) -> None:
+        self.admin("POST", "/reset")
+
+    def start(self) -> None:
+        log = open(self.home / "simulators.log", "ab")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "starters.cli", "simulators", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + STARTUP_SECONDS_MAX
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/_admin/health", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"simulators did not start; see {self.home / 'simulators.log'}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+            self.process = None
+
+
+def simulator_process(home: Path, port: int, gateway_url: str) -> SimulatorProcess:
+    secrets = {provider: new_webhook_secret() for provider in PROVIDERS}
+    env = dict(
+        os.environ,
+        CARDFLOW_HOME=str(home),
+        CARDFLOW_SIMULATORS_PORT=str(port),
+        CARDFLOW_GATEWAY_URL=gateway_url,
+        CARDFLOW_WEBHOOK_SECRETS=json.dumps(secrets),
+    )
+    return SimulatorProcess(f"http://127.0.0.1:{port}", home, env, secrets)
+
+
+@contextlib.contextmanager
+def running(process: SimulatorProcess) -> Iterator[SimulatorProcess]:
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@dataclass
+class ReceivedWebhook:
+    provider: str
+    event_id: str
+    event: dict[str, Any]
+
+
+@dataclass
+class WebhookReceiver:
+    """Stands where the gateway stands; verifies every signature it receives."""
+
+    url: str
+    secrets: dict[str, str] = field(default_factory=dict)
+    received: list[ReceivedWebhook] = field(default_factory=list)
+    rejected: int = 0
+    # Status to answer with, to make the sender retry (e.g. [500, 500] then 200).
+    script: list[int] = field(default_factory=list)
+
+    async def wait_for(self, count: int, seconds: float = 15) -> list[ReceivedWebhook]:
+        deadline = time.monotonic() + seconds
+        while len(self.received) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.received
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver(port: int) -> AsyncIterator[WebhookReceiver]:
+    receiver = WebhookReceiver(f"http://127.0.0.1:{port}")
+
+    async def receive(request: Request) -> JSONResponse:
+        provider = request.path_params["provider"]
+        body = await request.body()
+        try:
+            event = Webhook(receiver.secrets[provider]).verify(body, dict(request.headers))
+        except (WebhookVerificationError, KeyError):
+            receiver.rejected += 1
+            return JSONResponse({"error": "bad signature"}, status_code=401)
+        if receiver.script:
+            status = receiver.script.pop(0)
+            if status >= 300:
+                return JSONResponse({"error": "scripted"}, status_code=status)
+        receiver.received.append(ReceivedWebhook(provider, request.headers["webhook-id"], event))
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/webhooks/{provider}", receive, methods=["POST"])])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield receiver
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,124 @@
+"""What every simulator does: faults, idempotency, signed at-least-once webhooks, persistence."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.providers import running, simulator_process
+
+TRANSFER = {
+    "reference": "INV-1",
+    "amount_minor": 12_500,
+    "currency": "EUR",
+    "sender_name": "ACME GmbH",
+}
+
+
+def post(
+    sim: Any, body: dict[str, Any], key: str | None = None, timeout: float = 5
+) -> httpx.Response:
+    headers = {"Idempotency-Key": key} if key else {}
+    return httpx.post(
+        f"{sim.provider_url('bank')}/v1/simulate/inbound_transfers",
+        json=body,
+        headers=headers,
+        timeout=timeout,
+    )
+
+
+async def test_a_call_emits_a_signed_webhook_the_receiver_verifies(
+    sim: Any, webhook_sink: Any
+) -> None:
+    created = post(sim, TRANSFER).json()
+    [delivery] = await webhook_sink.wait_for(1)
+    assert delivery.provider == "bank"
+    assert delivery.event["type"] == "inbound_transfer.received"
+    assert delivery.event["data"]["id"] == created["id"]
+    assert delivery.event_id == delivery.event["id"]
+    assert webhook_sink.rejected == 0
+
+
+async def test_a_failed_delivery_is_retried_until_it_succeeds(sim: Any, webhook_sink: Any) -> None:
+    webhook_sink.script.extend([500, 503])
+    post(sim, TRANSFER)
+    [delivery] = await webhook_sink.wait_for(1)
+    [record] = sim.admin("GET", "/webhooks")
+    assert record["attempts"] == 3 and record["delivered_at"]
+
+
+async def test_webhooks_can_be_held_and_released_in_reverse(sim: Any, webhook_sink: Any) -> None:
+    sim.admin("POST", "/webhooks", {"hold": True})
+    ids = [post(sim, {**TRANSFER, "reference": f"R{i}"}).json()["id"] for i in range(3)]
+    await asyncio.sleep(0.3)
+    assert webhook_sink.received == []
+    sim.admin("POST", "/webhooks/release", {"order": "reverse"})
+    received = await webhook_sink.wait_for(3)
+    assert [r.event["data"]["id"] for r in received] == list(reversed(ids))
+
+
+async def test_webhooks_can_be_delivered_twice(sim: Any, webhook_sink: Any) -> None:
+    sim.admin("POST", "/webhooks", {"duplicate": True})
+    post(sim, TRANSFER)
+    first, second = await webhook_sink.wait_for(2)
+    assert first.event_id == second.event_id
+
+
+def test_an_idempotency_key_replays_the_first_answer_and_refuses_another_body(sim: Any) -> None:
+    first = post(sim, TRANSFER, key="pay-1")
+    again = post(sim, TRANSFER, key="pay-1")
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    other = post(sim, {**TRANSFER, "amount_minor": 1}, key="pay-1")
+    assert other.status_code == 409 and "pay-1" in other.text
+
+
+@pytest.mark.parametrize(
+    ("fault", "expectation"),
+    [
+        ({"kind": "error", "status": 502}, 502),
+        ({"kind": "rate_limit", "seconds": 7}, 429),
+        ({"kind": "latency", "seconds": 0.3}, 201),
+        ({"kind": "timeout", "seconds": 3}, httpx.ReadTimeout),
+        ({"kind": "drop"}, httpx.RemoteProtocolError),
+    ],
+)
+def test_each_fault_mode_is_injected_per_endpoint(
+    sim: Any, fault: dict[str, Any], expectation: Any
+) -> None:
+    sim.fault(path_prefix="/bank/v1/simulate", times=1, **fault)
+    # Another endpoint is untouched.
+    assert httpx.get(f"{sim.provider_url('bank')}/v1/inbound_transfers/none").status_code == 404
+    if isinstance(expectation, int):
+        response = post(sim, TRANSFER, timeout=1.5)
+        assert response.status_code == expectation
+        if expectation == 429:
+            assert response.headers["retry-after"] == "7"
+    else:
+        with pytest.raises(expectation):
+            post(sim, TRANSFER, timeout=1.5)
+    # `times=1`: the next call is served normally.
+    assert post(sim, TRANSFER).status_code == 201
+
+
+def test_bad_input_gets_a_422_naming_the_field(sim: Any) -> None:
+    response = post(sim, {**TRANSFER, "amount_minor": -5})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "amount_minor"]
+
+
+async def test_state_and_undelivered_webhooks_survive_a_restart(tmp_path: Path) -> None:
+    process = simulator_process(tmp_path, free_port(), f"http://127.0.0.1:{free_port()}")
+    with running(process):
+        process.admin("POST", "/webhooks", {"hold": True})
+        created = post(process, TRANSFER).json()
+    with running(process):
+        found = httpx.get(f"{process.provider_url('bank')}/v1/inbound_transfers/{created['id']}")
+        assert found.json() == created
+        [record] = process.admin("GET", "/webhooks")
+        assert record["event_id"].startswith("evt_") and record["delivered_at"] is None
