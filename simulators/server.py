@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
 
 from schemas.providers import PROVIDERS
-from simulators import bank
 from simulators.app import SimulatorFactory, build_app
 from simulators.framework import FaultRegistry, SimulatorContext, Store, WebhookOutbox
 from simulators.framework.webhooks import WebhookTarget
 from workers.secrets import webhook_secrets
 from workers.settings import Settings
 
-# Every simulator, by provider name; each module has create(context) -> FastAPI.
-SIMULATORS: dict[str, SimulatorFactory] = {
-    bank.NAME: bank.create,
-}
+
+def simulators() -> dict[str, SimulatorFactory]:
+    """Every simulator, by provider name: the module simulators/{name}.py with
+    NAME and create(context) -> FastAPI."""
+    found: dict[str, SimulatorFactory] = {}
+    for provider in PROVIDERS:
+        if importlib.util.find_spec(f"simulators.{provider}") is None:
+            continue
+        module = importlib.import_module(f"simulators.{provider}")
+        assert module.NAME == provider, f"simulators/{provider}.py names itself {module.NAME}"
+        found[provider] = module.create
+    return found
 
 
 def build(settings: Settings) -> Any:
@@ -34,4 +43,4 @@ def build(settings: Settings) -> Any:
         outbox=WebhookOutbox(store, targets),
         gateway_url=settings.gateway_base_url,
     )
-    return build_app(context, SIMULATORS)
+    return build_app(context, simulators())

@@ -229,4 +229,6 @@ def sim(simulators: Any, webhook_sink: Any) -> Any:
     webhook_sink.received.clear()
     webhook_sink.script.clear()
     webhook_sink.rejected = 0
+    webhook_sink.realtime = None
+    webhook_sink.realtime_received.clear()
     return simulators

@@ -112,6 +112,11 @@ class WebhookReceiver:
     rejected: int = 0
     # Status to answer with, to make the sender retry (e.g. [500, 500] then 200).
     script: list[int] = field(default_factory=list)
+    # Real-time requests (POST /realtime/{provider}/{name}), e.g. the issuer's
+    # authorization requests: verified like webhooks, answered by this handler
+    # with (status, json body, seconds to wait before answering).
+    realtime: Any = None
+    realtime_received: list[ReceivedWebhook] = field(default_factory=list)
 
     async def wait_for(self, count: int, seconds: float = 15) -> list[ReceivedWebhook]:
         deadline = time.monotonic() + seconds
@@ -139,7 +144,30 @@ async def webhook_receiver(port: int) -> AsyncIterator[WebhookReceiver]:
         receiver.received.append(ReceivedWebhook(provider, request.headers["webhook-id"], event))
         return JSONResponse({"ok": True})
 
-    app = Starlette(routes=[Route("/webhooks/{provider}", receive, methods=["POST"])])
+    async def realtime(request: Request) -> JSONResponse:
+        provider = request.path_params["provider"]
+        body = await request.body()
+        try:
+            event = Webhook(receiver.secrets[provider]).verify(body, dict(request.headers))
+        except (WebhookVerificationError, KeyError):
+            receiver.rejected += 1
+            return JSONResponse({"error": "bad signature"}, status_code=401)
+        receiver.realtime_received.append(
+            ReceivedWebhook(provider, request.headers["webhook-id"], event)
+        )
+        if receiver.realtime is None:
+            return JSONResponse({"error": "no realtime handler"}, status_code=503)
+        status, answer, delay = receiver.realtime(request.path_params["name"], event)
+        if delay:
+            await asyncio.sleep(delay)
+        return JSONResponse(answer, status_code=status)
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/{provider}", receive, methods=["POST"]),
+            Route("/realtime/{provider}/{name}", realtime, methods=["POST"]),
+        ]
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )

@@ -1,0 +1,223 @@
+"""The one HTTP boundary to providers.
+
+Every call has explicit timeouts; every mutating call carries an idempotency
+key, so any retry (in the call or by Temporal) is safe. Inside one call,
+tenacity retries only what is cheap and certain to be transient: a connection
+that could not be made or was dropped, and a 429 whose Retry-After is short;
+it gives up after IN_CALL_ATTEMPTS_MAX so it never fights Temporal's retry
+policy. Then every failure is classified, here and only here, into an
+ApplicationError whose type name the activity retry policy knows:
+
+    ProviderTimeout, ProviderUnreachable, ProviderUnavailable (5xx),
+    ProviderRateLimited (429; next_retry_delay = Retry-After)      retryable
+    ProviderRejectedRequest (400/422/other 4xx), ProviderNotFound,
+    ProviderConflict (409), ProviderAuthError (401/403),
+    ProviderContractError (a response we cannot parse)             non-retryable
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+T = TypeVar("T")
+
+PROVIDER_TIMEOUT = httpx.Timeout(connect=2.0, read=5.0, write=5.0, pool=2.0)
+IN_CALL_ATTEMPTS_MAX = 3
+# A longer Retry-After is Temporal's to wait (next_retry_delay), not the call's.
+IN_CALL_RETRY_AFTER_SECONDS_MAX = 3.0
+ERROR_BODY_CHARS_MAX = 500
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+RETRYABLE_ERROR_TYPES = (
+    "ProviderTimeout",
+    "ProviderUnreachable",
+    "ProviderUnavailable",
+    "ProviderRateLimited",
+)
+NON_RETRYABLE_ERROR_TYPES = (
+    "ProviderRejectedRequest",
+    "ProviderNotFound",
+    "ProviderConflict",
+    "ProviderAuthError",
+    "ProviderContractError",
+)
+
+PROVIDER_START_TO_CLOSE = timedelta(seconds=30)
+PROVIDER_RETRY_POLICY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=list(NON_RETRYABLE_ERROR_TYPES),
+)
+
+
+class _RetryInCall(Exception):
+    """A 429 worth waiting for inside the call."""
+
+    def __init__(self, response: httpx.Response, retry_after_seconds: float) -> None:
+        super().__init__(f"429, retry after {retry_after_seconds}s")
+        self.response = response
+        self.retry_after_seconds = retry_after_seconds
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _in_call_retryable(method: str, keyed: bool) -> Any:
+    def check(error: BaseException) -> bool:
+        if isinstance(error, _RetryInCall | httpx.ConnectError | httpx.ConnectTimeout):
+            return True
+        # A dropped connection may have reached the provider: only safe to
+        # repeat when the call cannot act twice.
+        if isinstance(error, httpx.RemoteProtocolError | httpx.ReadError):
+            return keyed or method not in MUTATING_METHODS
+        return False
+
+    return retry_if_exception(check)
+
+
+def _wait(retry_state: RetryCallState) -> float:
+    error = retry_state.outcome.exception() if retry_state.outcome else None
+    if isinstance(error, _RetryInCall):
+        return error.retry_after_seconds
+    return float(wait_exponential(multiplier=0.1, max=1.0)(retry_state))
+
+
+class ProviderClient:
+    """Base of every provider client; subclasses add one method per API call."""
+
+    provider = "provider"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout = PROVIDER_TIMEOUT,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout, headers=headers
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self: T) -> T:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        response_type: type[T],
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> T:
+        """One API call, parsed into response_type; raises a classified ApplicationError."""
+        method = method.upper()
+        if method in MUTATING_METHODS and not idempotency_key:
+            raise ValueError(f"{method} {path} needs an idempotency key")
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if isinstance(json, BaseModel):
+            json = json.model_dump(mode="json", exclude_none=True)
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(IN_CALL_ATTEMPTS_MAX),
+                retry=_in_call_retryable(method, idempotency_key is not None),
+                wait=_wait,
+                reraise=True,
+            ):
+                with attempt:
+                    response = await self._http.request(
+                        method, path, json=json, params=params, headers=headers
+                    )
+                    retry_after = _retry_after_seconds(response)
+                    if (
+                        response.status_code == 429
+                        and retry_after is not None
+                        and retry_after <= IN_CALL_RETRY_AFTER_SECONDS_MAX
+                    ):
+                        raise _RetryInCall(response, retry_after)
+        except _RetryInCall as error:
+            response = error.response
+        except httpx.TimeoutException as error:
+            if isinstance(error, httpx.ConnectTimeout | httpx.PoolTimeout):
+                raise self._error("ProviderUnreachable", method, path, repr(error)) from error
+            raise self._error("ProviderTimeout", method, path, repr(error)) from error
+        except httpx.TransportError as error:
+            raise self._error("ProviderUnreachable", method, path, repr(error)) from error
+        return self._parse(method, path, response, response_type)
+
+    def _parse(self, method: str, path: str, response: httpx.Response, response_type: type[T]) -> T:
+        status = response.status_code
+        if status < 300:
+            try:
+                return TypeAdapter(response_type).validate_json(response.content or b"null")
+            except ValidationError as error:
+                raise self._error(
+                    "ProviderContractError", method, path, f"unexpected response: {error}", status
+                ) from None
+        body = response.text[:ERROR_BODY_CHARS_MAX]
+        if status == 429:
+            retry_after = _retry_after_seconds(response) or 1.0
+            raise self._error(
+                "ProviderRateLimited",
+                method,
+                path,
+                body,
+                status,
+                next_retry_delay=timedelta(seconds=retry_after),
+            )
+        if status >= 500:
+            raise self._error("ProviderUnavailable", method, path, body, status)
+        kind = {
+            401: "ProviderAuthError",
+            403: "ProviderAuthError",
+            404: "ProviderNotFound",
+            409: "ProviderConflict",
+        }.get(status, "ProviderRejectedRequest")
+        raise self._error(kind, method, path, body, status)
+
+    def _error(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        detail: str,
+        status: int | None = None,
+        next_retry_delay: timedelta | None = None,
+    ) -> ApplicationError:
+        where = f"{self.provider} {method} {path}"
+        message = f"{where}: {status} {detail}" if status else f"{where}: {detail}"
+        return ApplicationError(
+            message,
+            {"status": status, "detail": detail},
+            type=kind,
+            non_retryable=kind in NON_RETRYABLE_ERROR_TYPES,
+            next_retry_delay=next_retry_delay,
+        )

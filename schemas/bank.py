@@ -1,0 +1,17 @@
+"""What cardflow reads from the bank's inbound-transfer API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from schemas.money import Currency
+
+
+class InboundTransfer(BaseModel):
+    id: str
+    reference: str
+    amount_minor: int = Field(gt=0)
+    currency: Currency
+    sender_name: str
+    status: str
+    received_at: str
