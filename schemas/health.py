@@ -19,6 +19,19 @@ class PingInput(BaseModel):
     # never finishes it; this bounds how long the probe waits in both cases
     # before calling that queue unhealthy.
     probe_timeout_seconds: int = Field(default=5, ge=1, le=300)
+    # Gateway check: after probing, wait for this many distinct webhook events
+    # (signal `webhook_event` or update `record_webhook_event`).
+    webhook_events_expected: int = Field(default=0, ge=0, le=1_000)
+    webhook_wait_seconds: int = Field(default=60, ge=1, le=3_600)
+
+
+class WebhookEventNote(BaseModel):
+    """A provider event delivered to a workflow by the gateway."""
+
+    event_id: str = Field(min_length=1, max_length=200)
+    event_type: str = Field(min_length=1, max_length=200)
+    provider: str = Field(min_length=1, max_length=64)
+    sequence: int | None = None
 
 
 class QueueHealth(BaseModel):
@@ -37,6 +50,8 @@ class PingResult(BaseModel):
     requested_by: str
     ledger: QueueHealth
     providers: QueueHealth
+    # Webhook events in the order they arrived, each once.
+    webhook_events: list[WebhookEventNote] = Field(default_factory=list)
 
     @property
     def healthy(self) -> bool:

@@ -37,6 +37,14 @@ class Release(BaseModel):
     order: Literal["forward", "reverse"] = "forward"
 
 
+class TestEvent(BaseModel):
+    """A provider dashboard's "send test webhook": any type, any data."""
+
+    simulator: str
+    type: str
+    data: dict[str, Any] = {}
+
+
 def _loopback_only(request: Request) -> None:
     host = request.client.host if request.client else ""
     try:
@@ -96,6 +104,12 @@ def admin_app(context: SimulatorContext) -> FastAPI:
     @admin.post("/webhooks/release")
     async def release(body: Release) -> dict[str, int]:
         return {"released": context.outbox.release(body.order)}
+
+    @admin.post("/webhooks/emit", status_code=201)
+    async def emit(event: TestEvent) -> dict[str, Any]:
+        if event.simulator not in context.outbox.targets:
+            raise HTTPException(status_code=404, detail=f"no webhook target for {event.simulator}")
+        return context.outbox.emit(event.simulator, event.type, event.data)
 
     @admin.get("/webhooks")
     async def deliveries() -> list[dict[str, Any]]:

@@ -141,6 +141,19 @@ def simulators_serve() -> None:
     )
 
 
+@app.command("gateway")
+def gateway_serve() -> None:
+    """Serve the webhook and HTTP API gateway on CARDFLOW_GATEWAY_PORT."""
+    import uvicorn
+
+    from starters.gateway.app import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings), host=settings.bind_host, port=settings.gateway_port, log_level="info"
+    )
+
+
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply pending SQL migrations to DATABASE_URL (or the embedded database)."""

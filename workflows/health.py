@@ -17,13 +17,17 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.health import LEDGER_PING, PROVIDERS_PING
-    from schemas.health import PingInput, PingResult, QueueHealth
+    from schemas.health import PingInput, PingResult, QueueHealth, WebhookEventNote
     from schemas.search import PROCESS_STATUS
 
 PING_WORKFLOW = "Ping"
 PING_ID_PREFIX = "ping/"
 # One attempt: a health check that retries hides the fault it exists to show.
 PING_RETRY_POLICY = RetryPolicy(maximum_attempts=1)
+
+
+WEBHOOK_EVENT_SIGNAL = "webhook_event"
+RECORD_WEBHOOK_EVENT_UPDATE = "record_webhook_event"
 
 
 def ping_workflow_id(token: str) -> str:
@@ -34,6 +38,8 @@ def ping_workflow_id(token: str) -> str:
 class Ping:
     def __init__(self) -> None:
         self._stage = "started"
+        self._events: list[WebhookEventNote] = []
+        self._event_ids: set[str] = set()
 
     @workflow.run
     async def run(self, request: PingInput) -> PingResult:
@@ -50,12 +56,25 @@ class Ping:
             self._probe(LEDGER_PING, request.ledger_task_queue, probe_timeout),
             self._probe(PROVIDERS_PING, request.providers_task_queue, probe_timeout),
         )
+        if request.webhook_events_expected:
+            self._stage = "waiting for webhook events"
+            workflow.set_current_details(
+                f"Waiting for {request.webhook_events_expected} webhook events"
+            )
+            try:
+                await workflow.wait_condition(
+                    lambda: len(self._events) >= request.webhook_events_expected,
+                    timeout=timedelta(seconds=request.webhook_wait_seconds),
+                )
+            except TimeoutError:
+                pass
         self._stage = "done"
         result = PingResult(
             workflow_task_queue=workflow.info().task_queue,
             requested_by=request.requested_by,
             ledger=ledger,
             providers=providers,
+            webhook_events=list(self._events),
         )
         workflow.upsert_search_attributes(
             [PROCESS_STATUS.value_set("healthy" if result.healthy else "unhealthy")]
@@ -68,6 +87,21 @@ class Ping:
     @workflow.query
     def status(self) -> str:
         return self._stage
+
+    @workflow.signal(name=WEBHOOK_EVENT_SIGNAL)
+    def webhook_event(self, note: WebhookEventNote) -> None:
+        self._record(note)
+
+    @workflow.update(name=RECORD_WEBHOOK_EVENT_UPDATE)
+    def record_webhook_event(self, note: WebhookEventNote) -> int:
+        self._record(note)
+        return len(self._events)
+
+    def _record(self, note: WebhookEventNote) -> None:
+        # Providers deliver at least once; the event id makes it exactly once.
+        if note.event_id not in self._event_ids:
+            self._event_ids.add(note.event_id)
+            self._events.append(note)
 
     async def _probe(
         self, activity_name: str, task_queue: str, probe_timeout: timedelta

@@ -1,0 +1,203 @@
+"""The upstream HTTP API: start processes idempotently, read their status.
+
+A start carries an `Idempotency-Key` header; the process's workflow id is
+derived from it, so a repeat (same key, same body) returns the same process
+and never starts a second one. The same key with another body is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
+from pydantic import BaseModel, Field
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from schemas.health import PingInput
+from schemas.task_queues import TaskQueues
+from workflows.health import PING_WORKFLOW, ping_workflow_id
+
+router = APIRouter(prefix="/v1", tags=["processes"])
+
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Your unique key for this request; repeats return the same process",
+    ),
+]
+STATUS_QUERY_TIMEOUT = timedelta(seconds=2)
+PING_API_EXECUTION_TIMEOUT = timedelta(minutes=5)
+
+
+class StartPing(BaseModel):
+    requested_by: str = Field(min_length=1, max_length=200, description="Who asks")
+
+
+class ProcessRef(BaseModel):
+    workflow_id: str
+    run_id: str
+    process: str
+    status_url: str
+    replayed: bool = Field(description="True when this key had already started the process")
+
+
+class ProcessStatus(BaseModel):
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    status: str
+    stage: str | None = None
+    start_time: datetime
+    close_time: datetime | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def _request_hash(route: str, body: BaseModel) -> bytes:
+    canonical = json.dumps([route, body.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+async def start_idempotently(
+    request: Request,
+    response: Response,
+    *,
+    route: str,
+    key: str,
+    body: BaseModel,
+    workflow: str,
+    workflow_id: str,
+    argument: Any,
+    execution_timeout: timedelta | None = None,
+) -> ProcessRef:
+    state: Any = request.app.state
+    pool: asyncpg.Pool = state.pool
+    client: Client = state.client
+    request_hash = _request_hash(route, body)
+    known = await pool.fetchrow(
+        "SELECT request_hash, workflow_id, run_id FROM gateway_api_requests"
+        " WHERE route = $1 AND idempotency_key = $2",
+        route,
+        key,
+    )
+    if known is None:
+        try:
+            handle = await client.start_workflow(
+                workflow,
+                argument,
+                id=workflow_id,
+                task_queue=state.queues.workflows,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                execution_timeout=execution_timeout,
+            )
+            run_id = handle.result_run_id or ""
+        except WorkflowAlreadyStartedError:
+            run_id = (await client.get_workflow_handle(workflow_id).describe()).run_id
+        await pool.execute(
+            "INSERT INTO gateway_api_requests (route, idempotency_key, request_hash, workflow_id,"
+            " run_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            route,
+            key,
+            request_hash,
+            workflow_id,
+            run_id,
+        )
+        known = await pool.fetchrow(
+            "SELECT request_hash, workflow_id, run_id FROM gateway_api_requests"
+            " WHERE route = $1 AND idempotency_key = $2",
+            route,
+            key,
+        )
+        replayed = known is not None and known["run_id"] != run_id
+    else:
+        replayed = True
+    assert known is not None
+    if bytes(known["request_hash"]) != request_hash:
+        raise HTTPException(
+            status_code=409,
+            detail=(f"Idempotency-Key {key} was already used with a different request body"),
+        )
+    response.status_code = 200 if replayed else 202
+    return ProcessRef(
+        workflow_id=known["workflow_id"],
+        run_id=known["run_id"],
+        process=workflow,
+        replayed=replayed,
+        status_url=f"/v1/processes/{known['workflow_id']}",
+    )
+
+
+@router.post(
+    "/pings",
+    status_code=202,
+    response_model=ProcessRef,
+    responses={409: {"model": ErrorBody}},
+    summary="Start a health check through every task queue",
+)
+async def start_ping(
+    request: Request, response: Response, body: StartPing, idempotency_key: IdempotencyKey
+) -> ProcessRef:
+    queues: TaskQueues = request.app.state.queues
+    return await start_idempotently(
+        request,
+        response,
+        route="pings",
+        key=idempotency_key,
+        body=body,
+        workflow=PING_WORKFLOW,
+        workflow_id=ping_workflow_id(f"api-{idempotency_key}"),
+        argument=PingInput(
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            requested_by=body.requested_by,
+        ),
+        execution_timeout=PING_API_EXECUTION_TIMEOUT,
+    )
+
+
+@router.get(
+    "/processes/{workflow_id:path}",
+    response_model=ProcessStatus,
+    responses={404: {"model": ErrorBody}},
+    summary="A process's status",
+)
+async def process_status(
+    request: Request,
+    workflow_id: Annotated[str, Path(min_length=1, max_length=300)],
+) -> ProcessStatus:
+    client: Client = request.app.state.client
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        description = await handle.describe()
+    except RPCError as error:
+        if error.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            raise HTTPException(status_code=404, detail=f"no process {workflow_id}") from None
+        raise
+    stage = None
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        try:
+            stage = await handle.query("status", result_type=str, rpc_timeout=STATUS_QUERY_TIMEOUT)
+        except Exception:  # noqa: BLE001 - a process without the query still has a status
+            stage = None
+    return ProcessStatus(
+        workflow_id=workflow_id,
+        run_id=description.run_id,
+        workflow_type=description.workflow_type,
+        status=description.status.name if description.status else "UNKNOWN",
+        stage=stage,
+        start_time=description.start_time,
+        close_time=description.close_time,
+    )

@@ -1,0 +1,57 @@
+"""The gateway's ASGI app and its process entry point."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from activities.database import create_pool
+from starters.gateway import api, webhooks
+from workers.client import connect
+from workers.secrets import webhook_secrets
+from workers.settings import Settings
+
+GATEWAY_POOL_SIZE_MAX = 10
+
+
+def create_app(
+    settings: Settings, *, client: Client | None = None, pool: asyncpg.Pool | None = None
+) -> FastAPI:
+    """The gateway; a client and pool may be given (tests), else made at startup."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned_pool = None
+        app.state.client = client or await connect(settings, identity="cardflow-gateway")
+        if pool is None:
+            owned_pool = await create_pool(
+                settings.effective_database_url, size_max=GATEWAY_POOL_SIZE_MAX
+            )
+        app.state.pool = pool or owned_pool
+        try:
+            yield
+        finally:
+            if owned_pool is not None:
+                await owned_pool.close()
+
+    app = FastAPI(
+        title="cardflow API",
+        version="1",
+        description="Start cardflow's processes and read their status. Every start takes an "
+        "Idempotency-Key header: a repeat returns the same process.",
+        lifespan=lifespan,
+    )
+    app.state.queues = settings.task_queues
+    app.state.webhook_secrets = webhook_secrets(settings)
+
+    @app.get("/health", tags=["operations"], summary="The gateway answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(api.router)
+    app.include_router(webhooks.router)
+    return app

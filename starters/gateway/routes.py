@@ -1,0 +1,107 @@
+"""Which workflow each provider event goes to, and how.
+
+A route turns one verified event into one Temporal call on a workflow id
+derived from the event: a signal, a signal-with-start, or an update. Processes
+add their routes with their issues; the Ping workflow's routes prove the
+mechanism end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.health import PingInput, WebhookEventNote
+from schemas.task_queues import TaskQueues
+from workflows.health import (
+    PING_WORKFLOW,
+    RECORD_WEBHOOK_EVENT_UPDATE,
+    WEBHOOK_EVENT_SIGNAL,
+    ping_workflow_id,
+)
+
+ANY_PROVIDER = "*"
+
+
+class ProviderEvent(BaseModel):
+    """The envelope every simulator and provider adapter sends."""
+
+    id: str = Field(min_length=1, max_length=200)
+    type: str = Field(min_length=1, max_length=200)
+    created_at: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Start:
+    workflow: str
+    argument: Any
+    task_queue: str
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: Literal["signal", "signal_with_start", "update"]
+    name: str
+    workflow_id: Callable[[str, ProviderEvent], str]
+    argument: Callable[[str, ProviderEvent], Any]
+    # signal_with_start only: what to start when the workflow is not running.
+    start: Callable[[str, ProviderEvent, TaskQueues], Start] | None = None
+
+
+class PingEventData(BaseModel):
+    ping_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    expected: int = Field(default=1, ge=1, le=1_000)
+    sequence: int | None = None
+
+
+def _ping_id(_: str, event: ProviderEvent) -> str:
+    return ping_workflow_id(f"webhook-{PingEventData.model_validate(event.data).ping_id}")
+
+
+def _ping_note(provider: str, event: ProviderEvent) -> WebhookEventNote:
+    data = PingEventData.model_validate(event.data)
+    return WebhookEventNote(
+        event_id=event.id, event_type=event.type, provider=provider, sequence=data.sequence
+    )
+
+
+def _ping_start(provider: str, event: ProviderEvent, queues: TaskQueues) -> Start:
+    data = PingEventData.model_validate(event.data)
+    return Start(
+        workflow=PING_WORKFLOW,
+        argument=PingInput(
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            requested_by=f"{provider} webhook",
+            webhook_events_expected=data.expected,
+        ),
+        task_queue=queues.workflows,
+    )
+
+
+# (provider or "*", event type) -> route.
+ROUTES: dict[tuple[str, str], Route] = {
+    # Any provider can send a test event ("send test webhook"): it starts or
+    # signals a Ping workflow that records each event once.
+    (ANY_PROVIDER, "cardflow.ping"): Route(
+        kind="signal_with_start",
+        name=WEBHOOK_EVENT_SIGNAL,
+        workflow_id=_ping_id,
+        argument=_ping_note,
+        start=_ping_start,
+    ),
+    (ANY_PROVIDER, "cardflow.ping.update"): Route(
+        kind="update",
+        name=RECORD_WEBHOOK_EVENT_UPDATE,
+        workflow_id=_ping_id,
+        argument=_ping_note,
+    ),
+}
+
+
+def route_for(provider: str, event_type: str) -> Route | None:
+    return ROUTES.get((provider, event_type)) or ROUTES.get((ANY_PROVIDER, event_type))

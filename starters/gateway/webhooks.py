@@ -1,0 +1,155 @@
+"""Provider webhooks: verify, deduplicate, deliver to the right workflow.
+
+A delivery is answered 2xx only once the workflow has it (or the event has no
+route), so a provider retries everything else. An event id is remembered
+after delivery; a repeat is answered 200 without touching any workflow. Two
+copies racing past that check are harmless: workflows keep events by id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from standardwebhooks import Webhook, WebhookVerificationError
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from schemas.task_queues import TaskQueues
+from starters.gateway.routes import ProviderEvent, Route, route_for
+
+log = logging.getLogger("cardflow.gateway.webhooks")
+
+WEBHOOK_BODY_BYTES_MAX = 256 * 1024
+
+router = APIRouter(tags=["provider webhooks"])
+
+
+def verify(body: bytes, headers: dict[str, str], secrets: list[str]) -> None:
+    """Accept the body if any configured secret signed it within the tolerance."""
+    last: WebhookVerificationError | None = None
+    for secret in secrets:
+        try:
+            Webhook(secret).verify(body, headers, json_parse=False)
+            return
+        except WebhookVerificationError as error:
+            last = error
+    raise last or WebhookVerificationError("no secret configured")
+
+
+async def deliver(
+    client: Client, queues: TaskQueues, provider: str, event: ProviderEvent, route: Route
+) -> str:
+    workflow_id = route.workflow_id(provider, event)
+    argument = route.argument(provider, event)
+    if route.kind == "signal":
+        await client.get_workflow_handle(workflow_id).signal(route.name, argument)
+    elif route.kind == "update":
+        await client.get_workflow_handle(workflow_id).execute_update(route.name, argument)
+    else:
+        assert route.start is not None
+        start = route.start(provider, event, queues)
+        await client.start_workflow(
+            start.workflow,
+            start.argument,
+            id=workflow_id,
+            task_queue=start.task_queue,
+            start_signal=route.name,
+            start_signal_args=[argument],
+            # A finished process is not started again by a late event.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    return workflow_id
+
+
+@router.post("/webhooks/{provider}", include_in_schema=False)
+async def receive_webhook(provider: str, request: Request) -> JSONResponse:
+    state: Any = request.app.state
+    secrets: list[str] | None = state.webhook_secrets.get(provider)
+    if secrets is None:
+        raise HTTPException(status_code=404, detail=f"unknown provider {provider}")
+    body = await request.body()
+    if len(body) > WEBHOOK_BODY_BYTES_MAX:
+        raise HTTPException(status_code=413, detail="webhook body too large")
+    try:
+        verify(body, dict(request.headers), secrets)
+    except WebhookVerificationError as error:
+        log.warning("refused %s webhook: %s", provider, error)
+        return JSONResponse({"error": f"invalid webhook signature: {error}"}, status_code=401)
+    try:
+        event = ProviderEvent.model_validate_json(body)
+    except ValidationError as error:
+        return JSONResponse(
+            {
+                "error": "malformed event",
+                "detail": error.errors(
+                    include_url=False, include_context=False, include_input=False
+                ),
+            },
+            status_code=400,
+        )
+    if event.id != request.headers.get("webhook-id"):
+        return JSONResponse(
+            {"error": "webhook-id header does not match the event id"}, status_code=400
+        )
+
+    pool: asyncpg.Pool = state.pool
+    seen = await pool.fetchval(
+        "SELECT outcome FROM gateway_webhook_events WHERE provider = $1 AND event_id = $2",
+        provider,
+        event.id,
+    )
+    if seen is not None:
+        return JSONResponse({"status": "duplicate", "event_id": event.id})
+
+    route = route_for(provider, event.type)
+    workflow_id = None
+    outcome = "ignored"
+    if route is not None:
+        try:
+            workflow_id = await deliver(state.client, state.queues, provider, event, route)
+            outcome = "delivered"
+        except ValidationError as error:
+            return JSONResponse(
+                {
+                    "error": "event data does not fit its type",
+                    "detail": error.errors(
+                        include_url=False, include_context=False, include_input=False
+                    ),
+                },
+                status_code=400,
+            )
+        except WorkflowUpdateFailedError as error:
+            return JSONResponse(
+                {"error": f"the process refused the event: {error.cause}"}, status_code=409
+            )
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                outcome = "ignored"
+            elif error.status == RPCStatusCode.ALREADY_EXISTS:
+                outcome = "ignored"
+            else:
+                # Temporal is unreachable or overloaded: the provider retries.
+                log.error("could not deliver %s %s: %s", provider, event.id, error)
+                return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
+        except Exception as error:  # noqa: BLE001 - the provider must retry, not lose it
+            if type(error).__name__ == "WorkflowAlreadyStartedError":
+                outcome = "ignored"
+            else:
+                log.exception("could not deliver %s %s", provider, event.id)
+                return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
+    await pool.execute(
+        "INSERT INTO gateway_webhook_events (provider, event_id, event_type, outcome, workflow_id)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        provider,
+        event.id,
+        event.type,
+        outcome,
+        workflow_id,
+    )
+    return JSONResponse({"status": outcome, "event_id": event.id, "workflow_id": workflow_id})

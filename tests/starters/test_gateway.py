@@ -1,0 +1,266 @@
+"""The gateway: signed webhooks reach a workflow exactly once; the API starts processes idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from standardwebhooks import Webhook
+from temporalio.service import RPCError
+
+from activities.database import create_pool
+from schemas.health import PingResult
+from schemas.providers import PROVIDERS
+from starters.gateway.app import create_app
+from tests.conftest import RunningStack, free_port
+from tests.providers import running, simulator_process
+from workers.secrets import new_webhook_secret
+from workers.settings import load_settings
+from workflows.health import ping_workflow_id
+
+
+@dataclass
+class Gateway:
+    url: str
+    secrets: dict[str, list[str]]
+    stack: RunningStack
+    http: httpx.AsyncClient
+
+    def signed(
+        self,
+        provider: str,
+        event: dict[str, Any],
+        *,
+        secret: str | None = None,
+        at: datetime | None = None,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        body = json.dumps(event)
+        stamp = at or datetime.now(UTC)
+        message_id = message_id or event["id"]
+        signature = Webhook(secret or self.secrets[provider][0]).sign(message_id, stamp, body)
+        return {
+            "content": body,
+            "headers": {
+                "content-type": "application/json",
+                "webhook-id": message_id,
+                "webhook-timestamp": str(int(stamp.timestamp())),
+                "webhook-signature": signature,
+            },
+        }
+
+    async def post_event(
+        self, provider: str, event: dict[str, Any], **signing: Any
+    ) -> httpx.Response:
+        return await self.http.post(
+            f"/webhooks/{provider}", **self.signed(provider, event, **signing)
+        )
+
+    async def ping_result(self, ping_id: str) -> PingResult:
+        handle = self.stack.client.get_workflow_handle(
+            ping_workflow_id(f"webhook-{ping_id}"), result_type=PingResult
+        )
+        # Webhooks may still be on their way: wait for the workflow to exist.
+        for _ in range(300):
+            try:
+                await handle.describe()
+                break
+            except RPCError:
+                await asyncio.sleep(0.05)
+        return await asyncio.wait_for(handle.result(), 30)
+
+
+def ping_event(
+    ping_id: str, *, expected: int = 1, sequence: int = 0, event_type: str = "cardflow.ping"
+) -> dict[str, Any]:
+    return {
+        "id": f"evt_{uuid.uuid4().hex[:16]}",
+        "type": event_type,
+        "created_at": datetime.now(UTC).isoformat(),
+        "data": {"ping_id": ping_id, "expected": expected, "sequence": sequence},
+    }
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateway(stack: RunningStack, tmp_path: Path) -> AsyncIterator[Gateway]:
+    old_bank = new_webhook_secret()
+    secrets = {provider: [new_webhook_secret()] for provider in PROVIDERS}
+    secrets["bank"].append(old_bank)  # rotation: the previous secret still verifies
+    settings = load_settings(
+        CARDFLOW_HOME=str(tmp_path),
+        CARDFLOW_TASK_QUEUE_PREFIX=stack.queues.prefix,
+        CARDFLOW_WEBHOOK_SECRETS=json.dumps(secrets),
+        DATABASE_URL=stack.database_url,
+    )
+    pool = await create_pool(stack.database_url, size_max=4)
+    app = create_app(settings, client=stack.client, pool=pool)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield Gateway(url, secrets, stack, http)
+    finally:
+        server.should_exit = True
+        await task
+        await pool.close()
+
+
+async def no_workflow(gateway: Gateway, ping_id: str) -> bool:
+    try:
+        await gateway.stack.client.get_workflow_handle(
+            ping_workflow_id(f"webhook-{ping_id}")
+        ).describe()
+    except RPCError:
+        return True
+    return False
+
+
+async def test_a_signed_event_starts_the_workflow_and_repeats_reach_it_once(
+    gateway: Gateway,
+) -> None:
+    events = [ping_event("p1", expected=3, sequence=i) for i in range(3)]
+    # Out of order, and the middle one twice.
+    for event in (events[2], events[1], events[1], events[0]):
+        response = await gateway.post_event("bank", event)
+        assert response.status_code == 200, response.text
+    assert (await gateway.post_event("bank", events[1])).json()["status"] == "duplicate"
+    result = await gateway.ping_result("p1")
+    assert [note.sequence for note in result.webhook_events] == [2, 1, 0]
+    assert len({note.event_id for note in result.webhook_events}) == 3
+
+
+@pytest.mark.parametrize(
+    "tamper", ["unsigned", "body", "secret", "stale", "future", "other_provider", "id_mismatch"]
+)
+async def test_an_invalid_webhook_is_refused_and_starts_nothing(
+    gateway: Gateway, tamper: str
+) -> None:
+    ping_id = f"bad-{tamper}"
+    event = ping_event(ping_id)
+    request = gateway.signed("kyc", event)
+    if tamper == "unsigned":
+        request["headers"] = {"content-type": "application/json"}
+    elif tamper == "body":
+        request["content"] = request["content"].replace('"expected": 1', '"expected": 2')
+    elif tamper == "secret":
+        request = gateway.signed("kyc", event, secret=new_webhook_secret())
+    elif tamper == "stale":
+        request = gateway.signed("kyc", event, at=datetime.now(UTC) - timedelta(minutes=10))
+    elif tamper == "future":
+        request = gateway.signed("kyc", event, at=datetime.now(UTC) + timedelta(minutes=10))
+    elif tamper == "other_provider":
+        request = gateway.signed("kyc", event, secret=gateway.secrets["tron"][0])
+    elif tamper == "id_mismatch":
+        request = gateway.signed("kyc", event, message_id="evt_someone_else")
+    response = await gateway.http.post("/webhooks/kyc", **request)
+    expected = 400 if tamper == "id_mismatch" else 401
+    assert response.status_code == expected, response.text
+    await asyncio.sleep(0.2)
+    assert await no_workflow(gateway, ping_id)
+
+
+async def test_the_previous_secret_still_verifies_during_rotation(gateway: Gateway) -> None:
+    response = await gateway.post_event(
+        "bank", ping_event("rotated"), secret=gateway.secrets["bank"][1]
+    )
+    assert response.status_code == 200
+    assert len((await gateway.ping_result("rotated")).webhook_events) == 1
+
+
+async def test_an_update_route_reaches_a_running_workflow(gateway: Gateway) -> None:
+    await gateway.post_event("fx", ping_event("upd", expected=2, sequence=0))
+    update = ping_event("upd", sequence=1, event_type="cardflow.ping.update")
+    response = await gateway.post_event("fx", update)
+    assert response.json()["status"] == "delivered"
+    result = await gateway.ping_result("upd")
+    assert [n.event_type for n in result.webhook_events] == [
+        "cardflow.ping",
+        "cardflow.ping.update",
+    ]
+    orphan = await gateway.post_event("fx", ping_event("nobody", event_type="cardflow.ping.update"))
+    assert orphan.json()["status"] == "ignored"
+
+
+async def test_unrouted_and_malformed_events(gateway: Gateway) -> None:
+    unrouted = {**ping_event("x"), "type": "card.updated"}
+    assert (await gateway.post_event("issuer", unrouted)).json()["status"] == "ignored"
+    malformed = {**ping_event("x"), "data": {"ping_id": "has spaces"}}
+    response = await gateway.post_event("issuer", malformed)
+    assert response.status_code == 400 and "ping_id" in response.text
+    assert (await gateway.http.post("/webhooks/nowhere", content="{}")).status_code == 404
+
+
+async def test_an_idempotency_key_repeat_returns_the_same_process(gateway: Gateway) -> None:
+    key = f"req-{uuid.uuid4().hex[:8]}"
+    first = await gateway.http.post(
+        "/v1/pings", json={"requested_by": "mobile backend"}, headers={"Idempotency-Key": key}
+    )
+    again = await gateway.http.post(
+        "/v1/pings", json={"requested_by": "mobile backend"}, headers={"Idempotency-Key": key}
+    )
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["run_id"] == first.json()["run_id"] and again.json()["replayed"]
+    other = await gateway.http.post(
+        "/v1/pings", json={"requested_by": "someone else"}, headers={"Idempotency-Key": key}
+    )
+    assert other.status_code == 409 and key in other.json()["detail"]
+    status_url = first.json()["status_url"]
+    for _ in range(100):
+        status = (await gateway.http.get(status_url)).json()
+        if status["status"] == "COMPLETED":
+            break
+        await asyncio.sleep(0.1)
+    assert status["workflow_type"] == "Ping" and status["status"] == "COMPLETED"
+    assert (await gateway.http.get("/v1/processes/ping/none")).status_code == 404
+
+
+async def test_bad_input_gets_a_422_naming_the_field(gateway: Gateway) -> None:
+    missing_key = await gateway.http.post("/v1/pings", json={"requested_by": "x"})
+    assert missing_key.status_code == 422
+    assert missing_key.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    empty = await gateway.http.post(
+        "/v1/pings", json={"requested_by": ""}, headers={"Idempotency-Key": "k-1"}
+    )
+    assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "requested_by"]
+    openapi = (await gateway.http.get("/openapi.json")).json()
+    assert "/v1/pings" in openapi["paths"]
+
+
+async def test_simulator_webhooks_delivered_twice_and_reversed_reach_the_workflow_once(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    process = simulator_process(tmp_path / "sim", free_port(), gateway.url)
+    process.secrets = {provider: values[0] for provider, values in gateway.secrets.items()}
+    process.env["CARDFLOW_WEBHOOK_SECRETS"] = json.dumps(process.secrets)
+    (tmp_path / "sim").mkdir()
+    with running(process):
+        process.admin("POST", "/webhooks", {"hold": True, "duplicate": True})
+        for sequence in range(4):
+            process.admin(
+                "POST",
+                "/webhooks/emit",
+                {
+                    "simulator": "tron",
+                    "type": "cardflow.ping",
+                    "data": {"ping_id": "e2e", "expected": 4, "sequence": sequence},
+                },
+            )
+        process.admin("POST", "/webhooks/release", {"order": "reverse"})
+        result = await gateway.ping_result("e2e")
+        deliveries = process.admin("GET", "/webhooks")
+    assert [note.sequence for note in result.webhook_events] == [3, 2, 1, 0]
+    assert all(d["deliveries"] == 2 and d["delivered_at"] for d in deliveries)
