@@ -1,4 +1,4 @@
-"""The gateway: signed webhooks reach a workflow exactly once; the API starts processes idempotently."""
+"""The gateway: signed webhooks reach a workflow once; the API starts processes idempotently."""
 
 from __future__ import annotations
 
