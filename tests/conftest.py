@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,22 @@ from workers.converter import EncryptionCodec, build_data_converter, generate_ke
 
 TEMPLATE_DATABASE = "cardflow_template"
 TEST_POOL_SIZE_MAX = 5
+
+
+@contextlib.contextmanager
+def scratch_directory(prefix: str) -> Iterator[Path]:
+    """A directory outside pytest's own temp tree.
+
+    PostgreSQL runs as another user when the suite runs as root, so its data
+    directory's ancestors must stay traversable; pytest resets the mode of
+    its temp root when any pytest session starts on the machine.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -83,14 +101,14 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterable[st
     if external:
         yield with_database(external, "postgres")
         return
-    root = tmp_path_factory.mktemp("postgres")
-    data_dir, log_path = root / "data", root / "postgres.log"
-    port = free_port()
-    postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        postgres.stop(data_dir, log_path=log_path)
+    with scratch_directory("cardflow-test-postgres-") as root:
+        data_dir, log_path = root / "data", root / "postgres.log"
+        port = free_port()
+        postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            postgres.stop(data_dir, log_path=log_path)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

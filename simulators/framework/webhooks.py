@@ -138,6 +138,12 @@ class WebhookOutbox:
                 seq,
             )
             return
+        # The batch was read a moment ago; a reset (or another delivery) since
+        # then means this event is no longer ours to send.
+        if not self.store.execute(
+            "SELECT 1 FROM outbox WHERE seq = ? AND delivered_at IS NULL", seq
+        ):
+            return
         event_id = json.loads(body)["id"]
         copies = 2 if self.duplicate else 1
         status = ""

@@ -46,6 +46,9 @@ HEALTH_PROBE_TIMEOUT_SECONDS = 5
 POSTGRES = "postgres"
 TEMPORAL = "temporal"
 CODEC = "codec"
+SIMULATORS = "simulators"
+GATEWAY = "gateway"
+HTTP_READY_SECONDS = 30
 
 
 def worker_part(kind: str) -> str:
@@ -101,6 +104,10 @@ class Stack:
         self._up_postgres()
         self._up_codec()
         self._up_temporal()
+        if not self.settings.providers_url:
+            self._up_http_part(SIMULATORS, ["simulators", "serve"], self.settings.simulators_port,
+                               "/_admin/health")
+        self._up_http_part(GATEWAY, ["gateway"], self.settings.gateway_port, "/health")
         for kind in QUEUE_KINDS:
             self._up_worker(kind)
         self._wait_for_workers()
@@ -117,6 +124,11 @@ class Stack:
         if not s.temporal_is_external and self.run.alive(TEMPORAL) is None:
             wanted.append(("the Temporal dev server", "CARDFLOW_TEMPORAL_PORT", s.temporal_port))
             wanted.append(("the Temporal Web UI", "CARDFLOW_TEMPORAL_UI_PORT", s.temporal_ui_port))
+        if not s.providers_url and self.run.alive(SIMULATORS) is None:
+            wanted.append(("the provider simulators", "CARDFLOW_SIMULATORS_PORT",
+                           s.simulators_port))
+        if self.run.alive(GATEWAY) is None:
+            wanted.append(("the gateway", "CARDFLOW_GATEWAY_PORT", s.gateway_port))
         for part, variable, port in wanted:
             ensure_port_free(part, variable, s.bind_host, port)
 
@@ -213,6 +225,28 @@ class Stack:
                 await asyncio.sleep(0.5)
         raise StackError(f"Temporal is not serving: {last_error}")
 
+    def _up_http_part(self, name: str, command: list[str], port: int, health_path: str) -> None:
+        if self.run.alive(name) is not None:
+            return
+        s = self.settings
+        record = spawn(
+            name, [sys.executable, "-m", "starters.cli", *command],
+            env=self._children_env(), log_path=self.logs / f"{name}.log",
+            address=f"http://{s.bind_host}:{port}",
+        )
+        self.run.write(record)
+        deadline = time.monotonic() + HTTP_READY_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{record.address}{health_path}", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if not record.is_alive():
+                break
+            time.sleep(0.2)
+        raise StackError(f"{name} did not become healthy; see {self.logs / f'{name}.log'}")
+
     def _up_worker(self, kind: str) -> None:
         name = worker_part(kind)
         if self.run.alive(name) is not None:
@@ -242,7 +276,8 @@ class Stack:
 
     def down(self) -> list[str]:
         stopped: list[str] = []
-        for name in [*(worker_part(kind) for kind in QUEUE_KINDS), TEMPORAL, CODEC]:
+        for name in [*(worker_part(kind) for kind in QUEUE_KINDS), GATEWAY, SIMULATORS,
+                     TEMPORAL, CODEC]:
             record = self.run.alive(name)
             if record is not None:
                 terminate(record.pid)
@@ -262,6 +297,10 @@ class Stack:
         parts = [await self._postgres_status(), await self._codec_status()]
         temporal = await self._temporal_status()
         parts.append(temporal)
+        if not self.settings.providers_url:
+            parts.append(await self._http_status(SIMULATORS, self.settings.simulators_port,
+                                                 "/_admin/health"))
+        parts.append(await self._http_status(GATEWAY, self.settings.gateway_port, "/health"))
         parts += await self._worker_statuses(temporal.healthy)
         return parts
 
@@ -286,19 +325,22 @@ class Stack:
         )
 
     async def _codec_status(self) -> PartStatus:
-        record = self.run.alive(CODEC)
-        s = self.settings
-        address = f"http://{s.bind_host}:{s.codec_port}"
+        return await self._http_status(CODEC, self.settings.codec_port, "/health")
+
+    async def _http_status(self, name: str, port: int, health_path: str) -> PartStatus:
+        record = self.run.alive(name)
+        address = f"http://{self.settings.bind_host}:{port}"
         if record is None:
-            return PartStatus(CODEC, address, None, True, False, False, "not running")
+            return PartStatus(name, address, None, True, False, False, "not running")
         try:
             async with httpx.AsyncClient(timeout=HEALTH_PROBE_TIMEOUT_SECONDS) as http:
-                response = await http.get(f"{address}/health")
+                response = await http.get(f"{address}{health_path}")
             healthy = response.status_code == 200
-            detail = "answers /health" if healthy else f"/health answered {response.status_code}"
+            detail = (f"answers {health_path}" if healthy
+                      else f"{health_path} answered {response.status_code}")
         except httpx.HTTPError as error:
             healthy, detail = False, f"does not answer: {error!r}"
-        return PartStatus(CODEC, address, record.pid, True, True, healthy, detail)
+        return PartStatus(name, address, record.pid, True, True, healthy, detail)
 
     async def _temporal_status(self) -> PartStatus:
         s = self.settings

@@ -30,7 +30,7 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 
 from schemas.search import ALL_SEARCH_ATTRIBUTES
 from starters.health import ping
-from tests.conftest import free_port
+from tests.conftest import free_port, scratch_directory
 from workers.client import connect
 from workers.settings import Settings, load_settings
 from workflows.health import ping_workflow_id
@@ -74,6 +74,8 @@ def stack_env(home: Path, **ports: int) -> dict[str, str]:
         CARDFLOW_TEMPORAL_UI_PORT=str(ports.get("ui", free_port())),
         CARDFLOW_POSTGRES_PORT=str(ports.get("postgres", free_port())),
         CARDFLOW_CODEC_PORT=str(ports.get("codec", free_port())),
+        CARDFLOW_SIMULATORS_PORT=str(ports.get("simulators", free_port())),
+        CARDFLOW_GATEWAY_PORT=str(ports.get("gateway", free_port())),
         CARDFLOW_TASK_QUEUE_PREFIX=f"devstack-{uuid.uuid4().hex[:8]}",
     )
     return env
@@ -91,15 +93,15 @@ def parts_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    home = tmp_path_factory.mktemp("cardflow-home")
-    stack = DevStack(home, stack_env(home))
-    up = stack.cardflow("dev", "up", "--json")
-    try:
-        assert up.returncode == 0, f"dev up failed:\n{up.stdout}\n{up.stderr}"
-        yield stack
-    finally:
-        stack.cardflow("dev", "down")
+def dev_stack() -> Iterator[DevStack]:
+    with scratch_directory("cardflow-test-home-") as home:
+        stack = DevStack(home, stack_env(home))
+        up = stack.cardflow("dev", "up", "--json")
+        try:
+            assert up.returncode == 0, f"dev up failed:\n{up.stdout}\n{up.stderr}"
+            yield stack
+        finally:
+            stack.cardflow("dev", "down")
 
 
 def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevStack) -> None:
@@ -110,6 +112,8 @@ def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevS
         "postgres",
         "codec",
         "temporal",
+        "simulators",
+        "gateway",
         "worker-workflows",
         "worker-ledger",
         "worker-providers",
@@ -122,7 +126,8 @@ def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevS
     ui = httpx.get(f"http://127.0.0.1:{settings.temporal_ui_port}/api/v1/settings", timeout=10)
     assert ui.status_code == 200
     assert ui.json()["Codec"]["Endpoint"] == settings.codec_url
-    for log in ("temporal", "codec", "worker-workflows", "worker-ledger", "worker-providers"):
+    for log in ("temporal", "codec", "simulators", "gateway", "worker-workflows",
+                "worker-ledger", "worker-providers"):
         assert (dev_stack.home / "logs" / f"{log}.log").exists()
 
 
@@ -260,6 +265,7 @@ async def test_state_survives_dev_down_and_up(dev_stack: DevStack) -> None:
         ("postgres", "CARDFLOW_POSTGRES_PORT"),
         ("temporal", "CARDFLOW_TEMPORAL_PORT"),
         ("codec", "CARDFLOW_CODEC_PORT"),
+        ("gateway", "CARDFLOW_GATEWAY_PORT"),
     ],
 )
 def test_dev_up_on_a_taken_port_fails_naming_the_port_and_its_owner(
