@@ -105,8 +105,9 @@ class Stack:
         self._up_codec()
         self._up_temporal()
         if not self.settings.providers_url:
-            self._up_http_part(SIMULATORS, ["simulators", "serve"], self.settings.simulators_port,
-                               "/_admin/health")
+            self._up_http_part(
+                SIMULATORS, ["simulators", "serve"], self.settings.simulators_port, "/_admin/health"
+            )
         self._up_http_part(GATEWAY, ["gateway"], self.settings.gateway_port, "/health")
         for kind in QUEUE_KINDS:
             self._up_worker(kind)
@@ -125,8 +126,9 @@ class Stack:
             wanted.append(("the Temporal dev server", "CARDFLOW_TEMPORAL_PORT", s.temporal_port))
             wanted.append(("the Temporal Web UI", "CARDFLOW_TEMPORAL_UI_PORT", s.temporal_ui_port))
         if not s.providers_url and self.run.alive(SIMULATORS) is None:
-            wanted.append(("the provider simulators", "CARDFLOW_SIMULATORS_PORT",
-                           s.simulators_port))
+            wanted.append(
+                ("the provider simulators", "CARDFLOW_SIMULATORS_PORT", s.simulators_port)
+            )
         if self.run.alive(GATEWAY) is None:
             wanted.append(("the gateway", "CARDFLOW_GATEWAY_PORT", s.gateway_port))
         for part, variable, port in wanted:
@@ -230,8 +232,10 @@ class Stack:
             return
         s = self.settings
         record = spawn(
-            name, [sys.executable, "-m", "starters.cli", *command],
-            env=self._children_env(), log_path=self.logs / f"{name}.log",
+            name,
+            [sys.executable, "-m", "starters.cli", *command],
+            env=self._children_env(),
+            log_path=self.logs / f"{name}.log",
             address=f"http://{s.bind_host}:{port}",
         )
         self.run.write(record)
@@ -276,8 +280,13 @@ class Stack:
 
     def down(self) -> list[str]:
         stopped: list[str] = []
-        for name in [*(worker_part(kind) for kind in QUEUE_KINDS), GATEWAY, SIMULATORS,
-                     TEMPORAL, CODEC]:
+        for name in [
+            *(worker_part(kind) for kind in QUEUE_KINDS),
+            GATEWAY,
+            SIMULATORS,
+            TEMPORAL,
+            CODEC,
+        ]:
             record = self.run.alive(name)
             if record is not None:
                 terminate(record.pid)
@@ -298,8 +307,9 @@ class Stack:
         temporal = await self._temporal_status()
         parts.append(temporal)
         if not self.settings.providers_url:
-            parts.append(await self._http_status(SIMULATORS, self.settings.simulators_port,
-                                                 "/_admin/health"))
+            parts.append(
+                await self._http_status(SIMULATORS, self.settings.simulators_port, "/_admin/health")
+            )
         parts.append(await self._http_status(GATEWAY, self.settings.gateway_port, "/health"))
         parts += await self._worker_statuses(temporal.healthy)
         return parts
@@ -336,8 +346,11 @@ class Stack:
             async with httpx.AsyncClient(timeout=HEALTH_PROBE_TIMEOUT_SECONDS) as http:
                 response = await http.get(f"{address}{health_path}")
             healthy = response.status_code == 200
-            detail = (f"answers {health_path}" if healthy
-                      else f"{health_path} answered {response.status_code}")
+            detail = (
+                f"answers {health_path}"
+                if healthy
+                else f"{health_path} answered {response.status_code}"
+            )
         except httpx.HTTPError as error:
             healthy, detail = False, f"does not answer: {error!r}"
         return PartStatus(name, address, record.pid, True, True, healthy, detail)

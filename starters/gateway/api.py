@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -41,6 +41,8 @@ PING_API_EXECUTION_TIMEOUT = timedelta(minutes=5)
 
 
 class StartPing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     requested_by: str = Field(min_length=1, max_length=200, description="Who asks")
 
 
@@ -144,7 +146,10 @@ async def start_idempotently(
     "/pings",
     status_code=202,
     response_model=ProcessRef,
-    responses={409: {"model": ErrorBody}},
+    responses={
+        200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
+        409: {"model": ErrorBody, "description": "This Idempotency-Key came with another body"},
+    },
     summary="Start a health check through every task queue",
 )
 async def start_ping(

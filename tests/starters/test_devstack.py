@@ -126,8 +126,15 @@ def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevS
     ui = httpx.get(f"http://127.0.0.1:{settings.temporal_ui_port}/api/v1/settings", timeout=10)
     assert ui.status_code == 200
     assert ui.json()["Codec"]["Endpoint"] == settings.codec_url
-    for log in ("temporal", "codec", "simulators", "gateway", "worker-workflows",
-                "worker-ledger", "worker-providers"):
+    for log in (
+        "temporal",
+        "codec",
+        "simulators",
+        "gateway",
+        "worker-workflows",
+        "worker-ledger",
+        "worker-providers",
+    ):
         assert (dev_stack.home / "logs" / f"{log}.log").exists()
 
 

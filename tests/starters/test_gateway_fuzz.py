@@ -1,0 +1,79 @@
+"""A schemathesis run over the gateway's published OpenAPI: no input makes it answer 5xx."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from starters.gateway.app import create_app
+from tests.conftest import free_port
+from workers.settings import load_settings
+
+FUZZ_EXAMPLES_PER_OPERATION = 40
+
+
+@pytest.fixture
+def gateway_url(workflow_env: Any, database_url: str, tmp_path: Path) -> Iterator[str]:
+    """The gateway as its own server with its own event loop, client and pool."""
+    settings_ = load_settings(
+        CARDFLOW_HOME=str(tmp_path),
+        DATABASE_URL=database_url,
+        TEMPORAL_ADDRESS=workflow_env.client.service_client.config.target_host,
+        CARDFLOW_TASK_QUEUE_PREFIX="fuzz",
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings_), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the gateway did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def test_the_api_never_answers_5xx_and_keeps_its_contract(gateway_url: str) -> None:
+    assert httpx.get(f"{gateway_url}/health").status_code == 200
+    schema = schemathesis.openapi.from_url(f"{gateway_url}/openapi.json")
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/pings", "/v1/processes/{workflow_id}"}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=FUZZ_EXAMPLES_PER_OPERATION,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+        )
+        def fuzz(case: Any) -> None:
+            case.call_and_validate(checks=checks)
+
+        fuzz()
