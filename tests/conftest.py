@@ -8,6 +8,7 @@ Set DATABASE_URL to use an existing PostgreSQL server instead of the embedded on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -240,9 +241,23 @@ def simulators(tmp_path_factory: pytest.TempPathFactory, webhook_sink: Any) -> I
         yield process
 
 
-@pytest.fixture
-def sim(simulators: Any, webhook_sink: Any) -> Any:
-    """The session's simulators, reset: no state, no faults, nothing received."""
+SIMULATOR_DRAIN_SECONDS_MAX = 3.0
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def sim(simulators: Any, webhook_sink: Any) -> Any:
+    """The session's simulators, reset: no state, no faults, nothing received.
+
+    Webhooks still on their way from the previous test are let arrive first
+    (the sink runs on this event loop), so none lands in this test.
+    """
+    deadline = asyncio.get_running_loop().time() + SIMULATOR_DRAIN_SECONDS_MAX
+    while asyncio.get_running_loop().time() < deadline:
+        health = simulators.admin("GET", "/health")
+        if health["webhooks_pending"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)
     simulators.reset()
     webhook_sink.received.clear()
     webhook_sink.script.clear()

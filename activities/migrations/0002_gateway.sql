@@ -8,6 +8,9 @@ CREATE TABLE gateway_webhook_events (
     -- delivered (to a workflow) or ignored (no route for this event type)
     outcome      text        NOT NULL CHECK (outcome IN ('delivered', 'ignored')),
     workflow_id  text,
+    -- webhook-timestamp of the accepted delivery: a message signed no later
+    -- is a replay, a provider's redelivery is signed afresh.
+    signed_at    bigint      NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (provider, event_id)
 );

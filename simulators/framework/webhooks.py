@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -147,8 +147,9 @@ class WebhookOutbox:
         event_id = json.loads(body)["id"]
         copies = 2 if self.duplicate else 1
         status = ""
-        for _ in range(copies):
-            status = await self._post(http, target, event_id, body)
+        for copy in range(copies):
+            # A duplicate is a redelivery: signed afresh, a second later.
+            status = await self._post(http, target, event_id, body, delay_seconds=copy)
             if not status.startswith("2"):
                 break
         attempts += 1
@@ -174,9 +175,15 @@ class WebhookOutbox:
         )
 
     async def _post(
-        self, http: httpx.AsyncClient, target: WebhookTarget, event_id: str, body: str
+        self,
+        http: httpx.AsyncClient,
+        target: WebhookTarget,
+        event_id: str,
+        body: str,
+        *,
+        delay_seconds: int = 0,
     ) -> str:
-        stamp = datetime.now(UTC)
+        stamp = datetime.now(UTC) + timedelta(seconds=delay_seconds)
         headers = {
             "content-type": "application/json",
             "webhook-id": event_id,

@@ -2,8 +2,10 @@
 
 A delivery is answered 2xx only once the workflow has it (or the event has no
 route), so a provider retries everything else. An event id is remembered
-after delivery; a repeat is answered 200 without touching any workflow. Two
-copies racing past that check are harmless: workflows keep events by id.
+after delivery with its signing time: a redelivery (signed later) is answered
+200 without touching any workflow; the same signed message again is a replay
+and gets 401. Two copies racing past that check are harmless: workflows keep
+events by id.
 """
 
 from __future__ import annotations
@@ -99,12 +101,16 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
         )
 
     pool: asyncpg.Pool = state.pool
-    seen = await pool.fetchval(
-        "SELECT outcome FROM gateway_webhook_events WHERE provider = $1 AND event_id = $2",
+    signed_at = int(request.headers["webhook-timestamp"])
+    accepted_signed_at = await pool.fetchval(
+        "SELECT signed_at FROM gateway_webhook_events WHERE provider = $1 AND event_id = $2",
         provider,
         event.id,
     )
-    if seen is not None:
+    if accepted_signed_at is not None:
+        if signed_at <= accepted_signed_at:
+            # The very message already accepted, sent again: a replay.
+            return JSONResponse({"error": "replayed webhook"}, status_code=401)
         return JSONResponse({"status": "duplicate", "event_id": event.id})
 
     route = route_for(provider, event.type)
@@ -144,12 +150,14 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
                 log.exception("could not deliver %s %s", provider, event.id)
                 return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
     await pool.execute(
-        "INSERT INTO gateway_webhook_events (provider, event_id, event_type, outcome, workflow_id)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        "INSERT INTO gateway_webhook_events"
+        " (provider, event_id, event_type, outcome, workflow_id, signed_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         provider,
         event.id,
         event.type,
         outcome,
         workflow_id,
+        signed_at,
     )
     return JSONResponse({"status": outcome, "event_id": event.id, "workflow_id": workflow_id})

@@ -133,11 +133,13 @@ async def test_a_signed_event_starts_the_workflow_and_repeats_reach_it_once(
     gateway: Gateway,
 ) -> None:
     events = [ping_event("p1", expected=3, sequence=i) for i in range(3)]
-    # Out of order, and the middle one twice.
-    for event in (events[2], events[1], events[1], events[0]):
-        response = await gateway.post_event("bank", event)
+    # Out of order, and the middle one redelivered (signed afresh, later).
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    for event, at in ((events[2], None), (events[1], None), (events[1], later), (events[0], None)):
+        response = await gateway.post_event("bank", event, at=at)
         assert response.status_code == 200, response.text
-    assert (await gateway.post_event("bank", events[1])).json()["status"] == "duplicate"
+    redelivered = await gateway.post_event("bank", events[1], at=later + timedelta(seconds=1))
+    assert redelivered.json()["status"] == "duplicate"
     result = await gateway.ping_result("p1")
     assert [note.sequence for note in result.webhook_events] == [2, 1, 0]
     assert len({note.event_id for note in result.webhook_events}) == 3
@@ -171,6 +173,19 @@ async def test_an_invalid_webhook_is_refused_and_starts_nothing(
     assert response.status_code == expected, response.text
     await asyncio.sleep(0.2)
     assert await no_workflow(gateway, ping_id)
+
+
+async def test_a_replayed_message_is_refused_and_reaches_the_workflow_once(
+    gateway: Gateway,
+) -> None:
+    event = ping_event("replay", expected=2, sequence=0)
+    request = gateway.signed("issuer", event)
+    assert (await gateway.http.post("/webhooks/issuer", **request)).status_code == 200
+    replay = await gateway.http.post("/webhooks/issuer", **request)
+    assert replay.status_code == 401 and "replayed" in replay.text
+    await gateway.post_event("issuer", ping_event("replay", expected=2, sequence=1))
+    result = await gateway.ping_result("replay")
+    assert [note.sequence for note in result.webhook_events] == [0, 1]
 
 
 async def test_the_previous_secret_still_verifies_during_rotation(gateway: Gateway) -> None:

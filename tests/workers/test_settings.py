@@ -61,13 +61,13 @@ def test_external_temporal_and_database_are_not_started_locally(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TEMPORAL_ADDRESS", "temporal.example.com:7233")
-    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@db.example.com:5432/cardflow")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:Pa55-w0rd-zq@db.example.com:5432/cardflow")
     monkeypatch.setenv("TEMPORAL_NAMESPACE", "cardflow-prod")
     settings = load_settings()
     assert settings.temporal_is_external and settings.database_is_external
     assert settings.temporal_target == "temporal.example.com:7233"
     assert settings.effective_database_url.endswith("@db.example.com:5432/cardflow")
-    assert "secret" not in repr(settings)
+    assert "Pa55-w0rd-zq" not in repr(settings)
 
 
 def test_defaults_describe_the_embedded_stack(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,374 @@
+"""What cardflow reads from (and sends to) the card issuer's API.
+
+These are cardflow's own view of the issuer, independent of the simulator's
+models: when the two drift apart, the client's contract tests fail. Amounts
+are strict integers of minor units, so a float from the issuer is a contract
+error rather than a silently rounded amount; rates are Decimal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, Field, StrictInt
+
+from schemas.money import Currency, Rate
+
+AmountMinor = Annotated[StrictInt, Field(ge=0)]
+# A change to a held amount may be negative (an advice lowering it).
+SignedAmountMinor = StrictInt
+
+
+class CardType(StrEnum):
+    VIRTUAL = "virtual"
+    PHYSICAL = "physical"
+
+
+class CardState(StrEnum):
+    PENDING_FULFILLMENT = "pending_fulfillment"
+    PENDING_ACTIVATION = "pending_activation"
+    OPEN = "open"
+    PAUSED = "paused"
+    CLOSED = "closed"
+
+
+class ShippingStatus(StrEnum):
+    PENDING = "pending"
+    SUBMITTED = "submitted"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    RETURNED = "returned"
+    FAILURE = "failure"
+
+
+class ShippingService(StrEnum):
+    STANDARD = "standard"
+    EXPRESS = "express"
+
+
+class ReissueReason(StrEnum):
+    LOST = "lost"
+    STOLEN = "stolen"
+    DAMAGED = "damaged"
+    EXPIRED = "expired"
+
+
+class AuthorizationStatus(StrEnum):
+    PENDING = "pending"
+    DECLINED = "declined"
+    CLEARED = "cleared"
+    REVERSED = "reversed"
+    EXPIRED = "expired"
+
+
+class DecidedBy(StrEnum):
+    CARDFLOW = "cardflow"
+    STAND_IN = "stand_in"
+    ISSUER = "issuer"
+
+
+class DecisionOutcome(StrEnum):
+    APPROVE = "approve"
+    DECLINE = "decline"
+
+
+class TransactionType(StrEnum):
+    CLEARING = "clearing"
+    FORCE_POST = "force_post"
+    REFUND = "refund"
+    CHARGEBACK = "chargeback"
+
+
+class Direction(StrEnum):
+    """Which way money moves for the program: out (debit) or in (credit)."""
+
+    DEBIT = "debit"
+    CREDIT = "credit"
+    NONE = "none"
+
+
+class DisputeReason(StrEnum):
+    FRAUDULENT = "fraudulent"
+    NOT_RECEIVED = "not_received"
+    DUPLICATE = "duplicate"
+    NOT_AS_DESCRIBED = "not_as_described"
+    CANCELED = "canceled"
+    OTHER = "other"
+
+
+class DisputeStatus(StrEnum):
+    OPEN = "open"
+    REPRESENTMENT = "representment"
+    PRE_ARBITRATION = "pre_arbitration"
+    WON = "won"
+    LOST = "lost"
+    WITHDRAWN = "withdrawn"
+
+
+class DisputeOutcome(StrEnum):
+    """What the network may decide on a dispute (sandbox)."""
+
+    WON = "won"
+    LOST = "lost"
+    REPRESENTMENT = "representment"
+    PRE_ARBITRATION = "pre_arbitration"
+
+
+class EvidenceType(StrEnum):
+    RECEIPT = "receipt"
+    CORRESPONDENCE = "correspondence"
+    CARDHOLDER_STATEMENT = "cardholder_statement"
+    SHIPPING_PROOF = "shipping_proof"
+    OTHER = "other"
+
+
+class SettlementRecordType(StrEnum):
+    CLEARING = "clearing"
+    FORCE_POST = "force_post"
+    REFUND = "refund"
+    CHARGEBACK = "chargeback"
+    REVERSAL = "reversal"
+    FEE = "fee"
+
+
+# ----- sent to the issuer and read back ------------------------------------------------
+
+
+class Address(BaseModel):
+    line1: str
+    line2: str | None = None
+    city: str
+    postal_code: str
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+
+
+class ShippingRequest(BaseModel):
+    """Where a physical card goes; left out, the cardholder's name and address."""
+
+    name: str | None = None
+    address: Address | None = None
+    service: ShippingService = ShippingService.STANDARD
+
+
+class Merchant(BaseModel):
+    name: str
+    mcc: str = Field(pattern=r"^[0-9]{4}$")
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+
+
+class DisputeEvidence(BaseModel):
+    type: EvidenceType
+    description: str
+    submitted_at: str | None = None
+
+
+# ----- read from the issuer ----------------------------------------------------------------
+
+
+class Cardholder(BaseModel):
+    id: str
+    first_name: str
+    last_name: str
+    email: str
+    phone_number: str | None = None
+    address: Address
+    status: str
+    created_at: str
+
+
+class Shipping(BaseModel):
+    status: ShippingStatus
+    name: str
+    address: Address
+    service: ShippingService
+    carrier: str | None = None
+    tracking_number: str | None = None
+    eta: dt.date | None = None
+    requested_delivery_date: dt.date | None = None
+    updated_at: str
+
+
+class Card(BaseModel):
+    """A card as cardflow may hold it: last4 and a token, never the number."""
+
+    id: str
+    cardholder_id: str
+    type: CardType
+    currency: Currency
+    state: CardState
+    state_reason: str | None = None
+    last4: str = Field(pattern=r"^[0-9]{4}$")
+    token: str
+    exp_month: int
+    exp_year: int
+    shipping: Shipping | None = None
+    replaces: str | None = None
+    replaced_by: str | None = None
+    reissue_reason: ReissueReason | None = None
+    created_at: str
+    updated_at: str
+    activated_at: str | None = None
+    closed_at: str | None = None
+
+
+class CardPage(BaseModel):
+    data: list[Card]
+    has_more: bool
+
+
+class AuthorizationDecision(BaseModel):
+    kind: str
+    requested_amount_minor: AmountMinor
+    approved_amount_minor: AmountMinor
+    outcome: DecisionOutcome
+    decided_by: DecidedBy
+    reason: str
+    latency_ms: int | None = None
+    decided_at: str
+
+
+class AuthorizationEntry(BaseModel):
+    kind: str
+    amount_minor: SignedAmountMinor
+    pending_amount_minor: AmountMinor
+    reference: str | None = None
+    at: str
+
+
+class Authorization(BaseModel):
+    id: str
+    card_id: str
+    cardholder_id: str
+    status: AuthorizationStatus
+    merchant: Merchant
+    merchant_amount_minor: AmountMinor
+    merchant_currency: Currency
+    conversion_rate: Rate
+    currency: Currency
+    requested_amount_minor: AmountMinor
+    amount_minor: AmountMinor
+    pending_amount_minor: AmountMinor
+    cleared_amount_minor: AmountMinor
+    reversed_amount_minor: AmountMinor
+    released_amount_minor: AmountMinor
+    partial_approval_capable: bool
+    decided_by: DecidedBy
+    decision_reason: str
+    decisions: list[AuthorizationDecision]
+    history: list[AuthorizationEntry]
+    created_at: str
+    updated_at: str
+    expires_at: str
+
+
+class Transaction(BaseModel):
+    id: str
+    type: TransactionType
+    direction: Direction
+    status: str
+    card_id: str
+    authorization_id: str | None = None
+    dispute_id: str | None = None
+    amount_minor: AmountMinor
+    currency: Currency
+    merchant_amount_minor: AmountMinor | None = None
+    merchant_currency: Currency | None = None
+    conversion_rate: Rate | None = None
+    merchant: Merchant | None = None
+    authorization_status: AuthorizationStatus | None = None
+    authorization_pending_amount_minor: AmountMinor | None = None
+    released_amount_minor: AmountMinor = 0
+    created_at: str
+
+
+class Reversal(BaseModel):
+    id: str
+    authorization_id: str
+    card_id: str
+    amount_minor: AmountMinor
+    currency: Currency
+    authorization_status: AuthorizationStatus
+    authorization_pending_amount_minor: AmountMinor
+    created_at: str
+
+
+class FundingDeposit(BaseModel):
+    id: str
+    amount_minor: AmountMinor
+    currency: Currency
+    reference: str
+    created_at: str
+
+
+class FundingBalance(BaseModel):
+    currency: Currency
+    deposited_minor: AmountMinor
+    settled_debits_minor: AmountMinor
+    settled_credits_minor: AmountMinor
+    fees_minor: AmountMinor
+    balance_minor: SignedAmountMinor
+    pending_authorizations_minor: AmountMinor
+    available_minor: SignedAmountMinor
+
+
+class ProgramFunding(BaseModel):
+    balances: list[FundingBalance]
+    as_of: str
+
+    def balance(self, currency: Currency) -> FundingBalance:
+        """The balance in one currency (every currency is listed)."""
+        for balance in self.balances:
+            if balance.currency == currency:
+                return balance
+        raise KeyError(currency)
+
+
+class SettlementRecord(BaseModel):
+    record_type: SettlementRecordType
+    id: str
+    created_at: str
+    card_id: str
+    authorization_id: str | None = None
+    transaction_id: str | None = None
+    amount_minor: AmountMinor
+    currency: Currency
+    direction: Direction
+
+
+class SettlementTotal(BaseModel):
+    currency: Currency
+    debits_minor: AmountMinor
+    credits_minor: AmountMinor
+    net_minor: SignedAmountMinor
+    records: int
+
+
+class SettlementReport(BaseModel):
+    settlement_date: dt.date
+    records: list[SettlementRecord]
+    totals: list[SettlementTotal]
+
+
+class DisputeEntry(BaseModel):
+    status: DisputeStatus
+    note: str | None = None
+    at: str
+
+
+class Dispute(BaseModel):
+    id: str
+    transaction_id: str
+    card_id: str
+    authorization_id: str | None = None
+    reason: DisputeReason
+    amount_minor: AmountMinor
+    currency: Currency
+    status: DisputeStatus
+    evidence: list[DisputeEvidence]
+    history: list[DisputeEntry]
+    chargeback_transaction_id: str | None = None
+    created_at: str
+    updated_at: str
+    closed_at: str | None = None

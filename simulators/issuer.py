@@ -1,0 +1,69 @@
+"""The card issuer (Lithic / Stripe Issuing style): cardholders, virtual and
+physical cards with their lifecycle and shipping, program funding, real-time
+authorizations decided by cardflow, clearing and settlement, disputes, and a
+daily settlement report. Mounted at /issuer.
+
+    POST  /v1/cardholders                                  register a cardholder
+    GET   /v1/cardholders/{id}
+    POST  /v1/cards                                        issue a virtual or physical card
+    GET   /v1/cards/{id}                                   last4 and token, never the number
+    GET   /v1/cards?cardholder_id=&limit=&starting_after=  a cardholder's cards, paged
+    PATCH /v1/cards/{id}                                   pause, resume or close
+    POST  /v1/cards/{id}/activate                          a physical card, once delivered
+    POST  /v1/cards/{id}/reissue                           a new card; the old one closes
+    POST  /v1/cards/{id}/shipping/reschedule               a later delivery date, before shipment
+    GET   /v1/program/funding                              funded balance per currency
+    POST  /v1/program/funding/deposits                     add funding
+    GET   /v1/authorizations/{id}
+    GET   /v1/transactions/{id}
+    POST  /v1/disputes                                     dispute a settled transaction
+    GET   /v1/disputes/{id}
+    POST  /v1/disputes/{id}/evidence
+    POST  /v1/disputes/{id}/withdraw
+    GET   /v1/reports/settlement/{date}?format=json|csv    the UTC day's settlement
+
+  sandbox (what the network, merchants and carriers do):
+    POST  /v1/simulate/cards/{id}/shipping                 advance a shipment
+    POST  /v1/simulate/authorize                           a merchant authorization
+    POST  /v1/simulate/authorizations/{id}/increment       ask to hold more
+    POST  /v1/simulate/authorizations/{id}/advice          the held amount changed
+    POST  /v1/simulate/authorizations/{id}/clear           a clearing (creates txn_...)
+    POST  /v1/simulate/authorizations/{id}/reverse         a full or partial reversal
+    POST  /v1/simulate/authorizations/{id}/expire          the hold period ends
+    POST  /v1/simulate/refunds                             a credit to a card
+    POST  /v1/simulate/force_posts                         a clearing with no authorization
+    POST  /v1/simulate/disputes/{id}/decide                representment, pre_arbitration, won, lost
+
+Webhooks (data: the resource after the change): cardholder.created,
+card.created, card.activated, card.paused, card.resumed, card.closed,
+card.reissued, card.shipping.updated, authorization.created,
+authorization.declined, authorization.incremented,
+authorization.increment_declined, authorization.advice,
+authorization.reversed, authorization.expired, transaction.cleared,
+transaction.force_posted, transaction.refunded, fee.charged,
+funding_deposit.created, dispute.created, dispute.evidence_added,
+dispute.representment, dispute.pre_arbitration, dispute.won, dispute.lost,
+dispute.withdrawn.
+
+Options (admin API, PUT /_admin/options/issuer): authorization_deadline_ms
+(default 2000), stand_in_decision ("decline" or "approve"; default
+"decline"), clock_offset_seconds (moves the issuer's clock forward; default 0).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from simulators import issuer_authorizations, issuer_cards, issuer_disputes, issuer_reports
+from simulators.framework.context import SimulatorContext
+from simulators.issuer_state import NAME, IssuerState
+
+__all__ = ["NAME", "create"]
+
+
+def create(context: SimulatorContext) -> FastAPI:
+    app = FastAPI(title="Card issuer (simulated)")
+    state = IssuerState(context)
+    for module in (issuer_cards, issuer_authorizations, issuer_disputes, issuer_reports):
+        app.include_router(module.router(state))
+    return app

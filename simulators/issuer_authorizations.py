@@ -1,0 +1,436 @@
+"""Authorizations and what follows them on the card network: increments,
+advice, clearings, reversals, expiry, refunds and force posts.
+
+An authorization arrives in the merchant's currency and is converted at the
+network's rate into the card's currency, which is what the issuer holds and
+settles; every later message about it (increment, advice, clearing,
+reversal) is in the card's currency. Whether to approve is decided in real
+time (simulators/issuer_realtime.py).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter
+
+from simulators.issuer_models import (
+    AdviceIn,
+    Authorization,
+    AuthorizationEntry,
+    AuthorizationRequestData,
+    AuthorizeIn,
+    ClearIn,
+    Fee,
+    IncrementIn,
+    MerchantTransactionIn,
+    Reversal,
+    ReverseIn,
+    Transaction,
+)
+from simulators.issuer_realtime import decide
+from simulators.issuer_state import (
+    AUTHORIZATIONS,
+    CARDS,
+    FEES,
+    REVERSALS,
+    TRANSACTIONS,
+    IssuerState,
+    conflict,
+    convert_back_minor,
+    convert_minor,
+    network_rate,
+    unprocessable,
+)
+
+# How long an approved authorization holds funds before it expires.
+AUTHORIZATION_HOLD_DAYS = 7
+# What the network charges the program on a transaction in another currency
+# than the card's, in basis points of the card-currency amount.
+CURRENCY_CONVERSION_FEE_BPS = 100
+BASIS_POINTS_PER_UNIT = 10_000
+
+
+def _require_pending(authorization: Authorization, action: str) -> None:
+    if authorization.status != "pending":
+        conflict(
+            f"cannot {action} authorization {authorization.id}: it is {authorization.status}, "
+            "not pending"
+        )
+
+
+def _conversion_fee(state: IssuerState, transaction: Transaction) -> Fee | None:
+    """The network's fee on a transaction made in another currency, half up."""
+    if transaction.merchant_currency in (None, transaction.currency):
+        return None
+    fee_minor = (
+        transaction.amount_minor * CURRENCY_CONVERSION_FEE_BPS + BASIS_POINTS_PER_UNIT // 2
+    ) // BASIS_POINTS_PER_UNIT
+    if fee_minor == 0:
+        return None
+    return Fee(
+        id=state.new_id(FEES),
+        type="currency_conversion",
+        card_id=transaction.card_id,
+        authorization_id=transaction.authorization_id,
+        transaction_id=transaction.id,
+        amount_minor=fee_minor,
+        currency=transaction.currency,
+        created_at=transaction.created_at,
+    )
+
+
+def _record_transaction(state: IssuerState, transaction: Transaction, event_type: str) -> None:
+    state.save(TRANSACTIONS, transaction)
+    state.emit(event_type, transaction)
+    fee = _conversion_fee(state, transaction) if transaction.direction == "debit" else None
+    if fee is not None:
+        state.save(FEES, fee)
+        state.emit("fee.charged", fee)
+
+
+def router(state: IssuerState) -> APIRouter:
+    api = APIRouter()
+
+    @api.get("/v1/authorizations/{authorization_id}")
+    async def get_authorization(authorization_id: str) -> Authorization:
+        """The authorization with every decision and every change to its amounts."""
+        return state.load(AUTHORIZATIONS, authorization_id)
+
+    @api.get("/v1/transactions/{transaction_id}")
+    async def get_transaction(transaction_id: str) -> Transaction:
+        """A settled clearing, force post, refund or chargeback."""
+        return state.load(TRANSACTIONS, transaction_id)
+
+    @api.post("/v1/simulate/authorize", status_code=201)
+    async def simulate_authorize(body: AuthorizeIn) -> Authorization:
+        """Sandbox: a merchant asks to authorize a card. Paused, closed and
+        unactivated cards are declined by the issuer; otherwise cardflow
+        decides in real time, or the stand-in decision applies. A partial
+        approval only when the merchant can take one. The authorization is
+        recorded pending or declined; announced as authorization.created (and
+        authorization.declined)."""
+        card = state.load(CARDS, body.card_id)
+        rate = network_rate(body.currency, card.currency)
+        amount_minor = convert_minor(body.amount_minor, body.currency, card.currency, rate)
+        if amount_minor == 0:
+            unprocessable(
+                ["body", "amount_minor"],
+                f"converts to nothing in the card's currency {card.currency}",
+                body.amount_minor,
+            )
+        request = AuthorizationRequestData(
+            authorization_id=state.new_id(AUTHORIZATIONS),
+            kind="initial",
+            card_id=card.id,
+            cardholder_id=card.cardholder_id,
+            amount_minor=amount_minor,
+            currency=card.currency,
+            merchant_amount_minor=body.amount_minor,
+            merchant_currency=body.currency,
+            conversion_rate=rate,
+            merchant=body.merchant,
+            partial_approval_capable=body.partial_approval_capable,
+            pending_amount_minor=0,
+        )
+        decision = await decide(state, card, request)
+        now = state.now()
+        stamp = now.isoformat()
+        approved = decision.approved_amount_minor
+        history: list[AuthorizationEntry] = []
+        if decision.outcome == "approve":
+            history.append(
+                AuthorizationEntry(
+                    kind="authorization",
+                    amount_minor=approved,
+                    pending_amount_minor=approved,
+                    at=stamp,
+                )
+            )
+        authorization = Authorization(
+            id=request.authorization_id,
+            card_id=card.id,
+            cardholder_id=card.cardholder_id,
+            status="pending" if decision.outcome == "approve" else "declined",
+            merchant=body.merchant,
+            merchant_amount_minor=body.amount_minor,
+            merchant_currency=body.currency,
+            conversion_rate=rate,
+            currency=card.currency,
+            requested_amount_minor=amount_minor,
+            amount_minor=approved,
+            pending_amount_minor=approved,
+            partial_approval_capable=body.partial_approval_capable,
+            decided_by=decision.decided_by,
+            decision_reason=decision.reason,
+            decisions=[decision],
+            history=history,
+            created_at=stamp,
+            updated_at=stamp,
+            expires_at=(now + timedelta(days=AUTHORIZATION_HOLD_DAYS)).isoformat(),
+        )
+        state.save(AUTHORIZATIONS, authorization)
+        state.emit("authorization.created", authorization)
+        if authorization.status == "declined":
+            state.emit("authorization.declined", authorization)
+        return authorization
+
+    @api.post("/v1/simulate/authorizations/{authorization_id}/increment")
+    async def simulate_increment(authorization_id: str, body: IncrementIn) -> Authorization:
+        """Sandbox: the merchant asks to hold more on a pending authorization
+        (a hotel stay extended). Decided like an authorization; approved, the
+        held amount grows. Announced as authorization.incremented or
+        authorization.increment_declined."""
+        authorization = state.load(AUTHORIZATIONS, authorization_id)
+        _require_pending(authorization, "increment")
+        card = state.load(CARDS, authorization.card_id)
+        request = AuthorizationRequestData(
+            authorization_id=authorization.id,
+            kind="incremental",
+            card_id=card.id,
+            cardholder_id=card.cardholder_id,
+            amount_minor=body.amount_minor,
+            currency=authorization.currency,
+            merchant_amount_minor=convert_back_minor(
+                body.amount_minor,
+                authorization.currency,
+                authorization.merchant_currency,
+                authorization.conversion_rate,
+            ),
+            merchant_currency=authorization.merchant_currency,
+            conversion_rate=authorization.conversion_rate,
+            merchant=authorization.merchant,
+            partial_approval_capable=authorization.partial_approval_capable,
+            pending_amount_minor=authorization.pending_amount_minor,
+        )
+        decision = await decide(state, card, request)
+        # Another network message may have changed it while cardflow decided.
+        authorization = state.load(AUTHORIZATIONS, authorization_id)
+        _require_pending(authorization, "increment")
+        stamp = state.now_iso()
+        authorization.decisions.append(decision)
+        authorization.updated_at = stamp
+        if decision.outcome == "approve":
+            authorization.amount_minor += decision.approved_amount_minor
+            authorization.pending_amount_minor += decision.approved_amount_minor
+            authorization.history.append(
+                AuthorizationEntry(
+                    kind="increment",
+                    amount_minor=decision.approved_amount_minor,
+                    pending_amount_minor=authorization.pending_amount_minor,
+                    at=stamp,
+                )
+            )
+        state.save(AUTHORIZATIONS, authorization)
+        state.emit(
+            "authorization.incremented"
+            if decision.outcome == "approve"
+            else "authorization.increment_declined",
+            authorization,
+        )
+        return authorization
+
+    @api.post("/v1/simulate/authorizations/{authorization_id}/advice")
+    async def simulate_advice(authorization_id: str, body: AdviceIn) -> Authorization:
+        """Sandbox: the network tells the issuer a pending authorization now
+        holds `pending_amount_minor` (a fuel pump's final amount). Nobody is
+        asked; the history entry's amount is the signed change. Announced as
+        authorization.advice."""
+        authorization = state.load(AUTHORIZATIONS, authorization_id)
+        _require_pending(authorization, "advise")
+        change_minor = body.pending_amount_minor - authorization.pending_amount_minor
+        stamp = state.now_iso()
+        authorization.pending_amount_minor = body.pending_amount_minor
+        authorization.amount_minor += change_minor
+        authorization.updated_at = stamp
+        authorization.history.append(
+            AuthorizationEntry(
+                kind="advice",
+                amount_minor=change_minor,
+                pending_amount_minor=authorization.pending_amount_minor,
+                reference=body.reason,
+                at=stamp,
+            )
+        )
+        state.save(AUTHORIZATIONS, authorization)
+        state.emit("authorization.advice", authorization)
+        return authorization
+
+    @api.post("/v1/simulate/authorizations/{authorization_id}/clear", status_code=201)
+    async def simulate_clearing(authorization_id: str, body: ClearIn) -> Transaction:
+        """Sandbox: the merchant presents a clearing, equal to, lower or higher
+        than what is held; several may follow one authorization. A lower one
+        leaves the rest pending unless `final`; a higher one settles in full.
+        A clearing after expiry (late presentment) settles too. Creates a
+        transaction; announced as transaction.cleared (and fee.charged for a
+        foreign-currency purchase)."""
+        authorization = state.load(AUTHORIZATIONS, authorization_id)
+        if authorization.status not in ("pending", "expired"):
+            conflict(
+                f"cannot clear authorization {authorization.id}: it is {authorization.status}; "
+                "a clearing without an open authorization is a force post"
+            )
+        amount_minor = (
+            authorization.pending_amount_minor if body.amount_minor is None else body.amount_minor
+        )
+        if amount_minor == 0:
+            conflict(
+                f"nothing is pending on authorization {authorization.id}; "
+                "a late presentment must give amount_minor"
+            )
+        from_hold_minor = min(amount_minor, authorization.pending_amount_minor)
+        authorization.pending_amount_minor -= from_hold_minor
+        released_minor = 0
+        if body.final:
+            released_minor = authorization.pending_amount_minor
+            authorization.released_amount_minor += released_minor
+            authorization.pending_amount_minor = 0
+        authorization.cleared_amount_minor += amount_minor
+        if authorization.pending_amount_minor == 0:
+            authorization.status = "cleared"
+        stamp = state.now_iso()
+        transaction = Transaction(
+            id=state.new_id(TRANSACTIONS),
+            type="clearing",
+            direction="debit",
+            status="settled",
+            card_id=authorization.card_id,
+            authorization_id=authorization.id,
+            amount_minor=amount_minor,
+            currency=authorization.currency,
+            merchant_amount_minor=convert_back_minor(
+                amount_minor,
+                authorization.currency,
+                authorization.merchant_currency,
+                authorization.conversion_rate,
+            ),
+            merchant_currency=authorization.merchant_currency,
+            conversion_rate=authorization.conversion_rate,
+            merchant=authorization.merchant,
+            authorization_status=authorization.status,
+            authorization_pending_amount_minor=authorization.pending_amount_minor,
+            released_amount_minor=released_minor,
+            created_at=stamp,
+        )
+        authorization.updated_at = stamp
+        authorization.history.append(
+            AuthorizationEntry(
+                kind="clearing",
+                amount_minor=amount_minor,
+                pending_amount_minor=authorization.pending_amount_minor,
+                reference=transaction.id,
+                at=stamp,
+            )
+        )
+        state.save(AUTHORIZATIONS, authorization)
+        _record_transaction(state, transaction, "transaction.cleared")
+        return transaction
+
+    @api.post("/v1/simulate/authorizations/{authorization_id}/reverse", status_code=201)
+    async def simulate_reversal(authorization_id: str, body: ReverseIn) -> Reversal:
+        """Sandbox: the merchant gives back all or part of what is still held;
+        more than is pending is a 409. Announced as authorization.reversed."""
+        authorization = state.load(AUTHORIZATIONS, authorization_id)
+        _require_pending(authorization, "reverse")
+        pending_minor = authorization.pending_amount_minor
+        amount_minor = pending_minor if body.amount_minor is None else body.amount_minor
+        if amount_minor > pending_minor:
+            conflict(
+                f"cannot reverse {amount_minor} on authorization {authorization.id}: "
+                f"only {pending_minor} is pending"
+            )
+        authorization.pending_amount_minor -= amount_minor
+        authorization.reversed_amount_minor += amount_minor
+        if authorization.pending_amount_minor == 0:
+            authorization.status = "cleared" if authorization.cleared_amount_minor else "reversed"
+        stamp = state.now_iso()
+        reversal = Reversal(
+            id=state.new_id(REVERSALS),
+            authorization_id=authorization.id,
+            card_id=authorization.card_id,
+            amount_minor=amount_minor,
+            currency=authorization.currency,
+            authorization_status=authorization.status,
+            authorization_pending_amount_minor=authorization.pending_amount_minor,
+            created_at=stamp,
+        )
+        authorization.updated_at = stamp
+        authorization.history.append(
+            AuthorizationEntry(
+                kind="reversal",
+                amount_minor=amount_minor,
+                pending_amount_minor=authorization.pending_amount_minor,
+                reference=reversal.id,
+                at=stamp,
+            )
+        )
+        state.save(AUTHORIZATIONS, authorization)
+        state.save(REVERSALS, reversal)
+        state.emit("authorization.reversed", reversal)
+        return reversal
+
+    @api.post("/v1/simulate/authorizations/{authorization_id}/expire")
+    async def simulate_expiry(authorization_id: str) -> Authorization:
+        """Sandbox: a pending authorization's hold period ends now; what it held
+        is released. Announced as authorization.expired."""
+        authorization = state.load(AUTHORIZATIONS, authorization_id)
+        _require_pending(authorization, "expire")
+        stamp = state.now_iso()
+        released_minor = authorization.pending_amount_minor
+        authorization.released_amount_minor += released_minor
+        authorization.pending_amount_minor = 0
+        authorization.status = "expired"
+        authorization.expires_at = stamp
+        authorization.updated_at = stamp
+        authorization.history.append(
+            AuthorizationEntry(
+                kind="expiry", amount_minor=released_minor, pending_amount_minor=0, at=stamp
+            )
+        )
+        state.save(AUTHORIZATIONS, authorization)
+        state.emit("authorization.expired", authorization)
+        return authorization
+
+    def merchant_transaction(body: MerchantTransactionIn, kind: str) -> Transaction:
+        card = state.load(CARDS, body.card_id)
+        rate = network_rate(body.currency, card.currency)
+        amount_minor = convert_minor(body.amount_minor, body.currency, card.currency, rate)
+        if amount_minor == 0:
+            unprocessable(
+                ["body", "amount_minor"],
+                f"converts to nothing in the card's currency {card.currency}",
+                body.amount_minor,
+            )
+        return Transaction(
+            id=state.new_id(TRANSACTIONS),
+            type="refund" if kind == "refund" else "force_post",
+            direction="credit" if kind == "refund" else "debit",
+            status="settled",
+            card_id=card.id,
+            amount_minor=amount_minor,
+            currency=card.currency,
+            merchant_amount_minor=body.amount_minor,
+            merchant_currency=body.currency,
+            conversion_rate=rate,
+            merchant=body.merchant,
+            created_at=state.now_iso(),
+        )
+
+    @api.post("/v1/simulate/refunds", status_code=201)
+    async def simulate_refund(body: MerchantTransactionIn) -> Transaction:
+        """Sandbox: a merchant refunds money to a card, in any state; a credit
+        transaction. Announced as transaction.refunded."""
+        transaction = merchant_transaction(body, "refund")
+        _record_transaction(state, transaction, "transaction.refunded")
+        return transaction
+
+    @api.post("/v1/simulate/force_posts", status_code=201)
+    async def simulate_force_post(body: MerchantTransactionIn) -> Transaction:
+        """Sandbox: a clearing with no authorization before it, which the issuer
+        must settle whatever the card's state. Announced as
+        transaction.force_posted."""
+        transaction = merchant_transaction(body, "force_post")
+        _record_transaction(state, transaction, "transaction.force_posted")
+        return transaction
+
+    return api

@@ -1,0 +1,191 @@
+"""The simulated issuer's state: typed documents in the simulator store, its
+clock, its ids, its webhooks, and the card network's currency conversion.
+
+Everything lives in context.store, so a restart of the simulator loses
+nothing; ids are readable and stable ("card_000001").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, localcontext
+from typing import Any, Generic, NoReturn, TypeVar
+
+from fastapi import HTTPException
+from pydantic import BaseModel
+
+from schemas.money import MINOR_UNIT_EXPONENT, Currency
+from simulators.framework.context import SimulatorContext
+from simulators.issuer_models import (
+    Authorization,
+    Card,
+    Cardholder,
+    Dispute,
+    Fee,
+    FundingDeposit,
+    Reversal,
+    Transaction,
+)
+
+NAME = "issuer"
+
+Model = TypeVar("Model", bound=BaseModel)
+
+# Tests move the issuer's clock forward (settlement days, expiry dates)
+# through the admin API instead of waiting; it never moves backwards.
+CLOCK_OFFSET_SECONDS_MAX = 10 * 365 * 24 * 3600
+
+# The card network's reference rates, in US dollars per unit of each
+# currency. Fixed so that every conversion in a test is predictable.
+NETWORK_RATE_USD_PER_UNIT: dict[Currency, Decimal] = {
+    Currency.USD: Decimal("1"),
+    Currency.EUR: Decimal("1.08"),
+    Currency.GBP: Decimal("1.27"),
+    Currency.JPY: Decimal("0.0067"),
+    Currency.USDT: Decimal("1"),
+}
+RATE_DECIMAL_PLACES = 10
+# Enough digits for a 13-digit amount times an 11-digit rate, scaled.
+CONVERSION_PRECISION_DIGITS = 50
+
+
+@dataclass(frozen=True)
+class Collection(Generic[Model]):
+    """One kind of document: its store kind, id prefix and model."""
+
+    kind: str
+    prefix: str
+    label: str
+    model: type[Model]
+
+
+CARDHOLDERS = Collection("issuer.cardholders", "ch", "cardholder", Cardholder)
+CARDS = Collection("issuer.cards", "card", "card", Card)
+AUTHORIZATIONS = Collection("issuer.authorizations", "auth", "authorization", Authorization)
+TRANSACTIONS = Collection("issuer.transactions", "txn", "transaction", Transaction)
+REVERSALS = Collection("issuer.reversals", "rev", "reversal", Reversal)
+FEES = Collection("issuer.fees", "fee", "fee", Fee)
+DEPOSITS = Collection("issuer.deposits", "fund", "funding deposit", FundingDeposit)
+DISPUTES = Collection("issuer.disputes", "dp", "dispute", Dispute)
+
+
+def conflict(message: str) -> NoReturn:
+    """409: the request is well formed but the resource's state refuses it."""
+    raise HTTPException(status_code=409, detail=message)
+
+
+def unprocessable(location: list[str], message: str, value: Any) -> NoReturn:
+    """422 shaped like FastAPI's own, naming the field, for checks a model cannot make."""
+    raise HTTPException(
+        status_code=422,
+        detail=[{"type": "value_error", "loc": location, "msg": message, "input": value}],
+    )
+
+
+class IssuerState:
+    """Typed access to the issuer's documents, clock, options and webhooks."""
+
+    def __init__(self, context: SimulatorContext) -> None:
+        self.context = context
+
+    # ----- clock ---------------------------------------------------------------
+
+    def now(self) -> datetime:
+        offset_seconds = self.option_int("clock_offset_seconds", 0, 0, CLOCK_OFFSET_SECONDS_MAX)
+        return datetime.now(UTC) + timedelta(seconds=offset_seconds)
+
+    def now_iso(self) -> str:
+        return self.now().isoformat()
+
+    def today(self) -> date:
+        return self.now().date()
+
+    # ----- options -------------------------------------------------------------
+
+    def option_int(self, name: str, default: int, low: int, high: int) -> int:
+        """An integer option set through the admin API; a bad value counts as the default."""
+        value = self.context.option(NAME, name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return default
+        return value
+
+    def option_str(self, name: str, default: str, allowed: frozenset[str]) -> str:
+        value = self.context.option(NAME, name, default)
+        return value if isinstance(value, str) and value in allowed else default
+
+    # ----- documents -----------------------------------------------------------
+
+    def new_id(self, collection: Collection[Model]) -> str:
+        return f"{collection.prefix}_{self.context.store.next_number(collection.kind):06d}"
+
+    def find(self, collection: Collection[Model], doc_id: str) -> Model | None:
+        found = self.context.store.get(collection.kind, doc_id)
+        return None if found is None else collection.model.model_validate(found)
+
+    def load(self, collection: Collection[Model], doc_id: str) -> Model:
+        """The document, or a 404 naming what was looked for."""
+        found = self.find(collection, doc_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no {collection.label} {doc_id}")
+        return found
+
+    def all(self, collection: Collection[Model]) -> list[Model]:
+        """Every document of the collection, oldest first."""
+        return [
+            collection.model.model_validate(doc) for doc in self.context.store.list(collection.kind)
+        ]
+
+    def save(self, collection: Collection[Model], document: Model) -> Model:
+        body = document.model_dump(mode="json")
+        self.context.store.put(collection.kind, str(body["id"]), body)
+        return document
+
+    # ----- webhooks -------------------------------------------------------------
+
+    def emit(self, event_type: str, document: BaseModel) -> None:
+        """A webhook to cardflow: every state change is announced, at least once."""
+        self.context.outbox.emit(NAME, event_type, document.model_dump(mode="json"))
+
+
+# ----- the card network's currency conversion ------------------------------------------
+
+
+def network_rate(source: Currency, target: Currency) -> Decimal:
+    """Units of `target` per unit of `source`, rounded to RATE_DECIMAL_PLACES."""
+    if source == target:
+        return Decimal(1)
+    with localcontext() as decimal_context:
+        decimal_context.prec = CONVERSION_PRECISION_DIGITS
+        rate = NETWORK_RATE_USD_PER_UNIT[source] / NETWORK_RATE_USD_PER_UNIT[target]
+        return rate.quantize(Decimal(1).scaleb(-RATE_DECIMAL_PLACES), rounding=ROUND_HALF_EVEN)
+
+
+def convert_minor(amount_minor: int, source: Currency, target: Currency, rate: Decimal) -> int:
+    """`amount_minor` of `source` in minor units of `target`, half up: the
+    rate given (the one recorded on the authorization) is the one used, so the
+    recorded rate always reproduces the converted amount."""
+    if source == target:
+        return amount_minor
+    shift = MINOR_UNIT_EXPONENT[target] - MINOR_UNIT_EXPONENT[source]
+    with localcontext() as decimal_context:
+        decimal_context.prec = CONVERSION_PRECISION_DIGITS
+        converted = Decimal(amount_minor) * rate * Decimal(1).scaleb(shift)
+        return int(converted.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def convert_back_minor(
+    card_amount_minor: int, card_currency: Currency, merchant_currency: Currency, rate: Decimal
+) -> int:
+    """The merchant-currency amount behind a card-currency amount, given the
+    authorization's rate (merchant to card); informational, rounded half up."""
+    if card_currency == merchant_currency:
+        return card_amount_minor
+    with localcontext() as decimal_context:
+        decimal_context.prec = CONVERSION_PRECISION_DIGITS
+        inverse = Decimal(1) / rate
+    return convert_minor(card_amount_minor, card_currency, merchant_currency, inverse)
+
+
+def major_to_minor(amount_major: int, currency: Currency) -> int:
+    return amount_major * int(10 ** MINOR_UNIT_EXPONENT[currency])
