@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from simulators.framework.context import SimulatorContext
+from simulators.framework.paging import page_after
 from simulators.framework.store import now_iso
 
 NAME = "notify"
@@ -211,25 +212,14 @@ def create(context: SimulatorContext) -> FastAPI:
             if (channel is None or found["channel"] == channel)
             and (to is None or found["to"] == to)
         ]
-        start = 0
-        if starting_after is not None:
-            ids = [found["id"] for found in messages]
-            if starting_after not in ids:
-                raise HTTPException(
-                    status_code=422,
-                    detail=[
-                        {
-                            "loc": ["query", "starting_after"],
-                            "msg": f"no message {starting_after} in this listing",
-                            "type": "value_error",
-                        }
-                    ],
-                )
-            start = ids.index(starting_after) + 1
-        page = messages[start : start + limit]
-        return MessagePage(
-            data=[Message(**found) for found in page], has_more=start + limit < len(messages)
+        page, has_more = page_after(
+            messages,
+            key="id",
+            starting_after=starting_after,
+            limit=limit,
+            missing=f"no message {starting_after} in this listing",
         )
+        return MessagePage(data=[Message(**found) for found in page], has_more=has_more)
 
     @app.get("/v1/messages/{message_id}")
     async def get_message(message_id: str) -> Message:

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from simulators.framework.context import SimulatorContext
+from simulators.framework.paging import page_after
 from simulators.framework.store import now_iso
 
 NAME = "tron"
@@ -223,25 +224,14 @@ def create(context: SimulatorContext) -> FastAPI:
         tx_hash as `starting_after` for the next page."""
         address_or_404(address)
         deposits = [d for d in context.store.list(DEPOSITS) if d["address"] == address]
-        start = 0
-        if starting_after is not None:
-            hashes = [d["tx_hash"] for d in deposits]
-            if starting_after not in hashes:
-                raise HTTPException(
-                    status_code=422,
-                    detail=[
-                        {
-                            "loc": ["query", "starting_after"],
-                            "msg": f"no deposit {starting_after} to address {address}",
-                            "type": "value_error",
-                        }
-                    ],
-                )
-            start = hashes.index(starting_after) + 1
-        page = deposits[start : start + limit]
-        return DepositPage(
-            data=[Deposit(**d) for d in page], has_more=start + limit < len(deposits)
+        page, has_more = page_after(
+            deposits,
+            key="tx_hash",
+            starting_after=starting_after,
+            limit=limit,
+            missing=f"no deposit {starting_after} to address {address}",
         )
+        return DepositPage(data=[Deposit(**d) for d in page], has_more=has_more)
 
     @app.get("/v1/deposits/{tx_hash}")
     async def get_deposit(tx_hash: str) -> Deposit:
