@@ -191,7 +191,9 @@ def demo() -> None:
     from starters.devstack.stack import Stack, StackError
 
     settings = _settings()
-    typer.echo("Starting the cardflow stack (PostgreSQL, Temporal, codec server, workers)...")
+    typer.echo(
+        "Starting the cardflow stack (PostgreSQL, Temporal, codec server, simulators, gateway, workers)..."
+    )
     try:
         parts = Stack(settings).up()
     except (PortTakenError, StackError) as error:
