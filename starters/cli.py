@@ -192,7 +192,7 @@ def demo() -> None:
 
     settings = _settings()
     typer.echo(
-        "Starting the cardflow stack (PostgreSQL, Temporal, codec server, simulators, gateway, workers)..."
+        "Starting the cardflow stack (PostgreSQL, Temporal, codec, simulators, gateway, workers)..."
     )
     try:
         parts = Stack(settings).up()
