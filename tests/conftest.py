@@ -29,6 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.database import create_pool
 from activities.migrate import migrate
+from activities.providers.activities import ProviderClients
 from schemas.search import ALL_SEARCH_ATTRIBUTES
 from schemas.task_queues import QUEUE_KINDS, TaskQueues
 from starters.devstack import postgres
@@ -37,6 +38,8 @@ from workers.build import build_worker
 from workers.converter import EncryptionCodec, build_data_converter, generate_key
 
 TEMPLATE_DATABASE = "cardflow_template"
+# Stacks that never call a provider point their clients here (nothing listens).
+UNREACHABLE_PROVIDERS_URL = "http://127.0.0.1:9"
 TEST_POOL_SIZE_MAX = 5
 
 
@@ -176,9 +179,15 @@ async def make_stack(
     """Start workers for the chosen task-queue kinds on queues of the test's own."""
 
     @contextlib.asynccontextmanager
-    async def start(kinds: Iterable[str] = QUEUE_KINDS) -> AsyncIterator[RunningStack]:
-        queues = TaskQueues(prefix=f"test-{uuid.uuid4().hex[:12]}")
+    async def start(
+        kinds: Iterable[str] = QUEUE_KINDS,
+        *,
+        providers_url: str = UNREACHABLE_PROVIDERS_URL,
+        prefix: str | None = None,
+    ) -> AsyncIterator[RunningStack]:
+        queues = TaskQueues(prefix=prefix or f"test-{uuid.uuid4().hex[:12]}")
         pool = await create_pool(database_url, size_max=TEST_POOL_SIZE_MAX)
+        clients = ProviderClients(providers_url)
         try:
             async with contextlib.AsyncExitStack() as running:
                 for kind in kinds:
@@ -188,11 +197,13 @@ async def make_stack(
                         queues,
                         pool=pool,
                         pool_size_max=TEST_POOL_SIZE_MAX,
+                        provider_clients=clients,
                     )
                     await running.enter_async_context(worker)
                 yield RunningStack(workflow_env.client, queues, database_url, pool, codec)
         finally:
             await pool.close()
+            await clients.aclose()
 
     yield start
 
@@ -265,3 +276,55 @@ async def sim(simulators: Any, webhook_sink: Any) -> Any:
     webhook_sink.realtime = None
     webhook_sink.realtime_received.clear()
     return simulators
+
+
+@dataclass
+class Platform:
+    """Workers, provider simulators and the gateway between them, for one test."""
+
+    stack: RunningStack
+    sim: Any
+    gateway_url: str
+    settings: Any
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def platform(
+    make_stack: StackFactory, database_url: str, tmp_path: Path
+) -> AsyncIterator[Platform]:
+    import json
+
+    import uvicorn
+
+    from starters.gateway.app import create_app
+    from tests.providers import running, simulator_process
+    from workers.settings import load_settings
+
+    gateway_port = free_port()
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    (tmp_path / "simulators").mkdir()
+    sim = simulator_process(tmp_path / "simulators", free_port(), gateway_url)
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    settings = load_settings(
+        CARDFLOW_HOME=str(tmp_path),
+        CARDFLOW_TASK_QUEUE_PREFIX=prefix,
+        CARDFLOW_WEBHOOK_SECRETS=json.dumps(sim.secrets),
+        DATABASE_URL=database_url,
+        CARDFLOW_PROVIDERS_URL=sim.url,
+    )
+    with running(sim):
+        async with make_stack(providers_url=sim.url, prefix=prefix) as stack:
+            pool = await create_pool(database_url, size_max=4)
+            app = create_app(settings, client=stack.client, pool=pool)
+            server = uvicorn.Server(
+                uvicorn.Config(app, host="127.0.0.1", port=gateway_port, log_level="warning")
+            )
+            task = asyncio.get_running_loop().create_task(server.serve())
+            while not server.started:
+                await asyncio.sleep(0.01)
+            try:
+                yield Platform(stack, sim, gateway_url, settings)
+            finally:
+                server.should_exit = True
+                await task
+                await pool.close()

@@ -9,14 +9,24 @@ from typing import Any
 import asyncpg
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.customers import CustomerActivities
 from activities.health import LedgerHealthActivities, providers_ping
 from activities.ledger.activities import LedgerActivities
+from activities.providers.activities import ProviderActivities, ProviderClients
 from schemas.task_queues import TaskQueues
 from workflows.health import Ping
+from workflows.onboarding import Onboarding
 
 # Every workflow type cardflow runs; the replayer uses the same list.
-ALL_WORKFLOWS: Sequence[type] = (Ping,)
+ALL_WORKFLOWS: Sequence[type] = (Ping, Onboarding)
+
+# Models validate e-mail addresses with email-validator, which loads its own
+# modules lazily; they are deterministic and pass through the sandbox.
+WORKFLOW_SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules(
+    "email_validator", "idna", "dns"
+)
 
 # Provider APIs rate-limit us; the worker's task-queue limit keeps the whole
 # fleet under it no matter how many processes run.
@@ -24,11 +34,15 @@ PROVIDERS_ACTIVITIES_PER_SECOND_MAX = 50.0
 
 
 def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
-    return [LedgerHealthActivities(pool).ping, *LedgerActivities(pool).all()]  # type: ignore[list-item]
+    return [
+        LedgerHealthActivities(pool).ping,
+        *LedgerActivities(pool).all(),  # type: ignore[list-item]
+        *CustomerActivities(pool).all(),  # type: ignore[list-item]
+    ]
 
 
-def provider_activities() -> list[Callable[..., Any]]:
-    return [providers_ping]
+def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Callable[..., Any]]:
+    return [providers_ping, *ProviderActivities(clients, pool).all()]  # type: ignore[list-item]
 
 
 def build_worker(
@@ -39,11 +53,16 @@ def build_worker(
     pool: asyncpg.Pool | None = None,
     pool_size_max: int = 10,
     identity: str | None = None,
+    provider_clients: ProviderClients | None = None,
 ) -> Worker:
     """The worker for one task-queue kind: workflows, ledger or providers."""
     if kind == "workflows":
         return Worker(
-            client, task_queue=queues.workflows, workflows=list(ALL_WORKFLOWS), identity=identity
+            client,
+            task_queue=queues.workflows,
+            workflows=list(ALL_WORKFLOWS),
+            identity=identity,
+            workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
         )
     if kind == "ledger":
         assert pool is not None, "the ledger worker needs a database pool"
@@ -57,10 +76,13 @@ def build_worker(
             identity=identity,
         )
     if kind == "providers":
+        assert pool is not None and provider_clients is not None, (
+            "the providers worker needs a database pool and provider clients"
+        )
         return Worker(
             client,
             task_queue=queues.providers,
-            activities=provider_activities(),
+            activities=provider_activities(provider_clients, pool),
             max_task_queue_activities_per_second=PROVIDERS_ACTIVITIES_PER_SECOND_MAX,
             identity=identity,
         )

@@ -10,11 +10,14 @@ import socket
 
 from activities.database import create_pool
 from activities.migrate import migrate
+from activities.providers.activities import ProviderClients
 from workers.build import build_worker
 from workers.client import connect
 from workers.settings import Settings
 
 log = logging.getLogger("cardflow.worker")
+
+PROVIDERS_POOL_SIZE_MAX = 4
 
 
 async def run_worker(kind: str, settings: Settings) -> None:
@@ -31,6 +34,11 @@ async def run_worker(kind: str, settings: Settings) -> None:
         if applied:
             log.info("applied migrations %s", [m.version for m in applied])
         pool = await create_pool(database_url, size_max=settings.database_pool_size_max)
+    provider_clients = None
+    if kind == "providers":
+        # Reads customers' notification preferences; a few connections suffice.
+        pool = await create_pool(settings.effective_database_url, size_max=PROVIDERS_POOL_SIZE_MAX)
+        provider_clients = ProviderClients(settings.providers_base_url)
     worker = build_worker(
         kind,
         client,
@@ -38,6 +46,7 @@ async def run_worker(kind: str, settings: Settings) -> None:
         pool=pool,
         pool_size_max=settings.database_pool_size_max,
         identity=identity,
+        provider_clients=provider_clients,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -51,3 +60,5 @@ async def run_worker(kind: str, settings: Settings) -> None:
     finally:
         if pool is not None:
             await pool.close()
+        if provider_clients is not None:
+            await provider_clients.aclose()

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from schemas.health import PingInput, WebhookEventNote
+from schemas.onboarding import KycResult
+from schemas.providers import KYC
 from schemas.task_queues import TaskQueues
 from workflows.health import (
     PING_WORKFLOW,
@@ -22,6 +24,7 @@ from workflows.health import (
     WEBHOOK_EVENT_SIGNAL,
     ping_workflow_id,
 )
+from workflows.onboarding import KYC_RESULT_SIGNAL, onboarding_workflow_id
 
 ANY_PROVIDER = "*"
 
@@ -83,8 +86,29 @@ def _ping_start(provider: str, event: ProviderEvent, queues: TaskQueues) -> Star
     )
 
 
+def _onboarding_id(_: str, event: ProviderEvent) -> str:
+    return onboarding_workflow_id(str(event.data.get("external_customer_id", "")))
+
+
+def _kyc_result(_: str, event: ProviderEvent) -> KycResult:
+    return KycResult(
+        check_id=event.data["id"],
+        status=event.data["status"],
+        result=event.data.get("result"),
+        reject_type=event.data.get("reject_type"),
+        reject_labels=event.data.get("reject_labels") or [],
+    )
+
+
 # (provider or "*", event type) -> route.
 ROUTES: dict[tuple[str, str], Route] = {
+    # The KYC provider's verdicts go to the customer's onboarding.
+    (KYC, "check.completed"): Route(
+        kind="signal", name=KYC_RESULT_SIGNAL, workflow_id=_onboarding_id, argument=_kyc_result
+    ),
+    (KYC, "check.on_hold"): Route(
+        kind="signal", name=KYC_RESULT_SIGNAL, workflow_id=_onboarding_id, argument=_kyc_result
+    ),
     # Any provider can send a test event ("send test webhook"): it starts or
     # signals a Ping workflow that records each event once.
     (ANY_PROVIDER, "cardflow.ping"): Route(

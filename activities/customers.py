@@ -1,0 +1,105 @@
+"""The customer store: profiles, notification preferences, KYC standing."""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from schemas.customers import CustomerProfile, KycStatus
+
+SAVE_PROFILE = "customers.save_profile"
+SET_KYC_STATUS = "customers.set_kyc_status"
+GET_KYC_STATUS = "customers.get_kyc_status"
+
+
+class CustomerNotFound(Exception):
+    pass
+
+
+class CustomerStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def save(self, profile: CustomerProfile) -> None:
+        """Insert or update; contact details and preferences follow the latest profile."""
+        await self._pool.execute(
+            """
+            INSERT INTO customers (customer_id, first_name, last_name, date_of_birth, country,
+                                   email, push_token, telegram_chat_id, preferred_channels)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT (customer_id) DO UPDATE SET
+                first_name = excluded.first_name, last_name = excluded.last_name,
+                date_of_birth = excluded.date_of_birth, country = excluded.country,
+                email = excluded.email, push_token = excluded.push_token,
+                telegram_chat_id = excluded.telegram_chat_id,
+                preferred_channels = excluded.preferred_channels, updated_at = now()
+            """,
+            profile.customer_id,
+            profile.first_name,
+            profile.last_name,
+            profile.date_of_birth,
+            profile.country,
+            profile.email,
+            profile.push_token,
+            profile.telegram_chat_id,
+            [channel.value for channel in profile.preferred_channels],
+        )
+
+    async def get(self, customer_id: str) -> CustomerProfile:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM customers WHERE customer_id = $1", customer_id
+        )
+        if row is None:
+            raise CustomerNotFound(f"no customer {customer_id}")
+        return CustomerProfile(
+            customer_id=row["customer_id"],
+            first_name=row["first_name"],
+            last_name=row["last_name"],
+            date_of_birth=row["date_of_birth"],
+            country=row["country"],
+            email=row["email"],
+            push_token=row["push_token"],
+            telegram_chat_id=row["telegram_chat_id"],
+            preferred_channels=row["preferred_channels"],
+        )
+
+    async def set_kyc_status(self, customer_id: str, status: KycStatus) -> None:
+        updated = await self._pool.execute(
+            "UPDATE customers SET kyc_status = $2, updated_at = now() WHERE customer_id = $1",
+            customer_id,
+            status.value,
+        )
+        if updated == "UPDATE 0":
+            raise CustomerNotFound(f"no customer {customer_id}")
+
+    async def kyc_status(self, customer_id: str) -> KycStatus | None:
+        value = await self._pool.fetchval(
+            "SELECT kyc_status FROM customers WHERE customer_id = $1", customer_id
+        )
+        return KycStatus(value) if value else None
+
+
+class CustomerActivities:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.store = CustomerStore(pool)
+
+    @activity.defn(name=SAVE_PROFILE)
+    async def save_profile(self, profile: CustomerProfile) -> None:
+        await self.store.save(profile)
+
+    @activity.defn(name=SET_KYC_STATUS)
+    async def set_kyc_status(self, customer_id: str, status: KycStatus) -> None:
+        try:
+            await self.store.set_kyc_status(customer_id, status)
+        except CustomerNotFound as error:
+            raise ApplicationError(
+                str(error), type="CustomerNotFound", non_retryable=True
+            ) from None
+
+    @activity.defn(name=GET_KYC_STATUS)
+    async def get_kyc_status(self, customer_id: str) -> KycStatus | None:
+        return await self.store.kyc_status(customer_id)
+
+    def all(self) -> list[object]:
+        return [self.save_profile, self.set_kyc_status, self.get_kyc_status]

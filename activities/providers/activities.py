@@ -1,0 +1,105 @@
+"""Temporal activities over the provider clients, for the providers task queue.
+
+Each worker process holds one client per provider for its lifetime. Errors
+arrive already classified by the client boundary (activities/providers/http.py).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.customers import CustomerNotFound, CustomerStore
+from activities.providers.kyc import KycClient
+from activities.providers.notify import NotifyClient
+from schemas.customers import Notification, NotificationReceipt
+from schemas.kyc import KycApplicant, KycCheck, KycDocument
+from schemas.notify import Channel
+from schemas.onboarding import ApplicantRequest, DocumentUpload
+from schemas.providers import KYC, NOTIFY
+
+KYC_CREATE_APPLICANT = "kyc.create_applicant"
+KYC_ADD_DOCUMENT = "kyc.add_document"
+KYC_START_CHECK = "kyc.start_check"
+NOTIFY_CUSTOMER = "notifications.send"
+
+
+class ProviderClients:
+    """One client per provider, for one worker process."""
+
+    def __init__(self, providers_base_url: str) -> None:
+        self.kyc = KycClient(f"{providers_base_url}/{KYC}")
+        self.notify = NotifyClient(f"{providers_base_url}/{NOTIFY}")
+
+    async def aclose(self) -> None:
+        await self.kyc.aclose()
+        await self.notify.aclose()
+
+
+class ProviderActivities:
+    def __init__(self, clients: ProviderClients, pool: asyncpg.Pool) -> None:
+        self.clients = clients
+        self.customers = CustomerStore(pool)
+
+    @activity.defn(name=KYC_CREATE_APPLICANT)
+    async def create_applicant(self, request: ApplicantRequest) -> KycApplicant:
+        profile = request.profile
+        return await self.clients.kyc.create_applicant(
+            external_customer_id=profile.customer_id,
+            first_name=profile.first_name,
+            last_name=profile.last_name,
+            date_of_birth=profile.date_of_birth,
+            country=profile.country,
+            idempotency_key=request.key,
+        )
+
+    @activity.defn(name=KYC_ADD_DOCUMENT)
+    async def add_document(self, upload: DocumentUpload) -> KycDocument:
+        return await self.clients.kyc.add_document(
+            upload.applicant_id,
+            document_type=upload.document.type,
+            country=upload.document.country,
+            file_name=upload.document.file_name,
+            idempotency_key=upload.key,
+        )
+
+    @activity.defn(name=KYC_START_CHECK)
+    async def start_check(self, applicant_id: str, key: str) -> KycCheck:
+        return await self.clients.kyc.start_check(applicant_id, idempotency_key=key)
+
+    @activity.defn(name=NOTIFY_CUSTOMER)
+    async def notify_customer(self, notification: Notification) -> NotificationReceipt:
+        """Send on each channel the customer prefers, once per channel per key."""
+        try:
+            profile = await self.customers.get(notification.customer_id)
+        except CustomerNotFound as error:
+            raise ApplicationError(
+                str(error), type="CustomerNotFound", non_retryable=True
+            ) from None
+        addresses = {
+            Channel.EMAIL: profile.email,
+            Channel.PUSH: profile.push_token,
+            Channel.TELEGRAM: profile.telegram_chat_id,
+        }
+        message_ids: list[str] = []
+        channels: list[Channel] = []
+        for channel in profile.preferred_channels:
+            address = addresses[channel]
+            if not address:
+                continue
+            key = f"{notification.key}/{channel.value}"
+            message = await self.clients.notify.send_message(
+                channel=channel,
+                to=address,
+                body=notification.body,
+                idempotency_key=key,
+                subject=notification.subject if channel is Channel.EMAIL else None,
+                dedupe_key=key,
+            )
+            message_ids.append(message.id)
+            channels.append(channel)
+        return NotificationReceipt(key=notification.key, message_ids=message_ids, channels=channels)
+
+    def all(self) -> list[object]:
+        return [self.create_applicant, self.add_document, self.start_check, self.notify_customer]

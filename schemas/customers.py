@@ -1,0 +1,61 @@
+"""Customers: who they are, how they want to hear from us, their KYC standing."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+from schemas.notify import Channel
+
+CustomerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class KycStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class CustomerProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: CustomerId
+    first_name: str = Field(min_length=1, max_length=100)
+    last_name: str = Field(min_length=1, max_length=100)
+    date_of_birth: date
+    country: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3")
+    email: EmailStr | None = None
+    push_token: str | None = Field(default=None, max_length=500)
+    telegram_chat_id: str | None = Field(default=None, pattern=r"^-?\d{1,20}$")
+    preferred_channels: list[Channel] = Field(default_factory=lambda: [Channel.EMAIL], min_length=1)
+
+    @model_validator(mode="after")
+    def _channels_have_addresses(self) -> CustomerProfile:
+        addresses = {
+            Channel.EMAIL: self.email,
+            Channel.PUSH: self.push_token,
+            Channel.TELEGRAM: self.telegram_chat_id,
+        }
+        for channel in self.preferred_channels:
+            if not addresses[channel]:
+                raise ValueError(f"preferred channel {channel.value} has no address")
+        return self
+
+
+class Notification(BaseModel):
+    """One message to a customer, sent on each of their preferred channels once."""
+
+    key: str = Field(min_length=1, max_length=200)
+    customer_id: CustomerId
+    subject: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=2_000)
+
+
+class NotificationReceipt(BaseModel):
+    key: str
+    message_ids: list[str]
+    channels: list[Channel]

@@ -1,0 +1,246 @@
+"""Onboarding through the KYC simulator, its real webhooks and the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import date
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from activities.ledger import Ledger
+from schemas.customers import CustomerProfile
+from schemas.kyc import KycDocumentType
+from schemas.onboarding import (
+    DocumentSpec,
+    KycReview,
+    OnboardingInput,
+    OnboardingPolicy,
+    OnboardingResult,
+    OnboardingStatus,
+    Resubmission,
+)
+from tests.conftest import Platform
+from workflows.onboarding import (
+    ONBOARDING_WORKFLOW,
+    RESUBMIT_SIGNAL,
+    REVIEW_UPDATE,
+    onboarding_workflow_id,
+    wallet_code,
+)
+
+PASSPORT = DocumentSpec(type=KycDocumentType.PASSPORT, country="DEU", file_name="passport.jpg")
+
+
+async def start(
+    platform: Platform, policy: OnboardingPolicy | None = None, customer_id: str | None = None
+) -> WorkflowHandle[Any, OnboardingResult]:
+    customer_id = customer_id or f"c-{uuid.uuid4().hex[:10]}"
+    queues = platform.stack.queues
+    return await platform.stack.client.start_workflow(
+        ONBOARDING_WORKFLOW,
+        OnboardingInput(
+            profile=CustomerProfile(
+                customer_id=customer_id,
+                first_name="Ada",
+                last_name="Lovelace",
+                date_of_birth=date(1990, 12, 10),
+                country="DEU",
+                email=f"{customer_id}@example.com",
+            ),
+            documents=[PASSPORT],
+            policy=policy or OnboardingPolicy(),
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+        ),
+        id=onboarding_workflow_id(customer_id),
+        task_queue=queues.workflows,
+        result_type=OnboardingResult,
+    )
+
+
+async def reach(
+    handle: WorkflowHandle[Any, Any], stage: str, seconds: float = 20
+) -> OnboardingStatus:
+    for _ in range(int(seconds / 0.05)):
+        status = await handle.query("status", result_type=OnboardingStatus)
+        if status.stage == stage:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached {stage!r}; last stage {status.stage!r}")
+
+
+async def refused(handle: WorkflowHandle[Any, Any], review: Any) -> str:
+    """The reason the workflow gave for refusing a review update."""
+    try:
+        await handle.execute_update(REVIEW_UPDATE, review)
+    except WorkflowUpdateFailedError as error:
+        return str(error.cause)
+    except RPCError as error:  # the workflow has finished: the server refuses
+        return f"already finished: {error}"
+    raise AssertionError("the review was accepted")
+
+
+def decide(
+    platform: Platform,
+    applicant_id: str,
+    result: str,
+    reject_type: str | None = None,
+    labels: list[str] | None = None,
+) -> None:
+    response = httpx.post(
+        f"{platform.sim.provider_url('kyc')}/v1/simulate/applicants/{applicant_id}/decide",
+        json={"result": result, "reject_type": reject_type, "labels": labels or []},
+        timeout=10,
+    )
+    assert response.status_code < 300, response.text
+
+
+def messages_to(platform: Platform, email: str) -> list[str]:
+    response = httpx.get(
+        f"{platform.sim.provider_url('notify')}/v1/messages", params={"to": email}, timeout=10
+    )
+    return [m["body"] for m in response.json()["data"]]
+
+
+async def wallet_statuses(platform: Platform, customer_id: str) -> set[str]:
+    ledger = Ledger(platform.stack.pool)
+    return {(await ledger.get_account(wallet_code(customer_id, c))).status for c in ("USD", "EUR")}
+
+
+async def kyc_status(platform: Platform, customer_id: str) -> str:
+    return str(
+        await platform.stack.pool.fetchval(
+            "SELECT kyc_status FROM customers WHERE customer_id = $1", customer_id
+        )
+    )
+
+
+async def test_green_approves_and_leaves_the_wallets_open(platform: Platform) -> None:
+    handle = await start(platform)
+    status = await reach(handle, "waiting for the KYC result")
+    assert status.applicant_id and len(status.wallets) == 2
+    decide(platform, status.applicant_id, "GREEN")
+    result = await handle.result()
+    customer = result.customer_id
+    assert result.outcome == "approved" and result.attempts == 1
+    assert await wallet_statuses(platform, customer) == {"open"}
+    assert await kyc_status(platform, customer) == "approved"
+    assert any("verified" in body for body in messages_to(platform, f"{customer}@example.com"))
+
+
+async def test_red_retry_asks_to_resubmit_and_a_second_check_approves(platform: Platform) -> None:
+    handle = await start(platform)
+    status = await reach(handle, "waiting for the KYC result")
+    decide(platform, status.applicant_id or "", "RED", "RETRY", ["DOCUMENT_BLURRY"])
+    await reach(handle, "waiting for resubmitted documents")
+    selfie = DocumentSpec(type=KycDocumentType.ID_CARD, country="DEU", file_name="id.jpg")
+    await handle.signal(RESUBMIT_SIGNAL, Resubmission(documents=[selfie]))
+    status = await reach(handle, "waiting for the KYC result")
+    assert status.attempts == 2
+    decide(platform, status.applicant_id or "", "GREEN")
+    result = await handle.result()
+    assert result.outcome == "approved" and result.attempts == 2
+    bodies = messages_to(platform, f"{result.customer_id}@example.com")
+    assert any("upload them again" in body for body in bodies)
+
+
+async def test_retries_beyond_the_policy_reject(platform: Platform) -> None:
+    handle = await start(platform, OnboardingPolicy(kyc_attempts_max=1))
+    status = await reach(handle, "waiting for the KYC result")
+    decide(platform, status.applicant_id or "", "RED", "RETRY", ["DOCUMENT_BLURRY"])
+    result = await handle.result()
+    assert result.outcome == "rejected" and "1 times" in result.reason
+    assert await wallet_statuses(platform, result.customer_id) == {"closed"}
+
+
+async def test_red_final_rejects_and_closes_the_wallets(platform: Platform) -> None:
+    handle = await start(platform)
+    status = await reach(handle, "waiting for the KYC result")
+    decide(platform, status.applicant_id or "", "RED", "FINAL", ["FORGERY"])
+    result = await handle.result()
+    assert result.outcome == "rejected" and "FORGERY" in result.reason
+    assert await wallet_statuses(platform, result.customer_id) == {"closed"}
+    assert await kyc_status(platform, result.customer_id) == "rejected"
+
+
+async def test_on_hold_waits_for_a_valid_operator_review(platform: Platform) -> None:
+    handle = await start(platform)
+    status = await reach(handle, "waiting for the KYC result")
+    early = KycReview(decision="approve", reason="looks fine", operator="op1")
+    assert "no review is pending" in await refused(handle, early)
+    decide(platform, status.applicant_id or "", "ON_HOLD")
+    await reach(handle, "in operator review")
+    malformed = await refused(handle, {"decision": "maybe", "reason": "x", "operator": ""})
+    assert "decision" in malformed and "reason" in malformed and "operator" in malformed
+    answer = await handle.execute_update(
+        REVIEW_UPDATE,
+        KycReview(decision="approve", reason="documents match", operator="op7"),
+        result_type=str,
+    )
+    assert answer == "approve recorded"
+    result = await handle.result()
+    assert result.outcome == "approved" and "op7" in result.reason
+    late = KycReview(decision="reject", reason="too late", operator="op8")
+    assert "already finished" in await refused(handle, late)
+
+
+async def test_no_result_within_the_policy_expires_and_cleans_up(platform: Platform) -> None:
+    handle = await start(platform, OnboardingPolicy(kyc_result_wait_seconds=2))
+    result = await handle.result()
+    assert result.outcome == "expired"
+    assert await wallet_statuses(platform, result.customer_id) == {"closed"}
+    assert await kyc_status(platform, result.customer_id) == "expired"
+    assert any(
+        "expired" in m.lower() or "in time" in m
+        for m in messages_to(platform, f"{result.customer_id}@example.com")
+    )
+
+
+async def test_repeated_and_reordered_verdicts_reach_the_onboarding_once(
+    platform: Platform,
+) -> None:
+    handle = await start(platform)
+    status = await reach(handle, "waiting for the KYC result")
+    platform.sim.admin("POST", "/webhooks", {"hold": True, "duplicate": True})
+    decide(platform, status.applicant_id or "", "ON_HOLD")
+    decide(platform, status.applicant_id or "", "GREEN")
+    # The final verdict arrives first, then the older on-hold, each twice.
+    platform.sim.admin("POST", "/webhooks/release", {"order": "reverse"})
+    result = await handle.result()
+    assert result.outcome == "approved" and result.attempts == 1
+
+
+async def test_transient_kyc_outage_is_retried(platform: Platform) -> None:
+    platform.sim.fault(path_prefix="/kyc/v1/applicants", kind="error", status=503, times=2)
+    handle = await start(platform)
+    status = await reach(handle, "waiting for the KYC result")
+    decide(platform, status.applicant_id or "", "GREEN")
+    assert (await handle.result()).outcome == "approved"
+
+
+async def test_a_provider_refusal_after_the_wallets_opened_closes_them(
+    platform: Platform,
+) -> None:
+    customer_id = f"c-{uuid.uuid4().hex[:10]}"
+    # The provider already knows this customer under another request: it refuses.
+    taken = httpx.post(
+        f"{platform.sim.provider_url('kyc')}/v1/applicants",
+        json={
+            "external_customer_id": customer_id,
+            "first_name": "Ada",
+            "last_name": "L",
+            "date_of_birth": "1990-12-10",
+            "country": "DEU",
+        },
+        timeout=10,
+    )
+    assert taken.status_code == 201, taken.text
+    handle = await start(platform, customer_id=customer_id)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert await wallet_statuses(platform, customer_id) == {"closed"}

@@ -1,0 +1,380 @@
+"""Onboarding `onboarding/{customer_id}`: wallets, KYC, the verdict, and cleanup.
+
+Steps: save the profile; open the customer's wallets (idempotent by code);
+create the KYC applicant; upload documents and start a check; wait for the
+provider's verdict (signal `kyc_result`, from the gateway). GREEN approves.
+RED with RETRY asks the customer to resubmit (signal `resubmit_documents`)
+and checks again, up to the policy's attempts. RED with FINAL rejects. On
+hold waits for an operator's `review` update. A wait that outlives its
+policy expires the onboarding. Rejection and expiry close the wallets; a
+failure after they were opened closes them too (compensation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from activities.customers import SAVE_PROFILE, SET_KYC_STATUS
+    from activities.ledger.activities import (
+        CLOSE_ACCOUNT,
+        LEDGER_RETRY_POLICY,
+        LEDGER_START_TO_CLOSE,
+        OPEN_ACCOUNT,
+    )
+    from activities.providers.activities import (
+        KYC_ADD_DOCUMENT,
+        KYC_CREATE_APPLICANT,
+        KYC_START_CHECK,
+        NOTIFY_CUSTOMER,
+    )
+    from activities.providers.http import PROVIDER_RETRY_POLICY, PROVIDER_START_TO_CLOSE
+    from schemas.customers import KycStatus, Notification
+    from schemas.kyc import KycApplicant, KycCheck
+    from schemas.ledger import Account, AccountSpec
+    from schemas.onboarding import (
+        ApplicantRequest,
+        DocumentSpec,
+        DocumentUpload,
+        KycResult,
+        KycReview,
+        OnboardingInput,
+        OnboardingOutcome,
+        OnboardingResult,
+        OnboardingStatus,
+        Resubmission,
+    )
+    from schemas.search import CUSTOMER_ID, PROCESS_STATUS
+
+ONBOARDING_WORKFLOW = "Onboarding"
+KYC_RESULT_SIGNAL = "kyc_result"
+RESUBMIT_SIGNAL = "resubmit_documents"
+REVIEW_UPDATE = "review"
+CUSTOMERS_RETRY_POLICY = RetryPolicy(
+    maximum_interval=timedelta(seconds=10), non_retryable_error_types=["CustomerNotFound"]
+)
+
+
+def onboarding_workflow_id(customer_id: str) -> str:
+    return f"onboarding/{customer_id}"
+
+
+def wallet_code(customer_id: str, currency: str) -> str:
+    return f"customer:{customer_id}:wallet:{currency}"
+
+
+class Finished(Exception):
+    """The onboarding reached an outcome (not an error)."""
+
+    def __init__(self, outcome: OnboardingOutcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome: OnboardingOutcome = outcome
+        self.reason = reason
+
+
+@workflow.defn(name=ONBOARDING_WORKFLOW)
+class Onboarding:
+    def __init__(self) -> None:
+        self._input: OnboardingInput | None = None
+        self._stage = "starting"
+        self._outcome: OnboardingOutcome | None = None
+        self._applicant_id: str | None = None
+        self._attempts = 0
+        self._wallets: list[str] = []
+        self._current_check: str | None = None
+        self._results: dict[str, KycResult] = {}
+        self._review: KycReview | None = None
+        self._resubmission: Resubmission | None = None
+
+    # ----- platform: outcome, compensation -------------------------------
+
+    @workflow.run
+    async def run(self, request: OnboardingInput) -> OnboardingResult:
+        self._input = request
+        customer_id = request.profile.customer_id
+        workflow.upsert_search_attributes([CUSTOMER_ID.value_set(customer_id)])
+        try:
+            await self._onboard(request)
+            raise AssertionError("onboarding ended without an outcome")
+        except Finished as finished:
+            outcome, reason = finished.outcome, finished.reason
+        except BaseException:
+            # A step failed for good (or the workflow was cancelled): close what
+            # was opened, shielded so a cancellation cannot stop the cleanup.
+            await asyncio.shield(asyncio.ensure_future(self._close_wallets()))
+            self._set_stage("failed")
+            raise
+        if outcome != "approved":
+            await self._close_wallets()
+        await self._execute_customers(SET_KYC_STATUS, customer_id, KycStatus(outcome))
+        await self._notify(f"outcome-{outcome}", *_MESSAGES[outcome])
+        self._outcome = outcome
+        self._set_stage(outcome)
+        return OnboardingResult(
+            customer_id=customer_id,
+            outcome=outcome,
+            reason=reason,
+            applicant_id=self._applicant_id,
+            wallets=self._wallets,
+            attempts=self._attempts,
+        )
+
+    # ----- business steps -------------------------------------------------
+
+    async def _onboard(self, request: OnboardingInput) -> None:
+        profile = request.profile
+        policy = request.policy
+        self._set_stage("opening wallets")
+        await self._execute_customers(SAVE_PROFILE, profile)
+        for currency in policy.wallet_currencies:
+            code = wallet_code(profile.customer_id, currency.value)
+            await workflow.execute_activity(
+                OPEN_ACCOUNT,
+                AccountSpec(
+                    code=code,
+                    currency=currency,
+                    kind="wallet",
+                    owner_id=profile.customer_id,
+                    debits_must_not_exceed_credits=True,
+                ),
+                task_queue=request.ledger_task_queue,
+                result_type=Account,
+                start_to_close_timeout=LEDGER_START_TO_CLOSE,
+                retry_policy=LEDGER_RETRY_POLICY,
+            )
+            self._wallets.append(code)
+
+        self._set_stage("creating the KYC applicant")
+        applicant = await self._execute_provider(
+            KYC_CREATE_APPLICANT,
+            ApplicantRequest(key=self._key("applicant"), profile=profile),
+            result_type=KycApplicant,
+        )
+        assert isinstance(applicant, KycApplicant)
+        self._applicant_id = applicant.id
+
+        documents = request.documents
+        while True:
+            self._attempts += 1
+            await self._check(documents)
+            result = await self._wait_for_verdict(policy.kyc_result_wait_seconds)
+            if result.status == "on_hold":
+                await self._wait_for_review(policy.review_wait_seconds)
+                continue  # unreachable: a review always finishes
+            if result.result == "GREEN":
+                raise Finished("approved", "KYC check passed")
+            if result.reject_type == "FINAL":
+                raise Finished("rejected", "KYC rejected: " + ", ".join(result.reject_labels))
+            if self._attempts >= policy.kyc_attempts_max:
+                raise Finished("rejected", f"KYC failed {self._attempts} times")
+            documents = await self._wait_for_resubmission(policy.resubmission_wait_seconds)
+
+    async def _check(self, documents: list[DocumentSpec]) -> None:
+        assert self._applicant_id is not None
+        self._set_stage(f"KYC check {self._attempts}: uploading documents")
+        for index, document in enumerate(documents):
+            await self._execute_provider(
+                KYC_ADD_DOCUMENT,
+                DocumentUpload(
+                    key=self._key(f"document/{self._attempts}/{index}"),
+                    applicant_id=self._applicant_id,
+                    document=document,
+                ),
+            )
+        check = await self._execute_provider(
+            KYC_START_CHECK,
+            self._applicant_id,
+            self._key(f"check/{self._attempts}"),
+            result_type=KycCheck,
+        )
+        assert isinstance(check, KycCheck)
+        self._current_check = check.id
+
+    async def _wait_for_verdict(self, wait_seconds: int) -> KycResult:
+        check_id = self._current_check
+        self._set_stage("waiting for the KYC result")
+        if not await self._wait(lambda: self._decided(check_id), wait_seconds):
+            raise Finished("expired", f"no KYC result within {wait_seconds}s")
+        assert check_id is not None
+        return self._results[check_id]
+
+    async def _wait_for_review(self, wait_seconds: int) -> None:
+        check_id = self._current_check
+        assert check_id is not None
+        self._set_stage("in operator review")
+        await self._notify(
+            "in-review",
+            "We are reviewing your application",
+            "A specialist is looking at your documents; we will be in touch.",
+        )
+        reviewed = await self._wait(
+            lambda: self._review is not None or self._results[check_id].status == "completed",
+            wait_seconds,
+        )
+        if not reviewed:
+            raise Finished("expired", f"no review within {wait_seconds}s")
+        if self._review is not None:
+            review = self._review
+            outcome: OnboardingOutcome = "approved" if review.decision == "approve" else "rejected"
+            raise Finished(outcome, f"operator {review.operator}: {review.reason}")
+        result = self._results[check_id]
+        if result.result == "GREEN":
+            raise Finished("approved", "KYC check passed after review")
+        raise Finished("rejected", "KYC rejected after review")
+
+    async def _wait_for_resubmission(self, wait_seconds: int) -> list[DocumentSpec]:
+        self._set_stage("waiting for resubmitted documents")
+        await self._notify(
+            f"resubmit-{self._attempts}",
+            "Please resubmit your documents",
+            "We could not verify your documents; please upload them again.",
+        )
+        if not await self._wait(lambda: self._resubmission is not None, wait_seconds):
+            raise Finished("expired", f"no resubmission within {wait_seconds}s")
+        assert self._resubmission is not None
+        documents = self._resubmission.documents
+        self._resubmission = None
+        return documents
+
+    # ----- messages -------------------------------------------------------
+
+    @workflow.signal(name=KYC_RESULT_SIGNAL)
+    def kyc_result(self, result: KycResult) -> None:
+        # Webhooks repeat and reorder: a completed verdict is never replaced
+        # by an older on-hold or pending one.
+        known = self._results.get(result.check_id)
+        if known is None or known.status != "completed":
+            self._results[result.check_id] = result
+
+    @workflow.signal(name=RESUBMIT_SIGNAL)
+    def resubmit_documents(self, resubmission: Resubmission) -> None:
+        if self._stage == "waiting for resubmitted documents":
+            self._resubmission = resubmission
+
+    @workflow.update(name=REVIEW_UPDATE)
+    async def review(self, review: dict[str, Any]) -> str:
+        """An operator's KycReview, as JSON (the Web UI's update form sends JSON)."""
+        self._review = KycReview.model_validate(review)
+        return f"{self._review.decision} recorded"
+
+    @review.validator
+    def _validate_review(self, review: dict[str, Any]) -> None:
+        try:
+            KycReview.model_validate(review)
+        except ValidationError as error:
+            fields = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+            raise ValueError(f"malformed review: {fields}") from None
+        if self._outcome is not None or self._stage in (
+            "approved",
+            "rejected",
+            "expired",
+            "failed",
+        ):
+            raise ValueError(f"onboarding already finished ({self._stage})")
+        if self._stage != "in operator review":
+            raise ValueError(f"no review is pending (stage: {self._stage})")
+        if self._review is not None:
+            raise ValueError("this application was already reviewed")
+
+    @workflow.query
+    def status(self) -> OnboardingStatus:
+        customer_id = self._input.profile.customer_id if self._input else ""
+        last = self._results.get(self._current_check or "")
+        return OnboardingStatus(
+            customer_id=customer_id,
+            stage=self._stage,
+            outcome=self._outcome,
+            applicant_id=self._applicant_id,
+            attempts=self._attempts,
+            wallets=self._wallets,
+            last_check=last,
+        )
+
+    # ----- helpers --------------------------------------------------------
+
+    def _decided(self, check_id: str | None) -> bool:
+        result = self._results.get(check_id or "")
+        return result is not None and result.status in ("completed", "on_hold")
+
+    async def _wait(self, condition: object, seconds: int) -> bool:
+        try:
+            await workflow.wait_condition(condition, timeout=timedelta(seconds=seconds))  # type: ignore[arg-type]
+        except TimeoutError:
+            return False
+        return True
+
+    def _set_stage(self, stage: str) -> None:
+        self._stage = stage
+        workflow.set_current_details(f"Onboarding: {stage}")
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
+
+    def _key(self, step: str) -> str:
+        return f"{workflow.info().workflow_id}/{step}"
+
+    async def _close_wallets(self) -> None:
+        assert self._input is not None
+        for code in reversed(self._wallets):
+            await workflow.execute_activity(
+                CLOSE_ACCOUNT,
+                code,
+                task_queue=self._input.ledger_task_queue,
+                start_to_close_timeout=LEDGER_START_TO_CLOSE,
+                retry_policy=LEDGER_RETRY_POLICY,
+            )
+
+    async def _notify(self, step: str, subject: str, body: str) -> None:
+        assert self._input is not None
+        await self._execute_provider(
+            NOTIFY_CUSTOMER,
+            Notification(
+                key=self._key(f"notify/{step}"),
+                customer_id=self._input.profile.customer_id,
+                subject=subject,
+                body=body,
+            ),
+        )
+
+    async def _execute_provider(
+        self, name: str, *args: object, result_type: type | None = None
+    ) -> object:
+        assert self._input is not None
+        return await workflow.execute_activity(
+            name,
+            args=list(args),
+            task_queue=self._input.providers_task_queue,
+            result_type=result_type,
+            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
+            retry_policy=PROVIDER_RETRY_POLICY,
+        )
+
+    async def _execute_customers(self, name: str, *args: object) -> None:
+        assert self._input is not None
+        await workflow.execute_activity(
+            name,
+            args=list(args),
+            task_queue=self._input.ledger_task_queue,
+            start_to_close_timeout=LEDGER_START_TO_CLOSE,
+            retry_policy=CUSTOMERS_RETRY_POLICY,
+        )
+
+
+_MESSAGES: dict[str, tuple[str, str]] = {
+    "approved": ("Welcome to cardflow", "Your identity is verified and your wallets are open."),
+    "rejected": (
+        "Your application was declined",
+        "We could not verify your identity, so we cannot open an account.",
+    ),
+    "expired": (
+        "Your application expired",
+        "We did not hear back in time; you are welcome to apply again.",
+    ),
+}
