@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -138,6 +138,137 @@ def simulators_serve() -> None:
     settings = _settings()
     uvicorn.run(
         build(settings), host=settings.bind_host, port=settings.simulators_port, log_level="warning"
+    )
+
+
+kyc_app = typer.Typer(help="Operator actions on KYC.", no_args_is_help=True)
+app.add_typer(kyc_app, name="kyc")
+
+
+def _run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+@app.command("onboard")
+def onboard_command(
+    customer_id: Annotated[str, typer.Option(help="Your customer id")],
+    first_name: Annotated[str, typer.Option()],
+    last_name: Annotated[str, typer.Option()],
+    date_of_birth: Annotated[str, typer.Option(help="YYYY-MM-DD")],
+    country: Annotated[str, typer.Option(help="ISO 3166-1 alpha-3, e.g. DEU")],
+    email: Annotated[str, typer.Option()],
+    document: Annotated[
+        list[str] | None,
+        typer.Option(help="type:country:file, e.g. passport:DEU:passport.jpg (repeatable)"),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the outcome")] = False,
+) -> None:
+    """Start a customer's onboarding (wallets and KYC)."""
+    from pydantic import ValidationError
+
+    from schemas.onboarding import DocumentSpec, OnboardingInput
+    from starters.onboarding import start_onboarding
+    from workers.client import connect
+
+    settings = _settings()
+    try:
+        documents = [
+            DocumentSpec(
+                type=d.split(":")[0],  # type: ignore[arg-type]
+                country=(d.split(":") + ["", ""])[1] or None,
+                file_name=(d.split(":") + ["", "", "document.jpg"])[2],
+            )
+            for d in (document or [f"passport:{country}:passport.jpg"])
+        ]
+        request = OnboardingInput.model_validate(
+            {
+                "profile": {
+                    "customer_id": customer_id,
+                    "first_name": first_name,
+                    "last_name": last_name,
+                    "date_of_birth": date_of_birth,
+                    "country": country,
+                    "email": email,
+                },
+                "documents": [d.model_dump() for d in documents],
+            }
+        )
+    except ValidationError as error:
+        for problem in error.errors():
+            typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+    async def run() -> None:
+        client = await connect(settings)
+        handle = await start_onboarding(client, settings.task_queues, request)
+        typer.echo(f"started {handle.id}: {_ui_link(settings, handle.id)}")
+        if wait:
+            typer.echo((await handle.result()).model_dump_json(indent=2))
+
+    _run(run())
+
+
+@kyc_app.command("review")
+def kyc_review_command(
+    customer_id: Annotated[str, typer.Argument()],
+    decision: Annotated[str, typer.Option(help="approve or reject")],
+    reason: Annotated[str, typer.Option()],
+    operator: Annotated[str, typer.Option(help="Who decides")],
+) -> None:
+    """Decide an onboarding the KYC provider put on hold."""
+    from pydantic import ValidationError
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from schemas.onboarding import KycReview
+    from starters.onboarding import review
+    from workers.client import connect
+
+    try:
+        decided = KycReview.model_validate(
+            {"decision": decision, "reason": reason, "operator": operator}
+        )
+    except ValidationError as error:
+        for problem in error.errors():
+            typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+    async def run() -> int:
+        client = await connect(_settings())
+        try:
+            typer.echo(await review(client, customer_id, decided))
+        except WorkflowUpdateFailedError as error:
+            typer.echo(f"refused: {error.cause}", err=True)
+            return 1
+        return 0
+
+    raise typer.Exit(_run(run()))
+
+
+@app.command("status")
+def status_command(workflow_id: Annotated[str, typer.Argument()]) -> None:
+    """A process's state: Temporal's view and the workflow's own status query."""
+    from workers.client import connect
+
+    async def run() -> None:
+        client = await connect(_settings())
+        handle = client.get_workflow_handle(workflow_id)
+        description = await handle.describe()
+        status = description.status.name if description.status else "UNKNOWN"
+        typer.echo(f"{workflow_id} ({description.workflow_type}): {status}")
+        try:
+            typer.echo(json.dumps(await handle.query("status"), indent=2, default=str))
+        except Exception as error:  # noqa: BLE001 - a closed or query-less process
+            typer.echo(f"(no status query answer: {error})")
+
+    _run(run())
+
+
+def _ui_link(settings: Settings, workflow_id: str) -> str:
+    from urllib.parse import quote
+
+    return (
+        f"{settings.web_ui_url}/namespaces/{settings.temporal_namespace}/workflows/"
+        f"{quote(workflow_id, safe='')}"
     )
 
 

@@ -15,14 +15,18 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from schemas.customers import CustomerProfile
 from schemas.health import PingInput
+from schemas.onboarding import DocumentSpec, KycReview, OnboardingInput, Resubmission
 from schemas.task_queues import TaskQueues
+from starters.onboarding import resubmit, review, with_queues
 from workflows.health import PING_WORKFLOW, ping_workflow_id
+from workflows.onboarding import ONBOARDING_WORKFLOW, onboarding_workflow_id
 
 router = APIRouter(prefix="/v1", tags=["processes"])
 
@@ -206,3 +210,94 @@ async def process_status(
         start_time=description.start_time,
         close_time=description.close_time,
     )
+
+
+class StartOnboarding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    profile: CustomerProfile
+    documents: list[DocumentSpec] = Field(min_length=1, max_length=10)
+
+
+@router.post(
+    "/onboardings",
+    status_code=202,
+    response_model=ProcessRef,
+    responses={
+        200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
+        409: {"model": ErrorBody, "description": "This Idempotency-Key came with another body"},
+    },
+    summary="Onboard a customer: wallets and KYC",
+)
+async def start_onboarding_route(
+    request: Request, response: Response, body: StartOnboarding, idempotency_key: IdempotencyKey
+) -> ProcessRef:
+    queues: TaskQueues = request.app.state.queues
+    onboarding = with_queues(
+        OnboardingInput(profile=body.profile, documents=body.documents), queues
+    )
+    return await start_idempotently(
+        request,
+        response,
+        route="onboardings",
+        key=idempotency_key,
+        body=body,
+        workflow=ONBOARDING_WORKFLOW,
+        workflow_id=onboarding_workflow_id(body.profile.customer_id),
+        argument=onboarding,
+    )
+
+
+def _process_error(error: RPCError, customer_id: str) -> HTTPException:
+    """An HTTP answer for Temporal's refusal to reach a customer's onboarding."""
+    if error.status == RPCStatusCode.NOT_FOUND:
+        return HTTPException(status_code=404, detail=f"no running onboarding for {customer_id}")
+    if error.status in (
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.CANCELLED,
+    ):
+        return HTTPException(
+            status_code=503,
+            detail="the process did not answer in time",
+            headers={"Retry-After": "5"},
+        )
+    return HTTPException(status_code=409, detail=f"the process refused: {error.message}")
+
+
+CustomerIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+@router.post(
+    "/onboardings/{customer_id}/review",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    summary="An operator decides an onboarding on hold",
+)
+async def review_onboarding_route(
+    request: Request, customer_id: CustomerIdPath, body: KycReview
+) -> dict[str, str]:
+    client: Client = request.app.state.client
+    try:
+        return {"result": await review(client, customer_id, body)}
+    except WorkflowUpdateFailedError as error:
+        raise HTTPException(status_code=409, detail=str(error.cause)) from None
+    except RPCError as error:
+        raise _process_error(error, customer_id) from None
+
+
+@router.post(
+    "/onboardings/{customer_id}/documents",
+    status_code=202,
+    responses={404: {"model": ErrorBody}},
+    summary="The customer resubmits documents after a RETRY verdict",
+)
+async def resubmit_documents_route(
+    request: Request, customer_id: CustomerIdPath, body: Resubmission
+) -> dict[str, str]:
+    client: Client = request.app.state.client
+    try:
+        await resubmit(client, customer_id, body)
+    except RPCError as error:
+        raise _process_error(error, customer_id) from None
+    return {"result": "documents received"}

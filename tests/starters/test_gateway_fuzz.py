@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -20,8 +22,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from activities.database import create_pool
+from activities.providers.activities import ProviderClients
+from schemas.task_queues import QUEUE_KINDS
 from starters.gateway.app import create_app
-from tests.conftest import free_port
+from tests.conftest import UNREACHABLE_PROVIDERS_URL, free_port
+from workers.build import build_worker
+from workers.client import connect
 from workers.settings import load_settings
 
 FUZZ_EXAMPLES_PER_OPERATION = 40
@@ -40,7 +47,32 @@ def gateway_url(workflow_env: Any, database_url: str, tmp_path: Path) -> Iterato
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings_), host="127.0.0.1", port=port, log_level="warning")
     )
-    thread = threading.Thread(target=server.run, daemon=True)
+
+    async def serve_with_workers() -> None:
+        # Processes the API starts must answer as in production: their workers
+        # run here, on the gateway's own event loop.
+        client = await connect(settings_)
+        pool = await create_pool(database_url, size_max=5)
+        clients = ProviderClients(UNREACHABLE_PROVIDERS_URL)
+        try:
+            async with contextlib.AsyncExitStack() as running:
+                for kind in QUEUE_KINDS:
+                    await running.enter_async_context(
+                        build_worker(
+                            kind,
+                            client,
+                            settings_.task_queues,
+                            pool=pool,
+                            pool_size_max=5,
+                            provider_clients=clients,
+                        )
+                    )
+                await server.serve()
+        finally:
+            await clients.aclose()
+            await pool.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve_with_workers()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:

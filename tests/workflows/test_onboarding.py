@@ -244,3 +244,47 @@ async def test_a_provider_refusal_after_the_wallets_opened_closes_them(
     with pytest.raises(WorkflowFailureError):
         await handle.result()
     assert await wallet_statuses(platform, customer_id) == {"closed"}
+
+
+async def test_the_api_starts_once_per_key_and_takes_the_operator_review(
+    platform: Platform,
+) -> None:
+    customer_id = f"c-{uuid.uuid4().hex[:10]}"
+    body = {
+        "profile": {
+            "customer_id": customer_id,
+            "first_name": "Grace",
+            "last_name": "Hopper",
+            "date_of_birth": "1985-12-09",
+            "country": "USA",
+            "email": f"{customer_id}@example.com",
+        },
+        "documents": [PASSPORT.model_dump(mode="json")],
+    }
+    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30) as api:
+        first = await api.post("/v1/onboardings", json=body, headers={"Idempotency-Key": "ob-1"})
+        again = await api.post("/v1/onboardings", json=body, headers={"Idempotency-Key": "ob-1"})
+        assert (first.status_code, again.status_code) == (202, 200)
+        assert first.json()["workflow_id"] == again.json()["workflow_id"]
+        handle = platform.stack.client.get_workflow_handle(
+            first.json()["workflow_id"], result_type=OnboardingResult
+        )
+        status = await reach(handle, "waiting for the KYC result")
+        decide(platform, status.applicant_id or "", "ON_HOLD")
+        await reach(handle, "in operator review")
+        bad = await api.post(
+            f"/v1/onboardings/{customer_id}/review",
+            json={"decision": "approve", "reason": "", "operator": "op"},
+        )
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "reason"]
+        decided = await api.post(
+            f"/v1/onboardings/{customer_id}/review",
+            json={"decision": "reject", "reason": "name mismatch", "operator": "op9"},
+        )
+        assert decided.status_code == 200, decided.text
+        assert (await handle.result()).outcome == "rejected"
+        missing = await api.post(
+            "/v1/onboardings/nobody/documents",
+            json={"documents": [PASSPORT.model_dump(mode="json")]},
+        )
+        assert missing.status_code == 404
