@@ -272,6 +272,24 @@ def _ui_link(settings: Settings, workflow_id: str) -> str:
     )
 
 
+histories_app = typer.Typer(help="Recorded workflow histories.", no_args_is_help=True)
+app.add_typer(histories_app, name="histories")
+
+
+@histories_app.command("record")
+def histories_record(
+    out: Annotated[str, typer.Option(help="Directory of the histories")] = "tests/histories",
+    only: Annotated[list[str] | None, typer.Option(help="Scenario name (repeatable)")] = None,
+) -> None:
+    """Run the scenarios on a throwaway stack and write their histories."""
+    from pathlib import Path
+
+    from starters.histories import record
+
+    for path in record(Path(out), only):
+        typer.echo(f"wrote {path}")
+
+
 @app.command("gateway")
 def gateway_serve() -> None:
     """Serve the webhook and HTTP API gateway on CARDFLOW_GATEWAY_PORT."""

@@ -1,0 +1,157 @@
+"""Named end-to-end scenarios against a running stack: the demo runs them, and
+`cardflow histories record` records their workflow histories for replay tests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import date
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+
+from activities.providers.kyc import KycClient
+from schemas.customers import CustomerProfile
+from schemas.kyc import KycDecision, KycDocumentType, KycRejectType
+from schemas.onboarding import (
+    DocumentSpec,
+    KycReview,
+    OnboardingInput,
+    OnboardingPolicy,
+    OnboardingStatus,
+    Resubmission,
+)
+from schemas.providers import KYC
+from starters.health import ping
+from starters.onboarding import resubmit, review, start_onboarding
+from workers.settings import Settings
+from workflows.health import ping_workflow_id
+
+STAGE_WAIT_SECONDS_MAX = 60
+PASSPORT = DocumentSpec(type=KycDocumentType.PASSPORT, country="DEU", file_name="passport.jpg")
+
+Scenario = Callable[[Client, Settings], Awaitable[str]]
+
+
+def new_customer(tag: str) -> CustomerProfile:
+    customer_id = f"{tag}-{uuid.uuid4().hex[:8]}"
+    return CustomerProfile(
+        customer_id=customer_id,
+        first_name="Ada",
+        last_name="Lovelace",
+        date_of_birth=date(1990, 12, 10),
+        country="DEU",
+        email=f"{customer_id}@example.com",
+    )
+
+
+async def reach(handle: WorkflowHandle[Any, Any], stage: str) -> OnboardingStatus:
+    """Wait until the onboarding reports `stage`."""
+    status: OnboardingStatus | None = None
+    for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
+        status = await handle.query("status", result_type=OnboardingStatus)
+        if status.stage == stage:
+            return status
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{handle.id} never reached {stage!r} (last: {status})")
+
+
+async def _decide(
+    settings: Settings,
+    applicant_id: str,
+    result: KycDecision,
+    reject_type: KycRejectType | None = None,
+    labels: tuple[str, ...] = (),
+) -> None:
+    async with KycClient(f"{settings.providers_base_url}/{KYC}") as kyc:
+        await kyc.simulate_decision(
+            applicant_id,
+            result=result,
+            reject_type=reject_type,
+            labels=labels,
+            idempotency_key=f"decide-{uuid.uuid4()}",
+        )
+
+
+async def _onboard(
+    client: Client, settings: Settings, tag: str, policy: OnboardingPolicy | None = None
+) -> WorkflowHandle[Any, Any]:
+    request = OnboardingInput(
+        profile=new_customer(tag), documents=[PASSPORT], policy=policy or OnboardingPolicy()
+    )
+    return await start_onboarding(client, settings.task_queues, request)
+
+
+async def ping_scenario(client: Client, settings: Settings) -> str:
+    workflow_id = ping_workflow_id(f"scenario-{uuid.uuid4().hex[:8]}")
+    await ping(client, settings.task_queues, requested_by="scenario", workflow_id=workflow_id)
+    return workflow_id
+
+
+async def onboarding_approved(client: Client, settings: Settings) -> str:
+    handle = await _onboard(client, settings, "approved")
+    status = await reach(handle, "waiting for the KYC result")
+    await _decide(settings, status.applicant_id or "", KycDecision.GREEN)
+    await handle.result()
+    return handle.id
+
+
+async def onboarding_resubmitted(client: Client, settings: Settings) -> str:
+    handle = await _onboard(client, settings, "resubmitted")
+    status = await reach(handle, "waiting for the KYC result")
+    await _decide(
+        settings,
+        status.applicant_id or "",
+        KycDecision.RED,
+        KycRejectType.RETRY,
+        ("DOCUMENT_BLURRY",),
+    )
+    await reach(handle, "waiting for resubmitted documents")
+    await resubmit(client, status.customer_id, Resubmission(documents=[PASSPORT]))
+    status = await reach(handle, "waiting for the KYC result")
+    await _decide(settings, status.applicant_id or "", KycDecision.GREEN)
+    await handle.result()
+    return handle.id
+
+
+async def onboarding_rejected(client: Client, settings: Settings) -> str:
+    handle = await _onboard(client, settings, "rejected")
+    status = await reach(handle, "waiting for the KYC result")
+    await _decide(
+        settings, status.applicant_id or "", KycDecision.RED, KycRejectType.FINAL, ("FORGERY",)
+    )
+    await handle.result()
+    return handle.id
+
+
+async def onboarding_reviewed(client: Client, settings: Settings) -> str:
+    handle = await _onboard(client, settings, "reviewed")
+    status = await reach(handle, "waiting for the KYC result")
+    await _decide(settings, status.applicant_id or "", KycDecision.ON_HOLD)
+    await reach(handle, "in operator review")
+    await review(
+        client,
+        status.customer_id,
+        KycReview(decision="approve", reason="documents match", operator="op-demo"),
+    )
+    await handle.result()
+    return handle.id
+
+
+async def onboarding_expired(client: Client, settings: Settings) -> str:
+    handle = await _onboard(
+        client, settings, "expired", OnboardingPolicy(kyc_result_wait_seconds=1)
+    )
+    await handle.result()
+    return handle.id
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "ping": ping_scenario,
+    "onboarding-approved": onboarding_approved,
+    "onboarding-resubmitted": onboarding_resubmitted,
+    "onboarding-rejected": onboarding_rejected,
+    "onboarding-reviewed": onboarding_reviewed,
+    "onboarding-expired": onboarding_expired,
+}

@@ -1,0 +1,85 @@
+"""Every recorded history replays against the current workflow code with the
+production data converter; a non-deterministic change fails here.
+
+Re-record with `cardflow histories record` after an intended change of a
+workflow's code path (or guard the change with workflow.patched)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+from starters.histories import RECORDING_KEYS_FILENAME, record
+from workers.build import ALL_WORKFLOWS, WORKFLOW_SANDBOX_RESTRICTIONS
+from workers.converter import build_data_converter
+from workers.settings import parse_encryption_keys
+
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+
+
+def replayer(keys_file: Path) -> Replayer:
+    return Replayer(
+        workflows=list(ALL_WORKFLOWS),
+        data_converter=build_data_converter(parse_encryption_keys(keys_file.read_text().strip())),
+        workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
+    )
+
+
+def load(path: Path) -> WorkflowHistory:
+    document = json.loads(path.read_text())
+    return WorkflowHistory.from_json(document["workflow_id"], document["history"])
+
+
+def recorded() -> list[Path]:
+    return sorted(HISTORIES.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", recorded(), ids=lambda p: p.stem)
+async def test_a_recorded_history_replays_deterministically(path: Path) -> None:
+    result = await replayer(HISTORIES / RECORDING_KEYS_FILENAME).replay_workflow(load(path))
+    assert result.replay_failure is None
+
+
+def test_every_workflow_type_has_a_recorded_history() -> None:
+    recorded_types = set()
+    for path in recorded():
+        first = json.loads(path.read_text())["history"]["events"][0]
+        recorded_types.add(first["workflowExecutionStartedEventAttributes"]["workflowType"]["name"])
+    defined = {getattr(cls, "__temporal_workflow_definition").name for cls in ALL_WORKFLOWS}
+    assert defined <= recorded_types
+
+
+async def test_a_changed_workflow_fails_the_replay(tmp_path: Path) -> None:
+    """The check has teeth: a history whose recorded commands differ fails."""
+    document = json.loads((HISTORIES / "onboarding-approved.json").read_text())
+    events = document["history"]["events"]
+    for event in events:
+        scheduled = event.get("activityTaskScheduledEventAttributes")
+        if scheduled and scheduled["activityType"]["name"] == "ledger.open_account":
+            scheduled["activityType"]["name"] = "ledger.something_else"
+            break
+    else:
+        raise AssertionError("no ledger.open_account in the recorded history")
+    history = WorkflowHistory.from_json(document["workflow_id"], document["history"])
+    result = await replayer(HISTORIES / RECORDING_KEYS_FILENAME).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert result.replay_failure is not None
+
+
+def test_the_record_command_writes_histories_that_replay(tmp_path: Path) -> None:
+    (tmp_path / RECORDING_KEYS_FILENAME).write_text(
+        (HISTORIES / RECORDING_KEYS_FILENAME).read_text()
+    )
+    [written] = record(tmp_path, ["ping"])
+    assert json.loads(written.read_text())["workflow_id"].startswith("ping/")
+    result = asyncio.run(
+        replayer(tmp_path / RECORDING_KEYS_FILENAME).replay_workflow(load(written))
+    )
+    assert result.replay_failure is None
