@@ -28,7 +28,9 @@ def simulators() -> dict[str, SimulatorFactory]:
 
 
 def build(settings: Settings) -> Any:
-    store = Store(settings.home_path / "simulators" / "state.db")
+    store = Store(
+        settings.home_path / "simulators" / "state.db", id_offset=settings.simulator_id_offset
+    )
     secrets = webhook_secrets(settings)
     targets = {
         provider: WebhookTarget(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -304,6 +305,9 @@ async def platform(
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     (tmp_path / "simulators").mkdir()
     sim = simulator_process(tmp_path / "simulators", free_port(), gateway_url)
+    # Workflow ids derived from provider ids (card/{card_id}) must not collide
+    # with other tests' on the shared Temporal server.
+    sim.env["CARDFLOW_SIMULATOR_ID_OFFSET"] = str(secrets.randbelow(10**9) * 1000)
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     settings = load_settings(
         CARDFLOW_HOME=str(tmp_path),

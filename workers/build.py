@@ -16,11 +16,12 @@ from activities.health import LedgerHealthActivities, providers_ping
 from activities.ledger.activities import LedgerActivities
 from activities.providers.activities import ProviderActivities, ProviderClients
 from schemas.task_queues import TaskQueues
+from workflows.cards import CardEntity, CardIssue
 from workflows.health import Ping
 from workflows.onboarding import Onboarding
 
 # Every workflow type cardflow runs; the replayer uses the same list.
-ALL_WORKFLOWS: Sequence[type] = (Ping, Onboarding)
+ALL_WORKFLOWS: Sequence[type] = (Ping, Onboarding, CardIssue, CardEntity)
 
 # Models validate e-mail addresses with email-validator, which loads its own
 # modules lazily; they are deterministic and pass through the sandbox.

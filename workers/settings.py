@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     # Provider simulators (one process, one port) and the gateway.
     simulators_port: Port = Field(default=8240, validation_alias="CARDFLOW_SIMULATORS_PORT")
     gateway_port: Port = Field(default=8235, validation_alias="CARDFLOW_GATEWAY_PORT")
+    # Simulators number their ids from here (test stacks take separate ranges).
+    simulator_id_offset: int = Field(
+        default=0, ge=0, le=10**12, validation_alias="CARDFLOW_SIMULATOR_ID_OFFSET"
+    )
     # Base URL of the providers; each provider is at {providers_url}/{name}.
     providers_url: str | None = Field(default=None, validation_alias="CARDFLOW_PROVIDERS_URL")
     # Where providers deliver webhooks and real-time requests: the gateway.

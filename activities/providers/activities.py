@@ -11,13 +11,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.customers import CustomerNotFound, CustomerStore
+from activities.providers.cards import CardActivities
+from activities.providers.issuer import IssuerClient
 from activities.providers.kyc import KycClient
 from activities.providers.notify import NotifyClient
 from schemas.customers import Notification, NotificationReceipt
 from schemas.kyc import KycApplicant, KycCheck, KycDocument
 from schemas.notify import Channel
 from schemas.onboarding import ApplicantRequest, DocumentUpload
-from schemas.providers import KYC, NOTIFY
+from schemas.providers import ISSUER, KYC, NOTIFY
 
 KYC_CREATE_APPLICANT = "kyc.create_applicant"
 KYC_ADD_DOCUMENT = "kyc.add_document"
@@ -31,15 +33,18 @@ class ProviderClients:
     def __init__(self, providers_base_url: str) -> None:
         self.kyc = KycClient(f"{providers_base_url}/{KYC}")
         self.notify = NotifyClient(f"{providers_base_url}/{NOTIFY}")
+        self.issuer = IssuerClient(f"{providers_base_url}/{ISSUER}")
 
     async def aclose(self) -> None:
         await self.kyc.aclose()
         await self.notify.aclose()
+        await self.issuer.aclose()
 
 
 class ProviderActivities:
     def __init__(self, clients: ProviderClients, pool: asyncpg.Pool) -> None:
         self.clients = clients
+        self.pool = pool
         self.customers = CustomerStore(pool)
 
     @activity.defn(name=KYC_CREATE_APPLICANT)
@@ -102,4 +107,10 @@ class ProviderActivities:
         return NotificationReceipt(key=notification.key, message_ids=message_ids, channels=channels)
 
     def all(self) -> list[object]:
-        return [self.create_applicant, self.add_document, self.start_check, self.notify_customer]
+        return [
+            self.create_applicant,
+            self.add_document,
+            self.start_check,
+            self.notify_customer,
+            *CardActivities(self.clients.issuer, self.pool).all(),
+        ]

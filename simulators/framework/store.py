@@ -53,7 +53,10 @@ def now_iso() -> str:
 
 
 class Store:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, id_offset: int = 0) -> None:
+        # Where readable ids start: 0 gives 1, 2, 3...; a test stack that
+        # shares a Temporal server with others takes its own range.
+        self.id_offset = id_offset
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -98,9 +101,10 @@ class Store:
         """1, 2, 3... per name: readable, stable ids that survive restarts."""
         with self._lock:
             rows = self.execute(
-                "INSERT INTO counters (name, value) VALUES (?, 1)"
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
                 name,
+                self.id_offset + 1,
             )
             return int(rows[0][0])
 

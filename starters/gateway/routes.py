@@ -8,16 +8,19 @@ mechanism end to end.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import asyncpg
 from pydantic import BaseModel, Field
 
+from schemas.cards import ShippingUpdate
 from schemas.health import PingInput, WebhookEventNote
 from schemas.onboarding import KycResult
-from schemas.providers import KYC
+from schemas.providers import ISSUER, KYC
 from schemas.task_queues import TaskQueues
+from workflows.cards import SHIPPING_UPDATE_SIGNAL, card_issue_workflow_id
 from workflows.health import (
     PING_WORKFLOW,
     RECORD_WEBHOOK_EVENT_UPDATE,
@@ -53,6 +56,8 @@ class Route:
     argument: Callable[[str, ProviderEvent], Any]
     # signal_with_start only: what to start when the workflow is not running.
     start: Callable[[str, ProviderEvent, TaskQueues], Start] | None = None
+    # When the workflow id is not in the event: look it up (None: no process).
+    resolve: Callable[[asyncpg.Pool, ProviderEvent], Awaitable[str | None]] | None = None
 
 
 class PingEventData(BaseModel):
@@ -100,8 +105,34 @@ def _kyc_result(_: str, event: ProviderEvent) -> KycResult:
     )
 
 
+async def _card_issue_of(pool: asyncpg.Pool, event: ProviderEvent) -> str | None:
+    request_id = await pool.fetchval(
+        "SELECT request_id FROM cards WHERE card_id = $1", str(event.data.get("id", ""))
+    )
+    return card_issue_workflow_id(request_id) if request_id else None
+
+
+def _shipping(_: str, event: ProviderEvent) -> ShippingUpdate:
+    shipping = event.data.get("shipping") or {}
+    return ShippingUpdate(
+        card_id=event.data["id"],
+        status=shipping.get("status", "pending"),
+        carrier=shipping.get("carrier"),
+        tracking_number=shipping.get("tracking_number"),
+        eta=shipping.get("eta"),
+    )
+
+
 # (provider or "*", event type) -> route.
 ROUTES: dict[tuple[str, str], Route] = {
+    # A physical card's shipment, to the card-issue process that ordered it.
+    (ISSUER, "card.shipping.updated"): Route(
+        kind="signal",
+        name=SHIPPING_UPDATE_SIGNAL,
+        workflow_id=lambda _p, _e: "",
+        argument=_shipping,
+        resolve=_card_issue_of,
+    ),
     # The KYC provider's verdicts go to the customer's onboarding.
     (KYC, "check.completed"): Route(
         kind="signal", name=KYC_RESULT_SIGNAL, workflow_id=_onboarding_id, argument=_kyc_result

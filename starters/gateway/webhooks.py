@@ -45,9 +45,21 @@ def verify(body: bytes, headers: dict[str, str], secrets: list[str]) -> None:
 
 
 async def deliver(
-    client: Client, queues: TaskQueues, provider: str, event: ProviderEvent, route: Route
-) -> str:
-    workflow_id = route.workflow_id(provider, event)
+    client: Client,
+    queues: TaskQueues,
+    provider: str,
+    event: ProviderEvent,
+    route: Route,
+    pool: asyncpg.Pool,
+) -> str | None:
+    """Hand the event to its workflow; None when no process is waiting for it."""
+    if route.resolve is not None:
+        resolved = await route.resolve(pool, event)
+        if resolved is None:
+            return None
+        workflow_id = resolved
+    else:
+        workflow_id = route.workflow_id(provider, event)
     argument = route.argument(provider, event)
     if route.kind == "signal":
         await client.get_workflow_handle(workflow_id).signal(route.name, argument)
@@ -118,8 +130,8 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
     outcome = "ignored"
     if route is not None:
         try:
-            workflow_id = await deliver(state.client, state.queues, provider, event, route)
-            outcome = "delivered"
+            workflow_id = await deliver(state.client, state.queues, provider, event, route, pool)
+            outcome = "delivered" if workflow_id is not None else "ignored"
         except ValidationError as error:
             return JSONResponse(
                 {

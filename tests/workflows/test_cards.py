@@ -1,0 +1,279 @@
+"""Card issuing through the issuer simulator and its shipping webhooks; the card entity."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+
+from activities.customers import CustomerStore
+from activities.ledger import Ledger
+from activities.providers.issuer import IssuerClient
+from schemas.cards import (
+    CardInput,
+    CardIssueInput,
+    CardIssuePolicy,
+    CardIssueResult,
+    CardIssueStatus,
+    CardStateChange,
+    RescheduleDelivery,
+)
+from schemas.customers import CustomerProfile, KycStatus
+from schemas.issuer import Address, CardState, ShippingStatus
+from schemas.ledger import AccountSpec, TransferRequest
+from schemas.money import Currency
+from tests.conftest import Platform
+from workflows.cards import (
+    ACTIVATE_UPDATE,
+    CARD_ISSUE_WORKFLOW,
+    CARD_WORKFLOW,
+    CLOSE_UPDATE,
+    FREEZE_UPDATE,
+    RESCHEDULE_UPDATE,
+    UNFREEZE_UPDATE,
+    card_issue_workflow_id,
+    card_workflow_id,
+    fee_account,
+)
+from workflows.onboarding import wallet_code
+
+HOME = Address(line1="1 Analytical Way", city="London", postal_code="N1 9GU", country="GB")
+FEES = CardIssuePolicy(issuance_fee_virtual_minor=100, issuance_fee_physical_minor=500)
+
+
+async def customer(platform: Platform, *, approved: bool = True, funds: int = 10_000) -> str:
+    customer_id = f"c-{uuid.uuid4().hex[:10]}"
+    store = CustomerStore(platform.stack.pool)
+    await store.save(
+        CustomerProfile(
+            customer_id=customer_id,
+            first_name="Ada",
+            last_name="Lovelace",
+            date_of_birth=date(1990, 12, 10),
+            country="GBR",
+            email=f"{customer_id}@example.com",
+        )
+    )
+    if approved:
+        await store.set_kyc_status(customer_id, KycStatus.APPROVED)
+    ledger = Ledger(platform.stack.pool)
+    wallet = wallet_code(customer_id, "USD")
+    await ledger.open_account(
+        AccountSpec(
+            code=wallet,
+            currency=Currency.USD,
+            kind="wallet",
+            owner_id=customer_id,
+            debits_must_not_exceed_credits=True,
+        )
+    )
+    await ledger.open_account(
+        AccountSpec(code="bank:inbound:USD", currency=Currency.USD, kind="bank")
+    )
+    if funds:
+        await ledger.transfer(
+            TransferRequest(
+                key=f"fund-{customer_id}",
+                debit="bank:inbound:USD",
+                credit=wallet,
+                amount_minor=funds,
+                currency=Currency.USD,
+            )
+        )
+    return customer_id
+
+
+async def issue(
+    platform: Platform, customer_id: str, kind: str, address: Address = HOME
+) -> WorkflowHandle[Any, CardIssueResult]:
+    queues = platform.stack.queues
+    request_id = f"r-{uuid.uuid4().hex[:10]}"
+    return await platform.stack.client.start_workflow(
+        CARD_ISSUE_WORKFLOW,
+        CardIssueInput(
+            request_id=request_id,
+            customer_id=customer_id,
+            kind=kind,  # type: ignore[arg-type]
+            address=address,
+            policy=FEES,
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            workflows_task_queue=queues.workflows,
+        ),
+        id=card_issue_workflow_id(request_id),
+        task_queue=queues.workflows,
+        result_type=CardIssueResult,
+    )
+
+
+async def stage_of(
+    handle: WorkflowHandle[Any, Any], stage: str, seconds: float = 20
+) -> CardIssueStatus:
+    status = None
+    for _ in range(int(seconds / 0.05)):
+        status = await handle.query("status", result_type=CardIssueStatus)
+        if status.stage == stage:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached {stage!r}: {status}")
+
+
+async def wallet_balance(platform: Platform, customer_id: str) -> int:
+    return (await Ledger(platform.stack.pool).balance(wallet_code(customer_id, "USD"))).posted
+
+
+async def refusal(call: Any) -> str:
+    try:
+        await call
+    except WorkflowUpdateFailedError as error:
+        return str(error.cause)
+    raise AssertionError("the update was accepted")
+
+
+async def test_a_customer_not_approved_is_refused_and_charged_nothing(platform: Platform) -> None:
+    customer_id = await customer(platform, approved=False)
+    handle = await issue(platform, customer_id, "virtual")
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert "onboarding is pending" in str(failure.value.cause)
+    assert await wallet_balance(platform, customer_id) == 10_000
+
+
+async def test_a_virtual_card_is_open_at_once_and_its_entity_runs(platform: Platform) -> None:
+    customer_id = await customer(platform)
+    result = await (await issue(platform, customer_id, "virtual")).result()
+    assert result.state == "open" and result.fee_minor == 100 and result.card_id
+    assert await wallet_balance(platform, customer_id) == 9_900
+    fees = await Ledger(platform.stack.pool).balance(fee_account("USD"))
+    assert fees.posted >= 100
+    card = platform.stack.client.get_workflow_handle(card_workflow_id(result.card_id))
+    status = await card.query("status", result_type=CardInput)
+    assert status.state is CardState.OPEN and status.customer_id == customer_id
+
+
+async def test_a_physical_card_ships_reschedules_delivers_and_activates(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    handle = await issue(platform, customer_id, "physical")
+    status = await stage_of(handle, "shipping")
+    card_id = status.card_id or ""
+    later = (datetime.now(UTC) + timedelta(days=10)).date()
+    assert "rescheduled" in await handle.execute_update(
+        RESCHEDULE_UPDATE, RescheduleDelivery(delivery_date=later), result_type=str
+    )
+    assert "once delivered" in await refusal(handle.execute_update(ACTIVATE_UPDATE))
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        for step in (ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED):
+            await issuer.simulate_shipping(
+                card_id, status=step, carrier="DHL", idempotency_key=f"ship-{card_id}-{step.value}"
+            )
+        for _ in range(200):
+            shipping = (await handle.query("status", result_type=CardIssueStatus)).shipping
+            if shipping and shipping.status is ShippingStatus.SHIPPED:
+                break
+            await asyncio.sleep(0.05)
+        assert shipping is not None and shipping.carrier and shipping.tracking_number
+        assert "already shipped" in await refusal(
+            handle.execute_update(
+                RESCHEDULE_UPDATE, RescheduleDelivery(delivery_date=later + timedelta(days=1))
+            )
+        )
+        await issuer.simulate_shipping(
+            card_id, status=ShippingStatus.DELIVERED, idempotency_key=f"ship-{card_id}-delivered"
+        )
+    try:
+        await stage_of(handle, "delivered: waiting for activation")
+    except AssertionError:
+        try:
+            await handle.result()
+        except WorkflowFailureError as error:
+            raise AssertionError(f"issuing failed: {error.cause}") from None
+        raise
+    assert await handle.execute_update(ACTIVATE_UPDATE, result_type=str) == "card activated"
+    result = await handle.result()
+    assert result.state == "open" and result.fee_minor == 500
+    assert await wallet_balance(platform, customer_id) == 9_500
+
+
+async def test_a_card_that_cannot_be_created_refunds_the_fee(platform: Platform) -> None:
+    customer_id = await customer(platform)
+    # The issuer refuses the cardholder's address: nothing can be created.
+    bad = Address(line1="x" * 500, city="London", postal_code="N1", country="GB")
+    handle = await issue(platform, customer_id, "virtual", address=bad)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert await wallet_balance(platform, customer_id) == 10_000
+
+
+async def test_a_failed_delivery_closes_the_card_and_refunds_the_fee(platform: Platform) -> None:
+    customer_id = await customer(platform)
+    handle = await issue(platform, customer_id, "physical")
+    card_id = (await stage_of(handle, "shipping")).card_id or ""
+    assert await wallet_balance(platform, customer_id) == 9_500
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        for step in (ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED, ShippingStatus.FAILURE):
+            await issuer.simulate_shipping(
+                card_id, status=step, idempotency_key=f"ship-{card_id}-{step.value}"
+            )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        assert (await issuer.get_card(card_id)).state is CardState.CLOSED
+    assert await wallet_balance(platform, customer_id) == 10_000
+
+
+async def test_the_card_entity_freezes_unfreezes_closes_and_survives_continue_as_new(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    result = await (await issue(platform, customer_id, "virtual")).result()
+    card_id = result.card_id or ""
+    client = platform.stack.client
+    # A fresh entity with a tiny history limit, to cross continue-as-new often.
+    entity_id = f"{card_workflow_id(card_id)}-small"
+    handle = await client.start_workflow(
+        CARD_WORKFLOW,
+        CardInput(
+            card_id=card_id,
+            customer_id=customer_id,
+            state=CardState.OPEN,
+            providers_task_queue=platform.stack.queues.providers,
+            history_events_max=50,
+        ),
+        id=entity_id,
+        task_queue=platform.stack.queues.workflows,
+    )
+    assert "the card is open" in await refusal(
+        handle.execute_update(UNFREEZE_UPDATE, CardStateChange())
+    )
+    # Updates go to the workflow id, whichever run currently holds it.
+    handle = client.get_workflow_handle(entity_id)
+    for _ in range(6):
+        try:
+            frozen = await handle.execute_update(FREEZE_UPDATE, CardStateChange(), result_type=str)
+        except WorkflowUpdateFailedError as error:
+            raise AssertionError(f"freeze refused: {error.cause}") from None
+        try:
+            opened = await handle.execute_update(
+                UNFREEZE_UPDATE, CardStateChange(), result_type=str
+            )
+        except WorkflowUpdateFailedError as error:
+            raise AssertionError(f"unfreeze refused: {error.cause}") from None
+        assert (frozen, opened) == ("paused", "open")
+    status = await handle.query("status", result_type=CardInput)
+    assert status.changes == 12 and status.state is CardState.OPEN
+    latest = await client.get_workflow_handle(entity_id).describe()
+    assert latest.run_id != handle.result_run_id, "the entity never continued as new"
+    assert (
+        await handle.execute_update(
+            CLOSE_UPDATE, CardStateChange(reason="customer left"), result_type=str
+        )
+        == "closed"
+    )
+    assert await client.get_workflow_handle(entity_id).result() == "closed"
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        assert (await issuer.get_card(card_id)).state is CardState.CLOSED

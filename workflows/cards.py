@@ -1,0 +1,488 @@
+"""Card issuing `card-issue/{request_id}` and the card entity `card/{card_id}`.
+
+Issuing: refuse a customer whose onboarding is not approved; charge the
+issuance fee; create the cardholder (once per customer) and the card. A
+virtual card is open at once. A physical card follows the shipping webhooks
+(signal `shipping_update`), takes `reschedule_delivery` until it ships and
+`activate` once delivered. Saga: each step registers its undo as it succeeds
+(fee -> refund, card -> close at the issuer); a later failure runs them in
+reverse, shielded from cancellation. On success it starts the card's entity
+workflow, which outlives it.
+
+The card entity holds one card's state (open / paused / closed), takes
+`freeze`, `unfreeze` and `close` as updates, and continues as new before its
+history grows large, carrying its state; it waits for running handlers first
+so no message is lost across the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import date, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.customers import GET_KYC_STATUS
+    from activities.ledger.activities import (
+        LEDGER_RETRY_POLICY,
+        LEDGER_START_TO_CLOSE,
+        OPEN_ACCOUNT,
+        TRANSFER,
+    )
+    from activities.providers.cards import (
+        ACTIVATE_CARD,
+        CREATE_CARD,
+        ENSURE_CARDHOLDER,
+        RECORD_CARD,
+        RESCHEDULE_DELIVERY,
+        SET_CARD_STATE,
+        CardholderRequest,
+        CardRecord,
+        CardStateRequest,
+        CreateCard,
+    )
+    from activities.providers.http import PROVIDER_RETRY_POLICY, PROVIDER_START_TO_CLOSE
+    from schemas.cards import (
+        CardInput,
+        CardIssueInput,
+        CardIssueResult,
+        CardIssueStatus,
+        CardStateChange,
+        RescheduleDelivery,
+        ShippingUpdate,
+    )
+    from schemas.customers import KycStatus
+    from schemas.issuer import Card, CardState, ShippingStatus
+    from schemas.ledger import Account, AccountSpec, TransferOutcome, TransferRequest
+    from schemas.search import CARD_ID, CUSTOMER_ID, PROCESS_STATUS
+    from workflows.onboarding import wallet_code
+
+CARD_ISSUE_WORKFLOW = "CardIssue"
+CARD_WORKFLOW = "Card"
+SHIPPING_UPDATE_SIGNAL = "shipping_update"
+RESCHEDULE_UPDATE = "reschedule_delivery"
+ACTIVATE_UPDATE = "activate"
+FREEZE_UPDATE = "freeze"
+UNFREEZE_UPDATE = "unfreeze"
+CLOSE_UPDATE = "close"
+FEE_ACCOUNT_SLOTS = 8
+SHORT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
+
+
+def card_issue_workflow_id(request_id: str) -> str:
+    return f"card-issue/{request_id}"
+
+
+def card_workflow_id(card_id: str) -> str:
+    return f"card/{card_id}"
+
+
+def fee_account(currency: str) -> str:
+    return f"revenue:fees:{currency}"
+
+
+@workflow.defn(name=CARD_ISSUE_WORKFLOW)
+class CardIssue:
+    def __init__(self) -> None:
+        self._input: CardIssueInput | None = None
+        self._stage = "starting"
+        self._card: Card | None = None
+        self._shipping: ShippingUpdate | None = None
+        self._activated = False
+        self._compensations: list[Callable[[], Awaitable[None]]] = []
+
+    # ----- platform: the saga ---------------------------------------------
+
+    @workflow.run
+    async def run(self, request: CardIssueInput) -> CardIssueResult:
+        self._input = request
+        workflow.upsert_search_attributes([CUSTOMER_ID.value_set(request.customer_id)])
+        try:
+            return await self._issue(request)
+        except BaseException:
+            self._set_stage("compensating")
+            await asyncio.shield(asyncio.ensure_future(self._compensate()))
+            self._set_stage("failed")
+            raise
+
+    async def _compensate(self) -> None:
+        for undo in reversed(self._compensations):
+            await undo()
+
+    # ----- business steps -------------------------------------------------
+
+    async def _issue(self, request: CardIssueInput) -> CardIssueResult:
+        self._set_stage("checking the customer")
+        kyc = await self._ledger(GET_KYC_STATUS, request.customer_id, result_type=KycStatus)
+        if kyc is not KycStatus.APPROVED:
+            raise ApplicationError(
+                f"customer {request.customer_id} cannot get a card: onboarding is "
+                f"{kyc.value if kyc else 'not started'}",
+                type="CustomerNotApproved",
+                non_retryable=True,
+            )
+
+        fee = (
+            request.policy.issuance_fee_physical_minor
+            if request.kind == "physical"
+            else request.policy.issuance_fee_virtual_minor
+        )
+        if fee:
+            await self._charge_fee(request, fee)
+
+        self._set_stage("creating the card at the issuer")
+        cardholder_id = await self._provider(
+            ENSURE_CARDHOLDER,
+            CardholderRequest(customer_id=request.customer_id, address=request.address),
+            result_type=str,
+        )
+        card = await self._provider(
+            CREATE_CARD,
+            CreateCard(
+                key=self._key("card"),
+                cardholder_id=cardholder_id,
+                kind=request.kind,
+                currency=request.currency,
+            ),
+            result_type=Card,
+        )
+        self._card = card
+        self._compensations.append(self._close_card)
+        workflow.upsert_search_attributes([CARD_ID.value_set(card.id)])
+        await self._provider(
+            RECORD_CARD,
+            CardRecord(
+                card_id=card.id,
+                request_id=request.request_id,
+                customer_id=request.customer_id,
+                kind=request.kind,
+            ),
+        )
+
+        if request.kind == "physical":
+            await self._deliver(request)
+
+        await workflow.start_child_workflow(
+            CARD_WORKFLOW,
+            CardInput(
+                card_id=card.id,
+                customer_id=request.customer_id,
+                state=CardState.OPEN,
+                providers_task_queue=request.providers_task_queue,
+            ),
+            id=card_workflow_id(card.id),
+            task_queue=request.workflows_task_queue,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+        )
+        self._set_stage("open")
+        return CardIssueResult(
+            request_id=request.request_id, card_id=card.id, state="open", fee_minor=fee
+        )
+
+    async def _charge_fee(self, request: CardIssueInput, fee: int) -> None:
+        self._set_stage("charging the issuance fee")
+        revenue = fee_account(request.currency.value)
+        await workflow.execute_activity(
+            OPEN_ACCOUNT,
+            AccountSpec(
+                code=revenue,
+                currency=request.currency,
+                kind="revenue",
+                balance_slots=FEE_ACCOUNT_SLOTS,
+            ),
+            task_queue=request.ledger_task_queue,
+            result_type=Account,
+            start_to_close_timeout=LEDGER_START_TO_CLOSE,
+            retry_policy=LEDGER_RETRY_POLICY,
+        )
+        wallet = wallet_code(request.customer_id, request.currency.value)
+        charged = await self._ledger(
+            TRANSFER,
+            TransferRequest(
+                key=self._key("fee"),
+                debit=wallet,
+                credit=revenue,
+                amount_minor=fee,
+                currency=request.currency,
+            ),
+            result_type=TransferOutcome,
+        )
+        if not charged.accepted:
+            raise ApplicationError(
+                f"the issuance fee of {fee} could not be charged: {charged.detail}",
+                type="FeeNotCharged",
+                non_retryable=True,
+            )
+
+        async def refund() -> None:
+            await self._ledger(
+                TRANSFER,
+                TransferRequest(
+                    key=self._key("fee-refund"),
+                    debit=revenue,
+                    credit=wallet,
+                    amount_minor=fee,
+                    currency=request.currency,
+                ),
+                result_type=TransferOutcome,
+            )
+
+        self._compensations.append(refund)
+
+    async def _deliver(self, request: CardIssueInput) -> None:
+        self._set_stage("shipping")
+        delivered = await self._wait(
+            lambda: (
+                self._shipping is not None
+                and self._shipping.status
+                in (ShippingStatus.DELIVERED, ShippingStatus.RETURNED, ShippingStatus.FAILURE)
+            ),
+            request.policy.delivery_wait_seconds,
+        )
+        if not delivered or self._shipping is None:
+            raise ApplicationError(
+                "the card was not delivered in time", type="NotDelivered", non_retryable=True
+            )
+        if self._shipping.status is not ShippingStatus.DELIVERED:
+            raise ApplicationError(
+                f"shipping ended {self._shipping.status.value}",
+                type="NotDelivered",
+                non_retryable=True,
+            )
+        self._set_stage("delivered: waiting for activation")
+        if not await self._wait(lambda: self._activated, request.policy.activation_wait_seconds):
+            raise ApplicationError(
+                "the card was not activated in time", type="NotActivated", non_retryable=True
+            )
+
+    # ----- messages -------------------------------------------------------
+
+    @workflow.signal(name=SHIPPING_UPDATE_SIGNAL)
+    def shipping_update(self, update: ShippingUpdate) -> None:
+        # Webhooks arrive twice or out of order: shipping only moves forward.
+        order = [
+            ShippingStatus.PENDING,
+            ShippingStatus.SUBMITTED,
+            ShippingStatus.SHIPPED,
+            ShippingStatus.DELIVERED,
+            ShippingStatus.RETURNED,
+            ShippingStatus.FAILURE,
+        ]
+        if self._shipping is None or order.index(update.status) >= order.index(
+            self._shipping.status
+        ):
+            self._shipping = update
+            workflow.set_current_details(self._details())
+
+    @workflow.update(name=RESCHEDULE_UPDATE)
+    async def reschedule_delivery(self, change: RescheduleDelivery) -> str:
+        assert self._card is not None and self._input is not None
+        card = await self._provider(
+            RESCHEDULE_DELIVERY,
+            self._card.id,
+            change.delivery_date,
+            self._key(f"reschedule/{change.delivery_date}"),
+            result_type=Card,
+        )
+        requested = card.shipping.requested_delivery_date if card.shipping else None
+        return f"delivery rescheduled to {requested or change.delivery_date}"
+
+    @reschedule_delivery.validator
+    def _validate_reschedule(self, change: RescheduleDelivery) -> None:
+        if self._card is None or self._input is None or self._input.kind != "physical":
+            raise ValueError("no physical card is being shipped")
+        shipped = (
+            ShippingStatus.SHIPPED,
+            ShippingStatus.DELIVERED,
+            ShippingStatus.RETURNED,
+            ShippingStatus.FAILURE,
+        )
+        if self._shipping is not None and self._shipping.status in shipped:
+            raise ValueError(f"the card has already {self._shipping.status.value}")
+        if change.delivery_date <= workflow.now().date():
+            raise ValueError("delivery_date must be in the future")
+
+    @workflow.update(name=ACTIVATE_UPDATE)
+    async def activate(self) -> str:
+        assert self._card is not None
+        await self._provider(ACTIVATE_CARD, self._card.id, self._key("activate"), result_type=Card)
+        self._activated = True
+        return "card activated"
+
+    @activate.validator
+    def _validate_activate(self) -> None:
+        if self._shipping is None or self._shipping.status is not ShippingStatus.DELIVERED:
+            raise ValueError("the card can be activated once delivered")
+        if self._activated:
+            raise ValueError("the card is already activated")
+
+    @workflow.query
+    def status(self) -> CardIssueStatus:
+        return CardIssueStatus(
+            request_id=self._input.request_id if self._input else "",
+            stage=self._stage,
+            card_id=self._card.id if self._card else None,
+            shipping=self._shipping,
+        )
+
+    # ----- helpers --------------------------------------------------------
+
+    async def _close_card(self) -> None:
+        assert self._card is not None
+        await self._provider(
+            SET_CARD_STATE,
+            CardStateRequest(
+                key=self._key("close"),
+                card_id=self._card.id,
+                state=CardState.CLOSED,
+                reason="issuing did not complete",
+            ),
+            result_type=Card,
+        )
+
+    def _details(self) -> str:
+        details = f"Card issuing: {self._stage}"
+        if self._shipping is not None:
+            details += (
+                f" | shipping {self._shipping.status.value}"
+                f" carrier {self._shipping.carrier or '-'}"
+                f" tracking {self._shipping.tracking_number or '-'}"
+                f" ETA {self._shipping.eta or '-'}"
+            )
+        return details
+
+    def _set_stage(self, stage: str) -> None:
+        self._stage = stage
+        workflow.set_current_details(self._details())
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
+
+    def _key(self, step: str) -> str:
+        return f"{workflow.info().workflow_id}/{step}"
+
+    async def _wait(self, condition: Callable[[], bool], seconds: int) -> bool:
+        try:
+            await workflow.wait_condition(condition, timeout=timedelta(seconds=seconds))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _ledger(self, name: str, *args: object, result_type: type | None = None) -> Any:
+        assert self._input is not None
+        return await workflow.execute_activity(
+            name,
+            args=list(args),
+            task_queue=self._input.ledger_task_queue,
+            result_type=result_type,
+            start_to_close_timeout=LEDGER_START_TO_CLOSE,
+            retry_policy=LEDGER_RETRY_POLICY,
+        )
+
+    async def _provider(self, name: str, *args: object, result_type: type | None = None) -> Any:
+        assert self._input is not None
+        return await workflow.execute_activity(
+            name,
+            args=list(args),
+            task_queue=self._input.providers_task_queue,
+            result_type=result_type,
+            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
+            retry_policy=PROVIDER_RETRY_POLICY,
+        )
+
+
+@workflow.defn(name=CARD_WORKFLOW)
+class CardEntity:
+    """One card, for its whole life."""
+
+    @workflow.init
+    def __init__(self, card: CardInput) -> None:
+        # Set before any handler runs: an update may arrive in the same
+        # workflow task that starts a (continued) run.
+        self._state: CardInput | None = card
+
+    @workflow.run
+    async def run(self, card: CardInput) -> str:
+        assert self._state is not None
+        workflow.upsert_search_attributes(
+            [
+                CARD_ID.value_set(card.card_id),
+                CUSTOMER_ID.value_set(card.customer_id),
+                PROCESS_STATUS.value_set(card.state.value),
+            ]
+        )
+        workflow.set_current_details(f"Card {card.card_id}: {card.state.value}")
+        await workflow.wait_condition(
+            lambda: (
+                self._closed()
+                or workflow.info().get_current_history_length() > card.history_events_max
+            )
+        )
+        # No message is lost: updates in flight finish before the run ends.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if not self._closed():
+            workflow.continue_as_new(self._state)
+        return "closed"
+
+    def _closed(self) -> bool:
+        return self._state is not None and self._state.state is CardState.CLOSED
+
+    async def _change(self, target: CardState, change: CardStateChange) -> str:
+        assert self._state is not None
+        self._state.changes += 1
+        key = f"{workflow.info().workflow_id}/state/{self._state.changes}-{target.value}"
+        await workflow.execute_activity(
+            SET_CARD_STATE,
+            CardStateRequest(
+                key=key, card_id=self._state.card_id, state=target, reason=change.reason
+            ),
+            task_queue=self._state.providers_task_queue,
+            result_type=Card,
+            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
+            retry_policy=PROVIDER_RETRY_POLICY,
+        )
+        self._state.state = target
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(target.value)])
+        workflow.set_current_details(f"Card {self._state.card_id}: {target.value}")
+        return target.value
+
+    def _require(self, *allowed: CardState) -> None:
+        assert self._state is not None
+        if self._state.state not in allowed:
+            raise ValueError(f"the card is {self._state.state.value}")
+
+    @workflow.update(name=FREEZE_UPDATE)
+    async def freeze(self, change: CardStateChange) -> str:
+        return await self._change(CardState.PAUSED, change)
+
+    @freeze.validator
+    def _validate_freeze(self, change: CardStateChange) -> None:
+        self._require(CardState.OPEN)
+
+    @workflow.update(name=UNFREEZE_UPDATE)
+    async def unfreeze(self, change: CardStateChange) -> str:
+        return await self._change(CardState.OPEN, change)
+
+    @unfreeze.validator
+    def _validate_unfreeze(self, change: CardStateChange) -> None:
+        self._require(CardState.PAUSED)
+
+    @workflow.update(name=CLOSE_UPDATE)
+    async def close(self, change: CardStateChange) -> str:
+        return await self._change(CardState.CLOSED, change)
+
+    @close.validator
+    def _validate_close(self, change: CardStateChange) -> None:
+        self._require(CardState.OPEN, CardState.PAUSED)
+
+    @workflow.query
+    def status(self) -> CardInput:
+        assert self._state is not None
+        return self._state
+
+
+__all__ = ["CardEntity", "CardIssue", "date"]
