@@ -89,10 +89,12 @@ async def _run(settings, out_dir: Path, names: list[str]) -> list[Path]:  # type
     client = await connect(settings)
     written: list[Path] = []
     for name in names:
-        workflow_id = await SCENARIOS[name](client, settings)
-        history = await client.get_workflow_handle(workflow_id).fetch_history()
-        path = out_dir / f"{name}.json"
-        document = json.loads(history.to_json())
-        path.write_text(json.dumps({"workflow_id": workflow_id, "history": document}, indent=1))
-        written.append(path)
+        ran = await SCENARIOS[name](client, settings)
+        workflow_ids = [ran] if isinstance(ran, str) else ran
+        for index, workflow_id in enumerate(workflow_ids):
+            history = await client.get_workflow_handle(workflow_id).fetch_history()
+            path = out_dir / (f"{name}.json" if index == 0 else f"{name}-{index + 1}.json")
+            document = json.loads(history.to_json())
+            path.write_text(json.dumps({"workflow_id": workflow_id, "history": document}, indent=1))
+            written.append(path)
     return written

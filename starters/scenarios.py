@@ -11,9 +11,15 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
+from activities.database import create_pool
+from activities.ledger import Ledger
 from activities.providers.kyc import KycClient
+from schemas.cards import CardIssueInput, CardStateChange
 from schemas.customers import CustomerProfile
+from schemas.issuer import Address
 from schemas.kyc import KycDecision, KycDocumentType, KycRejectType
+from schemas.ledger import AccountSpec, TransferRequest
+from schemas.money import Currency
 from schemas.onboarding import (
     DocumentSpec,
     KycReview,
@@ -23,15 +29,22 @@ from schemas.onboarding import (
     Resubmission,
 )
 from schemas.providers import KYC
+from starters.cards import issue_card
 from starters.health import ping
 from starters.onboarding import resubmit, review, start_onboarding
 from workers.settings import Settings
+from workflows.cards import CLOSE_UPDATE, FREEZE_UPDATE, UNFREEZE_UPDATE, card_workflow_id
 from workflows.health import ping_workflow_id
+from workflows.onboarding import wallet_code
 
 STAGE_WAIT_SECONDS_MAX = 60
+SCENARIO_ADDRESS = Address(
+    line1="1 Analytical Way", city="London", postal_code="N1 9GU", country="GB"
+)
 PASSPORT = DocumentSpec(type=KycDocumentType.PASSPORT, country="DEU", file_name="passport.jpg")
 
-Scenario = Callable[[Client, Settings], Awaitable[str]]
+# A scenario returns the ids of the workflows it ran (recorded in that order).
+Scenario = Callable[[Client, Settings], Awaitable[str | list[str]]]
 
 
 def new_customer(tag: str) -> CustomerProfile:
@@ -147,6 +160,50 @@ async def onboarding_expired(client: Client, settings: Settings) -> str:
     return handle.id
 
 
+async def _fund_wallet(settings: Settings, customer_id: str, amount_minor: int) -> None:
+    """A bank transfer arrives in the customer's USD wallet (straight to the ledger)."""
+    pool = await create_pool(settings.effective_database_url, size_max=1)
+    try:
+        ledger = Ledger(pool)
+        await ledger.open_account(
+            AccountSpec(code="bank:inbound:USD", currency=Currency.USD, kind="bank")
+        )
+        await ledger.transfer(
+            TransferRequest(
+                key=f"scenario-funding/{customer_id}",
+                debit="bank:inbound:USD",
+                credit=wallet_code(customer_id, "USD"),
+                amount_minor=amount_minor,
+                currency=Currency.USD,
+            )
+        )
+    finally:
+        await pool.close()
+
+
+async def card_virtual(client: Client, settings: Settings) -> list[str]:
+    """An approved customer gets a virtual card, freezes, unfreezes and closes it."""
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    await _fund_wallet(settings, customer_id, 10_000)
+    issued = await issue_card(
+        client,
+        settings.task_queues,
+        CardIssueInput(
+            request_id=f"scenario-{uuid.uuid4().hex[:8]}",
+            customer_id=customer_id,
+            kind="virtual",
+            address=SCENARIO_ADDRESS,
+        ),
+    )
+    result = await issued.result()
+    card = client.get_workflow_handle(card_workflow_id(result.card_id or ""))
+    for update in (FREEZE_UPDATE, UNFREEZE_UPDATE, CLOSE_UPDATE):
+        await card.execute_update(update, CardStateChange(reason="scenario"))
+    await card.result()
+    return [issued.id, card.id]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "ping": ping_scenario,
     "onboarding-approved": onboarding_approved,
@@ -154,4 +211,5 @@ SCENARIOS: dict[str, Scenario] = {
     "onboarding-rejected": onboarding_rejected,
     "onboarding-reviewed": onboarding_reviewed,
     "onboarding-expired": onboarding_expired,
+    "card-virtual": card_virtual,
 }

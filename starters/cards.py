@@ -1,0 +1,75 @@
+"""Starting card issuing and steering cards: one function per action, shared by
+the CLI, the gateway and the scenarios."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+
+from schemas.cards import CardIssueInput, CardIssueResult, CardStateChange, RescheduleDelivery
+from schemas.search import CUSTOMER_ID
+from schemas.task_queues import TaskQueues
+from workflows.cards import (
+    ACTIVATE_UPDATE,
+    CARD_ISSUE_WORKFLOW,
+    RESCHEDULE_UPDATE,
+    card_issue_workflow_id,
+    card_workflow_id,
+)
+
+UPDATE_RPC_TIMEOUT = timedelta(seconds=30)
+
+
+async def issue_card(
+    client: Client, queues: TaskQueues, request: CardIssueInput
+) -> WorkflowHandle[Any, CardIssueResult]:
+    request = request.model_copy(
+        update={
+            "ledger_task_queue": queues.ledger,
+            "providers_task_queue": queues.providers,
+            "workflows_task_queue": queues.workflows,
+        }
+    )
+    return await client.start_workflow(
+        CARD_ISSUE_WORKFLOW,
+        request,
+        id=card_issue_workflow_id(request.request_id),
+        task_queue=queues.workflows,
+        result_type=CardIssueResult,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=TypedSearchAttributes(
+            [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
+        ),
+        static_summary=f"{request.kind} card for customer {request.customer_id}",
+    )
+
+
+async def change_card(client: Client, card_id: str, update: str, reason: str) -> str:
+    """freeze, unfreeze or close a card; returns its new state."""
+    handle = client.get_workflow_handle(card_workflow_id(card_id))
+    return str(
+        await handle.execute_update(
+            update, CardStateChange(reason=reason), result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
+        )
+    )
+
+
+async def reschedule(client: Client, request_id: str, change: RescheduleDelivery) -> str:
+    handle = client.get_workflow_handle(card_issue_workflow_id(request_id))
+    return str(
+        await handle.execute_update(
+            RESCHEDULE_UPDATE, change, result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
+        )
+    )
+
+
+async def activate(client: Client, request_id: str) -> str:
+    handle = client.get_workflow_handle(card_issue_workflow_id(request_id))
+    return str(
+        await handle.execute_update(
+            ACTIVATE_UPDATE, result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
+        )
+    )
