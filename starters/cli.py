@@ -272,6 +272,140 @@ def _ui_link(settings: Settings, workflow_id: str) -> str:
     )
 
 
+card_app = typer.Typer(help="Cards: issue and steer.", no_args_is_help=True)
+app.add_typer(card_app, name="card")
+
+
+@card_app.command("issue")
+def card_issue_command(
+    customer_id: Annotated[str, typer.Argument()],
+    kind: Annotated[str, typer.Option(help="virtual or physical")] = "virtual",
+    request_id: Annotated[str | None, typer.Option(help="Your id for this request")] = None,
+    line1: Annotated[str, typer.Option(help="Address line")] = "1 Main Street",
+    city: Annotated[str, typer.Option()] = "London",
+    postal_code: Annotated[str, typer.Option()] = "N1 9GU",
+    country: Annotated[str, typer.Option(help="ISO 3166-1 alpha-2")] = "GB",
+    wait: Annotated[bool, typer.Option(help="Wait for the outcome")] = False,
+) -> None:
+    """Issue a card to an approved customer."""
+    import uuid
+
+    from pydantic import ValidationError
+
+    from schemas.cards import CardIssueInput
+    from starters.cards import issue_card
+    from workers.client import connect
+
+    settings = _settings()
+    try:
+        request = CardIssueInput.model_validate(
+            {
+                "request_id": request_id or uuid.uuid4().hex[:16],
+                "customer_id": customer_id,
+                "kind": kind,
+                "address": {
+                    "line1": line1,
+                    "city": city,
+                    "postal_code": postal_code,
+                    "country": country,
+                },
+            }
+        )
+    except ValidationError as error:
+        for problem in error.errors():
+            typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+    async def run() -> None:
+        client = await connect(settings)
+        handle = await issue_card(client, settings.task_queues, request)
+        typer.echo(f"started {handle.id}: {_ui_link(settings, handle.id)}")
+        if wait:
+            typer.echo((await handle.result()).model_dump_json(indent=2))
+
+    _run(run())
+
+
+def _card_change(card_id: str, update: str, reason: str) -> None:
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from starters.cards import change_card
+    from workers.client import connect
+
+    async def run() -> int:
+        client = await connect(_settings())
+        try:
+            typer.echo(f"card {card_id}: {await change_card(client, card_id, update, reason)}")
+        except WorkflowUpdateFailedError as error:
+            typer.echo(f"refused: {error.cause}", err=True)
+            return 1
+        return 0
+
+    raise typer.Exit(_run(run()))
+
+
+@card_app.command("freeze")
+def card_freeze(card_id: str, reason: str = "customer request") -> None:
+    """Pause a card: authorizations are declined until it is unfrozen."""
+    _card_change(card_id, "freeze", reason)
+
+
+@card_app.command("unfreeze")
+def card_unfreeze(card_id: str, reason: str = "customer request") -> None:
+    """Open a paused card again."""
+    _card_change(card_id, "unfreeze", reason)
+
+
+@card_app.command("close")
+def card_close(card_id: str, reason: str = "customer request") -> None:
+    """Close a card for good."""
+    _card_change(card_id, "close", reason)
+
+
+@card_app.command("reschedule")
+def card_reschedule(request_id: str, delivery_date: str) -> None:
+    """Move a physical card's delivery (YYYY-MM-DD), until it ships."""
+    from datetime import date
+
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from schemas.cards import RescheduleDelivery
+    from starters.cards import reschedule
+    from workers.client import connect
+
+    async def run() -> int:
+        client = await connect(_settings())
+        try:
+            change = RescheduleDelivery(delivery_date=date.fromisoformat(delivery_date))
+            typer.echo(await reschedule(client, request_id, change))
+        except WorkflowUpdateFailedError as error:
+            typer.echo(f"refused: {error.cause}", err=True)
+            return 1
+        return 0
+
+    raise typer.Exit(_run(run()))
+
+
+@card_app.command("activate")
+def card_activate(request_id: str) -> None:
+    """Activate a delivered physical card."""
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from starters.cards import activate
+    from workers.client import connect
+
+    async def run() -> int:
+        client = await connect(_settings())
+        try:
+            typer.echo(await activate(client, request_id))
+        except WorkflowUpdateFailedError as error:
+            typer.echo(f"refused: {error.cause}", err=True)
+            return 1
+        return 0
+
+    raise typer.Exit(_run(run()))
+
+
 histories_app = typer.Typer(help="Recorded workflow histories.", no_args_is_help=True)
 app.add_typer(histories_app, name="histories")
 
@@ -354,8 +488,20 @@ def demo() -> None:
             "\nThe stack is not healthy; logs are in " + str(settings.home_path / "logs"), err=True
         )
         raise typer.Exit(1)
+    typer.echo("\nEvery task queue answered the Ping health check.\n")
+    from starters.scenarios import demo as walk_through
+    from workers.client import connect
+
+    def say(line: str, workflow_id: str | None) -> None:
+        typer.echo(
+            f"- {line}" + (f"\n    {_ui_link(settings, workflow_id)}" if workflow_id else "")
+        )
+
+    async def run() -> None:
+        await walk_through(await connect(settings), settings, say)
+
+    _run(run())
     typer.echo(
-        f"\nEvery task queue answered the Ping health check."
         f"\nTemporal Web UI: {settings.web_ui_url} (payloads decoded by {settings.codec_url})"
         f"\nStop the stack with: .venv/bin/cardflow dev down"
     )

@@ -213,3 +213,75 @@ SCENARIOS: dict[str, Scenario] = {
     "onboarding-expired": onboarding_expired,
     "card-virtual": card_virtual,
 }
+
+
+async def demo(client: Client, settings: Settings, say: Callable[[str, str | None], None]) -> None:
+    """The walk-through `make demo` prints: onboarding, a virtual and a physical card."""
+    from activities.providers.issuer import IssuerClient
+    from schemas.cards import CardIssueStatus
+    from schemas.issuer import ShippingStatus
+    from starters.cards import activate
+
+    profile = new_customer("demo")
+    handle = await start_onboarding(
+        client, settings.task_queues, OnboardingInput(profile=profile, documents=[PASSPORT])
+    )
+    say(f"Onboarding {profile.customer_id}: wallets opened, KYC applicant created", handle.id)
+    status = await reach(handle, "waiting for the KYC result")
+    await _decide(settings, status.applicant_id or "", KycDecision.GREEN)
+    say("KYC provider answered GREEN (signed webhook -> gateway -> workflow)", None)
+    result = await handle.result()
+    say(f"Onboarding {result.outcome}: wallets {', '.join(result.wallets)}", handle.id)
+    await _fund_wallet(settings, profile.customer_id, 50_000)
+    say("Bank transfer of 500.00 USD credited to the USD wallet", None)
+
+    virtual = await issue_card(
+        client,
+        settings.task_queues,
+        CardIssueInput(
+            request_id=f"demo-virtual-{uuid.uuid4().hex[:6]}",
+            customer_id=profile.customer_id,
+            kind="virtual",
+            address=SCENARIO_ADDRESS,
+        ),
+    )
+    issued = await virtual.result()
+    say(f"Virtual card {issued.card_id} open at once (fee {issued.fee_minor})", virtual.id)
+    say("Its card entity workflow runs for the card's life", card_workflow_id(issued.card_id or ""))
+
+    physical = await issue_card(
+        client,
+        settings.task_queues,
+        CardIssueInput(
+            request_id=f"demo-physical-{uuid.uuid4().hex[:6]}",
+            customer_id=profile.customer_id,
+            kind="physical",
+            address=SCENARIO_ADDRESS,
+        ),
+    )
+    for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
+        shipping = await physical.query("status", result_type=CardIssueStatus)
+        if shipping.stage == "shipping":
+            break
+        await asyncio.sleep(0.05)
+    card_id = shipping.card_id or ""
+    say(f"Physical card {card_id} ordered; following its shipment", physical.id)
+    async with IssuerClient(f"{settings.providers_base_url}/issuer") as issuer:
+        for step in (ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED, ShippingStatus.DELIVERED):
+            await issuer.simulate_shipping(
+                card_id, status=step, carrier="DHL", idempotency_key=f"demo-{card_id}-{step.value}"
+            )
+            while True:
+                seen = (await physical.query("status", result_type=CardIssueStatus)).shipping
+                if seen is not None and seen.status is step:
+                    break
+                await asyncio.sleep(0.05)
+            say(
+                f"Shipping {step.value}: carrier {seen.carrier or '-'}, tracking "
+                f"{seen.tracking_number or '-'}, ETA {seen.eta or '-'}",
+                None,
+            )
+    request_id = physical.id.removeprefix("card-issue/")
+    say(await activate(client, request_id), None)
+    done = await physical.result()
+    say(f"Physical card {done.card_id} {done.state} (fee {done.fee_minor})", physical.id)
