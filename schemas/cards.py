@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.customers import CustomerId
 from schemas.issuer import Address, CardState, ShippingStatus
@@ -69,13 +69,35 @@ class CardIssueStatus(BaseModel):
     shipping: ShippingUpdate | None
 
 
+class SpendingLimits(BaseModel):
+    """Set by update; enforced by authorizations. None means no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_transaction_minor: int | None = Field(default=None, ge=0)
+    per_day_minor: int | None = Field(default=None, ge=0)
+    per_month_minor: int | None = Field(default=None, ge=0)
+    blocked_mccs: list[str] = Field(default_factory=list, max_length=200)
+
+    @field_validator("blocked_mccs")
+    @classmethod
+    def _mccs(cls, value: list[str]) -> list[str]:
+        for mcc in value:
+            if len(mcc) != 4 or not mcc.isdigit():
+                raise ValueError(f"MCC {mcc!r} must be 4 digits")
+        return sorted(set(value))
+
+
 class CardInput(BaseModel):
     """The card entity's state, carried across continue-as-new."""
 
     card_id: str
     customer_id: str
     state: CardState
+    limits: SpendingLimits = Field(default_factory=SpendingLimits)
+    replaced_by: str | None = None
     providers_task_queue: str = _QUEUES.providers
+    workflows_task_queue: str = _QUEUES.workflows
     # Continue as new past this many history events, carrying the state.
     history_events_max: int = Field(default=5_000, ge=50)
     changes: int = 0

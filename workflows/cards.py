@@ -35,11 +35,13 @@ with workflow.unsafe.imports_passed_through():
         OPEN_ACCOUNT,
         TRANSFER,
     )
+    from activities.providers.activities import NOTIFY_CUSTOMER
     from activities.providers.cards import (
         ACTIVATE_CARD,
         CREATE_CARD,
         ENSURE_CARDHOLDER,
         RECORD_CARD,
+        REISSUE_CARD,
         RESCHEDULE_DELIVERY,
         SET_CARD_STATE,
         CardholderRequest,
@@ -56,8 +58,9 @@ with workflow.unsafe.imports_passed_through():
         CardStateChange,
         RescheduleDelivery,
         ShippingUpdate,
+        SpendingLimits,
     )
-    from schemas.customers import KycStatus
+    from schemas.customers import KycStatus, Notification
     from schemas.issuer import Card, CardState, ShippingStatus
     from schemas.ledger import Account, AccountSpec, TransferOutcome, TransferRequest
     from schemas.search import CARD_ID, CUSTOMER_ID, PROCESS_STATUS
@@ -71,6 +74,9 @@ ACTIVATE_UPDATE = "activate"
 FREEZE_UPDATE = "freeze"
 UNFREEZE_UPDATE = "unfreeze"
 CLOSE_UPDATE = "close"
+LIMITS_UPDATE = "set_limits"
+REPORT_LOST_UPDATE = "report_lost"
+REPORT_STOLEN_UPDATE = "report_stolen"
 FEE_ACCOUNT_SLOTS = 8
 SHORT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 
@@ -175,6 +181,7 @@ class CardIssue:
                 customer_id=request.customer_id,
                 state=CardState.OPEN,
                 providers_task_queue=request.providers_task_queue,
+                workflows_task_queue=request.workflows_task_queue,
             ),
             id=card_workflow_id(card.id),
             task_queue=request.workflows_task_queue,
@@ -426,6 +433,8 @@ class CardEntity:
         await workflow.wait_condition(workflow.all_handlers_finished)
         if not self._closed():
             workflow.continue_as_new(self._state)
+        if self._state.replaced_by:
+            return f"replaced by {self._state.replaced_by}"
         return "closed"
 
     def _closed(self) -> bool:
@@ -478,6 +487,80 @@ class CardEntity:
     @close.validator
     def _validate_close(self, change: CardStateChange) -> None:
         self._require(CardState.OPEN, CardState.PAUSED)
+
+    @workflow.update(name=LIMITS_UPDATE)
+    def set_limits(self, limits: SpendingLimits) -> SpendingLimits:
+        assert self._state is not None
+        self._state.limits = limits
+        return limits
+
+    @set_limits.validator
+    def _validate_limits(self, limits: SpendingLimits) -> None:
+        self._require(CardState.OPEN, CardState.PAUSED)
+
+    @workflow.update(name=REPORT_LOST_UPDATE)
+    async def report_lost(self, change: CardStateChange) -> str:
+        return await self._replace("lost", change)
+
+    @report_lost.validator
+    def _validate_lost(self, change: CardStateChange) -> None:
+        self._require(CardState.OPEN, CardState.PAUSED)
+
+    @workflow.update(name=REPORT_STOLEN_UPDATE)
+    async def report_stolen(self, change: CardStateChange) -> str:
+        return await self._replace("stolen", change)
+
+    @report_stolen.validator
+    def _validate_stolen(self, change: CardStateChange) -> None:
+        self._require(CardState.OPEN, CardState.PAUSED)
+
+    async def _replace(self, reason: str, change: CardStateChange) -> str:
+        """Block this card (the issuer closes it on reissue) and start its replacement."""
+        state = self._state
+        assert state is not None
+        key = f"{workflow.info().workflow_id}/reissue-{reason}"
+        replacement = await workflow.execute_activity(
+            REISSUE_CARD,
+            args=[state.card_id, reason, key],
+            task_queue=state.providers_task_queue,
+            result_type=Card,
+            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
+            retry_policy=PROVIDER_RETRY_POLICY,
+        )
+        state.state = CardState.CLOSED
+        state.replaced_by = replacement.id
+        await workflow.start_child_workflow(
+            CARD_WORKFLOW,
+            CardInput(
+                card_id=replacement.id,
+                customer_id=state.customer_id,
+                state=replacement.state,
+                limits=state.limits,
+                providers_task_queue=state.providers_task_queue,
+                workflows_task_queue=state.workflows_task_queue,
+                history_events_max=state.history_events_max,
+            ),
+            id=card_workflow_id(replacement.id),
+            task_queue=state.workflows_task_queue,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+        )
+        await workflow.execute_activity(
+            NOTIFY_CUSTOMER,
+            Notification(
+                key=f"{workflow.info().workflow_id}/notify/{reason}",
+                customer_id=state.customer_id,
+                subject=f"Your card was reported {reason}",
+                body=f"We blocked the card ending {state.card_id[-4:]} and issued a new one.",
+            ),
+            task_queue=state.providers_task_queue,
+            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
+            retry_policy=PROVIDER_RETRY_POLICY,
+        )
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set("replaced")])
+        workflow.set_current_details(
+            f"Card {state.card_id}: reported {reason}, replaced by {replacement.id}"
+        )
+        return str(replacement.id)
 
     @workflow.query
     def status(self) -> CardInput:

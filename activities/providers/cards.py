@@ -10,7 +10,14 @@ from temporalio import activity
 
 from activities.customers import CustomerStore
 from activities.providers.issuer import IssuerClient
-from schemas.issuer import Address, Card, CardState, CardType, ShippingRequest
+from schemas.issuer import (
+    Address,
+    Card,
+    CardState,
+    CardType,
+    ReissueReason,
+    ShippingRequest,
+)
 from schemas.money import Currency
 
 ENSURE_CARDHOLDER = "issuer.ensure_cardholder"
@@ -19,6 +26,7 @@ SET_CARD_STATE = "issuer.set_card_state"
 RESCHEDULE_DELIVERY = "issuer.reschedule_delivery"
 ACTIVATE_CARD = "issuer.activate_card"
 RECORD_CARD = "cards.record"
+REISSUE_CARD = "issuer.reissue_card"
 
 
 class CardholderRequest(BaseModel):
@@ -93,6 +101,13 @@ class CardActivities:
     async def activate_card(self, card_id: str, key: str) -> Card:
         return await self.issuer.activate_card(card_id, idempotency_key=key)
 
+    @activity.defn(name=REISSUE_CARD)
+    async def reissue_card(self, card_id: str, reason: str, key: str) -> Card:
+        """A replacement card; the issuer closes the old one."""
+        return await self.issuer.reissue_card(
+            card_id, reason=ReissueReason(reason), idempotency_key=key
+        )
+
     @activity.defn(name=RECORD_CARD)
     async def record_card(self, record: CardRecord) -> None:
         await self.pool.execute(
@@ -112,4 +127,5 @@ class CardActivities:
             self.reschedule_delivery,
             self.activate_card,
             self.record_card,
+            self.reissue_card,
         ]

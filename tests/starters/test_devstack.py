@@ -141,8 +141,13 @@ def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevS
 def test_the_demo_walks_a_customer_through_kyc_and_two_cards(dev_stack: DevStack) -> None:
     demo = dev_stack.cardflow("demo")
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    for step in ("KYC provider answered GREEN", "Onboarding approved", "Virtual card",
-                 "Shipping delivered", "card activated"):
+    for step in (
+        "KYC provider answered GREEN",
+        "Onboarding approved",
+        "Virtual card",
+        "Shipping delivered",
+        "card activated",
+    ):
         assert step in demo.stdout
     assert "open (fee 500)" in demo.stdout
     assert "/namespaces/default/workflows/onboarding%2F" in demo.stdout

@@ -21,6 +21,7 @@ from schemas.cards import (
     CardIssueStatus,
     CardStateChange,
     RescheduleDelivery,
+    SpendingLimits,
 )
 from schemas.customers import CustomerProfile, KycStatus
 from schemas.issuer import Address, CardState, ShippingStatus
@@ -33,6 +34,8 @@ from workflows.cards import (
     CARD_WORKFLOW,
     CLOSE_UPDATE,
     FREEZE_UPDATE,
+    LIMITS_UPDATE,
+    REPORT_LOST_UPDATE,
     RESCHEDULE_UPDATE,
     UNFREEZE_UPDATE,
     card_issue_workflow_id,
@@ -277,3 +280,28 @@ async def test_the_card_entity_freezes_unfreezes_closes_and_survives_continue_as
     assert await client.get_workflow_handle(entity_id).result() == "closed"
     async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
         assert (await issuer.get_card(card_id)).state is CardState.CLOSED
+
+
+async def test_limits_are_validated_and_a_lost_card_is_replaced(platform: Platform) -> None:
+    customer_id = await customer(platform)
+    result = await (await issue(platform, customer_id, "virtual")).result()
+    card_id = result.card_id or ""
+    handle = platform.stack.client.get_workflow_handle(card_workflow_id(card_id))
+    limits = SpendingLimits(
+        per_transaction_minor=5_000, per_day_minor=20_000, blocked_mccs=["7995", "7995", "5933"]
+    )
+    stored = await handle.execute_update(LIMITS_UPDATE, limits, result_type=SpendingLimits)
+    assert stored.blocked_mccs == ["5933", "7995"]
+    with pytest.raises(ValueError, match="4 digits"):
+        SpendingLimits(blocked_mccs=["79"])
+    replacement = await handle.execute_update(
+        REPORT_LOST_UPDATE, CardStateChange(reason="lost in the park"), result_type=str
+    )
+    assert replacement != card_id
+    assert await handle.result() == f"replaced by {replacement}"
+    new_entity = platform.stack.client.get_workflow_handle(card_workflow_id(replacement))
+    carried = await new_entity.query("status", result_type=CardInput)
+    assert carried.limits == stored and carried.state is CardState.OPEN
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        assert (await issuer.get_card(card_id)).state is CardState.CLOSED
+        assert (await issuer.get_card(replacement)).replaces == card_id
