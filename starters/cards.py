@@ -48,7 +48,8 @@ async def issue_card(
 
 
 async def change_card(client: Client, card_id: str, update: str, reason: str) -> str:
-    """freeze, unfreeze or close a card; returns its new state."""
+    """freeze, unfreeze, close, report_lost or report_stolen; returns the new state
+    (or the replacement card's id)."""
     handle = client.get_workflow_handle(card_workflow_id(card_id))
     return str(
         await handle.execute_update(

@@ -362,6 +362,60 @@ def card_close(card_id: str, reason: str = "customer request") -> None:
     _card_change(card_id, "close", reason)
 
 
+@card_app.command("report-lost")
+def card_report_lost(card_id: str, reason: str = "reported lost") -> None:
+    """Block a lost card and issue its replacement."""
+    _card_change(card_id, "report_lost", reason)
+
+
+@card_app.command("report-stolen")
+def card_report_stolen(card_id: str, reason: str = "reported stolen") -> None:
+    """Block a stolen card and issue its replacement."""
+    _card_change(card_id, "report_stolen", reason)
+
+
+@card_app.command("limits")
+def card_limits(
+    card_id: str,
+    per_transaction: Annotated[int | None, typer.Option(help="minor units")] = None,
+    per_day: Annotated[int | None, typer.Option(help="minor units")] = None,
+    per_month: Annotated[int | None, typer.Option(help="minor units")] = None,
+    block_mcc: Annotated[list[str] | None, typer.Option(help="MCC to decline (repeatable)")] = None,
+) -> None:
+    """Set the card's spending limits (replacing the previous ones)."""
+    from pydantic import ValidationError
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from schemas.cards import SpendingLimits
+    from workers.client import connect
+    from workflows.cards import LIMITS_UPDATE, card_workflow_id
+
+    try:
+        limits = SpendingLimits(
+            per_transaction_minor=per_transaction,
+            per_day_minor=per_day,
+            per_month_minor=per_month,
+            blocked_mccs=block_mcc or [],
+        )
+    except ValidationError as error:
+        for problem in error.errors():
+            typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+    async def run() -> int:
+        client = await connect(_settings())
+        handle = client.get_workflow_handle(card_workflow_id(card_id))
+        try:
+            stored = await handle.execute_update(LIMITS_UPDATE, limits, result_type=SpendingLimits)
+        except WorkflowUpdateFailedError as error:
+            typer.echo(f"refused: {error.cause}", err=True)
+            return 1
+        typer.echo(stored.model_dump_json(indent=2))
+        return 0
+
+    raise typer.Exit(_run(run()))
+
+
 @card_app.command("reschedule")
 def card_reschedule(request_id: str, delivery_date: str) -> None:
     """Move a physical card's delivery (YYYY-MM-DD), until it ships."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
@@ -20,11 +20,16 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from schemas.cards import CardIssueInput
 from schemas.customers import CustomerProfile
 from schemas.health import PingInput
+from schemas.issuer import Address
+from schemas.money import Currency
 from schemas.onboarding import DocumentSpec, KycReview, OnboardingInput, Resubmission
 from schemas.task_queues import TaskQueues
+from starters.cards import change_card
 from starters.onboarding import resubmit, review, with_queues
+from workflows.cards import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
 from workflows.health import PING_WORKFLOW, ping_workflow_id
 from workflows.onboarding import ONBOARDING_WORKFLOW, onboarding_workflow_id
 
@@ -251,7 +256,7 @@ async def start_onboarding_route(
 def _process_error(error: RPCError, customer_id: str) -> HTTPException:
     """An HTTP answer for Temporal's refusal to reach a customer's onboarding."""
     if error.status == RPCStatusCode.NOT_FOUND:
-        return HTTPException(status_code=404, detail=f"no running onboarding for {customer_id}")
+        return HTTPException(status_code=404, detail=f"no running process for {customer_id}")
     if error.status in (
         RPCStatusCode.DEADLINE_EXCEEDED,
         RPCStatusCode.RESOURCE_EXHAUSTED,
@@ -301,3 +306,75 @@ async def resubmit_documents_route(
     except RPCError as error:
         raise _process_error(error, customer_id) from None
     return {"result": "documents received"}
+
+
+class IssueCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    kind: Literal["virtual", "physical"]
+    currency: Currency = Currency.USD
+    address: Address
+
+
+class CardAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["freeze", "unfreeze", "close", "report_lost", "report_stolen"]
+    reason: str = Field(default="customer request", min_length=1, max_length=200)
+
+
+CardIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+
+
+@router.post(
+    "/cards",
+    status_code=202,
+    response_model=ProcessRef,
+    responses={
+        200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
+        409: {"model": ErrorBody, "description": "This Idempotency-Key came with another body"},
+    },
+    summary="Issue a card to an approved customer",
+)
+async def issue_card_route(
+    request: Request, response: Response, body: IssueCard, idempotency_key: IdempotencyKey
+) -> ProcessRef:
+    queues: TaskQueues = request.app.state.queues
+    issue = CardIssueInput(
+        request_id=idempotency_key.replace(":", "-")[:64],
+        customer_id=body.customer_id,
+        kind=body.kind,
+        currency=body.currency,
+        address=body.address,
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+    return await start_idempotently(
+        request,
+        response,
+        route="cards",
+        key=idempotency_key,
+        body=body,
+        workflow=CARD_ISSUE_WORKFLOW,
+        workflow_id=card_issue_workflow_id(issue.request_id),
+        argument=issue,
+    )
+
+
+@router.post(
+    "/cards/{card_id}/actions",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Freeze, unfreeze, close, or report a card lost or stolen",
+)
+async def card_action_route(
+    request: Request, card_id: CardIdPath, body: CardAction
+) -> dict[str, str]:
+    client: Client = request.app.state.client
+    try:
+        return {"result": await change_card(client, card_id, body.action, body.reason)}
+    except WorkflowUpdateFailedError as error:
+        raise HTTPException(status_code=409, detail=str(error.cause)) from None
+    except RPCError as error:
+        raise _process_error(error, card_id) from None

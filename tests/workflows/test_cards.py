@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 
@@ -305,3 +306,51 @@ async def test_limits_are_validated_and_a_lost_card_is_replaced(platform: Platfo
     async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
         assert (await issuer.get_card(card_id)).state is CardState.CLOSED
         assert (await issuer.get_card(replacement)).replaces == card_id
+
+
+async def test_shipping_webhooks_twice_and_reversed_still_end_delivered(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    handle = await issue(platform, customer_id, "physical")
+    card_id = (await stage_of(handle, "shipping")).card_id or ""
+    platform.sim.admin("POST", "/webhooks", {"hold": True, "duplicate": True})
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        for step in (ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED, ShippingStatus.DELIVERED):
+            await issuer.simulate_shipping(
+                card_id, status=step, idempotency_key=f"ship-{card_id}-{step.value}"
+            )
+    # Delivered arrives first; the older submitted and shipped must not undo it.
+    platform.sim.admin("POST", "/webhooks/release", {"order": "reverse"})
+    status = await stage_of(handle, "delivered: waiting for activation")
+    assert status.shipping is not None and status.shipping.status is ShippingStatus.DELIVERED
+    await asyncio.sleep(1.5)  # the late copies land
+    status = await handle.query("status", result_type=CardIssueStatus)
+    assert status.shipping is not None and status.shipping.status is ShippingStatus.DELIVERED
+
+
+async def test_the_api_issues_a_card_once_per_key_and_acts_on_it(platform: Platform) -> None:
+    customer_id = await customer(platform)
+    body = {
+        "customer_id": customer_id,
+        "kind": "virtual",
+        "address": HOME.model_dump(mode="json", exclude_none=True),
+    }
+    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30) as api:
+        first = await api.post("/v1/cards", json=body, headers={"Idempotency-Key": "card-1"})
+        again = await api.post("/v1/cards", json=body, headers={"Idempotency-Key": "card-1"})
+        assert (first.status_code, again.status_code) == (202, 200)
+        issued = platform.stack.client.get_workflow_handle(
+            first.json()["workflow_id"], result_type=CardIssueResult
+        )
+        card_id = (await issued.result()).card_id
+        frozen = await api.post(f"/v1/cards/{card_id}/actions", json={"action": "freeze"})
+        assert frozen.json() == {"result": "paused"}
+        twice = await api.post(f"/v1/cards/{card_id}/actions", json={"action": "freeze"})
+        assert twice.status_code == 409 and "paused" in twice.json()["detail"]
+        bad = await api.post(f"/v1/cards/{card_id}/actions", json={"action": "shred"})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "action"]
+        missing = await api.post("/v1/cards/card_nope/actions", json={"action": "close"})
+        assert missing.status_code == 404
+    # The default policy charges no fee for a virtual card.
+    assert await wallet_balance(platform, customer_id) == 10_000
