@@ -115,6 +115,15 @@ class CardIssue:
             self._set_stage("compensating")
             await asyncio.shield(asyncio.ensure_future(self._compensate()))
             self._set_stage("failed")
+            await asyncio.shield(
+                asyncio.ensure_future(
+                    self._notify(
+                        "failed",
+                        "We could not issue your card",
+                        "Something went wrong while issuing your card; any fee was refunded.",
+                    )
+                )
+            )
             raise
 
     async def _compensate(self) -> None:
@@ -188,6 +197,11 @@ class CardIssue:
             parent_close_policy=ParentClosePolicy.ABANDON,
         )
         self._set_stage("open")
+        await self._notify(
+            "ready",
+            f"Your {request.kind} card is ready",
+            f"Your card ending {card.last4} is open and ready to use.",
+        )
         return CardIssueResult(
             request_id=request.request_id, card_id=card.id, state="open", fee_minor=fee
         )
@@ -339,6 +353,18 @@ class CardIssue:
         )
 
     # ----- helpers --------------------------------------------------------
+
+    async def _notify(self, step: str, subject: str, body: str) -> None:
+        assert self._input is not None
+        await self._provider(
+            NOTIFY_CUSTOMER,
+            Notification(
+                key=self._key(f"notify/{step}"),
+                customer_id=self._input.customer_id,
+                subject=subject,
+                body=body,
+            ),
+        )
 
     async def _close_card(self) -> None:
         assert self._card is not None
