@@ -111,7 +111,9 @@ class CardIssue:
         workflow.upsert_search_attributes([CUSTOMER_ID.value_set(request.customer_id)])
         try:
             return await self._issue(request)
-        except BaseException:
+        # Failures and cancellation, but not the SDK's eviction of a cached
+        # workflow, which must never run compensations.
+        except (Exception, asyncio.CancelledError):
             self._set_stage("compensating")
             await asyncio.shield(asyncio.ensure_future(self._compensate()))
             self._set_stage("failed")

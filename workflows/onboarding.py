@@ -105,7 +105,9 @@ class Onboarding:
             raise AssertionError("onboarding ended without an outcome")
         except Finished as finished:
             outcome, reason = finished.outcome, finished.reason
-        except BaseException:
+        # Failures and cancellation, but not the SDK's eviction of a cached
+        # workflow, which must never run compensations.
+        except (Exception, asyncio.CancelledError):
             # A step failed for good (or the workflow was cancelled): close what
             # was opened, shielded so a cancellation cannot stop the cleanup.
             await asyncio.shield(asyncio.ensure_future(self._close_wallets()))

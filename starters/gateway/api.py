@@ -20,16 +20,21 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from schemas.cards import CardIssueInput
+from schemas.cards import CardIssueInput, RescheduleDelivery, SpendingLimits
 from schemas.customers import CustomerProfile
 from schemas.health import PingInput
 from schemas.issuer import Address
 from schemas.money import Currency
 from schemas.onboarding import DocumentSpec, KycReview, OnboardingInput, Resubmission
 from schemas.task_queues import TaskQueues
-from starters.cards import change_card
+from starters.cards import activate, change_card, reschedule
 from starters.onboarding import resubmit, review, with_queues
-from workflows.cards import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
+from workflows.cards import (
+    CARD_ISSUE_WORKFLOW,
+    LIMITS_UPDATE,
+    card_issue_workflow_id,
+    card_workflow_id,
+)
 from workflows.health import PING_WORKFLOW, ping_workflow_id
 from workflows.onboarding import ONBOARDING_WORKFLOW, onboarding_workflow_id
 
@@ -378,3 +383,55 @@ async def card_action_route(
         raise HTTPException(status_code=409, detail=str(error.cause)) from None
     except RPCError as error:
         raise _process_error(error, card_id) from None
+
+
+RequestIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+async def _update_process(call: Any, subject: str) -> dict[str, str]:
+    try:
+        return {"result": str(await call)}
+    except WorkflowUpdateFailedError as error:
+        raise HTTPException(status_code=409, detail=str(error.cause)) from None
+    except RPCError as error:
+        raise _process_error(error, subject) from None
+
+
+@router.post(
+    "/card-issues/{request_id}/reschedule",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Move a physical card's delivery date, until it ships",
+)
+async def reschedule_route(
+    request: Request, request_id: RequestIdPath, body: RescheduleDelivery
+) -> dict[str, str]:
+    return await _update_process(reschedule(request.app.state.client, request_id, body), request_id)
+
+
+@router.post(
+    "/card-issues/{request_id}/activate",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Activate a delivered physical card",
+)
+async def activate_route(request: Request, request_id: RequestIdPath) -> dict[str, str]:
+    return await _update_process(activate(request.app.state.client, request_id), request_id)
+
+
+@router.put(
+    "/cards/{card_id}/limits",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Set a card's spending limits",
+)
+async def limits_route(
+    request: Request, card_id: CardIdPath, body: SpendingLimits
+) -> SpendingLimits:
+    handle = request.app.state.client.get_workflow_handle(card_workflow_id(card_id))
+    try:
+        stored: SpendingLimits = await handle.execute_update(
+            LIMITS_UPDATE, body, result_type=SpendingLimits, rpc_timeout=timedelta(seconds=10)
+        )
+    except WorkflowUpdateFailedError as error:
+        raise HTTPException(status_code=409, detail=str(error.cause)) from None
+    except RPCError as error:
+        raise _process_error(error, card_id) from None
+    return stored

@@ -252,7 +252,7 @@ async def test_state_survives_dev_down_and_up(dev_stack: DevStack) -> None:
     try:
         await database.execute(
             "INSERT INTO ledger_accounts (code, currency, kind)"
-            " VALUES ('bank:inbound:USD', 'USD', 'bank')"
+            " VALUES ('test:survivor:USD', 'USD', 'bank')"
         )
     finally:
         await database.close()
@@ -273,7 +273,7 @@ async def test_state_survives_dev_down_and_up(dev_stack: DevStack) -> None:
     try:
         assert (
             await database.fetchval(
-                "SELECT count(*) FROM ledger_accounts WHERE code = 'bank:inbound:USD'"
+                "SELECT count(*) FROM ledger_accounts WHERE code = 'test:survivor:USD'"
             )
             == 1
         )

@@ -354,3 +354,40 @@ async def test_the_api_issues_a_card_once_per_key_and_acts_on_it(platform: Platf
         assert missing.status_code == 404
     # The default policy charges no fee for a virtual card.
     assert await wallet_balance(platform, customer_id) == 10_000
+
+
+async def test_the_api_reschedules_activates_and_sets_limits(platform: Platform) -> None:
+    customer_id = await customer(platform)
+    handle = await issue(platform, customer_id, "physical")
+    card_id = (await stage_of(handle, "shipping")).card_id or ""
+    request_id = handle.id.removeprefix("card-issue/")
+    later = (datetime.now(UTC) + timedelta(days=9)).date().isoformat()
+    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30) as api:
+        moved = await api.post(
+            f"/v1/card-issues/{request_id}/reschedule", json={"delivery_date": later}
+        )
+        assert moved.status_code == 200 and "rescheduled" in moved.json()["result"]
+        early = await api.post(f"/v1/card-issues/{request_id}/activate")
+        assert early.status_code == 409 and "once delivered" in early.json()["detail"]
+        async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+            for step in (
+                ShippingStatus.SUBMITTED,
+                ShippingStatus.SHIPPED,
+                ShippingStatus.DELIVERED,
+            ):
+                await issuer.simulate_shipping(
+                    card_id, status=step, idempotency_key=f"ship-{card_id}-{step.value}"
+                )
+        await stage_of(handle, "delivered: waiting for activation")
+        activated = await api.post(f"/v1/card-issues/{request_id}/activate")
+        assert activated.json() == {"result": "card activated"}
+        await handle.result()
+        limits = await api.put(
+            f"/v1/cards/{card_id}/limits", json={"per_day_minor": 30_000, "blocked_mccs": ["7995"]}
+        )
+        assert limits.status_code == 200 and limits.json()["per_day_minor"] == 30_000
+        bad = await api.put(f"/v1/cards/{card_id}/limits", json={"blocked_mccs": ["79"]})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][:2] == [
+            "body",
+            "blocked_mccs",
+        ]
