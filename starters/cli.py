@@ -326,22 +326,31 @@ def card_issue_command(
     _run(run())
 
 
-def _card_change(card_id: str, update: str, reason: str) -> None:
+def _send_update(action: Any) -> None:
+    """Run `action(client)` (an update on a process), print its answer or refusal."""
     from temporalio.client import WorkflowUpdateFailedError
 
-    from starters.cards import change_card
     from workers.client import connect
 
     async def run() -> int:
         client = await connect(_settings())
         try:
-            typer.echo(f"card {card_id}: {await change_card(client, card_id, update, reason)}")
+            typer.echo(await action(client))
         except WorkflowUpdateFailedError as error:
             typer.echo(f"refused: {error.cause}", err=True)
             return 1
         return 0
 
     raise typer.Exit(_run(run()))
+
+
+def _card_change(card_id: str, update: str, reason: str) -> None:
+    from starters.cards import change_card
+
+    async def action(client: Any) -> str:
+        return f"card {card_id}: {await change_card(client, card_id, update, reason)}"
+
+    _send_update(action)
 
 
 @card_app.command("freeze")
@@ -421,43 +430,19 @@ def card_reschedule(request_id: str, delivery_date: str) -> None:
     """Move a physical card's delivery (YYYY-MM-DD), until it ships."""
     from datetime import date
 
-    from temporalio.client import WorkflowUpdateFailedError
-
     from schemas.cards import RescheduleDelivery
     from starters.cards import reschedule
-    from workers.client import connect
 
-    async def run() -> int:
-        client = await connect(_settings())
-        try:
-            change = RescheduleDelivery(delivery_date=date.fromisoformat(delivery_date))
-            typer.echo(await reschedule(client, request_id, change))
-        except WorkflowUpdateFailedError as error:
-            typer.echo(f"refused: {error.cause}", err=True)
-            return 1
-        return 0
-
-    raise typer.Exit(_run(run()))
+    change = RescheduleDelivery(delivery_date=date.fromisoformat(delivery_date))
+    _send_update(lambda client: reschedule(client, request_id, change))
 
 
 @card_app.command("activate")
 def card_activate(request_id: str) -> None:
     """Activate a delivered physical card."""
-    from temporalio.client import WorkflowUpdateFailedError
-
     from starters.cards import activate
-    from workers.client import connect
 
-    async def run() -> int:
-        client = await connect(_settings())
-        try:
-            typer.echo(await activate(client, request_id))
-        except WorkflowUpdateFailedError as error:
-            typer.echo(f"refused: {error.cause}", err=True)
-            return 1
-        return 0
-
-    raise typer.Exit(_run(run()))
+    _send_update(lambda client: activate(client, request_id))
 
 
 histories_app = typer.Typer(help="Recorded workflow histories.", no_args_is_help=True)

@@ -288,3 +288,45 @@ async def test_the_api_starts_once_per_key_and_takes_the_operator_review(
             json={"documents": [PASSPORT.model_dump(mode="json")]},
         )
         assert missing.status_code == 404
+
+
+async def test_notifications_follow_the_customers_channel_preferences(platform: Platform) -> None:
+    customer_id = f"c-{uuid.uuid4().hex[:10]}"
+    queues = platform.stack.queues
+    profile = CustomerProfile(
+        customer_id=customer_id,
+        first_name="Ada",
+        last_name="Lovelace",
+        date_of_birth=date(1990, 12, 10),
+        country="DEU",
+        email=f"{customer_id}@example.com",
+        telegram_chat_id="424242",
+        preferred_channels=["telegram", "email"],
+    )
+    handle = await platform.stack.client.start_workflow(
+        ONBOARDING_WORKFLOW,
+        OnboardingInput(
+            profile=profile,
+            documents=[PASSPORT],
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+        ),
+        id=onboarding_workflow_id(customer_id),
+        task_queue=queues.workflows,
+        result_type=OnboardingResult,
+    )
+    status = await reach(handle, "waiting for the KYC result")
+    decide(platform, status.applicant_id or "", "GREEN")
+    assert (await handle.result()).outcome == "approved"
+    assert any("verified" in body for body in messages_to(platform, "424242"))
+    assert any("verified" in body for body in messages_to(platform, f"{customer_id}@example.com"))
+    with pytest.raises(ValueError, match="push has no address"):
+        CustomerProfile(
+            customer_id="x",
+            first_name="A",
+            last_name="B",
+            date_of_birth=date(1990, 1, 1),
+            country="DEU",
+            email="a@example.com",
+            preferred_channels=["push"],
+        )
