@@ -54,7 +54,9 @@ async def test_same_key_in_flight_replays_and_another_payload_conflicts(
     )
     first, second, conflict = results[:3]
     assert isinstance(first, TransferOutcome) and isinstance(second, TransferOutcome)
-    assert first.transfer_id == second.transfer_id and second.replayed
+    # Two batches may be in flight: either request may be the one that commits.
+    assert first.transfer_id == second.transfer_id
+    assert sorted([first.replayed, second.replayed]) == [False, True]
     assert isinstance(conflict, IdempotencyConflict) and conflict.key == "topup-7"
     assert all(isinstance(r, TransferOutcome) and r.accepted for r in results[3:])
     assert (await ledger.balance("w:a")).posted == 55
