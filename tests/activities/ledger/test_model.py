@@ -36,7 +36,7 @@ from schemas.ledger import (
 from schemas.money import Currency
 
 NAMES = ("a", "b", "c", "sys", "ghost")  # "ghost" is never opened
-SHORT_HOLD_SECONDS = 0.3
+SHORT_HOLD_SECONDS = 0.5
 LONG_HOLD_SECONDS = 600
 
 
