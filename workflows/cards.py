@@ -30,8 +30,6 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from activities.customers import GET_KYC_STATUS
     from activities.ledger.activities import (
-        LEDGER_RETRY_POLICY,
-        LEDGER_START_TO_CLOSE,
         OPEN_ACCOUNT,
         TRANSFER,
     )
@@ -49,7 +47,6 @@ with workflow.unsafe.imports_passed_through():
         CardStateRequest,
         CreateCard,
     )
-    from activities.providers.http import PROVIDER_RETRY_POLICY, PROVIDER_START_TO_CLOSE
     from schemas.cards import (
         CardInput,
         CardIssueInput,
@@ -65,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.ledger import Account, AccountSpec, TransferOutcome, TransferRequest
     from schemas.search import CARD_ID, CUSTOMER_ID, PROCESS_STATUS
     from workflows.onboarding import wallet_code
+    from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
 CARD_ISSUE_WORKFLOW = "CardIssue"
 CARD_WORKFLOW = "Card"
@@ -162,7 +160,7 @@ class CardIssue:
         card = await self._provider(
             CREATE_CARD,
             CreateCard(
-                key=self._key("card"),
+                key=step_key("card"),
                 cardholder_id=cardholder_id,
                 kind=request.kind,
                 currency=request.currency,
@@ -211,7 +209,8 @@ class CardIssue:
     async def _charge_fee(self, request: CardIssueInput, fee: int) -> None:
         self._set_stage("charging the issuance fee")
         revenue = fee_account(request.currency.value)
-        await workflow.execute_activity(
+        await on_ledger(
+            request.ledger_task_queue,
             OPEN_ACCOUNT,
             AccountSpec(
                 code=revenue,
@@ -219,16 +218,13 @@ class CardIssue:
                 kind="revenue",
                 balance_slots=FEE_ACCOUNT_SLOTS,
             ),
-            task_queue=request.ledger_task_queue,
             result_type=Account,
-            start_to_close_timeout=LEDGER_START_TO_CLOSE,
-            retry_policy=LEDGER_RETRY_POLICY,
         )
         wallet = wallet_code(request.customer_id, request.currency.value)
         charged = await self._ledger(
             TRANSFER,
             TransferRequest(
-                key=self._key("fee"),
+                key=step_key("fee"),
                 debit=wallet,
                 credit=revenue,
                 amount_minor=fee,
@@ -247,7 +243,7 @@ class CardIssue:
             await self._ledger(
                 TRANSFER,
                 TransferRequest(
-                    key=self._key("fee-refund"),
+                    key=step_key("fee-refund"),
                     debit=revenue,
                     credit=wallet,
                     amount_minor=fee,
@@ -260,7 +256,7 @@ class CardIssue:
 
     async def _deliver(self, request: CardIssueInput) -> None:
         self._set_stage("shipping")
-        delivered = await self._wait(
+        delivered = await wait_for(
             lambda: (
                 self._shipping is not None
                 and self._shipping.status
@@ -279,7 +275,7 @@ class CardIssue:
                 non_retryable=True,
             )
         self._set_stage("delivered: waiting for activation")
-        if not await self._wait(lambda: self._activated, request.policy.activation_wait_seconds):
+        if not await wait_for(lambda: self._activated, request.policy.activation_wait_seconds):
             raise ApplicationError(
                 "the card was not activated in time", type="NotActivated", non_retryable=True
             )
@@ -310,7 +306,7 @@ class CardIssue:
             RESCHEDULE_DELIVERY,
             self._card.id,
             change.delivery_date,
-            self._key(f"reschedule/{change.delivery_date}"),
+            step_key(f"reschedule/{change.delivery_date}"),
             result_type=Card,
         )
         requested = card.shipping.requested_delivery_date if card.shipping else None
@@ -334,7 +330,7 @@ class CardIssue:
     @workflow.update(name=ACTIVATE_UPDATE)
     async def activate(self) -> str:
         assert self._card is not None
-        await self._provider(ACTIVATE_CARD, self._card.id, self._key("activate"), result_type=Card)
+        await self._provider(ACTIVATE_CARD, self._card.id, step_key("activate"), result_type=Card)
         self._activated = True
         return "card activated"
 
@@ -361,7 +357,7 @@ class CardIssue:
         await self._provider(
             NOTIFY_CUSTOMER,
             Notification(
-                key=self._key(f"notify/{step}"),
+                key=step_key(f"notify/{step}"),
                 customer_id=self._input.customer_id,
                 subject=subject,
                 body=body,
@@ -373,7 +369,7 @@ class CardIssue:
         await self._provider(
             SET_CARD_STATE,
             CardStateRequest(
-                key=self._key("close"),
+                key=step_key("close"),
                 card_id=self._card.id,
                 state=CardState.CLOSED,
                 reason="issuing did not complete",
@@ -397,36 +393,14 @@ class CardIssue:
         workflow.set_current_details(self._details())
         workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
 
-    def _key(self, step: str) -> str:
-        return f"{workflow.info().workflow_id}/{step}"
-
-    async def _wait(self, condition: Callable[[], bool], seconds: int) -> bool:
-        try:
-            await workflow.wait_condition(condition, timeout=timedelta(seconds=seconds))
-        except TimeoutError:
-            return False
-        return True
-
     async def _ledger(self, name: str, *args: object, result_type: type | None = None) -> Any:
         assert self._input is not None
-        return await workflow.execute_activity(
-            name,
-            args=list(args),
-            task_queue=self._input.ledger_task_queue,
-            result_type=result_type,
-            start_to_close_timeout=LEDGER_START_TO_CLOSE,
-            retry_policy=LEDGER_RETRY_POLICY,
-        )
+        return await on_ledger(self._input.ledger_task_queue, name, *args, result_type=result_type)
 
     async def _provider(self, name: str, *args: object, result_type: type | None = None) -> Any:
         assert self._input is not None
-        return await workflow.execute_activity(
-            name,
-            args=list(args),
-            task_queue=self._input.providers_task_queue,
-            result_type=result_type,
-            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
-            retry_policy=PROVIDER_RETRY_POLICY,
+        return await on_providers(
+            self._input.providers_task_queue, name, *args, result_type=result_type
         )
 
 
@@ -471,16 +445,14 @@ class CardEntity:
     async def _change(self, target: CardState, change: CardStateChange) -> str:
         assert self._state is not None
         self._state.changes += 1
-        key = f"{workflow.info().workflow_id}/state/{self._state.changes}-{target.value}"
-        await workflow.execute_activity(
+        key = step_key(f"state/{self._state.changes}-{target.value}")
+        await on_providers(
+            self._state.providers_task_queue,
             SET_CARD_STATE,
             CardStateRequest(
                 key=key, card_id=self._state.card_id, state=target, reason=change.reason
             ),
-            task_queue=self._state.providers_task_queue,
             result_type=Card,
-            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
-            retry_policy=PROVIDER_RETRY_POLICY,
         )
         self._state.state = target
         workflow.upsert_search_attributes([PROCESS_STATUS.value_set(target.value)])
@@ -546,14 +518,13 @@ class CardEntity:
         """Block this card (the issuer closes it on reissue) and start its replacement."""
         state = self._state
         assert state is not None
-        key = f"{workflow.info().workflow_id}/reissue-{reason}"
-        replacement = await workflow.execute_activity(
+        replacement = await on_providers(
+            state.providers_task_queue,
             REISSUE_CARD,
-            args=[state.card_id, reason, key],
-            task_queue=state.providers_task_queue,
+            state.card_id,
+            reason,
+            step_key(f"reissue-{reason}"),
             result_type=Card,
-            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
-            retry_policy=PROVIDER_RETRY_POLICY,
         )
         state.state = CardState.CLOSED
         state.replaced_by = replacement.id
@@ -572,17 +543,15 @@ class CardEntity:
             task_queue=state.workflows_task_queue,
             parent_close_policy=ParentClosePolicy.ABANDON,
         )
-        await workflow.execute_activity(
+        await on_providers(
+            state.providers_task_queue,
             NOTIFY_CUSTOMER,
             Notification(
-                key=f"{workflow.info().workflow_id}/notify/{reason}",
+                key=step_key(f"notify/{reason}"),
                 customer_id=state.customer_id,
                 subject=f"Your card was reported {reason}",
                 body=f"We blocked the card ending {state.card_id[-4:]} and issued a new one.",
             ),
-            task_queue=state.providers_task_queue,
-            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
-            retry_policy=PROVIDER_RETRY_POLICY,
         )
         workflow.upsert_search_attributes([PROCESS_STATUS.value_set("replaced")])
         workflow.set_current_details(

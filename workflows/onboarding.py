@@ -25,8 +25,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.customers import SAVE_PROFILE, SET_KYC_STATUS
     from activities.ledger.activities import (
         CLOSE_ACCOUNT,
-        LEDGER_RETRY_POLICY,
-        LEDGER_START_TO_CLOSE,
         OPEN_ACCOUNT,
     )
     from activities.providers.activities import (
@@ -35,7 +33,6 @@ with workflow.unsafe.imports_passed_through():
         KYC_START_CHECK,
         NOTIFY_CUSTOMER,
     )
-    from activities.providers.http import PROVIDER_RETRY_POLICY, PROVIDER_START_TO_CLOSE
     from schemas.customers import KycStatus, Notification
     from schemas.kyc import KycApplicant, KycCheck
     from schemas.ledger import Account, AccountSpec
@@ -52,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         Resubmission,
     )
     from schemas.search import CUSTOMER_ID, PROCESS_STATUS
+    from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
 ONBOARDING_WORKFLOW = "Onboarding"
 KYC_RESULT_SIGNAL = "kyc_result"
@@ -137,7 +135,8 @@ class Onboarding:
         await self._execute_customers(SAVE_PROFILE, profile)
         for currency in policy.wallet_currencies:
             code = wallet_code(profile.customer_id, currency.value)
-            await workflow.execute_activity(
+            await on_ledger(
+                request.ledger_task_queue,
                 OPEN_ACCOUNT,
                 AccountSpec(
                     code=code,
@@ -146,17 +145,14 @@ class Onboarding:
                     owner_id=profile.customer_id,
                     debits_must_not_exceed_credits=True,
                 ),
-                task_queue=request.ledger_task_queue,
                 result_type=Account,
-                start_to_close_timeout=LEDGER_START_TO_CLOSE,
-                retry_policy=LEDGER_RETRY_POLICY,
             )
             self._wallets.append(code)
 
         self._set_stage("creating the KYC applicant")
         applicant = await self._execute_provider(
             KYC_CREATE_APPLICANT,
-            ApplicantRequest(key=self._key("applicant"), profile=profile),
+            ApplicantRequest(key=step_key("applicant"), profile=profile),
             result_type=KycApplicant,
         )
         assert isinstance(applicant, KycApplicant)
@@ -185,7 +181,7 @@ class Onboarding:
             await self._execute_provider(
                 KYC_ADD_DOCUMENT,
                 DocumentUpload(
-                    key=self._key(f"document/{self._attempts}/{index}"),
+                    key=step_key(f"document/{self._attempts}/{index}"),
                     applicant_id=self._applicant_id,
                     document=document,
                 ),
@@ -193,7 +189,7 @@ class Onboarding:
         check = await self._execute_provider(
             KYC_START_CHECK,
             self._applicant_id,
-            self._key(f"check/{self._attempts}"),
+            step_key(f"check/{self._attempts}"),
             result_type=KycCheck,
         )
         assert isinstance(check, KycCheck)
@@ -202,7 +198,7 @@ class Onboarding:
     async def _wait_for_verdict(self, wait_seconds: int) -> KycResult:
         check_id = self._current_check
         self._set_stage("waiting for the KYC result")
-        if not await self._wait(lambda: self._decided(check_id), wait_seconds):
+        if not await wait_for(lambda: self._decided(check_id), wait_seconds):
             raise Finished("expired", f"no KYC result within {wait_seconds}s")
         assert check_id is not None
         return self._results[check_id]
@@ -216,7 +212,7 @@ class Onboarding:
             "We are reviewing your application",
             "A specialist is looking at your documents; we will be in touch.",
         )
-        reviewed = await self._wait(
+        reviewed = await wait_for(
             lambda: self._review is not None or self._results[check_id].status == "completed",
             wait_seconds,
         )
@@ -238,7 +234,7 @@ class Onboarding:
             "Please resubmit your documents",
             "We could not verify your documents; please upload them again.",
         )
-        if not await self._wait(lambda: self._resubmission is not None, wait_seconds):
+        if not await wait_for(lambda: self._resubmission is not None, wait_seconds):
             raise Finished("expired", f"no resubmission within {wait_seconds}s")
         assert self._resubmission is not None
         documents = self._resubmission.documents
@@ -307,38 +303,22 @@ class Onboarding:
         result = self._results.get(check_id or "")
         return result is not None and result.status in ("completed", "on_hold")
 
-    async def _wait(self, condition: object, seconds: int) -> bool:
-        try:
-            await workflow.wait_condition(condition, timeout=timedelta(seconds=seconds))  # type: ignore[arg-type]
-        except TimeoutError:
-            return False
-        return True
-
     def _set_stage(self, stage: str) -> None:
         self._stage = stage
         workflow.set_current_details(f"Onboarding: {stage}")
         workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
 
-    def _key(self, step: str) -> str:
-        return f"{workflow.info().workflow_id}/{step}"
-
     async def _close_wallets(self) -> None:
         assert self._input is not None
         for code in reversed(self._wallets):
-            await workflow.execute_activity(
-                CLOSE_ACCOUNT,
-                code,
-                task_queue=self._input.ledger_task_queue,
-                start_to_close_timeout=LEDGER_START_TO_CLOSE,
-                retry_policy=LEDGER_RETRY_POLICY,
-            )
+            await on_ledger(self._input.ledger_task_queue, CLOSE_ACCOUNT, code)
 
     async def _notify(self, step: str, subject: str, body: str) -> None:
         assert self._input is not None
         await self._execute_provider(
             NOTIFY_CUSTOMER,
             Notification(
-                key=self._key(f"notify/{step}"),
+                key=step_key(f"notify/{step}"),
                 customer_id=self._input.profile.customer_id,
                 subject=subject,
                 body=body,
@@ -347,25 +327,16 @@ class Onboarding:
 
     async def _execute_provider(
         self, name: str, *args: object, result_type: type | None = None
-    ) -> object:
+    ) -> Any:
         assert self._input is not None
-        return await workflow.execute_activity(
-            name,
-            args=list(args),
-            task_queue=self._input.providers_task_queue,
-            result_type=result_type,
-            start_to_close_timeout=PROVIDER_START_TO_CLOSE,
-            retry_policy=PROVIDER_RETRY_POLICY,
+        return await on_providers(
+            self._input.providers_task_queue, name, *args, result_type=result_type
         )
 
     async def _execute_customers(self, name: str, *args: object) -> None:
         assert self._input is not None
-        await workflow.execute_activity(
-            name,
-            args=list(args),
-            task_queue=self._input.ledger_task_queue,
-            start_to_close_timeout=LEDGER_START_TO_CLOSE,
-            retry_policy=CUSTOMERS_RETRY_POLICY,
+        await on_ledger(
+            self._input.ledger_task_queue, name, *args, retry_policy=CUSTOMERS_RETRY_POLICY
         )
 
 
