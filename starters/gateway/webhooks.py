@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from schemas.task_queues import TaskQueues
@@ -146,21 +147,18 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
             return JSONResponse(
                 {"error": f"the process refused the event: {error.cause}"}, status_code=409
             )
+        except WorkflowAlreadyStartedError:
+            outcome = "ignored"  # the process finished; a late event starts nothing
         except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                outcome = "ignored"
-            elif error.status == RPCStatusCode.ALREADY_EXISTS:
-                outcome = "ignored"
-            else:
+            if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.ALREADY_EXISTS):
                 # Temporal is unreachable or overloaded: the provider retries.
                 log.error("could not deliver %s %s: %s", provider, event.id, error)
                 return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
-        except Exception as error:  # noqa: BLE001 - the provider must retry, not lose it
-            if type(error).__name__ == "WorkflowAlreadyStartedError":
-                outcome = "ignored"
-            else:
-                log.exception("could not deliver %s %s", provider, event.id)
-                return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
+            outcome = "ignored"  # no such process (any more)
+        except Exception:  # noqa: BLE001 - e.g. no connection to Temporal at all
+            # Not delivered and not remembered: the provider's retry will be.
+            log.exception("could not deliver %s %s", provider, event.id)
+            return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
     await pool.execute(
         "INSERT INTO gateway_webhook_events"
         " (provider, event_id, event_type, outcome, workflow_id, signed_at)"

@@ -16,7 +16,8 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from standardwebhooks import Webhook
-from temporalio.service import RPCError
+from temporalio.client import Client
+from temporalio.service import RetryConfig, RPCError
 
 from activities.database import create_pool
 from schemas.health import PingResult
@@ -284,3 +285,47 @@ async def test_simulator_webhooks_delivered_twice_and_reversed_reach_the_workflo
             await asyncio.sleep(0.05)
     assert [note.sequence for note in result.webhook_events] == [3, 2, 1, 0]
     assert all(d["deliveries"] == 2 and d["delivered_at"] for d in deliveries)
+
+
+async def test_a_webhook_is_answered_503_and_not_remembered_while_temporal_is_down(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    secrets = {provider: [new_webhook_secret()] for provider in PROVIDERS}
+    settings = load_settings(
+        CARDFLOW_HOME=str(tmp_path),
+        CARDFLOW_WEBHOOK_SECRETS=json.dumps(secrets),
+        DATABASE_URL=stack.database_url,
+    )
+    # A client for a Temporal that nobody runs: every call fails at once.
+    unreachable = await Client.connect(
+        f"127.0.0.1:{free_port()}", lazy=True, retry_config=RetryConfig(max_retries=0)
+    )
+    pool = await create_pool(stack.database_url, size_max=2)
+    app = create_app(settings, client=unreachable, pool=pool)
+    event = ping_event("down")
+    body = json.dumps(event)
+    stamp = datetime.now(UTC)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": event["id"],
+        "webhook-timestamp": str(int(stamp.timestamp())),
+        "webhook-signature": Webhook(secrets["bank"][0]).sign(event["id"], stamp, body),
+    }
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gateway"
+            ) as http,
+        ):
+            response = await http.post("/webhooks/bank", content=body, headers=headers)
+        assert response.status_code == 503
+        # Not remembered: the provider's retry is delivered, not taken for a duplicate.
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM gateway_webhook_events WHERE event_id = $1", event["id"]
+            )
+            == 0
+        )
+    finally:
+        await pool.close()
