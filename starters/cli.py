@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -31,6 +31,13 @@ app.add_typer(codec_app, name="codec")
 app.add_typer(db_app, name="db")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(simulators_app, name="simulators")
+
+
+def _refuse_input(error: Any) -> NoReturn:
+    """Print each field a pydantic ValidationError names, and exit 2."""
+    for problem in error.errors():
+        typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
+    raise typer.Exit(2) from None
 
 
 def _settings() -> Settings:
@@ -194,9 +201,7 @@ def onboard_command(
             }
         )
     except ValidationError as error:
-        for problem in error.errors():
-            typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
-        raise typer.Exit(2) from None
+        _refuse_input(error)
 
     async def run() -> None:
         client = await connect(settings)
@@ -228,9 +233,7 @@ def kyc_review_command(
             {"decision": decision, "reason": reason, "operator": operator}
         )
     except ValidationError as error:
-        for problem in error.errors():
-            typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
-        raise typer.Exit(2) from None
+        _refuse_input(error)
 
     async def run() -> int:
         client = await connect(_settings())
@@ -312,9 +315,7 @@ def card_issue_command(
             }
         )
     except ValidationError as error:
-        for problem in error.errors():
-            typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
-        raise typer.Exit(2) from None
+        _refuse_input(error)
 
     async def run() -> None:
         client = await connect(settings)
@@ -407,9 +408,7 @@ def card_limits(
             blocked_mccs=block_mcc or [],
         )
     except ValidationError as error:
-        for problem in error.errors():
-            typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
-        raise typer.Exit(2) from None
+        _refuse_input(error)
 
     async def run() -> int:
         client = await connect(_settings())

@@ -129,35 +129,37 @@ class WebhookReceiver:
 async def webhook_receiver(port: int) -> AsyncIterator[WebhookReceiver]:
     receiver = WebhookReceiver(f"http://127.0.0.1:{port}")
 
-    async def receive(request: Request) -> JSONResponse:
+    async def verified(request: Request) -> ReceivedWebhook | None:
+        """The signed message, or None (counted) when its signature does not verify."""
         provider = request.path_params["provider"]
-        body = await request.body()
         try:
-            event = Webhook(receiver.secrets[provider]).verify(body, dict(request.headers))
+            event = Webhook(receiver.secrets[provider]).verify(
+                await request.body(), dict(request.headers)
+            )
         except (WebhookVerificationError, KeyError):
             receiver.rejected += 1
+            return None
+        return ReceivedWebhook(provider, request.headers["webhook-id"], event)
+
+    async def receive(request: Request) -> JSONResponse:
+        message = await verified(request)
+        if message is None:
             return JSONResponse({"error": "bad signature"}, status_code=401)
         if receiver.script:
             status = receiver.script.pop(0)
             if status >= 300:
                 return JSONResponse({"error": "scripted"}, status_code=status)
-        receiver.received.append(ReceivedWebhook(provider, request.headers["webhook-id"], event))
+        receiver.received.append(message)
         return JSONResponse({"ok": True})
 
     async def realtime(request: Request) -> JSONResponse:
-        provider = request.path_params["provider"]
-        body = await request.body()
-        try:
-            event = Webhook(receiver.secrets[provider]).verify(body, dict(request.headers))
-        except (WebhookVerificationError, KeyError):
-            receiver.rejected += 1
+        message = await verified(request)
+        if message is None:
             return JSONResponse({"error": "bad signature"}, status_code=401)
-        receiver.realtime_received.append(
-            ReceivedWebhook(provider, request.headers["webhook-id"], event)
-        )
+        receiver.realtime_received.append(message)
         if receiver.realtime is None:
             return JSONResponse({"error": "no realtime handler"}, status_code=503)
-        status, answer, delay = receiver.realtime(request.path_params["name"], event)
+        status, answer, delay = receiver.realtime(request.path_params["name"], message.event)
         if delay:
             await asyncio.sleep(delay)
         return JSONResponse(answer, status_code=status)

@@ -82,6 +82,13 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+# How every start route answers besides 202 (documented for the OpenAPI contract).
+START_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
+    409: {"model": ErrorBody, "description": "This Idempotency-Key came with another body"},
+}
+
+
 def _request_hash(route: str, body: BaseModel) -> bytes:
     canonical = json.dumps([route, body.model_dump(mode="json")], sort_keys=True)
     return hashlib.sha256(canonical.encode()).digest()
@@ -160,10 +167,7 @@ async def start_idempotently(
     "/pings",
     status_code=202,
     response_model=ProcessRef,
-    responses={
-        200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
-        409: {"model": ErrorBody, "description": "This Idempotency-Key came with another body"},
-    },
+    responses=START_RESPONSES,
     summary="Start a health check through every task queue",
 )
 async def start_ping(
@@ -233,10 +237,7 @@ class StartOnboarding(BaseModel):
     "/onboardings",
     status_code=202,
     response_model=ProcessRef,
-    responses={
-        200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
-        409: {"model": ErrorBody, "description": "This Idempotency-Key came with another body"},
-    },
+    responses=START_RESPONSES,
     summary="Onboard a customer: wallets and KYC",
 )
 async def start_onboarding_route(
@@ -336,10 +337,7 @@ CardIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
     "/cards",
     status_code=202,
     response_model=ProcessRef,
-    responses={
-        200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
-        409: {"model": ErrorBody, "description": "This Idempotency-Key came with another body"},
-    },
+    responses=START_RESPONSES,
     summary="Issue a card to an approved customer",
 )
 async def issue_card_route(

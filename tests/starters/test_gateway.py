@@ -25,6 +25,7 @@ from schemas.providers import PROVIDERS
 from starters.gateway.app import create_app
 from tests.conftest import RunningStack, free_port
 from tests.providers import running, simulator_process
+from workers.converter import build_data_converter
 from workers.secrets import new_webhook_secret
 from workers.settings import load_settings
 from workflows.health import ping_workflow_id
@@ -298,7 +299,10 @@ async def test_a_webhook_is_answered_503_and_not_remembered_while_temporal_is_do
     )
     # A client for a Temporal that nobody runs: every call fails at once.
     unreachable = await Client.connect(
-        f"127.0.0.1:{free_port()}", lazy=True, retry_config=RetryConfig(max_retries=0)
+        f"127.0.0.1:{free_port()}",
+        lazy=True,
+        retry_config=RetryConfig(max_retries=0),
+        data_converter=build_data_converter([("k", bytes(32))]),
     )
     pool = await create_pool(stack.database_url, size_max=2)
     app = create_app(settings, client=unreachable, pool=pool)
