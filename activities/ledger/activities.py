@@ -31,6 +31,7 @@ from schemas.ledger import (
 )
 
 OPEN_ACCOUNT = "ledger.open_account"
+OPEN_ACCOUNTS = "ledger.open_accounts"
 CLOSE_ACCOUNT = "ledger.close_account"
 TRANSFER = "ledger.transfer"
 HOLD = "ledger.hold"
@@ -41,6 +42,8 @@ GET_BALANCE = "ledger.balance"
 # Ledger calls are short; a call that has not finished in this time is stuck
 # on a lock or a lost connection and is better retried (idempotently).
 LEDGER_START_TO_CLOSE = timedelta(seconds=30)
+# Accounts one open_accounts call may open: a process's system accounts.
+OPEN_ACCOUNTS_MAX = 32
 LEDGER_RETRY_POLICY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
@@ -63,6 +66,20 @@ class LedgerActivities:
     async def open_account(self, spec: AccountSpec) -> Account:
         try:
             return await self.ledger.open_account(spec)
+        except LedgerError as error:
+            raise _non_retryable(error) from error
+
+    @activity.defn(name=OPEN_ACCOUNTS)
+    async def open_accounts(self, specs: list[AccountSpec]) -> list[Account]:
+        """Open each account (or find it open with the same spec), in order."""
+        if len(specs) > OPEN_ACCOUNTS_MAX:
+            raise ApplicationError(
+                f"at most {OPEN_ACCOUNTS_MAX} accounts per call, got {len(specs)}",
+                type="InvalidLedgerRequest",
+                non_retryable=True,
+            )
+        try:
+            return [await self.ledger.open_account(spec) for spec in specs]
         except LedgerError as error:
             raise _non_retryable(error) from error
 
@@ -111,6 +128,7 @@ class LedgerActivities:
     def all(self) -> list[object]:
         return [
             self.open_account,
+            self.open_accounts,
             self.close_account,
             self.transfer,
             self.hold,
