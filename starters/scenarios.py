@@ -14,11 +14,12 @@ from temporalio.client import Client, WorkflowHandle
 from activities.database import create_pool
 from activities.ledger import Ledger
 from activities.providers.kyc import KycClient
+from schemas.accounts import system_account
 from schemas.cards import CardIssueInput, CardStateChange
 from schemas.customers import CustomerProfile
 from schemas.issuer import Address
 from schemas.kyc import KycDecision, KycDocumentType, KycRejectType
-from schemas.ledger import AccountSpec, TransferRequest
+from schemas.ledger import TransferRequest
 from schemas.money import Currency
 from schemas.onboarding import (
     DocumentSpec,
@@ -165,9 +166,7 @@ async def _fund_wallet(settings: Settings, customer_id: str, amount_minor: int) 
     pool = await create_pool(settings.effective_database_url, size_max=1)
     try:
         ledger = Ledger(pool)
-        await ledger.open_account(
-            AccountSpec(code="bank:inbound:USD", currency=Currency.USD, kind="bank")
-        )
+        await ledger.open_account(system_account("bank:inbound:USD"))
         await ledger.transfer(
             TransferRequest(
                 key=f"scenario-funding/{customer_id}",

@@ -11,15 +11,19 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.customers import CustomerNotFound, CustomerStore
+from activities.providers.bank import BankClient
 from activities.providers.cards import CardActivities
+from activities.providers.fx import FxClient
 from activities.providers.issuer import IssuerClient
 from activities.providers.kyc import KycClient
 from activities.providers.notify import NotifyClient
+from activities.providers.quotes import QuoteActivities
+from activities.providers.tron import TronClient
 from schemas.customers import Notification, NotificationReceipt
 from schemas.kyc import KycApplicant, KycCheck, KycDocument
 from schemas.notify import Channel
 from schemas.onboarding import ApplicantRequest, DocumentUpload
-from schemas.providers import ISSUER, KYC, NOTIFY
+from schemas.providers import BANK, FX, ISSUER, KYC, NOTIFY, TRON
 
 KYC_CREATE_APPLICANT = "kyc.create_applicant"
 KYC_ADD_DOCUMENT = "kyc.add_document"
@@ -34,11 +38,13 @@ class ProviderClients:
         self.kyc = KycClient(f"{providers_base_url}/{KYC}")
         self.notify = NotifyClient(f"{providers_base_url}/{NOTIFY}")
         self.issuer = IssuerClient(f"{providers_base_url}/{ISSUER}")
+        self.fx = FxClient(f"{providers_base_url}/{FX}")
+        self.bank = BankClient(f"{providers_base_url}/{BANK}")
+        self.tron = TronClient(f"{providers_base_url}/{TRON}")
 
     async def aclose(self) -> None:
-        await self.kyc.aclose()
-        await self.notify.aclose()
-        await self.issuer.aclose()
+        for client in (self.kyc, self.notify, self.issuer, self.fx, self.bank, self.tron):
+            await client.aclose()
 
 
 class ProviderActivities:
@@ -113,4 +119,5 @@ class ProviderActivities:
             self.start_check,
             self.notify_customer,
             *CardActivities(self.clients.issuer, self.pool).all(),
+            *QuoteActivities(self.clients.fx).all(),
         ]

@@ -14,6 +14,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from activities.customers import CustomerStore
 from activities.ledger import Ledger
 from activities.providers.issuer import IssuerClient
+from schemas.accounts import system_account
 from schemas.cards import (
     CardInput,
     CardIssueInput,
@@ -75,9 +76,7 @@ async def customer(platform: Platform, *, approved: bool = True, funds: int = 10
             debits_must_not_exceed_credits=True,
         )
     )
-    await ledger.open_account(
-        AccountSpec(code="bank:inbound:USD", currency=Currency.USD, kind="bank")
-    )
+    await ledger.open_account(system_account("bank:inbound:USD"))
     if funds:
         await ledger.transfer(
             TransferRequest(
