@@ -102,13 +102,22 @@ class HoldResolution(BaseModel):
     key: IdempotencyKey
     hold_key: IdempotencyKey
     action: Literal["post", "void", "expire"]
-    # Post only: the amount to post; None posts the whole hold. The rest is released.
+    # Post: the amount to post; None posts the whole hold. The rest is released,
+    # unless rest_key is given. Void with rest_key: the amount to release.
     amount_minor: AmountMinor | None = None
+    # The rest of the hold stays pending as a new hold with this key and the
+    # same expiry, atomically (a partial clearing or a partial reversal).
+    rest_key: IdempotencyKey | None = None
 
     @model_validator(mode="after")
     def _check_amount(self) -> HoldResolution:
-        if self.action != "post" and self.amount_minor is not None:
-            raise ValueError("amount_minor is only for action 'post'")
+        if self.rest_key is not None:
+            if self.action == "expire" or self.amount_minor is None:
+                raise ValueError("rest_key needs action 'post' or 'void' and amount_minor")
+            if self.rest_key == self.key:
+                raise ValueError("rest_key must differ from key")
+        elif self.action != "post" and self.amount_minor is not None:
+            raise ValueError("amount_minor is only for action 'post', or 'void' with rest_key")
         return self
 
 

@@ -34,6 +34,7 @@ NOT_A_HOLD = datetime(9999, 12, 31, tzinfo=UTC)
 
 _SUBMIT = "SELECT * FROM ledger_submit($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 _RESOLVE = "SELECT * FROM ledger_resolve_hold($1, $2, $3, $4, $5)"
+_RESOLVE_PARTIAL = "SELECT * FROM ledger_resolve_hold_partial($1, $2, $3, $4, $5, $6)"
 
 
 def payload_hash(*fields: object) -> bytes:
@@ -50,6 +51,10 @@ def transfer_hash(request: TransferRequest) -> bytes:
 
 
 def resolution_hash(request: HoldResolution) -> bytes:
+    if request.rest_key is not None:
+        return payload_hash(
+            "resolve", request.action, request.hold_key, request.amount_minor, request.rest_key
+        )
     return payload_hash("resolve", request.action, request.hold_key, request.amount_minor)
 
 
@@ -166,15 +171,18 @@ class Ledger:
         ]
 
     async def resolve_hold(self, request: HoldResolution) -> TransferOutcome:
-        """Post (all or part), void or expire a hold."""
+        """Post (all or part), void or expire a hold; with rest_key, the part not
+        posted or voided stays held under that key."""
+        partial = request.rest_key is not None
         row = await self._call(
             self._pool.fetchrow,
-            _RESOLVE,
+            _RESOLVE_PARTIAL if partial else _RESOLVE,
             request.key,
             resolution_hash(request),
             request.action,
             request.hold_key,
             request.amount_minor,
+            *((request.rest_key,) if partial else ()),
         )
         return TransferOutcome(
             key=request.key,

@@ -17,7 +17,7 @@ from activities.ledger import (
     Ledger,
 )
 from activities.ledger.verify import verify
-from schemas.ledger import AccountSpec, Rejection, TransferBatch
+from schemas.ledger import AccountSpec, HoldResolution, Rejection, TransferBatch
 from schemas.money import Currency
 from tests.activities.ledger.helpers import (
     BANK,
@@ -162,6 +162,50 @@ async def test_partial_post_releases_the_remainder(ledger: Ledger) -> None:
     after = await ledger.balance("w:a")
     assert (after.posted, after.available, after.debits_pending) == (550, 550, 0)
     assert (await ledger.balance(SETTLEMENT)).credits_posted == 450
+
+
+async def test_partial_post_or_void_can_keep_the_rest_held_atomically(ledger: Ledger) -> None:
+    await open_basics(ledger, "w:a")
+    await ledger.transfer(move(BANK, "w:a", 1_000))
+    created = await ledger.transfer(hold("w:a", SETTLEMENT, 600))
+    first = HoldResolution(
+        key=key("clear"), hold_key=created.key, action="post", amount_minor=250, rest_key="rest-1"
+    )
+    posted = await ledger.resolve_hold(first)
+    assert posted.accepted and posted.amount_minor == 250
+    assert (await ledger.resolve_hold(first)).replayed  # a retry changes nothing
+    after = await ledger.balance("w:a")
+    assert (after.posted, after.debits_pending, after.available) == (750, 350, 400)
+    # Part of the rest given back (a partial reversal); the remainder still held.
+    voided = await ledger.resolve_hold(
+        HoldResolution(
+            key=key("rev"), hold_key="rest-1", action="void", amount_minor=100, rest_key="rest-2"
+        )
+    )
+    assert voided.accepted and voided.amount_minor == 100
+    after = await ledger.balance("w:a")
+    assert (after.posted, after.debits_pending, after.available) == (750, 250, 500)
+    too_much = await ledger.resolve_hold(
+        HoldResolution(
+            key=key("rev"), hold_key="rest-2", action="void", amount_minor=251, rest_key="rest-3"
+        )
+    )
+    assert too_much.rejection is Rejection.INVALID_AMOUNT
+    done = await ledger.resolve_hold(resolve("rest-2", "post"))
+    assert done.accepted and done.amount_minor == 250
+    final = await ledger.balance("w:a")
+    assert (final.posted, final.debits_pending) == (500, 0)
+    assert (await ledger.balance(SETTLEMENT)).credits_posted == 500
+    assert await verify(ledger._pool) == []
+
+
+def test_a_rest_key_needs_an_amount_and_post_or_void() -> None:
+    with pytest.raises(ValidationError, match="rest_key"):
+        HoldResolution(key="a", hold_key="h", action="expire", amount_minor=1, rest_key="r")
+    with pytest.raises(ValidationError, match="rest_key"):
+        HoldResolution(key="a", hold_key="h", action="post", rest_key="r")
+    with pytest.raises(ValidationError, match="amount_minor is only"):
+        HoldResolution(key="a", hold_key="h", action="void", amount_minor=1)
 
 
 async def test_a_hold_is_resolved_once_never_both_never_twice(ledger: Ledger) -> None:
