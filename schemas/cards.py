@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.customers import CustomerId
 from schemas.issuer import Address, CardState, ShippingStatus
-from schemas.money import Currency
+from schemas.issuer import Authorization as IssuerAuthorization
+from schemas.issuer import Reversal as IssuerReversal
+from schemas.issuer import Transaction as IssuerTransaction
+from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
@@ -33,6 +37,8 @@ class CardIssueInput(BaseModel):
     currency: Currency = Currency.USD
     address: Address
     policy: CardIssuePolicy = Field(default_factory=CardIssuePolicy)
+    # How the issued card decides authorizations and keeps holds.
+    card_policy: CardPolicy = Field(default_factory=lambda: CardPolicy())
     ledger_task_queue: str = _QUEUES.ledger
     providers_task_queue: str = _QUEUES.providers
     workflows_task_queue: str = _QUEUES.workflows
@@ -88,19 +94,181 @@ class SpendingLimits(BaseModel):
         return sorted(set(value))
 
 
+class CardPolicy(BaseModel):
+    """How the card decides and keeps its holds; every duration in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # An approved authorization holds funds this long unless cleared or reversed.
+    hold_expiry_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    # A clearing above what was authorized (a tip) posts the excess up to this
+    # share of the authorized amount; beyond it the excess waits for an operator.
+    clearing_over_tolerance_bps: int = Field(default=2_000, ge=0, le=10_000)
+    # Velocity: approvals per window, in count and in amount.
+    velocity_window_seconds: int = Field(default=3_600, ge=1)
+    velocity_count_max: int = Field(default=60, ge=1)
+    velocity_amount_max_minor: int | None = Field(default=None, ge=1)
+    # A bound on the state the card carries across continue-as-new.
+    open_authorizations_max: int = Field(default=200, ge=1, le=1_000)
+
+
+class Merchant(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    mcc: str = Field(pattern=r"^[0-9]{4}$")
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+
+
+class AuthorizationRequest(BaseModel):
+    """The issuer's real-time question, as the gateway hands it to the card:
+    amounts are in the card's (billing) currency, which is what is held."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    authorization_id: str = Field(min_length=1, max_length=100)
+    kind: Literal["initial", "incremental"]
+    card_id: str = Field(min_length=1, max_length=100)
+    amount_minor: int = Field(gt=0, le=AMOUNT_MINOR_MAX)
+    currency: Currency
+    merchant_amount_minor: int = Field(gt=0, le=AMOUNT_MINOR_MAX)
+    merchant_currency: Currency
+    merchant: Merchant
+    partial_approval_capable: bool = False
+    pending_amount_minor: int = Field(default=0, ge=0)
+
+
+class DeclineReason(StrEnum):
+    CARD_PAUSED = "card_paused"
+    CARD_CLOSED = "card_closed"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    BLOCKED_MCC = "blocked_mcc"
+    OVER_TRANSACTION_LIMIT = "over_transaction_limit"
+    OVER_DAILY_LIMIT = "over_daily_limit"
+    OVER_MONTHLY_LIMIT = "over_monthly_limit"
+    VELOCITY_COUNT = "velocity_count"
+    VELOCITY_AMOUNT = "velocity_amount"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    UNKNOWN_AUTHORIZATION = "unknown_authorization"
+    TOO_MANY_OPEN_AUTHORIZATIONS = "too_many_open_authorizations"
+
+
+class AuthorizationAnswer(BaseModel):
+    """The card's decision; `reason` is "approved", "partially_approved", a
+    DeclineReason value, or the issuer's own decision the card followed."""
+
+    decision: Literal["approve", "decline"]
+    approved_amount_minor: int = Field(ge=0)
+    reason: str
+
+
+class HeldPart(BaseModel):
+    """One ledger hold of an authorization (the first, an increment, a rest)."""
+
+    key: str
+    amount_minor: int = Field(gt=0)
+    decision: int
+
+
+class DecisionRecord(BaseModel):
+    index: int
+    kind: str
+    requested_minor: int
+    approved_minor: int
+    reason: str
+    # "cardflow" when the card decided; else whoever the issuer says decided.
+    decided_by: str = "cardflow"
+    # Set once the issuer's own record of this decision was compared with ours.
+    reconciled: bool = False
+
+
+class AuthorizationRecord(BaseModel):
+    """An authorization the card holds funds for, until cleared, reversed or expired."""
+
+    authorization_id: str
+    merchant: Merchant
+    merchant_amount_minor: int
+    merchant_currency: Currency
+    authorized_minor: int = 0
+    cleared_minor: int = 0
+    held: list[HeldPart] = Field(default_factory=list)
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    created_at: datetime
+    expires_at: datetime
+    # Counters that name this authorization's ledger keys and decisions.
+    keys_used: int = 0
+    next_decision: int = 0
+    # Cleared above what was held, posted within the tolerance.
+    over_minor: int = 0
+
+    @property
+    def held_minor(self) -> int:
+        return sum(part.amount_minor for part in self.held)
+
+
+class Spend(BaseModel):
+    at: datetime
+    amount_minor: int
+
+
+class CardException(BaseModel):
+    """Money the issuer moved that the card could not mirror on its own."""
+
+    id: str
+    kind: Literal["over_tolerance", "uncovered"]
+    amount_minor: int
+    authorization_id: str | None = None
+    transaction_id: str | None = None
+    detail: str
+    resolution: str | None = None
+
+
+class ExceptionDecision(BaseModel):
+    """An operator's decision on an exception: charge the wallet, or write the
+    amount off to suspense for investigation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exception_id: str = Field(min_length=1, max_length=200)
+    action: Literal["charge", "write_off"]
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class CardNetworkEvent(BaseModel):
+    """An issuer webhook about this card's money, as the gateway delivers it."""
+
+    event_id: str
+    type: str
+    authorization: IssuerAuthorization | None = None
+    transaction: IssuerTransaction | None = None
+    reversal: IssuerReversal | None = None
+
+
 class CardInput(BaseModel):
     """The card entity's state, carried across continue-as-new."""
 
     card_id: str
     customer_id: str
     state: CardState
+    currency: Currency = Currency.USD
     limits: SpendingLimits = Field(default_factory=SpendingLimits)
+    policy: CardPolicy = Field(default_factory=CardPolicy)
     replaced_by: str | None = None
+    ledger_task_queue: str = _QUEUES.ledger
     providers_task_queue: str = _QUEUES.providers
     workflows_task_queue: str = _QUEUES.workflows
     # Continue as new past this many history events, carrying the state.
     history_events_max: int = Field(default=5_000, ge=50)
     changes: int = 0
+    authorizations: dict[str, AuthorizationRecord] = Field(default_factory=dict)
+    # Approvals inside the velocity window, and the day's and month's totals
+    # (UTC) the spending limits are checked against.
+    recent: list[Spend] = Field(default_factory=list)
+    spent_day: str = ""
+    spent_day_minor: int = 0
+    spent_month: str = ""
+    spent_month_minor: int = 0
+    exceptions: list[CardException] = Field(default_factory=list)
+    # Issuer events already applied (bounded; the ledger keys stop any older repeat).
+    seen_events: list[str] = Field(default_factory=list)
 
 
 class CardStateChange(BaseModel):

@@ -271,6 +271,7 @@ class Transaction(BaseModel):
     card_id: str
     authorization_id: str | None = None
     dispute_id: str | None = None
+    refunded_transaction_id: str | None = None
     amount_minor: AmountMinor
     currency: Currency
     merchant_amount_minor: AmountMinor | None = None

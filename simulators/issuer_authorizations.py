@@ -401,9 +401,15 @@ def router(state: IssuerState) -> APIRouter:
                 f"converts to nothing in the card's currency {card.currency}",
                 body.amount_minor,
             )
+        refunded = body.refunded_transaction_id if kind == "refund" else None
+        if refunded is not None and state.find(TRANSACTIONS, refunded) is None:
+            unprocessable(
+                ["body", "refunded_transaction_id"], "no such transaction", refunded
+            )
         return Transaction(
             id=state.new_id(TRANSACTIONS),
             type="refund" if kind == "refund" else "force_post",
+            refunded_transaction_id=refunded,
             direction="credit" if kind == "refund" else "debit",
             status="settled",
             card_id=card.id,

@@ -208,6 +208,9 @@ class MerchantTransactionIn(Input):
     amount_minor: AmountMinor = Field(description="In the merchant's currency")
     currency: Currency = Field(description="The merchant's currency")
     merchant: Merchant
+    refunded_transaction_id: ResourceId | None = Field(
+        default=None, description="Refunds only: the purchase being refunded, when known"
+    )
 
 
 class GatewayAnswer(BaseModel):
@@ -293,6 +296,7 @@ class Transaction(BaseModel):
     card_id: str
     authorization_id: str | None = None
     dispute_id: str | None = None
+    refunded_transaction_id: str | None = None
     amount_minor: int
     currency: Currency
     merchant_amount_minor: int | None = None

@@ -287,6 +287,8 @@ class Platform:
     sim: Any
     gateway_url: str
     settings: Any
+    # The gateway's app: tests may swap app.state.settings (e.g. its budgets).
+    app: Any = None
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -327,7 +329,7 @@ async def platform(
             while not server.started:
                 await asyncio.sleep(0.01)
             try:
-                yield Platform(stack, sim, gateway_url, settings)
+                yield Platform(stack, sim, gateway_url, settings, app)
             finally:
                 server.should_exit = True
                 await task

@@ -18,6 +18,7 @@ from workers.settings import Settings
 log = logging.getLogger("cardflow.worker")
 
 PROVIDERS_POOL_SIZE_MAX = 4
+WORKFLOWS_POOL_SIZE_MAX = 8
 
 
 async def run_worker(kind: str, settings: Settings) -> None:
@@ -34,6 +35,11 @@ async def run_worker(kind: str, settings: Settings) -> None:
         if applied:
             log.info("applied migrations %s", [m.version for m in applied])
         pool = await create_pool(database_url, size_max=settings.database_pool_size_max)
+    if kind == "workflows":
+        # Card authorizations hold funds as local activities, from this process.
+        pool = await create_pool(
+            settings.effective_database_url, size_max=WORKFLOWS_POOL_SIZE_MAX
+        )
     provider_clients = None
     if kind == "providers":
         # Reads customers' notification preferences; a few connections suffice.

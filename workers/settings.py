@@ -14,7 +14,7 @@ import binascii
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -149,6 +149,14 @@ class Settings(BaseSettings):
         default=None, validation_alias="CARDFLOW_WEBHOOK_SECRETS"
     )
 
+    # Real-time card authorizations: the gateway answers the issuer within
+    # this budget (the issuer waits 2,000 ms), else with the stand-in decision.
+    authorization_budget_ms: int = Field(
+        default=1_500, ge=1, le=30_000, validation_alias="CARDFLOW_AUTHORIZATION_BUDGET_MS"
+    )
+    authorization_stand_in: Literal["approve", "decline"] = Field(
+        default="decline", validation_alias="CARDFLOW_AUTHORIZATION_STAND_IN"
+    )
     task_queue_prefix: str = Field(
         default=DEFAULT_TASK_QUEUE_PREFIX,
         validation_alias="CARDFLOW_TASK_QUEUE_PREFIX",

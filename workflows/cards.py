@@ -48,11 +48,15 @@ with workflow.unsafe.imports_passed_through():
         CreateCard,
     )
     from schemas.cards import (
+        AuthorizationAnswer,
+        AuthorizationRequest,
         CardInput,
         CardIssueInput,
         CardIssueResult,
         CardIssueStatus,
+        CardNetworkEvent,
         CardStateChange,
+        ExceptionDecision,
         RescheduleDelivery,
         ShippingUpdate,
         SpendingLimits,
@@ -61,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.issuer import Card, CardState, ShippingStatus
     from schemas.ledger import Account, AccountSpec, TransferOutcome, TransferRequest
     from schemas.search import CARD_ID, CUSTOMER_ID, PROCESS_STATUS
+    from workflows.card_money import CardMoney
     from workflows.onboarding import wallet_code
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
@@ -75,6 +80,9 @@ CLOSE_UPDATE = "close"
 LIMITS_UPDATE = "set_limits"
 REPORT_LOST_UPDATE = "report_lost"
 REPORT_STOLEN_UPDATE = "report_stolen"
+AUTHORIZE_UPDATE = "authorize"
+NETWORK_EVENT_SIGNAL = "network_event"
+RESOLVE_EXCEPTION_UPDATE = "resolve_exception"
 FEE_ACCOUNT_SLOTS = 8
 SHORT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 
@@ -189,6 +197,9 @@ class CardIssue:
                 card_id=card.id,
                 customer_id=request.customer_id,
                 state=CardState.OPEN,
+                currency=request.currency,
+                policy=request.card_policy,
+                ledger_task_queue=request.ledger_task_queue,
                 providers_task_queue=request.providers_task_queue,
                 workflows_task_queue=request.workflows_task_queue,
             ),
@@ -413,6 +424,9 @@ class CardEntity:
         # Set before any handler runs: an update may arrive in the same
         # workflow task that starts a (continued) run.
         self._state: CardInput | None = card
+        self._money = CardMoney(card)
+        # Issuer events wait here and are applied in order by the run loop.
+        self._inbox: list[CardNetworkEvent] = []
 
     @workflow.run
     async def run(self, card: CardInput) -> str:
@@ -424,23 +438,64 @@ class CardEntity:
                 PROCESS_STATUS.value_set(card.state.value),
             ]
         )
-        workflow.set_current_details(f"Card {card.card_id}: {card.state.value}")
-        await workflow.wait_condition(
-            lambda: (
-                self._closed()
-                or workflow.info().get_current_history_length() > card.history_events_max
-            )
-        )
-        # No message is lost: updates in flight finish before the run ends.
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        if not self._closed():
+        self._show()
+        while True:
+            await self._serve(card.history_events_max)
+            # No message is lost: updates in flight finish before the run
+            # ends, and events they let in are applied first.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if not self._inbox:
+                break
+        if not self._finished():
             workflow.continue_as_new(self._state)
         if self._state.replaced_by:
             return f"replaced by {self._state.replaced_by}"
         return "closed"
 
+    async def _serve(self, history_events_max: int) -> None:
+        """Apply issuer events and expire holds until the card is finished or
+        its history is long enough to continue as new."""
+
+        def history_full() -> bool:
+            return workflow.info().get_current_history_length() > history_events_max
+
+        while True:
+            expiry = self._money.next_expiry()
+            timeout = None
+            if expiry is not None:
+                timeout = max((expiry - workflow.now()).total_seconds(), 0.001)
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self._inbox) or self._finished() or history_full(),
+                    timeout=timeout,
+                )
+            except TimeoutError:
+                pass
+            await self._money.expire_due()
+            while self._inbox:
+                await self._money.apply(self._inbox.pop(0))
+            self._show()
+            if (self._finished() or history_full()) and not self._inbox:
+                return
+
     def _closed(self) -> bool:
         return self._state is not None and self._state.state is CardState.CLOSED
+
+    def _finished(self) -> bool:
+        """Closed, with no authorization still holding funds."""
+        return self._closed() and not self._money.next_expiry()
+
+    def _show(self) -> None:
+        state = self._state
+        assert state is not None
+        held = sum(r.held_minor for r in state.authorizations.values())
+        details = f"Card {state.card_id}: {state.state.value}"
+        if state.authorizations:
+            details += f" | {len(state.authorizations)} open authorizations holding {held}"
+        exceptions = self._money.open_exceptions()
+        if exceptions:
+            details += f" | {len(exceptions)} exceptions for an operator"
+        workflow.set_current_details(details)
 
     async def _change(self, target: CardState, change: CardStateChange) -> str:
         assert self._state is not None
@@ -487,6 +542,41 @@ class CardEntity:
     @close.validator
     def _validate_close(self, change: CardStateChange) -> None:
         self._require(CardState.OPEN, CardState.PAUSED)
+        assert self._state is not None
+        holding = [r for r in self._state.authorizations.values() if r.held]
+        if holding:
+            held = sum(r.held_minor for r in holding)
+            raise ValueError(
+                f"the card has {len(holding)} open authorizations holding {held}; "
+                "close it once they clear, are reversed or expire"
+            )
+
+    @workflow.update(name=AUTHORIZE_UPDATE)
+    async def authorize(self, request: AuthorizationRequest) -> AuthorizationAnswer:
+        answer = await self._money.authorize(request)
+        self._show()
+        return answer
+
+    @authorize.validator
+    def _validate_authorize(self, request: AuthorizationRequest) -> None:
+        assert self._state is not None
+        if request.card_id != self._state.card_id:
+            raise ValueError(f"card_id {request.card_id} is not this card")
+
+    @workflow.signal(name=NETWORK_EVENT_SIGNAL)
+    def network_event(self, event: CardNetworkEvent) -> None:
+        self._inbox.append(event)
+
+    @workflow.update(name=RESOLVE_EXCEPTION_UPDATE)
+    async def resolve_exception(self, decision: ExceptionDecision) -> str:
+        resolution = await self._money.resolve_exception(decision)
+        self._show()
+        return resolution
+
+    @resolve_exception.validator
+    def _validate_resolve_exception(self, decision: ExceptionDecision) -> None:
+        if decision.exception_id not in {e.id for e in self._money.open_exceptions()}:
+            raise ValueError(f"exception_id {decision.exception_id} is not an open exception")
 
     @workflow.update(name=LIMITS_UPDATE)
     def set_limits(self, limits: SpendingLimits) -> SpendingLimits:
@@ -534,7 +624,10 @@ class CardEntity:
                 card_id=replacement.id,
                 customer_id=state.customer_id,
                 state=replacement.state,
+                currency=state.currency,
                 limits=state.limits,
+                policy=state.policy,
+                ledger_task_queue=state.ledger_task_queue,
                 providers_task_queue=state.providers_task_queue,
                 workflows_task_queue=state.workflows_task_queue,
                 history_events_max=state.history_events_max,

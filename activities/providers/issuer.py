@@ -380,12 +380,16 @@ class IssuerClient(ProviderClient):
         currency: Currency,
         merchant: Merchant,
         idempotency_key: str,
+        refunded_transaction_id: str | None = None,
     ) -> Transaction:
+        body = self._merchant_money(card_id, amount_minor, currency, merchant)
+        if refunded_transaction_id is not None:
+            body["refunded_transaction_id"] = refunded_transaction_id
         return await self.call(
             "POST",
             "/v1/simulate/refunds",
             Transaction,
-            json=self._merchant_money(card_id, amount_minor, currency, merchant),
+            json=body,
             idempotency_key=idempotency_key,
         )
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from activities.database import create_pool
-from starters.gateway import api, webhooks
+from starters.gateway import api, realtime, webhooks
 from workers.client import connect
 from workers.secrets import webhook_secrets
 from workers.settings import Settings
@@ -47,6 +47,7 @@ def create_app(
     )
     app.state.queues = settings.task_queues
     app.state.webhook_secrets = webhook_secrets(settings)
+    app.state.settings = settings
 
     @app.get("/health", tags=["operations"], summary="The gateway answers")
     async def health() -> dict[str, str]:
@@ -54,4 +55,5 @@ def create_app(
 
     app.include_router(api.router)
     app.include_router(webhooks.router)
+    app.include_router(realtime.router)
     return app

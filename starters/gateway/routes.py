@@ -15,12 +15,21 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, Field
 
-from schemas.cards import ShippingUpdate
+from schemas.bank import InboundTransfer
+from schemas.cards import CardNetworkEvent, ShippingUpdate
 from schemas.health import PingInput, WebhookEventNote
+from schemas.issuer import Authorization, Reversal, Transaction
 from schemas.onboarding import KycResult
-from schemas.providers import ISSUER, KYC
+from schemas.providers import BANK, ISSUER, KYC, TRON
 from schemas.task_queues import TaskQueues
-from workflows.cards import SHIPPING_UPDATE_SIGNAL, card_issue_workflow_id
+from schemas.tron import Deposit
+from starters.topup import topup_input_of, topup_workflow_id_of
+from workflows.cards import (
+    NETWORK_EVENT_SIGNAL,
+    SHIPPING_UPDATE_SIGNAL,
+    card_issue_workflow_id,
+    card_workflow_id,
+)
 from workflows.health import (
     PING_WORKFLOW,
     RECORD_WEBHOOK_EVENT_UPDATE,
@@ -28,6 +37,7 @@ from workflows.health import (
     ping_workflow_id,
 )
 from workflows.onboarding import KYC_RESULT_SIGNAL, onboarding_workflow_id
+from workflows.topup import BANK_TRANSFER_SIGNAL, DEPOSIT_SIGNAL, TOPUP_WORKFLOW
 
 ANY_PROVIDER = "*"
 
@@ -123,8 +133,79 @@ def _shipping(_: str, event: ProviderEvent) -> ShippingUpdate:
     )
 
 
+def _card_id(_: str, event: ProviderEvent) -> str:
+    return card_workflow_id(str(event.data.get("card_id", "")))
+
+
+def _network_event(_: str, event: ProviderEvent) -> CardNetworkEvent:
+    subject = event.type.split(".", 1)[0]
+    if event.type == "authorization.reversed":
+        return CardNetworkEvent(
+            event_id=event.id, type=event.type, reversal=Reversal.model_validate(event.data)
+        )
+    if subject == "authorization":
+        return CardNetworkEvent(
+            event_id=event.id,
+            type=event.type,
+            authorization=Authorization.model_validate(event.data),
+        )
+    return CardNetworkEvent(
+        event_id=event.id, type=event.type, transaction=Transaction.model_validate(event.data)
+    )
+
+
+# The issuer's events about a card's money go to that card's entity workflow.
+CARD_NETWORK_EVENTS = (
+    "authorization.created",
+    "authorization.declined",
+    "authorization.incremented",
+    "authorization.increment_declined",
+    "authorization.advice",
+    "authorization.reversed",
+    "authorization.expired",
+    "transaction.cleared",
+    "transaction.force_posted",
+    "transaction.refunded",
+)
+
+
+def _topup_start(provider: str, event: ProviderEvent, queues: TaskQueues) -> Start:
+    return Start(
+        workflow=TOPUP_WORKFLOW,
+        argument=topup_input_of(provider, event.data, queues),
+        task_queue=queues.workflows,
+    )
+
+
+def _topup_route(signal: str, record: type[BaseModel]) -> Route:
+    """A bank transfer or a deposit snapshot starts or reaches its top-up."""
+    return Route(
+        kind="signal_with_start",
+        name=signal,
+        workflow_id=lambda provider, event: topup_workflow_id_of(provider, event.data),
+        argument=lambda _, event: record.model_validate(event.data),
+        start=_topup_start,
+    )
+
+
+DEPOSIT_EVENTS = (
+    "deposit.detected",
+    "deposit.confirmations",
+    "deposit.finalized",
+    "deposit.dropped",
+)
+
 # (provider or "*", event type) -> route.
 ROUTES: dict[tuple[str, str], Route] = {
+    **{
+        (ISSUER, event_type): Route(
+            kind="signal",
+            name=NETWORK_EVENT_SIGNAL,
+            workflow_id=_card_id,
+            argument=_network_event,
+        )
+        for event_type in CARD_NETWORK_EVENTS
+    },
     # A physical card's shipment, to the card-issue process that ordered it.
     (ISSUER, "card.shipping.updated"): Route(
         kind="signal",
@@ -155,6 +236,10 @@ ROUTES: dict[tuple[str, str], Route] = {
         workflow_id=_ping_id,
         argument=_ping_note,
     ),
+    # Money arriving: a bank transfer, or a deposit as the chain sees it (any
+    # order, any number of times), to topup/{bank|usdt}/{ref}.
+    (BANK, "inbound_transfer.received"): _topup_route(BANK_TRANSFER_SIGNAL, InboundTransfer),
+    **{(TRON, event_type): _topup_route(DEPOSIT_SIGNAL, Deposit) for event_type in DEPOSIT_EVENTS},
 }
 
 

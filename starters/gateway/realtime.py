@@ -1,0 +1,114 @@
+"""The issuer's real-time authorization requests.
+
+Signed like its webhooks (Standard Webhooks, the issuer's secrets). The
+gateway hands the question to the card's workflow as the `authorize` update
+and answers the issuer within its budget (default 1,500 ms of the issuer's
+2,000 ms). Past the budget, or when the card cannot be asked, it answers with
+the configured stand-in decision; the card still decides, and the issuer's
+`authorization.*` webhook later reconciles the card's holds with what the
+issuer actually did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from standardwebhooks import WebhookVerificationError
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from schemas.cards import AuthorizationAnswer, AuthorizationRequest
+from schemas.providers import ISSUER
+from starters.gateway.webhooks import verify
+from workflows.cards import AUTHORIZE_UPDATE, card_workflow_id
+
+log = logging.getLogger("cardflow.gateway.realtime")
+
+REALTIME_AUTHORIZATION_PATH = f"/realtime/{ISSUER}/authorization"
+REALTIME_BODY_BYTES_MAX = 64 * 1024
+
+router = APIRouter(tags=["issuer real-time"])
+
+
+class AuthorizationRequestEvent(BaseModel):
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["authorization.request"]
+    created_at: str
+    data: AuthorizationRequest
+
+
+def authorize_update_id(request: AuthorizationRequest) -> str:
+    """One update per question: the issuer asking again gets the same answer."""
+    return f"authorize/{request.authorization_id}/{request.kind}/{request.pending_amount_minor}"
+
+
+def _answer(decision: str, approved_minor: int | None, reason: str) -> JSONResponse:
+    return JSONResponse(
+        {"decision": decision, "approved_amount_minor": approved_minor, "reason": reason}
+    )
+
+
+def _stand_in(state: Any, request: AuthorizationRequest, why: str) -> JSONResponse:
+    decision = state.settings.authorization_stand_in
+    approved = request.amount_minor if decision == "approve" else 0
+    return _answer(decision, approved, f"stand-in {decision}: {why}")
+
+
+@router.post(REALTIME_AUTHORIZATION_PATH, include_in_schema=False)
+async def authorize(request: Request) -> JSONResponse:
+    started = time.monotonic()
+    state: Any = request.app.state
+    secrets: list[str] | None = state.webhook_secrets.get(ISSUER)
+    if not secrets:
+        return JSONResponse({"error": "no issuer secret configured"}, status_code=404)
+    body = await request.body()
+    if len(body) > REALTIME_BODY_BYTES_MAX:
+        return JSONResponse({"error": "request body too large"}, status_code=413)
+    try:
+        verify(body, dict(request.headers), secrets)
+    except WebhookVerificationError as error:
+        log.warning("refused a real-time request: %s", error)
+        return JSONResponse({"error": f"invalid signature: {error}"}, status_code=401)
+    try:
+        event = AuthorizationRequestEvent.model_validate_json(body)
+    except ValidationError as error:
+        return JSONResponse(
+            {
+                "error": "malformed authorization request",
+                "detail": error.errors(
+                    include_url=False, include_context=False, include_input=False
+                ),
+            },
+            status_code=400,
+        )
+    question = event.data
+    budget_seconds = state.settings.authorization_budget_ms / 1000 - (time.monotonic() - started)
+    handle = state.client.get_workflow_handle(card_workflow_id(question.card_id))
+    try:
+        async with asyncio.timeout(max(budget_seconds, 0)):
+            answer: AuthorizationAnswer = await handle.execute_update(
+                AUTHORIZE_UPDATE,
+                question,
+                id=authorize_update_id(question),
+                result_type=AuthorizationAnswer,
+            )
+    except TimeoutError:
+        log.warning("authorization %s: no decision within budget", question.authorization_id)
+        return _stand_in(state, question, "no decision within the budget")
+    except WorkflowUpdateFailedError as error:
+        return _answer("decline", 0, f"refused: {error.cause}")
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            return _answer("decline", 0, f"card {question.card_id} is not active here")
+        log.error("authorization %s: %s", question.authorization_id, error)
+        return _stand_in(state, question, "the card could not be asked")
+    except Exception:  # noqa: BLE001 - e.g. no connection to Temporal
+        log.exception("authorization %s", question.authorization_id)
+        return _stand_in(state, question, "the card could not be asked")
+    return _answer(answer.decision, answer.approved_amount_minor, answer.reason)

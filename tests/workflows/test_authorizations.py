@@ -1,0 +1,419 @@
+"""Card authorizations end to end: the issuer simulator asks the gateway in real
+time, the card's workflow decides and holds, and the issuer's webhooks
+(clearings, reversals, refunds...) move the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError
+
+from activities.ledger import Ledger
+from activities.ledger.verify import verify
+from activities.providers.issuer import IssuerClient
+from schemas import accounts
+from schemas.cards import (
+    CardInput,
+    CardIssueInput,
+    CardIssueResult,
+    CardPolicy,
+    CardStateChange,
+    ExceptionDecision,
+    SpendingLimits,
+)
+from schemas.issuer import Authorization, Merchant
+from schemas.ledger import Balance
+from schemas.money import Currency
+from tests.conftest import Platform
+from tests.workflows.test_cards import FEES, HOME, customer, refusal
+from workflows.cards import (
+    CARD_ISSUE_WORKFLOW,
+    CLOSE_UPDATE,
+    FREEZE_UPDATE,
+    LIMITS_UPDATE,
+    RESOLVE_EXCEPTION_UPDATE,
+    card_issue_workflow_id,
+    card_workflow_id,
+)
+from workflows.cashback import cashback_workflow_id
+
+SHOP = Merchant(name="Corner Shop", mcc="5411", country="GB")
+CASINO = Merchant(name="Lucky Star", mcc="7995", country="GB")
+WAIT_SECONDS_MAX = 20.0
+
+
+async def open_card(
+    platform: Platform, *, funds: int = 10_000, policy: CardPolicy | None = None
+) -> tuple[str, str, WorkflowHandle[Any, Any]]:
+    """An approved, funded customer with an open virtual USD card (no fee)."""
+    customer_id = await customer(platform, funds=funds)
+    queues = platform.stack.queues
+    request_id = f"r-{uuid.uuid4().hex[:10]}"
+    issued = await platform.stack.client.execute_workflow(
+        CARD_ISSUE_WORKFLOW,
+        CardIssueInput(
+            request_id=request_id,
+            customer_id=customer_id,
+            kind="virtual",
+            address=HOME,
+            policy=FEES.model_copy(update={"issuance_fee_virtual_minor": 0}),
+            card_policy=policy or CardPolicy(),
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            workflows_task_queue=queues.workflows,
+        ),
+        id=card_issue_workflow_id(request_id),
+        task_queue=queues.workflows,
+        result_type=CardIssueResult,
+    )
+    card_id = issued.card_id or ""
+    return (
+        customer_id,
+        card_id,
+        platform.stack.client.get_workflow_handle(card_workflow_id(card_id)),
+    )
+
+
+def issuer(platform: Platform) -> IssuerClient:
+    return IssuerClient(platform.sim.provider_url("issuer"))
+
+
+async def authorize(
+    platform: Platform,
+    card_id: str,
+    amount: int,
+    *,
+    merchant: Merchant = SHOP,
+    currency: Currency = Currency.USD,
+    partial: bool = False,
+) -> Authorization:
+    async with issuer(platform) as client:
+        return await client.simulate_authorization(
+            card_id=card_id,
+            amount_minor=amount,
+            currency=currency,
+            merchant=merchant,
+            partial_approval_capable=partial,
+            idempotency_key=f"auth-{uuid.uuid4().hex}",
+        )
+
+
+async def wallet(platform: Platform, customer_id: str) -> Balance:
+    return await Ledger(platform.stack.pool).balance(accounts.wallet(customer_id, "USD"))
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS_MAX
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+async def wallet_becomes(
+    platform: Platform, customer_id: str, posted: int, pending: int
+) -> Balance:
+    async def check() -> bool:
+        balance = await wallet(platform, customer_id)
+        return (balance.posted, balance.debits_pending) == (posted, pending)
+
+    try:
+        await eventually(check, f"wallet posted {posted}, pending {pending}")
+    except AssertionError:
+        raise AssertionError(f"wallet is {await wallet(platform, customer_id)}") from None
+    return await wallet(platform, customer_id)
+
+
+async def card_state(handle: WorkflowHandle[Any, Any]) -> CardInput:
+    state: CardInput = await handle.query("status", result_type=CardInput)
+    return state
+
+
+async def test_a_purchase_is_held_then_cleared_lower_and_the_rest_released(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    auth = await authorize(platform, card_id, 5_000)
+    assert (auth.status.value, auth.decided_by.value) == ("pending", "cardflow")
+    assert auth.decision_reason == "approved"
+    balance = await wallet(platform, customer_id)
+    assert (balance.posted, balance.debits_pending, balance.available) == (10_000, 5_000, 5_000)
+
+    async with issuer(platform) as client:
+        cleared = await client.simulate_clearing(
+            auth.id, amount_minor=4_200, final=True, idempotency_key=f"clear-{auth.id}"
+        )
+    await wallet_becomes(platform, customer_id, posted=5_800, pending=0)
+    settlement = await Ledger(platform.stack.pool).balance(accounts.issuer_settlement("USD"))
+    assert settlement.credits_posted >= 4_200
+    state = await card_state(handle)
+    assert auth.id not in state.authorizations
+    # The clearing is recorded and its cashback process started.
+
+    async def recorded() -> bool:
+        amount = await platform.stack.pool.fetchval(
+            "SELECT amount_minor FROM card_transactions WHERE transaction_id = $1", cleared.id
+        )
+        return bool(amount == 4_200)
+
+    await eventually(recorded, "the clearing is recorded")
+    cashback = platform.stack.client.get_workflow_handle(cashback_workflow_id(cleared.id))
+
+    async def cashback_started() -> bool:
+        try:
+            return (await cashback.describe()).id == cashback_workflow_id(cleared.id)
+        except RPCError:
+            return False
+
+    await eventually(cashback_started, "the purchase's cashback process starts")
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_several_partial_clearings_post_the_hold_piece_by_piece(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    auth = await authorize(platform, card_id, 6_000)
+    async with issuer(platform) as client:
+        await client.simulate_clearing(auth.id, amount_minor=1_000, idempotency_key="c1" + auth.id)
+        await wallet_becomes(platform, customer_id, posted=9_000, pending=5_000)
+        await client.simulate_clearing(auth.id, amount_minor=2_000, idempotency_key="c2" + auth.id)
+        await wallet_becomes(platform, customer_id, posted=7_000, pending=3_000)
+        # The rest, by a clearing that takes all that is pending.
+        await client.simulate_clearing(auth.id, idempotency_key="c3" + auth.id)
+    await wallet_becomes(platform, customer_id, posted=4_000, pending=0)
+    assert auth.id not in (await card_state(handle)).authorizations
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_clearing_over_the_hold_posts_a_tip_within_tolerance_and_flags_more(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(
+        platform, policy=CardPolicy(clearing_over_tolerance_bps=2_000)
+    )
+    tipped = await authorize(platform, card_id, 1_000)
+    async with issuer(platform) as client:
+        # 15% over: a tip within the 20% tolerance, posted as an extra transfer.
+        await client.simulate_clearing(tipped.id, amount_minor=1_150, idempotency_key="t1")
+    await wallet_becomes(platform, customer_id, posted=8_850, pending=0)
+
+    over = await authorize(platform, card_id, 1_000)
+    async with issuer(platform) as client:
+        await client.simulate_clearing(over.id, amount_minor=1_500, idempotency_key="t2")
+    # The held 1,000 posts; the 500 beyond the tolerance waits for an operator.
+    await wallet_becomes(platform, customer_id, posted=7_850, pending=0)
+
+    async def flagged() -> bool:
+        return any(e.resolution is None for e in (await card_state(handle)).exceptions)
+
+    await eventually(flagged, "an exception for an operator")
+    exception = (await card_state(handle)).exceptions[0]
+    assert (exception.kind, exception.amount_minor) == ("over_tolerance", 500)
+    assert "not an open exception" in await refusal(
+        handle.execute_update(
+            RESOLVE_EXCEPTION_UPDATE,
+            ExceptionDecision(exception_id="exc-99", action="charge", reason="x"),
+        )
+    )
+    resolution = await handle.execute_update(
+        RESOLVE_EXCEPTION_UPDATE,
+        ExceptionDecision(exception_id=exception.id, action="charge", reason="merchant receipt"),
+        result_type=str,
+    )
+    assert resolution == "charge: merchant receipt"
+    await wallet_becomes(platform, customer_id, posted=7_350, pending=0)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_declines_say_why_and_hold_nothing(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(
+        platform, funds=3_000, policy=CardPolicy(velocity_count_max=3)
+    )
+    await handle.execute_update(
+        LIMITS_UPDATE, SpendingLimits(per_transaction_minor=2_000, blocked_mccs=["7995"])
+    )
+    assert (await authorize(platform, card_id, 100, merchant=CASINO)).decision_reason == (
+        "blocked_mcc"
+    )
+    assert (await authorize(platform, card_id, 2_500)).decision_reason == "over_transaction_limit"
+    first = await authorize(platform, card_id, 1_500)
+    assert first.status.value == "pending"
+    short = await authorize(platform, card_id, 1_600)
+    assert (short.status.value, short.decision_reason) == ("declined", "insufficient_funds")
+    await authorize(platform, card_id, 100)
+    await authorize(platform, card_id, 100)
+    # A fourth approval inside the window is one too many.
+    assert (await authorize(platform, card_id, 100)).decision_reason == "velocity_count"
+    await handle.execute_update(FREEZE_UPDATE, CardStateChange(reason="test"))
+    paused = await authorize(platform, card_id, 100)
+    # The issuer itself refuses a paused card without asking.
+    assert (paused.status.value, paused.decided_by.value) == ("declined", "issuer")
+    balance = await wallet(platform, customer_id)
+    assert (balance.posted, balance.debits_pending) == (3_000, 1_700)
+
+
+async def test_a_partial_approval_holds_what_is_available_when_the_merchant_can_take_it(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, _ = await open_card(platform, funds=700)
+    refused = await authorize(platform, card_id, 1_000)
+    assert refused.decision_reason == "insufficient_funds"
+    partial = await authorize(platform, card_id, 1_000, partial=True)
+    assert (partial.status.value, partial.amount_minor) == ("pending", 700)
+    assert partial.decision_reason == "partially_approved"
+    balance = await wallet(platform, customer_id)
+    assert (balance.available, balance.debits_pending) == (0, 700)
+
+
+async def test_an_increment_grows_the_hold_and_reversals_give_it_back(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    auth = await authorize(platform, card_id, 3_000)
+    async with issuer(platform) as client:
+        grown = await client.simulate_increment(
+            auth.id, amount_minor=1_000, idempotency_key="inc" + auth.id
+        )
+        assert grown.pending_amount_minor == 4_000
+        await wallet_becomes(platform, customer_id, posted=10_000, pending=4_000)
+        await client.simulate_reversal(auth.id, amount_minor=1_500, idempotency_key="r1" + auth.id)
+        await wallet_becomes(platform, customer_id, posted=10_000, pending=2_500)
+        await client.simulate_reversal(auth.id, idempotency_key="r2" + auth.id)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+
+    async def forgotten() -> bool:
+        return auth.id not in (await card_state(handle)).authorizations
+
+    await eventually(forgotten, "the reversed authorization is done")
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_closing_a_card_with_open_holds_is_refused(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    auth = await authorize(platform, card_id, 500)
+    message = await refusal(handle.execute_update(CLOSE_UPDATE, CardStateChange(reason="x")))
+    assert "open authorizations holding 500" in message
+    async with issuer(platform) as client:
+        await client.simulate_reversal(auth.id, idempotency_key="rv" + auth.id)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+
+    async def closable() -> bool:
+        return not (await card_state(handle)).authorizations
+
+    await eventually(closable, "no open authorization")
+    await handle.execute_update(CLOSE_UPDATE, CardStateChange(reason="x"))
+    assert await handle.result() == "closed"
+
+
+async def test_a_late_decision_after_a_stand_in_decline_is_reconciled(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    platform.app.state.settings = platform.settings.model_copy(
+        update={"authorization_budget_ms": 1, "authorization_stand_in": "decline"}
+    )
+    auth = await authorize(platform, card_id, 2_000)
+    assert (auth.status.value, auth.decided_by.value) == ("declined", "cardflow")
+    assert auth.decision_reason.startswith("stand-in decline")
+    # The card decided anyway (and held); the issuer's webhook undoes the hold.
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+
+    async def reconciled() -> bool:
+        return auth.id not in (await card_state(handle)).authorizations
+
+    await eventually(reconciled, "the late approval is voided")
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_stand_in_approval_is_held_as_the_issuer_approved_it(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    platform.app.state.settings = platform.settings.model_copy(
+        update={"authorization_budget_ms": 1, "authorization_stand_in": "approve"}
+    )
+    await handle.execute_update(LIMITS_UPDATE, SpendingLimits(blocked_mccs=["7995"]))
+    auth = await authorize(platform, card_id, 2_000, merchant=CASINO)
+    assert auth.status.value == "pending"  # the issuer approved on the gateway's stand-in
+    # The card declined (blocked MCC), but the issuer's approval stands: held.
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=2_000)
+    async with issuer(platform) as client:
+        await client.simulate_clearing(auth.id, idempotency_key="sc" + auth.id)
+    await wallet_becomes(platform, customer_id, posted=8_000, pending=0)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_hold_expires_by_the_cards_timer(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(
+        platform, policy=CardPolicy(hold_expiry_seconds=2)
+    )
+    auth = await authorize(platform, card_id, 1_200)
+    assert (await wallet(platform, customer_id)).debits_pending == 1_200
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+    assert auth.id not in (await card_state(handle)).authorizations
+    # A late presentment after expiry still settles, from the wallet.
+    async with issuer(platform) as client:
+        await client.simulate_clearing(auth.id, amount_minor=1_200, idempotency_key="late")
+    await wallet_becomes(platform, customer_id, posted=8_800, pending=0)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_force_posts_and_refunds_move_the_wallet_once(platform: Platform) -> None:
+    customer_id, card_id, _ = await open_card(platform)
+    platform.sim.admin("POST", "/webhooks", {"duplicate": True})
+    async with issuer(platform) as client:
+        forced = await client.simulate_force_post(
+            card_id=card_id,
+            amount_minor=900,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="fp" + card_id,
+        )
+        await wallet_becomes(platform, customer_id, posted=9_100, pending=0)
+        await client.simulate_refund(
+            card_id=card_id,
+            amount_minor=400,
+            currency=Currency.USD,
+            merchant=SHOP,
+            refunded_transaction_id=forced.id,
+            idempotency_key="rf" + card_id,
+        )
+    await wallet_becomes(platform, customer_id, posted=9_500, pending=0)
+    await asyncio.sleep(1.0)  # every duplicate delivered
+    assert (await wallet(platform, customer_id)).posted == 9_500
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_clearings_delivered_late_and_reversed_still_post_exactly(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, _ = await open_card(platform)
+    auth = await authorize(platform, card_id, 3_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=3_000)
+    platform.sim.admin("POST", "/webhooks", {"hold": True, "duplicate": True})
+    async with issuer(platform) as client:
+        await client.simulate_clearing(auth.id, amount_minor=1_000, idempotency_key="o1")
+        await client.simulate_clearing(auth.id, amount_minor=500, final=True, idempotency_key="o2")
+    platform.sim.admin("POST", "/webhooks/release", {"order": "reverse"})
+    await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
+    await asyncio.sleep(1.0)
+    balance = await wallet(platform, customer_id)
+    assert (balance.posted, balance.debits_pending) == (8_500, 0)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_foreign_purchase_holds_the_billing_amount(platform: Platform) -> None:
+    customer_id, card_id, _ = await open_card(platform)
+    auth = await authorize(platform, card_id, 2_000, currency=Currency.EUR)
+    assert auth.merchant_currency is Currency.EUR and auth.currency is Currency.USD
+    balance = await wallet(platform, customer_id)
+    assert balance.debits_pending == auth.amount_minor != 2_000
+
+
+async def test_concurrent_authorizations_on_one_card_never_overspend(platform: Platform) -> None:
+    customer_id, card_id, _ = await open_card(platform, funds=5_000)
+    results = await asyncio.gather(*(authorize(platform, card_id, 1_000) for _ in range(8)))
+    approved = [r for r in results if r.status.value == "pending"]
+    assert len(approved) == 5
+    assert {r.decision_reason for r in results if r not in approved} == {"insufficient_funds"}
+    balance = await wallet(platform, customer_id)
+    assert (balance.available, balance.debits_pending) == (0, 5_000)
+    assert await verify(platform.stack.pool) == []

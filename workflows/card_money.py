@@ -1,0 +1,746 @@
+"""The card's money, inside its entity workflow `card/{card_id}`.
+
+Real-time authorizations: the gateway sends the issuer's question as the
+`authorize` update; the card decides from its state, spending limits,
+velocity and (through the hold itself) the wallet's available balance, places
+the hold in the ledger as a local activity (latency), and answers approve or
+decline with a reason code.
+
+Then the issuer's webhooks, as `network_event` signals, applied one at a time:
+- an authorization's snapshot (created, declined, incremented, advice,
+  expired) is compared with the card's own decisions: when the issuer did
+  something else (its stand-in decision because the answer came too late, a
+  merchant that could not take a partial approval), the holds follow the
+  issuer, so the ledger matches what the issuer did;
+- a clearing posts from the holds (lower: the rest stays held, or is released
+  when final; higher: the excess within the tolerance as an extra transfer,
+  beyond it an operator exception); several may follow one authorization;
+- a reversal releases all or part of the holds; a force post debits the
+  wallet without an authorization; a refund credits it;
+- a hold not cleared within the policy is voided by a workflow timer.
+
+Every ledger key derives from the card's workflow id and a counter kept in
+the card's state, so replays and retries never post twice; events are
+applied once by id. The wallet never goes below zero: what the issuer
+settled that the wallet cannot cover becomes an exception for an operator.
+Deterministic: for use inside the workflow only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.card_transactions import RECORD_CARD_TRANSACTION, CardTransactionRecord
+    from activities.ledger.activities import (
+        GET_BALANCE,
+        HOLD,
+        LEDGER_RETRY_POLICY,
+        OPEN_ACCOUNTS,
+        RESOLVE_HOLD,
+        TRANSFER,
+    )
+    from schemas import accounts
+    from schemas.cards import (
+        AuthorizationAnswer,
+        AuthorizationRecord,
+        AuthorizationRequest,
+        CardException,
+        CardInput,
+        CardNetworkEvent,
+        DecisionRecord,
+        DeclineReason,
+        ExceptionDecision,
+        HeldPart,
+        Merchant,
+        Spend,
+    )
+    from schemas.cashback import CashbackInput, CashbackRefund
+    from schemas.issuer import Authorization as IssuerAuthorization
+    from schemas.issuer import (
+        AuthorizationStatus,
+        CardState,
+        DecidedBy,
+        DecisionOutcome,
+        TransactionType,
+    )
+    from schemas.issuer import Reversal as IssuerReversal
+    from schemas.issuer import Transaction as IssuerTransaction
+    from schemas.ledger import (
+        Account,
+        Balance,
+        HoldRequest,
+        HoldResolution,
+        TransferOutcome,
+        TransferRequest,
+    )
+    from workflows.cashback import CASHBACK_WORKFLOW, REFUND_SIGNAL, cashback_workflow_id
+    from workflows.steps import on_ledger, step_key
+
+# The ledger's own expiry of a hold sits this far past the card's timer, so a
+# clearing that races the timer still finds the hold; the timer voids it.
+HOLD_LEDGER_GRACE = timedelta(hours=1)
+# A local activity runs inside the workflow task; past this it is retried.
+LOCAL_LEDGER_TIMEOUT = timedelta(seconds=5)
+# Issuer events remembered by id; older repeats are stopped by the ledger keys.
+SEEN_EVENTS_MAX = 500
+BASIS_POINTS_PER_UNIT = 10_000
+
+
+class CardMoney:
+    def __init__(self, state: CardInput) -> None:
+        self.state = state
+        # Holds change one operation at a time: an authorization's hold, a
+        # clearing's posting and a reversal's release never interleave.
+        self.lock = asyncio.Lock()
+        self._accounts_open = False
+
+    # ----- accounts and ledger calls ----------------------------------------
+
+    @property
+    def wallet(self) -> str:
+        return accounts.wallet(self.state.customer_id, self.state.currency)
+
+    @property
+    def settlement(self) -> str:
+        return accounts.issuer_settlement(self.state.currency)
+
+    async def _open_accounts(self) -> None:
+        if self._accounts_open:
+            return
+        await on_ledger(
+            self.state.ledger_task_queue,
+            OPEN_ACCOUNTS,
+            [
+                accounts.system_account(self.settlement),
+                accounts.system_account(accounts.suspense_reconciliation(self.state.currency)),
+            ],
+            result_type=list[Account],
+        )
+        self._accounts_open = True
+
+    async def _local(self, name: str, argument: object, result_type: type) -> object:
+        return await workflow.execute_local_activity(
+            name,
+            argument,
+            result_type=result_type,
+            start_to_close_timeout=LOCAL_LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY_POLICY,
+        )
+
+    async def _hold(self, key: str, amount_minor: int, expires_at: datetime) -> TransferOutcome:
+        outcome = await self._local(
+            HOLD,
+            HoldRequest(
+                key=key,
+                debit=self.wallet,
+                credit=self.settlement,
+                amount_minor=amount_minor,
+                currency=self.state.currency,
+                expires_at=expires_at + HOLD_LEDGER_GRACE,
+            ),
+            TransferOutcome,
+        )
+        assert isinstance(outcome, TransferOutcome)
+        return outcome
+
+    async def _available(self) -> int:
+        balance = await self._local(GET_BALANCE, self.wallet, Balance)
+        assert isinstance(balance, Balance)
+        return max(balance.available, 0)
+
+    async def _resolve(self, resolution: HoldResolution) -> TransferOutcome:
+        outcome: TransferOutcome = await on_ledger(
+            self.state.ledger_task_queue,
+            RESOLVE_HOLD,
+            resolution,
+            result_type=TransferOutcome,
+        )
+        return outcome
+
+    async def _transfer(self, key: str, debit: str, credit: str, amount: int) -> TransferOutcome:
+        outcome: TransferOutcome = await on_ledger(
+            self.state.ledger_task_queue,
+            TRANSFER,
+            TransferRequest(
+                key=key,
+                debit=debit,
+                credit=credit,
+                amount_minor=amount,
+                currency=self.state.currency,
+            ),
+            result_type=TransferOutcome,
+        )
+        return outcome
+
+    def _key(self, record: AuthorizationRecord, what: str) -> str:
+        record.keys_used += 1
+        return step_key(f"auth/{record.authorization_id}/{record.keys_used}-{what}")
+
+    # ----- real-time decisions ----------------------------------------------
+
+    async def authorize(self, request: AuthorizationRequest) -> AuthorizationAnswer:
+        state = self.state
+        record = state.authorizations.get(request.authorization_id)
+        if request.kind == "initial" and record is not None:
+            # The same question again (a retried request): the first answer.
+            first = record
+            await workflow.wait_condition(lambda: bool(first.decisions))
+            return _answer(first.decisions[0])
+        if request.kind == "incremental":
+            if record is None:
+                return _decline(DeclineReason.UNKNOWN_AUTHORIZATION)
+            followed = _claim_followed(record, request)
+            if followed is not None:
+                return _answer(followed)
+        now = workflow.now()
+        if record is None:
+            record = AuthorizationRecord(
+                authorization_id=request.authorization_id,
+                merchant=request.merchant,
+                merchant_amount_minor=request.merchant_amount_minor,
+                merchant_currency=request.merchant_currency,
+                created_at=now,
+                expires_at=now + timedelta(seconds=state.policy.hold_expiry_seconds),
+            )
+            state.authorizations[request.authorization_id] = record
+        index = record.next_decision
+        record.next_decision += 1
+        reason = self._refusal(request, record, now)
+        if reason is not None:
+            return self._decide(record, index, request, 0, reason.value)
+        # Counted before the hold is awaited, so concurrent requests on this
+        # card see each other and never pass a limit together.
+        self._count(now, request.amount_minor)
+        async with self.lock:
+            raced = next((d for d in record.decisions if d.index == index), None)
+            if raced is not None:
+                # The issuer's webhook about this very question got the lock
+                # first: the card already follows the issuer's answer.
+                self._count(now, -request.amount_minor)
+                return _answer(raced)
+            await self._open_accounts()
+            key = step_key(f"auth/{record.authorization_id}/d{index}")
+            held = await self._hold(key, request.amount_minor, record.expires_at)
+            approved, why = request.amount_minor, "approved"
+            if not held.accepted:
+                approved, why = 0, DeclineReason.INSUFFICIENT_FUNDS.value
+                if request.partial_approval_capable:
+                    available = await self._available()
+                    if 0 < available < request.amount_minor:
+                        partial = await self._hold(f"{key}-partial", available, record.expires_at)
+                        if partial.accepted:
+                            approved, why = available, "partially_approved"
+                            key = partial.key
+            self._count(now, approved - request.amount_minor)
+            if approved:
+                record.held.append(HeldPart(key=key, amount_minor=approved, decision=index))
+            return self._decide(record, index, request, approved, why)
+
+    def _decide(
+        self,
+        record: AuthorizationRecord,
+        index: int,
+        request: AuthorizationRequest,
+        approved_minor: int,
+        reason: str,
+    ) -> AuthorizationAnswer:
+        decision = DecisionRecord(
+            index=index,
+            kind=request.kind,
+            requested_minor=request.amount_minor,
+            approved_minor=approved_minor,
+            reason=reason,
+        )
+        record.decisions.append(decision)
+        record.decisions.sort(key=lambda d: d.index)
+        record.authorized_minor = sum(d.approved_minor for d in record.decisions)
+        return _answer(decision)
+
+    def _refusal(
+        self, request: AuthorizationRequest, record: AuthorizationRecord, now: datetime
+    ) -> DeclineReason | None:
+        state, limits, policy = self.state, self.state.limits, self.state.policy
+        if state.state is CardState.PAUSED:
+            return DeclineReason.CARD_PAUSED
+        if state.state is not CardState.OPEN:
+            return DeclineReason.CARD_CLOSED
+        if request.currency != state.currency:
+            return DeclineReason.CURRENCY_MISMATCH
+        if request.merchant.mcc in limits.blocked_mccs:
+            return DeclineReason.BLOCKED_MCC
+        if request.kind == "initial" and self._open_count() > policy.open_authorizations_max:
+            return DeclineReason.TOO_MANY_OPEN_AUTHORIZATIONS
+        amount = request.amount_minor
+        if (
+            limits.per_transaction_minor is not None
+            and record.authorized_minor + amount > limits.per_transaction_minor
+        ):
+            return DeclineReason.OVER_TRANSACTION_LIMIT
+        self._roll(now)
+        if limits.per_day_minor is not None and state.spent_day_minor + amount > (
+            limits.per_day_minor
+        ):
+            return DeclineReason.OVER_DAILY_LIMIT
+        if limits.per_month_minor is not None and state.spent_month_minor + amount > (
+            limits.per_month_minor
+        ):
+            return DeclineReason.OVER_MONTHLY_LIMIT
+        if len(state.recent) >= policy.velocity_count_max:
+            return DeclineReason.VELOCITY_COUNT
+        if policy.velocity_amount_max_minor is not None and (
+            sum(s.amount_minor for s in state.recent) + amount > policy.velocity_amount_max_minor
+        ):
+            return DeclineReason.VELOCITY_AMOUNT
+        return None
+
+    def _roll(self, now: datetime) -> None:
+        """Forget spend outside the velocity window and past days and months."""
+        state = self.state
+        window_start = now - timedelta(seconds=state.policy.velocity_window_seconds)
+        state.recent = [s for s in state.recent if s.at > window_start]
+        day, month = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+        if state.spent_day != day:
+            state.spent_day, state.spent_day_minor = day, 0
+        if state.spent_month != month:
+            state.spent_month, state.spent_month_minor = month, 0
+
+    def _count(self, now: datetime, amount_minor: int) -> None:
+        """Add (or, negative, take back) an approval to the limits' counters."""
+        state = self.state
+        self._roll(now)
+        state.spent_day_minor += amount_minor
+        state.spent_month_minor += amount_minor
+        if amount_minor > 0:
+            state.recent.append(Spend(at=now, amount_minor=amount_minor))
+        elif amount_minor < 0 and state.recent:
+            last = state.recent[-1]
+            last.amount_minor += amount_minor
+            if last.amount_minor <= 0:
+                state.recent.pop()
+
+    def _open_count(self) -> int:
+        return sum(1 for r in self.state.authorizations.values() if r.held)
+
+    # ----- the issuer's events ----------------------------------------------
+
+    async def apply(self, event: CardNetworkEvent) -> None:
+        """Apply one issuer event, once."""
+        subject = event.transaction or event.reversal
+        event_key = subject.id if subject is not None else event.event_id
+        if event_key in self.state.seen_events:
+            return
+        async with self.lock:
+            await self._open_accounts()
+            if event.authorization is not None:
+                await self._reconcile(event.authorization, event)
+            elif event.transaction is not None:
+                await self._settle(event.transaction)
+            elif event.reversal is not None:
+                await self._reverse(event.reversal)
+        self.state.seen_events.append(event_key)
+        del self.state.seen_events[:-SEEN_EVENTS_MAX]
+
+    async def _reconcile(self, issuer: IssuerAuthorization, event: CardNetworkEvent) -> None:
+        """Make the holds match what the issuer decided, decision by decision."""
+        state = self.state
+        record = state.authorizations.get(issuer.id)
+        approved_anything = any(d.outcome is DecisionOutcome.APPROVE for d in issuer.decisions)
+        if record is None:
+            if issuer.status is not AuthorizationStatus.PENDING or not approved_anything:
+                return
+            now = workflow.now()
+            record = AuthorizationRecord(
+                authorization_id=issuer.id,
+                merchant=Merchant.model_validate(issuer.merchant.model_dump()),
+                merchant_amount_minor=issuer.merchant_amount_minor,
+                merchant_currency=issuer.merchant_currency,
+                created_at=now,
+                expires_at=now + timedelta(seconds=state.policy.hold_expiry_seconds),
+            )
+            state.authorizations[issuer.id] = record
+        for index, theirs in enumerate(issuer.decisions):
+            ours = next((d for d in record.decisions if d.index == index), None)
+            if ours is not None and ours.reconciled:
+                continue
+            issuer_minor = (
+                theirs.approved_amount_minor if theirs.outcome is DecisionOutcome.APPROVE else 0
+            )
+            if ours is None:
+                # The card never answered this one in time: the issuer's
+                # decision stands, and a later copy of the question follows it.
+                ours = DecisionRecord(
+                    index=index,
+                    kind=theirs.kind,
+                    requested_minor=theirs.requested_amount_minor,
+                    approved_minor=0,
+                    reason=f"followed the issuer ({theirs.decided_by.value}): {theirs.reason}",
+                    decided_by=theirs.decided_by.value,
+                )
+                record.decisions.append(ours)
+                record.decisions.sort(key=lambda d: d.index)
+                record.next_decision = max(record.next_decision, index + 1)
+            elif theirs.decided_by is not DecidedBy.CARDFLOW:
+                ours.reason += f"; the issuer applied {theirs.decided_by.value} {theirs.outcome}"
+                ours.decided_by = theirs.decided_by.value
+            if issuer_minor < ours.approved_minor:
+                await self._release(record, ours.approved_minor - issuer_minor, index)
+            elif issuer_minor > ours.approved_minor:
+                await self._hold_for_issuer(record, issuer_minor - ours.approved_minor, index)
+            self._count(workflow.now(), issuer_minor - ours.approved_minor)
+            ours.approved_minor = issuer_minor
+            ours.reconciled = True
+        record.authorized_minor = sum(d.approved_minor for d in record.decisions)
+
+        if event.type == "authorization.advice" and issuer.history:
+            change = issuer.history[-1]
+            if change.kind == "advice" and change.amount_minor > 0:
+                await self._hold_for_issuer(record, change.amount_minor, None)
+            elif change.kind == "advice" and change.amount_minor < 0:
+                await self._release(record, -change.amount_minor, None)
+        if issuer.status in (AuthorizationStatus.EXPIRED, AuthorizationStatus.DECLINED) or (
+            issuer.status is not AuthorizationStatus.PENDING and issuer.pending_amount_minor == 0
+        ):
+            await self._release(record, record.held_minor, None)
+        self._forget_if_done(record, issuer.status)
+
+    async def _hold_for_issuer(
+        self, record: AuthorizationRecord, amount_minor: int, index: int | None
+    ) -> None:
+        """Hold what the issuer approved without the card (stand-in, advice)."""
+        key = self._key(record, "issuer-hold")
+        held = await self._hold(key, amount_minor, record.expires_at)
+        if held.accepted:
+            record.held.append(
+                HeldPart(
+                    key=key, amount_minor=amount_minor, decision=-1 if index is None else index
+                )
+            )
+            return
+        self._exception(
+            "uncovered",
+            amount_minor,
+            record.authorization_id,
+            None,
+            f"the issuer approved {amount_minor} the wallet cannot hold ({held.detail}); "
+            "a clearing of it will need an operator",
+        )
+
+    async def _release(
+        self, record: AuthorizationRecord, amount_minor: int, index: int | None
+    ) -> None:
+        """Give back up to amount_minor of the holds (of one decision, or the
+        newest first), keeping the rest held."""
+        remaining = amount_minor
+        for part in reversed(list(record.held)):
+            if remaining <= 0:
+                break
+            if index is not None and part.decision != index:
+                continue
+            take = min(part.amount_minor, remaining)
+            if take == part.amount_minor:
+                await self._resolve(
+                    HoldResolution(key=self._key(record, "void"), hold_key=part.key, action="void")
+                )
+                record.held.remove(part)
+            else:
+                rest_key = self._key(record, "rest")
+                await self._resolve(
+                    HoldResolution(
+                        key=self._key(record, "void-part"),
+                        hold_key=part.key,
+                        action="void",
+                        amount_minor=take,
+                        rest_key=rest_key,
+                    )
+                )
+                part.key, part.amount_minor = rest_key, part.amount_minor - take
+            remaining -= take
+
+    async def _post_from_holds(
+        self, record: AuthorizationRecord, amount_minor: int, transaction_id: str
+    ) -> int:
+        """Post up to amount_minor from the holds, oldest first; what a part
+        does not use stays held. Returns what is left to post."""
+        remaining = amount_minor
+        for part in list(record.held):
+            if remaining <= 0:
+                break
+            take = min(part.amount_minor, remaining)
+            rest_key = self._key(record, "rest") if take < part.amount_minor else None
+            posted = await self._resolve(
+                HoldResolution(
+                    key=self._key(record, f"post-{transaction_id}"),
+                    hold_key=part.key,
+                    action="post",
+                    amount_minor=take if rest_key else None,
+                    rest_key=rest_key,
+                )
+            )
+            if not posted.accepted:
+                # The hold is gone (expired in the ledger): post it plainly below.
+                record.held.remove(part)
+                continue
+            if rest_key is None:
+                record.held.remove(part)
+            else:
+                part.key, part.amount_minor = rest_key, part.amount_minor - take
+            remaining -= take
+        return remaining
+
+    async def _settle(self, transaction: IssuerTransaction) -> None:
+        state = self.state
+        if transaction.type is TransactionType.REFUND:
+            await self._transfer(
+                step_key(f"refund/{transaction.id}"),
+                self.settlement,
+                self.wallet,
+                transaction.amount_minor,
+            )
+            await self._record(transaction)
+            if transaction.refunded_transaction_id:
+                await self._claw_back(transaction)
+            return
+        if transaction.type not in (TransactionType.CLEARING, TransactionType.FORCE_POST):
+            return  # chargebacks belong to the dispute process
+        record = (
+            state.authorizations.get(transaction.authorization_id)
+            if transaction.authorization_id
+            else None
+        )
+        remaining = transaction.amount_minor
+        if record is not None:
+            remaining = await self._post_from_holds(record, remaining, transaction.id)
+            record.cleared_minor += transaction.amount_minor
+        if remaining > 0:
+            await self._post_excess(record, transaction, remaining)
+        if record is not None:
+            if transaction.released_amount_minor:
+                await self._release(record, transaction.released_amount_minor, None)
+            if transaction.authorization_status not in (None, AuthorizationStatus.PENDING):
+                await self._release(record, record.held_minor, None)
+            self._forget_if_done(record, transaction.authorization_status)
+        await self._record(transaction)
+        await self._start_cashback(transaction)
+
+    async def _post_excess(
+        self, record: AuthorizationRecord | None, transaction: IssuerTransaction, excess: int
+    ) -> None:
+        """Post what a clearing takes beyond the holds: within the tolerance
+        of what was authorized (or with no authorization at all: a force post
+        or a late presentment) straight from the wallet; beyond it, or when
+        the wallet cannot cover it, an exception for an operator."""
+        if record is not None and record.cleared_minor <= record.authorized_minor:
+            # Cleared no more than authorized, but the holds were short (an
+            # expired or released part): no tolerance question.
+            within = True
+        elif record is not None:
+            allowance = (
+                record.authorized_minor
+                * self.state.policy.clearing_over_tolerance_bps
+                // BASIS_POINTS_PER_UNIT
+            )
+            within = record.over_minor + excess <= allowance
+        else:
+            within = True
+        if not within:
+            self._exception(
+                "over_tolerance",
+                excess,
+                record.authorization_id if record else None,
+                transaction.id,
+                f"clearing {transaction.id} is {excess} over the authorization, beyond the "
+                f"{self.state.policy.clearing_over_tolerance_bps} bps tolerance",
+            )
+            return
+        posted = await self._transfer(
+            step_key(f"post/{transaction.id}"), self.wallet, self.settlement, excess
+        )
+        if posted.accepted:
+            if record is not None and record.cleared_minor > record.authorized_minor:
+                record.over_minor += excess
+            return
+        self._exception(
+            "uncovered",
+            excess,
+            record.authorization_id if record else None,
+            transaction.id,
+            f"the issuer settled {excess} the wallet cannot cover ({posted.detail})",
+        )
+
+    async def _reverse(self, reversal: IssuerReversal) -> None:
+        record = self.state.authorizations.get(reversal.authorization_id)
+        if record is None:
+            return
+        await self._release(record, reversal.amount_minor, None)
+        self._count(workflow.now(), -reversal.amount_minor)
+        if reversal.authorization_status is not AuthorizationStatus.PENDING:
+            await self._release(record, record.held_minor, None)
+        self._forget_if_done(record, reversal.authorization_status)
+
+    def _forget_if_done(
+        self, record: AuthorizationRecord, issuer_status: AuthorizationStatus | None
+    ) -> None:
+        finished = issuer_status not in (None, AuthorizationStatus.PENDING)
+        if not record.held and (finished or all(d.reconciled for d in record.decisions)):
+            self.state.authorizations.pop(record.authorization_id, None)
+
+    # ----- hold expiry ------------------------------------------------------
+
+    def next_expiry(self) -> datetime | None:
+        held = [r.expires_at for r in self.state.authorizations.values()]
+        return min(held) if held else None
+
+    async def expire_due(self) -> None:
+        """Void the holds of authorizations past the policy's hold period."""
+        now = workflow.now()
+        for record in list(self.state.authorizations.values()):
+            if record.expires_at > now:
+                continue
+            async with self.lock:
+                await self._release(record, record.held_minor, None)
+                self.state.authorizations.pop(record.authorization_id, None)
+
+    # ----- operators --------------------------------------------------------
+
+    def _exception(
+        self,
+        kind: str,
+        amount_minor: int,
+        authorization_id: str | None,
+        transaction_id: str | None,
+        detail: str,
+    ) -> None:
+        self.state.exceptions.append(
+            CardException(
+                id=f"exc-{len(self.state.exceptions) + 1}",
+                kind=kind,  # type: ignore[arg-type]
+                amount_minor=amount_minor,
+                authorization_id=authorization_id,
+                transaction_id=transaction_id,
+                detail=detail,
+            )
+        )
+
+    def open_exceptions(self) -> list[CardException]:
+        return [e for e in self.state.exceptions if e.resolution is None]
+
+    async def resolve_exception(self, decision: ExceptionDecision) -> str:
+        found = next(e for e in self.state.exceptions if e.id == decision.exception_id)
+        async with self.lock:
+            await self._open_accounts()
+            if decision.action == "charge":
+                charged = await self._transfer(
+                    step_key(f"exception/{found.id}/charge"),
+                    self.wallet,
+                    self.settlement,
+                    found.amount_minor,
+                )
+                if not charged.accepted:
+                    return f"not charged: {charged.detail}; the exception stays open"
+            else:
+                await self._transfer(
+                    step_key(f"exception/{found.id}/write-off"),
+                    accounts.suspense_reconciliation(self.state.currency),
+                    self.settlement,
+                    found.amount_minor,
+                )
+        found.resolution = f"{decision.action}: {decision.reason}"
+        return found.resolution
+
+    # ----- follow-ups -------------------------------------------------------
+
+    async def _record(self, transaction: IssuerTransaction) -> None:
+        merchant = transaction.merchant
+        await on_ledger(
+            self.state.ledger_task_queue,
+            RECORD_CARD_TRANSACTION,
+            CardTransactionRecord(
+                transaction_id=transaction.id,
+                card_id=self.state.card_id,
+                customer_id=self.state.customer_id,
+                kind=transaction.type.value,
+                authorization_id=transaction.authorization_id,
+                refunded_transaction_id=transaction.refunded_transaction_id,
+                amount_minor=transaction.amount_minor,
+                currency=transaction.currency,
+                merchant_amount_minor=transaction.merchant_amount_minor,
+                merchant_currency=transaction.merchant_currency,
+                merchant_name=merchant.name if merchant else None,
+                mcc=merchant.mcc if merchant else None,
+                occurred_at=datetime.fromisoformat(transaction.created_at),
+            ),
+            result_type=bool,
+        )
+
+    async def _start_cashback(self, transaction: IssuerTransaction) -> None:
+        if transaction.merchant is None:
+            return
+        try:
+            await workflow.start_child_workflow(
+                CASHBACK_WORKFLOW,
+                CashbackInput(
+                    transaction_id=transaction.id,
+                    customer_id=self.state.customer_id,
+                    card_id=self.state.card_id,
+                    amount_minor=transaction.amount_minor,
+                    currency=transaction.currency,
+                    mcc=transaction.merchant.mcc,
+                    merchant_name=transaction.merchant.name,
+                    occurred_at=datetime.fromisoformat(transaction.created_at),
+                    ledger_task_queue=self.state.ledger_task_queue,
+                    providers_task_queue=self.state.providers_task_queue,
+                    workflows_task_queue=self.state.workflows_task_queue,
+                ),
+                id=cashback_workflow_id(transaction.id),
+                task_queue=self.state.workflows_task_queue,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # this purchase's cashback is already being decided
+
+    async def _claw_back(self, refund: IssuerTransaction) -> None:
+        assert refund.refunded_transaction_id is not None
+        handle = workflow.get_external_workflow_handle(
+            cashback_workflow_id(refund.refunded_transaction_id)
+        )
+        try:
+            await handle.signal(
+                REFUND_SIGNAL, CashbackRefund(refund_id=refund.id, amount_minor=refund.amount_minor)
+            )
+        except Exception:  # noqa: BLE001 - no cashback process (any more): nothing to claw back
+            workflow.logger.info("no cashback to claw back for %s", refund.refunded_transaction_id)
+
+
+def _answer(decision: DecisionRecord) -> AuthorizationAnswer:
+    return AuthorizationAnswer(
+        decision="approve" if decision.approved_minor > 0 else "decline",
+        approved_amount_minor=decision.approved_minor,
+        reason=decision.reason,
+    )
+
+
+def _decline(reason: DeclineReason) -> AuthorizationAnswer:
+    return AuthorizationAnswer(decision="decline", approved_amount_minor=0, reason=reason.value)
+
+
+def _claim_followed(
+    record: AuthorizationRecord, request: AuthorizationRequest
+) -> DecisionRecord | None:
+    """A question the card is asked after it already followed the issuer's
+    own answer to it (the webhook came first): that answer stands."""
+    for decision in record.decisions:
+        if (
+            decision.decided_by != "cardflow"
+            and decision.kind == request.kind
+            and decision.requested_minor == request.amount_minor
+            and decision.reason.startswith("followed the issuer")
+        ):
+            decision.decided_by = "cardflow"  # claimed: a second copy decides afresh
+            return decision
+    return None
