@@ -1,0 +1,417 @@
+"""Cashback `cashback/{transaction_id}`: reward a cleared purchase, claw it back on refunds.
+
+The card process records the purchase in card_transactions and starts this
+workflow as a child (ParentClosePolicy.ABANDON); a merchant refund naming
+the purchase arrives as the signal `refund`.
+
+Steps: gather the evaluator's data in one ledger-queue activity (campaigns in
+force at the purchase, the customer's segment, recent purchase counts);
+evaluate the rules (schemas/cashback.py, pure); pay every reward from
+`expense:cashback:{CCY}` to the customer's wallet in the purchase's currency,
+in one atomic batch keyed per (transaction, campaign), so retries and
+re-starts pay each reward once; tell the customer (a failed notification
+never undoes the reward); then stay open for refunds until
+`clawback_window_seconds` after the reward, or until the purchase is refunded
+in full. No reward: the process ends at once.
+
+Clawback rule: each refund (once per refund_id) makes due, in total, the
+reward times the amount refunded so far over the purchase amount, rounded
+down (all of it once the whole purchase is refunded), and the process takes
+from the wallet whatever of that is not taken yet. The wallet never goes
+below zero (pending holds included): when it cannot cover the clawback, the
+process takes what the wallet holds and records the rest as the shortfall,
+in the status, the result, the details and the search attribute
+ProcessStatus = "shortfall", for an operator. A later refund tries to take the
+outstanding shortfall again.
+
+There is nothing to compensate: the rewards post in one atomic batch, and a
+paid reward is only ever taken back by a refund. A cancellation (an operator
+closing the window early) still claws back the refunds already received,
+shielded from the cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.cashback import LOAD_CONTEXT
+    from activities.ledger.activities import GET_BALANCE, OPEN_ACCOUNTS, SUBMIT_BATCH, TRANSFER
+    from activities.providers.activities import NOTIFY_CUSTOMER
+    from schemas.accounts import expense_cashback, system_account, wallet
+    from schemas.cashback import (
+        CashbackContext,
+        CashbackContextRequest,
+        CashbackDecision,
+        CashbackInput,
+        CashbackOutcome,
+        CashbackRefund,
+        CashbackResult,
+        CashbackStatus,
+        PurchaseFacts,
+        RefundRecord,
+        clawback_target_minor,
+        evaluate,
+    )
+    from schemas.customers import Notification
+    from schemas.ledger import (
+        Account,
+        Balance,
+        Rejection,
+        TransferBatch,
+        TransferOutcome,
+        TransferRequest,
+    )
+    from schemas.money import Money
+    from schemas.search import AMOUNT_MINOR, CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+
+CASHBACK_WORKFLOW = "Cashback"
+REFUND_SIGNAL = "refund"
+STATUS_QUERY = "status"
+# ProcessStatus while (and after) a clawback could not be covered in full.
+SHORTFALL_STATUS = "shortfall"
+
+
+def cashback_workflow_id(transaction_id: str) -> str:
+    return f"cashback/{transaction_id}"
+
+
+@workflow.defn(name=CASHBACK_WORKFLOW)
+class Cashback:
+    @workflow.init
+    def __init__(self, request: CashbackInput) -> None:
+        # Set before any handler runs: a refund may arrive with the start.
+        self._input = request
+        self._stage = "starting"
+        self._decision = CashbackDecision()
+        self._reward_minor = 0
+        self._window_closes_at: datetime | None = None
+        self._notified = False
+        self._pending: list[CashbackRefund] = []
+        self._refund_ids: set[str] = set()
+        self._refunds: list[RefundRecord] = []
+        self._refunded_minor = 0
+        self._clawed_back_minor = 0
+        self._shortfall_minor = 0
+
+    # ----- platform: search attributes, cancellation, handlers ----------------
+
+    @workflow.run
+    async def run(self, request: CashbackInput) -> CashbackResult:
+        workflow.upsert_search_attributes(
+            [
+                CUSTOMER_ID.value_set(request.customer_id),
+                CARD_ID.value_set(request.card_id),
+                AMOUNT_MINOR.value_set(request.amount_minor),
+                CURRENCY.value_set(request.currency.value),
+            ]
+        )
+        try:
+            outcome, reason = await self._cashback(request)
+        except asyncio.CancelledError:
+            # Refunds already received are the customer's money back: their
+            # clawback still runs, shielded from the cancellation.
+            await asyncio.shield(asyncio.ensure_future(self._settle_after_cancel()))
+            self._set_stage("cancelled")
+            raise
+        except Exception:
+            self._set_stage("failed")
+            raise
+        # Every refund signal is handled before the result is final.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._set_stage(_FINAL_STAGES[outcome])
+        return CashbackResult(
+            transaction_id=request.transaction_id,
+            outcome=outcome,
+            currency=request.currency,
+            reason=reason,
+            rewards=self._decision.rewards if self._reward_minor else [],
+            verdicts=self._decision.verdicts,
+            reward_minor=self._reward_minor,
+            refunded_minor=self._refunded_minor,
+            clawed_back_minor=self._clawed_back_minor,
+            shortfall_minor=self._shortfall_minor,
+            refunds=self._refunds,
+            notified=self._notified,
+        )
+
+    async def _settle_after_cancel(self) -> None:
+        try:
+            if self._reward_minor:
+                await self._settle_refunds()
+        except (Exception, asyncio.CancelledError) as error:
+            workflow.logger.error("refunds left unsettled on cancellation: %s", error)
+
+    # ----- business steps -----------------------------------------------------
+
+    async def _cashback(self, request: CashbackInput) -> tuple[CashbackOutcome, str]:
+        self._set_stage("evaluating")
+        context: CashbackContext = await self._ledger(
+            LOAD_CONTEXT,
+            CashbackContextRequest(
+                customer_id=request.customer_id,
+                transaction_id=request.transaction_id,
+                occurred_at=request.occurred_at,
+            ),
+            result_type=CashbackContext,
+        )
+        self._decision = evaluate(
+            context.campaigns,
+            PurchaseFacts(
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+                mcc=request.mcc,
+                occurred_at=request.occurred_at,
+                segment=context.segment,
+                recent=context.recent,
+            ),
+            total_basis_points_max=request.policy.total_basis_points_max,
+        )
+        if not self._decision.rewards:
+            return "no_reward", f"no campaign matched ({len(context.campaigns)} in force)"
+
+        rejected = await self._pay(request)
+        if rejected is not None:
+            return "not_paid", rejected
+
+        notifying = asyncio.ensure_future(self._notify_reward(request))
+        try:
+            reason = await self._refund_window(request)
+        finally:
+            # The notification runs alongside the window; one still retrying
+            # when the process ends is given up, and the reward stays.
+            if not notifying.done():
+                notifying.cancel()
+            await workflow.wait([notifying])
+        return "completed", reason
+
+    async def _pay(self, request: CashbackInput) -> str | None:
+        """Pay every reward in one atomic batch; the rejection, if the ledger refused it."""
+        self._set_stage("paying")
+        expense = expense_cashback(request.currency)
+        await self._ledger(OPEN_ACCOUNTS, [system_account(expense)], result_type=list[Account])
+        credit = wallet(request.customer_id, request.currency)
+        outcomes: list[TransferOutcome] = await self._ledger(
+            SUBMIT_BATCH,
+            TransferBatch(
+                items=[
+                    TransferRequest(
+                        # One key per (transaction, campaign): paid once whatever repeats.
+                        key=step_key(f"reward/{line.campaign_id}"),
+                        debit=expense,
+                        credit=credit,
+                        amount_minor=line.amount_minor,
+                        currency=request.currency,
+                    )
+                    for line in self._decision.rewards
+                ],
+                atomic=True,
+            ),
+            result_type=list[TransferOutcome],
+        )
+        refused = [outcome for outcome in outcomes if not outcome.accepted]
+        if refused:
+            first = refused[0]
+            rejection = first.rejection.value if first.rejection else "rejected"
+            return f"the ledger refused the reward: {rejection} {first.detail}".strip()
+        self._reward_minor = self._decision.total_minor
+        self._window_closes_at = workflow.now() + timedelta(
+            seconds=request.policy.clawback_window_seconds
+        )
+        return None
+
+    async def _refund_window(self, request: CashbackInput) -> str:
+        self._set_stage("open for refunds")
+        assert self._window_closes_at is not None
+        while True:
+            await self._settle_refunds()
+            if self._refunded_minor >= request.amount_minor:
+                return "the purchase was refunded in full"
+            left_seconds = (self._window_closes_at - workflow.now()).total_seconds()
+            if left_seconds <= 0 or not await wait_for(
+                lambda: bool(self._pending), math.ceil(left_seconds)
+            ):
+                await self._settle_refunds()
+                return "the clawback window closed"
+
+    async def _settle_refunds(self) -> None:
+        while self._pending:
+            refund = self._pending[0]
+            await self._claw_back(refund)
+            # Dropped only once settled, so a cancellation mid-way settles it again
+            # (with the same ledger keys).
+            self._pending.pop(0)
+
+    async def _claw_back(self, refund: CashbackRefund) -> None:
+        request = self._input
+        self._set_stage("clawing back")
+        refunded = self._refunded_minor + refund.amount_minor
+        target = clawback_target_minor(self._reward_minor, request.amount_minor, refunded)
+        due = max(0, target - self._clawed_back_minor)
+        collected, detail = await self._collect(refund.refund_id, due) if due else (0, "")
+        # Invariant: never more taken back than the refunds make due, nor than was paid.
+        assert self._clawed_back_minor + collected <= target <= self._reward_minor
+        self._refunded_minor = refunded
+        self._clawed_back_minor += collected
+        self._shortfall_minor = target - self._clawed_back_minor
+        self._refunds.append(
+            RefundRecord(
+                refund_id=refund.refund_id,
+                amount_minor=refund.amount_minor,
+                clawed_back_minor=collected,
+                shortfall_minor=self._shortfall_minor,
+                detail=detail,
+            )
+        )
+        self._set_stage("open for refunds")
+
+    async def _collect(self, refund_id: str, due: int) -> tuple[int, str]:
+        """Take `due` from the wallet, or as much of it as the wallet holds."""
+        request = self._input
+        debit = wallet(request.customer_id, request.currency)
+        credit = expense_cashback(request.currency)
+
+        async def take(key: str, amount: int) -> TransferOutcome:
+            outcome: TransferOutcome = await self._ledger(
+                TRANSFER,
+                TransferRequest(
+                    key=step_key(key),
+                    debit=debit,
+                    credit=credit,
+                    amount_minor=amount,
+                    currency=request.currency,
+                ),
+                result_type=TransferOutcome,
+            )
+            return outcome
+
+        outcome = await take(f"clawback/{refund_id}", due)
+        if outcome.accepted:
+            return due, ""
+        # A card payment may take the wallet between the read and the debit:
+        # read again and retry, a bounded number of times, each with its own key.
+        for attempt in range(1, request.policy.clawback_attempts_max + 1):
+            if outcome.rejection is not Rejection.INSUFFICIENT_FUNDS:
+                break
+            balance: Balance = await self._ledger(GET_BALANCE, debit, result_type=Balance)
+            amount = min(due, balance.available)
+            if amount <= 0:
+                return 0, "the wallet is empty"
+            outcome = await take(f"clawback/{refund_id}/{attempt}", amount)
+            if outcome.accepted:
+                return amount, f"the wallet covered {amount} of {due}"
+        rejection = outcome.rejection.value if outcome.rejection else "rejected"
+        return 0, f"the wallet refused the clawback: {rejection} {outcome.detail}".strip()
+
+    async def _notify_reward(self, request: CashbackInput) -> None:
+        earned = Money(amount_minor=self._reward_minor, currency=request.currency)
+        at = f" at {request.merchant_name}" if request.merchant_name else ""
+        try:
+            await on_providers(
+                request.providers_task_queue,
+                NOTIFY_CUSTOMER,
+                Notification(
+                    key=step_key("notify/reward"),
+                    customer_id=request.customer_id,
+                    subject=f"You earned {earned} cashback",
+                    body=f"You earned {earned} cashback on your purchase{at}.",
+                ),
+            )
+        except ActivityError as error:
+            workflow.logger.warning("the cashback notification failed: %s", error)
+            return
+        self._notified = True
+        workflow.set_current_details(self._details())
+
+    # ----- messages -----------------------------------------------------------
+
+    @workflow.signal(name=REFUND_SIGNAL)
+    def refund(self, refund: CashbackRefund) -> None:
+        # The gateway and the card process may deliver a refund twice.
+        if refund.refund_id in self._refund_ids:
+            return
+        if len(self._refund_ids) >= self._input.policy.refunds_max:
+            workflow.logger.warning(
+                "refund %s ignored: %s refunds already taken",
+                refund.refund_id,
+                self._input.policy.refunds_max,
+            )
+            return
+        self._refund_ids.add(refund.refund_id)
+        self._pending.append(refund)
+
+    @workflow.query(name=STATUS_QUERY)
+    def status(self) -> CashbackStatus:
+        return CashbackStatus(
+            transaction_id=self._input.transaction_id,
+            stage=self._stage,
+            currency=self._input.currency,
+            rewards=self._decision.rewards if self._reward_minor else [],
+            verdicts=self._decision.verdicts,
+            reward_minor=self._reward_minor,
+            refunded_minor=self._refunded_minor,
+            clawed_back_minor=self._clawed_back_minor,
+            shortfall_minor=self._shortfall_minor,
+            refunds=self._refunds,
+            notified=self._notified,
+            window_closes_at=self._window_closes_at,
+        )
+
+    # ----- helpers ------------------------------------------------------------
+
+    def _set_stage(self, stage: str) -> None:
+        self._stage = stage
+        workflow.set_current_details(self._details())
+        label = SHORTFALL_STATUS if self._shortfall_minor else stage
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(label)])
+
+    def _details(self) -> str:
+        request = self._input
+        currency = request.currency
+
+        def money(amount_minor: int) -> str:
+            return str(Money(amount_minor=amount_minor, currency=currency))
+
+        lines = [
+            f"Cashback on {request.transaction_id}: {self._stage}",
+            f"purchase {money(request.amount_minor)} at {request.merchant_name or '-'} "
+            f"(MCC {request.mcc}) on {request.occurred_at.isoformat()}",
+        ]
+        for line in self._decision.rewards if self._reward_minor else []:
+            capped = ", capped" if line.capped else ""
+            lines.append(
+                f"reward {line.campaign_id} v{line.campaign_version}: {line.basis_points} bp "
+                f"= {money(line.amount_minor)}{capped}"
+            )
+        if self._reward_minor:
+            lines.append(f"notified: {'yes' if self._notified else 'not yet'}")
+        if self._refunds or self._pending:
+            lines.append(
+                f"refunded {money(self._refunded_minor)}; clawed back "
+                f"{money(self._clawed_back_minor)}; {len(self._pending)} refund(s) pending"
+            )
+        if self._shortfall_minor:
+            lines.append(
+                f"SHORTFALL {money(self._shortfall_minor)}: the wallet could not cover the "
+                "clawback; an operator should recover it"
+            )
+        if self._window_closes_at is not None:
+            lines.append(f"refunds claw back until {self._window_closes_at.isoformat()}")
+        return "\n".join(lines)
+
+    async def _ledger(self, name: str, *args: object, result_type: type | None = None) -> Any:
+        return await on_ledger(self._input.ledger_task_queue, name, *args, result_type=result_type)
+
+
+_FINAL_STAGES: dict[str, str] = {
+    "no_reward": "no reward",
+    "not_paid": "not paid",
+    "completed": "completed",
+}
