@@ -32,6 +32,7 @@ import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
@@ -700,6 +701,8 @@ class CardMoney:
                 id=cashback_workflow_id(transaction.id),
                 task_queue=self.state.workflows_task_queue,
                 parent_close_policy=ParentClosePolicy.ABANDON,
+                # A purchase's cashback is decided once, even after it finished.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
         except WorkflowAlreadyStartedError:
             pass  # this purchase's cashback is already being decided

@@ -25,7 +25,7 @@ from schemas.cards import (
     ExceptionDecision,
     SpendingLimits,
 )
-from schemas.issuer import Authorization, Merchant
+from schemas.issuer import Authorization, CardType, Merchant
 from schemas.ledger import Balance
 from schemas.money import Currency
 from tests.conftest import Platform
@@ -337,7 +337,7 @@ async def test_a_stand_in_approval_is_held_as_the_issuer_approved_it(platform: P
     await wallet_becomes(platform, customer_id, posted=10_000, pending=2_000)
     async with issuer(platform) as client:
         await client.simulate_clearing(auth.id, idempotency_key="sc" + auth.id)
-    await wallet_becomes(platform, customer_id, posted=8_000, pending=0)
+    await wallet_becomes(platform, customer_id, posted=8000, pending=0)
     assert await verify(platform.stack.pool) == []
 
 
@@ -416,4 +416,145 @@ async def test_concurrent_authorizations_on_one_card_never_overspend(platform: P
     assert {r.decision_reason for r in results if r not in approved} == {"insufficient_funds"}
     balance = await wallet(platform, customer_id)
     assert (balance.available, balance.debits_pending) == (0, 5_000)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_cleared_purchase_earns_cashback_and_its_refund_claws_it_back(
+    platform: Platform,
+) -> None:
+    from activities.cashback import CashbackStore
+    from starters.cashback import SAMPLE_CAMPAIGNS_FILE, read_campaign_file
+    from starters.cashback import status as cashback_status
+
+    await CashbackStore(platform.stack.pool).load_campaigns(
+        read_campaign_file(SAMPLE_CAMPAIGNS_FILE).campaigns
+    )
+    customer_id, card_id, _ = await open_card(platform)
+    auth = await authorize(platform, card_id, 5_000)
+    async with issuer(platform) as client:
+        cleared = await client.simulate_clearing(
+            auth.id, amount_minor=5_000, idempotency_key="cb" + auth.id
+        )
+
+    async def paid() -> bool:
+        try:
+            found = await cashback_status(platform.stack.client, cleared.id)
+        except RPCError:
+            return False
+        return found.reward_minor > 0 and found.stage == "open for refunds"
+
+    await eventually(paid, "the cashback is paid")
+    reward = (await cashback_status(platform.stack.client, cleared.id)).reward_minor
+    # The sample campaigns pay 2% on groceries over 10.00.
+    assert reward == 100
+    await wallet_becomes(platform, customer_id, posted=10_000 - 5_000 + reward, pending=0)
+    async with issuer(platform) as client:
+        await client.simulate_refund(
+            card_id=card_id,
+            amount_minor=2_500,
+            currency=Currency.USD,
+            merchant=SHOP,
+            refunded_transaction_id=cleared.id,
+            idempotency_key="cbr" + card_id,
+        )
+    # Half refunded: half the reward clawed back.
+    await wallet_becomes(platform, customer_id, posted=10_000 - 5_000 + 2_500 + 50, pending=0)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_an_advice_moves_the_hold_to_the_networks_amount(platform: Platform) -> None:
+    customer_id, card_id, _ = await open_card(platform)
+    auth = await authorize(platform, card_id, 1_000)
+    async with issuer(platform) as client:
+        await client.simulate_advice(
+            auth.id, pending_amount_minor=600, idempotency_key="adv1" + auth.id
+        )
+        await wallet_becomes(platform, customer_id, posted=10_000, pending=600)
+        await client.simulate_advice(
+            auth.id, pending_amount_minor=800, idempotency_key="adv2" + auth.id
+        )
+        await wallet_becomes(platform, customer_id, posted=10_000, pending=800)
+        await client.simulate_clearing(auth.id, idempotency_key="advc" + auth.id)
+    await wallet_becomes(platform, customer_id, posted=9_200, pending=0)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_the_gateway_refuses_unsigned_and_malformed_real_time_requests(
+    platform: Platform,
+) -> None:
+    import httpx
+    from standardwebhooks import Webhook
+
+    url = f"{platform.gateway_url}/realtime/issuer/authorization"
+    async with httpx.AsyncClient() as http:
+        unsigned = await http.post(url, content=b"{}", headers={"webhook-id": "x"})
+        assert unsigned.status_code == 401
+        secret = platform.sim.secrets["issuer"]
+        body = (
+            '{"id": "evt_1", "type": "authorization.request", "created_at": "now", '
+            '"data": {"authorization_id": "a", "kind": "initial", "card_id": "c", '
+            '"amount_minor": -5, "currency": "USD", "merchant_amount_minor": 1, '
+            '"merchant_currency": "USD", "merchant": {"name": "m", "mcc": "5411", '
+            '"country": "GB"}}}'
+        )
+        from datetime import UTC, datetime
+
+        stamp = datetime.now(UTC)
+        headers = {
+            "webhook-id": "evt_1",
+            "webhook-timestamp": str(int(stamp.timestamp())),
+            "webhook-signature": Webhook(secret).sign("evt_1", stamp, body),
+        }
+        malformed = await http.post(url, content=body, headers=headers)
+        assert malformed.status_code == 400
+        assert malformed.json()["detail"][0]["loc"] == ["data", "amount_minor"]
+        unknown = body.replace('"amount_minor": -5', '"amount_minor": 5')
+        headers["webhook-signature"] = Webhook(secret).sign("evt_1", stamp, unknown)
+        answer = await http.post(url, content=unknown, headers=headers)
+        assert answer.status_code == 200
+        assert answer.json()["decision"] == "decline"
+        assert "not active" in answer.json()["reason"]
+
+
+async def test_open_holds_survive_continue_as_new_and_still_clear(platform: Platform) -> None:
+    customer_id = await customer(platform)
+    queues = platform.stack.queues
+    async with issuer(platform) as client:
+        holder = await client.create_cardholder(
+            first_name="Ada",
+            last_name="Lovelace",
+            email=f"{customer_id}@example.com",
+            address=HOME,
+            idempotency_key=f"holder-{customer_id}",
+        )
+        card = await client.create_card(
+            cardholder_id=holder.id,
+            card_type=CardType.VIRTUAL,
+            currency=Currency.USD,
+            idempotency_key=f"card-{customer_id}",
+        )
+    handle = await platform.stack.client.start_workflow(
+        "Card",
+        CardInput(
+            card_id=card.id,
+            customer_id=customer_id,
+            state=card.state,
+            history_events_max=60,
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            workflows_task_queue=queues.workflows,
+        ),
+        id=card_workflow_id(card.id),
+        task_queue=queues.workflows,
+    )
+    first = await authorize(platform, card.id, 1_000)
+    for _ in range(6):
+        await authorize(platform, card.id, 100)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_600)
+    runs = [e async for e in platform.stack.client.list_workflows(f"WorkflowId = '{handle.id}'")]
+    assert len(runs) > 1, "the card continued as new"
+    async with issuer(platform) as client:
+        await client.simulate_clearing(first.id, amount_minor=1_000, idempotency_key="can")
+    await wallet_becomes(platform, customer_id, posted=9_000, pending=600)
+    assert first.id not in (await card_state(handle)).authorizations
     assert await verify(platform.stack.pool) == []

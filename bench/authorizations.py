@@ -1,0 +1,336 @@
+"""Real-time authorization latency as the issuer sees it, against a floor.
+
+Run: .venv/bin/python -m bench.authorizations [--rate 30] [--seconds 20] [--cards 120] [--json]
+
+Starts the whole embedded stack in a temporary directory on free ports (the
+same parts `cardflow dev up` runs: Temporal dev server, PostgreSQL, codec,
+simulators, gateway, one worker per task queue), issues --cards virtual cards
+to funded customers, then in one run:
+
+  floor           a bare update on a running workflow that does nothing,
+                  open-loop at --rate, from this process
+  authorizations  purchases arriving open-loop at --rate over all cards
+                  through the issuer simulator, which asks the gateway in
+                  real time; latency is the simulator's own measure of the
+                  exchange (what the issuer sees), and an answer past the
+                  issuer's deadline is counted (the stand-in applied)
+
+Prints p50/p95/p99 of both and the p99 ratio. Targets on a 2-core machine:
+p99 <= 100 ms at 30/s, none past the deadline, p99 within 3x the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from temporalio import workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.customers import CustomerStore
+from activities.database import create_pool
+from activities.ledger import Ledger
+from schemas import accounts
+from schemas.cards import CardIssueInput, CardIssueResult
+from schemas.customers import CustomerProfile, KycStatus
+from schemas.issuer import Address, Authorization, Merchant
+from schemas.ledger import AccountSpec, TransferRequest
+from schemas.money import Currency
+from starters.devstack.stack import Stack
+from starters.simulate import authorize
+from workers.client import connect
+from workers.settings import Settings, load_settings
+from workflows.cards import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
+
+FUNDING_MINOR = 10**12
+CARDS_STARTED_AT_ONCE = 20
+MERCHANTS = [
+    Merchant(name="Corner Shop", mcc="5411", country="GB"),
+    Merchant(name="Cafe", mcc="5814", country="FR"),
+    Merchant(name="Fuel", mcc="5541", country="DE"),
+]
+ADDRESS = Address(line1="1 Bench Street", city="London", postal_code="N1 9GU", country="GB")
+NOOP_UPDATE = "touch"
+
+
+@workflow.defn(name="BenchNoop", sandboxed=False)
+class Noop:
+    """Does nothing but answer an update: the floor of any update's latency."""
+
+    def __init__(self) -> None:
+        self._done = False
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: self._done)
+
+    @workflow.update(name=NOOP_UPDATE)
+    def touch(self, value: int) -> int:
+        return value
+
+    @workflow.signal
+    def stop(self) -> None:
+        self._done = True
+
+
+@dataclass
+class Latency:
+    name: str
+    count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    past_deadline: int = 0
+    failed: int = 0
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def summarize(name: str, samples: list[float], past: int = 0, failed: int = 0) -> Latency:
+    if not samples:
+        return Latency(name, 0, 0.0, 0.0, 0.0, past, failed)
+    return Latency(
+        name,
+        len(samples),
+        round(percentile(samples, 0.50), 1),
+        round(percentile(samples, 0.95), 1),
+        round(percentile(samples, 0.99), 1),
+        past,
+        failed,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_settings(home: Path) -> Settings:
+    os.environ["CARDFLOW_HOME"] = str(home)
+    for variable in (
+        "CARDFLOW_TEMPORAL_PORT",
+        "CARDFLOW_TEMPORAL_UI_PORT",
+        "CARDFLOW_POSTGRES_PORT",
+        "CARDFLOW_CODEC_PORT",
+        "CARDFLOW_SIMULATORS_PORT",
+        "CARDFLOW_GATEWAY_PORT",
+    ):
+        os.environ[variable] = str(free_port())
+    return load_settings()
+
+
+async def open_loop(rate: float, seconds: float, call: object) -> list[object]:
+    """Start call(i) at a fixed rate whatever the earlier ones are doing."""
+    count = max(1, int(rate * seconds))
+    started = time.monotonic()
+    tasks = []
+    for i in range(count):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(call(i)))  # type: ignore[operator]
+    return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+async def issue_cards(client: Client, settings: Settings, count: int) -> list[str]:
+    pool = await create_pool(settings.effective_database_url, size_max=4)
+    store, ledger = CustomerStore(pool), Ledger(pool)
+    queues = settings.task_queues
+    await ledger.open_account(accounts.system_account(accounts.bank_inbound("USD")))
+    semaphore = asyncio.Semaphore(CARDS_STARTED_AT_ONCE)
+
+    async def one(i: int) -> str:
+        async with semaphore:
+            customer_id = f"bench-{uuid.uuid4().hex[:10]}"
+            await store.save(
+                CustomerProfile(
+                    customer_id=customer_id,
+                    first_name="Bench",
+                    last_name=f"Customer{i}",
+                    date_of_birth=date(1990, 1, 1),
+                    country="GBR",
+                    email=f"{customer_id}@example.com",
+                )
+            )
+            await store.set_kyc_status(customer_id, KycStatus.APPROVED)
+            wallet = accounts.wallet(customer_id, "USD")
+            await ledger.open_account(
+                AccountSpec(
+                    code=wallet,
+                    currency=Currency.USD,
+                    kind="wallet",
+                    owner_id=customer_id,
+                    debits_must_not_exceed_credits=True,
+                )
+            )
+            await ledger.transfer(
+                TransferRequest(
+                    key=f"bench-fund-{customer_id}",
+                    debit=accounts.bank_inbound("USD"),
+                    credit=wallet,
+                    amount_minor=FUNDING_MINOR,
+                    currency=Currency.USD,
+                )
+            )
+            request_id = f"bench-{uuid.uuid4().hex[:10]}"
+            result: CardIssueResult = await client.execute_workflow(
+                CARD_ISSUE_WORKFLOW,
+                CardIssueInput(
+                    request_id=request_id,
+                    customer_id=customer_id,
+                    kind="virtual",
+                    address=ADDRESS,
+                    ledger_task_queue=queues.ledger,
+                    providers_task_queue=queues.providers,
+                    workflows_task_queue=queues.workflows,
+                ),
+                id=card_issue_workflow_id(request_id),
+                task_queue=queues.workflows,
+                result_type=CardIssueResult,
+            )
+            return result.card_id or ""
+
+    try:
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+    finally:
+        await pool.close()
+
+
+async def measure_floor(client: Client, rate: float, seconds: float) -> Latency:
+    queue = f"bench-noop-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=queue, workflows=[Noop]):
+        handle = await client.start_workflow(
+            Noop.run, id=f"bench-noop/{uuid.uuid4().hex[:8]}", task_queue=queue
+        )
+        await handle.execute_update(NOOP_UPDATE, 0)  # warm
+
+        async def one(i: int) -> float:
+            started = time.monotonic()
+            await handle.execute_update(NOOP_UPDATE, i, result_type=int)
+            return (time.monotonic() - started) * 1000
+
+        results = await open_loop(rate, seconds, one)
+        await handle.signal(Noop.stop)
+    samples = [r for r in results if isinstance(r, float)]
+    return summarize("floor: bare update", samples, failed=len(results) - len(samples))
+
+
+async def measure_authorizations(
+    settings: Settings, cards: list[str], rate: float, seconds: float
+) -> Latency:
+    rng = random.Random(7)
+    deadline_ms = 2_000
+
+    async def one(i: int) -> Authorization:
+        return await authorize(
+            settings,
+            cards[i % len(cards)],
+            rng.randint(100, 5_000),
+            merchant=MERCHANTS[i % len(MERCHANTS)],
+        )
+
+    # Warm every card's workflow into the worker's cache first.
+    await open_loop(rate * 2, len(cards) / (rate * 2), one)
+    results = await open_loop(rate, seconds, one)
+    samples: list[float] = []
+    past = failed = 0
+    for result in results:
+        if not isinstance(result, Authorization):
+            failed += 1
+            continue
+        decision = result.decisions[-1]
+        if decision.latency_ms is None or decision.decided_by.value == "stand_in":
+            past += 1
+        elif decision.latency_ms > deadline_ms:
+            past += 1
+        if decision.latency_ms is not None:
+            samples.append(float(decision.latency_ms))
+    return summarize("authorizations (issuer-seen)", samples, past=past, failed=failed)
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="cardflow-bench-") as home:
+        settings = bench_settings(Path(home))
+        stack = Stack(settings)
+        # The stack's own start-up runs its own event loop: off this one.
+        await asyncio.to_thread(stack.up)
+        try:
+            client = await connect(settings)
+            started = time.monotonic()
+            cards = await issue_cards(client, settings, args.cards)
+            setup_seconds = time.monotonic() - started
+            rounds: list[tuple[Latency, Latency]] = []
+            for _ in range(args.repeats):
+                floor = await measure_floor(client, args.rate, args.seconds)
+                auths = await measure_authorizations(settings, cards, args.rate, args.seconds)
+                rounds.append((floor, auths))
+        finally:
+            await asyncio.to_thread(stack.down)
+    floor_p99 = statistics.median(f.p99_ms for f, _ in rounds)
+    auth_p99 = statistics.median(a.p99_ms for _, a in rounds)
+    return {
+        "rate_per_second": args.rate,
+        "seconds": args.seconds,
+        "cards": len(cards),
+        "setup_seconds": round(setup_seconds, 1),
+        "rounds": [{"floor": asdict(f), "authorizations": asdict(a)} for f, a in rounds],
+        "median_floor_p99_ms": floor_p99,
+        "median_authorizations_p50_ms": statistics.median(a.p50_ms for _, a in rounds),
+        "median_authorizations_p95_ms": statistics.median(a.p95_ms for _, a in rounds),
+        "median_authorizations_p99_ms": auth_p99,
+        "past_deadline_total": sum(a.past_deadline for _, a in rounds),
+        "failed_total": sum(a.failed for _, a in rounds),
+        "p99_ratio_to_floor": round(auth_p99 / floor_p99, 2) if floor_p99 else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=30.0, help="authorizations per second")
+    parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
+    parser.add_argument("--cards", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.cards < 1 or args.rate <= 0 or args.seconds <= 0 or args.repeats < 1:
+        parser.error("--cards, --rate, --seconds and --repeats must be positive")
+    figures = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    rounds: list[dict[str, dict[str, Any]]] = figures["rounds"]  # type: ignore[assignment]
+    for i, round_ in enumerate(rounds, 1):
+        for name in ("floor", "authorizations"):
+            f = round_[name]
+            print(
+                f"round {i} {f['name']:<30} n={f['count']:<5} p50 {f['p50_ms']:>6} ms  "
+                f"p95 {f['p95_ms']:>6} ms  p99 {f['p99_ms']:>6} ms  "
+                f"past deadline {f['past_deadline']}  failed {f['failed']}"
+            )
+    print(
+        f"median p99: authorizations {figures['median_authorizations_p99_ms']} ms, floor "
+        f"{figures['median_floor_p99_ms']} ms, ratio {figures['p99_ratio_to_floor']}x; "
+        f"past deadline {figures['past_deadline_total']}; at {figures['rate_per_second']}/s "
+        f"over {figures['cards']} cards"
+    )
+
+
+if __name__ == "__main__":
+    main()
