@@ -9,13 +9,21 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 
-from schemas.cards import CardIssueInput, CardIssueResult, CardStateChange, RescheduleDelivery
+from schemas.cards import (
+    CardInput,
+    CardIssueInput,
+    CardIssueResult,
+    CardStateChange,
+    ExceptionDecision,
+    RescheduleDelivery,
+)
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from workflows.cards import (
     ACTIVATE_UPDATE,
     CARD_ISSUE_WORKFLOW,
     RESCHEDULE_UPDATE,
+    RESOLVE_EXCEPTION_UPDATE,
     card_issue_workflow_id,
     card_workflow_id,
 )
@@ -74,3 +82,22 @@ async def activate(client: Client, request_id: str) -> str:
             ACTIVATE_UPDATE, result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
         )
     )
+
+
+async def resolve_exception(client: Client, card_id: str, decision: ExceptionDecision) -> str:
+    """An operator's decision on money the issuer moved that the card could
+    not mirror on its own (charge the wallet, or write it off to suspense)."""
+    handle = client.get_workflow_handle(card_workflow_id(card_id))
+    return str(
+        await handle.execute_update(
+            RESOLVE_EXCEPTION_UPDATE, decision, result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
+        )
+    )
+
+
+async def card_status(client: Client, card_id: str) -> CardInput:
+    """The card's state: limits, open authorizations and their holds, exceptions."""
+    state: CardInput = await client.get_workflow_handle(card_workflow_id(card_id)).query(
+        "status", result_type=CardInput
+    )
+    return state

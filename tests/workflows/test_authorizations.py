@@ -558,3 +558,35 @@ async def test_open_holds_survive_continue_as_new_and_still_clear(platform: Plat
     await wallet_becomes(platform, customer_id, posted=9_000, pending=600)
     assert first.id not in (await card_state(handle)).authorizations
     assert await verify(platform.stack.pool) == []
+
+
+async def test_the_api_shows_a_card_and_writes_an_exception_off(platform: Platform) -> None:
+    import httpx
+
+    customer_id, card_id, handle = await open_card(
+        platform, policy=CardPolicy(clearing_over_tolerance_bps=0)
+    )
+    auth = await authorize(platform, card_id, 1_000)
+    async with httpx.AsyncClient(base_url=f"{platform.gateway_url}/v1") as api:
+        shown = (await api.get(f"/cards/{card_id}")).json()
+        assert shown["authorizations"][auth.id]["held"][0]["amount_minor"] == 1_000
+        async with issuer(platform) as client:
+            await client.simulate_clearing(auth.id, amount_minor=1_100, idempotency_key="wo")
+        await wallet_becomes(platform, customer_id, posted=9_000, pending=0)
+
+        async def flagged() -> bool:
+            return bool((await card_state(handle)).exceptions)
+
+        await eventually(flagged, "an exception")
+        bad = await api.post(f"/cards/{card_id}/exceptions", json={"exception_id": "exc-1"})
+        assert bad.status_code == 422
+        done = await api.post(
+            f"/cards/{card_id}/exceptions",
+            json={"exception_id": "exc-1", "action": "write_off", "reason": "merchant error"},
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["result"] == "write_off: merchant error"
+    suspense = await Ledger(platform.stack.pool).balance(accounts.suspense_reconciliation("USD"))
+    assert suspense.debits_posted == 100
+    assert (await wallet(platform, customer_id)).posted == 9_000
+    assert await verify(platform.stack.pool) == []
