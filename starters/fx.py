@@ -1,0 +1,266 @@
+"""Starting and steering FX conversions: one client function per action, shared
+by the CLI (`cardflow fx ...`, the `fx_app` below), the gateway and the scenarios.
+
+Every refusal reaches the caller the same way, as a WorkflowUpdateFailedError
+whose cause names the reason ("declined: insufficient funds ...", "expired:
+quote ... expired at ..."), including when the process has already ended:
+then the answer comes from its result. So a repeated confirm is idempotent:
+it answers the first confirm's result.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated, Any, NoReturn
+
+import typer
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from schemas.fx import FxConversionInput, FxConversionResult, FxOutcome, FxQuoteOffer, FxStatus
+from schemas.search import CUSTOMER_ID
+from schemas.task_queues import TaskQueues
+from workflows.fx import (
+    CANCEL_UPDATE,
+    CANCEL_UPDATE_ID,
+    CONFIRM_UPDATE,
+    CONFIRM_UPDATE_ID,
+    FX_WORKFLOW,
+    STATUS_QUERY,
+    WAIT_QUOTE_UPDATE,
+    fx_workflow_id,
+)
+
+# How long one call waits for the process to answer; the process bounds its
+# own waits (quote_wait_seconds), so a longer wait means its workers are down.
+UPDATE_RPC_TIMEOUT = timedelta(seconds=30)
+
+
+def with_queues(request: FxConversionInput, queues: TaskQueues) -> FxConversionInput:
+    return request.model_copy(
+        update={
+            "ledger_task_queue": queues.ledger,
+            "providers_task_queue": queues.providers,
+            "workflows_task_queue": queues.workflows,
+        }
+    )
+
+
+async def start(
+    client: Client, queues: TaskQueues, request: FxConversionInput
+) -> WorkflowHandle[Any, FxConversionResult]:
+    """Start fx/{request_id}; a request id already used returns that process."""
+    workflow_id = fx_workflow_id(request.request_id)
+    try:
+        return await client.start_workflow(
+            FX_WORKFLOW,
+            with_queues(request, queues),
+            id=workflow_id,
+            task_queue=queues.workflows,
+            result_type=FxConversionResult,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
+            ),
+            static_summary=(
+                f"{request.sell_currency.value} -> {request.buy_currency.value}"
+                f" for customer {request.customer_id}"
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        return client.get_workflow_handle(workflow_id, result_type=FxConversionResult)
+
+
+async def quote(client: Client, queues: TaskQueues, request: FxConversionInput) -> FxQuoteOffer:
+    """Start the conversion and answer its offer (quote, fee, expires_at) once
+    the rate source has quoted; a refusal raises WorkflowUpdateFailedError."""
+    await start(client, queues, request)
+    return await wait_quote(client, request.request_id)
+
+
+async def wait_quote(client: Client, request_id: str) -> FxQuoteOffer:
+    """The running conversion's offer, once there."""
+    handle = _handle(client, request_id)
+    try:
+        offer: FxQuoteOffer = await handle.execute_update(
+            WAIT_QUOTE_UPDATE, result_type=FxQuoteOffer, rpc_timeout=UPDATE_RPC_TIMEOUT
+        )
+    except RPCError as error:
+        ended = await _ended(handle, error)
+        _refuse(ended.summary())
+    return offer
+
+
+async def confirm(client: Client, request_id: str) -> FxConversionResult:
+    """Convert at the quote. Answers the result once the batch is posted;
+    raises WorkflowUpdateFailedError with the reason when the quote expired,
+    was cancelled, or the ledger declined ("declined: insufficient funds ...")."""
+    handle = _handle(client, request_id)
+    try:
+        result: FxConversionResult = await handle.execute_update(
+            CONFIRM_UPDATE,
+            id=CONFIRM_UPDATE_ID,
+            result_type=FxConversionResult,
+            rpc_timeout=UPDATE_RPC_TIMEOUT,
+        )
+    except RPCError as error:
+        ended = await _ended(handle, error)
+        if ended.outcome is FxOutcome.CONVERTED:
+            return ended
+        _refuse(ended.summary())
+    return result
+
+
+async def cancel(client: Client, request_id: str) -> str:
+    """End the conversion with nothing posted, before it is confirmed."""
+    handle = _handle(client, request_id)
+    try:
+        return str(
+            await handle.execute_update(
+                CANCEL_UPDATE, id=CANCEL_UPDATE_ID, result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
+            )
+        )
+    except RPCError as error:
+        ended = await _ended(handle, error)
+        if ended.outcome is FxOutcome.CANCELLED:
+            return ended.summary()
+        _refuse(ended.summary())
+
+
+async def status(client: Client, request_id: str) -> FxStatus:
+    answer: FxStatus = await _handle(client, request_id).query(
+        STATUS_QUERY, result_type=FxStatus, rpc_timeout=UPDATE_RPC_TIMEOUT
+    )
+    return answer
+
+
+def _handle(client: Client, request_id: str) -> WorkflowHandle[Any, FxConversionResult]:
+    return client.get_workflow_handle(fx_workflow_id(request_id), result_type=FxConversionResult)
+
+
+async def _ended(
+    handle: WorkflowHandle[Any, FxConversionResult], error: RPCError
+) -> FxConversionResult:
+    """The result of a process that has ended (Temporal refuses updates then);
+    re-raises `error` when the process is running or does not exist."""
+    if error.status != RPCStatusCode.NOT_FOUND:
+        raise error
+    try:
+        description = await handle.describe()
+    except RPCError:
+        raise error from None
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        raise error
+    try:
+        return await handle.result()
+    except WorkflowFailureError as failure:
+        _refuse(f"the conversion ended without an outcome: {failure.cause}")
+
+
+def _refuse(reason: str) -> NoReturn:
+    """Refuse the way Temporal refuses an update, so every caller handles one error."""
+    cause = ApplicationError(reason, non_retryable=True)
+    raise WorkflowUpdateFailedError(cause) from cause
+
+
+# ----- `cardflow fx ...` ------------------------------------------------------
+
+fx_app = typer.Typer(help="FX conversions: quote, confirm, cancel.", no_args_is_help=True)
+
+
+@fx_app.command("quote")
+def quote_command(
+    customer_id: Annotated[str, typer.Argument()],
+    sell: Annotated[str, typer.Option("--sell", help="Currency sold, e.g. USD")],
+    buy: Annotated[str, typer.Option("--buy", help="Currency bought, e.g. EUR")],
+    sell_amount: Annotated[
+        int | None, typer.Option("--sell-amount", help="Amount sold, minor units")
+    ] = None,
+    buy_amount: Annotated[
+        int | None, typer.Option("--buy-amount", help="Amount bought, minor units")
+    ] = None,
+    request_id: Annotated[str | None, typer.Option(help="Your id for this request")] = None,
+) -> None:
+    """Ask for a firm quote; confirm it with `cardflow fx confirm` before it expires."""
+    from pydantic import ValidationError
+
+    from starters.cli import _refuse_input, _send_update, _settings, _ui_link
+
+    try:
+        request = FxConversionInput.model_validate(
+            {
+                "request_id": request_id or uuid.uuid4().hex[:16],
+                "customer_id": customer_id,
+                "sell_currency": sell.upper(),
+                "buy_currency": buy.upper(),
+                "sell_amount_minor": sell_amount,
+                "buy_amount_minor": buy_amount,
+            }
+        )
+    except ValidationError as error:
+        _refuse_input(error)
+    settings = _settings()
+
+    async def action(client: Client) -> str:
+        offer = await quote(client, settings.task_queues, request)
+        workflow_id = fx_workflow_id(request.request_id)
+        return (
+            f"{offer.model_dump_json(indent=2)}\n"
+            f"confirm before {offer.expires_at.isoformat()}:"
+            f" cardflow fx confirm {request.request_id}\n"
+            f"{workflow_id}: {_ui_link(settings, workflow_id)}"
+        )
+
+    _send_update(action)
+
+
+@fx_app.command("confirm")
+def confirm_command(request_id: Annotated[str, typer.Argument()]) -> None:
+    """Convert at the quote (before it expires)."""
+    from starters.cli import _send_update
+
+    async def action(client: Client) -> str:
+        return (await confirm(client, request_id)).model_dump_json(indent=2)
+
+    _send_update(action)
+
+
+@fx_app.command("cancel")
+def cancel_command(request_id: Annotated[str, typer.Argument()]) -> None:
+    """Drop the quote; nothing is converted."""
+    from starters.cli import _send_update
+
+    async def action(client: Client) -> str:
+        return await cancel(client, request_id)
+
+    _send_update(action)
+
+
+@fx_app.command("status")
+def status_command(request_id: Annotated[str, typer.Argument()]) -> None:
+    """The conversion's stage, quote, amounts and expiry."""
+    from starters.cli import _run, _settings
+    from workers.client import connect
+
+    settings = _settings()
+
+    async def run() -> int:
+        client = await connect(settings)
+        try:
+            answer = await status(client, request_id)
+        except RPCError as error:
+            typer.echo(f"no conversion {request_id}: {error.message}", err=True)
+            return 1
+        typer.echo(answer.model_dump_json(indent=2))
+        return 0
+
+    raise typer.Exit(_run(run()))
