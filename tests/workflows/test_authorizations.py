@@ -590,3 +590,14 @@ async def test_the_api_shows_a_card_and_writes_an_exception_off(platform: Platfo
     assert suspense.debits_posted == 100
     assert (await wallet(platform, customer_id)).posted == 9_000
     assert await verify(platform.stack.pool) == []
+
+
+async def test_the_process_route_shows_a_cards_own_status(platform: Platform) -> None:
+    import httpx
+
+    _, card_id, _ = await open_card(platform)
+    auth = await authorize(platform, card_id, 700)
+    async with httpx.AsyncClient(base_url=f"{platform.gateway_url}/v1") as api:
+        shown = (await api.get(f"/processes/{card_workflow_id(card_id)}")).json()
+    assert (shown["workflow_type"], shown["status"], shown["stage"]) == ("Card", "RUNNING", "open")
+    assert shown["details"]["authorizations"][auth.id]["authorized_minor"] == 700
