@@ -50,7 +50,7 @@ from schemas.issuer import Address, Authorization, Merchant
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from starters.devstack.stack import Stack
-from starters.simulate import authorize
+from starters.simulate import issuer
 from workers.client import connect
 from workers.settings import Settings, load_settings
 from workflows.cards import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
@@ -238,17 +238,21 @@ async def measure_authorizations(
     rng = random.Random(7)
     deadline_ms = 2_000
 
-    async def one(i: int) -> Authorization:
-        return await authorize(
-            settings,
-            cards[i % len(cards)],
-            rng.randint(100, 5_000),
-            merchant=MERCHANTS[i % len(MERCHANTS)],
-        )
+    # One client (one connection pool) for the run, as a merchant acquirer has.
+    async with issuer(settings) as client:
 
-    # Warm every card's workflow into the worker's cache first.
-    await open_loop(rate * 2, len(cards) / (rate * 2), one)
-    results = await open_loop(rate, seconds, one)
+        async def one(i: int) -> Authorization:
+            return await client.simulate_authorization(
+                card_id=cards[i % len(cards)],
+                amount_minor=rng.randint(100, 5_000),
+                currency=Currency.USD,
+                merchant=MERCHANTS[i % len(MERCHANTS)],
+                idempotency_key=f"bench-{uuid.uuid4().hex}",
+            )
+
+        # Warm every card's workflow into the worker's cache first.
+        await open_loop(rate * 2, len(cards) / (rate * 2), one)
+        results = await open_loop(rate, seconds, one)
     samples: list[float] = []
     past = failed = 0
     for result in results:

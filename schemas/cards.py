@@ -151,6 +151,15 @@ class DeclineReason(StrEnum):
     TOO_MANY_OPEN_AUTHORIZATIONS = "too_many_open_authorizations"
 
 
+# Every reason a card's own answer carries; an issuer record with another
+# reason (a stand-in) is not the card's decision.
+APPROVED = "approved"
+PARTIALLY_APPROVED = "partially_approved"
+CARD_REASONS: frozenset[str] = frozenset(
+    {APPROVED, PARTIALLY_APPROVED, *(reason.value for reason in DeclineReason)}
+)
+
+
 class AuthorizationAnswer(BaseModel):
     """The card's decision; `reason` is "approved", "partially_approved", a
     DeclineReason value, or the issuer's own decision the card followed."""

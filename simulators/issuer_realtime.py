@@ -84,8 +84,9 @@ async def ask_gateway(state: IssuerState, request: AuthorizationRequestData) -> 
     try:
         # The whole exchange, connection included, must fit the deadline.
         async with asyncio.timeout(deadline_seconds):
-            async with httpx.AsyncClient(timeout=deadline_seconds) as http:
-                response = await http.post(url, content=body, headers=headers)
+            response = await state.gateway_http().post(
+                url, content=body, headers=headers, timeout=deadline_seconds
+            )
     except (TimeoutError, httpx.TimeoutException):
         return GatewayOutcome(None, f"no answer within the {deadline_ms} ms deadline", None)
     except httpx.HTTPError as error:

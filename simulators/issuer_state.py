@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, localcontext
 from typing import Any, Generic, NoReturn, TypeVar
 
+import httpx
 from fastapi import HTTPException
 from pydantic import BaseModel
 
@@ -83,11 +84,25 @@ def unprocessable(location: list[str], message: str, value: Any) -> NoReturn:
     )
 
 
+# Concurrent real-time requests in flight to cardflow's gateway.
+GATEWAY_CONNECTIONS_MAX = 64
+
+
 class IssuerState:
     """Typed access to the issuer's documents, clock, options and webhooks."""
 
     def __init__(self, context: SimulatorContext) -> None:
         self.context = context
+        # One connection pool to cardflow's gateway for every real-time request,
+        # as a card network keeps its links to an issuer processor open.
+        self._gateway_http: httpx.AsyncClient | None = None
+
+    def gateway_http(self) -> httpx.AsyncClient:
+        if self._gateway_http is None:
+            self._gateway_http = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=GATEWAY_CONNECTIONS_MAX)
+            )
+        return self._gateway_http
 
     # ----- clock ---------------------------------------------------------------
 

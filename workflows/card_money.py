@@ -48,6 +48,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas import accounts
     from schemas.cards import (
+        APPROVED,
+        PARTIALLY_APPROVED,
         AuthorizationAnswer,
         AuthorizationRecord,
         AuthorizationRequest,
@@ -228,7 +230,7 @@ class CardMoney:
             await self._open_accounts()
             key = step_key(f"auth/{record.authorization_id}/d{index}")
             held = await self._hold(key, request.amount_minor, record.expires_at)
-            approved, why = request.amount_minor, "approved"
+            approved, why = request.amount_minor, APPROVED
             if not held.accepted:
                 approved, why = 0, DeclineReason.INSUFFICIENT_FUNDS.value
                 if request.partial_approval_capable:
@@ -236,7 +238,7 @@ class CardMoney:
                     if 0 < available < request.amount_minor:
                         partial = await self._hold(f"{key}-partial", available, record.expires_at)
                         if partial.accepted:
-                            approved, why = available, "partially_approved"
+                            approved, why = available, PARTIALLY_APPROVED
                             key = partial.key
             self._count(now, approved - request.amount_minor)
             if approved:
@@ -261,6 +263,10 @@ class CardMoney:
         record.decisions.append(decision)
         record.decisions.sort(key=lambda d: d.index)
         record.authorized_minor = sum(d.approved_minor for d in record.decisions)
+        if not record.held and request.kind == "initial":
+            # Declined, nothing held: nothing to keep. Should the issuer have
+            # approved it after all (its stand-in), its webhook brings it back.
+            self.state.authorizations.pop(record.authorization_id, None)
         return _answer(decision)
 
     def _refusal(

@@ -466,7 +466,13 @@ class CardEntity:
                 timeout = max((expiry - workflow.now()).total_seconds(), 0.001)
             try:
                 await workflow.wait_condition(
-                    lambda: bool(self._inbox) or self._finished() or history_full(),
+                    lambda: (
+                        bool(self._inbox)
+                        or self._finished()
+                        or history_full()
+                        # A new hold (an authorization) may expire sooner.
+                        or self._money.next_expiry() != expiry
+                    ),
                     timeout=timeout,
                 )
             except TimeoutError:

@@ -16,9 +16,9 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from schemas.bank import InboundTransfer
-from schemas.cards import CardNetworkEvent, ShippingUpdate
+from schemas.cards import CARD_REASONS, CardNetworkEvent, ShippingUpdate
 from schemas.health import PingInput, WebhookEventNote
-from schemas.issuer import Authorization, Reversal, Transaction
+from schemas.issuer import Authorization, DecidedBy, Reversal, Transaction
 from schemas.onboarding import KycResult
 from schemas.providers import BANK, ISSUER, KYC, TRON
 from schemas.task_queues import TaskQueues
@@ -68,6 +68,8 @@ class Route:
     start: Callable[[str, ProviderEvent, TaskQueues], Start] | None = None
     # When the workflow id is not in the event: look it up (None: no process).
     resolve: Callable[[asyncpg.Pool, ProviderEvent], Awaitable[str | None]] | None = None
+    # Whether the workflow has anything to do with this event (None: always).
+    wanted: Callable[[ProviderEvent], bool] | None = None
 
 
 class PingEventData(BaseModel):
@@ -154,6 +156,20 @@ def _network_event(_: str, event: ProviderEvent) -> CardNetworkEvent:
     )
 
 
+def _may_differ_from_the_card(event: ProviderEvent) -> bool:
+    """Whether the issuer's record of an authorization could differ from the
+    card's: anything but a new (or declined) authorization whose every
+    decision is the card's own answer, as the card gave it."""
+    if event.type not in ("authorization.created", "authorization.declined"):
+        return True
+    decisions = event.data.get("decisions") or []
+    return not decisions or any(
+        decision.get("decided_by") != DecidedBy.CARDFLOW.value
+        or decision.get("reason") not in CARD_REASONS
+        for decision in decisions
+    )
+
+
 # The issuer's events about a card's money go to that card's entity workflow.
 CARD_NETWORK_EVENTS = (
     "authorization.created",
@@ -203,6 +219,9 @@ ROUTES: dict[tuple[str, str], Route] = {
             name=NETWORK_EVENT_SIGNAL,
             workflow_id=_card_id,
             argument=_network_event,
+            # Most new authorizations are decided by the card and stand as it
+            # answered: nothing to reconcile, so the card is not woken.
+            wanted=_may_differ_from_the_card,
         )
         for event_type in CARD_NETWORK_EVENTS
     },

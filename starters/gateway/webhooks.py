@@ -54,6 +54,8 @@ async def deliver(
     pool: asyncpg.Pool,
 ) -> str | None:
     """Hand the event to its workflow; None when no process is waiting for it."""
+    if route.wanted is not None and not route.wanted(event):
+        return None
     if route.resolve is not None:
         resolved = await route.resolve(pool, event)
         if resolved is None:

@@ -548,14 +548,14 @@ async def test_open_holds_survive_continue_as_new_and_still_clear(platform: Plat
         task_queue=queues.workflows,
     )
     first = await authorize(platform, card.id, 1_000)
-    for _ in range(6):
+    for _ in range(14):
         await authorize(platform, card.id, 100)
-    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_600)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=2_400)
     runs = [e async for e in platform.stack.client.list_workflows(f"WorkflowId = '{handle.id}'")]
     assert len(runs) > 1, "the card continued as new"
     async with issuer(platform) as client:
         await client.simulate_clearing(first.id, amount_minor=1_000, idempotency_key="can")
-    await wallet_becomes(platform, customer_id, posted=9_000, pending=600)
+    await wallet_becomes(platform, customer_id, posted=9_000, pending=1_400)
     assert first.id not in (await card_state(handle)).authorizations
     assert await verify(platform.stack.pool) == []
 
