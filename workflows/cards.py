@@ -466,7 +466,7 @@ class CardEntity:
                 timeout = max((expiry - workflow.now()).total_seconds(), 0.001)
             try:
                 await workflow.wait_condition(
-                    lambda: (
+                    lambda expiry=expiry: (  # type: ignore[misc]
                         bool(self._inbox)
                         or self._finished()
                         or history_full()
