@@ -12,7 +12,11 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from starters.cashback import cashback_app
+from starters.fx import fx_app
 from starters.ledger import ledger_app
+from starters.simulate import simulate_app
+from starters.topup import topup_app
 from workers.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -31,6 +35,10 @@ app.add_typer(codec_app, name="codec")
 app.add_typer(db_app, name="db")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(simulators_app, name="simulators")
+app.add_typer(simulate_app, name="simulate")
+app.add_typer(topup_app, name="topup")
+app.add_typer(fx_app, name="fx")
+app.add_typer(cashback_app, name="cashback")
 
 
 def _refuse_input(error: Any) -> NoReturn:
@@ -422,6 +430,39 @@ def card_limits(
         return 0
 
     raise typer.Exit(_run(run()))
+
+
+@card_app.command("show")
+def card_show(card_id: str) -> None:
+    """The card's state: limits, open authorizations and holds, exceptions."""
+    from starters.cards import card_status
+    from workers.client import connect
+
+    async def run() -> None:
+        state = await card_status(await connect(_settings()), card_id)
+        typer.echo(state.model_dump_json(indent=2, exclude={"seen_events", "recent"}))
+
+    _run(run())
+
+
+@card_app.command("resolve-exception")
+def card_resolve_exception(
+    card_id: str,
+    exception_id: str,
+    action: Annotated[str, typer.Option(help="charge (the wallet) or write_off (to suspense)")],
+    reason: Annotated[str, typer.Option()],
+) -> None:
+    """An operator's decision on money the issuer settled that the card could not post."""
+    from pydantic import ValidationError
+
+    from schemas.cards import ExceptionDecision
+    from starters.cards import resolve_exception
+
+    try:
+        decision = ExceptionDecision(exception_id=exception_id, action=action, reason=reason)  # type: ignore[arg-type]
+    except ValidationError as error:
+        _refuse_input(error)
+    _send_update(lambda client: resolve_exception(client, card_id, decision))
 
 
 @card_app.command("reschedule")

@@ -17,6 +17,7 @@ from activities.providers.kyc import KycClient
 from schemas.accounts import system_account
 from schemas.cards import CardIssueInput, CardStateChange
 from schemas.customers import CustomerProfile
+from schemas.fx import FxConversionInput, FxPolicy
 from schemas.issuer import Address
 from schemas.kyc import KycDecision, KycDocumentType, KycRejectType
 from schemas.ledger import TransferRequest
@@ -203,6 +204,286 @@ async def card_virtual(client: Client, settings: Settings) -> list[str]:
     return [issued.id, card.id]
 
 
+async def _fx_quote(
+    client: Client, settings: Settings, tag: str, policy: FxPolicy | None = None
+) -> tuple[str, str]:
+    """An approved customer with 100.00 USD asks to sell 50.00 USD for EUR;
+    returns (customer id, request id) once quoted."""
+    from starters.fx import quote
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    await _fund_wallet(settings, customer_id, 10_000)
+    request = FxConversionInput(
+        request_id=f"scenario-{tag}-{uuid.uuid4().hex[:8]}",
+        customer_id=customer_id,
+        sell_currency=Currency.USD,
+        buy_currency=Currency.EUR,
+        sell_amount_minor=5_000,
+        policy=policy or FxPolicy(),
+    )
+    await quote(client, settings.task_queues, request)
+    return customer_id, request.request_id
+
+
+async def fx_confirmed(client: Client, settings: Settings) -> str:
+    """The customer confirms the quote: one atomic batch, then a notice."""
+    from starters.fx import confirm
+    from workflows.fx import fx_workflow_id
+
+    _, request_id = await _fx_quote(client, settings, "fx-confirmed")
+    await confirm(client, request_id)
+    handle = client.get_workflow_handle(fx_workflow_id(request_id))
+    await handle.result()
+    return handle.id
+
+
+async def fx_expired(client: Client, settings: Settings) -> str:
+    """Nobody confirms: the quote expires (policy: 1 s) and nothing is posted."""
+    from workflows.fx import fx_workflow_id
+
+    policy = FxPolicy(confirm_wait_seconds_max=1, late_confirm_window_seconds=1)
+    _, request_id = await _fx_quote(client, settings, "fx-expired", policy)
+    handle = client.get_workflow_handle(fx_workflow_id(request_id))
+    await handle.result()
+    return handle.id
+
+
+async def cashback_clawback(client: Client, settings: Settings) -> str:
+    """A funded customer's 50.00 USD grocery purchase earns 2% cashback (1.00 USD);
+    a refund of half claws back half, a refund of the rest the rest, and the
+    process ends."""
+    from datetime import UTC, datetime
+
+    from activities.cashback import CashbackStore
+    from schemas.cashback import CashbackInput, CashbackRefund, CashbackStatus
+    from starters.cashback import (
+        SAMPLE_CAMPAIGNS_FILE,
+        read_campaign_file,
+        refund,
+        start_cashback,
+    )
+    from starters.cashback import status as cashback_status
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    await _fund_wallet(settings, customer_id, 10_000)
+    request = CashbackInput(
+        transaction_id=f"scenario-{uuid.uuid4().hex[:8]}",
+        customer_id=customer_id,
+        card_id=f"card-scenario-{uuid.uuid4().hex[:6]}",
+        amount_minor=5_000,
+        currency=Currency.USD,
+        mcc="5411",
+        merchant_name="Corner Grocer",
+        occurred_at=datetime.now(UTC),
+    )
+    pool = await create_pool(settings.effective_database_url, size_max=1)
+    try:
+        store = CashbackStore(pool)
+        await store.load_campaigns(read_campaign_file(SAMPLE_CAMPAIGNS_FILE).campaigns)
+        # What the card process does on clearing, before it starts the cashback.
+        await store.add_card_transaction(
+            transaction_id=request.transaction_id,
+            card_id=request.card_id,
+            customer_id=customer_id,
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            occurred_at=request.occurred_at,
+            mcc=request.mcc,
+            merchant_name=request.merchant_name,
+        )
+    finally:
+        await pool.close()
+    handle = await start_cashback(client, settings.task_queues, request)
+
+    async def until(done: Callable[[CashbackStatus], bool]) -> None:
+        for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
+            if done(await cashback_status(client, request.transaction_id)):
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{handle.id} did not get there")
+
+    await until(lambda s: s.stage == "open for refunds" and s.notified)
+    await refund(
+        client, request.transaction_id, CashbackRefund(refund_id="refund-1", amount_minor=2_500)
+    )
+    await until(lambda s: len(s.refunds) == 1)
+    await refund(
+        client, request.transaction_id, CashbackRefund(refund_id="refund-2", amount_minor=2_500)
+    )
+    await handle.result()
+    return handle.id
+
+
+async def _topup_reaching(client: Client, workflow_id: str, done: Callable[[Any], bool]) -> None:
+    """Wait until the top-up (started by a webhook) reports a status `done` accepts."""
+    from temporalio.service import RPCError
+
+    from schemas.topup import TopupStatus
+
+    handle = client.get_workflow_handle(workflow_id)
+    for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
+        try:
+            if done(await handle.query("status", result_type=TopupStatus)):
+                return
+        except RPCError:
+            pass  # its webhook has not started it yet
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{workflow_id} never reached the expected status")
+
+
+async def topup_bank(client: Client, settings: Settings) -> str:
+    """A bank transfer of 100.00 USD referencing an approved customer: its
+    webhook starts the top-up, which credits the wallet less the fee."""
+    from starters.topup import simulate_bank_transfer
+    from workflows.topup import topup_workflow_id
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    transfer = await simulate_bank_transfer(settings, customer_id, 10_000, Currency.USD)
+    workflow_id = topup_workflow_id("bank", transfer.id)
+    await _topup_reaching(client, workflow_id, lambda status: status.outcome is not None)
+    await client.get_workflow_handle(workflow_id).result()
+    return workflow_id
+
+
+async def topup_unmatched(client: Client, settings: Settings) -> str:
+    """A bank transfer whose reference names no customer waits in review; an
+    operator assigns it to an approved customer, and it is credited."""
+    from schemas.topup import TopupReview
+    from starters.topup import review, simulate_bank_transfer
+    from workflows.topup import STAGE_REVIEW, topup_workflow_id
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    transfer = await simulate_bank_transfer(settings, "INVOICE 2291", 5_000, Currency.USD)
+    workflow_id = topup_workflow_id("bank", transfer.id)
+    await _topup_reaching(client, workflow_id, lambda status: status.stage == STAGE_REVIEW)
+    decision = TopupReview(
+        decision="approve",
+        reason="payer confirmed by phone",
+        operator="op-demo",
+        customer_id=customer_id,
+    )
+    await review(client, "bank", transfer.id, decision)
+    await client.get_workflow_handle(workflow_id).result()
+    return workflow_id
+
+
+def _has_confirmations(count: int, status: Any) -> bool:
+    return bool(status.confirmations == count)
+
+
+async def topup_usdt(client: Client, settings: Settings) -> str:
+    """25 USDT land at an approved customer's address; the top-up follows the
+    confirmations (1, 6, then finality at 19) and credits the USD wallet
+    through the FX pools at a firm quote."""
+    from functools import partial
+
+    from starters.topup import mine_blocks, simulate_deposit
+    from workflows.topup import STAGE_CONFIRMATIONS, topup_workflow_id
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    deposit = await simulate_deposit(settings, customer_id, 25_000_000)
+    workflow_id = topup_workflow_id("usdt", deposit.tx_hash)
+    await _topup_reaching(client, workflow_id, lambda status: status.stage == STAGE_CONFIRMATIONS)
+    for blocks, seen in ((1, 1), (5, 6)):
+        await mine_blocks(settings, blocks)
+        await _topup_reaching(client, workflow_id, partial(_has_confirmations, seen))
+    await mine_blocks(settings, 13)
+    await client.get_workflow_handle(workflow_id).result()
+    return workflow_id
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"never: {what}")
+
+
+async def purchase_with_cashback(
+    client: Client, settings: Settings, customer_id: str, card_id: str
+) -> tuple[str, str]:
+    """On an open USD card: a 50.00 grocery purchase authorized in real time,
+    cleared at 42.00 (the rest released), cashback paid on it, then 20.00
+    refunded and the cashback clawed back in proportion. Returns the
+    authorization and the clearing's transaction ids."""
+    from activities.cashback import CashbackStore
+    from schemas.cards import CardInput
+    from schemas.issuer import Merchant
+    from starters.cashback import SAMPLE_CAMPAIGNS_FILE, read_campaign_file
+    from starters.cashback import status as cashback_status
+    from starters.simulate import authorize, clear, refund
+
+    pool = await create_pool(settings.effective_database_url, size_max=1)
+    try:
+        await CashbackStore(pool).load_campaigns(
+            read_campaign_file(SAMPLE_CAMPAIGNS_FILE).campaigns
+        )
+    finally:
+        await pool.close()
+    grocer = Merchant(name="Corner Grocer", mcc="5411", country="GB")
+    authorization = await authorize(settings, card_id, 5_000, merchant=grocer)
+    if authorization.status.value != "pending":
+        raise RuntimeError(f"purchase declined: {authorization.decision_reason}")
+    cleared = await clear(settings, authorization.id, 4_200, final=True)
+
+    async def paid() -> bool:
+        try:
+            found = await cashback_status(client, cleared.id)
+        except Exception:  # noqa: BLE001 - not started yet
+            return False
+        return found.stage in ("open for refunds", "completed")
+
+    await _until(paid, "the purchase's cashback is paid")
+    refunded = await refund(
+        settings, card_id, 2_000, merchant=grocer, refunded_transaction_id=cleared.id
+    )
+
+    async def clawed_back() -> bool:
+        found = await cashback_status(client, cleared.id)
+        return any(r.refund_id == refunded.id for r in found.refunds)
+
+    await _until(clawed_back, "the cashback is clawed back")
+    card = client.get_workflow_handle(card_workflow_id(card_id))
+
+    async def settled() -> bool:
+        state = await card.query("status", result_type=CardInput)
+        return not state.authorizations and refunded.id in state.seen_events
+
+    await _until(settled, "the card settles the purchase and the refund")
+    return authorization.id, cleared.id
+
+
+async def card_purchase(client: Client, settings: Settings) -> list[str]:
+    """A virtual card's purchase, clearing, cashback and refund; then it closes."""
+    from workflows.cashback import cashback_workflow_id
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    await _fund_wallet(settings, customer_id, 10_000)
+    issued = await issue_card(
+        client,
+        settings.task_queues,
+        CardIssueInput(
+            request_id=f"scenario-{uuid.uuid4().hex[:8]}",
+            customer_id=customer_id,
+            kind="virtual",
+            address=SCENARIO_ADDRESS,
+        ),
+    )
+    card_id = (await issued.result()).card_id or ""
+    _, transaction_id = await purchase_with_cashback(client, settings, customer_id, card_id)
+    card = client.get_workflow_handle(card_workflow_id(card_id))
+    await card.execute_update(CLOSE_UPDATE, CardStateChange(reason="scenario"))
+    await card.result()
+    return [card.id, cashback_workflow_id(transaction_id)]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "ping": ping_scenario,
     "onboarding-approved": onboarding_approved,
@@ -211,6 +492,13 @@ SCENARIOS: dict[str, Scenario] = {
     "onboarding-reviewed": onboarding_reviewed,
     "onboarding-expired": onboarding_expired,
     "card-virtual": card_virtual,
+    "card-purchase": card_purchase,
+    "fx-confirmed": fx_confirmed,
+    "fx-expired": fx_expired,
+    "cashback-clawback": cashback_clawback,
+    "topup-bank": topup_bank,
+    "topup-usdt": topup_usdt,
+    "topup-unmatched": topup_unmatched,
 }
 
 
@@ -231,8 +519,18 @@ async def demo(client: Client, settings: Settings, say: Callable[[str, str | Non
     say("KYC provider answered GREEN (signed webhook -> gateway -> workflow)", None)
     result = await handle.result()
     say(f"Onboarding {result.outcome}: wallets {', '.join(result.wallets)}", handle.id)
-    await _fund_wallet(settings, profile.customer_id, 50_000)
-    say("Bank transfer of 500.00 USD credited to the USD wallet", None)
+    from starters.topup import simulate_bank_transfer
+    from workflows.topup import topup_workflow_id
+
+    transfer = await simulate_bank_transfer(settings, profile.customer_id, 50_000, Currency.USD)
+    bank_topup = topup_workflow_id("bank", transfer.id)
+    await _topup_reaching(client, bank_topup, lambda status: status.outcome is not None)
+    credited = await client.get_workflow_handle(bank_topup).result()
+    say(
+        f"Bank transfer of 500.00 USD (webhook -> top-up): {credited.outcome}, "
+        f"fee {credited.fee_minor}",
+        bank_topup,
+    )
 
     virtual = await issue_card(
         client,
@@ -284,3 +582,79 @@ async def demo(client: Client, settings: Settings, say: Callable[[str, str | Non
     say(await activate(client, request_id), None)
     done = await physical.result()
     say(f"Physical card {done.card_id} {done.state} (fee {done.fee_minor})", physical.id)
+    await _demo_money(client, settings, say, profile.customer_id, issued.card_id or "")
+
+
+async def _demo_money(
+    client: Client,
+    settings: Settings,
+    say: Callable[[str, str | None], None],
+    customer_id: str,
+    card_id: str,
+) -> None:
+    """The money part of the demo: a USDT top-up, a conversion, a purchase with
+    cashback and a refund, every wallet balance, and the ledger verified."""
+    from activities.ledger.verify import verify
+    from starters.fx import confirm, quote
+    from starters.topup import mine_blocks, simulate_deposit
+    from workflows.fx import fx_workflow_id
+    from workflows.topup import STAGE_CONFIRMATIONS, topup_workflow_id
+
+    deposit = await simulate_deposit(settings, customer_id, 25_000_000)
+    usdt_topup = topup_workflow_id("usdt", deposit.tx_hash)
+    await _topup_reaching(client, usdt_topup, lambda status: status.stage == STAGE_CONFIRMATIONS)
+    say(f"25 USDT deposited on Tron (tx {deposit.tx_hash[:12]}): waiting for finality", usdt_topup)
+    for blocks in (1, 5, 13):
+        await mine_blocks(settings, blocks)
+    topped = await client.get_workflow_handle(usdt_topup).result()
+    say(
+        f"USDT final after {deposit.finality_confirmations} confirmations: "
+        f"{topped.outcome}, {topped.credited_minor} USD cents at quote {topped.quote_id}, "
+        f"fee {topped.fee_minor}",
+        usdt_topup,
+    )
+
+    offer = await quote(
+        client,
+        settings.task_queues,
+        FxConversionInput(
+            request_id=f"demo-fx-{uuid.uuid4().hex[:6]}",
+            customer_id=customer_id,
+            sell_currency=Currency.USD,
+            buy_currency=Currency.EUR,
+            sell_amount_minor=10_000,
+        ),
+    )
+    converted = await confirm(client, offer.request_id)
+    say(
+        f"FX: sold {converted.sold_amount_minor} USD cents for EUR at {converted.rate} "
+        f"({converted.outcome})",
+        fx_workflow_id(offer.request_id),
+    )
+
+    authorization_id, transaction_id = await purchase_with_cashback(
+        client, settings, customer_id, card_id
+    )
+    say(
+        f"Purchase {authorization_id}: 50.00 USD authorized in real time and held, cleared "
+        f"at 42.00 ({transaction_id}); cashback paid, then 20.00 refunded and the cashback "
+        "clawed back in proportion",
+        card_workflow_id(card_id),
+    )
+
+    pool = await create_pool(settings.effective_database_url, size_max=1)
+    try:
+        ledger = Ledger(pool)
+        for currency in ("USD", "EUR"):
+            balance = await ledger.balance(wallet_code(customer_id, currency))
+            say(
+                f"Wallet {currency}: posted {balance.posted}, held {balance.debits_pending}, "
+                f"available {balance.available}",
+                None,
+            )
+        violations = await verify(pool)
+    finally:
+        await pool.close()
+    if violations:
+        raise RuntimeError(f"ledger verify found {len(violations)} violations: {violations}")
+    say("cardflow ledger verify: no violations", None)

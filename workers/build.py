@@ -11,17 +11,31 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.card_transactions import CardTransactionActivities
+from activities.cashback import CashbackActivities
 from activities.customers import CustomerActivities
 from activities.health import LedgerHealthActivities, providers_ping
 from activities.ledger.activities import LedgerActivities
 from activities.providers.activities import ProviderActivities, ProviderClients
+from activities.topups import TopupActivities, TopupReceiptActivities
 from schemas.task_queues import TaskQueues
 from workflows.cards import CardEntity, CardIssue
+from workflows.cashback import Cashback
+from workflows.fx import FxConversion
 from workflows.health import Ping
 from workflows.onboarding import Onboarding
+from workflows.topup import Topup
 
 # Every workflow type cardflow runs; the replayer uses the same list.
-ALL_WORKFLOWS: Sequence[type] = (Ping, Onboarding, CardIssue, CardEntity)
+ALL_WORKFLOWS: Sequence[type] = (
+    Ping,
+    Onboarding,
+    CardIssue,
+    CardEntity,
+    Cashback,
+    Topup,
+    FxConversion,
+)
 
 # Models validate e-mail addresses with email-validator, which loads its own
 # modules lazily; they are deterministic and pass through the sandbox.
@@ -39,11 +53,26 @@ def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
         LedgerHealthActivities(pool).ping,
         *LedgerActivities(pool).all(),  # type: ignore[list-item]
         *CustomerActivities(pool).all(),  # type: ignore[list-item]
+        *CardTransactionActivities(pool).all(),  # type: ignore[list-item]
+        *CashbackActivities(pool).all(),  # type: ignore[list-item]
+        *TopupActivities(pool).all(),  # type: ignore[list-item]
     ]
 
 
+def local_ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
+    """Ledger calls a workflow makes as local activities, inside its own
+    workflow task, where a round trip through a task queue costs too much
+    (a card authorization's hold, answered while the issuer waits)."""
+    ledger = LedgerActivities(pool)
+    return [ledger.hold, ledger.balance]
+
+
 def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Callable[..., Any]]:
-    return [providers_ping, *ProviderActivities(clients, pool).all()]  # type: ignore[list-item]
+    return [
+        providers_ping,
+        *ProviderActivities(clients, pool).all(),  # type: ignore[list-item]
+        *TopupReceiptActivities(clients, pool).all(),  # type: ignore[list-item]
+    ]
 
 
 def build_worker(
@@ -58,10 +87,12 @@ def build_worker(
 ) -> Worker:
     """The worker for one task-queue kind: workflows, ledger or providers."""
     if kind == "workflows":
+        assert pool is not None, "the workflows worker needs a database pool (local activities)"
         return Worker(
             client,
             task_queue=queues.workflows,
             workflows=list(ALL_WORKFLOWS),
+            activities=local_ledger_activities(pool),
             identity=identity,
             workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
         )

@@ -20,21 +20,43 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from schemas.cards import CardIssueInput, RescheduleDelivery, SpendingLimits
+from schemas.cards import (
+    CardInput,
+    CardIssueInput,
+    ExceptionDecision,
+    RescheduleDelivery,
+    SpendingLimits,
+)
 from schemas.customers import CustomerProfile
+from schemas.fx import (
+    FxConversionInput,
+    FxConversionRequest,
+    FxConversionResult,
+    FxQuoteOffer,
+    FxStatus,
+)
 from schemas.health import PingInput
 from schemas.issuer import Address
 from schemas.money import Currency
 from schemas.onboarding import DocumentSpec, KycReview, OnboardingInput, Resubmission
 from schemas.task_queues import TaskQueues
-from starters.cards import activate, change_card, reschedule
+from schemas.topup import TopupReview, TopupSource, TopupStatus
+from starters.cards import activate, card_status, change_card, reschedule, resolve_exception
+from starters.fx import cancel as cancel_fx
+from starters.fx import confirm as confirm_fx
+from starters.fx import status as fx_status
+from starters.fx import wait_quote as wait_fx_quote
+from starters.fx import with_queues as with_fx_queues
 from starters.onboarding import resubmit, review, with_queues
+from starters.topup import review as review_topup
+from starters.topup import status as topup_status
 from workflows.cards import (
     CARD_ISSUE_WORKFLOW,
     LIMITS_UPDATE,
     card_issue_workflow_id,
     card_workflow_id,
 )
+from workflows.fx import FX_WORKFLOW, fx_workflow_id
 from workflows.health import PING_WORKFLOW, ping_workflow_id
 from workflows.onboarding import ONBOARDING_WORKFLOW, onboarding_workflow_id
 
@@ -74,6 +96,8 @@ class ProcessStatus(BaseModel):
     workflow_type: str
     status: str
     stage: str | None = None
+    # The process's own status query, as it answers it (running processes only).
+    details: dict[str, Any] | None = None
     start_time: datetime
     close_time: datetime | None = None
 
@@ -209,18 +233,26 @@ async def process_status(
         if error.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
             raise HTTPException(status_code=404, detail=f"no process {workflow_id}") from None
         raise
-    stage = None
+    stage: str | None = None
+    details: dict[str, Any] | None = None
     if description.status == WorkflowExecutionStatus.RUNNING:
         try:
-            stage = await handle.query("status", result_type=str, rpc_timeout=STATUS_QUERY_TIMEOUT)
+            answer = await handle.query("status", rpc_timeout=STATUS_QUERY_TIMEOUT)
         except Exception:  # noqa: BLE001 - a process without the query still has a status
-            stage = None
+            answer = None
+        if isinstance(answer, str):
+            stage = answer
+        elif isinstance(answer, dict):
+            details = answer
+            found = answer.get("stage") or answer.get("state")
+            stage = str(found) if found is not None else None
     return ProcessStatus(
         workflow_id=workflow_id,
         run_id=description.run_id,
         workflow_type=description.workflow_type,
         status=description.status.name if description.status else "UNKNOWN",
         stage=stage,
+        details=details,
         start_time=description.start_time,
         close_time=description.close_time,
     )
@@ -433,3 +465,157 @@ async def limits_route(
     except RPCError as error:
         raise _process_error(error, card_id) from None
     return stored
+
+
+@router.get(
+    "/cards/{card_id}",
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="A card's state: limits, open authorizations and holds, exceptions",
+)
+async def card_route(request: Request, card_id: CardIdPath) -> CardInput:
+    try:
+        return await card_status(request.app.state.client, card_id)
+    except RPCError as error:
+        raise _process_error(error, card_id) from None
+
+
+@router.post(
+    "/cards/{card_id}/exceptions",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Decide an exception: charge the wallet or write the amount off to suspense",
+)
+async def card_exception_route(
+    request: Request, card_id: CardIdPath, body: ExceptionDecision
+) -> dict[str, str]:
+    return await _update_process(
+        resolve_exception(request.app.state.client, card_id, body), card_id
+    )
+
+
+# ----- FX conversions `fx/{request_id}` ---------------------------------------
+
+
+def _fx_refusal(error: WorkflowUpdateFailedError) -> HTTPException:
+    """409 with the process's reason ("declined: insufficient funds ...")."""
+    cause = error.cause
+    return HTTPException(status_code=409, detail=getattr(cause, "message", None) or str(cause))
+
+
+class FxQuoteStarted(ProcessRef):
+    offer: FxQuoteOffer = Field(description="Confirm it before offer.expires_at")
+
+
+@router.post(
+    "/fx/quotes",
+    status_code=202,
+    response_model=FxQuoteStarted,
+    responses={
+        **START_RESPONSES,
+        409: {"model": ErrorBody, "description": "Refused (the reason), or a reused key"},
+        503: {"model": ErrorBody},
+    },
+    summary="Start a conversion and answer its firm quote; Idempotency-Key is the request id",
+)
+async def fx_quote_route(
+    request: Request,
+    response: Response,
+    body: FxConversionRequest,
+    idempotency_key: IdempotencyKey,
+) -> FxQuoteStarted:
+    conversion = with_fx_queues(
+        FxConversionInput(request_id=idempotency_key.replace(":", "-")[:64], **body.model_dump()),
+        request.app.state.queues,
+    )
+    started = await start_idempotently(
+        request,
+        response,
+        route="fx-quotes",
+        key=idempotency_key,
+        body=body,
+        workflow=FX_WORKFLOW,
+        workflow_id=fx_workflow_id(conversion.request_id),
+        argument=conversion,
+    )
+    try:
+        offer = await wait_fx_quote(request.app.state.client, conversion.request_id)
+    except WorkflowUpdateFailedError as error:
+        raise _fx_refusal(error) from None
+    except RPCError as error:
+        raise _process_error(error, conversion.request_id) from None
+    return FxQuoteStarted(**started.model_dump(), offer=offer)
+
+
+@router.post(
+    "/fx/{request_id}/confirm",
+    response_model=FxConversionResult,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Convert at the quote; 409 with the reason when expired, cancelled or declined",
+)
+async def fx_confirm_route(request: Request, request_id: RequestIdPath) -> FxConversionResult:
+    try:
+        return await confirm_fx(request.app.state.client, request_id)
+    except WorkflowUpdateFailedError as error:
+        raise _fx_refusal(error) from None
+    except RPCError as error:
+        raise _process_error(error, request_id) from None
+
+
+@router.post(
+    "/fx/{request_id}/cancel",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Drop an unconfirmed quote; nothing is converted",
+)
+async def fx_cancel_route(request: Request, request_id: RequestIdPath) -> dict[str, str]:
+    try:
+        return {"result": await cancel_fx(request.app.state.client, request_id)}
+    except WorkflowUpdateFailedError as error:
+        raise _fx_refusal(error) from None
+    except RPCError as error:
+        raise _process_error(error, request_id) from None
+
+
+@router.get(
+    "/fx/{request_id}",
+    response_model=FxStatus,
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="A conversion's stage, quote, amounts and expiry",
+)
+async def fx_status_route(request: Request, request_id: RequestIdPath) -> FxStatus:
+    try:
+        return await fx_status(request.app.state.client, request_id)
+    except RPCError as error:
+        raise _process_error(error, request_id) from None
+
+
+# ----- Top-ups `topup/{source}/{external_ref}` ----------------------------------
+
+ExternalRefPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+@router.get(
+    "/topups/{source}/{external_ref}",
+    response_model=TopupStatus,
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="A top-up's stage, amounts, confirmations and pending review",
+)
+async def topup_status_route(
+    request: Request, source: TopupSource, external_ref: ExternalRefPath
+) -> TopupStatus:
+    try:
+        return await topup_status(request.app.state.client, source, external_ref)
+    except RPCError as error:
+        raise _process_error(error, f"{source}/{external_ref}") from None
+
+
+@router.post(
+    "/topups/{source}/{external_ref}/review",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="An operator approves (assigning an unmatched payment) or rejects a top-up",
+)
+async def topup_review_route(
+    request: Request, source: TopupSource, external_ref: ExternalRefPath, body: TopupReview
+) -> dict[str, str]:
+    return await _update_process(
+        review_topup(request.app.state.client, source, external_ref, body),
+        f"{source}/{external_ref}",
+    )

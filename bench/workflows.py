@@ -1,0 +1,474 @@
+"""Top-ups completed per second, end to end, against a skeleton workflow.
+
+Run: .venv/bin/python -m bench.workflows [--topups N] [--concurrency C]
+                                         [--repeats R] [--json]
+
+Starts its own embedded stack in a temporary directory: PostgreSQL (or
+DATABASE_URL, into a scratch database it creates and drops) with the
+migrations, a Temporal dev server with cardflow's search attributes and the
+production data converter (pydantic JSON + AES-GCM), the provider simulators
+(the top-up's receipt goes to the notification simulator; their webhooks are
+held, nobody listens), and the real workers of workers/build.py on one set of
+task queues, in this process.
+
+Each repeat measures, on the same server and queues:
+
+  top-ups    N bank top-ups (distinct transfer ids, C in flight), each started
+             as the gateway starts it (signal-with-start with the transfer)
+             and awaited to its result: match, daily usage, accounts, the
+             atomic credit + fee batch, usage credited, receipt
+  skeleton   N workflows defined here, started the same way, that run the
+             same number of activities on the same queues in the same order,
+             each a no-op: the health probes every real worker carries
+             (providers_ping returns at once; ledger_ping reads one row count)
+
+Rates are workflows completed per second from the first start to the last
+result; the figures are medians over the repeats, and the ratio is
+top-ups / skeleton (the target is 0.8 or more). It prints, never asserts.
+
+The skeleton needs its own workflow worker: between phases the real workflow
+worker stops and a skeleton one (same sandbox, same queue) takes its place;
+the ledger and providers workers are the real ones throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import importlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import date
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    import asyncpg
+    import httpx
+    from temporalio.client import Client
+    from temporalio.testing import WorkflowEnvironment
+    from temporalio.worker import Worker
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+    from activities.customers import CustomerStore
+    from activities.database import create_pool
+    from activities.health import LEDGER_PING, PROVIDERS_PING
+    from activities.ledger import Ledger
+    from activities.migrate import migrate
+    from activities.providers.activities import ProviderClients
+    from schemas import accounts
+    from schemas.bank import InboundTransfer
+    from schemas.customers import CustomerProfile, KycStatus
+    from schemas.ledger import AccountSpec
+    from schemas.money import Currency
+    from schemas.providers import PROVIDERS
+    from schemas.search import ALL_SEARCH_ATTRIBUTES
+    from schemas.task_queues import TaskQueues
+    from schemas.topup import TopupResult
+    from starters.devstack import postgres
+    from starters.devstack.stack import temporal_cli_path
+    from starters.topup import start_bank_topup
+    from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS, build_worker
+    from workers.converter import build_data_converter, generate_key
+    from workers.secrets import new_webhook_secret
+    from workflows.steps import on_ledger, on_providers
+
+SKELETON_WORKFLOW = "BenchSkeleton"
+SKELETON_START_SIGNAL = "start"
+TOPUP_AMOUNT_MINOR = 10_000
+CUSTOMERS_MAX = 100
+POOL_SIZE_MAX = 10
+SIMULATOR_STARTUP_SECONDS_MAX = 30
+# Nothing listens here: the simulators' webhooks are held anyway.
+NOWHERE_URL = "http://127.0.0.1:9"
+
+
+class SkeletonPlan(BaseModel):
+    """The queue kind ("ledger" or "providers") of each activity, in rounds:
+    a round's activities run side by side, as the top-up scheduled them."""
+
+    rounds: list[list[str]]
+    ledger_task_queue: str
+    providers_task_queue: str
+
+
+@workflow.defn(name=SKELETON_WORKFLOW)
+class Skeleton:
+    """Started like a top-up (signal-with-start), then the same number of
+    activities on the same queues, each a no-op."""
+
+    def __init__(self) -> None:
+        self._started = False
+
+    @workflow.run
+    async def run(self, plan: SkeletonPlan) -> int:
+        await workflow.wait_condition(lambda: self._started)
+        for kinds in plan.rounds:
+            await asyncio.gather(*(self._noop(plan, kind) for kind in kinds))
+        return activity_count(plan)
+
+    async def _noop(self, plan: SkeletonPlan, kind: str) -> None:
+        if kind == "ledger":
+            await on_ledger(plan.ledger_task_queue, LEDGER_PING, result_type=str)
+        else:
+            await on_providers(plan.providers_task_queue, PROVIDERS_PING, result_type=str)
+
+    @workflow.signal(name=SKELETON_START_SIGNAL)
+    def start(self, note: str) -> None:
+        self._started = True
+
+
+@dataclass
+class Figure:
+    name: str
+    rates_per_second: list[float]
+    median_per_second: float
+    activities_per_workflow: int
+    rounds: list[list[str]]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def simulators(home: Path) -> Iterator[str]:
+    """The provider simulators as a process, webhooks held; yields their base URL."""
+    port = _free_port()
+    env = dict(
+        os.environ,
+        CARDFLOW_HOME=str(home),
+        CARDFLOW_SIMULATORS_PORT=str(port),
+        CARDFLOW_GATEWAY_URL=NOWHERE_URL,
+        CARDFLOW_WEBHOOK_SECRETS=json.dumps({p: new_webhook_secret() for p in PROVIDERS}),
+    )
+    url = f"http://127.0.0.1:{port}"
+    with open(home / "simulators.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "starters.cli", "simulators", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + SIMULATOR_STARTUP_SECONDS_MAX
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/_admin/health", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"simulators did not start; see {home / 'simulators.log'}")
+            time.sleep(0.1)
+        httpx.post(f"{url}/_admin/webhooks", json={"hold": True}, timeout=5).raise_for_status()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@contextlib.asynccontextmanager
+async def database(scratch: Path) -> AsyncIterator[str]:
+    """A migrated scratch database on the embedded PostgreSQL (or DATABASE_URL's server)."""
+    external = os.environ.get("DATABASE_URL")
+    data_dir, log_path = scratch / "postgres", scratch / "postgres.log"
+    if external:
+        server_url = external.rsplit("/", 1)[0] + "/postgres"
+    else:
+        port = _free_port()
+        postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
+        server_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        database_url = server_url.rsplit("/", 1)[0] + f"/{name}"
+        await migrate(database_url)
+        yield database_url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        if not external:
+            postgres.stop(data_dir, log_path=log_path)
+
+
+async def open_customers(pool: asyncpg.Pool, count: int) -> list[str]:
+    """Approved customers with a USD wallet and an e-mail for the receipt."""
+    store, ledger = CustomerStore(pool), Ledger(pool)
+    customer_ids = [f"bench-{uuid.uuid4().hex[:8]}-{i}" for i in range(count)]
+    for customer_id in customer_ids:
+        await store.save(
+            CustomerProfile(
+                customer_id=customer_id,
+                first_name="Bench",
+                last_name="Customer",
+                date_of_birth=date(1990, 1, 1),
+                country="DEU",
+                email=f"{customer_id}@example.com",
+            )
+        )
+        await store.set_kyc_status(customer_id, KycStatus.APPROVED)
+        await ledger.open_account(
+            AccountSpec(
+                code=accounts.wallet(customer_id, Currency.USD),
+                currency=Currency.USD,
+                kind="wallet",
+                owner_id=customer_id,
+                debits_must_not_exceed_credits=True,
+            )
+        )
+    return customer_ids
+
+
+def transfer(customer_id: str, transfer_id: str) -> InboundTransfer:
+    return InboundTransfer(
+        id=transfer_id,
+        reference=customer_id,
+        amount_minor=TOPUP_AMOUNT_MINOR,
+        currency=Currency.USD,
+        sender_name="Bench payer",
+        status="received",
+        received_at="2026-01-01T00:00:00Z",
+    )
+
+
+async def completed_per_second(
+    count: int, concurrency: int, one: Callable[[int], Awaitable[None]]
+) -> float:
+    """Run `one(i)` for i < count, `concurrency` at a time; workflows per second."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def bounded(index: int) -> None:
+        async with gate:
+            await one(index)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(bounded(index) for index in range(count)))
+    return count / (time.perf_counter() - started)
+
+
+def activity_count(plan: SkeletonPlan) -> int:
+    return sum(len(kinds) for kinds in plan.rounds)
+
+
+async def topup_rounds(client: Client, workflow_id: str, queues: TaskQueues) -> list[list[str]]:
+    """The queue kind of each activity a finished top-up ran, from its history,
+    grouped by the workflow task that scheduled them (they ran side by side)."""
+    kinds = {queues.ledger: "ledger", queues.providers: "providers"}
+    rounds: dict[int, list[str]] = {}
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            scheduled = event.activity_task_scheduled_event_attributes
+            rounds.setdefault(scheduled.workflow_task_completed_event_id, []).append(
+                kinds[scheduled.task_queue.name]
+            )
+    return [rounds[task] for task in sorted(rounds)]
+
+
+@dataclass
+class Phases:
+    """One stack's clients and queues, and how to run each kind of workflow on it."""
+
+    client: Client
+    queues: TaskQueues
+    pool: asyncpg.Pool
+    clients: ProviderClients
+    customers: list[str]
+    run_id: str
+    plan: SkeletonPlan | None = None
+
+    def real_worker(self, kind: str) -> Worker:
+        return build_worker(
+            kind,
+            self.client,
+            self.queues,
+            pool=self.pool,
+            pool_size_max=POOL_SIZE_MAX,
+            provider_clients=self.clients,
+        )
+
+    def skeleton_worker(self) -> Worker:
+        """The workflow worker of the skeleton phase: build_worker's settings."""
+        # Imported by its package name, not as __main__: the sandbox re-imports
+        # a workflow's module by name.
+        skeleton = importlib.import_module("bench.workflows").Skeleton
+        return Worker(
+            self.client,
+            task_queue=self.queues.workflows,
+            workflows=[skeleton],
+            workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
+        )
+
+    def topup_id(self, label: str, index: int) -> str:
+        return f"bench-{self.run_id}-{label}-{index}"
+
+    async def topup(self, label: str, index: int) -> None:
+        customer_id = self.customers[index % len(self.customers)]
+        handle = await start_bank_topup(
+            self.client, self.queues, transfer(customer_id, self.topup_id(label, index))
+        )
+        result: TopupResult = await handle.result()
+        assert result.outcome == "credited", result
+
+    async def skeleton(self, label: str, index: int) -> None:
+        assert self.plan is not None
+        handle = await self.client.start_workflow(
+            SKELETON_WORKFLOW,
+            self.plan,
+            id=f"bench-skeleton/{self.run_id}-{label}-{index}",
+            task_queue=self.queues.workflows,
+            start_signal=SKELETON_START_SIGNAL,
+            start_signal_args=["go"],
+            result_type=int,
+        )
+        assert await handle.result() == activity_count(self.plan)
+
+
+async def measure(phases: Phases, topups: int, concurrency: int, repeats: int) -> list[Figure]:
+    async with phases.real_worker("ledger"), phases.real_worker("providers"):
+        async with phases.real_worker("workflows"):
+            # Warm up, and learn the activities a top-up runs from its history.
+            # The first credit of a currency also opens its system accounts;
+            # the second is every later one's shape.
+            await phases.topup("warmup", 0)
+            await phases.topup("warmup", 1)
+            rounds = await topup_rounds(
+                phases.client, f"topup/bank/{phases.topup_id('warmup', 1)}", phases.queues
+            )
+        phases.plan = SkeletonPlan(
+            rounds=rounds,
+            ledger_task_queue=phases.queues.ledger,
+            providers_task_queue=phases.queues.providers,
+        )
+        async with phases.skeleton_worker():
+            await phases.skeleton("warmup", 0)
+        topup_rates: list[float] = []
+        skeleton_rates: list[float] = []
+
+        async def topup_phase(label: str) -> None:
+            async with phases.real_worker("workflows"):
+                topup_rates.append(
+                    await completed_per_second(topups, concurrency, partial(phases.topup, label))
+                )
+
+        async def skeleton_phase(label: str) -> None:
+            async with phases.skeleton_worker():
+                skeleton_rates.append(
+                    await completed_per_second(topups, concurrency, partial(phases.skeleton, label))
+                )
+
+        for repeat in range(repeats):
+            # Alternate which goes first, so a drift in the machine's load
+            # does not favour one side.
+            order = (
+                (topup_phase, skeleton_phase) if repeat % 2 == 0 else (skeleton_phase, topup_phase)
+            )
+            for phase in order:
+                await phase(f"r{repeat}")
+    return [
+        Figure(
+            "bank top-ups",
+            topup_rates,
+            statistics.median(topup_rates),
+            activity_count(phases.plan),
+            rounds,
+        ),
+        Figure(
+            "skeleton",
+            skeleton_rates,
+            statistics.median(skeleton_rates),
+            activity_count(phases.plan),
+            rounds,
+        ),
+    ]
+
+
+async def run(topups: int, concurrency: int, repeats: int, scratch: Path) -> list[Figure]:
+    keys = [("bench", base64.b64decode(generate_key()))]
+    async with database(scratch) as database_url:
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(temporal_cli_path()),
+            search_attributes=ALL_SEARCH_ATTRIBUTES,
+            data_converter=build_data_converter(keys),
+            dev_server_extra_args=["--ui-disable-news-fetch"],
+        )
+        (scratch / "simulators").mkdir()
+        try:
+            with simulators(scratch / "simulators") as providers_url:
+                pool = await create_pool(database_url, size_max=POOL_SIZE_MAX)
+                clients = ProviderClients(providers_url)
+                try:
+                    phases = Phases(
+                        client=env.client,
+                        queues=TaskQueues(prefix=f"bench-{uuid.uuid4().hex[:8]}"),
+                        pool=pool,
+                        clients=clients,
+                        customers=await open_customers(pool, min(CUSTOMERS_MAX, topups)),
+                        run_id=uuid.uuid4().hex[:8],
+                    )
+                    return await measure(phases, topups, concurrency, repeats)
+                finally:
+                    await pool.close()
+                    await clients.aclose()
+        finally:
+            await env.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--topups", type=int, default=200, help="workflows per phase")
+    parser.add_argument("--concurrency", type=int, default=20, help="workflows in flight")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    arguments = parser.parse_args()
+    # The sandbox re-imports each workflow's module for every run; as deployed
+    # (pip compiles the installed code) that reads bytecode, not source, so
+    # let this process cache bytecode even under PYTHONDONTWRITEBYTECODE.
+    sys.dont_write_bytecode = False
+    with tempfile.TemporaryDirectory(prefix="cardflow-bench-workflows-") as scratch:
+        Path(scratch).chmod(0o755)
+        topup, skeleton = asyncio.run(
+            run(arguments.topups, arguments.concurrency, arguments.repeats, Path(scratch))
+        )
+    ratio = topup.median_per_second / skeleton.median_per_second
+    if arguments.json:
+        document: dict[str, Any] = {
+            "topups": arguments.topups,
+            "concurrency": arguments.concurrency,
+            "repeats": arguments.repeats,
+            "cpus": os.cpu_count(),
+            "figures": [asdict(topup), asdict(skeleton)],
+            "ratio": ratio,
+        }
+        print(json.dumps(document))
+        return
+    print(
+        f"workflow benchmark: {arguments.topups} workflows x {arguments.repeats} repeats, "
+        f"{arguments.concurrency} in flight, {os.cpu_count()} CPUs, "
+        f"{topup.activities_per_workflow} activities each, in rounds {topup.rounds}"
+    )
+    print(f"{'workflow':<16}{'median/s':>10}  per repeat")
+    for figure in (topup, skeleton):
+        each = ", ".join(f"{rate:.1f}" for rate in figure.rates_per_second)
+        print(f"{figure.name:<16}{figure.median_per_second:>10.1f}  {each}")
+    print(f"top-ups / skeleton: {ratio:.2f} (target >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,712 @@
+"""Top-up `topup/{source}/{external_ref}`: a bank transfer (source `bank`,
+ref = the bank's transfer id) or a USDT-TRC20 deposit (source `usdt`, ref =
+the transaction hash) credited to a customer's wallet.
+
+The gateway starts it with signal-with-start from the provider's webhook (a
+starter can do the same from a transfer record); the signal carries the
+transfer, or the deposit as the chain saw it. Deposit webhooks arrive in any
+order and any number of times: the workflow keeps the most advanced snapshot.
+
+Bank: match the payer's reference to a customer; check the limits; credit
+the wallet from `bank:inbound:{CCY}` and charge the fee, one atomic batch.
+USDT: wait for the confirmations (a reorg before finality ends it with
+nothing credited); match the address's owner; check the limits; take a firm
+FX quote into the wallet's currency (a new one if it is about to expire);
+post custody -> FX pools -> wallet, spread, rounding and fee as one atomic
+batch. Both then record the day's usage as credited and send the customer a
+receipt.
+
+An unmatched payment or one over a limit waits for an operator's `review`
+update (approve, assigning a customer if unmatched, or reject); no review in
+time ends it uncredited. Saga: the usage reservation and the credit register
+their undo as they succeed; a step after them that fails for good reverses
+the credit and fee with reversing transfers (keys derived from this
+workflow's) and releases the usage; if the wallet no longer holds the money,
+the result and status say so for an operator.
+
+The workflow id, the REJECT_DUPLICATE id-reuse policy of every start and the
+ledger keys from step_key make sure one external reference credits once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import date, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from activities.ledger.activities import OPEN_ACCOUNTS, SUBMIT_BATCH
+    from activities.providers.quotes import FX_QUOTE, QuoteRequest
+    from activities.topups import (
+        MATCH_CUSTOMER,
+        RESERVE_USAGE,
+        SEND_RECEIPT,
+        SET_USAGE_STATUS,
+    )
+    from schemas import accounts
+    from schemas.bank import InboundTransfer
+    from schemas.conversion import conversion_legs
+    from schemas.customers import NotificationReceipt
+    from schemas.fx import FxQuote
+    from schemas.ledger import Account, TransferBatch, TransferOutcome, TransferRequest
+    from schemas.money import Currency
+    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from schemas.topup import (
+        SOURCE_PROVIDER,
+        CustomerMatch,
+        CustomerMatchRequest,
+        PendingReview,
+        ReceiptRequest,
+        ReviewKind,
+        TopupInput,
+        TopupOutcome,
+        TopupResult,
+        TopupReview,
+        TopupSource,
+        TopupStatus,
+        UsageDecision,
+        UsageReservation,
+        deposit_rank,
+        describe,
+    )
+    from schemas.tron import Deposit
+    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+
+TOPUP_WORKFLOW = "Topup"
+BANK_TRANSFER_SIGNAL = "bank_transfer"
+DEPOSIT_SIGNAL = "deposit_update"
+REVIEW_UPDATE = "review"
+STATUS_QUERY = "status"
+
+STAGE_REVIEW = "in operator review"
+STAGE_CONFIRMATIONS = "waiting for confirmations"
+STAGE_CREDITED = "credited"
+# ProcessStatus while the process runs its own steps: the money's state, not
+# each step (those are in the details and the status query).
+STATUS_PROCESSING = "processing"
+
+
+def topup_workflow_id(source: TopupSource | str, external_ref: str) -> str:
+    return f"topup/{source}/{external_ref}"
+
+
+class Finished(Exception):
+    """The top-up reached an outcome (not an error)."""
+
+    def __init__(self, outcome: TopupOutcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome: TopupOutcome = outcome
+        self.reason = reason
+
+
+def failure_reason(error: BaseException) -> str:
+    """The innermost message of an activity failure: what actually went wrong."""
+    while isinstance(error, ActivityError) and error.cause is not None:
+        error = error.cause
+    return str(error) or type(error).__name__
+
+
+@workflow.defn(name=TOPUP_WORKFLOW)
+class Topup:
+    @workflow.init
+    def __init__(self, request: TopupInput) -> None:
+        # Set before any handler runs: the start signal is handled in the same
+        # workflow task as the start, before run() begins.
+        self._input = request
+        self._stage = "starting"
+        self._transfer: InboundTransfer | None = None
+        self._deposit: Deposit | None = None
+        self._amount_minor: int | None = None
+        self._currency: Currency | None = None
+        self._customer_id: str | None = None
+        self._day: date | None = None
+        self._pending: PendingReview | None = None
+        self._review: TopupReview | None = None
+        self._reviewed_by: str | None = None
+        self._credit: list[TransferRequest] = []
+        self._credited_minor = 0
+        self._fee_minor = 0
+        self._wallet_currency: Currency | None = None
+        self._quote: FxQuote | None = None
+        self._quotes_taken = 0
+        self._usage_reserved = False
+        self._missing_accounts: list[str] = []
+        self._reversal_failed = False
+        self._compensation = ""
+        self._outcome: TopupOutcome | None = None
+        self._compensations: list[Callable[[], Awaitable[None]]] = []
+        self._search_pending: dict[str, SearchAttributeUpdate[Any]] = {}
+        # What the start already set (a starter passes what it knows).
+        self._search_flushed: dict[str, Any] = {
+            pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
+        }
+
+    # ----- platform: outcome, saga --------------------------------------
+
+    @workflow.run
+    async def run(self, request: TopupInput) -> TopupResult:
+        self._search(PROVIDER.value_set(SOURCE_PROVIDER[request.source]))
+        try:
+            await self._topup(request)
+            raise AssertionError("the top-up ended without an outcome")
+        except Finished as finished:
+            outcome, reason = finished.outcome, finished.reason
+            if outcome != "credited" and self._compensations:
+                await self._compensate()
+        # Failures and cancellation, but not the SDK's eviction of a cached
+        # workflow, which must never run compensations.
+        except (Exception, asyncio.CancelledError) as error:
+            credited = bool(self._credit)
+            self._set_stage("compensating")
+            await asyncio.shield(asyncio.ensure_future(self._compensate()))
+            cancelled = isinstance(error, asyncio.CancelledError) or (
+                isinstance(error, ActivityError) and isinstance(error.cause, CancelledError)
+            )
+            if cancelled or not credited:
+                # Nothing reached the wallet (or it was cancelled): the
+                # failure itself is the outcome an operator sees.
+                self._set_stage("cancelled" if cancelled else "failed", searchable=True)
+                self._flush_search_attributes()
+                raise
+            outcome = "reversal_failed" if self._reversal_failed else "reversed"
+            reason = failure_reason(error)
+        # No message is lost: an operator's review in flight finishes first.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._outcome = outcome
+        self._set_stage(outcome.replace("_", " "), searchable=True)
+        self._flush_search_attributes()
+        return self._result(outcome, reason)
+
+    async def _compensate(self) -> None:
+        for undo in reversed(self._compensations):
+            await undo()
+        self._compensations.clear()
+
+    # ----- business steps -------------------------------------------------
+
+    async def _topup(self, request: TopupInput) -> None:
+        if request.source == "bank":
+            await self._bank(request)
+        else:
+            await self._usdt(request)
+        assert self._wallet_currency is not None
+        raise Finished(
+            "credited",
+            f"credited {describe(self._credited_minor, self._wallet_currency)}, fee "
+            f"{describe(self._fee_minor, self._wallet_currency)}",
+        )
+
+    async def _bank(self, request: TopupInput) -> None:
+        if not await self._wait(
+            "waiting for the transfer",
+            lambda: self._transfer is not None,
+            request.policy.source_wait_seconds,
+        ):
+            raise Finished("expired", "no bank transfer record arrived")
+        transfer = self._transfer
+        assert transfer is not None
+        currency = transfer.currency
+        self._received(transfer.amount_minor, currency)
+        inbound, fees = accounts.bank_inbound(currency), accounts.revenue_fees(currency)
+        customer_id = await self._match(transfer.reference, currency, [inbound, fees])
+        await self._check_limits(customer_id, transfer.amount_minor, currency)
+        await self._open_missing_accounts()
+
+        wallet = accounts.wallet(customer_id, currency)
+        fee = request.policy.fees["bank"].fee_minor(transfer.amount_minor, currency)
+        items = [
+            TransferRequest(
+                key=step_key("credit/principal"),
+                debit=inbound,
+                credit=wallet,
+                amount_minor=transfer.amount_minor,
+                currency=currency,
+            )
+        ]
+        items += self._fee_leg(wallet, fees, fee, currency)
+        await self._post_credit(items, transfer.amount_minor, fee, currency)
+        await self._after_credit(customer_id, currency)
+
+    async def _usdt(self, request: TopupInput) -> None:
+        policy = request.policy
+        if not await self._wait(
+            "waiting for the deposit", lambda: self._deposit is not None, policy.source_wait_seconds
+        ):
+            raise Finished("expired", "no deposit snapshot arrived")
+        assert self._deposit is not None
+        amount = self._deposit.amount_minor
+        self._received(amount, Currency.USDT)
+
+        if not await self._wait(
+            STAGE_CONFIRMATIONS, self._deposit_settled, policy.confirmation_wait_seconds
+        ):
+            confirmations = self._deposit.confirmations
+            raise Finished(
+                "expired",
+                f"the deposit was not final within {policy.confirmation_wait_seconds}s "
+                f"({confirmations} confirmations)",
+            )
+        if self._deposit.status == "dropped":
+            raise Finished("dropped", "a chain reorganization dropped the deposit before finality")
+
+        currency = request.wallet_currency
+        custody, fees = accounts.crypto_custody(), accounts.revenue_fees(currency)
+        system = [
+            custody,
+            accounts.fx_pool(Currency.USDT),
+            accounts.fx_pool(currency),
+            accounts.revenue_fx(currency),
+            accounts.fx_rounding(currency),
+            fees,
+        ]
+        customer_id = await self._match(self._deposit.customer_id, currency, system)
+        await self._check_limits(customer_id, amount, Currency.USDT)
+        await self._open_missing_accounts()
+
+        wallet = accounts.wallet(customer_id, currency)
+        quote = await self._firm_quote(amount, currency)
+        legs = conversion_legs(step_key("credit"), quote, debit=custody, credit=wallet)
+        fee = policy.fees["usdt"].fee_minor(quote.buy_amount_minor, currency)
+        items = [*legs.transfers, *self._fee_leg(wallet, fees, fee, currency)]
+        await self._post_credit(items, quote.buy_amount_minor, fee, currency)
+        await self._after_credit(customer_id, currency)
+
+    def _deposit_settled(self) -> bool:
+        deposit = self._deposit
+        assert deposit is not None
+        return (
+            deposit.status in ("finalized", "dropped")
+            or deposit.confirmations >= self._input.policy.confirmations_required
+        )
+
+    async def _match(self, reference: str, currency: Currency, system: list[str]) -> str:
+        """The customer the money belongs to, by match or by an operator; the
+        match also says which of the credit's system accounts are not open yet."""
+        self._set_stage("matching the customer")
+        match: CustomerMatch = await self._ledger(
+            MATCH_CUSTOMER,
+            CustomerMatchRequest(
+                reference=reference[:200], currency=currency, system_accounts=system
+            ),
+            result_type=CustomerMatch,
+        )
+        self._missing_accounts = match.missing_accounts
+        customer_id = match.customer_id
+        if customer_id is None:
+            review = await self._await_review("unmatched", f"unmatched: {match.reason}")
+            customer_id = review.customer_id
+            assert customer_id is not None  # the validator and handler insist on it
+        self._customer_id = customer_id
+        self._search(CUSTOMER_ID.value_set(customer_id))
+        return customer_id
+
+    async def _check_limits(self, customer_id: str, amount: int, currency: Currency) -> None:
+        self._set_stage("checking limits")
+        limits = self._input.policy.limits.get(currency)
+        money = describe(amount, currency)
+        over: str | None = None
+        if limits is None:
+            over = f"no top-up limits are set for {currency.value}"
+        elif amount < limits.min_minor:
+            over = f"{money} is below the minimum of {describe(limits.min_minor, currency)}"
+        elif amount > limits.max_minor:
+            over = f"{money} is above the maximum of {describe(limits.max_minor, currency)}"
+        else:
+            decision = await self._reserve(customer_id, amount, currency, limits.daily_max_minor)
+            if not decision.reserved:
+                over = (
+                    f"{money} would take today's top-ups to "
+                    f"{describe(decision.used_minor + amount, currency)}, over the daily limit "
+                    f"of {describe(decision.daily_max_minor, currency)}"
+                )
+        if over is not None:
+            await self._await_review("limit", over)
+            daily_max = limits.daily_max_minor if limits else 0
+            await self._reserve(customer_id, amount, currency, daily_max, force=True)
+
+    async def _reserve(
+        self,
+        customer_id: str,
+        amount: int,
+        currency: Currency,
+        daily_max_minor: int,
+        *,
+        force: bool = False,
+    ) -> UsageDecision:
+        if self._day is None:
+            self._day = workflow.now().date()
+        decision: UsageDecision = await self._ledger(
+            RESERVE_USAGE,
+            UsageReservation(
+                topup_id=workflow.info().workflow_id,
+                customer_id=customer_id,
+                currency=currency,
+                amount_minor=amount,
+                day=self._day,
+                daily_max_minor=daily_max_minor,
+                force=force,
+            ),
+            result_type=UsageDecision,
+        )
+        if decision.reserved and not self._usage_reserved:
+            self._usage_reserved = True
+            self._compensations.append(self._release_usage)
+        return decision
+
+    async def _await_review(self, kind: ReviewKind, reason: str) -> TopupReview:
+        """An operator's approval; a rejection or no review in time finishes."""
+        self._pending = PendingReview(kind=kind, reason=reason)
+        self._review = None
+        wait_seconds = self._input.policy.review_wait_seconds
+        reviewed = await self._wait(STAGE_REVIEW, lambda: self._review is not None, wait_seconds)
+        self._pending = None
+        if not reviewed or self._review is None:
+            raise Finished("expired", f"no review within {wait_seconds}s ({reason})")
+        review = self._review
+        self._reviewed_by = review.operator
+        if review.decision == "reject":
+            raise Finished("rejected", f"operator {review.operator}: {review.reason} ({reason})")
+        return review
+
+    async def _firm_quote(self, amount: int, currency: Currency) -> FxQuote:
+        """A quote with enough life left to post at; expiring ones are replaced."""
+        policy = self._input.policy
+        for attempt in range(1, policy.quote_attempts_max + 1):
+            self._set_stage("quoting")
+            self._quotes_taken = attempt
+            quote: FxQuote = await self._provider(
+                FX_QUOTE,
+                QuoteRequest(
+                    key=step_key(f"quote/{attempt}"),
+                    sell_currency=Currency.USDT,
+                    buy_currency=currency,
+                    sell_amount_minor=amount,
+                ),
+                result_type=FxQuote,
+            )
+            self._quote = quote
+            remaining = quote.expires_at - workflow.now()
+            if remaining >= timedelta(seconds=policy.quote_remaining_seconds_min):
+                return quote
+            if attempt < policy.quote_attempts_max and policy.requote_delay_seconds:
+                self._flush_search_attributes()
+                await workflow.sleep(policy.requote_delay_seconds)
+        raise ApplicationError(
+            f"no FX quote lived {policy.quote_remaining_seconds_min}s in "
+            f"{policy.quote_attempts_max} attempts; nothing was credited",
+            type="NoFirmQuote",
+            non_retryable=True,
+        )
+
+    def _fee_leg(
+        self, wallet: str, fees: str, fee: int, currency: Currency
+    ) -> list[TransferRequest]:
+        if fee <= 0:
+            return []
+        return [
+            TransferRequest(
+                key=step_key("credit/fee"),
+                debit=wallet,
+                credit=fees,
+                amount_minor=fee,
+                currency=currency,
+            )
+        ]
+
+    async def _post_credit(
+        self, items: list[TransferRequest], credited: int, fee: int, currency: Currency
+    ) -> None:
+        """The credit and its fee, all or nothing."""
+        self._set_stage("crediting")
+        outcomes: list[TransferOutcome] = await self._ledger(
+            SUBMIT_BATCH, TransferBatch(items=items), result_type=list[TransferOutcome]
+        )
+        refused = [outcome for outcome in outcomes if not outcome.accepted]
+        if refused:
+            first = refused[0]
+            raise ApplicationError(
+                f"the ledger refused the credit: {first.rejection} {first.detail}".strip(),
+                type="CreditRefused",
+                non_retryable=True,
+            )
+        self._credit = items
+        self._credited_minor, self._fee_minor, self._wallet_currency = credited, fee, currency
+        self._compensations.append(self._reverse_credit)
+
+    async def _after_credit(self, customer_id: str, currency: Currency) -> None:
+        """Record the usage as credited and send the receipt, side by side."""
+        self._set_stage("sending the receipt")
+        usage = asyncio.ensure_future(
+            self._ledger(SET_USAGE_STATUS, workflow.info().workflow_id, "credited")
+        )
+        net = describe(self._credited_minor - self._fee_minor, currency)
+        fee = describe(self._fee_minor, currency)
+        try:
+            await self._provider(
+                SEND_RECEIPT,
+                ReceiptRequest(
+                    key=step_key("notify/credited"),
+                    customer_id=customer_id,
+                    subject=f"Your top-up of {net} is in your wallet",
+                    body=f"We credited {net} to your {currency.value} wallet (fee {fee}).",
+                    attempts_max=self._input.policy.receipt_attempts_max,
+                ),
+                result_type=NotificationReceipt,
+            )
+        finally:
+            # A failed receipt is compensated only once the usage is recorded,
+            # so its release cannot be overtaken by the "credited" mark.
+            await usage
+
+    # ----- compensations ------------------------------------------------
+
+    async def _reverse_credit(self) -> None:
+        """Reverse every leg of the credit (fee first), as one atomic batch."""
+        reversals = [
+            TransferRequest(
+                key=f"{leg.key}/reversal",
+                debit=leg.credit,
+                credit=leg.debit,
+                amount_minor=leg.amount_minor,
+                currency=leg.currency,
+            )
+            for leg in reversed(self._credit)
+        ]
+        self._set_stage("reversing the credit")
+        outcomes: list[TransferOutcome] = await self._ledger(
+            SUBMIT_BATCH, TransferBatch(items=reversals), result_type=list[TransferOutcome]
+        )
+        refused = [outcome for outcome in outcomes if not outcome.accepted]
+        currency = self._wallet_currency
+        assert currency is not None and self._customer_id is not None
+        net = describe(self._credited_minor - self._fee_minor, currency)
+        wallet = accounts.wallet(self._customer_id, currency)
+        if refused:
+            self._reversal_failed = True
+            self._compensation = (
+                f"NOT reversed: {wallet} no longer holds the {net} credited "
+                f"({refused[0].rejection}); an operator must recover it"
+            )
+        else:
+            self._compensation = (
+                f"credit of {describe(self._credited_minor, currency)} and fee of "
+                f"{describe(self._fee_minor, currency)} reversed"
+            )
+
+    async def _release_usage(self) -> None:
+        # Money the reversal could not take back still counts as credited.
+        if not self._reversal_failed:
+            await self._ledger(SET_USAGE_STATUS, workflow.info().workflow_id, "released")
+
+    # ----- messages -------------------------------------------------------
+
+    @workflow.signal(name=BANK_TRANSFER_SIGNAL)
+    def bank_transfer(self, transfer: InboundTransfer) -> None:
+        # A redelivered webhook carries the same transfer: the first is kept.
+        if self._input.source != "bank" or transfer.id != self._input.external_ref:
+            workflow.logger.warning("ignored bank transfer %s", transfer.id)
+            return
+        if self._transfer is None:
+            self._transfer = transfer
+
+    @workflow.signal(name=DEPOSIT_SIGNAL)
+    def deposit_update(self, deposit: Deposit) -> None:
+        # Snapshots repeat and reorder: only a more advanced one replaces ours.
+        if self._input.source != "usdt" or deposit.tx_hash != self._input.external_ref:
+            workflow.logger.warning("ignored deposit %s", deposit.tx_hash)
+            return
+        if self._deposit is None or deposit_rank(deposit) > deposit_rank(self._deposit):
+            self._deposit = deposit
+            workflow.set_current_details(self._details())
+
+    @workflow.update(name=REVIEW_UPDATE)
+    async def review(self, review: dict[str, Any]) -> str:
+        """An operator's TopupReview, as JSON (the Web UI's update form sends JSON)."""
+        decided = TopupReview.model_validate(review)
+        pending = self._pending
+        assert pending is not None
+        if pending.kind == "unmatched" and decided.decision == "approve":
+            assert decided.customer_id is not None and self._currency is not None
+            match = await self._ledger(
+                MATCH_CUSTOMER,
+                CustomerMatchRequest(
+                    reference=decided.customer_id, currency=self._credit_currency()
+                ),
+                result_type=CustomerMatch,
+            )
+            if match.customer_id is None:
+                # Fails this update only; the review stays pending.
+                raise ApplicationError(f"customer_id: {match.reason}", type="ReviewRefused")
+        # The match took a moment: another review, or the wait's end, may
+        # have come first.
+        if self._review is not None:
+            raise ApplicationError("this review was already decided", type="ReviewRefused")
+        if self._pending is not pending:
+            raise ApplicationError(
+                f"the review is no longer pending (stage: {self._stage})", type="ReviewRefused"
+            )
+        self._review = decided
+        assigned = f" to {decided.customer_id}" if decided.customer_id else ""
+        return f"{decided.decision}{assigned} recorded"
+
+    @review.validator
+    def _validate_review(self, review: dict[str, Any]) -> None:
+        try:
+            decided = TopupReview.model_validate(review)
+        except ValidationError as error:
+            fields = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+            raise ValueError(f"malformed review: {fields}") from None
+        if self._outcome is not None:
+            raise ValueError(f"the top-up already finished ({self._outcome})")
+        if self._pending is None:
+            raise ValueError(f"no review is pending (stage: {self._stage})")
+        if self._review is not None:
+            raise ValueError("this review was already decided")
+        if self._pending.kind == "unmatched":
+            if decided.decision == "approve" and decided.customer_id is None:
+                raise ValueError(
+                    "customer_id: approving an unmatched payment assigns it; name the customer"
+                )
+        elif decided.customer_id is not None:
+            raise ValueError("customer_id: only an unmatched payment is assigned to a customer")
+
+    @workflow.query(name=STATUS_QUERY)
+    def status(self) -> TopupStatus:
+        deposit = self._deposit
+        usdt = self._input.source == "usdt"
+        return TopupStatus(
+            workflow_id=workflow.info().workflow_id,
+            source=self._input.source,
+            external_ref=self._input.external_ref,
+            stage=self._stage,
+            customer_id=self._customer_id,
+            amount_minor=self._amount_minor,
+            currency=self._currency,
+            confirmations=deposit.confirmations if deposit else None,
+            confirmations_required=self._input.policy.confirmations_required if usdt else None,
+            pending_review=self._pending,
+            credited_minor=self._credited_minor,
+            fee_minor=self._fee_minor,
+            outcome=self._outcome,
+            compensation=self._compensation,
+        )
+
+    # ----- helpers --------------------------------------------------------
+
+    def _credit_currency(self) -> Currency:
+        if self._input.source == "usdt":
+            return self._input.wallet_currency
+        assert self._currency is not None
+        return self._currency
+
+    def _received(self, amount_minor: int, currency: Currency) -> None:
+        self._amount_minor, self._currency = amount_minor, currency
+        self._search(AMOUNT_MINOR.value_set(amount_minor), CURRENCY.value_set(currency.value))
+
+    async def _open_missing_accounts(self) -> None:
+        """Open the system accounts the match found missing (the first credit of
+        a currency); idempotent, so a race with another top-up is harmless."""
+        if self._missing_accounts:
+            await self._ledger(
+                OPEN_ACCOUNTS,
+                [accounts.system_account(code) for code in self._missing_accounts],
+                result_type=list[Account],
+            )
+
+    def _result(self, outcome: TopupOutcome, reason: str) -> TopupResult:
+        request = self._input
+        return TopupResult(
+            workflow_id=workflow.info().workflow_id,
+            source=request.source,
+            external_ref=request.external_ref,
+            outcome=outcome,
+            reason=reason,
+            customer_id=self._customer_id,
+            amount_minor=self._amount_minor or 0,
+            currency=self._currency,
+            credited_minor=self._credited_minor,
+            fee_minor=self._fee_minor,
+            wallet_currency=self._wallet_currency,
+            quote_id=self._quote.id if self._quote else None,
+            quotes_taken=self._quotes_taken,
+            reviewed_by=self._reviewed_by,
+            compensation=self._compensation,
+        )
+
+    def _details(self) -> str:
+        request = self._input
+        details = f"Top-up {request.source} {request.external_ref}: {self._stage}"
+        if self._amount_minor is not None and self._currency is not None:
+            details += f" | {describe(self._amount_minor, self._currency)}"
+        if self._customer_id:
+            details += f" for {self._customer_id}"
+        if self._deposit is not None and self._outcome is None:
+            details += (
+                f" | deposit {self._deposit.status}, {self._deposit.confirmations}/"
+                f"{request.policy.confirmations_required} confirmations"
+            )
+        if self._pending is not None:
+            details += f" | review: {self._pending.reason}"
+        if self._credited_minor and self._wallet_currency is not None:
+            details += (
+                f" | credited {describe(self._credited_minor, self._wallet_currency)}, fee "
+                f"{describe(self._fee_minor, self._wallet_currency)}"
+            )
+        if self._compensation:
+            details += f" | {self._compensation}"
+        return details
+
+    def _set_stage(self, stage: str, *, searchable: bool = False) -> None:
+        """The stage in the details and status query; a searchable one (a wait
+        or an outcome) is also the ProcessStatus, else that is "processing"
+        until the credit is posted and "credited" after."""
+        self._stage = stage
+        workflow.set_current_details(self._details())
+        if not searchable:
+            stage = STAGE_CREDITED if self._credit else STATUS_PROCESSING
+        self._search(PROCESS_STATUS.value_set(stage))
+
+    def _search(self, *updates: SearchAttributeUpdate[Any]) -> None:
+        """Search attributes to upsert when this workflow task next waits."""
+        for update in updates:
+            self._search_pending[update.key.name] = update
+
+    def _flush_search_attributes(self) -> None:
+        # One upsert per workflow task, of what changed: a stage passed
+        # through within one task never reaches the history.
+        changed = [
+            update
+            for name, update in self._search_pending.items()
+            if self._search_flushed.get(name) != update.value
+        ]
+        self._search_pending.clear()
+        if changed:
+            workflow.upsert_search_attributes(changed)
+            self._search_flushed.update({u.key.name: u.value for u in changed})
+
+    async def _wait(self, stage: str, condition: Callable[[], bool], seconds: int) -> bool:
+        """Wait in `stage` until `condition` (False after `seconds`)."""
+        if condition():
+            return True
+        self._set_stage(stage, searchable=True)
+        self._flush_search_attributes()
+        return await wait_for(condition, seconds)
+
+    async def _ledger(self, name: str, *args: object, result_type: type | None = None) -> Any:
+        self._flush_search_attributes()
+        return await on_ledger(self._input.ledger_task_queue, name, *args, result_type=result_type)
+
+    async def _provider(self, name: str, *args: object, result_type: type | None = None) -> Any:
+        self._flush_search_attributes()
+        return await on_providers(
+            self._input.providers_task_queue, name, *args, result_type=result_type
+        )
