@@ -519,13 +519,14 @@ async def demo(client: Client, settings: Settings, say: Callable[[str, str | Non
     say("KYC provider answered GREEN (signed webhook -> gateway -> workflow)", None)
     result = await handle.result()
     say(f"Onboarding {result.outcome}: wallets {', '.join(result.wallets)}", handle.id)
+    from schemas.topup import TopupResult
     from starters.topup import simulate_bank_transfer
     from workflows.topup import topup_workflow_id
 
     transfer = await simulate_bank_transfer(settings, profile.customer_id, 50_000, Currency.USD)
     bank_topup = topup_workflow_id("bank", transfer.id)
     await _topup_reaching(client, bank_topup, lambda status: status.outcome is not None)
-    credited = await client.get_workflow_handle(bank_topup).result()
+    credited = await client.get_workflow_handle(bank_topup, result_type=TopupResult).result()
     say(
         f"Bank transfer of 500.00 USD (webhook -> top-up): {credited.outcome}, "
         f"fee {credited.fee_minor}",
@@ -595,6 +596,7 @@ async def _demo_money(
     """The money part of the demo: a USDT top-up, a conversion, a purchase with
     cashback and a refund, every wallet balance, and the ledger verified."""
     from activities.ledger.verify import verify
+    from schemas.topup import TopupResult
     from starters.fx import confirm, quote
     from starters.topup import mine_blocks, simulate_deposit
     from workflows.fx import fx_workflow_id
@@ -606,7 +608,7 @@ async def _demo_money(
     say(f"25 USDT deposited on Tron (tx {deposit.tx_hash[:12]}): waiting for finality", usdt_topup)
     for blocks in (1, 5, 13):
         await mine_blocks(settings, blocks)
-    topped = await client.get_workflow_handle(usdt_topup).result()
+    topped = await client.get_workflow_handle(usdt_topup, result_type=TopupResult).result()
     say(
         f"USDT final after {deposit.finality_confirmations} confirmations: "
         f"{topped.outcome}, {topped.credited_minor} USD cents at quote {topped.quote_id}, "
