@@ -11,20 +11,24 @@ production data converter (pydantic JSON + AES-GCM), the provider simulators
 held, nobody listens), and the real workers of workers/build.py on one set of
 task queues, in this process.
 
-Each repeat measures, on the same server and queues:
+Each repeat measures, on the same server and queues, one after the other:
 
   top-ups    N bank top-ups (distinct transfer ids, C in flight), each started
              as the gateway starts it (signal-with-start with the transfer)
-             and awaited to its result: match, daily usage, accounts, the
-             atomic credit + fee batch, usage credited, receipt
+             and awaited to its result: match, daily usage, the atomic credit
+             + fee batch, then the receipt beside the usage's "credited" mark
   skeleton   N workflows defined here, started the same way, that run the
-             same number of activities on the same queues in the same order,
-             each a no-op: the health probes every real worker carries
-             (providers_ping returns at once; ledger_ping reads one row count)
+             same number of activities on the same queues in the same rounds
+             (read from a finished top-up's history), each a no-op: the
+             health probes every real worker carries (providers_ping returns
+             at once; ledger_ping reads one row count)
 
 Rates are workflows completed per second from the first start to the last
-result; the figures are medians over the repeats, and the ratio is
-top-ups / skeleton (the target is 0.8 or more). It prints, never asserts.
+result, with the CPU this stack's processes (this one, the Temporal server,
+the simulators, PostgreSQL) spent per workflow. The figures are medians over
+the repeats; the ratio is the median of each repeat's top-ups / skeleton
+(measured back to back, so a change in the machine's load between repeats
+touches both sides). The target is 0.8 or more. It prints, never asserts.
 
 The skeleton needs its own workflow worker: between phases the real workflow
 worker stops and a skeleton one (same sandbox, same queue) takes its place;
@@ -60,6 +64,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     import asyncpg
     import httpx
+    import psutil
     from temporalio.client import Client
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
@@ -87,6 +92,7 @@ with workflow.unsafe.imports_passed_through():
     from workers.converter import build_data_converter, generate_key
     from workers.secrets import new_webhook_secret
     from workflows.steps import on_ledger, on_providers
+    from workflows.topup import topup_workflow_id
 
 SKELETON_WORKFLOW = "BenchSkeleton"
 SKELETON_START_SIGNAL = "start"
@@ -107,10 +113,14 @@ class SkeletonPlan(BaseModel):
     providers_task_queue: str
 
 
+def activity_count(plan: SkeletonPlan) -> int:
+    return sum(len(kinds) for kinds in plan.rounds)
+
+
 @workflow.defn(name=SKELETON_WORKFLOW)
 class Skeleton:
     """Started like a top-up (signal-with-start), then the same number of
-    activities on the same queues, each a no-op."""
+    activities on the same queues in the same rounds, each a no-op."""
 
     def __init__(self) -> None:
         self._started = False
@@ -138,14 +148,40 @@ class Figure:
     name: str
     rates_per_second: list[float]
     median_per_second: float
-    activities_per_workflow: int
-    rounds: list[list[str]]
+    cpu_ms_per_workflow: list[float]
+    median_cpu_ms_per_workflow: float
+
+
+@dataclass
+class Measured:
+    rate_per_second: float
+    cpu_ms_per_workflow: float
 
 
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class StackCpu:
+    """CPU seconds spent so far by this process, its children (the Temporal
+    server, the simulators) and the embedded PostgreSQL with its backends."""
+
+    def __init__(self, postmaster_pid: int | None) -> None:
+        self.postmaster = psutil.Process(postmaster_pid) if postmaster_pid else None
+
+    def seconds(self) -> float:
+        me = psutil.Process()
+        processes = [me, *me.children(recursive=True)]
+        if self.postmaster is not None:
+            processes += [self.postmaster, *self.postmaster.children(recursive=True)]
+        total = 0.0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
 
 @contextlib.contextmanager
@@ -184,15 +220,17 @@ def simulators(home: Path) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def database(scratch: Path) -> AsyncIterator[str]:
-    """A migrated scratch database on the embedded PostgreSQL (or DATABASE_URL's server)."""
+async def database(scratch: Path) -> AsyncIterator[tuple[str, int | None]]:
+    """A migrated scratch database on the embedded PostgreSQL (or DATABASE_URL's
+    server); yields its URL and the embedded postmaster's pid."""
     external = os.environ.get("DATABASE_URL")
     data_dir, log_path = scratch / "postgres", scratch / "postgres.log"
+    postmaster_pid = None
     if external:
         server_url = external.rsplit("/", 1)[0] + "/postgres"
     else:
         port = _free_port()
-        postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
+        postmaster_pid = postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
         server_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     name = f"bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(server_url)
@@ -200,7 +238,7 @@ async def database(scratch: Path) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
         database_url = server_url.rsplit("/", 1)[0] + f"/{name}"
         await migrate(database_url)
-        yield database_url
+        yield database_url, postmaster_pid
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -248,25 +286,6 @@ def transfer(customer_id: str, transfer_id: str) -> InboundTransfer:
     )
 
 
-async def completed_per_second(
-    count: int, concurrency: int, one: Callable[[int], Awaitable[None]]
-) -> float:
-    """Run `one(i)` for i < count, `concurrency` at a time; workflows per second."""
-    gate = asyncio.Semaphore(concurrency)
-
-    async def bounded(index: int) -> None:
-        async with gate:
-            await one(index)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(bounded(index) for index in range(count)))
-    return count / (time.perf_counter() - started)
-
-
-def activity_count(plan: SkeletonPlan) -> int:
-    return sum(len(kinds) for kinds in plan.rounds)
-
-
 async def topup_rounds(client: Client, workflow_id: str, queues: TaskQueues) -> list[list[str]]:
     """The queue kind of each activity a finished top-up ran, from its history,
     grouped by the workflow task that scheduled them (they ran side by side)."""
@@ -290,6 +309,7 @@ class Phases:
     pool: asyncpg.Pool
     clients: ProviderClients
     customers: list[str]
+    cpu: StackCpu
     run_id: str
     plan: SkeletonPlan | None = None
 
@@ -315,13 +335,13 @@ class Phases:
             workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
         )
 
-    def topup_id(self, label: str, index: int) -> str:
+    def transfer_id(self, label: str, index: int) -> str:
         return f"bench-{self.run_id}-{label}-{index}"
 
     async def topup(self, label: str, index: int) -> None:
         customer_id = self.customers[index % len(self.customers)]
         handle = await start_bank_topup(
-            self.client, self.queues, transfer(customer_id, self.topup_id(label, index))
+            self.client, self.queues, transfer(customer_id, self.transfer_id(label, index))
         )
         result: TopupResult = await handle.result()
         assert result.outcome == "credited", result
@@ -339,8 +359,32 @@ class Phases:
         )
         assert await handle.result() == activity_count(self.plan)
 
+    async def completed(
+        self, count: int, concurrency: int, one: Callable[[int], Awaitable[None]]
+    ) -> Measured:
+        """Run `one(i)` for i < count, `concurrency` at a time."""
+        gate = asyncio.Semaphore(concurrency)
 
-async def measure(phases: Phases, topups: int, concurrency: int, repeats: int) -> list[Figure]:
+        async def bounded(index: int) -> None:
+            async with gate:
+                await one(index)
+
+        cpu_before, started = self.cpu.seconds(), time.perf_counter()
+        await asyncio.gather(*(bounded(index) for index in range(count)))
+        elapsed = time.perf_counter() - started
+        cpu_ms = (self.cpu.seconds() - cpu_before) * 1000 / count
+        return Measured(count / elapsed, cpu_ms)
+
+
+def figure(name: str, measured: list[Measured]) -> Figure:
+    rates = [m.rate_per_second for m in measured]
+    cpu = [m.cpu_ms_per_workflow for m in measured]
+    return Figure(name, rates, statistics.median(rates), cpu, statistics.median(cpu))
+
+
+async def measure(
+    phases: Phases, topups: int, concurrency: int, repeats: int
+) -> tuple[Figure, Figure, list[list[str]]]:
     async with phases.real_worker("ledger"), phases.real_worker("providers"):
         async with phases.real_worker("workflows"):
             # Warm up, and learn the activities a top-up runs from its history.
@@ -349,7 +393,9 @@ async def measure(phases: Phases, topups: int, concurrency: int, repeats: int) -
             await phases.topup("warmup", 0)
             await phases.topup("warmup", 1)
             rounds = await topup_rounds(
-                phases.client, f"topup/bank/{phases.topup_id('warmup', 1)}", phases.queues
+                phases.client,
+                topup_workflow_id("bank", phases.transfer_id("warmup", 1)),
+                phases.queues,
             )
         phases.plan = SkeletonPlan(
             rounds=rounds,
@@ -358,50 +404,36 @@ async def measure(phases: Phases, topups: int, concurrency: int, repeats: int) -
         )
         async with phases.skeleton_worker():
             await phases.skeleton("warmup", 0)
-        topup_rates: list[float] = []
-        skeleton_rates: list[float] = []
+
+        topup_runs: list[Measured] = []
+        skeleton_runs: list[Measured] = []
 
         async def topup_phase(label: str) -> None:
             async with phases.real_worker("workflows"):
-                topup_rates.append(
-                    await completed_per_second(topups, concurrency, partial(phases.topup, label))
+                topup_runs.append(
+                    await phases.completed(topups, concurrency, partial(phases.topup, label))
                 )
 
         async def skeleton_phase(label: str) -> None:
             async with phases.skeleton_worker():
-                skeleton_rates.append(
-                    await completed_per_second(topups, concurrency, partial(phases.skeleton, label))
+                skeleton_runs.append(
+                    await phases.completed(topups, concurrency, partial(phases.skeleton, label))
                 )
 
         for repeat in range(repeats):
             # Alternate which goes first, so a drift in the machine's load
             # does not favour one side.
-            order = (
-                (topup_phase, skeleton_phase) if repeat % 2 == 0 else (skeleton_phase, topup_phase)
-            )
-            for phase in order:
-                await phase(f"r{repeat}")
-    return [
-        Figure(
-            "bank top-ups",
-            topup_rates,
-            statistics.median(topup_rates),
-            activity_count(phases.plan),
-            rounds,
-        ),
-        Figure(
-            "skeleton",
-            skeleton_rates,
-            statistics.median(skeleton_rates),
-            activity_count(phases.plan),
-            rounds,
-        ),
-    ]
+            first, second = (topup_phase, skeleton_phase)[:: 1 if repeat % 2 == 0 else -1]
+            await first(f"r{repeat}")
+            await second(f"r{repeat}")
+    return figure("bank top-ups", topup_runs), figure("skeleton", skeleton_runs), rounds
 
 
-async def run(topups: int, concurrency: int, repeats: int, scratch: Path) -> list[Figure]:
+async def run(
+    topups: int, concurrency: int, repeats: int, scratch: Path
+) -> tuple[Figure, Figure, list[list[str]]]:
     keys = [("bench", base64.b64decode(generate_key()))]
-    async with database(scratch) as database_url:
+    async with database(scratch) as (database_url, postmaster_pid):
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(temporal_cli_path()),
             search_attributes=ALL_SEARCH_ATTRIBUTES,
@@ -420,6 +452,7 @@ async def run(topups: int, concurrency: int, repeats: int, scratch: Path) -> lis
                         pool=pool,
                         clients=clients,
                         customers=await open_customers(pool, min(CUSTOMERS_MAX, topups)),
+                        cpu=StackCpu(postmaster_pid),
                         run_id=uuid.uuid4().hex[:8],
                     )
                     return await measure(phases, topups, concurrency, repeats)
@@ -434,7 +467,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--topups", type=int, default=200, help="workflows per phase")
     parser.add_argument("--concurrency", type=int, default=20, help="workflows in flight")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     arguments = parser.parse_args()
     # The sandbox re-imports each workflow's module for every run; as deployed
@@ -442,32 +475,44 @@ def main() -> None:
     # let this process cache bytecode even under PYTHONDONTWRITEBYTECODE.
     sys.dont_write_bytecode = False
     with tempfile.TemporaryDirectory(prefix="cardflow-bench-workflows-") as scratch:
+        # PostgreSQL may run as another user: its data's parents stay traversable.
         Path(scratch).chmod(0o755)
-        topup, skeleton = asyncio.run(
+        topup, skeleton, rounds = asyncio.run(
             run(arguments.topups, arguments.concurrency, arguments.repeats, Path(scratch))
         )
-    ratio = topup.median_per_second / skeleton.median_per_second
+    ratios = [t / s for t, s in zip(topup.rates_per_second, skeleton.rates_per_second, strict=True)]
+    ratio = statistics.median(ratios)
     if arguments.json:
         document: dict[str, Any] = {
             "topups": arguments.topups,
             "concurrency": arguments.concurrency,
             "repeats": arguments.repeats,
             "cpus": os.cpu_count(),
+            "activity_rounds": rounds,
             "figures": [asdict(topup), asdict(skeleton)],
+            "ratios": ratios,
             "ratio": ratio,
         }
         print(json.dumps(document))
         return
     print(
         f"workflow benchmark: {arguments.topups} workflows x {arguments.repeats} repeats, "
-        f"{arguments.concurrency} in flight, {os.cpu_count()} CPUs, "
-        f"{topup.activities_per_workflow} activities each, in rounds {topup.rounds}"
+        f"{arguments.concurrency} in flight, {os.cpu_count()} CPUs; "
+        f"{sum(len(r) for r in rounds)} activities in rounds {rounds}"
     )
-    print(f"{'workflow':<16}{'median/s':>10}  per repeat")
-    for figure in (topup, skeleton):
-        each = ", ".join(f"{rate:.1f}" for rate in figure.rates_per_second)
-        print(f"{figure.name:<16}{figure.median_per_second:>10.1f}  {each}")
-    print(f"top-ups / skeleton: {ratio:.2f} (target >= 0.80)")
+    print(f"{'workflow':<14}{'median/s':>10}{'CPU ms/wf':>11}  per repeat (/s)")
+    for each in (topup, skeleton):
+        rates = ", ".join(f"{rate:.1f}" for rate in each.rates_per_second)
+        print(
+            f"{each.name:<14}{each.median_per_second:>10.1f}"
+            f"{each.median_cpu_ms_per_workflow:>11.1f}  {rates}"
+        )
+    print(
+        f"top-ups / skeleton: {ratio:.2f} (median of repeats "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.80); "
+        f"CPU per workflow skeleton / top-ups: "
+        f"{skeleton.median_cpu_ms_per_workflow / topup.median_cpu_ms_per_workflow:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -123,6 +123,10 @@ class TopupPolicy(BaseModel):
     # for as long as they last; a 4xx refusal is permanent at once).
     receipt_attempts_max: int | None = Field(default=None, ge=1, le=1_000)
 
+    def fee_minor(self, source: TopupSource, credited_minor: int, currency: Currency) -> int:
+        """The fee on a credit from `source`; none when the policy names no fee for it."""
+        return self.fees.get(source, TopupFee()).fee_minor(credited_minor, currency)
+
 
 class TopupInput(BaseModel):
     """What starts a top-up; the bank transfer or deposit snapshot arrives as

@@ -26,6 +26,12 @@ the result and status say so for an operator.
 
 The workflow id, the REJECT_DUPLICATE id-reuse policy of every start and the
 ledger keys from step_key make sure one external reference credits once.
+
+For operators: ProcessStatus is the money's state ("processing", a wait such
+as "waiting for confirmations" or "in operator review", "credited", then the
+outcome), upserted with CustomerId, AmountMinor, Currency and Provider when
+the process waits on the outside or ends; the details and the `status`
+query follow every step.
 """
 
 from __future__ import annotations
@@ -220,7 +226,7 @@ class Topup:
         await self._open_missing_accounts()
 
         wallet = accounts.wallet(customer_id, currency)
-        fee = request.policy.fees["bank"].fee_minor(transfer.amount_minor, currency)
+        fee = request.policy.fee_minor("bank", transfer.amount_minor, currency)
         items = [
             TransferRequest(
                 key=step_key("credit/principal"),
@@ -273,7 +279,7 @@ class Topup:
         wallet = accounts.wallet(customer_id, currency)
         quote = await self._firm_quote(amount, currency)
         legs = conversion_legs(step_key("credit"), quote, debit=custody, credit=wallet)
-        fee = policy.fees["usdt"].fee_minor(quote.buy_amount_minor, currency)
+        fee = policy.fee_minor("usdt", quote.buy_amount_minor, currency)
         items = [*legs.transfers, *self._fee_leg(wallet, fees, fee, currency)]
         await self._post_credit(items, quote.buy_amount_minor, fee, currency)
         await self._after_credit(customer_id, currency)
@@ -676,13 +682,14 @@ class Topup:
         self._search(PROCESS_STATUS.value_set(stage))
 
     def _search(self, *updates: SearchAttributeUpdate[Any]) -> None:
-        """Search attributes to upsert when this workflow task next waits."""
+        """Search attributes to upsert when the process next waits on the
+        outside (a provider, an operator, the chain) or ends."""
         for update in updates:
             self._search_pending[update.key.name] = update
 
     def _flush_search_attributes(self) -> None:
-        # One upsert per workflow task, of what changed: a stage passed
-        # through within one task never reaches the history.
+        # One upsert of what changed: a stage passed through in between never
+        # reaches the history (the details and status query show every stage).
         changed = [
             update
             for name, update in self._search_pending.items()
@@ -702,7 +709,8 @@ class Topup:
         return await wait_for(condition, seconds)
 
     async def _ledger(self, name: str, *args: object, result_type: type | None = None) -> Any:
-        self._flush_search_attributes()
+        # Ledger steps are short and internal: what they change becomes
+        # searchable at the next wait on the outside or at the end.
         return await on_ledger(self._input.ledger_task_queue, name, *args, result_type=result_type)
 
     async def _provider(self, name: str, *args: object, result_type: type | None = None) -> Any:

@@ -107,6 +107,7 @@ def test_the_fee_is_fixed_plus_basis_points_rounded_down_and_capped() -> None:
     assert fee.fee_minor(10_000, Currency.EUR) == 20  # no fixed part for EUR
     assert fee.fee_minor(10, Currency.USD) == 10  # never more than the credit
     assert TopupFee().fee_minor(10_000, Currency.USD) == 0
+    assert TopupPolicy(fees={}).fee_minor("bank", 10_000, Currency.USD) == 0
 
 
 def test_the_default_policy_has_limits_for_every_currency() -> None:
