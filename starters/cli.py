@@ -485,6 +485,24 @@ def card_activate(request_id: str) -> None:
     _send_update(lambda client: activate(client, request_id))
 
 
+schedules_app = typer.Typer(help="cardflow's Temporal Schedules.", no_args_is_help=True)
+app.add_typer(schedules_app, name="schedules")
+
+
+@schedules_app.command("ensure")
+def schedules_ensure() -> None:
+    """Create every missing schedule (an existing one is left as it is)."""
+    from starters.schedules import ensure_schedules
+    from workers.client import connect
+
+    async def run() -> dict[str, str]:
+        settings = _settings()
+        return await ensure_schedules(await connect(settings), settings)
+
+    for schedule_id, outcome in _run(run()).items():
+        typer.echo(f"{schedule_id}: {outcome}")
+
+
 histories_app = typer.Typer(help="Recorded workflow histories.", no_args_is_help=True)
 app.add_typer(histories_app, name="histories")
 

@@ -92,6 +92,8 @@ class Stack:
         self.run = RunDirectory(self.home / "run")
         self.pg_data = self.home / "postgres" / "data"
         self.temporal_db = self.home / "temporal" / "cardflow.db"
+        # What the last up() did with each schedule: "created" or "exists".
+        self.schedules: dict[str, str] = {}
 
     # ----- up -----------------------------------------------------------
 
@@ -112,7 +114,18 @@ class Stack:
         for kind in QUEUE_KINDS:
             self._up_worker(kind)
         self._wait_for_workers()
+        self._ensure_schedules()
         return self.status()
+
+    def _ensure_schedules(self) -> None:
+        """Create cardflow's Temporal Schedules that are missing (never twice)."""
+        from starters.schedules import ensure_schedules
+        from workers.client import connect
+
+        async def ensure() -> dict[str, str]:
+            return await ensure_schedules(await connect(self.settings), self.settings)
+
+        self.schedules = asyncio.run(ensure())
 
     def _preflight_ports(self) -> None:
         """Check every port a part still has to start needs, before starting any."""
