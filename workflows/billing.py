@@ -1,0 +1,351 @@
+"""Fees and statements `billing/{customer_id}/{period}` and the monthly driver
+`billing-run/{period}`.
+
+Billing, for one customer and one month (schemas/billing.py has the rules):
+find the cards active in the period; charge each one's monthly fee from the
+customer's wallet in the card's currency to `revenue:fees:{CCY}`, one
+transfer per card keyed `billing/{customer}/{period}/fee/{card_id}`; then
+write the statement (JSON and HTML) from the ledger. The same period never
+charges twice: the process id is the period's, started with
+ALLOW_DUPLICATE_FAILED_ONLY (a second start finds the first unless it
+failed), and a repeated run's ledger keys return the first outcomes.
+
+A fee the wallet cannot pay in full is waived and flagged (ProcessStatus
+`billed_with_waivers`), never charged in part.
+
+There is nothing to compensate: a fee once charged is owed, and writing the
+statement is retried until it succeeds (it only reads the ledger).
+
+The driver (what the monthly Temporal Schedule starts) pages through the
+customers holding cards issued before the period's end and starts one
+billing child per customer, a page at a time (bounded fan-out), waiting for
+the page before the next; a child id that already exists means that customer's
+period is billed already. After `pages_per_run_max` pages it continues as new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import (
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.billing import ACTIVE_CARDS, CUSTOMERS_PAGE, WRITE_STATEMENT
+    from activities.ledger.activities import OPEN_ACCOUNTS, TRANSFER
+    from schemas.accounts import revenue_fees, system_account, wallet
+    from schemas.billing import (
+        ActiveCard,
+        ActiveCardsRequest,
+        BillingInput,
+        BillingResult,
+        BillingRunInput,
+        BillingRunResult,
+        BillingRunStatus,
+        BillingStatus,
+        CustomersPage,
+        CustomersPageRequest,
+        FeeCharge,
+        StatementRequest,
+        StatementSummary,
+        period_bounds,
+        previous_period,
+    )
+    from schemas.ledger import Account, TransferOutcome, TransferRequest
+    from schemas.money import Currency
+    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+    from workflows.steps import on_ledger, step_key
+
+BILLING_WORKFLOW = "Billing"
+BILLING_RUN_WORKFLOW = "BillingRun"
+STATUS_QUERY = "status"
+WAIVED_STATUS = "billed_with_waivers"
+BILLED_STATUS = "billed"
+# A billing child has this long to finish; it only reads and posts a few transfers.
+BILLING_CHILD_RUN_TIMEOUT = timedelta(hours=1)
+# A period billed once is never billed again; a run that failed may be run
+# again, and its ledger keys return the fees the failed run already charged.
+BILLING_ID_REUSE_POLICY = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
+
+
+def billing_workflow_id(customer_id: str, period: str) -> str:
+    return f"billing/{customer_id}/{period}"
+
+
+def billing_run_workflow_id(period: str) -> str:
+    return f"billing-run/{period}"
+
+
+def fee_step(card_id: str) -> str:
+    return f"fee/{card_id}"
+
+
+@workflow.defn(name=BILLING_WORKFLOW)
+class Billing:
+    @workflow.init
+    def __init__(self, request: BillingInput) -> None:
+        self._input = request
+        self._stage = "starting"
+        self._fees: list[FeeCharge] = []
+        self._statement: StatementSummary | None = None
+
+    # ----- platform: search attributes, status, failure ----------------------
+
+    @workflow.run
+    async def run(self, request: BillingInput) -> BillingResult:
+        workflow.upsert_search_attributes([CUSTOMER_ID.value_set(request.customer_id)])
+        try:
+            result = await self._bill(request)
+        except asyncio.CancelledError:
+            self._set_stage("cancelled")
+            raise
+        except Exception:
+            self._set_stage("failed")
+            raise
+        waived = any(fee.status == "waived" for fee in self._fees)
+        self._set_stage(WAIVED_STATUS if waived else BILLED_STATUS)
+        return result
+
+    @workflow.query(name=STATUS_QUERY)
+    def status(self) -> BillingStatus:
+        return BillingStatus(
+            customer_id=self._input.customer_id,
+            period=self._input.period,
+            stage=self._stage,
+            fees=self._fees,
+            statement=self._statement,
+        )
+
+    def _set_stage(self, stage: str) -> None:
+        self._stage = stage
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
+        charged = sum(f.amount_minor for f in self._fees if f.status == "charged")
+        workflow.set_current_details(
+            f"Billing {self._input.customer_id} for {self._input.period}: {stage}"
+            f" | {len(self._fees)} cards, {charged} minor units of fees charged"
+            + (f" | statement {self._statement.html_path}" if self._statement else "")
+        )
+
+    # ----- business steps ------------------------------------------------------
+
+    async def _bill(self, request: BillingInput) -> BillingResult:
+        start, end = period_bounds(request.period)
+        if start > workflow.now():
+            # Nothing of a month to come can be billed yet; the process fails
+            # without posting, and the period may be billed once it has begun.
+            raise ApplicationError(
+                f"period {request.period} has not begun", type="PeriodNotBegun", non_retryable=True
+            )
+        self._set_stage("finding_cards")
+        cards: list[ActiveCard] = await on_ledger(
+            request.ledger_task_queue,
+            ACTIVE_CARDS,
+            ActiveCardsRequest(
+                customer_id=request.customer_id,
+                period_start=start,
+                period_end=end,
+                limit=request.policy.cards_max,
+            ),
+            result_type=list[ActiveCard],
+        )
+        self._set_stage("charging_fees")
+        await self._charge_fees(request, cards)
+        self._set_stage("writing_statement")
+        self._statement = await on_ledger(
+            request.ledger_task_queue,
+            WRITE_STATEMENT,
+            StatementRequest(
+                customer_id=request.customer_id,
+                period=request.period,
+                period_start=start,
+                period_end=end,
+                statements_dir=request.statements_dir,
+                fees=self._fees,
+            ),
+            result_type=StatementSummary,
+        )
+        charged: dict[Currency, int] = {}
+        waived: dict[Currency, int] = {}
+        for fee in self._fees:
+            totals = charged if fee.status == "charged" else waived
+            if fee.status != "no_fee":
+                totals[fee.currency] = totals.get(fee.currency, 0) + fee.amount_minor
+        return BillingResult(
+            customer_id=request.customer_id,
+            period=request.period,
+            fees=self._fees,
+            fees_charged_minor=charged,
+            fees_waived_minor=waived,
+            statement=self._statement,
+        )
+
+    async def _charge_fees(self, request: BillingInput, cards: list[ActiveCard]) -> None:
+        fees = request.policy.monthly_fee_minor
+        currencies = sorted({c.currency for c in cards if fees.get(c.currency, 0) > 0})
+        if currencies:
+            await on_ledger(
+                request.ledger_task_queue,
+                OPEN_ACCOUNTS,
+                [system_account(revenue_fees(c)) for c in currencies],
+                result_type=list[Account],
+            )
+        for card in cards:
+            amount = fees.get(card.currency, 0)
+            if amount == 0:
+                self._fees.append(
+                    FeeCharge(
+                        card_id=card.card_id,
+                        currency=card.currency,
+                        amount_minor=0,
+                        status="no_fee",
+                    )
+                )
+                continue
+            key = step_key(fee_step(card.card_id))
+            outcome: TransferOutcome = await on_ledger(
+                request.ledger_task_queue,
+                TRANSFER,
+                TransferRequest(
+                    key=key,
+                    debit=wallet(request.customer_id, card.currency),
+                    credit=revenue_fees(card.currency),
+                    amount_minor=amount,
+                    currency=card.currency,
+                ),
+                result_type=TransferOutcome,
+            )
+            self._fees.append(
+                FeeCharge(
+                    card_id=card.card_id,
+                    currency=card.currency,
+                    amount_minor=amount,
+                    status="charged" if outcome.accepted else "waived",
+                    key=key,
+                    transfer_id=outcome.transfer_id,
+                    reason="" if outcome.accepted else f"{outcome.rejection}: {outcome.detail}",
+                )
+            )
+            charged = sum(f.amount_minor for f in self._fees if f.status == "charged")
+            workflow.upsert_search_attributes(
+                [AMOUNT_MINOR.value_set(charged), CURRENCY.value_set(card.currency.value)]
+            )
+
+
+@workflow.defn(name=BILLING_RUN_WORKFLOW)
+class BillingRun:
+    @workflow.init
+    def __init__(self, request: BillingRunInput) -> None:
+        self._input = request
+        self._period = request.period or ""
+        self._stage = "starting"
+        self._started = request.started
+        self._already_billed = request.already_billed
+        self._failed = list(request.failed)
+        self._after = request.after
+
+    @workflow.run
+    async def run(self, request: BillingRunInput) -> BillingRunResult:
+        # A scheduled run bills the month before the one it starts in.
+        self._period = request.period or previous_period(workflow.now())
+        try:
+            done = await self._bill_pages(request)
+        except asyncio.CancelledError:
+            self._set_stage("cancelled")
+            raise
+        except Exception:
+            self._set_stage("failed")
+            raise
+        if not done:
+            workflow.continue_as_new(
+                request.model_copy(
+                    update={
+                        "period": self._period,
+                        "after": self._after,
+                        "started": self._started,
+                        "already_billed": self._already_billed,
+                        "failed": self._failed,
+                    }
+                )
+            )
+        self._set_stage("failed_some" if self._failed else "done")
+        return BillingRunResult(
+            period=self._period,
+            started=self._started,
+            already_billed=self._already_billed,
+            failed=self._failed,
+        )
+
+    @workflow.query(name=STATUS_QUERY)
+    def status(self) -> BillingRunStatus:
+        return BillingRunStatus(
+            period=self._period,
+            stage=self._stage,
+            started=self._started,
+            already_billed=self._already_billed,
+            failed=self._failed,
+        )
+
+    def _set_stage(self, stage: str) -> None:
+        self._stage = stage
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
+        workflow.set_current_details(
+            f"Billing run {self._period}: {stage} | {self._started} billed now,"
+            f" {self._already_billed} billed before, {len(self._failed)} failed"
+        )
+
+    async def _bill_pages(self, request: BillingRunInput) -> bool:
+        """Bill page after page; False when the run should continue as new."""
+        _, end = period_bounds(self._period)
+        self._after = request.after
+        for _ in range(request.policy.pages_per_run_max):
+            self._set_stage("billing")
+            page: CustomersPage = await on_ledger(
+                request.ledger_task_queue,
+                CUSTOMERS_PAGE,
+                CustomersPageRequest(
+                    period_end=end, after=self._after, limit=request.policy.page_size
+                ),
+                result_type=CustomersPage,
+            )
+            await asyncio.gather(*(self._bill_one(request, c) for c in page.customer_ids))
+            if page.next_after is None:
+                return True
+            self._after = page.next_after
+        return False
+
+    async def _bill_one(self, request: BillingRunInput, customer_id: str) -> None:
+        billing = BillingInput(
+            customer_id=customer_id,
+            period=self._period,
+            statements_dir=request.statements_dir,
+            policy=request.billing_policy,
+            ledger_task_queue=request.ledger_task_queue,
+            providers_task_queue=request.providers_task_queue,
+            workflows_task_queue=request.workflows_task_queue,
+        )
+        try:
+            await workflow.execute_child_workflow(
+                BILLING_WORKFLOW,
+                billing,
+                id=billing_workflow_id(customer_id, self._period),
+                task_queue=request.workflows_task_queue,
+                result_type=BillingResult,
+                id_reuse_policy=BILLING_ID_REUSE_POLICY,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                run_timeout=BILLING_CHILD_RUN_TIMEOUT,
+            )
+        except WorkflowAlreadyStartedError:
+            self._already_billed += 1
+            return
+        except ChildWorkflowError:
+            if len(self._failed) < 1_000:
+                self._failed.append(customer_id)
+            return
+        self._started += 1
