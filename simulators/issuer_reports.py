@@ -14,7 +14,8 @@ from collections import defaultdict
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
+from pydantic import BaseModel
 
 from schemas.money import Currency
 from simulators.issuer_models import (
@@ -34,6 +35,18 @@ from simulators.issuer_state import (
     TRANSACTIONS,
     IssuerState,
 )
+
+# A real settlement report runs to many thousands of records: it is read in
+# pages. The cursor is the position of the page's first record in the day's
+# report, which only grows at its end (records are kept oldest first).
+SETTLEMENT_PAGE_SIZE_MAX = 500
+
+
+class SettlementReportPage(BaseModel):
+    settlement_date: date
+    records: list[SettlementRecord]
+    next_cursor: str | None
+
 
 # The CSV report's columns, in order; the JSON records carry the same fields.
 SETTLEMENT_CSV_COLUMNS: tuple[str, ...] = tuple(SettlementRecord.model_fields)
@@ -210,6 +223,25 @@ def router(state: IssuerState) -> APIRouter:
             )
         return SettlementReport(
             settlement_date=settlement_date, records=records, totals=settlement_totals(records)
+        )
+
+    @api.get("/v1/reports/settlement/{settlement_date}/pages")
+    async def get_settlement_report_page(
+        settlement_date: date,
+        cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$")] = None,
+        limit: Annotated[int, Query(ge=1, le=SETTLEMENT_PAGE_SIZE_MAX)] = 100,
+    ) -> SettlementReportPage:
+        """One page of the day's settlement records, oldest first; pass
+        next_cursor back to read the next page (None: this was the last)."""
+        records = settlement_records(state, settlement_date)
+        start = int(cursor or 0)
+        if start > len(records):
+            raise HTTPException(status_code=400, detail="cursor is past the end of the report")
+        end = start + limit
+        return SettlementReportPage(
+            settlement_date=settlement_date,
+            records=records[start:end],
+            next_cursor=str(end) if end < len(records) else None,
         )
 
     return api

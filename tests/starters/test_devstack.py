@@ -7,6 +7,7 @@ test's own, and is driven only through the `cardflow` command.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -205,6 +206,27 @@ def test_a_second_dev_up_reuses_the_running_parts(dev_stack: DevStack) -> None:
     assert {p["name"]: p["pid"] for p in after["parts"]} == {
         p["name"]: p["pid"] for p in before["parts"]
     }
+
+
+async def test_every_schedule_exists_once_however_often_dev_up_runs(dev_stack: DevStack) -> None:
+    from starters.schedules import SCHEDULES
+
+    again = dev_stack.cardflow("dev", "up", "--json")
+    assert again.returncode == 0, again.stderr
+    ensured = dev_stack.cardflow("schedules", "ensure")
+    assert ensured.returncode == 0, ensured.stderr
+    expected = sorted(spec.schedule_id for spec in SCHEDULES)
+    assert sorted(ensured.stdout.split()) == sorted(
+        [f"{schedule_id}:" for schedule_id in expected] + ["exists"] * len(expected)
+    )
+    client = await connect(dev_stack.settings())
+    listed: list[str] = []
+    for _ in range(100):  # the schedule list is eventually consistent
+        listed = sorted([entry.id async for entry in await client.list_schedules()])
+        if listed == expected:
+            break
+        await asyncio.sleep(0.1)
+    assert listed == expected
 
 
 def test_status_reports_a_stopped_worker_as_unhealthy(dev_stack: DevStack) -> None:

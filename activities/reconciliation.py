@@ -1,0 +1,341 @@
+"""Reconciliation's I/O: the settlement report's paged download (providers
+queue, heartbeating, resumable), matching the staged records against the
+ledger (ledger queue), the operators' notice and the report files."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+
+import asyncpg
+from pydantic import BaseModel
+from temporalio import activity
+
+from activities.providers.activities import ProviderClients
+from schemas.money import Currency
+from schemas.notify import Channel
+from schemas.reconciliation import (
+    CurrencyVolume,
+    Difference,
+    DifferenceKind,
+    DownloadProgress,
+    DownloadRequest,
+    DownloadSummary,
+    MatchRequest,
+    MatchResult,
+    ReconciliationReport,
+    ReportPaths,
+)
+
+DOWNLOAD_SETTLEMENT_REPORT = "reconciliation.download_settlement_report"
+NOTIFY_OPERATORS = "reconciliation.notify_operators"
+MATCH_SETTLEMENT = "reconciliation.match"
+WRITE_REPORT = "reconciliation.write_report"
+
+# Settlement records the card's ledger postings stand for; reversals release
+# holds (no money), fees and chargebacks belong to other processes.
+CARD_POSTING_RECORD_TYPES = ("clearing", "force_post", "refund")
+
+REPORT_CSV_COLUMNS: tuple[str, ...] = (
+    "item_id",
+    "kind",
+    "state",
+    "transaction_id",
+    "card_id",
+    "currency",
+    "record_type",
+    "issuer_amount_minor",
+    "ledger_amount_minor",
+    "delta_minor",
+    "ledger_postings",
+    "decided_by",
+    "reason",
+    "transfer_key",
+)
+
+
+class OperatorNotice(BaseModel):
+    key: str
+    to: str
+    subject: str
+    body: str
+
+
+class ReportWrite(BaseModel):
+    reports_dir: str
+    report: ReconciliationReport
+
+
+class ReconciliationProviderActivities:
+    def __init__(self, clients: ProviderClients, pool: asyncpg.Pool) -> None:
+        self.clients = clients
+        self.pool = pool
+
+    @activity.defn(name=DOWNLOAD_SETTLEMENT_REPORT)
+    async def download(self, request: DownloadRequest) -> DownloadSummary:
+        """Stage every record of the day's report under request.run_key, page
+        by page, heartbeating the cursor; a retry after a crash resumes from
+        the last heartbeat's cursor instead of the first page."""
+        info = activity.info()
+        progress = DownloadProgress()
+        if info.heartbeat_details:
+            progress = DownloadProgress.model_validate(info.heartbeat_details[0])
+        else:
+            await self.pool.execute(
+                "DELETE FROM reconciliation_records WHERE run_key = $1", request.run_key
+            )
+        resumed_from = progress.cursor
+        pages_this_attempt = 0
+        while True:
+            page = await self.clients.issuer.get_settlement_report_page(
+                request.settlement_date, cursor=progress.cursor, limit=request.page_size
+            )
+            start = int(progress.cursor or 0)
+            await self.pool.executemany(
+                """
+                INSERT INTO reconciliation_records (run_key, position, record_id, record_type,
+                    transaction_id, card_id, authorization_id, amount_minor, currency,
+                    direction, created_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                ON CONFLICT (run_key, position) DO UPDATE SET
+                    record_id = EXCLUDED.record_id, record_type = EXCLUDED.record_type,
+                    transaction_id = EXCLUDED.transaction_id, card_id = EXCLUDED.card_id,
+                    authorization_id = EXCLUDED.authorization_id,
+                    amount_minor = EXCLUDED.amount_minor, currency = EXCLUDED.currency,
+                    direction = EXCLUDED.direction, created_at = EXCLUDED.created_at
+                """,
+                [
+                    (
+                        request.run_key,
+                        start + index,
+                        record.id,
+                        record.record_type.value,
+                        record.transaction_id,
+                        record.card_id,
+                        record.authorization_id,
+                        record.amount_minor,
+                        record.currency.value,
+                        record.direction,
+                        datetime.fromisoformat(record.created_at),
+                    )
+                    for index, record in enumerate(page.records)
+                ],
+            )
+            pages_this_attempt += 1
+            progress = DownloadProgress(
+                cursor=page.next_cursor,
+                pages=progress.pages + 1,
+                records=start + len(page.records),
+            )
+            activity.heartbeat(progress.model_dump(mode="json"))
+            if page.next_cursor is None:
+                break
+        return DownloadSummary(
+            records=progress.records,
+            pages=progress.pages,
+            attempt=info.attempt,
+            resumed_from_cursor=resumed_from,
+            pages_this_attempt=pages_this_attempt,
+        )
+
+    @activity.defn(name=NOTIFY_OPERATORS)
+    async def notify_operators(self, notice: OperatorNotice) -> str:
+        """E-mail the operations mailbox once per notice key; returns the message id."""
+        message = await self.clients.notify.send_message(
+            channel=Channel.EMAIL,
+            to=notice.to,
+            subject=notice.subject,
+            body=notice.body,
+            idempotency_key=notice.key,
+            dedupe_key=notice.key,
+        )
+        return message.id
+
+    def all(self) -> list[object]:
+        return [self.download, self.notify_operators]
+
+
+def _day_bounds(day: object) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time.min, tzinfo=UTC)  # type: ignore[arg-type]
+    return start, start + timedelta(days=1)
+
+
+# The card posts a settled transaction to issuer:settlement under keys that
+# name it (workflows/card_money.py): from its holds
+# card/{card_id}/auth/{authorization_id}/{n}-post-{transaction_id}, beyond them
+# card/{card_id}/post/{transaction_id}, a refund card/{card_id}/refund/{transaction_id}.
+_LEDGER_POSTINGS_SQL = """
+WITH settlement AS (
+    SELECT id FROM ledger_accounts WHERE code LIKE 'issuer:settlement:%'
+),
+postings AS (
+    SELECT t.currency, t.created_at,
+        CASE WHEN t.credit_account_id IN (SELECT id FROM settlement)
+             THEN t.amount_minor ELSE -t.amount_minor END AS effect,
+        substring(t.idempotency_key FROM '^card/([^/]+)/') AS card_id,
+        coalesce(
+            substring(t.idempotency_key FROM '^card/[^/]+/auth/[^/]+/[0-9]+-post-(.+)$'),
+            substring(t.idempotency_key FROM '^card/[^/]+/(?:post|refund)/(.+)$')
+        ) AS transaction_id
+    FROM ledger_transfers t
+    WHERE t.kind IN ('posted', 'post_pending')
+      AND t.idempotency_key LIKE 'card/%'
+      AND (t.credit_account_id IN (SELECT id FROM settlement)
+           OR t.debit_account_id IN (SELECT id FROM settlement))
+)
+SELECT transaction_id, min(card_id) AS card_id, currency,
+       sum(effect)::bigint AS effect, count(*) AS postings
+FROM postings
+WHERE transaction_id IS NOT NULL
+  AND (transaction_id = ANY($1::text[])
+       OR transaction_id IN (SELECT transaction_id FROM card_transactions
+                             WHERE occurred_at >= $2 AND occurred_at < $3)
+       OR (created_at >= $2 AND created_at < $3
+           AND transaction_id NOT IN (SELECT transaction_id FROM card_transactions)))
+GROUP BY transaction_id, currency
+"""
+
+_ISSUER_RECORDS_SQL = """
+SELECT DISTINCT ON (record_id) record_id, record_type, card_id, amount_minor, currency,
+       direction
+FROM reconciliation_records
+WHERE run_key = $1
+ORDER BY record_id, position
+"""
+
+
+def _classify(issuer_effect: int, ledger_effect: int) -> DifferenceKind:
+    if issuer_effect != 0 and ledger_effect != issuer_effect:
+        times, rest = divmod(ledger_effect, issuer_effect)
+        if rest == 0 and times >= 2:
+            return DifferenceKind.DUPLICATE
+    return DifferenceKind.AMOUNT_MISMATCH
+
+
+class ReconciliationLedgerActivities:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @activity.defn(name=MATCH_SETTLEMENT)
+    async def match(self, request: MatchRequest) -> MatchResult:
+        """Match every staged card-posting record with the ledger's postings
+        of the same transaction, and the day's ledger postings with the
+        report; returns the differences, one per transaction."""
+        start, end = _day_bounds(request.settlement_date)
+        rows = await self.pool.fetch(_ISSUER_RECORDS_SQL, request.run_key)
+        issuer: dict[str, tuple[str, str, Currency, int]] = {}
+        volumes: dict[Currency, list[int]] = {}
+        not_applicable = 0
+        for row in rows:
+            if row["record_type"] not in CARD_POSTING_RECORD_TYPES:
+                not_applicable += 1
+                continue
+            currency = Currency(row["currency"])
+            # A debit of the program (clearing, force post) is money cardflow
+            # owes the issuer: the card credits issuer:settlement with it.
+            sign = 1 if row["direction"] == "debit" else -1
+            issuer[row["record_id"]] = (
+                row["record_type"],
+                row["card_id"],
+                currency,
+                sign * row["amount_minor"],
+            )
+            volume = volumes.setdefault(currency, [0, 0])
+            volume[0] += 1
+            volume[1] += row["amount_minor"]
+        ledger_rows = await self.pool.fetch(_LEDGER_POSTINGS_SQL, list(issuer), start, end)
+        ledger = {row["transaction_id"]: row for row in ledger_rows}
+        differences: list[Difference] = []
+        matched = 0
+        for transaction_id, (record_type, card_id, currency, effect) in sorted(issuer.items()):
+            posted = ledger.get(transaction_id)
+            ledger_effect = posted["effect"] if posted else 0
+            if posted is not None and ledger_effect == effect:
+                matched += 1
+                continue
+            kind = (
+                DifferenceKind.MISSING_IN_LEDGER
+                if posted is None
+                else _classify(effect, ledger_effect)
+            )
+            differences.append(
+                Difference(
+                    item_id=transaction_id,
+                    kind=kind,
+                    transaction_id=transaction_id,
+                    card_id=card_id,
+                    currency=currency,
+                    record_type=record_type,
+                    issuer_amount_minor=effect,
+                    ledger_amount_minor=ledger_effect,
+                    delta_minor=effect - ledger_effect,
+                    ledger_postings=posted["postings"] if posted else 0,
+                )
+            )
+        for transaction_id, posted in sorted(ledger.items()):
+            if transaction_id in issuer or posted["effect"] == 0:
+                continue
+            differences.append(
+                Difference(
+                    item_id=transaction_id,
+                    kind=DifferenceKind.MISSING_AT_ISSUER,
+                    transaction_id=transaction_id,
+                    card_id=posted["card_id"],
+                    currency=Currency(posted["currency"]),
+                    record_type=None,
+                    issuer_amount_minor=0,
+                    ledger_amount_minor=posted["effect"],
+                    delta_minor=-posted["effect"],
+                    ledger_postings=posted["postings"],
+                )
+            )
+        return MatchResult(
+            records_total=len(rows),
+            records_matched=matched,
+            records_not_applicable=not_applicable,
+            volumes=[
+                CurrencyVolume(currency=currency, records=count, volume_minor=volume)
+                for currency, (count, volume) in sorted(volumes.items())
+            ],
+            differences=differences,
+        )
+
+    @activity.defn(name=WRITE_REPORT)
+    async def write_report(self, request: ReportWrite) -> ReportPaths:
+        """Write the report as JSON and as CSV (one row per difference);
+        a retry overwrites the same files."""
+        return await asyncio.to_thread(_write_report, request)
+
+    def all(self) -> list[object]:
+        return [self.match, self.write_report]
+
+
+def _write_report(request: ReportWrite) -> ReportPaths:
+    report = request.report
+    directory = Path(request.reports_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"reconciliation-{report.provider}-{report.settlement_date.isoformat()}"
+    json_path = directory / f"{stem}.json"
+    csv_path = directory / f"{stem}.csv"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=REPORT_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for item in report.items:
+        row = item.difference.model_dump(mode="json")
+        row.update(state=item.state, decided_by=item.decided_by or "", reason=item.reason or "")
+        row["transfer_key"] = item.transfer_key or ""
+        writer.writerow({column: row.get(column, "") for column in REPORT_CSV_COLUMNS})
+    _write_atomically(json_path, report.model_dump_json(indent=2) + "\n")
+    _write_atomically(csv_path, buffer.getvalue())
+    return ReportPaths(json_path=str(json_path.resolve()), csv_path=str(csv_path.resolve()))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # A reader never sees half a report: write aside, then rename over.
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)

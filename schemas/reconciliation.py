@@ -1,0 +1,232 @@
+"""Daily reconciliation of the ledger against a provider's settlement report:
+inputs, the differences it finds, operator decisions and the report."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.issuer import SettlementRecord
+from schemas.money import Currency
+from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
+
+_QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
+
+# The one provider reconciled today; the workflow id leaves room for more.
+ISSUER_PROVIDER = "issuer"
+# Where operators are told about differences that wait for their decision:
+# the notification provider's e-mail channel to the operations mailbox.
+OPERATORS_EMAIL_DEFAULT = "operations@cardflow.example"
+# Records per page of the settlement report the download asks for.
+SETTLEMENT_PAGE_SIZE_MAX = 500
+
+
+class SettlementReportPage(BaseModel):
+    """One page of a settlement report; next_cursor is None on the last page."""
+
+    settlement_date: date
+    records: list[SettlementRecord]
+    next_cursor: str | None = None
+
+
+class DifferenceKind(StrEnum):
+    MISSING_IN_LEDGER = "missing_in_ledger"
+    MISSING_AT_ISSUER = "missing_at_issuer"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    DUPLICATE = "duplicate"
+
+
+class DecisionAction(StrEnum):
+    """What an operator may decide about a difference over the threshold."""
+
+    # Post the difference through suspense, as an automatic fix would.
+    ADJUST = "adjust"
+    # Post nothing: the operator explained it elsewhere (e.g. a late webhook).
+    DISMISS = "dismiss"
+
+
+ItemState = Literal["auto_fixed", "awaiting_decision", "adjusted", "dismissed", "undecided"]
+
+
+def _default_thresholds() -> dict[Currency, int]:
+    return {Currency.USD: 500, Currency.EUR: 500, Currency.USDT: 5_000_000}
+
+
+class ReconciliationPolicy(BaseModel):
+    # A difference whose absolute amount is below the currency's threshold is
+    # fixed automatically; one at or above it waits for an operator.
+    auto_fix_threshold_minor: dict[Currency, int] = Field(default_factory=_default_thresholds)
+    decision_wait_seconds: int = Field(default=24 * 3600, ge=1)
+    # The download heartbeats every page; a worker that stops for this long
+    # is presumed dead and the download resumes on another one.
+    download_heartbeat_seconds: int = Field(default=30, ge=1)
+    download_timeout_seconds: int = Field(default=3600, ge=1)
+    download_attempts_max: int = Field(default=20, ge=1)
+    page_size: int = Field(default=SETTLEMENT_PAGE_SIZE_MAX, ge=1, le=SETTLEMENT_PAGE_SIZE_MAX)
+
+    def threshold(self, currency: Currency) -> int:
+        return self.auto_fix_threshold_minor.get(currency, 0)
+
+
+class ReconciliationInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["issuer"] = "issuer"
+    settlement_date: date
+    # {CARDFLOW_HOME}/reports on the host the ledger workers run on.
+    reports_dir: str = Field(min_length=1, max_length=1000)
+    operators_email: str = Field(default=OPERATORS_EMAIL_DEFAULT, min_length=3, max_length=200)
+    policy: ReconciliationPolicy = Field(default_factory=ReconciliationPolicy)
+    ledger_task_queue: str = _QUEUES.ledger
+    providers_task_queue: str = _QUEUES.providers
+    workflows_task_queue: str = _QUEUES.workflows
+
+
+class ScheduledReconciliationInput(BaseModel):
+    """The daily schedule's action: reconcile the UTC day before the
+    scheduled time (or settlement_date when given, for a backfill)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settlement_date: date | None = None
+    reports_dir: str = Field(min_length=1, max_length=1000)
+    operators_email: str = Field(default=OPERATORS_EMAIL_DEFAULT, min_length=3, max_length=200)
+    policy: ReconciliationPolicy = Field(default_factory=ReconciliationPolicy)
+    ledger_task_queue: str = _QUEUES.ledger
+    providers_task_queue: str = _QUEUES.providers
+    workflows_task_queue: str = _QUEUES.workflows
+
+
+class ScheduledReconciliationResult(BaseModel):
+    workflow_id: str
+    settlement_date: date
+    started: bool = Field(description="False when that day was already reconciled")
+
+
+class DownloadRequest(BaseModel):
+    run_key: str
+    settlement_date: date
+    page_size: int = Field(ge=1, le=SETTLEMENT_PAGE_SIZE_MAX)
+
+
+class DownloadProgress(BaseModel):
+    """The download's heartbeat details: where to resume after a crash."""
+
+    cursor: str | None = None
+    pages: int = 0
+    records: int = 0
+
+
+class DownloadSummary(BaseModel):
+    records: int
+    pages: int
+    attempt: int
+    # The cursor the last attempt started from (None: from the beginning).
+    resumed_from_cursor: str | None = None
+    pages_this_attempt: int
+
+
+class MatchRequest(BaseModel):
+    run_key: str
+    settlement_date: date
+
+
+class Difference(BaseModel):
+    # One difference per issuer transaction id: the item operators decide on.
+    item_id: str
+    kind: DifferenceKind
+    transaction_id: str
+    card_id: str | None
+    currency: Currency
+    record_type: str | None
+    issuer_amount_minor: int = Field(description="what the issuer settled, signed for the program")
+    ledger_amount_minor: int = Field(description="what the ledger posted to issuer:settlement")
+    # issuer - ledger: > 0 the ledger must credit issuer:settlement more.
+    delta_minor: int
+    ledger_postings: int
+
+
+class CurrencyVolume(BaseModel):
+    currency: Currency
+    records: int
+    volume_minor: int
+
+
+class MatchResult(BaseModel):
+    records_total: int
+    records_matched: int
+    # Reversals, fees and chargebacks: not ledger postings of the card.
+    records_not_applicable: int
+    volumes: list[CurrencyVolume]
+    differences: list[Difference]
+
+
+class ReconciliationItem(BaseModel):
+    difference: Difference
+    state: ItemState
+    decided_by: str | None = None
+    reason: str | None = None
+    transfer_key: str | None = None
+
+
+class Decision(BaseModel):
+    """An operator's decision on one item. `action` is checked by the
+    workflow's validator (and by the starters), so a wrong one is refused
+    with its name rather than failing to decode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str = Field(min_length=1, max_length=200)
+    action: str = Field(min_length=1, max_length=50, description="adjust or dismiss")
+    operator: str = Field(min_length=1, max_length=100)
+    reason: str = Field(default="", max_length=500)
+
+
+class CurrencySummary(BaseModel):
+    currency: Currency
+    records: int
+    volume_minor: int
+    differences: int
+    drift_minor: int
+    fixed_minor: int
+    unexplained_minor: int
+    # drift / volume, as a decimal string (0 when there was no volume).
+    drift_rate: str
+    unexplained_drift_rate: str
+
+
+class ReportPaths(BaseModel):
+    json_path: str
+    csv_path: str
+
+
+class ReconciliationReport(BaseModel):
+    workflow_id: str
+    provider: str
+    settlement_date: date
+    download: DownloadSummary
+    records_total: int
+    records_matched: int
+    records_not_applicable: int
+    counts: dict[str, int] = Field(description="differences per kind")
+    states: dict[str, int] = Field(description="items per state")
+    currencies: list[CurrencySummary]
+    items: list[ReconciliationItem]
+
+
+class ReconciliationResult(BaseModel):
+    report: ReconciliationReport
+    paths: ReportPaths
+
+    @property
+    def unexplained_minor(self) -> int:
+        return sum(summary.unexplained_minor for summary in self.report.currencies)
+
+
+class ReconciliationStatus(BaseModel):
+    stage: str
+    settlement_date: date
+    items: list[ReconciliationItem]

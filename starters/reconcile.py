@@ -1,0 +1,365 @@
+"""Starting and steering reconciliations: one client function per action,
+shared by the CLI (`cardflow reconcile ...`, `reconcile_app` below), the
+gateway, the scenarios and the demo; and the daily schedule that runs
+`reconciliation/issuer/{yesterday}` (registered in starters.schedules).
+
+Operators hear about differences over the threshold by e-mail to
+`operators_email` (the notification provider's e-mail channel; default
+OPERATORS_EMAIL_DEFAULT) and answer with `cardflow reconcile decide`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleCalendarSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleRange,
+    ScheduleSpec,
+    WorkflowHandle,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from schemas.reconciliation import (
+    ISSUER_PROVIDER,
+    Decision,
+    DecisionAction,
+    ReconciliationInput,
+    ReconciliationItem,
+    ReconciliationPolicy,
+    ReconciliationResult,
+    ReconciliationStatus,
+    ScheduledReconciliationInput,
+    ScheduledReconciliationResult,
+)
+from schemas.search import PROVIDER
+from schemas.task_queues import TaskQueues
+from starters.schedules import SCHEDULES
+from starters.schedules import ScheduleSpec as CardflowSchedule
+from workers.settings import Settings
+from workflows.reconciliation import (
+    DECIDE_UPDATE,
+    RECONCILIATION_WORKFLOW,
+    SCHEDULED_RECONCILIATION_WORKFLOW,
+    STATUS_QUERY,
+    reconciliation_workflow_id,
+)
+
+DAILY_SCHEDULE_ID = "reconciliation-issuer-daily"
+# The issuer closes a UTC day's report shortly after midnight; run at 02:00.
+DAILY_RUN_HOUR_UTC = 2
+# A schedule that missed its time (server down) still runs within this window.
+CATCHUP_WINDOW = timedelta(hours=12)
+SAY = Callable[[str], Awaitable[None] | None]
+
+
+def reports_dir(settings: Settings) -> str:
+    return str(settings.home_path / "reports")
+
+
+def reconciliation_input(
+    settings: Settings,
+    queues: TaskQueues,
+    settlement_date: date,
+    policy: ReconciliationPolicy | None = None,
+) -> ReconciliationInput:
+    return ReconciliationInput(
+        settlement_date=settlement_date,
+        reports_dir=reports_dir(settings),
+        policy=policy or ReconciliationPolicy(),
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+
+
+async def start(
+    client: Client, queues: TaskQueues, request: ReconciliationInput
+) -> WorkflowHandle[Any, ReconciliationResult]:
+    """Start reconciliation/{provider}/{date}; one running or done answers
+    with that run (a failed one is started again)."""
+    workflow_id = reconciliation_workflow_id(request.provider, request.settlement_date)
+    try:
+        return await client.start_workflow(
+            RECONCILIATION_WORKFLOW,
+            request,
+            id=workflow_id,
+            task_queue=queues.workflows,
+            result_type=ReconciliationResult,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(PROVIDER, request.provider)]
+            ),
+            static_summary=f"reconcile {request.provider} {request.settlement_date.isoformat()}",
+        )
+    except WorkflowAlreadyStartedError:
+        return client.get_workflow_handle(workflow_id, result_type=ReconciliationResult)
+
+
+async def run(
+    client: Client, queues: TaskQueues, request: ReconciliationInput
+) -> ReconciliationResult:
+    """Reconcile the day and wait for the report."""
+    handle = await start(client, queues, request)
+    return await handle.result()
+
+
+async def decide(client: Client, settlement_date: date, decision: Decision) -> ReconciliationItem:
+    """An operator's decision on one item over the threshold; the validator
+    refuses an unknown item or one no longer awaiting a decision."""
+    handle = _handle(client, settlement_date)
+    item: ReconciliationItem = await handle.execute_update(
+        DECIDE_UPDATE, decision, result_type=ReconciliationItem
+    )
+    return item
+
+
+async def status(client: Client, settlement_date: date) -> ReconciliationStatus:
+    answer: ReconciliationStatus = await _handle(client, settlement_date).query(
+        STATUS_QUERY, result_type=ReconciliationStatus
+    )
+    return answer
+
+
+def _handle(client: Client, settlement_date: date) -> WorkflowHandle[Any, ReconciliationResult]:
+    return client.get_workflow_handle(
+        reconciliation_workflow_id(ISSUER_PROVIDER, settlement_date),
+        result_type=ReconciliationResult,
+    )
+
+
+def summary(result: ReconciliationResult) -> str:
+    report = result.report
+    counts = ", ".join(f"{kind} {count}" for kind, count in report.counts.items())
+    lines = [
+        f"{report.workflow_id}: {report.records_total} records in {report.download.pages} pages, "
+        f"{report.records_matched} matched, {report.records_not_applicable} not card postings",
+        f"differences: {counts}",
+    ]
+    for currency in report.currencies:
+        lines.append(
+            f"{currency.currency.value}: volume {currency.volume_minor}, drift "
+            f"{currency.drift_minor} (rate {currency.drift_rate}), fixed {currency.fixed_minor}, "
+            f"unexplained {currency.unexplained_minor} (rate {currency.unexplained_drift_rate})"
+        )
+    lines.append(f"report: {result.paths.json_path}")
+    lines.append(f"        {result.paths.csv_path}")
+    return "\n".join(lines)
+
+
+# ----- the daily schedule ------------------------------------------------------------
+
+
+def build_daily_schedule(settings: Settings) -> Schedule:
+    queues = settings.task_queues
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            SCHEDULED_RECONCILIATION_WORKFLOW,
+            ScheduledReconciliationInput(
+                reports_dir=reports_dir(settings),
+                ledger_task_queue=queues.ledger,
+                providers_task_queue=queues.providers,
+                workflows_task_queue=queues.workflows,
+            ),
+            id=DAILY_SCHEDULE_ID,
+            task_queue=queues.workflows,
+        ),
+        spec=ScheduleSpec(
+            calendars=[
+                ScheduleCalendarSpec(
+                    hour=[ScheduleRange(DAILY_RUN_HOUR_UTC)], minute=[ScheduleRange(0)]
+                )
+            ]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=CATCHUP_WINDOW),
+    )
+
+
+SCHEDULES.append(
+    CardflowSchedule(
+        schedule_id=DAILY_SCHEDULE_ID,
+        build=build_daily_schedule,
+        description="reconcile yesterday's issuer settlement report, daily at 02:00 UTC",
+    )
+)
+
+
+# ----- the demo ------------------------------------------------------------------------
+
+
+async def demo_reconciliation(client: Client, settings: Settings, say: SAY) -> None:
+    """Reconcile the demo's day (today, UTC) and say the counts, the
+    unexplained drift and where the report is."""
+    today = datetime.now(UTC).date()
+    result = await run(
+        client, settings.task_queues, reconciliation_input(settings, settings.task_queues, today)
+    )
+    unexplained = sum(currency.unexplained_minor for currency in result.report.currencies)
+    for line in [*summary(result).splitlines(), f"unexplained drift: {unexplained}"]:
+        said = say(line)
+        if said is not None:
+            await said
+
+
+# ----- the recorded scenario ------------------------------------------------------------
+
+SCENARIO_WAIT_SECONDS_MAX = 60
+
+
+async def reconciliation_clean(client: Client, settings: Settings) -> list[str]:
+    """A funded customer's card clears a purchase; the daily action, started
+    by hand for today, reconciles the day: every record matched, no drift."""
+    import asyncio
+    import uuid
+
+    from schemas.cards import CardInput, CardIssueInput
+    from starters.cards import issue_card
+    from starters.scenarios import SCENARIO_ADDRESS, _fund_wallet, onboarding_approved
+    from starters.simulate import authorize, clear
+    from workflows.cards import card_workflow_id
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    await _fund_wallet(settings, customer_id, 10_000)
+    issued = await issue_card(
+        client,
+        settings.task_queues,
+        CardIssueInput(
+            request_id=f"scenario-{uuid.uuid4().hex[:8]}",
+            customer_id=customer_id,
+            kind="virtual",
+            address=SCENARIO_ADDRESS,
+        ),
+    )
+    card_id = (await issued.result()).card_id or ""
+    authorization = await authorize(settings, card_id, 3_000)
+    cleared = await clear(settings, authorization.id, 3_000, final=True)
+    card = client.get_workflow_handle(card_workflow_id(card_id))
+    for _ in range(SCENARIO_WAIT_SECONDS_MAX * 20):
+        state = await card.query("status", result_type=CardInput)
+        if cleared.id in state.seen_events and not state.authorizations:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise TimeoutError(f"the card never settled {cleared.id}")
+    queues = settings.task_queues
+    today = datetime.now(UTC).date()
+    driver_id = f"{DAILY_SCHEDULE_ID}-manual-{uuid.uuid4().hex[:8]}"
+    started: ScheduledReconciliationResult = await client.execute_workflow(
+        SCHEDULED_RECONCILIATION_WORKFLOW,
+        ScheduledReconciliationInput(
+            settlement_date=today,
+            reports_dir=reports_dir(settings),
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            workflows_task_queue=queues.workflows,
+        ),
+        id=driver_id,
+        task_queue=queues.workflows,
+        result_type=ScheduledReconciliationResult,
+    )
+    result = await client.get_workflow_handle(
+        started.workflow_id, result_type=ReconciliationResult
+    ).result()
+    if result.report.items or result.report.records_matched < 1:
+        raise RuntimeError(f"the day did not reconcile clean:\n{summary(result)}")
+    return [driver_id, started.workflow_id]
+
+
+# ----- `cardflow reconcile ...` ------------------------------------------------------
+
+reconcile_app = typer.Typer(
+    help="Reconciliation with the issuer: run a day, decide differences.", no_args_is_help=True
+)
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        typer.echo(f"date: {value!r} is not YYYY-MM-DD", err=True)
+        raise typer.Exit(2) from None
+
+
+@reconcile_app.command("run")
+def run_command(
+    day: Annotated[str, typer.Option("--date", help="The UTC day, YYYY-MM-DD")],
+) -> None:
+    """Reconcile the issuer's settlement report of the day; waits for the report."""
+    from starters.cli import _run, _settings, _ui_link
+    from workers.client import connect
+
+    settlement_date = _date(day)
+    settings = _settings()
+
+    async def go() -> int:
+        client = await connect(settings)
+        request = reconciliation_input(settings, settings.task_queues, settlement_date)
+        workflow_id = reconciliation_workflow_id(ISSUER_PROVIDER, settlement_date)
+        typer.echo(f"{workflow_id}: {_ui_link(settings, workflow_id)}")
+        result = await run(client, settings.task_queues, request)
+        typer.echo(summary(result))
+        return 0
+
+    raise typer.Exit(_run(go()))
+
+
+@reconcile_app.command("decide")
+def decide_command(
+    day: Annotated[str, typer.Option("--date", help="The reconciled UTC day, YYYY-MM-DD")],
+    item: Annotated[str, typer.Option("--item", help="The item id (issuer transaction id)")],
+    action: Annotated[str, typer.Option("--action", help="adjust or dismiss")],
+    operator: Annotated[str, typer.Option("--operator", help="Who decides")],
+    reason: Annotated[str, typer.Option("--reason")] = "",
+) -> None:
+    """Decide one difference over the threshold: adjust through suspense, or dismiss."""
+    from pydantic import ValidationError
+
+    from starters.cli import _refuse_input, _send_update
+
+    settlement_date = _date(day)
+    if action not in {choice.value for choice in DecisionAction}:
+        typer.echo(f"action: {action!r} is not one of adjust, dismiss", err=True)
+        raise typer.Exit(2)
+    try:
+        decision = Decision.model_validate(
+            {"item_id": item, "action": action, "operator": operator, "reason": reason}
+        )
+    except ValidationError as error:
+        _refuse_input(error)
+
+    async def action_(client: Client) -> str:
+        return (await decide(client, settlement_date, decision)).model_dump_json(indent=2)
+
+    _send_update(action_)
+
+
+@reconcile_app.command("status")
+def status_command(
+    day: Annotated[str, typer.Option("--date", help="The reconciled UTC day, YYYY-MM-DD")],
+) -> None:
+    """The reconciliation's stage and its items."""
+    from starters.cli import _run, _settings
+    from workers.client import connect
+
+    settlement_date = _date(day)
+    settings = _settings()
+
+    async def go() -> int:
+        client = await connect(settings)
+        typer.echo((await status(client, settlement_date)).model_dump_json(indent=2))
+        return 0
+
+    raise typer.Exit(_run(go()))

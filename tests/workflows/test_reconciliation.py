@@ -1,0 +1,473 @@
+"""Reconciliation end to end: card activity through the issuer simulator and
+the gateway, differences injected as they arise in life (a webhook held
+back, a posting the issuer never settled, a posting made twice), the paged
+download surviving a worker killed mid-way, and the daily schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import secrets
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import (
+    ScheduleActionStartWorkflow,
+    ScheduleOverlapPolicy,
+    WorkflowHandle,
+)
+from temporalio.service import RPCError
+
+from activities.ledger import Ledger
+from activities.ledger.verify import verify
+from activities.providers.activities import ProviderClients
+from activities.providers.notify import NotifyClient
+from schemas import accounts
+from schemas.ledger import TransferRequest
+from schemas.money import Currency
+from schemas.reconciliation import (
+    Decision,
+    DecisionAction,
+    DownloadProgress,
+    ReconciliationInput,
+    ReconciliationPolicy,
+    ReconciliationResult,
+    ReconciliationStatus,
+)
+from schemas.task_queues import TaskQueues
+from starters.reconcile import DAILY_SCHEDULE_ID, demo_reconciliation
+from starters.schedules import ensure_schedules
+from tests.conftest import Platform
+from tests.workflows.test_authorizations import (
+    SHOP,
+    authorize,
+    eventually,
+    issuer,
+    open_card,
+    wallet_becomes,
+)
+from tests.workflows.test_cards import refusal
+from workers.build import build_worker
+from workflows.reconciliation import (
+    DECIDE_UPDATE,
+    RECONCILIATION_WORKFLOW,
+    STATUS_QUERY,
+    reconciliation_workflow_id,
+)
+
+THRESHOLD_MINOR = 500
+POLICY = ReconciliationPolicy(
+    auto_fix_threshold_minor={Currency.USD: THRESHOLD_MINOR},
+    decision_wait_seconds=12,
+    download_heartbeat_seconds=2,
+    page_size=2,
+)
+
+
+def read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+async def start_reconciliation(
+    platform: Platform,
+    *,
+    policy: ReconciliationPolicy = POLICY,
+    providers_task_queue: str | None = None,
+) -> WorkflowHandle[Any, ReconciliationResult]:
+    """Reconcile today. Every test shares one Temporal server and reconciles
+    the same day, so each run gets its own id under the day's."""
+    queues = platform.stack.queues
+    request = ReconciliationInput(
+        settlement_date=today(),
+        reports_dir=str(platform.settings.home_path / "reports"),
+        policy=policy,
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=providers_task_queue or queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+    workflow_id = f"{reconciliation_workflow_id('issuer', today())}/t-{uuid.uuid4().hex[:8]}"
+    return await platform.stack.client.start_workflow(
+        RECONCILIATION_WORKFLOW,
+        request,
+        id=workflow_id,
+        task_queue=queues.workflows,
+        result_type=ReconciliationResult,
+    )
+
+
+async def clear(platform: Platform, card_id: str, amount: int) -> str:
+    """A purchase authorized and cleared in full; returns the transaction id."""
+    auth = await authorize(platform, card_id, amount)
+    async with issuer(platform) as client:
+        cleared = await client.simulate_clearing(
+            auth.id, amount_minor=amount, final=True, idempotency_key=f"clear-{auth.id}"
+        )
+    return cleared.id
+
+
+async def post_directly(platform: Platform, customer_id: str, key: str, amount: int) -> None:
+    """A posting on issuer:settlement under the card's own key family, as a
+    faulty release of the card would make it: the ledger holds money the
+    issuer does not know about."""
+    outcome = await Ledger(platform.stack.pool).transfer(
+        TransferRequest(
+            key=key,
+            debit=accounts.wallet(customer_id, "USD"),
+            credit=accounts.issuer_settlement("USD"),
+            amount_minor=amount,
+            currency=Currency.USD,
+        )
+    )
+    assert outcome.accepted, outcome.detail
+
+
+async def recorded(platform: Platform, count: int) -> None:
+    async def check() -> bool:
+        found = await platform.stack.pool.fetchval("SELECT count(*) FROM card_transactions")
+        return bool(found == count)
+
+    await eventually(check, f"{count} card transactions recorded")
+
+
+async def test_a_clean_day_reconciles_with_zero_drift_and_writes_the_report(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    await clear(platform, card_id, 4_000)
+    async with issuer(platform) as client:
+        forced = await client.simulate_force_post(
+            card_id=card_id,
+            amount_minor=900,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="fp" + card_id,
+        )
+        await client.simulate_refund(
+            card_id=card_id,
+            amount_minor=400,
+            currency=Currency.USD,
+            merchant=SHOP,
+            refunded_transaction_id=forced.id,
+            idempotency_key="rf" + card_id,
+        )
+    await wallet_becomes(platform, customer_id, posted=20_000 - 4_000 - 900 + 400, pending=0)
+    await recorded(platform, 3)
+
+    result = await (await start_reconciliation(platform)).result()
+
+    report = result.report
+    assert report.records_matched == 3
+    assert report.counts == {
+        "missing_in_ledger": 0,
+        "missing_at_issuer": 0,
+        "amount_mismatch": 0,
+        "duplicate": 0,
+    }
+    usd = report.currencies[0]
+    assert (usd.currency, usd.records, usd.volume_minor) == (Currency.USD, 3, 5_300)
+    assert (usd.drift_minor, usd.unexplained_minor) == (0, 0)
+    assert Decimal(usd.drift_rate) == 0
+    assert report.items == []
+    # Page size 2: the clearing, force post, refund and the authorization's
+    # other records (fees, reversals, if any) come in at least two pages.
+    assert report.download.pages >= 2
+    assert report.download.records == report.records_total
+    written = json.loads(read(result.paths.json_path))
+    assert written["records_matched"] == 3
+    assert written["currencies"][0]["unexplained_minor"] == 0
+    assert read(result.paths.csv_path).startswith("item_id,kind,state,")
+    assert Path(result.paths.json_path).parent == platform.settings.home_path / "reports"
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, _ = await open_card(platform, funds=100_000)
+    matched = await clear(platform, card_id, 5_000)
+    mismatch_small = await clear(platform, card_id, 4_000)
+    mismatch_large = await clear(platform, card_id, 6_000)
+    duplicate_small = await clear(platform, card_id, 300)
+    duplicate_large = await clear(platform, card_id, 2_000)
+    await recorded(platform, 5)
+
+    # The card's postings made again or changed: the ledger now differs from
+    # what the issuer settled (amount mismatch: not a whole multiple; a
+    # duplicate: posted twice).
+    await post_directly(platform, customer_id, f"card/{card_id}/post/{mismatch_small}", 100)
+    await post_directly(platform, customer_id, f"card/{card_id}/post/{mismatch_large}", 2_000)
+    await post_directly(platform, customer_id, f"card/{card_id}/post/{duplicate_small}", 300)
+    await post_directly(platform, customer_id, f"card/{card_id}/post/{duplicate_large}", 2_000)
+    # Postings for transactions the issuer never settled.
+    await post_directly(platform, customer_id, f"card/{card_id}/post/txn_ghost_small", 150)
+    await post_directly(platform, customer_id, f"card/{card_id}/post/txn_ghost_large", 2_500)
+    # Settled at the issuer, but the webhooks never reach cardflow.
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    async with issuer(platform) as client:
+        missing_small = await client.simulate_force_post(
+            card_id=card_id,
+            amount_minor=200,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="fp-small" + card_id,
+        )
+        missing_large = await client.simulate_force_post(
+            card_id=card_id,
+            amount_minor=3_000,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="fp-large" + card_id,
+        )
+
+    handle = await start_reconciliation(platform)
+
+    async def awaiting() -> bool:
+        status: ReconciliationStatus = await handle.query(
+            STATUS_QUERY, result_type=ReconciliationStatus
+        )
+        return status.stage == "awaiting_decisions"
+
+    await eventually(awaiting, "the reconciliation waits for operators")
+    # The operators were told, once, by e-mail.
+    async with NotifyClient(platform.sim.provider_url("notify")) as notify:
+        page = await notify.list_messages(to="operations@cardflow.example")
+    assert len(page.data) == 1
+    assert missing_large.id in page.data[0].body
+
+    # The validator refuses unknown items, items fixed automatically, and
+    # actions that do not exist.
+    assert "no difference" in await refusal(
+        handle.execute_update(
+            DECIDE_UPDATE,
+            Decision(item_id="txn_nope", action=DecisionAction.ADJUST, operator="ana"),
+        )
+    )
+    assert "auto_fixed" in await refusal(
+        handle.execute_update(
+            DECIDE_UPDATE,
+            Decision(item_id=missing_small.id, action=DecisionAction.ADJUST, operator="ana"),
+        )
+    )
+    bad_action = await refusal(
+        handle.execute_update(
+            DECIDE_UPDATE, Decision(item_id=missing_large.id, action="burn", operator="ana")
+        )
+    )
+    assert "action: 'burn' is not one of adjust, dismiss" in bad_action
+    adjusted = await handle.execute_update(
+        DECIDE_UPDATE,
+        Decision(
+            item_id=missing_large.id,
+            action=DecisionAction.ADJUST,
+            operator="ana",
+            reason="webhook lost",
+        ),
+    )
+    assert adjusted["state"] == "adjusted"
+    dismissed = await handle.execute_update(
+        DECIDE_UPDATE,
+        Decision(
+            item_id="txn_ghost_large",
+            action=DecisionAction.DISMISS,
+            operator="ana",
+            reason="test posting",
+        ),
+    )
+    assert dismissed["state"] == "dismissed"
+    assert "dismissed" in await refusal(
+        handle.execute_update(
+            DECIDE_UPDATE,
+            Decision(item_id="txn_ghost_large", action=DecisionAction.ADJUST, operator="bo"),
+        )
+    )
+    # The mismatch and the duplicate over the threshold stay undecided.
+    result = await handle.result()
+    report = result.report
+    items = {item.difference.item_id: item for item in report.items}
+    expected = {
+        missing_small.id: ("missing_in_ledger", "auto_fixed", 200),
+        missing_large.id: ("missing_in_ledger", "adjusted", 3_000),
+        "txn_ghost_small": ("missing_at_issuer", "auto_fixed", -150),
+        "txn_ghost_large": ("missing_at_issuer", "dismissed", -2_500),
+        mismatch_small: ("amount_mismatch", "auto_fixed", -100),
+        mismatch_large: ("amount_mismatch", "undecided", -2_000),
+        duplicate_small: ("duplicate", "auto_fixed", -300),
+        duplicate_large: ("duplicate", "undecided", -2_000),
+    }
+    assert {
+        item_id: (item.difference.kind.value, item.state, item.difference.delta_minor)
+        for item_id, item in items.items()
+    } == expected
+    assert matched not in items
+    assert report.counts == {
+        "missing_in_ledger": 2,
+        "missing_at_issuer": 2,
+        "amount_mismatch": 2,
+        "duplicate": 2,
+    }
+    assert report.states == {"adjusted": 1, "auto_fixed": 4, "dismissed": 1, "undecided": 2}
+    usd = report.currencies[0]
+    assert usd.drift_minor == 200 + 3_000 + 150 + 2_500 + 100 + 2_000 + 300 + 2_000
+    assert usd.fixed_minor == 200 + 3_000 + 150 + 100 + 300
+    assert usd.unexplained_minor == 4_000
+    volume = 5_000 + 4_000 + 6_000 + 300 + 2_000 + 200 + 3_000
+    assert usd.volume_minor == volume
+    assert usd.unexplained_drift_rate == f"{4_000 / volume:.6f}"
+
+    # Each fix posted once, through suspense, in the direction of the delta.
+    suspense = await Ledger(platform.stack.pool).balance(accounts.suspense_reconciliation("USD"))
+    assert (suspense.debits_posted, suspense.credits_posted) == (200 + 3_000, 150 + 100 + 300)
+    rows = csv.DictReader(io.StringIO(read(result.paths.csv_path)))
+    states = {row["item_id"]: row["state"] for row in rows}
+    assert states == {item_id: state for item_id, (_, state, _) in expected.items()}
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_worker_killed_mid_download_resumes_from_its_last_page(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    for amount in (100, 200, 300, 400, 500, 600):
+        await clear(platform, card_id, amount)
+    await recorded(platform, 6)
+    # One page a second, so the worker can be killed between pages.
+    platform.sim.fault(kind="latency", path_prefix="/issuer/v1/reports/", seconds=1.0)
+    # The download runs on a queue of this test's own, served by one worker
+    # that is killed mid-way and another started after it.
+    queues = TaskQueues(prefix=f"test-{uuid.uuid4().hex[:12]}")
+    clients = ProviderClients(platform.sim.url)
+
+    def providers_worker() -> Any:
+        return build_worker(
+            "providers",
+            platform.stack.client,
+            queues,
+            pool=platform.stack.pool,
+            provider_clients=clients,
+        )
+
+    policy = POLICY.model_copy(update={"page_size": 1})
+    try:
+        first = providers_worker()
+        running = asyncio.get_running_loop().create_task(first.run())
+        handle = await start_reconciliation(
+            platform, policy=policy, providers_task_queue=queues.providers
+        )
+
+        async def two_pages_staged() -> bool:
+            pending = (await handle.describe()).raw_description.pending_activities
+            if not pending or not pending[0].heartbeat_details.payloads:
+                return False
+            # Heartbeat details are encrypted like every payload: decode them.
+            (details,) = await platform.stack.client.data_converter.decode(
+                pending[0].heartbeat_details.payloads, [DownloadProgress]
+            )
+            progress: DownloadProgress = details
+            return progress.pages >= 2
+
+        await eventually(two_pages_staged, "two pages staged")
+        await first.shutdown()
+        await running
+        second = providers_worker()
+        async with second:
+            result = await handle.result()
+    finally:
+        await clients.aclose()
+    download = result.report.download
+    assert download.attempt >= 2
+    assert download.resumed_from_cursor is not None
+    assert download.pages_this_attempt < download.pages
+    assert download.records == result.report.records_total >= 6
+    assert result.report.records_matched == 6
+    assert result.report.items == []
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_the_daily_schedule_is_created_once_and_reconciles_yesterday(
+    platform: Platform,
+) -> None:
+    client = platform.stack.client
+    schedule = client.get_schedule_handle(DAILY_SCHEDULE_ID)
+    # Another test of this session may have created it with its own queues.
+    with contextlib.suppress(RPCError):
+        await schedule.delete()
+    first = await ensure_schedules(client, platform.settings)
+    again = await ensure_schedules(client, platform.settings)
+    assert first[DAILY_SCHEDULE_ID] == "created"
+    assert again[DAILY_SCHEDULE_ID] == "exists"
+    described = await schedule.describe()
+    action = described.schedule.action
+    assert isinstance(action, ScheduleActionStartWorkflow)
+    assert action.workflow == "ScheduledReconciliation"
+    assert described.schedule.policy.overlap is ScheduleOverlapPolicy.SKIP
+    try:
+        await schedule.trigger()
+        yesterday = today() - timedelta(days=1)
+        child = client.get_workflow_handle(
+            reconciliation_workflow_id("issuer", yesterday), result_type=ReconciliationResult
+        )
+
+        async def reconciled() -> bool:
+            try:
+                return (await child.describe()).close_time is not None
+            except RPCError:  # not started yet
+                return False
+
+        await eventually(reconciled, "the schedule reconciles yesterday")
+        result = await child.result()
+        assert result.report.settlement_date == yesterday
+        assert result.report.items == []
+    finally:
+        await schedule.delete()
+
+
+async def test_the_demo_says_zero_unexplained_drift_and_the_api_starts_and_steers(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    await clear(platform, card_id, 2_500)
+    await recorded(platform, 1)
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+
+    await demo_reconciliation(platform.stack.client, platform.settings, say)
+    assert said[-1] == "unexplained drift: 0"
+    assert any("1 matched" in line for line in said)
+    assert any(line.strip().endswith(".csv") for line in said)
+
+    # The API: a day long past (nothing settled then), started once.
+    day = date(2001, 1, 1) + timedelta(days=secrets.randbelow(3_000))
+    url = f"{platform.gateway_url}/v1/reconciliations/issuer/{day.isoformat()}"
+    async with httpx.AsyncClient(timeout=10) as http:
+        started = await http.post(url)
+        assert started.status_code == 202, started.text
+        again = await http.post(url)
+        assert again.status_code == 200
+        assert again.json()["workflow_id"] == started.json()["workflow_id"]
+        handle = platform.stack.client.get_workflow_handle(
+            started.json()["workflow_id"], result_type=ReconciliationResult
+        )
+        result = await handle.result()
+        assert (result.report.records_total, result.report.items) == (0, [])
+        status = await http.get(url)
+        assert status.json()["stage"] == "reconciled"
+        refused = await http.post(
+            f"{url}/decisions", json={"item_id": "txn_1", "action": "adjust", "operator": "ana"}
+        )
+        assert refused.status_code in (404, 409)
+        malformed = await http.post(f"{url}/decisions", json={"item_id": "txn_1"})
+        assert malformed.status_code == 422
+        assert "action" in malformed.text

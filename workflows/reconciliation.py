@@ -1,0 +1,413 @@
+"""Reconciliation `reconciliation/{provider}/{date}`: the issuer's settlement
+report for one UTC day against the ledger.
+
+Steps: download the report page by page into a staging table
+(`reconciliation.download_settlement_report`, providers queue; it heartbeats
+its cursor, so after a worker crash the retry resumes from the last page it
+staged, on any worker); match every card-posting record (clearing, force
+post, refund) with the card's postings on issuer:settlement:{CCY}, and the
+day's postings with the report (`reconciliation.match`, ledger queue). Each
+difference is one item, keyed by the issuer transaction id: missing in the
+ledger, missing at the issuer, amount mismatch or duplicate, with its delta
+(what the issuer settled minus what the ledger posted to issuer:settlement).
+
+An item whose delta is below the currency's threshold is fixed at once: one
+transfer between suspense:reconciliation:{CCY} and issuer:settlement:{CCY}
+that brings the settlement account in line with the issuer, keyed
+`{workflow id}/fix/{item id}`, so a retry or a re-run of the same day never
+posts twice. Larger items wait for an operator's `decide` update (adjust:
+the same transfer; dismiss: nothing posted), after one e-mail to the
+operations mailbox naming them; items undecided when the policy's wait ends
+stay flagged `undecided` in the report. The report (JSON and CSV under
+{CARDFLOW_HOME}/reports/) and the result carry the counts, the amounts and
+the drift rates.
+
+Compensations: none to register. Every posting is a forward correction into
+suspense, idempotent by key; undoing one would re-open the difference it
+explained. The report is written last and is rewritten by a re-run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.ledger.activities import OPEN_ACCOUNTS, TRANSFER
+    from activities.providers.http import NON_RETRYABLE_ERROR_TYPES
+    from activities.reconciliation import (
+        DOWNLOAD_SETTLEMENT_REPORT,
+        MATCH_SETTLEMENT,
+        NOTIFY_OPERATORS,
+        WRITE_REPORT,
+        OperatorNotice,
+        ReportWrite,
+    )
+    from schemas import accounts
+    from schemas.ledger import Account, TransferOutcome, TransferRequest
+    from schemas.money import Currency
+    from schemas.reconciliation import (
+        CurrencySummary,
+        Decision,
+        DecisionAction,
+        DifferenceKind,
+        DownloadRequest,
+        DownloadSummary,
+        MatchRequest,
+        MatchResult,
+        ReconciliationInput,
+        ReconciliationItem,
+        ReconciliationReport,
+        ReconciliationResult,
+        ReconciliationStatus,
+        ReportPaths,
+        ScheduledReconciliationInput,
+        ScheduledReconciliationResult,
+    )
+    from schemas.search import AMOUNT_MINOR, PROCESS_STATUS, PROVIDER
+    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+
+STATUS_QUERY = "status"
+DECIDE_UPDATE = "decide"
+RECONCILIATION_WORKFLOW = "Reconciliation"
+SCHEDULED_RECONCILIATION_WORKFLOW = "ScheduledReconciliation"
+# Set by the Temporal server on every workflow a schedule starts.
+SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+DRIFT_RATE_PLACES = Decimal("0.000001")
+
+
+def reconciliation_workflow_id(provider: str, settlement_date: date) -> str:
+    return f"reconciliation/{provider}/{settlement_date.isoformat()}"
+
+
+def _rate(part_minor: int, whole_minor: int) -> str:
+    if whole_minor == 0:
+        return "0" if part_minor == 0 else "1"
+    return str((Decimal(part_minor) / Decimal(whole_minor)).quantize(DRIFT_RATE_PLACES))
+
+
+@workflow.defn(name=RECONCILIATION_WORKFLOW)
+class Reconciliation:
+    def __init__(self) -> None:
+        self._input: ReconciliationInput | None = None
+        self._stage = "starting"
+        self._items: dict[str, ReconciliationItem] = {}
+        self._deciding = False
+
+    # ----- platform ---------------------------------------------------------
+
+    @workflow.run
+    async def run(self, request: ReconciliationInput) -> ReconciliationResult:
+        self._input = request
+        workflow.upsert_search_attributes([PROVIDER.value_set(request.provider)])
+        result = await self._reconcile(request)
+        self._deciding = False
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return result
+
+    # ----- business steps ---------------------------------------------------
+
+    async def _reconcile(self, request: ReconciliationInput) -> ReconciliationResult:
+        policy = request.policy
+        self._set_stage("downloading")
+        download: DownloadSummary = await workflow.execute_activity(
+            DOWNLOAD_SETTLEMENT_REPORT,
+            DownloadRequest(
+                run_key=workflow.info().workflow_id,
+                settlement_date=request.settlement_date,
+                page_size=policy.page_size,
+            ),
+            task_queue=request.providers_task_queue,
+            result_type=DownloadSummary,
+            start_to_close_timeout=timedelta(seconds=policy.download_timeout_seconds),
+            heartbeat_timeout=timedelta(seconds=policy.download_heartbeat_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=30),
+                maximum_attempts=policy.download_attempts_max,
+                non_retryable_error_types=list(NON_RETRYABLE_ERROR_TYPES),
+            ),
+        )
+        self._set_stage("matching")
+        matched: MatchResult = await on_ledger(
+            request.ledger_task_queue,
+            MATCH_SETTLEMENT,
+            MatchRequest(
+                run_key=workflow.info().workflow_id, settlement_date=request.settlement_date
+            ),
+            result_type=MatchResult,
+        )
+        for difference in matched.differences:
+            small = abs(difference.delta_minor) < policy.threshold(difference.currency)
+            self._items[difference.item_id] = ReconciliationItem(
+                difference=difference, state="auto_fixed" if small else "awaiting_decision"
+            )
+        if self._items:
+            await self._open_accounts({item.difference.currency for item in self._items.values()})
+        self._set_stage("fixing")
+        for item in self._items.values():
+            if item.state == "auto_fixed":
+                await self._post_fix(item)
+        waiting = [item for item in self._items.values() if item.state == "awaiting_decision"]
+        if waiting:
+            await self._ask_operators(request, waiting)
+            self._deciding = True
+            self._set_stage("awaiting_decisions")
+            await wait_for(self._all_decided, policy.decision_wait_seconds)
+            self._deciding = False
+            for item in self._items.values():
+                if item.state == "awaiting_decision":
+                    item.state = "undecided"
+        self._set_stage("reporting")
+        report = self._report(request, download, matched)
+        paths: ReportPaths = await on_ledger(
+            request.ledger_task_queue,
+            WRITE_REPORT,
+            ReportWrite(reports_dir=request.reports_dir, report=report),
+            result_type=ReportPaths,
+        )
+        unexplained = sum(summary.unexplained_minor for summary in report.currencies)
+        workflow.upsert_search_attributes([AMOUNT_MINOR.value_set(unexplained)])
+        self._set_stage("drift" if unexplained else "reconciled")
+        return ReconciliationResult(report=report, paths=paths)
+
+    async def _open_accounts(self, currencies: set[Currency]) -> None:
+        assert self._input is not None
+        specs = []
+        for currency in sorted(currencies):
+            specs.append(accounts.system_account(accounts.issuer_settlement(currency)))
+            specs.append(accounts.system_account(accounts.suspense_reconciliation(currency)))
+        await on_ledger(
+            self._input.ledger_task_queue, OPEN_ACCOUNTS, specs, result_type=list[Account]
+        )
+
+    async def _post_fix(self, item: ReconciliationItem) -> None:
+        """Bring issuer:settlement in line with the issuer through suspense."""
+        assert self._input is not None
+        difference = item.difference
+        settlement = accounts.issuer_settlement(difference.currency)
+        suspense = accounts.suspense_reconciliation(difference.currency)
+        # delta > 0: the issuer settled more than the ledger posted, so the
+        # settlement account is credited from suspense; < 0 the other way.
+        debit, credit = (
+            (suspense, settlement)
+            if difference.delta_minor > 0
+            else (
+                settlement,
+                suspense,
+            )
+        )
+        key = step_key(f"fix/{difference.item_id}")
+        outcome: TransferOutcome = await on_ledger(
+            self._input.ledger_task_queue,
+            TRANSFER,
+            TransferRequest(
+                key=key,
+                debit=debit,
+                credit=credit,
+                amount_minor=abs(difference.delta_minor),
+                currency=difference.currency,
+            ),
+            result_type=TransferOutcome,
+        )
+        # Both accounts are unconstrained system accounts: nothing can refuse it.
+        assert outcome.accepted, outcome.detail
+        item.transfer_key = key
+
+    async def _ask_operators(
+        self, request: ReconciliationInput, waiting: list[ReconciliationItem]
+    ) -> None:
+        workflow_id = workflow.info().workflow_id
+        lines = [
+            f"- {item.difference.item_id}: {item.difference.kind.value}, "
+            f"delta {item.difference.delta_minor} {item.difference.currency.value} minor"
+            for item in waiting
+        ]
+        await on_providers(
+            request.providers_task_queue,
+            NOTIFY_OPERATORS,
+            OperatorNotice(
+                key=step_key("notify-operators"),
+                to=request.operators_email,
+                subject=f"{workflow_id}: {len(waiting)} differences need a decision",
+                body=(
+                    f"Reconciliation {workflow_id} found differences over the threshold:\n"
+                    + "\n".join(lines)
+                    + f"\nDecide each within {request.policy.decision_wait_seconds} s: "
+                    f"cardflow reconcile decide --date {request.settlement_date.isoformat()} "
+                    "--item ITEM --action adjust|dismiss --operator NAME"
+                ),
+            ),
+            result_type=str,
+        )
+
+    def _all_decided(self) -> bool:
+        return all(item.state != "awaiting_decision" for item in self._items.values())
+
+    def _report(
+        self, request: ReconciliationInput, download: DownloadSummary, matched: MatchResult
+    ) -> ReconciliationReport:
+        items = list(self._items.values())
+        currencies = []
+        volumes = {volume.currency: volume for volume in matched.volumes}
+        for currency in sorted(set(volumes) | {item.difference.currency for item in items}):
+            mine = [item for item in items if item.difference.currency == currency]
+            drift = sum(abs(item.difference.delta_minor) for item in mine)
+            fixed = sum(
+                abs(item.difference.delta_minor)
+                for item in mine
+                if item.state in ("auto_fixed", "adjusted")
+            )
+            unexplained = sum(
+                abs(item.difference.delta_minor) for item in mine if item.state == "undecided"
+            )
+            volume = volumes.get(currency)
+            volume_minor = volume.volume_minor if volume else 0
+            currencies.append(
+                CurrencySummary(
+                    currency=currency,
+                    records=volume.records if volume else 0,
+                    volume_minor=volume_minor,
+                    differences=len(mine),
+                    drift_minor=drift,
+                    fixed_minor=fixed,
+                    unexplained_minor=unexplained,
+                    drift_rate=_rate(drift, volume_minor),
+                    unexplained_drift_rate=_rate(unexplained, volume_minor),
+                )
+            )
+        kinds = Counter(item.difference.kind.value for item in items)
+        states = Counter(item.state for item in items)
+        return ReconciliationReport(
+            workflow_id=workflow.info().workflow_id,
+            provider=request.provider,
+            settlement_date=request.settlement_date,
+            download=download,
+            records_total=matched.records_total,
+            records_matched=matched.records_matched,
+            records_not_applicable=matched.records_not_applicable,
+            counts={kind.value: kinds.get(kind.value, 0) for kind in DifferenceKind},
+            states=dict(sorted(states.items())),
+            currencies=currencies,
+            items=items,
+        )
+
+    # ----- operators --------------------------------------------------------
+
+    @workflow.update(name=DECIDE_UPDATE)
+    async def decide(self, decision: Decision) -> ReconciliationItem:
+        item = self._items[decision.item_id]
+        action = DecisionAction(decision.action)
+        item.state = "adjusted" if action is DecisionAction.ADJUST else "dismissed"
+        item.decided_by = decision.operator
+        item.reason = decision.reason or None
+        if action is DecisionAction.ADJUST:
+            await self._post_fix(item)
+        self._refresh()
+        return item
+
+    @decide.validator
+    def _validate_decide(self, decision: Decision) -> None:
+        if decision.action not in {action.value for action in DecisionAction}:
+            raise ValueError(
+                f"action: {decision.action!r} is not one of "
+                f"{', '.join(action.value for action in DecisionAction)}"
+            )
+        item = self._items.get(decision.item_id)
+        if item is None:
+            raise ValueError(f"item_id: no difference {decision.item_id!r} in this reconciliation")
+        if not self._deciding or item.state != "awaiting_decision":
+            raise ValueError(
+                f"item_id: {decision.item_id!r} is {item.state}, not awaiting a decision"
+            )
+
+    @workflow.query(name=STATUS_QUERY)
+    def status(self) -> ReconciliationStatus:
+        assert self._input is not None
+        return ReconciliationStatus(
+            stage=self._stage,
+            settlement_date=self._input.settlement_date,
+            items=list(self._items.values()),
+        )
+
+    # ----- current details --------------------------------------------------
+
+    def _set_stage(self, stage: str) -> None:
+        self._stage = stage
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
+        self._refresh()
+
+    def _refresh(self) -> None:
+        assert self._input is not None
+        waiting = sum(1 for item in self._items.values() if item.state == "awaiting_decision")
+        workflow.set_current_details(
+            f"**{self._input.provider} {self._input.settlement_date.isoformat()}**: {self._stage}; "
+            f"{len(self._items)} differences, {waiting} awaiting a decision"
+        )
+
+
+@workflow.defn(name=SCHEDULED_RECONCILIATION_WORKFLOW)
+class ScheduledReconciliation:
+    """The daily schedule's action: run `reconciliation/issuer/{day}` for the
+    UTC day before the scheduled time. A day already reconciled (or running)
+    is left alone; a failed one is run again."""
+
+    def __init__(self) -> None:
+        self._stage = "starting"
+        self._child_id: str | None = None
+
+    @workflow.run
+    async def run(self, request: ScheduledReconciliationInput) -> ScheduledReconciliationResult:
+        day = request.settlement_date or self._previous_day()
+        child_id = reconciliation_workflow_id("issuer", day)
+        self._child_id = child_id
+        workflow.upsert_search_attributes([PROVIDER.value_set("issuer")])
+        self._set_stage("reconciling")
+        try:
+            await workflow.execute_child_workflow(
+                RECONCILIATION_WORKFLOW,
+                ReconciliationInput(
+                    settlement_date=day,
+                    reports_dir=request.reports_dir,
+                    operators_email=request.operators_email,
+                    policy=request.policy,
+                    ledger_task_queue=request.ledger_task_queue,
+                    providers_task_queue=request.providers_task_queue,
+                    workflows_task_queue=request.workflows_task_queue,
+                ),
+                id=child_id,
+                task_queue=request.workflows_task_queue,
+                result_type=ReconciliationResult,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                # The day's reconciliation outlives a driver that is terminated.
+                parent_close_policy=ParentClosePolicy.ABANDON,
+            )
+        except WorkflowAlreadyStartedError:
+            self._set_stage("already_reconciled")
+            return ScheduledReconciliationResult(
+                workflow_id=child_id, settlement_date=day, started=False
+            )
+        self._set_stage("done")
+        return ScheduledReconciliationResult(
+            workflow_id=child_id, settlement_date=day, started=True
+        )
+
+    def _previous_day(self) -> date:
+        scheduled = workflow.info().typed_search_attributes.get(SCHEDULED_START_TIME)
+        moment: datetime = scheduled if scheduled is not None else workflow.now()
+        return moment.astimezone(UTC).date() - timedelta(days=1)
+
+    @workflow.query(name=STATUS_QUERY)
+    def status(self) -> str:
+        return f"{self._stage}: {self._child_id}"
+
+    def _set_stage(self, stage: str) -> None:
+        self._stage = stage
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
+        workflow.set_current_details(f"{stage}: {self._child_id}")
