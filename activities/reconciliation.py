@@ -25,16 +25,23 @@ from schemas.reconciliation import (
     DownloadProgress,
     DownloadRequest,
     DownloadSummary,
+    FixRecord,
+    LatePosting,
+    LatePostingLookup,
     MatchRequest,
     MatchResult,
     ReconciliationReport,
     ReportPaths,
+    ReversalMark,
 )
 
 DOWNLOAD_SETTLEMENT_REPORT = "reconciliation.download_settlement_report"
 NOTIFY_OPERATORS = "reconciliation.notify_operators"
 MATCH_SETTLEMENT = "reconciliation.match"
 WRITE_REPORT = "reconciliation.write_report"
+RECORD_FIX = "reconciliation.record_fix"
+FIND_LATE_POSTINGS = "reconciliation.find_late_postings"
+MARK_REVERSED = "reconciliation.mark_reversed"
 
 # Settlement records the card's ledger postings stand for; reversals release
 # holds (no money), fees and chargebacks belong to other processes.
@@ -168,7 +175,7 @@ def _day_bounds(day: object) -> tuple[datetime, datetime]:
 # name it (workflows/card_money.py): from its holds
 # card/{card_id}/auth/{authorization_id}/{n}-post-{transaction_id}, beyond them
 # card/{card_id}/post/{transaction_id}, a refund card/{card_id}/refund/{transaction_id}.
-_LEDGER_POSTINGS_SQL = """
+_CARD_POSTINGS_CTE = """
 WITH settlement AS (
     SELECT id FROM ledger_accounts WHERE code LIKE 'issuer:settlement:%'
 ),
@@ -187,6 +194,11 @@ postings AS (
       AND (t.credit_account_id IN (SELECT id FROM settlement)
            OR t.debit_account_id IN (SELECT id FROM settlement))
 )
+"""
+
+_LEDGER_POSTINGS_SQL = (
+    _CARD_POSTINGS_CTE
+    + """
 SELECT transaction_id, min(card_id) AS card_id, currency,
        sum(effect)::bigint AS effect, count(*) AS postings
 FROM postings
@@ -195,9 +207,41 @@ WHERE transaction_id IS NOT NULL
        OR transaction_id IN (SELECT transaction_id FROM card_transactions
                              WHERE occurred_at >= $2 AND occurred_at < $3)
        OR (created_at >= $2 AND created_at < $3
-           AND transaction_id NOT IN (SELECT transaction_id FROM card_transactions)))
+           AND transaction_id NOT IN (SELECT transaction_id FROM card_transactions)
+           -- settled and fixed on an earlier day: a posting of it since is
+           -- that fix's late posting, which the look-back corrects.
+           AND transaction_id NOT IN (SELECT transaction_id FROM reconciliation_fixes
+                                      WHERE settlement_date < $4)))
 GROUP BY transaction_id, currency
 """
+)
+
+# Open fixes of the window whose transaction the card's postings on
+# issuer:settlement have changed since the fix was posted (only card keys
+# count, never reconciliation's own transfers).
+_LATE_POSTINGS_SQL = (
+    _CARD_POSTINGS_CTE
+    + """,
+open_fixes AS (
+    SELECT * FROM reconciliation_fixes
+    WHERE reversal_key IS NULL AND settlement_date >= $1 AND settlement_date <= $2
+),
+now_posted AS (
+    SELECT transaction_id, currency, sum(effect)::bigint AS effect
+    FROM postings
+    WHERE transaction_id IN (SELECT transaction_id FROM open_fixes)
+    GROUP BY transaction_id, currency
+)
+SELECT f.fix_key, f.run_key, f.settlement_date, f.item_id, f.kind, f.transaction_id,
+       f.card_id, f.currency, f.issuer_amount_minor, f.ledger_amount_minor, f.delta_minor,
+       coalesce(p.effect, 0) AS ledger_amount_now_minor
+FROM open_fixes f
+LEFT JOIN now_posted p ON p.transaction_id = f.transaction_id AND p.currency = f.currency
+WHERE coalesce(p.effect, 0) <> f.ledger_amount_minor
+ORDER BY f.settlement_date, f.fix_key
+LIMIT $3
+"""
+)
 
 _ISSUER_RECORDS_SQL = """
 SELECT DISTINCT ON (record_id) record_id, record_type, card_id, amount_minor, currency,
@@ -247,7 +291,9 @@ class ReconciliationLedgerActivities:
             volume = volumes.setdefault(currency, [0, 0])
             volume[0] += 1
             volume[1] += row["amount_minor"]
-        ledger_rows = await self.pool.fetch(_LEDGER_POSTINGS_SQL, list(issuer), start, end)
+        ledger_rows = await self.pool.fetch(
+            _LEDGER_POSTINGS_SQL, list(issuer), start, end, request.settlement_date
+        )
         ledger = {row["transaction_id"]: row for row in ledger_rows}
         differences: list[Difference] = []
         matched = 0
@@ -310,8 +356,98 @@ class ReconciliationLedgerActivities:
         a retry overwrites the same files."""
         return await asyncio.to_thread(_write_report, request)
 
+    @activity.defn(name=RECORD_FIX)
+    async def record_fix(self, fix: FixRecord) -> None:
+        """Keep a posted fix for later runs' look-back; a retry keeps the first."""
+        difference = fix.difference
+        await self.pool.execute(
+            """
+            INSERT INTO reconciliation_fixes (fix_key, run_key, settlement_date, item_id, kind,
+                transaction_id, card_id, currency, issuer_amount_minor, ledger_amount_minor,
+                delta_minor)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            ON CONFLICT (fix_key) DO NOTHING
+            """,
+            fix.fix_key,
+            fix.run_key,
+            fix.settlement_date,
+            difference.item_id,
+            difference.kind.value,
+            difference.transaction_id,
+            difference.card_id,
+            difference.currency.value,
+            difference.issuer_amount_minor,
+            difference.ledger_amount_minor,
+            difference.delta_minor,
+        )
+
+    @activity.defn(name=FIND_LATE_POSTINGS)
+    async def find_late_postings(self, lookup: LatePostingLookup) -> list[LatePosting]:
+        """Open fixes of settlement days in the window whose transaction the
+        card has posted to since: each with the correction that keeps
+        issuer:settlement at what the issuer settled (card postings now +
+        fix + correction = issuer, so correction = card then - card now)."""
+        rows = await self.pool.fetch(
+            _LATE_POSTINGS_SQL, lookup.since_date, lookup.until_date, lookup.limit
+        )
+        found: list[LatePosting] = []
+        for row in rows:
+            difference = Difference(
+                item_id=row["item_id"],
+                kind=DifferenceKind(row["kind"]),
+                transaction_id=row["transaction_id"],
+                card_id=row["card_id"],
+                currency=Currency(row["currency"]),
+                record_type=None,
+                issuer_amount_minor=row["issuer_amount_minor"],
+                ledger_amount_minor=row["ledger_amount_minor"],
+                delta_minor=row["delta_minor"],
+                ledger_postings=0,
+            )
+            now = row["ledger_amount_now_minor"]
+            found.append(
+                LatePosting(
+                    fix=FixRecord(
+                        fix_key=row["fix_key"],
+                        run_key=row["run_key"],
+                        settlement_date=row["settlement_date"],
+                        difference=difference,
+                    ),
+                    ledger_amount_now_minor=now,
+                    correction_minor=row["ledger_amount_minor"] - now,
+                    residual_minor=row["issuer_amount_minor"] - now,
+                )
+            )
+        return found
+
+    @activity.defn(name=MARK_REVERSED)
+    async def mark_reversed(self, mark: ReversalMark) -> bool:
+        """Close a fix once its correction is posted; False when another run
+        closed it first (and so reports it)."""
+        closed = await self.pool.fetchval(
+            """
+            UPDATE reconciliation_fixes
+            SET reversal_key = $2, reversal_minor = $3, ledger_amount_now_minor = $4,
+                reversed_by = $5, reversed_at = now()
+            WHERE fix_key = $1 AND reversal_key IS NULL
+            RETURNING fix_key
+            """,
+            mark.fix_key,
+            mark.reversal_key,
+            mark.correction_minor,
+            mark.ledger_amount_now_minor,
+            mark.reversed_by,
+        )
+        return closed is not None
+
     def all(self) -> list[object]:
-        return [self.match, self.write_report]
+        return [
+            self.match,
+            self.write_report,
+            self.record_fix,
+            self.find_late_postings,
+            self.mark_reversed,
+        ]
 
 
 def _write_report(request: ReportWrite) -> ReportPaths:
@@ -329,6 +465,28 @@ def _write_report(request: ReportWrite) -> ReportPaths:
         row.update(state=item.state, decided_by=item.decided_by or "", reason=item.reason or "")
         row["transfer_key"] = item.transfer_key or ""
         writer.writerow({column: row.get(column, "") for column in REPORT_CSV_COLUMNS})
+    for late in report.reversals:
+        # One row per earlier fix corrected: its delta is the correction's
+        # effect on issuer:settlement, its ledger amount the card's now.
+        fixed = late.fix.difference
+        writer.writerow(
+            {
+                "item_id": fixed.item_id,
+                "kind": late.kind.value,
+                "state": "reversed",
+                "transaction_id": fixed.transaction_id,
+                "card_id": fixed.card_id or "",
+                "currency": fixed.currency.value,
+                "record_type": "",
+                "issuer_amount_minor": fixed.issuer_amount_minor,
+                "ledger_amount_minor": late.ledger_amount_now_minor,
+                "delta_minor": late.correction_minor,
+                "ledger_postings": "",
+                "decided_by": "",
+                "reason": f"late posting after fix {late.fix.fix_key}",
+                "transfer_key": late.transfer_key or "",
+            }
+        )
     _write_atomically(json_path, report.model_dump_json(indent=2) + "\n")
     _write_atomically(csv_path, buffer.getvalue())
     return ReportPaths(json_path=str(json_path.resolve()), csv_path=str(csv_path.resolve()))

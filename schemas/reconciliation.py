@@ -22,6 +22,10 @@ ISSUER_PROVIDER = "issuer"
 OPERATORS_EMAIL_DEFAULT = "operations@cardflow.example"
 # Records per page of the settlement report the download asks for.
 SETTLEMENT_PAGE_SIZE_MAX = 500
+# Earlier fixes one run corrects at most (oldest first; the next run takes
+# the rest), so that its history stays small; and how far back it may look.
+LATE_POSTING_FIXES_MAX = 500
+LATE_POSTING_LOOKBACK_DAYS_MAX = 366
 
 
 class SettlementReportPage(BaseModel):
@@ -66,6 +70,9 @@ class ReconciliationPolicy(BaseModel):
     download_timeout_seconds: int = Field(default=3600, ge=1)
     download_attempts_max: int = Field(default=20, ge=1)
     page_size: int = Field(default=SETTLEMENT_PAGE_SIZE_MAX, ge=1, le=SETTLEMENT_PAGE_SIZE_MAX)
+    # Each run looks back this many days (its own included) at earlier fixes
+    # whose card posting has arrived since, and reverses them.
+    late_posting_lookback_days: int = Field(default=7, ge=0, le=LATE_POSTING_LOOKBACK_DAYS_MAX)
 
     def threshold(self, currency: Currency) -> int:
         return self.auto_fix_threshold_minor.get(currency, 0)
@@ -185,6 +192,51 @@ class Decision(BaseModel):
     reason: str = Field(default="", max_length=500)
 
 
+class FixRecord(BaseModel):
+    """A fix as it stood when posted, kept for later runs' look-back."""
+
+    fix_key: str
+    run_key: str
+    settlement_date: date
+    difference: Difference
+
+
+class LatePostingLookup(BaseModel):
+    since_date: date
+    until_date: date
+    limit: int = Field(default=LATE_POSTING_FIXES_MAX, ge=1, le=LATE_POSTING_FIXES_MAX)
+
+
+class ReversalKind(StrEnum):
+    # The card posted, after the fix, what the fix had stood in for.
+    LATE_POSTING_REVERSED = "late_posting_reversed"
+
+
+class LatePosting(BaseModel):
+    """An earlier fix whose transaction the card has posted to since: the
+    correction keeps issuer:settlement at what the issuer settled."""
+
+    kind: ReversalKind = ReversalKind.LATE_POSTING_REVERSED
+    fix: FixRecord
+    ledger_amount_now_minor: int
+    # The correcting transfer's effect on issuer:settlement (like delta_minor:
+    # > 0 credits it from suspense). For a late posting of exactly what the
+    # issuer settled it is -fix.delta_minor: the fix reversed in full.
+    correction_minor: int
+    # What suspense still holds for the item after it: issuer - card now
+    # (0 when the late posting was what the issuer settled).
+    residual_minor: int
+    transfer_key: str | None = None
+
+
+class ReversalMark(BaseModel):
+    fix_key: str
+    reversal_key: str
+    correction_minor: int
+    ledger_amount_now_minor: int
+    reversed_by: str
+
+
 class CurrencySummary(BaseModel):
     currency: Currency
     records: int
@@ -196,6 +248,9 @@ class CurrencySummary(BaseModel):
     # drift / volume, as a decimal string (0 when there was no volume).
     drift_rate: str
     unexplained_drift_rate: str
+    # Earlier fixes this run corrected because a late posting arrived.
+    reversals: int = 0
+    reversed_minor: int = 0
 
 
 class ReportPaths(BaseModel):
@@ -215,6 +270,10 @@ class ReconciliationReport(BaseModel):
     states: dict[str, int] = Field(description="items per state")
     currencies: list[CurrencySummary]
     items: list[ReconciliationItem]
+    reversal_counts: dict[str, int] = Field(
+        default_factory=dict, description="corrections of earlier fixes per kind"
+    )
+    reversals: list[LatePosting] = Field(default_factory=list)
 
 
 class ReconciliationResult(BaseModel):
@@ -230,3 +289,4 @@ class ReconciliationStatus(BaseModel):
     stage: str
     settlement_date: date
     items: list[ReconciliationItem]
+    reversals: list[LatePosting] = Field(default_factory=list)

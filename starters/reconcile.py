@@ -153,6 +153,12 @@ def summary(result: ReconciliationResult) -> str:
             f"{currency.currency.value}: volume {currency.volume_minor}, drift "
             f"{currency.drift_minor} (rate {currency.drift_rate}), fixed {currency.fixed_minor}, "
             f"unexplained {currency.unexplained_minor} (rate {currency.unexplained_drift_rate})"
+            + (
+                f", {currency.reversals} earlier fixes reversed after a late posting "
+                f"({currency.reversed_minor})"
+                if currency.reversals
+                else ""
+            )
         )
     lines.append(f"report: {result.paths.json_path}")
     lines.append(f"        {result.paths.csv_path}")

@@ -22,6 +22,24 @@ stay flagged `undecided` in the report. The report (JSON and CSV under
 {CARDFLOW_HOME}/reports/) and the result carry the counts, the amounts and
 the drift rates.
 
+Late postings: a fix stands in for a posting the card has not made (or made
+differently). Each fix is kept (`reconciliation_fixes`) with the card's
+postings for the transaction at that moment, and every run first looks back
+over the policy's `late_posting_lookback_days` (its own day included) at the
+fixes not yet corrected: where the card's postings on issuer:settlement have
+changed since (the held-back webhook of a missing clearing arrived; the card
+posted the rest, or took back part, of a mismatched amount), the fix now
+counts twice with them, and the run posts the correction once: card then -
+card now, between issuer:settlement and suspense (for a late posting of a
+missing clearing: the fix reversed in full), keyed `{fix key}/reversed` from
+the ORIGINAL fix's key so that every run finding it posts the same transfer.
+The report lists them as `late_posting_reversed`, with counts and amounts.
+This holds for every kind of fix, since it compares the card's own postings
+only: a missing-in-ledger fix, an amount mismatch whose card posting changes
+later, a duplicate posted a third time. A late change at the issuer (a
+transaction fixed as missing at the issuer that appears in a later report)
+is not looked for here.
+
 Compensations: none to register. Every posting is a forward correction into
 suspense, idempotent by key; undoing one would re-open the difference it
 explained. The report is written last and is rewritten by a re-run.
@@ -35,16 +53,20 @@ from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger.activities import OPEN_ACCOUNTS, TRANSFER
+    from activities.ledger.errors import IdempotencyConflict
     from activities.providers.http import NON_RETRYABLE_ERROR_TYPES
     from activities.reconciliation import (
         DOWNLOAD_SETTLEMENT_REPORT,
+        FIND_LATE_POSTINGS,
+        MARK_REVERSED,
         MATCH_SETTLEMENT,
         NOTIFY_OPERATORS,
+        RECORD_FIX,
         WRITE_REPORT,
         OperatorNotice,
         ReportWrite,
@@ -59,6 +81,9 @@ with workflow.unsafe.imports_passed_through():
         DifferenceKind,
         DownloadRequest,
         DownloadSummary,
+        FixRecord,
+        LatePosting,
+        LatePostingLookup,
         MatchRequest,
         MatchResult,
         ReconciliationInput,
@@ -67,6 +92,8 @@ with workflow.unsafe.imports_passed_through():
         ReconciliationResult,
         ReconciliationStatus,
         ReportPaths,
+        ReversalKind,
+        ReversalMark,
         ScheduledReconciliationInput,
         ScheduledReconciliationResult,
     )
@@ -80,6 +107,8 @@ SCHEDULED_RECONCILIATION_WORKFLOW = "ScheduledReconciliation"
 # Set by the Temporal server on every workflow a schedule starts.
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 DRIFT_RATE_PLACES = Decimal("0.000001")
+# The ledger's error type for a key reused with another payload.
+IDEMPOTENCY_CONFLICT = IdempotencyConflict.__name__
 
 
 def reconciliation_workflow_id(provider: str, settlement_date: date) -> str:
@@ -98,6 +127,7 @@ class Reconciliation:
         self._input: ReconciliationInput | None = None
         self._stage = "starting"
         self._items: dict[str, ReconciliationItem] = {}
+        self._reversals: list[LatePosting] = []
         self._deciding = False
 
     # ----- platform ---------------------------------------------------------
@@ -148,8 +178,15 @@ class Reconciliation:
             self._items[difference.item_id] = ReconciliationItem(
                 difference=difference, state="auto_fixed" if small else "awaiting_decision"
             )
-        if self._items:
-            await self._open_accounts({item.difference.currency for item in self._items.values()})
+        late = await self._find_late_postings(request)
+        currencies = {item.difference.currency for item in self._items.values()}
+        currencies |= {found.fix.difference.currency for found in late}
+        if currencies:
+            await self._open_accounts(currencies)
+        if late:
+            self._set_stage("reversing_late_postings")
+            for found in late:
+                await self._reverse_late_posting(found)
         self._set_stage("fixing")
         for item in self._items.values():
             if item.state == "auto_fixed":
@@ -219,6 +256,85 @@ class Reconciliation:
         # Both accounts are unconstrained system accounts: nothing can refuse it.
         assert outcome.accepted, outcome.detail
         item.transfer_key = key
+        # Kept so that a later run can tell when the card's own posting
+        # arrives after all and would count twice with this fix.
+        await on_ledger(
+            self._input.ledger_task_queue,
+            RECORD_FIX,
+            FixRecord(
+                fix_key=key,
+                run_key=workflow.info().workflow_id,
+                settlement_date=self._input.settlement_date,
+                difference=difference,
+            ),
+        )
+
+    async def _find_late_postings(self, request: ReconciliationInput) -> list[LatePosting]:
+        """Earlier fixes (this day and the policy's look-back before it) whose
+        transaction the card has posted to since they were made."""
+        since = request.settlement_date - timedelta(days=request.policy.late_posting_lookback_days)
+        found: list[LatePosting] = await on_ledger(
+            request.ledger_task_queue,
+            FIND_LATE_POSTINGS,
+            LatePostingLookup(since_date=since, until_date=request.settlement_date),
+            result_type=list[LatePosting],
+        )
+        return found
+
+    async def _reverse_late_posting(self, late: LatePosting) -> None:
+        """Undo what a late card posting doubled: issuer:settlement back to
+        what the issuer settled. The key comes from the original fix's key,
+        not from this run, so every run that finds the fix posts the same
+        transfer and the ledger keeps it once."""
+        assert self._input is not None
+        assert late.correction_minor != 0, "the look-back returns changed postings only"
+        fixed = late.fix.difference
+        settlement = accounts.issuer_settlement(fixed.currency)
+        suspense = accounts.suspense_reconciliation(fixed.currency)
+        # correction > 0 credits the settlement account from suspense, like a
+        # fix with delta > 0; a late posting of a missing clearing is the
+        # opposite of its fix: settlement -> suspense.
+        debit, credit = (
+            (suspense, settlement) if late.correction_minor > 0 else (settlement, suspense)
+        )
+        key = f"{late.fix.fix_key}/reversed"
+        try:
+            outcome: TransferOutcome = await on_ledger(
+                self._input.ledger_task_queue,
+                TRANSFER,
+                TransferRequest(
+                    key=key,
+                    debit=debit,
+                    credit=credit,
+                    amount_minor=abs(late.correction_minor),
+                    currency=fixed.currency,
+                ),
+                result_type=TransferOutcome,
+            )
+        except ActivityError as error:
+            cause = error.cause
+            if isinstance(cause, ApplicationError) and cause.type == IDEMPOTENCY_CONFLICT:
+                # Another run corrected this fix first, for a card posting
+                # that has changed again since; that run reports it.
+                return
+            raise
+        # Both accounts are unconstrained system accounts: nothing can refuse it.
+        assert outcome.accepted, outcome.detail
+        closed: bool = await on_ledger(
+            self._input.ledger_task_queue,
+            MARK_REVERSED,
+            ReversalMark(
+                fix_key=late.fix.fix_key,
+                reversal_key=key,
+                correction_minor=late.correction_minor,
+                ledger_amount_now_minor=late.ledger_amount_now_minor,
+                reversed_by=workflow.info().workflow_id,
+            ),
+            result_type=bool,
+        )
+        if closed:
+            late.transfer_key = key
+            self._reversals.append(late)
 
     async def _ask_operators(
         self, request: ReconciliationInput, waiting: list[ReconciliationItem]
@@ -256,8 +372,14 @@ class Reconciliation:
         items = list(self._items.values())
         currencies = []
         volumes = {volume.currency: volume for volume in matched.volumes}
-        for currency in sorted(set(volumes) | {item.difference.currency for item in items}):
+        reversals = self._reversals
+        for currency in sorted(
+            set(volumes)
+            | {item.difference.currency for item in items}
+            | {late.fix.difference.currency for late in reversals}
+        ):
             mine = [item for item in items if item.difference.currency == currency]
+            reversed_here = [late for late in reversals if late.fix.difference.currency == currency]
             drift = sum(abs(item.difference.delta_minor) for item in mine)
             fixed = sum(
                 abs(item.difference.delta_minor)
@@ -280,6 +402,8 @@ class Reconciliation:
                     unexplained_minor=unexplained,
                     drift_rate=_rate(drift, volume_minor),
                     unexplained_drift_rate=_rate(unexplained, volume_minor),
+                    reversals=len(reversed_here),
+                    reversed_minor=sum(abs(late.correction_minor) for late in reversed_here),
                 )
             )
         kinds = Counter(item.difference.kind.value for item in items)
@@ -296,6 +420,11 @@ class Reconciliation:
             states=dict(sorted(states.items())),
             currencies=currencies,
             items=items,
+            reversal_counts={
+                kind.value: sum(1 for late in reversals if late.kind is kind)
+                for kind in ReversalKind
+            },
+            reversals=list(reversals),
         )
 
     # ----- operators --------------------------------------------------------
@@ -334,6 +463,7 @@ class Reconciliation:
             stage=self._stage,
             settlement_date=self._input.settlement_date,
             items=list(self._items.values()),
+            reversals=list(self._reversals),
         )
 
     # ----- current details --------------------------------------------------
@@ -348,7 +478,8 @@ class Reconciliation:
         waiting = sum(1 for item in self._items.values() if item.state == "awaiting_decision")
         workflow.set_current_details(
             f"**{self._input.provider} {self._input.settlement_date.isoformat()}**: {self._stage}; "
-            f"{len(self._items)} differences, {waiting} awaiting a decision"
+            f"{len(self._items)} differences, {waiting} awaiting a decision, "
+            f"{len(self._reversals)} earlier fixes reversed after a late posting"
         )
 
 

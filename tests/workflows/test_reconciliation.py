@@ -471,3 +471,176 @@ async def test_the_demo_says_zero_unexplained_drift_and_the_api_starts_and_steer
         malformed = await http.post(f"{url}/decisions", json={"item_id": "txn_1"})
         assert malformed.status_code == 422
         assert "action" in malformed.text
+
+
+async def reconcile_on(platform: Platform, day: date) -> ReconciliationResult:
+    """Reconcile `day` under an id of this run's own, and wait for the report."""
+    queues = platform.stack.queues
+    request = ReconciliationInput(
+        settlement_date=day,
+        reports_dir=str(platform.settings.home_path / "reports"),
+        policy=POLICY,
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+    workflow_id = f"{reconciliation_workflow_id('issuer', day)}/t-{uuid.uuid4().hex[:8]}"
+    result: ReconciliationResult = await platform.stack.client.execute_workflow(
+        RECONCILIATION_WORKFLOW,
+        request,
+        id=workflow_id,
+        task_queue=queues.workflows,
+        result_type=ReconciliationResult,
+    )
+    return result
+
+
+async def net_credit(platform: Platform, code: str, key_part: str) -> int:
+    """Credits minus debits of account `code` by the transfers whose key
+    names `key_part` (a transaction id): what they did for one item."""
+    value = await platform.stack.pool.fetchval(
+        """
+        SELECT coalesce(sum(CASE WHEN c.code = $1 THEN t.amount_minor ELSE 0 END)
+                      - sum(CASE WHEN d.code = $1 THEN t.amount_minor ELSE 0 END), 0)::bigint
+        FROM ledger_transfers t
+        JOIN ledger_accounts d ON d.id = t.debit_account_id
+        JOIN ledger_accounts c ON c.id = t.credit_account_id
+        WHERE t.kind IN ('posted', 'post_pending') AND t.idempotency_key LIKE '%' || $2 || '%'
+        """,
+        code,
+        key_part,
+    )
+    return int(value)
+
+
+async def transfers_keyed(platform: Platform, key: str) -> int:
+    found = await platform.stack.pool.fetchval(
+        "SELECT count(*) FROM ledger_transfers WHERE idempotency_key = $1", key
+    )
+    return int(found)
+
+
+async def test_a_fix_for_a_held_clearing_is_reversed_once_when_the_late_webhook_posts_it(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    async with issuer(platform) as client:
+        late = await client.simulate_force_post(
+            card_id=card_id,
+            amount_minor=300,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="fp-late" + card_id,
+        )
+    settlement = accounts.issuer_settlement("USD")
+    suspense = accounts.suspense_reconciliation("USD")
+
+    # The day: the issuer settled it, the card never heard of it: fixed
+    # through suspense under the threshold.
+    day = await reconcile_on(platform, today())
+    (item,) = day.report.items
+    assert (item.difference.item_id, item.difference.kind.value, item.state) == (
+        late.id,
+        "missing_in_ledger",
+        "auto_fixed",
+    )
+    assert item.difference.delta_minor == 300
+    fix_key = item.transfer_key
+    assert fix_key is not None
+    assert await net_credit(platform, settlement, late.id) == 300
+    assert await net_credit(platform, suspense, late.id) == -300
+
+    # The held webhook arrives: the card posts the clearing as well, and the
+    # settlement account now holds it twice.
+    platform.sim.admin("POST", "/webhooks", {"hold": False})
+    platform.sim.admin("POST", "/webhooks/release", {"order": "forward"})
+    await wallet_becomes(platform, customer_id, posted=20_000 - 300, pending=0)
+    await recorded(platform, 1)
+    assert await net_credit(platform, settlement, late.id) == 600
+
+    # The next day's run looks back and reverses the fix.
+    tomorrow = today() + timedelta(days=1)
+    first = await reconcile_on(platform, tomorrow)
+
+    assert first.report.items == []
+    (reversal,) = first.report.reversals
+    assert reversal.kind.value == "late_posting_reversed"
+    assert (reversal.fix.fix_key, reversal.fix.difference.kind.value) == (
+        fix_key,
+        "missing_in_ledger",
+    )
+    assert (reversal.ledger_amount_now_minor, reversal.correction_minor) == (300, -300)
+    assert reversal.residual_minor == 0
+    assert reversal.transfer_key == f"{fix_key}/reversed"
+    assert first.report.reversal_counts == {"late_posting_reversed": 1}
+    usd = first.report.currencies[0]
+    assert (usd.currency, usd.reversals, usd.reversed_minor) == (Currency.USD, 1, 300)
+    assert (usd.drift_minor, usd.unexplained_minor) == (0, 0)
+    rows = list(csv.DictReader(io.StringIO(read(first.paths.csv_path))))
+    assert [(row["item_id"], row["kind"], row["state"], row["delta_minor"]) for row in rows] == [
+        (late.id, "late_posting_reversed", "reversed", "-300")
+    ]
+    assert json.loads(read(first.paths.json_path))["reversals"][0]["correction_minor"] == -300
+
+    # A second run of that day finds nothing left to reverse.
+    again = await reconcile_on(platform, tomorrow)
+    assert again.report.reversals == []
+    assert again.report.reversal_counts == {"late_posting_reversed": 0}
+
+    # Posted once; suspense back to zero for the item; issuer:settlement holds
+    # what the issuer settled, once.
+    assert await transfers_keyed(platform, f"{fix_key}/reversed") == 1
+    assert await net_credit(platform, suspense, late.id) == 0
+    assert await net_credit(platform, settlement, late.id) == 300
+    balance = await Ledger(platform.stack.pool).balance(settlement)
+    assert balance.credits_posted - balance.debits_posted == 300
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_an_amount_mismatch_fix_is_reversed_when_the_rest_of_the_posting_arrives(
+    platform: Platform,
+) -> None:
+    """An amount mismatch can be doubled the same way: the card posted part
+    of the clearing (from its hold), the fix stood in for the rest, and the
+    card's posting beyond the hold arrives later."""
+    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    async with issuer(platform) as client:
+        cleared = await client.simulate_force_post(
+            card_id=card_id,
+            amount_minor=4_000,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="fp-part" + card_id,
+        )
+    settlement = accounts.issuer_settlement("USD")
+    # No card has posted in this database yet: the card would open it.
+    await Ledger(platform.stack.pool).open_account(accounts.system_account(settlement))
+    # The card's posting from a hold, short of what the issuer settled.
+    await post_directly(
+        platform, customer_id, f"card/{card_id}/auth/auth_x/1-post-{cleared.id}", 3_700
+    )
+    day = await reconcile_on(platform, today())
+    (item,) = day.report.items
+    assert (item.difference.kind.value, item.state, item.difference.delta_minor) == (
+        "amount_mismatch",
+        "auto_fixed",
+        300,
+    )
+    # The rest, beyond the hold, posted by the card after the fix.
+    await post_directly(platform, customer_id, f"card/{card_id}/post/{cleared.id}", 300)
+    assert await net_credit(platform, settlement, cleared.id) == 4_300
+
+    later = await reconcile_on(platform, today() + timedelta(days=1))
+
+    (reversal,) = later.report.reversals
+    assert (reversal.fix.difference.kind.value, reversal.correction_minor) == (
+        "amount_mismatch",
+        -300,
+    )
+    assert reversal.residual_minor == 0
+    assert await net_credit(platform, settlement, cleared.id) == 4_000
+    suspense = accounts.suspense_reconciliation("USD")
+    assert await net_credit(platform, suspense, cleared.id) == 0
+    assert await verify(platform.stack.pool) == []
