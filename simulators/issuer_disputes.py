@@ -4,7 +4,8 @@
     open | representment | pre_arbitration -> won | lost | withdrawn
 
 The merchant may contest (representment) and the cardholder answer again
-(pre-arbitration); the network's decision ends it. A won dispute credits the
+(pre-arbitration: the program escalates with POST .../pre_arbitration, or the
+sandbox moves it); the network's decision ends it. A won dispute credits the
 program with the disputed amount as a chargeback transaction.
 """
 
@@ -126,6 +127,21 @@ def router(state: IssuerState) -> APIRouter:
         dispute.history.append(DisputeEntry(status="withdrawn", at=stamp))
         state.save(DISPUTES, dispute)
         state.emit("dispute.withdrawn", dispute)
+        return dispute
+
+    @api.post("/v1/disputes/{dispute_id}/pre_arbitration")
+    async def escalate_dispute(dispute_id: str) -> Dispute:
+        """Answers the merchant's representment: the program takes the dispute
+        to pre-arbitration. Announced as dispute.pre_arbitration."""
+        dispute = state.load(DISPUTES, dispute_id)
+        if dispute.status != "representment":
+            conflict(f"cannot take dispute {dispute.id} to pre-arbitration: it is {dispute.status}")
+        stamp = state.now_iso()
+        dispute.status = "pre_arbitration"
+        dispute.updated_at = stamp
+        dispute.history.append(DisputeEntry(status="pre_arbitration", note="program", at=stamp))
+        state.save(DISPUTES, dispute)
+        state.emit("dispute.pre_arbitration", dispute)
         return dispute
 
     @api.post("/v1/simulate/disputes/{dispute_id}/decide")

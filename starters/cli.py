@@ -12,9 +12,12 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from starters.billing import billing_app, statement_app
 from starters.cashback import cashback_app
+from starters.dispute import dispute_app
 from starters.fx import fx_app
 from starters.ledger import ledger_app
+from starters.reconcile import reconcile_app
 from starters.simulate import simulate_app
 from starters.topup import topup_app
 from workers.settings import Settings, SettingsError, load_settings
@@ -39,6 +42,10 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(topup_app, name="topup")
 app.add_typer(fx_app, name="fx")
 app.add_typer(cashback_app, name="cashback")
+app.add_typer(dispute_app, name="dispute")
+app.add_typer(billing_app, name="billing")
+app.add_typer(statement_app, name="statement")
+app.add_typer(reconcile_app, name="reconcile")
 
 
 def _refuse_input(error: Any) -> NoReturn:

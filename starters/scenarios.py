@@ -34,6 +34,7 @@ from schemas.providers import KYC
 from starters.cards import issue_card
 from starters.health import ping
 from starters.onboarding import resubmit, review, start_onboarding
+from starters.reconcile import reconciliation_clean
 from workers.settings import Settings
 from workflows.cards import CLOSE_UPDATE, FREEZE_UPDATE, UNFREEZE_UPDATE, card_workflow_id
 from workflows.health import ping_workflow_id
@@ -484,6 +485,79 @@ async def card_purchase(client: Client, settings: Settings) -> list[str]:
     return [card.id, cashback_workflow_id(transaction_id)]
 
 
+async def billing_period(client: Client, settings: Settings) -> list[str]:
+    """A funded customer with a virtual card; the month's billing run charges
+    the card's fee and writes the customer's statement."""
+    from datetime import UTC, datetime
+
+    from schemas.billing import BillingRunInput, period_of
+    from starters.billing import run_billing, statements_dir
+    from workflows.billing import billing_run_workflow_id, billing_workflow_id
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    await _fund_wallet(settings, customer_id, 10_000)
+    issued = await issue_card(
+        client,
+        settings.task_queues,
+        CardIssueInput(
+            request_id=f"scenario-{uuid.uuid4().hex[:8]}",
+            customer_id=customer_id,
+            kind="virtual",
+            address=SCENARIO_ADDRESS,
+        ),
+    )
+    await issued.result()
+    period = period_of(datetime.now(UTC))
+    await run_billing(
+        client,
+        settings.task_queues,
+        BillingRunInput(period=period, statements_dir=str(statements_dir(settings))),
+    )
+    return [billing_run_workflow_id(period), billing_workflow_id(customer_id, period)]
+
+
+async def _dispute(client: Client, settings: Settings, outcome: str, contested: bool) -> str:
+    """A funded customer's virtual card; a purchase disputed, credited provisionally, decided."""
+    from schemas.issuer import DisputeOutcome
+    from starters.dispute import dispute_purchase
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    await _fund_wallet(settings, customer_id, 10_000)
+    issued = await issue_card(
+        client,
+        settings.task_queues,
+        CardIssueInput(
+            request_id=f"scenario-{uuid.uuid4().hex[:8]}",
+            customer_id=customer_id,
+            kind="virtual",
+            address=SCENARIO_ADDRESS,
+        ),
+    )
+    card_id = (await issued.result()).card_id or ""
+    return await dispute_purchase(
+        client,
+        settings,
+        customer_id,
+        card_id,
+        amount_minor=2_000,
+        outcome=DisputeOutcome(outcome),
+        contested=contested,
+    )
+
+
+async def dispute_won(client: Client, settings: Settings) -> str:
+    """A purchase disputed, credited provisionally, then won: the issuer pays."""
+    return await _dispute(client, settings, "won", contested=False)
+
+
+async def dispute_lost(client: Client, settings: Settings) -> str:
+    """A purchase disputed and credited provisionally; the merchant contests, the
+    customer answers (pre-arbitration), the dispute is lost and the credit reversed."""
+    return await _dispute(client, settings, "lost", contested=True)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "ping": ping_scenario,
     "onboarding-approved": onboarding_approved,
@@ -499,6 +573,10 @@ SCENARIOS: dict[str, Scenario] = {
     "topup-bank": topup_bank,
     "topup-usdt": topup_usdt,
     "topup-unmatched": topup_unmatched,
+    "billing-period": billing_period,
+    "dispute-won": dispute_won,
+    "dispute-lost": dispute_lost,
+    "reconciliation-clean": reconciliation_clean,
 }
 
 
@@ -643,6 +721,14 @@ async def _demo_money(
         "clawed back in proportion",
         card_workflow_id(card_id),
     )
+
+    from starters.billing import demo_statement
+    from starters.dispute import demo_disputes
+    from starters.reconcile import demo_reconciliation
+
+    await demo_disputes(client, settings, say, customer_id, card_id)
+    await demo_reconciliation(client, settings, lambda line: say(line, None))
+    await demo_statement(client, settings, say, customer_id)
 
     pool = await create_pool(settings.effective_database_url, size_max=1)
     try:

@@ -38,3 +38,8 @@ async def ensure_schedules(client: Client, settings: Settings) -> dict[str, str]
         except ScheduleAlreadyRunningError:
             outcome[spec.schedule_id] = "exists"
     return outcome
+
+
+# Processes register their schedules on import (after SCHEDULES exists).
+import starters.billing  # noqa: E402, F401
+import starters.reconcile  # noqa: E402, F401

@@ -11,19 +11,28 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.billing import BillingActivities
 from activities.card_transactions import CardTransactionActivities
 from activities.cashback import CashbackActivities
 from activities.customers import CustomerActivities
+from activities.disputes import DisputeLedgerActivities, DisputeProviderActivities
 from activities.health import LedgerHealthActivities, providers_ping
 from activities.ledger.activities import LedgerActivities
 from activities.providers.activities import ProviderActivities, ProviderClients
+from activities.reconciliation import (
+    ReconciliationLedgerActivities,
+    ReconciliationProviderActivities,
+)
 from activities.topups import TopupActivities, TopupReceiptActivities
 from schemas.task_queues import TaskQueues
+from workflows.billing import Billing, BillingRun
 from workflows.cards import CardEntity, CardIssue
 from workflows.cashback import Cashback
+from workflows.dispute import DisputeWorkflow
 from workflows.fx import FxConversion
 from workflows.health import Ping
 from workflows.onboarding import Onboarding
+from workflows.reconciliation import Reconciliation, ScheduledReconciliation
 from workflows.topup import Topup
 
 # Every workflow type cardflow runs; the replayer uses the same list.
@@ -35,6 +44,11 @@ ALL_WORKFLOWS: Sequence[type] = (
     Cashback,
     Topup,
     FxConversion,
+    DisputeWorkflow,
+    Billing,
+    BillingRun,
+    Reconciliation,
+    ScheduledReconciliation,
 )
 
 # Models validate e-mail addresses with email-validator, which loads its own
@@ -56,6 +70,9 @@ def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
         *CardTransactionActivities(pool).all(),  # type: ignore[list-item]
         *CashbackActivities(pool).all(),  # type: ignore[list-item]
         *TopupActivities(pool).all(),  # type: ignore[list-item]
+        *ReconciliationLedgerActivities(pool).all(),  # type: ignore[list-item]
+        *DisputeLedgerActivities(pool).all(),  # type: ignore[list-item]
+        *BillingActivities(pool).all(),  # type: ignore[list-item]
     ]
 
 
@@ -72,6 +89,8 @@ def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Ca
         providers_ping,
         *ProviderActivities(clients, pool).all(),  # type: ignore[list-item]
         *TopupReceiptActivities(clients, pool).all(),  # type: ignore[list-item]
+        *ReconciliationProviderActivities(clients, pool).all(),  # type: ignore[list-item]
+        *DisputeProviderActivities(clients).all(),  # type: ignore[list-item]
     ]
 
 

@@ -38,6 +38,7 @@ from schemas.issuer import (
 )
 from schemas.money import Currency
 from schemas.providers import ISSUER
+from schemas.reconciliation import SettlementReportPage
 
 CARDS_PAGE_SIZE_MAX = 100
 
@@ -196,6 +197,21 @@ class IssuerClient(ProviderClient):
             f"/v1/reports/settlement/{settlement_date.isoformat()}",
             SettlementReport,
             params={"format": "json"},
+        )
+
+    async def get_settlement_report_page(
+        self, settlement_date: date, *, cursor: str | None, limit: int
+    ) -> SettlementReportPage:
+        """One page of the day's settlement records, oldest first; its
+        next_cursor reads the next page (None: the last page)."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return await self.call(
+            "GET",
+            f"/v1/reports/settlement/{settlement_date.isoformat()}/pages",
+            SettlementReportPage,
+            params=params,
         )
 
     async def get_authorization(self, authorization_id: str) -> Authorization:

@@ -20,6 +20,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from schemas.billing import BillingInput, BillingRunInput, BillingStatus, Period, Statement
 from schemas.cards import (
     CardInput,
     CardIssueInput,
@@ -28,6 +29,15 @@ from schemas.cards import (
     SpendingLimits,
 )
 from schemas.customers import CustomerProfile
+from schemas.disputes import (
+    DisputeInput,
+    DisputeRequest,
+    DisputeStatusView,
+    DisputeSubmission,
+    EvidenceItem,
+    OperatorAction,
+    WithdrawRequest,
+)
 from schemas.fx import (
     FxConversionInput,
     FxConversionRequest,
@@ -41,7 +51,15 @@ from schemas.money import Currency
 from schemas.onboarding import DocumentSpec, KycReview, OnboardingInput, Resubmission
 from schemas.task_queues import TaskQueues
 from schemas.topup import TopupReview, TopupSource, TopupStatus
+from starters.billing import billing_status, read_statement, start_billing, statements_dir
+from starters.billing import with_queues as with_billing_queues
 from starters.cards import activate, card_status, change_card, reschedule, resolve_exception
+from starters.dispute import add_evidence as add_dispute_evidence
+from starters.dispute import operator_action as dispute_operator_action
+from starters.dispute import status as dispute_status
+from starters.dispute import submit as submit_dispute
+from starters.dispute import with_queues as with_dispute_queues
+from starters.dispute import withdraw as withdraw_dispute
 from starters.fx import cancel as cancel_fx
 from starters.fx import confirm as confirm_fx
 from starters.fx import status as fx_status
@@ -50,12 +68,14 @@ from starters.fx import with_queues as with_fx_queues
 from starters.onboarding import resubmit, review, with_queues
 from starters.topup import review as review_topup
 from starters.topup import status as topup_status
+from workflows.billing import BILLING_RUN_WORKFLOW, billing_run_workflow_id, billing_workflow_id
 from workflows.cards import (
     CARD_ISSUE_WORKFLOW,
     LIMITS_UPDATE,
     card_issue_workflow_id,
     card_workflow_id,
 )
+from workflows.dispute import DISPUTE_WORKFLOW, dispute_workflow_id
 from workflows.fx import FX_WORKFLOW, fx_workflow_id
 from workflows.health import PING_WORKFLOW, ping_workflow_id
 from workflows.onboarding import ONBOARDING_WORKFLOW, onboarding_workflow_id
@@ -619,3 +639,310 @@ async def topup_review_route(
         review_topup(request.app.state.client, source, external_ref, body),
         f"{source}/{external_ref}",
     )
+
+
+# ----- Fees and statements `billing/{customer_id}/{period}` ---------------------
+
+PeriodPath = Annotated[Period, Path(description="The month, YYYY-MM")]
+
+
+@router.post(
+    "/billing/{customer_id}/{period}",
+    status_code=202,
+    response_model=ProcessRef,
+    responses={200: {"model": ProcessRef, "description": "This period was billed already"}},
+    summary="Bill a customer's month (a past one too): card fees, then the statement",
+)
+async def billing_start_route(
+    request: Request, response: Response, customer_id: CustomerIdPath, period: PeriodPath
+) -> ProcessRef:
+    # The process id is the period's: a repeat finds the first process, so no
+    # Idempotency-Key is needed and the same period never charges twice.
+    settings = request.app.state.settings
+    handle = await start_billing(
+        request.app.state.client,
+        request.app.state.queues,
+        BillingInput(
+            customer_id=customer_id,
+            period=period,
+            statements_dir=str(statements_dir(settings)),
+        ),
+    )
+    # A new start knows its run; a handle to the existing process does not.
+    replayed = handle.result_run_id is None
+    if replayed:
+        response.status_code = 200
+        run_id = (await handle.describe()).run_id
+    else:
+        run_id = handle.result_run_id or ""
+    return ProcessRef(
+        workflow_id=billing_workflow_id(customer_id, period),
+        run_id=run_id,
+        process="billing",
+        status_url=f"/v1/billing/{customer_id}/{period}",
+        replayed=replayed,
+    )
+
+
+@router.post(
+    "/billing-runs/{period}",
+    status_code=202,
+    response_model=ProcessRef,
+    summary="Bill every customer with cards for a month (skips those billed already)",
+)
+async def billing_run_route(request: Request, period: PeriodPath) -> ProcessRef:
+    from temporalio.common import WorkflowIDConflictPolicy
+
+    settings = request.app.state.settings
+    run = with_billing_queues(
+        BillingRunInput(period=period, statements_dir=str(statements_dir(settings))),
+        request.app.state.queues,
+    )
+    workflow_id = billing_run_workflow_id(period)
+    handle = await request.app.state.client.start_workflow(
+        BILLING_RUN_WORKFLOW,
+        run,
+        id=workflow_id,
+        task_queue=request.app.state.queues.workflows,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    return ProcessRef(
+        workflow_id=workflow_id,
+        run_id=handle.result_run_id or "",
+        process="billing-run",
+        status_url=f"/v1/processes/{workflow_id}",
+        replayed=False,
+    )
+
+
+@router.get(
+    "/billing/{customer_id}/{period}",
+    response_model=BillingStatus,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="A billing process's stage, fees and statement paths",
+)
+async def billing_status_route(
+    request: Request, customer_id: CustomerIdPath, period: PeriodPath
+) -> BillingStatus:
+    from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
+
+    try:
+        return await billing_status(request.app.state.client, customer_id, period)
+    except RPCError as error:
+        raise _process_error(error, f"{customer_id}/{period}") from None
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as error:
+        detail = f"the process did not answer: {error}"
+        raise HTTPException(status_code=409, detail=detail) from None
+
+
+@router.get(
+    "/statements/{customer_id}/{period}",
+    response_model=Statement,
+    responses={404: {"model": ErrorBody}},
+    summary="A customer's statement of a month: balances, every transaction, fees",
+)
+async def statement_route(
+    request: Request, customer_id: CustomerIdPath, period: PeriodPath
+) -> Statement:
+    statement = read_statement(request.app.state.settings, customer_id, period)
+    if statement is None:
+        raise HTTPException(status_code=404, detail=f"no statement for {customer_id} in {period}")
+    return statement
+
+
+# ----- Disputes `dispute/{transaction_id}` ------------------------------------------
+
+TransactionIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,80}$")]
+
+
+@router.post(
+    "/disputes",
+    status_code=202,
+    response_model=ProcessRef,
+    responses=START_RESPONSES,
+    summary="Dispute a cleared transaction (once per transaction); then add evidence and submit",
+)
+async def open_dispute_route(
+    request: Request, response: Response, body: DisputeRequest, idempotency_key: IdempotencyKey
+) -> ProcessRef:
+    dispute = with_dispute_queues(
+        DisputeInput.model_validate(body.model_dump()), request.app.state.queues
+    )
+    return await start_idempotently(
+        request,
+        response,
+        route="disputes",
+        key=idempotency_key,
+        body=body,
+        workflow=DISPUTE_WORKFLOW,
+        workflow_id=dispute_workflow_id(body.transaction_id),
+        argument=dispute,
+    )
+
+
+@router.post(
+    "/disputes/{transaction_id}/evidence",
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Hand in one piece of evidence",
+)
+async def dispute_evidence_route(
+    request: Request, transaction_id: TransactionIdPath, body: EvidenceItem
+) -> dict[str, str]:
+    try:
+        await add_dispute_evidence(request.app.state.client, transaction_id, body)
+    except RPCError as error:
+        raise _process_error(error, transaction_id) from None
+    return {"result": "evidence received"}
+
+
+@router.post(
+    "/disputes/{transaction_id}/submit",
+    response_model=DisputeStatusView,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Submit the evidence (or answer a representment); 409 names what is missing",
+)
+async def dispute_submit_route(
+    request: Request, transaction_id: TransactionIdPath, body: DisputeSubmission
+) -> DisputeStatusView:
+    try:
+        return await submit_dispute(request.app.state.client, transaction_id, body.evidence)
+    except WorkflowUpdateFailedError as error:
+        raise HTTPException(status_code=409, detail=str(error.cause)) from None
+    except RPCError as error:
+        raise _process_error(error, transaction_id) from None
+
+
+@router.post(
+    "/disputes/{transaction_id}/withdraw",
+    response_model=DisputeStatusView,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="Withdraw an undecided dispute; any provisional credit is taken back",
+)
+async def dispute_withdraw_route(
+    request: Request, transaction_id: TransactionIdPath, body: WithdrawRequest
+) -> DisputeStatusView:
+    try:
+        return await withdraw_dispute(request.app.state.client, transaction_id, body)
+    except WorkflowUpdateFailedError as error:
+        raise HTTPException(status_code=409, detail=str(error.cause)) from None
+    except RPCError as error:
+        raise _process_error(error, transaction_id) from None
+
+
+@router.post(
+    "/disputes/{transaction_id}/operator",
+    response_model=DisputeStatusView,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="An operator credits provisionally now, or answers a representment now",
+)
+async def dispute_operator_route(
+    request: Request, transaction_id: TransactionIdPath, body: OperatorAction
+) -> DisputeStatusView:
+    try:
+        return await dispute_operator_action(request.app.state.client, transaction_id, body)
+    except WorkflowUpdateFailedError as error:
+        raise HTTPException(status_code=409, detail=str(error.cause)) from None
+    except RPCError as error:
+        raise _process_error(error, transaction_id) from None
+
+
+@router.get(
+    "/disputes/{transaction_id}",
+    response_model=DisputeStatusView,
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="A dispute's stage, evidence, deadlines and amounts",
+)
+async def dispute_status_route(
+    request: Request, transaction_id: TransactionIdPath
+) -> DisputeStatusView:
+    try:
+        return await dispute_status(request.app.state.client, transaction_id)
+    except RPCError as error:
+        raise _process_error(error, transaction_id) from None
+
+
+# ----- Reconciliation `reconciliation/{provider}/{date}` ------------------------
+
+from datetime import date as _date  # noqa: E402
+
+from temporalio.client import WorkflowQueryFailedError  # noqa: E402
+
+from schemas.reconciliation import (  # noqa: E402
+    Decision,
+    ReconciliationItem,
+    ReconciliationStatus,
+)
+from starters.reconcile import decide as decide_reconciliation  # noqa: E402
+from starters.reconcile import reconciliation_input  # noqa: E402
+from starters.reconcile import start as start_reconciliation  # noqa: E402
+from starters.reconcile import status as reconciliation_status  # noqa: E402
+from workflows.reconciliation import reconciliation_workflow_id  # noqa: E402
+
+
+@router.post(
+    "/reconciliations/issuer/{settlement_date}",
+    status_code=202,
+    response_model=ProcessRef,
+    responses={200: {"model": ProcessRef, "description": "This day was reconciled already"}},
+    summary="Reconcile the issuer's settlement report of a UTC day (YYYY-MM-DD)",
+)
+async def reconciliation_start_route(
+    request: Request, response: Response, settlement_date: _date
+) -> ProcessRef:
+    # The process id is the day's: a repeat finds the first process (a failed
+    # one runs again), so no Idempotency-Key is needed.
+    queues = request.app.state.queues
+    handle = await start_reconciliation(
+        request.app.state.client,
+        queues,
+        reconciliation_input(request.app.state.settings, queues, settlement_date),
+    )
+    replayed = handle.result_run_id is None
+    if replayed:
+        response.status_code = 200
+        run_id = (await handle.describe()).run_id
+    else:
+        run_id = handle.result_run_id or ""
+    return ProcessRef(
+        workflow_id=reconciliation_workflow_id("issuer", settlement_date),
+        run_id=run_id,
+        process="reconciliation",
+        status_url=f"/v1/reconciliations/issuer/{settlement_date.isoformat()}",
+        replayed=replayed,
+    )
+
+
+@router.get(
+    "/reconciliations/issuer/{settlement_date}",
+    response_model=ReconciliationStatus,
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="A reconciliation's stage and its differences",
+)
+async def reconciliation_status_route(
+    request: Request, settlement_date: _date
+) -> ReconciliationStatus:
+    try:
+        return await reconciliation_status(request.app.state.client, settlement_date)
+    except RPCError as error:
+        raise _process_error(error, settlement_date.isoformat()) from None
+    except WorkflowQueryFailedError as error:
+        detail = f"the process did not answer: {error}"
+        raise HTTPException(status_code=409, detail=detail) from None
+
+
+@router.post(
+    "/reconciliations/issuer/{settlement_date}/decisions",
+    response_model=ReconciliationItem,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    summary="An operator decides one difference over the threshold: adjust or dismiss",
+)
+async def reconciliation_decide_route(
+    request: Request, settlement_date: _date, body: Decision
+) -> ReconciliationItem:
+    try:
+        return await decide_reconciliation(request.app.state.client, settlement_date, body)
+    except WorkflowUpdateFailedError as error:
+        raise HTTPException(status_code=409, detail=str(error.cause)) from None
+    except RPCError as error:
+        raise _process_error(error, settlement_date.isoformat()) from None

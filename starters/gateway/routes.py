@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from schemas.bank import InboundTransfer
 from schemas.cards import CARD_REASONS, CardNetworkEvent, ShippingUpdate
+from schemas.disputes import IssuerDisputeEvent
 from schemas.health import PingInput, WebhookEventNote
 from schemas.issuer import Authorization, DecidedBy, Reversal, Transaction
 from schemas.onboarding import KycResult
@@ -30,6 +31,7 @@ from workflows.cards import (
     card_issue_workflow_id,
     card_workflow_id,
 )
+from workflows.dispute import ISSUER_EVENT_SIGNAL, dispute_workflow_id
 from workflows.health import (
     PING_WORKFLOW,
     RECORD_WEBHOOK_EVENT_UPDATE,
@@ -204,6 +206,29 @@ def _topup_route(signal: str, record: type[BaseModel]) -> Route:
     )
 
 
+def _dispute_id(_: str, event: ProviderEvent) -> str:
+    return dispute_workflow_id(str(event.data.get("transaction_id", "")))
+
+
+def _dispute_event(_: str, event: ProviderEvent) -> IssuerDisputeEvent:
+    return IssuerDisputeEvent(
+        event_id=event.id,
+        type=event.type,
+        dispute_id=event.data["id"],
+        transaction_id=event.data["transaction_id"],
+        status=event.data["status"],
+    )
+
+
+# The issuer's dispute decisions go to dispute/{transaction_id}.
+DISPUTE_EVENTS = (
+    "dispute.representment",
+    "dispute.pre_arbitration",
+    "dispute.won",
+    "dispute.lost",
+    "dispute.withdrawn",
+)
+
 DEPOSIT_EVENTS = (
     "deposit.detected",
     "deposit.confirmations",
@@ -259,6 +284,15 @@ ROUTES: dict[tuple[str, str], Route] = {
     # order, any number of times), to topup/{bank|usdt}/{ref}.
     (BANK, "inbound_transfer.received"): _topup_route(BANK_TRANSFER_SIGNAL, InboundTransfer),
     **{(TRON, event_type): _topup_route(DEPOSIT_SIGNAL, Deposit) for event_type in DEPOSIT_EVENTS},
+    **{
+        (ISSUER, event_type): Route(
+            kind="signal",
+            name=ISSUER_EVENT_SIGNAL,
+            workflow_id=_dispute_id,
+            argument=_dispute_event,
+        )
+        for event_type in DISPUTE_EVENTS
+    },
 }
 
 
