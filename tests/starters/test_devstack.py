@@ -84,7 +84,7 @@ def stack_env(home: Path, **ports: int) -> dict[str, str]:
 
 def process_lives(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

@@ -16,6 +16,7 @@ import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -94,7 +95,7 @@ def test_the_api_never_answers_5xx_and_keeps_its_contract(gateway_url: str) -> N
         content_type_conformance,
         response_schema_conformance,
     ]
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [result.ok() for result in schema.get_all_operations() if isinstance(result, Ok)]
     assert {op.path for op in operations} >= {"/v1/pings", "/v1/processes/{workflow_id}"}
     for operation in operations:
 

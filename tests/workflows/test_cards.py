@@ -116,9 +116,10 @@ async def issue(
 async def stage_of(
     handle: WorkflowHandle[Any, Any], stage: str, seconds: float = 20
 ) -> CardIssueStatus:
-    status = None
+    status: CardIssueStatus | None = None
     for _ in range(int(seconds / 0.05)):
         status = await handle.query("status", result_type=CardIssueStatus)
+        assert status is not None
         if status.stage == stage:
             return status
         await asyncio.sleep(0.05)

@@ -15,6 +15,7 @@ from temporalio.service import RPCError
 from activities.ledger import Ledger
 from schemas.customers import CustomerProfile
 from schemas.kyc import KycDocumentType
+from schemas.notify import Channel
 from schemas.onboarding import (
     DocumentSpec,
     KycReview,
@@ -67,7 +68,7 @@ async def reach(
     handle: WorkflowHandle[Any, Any], stage: str, seconds: float = 20
 ) -> OnboardingStatus:
     for _ in range(int(seconds / 0.05)):
-        status = await handle.query("status", result_type=OnboardingStatus)
+        status: OnboardingStatus = await handle.query("status", result_type=OnboardingStatus)
         if status.stage == stage:
             return status
         await asyncio.sleep(0.05)
@@ -301,7 +302,7 @@ async def test_notifications_follow_the_customers_channel_preferences(platform: 
         country="DEU",
         email=f"{customer_id}@example.com",
         telegram_chat_id="424242",
-        preferred_channels=["telegram", "email"],
+        preferred_channels=[Channel.TELEGRAM, Channel.EMAIL],
     )
     handle = await platform.stack.client.start_workflow(
         ONBOARDING_WORKFLOW,
@@ -328,5 +329,5 @@ async def test_notifications_follow_the_customers_channel_preferences(platform: 
             date_of_birth=date(1990, 1, 1),
             country="DEU",
             email="a@example.com",
-            preferred_channels=["push"],
+            preferred_channels=[Channel.PUSH],
         )

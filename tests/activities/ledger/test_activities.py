@@ -9,7 +9,8 @@ import asyncpg
 import pytest
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.ledger import Ledger
@@ -29,13 +30,14 @@ class TransferProbe:
 
     @workflow.run
     async def run(self, request: TransferRequest) -> TransferOutcome:
-        return await workflow.execute_activity(
+        outcome: TransferOutcome = await workflow.execute_activity(
             TRANSFER,
             request,
             start_to_close_timeout=LEDGER_START_TO_CLOSE,
             retry_policy=LEDGER_RETRY_POLICY,
             result_type=TransferOutcome,
         )
+        return outcome
 
 
 class CrashAfterCommit:
@@ -55,12 +57,12 @@ class CrashAfterCommit:
 
 
 async def run_probe(
-    client: Client, activities: object, request: TransferRequest
+    client: Client, activities: LedgerActivities | CrashAfterCommit, request: TransferRequest
 ) -> TransferOutcome:
     queue = f"ledger-probe-{uuid.uuid4().hex[:8]}"
     async with Worker(
         client, task_queue=queue, workflows=[TransferProbe], activities=[activities.transfer]
-    ):  # type: ignore[attr-defined]
+    ):
         return await client.execute_workflow(
             TransferProbe.run,
             request,
@@ -71,13 +73,13 @@ async def run_probe(
 
 
 async def test_a_retry_after_commit_leaves_exactly_one_transfer(
-    workflow_env: object, ledger_pool: asyncpg.Pool
+    workflow_env: WorkflowEnvironment, ledger_pool: asyncpg.Pool
 ) -> None:
     ledger = Ledger(ledger_pool)
     await open_basics(ledger, "w:a")
     crashing = CrashAfterCommit(ledger_pool)
     request = move(BANK, "w:a", 4_200)
-    outcome = await run_probe(workflow_env.client, crashing, request)  # type: ignore[attr-defined]
+    outcome = await run_probe(workflow_env.client, crashing, request)
     assert crashing.attempts == [1, 2]
     assert outcome.accepted and outcome.replayed
     rows = await ledger_pool.fetch(
@@ -88,7 +90,7 @@ async def test_a_retry_after_commit_leaves_exactly_one_transfer(
 
 
 async def test_a_business_rejection_is_returned_not_retried(
-    workflow_env: object, ledger_pool: asyncpg.Pool
+    workflow_env: WorkflowEnvironment, ledger_pool: asyncpg.Pool
 ) -> None:
     ledger = Ledger(ledger_pool)
     await open_basics(ledger, "w:a", "w:b")
@@ -103,14 +105,14 @@ async def test_a_business_rejection_is_returned_not_retried(
 
     outcome = await run_probe(
         workflow_env.client,
-        Counting(ledger_pool),  # type: ignore[attr-defined]
+        Counting(ledger_pool),
         move("w:a", "w:b", 1),
     )
     assert outcome.rejection == "insufficient_funds" and Counting.attempts == 1
 
 
 async def test_a_reused_key_fails_the_activity_once_without_retrying(
-    workflow_env: object, ledger_pool: asyncpg.Pool
+    workflow_env: WorkflowEnvironment, ledger_pool: asyncpg.Pool
 ) -> None:
     ledger = Ledger(ledger_pool)
     await open_basics(ledger, "w:a")
@@ -127,10 +129,12 @@ async def test_a_reused_key_fails_the_activity_once_without_retrying(
     with pytest.raises(WorkflowFailureError) as failure:
         await run_probe(
             workflow_env.client,
-            Counting(ledger_pool),  # type: ignore[attr-defined]
+            Counting(ledger_pool),
             move(BANK, "w:a", 6, k="reused-key"),
         )
-    cause = failure.value.cause.cause  # workflow failure <- activity error <- application error
+    activity_error = failure.value.cause
+    assert isinstance(activity_error, ActivityError)
+    cause = activity_error.cause  # workflow failure <- activity error <- application error
     assert isinstance(cause, ApplicationError)
     assert cause.type == "IdempotencyConflict" and "reused-key" in cause.message
     assert Counting.attempts == 1

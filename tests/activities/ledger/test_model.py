@@ -169,11 +169,11 @@ class LedgerMachine(RuleBasedStateMachine):
             currency=currency,
         )
         if hold is None:
-            request: TransferRequest = TransferRequest(**common)
+            request: TransferRequest = TransferRequest.model_validate(common)
         else:
             seconds = SHORT_HOLD_SECONDS if hold == "short" else LONG_HOLD_SECONDS
-            request = HoldRequest(
-                **common, expires_at=datetime.now(UTC) + timedelta(seconds=seconds)
+            request = HoldRequest.model_validate(
+                {**common, "expires_at": datetime.now(UTC) + timedelta(seconds=seconds)}
             )
         expected = self.expect_transfer(
             debit, credit, amount, currency, hold is not None, self.accounts
@@ -181,7 +181,7 @@ class LedgerMachine(RuleBasedStateMachine):
         outcome = self.run(self.world.ledger.transfer(request))
         assert outcome.rejection == expected, (outcome, expected)
         self.sent.append(Sent(request, outcome))
-        if hold is not None and expected is None:
+        if isinstance(request, HoldRequest) and expected is None:
             self.holds.append(
                 ModelHold(request.key, debit, credit, amount, request.expires_at.timestamp())
             )
