@@ -230,26 +230,12 @@ async def reconciliation_clean(client: Client, settings: Settings) -> list[str]:
     import asyncio
     import uuid
 
-    from schemas.cards import CardInput, CardIssueInput
-    from starters.cards import issue_card
-    from starters.scenarios import SCENARIO_ADDRESS, _fund_wallet, onboarding_approved
+    from schemas.cards import CardInput
+    from starters.scenarios import funded_virtual_card
     from starters.simulate import authorize, clear
     from workflows.cards import card_workflow_id
 
-    onboarding = await onboarding_approved(client, settings)
-    customer_id = onboarding.removeprefix("onboarding/")
-    await _fund_wallet(settings, customer_id, 10_000)
-    issued = await issue_card(
-        client,
-        settings.task_queues,
-        CardIssueInput(
-            request_id=f"scenario-{uuid.uuid4().hex[:8]}",
-            customer_id=customer_id,
-            kind="virtual",
-            address=SCENARIO_ADDRESS,
-        ),
-    )
-    card_id = (await issued.result()).card_id or ""
+    _, _, card_id = await funded_virtual_card(client, settings)
     authorization = await authorize(settings, card_id, 3_000)
     cleared = await clear(settings, authorization.id, 3_000, final=True)
     card = client.get_workflow_handle(card_workflow_id(card_id))

@@ -182,11 +182,14 @@ async def _fund_wallet(settings: Settings, customer_id: str, amount_minor: int) 
         await pool.close()
 
 
-async def card_virtual(client: Client, settings: Settings) -> list[str]:
-    """An approved customer gets a virtual card, freezes, unfreezes and closes it."""
+async def funded_virtual_card(
+    client: Client, settings: Settings, funds_minor: int = 10_000
+) -> tuple[str, str, str]:
+    """An approved customer with `funds_minor` USD and an open virtual card:
+    (customer id, card-issue workflow id, card id)."""
     onboarding = await onboarding_approved(client, settings)
     customer_id = onboarding.removeprefix("onboarding/")
-    await _fund_wallet(settings, customer_id, 10_000)
+    await _fund_wallet(settings, customer_id, funds_minor)
     issued = await issue_card(
         client,
         settings.task_queues,
@@ -197,12 +200,17 @@ async def card_virtual(client: Client, settings: Settings) -> list[str]:
             address=SCENARIO_ADDRESS,
         ),
     )
-    result = await issued.result()
-    card = client.get_workflow_handle(card_workflow_id(result.card_id or ""))
+    return customer_id, issued.id, (await issued.result()).card_id or ""
+
+
+async def card_virtual(client: Client, settings: Settings) -> list[str]:
+    """An approved customer gets a virtual card, freezes, unfreezes and closes it."""
+    _, issue_id, card_id = await funded_virtual_card(client, settings)
+    card = client.get_workflow_handle(card_workflow_id(card_id))
     for update in (FREEZE_UPDATE, UNFREEZE_UPDATE, CLOSE_UPDATE):
         await card.execute_update(update, CardStateChange(reason="scenario"))
     await card.result()
-    return [issued.id, card.id]
+    return [issue_id, card.id]
 
 
 async def _fx_quote(
@@ -464,20 +472,7 @@ async def card_purchase(client: Client, settings: Settings) -> list[str]:
     """A virtual card's purchase, clearing, cashback and refund; then it closes."""
     from workflows.cashback import cashback_workflow_id
 
-    onboarding = await onboarding_approved(client, settings)
-    customer_id = onboarding.removeprefix("onboarding/")
-    await _fund_wallet(settings, customer_id, 10_000)
-    issued = await issue_card(
-        client,
-        settings.task_queues,
-        CardIssueInput(
-            request_id=f"scenario-{uuid.uuid4().hex[:8]}",
-            customer_id=customer_id,
-            kind="virtual",
-            address=SCENARIO_ADDRESS,
-        ),
-    )
-    card_id = (await issued.result()).card_id or ""
+    customer_id, _, card_id = await funded_virtual_card(client, settings)
     _, transaction_id = await purchase_with_cashback(client, settings, customer_id, card_id)
     card = client.get_workflow_handle(card_workflow_id(card_id))
     await card.execute_update(CLOSE_UPDATE, CardStateChange(reason="scenario"))
@@ -522,20 +517,7 @@ async def _dispute(client: Client, settings: Settings, outcome: str, contested: 
     from schemas.issuer import DisputeOutcome
     from starters.dispute import dispute_purchase
 
-    onboarding = await onboarding_approved(client, settings)
-    customer_id = onboarding.removeprefix("onboarding/")
-    await _fund_wallet(settings, customer_id, 10_000)
-    issued = await issue_card(
-        client,
-        settings.task_queues,
-        CardIssueInput(
-            request_id=f"scenario-{uuid.uuid4().hex[:8]}",
-            customer_id=customer_id,
-            kind="virtual",
-            address=SCENARIO_ADDRESS,
-        ),
-    )
-    card_id = (await issued.result()).card_id or ""
+    customer_id, _, card_id = await funded_virtual_card(client, settings)
     return await dispute_purchase(
         client,
         settings,

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         CardStateRequest,
         CreateCard,
     )
+    from schemas.accounts import revenue_fees, system_account
     from schemas.cards import (
         AuthorizationAnswer,
         AuthorizationRequest,
@@ -63,7 +64,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.customers import KycStatus, Notification
     from schemas.issuer import Card, CardState, ShippingStatus
-    from schemas.ledger import Account, AccountSpec, TransferOutcome, TransferRequest
+    from schemas.ledger import Account, TransferOutcome, TransferRequest
     from schemas.search import CARD_ID, CUSTOMER_ID, PROCESS_STATUS
     from workflows.card_money import CardMoney
     from workflows.onboarding import wallet_code
@@ -83,7 +84,6 @@ REPORT_STOLEN_UPDATE = "report_stolen"
 AUTHORIZE_UPDATE = "authorize"
 NETWORK_EVENT_SIGNAL = "network_event"
 RESOLVE_EXCEPTION_UPDATE = "resolve_exception"
-FEE_ACCOUNT_SLOTS = 8
 SHORT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 
 
@@ -95,8 +95,19 @@ def card_workflow_id(card_id: str) -> str:
     return f"card/{card_id}"
 
 
+async def start_card_entity(card: CardInput) -> None:
+    """Start the card's own long-lived workflow; it outlives whoever starts it."""
+    await workflow.start_child_workflow(
+        CARD_WORKFLOW,
+        card,
+        id=card_workflow_id(card.card_id),
+        task_queue=card.workflows_task_queue,
+        parent_close_policy=ParentClosePolicy.ABANDON,
+    )
+
+
 def fee_account(currency: str) -> str:
-    return f"revenue:fees:{currency}"
+    return revenue_fees(currency)
 
 
 @workflow.defn(name=CARD_ISSUE_WORKFLOW)
@@ -191,8 +202,7 @@ class CardIssue:
         if request.kind == "physical":
             await self._deliver(request)
 
-        await workflow.start_child_workflow(
-            CARD_WORKFLOW,
+        await start_card_entity(
             CardInput(
                 card_id=card.id,
                 customer_id=request.customer_id,
@@ -202,10 +212,7 @@ class CardIssue:
                 ledger_task_queue=request.ledger_task_queue,
                 providers_task_queue=request.providers_task_queue,
                 workflows_task_queue=request.workflows_task_queue,
-            ),
-            id=card_workflow_id(card.id),
-            task_queue=request.workflows_task_queue,
-            parent_close_policy=ParentClosePolicy.ABANDON,
+            )
         )
         self._set_stage("open")
         await self._notify(
@@ -223,12 +230,7 @@ class CardIssue:
         await on_ledger(
             request.ledger_task_queue,
             OPEN_ACCOUNT,
-            AccountSpec(
-                code=revenue,
-                currency=request.currency,
-                kind="revenue",
-                balance_slots=FEE_ACCOUNT_SLOTS,
-            ),
+            system_account(revenue),
             result_type=Account,
         )
         wallet = wallet_code(request.customer_id, request.currency.value)
@@ -624,8 +626,7 @@ class CardEntity:
         )
         state.state = CardState.CLOSED
         state.replaced_by = replacement.id
-        await workflow.start_child_workflow(
-            CARD_WORKFLOW,
+        await start_card_entity(
             CardInput(
                 card_id=replacement.id,
                 customer_id=state.customer_id,
@@ -637,10 +638,7 @@ class CardEntity:
                 providers_task_queue=state.providers_task_queue,
                 workflows_task_queue=state.workflows_task_queue,
                 history_events_max=state.history_events_max,
-            ),
-            id=card_workflow_id(replacement.id),
-            task_queue=state.workflows_task_queue,
-            parent_close_policy=ParentClosePolicy.ABANDON,
+            )
         )
         await on_providers(
             state.providers_task_queue,

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         KYC_START_CHECK,
         NOTIFY_CUSTOMER,
     )
+    from schemas import accounts
     from schemas.customers import KycStatus, Notification
     from schemas.kyc import KycApplicant, KycCheck
     from schemas.ledger import Account, AccountSpec
@@ -65,7 +66,7 @@ def onboarding_workflow_id(customer_id: str) -> str:
 
 
 def wallet_code(customer_id: str, currency: str) -> str:
-    return f"customer:{customer_id}:wallet:{currency}"
+    return accounts.wallet(customer_id, currency)
 
 
 class Finished(Exception):

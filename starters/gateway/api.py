@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
@@ -341,12 +342,7 @@ async def review_onboarding_route(
     request: Request, customer_id: CustomerIdPath, body: KycReview
 ) -> dict[str, str]:
     client: Client = request.app.state.client
-    try:
-        return {"result": await review(client, customer_id, body)}
-    except WorkflowUpdateFailedError as error:
-        raise HTTPException(status_code=409, detail=str(error.cause)) from None
-    except RPCError as error:
-        raise _process_error(error, customer_id) from None
+    return {"result": await _steer(review(client, customer_id, body), customer_id)}
 
 
 @router.post(
@@ -427,24 +423,36 @@ async def card_action_route(
     request: Request, card_id: CardIdPath, body: CardAction
 ) -> dict[str, str]:
     client: Client = request.app.state.client
-    try:
-        return {"result": await change_card(client, card_id, body.action, body.reason)}
-    except WorkflowUpdateFailedError as error:
-        raise HTTPException(status_code=409, detail=str(error.cause)) from None
-    except RPCError as error:
-        raise _process_error(error, card_id) from None
+    return {"result": await _steer(change_card(client, card_id, body.action, body.reason), card_id)}
 
 
 RequestIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
-async def _update_process(call: Any, subject: str) -> dict[str, str]:
+T = TypeVar("T")
+
+
+def _refused(error: WorkflowUpdateFailedError) -> HTTPException:
+    return HTTPException(status_code=409, detail=str(error.cause))
+
+
+async def _steer(
+    call: Awaitable[T],
+    subject: str,
+    refused: Callable[[WorkflowUpdateFailedError], HTTPException] = _refused,
+) -> T:
+    """Await an update or query on a process: a refusal is a 409 with the
+    process's reason, a missing process a 404, an unreachable Temporal a 503."""
     try:
-        return {"result": str(await call)}
+        return await call
     except WorkflowUpdateFailedError as error:
-        raise HTTPException(status_code=409, detail=str(error.cause)) from None
+        raise refused(error) from None
     except RPCError as error:
         raise _process_error(error, subject) from None
+
+
+async def _update_process(call: Awaitable[Any], subject: str) -> dict[str, str]:
+    return {"result": str(await _steer(call, subject))}
 
 
 @router.post(
@@ -476,14 +484,12 @@ async def limits_route(
     request: Request, card_id: CardIdPath, body: SpendingLimits
 ) -> SpendingLimits:
     handle = request.app.state.client.get_workflow_handle(card_workflow_id(card_id))
-    try:
-        stored: SpendingLimits = await handle.execute_update(
+    stored: SpendingLimits = await _steer(
+        handle.execute_update(
             LIMITS_UPDATE, body, result_type=SpendingLimits, rpc_timeout=timedelta(seconds=10)
-        )
-    except WorkflowUpdateFailedError as error:
-        raise HTTPException(status_code=409, detail=str(error.cause)) from None
-    except RPCError as error:
-        raise _process_error(error, card_id) from None
+        ),
+        card_id,
+    )
     return stored
 
 
@@ -493,10 +499,7 @@ async def limits_route(
     summary="A card's state: limits, open authorizations and holds, exceptions",
 )
 async def card_route(request: Request, card_id: CardIdPath) -> CardInput:
-    try:
-        return await card_status(request.app.state.client, card_id)
-    except RPCError as error:
-        raise _process_error(error, card_id) from None
+    return await _steer(card_status(request.app.state.client, card_id), card_id)
 
 
 @router.post(
@@ -556,12 +559,11 @@ async def fx_quote_route(
         workflow_id=fx_workflow_id(conversion.request_id),
         argument=conversion,
     )
-    try:
-        offer = await wait_fx_quote(request.app.state.client, conversion.request_id)
-    except WorkflowUpdateFailedError as error:
-        raise _fx_refusal(error) from None
-    except RPCError as error:
-        raise _process_error(error, conversion.request_id) from None
+    offer = await _steer(
+        wait_fx_quote(request.app.state.client, conversion.request_id),
+        conversion.request_id,
+        _fx_refusal,
+    )
     return FxQuoteStarted(**started.model_dump(), offer=offer)
 
 
@@ -572,12 +574,7 @@ async def fx_quote_route(
     summary="Convert at the quote; 409 with the reason when expired, cancelled or declined",
 )
 async def fx_confirm_route(request: Request, request_id: RequestIdPath) -> FxConversionResult:
-    try:
-        return await confirm_fx(request.app.state.client, request_id)
-    except WorkflowUpdateFailedError as error:
-        raise _fx_refusal(error) from None
-    except RPCError as error:
-        raise _process_error(error, request_id) from None
+    return await _steer(confirm_fx(request.app.state.client, request_id), request_id, _fx_refusal)
 
 
 @router.post(
@@ -586,12 +583,11 @@ async def fx_confirm_route(request: Request, request_id: RequestIdPath) -> FxCon
     summary="Drop an unconfirmed quote; nothing is converted",
 )
 async def fx_cancel_route(request: Request, request_id: RequestIdPath) -> dict[str, str]:
-    try:
-        return {"result": await cancel_fx(request.app.state.client, request_id)}
-    except WorkflowUpdateFailedError as error:
-        raise _fx_refusal(error) from None
-    except RPCError as error:
-        raise _process_error(error, request_id) from None
+    return {
+        "result": await _steer(
+            cancel_fx(request.app.state.client, request_id), request_id, _fx_refusal
+        )
+    }
 
 
 @router.get(
@@ -601,10 +597,7 @@ async def fx_cancel_route(request: Request, request_id: RequestIdPath) -> dict[s
     summary="A conversion's stage, quote, amounts and expiry",
 )
 async def fx_status_route(request: Request, request_id: RequestIdPath) -> FxStatus:
-    try:
-        return await fx_status(request.app.state.client, request_id)
-    except RPCError as error:
-        raise _process_error(error, request_id) from None
+    return await _steer(fx_status(request.app.state.client, request_id), request_id)
 
 
 # ----- Top-ups `topup/{source}/{external_ref}` ----------------------------------
@@ -621,10 +614,9 @@ ExternalRefPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 async def topup_status_route(
     request: Request, source: TopupSource, external_ref: ExternalRefPath
 ) -> TopupStatus:
-    try:
-        return await topup_status(request.app.state.client, source, external_ref)
-    except RPCError as error:
-        raise _process_error(error, f"{source}/{external_ref}") from None
+    return await _steer(
+        topup_status(request.app.state.client, source, external_ref), f"{source}/{external_ref}"
+    )
 
 
 @router.post(
@@ -728,9 +720,10 @@ async def billing_status_route(
     from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
 
     try:
-        return await billing_status(request.app.state.client, customer_id, period)
-    except RPCError as error:
-        raise _process_error(error, f"{customer_id}/{period}") from None
+        return await _steer(
+            billing_status(request.app.state.client, customer_id, period),
+            f"{customer_id}/{period}",
+        )
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as error:
         detail = f"the process did not answer: {error}"
         raise HTTPException(status_code=409, detail=detail) from None
@@ -805,12 +798,9 @@ async def dispute_evidence_route(
 async def dispute_submit_route(
     request: Request, transaction_id: TransactionIdPath, body: DisputeSubmission
 ) -> DisputeStatusView:
-    try:
-        return await submit_dispute(request.app.state.client, transaction_id, body.evidence)
-    except WorkflowUpdateFailedError as error:
-        raise HTTPException(status_code=409, detail=str(error.cause)) from None
-    except RPCError as error:
-        raise _process_error(error, transaction_id) from None
+    return await _steer(
+        submit_dispute(request.app.state.client, transaction_id, body.evidence), transaction_id
+    )
 
 
 @router.post(
@@ -822,12 +812,9 @@ async def dispute_submit_route(
 async def dispute_withdraw_route(
     request: Request, transaction_id: TransactionIdPath, body: WithdrawRequest
 ) -> DisputeStatusView:
-    try:
-        return await withdraw_dispute(request.app.state.client, transaction_id, body)
-    except WorkflowUpdateFailedError as error:
-        raise HTTPException(status_code=409, detail=str(error.cause)) from None
-    except RPCError as error:
-        raise _process_error(error, transaction_id) from None
+    return await _steer(
+        withdraw_dispute(request.app.state.client, transaction_id, body), transaction_id
+    )
 
 
 @router.post(
@@ -839,12 +826,9 @@ async def dispute_withdraw_route(
 async def dispute_operator_route(
     request: Request, transaction_id: TransactionIdPath, body: OperatorAction
 ) -> DisputeStatusView:
-    try:
-        return await dispute_operator_action(request.app.state.client, transaction_id, body)
-    except WorkflowUpdateFailedError as error:
-        raise HTTPException(status_code=409, detail=str(error.cause)) from None
-    except RPCError as error:
-        raise _process_error(error, transaction_id) from None
+    return await _steer(
+        dispute_operator_action(request.app.state.client, transaction_id, body), transaction_id
+    )
 
 
 @router.get(
@@ -856,10 +840,7 @@ async def dispute_operator_route(
 async def dispute_status_route(
     request: Request, transaction_id: TransactionIdPath
 ) -> DisputeStatusView:
-    try:
-        return await dispute_status(request.app.state.client, transaction_id)
-    except RPCError as error:
-        raise _process_error(error, transaction_id) from None
+    return await _steer(dispute_status(request.app.state.client, transaction_id), transaction_id)
 
 
 # ----- Reconciliation `reconciliation/{provider}/{date}` ------------------------
@@ -923,9 +904,10 @@ async def reconciliation_status_route(
     request: Request, settlement_date: _date
 ) -> ReconciliationStatus:
     try:
-        return await reconciliation_status(request.app.state.client, settlement_date)
-    except RPCError as error:
-        raise _process_error(error, settlement_date.isoformat()) from None
+        return await _steer(
+            reconciliation_status(request.app.state.client, settlement_date),
+            settlement_date.isoformat(),
+        )
     except WorkflowQueryFailedError as error:
         detail = f"the process did not answer: {error}"
         raise HTTPException(status_code=409, detail=detail) from None
@@ -940,9 +922,7 @@ async def reconciliation_status_route(
 async def reconciliation_decide_route(
     request: Request, settlement_date: _date, body: Decision
 ) -> ReconciliationItem:
-    try:
-        return await decide_reconciliation(request.app.state.client, settlement_date, body)
-    except WorkflowUpdateFailedError as error:
-        raise HTTPException(status_code=409, detail=str(error.cause)) from None
-    except RPCError as error:
-        raise _process_error(error, settlement_date.isoformat()) from None
+    return await _steer(
+        decide_reconciliation(request.app.state.client, settlement_date, body),
+        settlement_date.isoformat(),
+    )

@@ -5,8 +5,12 @@ time, the card's workflow decides and holds, and the issuer's webhooks
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import WorkflowHandle
@@ -601,3 +605,38 @@ async def test_the_process_route_shows_a_cards_own_status(platform: Platform) ->
         shown = (await api.get(f"/processes/{card_workflow_id(card_id)}")).json()
     assert (shown["workflow_type"], shown["status"], shown["stage"]) == ("Card", "RUNNING", "open")
     assert shown["details"]["authorizations"][auth.id]["authorized_minor"] == 700
+
+
+async def test_the_simulate_commands_drive_a_purchase_and_refuse_bad_input(
+    platform: Platform, tmp_path: Path
+) -> None:
+    customer_id, card_id, _ = await open_card(platform)
+    env = {
+        **os.environ,
+        "CARDFLOW_PROVIDERS_URL": platform.sim.url,
+        "CARDFLOW_HOME": str(tmp_path),
+    }
+
+    async def cardflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "starters.cli", "simulate", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    bad = await cardflow("authorize", card_id, "100", "--mcc", "12")
+    assert bad.returncode == 2 and "--mcc" in bad.stderr
+    bought = await cardflow("authorize", card_id, "700")
+    assert bought.returncode == 0, bought.stderr
+    authorization = Authorization.model_validate_json(bought.stdout)
+    assert authorization.status.value == "pending"
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=700)
+    cleared = await cardflow("clear", authorization.id, "--amount", "500", "--final")
+    assert cleared.returncode == 0, cleared.stderr
+    await wallet_becomes(platform, customer_id, posted=9_500, pending=0)
+    again = await cardflow("clear", authorization.id)
+    # The issuer refuses a clearing of a settled authorization; the command says so.
+    assert again.returncode == 1 and "refused" in again.stderr
