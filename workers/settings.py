@@ -157,6 +157,22 @@ class Settings(BaseSettings):
     authorization_stand_in: Literal["approve", "decline"] = Field(
         default="decline", validation_alias="CARDFLOW_AUTHORIZATION_STAND_IN"
     )
+    # Observability. Each long-running process (worker, gateway) serves
+    # Prometheus metrics on this port when set; `cardflow dev up` gives each
+    # part its own port from CARDFLOW_METRICS_PORT_BASE.
+    metrics_port: Port | None = Field(default=None, validation_alias="CARDFLOW_METRICS_PORT")
+    metrics_port_base: Port = Field(default=9460, validation_alias="CARDFLOW_METRICS_PORT_BASE")
+    # Traces are exported by OTLP/HTTP when an endpoint is set (the standard
+    # OpenTelemetry variables; the exporter also reads OTEL_EXPORTER_OTLP_HEADERS).
+    otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    service_name: str | None = Field(default=None, validation_alias="OTEL_SERVICE_NAME")
+    log_format: Literal["json", "text"] = Field(
+        default="json", validation_alias="CARDFLOW_LOG_FORMAT"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias="CARDFLOW_LOG_LEVEL"
+    )
+
     task_queue_prefix: str = Field(
         default=DEFAULT_TASK_QUEUE_PREFIX,
         validation_alias="CARDFLOW_TASK_QUEUE_PREFIX",
@@ -209,6 +225,21 @@ class Settings(BaseSettings):
         if value is not None:
             parse_webhook_secrets(value.get_secret_value())
         return value
+
+    @field_validator("otlp_endpoint", "service_name", "metrics_port", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose files pass `${VAR:-}`: an empty value means "not configured".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _check_otlp_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value.strip()):
+            raise ValueError("must be an http(s):// URL, for example http://otel-collector:4318")
+        return value.strip() if value is not None else None
 
     @field_validator("codec_cors_origins", mode="before")
     @classmethod

@@ -12,11 +12,8 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,55 +28,10 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 
 from schemas.search import ALL_SEARCH_ATTRIBUTES
 from starters.health import ping
-from tests.conftest import free_port, scratch_directory
+from tests.conftest import scratch_directory
+from tests.starters.conftest import DevStack, stack_env
 from workers.client import connect
-from workers.settings import Settings, load_settings
 from workflows.health import ping_workflow_id
-
-STACK_ENV_DROPPED = ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "CARDFLOW_ENCRYPTION_KEYS")
-
-
-@dataclass
-class DevStack:
-    home: Path
-    env: dict[str, str]
-
-    def cardflow(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "starters.cli", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def status(self) -> tuple[int, dict[str, Any]]:
-        completed = self.cardflow("dev", "status", "--json")
-        return completed.returncode, json.loads(completed.stdout)
-
-    def settings(self) -> Settings:
-        overrides = {
-            k: v for k, v in self.env.items() if k.startswith("CARDFLOW_") or k in ("DATABASE_URL",)
-        }
-        return load_settings(**overrides)
-
-    def record_pid(self, part: str) -> int:
-        return int(json.loads((self.home / "run" / f"{part}.json").read_text())["pid"])
-
-
-def stack_env(home: Path, **ports: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in STACK_ENV_DROPPED}
-    env.update(
-        CARDFLOW_HOME=str(home),
-        CARDFLOW_TEMPORAL_PORT=str(ports.get("temporal", free_port())),
-        CARDFLOW_TEMPORAL_UI_PORT=str(ports.get("ui", free_port())),
-        CARDFLOW_POSTGRES_PORT=str(ports.get("postgres", free_port())),
-        CARDFLOW_CODEC_PORT=str(ports.get("codec", free_port())),
-        CARDFLOW_SIMULATORS_PORT=str(ports.get("simulators", free_port())),
-        CARDFLOW_GATEWAY_PORT=str(ports.get("gateway", free_port())),
-        CARDFLOW_TASK_QUEUE_PREFIX=f"devstack-{uuid.uuid4().hex[:8]}",
-    )
-    return env
 
 
 def process_lives(pid: int) -> bool:
