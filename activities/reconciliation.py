@@ -15,6 +15,7 @@ import asyncpg
 from pydantic import BaseModel
 from temporalio import activity
 
+from activities.metrics import record_reconciliation
 from activities.providers.activities import ProviderClients
 from schemas.money import Currency
 from schemas.notify import Channel
@@ -353,8 +354,18 @@ class ReconciliationLedgerActivities:
     @activity.defn(name=WRITE_REPORT)
     async def write_report(self, request: ReportWrite) -> ReportPaths:
         """Write the report as JSON and as CSV (one row per difference);
-        a retry overwrites the same files."""
-        return await asyncio.to_thread(_write_report, request)
+        a retry overwrites the same files. The drift per currency becomes the
+        reconciliation gauges, so an alert can watch them."""
+        paths = await asyncio.to_thread(_write_report, request)
+        report = request.report
+        for summary in report.currencies:
+            record_reconciliation(
+                report.provider,
+                summary.currency.value,
+                summary.drift_minor,
+                summary.unexplained_minor,
+            )
+        return paths
 
     @activity.defn(name=RECORD_FIX)
     async def record_fix(self, fix: FixRecord) -> None:

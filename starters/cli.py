@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 import traceback
@@ -133,7 +132,6 @@ def worker_run(
     if kind not in QUEUE_KINDS:
         typer.echo(f"cardflow worker run: kind must be one of {', '.join(QUEUE_KINDS)}", err=True)
         raise typer.Exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(run_worker(kind, _settings()))
 
 
@@ -534,17 +532,25 @@ def gateway_serve() -> None:
     import uvicorn
 
     from starters.gateway.app import create_app
+    from workers.telemetry import configure_logging, start_telemetry
 
     settings = _settings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.bind_host,
-        port=settings.gateway_port,
-        log_level="info",
-        # The gateway logs what it refuses and what fails; a line per request
-        # on the real-time path costs more than it tells.
-        access_log=False,
-    )
+    telemetry = start_telemetry(settings, "gateway")
+    configure_logging(settings, telemetry.service_name)
+    try:
+        uvicorn.run(
+            create_app(settings, telemetry=telemetry),
+            host=settings.bind_host,
+            port=settings.gateway_port,
+            log_level=settings.log_level.lower(),
+            # Uvicorn's lines go through cardflow's own (JSON) handler.
+            log_config=None,
+            # The gateway logs what it refuses and what fails; a line per request
+            # on the real-time path costs more than it tells.
+            access_log=False,
+        )
+    finally:
+        telemetry.shutdown()
 
 
 @db_app.command("migrate")

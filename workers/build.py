@@ -52,9 +52,11 @@ ALL_WORKFLOWS: Sequence[type] = (
 )
 
 # Models validate e-mail addresses with email-validator, which loads its own
-# modules lazily; they are deterministic and pass through the sandbox.
+# modules lazily; they are deterministic and pass through the sandbox. The
+# tracing interceptor's spans must be the process's own OpenTelemetry objects,
+# not copies re-imported per workflow run.
 WORKFLOW_SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules(
-    "email_validator", "idna", "dns"
+    "email_validator", "idna", "dns", "opentelemetry"
 )
 
 # Provider APIs rate-limit us; the worker's task-queue limit keeps the whole

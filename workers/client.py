@@ -7,6 +7,7 @@ from temporalio.service import TLSConfig
 
 from workers.converter import data_converter_from_settings
 from workers.settings import Settings
+from workers.telemetry import Telemetry
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:
@@ -25,8 +26,14 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     return False
 
 
-async def connect(settings: Settings, *, identity: str | None = None) -> Client:
-    """A client for the configured namespace, with the encrypting data converter."""
+async def connect(
+    settings: Settings, *, identity: str | None = None, telemetry: Telemetry | None = None
+) -> Client:
+    """A client for the configured namespace, with the encrypting data converter.
+
+    With `telemetry`, the client (and every worker built on it) reports
+    metrics through its runtime and traces through its interceptors.
+    """
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     return await Client.connect(
         settings.temporal_target,
@@ -35,4 +42,6 @@ async def connect(settings: Settings, *, identity: str | None = None) -> Client:
         tls=tls_config(settings),
         api_key=api_key,
         identity=identity,
+        runtime=telemetry.runtime if telemetry is not None else None,
+        interceptors=list(telemetry.interceptors) if telemetry is not None else [],
     )

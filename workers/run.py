@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 
 from activities.database import create_pool
+from activities.metrics import sampling_open_holds
 from activities.migrate import migrate
 from activities.providers.activities import ProviderClients
 from workers.build import build_worker
 from workers.client import connect
 from workers.settings import Settings
+from workers.telemetry import configure_logging, start_telemetry
 
 log = logging.getLogger("cardflow.worker")
 
@@ -25,7 +28,11 @@ async def run_worker(kind: str, settings: Settings) -> None:
     queues = settings.task_queues
     task_queue = queues.by_kind()[kind]
     identity = f"cardflow-{kind}-{os.getpid()}@{socket.gethostname()}"
-    client = await connect(settings, identity=identity)
+    telemetry = start_telemetry(settings, f"worker-{kind}")
+    configure_logging(settings, telemetry.service_name)
+    if telemetry.metrics_address is not None:
+        log.info("metrics on http://%s/metrics", telemetry.metrics_address)
+    client = await connect(settings, identity=identity, telemetry=telemetry)
     pool = None
     if kind == "ledger":
         database_url = settings.effective_database_url
@@ -37,9 +44,7 @@ async def run_worker(kind: str, settings: Settings) -> None:
         pool = await create_pool(database_url, size_max=settings.database_pool_size_max)
     if kind == "workflows":
         # Card authorizations hold funds as local activities, from this process.
-        pool = await create_pool(
-            settings.effective_database_url, size_max=WORKFLOWS_POOL_SIZE_MAX
-        )
+        pool = await create_pool(settings.effective_database_url, size_max=WORKFLOWS_POOL_SIZE_MAX)
     provider_clients = None
     if kind == "providers":
         # Reads customers' notification preferences; a few connections suffice.
@@ -60,11 +65,15 @@ async def run_worker(kind: str, settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     log.info("worker %s polling %s on %s", identity, task_queue, settings.temporal_target)
     try:
-        async with worker:
-            await stop.wait()
-            log.info("shutting down: finishing in-flight tasks")
+        async with contextlib.AsyncExitStack() as running:
+            if kind == "ledger" and pool is not None:
+                await running.enter_async_context(sampling_open_holds(pool, telemetry.meter))
+            async with worker:
+                await stop.wait()
+                log.info("shutting down: finishing in-flight tasks")
     finally:
         if pool is not None:
             await pool.close()
         if provider_clients is not None:
             await provider_clients.aclose()
+        telemetry.shutdown()

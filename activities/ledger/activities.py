@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from activities.ledger.coalesce import TransferCoalescer
 from activities.ledger.errors import NON_RETRYABLE_ERROR_TYPES, LedgerError
 from activities.ledger.store import Ledger
+from activities.metrics import timed_posting
 from schemas.ledger import (
     Account,
     AccountSpec,
@@ -92,31 +93,45 @@ class LedgerActivities:
 
     @activity.defn(name=TRANSFER)
     async def transfer(self, request: TransferRequest) -> TransferOutcome:
-        try:
-            return await self.coalescer.transfer(request)
-        except LedgerError as error:
-            raise _non_retryable(error) from error
+        with timed_posting("transfer") as labels:
+            try:
+                outcome = await self.coalescer.transfer(request)
+            except LedgerError as error:
+                raise _non_retryable(error) from error
+            labels["outcome"] = _outcome_label(outcome)
+            return outcome
 
     @activity.defn(name=HOLD)
     async def hold(self, request: HoldRequest) -> TransferOutcome:
-        try:
-            return await self.coalescer.transfer(request)
-        except LedgerError as error:
-            raise _non_retryable(error) from error
+        with timed_posting("hold") as labels:
+            try:
+                outcome = await self.coalescer.transfer(request)
+            except LedgerError as error:
+                raise _non_retryable(error) from error
+            labels["outcome"] = _outcome_label(outcome)
+            return outcome
 
     @activity.defn(name=RESOLVE_HOLD)
     async def resolve_hold(self, request: HoldResolution) -> TransferOutcome:
-        try:
-            return await self.ledger.resolve_hold(request)
-        except LedgerError as error:
-            raise _non_retryable(error) from error
+        with timed_posting("resolve_hold") as labels:
+            try:
+                outcome = await self.ledger.resolve_hold(request)
+            except LedgerError as error:
+                raise _non_retryable(error) from error
+            labels["outcome"] = _outcome_label(outcome)
+            return outcome
 
     @activity.defn(name=SUBMIT_BATCH)
     async def submit_batch(self, batch: TransferBatch) -> list[TransferOutcome]:
-        try:
-            return await self.ledger.submit(batch.items, atomic=batch.atomic)
-        except LedgerError as error:
-            raise _non_retryable(error) from error
+        with timed_posting("submit_batch") as labels:
+            try:
+                outcomes = await self.ledger.submit(batch.items, atomic=batch.atomic)
+            except LedgerError as error:
+                raise _non_retryable(error) from error
+            labels["outcome"] = (
+                "posted" if all(outcome.accepted for outcome in outcomes) else "rejected"
+            )
+            return outcomes
 
     @activity.defn(name=GET_BALANCE)
     async def balance(self, code: str) -> Balance:
@@ -136,3 +151,7 @@ class LedgerActivities:
             self.submit_batch,
             self.balance,
         ]
+
+
+def _outcome_label(outcome: TransferOutcome) -> str:
+    return "posted" if outcome.accepted else "rejected"

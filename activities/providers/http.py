@@ -17,6 +17,8 @@ ApplicationError whose type name the activity retry policy knows:
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -31,6 +33,8 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential,
 )
+
+log = logging.getLogger("cardflow.providers")
 
 T = TypeVar("T")
 
@@ -143,6 +147,7 @@ class ProviderClient:
         if method in MUTATING_METHODS and not idempotency_key:
             raise ValueError(f"{method} {path} needs an idempotency key")
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        started = time.perf_counter()
         if isinstance(json, BaseModel):
             json = json.model_dump(mode="json", exclude_none=True)
         try:
@@ -171,6 +176,22 @@ class ProviderClient:
             raise self._error("ProviderTimeout", method, path, repr(error)) from error
         except httpx.TransportError as error:
             raise self._error("ProviderUnreachable", method, path, repr(error)) from error
+        # One line per call (bodies never: they carry personal data); inside
+        # an activity the line also carries the activity's and workflow's ids.
+        elapsed_ms = round((time.perf_counter() - started) * 1000)
+        log.info(
+            "%s %s %s answered %d in %d ms",
+            self.provider,
+            method,
+            path,
+            response.status_code,
+            elapsed_ms,
+            extra={
+                "provider": self.provider,
+                "http_status": response.status_code,
+                "duration_ms": elapsed_ms,
+            },
+        )
         return self._parse(method, path, response, response_type)
 
     def _parse(self, method: str, path: str, response: httpx.Response, response_type: type[T]) -> T:

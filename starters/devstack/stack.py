@@ -38,6 +38,7 @@ from starters.health import WorkflowWorkerSilent, ping
 from workers.client import connect
 from workers.converter import ensure_dev_keys
 from workers.settings import Settings
+from workers.telemetry import METRICS_PARTS, metrics_port_of
 
 TEMPORAL_READY_SECONDS = 90
 CODEC_READY_SECONDS = 30
@@ -144,6 +145,10 @@ class Stack:
             )
         if self.run.alive(GATEWAY) is None:
             wanted.append(("the gateway", "CARDFLOW_GATEWAY_PORT", s.gateway_port))
+        for part in METRICS_PARTS:
+            if self.run.alive(part) is None:
+                port = metrics_port_of(s, part)
+                wanted.append((f"the metrics of {part}", "CARDFLOW_METRICS_PORT_BASE", port))
         for part, variable, port in wanted:
             ensure_port_free(part, variable, s.bind_host, port)
 
@@ -161,11 +166,16 @@ class Stack:
             asyncio.run(postgres.ensure_database(server_url, "cardflow"))
         asyncio.run(migrate(s.effective_database_url))
 
-    def _children_env(self) -> dict[str, str]:
+    def _children_env(self, part: str | None = None) -> dict[str, str]:
+        """The environment of a part; workers and the gateway get a metrics port each."""
+        extra = {}
+        if part in METRICS_PARTS:
+            extra["CARDFLOW_METRICS_PORT"] = str(metrics_port_of(self.settings, part))
         return child_env(
             CARDFLOW_HOME=str(self.home),
             TEMPORAL_ADDRESS=self.settings.temporal_target,
             DATABASE_URL=self.settings.effective_database_url,
+            **extra,
         )
 
     def _up_codec(self) -> None:
@@ -247,7 +257,7 @@ class Stack:
         record = spawn(
             name,
             [sys.executable, "-m", "starters.cli", *command],
-            env=self._children_env(),
+            env=self._children_env(name),
             log_path=self.logs / f"{name}.log",
             address=f"http://{s.bind_host}:{port}",
         )
@@ -271,7 +281,7 @@ class Stack:
         record = spawn(
             name,
             [sys.executable, "-m", "starters.cli", "worker", "run", kind],
-            env=self._children_env(),
+            env=self._children_env(name),
             log_path=self.logs / f"{name}.log",
             address=self.settings.task_queues.by_kind()[kind],
         )

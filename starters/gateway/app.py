@@ -8,25 +8,49 @@ from collections.abc import AsyncIterator
 import asyncpg
 from fastapi import FastAPI
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from activities.database import create_pool
+from activities.metrics import GatewayMetrics
 from starters.gateway import api, realtime, webhooks
 from workers.client import connect
 from workers.secrets import webhook_secrets
 from workers.settings import Settings
+from workers.telemetry import Telemetry
 
 GATEWAY_POOL_SIZE_MAX = 10
 
 
 def create_app(
-    settings: Settings, *, client: Client | None = None, pool: asyncpg.Pool | None = None
+    settings: Settings,
+    *,
+    client: Client | None = None,
+    pool: asyncpg.Pool | None = None,
+    telemetry: Telemetry | None = None,
 ) -> FastAPI:
-    """The gateway; a client and pool may be given (tests), else made at startup."""
+    """The gateway; a client and pool may be given (tests), else made at startup.
+
+    With `telemetry`, each request is a trace's first span (continuing the
+    caller's trace when it sends `traceparent`), and the gateway's metrics go
+    to that telemetry's runtime.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned_pool = None
-        app.state.client = client or await connect(settings, identity="cardflow-gateway")
+        app.state.client = client or await connect(
+            settings, identity="cardflow-gateway", telemetry=telemetry
+        )
+        runtime = (
+            telemetry.runtime
+            if telemetry is not None
+            else app.state.client.service_client.config.runtime or Runtime.default()
+        )
+        app.state.metrics = GatewayMetrics(
+            runtime.metric_meter,
+            providers=sorted(app.state.webhook_secrets),
+            rejection_reasons=webhooks.REJECTION_REASONS,
+        )
         if pool is None:
             owned_pool = await create_pool(
                 settings.effective_database_url, size_max=GATEWAY_POOL_SIZE_MAX
@@ -56,4 +80,8 @@ def create_app(
     app.include_router(api.router)
     app.include_router(webhooks.router)
     app.include_router(realtime.router)
+    if telemetry is not None and telemetry.tracer_provider is not None:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        app.add_middleware(OpenTelemetryMiddleware, tracer_provider=telemetry.tracer_provider)
     return app

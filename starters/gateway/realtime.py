@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -48,16 +49,23 @@ def authorize_update_id(request: AuthorizationRequest) -> str:
     return f"authorize/{request.authorization_id}/{request.kind}/{request.pending_amount_minor}"
 
 
-def _answer(decision: str, approved_minor: int | None, reason: str) -> JSONResponse:
+def _answer(
+    state: Any, started: float, source: str, decision: str, approved_minor: int | None, reason: str
+) -> JSONResponse:
+    """The answer to the issuer, counted by decision and by who made it: the
+    card itself, the stand-in, or the gateway when the card cannot be asked."""
+    state.metrics.authorization(decision, source, timedelta(seconds=time.monotonic() - started))
     return JSONResponse(
         {"decision": decision, "approved_amount_minor": approved_minor, "reason": reason}
     )
 
 
-def _stand_in(state: Any, request: AuthorizationRequest, why: str) -> JSONResponse:
+def _stand_in(
+    state: Any, started: float, request: AuthorizationRequest, why: str
+) -> JSONResponse:
     decision = state.settings.authorization_stand_in
     approved = request.amount_minor if decision == "approve" else 0
-    return _answer(decision, approved, f"stand-in {decision}: {why}")
+    return _answer(state, started, "stand_in", decision, approved, f"stand-in {decision}: {why}")
 
 
 @router.post(REALTIME_AUTHORIZATION_PATH, include_in_schema=False)
@@ -74,6 +82,7 @@ async def authorize(request: Request) -> JSONResponse:
         verify(body, dict(request.headers), secrets)
     except WebhookVerificationError as error:
         log.warning("refused a real-time request: %s", error)
+        state.metrics.rejected(ISSUER, "signature")
         return JSONResponse({"error": f"invalid signature: {error}"}, status_code=401)
     try:
         event = AuthorizationRequestEvent.model_validate_json(body)
@@ -100,15 +109,18 @@ async def authorize(request: Request) -> JSONResponse:
             )
     except TimeoutError:
         log.warning("authorization %s: no decision within budget", question.authorization_id)
-        return _stand_in(state, question, "no decision within the budget")
+        return _stand_in(state, started, question, "no decision within the budget")
     except WorkflowUpdateFailedError as error:
-        return _answer("decline", 0, f"refused: {error.cause}")
+        return _answer(state, started, "refused", "decline", 0, f"refused: {error.cause}")
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
-            return _answer("decline", 0, f"card {question.card_id} is not active here")
+            reason = f"card {question.card_id} is not active here"
+            return _answer(state, started, "unknown_card", "decline", 0, reason)
         log.error("authorization %s: %s", question.authorization_id, error)
-        return _stand_in(state, question, "the card could not be asked")
+        return _stand_in(state, started, question, "the card could not be asked")
     except Exception:  # noqa: BLE001 - e.g. no connection to Temporal
         log.exception("authorization %s", question.authorization_id)
-        return _stand_in(state, question, "the card could not be asked")
-    return _answer(answer.decision, answer.approved_amount_minor, answer.reason)
+        return _stand_in(state, started, question, "the card could not be asked")
+    return _answer(
+        state, started, "card", answer.decision, answer.approved_amount_minor, answer.reason
+    )

@@ -26,6 +26,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from schemas.task_queues import TaskQueues
 from starters.gateway.routes import ProviderEvent, Route, route_for
 
+# Why a webhook was refused, as the rejections metric labels it.
+REJECTION_REASONS = (
+    "signature",
+    "malformed",
+    "replayed",
+    "too_large",
+    "refused",
+    "unavailable",
+)
+
 log = logging.getLogger("cardflow.gateway.webhooks")
 
 WEBHOOK_BODY_BYTES_MAX = 256 * 1024
@@ -89,18 +99,22 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
     state: Any = request.app.state
     secrets: list[str] | None = state.webhook_secrets.get(provider)
     if secrets is None:
+        state.metrics.rejected("unknown", "unknown_provider")
         raise HTTPException(status_code=404, detail=f"unknown provider {provider}")
     body = await request.body()
     if len(body) > WEBHOOK_BODY_BYTES_MAX:
+        state.metrics.rejected(provider, "too_large")
         raise HTTPException(status_code=413, detail="webhook body too large")
     try:
         verify(body, dict(request.headers), secrets)
     except WebhookVerificationError as error:
         log.warning("refused %s webhook: %s", provider, error)
+        state.metrics.rejected(provider, "signature")
         return JSONResponse({"error": f"invalid webhook signature: {error}"}, status_code=401)
     try:
         event = ProviderEvent.model_validate_json(body)
     except ValidationError as error:
+        state.metrics.rejected(provider, "malformed")
         return JSONResponse(
             {
                 "error": "malformed event",
@@ -111,6 +125,7 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
             status_code=400,
         )
     if event.id != request.headers.get("webhook-id"):
+        state.metrics.rejected(provider, "malformed")
         return JSONResponse(
             {"error": "webhook-id header does not match the event id"}, status_code=400
         )
@@ -125,7 +140,9 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
     if accepted_signed_at is not None:
         if signed_at <= accepted_signed_at:
             # The very message already accepted, sent again: a replay.
+            state.metrics.rejected(provider, "replayed")
             return JSONResponse({"error": "replayed webhook"}, status_code=401)
+        state.metrics.delivered(provider, "duplicate")
         return JSONResponse({"status": "duplicate", "event_id": event.id})
 
     route = route_for(provider, event.type)
@@ -136,6 +153,7 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
             workflow_id = await deliver(state.client, state.queues, provider, event, route, pool)
             outcome = "delivered" if workflow_id is not None else "ignored"
         except ValidationError as error:
+            state.metrics.rejected(provider, "malformed")
             return JSONResponse(
                 {
                     "error": "event data does not fit its type",
@@ -146,6 +164,7 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
                 status_code=400,
             )
         except WorkflowUpdateFailedError as error:
+            state.metrics.rejected(provider, "refused")
             return JSONResponse(
                 {"error": f"the process refused the event: {error.cause}"}, status_code=409
             )
@@ -155,11 +174,13 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
             if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.ALREADY_EXISTS):
                 # Temporal is unreachable or overloaded: the provider retries.
                 log.error("could not deliver %s %s: %s", provider, event.id, error)
+                state.metrics.rejected(provider, "unavailable")
                 return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
             outcome = "ignored"  # no such process (any more)
         except Exception:  # noqa: BLE001 - e.g. no connection to Temporal at all
             # Not delivered and not remembered: the provider's retry will be.
             log.exception("could not deliver %s %s", provider, event.id)
+            state.metrics.rejected(provider, "unavailable")
             return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
     await pool.execute(
         "INSERT INTO gateway_webhook_events"
@@ -172,4 +193,5 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
         workflow_id,
         signed_at,
     )
+    state.metrics.delivered(provider, outcome)
     return JSONResponse({"status": outcome, "event_id": event.id, "workflow_id": workflow_id})

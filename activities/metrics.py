@@ -1,0 +1,186 @@
+"""The metrics cardflow records besides the Temporal SDK's own.
+
+They go through the Temporal runtime's meter, so each process serves them on
+the same Prometheus endpoint as the SDK's metrics (`workers.telemetry`).
+Inside an activity the meter is the activity's (it adds the namespace, task
+queue and activity type); elsewhere it is the process's runtime meter.
+
+Names as Prometheus shows them (counters get `_total`, durations are seconds):
+
+| metric | kind | labels |
+|---|---|---|
+| `cardflow_ledger_posting_seconds` | histogram | operation, outcome |
+| `cardflow_ledger_open_holds` | gauge | currency |
+| `cardflow_ledger_open_holds_minor` | gauge | currency |
+| `cardflow_authorization_decisions_total` | counter | decision, source |
+| `cardflow_authorization_seconds` | histogram | decision, source |
+| `cardflow_reconciliation_drift_minor` | gauge | provider, currency |
+| `cardflow_reconciliation_unexplained_minor` | gauge | provider, currency |
+| `cardflow_webhook_deliveries_total` | counter | provider, outcome |
+| `cardflow_webhook_rejections_total` | counter | provider, reason |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import timedelta
+
+import asyncpg
+from temporalio import activity
+from temporalio.common import MetricMeter
+
+from schemas.money import Currency
+
+LEDGER_POSTING_SECONDS = "cardflow_ledger_posting_seconds"
+LEDGER_OPEN_HOLDS = "cardflow_ledger_open_holds"
+LEDGER_OPEN_HOLDS_MINOR = "cardflow_ledger_open_holds_minor"
+AUTHORIZATION_DECISIONS = "cardflow_authorization_decisions"
+AUTHORIZATION_SECONDS = "cardflow_authorization_seconds"
+RECONCILIATION_DRIFT_MINOR = "cardflow_reconciliation_drift_minor"
+RECONCILIATION_UNEXPLAINED_MINOR = "cardflow_reconciliation_unexplained_minor"
+WEBHOOK_DELIVERIES = "cardflow_webhook_deliveries"
+WEBHOOK_REJECTIONS = "cardflow_webhook_rejections"
+
+# Every name above, as a scrape of /metrics shows it.
+EXPOSED_NAMES = (
+    LEDGER_POSTING_SECONDS,
+    LEDGER_OPEN_HOLDS,
+    LEDGER_OPEN_HOLDS_MINOR,
+    f"{AUTHORIZATION_DECISIONS}_total",
+    AUTHORIZATION_SECONDS,
+    RECONCILIATION_DRIFT_MINOR,
+    RECONCILIATION_UNEXPLAINED_MINOR,
+    f"{WEBHOOK_DELIVERIES}_total",
+    f"{WEBHOOK_REJECTIONS}_total",
+)
+
+# Open holds are counted from the ledger itself, by each ledger worker, this often.
+OPEN_HOLDS_SAMPLE_SECONDS = 10.0
+
+log = logging.getLogger("cardflow.metrics")
+
+
+def _meter(fallback: MetricMeter | None = None) -> MetricMeter:
+    if activity.in_activity():
+        return activity.metric_meter()
+    return fallback or MetricMeter.noop
+
+
+@contextlib.contextmanager
+def timed_posting(operation: str) -> Iterator[dict[str, str]]:
+    """Record how long a ledger operation took; the caller may set `outcome`."""
+    labels = {"operation": operation, "outcome": "error"}
+    started = time.perf_counter()
+    try:
+        yield labels
+    finally:
+        elapsed = timedelta(seconds=time.perf_counter() - started)
+        _meter().create_histogram_timedelta(
+            LEDGER_POSTING_SECONDS, "Time to post a ledger operation, lock to commit", "s"
+        ).record(elapsed, labels)
+
+
+def record_reconciliation(provider: str, currency: str, drift_minor: int, unexplained: int) -> None:
+    meter = _meter()
+    labels = {"provider": provider, "currency": currency}
+    meter.create_gauge(
+        RECONCILIATION_DRIFT_MINOR, "Drift found by the last reconciliation, minor units"
+    ).set(drift_minor, labels)
+    meter.create_gauge(
+        RECONCILIATION_UNEXPLAINED_MINOR,
+        "Drift the last reconciliation left unexplained, minor units",
+    ).set(unexplained, labels)
+
+
+class GatewayMetrics:
+    """The gateway's counters, made once per process from its runtime's meter."""
+
+    def __init__(
+        self,
+        meter: MetricMeter,
+        providers: Iterable[str] = (),
+        rejection_reasons: Iterable[str] = (),
+    ) -> None:
+        self._decisions = meter.create_counter(
+            AUTHORIZATION_DECISIONS, "Real-time authorization answers given to the issuer"
+        )
+        self._decision_time = meter.create_histogram_timedelta(
+            AUTHORIZATION_SECONDS, "Time from the issuer's request to the answer", "s"
+        )
+        self._deliveries = meter.create_counter(
+            WEBHOOK_DELIVERIES, "Signed provider webhooks accepted, by what became of them"
+        )
+        self._rejections = meter.create_counter(
+            WEBHOOK_REJECTIONS, "Provider webhooks refused, by reason"
+        )
+        # Series start at 0, so a first rejection shows as an increase.
+        for provider in providers:
+            for reason in rejection_reasons:
+                self._rejections.add(0, {"provider": provider, "reason": reason})
+
+    def authorization(self, decision: str, source: str, elapsed: timedelta) -> None:
+        labels = {"decision": decision, "source": source}
+        self._decisions.add(1, labels)
+        self._decision_time.record(elapsed, labels)
+
+    def delivered(self, provider: str, outcome: str) -> None:
+        self._deliveries.add(1, {"provider": provider, "outcome": outcome})
+
+    def rejected(self, provider: str, reason: str) -> None:
+        self._rejections.add(1, {"provider": provider, "reason": reason})
+
+
+# Holds still pending: neither posted, voided nor expired, and not yet past
+# their expiry (the expiry sweep records those as expired).
+_OPEN_HOLDS_SQL = """
+SELECT t.currency, count(*) AS holds, coalesce(sum(t.amount_minor), 0) AS amount_minor
+FROM ledger_transfers t
+WHERE t.kind = 'pending'
+  AND t.expires_at > now()
+  AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = t.id)
+GROUP BY t.currency
+"""
+
+
+async def open_holds(pool: asyncpg.Pool) -> dict[str, tuple[int, int]]:
+    """Currency -> (open holds, amount held in minor units)."""
+    rows = await pool.fetch(_OPEN_HOLDS_SQL)
+    return {row["currency"]: (int(row["holds"]), int(row["amount_minor"])) for row in rows}
+
+
+@contextlib.asynccontextmanager
+async def sampling_open_holds(
+    pool: asyncpg.Pool, meter: MetricMeter, *, every_seconds: float = OPEN_HOLDS_SAMPLE_SECONDS
+) -> AsyncIterator[None]:
+    """Keep the open-holds gauges current while the block runs."""
+    count = meter.create_gauge(LEDGER_OPEN_HOLDS, "Card holds not yet posted, voided or expired")
+    amount = meter.create_gauge(LEDGER_OPEN_HOLDS_MINOR, "Amount held by open holds, minor units")
+    # Every currency reads 0 until it has holds, so the series always exist.
+    seen: set[str] = {currency.value for currency in Currency}
+
+    async def sample_forever() -> None:
+        while True:
+            try:
+                current = await open_holds(pool)
+            except (asyncpg.PostgresError, OSError) as error:
+                log.warning("could not count open holds: %s", error)
+            else:
+                # A currency whose holds all closed reads 0, not its last value.
+                for currency in seen | set(current):
+                    holds, minor = current.get(currency, (0, 0))
+                    count.set(holds, {"currency": currency})
+                    amount.set(minor, {"currency": currency})
+                seen.update(current)
+            await asyncio.sleep(every_seconds)
+
+    task = asyncio.create_task(sample_forever(), name="open-holds-gauge")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,119 @@
+"""What operators scrape and read from a running stack, after the demo's processes ran.
+
+Each worker and the gateway serve Prometheus metrics on a port of their own
+(the SDK's metrics and cardflow's); their logs are JSON lines, and a line
+written inside an activity carries the activity's and its workflow's ids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from activities.metrics import EXPOSED_NAMES, OPEN_HOLDS_SAMPLE_SECONDS
+from tests.starters.conftest import DemoStack
+from workers.telemetry import METRICS_PARTS, metrics_port_of
+
+SCRAPE_WAIT_SECONDS = OPEN_HOLDS_SAMPLE_SECONDS * 3
+
+
+def scrape(demo_stack: DemoStack, part: str) -> list[Sample]:
+    settings = demo_stack.stack.settings()
+    url = f"http://127.0.0.1:{metrics_port_of(settings, part)}/metrics"
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 200, f"{part}: {response.status_code}"
+    return [
+        sample
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    ]
+
+
+def named(samples: list[Sample], name: str, **labels: str) -> Iterator[Sample]:
+    for sample in samples:
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+            yield sample
+
+
+def base_names(samples: list[Sample]) -> set[str]:
+    suffixes = ("_bucket", "_count", "_sum")
+    names = set()
+    for sample in samples:
+        names.add(sample.name)
+        for suffix in suffixes:
+            if sample.name.endswith(suffix):
+                names.add(sample.name.removesuffix(suffix))
+    return names
+
+
+def test_every_worker_and_the_gateway_expose_each_named_metric_after_the_demo(
+    demo_stack: DemoStack,
+) -> None:
+    deadline = time.monotonic() + SCRAPE_WAIT_SECONDS
+    while True:
+        by_part = {part: scrape(demo_stack, part) for part in METRICS_PARTS}
+        exposed = set().union(*(base_names(samples) for samples in by_part.values()))
+        missing = set(EXPOSED_NAMES) - exposed
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, f"not exposed by any part: {sorted(missing)}"
+
+    gateway = by_part["gateway"]
+    workflows = by_part["worker-workflows"]
+    ledger = by_part["worker-ledger"]
+
+    # The demo's purchase was authorized by the card itself, in real time.
+    approved = list(
+        named(gateway, "cardflow_authorization_decisions_total", decision="approve", source="card")
+    )
+    assert approved and approved[0].value >= 1
+    assert any(s.value >= 1 for s in named(gateway, "cardflow_authorization_seconds_count"))
+    # Provider webhooks were delivered to processes; every rejection series starts at 0.
+    delivered = named(gateway, "cardflow_webhook_deliveries_total", outcome="delivered")
+    assert sum(s.value for s in delivered) >= 5
+    assert list(
+        named(gateway, "cardflow_webhook_rejections_total", provider="issuer", reason="signature")
+    )
+
+    # A card's hold is a local activity on the workflows worker; everything
+    # else posts on the ledger worker.
+    holds = named(workflows, "cardflow_ledger_posting_seconds_count", operation="hold")
+    assert sum(s.value for s in holds) >= 1
+    batches = named(ledger, "cardflow_ledger_posting_seconds_count", outcome="posted")
+    assert sum(s.value for s in batches) >= 10
+    open_usd = list(named(ledger, "cardflow_ledger_open_holds", currency="USD"))
+    assert open_usd and open_usd[0].value >= 0
+
+    # The day's reconciliation reported its drift: zero, as the demo prints.
+    drift = list(named(ledger, "cardflow_reconciliation_unexplained_minor", provider="issuer"))
+    assert drift and all(sample.value == 0 for sample in drift)
+
+    # The SDK's own metrics come from the same endpoints.
+    assert any(name.startswith("temporal_workflow_task") for name in base_names(workflows))
+    assert any(name.startswith("temporal_activity_execution") for name in base_names(ledger))
+
+
+def test_worker_logs_are_json_lines_carrying_activity_and_workflow_ids(
+    demo_stack: DemoStack,
+) -> None:
+    log_path = demo_stack.stack.home / "logs" / "worker-providers.log"
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    # Every line the worker wrote is JSON (nothing printed around the logger).
+    assert records and len(records) == len(lines), lines[:5]
+    for record in records:
+        assert {"time", "level", "logger", "message", "service"} <= set(record), record
+        assert record["service"] == "cardflow-worker-providers"
+    calls = [record for record in records if record["logger"] == "cardflow.providers"]
+    assert calls, "no provider call was logged"
+    for call in calls:
+        assert call["activity_id"] and call["activity_type"], call
+        assert call["workflow_id"] and call["workflow_run_id"], call
+        assert isinstance(call["http_status"], int) and isinstance(call["duration_ms"], int)
+    assert any(call["workflow_id"].startswith("onboarding/") for call in calls)
