@@ -335,6 +335,10 @@ class Stack:
             )
         parts.append(await self._http_status(GATEWAY, self.settings.gateway_port, "/health"))
         parts += await self._worker_statuses(temporal.healthy)
+        for part in parts:
+            if part.name in METRICS_PARTS and part.running:
+                port = metrics_port_of(self.settings, part.name)
+                part.detail += f"; metrics http://{self.settings.bind_host}:{port}/metrics"
         return parts
 
     async def _postgres_status(self) -> PartStatus:

@@ -117,3 +117,13 @@ def test_worker_logs_are_json_lines_carrying_activity_and_workflow_ids(
         assert call["workflow_id"] and call["workflow_run_id"], call
         assert isinstance(call["http_status"], int) and isinstance(call["duration_ms"], int)
     assert any(call["workflow_id"].startswith("onboarding/") for call in calls)
+
+
+def test_dev_status_names_each_metrics_endpoint(demo_stack: DemoStack) -> None:
+    code, status = demo_stack.stack.status()
+    assert code == 0
+    settings = demo_stack.stack.settings()
+    details = {part["name"]: part["detail"] for part in status["parts"]}
+    for part in METRICS_PARTS:
+        url = f"http://{settings.bind_host}:{metrics_port_of(settings, part)}/metrics"
+        assert url in details[part], details[part]
