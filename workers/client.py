@@ -7,7 +7,7 @@ from temporalio.service import TLSConfig
 
 from workers.converter import data_converter_from_settings
 from workers.settings import Settings
-from workers.telemetry import Telemetry
+from workers.telemetry import Telemetry, process_telemetry
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:
@@ -32,8 +32,12 @@ async def connect(
     """A client for the configured namespace, with the encrypting data converter.
 
     With `telemetry`, the client (and every worker built on it) reports
-    metrics through its runtime and traces through its interceptors.
+    metrics through its runtime and traces through its interceptors; without
+    it, a client still traces when an OTLP endpoint is configured.
     """
+    if telemetry is None and settings.otlp_endpoint is not None:
+        # A starter's client: its trace begins at the command.
+        telemetry = process_telemetry(settings)
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     return await Client.connect(
         settings.temporal_target,

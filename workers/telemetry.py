@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from collections.abc import Sequence
@@ -114,6 +115,20 @@ def start_telemetry(
         tracer_provider=tracer_provider,
         interceptors=tuple(interceptors),
     )
+
+
+_process_telemetry: Telemetry | None = None
+
+
+def process_telemetry(settings: Settings) -> Telemetry:
+    """The telemetry of a short-lived process (the CLI's starters), made once
+    and flushed when the process exits, so a started workflow's trace begins
+    at the command that started it."""
+    global _process_telemetry
+    if _process_telemetry is None:
+        _process_telemetry = start_telemetry(settings, "cli")
+        atexit.register(_process_telemetry.shutdown)
+    return _process_telemetry
 
 
 # ----- logs -----------------------------------------------------------------

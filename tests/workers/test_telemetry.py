@@ -36,6 +36,7 @@ from schemas.task_queues import QUEUE_KINDS, TaskQueues
 from starters.gateway.app import create_app
 from tests.conftest import UNREACHABLE_PROVIDERS_URL, free_port
 from workers.build import build_worker
+from workers.client import connect
 from workers.secrets import new_webhook_secret
 from workers.settings import load_settings
 from workers.telemetry import (
@@ -218,3 +219,19 @@ def test_text_logs_remain_available(tmp_path: Path) -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+async def test_a_starters_client_traces_when_an_otlp_endpoint_is_configured(
+    workflow_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    target = workflow_env.client.service_client.config.target_host
+    plain = await connect(load_settings(CARDFLOW_HOME=str(tmp_path), TEMPORAL_ADDRESS=target))
+    assert not plain.config()["interceptors"]
+    traced = await connect(
+        load_settings(
+            CARDFLOW_HOME=str(tmp_path),
+            TEMPORAL_ADDRESS=target,
+            OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+        )
+    )
+    assert [type(i) for i in traced.config()["interceptors"]] == [TracingInterceptor]
