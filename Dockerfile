@@ -1,6 +1,7 @@
 # One image for every cardflow process; the compose command picks the role
 # (a worker of one task queue, the codec server, migrations).
-FROM python:3.11-slim
+# The base image is pinned to an exact release, like every image of the stack.
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

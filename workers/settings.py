@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TASK_QUEUE_PREFIX_PATTERN, TaskQueues
 
@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     postgres_port: Port = Field(default=55432, validation_alias="CARDFLOW_POSTGRES_PORT")
     codec_port: Port = Field(default=8234, validation_alias="CARDFLOW_CODEC_PORT")
     # Web UI origins allowed to call the codec server; empty means the local UI.
-    codec_cors_origins: list[str] = Field(
+    # Comma-separated in the environment (NoDecode: not JSON).
+    codec_cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="CARDFLOW_CODEC_CORS_ORIGINS"
     )
     # Address the Web UI uses to reach the codec server (the browser calls it).

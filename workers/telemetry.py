@@ -126,7 +126,11 @@ def process_telemetry(settings: Settings) -> Telemetry:
     at the command that started it."""
     global _process_telemetry
     if _process_telemetry is None:
-        _process_telemetry = start_telemetry(settings, "cli")
+        # A command run beside a worker (`cardflow ping` in its container)
+        # must not take the worker's metrics port; commands serve no metrics.
+        _process_telemetry = start_telemetry(
+            settings.model_copy(update={"metrics_port": None}), "cli"
+        )
         atexit.register(_process_telemetry.shutdown)
     return _process_telemetry
 

@@ -94,3 +94,10 @@ def test_the_cli_refuses_to_start_with_a_bad_setting() -> None:
     )
     assert completed.returncode == 2
     assert "TEMPORAL_ADDRESS" in completed.stderr
+
+
+def test_codec_origins_are_read_comma_separated_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CARDFLOW_CODEC_CORS_ORIGINS", "http://localhost:8233, https://ui.example")
+    assert load_settings().allowed_codec_origins == ["http://localhost:8233", "https://ui.example"]

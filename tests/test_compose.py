@@ -1,0 +1,833 @@
+"""temporal-compose.yml, the production-like stack, checked by reading it.
+
+No Docker engine is needed: the file is parsed, its `${VAR...}` references are
+resolved the way Compose resolves them (with sample values for the variables
+an operator must set), and every cardflow process's environment is validated
+by the same `load_settings` the process runs at start.
+
+Each check is a function that raises AssertionError naming what is wrong. The
+tests run every check on the real file, and run each check again on a copy of
+the file broken on purpose, so a check that stopped checking fails too.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import typer.main
+import yaml
+
+from schemas.providers import PROVIDERS
+from schemas.search import ALL_SEARCH_ATTRIBUTES
+from schemas.task_queues import QUEUE_KINDS
+from starters.cli import app as cli_app
+from workers.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_PATH = ROOT / "temporal-compose.yml"
+DOCKERFILE_PATH = ROOT / "Dockerfile"
+
+# What an operator exports before `docker compose up` (valid, made-up values).
+SAMPLE_VARIABLES: dict[str, str] = {
+    "CARDFLOW_ENCRYPTION_KEYS": "compose-test:" + base64.b64encode(bytes(range(32))).decode(),
+    "CARDFLOW_WEBHOOK_SECRETS": json.dumps(
+        {
+            provider: "whsec_" + base64.b64encode(provider.encode() * 8).decode()
+            for provider in PROVIDERS
+        }
+    ),
+}
+# Variables the file must refuse to start without (`${VAR:?message}`).
+REQUIRED_VARIABLES = ("CARDFLOW_ENCRYPTION_KEYS", "CARDFLOW_WEBHOOK_SECRETS")
+
+# Environment variable names the project's settings own; any of these handed
+# to a cardflow process must be one `workers.settings.Settings` reads.
+SETTINGS_PREFIXES = ("CARDFLOW_", "TEMPORAL_", "OTEL_")
+SETTINGS_NAMES = ("DATABASE_URL",)
+SETTING_ALIASES: frozenset[str] = frozenset(
+    str(field.validation_alias) for field in Settings.model_fields.values()
+)
+
+DEPENDENCY_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
+# An exact release: 16.9, 1.28.1, 1.28.1-tctl-1.18.4-cli-1.4.1, 3.11.13-slim-bookworm.
+PINNED_TAG = re.compile(r"^v?\d+\.\d+(\.\d+)*([-+._][A-Za-z0-9._+-]+)?$")
+REPLICAS_VARIABLE = re.compile(r"^\$\{(?P<name>[A-Z][A-Z0-9_]*):-(?P<default>[1-9]\d*)\}$")
+TEMPORAL_SCHEMA_ROOT = "/etc/temporal/schema/postgresql/v12"
+
+
+# ----- reading the file the way Compose does ---------------------------------
+
+_REFERENCE = re.compile(
+    r"\$\$"
+    r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+class MissingVariable(Exception):
+    """A `${VAR:?message}` reference whose variable is not set."""
+
+
+def interpolate(text: str, variables: Mapping[str, str]) -> str:
+    """Resolve `$$`, `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+    `${VAR:?error}`, `${VAR?error}` and `${VAR:+alternative}` as Compose does."""
+
+    def resolve(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("name") or match.group("bare")
+        value = variables.get(name)
+        operator, argument = match.group("op"), match.group("arg") or ""
+        if operator == ":-":
+            return value if value else argument
+        if operator == "-":
+            return value if value is not None else argument
+        if operator in (":?", "?"):
+            if value is None or (operator == ":?" and not value):
+                raise MissingVariable(f"{name}: {argument}")
+            return value
+        if operator in (":+", "+"):
+            return argument if (value if operator == ":+" else value is not None) else ""
+        return value or ""
+
+    return _REFERENCE.sub(resolve, text)
+
+
+def interpolate_document(node: Any, variables: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, variables)
+    if isinstance(node, dict):
+        return {key: interpolate_document(value, variables) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolate_document(item, variables) for item in node]
+    return node
+
+
+@dataclass
+class Stack:
+    """The compose file as written (`raw`) and as Compose would run it."""
+
+    raw: dict[str, Any]
+    services: dict[str, dict[str, Any]]
+
+    @classmethod
+    def of(cls, raw: dict[str, Any], variables: Mapping[str, str] = SAMPLE_VARIABLES) -> Stack:
+        resolved = interpolate_document(raw, variables)
+        return cls(raw=raw, services=resolved["services"])
+
+    def service(self, name: str) -> dict[str, Any]:
+        assert name in self.services, f"no service {name!r}"
+        return self.services[name]
+
+    def with_image(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return {
+            name: service
+            for name, service in self.services.items()
+            if str(service.get("image", "")).startswith(prefix)
+        }
+
+    def cardflow_services(self) -> dict[str, dict[str, Any]]:
+        """Services that run the project's own image (and so read its settings)."""
+        return {name: service for name, service in self.services.items() if is_cardflow(service)}
+
+    def by_role(self, *role: str) -> dict[str, dict[str, Any]]:
+        """Cardflow services whose command is `cardflow <role...>`."""
+        return {
+            name: service
+            for name, service in self.cardflow_services().items()
+            if tuple(command(service)[1 : 1 + len(role)]) == role
+        }
+
+    def one_by_role(self, *role: str) -> tuple[str, dict[str, Any]]:
+        found = self.by_role(*role)
+        assert len(found) == 1, (
+            f"expected one `cardflow {' '.join(role)}` service, found {sorted(found)}"
+        )
+        return next(iter(found.items()))
+
+    def workers_and_gateway(self) -> dict[str, dict[str, Any]]:
+        return {**self.by_role("worker", "run"), **self.by_role("gateway")}
+
+
+def load_stack() -> Stack:
+    raw = yaml.safe_load(COMPOSE_PATH.read_text())
+    assert isinstance(raw, dict) and isinstance(raw.get("services"), dict)
+    return Stack.of(raw)
+
+
+def is_cardflow(service: Mapping[str, Any]) -> bool:
+    return "build" in service or str(service.get("image", "")).startswith("cardflow:")
+
+
+def is_one_shot(service: Mapping[str, Any]) -> bool:
+    return service.get("restart") == "no"
+
+
+def command(service: Mapping[str, Any]) -> list[str]:
+    value = service.get("command", [])
+    return value.split() if isinstance(value, str) else [str(part) for part in value]
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    value = service.get("environment") or {}
+    if isinstance(value, list):
+        pairs = (entry.partition("=") for entry in value)
+        return {name: text for name, _, text in pairs}
+    return {name: "" if text is None else str(text) for name, text in value.items()}
+
+
+def script(service: Mapping[str, Any]) -> str:
+    """The shell script a one-shot service runs (entrypoint + command)."""
+    parts = service.get("entrypoint") or []
+    parts = [parts] if isinstance(parts, str) else list(parts)
+    return "\n".join(str(part) for part in [*parts, *command(service)])
+
+
+def published_port(service: Mapping[str, Any], container_port: int) -> tuple[str, int]:
+    """(host address, host port) the container port is published on."""
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            if int(entry["target"]) == container_port:
+                return str(entry.get("host_ip", "0.0.0.0")), int(entry["published"])
+            continue
+        parts = str(entry).split("/")[0].split(":")
+        if int(parts[-1]) == container_port and len(parts) >= 2:
+            return (parts[0] if len(parts) == 3 else "0.0.0.0"), int(parts[-2])
+    raise AssertionError(f"container port {container_port} is not published")
+
+
+def depends_on(service: Mapping[str, Any]) -> dict[str, str]:
+    value = service.get("depends_on") or {}
+    if isinstance(value, list):
+        return {name: "service_started" for name in value}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in value.items()}
+
+
+def healthcheck_test(service: Mapping[str, Any]) -> str:
+    check = service.get("healthcheck") or {}
+    if check.get("disable"):
+        return ""
+    test = check.get("test") or []
+    if isinstance(test, str):
+        return test
+    if not test or test[0] == "NONE":
+        return ""
+    return " ".join(str(part) for part in test)
+
+
+@contextmanager
+def process_environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """os.environ holding exactly `variables` of the settings' names, as in a container."""
+    saved = {name: os.environ.pop(name) for name in list(os.environ) if name in SETTING_ALIASES}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name in variables:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+
+
+def settings_of(service: Mapping[str, Any]) -> Settings:
+    """The settings the service's process would load at start."""
+    with process_environment(environment(service)):
+        return load_settings()
+
+
+def host_and_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+# ----- the checks --------------------------------------------------------------
+
+
+def check_cardflow_variables_are_settings(stack: Stack) -> None:
+    unknown = sorted(
+        f"{name}: {variable}"
+        for name, service in stack.cardflow_services().items()
+        for variable in environment(service)
+        if (variable.startswith(SETTINGS_PREFIXES) or variable in SETTINGS_NAMES)
+        and variable not in SETTING_ALIASES
+    )
+    assert not unknown, f"variables no setting reads (workers/settings.py): {unknown}"
+
+
+def check_cardflow_environments_load(stack: Stack) -> None:
+    problems = []
+    for name, service in stack.cardflow_services().items():
+        try:
+            settings_of(service)
+        # SettingsError names the variable; pydantic-settings raises its own
+        # error for a value it cannot even decode.
+        except Exception as error:
+            problems.append(f"{name}: {error}")
+    assert not problems, "cardflow processes that would refuse to start:\n" + "\n".join(problems)
+
+
+def check_required_variables_refuse_to_start(stack: Stack) -> None:
+    for variable in REQUIRED_VARIABLES:
+        without = {name: value for name, value in SAMPLE_VARIABLES.items() if name != variable}
+        users = [
+            name
+            for name, service in stack.raw["services"].items()
+            if variable in environment(service)
+        ]
+        assert users, f"no service is given {variable}"
+        for name in users:
+            try:
+                interpolate_document(stack.raw["services"][name], without)
+            except MissingVariable as error:
+                assert str(error).startswith(variable), error
+                continue
+            raise AssertionError(
+                f"{name} would start without {variable} (use ${{{variable}:?...}})"
+            )
+
+
+def check_roles(stack: Stack) -> None:
+    temporal_name, _ = only(stack.with_image("temporalio/server:"), "Temporal server")
+    roles: list[tuple[str, ...]] = [("worker", "run", kind) for kind in QUEUE_KINDS]
+    roles += [("gateway",), ("codec", "serve"), ("simulators", "serve"), ("schedules", "ensure")]
+    for role in roles:
+        stack.one_by_role(*role)
+    simulators_name, simulators = stack.one_by_role("simulators", "serve")
+    gateway_name, gateway = stack.one_by_role("gateway")
+    keys = {
+        environment(service).get("CARDFLOW_ENCRYPTION_KEYS")
+        for service in stack.cardflow_services().values()
+    }
+    assert len(keys - {None}) == 1, "every cardflow process must get the same encryption keys"
+
+    for name, service in stack.workers_and_gateway().items():
+        variables = environment(service)
+        for required in ("TEMPORAL_ADDRESS", "DATABASE_URL", "CARDFLOW_ENCRYPTION_KEYS"):
+            assert variables.get(required), f"{name} needs {required}"
+        settings = settings_of(service)
+        host, port = host_and_port(settings.temporal_target)
+        assert (host, port) == (temporal_name, 7233), f"{name}: TEMPORAL_ADDRESS is not the server"
+        check_database_url(stack, name, settings.effective_database_url)
+        providers = urlsplit(settings.providers_base_url)
+        assert providers.hostname == simulators_name, f"{name}: providers are not the simulators"
+        assert providers.port == settings_of(simulators).simulators_port, f"{name}: providers port"
+        assert depends_on(service).get(temporal_name) == "service_healthy", (
+            f"{name} must wait for {temporal_name} to be healthy"
+        )
+
+    gateway_url = urlsplit(settings_of(simulators).gateway_base_url)
+    assert gateway_url.hostname == gateway_name, "simulators deliver webhooks elsewhere"
+    assert gateway_url.port == settings_of(gateway).gateway_port, (
+        "simulators use another gateway port"
+    )
+    assert (
+        environment(simulators)["CARDFLOW_WEBHOOK_SECRETS"]
+        == environment(gateway)["CARDFLOW_WEBHOOK_SECRETS"]
+    ), "the gateway must verify with the secrets the simulators sign with"
+
+
+def check_database_url(stack: Stack, name: str, url: str) -> None:
+    parts = urlsplit(url)
+    assert parts.hostname in stack.services, f"{name}: DATABASE_URL host is not a service"
+    database = environment(stack.services[parts.hostname])
+    assert str(stack.services[parts.hostname].get("image", "")).startswith("postgres:")
+    assert (parts.username, parts.password, parts.path.lstrip("/")) == (
+        database.get("POSTGRES_USER"),
+        database.get("POSTGRES_PASSWORD"),
+        database.get("POSTGRES_DB", database.get("POSTGRES_USER")),
+    ), f"{name}: DATABASE_URL does not match {parts.hostname}'s user, password and database"
+
+
+def check_codec_and_web_ui(stack: Stack) -> None:
+    ui_name, ui = only(stack.with_image("temporalio/ui:"), "Web UI")
+    codec_name, codec = stack.one_by_role("codec", "serve")
+    ui_variables = environment(ui)
+    ui_host, ui_port = published_port(ui, int(ui_variables.get("TEMPORAL_UI_PORT", "8080")))
+    ui_origin = f"http://localhost:{ui_port}"
+
+    settings = settings_of(codec)
+    assert environment(codec).get("CARDFLOW_ENCRYPTION_KEYS"), "the codec needs the keys"
+    assert settings.codec_cors_origins == [ui_origin], (
+        f"{codec_name} must allow exactly the Web UI's origin {ui_origin}, "
+        f"allows {settings.codec_cors_origins}"
+    )
+    codec_host, codec_port = published_port(codec, settings.codec_port)
+    assert settings.bind_host == "0.0.0.0", "the codec must listen beyond its container's loopback"
+    # Whoever reaches the codec can decrypt payloads.
+    assert codec_host == "127.0.0.1", f"{codec_name} must be published on loopback only"
+    codec_address = f"http://localhost:{codec_port}"
+    assert ui_variables.get("TEMPORAL_CODEC_ENDPOINT") == codec_address, (
+        f"{ui_name}'s TEMPORAL_CODEC_ENDPOINT must be the codec as published, {codec_address}"
+    )
+    assert settings.codec_url == codec_address, (
+        "CARDFLOW_CODEC_URL differs from the published codec"
+    )
+    assert ui_origin in ui_variables.get("TEMPORAL_CORS_ORIGINS", "").split(",")
+    temporal_name, _ = only(stack.with_image("temporalio/server:"), "Temporal server")
+    assert ui_variables.get("TEMPORAL_ADDRESS") == f"{temporal_name}:7233"
+    assert ui_host == "127.0.0.1", f"{ui_name} must be published on loopback only"
+
+
+def check_images_are_pinned(stack: Stack) -> None:
+    loose = []
+    for name, service in stack.services.items():
+        image = str(service.get("image", ""))
+        if is_cardflow(service):
+            assert "build" in service, f"{name} runs the project image without building it"
+            continue
+        reference, _, digest = image.partition("@")
+        tag = reference.rpartition(":")[2] if ":" in reference.rpartition("/")[2] else ""
+        if not (digest.startswith("sha256:") or PINNED_TAG.match(tag)):
+            loose.append(f"{name}: {image}")
+    for line in DOCKERFILE_PATH.read_text().splitlines():
+        if line.upper().startswith("FROM "):
+            image = line.split()[1]
+            if not PINNED_TAG.match(image.rpartition(":")[2]) or ":" not in image:
+                loose.append(f"Dockerfile: {image}")
+    assert not loose, f"images not pinned to an exact version: {loose}"
+
+
+def check_long_running_services_have_healthchecks(stack: Stack) -> None:
+    for name, service in stack.raw["services"].items():
+        assert "restart" in service, f"{name} must say its restart policy ('no' for a one-shot job)"
+    missing = [
+        name
+        for name, service in stack.services.items()
+        if not is_one_shot(service) and not healthcheck_test(service)
+    ]
+    assert not missing, f"long-running services without a healthcheck: {missing}"
+    for name, service in stack.workers_and_gateway().items():
+        port = settings_of(service).metrics_port
+        assert port is not None, f"{name} must serve metrics (CARDFLOW_METRICS_PORT)"
+        assert f"127.0.0.1:{port}/metrics" in healthcheck_test(service), (
+            f"{name}'s healthcheck must GET its /metrics on port {port}"
+        )
+
+
+def check_dependencies(stack: Stack) -> None:
+    for name, service in stack.services.items():
+        for target, condition in depends_on(service).items():
+            assert target in stack.services, f"{name} depends on {target!r}, which is no service"
+            assert condition in DEPENDENCY_CONDITIONS, f"{name} -> {target}: {condition!r}"
+            dependency = stack.services[target]
+            if condition == "service_healthy":
+                assert healthcheck_test(dependency), (
+                    f"{name} waits for {target} to be healthy; it has no healthcheck"
+                )
+            if condition == "service_completed_successfully":
+                assert is_one_shot(dependency), (
+                    f"{name} waits for {target} to complete; it never does"
+                )
+            if not is_one_shot(dependency):
+                assert condition == "service_healthy", (
+                    f"{name} must wait for {target} to be healthy, not merely started"
+                )
+    # Compose refuses a cycle; find one here with its path.
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        assert name not in visiting, "dependency cycle: " + " -> ".join([*visiting, name])
+        if name in done:
+            return
+        visiting.append(name)
+        for target in depends_on(stack.services[name]):
+            visit(target)
+        visiting.pop()
+        done.add(name)
+
+    for name in stack.services:
+        visit(name)
+
+
+def check_search_attributes(stack: Stack) -> None:
+    registering = {
+        name: service
+        for name, service in stack.with_image("temporalio/admin-tools:").items()
+        if "search-attribute create" in script(service)
+    }
+    job_name, job = only(registering, "search-attribute job")
+    assert is_one_shot(job), f"{job_name} must be a one-shot job"
+    match = re.search(r'^\s*attributes="([^"]*)"', script(job), re.MULTILINE)
+    assert match, f'{job_name} must list the attributes as attributes="Name:Type ..."'
+    registered = dict(pair.split(":", 1) for pair in match.group(1).split())
+    expected = {key.name: key._metadata_type for key in ALL_SEARCH_ATTRIBUTES}
+    assert registered == expected, (
+        f"{job_name} registers {registered}, schemas/search.py has {expected}"
+    )
+
+    job_variables = environment(job)
+    for name, service in stack.workers_and_gateway().items():
+        settings = settings_of(service)
+        assert job_variables.get("TEMPORAL_NAMESPACE") == settings.temporal_namespace, (
+            f"{job_name} sets up another namespace than {name} uses"
+        )
+        assert job_variables.get("TEMPORAL_ADDRESS") == settings.temporal_target
+        assert depends_on(service).get(job_name) == "service_completed_successfully", (
+            f"{name} must start only after {job_name} registered the search attributes"
+        )
+
+
+def check_worker_replicas_are_configurable(stack: Stack) -> None:
+    variables = set()
+    for kind in QUEUE_KINDS:
+        name, _ = stack.one_by_role("worker", "run", kind)
+        raw = stack.raw["services"][name]
+        replicas = (raw.get("deploy") or {}).get("replicas")
+        match = REPLICAS_VARIABLE.match(str(replicas))
+        assert match, f"{name}: deploy.replicas must be ${{VARIABLE:-N}}, is {replicas!r}"
+        variables.add(match.group("name"))
+        # A replica cannot publish a fixed host port or take a fixed name.
+        assert not raw.get("ports") and not raw.get("container_name"), f"{name} cannot scale"
+    assert len(variables) == len(QUEUE_KINDS), "each task queue's workers scale on their own"
+
+
+def check_temporal_on_postgresql_with_admin_tools_schema(stack: Stack) -> None:
+    assert not stack.with_image("temporalio/auto-setup"), "the server must not use auto-setup"
+    server_name, server = only(stack.with_image("temporalio/server:"), "Temporal server")
+    server_variables = environment(server)
+    assert server_variables.get("DB") == "postgres12", "the server must use the postgres12 plugin"
+    database_name = server_variables.get("POSTGRES_SEEDS", "")
+    assert str(stack.service(database_name).get("image", "")).startswith("postgres:")
+
+    schema_jobs = {
+        name: service
+        for name, service in stack.with_image("temporalio/admin-tools:").items()
+        if "temporal-sql-tool" in script(service)
+    }
+    job_name, job = only(schema_jobs, "schema job")
+    assert is_one_shot(job), f"{job_name} must be a one-shot job"
+    text = script(job)
+    for step in ("create-database", "setup-schema", "update-schema"):
+        assert step in text, f"{job_name} does not run temporal-sql-tool {step}"
+    set_up = dict(re.findall(r"^\s*setup_database (\S+) (\S+)\s*$", text, re.MULTILINE))
+    expected = {
+        server_variables.get("DBNAME", "temporal"): "temporal",
+        server_variables.get("VISIBILITY_DBNAME", "temporal_visibility"): "visibility",
+    }
+    assert set_up == expected, f"{job_name} sets up {set_up}; the server uses {expected}"
+    assert f"schema_root={TEMPORAL_SCHEMA_ROOT}" in text, (
+        f"{job_name} must use {TEMPORAL_SCHEMA_ROOT}"
+    )
+
+    job_variables = environment(job)
+    assert job_variables.get("SQL_PLUGIN") == "postgres12"
+    assert (job_variables.get("SQL_HOST"), job_variables.get("SQL_PORT")) == (
+        database_name,
+        server_variables.get("DB_PORT", "5432"),
+    ), f"{job_name} sets up another database server than {server_name} uses"
+    assert (job_variables.get("SQL_USER"), job_variables.get("SQL_PASSWORD")) == (
+        server_variables.get("POSTGRES_USER"),
+        server_variables.get("POSTGRES_PWD"),
+    )
+    assert depends_on(server).get(job_name) == "service_completed_successfully", (
+        f"{server_name} must start only after {job_name} set up its schema"
+    )
+    # The schema the tools install is the one their own release of the server expects.
+    server_version = str(server["image"]).rpartition(":")[2]
+    tools_version = str(job["image"]).rpartition(":")[2].split("-")[0]
+    assert tools_version == server_version, (
+        f"admin tools {tools_version} != server {server_version}"
+    )
+
+
+def check_cardflow_commands_exist(stack: Stack) -> None:
+    root = typer.main.get_command(cli_app)
+    for name, service in stack.cardflow_services().items():
+        words = command(service)
+        assert words[:1] == ["cardflow"], f"{name} must run `cardflow ...`"
+        # A group has sub-commands by name; a command does not.
+        current: Any = root
+        rest = words[1:]
+        while hasattr(current, "commands") and rest:
+            found = current.commands.get(rest[0])
+            assert found is not None, f"{name}: `{' '.join(words)}` is no cardflow command"
+            current, rest = found, rest[1:]
+        assert not hasattr(current, "commands"), f"{name}: `{' '.join(words)}` is incomplete"
+        if words[1:3] == ["worker", "run"]:
+            assert rest and rest[0] in QUEUE_KINDS, f"{name}: unknown worker kind {rest}"
+
+
+def only(found: Mapping[str, dict[str, Any]], what: str) -> tuple[str, dict[str, Any]]:
+    assert len(found) == 1, f"expected one {what}, found {sorted(found)}"
+    return next(iter(found.items()))
+
+
+# ----- the tests ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack() -> Stack:
+    return load_stack()
+
+
+def test_every_variable_given_to_a_cardflow_process_is_a_setting_it_reads(stack: Stack) -> None:
+    check_cardflow_variables_are_settings(stack)
+
+
+def test_every_cardflow_process_environment_passes_load_settings(stack: Stack) -> None:
+    check_cardflow_environments_load(stack)
+
+
+def test_the_stack_refuses_to_start_without_keys_and_webhook_secrets(stack: Stack) -> None:
+    check_required_variables_refuse_to_start(stack)
+
+
+def test_workers_and_gateway_reach_temporal_the_ledger_and_the_providers(stack: Stack) -> None:
+    check_roles(stack)
+
+
+def test_the_web_ui_decodes_through_the_codec_it_is_allowed_by(stack: Stack) -> None:
+    check_codec_and_web_ui(stack)
+
+
+def test_every_image_is_pinned_to_an_exact_version(stack: Stack) -> None:
+    check_images_are_pinned(stack)
+
+
+def test_every_long_running_service_has_a_healthcheck(stack: Stack) -> None:
+    check_long_running_services_have_healthchecks(stack)
+
+
+def test_every_dependency_names_a_service_and_a_condition_it_can_meet(stack: Stack) -> None:
+    check_dependencies(stack)
+
+
+def test_the_setup_job_registers_exactly_cardflows_search_attributes(stack: Stack) -> None:
+    check_search_attributes(stack)
+
+
+def test_worker_replicas_are_configurable_per_task_queue(stack: Stack) -> None:
+    check_worker_replicas_are_configurable(stack)
+
+
+def test_temporal_runs_on_postgresql_with_its_schema_set_up_by_the_admin_tools(
+    stack: Stack,
+) -> None:
+    check_temporal_on_postgresql_with_admin_tools_schema(stack)
+
+
+def test_every_cardflow_service_runs_a_real_cli_command(stack: Stack) -> None:
+    check_cardflow_commands_exist(stack)
+
+
+# ----- each check fails on a file broken the way it guards against -------------
+
+Breakage = Callable[[dict[str, Any]], object]
+
+
+def _env(raw: dict[str, Any], service: str) -> dict[str, Any]:
+    """A service's own environment mapping (merged anchors copied out first)."""
+    target = raw["services"][service]
+    copied: dict[str, Any] = dict(target["environment"])
+    target["environment"] = copied
+    return copied
+
+
+def _set_script(raw: dict[str, Any], service: str, old: str, new: str) -> None:
+    text = raw["services"][service]["command"][0]
+    assert old in text, f"breakage out of date: {old!r} not in {service}'s script"
+    raw["services"][service]["command"] = [text.replace(old, new)]
+
+
+def _set_dependency(raw: dict[str, Any], service: str, target: str, condition: str) -> None:
+    dependencies = dict(raw["services"][service].get("depends_on") or {})
+    dependencies[target] = {"condition": condition}
+    raw["services"][service]["depends_on"] = dependencies
+
+
+BREAKAGES: dict[str, tuple[Callable[[Stack], None], Breakage]] = {
+    "unknown cardflow variable": (
+        check_cardflow_variables_are_settings,
+        lambda raw: _env(raw, "worker-ledger").update(CARDFLOW_LEDGER_CONCURRENCY="8"),
+    ),
+    "unknown TEMPORAL_ variable": (
+        check_cardflow_variables_are_settings,
+        lambda raw: _env(raw, "gateway").update(TEMPORAL_HOST="temporal"),
+    ),
+    "invalid setting value": (
+        check_cardflow_environments_load,
+        lambda raw: _env(raw, "worker-providers").update(CARDFLOW_METRICS_PORT="metrics"),
+    ),
+    "bad OTLP endpoint": (
+        check_cardflow_environments_load,
+        lambda raw: _env(raw, "gateway").update(OTEL_EXPORTER_OTLP_ENDPOINT="otel-collector:4318"),
+    ),
+    "keys given a default": (
+        check_required_variables_refuse_to_start,
+        lambda raw: _env(raw, "codec").update(
+            CARDFLOW_ENCRYPTION_KEYS="${CARDFLOW_ENCRYPTION_KEYS:-}"
+        ),
+    ),
+    "gateway without the ledger": (
+        check_roles,
+        lambda raw: _env(raw, "gateway").pop("DATABASE_URL"),
+    ),
+    "worker on the wrong Temporal port": (
+        check_roles,
+        lambda raw: _env(raw, "worker-workflows").update(TEMPORAL_ADDRESS="temporal:7234"),
+    ),
+    "ledger password out of step": (
+        check_roles,
+        lambda raw: _env(raw, "cardflow-db").update(POSTGRES_PASSWORD="rotated"),
+    ),
+    "simulators sign with other secrets": (
+        check_roles,
+        lambda raw: _env(raw, "simulators").update(
+            CARDFLOW_WEBHOOK_SECRETS=json.dumps({"issuer": "whsec_" + "0" * 43})
+        ),
+    ),
+    "codec allows another origin": (
+        check_codec_and_web_ui,
+        lambda raw: _env(raw, "codec").update(CARDFLOW_CODEC_CORS_ORIGINS="http://localhost:8080"),
+    ),
+    "UI calls the codec at another port": (
+        check_codec_and_web_ui,
+        lambda raw: _env(raw, "temporal-ui").update(
+            TEMPORAL_CODEC_ENDPOINT="http://localhost:8081"
+        ),
+    ),
+    "codec published beyond loopback": (
+        check_codec_and_web_ui,
+        lambda raw: raw["services"]["codec"].update(ports=["8234:8234"]),
+    ),
+    "bare major version": (
+        check_images_are_pinned,
+        lambda raw: raw["services"]["postgresql"].update(image="postgres:16"),
+    ),
+    "latest tag": (
+        check_images_are_pinned,
+        lambda raw: raw["services"]["temporal-ui"].update(image="temporalio/ui:latest"),
+    ),
+    "no tag": (
+        check_images_are_pinned,
+        lambda raw: raw["services"]["cardflow-db"].update(image="postgres"),
+    ),
+    "gateway without a healthcheck": (
+        check_long_running_services_have_healthchecks,
+        lambda raw: raw["services"]["gateway"].pop("healthcheck"),
+    ),
+    "disabled healthcheck": (
+        check_long_running_services_have_healthchecks,
+        lambda raw: raw["services"]["temporal"].update(healthcheck={"disable": True}),
+    ),
+    "worker checks the wrong metrics port": (
+        check_long_running_services_have_healthchecks,
+        lambda raw: _env(raw, "worker-ledger").update(CARDFLOW_METRICS_PORT="9465"),
+    ),
+    "no restart policy": (
+        check_long_running_services_have_healthchecks,
+        lambda raw: raw["services"]["simulators"].pop("restart"),
+    ),
+    "dependency on a missing service": (
+        check_dependencies,
+        lambda raw: _set_dependency(raw, "gateway", "redis", "service_started"),
+    ),
+    "healthy wait on a one-shot job": (
+        check_dependencies,
+        lambda raw: _set_dependency(raw, "schedules", "db-migrate", "service_healthy"),
+    ),
+    "completion wait on a server": (
+        check_dependencies,
+        lambda raw: _set_dependency(
+            raw, "gateway", "cardflow-db", "service_completed_successfully"
+        ),
+    ),
+    "mere start of a server": (
+        check_dependencies,
+        lambda raw: _set_dependency(raw, "temporal-setup", "temporal", "service_started"),
+    ),
+    "unknown condition": (
+        check_dependencies,
+        lambda raw: _set_dependency(raw, "gateway", "temporal", "service_ready"),
+    ),
+    "dependency cycle": (
+        check_dependencies,
+        lambda raw: _set_dependency(
+            raw, "temporal", "temporal-setup", "service_completed_successfully"
+        ),
+    ),
+    "attribute missing": (
+        check_search_attributes,
+        lambda raw: _set_script(raw, "temporal-setup", " Provider:Keyword", ""),
+    ),
+    "attribute with another type": (
+        check_search_attributes,
+        lambda raw: _set_script(raw, "temporal-setup", "AmountMinor:Int", "AmountMinor:Keyword"),
+    ),
+    "workers start before the attributes exist": (
+        check_search_attributes,
+        lambda raw: raw["services"]["worker-ledger"].update(
+            depends_on={
+                k: v
+                for k, v in raw["services"]["worker-ledger"]["depends_on"].items()
+                if k != "temporal-setup"
+            }
+        ),
+    ),
+    "fixed replica count": (
+        check_worker_replicas_are_configurable,
+        lambda raw: raw["services"]["worker-ledger"].update(deploy={"replicas": 2}),
+    ),
+    "worker publishing a port": (
+        check_worker_replicas_are_configurable,
+        lambda raw: raw["services"]["worker-providers"].update(ports=["127.0.0.1:9464:9464"]),
+    ),
+    "auto-setup server": (
+        check_temporal_on_postgresql_with_admin_tools_schema,
+        lambda raw: raw["services"]["temporal"].update(image="temporalio/auto-setup:1.28.1"),
+    ),
+    "visibility schema not set up": (
+        check_temporal_on_postgresql_with_admin_tools_schema,
+        lambda raw: _set_script(
+            raw, "temporal-schema", "setup_database temporal_visibility visibility", ""
+        ),
+    ),
+    "server on another database plugin": (
+        check_temporal_on_postgresql_with_admin_tools_schema,
+        lambda raw: _env(raw, "temporal").update(DB="mysql8"),
+    ),
+    "admin tools of another release": (
+        check_temporal_on_postgresql_with_admin_tools_schema,
+        lambda raw: raw["services"]["temporal-schema"].update(
+            image="temporalio/admin-tools:1.27.2-tctl-1.18.2-cli-1.3.0"
+        ),
+    ),
+    "server starts before its schema": (
+        check_temporal_on_postgresql_with_admin_tools_schema,
+        lambda raw: raw["services"]["temporal"]["depends_on"].pop("temporal-schema"),
+    ),
+    "misspelt command": (
+        check_cardflow_commands_exist,
+        lambda raw: raw["services"]["worker-ledger"].update(
+            command=["cardflow", "worker", "start", "ledger"]
+        ),
+    ),
+    "unknown worker kind": (
+        check_cardflow_commands_exist,
+        lambda raw: raw["services"]["worker-ledger"].update(
+            command=["cardflow", "worker", "run", "billing"]
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_each_check_fails_on_a_file_broken_the_way_it_guards_against(
+    stack: Stack, breakage: str
+) -> None:
+    check, breaks = BREAKAGES[breakage]
+    raw = copy.deepcopy(stack.raw)
+    breaks(raw)
+    with pytest.raises((AssertionError, pytest.fail.Exception)):
+        check(Stack.of(raw))
