@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cardflow-installed
 
-.PHONY: demo test down status lint clean
+.PHONY: demo test down status lint clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cardflow demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The Web UI test drives Debian's chromium (nothing is downloaded at run time):
+# install the package when it is missing, as root directly or through sudo.
+CARDFLOW_CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x "$(CARDFLOW_CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "make test needs Debian's chromium at $(CARDFLOW_CHROMIUM) for the Web UI test:" \
+	    "run 'sudo apt-get install chromium' (or set CARDFLOW_CHROMIUM to a Chromium binary)" >&2; exit 1; fi; \
+	  echo "Installing Debian's chromium for the Web UI test..."; \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	    || { echo "could not install Debian's chromium with apt-get; install it, or set CARDFLOW_CHROMIUM" >&2; exit 1; }; \
+	fi
 
 down: $(STAMP)
 	$(BIN)/cardflow dev down
