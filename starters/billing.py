@@ -54,7 +54,9 @@ from workflows.billing import (
     BILLING_RUN_WORKFLOW,
     BILLING_WORKFLOW,
     STATUS_QUERY,
+    billing_run_start_metadata,
     billing_run_workflow_id,
+    billing_start_metadata,
     billing_workflow_id,
 )
 
@@ -91,6 +93,7 @@ async def start_billing(
 ) -> WorkflowHandle[Any, BillingResult]:
     """Start billing/{customer}/{period}; a period already billed returns that process."""
     workflow_id = billing_workflow_id(request.customer_id, request.period)
+    metadata = billing_start_metadata(request)
     try:
         return await client.start_workflow(
             BILLING_WORKFLOW,
@@ -102,7 +105,8 @@ async def start_billing(
             search_attributes=TypedSearchAttributes(
                 [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
             ),
-            static_summary=f"Fees and statement of {request.customer_id} for {request.period}",
+            static_summary=metadata.summary,
+            static_details=metadata.details,
         )
     except WorkflowAlreadyStartedError:
         return client.get_workflow_handle(workflow_id, result_type=BillingResult)
@@ -120,6 +124,7 @@ async def run_billing(
     """Run the driver for a period (a running one is joined) and answer its result."""
     if request.period is None:
         raise ValueError("period: a run started by hand names its period")
+    metadata = billing_run_start_metadata(request)
     handle = await client.start_workflow(
         BILLING_RUN_WORKFLOW,
         with_queues(request, queues),
@@ -128,7 +133,8 @@ async def run_billing(
         result_type=BillingRunResult,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        static_summary=f"Billing run for {request.period}",
+        static_summary=metadata.summary,
+        static_details=metadata.details,
     )
     result: BillingRunResult = await handle.result()
     return result
@@ -207,12 +213,16 @@ async def demo_statement(
 def billing_schedule(settings: Settings) -> Schedule:
     """On the first of each month, bill the month before for every customer."""
     queues = settings.task_queues
+    run = with_queues(BillingRunInput(statements_dir=str(statements_dir(settings))), queues)
+    metadata = billing_run_start_metadata(run)
     return Schedule(
         action=ScheduleActionStartWorkflow(
             BILLING_RUN_WORKFLOW,
-            with_queues(BillingRunInput(statements_dir=str(statements_dir(settings))), queues),
+            run,
             id=SCHEDULED_RUN_WORKFLOW_ID,
             task_queue=queues.workflows,
+            static_summary=metadata.summary,
+            static_details=metadata.details,
         ),
         spec=TemporalScheduleSpec(
             calendars=[

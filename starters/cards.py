@@ -24,6 +24,7 @@ from workflows.cards import (
     CARD_ISSUE_WORKFLOW,
     RESCHEDULE_UPDATE,
     RESOLVE_EXCEPTION_UPDATE,
+    card_issue_start_metadata,
     card_issue_workflow_id,
     card_workflow_id,
 )
@@ -41,6 +42,7 @@ async def issue_card(
             "workflows_task_queue": queues.workflows,
         }
     )
+    metadata = card_issue_start_metadata(request)
     return await client.start_workflow(
         CARD_ISSUE_WORKFLOW,
         request,
@@ -51,7 +53,8 @@ async def issue_card(
         search_attributes=TypedSearchAttributes(
             [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
         ),
-        static_summary=f"{request.kind} card for customer {request.customer_id}",
+        static_summary=metadata.summary,
+        static_details=metadata.details,
     )
 
 

@@ -40,6 +40,7 @@ from workflows.dispute import (
     STATUS_QUERY,
     SUBMIT_UPDATE,
     WITHDRAW_UPDATE,
+    dispute_start_metadata,
     dispute_workflow_id,
 )
 
@@ -65,6 +66,7 @@ async def open_dispute(
     """Start dispute/{transaction_id}; a transaction disputed before answers that process
     (a transaction is disputed once)."""
     workflow_id = dispute_workflow_id(request.transaction_id)
+    metadata = dispute_start_metadata(request)
     try:
         return await client.start_workflow(
             DISPUTE_WORKFLOW,
@@ -76,10 +78,8 @@ async def open_dispute(
             search_attributes=TypedSearchAttributes(
                 [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
             ),
-            static_summary=(
-                f"dispute of {request.transaction_id} ({request.reason.value})"
-                f" by customer {request.customer_id}"
-            ),
+            static_summary=metadata.summary,
+            static_details=metadata.details,
         )
     except WorkflowAlreadyStartedError:
         return handle(client, request.transaction_id)

@@ -37,6 +37,7 @@ from workflows.fx import (
     FX_WORKFLOW,
     STATUS_QUERY,
     WAIT_QUOTE_UPDATE,
+    fx_start_metadata,
     fx_workflow_id,
 )
 
@@ -60,6 +61,7 @@ async def start(
 ) -> WorkflowHandle[Any, FxConversionResult]:
     """Start fx/{request_id}; a request id already used returns that process."""
     workflow_id = fx_workflow_id(request.request_id)
+    metadata = fx_start_metadata(request)
     try:
         return await client.start_workflow(
             FX_WORKFLOW,
@@ -71,10 +73,8 @@ async def start(
             search_attributes=TypedSearchAttributes(
                 [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
             ),
-            static_summary=(
-                f"{request.sell_currency.value} -> {request.buy_currency.value}"
-                f" for customer {request.customer_id}"
-            ),
+            static_summary=metadata.summary,
+            static_details=metadata.details,
         )
     except WorkflowAlreadyStartedError:
         return client.get_workflow_handle(workflow_id, result_type=FxConversionResult)

@@ -10,7 +10,7 @@ from temporalio.client import Client
 
 from schemas.health import PingInput, PingResult
 from schemas.task_queues import TaskQueues
-from workflows.health import PING_WORKFLOW, ping_workflow_id
+from workflows.health import PING_WORKFLOW, ping_start_metadata, ping_workflow_id
 
 # Long enough for a worker to pick up a task on a busy machine, short enough
 # that `dev status` answers promptly when a worker is down.
@@ -33,19 +33,22 @@ async def ping(
     workflow_id: str | None = None,
 ) -> PingResult:
     """Run Ping on the workflow queue; raise WorkflowWorkerSilent if nobody runs it."""
+    ping = PingInput(
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        requested_by=requested_by,
+        probe_timeout_seconds=probe_timeout_seconds,
+    )
+    metadata = ping_start_metadata(ping)
     handle = await client.start_workflow(
         PING_WORKFLOW,
-        PingInput(
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            requested_by=requested_by,
-            probe_timeout_seconds=probe_timeout_seconds,
-        ),
+        ping,
         id=workflow_id or ping_workflow_id(uuid.uuid4().hex),
         task_queue=queues.workflows,
         execution_timeout=PING_EXECUTION_TIMEOUT,
         result_type=PingResult,
-        static_summary="Health check of every task queue",
+        static_summary=metadata.summary,
+        static_details=metadata.details,
     )
     # Both activity probes run in parallel, each bounded by the probe timeout;
     # the margin covers the workflow tasks around them.

@@ -22,6 +22,7 @@ from workflows.onboarding import (
     ONBOARDING_WORKFLOW,
     RESUBMIT_SIGNAL,
     REVIEW_UPDATE,
+    onboarding_start_metadata,
     onboarding_workflow_id,
 )
 
@@ -37,6 +38,7 @@ async def start_onboarding(
 ) -> WorkflowHandle[Any, OnboardingResult]:
     """Start onboarding/{customer_id}; one onboarding per customer."""
     customer_id = request.profile.customer_id
+    metadata = onboarding_start_metadata(request)
     return await client.start_workflow(
         ONBOARDING_WORKFLOW,
         with_queues(request, queues),
@@ -45,7 +47,8 @@ async def start_onboarding(
         result_type=OnboardingResult,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=TypedSearchAttributes([SearchAttributePair(CUSTOMER_ID, customer_id)]),
-        static_summary=f"Onboarding of customer {customer_id}",
+        static_summary=metadata.summary,
+        static_details=metadata.details,
     )
 
 

@@ -54,7 +54,9 @@ from workflows.reconciliation import (
     RECONCILIATION_WORKFLOW,
     SCHEDULED_RECONCILIATION_WORKFLOW,
     STATUS_QUERY,
+    reconciliation_start_metadata,
     reconciliation_workflow_id,
+    scheduled_reconciliation_start_metadata,
 )
 
 DAILY_SCHEDULE_ID = "reconciliation-issuer-daily"
@@ -91,6 +93,7 @@ async def start(
     """Start reconciliation/{provider}/{date}; one running or done answers
     with that run (a failed one is started again)."""
     workflow_id = reconciliation_workflow_id(request.provider, request.settlement_date)
+    metadata = reconciliation_start_metadata(request)
     try:
         return await client.start_workflow(
             RECONCILIATION_WORKFLOW,
@@ -102,7 +105,8 @@ async def start(
             search_attributes=TypedSearchAttributes(
                 [SearchAttributePair(PROVIDER, request.provider)]
             ),
-            static_summary=f"reconcile {request.provider} {request.settlement_date.isoformat()}",
+            static_summary=metadata.summary,
+            static_details=metadata.details,
         )
     except WorkflowAlreadyStartedError:
         return client.get_workflow_handle(workflow_id, result_type=ReconciliationResult)
@@ -170,17 +174,21 @@ def summary(result: ReconciliationResult) -> str:
 
 def build_daily_schedule(settings: Settings) -> Schedule:
     queues = settings.task_queues
+    driver = ScheduledReconciliationInput(
+        reports_dir=reports_dir(settings),
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+    metadata = scheduled_reconciliation_start_metadata(driver)
     return Schedule(
         action=ScheduleActionStartWorkflow(
             SCHEDULED_RECONCILIATION_WORKFLOW,
-            ScheduledReconciliationInput(
-                reports_dir=reports_dir(settings),
-                ledger_task_queue=queues.ledger,
-                providers_task_queue=queues.providers,
-                workflows_task_queue=queues.workflows,
-            ),
+            driver,
             id=DAILY_SCHEDULE_ID,
             task_queue=queues.workflows,
+            static_summary=metadata.summary,
+            static_details=metadata.details,
         ),
         spec=ScheduleSpec(
             calendars=[
@@ -249,17 +257,21 @@ async def reconciliation_clean(client: Client, settings: Settings) -> list[str]:
     queues = settings.task_queues
     today = datetime.now(UTC).date()
     driver_id = f"{DAILY_SCHEDULE_ID}-manual-{uuid.uuid4().hex[:8]}"
+    driver = ScheduledReconciliationInput(
+        settlement_date=today,
+        reports_dir=reports_dir(settings),
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+    metadata = scheduled_reconciliation_start_metadata(driver)
     started: ScheduledReconciliationResult = await client.execute_workflow(
         SCHEDULED_RECONCILIATION_WORKFLOW,
-        ScheduledReconciliationInput(
-            settlement_date=today,
-            reports_dir=reports_dir(settings),
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
-        ),
+        driver,
         id=driver_id,
         task_queue=queues.workflows,
+        static_summary=metadata.summary,
+        static_details=metadata.details,
         result_type=ScheduledReconciliationResult,
     )
     result = await client.get_workflow_handle(

@@ -163,15 +163,18 @@ async def onboarding_expired(client: Client, settings: Settings) -> str:
     return handle.id
 
 
-async def _fund_wallet(settings: Settings, customer_id: str, amount_minor: int) -> None:
-    """A bank transfer arrives in the customer's USD wallet (straight to the ledger)."""
+async def _fund_wallet(
+    settings: Settings, customer_id: str, amount_minor: int, *, key: str = ""
+) -> None:
+    """A bank transfer arrives in the customer's USD wallet (straight to the
+    ledger); `key` tells a customer's later transfers from the first."""
     pool = await create_pool(settings.effective_database_url, size_max=1)
     try:
         ledger = Ledger(pool)
         await ledger.open_account(system_account("bank:inbound:USD"))
         await ledger.transfer(
             TransferRequest(
-                key=f"scenario-funding/{customer_id}",
+                key=f"scenario-funding/{customer_id}" + (f"/{key}" if key else ""),
                 debit="bank:inbound:USD",
                 credit=wallet_code(customer_id, "USD"),
                 amount_minor=amount_minor,
@@ -480,6 +483,37 @@ async def card_purchase(client: Client, settings: Settings) -> list[str]:
     return [card.id, cashback_workflow_id(transaction_id)]
 
 
+async def card_exception(client: Client, settings: Settings) -> list[str]:
+    """The issuer force-posts more than the wallet holds: the card raises an
+    exception (ProcessStatus `exception`); the customer pays in and an operator
+    charges the wallet, so the ledger matches the issuer's settlement; then the
+    card closes."""
+    from schemas.cards import CardInput, ExceptionDecision
+    from starters.cards import resolve_exception
+    from starters.simulate import force_post
+
+    customer_id, _, card_id = await funded_virtual_card(client, settings)
+    await force_post(settings, card_id, 50_000)
+    card = client.get_workflow_handle(card_workflow_id(card_id))
+
+    async def raised() -> bool:
+        state = await card.query("status", result_type=CardInput)
+        return any(e.resolution is None for e in state.exceptions)
+
+    await _until(raised, "the card raises an exception")
+    state = await card.query("status", result_type=CardInput)
+    [raised_exception] = [e for e in state.exceptions if e.resolution is None]
+    await _fund_wallet(settings, customer_id, 50_000, key="exception")
+    await resolve_exception(
+        client,
+        card_id,
+        ExceptionDecision(exception_id=raised_exception.id, action="charge", reason="scenario"),
+    )
+    await card.execute_update(CLOSE_UPDATE, CardStateChange(reason="scenario"))
+    await card.result()
+    return [card.id]
+
+
 async def billing_period(client: Client, settings: Settings) -> list[str]:
     """A funded customer with a virtual card; the month's billing run charges
     the card's fee and writes the customer's statement."""
@@ -559,6 +593,9 @@ SCENARIOS: dict[str, Scenario] = {
     "dispute-won": dispute_won,
     "dispute-lost": dispute_lost,
     "reconciliation-clean": reconciliation_clean,
+    # After the day's reconciliation: a card exception is not (yet) one of the
+    # card's postings, so the issuer's force post would be a difference today.
+    "card-exception": card_exception,
 }
 
 

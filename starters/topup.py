@@ -47,6 +47,7 @@ from workflows.topup import (
     STATUS_PROCESSING,
     STATUS_QUERY,
     TOPUP_WORKFLOW,
+    topup_start_metadata,
     topup_workflow_id,
 )
 
@@ -78,6 +79,7 @@ async def _signal_with_start(
     searchable: list[SearchAttributePair[Any]],
 ) -> WorkflowHandle[Any, TopupResult]:
     workflow_id = topup_workflow_id(request.source, request.external_ref)
+    metadata = topup_start_metadata(request)
     try:
         return await client.start_workflow(
             TOPUP_WORKFLOW,
@@ -93,7 +95,8 @@ async def _signal_with_start(
             search_attributes=TypedSearchAttributes(
                 [SearchAttributePair(PROVIDER, SOURCE_PROVIDER[request.source]), *searchable]
             ),
-            static_summary=f"Top-up {request.source} {request.external_ref}",
+            static_summary=metadata.summary,
+            static_details=metadata.details,
         )
     except WorkflowAlreadyStartedError:
         # It ran to its end already: the record starts nothing new.

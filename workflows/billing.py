@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.ledger import Account, TransferOutcome, TransferRequest
     from schemas.money import Currency
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+    from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, step_key
 
 BILLING_WORKFLOW = "Billing"
@@ -81,6 +82,23 @@ def billing_workflow_id(customer_id: str, period: str) -> str:
 
 def billing_run_workflow_id(period: str) -> str:
     return f"billing-run/{period}"
+
+
+def billing_start_metadata(request: BillingInput) -> StartMetadata:
+    return start_metadata(
+        f"Fees and statement of {request.customer_id} for {request.period}",
+        {"customer": request.customer_id, "period": request.period},
+        "nothing outside: it charges each active card's monthly fee, then writes the statement",
+    )
+
+
+def billing_run_start_metadata(request: BillingRunInput) -> StartMetadata:
+    period = request.period or "the month before the scheduled time"
+    return start_metadata(
+        f"Billing run for {period}",
+        {"period": period},
+        "one `billing/{customer}/{period}` child per customer, page by page",
+    )
 
 
 def fee_step(card_id: str) -> str:
@@ -330,11 +348,14 @@ class BillingRun:
             providers_task_queue=request.providers_task_queue,
             workflows_task_queue=request.workflows_task_queue,
         )
+        metadata = billing_start_metadata(billing)
         try:
             await workflow.execute_child_workflow(
                 BILLING_WORKFLOW,
                 billing,
                 id=billing_workflow_id(customer_id, self._period),
+                static_summary=metadata.summary,
+                static_details=metadata.details,
                 task_queue=request.workflows_task_queue,
                 result_type=BillingResult,
                 id_reuse_policy=BILLING_ID_REUSE_POLICY,

@@ -82,7 +82,12 @@ with workflow.unsafe.imports_passed_through():
         TransferOutcome,
         TransferRequest,
     )
-    from workflows.cashback import CASHBACK_WORKFLOW, REFUND_SIGNAL, cashback_workflow_id
+    from workflows.cashback import (
+        CASHBACK_WORKFLOW,
+        REFUND_SIGNAL,
+        cashback_start_metadata,
+        cashback_workflow_id,
+    )
     from workflows.steps import on_ledger, step_key
 
 # The ledger's own expiry of a hold sits this far past the card's timer, so a
@@ -688,23 +693,27 @@ class CardMoney:
     async def _start_cashback(self, transaction: IssuerTransaction) -> None:
         if transaction.merchant is None:
             return
+        cashback = CashbackInput(
+            transaction_id=transaction.id,
+            customer_id=self.state.customer_id,
+            card_id=self.state.card_id,
+            amount_minor=transaction.amount_minor,
+            currency=transaction.currency,
+            mcc=transaction.merchant.mcc,
+            merchant_name=transaction.merchant.name,
+            occurred_at=datetime.fromisoformat(transaction.created_at),
+            ledger_task_queue=self.state.ledger_task_queue,
+            providers_task_queue=self.state.providers_task_queue,
+            workflows_task_queue=self.state.workflows_task_queue,
+        )
+        metadata = cashback_start_metadata(cashback)
         try:
             await workflow.start_child_workflow(
                 CASHBACK_WORKFLOW,
-                CashbackInput(
-                    transaction_id=transaction.id,
-                    customer_id=self.state.customer_id,
-                    card_id=self.state.card_id,
-                    amount_minor=transaction.amount_minor,
-                    currency=transaction.currency,
-                    mcc=transaction.merchant.mcc,
-                    merchant_name=transaction.merchant.name,
-                    occurred_at=datetime.fromisoformat(transaction.created_at),
-                    ledger_task_queue=self.state.ledger_task_queue,
-                    providers_task_queue=self.state.providers_task_queue,
-                    workflows_task_queue=self.state.workflows_task_queue,
-                ),
+                cashback,
                 id=cashback_workflow_id(transaction.id),
+                static_summary=metadata.summary,
+                static_details=metadata.details,
                 task_queue=self.state.workflows_task_queue,
                 parent_close_policy=ParentClosePolicy.ABANDON,
                 # A purchase's cashback is decided once, even after it finished.

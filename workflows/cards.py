@@ -65,8 +65,10 @@ with workflow.unsafe.imports_passed_through():
     from schemas.customers import KycStatus, Notification
     from schemas.issuer import Card, CardState, ShippingStatus
     from schemas.ledger import Account, TransferOutcome, TransferRequest
-    from schemas.search import CARD_ID, CUSTOMER_ID, PROCESS_STATUS
+    from schemas.providers import ISSUER
+    from schemas.search import CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
     from workflows.card_money import CardMoney
+    from workflows.metadata import StartMetadata, start_metadata
     from workflows.onboarding import wallet_code
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
@@ -84,6 +86,15 @@ REPORT_STOLEN_UPDATE = "report_stolen"
 AUTHORIZE_UPDATE = "authorize"
 NETWORK_EVENT_SIGNAL = "network_event"
 RESOLVE_EXCEPTION_UPDATE = "resolve_exception"
+# Cards live for years, so this change of the card's commands is behind a
+# patch: a card that started before it replays without it (patched() is False
+# there). With it, the card also carries Currency and Provider, and its
+# ProcessStatus is STATUS_EXCEPTION while money waits for an operator's
+# resolve_exception. Once no card runs the old code: deprecate_patch, then remove.
+CARD_SEARCH_ATTRIBUTES_PATCH = "card-search-attributes-v2"
+# The card's ProcessStatus: its state (open, paused, closed), or one of these.
+STATUS_EXCEPTION = "exception"
+STATUS_REPLACED = "replaced"
 SHORT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 
 
@@ -95,14 +106,41 @@ def card_workflow_id(card_id: str) -> str:
     return f"card/{card_id}"
 
 
+def card_issue_start_metadata(request: CardIssueInput) -> StartMetadata:
+    return start_metadata(
+        f"{request.kind} {request.currency.value} card for customer {request.customer_id}",
+        {
+            "request": request.request_id,
+            "customer": request.customer_id,
+            "kind": request.kind,
+            "currency": request.currency.value,
+        },
+        "the issuer creating the card; for a physical card its shipping webhooks"
+        " (signal `shipping_update`) and the `activate` update once delivered",
+    )
+
+
+def card_start_metadata(card: CardInput) -> StartMetadata:
+    return start_metadata(
+        f"Card {card.card_id} of customer {card.customer_id}",
+        {"card": card.card_id, "customer": card.customer_id, "currency": card.currency.value},
+        "the issuer's authorizations (update `authorize`) and events (signal"
+        " `network_event`); operators' `freeze`, `unfreeze`, `close`, `set_limits` and"
+        " `resolve_exception` updates",
+    )
+
+
 async def start_card_entity(card: CardInput) -> None:
     """Start the card's own long-lived workflow; it outlives whoever starts it."""
+    metadata = card_start_metadata(card)
     await workflow.start_child_workflow(
         CARD_WORKFLOW,
         card,
         id=card_workflow_id(card.card_id),
         task_queue=card.workflows_task_queue,
         parent_close_policy=ParentClosePolicy.ABANDON,
+        static_summary=metadata.summary,
+        static_details=metadata.details,
     )
 
 
@@ -125,7 +163,15 @@ class CardIssue:
     @workflow.run
     async def run(self, request: CardIssueInput) -> CardIssueResult:
         self._input = request
-        workflow.upsert_search_attributes([CUSTOMER_ID.value_set(request.customer_id)])
+        # Attributes added to an upsert the workflow already issues here keep
+        # its commands as they were: histories of older runs still replay.
+        workflow.upsert_search_attributes(
+            [
+                CUSTOMER_ID.value_set(request.customer_id),
+                CURRENCY.value_set(request.currency.value),
+                PROVIDER.value_set(ISSUER),
+            ]
+        )
         try:
             return await self._issue(request)
         # Failures and cancellation, but not the SDK's eviction of a cached
@@ -429,6 +475,8 @@ class CardEntity:
         self._money = CardMoney(card)
         # Issuer events wait here and are applied in order by the run loop.
         self._inbox: list[CardNetworkEvent] = []
+        # The ProcessStatus last upserted (CARD_SEARCH_ATTRIBUTES_PATCH).
+        self._status_published: str | None = None
 
     @workflow.run
     async def run(self, card: CardInput) -> str:
@@ -440,6 +488,11 @@ class CardEntity:
                 PROCESS_STATUS.value_set(card.state.value),
             ]
         )
+        self._status_published = card.state.value
+        if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
+            workflow.upsert_search_attributes(
+                [CURRENCY.value_set(card.currency.value), PROVIDER.value_set(ISSUER)]
+            )
         self._show()
         while True:
             await self._serve(card.history_events_max)
@@ -504,6 +557,24 @@ class CardEntity:
         if exceptions:
             details += f" | {len(exceptions)} exceptions for an operator"
         workflow.set_current_details(details)
+        if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        """Upsert the card's ProcessStatus when it changed: STATUS_EXCEPTION while
+        an exception waits for an operator, STATUS_REPLACED once replaced, else
+        the card's state."""
+        state = self._state
+        assert state is not None
+        if self._money.open_exceptions():
+            status = STATUS_EXCEPTION
+        elif state.replaced_by:
+            status = STATUS_REPLACED
+        else:
+            status = state.state.value
+        if status != self._status_published:
+            workflow.upsert_search_attributes([PROCESS_STATUS.value_set(status)])
+            self._status_published = status
 
     async def _change(self, target: CardState, change: CardStateChange) -> str:
         assert self._state is not None
@@ -518,7 +589,10 @@ class CardEntity:
             result_type=Card,
         )
         self._state.state = target
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(target.value)])
+        if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
+            self._publish_status()
+        else:
+            workflow.upsert_search_attributes([PROCESS_STATUS.value_set(target.value)])
         workflow.set_current_details(f"Card {self._state.card_id}: {target.value}")
         return target.value
 
@@ -650,7 +724,10 @@ class CardEntity:
                 body=f"We blocked the card ending {state.card_id[-4:]} and issued a new one.",
             ),
         )
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set("replaced")])
+        if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
+            self._publish_status()
+        else:
+            workflow.upsert_search_attributes([PROCESS_STATUS.value_set(STATUS_REPLACED)])
         workflow.set_current_details(
             f"Card {state.card_id}: reported {reason}, replaced by {replacement.id}"
         )

@@ -70,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.money import Money
     from schemas.search import AMOUNT_MINOR, CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+    from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
 CASHBACK_WORKFLOW = "Cashback"
@@ -81,6 +82,20 @@ SHORTFALL_STATUS = "shortfall"
 
 def cashback_workflow_id(transaction_id: str) -> str:
     return f"cashback/{transaction_id}"
+
+
+def cashback_start_metadata(request: CashbackInput) -> StartMetadata:
+    return start_metadata(
+        f"Cashback on purchase {request.transaction_id}",
+        {
+            "transaction": request.transaction_id,
+            "customer": request.customer_id,
+            "card": request.card_id,
+            "purchase": Money(amount_minor=request.amount_minor, currency=request.currency),
+            "MCC": request.mcc,
+        },
+        "refunds of the purchase from the card (signal `refund`) until the refund window closes",
+    )
 
 
 @workflow.defn(name=CASHBACK_WORKFLOW)

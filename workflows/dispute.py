@@ -89,6 +89,7 @@ with workflow.unsafe.imports_passed_through():
         PROCESS_STATUS,
         PROVIDER,
     )
+    from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
 DISPUTE_WORKFLOW = "Dispute"
@@ -124,6 +125,21 @@ _STAGE_OF: dict[DisputeStatus, str] = {
 
 def dispute_workflow_id(transaction_id: str) -> str:
     return f"dispute/{transaction_id}"
+
+
+def dispute_start_metadata(request: DisputeInput) -> StartMetadata:
+    return start_metadata(
+        f"Dispute of {request.transaction_id} ({request.reason.value})"
+        f" by customer {request.customer_id}",
+        {
+            "transaction": request.transaction_id,
+            "customer": request.customer_id,
+            "reason": request.reason.value,
+            "amount (minor units)": request.amount_minor or "the whole transaction",
+        },
+        "the evidence (signal `add_evidence`, update `submit`), then the issuer's decision"
+        " by webhook; operators' `operator_action` update",
+    )
 
 
 Compensation = Callable[[], Awaitable[None]]

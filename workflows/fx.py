@@ -75,7 +75,9 @@ with workflow.unsafe.imports_passed_through():
         TransferRequest,
     )
     from schemas.money import Money
-    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+    from schemas.providers import FX
+    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
 FX_WORKFLOW = "FxConversion"
@@ -100,6 +102,21 @@ STAGE_FAILED = "failed"
 
 def fx_workflow_id(request_id: str) -> str:
     return f"fx/{request_id}"
+
+
+def fx_start_metadata(request: FxConversionInput) -> StartMetadata:
+    if request.sell_amount_minor is not None:
+        sold = Money(amount_minor=request.sell_amount_minor, currency=request.sell_currency)
+        amount = f"sell {sold}"
+    else:
+        bought = Money(amount_minor=request.buy_amount_minor or 0, currency=request.buy_currency)
+        amount = f"buy {bought}"
+    return start_metadata(
+        f"{request.sell_currency.value} -> {request.buy_currency.value}"
+        f" for customer {request.customer_id}",
+        {"request": request.request_id, "customer": request.customer_id, "amount": amount},
+        "the `confirm` (or `cancel`) update before the firm quote expires",
+    )
 
 
 class Finished(Exception):
@@ -135,6 +152,9 @@ class FxConversion:
         attributes: list[SearchAttributeUpdate[Any]] = [
             CUSTOMER_ID.value_set(request.customer_id),
             CURRENCY.value_set(request.sell_currency.value),
+            # The rate source (added to an upsert issued here already: older
+            # histories still replay).
+            PROVIDER.value_set(FX),
         ]
         if request.sell_amount_minor is not None:
             attributes.append(AMOUNT_MINOR.value_set(request.sell_amount_minor))

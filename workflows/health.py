@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.health import LEDGER_PING, PROVIDERS_PING
     from schemas.health import PingInput, PingResult, QueueHealth, WebhookEventNote
     from schemas.search import PROCESS_STATUS
+    from workflows.metadata import StartMetadata, start_metadata
 
 PING_WORKFLOW = "Ping"
 PING_ID_PREFIX = "ping/"
@@ -32,6 +33,19 @@ RECORD_WEBHOOK_EVENT_UPDATE = "record_webhook_event"
 
 def ping_workflow_id(token: str) -> str:
     return f"{PING_ID_PREFIX}{token}"
+
+
+def ping_start_metadata(request: PingInput) -> StartMetadata:
+    return start_metadata(
+        "Health check of every task queue",
+        {
+            "requested by": request.requested_by,
+            "ledger queue": request.ledger_task_queue,
+            "providers queue": request.providers_task_queue,
+            "webhook test events": request.webhook_events_expected or None,
+        },
+        "one activity on each queue; webhook test events when asked for",
+    )
 
 
 @workflow.defn(name=PING_WORKFLOW)

@@ -49,7 +49,9 @@ with workflow.unsafe.imports_passed_through():
         OnboardingStatus,
         Resubmission,
     )
-    from schemas.search import CUSTOMER_ID, PROCESS_STATUS
+    from schemas.providers import KYC
+    from schemas.search import CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
 ONBOARDING_WORKFLOW = "Onboarding"
@@ -63,6 +65,16 @@ CUSTOMERS_RETRY_POLICY = RetryPolicy(
 
 def onboarding_workflow_id(customer_id: str) -> str:
     return f"onboarding/{customer_id}"
+
+
+def onboarding_start_metadata(request: OnboardingInput) -> StartMetadata:
+    customer_id = request.profile.customer_id
+    return start_metadata(
+        f"Onboarding of customer {customer_id}",
+        {"customer": customer_id, "documents": len(request.documents)},
+        "the KYC provider's verdict (signal `kyc_result`, from the gateway); an operator's"
+        " `review` update when the check is on hold; resubmitted documents after a RETRY",
+    )
 
 
 def wallet_code(customer_id: str, currency: str) -> str:
@@ -98,7 +110,11 @@ class Onboarding:
     async def run(self, request: OnboardingInput) -> OnboardingResult:
         self._input = request
         customer_id = request.profile.customer_id
-        workflow.upsert_search_attributes([CUSTOMER_ID.value_set(customer_id)])
+        # Attributes added to an upsert the workflow already issues here keep
+        # its commands as they were: histories of older runs still replay.
+        workflow.upsert_search_attributes(
+            [CUSTOMER_ID.value_set(customer_id), PROVIDER.value_set(KYC)]
+        )
         try:
             await self._onboard(request)
             raise AssertionError("onboarding ended without an outcome")

@@ -50,9 +50,15 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, WorkflowIDReusePolicy
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributeUpdate,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
@@ -98,6 +104,7 @@ with workflow.unsafe.imports_passed_through():
         ScheduledReconciliationResult,
     )
     from schemas.search import AMOUNT_MINOR, PROCESS_STATUS, PROVIDER
+    from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
 STATUS_QUERY = "status"
@@ -113,6 +120,27 @@ IDEMPOTENCY_CONFLICT = IdempotencyConflict.__name__
 
 def reconciliation_workflow_id(provider: str, settlement_date: date) -> str:
     return f"reconciliation/{provider}/{settlement_date.isoformat()}"
+
+
+def reconciliation_start_metadata(request: ReconciliationInput) -> StartMetadata:
+    day = request.settlement_date.isoformat()
+    return start_metadata(
+        f"Reconciliation with the {request.provider} for {day}",
+        {"provider": request.provider, "settlement date": day},
+        "the issuer's settlement report; operators' `decide` updates for differences"
+        " above the threshold",
+    )
+
+
+def scheduled_reconciliation_start_metadata(
+    request: ScheduledReconciliationInput,
+) -> StartMetadata:
+    day = request.settlement_date.isoformat() if request.settlement_date else None
+    return start_metadata(
+        f"Daily reconciliation driver ({day or 'the day before the scheduled time'})",
+        {"provider": "issuer", "settlement date": day or "the day before the scheduled time"},
+        "the day's reconciliation (a child `reconciliation/issuer/{date}`)",
+    )
 
 
 def _rate(part_minor: int, whole_minor: int) -> str:
@@ -195,7 +223,12 @@ class Reconciliation:
         if waiting:
             await self._ask_operators(request, waiting)
             self._deciding = True
-            self._set_stage("awaiting_decisions")
+            # What waits for the operators is searchable (AmountMinor: the sum
+            # of the differences), in the stage's own upsert.
+            self._set_stage(
+                "awaiting_decisions",
+                AMOUNT_MINOR.value_set(sum(abs(item.difference.delta_minor) for item in waiting)),
+            )
             await wait_for(self._all_decided, policy.decision_wait_seconds)
             self._deciding = False
             for item in self._items.values():
@@ -468,9 +501,9 @@ class Reconciliation:
 
     # ----- current details --------------------------------------------------
 
-    def _set_stage(self, stage: str) -> None:
+    def _set_stage(self, stage: str, *also: SearchAttributeUpdate[Any]) -> None:
         self._stage = stage
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
+        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage), *also])
         self._refresh()
 
     def _refresh(self) -> None:
@@ -500,19 +533,23 @@ class ScheduledReconciliation:
         self._child_id = child_id
         workflow.upsert_search_attributes([PROVIDER.value_set("issuer")])
         self._set_stage("reconciling")
+        reconciliation = ReconciliationInput(
+            settlement_date=day,
+            reports_dir=request.reports_dir,
+            operators_email=request.operators_email,
+            policy=request.policy,
+            ledger_task_queue=request.ledger_task_queue,
+            providers_task_queue=request.providers_task_queue,
+            workflows_task_queue=request.workflows_task_queue,
+        )
+        metadata = reconciliation_start_metadata(reconciliation)
         try:
             await workflow.execute_child_workflow(
                 RECONCILIATION_WORKFLOW,
-                ReconciliationInput(
-                    settlement_date=day,
-                    reports_dir=request.reports_dir,
-                    operators_email=request.operators_email,
-                    policy=request.policy,
-                    ledger_task_queue=request.ledger_task_queue,
-                    providers_task_queue=request.providers_task_queue,
-                    workflows_task_queue=request.workflows_task_queue,
-                ),
+                reconciliation,
                 id=child_id,
+                static_summary=metadata.summary,
+                static_details=metadata.details,
                 task_queue=request.workflows_task_queue,
                 result_type=ReconciliationResult,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,

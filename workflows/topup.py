@@ -83,6 +83,7 @@ with workflow.unsafe.imports_passed_through():
         describe,
     )
     from schemas.tron import Deposit
+    from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
 TOPUP_WORKFLOW = "Topup"
@@ -101,6 +102,26 @@ STATUS_PROCESSING = "processing"
 
 def topup_workflow_id(source: TopupSource | str, external_ref: str) -> str:
     return f"topup/{source}/{external_ref}"
+
+
+def topup_start_metadata(request: TopupInput) -> StartMetadata:
+    source = "bank transfer" if request.source == "bank" else "USDT-TRC20 deposit"
+    arrival = (
+        "the bank's transfer record (signal `bank_transfer`)"
+        if request.source == "bank"
+        else "the chain's confirmations (signal `deposit_update`)"
+    )
+    return start_metadata(
+        f"Top-up by {source} {request.external_ref}",
+        {
+            "source": request.source,
+            "reference": request.external_ref,
+            "provider": SOURCE_PROVIDER[request.source],
+            "wallet currency": request.wallet_currency.value,
+        },
+        f"{arrival}; an operator's `review` update when the payer is unmatched or the"
+        " amount is outside the limits",
+    )
 
 
 class Finished(Exception):

@@ -69,17 +69,28 @@ from starters.fx import with_queues as with_fx_queues
 from starters.onboarding import resubmit, review, with_queues
 from starters.topup import review as review_topup
 from starters.topup import status as topup_status
-from workflows.billing import BILLING_RUN_WORKFLOW, billing_run_workflow_id, billing_workflow_id
+from workflows.billing import (
+    BILLING_RUN_WORKFLOW,
+    billing_run_start_metadata,
+    billing_run_workflow_id,
+    billing_workflow_id,
+)
 from workflows.cards import (
     CARD_ISSUE_WORKFLOW,
     LIMITS_UPDATE,
+    card_issue_start_metadata,
     card_issue_workflow_id,
     card_workflow_id,
 )
-from workflows.dispute import DISPUTE_WORKFLOW, dispute_workflow_id
-from workflows.fx import FX_WORKFLOW, fx_workflow_id
-from workflows.health import PING_WORKFLOW, ping_workflow_id
-from workflows.onboarding import ONBOARDING_WORKFLOW, onboarding_workflow_id
+from workflows.dispute import DISPUTE_WORKFLOW, dispute_start_metadata, dispute_workflow_id
+from workflows.fx import FX_WORKFLOW, fx_start_metadata, fx_workflow_id
+from workflows.health import PING_WORKFLOW, ping_start_metadata, ping_workflow_id
+from workflows.metadata import StartMetadata
+from workflows.onboarding import (
+    ONBOARDING_WORKFLOW,
+    onboarding_start_metadata,
+    onboarding_workflow_id,
+)
 
 router = APIRouter(prefix="/v1", tags=["processes"])
 
@@ -150,6 +161,7 @@ async def start_idempotently(
     workflow_id: str,
     argument: Any,
     execution_timeout: timedelta | None = None,
+    metadata: StartMetadata | None = None,
 ) -> ProcessRef:
     state: Any = request.app.state
     pool: asyncpg.Pool = state.pool
@@ -170,6 +182,8 @@ async def start_idempotently(
                 task_queue=state.queues.workflows,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 execution_timeout=execution_timeout,
+                static_summary=metadata.summary if metadata else None,
+                static_details=metadata.details if metadata else None,
             )
             run_id = handle.result_run_id or ""
         except WorkflowAlreadyStartedError:
@@ -219,6 +233,11 @@ async def start_ping(
     request: Request, response: Response, body: StartPing, idempotency_key: IdempotencyKey
 ) -> ProcessRef:
     queues: TaskQueues = request.app.state.queues
+    ping = PingInput(
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        requested_by=body.requested_by,
+    )
     return await start_idempotently(
         request,
         response,
@@ -227,12 +246,9 @@ async def start_ping(
         body=body,
         workflow=PING_WORKFLOW,
         workflow_id=ping_workflow_id(f"api-{idempotency_key}"),
-        argument=PingInput(
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            requested_by=body.requested_by,
-        ),
+        argument=ping,
         execution_timeout=PING_API_EXECUTION_TIMEOUT,
+        metadata=ping_start_metadata(ping),
     )
 
 
@@ -309,6 +325,7 @@ async def start_onboarding_route(
         workflow=ONBOARDING_WORKFLOW,
         workflow_id=onboarding_workflow_id(body.profile.customer_id),
         argument=onboarding,
+        metadata=onboarding_start_metadata(onboarding),
     )
 
 
@@ -411,6 +428,7 @@ async def issue_card_route(
         workflow=CARD_ISSUE_WORKFLOW,
         workflow_id=card_issue_workflow_id(issue.request_id),
         argument=issue,
+        metadata=card_issue_start_metadata(issue),
     )
 
 
@@ -558,6 +576,7 @@ async def fx_quote_route(
         workflow=FX_WORKFLOW,
         workflow_id=fx_workflow_id(conversion.request_id),
         argument=conversion,
+        metadata=fx_start_metadata(conversion),
     )
     offer = await _steer(
         wait_fx_quote(request.app.state.client, conversion.request_id),
@@ -691,6 +710,7 @@ async def billing_run_route(request: Request, period: PeriodPath) -> ProcessRef:
         request.app.state.queues,
     )
     workflow_id = billing_run_workflow_id(period)
+    metadata = billing_run_start_metadata(run)
     handle = await request.app.state.client.start_workflow(
         BILLING_RUN_WORKFLOW,
         run,
@@ -698,6 +718,8 @@ async def billing_run_route(request: Request, period: PeriodPath) -> ProcessRef:
         task_queue=request.app.state.queues.workflows,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=metadata.summary,
+        static_details=metadata.details,
     )
     return ProcessRef(
         workflow_id=workflow_id,
@@ -771,6 +793,7 @@ async def open_dispute_route(
         workflow=DISPUTE_WORKFLOW,
         workflow_id=dispute_workflow_id(body.transaction_id),
         argument=dispute,
+        metadata=dispute_start_metadata(dispute),
     )
 
 

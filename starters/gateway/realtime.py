@@ -60,9 +60,7 @@ def _answer(
     )
 
 
-def _stand_in(
-    state: Any, started: float, request: AuthorizationRequest, why: str
-) -> JSONResponse:
+def _stand_in(state: Any, started: float, request: AuthorizationRequest, why: str) -> JSONResponse:
     decision = state.settings.authorization_stand_in
     approved = request.amount_minor if decision == "approve" else 0
     return _answer(state, started, "stand_in", decision, approved, f"stand-in {decision}: {why}")

@@ -36,10 +36,16 @@ from workflows.health import (
     PING_WORKFLOW,
     RECORD_WEBHOOK_EVENT_UPDATE,
     WEBHOOK_EVENT_SIGNAL,
+    ping_start_metadata,
     ping_workflow_id,
 )
 from workflows.onboarding import KYC_RESULT_SIGNAL, onboarding_workflow_id
-from workflows.topup import BANK_TRANSFER_SIGNAL, DEPOSIT_SIGNAL, TOPUP_WORKFLOW
+from workflows.topup import (
+    BANK_TRANSFER_SIGNAL,
+    DEPOSIT_SIGNAL,
+    TOPUP_WORKFLOW,
+    topup_start_metadata,
+)
 
 ANY_PROVIDER = "*"
 
@@ -72,6 +78,10 @@ class Route:
     resolve: Callable[[asyncpg.Pool, ProviderEvent], Awaitable[str | None]] | None = None
     # Whether the workflow has anything to do with this event (None: always).
     wanted: Callable[[ProviderEvent], bool] | None = None
+    # signal_with_start only: the start's static summary and details (what an
+    # operator reads first in the Web UI), from the start's argument.
+    summary: Callable[[Any], str] | None = None
+    details: Callable[[Any], str] | None = None
 
 
 class PingEventData(BaseModel):
@@ -203,6 +213,8 @@ def _topup_route(signal: str, record: type[BaseModel]) -> Route:
         workflow_id=lambda provider, event: topup_workflow_id_of(provider, event.data),
         argument=lambda _, event: record.model_validate(event.data),
         start=_topup_start,
+        summary=lambda request: topup_start_metadata(request).summary,
+        details=lambda request: topup_start_metadata(request).details,
     )
 
 
@@ -273,6 +285,8 @@ ROUTES: dict[tuple[str, str], Route] = {
         workflow_id=_ping_id,
         argument=_ping_note,
         start=_ping_start,
+        summary=lambda request: ping_start_metadata(request).summary,
+        details=lambda request: ping_start_metadata(request).details,
     ),
     (ANY_PROVIDER, "cardflow.ping.update"): Route(
         kind="update",

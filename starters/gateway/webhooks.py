@@ -90,6 +90,8 @@ async def deliver(
             start_signal_args=[argument],
             # A finished process is not started again by a late event.
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=route.summary(start.argument) if route.summary else None,
+            static_details=route.details(start.argument) if route.details else None,
         )
     return workflow_id
 
