@@ -135,7 +135,23 @@ def bench_settings(home: Path) -> Settings:
         "CARDFLOW_GATEWAY_PORT",
     ):
         os.environ[variable] = str(free_port())
+    # The gateway's and the three workers' metrics ports follow the base.
+    os.environ["CARDFLOW_METRICS_PORT_BASE"] = str(free_port_run(4))
     return load_settings()
+
+
+def free_port_run(length: int) -> int:
+    """The first of `length` consecutive free ports."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            for port in range(first, first + length):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {length} consecutive free ports")
 
 
 async def open_loop(rate: float, seconds: float, call: object) -> list[object]:

@@ -403,9 +403,7 @@ def router(state: IssuerState) -> APIRouter:
             )
         refunded = body.refunded_transaction_id if kind == "refund" else None
         if refunded is not None and state.find(TRANSACTIONS, refunded) is None:
-            unprocessable(
-                ["body", "refunded_transaction_id"], "no such transaction", refunded
-            )
+            unprocessable(["body", "refunded_transaction_id"], "no such transaction", refunded)
         return Transaction(
             id=state.new_id(TRANSACTIONS),
             type="refund" if kind == "refund" else "force_post",
