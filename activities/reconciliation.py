@@ -175,7 +175,9 @@ def _day_bounds(day: object) -> tuple[datetime, datetime]:
 # The card posts a settled transaction to issuer:settlement under keys that
 # name it (workflows/card_money.py): from its holds
 # card/{card_id}/auth/{authorization_id}/{n}-post-{transaction_id}, beyond them
-# card/{card_id}/post/{transaction_id}, a refund card/{card_id}/refund/{transaction_id}.
+# card/{card_id}/post/{transaction_id}, a refund card/{card_id}/refund/{transaction_id},
+# and an operator's decision on money the card could not post itself
+# card/{card_id}/exception/{exception_id}/{charge|write-off}/{transaction_id}.
 _CARD_POSTINGS_CTE = """
 WITH settlement AS (
     SELECT id FROM ledger_accounts WHERE code LIKE 'issuer:settlement:%'
@@ -187,7 +189,9 @@ postings AS (
         substring(t.idempotency_key FROM '^card/([^/]+)/') AS card_id,
         coalesce(
             substring(t.idempotency_key FROM '^card/[^/]+/auth/[^/]+/[0-9]+-post-(.+)$'),
-            substring(t.idempotency_key FROM '^card/[^/]+/(?:post|refund)/(.+)$')
+            substring(t.idempotency_key FROM '^card/[^/]+/(?:post|refund)/(.+)$'),
+            substring(t.idempotency_key FROM
+                      '^card/[^/]+/exception/[^/]+/(?:charge|write-off)/(.+)$')
         ) AS transaction_id
     FROM ledger_transfers t
     WHERE t.kind IN ('posted', 'post_pending')

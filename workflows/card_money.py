@@ -648,7 +648,7 @@ class CardMoney:
             await self._open_accounts()
             if decision.action == "charge":
                 charged = await self._transfer(
-                    step_key(f"exception/{found.id}/charge"),
+                    _exception_key(found, "charge"),
                     self.wallet,
                     self.settlement,
                     found.amount_minor,
@@ -657,7 +657,7 @@ class CardMoney:
                     return f"not charged: {charged.detail}; the exception stays open"
             else:
                 await self._transfer(
-                    step_key(f"exception/{found.id}/write-off"),
+                    _exception_key(found, "write-off"),
                     accounts.suspense_reconciliation(self.state.currency),
                     self.settlement,
                     found.amount_minor,
@@ -762,3 +762,13 @@ def _claim_followed(
             decision.decided_by = "cardflow"  # claimed: a second copy decides afresh
             return decision
     return None
+
+
+def _exception_key(found: CardException, action: str) -> str:
+    """The key of an exception's settling transfer. It names the issuer's
+    transaction, as the card's other postings on issuer:settlement do, so the
+    reconciliation counts it toward that transaction (and never fixes, or
+    fixes twice, what the operator's decision already settled)."""
+    if found.transaction_id is None:
+        return step_key(f"exception/{found.id}/{action}")
+    return step_key(f"exception/{found.id}/{action}/{found.transaction_id}")

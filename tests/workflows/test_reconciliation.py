@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from temporalio.client import (
     ScheduleActionStartWorkflow,
     ScheduleOverlapPolicy,
@@ -30,6 +31,7 @@ from activities.ledger.verify import verify
 from activities.providers.activities import ProviderClients
 from activities.providers.notify import NotifyClient
 from schemas import accounts
+from schemas.cards import CardInput, ExceptionDecision
 from schemas.ledger import TransferRequest
 from schemas.money import Currency
 from schemas.reconciliation import (
@@ -55,6 +57,7 @@ from tests.workflows.test_authorizations import (
 )
 from tests.workflows.test_cards import refusal
 from workers.build import build_worker
+from workflows.cards import RESOLVE_EXCEPTION_UPDATE
 from workflows.reconciliation import (
     DECIDE_UPDATE,
     RECONCILIATION_WORKFLOW,
@@ -188,6 +191,60 @@ async def test_a_clean_day_reconciles_with_zero_drift_and_writes_the_report(
     assert written["currencies"][0]["unexplained_minor"] == 0
     assert read(result.paths.csv_path).startswith("item_id,kind,state,")
     assert Path(result.paths.json_path).parent == platform.settings.home_path / "reports"
+    assert await verify(platform.stack.pool) == []
+
+
+@pytest.mark.parametrize("action", ["charge", "write_off"])
+async def test_an_exception_an_operator_settled_reconciles_as_the_issuers_transaction(
+    platform: Platform, action: str
+) -> None:
+    """The issuer force-posts more than the wallet holds; the card cannot
+    post it and raises an exception, which an operator settles (charging the
+    wallet once it is funded, or writing it off to suspense). That settling
+    transfer is the card's posting of the issuer's transaction: the day
+    matches, and nothing is fixed a second time through suspense."""
+    customer_id, card_id, handle = await open_card(platform, funds=1_000)
+    async with issuer(platform) as client:
+        forced = await client.simulate_force_post(
+            card_id=card_id,
+            amount_minor=3_000,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="fp-exc" + card_id,
+        )
+
+    async def raised() -> bool:
+        state = await handle.query("status", result_type=CardInput)
+        return any(e.resolution is None for e in state.exceptions)
+
+    await eventually(raised, "the card raises an exception")
+    [exception] = (await handle.query("status", result_type=CardInput)).exceptions
+    assert (exception.kind, exception.transaction_id) == ("uncovered", forced.id)
+    if action == "charge":
+        funded = await Ledger(platform.stack.pool).transfer(
+            TransferRequest(
+                key=f"test/fund/{customer_id}/exception",
+                debit=accounts.bank_inbound("USD"),
+                credit=accounts.wallet(customer_id, "USD"),
+                amount_minor=3_000,
+                currency=Currency.USD,
+            )
+        )
+        assert funded.accepted, funded.detail
+    await handle.execute_update(
+        RESOLVE_EXCEPTION_UPDATE,
+        ExceptionDecision.model_validate(
+            {"exception_id": exception.id, "action": action, "reason": "test"}
+        ),
+        result_type=str,
+    )
+    await recorded(platform, 1)
+
+    report = (await (await start_reconciliation(platform)).result()).report
+
+    assert report.records_matched == 1
+    assert report.items == [] and sum(report.counts.values()) == 0
+    assert report.currencies[0].unexplained_minor == 0
     assert await verify(platform.stack.pool) == []
 
 
