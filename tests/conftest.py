@@ -279,6 +279,17 @@ async def sim(simulators: Any, webhook_sink: Any) -> Any:
     return simulators
 
 
+async def api_key_headers(
+    pool: asyncpg.Pool, settings: Any, *scopes: str, name: str = "tests"
+) -> dict[str, str]:
+    """Headers carrying a new API key (every scope unless named) for a gateway of `settings`."""
+    from activities.api_keys import SCOPES, ApiKeyStore, NewApiKey, api_key_pepper
+
+    new = NewApiKey(name=name, scopes=list(scopes or SCOPES))  # type: ignore[arg-type]
+    issued = await ApiKeyStore(pool, api_key_pepper(settings)).create(new)
+    return {"Authorization": f"Bearer {issued.key}"}
+
+
 @dataclass
 class Platform:
     """Workers, provider simulators and the gateway between them, for one test."""
@@ -289,6 +300,8 @@ class Platform:
     settings: Any
     # The gateway's app: tests may swap app.state.settings (e.g. its budgets).
     app: Any = None
+    # `Authorization: Bearer cfk_...` of a key holding every scope, for `/v1` calls.
+    api_headers: Any = None
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -329,7 +342,8 @@ async def platform(
             while not server.started:
                 await asyncio.sleep(0.01)
             try:
-                yield Platform(stack, sim, gateway_url, settings, app)
+                headers = await api_key_headers(pool, settings)
+                yield Platform(stack, sim, gateway_url, settings, app, headers)
             finally:
                 server.should_exit = True
                 await task

@@ -21,6 +21,12 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.api_keys import (
+    SCOPE_ADMIN,
+    SCOPE_OPERATIONS,
+    SCOPE_PROCESSES_READ,
+    SCOPE_PROCESSES_START,
+)
 from schemas.billing import BillingInput, BillingRunInput, BillingStatus, Period, Statement
 from schemas.cards import (
     CardInput,
@@ -66,6 +72,7 @@ from starters.fx import confirm as confirm_fx
 from starters.fx import status as fx_status
 from starters.fx import wait_quote as wait_fx_quote
 from starters.fx import with_queues as with_fx_queues
+from starters.gateway.auth import AUTH_RESPONSES, requires
 from starters.onboarding import resubmit, review, with_queues
 from starters.topup import review as review_topup
 from starters.topup import status as topup_status
@@ -92,7 +99,17 @@ from workflows.onboarding import (
     onboarding_workflow_id,
 )
 
-router = APIRouter(prefix="/v1", tags=["processes"])
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["processes"],
+    # Every route takes an API key with the one scope it names (starters/gateway/auth.py).
+    responses={code: {**answer, "model": ErrorBody} for code, answer in AUTH_RESPONSES.items()},
+)
 
 IdempotencyKey = Annotated[
     str,
@@ -132,10 +149,6 @@ class ProcessStatus(BaseModel):
     details: dict[str, Any] | None = None
     start_time: datetime
     close_time: datetime | None = None
-
-
-class ErrorBody(BaseModel):
-    detail: str
 
 
 # How every start route answers besides 202 (documented for the OpenAPI contract).
@@ -224,6 +237,7 @@ async def start_idempotently(
 
 @router.post(
     "/pings",
+    dependencies=requires(SCOPE_PROCESSES_START),
     status_code=202,
     response_model=ProcessRef,
     responses=START_RESPONSES,
@@ -254,6 +268,7 @@ async def start_ping(
 
 @router.get(
     "/processes/{workflow_id:path}",
+    dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=ProcessStatus,
     responses={404: {"model": ErrorBody}},
     summary="A process's status",
@@ -304,6 +319,7 @@ class StartOnboarding(BaseModel):
 
 @router.post(
     "/onboardings",
+    dependencies=requires(SCOPE_PROCESSES_START),
     status_code=202,
     response_model=ProcessRef,
     responses=START_RESPONSES,
@@ -352,6 +368,7 @@ CustomerIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 @router.post(
     "/onboardings/{customer_id}/review",
+    dependencies=requires(SCOPE_OPERATIONS),
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
     summary="An operator decides an onboarding on hold",
 )
@@ -364,6 +381,7 @@ async def review_onboarding_route(
 
 @router.post(
     "/onboardings/{customer_id}/documents",
+    dependencies=requires(SCOPE_PROCESSES_START),
     status_code=202,
     responses={404: {"model": ErrorBody}},
     summary="The customer resubmits documents after a RETRY verdict",
@@ -400,6 +418,7 @@ CardIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
 
 @router.post(
     "/cards",
+    dependencies=requires(SCOPE_PROCESSES_START),
     status_code=202,
     response_model=ProcessRef,
     responses=START_RESPONSES,
@@ -434,6 +453,7 @@ async def issue_card_route(
 
 @router.post(
     "/cards/{card_id}/actions",
+    dependencies=requires(SCOPE_PROCESSES_START),
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Freeze, unfreeze, close, or report a card lost or stolen",
 )
@@ -475,6 +495,7 @@ async def _update_process(call: Awaitable[Any], subject: str) -> dict[str, str]:
 
 @router.post(
     "/card-issues/{request_id}/reschedule",
+    dependencies=requires(SCOPE_PROCESSES_START),
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Move a physical card's delivery date, until it ships",
 )
@@ -486,6 +507,7 @@ async def reschedule_route(
 
 @router.post(
     "/card-issues/{request_id}/activate",
+    dependencies=requires(SCOPE_PROCESSES_START),
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Activate a delivered physical card",
 )
@@ -495,6 +517,7 @@ async def activate_route(request: Request, request_id: RequestIdPath) -> dict[st
 
 @router.put(
     "/cards/{card_id}/limits",
+    dependencies=requires(SCOPE_PROCESSES_START),
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Set a card's spending limits",
 )
@@ -513,6 +536,7 @@ async def limits_route(
 
 @router.get(
     "/cards/{card_id}",
+    dependencies=requires(SCOPE_PROCESSES_READ),
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="A card's state: limits, open authorizations and holds, exceptions",
 )
@@ -522,6 +546,7 @@ async def card_route(request: Request, card_id: CardIdPath) -> CardInput:
 
 @router.post(
     "/cards/{card_id}/exceptions",
+    dependencies=requires(SCOPE_OPERATIONS),
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Decide an exception: charge the wallet or write the amount off to suspense",
 )
@@ -548,6 +573,7 @@ class FxQuoteStarted(ProcessRef):
 
 @router.post(
     "/fx/quotes",
+    dependencies=requires(SCOPE_PROCESSES_START),
     status_code=202,
     response_model=FxQuoteStarted,
     responses={
@@ -588,6 +614,7 @@ async def fx_quote_route(
 
 @router.post(
     "/fx/{request_id}/confirm",
+    dependencies=requires(SCOPE_PROCESSES_START),
     response_model=FxConversionResult,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Convert at the quote; 409 with the reason when expired, cancelled or declined",
@@ -598,6 +625,7 @@ async def fx_confirm_route(request: Request, request_id: RequestIdPath) -> FxCon
 
 @router.post(
     "/fx/{request_id}/cancel",
+    dependencies=requires(SCOPE_PROCESSES_START),
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Drop an unconfirmed quote; nothing is converted",
 )
@@ -611,6 +639,7 @@ async def fx_cancel_route(request: Request, request_id: RequestIdPath) -> dict[s
 
 @router.get(
     "/fx/{request_id}",
+    dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=FxStatus,
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="A conversion's stage, quote, amounts and expiry",
@@ -626,6 +655,7 @@ ExternalRefPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 
 @router.get(
     "/topups/{source}/{external_ref}",
+    dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=TopupStatus,
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="A top-up's stage, amounts, confirmations and pending review",
@@ -640,6 +670,7 @@ async def topup_status_route(
 
 @router.post(
     "/topups/{source}/{external_ref}/review",
+    dependencies=requires(SCOPE_OPERATIONS),
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="An operator approves (assigning an unmatched payment) or rejects a top-up",
 )
@@ -659,6 +690,7 @@ PeriodPath = Annotated[Period, Path(description="The month, YYYY-MM")]
 
 @router.post(
     "/billing/{customer_id}/{period}",
+    dependencies=requires(SCOPE_ADMIN),
     status_code=202,
     response_model=ProcessRef,
     responses={200: {"model": ProcessRef, "description": "This period was billed already"}},
@@ -697,6 +729,7 @@ async def billing_start_route(
 
 @router.post(
     "/billing-runs/{period}",
+    dependencies=requires(SCOPE_ADMIN),
     status_code=202,
     response_model=ProcessRef,
     summary="Bill every customer with cards for a month (skips those billed already)",
@@ -732,6 +765,7 @@ async def billing_run_route(request: Request, period: PeriodPath) -> ProcessRef:
 
 @router.get(
     "/billing/{customer_id}/{period}",
+    dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=BillingStatus,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="A billing process's stage, fees and statement paths",
@@ -753,6 +787,7 @@ async def billing_status_route(
 
 @router.get(
     "/statements/{customer_id}/{period}",
+    dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=Statement,
     responses={404: {"model": ErrorBody}},
     summary="A customer's statement of a month: balances, every transaction, fees",
@@ -773,6 +808,7 @@ TransactionIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,80}$")]
 
 @router.post(
     "/disputes",
+    dependencies=requires(SCOPE_PROCESSES_START),
     status_code=202,
     response_model=ProcessRef,
     responses=START_RESPONSES,
@@ -799,6 +835,7 @@ async def open_dispute_route(
 
 @router.post(
     "/disputes/{transaction_id}/evidence",
+    dependencies=requires(SCOPE_PROCESSES_START),
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Hand in one piece of evidence",
 )
@@ -814,6 +851,7 @@ async def dispute_evidence_route(
 
 @router.post(
     "/disputes/{transaction_id}/submit",
+    dependencies=requires(SCOPE_PROCESSES_START),
     response_model=DisputeStatusView,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Submit the evidence (or answer a representment); 409 names what is missing",
@@ -828,6 +866,7 @@ async def dispute_submit_route(
 
 @router.post(
     "/disputes/{transaction_id}/withdraw",
+    dependencies=requires(SCOPE_PROCESSES_START),
     response_model=DisputeStatusView,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Withdraw an undecided dispute; any provisional credit is taken back",
@@ -842,6 +881,7 @@ async def dispute_withdraw_route(
 
 @router.post(
     "/disputes/{transaction_id}/operator",
+    dependencies=requires(SCOPE_OPERATIONS),
     response_model=DisputeStatusView,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="An operator credits provisionally now, or answers a representment now",
@@ -856,6 +896,7 @@ async def dispute_operator_route(
 
 @router.get(
     "/disputes/{transaction_id}",
+    dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=DisputeStatusView,
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="A dispute's stage, evidence, deadlines and amounts",
@@ -886,6 +927,7 @@ from workflows.reconciliation import reconciliation_workflow_id  # noqa: E402
 
 @router.post(
     "/reconciliations/issuer/{settlement_date}",
+    dependencies=requires(SCOPE_ADMIN),
     status_code=202,
     response_model=ProcessRef,
     responses={200: {"model": ProcessRef, "description": "This day was reconciled already"}},
@@ -919,6 +961,7 @@ async def reconciliation_start_route(
 
 @router.get(
     "/reconciliations/issuer/{settlement_date}",
+    dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=ReconciliationStatus,
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="A reconciliation's stage and its differences",
@@ -938,6 +981,7 @@ async def reconciliation_status_route(
 
 @router.post(
     "/reconciliations/issuer/{settlement_date}/decisions",
+    dependencies=requires(SCOPE_OPERATIONS),
     response_model=ReconciliationItem,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="An operator decides one difference over the threshold: adjust or dismiss",

@@ -571,7 +571,9 @@ async def test_the_api_shows_a_card_and_writes_an_exception_off(platform: Platfo
         platform, policy=CardPolicy(clearing_over_tolerance_bps=0)
     )
     auth = await authorize(platform, card_id, 1_000)
-    async with httpx.AsyncClient(base_url=f"{platform.gateway_url}/v1") as api:
+    async with httpx.AsyncClient(
+        base_url=f"{platform.gateway_url}/v1", headers=platform.api_headers
+    ) as api:
         shown = (await api.get(f"/cards/{card_id}")).json()
         assert shown["authorizations"][auth.id]["held"][0]["amount_minor"] == 1_000
         async with issuer(platform) as client:
@@ -601,7 +603,9 @@ async def test_the_process_route_shows_a_cards_own_status(platform: Platform) ->
 
     _, card_id, _ = await open_card(platform)
     auth = await authorize(platform, card_id, 700)
-    async with httpx.AsyncClient(base_url=f"{platform.gateway_url}/v1") as api:
+    async with httpx.AsyncClient(
+        base_url=f"{platform.gateway_url}/v1", headers=platform.api_headers
+    ) as api:
         shown = (await api.get(f"/processes/{card_workflow_id(card_id)}")).json()
     assert (shown["workflow_type"], shown["status"], shown["stage"]) == ("Card", "RUNNING", "open")
     assert shown["details"]["authorizations"][auth.id]["authorized_minor"] == 700

@@ -52,7 +52,7 @@ from starters.billing import (
     with_queues,
 )
 from starters.cli import app
-from tests.conftest import RunningStack
+from tests.conftest import RunningStack, api_key_headers
 from workers.settings import load_settings
 from workflows.billing import BILLING_RUN_WORKFLOW, BILLING_WORKFLOW, billing_workflow_id
 from workflows.cards import CARD_WORKFLOW, card_workflow_id
@@ -416,7 +416,10 @@ async def test_the_api_bills_a_period_once_and_serves_its_statement(
     customer_id = await customer(stack, usd_minor=1_000)
     await card(stack, customer_id, Currency.USD)
     transport = httpx.ASGITransport(app=gateway)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    headers = await api_key_headers(stack.pool, settings)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://gateway", headers=headers
+    ) as http:
         started = await http.post(f"/v1/billing/{customer_id}/{period}")
         assert started.status_code == 202, started.text
         assert started.json()["workflow_id"] == billing_workflow_id(customer_id, period)

@@ -336,7 +336,9 @@ async def test_the_api_issues_a_card_once_per_key_and_acts_on_it(platform: Platf
         "kind": "virtual",
         "address": HOME.model_dump(mode="json", exclude_none=True),
     }
-    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30) as api:
+    async with httpx.AsyncClient(
+        base_url=platform.gateway_url, timeout=30, headers=platform.api_headers
+    ) as api:
         first = await api.post("/v1/cards", json=body, headers={"Idempotency-Key": "card-1"})
         again = await api.post("/v1/cards", json=body, headers={"Idempotency-Key": "card-1"})
         assert (first.status_code, again.status_code) == (202, 200)
@@ -362,7 +364,9 @@ async def test_the_api_reschedules_activates_and_sets_limits(platform: Platform)
     card_id = (await stage_of(handle, "shipping")).card_id or ""
     request_id = handle.id.removeprefix("card-issue/")
     later = (datetime.now(UTC) + timedelta(days=9)).date().isoformat()
-    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30) as api:
+    async with httpx.AsyncClient(
+        base_url=platform.gateway_url, timeout=30, headers=platform.api_headers
+    ) as api:
         moved = await api.post(
             f"/v1/card-issues/{request_id}/reschedule", json={"delivery_date": later}
         )

@@ -342,7 +342,9 @@ async def test_the_api_opens_a_dispute_refuses_incomplete_evidence_with_409_and_
         "reason": "not_as_described",
         "evidence": [{"type": "cardholder_statement", "description": "It was broken."}],
     }
-    async with httpx.AsyncClient(base_url=f"{platform.gateway_url}/v1", timeout=30) as api:
+    async with httpx.AsyncClient(
+        base_url=f"{platform.gateway_url}/v1", timeout=30, headers=platform.api_headers
+    ) as api:
         opened = await api.post("/disputes", json=body, headers={"Idempotency-Key": "d-1"})
         assert opened.status_code == 202, opened.text
         assert opened.json()["workflow_id"] == f"dispute/{transaction_id}"

@@ -559,7 +559,9 @@ async def test_the_api_quotes_once_per_key_confirms_and_reports_status(
         "buy_currency": "EUR",
         "sell_amount_minor": 10_004,
     }
-    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30) as api:
+    async with httpx.AsyncClient(
+        base_url=platform.gateway_url, timeout=30, headers=platform.api_headers
+    ) as api:
         key = {"Idempotency-Key": f"fx-{uuid.uuid4().hex[:8]}"}
         first = await api.post("/v1/fx/quotes", json=body, headers=key)
         again = await api.post("/v1/fx/quotes", json=body, headers=key)

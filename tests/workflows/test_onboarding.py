@@ -262,7 +262,9 @@ async def test_the_api_starts_once_per_key_and_takes_the_operator_review(
         },
         "documents": [PASSPORT.model_dump(mode="json")],
     }
-    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30) as api:
+    async with httpx.AsyncClient(
+        base_url=platform.gateway_url, timeout=30, headers=platform.api_headers
+    ) as api:
         first = await api.post("/v1/onboardings", json=body, headers={"Idempotency-Key": "ob-1"})
         again = await api.post("/v1/onboardings", json=body, headers={"Idempotency-Key": "ob-1"})
         assert (first.status_code, again.status_code) == (202, 200)

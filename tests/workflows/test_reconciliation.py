@@ -508,7 +508,7 @@ async def test_the_demo_says_zero_unexplained_drift_and_the_api_starts_and_steer
     # The API: a day long past (nothing settled then), started once.
     day = date(2001, 1, 1) + timedelta(days=secrets.randbelow(3_000))
     url = f"{platform.gateway_url}/v1/reconciliations/issuer/{day.isoformat()}"
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=platform.api_headers) as http:
         started = await http.post(url)
         assert started.status_code == 202, started.text
         again = await http.post(url)

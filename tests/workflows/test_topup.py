@@ -223,7 +223,7 @@ async def test_below_the_minimum_waits_for_review_and_an_approval_credits(
     )
     # Through the HTTP API, as an operator's tool would.
     url = f"{platform.gateway_url}/v1/topups/bank/{transfer.id}"
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers=platform.api_headers) as http:
         seen = (await http.get(url)).json()
         assert seen["stage"] == STAGE_REVIEW and seen["pending_review"]["kind"] == "limit"
         bad = await http.post(f"{url}/review", json={"decision": "approve", "operator": "x"})

@@ -1,0 +1,259 @@
+"""The API key store: only hashes are kept; expired, revoked and wrong keys never verify."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from pydantic import ValidationError
+
+from activities.api_keys import (
+    KEY_CACHE_SECONDS,
+    SCOPE_ADMIN,
+    SCOPE_OPERATIONS,
+    SCOPE_PROCESSES_READ,
+    SCOPE_PROCESSES_START,
+    ApiKeyError,
+    ApiKeyStore,
+    KeyVerifier,
+    NewApiKey,
+    Scope,
+    api_key_pepper,
+    dev_pepper_path,
+    parse_key,
+)
+from activities.database import create_pool
+from workers.settings import load_settings
+
+PEPPER = b"test-pepper-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+class Clock:
+    """A monotonic clock and a wall clock that tests move by hand."""
+
+    def __init__(self) -> None:
+        self.seconds = 1_000.0
+        self.wall = datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def now(self) -> datetime:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.seconds += seconds
+        self.wall += timedelta(seconds=seconds)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, size_max=3)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def store(pool: asyncpg.Pool) -> ApiKeyStore:
+    return ApiKeyStore(pool, PEPPER)
+
+
+def verifier(
+    store: ApiKeyStore, clock: Clock, *, cache_seconds: float = KEY_CACHE_SECONDS
+) -> KeyVerifier:
+    return KeyVerifier(store, monotonic=clock.monotonic, now=clock.now, cache_seconds=cache_seconds)
+
+
+async def last_used(store: ApiKeyStore, key_id: str) -> datetime | None:
+    info = await store.get(key_id)
+    assert info is not None
+    return info.last_used_at
+
+
+def new_key(*scopes: Scope, days: int | None = None, name: str = "upstream-bot") -> NewApiKey:
+    return NewApiKey(name=name, scopes=list(scopes or [SCOPE_PROCESSES_READ]), expires_in_days=days)
+
+
+async def test_a_key_is_kept_only_as_a_hash_of_its_secret(
+    store: ApiKeyStore, pool: asyncpg.Pool
+) -> None:
+    issued = await store.create(new_key(SCOPE_PROCESSES_START, SCOPE_PROCESSES_READ))
+    parsed = parse_key(issued.key)
+    assert parsed is not None
+    key_id, secret = parsed
+    assert issued.info.key_id == key_id and issued.key.startswith(f"cfk_{key_id}_")
+    assert issued.info.scopes == [SCOPE_PROCESSES_READ, SCOPE_PROCESSES_START]
+    # Every column of every row, as text: neither the key nor its secret is there.
+    rows = await pool.fetch(
+        "SELECT t::text AS row, encode(secret_hash, 'hex') AS h FROM api_keys t"
+    )
+    dump = " ".join(row["row"] + row["h"] for row in rows)
+    assert key_id in dump
+    assert secret not in dump and issued.key not in dump
+    assert secret not in repr(issued) and secret not in repr(issued.info)
+
+
+async def test_a_valid_key_verifies_with_its_name_and_scopes(store: ApiKeyStore) -> None:
+    issued = await store.create(new_key(SCOPE_OPERATIONS))
+    principal = await verifier(store, Clock()).verify(issued.key)
+    assert principal is not None
+    assert (principal.key_id, principal.name) == (issued.info.key_id, "upstream-bot")
+    assert principal.scopes == frozenset({SCOPE_OPERATIONS})
+
+
+async def test_missing_malformed_unknown_and_wrong_keys_are_refused_alike(
+    store: ApiKeyStore,
+) -> None:
+    issued = await store.create(new_key())
+    key_id, secret = parse_key(issued.key) or ("", "")
+    check = verifier(store, Clock())
+    other_secret = ("A" if secret[0] != "A" else "B") + secret[1:]
+    refused = [
+        None,
+        "",
+        "not-a-key",
+        issued.key + "x",
+        issued.key.replace("cfk_", "cfx_"),
+        f"cfk_zzzzzzzzzzzz_{secret}",  # unknown id
+        f"cfk_{key_id}_{other_secret}",  # wrong secret
+    ]
+    for presented in refused:
+        assert await check.verify(presented) is None, presented
+    assert await check.verify(issued.key) is not None
+
+
+async def test_a_key_verifies_only_under_the_pepper_it_was_issued_with(
+    store: ApiKeyStore, pool: asyncpg.Pool
+) -> None:
+    issued = await store.create(new_key())
+    other = ApiKeyStore(pool, b"another-pepper-0123456789abcdefghijklmnop")
+    assert await verifier(other, Clock()).verify(issued.key) is None
+
+
+async def test_an_expired_key_is_refused(store: ApiKeyStore) -> None:
+    issued = await store.create(new_key(days=1))
+    clock = Clock()
+    check = verifier(store, clock, cache_seconds=0)
+    assert issued.info.expires_at is not None
+    assert await check.verify(issued.key) is not None
+    clock.advance(timedelta(days=1, seconds=1).total_seconds())
+    assert await check.verify(issued.key) is None
+
+
+async def test_a_revoked_key_is_refused_once_the_cache_bound_has_passed(
+    store: ApiKeyStore,
+) -> None:
+    issued = await store.create(new_key())
+    clock = Clock()
+    check = verifier(store, clock)
+    uncached = verifier(store, clock, cache_seconds=0)
+    assert await check.verify(issued.key) is not None
+    revoked = await store.revoke(issued.info.key_id)
+    assert revoked.revoked_at is not None and revoked.state(datetime.now(UTC)) == "revoked"
+    # A process that read the key just now may accept it for the cache bound, no longer.
+    assert await uncached.verify(issued.key) is None
+    assert await check.verify(issued.key) is not None
+    clock.advance(KEY_CACHE_SECONDS)
+    assert await check.verify(issued.key) is None
+    again = await store.revoke(issued.info.key_id)
+    assert again.revoked_at == revoked.revoked_at
+    with pytest.raises(ApiKeyError, match="no API key"):
+        await store.revoke("zzzzzzzzzzzz")
+
+
+async def test_rotation_keeps_the_old_key_working_until_the_overlap_ends(
+    store: ApiKeyStore,
+) -> None:
+    old = await store.create(new_key(SCOPE_ADMIN, SCOPE_PROCESSES_READ, days=30))
+    issued, old_now = await store.rotate(old.info.key_id, timedelta(hours=1))
+    assert (issued.info.name, issued.info.scopes) == (old.info.name, old.info.scopes)
+    assert issued.info.rotated_from == old.info.key_id and issued.key != old.key
+    assert issued.info.expires_at is not None and old_now.expires_at is not None
+    # The new key lives as long as the old one was issued for; the old one until the overlap ends.
+    lifetime = issued.info.expires_at - issued.info.created_at
+    assert abs(lifetime - timedelta(days=30)) < timedelta(seconds=1)
+    assert abs(old_now.expires_at - (issued.info.created_at + timedelta(hours=1))) < timedelta(
+        seconds=5
+    )
+    clock = Clock()
+    check = verifier(store, clock, cache_seconds=0)
+    assert await check.verify(old.key) is not None
+    assert await check.verify(issued.key) is not None
+    clock.advance(timedelta(hours=1, seconds=5).total_seconds())
+    assert await check.verify(old.key) is None
+    assert await check.verify(issued.key) is not None
+
+
+async def test_rotating_a_key_without_expiry_and_refusals(store: ApiKeyStore) -> None:
+    forever = await store.create(new_key())
+    issued, old = await store.rotate(forever.info.key_id, timedelta(0))
+    assert issued.info.expires_at is None and old.expires_at is not None
+    assert await verifier(store, Clock(), cache_seconds=0).verify(forever.key) is None
+    with pytest.raises(ApiKeyError, match="expired"):
+        await store.rotate(forever.info.key_id, timedelta(hours=1))
+    await store.revoke(issued.info.key_id)
+    with pytest.raises(ApiKeyError, match="revoked"):
+        await store.rotate(issued.info.key_id, timedelta(hours=1))
+    with pytest.raises(ApiKeyError, match="no API key"):
+        await store.rotate("zzzzzzzzzzzz", timedelta(hours=1))
+
+
+async def test_last_use_is_written_at_most_once_a_minute(store: ApiKeyStore) -> None:
+    issued = await store.create(new_key())
+    clock = Clock()
+    check = verifier(store, clock, cache_seconds=0)
+    assert await last_used(store, issued.info.key_id) is None
+    await check.verify(issued.key)
+    first = await last_used(store, issued.info.key_id)
+    assert first is not None
+    clock.advance(30)
+    await check.verify(issued.key)
+    assert await last_used(store, issued.info.key_id) == first
+    clock.advance(31)
+    await check.verify(issued.key)
+    later = await last_used(store, issued.info.key_id)
+    assert later is not None and later > first
+
+
+async def test_list_shows_every_key_without_its_secret(store: ApiKeyStore) -> None:
+    first = await store.create(new_key(name="first"))
+    second = await store.create(new_key(SCOPE_ADMIN, name="second", days=7))
+    listed = await store.list()
+    assert [info.key_id for info in listed] == [first.info.key_id, second.info.key_id]
+    assert [info.state(datetime.now(UTC)) for info in listed] == ["active", "active"]
+    text = " ".join(info.model_dump_json() for info in listed)
+    for issued in (first, second):
+        assert issued.key.split("_", 2)[2] not in text
+
+
+def test_bad_key_requests_are_refused_naming_the_field() -> None:
+    cases = {
+        "name": {"name": "", "scopes": [SCOPE_ADMIN]},
+        "scopes": {"name": "bot", "scopes": ["everything"]},
+        "expires_in_days": {"name": "bot", "scopes": [SCOPE_ADMIN], "expires_in_days": -1},
+    }
+    for field, values in cases.items():
+        with pytest.raises(ValidationError) as refused:
+            NewApiKey(**values)  # type: ignore[arg-type]
+        assert refused.value.errors()[0]["loc"][0] == field
+    with pytest.raises(ValidationError):
+        NewApiKey(name="bot", scopes=[])
+    assert NewApiKey(name="bot", scopes=[SCOPE_ADMIN, SCOPE_ADMIN]).scopes == [SCOPE_ADMIN]
+
+
+def test_the_dev_pepper_is_made_once_for_the_owner_only(tmp_path: Path) -> None:
+    settings = load_settings(CARDFLOW_HOME=str(tmp_path / "home"))
+    first = api_key_pepper(settings)
+    path = dev_pepper_path(settings.home_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert api_key_pepper(settings) == first and len(first) >= 32
+    configured = "p" * 40
+    assert api_key_pepper(load_settings(CARDFLOW_API_KEY_PEPPER=configured)) == configured.encode()
