@@ -45,14 +45,29 @@ class TestEvent(BaseModel):
     data: dict[str, Any] = {}
 
 
-def _loopback_only(request: Request) -> None:
-    host = request.client.host if request.client else ""
+ADMIN_REFUSED_MESSAGE = (
+    "the simulators' admin API answers loopback clients only "
+    "(on compose: docker compose exec simulators ...)"
+)
+
+
+def is_loopback_peer(host: str | None) -> bool:
+    """127.0.0.0/8 and ::1, also as an IPv4-mapped IPv6 address (a dual-stack bind)."""
     try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
+        address = ipaddress.ip_address(host or "")
     except ValueError:
-        pass
-    raise HTTPException(status_code=403, detail="the admin API answers loopback clients only")
+        # No IP peer at all (a Unix socket, a proxy's name): not provably loopback.
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _loopback_only(request: Request) -> None:
+    # The peer address of the connection itself, never a forwarded-for header
+    # a remote client could write.
+    if not is_loopback_peer(request.client.host if request.client else None):
+        raise HTTPException(status_code=403, detail=ADMIN_REFUSED_MESSAGE)
 
 
 def admin_app(context: SimulatorContext) -> FastAPI:

@@ -11,12 +11,14 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from starters.apikeys import apikey_app
 from starters.billing import billing_app, statement_app
 from starters.cashback import cashback_app
 from starters.dispute import dispute_app
 from starters.fx import fx_app
 from starters.ledger import ledger_app
 from starters.reconcile import reconcile_app
+from starters.secrets import secrets_app
 from starters.simulate import simulate_app
 from starters.topup import topup_app
 from workers.settings import Settings, SettingsError, load_settings
@@ -45,6 +47,8 @@ app.add_typer(dispute_app, name="dispute")
 app.add_typer(billing_app, name="billing")
 app.add_typer(statement_app, name="statement")
 app.add_typer(reconcile_app, name="reconcile")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(secrets_app, name="secrets")
 
 
 def _refuse_input(error: Any) -> NoReturn:
@@ -137,15 +141,10 @@ def worker_run(
 
 @codec_app.command("serve")
 def codec_serve() -> None:
-    """Serve /encode and /decode for the Web UI."""
-    import uvicorn
+    """Serve /encode and /decode for the Web UI (token required; see README)."""
+    from starters.codec_server import serve
 
-    from starters.codec_server import create_app
-    from workers.converter import EncryptionCodec, load_keys
-
-    settings = _settings()
-    application = create_app(EncryptionCodec(load_keys(settings)), settings.allowed_codec_origins)
-    uvicorn.run(application, host=settings.bind_host, port=settings.codec_port, log_level="info")
+    serve(_settings())
 
 
 @simulators_app.command("serve")

@@ -1,12 +1,24 @@
 """Temporal's remote codec endpoints, so operators read decoded payloads in the Web UI.
 
 POST /encode and POST /decode take and return `{"payloads": [...]}` in
-protobuf JSON, exactly as the Web UI and `temporal` CLI send them. CORS admits
-only the configured Web UI origins.
+protobuf JSON, exactly as the Web UI and `temporal` CLI send them.
+
+Whoever reaches these endpoints can decrypt payloads, so both require the
+codec token (CARDFLOW_CODEC_TOKEN), sent either way:
+- `Authorization: Bearer <token>`: the `temporal` CLI (`--codec-endpoint URL
+  --codec-auth "Bearer <token>"`), scripts;
+- as a path prefix, `/t/<token>/decode`: the Web UI, which sends no custom
+  header to a codec endpoint, is given `http://host:port/t/<token>` (see
+  `workers.secrets.codec_ui_endpoint`); that URL is a secret.
+A request with an `Origin` header outside the configured Web UI origins is
+refused (403) whatever it carries: CORS alone only keeps a browser from
+reading the answer, not the server from decrypting. `/health` stays open and
+tells key ids only. No access log is written: the path may hold the token.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -19,20 +31,59 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.api.common.v1 import Payload, Payloads
 
-from workers.converter import EncryptionCodec, PayloadDecryptionError, UnknownEncryptionKeyError
+from workers.converter import (
+    EncryptionCodec,
+    PayloadDecryptionError,
+    UnknownEncryptionKeyError,
+    load_keys,
+)
+from workers.secrets import codec_token
+from workers.settings import Settings
 
 # The UI batches payloads per page; a request beyond this is not from the UI.
 REQUEST_BYTES_MAX = 4 * 1024 * 1024
+# The same answer for a missing and a wrong token: it tells nothing about either.
+UNAUTHORIZED_MESSAGE = (
+    "the codec server needs its token: Authorization: Bearer <token>, or the /t/<token>/ prefix"
+)
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(codec: EncryptionCodec, allowed_origins: Sequence[str]) -> Starlette:
+def _presented_token(request: Request) -> str | None:
+    path_token = request.path_params.get("token")
+    if isinstance(path_token, str):
+        return path_token
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        return credential.strip()
+    return None
+
+
+def create_app(codec: EncryptionCodec, allowed_origins: Sequence[str], token: str) -> Starlette:
+    """The codec endpoints, answering `token` holders from `allowed_origins` (or no Origin)."""
+    # An empty token would let every request in.
+    assert token, "the codec server needs a token"
+    expected = token.encode()
+    origins = frozenset(allowed_origins)
+
+    def refusal(request: Request) -> Response | None:
+        presented = _presented_token(request)
+        if presented is None or not hmac.compare_digest(presented.encode(), expected):
+            return _error(401, UNAUTHORIZED_MESSAGE)
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in origins:
+            return _error(403, f"origin {origin} may not use this codec server")
+        return None
+
     async def transform(
         request: Request, operation: Callable[[Sequence[Payload]], Awaitable[list[Payload]]]
     ) -> Response:
+        refused = refusal(request)
+        if refused is not None:
+            return refused
         body = await request.body()
         if len(body) > REQUEST_BYTES_MAX:
             return _error(413, f"request larger than {REQUEST_BYTES_MAX} bytes")
@@ -64,6 +115,8 @@ def create_app(codec: EncryptionCodec, allowed_origins: Sequence[str]) -> Starle
         routes=[
             Route("/encode", encode, methods=["POST"]),
             Route("/decode", decode, methods=["POST"]),
+            Route("/t/{token}/encode", encode, methods=["POST"]),
+            Route("/t/{token}/decode", decode, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ],
         middleware=[
@@ -75,4 +128,23 @@ def create_app(codec: EncryptionCodec, allowed_origins: Sequence[str]) -> Starle
                 allow_credentials=True,
             )
         ],
+    )
+
+
+def app_from_settings(settings: Settings) -> Starlette:
+    return create_app(
+        EncryptionCodec(load_keys(settings)), settings.allowed_codec_origins, codec_token(settings)
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Run the codec server on CARDFLOW_CODEC_PORT until stopped; no access log (tokens)."""
+    import uvicorn
+
+    uvicorn.run(
+        app_from_settings(settings),
+        host=settings.bind_host,
+        port=settings.codec_port,
+        log_level="info",
+        access_log=False,
     )

@@ -47,9 +47,16 @@ SAMPLE_VARIABLES: dict[str, str] = {
             for provider in PROVIDERS
         }
     ),
+    "CARDFLOW_CODEC_TOKEN": "compose-test-codec-token-0123456789",
+    "CARDFLOW_API_KEY_PEPPER": "compose-test-api-key-pepper-0123456789",
 }
 # Variables the file must refuse to start without (`${VAR:?message}`).
-REQUIRED_VARIABLES = ("CARDFLOW_ENCRYPTION_KEYS", "CARDFLOW_WEBHOOK_SECRETS")
+REQUIRED_VARIABLES = (
+    "CARDFLOW_ENCRYPTION_KEYS",
+    "CARDFLOW_WEBHOOK_SECRETS",
+    "CARDFLOW_CODEC_TOKEN",
+    "CARDFLOW_API_KEY_PEPPER",
+)
 
 # Environment variable names the project's settings own; any of these handed
 # to a cardflow process must be one `workers.settings.Settings` reads.
@@ -366,8 +373,11 @@ def check_codec_and_web_ui(stack: Stack) -> None:
     # Whoever reaches the codec can decrypt payloads.
     assert codec_host == "127.0.0.1", f"{codec_name} must be published on loopback only"
     codec_address = f"http://localhost:{codec_port}"
-    assert ui_variables.get("TEMPORAL_CODEC_ENDPOINT") == codec_address, (
-        f"{ui_name}'s TEMPORAL_CODEC_ENDPOINT must be the codec as published, {codec_address}"
+    assert settings.codec_token is not None, f"{codec_name} needs CARDFLOW_CODEC_TOKEN"
+    # The UI sends no header to its codec: the token is the endpoint's path prefix.
+    token_address = f"{codec_address}/t/{settings.codec_token.get_secret_value()}"
+    assert ui_variables.get("TEMPORAL_CODEC_ENDPOINT") == token_address, (
+        f"{ui_name}'s TEMPORAL_CODEC_ENDPOINT must be the codec as published with its token"
     )
     assert settings.codec_url == codec_address, (
         "CARDFLOW_CODEC_URL differs from the published codec"
@@ -695,6 +705,12 @@ BREAKAGES: dict[str, tuple[Callable[[Stack], None], Breakage]] = {
         check_codec_and_web_ui,
         lambda raw: _env(raw, "temporal-ui").update(
             TEMPORAL_CODEC_ENDPOINT="http://localhost:8081"
+        ),
+    ),
+    "UI calls the codec without its token": (
+        check_codec_and_web_ui,
+        lambda raw: _env(raw, "temporal-ui").update(
+            TEMPORAL_CODEC_ENDPOINT="http://localhost:8234"
         ),
     ),
     "codec published beyond loopback": (

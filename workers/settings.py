@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,6 +25,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TASK_QUEUE_PREFIX_PATTERN, TaskQueues
 
 ENCRYPTION_KEY_BYTES = 32  # AES-256-GCM
+API_KEY_PEPPER_CHARS_MIN = 32
 _KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HOST_PORT_PATTERN = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
 
@@ -63,8 +67,53 @@ def parse_encryption_keys(raw: str) -> list[tuple[str, bytes]]:
     return keys
 
 
-def parse_webhook_secrets(raw: str) -> dict[str, list[str]]:
-    """{"provider": "whsec_..." | [newest, older...]} -> {"provider": [secrets]}."""
+@dataclasses.dataclass(frozen=True)
+class WebhookSecret:
+    """One provider signing secret; an older one verifies until `until` (UTC), then never."""
+
+    secret: str = dataclasses.field(repr=False)
+    until: datetime | None = None
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.until is None or now < self.until
+
+
+def _webhook_secret_entry(provider: str, position: int, value: object) -> WebhookSecret:
+    # Messages name the provider and the position, never the secret.
+    where = f"provider '{provider}', secret {position + 1}"
+    until: datetime | None = None
+    if isinstance(value, dict):
+        unknown = set(value) - {"secret", "until"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (use 'secret', 'until')")
+        raw_until = value.get("until")
+        if raw_until is not None:
+            try:
+                until = datetime.fromisoformat(str(raw_until))
+            except ValueError:
+                raise ValueError(f"{where}: 'until' must be an ISO 8601 time") from None
+            if until.tzinfo is None:
+                raise ValueError(f"{where}: 'until' must carry a time zone, e.g. Z")
+            until = until.astimezone(UTC)
+        value = value.get("secret")
+    if not (isinstance(value, str) and value.startswith("whsec_") and len(value) > 12):
+        raise ValueError(f"{where}: must be a whsec_... string")
+    if position == 0 and until is not None:
+        raise ValueError(f"{where}: the current (first) secret has no 'until'")
+    if position > 0 and until is None:
+        raise ValueError(
+            f"{where}: an older secret needs 'until', the end of its overlap "
+            '({"secret": "whsec_...", "until": "2026-12-01T00:00:00Z"})'
+        )
+    return WebhookSecret(value, until)
+
+
+def parse_webhook_secret_entries(raw: str) -> dict[str, list[WebhookSecret]]:
+    """{"provider": "whsec_..." | [current, {"secret": older, "until": time}, ...]}.
+
+    The first secret of a provider signs and always verifies; each older one
+    verifies until its `until` (the end of the rotation overlap).
+    """
     import json
 
     try:
@@ -73,19 +122,69 @@ def parse_webhook_secrets(raw: str) -> dict[str, list[str]]:
         raise ValueError("must be a JSON object of provider to secret(s)") from None
     if not isinstance(document, dict):
         raise ValueError("must be a JSON object of provider to secret(s)")
-    secrets: dict[str, list[str]] = {}
+    entries: dict[str, list[WebhookSecret]] = {}
     for provider, value in document.items():
         values = [value] if isinstance(value, str) else value
-        if (
-            not isinstance(values, list)
-            or not values
-            or not all(
-                isinstance(v, str) and v.startswith("whsec_") and len(v) > 12 for v in values
-            )
-        ):
-            raise ValueError(f"secrets of provider '{provider}' must be whsec_... strings")
-        secrets[str(provider)] = values
-    return secrets
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"provider '{provider}': give a whsec_... string or a list")
+        entries[str(provider)] = [
+            _webhook_secret_entry(str(provider), position, item)
+            for position, item in enumerate(values)
+        ]
+    return entries
+
+
+def parse_webhook_secrets(raw: str) -> dict[str, list[str]]:
+    """Every configured secret per provider, current first (expired ones included)."""
+    return {
+        provider: [entry.secret for entry in entries]
+        for provider, entries in parse_webhook_secret_entries(raw).items()
+    }
+
+
+# Each secret setting may instead name a file holding its value (Docker and
+# Kubernetes secrets): NAME_FILE=/run/secrets/name. The value's variable and
+# its file's variable.
+SECRET_FILE_VARIABLES: dict[str, str] = {
+    "CARDFLOW_ENCRYPTION_KEYS": "CARDFLOW_ENCRYPTION_KEYS_FILE",
+    "CARDFLOW_WEBHOOK_SECRETS": "CARDFLOW_WEBHOOK_SECRETS_FILE",
+    "CARDFLOW_API_KEY_PEPPER": "CARDFLOW_API_KEY_PEPPER_FILE",
+    "CARDFLOW_CODEC_TOKEN": "CARDFLOW_CODEC_TOKEN_FILE",
+    "DATABASE_URL": "DATABASE_URL_FILE",
+    "TEMPORAL_API_KEY": "TEMPORAL_API_KEY_FILE",
+}
+SECRET_FILE_BYTES_MAX = 64 * 1024
+CODEC_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{24,256}$")
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The content of a secret file, trailing newline removed; errors name variable and path."""
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read(SECRET_FILE_BYTES_MAX + 1)
+    except OSError as error:
+        raise ValueError(f"{variable}: cannot read {path} ({error.strerror})") from None
+    if len(content) > SECRET_FILE_BYTES_MAX:
+        raise ValueError(f"{variable}: {path} is larger than {SECRET_FILE_BYTES_MAX} bytes")
+    try:
+        text = content.decode().strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{variable}: {path} is not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"{variable}: {path} is empty")
+    return text
+
+
+def _with_database_password(variable: str, url: str, password: str) -> str:
+    """DATABASE_URL with the password from DATABASE_PASSWORD_FILE put in."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ValueError(f"{variable} is set and DATABASE_URL carries a password too; keep one")
+    if not parts.username or not parts.hostname:
+        raise ValueError(f"{variable} needs DATABASE_URL with a user and host, no password")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class Settings(BaseSettings):
@@ -144,10 +243,38 @@ class Settings(BaseSettings):
     providers_url: str | None = Field(default=None, validation_alias="CARDFLOW_PROVIDERS_URL")
     # Where providers deliver webhooks and real-time requests: the gateway.
     gateway_url: str | None = Field(default=None, validation_alias="CARDFLOW_GATEWAY_URL")
-    # JSON {"provider": "whsec_..." or ["whsec_new", "whsec_old"]}. Unset: dev
+    # JSON {"provider": "whsec_..." or ["whsec_new", {"secret": "whsec_old",
+    # "until": "2026-12-01T00:00:00Z"}]}: an older secret verifies until then. Unset: dev
     # secrets generated once under CARDFLOW_HOME.
     webhook_secrets: SecretStr | None = Field(
         default=None, validation_alias="CARDFLOW_WEBHOOK_SECRETS"
+    )
+
+    # The codec server's credential (Bearer header, or /t/<token>/ path prefix
+    # for the Web UI). Unset: a dev token generated once under CARDFLOW_HOME.
+    codec_token: SecretStr | None = Field(default=None, validation_alias="CARDFLOW_CODEC_TOKEN")
+
+    # Files holding a secret setting's value (SECRET_FILE_VARIABLES); read at
+    # start into the setting itself. Setting both a value and its file is an error.
+    encryption_keys_file: Path | None = Field(
+        default=None, validation_alias="CARDFLOW_ENCRYPTION_KEYS_FILE"
+    )
+    webhook_secrets_file: Path | None = Field(
+        default=None, validation_alias="CARDFLOW_WEBHOOK_SECRETS_FILE"
+    )
+    api_key_pepper_file: Path | None = Field(
+        default=None, validation_alias="CARDFLOW_API_KEY_PEPPER_FILE"
+    )
+    codec_token_file: Path | None = Field(
+        default=None, validation_alias="CARDFLOW_CODEC_TOKEN_FILE"
+    )
+    database_url_file: Path | None = Field(default=None, validation_alias="DATABASE_URL_FILE")
+    temporal_api_key_file: Path | None = Field(
+        default=None, validation_alias="TEMPORAL_API_KEY_FILE"
+    )
+    # Only the password of DATABASE_URL (which then has none) in a file.
+    database_password_file: Path | None = Field(
+        default=None, validation_alias="DATABASE_PASSWORD_FILE"
     )
 
     # Real-time card authorizations: the gateway answers the issuer within
@@ -158,6 +285,19 @@ class Settings(BaseSettings):
     authorization_stand_in: Literal["approve", "decline"] = Field(
         default="decline", validation_alias="CARDFLOW_AUTHORIZATION_STAND_IN"
     )
+
+    # The upstream API's keys (`cardflow apikey ...`) are stored as
+    # HMAC-SHA256(pepper, secret). Unset: a dev pepper generated once under
+    # CARDFLOW_HOME/secrets/. Changing it invalidates every key.
+    api_key_pepper: SecretStr | None = Field(
+        default=None, validation_alias="CARDFLOW_API_KEY_PEPPER"
+    )
+    # Throttling of `/v1`: a token bucket per API key and route, refilled at
+    # this rate, holding at most the burst (per gateway process).
+    api_rate_per_second: float = Field(
+        default=20.0, gt=0, le=100_000, validation_alias="CARDFLOW_API_RATE_PER_SECOND"
+    )
+    api_burst: int = Field(default=40, ge=1, le=1_000_000, validation_alias="CARDFLOW_API_BURST")
     # Observability. Each long-running process (worker, gateway) serves
     # Prometheus metrics on this port when set; `cardflow dev up` gives each
     # part its own port from CARDFLOW_METRICS_PORT_BASE.
@@ -179,6 +319,45 @@ class Settings(BaseSettings):
         validation_alias="CARDFLOW_TASK_QUEUE_PREFIX",
         pattern=TASK_QUEUE_PREFIX_PATTERN,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """NAME_FILE -> NAME's value, before validation; never both."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for variable, file_variable in SECRET_FILE_VARIABLES.items():
+            path = data.get(file_variable)
+            if path is None or not str(path).strip():
+                data.pop(file_variable, None)
+                continue
+            value = data.get(variable)
+            if (
+                value is not None
+                and str(value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+            ):
+                raise ValueError(f"{variable} and {file_variable} are both set; keep one")
+            data[variable] = read_secret_file(file_variable, str(path))
+        password_path = data.get("DATABASE_PASSWORD_FILE")
+        if password_path is not None and str(password_path).strip():
+            url = data.get("DATABASE_URL")
+            if url is None:
+                raise ValueError("DATABASE_PASSWORD_FILE needs DATABASE_URL (user and host)")
+            raw = url.get_secret_value() if isinstance(url, SecretStr) else str(url)
+            password = read_secret_file("DATABASE_PASSWORD_FILE", str(password_path))
+            data["DATABASE_URL"] = _with_database_password("DATABASE_PASSWORD_FILE", raw, password)
+        else:
+            data.pop("DATABASE_PASSWORD_FILE", None)
+        return data
+
+    @field_validator("codec_token")
+    @classmethod
+    def _check_codec_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not CODEC_TOKEN_PATTERN.match(value.get_secret_value()):
+            # It travels in a URL path: URL-safe characters, long enough to guess never.
+            raise ValueError("must be 24 to 256 characters of letters, digits, '-' or '_'")
+        return value
 
     @field_validator("temporal_address")
     @classmethod
@@ -225,6 +404,14 @@ class Settings(BaseSettings):
     def _check_webhook_secrets(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             parse_webhook_secrets(value.get_secret_value())
+        return value
+
+    @field_validator("api_key_pepper")
+    @classmethod
+    def _check_api_key_pepper(cls, value: SecretStr | None) -> SecretStr | None:
+        # Never echo the value: the message names only the rule.
+        if value is not None and len(value.get_secret_value().strip()) < API_KEY_PEPPER_CHARS_MIN:
+            raise ValueError(f"must be at least {API_KEY_PEPPER_CHARS_MIN} characters")
         return value
 
     @field_validator("otlp_endpoint", "service_name", "metrics_port", mode="before")

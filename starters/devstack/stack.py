@@ -36,7 +36,7 @@ from starters.devstack.processes import (
 )
 from starters.health import WorkflowWorkerSilent, ping
 from workers.client import connect
-from workers.converter import ensure_dev_keys
+from workers.secrets import codec_ui_endpoint, ensure_dev_secrets
 from workers.settings import Settings
 from workers.telemetry import METRICS_PARTS, metrics_port_of
 
@@ -101,8 +101,9 @@ class Stack:
     def up(self) -> list[PartStatus]:
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        if self.settings.encryption_keys is None:
-            ensure_dev_keys(self.settings)
+        # Every secret the settings do not give is made once, owner-only, so
+        # each part reads the same one.
+        ensure_dev_secrets(self.settings)
         self._preflight_ports()
         self._up_postgres()
         self._up_codec()
@@ -212,8 +213,9 @@ class Stack:
             str(s.temporal_port),
             "--ui-port",
             str(s.temporal_ui_port),
+            # The UI sends no header to a codec endpoint: the token is in its path.
             "--ui-codec-endpoint",
-            s.codec_url,
+            codec_ui_endpoint(s),
             "--ui-disable-news-fetch",
             "--log-format",
             "json",

@@ -14,14 +14,20 @@ from starters.codec_server import create_app
 from starters.health import ping
 from tests.conftest import RunningStack
 from workers.converter import EncryptionCodec, generate_key
+from workers.secrets import new_codec_token
 from workflows.health import ping_workflow_id
 
 UI_ORIGIN = "http://localhost:8233"
+TOKEN = new_codec_token()
 
 
 def client_for(codec: EncryptionCodec) -> httpx.AsyncClient:
-    app = create_app(codec, [UI_ORIGIN])
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://codec")
+    app = create_app(codec, [UI_ORIGIN], TOKEN)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://codec",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
 
 
 def body(payloads: list[Payload]) -> str:

@@ -31,6 +31,7 @@ from starters.health import ping
 from tests.conftest import scratch_directory
 from tests.starters.conftest import DevStack, stack_env
 from workers.client import connect
+from workers.secrets import codec_token, codec_ui_endpoint
 from workflows.health import ping_workflow_id
 
 
@@ -78,7 +79,7 @@ def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevS
     settings = dev_stack.settings()
     ui = httpx.get(f"http://127.0.0.1:{settings.temporal_ui_port}/api/v1/settings", timeout=10)
     assert ui.status_code == 200
-    assert ui.json()["Codec"]["Endpoint"] == settings.codec_url
+    assert ui.json()["Codec"]["Endpoint"] == codec_ui_endpoint(settings)
     for log in (
         "temporal",
         "codec",
@@ -142,6 +143,7 @@ async def test_the_codec_server_process_decodes_a_history_of_the_stack(dev_stack
                 "Origin": origin,
                 "X-Namespace": "default",
                 "Content-Type": "application/json",
+                "Authorization": f"Bearer {codec_token(settings)}",
             },
         )
     assert response.status_code == 200

@@ -23,7 +23,7 @@ from activities.database import create_pool
 from schemas.health import PingResult
 from schemas.providers import PROVIDERS
 from starters.gateway.app import create_app
-from tests.conftest import RunningStack, free_port
+from tests.conftest import RunningStack, api_key_headers, free_port
 from tests.providers import running, simulator_process
 from workers.converter import build_data_converter
 from workers.secrets import new_webhook_secret
@@ -98,10 +98,13 @@ async def gateway(stack: RunningStack, tmp_path: Path) -> AsyncIterator[Gateway]
     old_bank = new_webhook_secret()
     secrets = {provider: [new_webhook_secret()] for provider in PROVIDERS}
     secrets["bank"].append(old_bank)  # rotation: the previous secret still verifies
+    overlap_end = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    old_entry = {"secret": old_bank, "until": overlap_end}
+    configured = {**secrets, "bank": [secrets["bank"][0], old_entry]}
     settings = load_settings(
         CARDFLOW_HOME=str(tmp_path),
         CARDFLOW_TASK_QUEUE_PREFIX=stack.queues.prefix,
-        CARDFLOW_WEBHOOK_SECRETS=json.dumps(secrets),
+        CARDFLOW_WEBHOOK_SECRETS=json.dumps(configured),
         DATABASE_URL=stack.database_url,
     )
     pool = await create_pool(stack.database_url, size_max=4)
@@ -113,7 +116,8 @@ async def gateway(stack: RunningStack, tmp_path: Path) -> AsyncIterator[Gateway]
         await asyncio.sleep(0.01)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        headers = await api_key_headers(pool, settings)
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as http:
             yield Gateway(url, secrets, stack, http)
     finally:
         server.should_exit = True
