@@ -14,6 +14,7 @@ a revocation reaches every gateway process within that bound.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -81,6 +82,10 @@ LIST_KEYS_MAX = 10_000
 # changes reach every gateway process within this bound.
 KEY_CACHE_SECONDS = 5.0
 KEY_CACHE_ENTRIES_MAX = 10_000
+# Keys not in the cache are read from the database at most this many at a
+# time per gateway: a flood of made-up keys queues here instead of taking the
+# pool's connections from webhooks (the gateway's pool holds 10).
+KEY_LOOKUPS_CONCURRENT_MAX = 4
 # `last_used_at` is written at most this often per key and process.
 LAST_USED_WRITE_INTERVAL_SECONDS = 60.0
 
@@ -376,8 +381,10 @@ class KeyVerifier:
         cache_entries_max: int = KEY_CACHE_ENTRIES_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lookups_concurrent_max: int = KEY_LOOKUPS_CONCURRENT_MAX,
     ) -> None:
         self._store = store
+        self._lookups = asyncio.Semaphore(lookups_concurrent_max)
         self._cache_seconds = cache_seconds
         self._last_used_interval_seconds = last_used_interval_seconds
         self._cache_entries_max = cache_entries_max
@@ -422,7 +429,8 @@ class KeyVerifier:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[1] < self._cache_seconds:
             return cached[0]
-        stored = await self._store.lookup(key_id)
+        async with self._lookups:
+            stored = await self._store.lookup(key_id)
         if stored is None:
             self._cache.pop(key_id, None)
             return None

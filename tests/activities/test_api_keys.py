@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import stat
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +25,7 @@ from activities.api_keys import (
     KeyVerifier,
     NewApiKey,
     Scope,
+    StoredKey,
     api_key_pepper,
     dev_pepper_path,
     parse_key,
@@ -257,3 +260,34 @@ def test_the_dev_pepper_is_made_once_for_the_owner_only(tmp_path: Path) -> None:
     assert api_key_pepper(settings) == first and len(first) >= 32
     configured = "p" * 40
     assert api_key_pepper(load_settings(CARDFLOW_API_KEY_PEPPER=configured)) == configured.encode()
+
+
+class CountingStore(ApiKeyStore):
+    """The real store, counting how many lookups run at once."""
+
+    def __init__(self, pool: asyncpg.Pool, pepper: bytes) -> None:
+        super().__init__(pool, pepper)
+        self.running = 0
+        self.running_max = 0
+
+    async def lookup(self, key_id: str) -> StoredKey | None:
+        self.running += 1
+        self.running_max = max(self.running_max, self.running)
+        try:
+            await asyncio.sleep(0.02)  # hold the slot long enough for others to queue
+            return await super().lookup(key_id)
+        finally:
+            self.running -= 1
+
+
+async def test_a_flood_of_made_up_keys_reads_the_database_a_few_at_a_time(
+    pool: asyncpg.Pool,
+) -> None:
+    counting = CountingStore(pool, PEPPER)
+    issued = await counting.create(new_key())
+    checker = KeyVerifier(counting, cache_seconds=0, lookups_concurrent_max=2)
+    made_up = [f"cfk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}" for _ in range(20)]
+    results = await asyncio.gather(*(checker.verify(key) for key in [*made_up, issued.key]))
+    assert results[:-1] == [None] * 20
+    assert results[-1] is not None and results[-1].key_id == issued.info.key_id
+    assert counting.running_max == 2
