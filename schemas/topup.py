@@ -122,6 +122,10 @@ class TopupPolicy(BaseModel):
     # failing counts as a permanent failure (None: retry transient failures
     # for as long as they last; a 4xx refusal is permanent at once).
     receipt_attempts_max: int | None = Field(default=None, ge=1, le=1_000)
+    # Collecting a recorded debt from the credit: a refusal (another top-up
+    # collected first, or a card payment spent the credit) re-reads the
+    # balances and tries again with what is left, at most this many times.
+    debt_collection_attempts_max: int = Field(default=3, ge=1, le=10)
 
     def fee_minor(self, source: TopupSource, credited_minor: int, currency: Currency) -> int:
         """The fee on a credit from `source`; none when the policy names no fee for it."""
@@ -213,6 +217,9 @@ class TopupResult(BaseModel):
     # What the wallet got before the fee, and the fee, in the wallet's currency.
     credited_minor: int = 0
     fee_minor: int = 0
+    # Of the credit net of fee: what repaid the customer's recorded debt
+    # (customer:{id}:debt:{CCY}), wallet -> debt account.
+    debt_collected_minor: int = 0
     wallet_currency: Currency | None = None
     quote_id: str | None = None
     quotes_taken: int = 0
@@ -234,6 +241,7 @@ class TopupStatus(BaseModel):
     pending_review: PendingReview | None = None
     credited_minor: int = 0
     fee_minor: int = 0
+    debt_collected_minor: int = 0
     outcome: TopupOutcome | None = None
     compensation: str = ""
 

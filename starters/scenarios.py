@@ -360,6 +360,39 @@ async def topup_bank(client: Client, settings: Settings) -> str:
     return workflow_id
 
 
+async def topup_collects_debt(client: Client, settings: Settings) -> str:
+    """An approved customer owes 30.00 USD (a lost dispute's shortfall, recorded
+    straight on the ledger); a 100.00 USD bank transfer repays it from the credit."""
+    from schemas.disputes import customer_debt, customer_debt_spec
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    pool = await create_pool(settings.effective_database_url, size_max=1)
+    try:
+        ledger = Ledger(pool)
+        await ledger.open_account(system_account("disputes:provisional:USD"))
+        await ledger.open_account(customer_debt_spec(customer_id, Currency.USD))
+        await ledger.transfer(
+            TransferRequest(
+                key=f"scenario-debt/{customer_id}",
+                debit=customer_debt(customer_id, Currency.USD),
+                credit="disputes:provisional:USD",
+                amount_minor=3_000,
+                currency=Currency.USD,
+            )
+        )
+    finally:
+        await pool.close()
+    from starters.topup import simulate_bank_transfer
+    from workflows.topup import topup_workflow_id
+
+    transfer = await simulate_bank_transfer(settings, customer_id, 10_000, Currency.USD)
+    workflow_id = topup_workflow_id("bank", transfer.id)
+    await _topup_reaching(client, workflow_id, lambda status: status.outcome is not None)
+    await client.get_workflow_handle(workflow_id).result()
+    return workflow_id
+
+
 async def topup_unmatched(client: Client, settings: Settings) -> str:
     """A bank transfer whose reference names no customer waits in review; an
     operator assigns it to an approved customer, and it is credited."""
@@ -589,6 +622,7 @@ SCENARIOS: dict[str, Scenario] = {
     "topup-bank": topup_bank,
     "topup-usdt": topup_usdt,
     "topup-unmatched": topup_unmatched,
+    "topup-collects-debt": topup_collects_debt,
     "billing-period": billing_period,
     "dispute-won": dispute_won,
     "dispute-lost": dispute_lost,

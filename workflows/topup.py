@@ -13,8 +13,9 @@ USDT: wait for the confirmations (a reorg before finality ends it with
 nothing credited); match the address's owner; check the limits; take a firm
 FX quote into the wallet's currency (a new one if it is about to expire);
 post custody -> FX pools -> wallet, spread, rounding and fee as one atomic
-batch. Both then record the day's usage as credited and send the customer a
-receipt.
+batch. Both then collect the customer's recorded debt in that currency (a
+lost dispute's shortfall) from the credit net of fee, record the day's usage
+as credited and send the customer a receipt.
 
 An unmatched payment or one over a limit waits for an operator's `review`
 update (approve, assigning a customer if unmatched, or reject); no review in
@@ -48,7 +49,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.ledger.activities import OPEN_ACCOUNTS, SUBMIT_BATCH
+    from activities.ledger.activities import GET_BALANCE, OPEN_ACCOUNTS, SUBMIT_BATCH
     from activities.providers.quotes import FX_QUOTE, QuoteRequest
     from activities.topups import (
         MATCH_CUSTOMER,
@@ -60,8 +61,9 @@ with workflow.unsafe.imports_passed_through():
     from schemas.bank import InboundTransfer
     from schemas.conversion import conversion_legs
     from schemas.customers import NotificationReceipt
+    from schemas.disputes import customer_debt, customer_debt_spec
     from schemas.fx import FxQuote
-    from schemas.ledger import Account, TransferBatch, TransferOutcome, TransferRequest
+    from schemas.ledger import Account, Balance, TransferBatch, TransferOutcome, TransferRequest
     from schemas.money import Currency
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
     from schemas.topup import (
@@ -98,6 +100,8 @@ STAGE_CREDITED = "credited"
 # ProcessStatus while the process runs its own steps: the money's state, not
 # each step (those are in the details and the status query).
 STATUS_PROCESSING = "processing"
+# Top-ups started before debt collection existed replay without it.
+TOPUP_DEBT_COLLECTION_PATCH = "topup-collects-debt"
 
 
 def topup_workflow_id(source: TopupSource | str, external_ref: str) -> str:
@@ -160,6 +164,8 @@ class Topup:
         self._credit: list[TransferRequest] = []
         self._credited_minor = 0
         self._fee_minor = 0
+        self._debt_collected_minor = 0
+        self._debt_collection: list[TransferRequest] = []
         self._wallet_currency: Currency | None = None
         self._quote: FxQuote | None = None
         self._quotes_taken = 0
@@ -259,6 +265,7 @@ class Topup:
         ]
         items += self._fee_leg(wallet, fees, fee, currency)
         await self._post_credit(items, transfer.amount_minor, fee, currency)
+        await self._collect_debt(customer_id, currency)
         await self._after_credit(customer_id, currency)
 
     async def _usdt(self, request: TopupInput) -> None:
@@ -303,6 +310,7 @@ class Topup:
         fee = policy.fee_minor("usdt", quote.buy_amount_minor, currency)
         items = [*legs.transfers, *self._fee_leg(wallet, fees, fee, currency)]
         await self._post_credit(items, quote.buy_amount_minor, fee, currency)
+        await self._collect_debt(customer_id, currency)
         await self._after_credit(customer_id, currency)
 
     def _deposit_settled(self) -> bool:
@@ -467,6 +475,53 @@ class Topup:
         self._credited_minor, self._fee_minor, self._wallet_currency = credited, fee, currency
         self._compensations.append(self._reverse_credit)
 
+    async def _collect_debt(self, customer_id: str, currency: Currency) -> None:
+        """Recover the customer's recorded debt in `currency` (a lost dispute's
+        shortfall) from this credit: min(debt, credit net of fee), wallet ->
+        debt account. The debt account's credits may never exceed its debits,
+        so two top-ups collecting at once cannot over-collect: the ledger
+        rejects the later one, which re-reads and collects what is left."""
+        if not workflow.patched(TOPUP_DEBT_COLLECTION_PATCH):
+            return
+        self._set_stage("collecting debt")
+        # Opening is idempotent; an open, empty debt account reads as no debt.
+        await self._ledger(
+            OPEN_ACCOUNTS, [customer_debt_spec(customer_id, currency)], result_type=list[Account]
+        )
+        debt, source = customer_debt(customer_id, currency), accounts.wallet(customer_id, currency)
+        net = self._credited_minor - self._fee_minor
+        assert net >= 0  # the fee never exceeds the credit (TopupFee.fee_minor)
+        for attempt in range(1, self._input.policy.debt_collection_attempts_max + 1):
+            owed: Balance = await self._ledger(GET_BALANCE, debt, result_type=Balance)
+            outstanding = owed.debits_posted - owed.credits_posted - owed.credits_pending
+            amount = min(outstanding, net)
+            if amount > 0 and attempt > 1:
+                # A card payment may have spent part of the credit since.
+                held: Balance = await self._ledger(GET_BALANCE, source, result_type=Balance)
+                amount = min(amount, held.available)
+            if amount <= 0:
+                return
+            collection = TransferRequest(
+                key=step_key(f"debt/collect/{attempt}"),
+                debit=source,
+                credit=debt,
+                amount_minor=amount,
+                currency=currency,
+            )
+            outcomes: list[TransferOutcome] = await self._ledger(
+                SUBMIT_BATCH, TransferBatch(items=[collection]), result_type=list[TransferOutcome]
+            )
+            if outcomes[0].accepted:
+                self._debt_collection = [collection]
+                self._debt_collected_minor = amount
+                self._compensations.append(self._reverse_debt_collection)
+                workflow.set_current_details(self._details())
+                return
+            # Another top-up collected first, or the wallet was spent: read again.
+            workflow.logger.info("debt collection attempt %d refused: %s", attempt, outcomes[0])
+        # The credit stands either way; what was not collected stays outstanding.
+        workflow.logger.warning("the debt on %s was not collected", debt)
+
     async def _after_credit(self, customer_id: str, currency: Currency) -> None:
         """Record the usage as credited and send the receipt, side by side."""
         self._set_stage("sending the receipt")
@@ -475,6 +530,10 @@ class Topup:
         )
         net = describe(self._credited_minor - self._fee_minor, currency)
         fee = describe(self._fee_minor, currency)
+        body = f"We credited {net} to your {currency.value} wallet (fee {fee})."
+        if self._debt_collected_minor:
+            collected = describe(self._debt_collected_minor, currency)
+            body += f" {collected} of it repaid what you owed us."
         try:
             await self._provider(
                 SEND_RECEIPT,
@@ -482,7 +541,7 @@ class Topup:
                     key=step_key("notify/credited"),
                     customer_id=customer_id,
                     subject=f"Your top-up of {net} is in your wallet",
-                    body=f"We credited {net} to your {currency.value} wallet (fee {fee}).",
+                    body=body,
                     attempts_max=self._input.policy.receipt_attempts_max,
                 ),
                 result_type=NotificationReceipt,
@@ -526,6 +585,27 @@ class Topup:
                 f"credit of {describe(self._credited_minor, currency)} and fee of "
                 f"{describe(self._fee_minor, currency)} reversed"
             )
+
+    async def _reverse_debt_collection(self) -> None:
+        """Give the collected amount back to the wallet (the debt stands again),
+        so the credit's own reversal finds the money where it put it."""
+        self._set_stage("reversing the debt collection")
+        reversals = [
+            TransferRequest(
+                key=f"{leg.key}/reversal",
+                debit=leg.credit,
+                credit=leg.debit,
+                amount_minor=leg.amount_minor,
+                currency=leg.currency,
+            )
+            for leg in self._debt_collection
+        ]
+        outcomes: list[TransferOutcome] = await self._ledger(
+            SUBMIT_BATCH, TransferBatch(items=reversals), result_type=list[TransferOutcome]
+        )
+        # Debiting the debt account and crediting the wallet have no limit to hit.
+        if all(outcome.accepted for outcome in outcomes):
+            self._debt_collected_minor = 0
 
     async def _release_usage(self) -> None:
         # Money the reversal could not take back still counts as credited.
@@ -623,6 +703,7 @@ class Topup:
             pending_review=self._pending,
             credited_minor=self._credited_minor,
             fee_minor=self._fee_minor,
+            debt_collected_minor=self._debt_collected_minor,
             outcome=self._outcome,
             compensation=self._compensation,
         )
@@ -662,6 +743,7 @@ class Topup:
             currency=self._currency,
             credited_minor=self._credited_minor,
             fee_minor=self._fee_minor,
+            debt_collected_minor=self._debt_collected_minor,
             wallet_currency=self._wallet_currency,
             quote_id=self._quote.id if self._quote else None,
             quotes_taken=self._quotes_taken,
@@ -688,6 +770,9 @@ class Topup:
                 f" | credited {describe(self._credited_minor, self._wallet_currency)}, fee "
                 f"{describe(self._fee_minor, self._wallet_currency)}"
             )
+        if self._debt_collected_minor and self._wallet_currency is not None:
+            collected = describe(self._debt_collected_minor, self._wallet_currency)
+            details += f", debt collected {collected}"
         if self._compensation:
             details += f" | {self._compensation}"
         return details
