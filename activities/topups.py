@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 from activities.providers.activities import ProviderActivities, ProviderClients
 from schemas import accounts
 from schemas.customers import KycStatus, Notification, NotificationReceipt
+from schemas.disputes import customer_debt
 from schemas.topup import (
     CustomerMatch,
     CustomerMatchRequest,
@@ -52,11 +53,16 @@ class TopupActivities:
                    (SELECT status FROM ledger_accounts WHERE code = $2) AS wallet_status,
                    ARRAY(SELECT wanted.code FROM unnest($3::text[]) AS wanted(code)
                          WHERE NOT EXISTS (SELECT 1 FROM ledger_accounts a
-                                           WHERE a.code = wanted.code)) AS missing
+                                           WHERE a.code = wanted.code)) AS missing,
+                   (SELECT coalesce(sum(b.debits_posted - b.credits_posted
+                                        - b.credits_pending), 0)
+                    FROM ledger_balances b JOIN ledger_accounts a ON a.id = b.account_id
+                    WHERE a.code = $4) AS debt
             """,
             reference,
             accounts.wallet(reference, request.currency),
             request.system_accounts,
+            customer_debt(reference, request.currency),
         )
         assert row is not None
         missing = list(row["missing"])
@@ -69,7 +75,11 @@ class TopupActivities:
         elif row["wallet_status"] != "open":
             reason = f"customer {reference} has no open {request.currency.value} wallet"
         else:
-            return CustomerMatch(customer_id=reference, missing_accounts=missing)
+            return CustomerMatch(
+                customer_id=reference,
+                missing_accounts=missing,
+                debt_outstanding_minor=max(0, int(row["debt"])),
+            )
         return CustomerMatch(customer_id=None, reason=reason, missing_accounts=missing)
 
     @activity.defn(name=RESERVE_USAGE)

@@ -264,6 +264,10 @@ class CustomerMatch(BaseModel):
     # Why there is no match (for the operator), empty on a match.
     reason: str = ""
     missing_accounts: list[str] = Field(default_factory=list)
+    # The customer's recorded debt in the currency (0 when none), read in the
+    # same round trip, so a top-up of a customer without debt pays nothing
+    # more for debt collection.
+    debt_outstanding_minor: int = Field(default=0, ge=0)
 
 
 class UsageReservation(BaseModel):

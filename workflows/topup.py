@@ -61,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.bank import InboundTransfer
     from schemas.conversion import conversion_legs
     from schemas.customers import NotificationReceipt
-    from schemas.disputes import customer_debt, customer_debt_spec
+    from schemas.disputes import customer_debt
     from schemas.fx import FxQuote
     from schemas.ledger import Account, Balance, TransferBatch, TransferOutcome, TransferRequest
     from schemas.money import Currency
@@ -166,6 +166,8 @@ class Topup:
         self._fee_minor = 0
         self._debt_collected_minor = 0
         self._debt_collection: list[TransferRequest] = []
+        # The customer's debt as the match read it (0: nothing to collect).
+        self._debt_outstanding_minor = 0
         self._wallet_currency: Currency | None = None
         self._quote: FxQuote | None = None
         self._quotes_taken = 0
@@ -333,6 +335,7 @@ class Topup:
             result_type=CustomerMatch,
         )
         self._missing_accounts = match.missing_accounts
+        self._debt_outstanding_minor = match.debt_outstanding_minor
         customer_id = match.customer_id
         if customer_id is None:
             review = await self._await_review("unmatched", f"unmatched: {match.reason}")
@@ -478,22 +481,20 @@ class Topup:
     async def _collect_debt(self, customer_id: str, currency: Currency) -> None:
         """Recover the customer's recorded debt in `currency` (a lost dispute's
         shortfall) from this credit: min(debt, credit net of fee), wallet ->
-        debt account. The debt account's credits may never exceed its debits,
-        so two top-ups collecting at once cannot over-collect: the ledger
-        rejects the later one, which re-reads and collects what is left."""
+        debt account. The match read the debt, so a customer without any pays
+        nothing more here. The debt account's credits may never exceed its
+        debits, so two top-ups collecting at once cannot over-collect: the
+        ledger rejects the later one, which re-reads and collects what is left."""
+        if self._debt_outstanding_minor <= 0:
+            return
         if not workflow.patched(TOPUP_DEBT_COLLECTION_PATCH):
             return
         self._set_stage("collecting debt")
-        # Opening is idempotent; an open, empty debt account reads as no debt.
-        await self._ledger(
-            OPEN_ACCOUNTS, [customer_debt_spec(customer_id, currency)], result_type=list[Account]
-        )
         debt, source = customer_debt(customer_id, currency), accounts.wallet(customer_id, currency)
         net = self._credited_minor - self._fee_minor
         assert net >= 0  # the fee never exceeds the credit (TopupFee.fee_minor)
+        outstanding = self._debt_outstanding_minor
         for attempt in range(1, self._input.policy.debt_collection_attempts_max + 1):
-            owed: Balance = await self._ledger(GET_BALANCE, debt, result_type=Balance)
-            outstanding = owed.debits_posted - owed.credits_posted - owed.credits_pending
             amount = min(outstanding, net)
             if amount > 0 and attempt > 1:
                 # A card payment may have spent part of the credit since.
@@ -519,6 +520,8 @@ class Topup:
                 return
             # Another top-up collected first, or the wallet was spent: read again.
             workflow.logger.info("debt collection attempt %d refused: %s", attempt, outcomes[0])
+            owed: Balance = await self._ledger(GET_BALANCE, debt, result_type=Balance)
+            outstanding = owed.debits_posted - owed.credits_posted - owed.credits_pending
         # The credit stands either way; what was not collected stays outstanding.
         workflow.logger.warning("the debt on %s was not collected", debt)
 
@@ -651,6 +654,7 @@ class Topup:
             if match.customer_id is None:
                 # Fails this update only; the review stays pending.
                 raise ApplicationError(f"customer_id: {match.reason}", type="ReviewRefused")
+            self._debt_outstanding_minor = match.debt_outstanding_minor
         # The match took a moment: another review, or the wait's end, may
         # have come first.
         if self._review is not None:
