@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import html
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -79,6 +80,9 @@ _BY_COUNTERPARTY: tuple[tuple[str, Category], ...] = (
 )
 
 
+_DEBT_ACCOUNT = re.compile(r"^customer:[^:]+:debt:")
+
+
 def card_workflow_id(card_id: str) -> str:
     # Same as workflows.cards.card_workflow_id; kept here so activities do
     # not import workflow modules.
@@ -88,6 +92,10 @@ def card_workflow_id(card_id: str) -> str:
 def classify(entry: HistoryEntry) -> Category:
     """The statement category of one wallet transfer ("transfer" if no rule names it)."""
     category: Category = "transfer"
+    if _DEBT_ACCOUNT.match(entry.counterparty) and not entry.key.startswith("dispute/"):
+        # Money between the wallet and the customer's debt that the dispute
+        # did not post: a top-up repaying the debt (or giving it back).
+        return "debt_repayment"
     for prefix, named in _BY_KEY:
         if entry.key.startswith(prefix):
             category = named

@@ -55,7 +55,16 @@ CATEGORIES: tuple[str, ...] = (
 
 Period = Annotated[str, Field(pattern=_PERIOD.pattern)]
 Category = Literal[
-    "card", "card_hold", "topup", "fx", "fee", "cashback", "dispute", "adjustment", "transfer"
+    "card",
+    "card_hold",
+    "topup",
+    "fx",
+    "fee",
+    "cashback",
+    "dispute",
+    "debt_repayment",
+    "adjustment",
+    "transfer",
 ]
 
 

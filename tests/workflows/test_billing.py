@@ -188,6 +188,7 @@ def test_period_bounds_are_calendar_months_in_utc() -> None:
         ("cashback/t1/reward/camp", "expense:cashback:USD", "posted", "cashback"),
         ("dispute/t1/provisional", "disputes:provisional:USD", "posted", "dispute"),
         ("dispute/t1/debt", "customer:c-1:debt:USD", "posted", "dispute"),
+        ("topup/bank/tr-1/debt/collect/1", "customer:c-1:debt:USD", "posted", "debt_repayment"),
         (
             "reconciliation/issuer/2026-09-01/fix",
             "suspense:reconciliation:USD",
