@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import tempfile
 import time
@@ -49,6 +48,7 @@ from schemas.customers import CustomerProfile, KycStatus
 from schemas.issuer import Address, Authorization, Merchant
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
+from starters.devstack.processes import free_port, free_port_run
 from starters.devstack.stack import Stack
 from starters.simulate import issuer
 from workers.client import connect
@@ -118,12 +118,6 @@ def summarize(name: str, samples: list[float], past: int = 0, failed: int = 0) -
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def bench_settings(home: Path) -> Settings:
     os.environ["CARDFLOW_HOME"] = str(home)
     for variable in (
@@ -138,20 +132,6 @@ def bench_settings(home: Path) -> Settings:
     # The gateway's and the three workers' metrics ports follow the base.
     os.environ["CARDFLOW_METRICS_PORT_BASE"] = str(free_port_run(4))
     return load_settings()
-
-
-def free_port_run(length: int) -> int:
-    """The first of `length` consecutive free ports."""
-    for _ in range(50):
-        first = free_port()
-        try:
-            for port in range(first, first + length):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {length} consecutive free ports")
 
 
 async def open_loop(rate: float, seconds: float, call: object) -> list[object]:

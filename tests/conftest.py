@@ -13,7 +13,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -34,6 +33,7 @@ from activities.providers.activities import ProviderClients
 from schemas.search import ALL_SEARCH_ATTRIBUTES
 from schemas.task_queues import QUEUE_KINDS, TaskQueues
 from starters.devstack import postgres
+from starters.devstack.processes import free_port
 from starters.devstack.stack import temporal_cli_path
 from workers.build import build_worker
 from workers.converter import EncryptionCodec, build_data_converter, generate_key
@@ -58,12 +58,6 @@ def scratch_directory(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def with_database(url: str, database: str) -> str:

@@ -9,6 +9,7 @@ idempotency key makes every retry safe.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import timedelta
 
 import asyncpg
@@ -93,33 +94,15 @@ class LedgerActivities:
 
     @activity.defn(name=TRANSFER)
     async def transfer(self, request: TransferRequest) -> TransferOutcome:
-        with timed_posting("transfer") as labels:
-            try:
-                outcome = await self.coalescer.transfer(request)
-            except LedgerError as error:
-                raise _non_retryable(error) from error
-            labels["outcome"] = _outcome_label(outcome)
-            return outcome
+        return await _posted("transfer", self.coalescer.transfer(request))
 
     @activity.defn(name=HOLD)
     async def hold(self, request: HoldRequest) -> TransferOutcome:
-        with timed_posting("hold") as labels:
-            try:
-                outcome = await self.coalescer.transfer(request)
-            except LedgerError as error:
-                raise _non_retryable(error) from error
-            labels["outcome"] = _outcome_label(outcome)
-            return outcome
+        return await _posted("hold", self.coalescer.transfer(request))
 
     @activity.defn(name=RESOLVE_HOLD)
     async def resolve_hold(self, request: HoldResolution) -> TransferOutcome:
-        with timed_posting("resolve_hold") as labels:
-            try:
-                outcome = await self.ledger.resolve_hold(request)
-            except LedgerError as error:
-                raise _non_retryable(error) from error
-            labels["outcome"] = _outcome_label(outcome)
-            return outcome
+        return await _posted("resolve_hold", self.ledger.resolve_hold(request))
 
     @activity.defn(name=SUBMIT_BATCH)
     async def submit_batch(self, batch: TransferBatch) -> list[TransferOutcome]:
@@ -153,5 +136,12 @@ class LedgerActivities:
         ]
 
 
-def _outcome_label(outcome: TransferOutcome) -> str:
-    return "posted" if outcome.accepted else "rejected"
+async def _posted(operation: str, posting: Awaitable[TransferOutcome]) -> TransferOutcome:
+    """Await one ledger posting, timed for the posting-latency metric by outcome."""
+    with timed_posting(operation) as labels:
+        try:
+            outcome = await posting
+        except LedgerError as error:
+            raise _non_retryable(error) from error
+        labels["outcome"] = "posted" if outcome.accepted else "rejected"
+        return outcome

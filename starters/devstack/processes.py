@@ -71,6 +71,25 @@ class RunDirectory:
         return record if record is not None and record.is_alive() else None
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def free_port_run(length: int, attempts_max: int = 50) -> int:
+    """The first of `length` consecutive free loopback ports (the dev stack's
+    metrics ports follow CARDFLOW_METRICS_PORT_BASE)."""
+    for _ in range(attempts_max):
+        first = free_port()
+        if first + length - 1 > 65535:
+            continue
+        if all(port_is_free("127.0.0.1", port) for port in range(first, first + length)):
+            return first
+    raise RuntimeError(f"no {length} consecutive free ports found")
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

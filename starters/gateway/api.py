@@ -156,6 +156,17 @@ START_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
     409: {"model": ErrorBody, "description": "This Idempotency-Key came with another body"},
 }
+# A route that awaits a running process (`_steer`): it may be missing (404),
+# refuse (409), or Temporal may be unreachable (503); a read cannot refuse.
+STEER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody},
+    409: {"model": ErrorBody},
+    503: {"model": ErrorBody},
+}
+READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody},
+    503: {"model": ErrorBody},
+}
 
 
 def _request_hash(route: str, body: BaseModel) -> bytes:
@@ -454,7 +465,7 @@ async def issue_card_route(
 @router.post(
     "/cards/{card_id}/actions",
     dependencies=requires(SCOPE_PROCESSES_START),
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="Freeze, unfreeze, close, or report a card lost or stolen",
 )
 async def card_action_route(
@@ -496,7 +507,7 @@ async def _update_process(call: Awaitable[Any], subject: str) -> dict[str, str]:
 @router.post(
     "/card-issues/{request_id}/reschedule",
     dependencies=requires(SCOPE_PROCESSES_START),
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="Move a physical card's delivery date, until it ships",
 )
 async def reschedule_route(
@@ -508,7 +519,7 @@ async def reschedule_route(
 @router.post(
     "/card-issues/{request_id}/activate",
     dependencies=requires(SCOPE_PROCESSES_START),
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="Activate a delivered physical card",
 )
 async def activate_route(request: Request, request_id: RequestIdPath) -> dict[str, str]:
@@ -518,7 +529,7 @@ async def activate_route(request: Request, request_id: RequestIdPath) -> dict[st
 @router.put(
     "/cards/{card_id}/limits",
     dependencies=requires(SCOPE_PROCESSES_START),
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="Set a card's spending limits",
 )
 async def limits_route(
@@ -537,7 +548,7 @@ async def limits_route(
 @router.get(
     "/cards/{card_id}",
     dependencies=requires(SCOPE_PROCESSES_READ),
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=READ_RESPONSES,
     summary="A card's state: limits, open authorizations and holds, exceptions",
 )
 async def card_route(request: Request, card_id: CardIdPath) -> CardInput:
@@ -547,7 +558,7 @@ async def card_route(request: Request, card_id: CardIdPath) -> CardInput:
 @router.post(
     "/cards/{card_id}/exceptions",
     dependencies=requires(SCOPE_OPERATIONS),
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="Decide an exception: charge the wallet or write the amount off to suspense",
 )
 async def card_exception_route(
@@ -616,7 +627,7 @@ async def fx_quote_route(
     "/fx/{request_id}/confirm",
     dependencies=requires(SCOPE_PROCESSES_START),
     response_model=FxConversionResult,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="Convert at the quote; 409 with the reason when expired, cancelled or declined",
 )
 async def fx_confirm_route(request: Request, request_id: RequestIdPath) -> FxConversionResult:
@@ -626,7 +637,7 @@ async def fx_confirm_route(request: Request, request_id: RequestIdPath) -> FxCon
 @router.post(
     "/fx/{request_id}/cancel",
     dependencies=requires(SCOPE_PROCESSES_START),
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="Drop an unconfirmed quote; nothing is converted",
 )
 async def fx_cancel_route(request: Request, request_id: RequestIdPath) -> dict[str, str]:
@@ -641,7 +652,7 @@ async def fx_cancel_route(request: Request, request_id: RequestIdPath) -> dict[s
     "/fx/{request_id}",
     dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=FxStatus,
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=READ_RESPONSES,
     summary="A conversion's stage, quote, amounts and expiry",
 )
 async def fx_status_route(request: Request, request_id: RequestIdPath) -> FxStatus:
@@ -657,7 +668,7 @@ ExternalRefPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
     "/topups/{source}/{external_ref}",
     dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=TopupStatus,
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=READ_RESPONSES,
     summary="A top-up's stage, amounts, confirmations and pending review",
 )
 async def topup_status_route(
@@ -671,7 +682,7 @@ async def topup_status_route(
 @router.post(
     "/topups/{source}/{external_ref}/review",
     dependencies=requires(SCOPE_OPERATIONS),
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="An operator approves (assigning an unmatched payment) or rejects a top-up",
 )
 async def topup_review_route(
@@ -767,7 +778,7 @@ async def billing_run_route(request: Request, period: PeriodPath) -> ProcessRef:
     "/billing/{customer_id}/{period}",
     dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=BillingStatus,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="A billing process's stage, fees and statement paths",
 )
 async def billing_status_route(
@@ -836,7 +847,7 @@ async def open_dispute_route(
 @router.post(
     "/disputes/{transaction_id}/evidence",
     dependencies=requires(SCOPE_PROCESSES_START),
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=READ_RESPONSES,
     summary="Hand in one piece of evidence",
 )
 async def dispute_evidence_route(
@@ -853,7 +864,7 @@ async def dispute_evidence_route(
     "/disputes/{transaction_id}/submit",
     dependencies=requires(SCOPE_PROCESSES_START),
     response_model=DisputeStatusView,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="Submit the evidence (or answer a representment); 409 names what is missing",
 )
 async def dispute_submit_route(
@@ -868,7 +879,7 @@ async def dispute_submit_route(
     "/disputes/{transaction_id}/withdraw",
     dependencies=requires(SCOPE_PROCESSES_START),
     response_model=DisputeStatusView,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="Withdraw an undecided dispute; any provisional credit is taken back",
 )
 async def dispute_withdraw_route(
@@ -883,7 +894,7 @@ async def dispute_withdraw_route(
     "/disputes/{transaction_id}/operator",
     dependencies=requires(SCOPE_OPERATIONS),
     response_model=DisputeStatusView,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="An operator credits provisionally now, or answers a representment now",
 )
 async def dispute_operator_route(
@@ -898,7 +909,7 @@ async def dispute_operator_route(
     "/disputes/{transaction_id}",
     dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=DisputeStatusView,
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=READ_RESPONSES,
     summary="A dispute's stage, evidence, deadlines and amounts",
 )
 async def dispute_status_route(
@@ -963,7 +974,7 @@ async def reconciliation_start_route(
     "/reconciliations/issuer/{settlement_date}",
     dependencies=requires(SCOPE_PROCESSES_READ),
     response_model=ReconciliationStatus,
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=READ_RESPONSES,
     summary="A reconciliation's stage and its differences",
 )
 async def reconciliation_status_route(
@@ -983,7 +994,7 @@ async def reconciliation_status_route(
     "/reconciliations/issuer/{settlement_date}/decisions",
     dependencies=requires(SCOPE_OPERATIONS),
     response_model=ReconciliationItem,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="An operator decides one difference over the threshold: adjust or dismiss",
 )
 async def reconciliation_decide_route(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from starters.devstack.processes import free_port_run
 from tests.conftest import free_port, scratch_directory
 from workers.settings import Settings, load_settings
 from workers.telemetry import METRICS_PARTS
@@ -75,22 +75,6 @@ def stack_env(home: Path, **ports: int) -> dict[str, str]:
         CARDFLOW_TASK_QUEUE_PREFIX=f"devstack-{uuid.uuid4().hex[:8]}",
     )
     return env
-
-
-def free_port_run(length: int) -> int:
-    """The first of `length` consecutive free ports (the dev stack's metrics ports)."""
-    for _ in range(50):
-        first = free_port()
-        if first + length > 65535:
-            continue
-        try:
-            for port in range(first, first + length):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {length} consecutive free ports found")
 
 
 @dataclass
