@@ -134,6 +134,10 @@ class AuthorizationRequest(BaseModel):
     merchant: Merchant
     partial_approval_capable: bool = False
     pending_amount_minor: int = Field(default=0, ge=0)
+    # When the issuer asked (its request's created_at), set by the gateway. The
+    # hold's expiry derives from it, never from the clock of the workflow task
+    # that decides: a retried task must submit the very same hold.
+    requested_at: datetime | None = None
 
 
 class DeclineReason(StrEnum):
