@@ -35,6 +35,7 @@ from schemas.task_queues import QUEUE_KINDS, TaskQueues
 from starters.devstack import postgres
 from starters.devstack.processes import free_port
 from starters.devstack.stack import temporal_cli_path
+from tests.faults import WorkflowTaskFaults
 from workers.build import build_worker
 from workers.converter import EncryptionCodec, build_data_converter, generate_key
 
@@ -162,6 +163,8 @@ class RunningStack:
     database_url: str
     pool: asyncpg.Pool
     codec: EncryptionCodec
+    # Workflow-task faults a test may arm (a worker "killed" mid-task).
+    faults: WorkflowTaskFaults
 
 
 StackFactory = Callable[..., contextlib.AbstractAsyncContextManager[RunningStack]]
@@ -183,6 +186,7 @@ async def make_stack(
         queues = TaskQueues(prefix=prefix or f"test-{uuid.uuid4().hex[:12]}")
         pool = await create_pool(database_url, size_max=TEST_POOL_SIZE_MAX)
         clients = ProviderClients(providers_url)
+        faults = WorkflowTaskFaults()
         try:
             async with contextlib.AsyncExitStack() as running:
                 for kind in kinds:
@@ -193,9 +197,10 @@ async def make_stack(
                         pool=pool,
                         pool_size_max=TEST_POOL_SIZE_MAX,
                         provider_clients=clients,
+                        interceptors=[faults.interceptor()],
                     )
                     await running.enter_async_context(worker)
-                yield RunningStack(workflow_env.client, queues, database_url, pool, codec)
+                yield RunningStack(workflow_env.client, queues, database_url, pool, codec, faults)
         finally:
             await pool.close()
             await clients.aclose()

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.billing import BillingActivities
@@ -105,8 +105,10 @@ def build_worker(
     pool_size_max: int = 10,
     identity: str | None = None,
     provider_clients: ProviderClients | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Worker:
-    """The worker for one task-queue kind: workflows, ledger or providers."""
+    """The worker for one task-queue kind: workflows, ledger or providers.
+    `interceptors` apply to the workflows worker (tests inject faults there)."""
     if kind == "workflows":
         assert pool is not None, "the workflows worker needs a database pool (local activities)"
         return Worker(
@@ -116,6 +118,7 @@ def build_worker(
             activities=local_ledger_activities(pool),
             identity=identity,
             workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
+            interceptors=interceptors,
         )
     if kind == "ledger":
         assert pool is not None, "the ledger worker needs a database pool"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -94,7 +94,9 @@ async def authorize(request: Request) -> JSONResponse:
             },
             status_code=400,
         )
-    question = event.data
+    question = event.data.model_copy(
+        update={"requested_at": datetime.fromisoformat(event.created_at)}
+    )
     budget_seconds = state.settings.authorization_budget_ms / 1000 - (time.monotonic() - started)
     handle = state.client.get_workflow_handle(card_workflow_id(question.card_id))
     try:
