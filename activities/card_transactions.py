@@ -12,6 +12,16 @@ from temporalio import activity
 from schemas.money import Currency
 
 RECORD_CARD_TRANSACTION = "cards.record_transaction"
+CLAIM_CARD_EVENT = "cards.claim_event"
+
+
+class CardEventClaim(BaseModel):
+    """A card's claim to apply one issuer money event, named by the issuer's id."""
+
+    subject_id: str = Field(min_length=1, max_length=200)
+    card_id: str = Field(min_length=1, max_length=100)
+    # Who applies it: one application of one run of the card's process.
+    claimant: str = Field(min_length=1, max_length=300)
 
 
 class CardTransactionRecord(BaseModel):
@@ -61,6 +71,28 @@ class CardTransactionStore:
         )
         return bool(inserted)
 
+    async def claim(self, claim: CardEventClaim) -> bool:
+        """True when this claimant holds the claim (now or from before);
+        False when another application already took the event."""
+        holder = await self._pool.fetchval(
+            """
+            WITH claimed AS (
+                INSERT INTO card_event_claims (subject_id, card_id, claimant)
+                VALUES ($1, $2, $3)
+                ON CONFLICT (subject_id) DO NOTHING
+                RETURNING claimant
+            )
+            SELECT claimant FROM claimed
+            UNION ALL
+            SELECT claimant FROM card_event_claims WHERE subject_id = $1
+            LIMIT 1
+            """,
+            claim.subject_id,
+            claim.card_id,
+            claim.claimant,
+        )
+        return bool(holder == claim.claimant)
+
     async def for_customer(self, customer_id: str, since: datetime) -> list[CardTransactionRecord]:
         rows = await self._pool.fetch(
             "SELECT * FROM card_transactions WHERE customer_id = $1 AND occurred_at >= $2"
@@ -84,5 +116,9 @@ class CardTransactionActivities:
     async def record(self, row: CardTransactionRecord) -> bool:
         return await self.store.record(row)
 
+    @activity.defn(name=CLAIM_CARD_EVENT)
+    async def claim(self, claim: CardEventClaim) -> bool:
+        return await self.store.claim(claim)
+
     def all(self) -> list[object]:
-        return [self.record]
+        return [self.record, self.claim]

@@ -110,6 +110,10 @@ class CardPolicy(BaseModel):
     velocity_amount_max_minor: int | None = Field(default=None, ge=1)
     # A bound on the state the card carries across continue-as-new.
     open_authorizations_max: int = Field(default=200, ge=1, le=1_000)
+    # A closed card's process stays this long once it holds nothing, for the
+    # issuer's late money (refunds, late presentments); money arriving after
+    # that starts the card's process again.
+    closed_linger_seconds: int = Field(default=180 * 24 * 3600, ge=1)
 
 
 class Merchant(BaseModel):
@@ -211,6 +215,11 @@ class AuthorizationRecord(BaseModel):
     next_decision: int = 0
     # Cleared above what was held, posted within the tolerance.
     over_minor: int = 0
+    # How much of the issuer's record was already taken in (its decisions plus
+    # its history entries), so an older snapshot arriving late is ignored, and
+    # the issuer's history entries (advice) applied so far.
+    issuer_version: int = 0
+    issuer_history_applied: int = 0
 
     @property
     def held_minor(self) -> int:
@@ -226,7 +235,10 @@ class CardException(BaseModel):
     """Money the issuer moved that the card could not mirror on its own."""
 
     id: str
-    kind: Literal["over_tolerance", "uncovered"]
+    # ledger_conflict: the ledger refused one of the event's postings outright
+    # (its key already used with another payload); the card carries on and an
+    # operator looks at what the event should have moved.
+    kind: Literal["over_tolerance", "uncovered", "ledger_conflict"]
     amount_minor: int
     authorization_id: str | None = None
     transaction_id: str | None = None
@@ -235,13 +247,14 @@ class CardException(BaseModel):
 
 
 class ExceptionDecision(BaseModel):
-    """An operator's decision on an exception: charge the wallet, or write the
-    amount off to suspense for investigation."""
+    """An operator's decision on an exception: charge the wallet, write the
+    amount off to suspense for investigation, or (a ledger conflict only,
+    once it was put right by hand) dismiss it, moving nothing."""
 
     model_config = ConfigDict(extra="forbid")
 
     exception_id: str = Field(min_length=1, max_length=200)
-    action: Literal["charge", "write_off"]
+    action: Literal["charge", "write_off", "dismiss"]
     reason: str = Field(min_length=1, max_length=200)
 
 
@@ -280,8 +293,16 @@ class CardInput(BaseModel):
     spent_month: str = ""
     spent_month_minor: int = 0
     exceptions: list[CardException] = Field(default_factory=list)
-    # Issuer events already applied (bounded; the ledger keys stop any older repeat).
+    # Issuer events already applied (bounded: a fast path only; a repeat of a
+    # transaction or reversal after these is stopped by its durable claim).
     seen_events: list[str] = Field(default_factory=list)
+    # Authorizations finished (cleared, reversed, expired): a late snapshot of
+    # one never reopens it. Bounded, newest last.
+    finished_authorizations: list[str] = Field(default_factory=list)
+    # Issuer money events this card claimed so far (names each claim).
+    events_claimed: int = 0
+    # When the card closed (or, in a run started for late money, that run's start).
+    closed_at: datetime | None = None
 
 
 class CardStateChange(BaseModel):

@@ -15,7 +15,7 @@ from activities.database import create_pool
 from activities.ledger import Ledger
 from activities.providers.kyc import KycClient
 from schemas.accounts import system_account
-from schemas.cards import CardIssueInput, CardStateChange
+from schemas.cards import CardIssueInput, CardPolicy, CardStateChange
 from schemas.customers import CustomerProfile
 from schemas.fx import FxConversionInput, FxPolicy
 from schemas.issuer import Address
@@ -41,6 +41,8 @@ from workflows.health import ping_workflow_id
 from workflows.onboarding import wallet_code
 
 STAGE_WAIT_SECONDS_MAX = 60
+# A scenario's closed card ends its process this soon (no late money comes).
+SCENARIO_CLOSED_LINGER_SECONDS = 1
 SCENARIO_ADDRESS = Address(
     line1="1 Analytical Way", city="London", postal_code="N1 9GU", country="GB"
 )
@@ -201,6 +203,9 @@ async def funded_virtual_card(
             customer_id=customer_id,
             kind="virtual",
             address=SCENARIO_ADDRESS,
+            # The scenarios close their cards and wait for the card's process
+            # to end: no window for late money after closing.
+            card_policy=CardPolicy(closed_linger_seconds=SCENARIO_CLOSED_LINGER_SECONDS),
         ),
     )
     return customer_id, issued.id, (await issued.result()).card_id or ""

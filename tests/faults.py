@@ -94,7 +94,9 @@ class _FaultsInterceptor(Interceptor):
 
                 async def committed_then_crash() -> Any:
                     await handle
-                    raise InjectedWorkerCrash(f"worker killed after local activity {input.activity}")
+                    raise InjectedWorkerCrash(
+                        f"worker killed after local activity {input.activity}"
+                    )
 
                 return asyncio.ensure_future(committed_then_crash())  # type: ignore[return-value]
 

@@ -19,25 +19,44 @@ Then the issuer's webhooks, as `network_event` signals, applied one at a time:
   wallet without an authorization; a refund credits it;
 - a hold not cleared within the policy is voided by a workflow timer.
 
-Every ledger key derives from the card's workflow id and a counter kept in
-the card's state, so replays and retries never post twice; events are
-applied once by id. The wallet never goes below zero: what the issuer
-settled that the wallet cannot cover becomes an exception for an operator.
+Correct under disorder (behind CARD_MONEY_PATCH; cards started before it
+keep their counter-named keys until they continue as new):
+- every idempotent payload is a function of durable inputs: a hold's expiry
+  derives from the issuer's own time of asking (or of its authorization),
+  never from the clock of the workflow task that places it, so a task retried
+  after a crash submits the very same hold;
+- every ledger key of an issuer event derives from the issuer's ids (the
+  authorization, its decision or history entry, the transaction, the
+  reversal), and a transaction or reversal is claimed by its id in the
+  database before it moves money, so applying an event twice is harmless
+  whatever the card remembers;
+- finished stays finished: a late snapshot of a cleared, reversed or expired
+  authorization, or one older than what the card already took in, is ignored;
+- a ledger conflict never fails the card: it becomes an exception for an
+  operator and the card runs on.
+The wallet never goes below zero: what the issuer settled that the wallet
+cannot cover becomes an exception for an operator.
 Deterministic: for use inside the workflow only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.card_transactions import RECORD_CARD_TRANSACTION, CardTransactionRecord
+    from activities.card_transactions import (
+        CLAIM_CARD_EVENT,
+        RECORD_CARD_TRANSACTION,
+        CardEventClaim,
+        CardTransactionRecord,
+    )
     from activities.ledger.activities import (
         GET_BALANCE,
         HOLD,
@@ -95,9 +114,19 @@ with workflow.unsafe.imports_passed_through():
 HOLD_LEDGER_GRACE = timedelta(hours=1)
 # A local activity runs inside the workflow task; past this it is retried.
 LOCAL_LEDGER_TIMEOUT = timedelta(seconds=5)
-# Issuer events remembered by id; older repeats are stopped by the ledger keys.
+# Issuer events remembered by id: a fast path; older repeats of money events
+# are stopped by their claims, of snapshots by the finished list and versions.
 SEEN_EVENTS_MAX = 500
+# Finished authorizations remembered, so a late snapshot never reopens one.
+FINISHED_AUTHORIZATIONS_MAX = 2_000
 BASIS_POINTS_PER_UNIT = 10_000
+# Ledger keys are at most 200 characters; a key derived from a long chain of
+# partial postings is shortened to a digest of its full name past this.
+DERIVED_KEY_CHARS_MAX = 190
+# Cards live for years: this change of how the card names its ledger keys,
+# dates its holds and applies issuer events is behind a patch, so a card
+# running the old code keeps its keys until its run continues as new.
+CARD_MONEY_PATCH = "card-money-durable-keys"
 
 
 class CardMoney:
@@ -162,6 +191,14 @@ class CardMoney:
         assert isinstance(balance, Balance)
         return max(balance.available, 0)
 
+    async def _available_durably(self) -> int:
+        """The wallet's available balance, read by an activity whose result is
+        in the history before anything depends on it."""
+        balance: Balance = await on_ledger(
+            self.state.ledger_task_queue, GET_BALANCE, self.wallet, result_type=Balance
+        )
+        return max(balance.available, 0)
+
     async def _resolve(self, resolution: HoldResolution) -> TransferOutcome:
         outcome: TransferOutcome = await on_ledger(
             self.state.ledger_task_queue,
@@ -186,9 +223,54 @@ class CardMoney:
         )
         return outcome
 
+    @property
+    def durable(self) -> bool:
+        """Whether this run names its keys and dates its holds from durable
+        inputs only (CARD_MONEY_PATCH). The SDK memoizes it for the run."""
+        return workflow.patched(CARD_MONEY_PATCH)
+
     def _key(self, record: AuthorizationRecord, what: str) -> str:
+        """A key named by a counter in the card's state (runs before the patch)."""
         record.keys_used += 1
         return step_key(f"auth/{record.authorization_id}/{record.keys_used}-{what}")
+
+    def _part_key(self, record: AuthorizationRecord, part: HeldPart, what: str, cause: str) -> str:
+        """The key of one operation on one hold: under the patch, named by the
+        hold's own key and the issuer's id of what caused it."""
+        if not self.durable:
+            return self._key(record, what)
+        return _derived(part.key, f"{what}/{cause}")
+
+    def _issuer_hold_key(self, record: AuthorizationRecord, name: str, fallback: str) -> str:
+        if not self.durable:
+            return self._key(record, fallback)
+        return step_key(f"auth/{record.authorization_id}/{name}")
+
+    async def _claim(self, subject_id: str) -> bool:
+        """Claim an issuer money event by its id before it moves money: False
+        when another application (a repeat the card forgot, another run) took it."""
+        self.state.events_claimed += 1
+        claimed: bool = await on_ledger(
+            self.state.ledger_task_queue,
+            CLAIM_CARD_EVENT,
+            CardEventClaim(
+                subject_id=subject_id,
+                card_id=self.state.card_id,
+                claimant=f"{workflow.info().run_id}/{self.state.events_claimed}",
+            ),
+            result_type=bool,
+        )
+        return claimed
+
+    def _finish(self, authorization_id: str) -> None:
+        """Forget an authorization for good: a late snapshot never reopens it."""
+        self.state.authorizations.pop(authorization_id, None)
+        if not self.durable:
+            return
+        finished = self.state.finished_authorizations
+        if authorization_id not in finished:
+            finished.append(authorization_id)
+            del finished[:-FINISHED_AUTHORIZATIONS_MAX]
 
     # ----- real-time decisions ----------------------------------------------
 
@@ -198,7 +280,15 @@ class CardMoney:
         if request.kind == "initial" and record is not None:
             # The same question again (a retried request): the first answer.
             first = record
-            await workflow.wait_condition(lambda: bool(first.decisions))
+            await workflow.wait_condition(
+                lambda: (
+                    bool(first.decisions)
+                    or state.authorizations.get(first.authorization_id) is not first
+                )
+            )
+            if not first.decisions:
+                # The first ask failed outright and left nothing: decide afresh.
+                return await self.authorize(request)
             return _answer(first.decisions[0])
         if request.kind == "incremental":
             if record is None:
@@ -208,13 +298,18 @@ class CardMoney:
                 return _answer(followed)
         now = workflow.now()
         if record is None:
+            # The hold's expiry is part of its idempotent payload: from the
+            # issuer's time of asking, never this workflow task's clock.
+            asked_at = (
+                request.requested_at if self.durable and request.requested_at is not None else now
+            )
             record = AuthorizationRecord(
                 authorization_id=request.authorization_id,
                 merchant=request.merchant,
                 merchant_amount_minor=request.merchant_amount_minor,
                 merchant_currency=request.merchant_currency,
-                created_at=now,
-                expires_at=now + timedelta(seconds=state.policy.hold_expiry_seconds),
+                created_at=asked_at,
+                expires_at=asked_at + timedelta(seconds=state.policy.hold_expiry_seconds),
             )
             state.authorizations[request.authorization_id] = record
         index = record.next_decision
@@ -232,14 +327,30 @@ class CardMoney:
                 # first: the card already follows the issuer's answer.
                 self._count(now, -request.amount_minor)
                 return _answer(raced)
-            await self._open_accounts()
             key = step_key(f"auth/{record.authorization_id}/d{index}")
-            held = await self._hold(key, request.amount_minor, record.expires_at)
+            try:
+                await self._open_accounts()
+                held = await self._hold(key, request.amount_minor, record.expires_at)
+            except ActivityError:
+                if not self.durable:
+                    raise
+                # Refused outright (no answer was given): give back what this
+                # ask counted, and leave no empty record for a later ask to wait on.
+                self._count(now, -request.amount_minor)
+                if record.next_decision == index + 1:
+                    record.next_decision = index
+                if not record.decisions and not record.held:
+                    state.authorizations.pop(record.authorization_id, None)
+                raise
             approved, why = request.amount_minor, APPROVED
             if not held.accepted:
                 approved, why = 0, DeclineReason.INSUFFICIENT_FUNDS.value
                 if request.partial_approval_capable:
-                    available = await self._available()
+                    # A durable read under the patch: the partial hold's amount
+                    # must be the same when a crashed task runs again.
+                    available = await (
+                        self._available_durably() if self.durable else self._available()
+                    )
                     if 0 < available < request.amount_minor:
                         partial = await self._hold(f"{key}-partial", available, record.expires_at)
                         if partial.accepted:
@@ -348,25 +459,72 @@ class CardMoney:
         if event_key in self.state.seen_events:
             return
         async with self.lock:
-            await self._open_accounts()
-            if event.authorization is not None:
-                await self._reconcile(event.authorization, event)
-            elif event.transaction is not None:
-                await self._settle(event.transaction)
-            elif event.reversal is not None:
-                await self._reverse(event.reversal)
+            if not self.durable:
+                await self._apply(event)
+            else:
+                try:
+                    await self._apply_once(event)
+                except ActivityError as error:
+                    # A ledger refusal that no retry can change (a key used
+                    # with another payload): never the end of the card.
+                    self._conflict(event, error)
         self.state.seen_events.append(event_key)
         del self.state.seen_events[:-SEEN_EVENTS_MAX]
+
+    async def _apply(self, event: CardNetworkEvent) -> None:
+        await self._open_accounts()
+        if event.authorization is not None:
+            await self._reconcile(event.authorization, event)
+        elif event.transaction is not None:
+            await self._settle(event.transaction)
+        elif event.reversal is not None:
+            await self._reverse(event.reversal)
+
+    async def _apply_once(self, event: CardNetworkEvent) -> None:
+        """Money events (a transaction, a reversal) are claimed by the issuer's
+        id first: a repeat the card no longer remembers moves nothing."""
+        subject = event.transaction or event.reversal
+        if subject is not None and not await self._claim(subject.id):
+            workflow.logger.info("issuer event %s was already applied", subject.id)
+            return
+        await self._apply(event)
+
+    def _conflict(self, event: CardNetworkEvent, error: ActivityError) -> None:
+        subject = event.transaction or event.reversal or event.authorization
+        cause = error.cause if error.cause is not None else error
+        workflow.logger.error("issuer event %s: the ledger refused: %s", event.event_id, cause)
+        self._exception(
+            "ledger_conflict",
+            subject.amount_minor if subject is not None else 0,
+            event.reversal.authorization_id
+            if event.reversal
+            else event.authorization.id
+            if event.authorization
+            else event.transaction.authorization_id
+            if event.transaction
+            else None,
+            event.transaction.id if event.transaction else None,
+            f"{event.type} {event.event_id} was not fully applied: {cause}",
+        )
 
     async def _reconcile(self, issuer: IssuerAuthorization, event: CardNetworkEvent) -> None:
         """Make the holds match what the issuer decided, decision by decision."""
         state = self.state
         record = state.authorizations.get(issuer.id)
         approved_anything = any(d.outcome is DecisionOutcome.APPROVE for d in issuer.decisions)
+        version = len(issuer.decisions) + len(issuer.history)
+        if self.durable:
+            if issuer.id in state.finished_authorizations:
+                return  # finished stays finished: a late snapshot reopens nothing
+            if record is not None and version < record.issuer_version:
+                return  # older than what the card already took in
         if record is None:
             if issuer.status is not AuthorizationStatus.PENDING or not approved_anything:
                 return
             now = workflow.now()
+            if self.durable:
+                # Durable: the issuer's own time of the authorization.
+                now = datetime.fromisoformat(issuer.created_at)
             record = AuthorizationRecord(
                 authorization_id=issuer.id,
                 merchant=Merchant.model_validate(issuer.merchant.model_dump()),
@@ -401,31 +559,50 @@ class CardMoney:
                 ours.reason += f"; the issuer applied {theirs.decided_by.value} {theirs.outcome}"
                 ours.decided_by = theirs.decided_by.value
             if issuer_minor < ours.approved_minor:
-                await self._release(record, ours.approved_minor - issuer_minor, index)
+                await self._release(
+                    record, ours.approved_minor - issuer_minor, index, f"d{index}-follow"
+                )
             elif issuer_minor > ours.approved_minor:
-                await self._hold_for_issuer(record, issuer_minor - ours.approved_minor, index)
+                await self._hold_for_issuer(
+                    record, issuer_minor - ours.approved_minor, index, f"d{index}/issuer"
+                )
             self._count(workflow.now(), issuer_minor - ours.approved_minor)
             ours.approved_minor = issuer_minor
             ours.reconciled = True
         record.authorized_minor = sum(d.approved_minor for d in record.decisions)
 
-        if event.type == "authorization.advice" and issuer.history:
+        if self.durable:
+            # Every advice entry of the issuer's history once, by its place in
+            # that history, whichever snapshot brings it and in whatever order.
+            for number, change in enumerate(issuer.history):
+                if number < record.issuer_history_applied or change.kind != "advice":
+                    continue
+                if change.amount_minor > 0:
+                    await self._hold_for_issuer(
+                        record, change.amount_minor, None, f"advice/{number}"
+                    )
+                elif change.amount_minor < 0:
+                    await self._release(record, -change.amount_minor, None, f"advice-{number}")
+            record.issuer_history_applied = max(record.issuer_history_applied, len(issuer.history))
+            record.issuer_version = max(record.issuer_version, version)
+        elif event.type == "authorization.advice" and issuer.history:
             change = issuer.history[-1]
             if change.kind == "advice" and change.amount_minor > 0:
-                await self._hold_for_issuer(record, change.amount_minor, None)
+                await self._hold_for_issuer(record, change.amount_minor, None, "")
             elif change.kind == "advice" and change.amount_minor < 0:
-                await self._release(record, -change.amount_minor, None)
+                await self._release(record, -change.amount_minor, None, "")
         if issuer.status in (AuthorizationStatus.EXPIRED, AuthorizationStatus.DECLINED) or (
             issuer.status is not AuthorizationStatus.PENDING and issuer.pending_amount_minor == 0
         ):
-            await self._release(record, record.held_minor, None)
+            await self._release(record, record.held_minor, None, f"final-{issuer.status.value}")
         self._forget_if_done(record, issuer.status)
 
     async def _hold_for_issuer(
-        self, record: AuthorizationRecord, amount_minor: int, index: int | None
+        self, record: AuthorizationRecord, amount_minor: int, index: int | None, name: str
     ) -> None:
-        """Hold what the issuer approved without the card (stand-in, advice)."""
-        key = self._key(record, "issuer-hold")
+        """Hold what the issuer approved without the card (stand-in, advice);
+        under the patch the key is named by the issuer's decision or entry."""
+        key = self._issuer_hold_key(record, name, "issuer-hold")
         held = await self._hold(key, amount_minor, record.expires_at)
         if held.accepted:
             record.held.append(
@@ -444,10 +621,11 @@ class CardMoney:
         )
 
     async def _release(
-        self, record: AuthorizationRecord, amount_minor: int, index: int | None
+        self, record: AuthorizationRecord, amount_minor: int, index: int | None, cause: str
     ) -> None:
         """Give back up to amount_minor of the holds (of one decision, or the
-        newest first), keeping the rest held."""
+        newest first), keeping the rest held. `cause` names what released it
+        (the issuer's id of it, under the patch) in the keys."""
         remaining = amount_minor
         for part in reversed(list(record.held)):
             if remaining <= 0:
@@ -457,14 +635,18 @@ class CardMoney:
             take = min(part.amount_minor, remaining)
             if take == part.amount_minor:
                 await self._resolve(
-                    HoldResolution(key=self._key(record, "void"), hold_key=part.key, action="void")
+                    HoldResolution(
+                        key=self._part_key(record, part, "void", cause),
+                        hold_key=part.key,
+                        action="void",
+                    )
                 )
                 record.held.remove(part)
             else:
-                rest_key = self._key(record, "rest")
+                rest_key = self._part_key(record, part, "rest", cause)
                 await self._resolve(
                     HoldResolution(
-                        key=self._key(record, "void-part"),
+                        key=self._part_key(record, part, "void-part", cause),
                         hold_key=part.key,
                         action="void",
                         amount_minor=take,
@@ -484,10 +666,14 @@ class CardMoney:
             if remaining <= 0:
                 break
             take = min(part.amount_minor, remaining)
-            rest_key = self._key(record, "rest") if take < part.amount_minor else None
+            rest_key = (
+                self._part_key(record, part, "rest", transaction_id)
+                if take < part.amount_minor
+                else None
+            )
             posted = await self._resolve(
                 HoldResolution(
-                    key=self._key(record, f"post-{transaction_id}"),
+                    key=self._part_key(record, part, f"post-{transaction_id}", transaction_id),
                     hold_key=part.key,
                     action="post",
                     amount_minor=take if rest_key else None,
@@ -533,9 +719,11 @@ class CardMoney:
             await self._post_excess(record, transaction, remaining)
         if record is not None:
             if transaction.released_amount_minor:
-                await self._release(record, transaction.released_amount_minor, None)
+                await self._release(
+                    record, transaction.released_amount_minor, None, f"release-{transaction.id}"
+                )
             if transaction.authorization_status not in (None, AuthorizationStatus.PENDING):
-                await self._release(record, record.held_minor, None)
+                await self._release(record, record.held_minor, None, f"final-{transaction.id}")
             self._forget_if_done(record, transaction.authorization_status)
         await self._record(transaction)
         await self._start_cashback(transaction)
@@ -589,17 +777,19 @@ class CardMoney:
         record = self.state.authorizations.get(reversal.authorization_id)
         if record is None:
             return
-        await self._release(record, reversal.amount_minor, None)
+        await self._release(record, reversal.amount_minor, None, f"reversal-{reversal.id}")
         self._count(workflow.now(), -reversal.amount_minor)
         if reversal.authorization_status is not AuthorizationStatus.PENDING:
-            await self._release(record, record.held_minor, None)
+            await self._release(record, record.held_minor, None, f"final-{reversal.id}")
         self._forget_if_done(record, reversal.authorization_status)
 
     def _forget_if_done(
         self, record: AuthorizationRecord, issuer_status: AuthorizationStatus | None
     ) -> None:
         finished = issuer_status not in (None, AuthorizationStatus.PENDING)
-        if not record.held and (finished or all(d.reconciled for d in record.decisions)):
+        if not record.held and finished:
+            self._finish(record.authorization_id)
+        elif not record.held and all(d.reconciled for d in record.decisions):
             self.state.authorizations.pop(record.authorization_id, None)
 
     # ----- hold expiry ------------------------------------------------------
@@ -615,8 +805,8 @@ class CardMoney:
             if record.expires_at > now:
                 continue
             async with self.lock:
-                await self._release(record, record.held_minor, None)
-                self.state.authorizations.pop(record.authorization_id, None)
+                await self._release(record, record.held_minor, None, "expired")
+                self._finish(record.authorization_id)
 
     # ----- operators --------------------------------------------------------
 
@@ -646,7 +836,9 @@ class CardMoney:
         found = next(e for e in self.state.exceptions if e.id == decision.exception_id)
         async with self.lock:
             await self._open_accounts()
-            if decision.action == "charge":
+            if decision.action == "dismiss":
+                pass  # a conflict an operator put right by hand: nothing to move
+            elif decision.action == "charge":
                 charged = await self._transfer(
                     _exception_key(found, "charge"),
                     self.wallet,
@@ -762,6 +954,16 @@ def _claim_followed(
             decision.decided_by = "cardflow"  # claimed: a second copy decides afresh
             return decision
     return None
+
+
+def _derived(base: str, suffix: str) -> str:
+    """A key derived from another key; past the ledger's length, a digest of
+    the whole name under the same authorization's prefix."""
+    key = f"{base}/{suffix}"
+    if len(key) <= DERIVED_KEY_CHARS_MAX:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+    return f"{base[: DERIVED_KEY_CHARS_MAX - 43]}/~{digest}"
 
 
 def _exception_key(found: CardException, action: str) -> str:

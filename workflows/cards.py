@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -489,6 +489,13 @@ class CardEntity:
             ]
         )
         self._status_published = card.state.value
+        if (
+            self._money.durable
+            and self._state.state is CardState.CLOSED
+            and self._state.closed_at is None
+        ):
+            # A run started for late money on a card already closed.
+            self._state.closed_at = workflow.now()
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
             workflow.upsert_search_attributes(
                 [CURRENCY.value_set(card.currency.value), PROVIDER.value_set(ISSUER)]
@@ -516,17 +523,23 @@ class CardEntity:
 
         while True:
             expiry = self._money.next_expiry()
+            wake = expiry
+            linger_ends = self._linger_ends()
+            if linger_ends is not None and (wake is None or linger_ends < wake):
+                wake = linger_ends
             timeout = None
-            if expiry is not None:
-                timeout = max((expiry - workflow.now()).total_seconds(), 0.001)
+            if wake is not None:
+                timeout = max((wake - workflow.now()).total_seconds(), 0.001)
             try:
                 await workflow.wait_condition(
-                    lambda expiry=expiry: (  # type: ignore[misc]
+                    lambda expiry=expiry, linger_ends=linger_ends: (  # type: ignore[misc]
                         bool(self._inbox)
                         or self._finished()
                         or history_full()
                         # A new hold (an authorization) may expire sooner.
                         or self._money.next_expiry() != expiry
+                        # Closed just now: the late-money window starts.
+                        or self._linger_ends() != linger_ends
                     ),
                     timeout=timeout,
                 )
@@ -543,8 +556,27 @@ class CardEntity:
         return self._state is not None and self._state.state is CardState.CLOSED
 
     def _finished(self) -> bool:
-        """Closed, with no authorization still holding funds."""
-        return self._closed() and not self._money.next_expiry()
+        """Closed, with no authorization still holding funds; under the
+        CARD_MONEY_PATCH also with no exception waiting for an operator and
+        past the window in which the issuer may still send money."""
+        if not (self._closed() and not self._money.next_expiry()):
+            return False
+        if not self._money.durable:
+            return True
+        linger_ends = self._linger_ends()
+        return (
+            not self._money.open_exceptions()
+            and linger_ends is not None
+            and workflow.now() >= linger_ends
+        )
+
+    def _linger_ends(self) -> datetime | None:
+        """When a closed card's process may end (CARD_MONEY_PATCH)."""
+        state = self._state
+        assert state is not None
+        if not self._closed() or state.closed_at is None or not self._money.durable:
+            return None
+        return state.closed_at + timedelta(seconds=state.policy.closed_linger_seconds)
 
     def _show(self) -> None:
         state = self._state
@@ -589,6 +621,8 @@ class CardEntity:
             result_type=Card,
         )
         self._state.state = target
+        if target is CardState.CLOSED and self._money.durable:
+            self._state.closed_at = workflow.now()
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
             self._publish_status()
         else:
@@ -644,6 +678,9 @@ class CardEntity:
         assert self._state is not None
         if request.card_id != self._state.card_id:
             raise ValueError(f"card_id {request.card_id} is not this card")
+        if request.requested_at is None:
+            # The hold's expiry derives from it (validators never run on replay).
+            raise ValueError("requested_at (the issuer's time of asking) is required")
 
     @workflow.signal(name=NETWORK_EVENT_SIGNAL)
     def network_event(self, event: CardNetworkEvent) -> None:
@@ -657,8 +694,16 @@ class CardEntity:
 
     @resolve_exception.validator
     def _validate_resolve_exception(self, decision: ExceptionDecision) -> None:
-        if decision.exception_id not in {e.id for e in self._money.open_exceptions()}:
+        found = next(
+            (e for e in self._money.open_exceptions() if e.id == decision.exception_id), None
+        )
+        if found is None:
             raise ValueError(f"exception_id {decision.exception_id} is not an open exception")
+        if (decision.action == "dismiss") != (found.kind == "ledger_conflict"):
+            raise ValueError(
+                "action dismiss is for a ledger_conflict exception, and a ledger_conflict"
+                " exception is dismissed once put right (charge and write_off move money)"
+            )
 
     @workflow.update(name=LIMITS_UPDATE)
     def set_limits(self, limits: SpendingLimits) -> SpendingLimits:
@@ -700,6 +745,8 @@ class CardEntity:
         )
         state.state = CardState.CLOSED
         state.replaced_by = replacement.id
+        if self._money.durable:
+            state.closed_at = workflow.now()
         await start_card_entity(
             CardInput(
                 card_id=replacement.id,

@@ -16,19 +16,21 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from schemas.bank import InboundTransfer
-from schemas.cards import CARD_REASONS, CardNetworkEvent, ShippingUpdate
+from schemas.cards import CARD_REASONS, CardInput, CardNetworkEvent, ShippingUpdate
 from schemas.disputes import IssuerDisputeEvent
 from schemas.health import PingInput, WebhookEventNote
-from schemas.issuer import Authorization, DecidedBy, Reversal, Transaction
+from schemas.issuer import Authorization, CardState, DecidedBy, Reversal, Transaction
 from schemas.onboarding import KycResult
 from schemas.providers import BANK, ISSUER, KYC, TRON
 from schemas.task_queues import TaskQueues
 from schemas.tron import Deposit
 from starters.topup import topup_input_of, topup_workflow_id_of
 from workflows.cards import (
+    CARD_WORKFLOW,
     NETWORK_EVENT_SIGNAL,
     SHIPPING_UPDATE_SIGNAL,
     card_issue_workflow_id,
+    card_start_metadata,
     card_workflow_id,
 )
 from workflows.dispute import ISSUER_EVENT_SIGNAL, dispute_workflow_id
@@ -82,6 +84,11 @@ class Route:
     # operator reads first in the Web UI), from the start's argument.
     summary: Callable[[Any], str] | None = None
     details: Callable[[Any], str] | None = None
+    # signal only: what to start when the workflow has ended (None: nothing),
+    # so the event still finds a process; summary and details as above.
+    restart: Callable[[asyncpg.Pool, ProviderEvent, TaskQueues], Awaitable[Start | None]] | None = (
+        None
+    )
 
 
 class PingEventData(BaseModel):
@@ -182,6 +189,31 @@ def _may_differ_from_the_card(event: ProviderEvent) -> bool:
     )
 
 
+async def _card_restart(
+    pool: asyncpg.Pool, event: ProviderEvent, queues: TaskQueues
+) -> Start | None:
+    """A card's money has a home even after its process ended (closed or
+    replaced long ago): the issuer's money event starts the card's process
+    again, closed, to post it. Snapshots of authorizations start nothing: a
+    closed card whose process ended holds nothing."""
+    if event.type.split(".", 1)[0] != "transaction" and event.type != "authorization.reversed":
+        return None
+    card_id = str(event.data.get("card_id", ""))
+    customer_id = await pool.fetchval("SELECT customer_id FROM cards WHERE card_id = $1", card_id)
+    if customer_id is None:
+        return None
+    card = CardInput(
+        card_id=card_id,
+        customer_id=customer_id,
+        state=CardState.CLOSED,
+        currency=event.data["currency"],
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+    return Start(workflow=CARD_WORKFLOW, argument=card, task_queue=queues.workflows)
+
+
 # The issuer's events about a card's money go to that card's entity workflow.
 CARD_NETWORK_EVENTS = (
     "authorization.created",
@@ -259,6 +291,9 @@ ROUTES: dict[tuple[str, str], Route] = {
             # Most new authorizations are decided by the card and stand as it
             # answered: nothing to reconcile, so the card is not woken.
             wanted=_may_differ_from_the_card,
+            restart=_card_restart,
+            summary=lambda card: card_start_metadata(card).summary,
+            details=lambda card: card_start_metadata(card).details,
         )
         for event_type in CARD_NETWORK_EVENTS
     },

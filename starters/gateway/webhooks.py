@@ -75,7 +75,27 @@ async def deliver(
         workflow_id = route.workflow_id(provider, event)
     argument = route.argument(provider, event)
     if route.kind == "signal":
-        await client.get_workflow_handle(workflow_id).signal(route.name, argument)
+        try:
+            await client.get_workflow_handle(workflow_id).signal(route.name, argument)
+        except RPCError as error:
+            if error.status is not RPCStatusCode.NOT_FOUND or route.restart is None:
+                raise
+            restart = await route.restart(pool, event, queues)
+            if restart is None:
+                raise
+            # The process ended: start it again with the event (or, should it
+            # have been started meanwhile, signal the running one).
+            await client.start_workflow(
+                restart.workflow,
+                restart.argument,
+                id=workflow_id,
+                task_queue=restart.task_queue,
+                start_signal=route.name,
+                start_signal_args=[argument],
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                static_summary=route.summary(restart.argument) if route.summary else None,
+                static_details=route.details(restart.argument) if route.details else None,
+            )
     elif route.kind == "update":
         await client.get_workflow_handle(workflow_id).execute_update(route.name, argument)
     else:

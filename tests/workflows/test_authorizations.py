@@ -295,7 +295,9 @@ async def test_an_increment_grows_the_hold_and_reversals_give_it_back(platform: 
 
 
 async def test_closing_a_card_with_open_holds_is_refused(platform: Platform) -> None:
-    customer_id, card_id, handle = await open_card(platform)
+    customer_id, card_id, handle = await open_card(
+        platform, policy=CardPolicy(closed_linger_seconds=1)
+    )
     auth = await authorize(platform, card_id, 500)
     message = await refusal(handle.execute_update(CLOSE_UPDATE, CardStateChange(reason="x")))
     assert "open authorizations holding 500" in message

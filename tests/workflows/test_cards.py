@@ -21,6 +21,7 @@ from schemas.cards import (
     CardIssuePolicy,
     CardIssueResult,
     CardIssueStatus,
+    CardPolicy,
     CardStateChange,
     RescheduleDelivery,
     SpendingLimits,
@@ -247,6 +248,7 @@ async def test_the_card_entity_freezes_unfreezes_closes_and_survives_continue_as
             state=CardState.OPEN,
             providers_task_queue=platform.stack.queues.providers,
             history_events_max=50,
+            policy=CardPolicy(closed_linger_seconds=1),
         ),
         id=entity_id,
         task_queue=platform.stack.queues.workflows,
@@ -299,7 +301,9 @@ async def test_limits_are_validated_and_a_lost_card_is_replaced(platform: Platfo
         REPORT_LOST_UPDATE, CardStateChange(reason="lost in the park"), result_type=str
     )
     assert replacement != card_id
-    assert await handle.result() == f"replaced by {replacement}"
+    # The old card stays for the issuer's late money, closed and replaced.
+    old = await handle.query("status", result_type=CardInput)
+    assert (old.state, old.replaced_by) == (CardState.CLOSED, replacement)
     new_entity = platform.stack.client.get_workflow_handle(card_workflow_id(replacement))
     carried = await new_entity.query("status", result_type=CardInput)
     assert carried.limits == stored and carried.state is CardState.OPEN

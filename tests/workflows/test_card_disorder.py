@@ -1,0 +1,310 @@
+"""The card's money under crashes and late, repeated and reordered issuer events.
+
+Each test drives the disorder the way it happens: a worker dies right after
+a hold committed (an injected workflow-task failure), webhooks are held and
+released in reverse, an event is sent again after the card has applied
+hundreds of others, a refund arrives after the card was closed and its
+process ended. The money must come out exact every time: what the issuer
+holds is held once, what it settles is posted once, and the card runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+
+from activities.ledger import Ledger
+from activities.ledger.activities import HOLD
+from activities.ledger.verify import verify
+from schemas import accounts
+from schemas.cards import CardNetworkEvent, CardPolicy, CardStateChange, ExceptionDecision
+from schemas.issuer import AuthorizationStatus
+from schemas.ledger import TransferRequest
+from schemas.money import Currency
+from tests.conftest import Platform
+from tests.workflows.test_authorizations import (
+    SHOP,
+    authorize,
+    card_state,
+    eventually,
+    issuer,
+    open_card,
+    wallet,
+    wallet_becomes,
+)
+from workflows.cards import (
+    CLOSE_UPDATE,
+    NETWORK_EVENT_SIGNAL,
+    RESOLVE_EXCEPTION_UPDATE,
+    card_workflow_id,
+)
+
+# The card's own memory of issuer events by id; a repeat after this many is
+# caught only by what is durable.
+EVENTS_TO_FORGET = 520
+
+
+async def held_by_card(handle: WorkflowHandle[Any, Any]) -> int:
+    state = await card_state(handle)
+    return sum(record.held_minor for record in state.authorizations.values())
+
+
+async def running(handle: WorkflowHandle[Any, Any]) -> bool:
+    return (await handle.describe()).status is WorkflowExecutionStatus.RUNNING
+
+
+async def settles_as(
+    platform: Platform, customer_id: str, handle: WorkflowHandle[Any, Any], pending: int
+) -> None:
+    """The wallet's pending debits, the card's holds and `pending` all agree."""
+
+    async def agree() -> bool:
+        balance = await wallet(platform, customer_id)
+        return balance.debits_pending == pending == await held_by_card(handle)
+
+    try:
+        await eventually(agree, f"ledger and card hold {pending}")
+    except AssertionError:
+        balance = await wallet(platform, customer_id)
+        held = await held_by_card(handle)
+        raise AssertionError(
+            f"the issuer holds {pending}, the ledger {balance.debits_pending}, the card {held}"
+        ) from None
+
+
+async def test_a_worker_killed_after_the_hold_committed_holds_once_what_the_issuer_approved(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    # A first purchase: the card's accounts are open, so the next decision
+    # runs whole inside the workflow task that takes the question.
+    first = await authorize(platform, card_id, 1_000)
+    platform.stack.faults.fail_after_local_activity(HOLD, times=1)
+    auth = await authorize(platform, card_id, 2_500)
+    assert platform.stack.faults.injected == [f"local_activity {HOLD}"]
+    async with issuer(platform) as client:
+        seen = await client.get_authorization(auth.id)
+    # Whatever the issuer decided (the card's answer, or its stand-in when the
+    # retried task came too late), the ledger holds exactly that, once, and
+    # the card knows every unit of it.
+    await settles_as(platform, customer_id, handle, 1_000 + seen.pending_amount_minor)
+    assert seen.pending_amount_minor == 2_500, seen.decision_reason
+    async with issuer(platform) as client:
+        await client.simulate_clearing(auth.id, amount_minor=2_500, final=True, idempotency_key="k")
+        await client.simulate_reversal(first.id, idempotency_key="rv")
+    await wallet_becomes(platform, customer_id, posted=7_500, pending=0)
+    assert await running(handle)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_worker_killed_after_a_partial_hold_committed_holds_it_once(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform, funds=1_500)
+    await authorize(platform, card_id, 500)
+    # The full amount is refused, the partial hold commits, the worker dies.
+    platform.stack.faults.fail_after_local_activity(HOLD, times=2)
+    auth = await authorize(platform, card_id, 1_600, partial=True)
+    async with issuer(platform) as client:
+        seen = await client.get_authorization(auth.id)
+    await settles_as(platform, customer_id, handle, 500 + seen.pending_amount_minor)
+    assert seen.pending_amount_minor == 1_000, seen.decision_reason
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_late_increment_webhook_never_reopens_a_cleared_authorization(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    auth = await authorize(platform, card_id, 1_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    async with issuer(platform) as client:
+        await client.simulate_increment(auth.id, amount_minor=500, idempotency_key="inc")
+        await client.simulate_clearing(auth.id, amount_minor=1_500, final=True, idempotency_key="c")
+    # The clearing arrives first, the increment's snapshot after it.
+    platform.sim.admin("POST", "/webhooks/release", {"order": "reverse"})
+    await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
+    await asyncio.sleep(1.0)  # every held webhook delivered
+    await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
+    assert auth.id not in (await card_state(handle)).authorizations
+    # Finished stays finished, even when the same snapshot comes again much later.
+    async with issuer(platform) as client:
+        snapshot = await client.get_authorization(auth.id)
+    stale = snapshot.model_copy(
+        update={
+            "status": AuthorizationStatus.PENDING,
+            "pending_amount_minor": 1_500,
+            "history": snapshot.history[:2],
+        }
+    )
+    await handle.signal(
+        NETWORK_EVENT_SIGNAL,
+        CardNetworkEvent(event_id="late-1", type="authorization.incremented", authorization=stale),
+    )
+    await asyncio.sleep(0.5)
+    await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
+    assert await running(handle)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_clearing_sent_again_after_the_card_forgot_it_moves_no_money(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    auth = await authorize(platform, card_id, 1_000)
+    async with issuer(platform) as client:
+        cleared = await client.simulate_clearing(
+            auth.id, amount_minor=1_000, final=True, idempotency_key="c"
+        )
+        refund = await client.simulate_refund(
+            card_id=card_id,
+            amount_minor=300,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="r",
+        )
+        expired = await client.get_authorization(auth.id)
+    await wallet_becomes(platform, customer_id, posted=9_300, pending=0)
+    # Hundreds of other events later (snapshots of authorizations the card
+    # never knew), the issuer sends the clearing and the refund again.
+    for n in range(EVENTS_TO_FORGET):
+        other = expired.model_copy(update={"id": f"other-{n}", "status": "expired"})
+        await handle.signal(
+            NETWORK_EVENT_SIGNAL,
+            CardNetworkEvent(event_id=f"e-{n}", type="authorization.expired", authorization=other),
+        )
+    for event in (
+        CardNetworkEvent(event_id="again-1", type="transaction.cleared", transaction=cleared),
+        CardNetworkEvent(event_id="again-2", type="transaction.refunded", transaction=refund),
+    ):
+        await handle.signal(NETWORK_EVENT_SIGNAL, event)
+
+    async def applied_everything() -> bool:
+        state = await card_state(handle)
+        return "again-2" in state.seen_events or refund.id in state.seen_events[-2:]
+
+    await eventually(applied_everything, "the card takes every event")
+    await asyncio.sleep(0.5)
+    balance = await wallet(platform, customer_id)
+    assert (balance.posted, balance.debits_pending) == (9_300, 0)
+    assert await running(handle)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_ledger_conflict_never_fails_the_card(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    async with issuer(platform) as client:
+        refund = await client.simulate_refund(
+            card_id=card_id,
+            amount_minor=400,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="r",
+        )
+    # Something else already used the key the card derives for this refund,
+    # with another payload: the card must not fail for it.
+    ledger = Ledger(platform.stack.pool)
+    await ledger.transfer(
+        TransferRequest(
+            key=f"{card_workflow_id(card_id)}/refund/{refund.id}",
+            debit=accounts.issuer_settlement("USD"),
+            credit=accounts.wallet(customer_id, "USD"),
+            amount_minor=1,
+            currency=Currency.USD,
+        )
+    )
+    platform.sim.admin("POST", "/webhooks/release", {"order": "forward"})
+
+    async def flagged() -> bool:
+        return bool((await card_state(handle)).exceptions)
+
+    await eventually(flagged, "an exception for an operator")
+    assert await running(handle)
+    # The card still decides.
+    auth = await authorize(platform, card_id, 500)
+    assert auth.status.value == "pending"
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_refund_after_the_card_was_closed_reaches_the_wallet(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    await handle.execute_update(CLOSE_UPDATE, CardStateChange(reason="customer left"))
+    async with issuer(platform) as client:
+        await client.simulate_refund(
+            card_id=card_id,
+            amount_minor=700,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="late-refund",
+        )
+    await wallet_becomes(platform, customer_id, posted=10_700, pending=0)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_money_after_the_cards_process_ended_starts_it_again(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(
+        platform, policy=CardPolicy(closed_linger_seconds=1)
+    )
+    await handle.execute_update(CLOSE_UPDATE, CardStateChange(reason="customer left"))
+    assert await handle.result() == "closed"
+    async with issuer(platform) as client:
+        refund = await client.simulate_refund(
+            card_id=card_id,
+            amount_minor=700,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="late-refund",
+        )
+        forced = await client.simulate_force_post(
+            card_id=card_id,
+            amount_minor=200,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="late-force",
+        )
+    await wallet_becomes(platform, customer_id, posted=10_500, pending=0)
+    # The same money sent again to the process that took it: applied once.
+    again = platform.stack.client.get_workflow_handle(card_workflow_id(card_id))
+    for n, transaction in enumerate((refund, forced)):
+        kind = "transaction.refunded" if transaction is refund else "transaction.force_posted"
+        event = CardNetworkEvent(event_id=f"again-{n}", type=kind, transaction=transaction)
+        try:
+            await again.signal(NETWORK_EVENT_SIGNAL, event)
+        except Exception:  # noqa: BLE001 - the restarted process may have ended already
+            pass
+    await asyncio.sleep(1.0)
+    assert (await wallet(platform, customer_id)).posted == 10_500
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_card_never_ends_with_an_open_exception(platform: Platform) -> None:
+    customer_id, card_id, handle = await open_card(
+        platform, policy=CardPolicy(clearing_over_tolerance_bps=0, closed_linger_seconds=1)
+    )
+    auth = await authorize(platform, card_id, 1_000)
+    async with issuer(platform) as client:
+        await client.simulate_clearing(
+            auth.id, amount_minor=1_200, final=True, idempotency_key=f"c-{uuid.uuid4().hex}"
+        )
+
+    async def flagged() -> bool:
+        return bool((await card_state(handle)).exceptions)
+
+    await eventually(flagged, "an exception for an operator")
+    await handle.execute_update(CLOSE_UPDATE, CardStateChange(reason="customer left"))
+    await asyncio.sleep(2.0)  # past the linger: only the open exception keeps it
+    assert await running(handle)
+    resolved = await handle.execute_update(
+        RESOLVE_EXCEPTION_UPDATE,
+        ExceptionDecision(exception_id="exc-1", action="charge", reason="tip"),
+        result_type=str,
+    )
+    assert resolved.startswith("charge")
+    assert await handle.result() == "closed"
+    assert (await wallet(platform, customer_id)).posted == 8_800
+    assert await verify(platform.stack.pool) == []
