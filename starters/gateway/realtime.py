@@ -38,15 +38,18 @@ router = APIRouter(tags=["issuer real-time"])
 
 
 class AuthorizationRequestEvent(BaseModel):
+    # The issuer's id of this request: a resend of the request carries it again.
     id: str = Field(min_length=1, max_length=200)
     type: Literal["authorization.request"]
     created_at: str
     data: AuthorizationRequest
 
 
-def authorize_update_id(request: AuthorizationRequest) -> str:
-    """One update per question: the issuer asking again gets the same answer."""
-    return f"authorize/{request.authorization_id}/{request.kind}/{request.pending_amount_minor}"
+def authorize_update_id(event: AuthorizationRequestEvent) -> str:
+    """The update of one issuer request. A resend of it (the same request id)
+    gets the first answer; any other request is decided on its own, even one
+    asking the same amount at the same pending amount as an earlier one."""
+    return f"authorize/{event.data.authorization_id}/{event.id}"
 
 
 def _answer(
@@ -104,7 +107,7 @@ async def authorize(request: Request) -> JSONResponse:
             answer: AuthorizationAnswer = await handle.execute_update(
                 AUTHORIZE_UPDATE,
                 question,
-                id=authorize_update_id(question),
+                id=authorize_update_id(event),
                 result_type=AuthorizationAnswer,
             )
     except TimeoutError:
