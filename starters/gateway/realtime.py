@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 from standardwebhooks import WebhookVerificationError
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -41,8 +41,16 @@ class AuthorizationRequestEvent(BaseModel):
     # The issuer's id of this request: a resend of the request carries it again.
     id: str = Field(min_length=1, max_length=200)
     type: Literal["authorization.request"]
-    created_at: str
+    # When the issuer asked.
+    created_at: AwareDatetime
     data: AuthorizationRequest
+
+
+def card_question(event: AuthorizationRequestEvent) -> AuthorizationRequest:
+    """The question as the card is asked it, carrying the issuer's own time of
+    asking (the envelope's, whatever the data says): the card derives what it
+    holds from the request alone, never from its own clock."""
+    return event.data.model_copy(update={"requested_at": event.created_at})
 
 
 def authorize_update_id(event: AuthorizationRequestEvent) -> str:
@@ -97,9 +105,7 @@ async def authorize(request: Request) -> JSONResponse:
             },
             status_code=400,
         )
-    question = event.data.model_copy(
-        update={"requested_at": datetime.fromisoformat(event.created_at)}
-    )
+    question = card_question(event)
     budget_seconds = state.settings.authorization_budget_ms / 1000 - (time.monotonic() - started)
     handle = state.client.get_workflow_handle(card_workflow_id(question.card_id))
     try:

@@ -1,5 +1,6 @@
 """The issuer's real-time authorization requests through the gateway: each
-request is decided once and on its own."""
+request is decided once and on its own, and the card is asked with the
+issuer's own time of asking."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -17,7 +18,11 @@ from standardwebhooks import Webhook
 from activities.ledger.verify import verify
 from schemas import accounts
 from simulators.issuer_realtime import AUTHORIZATION_DEADLINE_MS_DEFAULT
-from starters.gateway.realtime import REALTIME_AUTHORIZATION_PATH
+from starters.gateway.realtime import (
+    REALTIME_AUTHORIZATION_PATH,
+    AuthorizationRequestEvent,
+    card_question,
+)
 from tests.conftest import Platform
 from tests.workflows.test_authorizations import (
     SHOP,
@@ -157,3 +162,23 @@ async def test_a_request_sent_again_gets_its_first_answer_and_another_request_it
     await wallet_becomes(platform, customer_id, posted=10_000, pending=2_839)
     record = (await card_state(handle)).authorizations[auth.id]
     assert [d.requested_minor for d in record.decisions] == [2_041, 399, 399]
+
+
+def test_the_card_is_asked_with_the_issuers_time_of_asking() -> None:
+    asked_at = datetime(2026, 3, 1, 12, 30, 15, 250_000, tzinfo=UTC)
+    request = increment_request("card_1", "auth_1", 399, 2_041)
+    request["created_at"] = asked_at.isoformat()
+    # Whatever the data says, the envelope's time is the issuer's time of asking.
+    request["data"]["requested_at"] = (asked_at - timedelta(days=3)).isoformat()
+    question = card_question(AuthorizationRequestEvent.model_validate_json(json.dumps(request)))
+    assert question.requested_at == asked_at
+    assert (question.authorization_id, question.amount_minor) == ("auth_1", 399)
+
+
+async def test_a_malformed_time_of_asking_is_refused_naming_the_field(platform: Platform) -> None:
+    _, card_id, _ = await open_card(platform)
+    request = increment_request(card_id, "auth_1", 399, 2_041)
+    request["created_at"] = "yesterday"
+    refused = await ask(platform, request)
+    assert refused.status_code == 400
+    assert [error["loc"] for error in refused.json()["detail"]] == [["created_at"]]
