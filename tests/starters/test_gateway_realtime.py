@@ -1,11 +1,12 @@
 """The issuer's real-time authorization requests through the gateway: each
-request is decided once and on its own, and the card is asked with the
-issuer's own time of asking."""
+request is decided once and on its own, and an answer the card could not give
+within the gateway's budget says so, in the answer, the metrics and the log."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,9 +14,12 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from activities.ledger.verify import verify
+from activities.metrics import AUTHORIZATION_DECISIONS, GatewayMetrics
 from schemas import accounts
 from simulators.issuer_realtime import AUTHORIZATION_DEADLINE_MS_DEFAULT
 from starters.gateway.realtime import (
@@ -23,7 +27,7 @@ from starters.gateway.realtime import (
     AuthorizationRequestEvent,
     card_question,
 )
-from tests.conftest import Platform
+from tests.conftest import Platform, free_port
 from tests.workflows.test_authorizations import (
     SHOP,
     authorize,
@@ -33,10 +37,12 @@ from tests.workflows.test_authorizations import (
     open_card,
     wallet_becomes,
 )
+from workers.telemetry import start_telemetry
 
 # Long enough for the request to reach the gateway, far shorter than a card
 # whose wallet is locked takes to decide.
 ISSUER_DEADLINE_SHORT_MS = 300
+GATEWAY_BUDGET_SHORT_MS = 200
 
 
 @contextlib.asynccontextmanager
@@ -182,3 +188,54 @@ async def test_a_malformed_time_of_asking_is_refused_naming_the_field(platform: 
     refused = await ask(platform, request)
     assert refused.status_code == 400
     assert [error["loc"] for error in refused.json()["detail"]] == [["created_at"]]
+
+
+def decisions_counted(metrics_url: str, **labels: str) -> float:
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == f"{AUTHORIZATION_DECISIONS}_total"
+        and all(sample.labels.get(key) == value for key, value in labels.items())
+    )
+
+
+async def test_a_card_past_the_budget_gets_a_stand_in_that_says_so_counted_and_logged_once(
+    platform: Platform, caplog: pytest.LogCaptureFixture
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    metrics_port = free_port()
+    telemetry = start_telemetry(
+        platform.settings.model_copy(update={"metrics_port": metrics_port}), "gateway"
+    )
+    platform.app.state.metrics = GatewayMetrics(telemetry.meter)
+    platform.app.state.settings = platform.settings.model_copy(
+        update={
+            "authorization_budget_ms": GATEWAY_BUDGET_SHORT_MS,
+            "authorization_stand_in": "decline",
+        }
+    )
+    caplog.set_level(logging.WARNING, logger="cardflow.gateway")
+    async with wallet_locked(platform, customer_id):
+        auth = await authorize(platform, card_id, 2_000)
+
+    # The gateway answered in time, with its stand-in, and said why.
+    assert (auth.status.value, auth.decided_by.value) == ("declined", "cardflow")
+    assert auth.decision_reason == "stand-in decline: no decision within the budget"
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    assert decisions_counted(metrics_url, decision="decline", source="timeout") == 1
+    assert decisions_counted(metrics_url, source="stand_in") == 0
+    lines = [r for r in caplog.records if r.name.startswith("cardflow.gateway")]
+    assert [(r.levelno, r.exc_info, r.exc_text) for r in lines] == [
+        (logging.WARNING, None, None)
+    ], [r.getMessage() for r in lines]
+    assert auth.id in lines[0].getMessage() and "budget" in lines[0].getMessage()
+
+    # The card decided anyway; the issuer's decline releases its hold.
+    async def forgotten() -> bool:
+        return auth.id not in (await card_state(handle)).authorizations
+
+    await eventually(forgotten, "the late approval is voided")
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+    assert await verify(platform.stack.pool) == []
