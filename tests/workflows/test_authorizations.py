@@ -497,7 +497,8 @@ async def test_the_gateway_refuses_unsigned_and_malformed_real_time_requests(
         assert unsigned.status_code == 401
         secret = platform.sim.secrets["issuer"]
         body = (
-            '{"id": "evt_1", "type": "authorization.request", "created_at": "now", '
+            '{"id": "evt_1", "type": "authorization.request", '
+            '"created_at": "2026-03-01T12:00:00+00:00", '
             '"data": {"authorization_id": "a", "kind": "initial", "card_id": "c", '
             '"amount_minor": -5, "currency": "USD", "merchant_amount_minor": 1, '
             '"merchant_currency": "USD", "merchant": {"name": "m", "mcc": "5411", '
