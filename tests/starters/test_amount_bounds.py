@@ -88,3 +88,15 @@ async def test_the_api_refuses_an_impossible_amount_with_a_422_naming_it(
         answer = await http.request(method, path, json=body, headers=headers)
     assert answer.status_code == 422, answer.text
     assert [error["loc"] for error in answer.json()["detail"]] == [["body", field]]
+
+
+def test_the_cli_refuses_an_impossible_amount_naming_it_before_calling_anyone() -> None:
+    from typer.testing import CliRunner
+
+    from starters.cli import app
+
+    answer = CliRunner().invoke(
+        app, ["card", "limits", "card_unknown", "--per-day", str(HUGE_MINOR)]
+    )
+    assert answer.exit_code == 2, answer.output
+    assert "per_day_minor" in answer.output
