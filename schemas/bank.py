@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from schemas.money import Currency
+from schemas.money import AMOUNT_MINOR_MAX, Currency
 
 
 class InboundTransfer(BaseModel):
     id: str
     reference: str
-    amount_minor: int = Field(gt=0)
+    amount_minor: int = Field(gt=0, le=AMOUNT_MINOR_MAX)
     currency: Currency
     sender_name: str
     status: str

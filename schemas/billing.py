@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from schemas.customers import CustomerId
-from schemas.money import Currency
+from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
@@ -93,8 +93,8 @@ class BillingPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # The monthly fee per active card, per card currency, in minor units.
-    monthly_fee_minor: dict[Currency, Annotated[StrictInt, Field(ge=0)]] = Field(
-        default_factory=lambda: {Currency.USD: 100, Currency.EUR: 100}
+    monthly_fee_minor: dict[Currency, Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)]] = (
+        Field(default_factory=lambda: {Currency.USD: 100, Currency.EUR: 100})
     )
     cards_max: int = Field(default=CARDS_PER_CUSTOMER_MAX, ge=1, le=CARDS_PER_CUSTOMER_MAX)
 

@@ -21,8 +21,8 @@ CardKind = Literal["virtual", "physical"]
 
 
 class CardIssuePolicy(BaseModel):
-    issuance_fee_virtual_minor: int = Field(default=0, ge=0)
-    issuance_fee_physical_minor: int = Field(default=500, ge=0)
+    issuance_fee_virtual_minor: int = Field(default=0, ge=0, le=AMOUNT_MINOR_MAX)
+    issuance_fee_physical_minor: int = Field(default=500, ge=0, le=AMOUNT_MINOR_MAX)
     # A physical card not delivered within this is given up (card closed, fee refunded).
     delivery_wait_seconds: int = Field(default=30 * 24 * 3600, ge=1)
     activation_wait_seconds: int = Field(default=90 * 24 * 3600, ge=1)
@@ -80,9 +80,9 @@ class SpendingLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    per_transaction_minor: int | None = Field(default=None, ge=0)
-    per_day_minor: int | None = Field(default=None, ge=0)
-    per_month_minor: int | None = Field(default=None, ge=0)
+    per_transaction_minor: int | None = Field(default=None, ge=0, le=AMOUNT_MINOR_MAX)
+    per_day_minor: int | None = Field(default=None, ge=0, le=AMOUNT_MINOR_MAX)
+    per_month_minor: int | None = Field(default=None, ge=0, le=AMOUNT_MINOR_MAX)
     blocked_mccs: list[str] = Field(default_factory=list, max_length=200)
 
     @field_validator("blocked_mccs")
@@ -107,7 +107,7 @@ class CardPolicy(BaseModel):
     # Velocity: approvals per window, in count and in amount.
     velocity_window_seconds: int = Field(default=3_600, ge=1)
     velocity_count_max: int = Field(default=60, ge=1)
-    velocity_amount_max_minor: int | None = Field(default=None, ge=1)
+    velocity_amount_max_minor: int | None = Field(default=None, ge=1, le=AMOUNT_MINOR_MAX)
     # A bound on the state the card carries across continue-as-new.
     open_authorizations_max: int = Field(default=200, ge=1, le=1_000)
     # A closed card's process stays this long once it holds nothing, for the
@@ -137,7 +137,7 @@ class AuthorizationRequest(BaseModel):
     merchant_currency: Currency
     merchant: Merchant
     partial_approval_capable: bool = False
-    pending_amount_minor: int = Field(default=0, ge=0)
+    pending_amount_minor: int = Field(default=0, ge=0, le=AMOUNT_MINOR_MAX)
     # When the issuer asked (its request's created_at), set by the gateway. The
     # hold's expiry derives from it, never from the clock of the workflow task
     # that decides: a retried task must submit the very same hold.

@@ -45,7 +45,7 @@ from pydantic import (
 
 from schemas.customers import CustomerId
 from schemas.ledger import AmountMinor
-from schemas.money import Currency
+from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
@@ -88,8 +88,8 @@ class CampaignRules(BaseModel):
 
     currencies: list[Currency] = Field(min_length=1)
     # Per currency; a currency the campaign pays in but not named here has no minimum.
-    min_amount_minor: dict[Currency, Annotated[StrictInt, Field(ge=0)]] = Field(
-        default_factory=dict
+    min_amount_minor: dict[Currency, Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)]] = (
+        Field(default_factory=dict)
     )
     mcc_include: list[Mcc] = Field(default_factory=list, max_length=MCCS_PER_RULE_MAX)
     mcc_exclude: list[Mcc] = Field(default_factory=list, max_length=MCCS_PER_RULE_MAX)

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from schemas.customers import CustomerId
-from schemas.money import Currency, Rate
+from schemas.money import AMOUNT_MINOR_MAX, Currency, Rate
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 
 
@@ -55,8 +55,8 @@ class FxQuote(BaseModel):
     sell_currency: Currency
     buy_currency: Currency
     fixed_side: FxFixedSide
-    sell_amount_minor: int = Field(gt=0)
-    buy_amount_minor: int = Field(gt=0)
+    sell_amount_minor: int = Field(gt=0, le=AMOUNT_MINOR_MAX)
+    buy_amount_minor: int = Field(gt=0, le=AMOUNT_MINOR_MAX)
     # Units of buy_currency per unit of sell_currency, after the spread.
     rate: WireRate
     mid_rate: WireRate
@@ -90,8 +90,8 @@ class FxCurrencyTerms(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    fee_fixed_minor: int = Field(default=0, ge=0)
-    sell_amount_min_minor: int = Field(ge=1)
+    fee_fixed_minor: int = Field(default=0, ge=0, le=AMOUNT_MINOR_MAX)
+    sell_amount_min_minor: int = Field(ge=1, le=FX_AMOUNT_MINOR_MAX)
     sell_amount_max_minor: int = Field(ge=1, le=FX_AMOUNT_MINOR_MAX)
 
     @model_validator(mode="after")

@@ -14,11 +14,15 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StrictInt
 
-from schemas.money import Currency, Rate
+from schemas.money import AMOUNT_MINOR_MAX, Currency, Rate
 
-AmountMinor = Annotated[StrictInt, Field(ge=0)]
+AmountMinor = Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)]
 # A change to a held amount may be negative (an advice lowering it).
-SignedAmountMinor = StrictInt
+SignedAmountMinor = Annotated[StrictInt, Field(ge=-AMOUNT_MINOR_MAX, le=AMOUNT_MINOR_MAX)]
+# Sums over a program's life (funding, a day's settlement): not an amount
+# that moves, so not bounded like one.
+TotalMinor = Annotated[StrictInt, Field(ge=0)]
+SignedTotalMinor = StrictInt
 
 
 class CardType(StrEnum):
@@ -305,13 +309,13 @@ class FundingDeposit(BaseModel):
 
 class FundingBalance(BaseModel):
     currency: Currency
-    deposited_minor: AmountMinor
-    settled_debits_minor: AmountMinor
-    settled_credits_minor: AmountMinor
-    fees_minor: AmountMinor
-    balance_minor: SignedAmountMinor
-    pending_authorizations_minor: AmountMinor
-    available_minor: SignedAmountMinor
+    deposited_minor: TotalMinor
+    settled_debits_minor: TotalMinor
+    settled_credits_minor: TotalMinor
+    fees_minor: TotalMinor
+    balance_minor: SignedTotalMinor
+    pending_authorizations_minor: TotalMinor
+    available_minor: SignedTotalMinor
 
 
 class ProgramFunding(BaseModel):
@@ -340,9 +344,9 @@ class SettlementRecord(BaseModel):
 
 class SettlementTotal(BaseModel):
     currency: Currency
-    debits_minor: AmountMinor
-    credits_minor: AmountMinor
-    net_minor: SignedAmountMinor
+    debits_minor: TotalMinor
+    credits_minor: TotalMinor
+    net_minor: SignedTotalMinor
     records: int
 
 

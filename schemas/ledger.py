@@ -35,6 +35,9 @@ class Rejection(StrEnum):
     HOLD_ALREADY_RESOLVED = "hold_already_resolved"
     HOLD_EXPIRED = "hold_expired"
     HOLD_NOT_EXPIRED = "hold_not_expired"
+    # The transfer would take an account's running totals past what the
+    # ledger's integers hold; every other transfer goes on.
+    BALANCE_OVERFLOW = "balance_overflow"
     # Independent batches only: this item's key was used with another payload.
     # Not recorded: the key already has its outcome.
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"

@@ -31,9 +31,13 @@ MINOR_UNIT_EXPONENT: dict[Currency, int] = {
     Currency.USDT: 6,
 }
 
-# The largest amount any single money value may carry: 2**63 - 1 fits a
-# PostgreSQL bigint, the ledger's column type.
-AMOUNT_MINOR_MAX = 2**63 - 1
+# The largest amount cardflow takes anywhere (an authorization, a transfer, a
+# top-up, a limit or fee): 10**15 minor units, ten trillion dollars or a
+# billion USDT, beyond anything a prepaid card program moves at once. It stays
+# below 2**53, so a JSON client in JavaScript (the WebApp) reads every amount
+# exactly, and thousands of them still fit the ledger's bigint running totals
+# (a total that would not is the ledger's balance_overflow rejection).
+AMOUNT_MINOR_MAX = 10**15
 
 
 class Money(BaseModel):

@@ -47,7 +47,9 @@ class TopupFee(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bps: int = Field(default=0, ge=0, le=BPS_PER_UNIT)
-    fixed_minor: dict[Currency, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    fixed_minor: dict[Currency, Annotated[int, Field(ge=0, le=AMOUNT_MINOR_MAX)]] = Field(
+        default_factory=dict
+    )
 
     def fee_minor(self, credited_minor: int, currency: Currency) -> int:
         """The fee on a credit: fixed plus bps rounded down (in the customer's
@@ -61,9 +63,9 @@ class TopupLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_minor: int = Field(ge=1)
-    max_minor: int = Field(ge=1)
-    daily_max_minor: int = Field(ge=1)
+    min_minor: int = Field(ge=1, le=AMOUNT_MINOR_MAX)
+    max_minor: int = Field(ge=1, le=AMOUNT_MINOR_MAX)
+    daily_max_minor: int = Field(ge=1, le=AMOUNT_MINOR_MAX)
 
     @model_validator(mode="after")
     def _ordered(self) -> TopupLimits:
@@ -280,7 +282,7 @@ class UsageReservation(BaseModel):
     currency: Currency
     amount_minor: PositiveAmountMinor
     day: date
-    daily_max_minor: int = Field(ge=0)
+    daily_max_minor: int = Field(ge=0, le=AMOUNT_MINOR_MAX)
     # An operator approved going over the limit.
     force: bool = False
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from schemas.money import Currency
+from schemas.money import AMOUNT_MINOR_MAX, Currency
 
 DepositStatus = Literal["confirming", "finalized", "dropped"]
 
@@ -29,7 +29,7 @@ class Deposit(BaseModel):
     address: str
     customer_id: str
     from_address: str
-    amount_minor: int = Field(gt=0)
+    amount_minor: int = Field(gt=0, le=AMOUNT_MINOR_MAX)
     currency: Currency
     block_number: int
     confirmations: int = Field(ge=0)

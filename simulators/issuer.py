@@ -5,6 +5,7 @@ daily settlement report. Mounted at /issuer.
 
     POST  /v1/cardholders                                  register a cardholder
     GET   /v1/cardholders/{id}
+    PATCH /v1/cardholders/{id}                             new e-mail, phone or billing address
     POST  /v1/cards                                        issue a virtual or physical card
     GET   /v1/cards/{id}                                   last4 and token, never the number
     GET   /v1/cards?cardholder_id=&limit=&starting_after=  a cardholder's cards, paged
@@ -35,8 +36,8 @@ daily settlement report. Mounted at /issuer.
     POST  /v1/simulate/disputes/{id}/decide                representment, pre_arbitration, won, lost
 
 Webhooks (data: the resource after the change): cardholder.created,
-card.created, card.activated, card.paused, card.resumed, card.closed,
-card.reissued, card.shipping.updated, authorization.created,
+cardholder.updated, card.created, card.activated, card.paused, card.resumed,
+card.closed, card.reissued, card.shipping.updated, authorization.created,
 authorization.declined, authorization.incremented,
 authorization.increment_declined, authorization.advice,
 authorization.reversed, authorization.expired, transaction.cleared,

@@ -30,6 +30,7 @@ from simulators.issuer_models import (
     Card,
     Cardholder,
     CardholderIn,
+    CardholderUpdateIn,
     CardIn,
     CardPage,
     CardState,
@@ -159,6 +160,24 @@ def router(state: IssuerState) -> APIRouter:
     async def get_cardholder(cardholder_id: str) -> Cardholder:
         """The cardholder as registered; 404 when unknown."""
         return state.load(CARDHOLDERS, cardholder_id)
+
+    @api.patch("/v1/cardholders/{cardholder_id}")
+    async def update_cardholder(cardholder_id: str, body: CardholderUpdateIn) -> Cardholder:
+        """Changes the cardholder's e-mail, phone number or (billing) address;
+        fields left out stay. Cards already issued keep their shipping address.
+        Announced as cardholder.updated when anything changed."""
+        cardholder = state.load(CARDHOLDERS, cardholder_id)
+        changes = {field: getattr(body, field) for field in body.model_fields_set}
+        if not changes:
+            unprocessable(["body"], "name at least one of email, phone_number, address", None)
+        if changes.get("address", cardholder.address) is None:
+            unprocessable(["body", "address"], "a cardholder always has an address", None)
+        updated = cardholder.model_copy(update=changes)
+        if updated == cardholder:
+            return cardholder
+        state.save(CARDHOLDERS, updated)
+        state.emit("cardholder.updated", updated)
+        return updated
 
     # ----- cards ---------------------------------------------------------------
 

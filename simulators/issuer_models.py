@@ -55,6 +55,15 @@ class CardholderIn(Input):
     address: Address
 
 
+class CardholderUpdateIn(Input):
+    """What may change about a cardholder once registered (their contact and
+    billing details); the name is the verified person's and stays."""
+
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
+    phone_number: str | None = Field(default=None, pattern=r"^\+[1-9][0-9]{6,14}$")
+    address: Address | None = None
+
+
 class Cardholder(CardholderIn):
     id: str
     status: Literal["active"]

@@ -219,7 +219,11 @@ class CardIssue:
         self._set_stage("creating the card at the issuer")
         cardholder_id = await self._provider(
             ENSURE_CARDHOLDER,
-            CardholderRequest(customer_id=request.customer_id, address=request.address),
+            CardholderRequest(
+                customer_id=request.customer_id,
+                address=request.address,
+                key=step_key("cardholder-address"),
+            ),
             result_type=str,
         )
         card = await self._provider(
@@ -229,6 +233,7 @@ class CardIssue:
                 cardholder_id=cardholder_id,
                 kind=request.kind,
                 currency=request.currency,
+                address=request.address,
             ),
             result_type=Card,
         )

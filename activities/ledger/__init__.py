@@ -16,6 +16,7 @@ from activities.ledger.errors import (
     IdempotencyConflict,
     InvalidLedgerRequest,
     LedgerError,
+    UnrepresentableValue,
 )
 from activities.ledger.store import Ledger
 
@@ -27,4 +28,5 @@ __all__ = [
     "InvalidLedgerRequest",
     "Ledger",
     "LedgerError",
+    "UnrepresentableValue",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from activities.ledger.errors import IdempotencyConflict
+from activities.ledger.errors import IdempotencyConflict, UnrepresentableValue
 from activities.ledger.store import Ledger
 from schemas.ledger import BATCH_SIZE_MAX, Rejection, TransferOutcome, TransferRequest
 
@@ -89,20 +89,37 @@ class TransferCoalescer:
     async def _drain(self) -> None:
         try:
             while self._queue:
-                batch = self._take_batch()
-                try:
-                    outcomes = await self._ledger.submit(
-                        [waiting.request for waiting in batch], atomic=False
-                    )
-                except BaseException as error:  # noqa: BLE001 - handed to every caller
-                    for waiting in batch:
-                        if not waiting.future.done():
-                            waiting.future.set_exception(error)
-                    if not isinstance(error, Exception):
-                        raise
-                    continue
-                for waiting, outcome in zip(batch, outcomes, strict=True):
-                    if not waiting.future.done():
-                        waiting.future.set_result(outcome)
+                await self._settle(self._take_batch())
         finally:
             self._in_flight -= 1
+
+    async def _settle(self, batch: list[_Waiting]) -> None:
+        """Submit the batch and give each caller its outcome or the batch's error."""
+        try:
+            outcomes = await self._ledger.submit(
+                [waiting.request for waiting in batch], atomic=False
+            )
+        except UnrepresentableValue as error:
+            if len(batch) == 1:
+                _fail(batch, error)
+                return
+            # A value of one request cannot be represented, and the call did
+            # nothing: each request goes again alone, so only its own caller
+            # is refused and the others are not retried behind it for ever.
+            for waiting in batch:
+                await self._settle([waiting])
+            return
+        except BaseException as error:  # noqa: BLE001 - handed to every caller
+            _fail(batch, error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for waiting, outcome in zip(batch, outcomes, strict=True):
+            if not waiting.future.done():
+                waiting.future.set_result(outcome)
+
+
+def _fail(batch: list[_Waiting], error: BaseException) -> None:
+    for waiting in batch:
+        if not waiting.future.done():
+            waiting.future.set_exception(error)

@@ -35,6 +35,12 @@ class AccountConflict(LedgerError):
     """An account with this code exists with other attributes."""
 
 
+class UnrepresentableValue(LedgerError):
+    """A value of the request, or one computed from it, that the database
+    cannot represent (a numeric overflow, an integer beyond 64 bits): the
+    same request can never succeed, and only it is refused."""
+
+
 _BY_SQLSTATE: dict[str, type[LedgerError]] = {
     "CF400": InvalidLedgerRequest,
     "CF404": AccountNotFound,
@@ -44,7 +50,15 @@ _BY_SQLSTATE: dict[str, type[LedgerError]] = {
 
 
 def translate(error: asyncpg.PostgresError) -> LedgerError | None:
-    """The typed error for one of the ledger functions' SQLSTATEs, if it is one."""
+    """The typed error for one of the ledger functions' SQLSTATEs, or for a
+    value the database cannot represent, if it is one."""
+    if isinstance(error, asyncpg.DataError):
+        # SQLSTATE class 22, data exception: a numeric overflow in the
+        # database, or (raised by the driver before sending, as the class's
+        # base) an argument it cannot encode, such as an integer beyond 64
+        # bits. The ledger functions refuse the overflows they can foresee
+        # (balance_overflow); this is the rest, and a retry cannot help.
+        return UnrepresentableValue(getattr(error, "message", str(error)))
     kind = _BY_SQLSTATE.get(getattr(error, "sqlstate", "") or "")
     if kind is None:
         return None
@@ -61,4 +75,5 @@ NON_RETRYABLE_ERROR_TYPES: tuple[str, ...] = (
     AccountNotFound.__name__,
     AccountNotEmpty.__name__,
     AccountConflict.__name__,
+    UnrepresentableValue.__name__,
 )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import date
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel
 from temporalio import activity
 
@@ -29,9 +32,16 @@ RECORD_CARD = "cards.record"
 REISSUE_CARD = "issuer.reissue_card"
 
 
+# Enough of a SHA-256 to tell two requests of one customer apart.
+CARDHOLDER_DIGEST_CHARS = 32
+
+
 class CardholderRequest(BaseModel):
     customer_id: str
     address: Address
+    # The key of this request's address change, if the cardholder has another
+    # address. Requests scheduled before it existed have none (see _address_key).
+    key: str | None = None
 
 
 class CreateCard(BaseModel):
@@ -39,6 +49,9 @@ class CreateCard(BaseModel):
     cardholder_id: str
     kind: str
     currency: Currency
+    # Where a physical card goes. Requests scheduled before it existed have
+    # none: their card goes to the cardholder's address, as it did then.
+    address: Address | None = None
 
 
 class CardStateRequest(BaseModel):
@@ -63,20 +76,100 @@ class CardActivities:
 
     @activity.defn(name=ENSURE_CARDHOLDER)
     async def ensure_cardholder(self, request: CardholderRequest) -> str:
-        """The customer's cardholder at the issuer, created once (keyed by customer)."""
-        profile = await self.customers.get(request.customer_id)
-        cardholder = await self.issuer.create_cardholder(
-            first_name=profile.first_name,
-            last_name=profile.last_name,
-            email=profile.email or f"{profile.customer_id}@customers.invalid",
-            address=request.address,
-            idempotency_key=f"cardholder/{request.customer_id}",
+        """The customer's one cardholder at the issuer, with `address` as its
+        address: created with the customer's first card, reused (its address
+        updated when it differs) for every later one.
+
+        Like a real card platform, cardflow keeps the issuer's cardholder id
+        against the customer and updates the person in place (Stripe's and
+        Lithic's cardholder update) rather than registering them again per
+        address: the issuer holds one verified person, whose cards, limits
+        and disputes belong together.
+        """
+        cardholder_id = await self._known_cardholder(request.customer_id)
+        if cardholder_id is None:
+            created = await self._create_cardholder(request)
+            if created is not None:
+                return created
+            cardholder_id = await self._known_cardholder(request.customer_id)
+            assert cardholder_id is not None, "a cardholder recorded under the lock"
+        cardholder = await self.issuer.get_cardholder(cardholder_id)
+        if cardholder.address != request.address:
+            await self.issuer.update_cardholder(
+                cardholder_id, address=request.address, idempotency_key=_address_key(request)
+            )
+        return cardholder_id
+
+    async def _known_cardholder(self, customer_id: str) -> str | None:
+        """The recorded cardholder, or for a customer whose cards predate the
+        record, the cardholder of their first card (recorded now)."""
+        known = await self.pool.fetchval(
+            "SELECT cardholder_id FROM cardholders WHERE customer_id = $1", customer_id
         )
+        if known is not None:
+            return str(known)
+        first_card = await self.pool.fetchval(
+            "SELECT card_id FROM cards WHERE customer_id = $1 ORDER BY created_at, card_id LIMIT 1",
+            customer_id,
+        )
+        if first_card is None:
+            return None
+        card = await self.issuer.get_card(str(first_card))
+        await self._record_cardholder(self.pool, customer_id, card.cardholder_id)
+        return card.cardholder_id
+
+    async def _create_cardholder(self, request: CardholderRequest) -> str | None:
+        """A new cardholder for the customer, recorded; None when another card
+        of theirs created one first (read it from the record)."""
+        profile = await self.customers.get(request.customer_id)
+        person = {
+            "first_name": profile.first_name,
+            "last_name": profile.last_name,
+            "email": profile.email or f"{profile.customer_id}@customers.invalid",
+        }
+        async with self.pool.acquire() as connection, connection.transaction():
+            # Two first cards of one customer issued at once register one
+            # person: the second waits here, then finds the first's cardholder.
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"cardholder/{request.customer_id}",
+            )
+            if await connection.fetchval(
+                "SELECT 1 FROM cardholders WHERE customer_id = $1", request.customer_id
+            ):
+                return None
+            # The key names this very request (customer and everything sent),
+            # so a retry is answered once and a later request with another
+            # address or e-mail is never refused as a reuse of the key. The
+            # one-person-per-customer rule is the record's, not the key's.
+            sent = {**person, "address": request.address.model_dump(mode="json")}
+            digest = hashlib.sha256(json.dumps(sent, sort_keys=True).encode()).hexdigest()
+            cardholder = await self.issuer.create_cardholder(
+                **person,
+                address=request.address,
+                idempotency_key=(
+                    f"cardholder/{request.customer_id}/{digest[:CARDHOLDER_DIGEST_CHARS]}"
+                ),
+            )
+            await self._record_cardholder(connection, request.customer_id, cardholder.id)
         return cardholder.id
+
+    @staticmethod
+    async def _record_cardholder(
+        connection: asyncpg.Pool | PoolConnectionProxy, customer_id: str, cardholder_id: str
+    ) -> None:
+        await connection.execute(
+            "INSERT INTO cardholders (customer_id, cardholder_id) VALUES ($1, $2)"
+            " ON CONFLICT (customer_id) DO NOTHING",
+            customer_id,
+            cardholder_id,
+        )
 
     @activity.defn(name=CREATE_CARD)
     async def create_card(self, request: CreateCard) -> Card:
-        shipping = ShippingRequest() if request.kind == "physical" else None
+        # The address is sent, not left to the cardholder's: two cards of one
+        # customer issued at once to two addresses each go where asked.
+        shipping = ShippingRequest(address=request.address) if request.kind == "physical" else None
         return await self.issuer.create_card(
             cardholder_id=request.cardholder_id,
             card_type=CardType(request.kind),
@@ -129,3 +222,13 @@ class CardActivities:
             self.record_card,
             self.reissue_card,
         ]
+
+
+def _address_key(request: CardholderRequest) -> str:
+    """The idempotency key of the address change this request makes. A request
+    from before keys were passed gets one derived from what it asks, which is
+    stable across its retries."""
+    if request.key is not None:
+        return request.key
+    digest = hashlib.sha256(request.address.model_dump_json().encode()).hexdigest()
+    return f"cardholder/{request.customer_id}/address/{digest[:CARDHOLDER_DIGEST_CHARS]}"

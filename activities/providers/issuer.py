@@ -83,6 +83,19 @@ class IssuerClient(ProviderClient):
     async def get_cardholder(self, cardholder_id: str) -> Cardholder:
         return await self.call("GET", f"/v1/cardholders/{cardholder_id}", Cardholder)
 
+    async def update_cardholder(
+        self, cardholder_id: str, *, address: Address, idempotency_key: str
+    ) -> Cardholder:
+        """The cardholder with a new billing address; cards already issued keep
+        the shipping address they had."""
+        return await self.call(
+            "PATCH",
+            f"/v1/cardholders/{cardholder_id}",
+            Cardholder,
+            json={"address": _wire(address)},
+            idempotency_key=idempotency_key,
+        )
+
     async def create_card(
         self,
         *,

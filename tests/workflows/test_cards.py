@@ -215,6 +215,53 @@ async def test_a_card_that_cannot_be_created_refunds_the_fee(platform: Platform)
     assert await wallet_balance(platform, customer_id) == 10_000
 
 
+async def test_a_second_card_to_a_new_address_reuses_the_cardholder_and_ships_there(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    virtual = await (await issue(platform, customer_id, "virtual")).result()
+    # The customer moved: a physical card is asked for, to go to the new home.
+    moved = Address(
+        line1="12 Difference Engine Row", city="Manchester", postal_code="M1 1AA", country="GB"
+    )
+    handle = await issue(platform, customer_id, "physical", address=moved)
+    try:
+        card_id = (await stage_of(handle, "shipping")).card_id or ""
+    except AssertionError:
+        try:
+            await handle.result()
+        except WorkflowFailureError as error:
+            raise AssertionError(f"issuing failed: {error.cause}") from None
+        raise
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        physical = await issuer.get_card(card_id)
+        first = await issuer.get_card(virtual.card_id or "")
+        # One person at the issuer, whose address is now the new one.
+        assert physical.cardholder_id == first.cardholder_id
+        cardholder = await issuer.get_cardholder(physical.cardholder_id)
+        assert cardholder.address == moved
+        assert physical.shipping is not None and physical.shipping.address == moved
+        for step in (ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED, ShippingStatus.DELIVERED):
+            await issuer.simulate_shipping(
+                card_id, status=step, idempotency_key=f"ship-{card_id}-{step.value}"
+            )
+    await stage_of(handle, "delivered: waiting for activation")
+    assert await handle.execute_update(ACTIVATE_UPDATE, result_type=str) == "card activated"
+    result = await handle.result()
+    assert result.state == "open"
+    assert await wallet_balance(platform, customer_id) == 10_000 - 100 - 500
+
+
+async def test_two_first_cards_at_once_register_one_cardholder(platform: Platform) -> None:
+    customer_id = await customer(platform)
+    away = Address(line1="3 Babbage Yard", city="Leeds", postal_code="LS1 1AA", country="GB")
+    handles = [await issue(platform, customer_id, "virtual", address=at) for at in (HOME, away)]
+    results = await asyncio.gather(*(handle.result() for handle in handles))
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        cards = [await issuer.get_card(result.card_id or "") for result in results]
+    assert cards[0].cardholder_id == cards[1].cardholder_id
+
+
 async def test_a_failed_delivery_closes_the_card_and_refunds_the_fee(platform: Platform) -> None:
     customer_id = await customer(platform)
     handle = await issue(platform, customer_id, "physical")

@@ -7,11 +7,13 @@ import asyncio
 import asyncpg
 import pytest
 
-from activities.ledger import IdempotencyConflict, Ledger
+from activities.ledger import IdempotencyConflict, Ledger, UnrepresentableValue
+from activities.ledger.activities import LEDGER_RETRY_POLICY
 from activities.ledger.coalesce import TransferCoalescer
 from activities.ledger.verify import verify
 from schemas.ledger import Rejection, TransferOutcome, TransferRequest
-from tests.activities.ledger.helpers import BANK, SETTLEMENT, hold, move, open_basics
+from schemas.money import Currency
+from tests.activities.ledger.helpers import BANK, SETTLEMENT, hold, key, move, open_basics
 
 
 async def test_each_caller_gets_its_own_outcome_and_rejections_stay_alone(
@@ -90,6 +92,67 @@ async def test_a_failed_batch_fails_each_of_its_callers_and_the_next_batch_runs(
     retried = await asyncio.gather(*(coalescer.transfer(r) for r in requests))
     assert all(o.accepted for o in retried)
     assert (await ledger.balance("w:a")).posted == 80
+
+
+def unchecked(debit: str, credit: str, amount: int) -> TransferRequest:
+    """A transfer of an amount past any entry point's bound, as the ledger must
+    still survive one (a running total reaches such sums over years, too)."""
+    return TransferRequest.model_construct(
+        key=key("big"), debit=debit, credit=credit, amount_minor=amount, currency=Currency.USD
+    )
+
+
+async def test_a_transfer_overflowing_a_running_total_is_rejected_alone_in_its_batch(
+    ledger_pool: asyncpg.Pool,
+) -> None:
+    ledger = Ledger(ledger_pool)
+    await open_basics(ledger, "w:a", "w:b", "w:big")
+    await ledger.transfer(move(BANK, "w:a", 1_000))
+    await ledger.transfer(unchecked(BANK, "w:big", 2**62))
+    coalescer = TransferCoalescer(ledger, batch_size_max=16)
+    overflowing = unchecked(BANK, "w:big", 2**62)
+    oversized_debit = unchecked("w:a", "w:b", 2**63 - 1)
+    requests = [
+        move("w:a", "w:b", 100),
+        overflowing,
+        hold("w:a", SETTLEMENT, 200),
+        oversized_debit,
+        move(BANK, "w:b", 5),
+    ]
+    outcomes = await asyncio.gather(*(coalescer.transfer(r) for r in requests))
+    by_key = {outcome.key: outcome for outcome in outcomes}
+    assert by_key[overflowing.key].rejection is Rejection.BALANCE_OVERFLOW
+    assert "w:big" in by_key[overflowing.key].detail or BANK in by_key[overflowing.key].detail
+    # A debit beyond any wallet is simply more than it holds.
+    assert by_key[oversized_debit.key].rejection is Rejection.INSUFFICIENT_FUNDS
+    assert [o.accepted for o in outcomes] == [True, False, True, False, True]
+    assert (await ledger.balance("w:big")).posted == 2**62
+    assert (await ledger.balance("w:b")).posted == 105
+    assert (await ledger.balance("w:a")).available == 700
+    # The rejection is an outcome like any other: asked again, it is replayed.
+    again = await ledger.transfer(overflowing)
+    assert again.replayed and again.rejection is Rejection.BALANCE_OVERFLOW
+    assert await verify(ledger_pool) == []
+
+
+async def test_an_amount_the_database_cannot_hold_fails_only_its_own_caller(
+    ledger_pool: asyncpg.Pool,
+) -> None:
+    ledger = Ledger(ledger_pool)
+    await open_basics(ledger, "w:a")
+    coalescer = TransferCoalescer(ledger, batch_size_max=16)
+    requests = [move(BANK, "w:a", 10), unchecked(BANK, "w:a", 2**63), move(BANK, "w:a", 20)]
+    results = await asyncio.gather(
+        *(coalescer.transfer(r) for r in requests), return_exceptions=True
+    )
+    first, poison, last = results
+    assert isinstance(poison, UnrepresentableValue), poison
+    # The ledger activities raise it as an error their retry policy never retries.
+    assert "UnrepresentableValue" in LEDGER_RETRY_POLICY.non_retryable_error_types
+    assert isinstance(first, TransferOutcome) and first.accepted, first
+    assert isinstance(last, TransferOutcome) and last.accepted, last
+    assert (await ledger.balance("w:a")).posted == 30
+    assert await verify(ledger_pool) == []
 
 
 def test_the_coalescer_refuses_impossible_limits(ledger_pool: asyncpg.Pool) -> None:

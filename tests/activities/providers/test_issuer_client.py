@@ -77,6 +77,30 @@ async def new_card(
     )
 
 
+async def test_a_cardholder_moves_once_per_key_and_issued_cards_keep_their_address(
+    issuer: IssuerClient,
+) -> None:
+    card = await new_card(issuer, CardType.PHYSICAL)
+    moved = Address(line1="2 Elm St", city="Shelbyville", postal_code="54321", country="US")
+    updated = await issuer.update_cardholder(
+        card.cardholder_id, address=moved, idempotency_key="move-1"
+    )
+    assert updated.address == moved and updated.phone_number == "+15551234567"
+    assert (await issuer.get_cardholder(card.cardholder_id)).address == moved
+    shipping = (await issuer.get_card(card.id)).shipping
+    assert shipping is not None and shipping.address == ADDRESS
+    # The same key again is answered once; with another address it is refused.
+    again = await issuer.update_cardholder(
+        card.cardholder_id, address=moved, idempotency_key="move-1"
+    )
+    assert again == updated
+    with pytest.raises(ApplicationError) as reused:
+        await issuer.update_cardholder(
+            card.cardholder_id, address=ADDRESS, idempotency_key="move-1"
+        )
+    assert reused.value.type == "ProviderConflict"
+
+
 async def test_the_card_lifecycle_parses_into_cardflows_models(issuer: IssuerClient) -> None:
     express = ShippingRequest(name="A. Lovelace", service=ShippingService.EXPRESS)
     card = await new_card(issuer, CardType.PHYSICAL, shipping=express)
