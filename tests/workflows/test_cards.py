@@ -23,12 +23,11 @@ from schemas.cards import (
     CardIssueResult,
     CardIssueStatus,
     CardStateChange,
-    Merchant,
     RescheduleDelivery,
     SpendingLimits,
 )
 from schemas.customers import CustomerProfile, KycStatus
-from schemas.issuer import Address, CardState, ShippingStatus
+from schemas.issuer import Address, CardState, Merchant, ShippingStatus
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from starters.billing import bill
