@@ -326,7 +326,7 @@ class CardIssue:
         self, request: CardIssueInput, reissue: CardReissue
     ) -> CardIssueResult:
         """A replacement the old card's entity already obtained from the issuer
-        and recorded: shipped, delivered and activated like a new card (the
+        (and records): shipped, delivered and activated like a new card (the
         same shipping webhooks, `reschedule_delivery` and `activate`), then its
         entity starts open, carrying the old card's limits. No fee: the card
         replaces one the customer already paid for."""
@@ -342,8 +342,7 @@ class CardIssue:
         await self._notify(
             "ready",
             f"Your replacement {request.kind} card is ready",
-            f"Your card ending {card.last4} replaces the one ending {reissue.replaces[-4:]}"
-            " and is open and ready to use.",
+            f"Your new card ending {card.last4} is open and ready to use.",
         )
         return CardIssueResult(
             request_id=request.request_id, card_id=card.id, state="open", fee_minor=0
