@@ -6,11 +6,12 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.customers import CustomerId
 from schemas.issuer import Address, CardState, ShippingStatus
 from schemas.issuer import Authorization as IssuerAuthorization
+from schemas.issuer import Card as IssuerCard
 from schemas.issuer import Reversal as IssuerReversal
 from schemas.issuer import Transaction as IssuerTransaction
 from schemas.money import AMOUNT_MINOR_MAX, Currency
@@ -35,13 +36,24 @@ class CardIssueInput(BaseModel):
     customer_id: CustomerId
     kind: CardKind
     currency: Currency = Currency.USD
-    address: Address
+    # Where the cardholder lives (and a physical card goes); every new card
+    # needs one, a replacement ships where the card it replaces went.
+    address: Address | None = None
     policy: CardIssuePolicy = Field(default_factory=CardIssuePolicy)
     # How the issued card decides authorizations and keeps holds.
     card_policy: CardPolicy = Field(default_factory=lambda: CardPolicy())
     ledger_task_queue: str = _QUEUES.ledger
     providers_task_queue: str = _QUEUES.providers
     workflows_task_queue: str = _QUEUES.workflows
+    # Set when the card was already reissued for a lost or stolen one: issuing
+    # then only follows its delivery and activation.
+    reissue: CardReissue | None = None
+
+    @model_validator(mode="after")
+    def _address_for_a_new_card(self) -> CardIssueInput:
+        if self.reissue is None and self.address is None:
+            raise ValueError("address: a new card needs the cardholder's address")
+        return self
 
 
 class ShippingUpdate(BaseModel):
@@ -303,6 +315,19 @@ class CardInput(BaseModel):
     events_claimed: int = 0
     # When the card closed (or, in a run started for late money, that run's start).
     closed_at: datetime | None = None
+
+
+class CardReissue(BaseModel):
+    """A replacement the issuer made for a lost or stolen card (it closed the
+    old one), handed by the old card's entity to the replacement's issuing."""
+
+    # The card it replaces.
+    replaces: str
+    # The replacement as the issuer answered the reissue.
+    card: IssuerCard
+    # The replacement's entity, carrying the old card's limits and policy;
+    # started once the card is activated.
+    entity: CardInput
 
 
 class CardStateChange(BaseModel):

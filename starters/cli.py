@@ -483,7 +483,7 @@ def card_reschedule(request_id: str, delivery_date: str) -> None:
 
 @card_app.command("activate")
 def card_activate(request_id: str) -> None:
-    """Activate a delivered physical card."""
+    """Activate a delivered physical card (a lost or stolen card's replacement: by its card id)."""
     from starters.cards import activate
 
     _send_update(lambda client: activate(client, request_id))

@@ -552,6 +552,80 @@ async def card_exception(client: Client, settings: Settings) -> list[str]:
     return [card.id]
 
 
+async def _ship_and_activate(
+    client: Client, settings: Settings, card_id: str, request_id: str
+) -> None:
+    """The issuer ships the physical card to delivery; the customer activates it."""
+    from activities.providers.issuer import IssuerClient
+    from schemas.cards import CardIssueStatus
+    from schemas.issuer import ShippingStatus
+    from starters.cards import activate
+    from workflows.cards import card_issue_workflow_id
+
+    issuing = client.get_workflow_handle(card_issue_workflow_id(request_id))
+    async with IssuerClient(f"{settings.providers_base_url}/issuer") as issuer:
+        for step in (ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED, ShippingStatus.DELIVERED):
+            await issuer.simulate_shipping(
+                card_id, status=step, idempotency_key=f"scenario-{card_id}-{step.value}"
+            )
+
+    async def delivered() -> bool:
+        status: CardIssueStatus = await issuing.query("status", result_type=CardIssueStatus)
+        return status.stage == "delivered: waiting for activation"
+
+    await _until(delivered, f"card {card_id} is delivered")
+    await activate(client, request_id)
+    await issuing.result()
+
+
+async def physical_card_reported_lost(client: Client, settings: Settings) -> tuple[str, str]:
+    """An approved customer's physical card, delivered and activated, then
+    reported lost: (the lost card's id, its replacement's id)."""
+    from schemas.cards import CardIssueStatus
+    from starters.cards import change_card
+    from workflows.cards import REPORT_LOST_UPDATE
+
+    onboarding = await onboarding_approved(client, settings)
+    customer_id = onboarding.removeprefix("onboarding/")
+    await _fund_wallet(settings, customer_id, 10_000)
+    issued = await issue_card(
+        client,
+        settings.task_queues,
+        CardIssueInput(
+            request_id=f"scenario-{uuid.uuid4().hex[:8]}",
+            customer_id=customer_id,
+            kind="physical",
+            address=SCENARIO_ADDRESS,
+            card_policy=CardPolicy(closed_linger_seconds=SCENARIO_CLOSED_LINGER_SECONDS),
+        ),
+    )
+
+    async def shipping() -> bool:
+        status: CardIssueStatus = await issued.query("status", result_type=CardIssueStatus)
+        return status.stage == "shipping"
+
+    await _until(shipping, "the physical card is ordered")
+    card_id = (await issued.query("status", result_type=CardIssueStatus)).card_id or ""
+    await _ship_and_activate(client, settings, card_id, issued.id.removeprefix("card-issue/"))
+    replacement = await change_card(client, card_id, REPORT_LOST_UPDATE, "scenario")
+    await client.get_workflow_handle(card_workflow_id(card_id)).result()
+    return card_id, replacement
+
+
+async def card_replaced(client: Client, settings: Settings) -> list[str]:
+    """A physical card is reported lost; its replacement ships, is activated
+    once delivered (its issuing is named after the new card) and later closed."""
+    from workflows.cards import card_issue_workflow_id, replacement_request_id
+
+    card_id, replacement = await physical_card_reported_lost(client, settings)
+    request_id = replacement_request_id(replacement)
+    await _ship_and_activate(client, settings, replacement, request_id)
+    card = client.get_workflow_handle(card_workflow_id(replacement))
+    await card.execute_update(CLOSE_UPDATE, CardStateChange(reason="scenario"))
+    await card.result()
+    return [card_workflow_id(card_id), card_issue_workflow_id(request_id)]
+
+
 async def billing_period(client: Client, settings: Settings) -> list[str]:
     """A funded customer with a virtual card; the month's billing run charges
     the card's fee and writes the customer's statement."""
@@ -621,6 +695,7 @@ SCENARIOS: dict[str, Scenario] = {
     "onboarding-expired": onboarding_expired,
     "card-virtual": card_virtual,
     "card-purchase": card_purchase,
+    "card-replaced": card_replaced,
     "fx-confirmed": fx_confirmed,
     "fx-expired": fx_expired,
     "cashback-clawback": cashback_clawback,

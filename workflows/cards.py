@@ -13,6 +13,14 @@ The card entity holds one card's state (open / paused / closed), takes
 `freeze`, `unfreeze` and `close` as updates, and continues as new before its
 history grows large, carrying its state; it waits for running handlers first
 so no message is lost across the boundary.
+
+A card reported lost or stolen is reissued by its entity, which records the
+replacement in `cards` (linked to the card it replaces) like any card cardflow
+issued. A virtual replacement is open at once: its entity starts right away.
+A physical one is shipped and must be activated once delivered, so the entity
+starts an issuing process for it, `card-issue/{replacement card id}`, which
+takes its shipping webhooks, `reschedule_delivery` and `activate` exactly as
+for a new card and starts the replacement's entity once it is activated.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         CardIssueResult,
         CardIssueStatus,
         CardNetworkEvent,
+        CardReissue,
         CardStateChange,
         ExceptionDecision,
         RescheduleDelivery,
@@ -63,7 +72,7 @@ with workflow.unsafe.imports_passed_through():
         SpendingLimits,
     )
     from schemas.customers import KycStatus, Notification
-    from schemas.issuer import Card, CardState, ShippingStatus
+    from schemas.issuer import Card, CardState, CardType, ShippingStatus
     from schemas.ledger import Account, TransferOutcome, TransferRequest
     from schemas.providers import ISSUER
     from schemas.search import CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
@@ -92,6 +101,11 @@ RESOLVE_EXCEPTION_UPDATE = "resolve_exception"
 # ProcessStatus is STATUS_EXCEPTION while money waits for an operator's
 # resolve_exception. Once no card runs the old code: deprecate_patch, then remove.
 CARD_SEARCH_ATTRIBUTES_PATCH = "card-search-attributes-v2"
+# Also a change of the card's commands, so behind a patch: with it, a reissue
+# records the replacement in `cards`, and a physical replacement is followed by
+# its own issuing process until activated (a card reissued before it had its
+# entity started in the issuer's pending state, never recorded nor activated).
+CARD_REPLACEMENT_PATCH = "card-replacement-recorded"
 # The card's ProcessStatus: its state (open, paused, closed), or one of these.
 STATUS_EXCEPTION = "exception"
 STATUS_REPLACED = "replaced"
@@ -106,7 +120,27 @@ def card_workflow_id(card_id: str) -> str:
     return f"card/{card_id}"
 
 
+def replacement_request_id(card_id: str) -> str:
+    """A replacement's issuing request is named after the card itself: the
+    customer learns the new card's id when reporting the old one, and reaches
+    its issuing (shipping, activation) with that id."""
+    return card_id
+
+
 def card_issue_start_metadata(request: CardIssueInput) -> StartMetadata:
+    if request.reissue is not None:
+        return start_metadata(
+            f"Replacement {request.kind} card {request.reissue.card.id} for"
+            f" {request.reissue.replaces} of customer {request.customer_id}",
+            {
+                "request": request.request_id,
+                "customer": request.customer_id,
+                "kind": request.kind,
+                "replaces": request.reissue.replaces,
+            },
+            "its shipping webhooks (signal `shipping_update`) and the `activate` update"
+            " once delivered",
+        )
     return start_metadata(
         f"{request.kind} {request.currency.value} card for customer {request.customer_id}",
         {
@@ -138,6 +172,20 @@ async def start_card_entity(card: CardInput) -> None:
         card,
         id=card_workflow_id(card.card_id),
         task_queue=card.workflows_task_queue,
+        parent_close_policy=ParentClosePolicy.ABANDON,
+        static_summary=metadata.summary,
+        static_details=metadata.details,
+    )
+
+
+async def start_card_issue(request: CardIssueInput) -> None:
+    """Start an issuing process that outlives whoever starts it (a replacement's)."""
+    metadata = card_issue_start_metadata(request)
+    await workflow.start_child_workflow(
+        CARD_ISSUE_WORKFLOW,
+        request,
+        id=card_issue_workflow_id(request.request_id),
+        task_queue=request.workflows_task_queue,
         parent_close_policy=ParentClosePolicy.ABANDON,
         static_summary=metadata.summary,
         static_details=metadata.details,
@@ -198,6 +246,8 @@ class CardIssue:
     # ----- business steps -------------------------------------------------
 
     async def _issue(self, request: CardIssueInput) -> CardIssueResult:
+        if request.reissue is not None:
+            return await self._follow_replacement(request, request.reissue)
         self._set_stage("checking the customer")
         kyc = await self._ledger(GET_KYC_STATUS, request.customer_id, result_type=KycStatus)
         if kyc is not KycStatus.APPROVED:
@@ -217,6 +267,8 @@ class CardIssue:
             await self._charge_fee(request, fee)
 
         self._set_stage("creating the card at the issuer")
+        # The input's validator: a new card always comes with an address.
+        assert request.address is not None
         cardholder_id = await self._provider(
             ENSURE_CARDHOLDER,
             CardholderRequest(
@@ -273,6 +325,32 @@ class CardIssue:
         )
         return CardIssueResult(
             request_id=request.request_id, card_id=card.id, state="open", fee_minor=fee
+        )
+
+    async def _follow_replacement(
+        self, request: CardIssueInput, reissue: CardReissue
+    ) -> CardIssueResult:
+        """A replacement the old card's entity already obtained from the issuer
+        (and records): shipped, delivered and activated like a new card (the
+        same shipping webhooks, `reschedule_delivery` and `activate`), then its
+        entity starts open, carrying the old card's limits. No fee: the card
+        replaces one the customer already paid for."""
+        card = reissue.card
+        self._card = card
+        # Never delivered or never activated: the replacement is closed at the issuer.
+        self._compensations.append(self._close_card)
+        workflow.upsert_search_attributes([CARD_ID.value_set(card.id)])
+        if request.kind == "physical":
+            await self._deliver(request)
+        await start_card_entity(reissue.entity.model_copy(update={"state": CardState.OPEN}))
+        self._set_stage("open")
+        await self._notify(
+            "ready",
+            f"Your replacement {request.kind} card is ready",
+            f"Your new card ending {card.last4} is open and ready to use.",
+        )
+        return CardIssueResult(
+            request_id=request.request_id, card_id=card.id, state="open", fee_minor=0
         )
 
     async def _charge_fee(self, request: CardIssueInput, fee: int) -> None:
@@ -752,20 +830,22 @@ class CardEntity:
         state.replaced_by = replacement.id
         if self._money.durable:
             state.closed_at = workflow.now()
-        await start_card_entity(
-            CardInput(
-                card_id=replacement.id,
-                customer_id=state.customer_id,
-                state=replacement.state,
-                currency=state.currency,
-                limits=state.limits,
-                policy=state.policy,
-                ledger_task_queue=state.ledger_task_queue,
-                providers_task_queue=state.providers_task_queue,
-                workflows_task_queue=state.workflows_task_queue,
-                history_events_max=state.history_events_max,
-            )
+        successor = CardInput(
+            card_id=replacement.id,
+            customer_id=state.customer_id,
+            state=replacement.state,
+            currency=state.currency,
+            limits=state.limits,
+            policy=state.policy,
+            ledger_task_queue=state.ledger_task_queue,
+            providers_task_queue=state.providers_task_queue,
+            workflows_task_queue=state.workflows_task_queue,
+            history_events_max=state.history_events_max,
         )
+        if workflow.patched(CARD_REPLACEMENT_PATCH):
+            await self._issue_replacement(replacement, successor)
+        else:
+            await start_card_entity(successor)
         await on_providers(
             state.providers_task_queue,
             NOTIFY_CUSTOMER,
@@ -789,6 +869,54 @@ class CardEntity:
     def status(self) -> CardInput:
         assert self._state is not None
         return self._state
+
+    async def _issue_replacement(self, replacement: Card, successor: CardInput) -> None:
+        """Start what the replacement needs and record it in `cards`, linked to
+        this card, like any card cardflow issued (webhook routing and billing
+        read it there). A virtual replacement is open: its entity starts now.
+        A physical one is shipped and opens only once activated after
+        delivery, so its own issuing process follows it.
+
+        An issuing process rather than shipping and activation on the entity:
+        CardIssue already follows a physical card (shipping webhooks that only
+        move forward, rescheduling until shipped, activation once delivered,
+        deadlines that close a card never delivered or activated), and the
+        gateway's shipping route, the API's `/card-issues/{request_id}` routes
+        and the CLI reach a card being shipped through it; the entity then
+        starts open, as for every new card, and only ever holds a card that
+        can pay."""
+        state = self._state
+        assert state is not None
+        request_id = replacement_request_id(replacement.id)
+        if replacement.type is CardType.PHYSICAL:
+            await start_card_issue(
+                CardIssueInput(
+                    request_id=request_id,
+                    customer_id=state.customer_id,
+                    kind="physical",
+                    currency=state.currency,
+                    card_policy=state.policy,
+                    reissue=CardReissue(replaces=state.card_id, card=replacement, entity=successor),
+                    ledger_task_queue=state.ledger_task_queue,
+                    providers_task_queue=state.providers_task_queue,
+                    workflows_task_queue=state.workflows_task_queue,
+                )
+            )
+        else:
+            await start_card_entity(successor)
+        # Recorded once its process runs, so the first webhook that finds the
+        # record also finds the process.
+        await on_providers(
+            state.providers_task_queue,
+            RECORD_CARD,
+            CardRecord(
+                card_id=replacement.id,
+                request_id=request_id,
+                customer_id=state.customer_id,
+                kind=replacement.type.value,
+                replaces=state.card_id,
+            ),
+        )
 
 
 __all__ = ["CardEntity", "CardIssue", "date"]

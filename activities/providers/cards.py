@@ -66,6 +66,8 @@ class CardRecord(BaseModel):
     request_id: str
     customer_id: str
     kind: str
+    # The card this one was reissued for (lost or stolen), if any.
+    replaces: str | None = None
 
 
 class CardActivities:
@@ -204,12 +206,13 @@ class CardActivities:
     @activity.defn(name=RECORD_CARD)
     async def record_card(self, record: CardRecord) -> None:
         await self.pool.execute(
-            "INSERT INTO cards (card_id, request_id, customer_id, kind) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (card_id) DO NOTHING",
+            "INSERT INTO cards (card_id, request_id, customer_id, kind, replaces)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (card_id) DO NOTHING",
             record.card_id,
             record.request_id,
             record.customer_id,
             record.kind,
+            record.replaces,
         )
 
     def all(self) -> list[object]:

@@ -520,7 +520,7 @@ async def reschedule_route(
     "/card-issues/{request_id}/activate",
     dependencies=requires(SCOPE_PROCESSES_START),
     responses=STEER_RESPONSES,
-    summary="Activate a delivered physical card",
+    summary="Activate a delivered physical card (a replacement by its own card id)",
 )
 async def activate_route(request: Request, request_id: RequestIdPath) -> dict[str, str]:
     return await _update_process(activate(request.app.state.client, request_id), request_id)

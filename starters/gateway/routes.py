@@ -297,7 +297,8 @@ ROUTES: dict[tuple[str, str], Route] = {
         )
         for event_type in CARD_NETWORK_EVENTS
     },
-    # A physical card's shipment, to the card-issue process that ordered it.
+    # A physical card's shipment, to the card-issue process that follows it: the
+    # one that ordered a new card, or a lost or stolen card's replacement's own.
     (ISSUER, "card.shipping.updated"): Route(
         kind="signal",
         name=SHIPPING_UPDATE_SIGNAL,

@@ -15,6 +15,7 @@ from activities.customers import CustomerStore
 from activities.ledger import Ledger
 from activities.providers.issuer import IssuerClient
 from schemas.accounts import system_account
+from schemas.billing import BillingInput, BillingPolicy, period_of
 from schemas.cards import (
     CardInput,
     CardIssueInput,
@@ -27,9 +28,10 @@ from schemas.cards import (
     SpendingLimits,
 )
 from schemas.customers import CustomerProfile, KycStatus
-from schemas.issuer import Address, CardState, ShippingStatus
+from schemas.issuer import Address, CardState, Merchant, ShippingStatus
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
+from starters.billing import bill
 from tests.conftest import Platform
 from workflows.cards import (
     ACTIVATE_UPDATE,
@@ -39,6 +41,7 @@ from workflows.cards import (
     FREEZE_UPDATE,
     LIMITS_UPDATE,
     REPORT_LOST_UPDATE,
+    REPORT_STOLEN_UPDATE,
     RESCHEDULE_UPDATE,
     UNFREEZE_UPDATE,
     card_issue_workflow_id,
@@ -446,3 +449,131 @@ async def test_the_api_reschedules_activates_and_sets_limits(platform: Platform)
             "body",
             "blocked_mccs",
         ]
+
+
+SHOP = Merchant(name="Corner Shop", mcc="5411", country="GB")
+MONTHLY_FEE = BillingPolicy(monthly_fee_minor={Currency.USD: 150})
+
+
+async def ship(platform: Platform, card_id: str, *steps: ShippingStatus) -> None:
+    """The issuer moves the card's shipment; each step is a card.shipping.updated webhook."""
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        for step in steps:
+            await issuer.simulate_shipping(
+                card_id, status=step, idempotency_key=f"ship-{card_id}-{step.value}"
+            )
+
+
+async def purchase(platform: Platform, card_id: str, amount: int) -> tuple[str, str]:
+    """A merchant's authorization, put to the card in real time: (status, reason)."""
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        auth = await issuer.simulate_authorization(
+            card_id=card_id,
+            amount_minor=amount,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key=f"auth-{uuid.uuid4().hex}",
+        )
+    return auth.status.value, auth.decision_reason
+
+
+async def recorded(platform: Platform, card_id: str) -> dict[str, Any] | None:
+    """The card's row in `cards` (what webhook routing and billing read), if any."""
+    row = await platform.stack.pool.fetchrow("SELECT * FROM cards WHERE card_id = $1", card_id)
+    return dict(row) if row is not None else None
+
+
+async def billed_cards(platform: Platform, customer_id: str, tmp_path: Any) -> dict[str, str]:
+    """Bill the customer's current period: each billed card's fee status."""
+    result = await bill(
+        platform.stack.client,
+        platform.stack.queues,
+        BillingInput(
+            customer_id=customer_id,
+            period=period_of(datetime.now(UTC)),
+            statements_dir=str(tmp_path / "statements"),
+            policy=MONTHLY_FEE,
+        ),
+    )
+    return {fee.card_id: fee.status for fee in result.fees}
+
+
+async def test_a_lost_physical_cards_replacement_ships_activates_pays_and_is_billed(
+    platform: Platform, tmp_path: Any
+) -> None:
+    customer_id = await customer(platform)
+    handle = await issue(platform, customer_id, "physical")
+    card_id = (await stage_of(handle, "shipping")).card_id or ""
+    await ship(platform, card_id, ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED)
+    await ship(platform, card_id, ShippingStatus.DELIVERED)
+    await stage_of(handle, "delivered: waiting for activation")
+    await handle.execute_update(ACTIVATE_UPDATE, result_type=str)
+    assert (await handle.result()).state == "open"
+
+    async with httpx.AsyncClient(
+        base_url=platform.gateway_url, timeout=30, headers=platform.api_headers
+    ) as api:
+        lost = await api.post(
+            f"/v1/cards/{card_id}/actions", json={"action": "report_lost", "reason": "on a train"}
+        )
+        assert lost.status_code == 200, lost.text
+        replacement = lost.json()["result"]
+        assert replacement != card_id
+        # Recorded like any card cardflow issued, so its webhooks and billing find it.
+        row = await recorded(platform, replacement)
+        assert row is not None, "the replacement is not in the cards table"
+        assert (row["customer_id"], row["kind"], row["replaces"]) == (
+            customer_id,
+            "physical",
+            card_id,
+        )
+        # The issuer ships the replacement; activating it before delivery is refused.
+        early = await api.post(f"/v1/card-issues/{replacement}/activate")
+        assert early.status_code == 409, early.text
+        assert "once delivered" in early.json()["detail"]
+        await ship(platform, replacement, ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED)
+        # Its shipping webhooks reach the process that follows the replacement.
+        shipping = platform.stack.client.get_workflow_handle(card_issue_workflow_id(replacement))
+        for _ in range(200):
+            status = await shipping.query("status", result_type=CardIssueStatus)
+            if status.shipping and status.shipping.status is ShippingStatus.SHIPPED:
+                break
+            await asyncio.sleep(0.05)
+        assert status.shipping is not None and status.shipping.tracking_number, status
+        await ship(platform, replacement, ShippingStatus.DELIVERED)
+        await stage_of(shipping, "delivered: waiting for activation")
+        activated = await api.post(f"/v1/card-issues/{replacement}/activate")
+        assert activated.json() == {"result": "card activated"}, activated.text
+        await shipping.result()
+
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        assert (await issuer.get_card(replacement)).state is CardState.OPEN
+    entity = platform.stack.client.get_workflow_handle(card_workflow_id(replacement))
+    assert (await entity.query("status", result_type=CardInput)).state is CardState.OPEN
+    assert await purchase(platform, replacement, 2_000) == ("pending", "approved")
+    assert await purchase(platform, card_id, 1_000) != ("pending", "approved")
+    balance = await Ledger(platform.stack.pool).balance(wallet_code(customer_id, "USD"))
+    assert (balance.posted, balance.debits_pending) == (9_500, 2_000)
+    billed = await billed_cards(platform, customer_id, tmp_path)
+    assert billed == {card_id: "charged", replacement: "charged"}
+
+
+async def test_a_stolen_virtual_cards_replacement_is_recorded_open_and_pays_at_once(
+    platform: Platform, tmp_path: Any
+) -> None:
+    customer_id = await customer(platform)
+    card_id = (await (await issue(platform, customer_id, "virtual")).result()).card_id or ""
+    handle = platform.stack.client.get_workflow_handle(card_workflow_id(card_id))
+    replacement = await handle.execute_update(
+        REPORT_STOLEN_UPDATE, CardStateChange(reason="phone stolen"), result_type=str
+    )
+    row = await recorded(platform, replacement)
+    assert row is not None, "the replacement is not in the cards table"
+    assert (row["customer_id"], row["kind"], row["replaces"]) == (customer_id, "virtual", card_id)
+    entity = platform.stack.client.get_workflow_handle(card_workflow_id(replacement))
+    assert (await entity.query("status", result_type=CardInput)).state is CardState.OPEN
+    assert await purchase(platform, replacement, 2_000) == ("pending", "approved")
+    balance = await Ledger(platform.stack.pool).balance(wallet_code(customer_id, "USD"))
+    assert (balance.posted, balance.debits_pending) == (9_900, 2_000)
+    billed = await billed_cards(platform, customer_id, tmp_path)
+    assert billed == {card_id: "charged", replacement: "charged"}
