@@ -350,7 +350,14 @@ class LedgerMachine(RuleBasedStateMachine):
 def test_ledger_matches_its_model_under_random_operations(database_url: str) -> None:
     # A loop of the test's own, made current so asyncpg binds to it rather
     # than to the (idle) session loop of the async fixtures.
-    previous = asyncio.get_event_loop_policy().get_event_loop()
+    # Put back whatever was current; after other tests none may be (a sync
+    # test runs in the main thread with no loop set).
+    try:
+        previous: asyncio.AbstractEventLoop | None = (
+            asyncio.get_event_loop_policy().get_event_loop()
+        )
+    except RuntimeError:
+        previous = None
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
