@@ -154,6 +154,9 @@ class AuthorizationRequest(BaseModel):
     # hold's expiry derives from it, never from the clock of the workflow task
     # that decides: a retried task must submit the very same hold.
     requested_at: datetime | None = None
+    # The issuer's id of this request (its envelope's), set by the gateway: a
+    # resend of the same request is answered as first decided, in any run.
+    request_id: str | None = Field(default=None, max_length=200)
 
 
 class DeclineReason(StrEnum):
@@ -207,6 +210,8 @@ class DecisionRecord(BaseModel):
     decided_by: str = "cardflow"
     # Set once the issuer's own record of this decision was compared with ours.
     reconciled: bool = False
+    # The issuer's id of the request this answered, when the card was asked.
+    request_id: str | None = None
 
 
 class AuthorizationRecord(BaseModel):

@@ -277,6 +277,14 @@ class CardMoney:
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationAnswer:
         state = self.state
         record = state.authorizations.get(request.authorization_id)
+        if record is not None and request.request_id is not None and self.durable:
+            # The same request again, past what Temporal dedupes (another run):
+            # the answer it got.
+            answered = next(
+                (d for d in record.decisions if d.request_id == request.request_id), None
+            )
+            if answered is not None:
+                return _answer(answered)
         if request.kind == "initial" and record is not None:
             # The same question again (a retried request): the first answer.
             first = record
@@ -375,6 +383,7 @@ class CardMoney:
             requested_minor=request.amount_minor,
             approved_minor=approved_minor,
             reason=reason,
+            request_id=request.request_id,
         )
         record.decisions.append(decision)
         record.decisions.sort(key=lambda d: d.index)

@@ -55,7 +55,7 @@ def card_question(event: AuthorizationRequestEvent) -> AuthorizationRequest:
     """The question as the card is asked it, carrying the issuer's own time of
     asking (the envelope's, whatever the data says): the card derives what it
     holds from the request alone, never from its own clock."""
-    return event.data.model_copy(update={"requested_at": event.created_at})
+    return event.data.model_copy(update={"requested_at": event.created_at, "request_id": event.id})
 
 
 def authorize_update_id(event: AuthorizationRequestEvent) -> str:

@@ -178,6 +178,7 @@ def test_the_card_is_asked_with_the_issuers_time_of_asking() -> None:
     request["data"]["requested_at"] = (asked_at - timedelta(days=3)).isoformat()
     question = card_question(AuthorizationRequestEvent.model_validate_json(json.dumps(request)))
     assert question.requested_at == asked_at
+    assert question.request_id == request["id"]
     assert (question.authorization_id, question.amount_minor) == ("auth_1", 399)
 
 

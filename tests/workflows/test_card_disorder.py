@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
@@ -20,8 +21,18 @@ from activities.ledger import Ledger
 from activities.ledger.activities import HOLD
 from activities.ledger.verify import verify
 from schemas import accounts
-from schemas.cards import CardNetworkEvent, CardPolicy, CardStateChange, ExceptionDecision
-from schemas.issuer import AuthorizationStatus
+from schemas.cards import (
+    AuthorizationAnswer,
+    AuthorizationRequest,
+    CardInput,
+    CardNetworkEvent,
+    CardPolicy,
+    CardStateChange,
+    ExceptionDecision,
+    SpendingLimits,
+)
+from schemas.cards import Merchant as CardMerchant
+from schemas.issuer import AuthorizationStatus, CardState
 from schemas.ledger import TransferRequest
 from schemas.money import Currency
 from tests.conftest import Platform
@@ -35,8 +46,12 @@ from tests.workflows.test_authorizations import (
     wallet,
     wallet_becomes,
 )
+from tests.workflows.test_cards import customer
 from workflows.cards import (
+    AUTHORIZE_UPDATE,
+    CARD_WORKFLOW,
     CLOSE_UPDATE,
+    LIMITS_UPDATE,
     NETWORK_EVENT_SIGNAL,
     RESOLVE_EXCEPTION_UPDATE,
     card_workflow_id,
@@ -307,4 +322,56 @@ async def test_a_card_never_ends_with_an_open_exception(platform: Platform) -> N
     assert resolved.startswith("charge")
     assert await handle.result() == "closed"
     assert (await wallet(platform, customer_id)).posted == 8_800
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_request_sent_again_after_the_card_continued_as_new_gets_its_first_answer(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform, funds=10_000)
+    queues = platform.stack.queues
+    card_id = f"card_can_{uuid.uuid4().hex[:10]}"
+    handle = await platform.stack.client.start_workflow(
+        CARD_WORKFLOW,
+        CardInput(
+            card_id=card_id,
+            customer_id=customer_id,
+            state=CardState.OPEN,
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            workflows_task_queue=queues.workflows,
+            history_events_max=50,
+        ),
+        id=card_workflow_id(card_id),
+        task_queue=queues.workflows,
+    )
+    asked = AuthorizationRequest(
+        authorization_id=f"auth_{uuid.uuid4().hex[:10]}",
+        kind="initial",
+        card_id=card_id,
+        amount_minor=1_000,
+        currency=Currency.USD,
+        merchant_amount_minor=1_000,
+        merchant_currency=Currency.USD,
+        merchant=CardMerchant(name="Hotel", mcc="7011", country="GB"),
+        requested_at=datetime.now(UTC),
+        request_id="evt-1",
+    )
+    await handle.execute_update(AUTHORIZE_UPDATE, asked, id="a-1")
+    increment = asked.model_copy(
+        update={"kind": "incremental", "amount_minor": 300, "request_id": "evt-2"}
+    )
+    first = await handle.execute_update(
+        AUTHORIZE_UPDATE, increment, id="a-2", result_type=AuthorizationAnswer
+    )
+    assert (first.decision, first.approved_amount_minor) == ("approve", 300)
+    started = (await handle.describe()).run_id
+    while (await platform.stack.client.get_workflow_handle(handle.id).describe()).run_id == started:
+        await handle.execute_update(LIMITS_UPDATE, SpendingLimits())
+    # The issuer sends the increment again; Temporal's update ids are per run.
+    again = await handle.execute_update(
+        AUTHORIZE_UPDATE, increment, id="a-2-again", result_type=AuthorizationAnswer
+    )
+    assert again == first
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_300)
     assert await verify(platform.stack.pool) == []
