@@ -453,7 +453,12 @@ def card_show(card_id: str) -> None:
 def card_resolve_exception(
     card_id: str,
     exception_id: str,
-    action: Annotated[str, typer.Option(help="charge (the wallet) or write_off (to suspense)")],
+    action: Annotated[
+        str,
+        typer.Option(
+            help="charge (the wallet), write_off (to suspense), or dismiss (a ledger_conflict put right by hand)"
+        ),
+    ],
     reason: Annotated[str, typer.Option()],
 ) -> None:
     """An operator's decision on money the issuer settled that the card could not post."""

@@ -83,3 +83,30 @@ def test_the_record_command_writes_histories_that_replay(tmp_path: Path) -> None
         replayer(tmp_path / RECORDING_KEYS_FILENAME).replay_workflow(load(written))
     )
     assert result.replay_failure is None
+
+
+@pytest.mark.parametrize(
+    "name", ["counter-keys-card-purchase", "counter-keys-card-exception"], ids=str
+)
+async def test_a_card_from_before_durable_keys_replays_only_thanks_to_the_patch(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Cards recorded before CARD_MONEY_PATCH (counter-named keys, no claims)
+    replay on the old path; with the guard forced open they would not."""
+    from temporalio import workflow
+
+    from workflows.card_money import CARD_MONEY_PATCH
+
+    history = load(HISTORIES / f"{name}.json")
+    keys_file = HISTORIES / RECORDING_KEYS_FILENAME
+    guarded = await replayer(keys_file).replay_workflow(history, raise_on_replay_failure=False)
+    assert guarded.replay_failure is None
+    patched = workflow.patched
+
+    def forced(patch_id: str) -> bool:
+        return patch_id == CARD_MONEY_PATCH or patched(patch_id)
+
+    monkeypatch.setattr(workflow, "patched", forced)
+    unguarded = await replayer(keys_file).replay_workflow(history, raise_on_replay_failure=False)
+    assert unguarded.replay_failure is not None
+    assert "Nondeterminism" in str(unguarded.replay_failure)
