@@ -456,7 +456,8 @@ def card_resolve_exception(
     action: Annotated[
         str,
         typer.Option(
-            help="charge (the wallet), write_off (to suspense), or dismiss (a ledger_conflict put right by hand)"
+            help="charge (the wallet), write_off (to suspense), or dismiss"
+            " (a ledger_conflict put right by hand)"
         ),
     ],
     reason: Annotated[str, typer.Option()],
