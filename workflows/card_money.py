@@ -47,7 +47,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -123,6 +123,9 @@ BASIS_POINTS_PER_UNIT = 10_000
 # Ledger keys are at most 200 characters; a key derived from a long chain of
 # partial postings is shortened to a digest of its full name past this.
 DERIVED_KEY_CHARS_MAX = 190
+# How the ledger's refusal of a call reaches the card: an activity's as an
+# ActivityError, a local activity's (a hold) as its ApplicationError.
+LEDGER_REFUSALS = (ActivityError, ApplicationError)
 # Cards live for years: this change of how the card names its ledger keys,
 # dates its holds and applies issuer events is behind a patch, so a card
 # running the old code keeps its keys until its run continues as new.
@@ -339,7 +342,7 @@ class CardMoney:
             try:
                 await self._open_accounts()
                 held = await self._hold(key, request.amount_minor, record.expires_at)
-            except ActivityError:
+            except LEDGER_REFUSALS:
                 if not self.durable:
                     raise
                 # Refused outright (no answer was given): give back what this
@@ -473,7 +476,7 @@ class CardMoney:
             else:
                 try:
                     await self._apply_once(event)
-                except ActivityError as error:
+                except LEDGER_REFUSALS as error:
                     # A ledger refusal that no retry can change (a key used
                     # with another payload): never the end of the card.
                     self._conflict(event, error)
@@ -498,9 +501,9 @@ class CardMoney:
             return
         await self._apply(event)
 
-    def _conflict(self, event: CardNetworkEvent, error: ActivityError) -> None:
+    def _conflict(self, event: CardNetworkEvent, error: ActivityError | ApplicationError) -> None:
         subject = event.transaction or event.reversal or event.authorization
-        cause = error.cause if error.cause is not None else error
+        cause = error.cause or error
         workflow.logger.error("issuer event %s: the ledger refused: %s", event.event_id, cause)
         self._exception(
             "ledger_conflict",
@@ -814,7 +817,27 @@ class CardMoney:
             if record.expires_at > now:
                 continue
             async with self.lock:
-                await self._release(record, record.held_minor, None, "expired")
+                try:
+                    await self._release(record, record.held_minor, None, "expired")
+                except LEDGER_REFUSALS as error:
+                    if not self.durable:
+                        raise
+                    # Never the end of the card, and never a timer firing
+                    # again at once: the ledger's own expiry (the hold's
+                    # expires_at) releases what is left; an operator looks.
+                    workflow.logger.error(
+                        "expiring %s: the ledger refused: %s",
+                        record.authorization_id,
+                        error.cause or error,
+                    )
+                    self._exception(
+                        "ledger_conflict",
+                        record.held_minor,
+                        record.authorization_id,
+                        None,
+                        f"expiring {record.authorization_id} was not fully applied:"
+                        f" {error.cause or error}",
+                    )
                 self._finish(record.authorization_id)
 
     # ----- operators --------------------------------------------------------

@@ -15,7 +15,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+import pytest
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 
 from activities.ledger import Ledger
 from activities.ledger.activities import HOLD
@@ -32,7 +33,7 @@ from schemas.cards import (
     SpendingLimits,
 )
 from schemas.cards import Merchant as CardMerchant
-from schemas.issuer import AuthorizationStatus, CardState
+from schemas.issuer import AuthorizationStatus, CardState, DecidedBy
 from schemas.ledger import TransferRequest
 from schemas.money import Currency
 from tests.conftest import Platform
@@ -375,3 +376,107 @@ async def test_a_request_sent_again_after_the_card_continued_as_new_gets_its_fir
     assert again == first
     await wallet_becomes(platform, customer_id, posted=10_000, pending=1_300)
     assert await verify(platform.stack.pool) == []
+
+
+async def test_an_ask_the_ledger_refuses_outright_leaves_no_trace_and_the_next_is_decided(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform, funds=10_000)
+    queues = platform.stack.queues
+    card_id = f"card_refused_{uuid.uuid4().hex[:10]}"
+    handle = await platform.stack.client.start_workflow(
+        CARD_WORKFLOW,
+        CardInput(
+            card_id=card_id,
+            customer_id=customer_id,
+            state=CardState.OPEN,
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            workflows_task_queue=queues.workflows,
+            limits=SpendingLimits(per_day_minor=2_500),
+        ),
+        id=card_workflow_id(card_id),
+        task_queue=queues.workflows,
+    )
+    asked = AuthorizationRequest(
+        authorization_id=f"auth_{uuid.uuid4().hex[:10]}",
+        kind="initial",
+        card_id=card_id,
+        amount_minor=1_000,
+        currency=Currency.USD,
+        merchant_amount_minor=1_000,
+        merchant_currency=Currency.USD,
+        merchant=CardMerchant(name="Hotel", mcc="7011", country="GB"),
+        requested_at=datetime.now(UTC),
+        request_id="evt-1",
+    )
+    # The key this ask's hold takes is already used with another payload.
+    await Ledger(platform.stack.pool).transfer(
+        TransferRequest(
+            key=f"{card_workflow_id(card_id)}/auth/{asked.authorization_id}/d0",
+            debit=accounts.issuer_settlement("USD"),
+            credit=accounts.wallet(customer_id, "USD"),
+            amount_minor=1,
+            currency=Currency.USD,
+        )
+    )
+    try:
+        await handle.execute_update(AUTHORIZE_UPDATE, asked, id="a-1")
+    except WorkflowUpdateFailedError as error:
+        assert "IdempotencyConflict" in str(error.cause) or error.cause is not None
+    else:
+        raise AssertionError("the ask was not refused")
+    state = await card_state(handle)
+    # Nothing counted against the day's limit, no empty record left behind.
+    assert (state.spent_day_minor, state.authorizations) == (0, {})
+    other = asked.model_copy(
+        update={"authorization_id": f"auth_{uuid.uuid4().hex[:10]}", "request_id": "evt-2"}
+    )
+    answer = await asyncio.wait_for(
+        handle.execute_update(AUTHORIZE_UPDATE, other, id="a-2", result_type=AuthorizationAnswer),
+        timeout=10,
+    )
+    assert (answer.decision, answer.approved_amount_minor) == ("approve", 1_000)
+    # And the refused one, asked again, is refused again at once: it does not
+    # wait forever for the first ask's decision that never came.
+    with pytest.raises(WorkflowUpdateFailedError):
+        await asyncio.wait_for(handle.execute_update(AUTHORIZE_UPDATE, asked, id="a-3"), 10)
+    assert (await card_state(handle)).spent_day_minor == 1_000
+    assert await running(handle)
+
+
+async def test_a_ledger_conflict_on_a_hold_for_the_issuer_never_fails_the_card(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    auth = await authorize(platform, card_id, 500)
+    async with issuer(platform) as client:
+        snapshot = await client.get_authorization(auth.id)
+    # The issuer's stand-in approved an authorization the card never saw; the
+    # key of the card's hold for it is already used with another payload.
+    stand_in = snapshot.decisions[0].model_copy(
+        update={"decided_by": DecidedBy.STAND_IN, "reason": "stand-in approve"}
+    )
+    unseen = snapshot.model_copy(
+        update={"id": f"auth_x{uuid.uuid4().hex[:8]}", "decisions": [stand_in]}
+    )
+    await Ledger(platform.stack.pool).transfer(
+        TransferRequest(
+            key=f"{card_workflow_id(card_id)}/auth/{unseen.id}/d0/issuer",
+            debit=accounts.issuer_settlement("USD"),
+            credit=accounts.wallet(customer_id, "USD"),
+            amount_minor=1,
+            currency=Currency.USD,
+        )
+    )
+    await handle.signal(
+        NETWORK_EVENT_SIGNAL,
+        CardNetworkEvent(event_id="unseen", type="authorization.created", authorization=unseen),
+    )
+
+    async def flagged() -> bool:
+        return any(e.kind == "ledger_conflict" for e in (await card_state(handle)).exceptions)
+
+    await eventually(flagged, "a ledger_conflict exception for an operator")
+    assert await running(handle)
+    assert (await authorize(platform, card_id, 300)).status.value == "pending"
