@@ -24,7 +24,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from schemas.task_queues import TaskQueues
-from starters.gateway.routes import ProviderEvent, Route, route_for
+from starters.gateway.routes import ProviderEvent, Route, Start, route_for
 
 # Why a webhook was refused, as the rejections metric labels it.
 REJECTION_REASONS = (
@@ -85,35 +85,41 @@ async def deliver(
                 raise
             # The process ended: start it again with the event (or, should it
             # have been started meanwhile, signal the running one).
-            await client.start_workflow(
-                restart.workflow,
-                restart.argument,
-                id=workflow_id,
-                task_queue=restart.task_queue,
-                start_signal=route.name,
-                start_signal_args=[argument],
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                static_summary=route.summary(restart.argument) if route.summary else None,
-                static_details=route.details(restart.argument) if route.details else None,
+            await _start_with_signal(
+                client, route, workflow_id, restart, argument, WorkflowIDReusePolicy.ALLOW_DUPLICATE
             )
     elif route.kind == "update":
         await client.get_workflow_handle(workflow_id).execute_update(route.name, argument)
     else:
         assert route.start is not None
         start = route.start(provider, event, queues)
-        await client.start_workflow(
-            start.workflow,
-            start.argument,
-            id=workflow_id,
-            task_queue=start.task_queue,
-            start_signal=route.name,
-            start_signal_args=[argument],
-            # A finished process is not started again by a late event.
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=route.summary(start.argument) if route.summary else None,
-            static_details=route.details(start.argument) if route.details else None,
+        # A finished process is not started again by a late event.
+        await _start_with_signal(
+            client, route, workflow_id, start, argument, WorkflowIDReusePolicy.REJECT_DUPLICATE
         )
     return workflow_id
+
+
+async def _start_with_signal(
+    client: Client,
+    route: Route,
+    workflow_id: str,
+    start: Start,
+    argument: Any,
+    reuse: WorkflowIDReusePolicy,
+) -> None:
+    """Signal-with-start: the running process gets the event, else one starts with it."""
+    await client.start_workflow(
+        start.workflow,
+        start.argument,
+        id=workflow_id,
+        task_queue=start.task_queue,
+        start_signal=route.name,
+        start_signal_args=[argument],
+        id_reuse_policy=reuse,
+        static_summary=route.summary(start.argument) if route.summary else None,
+        static_details=route.details(start.argument) if route.details else None,
+    )
 
 
 @router.post("/webhooks/{provider}", include_in_schema=False)

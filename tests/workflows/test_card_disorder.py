@@ -91,6 +91,44 @@ async def settles_as(
         ) from None
 
 
+async def card_of_its_own(
+    platform: Platform, customer_id: str, **fields: Any
+) -> WorkflowHandle[Any, Any]:
+    """A card entity started directly (no issuer card), asked by updates."""
+    queues = platform.stack.queues
+    card_id = f"card_own_{uuid.uuid4().hex[:10]}"
+    return await platform.stack.client.start_workflow(
+        CARD_WORKFLOW,
+        CardInput(
+            card_id=card_id,
+            customer_id=customer_id,
+            state=CardState.OPEN,
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+            workflows_task_queue=queues.workflows,
+            **fields,
+        ),
+        id=card_workflow_id(card_id),
+        task_queue=queues.workflows,
+    )
+
+
+def question_to(handle: WorkflowHandle[Any, Any], request_id: str) -> AuthorizationRequest:
+    """A hotel's first ask of 1,000 to a card of its own, as the gateway sends it."""
+    return AuthorizationRequest(
+        authorization_id=f"auth_{uuid.uuid4().hex[:10]}",
+        kind="initial",
+        card_id=handle.id.removeprefix("card/"),
+        amount_minor=1_000,
+        currency=Currency.USD,
+        merchant_amount_minor=1_000,
+        merchant_currency=Currency.USD,
+        merchant=CardMerchant(name="Hotel", mcc="7011", country="GB"),
+        requested_at=datetime.now(UTC),
+        request_id=request_id,
+    )
+
+
 async def test_a_worker_killed_after_the_hold_committed_holds_once_what_the_issuer_approved(
     platform: Platform,
 ) -> None:
@@ -330,34 +368,8 @@ async def test_a_request_sent_again_after_the_card_continued_as_new_gets_its_fir
     platform: Platform,
 ) -> None:
     customer_id = await customer(platform, funds=10_000)
-    queues = platform.stack.queues
-    card_id = f"card_can_{uuid.uuid4().hex[:10]}"
-    handle = await platform.stack.client.start_workflow(
-        CARD_WORKFLOW,
-        CardInput(
-            card_id=card_id,
-            customer_id=customer_id,
-            state=CardState.OPEN,
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
-            history_events_max=50,
-        ),
-        id=card_workflow_id(card_id),
-        task_queue=queues.workflows,
-    )
-    asked = AuthorizationRequest(
-        authorization_id=f"auth_{uuid.uuid4().hex[:10]}",
-        kind="initial",
-        card_id=card_id,
-        amount_minor=1_000,
-        currency=Currency.USD,
-        merchant_amount_minor=1_000,
-        merchant_currency=Currency.USD,
-        merchant=CardMerchant(name="Hotel", mcc="7011", country="GB"),
-        requested_at=datetime.now(UTC),
-        request_id="evt-1",
-    )
+    handle = await card_of_its_own(platform, customer_id, history_events_max=50)
+    asked = question_to(handle, "evt-1")
     await handle.execute_update(AUTHORIZE_UPDATE, asked, id="a-1")
     increment = asked.model_copy(
         update={"kind": "incremental", "amount_minor": 300, "request_id": "evt-2"}
@@ -382,38 +394,14 @@ async def test_an_ask_the_ledger_refuses_outright_leaves_no_trace_and_the_next_i
     platform: Platform,
 ) -> None:
     customer_id = await customer(platform, funds=10_000)
-    queues = platform.stack.queues
-    card_id = f"card_refused_{uuid.uuid4().hex[:10]}"
-    handle = await platform.stack.client.start_workflow(
-        CARD_WORKFLOW,
-        CardInput(
-            card_id=card_id,
-            customer_id=customer_id,
-            state=CardState.OPEN,
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
-            limits=SpendingLimits(per_day_minor=2_500),
-        ),
-        id=card_workflow_id(card_id),
-        task_queue=queues.workflows,
+    handle = await card_of_its_own(
+        platform, customer_id, limits=SpendingLimits(per_day_minor=2_500)
     )
-    asked = AuthorizationRequest(
-        authorization_id=f"auth_{uuid.uuid4().hex[:10]}",
-        kind="initial",
-        card_id=card_id,
-        amount_minor=1_000,
-        currency=Currency.USD,
-        merchant_amount_minor=1_000,
-        merchant_currency=Currency.USD,
-        merchant=CardMerchant(name="Hotel", mcc="7011", country="GB"),
-        requested_at=datetime.now(UTC),
-        request_id="evt-1",
-    )
+    asked = question_to(handle, "evt-1")
     # The key this ask's hold takes is already used with another payload.
     await Ledger(platform.stack.pool).transfer(
         TransferRequest(
-            key=f"{card_workflow_id(card_id)}/auth/{asked.authorization_id}/d0",
+            key=f"{handle.id}/auth/{asked.authorization_id}/d0",
             debit=accounts.issuer_settlement("USD"),
             credit=accounts.wallet(customer_id, "USD"),
             amount_minor=1,
