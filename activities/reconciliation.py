@@ -174,7 +174,9 @@ def _day_bounds(day: object) -> tuple[datetime, datetime]:
 
 # The card posts a settled transaction to issuer:settlement under keys that
 # name it (workflows/card_money.py): from its holds
-# card/{card_id}/auth/{authorization_id}/{n}-post-{transaction_id}, beyond them
+# card/{card_id}/auth/{authorization_id}/post-{transaction_id}/{hold digest}
+# (before the card-money-durable-keys patch
+# card/{card_id}/auth/{authorization_id}/{n}-post-{transaction_id}), beyond them
 # card/{card_id}/post/{transaction_id}, a refund card/{card_id}/refund/{transaction_id},
 # and an operator's decision on money the card could not post itself
 # card/{card_id}/exception/{exception_id}/{charge|write-off}/{transaction_id}.
@@ -188,6 +190,7 @@ postings AS (
              THEN t.amount_minor ELSE -t.amount_minor END AS effect,
         substring(t.idempotency_key FROM '^card/([^/]+)/') AS card_id,
         coalesce(
+            substring(t.idempotency_key FROM '^card/[^/]+/auth/[^/]+/post-([^/]+)/[0-9a-f]+$'),
             substring(t.idempotency_key FROM '^card/[^/]+/auth/[^/]+/[0-9]+-post-(.+)$'),
             substring(t.idempotency_key FROM '^card/[^/]+/(?:post|refund)/(.+)$'),
             substring(t.idempotency_key FROM

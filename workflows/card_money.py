@@ -123,6 +123,9 @@ BASIS_POINTS_PER_UNIT = 10_000
 # Ledger keys are at most 200 characters; a key derived from a long chain of
 # partial postings is shortened to a digest of its full name past this.
 DERIVED_KEY_CHARS_MAX = 190
+# A hold named inside a posting's key: enough of a digest to tell one
+# authorization's holds apart.
+HOLD_DIGEST_CHARS = 16
 # How the ledger's refusal of a call reaches the card: an activity's as an
 # ActivityError, a local activity's (a hold) as its ApplicationError.
 LEDGER_REFUSALS = (ActivityError, ApplicationError)
@@ -243,6 +246,17 @@ class CardMoney:
         if not self.durable:
             return self._key(record, what)
         return _derived(part.key, f"{what}/{cause}")
+
+    def _post_key(self, record: AuthorizationRecord, part: HeldPart, transaction_id: str) -> str:
+        """The key of posting (part of) a hold for an issuer transaction. It names
+        the transaction in the form the reconciliation reads back
+        (card/{card}/auth/{authorization}/post-{transaction}/{hold}), the hold
+        by a short digest of its key, so one clearing posting from two holds
+        takes two keys."""
+        if not self.durable:
+            return self._key(record, f"post-{transaction_id}")
+        hold = hashlib.sha256(part.key.encode()).hexdigest()[:HOLD_DIGEST_CHARS]
+        return step_key(f"auth/{record.authorization_id}/post-{transaction_id}/{hold}")
 
     def _issuer_hold_key(self, record: AuthorizationRecord, name: str, fallback: str) -> str:
         if not self.durable:
@@ -685,7 +699,7 @@ class CardMoney:
             )
             posted = await self._resolve(
                 HoldResolution(
-                    key=self._part_key(record, part, f"post-{transaction_id}", transaction_id),
+                    key=self._post_key(record, part, transaction_id),
                     hold_key=part.key,
                     action="post",
                     amount_minor=take if rest_key else None,
