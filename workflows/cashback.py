@@ -27,7 +27,11 @@ outstanding shortfall again.
 There is nothing to compensate: the rewards post in one atomic batch, and a
 paid reward is only ever taken back by a refund. A cancellation (an operator
 closing the window early) still claws back the refunds already received,
-shielded from the cancellation.
+shielded from the cancellation, wherever it reaches the process (a timer, a
+wait, a ledger call in flight). A ledger call it interrupted may still post:
+the process submits it again with the same key and payload, and the ledger's
+answer (the first outcome) says whether the reward was paid, or how much of a
+refund was taken, before the refunds are settled.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.money import Money
     from schemas.search import AMOUNT_MINOR, CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+    from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
@@ -78,6 +83,11 @@ REFUND_SIGNAL = "refund"
 STATUS_QUERY = "status"
 # ProcessStatus while (and after) a clawback could not be covered in full.
 SHORTFALL_STATUS = "shortfall"
+# A cancellation that interrupts a ledger call (it arrives as an ActivityError
+# caused by CancelledError) settles the refunds and learns the interrupted
+# payment's outcome, as one at a timer or a wait always did; runs recorded
+# before it end "failed" there, with nothing settled.
+CANCELLATION_SETTLES_PATCH = "cashback-cancellation-in-a-ledger-call-settles"
 
 
 def cashback_workflow_id(transaction_id: str) -> str:
@@ -107,6 +117,9 @@ class Cashback:
         self._stage = "starting"
         self._decision = CashbackDecision()
         self._reward_minor = 0
+        # The reward batch while its posting is awaited: a cancellation then
+        # leaves its outcome to learn.
+        self._paying: TransferBatch | None = None
         self._window_closes_at: datetime | None = None
         self._notified = False
         self._pending: list[CashbackRefund] = []
@@ -115,6 +128,9 @@ class Cashback:
         self._refunded_minor = 0
         self._clawed_back_minor = 0
         self._shortfall_minor = 0
+        # Every clawback amount submitted, by key: a clawback a cancellation
+        # interrupted is settled again with the very same payloads.
+        self._clawbacks_submitted: dict[str, int] = {}
 
     # ----- platform: search attributes, cancellation, handlers ----------------
 
@@ -130,14 +146,15 @@ class Cashback:
         )
         try:
             outcome, reason = await self._cashback(request)
-        except asyncio.CancelledError:
+        # Failures and cancellation, but not the SDK's eviction of a cached workflow.
+        except (Exception, asyncio.CancelledError) as error:
+            if not self._cancelled(error):
+                self._set_stage("failed")
+                raise
             # Refunds already received are the customer's money back: their
             # clawback still runs, shielded from the cancellation.
-            await asyncio.shield(asyncio.ensure_future(self._settle_after_cancel()))
+            await shielded(self._settle_after_cancel())
             self._set_stage("cancelled")
-            raise
-        except Exception:
-            self._set_stage("failed")
             raise
         # Every refund signal is handled before the result is final.
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -157,8 +174,17 @@ class Cashback:
             notified=self._notified,
         )
 
+    def _cancelled(self, error: BaseException) -> bool:
+        if isinstance(error, asyncio.CancelledError):
+            return True
+        return is_cancellation(error) and workflow.patched(CANCELLATION_SETTLES_PATCH)
+
     async def _settle_after_cancel(self) -> None:
         try:
+            if self._paying is not None:
+                # The payment was in flight: submitted again, the ledger answers
+                # its first outcome (or posts it now, if it never got there).
+                await self._submit_rewards(self._paying)
             if self._reward_minor:
                 await self._settle_refunds()
         except (Exception, asyncio.CancelledError) as error:
@@ -213,8 +239,7 @@ class Cashback:
         expense = expense_cashback(request.currency)
         await self._ledger(OPEN_ACCOUNTS, [system_account(expense)], result_type=list[Account])
         credit = wallet(request.customer_id, request.currency)
-        outcomes: list[TransferOutcome] = await self._ledger(
-            SUBMIT_BATCH,
+        return await self._submit_rewards(
             TransferBatch(
                 items=[
                     TransferRequest(
@@ -228,9 +253,16 @@ class Cashback:
                     for line in self._decision.rewards
                 ],
                 atomic=True,
-            ),
-            result_type=list[TransferOutcome],
+            )
         )
+
+    async def _submit_rewards(self, batch: TransferBatch) -> str | None:
+        """Submit the reward batch and record the outcome; the rejection, if refused."""
+        self._paying = batch
+        outcomes: list[TransferOutcome] = await self._ledger(
+            SUBMIT_BATCH, batch, result_type=list[TransferOutcome]
+        )
+        self._paying = None
         refused = [outcome for outcome in outcomes if not outcome.accepted]
         if refused:
             first = refused[0]
@@ -238,7 +270,7 @@ class Cashback:
             return f"the ledger refused the reward: {rejection} {first.detail}".strip()
         self._reward_minor = self._decision.total_minor
         self._window_closes_at = workflow.now() + timedelta(
-            seconds=request.policy.clawback_window_seconds
+            seconds=self._input.policy.clawback_window_seconds
         )
         return None
 
@@ -293,11 +325,15 @@ class Cashback:
         debit = wallet(request.customer_id, request.currency)
         credit = expense_cashback(request.currency)
 
-        async def take(key: str, amount: int) -> TransferOutcome:
+        async def take(step: str, amount: int) -> tuple[TransferOutcome, int]:
+            key = step_key(step)
+            # Submitted before (a cancellation interrupted it): the same
+            # payload again, so the ledger answers the first outcome.
+            amount = self._clawbacks_submitted.setdefault(key, amount)
             outcome: TransferOutcome = await self._ledger(
                 TRANSFER,
                 TransferRequest(
-                    key=step_key(key),
+                    key=key,
                     debit=debit,
                     credit=credit,
                     amount_minor=amount,
@@ -305,9 +341,9 @@ class Cashback:
                 ),
                 result_type=TransferOutcome,
             )
-            return outcome
+            return outcome, amount
 
-        outcome = await take(f"clawback/{refund_id}", due)
+        outcome, _ = await take(f"clawback/{refund_id}", due)
         if outcome.accepted:
             return due, ""
         # A card payment may take the wallet between the read and the debit:
@@ -315,11 +351,14 @@ class Cashback:
         for attempt in range(1, request.policy.clawback_attempts_max + 1):
             if outcome.rejection is not Rejection.INSUFFICIENT_FUNDS:
                 break
-            balance: Balance = await self._ledger(GET_BALANCE, debit, result_type=Balance)
-            amount = min(due, balance.available)
-            if amount <= 0:
-                return 0, "the wallet is empty"
-            outcome = await take(f"clawback/{refund_id}/{attempt}", amount)
+            step = f"clawback/{refund_id}/{attempt}"
+            amount = self._clawbacks_submitted.get(step_key(step), 0)
+            if not amount:
+                balance: Balance = await self._ledger(GET_BALANCE, debit, result_type=Balance)
+                amount = min(due, balance.available)
+                if amount <= 0:
+                    return 0, "the wallet is empty"
+            outcome, amount = await take(step, amount)
             if outcome.accepted:
                 return amount, f"the wallet covered {amount} of {due}"
         rejection = outcome.rejection.value if outcome.rejection else "rejected"

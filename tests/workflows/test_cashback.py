@@ -5,9 +5,10 @@ refunds clawed back (never overdrawing a wallet), the customer told; and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ from schemas.money import Currency
 from schemas.search import PROCESS_STATUS
 from starters.cashback import SAMPLE_CAMPAIGNS_FILE, read_campaign_file, refund, start_cashback
 from starters.cli import app
-from tests.conftest import Platform, RunningStack
+from tests.conftest import Platform, RunningStack, StackFactory
+from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
+from workers.build import build_worker
 from workflows.cashback import CASHBACK_WORKFLOW, cashback_workflow_id
 
 PURCHASED_AT = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
@@ -376,21 +379,80 @@ async def test_a_clawback_on_an_empty_wallet_takes_nothing_and_records_it_all(
     await ledger_is_clean(stack)
 
 
+@contextlib.asynccontextmanager
+async def workflows_worker(stack: RunningStack) -> AsyncIterator[None]:
+    """The stack's workflows worker, for a while: outside it, nothing runs the
+    processes' workflow tasks, and what reaches a process waits for the next one."""
+    async with build_worker("workflows", stack.client, stack.queues, pool=stack.pool):
+        yield
+
+
 async def test_a_refund_received_before_a_cancellation_is_still_clawed_back(
+    make_stack: StackFactory,
+) -> None:
+    # The refund and the cancellation reach the process in one workflow task
+    # (its worker was away while both arrived): the refund's clawback starts,
+    # the cancellation interrupts it, and it is settled all the same.
+    async with make_stack(kinds=("ledger", "providers")) as stack:
+        customer_id = await customer(stack, funds=1_000)
+        request = purchase(customer_id)
+        async with workflows_worker(stack):
+            handle = await start(stack, request)
+            await until(handle, lambda s: s.stage == "open for refunds")
+        await refund(
+            stack.client,
+            request.transaction_id,
+            CashbackRefund(refund_id="r-1", amount_minor=5_000),
+        )
+        await handle.cancel()
+        async with workflows_worker(stack):
+            with pytest.raises(WorkflowFailureError) as failure:
+                await handle.result()
+            assert isinstance(failure.value.cause, CancelledError)
+            assert await balance(stack, wallet(customer_id, "USD")) == 1_000
+            assert await balance(stack, expense_cashback("USD")) == 0
+            status = await handle.query("status", result_type=CashbackStatus)
+        assert (status.stage, status.refunded_minor, status.clawed_back_minor) == (
+            "cancelled",
+            5_000,
+            100,
+        )
+        assert await transfers_of(stack, request.transaction_id) == 2
+        await ledger_is_clean(stack)
+
+
+async def test_a_cancellation_during_the_reward_payment_learns_it_posted_and_claws_it_back(
     stack: RunningStack,
 ) -> None:
     customer_id = await customer(stack, funds=1_000)
     request = purchase(customer_id)
-    handle = await start(stack, request)
-    await until(handle, lambda s: s.stage == "open for refunds")
-    await refund(
-        stack.client, request.transaction_id, CashbackRefund(refund_id="r-1", amount_minor=5_000)
-    )
-    await handle.cancel()
+    customer_wallet = wallet(customer_id, "USD")
+    async with balances_locked(stack.database_url, customer_wallet) as lock:
+        handle = await start(stack, request)
+        # The reward's posting waits for the wallet; the purchase is refunded
+        # in full and the process cancelled meanwhile.
+        await until_waiting(stack.pool, lock)
+        await refund(
+            stack.client,
+            request.transaction_id,
+            CashbackRefund(refund_id="r-1", amount_minor=5_000),
+        )
+        await handle.cancel()
+        await until_activity_cancel_requested(handle)
+    # The wallet free again, the interrupted payment posts after all.
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
     assert isinstance(failure.value.cause, CancelledError)
-    assert await balance(stack, wallet(customer_id, "USD")) == 1_000
+    assert await balance(stack, customer_wallet) == 1_000
+    assert await balance(stack, expense_cashback("USD")) == 0
+    status = await handle.query("status", result_type=CashbackStatus)
+    assert (
+        status.stage,
+        status.reward_minor,
+        status.refunded_minor,
+        status.clawed_back_minor,
+        status.shortfall_minor,
+    ) == ("cancelled", 100, 5_000, 100, 0)
     assert await transfers_of(stack, request.transaction_id) == 2
     await ledger_is_clean(stack)
 

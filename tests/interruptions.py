@@ -1,0 +1,70 @@
+"""A process cancelled mid-step, the way it happens: a ledger posting held up
+by another transaction's row locks (as a busy wallet holds it up), the
+workflow cancelled while its activity waits, the posting committing after the
+workflow has moved on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+
+WAIT_SECONDS_MAX = 20.0
+POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class RowLock:
+    """Another transaction holding accounts' balance rows."""
+
+    pid: int
+
+
+@contextlib.asynccontextmanager
+async def balances_locked(database_url: str, *codes: str) -> AsyncIterator[RowLock]:
+    """Hold the balance rows of the accounts `codes` (FOR UPDATE): any posting
+    that touches one of them waits until the block ends (the lock is released)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        async with connection.transaction():
+            locked = await connection.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM ledger_balances b"
+                " JOIN ledger_accounts a ON a.id = b.account_id"
+                " WHERE a.code = ANY($1::text[]) FOR UPDATE OF b) AS rows",
+                list(codes),
+            )
+            assert locked, f"no balance rows to lock for {codes}: open the accounts first"
+            yield RowLock(pid=await connection.fetchval("SELECT pg_backend_pid()"))
+    finally:
+        await connection.close()
+
+
+async def until_waiting(pool: asyncpg.Pool, lock: RowLock, count: int = 1) -> None:
+    """Until `count` database sessions wait for the lock (a posting is held up)."""
+    waiting = 0
+    for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            lock.pid,
+        )
+        if waiting >= count:
+            return
+        await asyncio.sleep(POLL_SECONDS)
+    raise AssertionError(f"{waiting} session(s) waiting for the lock, not {count}")
+
+
+async def until_activity_cancel_requested(handle: WorkflowHandle[Any, Any]) -> None:
+    """Until the workflow has taken in its cancellation where it awaited an
+    activity: it asked the server to cancel that activity."""
+    for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):
+        async for event in handle.fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED:
+                return
+        await asyncio.sleep(POLL_SECONDS)
+    raise AssertionError(f"{handle.id} never asked to cancel an activity")
