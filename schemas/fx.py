@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationInfo,
+    computed_field,
     field_validator,
     model_validator,
 )
@@ -241,9 +242,11 @@ class FxConversionResult(BaseModel):
     rate: WireRate | None = None
     mid_rate: WireRate | None = None
     spread_bps: int | None = None
-    # Out of the sell wallet (sold plus fee) and into the buy wallet.
+    # The sale (the quote's sell amount, without the fee) in the sell
+    # currency, and what it bought, into the buy wallet.
     sold_amount_minor: int = Field(default=0, ge=0)
     bought_amount_minor: int = Field(default=0, ge=0)
+    # In the sell currency, on top of the sale.
     fee_minor: int = Field(default=0, ge=0)
     # In the buy currency: what the spread earned (revenue:fx) and what the
     # roundings left (fx:rounding).
@@ -253,6 +256,15 @@ class FxConversionResult(BaseModel):
     # Whether the completion notice went out; a failed notice never undoes a
     # conversion. The confirm update answers before it is sent (False there).
     notified: bool = False
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def debited_amount_minor(self) -> int:
+        """What the sell wallet lost: the sale plus the fee (one atomic batch).
+
+        Derived, so a result stored before it existed answers it too; sent in
+        the JSON, and ignored when a result is read back."""
+        return self.sold_amount_minor + self.fee_minor
 
     def summary(self) -> str:
         """The reason, starting with the outcome's word ("expired: ...")."""

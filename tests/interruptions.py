@@ -1,7 +1,7 @@
-"""A process cancelled mid-step, the way it happens: a ledger posting held up
-by another transaction's row locks (as a busy wallet holds it up), the
-workflow cancelled while its activity waits, the posting committing after the
-workflow has moved on."""
+"""A process cancelled mid-step, the way it happens: a database call held up
+by another transaction's locks (as a busy wallet or a migration holds it up),
+the workflow cancelled while its activity waits, and the call completing
+(a posting committing) after the workflow has moved on."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
-class RowLock:
-    """Another transaction holding accounts' balance rows."""
+class Lock:
+    """Another database session holding locks until the block ends."""
 
     pid: int
 
 
 @contextlib.asynccontextmanager
-async def balances_locked(database_url: str, *codes: str) -> AsyncIterator[RowLock]:
+async def balances_locked(database_url: str, *codes: str) -> AsyncIterator[Lock]:
     """Hold the balance rows of the accounts `codes` (FOR UPDATE): any posting
     that touches one of them waits until the block ends (the lock is released)."""
     connection = await asyncpg.connect(database_url)
@@ -40,12 +40,24 @@ async def balances_locked(database_url: str, *codes: str) -> AsyncIterator[RowLo
                 list(codes),
             )
             assert locked, f"no balance rows to lock for {codes}: open the accounts first"
-            yield RowLock(pid=await connection.fetchval("SELECT pg_backend_pid()"))
+            yield Lock(pid=await connection.fetchval("SELECT pg_backend_pid()"))
     finally:
         await connection.close()
 
 
-async def until_waiting(pool: asyncpg.Pool, lock: RowLock, count: int = 1) -> None:
+@contextlib.asynccontextmanager
+async def table_locked(database_url: str, table: str) -> AsyncIterator[Lock]:
+    """Hold `table` exclusively: even a read of it waits until the block ends."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        async with connection.transaction():
+            await connection.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield Lock(pid=await connection.fetchval("SELECT pg_backend_pid()"))
+    finally:
+        await connection.close()
+
+
+async def until_waiting(pool: asyncpg.Pool, lock: Lock, count: int = 1) -> None:
     """Until `count` database sessions wait for the lock (a posting is held up)."""
     waiting = 0
     for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):

@@ -10,7 +10,9 @@ quote expires (its expires_at, or the policy's maximum wait, whichever comes
 first). A confirm after that is refused by the validator with the reason; the
 process ends `expired` and stays open `late_confirm_window_seconds` so late
 confirms get that answer. `cancel` ends it `cancelled`. Nothing is posted on
-any of these paths.
+any of these paths, nor when the process is cancelled before the confirm,
+wherever the cancellation reaches it (a wait, or a ledger or rate-source call
+in flight): it ends `cancelled`, never `failed`.
 
 On confirm: ONE atomic batch (`ledger.submit_batch`): the customer's sell
 wallet pays fx:pool:{sell} and the fee to revenue:fees:{sell}; fx:pool:{buy}
@@ -77,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.money import Money
     from schemas.providers import FX
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
@@ -170,7 +173,7 @@ class FxConversion:
         # workflow. Nothing was posted on any path that gets here: the posting
         # itself is shielded (see _post_shielded).
         except (Exception, asyncio.CancelledError) as error:
-            cancelled = isinstance(error, asyncio.CancelledError)
+            cancelled = is_cancellation(error)
             self._failure = "the conversion was cancelled" if cancelled else str(error)
             self._set_stage(FxOutcome.CANCELLED.value if cancelled else STAGE_FAILED)
             raise
@@ -187,12 +190,8 @@ class FxConversion:
 
     async def _post_shielded(self, request: FxConversionInput, quote: FxQuote) -> ConversionLegs:
         """Post the confirmed conversion even if the workflow is cancelled meanwhile."""
-        posting = asyncio.ensure_future(self._post(request, quote))
-        try:
-            return await asyncio.shield(posting)
-        except asyncio.CancelledError:
-            # The customer confirmed a firm quote: finish what was promised.
-            return await posting
+        # The customer confirmed a firm quote: finish what was promised.
+        return await shielded(self._post(request, quote))
 
     # ----- business steps -------------------------------------------------
 

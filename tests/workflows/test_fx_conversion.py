@@ -4,6 +4,7 @@ gateway: exact legs, expiry, cancel, declines, provider faults, refusals."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import uuid
 from datetime import UTC, date, datetime
@@ -13,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import CancelledError
 from typer.testing import CliRunner
 
 from activities.customers import CustomerStore
@@ -35,7 +37,8 @@ from schemas.money import MINOR_UNIT_EXPONENT, Currency
 from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
 from starters import fx
 from tests.conftest import Platform
-from workflows.fx import CONFIRM_UPDATE, fx_workflow_id
+from tests.interruptions import table_locked, until_activity_cancel_requested, until_waiting
+from workflows.fx import CONFIRM_UPDATE, FxConversion, fx_workflow_id
 
 # Mid rates the tests set, so the expected amounts do not depend on the
 # simulator's table; the spread is SPREAD_BPS.
@@ -271,6 +274,27 @@ async def test_a_confirmed_conversion_posts_one_batch_of_exact_legs(platform: Pl
     assert any("92.06 EUR" in body for body in messages_to(platform, f"{customer_id}@example.com"))
 
 
+async def test_the_result_names_the_sale_the_fee_and_what_the_wallet_lost(
+    platform: Platform,
+) -> None:
+    rates(platform)
+    customer_id = await customer(platform, {Currency.USD: 20_000})
+    request = conversion(customer_id, Currency.USD, Currency.EUR, sell_minor=10_004)
+    offer = await quoted(platform, request)
+    result = await fx.confirm(platform.stack.client, request.request_id)
+    sell_wallet = accounts.wallet(customer_id, Currency.USD)
+    debited = 20_000 - (await posted(platform, sell_wallet))[sell_wallet]
+    assert (result.sold_amount_minor, result.fee_minor) == (10_004, 76)
+    assert result.debited_amount_minor == debited == offer.total_debit_minor
+    # The same figures in the JSON the API and the CLI answer.
+    answered = json.loads(result.model_dump_json())
+    assert (
+        answered["sold_amount_minor"],
+        answered["fee_minor"],
+        answered["debited_amount_minor"],
+    ) == (10_004, 76, debited)
+
+
 async def test_a_buy_side_quote_pays_exactly_the_amount_fixed(platform: Platform) -> None:
     rates(platform)
     customer_id = await customer(platform, {Currency.USD: 20_000})
@@ -405,6 +429,29 @@ async def test_cancel_ends_the_conversion_with_nothing_posted(platform: Platform
     assert await fx.cancel(platform.stack.client, request.request_id) == answer
     refused = await refusal(fx.confirm(platform.stack.client, request.request_id))
     assert refused.startswith("cancelled")
+    assert await posted(platform, accounts.wallet(customer_id, Currency.USD)) == {
+        accounts.wallet(customer_id, Currency.USD): 20_000
+    }
+
+
+async def test_a_cancellation_while_a_step_awaits_the_ledger_ends_cancelled_not_failed(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform, {Currency.USD: 20_000})
+    request = conversion(customer_id, Currency.USD, Currency.EUR, sell_minor=5_000)
+    async with table_locked(platform.stack.database_url, "customers") as lock:
+        handle = await fx.start(platform.stack.client, platform.stack.queues, request)
+        # The customer check waits for the database; the process is cancelled there.
+        await until_waiting(platform.stack.pool, lock)
+        await handle.cancel()
+        await until_activity_cancel_requested(handle)
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    status = await handle.query(FxConversion.status)
+    assert (status.stage, status.reason) == ("cancelled", "the conversion was cancelled")
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(PROCESS_STATUS) == "cancelled"
     assert await posted(platform, accounts.wallet(customer_id, Currency.USD)) == {
         accounts.wallet(customer_id, Currency.USD): 20_000
     }
