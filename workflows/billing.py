@@ -14,7 +14,12 @@ A fee the wallet cannot pay in full is waived and flagged (ProcessStatus
 `billed_with_waivers`), never charged in part.
 
 There is nothing to compensate: a fee once charged is owed, and writing the
-statement is retried until it succeeds (it only reads the ledger).
+statement is retried until it succeeds (it only reads the ledger). A
+cancellation ends the process `cancelled` wherever it reaches it (a ledger
+call in flight included); a fee it interrupted may still be charged, so the
+process submits that fee again with its key and payload and records the
+ledger's answer (the first outcome), and its status lists exactly the fees
+charged. The period may then be billed again; its keys answer those fees.
 
 The driver (what the monthly Temporal Schedule starts) pages through the
 customers holding cards issued before the period's end and starts one
@@ -61,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.ledger import Account, TransferOutcome, TransferRequest
     from schemas.money import Currency
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+    from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, step_key
 
@@ -74,6 +80,10 @@ BILLING_CHILD_RUN_TIMEOUT = timedelta(hours=1)
 # A period billed once is never billed again; a run that failed may be run
 # again, and its ledger keys return the fees the failed run already charged.
 BILLING_ID_REUSE_POLICY = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
+# A cancellation that interrupts a fee's posting learns whether it was charged
+# (the fee submitted again with its key); runs recorded before it end there
+# with that fee unrecorded.
+CANCELLED_FEE_PATCH = "billing-cancelled-fee-learned"
 
 
 def billing_workflow_id(customer_id: str, period: str) -> str:
@@ -112,6 +122,9 @@ class Billing:
         self._input = request
         self._stage = "starting"
         self._fees: list[FeeCharge] = []
+        # The fee whose posting is awaited, with its card: a cancellation
+        # leaves its outcome to learn.
+        self._charging: tuple[ActiveCard, TransferRequest] | None = None
         self._statement: StatementSummary | None = None
 
     # ----- platform: search attributes, status, failure ----------------------
@@ -121,11 +134,15 @@ class Billing:
         workflow.upsert_search_attributes([CUSTOMER_ID.value_set(request.customer_id)])
         try:
             result = await self._bill(request)
-        except asyncio.CancelledError:
+        # Failures and cancellation, but not the SDK's eviction of a cached workflow.
+        except (Exception, asyncio.CancelledError) as error:
+            if not is_cancellation(error):
+                self._set_stage("failed")
+                raise
+            if self._charging is not None and workflow.patched(CANCELLED_FEE_PATCH):
+                card, fee = self._charging
+                await shielded(self._charge(request, card, fee))
             self._set_stage("cancelled")
-            raise
-        except Exception:
-            self._set_stage("failed")
             raise
         waived = any(fee.status == "waived" for fee in self._fees)
         self._set_stage(WAIVED_STATUS if waived else BILLED_STATUS)
@@ -226,34 +243,37 @@ class Billing:
                     )
                 )
                 continue
-            key = step_key(fee_step(card.card_id))
-            outcome: TransferOutcome = await on_ledger(
-                request.ledger_task_queue,
-                TRANSFER,
-                TransferRequest(
-                    key=key,
-                    debit=wallet(request.customer_id, card.currency),
-                    credit=revenue_fees(card.currency),
-                    amount_minor=amount,
-                    currency=card.currency,
-                ),
-                result_type=TransferOutcome,
+            fee = TransferRequest(
+                key=step_key(fee_step(card.card_id)),
+                debit=wallet(request.customer_id, card.currency),
+                credit=revenue_fees(card.currency),
+                amount_minor=amount,
+                currency=card.currency,
             )
-            self._fees.append(
-                FeeCharge(
-                    card_id=card.card_id,
-                    currency=card.currency,
-                    amount_minor=amount,
-                    status="charged" if outcome.accepted else "waived",
-                    key=key,
-                    transfer_id=outcome.transfer_id,
-                    reason="" if outcome.accepted else f"{outcome.rejection}: {outcome.detail}",
-                )
+            await self._charge(request, card, fee)
+
+    async def _charge(self, request: BillingInput, card: ActiveCard, fee: TransferRequest) -> None:
+        """Charge one card's fee (or learn, submitting it again, how it went) and record it."""
+        self._charging = (card, fee)
+        outcome: TransferOutcome = await on_ledger(
+            request.ledger_task_queue, TRANSFER, fee, result_type=TransferOutcome
+        )
+        self._charging = None
+        self._fees.append(
+            FeeCharge(
+                card_id=card.card_id,
+                currency=card.currency,
+                amount_minor=fee.amount_minor,
+                status="charged" if outcome.accepted else "waived",
+                key=fee.key,
+                transfer_id=outcome.transfer_id,
+                reason="" if outcome.accepted else f"{outcome.rejection}: {outcome.detail}",
             )
-            charged = sum(f.amount_minor for f in self._fees if f.status == "charged")
-            workflow.upsert_search_attributes(
-                [AMOUNT_MINOR.value_set(charged), CURRENCY.value_set(card.currency.value)]
-            )
+        )
+        charged = sum(f.amount_minor for f in self._fees if f.status == "charged")
+        workflow.upsert_search_attributes(
+            [AMOUNT_MINOR.value_set(charged), CURRENCY.value_set(card.currency.value)]
+        )
 
 
 @workflow.defn(name=BILLING_RUN_WORKFLOW)
@@ -274,11 +294,9 @@ class BillingRun:
         self._period = request.period or previous_period(workflow.now())
         try:
             done = await self._bill_pages(request)
-        except asyncio.CancelledError:
-            self._set_stage("cancelled")
-            raise
-        except Exception:
-            self._set_stage("failed")
+        # Failures and cancellation, but not the SDK's eviction of a cached workflow.
+        except (Exception, asyncio.CancelledError) as error:
+            self._set_stage("cancelled" if is_cancellation(error) else "failed")
             raise
         if not done:
             workflow.continue_as_new(

@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import CancelledError
 from typer.testing import CliRunner
 
 from activities.billing import classify
@@ -31,6 +32,7 @@ from schemas.billing import (
     BillingRunInput,
     BillingRunPolicy,
     BillingRunResult,
+    BillingRunStatus,
     BillingStatus,
     Statement,
     period_bounds,
@@ -42,6 +44,7 @@ from schemas.customers import CustomerProfile
 from schemas.issuer import CardState
 from schemas.ledger import AccountSpec, HistoryEntry, TransferRequest
 from schemas.money import Currency
+from schemas.search import PROCESS_STATUS
 from starters.billing import (
     BILLING_SCHEDULE_ID,
     bill,
@@ -49,12 +52,24 @@ from starters.billing import (
     billing_status,
     demo_statement,
     run_billing,
+    start_billing,
     with_queues,
 )
 from starters.cli import app
 from tests.conftest import RunningStack, api_key_headers
+from tests.interruptions import (
+    balances_locked,
+    table_locked,
+    until_activity_cancel_requested,
+    until_waiting,
+)
 from workers.settings import load_settings
-from workflows.billing import BILLING_RUN_WORKFLOW, BILLING_WORKFLOW, billing_workflow_id
+from workflows.billing import (
+    BILLING_RUN_WORKFLOW,
+    BILLING_WORKFLOW,
+    STATUS_QUERY,
+    billing_workflow_id,
+)
 from workflows.cards import CARD_WORKFLOW, card_workflow_id
 
 FEE_USD = 150
@@ -495,6 +510,73 @@ async def test_more_cards_than_the_limit_fail_the_billing_without_charging_part(
 
     assert "more than 1 cards" in str(refused.value.cause.__cause__ or refused.value.cause)
     assert await posted(stack, wallet(customer_id, Currency.USD)) == 1_000
+
+
+async def test_a_cancellation_during_a_fee_records_it_charged_and_ends_cancelled(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    period = period_of(datetime.now(UTC))
+    customer_id = await customer(stack, usd_minor=1_000)
+    card_id = await card(stack, customer_id, Currency.USD)
+    fees_before = await _fees(stack, Currency.USD)
+    usd_wallet = wallet(customer_id, Currency.USD)
+    async with balances_locked(stack.database_url, usd_wallet) as lock:
+        handle = await start_billing(
+            stack.client, stack.queues, request(customer_id, period, tmp_path)
+        )
+        # The card's fee waits for the wallet; the process is cancelled there.
+        await until_waiting(stack.pool, lock)
+        await handle.cancel()
+        await until_activity_cancel_requested(handle)
+    # The wallet free again, the interrupted fee is charged after all.
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    assert await posted(stack, usd_wallet) == 1_000 - FEE_USD
+    assert await _fees(stack, Currency.USD) == fees_before + FEE_USD
+    status = await billing_status(stack.client, customer_id, period)
+    assert status.stage == "cancelled"
+    assert [(f.card_id, f.status, f.amount_minor) for f in status.fees] == [
+        (card_id, "charged", FEE_USD)
+    ]
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(PROCESS_STATUS) == "cancelled"
+
+    # A cancelled period may be billed again: the same fee, charged once.
+    again = await bill(stack.client, stack.queues, request(customer_id, period, tmp_path))
+    assert [(f.card_id, f.status, f.transfer_id) for f in again.fees] == [
+        (card_id, "charged", status.fees[0].transfer_id)
+    ]
+    assert await posted(stack, usd_wallet) == 1_000 - FEE_USD
+    assert await verify(stack.pool) == []
+
+
+async def test_a_run_cancelled_while_it_reads_a_page_of_customers_ends_cancelled(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    period = previous_period(datetime.now(UTC))
+    async with table_locked(stack.database_url, "cards") as lock:
+        handle = await stack.client.start_workflow(
+            BILLING_RUN_WORKFLOW,
+            with_queues(
+                BillingRunInput(period=period, statements_dir=str(tmp_path / "statements")),
+                stack.queues,
+            ),
+            id=f"billing-run/cancelled-test-{uuid.uuid4().hex[:8]}",
+            task_queue=stack.queues.workflows,
+            result_type=BillingRunResult,
+        )
+        # The page of customers waits for the cards table; the run is cancelled there.
+        await until_waiting(stack.pool, lock)
+        await handle.cancel()
+        await until_activity_cancel_requested(handle)
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    status = await handle.query(STATUS_QUERY, result_type=BillingRunStatus)
+    assert (status.stage, status.started, status.failed) == ("cancelled", 0, [])
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(PROCESS_STATUS) == "cancelled"
 
 
 async def test_the_demo_bills_the_current_month_and_says_where_the_statement_is(
