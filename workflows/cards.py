@@ -32,7 +32,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -76,6 +76,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.ledger import Account, TransferOutcome, TransferRequest
     from schemas.providers import ISSUER
     from schemas.search import CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from workflows.cancellation import is_cancellation
     from workflows.card_money import CardMoney
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.onboarding import wallet_code
@@ -106,6 +107,10 @@ CARD_SEARCH_ATTRIBUTES_PATCH = "card-search-attributes-v2"
 # its own issuing process until activated (a card reissued before it had its
 # entity started in the issuer's pending state, never recorded nor activated).
 CARD_REPLACEMENT_PATCH = "card-replacement-recorded"
+# An issuing cancelled while its fee posts (the activity runs on and may
+# charge it) refunds the fee if the ledger says it was charged, learnt by
+# submitting the fee again with its key; runs recorded before it kept the fee.
+CARD_ISSUE_INTERRUPTED_FEE_PATCH = "card-issue-interrupted-fee-refunded"
 # The card's ProcessStatus: its state (open, paused, closed), or one of these.
 STATUS_EXCEPTION = "exception"
 STATUS_REPLACED = "replaced"
@@ -224,10 +229,10 @@ class CardIssue:
             return await self._issue(request)
         # Failures and cancellation, but not the SDK's eviction of a cached
         # workflow, which must never run compensations.
-        except (Exception, asyncio.CancelledError):
+        except (Exception, asyncio.CancelledError) as error:
             self._set_stage("compensating")
             await asyncio.shield(asyncio.ensure_future(self._compensate()))
-            self._set_stage("failed")
+            self._set_stage("cancelled" if is_cancellation(error) else "failed")
             await asyncio.shield(
                 asyncio.ensure_future(
                     self._notify(
@@ -363,17 +368,20 @@ class CardIssue:
             result_type=Account,
         )
         wallet = wallet_code(request.customer_id, request.currency.value)
-        charged = await self._ledger(
-            TRANSFER,
-            TransferRequest(
-                key=step_key("fee"),
-                debit=wallet,
-                credit=revenue,
-                amount_minor=fee,
-                currency=request.currency,
-            ),
-            result_type=TransferOutcome,
+        charge = TransferRequest(
+            key=step_key("fee"),
+            debit=wallet,
+            credit=revenue,
+            amount_minor=fee,
+            currency=request.currency,
         )
+        try:
+            charged = await self._ledger(TRANSFER, charge, result_type=TransferOutcome)
+        except ActivityError as error:
+            if is_cancellation(error) and workflow.patched(CARD_ISSUE_INTERRUPTED_FEE_PATCH):
+                # The fee may post all the same: undone if the ledger says so.
+                self._compensations.append(lambda: self._refund_if_charged(charge))
+            raise
         if not charged.accepted:
             raise ApplicationError(
                 f"the issuance fee of {fee} could not be charged: {charged.detail}",
@@ -381,20 +389,28 @@ class CardIssue:
                 non_retryable=True,
             )
 
-        async def refund() -> None:
-            await self._ledger(
-                TRANSFER,
-                TransferRequest(
-                    key=step_key("fee-refund"),
-                    debit=revenue,
-                    credit=wallet,
-                    amount_minor=fee,
-                    currency=request.currency,
-                ),
-                result_type=TransferOutcome,
-            )
+        self._compensations.append(lambda: self._refund_fee(charge))
 
-        self._compensations.append(refund)
+    async def _refund_fee(self, charge: TransferRequest) -> None:
+        await self._ledger(
+            TRANSFER,
+            TransferRequest(
+                key=step_key("fee-refund"),
+                debit=charge.credit,
+                credit=charge.debit,
+                amount_minor=charge.amount_minor,
+                currency=charge.currency,
+            ),
+            result_type=TransferOutcome,
+        )
+
+    async def _refund_if_charged(self, charge: TransferRequest) -> None:
+        """Compensation of a fee whose posting was interrupted: submitted again
+        with its key, the ledger answers the first outcome (or charges it now, if
+        the first never got there); refunded if charged."""
+        charged: TransferOutcome = await self._ledger(TRANSFER, charge, result_type=TransferOutcome)
+        if charged.accepted:
+            await self._refund_fee(charge)
 
     async def _deliver(self, request: CardIssueInput) -> None:
         self._set_stage("shipping")

@@ -10,9 +10,11 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import CancelledError
 
 from activities.customers import CustomerStore
 from activities.ledger import Ledger
+from activities.ledger.verify import verify
 from activities.providers.issuer import IssuerClient
 from schemas.accounts import system_account
 from schemas.billing import BillingInput, BillingPolicy, period_of
@@ -33,6 +35,7 @@ from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from starters.billing import bill
 from tests.conftest import Platform
+from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
 from workflows.cards import (
     ACTIVATE_UPDATE,
     CARD_ISSUE_WORKFLOW,
@@ -216,6 +219,32 @@ async def test_a_card_that_cannot_be_created_refunds_the_fee(platform: Platform)
     with pytest.raises(WorkflowFailureError):
         await handle.result()
     assert await wallet_balance(platform, customer_id) == 10_000
+
+
+async def test_a_cancellation_while_the_fee_is_charged_refunds_it_once_it_posts(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    fees = fee_account("USD")
+    await Ledger(platform.stack.pool).open_account(system_account(fees))
+    fees_before = (await Ledger(platform.stack.pool).balance(fees)).posted
+    async with balances_locked(
+        platform.stack.database_url, wallet_code(customer_id, "USD")
+    ) as lock:
+        handle = await issue(platform, customer_id, "virtual")
+        # The fee's posting waits for the wallet; the issuing is cancelled there.
+        await until_waiting(platform.stack.pool, lock)
+        await handle.cancel()
+        await until_activity_cancel_requested(handle)
+    # The wallet free again, the interrupted fee is charged after all.
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    assert await wallet_balance(platform, customer_id) == 10_000
+    assert (await Ledger(platform.stack.pool).balance(fees)).posted == fees_before
+    status = await handle.query("status", result_type=CardIssueStatus)
+    assert status.stage == "cancelled"
+    assert await verify(platform.stack.pool) == []
 
 
 async def test_a_second_card_to_a_new_address_reuses_the_cardholder_and_ships_there(
