@@ -7,7 +7,10 @@ RED with RETRY asks the customer to resubmit (signal `resubmit_documents`)
 and checks again, up to the policy's attempts. RED with FINAL rejects. On
 hold waits for an operator's `review` update. A wait that outlives its
 policy expires the onboarding. Rejection and expiry close the wallets; a
-failure after they were opened closes them too (compensation).
+failure after they were opened closes them too (compensation), and so does a
+cancellation, which ends the onboarding `cancelled`. A wallet whose opening
+the cancellation interrupted may open all the same: it is opened again with
+the same spec (a no-op if it opened) and closed with the others.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -51,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.providers import KYC
     from schemas.search import CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from workflows.cancellation import is_cancellation
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
@@ -58,6 +63,9 @@ ONBOARDING_WORKFLOW = "Onboarding"
 KYC_RESULT_SIGNAL = "kyc_result"
 RESUBMIT_SIGNAL = "resubmit_documents"
 REVIEW_UPDATE = "review"
+# A wallet whose opening a cancellation interrupted is closed too (opened
+# again first, to know it exists); runs recorded before it left it open.
+INTERRUPTED_WALLET_PATCH = "onboarding-interrupted-wallet-closed"
 CUSTOMERS_RETRY_POLICY = RetryPolicy(
     maximum_interval=timedelta(seconds=10), non_retryable_error_types=["CustomerNotFound"]
 )
@@ -99,6 +107,8 @@ class Onboarding:
         self._applicant_id: str | None = None
         self._attempts = 0
         self._wallets: list[str] = []
+        # The wallet whose opening a cancellation interrupted, if one did.
+        self._opening: AccountSpec | None = None
         self._current_check: str | None = None
         self._results: dict[str, KycResult] = {}
         self._review: KycReview | None = None
@@ -122,11 +132,11 @@ class Onboarding:
             outcome, reason = finished.outcome, finished.reason
         # Failures and cancellation, but not the SDK's eviction of a cached
         # workflow, which must never run compensations.
-        except (Exception, asyncio.CancelledError):
+        except (Exception, asyncio.CancelledError) as error:
             # A step failed for good (or the workflow was cancelled): close what
             # was opened, shielded so a cancellation cannot stop the cleanup.
             await asyncio.shield(asyncio.ensure_future(self._close_wallets()))
-            self._set_stage("failed")
+            self._set_stage("cancelled" if is_cancellation(error) else "failed")
             raise
         if outcome != "approved":
             await self._close_wallets()
@@ -152,18 +162,19 @@ class Onboarding:
         await self._execute_customers(SAVE_PROFILE, profile)
         for currency in policy.wallet_currencies:
             code = wallet_code(profile.customer_id, currency.value)
-            await on_ledger(
-                request.ledger_task_queue,
-                OPEN_ACCOUNT,
-                AccountSpec(
-                    code=code,
-                    currency=currency,
-                    kind="wallet",
-                    owner_id=profile.customer_id,
-                    debits_must_not_exceed_credits=True,
-                ),
-                result_type=Account,
+            spec = AccountSpec(
+                code=code,
+                currency=currency,
+                kind="wallet",
+                owner_id=profile.customer_id,
+                debits_must_not_exceed_credits=True,
             )
+            try:
+                await on_ledger(request.ledger_task_queue, OPEN_ACCOUNT, spec, result_type=Account)
+            except ActivityError as error:
+                if is_cancellation(error) and workflow.patched(INTERRUPTED_WALLET_PATCH):
+                    self._opening = spec
+                raise
             self._wallets.append(code)
 
         self._set_stage("creating the KYC applicant")
@@ -327,6 +338,14 @@ class Onboarding:
 
     async def _close_wallets(self) -> None:
         assert self._input is not None
+        if self._opening is not None:
+            # Opened again with the same spec: a no-op if the interrupted opening
+            # went through, so the wallet surely exists, and is closed below.
+            await on_ledger(
+                self._input.ledger_task_queue, OPEN_ACCOUNT, self._opening, result_type=Account
+            )
+            self._wallets.append(self._opening.code)
+            self._opening = None
         for code in reversed(self._wallets):
             await on_ledger(self._input.ledger_task_queue, CLOSE_ACCOUNT, code)
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError
 
 from activities.ledger import Ledger
@@ -26,6 +27,7 @@ from schemas.onboarding import (
     Resubmission,
 )
 from tests.conftest import Platform
+from tests.interruptions import table_locked, until_activity_cancel_requested, until_waiting
 from workflows.onboarding import (
     ONBOARDING_WORKFLOW,
     RESUBMIT_SIGNAL,
@@ -245,6 +247,26 @@ async def test_a_provider_refusal_after_the_wallets_opened_closes_them(
     with pytest.raises(WorkflowFailureError):
         await handle.result()
     assert await wallet_statuses(platform, customer_id) == {"closed"}
+
+
+async def test_a_cancellation_while_a_wallet_opens_closes_it_once_it_opened(
+    platform: Platform,
+) -> None:
+    customer_id = f"c-{uuid.uuid4().hex[:10]}"
+    async with table_locked(platform.stack.database_url, "ledger_accounts") as lock:
+        handle = await start(platform, customer_id=customer_id)
+        # The first wallet's opening waits for the ledger; onboarding is cancelled there.
+        await until_waiting(platform.stack.pool, lock)
+        await handle.cancel()
+        await until_activity_cancel_requested(handle)
+    # The ledger free again, the interrupted opening opens the wallet after all.
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    ledger = Ledger(platform.stack.pool)
+    assert (await ledger.get_account(wallet_code(customer_id, "USD"))).status == "closed"
+    status: OnboardingStatus = await handle.query("status", result_type=OnboardingStatus)
+    assert status.stage == "cancelled"
 
 
 async def test_the_api_starts_once_per_key_and_takes_the_operator_review(
