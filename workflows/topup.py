@@ -23,7 +23,11 @@ time ends it uncredited. Saga: the usage reservation and the credit register
 their undo as they succeed; a step after them that fails for good reverses
 the credit and fee with reversing transfers (keys derived from this
 workflow's) and releases the usage; if the wallet no longer holds the money,
-the result and status say so for an operator.
+the result and status say so for an operator. A cancellation does the same
+and ends the top-up `cancelled`, wherever it reaches it. A step it
+interrupted (the reservation, the credit, a debt collection: the activity
+runs on and may commit) is first submitted again with its key and payload,
+and its undo registered if the answer says it took effect.
 
 The workflow id, the REJECT_DUPLICATE id-reuse policy of every start and the
 ledger keys from step_key make sure one external reference credits once.
@@ -38,13 +42,14 @@ query follow every step.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -85,6 +90,7 @@ with workflow.unsafe.imports_passed_through():
         describe,
     )
     from schemas.tron import Deposit
+    from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
@@ -102,6 +108,10 @@ STAGE_CREDITED = "credited"
 STATUS_PROCESSING = "processing"
 # Top-ups started before debt collection existed replay without it.
 TOPUP_DEBT_COLLECTION_PATCH = "topup-collects-debt"
+# A cancellation that interrupts a step which may still take effect (the
+# usage reservation, the credit, a debt collection) submits it again to learn
+# so, and registers its undo before compensating; older runs did not.
+TOPUP_INTERRUPTED_STEP_PATCH = "topup-interrupted-step-learned"
 
 
 def topup_workflow_id(source: TopupSource | str, external_ref: str) -> str:
@@ -177,6 +187,9 @@ class Topup:
         self._compensation = ""
         self._outcome: TopupOutcome | None = None
         self._compensations: list[Callable[[], Awaitable[None]]] = []
+        # The step whose activity is awaited, run again to learn its outcome
+        # (and register its undo) when a cancellation interrupts it.
+        self._interrupted: Callable[[], Awaitable[None]] | None = None
         self._search_pending: dict[str, SearchAttributeUpdate[Any]] = {}
         # What the start already set (a starter passes what it knows).
         self._search_flushed: dict[str, Any] = {
@@ -198,12 +211,16 @@ class Topup:
         # Failures and cancellation, but not the SDK's eviction of a cached
         # workflow, which must never run compensations.
         except (Exception, asyncio.CancelledError) as error:
+            cancelled = is_cancellation(error)
+            if (
+                cancelled
+                and self._interrupted is not None
+                and workflow.patched(TOPUP_INTERRUPTED_STEP_PATCH)
+            ):
+                await shielded(self._learn(self._interrupted))
             credited = bool(self._credit)
             self._set_stage("compensating")
             await asyncio.shield(asyncio.ensure_future(self._compensate()))
-            cancelled = isinstance(error, asyncio.CancelledError) or (
-                isinstance(error, ActivityError) and isinstance(error.cause, CancelledError)
-            )
             if cancelled or not credited:
                 # Nothing reached the wallet (or it was cancelled): the
                 # failure itself is the outcome an operator sees.
@@ -223,6 +240,24 @@ class Topup:
         for undo in reversed(self._compensations):
             await undo()
         self._compensations.clear()
+
+    async def _learn(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run an interrupted step again: the ledger (or the usage table) answers
+        its first outcome, and the step registers its undo if it took effect."""
+        self._interrupted = None
+        try:
+            await step()
+        except ActivityError as error:
+            workflow.logger.error("an interrupted step's outcome is unknown: %s", error)
+        except ApplicationError:
+            pass  # refused: it took no effect, nothing to undo
+
+    async def _interruptible(self, step: Callable[[], Awaitable[Any]]) -> Any:
+        """Await `step`; a cancellation while it runs leaves it to run again (_learn)."""
+        self._interrupted = step
+        result = await step()
+        self._interrupted = None
+        return result
 
     # ----- business steps -------------------------------------------------
 
@@ -266,7 +301,9 @@ class Topup:
             )
         ]
         items += self._fee_leg(wallet, fees, fee, currency)
-        await self._post_credit(items, transfer.amount_minor, fee, currency)
+        await self._interruptible(
+            lambda: self._post_credit(items, transfer.amount_minor, fee, currency)
+        )
         await self._collect_debt(customer_id, currency)
         await self._after_credit(customer_id, currency)
 
@@ -311,7 +348,9 @@ class Topup:
         legs = conversion_legs(step_key("credit"), quote, debit=custody, credit=wallet)
         fee = policy.fee_minor("usdt", quote.buy_amount_minor, currency)
         items = [*legs.transfers, *self._fee_leg(wallet, fees, fee, currency)]
-        await self._post_credit(items, quote.buy_amount_minor, fee, currency)
+        await self._interruptible(
+            lambda: self._post_credit(items, quote.buy_amount_minor, fee, currency)
+        )
         await self._collect_debt(customer_id, currency)
         await self._after_credit(customer_id, currency)
 
@@ -357,7 +396,9 @@ class Topup:
         elif amount > limits.max_minor:
             over = f"{money} is above the maximum of {describe(limits.max_minor, currency)}"
         else:
-            decision = await self._reserve(customer_id, amount, currency, limits.daily_max_minor)
+            decision = await self._interruptible(
+                lambda: self._reserve(customer_id, amount, currency, limits.daily_max_minor)
+            )
             if not decision.reserved:
                 over = (
                     f"{money} would take today's top-ups to "
@@ -367,7 +408,9 @@ class Topup:
         if over is not None:
             await self._await_review("limit", over)
             daily_max = limits.daily_max_minor if limits else 0
-            await self._reserve(customer_id, amount, currency, daily_max, force=True)
+            await self._interruptible(
+                lambda: self._reserve(customer_id, amount, currency, daily_max, force=True)
+            )
 
     async def _reserve(
         self,
@@ -509,21 +552,27 @@ class Topup:
                 amount_minor=amount,
                 currency=currency,
             )
-            outcomes: list[TransferOutcome] = await self._ledger(
-                SUBMIT_BATCH, TransferBatch(items=[collection]), result_type=list[TransferOutcome]
-            )
-            if outcomes[0].accepted:
-                self._debt_collection = [collection]
-                self._debt_collected_minor = amount
-                self._compensations.append(self._reverse_debt_collection)
-                workflow.set_current_details(self._details())
+            if await self._interruptible(functools.partial(self._collect, collection)):
                 return
             # Another top-up collected first, or the wallet was spent: read again.
-            workflow.logger.info("debt collection attempt %d refused: %s", attempt, outcomes[0])
             owed: Balance = await self._ledger(GET_BALANCE, debt, result_type=Balance)
             outstanding = owed.debits_posted - owed.credits_posted - owed.credits_pending
         # The credit stands either way; what was not collected stays outstanding.
         workflow.logger.warning("the debt on %s was not collected", debt)
+
+    async def _collect(self, collection: TransferRequest) -> bool:
+        """Post one debt collection; True (its undo registered) if the ledger took it."""
+        outcomes: list[TransferOutcome] = await self._ledger(
+            SUBMIT_BATCH, TransferBatch(items=[collection]), result_type=list[TransferOutcome]
+        )
+        if not outcomes[0].accepted:
+            workflow.logger.info("debt collection %s refused: %s", collection.key, outcomes[0])
+            return False
+        self._debt_collection = [collection]
+        self._debt_collected_minor = collection.amount_minor
+        self._compensations.append(self._reverse_debt_collection)
+        workflow.set_current_details(self._details())
+        return True
 
     async def _after_credit(self, customer_id: str, currency: Currency) -> None:
         """Record the usage as credited and send the receipt, side by side."""

@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.customers import CustomerStore
@@ -37,6 +38,7 @@ from schemas.topup import (
 from schemas.tron import Deposit
 from starters import topup as starter
 from tests.conftest import Platform
+from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
 from workflows.topup import REVIEW_UPDATE, STAGE_CONFIRMATIONS, STAGE_REVIEW, topup_workflow_id
 
 FINALITY = 3
@@ -352,6 +354,38 @@ async def test_a_receipt_that_cannot_be_sent_reverses_the_credit(platform: Platf
         assert await posted(platform, code) == 0, code
     usage = await platform.stack.pool.fetchval(
         "SELECT status FROM topup_usage WHERE topup_id = $1", result.workflow_id
+    )
+    assert usage == "released"
+    await assert_ledger_clean(platform)
+
+
+async def test_a_cancellation_while_the_credit_posts_reverses_it_once_it_posted(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    async with balances_locked(
+        platform.stack.database_url, accounts.wallet(customer_id, "USD")
+    ) as lock:
+        transfer = await bank_transfer(platform, customer_id, 10_000)
+        # The credit waits for the wallet; the top-up is cancelled there.
+        await until_waiting(platform.stack.pool, lock)
+        handle = handle_of(platform, "bank", transfer.id)
+        await handle.cancel()
+        await until_activity_cancel_requested(handle)
+    # The wallet free again, the interrupted credit posts after all.
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    for code in (
+        accounts.wallet(customer_id, "USD"),
+        accounts.bank_inbound("USD"),
+        accounts.revenue_fees("USD"),
+    ):
+        assert await posted(platform, code) == 0, code
+    status = await handle.query("status", result_type=TopupStatus)
+    assert status.stage == "cancelled"
+    usage = await platform.stack.pool.fetchval(
+        "SELECT status FROM topup_usage WHERE topup_id = $1", handle.id
     )
     assert usage == "released"
     await assert_ledger_clean(platform)
