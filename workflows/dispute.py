@@ -89,6 +89,7 @@ with workflow.unsafe.imports_passed_through():
         PROCESS_STATUS,
         PROVIDER,
     )
+    from workflows.cancellation import is_cancellation
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
 
@@ -182,10 +183,10 @@ class DisputeWorkflow:
         )
         try:
             outcome, reason = await self._dispute(request)
-        except (Exception, asyncio.CancelledError):
+        except (Exception, asyncio.CancelledError) as error:
             await asyncio.shield(asyncio.ensure_future(self._compensate()))
             self._final = True
-            self._set_stage("failed")
+            self._set_stage("cancelled" if is_cancellation(error) else "failed")
             raise
         self._final = True
         # Every update and signal is handled before the result is final.

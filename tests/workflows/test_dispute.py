@@ -434,6 +434,10 @@ async def test_a_cancelled_dispute_reverses_its_credit_and_withdraws_at_the_issu
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
         await handle.result()
+    status = await handle.query("status", result_type=DisputeStatusView)
+    assert status.stage == "cancelled"
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(PROCESS_STATUS) == "cancelled"
     assert (await wallet(platform, customer_id)).posted == 9_000
     assert (await issuer_dispute(platform, dispute_id)).status == DisputeStatus.WITHDRAWN
     assert await provisional_balance(platform) == 0
