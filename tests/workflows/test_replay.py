@@ -19,6 +19,11 @@ from starters.histories import RECORDING_KEYS_FILENAME, record
 from workers.build import ALL_WORKFLOWS, WORKFLOW_SANDBOX_RESTRICTIONS
 from workers.converter import build_data_converter
 from workers.settings import parse_encryption_keys
+from workflows.billing import CANCELLED_FEE_PATCH
+from workflows.cards import CARD_ISSUE_INTERRUPTED_FEE_PATCH
+from workflows.cashback import CANCELLATION_SETTLES_PATCH
+from workflows.onboarding import INTERRUPTED_WALLET_PATCH
+from workflows.topup import TOPUP_INTERRUPTED_STEP_PATCH
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
@@ -105,6 +110,41 @@ async def test_a_card_from_before_durable_keys_replays_only_thanks_to_the_patch(
 
     def forced(patch_id: str) -> bool:
         return patch_id == CARD_MONEY_PATCH or patched(patch_id)
+
+    monkeypatch.setattr(workflow, "patched", forced)
+    unguarded = await replayer(keys_file).replay_workflow(history, raise_on_replay_failure=False)
+    assert unguarded.replay_failure is not None
+    assert "Nondeterminism" in str(unguarded.replay_failure)
+
+
+# Processes cancelled while an activity was in flight, recorded before each
+# learnt the interrupted step's outcome (and settled or undid it) on a cancel.
+CANCELLED_MID_STEP = {
+    "unpatched-cashback-cancelled-mid-clawback": CANCELLATION_SETTLES_PATCH,
+    "unpatched-cashback-cancelled-mid-payment": CANCELLATION_SETTLES_PATCH,
+    "unpatched-billing-cancelled-mid-fee": CANCELLED_FEE_PATCH,
+    "unpatched-card-issue-cancelled-mid-fee": CARD_ISSUE_INTERRUPTED_FEE_PATCH,
+    "unpatched-onboarding-cancelled-mid-wallet": INTERRUPTED_WALLET_PATCH,
+    "unpatched-topup-cancelled-mid-credit": TOPUP_INTERRUPTED_STEP_PATCH,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CANCELLED_MID_STEP), ids=str)
+async def test_a_process_cancelled_mid_step_before_the_patch_replays_only_thanks_to_it(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Runs recorded before a cancellation learnt the interrupted step's outcome
+    replay on the old path; with the guard forced open they would not."""
+    from temporalio import workflow
+
+    history = load(HISTORIES / f"{name}.json")
+    keys_file = HISTORIES / RECORDING_KEYS_FILENAME
+    guarded = await replayer(keys_file).replay_workflow(history, raise_on_replay_failure=False)
+    assert guarded.replay_failure is None
+    patched = workflow.patched
+
+    def forced(patch_id: str) -> bool:
+        return patch_id == CANCELLED_MID_STEP[name] or patched(patch_id)
 
     monkeypatch.setattr(workflow, "patched", forced)
     unguarded = await replayer(keys_file).replay_workflow(history, raise_on_replay_failure=False)
