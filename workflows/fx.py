@@ -27,8 +27,9 @@ the last step that can change money; the quote needs no undo (it lapses at
 the rate source). Once confirmed, the posting is shielded from cancellation:
 the customer was promised the conversion, so a cancellation that arrives
 during it is recorded and the conversion completes. The completion notice
-after it is best-effort: a failure (or no answer within the policy) is
-recorded as `notified=False`, never undoing the conversion.
+after it is best-effort: a failure (or no answer within the policy, or a
+cancellation arriving while it is sent) is recorded as `notified=False`,
+never undoing the conversion, which ends `converted`.
 
 Duplicate confirms are idempotent: every confirm accepted before the outcome
 (or after a conversion) answers the same result, and the batch is keyed by
@@ -101,6 +102,9 @@ STAGE_AWAITING = "awaiting confirmation"
 STAGE_CONVERTING = "converting"
 STAGE_NOTIFYING = "notifying"
 STAGE_FAILED = "failed"
+# A cancellation while the completion notice is sent stops that wait only and
+# the conversion ends converted; runs recorded before it ended cancelled there.
+NOTICE_CANCELLATION_PATCH = "fx-cancellation-after-posting-keeps-converted"
 
 
 def fx_workflow_id(request_id: str) -> str:
@@ -422,7 +426,14 @@ class FxConversion:
                 ),
             )
         )
-        if not await wait_for(sending.done, request.policy.notification_wait_seconds):
+        try:
+            sent = await wait_for(sending.done, request.policy.notification_wait_seconds)
+        except asyncio.CancelledError:
+            if not workflow.patched(NOTICE_CANCELLATION_PATCH):
+                raise
+            # The money moved: a cancellation now only ends the wait for the notice.
+            sent = False
+        if not sent:
             sending.cancel()
         try:
             await sending

@@ -595,6 +595,34 @@ async def test_a_failed_notification_never_undoes_the_conversion(platform: Platf
     }
 
 
+async def test_a_cancellation_while_the_notice_is_sent_leaves_the_conversion_converted(
+    platform: Platform,
+) -> None:
+    rates(platform)
+    customer_id = await customer(platform, {Currency.USD: 20_000})
+    # The notice keeps failing and the process would wait long for it.
+    platform.sim.fault(kind="error", status=503, path_prefix="/notify", times=10_000)
+    patient = POLICY.model_copy(update={"notification_wait_seconds": 600})
+    request = conversion(customer_id, Currency.USD, Currency.EUR, sell_minor=10_004, policy=patient)
+    await quoted(platform, request)
+    confirmed = await fx.confirm(platform.stack.client, request.request_id)
+    handle = handle_of(platform, request.request_id)
+    for _ in range(400):
+        if (await handle.query(FxConversion.status)).stage == "notifying":
+            break
+        await asyncio.sleep(0.05)
+    await handle.cancel()
+    # The money moved: the cancellation only stops the wait for the notice.
+    result = await handle.result()
+    assert result.outcome is FxOutcome.CONVERTED and not result.notified
+    assert result == confirmed
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(PROCESS_STATUS) == "converted"
+    assert await posted(platform, accounts.wallet(customer_id, Currency.EUR)) == {
+        accounts.wallet(customer_id, Currency.EUR): 9_206
+    }
+
+
 async def test_the_api_quotes_once_per_key_confirms_and_reports_status(
     platform: Platform,
 ) -> None:

@@ -22,6 +22,7 @@ from workers.settings import parse_encryption_keys
 from workflows.billing import CANCELLED_FEE_PATCH
 from workflows.cards import CARD_ISSUE_INTERRUPTED_FEE_PATCH
 from workflows.cashback import CANCELLATION_SETTLES_PATCH
+from workflows.fx import NOTICE_CANCELLATION_PATCH
 from workflows.onboarding import INTERRUPTED_WALLET_PATCH
 from workflows.topup import TOPUP_INTERRUPTED_STEP_PATCH
 
@@ -126,6 +127,7 @@ CANCELLED_MID_STEP = {
     "unpatched-card-issue-cancelled-mid-fee": CARD_ISSUE_INTERRUPTED_FEE_PATCH,
     "unpatched-onboarding-cancelled-mid-wallet": INTERRUPTED_WALLET_PATCH,
     "unpatched-topup-cancelled-mid-credit": TOPUP_INTERRUPTED_STEP_PATCH,
+    "unpatched-fx-cancelled-mid-notice": NOTICE_CANCELLATION_PATCH,
 }
 
 
