@@ -101,6 +101,7 @@ with workflow.unsafe.imports_passed_through():
         TransferOutcome,
         TransferRequest,
     )
+    from workflows.cancellation import is_cancellation
     from workflows.cashback import (
         CASHBACK_WORKFLOW,
         REFUND_SIGNAL,
@@ -356,8 +357,8 @@ class CardMoney:
             try:
                 await self._open_accounts()
                 held = await self._hold(key, request.amount_minor, record.expires_at)
-            except LEDGER_REFUSALS:
-                if not self.durable:
+            except LEDGER_REFUSALS as error:
+                if not self.durable or is_cancellation(error):
                     raise
                 # Refused outright (no answer was given): give back what this
                 # ask counted, and leave no empty record for a later ask to wait on.
@@ -491,6 +492,8 @@ class CardMoney:
                 try:
                     await self._apply_once(event)
                 except LEDGER_REFUSALS as error:
+                    if is_cancellation(error):
+                        raise  # the card's cancellation, not the ledger's word
                     # A ledger refusal that no retry can change (a key used
                     # with another payload): never the end of the card.
                     self._conflict(event, error)
@@ -834,7 +837,7 @@ class CardMoney:
                 try:
                     await self._release(record, record.held_minor, None, "expired")
                 except LEDGER_REFUSALS as error:
-                    if not self.durable:
+                    if not self.durable or is_cancellation(error):
                         raise
                     # Never the end of the card, and never a timer firing
                     # again at once: the ledger's own expiry (the hold's

@@ -16,7 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 
 from activities.ledger import Ledger
 from activities.ledger.activities import HOLD
@@ -37,6 +42,7 @@ from schemas.issuer import AuthorizationStatus, CardState, DecidedBy
 from schemas.ledger import TransferRequest
 from schemas.money import Currency
 from tests.conftest import Platform
+from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
 from tests.workflows.test_authorizations import (
     SHOP,
     authorize,
@@ -468,3 +474,36 @@ async def test_a_ledger_conflict_on_a_hold_for_the_issuer_never_fails_the_card(
     await eventually(flagged, "a ledger_conflict exception for an operator")
     assert await running(handle)
     assert (await authorize(platform, card_id, 300)).status.value == "pending"
+
+
+async def test_a_card_cancelled_while_it_posts_is_cancelled_not_a_ledger_conflict(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    await authorize(platform, card_id, 100)  # the card's accounts are open
+    async with issuer(platform) as client:
+        refund = await client.get_transaction(
+            (
+                await client.simulate_refund(
+                    card_id=card_id,
+                    amount_minor=400,
+                    currency=Currency.USD,
+                    merchant=SHOP,
+                    idempotency_key="r",
+                )
+            ).id
+        )
+    await wallet_becomes(platform, customer_id, posted=10_400, pending=100)
+    wallet_code = accounts.wallet(customer_id, "USD")
+    async with balances_locked(platform.stack.database_url, wallet_code) as lock:
+        again = refund.model_copy(update={"id": f"{refund.id}-b"})
+        await handle.signal(
+            NETWORK_EVENT_SIGNAL,
+            CardNetworkEvent(event_id="b", type="transaction.refunded", transaction=again),
+        )
+        await until_waiting(platform.stack.pool, lock)
+        await handle.cancel()
+        await until_activity_cancel_requested(handle)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
