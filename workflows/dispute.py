@@ -28,6 +28,10 @@ Steps:
      (`customer:{id}:debt:{CCY}`); a wallet never goes below zero.
    Undecided after `decision_wait_seconds_max`, the process ends "undecided"
    for an operator, with any provisional credit left in place.
+   The network may decide while a call of ours is on its way (new evidence,
+   pre-arbitration, a withdrawal): the issuer refuses the call (409) because
+   the dispute is decided, and that decision, read from the issuer, is the
+   outcome, as if its webhook had arrived first: never a failure.
 
 Compensations (failure or cancellation before a decision, shielded): the
 provisional credit is reversed, and the dispute withdrawn at the issuer.
@@ -44,7 +48,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.disputes import (
@@ -107,6 +111,13 @@ SUBMITTED = "submitted"
 REPRESENTMENT = "representment"
 PRE_ARBITRATION = "pre-arbitration"
 
+# A dispute started before this patch replays as it ran: an evidence call the
+# issuer refused failed the process. Since, a refusal because the network has
+# decided meanwhile is read as that decision.
+DISPUTE_DECIDED_ON_THE_WAY_PATCH = "dispute-decided-while-evidence-sent"
+# The issuer's answer when the dispute's state refuses a call (e.g. it is decided).
+PROVIDER_CONFLICT = "ProviderConflict"
+
 # How far along the issuer's dispute is; an event never moves it backwards.
 _RANK: dict[DisputeStatus, int] = {
     DisputeStatus.OPEN: 0,
@@ -122,6 +133,12 @@ _STAGE_OF: dict[DisputeStatus, str] = {
     DisputeStatus.REPRESENTMENT: REPRESENTMENT,
     DisputeStatus.PRE_ARBITRATION: PRE_ARBITRATION,
 }
+
+
+def _refused_by_state(error: ActivityError) -> bool:
+    """The issuer refused the call because of the dispute's state (a 409)."""
+    cause = error.cause
+    return isinstance(cause, ApplicationError) and cause.type == PROVIDER_CONFLICT
 
 
 def dispute_workflow_id(transaction_id: str) -> str:
@@ -448,13 +465,27 @@ class DisputeWorkflow:
         new = self._evidence[sent:]
         if not new or self._issuer_id is None:
             return
-        dispute: Dispute = await self._providers(
-            ISSUER_ADD_EVIDENCE,
-            IssuerDisputeRequest(
-                key=step_key(f"issuer/evidence/{sent}"), dispute_id=self._issuer_id, evidence=new
-            ),
-            result_type=Dispute,
-        )
+        try:
+            dispute: Dispute = await self._providers(
+                ISSUER_ADD_EVIDENCE,
+                IssuerDisputeRequest(
+                    key=step_key(f"issuer/evidence/{sent}"),
+                    dispute_id=self._issuer_id,
+                    evidence=new,
+                ),
+                result_type=Dispute,
+            )
+        except ActivityError as error:
+            if is_cancelled_exception(error) or not _refused_by_state(error):
+                raise
+            if not workflow.patched(DISPUTE_DECIDED_ON_THE_WAY_PATCH):
+                raise
+            # The network decided while the evidence was on its way: the
+            # decision is the outcome, read as its webhook would bring it.
+            await self._refresh()
+            if self._issuer_status not in _DECIDED:
+                raise
+            return
         self._sent = sent + len(new)
         self._apply(dispute.status)
 

@@ -223,6 +223,35 @@ async def test_an_answered_representment_sends_the_new_evidence_and_goes_to_pre_
     assert await verify(platform.stack.pool) == []
 
 
+async def test_a_decision_made_while_the_answer_is_on_its_way_is_followed_not_failed(
+    platform: Platform,
+) -> None:
+    """The network decides a representment while the customer's answer is
+    on its way: the issuer refuses the new evidence (the dispute is decided),
+    and the process reads the decision and ends with it, instead of failing
+    and compensating a dispute that is over."""
+    customer_id, card_id, _ = await open_card(platform)
+    transaction_id = await purchase(platform, card_id, 2_500)
+    handle = await open_dispute(platform, customer_id, transaction_id, policy=AT_ONCE)
+    dispute_id = await submitted(platform, transaction_id)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+    await decide(platform, dispute_id, DisputeOutcome.REPRESENTMENT)
+    await stage(platform, transaction_id, "representment")
+
+    # The decision's webhook is still on its way when the customer answers.
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    await decide(platform, dispute_id, DisputeOutcome.LOST)
+    await disputes.submit(platform.stack.client, transaction_id, [LETTER])
+
+    result = await handle.result()
+    assert (result.outcome, result.reversed_minor, result.debt_minor) == ("lost", 2_500, 0)
+    # Lost at the issuer, never withdrawn; the provisional credit taken back once.
+    assert (await issuer_dispute(platform, dispute_id)).status == DisputeStatus.LOST
+    assert (await wallet(platform, customer_id)).posted == 7_500
+    assert await provisional_balance(platform) == 0
+    assert await verify(platform.stack.pool) == []
+
+
 async def test_an_unanswered_representment_goes_to_pre_arbitration_at_the_deadline(
     platform: Platform,
 ) -> None:
