@@ -48,7 +48,10 @@ dispute.withdrawn.
 
 Options (admin API, PUT /_admin/options/issuer): authorization_deadline_ms
 (default 2000), stand_in_decision ("decline" or "approve"; default
-"decline"), clock_offset_seconds (moves the issuer's clock forward; default 0).
+"decline"), clock_offset_seconds (moves the issuer's clock forward, or back
+when negative, before anything happens; default 0), settlement_delay_days
+(transactions made while it is set settle that many days late: they are in
+a later day's settlement report than the day they happened; default 0).
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ def _conversion_fee(state: IssuerState, transaction: Transaction) -> Fee | None:
 
 
 def _record_transaction(state: IssuerState, transaction: Transaction, event_type: str) -> None:
+    transaction.settlement_date = state.late_settlement_date(transaction.created_at)
     state.save(TRANSACTIONS, transaction)
     state.emit(event_type, transaction)
     fee = _conversion_fee(state, transaction) if transaction.direction == "debit" else None

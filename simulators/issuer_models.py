@@ -316,6 +316,9 @@ class Transaction(BaseModel):
     authorization_pending_amount_minor: int | None = None
     released_amount_minor: int = 0
     created_at: str
+    # The UTC day whose settlement report lists it: the day it happened
+    # (None), or a later one when the issuer settles it late.
+    settlement_date: dt.date | None = None
 
 
 class Reversal(BaseModel):

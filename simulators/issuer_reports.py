@@ -58,10 +58,11 @@ def _utc_date(stamp: str) -> date:
 
 def settlement_records(state: IssuerState, day: date) -> list[SettlementRecord]:
     """Every clearing, force post, refund, chargeback, reversal and fee of the
-    UTC date, oldest first."""
+    UTC date, oldest first; a transaction settled late is in the report of the
+    day it settled on."""
     records: list[SettlementRecord] = []
     for transaction in state.all(TRANSACTIONS):
-        if _utc_date(transaction.created_at) == day:
+        if (transaction.settlement_date or _utc_date(transaction.created_at)) == day:
             records.append(
                 SettlementRecord(
                     record_type=transaction.type,

@@ -34,8 +34,14 @@ NAME = "issuer"
 Model = TypeVar("Model", bound=BaseModel)
 
 # Tests move the issuer's clock forward (settlement days, expiry dates)
-# through the admin API instead of waiting; it never moves backwards.
+# through the admin API instead of waiting. Set behind before anything
+# happens (tests, the demo), what the issuer does now is stamped on a day
+# that has ended, the only kind of day cardflow reconciles.
 CLOCK_OFFSET_SECONDS_MAX = 10 * 365 * 24 * 3600
+CLOCK_BEHIND_SECONDS_MAX = 31 * 24 * 3600
+# A transaction the issuer settles late appears in the settlement report of
+# a later day than the one it happened on, at most this many days later.
+SETTLEMENT_DELAY_DAYS_MAX = 31
 
 # The card network's reference rates, in US dollars per unit of each
 # currency. Fixed so that every conversion in a test is predictable.
@@ -107,7 +113,9 @@ class IssuerState:
     # ----- clock ---------------------------------------------------------------
 
     def now(self) -> datetime:
-        offset_seconds = self.option_int("clock_offset_seconds", 0, 0, CLOCK_OFFSET_SECONDS_MAX)
+        offset_seconds = self.option_int(
+            "clock_offset_seconds", 0, -CLOCK_BEHIND_SECONDS_MAX, CLOCK_OFFSET_SECONDS_MAX
+        )
         return datetime.now(UTC) + timedelta(seconds=offset_seconds)
 
     def now_iso(self) -> str:
@@ -115,6 +123,16 @@ class IssuerState:
 
     def today(self) -> date:
         return self.now().date()
+
+    def late_settlement_date(self, created_at: str) -> date | None:
+        """The later day whose settlement report lists a transaction made at
+        `created_at` while the issuer settles `settlement_delay_days` late;
+        None when it settles the day it happened."""
+        delay_days = self.option_int("settlement_delay_days", 0, 0, SETTLEMENT_DELAY_DAYS_MAX)
+        if delay_days == 0:
+            return None
+        happened = datetime.fromisoformat(created_at).astimezone(UTC).date()
+        return happened + timedelta(days=delay_days)
 
     # ----- options -------------------------------------------------------------
 

@@ -983,6 +983,34 @@ async def test_the_settlement_report_lists_exactly_the_days_records_as_json_and_
     assert bad_format.status_code == 422 and bad_format.json()["detail"][0]["loc"][-1] == "format"
 
 
+async def test_a_clock_set_behind_and_a_late_settlement_move_records_between_days(
+    sim: Any, issuer: Issuer, webhook_sink: Any
+) -> None:
+    """Behind by two days, what the issuer does now happened the day before
+    yesterday; settling a day late, its transaction is in yesterday's report,
+    not in the report of the day it happened."""
+    webhook_sink.realtime = APPROVE
+    sim.admin("PUT", "/options/issuer", {"clock_offset_seconds": -2 * DAY_SECONDS})
+    today = datetime.now(UTC).date()
+    happened, settled = today - timedelta(days=2), today - timedelta(days=1)
+    card_id = (await issuer.card())["id"]
+    on_time = await issuer.clear((await issuer.authorize(card_id, 1_000))["id"], 1_000)
+    sim.admin("PUT", "/options/issuer", {"settlement_delay_days": 1})
+    late = await issuer.clear((await issuer.authorize(card_id, 2_000))["id"], 2_000)
+
+    assert date.fromisoformat(late["created_at"][:10]) == happened
+    assert late["settlement_date"] == settled.isoformat()
+    assert on_time["settlement_date"] is None
+    first = await issuer.ok("GET", f"/v1/reports/settlement/{happened.isoformat()}")
+    assert [r["id"] for r in first["records"]] == [on_time["id"]]
+    second = await issuer.ok("GET", f"/v1/reports/settlement/{settled.isoformat()}")
+    assert [(r["id"], r["created_at"]) for r in second["records"]] == [
+        (late["id"], late["created_at"])
+    ]
+    # Ahead of a clock that is behind, today's report has nothing.
+    assert (await issuer.ok("GET", f"/v1/reports/settlement/{today}"))["records"] == []
+
+
 async def test_cards_and_authorizations_survive_a_restart(tmp_path: Path) -> None:
     # Nobody listens at this gateway: the issuer stands in, and webhooks wait.
     process = simulator_process(tmp_path, free_port(), f"http://127.0.0.1:{free_port()}")
