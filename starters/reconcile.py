@@ -32,6 +32,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from schemas.periods import day_not_ended, refuse_unended_day
 from schemas.reconciliation import (
     ISSUER_PROVIDER,
     Decision,
@@ -91,7 +92,10 @@ async def start(
     client: Client, queues: TaskQueues, request: ReconciliationInput
 ) -> WorkflowHandle[Any, ReconciliationResult]:
     """Start reconciliation/{provider}/{date}; one running or done answers
-    with that run (a failed one is started again)."""
+    with that run (a failed one is started again). A day that has not ended
+    is refused (PeriodNotEnded naming settlement_date): reconciled early,
+    it would leave nothing for the run once it is over."""
+    refuse_unended_day("settlement_date", request.settlement_date, datetime.now(UTC))
     workflow_id = reconciliation_workflow_id(request.provider, request.settlement_date)
     metadata = reconciliation_start_metadata(request)
     try:
@@ -213,12 +217,16 @@ SCHEDULES.append(
 # ----- the demo ------------------------------------------------------------------------
 
 
-async def demo_reconciliation(client: Client, settings: Settings, say: SAY) -> None:
-    """Reconcile the demo's day (today, UTC) and say the counts, the
-    unexplained drift and where the report is."""
-    today = datetime.now(UTC).date()
+async def demo_reconciliation(
+    client: Client, settings: Settings, say: SAY, settlement_date: date
+) -> None:
+    """Reconcile the demo's day (one that has ended: the demo runs the
+    issuer's clock behind, so its card activity settles on it) and say the
+    counts, the unexplained drift and where the report is."""
     result = await run(
-        client, settings.task_queues, reconciliation_input(settings, settings.task_queues, today)
+        client,
+        settings.task_queues,
+        reconciliation_input(settings, settings.task_queues, settlement_date),
     )
     unexplained = sum(currency.unexplained_minor for currency in result.report.currencies)
     for line in [*summary(result).splitlines(), f"unexplained drift: {unexplained}"]:
@@ -233,19 +241,24 @@ SCENARIO_WAIT_SECONDS_MAX = 60
 
 
 async def reconciliation_clean(client: Client, settings: Settings) -> list[str]:
-    """A funded customer's card clears a purchase; the daily action, started
-    by hand for today, reconciles the day: every record matched, no drift."""
+    """A funded customer's card clears a purchase on a day that has ended
+    (the issuer's clock set a day behind for it); the daily action, started
+    by hand for that day, reconciles it: every record matched, no drift."""
     import asyncio
     import uuid
 
     from schemas.cards import CardInput
     from starters.scenarios import funded_virtual_card
-    from starters.simulate import authorize, clear
+    from starters.simulate import authorize, clear, set_issuer_clock_behind
     from workflows.cards import card_workflow_id
 
     _, _, card_id = await funded_virtual_card(client, settings)
-    authorization = await authorize(settings, card_id, 3_000)
-    cleared = await clear(settings, authorization.id, 3_000, final=True)
+    day = await set_issuer_clock_behind(settings, days=1)
+    try:
+        authorization = await authorize(settings, card_id, 3_000)
+        cleared = await clear(settings, authorization.id, 3_000, final=True)
+    finally:
+        await set_issuer_clock_behind(settings, days=0)
     card = client.get_workflow_handle(card_workflow_id(card_id))
     for _ in range(SCENARIO_WAIT_SECONDS_MAX * 20):
         state = await card.query("status", result_type=CardInput)
@@ -255,10 +268,9 @@ async def reconciliation_clean(client: Client, settings: Settings) -> list[str]:
     else:
         raise TimeoutError(f"the card never settled {cleared.id}")
     queues = settings.task_queues
-    today = datetime.now(UTC).date()
     driver_id = f"{DAILY_SCHEDULE_ID}-manual-{uuid.uuid4().hex[:8]}"
     driver = ScheduledReconciliationInput(
-        settlement_date=today,
+        settlement_date=day,
         reports_dir=reports_dir(settings),
         ledger_task_queue=queues.ledger,
         providers_task_queue=queues.providers,
@@ -306,6 +318,10 @@ def run_command(
     from workers.client import connect
 
     settlement_date = _date(day)
+    refusal = day_not_ended(settlement_date, datetime.now(UTC))
+    if refusal is not None:
+        typer.echo(f"date: {refusal}", err=True)
+        raise typer.Exit(2)
     settings = _settings()
 
     async def go() -> int:

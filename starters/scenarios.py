@@ -707,14 +707,38 @@ SCENARIOS: dict[str, Scenario] = {
     "dispute-won": dispute_won,
     "dispute-lost": dispute_lost,
     "reconciliation-clean": reconciliation_clean,
-    # After the day's reconciliation: a card exception is not (yet) one of the
-    # card's postings, so the issuer's force post would be a difference today.
+    # After the reconciliation: a card exception is not (yet) one of the
+    # card's postings, so its force post stays off the day reconciled.
     "card-exception": card_exception,
 }
 
 
 async def demo(client: Client, settings: Settings, say: Callable[[str, str | None], None]) -> None:
-    """The walk-through `make demo` prints: onboarding, a virtual and a physical card."""
+    """The walk-through `make demo` prints: onboarding, a virtual and a physical card.
+
+    The simulated issuer's clock runs a day behind while it walks: what its
+    cards do settles on yesterday, a day that has ended, which is the only
+    kind of day a reconciliation accepts; the walk-through reconciles it."""
+    from starters.simulate import set_issuer_clock_behind
+
+    settlement_day = await set_issuer_clock_behind(settings, days=1)
+    say(
+        f"The simulated issuer's clock runs a day behind: today's card activity settles on"
+        f" {settlement_day.isoformat()}, a day that has ended, so it can be reconciled",
+        None,
+    )
+    try:
+        await _demo_walk(client, settings, say, settlement_day)
+    finally:
+        await set_issuer_clock_behind(settings, days=0)
+
+
+async def _demo_walk(
+    client: Client,
+    settings: Settings,
+    say: Callable[[str, str | None], None],
+    settlement_day: date,
+) -> None:
     from activities.providers.issuer import IssuerClient
     from schemas.cards import CardIssueStatus
     from schemas.issuer import ShippingStatus
@@ -794,7 +818,9 @@ async def demo(client: Client, settings: Settings, say: Callable[[str, str | Non
     say(await activate(client, request_id), None)
     done = await physical.result()
     say(f"Physical card {done.card_id} {done.state} (fee {done.fee_minor})", physical.id)
-    await _demo_money(client, settings, say, profile.customer_id, issued.card_id or "")
+    await _demo_money(
+        client, settings, say, profile.customer_id, issued.card_id or "", settlement_day
+    )
 
 
 async def _demo_money(
@@ -803,6 +829,7 @@ async def _demo_money(
     say: Callable[[str, str | None], None],
     customer_id: str,
     card_id: str,
+    settlement_day: date,
 ) -> None:
     """The money part of the demo: a USDT top-up, a conversion, a purchase with
     cashback and a refund, every wallet balance, and the ledger verified."""
@@ -860,7 +887,7 @@ async def _demo_money(
     from starters.reconcile import demo_reconciliation
 
     await demo_disputes(client, settings, say, customer_id, card_id)
-    await demo_reconciliation(client, settings, lambda line: say(line, None))
+    await demo_reconciliation(client, settings, lambda line: say(line, None), settlement_day)
     await demo_statement(client, settings, say, customer_id)
 
     pool = await create_pool(settings.effective_database_url, size_max=1)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
+import httpx
 import typer
 from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
@@ -34,6 +36,24 @@ def issuer(settings: Settings) -> IssuerClient:
 
 def _key(action: str) -> str:
     return f"simulate-{action}-{uuid.uuid4().hex}"
+
+
+# The simulators' admin API (loopback only) answers within this.
+ADMIN_TIMEOUT_SECONDS = 10.0
+DAY_SECONDS = 24 * 3600
+
+
+async def set_issuer_clock_behind(settings: Settings, days: int) -> date:
+    """Sandbox: run the simulated issuer's clock `days` behind (0: on time).
+    Set before the card activity it stamps, that activity settles on a day
+    that has ended, which a reconciliation accepts; returns that day."""
+    async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as http:
+        response = await http.put(
+            f"{settings.providers_base_url}/_admin/options/{ISSUER}",
+            json={"clock_offset_seconds": -days * DAY_SECONDS},
+        )
+        response.raise_for_status()
+    return datetime.now(UTC).date() - timedelta(days=days)
 
 
 async def authorize(

@@ -1,6 +1,11 @@
 """Reconciliation `reconciliation/{provider}/{date}`: the issuer's settlement
 report for one UTC day against the ledger.
 
+Only a day that has ended is reconciled (schemas/periods.py): a run asked
+for today or a later day, by the workflow's own clock, fails at once and
+non-retryably, before it touches anything, so the day's id is left for the
+run once the day is over (the starters and the API refuse it before that).
+
 Steps: download the report page by page into a staging table
 (`reconciliation.download_settlement_report`, providers queue; it heartbeats
 its cursor, so after a worker crash the retry resumes from the last page it
@@ -80,6 +85,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas import accounts
     from schemas.ledger import Account, TransferOutcome, TransferRequest
     from schemas.money import Currency
+    from schemas.periods import PERIOD_NOT_ENDED_ERROR, day_not_ended
     from schemas.reconciliation import (
         CurrencySummary,
         Decision,
@@ -164,6 +170,12 @@ class Reconciliation:
     async def run(self, request: ReconciliationInput) -> ReconciliationResult:
         self._input = request
         workflow.upsert_search_attributes([PROVIDER.value_set(request.provider)])
+        refusal = day_not_ended(request.settlement_date, workflow.now())
+        if refusal is not None:
+            # Started past the starters' check: fail before touching anything,
+            # so the day's id stays free for the run once the day is over.
+            self._set_stage("refused")
+            raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
         result = await self._reconcile(request)
         self._deciding = False
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -520,7 +532,8 @@ class Reconciliation:
 class ScheduledReconciliation:
     """The daily schedule's action: run `reconciliation/issuer/{day}` for the
     UTC day before the scheduled time. A day already reconciled (or running)
-    is left alone; a failed one is run again."""
+    is left alone; a failed one is run again; a day not over (a backfill
+    asked too early) is refused without starting it."""
 
     def __init__(self) -> None:
         self._stage = "starting"
@@ -532,6 +545,12 @@ class ScheduledReconciliation:
         child_id = reconciliation_workflow_id("issuer", day)
         self._child_id = child_id
         workflow.upsert_search_attributes([PROVIDER.value_set("issuer")])
+        refusal = day_not_ended(day, workflow.now())
+        if refusal is not None:
+            # A backfill asked for a day not over: no child, so the day's id
+            # is free for the scheduled run.
+            self._set_stage("refused")
+            raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
         self._set_stage("reconciling")
         reconciliation = ReconciliationInput(
             settlement_date=day,

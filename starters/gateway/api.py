@@ -924,6 +924,7 @@ from datetime import date as _date  # noqa: E402
 
 from temporalio.client import WorkflowQueryFailedError  # noqa: E402
 
+from schemas.periods import PeriodNotEnded  # noqa: E402
 from schemas.reconciliation import (  # noqa: E402
     Decision,
     ReconciliationItem,
@@ -948,13 +949,18 @@ async def reconciliation_start_route(
     request: Request, response: Response, settlement_date: _date
 ) -> ProcessRef:
     # The process id is the day's: a repeat finds the first process (a failed
-    # one runs again), so no Idempotency-Key is needed.
+    # one runs again), so no Idempotency-Key is needed. A day not yet over is
+    # refused: reconciled early, it would pre-empt the run once it is over.
     queues = request.app.state.queues
-    handle = await start_reconciliation(
-        request.app.state.client,
-        queues,
-        reconciliation_input(request.app.state.settings, queues, settlement_date),
-    )
+    try:
+        handle = await start_reconciliation(
+            request.app.state.client,
+            queues,
+            reconciliation_input(request.app.state.settings, queues, settlement_date),
+        )
+    except PeriodNotEnded as error:
+        detail = error.detail("path", settlement_date.isoformat())
+        raise HTTPException(status_code=422, detail=detail) from None
     replayed = handle.result_run_id is None
     if replayed:
         response.status_code = 200

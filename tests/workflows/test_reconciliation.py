@@ -22,14 +22,19 @@ import pytest
 from temporalio.client import (
     ScheduleActionStartWorkflow,
     ScheduleOverlapPolicy,
+    WorkflowFailureError,
     WorkflowHandle,
 )
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
+from typer.testing import CliRunner
 
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
 from activities.providers.activities import ProviderClients
 from activities.providers.notify import NotifyClient
+from activities.reconciliation import ReconciliationLedgerActivities
 from schemas import accounts
 from schemas.cards import CardInput, ExceptionDecision
 from schemas.ledger import TransferRequest
@@ -38,12 +43,15 @@ from schemas.reconciliation import (
     Decision,
     DecisionAction,
     DownloadProgress,
+    MatchRequest,
     ReconciliationInput,
     ReconciliationPolicy,
     ReconciliationResult,
     ReconciliationStatus,
+    ScheduledReconciliationInput,
 )
 from schemas.task_queues import TaskQueues
+from starters.cli import app
 from starters.reconcile import DAILY_SCHEDULE_ID, demo_reconciliation
 from starters.schedules import ensure_schedules
 from tests.conftest import Platform
@@ -61,11 +69,13 @@ from workflows.cards import RESOLVE_EXCEPTION_UPDATE
 from workflows.reconciliation import (
     DECIDE_UPDATE,
     RECONCILIATION_WORKFLOW,
+    SCHEDULED_RECONCILIATION_WORKFLOW,
     STATUS_QUERY,
     reconciliation_workflow_id,
 )
 
 THRESHOLD_MINOR = 500
+DAY_SECONDS = 24 * 3600
 POLICY = ReconciliationPolicy(
     auto_fix_threshold_minor={Currency.USD: THRESHOLD_MINOR},
     decision_wait_seconds=12,
@@ -82,30 +92,55 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
-async def start_reconciliation(
+def issuer_days_behind(platform: Platform, days: int = 1) -> date:
+    """Set the issuer's clock `days` behind, before the test's card activity:
+    what the issuer settles now lands on a day that has ended, which is the
+    only kind of day a reconciliation accepts. Returns that day."""
+    platform.sim.admin("PUT", "/options/issuer", {"clock_offset_seconds": -days * DAY_SECONDS})
+    return today() - timedelta(days=days)
+
+
+def reconciliation_request(
     platform: Platform,
+    day: date,
     *,
     policy: ReconciliationPolicy = POLICY,
     providers_task_queue: str | None = None,
-) -> WorkflowHandle[Any, ReconciliationResult]:
-    """Reconcile today. Every test shares one Temporal server and reconciles
-    the same day, so each run gets its own id under the day's."""
+) -> ReconciliationInput:
     queues = platform.stack.queues
-    request = ReconciliationInput(
-        settlement_date=today(),
+    return ReconciliationInput(
+        settlement_date=day,
         reports_dir=str(platform.settings.home_path / "reports"),
         policy=policy,
         ledger_task_queue=queues.ledger,
         providers_task_queue=providers_task_queue or queues.providers,
         workflows_task_queue=queues.workflows,
     )
-    workflow_id = f"{reconciliation_workflow_id('issuer', today())}/t-{uuid.uuid4().hex[:8]}"
+
+
+async def start_reconciliation(
+    platform: Platform,
+    *,
+    day: date,
+    policy: ReconciliationPolicy = POLICY,
+    providers_task_queue: str | None = None,
+    workflow_id: str | None = None,
+) -> WorkflowHandle[Any, ReconciliationResult]:
+    """Reconcile `day`. Every test shares one Temporal server and reconciles
+    the same few days, so each run gets its own id under the day's."""
+    request = reconciliation_request(
+        platform, day, policy=policy, providers_task_queue=providers_task_queue
+    )
+    workflow_id = (
+        workflow_id or f"{reconciliation_workflow_id('issuer', day)}/t-{uuid.uuid4().hex[:8]}"
+    )
     return await platform.stack.client.start_workflow(
         RECONCILIATION_WORKFLOW,
         request,
         id=workflow_id,
-        task_queue=queues.workflows,
+        task_queue=platform.stack.queues.workflows,
         result_type=ReconciliationResult,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
     )
 
 
@@ -146,6 +181,7 @@ async def recorded(platform: Platform, count: int) -> None:
 async def test_a_clean_day_reconciles_with_zero_drift_and_writes_the_report(
     platform: Platform,
 ) -> None:
+    day = issuer_days_behind(platform)
     customer_id, card_id, _ = await open_card(platform, funds=20_000)
     await clear(platform, card_id, 4_000)
     async with issuer(platform) as client:
@@ -167,9 +203,10 @@ async def test_a_clean_day_reconciles_with_zero_drift_and_writes_the_report(
     await wallet_becomes(platform, customer_id, posted=20_000 - 4_000 - 900 + 400, pending=0)
     await recorded(platform, 3)
 
-    result = await (await start_reconciliation(platform)).result()
+    result = await (await start_reconciliation(platform, day=day)).result()
 
     report = result.report
+    assert report.settlement_date == day
     assert report.records_matched == 3
     assert report.counts == {
         "missing_in_ledger": 0,
@@ -203,6 +240,7 @@ async def test_an_exception_an_operator_settled_reconciles_as_the_issuers_transa
     wallet once it is funded, or writing it off to suspense). That settling
     transfer is the card's posting of the issuer's transaction: the day
     matches, and nothing is fixed a second time through suspense."""
+    day = issuer_days_behind(platform)
     customer_id, card_id, handle = await open_card(platform, funds=1_000)
     async with issuer(platform) as client:
         forced = await client.simulate_force_post(
@@ -240,7 +278,7 @@ async def test_an_exception_an_operator_settled_reconciles_as_the_issuers_transa
     )
     await recorded(platform, 1)
 
-    report = (await (await start_reconciliation(platform)).result()).report
+    report = (await (await start_reconciliation(platform, day=day)).result()).report
 
     assert report.records_matched == 1
     assert report.items == [] and sum(report.counts.values()) == 0
@@ -251,6 +289,7 @@ async def test_an_exception_an_operator_settled_reconciles_as_the_issuers_transa
 async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it(
     platform: Platform,
 ) -> None:
+    day = issuer_days_behind(platform)
     customer_id, card_id, _ = await open_card(platform, funds=100_000)
     matched = await clear(platform, card_id, 5_000)
     mismatch_small = await clear(platform, card_id, 4_000)
@@ -266,9 +305,24 @@ async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it
     await post_directly(platform, customer_id, f"card/{card_id}/post/{mismatch_large}", 2_000)
     await post_directly(platform, customer_id, f"card/{card_id}/post/{duplicate_small}", 300)
     await post_directly(platform, customer_id, f"card/{card_id}/post/{duplicate_large}", 2_000)
-    # Postings for transactions the issuer never settled.
-    await post_directly(platform, customer_id, f"card/{card_id}/post/txn_ghost_small", 150)
-    await post_directly(platform, customer_id, f"card/{card_id}/post/txn_ghost_large", 2_500)
+    # Posted by the card on the day, but not in the day's report: the issuer
+    # settles them a day late.
+    platform.sim.admin("PUT", "/options/issuer", {"settlement_delay_days": 1})
+    async with issuer(platform) as client:
+        unsettled_small, unsettled_large = [
+            (
+                await client.simulate_force_post(
+                    card_id=card_id,
+                    amount_minor=amount,
+                    currency=Currency.USD,
+                    merchant=SHOP,
+                    idempotency_key=f"fp-unsettled-{amount}-{card_id}",
+                )
+            ).id
+            for amount in (150, 2_500)
+        ]
+    platform.sim.admin("PUT", "/options/issuer", {"settlement_delay_days": 0})
+    await recorded(platform, 7)
     # Settled at the issuer, but the webhooks never reach cardflow.
     platform.sim.admin("POST", "/webhooks", {"hold": True})
     async with issuer(platform) as client:
@@ -287,7 +341,7 @@ async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it
             idempotency_key="fp-large" + card_id,
         )
 
-    handle = await start_reconciliation(platform)
+    handle = await start_reconciliation(platform, day=day)
 
     async def awaiting() -> bool:
         status: ReconciliationStatus = await handle.query(
@@ -335,7 +389,7 @@ async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it
     dismissed = await handle.execute_update(
         DECIDE_UPDATE,
         Decision(
-            item_id="txn_ghost_large",
+            item_id=unsettled_large,
             action=DecisionAction.DISMISS,
             operator="ana",
             reason="test posting",
@@ -345,7 +399,7 @@ async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it
     assert "dismissed" in await refusal(
         handle.execute_update(
             DECIDE_UPDATE,
-            Decision(item_id="txn_ghost_large", action=DecisionAction.ADJUST, operator="bo"),
+            Decision(item_id=unsettled_large, action=DecisionAction.ADJUST, operator="bo"),
         )
     )
     # The mismatch and the duplicate over the threshold stay undecided.
@@ -355,8 +409,8 @@ async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it
     expected = {
         missing_small.id: ("missing_in_ledger", "auto_fixed", 200),
         missing_large.id: ("missing_in_ledger", "adjusted", 3_000),
-        "txn_ghost_small": ("missing_at_issuer", "auto_fixed", -150),
-        "txn_ghost_large": ("missing_at_issuer", "dismissed", -2_500),
+        unsettled_small: ("missing_at_issuer", "auto_fixed", -150),
+        unsettled_large: ("missing_at_issuer", "dismissed", -2_500),
         mismatch_small: ("amount_mismatch", "auto_fixed", -100),
         mismatch_large: ("amount_mismatch", "undecided", -2_000),
         duplicate_small: ("duplicate", "auto_fixed", -300),
@@ -391,9 +445,38 @@ async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it
     assert await verify(platform.stack.pool) == []
 
 
+async def test_a_posting_no_card_recorded_is_matched_on_the_day_it_was_posted(
+    platform: Platform,
+) -> None:
+    """A posting under the card's keys for a transaction the card never
+    recorded (a faulty release) belongs to the day the ledger posted it; the
+    matching finds it as missing at the issuer on that day. Posted by this
+    test, that day is today, which only the matching itself (not a whole
+    reconciliation, which waits for the day to end) may look at."""
+    customer_id, card_id, _ = await open_card(platform, funds=1_000)
+    settlement = accounts.system_account(accounts.issuer_settlement("USD"))
+    await Ledger(platform.stack.pool).open_account(settlement)
+    await post_directly(platform, customer_id, f"card/{card_id}/post/txn_ghost", 150)
+
+    matched = await ReconciliationLedgerActivities(platform.stack.pool).match(
+        MatchRequest(run_key=f"test-{uuid.uuid4().hex[:8]}", settlement_date=today())
+    )
+
+    assert [(d.item_id, d.kind.value, d.card_id, d.delta_minor) for d in matched.differences] == [
+        ("txn_ghost", "missing_at_issuer", card_id, -150)
+    ]
+    yesterday = await ReconciliationLedgerActivities(platform.stack.pool).match(
+        MatchRequest(
+            run_key=f"test-{uuid.uuid4().hex[:8]}", settlement_date=today() - timedelta(days=1)
+        )
+    )
+    assert yesterday.differences == []
+
+
 async def test_a_worker_killed_mid_download_resumes_from_its_last_page(
     platform: Platform,
 ) -> None:
+    day = issuer_days_behind(platform)
     customer_id, card_id, _ = await open_card(platform, funds=20_000)
     for amount in (100, 200, 300, 400, 500, 600):
         await clear(platform, card_id, amount)
@@ -419,7 +502,7 @@ async def test_a_worker_killed_mid_download_resumes_from_its_last_page(
         first = providers_worker()
         running = asyncio.get_running_loop().create_task(first.run())
         handle = await start_reconciliation(
-            platform, policy=policy, providers_task_queue=queues.providers
+            platform, day=day, policy=policy, providers_task_queue=queues.providers
         )
 
         async def two_pages_staged() -> bool:
@@ -492,6 +575,9 @@ async def test_the_daily_schedule_is_created_once_and_reconciles_yesterday(
 async def test_the_demo_says_zero_unexplained_drift_and_the_api_starts_and_steers(
     platform: Platform,
 ) -> None:
+    # Two days behind: the day the daily schedule's test reconciles
+    # (yesterday, under the real id) is not the demo's.
+    day = issuer_days_behind(platform, 2)
     customer_id, card_id, _ = await open_card(platform, funds=20_000)
     await clear(platform, card_id, 2_500)
     await recorded(platform, 1)
@@ -500,7 +586,7 @@ async def test_the_demo_says_zero_unexplained_drift_and_the_api_starts_and_steer
     def say(line: str) -> None:
         said.append(line)
 
-    await demo_reconciliation(platform.stack.client, platform.settings, say)
+    await demo_reconciliation(platform.stack.client, platform.settings, say, day)
     assert said[-1] == "unexplained drift: 0"
     assert any("1 matched" in line for line in said)
     assert any(line.strip().endswith(".csv") for line in said)
@@ -530,25 +616,74 @@ async def test_the_demo_says_zero_unexplained_drift_and_the_api_starts_and_steer
         assert "action" in malformed.text
 
 
+async def test_a_day_that_has_not_ended_is_refused_and_left_to_the_schedule(
+    platform: Platform,
+) -> None:
+    """Today and tomorrow are refused at every door: the API and the CLI
+    with the field named, the workflow itself (started past them) failing at
+    once. Nothing is reconciled early, so the day's id stays free for the
+    run the schedule starts once the day is over."""
+    client = platform.stack.client
+    tomorrow = today() + timedelta(days=1)
+    async with httpx.AsyncClient(timeout=10, headers=platform.api_headers) as http:
+        for day in (today(), tomorrow):
+            url = f"{platform.gateway_url}/v1/reconciliations/issuer/{day.isoformat()}"
+            refused = await http.post(url)
+            assert refused.status_code == 422, refused.text
+            assert "settlement_date" in refused.text and "has not" in refused.text
+            with pytest.raises(RPCError):
+                await client.get_workflow_handle(
+                    reconciliation_workflow_id("issuer", day)
+                ).describe()
+    answer = CliRunner().invoke(app, ["reconcile", "run", "--date", today().isoformat()])
+    assert answer.exit_code == 2, answer.output
+    assert "date: " in answer.output and "has not ended" in answer.output
+
+    # Started past the starters: the workflow fails at once, non-retryably,
+    # with nothing reconciled, and its id may run again.
+    early = await start_reconciliation(platform, day=tomorrow)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await early.result()
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == ("PeriodNotEnded", True)
+    assert "has not begun" in cause.message
+    assert not (platform.settings.home_path / "reports").exists()
+    again = await client.start_workflow(
+        RECONCILIATION_WORKFLOW,
+        reconciliation_request(platform, tomorrow),
+        id=early.id,
+        task_queue=platform.stack.queues.workflows,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+    )
+    with pytest.raises(WorkflowFailureError):
+        await again.result()
+
+    # A driver asked for today refuses before it starts the day's process.
+    queues = platform.stack.queues
+    with pytest.raises(WorkflowFailureError) as driver_failed:
+        await client.execute_workflow(
+            SCHEDULED_RECONCILIATION_WORKFLOW,
+            ScheduledReconciliationInput(
+                settlement_date=today(),
+                reports_dir=str(platform.settings.home_path / "reports"),
+                ledger_task_queue=queues.ledger,
+                providers_task_queue=queues.providers,
+                workflows_task_queue=queues.workflows,
+            ),
+            id=f"{DAILY_SCHEDULE_ID}-test-{uuid.uuid4().hex[:8]}",
+            task_queue=queues.workflows,
+        )
+    driver_cause = driver_failed.value.cause
+    assert isinstance(driver_cause, ApplicationError)
+    assert (driver_cause.type, driver_cause.non_retryable) == ("PeriodNotEnded", True)
+    with pytest.raises(RPCError):
+        await client.get_workflow_handle(reconciliation_workflow_id("issuer", today())).describe()
+
+
 async def reconcile_on(platform: Platform, day: date) -> ReconciliationResult:
     """Reconcile `day` under an id of this run's own, and wait for the report."""
-    queues = platform.stack.queues
-    request = ReconciliationInput(
-        settlement_date=day,
-        reports_dir=str(platform.settings.home_path / "reports"),
-        policy=POLICY,
-        ledger_task_queue=queues.ledger,
-        providers_task_queue=queues.providers,
-        workflows_task_queue=queues.workflows,
-    )
-    workflow_id = f"{reconciliation_workflow_id('issuer', day)}/t-{uuid.uuid4().hex[:8]}"
-    result: ReconciliationResult = await platform.stack.client.execute_workflow(
-        RECONCILIATION_WORKFLOW,
-        request,
-        id=workflow_id,
-        task_queue=queues.workflows,
-        result_type=ReconciliationResult,
-    )
+    result: ReconciliationResult = await (await start_reconciliation(platform, day=day)).result()
     return result
 
 
@@ -580,6 +715,7 @@ async def transfers_keyed(platform: Platform, key: str) -> int:
 async def test_a_fix_for_a_held_clearing_is_reversed_once_when_the_late_webhook_posts_it(
     platform: Platform,
 ) -> None:
+    first_day = issuer_days_behind(platform, 2)
     customer_id, card_id, _ = await open_card(platform, funds=20_000)
     platform.sim.admin("POST", "/webhooks", {"hold": True})
     async with issuer(platform) as client:
@@ -595,7 +731,7 @@ async def test_a_fix_for_a_held_clearing_is_reversed_once_when_the_late_webhook_
 
     # The day: the issuer settled it, the card never heard of it: fixed
     # through suspense under the threshold.
-    day = await reconcile_on(platform, today())
+    day = await reconcile_on(platform, first_day)
     (item,) = day.report.items
     assert (item.difference.item_id, item.difference.kind.value, item.state) == (
         late.id,
@@ -617,8 +753,8 @@ async def test_a_fix_for_a_held_clearing_is_reversed_once_when_the_late_webhook_
     assert await net_credit(platform, settlement, late.id) == 600
 
     # The next day's run looks back and reverses the fix.
-    tomorrow = today() + timedelta(days=1)
-    first = await reconcile_on(platform, tomorrow)
+    next_day = first_day + timedelta(days=1)
+    first = await reconcile_on(platform, next_day)
 
     assert first.report.items == []
     (reversal,) = first.report.reversals
@@ -641,7 +777,7 @@ async def test_a_fix_for_a_held_clearing_is_reversed_once_when_the_late_webhook_
     assert json.loads(read(first.paths.json_path))["reversals"][0]["correction_minor"] == -300
 
     # A second run of that day finds nothing left to reverse.
-    again = await reconcile_on(platform, tomorrow)
+    again = await reconcile_on(platform, next_day)
     assert again.report.reversals == []
     assert again.report.reversal_counts == {"late_posting_reversed": 0}
 
@@ -670,6 +806,7 @@ async def test_an_amount_mismatch_fix_is_reversed_when_the_rest_of_the_posting_a
     """An amount mismatch can be doubled the same way: the card posted part
     of the clearing (from its hold), the fix stood in for the rest, and the
     card's posting beyond the hold arrives later."""
+    first_day = issuer_days_behind(platform, 2)
     customer_id, card_id, _ = await open_card(platform, funds=20_000)
     platform.sim.admin("POST", "/webhooks", {"hold": True})
     async with issuer(platform) as client:
@@ -690,7 +827,7 @@ async def test_an_amount_mismatch_fix_is_reversed_when_the_rest_of_the_posting_a
         hold_posting_key.format(card=card_id, transaction=cleared.id),
         3_700,
     )
-    day = await reconcile_on(platform, today())
+    day = await reconcile_on(platform, first_day)
     (item,) = day.report.items
     assert (item.difference.kind.value, item.state, item.difference.delta_minor) == (
         "amount_mismatch",
@@ -701,7 +838,7 @@ async def test_an_amount_mismatch_fix_is_reversed_when_the_rest_of_the_posting_a
     await post_directly(platform, customer_id, f"card/{card_id}/post/{cleared.id}", 300)
     assert await net_credit(platform, settlement, cleared.id) == 4_300
 
-    later = await reconcile_on(platform, today() + timedelta(days=1))
+    later = await reconcile_on(platform, first_day + timedelta(days=1))
 
     (reversal,) = later.report.reversals
     assert (reversal.fix.difference.kind.value, reversal.correction_minor) == (
