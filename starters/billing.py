@@ -6,7 +6,9 @@ billing driver.
 `bill` bills one customer's period; starting it again for a period already
 billed answers the first run's result (the process id is the period's).
 `run_billing` runs the driver for a period (any past month: a backfill), which
-bills every customer with cards then and skips those already billed.
+bills every customer with cards then and skips those already billed. A month
+is billed only once it has ended (schemas/periods.py): this month and later
+ones are refused (PeriodNotEnded naming `period`).
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ from schemas.billing import (
     BillingRunResult,
     BillingStatus,
     Statement,
-    period_of,
+    previous_period,
 )
+from schemas.periods import month_not_ended, refuse_unended_month
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from starters.schedules import SCHEDULES, ScheduleSpec
@@ -91,7 +94,9 @@ def with_queues(request: _Request, queues: TaskQueues) -> _Request:
 async def start_billing(
     client: Client, queues: TaskQueues, request: BillingInput
 ) -> WorkflowHandle[Any, BillingResult]:
-    """Start billing/{customer}/{period}; a period already billed returns that process."""
+    """Start billing/{customer}/{period}; a period already billed returns that
+    process; a month not over is refused (PeriodNotEnded)."""
+    refuse_unended_month("period", request.period, datetime.now(UTC))
     workflow_id = billing_workflow_id(request.customer_id, request.period)
     metadata = billing_start_metadata(request)
     try:
@@ -121,9 +126,11 @@ async def bill(client: Client, queues: TaskQueues, request: BillingInput) -> Bil
 async def run_billing(
     client: Client, queues: TaskQueues, request: BillingRunInput
 ) -> BillingRunResult:
-    """Run the driver for a period (a running one is joined) and answer its result."""
+    """Run the driver for a period (a running one is joined) and answer its
+    result; a month not over is refused (PeriodNotEnded)."""
     if request.period is None:
         raise ValueError("period: a run started by hand names its period")
+    refuse_unended_month("period", request.period, datetime.now(UTC))
     metadata = billing_run_start_metadata(request)
     handle = await client.start_workflow(
         BILLING_RUN_WORKFLOW,
@@ -188,8 +195,9 @@ async def demo_statement(
     say: Callable[[str, str | None], Any],
     customer_id: str,
 ) -> None:
-    """Bill the demo customer for the current month and say where the statement is."""
-    period = period_of(datetime.now(UTC))
+    """Bill the demo customer for the month before (the latest that has
+    ended) and say where the statement is."""
+    period = previous_period(datetime.now(UTC))
     result = await bill(
         client,
         settings.task_queues,
@@ -288,6 +296,10 @@ def billing_run_command(
             single = BillingInput(customer_id=customer, period=period)
     except ValidationError as error:
         _refuse_input(error)
+    refusal = month_not_ended(period, datetime.now(UTC))
+    if refusal is not None:
+        typer.echo(f"period: {refusal}", err=True)
+        raise typer.Exit(2)
 
     async def action(client: Client, settings: Settings) -> str:
         directory = str(statements_dir(settings))

@@ -627,12 +627,14 @@ async def card_replaced(client: Client, settings: Settings) -> list[str]:
 
 
 async def billing_period(client: Client, settings: Settings) -> list[str]:
-    """A funded customer with a virtual card; the month's billing run charges
-    the card's fee and writes the customer's statement."""
+    """A funded customer with a virtual card; the monthly run for the month
+    before (the latest that has ended) bills every customer who held a card
+    then, and the customer's own billing of that month writes the statement
+    (the card came after it: no fee)."""
     from datetime import UTC, datetime
 
-    from schemas.billing import BillingRunInput, period_of
-    from starters.billing import run_billing, statements_dir
+    from schemas.billing import BillingInput, BillingRunInput, previous_period
+    from starters.billing import bill, run_billing, statements_dir
     from workflows.billing import billing_run_workflow_id, billing_workflow_id
 
     onboarding = await onboarding_approved(client, settings)
@@ -649,11 +651,17 @@ async def billing_period(client: Client, settings: Settings) -> list[str]:
         ),
     )
     await issued.result()
-    period = period_of(datetime.now(UTC))
+    period = previous_period(datetime.now(UTC))
+    directory = str(statements_dir(settings))
     await run_billing(
         client,
         settings.task_queues,
-        BillingRunInput(period=period, statements_dir=str(statements_dir(settings))),
+        BillingRunInput(period=period, statements_dir=directory),
+    )
+    await bill(
+        client,
+        settings.task_queues,
+        BillingInput(customer_id=customer_id, period=period, statements_dir=directory),
     )
     return [billing_run_workflow_id(period), billing_workflow_id(customer_id, period)]
 

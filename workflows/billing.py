@@ -21,6 +21,11 @@ process submits that fee again with its key and payload and records the
 ledger's answer (the first outcome), and its status lists exactly the fees
 charged. The period may then be billed again; its keys answer those fees.
 
+Only a month that has ended is billed (schemas/periods.py): the process and
+the driver, asked for this month or a later one by the workflow's own clock,
+fail at once and non-retryably, charging nothing, so the month is left for
+the run once it is over (the starters and the API refuse it before that).
+
 The driver (what the monthly Temporal Schedule starts) pages through the
 customers holding cards issued before the period's end and starts one
 billing child per customer, a page at a time (bounded fan-out), waiting for
@@ -65,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.ledger import Account, TransferOutcome, TransferRequest
     from schemas.money import Currency
+    from schemas.periods import PERIOD_NOT_ENDED_ERROR, month_not_ended
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
@@ -84,6 +90,9 @@ BILLING_ID_REUSE_POLICY = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
 # (the fee submitted again with its key); runs recorded before it end there
 # with that fee unrecorded.
 CANCELLED_FEE_PATCH = "billing-cancelled-fee-learned"
+# Billings started before this patch replay as they ran: a month that had
+# begun was billed. Since, a month is billed only once it has ended.
+BILLING_PERIOD_ENDED_PATCH = "billing-period-ended"
 
 
 def billing_workflow_id(customer_id: str, period: str) -> str:
@@ -172,9 +181,12 @@ class Billing:
 
     async def _bill(self, request: BillingInput) -> BillingResult:
         start, end = period_bounds(request.period)
-        if start > workflow.now():
-            # Nothing of a month to come can be billed yet; the process fails
-            # without posting, and the period may be billed once it has begun.
+        if workflow.patched(BILLING_PERIOD_ENDED_PATCH):
+            # The process fails without posting; the month is billed once over.
+            refusal = month_not_ended(request.period, workflow.now())
+            if refusal is not None:
+                raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
+        elif start > workflow.now():
             raise ApplicationError(
                 f"period {request.period} has not begun", type="PeriodNotBegun", non_retryable=True
             )
@@ -339,6 +351,12 @@ class BillingRun:
     async def _bill_pages(self, request: BillingRunInput) -> bool:
         """Bill page after page; False when the run should continue as new."""
         _, end = period_bounds(self._period)
+        if workflow.patched(BILLING_PERIOD_ENDED_PATCH):
+            # A month not over starts no child: each would fail, and its
+            # customers' months are left for the run once it is over.
+            refusal = month_not_ended(self._period, workflow.now())
+            if refusal is not None:
+                raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
         self._after = request.after
         for _ in range(request.policy.pages_per_run_max):
             self._set_stage("billing")

@@ -711,17 +711,23 @@ async def billing_start_route(
     request: Request, response: Response, customer_id: CustomerIdPath, period: PeriodPath
 ) -> ProcessRef:
     # The process id is the period's: a repeat finds the first process, so no
-    # Idempotency-Key is needed and the same period never charges twice.
+    # Idempotency-Key is needed and the same period never charges twice. A
+    # month not over is refused: billed early, it would pre-empt its real run.
+    from schemas.periods import PeriodNotEnded
+
     settings = request.app.state.settings
-    handle = await start_billing(
-        request.app.state.client,
-        request.app.state.queues,
-        BillingInput(
-            customer_id=customer_id,
-            period=period,
-            statements_dir=str(statements_dir(settings)),
-        ),
-    )
+    try:
+        handle = await start_billing(
+            request.app.state.client,
+            request.app.state.queues,
+            BillingInput(
+                customer_id=customer_id,
+                period=period,
+                statements_dir=str(statements_dir(settings)),
+            ),
+        )
+    except PeriodNotEnded as error:
+        raise HTTPException(status_code=422, detail=error.detail("path", period)) from None
     # A new start knows its run; a handle to the existing process does not.
     replayed = handle.result_run_id is None
     if replayed:
@@ -746,8 +752,16 @@ async def billing_start_route(
     summary="Bill every customer with cards for a month (skips those billed already)",
 )
 async def billing_run_route(request: Request, period: PeriodPath) -> ProcessRef:
+    from datetime import UTC
+
     from temporalio.common import WorkflowIDConflictPolicy
 
+    from schemas.periods import PeriodNotEnded, refuse_unended_month
+
+    try:
+        refuse_unended_month("period", period, datetime.now(UTC))
+    except PeriodNotEnded as error:
+        raise HTTPException(status_code=422, detail=error.detail("path", period)) from None
     settings = request.app.state.settings
     run = with_billing_queues(
         BillingRunInput(period=period, statements_dir=str(statements_dir(settings))),

@@ -10,16 +10,18 @@ import uuid
 from datetime import UTC, date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from pydantic import ValidationError
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError
 from typer.testing import CliRunner
 
-from activities.billing import classify
+from activities.billing import BillingActivities, classify
 from activities.customers import CustomerStore
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
@@ -35,6 +37,7 @@ from schemas.billing import (
     BillingRunStatus,
     BillingStatus,
     Statement,
+    StatementRequest,
     period_bounds,
     period_of,
     previous_period,
@@ -156,6 +159,12 @@ async def posted(stack: RunningStack, code: str) -> int:
     return (await Ledger(stack.pool).balance(code)).posted
 
 
+def last_month() -> tuple[str, datetime]:
+    """The month before this one (the latest a billing accepts) and its first instant."""
+    period = previous_period(datetime.now(UTC))
+    return period, period_bounds(period)[0]
+
+
 def request(customer_id: str, period: str, tmp_path: Path) -> BillingInput:
     return BillingInput(
         customer_id=customer_id,
@@ -238,13 +247,13 @@ def test_the_cli_refuses_a_bad_period_naming_the_field() -> None:
 async def test_fee_per_active_card_charged_once_however_often_the_period_is_billed(
     stack: RunningStack, tmp_path: Path
 ) -> None:
-    period = period_of(datetime.now(UTC))
+    period, start = last_month()
     customer_id = await customer(stack, usd_minor=10_000)
-    usd_cards = [await card(stack, customer_id, Currency.USD) for _ in range(2)]
+    usd_cards = [await card(stack, customer_id, Currency.USD, issued_at=start) for _ in range(2)]
     # The EUR wallet is empty: that card's fee is waived and flagged, not charged.
-    eur_card = await card(stack, customer_id, Currency.EUR)
+    eur_card = await card(stack, customer_id, Currency.EUR, issued_at=start)
     # Issued but its process never started (the issuance did not finish): not active.
-    await card(stack, customer_id, Currency.USD, process=False)
+    await card(stack, customer_id, Currency.USD, issued_at=start, process=False)
     fees_before = await _fees(stack, Currency.USD)
 
     first = await bill(stack.client, stack.queues, request(customer_id, period, tmp_path))
@@ -292,13 +301,27 @@ async def test_fee_per_active_card_charged_once_however_often_the_period_is_bill
 async def test_statement_balances_every_wallet_and_classifies_every_entry(
     stack: RunningStack, tmp_path: Path
 ) -> None:
-    period = period_of(datetime.now(UTC))
+    """Last month is billed once it is over: its fee is charged now, so this
+    month's statement (written as next month's billing will write it) holds
+    the top-up and that fee; last month's holds neither, and balances too."""
+    billed, start = last_month()
     customer_id = await customer(stack, usd_minor=5_000)
-    await card(stack, customer_id, Currency.USD)
+    card_id = await card(stack, customer_id, Currency.USD, issued_at=start)
+    result = await bill(stack.client, stack.queues, request(customer_id, billed, tmp_path))
+    assert [w.closing_minor for w in result.statement.wallets] == [0, 0]
+    assert [(f.card_id, f.status) for f in result.fees] == [(card_id, "charged")]
 
-    result = await bill(stack.client, stack.queues, request(customer_id, period, tmp_path))
-
-    summary = result.statement
+    period = period_of(datetime.now(UTC))
+    period_start, period_end = period_bounds(period)
+    summary = await BillingActivities(stack.pool).write_statement(
+        StatementRequest(
+            customer_id=customer_id,
+            period=period,
+            period_start=period_start,
+            period_end=period_end,
+            statements_dir=str(tmp_path / "statements"),
+        )
+    )
     statement = Statement.model_validate_json(_read(summary.json_path))
     assert {w.code for w in statement.wallets} == {
         wallet(customer_id, Currency.USD),
@@ -421,18 +444,12 @@ async def test_backfill_of_a_past_period_bills_the_cards_active_then(
 async def test_the_api_bills_a_period_once_and_serves_its_statement(
     stack: RunningStack, tmp_path: Path
 ) -> None:
-    from starters.gateway.app import create_app
-
-    settings = load_settings(
-        CARDFLOW_HOME=str(tmp_path), CARDFLOW_TASK_QUEUE_PREFIX=stack.queues.prefix
-    )
-    gateway = create_app(settings, client=stack.client, pool=stack.pool)
-    gateway.state.client, gateway.state.pool = stack.client, stack.pool
-    period = period_of(datetime.now(UTC))
+    gateway = _gateway(stack, tmp_path)
+    period, start = last_month()
     customer_id = await customer(stack, usd_minor=1_000)
-    await card(stack, customer_id, Currency.USD)
+    card_id = await card(stack, customer_id, Currency.USD, issued_at=start)
     transport = httpx.ASGITransport(app=gateway)
-    headers = await api_key_headers(stack.pool, settings)
+    headers = await api_key_headers(stack.pool, gateway.state.settings)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://gateway", headers=headers
     ) as http:
@@ -447,9 +464,9 @@ async def test_the_api_bills_a_period_once_and_serves_its_statement(
         statement = Statement.model_validate(
             (await http.get(f"/v1/statements/{customer_id}/{period}")).json()
         )
-        assert [w.closing_minor for w in statement.wallets if w.currency is Currency.USD] == [
-            1_000 - 100
-        ]
+        # The month as it was (the wallet was funded after it); its fee listed.
+        assert [w.closing_minor for w in statement.wallets if w.currency is Currency.USD] == [0]
+        assert [(f.card_id, f.amount_minor) for f in statement.fees] == [(card_id, 100)]
         refused = await http.post(f"/v1/billing/{customer_id}/2026-13")
         assert refused.status_code == 422 and "period" in refused.text
         missing = await http.get(f"/v1/statements/{customer_id}/2020-01")
@@ -481,27 +498,76 @@ async def test_a_scheduled_run_bills_the_month_before(stack: RunningStack, tmp_p
     assert [(f.card_id, f.status) for f in status.fees] == [(card_id, "charged")]
 
 
-async def test_a_month_to_come_is_refused_without_charging(
+async def test_a_month_not_over_is_refused_at_every_door_without_charging(
     stack: RunningStack, tmp_path: Path
 ) -> None:
-    _, end = period_bounds(period_of(datetime.now(UTC)))
+    """This month and the next are refused: billed early, a month would
+    charge before its cards are all issued, write a statement cut short, and
+    leave the month billed for the run that comes once it is over."""
+    this_month = period_of(datetime.now(UTC))
+    _, end = period_bounds(this_month)
+    next_month = period_of(end)
     customer_id = await customer(stack, usd_minor=1_000)
     await card(stack, customer_id, Currency.USD)
 
-    with pytest.raises(WorkflowFailureError) as refused:
-        await bill(stack.client, stack.queues, request(customer_id, period_of(end), tmp_path))
+    gateway = _gateway(stack, tmp_path)
+    headers = await api_key_headers(stack.pool, gateway.state.settings)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway), base_url="http://gateway", headers=headers
+    ) as http:
+        for period in (this_month, next_month):
+            for url in (f"/v1/billing/{customer_id}/{period}", f"/v1/billing-runs/{period}"):
+                refused = await http.post(url)
+                assert refused.status_code == 422, refused.text
+                assert refused.json()["detail"][0]["loc"] == ["path", "period"]
+                assert "has not" in refused.text
+    answer = CliRunner().invoke(app, ["billing", "run", "--period", this_month])
+    assert answer.exit_code == 2, answer.output
+    assert "period: " in answer.output and "has not ended" in answer.output
+    with pytest.raises(ValueError, match="has not ended"):
+        await bill(stack.client, stack.queues, request(customer_id, this_month, tmp_path))
+    for period in (this_month, next_month):
+        never = stack.client.get_workflow_handle(billing_workflow_id(customer_id, period))
+        with pytest.raises(RPCError):
+            await never.describe()
 
-    assert "has not begun" in str(refused.value.cause)
+    # Started past the starters, the process and the driver fail at once,
+    # non-retryably, charging nothing.
+    for period, why in ((this_month, "has not ended"), (next_month, "has not begun")):
+        with pytest.raises(WorkflowFailureError) as failed:
+            await stack.client.execute_workflow(
+                BILLING_WORKFLOW,
+                with_queues(request(customer_id, period, tmp_path), stack.queues),
+                id=f"{billing_workflow_id(customer_id, period)}/t-{uuid.uuid4().hex[:8]}",
+                task_queue=stack.queues.workflows,
+            )
+        cause = failed.value.cause
+        assert isinstance(cause, ApplicationError)
+        assert (cause.type, cause.non_retryable) == ("PeriodNotEnded", True)
+        assert why in cause.message
+    with pytest.raises(WorkflowFailureError) as driver_failed:
+        await stack.client.execute_workflow(
+            BILLING_RUN_WORKFLOW,
+            with_queues(
+                BillingRunInput(period=this_month, statements_dir=str(tmp_path / "statements")),
+                stack.queues,
+            ),
+            id=f"billing-run/test-{uuid.uuid4().hex[:8]}",
+            task_queue=stack.queues.workflows,
+        )
+    driver_cause = driver_failed.value.cause
+    assert isinstance(driver_cause, ApplicationError) and driver_cause.type == "PeriodNotEnded"
     assert await posted(stack, wallet(customer_id, Currency.USD)) == 1_000
 
 
 async def test_more_cards_than_the_limit_fail_the_billing_without_charging_part(
     stack: RunningStack, tmp_path: Path
 ) -> None:
+    period, start = last_month()
     customer_id = await customer(stack, usd_minor=1_000)
     for _ in range(2):
-        await card(stack, customer_id, Currency.USD)
-    limited = request(customer_id, period_of(datetime.now(UTC)), tmp_path).model_copy(
+        await card(stack, customer_id, Currency.USD, issued_at=start)
+    limited = request(customer_id, period, tmp_path).model_copy(
         update={"policy": POLICY.model_copy(update={"cards_max": 1})}
     )
 
@@ -515,9 +581,9 @@ async def test_more_cards_than_the_limit_fail_the_billing_without_charging_part(
 async def test_a_cancellation_during_a_fee_records_it_charged_and_ends_cancelled(
     stack: RunningStack, tmp_path: Path
 ) -> None:
-    period = period_of(datetime.now(UTC))
+    period, start = last_month()
     customer_id = await customer(stack, usd_minor=1_000)
-    card_id = await card(stack, customer_id, Currency.USD)
+    card_id = await card(stack, customer_id, Currency.USD, issued_at=start)
     fees_before = await _fees(stack, Currency.USD)
     usd_wallet = wallet(customer_id, Currency.USD)
     async with balances_locked(stack.database_url, usd_wallet) as lock:
@@ -579,14 +645,15 @@ async def test_a_run_cancelled_while_it_reads_a_page_of_customers_ends_cancelled
     assert description.typed_search_attributes.get(PROCESS_STATUS) == "cancelled"
 
 
-async def test_the_demo_bills_the_current_month_and_says_where_the_statement_is(
+async def test_the_demo_bills_the_month_before_and_says_where_the_statement_is(
     stack: RunningStack, tmp_path: Path
 ) -> None:
     settings = load_settings(
         CARDFLOW_HOME=str(tmp_path), CARDFLOW_TASK_QUEUE_PREFIX=stack.queues.prefix
     )
+    period, start = last_month()
     customer_id = await customer(stack, usd_minor=1_000)
-    await card(stack, customer_id, Currency.USD)
+    await card(stack, customer_id, Currency.USD, issued_at=start)
     said: list[tuple[str, str | None]] = []
 
     await demo_statement(
@@ -594,7 +661,7 @@ async def test_the_demo_bills_the_current_month_and_says_where_the_statement_is(
     )
 
     ((text, workflow_id),) = said
-    period = period_of(datetime.now(UTC))
+    assert f"for {period} (1 active cards" in text
     html_path = tmp_path / "statements" / customer_id / f"{period}.html"
     assert str(html_path.resolve()) in text
     assert workflow_id == billing_workflow_id(customer_id, period)
@@ -640,6 +707,18 @@ async def test_the_monthly_schedule_is_created_once_however_often_ensure_runs(
 
 def _read(path: str | Path) -> str:
     return Path(path).read_text(encoding="utf-8")
+
+
+def _gateway(stack: RunningStack, home: Path) -> Any:
+    """The HTTP API on this test's workers and database, in process."""
+    from starters.gateway.app import create_app
+
+    settings = load_settings(
+        CARDFLOW_HOME=str(home), CARDFLOW_TASK_QUEUE_PREFIX=stack.queues.prefix
+    )
+    gateway = create_app(settings, client=stack.client, pool=stack.pool)
+    gateway.state.client, gateway.state.pool = stack.client, stack.pool
+    return gateway
 
 
 def _cli_env(

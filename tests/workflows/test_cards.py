@@ -17,7 +17,7 @@ from activities.ledger import Ledger
 from activities.ledger.verify import verify
 from activities.providers.issuer import IssuerClient
 from schemas.accounts import system_account
-from schemas.billing import BillingInput, BillingPolicy, period_of
+from schemas.billing import BillingInput, BillingPolicy, period_bounds, previous_period
 from schemas.cards import (
     CardInput,
     CardIssueInput,
@@ -513,13 +513,20 @@ async def recorded(platform: Platform, card_id: str) -> dict[str, Any] | None:
 
 
 async def billed_cards(platform: Platform, customer_id: str, tmp_path: Any) -> dict[str, str]:
-    """Bill the customer's current period: each billed card's fee status."""
+    """Bill the customer's cards, as issued last month (a month is billed
+    once it has ended): each billed card's fee status."""
+    period = previous_period(datetime.now(UTC))
+    await platform.stack.pool.execute(
+        "UPDATE cards SET created_at = $2 WHERE customer_id = $1",
+        customer_id,
+        period_bounds(period)[0],
+    )
     result = await bill(
         platform.stack.client,
         platform.stack.queues,
         BillingInput(
             customer_id=customer_id,
-            period=period_of(datetime.now(UTC)),
+            period=period,
             statements_dir=str(tmp_path / "statements"),
             policy=MONTHLY_FEE,
         ),

@@ -152,3 +152,30 @@ async def test_a_process_cancelled_mid_step_before_the_patch_replays_only_thanks
     unguarded = await replayer(keys_file).replay_workflow(history, raise_on_replay_failure=False)
     assert unguarded.replay_failure is not None
     assert "Nondeterminism" in str(unguarded.replay_failure)
+
+
+@pytest.mark.parametrize(
+    "name", ["unpatched-billing-period", "unpatched-billing-period-2"], ids=str
+)
+async def test_a_billing_of_a_month_not_over_replays_only_thanks_to_the_patch(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Billings recorded before BILLING_PERIOD_ENDED_PATCH billed the month
+    they ran in; they replay on the old path, and with the guard forced open
+    (the month refused) they would not."""
+    from temporalio import workflow
+
+    from workflows.billing import BILLING_PERIOD_ENDED_PATCH
+
+    history = load(HISTORIES / f"{name}.json")
+    keys_file = HISTORIES / RECORDING_KEYS_FILENAME
+    guarded = await replayer(keys_file).replay_workflow(history, raise_on_replay_failure=False)
+    assert guarded.replay_failure is None
+    patched = workflow.patched
+
+    def forced(patch_id: str) -> bool:
+        return patch_id == BILLING_PERIOD_ENDED_PATCH or patched(patch_id)
+
+    monkeypatch.setattr(workflow, "patched", forced)
+    unguarded = await replayer(keys_file).replay_workflow(history, raise_on_replay_failure=False)
+    assert unguarded.replay_failure is not None
