@@ -20,6 +20,8 @@ from activities.providers.activities import ProviderClients
 from schemas.money import Currency
 from schemas.notify import Channel
 from schemas.reconciliation import (
+    FIX_REVERSED_SUFFIX,
+    FIX_SETTLED_LATE_SUFFIX,
     CurrencyVolume,
     Difference,
     DifferenceKind,
@@ -33,6 +35,7 @@ from schemas.reconciliation import (
     MatchResult,
     ReconciliationReport,
     ReportPaths,
+    ReversalKind,
     ReversalMark,
 )
 
@@ -226,13 +229,15 @@ GROUP BY transaction_id, currency
 
 # Open fixes of the window whose transaction the card's postings on
 # issuer:settlement have changed since the fix was posted (only card keys
-# count, never reconciliation's own transfers).
+# count, never reconciliation's own transfers); those in $4 are corrected
+# otherwise (their transaction settled since).
 _LATE_POSTINGS_SQL = (
     _CARD_POSTINGS_CTE
     + """,
 open_fixes AS (
     SELECT * FROM reconciliation_fixes
     WHERE reversal_key IS NULL AND settlement_date >= $1 AND settlement_date <= $2
+      AND NOT (fix_key = ANY($4::text[]))
 ),
 now_posted AS (
     SELECT transaction_id, currency, sum(effect)::bigint AS effect
@@ -250,6 +255,75 @@ ORDER BY f.settlement_date, f.fix_key
 LIMIT $3
 """
 )
+
+# Fixes of days before this run's whose transaction the issuer settles in
+# this run's report (it settled late): each with what the fix and its
+# corrections (keyed from it) still move on issuer:settlement, which the
+# correction takes back, closed fixes included. None left once corrected.
+_SETTLED_SINCE_SQL = (
+    _CARD_POSTINGS_CTE
+    + """,
+settled AS (
+    SELECT DISTINCT ON (record_id) record_id AS transaction_id, currency,
+        CASE WHEN direction = 'debit' THEN amount_minor ELSE -amount_minor END AS issuer_effect
+    FROM reconciliation_records
+    WHERE run_key = $1 AND record_type = ANY($3::text[])
+    ORDER BY record_id, position
+),
+earlier AS (
+    SELECT f.* FROM reconciliation_fixes f
+    JOIN settled s ON s.transaction_id = f.transaction_id AND s.currency = f.currency
+    WHERE f.settlement_date < $2
+),
+nets AS (
+    SELECT e.fix_key, sum(
+        CASE WHEN t.credit_account_id IN (SELECT id FROM settlement)
+             THEN t.amount_minor ELSE -t.amount_minor END)::bigint AS net
+    FROM earlier e
+    JOIN ledger_transfers t ON t.idempotency_key IN (e.fix_key, e.fix_key || $4, e.fix_key || $5)
+    WHERE t.kind = 'posted'
+    GROUP BY e.fix_key
+),
+now_posted AS (
+    SELECT transaction_id, currency, sum(effect)::bigint AS effect
+    FROM postings
+    WHERE transaction_id IN (SELECT transaction_id FROM earlier)
+    GROUP BY transaction_id, currency
+)
+SELECT e.fix_key, e.run_key, e.settlement_date, e.item_id, e.kind, e.transaction_id,
+       e.card_id, e.currency, e.issuer_amount_minor, e.ledger_amount_minor, e.delta_minor,
+       n.net, s.issuer_effect, coalesce(p.effect, 0) AS ledger_amount_now_minor
+FROM earlier e
+JOIN nets n ON n.fix_key = e.fix_key
+JOIN settled s ON s.transaction_id = e.transaction_id AND s.currency = e.currency
+LEFT JOIN now_posted p ON p.transaction_id = e.transaction_id AND p.currency = e.currency
+WHERE n.net <> 0
+ORDER BY e.settlement_date, e.fix_key
+LIMIT $6
+"""
+)
+
+# What reconciliation's own transfers (fixes, and corrections keyed from
+# them) have moved on issuer:settlement per transaction, for the ids in $1.
+_FIXED_BEFORE_SQL = """
+WITH settlement AS (
+    SELECT id FROM ledger_accounts WHERE code LIKE 'issuer:settlement:%'
+),
+fixes AS (
+    SELECT t.currency,
+        substring(t.idempotency_key FROM '/fix/([^/]+)(?:/.*)?$') AS transaction_id,
+        CASE WHEN t.credit_account_id IN (SELECT id FROM settlement)
+             THEN t.amount_minor ELSE -t.amount_minor END AS effect
+    FROM ledger_transfers t
+    WHERE t.kind = 'posted' AND t.idempotency_key LIKE 'reconciliation/%'
+      AND (t.credit_account_id IN (SELECT id FROM settlement)
+           OR t.debit_account_id IN (SELECT id FROM settlement))
+)
+SELECT transaction_id, currency, sum(effect)::bigint AS effect
+FROM fixes
+WHERE transaction_id = ANY($1::text[])
+GROUP BY transaction_id, currency
+"""
 
 _ISSUER_RECORDS_SQL = """
 SELECT DISTINCT ON (record_id) record_id, record_type, card_id, amount_minor, currency,
@@ -347,6 +421,14 @@ class ReconciliationLedgerActivities:
                     ledger_postings=posted["postings"],
                 )
             )
+        if differences:
+            fixed_rows = await self.pool.fetch(
+                _FIXED_BEFORE_SQL, [difference.transaction_id for difference in differences]
+            )
+            fixed = {(row["transaction_id"], row["currency"]): row["effect"] for row in fixed_rows}
+            for difference in differences:
+                key = (difference.transaction_id, difference.currency.value)
+                difference.fixed_before_minor = fixed.get(key, 0)
         return MatchResult(
             records_total=len(rows),
             records_matched=matched,
@@ -401,36 +483,52 @@ class ReconciliationLedgerActivities:
 
     @activity.defn(name=FIND_LATE_POSTINGS)
     async def find_late_postings(self, lookup: LatePostingLookup) -> list[LatePosting]:
-        """Open fixes of settlement days in the window whose transaction the
-        card has posted to since: each with the correction that keeps
+        """Earlier fixes that no longer stand, each with its correction.
+
+        Settled late (looked for when lookup.run_key names the run whose
+        report is staged): a fix of a day before until_date whose transaction
+        the issuer settles in this report. The day's matching takes the
+        transaction over, so the correction takes back all that the fix and
+        its corrections still move on issuer:settlement.
+
+        Posted late: an open fix of a settlement day in the window whose
+        transaction the card has posted to since; the correction keeps
         issuer:settlement at what the issuer settled (card postings now +
         fix + correction = issuer, so correction = card then - card now)."""
-        rows = await self.pool.fetch(
-            _LATE_POSTINGS_SQL, lookup.since_date, lookup.until_date, lookup.limit
-        )
         found: list[LatePosting] = []
-        for row in rows:
-            difference = Difference(
-                item_id=row["item_id"],
-                kind=DifferenceKind(row["kind"]),
-                transaction_id=row["transaction_id"],
-                card_id=row["card_id"],
-                currency=Currency(row["currency"]),
-                record_type=None,
-                issuer_amount_minor=row["issuer_amount_minor"],
-                ledger_amount_minor=row["ledger_amount_minor"],
-                delta_minor=row["delta_minor"],
-                ledger_postings=0,
+        if lookup.run_key is not None:
+            settled = await self.pool.fetch(
+                _SETTLED_SINCE_SQL,
+                lookup.run_key,
+                lookup.until_date,
+                list(CARD_POSTING_RECORD_TYPES),
+                FIX_REVERSED_SUFFIX,
+                FIX_SETTLED_LATE_SUFFIX,
+                lookup.limit,
             )
+            for row in settled:
+                now = row["ledger_amount_now_minor"]
+                found.append(
+                    LatePosting(
+                        kind=ReversalKind.LATE_SETTLEMENT_REVERSED,
+                        fix=_fix_record(row),
+                        ledger_amount_now_minor=now,
+                        correction_minor=-row["net"],
+                        residual_minor=row["issuer_effect"] - now,
+                    )
+                )
+        rows = await self.pool.fetch(
+            _LATE_POSTINGS_SQL,
+            lookup.since_date,
+            lookup.until_date,
+            lookup.limit - len(found),
+            [late.fix.fix_key for late in found],
+        )
+        for row in rows:
             now = row["ledger_amount_now_minor"]
             found.append(
                 LatePosting(
-                    fix=FixRecord(
-                        fix_key=row["fix_key"],
-                        run_key=row["run_key"],
-                        settlement_date=row["settlement_date"],
-                        difference=difference,
-                    ),
+                    fix=_fix_record(row),
                     ledger_amount_now_minor=now,
                     correction_minor=row["ledger_amount_minor"] - now,
                     residual_minor=row["issuer_amount_minor"] - now,
@@ -468,6 +566,27 @@ class ReconciliationLedgerActivities:
         ]
 
 
+def _fix_record(row: asyncpg.Record) -> FixRecord:
+    """A reconciliation_fixes row as the fix it records."""
+    return FixRecord(
+        fix_key=row["fix_key"],
+        run_key=row["run_key"],
+        settlement_date=row["settlement_date"],
+        difference=Difference(
+            item_id=row["item_id"],
+            kind=DifferenceKind(row["kind"]),
+            transaction_id=row["transaction_id"],
+            card_id=row["card_id"],
+            currency=Currency(row["currency"]),
+            record_type=None,
+            issuer_amount_minor=row["issuer_amount_minor"],
+            ledger_amount_minor=row["ledger_amount_minor"],
+            delta_minor=row["delta_minor"],
+            ledger_postings=0,
+        ),
+    )
+
+
 def _write_report(request: ReportWrite) -> ReportPaths:
     report = request.report
     directory = Path(request.reports_dir)
@@ -501,7 +620,12 @@ def _write_report(request: ReportWrite) -> ReportPaths:
                 "delta_minor": late.correction_minor,
                 "ledger_postings": "",
                 "decided_by": "",
-                "reason": f"late posting after fix {late.fix.fix_key}",
+                "reason": (
+                    f"settled by the issuer on {report.settlement_date.isoformat()}"
+                    f" after fix {late.fix.fix_key}"
+                    if late.kind is ReversalKind.LATE_SETTLEMENT_REVERSED
+                    else f"late posting after fix {late.fix.fix_key}"
+                ),
                 "transfer_key": late.transfer_key or "",
             }
         )

@@ -26,6 +26,11 @@ SETTLEMENT_PAGE_SIZE_MAX = 500
 # the rest), so that its history stays small; and how far back it may look.
 LATE_POSTING_FIXES_MAX = 500
 LATE_POSTING_LOOKBACK_DAYS_MAX = 366
+# The corrections of a fix are keyed from the fix's own key, so that every
+# run finding the same fix posts the same transfer: after a late posting of
+# the card, and after the issuer settled the transaction on a later day.
+FIX_REVERSED_SUFFIX = "/reversed"
+FIX_SETTLED_LATE_SUFFIX = "/settled-late"
 
 
 class SettlementReportPage(BaseModel):
@@ -154,6 +159,10 @@ class Difference(BaseModel):
     # issuer - ledger: > 0 the ledger must credit issuer:settlement more.
     delta_minor: int
     ledger_postings: int
+    # What reconciliation's own transfers for the transaction (an earlier,
+    # failed run's fix of the day and its corrections) had already moved on
+    # issuer:settlement when it was matched: a fix posts delta - this.
+    fixed_before_minor: int = 0
 
 
 class CurrencyVolume(BaseModel):
@@ -205,15 +214,23 @@ class LatePostingLookup(BaseModel):
     since_date: date
     until_date: date
     limit: int = Field(default=LATE_POSTING_FIXES_MAX, ge=1, le=LATE_POSTING_FIXES_MAX)
+    # The run whose staged report is read for transactions the issuer has
+    # settled since an earlier day fixed them (None: not looked for).
+    run_key: str | None = None
 
 
 class ReversalKind(StrEnum):
     # The card posted, after the fix, what the fix had stood in for.
     LATE_POSTING_REVERSED = "late_posting_reversed"
+    # The issuer settled on a later day (this run's) a transaction an earlier
+    # day fixed as not settled by it: that fix no longer stands, and this
+    # day's matching takes the transaction over.
+    LATE_SETTLEMENT_REVERSED = "late_settlement_reversed"
 
 
 class LatePosting(BaseModel):
-    """An earlier fix whose transaction the card has posted to since: the
+    """An earlier fix that no longer stands: its transaction the card has
+    posted to since, or the issuer has settled since on a later day. The
     correction keeps issuer:settlement at what the issuer settled."""
 
     kind: ReversalKind = ReversalKind.LATE_POSTING_REVERSED
@@ -224,9 +241,17 @@ class LatePosting(BaseModel):
     # issuer settled it is -fix.delta_minor: the fix reversed in full.
     correction_minor: int
     # What suspense still holds for the item after it: issuer - card now
-    # (0 when the late posting was what the issuer settled).
+    # (0 when the late posting was what the issuer settled). After a late
+    # settlement: what this day's matching finds between the issuer and the card.
     residual_minor: int
     transfer_key: str | None = None
+
+    @property
+    def correction_key(self) -> str:
+        """The correcting transfer's key, from the fix's own key."""
+        if self.kind is ReversalKind.LATE_SETTLEMENT_REVERSED:
+            return f"{self.fix.fix_key}{FIX_SETTLED_LATE_SUFFIX}"
+        return f"{self.fix.fix_key}{FIX_REVERSED_SUFFIX}"
 
 
 class ReversalMark(BaseModel):
@@ -248,7 +273,8 @@ class CurrencySummary(BaseModel):
     # drift / volume, as a decimal string (0 when there was no volume).
     drift_rate: str
     unexplained_drift_rate: str
-    # Earlier fixes this run corrected because a late posting arrived.
+    # Earlier fixes this run corrected: a late posting arrived, or the
+    # issuer settled their transaction on this day.
     reversals: int = 0
     reversed_minor: int = 0
 

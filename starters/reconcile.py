@@ -162,8 +162,8 @@ def summary(result: ReconciliationResult) -> str:
             f"{currency.drift_minor} (rate {currency.drift_rate}), fixed {currency.fixed_minor}, "
             f"unexplained {currency.unexplained_minor} (rate {currency.unexplained_drift_rate})"
             + (
-                f", {currency.reversals} earlier fixes reversed after a late posting "
-                f"({currency.reversed_minor})"
+                f", {currency.reversals} earlier fixes reversed after a late posting or "
+                f"settlement ({currency.reversed_minor})"
                 if currency.reversals
                 else ""
             )

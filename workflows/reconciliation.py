@@ -9,18 +9,24 @@ run once the day is over (the starters and the API refuse it before that).
 Steps: download the report page by page into a staging table
 (`reconciliation.download_settlement_report`, providers queue; it heartbeats
 its cursor, so after a worker crash the retry resumes from the last page it
-staged, on any worker); match every card-posting record (clearing, force
-post, refund) with the card's postings on issuer:settlement:{CCY}, and the
-day's postings with the report (`reconciliation.match`, ledger queue). Each
-difference is one item, keyed by the issuer transaction id: missing in the
-ledger, missing at the issuer, amount mismatch or duplicate, with its delta
-(what the issuer settled minus what the ledger posted to issuer:settlement).
+staged, on any worker); correct earlier fixes that no longer stand (below);
+match every card-posting record (clearing, force post, refund) with the
+card's postings on issuer:settlement:{CCY}, and the day's postings with the
+report (`reconciliation.match`, ledger queue). Each difference is one item,
+keyed by the issuer transaction id: missing in the ledger, missing at the
+issuer, amount mismatch or duplicate, with its delta (what the issuer
+settled minus what the card posted to issuer:settlement) and what
+reconciliation's own transfers for the transaction already move there
+(`fixed_before_minor`: a failed run of the same day fixed it already).
 
 An item whose delta is below the currency's threshold is fixed at once: one
 transfer between suspense:reconciliation:{CCY} and issuer:settlement:{CCY}
-that brings the settlement account in line with the issuer, keyed
-`{workflow id}/fix/{item id}`, so a retry or a re-run of the same day never
-posts twice. Larger items wait for an operator's `decide` update (adjust:
+of the delta less what is already fixed, keyed
+`{workflow id}/fix/{item id}/from/{fixed before}/to/{delta}`. A retry or a
+re-run of the day that finds the same posts it once; a re-run after the
+postings changed (between a failed run and its re-run) posts only what is
+left, under another key, never meeting its own earlier key with another
+amount. Larger items wait for an operator's `decide` update (adjust:
 the same transfer; dismiss: nothing posted), after one e-mail to the
 operations mailbox naming them; items undecided when the policy's wait ends
 stay flagged `undecided` in the report. The report (JSON and CSV under
@@ -41,9 +47,16 @@ the ORIGINAL fix's key so that every run finding it posts the same transfer.
 The report lists them as `late_posting_reversed`, with counts and amounts.
 This holds for every kind of fix, since it compares the card's own postings
 only: a missing-in-ledger fix, an amount mismatch whose card posting changes
-later, a duplicate posted a third time. A late change at the issuer (a
-transaction fixed as missing at the issuer that appears in a later report)
-is not looked for here.
+later, a duplicate posted a third time.
+
+Late settlements: a transaction fixed on an earlier day as not settled by
+the issuer (missing at the issuer) may be settled by it on a later day; the
+run of that day finds it in its own report. The earlier fix no longer
+stands: the run takes back all that it (and any correction of it) still
+moves on issuer:settlement, keyed `{fix key}/settled-late`, and the day's
+matching takes the transaction over (issuer against card). Listed as
+`late_settlement_reversed`. These corrections come before the matching, so
+it reads reconciliation's own transfers as they now stand.
 
 Compensations: none to register. Every posting is a forward correction into
 suspense, idempotent by key; undoing one would re-open the difference it
@@ -204,6 +217,14 @@ class Reconciliation:
                 non_retryable_error_types=list(NON_RETRYABLE_ERROR_TYPES),
             ),
         )
+        # Earlier fixes that no longer stand are corrected first, so that the
+        # matching reads what reconciliation has already moved as it now is.
+        late = await self._find_late_postings(request)
+        if late:
+            await self._open_accounts({found.fix.difference.currency for found in late})
+            self._set_stage("reversing_late_postings")
+            for found in late:
+                await self._reverse_late_posting(found)
         self._set_stage("matching")
         matched: MatchResult = await on_ledger(
             request.ledger_task_queue,
@@ -218,15 +239,9 @@ class Reconciliation:
             self._items[difference.item_id] = ReconciliationItem(
                 difference=difference, state="auto_fixed" if small else "awaiting_decision"
             )
-        late = await self._find_late_postings(request)
         currencies = {item.difference.currency for item in self._items.values()}
-        currencies |= {found.fix.difference.currency for found in late}
         if currencies:
             await self._open_accounts(currencies)
-        if late:
-            self._set_stage("reversing_late_postings")
-            for found in late:
-                await self._reverse_late_posting(found)
         self._set_stage("fixing")
         for item in self._items.values():
             if item.state == "auto_fixed":
@@ -270,22 +285,23 @@ class Reconciliation:
         )
 
     async def _post_fix(self, item: ReconciliationItem) -> None:
-        """Bring issuer:settlement in line with the issuer through suspense."""
+        """Bring issuer:settlement in line with the issuer through suspense:
+        the difference less what earlier runs' fixes of the transaction still
+        move (a failed run of the day, postings changed since), under a key
+        that names the item and both amounts, so a re-run never meets its own
+        key with another amount and never posts the same difference twice."""
         assert self._input is not None
         difference = item.difference
+        before = difference.fixed_before_minor
+        amount = difference.delta_minor - before
+        if amount == 0:
+            return  # earlier fixes of the transaction already stand for it
         settlement = accounts.issuer_settlement(difference.currency)
         suspense = accounts.suspense_reconciliation(difference.currency)
-        # delta > 0: the issuer settled more than the ledger posted, so the
+        # > 0: the issuer settled more than the ledger holds, so the
         # settlement account is credited from suspense; < 0 the other way.
-        debit, credit = (
-            (suspense, settlement)
-            if difference.delta_minor > 0
-            else (
-                settlement,
-                suspense,
-            )
-        )
-        key = step_key(f"fix/{difference.item_id}")
+        debit, credit = (suspense, settlement) if amount > 0 else (settlement, suspense)
+        key = step_key(f"fix/{difference.item_id}/from/{before}/to/{difference.delta_minor}")
         outcome: TransferOutcome = await on_ledger(
             self._input.ledger_task_queue,
             TRANSFER,
@@ -293,7 +309,7 @@ class Reconciliation:
                 key=key,
                 debit=debit,
                 credit=credit,
-                amount_minor=abs(difference.delta_minor),
+                amount_minor=abs(amount),
                 currency=difference.currency,
             ),
             result_type=TransferOutcome,
@@ -321,18 +337,24 @@ class Reconciliation:
         found: list[LatePosting] = await on_ledger(
             request.ledger_task_queue,
             FIND_LATE_POSTINGS,
-            LatePostingLookup(since_date=since, until_date=request.settlement_date),
+            LatePostingLookup(
+                since_date=since,
+                until_date=request.settlement_date,
+                run_key=workflow.info().workflow_id,
+            ),
             result_type=list[LatePosting],
         )
         return found
 
     async def _reverse_late_posting(self, late: LatePosting) -> None:
-        """Undo what a late card posting doubled: issuer:settlement back to
-        what the issuer settled. The key comes from the original fix's key,
-        not from this run, so every run that finds the fix posts the same
-        transfer and the ledger keeps it once."""
+        """Undo what a fix no longer stands for: a late card posting doubled
+        it (issuer:settlement back to what the issuer settled), or the issuer
+        settled its transaction on this later day (the fix taken back; this
+        day's matching takes the transaction over). The key comes from the
+        original fix's key, not from this run, so every run that finds the
+        fix posts the same transfer and the ledger keeps it once."""
         assert self._input is not None
-        assert late.correction_minor != 0, "the look-back returns changed postings only"
+        assert late.correction_minor != 0, "the look-back returns fixes to correct only"
         fixed = late.fix.difference
         settlement = accounts.issuer_settlement(fixed.currency)
         suspense = accounts.suspense_reconciliation(fixed.currency)
@@ -342,7 +364,7 @@ class Reconciliation:
         debit, credit = (
             (suspense, settlement) if late.correction_minor > 0 else (settlement, suspense)
         )
-        key = f"{late.fix.fix_key}/reversed"
+        key = late.correction_key
         try:
             outcome: TransferOutcome = await on_ledger(
                 self._input.ledger_task_queue,
@@ -377,7 +399,10 @@ class Reconciliation:
             ),
             result_type=bool,
         )
-        if closed:
+        # A late settlement is this run's to report even when the fix was
+        # closed before (by a late posting); a late posting, only if this
+        # run closed the fix.
+        if closed or late.kind is ReversalKind.LATE_SETTLEMENT_REVERSED:
             late.transfer_key = key
             self._reversals.append(late)
 
@@ -524,7 +549,7 @@ class Reconciliation:
         workflow.set_current_details(
             f"**{self._input.provider} {self._input.settlement_date.isoformat()}**: {self._stage}; "
             f"{len(self._items)} differences, {waiting} awaiting a decision, "
-            f"{len(self._reversals)} earlier fixes reversed after a late posting"
+            f"{len(self._reversals)} earlier fixes reversed after a late posting or settlement"
         )
 
 

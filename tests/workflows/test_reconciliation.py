@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import io
 import json
 import secrets
@@ -766,7 +767,10 @@ async def test_a_fix_for_a_held_clearing_is_reversed_once_when_the_late_webhook_
     assert (reversal.ledger_amount_now_minor, reversal.correction_minor) == (300, -300)
     assert reversal.residual_minor == 0
     assert reversal.transfer_key == f"{fix_key}/reversed"
-    assert first.report.reversal_counts == {"late_posting_reversed": 1}
+    assert first.report.reversal_counts == {
+        "late_posting_reversed": 1,
+        "late_settlement_reversed": 0,
+    }
     usd = first.report.currencies[0]
     assert (usd.currency, usd.reversals, usd.reversed_minor) == (Currency.USD, 1, 300)
     assert (usd.drift_minor, usd.unexplained_minor) == (0, 0)
@@ -779,7 +783,10 @@ async def test_a_fix_for_a_held_clearing_is_reversed_once_when_the_late_webhook_
     # A second run of that day finds nothing left to reverse.
     again = await reconcile_on(platform, next_day)
     assert again.report.reversals == []
-    assert again.report.reversal_counts == {"late_posting_reversed": 0}
+    assert again.report.reversal_counts == {
+        "late_posting_reversed": 0,
+        "late_settlement_reversed": 0,
+    }
 
     # Posted once; suspense back to zero for the item; issuer:settlement holds
     # what the issuer settled, once.
@@ -849,4 +856,132 @@ async def test_an_amount_mismatch_fix_is_reversed_when_the_rest_of_the_posting_a
     assert await net_credit(platform, settlement, cleared.id) == 4_000
     suspense = accounts.suspense_reconciliation("USD")
     assert await net_credit(platform, suspense, cleared.id) == 0
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_rerun_after_the_postings_changed_posts_only_what_remains(
+    platform: Platform,
+) -> None:
+    """A day's run fixes an amount mismatch and then ends without finishing
+    (an operator terminates it while it waits for a decision); the card
+    posts more of the transaction before the day is run again. The re-run
+    never meets its own first fix's key with another amount: it posts only
+    what is left, and issuer:settlement holds what the issuer settled."""
+    day = issuer_days_behind(platform, 2)
+    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    async with issuer(platform) as client:
+        partial, waiting = [
+            (
+                await client.simulate_force_post(
+                    card_id=card_id,
+                    amount_minor=amount,
+                    currency=Currency.USD,
+                    merchant=SHOP,
+                    idempotency_key=f"fp-rerun-{amount}-{card_id}",
+                )
+            ).id
+            for amount in (4_000, 3_000)
+        ]
+    settlement = accounts.issuer_settlement("USD")
+    suspense = accounts.suspense_reconciliation("USD")
+    await Ledger(platform.stack.pool).open_account(accounts.system_account(settlement))
+    # The card posted part of the first from its hold: 300 short, fixed at
+    # once; the second (never posted) waits for an operator.
+    await post_directly(
+        platform, customer_id, f"card/{card_id}/auth/auth_r/1-post-{partial}", 3_700
+    )
+    workflow_id = f"{reconciliation_workflow_id('issuer', day)}/t-{uuid.uuid4().hex[:8]}"
+    first = await start_reconciliation(platform, day=day, workflow_id=workflow_id)
+    await eventually(functools.partial(awaiting_on, first), "the first run waits for operators")
+    assert await net_credit(platform, settlement, partial) == 4_000
+    await first.terminate("an operator stops the day's run")
+
+    # The card posts 200 more of it before the day is run again.
+    await post_directly(platform, customer_id, f"card/{card_id}/post/{partial}", 200)
+    again = await start_reconciliation(platform, day=day, workflow_id=workflow_id)
+    await eventually(functools.partial(awaiting_on, again), "the re-run waits for operators")
+    await again.execute_update(
+        DECIDE_UPDATE,
+        Decision(item_id=waiting, action=DecisionAction.DISMISS, operator="ana"),
+    )
+    result = await again.result()
+
+    items = {item.difference.item_id: item for item in result.report.items}
+    assert (items[partial].difference.kind.value, items[partial].difference.delta_minor) == (
+        "amount_mismatch",
+        100,
+    )
+    assert items[partial].state == "auto_fixed"
+    # The issuer's amount, exactly: the card's 3,900 and 100 through suspense.
+    assert await net_credit(platform, settlement, partial) == 4_000
+    assert await net_credit(platform, suspense, partial) == -100
+    assert await verify(platform.stack.pool) == []
+
+
+async def awaiting_on(handle: WorkflowHandle[Any, ReconciliationResult]) -> bool:
+    status: ReconciliationStatus = await handle.query(
+        STATUS_QUERY, result_type=ReconciliationStatus
+    )
+    return status.stage == "awaiting_decisions"
+
+
+async def test_a_transaction_the_issuer_settles_a_day_late_leaves_settlement_exact(
+    platform: Platform,
+) -> None:
+    """The card posts a purchase on a day whose report does not have it (the
+    issuer settles it a day late): fixed as missing at the issuer. When the
+    next day's report settles it, that fix is reversed: after both days
+    issuer:settlement holds what the issuer settled, to the unit."""
+    first_day = issuer_days_behind(platform, 2)
+    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    platform.sim.admin("PUT", "/options/issuer", {"settlement_delay_days": 1})
+    async with issuer(platform) as client:
+        late = await client.simulate_force_post(
+            card_id=card_id,
+            amount_minor=300,
+            currency=Currency.USD,
+            merchant=SHOP,
+            idempotency_key="fp-settled-late" + card_id,
+        )
+    platform.sim.admin("PUT", "/options/issuer", {"settlement_delay_days": 0})
+    await wallet_becomes(platform, customer_id, posted=20_000 - 300, pending=0)
+    await recorded(platform, 1)
+    settlement = accounts.issuer_settlement("USD")
+    suspense = accounts.suspense_reconciliation("USD")
+
+    day = await reconcile_on(platform, first_day)
+    (item,) = day.report.items
+    assert (item.difference.item_id, item.difference.kind.value, item.state) == (
+        late.id,
+        "missing_at_issuer",
+        "auto_fixed",
+    )
+    assert await net_credit(platform, settlement, late.id) == 0
+
+    next_day = await reconcile_on(platform, first_day + timedelta(days=1))
+
+    assert next_day.report.records_matched == 1 and next_day.report.items == []
+    (reversal,) = next_day.report.reversals
+    assert (reversal.kind.value, reversal.fix.fix_key, reversal.correction_minor) == (
+        "late_settlement_reversed",
+        item.transfer_key,
+        300,
+    )
+    assert next_day.report.reversal_counts == {
+        "late_posting_reversed": 0,
+        "late_settlement_reversed": 1,
+    }
+    assert reversal.transfer_key == f"{item.transfer_key}/settled-late"
+    rows = list(csv.DictReader(io.StringIO(read(next_day.paths.csv_path))))
+    assert [(row["item_id"], row["kind"], row["delta_minor"]) for row in rows] == [
+        (late.id, "late_settlement_reversed", "300")
+    ]
+    assert await net_credit(platform, settlement, late.id) == 300
+    assert await net_credit(platform, suspense, late.id) == 0
+    # Run again, the day finds nothing more to reverse.
+    again = await reconcile_on(platform, first_day + timedelta(days=1))
+    assert again.report.reversals == [] and again.report.items == []
+    balance = await Ledger(platform.stack.pool).balance(settlement)
+    assert balance.credits_posted - balance.debits_posted == 300
     assert await verify(platform.stack.pool) == []
