@@ -1,8 +1,13 @@
 """The upstream HTTP API: start processes idempotently, read their status.
 
-A start carries an `Idempotency-Key` header; the process's workflow id is
-derived from it, so a repeat (same key, same body) returns the same process
-and never starts a second one. The same key with another body is refused.
+A start carries an `Idempotency-Key` header. A key names one request of the
+API key that sent it: a repeat (same key, same body) returns the process the
+first one started and never starts a second; the same key with another body
+is refused (409 `idempotency_key_reused`); and a process is never answered to
+a request that did not start it (409 `process_exists`, e.g. a second
+onboarding of a customer). Where a process's id is the request's own (a card
+issue, an FX conversion, a ping), it is a digest of the API key's id and the
+Idempotency-Key, so no two keys share one.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
-from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
@@ -102,6 +109,37 @@ from workflows.onboarding import (
 
 class ErrorBody(BaseModel):
     detail: str
+    code: str | None = Field(
+        default=None,
+        description="Set where a client may act on the kind of refusal: "
+        "idempotency_key_reused, process_exists, process_timeout",
+    )
+
+
+# The refusals a client can tell apart by `code`.
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+PROCESS_EXISTS = "process_exists"
+PROCESS_TIMEOUT = "process_timeout"
+
+
+class ApiError(HTTPException):
+    """A refusal with a `code` next to its `detail` (see ErrorBody)."""
+
+    def __init__(
+        self, status_code: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
+        self.code = code
+
+
+async def api_error_response(request: Request, error: Exception) -> JSONResponse:
+    """The gateway's handler of ApiError (registered by the app)."""
+    assert isinstance(error, ApiError)
+    return JSONResponse(
+        ErrorBody(detail=str(error.detail), code=error.code).model_dump(),
+        status_code=error.status_code,
+        headers=error.headers,
+    )
 
 
 router = APIRouter(
@@ -111,16 +149,75 @@ router = APIRouter(
     responses={code: {**answer, "model": ErrorBody} for code, answer in AUTH_RESPONSES.items()},
 )
 
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:-]+$"
+IDEMPOTENCY_KEY_CHARS_MAX = 100
 IdempotencyKey = Annotated[
     str,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=100,
-        pattern=r"^[A-Za-z0-9._:-]+$",
+        max_length=IDEMPOTENCY_KEY_CHARS_MAX,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Your unique key for this request; repeats return the same process",
     ),
 ]
+OptionalIdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_CHARS_MAX,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Your unique key for this request: a repeat (after a 503, say) is "
+        "answered what the first one did, and the process acts on it once",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A request's Idempotency-Key, scoped to the API key that sent it."""
+
+    api_key_id: str
+    key: str
+
+    def digest(self, *scope: str) -> str:
+        """64 hex digits (SHA-256) of the API key's id, the Idempotency-Key and
+        `scope`: two different requests never get the same one, and it fits
+        every process's request id (`^[A-Za-z0-9_.-]{1,64}$`)."""
+        # Neither an API key id nor an Idempotency-Key can hold a newline.
+        material = "\n".join((self.api_key_id, self.key, *scope))
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    @property
+    def request_id(self) -> str:
+        """The id of the process this request starts, where the process is the request's own."""
+        return self.digest()
+
+    def update_id(self, route: str) -> str:
+        """The Temporal update id of this request to a process: a retry with the
+        same Idempotency-Key attaches to the same update (and its result)."""
+        return f"{route}/{self.digest(route)}"
+
+
+def _api_key_id(request: Request) -> str:
+    key_id: str | None = getattr(request.state, "api_key_id", None)
+    # Every /v1 route authenticates before its parameters are read (auth.py).
+    assert key_id, "the request was not authenticated"
+    return key_id
+
+
+async def _start_key(request: Request, key: IdempotencyKey) -> Idempotency:
+    return Idempotency(_api_key_id(request), key)
+
+
+async def _update_key(request: Request, key: OptionalIdempotencyKey = None) -> Idempotency | None:
+    return None if key is None else Idempotency(_api_key_id(request), key)
+
+
+# A start's Idempotency-Key (required) and an update's (optional).
+StartKey = Annotated[Idempotency, Depends(_start_key)]
+UpdateKey = Annotated[Idempotency | None, Depends(_update_key)]
 STATUS_QUERY_TIMEOUT = timedelta(seconds=2)
 PING_API_EXECUTION_TIMEOUT = timedelta(minutes=5)
 
@@ -137,6 +234,11 @@ class ProcessRef(BaseModel):
     process: str
     status_url: str
     replayed: bool = Field(description="True when this key had already started the process")
+    request_id: str | None = Field(
+        default=None,
+        description="The process's request id, where its routes take one "
+        "(/v1/card-issues/{request_id}/..., /v1/fx/{request_id}/...)",
+    )
 
 
 class ProcessStatus(BaseModel):
@@ -154,7 +256,11 @@ class ProcessStatus(BaseModel):
 # How every start route answers besides 202 (documented for the OpenAPI contract).
 START_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
-    409: {"model": ErrorBody, "description": "This Idempotency-Key came with another body"},
+    409: {
+        "model": ErrorBody,
+        "description": "This Idempotency-Key came with another body (idempotency_key_reused), "
+        "or another request started this process (process_exists)",
+    },
 }
 # A route that awaits a running process (`_steer`): it may be missing (404),
 # refuse (409), or Temporal may be unreachable (503); a read cannot refuse.
@@ -169,9 +275,79 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _request_hash(route: str, body: BaseModel) -> bytes:
-    canonical = json.dumps([route, body.model_dump(mode="json")], sort_keys=True)
+def _request_hash(route: str, body: BaseModel | None, *path: str) -> bytes:
+    payload = None if body is None else body.model_dump(mode="json")
+    canonical = json.dumps([route, *path, payload], sort_keys=True)
     return hashlib.sha256(canonical.encode()).digest()
+
+
+# The memo a process started through the API carries: which request started
+# it, so a start that finds it running can tell its own earlier attempt
+# (answered as a replay) from someone else's process (refused).
+API_REQUEST_MEMO = "cardflow-api-request"
+
+_RECALL_SQL = (
+    "SELECT request_hash, workflow_id, run_id FROM gateway_api_requests"
+    " WHERE route = $2 AND idempotency_key = $3 AND api_key_id IN ($1, '')"
+    # A request of this API key first; one remembered before requests were
+    # scoped to API keys (api_key_id '') only failing that.
+    " ORDER BY api_key_id DESC LIMIT 1"
+)
+
+
+@dataclass(frozen=True)
+class Remembered:
+    request_hash: bytes
+    workflow_id: str
+    run_id: str
+
+
+async def recall(pool: asyncpg.Pool, idempotency: Idempotency, route: str) -> Remembered | None:
+    """What this Idempotency-Key of this API key asked on `route` before, if anything."""
+    row = await pool.fetchrow(_RECALL_SQL, idempotency.api_key_id, route, idempotency.key)
+    if row is None:
+        return None
+    return Remembered(bytes(row["request_hash"]), row["workflow_id"], row["run_id"])
+
+
+async def remember(
+    pool: asyncpg.Pool,
+    idempotency: Idempotency,
+    route: str,
+    request_hash: bytes,
+    workflow_id: str,
+) -> Remembered:
+    """Remember the request before acting on it (a concurrent first sending
+    wins) and answer what is remembered: a key is taken by its first request."""
+    await pool.execute(
+        "INSERT INTO gateway_api_requests (api_key_id, route, idempotency_key, request_hash,"
+        " workflow_id, run_id) VALUES ($1, $2, $3, $4, $5, '') ON CONFLICT DO NOTHING",
+        idempotency.api_key_id,
+        route,
+        idempotency.key,
+        request_hash,
+        workflow_id,
+    )
+    known = await recall(pool, idempotency, route)
+    assert known is not None, "a request just remembered is there"
+    return known
+
+
+def _key_reused(idempotency: Idempotency) -> ApiError:
+    return ApiError(
+        409,
+        IDEMPOTENCY_KEY_REUSED,
+        f"Idempotency-Key {idempotency.key} was already used with a different request",
+    )
+
+
+def require_same_request(
+    known: Remembered, request_hash: bytes, idempotency: Idempotency
+) -> Remembered:
+    """The remembered request, if it is this one; else the 409 of a reused key."""
+    if known.request_hash != request_hash:
+        raise _key_reused(idempotency)
+    return known
 
 
 async def start_idempotently(
@@ -179,7 +355,7 @@ async def start_idempotently(
     response: Response,
     *,
     route: str,
-    key: str,
+    idempotency: Idempotency,
     body: BaseModel,
     workflow: str,
     workflow_id: str,
@@ -187,62 +363,66 @@ async def start_idempotently(
     execution_timeout: timedelta | None = None,
     metadata: StartMetadata | None = None,
 ) -> ProcessRef:
+    """Start the process of this request, or answer the one a first sending of
+    it started; refuse a reused key (another body) and a process that
+    another request started (a second onboarding of one customer)."""
     state: Any = request.app.state
     pool: asyncpg.Pool = state.pool
     client: Client = state.client
     request_hash = _request_hash(route, body)
-    known = await pool.fetchrow(
-        "SELECT request_hash, workflow_id, run_id FROM gateway_api_requests"
-        " WHERE route = $1 AND idempotency_key = $2",
-        route,
-        key,
-    )
+    known = await recall(pool, idempotency, route)
     if known is None:
+        known = await remember(pool, idempotency, route, request_hash, workflow_id)
+    require_same_request(known, request_hash, idempotency)
+    replayed = bool(known.run_id)
+    if not replayed:
+        # This request's first sending, or one that stopped before it knew the run.
+        started_by = {
+            "api_key_id": idempotency.api_key_id,
+            "route": route,
+            "idempotency_key": idempotency.key,
+            "request_sha256": request_hash.hex(),
+        }
         try:
             handle = await client.start_workflow(
                 workflow,
                 argument,
-                id=workflow_id,
+                id=known.workflow_id,
                 task_queue=state.queues.workflows,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 execution_timeout=execution_timeout,
+                memo={API_REQUEST_MEMO: started_by},
                 static_summary=metadata.summary if metadata else None,
                 static_details=metadata.details if metadata else None,
             )
             run_id = handle.result_run_id or ""
         except WorkflowAlreadyStartedError:
-            run_id = (await client.get_workflow_handle(workflow_id).describe()).run_id
+            description = await client.get_workflow_handle(known.workflow_id).describe()
+            if await description.memo_value(API_REQUEST_MEMO, None) != started_by:
+                raise ApiError(
+                    409,
+                    PROCESS_EXISTS,
+                    f"{known.workflow_id} already exists and another request started it",
+                ) from None
+            # A concurrent or earlier sending of this request started it.
+            replayed = True
+            run_id = description.run_id
         await pool.execute(
-            "INSERT INTO gateway_api_requests (route, idempotency_key, request_hash, workflow_id,"
-            " run_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "UPDATE gateway_api_requests SET run_id = $4"
+            " WHERE api_key_id = $1 AND route = $2 AND idempotency_key = $3",
+            idempotency.api_key_id,
             route,
-            key,
-            request_hash,
-            workflow_id,
+            idempotency.key,
             run_id,
         )
-        known = await pool.fetchrow(
-            "SELECT request_hash, workflow_id, run_id FROM gateway_api_requests"
-            " WHERE route = $1 AND idempotency_key = $2",
-            route,
-            key,
-        )
-        replayed = known is not None and known["run_id"] != run_id
-    else:
-        replayed = True
-    assert known is not None
-    if bytes(known["request_hash"]) != request_hash:
-        raise HTTPException(
-            status_code=409,
-            detail=(f"Idempotency-Key {key} was already used with a different request body"),
-        )
+        known = Remembered(known.request_hash, known.workflow_id, run_id)
     response.status_code = 200 if replayed else 202
     return ProcessRef(
-        workflow_id=known["workflow_id"],
-        run_id=known["run_id"],
+        workflow_id=known.workflow_id,
+        run_id=known.run_id,
         process=workflow,
         replayed=replayed,
-        status_url=f"/v1/processes/{known['workflow_id']}",
+        status_url=f"/v1/processes/{known.workflow_id}",
     )
 
 
@@ -255,7 +435,7 @@ async def start_idempotently(
     summary="Start a health check through every task queue",
 )
 async def start_ping(
-    request: Request, response: Response, body: StartPing, idempotency_key: IdempotencyKey
+    request: Request, response: Response, body: StartPing, idempotency: StartKey
 ) -> ProcessRef:
     queues: TaskQueues = request.app.state.queues
     ping = PingInput(
@@ -267,10 +447,10 @@ async def start_ping(
         request,
         response,
         route="pings",
-        key=idempotency_key,
+        idempotency=idempotency,
         body=body,
         workflow=PING_WORKFLOW,
-        workflow_id=ping_workflow_id(f"api-{idempotency_key}"),
+        workflow_id=ping_workflow_id(f"api-{idempotency.request_id}"),
         argument=ping,
         execution_timeout=PING_API_EXECUTION_TIMEOUT,
         metadata=ping_start_metadata(ping),
@@ -337,7 +517,7 @@ class StartOnboarding(BaseModel):
     summary="Onboard a customer: wallets and KYC",
 )
 async def start_onboarding_route(
-    request: Request, response: Response, body: StartOnboarding, idempotency_key: IdempotencyKey
+    request: Request, response: Response, body: StartOnboarding, idempotency: StartKey
 ) -> ProcessRef:
     queues: TaskQueues = request.app.state.queues
     onboarding = with_queues(
@@ -347,7 +527,7 @@ async def start_onboarding_route(
         request,
         response,
         route="onboardings",
-        key=idempotency_key,
+        idempotency=idempotency,
         body=body,
         workflow=ONBOARDING_WORKFLOW,
         workflow_id=onboarding_workflow_id(body.profile.customer_id),
@@ -436,11 +616,11 @@ CardIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
     summary="Issue a card to an approved customer",
 )
 async def issue_card_route(
-    request: Request, response: Response, body: IssueCard, idempotency_key: IdempotencyKey
+    request: Request, response: Response, body: IssueCard, idempotency: StartKey
 ) -> ProcessRef:
     queues: TaskQueues = request.app.state.queues
     issue = CardIssueInput(
-        request_id=idempotency_key.replace(":", "-")[:64],
+        request_id=idempotency.request_id,
         customer_id=body.customer_id,
         kind=body.kind,
         currency=body.currency,
@@ -449,17 +629,20 @@ async def issue_card_route(
         providers_task_queue=queues.providers,
         workflows_task_queue=queues.workflows,
     )
-    return await start_idempotently(
+    started = await start_idempotently(
         request,
         response,
         route="cards",
-        key=idempotency_key,
+        idempotency=idempotency,
         body=body,
         workflow=CARD_ISSUE_WORKFLOW,
         workflow_id=card_issue_workflow_id(issue.request_id),
         argument=issue,
         metadata=card_issue_start_metadata(issue),
     )
+    # A request remembered before ids were digests has the id it was started with.
+    started.request_id = started.workflow_id.removeprefix(card_issue_workflow_id(""))
+    return started
 
 
 @router.post(
@@ -592,32 +775,34 @@ class FxQuoteStarted(ProcessRef):
         409: {"model": ErrorBody, "description": "Refused (the reason), or a reused key"},
         503: {"model": ErrorBody},
     },
-    summary="Start a conversion and answer its firm quote; Idempotency-Key is the request id",
+    summary="Start a conversion and answer its firm quote (offer.request_id names it)",
 )
 async def fx_quote_route(
     request: Request,
     response: Response,
     body: FxConversionRequest,
-    idempotency_key: IdempotencyKey,
+    idempotency: StartKey,
 ) -> FxQuoteStarted:
     conversion = with_fx_queues(
-        FxConversionInput(request_id=idempotency_key.replace(":", "-")[:64], **body.model_dump()),
+        FxConversionInput(request_id=idempotency.request_id, **body.model_dump()),
         request.app.state.queues,
     )
     started = await start_idempotently(
         request,
         response,
         route="fx-quotes",
-        key=idempotency_key,
+        idempotency=idempotency,
         body=body,
         workflow=FX_WORKFLOW,
         workflow_id=fx_workflow_id(conversion.request_id),
         argument=conversion,
         metadata=fx_start_metadata(conversion),
     )
+    # A request remembered before ids were digests has the id it was started with.
+    started.request_id = started.workflow_id.removeprefix(fx_workflow_id(""))
     offer = await _steer(
-        wait_fx_quote(request.app.state.client, conversion.request_id),
-        conversion.request_id,
+        wait_fx_quote(request.app.state.client, started.request_id),
+        started.request_id,
         _fx_refusal,
     )
     return FxQuoteStarted(**started.model_dump(), offer=offer)
@@ -840,7 +1025,7 @@ TransactionIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,80}$")]
     summary="Dispute a cleared transaction (once per transaction); then add evidence and submit",
 )
 async def open_dispute_route(
-    request: Request, response: Response, body: DisputeRequest, idempotency_key: IdempotencyKey
+    request: Request, response: Response, body: DisputeRequest, idempotency: StartKey
 ) -> ProcessRef:
     dispute = with_dispute_queues(
         DisputeInput.model_validate(body.model_dump()), request.app.state.queues
@@ -849,7 +1034,7 @@ async def open_dispute_route(
         request,
         response,
         route="disputes",
-        key=idempotency_key,
+        idempotency=idempotency,
         body=body,
         workflow=DISPUTE_WORKFLOW,
         workflow_id=dispute_workflow_id(body.transaction_id),

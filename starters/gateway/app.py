@@ -66,7 +66,7 @@ def create_app(
         title="cardflow API",
         version="1",
         description="Start cardflow's processes and read their status. Every start takes an "
-        "Idempotency-Key header: a repeat returns the same process.",
+        "Idempotency-Key header, scoped to your API key: a repeat returns the same process.",
         lifespan=lifespan,
     )
     app.state.queues = settings.task_queues
@@ -77,6 +77,7 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.add_exception_handler(api.ApiError, api.api_error_response)
     app.include_router(api.router)
     app.include_router(webhooks.router)
     app.include_router(realtime.router)
