@@ -16,12 +16,14 @@ from schemas.cards import (
     CardStateChange,
     ExceptionDecision,
     RescheduleDelivery,
+    SpendingLimits,
 )
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from workflows.cards import (
     ACTIVATE_UPDATE,
     CARD_ISSUE_WORKFLOW,
+    LIMITS_UPDATE,
     RESCHEDULE_UPDATE,
     RESOLVE_EXCEPTION_UPDATE,
     card_issue_start_metadata,
@@ -29,6 +31,11 @@ from workflows.cards import (
     card_workflow_id,
 )
 
+# How long a caller waits for the process to take an update (unless it says
+# otherwise); longer means its workers are down or far behind, and the call
+# raises WorkflowUpdateRPCTimeoutOrCancelledError. Each function takes
+# `update_id`: sent again with the same one, an update attaches to the first
+# (and answers its result) instead of running twice.
 UPDATE_RPC_TIMEOUT = timedelta(seconds=30)
 
 
@@ -58,42 +65,105 @@ async def issue_card(
     )
 
 
-async def change_card(client: Client, card_id: str, update: str, reason: str) -> str:
+async def change_card(
+    client: Client,
+    card_id: str,
+    update: str,
+    reason: str,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
+) -> str:
     """freeze, unfreeze, close, report_lost or report_stolen; returns the new state
     (or the replacement card's id)."""
     handle = client.get_workflow_handle(card_workflow_id(card_id))
     return str(
         await handle.execute_update(
-            update, CardStateChange(reason=reason), result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
+            update,
+            CardStateChange(reason=reason),
+            id=update_id,
+            result_type=str,
+            rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
         )
     )
 
 
-async def reschedule(client: Client, request_id: str, change: RescheduleDelivery) -> str:
+async def set_limits(
+    client: Client,
+    card_id: str,
+    limits: SpendingLimits,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
+) -> SpendingLimits:
+    """Replace the card's spending limits; answers them as the card stored them."""
+    handle = client.get_workflow_handle(card_workflow_id(card_id))
+    stored: SpendingLimits = await handle.execute_update(
+        LIMITS_UPDATE,
+        limits,
+        id=update_id,
+        result_type=SpendingLimits,
+        rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
+    )
+    return stored
+
+
+async def reschedule(
+    client: Client,
+    request_id: str,
+    change: RescheduleDelivery,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
+) -> str:
     handle = client.get_workflow_handle(card_issue_workflow_id(request_id))
     return str(
         await handle.execute_update(
-            RESCHEDULE_UPDATE, change, result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
+            RESCHEDULE_UPDATE,
+            change,
+            id=update_id,
+            result_type=str,
+            rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
         )
     )
 
 
-async def activate(client: Client, request_id: str) -> str:
+async def activate(
+    client: Client,
+    request_id: str,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
+) -> str:
     handle = client.get_workflow_handle(card_issue_workflow_id(request_id))
     return str(
         await handle.execute_update(
-            ACTIVATE_UPDATE, result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
+            ACTIVATE_UPDATE,
+            id=update_id,
+            result_type=str,
+            rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
         )
     )
 
 
-async def resolve_exception(client: Client, card_id: str, decision: ExceptionDecision) -> str:
+async def resolve_exception(
+    client: Client,
+    card_id: str,
+    decision: ExceptionDecision,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
+) -> str:
     """An operator's decision on money the issuer moved that the card could
     not mirror on its own (charge the wallet, or write it off to suspense)."""
     handle = client.get_workflow_handle(card_workflow_id(card_id))
     return str(
         await handle.execute_update(
-            RESOLVE_EXCEPTION_UPDATE, decision, result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
+            RESOLVE_EXCEPTION_UPDATE,
+            decision,
+            id=update_id,
+            result_type=str,
+            rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
         )
     )
 

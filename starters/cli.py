@@ -164,8 +164,25 @@ kyc_app = typer.Typer(help="Operator actions on KYC.", no_args_is_help=True)
 app.add_typer(kyc_app, name="kyc")
 
 
+# sysexits' EX_TEMPFAIL: nothing is wrong with the command; try again later.
+EXIT_PROCESS_BUSY = 75
+
+
 def _run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
+    """Run a command's coroutine; a process that does not take an update in
+    time is a message and exit code EXIT_PROCESS_BUSY, not a traceback."""
+    from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+
+    try:
+        return asyncio.run(coroutine)
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        typer.echo(
+            "the process did not answer in time: its workers may be down or far behind. "
+            "The request waits in the process and may still take effect; check with "
+            "`cardflow status <workflow id>` before sending it again.",
+            err=True,
+        )
+        raise typer.Exit(EXIT_PROCESS_BUSY) from None
 
 
 @app.command("onboard")
@@ -409,8 +426,8 @@ def card_limits(
     from temporalio.client import WorkflowUpdateFailedError
 
     from schemas.cards import SpendingLimits
+    from starters.cards import set_limits
     from workers.client import connect
-    from workflows.cards import LIMITS_UPDATE, card_workflow_id
 
     try:
         limits = SpendingLimits(
@@ -424,9 +441,8 @@ def card_limits(
 
     async def run() -> int:
         client = await connect(_settings())
-        handle = client.get_workflow_handle(card_workflow_id(card_id))
         try:
-            stored = await handle.execute_update(LIMITS_UPDATE, limits, result_type=SpendingLimits)
+            stored = await set_limits(client, card_id, limits)
         except WorkflowUpdateFailedError as error:
             typer.echo(f"refused: {error.cause}", err=True)
             return 1

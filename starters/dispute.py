@@ -97,35 +97,56 @@ async def add_evidence(client: Client, transaction_id: str, item: EvidenceItem) 
 
 
 async def submit(
-    client: Client, transaction_id: str, evidence: list[EvidenceItem] | None = None
+    client: Client,
+    transaction_id: str,
+    evidence: list[EvidenceItem] | None = None,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
 ) -> DisputeStatusView:
     """Submit the evidence (or answer a representment); refused, naming what is missing."""
     answer: DisputeStatusView = await handle(client, transaction_id).execute_update(
         SUBMIT_UPDATE,
         DisputeSubmission(evidence=evidence or []),
+        id=update_id,
         result_type=DisputeStatusView,
-        rpc_timeout=RPC_TIMEOUT,
+        rpc_timeout=rpc_timeout or RPC_TIMEOUT,
     )
     return answer
 
 
 async def withdraw(
-    client: Client, transaction_id: str, request: WithdrawRequest | None = None
+    client: Client,
+    transaction_id: str,
+    request: WithdrawRequest | None = None,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
 ) -> DisputeStatusView:
     answer: DisputeStatusView = await handle(client, transaction_id).execute_update(
         WITHDRAW_UPDATE,
         request or WithdrawRequest(),
+        id=update_id,
         result_type=DisputeStatusView,
-        rpc_timeout=RPC_TIMEOUT,
+        rpc_timeout=rpc_timeout or RPC_TIMEOUT,
     )
     return answer
 
 
 async def operator_action(
-    client: Client, transaction_id: str, action: OperatorAction
+    client: Client,
+    transaction_id: str,
+    action: OperatorAction,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
 ) -> DisputeStatusView:
     answer: DisputeStatusView = await handle(client, transaction_id).execute_update(
-        OPERATOR_UPDATE, action, result_type=DisputeStatusView, rpc_timeout=RPC_TIMEOUT
+        OPERATOR_UPDATE,
+        action,
+        id=update_id,
+        result_type=DisputeStatusView,
+        rpc_timeout=rpc_timeout or RPC_TIMEOUT,
     )
     return answer
 

@@ -57,14 +57,23 @@ async def start_onboarding(
 UPDATE_RPC_TIMEOUT = timedelta(seconds=10)
 
 
-async def review(client: Client, customer_id: str, decision: KycReview) -> str:
+async def review(
+    client: Client,
+    customer_id: str,
+    decision: KycReview,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
+) -> str:
+    """The operator's decision; the same `update_id` again answers the first one's result."""
     handle = client.get_workflow_handle(onboarding_workflow_id(customer_id))
     return str(
         await handle.execute_update(
             REVIEW_UPDATE,
             decision.model_dump(mode="json"),
+            id=update_id,
             result_type=str,
-            rpc_timeout=UPDATE_RPC_TIMEOUT,
+            rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
         )
     )
 

@@ -124,12 +124,24 @@ async def run(
     return await handle.result()
 
 
-async def decide(client: Client, settlement_date: date, decision: Decision) -> ReconciliationItem:
+async def decide(
+    client: Client,
+    settlement_date: date,
+    decision: Decision,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
+) -> ReconciliationItem:
     """An operator's decision on one item over the threshold; the validator
-    refuses an unknown item or one no longer awaiting a decision."""
+    refuses an unknown item or one no longer awaiting a decision. The same
+    `update_id` again answers the first one's result."""
     handle = _handle(client, settlement_date)
     item: ReconciliationItem = await handle.execute_update(
-        DECIDE_UPDATE, decision, result_type=ReconciliationItem
+        DECIDE_UPDATE,
+        decision,
+        id=update_id,
+        result_type=ReconciliationItem,
+        rpc_timeout=rpc_timeout,
     )
     return item
 

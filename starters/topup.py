@@ -155,15 +155,23 @@ def parse_topup_id(text: str) -> tuple[TopupSource, str]:
 
 
 async def review(
-    client: Client, source: TopupSource, external_ref: str, decision: TopupReview
+    client: Client,
+    source: TopupSource,
+    external_ref: str,
+    decision: TopupReview,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
 ) -> str:
+    """The operator's decision; the same `update_id` again answers the first one's result."""
     handle = client.get_workflow_handle(topup_workflow_id(source, external_ref))
     return str(
         await handle.execute_update(
             REVIEW_UPDATE,
             decision.model_dump(mode="json", exclude_none=True),
+            id=update_id,
             result_type=str,
-            rpc_timeout=UPDATE_RPC_TIMEOUT,
+            rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
         )
     )
 

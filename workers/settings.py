@@ -298,6 +298,12 @@ class Settings(BaseSettings):
         default=20.0, gt=0, le=100_000, validation_alias="CARDFLOW_API_RATE_PER_SECOND"
     )
     api_burst: int = Field(default=40, ge=1, le=1_000_000, validation_alias="CARDFLOW_API_BURST")
+    # How long a `/v1` call waits for a process to take its update; past it,
+    # 503 with Retry-After (a retry with the same Idempotency-Key gets the
+    # update's own result once the process has taken it).
+    api_update_timeout_seconds: int = Field(
+        default=10, ge=1, le=300, validation_alias="CARDFLOW_API_UPDATE_TIMEOUT_SECONDS"
+    )
     # Observability. Each long-running process (worker, gateway) serves
     # Prometheus metrics on this port when set; `cardflow dev up` gives each
     # part its own port from CARDFLOW_METRICS_PORT_BASE.

@@ -23,7 +23,12 @@ import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -67,7 +72,14 @@ from schemas.task_queues import TaskQueues
 from schemas.topup import TopupReview, TopupSource, TopupStatus
 from starters.billing import billing_status, read_statement, start_billing, statements_dir
 from starters.billing import with_queues as with_billing_queues
-from starters.cards import activate, card_status, change_card, reschedule, resolve_exception
+from starters.cards import (
+    activate,
+    card_status,
+    change_card,
+    reschedule,
+    resolve_exception,
+    set_limits,
+)
 from starters.dispute import add_evidence as add_dispute_evidence
 from starters.dispute import operator_action as dispute_operator_action
 from starters.dispute import status as dispute_status
@@ -91,7 +103,6 @@ from workflows.billing import (
 )
 from workflows.cards import (
     CARD_ISSUE_WORKFLOW,
-    LIMITS_UPDATE,
     card_issue_start_metadata,
     card_issue_workflow_id,
     card_workflow_id,
@@ -105,6 +116,7 @@ from workflows.onboarding import (
     onboarding_start_metadata,
     onboarding_workflow_id,
 )
+from workflows.topup import topup_workflow_id
 
 
 class ErrorBody(BaseModel):
@@ -546,12 +558,22 @@ def _process_error(error: RPCError, customer_id: str) -> HTTPException:
         RPCStatusCode.UNAVAILABLE,
         RPCStatusCode.CANCELLED,
     ):
-        return HTTPException(
-            status_code=503,
-            detail="the process did not answer in time",
-            headers={"Retry-After": "5"},
-        )
+        return _process_busy(customer_id)
     return HTTPException(status_code=409, detail=f"the process refused: {error.message}")
+
+
+# A client told 503 tries again after this long.
+PROCESS_RETRY_AFTER_SECONDS = 5
+
+
+def _process_busy(subject: str) -> ApiError:
+    return ApiError(
+        503,
+        PROCESS_TIMEOUT,
+        f"the process of {subject} did not answer in time; it may still act on the request: "
+        "send it again with the same Idempotency-Key to get its answer",
+        headers={"Retry-After": str(PROCESS_RETRY_AFTER_SECONDS)},
+    )
 
 
 CustomerIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -560,14 +582,28 @@ CustomerIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 @router.post(
     "/onboardings/{customer_id}/review",
     dependencies=requires(SCOPE_OPERATIONS),
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    responses=STEER_RESPONSES,
     summary="An operator decides an onboarding on hold",
 )
 async def review_onboarding_route(
-    request: Request, customer_id: CustomerIdPath, body: KycReview
+    request: Request, customer_id: CustomerIdPath, body: KycReview, idempotency: UpdateKey
 ) -> dict[str, str]:
     client: Client = request.app.state.client
-    return {"result": await _steer(review(client, customer_id, body), customer_id)}
+    send = await update_options(
+        request, idempotency, "onboarding-review", onboarding_workflow_id(customer_id), body
+    )
+    return {
+        "result": await _steer(
+            review(
+                client,
+                customer_id,
+                body,
+                update_id=send.update_id,
+                rpc_timeout=send.rpc_timeout,
+            ),
+            customer_id,
+        )
+    }
 
 
 @router.post(
@@ -652,10 +688,21 @@ async def issue_card_route(
     summary="Freeze, unfreeze, close, or report a card lost or stolen",
 )
 async def card_action_route(
-    request: Request, card_id: CardIdPath, body: CardAction
+    request: Request, card_id: CardIdPath, body: CardAction, idempotency: UpdateKey
 ) -> dict[str, str]:
     client: Client = request.app.state.client
-    return {"result": await _steer(change_card(client, card_id, body.action, body.reason), card_id)}
+    send = await update_options(
+        request, idempotency, "card-actions", card_workflow_id(card_id), body
+    )
+    changed = change_card(
+        client,
+        card_id,
+        body.action,
+        body.reason,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
+    )
+    return {"result": await _steer(changed, card_id)}
 
 
 RequestIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -674,13 +721,51 @@ async def _steer(
     refused: Callable[[WorkflowUpdateFailedError], HTTPException] = _refused,
 ) -> T:
     """Await an update or query on a process: a refusal is a 409 with the
-    process's reason, a missing process a 404, an unreachable Temporal a 503."""
+    process's reason, a missing process a 404; an unreachable Temporal, or a
+    process that does not take the update in time (its workers down or far
+    behind), a 503 with Retry-After."""
     try:
         return await call
     except WorkflowUpdateFailedError as error:
         raise refused(error) from None
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        # The update waits in the process and may still run: a retry with the
+        # same Idempotency-Key (the same update id) gets its result.
+        raise _process_busy(subject) from None
     except RPCError as error:
         raise _process_error(error, subject) from None
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    """How a route sends its update: under which update id, waiting how long."""
+
+    update_id: str | None
+    rpc_timeout: timedelta
+
+
+async def update_options(
+    request: Request,
+    idempotency: Idempotency | None,
+    route: str,
+    workflow_id: str,
+    body: BaseModel | None = None,
+) -> UpdateOptions:
+    """With an Idempotency-Key, the update's id is the request's own, so a retry
+    attaches to the first sending's update and answers its result instead of
+    running again; the key is taken by its first request (the same key for
+    another process or body is a 409). Without one, every call is a new update."""
+    settings = request.app.state.settings
+    rpc_timeout = timedelta(seconds=settings.api_update_timeout_seconds)
+    if idempotency is None:
+        return UpdateOptions(None, rpc_timeout)
+    pool: asyncpg.Pool = request.app.state.pool
+    request_hash = _request_hash(route, body, workflow_id)
+    known = await recall(pool, idempotency, route)
+    if known is None:
+        known = await remember(pool, idempotency, route, request_hash, workflow_id)
+    require_same_request(known, request_hash, idempotency)
+    return UpdateOptions(idempotency.update_id(route), rpc_timeout)
 
 
 async def _update_process(call: Awaitable[Any], subject: str) -> dict[str, str]:
@@ -694,9 +779,19 @@ async def _update_process(call: Awaitable[Any], subject: str) -> dict[str, str]:
     summary="Move a physical card's delivery date, until it ships",
 )
 async def reschedule_route(
-    request: Request, request_id: RequestIdPath, body: RescheduleDelivery
+    request: Request, request_id: RequestIdPath, body: RescheduleDelivery, idempotency: UpdateKey
 ) -> dict[str, str]:
-    return await _update_process(reschedule(request.app.state.client, request_id, body), request_id)
+    send = await update_options(
+        request, idempotency, "card-issue-reschedule", card_issue_workflow_id(request_id), body
+    )
+    rescheduled = reschedule(
+        request.app.state.client,
+        request_id,
+        body,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
+    )
+    return await _update_process(rescheduled, request_id)
 
 
 @router.post(
@@ -705,8 +800,19 @@ async def reschedule_route(
     responses=STEER_RESPONSES,
     summary="Activate a delivered physical card (a replacement by its own card id)",
 )
-async def activate_route(request: Request, request_id: RequestIdPath) -> dict[str, str]:
-    return await _update_process(activate(request.app.state.client, request_id), request_id)
+async def activate_route(
+    request: Request, request_id: RequestIdPath, idempotency: UpdateKey
+) -> dict[str, str]:
+    send = await update_options(
+        request, idempotency, "card-issue-activate", card_issue_workflow_id(request_id)
+    )
+    activated = activate(
+        request.app.state.client,
+        request_id,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
+    )
+    return await _update_process(activated, request_id)
 
 
 @router.put(
@@ -716,16 +822,19 @@ async def activate_route(request: Request, request_id: RequestIdPath) -> dict[st
     summary="Set a card's spending limits",
 )
 async def limits_route(
-    request: Request, card_id: CardIdPath, body: SpendingLimits
+    request: Request, card_id: CardIdPath, body: SpendingLimits, idempotency: UpdateKey
 ) -> SpendingLimits:
-    handle = request.app.state.client.get_workflow_handle(card_workflow_id(card_id))
-    stored: SpendingLimits = await _steer(
-        handle.execute_update(
-            LIMITS_UPDATE, body, result_type=SpendingLimits, rpc_timeout=timedelta(seconds=10)
-        ),
-        card_id,
+    send = await update_options(
+        request, idempotency, "card-limits", card_workflow_id(card_id), body
     )
-    return stored
+    stored = set_limits(
+        request.app.state.client,
+        card_id,
+        body,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
+    )
+    return await _steer(stored, card_id)
 
 
 @router.get(
@@ -745,11 +854,19 @@ async def card_route(request: Request, card_id: CardIdPath) -> CardInput:
     summary="Decide an exception: charge the wallet or write the amount off to suspense",
 )
 async def card_exception_route(
-    request: Request, card_id: CardIdPath, body: ExceptionDecision
+    request: Request, card_id: CardIdPath, body: ExceptionDecision, idempotency: UpdateKey
 ) -> dict[str, str]:
-    return await _update_process(
-        resolve_exception(request.app.state.client, card_id, body), card_id
+    send = await update_options(
+        request, idempotency, "card-exceptions", card_workflow_id(card_id), body
     )
+    resolved = resolve_exception(
+        request.app.state.client,
+        card_id,
+        body,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
+    )
+    return await _update_process(resolved, card_id)
 
 
 # ----- FX conversions `fx/{request_id}` ---------------------------------------
@@ -871,12 +988,24 @@ async def topup_status_route(
     summary="An operator approves (assigning an unmatched payment) or rejects a top-up",
 )
 async def topup_review_route(
-    request: Request, source: TopupSource, external_ref: ExternalRefPath, body: TopupReview
+    request: Request,
+    source: TopupSource,
+    external_ref: ExternalRefPath,
+    body: TopupReview,
+    idempotency: UpdateKey,
 ) -> dict[str, str]:
-    return await _update_process(
-        review_topup(request.app.state.client, source, external_ref, body),
-        f"{source}/{external_ref}",
+    send = await update_options(
+        request, idempotency, "topup-review", topup_workflow_id(source, external_ref), body
     )
+    reviewed = review_topup(
+        request.app.state.client,
+        source,
+        external_ref,
+        body,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
+    )
+    return await _update_process(reviewed, f"{source}/{external_ref}")
 
 
 # ----- Fees and statements `billing/{customer_id}/{period}` ---------------------
@@ -1067,11 +1196,22 @@ async def dispute_evidence_route(
     summary="Submit the evidence (or answer a representment); 409 names what is missing",
 )
 async def dispute_submit_route(
-    request: Request, transaction_id: TransactionIdPath, body: DisputeSubmission
+    request: Request,
+    transaction_id: TransactionIdPath,
+    body: DisputeSubmission,
+    idempotency: UpdateKey,
 ) -> DisputeStatusView:
-    return await _steer(
-        submit_dispute(request.app.state.client, transaction_id, body.evidence), transaction_id
+    send = await update_options(
+        request, idempotency, "dispute-submit", dispute_workflow_id(transaction_id), body
     )
+    submitted = submit_dispute(
+        request.app.state.client,
+        transaction_id,
+        body.evidence,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
+    )
+    return await _steer(submitted, transaction_id)
 
 
 @router.post(
@@ -1082,11 +1222,22 @@ async def dispute_submit_route(
     summary="Withdraw an undecided dispute; any provisional credit is taken back",
 )
 async def dispute_withdraw_route(
-    request: Request, transaction_id: TransactionIdPath, body: WithdrawRequest
+    request: Request,
+    transaction_id: TransactionIdPath,
+    body: WithdrawRequest,
+    idempotency: UpdateKey,
 ) -> DisputeStatusView:
-    return await _steer(
-        withdraw_dispute(request.app.state.client, transaction_id, body), transaction_id
+    send = await update_options(
+        request, idempotency, "dispute-withdraw", dispute_workflow_id(transaction_id), body
     )
+    withdrawn = withdraw_dispute(
+        request.app.state.client,
+        transaction_id,
+        body,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
+    )
+    return await _steer(withdrawn, transaction_id)
 
 
 @router.post(
@@ -1097,11 +1248,22 @@ async def dispute_withdraw_route(
     summary="An operator credits provisionally now, or answers a representment now",
 )
 async def dispute_operator_route(
-    request: Request, transaction_id: TransactionIdPath, body: OperatorAction
+    request: Request,
+    transaction_id: TransactionIdPath,
+    body: OperatorAction,
+    idempotency: UpdateKey,
 ) -> DisputeStatusView:
-    return await _steer(
-        dispute_operator_action(request.app.state.client, transaction_id, body), transaction_id
+    send = await update_options(
+        request, idempotency, "dispute-operator", dispute_workflow_id(transaction_id), body
     )
+    acted = dispute_operator_action(
+        request.app.state.client,
+        transaction_id,
+        body,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
+    )
+    return await _steer(acted, transaction_id)
 
 
 @router.get(
@@ -1203,9 +1365,15 @@ async def reconciliation_status_route(
     summary="An operator decides one difference over the threshold: adjust or dismiss",
 )
 async def reconciliation_decide_route(
-    request: Request, settlement_date: _date, body: Decision
+    request: Request, settlement_date: _date, body: Decision, idempotency: UpdateKey
 ) -> ReconciliationItem:
-    return await _steer(
-        decide_reconciliation(request.app.state.client, settlement_date, body),
-        settlement_date.isoformat(),
+    workflow_id = reconciliation_workflow_id("issuer", settlement_date)
+    send = await update_options(request, idempotency, "reconciliation-decisions", workflow_id, body)
+    decided = decide_reconciliation(
+        request.app.state.client,
+        settlement_date,
+        body,
+        update_id=send.update_id,
+        rpc_timeout=send.rpc_timeout,
     )
+    return await _steer(decided, settlement_date.isoformat())
