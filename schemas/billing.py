@@ -28,6 +28,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from schemas.customers import CustomerId
+from schemas.edge import EdgeModel
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 
@@ -99,7 +100,7 @@ class BillingPolicy(BaseModel):
     cards_max: int = Field(default=CARDS_PER_CUSTOMER_MAX, ge=1, le=CARDS_PER_CUSTOMER_MAX)
 
 
-class BillingInput(BaseModel):
+class BillingInput(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: CustomerId
@@ -242,7 +243,7 @@ class BillingRunPolicy(BaseModel):
     pages_per_run_max: int = Field(default=DRIVER_PAGES_PER_RUN_MAX, ge=1, le=1_000)
 
 
-class BillingRunInput(BaseModel):
+class BillingRunInput(EdgeModel):
     """The monthly driver: bills every customer with cards for the period
     (None: the month before the one the run starts in, as the schedule wants)."""
 

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.customers import CustomerId
+from schemas.edge import EdgeModel
 from schemas.issuer import Address, CardState, ShippingStatus
 from schemas.issuer import Authorization as IssuerAuthorization
 from schemas.issuer import Card as IssuerCard
@@ -29,7 +30,7 @@ class CardIssuePolicy(BaseModel):
     activation_wait_seconds: int = Field(default=90 * 24 * 3600, ge=1)
 
 
-class CardIssueInput(BaseModel):
+class CardIssueInput(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -66,7 +67,7 @@ class ShippingUpdate(BaseModel):
     eta: date | None = None
 
 
-class RescheduleDelivery(BaseModel):
+class RescheduleDelivery(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     delivery_date: date
@@ -87,7 +88,7 @@ class CardIssueStatus(BaseModel):
     shipping: ShippingUpdate | None
 
 
-class SpendingLimits(BaseModel):
+class SpendingLimits(EdgeModel):
     """Set by update; enforced by authorizations. None means no limit."""
 
     model_config = ConfigDict(extra="forbid")
@@ -263,7 +264,7 @@ class CardException(BaseModel):
     resolution: str | None = None
 
 
-class ExceptionDecision(BaseModel):
+class ExceptionDecision(EdgeModel):
     """An operator's decision on an exception: charge the wallet, write the
     amount off to suspense for investigation, or (a ledger conflict only,
     once it was put right by hand) dismiss it, moving nothing."""
@@ -335,7 +336,7 @@ class CardReissue(BaseModel):
     entity: CardInput
 
 
-class CardStateChange(BaseModel):
+class CardStateChange(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="customer request", min_length=1, max_length=200)

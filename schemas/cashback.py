@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from schemas.customers import CustomerId
+from schemas.edge import EdgeModel
 from schemas.ledger import AmountMinor
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
@@ -81,7 +82,7 @@ class RecentPurchasesRule(BaseModel):
     purchases_min: StrictInt = Field(default=1, ge=1, le=10_000)
 
 
-class CampaignRules(BaseModel):
+class CampaignRules(EdgeModel):
     """Who and what a campaign rewards. An empty list means "any"."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -117,7 +118,7 @@ class CampaignRules(BaseModel):
         return self
 
 
-class CampaignReward(BaseModel):
+class CampaignReward(EdgeModel):
     """What a matching campaign pays."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -128,7 +129,7 @@ class CampaignReward(BaseModel):
     stackable: bool = False
 
 
-class Campaign(BaseModel):
+class Campaign(EdgeModel):
     """One version of a campaign, as loaded from a campaigns file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -155,7 +156,7 @@ class Campaign(BaseModel):
         return self
 
 
-class CampaignFile(BaseModel):
+class CampaignFile(EdgeModel):
     """The document `cardflow cashback campaigns load FILE` reads."""
 
     model_config = ConfigDict(extra="forbid")
@@ -188,7 +189,7 @@ class StoredCampaign(BaseModel):
     latest: bool
 
 
-class SegmentAssignment(BaseModel):
+class SegmentAssignment(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: CustomerId
@@ -407,7 +408,7 @@ class CashbackInput(BaseModel):
     workflows_task_queue: str = _QUEUES.workflows
 
 
-class CashbackRefund(BaseModel):
+class CashbackRefund(EdgeModel):
     """A merchant refund of (part of) the purchase; the signal `refund`."""
 
     model_config = ConfigDict(extra="forbid")

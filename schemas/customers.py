@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
+from schemas.edge import EdgeModel
 from schemas.notify import Channel
 
 CustomerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -20,7 +21,7 @@ class KycStatus(StrEnum):
     EXPIRED = "expired"
 
 
-class CustomerProfile(BaseModel):
+class CustomerProfile(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: CustomerId

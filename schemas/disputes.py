@@ -28,6 +28,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.customers import CustomerId
+from schemas.edge import EdgeModel
 from schemas.issuer import DisputeReason, DisputeStatus, EvidenceType
 from schemas.ledger import AccountSpec, AmountMinor
 from schemas.money import Currency
@@ -84,7 +85,7 @@ def customer_debt_spec(customer_id: str, currency: Currency | str) -> AccountSpe
     )
 
 
-class EvidenceItem(BaseModel):
+class EvidenceItem(EdgeModel):
     """One piece of evidence; the signal `add_evidence`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -114,7 +115,7 @@ class DisputePolicy(BaseModel):
     reversal_attempts_max: int = Field(default=3, ge=1, le=10)
 
 
-class DisputeRequest(BaseModel):
+class DisputeRequest(EdgeModel):
     """A customer's dispute of (part of) a cleared transaction of theirs, as
     they open it (the API's body)."""
 
@@ -137,7 +138,7 @@ class DisputeInput(DisputeRequest):
     workflows_task_queue: str = _QUEUES.workflows
 
 
-class DisputeSubmission(BaseModel):
+class DisputeSubmission(EdgeModel):
     """The update `submit`: the evidence is complete; send it (or the representment answer)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -146,7 +147,7 @@ class DisputeSubmission(BaseModel):
     evidence: list[EvidenceItem] = Field(default_factory=list, max_length=EVIDENCE_ITEMS_MAX)
 
 
-class WithdrawRequest(BaseModel):
+class WithdrawRequest(EdgeModel):
     """The update `withdraw`: the customer (or an operator for them) drops the dispute."""
 
     model_config = ConfigDict(extra="forbid")
@@ -155,7 +156,7 @@ class WithdrawRequest(BaseModel):
     note: str = Field(default="", max_length=500)
 
 
-class OperatorAction(BaseModel):
+class OperatorAction(EdgeModel):
     """The update `operator_action`: credit provisionally now, or answer a
     representment now (pre-arbitration) without waiting for the deadline."""
 

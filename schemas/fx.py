@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from schemas.customers import CustomerId
+from schemas.edge import EdgeModel
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Rate
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 
@@ -157,7 +158,7 @@ def conversion_fee_minor(sell_amount_minor: int, terms: FxCurrencyTerms, fee_bps
     return terms.fee_fixed_minor + proportional
 
 
-class FxConversionRequest(BaseModel):
+class FxConversionRequest(EdgeModel):
     """What a customer asks (also the API's body): sell one currency for
     another, fixing exactly one of the two amounts (minor units); the other
     comes from the quote."""

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StrictInt
 
+from schemas.edge import EdgeModel
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Rate
 
 AmountMinor = Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)]
@@ -140,7 +141,7 @@ class SettlementRecordType(StrEnum):
 # ----- sent to the issuer and read back ------------------------------------------------
 
 
-class Address(BaseModel):
+class Address(EdgeModel):
     line1: str
     line2: str | None = None
     city: str
@@ -148,7 +149,7 @@ class Address(BaseModel):
     country: str = Field(pattern=r"^[A-Z]{2}$")
 
 
-class ShippingRequest(BaseModel):
+class ShippingRequest(EdgeModel):
     """Where a physical card goes; left out, the cardholder's name and address."""
 
     name: str | None = None

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.customers import CustomerProfile
+from schemas.edge import EdgeModel
 from schemas.kyc import KycDocumentType
 from schemas.money import Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
@@ -27,13 +28,13 @@ class OnboardingPolicy(BaseModel):
     kyc_attempts_max: int = Field(default=3, ge=1, le=10)
 
 
-class DocumentSpec(BaseModel):
+class DocumentSpec(EdgeModel):
     type: KycDocumentType
     country: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     file_name: str = Field(min_length=1, max_length=200)
 
 
-class OnboardingInput(BaseModel):
+class OnboardingInput(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: CustomerProfile
@@ -64,7 +65,7 @@ class KycResult(BaseModel):
     reject_labels: list[str] = Field(default_factory=list)
 
 
-class KycReview(BaseModel):
+class KycReview(EdgeModel):
     """An operator's decision on an application the provider put on hold."""
 
     model_config = ConfigDict(extra="forbid")
@@ -74,7 +75,7 @@ class KycReview(BaseModel):
     operator: str = Field(min_length=1, max_length=100)
 
 
-class Resubmission(BaseModel):
+class Resubmission(EdgeModel):
     documents: list[DocumentSpec] = Field(min_length=1, max_length=10)
 
 

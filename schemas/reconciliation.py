@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.edge import Day, EdgeModel
 from schemas.issuer import SettlementRecord
 from schemas.money import Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
@@ -83,11 +84,11 @@ class ReconciliationPolicy(BaseModel):
         return self.auto_fix_threshold_minor.get(currency, 0)
 
 
-class ReconciliationInput(BaseModel):
+class ReconciliationInput(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     provider: Literal["issuer"] = "issuer"
-    settlement_date: date
+    settlement_date: Day
     # {CARDFLOW_HOME}/reports on the host the ledger workers run on.
     reports_dir: str = Field(min_length=1, max_length=1000)
     operators_email: str = Field(default=OPERATORS_EMAIL_DEFAULT, min_length=3, max_length=200)
@@ -97,13 +98,13 @@ class ReconciliationInput(BaseModel):
     workflows_task_queue: str = _QUEUES.workflows
 
 
-class ScheduledReconciliationInput(BaseModel):
+class ScheduledReconciliationInput(EdgeModel):
     """The daily schedule's action: reconcile the UTC day before the
     scheduled time (or settlement_date when given, for a backfill)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    settlement_date: date | None = None
+    settlement_date: Day | None = None
     reports_dir: str = Field(min_length=1, max_length=1000)
     operators_email: str = Field(default=OPERATORS_EMAIL_DEFAULT, min_length=3, max_length=200)
     policy: ReconciliationPolicy = Field(default_factory=ReconciliationPolicy)
@@ -188,7 +189,7 @@ class ReconciliationItem(BaseModel):
     transfer_key: str | None = None
 
 
-class Decision(BaseModel):
+class Decision(EdgeModel):
     """An operator's decision on one item. `action` is checked by the
     workflow's validator (and by the starters), so a wrong one is refused
     with its name rather than failing to decode."""

@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from schemas.customers import CustomerId
+from schemas.edge import EdgeModel
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Money
 from schemas.providers import BANK, TRON
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
@@ -183,7 +184,7 @@ class DepositRequest(BaseModel):
     amount_minor: PositiveAmountMinor
 
 
-class TopupReview(BaseModel):
+class TopupReview(EdgeModel):
     """An operator's decision on a top-up in review. Approving an unmatched
     transfer assigns it to `customer_id`."""
 

@@ -32,6 +32,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from schemas.edge import DAY_MAX, DAY_MIN
 from schemas.periods import day_not_ended, refuse_unended_day
 from schemas.reconciliation import (
     ISSUER_PROVIDER,
@@ -315,10 +316,14 @@ reconcile_app = typer.Typer(
 
 def _date(value: str) -> date:
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         typer.echo(f"date: {value!r} is not YYYY-MM-DD", err=True)
         raise typer.Exit(2) from None
+    if not DAY_MIN <= day <= DAY_MAX:
+        typer.echo(f"date: {value} is not a day from {DAY_MIN} to {DAY_MAX}", err=True)
+        raise typer.Exit(2)
+    return day
 
 
 @reconcile_app.command("run")

@@ -25,6 +25,7 @@ from activities.reconciliation import (
 )
 from activities.topups import TopupActivities, TopupReceiptActivities
 from schemas.task_queues import TaskQueues
+from workers.interceptors import UnrepresentableValueInterceptor
 from workflows.billing import Billing, BillingRun
 from workflows.cards import CardEntity, CardIssue
 from workflows.cashback import Cashback
@@ -96,6 +97,10 @@ def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Ca
     ]
 
 
+# Innermost on every worker (after the caller's): it sees an activity's own error.
+ALWAYS_INTERCEPTORS: Sequence[Interceptor] = (UnrepresentableValueInterceptor(),)
+
+
 def build_worker(
     kind: str,
     client: Client,
@@ -108,7 +113,8 @@ def build_worker(
     interceptors: Sequence[Interceptor] = (),
 ) -> Worker:
     """The worker for one task-queue kind: workflows, ledger or providers.
-    `interceptors` apply to the workflows worker (tests inject faults there)."""
+    `interceptors` apply to the workflows worker (tests inject faults there);
+    every worker runs ALWAYS_INTERCEPTORS."""
     if kind == "workflows":
         assert pool is not None, "the workflows worker needs a database pool (local activities)"
         return Worker(
@@ -118,7 +124,7 @@ def build_worker(
             activities=local_ledger_activities(pool),
             identity=identity,
             workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
-            interceptors=interceptors,
+            interceptors=[*interceptors, *ALWAYS_INTERCEPTORS],
         )
     if kind == "ledger":
         assert pool is not None, "the ledger worker needs a database pool"
@@ -130,6 +136,7 @@ def build_worker(
             activities=ledger_activities(pool),
             max_concurrent_activities=pool_size_max,
             identity=identity,
+            interceptors=ALWAYS_INTERCEPTORS,
         )
     if kind == "providers":
         assert pool is not None and provider_clients is not None, (
@@ -141,5 +148,6 @@ def build_worker(
             activities=provider_activities(provider_clients, pool),
             max_task_queue_activities_per_second=PROVIDERS_ACTIVITIES_PER_SECOND_MAX,
             identity=identity,
+            interceptors=ALWAYS_INTERCEPTORS,
         )
     raise ValueError(f"unknown task-queue kind {kind!r}; expected workflows, ledger or providers")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from activities.errors import UNREPRESENTABLE_VALUE, is_unrepresentable
+
 
 class LedgerError(Exception):
     """Base of the ledger's non-retryable errors."""
@@ -41,6 +43,9 @@ class UnrepresentableValue(LedgerError):
     same request can never succeed, and only it is refused."""
 
 
+assert UnrepresentableValue.__name__ == UNREPRESENTABLE_VALUE, "one name for one failure"
+
+
 _BY_SQLSTATE: dict[str, type[LedgerError]] = {
     "CF400": InvalidLedgerRequest,
     "CF404": AccountNotFound,
@@ -52,7 +57,7 @@ _BY_SQLSTATE: dict[str, type[LedgerError]] = {
 def translate(error: asyncpg.PostgresError) -> LedgerError | None:
     """The typed error for one of the ledger functions' SQLSTATEs, or for a
     value the database cannot represent, if it is one."""
-    if isinstance(error, asyncpg.DataError):
+    if is_unrepresentable(error):
         # SQLSTATE class 22, data exception: a numeric overflow in the
         # database, or (raised by the driver before sending, as the class's
         # base) an argument it cannot encode, such as an integer beyond 64

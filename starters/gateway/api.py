@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import (
@@ -57,6 +59,7 @@ from schemas.disputes import (
     OperatorAction,
     WithdrawRequest,
 )
+from schemas.edge import DAY_MAX, DAY_MIN, EdgeModel
 from schemas.fx import (
     FxConversionInput,
     FxConversionRequest,
@@ -142,6 +145,24 @@ class ApiError(HTTPException):
     ) -> None:
         super().__init__(status_code=status_code, detail=detail, headers=headers)
         self.code = code
+
+
+def _encodable(value: Any) -> Any:
+    """`value` with every string UTF-8 can encode: a lone surrogate shown as its escape."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    return value
+
+
+async def validation_error_response(request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422 (each error's location, message and input), answerable
+    even when the input itself cannot be encoded (a JSON `\\ud800` escape)."""
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": _encodable(jsonable_encoder(error.errors()))}, status_code=422)
 
 
 async def api_error_response(request: Request, error: Exception) -> JSONResponse:
@@ -234,7 +255,7 @@ STATUS_QUERY_TIMEOUT = timedelta(seconds=2)
 PING_API_EXECUTION_TIMEOUT = timedelta(minutes=5)
 
 
-class StartPing(BaseModel):
+class StartPing(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     requested_by: str = Field(min_length=1, max_length=200, description="Who asks")
@@ -513,7 +534,7 @@ async def process_status(
     )
 
 
-class StartOnboarding(BaseModel):
+class StartOnboarding(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: CustomerProfile
@@ -624,7 +645,7 @@ async def resubmit_documents_route(
     return {"result": "documents received"}
 
 
-class IssueCard(BaseModel):
+class IssueCard(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -633,7 +654,7 @@ class IssueCard(BaseModel):
     address: Address
 
 
-class CardAction(BaseModel):
+class CardAction(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["freeze", "unfreeze", "close", "report_lost", "report_stolen"]
@@ -1297,6 +1318,12 @@ from starters.reconcile import start as start_reconciliation  # noqa: E402
 from starters.reconcile import status as reconciliation_status  # noqa: E402
 from workflows.reconciliation import reconciliation_workflow_id  # noqa: E402
 
+# A day whose reconciliation's date arithmetic stays in range (schemas.edge.Day).
+SettlementDatePath = Annotated[
+    _date,
+    Path(ge=DAY_MIN, le=DAY_MAX, description=f"The UTC day, YYYY-MM-DD, {DAY_MIN} to {DAY_MAX}"),
+]
+
 
 @router.post(
     "/reconciliations/issuer/{settlement_date}",
@@ -1307,7 +1334,7 @@ from workflows.reconciliation import reconciliation_workflow_id  # noqa: E402
     summary="Reconcile the issuer's settlement report of a UTC day (YYYY-MM-DD)",
 )
 async def reconciliation_start_route(
-    request: Request, response: Response, settlement_date: _date
+    request: Request, response: Response, settlement_date: SettlementDatePath
 ) -> ProcessRef:
     # The process id is the day's: a repeat finds the first process (a failed
     # one runs again), so no Idempotency-Key is needed. A day not yet over is
@@ -1345,7 +1372,7 @@ async def reconciliation_start_route(
     summary="A reconciliation's stage and its differences",
 )
 async def reconciliation_status_route(
-    request: Request, settlement_date: _date
+    request: Request, settlement_date: SettlementDatePath
 ) -> ReconciliationStatus:
     try:
         return await _steer(
@@ -1365,7 +1392,7 @@ async def reconciliation_status_route(
     summary="An operator decides one difference over the threshold: adjust or dismiss",
 )
 async def reconciliation_decide_route(
-    request: Request, settlement_date: _date, body: Decision, idempotency: UpdateKey
+    request: Request, settlement_date: SettlementDatePath, body: Decision, idempotency: UpdateKey
 ) -> ReconciliationItem:
     workflow_id = reconciliation_workflow_id("issuer", settlement_date)
     send = await update_options(request, idempotency, "reconciliation-decisions", workflow_id, body)

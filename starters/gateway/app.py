@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
@@ -78,6 +79,7 @@ def create_app(
         return {"status": "ok"}
 
     app.add_exception_handler(api.ApiError, api.api_error_response)
+    app.add_exception_handler(RequestValidationError, api.validation_error_response)
     app.include_router(api.router)
     app.include_router(webhooks.router)
     app.include_router(realtime.router)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from schemas.bank import InboundTransfer
 from schemas.cards import CARD_REASONS, CardInput, CardNetworkEvent, ShippingUpdate
 from schemas.disputes import IssuerDisputeEvent
+from schemas.edge import StorableText
 from schemas.health import PingInput, WebhookEventNote
 from schemas.issuer import Authorization, CardState, DecidedBy, Reversal, Transaction
 from schemas.onboarding import KycResult
@@ -55,8 +56,9 @@ ANY_PROVIDER = "*"
 class ProviderEvent(BaseModel):
     """The envelope every simulator and provider adapter sends."""
 
-    id: str = Field(min_length=1, max_length=200)
-    type: str = Field(min_length=1, max_length=200)
+    # Both are stored (gateway_webhook_events): PostgreSQL must be able to.
+    id: StorableText = Field(min_length=1, max_length=200)
+    type: StorableText = Field(min_length=1, max_length=200)
     created_at: str
     data: dict[str, Any]
 

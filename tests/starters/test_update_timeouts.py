@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
@@ -25,10 +22,9 @@ from activities.api_keys import parse_key
 from schemas.cards import CardInput
 from schemas.issuer import CardState
 from starters.gateway.api import Idempotency
-from starters.gateway.app import create_app
-from tests.conftest import RunningStack, StackFactory, api_key_headers
+from tests.conftest import RunningStack, StackFactory
+from tests.starters.inprocess import gateway
 from workers.build import build_worker
-from workers.settings import load_settings
 from workflows.cards import CARD_WORKFLOW, LIMITS_UPDATE, card_workflow_id
 
 # The gateway waits this long for a process before it answers 503.
@@ -60,26 +56,6 @@ async def open_card(stack: RunningStack) -> WorkflowHandle[Any, Any]:
     return handle
 
 
-@contextlib.asynccontextmanager
-async def gateway(stack: RunningStack, home: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = load_settings(
-        CARDFLOW_HOME=str(home),
-        CARDFLOW_TASK_QUEUE_PREFIX=stack.queues.prefix,
-        DATABASE_URL=stack.database_url,
-        CARDFLOW_API_UPDATE_TIMEOUT_SECONDS=str(API_UPDATE_TIMEOUT_SECONDS),
-    )
-    app = create_app(settings, client=stack.client, pool=stack.pool)
-    headers = await api_key_headers(stack.pool, settings)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=transport, base_url="http://gateway", headers=headers, timeout=60
-        ) as http,
-    ):
-        yield http
-
-
 def accepted_update_ids(events: list[Any], name: str) -> list[str]:
     return [
         event.workflow_execution_update_accepted_event_attributes.accepted_request.meta.update_id
@@ -93,7 +69,14 @@ def accepted_update_ids(events: list[Any], name: str) -> list[str]:
 async def test_an_update_that_times_out_is_a_503_and_its_retry_gets_the_updates_result(
     make_stack: StackFactory, tmp_path: Path
 ) -> None:
-    async with make_stack(kinds=("ledger",)) as stack, gateway(stack, tmp_path) as http:
+    async with (
+        make_stack(kinds=("ledger",)) as stack,
+        gateway(
+            stack,
+            tmp_path,
+            CARDFLOW_API_UPDATE_TIMEOUT_SECONDS=str(API_UPDATE_TIMEOUT_SECONDS),
+        ) as http,
+    ):
         async with workflows_worker(stack):
             card = await open_card(stack)
         card_id = card.id.removeprefix("card/")
