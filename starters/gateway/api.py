@@ -591,8 +591,9 @@ def _process_busy(subject: str) -> ApiError:
     return ApiError(
         503,
         PROCESS_TIMEOUT,
-        f"the process of {subject} did not answer in time; it may still act on the request: "
-        "send it again with the same Idempotency-Key to get its answer",
+        f"the process of {subject} did not answer in time and may still act on the request; "
+        "try again later (sent again with the same Idempotency-Key, an update gets the first "
+        "one's answer instead of acting twice)",
         headers={"Retry-After": str(PROCESS_RETRY_AFTER_SECONDS)},
     )
 
