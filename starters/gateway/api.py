@@ -320,7 +320,7 @@ def _request_hash(route: str, body: BaseModel | None, *path: str) -> bytes:
 API_REQUEST_MEMO = "cardflow-api-request"
 
 _RECALL_SQL = (
-    "SELECT request_hash, workflow_id, run_id FROM gateway_api_requests"
+    "SELECT api_key_id, request_hash, workflow_id, run_id FROM gateway_api_requests"
     " WHERE route = $2 AND idempotency_key = $3 AND api_key_id IN ($1, '')"
     # A request of this API key first; one remembered before requests were
     # scoped to API keys (api_key_id '') only failing that.
@@ -335,12 +335,19 @@ class Remembered:
     run_id: str
 
 
-async def recall(pool: asyncpg.Pool, idempotency: Idempotency, route: str) -> Remembered | None:
-    """What this Idempotency-Key of this API key asked on `route` before, if anything."""
+async def recall(
+    pool: asyncpg.Pool, idempotency: Idempotency, route: str, request_hash: bytes
+) -> Remembered | None:
+    """What this Idempotency-Key of this API key asked on `route` before, if
+    anything; or, remembered before keys were scoped to API keys, this same
+    request (its process was started under the unscoped key, before an upgrade)."""
     row = await pool.fetchrow(_RECALL_SQL, idempotency.api_key_id, route, idempotency.key)
     if row is None:
         return None
-    return Remembered(bytes(row["request_hash"]), row["workflow_id"], row["run_id"])
+    known = Remembered(bytes(row["request_hash"]), row["workflow_id"], row["run_id"])
+    if not row["api_key_id"] and known.request_hash != request_hash:
+        return None  # another request, of whichever API key
+    return known
 
 
 async def remember(
@@ -361,8 +368,8 @@ async def remember(
         request_hash,
         workflow_id,
     )
-    known = await recall(pool, idempotency, route)
-    assert known is not None, "a request just remembered is there"
+    known = await recall(pool, idempotency, route, request_hash)
+    assert known is not None, "this API key's own row is there, inserted or found"
     return known
 
 
@@ -403,7 +410,7 @@ async def start_idempotently(
     pool: asyncpg.Pool = state.pool
     client: Client = state.client
     request_hash = _request_hash(route, body)
-    known = await recall(pool, idempotency, route)
+    known = await recall(pool, idempotency, route, request_hash)
     if known is None:
         known = await remember(pool, idempotency, route, request_hash, workflow_id)
     require_same_request(known, request_hash, idempotency)
@@ -783,7 +790,7 @@ async def update_options(
         return UpdateOptions(None, rpc_timeout)
     pool: asyncpg.Pool = request.app.state.pool
     request_hash = _request_hash(route, body, workflow_id)
-    known = await recall(pool, idempotency, route)
+    known = await recall(pool, idempotency, route, request_hash)
     if known is None:
         known = await remember(pool, idempotency, route, request_hash, workflow_id)
     require_same_request(known, request_hash, idempotency)

@@ -5,14 +5,18 @@ to a true replay of that request)."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Platform, api_key_headers
+from starters.gateway.api import StartPing, _request_hash
+from tests.conftest import Platform, RunningStack, api_key_headers
+from tests.starters.inprocess import gateway
 from tests.workflows.test_fx_conversion import customer as funded_customer
 from tests.workflows.test_fx_conversion import rates
+from workflows.health import ping_workflow_id
 from workflows.onboarding import onboarding_workflow_id
 
 ADDRESS = {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
@@ -176,3 +180,30 @@ async def test_a_second_dispute_of_a_transaction_is_refused_not_answered_with_th
     assert first.status_code == 202, first.text
     assert second.status_code == 409, second.text
     assert second.json()["code"] == "process_exists"
+
+
+async def test_a_request_remembered_before_keys_were_scoped_to_api_keys_keeps_its_process(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    # Sent before an upgrade, answered after it: its process was started
+    # under the unscoped key, and a repeat must not start a second one.
+    key = f"old-{uuid.uuid4().hex[:8]}"
+    body = {"requested_by": "mobile backend"}
+    before = ping_workflow_id(f"api-{key}")
+    await stack.pool.execute(
+        "INSERT INTO gateway_api_requests (api_key_id, route, idempotency_key, request_hash,"
+        " workflow_id, run_id) VALUES ('', 'pings', $1, $2, $3, 'run-before')",
+        key,
+        _request_hash("pings", StartPing(**body)),
+        before,
+    )
+    async with gateway(stack, tmp_path) as http:
+        again = await http.post("/v1/pings", json=body, headers={"Idempotency-Key": key})
+        other = await http.post(
+            "/v1/pings", json={"requested_by": "someone else"}, headers={"Idempotency-Key": key}
+        )
+    assert again.status_code == 200, again.text
+    assert (again.json()["workflow_id"], again.json()["run_id"]) == (before, "run-before")
+    # Another body under that key is another request: not refused for the old one.
+    assert other.status_code == 202, other.text
+    assert other.json()["workflow_id"] != before
