@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
@@ -76,6 +77,28 @@ async def held_by_card(handle: WorkflowHandle[Any, Any]) -> int:
 
 async def running(handle: WorkflowHandle[Any, Any]) -> bool:
     return (await handle.describe()).status is WorkflowExecutionStatus.RUNNING
+
+
+async def work_after_signal(
+    platform: Platform, handle: WorkflowHandle[Any, Any], event_id: str
+) -> list[str]:
+    """The activities and markers the workflow recorded after the network
+    event `event_id` was signalled to it."""
+    work = (EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED, EventType.EVENT_TYPE_MARKER_RECORDED)
+    converter = platform.stack.client.data_converter  # the history's payloads are encrypted
+    after: list[str] | None = None
+    async for event in handle.fetch_history_events():
+        if after is not None and event.event_type in work:
+            after.append(EventType.Name(event.event_type))
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            payloads = event.workflow_execution_signaled_event_attributes.input.payloads
+            if any(
+                isinstance(value, dict) and value.get("event_id") == event_id
+                for value in await converter.decode(list(payloads))
+            ):
+                after = []
+    assert after is not None, f"no signal carried {event_id}"
+    return after
 
 
 async def settles_as(
@@ -188,7 +211,17 @@ async def test_a_late_increment_webhook_never_reopens_a_cleared_authorization(
     # The clearing arrives first, the increment's snapshot after it.
     platform.sim.admin("POST", "/webhooks/release", {"order": "reverse"})
     await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
-    await asyncio.sleep(1.0)  # every held webhook delivered
+    increments = [
+        delivery["event_id"]
+        for delivery in platform.sim.admin("GET", "/webhooks")
+        if delivery["type"] == "authorization.incremented"
+    ]
+    assert len(increments) == 1
+
+    async def increment_taken_in() -> bool:
+        return increments[0] in (await card_state(handle)).seen_events
+
+    await eventually(increment_taken_in, "the card takes the late increment")
     await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
     assert auth.id not in (await card_state(handle)).authorizations
     # Finished stays finished, even when the same snapshot comes again much later.
@@ -338,7 +371,10 @@ async def test_money_after_the_cards_process_ended_starts_it_again(platform: Pla
         event = CardNetworkEvent(event_id=f"again-{n}", type=kind, transaction=transaction)
         # The restarted process stays (the default window), so this reaches it.
         await again.signal(NETWORK_EVENT_SIGNAL, event)
-    await asyncio.sleep(1.0)
+    # A query answers after every signal sent before it was handled; nothing
+    # the repeats started (an activity, a local activity's marker) may follow.
+    await card_state(again)
+    assert await work_after_signal(platform, again, "again-0") == []
     assert (await wallet(platform, customer_id)).posted == 10_500
     assert await verify(platform.stack.pool) == []
 
