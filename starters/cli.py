@@ -553,23 +553,14 @@ def gateway_serve() -> None:
     import uvicorn
 
     from starters.gateway.app import create_app
+    from starters.gateway.server import gateway_config
     from workers.telemetry import configure_logging, start_telemetry
 
     settings = _settings()
     telemetry = start_telemetry(settings, "gateway")
     configure_logging(settings, telemetry.service_name)
     try:
-        uvicorn.run(
-            create_app(settings, telemetry=telemetry),
-            host=settings.bind_host,
-            port=settings.gateway_port,
-            log_level=settings.log_level.lower(),
-            # Uvicorn's lines go through cardflow's own (JSON) handler.
-            log_config=None,
-            # The gateway logs what it refuses and what fails; a line per request
-            # on the real-time path costs more than it tells.
-            access_log=False,
-        )
+        uvicorn.Server(gateway_config(create_app(settings, telemetry=telemetry), settings)).run()
     finally:
         telemetry.shutdown()
 

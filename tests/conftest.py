@@ -312,6 +312,7 @@ async def platform(
     import uvicorn
 
     from starters.gateway.app import create_app
+    from starters.gateway.server import gateway_config
     from tests.providers import running, simulator_process
     from workers.settings import load_settings
 
@@ -334,8 +335,11 @@ async def platform(
         async with make_stack(providers_url=sim.url, prefix=prefix) as stack:
             pool = await create_pool(database_url, size_max=4)
             app = create_app(settings, client=stack.client, pool=pool)
+            # The production server and its deadlines (starters/gateway/server.py).
             server = uvicorn.Server(
-                uvicorn.Config(app, host="127.0.0.1", port=gateway_port, log_level="warning")
+                gateway_config(
+                    app, settings, host="127.0.0.1", port=gateway_port, log_level="warning"
+                )
             )
             task = asyncio.get_running_loop().create_task(server.serve())
             while not server.started:

@@ -304,6 +304,25 @@ class Settings(BaseSettings):
     api_update_timeout_seconds: int = Field(
         default=10, ge=1, le=300, validation_alias="CARDFLOW_API_UPDATE_TIMEOUT_SECONDS"
     )
+    # What the gateway takes in. A `/v1` body larger than this is a 413 (the
+    # Content-Length alone decides when it is sent; a streamed body is cut off
+    # there). Webhooks and the issuer's real-time requests have their own,
+    # smaller caps.
+    api_body_bytes_max: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        validation_alias="CARDFLOW_API_BODY_BYTES_MAX",
+    )
+    # A request's headers must arrive whole within this many seconds of its
+    # first byte (or of the connection), its body within the second figure of
+    # its headers; else the connection is closed (headers) or answered 408.
+    gateway_header_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300, validation_alias="CARDFLOW_GATEWAY_HEADER_TIMEOUT_SECONDS"
+    )
+    gateway_body_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, validation_alias="CARDFLOW_GATEWAY_BODY_TIMEOUT_SECONDS"
+    )
     # Observability. Each long-running process (worker, gateway) serves
     # Prometheus metrics on this port when set; `cardflow dev up` gives each
     # part its own port from CARDFLOW_METRICS_PORT_BASE.

@@ -14,6 +14,7 @@ from temporalio.runtime import Runtime
 from activities.database import create_pool
 from activities.metrics import GatewayMetrics
 from starters.gateway import api, realtime, webhooks
+from starters.gateway.intake import Intake
 from workers.client import connect
 from workers.secrets import webhook_secrets
 from workers.settings import Settings
@@ -87,4 +88,6 @@ def create_app(
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
         app.add_middleware(OpenTelemetryMiddleware, tracer_provider=telemetry.tracer_provider)
+    # Outermost: a request is weighed (key, size, pace) before anything reads it.
+    app.add_middleware(Intake)
     return app

@@ -31,6 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from schemas.cards import AuthorizationAnswer, AuthorizationRequest
 from schemas.providers import ISSUER
+from starters.gateway.server import arrived_at
 from starters.gateway.webhooks import verify
 from workflows.cards import AUTHORIZE_UPDATE, card_workflow_id
 
@@ -86,7 +87,9 @@ def _stand_in(
 
 @router.post(REALTIME_AUTHORIZATION_PATH, include_in_schema=False)
 async def authorize(request: Request) -> JSONResponse:
-    started = time.monotonic()
+    # The budget runs from the request's arrival, not from this handler's
+    # start: time spent waiting for the event loop is the issuer's time too.
+    started = arrived_at(request.scope)
     state: Any = request.app.state
     secrets: list[str] | None = state.webhook_secrets.get(ISSUER)
     if not secrets:

@@ -32,6 +32,7 @@ REJECTION_REASONS = (
     "malformed",
     "replayed",
     "too_large",
+    "too_slow",
     "refused",
     "unavailable",
 )
