@@ -153,11 +153,17 @@ def simulators_serve() -> None:
     import uvicorn
 
     from simulators.server import build
+    from starters.gateway.server import listener_config
 
     settings = _settings()
-    uvicorn.run(
-        build(settings), host=settings.bind_host, port=settings.simulators_port, log_level="warning"
+    config = listener_config(
+        build(settings),
+        settings,
+        host=settings.bind_host,
+        port=settings.simulators_port,
+        log_level="warning",
     )
+    uvicorn.Server(config).run()
 
 
 kyc_app = typer.Typer(help="Operator actions on KYC.", no_args_is_help=True)

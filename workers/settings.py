@@ -314,11 +314,12 @@ class Settings(BaseSettings):
         le=64 * 1024 * 1024,
         validation_alias="CARDFLOW_API_BODY_BYTES_MAX",
     )
-    # A request's headers must arrive whole within this many seconds of its
-    # first byte (or of the connection), its body within the second figure of
-    # its headers; else the connection is closed (headers) or answered 408.
-    gateway_header_timeout_seconds: float = Field(
-        default=5.0, gt=0, le=300, validation_alias="CARDFLOW_GATEWAY_HEADER_TIMEOUT_SECONDS"
+    # On every HTTP listener (gateway, codec server, simulators) a request's
+    # headers must arrive whole within this many seconds of its first byte (or
+    # of the connection), else the connection is closed; at the gateway its
+    # body within the second figure of its headers, else 408.
+    http_header_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300, validation_alias="CARDFLOW_HTTP_HEADER_TIMEOUT_SECONDS"
     )
     gateway_body_timeout_seconds: float = Field(
         default=10.0, gt=0, le=600, validation_alias="CARDFLOW_GATEWAY_BODY_TIMEOUT_SECONDS"

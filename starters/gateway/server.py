@@ -1,8 +1,8 @@
-"""The gateway's HTTP server: uvicorn with deadlines on what a client sends.
+"""cardflow's HTTP servers: uvicorn with deadlines on what a client sends.
 
 Uvicorn alone lets a connection trickle its headers for as long as it likes;
 here a request's headers must arrive whole within
-`CARDFLOW_GATEWAY_HEADER_TIMEOUT_SECONDS` of its first byte (or, for the
+`CARDFLOW_HTTP_HEADER_TIMEOUT_SECONDS` of its first byte (or, for the
 first request, of the connection), else the connection is closed. The
 protocol also stamps each request's arrival (its first byte) in the ASGI
 scope, where the real-time route's budget starts (starters/gateway/intake.py).
@@ -19,6 +19,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from workers.settings import Settings
+
+KEEP_ALIVE_SECONDS = 5
 
 # Where the protocol puts a request's arrival (time.monotonic()) in its scope.
 ARRIVED_AT = "cardflow_arrived_at"
@@ -86,25 +88,34 @@ def protocol_for(settings: Settings) -> type[GuardedH11Protocol]:
     return type(
         "GatewayH11Protocol",
         (GuardedH11Protocol,),
-        {"header_timeout_seconds": settings.gateway_header_timeout_seconds},
+        {"header_timeout_seconds": settings.http_header_timeout_seconds},
     )
 
 
-def gateway_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
-    """Uvicorn's configuration for the gateway (`options` override, e.g. host
-    and port in tests)."""
+def listener_config(
+    app: Any, settings: Settings, *, host: str, port: int, **options: Any
+) -> uvicorn.Config:
+    """Uvicorn's configuration for any of cardflow's HTTP listeners (the
+    gateway, the codec server, the simulators): headers under a deadline,
+    idle connections closed, cardflow's own logging. `options` override."""
     values: dict[str, Any] = {
-        "host": settings.bind_host,
-        "port": settings.gateway_port,
+        "host": host,
+        "port": port,
         "http": protocol_for(settings),
         # An idle kept-alive connection closes after this many seconds.
-        "timeout_keep_alive": 5,
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
         "log_level": settings.log_level.lower(),
         # Uvicorn's lines go through cardflow's own (JSON) handler.
         "log_config": None,
-        # The gateway logs what it refuses and what fails; a line per request
+        # The listeners log what they refuse and what fails; a line per request
         # on the real-time path costs more than it tells.
         "access_log": False,
     }
     values.update(options)
     return uvicorn.Config(app, **values)
+
+
+def gateway_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
+    """The gateway's listener (`options` override, e.g. host and port in tests)."""
+    where = {"host": settings.bind_host, "port": settings.gateway_port}
+    return listener_config(app, settings, **{**where, **options})

@@ -30,6 +30,7 @@ from starters.gateway.auth import UNAUTHENTICATED_DETAIL
 from starters.gateway.realtime import REALTIME_AUTHORIZATION_PATH
 from starters.gateway.server import gateway_config
 from tests.conftest import Platform, StackFactory, api_key_headers, free_port, project_root
+from tests.providers import running, simulator_process
 from tests.starters.test_gateway_realtime import decisions_counted
 from tests.workflows.test_authorizations import SHOP, authorize, open_card
 from workers.secrets import new_webhook_secret
@@ -61,7 +62,7 @@ async def edge(make_stack: StackFactory, tmp_path: Path) -> AsyncIterator[Edge]:
     settings = load_settings(
         CARDFLOW_HOME=str(tmp_path),
         CARDFLOW_WEBHOOK_SECRETS=json.dumps({p: [new_webhook_secret()] for p in PROVIDERS}),
-        CARDFLOW_GATEWAY_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT_SECONDS),
+        CARDFLOW_HTTP_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT_SECONDS),
         CARDFLOW_GATEWAY_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT_SECONDS),
         CARDFLOW_API_BODY_BYTES_MAX=str(API_BODY_BYTES_MAX),
         CARDFLOW_METRICS_PORT=str(metrics_port),
@@ -248,6 +249,19 @@ async def test_a_connection_trickling_its_headers_is_closed(edge: Edge) -> None:
     # An idle connection that never sends a byte is closed too.
     async with connection(edge.host, edge.port) as (reader, _):
         assert await closed_by_server(reader, HEADER_TIMEOUT_SECONDS + ANSWER_SECONDS_MAX)
+
+
+async def test_the_simulators_listener_closes_a_connection_trickling_its_headers(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    sim = simulator_process(tmp_path, port, "http://127.0.0.1:9")
+    sim.env["CARDFLOW_HTTP_HEADER_TIMEOUT_SECONDS"] = str(HEADER_TIMEOUT_SECONDS)
+    with running(sim):
+        async with connection("127.0.0.1", port) as (reader, writer):
+            writer.write(b"GET /issuer/v1/cards HTTP/1.1\r\nhost: sim\r\n")
+            await writer.drain()
+            assert await closed_by_server(reader, HEADER_TIMEOUT_SECONDS + ANSWER_SECONDS_MAX)
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_answered_408(edge: Edge) -> None:
