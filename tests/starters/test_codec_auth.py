@@ -153,7 +153,8 @@ async def plaintext_of(history: WorkflowHistory, codec: EncryptionCodec) -> str:
     """The history as JSON, followed by every payload decrypted."""
     parts = [json.dumps(history.to_json_dict())]
     for event in history.events:
-        for payload in await codec.decode(list(payloads_in(event))):
+        # reveal: plaintext payloads (search attributes, markers) as they are.
+        for payload in await codec.reveal(list(payloads_in(event))):
             parts.append(payload.SerializeToString().decode(errors="replace"))
     return "\n".join(parts)
 
