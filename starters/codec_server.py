@@ -10,6 +10,13 @@ codec token (CARDFLOW_CODEC_TOKEN), sent either way:
 - as a path prefix, `/t/<token>/decode`: the Web UI, which sends no custom
   header to a codec endpoint, is given `http://host:port/t/<token>` (see
   `workers.secrets.codec_ui_endpoint`); that URL is a secret.
+/decode decrypts encrypted payloads and shows plaintext ones (the SDK's own
+markers are json/plain) as they are; /encode takes plaintext payloads only.
+A payload that is neither (no or an unknown encoding, a ciphertext cut short
+or forged, an unknown key id) is answered 400 naming what is wrong, never 500.
+What /encode returns is what workers accept: they refuse payloads that are not
+encrypted (workers.converter), so the Web UI's signals and updates reach them
+through here.
 A request with an `Origin` header outside the configured Web UI origins is
 refused (403) whatever it carries: CORS alone only keeps a browser from
 reading the answer, not the server from decrypting. `/health` stays open and
@@ -33,8 +40,9 @@ from temporalio.api.common.v1 import Payload, Payloads
 
 from workers.converter import (
     EncryptionCodec,
-    PayloadDecryptionError,
+    MalformedPayloadError,
     UnknownEncryptionKeyError,
+    check_plain_encoding,
     load_keys,
 )
 from workers.secrets import codec_token
@@ -93,18 +101,25 @@ def create_app(codec: EncryptionCodec, allowed_origins: Sequence[str], token: st
             return _error(400, f'body must be {{"payloads": [...]}} in protobuf JSON: {error}')
         try:
             result = await operation(payloads.payloads)
-        except (UnknownEncryptionKeyError, PayloadDecryptionError) as error:
+        except (UnknownEncryptionKeyError, MalformedPayloadError) as error:
             return _error(400, str(error))
         return Response(
             json_format.MessageToJson(Payloads(payloads=result)),
             media_type="application/json",
         )
 
+    async def seal(payloads: Sequence[Payload]) -> list[Payload]:
+        # Only what a worker can read once decrypted; encrypting a ciphertext
+        # again would hand it one it refuses.
+        for payload in payloads:
+            check_plain_encoding(payload)
+        return await codec.encode(payloads)
+
     async def encode(request: Request) -> Response:
-        return await transform(request, codec.encode)
+        return await transform(request, seal)
 
     async def decode(request: Request) -> Response:
-        return await transform(request, codec.decode)
+        return await transform(request, codec.reveal)
 
     async def health(_: Request) -> Response:
         return Response(

@@ -7,10 +7,12 @@ under `CARDFLOW_HOME/secrets/`, and never print a secret.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from workers import certificates
 from workers.secrets import (
     WEBHOOK_OVERLAP_HOURS_DEFAULT,
     WEBHOOK_OVERLAP_HOURS_MAX,
@@ -62,4 +64,25 @@ def rotate_webhook(
         f"{provider}: a new secret signs once the simulators and the gateway restart "
         f"(cardflow dev down && cardflow dev up); the previous one verifies until "
         f"{until.isoformat()}"
+    )
+
+
+@secrets_app.command("temporal-certs")
+def temporal_certs(
+    directory: Annotated[Path, typer.Argument(help="Where to write them, e.g. ./certs")],
+    force: Annotated[
+        bool, typer.Option(help="Replace them all, the authority too (clients need the new ones).")
+    ] = False,
+) -> None:
+    """Certificates for Temporal's frontend with mTLS (temporal-compose.yml mounts them).
+
+    A private authority, the server's certificate (for the name `temporal`)
+    and the client certificates of cardflow, the Web UI and operators; existing
+    ones are kept. Only private keys of a private authority: for production,
+    bring your PKI's files under the same names.
+    """
+    issued = certificates.generate(directory, force=force)
+    typer.echo(
+        f"{directory}: ca.pem and {', '.join(f'{i.name}.pem/.key' for i in issued)} "
+        f"(directory {certificates.DIRECTORY_MODE:o}; the authority's key stays here)"
     )

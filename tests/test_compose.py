@@ -3,7 +3,9 @@
 No Docker engine is needed: the file is parsed, its `${VAR...}` references are
 resolved the way Compose resolves them (with sample values for the variables
 an operator must set), and every cardflow process's environment is validated
-by the same `load_settings` the process runs at start.
+by the same `load_settings` the process runs at start, with the files bind-
+mounted into its container where the container sees them. Temporal's mTLS
+files are the ones `cardflow secrets temporal-certs` writes.
 
 Each check is a function that raises AssertionError naming what is wrong. The
 tests run every check on the real file, and run each check again on a copy of
@@ -17,6 +19,8 @@ import copy
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,11 +31,16 @@ from urllib.parse import urlsplit
 import pytest
 import typer.main
 import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from schemas.providers import PROVIDERS
 from schemas.search import ALL_SEARCH_ATTRIBUTES
 from schemas.task_queues import QUEUE_KINDS
 from starters.cli import app as cli_app
+from workers import certificates
 from workers.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +58,10 @@ SAMPLE_VARIABLES: dict[str, str] = {
     ),
     "CARDFLOW_CODEC_TOKEN": "compose-test-codec-token-0123456789",
     "CARDFLOW_API_KEY_PEPPER": "compose-test-api-key-pepper-0123456789",
+    # Written by the `certs` fixture with `cardflow secrets temporal-certs`.
+    "CARDFLOW_TEMPORAL_CERTS_DIR": str(
+        Path(tempfile.gettempdir()) / f"cardflow-compose-certs-{os.getpid()}"
+    ),
 }
 # Variables the file must refuse to start without (`${VAR:?message}`).
 REQUIRED_VARIABLES = (
@@ -246,9 +259,45 @@ def process_environment(variables: Mapping[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def bind_mounts(service: Mapping[str, Any]) -> dict[str, Path]:
+    """Container path -> host path of each file or directory bind-mounted into the service."""
+    mounts: dict[str, Path] = {}
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, dict):
+            if entry.get("type") != "bind":
+                continue
+            source, target = str(entry["source"]), str(entry["target"])
+        else:
+            parts = str(entry).split(":")
+            # A named volume's source is a bare name; a bind mount's is a path.
+            if len(parts) < 2 or not parts[0].startswith(("/", ".", "~")):
+                continue
+            source, target = parts[0], parts[1]
+        host = Path(source).expanduser()
+        mounts[target] = host if host.is_absolute() else ROOT / host
+    return mounts
+
+
+def mounted_file(name: str, service: Mapping[str, Any], container_path: str) -> Path:
+    """The host file a container path of the service is, asserting it is mounted and exists."""
+    host = bind_mounts(service).get(container_path)
+    assert host is not None, f"{name}: {container_path} is not mounted into the container"
+    assert host.is_file(), f"{name}: {container_path} is mounted from {host}, which is no file"
+    return host
+
+
+def container_view(service: Mapping[str, Any]) -> dict[str, str]:
+    """The service's environment, a mounted file's container path read as its host file."""
+    mounts = bind_mounts(service)
+    return {
+        name: str(mounts[value]) if value in mounts else value
+        for name, value in environment(service).items()
+    }
+
+
 def settings_of(service: Mapping[str, Any]) -> Settings:
     """The settings the service's process would load at start."""
-    with process_environment(environment(service)):
+    with process_environment(container_view(service)):
         return load_settings()
 
 
@@ -386,6 +435,201 @@ def check_codec_and_web_ui(stack: Stack) -> None:
     temporal_name, _ = only(stack.with_image("temporalio/server:"), "Temporal server")
     assert ui_variables.get("TEMPORAL_ADDRESS") == f"{temporal_name}:7233"
     assert ui_host == "127.0.0.1", f"{ui_name} must be published on loopback only"
+
+
+def certificate(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def check_pair(name: str, certificate_path: Path, key_path: Path) -> x509.Certificate:
+    """The certificate, asserting the key is its own."""
+    loaded = certificate(certificate_path)
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    assert key.public_key() == loaded.public_key(), (
+        f"{name}: {key_path.name} is not the key of {certificate_path.name}"
+    )
+    return loaded
+
+
+def check_issued_by(name: str, leaf: x509.Certificate, authority: x509.Certificate) -> None:
+    try:
+        leaf.verify_directly_issued_by(authority)
+    except (ValueError, TypeError, InvalidSignature) as error:
+        raise AssertionError(f"{name}: its certificate is not issued by the trusted CA") from error
+
+
+def extended_usages(leaf: x509.Certificate) -> set[x509.ObjectIdentifier]:
+    return set(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def dns_names(leaf: x509.Certificate) -> list[str]:
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return list(names.get_values_for_type(x509.DNSName))
+
+
+@dataclass
+class Frontend:
+    """What Temporal's frontend demands of its clients."""
+
+    name: str
+    client_authority: x509.Certificate
+    server_name: str
+    server_authority_path: Path
+
+
+def temporal_frontend(stack: Stack) -> Frontend:
+    """The server's mTLS, checked: client certificates required, its own pair valid."""
+    name, server = only(stack.with_image("temporalio/server:"), "Temporal server")
+    variables = environment(server)
+    assert variables.get("TEMPORAL_TLS_REQUIRE_CLIENT_AUTH") == "true", (
+        f"{name}: the frontend must require client certificates (TEMPORAL_TLS_REQUIRE_CLIENT_AUTH)"
+    )
+
+    def mounted(variable: str) -> Path:
+        assert variables.get(variable), f"{name} needs {variable}"
+        return mounted_file(name, server, variables[variable])
+
+    client_authority = certificate(mounted("TEMPORAL_TLS_CLIENT1_CA_CERT"))
+    server_authority_path = mounted("TEMPORAL_TLS_SERVER_CA_CERT")
+    server_authority = certificate(server_authority_path)
+    server_name = variables.get("TEMPORAL_TLS_FRONTEND_SERVER_NAME", "")
+    for role in ("FRONTEND", "SERVER"):
+        leaf = check_pair(
+            f"{name} {role.lower()}",
+            mounted(f"TEMPORAL_TLS_{role}_CERT"),
+            mounted(f"TEMPORAL_TLS_{role}_KEY"),
+        )
+        check_issued_by(f"{name} {role.lower()}", leaf, server_authority)
+        assert ExtendedKeyUsageOID.SERVER_AUTH in extended_usages(leaf)
+        for variable in ("TEMPORAL_TLS_FRONTEND_SERVER_NAME", "TEMPORAL_TLS_INTERNODE_SERVER_NAME"):
+            assert variables.get(variable) in dns_names(leaf), (
+                f"{name}: its certificate is not for {variable}={variables.get(variable)}"
+            )
+    # The server's certificate is its client one too (system worker, health check).
+    internode = certificate(mounted("TEMPORAL_TLS_SERVER_CERT"))
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in extended_usages(internode)
+    check_issued_by(f"{name} internode", internode, client_authority)
+    return Frontend(name, client_authority, server_name, server_authority_path)
+
+
+def check_client_certificate(
+    frontend: Frontend,
+    name: str,
+    service: Mapping[str, Any],
+    paths: tuple[str | None, str | None, str | None],
+    server_name: str | None,
+) -> None:
+    """A client's (certificate, key, CA) container paths present a valid identity."""
+    cert_path, key_path, ca_path = paths
+    assert cert_path and key_path, f"{name} presents no client certificate to {frontend.name}"
+    assert ca_path, f"{name} must verify {frontend.name} by its CA"
+    leaf = check_pair(
+        name, mounted_file(name, service, cert_path), mounted_file(name, service, key_path)
+    )
+    check_issued_by(name, leaf, frontend.client_authority)
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in extended_usages(leaf), f"{name}: not a client cert"
+    trusted = mounted_file(name, service, ca_path)
+    assert trusted.read_bytes() == frontend.server_authority_path.read_bytes(), (
+        f"{name} trusts another CA than the one that signed {frontend.name}'s certificate"
+    )
+    assert server_name == frontend.server_name, (
+        f"{name} verifies the server as {server_name!r}, its certificate is for "
+        f"{frontend.server_name!r}"
+    )
+
+
+TLS_FLAGS = ("--tls-ca-path", "--tls-cert-path", "--tls-key-path", "--tls-server-name")
+
+
+def cli_tls_flags(text: str) -> dict[str, str]:
+    """The `temporal` CLI's TLS flags and their (unquoted) values in a command line."""
+    return {
+        flag: value.strip("\"'")
+        for flag, value in re.findall(r"(--tls-[a-z-]+)[ =](\S+)", text)
+        if flag in TLS_FLAGS
+    }
+
+
+def check_temporal_requires_mtls(stack: Stack) -> None:
+    frontend = temporal_frontend(stack)
+    # cardflow's own processes that talk to Temporal (settings: TEMPORAL_TLS_*).
+    clients = {
+        name: service
+        for name, service in stack.cardflow_services().items()
+        if environment(service).get("TEMPORAL_ADDRESS")
+    }
+    assert set(stack.workers_and_gateway()) | set(stack.by_role("schedules")) <= set(clients)
+    for name, service in clients.items():
+        variables = environment(service)
+        check_client_certificate(
+            frontend,
+            name,
+            service,
+            (
+                variables.get("TEMPORAL_TLS_CERT"),
+                variables.get("TEMPORAL_TLS_KEY"),
+                variables.get("TEMPORAL_TLS_CA"),
+            ),
+            variables.get("TEMPORAL_TLS_SERVER_NAME"),
+        )
+    # The Web UI's server.
+    ui_name, ui = only(stack.with_image("temporalio/ui:"), "Web UI")
+    ui_variables = environment(ui)
+    assert ui_variables.get("TEMPORAL_TLS_ENABLE_HOST_VERIFICATION") == "true", (
+        f"{ui_name} must verify the server's name"
+    )
+    check_client_certificate(
+        frontend,
+        ui_name,
+        ui,
+        (
+            ui_variables.get("TEMPORAL_TLS_CERT"),
+            ui_variables.get("TEMPORAL_TLS_KEY"),
+            ui_variables.get("TEMPORAL_TLS_CA"),
+        ),
+        ui_variables.get("TEMPORAL_TLS_SERVER_NAME"),
+    )
+    # The admin tools' `temporal` CLI: every call passes the flags.
+    for name, service in stack.with_image("temporalio/admin-tools:").items():
+        text = script(service)
+        if "temporal operator" not in text:
+            continue
+        variables = environment(service)
+        flags = cli_tls_flags(text)
+        assert set(flags) == set(TLS_FLAGS), f"{name}'s temporal CLI must pass {TLS_FLAGS}"
+        # The flags name variables of the service's environment.
+        resolved = {
+            flag: variables.get(value.removeprefix("$").strip("{}"), value)
+            for flag, value in flags.items()
+        }
+        assert re.search(r"^\s*temporal\(\) \{\s*$", text, re.MULTILINE), (
+            f"{name} must wrap every temporal call with the TLS flags"
+        )
+        check_client_certificate(
+            frontend,
+            name,
+            service,
+            (
+                resolved["--tls-cert-path"],
+                resolved["--tls-key-path"],
+                resolved["--tls-ca-path"],
+            ),
+            resolved["--tls-server-name"],
+        )
+    # The server's own health check connects as a client too.
+    server = stack.service(frontend.name)
+    flags = cli_tls_flags(healthcheck_test(server))
+    assert set(flags) == set(TLS_FLAGS), f"{frontend.name}'s health check must pass {TLS_FLAGS}"
+    check_client_certificate(
+        frontend,
+        f"{frontend.name} health check",
+        server,
+        (flags["--tls-cert-path"], flags["--tls-key-path"], flags["--tls-ca-path"]),
+        flags["--tls-server-name"],
+    )
+    assert published_port(server, 7233)[0] == "127.0.0.1", (
+        f"{frontend.name} must be published on loopback only"
+    )
 
 
 def check_images_are_pinned(stack: Stack) -> None:
@@ -576,6 +820,17 @@ def only(found: Mapping[str, dict[str, Any]], what: str) -> tuple[str, dict[str,
 # ----- the tests ----------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def certs() -> Iterator[Path]:
+    """The mTLS files, where the sample CARDFLOW_TEMPORAL_CERTS_DIR points."""
+    directory = Path(SAMPLE_VARIABLES["CARDFLOW_TEMPORAL_CERTS_DIR"])
+    certificates.generate(directory)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def stack() -> Stack:
     return load_stack()
@@ -629,6 +884,12 @@ def test_temporal_runs_on_postgresql_with_its_schema_set_up_by_the_admin_tools(
 
 def test_every_cardflow_service_runs_a_real_cli_command(stack: Stack) -> None:
     check_cardflow_commands_exist(stack)
+
+
+def test_temporal_requires_mtls_and_every_client_presents_its_own_certificate(
+    stack: Stack,
+) -> None:
+    check_temporal_requires_mtls(stack)
 
 
 # ----- each check fails on a file broken the way it guards against -------------
@@ -822,6 +1083,62 @@ BREAKAGES: dict[str, tuple[Callable[[Stack], None], Breakage]] = {
     "server starts before its schema": (
         check_temporal_on_postgresql_with_admin_tools_schema,
         lambda raw: raw["services"]["temporal"]["depends_on"].pop("temporal-schema"),
+    ),
+    "frontend without client authentication": (
+        check_temporal_requires_mtls,
+        lambda raw: _env(raw, "temporal").update(TEMPORAL_TLS_REQUIRE_CLIENT_AUTH="false"),
+    ),
+    "frontend trusting no client CA": (
+        check_temporal_requires_mtls,
+        lambda raw: _env(raw, "temporal").pop("TEMPORAL_TLS_CLIENT1_CA_CERT"),
+    ),
+    "worker without a client certificate": (
+        check_temporal_requires_mtls,
+        lambda raw: [
+            _env(raw, "worker-ledger").pop(v) for v in ("TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY")
+        ],
+    ),
+    "gateway without its mounts": (
+        check_temporal_requires_mtls,
+        lambda raw: raw["services"]["gateway"].update(volumes=[]),
+    ),
+    "Web UI mounting the wrong key": (
+        check_temporal_requires_mtls,
+        lambda raw: raw["services"]["temporal-ui"]["volumes"][2].update(
+            source="${CARDFLOW_TEMPORAL_CERTS_DIR:-./certs}/cardflow.key"
+        ),
+    ),
+    "Web UI without host verification": (
+        check_temporal_requires_mtls,
+        lambda raw: _env(raw, "temporal-ui").update(TEMPORAL_TLS_ENABLE_HOST_VERIFICATION="false"),
+    ),
+    "client verifying another server name": (
+        check_temporal_requires_mtls,
+        lambda raw: _env(raw, "schedules").update(TEMPORAL_TLS_SERVER_NAME="temporal.internal"),
+    ),
+    "setup job without a client certificate": (
+        check_temporal_requires_mtls,
+        lambda raw: _set_script(
+            raw,
+            "temporal-setup",
+            '--tls-cert-path "$$TEMPORAL_TLS_CERT" --tls-key-path "$$TEMPORAL_TLS_KEY"',
+            "",
+        ),
+    ),
+    "health check without a certificate": (
+        check_temporal_requires_mtls,
+        lambda raw: raw["services"]["temporal"].update(
+            healthcheck={
+                "test": [
+                    "CMD-SHELL",
+                    "temporal operator cluster health --address temporal:7233 | grep -q SERVING",
+                ]
+            }
+        ),
+    ),
+    "frontend published beyond loopback": (
+        check_temporal_requires_mtls,
+        lambda raw: raw["services"]["temporal"].update(ports=["7233:7233"]),
     ),
     "misspelt command": (
         check_cardflow_commands_exist,

@@ -217,6 +217,14 @@ class Settings(BaseSettings):
         default=None, validation_alias="CARDFLOW_ENCRYPTION_KEYS"
     )
 
+    # Workers refuse inbound payloads that are not encrypted with these keys
+    # (a plaintext update, signal or start is not applied). True lets them in
+    # again, only to replay histories written before that; every worker and
+    # client must agree on it.
+    accept_unencrypted_payloads: bool = Field(
+        default=False, validation_alias="CARDFLOW_ACCEPT_UNENCRYPTED_PAYLOADS"
+    )
+
     # The embedded stack.
     home: Path = Field(default=Path(".cardflow"), validation_alias="CARDFLOW_HOME")
     bind_host: str = Field(default="127.0.0.1", validation_alias="CARDFLOW_BIND_HOST")

@@ -81,7 +81,8 @@ async def test_the_token_opens_decode_as_a_bearer_header_or_as_a_path_prefix(
         assert response.status_code == 200, response.text
         [decoded] = json_format.Parse(response.text, Payloads()).payloads
         assert json.loads(decoded.data) == {"customer": "Ada"}
-    encoded = await http.post(f"/t/{TOKEN}/encode", content=body([Payload(data=b"x")]))
+    plain = Payload(metadata={"encoding": b"json/plain"}, data=b'"x"')
+    encoded = await http.post(f"/t/{TOKEN}/encode", content=body([plain]))
     assert encoded.status_code == 200
 
 
@@ -152,7 +153,8 @@ async def plaintext_of(history: WorkflowHistory, codec: EncryptionCodec) -> str:
     """The history as JSON, followed by every payload decrypted."""
     parts = [json.dumps(history.to_json_dict())]
     for event in history.events:
-        for payload in await codec.decode(list(payloads_in(event))):
+        # reveal: plaintext payloads (search attributes, markers) as they are.
+        for payload in await codec.reveal(list(payloads_in(event))):
             parts.append(payload.SerializeToString().decode(errors="replace"))
     return "\n".join(parts)
 
@@ -208,7 +210,7 @@ async def test_the_stack_codec_refuses_anonymous_requests_and_the_ui_carries_its
         ui = await http.get(f"http://127.0.0.1:{settings.temporal_ui_port}/api/v1/settings")
         endpoint = ui.json()["Codec"]["Endpoint"]
         assert endpoint == codec_ui_endpoint(settings)
-        sample = body([Payload(data=b"x")])
+        sample = body([Payload(metadata={"encoding": b"json/plain"}, data=b'"x"')])
         anonymous = await http.post(f"{settings.codec_url}/decode", content=sample)
         assert anonymous.status_code == 401
         assert anonymous.json() == {"error": UNAUTHORIZED_MESSAGE}

@@ -7,11 +7,13 @@ import json
 import uuid
 
 import httpx
+import pytest
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
 from starters.codec_server import create_app
 from starters.health import ping
+from tests.codec import codec_server, payloads_of
 from tests.conftest import RunningStack
 from workers.converter import EncryptionCodec, generate_key
 from workers.secrets import new_codec_token
@@ -93,3 +95,79 @@ async def test_cors_admits_the_web_ui_origin_only(codec: EncryptionCodec) -> Non
     assert allowed.headers["access-control-allow-origin"] == UI_ORIGIN
     assert refused.status_code == 400
     assert "access-control-allow-origin" not in refused.headers
+
+
+# ----- malformed payloads, over real HTTP -----------------------------------------
+
+
+def encrypted_shape(data: bytes, key_id: bytes | None = b"test-key-1") -> Payload:
+    metadata = {"encoding": b"binary/encrypted"}
+    if key_id is not None:
+        metadata["encryption-key-id"] = key_id
+    return Payload(metadata=metadata, data=data)
+
+
+async def forged_tag(codec: EncryptionCodec) -> Payload:
+    [payload] = await codec.encode([Payload(metadata={"encoding": b"json/plain"}, data=b"1")])
+    return encrypted_shape(payload.data[:-1] + bytes([payload.data[-1] ^ 1]))
+
+
+async def not_a_payload(codec: EncryptionCodec) -> Payload:
+    # Authenticates under the key, but what it holds is no Payload message.
+    key_id = codec.active_key_id
+    sealed = codec._ciphers[key_id].encrypt(b"\x00" * 12, b"\xff\xff\xff", key_id.encode())
+    return encrypted_shape(b"\x00" * 12 + sealed, key_id.encode())
+
+
+# (shape, the payload, words the 400's error must carry)
+MALFORMED = {
+    "empty data": (encrypted_shape(b""), "is 0 bytes, shorter than its nonce and tag"),
+    "shorter than the nonce": (encrypted_shape(b"12345"), "is 5 bytes, shorter"),
+    "nonce and part of a tag": (encrypted_shape(b"n" * 27), "is 27 bytes, shorter"),
+    "no key id": (encrypted_shape(b"n" * 40, key_id=None), "names no key id"),
+    "empty key id": (encrypted_shape(b"n" * 40, key_id=b""), "names no key id"),
+    "unknown encoding": (
+        Payload(metadata={"encoding": b"binary/encrypted-v9"}, data=b"x"),
+        "payload encoding 'binary/encrypted-v9' is not one cardflow reads",
+    ),
+    "no encoding": (Payload(data=b"x"), "payload encoding none is not one cardflow reads"),
+}
+
+
+@pytest.mark.parametrize("shape", [*sorted(MALFORMED), "forged tag", "not a payload"])
+async def test_a_malformed_payload_is_answered_400_naming_the_fault_never_500(
+    codec: EncryptionCodec, shape: str
+) -> None:
+    if shape == "forged tag":
+        payload, words = await forged_tag(codec), "does not authenticate under key id"
+    elif shape == "not a payload":
+        payload, words = await not_a_payload(codec), "does not hold a payload"
+    else:
+        payload, words = MALFORMED[shape]
+    good = Payload(metadata={"encoding": b"json/plain"}, data=b'"fine"')
+    async with codec_server(codec, TOKEN) as http:
+        response = await http.post("/decode", content=body([good, payload]))
+        assert response.status_code == 400, response.text
+        assert words in response.json()["error"]
+        # The server still answers the next request.
+        healthy = await http.post("/decode", content=body([good]))
+        assert healthy.status_code == 200
+        assert payloads_of(healthy) == [good]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        Payload(data=b"x"),
+        Payload(metadata={"encoding": b"binary/encrypted-v9"}, data=b"x"),
+        encrypted_shape(b"n" * 40),
+    ],
+    ids=["no encoding", "unknown encoding", "already encrypted"],
+)
+async def test_encode_takes_only_what_a_worker_can_read(
+    codec: EncryptionCodec, payload: Payload
+) -> None:
+    async with codec_server(codec, TOKEN) as http:
+        response = await http.post("/encode", content=body([payload]))
+    assert response.status_code == 400, response.text
+    assert "is not one cardflow reads" in response.json()["error"]

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 from temporalio.api.common.v1 import Payload
+from temporalio.exceptions import ApplicationError
 
 from schemas.health import PingInput, PingResult, QueueHealth
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Money, Rate
@@ -20,7 +21,9 @@ from starters.health import ping
 from tests.conftest import RunningStack
 from workers.converter import (
     ENCODING_ENCRYPTED,
+    ENCODING_REFUSED,
     METADATA_KEY_ID,
+    UNREADABLE_PAYLOAD_ERROR,
     EncryptionCodec,
     PayloadDecryptionError,
     UnknownEncryptionKeyError,
@@ -153,19 +156,45 @@ async def test_tampered_ciphertext_or_relabelled_key_id_does_not_decrypt() -> No
     tampered = Payload()
     tampered.CopyFrom(payload)
     tampered.data = payload.data[:-1] + bytes([payload.data[-1] ^ 1])
-    with pytest.raises(PayloadDecryptionError):
-        await codec.decode([tampered])
     # Same key bytes under another id: the key id is authenticated data.
     relabelled = Payload()
     relabelled.CopyFrom(payload)
     relabelled.metadata[METADATA_KEY_ID] = b"b"
-    with pytest.raises(PayloadDecryptionError):
-        await codec.decode([relabelled])
+    converter = build_data_converter([shared, ("b", shared[1])])
+    for forged in (tampered, relabelled):
+        with pytest.raises(PayloadDecryptionError):
+            codec.decrypt(forged)
+        # A worker's converter refuses it rather than failing its task.
+        with pytest.raises(ApplicationError, match="does not authenticate") as refused:
+            await converter.decode([forged])
+        assert refused.value.type == UNREADABLE_PAYLOAD_ERROR and refused.value.non_retryable
 
 
-async def test_unencrypted_payloads_pass_through_decode() -> None:
+async def test_unencrypted_payloads_are_refused_unless_accepted_by_setting() -> None:
     plain = Payload(metadata={"encoding": b"json/plain"}, data=b'"hello"')
-    assert (await EncryptionCodec(KEYS).decode([plain])) == [plain]
+    [held] = await EncryptionCodec(KEYS).decode([plain])
+    assert held.metadata["encoding"] == ENCODING_REFUSED and not held.data
+    with pytest.raises(ApplicationError, match="not encrypted") as refused:
+        await build_data_converter(KEYS).decode([plain], [str])
+    assert refused.value.type == UNREADABLE_PAYLOAD_ERROR
+    # The opt-out, for histories written before payloads had to be encrypted.
+    assert (await EncryptionCodec(KEYS, accept_unencrypted=True).decode([plain])) == [plain]
+    assert await build_data_converter(KEYS, accept_unencrypted=True).decode([plain], [str]) == [
+        "hello"
+    ]
+
+
+async def test_nothing_converts_a_value_into_the_refused_encoding() -> None:
+    converter = build_data_converter(KEYS)
+    for value in (
+        None,
+        b"raw",
+        "text",
+        {"a": 1},
+        PingInput(ledger_task_queue="a", providers_task_queue="b"),
+    ):
+        [payload] = converter.payload_converter.to_payloads([value])
+        assert payload.metadata["encoding"] != ENCODING_REFUSED
 
 
 def test_dev_key_is_generated_once_owner_only(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

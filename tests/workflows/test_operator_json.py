@@ -2,8 +2,9 @@
 
 Each example must name an update the workflow really has and be accepted by
 the model that update validates with, so the README cannot drift from the
-code. (The Web UI sends that text as a `json/plain` payload, which the
-workers read with the same converter as any other client's.)
+code. (The Web UI sends that text as a `json/plain` payload through the codec
+server's /encode, which the workers read with the same converter as any
+other client's.)
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from google.protobuf import json_format
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.api.common.v1 import Payload
+from temporalio.api.common.v1 import Payload, Payloads
 
 from schemas.cards import CardStateChange, ExceptionDecision
 from schemas.disputes import OperatorAction
 from schemas.onboarding import KycReview
 from schemas.reconciliation import Decision
 from schemas.topup import TopupReview
+from starters.codec_server import create_app
 from workers.build import ALL_WORKFLOWS
-from workers.converter import build_data_converter, generate_key
+from workers.converter import EncryptionCodec, build_data_converter, generate_key
+from workers.secrets import new_codec_token
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 OPERATOR_PARAGRAPH_START = "Operators act from the Web UI too"
@@ -88,8 +93,21 @@ async def test_each_readme_example_is_accepted_as_the_web_ui_sends_it(
     # The update takes the model itself, or a dict it validates with the model
     # (so that a bad value is refused by the validator, naming the field).
     assert argument_types[0] in (model, dict[str, Any]), argument_types
-    # As the Web UI sends it: the JSON text in a json/plain payload.
+    # As the Web UI sends it: the JSON text in a json/plain payload, encrypted
+    # by the codec server's /encode (workers refuse it unencrypted).
     ui_payload = Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(document).encode())
-    converter = build_data_converter([("k", base64.b64decode(generate_key()))])
-    [decoded] = await converter.decode([ui_payload], [argument_types[0]])
+    keys = [("k", base64.b64decode(generate_key()))]
+    token = new_codec_token()
+    app = create_app(EncryptionCodec(keys), [], token)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://codec",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as http:
+        encoded = await http.post(
+            "/encode", content=json_format.MessageToJson(Payloads(payloads=[ui_payload]))
+        )
+    assert encoded.status_code == 200, encoded.text
+    sent = list(json_format.Parse(encoded.text, Payloads()).payloads)
+    [decoded] = await build_data_converter(keys).decode(sent, [argument_types[0]])
     model.model_validate(decoded)
