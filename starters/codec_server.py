@@ -156,10 +156,14 @@ def serve(settings: Settings) -> None:
     """Run the codec server on CARDFLOW_CODEC_PORT until stopped; no access log (tokens)."""
     import uvicorn
 
-    uvicorn.run(
+    from starters.gateway.server import listener_config
+
+    config = listener_config(
         app_from_settings(settings),
+        settings,
         host=settings.bind_host,
         port=settings.codec_port,
         log_level="info",
-        access_log=False,
+        log_config=uvicorn.config.LOGGING_CONFIG,
     )
+    uvicorn.Server(config).run()

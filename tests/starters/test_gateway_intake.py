@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -42,6 +43,7 @@ BODY_TIMEOUT_SECONDS = 1.0
 API_BODY_BYTES_MAX = 64 * 1024
 # How long a refusal that needs no body may take to come back.
 ANSWER_SECONDS_MAX = 5.0
+STARTUP_SECONDS_MAX = 60.0
 # A body the attacker announces (and would send) whole.
 ATTACK_BODY_BYTES = 48 * 1024 * 1024
 
@@ -262,6 +264,38 @@ async def test_the_simulators_listener_closes_a_connection_trickling_its_headers
             writer.write(b"GET /issuer/v1/cards HTTP/1.1\r\nhost: sim\r\n")
             await writer.drain()
             assert await closed_by_server(reader, HEADER_TIMEOUT_SECONDS + ANSWER_SECONDS_MAX)
+
+
+async def test_the_codec_servers_listener_closes_a_connection_trickling_its_headers(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = dict(
+        os.environ,
+        CARDFLOW_HOME=str(tmp_path),
+        CARDFLOW_CODEC_PORT=str(port),
+        CARDFLOW_HTTP_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT_SECONDS),
+    )
+    server = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "starters.cli", "codec", "serve"), env=env, cwd=project_root()
+    )
+    try:
+        async with asyncio.timeout(STARTUP_SECONDS_MAX):
+            while True:
+                try:
+                    _, probe = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.1)
+                    continue
+                probe.close()
+                break
+        async with connection("127.0.0.1", port) as (reader, writer):
+            writer.write(b"POST /decode HTTP/1.1\r\nhost: codec\r\n")
+            await writer.drain()
+            assert await closed_by_server(reader, HEADER_TIMEOUT_SECONDS + ANSWER_SECONDS_MAX)
+    finally:
+        server.terminate()
+        await server.wait()
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_answered_408(edge: Edge) -> None:
