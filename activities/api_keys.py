@@ -2,7 +2,8 @@
 
 A key reads `cfk_<key_id>_<secret>`: a 12-character key id (the lookup, safe
 to show and log) and a 32-byte random secret. The database keeps the key id,
-a name, scopes, an optional expiry and `HMAC-SHA256(pepper, key_id:secret)`;
+a name, scopes, the customers it is bound to (none: every customer), an
+optional expiry and `HMAC-SHA256(pepper, key_id:secret)`;
 the pepper lives outside the database (`CARDFLOW_API_KEY_PEPPER`, or a dev
 pepper under `CARDFLOW_HOME/secrets/`), so the table alone lets nobody call
 the API. The key itself is shown once, when it is issued, and never stored
@@ -38,6 +39,8 @@ from typing import TYPE_CHECKING, Final, Generic, Literal, TypeVar, get_args
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.customers import CustomerId
 
 if TYPE_CHECKING:
     from workers.settings import Settings
@@ -81,6 +84,9 @@ KEY_NAME_CHARS_MAX = 100
 KEY_LIFETIME_DAYS_MAX = 3_650
 ROTATION_OVERLAP_HOURS_MAX = 24 * 90
 LIST_KEYS_MAX = 10_000
+# A key bound to customers names at most this many (a partner's own customers
+# need a key each beyond it; the table's CHECK holds the same bound).
+KEY_CUSTOMERS_MAX = 100
 
 # A verifier re-reads a key at least this often: revocation and expiry
 # changes reach every gateway process within this bound.
@@ -167,6 +173,10 @@ class NewApiKey(BaseModel):
     name: str = Field(min_length=1, max_length=KEY_NAME_CHARS_MAX)
     scopes: list[Scope] = Field(min_length=1, max_length=len(SCOPES))
     expires_in_days: int | None = Field(default=None, ge=1, le=KEY_LIFETIME_DAYS_MAX)
+    # None: the key acts for every customer. A list binds it to those customers.
+    customers: list[CustomerId] | None = Field(
+        default=None, min_length=1, max_length=KEY_CUSTOMERS_MAX
+    )
 
     @field_validator("name")
     @classmethod
@@ -180,6 +190,11 @@ class NewApiKey(BaseModel):
     def _unique_scopes(cls, value: list[Scope]) -> list[Scope]:
         return sorted(set(value))
 
+    @field_validator("customers")
+    @classmethod
+    def _unique_customers(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else sorted(set(value))
+
 
 class ApiKeyInfo(BaseModel):
     """A key as `cardflow apikey list` shows it: never the key or its hash."""
@@ -189,6 +204,8 @@ class ApiKeyInfo(BaseModel):
     key_id: str
     name: str
     scopes: list[str]
+    # None: every customer.
+    customers: list[str] | None = None
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
@@ -223,6 +240,7 @@ class StoredKey:
     expires_at: datetime | None
     revoked_at: datetime | None
     found: bool = True
+    customers: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,12 +250,27 @@ class Principal:
     key_id: str
     name: str
     scopes: frozenset[str]
+    # The customers the key is bound to; None: it acts for every customer.
+    customers: frozenset[str] | None = None
+
+    @property
+    def bound(self) -> bool:
+        """Bound to customers: it acts for them only, on no program-wide route."""
+        return self.customers is not None
+
+    def acts_for(self, customer_id: str | None) -> bool:
+        """Whether the key may act on this customer's processes, cards and data
+        (an unknown customer, None, is nobody's)."""
+        if self.customers is None:
+            return True
+        return customer_id is not None and customer_id in self.customers
 
 
 # ----- the store ------------------------------------------------------------
 
 _INFO_COLUMNS = (
-    "key_id, name, scopes, created_at, expires_at, revoked_at, last_used_at, rotated_from"
+    "key_id, name, scopes, customers, created_at, expires_at, revoked_at, last_used_at,"
+    " rotated_from"
 )
 
 
@@ -247,7 +280,7 @@ _LOOKUP_SQL = (
     "SELECT asked.key_id, k.key_id IS NOT NULL AS found,"
     " coalesce(k.name, 'unknown key') AS name,"
     " coalesce(k.scopes, ARRAY['processes:read']) AS scopes,"
-    " coalesce(k.secret_hash, $2) AS secret_hash, k.expires_at, k.revoked_at"
+    " coalesce(k.secret_hash, $2) AS secret_hash, k.expires_at, k.revoked_at, k.customers"
     " FROM (SELECT $1::text AS key_id) AS asked"
     " LEFT JOIN api_keys k ON k.key_id = asked.key_id"
 )
@@ -270,7 +303,7 @@ class ApiKeyStore:
         """Issue a key with a fresh id and secret."""
         async with self._pool.acquire() as connection:
             return await self._insert(
-                connection, new.name, list(new.scopes), new.expires_in_days, None
+                connection, new.name, list(new.scopes), new.customers, new.expires_in_days, None
             )
 
     async def _insert(
@@ -278,6 +311,7 @@ class ApiKeyStore:
         connection: asyncpg.Connection | PoolConnectionProxy,
         name: str,
         scopes: list[str],
+        customers: list[str] | None,
         expires_in_days: int | float | None,
         rotated_from: str | None,
     ) -> IssuedKey:
@@ -286,8 +320,8 @@ class ApiKeyStore:
             key_id = _new_key_id()
             row = await connection.fetchrow(
                 f"INSERT INTO api_keys (key_id, name, scopes, secret_hash, expires_at,"
-                f" rotated_from) VALUES ($1, $2, $3, $4,"
-                f" now() + make_interval(secs => $5::double precision), $6)"
+                f" rotated_from, customers) VALUES ($1, $2, $3, $4,"
+                f" now() + make_interval(secs => $5::double precision), $6, $7)"
                 f" ON CONFLICT (key_id) DO NOTHING RETURNING {_INFO_COLUMNS}",
                 key_id,
                 name,
@@ -295,6 +329,7 @@ class ApiKeyStore:
                 secret_hash(self._pepper, key_id, secret),
                 None if expires_in_days is None else float(expires_in_days) * 86_400,
                 rotated_from,
+                customers,
             )
             if row is not None:
                 return IssuedKey(key=f"{KEY_PREFIX}{key_id}_{secret}", info=_info(row))
@@ -325,7 +360,8 @@ class ApiKeyStore:
         return _info(row)
 
     async def rotate(self, key_id: str, overlap: timedelta) -> tuple[IssuedKey, ApiKeyInfo]:
-        """A new key with the old one's name and scopes; the old one expires after `overlap`.
+        """A new key with the old one's name, scopes and customers; the old one
+        expires after `overlap`.
 
         The new key lives as long as the old one was issued for (no expiry if
         the old one had none). Revoked or expired keys are not rotated.
@@ -335,7 +371,8 @@ class ApiKeyStore:
             raise ValueError("the overlap must not be negative")
         async with self._pool.acquire() as connection, connection.transaction():
             old = await connection.fetchrow(
-                "SELECT name, scopes, revoked_at, expires_at, expires_at <= now() AS expired,"
+                "SELECT name, scopes, customers, revoked_at, expires_at,"
+                " expires_at <= now() AS expired,"
                 " extract(epoch FROM expires_at - created_at)::double precision AS lifetime"
                 " FROM api_keys WHERE key_id = $1 FOR UPDATE",
                 key_id,
@@ -351,6 +388,7 @@ class ApiKeyStore:
                 connection,
                 old["name"],
                 list(old["scopes"]),
+                None if old["customers"] is None else list(old["customers"]),
                 None if lifetime_seconds is None else lifetime_seconds / 86_400,
                 key_id,
             )
@@ -381,6 +419,7 @@ class ApiKeyStore:
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
             found=row["found"],
+            customers=None if row["customers"] is None else frozenset(row["customers"]),
         )
 
     async def touch(self, key_id: str) -> None:
@@ -475,7 +514,12 @@ class KeyVerifier:
         if stored.expires_at is not None and stored.expires_at <= self._now():
             return None
         await self._touch(key_id)
-        return Principal(key_id=stored.key_id, name=stored.name, scopes=stored.scopes)
+        return Principal(
+            key_id=stored.key_id,
+            name=stored.name,
+            scopes=stored.scopes,
+            customers=stored.customers,
+        )
 
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (this process's revocations take effect at once)."""

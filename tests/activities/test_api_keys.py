@@ -445,3 +445,42 @@ async def test_a_flood_of_made_up_keys_does_not_push_a_key_in_use_out_of_the_cac
     instrumented.steps.queries = 0
     assert await check.verify(issued.key) is not None
     assert instrumented.steps.queries == 0  # answered from the cache
+
+
+# ----- keys bound to customers ----------------------------------------------------
+
+
+async def test_a_key_bound_to_customers_verifies_with_them_and_rotation_keeps_them(
+    store: ApiKeyStore, pool: asyncpg.Pool
+) -> None:
+    bound = await store.create(
+        NewApiKey(name="partner", scopes=[SCOPE_PROCESSES_READ], customers=["c-2", "c-1", "c-2"])
+    )
+    everyone = await store.create(new_key())
+    assert bound.info.customers == ["c-1", "c-2"] and everyone.info.customers is None
+    check = verifier(store, Clock(), cache_seconds=0)
+    principal = await check.verify(bound.key)
+    assert principal is not None and principal.customers == frozenset({"c-1", "c-2"})
+    assert principal.acts_for("c-1") and not principal.acts_for("c-3")
+    assert not principal.acts_for(None)
+    unbound = await check.verify(everyone.key)
+    assert unbound is not None and unbound.customers is None and unbound.acts_for("c-3")
+    rotated, _ = await store.rotate(bound.info.key_id, timedelta(0))
+    assert rotated.info.customers == ["c-1", "c-2"]
+    again = await check.verify(rotated.key)
+    assert again is not None and again.customers == frozenset({"c-1", "c-2"})
+    # The table holds the same bounds as the model, whatever writes to it.
+    for customers in ([], ["has space"], ["a,b"], [None]):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await pool.execute(
+                "UPDATE api_keys SET customers = $2 WHERE key_id = $1",
+                bound.info.key_id,
+                customers,
+            )
+
+
+def test_bad_customer_bindings_are_refused_naming_the_field() -> None:
+    for customers in ([], ["has space"], ["x" * 65], [f"c-{n}" for n in range(101)]):
+        with pytest.raises(ValidationError) as refused:
+            NewApiKey(name="bot", scopes=[SCOPE_ADMIN], customers=customers)
+        assert refused.value.errors()[0]["loc"][0] == "customers", customers
