@@ -2,14 +2,19 @@
 
 A key reads `cfk_<key_id>_<secret>`: a 12-character key id (the lookup, safe
 to show and log) and a 32-byte random secret. The database keeps the key id,
-a name, scopes, an optional expiry and `HMAC-SHA256(pepper, key_id:secret)`;
+a name, scopes, the customers it is bound to (none: every customer), an
+optional expiry and `HMAC-SHA256(pepper, key_id:secret)`;
 the pepper lives outside the database (`CARDFLOW_API_KEY_PEPPER`, or a dev
 pepper under `CARDFLOW_HOME/secrets/`), so the table alone lets nobody call
 the API. The key itself is shown once, when it is issued, and never stored
 or logged.
 
 A verifier caches what it read of a key for at most `KEY_CACHE_SECONDS`:
-a revocation reaches every gateway process within that bound.
+a revocation reaches every gateway process within that bound. It caches by
+what was presented (the key id and the hash of the secret), refusals too, so
+an unknown key id and a known one with a wrong secret take the same steps:
+one hash, one cache look-up, one database read on first sight (none on a
+repeat within the bound), one constant-time comparison.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, get_args
+from typing import TYPE_CHECKING, Final, Generic, Literal, TypeVar, get_args
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.customers import CustomerId
 
 if TYPE_CHECKING:
     from workers.settings import Settings
@@ -77,11 +84,17 @@ KEY_NAME_CHARS_MAX = 100
 KEY_LIFETIME_DAYS_MAX = 3_650
 ROTATION_OVERLAP_HOURS_MAX = 24 * 90
 LIST_KEYS_MAX = 10_000
+# A key bound to customers names at most this many (a partner's own customers
+# need a key each beyond it; the table's CHECK holds the same bound).
+KEY_CUSTOMERS_MAX = 100
 
 # A verifier re-reads a key at least this often: revocation and expiry
 # changes reach every gateway process within this bound.
 KEY_CACHE_SECONDS = 5.0
 KEY_CACHE_ENTRIES_MAX = 10_000
+# Refusals (an unknown id, a wrong secret) are remembered apart from keys
+# that verified, so a flood of made-up keys never pushes a real key out.
+REFUSAL_CACHE_ENTRIES_MAX = 10_000
 # Keys not in the cache are read from the database at most this many at a
 # time per gateway: a flood of made-up keys queues here instead of taking the
 # pool's connections from webhooks (the gateway's pool holds 10).
@@ -135,6 +148,12 @@ def secret_hash(pepper: bytes, key_id: str, secret: str) -> bytes:
     return hmac.new(pepper, f"{key_id}:{secret}".encode(), hashlib.sha256).digest()
 
 
+# What a presented key's hash is compared with when its id is unknown: no
+# HMAC-SHA256 output is known to equal it, and the comparison costs what a
+# real one does.
+_NO_KEY_HASH: Final = hashlib.sha256(b"cardflow: no API key has this id").digest()
+
+
 def _new_key_id() -> str:
     return "".join(secrets.choice(KEY_ID_ALPHABET) for _ in range(KEY_ID_CHARS))
 
@@ -154,6 +173,10 @@ class NewApiKey(BaseModel):
     name: str = Field(min_length=1, max_length=KEY_NAME_CHARS_MAX)
     scopes: list[Scope] = Field(min_length=1, max_length=len(SCOPES))
     expires_in_days: int | None = Field(default=None, ge=1, le=KEY_LIFETIME_DAYS_MAX)
+    # None: the key acts for every customer. A list binds it to those customers.
+    customers: list[CustomerId] | None = Field(
+        default=None, min_length=1, max_length=KEY_CUSTOMERS_MAX
+    )
 
     @field_validator("name")
     @classmethod
@@ -167,6 +190,11 @@ class NewApiKey(BaseModel):
     def _unique_scopes(cls, value: list[Scope]) -> list[Scope]:
         return sorted(set(value))
 
+    @field_validator("customers")
+    @classmethod
+    def _unique_customers(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else sorted(set(value))
+
 
 class ApiKeyInfo(BaseModel):
     """A key as `cardflow apikey list` shows it: never the key or its hash."""
@@ -176,6 +204,8 @@ class ApiKeyInfo(BaseModel):
     key_id: str
     name: str
     scopes: list[str]
+    # None: every customer.
+    customers: list[str] | None = None
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
@@ -200,7 +230,8 @@ class IssuedKey:
 
 @dataclass(frozen=True)
 class StoredKey:
-    """What verification needs of a key."""
+    """What verification needs of a key; for an unknown id, a stand-in
+    (`found` False) whose hash no secret matches."""
 
     key_id: str
     name: str
@@ -208,6 +239,8 @@ class StoredKey:
     secret_hash: bytes = field(repr=False)
     expires_at: datetime | None
     revoked_at: datetime | None
+    found: bool = True
+    customers: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -217,12 +250,39 @@ class Principal:
     key_id: str
     name: str
     scopes: frozenset[str]
+    # The customers the key is bound to; None: it acts for every customer.
+    customers: frozenset[str] | None = None
+
+    @property
+    def bound(self) -> bool:
+        """Bound to customers: it acts for them only, on no program-wide route."""
+        return self.customers is not None
+
+    def acts_for(self, customer_id: str | None) -> bool:
+        """Whether the key may act on this customer's processes, cards and data
+        (an unknown customer, None, is nobody's)."""
+        if self.customers is None:
+            return True
+        return customer_id is not None and customer_id in self.customers
 
 
 # ----- the store ------------------------------------------------------------
 
 _INFO_COLUMNS = (
-    "key_id, name, scopes, created_at, expires_at, revoked_at, last_used_at, rotated_from"
+    "key_id, name, scopes, customers, created_at, expires_at, revoked_at, last_used_at,"
+    " rotated_from"
+)
+
+
+# One row whether or not the id is known: the key's columns, or stand-ins
+# ($2 is the hash nothing matches).
+_LOOKUP_SQL = (
+    "SELECT asked.key_id, k.key_id IS NOT NULL AS found,"
+    " coalesce(k.name, 'unknown key') AS name,"
+    " coalesce(k.scopes, ARRAY['processes:read']) AS scopes,"
+    " coalesce(k.secret_hash, $2) AS secret_hash, k.expires_at, k.revoked_at, k.customers"
+    " FROM (SELECT $1::text AS key_id) AS asked"
+    " LEFT JOIN api_keys k ON k.key_id = asked.key_id"
 )
 
 
@@ -243,7 +303,7 @@ class ApiKeyStore:
         """Issue a key with a fresh id and secret."""
         async with self._pool.acquire() as connection:
             return await self._insert(
-                connection, new.name, list(new.scopes), new.expires_in_days, None
+                connection, new.name, list(new.scopes), new.customers, new.expires_in_days, None
             )
 
     async def _insert(
@@ -251,6 +311,7 @@ class ApiKeyStore:
         connection: asyncpg.Connection | PoolConnectionProxy,
         name: str,
         scopes: list[str],
+        customers: list[str] | None,
         expires_in_days: int | float | None,
         rotated_from: str | None,
     ) -> IssuedKey:
@@ -259,8 +320,8 @@ class ApiKeyStore:
             key_id = _new_key_id()
             row = await connection.fetchrow(
                 f"INSERT INTO api_keys (key_id, name, scopes, secret_hash, expires_at,"
-                f" rotated_from) VALUES ($1, $2, $3, $4,"
-                f" now() + make_interval(secs => $5::double precision), $6)"
+                f" rotated_from, customers) VALUES ($1, $2, $3, $4,"
+                f" now() + make_interval(secs => $5::double precision), $6, $7)"
                 f" ON CONFLICT (key_id) DO NOTHING RETURNING {_INFO_COLUMNS}",
                 key_id,
                 name,
@@ -268,6 +329,7 @@ class ApiKeyStore:
                 secret_hash(self._pepper, key_id, secret),
                 None if expires_in_days is None else float(expires_in_days) * 86_400,
                 rotated_from,
+                customers,
             )
             if row is not None:
                 return IssuedKey(key=f"{KEY_PREFIX}{key_id}_{secret}", info=_info(row))
@@ -298,7 +360,8 @@ class ApiKeyStore:
         return _info(row)
 
     async def rotate(self, key_id: str, overlap: timedelta) -> tuple[IssuedKey, ApiKeyInfo]:
-        """A new key with the old one's name and scopes; the old one expires after `overlap`.
+        """A new key with the old one's name, scopes and customers; the old one
+        expires after `overlap`.
 
         The new key lives as long as the old one was issued for (no expiry if
         the old one had none). Revoked or expired keys are not rotated.
@@ -308,7 +371,8 @@ class ApiKeyStore:
             raise ValueError("the overlap must not be negative")
         async with self._pool.acquire() as connection, connection.transaction():
             old = await connection.fetchrow(
-                "SELECT name, scopes, revoked_at, expires_at, expires_at <= now() AS expired,"
+                "SELECT name, scopes, customers, revoked_at, expires_at,"
+                " expires_at <= now() AS expired,"
                 " extract(epoch FROM expires_at - created_at)::double precision AS lifetime"
                 " FROM api_keys WHERE key_id = $1 FOR UPDATE",
                 key_id,
@@ -324,6 +388,7 @@ class ApiKeyStore:
                 connection,
                 old["name"],
                 list(old["scopes"]),
+                None if old["customers"] is None else list(old["customers"]),
                 None if lifetime_seconds is None else lifetime_seconds / 86_400,
                 key_id,
             )
@@ -338,14 +403,14 @@ class ApiKeyStore:
             assert row is not None  # locked above
             return issued, _info(row)
 
-    async def lookup(self, key_id: str) -> StoredKey | None:
-        row = await self._pool.fetchrow(
-            "SELECT key_id, name, scopes, secret_hash, expires_at, revoked_at"
-            " FROM api_keys WHERE key_id = $1",
-            key_id,
-        )
-        if row is None:
-            return None
+    async def lookup(self, key_id: str) -> StoredKey:
+        """The key with this id, or a stand-in when there is none.
+
+        Either way one row of the same columns comes back and is decoded
+        alike, so reading an unknown id costs what reading a known one does.
+        """
+        row = await self._pool.fetchrow(_LOOKUP_SQL, key_id, _NO_KEY_HASH)
+        assert row is not None  # the left join answers one row, found or not
         return StoredKey(
             key_id=row["key_id"],
             name=row["name"],
@@ -353,6 +418,8 @@ class ApiKeyStore:
             secret_hash=bytes(row["secret_hash"]),
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
+            found=row["found"],
+            customers=None if row["customers"] is None else frozenset(row["customers"]),
         )
 
     async def touch(self, key_id: str) -> None:
@@ -360,13 +427,40 @@ class ApiKeyStore:
             "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1", key_id
         )
 
-    def matches(self, stored: StoredKey, secret: str) -> bool:
-        return hmac.compare_digest(
-            secret_hash(self._pepper, stored.key_id, secret), stored.secret_hash
-        )
+    def digest(self, key_id: str, secret: str) -> bytes:
+        """The hash a presented key is checked with (and cached under)."""
+        return secret_hash(self._pepper, key_id, secret)
 
 
 # ----- verification -----------------------------------------------------------
+
+V = TypeVar("V")
+
+
+class _Recent(Generic[V]):
+    """At most `entries_max` values with the time each was read; least recently
+    used first out."""
+
+    def __init__(self, entries_max: int) -> None:
+        self._entries_max = entries_max
+        self._entries: OrderedDict[tuple[str, bytes], tuple[V, float]] = OrderedDict()
+
+    def fresh(self, key: tuple[str, bytes], now: float, max_age_seconds: float) -> tuple[V] | None:
+        """(value,) when one was read less than `max_age_seconds` ago, else None."""
+        entry = self._entries.get(key)
+        if entry is None or now - entry[1] >= max_age_seconds:
+            return None
+        return (entry[0],)
+
+    def put(self, key: tuple[str, bytes], value: V, now: float) -> None:
+        self._entries[key] = (value, now)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._entries_max:
+            self._entries.popitem(last=False)
+
+    def drop(self, matching: Callable[[V], bool]) -> None:
+        for key in [key for key, (value, _) in self._entries.items() if matching(value)]:
+            del self._entries[key]
 
 
 class KeyVerifier:
@@ -379,6 +473,7 @@ class KeyVerifier:
         cache_seconds: float = KEY_CACHE_SECONDS,
         last_used_interval_seconds: float = LAST_USED_WRITE_INTERVAL_SECONDS,
         cache_entries_max: int = KEY_CACHE_ENTRIES_MAX,
+        refusal_cache_entries_max: int = REFUSAL_CACHE_ENTRIES_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         lookups_concurrent_max: int = KEY_LOOKUPS_CONCURRENT_MAX,
@@ -390,56 +485,69 @@ class KeyVerifier:
         self._cache_entries_max = cache_entries_max
         self._monotonic = monotonic
         self._now = now
-        # key_id -> (what the store said, when it was read); known keys only,
-        # so random ids cannot fill it.
-        self._cache: OrderedDict[str, tuple[StoredKey, float]] = OrderedDict()
+        # (key id, hash of the presented secret) -> (the key, when it was
+        # read): keys whose secret was right, and, apart, refusals (None).
+        # Only what a caller presented can be found, so a caller's timing
+        # depends on its own earlier requests, never on whether another
+        # caller uses some key id.
+        self._accepted = _Recent[StoredKey](cache_entries_max)
+        self._refused = _Recent[None](refusal_cache_entries_max)
         self._touched: dict[str, float] = {}
 
     async def verify(self, presented: str | None) -> Principal | None:
         """The key's principal when it is well formed, known, unexpired and unrevoked.
 
         Every other case is None, whatever the reason, so an answer never
-        tells a caller whether some key id exists.
+        tells a caller whether some key id exists; nor does the work done for
+        it: an unknown id and a known one with a wrong secret take the same
+        steps (one hash, the same cache and database reads, one comparison).
         """
         parsed = parse_key(presented) if presented else None
         if parsed is None:
             return None
         key_id, secret = parsed
-        stored = await self._read(key_id)
+        stored = await self._read(key_id, self._store.digest(key_id, secret))
         if stored is None:
-            # Do the same work as for a known key: the time taken does not
-            # tell whether the id exists.
-            secret_hash(b"cardflow-unknown-key", key_id, secret)
-            return None
-        if not self._store.matches(stored, secret):
             return None
         if stored.revoked_at is not None:
             return None
         if stored.expires_at is not None and stored.expires_at <= self._now():
             return None
         await self._touch(key_id)
-        return Principal(key_id=stored.key_id, name=stored.name, scopes=stored.scopes)
+        return Principal(
+            key_id=stored.key_id,
+            name=stored.name,
+            scopes=stored.scopes,
+            customers=stored.customers,
+        )
 
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (this process's revocations take effect at once)."""
-        self._cache.pop(key_id, None)
+        self._accepted.drop(lambda stored: stored.key_id == key_id)
 
-    async def _read(self, key_id: str) -> StoredKey | None:
+    async def _read(self, key_id: str, digest: bytes) -> StoredKey | None:
+        """The key these (key id, secret hash) verify as, else None; read from
+        the store when not read for them within the bound."""
         now = self._monotonic()
-        cached = self._cache.get(key_id)
-        if cached is not None and now - cached[1] < self._cache_seconds:
-            return cached[0]
+        cache_key = (key_id, digest)
+        # Both caches are looked in on every path, whatever either holds.
+        accepted = self._accepted.fresh(cache_key, now, self._cache_seconds)
+        refused = self._refused.fresh(cache_key, now, self._cache_seconds)
+        if accepted is not None:
+            return accepted[0]
+        if refused is not None:
+            return None
         async with self._lookups:
             stored = await self._store.lookup(key_id)
-        if stored is None:
-            self._cache.pop(key_id, None)
-            return None
+        # One constant-time comparison on every path: an unknown id's
+        # stand-in carries a hash no secret matches.
+        verified = hmac.compare_digest(digest, stored.secret_hash) and stored.found
         if self._cache_seconds > 0:
-            self._cache[key_id] = (stored, now)
-            self._cache.move_to_end(key_id)
-            while len(self._cache) > self._cache_entries_max:
-                self._cache.popitem(last=False)
-        return stored
+            if verified:
+                self._accepted.put(cache_key, stored, now)
+            else:
+                self._refused.put(cache_key, None, now)
+        return stored if verified else None
 
     async def _touch(self, key_id: str) -> None:
         now = self._monotonic()

@@ -2,7 +2,7 @@
 
 Keys are written straight to the database (`DATABASE_URL`, or the embedded
 one), never through the API they guard. The key is printed once, when it is
-issued; afterwards only its id, name and scopes are shown.
+issued; afterwards only its id, name, scopes and customers are shown.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import typer
 from pydantic import ValidationError
 
 from activities.api_keys import (
+    KEY_CUSTOMERS_MAX,
     KEY_ID_PATTERN,
     ROTATION_OVERLAP_HOURS_MAX,
     SCOPES,
@@ -44,6 +45,7 @@ _OPTION_OF_FIELD = {
     "name": "--name",
     "scopes": "--scope",
     "expires_in_days": "--expires-in-days",
+    "customers": "--customer",
 }
 
 T = TypeVar("T")
@@ -128,6 +130,10 @@ def _when(moment: datetime | None, never: str = "-") -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else never
 
 
+def _customers(info: ApiKeyInfo) -> str:
+    return "every customer" if info.customers is None else ", ".join(info.customers)
+
+
 def _info_document(info: ApiKeyInfo, now: datetime) -> dict[str, Any]:
     return {**info.model_dump(mode="json"), "state": info.state(now)}
 
@@ -145,6 +151,7 @@ def _print_issued(issued: IssuedKey, as_json: bool, *, replaces: ApiKeyInfo | No
     else:
         typer.echo(
             f"API key '{info.name}' (id {info.key_id}; scopes {', '.join(info.scopes)}; "
+            f"customers {_customers(info)}; "
             f"expires {_when(info.expires_at, 'never')}):\n\n    {issued.key}\n"
         )
         if replaces is not None:
@@ -169,11 +176,25 @@ def create_command(
     expires_in_days: Annotated[
         int | None, typer.Option("--expires-in-days", help="Lifetime in days; unset: no expiry")
     ] = None,
+    customer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--customer",
+            help="Bind the key to this customer (repeatable, at most "
+            f"{KEY_CUSTOMERS_MAX}): it acts on their processes, cards and data only, and on "
+            "no program-wide route. Unset: every customer.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Issue a key and print it once."""
     try:
-        new = NewApiKey(name=name, scopes=scope, expires_in_days=expires_in_days)  # type: ignore[arg-type]
+        new = NewApiKey(
+            name=name,
+            scopes=scope,  # type: ignore[arg-type]
+            expires_in_days=expires_in_days,
+            customers=customer or None,
+        )
     except ValidationError as error:
         for problem in error.errors():
             option = _OPTION_OF_FIELD.get(str(problem["loc"][0]), str(problem["loc"][0]))
@@ -190,19 +211,33 @@ def create_command(
 def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Every key: id, name, scopes, created, expires, revoked, last used (never the key)."""
+    """Every key: id, name, scopes, customers (* for every one), state, created, expires,
+    revoked, last used (never the key)."""
     keys = _run(list_keys(_settings()))
     now = datetime.now(UTC)
     if as_json:
         typer.echo(json.dumps([_info_document(info, now) for info in keys], indent=2))
         return
-    rows = [("KEY_ID", "NAME", "SCOPES", "STATE", "CREATED", "EXPIRES", "REVOKED", "LAST_USED")]
+    rows = [
+        (
+            "KEY_ID",
+            "NAME",
+            "SCOPES",
+            "CUSTOMERS",
+            "STATE",
+            "CREATED",
+            "EXPIRES",
+            "REVOKED",
+            "LAST_USED",
+        )
+    ]
     for info in keys:
         rows.append(
             (
                 info.key_id,
                 info.name,
                 ",".join(info.scopes),
+                "*" if info.customers is None else ",".join(info.customers),
                 info.state(now),
                 _when(info.created_at),
                 _when(info.expires_at, "never"),
@@ -239,7 +274,8 @@ def rotate_command(
     ] = DEFAULT_ROTATION_OVERLAP_HOURS,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Issue a new key with the same name and scopes; the old one expires after the overlap."""
+    """Issue a new key with the same name, scopes and customers; the old one expires after
+    the overlap."""
     _check_key_id(key_id)
     if not 0 <= overlap_hours <= ROTATION_OVERLAP_HOURS_MAX:
         _fail(f"--overlap-hours: must be between 0 and {ROTATION_OVERLAP_HOURS_MAX}", 2)

@@ -8,6 +8,10 @@ a request that did not start it (409 `process_exists`, e.g. a second
 onboarding of a customer). Where a process's id is the request's own (a card
 issue, an FX conversion, a ping), it is a digest of the API key's id and the
 Idempotency-Key, so no two keys share one.
+
+A key bound to customers acts only on theirs: each route's access is one of
+its dependencies (starters/gateway/access.py), program-wide or resolving the
+customer the route acts on.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -71,6 +75,7 @@ from schemas.health import PingInput
 from schemas.issuer import Address
 from schemas.money import Currency
 from schemas.onboarding import DocumentSpec, KycReview, OnboardingInput, Resubmission
+from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from schemas.topup import TopupReview, TopupSource, TopupStatus
 from starters.billing import billing_status, read_statement, start_billing, statements_dir
@@ -94,6 +99,8 @@ from starters.fx import confirm as confirm_fx
 from starters.fx import status as fx_status
 from starters.fx import wait_quote as wait_fx_quote
 from starters.fx import with_queues as with_fx_queues
+from starters.gateway import access
+from starters.gateway.access import CUSTOMER_NOT_ALLOWED, PROGRAM_WIDE_ROUTE
 from starters.gateway.auth import AUTH_RESPONSES, requires
 from starters.onboarding import resubmit, review, with_queues
 from starters.topup import review as review_topup
@@ -127,7 +134,8 @@ class ErrorBody(BaseModel):
     code: str | None = Field(
         default=None,
         description="Set where a client may act on the kind of refusal: "
-        "idempotency_key_reused, process_exists, process_timeout",
+        "idempotency_key_reused, process_exists, process_timeout, customer_not_allowed, "
+        "program_wide_route",
     )
 
 
@@ -251,6 +259,53 @@ async def _update_key(request: Request, key: OptionalIdempotencyKey = None) -> I
 # A start's Idempotency-Key (required) and an update's (optional).
 StartKey = Annotated[Idempotency, Depends(_start_key)]
 UpdateKey = Annotated[Idempotency | None, Depends(_update_key)]
+
+
+# ----- the customers a key acts for (starters/gateway/access.py) ----------------
+
+
+def _require_customer(request: Request, customer_id: str | None, subject: str) -> None:
+    """403 unless the key acts for `customer_id`: the same answer whether
+    `subject` is another customer's or does not exist."""
+    if not access.principal(request).acts_for(customer_id):
+        raise ApiError(
+            403,
+            CUSTOMER_NOT_ALLOWED,
+            f"this API key acts only for its own customers, and {subject} is not known as "
+            "one of theirs",
+        )
+
+
+async def _require_owner(
+    request: Request, subject: str, owner: Callable[[], Awaitable[str | None]]
+) -> None:
+    """A bound key must act for the customer `owner` reads from durable data."""
+    if access.principal(request).bound:
+        _require_customer(request, await owner(), subject)
+
+
+async def _require_process_owner(request: Request, workflow_id: str, subject: str) -> None:
+    client: Client = request.app.state.client
+    try:
+        await _require_owner(request, subject, lambda: access.process_customer(client, workflow_id))
+    except RPCError as error:
+        raise _process_error(error, subject) from None
+
+
+@access.classified(access.PROGRAM_WIDE)
+async def program_wide(request: Request) -> None:
+    """A route acting on the whole program: refused to a key bound to customers."""
+    if access.principal(request).bound:
+        raise ApiError(
+            403,
+            PROGRAM_WIDE_ROUTE,
+            "this API key acts only for its own customers, and this route acts on the whole "
+            "program",
+        )
+
+
+# After a program-wide route's scope: `dependencies=[*requires(SCOPE), PROGRAM_WIDE]`.
+PROGRAM_WIDE = Depends(program_wide)
 STATUS_QUERY_TIMEOUT = timedelta(seconds=2)
 PING_API_EXECUTION_TIMEOUT = timedelta(minutes=5)
 
@@ -402,10 +457,15 @@ async def start_idempotently(
     argument: Any,
     execution_timeout: timedelta | None = None,
     metadata: StartMetadata | None = None,
+    customer_id: str | None = None,
 ) -> ProcessRef:
     """Start the process of this request, or answer the one a first sending of
     it started; refuse a reused key (another body) and a process that
-    another request started (a second onboarding of one customer)."""
+    another request started (a second onboarding of one customer).
+
+    A customer's process carries its `CustomerId` search attribute from its
+    start (the process keeps it too), so a key bound to that customer can
+    reach it at once."""
     state: Any = request.app.state
     pool: asyncpg.Pool = state.pool
     client: Client = state.client
@@ -432,6 +492,11 @@ async def start_idempotently(
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 execution_timeout=execution_timeout,
                 memo={API_REQUEST_MEMO: started_by},
+                search_attributes=(
+                    None
+                    if customer_id is None
+                    else TypedSearchAttributes([SearchAttributePair(CUSTOMER_ID, customer_id)])
+                ),
                 static_summary=metadata.summary if metadata else None,
                 static_details=metadata.details if metadata else None,
             )
@@ -468,7 +533,7 @@ async def start_idempotently(
 
 @router.post(
     "/pings",
-    dependencies=requires(SCOPE_PROCESSES_START),
+    dependencies=[*requires(SCOPE_PROCESSES_START), PROGRAM_WIDE],
     status_code=202,
     response_model=ProcessRef,
     responses=START_RESPONSES,
@@ -497,6 +562,18 @@ async def start_ping(
     )
 
 
+WorkflowIdPath = Annotated[str, Path(min_length=1, max_length=300)]
+
+
+@access.customer_scoped("the process's CustomerId search attribute")
+async def _own_process(request: Request, workflow_id: WorkflowIdPath) -> str:
+    await _require_process_owner(request, workflow_id, f"process {workflow_id}")
+    return workflow_id
+
+
+OwnProcessId = Annotated[str, Depends(_own_process)]
+
+
 @router.get(
     "/processes/{workflow_id:path}",
     dependencies=requires(SCOPE_PROCESSES_READ),
@@ -504,10 +581,7 @@ async def start_ping(
     responses={404: {"model": ErrorBody}},
     summary="A process's status",
 )
-async def process_status(
-    request: Request,
-    workflow_id: Annotated[str, Path(min_length=1, max_length=300)],
-) -> ProcessStatus:
+async def process_status(request: Request, workflow_id: OwnProcessId) -> ProcessStatus:
     client: Client = request.app.state.client
     handle = client.get_workflow_handle(workflow_id)
     try:
@@ -548,6 +622,13 @@ class StartOnboarding(EdgeModel):
     documents: list[DocumentSpec] = Field(min_length=1, max_length=10)
 
 
+@access.customer_scoped("the body's profile.customer_id")
+async def _own_onboarding(request: Request, body: StartOnboarding) -> StartOnboarding:
+    customer_id = body.profile.customer_id
+    _require_customer(request, customer_id, f"customer {customer_id}")
+    return body
+
+
 @router.post(
     "/onboardings",
     dependencies=requires(SCOPE_PROCESSES_START),
@@ -557,7 +638,10 @@ class StartOnboarding(EdgeModel):
     summary="Onboard a customer: wallets and KYC",
 )
 async def start_onboarding_route(
-    request: Request, response: Response, body: StartOnboarding, idempotency: StartKey
+    request: Request,
+    response: Response,
+    body: Annotated[StartOnboarding, Depends(_own_onboarding)],
+    idempotency: StartKey,
 ) -> ProcessRef:
     queues: TaskQueues = request.app.state.queues
     onboarding = with_queues(
@@ -573,6 +657,7 @@ async def start_onboarding_route(
         workflow_id=onboarding_workflow_id(body.profile.customer_id),
         argument=onboarding,
         metadata=onboarding_start_metadata(onboarding),
+        customer_id=body.profile.customer_id,
     )
 
 
@@ -608,9 +693,18 @@ def _process_busy(subject: str) -> ApiError:
 CustomerIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
+@access.customer_scoped("the path's customer_id")
+async def _own_customer(request: Request, customer_id: CustomerIdPath) -> str:
+    _require_customer(request, customer_id, f"customer {customer_id}")
+    return customer_id
+
+
+OwnCustomerId = Annotated[str, Depends(_own_customer)]
+
+
 @router.post(
     "/onboardings/{customer_id}/review",
-    dependencies=requires(SCOPE_OPERATIONS),
+    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
     responses=STEER_RESPONSES,
     summary="An operator decides an onboarding on hold",
 )
@@ -643,7 +737,7 @@ async def review_onboarding_route(
     summary="The customer resubmits documents after a RETRY verdict",
 )
 async def resubmit_documents_route(
-    request: Request, customer_id: CustomerIdPath, body: Resubmission
+    request: Request, customer_id: OwnCustomerId, body: Resubmission
 ) -> dict[str, str]:
     client: Client = request.app.state.client
     try:
@@ -672,6 +766,22 @@ class CardAction(EdgeModel):
 CardIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
 
 
+@access.customer_scoped("the body's customer_id")
+async def _own_card_issue_body(request: Request, body: IssueCard) -> IssueCard:
+    _require_customer(request, body.customer_id, f"customer {body.customer_id}")
+    return body
+
+
+@access.customer_scoped("the cards table, by card_id")
+async def _own_card(request: Request, card_id: CardIdPath) -> str:
+    pool: asyncpg.Pool = request.app.state.pool
+    await _require_owner(request, f"card {card_id}", lambda: access.card_customer(pool, card_id))
+    return card_id
+
+
+OwnCardId = Annotated[str, Depends(_own_card)]
+
+
 @router.post(
     "/cards",
     dependencies=requires(SCOPE_PROCESSES_START),
@@ -681,7 +791,10 @@ CardIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
     summary="Issue a card to an approved customer",
 )
 async def issue_card_route(
-    request: Request, response: Response, body: IssueCard, idempotency: StartKey
+    request: Request,
+    response: Response,
+    body: Annotated[IssueCard, Depends(_own_card_issue_body)],
+    idempotency: StartKey,
 ) -> ProcessRef:
     queues: TaskQueues = request.app.state.queues
     issue = CardIssueInput(
@@ -704,6 +817,7 @@ async def issue_card_route(
         workflow_id=card_issue_workflow_id(issue.request_id),
         argument=issue,
         metadata=card_issue_start_metadata(issue),
+        customer_id=body.customer_id,
     )
     # A request remembered before ids were digests has the id it was started with.
     started.request_id = started.workflow_id.removeprefix(card_issue_workflow_id(""))
@@ -717,7 +831,7 @@ async def issue_card_route(
     summary="Freeze, unfreeze, close, or report a card lost or stolen",
 )
 async def card_action_route(
-    request: Request, card_id: CardIdPath, body: CardAction, idempotency: UpdateKey
+    request: Request, card_id: OwnCardId, body: CardAction, idempotency: UpdateKey
 ) -> dict[str, str]:
     client: Client = request.app.state.client
     send = await update_options(
@@ -735,6 +849,16 @@ async def card_action_route(
 
 
 RequestIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+@access.customer_scoped("the card issue process's CustomerId search attribute")
+async def _own_card_issue(request: Request, request_id: RequestIdPath) -> str:
+    workflow_id = card_issue_workflow_id(request_id)
+    await _require_process_owner(request, workflow_id, f"card issue {request_id}")
+    return request_id
+
+
+OwnCardIssueId = Annotated[str, Depends(_own_card_issue)]
 
 
 T = TypeVar("T")
@@ -808,7 +932,7 @@ async def _update_process(call: Awaitable[Any], subject: str) -> dict[str, str]:
     summary="Move a physical card's delivery date, until it ships",
 )
 async def reschedule_route(
-    request: Request, request_id: RequestIdPath, body: RescheduleDelivery, idempotency: UpdateKey
+    request: Request, request_id: OwnCardIssueId, body: RescheduleDelivery, idempotency: UpdateKey
 ) -> dict[str, str]:
     send = await update_options(
         request, idempotency, "card-issue-reschedule", card_issue_workflow_id(request_id), body
@@ -830,7 +954,7 @@ async def reschedule_route(
     summary="Activate a delivered physical card (a replacement by its own card id)",
 )
 async def activate_route(
-    request: Request, request_id: RequestIdPath, idempotency: UpdateKey
+    request: Request, request_id: OwnCardIssueId, idempotency: UpdateKey
 ) -> dict[str, str]:
     send = await update_options(
         request, idempotency, "card-issue-activate", card_issue_workflow_id(request_id)
@@ -851,7 +975,7 @@ async def activate_route(
     summary="Set a card's spending limits",
 )
 async def limits_route(
-    request: Request, card_id: CardIdPath, body: SpendingLimits, idempotency: UpdateKey
+    request: Request, card_id: OwnCardId, body: SpendingLimits, idempotency: UpdateKey
 ) -> SpendingLimits:
     send = await update_options(
         request, idempotency, "card-limits", card_workflow_id(card_id), body
@@ -872,13 +996,13 @@ async def limits_route(
     responses=READ_RESPONSES,
     summary="A card's state: limits, open authorizations and holds, exceptions",
 )
-async def card_route(request: Request, card_id: CardIdPath) -> CardInput:
+async def card_route(request: Request, card_id: OwnCardId) -> CardInput:
     return await _steer(card_status(request.app.state.client, card_id), card_id)
 
 
 @router.post(
     "/cards/{card_id}/exceptions",
-    dependencies=requires(SCOPE_OPERATIONS),
+    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
     responses=STEER_RESPONSES,
     summary="Decide an exception: charge the wallet or write the amount off to suspense",
 )
@@ -911,6 +1035,22 @@ class FxQuoteStarted(ProcessRef):
     offer: FxQuoteOffer = Field(description="Confirm it before offer.expires_at")
 
 
+@access.customer_scoped("the body's customer_id")
+async def _own_fx_body(request: Request, body: FxConversionRequest) -> FxConversionRequest:
+    _require_customer(request, body.customer_id, f"customer {body.customer_id}")
+    return body
+
+
+@access.customer_scoped("the FX process's CustomerId search attribute")
+async def _own_fx(request: Request, request_id: RequestIdPath) -> str:
+    workflow_id = fx_workflow_id(request_id)
+    await _require_process_owner(request, workflow_id, f"FX conversion {request_id}")
+    return request_id
+
+
+OwnFxId = Annotated[str, Depends(_own_fx)]
+
+
 @router.post(
     "/fx/quotes",
     dependencies=requires(SCOPE_PROCESSES_START),
@@ -926,7 +1066,7 @@ class FxQuoteStarted(ProcessRef):
 async def fx_quote_route(
     request: Request,
     response: Response,
-    body: FxConversionRequest,
+    body: Annotated[FxConversionRequest, Depends(_own_fx_body)],
     idempotency: StartKey,
 ) -> FxQuoteStarted:
     conversion = with_fx_queues(
@@ -943,6 +1083,7 @@ async def fx_quote_route(
         workflow_id=fx_workflow_id(conversion.request_id),
         argument=conversion,
         metadata=fx_start_metadata(conversion),
+        customer_id=body.customer_id,
     )
     # A request remembered before ids were digests has the id it was started with.
     started.request_id = started.workflow_id.removeprefix(fx_workflow_id(""))
@@ -961,7 +1102,7 @@ async def fx_quote_route(
     responses=STEER_RESPONSES,
     summary="Convert at the quote; 409 with the reason when expired, cancelled or declined",
 )
-async def fx_confirm_route(request: Request, request_id: RequestIdPath) -> FxConversionResult:
+async def fx_confirm_route(request: Request, request_id: OwnFxId) -> FxConversionResult:
     return await _steer(confirm_fx(request.app.state.client, request_id), request_id, _fx_refusal)
 
 
@@ -971,7 +1112,7 @@ async def fx_confirm_route(request: Request, request_id: RequestIdPath) -> FxCon
     responses=STEER_RESPONSES,
     summary="Drop an unconfirmed quote; nothing is converted",
 )
-async def fx_cancel_route(request: Request, request_id: RequestIdPath) -> dict[str, str]:
+async def fx_cancel_route(request: Request, request_id: OwnFxId) -> dict[str, str]:
     return {
         "result": await _steer(
             cancel_fx(request.app.state.client, request_id), request_id, _fx_refusal
@@ -986,13 +1127,28 @@ async def fx_cancel_route(request: Request, request_id: RequestIdPath) -> dict[s
     responses=READ_RESPONSES,
     summary="A conversion's stage, quote, amounts and expiry",
 )
-async def fx_status_route(request: Request, request_id: RequestIdPath) -> FxStatus:
+async def fx_status_route(request: Request, request_id: OwnFxId) -> FxStatus:
     return await _steer(fx_status(request.app.state.client, request_id), request_id)
 
 
 # ----- Top-ups `topup/{source}/{external_ref}` ----------------------------------
 
 ExternalRefPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+@dataclass(frozen=True)
+class TopupRef:
+    source: TopupSource
+    external_ref: str
+
+
+@access.customer_scoped("the top-up process's CustomerId search attribute")
+async def _own_topup(
+    request: Request, source: TopupSource, external_ref: ExternalRefPath
+) -> TopupRef:
+    workflow_id = topup_workflow_id(source, external_ref)
+    await _require_process_owner(request, workflow_id, f"top-up {source}/{external_ref}")
+    return TopupRef(source, external_ref)
 
 
 @router.get(
@@ -1003,8 +1159,9 @@ ExternalRefPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
     summary="A top-up's stage, amounts, confirmations and pending review",
 )
 async def topup_status_route(
-    request: Request, source: TopupSource, external_ref: ExternalRefPath
+    request: Request, topup: Annotated[TopupRef, Depends(_own_topup)]
 ) -> TopupStatus:
+    source, external_ref = topup.source, topup.external_ref
     return await _steer(
         topup_status(request.app.state.client, source, external_ref), f"{source}/{external_ref}"
     )
@@ -1012,7 +1169,7 @@ async def topup_status_route(
 
 @router.post(
     "/topups/{source}/{external_ref}/review",
-    dependencies=requires(SCOPE_OPERATIONS),
+    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
     responses=STEER_RESPONSES,
     summary="An operator approves (assigning an unmatched payment) or rejects a top-up",
 )
@@ -1051,7 +1208,7 @@ PeriodPath = Annotated[Period, Path(description="The month, YYYY-MM")]
     summary="Bill a customer's month (a past one too): card fees, then the statement",
 )
 async def billing_start_route(
-    request: Request, response: Response, customer_id: CustomerIdPath, period: PeriodPath
+    request: Request, response: Response, customer_id: OwnCustomerId, period: PeriodPath
 ) -> ProcessRef:
     # The process id is the period's: a repeat finds the first process, so no
     # Idempotency-Key is needed and the same period never charges twice. A
@@ -1089,7 +1246,7 @@ async def billing_start_route(
 
 @router.post(
     "/billing-runs/{period}",
-    dependencies=requires(SCOPE_ADMIN),
+    dependencies=[*requires(SCOPE_ADMIN), PROGRAM_WIDE],
     status_code=202,
     response_model=ProcessRef,
     summary="Bill every customer with cards for a month (skips those billed already)",
@@ -1139,7 +1296,7 @@ async def billing_run_route(request: Request, period: PeriodPath) -> ProcessRef:
     summary="A billing process's stage, fees and statement paths",
 )
 async def billing_status_route(
-    request: Request, customer_id: CustomerIdPath, period: PeriodPath
+    request: Request, customer_id: OwnCustomerId, period: PeriodPath
 ) -> BillingStatus:
     from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
 
@@ -1161,7 +1318,7 @@ async def billing_status_route(
     summary="A customer's statement of a month: balances, every transaction, fees",
 )
 async def statement_route(
-    request: Request, customer_id: CustomerIdPath, period: PeriodPath
+    request: Request, customer_id: OwnCustomerId, period: PeriodPath
 ) -> Statement:
     statement = read_statement(request.app.state.settings, customer_id, period)
     if statement is None:
@@ -1174,6 +1331,35 @@ async def statement_route(
 TransactionIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,80}$")]
 
 
+@access.customer_scoped("the body's customer_id, and the card_transactions table")
+async def _own_dispute_body(request: Request, body: DisputeRequest) -> DisputeRequest:
+    # The transaction must be one of the key's customers' too: the body
+    # names a customer, the recorded transaction says whose it is.
+    _require_customer(request, body.customer_id, f"customer {body.customer_id}")
+    pool: asyncpg.Pool = request.app.state.pool
+    transaction_id = body.transaction_id
+    await _require_owner(
+        request,
+        f"transaction {transaction_id}",
+        lambda: access.transaction_customer(pool, transaction_id),
+    )
+    return body
+
+
+@access.customer_scoped("the card_transactions table, by transaction_id")
+async def _own_transaction(request: Request, transaction_id: TransactionIdPath) -> str:
+    pool: asyncpg.Pool = request.app.state.pool
+    await _require_owner(
+        request,
+        f"transaction {transaction_id}",
+        lambda: access.transaction_customer(pool, transaction_id),
+    )
+    return transaction_id
+
+
+OwnTransactionId = Annotated[str, Depends(_own_transaction)]
+
+
 @router.post(
     "/disputes",
     dependencies=requires(SCOPE_PROCESSES_START),
@@ -1183,7 +1369,10 @@ TransactionIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,80}$")]
     summary="Dispute a cleared transaction (once per transaction); then add evidence and submit",
 )
 async def open_dispute_route(
-    request: Request, response: Response, body: DisputeRequest, idempotency: StartKey
+    request: Request,
+    response: Response,
+    body: Annotated[DisputeRequest, Depends(_own_dispute_body)],
+    idempotency: StartKey,
 ) -> ProcessRef:
     dispute = with_dispute_queues(
         DisputeInput.model_validate(body.model_dump()), request.app.state.queues
@@ -1198,6 +1387,7 @@ async def open_dispute_route(
         workflow_id=dispute_workflow_id(body.transaction_id),
         argument=dispute,
         metadata=dispute_start_metadata(dispute),
+        customer_id=body.customer_id,
     )
 
 
@@ -1208,7 +1398,7 @@ async def open_dispute_route(
     summary="Hand in one piece of evidence",
 )
 async def dispute_evidence_route(
-    request: Request, transaction_id: TransactionIdPath, body: EvidenceItem
+    request: Request, transaction_id: OwnTransactionId, body: EvidenceItem
 ) -> dict[str, str]:
     try:
         await add_dispute_evidence(request.app.state.client, transaction_id, body)
@@ -1226,7 +1416,7 @@ async def dispute_evidence_route(
 )
 async def dispute_submit_route(
     request: Request,
-    transaction_id: TransactionIdPath,
+    transaction_id: OwnTransactionId,
     body: DisputeSubmission,
     idempotency: UpdateKey,
 ) -> DisputeStatusView:
@@ -1252,7 +1442,7 @@ async def dispute_submit_route(
 )
 async def dispute_withdraw_route(
     request: Request,
-    transaction_id: TransactionIdPath,
+    transaction_id: OwnTransactionId,
     body: WithdrawRequest,
     idempotency: UpdateKey,
 ) -> DisputeStatusView:
@@ -1271,7 +1461,7 @@ async def dispute_withdraw_route(
 
 @router.post(
     "/disputes/{transaction_id}/operator",
-    dependencies=requires(SCOPE_OPERATIONS),
+    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
     response_model=DisputeStatusView,
     responses=STEER_RESPONSES,
     summary="An operator credits provisionally now, or answers a representment now",
@@ -1303,7 +1493,7 @@ async def dispute_operator_route(
     summary="A dispute's stage, evidence, deadlines and amounts",
 )
 async def dispute_status_route(
-    request: Request, transaction_id: TransactionIdPath
+    request: Request, transaction_id: OwnTransactionId
 ) -> DisputeStatusView:
     return await _steer(dispute_status(request.app.state.client, transaction_id), transaction_id)
 
@@ -1335,7 +1525,7 @@ SettlementDatePath = Annotated[
 
 @router.post(
     "/reconciliations/issuer/{settlement_date}",
-    dependencies=requires(SCOPE_ADMIN),
+    dependencies=[*requires(SCOPE_ADMIN), PROGRAM_WIDE],
     status_code=202,
     response_model=ProcessRef,
     responses={200: {"model": ProcessRef, "description": "This day was reconciled already"}},
@@ -1374,7 +1564,7 @@ async def reconciliation_start_route(
 
 @router.get(
     "/reconciliations/issuer/{settlement_date}",
-    dependencies=requires(SCOPE_PROCESSES_READ),
+    dependencies=[*requires(SCOPE_PROCESSES_READ), PROGRAM_WIDE],
     response_model=ReconciliationStatus,
     responses=READ_RESPONSES,
     summary="A reconciliation's stage and its differences",
@@ -1394,7 +1584,7 @@ async def reconciliation_status_route(
 
 @router.post(
     "/reconciliations/issuer/{settlement_date}/decisions",
-    dependencies=requires(SCOPE_OPERATIONS),
+    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
     response_model=ReconciliationItem,
     responses=STEER_RESPONSES,
     summary="An operator decides one difference over the threshold: adjust or dismiss",

@@ -11,6 +11,10 @@ Every `/v1` route depends on `RequireScope(scope)`, which in turn:
    bucket is a 429 with `Retry-After` (whole seconds until a token is back);
 3. checks the scope (403 naming the scope the route requires).
 
+A key bound to customers is then held to them by the route itself
+(`starters/gateway/access.py`): 403 on other customers' processes, cards and
+data, and on program-wide routes.
+
 Buckets live in the gateway process: with N gateway replicas behind a load
 balancer the fleet admits up to N times the configured rate. Webhook and
 real-time routes (`/webhooks/...`, `/realtime/...`) are authenticated by
@@ -207,6 +211,7 @@ class RequireScope:
                 detail=f"this API key lacks the scope '{self.scope}' that this route requires",
             )
         request.state.api_key_id = principal.key_id
+        request.state.api_principal = principal
         return principal
 
 
@@ -230,6 +235,10 @@ def route_scope(route: Any) -> list[str]:
 # Documented on every `/v1` route (the OpenAPI contract).
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, unknown, expired or revoked API key"},
-    403: {"description": "The API key lacks the scope this route requires"},
+    403: {
+        "description": "The API key lacks the scope this route requires; or, bound to "
+        "customers, the route acts on another customer (customer_not_allowed) or on the "
+        "whole program (program_wide_route)"
+    },
     429: {"description": "This key's budget for this route is spent; see Retry-After"},
 }

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import stat
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 import pytest_asyncio
 from pydantic import ValidationError
 
+from activities import api_keys
 from activities.api_keys import (
     KEY_CACHE_SECONDS,
     SCOPE_ADMIN,
@@ -270,7 +273,7 @@ class CountingStore(ApiKeyStore):
         self.running = 0
         self.running_max = 0
 
-    async def lookup(self, key_id: str) -> StoredKey | None:
+    async def lookup(self, key_id: str) -> StoredKey:
         self.running += 1
         self.running_max = max(self.running_max, self.running)
         try:
@@ -291,3 +294,193 @@ async def test_a_flood_of_made_up_keys_reads_the_database_a_few_at_a_time(
     assert results[:-1] == [None] * 20
     assert results[-1] is not None and results[-1].key_id == issued.info.key_id
     assert counting.running_max == 2
+
+
+# ----- an unknown key id and a known one with a wrong secret look alike -----------
+
+
+@dataclass
+class Steps:
+    """What verifying one key did: SQL statements on `api_keys`, secret hashes."""
+
+    queries: int = 0
+    hashes: int = 0
+
+
+@dataclass
+class Instrumented:
+    """A store on a pool whose connections report every statement they send."""
+
+    store: ApiKeyStore
+    steps: Steps
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def instrumented(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Instrumented]:
+    steps = Steps()
+
+    def logged(query: asyncpg.connection.LoggedQuery) -> None:
+        if "api_keys" in query.query:
+            steps.queries += 1
+
+    async def init(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(logged)
+
+    real_hash = api_keys.secret_hash
+
+    def counted_hash(pepper: bytes, key_id: str, secret: str) -> bytes:
+        steps.hashes += 1
+        return real_hash(pepper, key_id, secret)
+
+    # The real hash, counted wherever the module computes one.
+    monkeypatch.setattr(api_keys, "secret_hash", counted_hash)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, init=init)
+    try:
+        yield Instrumented(ApiKeyStore(pool, PEPPER), steps)
+    finally:
+        await pool.close()
+
+
+async def steps_of(instrumented: Instrumented, check: KeyVerifier, presented: str) -> Steps:
+    instrumented.steps.queries = instrumented.steps.hashes = 0
+    assert await check.verify(presented) is None
+    return Steps(instrumented.steps.queries, instrumented.steps.hashes)
+
+
+def probes(issued_key: str) -> tuple[str, str]:
+    """A key with an id nobody holds, and the issued key's id with another secret."""
+    key_id, secret = parse_key(issued_key) or ("", "")
+    unknown_id = key_id
+    while unknown_id == key_id:
+        unknown_id = secrets.token_hex(6)
+    return (
+        f"cfk_{unknown_id}_{secrets.token_urlsafe(32)}",
+        f"cfk_{key_id}_{secrets.token_urlsafe(32)}",
+    )
+
+
+async def test_an_unknown_key_id_takes_the_same_steps_as_a_known_one_with_a_wrong_secret(
+    instrumented: Instrumented,
+) -> None:
+    store = instrumented.store
+    issued = await store.create(new_key())
+    clock = Clock()
+    check = verifier(store, clock)
+    # The key is in use: what the gateway read of it is in its cache.
+    assert await check.verify(issued.key) is not None
+    unknown, known_wrong = probes(issued.key)
+    seen: dict[str, list[Steps]] = {unknown: [], known_wrong: []}
+    for presented in (unknown, known_wrong):
+        seen[presented].append(await steps_of(instrumented, check, presented))  # first time
+        seen[presented].append(await steps_of(instrumented, check, presented))  # again
+    clock.advance(KEY_CACHE_SECONDS)
+    for presented in (unknown, known_wrong):
+        seen[presented].append(await steps_of(instrumented, check, presented))  # cache expired
+    assert seen[unknown] == seen[known_wrong]
+    # Each first sight reads the table once; a repeat within the bound, never.
+    assert [steps.queries for steps in seen[unknown]] == [1, 0, 1]
+    assert all(steps.hashes == 1 for steps in seen[unknown])
+    # Without a cache, both read the table and hash once, every time.
+    uncached = verifier(store, clock, cache_seconds=0)
+    for _ in range(2):
+        assert await steps_of(instrumented, uncached, unknown) == Steps(queries=1, hashes=1)
+        assert await steps_of(instrumented, uncached, known_wrong) == Steps(queries=1, hashes=1)
+    # The key itself still verifies, and is read again only once the bound has passed.
+    instrumented.steps.queries = 0
+    assert await check.verify(issued.key) is not None
+    assert instrumented.steps.queries == 1  # re-read: the bound passed above
+
+
+# Neither path may be the slower one in more than this share of interleaved
+# pairs. Alike paths land near one half (samples of 2,000 and 600 pairs stray
+# from it by about 0.01 and 0.02; a few microseconds of database work that
+# differs, a known row read from the table, keep the read's share within
+# 0.4-0.6 on a loaded 2-core machine); a path that reads the database while the
+# other answers from the cache is the slower one in nearly every pair.
+SLOWER_SHARE_MAX = 0.7
+
+
+async def slower_share(check: KeyVerifier, pairs: list[tuple[str, str]]) -> float:
+    """The share of pairs in which the first key took longer than the second,
+    each pair timed back to back, in alternating order."""
+    slower = faster = 0
+    for index, (first, second) in enumerate(pairs):
+        order = (first, second) if index % 2 else (second, first)
+        took: dict[str, int] = {}
+        for presented in order:
+            started = time.perf_counter_ns()
+            assert await check.verify(presented) is None
+            took[presented] = time.perf_counter_ns() - started
+        slower += took[first] > took[second]
+        faster += took[first] < took[second]
+    return slower / max(1, slower + faster)
+
+
+async def test_an_unknown_key_id_takes_no_longer_than_a_known_one_with_a_wrong_secret(
+    store: ApiKeyStore,
+) -> None:
+    issued = await store.create(new_key())
+    check = KeyVerifier(store)
+    assert await check.verify(issued.key) is not None
+    # One prober repeating its two guesses: both answered from the cache.
+    unknown, known_wrong = probes(issued.key)
+    share = await slower_share(check, [(unknown, known_wrong)] * 2_000)
+    assert 1 - SLOWER_SHARE_MAX <= share <= SLOWER_SHARE_MAX, share
+    # New guesses every time: both read the table.
+    share = await slower_share(check, [probes(issued.key) for _ in range(600)])
+    assert 1 - SLOWER_SHARE_MAX <= share <= SLOWER_SHARE_MAX, share
+
+
+async def test_a_flood_of_made_up_keys_does_not_push_a_key_in_use_out_of_the_cache(
+    instrumented: Instrumented,
+) -> None:
+    store = instrumented.store
+    issued = await store.create(new_key())
+    check = KeyVerifier(store, cache_entries_max=2, refusal_cache_entries_max=2)
+    assert await check.verify(issued.key) is not None
+    for _ in range(10):
+        await steps_of(instrumented, check, probes(issued.key)[0])
+    instrumented.steps.queries = 0
+    assert await check.verify(issued.key) is not None
+    assert instrumented.steps.queries == 0  # answered from the cache
+
+
+# ----- keys bound to customers ----------------------------------------------------
+
+
+async def test_a_key_bound_to_customers_verifies_with_them_and_rotation_keeps_them(
+    store: ApiKeyStore, pool: asyncpg.Pool
+) -> None:
+    bound = await store.create(
+        NewApiKey(name="partner", scopes=[SCOPE_PROCESSES_READ], customers=["c-2", "c-1", "c-2"])
+    )
+    everyone = await store.create(new_key())
+    assert bound.info.customers == ["c-1", "c-2"] and everyone.info.customers is None
+    check = verifier(store, Clock(), cache_seconds=0)
+    principal = await check.verify(bound.key)
+    assert principal is not None and principal.customers == frozenset({"c-1", "c-2"})
+    assert principal.acts_for("c-1") and not principal.acts_for("c-3")
+    assert not principal.acts_for(None)
+    unbound = await check.verify(everyone.key)
+    assert unbound is not None and unbound.customers is None and unbound.acts_for("c-3")
+    rotated, _ = await store.rotate(bound.info.key_id, timedelta(0))
+    assert rotated.info.customers == ["c-1", "c-2"]
+    again = await check.verify(rotated.key)
+    assert again is not None and again.customers == frozenset({"c-1", "c-2"})
+    # The table holds the same bounds as the model, whatever writes to it.
+    for customers in ([], ["has space"], ["a,b"], [None]):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await pool.execute(
+                "UPDATE api_keys SET customers = $2 WHERE key_id = $1",
+                bound.info.key_id,
+                customers,
+            )
+
+
+def test_bad_customer_bindings_are_refused_naming_the_field() -> None:
+    for customers in ([], ["has space"], ["x" * 65], [f"c-{n}" for n in range(101)]):
+        with pytest.raises(ValidationError) as refused:
+            NewApiKey(name="bot", scopes=[SCOPE_ADMIN], customers=customers)
+        assert refused.value.errors()[0]["loc"][0] == "customers", customers
