@@ -162,6 +162,9 @@ def simulators_serve() -> None:
         host=settings.bind_host,
         port=settings.simulators_port,
         log_level="warning",
+        # The admin API trusts the connection's own peer only: no forwarded-for
+        # header (whatever FORWARDED_ALLOW_IPS says) may rewrite it.
+        proxy_headers=False,
     )
     uvicorn.Server(config).run()
 

@@ -121,3 +121,61 @@ def test_bound_to_every_interface_the_admin_api_still_refuses_a_real_remote_conn
     assert remote_fault.status_code == 403
     local = httpx.get(f"http://127.0.0.1:{port}/_admin/faults", timeout=5)
     assert local.status_code == 200 and local.json() == []
+
+
+# ----- the served process: the connection's own address decides --------------------------
+
+
+@pytest.fixture
+def served_process(tmp_path: Path) -> Iterator[Any]:
+    """`cardflow simulators serve` as a user runs it, on loopback."""
+    from tests.providers import running, simulator_process
+
+    with running(simulator_process(tmp_path, free_port(), "http://127.0.0.1:9")) as process:
+        yield process
+
+
+def test_a_loopback_connection_is_admitted_whatever_its_forwarded_for_header_says(
+    served_process: Any,
+) -> None:
+    # A local client that names a remote address is still a local client: the
+    # header is not evidence of anything, in either direction.
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    health = httpx.get(f"{served_process.url}/_admin/health", headers=forwarded, timeout=5)
+    assert health.status_code == 200, health.text
+    added = httpx.post(
+        f"{served_process.url}/_admin/faults", json=FAULT, headers=forwarded, timeout=5
+    )
+    assert added.status_code == 201, added.text
+    assert len(served_process.admin("GET", "/faults")) == 1
+
+
+@pytest.fixture
+def served_process_trusting_every_proxy(tmp_path: Path) -> Iterator[tuple[Any, int]]:
+    """`cardflow simulators serve` on every interface, with the ASGI server told to
+    trust forwarded-for headers from anyone (FORWARDED_ALLOW_IPS=*, a common
+    setting in container deployments)."""
+    from tests.providers import running, simulator_process
+
+    port = free_port()
+    process = simulator_process(tmp_path, port, "http://127.0.0.1:9")
+    process.env.update(CARDFLOW_BIND_HOST="0.0.0.0", FORWARDED_ALLOW_IPS="*")
+    with running(process):
+        yield process, port
+
+
+def test_a_remote_connection_claiming_loopback_in_forwarded_for_is_refused(
+    served_process_trusting_every_proxy: tuple[Any, int],
+) -> None:
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no address outside loopback")
+    _, port = served_process_trusting_every_proxy
+    claimed = {"X-Forwarded-For": "127.0.0.1"}
+    for method, path, body in ADMIN_CALLS:
+        response = httpx.request(
+            method, f"http://{address}:{port}{path}", json=body, headers=claimed, timeout=5
+        )
+        assert response.status_code == 403, (method, path, response.text)
+    local = httpx.get(f"http://127.0.0.1:{port}/_admin/faults", timeout=5)
+    assert local.status_code == 200 and local.json() == []
