@@ -24,6 +24,7 @@ from starlette.routing import Mount
 from simulators.framework.context import SimulatorContext
 from simulators.framework.faults import Fault, FaultMiddleware
 from simulators.framework.idempotency import IdempotencyMiddleware
+from simulators.framework.request_ids import RequestIdMiddleware
 
 SimulatorFactory = Callable[[SimulatorContext], FastAPI]
 
@@ -152,4 +153,6 @@ def build_app(context: SimulatorContext, simulators: dict[str, SimulatorFactory]
     routes = [Mount("/_admin", app=admin_app(context))]
     routes += [Mount(f"/{name}", app=factory(context)) for name, factory in simulators.items()]
     root = Starlette(routes=routes, lifespan=lifespan)
-    return FaultMiddleware(IdempotencyMiddleware(root, context.store), context.faults)
+    return RequestIdMiddleware(
+        FaultMiddleware(IdempotencyMiddleware(root, context.store), context.faults)
+    )

@@ -13,11 +13,19 @@ ApplicationError whose type name the activity retry policy knows:
     ProviderRejectedRequest (400/422/other 4xx), ProviderNotFound,
     ProviderConflict (409), ProviderAuthError (401/403),
     ProviderContractError (a response we cannot parse)             non-retryable
+
+An error keeps the status, the provider's own error code (an identifier such
+as `rate_limit_error`, or a validation error's type and field) and the
+provider's request id; never the body. A provider's error body may echo what
+it was sent (a KYC 422 repeats the date of birth it refused), and the error's
+message is what Temporal's SDK logs and records.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -42,7 +50,15 @@ PROVIDER_TIMEOUT = httpx.Timeout(connect=2.0, read=5.0, write=5.0, pool=2.0)
 IN_CALL_ATTEMPTS_MAX = 3
 # A longer Retry-After is Temporal's to wait (next_retry_delay), not the call's.
 IN_CALL_RETRY_AFTER_SECONDS_MAX = 3.0
-ERROR_BODY_CHARS_MAX = 500
+# What an error keeps of a provider's answer: its request id, and codes that
+# are identifiers (personal data never matches), a few at most.
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-correlation-id")
+_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_CODE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_FIELD_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+ERROR_CODES_MAX = 5
+# An error body larger than this is not read for codes.
+ERROR_BODY_BYTES_MAX = 64 * 1024
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 RETRYABLE_ERROR_TYPES = (
@@ -172,10 +188,12 @@ class ProviderClient:
             response = error.response
         except httpx.TimeoutException as error:
             if isinstance(error, httpx.ConnectTimeout | httpx.PoolTimeout):
-                raise self._error("ProviderUnreachable", method, path, repr(error)) from error
-            raise self._error("ProviderTimeout", method, path, repr(error)) from error
+                raise self._error(
+                    "ProviderUnreachable", method, path, detail=repr(error)
+                ) from error
+            raise self._error("ProviderTimeout", method, path, detail=repr(error)) from error
         except httpx.TransportError as error:
-            raise self._error("ProviderUnreachable", method, path, repr(error)) from error
+            raise self._error("ProviderUnreachable", method, path, detail=repr(error)) from error
         # One line per call (bodies never: they carry personal data); inside
         # an activity the line also carries the activity's and workflow's ids.
         elapsed_ms = round((time.perf_counter() - started) * 1000)
@@ -200,45 +218,128 @@ class ProviderClient:
             try:
                 return TypeAdapter(response_type).validate_json(response.content or b"null")
             except ValidationError as error:
+                # The error's own text quotes the values it refused: keep only
+                # where and what kind of problem, as the codes of a 422 are kept.
                 raise self._error(
-                    "ProviderContractError", method, path, f"unexpected response: {error}", status
+                    "ProviderContractError",
+                    method,
+                    path,
+                    status,
+                    code="unexpected response: " + _validation_codes(error.errors()),
+                    request_id=_request_id(response),
                 ) from None
-        body = response.text[:ERROR_BODY_CHARS_MAX]
+        code, request_id = _error_code(response), _request_id(response)
         if status == 429:
             retry_after = _retry_after_seconds(response) or 1.0
             raise self._error(
                 "ProviderRateLimited",
                 method,
                 path,
-                body,
                 status,
+                code=code,
+                request_id=request_id,
                 next_retry_delay=timedelta(seconds=retry_after),
             )
         if status >= 500:
-            raise self._error("ProviderUnavailable", method, path, body, status)
+            raise self._error(
+                "ProviderUnavailable", method, path, status, code=code, request_id=request_id
+            )
         kind = {
             401: "ProviderAuthError",
             403: "ProviderAuthError",
             404: "ProviderNotFound",
             409: "ProviderConflict",
         }.get(status, "ProviderRejectedRequest")
-        raise self._error(kind, method, path, body, status)
+        raise self._error(kind, method, path, status, code=code, request_id=request_id)
 
     def _error(
         self,
         kind: str,
         method: str,
         path: str,
-        detail: str,
         status: int | None = None,
+        *,
+        code: str | None = None,
+        request_id: str | None = None,
+        detail: str | None = None,
         next_retry_delay: timedelta | None = None,
     ) -> ApplicationError:
-        where = f"{self.provider} {method} {path}"
-        message = f"{where}: {status} {detail}" if status else f"{where}: {detail}"
+        """The classified error. `detail` is cardflow's own text (a transport
+        error), never anything the provider sent."""
+        parts = [f"{self.provider} {method} {path}:"]
+        parts += [str(status)] if status is not None else []
+        parts += [part for part in (code, detail) if part]
+        if request_id:
+            parts.append(f"(request {request_id})")
         return ApplicationError(
-            message,
-            {"status": status, "detail": detail},
+            " ".join(parts),
+            {"status": status, "code": code, "request_id": request_id},
             type=kind,
             non_retryable=kind in NON_RETRYABLE_ERROR_TYPES,
             next_retry_delay=next_retry_delay,
         )
+
+
+def _request_id(response: httpx.Response) -> str | None:
+    """The provider's id of this request, for its support desk and its logs."""
+    for name in REQUEST_ID_HEADERS:
+        value = str(response.headers.get(name, "")).strip()
+        if _REQUEST_ID_PATTERN.match(value):
+            return value
+    return None
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The provider's own code for an error, read from the shapes providers use:
+    `{"error": {"type", "code"}}` (Stripe-like), top-level `code`/`type`/
+    `errorCode`/`errorName` (Sumsub-like), or a validation error list
+    `{"detail": [{"type", "loc"}]}` (FastAPI). Free text (`message`, `detail`
+    as a string, `msg`, `input`) is never read: it may echo the request."""
+    if len(response.content) > ERROR_BODY_BYTES_MAX:
+        return None
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    if isinstance(body.get("detail"), list):
+        return _validation_codes(body["detail"]) or None
+    error = body.get("error")
+    holder: dict[str, Any] = error if isinstance(error, dict) else body
+    codes = [
+        _code(holder.get(name)) for name in ("type", "code", "errorCode", "errorName", "error_code")
+    ]
+    kept = list(dict.fromkeys(code for code in codes if code))
+    return " ".join(kept[:ERROR_CODES_MAX]) or None
+
+
+def _code(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and _CODE_PATTERN.match(value):
+        return value
+    return None
+
+
+def _validation_codes(errors: Any) -> str:
+    """`type at loc` per validation error (pydantic's or a provider's 422), each
+    part an identifier or an index; the input and the message are left out."""
+    kept: list[str] = []
+    for entry in errors if isinstance(errors, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        code = _code(entry.get("type")) or "invalid"
+        location = entry.get("loc")
+        fields = [
+            str(part)
+            for part in (location if isinstance(location, list | tuple) else [])
+            if (isinstance(part, int) and not isinstance(part, bool))
+            or (isinstance(part, str) and _FIELD_PATTERN.match(part))
+        ]
+        kept.append(f"{code} at {'.'.join(fields)}" if fields else code)
+    shown = list(dict.fromkeys(kept))
+    more = len(shown) - ERROR_CODES_MAX
+    return ", ".join(shown[:ERROR_CODES_MAX]) + (f" and {more} more" if more > 0 else "")

@@ -7,6 +7,9 @@ requests (or every request). Kinds:
   rate_limit    answer 429 with Retry-After: `seconds`
   timeout       sleep `seconds` (longer than the client waits), then answer
   drop          start the response and close the connection mid-body
+  reject        answer 422 with a validation error that echoes the request body
+                as its `input`, as FastAPI and many real providers do (what a
+                client must never copy into its logs)
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-FaultKind = Literal["latency", "error", "rate_limit", "timeout", "drop"]
+FaultKind = Literal["latency", "error", "rate_limit", "timeout", "drop", "reject"]
 
 
 class Fault(BaseModel):
@@ -87,6 +90,8 @@ class FaultMiddleware:
             await _json(
                 send, fault.status, {"error": {"type": "api_error", "message": "injected failure"}}
             )
+        elif fault.kind == "reject":
+            await _json(send, 422, {"detail": [_echoing_error(await _body(receive))]})
         elif fault.kind == "rate_limit":
             await _json(
                 send,
@@ -107,6 +112,30 @@ class FaultMiddleware:
             )
             await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
             raise ConnectionAbortedError("injected dropped connection")
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _echoing_error(body: bytes) -> dict[str, Any]:
+    """One validation error shaped like FastAPI's, the request body as its input."""
+    echoed: Any
+    try:
+        echoed = json.loads(body) if body else None
+    except ValueError:
+        echoed = body.decode(errors="replace")
+    return {
+        "type": "value_error",
+        "loc": ["body"],
+        "msg": "Value error, injected rejection",
+        "input": echoed,
+    }
 
 
 async def _json(

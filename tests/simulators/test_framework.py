@@ -82,6 +82,7 @@ def test_an_idempotency_key_replays_the_first_answer_and_refuses_another_body(si
     ("fault", "expectation"),
     [
         ({"kind": "error", "status": 502}, 502),
+        ({"kind": "reject"}, 422),
         ({"kind": "rate_limit", "seconds": 7}, 429),
         ({"kind": "latency", "seconds": 0.3}, 201),
         ({"kind": "timeout", "seconds": 3}, httpx.ReadTimeout),
@@ -106,6 +107,27 @@ def test_each_fault_mode_is_injected_per_endpoint(
             post(sim, TRANSFER, timeout=1.5)
     # `times=1`: the next call is served normally.
     assert post(sim, TRANSFER).status_code == 201
+
+
+def test_a_reject_fault_echoes_the_request_body_like_a_validation_error(sim: Any) -> None:
+    sim.fault(path_prefix="/bank/v1/simulate", kind="reject", times=1)
+    response = post(sim, TRANSFER)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body"] and error["input"] == TRANSFER
+
+
+def test_every_answer_carries_its_own_request_id(sim: Any) -> None:
+    sim.fault(path_prefix="/bank/v1/simulate", kind="error", status=503, times=1)
+    answers = [
+        post(sim, TRANSFER),  # the injected fault
+        post(sim, TRANSFER, key="ids-1"),
+        post(sim, TRANSFER, key="ids-1"),  # the idempotent replay
+        httpx.get(f"{sim.provider_url('bank')}/v1/inbound_transfers/none"),
+    ]
+    assert [a.status_code for a in answers] == [503, 201, 201, 404]
+    ids = [a.headers["x-request-id"] for a in answers]
+    assert all(i.startswith("req_") for i in ids) and len(set(ids)) == len(ids)
 
 
 def test_bad_input_gets_a_422_naming_the_field(sim: Any) -> None:

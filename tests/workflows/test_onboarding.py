@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import date
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.exceptions import CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError
 
 from activities.ledger import Ledger
@@ -40,14 +41,18 @@ PASSPORT = DocumentSpec(type=KycDocumentType.PASSPORT, country="DEU", file_name=
 
 
 async def start(
-    platform: Platform, policy: OnboardingPolicy | None = None, customer_id: str | None = None
+    platform: Platform,
+    policy: OnboardingPolicy | None = None,
+    customer_id: str | None = None,
+    profile: CustomerProfile | None = None,
 ) -> WorkflowHandle[Any, OnboardingResult]:
-    customer_id = customer_id or f"c-{uuid.uuid4().hex[:10]}"
+    customer_id = profile.customer_id if profile else customer_id or f"c-{uuid.uuid4().hex[:10]}"
     queues = platform.stack.queues
     return await platform.stack.client.start_workflow(
         ONBOARDING_WORKFLOW,
         OnboardingInput(
-            profile=CustomerProfile(
+            profile=profile
+            or CustomerProfile(
                 customer_id=customer_id,
                 first_name="Ada",
                 last_name="Lovelace",
@@ -247,6 +252,47 @@ async def test_a_provider_refusal_after_the_wallets_opened_closes_them(
     with pytest.raises(WorkflowFailureError):
         await handle.result()
     assert await wallet_statuses(platform, customer_id) == {"closed"}
+
+
+async def test_a_kyc_refusal_echoing_the_profile_leaves_no_personal_data_in_logs_or_failure(
+    platform: Platform, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    customer_id = f"c-{uuid.uuid4().hex[:10]}"
+    profile = CustomerProfile(
+        customer_id=customer_id,
+        first_name="Augusta",
+        last_name="Byron-Kingsley",
+        date_of_birth=date(1985, 3, 17),
+        country="GBR",
+        email="augusta.bk@example.org",
+    )
+    personal = ["Augusta", "Byron-Kingsley", "1985-03-17", "augusta.bk@example.org"]
+    # The provider refuses the applicant with a 422 that repeats everything it was sent.
+    platform.sim.fault(path_prefix="/kyc/v1/applicants", method="POST", kind="reject")
+    handle = await start(platform, profile=profile)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert await wallet_statuses(platform, customer_id) == {"closed"}
+
+    # The failure as the client (and an operator, through the codec) reads it.
+    chain: list[BaseException] = []
+    cause: BaseException | None = failed.value
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__
+    failure_texts = [str(e) for e in chain] + [repr(getattr(e, "details", ())) for e in chain]
+    # What the workers logged: the SDK logs the failed activity with its message.
+    formatter = logging.Formatter()
+    log_texts = [formatter.format(r) + repr(r.__dict__) for r in caplog.records]
+    assert any("Completing activity as failed" in text for text in log_texts)
+    for value in personal:
+        assert not [t for t in failure_texts if value in t], value
+        assert not [t for t in log_texts if value in t], value
+    # What is kept to follow the refusal up: the status and the provider's request id.
+    refusal = next(e for e in chain if isinstance(e, ApplicationError))
+    assert refusal.type == "ProviderRejectedRequest"
+    assert "422" in refusal.message and "(request req_" in refusal.message
 
 
 async def test_a_cancellation_while_a_wallet_opens_closes_it_once_it_opened(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 
 from activities.providers.bank import BankClient
@@ -114,3 +116,181 @@ async def test_a_mutating_call_without_a_key_is_refused_before_sending(sim: Any)
     async with client(sim) as bank:
         with pytest.raises(ValueError, match="idempotency key"):
             await bank.call("POST", "/v1/simulate/inbound_transfers", dict, json={})
+
+
+# ----- a failed call keeps no personal data ---------------------------------------------
+#
+# A provider's error body may echo what it was sent (a KYC 422 names the date of
+# birth it refused). The error leaves the boundary as an exception message that
+# Temporal's SDK logs and records, so it carries the status, the provider's own
+# error code and its request id, never the body.
+
+AUGUSTA = {
+    "first_name": "Augusta",
+    "last_name": "Byron-Kingsley",
+    "date_of_birth": "1985-03-17",
+    "email": "augusta.bk@example.org",
+    "line1": "12 Ockham Lane",
+    "phone": "+441632960961",
+    "message": "your one-time code is 483920",
+    "from_address": "TQyAugustaSenderAddressXXXXXXXXXX",
+    "amount": "7654321",
+}
+
+
+async def call_carrying_personal_data(provider: str, base_url: str) -> Any:
+    """One mutating call of each provider client, its body full of AUGUSTA."""
+    from activities.providers.fx import FxClient
+    from activities.providers.issuer import IssuerClient
+    from activities.providers.kyc import KycClient
+    from activities.providers.notify import NotifyClient
+    from activities.providers.tron import TronClient
+    from schemas.issuer import Address
+    from schemas.notify import Channel
+
+    url = f"{base_url}/{provider}"
+    key = "personal-1"
+    if provider == "kyc":
+        async with KycClient(url) as kyc:
+            return await kyc.create_applicant(
+                external_customer_id="c-augusta",
+                first_name=AUGUSTA["first_name"],
+                last_name=AUGUSTA["last_name"],
+                date_of_birth=date.fromisoformat(AUGUSTA["date_of_birth"]),
+                country="GBR",
+                idempotency_key=key,
+            )
+    if provider == "issuer":
+        async with IssuerClient(url) as issuer:
+            return await issuer.create_cardholder(
+                first_name=AUGUSTA["first_name"],
+                last_name=AUGUSTA["last_name"],
+                email=AUGUSTA["email"],
+                address=Address(
+                    line1=AUGUSTA["line1"], city="London", postal_code="N1 9GU", country="GB"
+                ),
+                phone_number=AUGUSTA["phone"],
+                idempotency_key=key,
+            )
+    if provider == "notify":
+        async with NotifyClient(url) as notify:
+            return await notify.send_message(
+                channel=Channel.EMAIL,
+                to=AUGUSTA["email"],
+                body=AUGUSTA["message"],
+                subject="Hello",
+                idempotency_key=key,
+            )
+    if provider == "bank":
+        async with BankClient(url) as bank:
+            return await bank.simulate_inbound_transfer(
+                reference="INV-9",
+                amount_minor=500,
+                currency=Currency.EUR,
+                sender_name=f"{AUGUSTA['first_name']} {AUGUSTA['last_name']}",
+                idempotency_key=key,
+            )
+    if provider == "tron":
+        async with TronClient(url) as tron:
+            return await tron.simulate_deposit(
+                address="TCardflowDepositAddressXXXXXXXXXXX",
+                amount_minor=5_000_000,
+                from_address=AUGUSTA["from_address"],
+                idempotency_key=key,
+            )
+    assert provider == "fx", provider
+    async with FxClient(url) as fx:
+        return await fx.create_quote(
+            sell_currency=Currency.USD,
+            buy_currency=Currency.EUR,
+            sell_amount_minor=int(AUGUSTA["amount"]),
+            idempotency_key=key,
+        )
+
+
+def texts_of(error: ApplicationError, records: list[logging.LogRecord]) -> list[str]:
+    """Everything of a failed call that reaches a log line or a history."""
+    formatter = logging.Formatter()
+    texts = [str(error), error.message, repr(error.details), repr(error)]
+    for record in records:
+        texts.append(formatter.format(record))
+        texts.append(repr(record.__dict__))
+    return texts
+
+
+def leaks(texts: list[str]) -> list[str]:
+    return [value for value in AUGUSTA.values() if any(value in text for text in texts)]
+
+
+@pytest.mark.parametrize("provider", ["kyc", "issuer", "notify", "bank", "tron", "fx"])
+async def test_a_rejection_echoing_the_request_leaves_no_personal_data_in_the_error(
+    sim: Any, provider: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sim.fault(path_prefix=f"/{provider}/v1", kind="reject", times=1)
+    with pytest.raises(ApplicationError) as raised:
+        await call_carrying_personal_data(provider, sim.url)
+    error = raised.value
+    assert error.type == "ProviderRejectedRequest" and error.non_retryable
+    # The provider did echo the request: that is what must not come through.
+    assert leaks(texts_of(error, caplog.records)) == []
+    # What is kept: the status, the provider's error code and field, its request id.
+    [details] = error.details
+    assert details["status"] == 422
+    assert details["code"] == "value_error at body"
+    assert details["request_id"].startswith("req_")
+    assert "422" in error.message and details["request_id"] in error.message
+
+
+async def test_the_kyc_providers_own_422_names_the_field_but_not_the_birth_date(
+    sim: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from activities.providers.kyc import KycClient
+
+    caplog.set_level(logging.DEBUG)
+    born = date.today() + timedelta(days=400)  # the provider refuses a future birth date
+    async with KycClient(sim.provider_url("kyc")) as kyc:
+        with pytest.raises(ApplicationError) as raised:
+            await kyc.create_applicant(
+                external_customer_id="c-future",
+                first_name=AUGUSTA["first_name"],
+                last_name=AUGUSTA["last_name"],
+                date_of_birth=born,
+                country="GBR",
+                idempotency_key="future-1",
+            )
+    texts = texts_of(raised.value, caplog.records)
+    assert not [t for t in texts if born.isoformat() in t or AUGUSTA["first_name"] in t]
+    assert raised.value.details[0]["code"] == "value_error at body.date_of_birth"
+
+
+async def test_a_response_breaking_the_contract_keeps_none_of_its_content(
+    sim: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from activities.providers.kyc import KycClient
+
+    class Misread(KycClient):
+        """A client whose model of the applicant is wrong about two personal fields."""
+
+        async def applicant_as_numbers(self, applicant_id: str) -> Any:
+            class Numbers(BaseModel):
+                first_name: int
+                date_of_birth: int
+
+            return await self.call("GET", f"/v1/applicants/{applicant_id}", Numbers)
+
+    caplog.set_level(logging.DEBUG)
+    async with Misread(sim.provider_url("kyc")) as kyc:
+        created = await kyc.create_applicant(
+            external_customer_id="c-contract",
+            first_name=AUGUSTA["first_name"],
+            last_name=AUGUSTA["last_name"],
+            date_of_birth=date.fromisoformat(AUGUSTA["date_of_birth"]),
+            country="GBR",
+            idempotency_key="contract-1",
+        )
+        with pytest.raises(ApplicationError) as raised:
+            await kyc.applicant_as_numbers(created.id)
+    assert raised.value.type == "ProviderContractError"
+    assert leaks(texts_of(raised.value, caplog.records)) == []
+    assert "int_parsing at date_of_birth" in raised.value.message

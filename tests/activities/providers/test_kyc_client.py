@@ -149,7 +149,7 @@ async def test_after_a_final_rejection_a_new_check_is_a_final_conflict(
             await kyc.start_check(created.id, idempotency_key="check-2")
         assert (await kyc.get_applicant(created.id)).status is KycApplicantStatus.REJECTED
     assert error.value.type == "ProviderConflict" and error.value.non_retryable
-    assert "FINAL" in str(error.value)
+    assert error.value.details[0]["status"] == 409
 
 
 async def test_an_invalid_decision_is_a_final_rejected_request(sim: Any, customer_id: str) -> None:

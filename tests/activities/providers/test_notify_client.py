@@ -98,4 +98,4 @@ async def test_unknown_messages_and_bad_recipients_are_final_errors(sim: Any) ->
             )
     assert missing.value.type == "ProviderNotFound" and missing.value.non_retryable
     assert rejected.value.type == "ProviderRejectedRequest" and rejected.value.non_retryable
-    assert '"to"' in str(rejected.value)
+    assert "at body.to" in str(rejected.value)
