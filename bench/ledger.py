@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import tempfile
 import time
 import uuid
@@ -277,8 +278,11 @@ async def main_async(connections: int, seconds: float, as_json: bool) -> None:
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
                 port = probe.getsockname()[1]
-            postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
-            server_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            password = secrets.token_urlsafe(32)
+            postgres.start(
+                data_dir, host="127.0.0.1", port=port, log_path=log_path, password=password
+            )
+            server_url = f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
         database = f"bench_{uuid.uuid4().hex[:8]}"
         admin = await asyncpg.connect(server_url)
         await admin.execute(f'CREATE DATABASE "{database}"')

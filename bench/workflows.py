@@ -44,6 +44,7 @@ import contextlib
 import importlib
 import json
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -230,8 +231,11 @@ async def database(scratch: Path) -> AsyncIterator[tuple[str, int | None]]:
         server_url = external.rsplit("/", 1)[0] + "/postgres"
     else:
         port = _free_port()
-        postmaster_pid = postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
-        server_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        password = secrets.token_urlsafe(32)
+        postmaster_pid = postgres.start(
+            data_dir, host="127.0.0.1", port=port, log_path=log_path, password=password
+        )
+        server_url = f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
     name = f"bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(server_url)
     try:

@@ -104,9 +104,12 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterable[st
     with scratch_directory("cardflow-test-postgres-") as root:
         data_dir, log_path = root / "data", root / "postgres.log"
         port = free_port()
-        postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path)
+        # Like the dev stack's, the suite's server asks every connection for
+        # its password: other accounts on the machine cannot use it.
+        password = secrets.token_urlsafe(32)
+        postgres.start(data_dir, host="127.0.0.1", port=port, log_path=log_path, password=password)
         try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
         finally:
             postgres.stop(data_dir, log_path=log_path)
 

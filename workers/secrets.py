@@ -3,7 +3,8 @@
 Production gives every secret through settings (`NAME` or `NAME_FILE`, see
 `workers.settings.SECRET_FILE_VARIABLES`). The embedded stack makes the
 missing ones once under `CARDFLOW_HOME/secrets/` (directory 0700, files 0600)
-and reads them from there ever after; `ensure_dev_secrets` makes them all.
+and reads them from there ever after; `ensure_dev_secrets` makes them all,
+the embedded PostgreSQL's password among them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import importlib
 import json
 import os
+import re
 import secrets as random_secrets
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -28,6 +30,9 @@ from workers.settings import (
 DEV_SECRETS_DIRNAME = "secrets"
 DEV_WEBHOOK_SECRETS_FILENAME = "webhook-secrets.json"
 DEV_CODEC_TOKEN_FILENAME = "codec-token"
+DEV_POSTGRES_PASSWORD_FILENAME = "postgres-password"
+POSTGRES_PASSWORD_BYTES = 32
+_POSTGRES_PASSWORD_PATTERN = re.compile(r"^[A-Za-z0-9_-]{32,256}$")
 CODEC_TOKEN_BYTES = 32
 # The Web UI cannot send a header to the codec server, so its endpoint carries
 # the token as a path prefix: {codec_url}/t/{token}/decode.
@@ -194,6 +199,30 @@ def codec_ui_endpoint(settings: Settings) -> str:
     return f"{settings.codec_url}{CODEC_TOKEN_PATH_PREFIX}{codec_token(settings)}"
 
 
+# ----- the embedded PostgreSQL's password ------------------------------------------------
+
+
+def dev_postgres_password_path(settings: Settings) -> Path:
+    return dev_secrets_dir(settings) / DEV_POSTGRES_PASSWORD_FILENAME
+
+
+def dev_postgres_password(settings: Settings) -> str:
+    """The embedded PostgreSQL superuser's password, made once (owner-only).
+
+    The embedded server asks every connection for it (SCRAM), so a local
+    account that can reach its port is not a superuser for the asking.
+    """
+    path = dev_postgres_password_path(settings)
+    write_secret_once(path, random_secrets.token_urlsafe(POSTGRES_PASSWORD_BYTES) + "\n")
+    password = path.read_text().strip()
+    if not _POSTGRES_PASSWORD_PATTERN.match(password):
+        raise ValueError(
+            f"the embedded PostgreSQL password in {path} is malformed; delete the file "
+            "(the next `cardflow dev up` makes a new one and gives it to the server)"
+        )
+    return password
+
+
 # ----- every dev secret at once ----------------------------------------------------
 
 # The API key pepper's loader lives with the API keys; it is called by name so
@@ -217,6 +246,9 @@ def ensure_dev_secrets(settings: Settings) -> list[Path]:
     if settings.codec_token is None:
         codec_token(settings)
         made.append(dev_codec_token_path(settings))
+    if not settings.database_is_external:
+        dev_postgres_password(settings)
+        made.append(dev_postgres_password_path(settings))
     for module_name, function_name in _PEPPER_LOADERS:
         try:
             module = importlib.import_module(module_name)

@@ -25,6 +25,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TASK_QUEUE_PREFIX_PATTERN, TaskQueues
 
 ENCRYPTION_KEY_BYTES = 32  # AES-256-GCM
+# The embedded PostgreSQL's superuser, the one cardflow connects as.
+EMBEDDED_DATABASE_USER = "postgres"
 API_KEY_PEPPER_CHARS_MIN = 32
 _KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HOST_PORT_PATTERN = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
@@ -493,8 +495,22 @@ class Settings(BaseSettings):
         return self.temporal_address or f"{self.bind_host}:{self.temporal_port}"
 
     @property
+    def embedded_database_url_without_password(self) -> str:
+        return (
+            f"postgresql://{EMBEDDED_DATABASE_USER}@{self.bind_host}:{self.postgres_port}/cardflow"
+        )
+
+    @property
     def embedded_database_url(self) -> str:
-        return f"postgresql://postgres@{self.bind_host}:{self.postgres_port}/cardflow"
+        """The embedded PostgreSQL's URL with its password (made once under
+        CARDFLOW_HOME/secrets/ when missing): the server asks every connection."""
+        from workers.secrets import dev_postgres_password  # it imports this module
+
+        return _with_database_password(
+            "the embedded PostgreSQL",
+            self.embedded_database_url_without_password,
+            dev_postgres_password(self),
+        )
 
     @property
     def effective_database_url(self) -> str:

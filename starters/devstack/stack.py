@@ -36,7 +36,12 @@ from starters.devstack.processes import (
 )
 from starters.health import WorkflowWorkerSilent, ping
 from workers.client import connect
-from workers.secrets import codec_ui_endpoint, ensure_dev_secrets
+from workers.secrets import (
+    codec_ui_endpoint,
+    dev_postgres_password,
+    dev_postgres_password_path,
+    ensure_dev_secrets,
+)
 from workers.settings import Settings
 from workers.telemetry import METRICS_PARTS, metrics_port_of
 
@@ -162,6 +167,17 @@ class Stack:
                     host=s.bind_host,
                     port=s.postgres_port,
                     log_path=self.logs / "postgres.log",
+                    password=dev_postgres_password(s),
+                )
+            elif postgres.trusts_connections(self.pg_data):
+                # Started by an older cardflow, and every part it started still
+                # connects without a password: switching it over under them
+                # would cut them off, so the user restarts the whole stack.
+                raise StackError(
+                    "the embedded PostgreSQL still runs as an older cardflow started it, "
+                    "letting every local connection in without a password; run "
+                    "`cardflow dev down` and then `cardflow dev up`, which switches it to "
+                    f"the password in {dev_postgres_password_path(s)} (the data is kept)"
                 )
             server_url = s.embedded_database_url.rsplit("/", 1)[0] + "/postgres"
             asyncio.run(postgres.ensure_database(server_url, "cardflow"))
@@ -172,10 +188,16 @@ class Stack:
         extra = {}
         if part in METRICS_PARTS:
             extra["CARDFLOW_METRICS_PORT"] = str(metrics_port_of(self.settings, part))
+        s = self.settings
+        if s.database_is_external:
+            extra["DATABASE_URL"] = s.effective_database_url
+        else:
+            # The password travels as a file name, never in an environment.
+            extra["DATABASE_URL"] = s.embedded_database_url_without_password
+            extra["DATABASE_PASSWORD_FILE"] = str(dev_postgres_password_path(s))
         return child_env(
             CARDFLOW_HOME=str(self.home),
-            TEMPORAL_ADDRESS=self.settings.temporal_target,
-            DATABASE_URL=self.settings.effective_database_url,
+            TEMPORAL_ADDRESS=s.temporal_target,
             **extra,
         )
 

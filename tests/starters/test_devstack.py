@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,11 @@ from schemas.search import ALL_SEARCH_ATTRIBUTES
 from starters.health import ping
 from tests.conftest import scratch_directory
 from tests.starters.conftest import DemoStack, DevStack, stack_env
+from tests.starters.test_embedded_postgres import (
+    asks_for_the_password,
+    lets_in,
+    start_as_an_older_cardflow,
+)
 from workers.client import connect
 from workers.secrets import codec_token, codec_ui_endpoint
 from workflows.health import ping_workflow_id
@@ -301,6 +307,7 @@ async def test_dev_up_uses_external_temporal_and_database_without_starting_them(
         assert parts["temporal"]["address"] == temporal_address
         assert all(parts[f"worker-{k}"]["healthy"] for k in ("workflows", "ledger", "providers"))
         assert not (tmp_path / "postgres").exists() and not (tmp_path / "temporal").exists()
+        assert not (tmp_path / "secrets" / "postgres-password").exists()
         assert not (tmp_path / "run" / "temporal.json").exists()
     finally:
         down = stack.cardflow("dev", "down")
@@ -309,3 +316,62 @@ async def test_dev_up_uses_external_temporal_and_database_without_starting_them(
     await workflow_env.client.service_client.check_health()
     connection = await asyncpg.connect(database_url)
     await connection.close()
+
+
+# ----- the embedded PostgreSQL's password --------------------------------------------------
+
+
+async def test_the_stacks_postgres_asks_every_connection_for_its_owner_only_password(
+    dev_stack: DevStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    settings = dev_stack.settings()
+    assert not await lets_in(settings.postgres_port, None), "no password needed"
+    password_file = dev_stack.home / "secrets" / "postgres-password"
+    password = password_file.read_text().strip()
+    await asks_for_the_password(settings.postgres_port, password)
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(password_file.parent.stat().st_mode) == 0o700
+    # The parts get the file's name, never the password: not in any environment
+    # (readable in /proc), not in any log.
+    _, status = dev_stack.status()
+    for part in status["parts"]:
+        environment = psutil.Process(part["pid"]).environ()
+        assert not [k for k, v in environment.items() if password in v], part["name"]
+    for log in (dev_stack.home / "logs").glob("*.log"):
+        assert password not in log.read_text(errors="replace"), log.name
+
+
+async def test_dev_up_switches_a_trust_postgres_of_an_older_cardflow_to_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    with scratch_directory("cardflow-test-home-old-") as home:
+        stack = DevStack(home, stack_env(home))
+        settings = stack.settings()
+        data_dir, log_path = home / "postgres" / "data", home / "logs" / "postgres.log"
+        log_path.parent.mkdir(parents=True)
+        start_as_an_older_cardflow(data_dir, port=settings.postgres_port, log_path=log_path)
+        try:
+            assert await lets_in(settings.postgres_port, None)
+            old = await asyncpg.connect(
+                host="127.0.0.1", port=settings.postgres_port, user="postgres", database="postgres"
+            )
+            await old.execute("CREATE DATABASE cardflow")
+            await old.close()
+            # Still running as the older version left it: dev up says what to do.
+            refused = stack.cardflow("dev", "up", timeout=120)
+            assert refused.returncode == 1, refused.stdout
+            assert "cardflow dev down" in refused.stderr, refused.stderr
+            assert await lets_in(settings.postgres_port, None)
+            assert not (home / "run" / "temporal.json").exists()
+
+            assert stack.cardflow("dev", "down").returncode == 0
+            up = stack.cardflow("dev", "up", "--json")
+            assert up.returncode == 0, f"dev up failed:\n{up.stdout}\n{up.stderr}"
+            password = (home / "secrets" / "postgres-password").read_text().strip()
+            await asks_for_the_password(settings.postgres_port, password)
+            parts = parts_by_name(json.loads(up.stdout))
+            assert parts["postgres"]["healthy"] and parts["worker-ledger"]["healthy"]
+        finally:
+            stack.cardflow("dev", "down")

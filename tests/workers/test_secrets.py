@@ -10,6 +10,7 @@ import stat
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -243,6 +244,7 @@ def test_dev_secrets_are_made_once_owner_only_and_kept_as_they_are(tmp_path: Pat
     assert {dev_keys_path(settings), dev_webhook_secrets_path(settings)} <= set(files)
     assert dev_codec_token_path(settings) in files
     assert directory / "api-key-pepper" in files  # made by the API keys' own loader
+    assert directory / "postgres-password" in files
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert set(modes(files).values()) == {0o600}
     contents = {path: path.read_bytes() for path in files}
@@ -263,10 +265,40 @@ def test_configured_secrets_leave_no_dev_file_behind(tmp_path: Path) -> None:
         CARDFLOW_ENCRYPTION_KEYS="k:" + generate_key(),
         CARDFLOW_WEBHOOK_SECRETS=json.dumps({"issuer": new_webhook_secret()}),
         CARDFLOW_CODEC_TOKEN=new_codec_token(),
+        DATABASE_URL="postgresql://cardflow@db:5432/cardflow",
     )
     ensure_dev_secrets(settings)
     left = {path.name for path in dev_secrets_dir(settings).iterdir()}
-    assert not left & {"encryption-keys", "webhook-secrets.json", "codec-token"}
+    assert not left & {
+        "encryption-keys",
+        "webhook-secrets.json",
+        "codec-token",
+        "postgres-password",
+    }
+
+
+def test_the_embedded_database_url_carries_the_dev_password_and_database_url_overrides_it(
+    tmp_path: Path,
+) -> None:
+    embedded = load_settings(CARDFLOW_HOME=str(tmp_path), CARDFLOW_POSTGRES_PORT="55999")
+    password_file = dev_secrets_dir(embedded) / "postgres-password"
+    assert not password_file.exists()  # made when first needed, not when settings load
+    url = urlsplit(embedded.effective_database_url)
+    password = password_file.read_text().strip()
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert (url.username, url.password, url.port, url.path) == (
+        "postgres",
+        password,
+        55999,
+        "/cardflow",
+    )
+    assert len(password) >= 32
+    # Read again, the same password: it is made once.
+    assert urlsplit(embedded.effective_database_url).password == password
+    external = load_settings(
+        CARDFLOW_HOME=str(tmp_path), DATABASE_URL="postgresql://u:p@db.example.com:5432/ledger"
+    )
+    assert external.effective_database_url == "postgresql://u:p@db.example.com:5432/ledger"
 
 
 # ----- the gateway, end to end -------------------------------------------------------
