@@ -29,7 +29,7 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 
 from schemas.search import ALL_SEARCH_ATTRIBUTES
 from starters.health import ping
-from tests.conftest import scratch_directory
+from tests.conftest import free_port, scratch_directory
 from tests.starters.conftest import DemoStack, DevStack, stack_env
 from tests.starters.test_embedded_postgres import (
     asks_for_the_password,
@@ -346,32 +346,42 @@ async def test_dev_up_switches_a_trust_postgres_of_an_older_cardflow_to_the_pass
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("PGPASSWORD", raising=False)
+    port = free_port()
+
+    def stack_on(home: Path) -> DevStack:
+        # Ports chosen just before each `dev up`, the PostgreSQL one kept: the
+        # machine's other processes take free ports meanwhile.
+        return DevStack(home, stack_env(home, postgres=port))
+
     with scratch_directory("cardflow-test-home-old-") as home:
-        stack = DevStack(home, stack_env(home))
-        settings = stack.settings()
         data_dir, log_path = home / "postgres" / "data", home / "logs" / "postgres.log"
         log_path.parent.mkdir(parents=True)
-        start_as_an_older_cardflow(data_dir, port=settings.postgres_port, log_path=log_path)
+        start_as_an_older_cardflow(data_dir, port=port, log_path=log_path)
         try:
-            assert await lets_in(settings.postgres_port, None)
+            assert await lets_in(port, None)
             old = await asyncpg.connect(
-                host="127.0.0.1", port=settings.postgres_port, user="postgres", database="postgres"
+                host="127.0.0.1", port=port, user="postgres", database="postgres"
             )
-            await old.execute("CREATE DATABASE cardflow")
+            await old.execute("CREATE TABLE kept (note text); INSERT INTO kept VALUES ('x')")
             await old.close()
             # Still running as the older version left it: dev up says what to do.
-            refused = stack.cardflow("dev", "up", timeout=120)
+            refused = stack_on(home).cardflow("dev", "up", timeout=120)
             assert refused.returncode == 1, refused.stdout
             assert "cardflow dev down" in refused.stderr, refused.stderr
-            assert await lets_in(settings.postgres_port, None)
+            assert await lets_in(port, None)
             assert not (home / "run" / "temporal.json").exists()
 
-            assert stack.cardflow("dev", "down").returncode == 0
-            up = stack.cardflow("dev", "up", "--json")
+            assert stack_on(home).cardflow("dev", "down").returncode == 0
+            up = stack_on(home).cardflow("dev", "up", "--json")
             assert up.returncode == 0, f"dev up failed:\n{up.stdout}\n{up.stderr}"
             password = (home / "secrets" / "postgres-password").read_text().strip()
-            await asks_for_the_password(settings.postgres_port, password)
+            await asks_for_the_password(port, password)
             parts = parts_by_name(json.loads(up.stdout))
             assert parts["postgres"]["healthy"] and parts["worker-ledger"]["healthy"]
+            kept = await asyncpg.connect(
+                host="127.0.0.1", port=port, user="postgres", password=password
+            )
+            assert await kept.fetchval("SELECT note FROM kept") == "x"
+            await kept.close()
         finally:
-            stack.cardflow("dev", "down")
+            stack_on(home).cardflow("dev", "down")
