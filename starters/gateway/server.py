@@ -104,6 +104,9 @@ def listener_config(
         "http": protocol_for(settings),
         # An idle kept-alive connection closes after this many seconds.
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        # A client's address is the connection's own: X-Forwarded-For and
+        # X-Forwarded-Proto are never taken from anyone.
+        "proxy_headers": False,
         "log_level": settings.log_level.lower(),
         # Uvicorn's lines go through cardflow's own (JSON) handler.
         "log_config": None,
