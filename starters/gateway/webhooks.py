@@ -11,6 +11,7 @@ events by id.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -44,15 +45,41 @@ WEBHOOK_BODY_BYTES_MAX = 256 * 1024
 router = APIRouter(tags=["provider webhooks"])
 
 
+# The signature headers as Standard Webhooks writes them: the signing time in
+# whole seconds since the epoch, and signatures `v<n>,<base64>` separated by
+# one space. The library reads a fraction of a second it does not sign, and
+# fails with other errors than its own on anything else.
+_TIMESTAMP = re.compile(r"[0-9]{1,20}")
+_SIGNATURE = r"v[0-9]{1,3},[A-Za-z0-9+/]+={0,2}"
+_SIGNATURES = re.compile(f"{_SIGNATURE}(?: {_SIGNATURE})*")
+
+
 def verify(body: bytes, headers: dict[str, str], secrets: list[str]) -> None:
-    """Accept the body if any configured secret signed it within the tolerance."""
+    """Accept the body if any configured secret signed it within the tolerance;
+    anything else, unreadable headers and a body that is not UTF-8 included,
+    raises WebhookVerificationError (so is answered 401 and counted)."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    timestamp = lowered.get("webhook-timestamp")
+    if timestamp and not _TIMESTAMP.fullmatch(timestamp):
+        raise WebhookVerificationError("webhook-timestamp must be whole seconds since the epoch")
+    signatures = lowered.get("webhook-signature")
+    if signatures and not _SIGNATURES.fullmatch(signatures):
+        raise WebhookVerificationError("malformed webhook-signature")
+    try:
+        # The payload is JSON text, signed as text: bytes that are not UTF-8
+        # carry no signature cardflow can check.
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookVerificationError("the body is not UTF-8 text") from None
     last: WebhookVerificationError | None = None
     for secret in secrets:
         try:
-            Webhook(secret).verify(body, headers, json_parse=False)
+            Webhook(secret).verify(text, lowered, json_parse=False)
             return
         except WebhookVerificationError as error:
             last = error
+        except ValueError as error:  # e.g. base64 of a length no encoder writes
+            raise WebhookVerificationError(f"malformed webhook-signature: {error}") from None
     raise last or WebhookVerificationError("no secret configured")
 
 
