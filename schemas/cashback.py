@@ -44,7 +44,7 @@ from pydantic import (
 )
 
 from schemas.customers import CustomerId
-from schemas.edge import EdgeModel
+from schemas.edge import TEXT_CHARS_MAX, EdgeModel
 from schemas.ledger import AmountMinor
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
@@ -87,7 +87,7 @@ class CampaignRules(EdgeModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    currencies: list[Currency] = Field(min_length=1)
+    currencies: list[Currency] = Field(min_length=1, max_length=len(Currency))
     # Per currency; a currency the campaign pays in but not named here has no minimum.
     min_amount_minor: dict[Currency, Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)]] = (
         Field(default_factory=dict)
@@ -392,7 +392,7 @@ class CashbackPolicy(BaseModel):
 class CashbackInput(BaseModel):
     """One cleared purchase, as the card process recorded it in card_transactions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", str_max_length=TEXT_CHARS_MAX)
 
     transaction_id: TransactionId
     customer_id: CustomerId

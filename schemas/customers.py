@@ -6,12 +6,30 @@ from datetime import date
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, PastDate, model_validator
 
-from schemas.edge import EdgeModel
+from schemas.edge import EdgeModel, Name
 from schemas.notify import Channel
 
-CustomerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+# A customer's id names their processes, ledger accounts and statement
+# directory, and is typed on command lines: it starts with a letter or a
+# digit, so it is never "." or ".." (a directory's parent) nor an option.
+CUSTOMER_ID_CHARS_MAX = 64
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+CustomerId = Annotated[
+    str,
+    Field(
+        pattern=CUSTOMER_ID_PATTERN,
+        max_length=CUSTOMER_ID_CHARS_MAX,
+        description="Letters, digits, '_', '.' and '-', starting with a letter or a digit",
+    ),
+]
+
+# A living person's birth date: a day in the past, from 1900 on.
+BIRTH_DATE_MIN = date(1900, 1, 1)
+BirthDate = Annotated[
+    PastDate, Field(ge=BIRTH_DATE_MIN, description=f"A past day, from {BIRTH_DATE_MIN} on")
+]
 
 
 class KycStatus(StrEnum):
@@ -25,14 +43,16 @@ class CustomerProfile(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: CustomerId
-    first_name: str = Field(min_length=1, max_length=100)
-    last_name: str = Field(min_length=1, max_length=100)
-    date_of_birth: date
+    first_name: Name
+    last_name: Name
+    date_of_birth: BirthDate
     country: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3")
     email: EmailStr | None = None
     push_token: str | None = Field(default=None, max_length=500)
     telegram_chat_id: str | None = Field(default=None, pattern=r"^-?\d{1,20}$")
-    preferred_channels: list[Channel] = Field(default_factory=lambda: [Channel.EMAIL], min_length=1)
+    preferred_channels: list[Channel] = Field(
+        default_factory=lambda: [Channel.EMAIL], min_length=1, max_length=len(Channel)
+    )
 
     @model_validator(mode="after")
     def _channels_have_addresses(self) -> CustomerProfile:

@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.customers import CustomerId
-from schemas.edge import EdgeModel
+from schemas.edge import TEXT_CHARS_MAX, EdgeModel, Text
 from schemas.issuer import DisputeReason, DisputeStatus, EvidenceType
 from schemas.ledger import AccountSpec, AmountMinor
 from schemas.money import Currency
@@ -37,7 +37,8 @@ from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
 DAY_SECONDS = 24 * 3600
 EVIDENCE_ITEMS_MAX = 20
-EVIDENCE_TEXT_CHARS_MAX = 2_000
+# A piece of evidence: text of several lines, as the issuer takes it.
+EVIDENCE_TEXT_CHARS_MAX = TEXT_CHARS_MAX
 
 # Issuer ids; short enough that every ledger key built from them stays under 200.
 TransactionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,80}$")]
@@ -91,7 +92,7 @@ class EvidenceItem(EdgeModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: EvidenceType
-    description: str = Field(min_length=1, max_length=EVIDENCE_TEXT_CHARS_MAX)
+    description: Text
 
 
 class DisputePolicy(BaseModel):

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StrictInt
 
-from schemas.edge import EdgeModel
+from schemas.edge import ADDRESS_LINE_CHARS_MAX, POSTAL_CODE_CHARS_MAX, EdgeModel, Name
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Rate
 
 AmountMinor = Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)]
@@ -141,18 +141,21 @@ class SettlementRecordType(StrEnum):
 # ----- sent to the issuer and read back ------------------------------------------------
 
 
+AddressLine = Annotated[str, Field(min_length=1, max_length=ADDRESS_LINE_CHARS_MAX)]
+
+
 class Address(EdgeModel):
-    line1: str
-    line2: str | None = None
-    city: str
-    postal_code: str
+    line1: AddressLine
+    line2: AddressLine | None = None
+    city: AddressLine
+    postal_code: str = Field(min_length=1, max_length=POSTAL_CODE_CHARS_MAX)
     country: str = Field(pattern=r"^[A-Z]{2}$")
 
 
 class ShippingRequest(EdgeModel):
     """Where a physical card goes; left out, the cardholder's name and address."""
 
-    name: str | None = None
+    name: Name | None = None
     address: Address | None = None
     service: ShippingService = ShippingService.STANDARD
 

@@ -20,7 +20,7 @@ class OnboardingPolicy(BaseModel):
     """Every wait is a policy value, so tests run the same code in seconds."""
 
     wallet_currencies: list[Currency] = Field(
-        default_factory=lambda: [Currency.USD, Currency.EUR], min_length=1
+        default_factory=lambda: [Currency.USD, Currency.EUR], min_length=1, max_length=len(Currency)
     )
     kyc_result_wait_seconds: int = Field(default=7 * DAY_SECONDS, ge=1)
     resubmission_wait_seconds: int = Field(default=14 * DAY_SECONDS, ge=1)

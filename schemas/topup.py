@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from schemas.customers import CustomerId
-from schemas.edge import EdgeModel
+from schemas.edge import TEXT_CHARS_MAX, EdgeModel
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Money
 from schemas.providers import BANK, TRON
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
@@ -139,7 +139,7 @@ class TopupInput(BaseModel):
     """What starts a top-up; the bank transfer or deposit snapshot arrives as
     the start signal (signal-with-start), from the gateway or a starter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", str_max_length=TEXT_CHARS_MAX)
 
     source: TopupSource
     external_ref: ExternalRef

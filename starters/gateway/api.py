@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,7 +54,12 @@ from schemas.cards import (
     RescheduleDelivery,
     SpendingLimits,
 )
-from schemas.customers import CustomerProfile
+from schemas.customers import (
+    CUSTOMER_ID_CHARS_MAX,
+    CUSTOMER_ID_PATTERN,
+    CustomerId,
+    CustomerProfile,
+)
 from schemas.disputes import (
     DisputeInput,
     DisputeRequest,
@@ -156,9 +162,12 @@ class ApiError(HTTPException):
 
 
 def _encodable(value: Any) -> Any:
-    """`value` with every string UTF-8 can encode: a lone surrogate shown as its escape."""
+    """`value` as JSON can carry it: a lone surrogate shown as its escape, a
+    NaN or an infinity (which Python's json reads) as its name."""
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, list):
         return [_encodable(item) for item in value]
     if isinstance(value, dict):
@@ -168,7 +177,8 @@ def _encodable(value: Any) -> Any:
 
 async def validation_error_response(request: Request, error: Exception) -> JSONResponse:
     """FastAPI's 422 (each error's location, message and input), answerable
-    even when the input itself cannot be encoded (a JSON `\\ud800` escape)."""
+    even when the input itself cannot be encoded (a JSON `\\ud800` escape, a
+    NaN)."""
     assert isinstance(error, RequestValidationError)
     return JSONResponse({"detail": _encodable(jsonable_encoder(error.errors()))}, status_code=422)
 
@@ -690,7 +700,7 @@ def _process_busy(subject: str) -> ApiError:
     )
 
 
-CustomerIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+CustomerIdPath = Annotated[str, Path(pattern=CUSTOMER_ID_PATTERN, max_length=CUSTOMER_ID_CHARS_MAX)]
 
 
 @access.customer_scoped("the path's customer_id")
@@ -750,7 +760,7 @@ async def resubmit_documents_route(
 class IssueCard(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    customer_id: CustomerId
     kind: Literal["virtual", "physical"]
     currency: Currency = Currency.USD
     address: Address
