@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.providers import PROVIDERS
 from starters.gateway.app import create_app
+from starters.gateway.server import gateway_config
 from tests.conftest import RunningStack, api_key_headers, free_port
 from workers.secrets import new_webhook_secret
 from workers.settings import load_settings
@@ -85,7 +86,9 @@ async def served_gateway(stack: RunningStack, home: Path) -> AsyncIterator[Serve
     telemetry = start_telemetry(settings, "gateway")
     app = create_app(settings, client=stack.client, pool=stack.pool, telemetry=telemetry)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        gateway_config(app, settings, host="127.0.0.1", port=port, log_level="warning")
+    )
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
         if task.done():
