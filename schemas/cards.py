@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.customers import CustomerId
-from schemas.edge import EdgeModel
+from schemas.edge import Day, EdgeModel
 from schemas.issuer import Address, CardState, ShippingStatus
 from schemas.issuer import Authorization as IssuerAuthorization
 from schemas.issuer import Card as IssuerCard
@@ -70,7 +70,7 @@ class ShippingUpdate(BaseModel):
 class RescheduleDelivery(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
-    delivery_date: date
+    delivery_date: Day
 
 
 class CardIssueResult(BaseModel):

@@ -50,6 +50,7 @@ from schemas.billing import (
 from schemas.periods import month_not_ended, refuse_unended_month
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
+from starters.arguments import CustomerIdArgument, parse_customer_id
 from starters.schedules import SCHEDULES, ScheduleSpec
 from workers.settings import Settings
 from workflows.billing import (
@@ -281,7 +282,8 @@ def _with_client(action: Callable[[Client, Settings], Awaitable[str]]) -> None:
 def billing_run_command(
     period: Annotated[str, typer.Option("--period", help="The month billed, YYYY-MM")],
     customer: Annotated[
-        str | None, typer.Option("--customer", help="Bill only this customer")
+        str | None,
+        typer.Option("--customer", parser=parse_customer_id, help="Bill only this customer"),
     ] = None,
 ) -> None:
     """Bill a period (a past month too): fees per active card, then statements."""
@@ -314,7 +316,7 @@ def billing_run_command(
 
 @statement_app.command("show")
 def statement_show_command(
-    customer_id: Annotated[str, typer.Argument()],
+    customer_id: CustomerIdArgument,
     period: Annotated[str, typer.Argument(help="YYYY-MM")],
 ) -> None:
     """Print a statement's summary and the paths of its JSON and HTML files."""

@@ -25,8 +25,10 @@ from schemas.cashback import (
     CashbackStatus,
     SegmentAssignment,
 )
+from schemas.money import AMOUNT_MINOR_MAX
 from schemas.search import AMOUNT_MINOR, CARD_ID, CURRENCY, CUSTOMER_ID
 from schemas.task_queues import TaskQueues
+from starters.arguments import CustomerIdArgument
 from workflows.cashback import (
     CASHBACK_WORKFLOW,
     REFUND_SIGNAL,
@@ -171,7 +173,7 @@ def campaigns_list(
 
 @cashback_app.command("segment")
 def segment_command(
-    customer_id: Annotated[str, typer.Argument()],
+    customer_id: CustomerIdArgument,
     segment: Annotated[str, typer.Argument(help="e.g. standard, premium")],
 ) -> None:
     """Put a customer in a segment (customers without one are 'standard')."""
@@ -202,7 +204,9 @@ def segment_command(
 def refund_command(
     transaction_id: Annotated[str, typer.Argument(help="The purchase refunded")],
     refund_id: Annotated[str, typer.Argument(help="The refund's own id")],
-    amount_minor: Annotated[int, typer.Argument(help="Refunded amount, minor units")],
+    amount_minor: Annotated[
+        int, typer.Argument(min=1, max=AMOUNT_MINOR_MAX, help="Refunded amount, minor units")
+    ],
 ) -> None:
     """Send a purchase's cashback process a merchant refund (claws the reward back)."""
     from pydantic import ValidationError

@@ -7,11 +7,15 @@ import json
 import os
 import sys
 import traceback
+from datetime import date
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
+from schemas.money import AMOUNT_MINOR_MAX
 from starters.apikeys import apikey_app
+from starters.arguments import CustomerIdArgument, parse_customer_id
 from starters.billing import billing_app, statement_app
 from starters.cashback import cashback_app
 from starters.dispute import dispute_app
@@ -23,7 +27,43 @@ from starters.simulate import simulate_app
 from starters.topup import topup_app
 from workers.settings import Settings, SettingsError, load_settings
 
+# sysexits' EX_UNAVAILABLE: a service the command needs cannot be reached.
+EXIT_UNAVAILABLE = 69
+
+
+class Commands(TyperGroup):
+    """cardflow's command tree. What any command meets that its user can act
+    on is one line on stderr and an exit code, never a traceback: a process
+    that does not exist (1), Temporal or another service out of reach
+    (EXIT_UNAVAILABLE). Values are refused before that, as they are parsed
+    (starters/arguments.py)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from temporalio.service import RPCError, RPCStatusCode
+
+        from workers.client import TemporalUnreachable
+
+        try:
+            return super().invoke(ctx)
+        except RPCError as error:
+            if error.status is not RPCStatusCode.NOT_FOUND:
+                raise
+            typer.echo(f"cardflow: no such process: {error.message}", err=True)
+            raise typer.Exit(1) from None
+        except TemporalUnreachable as error:
+            typer.echo(f"cardflow: {_first_line(error)}", err=True)
+            raise typer.Exit(EXIT_UNAVAILABLE) from None
+        except ConnectionError as error:  # e.g. the database refusing connections
+            typer.echo(f"cardflow: cannot connect: {_first_line(error)}", err=True)
+            raise typer.Exit(EXIT_UNAVAILABLE) from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 app = typer.Typer(
+    cls=Commands,
     help="cardflow: a prepaid card program on Temporal.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -195,7 +235,7 @@ def _run(coroutine: Any) -> Any:
 
 @app.command("onboard")
 def onboard_command(
-    customer_id: Annotated[str, typer.Option(help="Your customer id")],
+    customer_id: Annotated[str, typer.Option(parser=parse_customer_id, help="Your customer id")],
     first_name: Annotated[str, typer.Option()],
     last_name: Annotated[str, typer.Option()],
     date_of_birth: Annotated[str, typer.Option(help="YYYY-MM-DD")],
@@ -252,7 +292,7 @@ def onboard_command(
 
 @kyc_app.command("review")
 def kyc_review_command(
-    customer_id: Annotated[str, typer.Argument()],
+    customer_id: CustomerIdArgument,
     decision: Annotated[str, typer.Option(help="approve or reject")],
     reason: Annotated[str, typer.Option()],
     operator: Annotated[str, typer.Option(help="Who decides")],
@@ -318,7 +358,7 @@ app.add_typer(card_app, name="card")
 
 @card_app.command("issue")
 def card_issue_command(
-    customer_id: Annotated[str, typer.Argument()],
+    customer_id: CustomerIdArgument,
     kind: Annotated[str, typer.Option(help="virtual or physical")] = "virtual",
     request_id: Annotated[str | None, typer.Option(help="Your id for this request")] = None,
     line1: Annotated[str, typer.Option(help="Address line")] = "1 Main Street",
@@ -383,7 +423,15 @@ def _send_update(action: Any) -> None:
 
 
 def _card_change(card_id: str, update: str, reason: str) -> None:
+    from pydantic import ValidationError
+
+    from schemas.cards import CardStateChange
     from starters.cards import change_card
+
+    try:
+        CardStateChange(reason=reason)
+    except ValidationError as error:
+        _refuse_input(error)
 
     async def action(client: Any) -> str:
         return f"card {card_id}: {await change_card(client, card_id, update, reason)}"
@@ -421,12 +469,16 @@ def card_report_stolen(card_id: str, reason: str = "reported stolen") -> None:
     _card_change(card_id, "report_stolen", reason)
 
 
+# A spending limit, as the ledger holds amounts.
+LimitOption = typer.Option(min=0, max=AMOUNT_MINOR_MAX, help="minor units")
+
+
 @card_app.command("limits")
 def card_limits(
     card_id: str,
-    per_transaction: Annotated[int | None, typer.Option(help="minor units")] = None,
-    per_day: Annotated[int | None, typer.Option(help="minor units")] = None,
-    per_month: Annotated[int | None, typer.Option(help="minor units")] = None,
+    per_transaction: Annotated[int | None, LimitOption] = None,
+    per_day: Annotated[int | None, LimitOption] = None,
+    per_month: Annotated[int | None, LimitOption] = None,
     block_mcc: Annotated[list[str] | None, typer.Option(help="MCC to decline (repeatable)")] = None,
 ) -> None:
     """Set the card's spending limits (replacing the previous ones)."""
@@ -500,14 +552,19 @@ def card_resolve_exception(
 
 
 @card_app.command("reschedule")
-def card_reschedule(request_id: str, delivery_date: str) -> None:
+def card_reschedule(
+    request_id: str, delivery_date: Annotated[date, typer.Argument(help="YYYY-MM-DD")]
+) -> None:
     """Move a physical card's delivery (YYYY-MM-DD), until it ships."""
-    from datetime import date
+    from pydantic import ValidationError
 
     from schemas.cards import RescheduleDelivery
     from starters.cards import reschedule
 
-    change = RescheduleDelivery(delivery_date=date.fromisoformat(delivery_date))
+    try:
+        change = RescheduleDelivery(delivery_date=delivery_date)
+    except ValidationError as error:
+        _refuse_input(error)
     _send_update(lambda client: reschedule(client, request_id, change))
 
 

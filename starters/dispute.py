@@ -30,8 +30,10 @@ from schemas.disputes import (
     WithdrawRequest,
 )
 from schemas.issuer import DisputeOutcome, DisputeReason, EvidenceType
+from schemas.money import AMOUNT_MINOR_MAX
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
+from starters.arguments import parse_customer_id
 from workers.settings import Settings
 from workflows.dispute import (
     ADD_EVIDENCE_SIGNAL,
@@ -335,10 +337,15 @@ dispute_app = typer.Typer(
 @dispute_app.command("open")
 def open_command(
     transaction_id: Annotated[str, typer.Argument(help="The cleared transaction's id")],
-    customer_id: Annotated[str, typer.Option(help="Whose transaction it is")],
+    customer_id: Annotated[
+        str, typer.Option(parser=parse_customer_id, help="Whose transaction it is")
+    ],
     reason: Annotated[DisputeReason, typer.Option(help="Why it is disputed")],
     amount_minor: Annotated[
-        int | None, typer.Option(help="Part of the transaction; left out, all of it")
+        int | None,
+        typer.Option(
+            min=1, max=AMOUNT_MINOR_MAX, help="Part of the transaction; left out, all of it"
+        ),
     ] = None,
 ) -> None:
     """Open a dispute; then add evidence and submit it."""
@@ -404,10 +411,16 @@ def withdraw_command(
     by: Annotated[str, typer.Option(help="customer or operator")] = "customer",
 ) -> None:
     """Withdraw the dispute; any provisional credit is taken back."""
-    from starters.cli import _send_update
+    from pydantic import ValidationError
+
+    from starters.cli import _refuse_input, _send_update
+
+    try:
+        request = WithdrawRequest.model_validate({"by": by})
+    except ValidationError as error:
+        _refuse_input(error)
 
     async def action(client: Client) -> str:
-        request = WithdrawRequest.model_validate({"by": by})
         return (await withdraw(client, transaction_id, request)).model_dump_json(indent=2)
 
     _send_update(action)

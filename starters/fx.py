@@ -27,8 +27,10 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from schemas.fx import FxConversionInput, FxConversionResult, FxOutcome, FxQuoteOffer, FxStatus
+from schemas.money import AMOUNT_MINOR_MAX
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
+from starters.arguments import CustomerIdArgument
 from workflows.fx import (
     CANCEL_UPDATE,
     CANCEL_UPDATE_ID,
@@ -179,14 +181,18 @@ fx_app = typer.Typer(help="FX conversions: quote, confirm, cancel.", no_args_is_
 
 @fx_app.command("quote")
 def quote_command(
-    customer_id: Annotated[str, typer.Argument()],
+    customer_id: CustomerIdArgument,
     sell: Annotated[str, typer.Option("--sell", help="Currency sold, e.g. USD")],
     buy: Annotated[str, typer.Option("--buy", help="Currency bought, e.g. EUR")],
     sell_amount: Annotated[
-        int | None, typer.Option("--sell-amount", help="Amount sold, minor units")
+        int | None,
+        typer.Option("--sell-amount", min=1, max=AMOUNT_MINOR_MAX, help="Amount sold, minor units"),
     ] = None,
     buy_amount: Annotated[
-        int | None, typer.Option("--buy-amount", help="Amount bought, minor units")
+        int | None,
+        typer.Option(
+            "--buy-amount", min=1, max=AMOUNT_MINOR_MAX, help="Amount bought, minor units"
+        ),
     ] = None,
     request_id: Annotated[str | None, typer.Option(help="Your id for this request")] = None,
 ) -> None:

@@ -11,6 +11,7 @@ import typer
 
 from activities.ledger import Ledger, LedgerError
 from activities.ledger.verify import verify
+from starters.arguments import BIGINT_MAX, instant
 from workers.settings import load_settings
 
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
@@ -47,13 +48,12 @@ def balance_command(
     code: Annotated[str, typer.Argument(help="Account code, e.g. customer:c-1:wallet:USD")],
     as_of: Annotated[
         datetime | None,
-        typer.Option("--as-of", help="An ISO instant, e.g. 2026-11-01T00:00:00+00:00"),
+        typer.Option(
+            "--as-of", parser=instant, help="An ISO instant, e.g. 2026-11-01T00:00:00+00:00"
+        ),
     ] = None,
 ) -> None:
     """Posted, pending and available balance, now or as of an instant."""
-    if as_of is not None and as_of.tzinfo is None:
-        typer.echo("--as-of needs a time zone, e.g. 2026-11-01T00:00:00+00:00", err=True)
-        raise typer.Exit(2)
 
     async def run() -> int:
         pool = await _pool()
@@ -96,7 +96,10 @@ def expire_holds_command(
 @ledger_app.command("history")
 def history_command(
     code: Annotated[str, typer.Argument(help="Account code")],
-    after: Annotated[int | None, typer.Option(help="Cursor: the last transfer id seen")] = None,
+    after: Annotated[
+        int | None,
+        typer.Option(min=0, max=BIGINT_MAX, help="Cursor: the last transfer id seen"),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
 ) -> None:
     """The account's transfers, oldest first, a page at a time."""

@@ -19,8 +19,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.providers.issuer import IssuerClient
 from schemas.issuer import Authorization, Merchant, Reversal, Transaction
-from schemas.money import Currency
+from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.providers import ISSUER
+from starters.arguments import CustomerIdArgument
 from workers.settings import Settings, load_settings
 
 DEFAULT_MERCHANT = Merchant(name="Corner Shop", mcc="5411", country="GB")
@@ -151,7 +152,7 @@ def _print(coroutine: Any) -> None:
     typer.echo(result.model_dump_json(indent=2))
 
 
-Amount = Annotated[int, typer.Argument(min=1, help="Minor units (cents)")]
+Amount = Annotated[int, typer.Argument(min=1, max=AMOUNT_MINOR_MAX, help="Minor units (cents)")]
 CurrencyOption = Annotated[Currency, typer.Option(help="The merchant's currency")]
 
 
@@ -201,7 +202,10 @@ def increment_command(
 def clear_command(
     authorization_id: Annotated[str, typer.Argument()],
     amount_minor: Annotated[
-        int | None, typer.Option("--amount", min=1, help="Card currency; all held if left out")
+        int | None,
+        typer.Option(
+            "--amount", min=1, max=AMOUNT_MINOR_MAX, help="Card currency; all held if left out"
+        ),
     ] = None,
     final: Annotated[bool, typer.Option(help="Release whatever stays held")] = False,
 ) -> None:
@@ -213,7 +217,8 @@ def clear_command(
 def reverse_command(
     authorization_id: Annotated[str, typer.Argument()],
     amount_minor: Annotated[
-        int | None, typer.Option("--amount", min=1, help="All that is held if left out")
+        int | None,
+        typer.Option("--amount", min=1, max=AMOUNT_MINOR_MAX, help="All that is held if left out"),
     ] = None,
 ) -> None:
     """The merchant gives back all or part of what an authorization holds."""
@@ -245,8 +250,10 @@ def force_post_command(
 
 @simulate_app.command("deposit")
 def deposit_command(
-    customer_id: Annotated[str, typer.Argument()],
-    amount_minor: Annotated[int, typer.Argument(min=1, help="Micro-USDT (6 decimals)")],
+    customer_id: CustomerIdArgument,
+    amount_minor: Annotated[
+        int, typer.Argument(min=1, max=AMOUNT_MINOR_MAX, help="Micro-USDT (6 decimals)")
+    ],
 ) -> None:
     """A USDT-TRC20 deposit to the customer's address (then `cardflow topup mine`)."""
     from starters.topup import simulate_deposit

@@ -39,6 +39,7 @@ from schemas.topup import (
     TopupStatus,
 )
 from schemas.tron import ChainHead, Deposit, DepositAddress
+from starters.arguments import CustomerIdArgument, parse_customer_id
 from workers.settings import Settings
 from workflows.topup import (
     BANK_TRANSFER_SIGNAL,
@@ -285,7 +286,9 @@ def _workflow_link(settings: Settings, workflow_id: str) -> str:
 
 @topup_app.command("bank")
 def bank_command(
-    customer_id: Annotated[str, typer.Argument(help="The customer, used as the reference")],
+    customer_id: Annotated[
+        str, typer.Argument(parser=parse_customer_id, help="The customer, used as the reference")
+    ],
     amount_minor: Annotated[str, typer.Argument(help="Amount in minor units, e.g. 10000")],
     currency: Annotated[str, typer.Option(help="USD, EUR, GBP or JPY")] = "USD",
 ) -> None:
@@ -335,7 +338,7 @@ def start_command(
 
 
 @topup_app.command("address")
-def address_command(customer_id: Annotated[str, typer.Argument()]) -> None:
+def address_command(customer_id: CustomerIdArgument) -> None:
     """The customer's USDT-TRC20 deposit address."""
     from starters.cli import _settings
 
@@ -345,7 +348,7 @@ def address_command(customer_id: Annotated[str, typer.Argument()]) -> None:
 
 @topup_app.command("deposit")
 def deposit_command(
-    customer_id: Annotated[str, typer.Argument()],
+    customer_id: CustomerIdArgument,
     amount_minor: Annotated[str, typer.Argument(help="Micro-USDT, e.g. 25000000 for 25 USDT")],
 ) -> None:
     """Sandbox: USDT lands at the customer's address; its webhooks start the top-up."""
@@ -409,7 +412,10 @@ def review_command(
     reason: Annotated[str, typer.Option(help="Why")],
     operator: Annotated[str, typer.Option(help="Who decides")],
     customer: Annotated[
-        str | None, typer.Option(help="Approving an unmatched payment: the customer it is for")
+        str | None,
+        typer.Option(
+            parser=parse_customer_id, help="Approving an unmatched payment: the customer it is for"
+        ),
     ] = None,
 ) -> None:
     """Decide a top-up in operator review (unmatched payment or over a limit)."""

@@ -10,6 +10,11 @@ from workers.settings import Settings
 from workers.telemetry import Telemetry, process_telemetry
 
 
+class TemporalUnreachable(RuntimeError):
+    """No connection to Temporal could be made (the server down, a wrong
+    address, TLS refused)."""
+
+
 def tls_config(settings: Settings) -> TLSConfig | bool:
     """mTLS when a client certificate is configured; plain TLS for an API key."""
     if settings.temporal_tls_cert is not None and settings.temporal_tls_key is not None:
@@ -39,13 +44,18 @@ async def connect(
         # A starter's client: its trace begins at the command.
         telemetry = process_telemetry(settings)
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
-    return await Client.connect(
-        settings.temporal_target,
-        namespace=settings.temporal_namespace,
-        data_converter=data_converter_from_settings(settings),
-        tls=tls_config(settings),
-        api_key=api_key,
-        identity=identity,
-        runtime=telemetry.runtime if telemetry is not None else None,
-        interceptors=list(telemetry.interceptors) if telemetry is not None else [],
-    )
+    try:
+        return await Client.connect(
+            settings.temporal_target,
+            namespace=settings.temporal_namespace,
+            data_converter=data_converter_from_settings(settings),
+            tls=tls_config(settings),
+            api_key=api_key,
+            identity=identity,
+            runtime=telemetry.runtime if telemetry is not None else None,
+            interceptors=list(telemetry.interceptors) if telemetry is not None else [],
+        )
+    except RuntimeError as error:  # the SDK's "Failed client connect: ..."
+        raise TemporalUnreachable(
+            f"cannot reach Temporal at {settings.temporal_target}: {error}"
+        ) from error

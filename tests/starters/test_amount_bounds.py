@@ -99,4 +99,4 @@ def test_the_cli_refuses_an_impossible_amount_naming_it_before_calling_anyone() 
         app, ["card", "limits", "card_unknown", "--per-day", str(HUGE_MINOR)]
     )
     assert answer.exit_code == 2, answer.output
-    assert "per_day_minor" in answer.output
+    assert "--per-day" in answer.output

@@ -365,7 +365,7 @@ async def test_statement_balances_every_wallet_and_classifies_every_entry(
     outside = CliRunner().invoke(
         app, ["statement", "show", "..", period], env={"CARDFLOW_HOME": str(tmp_path)}
     )
-    assert outside.exit_code == 1
+    assert outside.exit_code == 2 and "customer_id" in outside.output
     assert await verify(stack.pool) == []
 
 
