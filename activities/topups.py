@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.providers.activities import ProviderActivities, ProviderClients
 from schemas import accounts
-from schemas.customers import KycStatus, Notification, NotificationReceipt
+from schemas.customers import CUSTOMER_ID_PATTERN, KycStatus, Notification, NotificationReceipt
 from schemas.disputes import customer_debt
 from schemas.topup import (
     CustomerMatch,
@@ -32,7 +32,7 @@ RESERVE_USAGE = "topups.reserve_usage"
 SET_USAGE_STATUS = "topups.set_usage_status"
 SEND_RECEIPT = "topups.send_receipt"
 
-_CUSTOMER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 
 
 class TopupActivities:
