@@ -13,6 +13,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import pytest
+from fastapi._compat import ModelField
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,13 +32,24 @@ from starters.gateway import api
 from workers.build import ALL_WORKFLOWS
 
 
+def _body_params(dependant: Dependant) -> Iterator[ModelField]:
+    """A route's body parameters, its dependencies' (a body checked by a dependency) included."""
+    yield from dependant.body_params
+    for dependency in dependant.dependencies:
+        yield from _body_params(dependency)
+
+
+def api_bodies() -> Iterator[tuple[str, Any]]:
+    """(path, body type) of each API route that takes a body."""
+    for route in api.router.routes:
+        if isinstance(route, APIRoute):
+            for param in _body_params(route.dependant):
+                yield route.path, param.field_info.annotation
+
+
 def test_every_api_body_refuses_what_postgresql_cannot_store() -> None:
-    bodies = {
-        route.path: param.field_info.annotation
-        for route in api.router.routes
-        if isinstance(route, APIRoute)
-        for param in route.dependant.body_params
-    }
+    bodies = dict(api_bodies())
+    assert "/v1/onboardings" in bodies
     assert bodies, "the API takes bodies"
     refusing = {
         path
@@ -121,12 +134,9 @@ def input_models() -> dict[type[BaseModel], str]:
     """Every model an API route, a CLI command or a process's start, update
     or signal takes in, with where it is taken in."""
     roots: dict[type[BaseModel], str] = {}
-    for route in api.router.routes:
-        if isinstance(route, APIRoute):
-            for param in route.dependant.body_params:
-                body = param.field_info.annotation
-                assert isinstance(body, type) and issubclass(body, BaseModel), body
-                roots.setdefault(body, f"POST {route.path}")
+    for path, body in api_bodies():
+        assert isinstance(body, type) and issubclass(body, BaseModel), body
+        roots.setdefault(body, f"POST {path}")
     for workflow_class in ALL_WORKFLOWS:
         definition = workflow._Definition.must_from_class(workflow_class)
         handlers: list[tuple[str, Any]] = [("start", definition.run_fn)]

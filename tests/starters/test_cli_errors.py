@@ -201,6 +201,16 @@ def test_an_out_of_range_cursor_is_one_line_from_the_real_command(tmp_path: Path
         ["kyc", "review", "{id}", "--decision", "approve", "--reason", "fine", "--operator", "o"],
         ["simulate", "deposit", "{id}", "100"],
         [
+            "apikey",
+            "create",
+            "--name",
+            "partner",
+            "--scope",
+            "processes:read",
+            "--customer",
+            "{id}",
+        ],
+        [
             "topup",
             "review",
             "bank/ref-1",
@@ -292,6 +302,10 @@ def test_every_number_a_command_takes_is_bounded() -> None:
     assert unbounded == []
 
 
+# Customer ids a command hands to a model that checks them as CustomerId and names the option.
+CHECKED_BY_THEIR_MODEL = {("cardflow apikey create", "customer")}  # NewApiKey.customers
+
+
 def test_every_customer_id_a_command_takes_is_checked_as_it_is_parsed() -> None:
     from starters.arguments import parse_customer_id
 
@@ -300,5 +314,6 @@ def test_every_customer_id_a_command_takes_is_checked_as_it_is_parsed() -> None:
         for path, parameter in _parameters(typer.main.get_command(app))
         if parameter.name in ("customer_id", "customer")
         and parameter.type_descriptor.parameter_info.parser is not parse_customer_id
+        and (path, parameter.name) not in CHECKED_BY_THEIR_MODEL
     ]
     assert unchecked == []
