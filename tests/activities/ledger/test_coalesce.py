@@ -148,7 +148,7 @@ async def test_an_amount_the_database_cannot_hold_fails_only_its_own_caller(
     first, poison, last = results
     assert isinstance(poison, UnrepresentableValue), poison
     # The ledger activities raise it as an error their retry policy never retries.
-    assert "UnrepresentableValue" in LEDGER_RETRY_POLICY.non_retryable_error_types
+    assert "UnrepresentableValue" in (LEDGER_RETRY_POLICY.non_retryable_error_types or ())
     assert isinstance(first, TransferOutcome) and first.accepted, first
     assert isinstance(last, TransferOutcome) and last.accepted, last
     assert (await ledger.balance("w:a")).posted == 30
