@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from tests.conftest import RunningStack
 from tests.starters.inprocess import ServedGateway, served_gateway
+from tests.starters.test_storable_inputs import onboarding
 from workers.settings import Settings
 
 # Past what Temporal takes as one payload, and just under the API's body cap.
@@ -33,21 +34,6 @@ MISLEADING_TEXT = {
     "left-to-right-isolate": ("Ada\u2066x\u2069", "U+2066"),
     "line-separator": ("Ada\u2028Eve", "U+2028"),
 }
-
-
-def onboarding(**profile: Any) -> dict[str, Any]:
-    return {
-        "profile": {
-            "customer_id": f"c-{uuid.uuid4().hex[:10]}",
-            "first_name": "Grace",
-            "last_name": "Hopper",
-            "date_of_birth": "1985-12-09",
-            "country": "USA",
-            "email": "grace@example.com",
-            **profile,
-        },
-        "documents": [{"type": "passport", "country": "USA", "file_name": "passport.jpg"}],
-    }
 
 
 def card_issue(**address: Any) -> dict[str, Any]:
