@@ -158,10 +158,27 @@ def question_to(handle: WorkflowHandle[Any, Any], request_id: str) -> Authorizat
     )
 
 
+# A decision whose workflow task is killed and retried takes two tasks; the
+# issuer waits this long and the gateway answers within the second figure,
+# so the card's own answer, not the machine's speed, is what these tests see.
+PATIENT_ISSUER_DEADLINE_MS = 20_000
+PATIENT_GATEWAY_BUDGET_MS = 15_000
+
+
+def patient_issuer(platform: Platform) -> None:
+    platform.sim.admin(
+        "PUT", "/options/issuer", {"authorization_deadline_ms": PATIENT_ISSUER_DEADLINE_MS}
+    )
+    platform.app.state.settings = platform.settings.model_copy(
+        update={"authorization_budget_ms": PATIENT_GATEWAY_BUDGET_MS}
+    )
+
+
 async def test_a_worker_killed_after_the_hold_committed_holds_once_what_the_issuer_approved(
     platform: Platform,
 ) -> None:
     customer_id, card_id, handle = await open_card(platform)
+    patient_issuer(platform)
     # A first purchase: the card's accounts are open, so the next decision
     # runs whole inside the workflow task that takes the question.
     first = await authorize(platform, card_id, 1_000)
@@ -170,9 +187,8 @@ async def test_a_worker_killed_after_the_hold_committed_holds_once_what_the_issu
     assert platform.stack.faults.injected == [f"local_activity {HOLD}"]
     async with issuer(platform) as client:
         seen = await client.get_authorization(auth.id)
-    # Whatever the issuer decided (the card's answer, or its stand-in when the
-    # retried task came too late), the ledger holds exactly that, once, and
-    # the card knows every unit of it.
+    # What the issuer decided, the ledger holds exactly, once, and the card
+    # knows every unit of it.
     await settles_as(platform, customer_id, handle, 1_000 + seen.pending_amount_minor)
     assert seen.pending_amount_minor == 2_500, seen.decision_reason
     async with issuer(platform) as client:
@@ -187,6 +203,7 @@ async def test_a_worker_killed_after_a_partial_hold_committed_holds_it_once(
     platform: Platform,
 ) -> None:
     customer_id, card_id, handle = await open_card(platform, funds=1_500)
+    patient_issuer(platform)
     await authorize(platform, card_id, 500)
     # The full amount is refused, the partial hold commits, the worker dies.
     platform.stack.faults.fail_after_local_activity(HOLD, times=2)
