@@ -273,7 +273,9 @@ async def workflow_violations(
 ) -> list[Violation]:
     """Cardflow workflow executions that ended failed, timed out or terminated,
     and running ones that are stuck (see the module's docstring). `query`
-    narrows the listing (a visibility filter); None lists the whole namespace."""
+    narrows the listing (a visibility filter); None lists the whole namespace.
+    stuck_after_seconds should exceed the longest activity timeout (30 s for
+    ledger and provider calls), so a healthy first attempt is never stuck."""
     found: list[Violation] = []
     running: list[WorkflowExecution] = []
     listed = 0

@@ -36,7 +36,12 @@ from tests.workflows.test_authorizations import (
     wallet_becomes,
 )
 from tests.workflows.test_cards import FEES, HOME, customer
-from workflows.cards import CARD_ISSUE_WORKFLOW, card_issue_workflow_id, card_workflow_id
+from workflows.cards import (
+    CARD_ISSUE_WORKFLOW,
+    CARD_WORKFLOW,
+    card_issue_workflow_id,
+    card_workflow_id,
+)
 from workflows.health import PING_WORKFLOW, ping_workflow_id
 
 T = TypeVar("T")
@@ -392,3 +397,25 @@ async def test_a_webhook_lost_refused_or_ignored_is_reported(platform: Platform)
         "issuer transaction.refunded moves money but the gateway ignored it (no process posted it)"
     )
     assert "(last status 400)" in by_check["webhook_undelivered"].detail
+
+
+async def test_a_workflow_task_that_keeps_failing_is_reported_stuck(platform: Platform) -> None:
+    # A card started with an input its code cannot read: every workflow task fails.
+    stuck = card_workflow_id(f"k-{uuid.uuid4().hex[:10]}")
+    await platform.stack.client.start_workflow(
+        CARD_WORKFLOW,
+        {"not": "a card"},
+        id=stuck,
+        task_queue=platform.stack.queues.workflows,
+    )
+    found = await until(
+        lambda: workflow_violations(
+            platform.stack.client,
+            stuck_after_seconds=PLANTED_STUCK_AFTER_SECONDS,
+            query=workflows_of(platform),
+        ),
+        bool,
+        "the card is seen stuck",
+    )
+    assert [(v.check, v.subject) for v in found] == [("workflow_stuck", stuck)]
+    assert "workflow task on attempt" in found[0].detail
