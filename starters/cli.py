@@ -18,6 +18,7 @@ from starters.apikeys import apikey_app
 from starters.arguments import CustomerIdArgument, parse_customer_id
 from starters.billing import billing_app, statement_app
 from starters.cashback import cashback_app
+from starters.chaos import chaos_command
 from starters.dispute import dispute_app
 from starters.fx import fx_app
 from starters.ledger import ledger_app
@@ -89,6 +90,7 @@ app.add_typer(statement_app, name="statement")
 app.add_typer(reconcile_app, name="reconcile")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(secrets_app, name="secrets")
+app.command("chaos")(chaos_command)
 
 
 def _refuse_input(error: Any) -> NoReturn:

@@ -1,0 +1,5 @@
+"""`python -m bench.chaos` is `cardflow chaos`."""
+
+from starters.chaos import main
+
+main()

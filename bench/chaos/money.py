@@ -1,0 +1,328 @@
+"""The chaos run's model of the money: what every wallet must hold, to the unit.
+
+Built at the end from what the system and the outside world answered during
+the run, never from the ledger it checks:
+
+- the issuer's own record of every authorization and transaction the run
+  made (read back from the issuer simulator): what it still holds pending,
+  what it settled (clearings and force posts out, refunds in);
+- each finished process's result: a top-up's credit net of its fee and of
+  the debt it repaid, a card's issuance fee, a conversion's debit and credit
+  at its confirmed quote, a cashback's reward net of clawback, a dispute's
+  provisional credit net of what was taken back.
+
+The wallet's posted balance must equal the sum, per currency, and its
+pending debits must equal what the issuer holds for the customer's cards,
+authorization by authorization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+
+from activities.ledger import Ledger
+from activities.ledger.errors import LedgerError
+from activities.providers.issuer import IssuerClient
+from bench.chaos.invariants import Violation
+from bench.chaos.workload import Evidence
+from schemas import accounts
+from schemas.cards import CardIssueResult
+from schemas.cashback import CashbackResult, CashbackStatus
+from schemas.disputes import DisputeResult, DisputeStatusView
+from schemas.fx import FxConversionResult
+from schemas.issuer import AuthorizationStatus, TransactionType
+from schemas.topup import TopupResult
+from workflows.cashback import cashback_workflow_id
+
+# Reads of the issuer and of processes at once.
+READS_AT_ONCE = 16
+WORKFLOW_RESULT_SECONDS = 10.0
+_AUTHORIZATION_IN_KEY = re.compile(r"/auth/([^/]+)/")
+
+
+@dataclass
+class Expected:
+    """One customer's expected money, with where each figure came from."""
+
+    posted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    pending_by_authorization: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, currency: str, amount_minor: int, source: str) -> None:
+        self.posted[currency] += amount_minor
+        self.sources[f"{source} {currency}"] += amount_minor
+
+
+async def _gather_bounded(calls: list[Any]) -> list[Any]:
+    gate = asyncio.Semaphore(READS_AT_ONCE)
+
+    async def one(call: Any) -> Any:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(one(c) for c in calls), return_exceptions=True))
+
+
+async def _finished_result(client: Client, workflow_id: str, result_type: type[Any]) -> Any:
+    """The result of a process that has ended, or None while it runs."""
+    handle = client.get_workflow_handle(workflow_id, result_type=result_type)
+    description = await handle.describe()
+    if description.status is WorkflowExecutionStatus.RUNNING:
+        return None
+    if description.status is not WorkflowExecutionStatus.COMPLETED:
+        return description.status
+    return await asyncio.wait_for(handle.result(), WORKFLOW_RESULT_SECONDS)
+
+
+async def _status(client: Client, workflow_id: str, result_type: type[Any]) -> Any:
+    return await client.get_workflow_handle(workflow_id).query("status", result_type=result_type)
+
+
+async def expected_money(
+    client: Client, issuer: IssuerClient, evidence: Evidence
+) -> tuple[dict[int, Expected], list[Violation]]:
+    """Each customer's expected money, and what could not be read to build it."""
+    expected: dict[int, Expected] = defaultdict(Expected)
+    unread: list[Violation] = []
+
+    # The issuer: what it holds, what it settled.
+    authorization_ids = list(evidence.authorizations)
+    answers = await _gather_bounded([issuer.get_authorization(a) for a in authorization_ids])
+    for authorization_id, answer in zip(authorization_ids, answers, strict=True):
+        ref = evidence.authorizations[authorization_id]
+        if isinstance(answer, BaseException):
+            unread.append(_unread(authorization_id, answer, ref.operation))
+        elif answer.status is AuthorizationStatus.PENDING and answer.pending_amount_minor:
+            expected[ref.customer].pending_by_authorization[authorization_id] = (
+                answer.pending_amount_minor
+            )
+    transaction_ids = list(evidence.transactions)
+    answers = await _gather_bounded([issuer.get_transaction(t) for t in transaction_ids])
+    for transaction_id, answer in zip(transaction_ids, answers, strict=True):
+        spent = evidence.transactions[transaction_id]
+        if isinstance(answer, BaseException):
+            unread.append(_unread(transaction_id, answer, spent.operation))
+            continue
+        sign = 1 if answer.type is TransactionType.REFUND else -1
+        expected[spent.customer].add(
+            answer.currency.value, sign * answer.amount_minor, answer.type.value
+        )
+
+    # The processes' results.
+    topups = list(evidence.topups)
+    results = await _gather_bounded([_finished_result(client, w, TopupResult) for w in topups])
+    for workflow_id, result in zip(topups, results, strict=True):
+        customer = evidence.topups[workflow_id]
+        if isinstance(result, TopupResult):
+            if result.outcome == "credited" and result.wallet_currency is not None:
+                net = result.credited_minor - result.fee_minor - result.debt_collected_minor
+                expected[customer].add(result.wallet_currency.value, net, "top-up")
+        else:
+            unread.append(_unfinished(workflow_id, result, evidence))
+
+    issues = list(evidence.card_issues)
+    results = await _gather_bounded([_finished_result(client, w, CardIssueResult) for w in issues])
+    for workflow_id, result in zip(issues, results, strict=True):
+        customer = evidence.card_issues[workflow_id]
+        if isinstance(result, CardIssueResult):
+            if result.fee_minor:
+                expected[customer].add("USD", -result.fee_minor, "card fee")
+        else:
+            unread.append(_unfinished(workflow_id, result, evidence))
+
+    conversions = list(evidence.conversions)
+    results = await _gather_bounded(
+        [_finished_result(client, w, FxConversionResult) for w in conversions]
+    )
+    for workflow_id, result in zip(conversions, results, strict=True):
+        customer = evidence.conversions[workflow_id]
+        if isinstance(result, FxConversionResult):
+            if result.bought_amount_minor:
+                expected[customer].add(
+                    result.sell_currency.value, -result.debited_amount_minor, "fx sold"
+                )
+                expected[customer].add(
+                    result.buy_currency.value, result.bought_amount_minor, "fx bought"
+                )
+        else:
+            unread.append(_unfinished(workflow_id, result, evidence))
+
+    # Cashback: a process per settled purchase that earned a reward.
+    purchases = [
+        t
+        for t, ref in evidence.transactions.items()
+        if ref.type in (TransactionType.CLEARING.value, TransactionType.FORCE_POST.value)
+    ]
+    results = await _gather_bounded([_cashback(client, t) for t in purchases])
+    for transaction_id, result in zip(purchases, results, strict=True):
+        customer = evidence.transactions[transaction_id].customer
+        if isinstance(result, BaseException):
+            unread.append(
+                _unread(
+                    cashback_workflow_id(transaction_id),
+                    result,
+                    evidence.transactions[transaction_id].operation,
+                )
+            )
+        elif result is not None:
+            currency, net = result
+            if net:
+                expected[customer].add(currency, net, "cashback")
+
+    disputes = list(evidence.disputes)
+    results = await _gather_bounded([_dispute(client, w) for w in disputes])
+    for workflow_id, result in zip(disputes, results, strict=True):
+        customer = evidence.disputes[workflow_id]
+        if isinstance(result, BaseException):
+            unread.append(_unread(workflow_id, result, evidence.started_by.get(workflow_id)))
+        elif result is not None:
+            currency, net = result
+            if net:
+                expected[customer].add(currency, net, "dispute")
+    return expected, unread
+
+
+async def _cashback(client: Client, transaction_id: str) -> tuple[str, int] | None:
+    workflow_id = cashback_workflow_id(transaction_id)
+    try:
+        result = await _finished_result(client, workflow_id, CashbackResult)
+    except RPCError as error:
+        if "not found" in str(error).lower():
+            return None  # no cashback process for this purchase
+        raise
+    if result is None:
+        status: CashbackStatus = await _status(client, workflow_id, CashbackStatus)
+        if status.currency is None:
+            return None
+        return status.currency.value, status.reward_minor - status.clawed_back_minor
+    if isinstance(result, CashbackResult):
+        return result.currency.value, result.reward_minor - result.clawed_back_minor
+    raise RuntimeError(f"{workflow_id} ended {result}")
+
+
+async def _dispute(client: Client, workflow_id: str) -> tuple[str, int] | None:
+    result = await _finished_result(client, workflow_id, DisputeResult)
+    if result is None:
+        view: DisputeStatusView = await _status(client, workflow_id, DisputeStatusView)
+        if view.currency is None:
+            return None
+        return view.currency.value, view.provisional_credit_minor - view.reversed_minor
+    if isinstance(result, DisputeResult):
+        if result.currency is None:
+            return None
+        return result.currency.value, result.provisional_credit_minor - result.reversed_minor
+    raise RuntimeError(f"{workflow_id} ended {result}")
+
+
+def _unread(subject: str, error: BaseException, operation: int | None) -> Violation:
+    return Violation(
+        "model_unreadable",
+        subject,
+        f"could not be read for the money model (operation {operation}): {error!r}"[:400],
+    )
+
+
+def _unfinished(workflow_id: str, result: Any, evidence: Evidence) -> Violation:
+    operation = evidence.started_by.get(workflow_id)
+    if isinstance(result, BaseException):
+        return _unread(workflow_id, result, operation)
+    state = "still running" if result is None else f"ended {result.name}"
+    return Violation(
+        "process_unfinished",
+        workflow_id,
+        f"{state} after the run quiesced (operation {operation}); its money is not known",
+    )
+
+
+async def held_by_authorization(pool: asyncpg.Pool, wallet: str) -> dict[str, int]:
+    """The wallet's open holds, summed per card authorization named in their keys."""
+    rows = await pool.fetch(
+        """
+        SELECT t.idempotency_key, t.amount_minor
+        FROM ledger_transfers t JOIN ledger_accounts a ON a.id = t.debit_account_id
+        WHERE a.code = $1 AND t.kind = 'pending'
+          AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = t.id)
+        """,
+        wallet,
+    )
+    held: dict[str, int] = defaultdict(int)
+    for row in rows:
+        found = _AUTHORIZATION_IN_KEY.search(row["idempotency_key"])
+        held[found.group(1) if found else row["idempotency_key"]] += row["amount_minor"]
+    return dict(held)
+
+
+async def money_violations(
+    client: Client, pool: asyncpg.Pool, issuer: IssuerClient, evidence: Evidence
+) -> tuple[list[Violation], dict[str, Any]]:
+    """Every wallet against the model; the figures of the model for the report."""
+    expected, violations = await expected_money(client, issuer, evidence)
+    ledger = Ledger(pool)
+    totals: dict[str, int] = defaultdict(int)
+    for customer in evidence.customers:
+        model = expected[customer.index]
+        for source, amount in model.sources.items():
+            totals[source] += amount
+        currencies = set(model.posted) | {"USD"}
+        for currency in sorted(currencies):
+            code = accounts.wallet(customer.customer_id, currency)
+            try:
+                balance = await ledger.balance(code)
+            except LedgerError:
+                if model.posted.get(currency, 0):
+                    violations.append(
+                        Violation(
+                            "wallet_missing",
+                            code,
+                            f"the model expects {model.posted[currency]} but there is no wallet",
+                        )
+                    )
+                continue
+            want = model.posted.get(currency, 0)
+            if balance.posted != want:
+                parts = ", ".join(
+                    f"{name} {amount}"
+                    for name, amount in sorted(model.sources.items())
+                    if name.endswith(currency)
+                )
+                violations.append(
+                    Violation(
+                        "wallet_differs",
+                        code,
+                        f"posted {balance.posted}, the model says {want} "
+                        f"(off by {balance.posted - want}; {parts})",
+                    )
+                )
+            if balance.available < 0:
+                violations.append(
+                    Violation("wallet_negative", code, f"available {balance.available}")
+                )
+            if currency != "USD":
+                continue
+            held = await held_by_authorization(pool, code)
+            for authorization_id in sorted(set(held) | set(model.pending_by_authorization)):
+                issuer_holds = model.pending_by_authorization.get(authorization_id, 0)
+                ledger_holds = held.get(authorization_id, 0)
+                if issuer_holds != ledger_holds:
+                    ref = evidence.authorizations.get(authorization_id)
+                    where = (
+                        f"card {ref.card_id}, operation {ref.operation}"
+                        if ref
+                        else "not an authorization of the run"
+                    )
+                    violations.append(
+                        Violation(
+                            "hold_differs",
+                            f"{code} {authorization_id}",
+                            f"the issuer holds {issuer_holds}, the ledger {ledger_holds} ({where})",
+                        )
+                    )
+    return violations, {"model_totals": dict(totals)}

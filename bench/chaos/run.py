@@ -1,0 +1,596 @@
+"""One chaos run: the stack, the plan's traffic and faults, the kills, the checks.
+
+    cardflow chaos [--seed N] [--ops N] [--minutes M] [--kill-every S]
+                   [--fault-rate F] [--concurrency N] [--existing] [--report FILE]
+
+Starts the embedded stack in a temporary directory (or uses the running one
+with --existing), onboards and funds the run's customers, then does the
+plan's operations, CONCURRENCY in flight (one at a time per customer), while
+the plan's faults fire: provider faults through the simulators' admin API,
+webhook windows (every event twice; events held and released newest first
+or oldest first), a worker SIGKILLed and restarted every --kill-every
+seconds, the gateway and the simulators killed once each. Then the faults
+stop, the stack quiesces, the day is reconciled and the month billed, and
+every invariant is checked. The exit status is 0 with no violation, 1 with
+any; a failing run prints the command that replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from temporalio.client import Client
+
+from activities.api_keys import SCOPES, NewApiKey
+from activities.database import create_pool
+from activities.providers.issuer import IssuerClient
+from bench.chaos import invariants
+from bench.chaos.invariants import Violation
+from bench.chaos.money import money_violations
+from bench.chaos.plan import Plan, ProviderFault, WebhookWindow, plan_run
+from bench.chaos.workload import Evidence, OperationSkipped, Workload
+from schemas.providers import ISSUER
+from schemas.reconciliation import ReconciliationResult
+from schemas.task_queues import QUEUE_KINDS
+from starters.apikeys import create_key
+from starters.devstack.processes import free_port, free_port_run
+from starters.devstack.stack import GATEWAY, SIMULATORS, Stack, worker_part
+from workers.client import connect
+from workers.settings import Settings, load_settings
+
+DEFAULT_SEED = 1
+DEFAULT_OPERATIONS = 1_000
+DEFAULT_CONCURRENCY = 16
+DEFAULT_KILL_EVERY_SECONDS = 20.0
+DEFAULT_FAULT_RATE = 0.05
+# Customers per operation in flight: enough that concurrent operations rarely
+# wait for one another's customer.
+CUSTOMERS_PER_SLOT = 2
+# The simulated issuer's clock runs a day behind: the run's card activity
+# settles yesterday, a day that has ended and can be reconciled at the end.
+ISSUER_CLOCK_BEHIND_SECONDS = 24 * 3600
+# A short quote, so a confirmation after expiry costs a few seconds.
+FX_QUOTE_TTL_SECONDS = 15
+MINE_EVERY_SECONDS = 0.5
+RESTART_PAUSE_SECONDS = 1.0
+LIVE_LINE_EVERY_SECONDS = 1.0
+LEDGER_PROBE_EVERY_SECONDS = 30.0
+# After the faults stop: how long the stack has to drain, and how long a
+# difference may take to converge before it is a violation.
+QUIESCE_SECONDS_MAX = 300.0
+CONVERGE_SECONDS_MAX = 90.0
+CONVERGE_PAUSE_SECONDS = 10.0
+STUCK_AFTER_SECONDS = 60.0
+HOLD_EXPIRY_MARGIN_SECONDS = 120.0
+RECONCILIATION_WAIT_SECONDS = 180.0
+ADMIN_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Options:
+    seed: int = DEFAULT_SEED
+    operations: int = DEFAULT_OPERATIONS
+    minutes: float | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    kill_every_seconds: float = DEFAULT_KILL_EVERY_SECONDS
+    fault_rate: float = DEFAULT_FAULT_RATE
+    customers: int | None = None
+    existing: bool = False
+    report_path: Path | None = None
+    live: bool = True
+
+    @property
+    def customer_count(self) -> int:
+        return self.customers or max(2, self.concurrency * CUSTOMERS_PER_SLOT)
+
+    def replay_command(self) -> str:
+        parts = [
+            "cardflow chaos",
+            f"--seed {self.seed}",
+            f"--ops {self.operations}",
+            f"--concurrency {self.concurrency}",
+            f"--kill-every {self.kill_every_seconds:g}",
+            f"--fault-rate {self.fault_rate:g}",
+            f"--customers {self.customer_count}",
+        ]
+        if self.minutes is not None:
+            parts.append(f"--minutes {self.minutes:g}")
+        return " ".join(parts)
+
+
+@dataclass
+class Tally:
+    started_at: float = field(default_factory=time.monotonic)
+    done: int = 0
+    skipped: int = 0
+    errors: int = 0
+    faults: int = 0
+    webhook_windows: int = 0
+    kills: dict[str, int] = field(default_factory=dict)
+    violations_seen: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
+    def killed(self, part: str) -> None:
+        self.kills[part] = self.kills.get(part, 0) + 1
+
+
+ERROR_SAMPLES_MAX = 20
+
+
+def _fresh_settings(home: Path) -> Settings:
+    os.environ["CARDFLOW_HOME"] = str(home)
+    for variable in (
+        "CARDFLOW_TEMPORAL_PORT",
+        "CARDFLOW_TEMPORAL_UI_PORT",
+        "CARDFLOW_POSTGRES_PORT",
+        "CARDFLOW_CODEC_PORT",
+        "CARDFLOW_SIMULATORS_PORT",
+        "CARDFLOW_GATEWAY_PORT",
+    ):
+        os.environ[variable] = str(free_port())
+    os.environ["CARDFLOW_METRICS_PORT_BASE"] = str(free_port_run(4))
+    return load_settings()
+
+
+@contextlib.asynccontextmanager
+async def stack_for(options: Options) -> AsyncIterator[Stack]:
+    if options.existing:
+        yield Stack(load_settings())
+        return
+    with tempfile.TemporaryDirectory(prefix="cardflow-chaos-") as home:
+        os.chmod(home, 0o755)  # the embedded PostgreSQL may run as another user
+        stack = Stack(_fresh_settings(Path(home)))
+        await asyncio.to_thread(stack.up)
+        try:
+            yield stack
+        finally:
+            await asyncio.to_thread(stack.down)
+
+
+class Chaos:
+    def __init__(self, options: Options, stack: Stack, client: Client) -> None:
+        self.options = options
+        self.stack = stack
+        self.settings = stack.settings
+        self.client = client
+        self.plan: Plan = plan_run(
+            options.seed,
+            operations=options.operations,
+            customers=options.customer_count,
+            fault_rate=options.fault_rate,
+            kills=max(1, int(3600 / max(options.kill_every_seconds, 1.0))),
+        )
+        self.tally = Tally()
+        self.evidence = Evidence()
+        self.admin_url = f"{self.settings.providers_base_url}/_admin"
+        self.webhook_mode: dict[str, bool] = {"hold": False, "duplicate": False}
+        self.restarting = asyncio.Lock()
+        self.stop_faults = asyncio.Event()
+        self.faults_log: list[str] = []
+
+    # ----- the simulators' admin API -----------------------------------
+
+    async def admin(self, method: str, path: str, body: Any = None) -> Any:
+        deadline = time.monotonic() + QUIESCE_SECONDS_MAX
+        while True:
+            try:
+                async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as http:
+                    response = await http.request(method, f"{self.admin_url}{path}", json=body)
+                response.raise_for_status()
+                return response.json() if response.content else None
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def sandbox_options(self) -> None:
+        """What the run needs of the simulators; set again after they restart."""
+        await self.admin(
+            "PUT", f"/options/{ISSUER}", {"clock_offset_seconds": -ISSUER_CLOCK_BEHIND_SECONDS}
+        )
+        await self.admin("PUT", "/options/fx", {"quote_ttl_seconds": FX_QUOTE_TTL_SECONDS})
+        await self.admin("POST", "/webhooks", self.webhook_mode)
+
+    # ----- kills ---------------------------------------------------------
+
+    def _kill(self, part: str) -> bool:
+        record = self.stack.run.alive(part)
+        if record is None:
+            return False
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(record.pid)
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            process.kill()
+            process.wait(timeout=10)
+        self.tally.killed(part)
+        return True
+
+    def _start(self, part: str) -> None:
+        if part == GATEWAY:
+            self.stack._up_http_part(GATEWAY, ["gateway"], self.settings.gateway_port, "/health")
+        elif part == SIMULATORS:
+            self.stack._up_http_part(
+                SIMULATORS, ["simulators", "serve"], self.settings.simulators_port, "/_admin/health"
+            )
+        else:
+            self.stack._up_worker(part.removeprefix("worker-"))
+
+    async def kill_and_restart(self, part: str) -> None:
+        async with self.restarting:
+            if not await asyncio.to_thread(self._kill, part):
+                return
+            await asyncio.sleep(RESTART_PAUSE_SECONDS)
+            await asyncio.to_thread(self._start, part)
+            if part == SIMULATORS:
+                await self.sandbox_options()
+
+    async def killer(self) -> None:
+        for part in self.plan.kill_order:
+            await asyncio.sleep(self.options.kill_every_seconds)
+            if self.stop_faults.is_set():
+                return
+            await self.kill_and_restart(part)
+
+    async def ensure_all_running(self) -> None:
+        for part in (
+            SIMULATORS,
+            GATEWAY,
+            *(worker_part(kind) for kind in QUEUE_KINDS),
+        ):
+            if self.stack.run.alive(part) is None:
+                await asyncio.to_thread(self._start, part)
+        await self.sandbox_options()
+
+    # ----- faults by operation ------------------------------------------
+
+    async def arm_fault(self, fault: ProviderFault) -> None:
+        await self.admin(
+            "POST",
+            "/faults",
+            {
+                "kind": fault.kind,
+                "path_prefix": fault.path_prefix,
+                "times": fault.times,
+                "seconds": fault.seconds,
+                "status": fault.status,
+            },
+        )
+        self.tally.faults += 1
+
+    async def open_window(self, window: WebhookWindow) -> None:
+        if window.kind == "duplicate":
+            self.webhook_mode = {"hold": False, "duplicate": True}
+        else:
+            self.webhook_mode = {"hold": True, "duplicate": False}
+        await self.admin("POST", "/webhooks", self.webhook_mode)
+        self.tally.webhook_windows += 1
+
+    async def close_window(self, window: WebhookWindow) -> None:
+        self.webhook_mode = {"hold": False, "duplicate": False}
+        await self.admin("POST", "/webhooks", self.webhook_mode)
+        if window.kind != "duplicate":
+            order = "reverse" if window.kind == "hold_reverse" else "forward"
+            await self.admin("POST", "/webhooks/release", {"order": order})
+
+    async def before_operation(self, number: int) -> None:
+        """The plan's faults due when operation `number` starts."""
+        for fault in self.faults_at.get(number, []):
+            await self.arm_fault(fault)
+        for window in self.windows_open_at.get(number, []):
+            await self.open_window(window)
+        for window in self.windows_close_at.get(number, []):
+            await self.close_window(window)
+        if number == self.plan.gateway_kill_at and number > 0:
+            await self.kill_and_restart(GATEWAY)
+        if number == self.plan.simulators_kill_at and number > 0:
+            await self.kill_and_restart(SIMULATORS)
+
+    def index_faults(self) -> None:
+        self.faults_at: dict[int, list[ProviderFault]] = {}
+        for fault in self.plan.provider_faults:
+            self.faults_at.setdefault(fault.at_operation, []).append(fault)
+        self.windows_open_at: dict[int, list[WebhookWindow]] = {}
+        self.windows_close_at: dict[int, list[WebhookWindow]] = {}
+        # Windows never overlap: one that starts inside another is dropped.
+        open_until = -1
+        for window in self.plan.webhook_windows:
+            if window.at_operation <= open_until:
+                continue
+            close = min(window.at_operation + window.length_ops, self.options.operations - 1)
+            self.windows_open_at.setdefault(window.at_operation, []).append(window)
+            self.windows_close_at.setdefault(close, []).append(window)
+            open_until = close
+
+    # ----- the run ---------------------------------------------------------
+
+    async def miner(self, workload: Workload) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await workload.tron.mine_blocks(
+                    1, idempotency_key=workload.key("mine", time.monotonic_ns())
+                )
+            await asyncio.sleep(MINE_EVERY_SECONDS)
+
+    async def live_line(self) -> None:
+        pool = await create_pool(self.settings.effective_database_url, size_max=1)
+        last_probe = 0.0
+        try:
+            while True:
+                if time.monotonic() - last_probe > LEDGER_PROBE_EVERY_SECONDS:
+                    last_probe = time.monotonic()
+                    with contextlib.suppress(Exception):
+                        found = await invariants.ledger_violations(pool)
+                        self.tally.violations_seen = max(self.tally.violations_seen, len(found))
+                if self.options.live:
+                    sys.stderr.write("\r" + self.status_line() + "\033[K")
+                    sys.stderr.flush()
+                await asyncio.sleep(LIVE_LINE_EVERY_SECONDS)
+        finally:
+            await pool.close()
+
+    def status_line(self) -> str:
+        t = self.tally
+        elapsed = time.monotonic() - t.started_at
+        kills = sum(t.kills.values())
+        return (
+            f"[{elapsed:6.0f}s] ops {t.done}/{self.options.operations} "
+            f"(skipped {t.skipped}, errors {t.errors}) | faults {t.faults} "
+            f"webhook windows {t.webhook_windows} | kills {kills} | "
+            f"stand-ins {self.evidence.stand_ins} | ledger violations {t.violations_seen}"
+        )
+
+    async def operate(self, workload: Workload) -> None:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for operation in self.plan.operations:
+            queue.put_nowait(operation.number)
+        deadline = time.monotonic() + self.options.minutes * 60 if self.options.minutes else None
+        order = asyncio.Lock()
+
+        async def lane() -> None:
+            while True:
+                try:
+                    number = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+                operation = self.plan.operations[number]
+                async with order:
+                    await self.before_operation(number)
+                try:
+                    outcome = await workload.run(operation)
+                except OperationSkipped as skipped:
+                    self.tally.skipped += 1
+                    outcome = f"skipped: {skipped}"
+                except Exception as error:  # noqa: BLE001 - counted, the run goes on
+                    self.tally.errors += 1
+                    outcome = f"error: {type(error).__name__}"
+                    if len(self.tally.error_samples) < ERROR_SAMPLES_MAX:
+                        self.tally.error_samples.append(
+                            f"operation {number} ({operation.kind}): {error!r}"[:400]
+                        )
+                self.evidence.count(operation.kind, outcome.split(":")[0])
+                self.tally.done += 1
+
+        await asyncio.gather(*(lane() for _ in range(self.options.concurrency)))
+
+    async def quiesce(self) -> None:
+        """Faults off, every part up, every webhook delivered, every money process ended."""
+        self.stop_faults.set()
+        await self.admin("DELETE", "/faults")
+        if self.webhook_mode["hold"] or self.webhook_mode["duplicate"]:
+            self.webhook_mode = {"hold": False, "duplicate": False}
+            await self.admin("POST", "/webhooks", self.webhook_mode)
+            await self.admin("POST", "/webhooks/release", {"order": "reverse"})
+        async with self.restarting:
+            await self.ensure_all_running()
+        deadline = time.monotonic() + QUIESCE_SECONDS_MAX
+        watched = [*self.evidence.topups, *self.evidence.conversions, *self.evidence.card_issues]
+        while time.monotonic() < deadline:
+            health = await self.admin("GET", "/health")
+            if health["webhooks_pending"] == 0 and await self._all_closed(watched):
+                return
+            await asyncio.sleep(1.0)
+
+    async def _all_closed(self, workflow_ids: list[str]) -> bool:
+        from temporalio.client import WorkflowExecutionStatus
+
+        for workflow_id in workflow_ids:
+            try:
+                described = await self.client.get_workflow_handle(workflow_id).describe()
+            except Exception:  # noqa: BLE001 - not started yet: not closed
+                return False
+            if described.status is WorkflowExecutionStatus.RUNNING:
+                return False
+        return True
+
+    async def day_end(self, workload: Workload) -> tuple[str, str]:
+        settlement_day = (datetime.now(UTC) - timedelta(seconds=ISSUER_CLOCK_BEHIND_SECONDS)).date()
+        last_month = (date.today().replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+        reconciliation = await workload.reconcile(settlement_day)
+        billing = await workload.bill(last_month)
+        return reconciliation, billing
+
+    async def check(
+        self, pool: Any, issuer: IssuerClient, reconciliation_id: str
+    ) -> tuple[list[Violation], dict[str, Any]]:
+        violations: list[Violation] = []
+        violations += await invariants.ledger_violations(pool)
+        violations += await invariants.hold_violations(
+            pool, margin_seconds=HOLD_EXPIRY_MARGIN_SECONDS
+        )
+        violations += await invariants.workflow_violations(
+            self.client, stuck_after_seconds=STUCK_AFTER_SECONDS
+        )
+        violations += await invariants.webhook_violations(pool, self.admin_url)
+        money, figures = await money_violations(self.client, pool, issuer, self.evidence)
+        violations += money
+        violations += await self.reconciliation_violations(reconciliation_id)
+        return violations, figures
+
+    async def reconciliation_violations(self, workflow_id: str) -> list[Violation]:
+        handle = self.client.get_workflow_handle(workflow_id, result_type=ReconciliationResult)
+        try:
+            result = await asyncio.wait_for(handle.result(), RECONCILIATION_WAIT_SECONDS)
+        except Exception as error:  # noqa: BLE001 - reported as a violation
+            return [Violation("reconciliation_failed", workflow_id, repr(error)[:300])]
+        return [
+            Violation(
+                "reconciliation_drift",
+                f"{workflow_id} {summary.currency}",
+                f"{summary.unexplained_minor} unexplained",
+            )
+            for summary in result.report.currencies
+            if summary.unexplained_minor
+        ]
+
+    async def execute(self) -> dict[str, Any]:
+        self.index_faults()
+        await self.sandbox_options()
+        issued = await create_key(
+            self.settings,
+            NewApiKey(name=f"chaos-{self.options.seed}", scopes=list(SCOPES)),  # type: ignore[arg-type]
+        )
+        run_tag = f"{int(time.time()) % 100_000:05d}"
+        workload = Workload(
+            self.settings,
+            self.client,
+            issued.key,
+            self.evidence,
+            seed=self.options.seed,
+            run_tag=run_tag,
+        )
+        background = [
+            asyncio.ensure_future(self.miner(workload)),
+            asyncio.ensure_future(self.live_line()),
+        ]
+        try:
+            gate = asyncio.Semaphore(self.options.concurrency)
+
+            async def one(index: int) -> Any:
+                async with gate:
+                    return await workload.set_up_customer(index)
+
+            self.evidence.customers = list(
+                await asyncio.gather(*(one(i) for i in range(self.options.customer_count)))
+            )
+            set_up_seconds = time.monotonic() - self.tally.started_at
+            killer = asyncio.ensure_future(self.killer())
+            background.append(killer)
+            operating_started = time.monotonic()
+            await self.operate(workload)
+            operating_seconds = time.monotonic() - operating_started
+            killer.cancel()
+            await self.quiesce()
+            reconciliation, billing = await self.day_end(workload)
+            pool = await create_pool(self.settings.effective_database_url, size_max=4)
+            try:
+                deadline = time.monotonic() + CONVERGE_SECONDS_MAX
+                while True:
+                    violations, figures = await self.check(pool, workload.issuer, reconciliation)
+                    if not violations or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(CONVERGE_PAUSE_SECONDS)
+            finally:
+                await pool.close()
+        finally:
+            for task in background:
+                task.cancel()
+            await workload.close()
+            if self.options.live:
+                sys.stderr.write("\r" + self.status_line() + "\033[K\n")
+        return self.report(violations, figures, set_up_seconds, operating_seconds, billing)
+
+    def report(
+        self,
+        violations: list[Violation],
+        figures: dict[str, Any],
+        set_up_seconds: float,
+        operating_seconds: float,
+        billing: str,
+    ) -> dict[str, Any]:
+        t = self.tally
+        return {
+            "seed": self.options.seed,
+            "replay": self.options.replay_command(),
+            "operations_planned": self.options.operations,
+            "operations_done": t.done,
+            "skipped": t.skipped,
+            "errors": t.errors,
+            "error_samples": t.error_samples,
+            "operations_by_kind": self.evidence.outcomes,
+            "customers": len(self.evidence.customers),
+            "cards": len(self.evidence.cards),
+            "authorizations": len(self.evidence.authorizations),
+            "transactions": len(self.evidence.transactions),
+            "stand_ins": self.evidence.stand_ins,
+            "provider_faults": t.faults,
+            "webhook_windows": t.webhook_windows,
+            "kills": t.kills,
+            "set_up_seconds": round(set_up_seconds, 1),
+            "operating_seconds": round(operating_seconds, 1),
+            "wall_seconds": round(time.monotonic() - t.started_at, 1),
+            "billing_run": billing,
+            "violations": [v.line() for v in violations],
+            **figures,
+        }
+
+
+async def run(options: Options) -> dict[str, Any]:
+    async with stack_for(options) as stack:
+        client = await connect(stack.settings)
+        return await Chaos(options, stack, client).execute()
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The end-of-run table."""
+    lines = [f"chaos run, seed {report['seed']}: {len(report['violations'])} violations"]
+    lines.append(f"{'operation':<14} " + "outcomes")
+    for kind, outcomes in sorted(report["operations_by_kind"].items()):
+        shown = ", ".join(f"{name} {count}" for name, count in sorted(outcomes.items()))
+        lines.append(f"{kind:<14} {shown}")
+    kills = ", ".join(f"{part} {count}" for part, count in sorted(report["kills"].items()))
+    lines += [
+        f"operations     {report['operations_done']}/{report['operations_planned']} "
+        f"(skipped {report['skipped']}, errors {report['errors']})",
+        f"customers      {report['customers']}, cards {report['cards']}, "
+        f"authorizations {report['authorizations']}, transactions {report['transactions']}",
+        f"faults         provider {report['provider_faults']}, "
+        f"webhook windows {report['webhook_windows']}",
+        f"kills          {kills or 'none'}",
+        f"stand-ins      {report['stand_ins']}",
+        f"time           set-up {report['set_up_seconds']} s, operations "
+        f"{report['operating_seconds']} s, wall {report['wall_seconds']} s",
+    ]
+    for violation in report["violations"]:
+        lines.append(f"VIOLATION {violation}")
+    if report["violations"]:
+        lines.append(f"replay: {report['replay']}")
+    return "\n".join(lines)
+
+
+def main(options: Options) -> int:
+    report = asyncio.run(run(options))
+    path = options.report_path or Path(f"chaos-{options.seed}.json")
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(summary(report))
+    print(f"report: {path}")
+    return 1 if report["violations"] else 0
+
+
+__all__ = ["Options", "main", "run", "summary"]
