@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -36,6 +36,13 @@ class WebhookMode(BaseModel):
 
 class Release(BaseModel):
     order: Literal["forward", "reverse"] = "forward"
+
+
+class Resend(BaseModel):
+    """Send again the delivered event this many deliveries before the newest."""
+
+    back: int = Field(default=0, ge=0, le=1_000_000)
+    simulator: str | None = None
 
 
 class TestEvent(BaseModel):
@@ -120,6 +127,10 @@ def admin_app(context: SimulatorContext) -> FastAPI:
     @admin.post("/webhooks/release")
     async def release(body: Release) -> dict[str, int]:
         return {"released": context.outbox.release(body.order)}
+
+    @admin.post("/webhooks/resend")
+    async def resend(body: Resend) -> dict[str, str | None]:
+        return {"resent": context.outbox.resend(body.back, body.simulator)}
 
     @admin.post("/webhooks/emit", status_code=201)
     async def emit(event: TestEvent) -> dict[str, Any]:

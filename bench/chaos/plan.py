@@ -71,6 +71,14 @@ PROVIDER_FAULT_PATHS = (
 WEBHOOK_WINDOW_OPS_MIN = 5
 WEBHOOK_WINDOW_OPS_MAX = 40
 WEBHOOK_WINDOWS_PER_THOUSAND_OPS = 6
+# A provider's "resend" of an event it delivered long ago: this many times per
+# thousand operations, reaching back up to RESEND_BACK_MAX deliveries (past
+# any memory a card keeps of the events it has seen).
+RESENDS_PER_THOUSAND_OPS = 20
+RESEND_BACK_MAX = 2_000
+# One customer does this share of the operations: a card busy enough to see
+# hundreds of events, the way a fleet or a merchant account does.
+BUSY_CUSTOMER_SHARE = 0.15
 KILLABLE_WORKERS = ("worker-workflows", "worker-ledger", "worker-providers")
 
 WebhookWindowKind = Literal["duplicate", "hold_reverse", "hold_forward"]
@@ -109,12 +117,19 @@ class WebhookWindow:
 
 
 @dataclass(frozen=True)
+class Resend:
+    at_operation: int
+    back: int
+
+
+@dataclass(frozen=True)
 class Plan:
     seed: int
     customers: int
     operations: list[Operation]
     provider_faults: list[ProviderFault]
     webhook_windows: list[WebhookWindow]
+    resends: list[Resend]
     # The order of the workers killed, one every --kill-every seconds.
     kill_order: list[str]
     # At which operation the gateway and the simulators are killed (once each).
@@ -151,7 +166,7 @@ def plan_run(
         Operation(
             number=number,
             kind=(kind := rng.choices(kinds, weights)[0]),
-            customer=rng.randrange(customers),
+            customer=0 if rng.random() < BUSY_CUSTOMER_SHARE else rng.randrange(customers),
             amount_minor=_amount(rng, kind),
             choice=rng.randrange(1 << 30),
         )
@@ -181,12 +196,20 @@ def plan_run(
             )
         )
     windows.sort(key=lambda window: window.at_operation)
+    resends = sorted(
+        (
+            Resend(faults_rng.randrange(operations), faults_rng.randrange(RESEND_BACK_MAX))
+            for _ in range(max(1, operations * RESENDS_PER_THOUSAND_OPS // 1000))
+        ),
+        key=lambda resend: resend.at_operation,
+    )
     return Plan(
         seed=seed,
         customers=customers,
         operations=planned,
         provider_faults=provider_faults,
         webhook_windows=windows,
+        resends=resends,
         kill_order=[faults_rng.choice(KILLABLE_WORKERS) for _ in range(kills)],
         gateway_kill_at=operations // 3,
         simulators_kill_at=(2 * operations) // 3,

@@ -40,7 +40,7 @@ from activities.providers.issuer import IssuerClient
 from bench.chaos import invariants
 from bench.chaos.invariants import Violation
 from bench.chaos.money import money_violations
-from bench.chaos.plan import Plan, ProviderFault, WebhookWindow, plan_run
+from bench.chaos.plan import Plan, ProviderFault, Resend, WebhookWindow, plan_run
 from bench.chaos.workload import Evidence, OperationSkipped, Workload
 from schemas.providers import ISSUER
 from schemas.reconciliation import ReconciliationResult
@@ -119,6 +119,7 @@ class Tally:
     errors: int = 0
     faults: int = 0
     webhook_windows: int = 0
+    resends: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     violations_seen: int = 0
     error_samples: list[str] = field(default_factory=list)
@@ -291,6 +292,12 @@ class Chaos:
         """The plan's faults due when operation `number` starts."""
         for fault in self.faults_at.get(number, []):
             await self.arm_fault(fault)
+        for resend in self.resends_at.get(number, []):
+            answer = await self.admin(
+                "POST", "/webhooks/resend", {"back": resend.back, "simulator": ISSUER}
+            )
+            if answer and answer.get("resent"):
+                self.tally.resends += 1
         for window in self.windows_open_at.get(number, []):
             await self.open_window(window)
         for window in self.windows_close_at.get(number, []):
@@ -304,6 +311,9 @@ class Chaos:
         self.faults_at: dict[int, list[ProviderFault]] = {}
         for fault in self.plan.provider_faults:
             self.faults_at.setdefault(fault.at_operation, []).append(fault)
+        self.resends_at: dict[int, list[Resend]] = {}
+        for resend in self.plan.resends:
+            self.resends_at.setdefault(resend.at_operation, []).append(resend)
         self.windows_open_at: dict[int, list[WebhookWindow]] = {}
         self.windows_close_at: dict[int, list[WebhookWindow]] = {}
         # Windows never overlap: one that starts inside another is dropped.
@@ -350,7 +360,7 @@ class Chaos:
         return (
             f"[{elapsed:6.0f}s] ops {t.done}/{self.options.operations} "
             f"(skipped {t.skipped}, errors {t.errors}) | faults {t.faults} "
-            f"webhook windows {t.webhook_windows} | kills {kills} | "
+            f"webhook windows {t.webhook_windows} resends {t.resends} | kills {kills} | "
             f"stand-ins {self.evidence.stand_ins} | ledger violations {t.violations_seen}"
         )
 
@@ -541,6 +551,7 @@ class Chaos:
             "stand_ins": self.evidence.stand_ins,
             "provider_faults": t.faults,
             "webhook_windows": t.webhook_windows,
+            "webhook_resends": t.resends,
             "kills": t.kills,
             "set_up_seconds": round(set_up_seconds, 1),
             "operating_seconds": round(operating_seconds, 1),
@@ -571,7 +582,7 @@ def summary(report: dict[str, Any]) -> str:
         f"customers      {report['customers']}, cards {report['cards']}, "
         f"authorizations {report['authorizations']}, transactions {report['transactions']}",
         f"faults         provider {report['provider_faults']}, "
-        f"webhook windows {report['webhook_windows']}",
+        f"webhook windows {report['webhook_windows']}, resends {report['webhook_resends']}",
         f"kills          {kills or 'none'}",
         f"stand-ins      {report['stand_ins']}",
         f"time           set-up {report['set_up_seconds']} s, operations "

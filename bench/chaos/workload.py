@@ -588,7 +588,9 @@ class Workload:
         )
 
     async def op_freeze(self, customer: CustomerRef, operation: Operation) -> str:
-        card_id = self._pick(self._usable_cards(customer), operation, "card")
+        # A frozen card is unfrozen first: customers freeze a card for a while.
+        frozen = [c for c in customer.cards if self.evidence.cards[c].state == "frozen"]
+        card_id = self._pick(frozen or self._usable_cards(customer), operation, "card")
         card = self.evidence.cards[card_id]
         action = "unfreeze" if card.state == "frozen" else "freeze"
         answer = await self.card_action(card_id, action, self.key("op", operation.number))

@@ -4,8 +4,9 @@ Every event is written to the store's outbox before delivery, so a restart
 resumes it. A delivery is a POST of {"id", "type", "created_at", "data"} with
 Standard Webhooks headers (webhook-id = event id, webhook-timestamp,
 webhook-signature); anything but a 2xx is retried with exponential backoff.
-For tests the outbox can hold events and release them in reverse order, and
-can deliver every event twice.
+For tests the outbox can hold events and release them in reverse order,
+deliver every event twice, and resend an event delivered long ago (a
+provider dashboard's "resend").
 """
 
 from __future__ import annotations
@@ -80,6 +81,28 @@ class WebhookOutbox:
         self.hold = False
         self._wake.set()
         return len(seqs)
+
+    def resend(self, back: int, simulator: str | None = None) -> str | None:
+        """A provider's "resend" from its dashboard: the delivered event `back`
+        deliveries before the newest is sent again, signed afresh. Returns its
+        id, or None when fewer events were delivered."""
+        rows = self.store.execute(
+            "SELECT seq, event_id FROM outbox WHERE delivered_at IS NOT NULL"
+            " AND (? IS NULL OR simulator = ?) ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            simulator,
+            simulator,
+            back,
+        )
+        if not rows:
+            return None
+        seq, event_id = rows[0]
+        self.store.execute(
+            "UPDATE outbox SET delivered_at = NULL, next_attempt_at = ? WHERE seq = ?",
+            time.time(),
+            seq,
+        )
+        self._wake.set()
+        return str(event_id)
 
     def deliveries(self) -> list[dict[str, Any]]:
         rows = self.store.execute(

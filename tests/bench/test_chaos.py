@@ -1,0 +1,76 @@
+"""The chaos run as CI runs it: a fixed seed, a few hundred operations, kills.
+
+The run starts its own stack in a subprocess (its own CARDFLOW_HOME and
+ports, so nothing of it leaks into this session's environment) and must end
+with no violation. The plan's own promise, the same seed gives the same run,
+is checked directly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.chaos.plan import plan_run
+
+CI_SEED = 17
+CI_OPERATIONS = 240
+CI_CONCURRENCY = 8
+CI_KILL_EVERY_SECONDS = 12
+CI_FAULT_RATE = 0.05
+CI_RUN_SECONDS_MAX = 540
+
+
+def test_a_seed_gives_the_same_operations_and_faults_every_time() -> None:
+    first = plan_run(5, operations=500, customers=10, fault_rate=0.05, kills=40)
+    again = plan_run(5, operations=500, customers=10, fault_rate=0.05, kills=40)
+    other = plan_run(6, operations=500, customers=10, fault_rate=0.05, kills=40)
+    assert first == again
+    assert first.operations != other.operations
+    assert first.provider_faults != other.provider_faults
+    assert first.kill_order != other.kill_order
+
+
+@pytest.mark.timeout(CI_RUN_SECONDS_MAX + 60)
+def test_the_short_chaos_run_ends_with_every_invariant_kept(tmp_path: Path) -> None:
+    report_path = tmp_path / "chaos.json"
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.chaos",
+            "--seed",
+            str(CI_SEED),
+            "--ops",
+            str(CI_OPERATIONS),
+            "--concurrency",
+            str(CI_CONCURRENCY),
+            "--kill-every",
+            str(CI_KILL_EVERY_SECONDS),
+            "--fault-rate",
+            str(CI_FAULT_RATE),
+            "--report",
+            str(report_path),
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=CI_RUN_SECONDS_MAX,
+    )
+    assert report_path.exists(), finished.stdout[-3000:] + finished.stderr[-5000:]
+    report = json.loads(report_path.read_text())
+    assert report["violations"] == [], finished.stdout[-5000:]
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    # The run did what it says: every operation, faults, kills of each kind.
+    assert report["operations_done"] == CI_OPERATIONS
+    assert report["errors"] == 0, report["error_samples"]
+    assert report["provider_faults"] > 0
+    assert report["kills"]["gateway"] == 1
+    assert report["kills"]["simulators"] == 1
+    assert sum(n for part, n in report["kills"].items() if part.startswith("worker-")) >= 3
+    assert report["authorizations"] > 0 and report["transactions"] > 0
