@@ -381,3 +381,13 @@ class Dispute(BaseModel):
     created_at: str
     updated_at: str
     closed_at: str | None = None
+
+
+class AuthorizationPage(BaseModel):
+    data: list[Authorization]
+    has_more: bool
+
+
+class TransactionPage(BaseModel):
+    data: list[Transaction]
+    has_more: bool

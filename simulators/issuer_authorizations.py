@@ -11,13 +11,15 @@ time (simulators/issuer_realtime.py).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from simulators.issuer_models import (
     AdviceIn,
     Authorization,
     AuthorizationEntry,
+    AuthorizationPage,
     AuthorizationRequestData,
     AuthorizeIn,
     ClearIn,
@@ -27,6 +29,7 @@ from simulators.issuer_models import (
     Reversal,
     ReverseIn,
     Transaction,
+    TransactionPage,
 )
 from simulators.issuer_realtime import decide
 from simulators.issuer_state import (
@@ -90,8 +93,49 @@ def _record_transaction(state: IssuerState, transaction: Transaction, event_type
         state.emit("fee.charged", fee)
 
 
+# The listings page like the cards': oldest first, `limit` at a time.
+PAGE_SIZE_DEFAULT = 20
+PAGE_SIZE_MAX = 100
+
+
+def _page_of(ids: list[str], starting_after: str | None, card_id: str) -> tuple[int, int]:
+    """Where a page starts in `ids`, and how many ids there are."""
+    if starting_after is None:
+        return 0, len(ids)
+    if starting_after not in ids:
+        unprocessable(
+            ["query", "starting_after"],
+            f"{starting_after} is not of card {card_id}",
+            starting_after,
+        )
+    return ids.index(starting_after) + 1, len(ids)
+
+
 def router(state: IssuerState) -> APIRouter:
     api = APIRouter()
+
+    @api.get("/v1/authorizations")
+    async def list_authorizations(
+        card_id: Annotated[str, Query(min_length=1)],
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
+        starting_after: Annotated[str | None, Query(min_length=1)] = None,
+    ) -> AuthorizationPage:
+        """A card's authorizations, oldest first; the next page starts after
+        the last id of this one."""
+        found = [a for a in state.all(AUTHORIZATIONS) if a.card_id == card_id]
+        start, count = _page_of([a.id for a in found], starting_after, card_id)
+        return AuthorizationPage(data=found[start : start + limit], has_more=count > start + limit)
+
+    @api.get("/v1/transactions")
+    async def list_transactions(
+        card_id: Annotated[str, Query(min_length=1)],
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
+        starting_after: Annotated[str | None, Query(min_length=1)] = None,
+    ) -> TransactionPage:
+        """A card's settled transactions, oldest first, paged as authorizations."""
+        found = [t for t in state.all(TRANSACTIONS) if t.card_id == card_id]
+        start, count = _page_of([t.id for t in found], starting_after, card_id)
+        return TransactionPage(data=found[start : start + limit], has_more=count > start + limit)
 
     @api.get("/v1/authorizations/{authorization_id}")
     async def get_authorization(authorization_id: str) -> Authorization:

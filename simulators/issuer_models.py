@@ -143,6 +143,16 @@ class CardPage(BaseModel):
     has_more: bool
 
 
+class AuthorizationPage(BaseModel):
+    data: list[Authorization]
+    has_more: bool
+
+
+class TransactionPage(BaseModel):
+    data: list[Transaction]
+    has_more: bool
+
+
 class CardStateIn(Input):
     """The state asked for: paused (pause), open (resume) or closed (close)."""
 

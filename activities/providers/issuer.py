@@ -17,6 +17,7 @@ from activities.providers.http import ProviderClient
 from schemas.issuer import (
     Address,
     Authorization,
+    AuthorizationPage,
     Card,
     Cardholder,
     CardPage,
@@ -35,12 +36,15 @@ from schemas.issuer import (
     ShippingRequest,
     ShippingStatus,
     Transaction,
+    TransactionPage,
 )
 from schemas.money import Currency
 from schemas.providers import ISSUER
 from schemas.reconciliation import SettlementReportPage
 
 CARDS_PAGE_SIZE_MAX = 100
+# Authorizations and transactions of a card, per page.
+PAGE_SIZE_MAX = 100
 
 
 def _wire(model: BaseModel) -> dict[str, Any]:
@@ -229,6 +233,22 @@ class IssuerClient(ProviderClient):
 
     async def get_authorization(self, authorization_id: str) -> Authorization:
         return await self.call("GET", f"/v1/authorizations/{authorization_id}", Authorization)
+
+    async def list_authorizations(
+        self, card_id: str, *, limit: int = PAGE_SIZE_MAX, starting_after: str | None = None
+    ) -> AuthorizationPage:
+        params: dict[str, Any] = {"card_id": card_id, "limit": limit}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        return await self.call("GET", "/v1/authorizations", AuthorizationPage, params=params)
+
+    async def list_transactions(
+        self, card_id: str, *, limit: int = PAGE_SIZE_MAX, starting_after: str | None = None
+    ) -> TransactionPage:
+        params: dict[str, Any] = {"card_id": card_id, "limit": limit}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        return await self.call("GET", "/v1/transactions", TransactionPage, params=params)
 
     async def get_transaction(self, transaction_id: str) -> Transaction:
         return await self.call("GET", f"/v1/transactions/{transaction_id}", Transaction)

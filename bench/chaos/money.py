@@ -38,7 +38,7 @@ from schemas.cards import CardIssueResult
 from schemas.cashback import CashbackResult, CashbackStatus
 from schemas.disputes import DisputeResult, DisputeStatusView
 from schemas.fx import FxConversionResult
-from schemas.issuer import AuthorizationStatus, TransactionType
+from schemas.issuer import Authorization, AuthorizationStatus, Transaction, TransactionType
 from schemas.topup import TopupResult
 from workflows.cashback import cashback_workflow_id
 
@@ -93,28 +93,31 @@ async def expected_money(
     expected: dict[int, Expected] = defaultdict(Expected)
     unread: list[Violation] = []
 
-    # The issuer: what it holds, what it settled.
-    authorization_ids = list(evidence.authorizations)
-    answers = await _gather_bounded([issuer.get_authorization(a) for a in authorization_ids])
-    for authorization_id, answer in zip(authorization_ids, answers, strict=True):
-        ref = evidence.authorizations[authorization_id]
-        if isinstance(answer, BaseException):
-            unread.append(_unread(authorization_id, answer, ref.operation))
-        elif answer.status is AuthorizationStatus.PENDING and answer.pending_amount_minor:
-            expected[ref.customer].pending_by_authorization[authorization_id] = (
-                answer.pending_amount_minor
-            )
-    transaction_ids = list(evidence.transactions)
-    answers = await _gather_bounded([issuer.get_transaction(t) for t in transaction_ids])
-    for transaction_id, answer in zip(transaction_ids, answers, strict=True):
-        spent = evidence.transactions[transaction_id]
-        if isinstance(answer, BaseException):
-            unread.append(_unread(transaction_id, answer, spent.operation))
+    # The issuer: what it holds and what it settled, card by card (so an
+    # authorization whose answer the run never received is counted too).
+    cards = list(evidence.cards)
+    listed = await _gather_bounded([_issuer_records(issuer, card_id) for card_id in cards])
+    for card_id, records in zip(cards, listed, strict=True):
+        customer = evidence.cards[card_id].customer
+        if isinstance(records, BaseException):
+            unread.append(_unread(card_id, records, None))
             continue
-        sign = 1 if answer.type is TransactionType.REFUND else -1
-        expected[spent.customer].add(
-            answer.currency.value, sign * answer.amount_minor, answer.type.value
-        )
+        authorizations, transactions = records
+        for authorization in authorizations:
+            if authorization.status is AuthorizationStatus.PENDING:
+                if authorization.pending_amount_minor:
+                    expected[customer].pending_by_authorization[authorization.id] = (
+                        authorization.pending_amount_minor
+                    )
+        for transaction in transactions:
+            if transaction.type is TransactionType.CHARGEBACK:
+                continue  # a chargeback is the dispute process's money
+            sign = 1 if transaction.type is TransactionType.REFUND else -1
+            expected[customer].add(
+                transaction.currency.value,
+                sign * transaction.amount_minor,
+                transaction.type.value,
+            )
 
     # The processes' results.
     topups = list(evidence.topups)
@@ -157,19 +160,28 @@ async def expected_money(
 
     # Cashback: a process per settled purchase that earned a reward.
     purchases = [
-        t
-        for t, ref in evidence.transactions.items()
-        if ref.type in (TransactionType.CLEARING.value, TransactionType.FORCE_POST.value)
+        transaction.id
+        for records in listed
+        if not isinstance(records, BaseException)
+        for transaction in records[1]
+        if transaction.type in (TransactionType.CLEARING, TransactionType.FORCE_POST)
     ]
+    customer_of = {
+        transaction.id: evidence.cards[transaction.card_id].customer
+        for records in listed
+        if not isinstance(records, BaseException)
+        for transaction in records[1]
+    }
     results = await _gather_bounded([_cashback(client, t) for t in purchases])
     for transaction_id, result in zip(purchases, results, strict=True):
-        customer = evidence.transactions[transaction_id].customer
+        customer = customer_of[transaction_id]
         if isinstance(result, BaseException):
+            ref = evidence.transactions.get(transaction_id)
             unread.append(
                 _unread(
                     cashback_workflow_id(transaction_id),
                     result,
-                    evidence.transactions[transaction_id].operation,
+                    ref.operation if ref else None,
                 )
             )
         elif result is not None:
@@ -188,6 +200,28 @@ async def expected_money(
             if net:
                 expected[customer].add(currency, net, "dispute")
     return expected, unread
+
+
+async def _issuer_records(
+    issuer: IssuerClient, card_id: str
+) -> tuple[list[Authorization], list[Transaction]]:
+    authorizations: list[Authorization] = []
+    after: str | None = None
+    while True:
+        page = await issuer.list_authorizations(card_id, starting_after=after)
+        authorizations += page.data
+        if not page.has_more or not page.data:
+            break
+        after = page.data[-1].id
+    transactions: list[Transaction] = []
+    after = None
+    while True:
+        listed = await issuer.list_transactions(card_id, starting_after=after)
+        transactions += listed.data
+        if not listed.has_more or not listed.data:
+            break
+        after = listed.data[-1].id
+    return authorizations, transactions
 
 
 async def _cashback(client: Client, transaction_id: str) -> tuple[str, int] | None:
@@ -316,7 +350,7 @@ async def money_violations(
                     where = (
                         f"card {ref.card_id}, operation {ref.operation}"
                         if ref
-                        else "not an authorization of the run"
+                        else "an authorization whose answer the run never received"
                     )
                     violations.append(
                         Violation(

@@ -18,7 +18,7 @@ import pytest
 from bench.chaos.plan import plan_run
 
 CI_SEED = 17
-CI_OPERATIONS = 240
+CI_OPERATIONS = 200
 CI_CONCURRENCY = 8
 CI_KILL_EVERY_SECONDS = 12
 CI_FAULT_RATE = 0.05
