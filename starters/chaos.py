@@ -42,6 +42,10 @@ def chaos_command(
         Path | None, typer.Option("--report", help="Where the JSON report goes")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live line")] = False,
+    keep: Annotated[
+        bool,
+        typer.Option("--keep", help="After violations, leave the run's stack up to investigate"),
+    ] = False,
 ) -> None:
     """Seeded chaos: traffic, faults and kills, then every money invariant checked."""
     from bench.chaos.run import Options
@@ -58,6 +62,7 @@ def chaos_command(
         existing=existing,
         report_path=report,
         live=not quiet,
+        keep_on_violation=keep,
     )
     raise typer.Exit(run_chaos(options))
 

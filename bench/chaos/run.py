@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -91,6 +92,8 @@ class Options:
     existing: bool = False
     report_path: Path | None = None
     live: bool = True
+    # Leave a fresh stack running after a run with violations, to investigate.
+    keep_on_violation: bool = False
 
     @property
     def customer_count(self) -> int:
@@ -151,14 +154,24 @@ async def stack_for(options: Options) -> AsyncIterator[Stack]:
     if options.existing:
         yield Stack(load_settings())
         return
-    with tempfile.TemporaryDirectory(prefix="cardflow-chaos-") as home:
-        os.chmod(home, 0o755)  # the embedded PostgreSQL may run as another user
-        stack = Stack(_fresh_settings(Path(home)))
+    home = tempfile.mkdtemp(prefix="cardflow-chaos-")
+    os.chmod(home, 0o755)  # the embedded PostgreSQL may run as another user
+    stack = Stack(_fresh_settings(Path(home)))
+    kept = False
+    try:
         await asyncio.to_thread(stack.up)
-        try:
-            yield stack
-        finally:
+        yield stack
+    except KeptForInvestigation:
+        kept = True
+        raise
+    finally:
+        if not kept:
             await asyncio.to_thread(stack.down)
+            shutil.rmtree(home, ignore_errors=True)
+
+
+class KeptForInvestigation(Exception):
+    """The run found violations and its stack is left running (--keep)."""
 
 
 class Chaos:
@@ -563,9 +576,26 @@ class Chaos:
 
 
 async def run(options: Options) -> dict[str, Any]:
-    async with stack_for(options) as stack:
-        client = await connect(stack.settings)
-        return await Chaos(options, stack, client).execute()
+    report: dict[str, Any] = {}
+    try:
+        async with stack_for(options) as stack:
+            client = await connect(stack.settings)
+            report = await Chaos(options, stack, client).execute()
+            if report["violations"] and options.keep_on_violation and not options.existing:
+                s = stack.settings
+                report["kept_stack"] = {
+                    "home": str(stack.home),
+                    "temporal": s.temporal_target,
+                    "web_ui": s.web_ui_url,
+                    "database": s.embedded_database_url_without_password,
+                    "simulators": s.providers_base_url,
+                    "gateway": f"http://{s.bind_host}:{s.gateway_port}",
+                    "stop": f"CARDFLOW_HOME={stack.home} cardflow dev down",
+                }
+                raise KeptForInvestigation
+    except KeptForInvestigation:
+        pass
+    return report
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -592,6 +622,8 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"VIOLATION {violation}")
     if report["violations"]:
         lines.append(f"replay: {report['replay']}")
+    if "kept_stack" in report:
+        lines.append(f"stack kept running for investigation: {report['kept_stack']}")
     return "\n".join(lines)
 
 
