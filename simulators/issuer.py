@@ -16,7 +16,9 @@ daily settlement report. Mounted at /issuer.
     GET   /v1/program/funding                              funded balance per currency
     POST  /v1/program/funding/deposits                     add funding
     GET   /v1/authorizations/{id}
+    GET   /v1/authorizations?card_id=&limit=&starting_after=   a card's authorizations, paged
     GET   /v1/transactions/{id}
+    GET   /v1/transactions?card_id=&limit=&starting_after=     a card's transactions, paged
     POST  /v1/disputes                                     dispute a settled transaction
     GET   /v1/disputes/{id}
     POST  /v1/disputes/{id}/evidence
@@ -51,7 +53,15 @@ Options (admin API, PUT /_admin/options/issuer): authorization_deadline_ms
 "decline"), clock_offset_seconds (moves the issuer's clock forward, or back
 when negative, before anything happens; default 0), settlement_delay_days
 (transactions made while it is set settle that many days late: they are in
-a later day's settlement report than the day they happened; default 0).
+a later day's settlement report than the day they happened; default 0),
+die_before_recording_decision (true: the process exits the moment it has
+cardflow's answer to an authorization or increment, before recording it, as
+a crash at the worst moment does; default false).
+
+An issuer that died while cardflow decided a request declines that request
+when it starts again (the network had no answer in time) and announces it
+(authorization.created and .declined, or .increment_declined), so cardflow
+releases what it held for it.
 """
 
 from __future__ import annotations
@@ -68,6 +78,8 @@ __all__ = ["NAME", "create"]
 def create(context: SimulatorContext) -> FastAPI:
     app = FastAPI(title="Card issuer (simulated)")
     state = IssuerState(context)
+    # What an issuer that died mid-decision left unanswered is declined first.
+    issuer_authorizations.recover_asks_in_flight(state)
     for module in (issuer_cards, issuer_authorizations, issuer_disputes, issuer_reports):
         app.include_router(module.router(state))
     return app

@@ -10,6 +10,7 @@ time (simulators/issuer_realtime.py).
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from simulators.issuer_models import (
     AuthorizationRequestData,
     AuthorizeIn,
     ClearIn,
+    Decision,
     Fee,
     IncrementIn,
     MerchantTransactionIn,
@@ -36,6 +38,7 @@ from simulators.issuer_state import (
     AUTHORIZATIONS,
     CARDS,
     FEES,
+    NAME,
     REVERSALS,
     TRANSACTIONS,
     IssuerState,
@@ -91,6 +94,96 @@ def _record_transaction(state: IssuerState, transaction: Transaction, event_type
     if fee is not None:
         state.save(FEES, fee)
         state.emit("fee.charged", fee)
+
+
+# A request the issuer has put to cardflow but whose decision it has not yet
+# recorded. Written before asking and removed once the decision is saved, so
+# an issuer that dies in between knows, when it starts again, which requests
+# the network never had an answer for: it declines them (the network's
+# timeout) and says so, as a real issuer's recovery does, so cardflow
+# releases whatever it held for them.
+IN_FLIGHT = "issuer-asks-in-flight"
+IN_FLIGHT_REASON = "declined: the issuer failed before it recorded the decision"
+
+
+def _ask_in_flight(state: IssuerState, request: AuthorizationRequestData, decisions: int) -> str:
+    ask_id = f"{request.authorization_id}/{decisions}"
+    state.context.store.put(
+        IN_FLIGHT, ask_id, {"request": request.model_dump(mode="json"), "decisions": decisions}
+    )
+    return ask_id
+
+
+def _ask_answered(state: IssuerState, ask_id: str) -> None:
+    state.context.store.execute(
+        "DELETE FROM documents WHERE kind = ? AND id = ?", IN_FLIGHT, ask_id
+    )
+
+
+# The exit status of an issuer told to die before recording a decision.
+DIED_EXIT_STATUS = 137
+
+
+def _die_if_asked(state: IssuerState) -> None:
+    if state.context.option(NAME, "die_before_recording_decision", False) is True:
+        os._exit(DIED_EXIT_STATUS)
+
+
+def recover_asks_in_flight(state: IssuerState) -> int:
+    """Decline every request left undecided by an issuer that died while
+    cardflow decided it; returns how many."""
+    recovered = 0
+    for document in state.context.store.list(IN_FLIGHT):
+        request = AuthorizationRequestData.model_validate(document["request"])
+        stamp = state.now_iso()
+        declined = Decision(
+            kind=request.kind,
+            requested_amount_minor=request.amount_minor,
+            approved_amount_minor=0,
+            outcome="decline",
+            decided_by="issuer",
+            reason=IN_FLIGHT_REASON,
+            decided_at=stamp,
+        )
+        found = state.find(AUTHORIZATIONS, request.authorization_id)
+        if request.kind == "initial" and found is None:
+            authorization = Authorization(
+                id=request.authorization_id,
+                card_id=request.card_id,
+                cardholder_id=request.cardholder_id,
+                status="declined",
+                merchant=request.merchant,
+                merchant_amount_minor=request.merchant_amount_minor,
+                merchant_currency=request.merchant_currency,
+                conversion_rate=request.conversion_rate,
+                currency=request.currency,
+                requested_amount_minor=request.amount_minor,
+                amount_minor=0,
+                pending_amount_minor=0,
+                partial_approval_capable=request.partial_approval_capable,
+                decided_by="issuer",
+                decision_reason=IN_FLIGHT_REASON,
+                decisions=[declined],
+                history=[],
+                created_at=stamp,
+                updated_at=stamp,
+                expires_at=stamp,
+            )
+            state.save(AUTHORIZATIONS, authorization)
+            state.emit("authorization.created", authorization)
+            state.emit("authorization.declined", authorization)
+        elif (
+            request.kind == "incremental"
+            and found is not None
+            and len(found.decisions) == document["decisions"]
+        ):
+            found.decisions.append(declined)
+            found.updated_at = stamp
+            state.save(AUTHORIZATIONS, found)
+            state.emit("authorization.increment_declined", found)
+        _ask_answered(state, f"{request.authorization_id}/{document['decisions']}")
+        recovered += 1
+    return recovered
 
 
 # The listings page like the cards': oldest first, `limit` at a time.
@@ -178,7 +271,9 @@ def router(state: IssuerState) -> APIRouter:
             partial_approval_capable=body.partial_approval_capable,
             pending_amount_minor=0,
         )
+        ask_id = _ask_in_flight(state, request, 0)
         decision = await decide(state, card, request)
+        _die_if_asked(state)
         now = state.now()
         stamp = now.isoformat()
         approved = decision.approved_amount_minor
@@ -215,6 +310,7 @@ def router(state: IssuerState) -> APIRouter:
             expires_at=(now + timedelta(days=AUTHORIZATION_HOLD_DAYS)).isoformat(),
         )
         state.save(AUTHORIZATIONS, authorization)
+        _ask_answered(state, ask_id)
         state.emit("authorization.created", authorization)
         if authorization.status == "declined":
             state.emit("authorization.declined", authorization)
@@ -248,7 +344,9 @@ def router(state: IssuerState) -> APIRouter:
             partial_approval_capable=authorization.partial_approval_capable,
             pending_amount_minor=authorization.pending_amount_minor,
         )
+        ask_id = _ask_in_flight(state, request, len(authorization.decisions))
         decision = await decide(state, card, request)
+        _die_if_asked(state)
         # Another network message may have changed it while cardflow decided.
         authorization = state.load(AUTHORIZATIONS, authorization_id)
         _require_pending(authorization, "increment")
@@ -267,6 +365,7 @@ def router(state: IssuerState) -> APIRouter:
                 )
             )
         state.save(AUTHORIZATIONS, authorization)
+        _ask_answered(state, ask_id)
         state.emit(
             "authorization.incremented"
             if decision.outcome == "approve"

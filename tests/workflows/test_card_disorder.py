@@ -561,3 +561,56 @@ async def test_a_card_cancelled_while_it_posts_is_cancelled_not_a_ledger_conflic
     with pytest.raises(WorkflowFailureError):
         await handle.result()
     assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
+
+
+def issuer_dies_before_recording(platform: Platform) -> None:
+    """The issuer's process will exit the moment it has the card's next answer."""
+    platform.sim.admin("PUT", "/options/issuer", {"die_before_recording_decision": True})
+
+
+def issuer_starts_again(platform: Platform) -> None:
+    assert platform.sim.process is not None
+    platform.sim.process.wait(timeout=30)
+    platform.sim.process = None
+    platform.sim.start()
+
+
+async def test_an_issuer_that_died_before_recording_an_approval_declines_it_and_nothing_stays_held(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    issuer_dies_before_recording(platform)
+    with pytest.raises(Exception):  # noqa: B017 - the connection dies with the issuer
+        await authorize(platform, card_id, 2_500)
+    # The card approved and held; the issuer never recorded it.
+    assert (await wallet(platform, customer_id)).debits_pending == 2_500
+    issuer_starts_again(platform)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+    assert await held_by_card(handle) == 0
+    async with issuer(platform) as client:
+        page = await client.list_authorizations(card_id)
+    assert [(a.status, a.pending_amount_minor) for a in page.data] == [
+        (AuthorizationStatus.DECLINED, 0)
+    ]
+    assert await running(handle)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_an_issuer_that_died_before_recording_an_increment_declines_it(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    first = await authorize(platform, card_id, 1_000)
+    issuer_dies_before_recording(platform)
+    with pytest.raises(Exception):  # noqa: B017 - the connection dies with the issuer
+        async with issuer(platform) as client:
+            await client.simulate_increment(first.id, amount_minor=700, idempotency_key="inc")
+    assert (await wallet(platform, customer_id)).debits_pending == 1_700
+    issuer_starts_again(platform)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    async with issuer(platform) as client:
+        seen = await client.get_authorization(first.id)
+    assert seen.pending_amount_minor == 1_000
+    assert [d.outcome.value for d in seen.decisions] == ["approve", "decline"]
+    assert await held_by_card(handle) == 1_000
+    assert await verify(platform.stack.pool) == []
