@@ -68,7 +68,7 @@ OPENING_FUNDS_MINOR = 500_000
 CALL_PERSISTENCE_SECONDS = 180.0
 CALL_RETRY_PAUSE_SECONDS = 0.5
 # Waiting for a process to reach a stage or finish.
-PROCESS_WAIT_SECONDS = 120.0
+PROCESS_WAIT_SECONDS = 300.0
 POLL_SECONDS = 0.2
 RETRYABLE_PROVIDER_ERRORS = frozenset(
     {"ProviderTimeout", "ProviderUnreachable", "ProviderUnavailable", "ProviderRateLimited"}
