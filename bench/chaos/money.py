@@ -248,12 +248,24 @@ async def _dispute(client: Client, workflow_id: str) -> tuple[str, int] | None:
         view: DisputeStatusView = await _status(client, workflow_id, DisputeStatusView)
         if view.currency is None:
             return None
-        return view.currency.value, view.provisional_credit_minor - view.reversed_minor
+        return view.currency.value, _dispute_net(
+            view.provisional_credit_minor, view.reversed_minor, view.final_credit_minor
+        )
     if isinstance(result, DisputeResult):
         if result.currency is None:
             return None
-        return result.currency.value, result.provisional_credit_minor - result.reversed_minor
+        return result.currency.value, _dispute_net(
+            result.provisional_credit_minor, result.reversed_minor, result.final_credit_minor
+        )
     raise RuntimeError(f"{workflow_id} ended {result}")
+
+
+def _dispute_net(provisional_minor: int, reversed_minor: int, final_minor: int) -> int:
+    """What a dispute left in the wallet: a won dispute's final credit (the
+    provisional credit it kept, or a credit of its own when it was won before
+    any provisional credit), else the provisional credit less what was taken
+    back (what the wallet could not cover is debt, not wallet money)."""
+    return final_minor if final_minor else provisional_minor - reversed_minor
 
 
 def _unread(subject: str, error: BaseException, operation: int | None) -> Violation:

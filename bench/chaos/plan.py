@@ -29,6 +29,7 @@ OPERATION_WEIGHTS: dict[str, int] = {
     "freeze": 3,
     "replace": 1,
     "dispute": 2,
+    "represent": 2,
 }
 OPERATION_KINDS = tuple(OPERATION_WEIGHTS)
 
@@ -70,7 +71,7 @@ PROVIDER_FAULT_PATHS = (
 # every event twice, or hold events and then release them newest first.
 WEBHOOK_WINDOW_OPS_MIN = 5
 WEBHOOK_WINDOW_OPS_MAX = 40
-WEBHOOK_WINDOWS_PER_THOUSAND_OPS = 6
+WEBHOOK_WINDOWS_PER_THOUSAND_OPS = 25
 # A provider's "resend" of an event it delivered long ago: this many times per
 # thousand operations, reaching back up to RESEND_BACK_MAX deliveries (past
 # any memory a card keeps of the events it has seen).
@@ -82,6 +83,17 @@ BUSY_CUSTOMER_SHARE = 0.15
 KILLABLE_WORKERS = ("worker-workflows", "worker-ledger", "worker-providers")
 
 WebhookWindowKind = Literal["duplicate", "hold_reverse", "hold_forward"]
+# Reversed release is the disorder that breaks most: drawn twice as often.
+WEBHOOK_WINDOW_KINDS: tuple[WebhookWindowKind, ...] = (
+    "duplicate",
+    "hold_reverse",
+    "hold_reverse",
+    "hold_forward",
+)
+# A long run sends one card more events than any memory of them a card keeps
+# (a burst of small force posts, a fleet card's day), half-way through.
+BURST_OPERATIONS_MIN = 2_000
+BURST_EVENTS = 520
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,9 @@ def plan_run(
         )
         for number in range(operations)
     ]
+    if operations >= BURST_OPERATIONS_MIN:
+        middle = operations // 2
+        planned[middle] = Operation(middle, "burst", 0, BURST_EVENTS, rng.randrange(1 << 30))
     faults_rng = random.Random(seed * 7919 + 1)
     provider_faults = [
         ProviderFault(
@@ -192,7 +207,7 @@ def plan_run(
             WebhookWindow(
                 at_operation=faults_rng.randrange(operations),
                 length_ops=faults_rng.randint(WEBHOOK_WINDOW_OPS_MIN, WEBHOOK_WINDOW_OPS_MAX),
-                kind=faults_rng.choice(("duplicate", "hold_reverse", "hold_forward")),
+                kind=faults_rng.choice(WEBHOOK_WINDOW_KINDS),
             )
         )
     windows.sort(key=lambda window: window.at_operation)

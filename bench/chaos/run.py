@@ -125,6 +125,7 @@ class Tally:
     resends: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     violations_seen: int = 0
+    phase: str = "setting up customers"
     error_samples: list[str] = field(default_factory=list)
 
     def killed(self, part: str) -> None:
@@ -371,7 +372,7 @@ class Chaos:
         elapsed = time.monotonic() - t.started_at
         kills = sum(t.kills.values())
         return (
-            f"[{elapsed:6.0f}s] ops {t.done}/{self.options.operations} "
+            f"[{elapsed:6.0f}s] {t.phase}: ops {t.done}/{self.options.operations} "
             f"(skipped {t.skipped}, errors {t.errors}) | faults {t.faults} "
             f"webhook windows {t.webhook_windows} resends {t.resends} | kills {kills} | "
             f"stand-ins {self.evidence.stand_ins} | ledger violations {t.violations_seen}"
@@ -516,15 +517,21 @@ class Chaos:
             killer = asyncio.ensure_future(self.killer())
             background.append(killer)
             operating_started = time.monotonic()
+            self.tally.phase = "operating"
             await self.operate(workload)
             operating_seconds = time.monotonic() - operating_started
             killer.cancel()
+            self.tally.phase = "quiescing"
             await self.quiesce()
+            self.tally.phase = "reconciling and billing"
             reconciliation, billing = await self.day_end(workload)
             pool = await create_pool(self.settings.effective_database_url, size_max=4)
             try:
                 deadline = time.monotonic() + CONVERGE_SECONDS_MAX
+                checks = 0
                 while True:
+                    checks += 1
+                    self.tally.phase = f"checking (round {checks})"
                     violations, figures = await self.check(pool, workload.issuer, reconciliation)
                     if not violations or time.monotonic() > deadline:
                         break

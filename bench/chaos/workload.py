@@ -75,6 +75,8 @@ RETRYABLE_PROVIDER_ERRORS = frozenset(
 )
 API_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 DISPUTE_REASON = "fraudulent"
+BURST_POST_MINOR = 1
+ADMIN_TIMEOUT_SECONDS = 10.0
 # The onboarding's stage once the KYC check is submitted and can be decided.
 ONBOARDING_WAITS_FOR_KYC = "waiting for the KYC result"
 
@@ -662,6 +664,44 @@ class Workload:
             )
         )
         return f"dispute {outcome.value}"
+
+    async def op_represent(self, customer: CustomerRef, operation: Operation) -> str:
+        """The issuer announces a clearing it announced before, under a new
+        event id (a replay after the issuer's own incident): the card must
+        not move its money again, however long ago it saw the first."""
+        cleared = [
+            t for t in customer.purchases if self.evidence.transactions[t].type == "clearing"
+        ]
+        transaction_id = self._pick(cleared, operation, "clearing")
+        transaction = await self.provider(lambda: self.issuer.get_transaction(transaction_id))
+        async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
+            emitted = await admin.post(
+                f"{self.settings.providers_base_url}/_admin/webhooks/emit",
+                json={
+                    "simulator": ISSUER,
+                    "type": "transaction.cleared",
+                    "data": transaction.model_dump(mode="json"),
+                },
+            )
+        _expect(emitted, 201)
+        return "re-presented"
+
+    async def op_burst(self, customer: CustomerRef, operation: Operation) -> str:
+        """`amount_minor` small force posts on one card, one after another."""
+        card_id = self._pick(self._usable_cards(customer), operation, "card")
+        merchant = MERCHANTS[operation.choice % len(MERCHANTS)]
+        for index in range(operation.amount_minor):
+            tx = await self.provider(
+                lambda index=index: self.issuer.simulate_force_post(  # type: ignore[misc]
+                    card_id=card_id,
+                    amount_minor=BURST_POST_MINOR,
+                    currency=Currency.USD,
+                    merchant=merchant,
+                    idempotency_key=self.key("op", operation.number, index),
+                )
+            )
+            self._transaction(customer, card_id, operation, tx)
+        return "burst"
 
     # ----- the day's end -------------------------------------------------
 
