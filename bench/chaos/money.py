@@ -45,6 +45,8 @@ from workflows.cashback import cashback_workflow_id
 # Reads of the issuer and of processes at once.
 READS_AT_ONCE = 16
 WORKFLOW_RESULT_SECONDS = 10.0
+# How the issuer names an answer it could not use for the question it asked.
+MALFORMED_ANSWER = "malformed gateway answer"
 _AUTHORIZATION_IN_KEY = re.compile(r"/auth/([^/]+)/")
 
 
@@ -104,6 +106,19 @@ async def expected_money(
             continue
         authorizations, transactions = records
         for authorization in authorizations:
+            for index, decision in enumerate(authorization.decisions):
+                # An answer that does not fit its question (more approved than
+                # asked): the card answered another question than this one.
+                if MALFORMED_ANSWER in decision.reason:
+                    ref = evidence.authorizations.get(authorization.id)
+                    unread.append(
+                        Violation(
+                            "answer_not_to_the_question",
+                            f"{card_id} {authorization.id} decision {index}",
+                            f"{decision.reason} ({decision.kind}; operation "
+                            f"{ref.operation if ref else None})",
+                        )
+                    )
             if authorization.status is AuthorizationStatus.PENDING:
                 if authorization.pending_amount_minor:
                     expected[customer].pending_by_authorization[authorization.id] = (
@@ -176,12 +191,12 @@ async def expected_money(
     for transaction_id, result in zip(purchases, results, strict=True):
         customer = customer_of[transaction_id]
         if isinstance(result, BaseException):
-            ref = evidence.transactions.get(transaction_id)
+            purchase = evidence.transactions.get(transaction_id)
             unread.append(
                 _unread(
                     cashback_workflow_id(transaction_id),
                     result,
-                    ref.operation if ref else None,
+                    purchase.operation if purchase else None,
                 )
             )
         elif result is not None:
