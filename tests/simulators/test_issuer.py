@@ -364,6 +364,31 @@ async def test_cards_are_listed_per_cardholder_a_page_at_a_time(issuer: Issuer) 
     assert [card["id"] for card in rest["data"]] == [more[1]["id"]] and rest["has_more"] is False
 
 
+async def test_a_cards_authorizations_and_transactions_are_listed_a_page_at_a_time(
+    issuer: Issuer, webhook_sink: Any
+) -> None:
+    webhook_sink.realtime = APPROVE
+    card_id = (await issuer.card())["id"]
+    other = (await issuer.card())["id"]
+    auths = [await issuer.authorize(card_id, amount) for amount in (100, 200, 300)]
+    await issuer.authorize(other, 400)
+    cleared = await issuer.clear(auths[0]["id"])
+    page = (
+        await issuer.call("GET", "/v1/authorizations", params={"card_id": card_id, "limit": 2})
+    ).json()
+    assert [a["id"] for a in page["data"]] == [auths[0]["id"], auths[1]["id"]]
+    assert page["data"][0]["status"] == "cleared" and page["has_more"] is True
+    params = {"card_id": card_id, "limit": 2, "starting_after": auths[1]["id"]}
+    rest = (await issuer.call("GET", "/v1/authorizations", params=params)).json()
+    assert [a["id"] for a in rest["data"]] == [auths[2]["id"]] and rest["has_more"] is False
+    listed = (await issuer.call("GET", "/v1/transactions", params={"card_id": card_id})).json()
+    assert listed == {"data": [cleared], "has_more": False}
+    unknown = {"card_id": card_id, "starting_after": "auth_nope"}
+    refused = await issuer.call("GET", "/v1/authorizations", params=unknown)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["query", "starting_after"]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "location"),
     [
