@@ -47,10 +47,11 @@ from schemas.providers import ISSUER
 from schemas.reconciliation import ReconciliationResult
 from schemas.task_queues import QUEUE_KINDS
 from starters.apikeys import create_key
-from starters.devstack.processes import free_port, free_port_run
+from starters.devstack.processes import free_port, free_port_run, wait_for_port
 from starters.devstack.stack import GATEWAY, SIMULATORS, Stack, worker_part
 from workers.client import connect
 from workers.settings import Settings, load_settings
+from workers.telemetry import metrics_port_of
 
 DEFAULT_SEED = 1
 DEFAULT_OPERATIONS = 1_000
@@ -67,6 +68,7 @@ ISSUER_CLOCK_BEHIND_SECONDS = 24 * 3600
 FX_QUOTE_TTL_SECONDS = 15
 MINE_EVERY_SECONDS = 0.5
 RESTART_PAUSE_SECONDS = 1.0
+WORKER_READY_SECONDS_MAX = 120.0
 LIVE_LINE_EVERY_SECONDS = 1.0
 LEDGER_PROBE_EVERY_SECONDS = 30.0
 # After the faults stop: how long the stack has to drain, and how long a
@@ -253,6 +255,15 @@ class Chaos:
             await asyncio.to_thread(self._start, part)
             if part == SIMULATORS:
                 await self.sandbox_options()
+            elif part.startswith("worker-"):
+                # The next kill's interval counts from when this worker is up
+                # again (its metrics listen just before it polls): on a loaded
+                # machine a worker takes seconds to start, and kills faster
+                # than that would only keep the stack down.
+                port = metrics_port_of(self.settings, part)
+                await asyncio.to_thread(
+                    wait_for_port, self.settings.bind_host, port, WORKER_READY_SECONDS_MAX
+                )
 
     async def killer(self) -> None:
         for part in self.plan.kill_order:

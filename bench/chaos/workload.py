@@ -46,7 +46,7 @@ from schemas.kyc import KycDecision
 from schemas.money import Currency
 from schemas.providers import BANK, ISSUER, KYC, TRON
 from workers.settings import Settings
-from workflows.cards import card_workflow_id
+from workflows.cards import card_issue_workflow_id, card_workflow_id, replacement_request_id
 from workflows.topup import topup_workflow_id
 
 T = TypeVar("T")
@@ -542,33 +542,37 @@ class Workload:
             if status["status"] != "RUNNING":
                 raise RuntimeError(f"{workflow_id} ended before shipping: {status['status']}")
             card_id = str(status["details"]["card_id"])
-            for step in (
-                ShippingStatus.SUBMITTED,
-                ShippingStatus.SHIPPED,
-                ShippingStatus.DELIVERED,
-            ):
-                await self.provider(
-                    lambda step=step: self.issuer.simulate_shipping(  # type: ignore[misc]
-                        card_id, status=step, idempotency_key=f"{key}-{step.value}"
-                    )
-                )
-            # Activation is refused until the delivery has reached the process.
-            deadline = time.monotonic() + PROCESS_WAIT_SECONDS
-            while True:
-                activated = await self.call_api(
-                    "POST", f"/card-issues/{request_id}/activate", key=f"{key}-activate"
-                )
-                if activated.status_code == 200 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(POLL_SECONDS)
-                # A refused activation is remembered under its key: ask anew.
-                key = f"{key}-again"
+            await self.ship_and_activate(card_id, request_id, key)
         result = await asyncio.wait_for(self.result(workflow_id), PROCESS_WAIT_SECONDS)
         card_id = str(result.get("card_id") if isinstance(result, dict) else result.card_id)
         if not card_id or card_id == "None":
             raise RuntimeError(f"{workflow_id} issued no card: {result}")
         self.evidence.cards[card_id] = CardRef(card_id, customer.index, kind)
         return card_id
+
+    async def ship_and_activate(self, card_id: str, request_id: str, key: str) -> None:
+        """The carrier delivers a physical card and its holder activates it."""
+        for step in (
+            ShippingStatus.SUBMITTED,
+            ShippingStatus.SHIPPED,
+            ShippingStatus.DELIVERED,
+        ):
+            await self.provider(
+                lambda step=step: self.issuer.simulate_shipping(  # type: ignore[misc]
+                    card_id, status=step, idempotency_key=f"{key}-{step.value}"
+                )
+            )
+        # Activation is refused until the delivery has reached the process.
+        deadline = time.monotonic() + PROCESS_WAIT_SECONDS
+        while True:
+            activated = await self.call_api(
+                "POST", f"/card-issues/{request_id}/activate", key=f"{key}-activate"
+            )
+            if activated.status_code == 200 or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(POLL_SECONDS)
+            # A refused activation is remembered under its key: ask anew.
+            key = f"{key}-again"
 
     async def op_card_virtual(self, customer: CustomerRef, operation: Operation) -> str:
         card_id = await self.issue_card(
@@ -610,8 +614,32 @@ class Workload:
         answer = await self.card_action(card_id, "report_lost", self.key("op", operation.number))
         if answer.status_code != 200:
             return f"report refused {answer.status_code}"
-        self.evidence.cards[card_id].state = "lost"
-        return "reported lost"
+        lost = self.evidence.cards[card_id]
+        lost.state = "lost"
+        # The replacement: found on the old card, issued (and for a physical
+        # card shipped and activated) like any card.
+        deadline = time.monotonic() + PROCESS_WAIT_SECONDS
+        while True:
+            seen = await self.call_api("GET", f"/cards/{card_id}")
+            replacement = seen.json().get("replaced_by") if seen.status_code == 200 else None
+            if replacement or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        if not replacement:
+            raise RuntimeError(f"card {card_id} was reported lost but names no replacement")
+        if lost.kind == "physical":
+            # A physical replacement has an issuing process of its own.
+            request_id = replacement_request_id(replacement)
+            workflow_id = card_issue_workflow_id(request_id)
+            self.evidence.card_issues[workflow_id] = customer.index
+            self.evidence.started_by[workflow_id] = operation.number
+            await self.ship_and_activate(
+                replacement, request_id, self.key("op", operation.number, "replacement")
+            )
+            await asyncio.wait_for(self.result(workflow_id), PROCESS_WAIT_SECONDS)
+        self.evidence.cards[replacement] = CardRef(replacement, customer.index, lost.kind)
+        customer.cards.append(replacement)
+        return "reported lost, replaced"
 
     async def op_dispute(self, customer: CustomerRef, operation: Operation) -> str:
         candidates = [
