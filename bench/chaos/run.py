@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -645,7 +646,14 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _interrupted(signal_number: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal_number}")
+
+
 def main(options: Options) -> int:
+    # Stopped by a timeout or a supervisor (SIGTERM), the run still takes its
+    # stack down, as it does on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupted)
     report = asyncio.run(run(options))
     path = options.report_path or Path(f"chaos-{options.seed}.json")
     path.write_text(json.dumps(report, indent=2, default=str))
