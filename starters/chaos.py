@@ -13,27 +13,48 @@ from typing import Annotated
 
 import typer
 
+# Every number the command takes is bounded.
+SEED_MAX = 2**62
+OPERATIONS_MAX = 1_000_000
+MINUTES_MAX = 24 * 60.0
+KILL_EVERY_SECONDS_MAX = 3_600.0
+CUSTOMERS_MAX = 10_000
+
 
 def chaos_command(
-    seed: Annotated[int, typer.Option("--seed", help="Draws the operations and the faults")] = 1,
-    ops: Annotated[int, typer.Option("--ops", min=1, help="Operations to do")] = 1_000,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=SEED_MAX, help="Draws the operations and the faults")
+    ] = 1,
+    ops: Annotated[
+        int, typer.Option("--ops", min=1, max=OPERATIONS_MAX, help="Operations to do")
+    ] = 1_000,
     minutes: Annotated[
         float | None,
-        typer.Option("--minutes", min=0.1, help="Stop starting operations after this long"),
+        typer.Option(
+            "--minutes", min=0.1, max=MINUTES_MAX, help="Stop starting operations after this long"
+        ),
     ] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, max=256, help="Operations in flight")
     ] = 16,
     kill_every: Annotated[
         float,
-        typer.Option("--kill-every", min=1.0, help="Seconds between two worker kills"),
+        typer.Option(
+            "--kill-every",
+            min=1.0,
+            max=KILL_EVERY_SECONDS_MAX,
+            help="Seconds between two worker kills",
+        ),
     ] = 20.0,
     fault_rate: Annotated[
         float,
         typer.Option("--fault-rate", min=0.0, max=1.0, help="Provider faults per operation"),
     ] = 0.05,
     customers: Annotated[
-        int | None, typer.Option("--customers", min=1, help="Default: 2 per operation in flight")
+        int | None,
+        typer.Option(
+            "--customers", min=1, max=CUSTOMERS_MAX, help="Default: 2 per operation in flight"
+        ),
     ] = None,
     existing: Annotated[
         bool, typer.Option("--existing", help="Use the running stack (cardflow dev up)")
