@@ -39,6 +39,7 @@ from temporalio.client import Client
 from activities.api_keys import SCOPES, NewApiKey
 from activities.database import create_pool
 from activities.providers.issuer import IssuerClient
+from bench.authorizations import bench_settings
 from bench.chaos import invariants
 from bench.chaos.invariants import Violation
 from bench.chaos.money import money_violations
@@ -48,10 +49,10 @@ from schemas.providers import ISSUER
 from schemas.reconciliation import ReconciliationResult
 from schemas.task_queues import QUEUE_KINDS
 from starters.apikeys import create_key
-from starters.devstack.processes import free_port, free_port_run, wait_for_port
+from starters.devstack.processes import wait_for_port
 from starters.devstack.stack import GATEWAY, SIMULATORS, Stack, worker_part
 from workers.client import connect
-from workers.settings import Settings, load_settings
+from workers.settings import load_settings
 from workers.telemetry import metrics_port_of
 
 DEFAULT_SEED = 1
@@ -138,21 +139,6 @@ class Tally:
 ERROR_SAMPLES_MAX = 20
 
 
-def _fresh_settings(home: Path) -> Settings:
-    os.environ["CARDFLOW_HOME"] = str(home)
-    for variable in (
-        "CARDFLOW_TEMPORAL_PORT",
-        "CARDFLOW_TEMPORAL_UI_PORT",
-        "CARDFLOW_POSTGRES_PORT",
-        "CARDFLOW_CODEC_PORT",
-        "CARDFLOW_SIMULATORS_PORT",
-        "CARDFLOW_GATEWAY_PORT",
-    ):
-        os.environ[variable] = str(free_port())
-    os.environ["CARDFLOW_METRICS_PORT_BASE"] = str(free_port_run(4))
-    return load_settings()
-
-
 @contextlib.asynccontextmanager
 async def stack_for(options: Options) -> AsyncIterator[Stack]:
     if options.existing:
@@ -160,7 +146,8 @@ async def stack_for(options: Options) -> AsyncIterator[Stack]:
         return
     home = tempfile.mkdtemp(prefix="cardflow-chaos-")
     os.chmod(home, 0o755)  # the embedded PostgreSQL may run as another user
-    stack = Stack(_fresh_settings(Path(home)))
+    # Free ports and a home of its own, as the benchmarks start their stacks.
+    stack = Stack(bench_settings(Path(home)))
     kept = False
     try:
         await asyncio.to_thread(stack.up)

@@ -299,6 +299,18 @@ class Workload:
             raise OperationSkipped(f"no {what}")
         return items[operation.choice % len(items)]
 
+    async def _open_authorization(
+        self, customer: CustomerRef, operation: Operation
+    ) -> Authorization:
+        """One of the customer's authorizations the issuer still holds, as it
+        stands now; one the issuer has finished since is dropped and skipped."""
+        authorization_id = self._pick(customer.open_authorizations, operation, "open authorization")
+        current = await self.provider(lambda: self.issuer.get_authorization(authorization_id))
+        if current.status is not AuthorizationStatus.PENDING:
+            customer.open_authorizations.remove(authorization_id)
+            raise OperationSkipped(f"authorization {current.status.value}")
+        return current
+
     def _usable_cards(self, customer: CustomerRef) -> list[str]:
         return [c for c in customer.cards if self.evidence.cards[c].state in ("open", "frozen")]
 
@@ -365,12 +377,9 @@ class Workload:
             customer.purchases.append(tx.id)
 
     async def op_clear(self, customer: CustomerRef, operation: Operation) -> str:
-        authorization_id = self._pick(customer.open_authorizations, operation, "open authorization")
+        current = await self._open_authorization(customer, operation)
+        authorization_id = current.id
         card_id = self.evidence.authorizations[authorization_id].card_id
-        current = await self.provider(lambda: self.issuer.get_authorization(authorization_id))
-        if current.status is not AuthorizationStatus.PENDING:
-            customer.open_authorizations.remove(authorization_id)
-            raise OperationSkipped(f"authorization {current.status.value}")
         held = current.pending_amount_minor
         variant = operation.choice % 100
         if variant < 50:
@@ -394,11 +403,8 @@ class Workload:
         return label
 
     async def op_reverse(self, customer: CustomerRef, operation: Operation) -> str:
-        authorization_id = self._pick(customer.open_authorizations, operation, "open authorization")
-        current = await self.provider(lambda: self.issuer.get_authorization(authorization_id))
-        if current.status is not AuthorizationStatus.PENDING:
-            customer.open_authorizations.remove(authorization_id)
-            raise OperationSkipped(f"authorization {current.status.value}")
+        current = await self._open_authorization(customer, operation)
+        authorization_id = current.id
         partial = operation.choice % 2 == 0 and current.pending_amount_minor > 1
         amount = current.pending_amount_minor // 2 if partial else None
         reversal = await self.provider(

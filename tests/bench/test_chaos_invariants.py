@@ -47,6 +47,8 @@ from workflows.health import PING_WORKFLOW, ping_workflow_id
 T = TypeVar("T")
 
 WAIT_SECONDS_MAX = 20.0
+# How often a condition is asked again while it is awaited.
+POLL_SECONDS = 0.05
 # Long enough that nothing in a healthy test's flow counts as stuck.
 HEALTHY_STUCK_AFTER_SECONDS = 30.0
 # Short, so a workflow planted stuck is seen in about a second.
@@ -63,7 +65,7 @@ async def until(produce: Callable[[], Awaitable[T]], ready: Callable[[T], bool],
             return value
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"never: {what} (last: {value})")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_SECONDS)
 
 
 async def purchase(platform: Platform, amount: int = 5_000) -> tuple[str, str, Authorization]:
