@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import io
 import json
 import os
 import shutil
@@ -26,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -43,7 +46,7 @@ from bench.authorizations import bench_settings
 from bench.chaos import invariants
 from bench.chaos.invariants import Violation
 from bench.chaos.money import money_violations
-from bench.chaos.plan import Plan, ProviderFault, Resend, WebhookWindow, plan_run
+from bench.chaos.plan import Operation, Plan, ProviderFault, Resend, WebhookWindow, plan_run
 from bench.chaos.workload import Evidence, OperationSkipped, Workload
 from schemas.providers import ISSUER
 from schemas.reconciliation import ReconciliationResult
@@ -73,6 +76,9 @@ RESTART_PAUSE_SECONDS = 1.0
 WORKER_READY_SECONDS_MAX = 120.0
 LIVE_LINE_EVERY_SECONDS = 1.0
 LEDGER_PROBE_EVERY_SECONDS = 30.0
+# No operation finished for this long: what every lane is doing, with the
+# stack of every task, goes to the stall file, once per stall.
+STALL_REPORT_SECONDS = 90.0
 # After the faults stop: how long the stack has to drain, and how long a
 # difference may take to converge before it is a violation.
 QUIESCE_SECONDS_MAX = 300.0
@@ -129,6 +135,8 @@ class Tally:
     resends: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     violations_seen: int = 0
+    last_done_at: float = field(default_factory=time.monotonic)
+    stalls: list[dict[str, Any]] = field(default_factory=list)
     phase: str = "setting up customers"
     error_samples: list[str] = field(default_factory=list)
 
@@ -137,6 +145,56 @@ class Tally:
 
 
 ERROR_SAMPLES_MAX = 20
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """What one lane is doing."""
+
+    number: int
+    kind: str
+    customer: int
+    since: float = field(default_factory=time.monotonic)
+
+    def line(self, now: float) -> str:
+        age = now - self.since
+        return f"op {self.number} {self.kind} (customer {self.customer}) for {age:.0f} s"
+
+
+class Dispatcher:
+    """Hands the plan's operations to the lanes: each customer's in the
+    plan's order and one at a time, otherwise the lowest number first. A lane
+    never waits behind a busy customer while another customer has work (the
+    busy customer alone would otherwise hold every lane)."""
+
+    def __init__(self, operations: list[Operation]) -> None:
+        self.queued: dict[int, deque[int]] = {}
+        for operation in operations:
+            self.queued.setdefault(operation.customer, deque()).append(operation.number)
+        self.ready = [(numbers[0], customer) for customer, numbers in self.queued.items()]
+        heapq.heapify(self.ready)
+        self.busy: set[int] = set()
+        self.freed = asyncio.Event()
+
+    async def next(self) -> int | None:
+        """The next operation, or None once every operation has been handed out."""
+        while True:
+            if self.ready:
+                number, customer = heapq.heappop(self.ready)
+                self.queued[customer].popleft()
+                self.busy.add(customer)
+                return number
+            if not self.busy:
+                return None
+            self.freed.clear()
+            await self.freed.wait()
+
+    def done(self, customer: int) -> None:
+        self.busy.discard(customer)
+        numbers = self.queued[customer]
+        if numbers:
+            heapq.heappush(self.ready, (numbers[0], customer))
+        self.freed.set()
 
 
 @contextlib.asynccontextmanager
@@ -185,6 +243,11 @@ class Chaos:
         self.restarting = asyncio.Lock()
         self.stop_faults = asyncio.Event()
         self.faults_log: list[str] = []
+        self.lanes: dict[int, InFlight] = {}
+        self.part_kills: list[asyncio.Future[None]] = []
+        self.stall_path = (options.report_path or Path(f"chaos-{options.seed}.json")).with_suffix(
+            ".stalls.txt"
+        )
 
     # ----- the simulators' admin API -----------------------------------
 
@@ -315,10 +378,12 @@ class Chaos:
             await self.open_window(window)
         for window in self.windows_close_at.get(number, []):
             await self.close_window(window)
+        # The gateway and simulators restart beside the traffic: a lane that
+        # waited for them would hold up every lane behind the order lock.
         if number == self.plan.gateway_kill_at and number > 0:
-            await self.kill_and_restart(GATEWAY)
+            self.part_kills.append(asyncio.ensure_future(self.kill_and_restart(GATEWAY)))
         if number == self.plan.simulators_kill_at and number > 0:
-            await self.kill_and_restart(SIMULATORS)
+            self.part_kills.append(asyncio.ensure_future(self.kill_and_restart(SIMULATORS)))
 
     def index_faults(self) -> None:
         self.faults_at: dict[int, list[ProviderFault]] = {}
@@ -359,6 +424,7 @@ class Chaos:
                     with contextlib.suppress(Exception):
                         found = await invariants.ledger_violations(pool)
                         self.tally.violations_seen = max(self.tally.violations_seen, len(found))
+                self.watch_for_stall()
                 if self.options.live:
                     sys.stderr.write("\r" + self.status_line() + "\033[K")
                     sys.stderr.flush()
@@ -366,35 +432,68 @@ class Chaos:
         finally:
             await pool.close()
 
+    def watch_for_stall(self) -> None:
+        t = self.tally
+        now = time.monotonic()
+        if t.phase != "operating" or not self.lanes:
+            return
+        stalled_since = max(t.last_done_at, t.stalls[-1]["at_monotonic"] if t.stalls else 0.0)
+        if now - stalled_since < STALL_REPORT_SECONDS:
+            return
+        lanes = [flight.line(now) for flight in sorted(self.lanes.values(), key=lambda f: f.since)]
+        t.stalls.append(
+            {
+                "at_monotonic": now,
+                "at_seconds": round(now - t.started_at),
+                "done": t.done,
+                "lanes": lanes,
+            }
+        )
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=12, file=stacks)
+        with self.stall_path.open("a") as out:
+            out.write(f"== no operation finished for {now - t.last_done_at:.0f} s ")
+            out.write(f"at {now - t.started_at:.0f} s, {t.done} done\n")
+            out.write("\n".join(lanes) + "\n" + stacks.getvalue() + "\n")
+
     def status_line(self) -> str:
         t = self.tally
         elapsed = time.monotonic() - t.started_at
         kills = sum(t.kills.values())
+        now = time.monotonic()
+        oldest = min(self.lanes.values(), key=lambda f: f.since, default=None)
+        slowest = f" | oldest {oldest.line(now)}" if oldest and now - oldest.since > 30 else ""
         return (
             f"[{elapsed:6.0f}s] {t.phase}: ops {t.done}/{self.options.operations} "
             f"(skipped {t.skipped}, errors {t.errors}) | faults {t.faults} "
             f"webhook windows {t.webhook_windows} resends {t.resends} | kills {kills} | "
             f"stand-ins {self.evidence.stand_ins} | ledger violations {t.violations_seen}"
+            f"{slowest}"
         )
 
     async def operate(self, workload: Workload) -> None:
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for operation in self.plan.operations:
-            queue.put_nowait(operation.number)
+        dispatcher = Dispatcher(self.plan.operations)
         deadline = time.monotonic() + self.options.minutes * 60 if self.options.minutes else None
         order = asyncio.Lock()
+        dispatched = 0
 
-        async def lane() -> None:
+        async def lane(index: int) -> None:
+            nonlocal dispatched
             while True:
-                try:
-                    number = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
                 if deadline is not None and time.monotonic() > deadline:
                     return
+                number = await dispatcher.next()
+                if number is None:
+                    return
                 operation = self.plan.operations[number]
+                # The plan's faults fire by how many operations have started,
+                # whichever customer's operation it is.
                 async with order:
-                    await self.before_operation(number)
+                    started = dispatched
+                    dispatched += 1
+                    await self.before_operation(started)
+                self.lanes[index] = InFlight(number, operation.kind, operation.customer)
                 try:
                     outcome = await workload.run(operation)
                 except OperationSkipped as skipped:
@@ -407,14 +506,19 @@ class Chaos:
                         self.tally.error_samples.append(
                             f"operation {number} ({operation.kind}): {error!r}"[:400]
                         )
+                finally:
+                    self.lanes.pop(index, None)
+                    dispatcher.done(operation.customer)
                 self.evidence.count(operation.kind, outcome.split(":")[0])
                 self.tally.done += 1
+                self.tally.last_done_at = time.monotonic()
 
-        await asyncio.gather(*(lane() for _ in range(self.options.concurrency)))
+        await asyncio.gather(*(lane(i) for i in range(self.options.concurrency)))
 
     async def quiesce(self) -> None:
         """Faults off, every part up, every webhook delivered, every money process ended."""
         self.stop_faults.set()
+        await asyncio.gather(*self.part_kills)
         await self.admin("DELETE", "/faults")
         if self.webhook_mode["hold"] or self.webhook_mode["duplicate"]:
             self.webhook_mode = {"hold": False, "duplicate": False}
@@ -572,6 +676,7 @@ class Chaos:
             "webhook_windows": t.webhook_windows,
             "webhook_resends": t.resends,
             "kills": t.kills,
+            "stalls": [{k: v for k, v in s.items() if k != "at_monotonic"} for s in t.stalls],
             "set_up_seconds": round(set_up_seconds, 1),
             "operating_seconds": round(operating_seconds, 1),
             "wall_seconds": round(time.monotonic() - t.started_at, 1),

@@ -8,6 +8,7 @@ is checked directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos.plan import plan_run
+from bench.chaos.plan import Operation, plan_run
+from bench.chaos.run import Dispatcher
 
 CI_SEED = 17
 CI_OPERATIONS = 200
@@ -35,6 +37,38 @@ def test_a_seed_gives_the_same_operations_and_faults_every_time() -> None:
     assert first.operations != other.operations
     assert first.provider_faults != other.provider_faults
     assert first.kill_order != other.kill_order
+
+
+async def test_a_busy_customer_holds_one_lane_while_the_others_work() -> None:
+    """Operations 0-3 are customer 0's; 4 and 5 are customers 1 and 2's. While
+    customer 0's first operation is in flight, the free lanes get 4 and 5,
+    not customer 0's next; customer 0's next comes once its first is done, in
+    the plan's order; and once all are handed out, a waiting lane is told so."""
+    customers = [0, 0, 0, 0, 1, 2]
+    operations = [
+        Operation(number=n, kind="authorize", customer=c, choice=0, amount_minor=1)
+        for n, c in enumerate(customers)
+    ]
+    dispatcher = Dispatcher(operations)
+    assert await dispatcher.next() == 0
+    assert await dispatcher.next() == 4
+    assert await dispatcher.next() == 5
+    waiting = asyncio.ensure_future(dispatcher.next())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    dispatcher.done(1)
+    dispatcher.done(2)
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    dispatcher.done(0)
+    assert await asyncio.wait_for(waiting, 1) == 1
+    for following in (2, 3):
+        last = asyncio.ensure_future(dispatcher.next())
+        dispatcher.done(0)
+        assert await asyncio.wait_for(last, 1) == following
+    finished = asyncio.ensure_future(dispatcher.next())
+    dispatcher.done(0)
+    assert await asyncio.wait_for(finished, 1) is None
 
 
 @pytest.mark.timeout(CI_RUN_SECONDS_MAX + STACK_DOWN_SECONDS_MAX + 30)
