@@ -17,6 +17,7 @@ a customer's money; the money model reads them at the end.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -570,15 +571,20 @@ class Workload:
             )
         # Activation is refused until the delivery has reached the process.
         deadline = time.monotonic() + PROCESS_WAIT_SECONDS
-        while True:
+        for attempt in itertools.count():
+            # A refused activation is remembered under its key: each ask has
+            # its own (a key that grew with every ask passed the API's bound).
             activated = await self.call_api(
-                "POST", f"/card-issues/{request_id}/activate", key=f"{key}-activate"
+                "POST", f"/card-issues/{request_id}/activate", key=f"{key}-activate-{attempt}"
             )
-            if activated.status_code == 200 or time.monotonic() > deadline:
+            if activated.status_code == 200:
                 return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"card-issue/{request_id} refused activation until the end: "
+                    f"{activated.status_code} {activated.text[:200]}"
+                )
             await asyncio.sleep(POLL_SECONDS)
-            # A refused activation is remembered under its key: ask anew.
-            key = f"{key}-again"
 
     async def op_card_virtual(self, customer: CustomerRef, operation: Operation) -> str:
         card_id = await self.issue_card(
