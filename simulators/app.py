@@ -39,10 +39,12 @@ class Release(BaseModel):
 
 
 class Resend(BaseModel):
-    """Send again the delivered event this many deliveries before the newest."""
+    """Send again the delivered event this many deliveries before the newest,
+    or the first one about an object (a transaction's or authorization's id)."""
 
     back: int = Field(default=0, ge=0, le=1_000_000)
     simulator: str | None = None
+    about: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class TestEvent(BaseModel):
@@ -130,7 +132,7 @@ def admin_app(context: SimulatorContext) -> FastAPI:
 
     @admin.post("/webhooks/resend")
     async def resend(body: Resend) -> dict[str, str | None]:
-        return {"resent": context.outbox.resend(body.back, body.simulator)}
+        return {"resent": context.outbox.resend(body.back, body.simulator, body.about)}
 
     @admin.post("/webhooks/emit", status_code=201)
     async def emit(event: TestEvent) -> dict[str, Any]:

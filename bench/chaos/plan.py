@@ -187,6 +187,9 @@ def plan_run(
     if operations >= BURST_OPERATIONS_MIN:
         middle = operations // 2
         planned[middle] = Operation(middle, "burst", 0, BURST_EVENTS, rng.randrange(1 << 30))
+        # Then the issuer re-sends that card's first money event, now more
+        # than BURST_EVENTS events old.
+        planned[middle + 1] = Operation(middle + 1, "resend_oldest", 0, 0, rng.randrange(1 << 30))
     faults_rng = random.Random(seed * 7919 + 1)
     provider_faults = [
         ProviderFault(

@@ -706,13 +706,16 @@ class Workload:
         return f"dispute {outcome.value}"
 
     async def op_represent(self, customer: CustomerRef, operation: Operation) -> str:
-        """The issuer announces a clearing it announced before, under a new
-        event id (a replay after the issuer's own incident): the card must
-        not move its money again, however long ago it saw the first."""
+        """The issuer announces a clearing it announced before: the very event
+        again (its dashboard's resend), or the same clearing under a new event
+        id (a replay after the issuer's own incident). The card must not move
+        its money again, however long ago it saw the first."""
         cleared = [
             t for t in customer.purchases if self.evidence.transactions[t].type == "clearing"
         ]
         transaction_id = self._pick(cleared, operation, "clearing")
+        if operation.choice % 2 == 0:
+            return await self._resend_event_about(transaction_id)
         transaction = await self.provider(lambda: self.issuer.get_transaction(transaction_id))
         async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
             emitted = await admin.post(
@@ -724,7 +727,30 @@ class Workload:
                 },
             )
         _expect(emitted, 201)
-        return "re-presented"
+        return "re-presented under a new event id"
+
+    async def op_resend_oldest(self, customer: CustomerRef, operation: Operation) -> str:
+        """The issuer re-sends the first money event of the customer's busiest
+        card (after the burst, hundreds of that card's events ago)."""
+        per_card: dict[str, list[str]] = {}
+        for transaction in self.evidence.transactions.values():
+            if transaction.customer == customer.index:
+                per_card.setdefault(transaction.card_id, []).append(transaction.transaction_id)
+        if not per_card:
+            raise OperationSkipped("no transaction")
+        busiest = max(per_card.values(), key=len)
+        return await self._resend_event_about(busiest[0])
+
+    async def _resend_event_about(self, object_id: str) -> str:
+        async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
+            answer = await admin.post(
+                f"{self.settings.providers_base_url}/_admin/webhooks/resend",
+                json={"simulator": ISSUER, "about": object_id},
+            )
+        _expect(answer, 200)
+        if answer.json().get("resent") is None:
+            raise OperationSkipped(f"no event about {object_id} delivered yet")
+        return "the same event resent"
 
     async def op_burst(self, customer: CustomerRef, operation: Operation) -> str:
         """`amount_minor` small force posts on one card, one after another."""

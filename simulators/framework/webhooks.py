@@ -82,17 +82,30 @@ class WebhookOutbox:
         self._wake.set()
         return len(seqs)
 
-    def resend(self, back: int, simulator: str | None = None) -> str | None:
+    def resend(
+        self, back: int, simulator: str | None = None, about: str | None = None
+    ) -> str | None:
         """A provider's "resend" from its dashboard: the delivered event `back`
-        deliveries before the newest is sent again, signed afresh. Returns its
-        id, or None when fewer events were delivered."""
-        rows = self.store.execute(
-            "SELECT seq, event_id FROM outbox WHERE delivered_at IS NOT NULL"
-            " AND (? IS NULL OR simulator = ?) ORDER BY seq DESC LIMIT 1 OFFSET ?",
-            simulator,
-            simulator,
-            back,
-        )
+        deliveries before the newest is sent again, signed afresh; with
+        `about`, the first delivered event about that object (its data's id).
+        Returns its id, or None when there is no such event."""
+        if about is None:
+            rows = self.store.execute(
+                "SELECT seq, event_id FROM outbox WHERE delivered_at IS NOT NULL"
+                " AND (? IS NULL OR simulator = ?) ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                simulator,
+                simulator,
+                back,
+            )
+        else:
+            rows = self.store.execute(
+                "SELECT seq, event_id FROM outbox WHERE delivered_at IS NOT NULL"
+                " AND (? IS NULL OR simulator = ?) AND json_extract(body, '$.data.id') = ?"
+                " ORDER BY seq LIMIT 1",
+                simulator,
+                simulator,
+                about,
+            )
         if not rows:
             return None
         seq, event_id = rows[0]

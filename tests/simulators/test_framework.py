@@ -69,6 +69,23 @@ async def test_webhooks_can_be_delivered_twice(sim: Any, webhook_sink: Any) -> N
     assert first.event_id == second.event_id
 
 
+async def test_an_event_delivered_long_ago_can_be_resent_by_what_it_is_about(
+    sim: Any, webhook_sink: Any
+) -> None:
+    """A dashboard's resend: the very event (its id) about one object, sent
+    again however many deliveries came after it; or one `back` deliveries."""
+    ids = [post(sim, {**TRANSFER, "reference": f"R{i}"}).json()["id"] for i in range(4)]
+    delivered = await webhook_sink.wait_for(4)
+    first_event = {d.event["data"]["id"]: d.event_id for d in delivered}
+    resent = sim.admin("POST", "/webhooks/resend", {"about": ids[0], "simulator": "bank"})
+    assert resent == {"resent": first_event[ids[0]]}
+    again = await webhook_sink.wait_for(5)
+    assert again[-1].event_id == first_event[ids[0]]
+    assert again[-1].event["data"]["id"] == ids[0]
+    assert sim.admin("POST", "/webhooks/resend", {"back": 1}) == {"resent": first_event[ids[2]]}
+    assert sim.admin("POST", "/webhooks/resend", {"about": "nothing-like-it"}) == {"resent": None}
+
+
 def test_an_idempotency_key_replays_the_first_answer_and_refuses_another_body(sim: Any) -> None:
     first = post(sim, TRANSFER, key="pay-1")
     again = post(sim, TRANSFER, key="pay-1")
