@@ -134,6 +134,11 @@ LEDGER_REFUSALS = (ActivityError, ApplicationError)
 # dates its holds and applies issuer events is behind a patch, so a card
 # running the old code keeps its keys until its run continues as new.
 CARD_MONEY_PATCH = "card-money-durable-keys"
+# A decision the issuer took back (its stand-in declined what the card
+# approved late) gives back its amount even when an older reversal, applied
+# after the card's late hold, already gave back that decision's own hold:
+# what is held is a total, whichever hold carries it.
+CARD_RELEASE_ACROSS_HOLDS_PATCH = "card-release-across-holds"
 
 
 class CardMoney:
@@ -655,6 +660,23 @@ class CardMoney:
         """Give back up to amount_minor of the holds (of one decision, or the
         newest first), keeping the rest held. `cause` names what released it
         (the issuer's id of it, under the patch) in the keys."""
+        remaining = await self._release_parts(record, amount_minor, index, cause)
+        if (
+            remaining > 0
+            and index is not None
+            and record.held
+            and workflow.patched(CARD_RELEASE_ACROSS_HOLDS_PATCH)
+        ):
+            # The decision's own holds were given back already (a reversal
+            # from before it, applied after it, takes the newest hold first):
+            # the rest comes from the authorization's other holds.
+            await self._release_parts(record, remaining, None, f"{cause}-rest")
+
+    async def _release_parts(
+        self, record: AuthorizationRecord, amount_minor: int, index: int | None, cause: str
+    ) -> int:
+        """Release up to amount_minor from the holds (of one decision, or all),
+        newest first; returns what was left to release."""
         remaining = amount_minor
         for part in reversed(list(record.held)):
             if remaining <= 0:
@@ -684,6 +706,7 @@ class CardMoney:
                 )
                 part.key, part.amount_minor = rest_key, part.amount_minor - take
             remaining -= take
+        return remaining
 
     async def _post_from_holds(
         self, record: AuthorizationRecord, amount_minor: int, transaction_id: str

@@ -614,3 +614,39 @@ async def test_an_issuer_that_died_before_recording_an_increment_declines_it(
     assert [d.outcome.value for d in seen.decisions] == ["approve", "decline"]
     assert await held_by_card(handle) == 1_000
     assert await verify(platform.stack.pool) == []
+
+
+async def test_an_increment_approved_after_the_issuer_declined_it_is_released_behind_a_reversal(
+    platform: Platform,
+) -> None:
+    """The issuer reverses half an authorization (its webhook delayed), then
+    asks for an increment; the card's answer comes after the issuer's
+    deadline (its hold waits on the wallet), so the issuer declines it by
+    stand-in while the card holds it. The reversal, older than the increment,
+    arrives first, then the decline: the card must end holding what the issuer
+    holds, whichever of its holds the reversal gave back."""
+    customer_id, card_id, handle = await open_card(platform)
+    first = await authorize(platform, card_id, 3_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=3_000)
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    async with issuer(platform) as client:
+        await client.simulate_reversal(first.id, amount_minor=1_500, idempotency_key="rev")
+    platform.sim.admin("PUT", "/options/issuer", {"authorization_deadline_ms": 300})
+    wallet_code = accounts.wallet(customer_id, "USD")
+    async with balances_locked(platform.stack.database_url, wallet_code) as lock:
+        async with issuer(platform) as client:
+            declined = await client.simulate_increment(
+                first.id, amount_minor=800, idempotency_key="inc"
+            )
+        assert [d.decided_by for d in declined.decisions] == [
+            DecidedBy.CARDFLOW,
+            DecidedBy.STAND_IN,
+        ]
+        assert declined.pending_amount_minor == 1_500
+        await until_waiting(platform.stack.pool, lock)
+    # The card's late answer: it holds the increment the issuer declined.
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=3_800)
+    platform.sim.admin("POST", "/webhooks/release", {"order": "forward"})
+    await settles_as(platform, customer_id, handle, 1_500)
+    assert await running(handle)
+    assert await verify(platform.stack.pool) == []
