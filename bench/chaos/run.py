@@ -672,6 +672,7 @@ class Chaos:
             "authorizations": len(self.evidence.authorizations),
             "transactions": len(self.evidence.transactions),
             "stand_ins": self.evidence.stand_ins,
+            "resent_events": self.evidence.resent,
             "provider_faults": t.faults,
             "webhook_windows": t.webhook_windows,
             "webhook_resends": t.resends,

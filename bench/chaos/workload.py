@@ -142,6 +142,8 @@ class Evidence:
     started_by: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     stand_ins: int = 0
+    # Events the issuer sent again: (operation, what they are about, event id).
+    resent: list[tuple[int, str, str]] = field(default_factory=list)
 
     def count(self, kind: str, outcome: str) -> None:
         per_kind = self.outcomes.setdefault(kind, {})
@@ -715,7 +717,7 @@ class Workload:
         ]
         transaction_id = self._pick(cleared, operation, "clearing")
         if operation.choice % 2 == 0:
-            return await self._resend_event_about(transaction_id)
+            return await self._resend_event_about(transaction_id, operation)
         transaction = await self.provider(lambda: self.issuer.get_transaction(transaction_id))
         async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
             emitted = await admin.post(
@@ -739,17 +741,19 @@ class Workload:
         if not per_card:
             raise OperationSkipped("no transaction")
         busiest = max(per_card.values(), key=len)
-        return await self._resend_event_about(busiest[0])
+        return await self._resend_event_about(busiest[0], operation)
 
-    async def _resend_event_about(self, object_id: str) -> str:
+    async def _resend_event_about(self, object_id: str, operation: Operation) -> str:
         async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
             answer = await admin.post(
                 f"{self.settings.providers_base_url}/_admin/webhooks/resend",
                 json={"simulator": ISSUER, "about": object_id},
             )
         _expect(answer, 200)
-        if answer.json().get("resent") is None:
+        event_id = answer.json().get("resent")
+        if event_id is None:
             raise OperationSkipped(f"no event about {object_id} delivered yet")
+        self.evidence.resent.append((operation.number, object_id, str(event_id)))
         return "the same event resent"
 
     async def op_burst(self, customer: CustomerRef, operation: Operation) -> str:
