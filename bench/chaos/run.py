@@ -46,7 +46,15 @@ from bench.authorizations import bench_settings
 from bench.chaos import invariants
 from bench.chaos.invariants import Violation
 from bench.chaos.money import money_violations
-from bench.chaos.plan import Operation, Plan, ProviderFault, Resend, WebhookWindow, plan_run
+from bench.chaos.plan import (
+    WEBHOOK_WINDOW_SECONDS_MAX,
+    Operation,
+    Plan,
+    ProviderFault,
+    Resend,
+    WebhookWindow,
+    plan_run,
+)
 from bench.chaos.workload import Evidence, OperationSkipped, Workload
 from schemas.providers import ISSUER
 from schemas.reconciliation import ReconciliationResult
@@ -245,6 +253,11 @@ class Chaos:
         self.faults_log: list[str] = []
         self.lanes: dict[int, InFlight] = {}
         self.part_kills: list[asyncio.Future[None]] = []
+        # The plan's faults fire one operation at a time, in order; a webhook
+        # window closing by time takes the same lock.
+        self.order = asyncio.Lock()
+        self.window_open: WebhookWindow | None = None
+        self.window_timers: list[asyncio.Future[None]] = []
         self.stall_path = (options.report_path or Path(f"chaos-{options.seed}.json")).with_suffix(
             ".stalls.txt"
         )
@@ -355,9 +368,21 @@ class Chaos:
         else:
             self.webhook_mode = {"hold": True, "duplicate": False}
         await self.admin("POST", "/webhooks", self.webhook_mode)
+        self.window_open = window
         self.tally.webhook_windows += 1
+        self.window_timers.append(asyncio.ensure_future(self._close_in_time(window)))
+
+    async def _close_in_time(self, window: WebhookWindow) -> None:
+        """Close the window after WEBHOOK_WINDOW_SECONDS_MAX if its operations
+        have not: they may be waiting for the very webhooks it holds."""
+        await asyncio.sleep(WEBHOOK_WINDOW_SECONDS_MAX)
+        async with self.order:
+            await self.close_window(window)
 
     async def close_window(self, window: WebhookWindow) -> None:
+        if self.window_open is not window:
+            return  # closed already, by time or by the quiescence
+        self.window_open = None
         self.webhook_mode = {"hold": False, "duplicate": False}
         await self.admin("POST", "/webhooks", self.webhook_mode)
         if window.kind != "duplicate":
@@ -475,7 +500,6 @@ class Chaos:
     async def operate(self, workload: Workload) -> None:
         dispatcher = Dispatcher(self.plan.operations)
         deadline = time.monotonic() + self.options.minutes * 60 if self.options.minutes else None
-        order = asyncio.Lock()
         dispatched = 0
 
         async def lane(index: int) -> None:
@@ -489,7 +513,7 @@ class Chaos:
                 operation = self.plan.operations[number]
                 # The plan's faults fire by how many operations have started,
                 # whichever customer's operation it is.
-                async with order:
+                async with self.order:
                     started = dispatched
                     dispatched += 1
                     await self.before_operation(started)
@@ -519,6 +543,9 @@ class Chaos:
         """Faults off, every part up, every webhook delivered, every money process ended."""
         self.stop_faults.set()
         await asyncio.gather(*self.part_kills)
+        for timer in self.window_timers:
+            timer.cancel()
+        self.window_open = None
         await self.admin("DELETE", "/faults")
         if self.webhook_mode["hold"] or self.webhook_mode["duplicate"]:
             self.webhook_mode = {"hold": False, "duplicate": False}
