@@ -77,6 +77,8 @@ RETRYABLE_PROVIDER_ERRORS = frozenset(
 API_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 DISPUTE_REASON = "fraudulent"
 BURST_POST_MINOR = 1
+# A fleet card's batch arrives together, not one at a time.
+BURST_IN_FLIGHT = 8
 ADMIN_TIMEOUT_SECONDS = 10.0
 # The onboarding's stage once the KYC check is submitted and can be decided.
 ONBOARDING_WAITS_FOR_KYC = "waiting for the KYC result"
@@ -718,13 +720,23 @@ class Workload:
         transaction_id = self._pick(cleared, operation, "clearing")
         if operation.choice % 2 == 0:
             return await self._resend_event_about(transaction_id, operation)
+        return await self._reannounce(transaction_id)
+
+    async def _reannounce(self, transaction_id: str) -> str:
+        """The issuer's event about a transaction it settled long ago, under a
+        new event id (past the gateway's memory of event ids)."""
         transaction = await self.provider(lambda: self.issuer.get_transaction(transaction_id))
+        event_type = {
+            "clearing": "transaction.cleared",
+            "force_post": "transaction.force_posted",
+            "refund": "transaction.refunded",
+        }[transaction.type.value]
         async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
             emitted = await admin.post(
                 f"{self.settings.providers_base_url}/_admin/webhooks/emit",
                 json={
                     "simulator": ISSUER,
-                    "type": "transaction.cleared",
+                    "type": event_type,
                     "data": transaction.model_dump(mode="json"),
                 },
             )
@@ -732,8 +744,11 @@ class Workload:
         return "re-presented under a new event id"
 
     async def op_resend_oldest(self, customer: CustomerRef, operation: Operation) -> str:
-        """The issuer re-sends the first money event of the customer's busiest
-        card (after the burst, hundreds of that card's events ago)."""
+        """The issuer announces again, under a new event id, the first money
+        event of the customer's busiest card (after the burst, hundreds of
+        that card's events ago): the card must not move its money again,
+        whatever it still remembers. (The very event again is stopped by the
+        gateway's own record of event ids.)"""
         per_card: dict[str, list[str]] = {}
         for transaction in self.evidence.transactions.values():
             if transaction.customer == customer.index:
@@ -741,7 +756,8 @@ class Workload:
         if not per_card:
             raise OperationSkipped("no transaction")
         busiest = max(per_card.values(), key=len)
-        return await self._resend_event_about(busiest[0], operation)
+        self.evidence.resent.append((operation.number, busiest[0], "new event id"))
+        return await self._reannounce(busiest[0])
 
     async def _resend_event_about(self, object_id: str, operation: Operation) -> str:
         async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
@@ -757,20 +773,25 @@ class Workload:
         return "the same event resent"
 
     async def op_burst(self, customer: CustomerRef, operation: Operation) -> str:
-        """`amount_minor` small force posts on one card, one after another."""
+        """`amount_minor` small force posts on one card, BURST_IN_FLIGHT at once."""
         card_id = self._pick(self._usable_cards(customer), operation, "card")
         merchant = MERCHANTS[operation.choice % len(MERCHANTS)]
-        for index in range(operation.amount_minor):
-            tx = await self.provider(
-                lambda index=index: self.issuer.simulate_force_post(  # type: ignore[misc]
-                    card_id=card_id,
-                    amount_minor=BURST_POST_MINOR,
-                    currency=Currency.USD,
-                    merchant=merchant,
-                    idempotency_key=self.key("op", operation.number, index),
+        gate = asyncio.Semaphore(BURST_IN_FLIGHT)
+
+        async def post(index: int) -> None:
+            async with gate:
+                tx = await self.provider(
+                    lambda: self.issuer.simulate_force_post(
+                        card_id=card_id,
+                        amount_minor=BURST_POST_MINOR,
+                        currency=Currency.USD,
+                        merchant=merchant,
+                        idempotency_key=self.key("op", operation.number, index),
+                    )
                 )
-            )
             self._transaction(customer, card_id, operation, tx)
+
+        await asyncio.gather(*(post(index) for index in range(operation.amount_minor)))
         return "burst"
 
     # ----- the day's end -------------------------------------------------
