@@ -141,8 +141,8 @@ def admin_app(context: SimulatorContext) -> FastAPI:
         return context.outbox.emit(event.simulator, event.type, event.data)
 
     @admin.get("/webhooks")
-    async def deliveries() -> list[dict[str, Any]]:
-        return context.outbox.deliveries()
+    async def deliveries(undelivered: bool = False) -> list[dict[str, Any]]:
+        return context.outbox.deliveries(undelivered=undelivered)
 
     @admin.put("/options/{simulator}")
     async def set_options(simulator: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -756,8 +756,24 @@ class Workload:
         if not per_card:
             raise OperationSkipped("no transaction")
         busiest = max(per_card.values(), key=len)
+        # After the card has been sent every one of them: the announcement
+        # must come hundreds of the card's events after the first.
+        await self._until_delivered(set(busiest))
         self.evidence.resent.append((operation.number, busiest[0], "new event id"))
         return await self._reannounce(busiest[0])
+
+    async def _until_delivered(self, object_ids: set[str]) -> None:
+        deadline = time.monotonic() + PROCESS_WAIT_SECONDS
+        async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
+            while time.monotonic() < deadline:
+                answer = await admin.get(
+                    f"{self.settings.providers_base_url}/_admin/webhooks",
+                    params={"undelivered": "true"},
+                )
+                _expect(answer, 200)
+                if not any(row.get("about") in object_ids for row in answer.json()):
+                    return
+                await asyncio.sleep(POLL_SECONDS)
 
     async def _resend_event_about(self, object_id: str, operation: Operation) -> str:
         async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:

@@ -117,16 +117,19 @@ class WebhookOutbox:
         self._wake.set()
         return str(event_id)
 
-    def deliveries(self) -> list[dict[str, Any]]:
+    def deliveries(self, *, undelivered: bool = False) -> list[dict[str, Any]]:
+        """Every event and how its delivery went (or only those still to deliver)."""
         rows = self.store.execute(
             "SELECT simulator, event_id, body, attempts, deliveries, delivered_at, last_status"
-            " FROM outbox ORDER BY seq"
+            " FROM outbox WHERE (? = 0 OR delivered_at IS NULL) ORDER BY seq",
+            int(undelivered),
         )
         return [
             {
                 "simulator": r[0],
                 "event_id": r[1],
                 "type": json.loads(r[2])["type"],
+                "about": json.loads(r[2])["data"].get("id"),
                 "attempts": r[3],
                 "deliveries": r[4],
                 "delivered_at": r[5],

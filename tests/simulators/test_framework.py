@@ -57,9 +57,17 @@ async def test_webhooks_can_be_held_and_released_in_reverse(sim: Any, webhook_si
     ids = [post(sim, {**TRANSFER, "reference": f"R{i}"}).json()["id"] for i in range(3)]
     await asyncio.sleep(0.3)
     assert webhook_sink.received == []
+    held = sim.admin("GET", "/webhooks?undelivered=true")
+    assert [row["about"] for row in held] == ids
     sim.admin("POST", "/webhooks/release", {"order": "reverse"})
     received = await webhook_sink.wait_for(3)
     assert [r.event["data"]["id"] for r in received] == list(reversed(ids))
+    # Recorded as delivered once the receiver's 200 is back.
+    for _ in range(100):
+        if sim.admin("GET", "/webhooks?undelivered=true") == []:
+            break
+        await asyncio.sleep(0.05)
+    assert sim.admin("GET", "/webhooks?undelivered=true") == []
 
 
 async def test_webhooks_can_be_delivered_twice(sim: Any, webhook_sink: Any) -> None:
