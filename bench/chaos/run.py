@@ -81,6 +81,7 @@ ISSUER_CLOCK_BEHIND_SECONDS = 24 * 3600
 FX_QUOTE_TTL_SECONDS = 15
 MINE_EVERY_SECONDS = 0.5
 RESTART_PAUSE_SECONDS = 1.0
+RESTART_ATTEMPTS_MAX = 30
 WORKER_READY_SECONDS_MAX = 120.0
 LIVE_LINE_EVERY_SECONDS = 1.0
 LEDGER_PROBE_EVERY_SECONDS = 30.0
@@ -143,6 +144,7 @@ class Tally:
     resends: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     violations_seen: int = 0
+    restart_failures: int = 0
     last_done_at: float = field(default_factory=time.monotonic)
     stalls: list[dict[str, Any]] = field(default_factory=list)
     phase: str = "setting up customers"
@@ -313,21 +315,30 @@ class Chaos:
 
     async def kill_and_restart(self, part: str) -> None:
         async with self.restarting:
-            if not await asyncio.to_thread(self._kill, part):
-                return
+            # A part found dead already is started again all the same, as
+            # its supervisor would.
+            await asyncio.to_thread(self._kill, part)
             await asyncio.sleep(RESTART_PAUSE_SECONDS)
-            await asyncio.to_thread(self._start, part)
-            if part == SIMULATORS:
-                await self.sandbox_options()
-            elif part.startswith("worker-"):
-                # The next kill's interval counts from when this worker is up
-                # again (its metrics listen just before it polls): on a loaded
-                # machine a worker takes seconds to start, and kills faster
-                # than that would only keep the stack down.
-                port = metrics_port_of(self.settings, part)
-                await asyncio.to_thread(
-                    wait_for_port, self.settings.bind_host, port, WORKER_READY_SECONDS_MAX
-                )
+            for _ in range(RESTART_ATTEMPTS_MAX):
+                await asyncio.to_thread(self._start, part)
+                if part == SIMULATORS:
+                    await self.sandbox_options()
+                elif part.startswith("worker-"):
+                    # The next kill's interval counts from when this worker is
+                    # up again (its metrics listen just before it polls): on a
+                    # loaded machine a worker takes seconds to start, and kills
+                    # faster than that would only keep the stack down.
+                    port = metrics_port_of(self.settings, part)
+                    await asyncio.to_thread(
+                        wait_for_port, self.settings.bind_host, port, WORKER_READY_SECONDS_MAX
+                    )
+                # The port may answer for another process (another stack on
+                # this machine took it while the part was down): the part
+                # itself must be alive, or it is started again.
+                await asyncio.sleep(RESTART_PAUSE_SECONDS)
+                if self.stack.run.alive(part) is not None:
+                    return
+                self.tally.restart_failures += 1
 
     async def killer(self) -> None:
         for part in self.plan.kill_order:
@@ -704,6 +715,7 @@ class Chaos:
             "webhook_windows": t.webhook_windows,
             "webhook_resends": t.resends,
             "kills": t.kills,
+            "restart_failures": t.restart_failures,
             "stalls": [{k: v for k, v in s.items() if k != "at_monotonic"} for s in t.stalls],
             "set_up_seconds": round(set_up_seconds, 1),
             "operating_seconds": round(operating_seconds, 1),
