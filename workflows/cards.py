@@ -26,7 +26,7 @@ for a new card and starts the replacement's entity once it is activated.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -111,6 +111,14 @@ CARD_REPLACEMENT_PATCH = "card-replacement-recorded"
 # charge it) refunds the fee if the ledger says it was charged, learnt by
 # submitting the fee again with its key; runs recorded before it kept the fee.
 CARD_ISSUE_INTERRUPTED_FEE_PATCH = "card-issue-interrupted-fee-refunded"
+# A change of the card's commands, so behind a patch: with it, a decision (an
+# authorization, an operator's resolution) starts only after the run loop has
+# applied every issuer event that reached the card before it. A worker that
+# takes the card without it in memory can be handed an activity's completion
+# from the last task together with the next decision, the decision first;
+# without this, the decision took the card's money lock ahead of an earlier
+# event there and behind it on replay, and the card's history no longer replayed.
+CARD_DECISIONS_AFTER_EVENTS_PATCH = "card-decisions-after-earlier-events"
 # The card's ProcessStatus: its state (open, paused, closed), or one of these.
 STATUS_EXCEPTION = "exception"
 STATUS_REPLACED = "replaced"
@@ -576,6 +584,12 @@ class CardEntity:
         self._inbox: list[CardNetworkEvent] = []
         # The ProcessStatus last upserted (CARD_SEARCH_ATTRIBUTES_PATCH).
         self._status_published: str | None = None
+        # The run loop's units of work (an expiry pass, one issuer event),
+        # started and done, and whether it is serving (it applies its inbox):
+        # what a decision waits for (CARD_DECISIONS_AFTER_EVENTS_PATCH).
+        self._work_started = 0
+        self._work_done = 0
+        self._serving = False
 
     @workflow.run
     async def run(self, card: CardInput) -> str:
@@ -620,6 +634,7 @@ class CardEntity:
         def history_full() -> bool:
             return workflow.info().get_current_history_length() > history_events_max
 
+        self._serving = True
         while True:
             expiry = self._money.next_expiry()
             wake = expiry
@@ -644,12 +659,32 @@ class CardEntity:
                 )
             except TimeoutError:
                 pass
-            await self._money.expire_due()
+            await self._work(self._money.expire_due())
             while self._inbox:
-                await self._money.apply(self._inbox.pop(0))
+                await self._work(self._money.apply(self._inbox.pop(0)))
             self._show()
             if (self._finished() or history_full()) and not self._inbox:
+                self._serving = False
                 return
+
+    async def _work(self, unit: Coroutine[Any, Any, None]) -> None:
+        self._work_started += 1
+        try:
+            await unit
+        finally:
+            self._work_done += 1
+
+    async def _after_earlier_events(self) -> None:
+        """Wait until the run loop has done the work it had started and applied
+        the issuer events that reached the card before this decision: the
+        decision then comes at the same point of the card's history however
+        the worker was handed its tasks. While the loop is not serving (the
+        run waits for handlers to finish) the inbox waits for the decision."""
+        if not workflow.patched(CARD_DECISIONS_AFTER_EVENTS_PATCH):
+            return
+        target = self._work_started + (len(self._inbox) if self._serving else 0)
+        if self._work_done < target:
+            await workflow.wait_condition(lambda: self._work_done >= target)
 
     def _closed(self) -> bool:
         return self._state is not None and self._state.state is CardState.CLOSED
@@ -768,6 +803,7 @@ class CardEntity:
 
     @workflow.update(name=AUTHORIZE_UPDATE)
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationAnswer:
+        await self._after_earlier_events()
         answer = await self._money.authorize(request)
         self._show()
         return answer
@@ -787,6 +823,7 @@ class CardEntity:
 
     @workflow.update(name=RESOLVE_EXCEPTION_UPDATE)
     async def resolve_exception(self, decision: ExceptionDecision) -> str:
+        await self._after_earlier_events()
         resolution = await self._money.resolve_exception(decision)
         self._show()
         return resolution

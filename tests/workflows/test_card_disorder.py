@@ -23,6 +23,8 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.ledger import Ledger
 from activities.ledger.activities import HOLD
@@ -55,6 +57,7 @@ from tests.workflows.test_authorizations import (
     wallet_becomes,
 )
 from tests.workflows.test_cards import customer
+from workers.build import ALL_WORKFLOWS, WORKFLOW_SANDBOX_RESTRICTIONS
 from workflows.cards import (
     AUTHORIZE_UPDATE,
     CARD_WORKFLOW,
@@ -648,5 +651,88 @@ async def test_an_increment_approved_after_the_issuer_declined_it_is_released_be
     await wallet_becomes(platform, customer_id, posted=10_000, pending=3_800)
     platform.sim.admin("POST", "/webhooks/release", {"order": "forward"})
     await settles_as(platform, customer_id, handle, 1_500)
+    assert await running(handle)
+    assert await verify(platform.stack.pool) == []
+
+
+async def replays(platform: Platform, handle: WorkflowHandle[Any, Any]) -> Exception | None:
+    """What replaying the card's whole history on a fresh worker fails with:
+    a worker that takes the card after a restart does exactly this."""
+    replayer = Replayer(
+        workflows=list(ALL_WORKFLOWS),
+        data_converter=platform.stack.client.data_converter,
+        workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
+    )
+    result = await replayer.replay_workflow(
+        await handle.fetch_history(), raise_on_replay_failure=False
+    )
+    return result.replay_failure
+
+
+async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order_it_ran(
+    platform: Platform,
+) -> None:
+    """A hold's release waits on the ledger while the next issuer event queues
+    behind it; the release completes in a workflow task that records nothing.
+    A worker that then takes the card without it in memory (restarted, or its
+    task failed) gets that completion together with the next authorization
+    (the SDK hands both in one activation, the authorization first). The
+    card's decision must come out in the same order whichever way the work
+    was batched, or the next worker to replay the card finds its history
+    non-deterministic and the card stops answering."""
+    customer_id, card_id, handle = await open_card(platform)
+    patient_issuer(platform)
+    first = await authorize(platform, card_id, 1_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    # Only this test's own events reach the card, when it sends them.
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    async with issuer(platform) as client:
+        await client.simulate_reversal(first.id, idempotency_key="rev")
+        reversed_ = await client.get_authorization(first.id)
+    unknown = reversed_.model_copy(update={"id": "auth_unknown", "status": "expired"})
+    wallet_code = accounts.wallet(customer_id, "USD")
+    async with balances_locked(platform.stack.database_url, wallet_code) as lock:
+        await handle.signal(
+            NETWORK_EVENT_SIGNAL,
+            CardNetworkEvent(
+                event_id="e-1", type="authorization.reversed", authorization=reversed_
+            ),
+        )
+        await until_waiting(platform.stack.pool, lock)
+        await handle.signal(
+            NETWORK_EVENT_SIGNAL,
+            CardNetworkEvent(event_id="e-2", type="authorization.expired", authorization=unknown),
+        )
+
+    async def both_applied() -> bool:
+        return "e-2" in (await card_state(handle)).seen_events
+
+    await eventually(both_applied, "the card applies both events")
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+    # The release's completion was taken in by a task that recorded nothing.
+    events = [event async for event in handle.fetch_history_events()]
+    completed = max(
+        i
+        for i, event in enumerate(events)
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    )
+    assert {EventType.Name(event.event_type) for event in events[completed + 1 :]} == {
+        "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
+        "EVENT_TYPE_WORKFLOW_TASK_STARTED",
+        "EVENT_TYPE_WORKFLOW_TASK_COMPLETED",
+    }
+    # The next authorization's task fails after its hold (a worker killed):
+    # the retry replays the card from its start.
+    platform.stack.faults.fail_after_update(AUTHORIZE_UPDATE)
+    second = await authorize(platform, card_id, 2_000)
+    assert [d.decided_by for d in second.decisions] == [DecidedBy.CARDFLOW]
+    assert await replays(platform, handle) is None
+    # And the card goes on answering through the next restart.
+    platform.stack.faults.fail_after_update(AUTHORIZE_UPDATE)
+    third = await authorize(platform, card_id, 500)
+    assert [d.decided_by for d in third.decisions] == [DecidedBy.CARDFLOW]
+    assert platform.stack.faults.injected == [f"update {AUTHORIZE_UPDATE}"] * 2
+    await settles_as(platform, customer_id, handle, 2_500)
+    assert await replays(platform, handle) is None
     assert await running(handle)
     assert await verify(platform.stack.pool) == []
