@@ -319,7 +319,7 @@ async def _closed_badly(client: Client, execution: WorkflowExecution) -> Violati
     if event is not None:
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
             failure = event.workflow_execution_failed_event_attributes.failure
-            why = f"failed: {await _message(client, failure)}"
+            why = f"failed: {await failure_message(client, failure)}"
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT:
             why = "timed out (its execution or run timeout passed)"
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED:
@@ -351,7 +351,7 @@ async def _stuck(
         what = f"activity {activity.activity_type.name} (id {activity.activity_id})"
         failure = ""
         if activity.HasField("last_failure"):
-            failure = f", last failure: {await _message(client, activity.last_failure)}"
+            failure = f", last failure: {await failure_message(client, activity.last_failure)}"
         waiting.append(f"{what} on attempt {activity.attempt}{failure}")
         if activity.paused:
             evidence.append(f"{what} is paused on attempt {activity.attempt}{failure}")
@@ -397,12 +397,20 @@ async def _last_event(
     return events[0] if events else None
 
 
-async def _message(client: Client, failure: temporalio.api.failure.v1.Failure) -> str:
-    """A failure's message, decoded when the data converter encrypted it."""
+async def failure_message(client: Client, failure: temporalio.api.failure.v1.Failure) -> str:
+    """A failure's message and its causes' (an activity's failure says only
+    "Activity task failed"; its cause says why), decoded when the data
+    converter encrypted them."""
     copy = temporalio.api.failure.v1.Failure()
     copy.CopyFrom(failure)
     try:
-        message = str(await client.data_converter.decode_failure(copy))
+        error: BaseException | None = await client.data_converter.decode_failure(copy)
+        parts: list[str] = []
+        while error is not None:
+            kind, told = getattr(error, "type", None), str(error)
+            parts.append(f"{kind}: {told}" if kind and not told.startswith(kind) else told)
+            error = error.__cause__
+        message = " <- ".join(parts)
     except Exception:  # noqa: BLE001 - a key we lack: the raw message still tells something
         message = failure.message
     message = " ".join(message.split())

@@ -21,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from activities.ledger import Ledger
 from activities.ledger.errors import LedgerError
@@ -42,12 +45,18 @@ from schemas.issuer import Authorization, AuthorizationStatus, Transaction, Tran
 from schemas.topup import TopupResult
 from workflows.cashback import cashback_workflow_id
 
-# Reads of the issuer and of processes at once.
+# Reads of processes at once, and of the issuer's listings (one process
+# serving every simulator: more at once only queue there and time out).
 READS_AT_ONCE = 16
+ISSUER_READS_AT_ONCE = 4
+# A listing page that timed out or found the issuer away is read again.
+ISSUER_READ_ATTEMPTS = 4
+ISSUER_READ_PAUSE_SECONDS = 2.0
 WORKFLOW_RESULT_SECONDS = 10.0
 # How the issuer names an answer it could not use for the question it asked.
 MALFORMED_ANSWER = "malformed gateway answer"
 _AUTHORIZATION_IN_KEY = re.compile(r"/auth/([^/]+)/")
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,8 +72,8 @@ class Expected:
         self.sources[f"{source} {currency}"] += amount_minor
 
 
-async def _gather_bounded(calls: list[Any]) -> list[Any]:
-    gate = asyncio.Semaphore(READS_AT_ONCE)
+async def _gather_bounded(calls: list[Any], at_once: int = READS_AT_ONCE) -> list[Any]:
+    gate = asyncio.Semaphore(at_once)
 
     async def one(call: Any) -> Any:
         async with gate:
@@ -98,7 +107,9 @@ async def expected_money(
     # The issuer: what it holds and what it settled, card by card (so an
     # authorization whose answer the run never received is counted too).
     cards = list(evidence.cards)
-    listed = await _gather_bounded([_issuer_records(issuer, card_id) for card_id in cards])
+    listed = await _gather_bounded(
+        [_issuer_records(issuer, card_id) for card_id in cards], ISSUER_READS_AT_ONCE
+    )
     for card_id, records in zip(cards, listed, strict=True):
         customer = evidence.cards[card_id].customer
         if isinstance(records, BaseException):
@@ -217,13 +228,31 @@ async def expected_money(
     return expected, unread
 
 
+def _issuer_away(error: BaseException) -> bool:
+    return isinstance(error, ApplicationError) and error.type in (
+        "ProviderTimeout",
+        "ProviderUnreachable",
+    )
+
+
+async def _issuer_read(read: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """One listing page, read again while the issuer times out or is away."""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(ISSUER_READ_ATTEMPTS),
+        retry=retry_if_exception(_issuer_away),
+        wait=wait_fixed(ISSUER_READ_PAUSE_SECONDS),
+        reraise=True,
+    )
+    return await retrying(read, *args, **kwargs)
+
+
 async def _issuer_records(
     issuer: IssuerClient, card_id: str
 ) -> tuple[list[Authorization], list[Transaction]]:
     authorizations: list[Authorization] = []
     after: str | None = None
     while True:
-        page = await issuer.list_authorizations(card_id, starting_after=after)
+        page = await _issuer_read(issuer.list_authorizations, card_id, starting_after=after)
         authorizations += page.data
         if not page.has_more or not page.data:
             break
@@ -231,7 +260,7 @@ async def _issuer_records(
     transactions: list[Transaction] = []
     after = None
     while True:
-        listed = await issuer.list_transactions(card_id, starting_after=after)
+        listed = await _issuer_read(issuer.list_transactions, card_id, starting_after=after)
         transactions += listed.data
         if not listed.has_more or not listed.data:
             break

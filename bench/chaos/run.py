@@ -91,11 +91,18 @@ STALL_REPORT_SECONDS = 90.0
 # After the faults stop: how long the stack has to drain, and how long a
 # difference may take to converge before it is a violation.
 QUIESCE_SECONDS_MAX = 300.0
+# Checks are repeated while something is still settling: at least twice,
+# and until this long after the first check ended.
 CONVERGE_SECONDS_MAX = 90.0
+CONVERGE_ROUNDS_MIN = 2
 CONVERGE_PAUSE_SECONDS = 10.0
 STUCK_AFTER_SECONDS = 60.0
 HOLD_EXPIRY_MARGIN_SECONDS = 120.0
-RECONCILIATION_WAIT_SECONDS = 180.0
+# The day's reconciliation reads every issuer transaction of the run.
+RECONCILIATION_WAIT_SECONDS_MIN = 180.0
+RECONCILIATION_WAIT_SECONDS_PER_OPERATION = 0.06
+# The money model's reads of the issuer: a listing of a busy card is slow.
+MODEL_READ_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=10.0, pool=60.0)
 ADMIN_TIMEOUT_SECONDS = 10.0
 
 
@@ -145,6 +152,7 @@ class Tally:
     kills: dict[str, int] = field(default_factory=dict)
     violations_seen: int = 0
     restart_failures: int = 0
+    check_rounds: int = 0
     last_done_at: float = field(default_factory=time.monotonic)
     stalls: list[dict[str, Any]] = field(default_factory=list)
     phase: str = "setting up customers"
@@ -611,7 +619,11 @@ class Chaos:
     async def reconciliation_violations(self, workflow_id: str) -> list[Violation]:
         handle = self.client.get_workflow_handle(workflow_id, result_type=ReconciliationResult)
         try:
-            result = await asyncio.wait_for(handle.result(), RECONCILIATION_WAIT_SECONDS)
+            wait_seconds = max(
+                RECONCILIATION_WAIT_SECONDS_MIN,
+                self.options.operations * RECONCILIATION_WAIT_SECONDS_PER_OPERATION,
+            )
+            result = await asyncio.wait_for(handle.result(), wait_seconds)
         except Exception as error:  # noqa: BLE001 - reported as a violation
             return [Violation("reconciliation_failed", workflow_id, repr(error)[:300])]
         return [
@@ -667,17 +679,26 @@ class Chaos:
             self.tally.phase = "reconciling and billing"
             reconciliation, billing = await self.day_end(workload)
             pool = await create_pool(self.settings.effective_database_url, size_max=4)
+            issuer = IssuerClient(
+                f"{self.settings.providers_base_url}/{ISSUER}", timeout=MODEL_READ_TIMEOUT
+            )
             try:
-                deadline = time.monotonic() + CONVERGE_SECONDS_MAX
+                deadline: float | None = None
                 checks = 0
                 while True:
                     checks += 1
+                    self.tally.check_rounds = checks
                     self.tally.phase = f"checking (round {checks})"
-                    violations, figures = await self.check(pool, workload.issuer, reconciliation)
-                    if not violations or time.monotonic() > deadline:
+                    violations, figures = await self.check(pool, issuer, reconciliation)
+                    if deadline is None:
+                        deadline = time.monotonic() + CONVERGE_SECONDS_MAX
+                    if not violations or (
+                        checks >= CONVERGE_ROUNDS_MIN and time.monotonic() > deadline
+                    ):
                         break
                     await asyncio.sleep(CONVERGE_PAUSE_SECONDS)
             finally:
+                await issuer.aclose()
                 await pool.close()
         finally:
             for task in background:
@@ -721,6 +742,7 @@ class Chaos:
             "operating_seconds": round(operating_seconds, 1),
             "wall_seconds": round(time.monotonic() - t.started_at, 1),
             "billing_run": billing,
+            "check_rounds": t.check_rounds,
             "violations": [v.line() for v in violations],
             **figures,
         }

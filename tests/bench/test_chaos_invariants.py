@@ -11,11 +11,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from temporalio.api.failure.v1 import Failure
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
 from activities.ledger import Ledger
 from bench.chaos.invariants import (
     Violation,
+    failure_message,
     hold_violations,
     ledger_violations,
     webhook_violations,
@@ -289,14 +292,12 @@ async def test_a_terminated_and_a_timed_out_workflow_are_reported(platform: Plat
     assert "timed out" in by_check["workflow_timed_out"].detail
 
 
-async def test_an_activity_failing_forever_is_reported_stuck(platform: Platform) -> None:
-    # The issuer answers every call with an error: issuing a card retries forever.
-    platform.sim.fault(kind="error", path_prefix="/issuer/", status=503)
-    waiting = await start_ping(platform)
+async def start_card_issue(platform: Platform) -> str:
+    """A virtual card's issuing for a new customer, started; its workflow id."""
     customer_id = await customer(platform)
     request_id = f"r-{uuid.uuid4().hex[:10]}"
     queues = platform.stack.queues
-    stuck = card_issue_workflow_id(request_id)
+    workflow_id = card_issue_workflow_id(request_id)
     await platform.stack.client.start_workflow(
         CARD_ISSUE_WORKFLOW,
         CardIssueInput(
@@ -310,9 +311,43 @@ async def test_an_activity_failing_forever_is_reported_stuck(platform: Platform)
             providers_task_queue=queues.providers,
             workflows_task_queue=queues.workflows,
         ),
-        id=stuck,
+        id=workflow_id,
         task_queue=queues.workflows,
     )
+    return workflow_id
+
+
+async def test_a_failure_is_told_with_its_causes(platform: Platform) -> None:
+    """A process failed by an activity says only "Activity task failed"; the
+    report carries the activity's own error too, decoded by the data converter."""
+    client = platform.stack.client
+    try:
+        try:
+            raise ApplicationError(
+                "issuer POST /v1/cards: 400", type="ProviderRejectedRequest", non_retryable=True
+            )
+        except ApplicationError as cause:
+            raise ActivityError(
+                "Activity task failed",
+                scheduled_event_id=5,
+                started_event_id=6,
+                identity="worker",
+                activity_type="providers.create_card",
+                activity_id="1",
+                retry_state=RetryState.NON_RETRYABLE_FAILURE,
+            ) from cause
+    except ActivityError as error:
+        failure = Failure()
+        await client.data_converter.encode_failure(error, failure)
+    told = await failure_message(client, failure)
+    assert told == ("Activity task failed <- ProviderRejectedRequest: issuer POST /v1/cards: 400")
+
+
+async def test_an_activity_failing_forever_is_reported_stuck(platform: Platform) -> None:
+    # The issuer answers every call with an error: issuing a card retries forever.
+    platform.sim.fault(kind="error", path_prefix="/issuer/", status=503)
+    waiting = await start_ping(platform)
+    stuck = await start_card_issue(platform)
     found = await until(
         lambda: workflow_violations(
             platform.stack.client,
