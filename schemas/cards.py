@@ -173,6 +173,8 @@ class DeclineReason(StrEnum):
     INSUFFICIENT_FUNDS = "insufficient_funds"
     UNKNOWN_AUTHORIZATION = "unknown_authorization"
     TOO_MANY_OPEN_AUTHORIZATIONS = "too_many_open_authorizations"
+    # Asked after the issuer ended it (its stand-in decline, applied first).
+    AUTHORIZATION_FINISHED = "authorization_finished"
 
 
 # Every reason a card's own answer carries; an issuer record with another

@@ -139,6 +139,13 @@ CARD_MONEY_PATCH = "card-money-durable-keys"
 # after the card's late hold, already gave back that decision's own hold:
 # what is held is a total, whichever hold carries it.
 CARD_RELEASE_ACROSS_HOLDS_PATCH = "card-release-across-holds"
+# With it, the issuer's final word on an authorization the card never decided
+# (the gateway's stand-in decline while the card's worker was away) finishes
+# it, and a decision asked afterwards (the delayed update) is declined; an
+# increment the gateway stood in for, asked after the issuer's webhook of it,
+# gets that answer. Both once held what the issuer had declined, and nothing
+# released it.
+CARD_FINISHED_BEFORE_DECIDED_PATCH = "card-finished-before-decided"
 
 
 class CardMoney:
@@ -300,6 +307,14 @@ class CardMoney:
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationAnswer:
         state = self.state
         record = state.authorizations.get(request.authorization_id)
+        if (
+            record is None
+            and self.durable
+            and request.authorization_id in state.finished_authorizations
+            and workflow.patched(CARD_FINISHED_BEFORE_DECIDED_PATCH)
+        ):
+            # The issuer ended it before this question reached the card.
+            return _decline(DeclineReason.AUTHORIZATION_FINISHED)
         if record is not None and request.request_id is not None and self.durable:
             # The same request again, past what Temporal dedupes (another run):
             # the answer it got.
@@ -324,7 +339,7 @@ class CardMoney:
         if request.kind == "incremental":
             if record is None:
                 return _decline(DeclineReason.UNKNOWN_AUTHORIZATION)
-            followed = _claim_followed(record, request)
+            followed = _claim_followed(record, request) or self._claim_stood_in(record, request)
             if followed is not None:
                 return _answer(followed)
         now = workflow.now()
@@ -391,6 +406,26 @@ class CardMoney:
             if approved:
                 record.held.append(HeldPart(key=key, amount_minor=approved, decision=index))
             return self._decide(record, index, request, approved, why)
+
+    def _claim_stood_in(
+        self, record: AuthorizationRecord, request: AuthorizationRequest
+    ) -> DecisionRecord | None:
+        """A question the gateway answered with its stand-in (the issuer
+        records it as cardflow's), asked of the card after the issuer's
+        webhook of that answer was applied: that answer stands, once."""
+        for decision in record.decisions:
+            if (
+                decision.decided_by == "cardflow"
+                and decision.request_id is None
+                and decision.kind == request.kind
+                and decision.requested_minor == request.amount_minor
+                and decision.reason.startswith("followed the issuer")
+                and self.durable
+                and workflow.patched(CARD_FINISHED_BEFORE_DECIDED_PATCH)
+            ):
+                decision.request_id = request.request_id or f"claimed-{decision.index}"
+                return decision
+        return None
 
     def _decide(
         self,
@@ -554,6 +589,14 @@ class CardMoney:
                 return  # older than what the card already took in
         if record is None:
             if issuer.status is not AuthorizationStatus.PENDING or not approved_anything:
+                if (
+                    self.durable
+                    and issuer.status is not AuthorizationStatus.PENDING
+                    and workflow.patched(CARD_FINISHED_BEFORE_DECIDED_PATCH)
+                ):
+                    # Ended before the card decided it: a decision asked later
+                    # (an update delayed while the worker was away) holds nothing.
+                    self._finish(issuer.id)
                 return
             now = workflow.now()
             if self.durable:

@@ -113,7 +113,7 @@ CARD_REPLACEMENT_PATCH = "card-replacement-recorded"
 CARD_ISSUE_INTERRUPTED_FEE_PATCH = "card-issue-interrupted-fee-refunded"
 # A change of the card's commands, so behind a patch: with it, a decision (an
 # authorization, an operator's resolution) starts only after the run loop has
-# applied every issuer event that reached the card before it. A worker that
+# finished its unit of work in progress and run what it can. A worker that
 # takes the card without it in memory can be handed an activity's completion
 # from the last task together with the next decision, the decision first;
 # without this, the decision took the card's money lock ahead of an earlier
@@ -585,11 +585,10 @@ class CardEntity:
         # The ProcessStatus last upserted (CARD_SEARCH_ATTRIBUTES_PATCH).
         self._status_published: str | None = None
         # The run loop's units of work (an expiry pass, one issuer event),
-        # started and done, and whether it is serving (it applies its inbox):
-        # what a decision waits for (CARD_DECISIONS_AFTER_EVENTS_PATCH).
+        # started and done: what a decision waits for
+        # (CARD_DECISIONS_AFTER_EVENTS_PATCH).
         self._work_started = 0
         self._work_done = 0
-        self._serving = False
 
     @workflow.run
     async def run(self, card: CardInput) -> str:
@@ -634,7 +633,6 @@ class CardEntity:
         def history_full() -> bool:
             return workflow.info().get_current_history_length() > history_events_max
 
-        self._serving = True
         while True:
             expiry = self._money.next_expiry()
             wake = expiry
@@ -664,7 +662,6 @@ class CardEntity:
                 await self._work(self._money.apply(self._inbox.pop(0)))
             self._show()
             if (self._finished() or history_full()) and not self._inbox:
-                self._serving = False
                 return
 
     async def _work(self, unit: Coroutine[Any, Any, None]) -> None:
@@ -675,16 +672,16 @@ class CardEntity:
             self._work_done += 1
 
     async def _after_earlier_events(self) -> None:
-        """Wait until the run loop has done the work it had started and applied
-        the issuer events that reached the card before this decision: the
-        decision then comes at the same point of the card's history however
-        the worker was handed its tasks. While the loop is not serving (the
-        run waits for handlers to finish) the inbox waits for the decision."""
+        """Let the run loop finish the unit of work it is in (an event whose
+        activity or lock it awaits) and run what it can before this decision:
+        the wait is always one check of conditions, and the loop's own wait,
+        registered earlier, is checked first, so an event that reached the card
+        in the same task is applied first. The decision then comes at the same
+        point of the card's history however the worker was handed its tasks."""
         if not workflow.patched(CARD_DECISIONS_AFTER_EVENTS_PATCH):
             return
-        target = self._work_started + (len(self._inbox) if self._serving else 0)
-        if self._work_done < target:
-            await workflow.wait_condition(lambda: self._work_done >= target)
+        in_progress = self._work_started
+        await workflow.wait_condition(lambda: self._work_done >= in_progress)
 
     def _closed(self) -> bool:
         return self._state is not None and self._state.state is CardState.CLOSED

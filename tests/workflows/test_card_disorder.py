@@ -689,7 +689,6 @@ async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order
     async with issuer(platform) as client:
         await client.simulate_reversal(first.id, idempotency_key="rev")
         reversed_ = await client.get_authorization(first.id)
-    unknown = reversed_.model_copy(update={"id": "auth_unknown", "status": "expired"})
     wallet_code = accounts.wallet(customer_id, "USD")
     async with balances_locked(platform.stack.database_url, wallet_code) as lock:
         await handle.signal(
@@ -701,7 +700,9 @@ async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order
         await until_waiting(platform.stack.pool, lock)
         await handle.signal(
             NETWORK_EVENT_SIGNAL,
-            CardNetworkEvent(event_id="e-2", type="authorization.expired", authorization=unknown),
+            CardNetworkEvent(
+                event_id="e-2", type="authorization.reversed", authorization=reversed_
+            ),
         )
 
     async def both_applied() -> bool:
@@ -735,4 +736,100 @@ async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order
     await settles_as(platform, customer_id, handle, 2_500)
     assert await replays(platform, handle) is None
     assert await running(handle)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_decision_asked_after_the_issuer_declined_it_holds_nothing(
+    platform: Platform,
+) -> None:
+    """The card's worker is away when a purchase is asked: the gateway answers
+    with its stand-in decline and the issuer's webhooks of the decline reach
+    the card before the delayed `authorize` update does (the order they have
+    in the card's history). The late decision must hold nothing: nothing
+    would ever release it."""
+    customer_id, card_id, handle = await open_card(platform)
+    first = await authorize(platform, card_id, 1_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    async with issuer(platform) as client:
+        template = await client.get_authorization(first.id)
+    question = question_to(handle, "evt-late")
+    declined = template.model_copy(
+        update={
+            "id": question.authorization_id,
+            "status": AuthorizationStatus.DECLINED,
+            "amount_minor": 0,
+            "pending_amount_minor": 0,
+            "decision_reason": "stand-in decline: no decision within the budget",
+            "decisions": [
+                template.decisions[0].model_copy(
+                    update={
+                        "outcome": "decline",
+                        "approved_amount_minor": 0,
+                        "reason": "stand-in decline: no decision within the budget",
+                    }
+                )
+            ],
+        }
+    )
+    for event_id, kind in (("e-created", "authorization.created"), ("e-declined", "declined")):
+        await handle.signal(
+            NETWORK_EVENT_SIGNAL,
+            CardNetworkEvent(event_id=event_id, type=kind, authorization=declined),
+        )
+    answer = await handle.execute_update(
+        AUTHORIZE_UPDATE, question, result_type=AuthorizationAnswer
+    )
+    assert (answer.decision, answer.reason) == ("decline", "authorization_finished")
+    await settles_as(platform, customer_id, handle, 1_000)
+    assert await running(handle)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_an_increment_asked_after_the_issuer_declined_it_holds_nothing(
+    platform: Platform,
+) -> None:
+    """The same for an increment: the gateway stood in (a decline the issuer
+    records as cardflow's), the webhook of it came first, and the delayed
+    question then gets that answer instead of a hold."""
+    customer_id, card_id, handle = await open_card(platform)
+    first = await authorize(platform, card_id, 1_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    async with issuer(platform) as client:
+        snapshot = await client.get_authorization(first.id)
+    stand_in = "stand-in decline: no decision within the budget"
+    incremented = snapshot.model_copy(
+        update={
+            "decisions": [
+                *snapshot.decisions,
+                snapshot.decisions[0].model_copy(
+                    update={
+                        "kind": "incremental",
+                        "requested_amount_minor": 500,
+                        "approved_amount_minor": 0,
+                        "outcome": "decline",
+                        "reason": stand_in,
+                    }
+                ),
+            ]
+        }
+    )
+    await handle.signal(
+        NETWORK_EVENT_SIGNAL,
+        CardNetworkEvent(
+            event_id="e-inc", type="authorization.incremented", authorization=incremented
+        ),
+    )
+    question = question_to(handle, "evt-inc").model_copy(
+        update={"authorization_id": first.id, "kind": "incremental", "amount_minor": 500}
+    )
+    answer = await handle.execute_update(
+        AUTHORIZE_UPDATE, question, result_type=AuthorizationAnswer
+    )
+    assert (answer.decision, answer.approved_amount_minor) == ("decline", 0)
+    assert stand_in in answer.reason
+    await settles_as(platform, customer_id, handle, 1_000)
+    # The same question again is the same answer, never a hold.
+    again = await handle.execute_update(AUTHORIZE_UPDATE, question, result_type=AuthorizationAnswer)
+    assert again == answer
+    await settles_as(platform, customer_id, handle, 1_000)
     assert await verify(platform.stack.pool) == []
