@@ -28,7 +28,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -57,7 +57,7 @@ from bench.chaos.plan import (
 )
 from bench.chaos.workload import Evidence, OperationSkipped, Workload
 from schemas.providers import ISSUER
-from schemas.reconciliation import ReconciliationResult
+from schemas.reconciliation import ReconciliationResult, ReconciliationStatus
 from schemas.task_queues import QUEUE_KINDS
 from starters.apikeys import create_key
 from starters.devstack.processes import wait_for_port
@@ -65,6 +65,7 @@ from starters.devstack.stack import GATEWAY, SIMULATORS, Stack, worker_part
 from workers.client import connect
 from workers.settings import load_settings
 from workers.telemetry import metrics_port_of
+from workflows.reconciliation import STATUS_QUERY
 
 DEFAULT_SEED = 1
 DEFAULT_OPERATIONS = 1_000
@@ -624,6 +625,15 @@ class Chaos:
                 self.options.operations * RECONCILIATION_WAIT_SECONDS_PER_OPERATION,
             )
             result = await asyncio.wait_for(handle.result(), wait_seconds)
+        except TimeoutError:
+            # Still running: say where it waits (an operator's decision, a page).
+            try:
+                status = await handle.query(STATUS_QUERY, result_type=ReconciliationStatus)
+                states = Counter(str(item.state) for item in status.items)
+                where = f"stage {status.stage!r}, items {dict(states)}"
+            except Exception as error:  # noqa: BLE001 - the timeout is the finding
+                where = f"its status unreadable: {error!r}"
+            return [Violation("reconciliation_unfinished", workflow_id, where[:300])]
         except Exception as error:  # noqa: BLE001 - reported as a violation
             return [Violation("reconciliation_failed", workflow_id, repr(error)[:300])]
         return [
