@@ -417,9 +417,7 @@ class CardMoney:
             if (
                 decision.decided_by == "cardflow"
                 and decision.request_id is None
-                and decision.kind == request.kind
-                and decision.requested_minor == request.amount_minor
-                and decision.reason.startswith("followed the issuer")
+                and _followed_answer_to(decision, request)
                 and self.durable
                 and workflow.patched(CARD_FINISHED_BEFORE_DECIDED_PATCH)
             ):
@@ -1060,15 +1058,19 @@ def _claim_followed(
     """A question the card is asked after it already followed the issuer's
     own answer to it (the webhook came first): that answer stands."""
     for decision in record.decisions:
-        if (
-            decision.decided_by != "cardflow"
-            and decision.kind == request.kind
-            and decision.requested_minor == request.amount_minor
-            and decision.reason.startswith("followed the issuer")
-        ):
+        if decision.decided_by != "cardflow" and _followed_answer_to(decision, request):
             decision.decided_by = "cardflow"  # claimed: a second copy decides afresh
             return decision
     return None
+
+
+def _followed_answer_to(decision: DecisionRecord, request: AuthorizationRequest) -> bool:
+    """The issuer's own answer the card followed, to this very question."""
+    return (
+        decision.kind == request.kind
+        and decision.requested_minor == request.amount_minor
+        and decision.reason.startswith("followed the issuer")
+    )
 
 
 def _derived(base: str, suffix: str) -> str:
