@@ -146,6 +146,12 @@ CARD_RELEASE_ACROSS_HOLDS_PATCH = "card-release-across-holds"
 # gets that answer. Both once held what the issuer had declined, and nothing
 # released it.
 CARD_FINISHED_BEFORE_DECIDED_PATCH = "card-finished-before-decided"
+# With it, a decision the card takes from the issuer because it never
+# answered it (the issuer's stand-in, the gateway's, or its final word on an
+# authorization the card has no record of) voids the card's own hold for that
+# decision, should one be in the ledger: held by a workflow task that was lost
+# (its worker killed) whose question never came back before the issuer's word.
+CARD_LOST_HOLDS_PATCH = "card-lost-holds-released"
 
 
 class CardMoney:
@@ -594,6 +600,10 @@ class CardMoney:
                 ):
                     # Ended before the card decided it: a decision asked later
                     # (an update delayed while the worker was away) holds nothing.
+                    # (The gateway forwards no webhook of a purchase the card
+                    # declined itself: one reaching here was decided without it.)
+                    for index in range(len(issuer.decisions)):
+                        await self._release_lost_hold(issuer.id, index)
                     self._finish(issuer.id)
                 return
             now = workflow.now()
@@ -630,6 +640,7 @@ class CardMoney:
                 record.decisions.append(ours)
                 record.decisions.sort(key=lambda d: d.index)
                 record.next_decision = max(record.next_decision, index + 1)
+                await self._release_lost_hold(record.authorization_id, index)
             elif theirs.decided_by is not DecidedBy.CARDFLOW:
                 ours.reason += f"; the issuer applied {theirs.decided_by.value} {theirs.outcome}"
                 ours.decided_by = theirs.decided_by.value
@@ -671,6 +682,31 @@ class CardMoney:
         ):
             await self._release(record, record.held_minor, None, f"final-{issuer.status.value}")
         self._forget_if_done(record, issuer.status)
+
+    async def _release_lost_hold(self, authorization_id: str, index: int) -> None:
+        """Void the card's own hold of decision `index` (and its partial hold)
+        if a lost workflow task left one in the ledger: the card is about to
+        follow the issuer's answer to that question instead, and nothing else
+        knows of that hold. A key never held is refused by the ledger
+        (hold_not_found), which is the usual, harmless outcome."""
+        if not self.durable or not workflow.patched(CARD_LOST_HOLDS_PATCH):
+            return
+        own = step_key(f"auth/{authorization_id}/d{index}")
+        outcomes = await asyncio.gather(
+            *(
+                self._resolve(
+                    HoldResolution(key=_derived(hold, "void-lost"), hold_key=hold, action="void")
+                )
+                for hold in (own, f"{own}-partial")
+            )
+        )
+        for outcome in outcomes:
+            if outcome.accepted:
+                workflow.logger.warning(
+                    "authorization %s: released %s held by a lost decision",
+                    authorization_id,
+                    outcome.amount_minor,
+                )
 
     async def _hold_for_issuer(
         self, record: AuthorizationRecord, amount_minor: int, index: int | None, name: str

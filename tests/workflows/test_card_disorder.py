@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -41,8 +41,9 @@ from schemas.cards import (
     SpendingLimits,
 )
 from schemas.cards import Merchant as CardMerchant
+from schemas.issuer import Authorization as IssuerAuthorization
 from schemas.issuer import AuthorizationStatus, CardState, DecidedBy
-from schemas.ledger import TransferRequest
+from schemas.ledger import HoldRequest, TransferRequest
 from schemas.money import Currency
 from tests.conftest import Platform
 from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
@@ -58,6 +59,7 @@ from tests.workflows.test_authorizations import (
 )
 from tests.workflows.test_cards import customer
 from workers.build import ALL_WORKFLOWS, WORKFLOW_SANDBOX_RESTRICTIONS
+from workflows.card_money import HOLD_LEDGER_GRACE
 from workflows.cards import (
     AUTHORIZE_UPDATE,
     CARD_WORKFLOW,
@@ -286,13 +288,15 @@ async def test_a_clearing_sent_again_after_the_card_forgot_it_moves_no_money(
         )
         expired = await client.get_authorization(auth.id)
     await wallet_becomes(platform, customer_id, posted=9_300, pending=0)
-    # Hundreds of other events later (snapshots of authorizations the card
-    # never knew), the issuer sends the clearing and the refund again.
+    # Hundreds of other events later (the finished authorization's last
+    # snapshot, sent again and again), the issuer sends the clearing and the
+    # refund again.
     for n in range(EVENTS_TO_FORGET):
-        other = expired.model_copy(update={"id": f"other-{n}", "status": "expired"})
         await handle.signal(
             NETWORK_EVENT_SIGNAL,
-            CardNetworkEvent(event_id=f"e-{n}", type="authorization.expired", authorization=other),
+            CardNetworkEvent(
+                event_id=f"e-{n}", type="authorization.expired", authorization=expired
+            ),
         )
     for event in (
         CardNetworkEvent(event_id="again-1", type="transaction.cleared", transaction=cleared),
@@ -739,6 +743,40 @@ async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order
     assert await verify(platform.stack.pool) == []
 
 
+STAND_IN_DECLINE = "stand-in decline: no decision within the budget"
+
+
+def stood_in_for(
+    template: IssuerAuthorization, question: AuthorizationRequest, approved_minor: int
+) -> IssuerAuthorization:
+    """The issuer's snapshot of `question` answered by its stand-in (approved
+    for `approved_minor`, or declined at 0), made from another authorization
+    of the same card."""
+    approved = approved_minor > 0
+    reason = "stand-in approval: no decision within the budget" if approved else STAND_IN_DECLINE
+    return template.model_copy(
+        update={
+            "id": question.authorization_id,
+            "status": AuthorizationStatus.PENDING if approved else AuthorizationStatus.DECLINED,
+            "amount_minor": approved_minor,
+            "pending_amount_minor": approved_minor,
+            "decision_reason": reason,
+            "history": [],
+            "decisions": [
+                template.decisions[0].model_copy(
+                    update={
+                        "outcome": "approve" if approved else "decline",
+                        "requested_amount_minor": question.amount_minor,
+                        "approved_amount_minor": approved_minor,
+                        "decided_by": DecidedBy.STAND_IN,
+                        "reason": reason,
+                    }
+                )
+            ],
+        }
+    )
+
+
 async def test_a_decision_asked_after_the_issuer_declined_it_holds_nothing(
     platform: Platform,
 ) -> None:
@@ -753,24 +791,7 @@ async def test_a_decision_asked_after_the_issuer_declined_it_holds_nothing(
     async with issuer(platform) as client:
         template = await client.get_authorization(first.id)
     question = question_to(handle, "evt-late")
-    declined = template.model_copy(
-        update={
-            "id": question.authorization_id,
-            "status": AuthorizationStatus.DECLINED,
-            "amount_minor": 0,
-            "pending_amount_minor": 0,
-            "decision_reason": "stand-in decline: no decision within the budget",
-            "decisions": [
-                template.decisions[0].model_copy(
-                    update={
-                        "outcome": "decline",
-                        "approved_amount_minor": 0,
-                        "reason": "stand-in decline: no decision within the budget",
-                    }
-                )
-            ],
-        }
-    )
+    declined = stood_in_for(template, question, approved_minor=0)
     for event_id, kind in (("e-created", "authorization.created"), ("e-declined", "declined")):
         await handle.signal(
             NETWORK_EVENT_SIGNAL,
@@ -832,4 +853,120 @@ async def test_an_increment_asked_after_the_issuer_declined_it_holds_nothing(
     again = await handle.execute_update(AUTHORIZE_UPDATE, question, result_type=AuthorizationAnswer)
     assert again == answer
     await settles_as(platform, customer_id, handle, 1_000)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_hold_whose_task_was_lost_follows_the_issuers_decline_that_came_meanwhile(
+    platform: Platform,
+) -> None:
+    """The card holds for a purchase and its worker dies before that workflow
+    task completes, while the issuer's stand-in declines the purchase and
+    its webhooks reach the card. The retried task decides again (the same
+    hold, once) and then follows the issuer: nothing stays held."""
+    customer_id, card_id, handle = await open_card(platform)
+    first = await authorize(platform, card_id, 1_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    async with issuer(platform) as client:
+        template = await client.get_authorization(first.id)
+    question = question_to(handle, "evt-lost").model_copy(update={"amount_minor": 2_000})
+    declined = stood_in_for(template, question, approved_minor=0)
+    platform.stack.faults.fail_after_local_activity(HOLD)
+    wallet_code = accounts.wallet(customer_id, "USD")
+    async with balances_locked(platform.stack.database_url, wallet_code) as lock:
+        asked = asyncio.create_task(
+            handle.execute_update(AUTHORIZE_UPDATE, question, result_type=AuthorizationAnswer)
+        )
+        await until_waiting(platform.stack.pool, lock)
+        for event_id, kind in (("e-created", "authorization.created"), ("e-declined", "declined")):
+            await handle.signal(
+                NETWORK_EVENT_SIGNAL,
+                CardNetworkEvent(event_id=event_id, type=kind, authorization=declined),
+            )
+    # The card's answer reaches nobody: the issuer has decided.
+    assert (await asked).decision == "approve"
+    assert platform.stack.faults.injected == [f"local_activity {HOLD}"]
+    await settles_as(platform, customer_id, handle, 1_000)
+    assert await running(handle)
+    assert await replays(platform, handle) is None
+    assert await verify(platform.stack.pool) == []
+
+
+async def held_by_a_lost_task(
+    platform: Platform, handle: WorkflowHandle[Any, Any], question: AuthorizationRequest
+) -> None:
+    """What a workflow task that decided `question` leaves when its worker
+    dies after the hold committed and the question never comes back before
+    the issuer's word on it (the gateway gave up on it, and the server lost
+    it with the card's cached state): the card's hold in the ledger, under
+    the decision's own key, and nothing of it in the card's history."""
+    state = await card_state(handle)
+    assert question.requested_at is not None
+    ledger = Ledger(platform.stack.pool)
+    held = await ledger.transfer(
+        HoldRequest(
+            key=f"{handle.id}/auth/{question.authorization_id}/d0",
+            debit=accounts.wallet(state.customer_id, "USD"),
+            credit=accounts.issuer_settlement(Currency.USD),
+            amount_minor=question.amount_minor,
+            currency=Currency.USD,
+            expires_at=question.requested_at
+            + timedelta(seconds=state.policy.hold_expiry_seconds)
+            + HOLD_LEDGER_GRACE,
+        )
+    )
+    assert held.accepted, held.detail
+
+
+async def lost_hold_then_issuer_word(
+    platform: Platform, approved_minor: int
+) -> tuple[str, WorkflowHandle[Any, Any], AuthorizationAnswer]:
+    """A purchase of 2,000 held by a lost task, then the issuer's stand-in
+    answer (`approved_minor`, 0 for a decline) reaching the card by webhook,
+    then the question itself, late. Returns the customer, the card and the
+    late question's answer."""
+    customer_id, card_id, handle = await open_card(platform)
+    first = await authorize(platform, card_id, 1_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    async with issuer(platform) as client:
+        template = await client.get_authorization(first.id)
+    question = question_to(handle, "evt-lost").model_copy(update={"amount_minor": 2_000})
+    await held_by_a_lost_task(platform, handle, question)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=3_000)
+    snapshot = stood_in_for(template, question, approved_minor)
+    kinds = ["authorization.created"] + ([] if approved_minor else ["declined"])
+    for number, kind in enumerate(kinds):
+        await handle.signal(
+            NETWORK_EVENT_SIGNAL,
+            CardNetworkEvent(event_id=f"e-{number}", type=kind, authorization=snapshot),
+        )
+    answer = await handle.execute_update(
+        AUTHORIZE_UPDATE, question, result_type=AuthorizationAnswer
+    )
+    return customer_id, handle, answer
+
+
+async def test_a_hold_left_by_a_lost_task_is_released_when_the_issuer_declined_it(
+    platform: Platform,
+) -> None:
+    """The lost task's hold must not outlive the issuer's decline: the card
+    never answered with it and nothing else would ever release it."""
+    customer_id, handle, answer = await lost_hold_then_issuer_word(platform, approved_minor=0)
+    assert (answer.decision, answer.reason) == ("decline", "authorization_finished")
+    await settles_as(platform, customer_id, handle, 1_000)
+    assert await running(handle)
+    assert await replays(platform, handle) is None
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_hold_left_by_a_lost_task_gives_way_to_the_issuers_stand_in_approval(
+    platform: Platform,
+) -> None:
+    """The issuer's stand-in approved less than the lost task held: the card
+    holds what the issuer approved, once, and not its own lost hold too; the
+    late question gets the issuer's answer."""
+    customer_id, handle, answer = await lost_hold_then_issuer_word(platform, approved_minor=1_500)
+    assert (answer.decision, answer.approved_amount_minor) == ("approve", 1_500)
+    await settles_as(platform, customer_id, handle, 2_500)
+    assert await running(handle)
+    assert await replays(platform, handle) is None
     assert await verify(platform.stack.pool) == []
