@@ -57,7 +57,11 @@ from bench.chaos.plan import (
 )
 from bench.chaos.workload import Evidence, OperationSkipped, Workload
 from schemas.providers import ISSUER
-from schemas.reconciliation import ReconciliationResult, ReconciliationStatus
+from schemas.reconciliation import (
+    ReconciliationItem,
+    ReconciliationResult,
+    ReconciliationStatus,
+)
 from schemas.task_queues import QUEUE_KINDS
 from starters.apikeys import create_key
 from starters.devstack.processes import wait_for_port
@@ -614,10 +618,15 @@ class Chaos:
         violations += await invariants.webhook_violations(pool, self.admin_url)
         money, figures = await money_violations(self.client, pool, issuer, self.evidence)
         violations += money
-        violations += await self.reconciliation_violations(reconciliation_id)
+        found, figures["reconciliation"] = await self.reconciliation_violations(reconciliation_id)
+        violations += found
         return violations, figures
 
-    async def reconciliation_violations(self, workflow_id: str) -> list[Violation]:
+    async def reconciliation_violations(
+        self, workflow_id: str
+    ) -> tuple[list[Violation], dict[str, Any]]:
+        """The day's reconciliation's violations, and what it found: its
+        differences per kind and state, with the first few of them."""
         handle = self.client.get_workflow_handle(workflow_id, result_type=ReconciliationResult)
         try:
             wait_seconds = max(
@@ -629,13 +638,14 @@ class Chaos:
             # Still running: say where it waits (an operator's decision, a page).
             try:
                 status = await handle.query(STATUS_QUERY, result_type=ReconciliationStatus)
-                states = Counter(str(item.state) for item in status.items)
-                where = f"stage {status.stage!r}, items {dict(states)}"
             except Exception as error:  # noqa: BLE001 - the timeout is the finding
                 where = f"its status unreadable: {error!r}"
-            return [Violation("reconciliation_unfinished", workflow_id, where[:300])]
+                return [Violation("reconciliation_unfinished", workflow_id, where[:300])], {}
+            found = reconciliation_findings(status.items)
+            where = f"stage {status.stage!r}, items {found['states']}, kinds {found['kinds']}"
+            return [Violation("reconciliation_unfinished", workflow_id, where[:300])], found
         except Exception as error:  # noqa: BLE001 - reported as a violation
-            return [Violation("reconciliation_failed", workflow_id, repr(error)[:300])]
+            return [Violation("reconciliation_failed", workflow_id, repr(error)[:300])], {}
         return [
             Violation(
                 "reconciliation_drift",
@@ -644,7 +654,7 @@ class Chaos:
             )
             for summary in result.report.currencies
             if summary.unexplained_minor
-        ]
+        ], reconciliation_findings(result.report.items)
 
     async def execute(self) -> dict[str, Any]:
         self.index_faults()
@@ -827,3 +837,19 @@ def main(options: Options) -> int:
 
 
 __all__ = ["Options", "main", "run", "summary"]
+
+
+# Differences of the day's reconciliation shown in the report, each whole.
+RECONCILIATION_EXAMPLES = 12
+
+
+def reconciliation_findings(items: list[ReconciliationItem]) -> dict[str, Any]:
+    """What the day's reconciliation found: its items per state and per kind
+    of difference, and the first few differences (enough to investigate)."""
+    return {
+        "states": dict(Counter(str(item.state) for item in items)),
+        "kinds": dict(Counter(str(item.difference.kind) for item in items)),
+        "examples": [
+            item.difference.model_dump(mode="json") for item in items[:RECONCILIATION_EXAMPLES]
+        ],
+    }

@@ -118,3 +118,5 @@ def test_the_short_chaos_run_ends_with_every_invariant_kept(tmp_path: Path) -> N
     assert report["kills"]["simulators"] == 1
     assert sum(n for part, n in report["kills"].items() if part.startswith("worker-")) >= 3
     assert report["authorizations"] > 0 and report["transactions"] > 0
+    # The day's reconciliation is told with what it found.
+    assert set(report["reconciliation"]) == {"states", "kinds", "examples"}
