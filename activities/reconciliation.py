@@ -325,6 +325,27 @@ WHERE transaction_id = ANY($1::text[])
 GROUP BY transaction_id, currency
 """
 
+# What the cards posted on issuer:settlement for each issuer transaction in
+# $1 (positive: money the program owes the issuer), and in how many postings.
+_POSTED_FOR_SQL = (
+    _CARD_POSTINGS_CTE
+    + """
+SELECT transaction_id, sum(effect)::bigint AS effect, count(*) AS postings
+FROM postings
+WHERE transaction_id = ANY($1::text[])
+GROUP BY transaction_id
+"""
+)
+
+
+async def posted_for(pool: asyncpg.Pool, transaction_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """What the cards posted on issuer:settlement for each issuer transaction
+    (its net effect and its number of postings), read as reconciliation reads
+    it; a transaction never posted is absent."""
+    rows = await pool.fetch(_POSTED_FOR_SQL, transaction_ids)
+    return {row["transaction_id"]: (row["effect"], row["postings"]) for row in rows}
+
+
 _ISSUER_RECORDS_SQL = """
 SELECT DISTINCT ON (record_id) record_id, record_type, card_id, amount_minor, currency,
        direction

@@ -34,6 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from activities.ledger import Ledger
 from activities.ledger.errors import LedgerError
 from activities.providers.issuer import IssuerClient
+from activities.reconciliation import posted_for
 from bench.chaos.invariants import Violation
 from bench.chaos.workload import Evidence
 from schemas import accounts
@@ -65,6 +66,9 @@ class Expected:
 
     posted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     pending_by_authorization: dict[str, int] = field(default_factory=dict)
+    # Each issuer transaction the card must post on issuer:settlement, with
+    # its effect there (positive: owed to the issuer) and its card.
+    settled: dict[str, tuple[int, str]] = field(default_factory=dict)
     sources: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, currency: str, amount_minor: int, source: str) -> None:
@@ -143,6 +147,10 @@ async def expected_money(
                 transaction.currency.value,
                 sign * transaction.amount_minor,
                 transaction.type.value,
+            )
+            expected[customer].settled[transaction.id] = (
+                -sign * transaction.amount_minor,
+                card_id,
             )
 
     # The processes' results.
@@ -415,4 +423,37 @@ async def money_violations(
                             f"the issuer holds {issuer_holds}, the ledger {ledger_holds} ({where})",
                         )
                     )
+    violations += await settlement_violations(pool, expected, evidence)
     return violations, {"model_totals": dict(totals)}
+
+
+async def settlement_violations(
+    pool: asyncpg.Pool, expected: dict[int, Expected], evidence: Evidence
+) -> list[Violation]:
+    """Every issuer transaction posted by its card exactly once, for exactly
+    its amount (read as reconciliation reads the ledger): a clearing applied
+    twice, or a refund never posted, is named by its id."""
+    settled = {
+        transaction_id: found
+        for model in expected.values()
+        for transaction_id, found in model.settled.items()
+    }
+    posted = await posted_for(pool, sorted(settled))
+    violations: list[Violation] = []
+    for transaction_id, (effect, card_id) in sorted(settled.items()):
+        ledger_effect, postings = posted.get(transaction_id, (0, 0))
+        if ledger_effect == effect:
+            continue
+        ref = evidence.transactions.get(transaction_id)
+        where = f"card {card_id}, operation {ref.operation if ref else None}"
+        times, rest = divmod(ledger_effect, effect) if effect else (0, 1)
+        kind = "transaction_posted_twice" if rest == 0 and times >= 2 else "transaction_differs"
+        violations.append(
+            Violation(
+                kind,
+                transaction_id,
+                f"the issuer settled {effect}, the cards posted {ledger_effect} "
+                f"in {postings} posting(s) ({where})",
+            )
+        )
+    return violations

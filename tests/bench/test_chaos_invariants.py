@@ -24,6 +24,8 @@ from bench.chaos.invariants import (
     webhook_violations,
     workflow_violations,
 )
+from bench.chaos.money import Expected, settlement_violations
+from bench.chaos.workload import Evidence
 from schemas import accounts
 from schemas.cards import CardIssueInput, CardPolicy
 from schemas.health import PingInput, PingResult
@@ -165,6 +167,47 @@ async def test_a_wallet_below_zero_is_reported_with_its_figures(platform: Platfo
             code,
             "available -700 USD minor = credits 0 - debits 700 - pending debits 0",
         )
+    ]
+
+
+# ----- each issuer transaction posted once ----------------------------------
+
+
+async def test_a_clearing_posted_twice_and_a_refund_never_posted_are_named(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, auth = await purchase(platform)
+    cleared = await clear(platform, auth, 4_200)
+    await wallet_becomes(platform, customer_id, posted=5_800, pending=0)
+    model = Expected()
+    model.settled[cleared.id] = (4_200, card_id)
+    assert await settlement_violations(platform.stack.pool, {0: model}, Evidence()) == []
+    # The clearing applied again under a key of its own (a card that forgot
+    # it had), and a refund the issuer settled that no card posted.
+    again = await Ledger(platform.stack.pool).transfer(
+        TransferRequest(
+            key=f"card/{card_id}/post/{cleared.id}",
+            debit=accounts.wallet(customer_id, "USD"),
+            credit=accounts.issuer_settlement("USD"),
+            amount_minor=4_200,
+            currency=Currency.USD,
+        )
+    )
+    assert again.accepted
+    model.settled["txn_never_posted"] = (-900, card_id)
+    assert await settlement_violations(platform.stack.pool, {0: model}, Evidence()) == [
+        Violation(
+            "transaction_posted_twice",
+            cleared.id,
+            f"the issuer settled 4200, the cards posted 8400 in 2 posting(s) "
+            f"(card {card_id}, operation None)",
+        ),
+        Violation(
+            "transaction_differs",
+            "txn_never_posted",
+            f"the issuer settled -900, the cards posted 0 in 0 posting(s) "
+            f"(card {card_id}, operation None)",
+        ),
     ]
 
 
