@@ -39,6 +39,33 @@ async def test_each_caller_gets_its_own_outcome_and_rejections_stay_alone(
     assert await verify(ledger_pool) == []
 
 
+async def test_holds_in_a_coalesced_batch_take_from_what_the_next_items_can_spend(
+    ledger_pool: asyncpg.Pool,
+) -> None:
+    ledger = Ledger(ledger_pool)
+    await open_basics(ledger, "w:a", "w:b")
+    await ledger.transfer(move(BANK, "w:a", 1_000))
+    await ledger.transfer(hold("w:a", SETTLEMENT, 400))
+    coalescer = TransferCoalescer(ledger, batch_size_max=16)
+    # 600 is left: a hold of 500 fits, then nothing more than 100 does.
+    requests = [
+        hold("w:a", SETTLEMENT, 500),
+        move("w:a", "w:b", 101),
+        hold("w:a", SETTLEMENT, 101),
+        move("w:a", "w:b", 100),
+    ]
+    outcomes = await asyncio.gather(*(coalescer.transfer(r) for r in requests))
+    assert [o.rejection for o in outcomes] == [
+        None,
+        Rejection.INSUFFICIENT_FUNDS,
+        Rejection.INSUFFICIENT_FUNDS,
+        None,
+    ]
+    balance = await ledger.balance("w:a")
+    assert (balance.posted, balance.debits_pending, balance.available) == (900, 900, 0)
+    assert await verify(ledger_pool) == []
+
+
 async def test_same_key_in_flight_replays_and_another_payload_conflicts(
     ledger_pool: asyncpg.Pool,
 ) -> None:

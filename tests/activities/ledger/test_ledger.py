@@ -67,6 +67,33 @@ async def test_a_wallet_cannot_go_below_zero_and_the_rejection_is_final(ledger: 
     assert (await ledger.balance("w:a")).available == 6_000
 
 
+async def test_a_hold_takes_from_what_the_wallet_can_spend_until_it_is_voided(
+    ledger: Ledger, ledger_pool: asyncpg.Pool
+) -> None:
+    await open_basics(ledger, "w:a", "w:b")
+    await ledger.transfer(move(BANK, "w:a", 1_000))
+    held = await ledger.transfer(hold("w:a", SETTLEMENT, 700))
+    assert held.accepted
+    # 300 is left to spend: neither a transfer nor another hold may take 301.
+    over = await ledger.transfer(move("w:a", "w:b", 301))
+    assert over.rejection is Rejection.INSUFFICIENT_FUNDS
+    assert "300 available, 301 requested" in over.detail
+    assert (await ledger.transfer(hold("w:a", SETTLEMENT, 301))).rejection is (
+        Rejection.INSUFFICIENT_FUNDS
+    )
+    assert (await ledger.transfer(move("w:a", "w:b", 300))).accepted
+    balance = await ledger.balance("w:a")
+    assert (balance.posted, balance.debits_pending, balance.available) == (700, 700, 0)
+    # Voided, the hold gives its 700 back to spend.
+    voided = await ledger.resolve_hold(
+        HoldResolution(key=key("void"), hold_key=held.key, action="void")
+    )
+    assert voided.accepted
+    assert (await ledger.transfer(move("w:a", "w:b", 700))).accepted
+    assert (await ledger.balance("w:a")).available == 0
+    assert await verify(ledger_pool) == []
+
+
 async def test_same_key_same_payload_returns_the_first_transfer(ledger: Ledger) -> None:
     await open_basics(ledger, "w:a")
     request = move(BANK, "w:a", 700)
