@@ -10,11 +10,12 @@ import uuid
 from activities.ledger import Ledger
 from schemas import accounts
 from schemas.disputes import customer_debt, customer_debt_spec
-from schemas.ledger import TransferRequest
+from schemas.ledger import Rejection, TransferRequest
 from schemas.money import Currency
 from schemas.topup import TopupPolicy, TopupStatus
 from starters import topup as starter
 from tests.conftest import Platform
+from tests.interruptions import balances_locked, until_waiting
 from tests.workflows.test_topup import (
     assert_ledger_clean,
     bank_transfer,
@@ -130,4 +131,98 @@ async def test_a_reversed_credit_gives_the_collection_back_and_the_debt_stands(
     assert await debt(platform, customer_id) == 1_000
     assert await wallet(platform, customer_id) == 0
     assert await posted(platform, accounts.bank_inbound("USD")) == 0
+    await assert_ledger_clean(platform)
+
+
+async def with_balance(platform: Platform, customer_id: str, amount_minor: int) -> int:
+    """A top-up before the debt: the wallet's balance, net of its fee."""
+    transfer = await bank_transfer(platform, customer_id, amount_minor)
+    result = await result_of(platform, "bank", transfer.id)
+    assert (result.outcome, result.debt_collected_minor) == ("credited", 0)
+    return await wallet(platform, customer_id)
+
+
+async def test_a_debtor_with_a_balance_repays_from_the_credit_net_of_its_fee(
+    platform: Platform,
+) -> None:
+    """The wallet could pay more, but a top-up repays from what it credited,
+    net of its fee, never from the balance the customer already had."""
+    customer_id = await customer(platform)
+    before = await with_balance(platform, customer_id, 5_000)
+    await in_debt(platform, customer_id, 10_000)
+    transfer = await bank_transfer(platform, customer_id, 2_000)
+    result = await result_of(platform, "bank", transfer.id)
+    # Fee 0.29 on 20.00: 19.71 repays the debt, the balance stays as it was.
+    assert (result.fee_minor, result.debt_collected_minor) == (29, 1_971)
+    assert await wallet(platform, customer_id) == before
+    assert await debt(platform, customer_id) == 10_000 - 1_971
+    await assert_ledger_clean(platform)
+
+
+async def test_a_debt_between_the_credits_net_and_gross_is_repaid_by_the_net_only(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    before = await with_balance(platform, customer_id, 5_000)
+    await in_debt(platform, customer_id, 1_990)
+    transfer = await bank_transfer(platform, customer_id, 2_000)
+    result = await result_of(platform, "bank", transfer.id)
+    assert (result.fee_minor, result.debt_collected_minor) == (29, 1_971)
+    assert await debt(platform, customer_id) == 19
+    assert await wallet(platform, customer_id) == before
+    await assert_ledger_clean(platform)
+
+
+async def test_the_debt_account_refuses_a_repayment_beyond_what_is_owed(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    await with_balance(platform, customer_id, 5_000)
+    await in_debt(platform, customer_id, 1_000)
+    ledger = Ledger(platform.stack.pool)
+
+    def repay(amount: int) -> TransferRequest:
+        return TransferRequest(
+            key=f"repay-{uuid.uuid4().hex[:10]}",
+            debit=accounts.wallet(customer_id, "USD"),
+            credit=customer_debt(customer_id, Currency.USD),
+            amount_minor=amount,
+            currency=Currency.USD,
+        )
+
+    assert (await ledger.transfer(repay(1_001))).rejection is Rejection.CREDITS_EXCEED_DEBITS
+    assert (await ledger.transfer(repay(1_000))).accepted
+    assert (await ledger.transfer(repay(1))).rejection is Rejection.CREDITS_EXCEED_DEBITS
+    assert await debt(platform, customer_id) == 0
+
+
+async def test_a_debt_repaid_while_a_top_up_credits_is_not_collected_again(
+    platform: Platform,
+) -> None:
+    """The top-up read the debt before its credit; the debt is repaid
+    another way while the credit waits on the wallet. Its collection of
+    what it read is refused by the debt account, it reads the debt again,
+    and collects nothing."""
+    customer_id = await customer(platform)
+    before = await with_balance(platform, customer_id, 5_000)
+    await in_debt(platform, customer_id, 1_000)
+    ledger = Ledger(platform.stack.pool)
+    wallet_code = accounts.wallet(customer_id, "USD")
+    async with balances_locked(platform.stack.database_url, wallet_code) as lock:
+        transfer = await bank_transfer(platform, customer_id, 2_000)
+        await until_waiting(platform.stack.pool, lock)
+        repaid = await ledger.transfer(
+            TransferRequest(
+                key=f"repaid-elsewhere-{customer_id}",
+                debit=accounts.bank_inbound("USD"),
+                credit=customer_debt(customer_id, Currency.USD),
+                amount_minor=1_000,
+                currency=Currency.USD,
+            )
+        )
+        assert repaid.accepted
+    result = await result_of(platform, "bank", transfer.id)
+    assert (result.outcome, result.debt_collected_minor) == ("credited", 0)
+    assert await debt(platform, customer_id) == 0
+    assert await wallet(platform, customer_id) == before + 1_971
     await assert_ledger_clean(platform)
