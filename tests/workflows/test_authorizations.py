@@ -33,6 +33,7 @@ from schemas.issuer import Authorization, CardType, Merchant
 from schemas.ledger import Balance
 from schemas.money import Currency
 from tests.conftest import Platform
+from tests.interruptions import balances_locked, until_waiting
 from tests.workflows.test_cards import FEES, HOME, customer, refusal
 from workflows.cards import (
     CARD_ISSUE_WORKFLOW,
@@ -314,15 +315,26 @@ async def test_closing_a_card_with_open_holds_is_refused(platform: Platform) -> 
 
 
 async def test_a_late_decision_after_a_stand_in_decline_is_reconciled(platform: Platform) -> None:
+    """The card's hold waits on a busy wallet past the gateway's budget: the
+    gateway answers its stand-in decline, then the card decides anyway and
+    holds. The issuer's webhook of the decline (held until then) undoes it."""
     customer_id, card_id, handle = await open_card(platform)
+    await authorize(platform, card_id, 500)  # the card's accounts are open
     platform.app.state.settings = platform.settings.model_copy(
-        update={"authorization_budget_ms": 1, "authorization_stand_in": "decline"}
+        update={"authorization_budget_ms": 300, "authorization_stand_in": "decline"}
     )
-    auth = await authorize(platform, card_id, 2_000)
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    wallet_code = accounts.wallet(customer_id, "USD")
+    async with balances_locked(platform.stack.database_url, wallet_code) as lock:
+        asked = asyncio.ensure_future(authorize(platform, card_id, 2_000))
+        await until_waiting(platform.stack.pool, lock)
+        auth = await asked
     assert (auth.status.value, auth.decided_by.value) == ("declined", "cardflow")
     assert auth.decision_reason.startswith("stand-in decline")
-    # The card decided anyway (and held); the issuer's webhook undoes the hold.
-    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+    # The card's late approval holds, until the issuer's word reaches it.
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=2_500)
+    platform.sim.admin("POST", "/webhooks/release", {"order": "forward"})
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=500)
 
     async def reconciled() -> bool:
         return auth.id not in (await card_state(handle)).authorizations
