@@ -152,6 +152,9 @@ CARD_FINISHED_BEFORE_DECIDED_PATCH = "card-finished-before-decided"
 # decision, should one be in the ledger: held by a workflow task that was lost
 # (its worker killed) whose question never came back before the issuer's word.
 CARD_LOST_HOLDS_PATCH = "card-lost-holds-released"
+# With it, a card holding its policy's open_authorizations_max declines the
+# next purchase; before, it approved one more than the maximum.
+CARD_OPEN_AUTHORIZATIONS_MAX_PATCH = "card-open-authorizations-at-most-max"
 
 
 class CardMoney:
@@ -468,8 +471,13 @@ class CardMoney:
             return DeclineReason.CURRENCY_MISMATCH
         if request.merchant.mcc in limits.blocked_mccs:
             return DeclineReason.BLOCKED_MCC
-        if request.kind == "initial" and self._open_count() > policy.open_authorizations_max:
-            return DeclineReason.TOO_MANY_OPEN_AUTHORIZATIONS
+        if request.kind == "initial":
+            open_now = self._open_count()
+            if open_now > policy.open_authorizations_max or (
+                open_now == policy.open_authorizations_max
+                and workflow.patched(CARD_OPEN_AUTHORIZATIONS_MAX_PATCH)
+            ):
+                return DeclineReason.TOO_MANY_OPEN_AUTHORIZATIONS
         amount = request.amount_minor
         if (
             limits.per_transaction_minor is not None

@@ -131,12 +131,12 @@ async def card_of_its_own(
     """A card entity started directly (no issuer card), asked by updates."""
     queues = platform.stack.queues
     card_id = f"card_own_{uuid.uuid4().hex[:10]}"
+    fields.setdefault("state", CardState.OPEN)
     return await platform.stack.client.start_workflow(
         CARD_WORKFLOW,
         CardInput(
             card_id=card_id,
             customer_id=customer_id,
-            state=CardState.OPEN,
             ledger_task_queue=queues.ledger,
             providers_task_queue=queues.providers,
             workflows_task_queue=queues.workflows,

@@ -15,7 +15,8 @@ from temporalio.client import WorkflowHandle
 
 from activities.ledger.verify import verify
 from schemas.cards import AuthorizationAnswer, CardPolicy, SpendingLimits
-from schemas.issuer import Authorization, DecisionOutcome
+from schemas.issuer import Authorization, CardState, DecisionOutcome
+from schemas.money import Currency
 from tests.conftest import Platform
 from tests.workflows.test_authorizations import (
     authorize,
@@ -207,3 +208,59 @@ async def test_spending_counted_today_stands_across_a_continue_as_new(
         assert (await wallet(platform, customer_id)).debits_pending == 2_800
     else:  # midnight UTC passed between the asks: a new day's limit
         assert over.reason == "approved"
+
+
+# ----- the card's own refusals ----------------------------------------------
+
+
+async def test_a_paused_or_closed_card_refuses_and_holds_nothing(platform: Platform) -> None:
+    """The issuer refuses a paused card without asking; the card's own
+    answer, should it be asked (a race with the freeze), is the same."""
+    customer_id = await customer(platform)
+    for state, reason in ((CardState.PAUSED, "card_paused"), (CardState.CLOSED, "card_closed")):
+        handle = await card_of_its_own(platform, customer_id, state=state)
+        answer = await ask(handle, 1_000)
+        assert (answer.decision, answer.reason) == ("decline", reason)
+    assert (await wallet(platform, customer_id)).debits_pending == 0
+
+
+async def test_a_purchase_in_another_currency_than_the_cards_is_refused(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    handle = await card_of_its_own(platform, customer_id)
+    question = question_to(handle, f"r-{uuid.uuid4().hex[:10]}").model_copy(
+        update={"currency": Currency.EUR}
+    )
+    answer: AuthorizationAnswer = await handle.execute_update(
+        AUTHORIZE_UPDATE, question, result_type=AuthorizationAnswer
+    )
+    assert (answer.decision, answer.reason) == ("decline", "currency_mismatch")
+    assert (await wallet(platform, customer_id)).debits_pending == 0
+
+
+async def test_a_card_holds_at_most_its_open_authorizations_max(platform: Platform) -> None:
+    customer_id = await customer(platform)
+    handle = await card_of_its_own(
+        platform, customer_id, policy=CardPolicy(open_authorizations_max=2)
+    )
+    assert [(await ask(handle, 100)).reason for _ in range(3)] == [
+        "approved",
+        "approved",
+        "too_many_open_authorizations",
+    ]
+    assert (await wallet(platform, customer_id)).debits_pending == 200
+
+
+async def test_the_velocity_amount_counts_every_approval_in_the_window(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform)
+    handle = await card_of_its_own(
+        platform, customer_id, policy=CardPolicy(velocity_amount_max_minor=2_500)
+    )
+    assert (await ask(handle, 1_000)).reason == "approved"
+    assert (await ask(handle, 1_000)).reason == "approved"
+    assert (await ask(handle, 501)).reason == "velocity_amount"
+    assert (await ask(handle, 500)).reason == "approved"
+    assert (await wallet(platform, customer_id)).debits_pending == 2_500
