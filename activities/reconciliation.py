@@ -182,7 +182,8 @@ def _day_bounds(day: object) -> tuple[datetime, datetime]:
 # card/{card_id}/auth/{authorization_id}/{n}-post-{transaction_id}), beyond them
 # card/{card_id}/post/{transaction_id}, a refund card/{card_id}/refund/{transaction_id},
 # and an operator's decision on money the card could not post itself
-# card/{card_id}/exception/{exception_id}/{charge|write-off}/{transaction_id}.
+# card/{card_id}/exception/{exception_id}/{charge|write-off}/{transaction_id}
+# (a charge after refused ones: {exception_id}~{attempt} in its place).
 _CARD_POSTINGS_CTE = """
 WITH settlement AS (
     SELECT id FROM ledger_accounts WHERE code LIKE 'issuer:settlement:%'

@@ -264,6 +264,9 @@ class CardException(BaseModel):
     transaction_id: str | None = None
     detail: str
     resolution: str | None = None
+    # Charges of it the wallet could not pay so far: the next charge is a new
+    # ledger request (its key names the attempt), never the refusal replayed.
+    charges_refused: int = 0
 
 
 class ExceptionDecision(EdgeModel):

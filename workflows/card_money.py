@@ -997,12 +997,13 @@ class CardMoney:
                 pass  # a conflict an operator put right by hand: nothing to move
             elif decision.action == "charge":
                 charged = await self._transfer(
-                    _exception_key(found, "charge"),
+                    _exception_key(found, "charge", found.charges_refused),
                     self.wallet,
                     self.settlement,
                     found.amount_minor,
                 )
                 if not charged.accepted:
+                    found.charges_refused += 1
                     return f"not charged: {charged.detail}; the exception stays open"
             else:
                 await self._transfer(
@@ -1127,11 +1128,13 @@ def _derived(base: str, suffix: str) -> str:
     return f"{base[: DERIVED_KEY_CHARS_MAX - 43]}/~{digest}"
 
 
-def _exception_key(found: CardException, action: str) -> str:
+def _exception_key(found: CardException, action: str, attempt: int = 0) -> str:
     """The key of an exception's settling transfer. It names the issuer's
     transaction, as the card's other postings on issuer:settlement do, so the
     reconciliation counts it toward that transaction (and never fixes, or
-    fixes twice, what the operator's decision already settled)."""
+    fixes twice, what the operator's decision already settled). A charge
+    after `attempt` refused ones names its attempt beside the exception."""
+    exception = found.id if attempt == 0 else f"{found.id}~{attempt}"
     if found.transaction_id is None:
-        return step_key(f"exception/{found.id}/{action}")
-    return step_key(f"exception/{found.id}/{action}/{found.transaction_id}")
+        return step_key(f"exception/{exception}/{action}")
+    return step_key(f"exception/{exception}/{action}/{found.transaction_id}")

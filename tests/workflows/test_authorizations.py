@@ -30,7 +30,7 @@ from schemas.cards import (
     SpendingLimits,
 )
 from schemas.issuer import Authorization, CardType, Merchant
-from schemas.ledger import Balance
+from schemas.ledger import Balance, TransferRequest
 from schemas.money import Currency
 from tests.conftest import Platform
 from tests.interruptions import balances_locked, until_waiting
@@ -659,3 +659,51 @@ async def test_the_simulate_commands_drive_a_purchase_and_refuse_bad_input(
     again = await cardflow("clear", authorization.id)
     # The issuer refuses a clearing of a settled authorization; the command says so.
     assert again.returncode == 1 and "refused" in again.stderr
+
+
+async def test_a_charge_the_wallet_cannot_pay_stays_open_and_succeeds_once_it_can(
+    platform: Platform,
+) -> None:
+    """The operator charges an exception to a wallet that cannot pay it: the
+    charge is refused, the exception stays open and nothing moves. Once the
+    customer has topped up, the operator's next charge goes through, once."""
+    customer_id, card_id, handle = await open_card(
+        platform, funds=1_200, policy=CardPolicy(clearing_over_tolerance_bps=0)
+    )
+    over = await authorize(platform, card_id, 1_000)
+    async with issuer(platform) as client:
+        await client.simulate_clearing(over.id, amount_minor=1_500, idempotency_key="c1")
+    await wallet_becomes(platform, customer_id, posted=200, pending=0)
+
+    async def flagged() -> bool:
+        return any(e.resolution is None for e in (await card_state(handle)).exceptions)
+
+    await eventually(flagged, "an exception for an operator")
+    exception = (await card_state(handle)).exceptions[0]
+    assert (exception.kind, exception.amount_minor) == ("over_tolerance", 500)
+    charge = ExceptionDecision(exception_id=exception.id, action="charge", reason="receipt")
+    refused = await handle.execute_update(RESOLVE_EXCEPTION_UPDATE, charge, result_type=str)
+    assert refused.startswith("not charged:") and "exception stays open" in refused
+    assert (await card_state(handle)).exceptions[0].resolution is None
+    await wallet_becomes(platform, customer_id, posted=200, pending=0)
+    # The customer tops up; the same decision now settles it.
+    ledger = Ledger(platform.stack.pool)
+    topped = await ledger.transfer(
+        TransferRequest(
+            key=f"topup-{customer_id}",
+            debit=accounts.bank_inbound("USD"),
+            credit=accounts.wallet(customer_id, "USD"),
+            amount_minor=1_000,
+            currency=Currency.USD,
+        )
+    )
+    assert topped.accepted
+    charged = await handle.execute_update(RESOLVE_EXCEPTION_UPDATE, charge, result_type=str)
+    assert charged == "charge: receipt"
+    await wallet_becomes(platform, customer_id, posted=700, pending=0)
+    # Charged once: the decision again is refused, the wallet untouched.
+    assert "not an open exception" in await refusal(
+        handle.execute_update(RESOLVE_EXCEPTION_UPDATE, charge)
+    )
+    await wallet_becomes(platform, customer_id, posted=700, pending=0)
+    assert await verify(platform.stack.pool) == []
