@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cardflow-installed
 
-.PHONY: demo test down status lint clean chromium
+.PHONY: demo test deep-model down status lint clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The ledger's model test with the deep profile: far more and longer random
+# sequences than `make test` runs (minutes, not seconds).
+deep-model: $(STAMP)
+	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest -p no:randomly tests/activities/ledger/test_model.py
 
 # The Web UI test drives Debian's chromium (nothing is downloaded at run time):
 # install the package when it is missing, as root directly or through sudo.

@@ -5,6 +5,7 @@ verifier finds nothing."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -126,6 +128,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ----- rules --------------------------------------------------------
 
+    @initialize(funds=st.integers(1, 2_000))
+    def a_funded_wallet(self, funds: int) -> None:
+        """Every run starts with money where the rules bite: a constrained
+        account ("a", a wallet) funded from an unconstrained one ("sys")."""
+        self.open_account("a", Currency.USD, constrained=True)
+        self.open_account("sys", Currency.USD, constrained=False)
+        self.transfer("sys", "a", funds, Currency.USD, None)
+
     @rule(
         name=st.sampled_from(NAMES[:4]),
         currency=st.sampled_from([Currency.USD, Currency.EUR]),
@@ -189,7 +199,8 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(a.constrained and not a.closed for a in self.accounts.values()))
     @rule(data=st.data(), delta=st.sampled_from([-1, 0, 1]), hold=st.booleans())
     def spend_to_the_edge(self, data: st.DataObject, delta: int, hold: bool) -> None:
-        """Spend exactly the available balance, one less or one more: the boundary."""
+        """Spend exactly the available balance (net of what is held), one
+        less or one more: the boundary."""
         name = data.draw(
             st.sampled_from(
                 sorted(n for n, a in self.accounts.items() if a.constrained and not a.closed)
@@ -214,6 +225,36 @@ class LedgerMachine(RuleBasedStateMachine):
             account.currency,
             "long" if hold else None,
         )
+
+    @precondition(
+        lambda self: any(
+            a.constrained and not a.closed and a.cp - a.dp - a.dpend > 0
+            for a in self.accounts.values()
+        )
+    )
+    @rule(data=st.data(), share=st.sampled_from([2, 3, 1]))
+    def hold_part_of_a_wallet(self, data: st.DataObject, share: int) -> None:
+        """Hold a share of what a constrained account can spend, so what
+        follows spends against pending debits."""
+        name = data.draw(
+            st.sampled_from(
+                sorted(
+                    n
+                    for n, a in self.accounts.items()
+                    if a.constrained and not a.closed and a.cp - a.dp - a.dpend > 0
+                )
+            )
+        )
+        account = self.accounts[name]
+        others = sorted(
+            n
+            for n, a in self.accounts.items()
+            if n != name and a.currency == account.currency and not a.closed
+        )
+        if not others:
+            return
+        amount = max(1, (account.cp - account.dp - account.dpend) // share)
+        self.transfer(name, data.draw(st.sampled_from(others)), amount, account.currency, "long")
 
     @rule(
         items=st.lists(
@@ -347,6 +388,25 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.run(verify(self.world.pool)) == []
 
 
+# The CI profile runs on every `make test`; `deep` (HYPOTHESIS_PROFILE=deep,
+# `make deep-model`) runs far more and longer sequences.
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+settings.register_profile(
+    "deep",
+    max_examples=1_500,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+MODEL_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+
+
 def test_ledger_matches_its_model_under_random_operations(database_url: str) -> None:
     # A loop of the test's own, made current so asyncpg binds to it rather
     # than to the (idle) session loop of the async fixtures.
@@ -365,12 +425,7 @@ def test_ledger_matches_its_model_under_random_operations(database_url: str) -> 
         LedgerMachine.world = World(loop, pool, Ledger(pool))
         run_state_machine_as_test(
             LedgerMachine,
-            settings=settings(
-                max_examples=60,
-                stateful_step_count=25,
-                deadline=None,
-                suppress_health_check=list(HealthCheck),
-            ),
+            settings=settings.get_profile(MODEL_PROFILE),
         )
         loop.run_until_complete(pool.close())
     finally:
