@@ -37,7 +37,7 @@ from schemas.ledger import (
 )
 from schemas.money import Currency
 
-NAMES = ("a", "b", "c", "sys", "ghost")  # "ghost" is never opened
+NAMES = ("a", "b", "c", "sys", "owed", "ghost")  # "ghost" is never opened
 SHORT_HOLD_SECONDS = 0.5
 LONG_HOLD_SECONDS = 600
 
@@ -46,6 +46,9 @@ LONG_HOLD_SECONDS = 600
 class ModelAccount:
     currency: Currency
     constrained: bool
+    # Its credits may never exceed its debits (a receivable, such as a
+    # customer's debt): what it is owed can be repaid, never over-repaid.
+    credit_limited: bool = False
     closed: bool = False
     dp: int = 0
     cp: int = 0
@@ -118,6 +121,8 @@ class LedgerMachine(RuleBasedStateMachine):
             return Rejection.ACCOUNT_CLOSED
         if d.constrained and d.dp + d.dpend + amount > d.cp:
             return Rejection.INSUFFICIENT_FUNDS
+        if c.credit_limited and c.cp + c.cpend + amount > c.dp:
+            return Rejection.CREDITS_EXCEED_DEBITS
         if pending:
             d.dpend += amount
             c.cpend += amount
@@ -135,25 +140,34 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open_account("a", Currency.USD, constrained=True)
         self.open_account("sys", Currency.USD, constrained=False)
         self.transfer("sys", "a", funds, Currency.USD, None)
+        self.open_account("owed", Currency.USD, constrained=False, credit_limited=True)
+        self.transfer("owed", "sys", funds, Currency.USD, None)
 
     @rule(
         name=st.sampled_from(NAMES[:4]),
         currency=st.sampled_from([Currency.USD, Currency.EUR]),
         constrained=st.booleans(),
     )
-    def open_account(self, name: str, currency: Currency, constrained: bool) -> None:
+    def open_account(
+        self, name: str, currency: Currency, constrained: bool, credit_limited: bool = False
+    ) -> None:
         spec = AccountSpec(
             code=self.code(name),
             currency=currency,
             kind="test",
             debits_must_not_exceed_credits=constrained,
-            balance_slots=1 if constrained else 4,
+            credits_must_not_exceed_debits=credit_limited,
+            balance_slots=1 if constrained or credit_limited else 4,
         )
         existing = self.accounts.get(name)
         if existing is None:
             self.run(self.world.ledger.open_account(spec))
-            self.accounts[name] = ModelAccount(currency, constrained)
-        elif (existing.currency, existing.constrained) == (currency, constrained):
+            self.accounts[name] = ModelAccount(currency, constrained, credit_limited)
+        elif (existing.currency, existing.constrained, existing.credit_limited) == (
+            currency,
+            constrained,
+            credit_limited,
+        ):
             assert self.run(self.world.ledger.open_account(spec)).code == spec.code
         else:
             with pytest.raises(Exception, match="other attributes"):
@@ -225,6 +239,17 @@ class LedgerMachine(RuleBasedStateMachine):
             account.currency,
             "long" if hold else None,
         )
+
+    @precondition(lambda self: "owed" in self.accounts and not self.accounts["owed"].closed)
+    @rule(delta=st.sampled_from([-1, 0, 1]), hold=st.booleans())
+    def repay_to_the_edge(self, delta: int, hold: bool) -> None:
+        """Repay exactly what is owed (net of repayments held), one less or
+        one more: the credit limit's boundary."""
+        owed = self.accounts["owed"]
+        amount = owed.dp - owed.cp - owed.cpend + delta
+        if amount <= 0 or self.accounts["sys"].closed:
+            return
+        self.transfer("sys", "owed", amount, owed.currency, "long" if hold else None)
 
     @precondition(
         lambda self: any(
