@@ -19,7 +19,7 @@ from temporalio.exceptions import CancelledError
 from typer.testing import CliRunner
 
 from activities.customers import CustomerStore
-from activities.ledger import Ledger
+from activities.ledger import AccountNotFound, Ledger
 from activities.ledger.verify import verify
 from schemas import accounts
 from schemas.customers import CustomerProfile, KycStatus
@@ -152,7 +152,7 @@ async def posted(platform: Platform, *codes: str) -> dict[str, int]:
     for code in codes:
         try:
             balances[code] = (await ledger.balance(code)).posted
-        except Exception:  # noqa: BLE001 - AccountNotFound: nothing was ever posted
+        except AccountNotFound:
             balances[code] = 0
     return balances
 
