@@ -7,7 +7,7 @@ import asyncio
 import json
 import math
 import uuid
-from datetime import UTC, date, datetime
+from datetime import date
 from fractions import Fraction
 from typing import Any
 
@@ -376,13 +376,20 @@ async def test_a_confirm_after_expiry_is_refused_with_the_reason_and_nothing_pos
 ) -> None:
     rates(platform, quote_ttl_seconds=1)
     customer_id = await customer(platform, {Currency.USD: 20_000})
-    request = conversion(customer_id, Currency.USD, Currency.EUR, sell_minor=5_000)
+    # A late window far longer than the test takes: the process is surely
+    # still open when the late confirm arrives.
+    patient = POLICY.model_copy(update={"late_confirm_window_seconds": 600})
+    request = conversion(customer_id, Currency.USD, Currency.EUR, sell_minor=5_000, policy=patient)
     offer = await quoted(platform, request)
     handle = handle_of(platform, request.request_id)
-    await asyncio.sleep(max(0.0, (offer.expires_at - datetime.now(UTC)).total_seconds()) + 0.3)
+    # The process itself has recorded the quote's expiry.
+    expired = await stage_of(platform, request.request_id, FxOutcome.EXPIRED.value)
+    assert expired.outcome is FxOutcome.EXPIRED
     # The process is still open (late_confirm_window_seconds): the validator answers.
     reason = await refusal(handle.execute_update(CONFIRM_UPDATE, id="late"))
     assert f"expired at {offer.expires_at.isoformat()}" in reason
+    # Cancelling the late window ends the process as it was: expired.
+    await handle.cancel()
     result = await handle.result()
     assert result.outcome is FxOutcome.EXPIRED and result.sold_amount_minor == 0
     # After the process ended, the client function answers from its result.
