@@ -155,7 +155,9 @@ async def test_a_purchase_is_held_then_cleared_lower_and_the_rest_released(
         )
     await wallet_becomes(platform, customer_id, posted=5_800, pending=0)
     settlement = await Ledger(platform.stack.pool).balance(accounts.issuer_settlement("USD"))
-    assert settlement.credits_posted >= 4_200
+    # The hold was credited pending; the clearing posted 4,200 and released the rest.
+    assert (settlement.credits_posted, settlement.credits_pending) == (4_200, 0)
+    assert (settlement.debits_posted, settlement.debits_pending) == (0, 0)
     state = await card_state(handle)
     assert auth.id not in state.authorizations
     # The clearing is recorded and its cashback process started.
@@ -422,8 +424,10 @@ async def test_a_foreign_purchase_holds_the_billing_amount(platform: Platform) -
     customer_id, card_id, _ = await open_card(platform)
     auth = await authorize(platform, card_id, 2_000, currency=Currency.EUR)
     assert auth.merchant_currency is Currency.EUR and auth.currency is Currency.USD
+    # 20.00 EUR at the network's 1.08 USD per EUR: 21.60 USD, held as asked.
+    assert (auth.merchant_amount_minor, auth.amount_minor) == (2_000, 2_160)
     balance = await wallet(platform, customer_id)
-    assert balance.debits_pending == auth.amount_minor != 2_000
+    assert (balance.posted, balance.debits_pending) == (10_000, 2_160)
 
 
 async def test_concurrent_authorizations_on_one_card_never_overspend(platform: Platform) -> None:
