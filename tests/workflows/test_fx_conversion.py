@@ -38,7 +38,7 @@ from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
 from starters import fx
 from tests.conftest import Platform
 from tests.interruptions import table_locked, until_activity_cancel_requested, until_waiting
-from workflows.fx import CONFIRM_UPDATE, FxConversion, fx_workflow_id
+from workflows.fx import CONFIRM_UPDATE, STAGE_NOTIFYING, FxConversion, fx_workflow_id
 
 # Mid rates the tests set, so the expected amounts do not depend on the
 # simulator's table; the spread is SPREAD_BPS.
@@ -614,10 +614,7 @@ async def test_a_cancellation_while_the_notice_is_sent_leaves_the_conversion_con
     await quoted(platform, request)
     confirmed = await fx.confirm(platform.stack.client, request.request_id)
     handle = handle_of(platform, request.request_id)
-    for _ in range(400):
-        if (await handle.query(FxConversion.status)).stage == "notifying":
-            break
-        await asyncio.sleep(0.05)
+    await stage_of(platform, request.request_id, STAGE_NOTIFYING)
     await handle.cancel()
     # The money moved: the cancellation only stops the wait for the notice.
     result = await handle.result()
