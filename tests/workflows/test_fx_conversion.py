@@ -660,10 +660,13 @@ async def test_the_api_quotes_once_per_key_confirms_and_reports_status(
         assert confirmed.status_code == 200, confirmed.text
         assert confirmed.json()["outcome"] == "converted"
         assert confirmed.json()["bought_amount_minor"] == 9_206
+        # Once the process has ended, a cancel is refused with its outcome.
+        result = await handle_of(platform, request_id).result()
+        assert result.outcome is FxOutcome.CONVERTED
         cancel = await api.post(f"/v1/fx/{request_id}/cancel")
-        # Refused: "already confirmed" while it runs, "converted: ..." once ended.
         assert cancel.status_code == 409
-        assert any(word in cancel.json()["detail"] for word in ("confirmed", "converted"))
+        assert cancel.json()["detail"] == result.summary()
+        assert result.summary().startswith("converted: sold 100.04 USD")
 
         same = await api.post(
             "/v1/fx/quotes", json={**body, "buy_currency": "USD"}, headers={"Idempotency-Key": "x"}
