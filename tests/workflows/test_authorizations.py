@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from schemas.money import Currency
 from tests.conftest import Platform
 from tests.interruptions import balances_locked, until_waiting
 from tests.workflows.test_cards import FEES, HOME, customer, refusal
+from workflows.card_money import HOLD_LEDGER_GRACE
 from workflows.cards import (
     CARD_ISSUE_WORKFLOW,
     CLOSE_UPDATE,
@@ -366,8 +368,26 @@ async def test_a_hold_expires_by_the_cards_timer(platform: Platform) -> None:
         platform, policy=CardPolicy(hold_expiry_seconds=2)
     )
     auth = await authorize(platform, card_id, 1_200)
-    assert (await wallet(platform, customer_id)).debits_pending == 1_200
+    assert auth.status.value == "pending"
+    # The hold as the ledger keeps it, however soon the timer fires: the
+    # ledger's own expiry lies a grace period past the card's timer.
+    hold = await platform.stack.pool.fetchrow(
+        "SELECT id, kind, amount_minor, created_at, expires_at FROM ledger_transfers"
+        " WHERE idempotency_key = $1",
+        f"{handle.id}/auth/{auth.id}/d0",
+    )
+    assert hold is not None, "the card never held the purchase"
+    assert (hold["kind"], hold["amount_minor"]) == ("pending", 1_200)
+    timer_at = hold["expires_at"] - HOLD_LEDGER_GRACE
+    # The policy's 2 s, counted from the issuer's asking, a moment before the hold.
+    assert timedelta(0) < timer_at - hold["created_at"] <= timedelta(seconds=2)
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+    released = await platform.stack.pool.fetchrow(
+        "SELECT kind, created_at FROM ledger_transfers WHERE pending_id = $1", hold["id"]
+    )
+    # Voided by the card when its timer fired, not before and not by the ledger.
+    assert released is not None and released["kind"] == "void_pending"
+    assert released["created_at"] >= timer_at
     assert auth.id not in (await card_state(handle)).authorizations
     # A late presentment after expiry still settles, from the wallet.
     async with issuer(platform) as client:
