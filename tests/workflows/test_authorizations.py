@@ -25,6 +25,7 @@ from schemas.cards import (
     CardInput,
     CardIssueInput,
     CardIssueResult,
+    CardNetworkEvent,
     CardPolicy,
     CardStateChange,
     ExceptionDecision,
@@ -42,6 +43,7 @@ from workflows.cards import (
     CLOSE_UPDATE,
     FREEZE_UPDATE,
     LIMITS_UPDATE,
+    NETWORK_EVENT_SIGNAL,
     RESOLVE_EXCEPTION_UPDATE,
     card_issue_workflow_id,
     card_workflow_id,
@@ -139,6 +141,37 @@ async def wallet_becomes(
 async def card_state(handle: WorkflowHandle[Any, Any]) -> CardInput:
     state: CardInput = await handle.query("status", result_type=CardInput)
     return state
+
+
+async def delivered_twice(platform: Platform, *about: str) -> None:
+    """Until every webhook about the issuer's objects `about` (transaction ids)
+    is delivered, both copies of it (the outbox's duplicate mode): the gateway
+    answers a copy 2xx only once the card has it, or once it knows the card has."""
+
+    async def delivered() -> bool:
+        webhooks: list[dict[str, Any]] = await asyncio.to_thread(
+            platform.sim.admin, "GET", "/webhooks"
+        )
+        ours = [webhook for webhook in webhooks if webhook["about"] in about]
+        return {webhook["about"] for webhook in ours} == set(about) and all(
+            webhook["delivered_at"] is not None and webhook["deliveries"] == 2 for webhook in ours
+        )
+
+    await eventually(delivered, f"every webhook about {', '.join(about)} delivered twice")
+
+
+async def applied_so_far(handle: WorkflowHandle[Any, Any]) -> CardInput:
+    """The card's state once it has applied every issuer event it was sent
+    before now: it applies events one by one in the order they arrive, so a
+    marker event (one that moves no money) sent now is applied after them."""
+    marker = CardNetworkEvent(event_id=f"evt-marker-{uuid.uuid4().hex[:8]}", type="card.updated")
+    await handle.signal(NETWORK_EVENT_SIGNAL, marker)
+
+    async def marker_applied() -> bool:
+        return marker.event_id in (await card_state(handle)).seen_events
+
+    await eventually(marker_applied, "the card applies the events sent before the marker")
+    return await card_state(handle)
 
 
 async def test_a_purchase_is_held_then_cleared_lower_and_the_rest_released(
@@ -397,7 +430,7 @@ async def test_a_hold_expires_by_the_cards_timer(platform: Platform) -> None:
 
 
 async def test_force_posts_and_refunds_move_the_wallet_once(platform: Platform) -> None:
-    customer_id, card_id, _ = await open_card(platform)
+    customer_id, card_id, handle = await open_card(platform)
     platform.sim.admin("POST", "/webhooks", {"duplicate": True})
     async with issuer(platform) as client:
         forced = await client.simulate_force_post(
@@ -408,7 +441,7 @@ async def test_force_posts_and_refunds_move_the_wallet_once(platform: Platform) 
             idempotency_key="fp" + card_id,
         )
         await wallet_becomes(platform, customer_id, posted=9_100, pending=0)
-        await client.simulate_refund(
+        refund = await client.simulate_refund(
             card_id=card_id,
             amount_minor=400,
             currency=Currency.USD,
@@ -417,24 +450,34 @@ async def test_force_posts_and_refunds_move_the_wallet_once(platform: Platform) 
             idempotency_key="rf" + card_id,
         )
     await wallet_becomes(platform, customer_id, posted=9_500, pending=0)
-    await asyncio.sleep(1.0)  # every duplicate delivered
-    assert (await wallet(platform, customer_id)).posted == 9_500
+    # Every copy handed over and applied: the money moved once all the same.
+    await delivered_twice(platform, forced.id, refund.id)
+    state = await applied_so_far(handle)
+    assert {forced.id, refund.id} <= set(state.seen_events)
+    balance = await wallet(platform, customer_id)
+    assert (balance.posted, balance.debits_pending) == (9_500, 0)
     assert await verify(platform.stack.pool) == []
 
 
 async def test_clearings_delivered_late_and_reversed_still_post_exactly(
     platform: Platform,
 ) -> None:
-    customer_id, card_id, _ = await open_card(platform)
+    customer_id, card_id, handle = await open_card(platform)
     auth = await authorize(platform, card_id, 3_000)
     await wallet_becomes(platform, customer_id, posted=10_000, pending=3_000)
     platform.sim.admin("POST", "/webhooks", {"hold": True, "duplicate": True})
     async with issuer(platform) as client:
-        await client.simulate_clearing(auth.id, amount_minor=1_000, idempotency_key="o1")
-        await client.simulate_clearing(auth.id, amount_minor=500, final=True, idempotency_key="o2")
+        first = await client.simulate_clearing(auth.id, amount_minor=1_000, idempotency_key="o1")
+        last = await client.simulate_clearing(
+            auth.id, amount_minor=500, final=True, idempotency_key="o2"
+        )
     platform.sim.admin("POST", "/webhooks/release", {"order": "reverse"})
     await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
-    await asyncio.sleep(1.0)
+    # Every copy handed over and applied: nothing moved a second time.
+    await delivered_twice(platform, first.id, last.id)
+    state = await applied_so_far(handle)
+    assert {first.id, last.id} <= set(state.seen_events)
+    assert auth.id not in state.authorizations
     balance = await wallet(platform, customer_id)
     assert (balance.posted, balance.debits_pending) == (8_500, 0)
     assert await verify(platform.stack.pool) == []
