@@ -133,6 +133,19 @@ async def stage_of(
     raise AssertionError(f"never reached {stage!r}: {status}")
 
 
+async def shipping_reaches(
+    handle: WorkflowHandle[Any, Any], shipping: ShippingStatus, seconds: float = 20
+) -> CardIssueStatus:
+    """The card issue's status once its shipment has reached `shipping`."""
+    status: CardIssueStatus | None = None
+    for _ in range(int(seconds / 0.05)):
+        status = await handle.query("status", result_type=CardIssueStatus)
+        if status.shipping is not None and status.shipping.status is shipping:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"shipping never reached {shipping.value}: {status}")
+
+
 async def wallet_balance(platform: Platform, customer_id: str) -> int:
     return (await Ledger(platform.stack.pool).balance(wallet_code(customer_id, "USD"))).posted
 
@@ -183,12 +196,8 @@ async def test_a_physical_card_ships_reschedules_delivers_and_activates(
             await issuer.simulate_shipping(
                 card_id, status=step, carrier="DHL", idempotency_key=f"ship-{card_id}-{step.value}"
             )
-        for _ in range(200):
-            shipping = (await handle.query("status", result_type=CardIssueStatus)).shipping
-            if shipping and shipping.status is ShippingStatus.SHIPPED:
-                break
-            await asyncio.sleep(0.05)
-        assert shipping is not None and shipping.carrier and shipping.tracking_number
+        shipping = (await shipping_reaches(handle, ShippingStatus.SHIPPED)).shipping
+        assert shipping is not None and shipping.carrier == "DHL" and shipping.tracking_number
         assert "already shipped" in await refusal(
             handle.execute_update(
                 RESCHEDULE_UPDATE, RescheduleDelivery(delivery_date=later + timedelta(days=1))
@@ -571,11 +580,7 @@ async def test_a_lost_physical_cards_replacement_ships_activates_pays_and_is_bil
         await ship(platform, replacement, ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED)
         # Its shipping webhooks reach the process that follows the replacement.
         shipping = platform.stack.client.get_workflow_handle(card_issue_workflow_id(replacement))
-        for _ in range(200):
-            status = await shipping.query("status", result_type=CardIssueStatus)
-            if status.shipping and status.shipping.status is ShippingStatus.SHIPPED:
-                break
-            await asyncio.sleep(0.05)
+        status = await shipping_reaches(shipping, ShippingStatus.SHIPPED)
         assert status.shipping is not None and status.shipping.tracking_number, status
         await ship(platform, replacement, ShippingStatus.DELIVERED)
         await stage_of(shipping, "delivered: waiting for activation")
