@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import CancelledError
 
@@ -144,6 +145,43 @@ async def shipping_reaches(
             return status
         await asyncio.sleep(0.05)
     raise AssertionError(f"shipping never reached {shipping.value}: {status}")
+
+
+async def shipping_webhooks_delivered_twice(platform: Platform, card_id: str, count: int) -> None:
+    """Until the issuer's `count` shipping webhooks about the card are each
+    delivered, both copies of it (the outbox's duplicate mode): the gateway
+    answers a copy 2xx only once the process has it, or knows it has."""
+    webhooks: list[dict[str, Any]] = []
+    for _ in range(int(20 / 0.05)):
+        webhooks = [
+            webhook
+            for webhook in await asyncio.to_thread(platform.sim.admin, "GET", "/webhooks")
+            if webhook["type"] == "card.shipping.updated" and webhook["about"] == card_id
+        ]
+        if len(webhooks) == count and all(
+            webhook["delivered_at"] is not None and webhook["deliveries"] == 2
+            for webhook in webhooks
+        ):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"shipping webhooks not all delivered twice: {webhooks}")
+
+
+async def signals_taken(handle: WorkflowHandle[Any, Any], seconds: float = 20) -> None:
+    """Until a workflow task has completed after the last signal in the
+    workflow's history: a signal handler that only records (no await) has then
+    run for every signal received."""
+    for _ in range(int(seconds / 0.05)):
+        taken = True
+        async for event in handle.fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+                taken = False
+            elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                taken = True
+        if taken:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the workflow never took its last signal")
 
 
 async def wallet_balance(platform: Platform, customer_id: str) -> int:
@@ -418,9 +456,12 @@ async def test_shipping_webhooks_twice_and_reversed_still_end_delivered(
     platform.sim.admin("POST", "/webhooks/release", {"order": "reverse"})
     status = await stage_of(handle, "delivered: waiting for activation")
     assert status.shipping is not None and status.shipping.status is ShippingStatus.DELIVERED
-    await asyncio.sleep(1.5)  # the late copies land
+    # Every copy of the older steps handed over and taken: still delivered.
+    await shipping_webhooks_delivered_twice(platform, card_id, count=3)
+    await signals_taken(handle)
     status = await handle.query("status", result_type=CardIssueStatus)
     assert status.shipping is not None and status.shipping.status is ShippingStatus.DELIVERED
+    assert status.stage == "delivered: waiting for activation"
 
 
 async def test_the_api_issues_a_card_once_per_key_and_acts_on_it(platform: Platform) -> None:
