@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError, RPCStatusCode
@@ -20,6 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.customers import CustomerStore
 from activities.ledger import AccountNotFound, Ledger
 from activities.ledger.verify import verify
+from activities.providers.quotes import FX_QUOTE
 from activities.topups import TopupActivities
 from schemas import accounts
 from schemas.bank import InboundTransfer
@@ -110,21 +113,66 @@ async def result_of(
     raise AssertionError(f"{handle.id} never started")
 
 
-async def reach(
-    platform: Platform, source: TopupSource, external_ref: str, stage: str, seconds: float = 20
+async def status_when(
+    platform: Platform,
+    source: TopupSource,
+    external_ref: str,
+    holds: Callable[[TopupStatus], bool],
+    what: str,
+    seconds: float = 20,
 ) -> TopupStatus:
+    """The top-up's status once `holds` is true of it; fails saying `what`
+    it waited for when `seconds` pass first."""
     handle = handle_of(platform, source, external_ref)
     status: TopupStatus | None = None
     for _ in range(int(seconds / 0.05)):
         try:
             status = await handle.query("status", result_type=TopupStatus)
-            if status.stage == stage:
+            if holds(status):
                 return status
         except RPCError as error:
             if error.status is not RPCStatusCode.NOT_FOUND:
                 raise
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{handle.id} never reached {stage!r}; last {status}")
+    raise AssertionError(f"{handle.id} never {what}; last {status}")
+
+
+async def reach(
+    platform: Platform, source: TopupSource, external_ref: str, stage: str, seconds: float = 20
+) -> TopupStatus:
+    return await status_when(
+        platform,
+        source,
+        external_ref,
+        lambda status: status.stage == stage,
+        f"reached {stage!r}",
+        seconds,
+    )
+
+
+async def delivered_twice(platform: Platform, about: str, seconds: float = 20) -> None:
+    """Until the bank simulator's webhook about `about` (a transfer id) was
+    delivered in both its copies: the gateway answers 2xx only once the
+    workflow has the event, so nothing of the duplicate is still on its way."""
+    webhooks: list[dict[str, Any]] = []
+    for _ in range(int(seconds / 0.05)):
+        webhooks = [w for w in platform.sim.admin("GET", "/webhooks") if w["about"] == about]
+        if webhooks and all(w["delivered_at"] and w["deliveries"] == 2 for w in webhooks):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the webhooks about {about} were not delivered twice: {webhooks}")
+
+
+async def webhooks_drained(platform: Platform, seconds: float = 20) -> None:
+    """Until the simulators have delivered every webhook they emitted (each
+    answered 2xx by the gateway, so each reached its workflow)."""
+    pending = None
+    for _ in range(int(seconds / 0.05)):
+        pending = platform.sim.admin("GET", "/health")["webhooks_pending"]
+        if pending == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{pending} webhooks still to deliver")
 
 
 async def refused(platform: Platform, source: TopupSource, ref: str, review: Any) -> str:
@@ -504,6 +552,31 @@ async def test_fx_quote_failures_that_recover_credit_once(platform: Platform) ->
     await assert_deposit_credited(platform, customer_id, deposit.tx_hash)
     assert (await result_of(platform, "usdt", deposit.tx_hash)).quotes_taken == 1
     assert platform.sim.admin("GET", "/faults") == []
+
+
+# The wait before a new quote: the time the test has to change the rate source.
+REQUOTE_DELAY_SECONDS = 3
+
+
+async def until_requote_waits(
+    handle: WorkflowHandle[Any, TopupResult], seconds: float = 20
+) -> None:
+    """Until the history shows an FX quote taken and then the timer of the
+    wait before the next quote."""
+    for _ in range(int(seconds / 0.05)):
+        quotes: set[int] = set()
+        quoted = False
+        async for event in handle.fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                if event.activity_task_scheduled_event_attributes.activity_type.name == FX_QUOTE:
+                    quotes.add(event.event_id)
+            elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                completed = event.activity_task_completed_event_attributes
+                quoted = quoted or completed.scheduled_event_id in quotes
+            elif event.event_type == EventType.EVENT_TYPE_TIMER_STARTED and quoted:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{handle.id} never waited to quote again")
 
 
 async def test_a_quote_too_close_to_expiry_is_replaced(platform: Platform) -> None:
