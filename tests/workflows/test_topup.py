@@ -500,11 +500,13 @@ async def test_a_deposit_is_credited_only_after_finality_through_the_fx_legs(
         platform, "usdt", deposit.tx_hash, approve().model_dump()
     )
     await starter.mine_blocks(platform.settings, 1)
-    for _ in range(200):
-        status = await starter.status(platform.stack.client, "usdt", deposit.tx_hash)
-        if status.confirmations == 1:
-            break
-        await asyncio.sleep(0.05)
+    status = await status_when(
+        platform,
+        "usdt",
+        deposit.tx_hash,
+        lambda status: status.confirmations == 1,
+        "saw the deposit's first confirmation",
+    )
     assert status.stage == STAGE_CONFIRMATIONS and status.confirmations_required == 19
     assert await wallet(platform, customer_id) == 0
     await starter.mine_blocks(platform.settings, FINALITY - 1)
