@@ -386,6 +386,11 @@ async def test_concurrent_top_ups_cannot_both_slip_under_the_daily_limit(
 
 # ----- a step after the credit fails for good ------------------------------
 
+# The stage of workflows/topup.py's _after_credit: credited, the receipt not sent.
+STAGE_RECEIPT = "sending the receipt"
+# Retry-After of a rate-limited receipt: the time a test has to act in that stage.
+RECEIPT_RETRY_AFTER_SECONDS = 8
+
 
 async def test_a_receipt_that_cannot_be_sent_reverses_the_credit(platform: Platform) -> None:
     customer_id = await customer(platform)
@@ -443,14 +448,20 @@ async def test_a_reversal_the_wallet_cannot_cover_is_left_to_an_operator(
     platform: Platform,
 ) -> None:
     customer_id = await customer(platform)
+    # The first receipt attempt is told to come back in RECEIPT_RETRY_AFTER_SECONDS
+    # (the retry waits that long), the second fails for good: a wide window
+    # between the credit and its reversal.
+    platform.sim.fault(
+        kind="rate_limit",
+        path_prefix="/notify/v1/messages",
+        seconds=RECEIPT_RETRY_AFTER_SECONDS,
+        times=1,
+    )
     platform.sim.fault(kind="error", path_prefix="/notify/v1/messages", status=503)
-    transfer = await started_with(platform, TopupPolicy(receipt_attempts_max=3), customer_id, 8_000)
-    for _ in range(400):
-        if await wallet(platform, customer_id) > 0:
-            break
-        await asyncio.sleep(0.02)
+    transfer = await started_with(platform, TopupPolicy(receipt_attempts_max=2), customer_id, 8_000)
+    await reach(platform, "bank", transfer.id, STAGE_RECEIPT)
     # The customer spends the money before the top-up gives up on the receipt.
-    await Ledger(platform.stack.pool).transfer(
+    spent = await Ledger(platform.stack.pool).transfer(
         TransferRequest(
             key=f"spend-{customer_id}",
             debit=accounts.wallet(customer_id, "USD"),
@@ -459,6 +470,7 @@ async def test_a_reversal_the_wallet_cannot_cover_is_left_to_an_operator(
             currency=Currency.USD,
         )
     )
+    assert spent.accepted, spent
     result = await result_of(platform, "bank", transfer.id)
     assert result.outcome == "reversal_failed"
     assert "NOT reversed" in result.compensation and "operator" in result.compensation
