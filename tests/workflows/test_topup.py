@@ -280,12 +280,14 @@ async def test_below_the_minimum_waits_for_review_and_an_approval_credits(
         assert bad.status_code == 422 and "reason" in bad.text
         decided = await http.post(f"{url}/review", json=approve().model_dump(exclude_none=True))
         assert decided.json() == {"result": "approve recorded"}
+        result = await result_of(platform, "bank", transfer.id)
+        assert (result.outcome, result.reviewed_by, result.fee_minor) == ("credited", OPERATOR, 25)
+        # The top-up has ended: a second review finds no process to take it.
         again = await http.post(f"{url}/review", json=approve().model_dump(exclude_none=True))
-        assert again.status_code in (404, 409)
+        assert again.status_code == 404
+        assert again.json()["detail"] == f"no running process for bank/{transfer.id}"
         missing = await http.get(f"{platform.gateway_url}/v1/topups/bank/ibt_none")
         assert missing.status_code == 404
-    result = await result_of(platform, "bank", transfer.id)
-    assert (result.outcome, result.reviewed_by, result.fee_minor) == ("credited", OPERATOR, 25)
     assert await wallet(platform, customer_id) == 25
 
 
