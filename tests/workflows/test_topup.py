@@ -252,6 +252,7 @@ async def test_duplicate_webhooks_and_a_second_start_credit_once(platform: Platf
     first = await result_of(platform, "bank", transfer.id)
     again = await starter.start_bank_topup(platform.stack.client, platform.stack.queues, transfer)
     assert (await again.result()).model_dump() == first.model_dump()
+    await delivered_twice(platform, transfer.id)
     assert await wallet(platform, customer_id) == 5_000 - 35
     assert await posted(platform, accounts.bank_inbound("USD")) == -5_000
     await assert_ledger_clean(platform)
