@@ -536,7 +536,13 @@ async def test_a_reorg_before_finality_credits_nothing(platform: Platform) -> No
     await starter.reorg(platform.settings, deposit.tx_hash)
     result = await result_of(platform, "usdt", deposit.tx_hash)
     assert result.outcome == "dropped" and result.credited_minor == 0
+    handle = handle_of(platform, "usdt", deposit.tx_hash)
+    dropped_run = (await handle.describe()).run_id
     await starter.mine_blocks(platform.settings, FINALITY)
+    # Whatever the blocks made the chain say has reached the gateway.
+    await webhooks_drained(platform)
+    # The latest run of the id is still the one that dropped the deposit.
+    assert (await handle.describe()).run_id == dropped_run
     assert await wallet(platform, customer_id) == 0
     assert await posted(platform, accounts.crypto_custody()) == 0
 
