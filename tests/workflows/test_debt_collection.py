@@ -20,6 +20,7 @@ from tests.workflows.test_topup import (
     assert_ledger_clean,
     bank_transfer,
     customer,
+    delivered_twice,
     handle_of,
     posted,
     result_of,
@@ -98,6 +99,7 @@ async def test_a_webhook_delivered_twice_collects_the_debt_once(platform: Platfo
     first = await result_of(platform, "bank", transfer.id)
     again = await starter.start_bank_topup(platform.stack.client, platform.stack.queues, transfer)
     assert (await again.result()).model_dump() == first.model_dump()
+    await delivered_twice(platform, transfer.id)
     assert first.debt_collected_minor == 1_000
     assert await wallet(platform, customer_id) == 5_000 - 35 - 1_000
     assert await debt(platform, customer_id) == 0
