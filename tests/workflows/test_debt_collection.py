@@ -24,6 +24,7 @@ from tests.workflows.test_topup import (
     handle_of,
     posted,
     result_of,
+    run_id_of,
     started_with,
     wallet,
 )
@@ -97,9 +98,12 @@ async def test_a_webhook_delivered_twice_collects_the_debt_once(platform: Platfo
     platform.sim.admin("POST", "/webhooks", {"duplicate": True})
     transfer = await bank_transfer(platform, customer_id, 5_000)
     first = await result_of(platform, "bank", transfer.id)
+    first_run = await run_id_of(platform, "bank", transfer.id)
     again = await starter.start_bank_topup(platform.stack.client, platform.stack.queues, transfer)
     assert (await again.result()).model_dump() == first.model_dump()
     await delivered_twice(platform, transfer.id)
+    # Neither the second copy nor the second start ran the top-up again.
+    assert await run_id_of(platform, "bank", transfer.id) == first_run
     assert first.debt_collected_minor == 1_000
     assert await wallet(platform, customer_id) == 5_000 - 35 - 1_000
     assert await debt(platform, customer_id) == 0

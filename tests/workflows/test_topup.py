@@ -150,6 +150,11 @@ async def reach(
     )
 
 
+async def run_id_of(platform: Platform, source: TopupSource, external_ref: str) -> str:
+    """The id of the latest run of the top-up's workflow id."""
+    return (await handle_of(platform, source, external_ref).describe()).run_id
+
+
 async def delivered_twice(platform: Platform, about: str, seconds: float = 20) -> None:
     """Until the bank simulator's webhook about `about` (a transfer id) was
     delivered in both its copies: the gateway answers 2xx only once the
@@ -250,9 +255,12 @@ async def test_duplicate_webhooks_and_a_second_start_credit_once(platform: Platf
     platform.sim.admin("POST", "/webhooks", {"duplicate": True})
     transfer = await bank_transfer(platform, customer_id, 5_000)
     first = await result_of(platform, "bank", transfer.id)
+    first_run = await run_id_of(platform, "bank", transfer.id)
     again = await starter.start_bank_topup(platform.stack.client, platform.stack.queues, transfer)
     assert (await again.result()).model_dump() == first.model_dump()
     await delivered_twice(platform, transfer.id)
+    # Neither the second copy nor the second start ran the top-up again.
+    assert await run_id_of(platform, "bank", transfer.id) == first_run
     assert await wallet(platform, customer_id) == 5_000 - 35
     assert await posted(platform, accounts.bank_inbound("USD")) == -5_000
     await assert_ledger_clean(platform)
@@ -539,13 +547,12 @@ async def test_a_reorg_before_finality_credits_nothing(platform: Platform) -> No
     await starter.reorg(platform.settings, deposit.tx_hash)
     result = await result_of(platform, "usdt", deposit.tx_hash)
     assert result.outcome == "dropped" and result.credited_minor == 0
-    handle = handle_of(platform, "usdt", deposit.tx_hash)
-    dropped_run = (await handle.describe()).run_id
+    dropped_run = await run_id_of(platform, "usdt", deposit.tx_hash)
     await starter.mine_blocks(platform.settings, FINALITY)
     # Whatever the blocks made the chain say has reached the gateway.
     await webhooks_drained(platform)
     # The latest run of the id is still the one that dropped the deposit.
-    assert (await handle.describe()).run_id == dropped_run
+    assert await run_id_of(platform, "usdt", deposit.tx_hash) == dropped_run
     assert await wallet(platform, customer_id) == 0
     assert await posted(platform, accounts.crypto_custody()) == 0
 
