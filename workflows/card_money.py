@@ -610,9 +610,11 @@ class CardMoney:
                     # (an update delayed while the worker was away) holds nothing.
                     # (The gateway forwards no webhook of a purchase the card
                     # declined itself: one reaching here was decided without it.)
+                    # Finished before looking for lost holds: a question
+                    # taken while the ledger answers is declined, never held.
+                    self._finish(issuer.id)
                     for index in range(len(issuer.decisions)):
                         await self._release_lost_hold(issuer.id, index)
-                    self._finish(issuer.id)
                 return
             now = workflow.now()
             if self.durable:

@@ -16,13 +16,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType, UpdateWorkflowExecutionLifecycleStage
+from temporalio.api.update.v1 import UpdateRef, WaitPolicy
+from temporalio.api.workflowservice.v1 import PollWorkflowExecutionUpdateRequest
 from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
@@ -939,6 +943,11 @@ async def lost_hold_then_issuer_word(
             NETWORK_EVENT_SIGNAL,
             CardNetworkEvent(event_id=f"e-{number}", type=kind, authorization=snapshot),
         )
+
+    async def applied() -> bool:
+        return f"e-{len(kinds) - 1}" in (await card_state(handle)).seen_events
+
+    await eventually(applied, "the card applies the issuer's webhooks")
     answer = await handle.execute_update(
         AUTHORIZE_UPDATE, question, result_type=AuthorizationAnswer
     )
@@ -968,5 +977,75 @@ async def test_a_hold_left_by_a_lost_task_gives_way_to_the_issuers_stand_in_appr
     assert (answer.decision, answer.approved_amount_minor) == ("approve", 1_500)
     await settles_as(platform, customer_id, handle, 2_500)
     assert await running(handle)
+    assert await replays(platform, handle) is None
+    assert await verify(platform.stack.pool) == []
+
+
+async def until_admitted(
+    platform: Platform, handle: WorkflowHandle[Any, Any], update_id: str
+) -> None:
+    """Until the server has admitted update `update_id` (it waits for the
+    workflow's next task): polled at the ADMITTED stage, which the SDK's
+    own start_update does not offer."""
+    request = PollWorkflowExecutionUpdateRequest(
+        namespace=platform.stack.client.namespace,
+        update_ref=UpdateRef(
+            workflow_execution=WorkflowExecution(workflow_id=handle.id), update_id=update_id
+        ),
+        identity="test",
+        wait_policy=WaitPolicy(
+            lifecycle_stage=UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_ADMITTED
+        ),
+    )
+    for _ in range(200):
+        try:
+            await platform.stack.client.workflow_service.poll_workflow_execution_update(
+                request, timeout=timedelta(seconds=1)
+            )
+            return
+        except RPCError as error:
+            if error.status is not RPCStatusCode.NOT_FOUND:
+                raise
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"update {update_id} was never admitted")
+
+
+async def test_a_decision_taken_in_the_task_that_applies_the_issuers_decline_holds_nothing(
+    platform: Platform,
+) -> None:
+    """The card is busy (a hold waits on the wallet) when the issuer's
+    webhooks of its stand-in decline and the late question itself arrive:
+    the next workflow task takes them together. The card applies the
+    decline first and, while it looks for a hold a lost task may have left,
+    the question must not slip in and hold what nothing will release."""
+    customer_id, card_id, handle = await open_card(platform)
+    first = await authorize(platform, card_id, 1_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    async with issuer(platform) as client:
+        template = await client.get_authorization(first.id)
+    question = question_to(handle, "evt-together").model_copy(update={"amount_minor": 2_000})
+    declined = stood_in_for(template, question, approved_minor=0)
+    busy = question_to(handle, "evt-busy").model_copy(update={"amount_minor": 500})
+    wallet_code = accounts.wallet(customer_id, "USD")
+    async with balances_locked(platform.stack.database_url, wallet_code) as lock:
+        asked_busy = asyncio.create_task(
+            handle.execute_update(AUTHORIZE_UPDATE, busy, result_type=AuthorizationAnswer)
+        )
+        await until_waiting(platform.stack.pool, lock)
+        for event_id, kind in (("e-created", "authorization.created"), ("e-declined", "declined")):
+            await handle.signal(
+                NETWORK_EVENT_SIGNAL,
+                CardNetworkEvent(event_id=event_id, type=kind, authorization=declined),
+            )
+        late = asyncio.create_task(
+            handle.execute_update(
+                AUTHORIZE_UPDATE, question, id="late-question", result_type=AuthorizationAnswer
+            )
+        )
+        await until_admitted(platform, handle, "late-question")
+    assert (await asked_busy).decision == "approve"
+    # Whichever the card took first, what it holds is what the issuer holds.
+    await late
+    await settles_as(platform, customer_id, handle, 1_500)
     assert await replays(platform, handle) is None
     assert await verify(platform.stack.pool) == []
