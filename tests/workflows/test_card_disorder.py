@@ -747,6 +747,19 @@ async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order
     assert await verify(platform.stack.pool) == []
 
 
+async def holding_a_first_purchase(
+    platform: Platform,
+) -> tuple[str, WorkflowHandle[Any, Any], IssuerAuthorization]:
+    """A funded card holding a first purchase of 1,000 (its accounts open):
+    the customer, the card and the issuer's record of that purchase, a
+    template for the issuer's snapshots of the next one."""
+    customer_id, card_id, handle = await open_card(platform)
+    first = await authorize(platform, card_id, 1_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    async with issuer(platform) as client:
+        return customer_id, handle, await client.get_authorization(first.id)
+
+
 STAND_IN_DECLINE = "stand-in decline: no decision within the budget"
 
 
@@ -789,11 +802,7 @@ async def test_a_decision_asked_after_the_issuer_declined_it_holds_nothing(
     the card before the delayed `authorize` update does (the order they have
     in the card's history). The late decision must hold nothing: nothing
     would ever release it."""
-    customer_id, card_id, handle = await open_card(platform)
-    first = await authorize(platform, card_id, 1_000)
-    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
-    async with issuer(platform) as client:
-        template = await client.get_authorization(first.id)
+    customer_id, handle, template = await holding_a_first_purchase(platform)
     question = question_to(handle, "evt-late")
     declined = stood_in_for(template, question, approved_minor=0)
     for event_id, kind in (("e-created", "authorization.created"), ("e-declined", "declined")):
@@ -867,11 +876,7 @@ async def test_a_hold_whose_task_was_lost_follows_the_issuers_decline_that_came_
     task completes, while the issuer's stand-in declines the purchase and
     its webhooks reach the card. The retried task decides again (the same
     hold, once) and then follows the issuer: nothing stays held."""
-    customer_id, card_id, handle = await open_card(platform)
-    first = await authorize(platform, card_id, 1_000)
-    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
-    async with issuer(platform) as client:
-        template = await client.get_authorization(first.id)
+    customer_id, handle, template = await holding_a_first_purchase(platform)
     question = question_to(handle, "evt-lost").model_copy(update={"amount_minor": 2_000})
     declined = stood_in_for(template, question, approved_minor=0)
     platform.stack.faults.fail_after_local_activity(HOLD)
@@ -928,11 +933,7 @@ async def lost_hold_then_issuer_word(
     answer (`approved_minor`, 0 for a decline) reaching the card by webhook,
     then the question itself, late. Returns the customer, the card and the
     late question's answer."""
-    customer_id, card_id, handle = await open_card(platform)
-    first = await authorize(platform, card_id, 1_000)
-    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
-    async with issuer(platform) as client:
-        template = await client.get_authorization(first.id)
+    customer_id, handle, template = await holding_a_first_purchase(platform)
     question = question_to(handle, "evt-lost").model_copy(update={"amount_minor": 2_000})
     await held_by_a_lost_task(platform, handle, question)
     await wallet_becomes(platform, customer_id, posted=10_000, pending=3_000)
@@ -1018,11 +1019,7 @@ async def test_a_decision_taken_in_the_task_that_applies_the_issuers_decline_hol
     the next workflow task takes them together. The card applies the
     decline first and, while it looks for a hold a lost task may have left,
     the question must not slip in and hold what nothing will release."""
-    customer_id, card_id, handle = await open_card(platform)
-    first = await authorize(platform, card_id, 1_000)
-    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
-    async with issuer(platform) as client:
-        template = await client.get_authorization(first.id)
+    customer_id, handle, template = await holding_a_first_purchase(platform)
     question = question_to(handle, "evt-together").model_copy(update={"amount_minor": 2_000})
     declined = stood_in_for(template, question, approved_minor=0)
     busy = question_to(handle, "evt-busy").model_copy(update={"amount_minor": 500})
