@@ -25,6 +25,7 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateStage,
 )
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
@@ -50,7 +51,12 @@ from schemas.issuer import AuthorizationStatus, CardState, DecidedBy
 from schemas.ledger import HoldRequest, TransferRequest
 from schemas.money import Currency
 from tests.conftest import Platform
-from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
+from tests.interruptions import (
+    balances_locked,
+    table_locked,
+    until_activity_cancel_requested,
+    until_waiting,
+)
 from tests.workflows.test_authorizations import (
     SHOP,
     authorize,
@@ -1016,9 +1022,10 @@ async def test_a_decision_taken_in_the_task_that_applies_the_issuers_decline_hol
 ) -> None:
     """The card is busy (a hold waits on the wallet) when the issuer's
     webhooks of its stand-in decline and the late question itself arrive:
-    the next workflow task takes them together. The card applies the
-    decline first and, while it looks for a hold a lost task may have left,
-    the question must not slip in and hold what nothing will release."""
+    the next workflow task takes them together, and the question reaches the
+    money lock first. Whichever comes first, what the card holds is what the
+    issuer holds. (The decline taking the lock first, with the question let
+    in while it waits on the ledger, is the test after this one.)"""
     customer_id, handle, template = await holding_a_first_purchase(platform)
     question = question_to(handle, "evt-together").model_copy(update={"amount_minor": 2_000})
     declined = stood_in_for(template, question, approved_minor=0)
@@ -1044,5 +1051,45 @@ async def test_a_decision_taken_in_the_task_that_applies_the_issuers_decline_hol
     # Whichever the card took first, what it holds is what the issuer holds.
     await late
     await settles_as(platform, customer_id, handle, 1_500)
+    assert await replays(platform, handle) is None
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_question_waiting_behind_the_issuers_events_never_holds_a_declined_purchase(
+    platform: Platform,
+) -> None:
+    """The late question about a purchase the issuer declined in its stead
+    arrives while the card is busy with an earlier event, and the decline is
+    queued behind it. The question waits for that earlier event only; the
+    card then starts the decline in the same task, takes its money lock and
+    looks for a hold a lost task may have left. The question, let through
+    meanwhile, must find the purchase finished: never open a record the
+    decline then drops and hold what nothing will release."""
+    customer_id, handle, template = await holding_a_first_purchase(platform)
+    earlier = question_to(handle, "evt-earlier").model_copy(update={"amount_minor": 700})
+    question = question_to(handle, "evt-late").model_copy(update={"amount_minor": 2_000})
+    async with table_locked(platform.stack.database_url, "ledger_transfers") as lock:
+        for event_id, asked in (("e-earlier", earlier), ("e-declined", question)):
+            await handle.signal(
+                NETWORK_EVENT_SIGNAL,
+                CardNetworkEvent(
+                    event_id=event_id,
+                    type="declined",
+                    authorization=stood_in_for(template, asked, approved_minor=0),
+                ),
+            )
+            # The card is inside the earlier event, waiting on the ledger.
+            await until_waiting(platform.stack.pool, lock)
+        late = await handle.start_update(
+            AUTHORIZE_UPDATE,
+            question,
+            id="late-question",
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            result_type=AuthorizationAnswer,
+        )
+    answer = await late.result()
+    assert (answer.decision, answer.reason) == ("decline", "authorization_finished")
+    await settles_as(platform, customer_id, handle, 1_000)
+    assert await running(handle)
     assert await replays(platform, handle) is None
     assert await verify(platform.stack.pool) == []
