@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities.database import create_pool
 from activities.migrate import migrate
@@ -168,6 +169,10 @@ class RunningStack:
     codec: EncryptionCodec
     # Workflow-task faults a test may arm (a worker "killed" mid-task).
     faults: WorkflowTaskFaults
+    # `async with stack.workflows_worker_away():` stops the workflows worker
+    # for the block and starts a new one after it: a worker killed and
+    # restarted, which takes its workflows without them in memory.
+    workflows_worker_away: Callable[[], contextlib.AbstractAsyncContextManager[None]]
 
 
 StackFactory = Callable[..., contextlib.AbstractAsyncContextManager[RunningStack]]
@@ -190,20 +195,43 @@ async def make_stack(
         pool = await create_pool(database_url, size_max=TEST_POOL_SIZE_MAX)
         clients = ProviderClients(providers_url)
         faults = WorkflowTaskFaults()
+
+        def worker_of(kind: str) -> Worker:
+            return build_worker(
+                kind,
+                workflow_env.client,
+                queues,
+                pool=pool,
+                pool_size_max=TEST_POOL_SIZE_MAX,
+                provider_clients=clients,
+                interceptors=[faults.interceptor()],
+            )
+
         try:
             async with contextlib.AsyncExitStack() as running:
+                workers: dict[str, Worker] = {}
                 for kind in kinds:
-                    worker = build_worker(
-                        kind,
-                        workflow_env.client,
-                        queues,
-                        pool=pool,
-                        pool_size_max=TEST_POOL_SIZE_MAX,
-                        provider_clients=clients,
-                        interceptors=[faults.interceptor()],
-                    )
-                    await running.enter_async_context(worker)
-                yield RunningStack(workflow_env.client, queues, database_url, pool, codec, faults)
+                    workers[kind] = worker_of(kind)
+                    await running.enter_async_context(workers[kind])
+
+                @contextlib.asynccontextmanager
+                async def workflows_worker_away() -> AsyncIterator[None]:
+                    await workers["workflows"].shutdown()
+                    try:
+                        yield
+                    finally:
+                        workers["workflows"] = worker_of("workflows")
+                        await running.enter_async_context(workers["workflows"])
+
+                yield RunningStack(
+                    workflow_env.client,
+                    queues,
+                    database_url,
+                    pool,
+                    codec,
+                    faults,
+                    workflows_worker_away,
+                )
         finally:
             await pool.close()
             await clients.aclose()

@@ -119,6 +119,14 @@ CARD_ISSUE_INTERRUPTED_FEE_PATCH = "card-issue-interrupted-fee-refunded"
 # without this, the decision took the card's money lock ahead of an earlier
 # event there and behind it on replay, and the card's history no longer replayed.
 CARD_DECISIONS_AFTER_EVENTS_PATCH = "card-decisions-after-earlier-events"
+# patch: a decision waits until the run loop is idle (no unit of work in
+# progress, no issuer event queued), not only for the unit in progress. A
+# workflow task that recorded nothing is handed to a restarted worker in one
+# activation with the next task's signals and updates, but to a worker
+# replaying the history on its own: waiting for the unit in progress alone,
+# the decision then came after the loop's next event's activities on the one
+# and before them on the other, and the card's history no longer replayed.
+CARD_DECISIONS_WHEN_IDLE_PATCH = "card-decisions-when-idle"
 # The card's ProcessStatus: its state (open, paused, closed), or one of these.
 STATUS_EXCEPTION = "exception"
 STATUS_REPLACED = "replaced"
@@ -589,6 +597,8 @@ class CardEntity:
         # (CARD_DECISIONS_AFTER_EVENTS_PATCH).
         self._work_started = 0
         self._work_done = 0
+        # Decisions wait for the loop to be idle (CARD_DECISIONS_WHEN_IDLE_PATCH).
+        self._decisions_wait_for_idle = False
 
     @workflow.run
     async def run(self, card: CardInput) -> str:
@@ -616,8 +626,15 @@ class CardEntity:
         while True:
             await self._serve(card.history_events_max)
             # No message is lost: updates in flight finish before the run
-            # ends, and events they let in are applied first.
-            await workflow.wait_condition(workflow.all_handlers_finished)
+            # ends, and events they let in are applied first. (A decision
+            # waiting for the loop to be idle waits on events that arrived
+            # meanwhile: the loop applies them first.)
+            await workflow.wait_condition(
+                lambda: (
+                    workflow.all_handlers_finished()
+                    or (self._decisions_wait_for_idle and bool(self._inbox))
+                )
+            )
             if not self._inbox:
                 break
         if not self._finished():
@@ -672,16 +689,25 @@ class CardEntity:
             self._work_done += 1
 
     async def _after_earlier_events(self) -> None:
-        """Let the run loop finish the unit of work it is in (an event whose
-        activity or lock it awaits) and run what it can before this decision:
-        the wait is always one check of conditions, and the loop's own wait,
-        registered earlier, is checked first, so an event that reached the card
-        in the same task is applied first. The decision then comes at the same
-        point of the card's history however the worker was handed its tasks."""
+        """Let the run loop apply every issuer event that reached the card
+        before this decision (CARD_DECISIONS_WHEN_IDLE_PATCH): the decision then
+        comes at the same point of the card's history however the worker was
+        handed its tasks. (Before that patch: only the unit of work in
+        progress, then the loop's own wait, registered earlier, checked first.)"""
         if not workflow.patched(CARD_DECISIONS_AFTER_EVENTS_PATCH):
+            return
+        if workflow.patched(CARD_DECISIONS_WHEN_IDLE_PATCH):
+            # Every event that reached the card before the decision is applied
+            # first, however the activations were cut (CARD_DECISIONS_WHEN_IDLE_PATCH).
+            self._decisions_wait_for_idle = True
+            await workflow.wait_condition(self._idle)
             return
         in_progress = self._work_started
         await workflow.wait_condition(lambda: self._work_done >= in_progress)
+
+    def _idle(self) -> bool:
+        """No unit of the run loop in progress and no issuer event queued."""
+        return self._work_done >= self._work_started and not self._inbox
 
     def _closed(self) -> bool:
         return self._state is not None and self._state.state is CardState.CLOSED

@@ -683,6 +683,22 @@ async def replays(platform: Platform, handle: WorkflowHandle[Any, Any]) -> Excep
     return result.replay_failure
 
 
+async def completed_last_in_a_task_that_recorded_nothing(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the card's last activity completion was taken in by a workflow
+    task that recorded nothing (the history ends with that task)."""
+    events = [event async for event in handle.fetch_history_events()]
+    completed = max(
+        i
+        for i, event in enumerate(events)
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    )
+    return [EventType.Name(event.event_type) for event in events[completed + 1 :]] == [
+        "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
+        "EVENT_TYPE_WORKFLOW_TASK_STARTED",
+        "EVENT_TYPE_WORKFLOW_TASK_COMPLETED",
+    ]
+
+
 async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order_it_ran(
     platform: Platform,
 ) -> None:
@@ -725,17 +741,7 @@ async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order
     await eventually(both_applied, "the card applies both events")
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
     # The release's completion was taken in by a task that recorded nothing.
-    events = [event async for event in handle.fetch_history_events()]
-    completed = max(
-        i
-        for i, event in enumerate(events)
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
-    )
-    assert {EventType.Name(event.event_type) for event in events[completed + 1 :]} == {
-        "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
-        "EVENT_TYPE_WORKFLOW_TASK_STARTED",
-        "EVENT_TYPE_WORKFLOW_TASK_COMPLETED",
-    }
+    assert await completed_last_in_a_task_that_recorded_nothing(handle)
     # The next authorization's task fails after its hold (a worker killed):
     # the retry replays the card from its start.
     platform.stack.faults.fail_after_update(AUTHORIZE_UPDATE)
@@ -880,8 +886,10 @@ async def test_a_hold_whose_task_was_lost_follows_the_issuers_decline_that_came_
 ) -> None:
     """The card holds for a purchase and its worker dies before that workflow
     task completes, while the issuer's stand-in declines the purchase and
-    its webhooks reach the card. The retried task decides again (the same
-    hold, once) and then follows the issuer: nothing stays held."""
+    its webhooks reach the card. The retried task applies those events
+    first (a decision waits for every event that reached the card before
+    it), releasing the hold the lost task left, and the decision then finds
+    the purchase finished: nothing stays held."""
     customer_id, handle, template = await holding_a_first_purchase(platform)
     question = question_to(handle, "evt-lost").model_copy(update={"amount_minor": 2_000})
     declined = stood_in_for(template, question, approved_minor=0)
@@ -898,7 +906,8 @@ async def test_a_hold_whose_task_was_lost_follows_the_issuers_decline_that_came_
                 CardNetworkEvent(event_id=event_id, type=kind, authorization=declined),
             )
     # The card's answer reaches nobody: the issuer has decided.
-    assert (await asked).decision == "approve"
+    answer = await asked
+    assert (answer.decision, answer.reason) == ("decline", "authorization_finished")
     assert platform.stack.faults.injected == [f"local_activity {HOLD}"]
     await settles_as(platform, customer_id, handle, 1_000)
     assert await running(handle)
@@ -1092,4 +1101,69 @@ async def test_a_question_waiting_behind_the_issuers_events_never_holds_a_declin
     await settles_as(platform, customer_id, handle, 1_000)
     assert await running(handle)
     assert await replays(platform, handle) is None
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_question_and_the_issuers_decline_taken_in_by_a_restarted_worker_replay(
+    platform: Platform,
+) -> None:
+    """A reversal's release completes in a workflow task that records nothing;
+    then the card's worker is killed. While it is away, a late question is
+    admitted (its task is scheduled right after the release's), and the
+    issuer's webhooks of its stand-in decline of that purchase arrive. The
+    restarted worker, without the card in memory, is handed the release's
+    completion, both events and the question in one activation (the SDK joins
+    a task that recorded nothing to the task right after it); a worker
+    replaying the card's history later gets the completion on its own. The
+    card's work must come out in the same order both ways: a card whose
+    history no longer replays stops answering for good (seen in the chaos
+    run, seed 42)."""
+    customer_id, card_id, handle = await open_card(platform)
+    patient_issuer(platform)
+    first = await authorize(platform, card_id, 1_000)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=1_000)
+    # Only this test's own events reach the card, when it sends them.
+    platform.sim.admin("POST", "/webhooks", {"hold": True})
+    async with issuer(platform) as client:
+        template = await client.get_authorization(first.id)
+        await client.simulate_reversal(first.id, idempotency_key="rev")
+        reversed_ = await client.get_authorization(first.id)
+    wallet_code = accounts.wallet(customer_id, "USD")
+    async with balances_locked(platform.stack.database_url, wallet_code) as lock:
+        for event_id in ("e-1", "e-2"):
+            await handle.signal(
+                NETWORK_EVENT_SIGNAL,
+                CardNetworkEvent(
+                    event_id=event_id, type="authorization.reversed", authorization=reversed_
+                ),
+            )
+            await until_waiting(platform.stack.pool, lock)
+
+    async def release_completed_in_a_task_that_recorded_nothing() -> bool:
+        return "e-2" in (
+            await card_state(handle)
+        ).seen_events and await completed_last_in_a_task_that_recorded_nothing(handle)
+
+    await eventually(release_completed_in_a_task_that_recorded_nothing, "the release's task ends")
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+    question = question_to(handle, "evt-cold").model_copy(update={"amount_minor": 2_000})
+    declined = stood_in_for(template, question, approved_minor=0)
+    async with platform.stack.workflows_worker_away():
+        late = asyncio.create_task(
+            handle.execute_update(
+                AUTHORIZE_UPDATE, question, id="cold-question", result_type=AuthorizationAnswer
+            )
+        )
+        await until_admitted(platform, handle, "cold-question")
+        for event_id, kind in (("e-created", "authorization.created"), ("e-declined", "declined")):
+            await handle.signal(
+                NETWORK_EVENT_SIGNAL,
+                CardNetworkEvent(event_id=event_id, type=kind, authorization=declined),
+            )
+    answer = await late
+    # The card applied the issuer's decline before it decided.
+    assert (answer.decision, answer.reason) == ("decline", "authorization_finished")
+    assert await replays(platform, handle) is None
+    await settles_as(platform, customer_id, handle, 0)
+    assert await running(handle)
     assert await verify(platform.stack.pool) == []
