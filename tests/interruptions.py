@@ -9,11 +9,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType, UpdateWorkflowExecutionLifecycleStage
+from temporalio.api.update.v1 import UpdateRef, WaitPolicy
+from temporalio.api.workflowservice.v1 import PollWorkflowExecutionUpdateRequest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 WAIT_SECONDS_MAX = 20.0
 POLL_SECONDS = 0.05
@@ -80,3 +85,30 @@ async def until_activity_cancel_requested(handle: WorkflowHandle[Any, Any]) -> N
                 return
         await asyncio.sleep(POLL_SECONDS)
     raise AssertionError(f"{handle.id} never asked to cancel an activity")
+
+
+async def until_admitted(client: Client, handle: WorkflowHandle[Any, Any], update_id: str) -> None:
+    """Until the server has admitted update `update_id` (it waits for the
+    workflow's next task, e.g. while its worker is away): polled at the
+    ADMITTED stage, which the SDK's own start_update does not offer."""
+    request = PollWorkflowExecutionUpdateRequest(
+        namespace=client.namespace,
+        update_ref=UpdateRef(
+            workflow_execution=WorkflowExecution(workflow_id=handle.id), update_id=update_id
+        ),
+        identity="test",
+        wait_policy=WaitPolicy(
+            lifecycle_stage=UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_ADMITTED
+        ),
+    )
+    for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):
+        try:
+            await client.workflow_service.poll_workflow_execution_update(
+                request, timeout=timedelta(seconds=1)
+            )
+            return
+        except RPCError as error:
+            if error.status is not RPCStatusCode.NOT_FOUND:
+                raise
+        await asyncio.sleep(POLL_SECONDS)
+    raise AssertionError(f"update {update_id} was never admitted")

@@ -510,6 +510,10 @@ class CardIssue:
 
     @activate.validator
     def _validate_activate(self) -> None:
+        if self._card is None:
+            # A replacement's webhooks can outrun its issuing's first task
+            # (handlers run before the process's own code in that task).
+            raise ValueError("the card is not issued yet")
         if self._shipping is None or self._shipping.status is not ShippingStatus.DELIVERED:
             raise ValueError("the card can be activated once delivered")
         if self._activated:

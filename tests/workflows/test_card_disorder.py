@@ -16,10 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import EventType, UpdateWorkflowExecutionLifecycleStage
-from temporalio.api.update.v1 import UpdateRef, WaitPolicy
-from temporalio.api.workflowservice.v1 import PollWorkflowExecutionUpdateRequest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
@@ -27,7 +24,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateStage,
 )
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
@@ -55,6 +51,7 @@ from tests.interruptions import (
     balances_locked,
     table_locked,
     until_activity_cancel_requested,
+    until_admitted,
     until_waiting,
 )
 from tests.workflows.test_authorizations import (
@@ -997,35 +994,6 @@ async def test_a_hold_left_by_a_lost_task_gives_way_to_the_issuers_stand_in_appr
     assert await verify(platform.stack.pool) == []
 
 
-async def until_admitted(
-    platform: Platform, handle: WorkflowHandle[Any, Any], update_id: str
-) -> None:
-    """Until the server has admitted update `update_id` (it waits for the
-    workflow's next task): polled at the ADMITTED stage, which the SDK's
-    own start_update does not offer."""
-    request = PollWorkflowExecutionUpdateRequest(
-        namespace=platform.stack.client.namespace,
-        update_ref=UpdateRef(
-            workflow_execution=WorkflowExecution(workflow_id=handle.id), update_id=update_id
-        ),
-        identity="test",
-        wait_policy=WaitPolicy(
-            lifecycle_stage=UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_ADMITTED
-        ),
-    )
-    for _ in range(200):
-        try:
-            await platform.stack.client.workflow_service.poll_workflow_execution_update(
-                request, timeout=timedelta(seconds=1)
-            )
-            return
-        except RPCError as error:
-            if error.status is not RPCStatusCode.NOT_FOUND:
-                raise
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"update {update_id} was never admitted")
-
-
 async def test_a_decision_taken_in_the_task_that_applies_the_issuers_decline_holds_nothing(
     platform: Platform,
 ) -> None:
@@ -1055,7 +1023,7 @@ async def test_a_decision_taken_in_the_task_that_applies_the_issuers_decline_hol
                 AUTHORIZE_UPDATE, question, id="late-question", result_type=AuthorizationAnswer
             )
         )
-        await until_admitted(platform, handle, "late-question")
+        await until_admitted(platform.stack.client, handle, "late-question")
     assert (await asked_busy).decision == "approve"
     # Whichever the card took first, what it holds is what the issuer holds.
     await late
@@ -1154,7 +1122,7 @@ async def test_a_question_and_the_issuers_decline_taken_in_by_a_restarted_worker
                 AUTHORIZE_UPDATE, question, id="cold-question", result_type=AuthorizationAnswer
             )
         )
-        await until_admitted(platform, handle, "cold-question")
+        await until_admitted(platform.stack.client, handle, "cold-question")
         for event_id, kind in (("e-created", "authorization.created"), ("e-declined", "declined")):
             await handle.signal(
                 NETWORK_EVENT_SIGNAL,

@@ -28,6 +28,7 @@ from schemas.cards import (
     CardPolicy,
     CardStateChange,
     RescheduleDelivery,
+    ShippingUpdate,
     SpendingLimits,
 )
 from schemas.customers import CustomerProfile, KycStatus
@@ -36,7 +37,12 @@ from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from starters.billing import bill
 from tests.conftest import Platform
-from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
+from tests.interruptions import (
+    balances_locked,
+    until_activity_cancel_requested,
+    until_admitted,
+    until_waiting,
+)
 from workflows.cards import (
     ACTIVATE_UPDATE,
     CARD_ISSUE_WORKFLOW,
@@ -47,6 +53,7 @@ from workflows.cards import (
     REPORT_LOST_UPDATE,
     REPORT_STOLEN_UPDATE,
     RESCHEDULE_UPDATE,
+    SHIPPING_UPDATE_SIGNAL,
     UNFREEZE_UPDATE,
     card_issue_workflow_id,
     card_workflow_id,
@@ -253,6 +260,38 @@ async def test_a_physical_card_ships_reschedules_delivers_and_activates(
         except WorkflowFailureError as error:
             raise AssertionError(f"issuing failed: {error.cause}") from None
         raise
+    assert await handle.execute_update(ACTIVATE_UPDATE, result_type=str) == "card activated"
+    result = await handle.result()
+    assert result.state == "open" and result.fee_minor == 500
+    assert await wallet_balance(platform, customer_id) == 9_500
+
+
+async def test_an_activation_that_reaches_the_issuing_before_it_started_is_refused(
+    platform: Platform,
+) -> None:
+    """The issuing's worker is away when it is started: the issuer's shipping
+    webhook and the customer's activation reach it first, and the restarted
+    worker takes them in the same task as the start, before the process has
+    a card (a replacement's issuing, started by the lost card's entity, meets
+    this when its webhooks outrun it). The activation is refused, saying
+    why, and the card issues and activates once asked again: never a
+    workflow task that fails on every retry."""
+    customer_id = await customer(platform)
+    async with platform.stack.workflows_worker_away():
+        handle = await issue(platform, customer_id, "physical")
+        await handle.signal(
+            SHIPPING_UPDATE_SIGNAL,
+            ShippingUpdate(card_id="card_unknown", status=ShippingStatus.DELIVERED),
+        )
+        early = asyncio.create_task(handle.execute_update(ACTIVATE_UPDATE, id="early"))
+        await until_admitted(platform.stack.client, handle, "early")
+    assert "not issued yet" in await asyncio.wait_for(refusal(early), 20)
+    card_id = (await stage_of(handle, "delivered: waiting for activation")).card_id or ""
+    async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
+        for step in (ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED, ShippingStatus.DELIVERED):
+            await issuer.simulate_shipping(
+                card_id, status=step, idempotency_key=f"ship-{card_id}-{step.value}"
+            )
     assert await handle.execute_update(ACTIVATE_UPDATE, result_type=str) == "card activated"
     result = await handle.result()
     assert result.state == "open" and result.fee_minor == 500
