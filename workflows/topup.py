@@ -691,6 +691,7 @@ class Topup:
         decided = TopupReview.model_validate(review)
         pending = self._pending
         assert pending is not None
+        debt_outstanding_minor = None
         if pending.kind == "unmatched" and decided.decision == "approve":
             assert decided.customer_id is not None and self._currency is not None
             match = await self._ledger(
@@ -703,15 +704,18 @@ class Topup:
             if match.customer_id is None:
                 # Fails this update only; the review stays pending.
                 raise ApplicationError(f"customer_id: {match.reason}", type="ReviewRefused")
-            self._debt_outstanding_minor = match.debt_outstanding_minor
+            debt_outstanding_minor = match.debt_outstanding_minor
         # The match took a moment: another review, or the wait's end, may
-        # have come first.
+        # have come first. A review refused here changes nothing (the debt
+        # collected is the chosen customer's, never the loser's).
         if self._review is not None:
             raise ApplicationError("this review was already decided", type="ReviewRefused")
         if self._pending is not pending:
             raise ApplicationError(
                 f"the review is no longer pending (stage: {self._stage})", type="ReviewRefused"
             )
+        if debt_outstanding_minor is not None:
+            self._debt_outstanding_minor = debt_outstanding_minor
         self._review = decided
         assigned = f" to {decided.customer_id}" if decided.customer_id else ""
         return f"{decided.decision}{assigned} recorded"

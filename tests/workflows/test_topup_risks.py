@@ -479,16 +479,6 @@ async def test_an_unmatched_payment_assigned_to_a_debtor_repays_the_debt_net_of_
     await assert_ledger_clean(platform)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "workflows/topup.py review(): a review that loses the race to another is "
-        "refused as already decided only after it has overwritten "
-        "_debt_outstanding_minor with its own customer's debt, which the winner's "
-        "collection then uses"
-    ),
-)
 async def test_two_operators_assigning_one_payment_collect_only_the_chosen_customers_debt(
     platform: Platform,
 ) -> None:
