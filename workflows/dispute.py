@@ -115,6 +115,11 @@ PRE_ARBITRATION = "pre-arbitration"
 # issuer refused failed the process. Since, a refusal because the network has
 # decided meanwhile is read as that decision.
 DISPUTE_DECIDED_ON_THE_WAY_PATCH = "dispute-decided-while-evidence-sent"
+# Since this patch, an escalation the issuer refused (the dispute still in
+# representment there) can be asked again by an operator, and the passed
+# deadline of a representment already answered no longer wakes the dispute
+# every second until the network decides.
+DISPUTE_ESCALATION_REFUSED_PATCH = "dispute-escalation-refused-asked-again"
 # The issuer's answer when the dispute's state refuses a call (e.g. it is decided).
 PROVIDER_CONFLICT = "ProviderConflict"
 
@@ -367,7 +372,12 @@ class DisputeWorkflow:
             wakes = [give_up_at, poll_at]
             if self._credit_at is not None and not self._credited_minor:
                 wakes.append(self._credit_at)
-            if status == DisputeStatus.REPRESENTMENT and self._deadline_at is not None:
+            if (
+                status == DisputeStatus.REPRESENTMENT
+                and self._deadline_at is not None
+                # Answered already: its deadline has nothing left to wake for.
+                and not (self._escalated and workflow.patched(DISPUTE_ESCALATION_REFUSED_PATCH))
+            ):
                 wakes.append(self._deadline_at)
             seconds = max(1, math.ceil((min(wakes) - now).total_seconds()))
             news = await wait_for(functools.partial(self._has_news, status), seconds)
@@ -725,6 +735,10 @@ class DisputeWorkflow:
             self._credit_now = True
         else:
             self._answer_requested = True
+            if self._escalated and workflow.patched(DISPUTE_ESCALATION_REFUSED_PATCH):
+                # Still in representment (the validator's word): the issuer
+                # refused the last escalation, so this one goes to it again.
+                self._escalated = False
         return self.status()
 
     @operator_action.validator

@@ -672,14 +672,6 @@ async def escalation_refused(platform: Platform, transaction_id: str) -> None:
     await eventually(taken_in, "the escalation refused and taken in")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "workflows/dispute.py _escalate marks the dispute escalated before the issuer"
-        " answers and never clears it when the issuer refuses for a reason other than a"
-        " decision: a later operator `escalate` is accepted and does nothing"
-    ),
-)
 async def test_an_escalation_the_issuer_refused_can_be_asked_again_and_reaches_pre_arbitration(
     platform: Platform,
 ) -> None:
@@ -744,14 +736,6 @@ async def timers_until_the_next_poll(handle: WorkflowHandle[Any, Any]) -> list[f
     return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "workflows/dispute.py _await_decision keeps the passed representment deadline"
-        " among its wake-ups once the escalation was refused (status still representment,"
-        " _escalated True): it wakes every second until the network decides"
-    ),
-)
 async def test_a_representment_past_its_deadline_whose_escalation_was_refused_waits_quietly(
     platform: Platform,
 ) -> None:
