@@ -103,7 +103,7 @@ class FxCurrencyTerms(BaseModel):
         return self
 
 
-def _default_terms() -> dict[Currency, FxCurrencyTerms]:
+def _default_terms() -> dict[Currency, FxCurrencyTerms]:  # pragma: no mutate block
     return {
         Currency.USD: FxCurrencyTerms(
             fee_fixed_minor=25, sell_amount_min_minor=100, sell_amount_max_minor=1_000_000

@@ -75,7 +75,7 @@ class TopupLimits(BaseModel):
         return self
 
 
-def _default_limits() -> dict[Currency, TopupLimits]:
+def _default_limits() -> dict[Currency, TopupLimits]:  # pragma: no mutate block
     def per(unit: int) -> TopupLimits:
         # 1 unit minimum, 10,000 units per top-up, 25,000 units per day.
         return TopupLimits(min_minor=unit, max_minor=10_000 * unit, daily_max_minor=25_000 * unit)
@@ -89,7 +89,7 @@ def _default_limits() -> dict[Currency, TopupLimits]:
     }
 
 
-def _default_fees() -> dict[TopupSource, TopupFee]:
+def _default_fees() -> dict[TopupSource, TopupFee]:  # pragma: no mutate block
     return {
         "bank": TopupFee(
             bps=20,
