@@ -28,11 +28,14 @@ deep-model: $(STAMP)
 # cashback rules, top-up limits) against its fast unit tests (tests/schemas),
 # configured in pyproject.toml's [tool.mutmut]; then the kill rate per module
 # and every mutant that lived. mutmut works on a copy under mutants/, made
-# afresh each run so its figures always reflect the current tests.
+# afresh each run so its figures always reflect the current tests. Then the
+# curated mutations of the ledger's SQL functions, each against the ledger
+# tests (bench/sql_mutation.py; a few minutes).
 mutation: $(STAMP)
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2
 	$(BIN)/python -m bench.mutation_report
+	$(BIN)/python -m bench.sql_mutation
 
 # The Web UI test drives Debian's chromium (nothing is downloaded at run time):
 # install the package when it is missing, as root directly or through sudo.
