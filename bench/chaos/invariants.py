@@ -311,6 +311,30 @@ async def workflow_violations(
     return found
 
 
+async def busy_workflows(client: Client, query: str) -> list[str]:
+    """The running executions of `query` with work in flight: an activity, a
+    child workflow or a workflow task pending. A card still applying the
+    issuer's events delivered to it is one (between two steps its next
+    workflow task is pending)."""
+    running = [
+        execution
+        async for execution in client.list_workflows(query, page_size=LIST_PAGE_SIZE)
+        if execution.status is WorkflowExecutionStatus.RUNNING
+    ]
+    limit = asyncio.Semaphore(DESCRIBE_CONCURRENCY_MAX)
+
+    async def busy(execution: WorkflowExecution) -> bool:
+        async with limit:
+            handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+            raw = (await handle.describe()).raw_description
+        return bool(
+            raw.pending_activities or raw.pending_children or raw.HasField("pending_workflow_task")
+        )
+
+    verdicts = await asyncio.gather(*(busy(execution) for execution in running))
+    return [execution.id for execution, verdict in zip(running, verdicts, strict=True) if verdict]
+
+
 async def _closed_badly(client: Client, execution: WorkflowExecution) -> Violation:
     assert execution.status is not None
     check = _CLOSED_BADLY[execution.status]

@@ -156,6 +156,10 @@ class Plan:
     # At which operation the gateway and the simulators are killed (once each).
     gateway_kill_at: int
     simulators_kill_at: int
+    # Workers killed at these operations, beside the ones every --kill-every
+    # seconds: however fast the traffic runs, a run kills a worker at least
+    # this often (a short run on a fast machine may end before the timer's).
+    worker_kills_at: dict[int, str] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -244,4 +248,20 @@ def plan_run(
         kill_order=[faults_rng.choice(KILLABLE_WORKERS) for _ in range(kills)],
         gateway_kill_at=operations // 3,
         simulators_kill_at=(2 * operations) // 3,
+        worker_kills_at=_worker_kills_at(seed, operations),
     )
+
+
+# Workers killed at operations of the run (its quarters), whatever its pace.
+WORKER_KILLS_BY_OPERATION = 3
+
+
+def _worker_kills_at(seed: int, operations: int) -> dict[int, str]:
+    """WORKER_KILLS_BY_OPERATION workers, at the run's quarters, from a random
+    stream of their own (the rest of a seed's plan is as it was without them)."""
+    rng = random.Random(f"{seed}/worker-kills")
+    at = {
+        operations * (n + 1) // (WORKER_KILLS_BY_OPERATION + 1)
+        for n in range(WORKER_KILLS_BY_OPERATION)
+    }
+    return {number: rng.choice(KILLABLE_WORKERS) for number in sorted(at) if number > 0}

@@ -69,6 +69,7 @@ from starters.devstack.stack import GATEWAY, SIMULATORS, Stack, worker_part
 from workers.client import connect
 from workers.settings import load_settings
 from workers.telemetry import metrics_port_of
+from workflows.cards import CARD_WORKFLOW
 from workflows.reconciliation import STATUS_QUERY
 
 DEFAULT_SEED = 1
@@ -96,6 +97,8 @@ STALL_REPORT_SECONDS = 90.0
 # After the faults stop: how long the stack has to drain, and how long a
 # difference may take to converge before it is a violation.
 QUIESCE_SECONDS_MAX = 300.0
+# The cards' executions, for the quiescence's wait on their work in flight.
+CARDS_RUNNING = f'WorkflowType="{CARD_WORKFLOW}" AND ExecutionStatus="Running"'
 # Checks are repeated while something is still settling: at least twice,
 # and until this long after the first check ended.
 CONVERGE_SECONDS_MAX = 90.0
@@ -252,6 +255,8 @@ class Chaos:
         self.stack = stack
         self.settings = stack.settings
         self.client = client
+        # How the quiescence before the checks ended (the report says it).
+        self.quiesced = "not reached"
         self.plan: Plan = plan_run(
             options.seed,
             operations=options.operations,
@@ -433,6 +438,9 @@ class Chaos:
             self.part_kills.append(asyncio.ensure_future(self.kill_and_restart(GATEWAY)))
         if number == self.plan.simulators_kill_at and number > 0:
             self.part_kills.append(asyncio.ensure_future(self.kill_and_restart(SIMULATORS)))
+        worker = self.plan.worker_kills_at.get(number)
+        if worker is not None:
+            self.part_kills.append(asyncio.ensure_future(self.kill_and_restart(worker)))
 
     def index_faults(self) -> None:
         self.faults_at: dict[int, list[ProviderFault]] = {}
@@ -579,11 +587,27 @@ class Chaos:
             await self.ensure_all_running()
         deadline = time.monotonic() + QUIESCE_SECONDS_MAX
         watched = [*self.evidence.topups, *self.evidence.conversions, *self.evidence.card_issues]
+        settled_reads = 0
         while time.monotonic() < deadline:
             health = await self.admin("GET", "/health")
-            if health["webhooks_pending"] == 0 and await self._all_closed(watched):
+            settled = (
+                health["webhooks_pending"] == 0
+                and await self._all_closed(watched)
+                # Every card has applied the events delivered to it (a card
+                # that took a burst works through it after the last delivery):
+                # the day's reconciliation must not race the cards' postings.
+                and not await invariants.busy_workflows(self.client, CARDS_RUNNING)
+            )
+            # Two reads in a row: a card between two events is idle for a moment.
+            settled_reads = settled_reads + 1 if settled else 0
+            if settled_reads >= 2:
+                self.quiesced = "settled"
                 return
             await asyncio.sleep(1.0)
+        busy = await invariants.busy_workflows(self.client, CARDS_RUNNING)
+        self.quiesced = (
+            f"not settled after {QUIESCE_SECONDS_MAX:g} s; cards still working: {busy[:10]}"
+        )
 
     async def _all_closed(self, workflow_ids: list[str]) -> bool:
         from temporalio.client import WorkflowExecutionStatus
@@ -774,6 +798,7 @@ class Chaos:
             "kills": t.kills,
             "restart_failures": t.restart_failures,
             "stalls": [{k: v for k, v in s.items() if k != "at_monotonic"} for s in t.stalls],
+            "quiesced": self.quiesced,
             "set_up_seconds": round(set_up_seconds, 1),
             "operating_seconds": round(operating_seconds, 1),
             "wall_seconds": round(time.monotonic() - t.started_at, 1),

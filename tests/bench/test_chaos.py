@@ -113,6 +113,8 @@ def test_the_short_chaos_run_ends_with_every_invariant_kept(tmp_path: Path) -> N
     # The run did what it says: every operation, faults, kills of each kind.
     assert report["operations_done"] == CI_OPERATIONS
     assert report["errors"] == 0, report["error_samples"]
+    # Every card had applied its events before the day was reconciled.
+    assert report["quiesced"] == "settled", report["quiesced"]
     assert report["provider_faults"] > 0
     assert report["kills"]["gateway"] == 1
     assert report["kills"]["simulators"] == 1
