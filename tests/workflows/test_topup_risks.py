@@ -588,6 +588,35 @@ async def test_a_top_up_cancelled_while_reserving_its_usage_releases_the_reserva
     await assert_ledger_clean(platform)
 
 
+async def assert_collection_and_credit_undone(
+    platform: Platform, customer_id: str, workflow_id: str, status: TopupStatus
+) -> None:
+    """A cancelled 100.00 top-up that had collected a 10.00 debt: the
+    collection, the fee and the credit reversed in that order, the debt owed
+    again, every account back where it was and the day's usage released."""
+    assert status.stage == "cancelled"
+    assert status.compensation == "credit of 100.00 USD and fee of 0.45 USD reversed"
+    assert await postings(platform, workflow_id) == {
+        "credit/principal": 10_000,
+        "credit/fee": 45,
+        "debt/collect/1": 1_000,
+        "debt/collect/1/reversal": 1_000,
+        "credit/fee/reversal": 45,
+        "credit/principal/reversal": 10_000,
+    }
+    assert await debt(platform, customer_id) == 1_000
+    await assert_posted(
+        platform,
+        {
+            accounts.wallet(customer_id, USD): 0,
+            accounts.bank_inbound(USD): 0,
+            accounts.revenue_fees(USD): 0,
+        },
+    )
+    assert await usage_of(platform, workflow_id) == ("released", 10_000)
+    await assert_ledger_clean(platform)
+
+
 async def test_a_top_up_cancelled_while_collecting_debt_gives_back_collection_and_credit(
     platform: Platform,
 ) -> None:
@@ -605,28 +634,8 @@ async def test_a_top_up_cancelled_while_collecting_debt_gives_back_collection_an
         await handle.cancel()
         await until_activity_cancel_requested(handle)
     status = await cancelled(handle)
-    assert status.stage == "cancelled"
-    assert status.compensation == "credit of 100.00 USD and fee of 0.45 USD reversed"
     assert status.debt_collected_minor == 0
-    assert await postings(platform, handle.id) == {
-        "credit/principal": 10_000,
-        "credit/fee": 45,
-        "debt/collect/1": 1_000,
-        "debt/collect/1/reversal": 1_000,
-        "credit/fee/reversal": 45,
-        "credit/principal/reversal": 10_000,
-    }
-    assert await debt(platform, customer_id) == 1_000
-    await assert_posted(
-        platform,
-        {
-            accounts.wallet(customer_id, USD): 0,
-            accounts.bank_inbound(USD): 0,
-            accounts.revenue_fees(USD): 0,
-        },
-    )
-    assert await usage_of(platform, handle.id) == ("released", 10_000)
-    await assert_ledger_clean(platform)
+    await assert_collection_and_credit_undone(platform, customer_id, handle.id, status)
 
 
 async def test_a_top_up_cancelled_while_sending_its_receipt_reverses_collection_and_credit(
@@ -654,27 +663,7 @@ async def test_a_top_up_cancelled_while_sending_its_receipt_reverses_collection_
     handle = handle_of(platform, "bank", transfer.id)
     await handle.cancel()
     status = await cancelled(handle)
-    assert status.stage == "cancelled"
-    assert status.compensation == "credit of 100.00 USD and fee of 0.45 USD reversed"
-    assert await postings(platform, handle.id) == {
-        "credit/principal": 10_000,
-        "credit/fee": 45,
-        "debt/collect/1": 1_000,
-        "debt/collect/1/reversal": 1_000,
-        "credit/fee/reversal": 45,
-        "credit/principal/reversal": 10_000,
-    }
-    assert await debt(platform, customer_id) == 1_000
-    await assert_posted(
-        platform,
-        {
-            accounts.wallet(customer_id, USD): 0,
-            accounts.bank_inbound(USD): 0,
-            accounts.revenue_fees(USD): 0,
-        },
-    )
-    assert await usage_of(platform, handle.id) == ("released", 10_000)
-    await assert_ledger_clean(platform)
+    await assert_collection_and_credit_undone(platform, customer_id, handle.id, status)
 
 
 async def test_a_credited_top_up_can_no_longer_be_cancelled(platform: Platform) -> None:
