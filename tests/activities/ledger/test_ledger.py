@@ -31,11 +31,6 @@ from tests.activities.ledger.helpers import (
 )
 
 
-@pytest.fixture
-def ledger(ledger_pool: asyncpg.Pool) -> Ledger:
-    return Ledger(ledger_pool)
-
-
 async def test_opening_is_idempotent_and_a_different_spec_conflicts(ledger: Ledger) -> None:
     first = await ledger.open_account(wallet_spec("w:a"))
     again = await ledger.open_account(wallet_spec("w:a"))

@@ -5,7 +5,6 @@ another payload is a conflict."""
 
 from __future__ import annotations
 
-import asyncpg
 import pytest
 
 from activities.ledger import IdempotencyConflict, Ledger
@@ -20,11 +19,6 @@ from tests.activities.ledger.helpers import (
     open_basics,
     resolve,
 )
-
-
-@pytest.fixture
-def ledger(ledger_pool: asyncpg.Pool) -> Ledger:
-    return Ledger(ledger_pool)
 
 
 async def test_a_credit_constrained_account_takes_no_more_than_its_debits(ledger: Ledger) -> None:
