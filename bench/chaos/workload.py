@@ -744,23 +744,34 @@ class Workload:
         return "re-presented under a new event id"
 
     async def op_resend_oldest(self, customer: CustomerRef, operation: Operation) -> str:
-        """The issuer announces again, under a new event id, the first money
-        event of the customer's busiest card (after the burst, hundreds of
-        that card's events ago): the card must not move its money again,
+        """The issuer announces again, under a new event id, the first clearing
+        of the customer's busiest card (after the burst, hundreds of that
+        card's events ago): the card must not move its money again,
         whatever it still remembers. (The very event again is stopped by the
         gateway's own record of event ids.)"""
-        per_card: dict[str, list[str]] = {}
+        per_card: dict[str, list[TransactionRef]] = {}
         for transaction in self.evidence.transactions.values():
             if transaction.customer == customer.index:
-                per_card.setdefault(transaction.card_id, []).append(transaction.transaction_id)
+                per_card.setdefault(transaction.card_id, []).append(transaction)
         if not per_card:
             raise OperationSkipped("no transaction")
         busiest = max(per_card.values(), key=len)
         # After the card has been sent every one of them: the announcement
         # must come hundreds of the card's events after the first.
-        await self._until_delivered(set(busiest))
-        self.evidence.resent.append((operation.number, busiest[0], "new event id"))
-        return await self._reannounce(busiest[0])
+        await self._until_delivered({t.transaction_id for t in busiest})
+        # A clearing of a purchase, if the card has one: its money came from a
+        # hold, so applying it again would take it a second time from the
+        # wallet (a force post is posted under its own id either way).
+        oldest = next((t for t in busiest if t.type == "clearing"), busiest[0])
+        self.evidence.resent.append((operation.number, oldest.transaction_id, "new event id"))
+        return await self._reannounce(oldest.transaction_id)
+
+    def _clearings(self, card_id: str) -> int:
+        return sum(
+            1
+            for t in self.evidence.transactions.values()
+            if t.card_id == card_id and t.type == "clearing"
+        )
 
     async def _until_delivered(self, object_ids: set[str]) -> None:
         deadline = time.monotonic() + PROCESS_WAIT_SECONDS
@@ -789,8 +800,13 @@ class Workload:
         return "the same event resent"
 
     async def op_burst(self, customer: CustomerRef, operation: Operation) -> str:
-        """`amount_minor` small force posts on one card, BURST_IN_FLIGHT at once."""
-        card_id = self._pick(self._usable_cards(customer), operation, "card")
+        """`amount_minor` small force posts on one card, BURST_IN_FLIGHT at once:
+        the card with the most cleared purchases (the one re-announced after)."""
+        usable = self._usable_cards(customer)
+        card_id = self._pick(usable, operation, "card")
+        cleared = {card: self._clearings(card) for card in usable}
+        if any(cleared.values()):
+            card_id = max(usable, key=lambda card: cleared[card])
         merchant = MERCHANTS[operation.choice % len(MERCHANTS)]
         gate = asyncio.Semaphore(BURST_IN_FLIGHT)
 
