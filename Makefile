@@ -25,7 +25,8 @@ deep-model: $(STAMP)
 	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest -p no:randomly tests/activities/ledger/test_model.py
 
 # Mutation testing of the pure money logic (fees, conversion legs, the
-# cashback rules, top-up limits) against its fast unit tests (tests/schemas),
+# cashback rules, top-up limits, the card's decision and limit rules) against
+# its fast unit tests (tests/schemas),
 # configured in pyproject.toml's [tool.mutmut]; then the kill rate per module
 # and every mutant that lived. mutmut works on a copy under mutants/, made
 # afresh each run so its figures always reflect the current tests. Then the

@@ -66,6 +66,13 @@ with workflow.unsafe.imports_passed_through():
         TRANSFER,
     )
     from schemas import accounts
+    from schemas.card_rules import (
+        authorized_total,
+        count,
+        excess_within_tolerance,
+        partial_approval,
+        refusal,
+    )
     from schemas.cards import (
         APPROVED,
         PARTIALLY_APPROVED,
@@ -80,13 +87,11 @@ with workflow.unsafe.imports_passed_through():
         ExceptionDecision,
         HeldPart,
         Merchant,
-        Spend,
     )
     from schemas.cashback import CashbackInput, CashbackRefund
     from schemas.issuer import Authorization as IssuerAuthorization
     from schemas.issuer import (
         AuthorizationStatus,
-        CardState,
         DecidedBy,
         DecisionOutcome,
         TransactionType,
@@ -120,7 +125,6 @@ LOCAL_LEDGER_TIMEOUT = timedelta(seconds=5)
 SEEN_EVENTS_MAX = 500
 # Finished authorizations remembered, so a late snapshot never reopens one.
 FINISHED_AUTHORIZATIONS_MAX = 2_000
-BASIS_POINTS_PER_UNIT = 10_000
 # Ledger keys are at most 200 characters; a key derived from a long chain of
 # partial postings is shortened to a digest of its full name past this.
 DERIVED_KEY_CHARS_MAX = 190
@@ -369,18 +373,25 @@ class CardMoney:
             state.authorizations[request.authorization_id] = record
         index = record.next_decision
         record.next_decision += 1
-        reason = self._refusal(request, record, now)
+        reason = refusal(
+            state,
+            request,
+            record.authorized_minor,
+            self._open_count(),
+            now,
+            lambda: workflow.patched(CARD_OPEN_AUTHORIZATIONS_MAX_PATCH),
+        )
         if reason is not None:
             return self._decide(record, index, request, 0, reason.value)
         # Counted before the hold is awaited, so concurrent requests on this
         # card see each other and never pass a limit together.
-        self._count(now, request.amount_minor)
+        count(state, now, request.amount_minor)
         async with self.lock:
             raced = next((d for d in record.decisions if d.index == index), None)
             if raced is not None:
                 # The issuer's webhook about this very question got the lock
                 # first: the card already follows the issuer's answer.
-                self._count(now, -request.amount_minor)
+                count(state, now, -request.amount_minor)
                 return _answer(raced)
             key = step_key(f"auth/{record.authorization_id}/d{index}")
             try:
@@ -391,7 +402,7 @@ class CardMoney:
                     raise
                 # Refused outright (no answer was given): give back what this
                 # ask counted, and leave no empty record for a later ask to wait on.
-                self._count(now, -request.amount_minor)
+                count(state, now, -request.amount_minor)
                 if record.next_decision == index + 1:
                     record.next_decision = index
                 if not record.decisions and not record.held:
@@ -406,12 +417,15 @@ class CardMoney:
                     available = await (
                         self._available_durably() if self.durable else self._available()
                     )
-                    if 0 < available < request.amount_minor:
-                        partial = await self._hold(f"{key}-partial", available, record.expires_at)
+                    partial_minor = partial_approval(request.amount_minor, available)
+                    if partial_minor:
+                        partial = await self._hold(
+                            f"{key}-partial", partial_minor, record.expires_at
+                        )
                         if partial.accepted:
-                            approved, why = available, PARTIALLY_APPROVED
+                            approved, why = partial_minor, PARTIALLY_APPROVED
                             key = partial.key
-            self._count(now, approved - request.amount_minor)
+            count(state, now, approved - request.amount_minor)
             if approved:
                 record.held.append(HeldPart(key=key, amount_minor=approved, decision=index))
             return self._decide(record, index, request, approved, why)
@@ -452,79 +466,12 @@ class CardMoney:
         )
         record.decisions.append(decision)
         record.decisions.sort(key=lambda d: d.index)
-        record.authorized_minor = sum(d.approved_minor for d in record.decisions)
+        record.authorized_minor = authorized_total(record.decisions)
         if not record.held and request.kind == "initial":
             # Declined, nothing held: nothing to keep. Should the issuer have
             # approved it after all (its stand-in), its webhook brings it back.
             self.state.authorizations.pop(record.authorization_id, None)
         return _answer(decision)
-
-    def _refusal(
-        self, request: AuthorizationRequest, record: AuthorizationRecord, now: datetime
-    ) -> DeclineReason | None:
-        state, limits, policy = self.state, self.state.limits, self.state.policy
-        if state.state is CardState.PAUSED:
-            return DeclineReason.CARD_PAUSED
-        if state.state is not CardState.OPEN:
-            return DeclineReason.CARD_CLOSED
-        if request.currency != state.currency:
-            return DeclineReason.CURRENCY_MISMATCH
-        if request.merchant.mcc in limits.blocked_mccs:
-            return DeclineReason.BLOCKED_MCC
-        if request.kind == "initial":
-            open_now = self._open_count()
-            if open_now > policy.open_authorizations_max or (
-                open_now == policy.open_authorizations_max
-                and workflow.patched(CARD_OPEN_AUTHORIZATIONS_MAX_PATCH)
-            ):
-                return DeclineReason.TOO_MANY_OPEN_AUTHORIZATIONS
-        amount = request.amount_minor
-        if (
-            limits.per_transaction_minor is not None
-            and record.authorized_minor + amount > limits.per_transaction_minor
-        ):
-            return DeclineReason.OVER_TRANSACTION_LIMIT
-        self._roll(now)
-        if limits.per_day_minor is not None and state.spent_day_minor + amount > (
-            limits.per_day_minor
-        ):
-            return DeclineReason.OVER_DAILY_LIMIT
-        if limits.per_month_minor is not None and state.spent_month_minor + amount > (
-            limits.per_month_minor
-        ):
-            return DeclineReason.OVER_MONTHLY_LIMIT
-        if len(state.recent) >= policy.velocity_count_max:
-            return DeclineReason.VELOCITY_COUNT
-        if policy.velocity_amount_max_minor is not None and (
-            sum(s.amount_minor for s in state.recent) + amount > policy.velocity_amount_max_minor
-        ):
-            return DeclineReason.VELOCITY_AMOUNT
-        return None
-
-    def _roll(self, now: datetime) -> None:
-        """Forget spend outside the velocity window and past days and months."""
-        state = self.state
-        window_start = now - timedelta(seconds=state.policy.velocity_window_seconds)
-        state.recent = [s for s in state.recent if s.at > window_start]
-        day, month = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
-        if state.spent_day != day:
-            state.spent_day, state.spent_day_minor = day, 0
-        if state.spent_month != month:
-            state.spent_month, state.spent_month_minor = month, 0
-
-    def _count(self, now: datetime, amount_minor: int) -> None:
-        """Add (or, negative, take back) an approval to the limits' counters."""
-        state = self.state
-        self._roll(now)
-        state.spent_day_minor += amount_minor
-        state.spent_month_minor += amount_minor
-        if amount_minor > 0:
-            state.recent.append(Spend(at=now, amount_minor=amount_minor))
-        elif amount_minor < 0 and state.recent:
-            last = state.recent[-1]
-            last.amount_minor += amount_minor
-            if last.amount_minor <= 0:
-                state.recent.pop()
 
     def _open_count(self) -> int:
         return sum(1 for r in self.state.authorizations.values() if r.held)
@@ -662,10 +609,10 @@ class CardMoney:
                 await self._hold_for_issuer(
                     record, issuer_minor - ours.approved_minor, index, f"d{index}/issuer"
                 )
-            self._count(workflow.now(), issuer_minor - ours.approved_minor)
+            count(self.state, workflow.now(), issuer_minor - ours.approved_minor)
             ours.approved_minor = issuer_minor
             ours.reconciled = True
-        record.authorized_minor = sum(d.approved_minor for d in record.decisions)
+        record.authorized_minor = authorized_total(record.decisions)
 
         if self.durable:
             # Every advice entry of the issuer's history once, by its place in
@@ -874,20 +821,13 @@ class CardMoney:
         of what was authorized (or with no authorization at all: a force post
         or a late presentment) straight from the wallet; beyond it, or when
         the wallet cannot cover it, an exception for an operator."""
-        if record is not None and record.cleared_minor <= record.authorized_minor:
-            # Cleared no more than authorized, but the holds were short (an
-            # expired or released part): no tolerance question.
-            within = True
-        elif record is not None:
-            allowance = (
-                record.authorized_minor
-                * self.state.policy.clearing_over_tolerance_bps
-                // BASIS_POINTS_PER_UNIT
-            )
-            within = record.over_minor + excess <= allowance
-        else:
-            within = True
-        if not within:
+        if record is not None and not excess_within_tolerance(
+            record.authorized_minor,
+            record.cleared_minor,
+            record.over_minor,
+            excess,
+            self.state.policy.clearing_over_tolerance_bps,
+        ):
             self._exception(
                 "over_tolerance",
                 excess,
@@ -917,7 +857,7 @@ class CardMoney:
         if record is None:
             return
         await self._release(record, reversal.amount_minor, None, f"reversal-{reversal.id}")
-        self._count(workflow.now(), -reversal.amount_minor)
+        count(self.state, workflow.now(), -reversal.amount_minor)
         if reversal.authorization_status is not AuthorizationStatus.PENDING:
             await self._release(record, record.held_minor, None, f"final-{reversal.id}")
         self._forget_if_done(record, reversal.authorization_status)
