@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import WorkflowHandle
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
@@ -209,7 +209,9 @@ async def test_a_purchase_is_held_then_cleared_lower_and_the_rest_released(
     async def cashback_started() -> bool:
         try:
             return (await cashback.describe()).id == cashback_workflow_id(cleared.id)
-        except RPCError:
+        except RPCError as error:
+            if error.status is not RPCStatusCode.NOT_FOUND:
+                raise
             return False
 
     await eventually(cashback_started, "the purchase's cashback process starts")
@@ -524,7 +526,9 @@ async def test_a_cleared_purchase_earns_cashback_and_its_refund_claws_it_back(
     async def paid() -> bool:
         try:
             found = await cashback_status(platform.stack.client, cleared.id)
-        except RPCError:
+        except RPCError as error:
+            if error.status is not RPCStatusCode.NOT_FOUND:
+                raise
             return False
         return found.reward_minor > 0 and found.stage == "open for refunds"
 

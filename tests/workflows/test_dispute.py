@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -64,6 +65,12 @@ async def purchase(platform: Platform, card_id: str, amount: int) -> str:
         )
     await disputes.wait_until_recorded(platform.stack.client, cleared.id)
     return cleared.id
+
+
+async def clock_passes(instant: datetime) -> None:
+    """Returns once this machine's clock is past `instant`."""
+    while (left := (instant - datetime.now(UTC)).total_seconds()) >= 0:
+        await asyncio.sleep(left + 0.01)
 
 
 async def open_dispute(
@@ -297,8 +304,13 @@ async def test_a_dispute_after_the_filing_window_or_of_an_unknown_transaction_is
 ) -> None:
     customer_id, card_id, _ = await open_card(platform)
     transaction_id = await purchase(platform, card_id, 1_000)
-    await asyncio.sleep(1.5)
     late = QUIET.model_copy(update={"filing_window_seconds": 1})
+    # The window closes a second after the settlement the card recorded, by
+    # this machine's clock, the one the dispute's workflow time comes from.
+    settled_at: datetime = await platform.stack.pool.fetchval(
+        "SELECT occurred_at FROM card_transactions WHERE transaction_id = $1", transaction_id
+    )
+    await clock_passes(settled_at + timedelta(seconds=late.filing_window_seconds))
     handle = await open_dispute(platform, customer_id, transaction_id, policy=late)
     result = await handle.result()
     assert result.outcome == "refused"

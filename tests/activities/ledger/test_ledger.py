@@ -30,6 +30,25 @@ from tests.activities.ledger.helpers import (
     wallet_spec,
 )
 
+# A hold short enough to wait out, long enough to be placed before it expires.
+SHORT_HOLD_SECONDS = 1.0
+CLOCK_WAIT_SECONDS_MAX = 30
+
+
+async def database_now(ledger: Ledger) -> datetime:
+    now: datetime = await ledger._pool.fetchval("SELECT clock_timestamp()")
+    return now
+
+
+async def database_clock_passes(ledger: Ledger, instant: datetime) -> None:
+    """Returns once the database's clock (the one the ledger judges expiry
+    by) is past `instant`."""
+    for _ in range(int(CLOCK_WAIT_SECONDS_MAX / 0.05)):
+        if await database_now(ledger) > instant:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the database's clock never passed {instant}")
+
 
 async def test_opening_is_idempotent_and_a_different_spec_conflicts(ledger: Ledger) -> None:
     first = await ledger.open_account(wallet_spec("w:a"))
@@ -252,15 +271,19 @@ async def test_a_hold_is_resolved_once_never_both_never_twice(ledger: Ledger) ->
 async def test_a_hold_is_never_posted_after_expiry_and_expires_only_after(ledger: Ledger) -> None:
     await open_basics(ledger, "w:a")
     await ledger.transfer(move(BANK, "w:a", 1_000))
-    short = await ledger.transfer(hold("w:a", SETTLEMENT, 200, seconds=0.3))
-    early = await ledger.resolve_hold(resolve(short.key, "expire"))
+    # A minute to run: not expired yet however slow this machine is.
+    running = await ledger.transfer(hold("w:a", SETTLEMENT, 100))
+    early = await ledger.resolve_hold(resolve(running.key, "expire"))
     assert early.rejection is Rejection.HOLD_NOT_EXPIRED
-    await asyncio.sleep(0.5)
+    short_request = hold("w:a", SETTLEMENT, 200, seconds=SHORT_HOLD_SECONDS)
+    short = await ledger.transfer(short_request)
+    assert short.accepted
+    await database_clock_passes(ledger, short_request.expires_at)
     late = await ledger.resolve_hold(resolve(short.key, "post"))
     assert late.rejection is Rejection.HOLD_EXPIRED
     swept = await ledger.expire_due_holds()
-    assert [o.accepted for o in swept] == [True]
-    assert (await ledger.balance("w:a")).available == 1_000
+    assert [(o.key, o.accepted) for o in swept] == [(f"expire:{short.key}", True)]
+    assert (await ledger.balance("w:a")).available == 900
     past = hold("w:a", SETTLEMENT, 1).model_copy(
         update={"expires_at": datetime.now(UTC) - timedelta(seconds=1)}
     )
@@ -307,8 +330,8 @@ async def test_balance_as_of_an_instant_and_paged_history(ledger: Ledger) -> Non
     await open_basics(ledger, "w:a")
     first = await ledger.transfer(move(BANK, "w:a", 100))
     pending = await ledger.transfer(hold("w:a", SETTLEMENT, 30))
-    middle = datetime.now(UTC)
-    await asyncio.sleep(0.01)
+    # The instant between, by the clock that dates the ledger's transfers.
+    middle = await database_now(ledger)
     await ledger.resolve_hold(resolve(pending.key, "post", 20))
     await ledger.transfer(move(BANK, "w:a", 5))
     then = await ledger.balance("w:a", as_of=middle)
