@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cardflow-installed
 
-.PHONY: demo test deep-model mutation down status lint clean chromium
+.PHONY: demo test deep-model mutation audit-changes down status lint clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ mutation: $(STAMP)
 	$(BIN)/mutmut run --max-children 2
 	$(BIN)/python -m bench.mutation_report
 	$(BIN)/python -m bench.sql_mutation
+
+# The money controls an audit once broke by hand (card limits, the ledger's
+# available balance, debt collection net of fee, the debt account's guard,
+# the fee's rounding), each broken again in a worktree and run against the
+# tests that should notice; every failing test is named, two at least each.
+audit-changes: $(STAMP)
+	$(BIN)/python -m bench.audit_changes
 
 # The Web UI test drives Debian's chromium (nothing is downloaded at run time):
 # install the package when it is missing, as root directly or through sudo.
