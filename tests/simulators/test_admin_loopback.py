@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ ADMIN_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/_admin/webhooks", None),
     ("PUT", "/_admin/options/fx", {"spread_bps": 1}),
 ]
+REFUSED = {"detail": ADMIN_REFUSED_MESSAGE}
+# How long uvicorn may take to start listening in a thread of this process.
+SERVER_START_SECONDS_MAX = 10.0
+SERVER_START_POLL_SECONDS = 0.01
 
 
 @pytest.fixture
@@ -50,7 +55,7 @@ def test_every_admin_route_refuses_a_peer_that_is_not_loopback(app: Any, host: s
     for method, path, body in ADMIN_CALLS:
         response = remote.request(method, path, json=body)
         assert response.status_code == 403, (method, path, response.text)
-        assert response.json() == {"detail": ADMIN_REFUSED_MESSAGE}
+        assert response.json() == REFUSED
     # Nothing the refused calls asked for happened.
     local = client_from(app, "127.0.0.1")
     assert local.get("/_admin/faults").json() == []
@@ -60,21 +65,30 @@ def test_every_admin_route_refuses_a_peer_that_is_not_loopback(app: Any, host: s
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
 def test_loopback_peers_inject_faults(app: Any, host: str) -> None:
     local = client_from(app, host)
-    assert local.post("/_admin/faults", json=FAULT).status_code == 201
-    assert len(local.get("/_admin/faults").json()) == 1
+    added = local.post("/_admin/faults", json=FAULT)
+    assert added.status_code == 201, added.text
+    assert local.get("/_admin/faults").json() == [added.json()]
     assert local.post("/_admin/reset").status_code == 204
+    assert local.get("/_admin/faults").json() == []
 
 
 def test_a_forwarded_for_header_does_not_make_a_remote_peer_local(app: Any) -> None:
     remote = client_from(app, "10.1.2.3")
     response = remote.get("/_admin/health", headers={"X-Forwarded-For": "127.0.0.1"})
-    assert response.status_code == 403
+    assert response.status_code == 403 and response.json() == REFUSED
 
 
 def test_the_provider_apis_answer_any_peer(app: Any) -> None:
     remote = client_from(app, "10.1.2.3")
-    response = remote.get("/fx/v1/quotes/q_unknown")
-    assert response.status_code != 403
+    # The simulator's own answer to the remote peer, not the admin API's refusal.
+    unknown = remote.get("/fx/v1/quotes/q_unknown")
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "no quote q_unknown"}
+    created = remote.post(
+        "/fx/v1/quotes",
+        json={"sell_currency": "USD", "buy_currency": "EUR", "sell_amount_minor": 100},
+    )
+    assert created.status_code == 201, created.text
+    assert remote.get(f"/fx/v1/quotes/{created.json()['id']}").json() == created.json()
 
 
 def non_loopback_address() -> str | None:
@@ -95,11 +109,13 @@ def served_on_every_interface(app: Any) -> Iterator[int]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        threading.Event().wait(0.01)
+    deadline = time.monotonic() + SERVER_START_SECONDS_MAX
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        threading.Event().wait(SERVER_START_POLL_SECONDS)
     try:
+        assert server.started, (
+            f"uvicorn did not start on port {port} within {SERVER_START_SECONDS_MAX} s"
+        )
         yield port
     finally:
         server.should_exit = True
@@ -116,9 +132,9 @@ def test_bound_to_every_interface_the_admin_api_still_refuses_a_real_remote_conn
     port = served_on_every_interface
     # Through this machine's own non-loopback address: the peer is not loopback.
     refused = httpx.get(f"http://{address}:{port}/_admin/health", timeout=5)
-    assert refused.status_code == 403 and refused.json() == {"detail": ADMIN_REFUSED_MESSAGE}
+    assert refused.status_code == 403 and refused.json() == REFUSED
     remote_fault = httpx.post(f"http://{address}:{port}/_admin/faults", json=FAULT, timeout=5)
-    assert remote_fault.status_code == 403
+    assert remote_fault.status_code == 403 and remote_fault.json() == REFUSED
     local = httpx.get(f"http://127.0.0.1:{port}/_admin/faults", timeout=5)
     assert local.status_code == 200 and local.json() == []
 
@@ -143,11 +159,12 @@ def test_a_loopback_connection_is_admitted_whatever_its_forwarded_for_header_say
     forwarded = {"X-Forwarded-For": "203.0.113.9"}
     health = httpx.get(f"{served_process.url}/_admin/health", headers=forwarded, timeout=5)
     assert health.status_code == 200, health.text
+    assert health.json() == {"status": "ok", "webhooks_pending": 0}
     added = httpx.post(
         f"{served_process.url}/_admin/faults", json=FAULT, headers=forwarded, timeout=5
     )
     assert added.status_code == 201, added.text
-    assert len(served_process.admin("GET", "/faults")) == 1
+    assert served_process.admin("GET", "/faults") == [added.json()]
 
 
 @pytest.fixture
@@ -177,5 +194,6 @@ def test_a_remote_connection_claiming_loopback_in_forwarded_for_is_refused(
             method, f"http://{address}:{port}{path}", json=body, headers=claimed, timeout=5
         )
         assert response.status_code == 403, (method, path, response.text)
+        assert response.json() == REFUSED
     local = httpx.get(f"http://127.0.0.1:{port}/_admin/faults", timeout=5)
     assert local.status_code == 200 and local.json() == []

@@ -7,7 +7,7 @@ import itertools
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal, localcontext
 from typing import Any
 
@@ -29,6 +29,7 @@ CURRENCIES = list(EXPONENT)
 RATE_PATTERN = re.compile(r"^\d+\.\d{6}$")
 # Far more digits than any value here needs, so the expectations are exact.
 PRECISION_DIGITS = 80
+EXPIRY_POLL_INTERVAL_SECONDS = 0.05
 
 
 @pytest.fixture
@@ -131,9 +132,11 @@ async def test_a_buy_side_quote_costs_the_exact_amount_rounded_up(
 
 async def test_the_built_in_table_quotes_usd_to_eur_at_mid_less_25_bps(sim: Any) -> None:
     async with httpx.AsyncClient(base_url=sim.provider_url("fx")) as fx:
-        created = (
-            await quote(fx, sell_currency="USD", buy_currency="EUR", sell_amount_minor=10_000)
-        ).json()
+        response = await quote(
+            fx, sell_currency="USD", buy_currency="EUR", sell_amount_minor=10_000
+        )
+    assert response.status_code == 201, response.text
+    created = response.json()
     # 0.9231 * (1 - 0.0025) = 0.92079225, truncated; $100.00 buys 92.0792 EUR.
     assert created["mid_rate"] == "0.923100" and created["spread_bps"] == 25
     assert created["rate"] == "0.920792" and created["buy_amount_minor"] == 9_207
@@ -161,16 +164,18 @@ async def test_the_built_in_table_quotes_every_pair_both_ways(sim: Any) -> None:
 
 async def test_a_zero_spread_quotes_at_mid(sim: Any, fx: httpx.AsyncClient) -> None:
     sim.admin("PUT", "/options/fx", {"spread_bps": 0})
-    created = (
-        await quote(fx, sell_currency="USD", buy_currency="EUR", sell_amount_minor=10_000)
-    ).json()
+    response = await quote(fx, sell_currency="USD", buy_currency="EUR", sell_amount_minor=10_000)
+    assert response.status_code == 201, response.text
+    created = response.json()
     assert created["rate"] == created["mid_rate"] == "0.923100"
     assert created["buy_amount_minor"] == 9_231
 
 
 async def test_no_float_appears_in_any_response(fx: httpx.AsyncClient) -> None:
     created = await quote(fx, sell_currency="JPY", buy_currency="USDT", buy_amount_minor=10**6)
+    assert created.status_code == 201, created.text
     fetched = await fx.get(f"/v1/quotes/{created.json()['id']}")
+    assert fetched.status_code == 200, fetched.text
     for response in (created, fetched):
         body = no_floats(response.text)
         assert isinstance(body["rate"], str) and RATE_PATTERN.match(body["rate"])
@@ -183,19 +188,30 @@ async def test_a_quote_is_read_back_by_id_and_expires_after_its_ttl(
     sim: Any, fx: httpx.AsyncClient
 ) -> None:
     sim.admin("PUT", "/options/fx", {"quote_ttl_seconds": 1})
-    created = (
-        await quote(fx, sell_currency="GBP", buy_currency="JPY", sell_amount_minor=2_500)
-    ).json()
+    response = await quote(fx, sell_currency="GBP", buy_currency="JPY", sell_amount_minor=2_500)
+    assert response.status_code == 201, response.text
+    created = response.json()
     assert created["id"] == "qt_000001" and created["status"] == "open"
-    ttl = datetime.fromisoformat(created["expires_at"]) - datetime.fromisoformat(
-        created["created_at"]
-    )
-    assert ttl.total_seconds() == 1
-    assert (await fx.get(f"/v1/quotes/{created['id']}")).json() == created
+    expires_at = datetime.fromisoformat(created["expires_at"])
+    assert (expires_at - datetime.fromisoformat(created["created_at"])).total_seconds() == 1
 
-    await asyncio.sleep(1.1)
-    expired = (await fx.get(f"/v1/quotes/{created['id']}")).json()
-    assert expired == {**created, "status": "expired"}
+    # Read back until the simulator answers expired. It reads the clock this test
+    # reads, so each answer is judged by when it was asked and answered, however
+    # loaded the machine: open only when asked before expires_at (an open answer
+    # to a read asked later fails the test, so the loop ends about a second in),
+    # expired only when answered from expires_at on.
+    while True:
+        asked_at = datetime.now(UTC)
+        found = await fx.get(f"/v1/quotes/{created['id']}")
+        answered_at = datetime.now(UTC)
+        assert found.status_code == 200, found.text
+        if found.json()["status"] != "open":
+            break
+        assert found.json() == created
+        assert asked_at < expires_at, f"still open when asked at {asked_at}, after {expires_at}"
+        await asyncio.sleep(EXPIRY_POLL_INTERVAL_SECONDS)
+    assert found.json() == {**created, "status": "expired"}
+    assert answered_at >= expires_at, f"expired at {answered_at}, before its {expires_at}"
 
 
 @pytest.mark.parametrize(
@@ -248,4 +264,5 @@ async def test_a_bad_quote_request_gets_a_422_naming_the_field(
 
 
 async def test_an_unknown_quote_is_404(fx: httpx.AsyncClient) -> None:
-    assert (await fx.get("/v1/quotes/qt_999999")).status_code == 404
+    response = await fx.get("/v1/quotes/qt_999999")
+    assert response.status_code == 404 and response.json() == {"detail": "no quote qt_999999"}

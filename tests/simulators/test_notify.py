@@ -3,11 +3,12 @@ dedupe keys, listing, and a channel made to fail."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.simulators.waiting import everything_received
 
 EMAIL = {
     "channel": "email",
@@ -18,8 +19,6 @@ EMAIL = {
 }
 PUSH = {"channel": "push", "to": "fcm:APA91bHun4MxP5egoKMwt2KZFBaFUH", "body": "Top-up received"}
 TELEGRAM = {"channel": "telegram", "to": "-1001234567890", "body": "Card frozen"}
-# Long enough for a stray webhook to have arrived if one were sent.
-QUIET_SECONDS = 0.3
 
 
 def send(sim: Any, body: dict[str, Any], key: str | None = None) -> httpx.Response:
@@ -43,13 +42,14 @@ async def test_each_channel_sends_and_reports_delivery(sim: Any, webhook_sink: A
     assert all(m["id"].startswith("msg_") and m["delivered_at"] for m in sent)
     assert sent[0]["subject"] == EMAIL["subject"] and sent[1]["subject"] is None
 
-    received = await webhook_sink.wait_for(3)
-    assert [r.event["type"] for r in received] == ["message.delivered"] * 3
-    assert [r.event["data"]["id"] for r in received] == [m["id"] for m in sent]
+    receipts = await everything_received(sim, webhook_sink)
+    assert [r.event["type"] for r in receipts] == ["message.delivered"] * 3
+    assert [r.event["data"]["id"] for r in receipts] == [m["id"] for m in sent]
     for message in sent:
         found = httpx.get(f"{sim.provider_url('notify')}/v1/messages/{message['id']}")
-        assert found.json() == message
-    assert httpx.get(f"{sim.provider_url('notify')}/v1/messages/msg_none").status_code == 404
+        assert found.status_code == 200 and found.json() == message
+    unknown = httpx.get(f"{sim.provider_url('notify')}/v1/messages/msg_none")
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "no message msg_none"}
 
 
 @pytest.mark.parametrize(
@@ -86,9 +86,10 @@ async def test_a_dedupe_key_sends_a_notification_once_under_any_idempotency_key(
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json() == first.json()
 
-    await webhook_sink.wait_for(1)
-    await asyncio.sleep(QUIET_SECONDS)
-    assert len(webhook_sink.received) == 1
+    # The simulators' record holds every webhook the two sends will ever cause:
+    # one receipt, for the first.
+    [receipt] = await everything_received(sim, webhook_sink)
+    assert (receipt.event["type"], receipt.event["data"]) == ("message.delivered", first.json())
     assert listing(sim).json()["data"] == [first.json()]
 
 
@@ -114,8 +115,8 @@ async def test_messages_are_listed_oldest_first_filtered_by_channel_and_recipien
 
     bad = listing(sim, channel="sms")
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "channel"]
-    received = await webhook_sink.wait_for(4)
-    assert [r.event["data"]["id"] for r in received] == [
+    receipts = await everything_received(sim, webhook_sink)
+    assert [r.event["data"]["id"] for r in receipts] == [
         m["id"] for m in (ada_email, bob_email, push, ada_again)
     ]
 
@@ -128,21 +129,25 @@ async def test_a_failing_channel_fails_its_messages_and_leaves_the_others(
     email = send(sim, EMAIL)
     assert failed.status_code == 201 and failed.json()["status"] == "failed"
     assert "telegram" in failed.json()["failure_reason"] and failed.json()["delivered_at"] is None
-    assert email.json()["status"] == "sent"
-    received = await webhook_sink.wait_for(2)
-    assert {r.event["data"]["id"]: r.event["type"] for r in received} == {
-        failed.json()["id"]: "message.failed",
-        email.json()["id"]: "message.delivered",
-    }
+    assert email.status_code == 201 and email.json()["status"] == "sent"
+    receipts = await everything_received(sim, webhook_sink)
+    assert [(r.event["type"], r.event["data"]["id"]) for r in receipts] == [
+        ("message.failed", failed.json()["id"]),
+        ("message.delivered", email.json()["id"]),
+    ]
 
     # A failed send never reached anyone, so its dedupe key is still free.
     sim.admin("PUT", "/options/notify", {"failing_channels": []})
     retried = send(sim, {**TELEGRAM, "dedupe_key": "card-frozen/c1"})
     assert retried.status_code == 201 and retried.json()["status"] == "sent"
     assert retried.json()["id"] != failed.json()["id"]
-    assert send(sim, {**TELEGRAM, "dedupe_key": "card-frozen/c1"}).json() == retried.json()
-    received = await webhook_sink.wait_for(3)
-    await asyncio.sleep(QUIET_SECONDS)
-    assert [(r.event["type"], r.event["data"]["id"]) for r in webhook_sink.received[2:]] == [
-        ("message.delivered", retried.json()["id"])
+    deduped = send(sim, {**TELEGRAM, "dedupe_key": "card-frozen/c1"})
+    assert deduped.status_code == 200 and deduped.json() == retried.json()
+    # The simulators' record holds every webhook these sends will ever cause:
+    # the retry's receipt, and nothing for the deduplicated send.
+    receipts = await everything_received(sim, webhook_sink)
+    assert [(r.event["type"], r.event["data"]["id"]) for r in receipts] == [
+        ("message.failed", failed.json()["id"]),
+        ("message.delivered", email.json()["id"]),
+        ("message.delivered", retried.json()["id"]),
     ]
