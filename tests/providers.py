@@ -119,6 +119,18 @@ class WebhookReceiver:
     realtime_received: list[ReceivedWebhook] = field(default_factory=list)
 
     async def wait_for(self, count: int, seconds: float = 15) -> list[ReceivedWebhook]:
+        """What was received, once it is at least `count` webhooks; fails,
+        naming what did arrive, when the rest do not come within `seconds`."""
+        received = await self.arrived(count, seconds)
+        assert len(received) >= count, (
+            f"{len(received)} of {count} webhooks arrived within {seconds} s: "
+            f"{[(r.provider, r.event.get('type')) for r in received]}"
+        )
+        return received
+
+    async def arrived(self, count: int, seconds: float) -> list[ReceivedWebhook]:
+        """What was received once it is `count` webhooks or `seconds` passed,
+        whichever comes first (for a poll with its own deadline and check)."""
         deadline = time.monotonic() + seconds
         while len(self.received) < count and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

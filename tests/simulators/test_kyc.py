@@ -85,7 +85,7 @@ async def events(webhook_sink: Any, body: dict[str, Any], count: int) -> list[di
         ]
         if len(mine) >= count or time.monotonic() > deadline:
             break
-        await webhook_sink.wait_for(len(webhook_sink.received) + 1, seconds=0.1)
+        await webhook_sink.arrived(len(webhook_sink.received) + 1, seconds=0.1)
     assert len(mine) == count, [event["type"] for event in mine]
     return mine
 

@@ -102,7 +102,7 @@ async def test_an_applicant_is_approved_through_the_client(
     deadline = time.monotonic() + WEBHOOK_WAIT_SECONDS_MAX
     completed: list[dict[str, Any]] = []
     while not completed and time.monotonic() < deadline:
-        await webhook_sink.wait_for(len(webhook_sink.received) + 1, seconds=0.1)
+        await webhook_sink.arrived(len(webhook_sink.received) + 1, seconds=0.1)
         completed = [
             r.event["data"]
             for r in webhook_sink.received
