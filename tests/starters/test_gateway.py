@@ -17,7 +17,7 @@ import pytest_asyncio
 import uvicorn
 from standardwebhooks import Webhook
 from temporalio.client import Client
-from temporalio.service import RetryConfig, RPCError
+from temporalio.service import RetryConfig, RPCError, RPCStatusCode
 
 from activities.database import create_pool
 from schemas.health import PingResult
@@ -29,6 +29,10 @@ from workers.converter import build_data_converter
 from workers.secrets import new_webhook_secret
 from workers.settings import load_settings
 from workflows.health import ping_workflow_id
+
+WAIT_SECONDS_MAX = 30.0
+POLL_SECONDS = 0.05
+SERVER_START_SECONDS_MAX = 10.0
 
 
 @dataclass
@@ -73,13 +77,24 @@ class Gateway:
             ping_workflow_id(f"webhook-{ping_id}"), result_type=PingResult
         )
         # Webhooks may still be on their way: wait for the workflow to exist.
-        for _ in range(300):
-            try:
-                await handle.describe()
-                break
-            except RPCError:
-                await asyncio.sleep(0.05)
-        return await asyncio.wait_for(handle.result(), 30)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_SECONDS_MAX
+        while not await workflow_exists(self.stack.client, handle.id):
+            if loop.time() > deadline:
+                raise AssertionError(f"{handle.id} never started")
+            await asyncio.sleep(POLL_SECONDS)
+        return await asyncio.wait_for(handle.result(), WAIT_SECONDS_MAX)
+
+
+async def workflow_exists(client: Client, workflow_id: str) -> bool:
+    """Whether the workflow has started; an error other than its absence is raised."""
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status is not RPCStatusCode.NOT_FOUND:
+            raise
+        return False
+    return True
 
 
 def ping_event(
@@ -111,11 +126,15 @@ async def gateway(stack: RunningStack, tmp_path: Path) -> AsyncIterator[Gateway]
     app = create_app(settings, client=stack.client, pool=pool)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(server.serve())
     url = f"http://127.0.0.1:{port}"
     try:
+        deadline = loop.time() + SERVER_START_SECONDS_MAX
+        while not server.started:
+            assert not task.done(), "the gateway stopped before it started serving"
+            assert loop.time() < deadline, f"the gateway never started serving on {url}"
+            await asyncio.sleep(0.01)
         headers = await api_key_headers(pool, settings)
         async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as http:
             yield Gateway(url, secrets, stack, http)
@@ -126,13 +145,15 @@ async def gateway(stack: RunningStack, tmp_path: Path) -> AsyncIterator[Gateway]
 
 
 async def no_workflow(gateway: Gateway, ping_id: str) -> bool:
-    try:
-        await gateway.stack.client.get_workflow_handle(
-            ping_workflow_id(f"webhook-{ping_id}")
-        ).describe()
-    except RPCError:
-        return True
-    return False
+    return not await workflow_exists(gateway.stack.client, ping_workflow_id(f"webhook-{ping_id}"))
+
+
+async def events_remembered(gateway: Gateway, event_id: str) -> int:
+    """How many deliveries of `event_id` the gateway remembers having accepted."""
+    found = await gateway.stack.pool.fetchval(
+        "SELECT count(*) FROM gateway_webhook_events WHERE event_id = $1", event_id
+    )
+    return int(found)
 
 
 async def test_a_signed_event_starts_the_workflow_and_repeats_reach_it_once(
@@ -157,7 +178,7 @@ async def test_a_signed_event_starts_the_workflow_and_repeats_reach_it_once(
 async def test_an_invalid_webhook_is_refused_and_starts_nothing(
     gateway: Gateway, tamper: str
 ) -> None:
-    ping_id = f"bad-{tamper}"
+    ping_id = f"bad-{tamper}-{uuid.uuid4().hex[:8]}"
     event = ping_event(ping_id)
     request = gateway.signed("kyc", event)
     if tamper == "unsigned":
@@ -177,8 +198,17 @@ async def test_an_invalid_webhook_is_refused_and_starts_nothing(
     response = await gateway.http.post("/webhooks/kyc", **request)
     expected = 400 if tamper == "id_mismatch" else 401
     assert response.status_code == expected, response.text
-    await asyncio.sleep(0.2)
+    # The gateway answers once it has delivered a webhook or refused it, so
+    # nothing of this one is still in flight: it is not remembered, and it
+    # started nothing.
+    assert await events_remembered(gateway, event["id"]) == 0
     assert await no_workflow(gateway, ping_id)
+    # The ping's next, valid event starts its process, which holds that event alone.
+    valid = ping_event(ping_id)
+    accepted = await gateway.post_event("kyc", valid)
+    assert (accepted.status_code, accepted.json()["status"]) == (200, "delivered"), accepted.text
+    result = await gateway.ping_result(ping_id)
+    assert [note.event_id for note in result.webhook_events] == [valid["id"]]
 
 
 async def test_a_replayed_message_is_refused_and_reaches_the_workflow_once(
@@ -203,7 +233,8 @@ async def test_the_previous_secret_still_verifies_during_rotation(gateway: Gatew
 
 
 async def test_an_update_route_reaches_a_running_workflow(gateway: Gateway) -> None:
-    await gateway.post_event("fx", ping_event("upd", expected=2, sequence=0))
+    started = await gateway.post_event("fx", ping_event("upd", expected=2, sequence=0))
+    assert (started.status_code, started.json()["status"]) == (200, "delivered"), started.text
     update = ping_event("upd", sequence=1, event_type="cardflow.ping.update")
     response = await gateway.post_event("fx", update)
     assert response.json()["status"] == "delivered"
@@ -239,12 +270,12 @@ async def test_an_idempotency_key_repeat_returns_the_same_process(gateway: Gatew
         "/v1/pings", json={"requested_by": "someone else"}, headers={"Idempotency-Key": key}
     )
     assert other.status_code == 409 and key in other.json()["detail"]
-    status_url = first.json()["status_url"]
-    for _ in range(100):
-        status = (await gateway.http.get(status_url)).json()
-        if status["status"] == "COMPLETED":
-            break
-        await asyncio.sleep(0.1)
+    # Once the process has finished, its status says so.
+    started = gateway.stack.client.get_workflow_handle(first.json()["workflow_id"])
+    await asyncio.wait_for(started.result(), WAIT_SECONDS_MAX)
+    answer = await gateway.http.get(first.json()["status_url"])
+    assert answer.status_code == 200, answer.text
+    status = answer.json()
     assert status["workflow_type"] == "Ping" and status["status"] == "COMPLETED"
     assert (await gateway.http.get("/v1/processes/ping/none")).status_code == 404
 
@@ -283,13 +314,23 @@ async def test_simulator_webhooks_delivered_twice_and_reversed_reach_the_workflo
         process.admin("POST", "/webhooks/release", {"order": "reverse"})
         result = await gateway.ping_result("e2e")
         # The workflow may finish on a first copy before the second is recorded.
-        for _ in range(200):
-            deliveries = process.admin("GET", "/webhooks")
-            if all(d["delivered_at"] for d in deliveries):
-                break
-            await asyncio.sleep(0.05)
+        deliveries = await outbox_delivered(process, 4)
     assert [note.sequence for note in result.webhook_events] == [3, 2, 1, 0]
-    assert all(d["deliveries"] == 2 and d["delivered_at"] for d in deliveries)
+    assert [d["deliveries"] for d in deliveries] == [2, 2, 2, 2]
+
+
+async def outbox_delivered(process: Any, count: int) -> list[dict[str, Any]]:
+    """The simulator's outbox once it holds `count` events, each delivered;
+    fails showing the outbox when WAIT_SECONDS_MAX pass first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_SECONDS_MAX
+    while True:
+        deliveries: list[dict[str, Any]] = process.admin("GET", "/webhooks")
+        if len(deliveries) == count and all(d["delivered_at"] for d in deliveries):
+            return deliveries
+        if loop.time() > deadline:
+            raise AssertionError(f"not {count} events, each delivered: {deliveries}")
+        await asyncio.sleep(POLL_SECONDS)
 
 
 async def test_a_webhook_is_answered_503_and_not_remembered_while_temporal_is_down(
@@ -327,7 +368,8 @@ async def test_a_webhook_is_answered_503_and_not_remembered_while_temporal_is_do
             ) as http,
         ):
             response = await http.post("/webhooks/bank", content=body, headers=headers)
-        assert response.status_code == 503
+        assert response.status_code == 503, response.text
+        assert response.json() == {"error": "temporarily unable to deliver"}
         # Not remembered: the provider's retry is delivered, not taken for a duplicate.
         assert (
             await pool.fetchval(

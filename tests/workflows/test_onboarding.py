@@ -12,7 +12,7 @@ import httpx
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError, CancelledError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import Ledger
 from schemas.customers import CustomerProfile
@@ -38,6 +38,8 @@ from workflows.onboarding import (
 )
 
 PASSPORT = DocumentSpec(type=KycDocumentType.PASSPORT, country="DEU", file_name="passport.jpg")
+# What the server answers an update sent to a workflow that has closed.
+WORKFLOW_COMPLETED_MESSAGE = "workflow execution already completed"
 
 
 async def start(
@@ -88,8 +90,13 @@ async def refused(handle: WorkflowHandle[Any, Any], review: Any) -> str:
         await handle.execute_update(REVIEW_UPDATE, review)
     except WorkflowUpdateFailedError as error:
         return str(error.cause)
-    except RPCError as error:  # the workflow has finished: the server refuses
-        return f"already finished: {error}"
+    except RPCError as error:
+        # The workflow has closed: the server refuses the update itself. Any
+        # other error (the server unreachable, a timeout) is no refusal.
+        closed = (RPCStatusCode.NOT_FOUND, WORKFLOW_COMPLETED_MESSAGE)
+        if (error.status, error.message) != closed:
+            raise
+        return f"already finished: {error.message}"
     raise AssertionError("the review was accepted")
 
 
@@ -100,18 +107,34 @@ def decide(
     reject_type: str | None = None,
     labels: list[str] | None = None,
 ) -> None:
+    """The KYC provider decides the applicant's open check: it answers the
+    check, on hold or completed with exactly the verdict asked for."""
     response = httpx.post(
         f"{platform.sim.provider_url('kyc')}/v1/simulate/applicants/{applicant_id}/decide",
         json={"result": result, "reject_type": reject_type, "labels": labels or []},
         timeout=10,
     )
-    assert response.status_code < 300, response.text
+    assert response.status_code == 200, response.text
+    check = response.json()
+    verdict: tuple[str, str | None, str | None, list[str]]
+    if result == "ON_HOLD":
+        verdict = ("on_hold", None, None, [])
+    else:
+        verdict = ("completed", result, reject_type, labels or [])
+    assert check["applicant_id"] == applicant_id, check
+    assert (
+        check["status"],
+        check["result"],
+        check["reject_type"],
+        check["reject_labels"],
+    ) == verdict, check
 
 
 def messages_to(platform: Platform, email: str) -> list[str]:
     response = httpx.get(
         f"{platform.sim.provider_url('notify')}/v1/messages", params={"to": email}, timeout=10
     )
+    assert response.status_code == 200, response.text
     return [m["body"] for m in response.json()["data"]]
 
 
@@ -180,10 +203,13 @@ async def test_on_hold_waits_for_a_valid_operator_review(platform: Platform) -> 
     handle = await start(platform)
     status = await reach(handle, "waiting for the KYC result")
     early = KycReview(decision="approve", reason="looks fine", operator="op1")
-    assert "no review is pending" in await refused(handle, early)
+    assert await refused(handle, early) == (
+        "ValueError: no review is pending (stage: waiting for the KYC result)"
+    )
     decide(platform, status.applicant_id or "", "ON_HOLD")
     await reach(handle, "in operator review")
     malformed = await refused(handle, {"decision": "maybe", "reason": "x", "operator": ""})
+    assert malformed.startswith("ValueError: malformed review: "), malformed
     assert "decision" in malformed and "reason" in malformed and "operator" in malformed
     answer = await handle.execute_update(
         REVIEW_UPDATE,
@@ -194,7 +220,7 @@ async def test_on_hold_waits_for_a_valid_operator_review(platform: Platform) -> 
     result = await handle.result()
     assert result.outcome == "approved" and "op7" in result.reason
     late = KycReview(decision="reject", reason="too late", operator="op8")
-    assert "already finished" in await refused(handle, late)
+    assert await refused(handle, late) == f"already finished: {WORKFLOW_COMPLETED_MESSAGE}"
 
 
 async def test_no_result_within_the_policy_expires_and_cleans_up(platform: Platform) -> None:
@@ -249,9 +275,15 @@ async def test_a_provider_refusal_after_the_wallets_opened_closes_them(
     )
     assert taken.status_code == 201, taken.text
     handle = await start(platform, customer_id=customer_id)
-    with pytest.raises(WorkflowFailureError):
+    with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
+    # Failed on the provider's refusal (a conflict, not retried), nothing else.
+    refusal = failed.value.cause.__cause__
+    assert isinstance(refusal, ApplicationError), failed.value.cause
+    assert refusal.type == "ProviderConflict" and " 409 " in refusal.message, refusal
     assert await wallet_statuses(platform, customer_id) == {"closed"}
+    status: OnboardingStatus = await handle.query("status", result_type=OnboardingStatus)
+    assert status.stage == "failed"
 
 
 async def test_a_kyc_refusal_echoing_the_profile_leaves_no_personal_data_in_logs_or_failure(
@@ -353,12 +385,14 @@ async def test_the_api_starts_once_per_key_and_takes_the_operator_review(
             json={"decision": "reject", "reason": "name mismatch", "operator": "op9"},
         )
         assert decided.status_code == 200, decided.text
+        assert decided.json() == {"result": "reject recorded"}
         assert (await handle.result()).outcome == "rejected"
         missing = await api.post(
             "/v1/onboardings/nobody/documents",
             json={"documents": [PASSPORT.model_dump(mode="json")]},
         )
-        assert missing.status_code == 404
+        assert missing.status_code == 404, missing.text
+        assert missing.json() == {"detail": "no running process for nobody"}
 
 
 async def test_notifications_follow_the_customers_channel_preferences(platform: Platform) -> None:
