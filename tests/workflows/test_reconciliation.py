@@ -529,7 +529,9 @@ async def test_a_worker_killed_mid_download_resumes_from_its_last_page(
     download = result.report.download
     # Six clearings, one record a page. The first worker read at least two
     # pages; the second (the download's second attempt) read only the rest.
-    assert download.attempt == 2
+    # The second worker's attempt at least (a retry past a heartbeat that a
+    # loaded machine delays is a third; it resumes from its cursor the same).
+    assert download.attempt >= 2
     assert download.resumed_from_cursor is not None
     resumed_from = int(download.resumed_from_cursor)
     assert resumed_from >= 2
