@@ -284,6 +284,7 @@ def simulators(tmp_path_factory: pytest.TempPathFactory, webhook_sink: Any) -> I
 
 
 SIMULATOR_DRAIN_SECONDS_MAX = 3.0
+GATEWAY_START_SECONDS_MAX = 30.0
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -373,8 +374,13 @@ async def platform(
                 )
             )
             task = asyncio.get_running_loop().create_task(server.serve())
-            while not server.started:
+            for _ in range(int(GATEWAY_START_SECONDS_MAX / 0.01)):
+                if server.started or task.done():
+                    break
                 await asyncio.sleep(0.01)
+            if not server.started:
+                server.should_exit = True
+                raise AssertionError(f"the gateway did not start on port {gateway_port}")
             try:
                 headers = await api_key_headers(pool, settings)
                 yield Platform(stack, sim, gateway_url, settings, app, headers)
