@@ -312,10 +312,11 @@ async def workflow_violations(
 
 
 async def busy_workflows(client: Client, query: str) -> list[str]:
-    """The running executions of `query` with work in flight: an activity, a
-    child workflow or a workflow task pending. A card still applying the
-    issuer's events delivered to it is one (between two steps its next
-    workflow task is pending)."""
+    """The running executions of `query` with work in flight: an activity or
+    a workflow task pending, or a child workflow asked for and not started
+    yet. A card still applying the issuer's events delivered to it is one
+    (between two steps its next workflow task is pending); a child that runs
+    on its own (a purchase's cashback, open for refunds for weeks) is not."""
     running = [
         execution
         async for execution in client.list_workflows(query, page_size=LIST_PAGE_SIZE)
@@ -328,7 +329,9 @@ async def busy_workflows(client: Client, query: str) -> list[str]:
             handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
             raw = (await handle.describe()).raw_description
         return bool(
-            raw.pending_activities or raw.pending_children or raw.HasField("pending_workflow_task")
+            raw.pending_activities
+            or raw.HasField("pending_workflow_task")
+            or any(not child.run_id for child in raw.pending_children)
         )
 
     verdicts = await asyncio.gather(*(busy(execution) for execution in running))

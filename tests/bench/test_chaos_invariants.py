@@ -14,10 +14,12 @@ from typing import TypeVar
 from temporalio.api.failure.v1 import Failure
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import Ledger
 from bench.chaos.invariants import (
     Violation,
+    busy_workflows,
     failure_message,
     hold_violations,
     ledger_violations,
@@ -405,6 +407,42 @@ async def test_an_activity_failing_forever_is_reported_stuck(platform: Platform)
     assert waiting not in found[0].detail
     assert "no progress for" in found[0].detail
     assert "503" in found[0].detail  # the activity's last failure, decoded
+
+
+async def test_a_card_is_idle_beside_its_purchases_open_cashback_and_busy_while_working(
+    platform: Platform,
+) -> None:
+    """The run's quiescence waits for cards with work in flight: a cashback
+    process the card started stays open for refunds for weeks (a child that
+    never ends in the run) and is no work of the card's."""
+    from activities.cashback import CashbackStore
+    from starters.cashback import SAMPLE_CAMPAIGNS_FILE, read_campaign_file
+    from starters.cashback import status as cashback_status
+
+    await CashbackStore(platform.stack.pool).load_campaigns(
+        read_campaign_file(SAMPLE_CAMPAIGNS_FILE).campaigns
+    )
+    _, card_id, auth = await purchase(platform)
+    cleared = await clear(platform, auth, 5_000)
+
+    async def cashback_stage() -> str:
+        try:
+            return (await cashback_status(platform.stack.client, cleared.id)).stage
+        except RPCError as error:
+            if error.status is not RPCStatusCode.NOT_FOUND:
+                raise
+            return "not started"
+
+    await until(cashback_stage, lambda stage: stage == "open for refunds", "cashback open")
+    card = f'WorkflowId = "{card_workflow_id(card_id)}"'
+    await until(lambda: busy_workflows(platform.stack.client, card), lambda b: b == [], "idle")
+    # An activity retrying forever is work in flight.
+    platform.sim.fault(kind="error", path_prefix="/issuer/", status=503)
+    issuing = await start_card_issue(platform)
+    issue = f'WorkflowId = "{issuing}"'
+    assert await until(
+        lambda: busy_workflows(platform.stack.client, issue), bool, "the issuing is busy"
+    ) == [issuing]
 
 
 # ----- webhooks -------------------------------------------------------------
