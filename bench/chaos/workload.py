@@ -731,15 +731,15 @@ class Workload:
             "force_post": "transaction.force_posted",
             "refund": "transaction.refunded",
         }[transaction.type.value]
-        async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
-            emitted = await admin.post(
-                f"{self.settings.providers_base_url}/_admin/webhooks/emit",
-                json={
-                    "simulator": ISSUER,
-                    "type": event_type,
-                    "data": transaction.model_dump(mode="json"),
-                },
-            )
+        emitted = await self._admin(
+            "POST",
+            "/webhooks/emit",
+            json={
+                "simulator": ISSUER,
+                "type": event_type,
+                "data": transaction.model_dump(mode="json"),
+            },
+        )
         _expect(emitted, 201)
         return "re-presented under a new event id"
 
@@ -775,23 +775,44 @@ class Workload:
 
     async def _until_delivered(self, object_ids: set[str]) -> None:
         deadline = time.monotonic() + PROCESS_WAIT_SECONDS
-        async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
-            while time.monotonic() < deadline:
-                answer = await admin.get(
-                    f"{self.settings.providers_base_url}/_admin/webhooks",
-                    params={"undelivered": "true"},
-                )
-                _expect(answer, 200)
-                if not any(row.get("about") in object_ids for row in answer.json()):
-                    return
+        while time.monotonic() < deadline:
+            answer = await self._admin("GET", "/webhooks", params={"undelivered": "true"})
+            _expect(answer, 200)
+            if not any(row.get("about") in object_ids for row in answer.json()):
+                return
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _admin(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """A call to the simulators' admin API, made again while the run has
+        them killed and restarting: a read on any broken connection, a write
+        only when it never connected (it may have been applied otherwise)."""
+        deadline = time.monotonic() + PROCESS_WAIT_SECONDS
+        retried = httpx.TransportError if method == "GET" else httpx.ConnectError
+        while True:
+            try:
+                async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
+                    return await admin.request(
+                        method,
+                        f"{self.settings.providers_base_url}/_admin{path}",
+                        json=json,
+                        params=params,
+                    )
+            except retried:
+                if time.monotonic() > deadline:
+                    raise
                 await asyncio.sleep(POLL_SECONDS)
 
     async def _resend_event_about(self, object_id: str, operation: Operation) -> str:
-        async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_SECONDS) as admin:
-            answer = await admin.post(
-                f"{self.settings.providers_base_url}/_admin/webhooks/resend",
-                json={"simulator": ISSUER, "about": object_id},
-            )
+        answer = await self._admin(
+            "POST", "/webhooks/resend", json={"simulator": ISSUER, "about": object_id}
+        )
         _expect(answer, 200)
         event_id = answer.json().get("resent")
         if event_id is None:
