@@ -2,7 +2,9 @@
 
 A POST/PUT/PATCH/DELETE with an `Idempotency-Key` header is answered once;
 a repeat with the same body gets the stored answer (with header
-`Idempotent-Replayed: true`), a repeat with another body gets 409.
+`Idempotent-Replayed: true`), a repeat with another body gets 409. A request
+whose client disconnected before its body arrived is neither served nor
+remembered.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class IdempotencyMiddleware:
         body = b""
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                # The client went away before its request arrived whole: it
+                # was never made. Nothing is served or remembered for the key,
+                # so the caller's retry is answered as the first request.
+                return
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
