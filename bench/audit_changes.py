@@ -38,17 +38,18 @@ class Change:
 
 
 LEDGER_TESTS = ("tests/activities/ledger",)
+CARD_LIMIT_TESTS = ("tests/schemas/test_card_rules.py", "tests/workflows/test_card_limits.py")
 CHANGES: dict[str, Change] = {
     "per_transaction_ignores_increments": Change(
         "the card's per-transaction limit ignores earlier increments",
-        ("tests/schemas/test_card_rules.py", "tests/workflows/test_card_limits.py"),
+        CARD_LIMIT_TESTS,
         path="schemas/card_rules.py",
         original="and authorized_minor + amount > limits.per_transaction_minor",
         mutated="and amount > limits.per_transaction_minor",
     ),
     "daily_ignores_spent_today": Change(
         "the card's daily limit ignores what was already spent today",
-        ("tests/schemas/test_card_rules.py", "tests/workflows/test_card_limits.py"),
+        CARD_LIMIT_TESTS,
         path="schemas/card_rules.py",
         original="card.spent_day_minor + amount > limits.per_day_minor",
         mutated="amount > limits.per_day_minor",
