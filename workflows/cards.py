@@ -75,6 +75,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.issuer import Card, CardState, CardType, ShippingStatus
     from schemas.ledger import Account, TransferOutcome, TransferRequest
     from schemas.providers import ISSUER
+    from schemas.refusals import Refusal, refused
     from schemas.search import CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
     from workflows.cancellation import is_cancellation
     from workflows.card_money import CardMoney
@@ -489,7 +490,7 @@ class CardIssue:
     @reschedule_delivery.validator
     def _validate_reschedule(self, change: RescheduleDelivery) -> None:
         if self._card is None or self._input is None or self._input.kind != "physical":
-            raise ValueError("no physical card is being shipped")
+            raise refused(Refusal.WRONG_STATE, "no physical card is being shipped")
         shipped = (
             ShippingStatus.SHIPPED,
             ShippingStatus.DELIVERED,
@@ -497,9 +498,11 @@ class CardIssue:
             ShippingStatus.FAILURE,
         )
         if self._shipping is not None and self._shipping.status in shipped:
-            raise ValueError(f"the card has already {self._shipping.status.value}")
+            raise refused(
+                Refusal.WRONG_STATE, f"the card has already {self._shipping.status.value}"
+            )
         if change.delivery_date <= workflow.now().date():
-            raise ValueError("delivery_date must be in the future")
+            raise refused(Refusal.INVALID_REQUEST, "delivery_date must be in the future")
 
     @workflow.update(name=ACTIVATE_UPDATE)
     async def activate(self) -> str:
@@ -513,11 +516,11 @@ class CardIssue:
         if self._card is None:
             # A replacement's webhooks can outrun its issuing's first task
             # (handlers run before the process's own code in that task).
-            raise ValueError("the card is not issued yet")
+            raise refused(Refusal.WRONG_STATE, "the card is not issued yet")
         if self._shipping is None or self._shipping.status is not ShippingStatus.DELIVERED:
-            raise ValueError("the card can be activated once delivered")
+            raise refused(Refusal.WRONG_STATE, "the card can be activated once delivered")
         if self._activated:
-            raise ValueError("the card is already activated")
+            raise refused(Refusal.ALREADY_DONE, "the card is already activated")
 
     @workflow.query
     def status(self) -> CardIssueStatus:
@@ -794,7 +797,7 @@ class CardEntity:
     def _require(self, *allowed: CardState) -> None:
         assert self._state is not None
         if self._state.state not in allowed:
-            raise ValueError(f"the card is {self._state.state.value}")
+            raise refused(Refusal.WRONG_STATE, f"the card is {self._state.state.value}")
 
     @workflow.update(name=FREEZE_UPDATE)
     async def freeze(self, change: CardStateChange) -> str:
@@ -823,9 +826,10 @@ class CardEntity:
         holding = [r for r in self._state.authorizations.values() if r.held]
         if holding:
             held = sum(r.held_minor for r in holding)
-            raise ValueError(
+            raise refused(
+                Refusal.OPEN_AUTHORIZATIONS,
                 f"the card has {len(holding)} open authorizations holding {held}; "
-                "close it once they clear, are reversed or expire"
+                "close it once they clear, are reversed or expire",
             )
 
     @workflow.update(name=AUTHORIZE_UPDATE)
@@ -839,10 +843,12 @@ class CardEntity:
     def _validate_authorize(self, request: AuthorizationRequest) -> None:
         assert self._state is not None
         if request.card_id != self._state.card_id:
-            raise ValueError(f"card_id {request.card_id} is not this card")
+            raise refused(Refusal.INVALID_REQUEST, f"card_id {request.card_id} is not this card")
         if request.requested_at is None:
             # The hold's expiry derives from it (validators never run on replay).
-            raise ValueError("requested_at (the issuer's time of asking) is required")
+            raise refused(
+                Refusal.INVALID_REQUEST, "requested_at (the issuer's time of asking) is required"
+            )
 
     @workflow.signal(name=NETWORK_EVENT_SIGNAL)
     def network_event(self, event: CardNetworkEvent) -> None:
@@ -861,11 +867,15 @@ class CardEntity:
             (e for e in self._money.open_exceptions() if e.id == decision.exception_id), None
         )
         if found is None:
-            raise ValueError(f"exception_id {decision.exception_id} is not an open exception")
+            raise refused(
+                Refusal.NOT_FOUND,
+                f"exception_id {decision.exception_id} is not an open exception",
+            )
         if (decision.action == "dismiss") != (found.kind == "ledger_conflict"):
-            raise ValueError(
+            raise refused(
+                Refusal.INVALID_REQUEST,
                 "action dismiss is for a ledger_conflict exception, and a ledger_conflict"
-                " exception is dismissed once put right (charge and write_off move money)"
+                " exception is dismissed once put right (charge and write_off move money)",
             )
 
     @workflow.update(name=LIMITS_UPDATE)

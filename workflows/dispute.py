@@ -85,6 +85,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.ledger import Account, Balance, TransferBatch, TransferOutcome, TransferRequest
     from schemas.money import Money
     from schemas.providers import ISSUER
+    from schemas.refusals import Refusal, refused
     from schemas.search import (
         AMOUNT_MINOR,
         CARD_ID,
@@ -705,16 +706,20 @@ class DisputeWorkflow:
     @submit.validator
     def _validate_submit(self, submission: DisputeSubmission) -> None:
         if self._final or self._withdraw is not None:
-            raise ValueError(f"the dispute is {self._stage}; nothing can be submitted")
+            raise refused(
+                Refusal.WRONG_STATE, f"the dispute is {self._stage}; nothing can be submitted"
+            )
         if not self._submitted:
             # Submitted while the transaction is still being checked counts too.
             missing = missing_evidence(self._input.reason, self._evidence + submission.evidence)
             if missing:
-                raise ValueError(
-                    f"evidence missing for reason {self._input.reason.value}: " + ", ".join(missing)
+                raise refused(
+                    Refusal.EVIDENCE_MISSING,
+                    f"evidence missing for reason {self._input.reason.value}: "
+                    + ", ".join(missing),
                 )
         elif self._issuer_status is None:
-            raise ValueError("the dispute is being submitted to the issuer")
+            raise refused(Refusal.WRONG_STATE, "the dispute is being submitted to the issuer")
 
     @workflow.update(name=WITHDRAW_UPDATE)
     async def withdraw(self, request: WithdrawRequest) -> DisputeStatusView:
@@ -724,9 +729,11 @@ class DisputeWorkflow:
     @withdraw.validator
     def _validate_withdraw(self, request: WithdrawRequest) -> None:
         if self._final or self._issuer_status in _DECIDED:
-            raise ValueError(f"the dispute is {self._stage}; it can no longer be withdrawn")
+            raise refused(
+                Refusal.WRONG_STATE, f"the dispute is {self._stage}; it can no longer be withdrawn"
+            )
         if self._withdraw is not None:
-            raise ValueError("the dispute is already being withdrawn")
+            raise refused(Refusal.ALREADY_DONE, "the dispute is already being withdrawn")
 
     @workflow.update(name=OPERATOR_UPDATE)
     async def operator_action(self, action: OperatorAction) -> DisputeStatusView:
@@ -744,11 +751,15 @@ class DisputeWorkflow:
     @operator_action.validator
     def _validate_operator(self, action: OperatorAction) -> None:
         if self._final or self._issuer_status is None or self._issuer_status in _DECIDED:
-            raise ValueError(f"the dispute is {self._stage}; no operator action applies")
+            raise refused(
+                Refusal.WRONG_STATE, f"the dispute is {self._stage}; no operator action applies"
+            )
         if action.action == "credit_now" and (self._credited_minor or self._credit_refused):
-            raise ValueError("the provisional credit was already given (or refused)")
+            raise refused(
+                Refusal.ALREADY_DONE, "the provisional credit was already given (or refused)"
+            )
         if action.action == "escalate" and self._issuer_status != DisputeStatus.REPRESENTMENT:
-            raise ValueError("only a representment can be escalated")
+            raise refused(Refusal.WRONG_STATE, "only a representment can be escalated")
 
     @workflow.query(name=STATUS_QUERY)
     def status(self) -> DisputeStatusView:

@@ -73,12 +73,14 @@ with workflow.unsafe.imports_passed_through():
         Account,
         AccountSpec,
         Balance,
+        Rejection,
         TransferBatch,
         TransferOutcome,
         TransferRequest,
     )
     from schemas.money import Money
     from schemas.providers import FX
+    from schemas.refusals import Refusal, refused
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
@@ -105,6 +107,17 @@ STAGE_FAILED = "failed"
 # A cancellation while the completion notice is sent stops that wait only and
 # the conversion ends converted; runs recorded before it ended cancelled there.
 NOTICE_CANCELLATION_PATCH = "fx-cancellation-after-posting-keeps-converted"
+
+# The refusal a request meets once the conversion has its outcome (a decline
+# names the ledger's reason instead, where it is insufficient funds).
+END_REFUSALS = {
+    FxOutcome.CONVERTED: Refusal.ALREADY_DONE,
+    FxOutcome.DECLINED: Refusal.DECLINED,
+    FxOutcome.EXPIRED: Refusal.QUOTE_EXPIRED,
+    FxOutcome.CANCELLED: Refusal.CANCELLED,
+    FxOutcome.REFUSED: Refusal.NOT_ALLOWED,
+    FxOutcome.FAILED: Refusal.PROVIDER_UNAVAILABLE,
+}
 
 
 def fx_workflow_id(request_id: str) -> str:
@@ -151,6 +164,8 @@ class FxConversion:
         self._result: FxConversionResult | None = None
         # Set when the process fails or is cancelled without an outcome.
         self._failure: str | None = None
+        # Why the ledger declined the conversion, once it did.
+        self._declined_as: Refusal | None = None
 
     # ----- platform: outcome, shielding, handlers --------------------------
 
@@ -397,6 +412,11 @@ class FxConversion:
             assert rejected.rejection is not None
             # Atomic: every item carries the one reason and none was posted.
             assert not any(outcome.accepted for outcome in outcomes)
+            self._declined_as = (
+                Refusal.INSUFFICIENT_FUNDS
+                if rejected.rejection is Rejection.INSUFFICIENT_FUNDS
+                else Refusal.DECLINED
+            )
             raise Finished(
                 FxOutcome.DECLINED,
                 f"declined: {rejected.rejection.value.replace('_', ' ')} ({rejected.detail})",
@@ -453,7 +473,7 @@ class FxConversion:
         )
         if self._offer is not None:
             return self._offer
-        raise ApplicationError(self._end_reason(), non_retryable=True)
+        raise refused(self._end_refusal(), self._end_reason())
 
     @workflow.update(name=CONFIRM_UPDATE)
     async def confirm(self) -> FxConversionResult:
@@ -463,24 +483,29 @@ class FxConversion:
         await workflow.wait_condition(lambda: self._result is not None or self._failure is not None)
         if self._result is not None and self._result.outcome is FxOutcome.CONVERTED:
             return self._result
-        raise ApplicationError(self._end_reason(), non_retryable=True)
+        raise refused(self._end_refusal(), self._end_reason())
 
     @confirm.validator
     def _validate_confirm(self) -> None:
         if self._result is not None:
             if self._result.outcome is FxOutcome.CONVERTED:
                 return  # idempotent: answers the same result
-            raise ValueError(self._end_reason())
+            raise refused(self._end_refusal(), self._end_reason())
         if self._failure is not None:
-            raise ValueError(self._failure)
+            raise refused(self._end_refusal(), self._failure)
         if self._confirmed:
             return  # idempotent: answers once the batch is posted
         if self._cancel_requested:
-            raise ValueError("the conversion was cancelled")
+            raise refused(Refusal.CANCELLED, "the conversion was cancelled")
         if self._quote is None or self._expires_at is None:
-            raise ValueError(f"there is no quote to confirm yet (stage: {self._stage})")
+            raise refused(
+                Refusal.WRONG_STATE, f"there is no quote to confirm yet (stage: {self._stage})"
+            )
         if workflow.now() >= self._expires_at:
-            raise ValueError(f"quote {self._quote.id} expired at {self._expires_at.isoformat()}")
+            raise refused(
+                Refusal.QUOTE_EXPIRED,
+                f"quote {self._quote.id} expired at {self._expires_at.isoformat()}",
+            )
 
     @workflow.update(name=CANCEL_UPDATE)
     async def cancel(self) -> str:
@@ -494,14 +519,20 @@ class FxConversion:
         if self._result is not None:
             if self._result.outcome is FxOutcome.CANCELLED:
                 return  # idempotent
-            raise ValueError(f"the conversion already ended {self._result.outcome.value}")
+            raise refused(
+                self._end_refusal(),
+                f"the conversion already ended {self._result.outcome.value}",
+            )
         if self._failure is not None:
-            raise ValueError(self._failure)
+            raise refused(self._end_refusal(), self._failure)
         if self._confirmed:
-            raise ValueError("the conversion is already confirmed")
+            raise refused(Refusal.WRONG_STATE, "the conversion is already confirmed")
         if self._expires_at is not None and workflow.now() >= self._expires_at:
             assert self._quote is not None
-            raise ValueError(f"quote {self._quote.id} expired at {self._expires_at.isoformat()}")
+            raise refused(
+                Refusal.QUOTE_EXPIRED,
+                f"quote {self._quote.id} expired at {self._expires_at.isoformat()}",
+            )
 
     @workflow.query(name=STATUS_QUERY)
     def status(self) -> FxStatus:
@@ -532,6 +563,14 @@ class FxConversion:
 
     def _ended_without_offer(self) -> bool:
         return self._failure is not None or (self._result is not None and self._offer is None)
+
+    def _end_refusal(self) -> Refusal:
+        """The code a request refused because the process ended is answered."""
+        if self._result is None:
+            return (
+                Refusal.CANCELLED if self._stage == FxOutcome.CANCELLED.value else Refusal.FINISHED
+            )
+        return self._declined_as or END_REFUSALS[self._result.outcome]
 
     def _end_reason(self) -> str:
         """How the process ended, starting with the outcome's word."""

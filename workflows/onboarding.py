@@ -24,8 +24,6 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
-
     from activities.customers import SAVE_PROFILE, SET_KYC_STATUS
     from activities.ledger.activities import (
         CLOSE_ACCOUNT,
@@ -54,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         Resubmission,
     )
     from schemas.providers import KYC
+    from schemas.refusals import Refusal, refused
     from schemas.search import CUSTOMER_ID, PROCESS_STATUS, PROVIDER
     from workflows.cancellation import is_cancellation
     from workflows.metadata import StartMetadata, start_metadata
@@ -285,31 +284,25 @@ class Onboarding:
             self._resubmission = resubmission
 
     @workflow.update(name=REVIEW_UPDATE)
-    async def review(self, review: dict[str, Any]) -> str:
-        """An operator's KycReview, as JSON (the Web UI's update form sends JSON)."""
-        self._review = KycReview.model_validate(review)
+    async def review(self, review: KycReview) -> str:
+        """An operator's decision (the Web UI's update form sends it as JSON; a
+        malformed one is refused naming its fields before the validator runs)."""
+        self._review = review
         return f"{self._review.decision} recorded"
 
     @review.validator
-    def _validate_review(self, review: dict[str, Any]) -> None:
-        try:
-            KycReview.model_validate(review)
-        except ValidationError as error:
-            fields = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-            )
-            raise ValueError(f"malformed review: {fields}") from None
+    def _validate_review(self, review: KycReview) -> None:
         if self._outcome is not None or self._stage in (
             "approved",
             "rejected",
             "expired",
             "failed",
         ):
-            raise ValueError(f"onboarding already finished ({self._stage})")
+            raise refused(Refusal.FINISHED, f"onboarding already finished ({self._stage})")
         if self._stage != "in operator review":
-            raise ValueError(f"no review is pending (stage: {self._stage})")
+            raise refused(Refusal.WRONG_STATE, f"no review is pending (stage: {self._stage})")
         if self._review is not None:
-            raise ValueError("this application was already reviewed")
+            raise refused(Refusal.ALREADY_DONE, "this application was already reviewed")
 
     @workflow.query
     def status(self) -> OnboardingStatus:

@@ -122,6 +122,7 @@ with workflow.unsafe.imports_passed_through():
         ScheduledReconciliationInput,
         ScheduledReconciliationResult,
     )
+    from schemas.refusals import Refusal, refused
     from schemas.search import AMOUNT_MINOR, PROCESS_STATUS, PROVIDER
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.steps import on_ledger, on_providers, step_key, wait_for
@@ -514,16 +515,21 @@ class Reconciliation:
     @decide.validator
     def _validate_decide(self, decision: Decision) -> None:
         if decision.action not in {action.value for action in DecisionAction}:
-            raise ValueError(
+            raise refused(
+                Refusal.INVALID_REQUEST,
                 f"action: {decision.action!r} is not one of "
-                f"{', '.join(action.value for action in DecisionAction)}"
+                f"{', '.join(action.value for action in DecisionAction)}",
             )
         item = self._items.get(decision.item_id)
         if item is None:
-            raise ValueError(f"item_id: no difference {decision.item_id!r} in this reconciliation")
+            raise refused(
+                Refusal.NOT_FOUND,
+                f"item_id: no difference {decision.item_id!r} in this reconciliation",
+            )
         if not self._deciding or item.state != "awaiting_decision":
-            raise ValueError(
-                f"item_id: {decision.item_id!r} is {item.state}, not awaiting a decision"
+            raise refused(
+                Refusal.WRONG_STATE,
+                f"item_id: {decision.item_id!r} is {item.state}, not awaiting a decision",
             )
 
     @workflow.query(name=STATUS_QUERY)

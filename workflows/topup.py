@@ -52,8 +52,6 @@ from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
-
     from activities.ledger.activities import GET_BALANCE, OPEN_ACCOUNTS, SUBMIT_BATCH
     from activities.providers.quotes import FX_QUOTE, QuoteRequest
     from activities.topups import (
@@ -70,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.fx import FxQuote
     from schemas.ledger import Account, Balance, TransferBatch, TransferOutcome, TransferRequest
     from schemas.money import Currency
+    from schemas.refusals import Refusal, refused
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
     from schemas.topup import (
         SOURCE_PROVIDER,
@@ -686,9 +685,9 @@ class Topup:
             workflow.set_current_details(self._details())
 
     @workflow.update(name=REVIEW_UPDATE)
-    async def review(self, review: dict[str, Any]) -> str:
-        """An operator's TopupReview, as JSON (the Web UI's update form sends JSON)."""
-        decided = TopupReview.model_validate(review)
+    async def review(self, decided: TopupReview) -> str:
+        """An operator's decision (the Web UI's update form sends it as JSON; a
+        malformed one is refused naming its fields before the validator runs)."""
         pending = self._pending
         assert pending is not None
         debt_outstanding_minor = None
@@ -703,16 +702,16 @@ class Topup:
             )
             if match.customer_id is None:
                 # Fails this update only; the review stays pending.
-                raise ApplicationError(f"customer_id: {match.reason}", type="ReviewRefused")
+                raise refused(Refusal.NOT_FOUND, f"customer_id: {match.reason}")
             debt_outstanding_minor = match.debt_outstanding_minor
         # The match took a moment: another review, or the wait's end, may
         # have come first. A review refused here changes nothing (the debt
         # collected is the chosen customer's, never the loser's).
         if self._review is not None:
-            raise ApplicationError("this review was already decided", type="ReviewRefused")
+            raise refused(Refusal.ALREADY_DONE, "this review was already decided")
         if self._pending is not pending:
-            raise ApplicationError(
-                f"the review is no longer pending (stage: {self._stage})", type="ReviewRefused"
+            raise refused(
+                Refusal.WRONG_STATE, f"the review is no longer pending (stage: {self._stage})"
             )
         if debt_outstanding_minor is not None:
             self._debt_outstanding_minor = debt_outstanding_minor
@@ -721,27 +720,24 @@ class Topup:
         return f"{decided.decision}{assigned} recorded"
 
     @review.validator
-    def _validate_review(self, review: dict[str, Any]) -> None:
-        try:
-            decided = TopupReview.model_validate(review)
-        except ValidationError as error:
-            fields = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-            )
-            raise ValueError(f"malformed review: {fields}") from None
+    def _validate_review(self, decided: TopupReview) -> None:
         if self._outcome is not None:
-            raise ValueError(f"the top-up already finished ({self._outcome})")
+            raise refused(Refusal.FINISHED, f"the top-up already finished ({self._outcome})")
         if self._pending is None:
-            raise ValueError(f"no review is pending (stage: {self._stage})")
+            raise refused(Refusal.WRONG_STATE, f"no review is pending (stage: {self._stage})")
         if self._review is not None:
-            raise ValueError("this review was already decided")
+            raise refused(Refusal.ALREADY_DONE, "this review was already decided")
         if self._pending.kind == "unmatched":
             if decided.decision == "approve" and decided.customer_id is None:
-                raise ValueError(
-                    "customer_id: approving an unmatched payment assigns it; name the customer"
+                raise refused(
+                    Refusal.INVALID_REQUEST,
+                    "customer_id: approving an unmatched payment assigns it; name the customer",
                 )
         elif decided.customer_id is not None:
-            raise ValueError("customer_id: only an unmatched payment is assigned to a customer")
+            raise refused(
+                Refusal.INVALID_REQUEST,
+                "customer_id: only an unmatched payment is assigned to a customer",
+            )
 
     @workflow.query(name=STATUS_QUERY)
     def status(self) -> TopupStatus:

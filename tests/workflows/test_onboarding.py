@@ -85,11 +85,13 @@ async def reach(
 
 
 async def refused(handle: WorkflowHandle[Any, Any], review: Any) -> str:
-    """The reason the workflow gave for refusing a review update."""
+    """The refusal of a review update, as "type: message" (the type is the
+    Refusal code when the workflow refused it)."""
     try:
         await handle.execute_update(REVIEW_UPDATE, review)
     except WorkflowUpdateFailedError as error:
-        return str(error.cause)
+        assert isinstance(error.cause, ApplicationError), error.cause
+        return f"{error.cause.type}: {error.cause.message}"
     except RPCError as error:
         # The workflow has closed: the server refuses the update itself. Any
         # other error (the server unreachable, a timeout) is no refusal.
@@ -204,13 +206,23 @@ async def test_on_hold_waits_for_a_valid_operator_review(platform: Platform) -> 
     status = await reach(handle, "waiting for the KYC result")
     early = KycReview(decision="approve", reason="looks fine", operator="op1")
     assert await refused(handle, early) == (
-        "ValueError: no review is pending (stage: waiting for the KYC result)"
+        "wrong_state: no review is pending (stage: waiting for the KYC result)"
     )
     decide(platform, status.applicant_id or "", "ON_HOLD")
     await reach(handle, "in operator review")
-    malformed = await refused(handle, {"decision": "maybe", "reason": "x", "operator": ""})
-    assert malformed.startswith("ValueError: malformed review: "), malformed
-    assert "decision" in malformed and "reason" in malformed and "operator" in malformed
+    # A malformed review never reaches the workflow's code: the SDK refuses to
+    # decode it, and the cause names each field pydantic refused.
+    with pytest.raises(WorkflowUpdateFailedError) as malformed:
+        await handle.execute_update(
+            REVIEW_UPDATE, {"decision": "maybe", "reason": "x", "operator": ""}
+        )
+    decoding = malformed.value.cause
+    assert isinstance(decoding, ApplicationError), decoding
+    assert (decoding.type, decoding.message) == ("RuntimeError", "Failed decoding arguments")
+    fields = decoding.cause
+    assert isinstance(fields, ApplicationError) and fields.type == "ValidationError", fields
+    assert "decision" in fields.message and "reason" in fields.message, fields.message
+    assert "operator" in fields.message, fields.message
     answer = await handle.execute_update(
         REVIEW_UPDATE,
         KycReview(decision="approve", reason="documents match", operator="op7"),

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.exceptions import CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.customers import CustomerStore
@@ -181,11 +181,17 @@ async def webhooks_drained(platform: Platform, seconds: float = 20) -> None:
 
 
 async def refused(platform: Platform, source: TopupSource, ref: str, review: Any) -> str:
-    """The reason the workflow gave for refusing a review update."""
+    """The refusal of a review update as "code: detail"; a review the SDK
+    could not decode as "RuntimeError: ...: ValidationError: <the fields>"."""
     try:
         await handle_of(platform, source, ref).execute_update(REVIEW_UPDATE, review)
     except WorkflowUpdateFailedError as error:
-        return str(error.cause)
+        refusal = error.cause
+        assert isinstance(refusal, ApplicationError), refusal
+        told = f"{refusal.type}: {refusal.message}"
+        if isinstance(refusal.cause, ApplicationError):
+            told += f": {refusal.cause.type}: {refusal.cause.message}"
+        return told
     raise AssertionError("the review was accepted")
 
 
@@ -274,11 +280,14 @@ async def test_below_the_minimum_waits_for_review_and_an_approval_credits(
     status = await reach(platform, "bank", transfer.id, STAGE_REVIEW)
     assert status.pending_review is not None and status.pending_review.kind == "limit"
     assert "below the minimum of 1.00 USD" in status.pending_review.reason
-    assert "reason" in await refused(
+    malformed = await refused(
         platform, "bank", transfer.id, {"decision": "approve", "operator": OPERATOR}
     )
-    assert "customer_id: only an unmatched" in await refused(
-        platform, "bank", transfer.id, approve(customer_id=customer_id).model_dump()
+    assert malformed.startswith("RuntimeError: Failed decoding arguments: ValidationError: ")
+    assert "reason" in malformed, malformed
+    assert (
+        await refused(platform, "bank", transfer.id, approve(customer_id=customer_id).model_dump())
+        == "invalid_request: customer_id: only an unmatched payment is assigned to a customer"
     )
     # Through the HTTP API, as an operator's tool would.
     url = f"{platform.gateway_url}/v1/topups/bank/{transfer.id}"
@@ -353,12 +362,14 @@ async def test_an_unmatched_transfer_waits_for_an_operator_to_assign_it(
     status = await reach(platform, "bank", transfer.id, STAGE_REVIEW)
     assert status.pending_review is not None and status.pending_review.kind == "unmatched"
     assert "not a customer id" in status.pending_review.reason
-    assert "name the customer" in await refused(
-        platform, "bank", transfer.id, approve().model_dump()
+    assert await refused(platform, "bank", transfer.id, approve().model_dump()) == (
+        "invalid_request: customer_id: approving an unmatched payment assigns it; name the customer"
     )
-    assert "is not approved" in await refused(
+    not_approved = await refused(
         platform, "bank", transfer.id, approve(customer_id=pending_customer).model_dump()
     )
+    assert not_approved.startswith("not_found: customer_id: "), not_approved
+    assert "is not approved" in not_approved, not_approved
     assert f"approve to {customer_id} recorded" == await starter.review(
         platform.stack.client, "bank", transfer.id, approve(customer_id=customer_id)
     )
@@ -522,8 +533,8 @@ async def test_a_deposit_is_credited_only_after_finality_through_the_fx_legs(
     customer_id = await customer(platform)
     deposit = await starter.simulate_deposit(platform.settings, customer_id, DEPOSIT_MINOR)
     await reach(platform, "usdt", deposit.tx_hash, STAGE_CONFIRMATIONS)
-    assert "no review is pending (stage: waiting for confirmations)" in await refused(
-        platform, "usdt", deposit.tx_hash, approve().model_dump()
+    assert await refused(platform, "usdt", deposit.tx_hash, approve().model_dump()) == (
+        "wrong_state: no review is pending (stage: waiting for confirmations)"
     )
     await starter.mine_blocks(platform.settings, 1)
     status = await status_when(
