@@ -50,14 +50,14 @@ from schemas.billing import (
 from schemas.periods import month_not_ended, refuse_unended_month
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
+from starters import console
 from starters.arguments import CustomerIdArgument, parse_customer_id
-from starters.schedules import SCHEDULES, ScheduleSpec
 from workers.settings import Settings
 from workflows.billing import (
     BILLING_ID_REUSE_POLICY,
     BILLING_RUN_WORKFLOW,
     BILLING_WORKFLOW,
-    STATUS_QUERY,
+    Billing,
     billing_run_start_metadata,
     billing_run_workflow_id,
     billing_start_metadata,
@@ -150,8 +150,7 @@ async def run_billing(
 
 async def billing_status(client: Client, customer_id: str, period: str) -> BillingStatus:
     handle = client.get_workflow_handle(billing_workflow_id(customer_id, period))
-    status: BillingStatus = await handle.query(STATUS_QUERY, result_type=BillingStatus)
-    return status
+    return await handle.query(Billing.status)
 
 
 def read_statement(settings: Settings, customer_id: str, period: str) -> Statement | None:
@@ -251,15 +250,6 @@ def billing_schedule(settings: Settings) -> Schedule:
     )
 
 
-SCHEDULES.append(
-    ScheduleSpec(
-        schedule_id=BILLING_SCHEDULE_ID,
-        build=billing_schedule,
-        description="Monthly card fees and statements for the month before",
-    )
-)
-
-
 # ----- `cardflow billing ...` and `cardflow statement ...` ----------------------
 
 billing_app = typer.Typer(help="Monthly fees and statements.", no_args_is_help=True)
@@ -267,15 +257,14 @@ statement_app = typer.Typer(help="Customers' statements.", no_args_is_help=True)
 
 
 def _with_client(action: Callable[[Client, Settings], Awaitable[str]]) -> None:
-    from starters.cli import _run, _settings
     from workers.client import connect
 
-    settings = _settings()
+    settings = console.settings()
 
     async def run() -> str:
         return await action(await connect(settings), settings)
 
-    typer.echo(_run(run()))
+    typer.echo(console.run(run()))
 
 
 @billing_app.command("run")
@@ -289,15 +278,13 @@ def billing_run_command(
     """Bill a period (a past month too): fees per active card, then statements."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input
-
     try:
         if customer is None:
             driver = BillingRunInput(period=period)
         else:
             single = BillingInput(customer_id=customer, period=period)
     except ValidationError as error:
-        _refuse_input(error)
+        console.refuse_input(error)
     refusal = month_not_ended(period, datetime.now(UTC))
     if refusal is not None:
         typer.echo(f"period: {refusal}", err=True)
@@ -320,9 +307,8 @@ def statement_show_command(
     period: Annotated[str, typer.Argument(help="YYYY-MM")],
 ) -> None:
     """Print a statement's summary and the paths of its JSON and HTML files."""
-    from starters.cli import _settings
 
-    settings = _settings()
+    settings = console.settings()
     try:
         statement = read_statement(settings, customer_id, period)
     except (OSError, ValueError) as error:

@@ -28,13 +28,9 @@ from schemas.cashback import (
 from schemas.money import AMOUNT_MINOR_MAX
 from schemas.search import AMOUNT_MINOR, CARD_ID, CURRENCY, CUSTOMER_ID
 from schemas.task_queues import TaskQueues
+from starters import console
 from starters.arguments import CustomerIdArgument
-from workflows.cashback import (
-    CASHBACK_WORKFLOW,
-    REFUND_SIGNAL,
-    STATUS_QUERY,
-    cashback_workflow_id,
-)
+from workflows.cashback import CASHBACK_WORKFLOW, Cashback, cashback_workflow_id
 
 SAMPLE_CAMPAIGNS_FILE = Path(__file__).parent / "data" / "cashback-campaigns.json"
 # A campaigns file larger than this is not a campaigns file.
@@ -75,13 +71,12 @@ async def start_cashback(
 async def refund(client: Client, transaction_id: str, refunded: CashbackRefund) -> None:
     """Tell the purchase's cashback process about a refund (repeats are ignored)."""
     handle = client.get_workflow_handle(cashback_workflow_id(transaction_id))
-    await handle.signal(REFUND_SIGNAL, refunded)
+    await handle.signal(Cashback.refund, refunded)
 
 
 async def status(client: Client, transaction_id: str) -> CashbackStatus:
     handle = client.get_workflow_handle(cashback_workflow_id(transaction_id))
-    answer: CashbackStatus = await handle.query(STATUS_QUERY, result_type=CashbackStatus)
-    return answer
+    return await handle.query(Cashback.status)
 
 
 def read_campaign_file(path: Path) -> CampaignFile:
@@ -103,9 +98,8 @@ cashback_app.add_typer(campaigns_app, name="campaigns")
 
 
 async def _with_store(action: Any) -> Any:
-    from starters.cli import _settings
 
-    pool = await create_pool(_settings().effective_database_url, size_max=2)
+    pool = await create_pool(console.settings().effective_database_url, size_max=2)
     try:
         return await action(CashbackStore(pool))
     finally:
@@ -119,12 +113,10 @@ def campaigns_load(
     """Validate a campaigns file and store its versions; loading it again changes nothing."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input
-
     try:
         document = read_campaign_file(file)
     except ValidationError as error:
-        _refuse_input(error)
+        console.refuse_input(error)
     except (OSError, ValueError) as error:
         typer.echo(f"cannot read {file}: {error}", err=True)
         raise typer.Exit(2) from None
@@ -179,12 +171,10 @@ def segment_command(
     """Put a customer in a segment (customers without one are 'standard')."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input
-
     try:
         assignment = SegmentAssignment(customer_id=customer_id, segment=segment)
     except ValidationError as error:
-        _refuse_input(error)
+        console.refuse_input(error)
 
     async def run() -> int:
         try:
@@ -211,16 +201,15 @@ def refund_command(
     """Send a purchase's cashback process a merchant refund (claws the reward back)."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input, _settings
     from workers.client import connect
 
     try:
         refunded = CashbackRefund(refund_id=refund_id, amount_minor=amount_minor)
     except ValidationError as error:
-        _refuse_input(error)
+        console.refuse_input(error)
 
     async def run() -> None:
-        client = await connect(_settings())
+        client = await connect(console.settings())
         await refund(client, transaction_id, refunded)
         typer.echo(f"refund {refunded.refund_id} sent to {cashback_workflow_id(transaction_id)}")
 

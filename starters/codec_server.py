@@ -29,6 +29,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
 
+import typer
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -38,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.api.common.v1 import Payload, Payloads
 
+from starters import console
 from workers.converter import (
     EncryptionCodec,
     MalformedPayloadError,
@@ -167,3 +169,14 @@ def serve(settings: Settings) -> None:
         log_config=uvicorn.config.LOGGING_CONFIG,
     )
     uvicorn.Server(config).run()
+
+
+# ----- `cardflow codec ...` ---------------------------------------------------
+
+codec_app = typer.Typer(help="The codec server for the Temporal Web UI.", no_args_is_help=True)
+
+
+@codec_app.command("serve")
+def codec_serve() -> None:
+    """Serve /encode and /decode for the Web UI (token required; see README)."""
+    serve(console.settings())

@@ -33,21 +33,17 @@ from schemas.issuer import DisputeOutcome, DisputeReason, EvidenceType
 from schemas.money import AMOUNT_MINOR_MAX
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
+from starters import console
 from starters.arguments import parse_customer_id
+from starters.updates import UPDATE_RPC_TIMEOUT, execute_update
 from workers.settings import Settings
 from workflows.dispute import (
-    ADD_EVIDENCE_SIGNAL,
     DISPUTE_WORKFLOW,
-    OPERATOR_UPDATE,
-    STATUS_QUERY,
-    SUBMIT_UPDATE,
-    WITHDRAW_UPDATE,
+    DisputeWorkflow,
     dispute_start_metadata,
     dispute_workflow_id,
 )
 
-# How long one call waits for the process to answer.
-RPC_TIMEOUT = timedelta(seconds=30)
 # The demo waits this long at most for each stage it shows.
 DEMO_WAIT_SECONDS_MAX = 30.0
 
@@ -95,7 +91,9 @@ def handle(client: Client, transaction_id: str) -> WorkflowHandle[Any, DisputeRe
 
 async def add_evidence(client: Client, transaction_id: str, item: EvidenceItem) -> None:
     """Hand in one piece of evidence (the signal `add_evidence`)."""
-    await handle(client, transaction_id).signal(ADD_EVIDENCE_SIGNAL, item, rpc_timeout=RPC_TIMEOUT)
+    await handle(client, transaction_id).signal(
+        DisputeWorkflow.add_evidence, item, rpc_timeout=UPDATE_RPC_TIMEOUT
+    )
 
 
 async def submit(
@@ -107,14 +105,13 @@ async def submit(
     rpc_timeout: timedelta | None = None,
 ) -> DisputeStatusView:
     """Submit the evidence (or answer a representment); refused, naming what is missing."""
-    answer: DisputeStatusView = await handle(client, transaction_id).execute_update(
-        SUBMIT_UPDATE,
+    return await execute_update(
+        handle(client, transaction_id),
+        DisputeWorkflow.submit,
         DisputeSubmission(evidence=evidence or []),
         id=update_id,
-        result_type=DisputeStatusView,
-        rpc_timeout=rpc_timeout or RPC_TIMEOUT,
+        rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
     )
-    return answer
 
 
 async def withdraw(
@@ -125,14 +122,13 @@ async def withdraw(
     update_id: str | None = None,
     rpc_timeout: timedelta | None = None,
 ) -> DisputeStatusView:
-    answer: DisputeStatusView = await handle(client, transaction_id).execute_update(
-        WITHDRAW_UPDATE,
+    return await execute_update(
+        handle(client, transaction_id),
+        DisputeWorkflow.withdraw,
         request or WithdrawRequest(),
         id=update_id,
-        result_type=DisputeStatusView,
-        rpc_timeout=rpc_timeout or RPC_TIMEOUT,
+        rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
     )
-    return answer
 
 
 async def operator_action(
@@ -143,21 +139,19 @@ async def operator_action(
     update_id: str | None = None,
     rpc_timeout: timedelta | None = None,
 ) -> DisputeStatusView:
-    answer: DisputeStatusView = await handle(client, transaction_id).execute_update(
-        OPERATOR_UPDATE,
+    return await execute_update(
+        handle(client, transaction_id),
+        DisputeWorkflow.operator_action,
         action,
         id=update_id,
-        result_type=DisputeStatusView,
-        rpc_timeout=rpc_timeout or RPC_TIMEOUT,
+        rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
     )
-    return answer
 
 
 async def status(client: Client, transaction_id: str) -> DisputeStatusView:
-    answer: DisputeStatusView = await handle(client, transaction_id).query(
-        STATUS_QUERY, result_type=DisputeStatusView, rpc_timeout=RPC_TIMEOUT
+    return await handle(client, transaction_id).query(
+        DisputeWorkflow.status, rpc_timeout=UPDATE_RPC_TIMEOUT
     )
-    return answer
 
 
 async def wait_for_stage(
@@ -351,8 +345,6 @@ def open_command(
     """Open a dispute; then add evidence and submit it."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input, _send_update, _settings, _ui_link
-
     try:
         request = DisputeInput(
             transaction_id=transaction_id,
@@ -361,14 +353,14 @@ def open_command(
             amount_minor=amount_minor,
         )
     except ValidationError as error:
-        _refuse_input(error)
-    settings = _settings()
+        console.refuse_input(error)
+    settings = console.settings()
 
     async def action(client: Client) -> str:
         started = await open_dispute(client, settings.task_queues, request)
-        return f"{started.id}: {_ui_link(settings, started.id)}"
+        return f"{started.id}: {console.ui_link(settings, started.id)}"
 
-    _send_update(action)
+    console.send_update(action)
 
 
 @dispute_app.command("evidence")
@@ -380,29 +372,26 @@ def evidence_command(
     """Hand in one piece of evidence."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input, _send_update
-
     try:
         item = EvidenceItem(type=type_, description=description)
     except ValidationError as error:
-        _refuse_input(error)
+        console.refuse_input(error)
 
     async def action(client: Client) -> str:
         await add_evidence(client, transaction_id, item)
         return (await status(client, transaction_id)).model_dump_json(indent=2)
 
-    _send_update(action)
+    console.send_update(action)
 
 
 @dispute_app.command("submit")
 def submit_command(transaction_id: Annotated[str, typer.Argument()]) -> None:
     """Submit the evidence (or the answer to a representment)."""
-    from starters.cli import _send_update
 
     async def action(client: Client) -> str:
         return (await submit(client, transaction_id)).model_dump_json(indent=2)
 
-    _send_update(action)
+    console.send_update(action)
 
 
 @dispute_app.command("withdraw")
@@ -413,17 +402,15 @@ def withdraw_command(
     """Withdraw the dispute; any provisional credit is taken back."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input, _send_update
-
     try:
         request = WithdrawRequest.model_validate({"by": by})
     except ValidationError as error:
-        _refuse_input(error)
+        console.refuse_input(error)
 
     async def action(client: Client) -> str:
         return (await withdraw(client, transaction_id, request)).model_dump_json(indent=2)
 
-    _send_update(action)
+    console.send_update(action)
 
 
 @dispute_app.command("status")
@@ -431,10 +418,9 @@ def status_command(transaction_id: Annotated[str, typer.Argument()]) -> None:
     """The dispute's stage, evidence, deadlines and amounts."""
     from temporalio.service import RPCError
 
-    from starters.cli import _run, _settings
     from workers.client import connect
 
-    settings = _settings()
+    settings = console.settings()
 
     async def run() -> int:
         client = await connect(settings)
@@ -446,4 +432,4 @@ def status_command(transaction_id: Annotated[str, typer.Argument()]) -> None:
         typer.echo(json.dumps(answer.model_dump(mode="json"), indent=2))
         return 0
 
-    raise typer.Exit(_run(run()))
+    raise typer.Exit(console.run(run()))

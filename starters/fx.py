@@ -11,7 +11,6 @@ it answers the first confirm's result.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -30,22 +29,17 @@ from schemas.fx import FxConversionInput, FxConversionResult, FxOutcome, FxQuote
 from schemas.money import AMOUNT_MINOR_MAX
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
+from starters import console
 from starters.arguments import CustomerIdArgument
+from starters.updates import UPDATE_RPC_TIMEOUT, execute_update
 from workflows.fx import (
-    CANCEL_UPDATE,
     CANCEL_UPDATE_ID,
-    CONFIRM_UPDATE,
     CONFIRM_UPDATE_ID,
     FX_WORKFLOW,
-    STATUS_QUERY,
-    WAIT_QUOTE_UPDATE,
+    FxConversion,
     fx_start_metadata,
     fx_workflow_id,
 )
-
-# How long one call waits for the process to answer; the process bounds its
-# own waits (quote_wait_seconds), so a longer wait means its workers are down.
-UPDATE_RPC_TIMEOUT = timedelta(seconds=30)
 
 
 def with_queues(request: FxConversionInput, queues: TaskQueues) -> FxConversionInput:
@@ -93,8 +87,10 @@ async def wait_quote(client: Client, request_id: str) -> FxQuoteOffer:
     """The running conversion's offer, once there."""
     handle = _handle(client, request_id)
     try:
-        offer: FxQuoteOffer = await handle.execute_update(
-            WAIT_QUOTE_UPDATE, result_type=FxQuoteOffer, rpc_timeout=UPDATE_RPC_TIMEOUT
+        # The process bounds its own wait for the quote (quote_wait_seconds):
+        # no answer within UPDATE_RPC_TIMEOUT means its workers are down.
+        offer = await execute_update(
+            handle, FxConversion.wait_quote, rpc_timeout=UPDATE_RPC_TIMEOUT
         )
     except RPCError as error:
         ended = await _ended(handle, error)
@@ -108,11 +104,8 @@ async def confirm(client: Client, request_id: str) -> FxConversionResult:
     was cancelled, or the ledger declined ("declined: insufficient funds ...")."""
     handle = _handle(client, request_id)
     try:
-        result: FxConversionResult = await handle.execute_update(
-            CONFIRM_UPDATE,
-            id=CONFIRM_UPDATE_ID,
-            result_type=FxConversionResult,
-            rpc_timeout=UPDATE_RPC_TIMEOUT,
+        result = await execute_update(
+            handle, FxConversion.confirm, id=CONFIRM_UPDATE_ID, rpc_timeout=UPDATE_RPC_TIMEOUT
         )
     except RPCError as error:
         ended = await _ended(handle, error)
@@ -126,10 +119,8 @@ async def cancel(client: Client, request_id: str) -> str:
     """End the conversion with nothing posted, before it is confirmed."""
     handle = _handle(client, request_id)
     try:
-        return str(
-            await handle.execute_update(
-                CANCEL_UPDATE, id=CANCEL_UPDATE_ID, result_type=str, rpc_timeout=UPDATE_RPC_TIMEOUT
-            )
+        return await execute_update(
+            handle, FxConversion.cancel, id=CANCEL_UPDATE_ID, rpc_timeout=UPDATE_RPC_TIMEOUT
         )
     except RPCError as error:
         ended = await _ended(handle, error)
@@ -139,10 +130,9 @@ async def cancel(client: Client, request_id: str) -> str:
 
 
 async def status(client: Client, request_id: str) -> FxStatus:
-    answer: FxStatus = await _handle(client, request_id).query(
-        STATUS_QUERY, result_type=FxStatus, rpc_timeout=UPDATE_RPC_TIMEOUT
+    return await _handle(client, request_id).query(
+        FxConversion.status, rpc_timeout=UPDATE_RPC_TIMEOUT
     )
-    return answer
 
 
 def _handle(client: Client, request_id: str) -> WorkflowHandle[Any, FxConversionResult]:
@@ -199,8 +189,6 @@ def quote_command(
     """Ask for a firm quote; confirm it with `cardflow fx confirm` before it expires."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input, _send_update, _settings, _ui_link
-
     try:
         request = FxConversionInput.model_validate(
             {
@@ -213,8 +201,8 @@ def quote_command(
             }
         )
     except ValidationError as error:
-        _refuse_input(error)
-    settings = _settings()
+        console.refuse_input(error)
+    settings = console.settings()
 
     async def action(client: Client) -> str:
         offer = await quote(client, settings.task_queues, request)
@@ -223,41 +211,38 @@ def quote_command(
             f"{offer.model_dump_json(indent=2)}\n"
             f"confirm before {offer.expires_at.isoformat()}:"
             f" cardflow fx confirm {request.request_id}\n"
-            f"{workflow_id}: {_ui_link(settings, workflow_id)}"
+            f"{workflow_id}: {console.ui_link(settings, workflow_id)}"
         )
 
-    _send_update(action)
+    console.send_update(action)
 
 
 @fx_app.command("confirm")
 def confirm_command(request_id: Annotated[str, typer.Argument()]) -> None:
     """Convert at the quote (before it expires)."""
-    from starters.cli import _send_update
 
     async def action(client: Client) -> str:
         return (await confirm(client, request_id)).model_dump_json(indent=2)
 
-    _send_update(action)
+    console.send_update(action)
 
 
 @fx_app.command("cancel")
 def cancel_command(request_id: Annotated[str, typer.Argument()]) -> None:
     """Drop the quote; nothing is converted."""
-    from starters.cli import _send_update
 
     async def action(client: Client) -> str:
         return await cancel(client, request_id)
 
-    _send_update(action)
+    console.send_update(action)
 
 
 @fx_app.command("status")
 def status_command(request_id: Annotated[str, typer.Argument()]) -> None:
     """The conversion's stage, quote, amounts and expiry."""
-    from starters.cli import _run, _settings
     from workers.client import connect
 
-    settings = _settings()
+    settings = console.settings()
 
     async def run() -> int:
         client = await connect(settings)
@@ -269,4 +254,4 @@ def status_command(request_id: Annotated[str, typer.Argument()]) -> None:
         typer.echo(answer.model_dump_json(indent=2))
         return 0
 
-    raise typer.Exit(_run(run()))
+    raise typer.Exit(console.run(run()))

@@ -1,4 +1,5 @@
-"""Start the Ping workflow and wait for its answer, within a deadline."""
+"""Start the Ping workflow and wait for its answer, within a deadline; and
+`cardflow ping`, which prints what each task queue answered."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 import uuid
 from datetime import timedelta
 
+import typer
 from temporalio.client import Client
 
 from schemas.health import PingInput, PingResult
 from schemas.task_queues import TaskQueues
+from starters import console
 from workflows.health import PING_WORKFLOW, ping_start_metadata, ping_workflow_id
 
 # Long enough for a worker to pick up a task on a busy machine, short enough
@@ -64,3 +67,22 @@ async def ping(
             f"no worker on {queues.workflows} ran the health check within {deadline_seconds}s"
             " (none is polling, or its workflow task fails: see the worker's log)"
         ) from None
+
+
+def ping_command() -> None:
+    """Run the Ping workflow and print what each task queue answered."""
+    from workers.client import connect
+
+    settings = console.settings()
+
+    async def run() -> int:
+        client = await connect(settings)
+        try:
+            result = await ping(client, settings.task_queues, requested_by="cardflow ping")
+        except WorkflowWorkerSilent as error:
+            typer.echo(str(error), err=True)
+            return 1
+        typer.echo(result.model_dump_json(indent=2))
+        return 0 if result.healthy else 1
+
+    raise typer.Exit(asyncio.run(run()))

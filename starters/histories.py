@@ -15,6 +15,9 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from starters.devstack.stack import Stack
 from starters.scenarios import SCENARIOS
@@ -98,3 +101,18 @@ async def _run(settings, out_dir: Path, names: list[str]) -> list[Path]:  # type
             path.write_text(json.dumps({"workflow_id": workflow_id, "history": document}, indent=1))
             written.append(path)
     return written
+
+
+# ----- `cardflow histories ...` -----------------------------------------------
+
+histories_app = typer.Typer(help="Recorded workflow histories.", no_args_is_help=True)
+
+
+@histories_app.command("record")
+def histories_record(
+    out: Annotated[str, typer.Option(help="Directory of the histories")] = "tests/histories",
+    only: Annotated[list[str] | None, typer.Option(help="Scenario name (repeatable)")] = None,
+) -> None:
+    """Run the scenarios on a throwaway stack and write their histories."""
+    for path in record(Path(out), only):
+        typer.echo(f"wrote {path}")

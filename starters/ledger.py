@@ -1,4 +1,5 @@
-"""`cardflow ledger verify | balance | history`: the ledger for operators."""
+"""`cardflow ledger verify | balance | history`: the ledger for operators; and
+`cardflow db migrate`, which brings the database's schema up to date."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import typer
 
 from activities.ledger import Ledger, LedgerError
 from activities.ledger.verify import verify
+from starters import console
 from starters.arguments import BIGINT_MAX, instant
 from workers.settings import load_settings
 
@@ -125,3 +127,17 @@ def history_command(
         return 0
 
     raise typer.Exit(asyncio.run(run()))
+
+
+# ----- `cardflow db ...` -------------------------------------------------------
+
+db_app = typer.Typer(help="The database.", no_args_is_help=True)
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending SQL migrations to DATABASE_URL (or the embedded database)."""
+    from activities.migrate import migrate
+
+    applied = asyncio.run(migrate(console.settings().effective_database_url))
+    typer.echo("applied: " + (", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none"))

@@ -1,15 +1,18 @@
 """Starting and steering onboardings: one function per action, shared by the
-CLI, the gateway and the demo."""
+CLI (`cardflow onboard`, `cardflow kyc ...` below), the gateway and the demo."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+from pydantic import ValidationError
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 
 from schemas.onboarding import (
+    DocumentSpec,
     KycReview,
     OnboardingInput,
     OnboardingResult,
@@ -18,10 +21,12 @@ from schemas.onboarding import (
 )
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
+from starters import console
+from starters.arguments import CustomerIdArgument, parse_customer_id
+from starters.updates import UPDATE_RPC_TIMEOUT, execute_update
 from workflows.onboarding import (
     ONBOARDING_WORKFLOW,
-    RESUBMIT_SIGNAL,
-    REVIEW_UPDATE,
+    Onboarding,
     onboarding_start_metadata,
     onboarding_workflow_id,
 )
@@ -52,11 +57,6 @@ async def start_onboarding(
     )
 
 
-# An operator waits this long for the process to take the decision; longer
-# means its workers are down, and the caller should retry later.
-UPDATE_RPC_TIMEOUT = timedelta(seconds=10)
-
-
 async def review(
     client: Client,
     customer_id: str,
@@ -67,23 +67,94 @@ async def review(
 ) -> str:
     """The operator's decision; the same `update_id` again answers the first one's result."""
     handle = client.get_workflow_handle(onboarding_workflow_id(customer_id))
-    return str(
-        await handle.execute_update(
-            REVIEW_UPDATE,
-            decision.model_dump(mode="json"),
-            id=update_id,
-            result_type=str,
-            rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
-        )
+    return await execute_update(
+        handle,
+        Onboarding.review,
+        decision,
+        id=update_id,
+        rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
     )
 
 
 async def resubmit(client: Client, customer_id: str, documents: Resubmission) -> None:
     handle = client.get_workflow_handle(onboarding_workflow_id(customer_id))
-    await handle.signal(RESUBMIT_SIGNAL, documents)
+    await handle.signal(Onboarding.resubmit_documents, documents)
 
 
 async def status(client: Client, customer_id: str) -> OnboardingStatus:
     handle = client.get_workflow_handle(onboarding_workflow_id(customer_id))
-    answer: OnboardingStatus = await handle.query("status", result_type=OnboardingStatus)
-    return answer
+    return await handle.query(Onboarding.status)
+
+
+# ----- `cardflow onboard` and `cardflow kyc ...` ----------------------------
+
+kyc_app = typer.Typer(help="Operator actions on KYC.", no_args_is_help=True)
+
+
+def onboard_command(
+    customer_id: Annotated[str, typer.Option(parser=parse_customer_id, help="Your customer id")],
+    first_name: Annotated[str, typer.Option()],
+    last_name: Annotated[str, typer.Option()],
+    date_of_birth: Annotated[str, typer.Option(help="YYYY-MM-DD")],
+    country: Annotated[str, typer.Option(help="ISO 3166-1 alpha-3, e.g. DEU")],
+    email: Annotated[str, typer.Option()],
+    document: Annotated[
+        list[str] | None,
+        typer.Option(help="type:country:file, e.g. passport:DEU:passport.jpg (repeatable)"),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the outcome")] = False,
+) -> None:
+    """Start a customer's onboarding (wallets and KYC)."""
+    from workers.client import connect
+
+    settings = console.settings()
+    try:
+        documents = [
+            DocumentSpec(
+                type=d.split(":")[0],  # type: ignore[arg-type]
+                country=(d.split(":") + ["", ""])[1] or None,
+                file_name=(d.split(":") + ["", "", "document.jpg"])[2],
+            )
+            for d in (document or [f"passport:{country}:passport.jpg"])
+        ]
+        request = OnboardingInput.model_validate(
+            {
+                "profile": {
+                    "customer_id": customer_id,
+                    "first_name": first_name,
+                    "last_name": last_name,
+                    "date_of_birth": date_of_birth,
+                    "country": country,
+                    "email": email,
+                },
+                "documents": [d.model_dump() for d in documents],
+            }
+        )
+    except ValidationError as error:
+        console.refuse_input(error)
+
+    async def run() -> None:
+        client = await connect(settings)
+        handle = await start_onboarding(client, settings.task_queues, request)
+        typer.echo(f"started {handle.id}: {console.ui_link(settings, handle.id)}")
+        if wait:
+            typer.echo((await handle.result()).model_dump_json(indent=2))
+
+    console.run(run())
+
+
+@kyc_app.command("review")
+def kyc_review_command(
+    customer_id: CustomerIdArgument,
+    decision: Annotated[str, typer.Option(help="approve or reject")],
+    reason: Annotated[str, typer.Option()],
+    operator: Annotated[str, typer.Option(help="Who decides")],
+) -> None:
+    """Decide an onboarding the KYC provider put on hold."""
+    try:
+        decided = KycReview.model_validate(
+            {"decision": decision, "reason": reason, "operator": operator}
+        )
+    except ValidationError as error:
+        console.refuse_input(error)
+    console.send_update(lambda client: review(client, customer_id, decided))

@@ -44,18 +44,16 @@ from schemas.reconciliation import (
     ReconciliationResult,
     ReconciliationStatus,
     ScheduledReconciliationInput,
-    ScheduledReconciliationResult,
 )
 from schemas.search import PROVIDER
 from schemas.task_queues import TaskQueues
-from starters.schedules import SCHEDULES
-from starters.schedules import ScheduleSpec as CardflowSchedule
+from starters import console
+from starters.updates import execute_update
 from workers.settings import Settings
 from workflows.reconciliation import (
-    DECIDE_UPDATE,
     RECONCILIATION_WORKFLOW,
     SCHEDULED_RECONCILIATION_WORKFLOW,
-    STATUS_QUERY,
+    Reconciliation,
     reconciliation_start_metadata,
     reconciliation_workflow_id,
     scheduled_reconciliation_start_metadata,
@@ -137,21 +135,13 @@ async def decide(
     refuses an unknown item or one no longer awaiting a decision. The same
     `update_id` again answers the first one's result."""
     handle = _handle(client, settlement_date)
-    item: ReconciliationItem = await handle.execute_update(
-        DECIDE_UPDATE,
-        decision,
-        id=update_id,
-        result_type=ReconciliationItem,
-        rpc_timeout=rpc_timeout,
+    return await execute_update(
+        handle, Reconciliation.decide, decision, id=update_id, rpc_timeout=rpc_timeout
     )
-    return item
 
 
 async def status(client: Client, settlement_date: date) -> ReconciliationStatus:
-    answer: ReconciliationStatus = await _handle(client, settlement_date).query(
-        STATUS_QUERY, result_type=ReconciliationStatus
-    )
-    return answer
+    return await _handle(client, settlement_date).query(Reconciliation.status)
 
 
 def _handle(client: Client, settlement_date: date) -> WorkflowHandle[Any, ReconciliationResult]:
@@ -218,15 +208,6 @@ def build_daily_schedule(settings: Settings) -> Schedule:
     )
 
 
-SCHEDULES.append(
-    CardflowSchedule(
-        schedule_id=DAILY_SCHEDULE_ID,
-        build=build_daily_schedule,
-        description="reconcile yesterday's issuer settlement report, daily at 02:00 UTC",
-    )
-)
-
-
 # ----- the demo ------------------------------------------------------------------------
 
 
@@ -246,65 +227,6 @@ async def demo_reconciliation(
         said = say(line)
         if said is not None:
             await said
-
-
-# ----- the recorded scenario ------------------------------------------------------------
-
-SCENARIO_WAIT_SECONDS_MAX = 60
-
-
-async def reconciliation_clean(client: Client, settings: Settings) -> list[str]:
-    """A funded customer's card clears a purchase on a day that has ended
-    (the issuer's clock set a day behind for it); the daily action, started
-    by hand for that day, reconciles it: every record matched, no drift."""
-    import asyncio
-    import uuid
-
-    from schemas.cards import CardInput
-    from starters.scenarios import funded_virtual_card
-    from starters.simulate import authorize, clear, set_issuer_clock_behind
-    from workflows.cards import card_workflow_id
-
-    _, _, card_id = await funded_virtual_card(client, settings)
-    day = await set_issuer_clock_behind(settings, days=1)
-    try:
-        authorization = await authorize(settings, card_id, 3_000)
-        cleared = await clear(settings, authorization.id, 3_000, final=True)
-    finally:
-        await set_issuer_clock_behind(settings, days=0)
-    card = client.get_workflow_handle(card_workflow_id(card_id))
-    for _ in range(SCENARIO_WAIT_SECONDS_MAX * 20):
-        state = await card.query("status", result_type=CardInput)
-        if cleared.id in state.seen_events and not state.authorizations:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise TimeoutError(f"the card never settled {cleared.id}")
-    queues = settings.task_queues
-    driver_id = f"{DAILY_SCHEDULE_ID}-manual-{uuid.uuid4().hex[:8]}"
-    driver = ScheduledReconciliationInput(
-        settlement_date=day,
-        reports_dir=reports_dir(settings),
-        ledger_task_queue=queues.ledger,
-        providers_task_queue=queues.providers,
-        workflows_task_queue=queues.workflows,
-    )
-    metadata = scheduled_reconciliation_start_metadata(driver)
-    started: ScheduledReconciliationResult = await client.execute_workflow(
-        SCHEDULED_RECONCILIATION_WORKFLOW,
-        driver,
-        id=driver_id,
-        task_queue=queues.workflows,
-        static_summary=metadata.summary,
-        static_details=metadata.details,
-        result_type=ScheduledReconciliationResult,
-    )
-    result = await client.get_workflow_handle(
-        started.workflow_id, result_type=ReconciliationResult
-    ).result()
-    if result.report.items or result.report.records_matched < 1:
-        raise RuntimeError(f"the day did not reconcile clean:\n{summary(result)}")
-    return [driver_id, started.workflow_id]
 
 
 # ----- `cardflow reconcile ...` ------------------------------------------------------
@@ -331,7 +253,6 @@ def run_command(
     day: Annotated[str, typer.Option("--date", help="The UTC day, YYYY-MM-DD")],
 ) -> None:
     """Reconcile the issuer's settlement report of the day; waits for the report."""
-    from starters.cli import _run, _settings, _ui_link
     from workers.client import connect
 
     settlement_date = _date(day)
@@ -339,18 +260,18 @@ def run_command(
     if refusal is not None:
         typer.echo(f"date: {refusal}", err=True)
         raise typer.Exit(2)
-    settings = _settings()
+    settings = console.settings()
 
     async def go() -> int:
         client = await connect(settings)
         request = reconciliation_input(settings, settings.task_queues, settlement_date)
         workflow_id = reconciliation_workflow_id(ISSUER_PROVIDER, settlement_date)
-        typer.echo(f"{workflow_id}: {_ui_link(settings, workflow_id)}")
+        typer.echo(f"{workflow_id}: {console.ui_link(settings, workflow_id)}")
         result = await run(client, settings.task_queues, request)
         typer.echo(summary(result))
         return 0
 
-    raise typer.Exit(_run(go()))
+    raise typer.Exit(console.run(go()))
 
 
 @reconcile_app.command("decide")
@@ -364,8 +285,6 @@ def decide_command(
     """Decide one difference over the threshold: adjust through suspense, or dismiss."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input, _send_update
-
     settlement_date = _date(day)
     if action not in {choice.value for choice in DecisionAction}:
         typer.echo(f"action: {action!r} is not one of adjust, dismiss", err=True)
@@ -375,12 +294,12 @@ def decide_command(
             {"item_id": item, "action": action, "operator": operator, "reason": reason}
         )
     except ValidationError as error:
-        _refuse_input(error)
+        console.refuse_input(error)
 
     async def action_(client: Client) -> str:
         return (await decide(client, settlement_date, decision)).model_dump_json(indent=2)
 
-    _send_update(action_)
+    console.send_update(action_)
 
 
 @reconcile_app.command("status")
@@ -388,15 +307,14 @@ def status_command(
     day: Annotated[str, typer.Option("--date", help="The reconciled UTC day, YYYY-MM-DD")],
 ) -> None:
     """The reconciliation's stage and its items."""
-    from starters.cli import _run, _settings
     from workers.client import connect
 
     settlement_date = _date(day)
-    settings = _settings()
+    settings = console.settings()
 
     async def go() -> int:
         client = await connect(settings)
         typer.echo((await status(client, settlement_date)).model_dump_json(indent=2))
         return 0
 
-    raise typer.Exit(_run(go()))
+    raise typer.Exit(console.run(go()))

@@ -1,5 +1,6 @@
-"""Named end-to-end scenarios against a running stack: the demo runs them, and
-`cardflow histories record` records their workflow histories for replay tests."""
+"""Named end-to-end scenarios against a running stack: `cardflow histories
+record` records their workflow histories for replay tests, and the demo's
+walk-through (starters/demo.py) takes its steps from them."""
 
 from __future__ import annotations
 
@@ -34,11 +35,11 @@ from schemas.providers import KYC
 from starters.cards import issue_card
 from starters.health import ping
 from starters.onboarding import resubmit, review, start_onboarding
-from starters.reconcile import reconciliation_clean
+from starters.updates import execute_update
 from workers.settings import Settings
-from workflows.cards import CLOSE_UPDATE, FREEZE_UPDATE, UNFREEZE_UPDATE, card_workflow_id
+from workflows.cards import CardEntity, CardIssue, card_workflow_id
 from workflows.health import ping_workflow_id
-from workflows.onboarding import wallet_code
+from workflows.onboarding import Onboarding, wallet_code
 
 STAGE_WAIT_SECONDS_MAX = 60
 # A scenario's closed card ends its process this soon (no late money comes).
@@ -68,14 +69,14 @@ async def reach(handle: WorkflowHandle[Any, Any], stage: str) -> OnboardingStatu
     """Wait until the onboarding reports `stage`."""
     status: OnboardingStatus | None = None
     for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
-        status = await handle.query("status", result_type=OnboardingStatus)
+        status = await handle.query(Onboarding.status)
         if status.stage == stage:
             return status
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{handle.id} never reached {stage!r} (last: {status})")
 
 
-async def _decide(
+async def decide_kyc(
     settings: Settings,
     applicant_id: str,
     result: KycDecision,
@@ -110,7 +111,7 @@ async def ping_scenario(client: Client, settings: Settings) -> str:
 async def onboarding_approved(client: Client, settings: Settings) -> str:
     handle = await _onboard(client, settings, "approved")
     status = await reach(handle, "waiting for the KYC result")
-    await _decide(settings, status.applicant_id or "", KycDecision.GREEN)
+    await decide_kyc(settings, status.applicant_id or "", KycDecision.GREEN)
     await handle.result()
     return handle.id
 
@@ -118,7 +119,7 @@ async def onboarding_approved(client: Client, settings: Settings) -> str:
 async def onboarding_resubmitted(client: Client, settings: Settings) -> str:
     handle = await _onboard(client, settings, "resubmitted")
     status = await reach(handle, "waiting for the KYC result")
-    await _decide(
+    await decide_kyc(
         settings,
         status.applicant_id or "",
         KycDecision.RED,
@@ -128,7 +129,7 @@ async def onboarding_resubmitted(client: Client, settings: Settings) -> str:
     await reach(handle, "waiting for resubmitted documents")
     await resubmit(client, status.customer_id, Resubmission(documents=[PASSPORT]))
     status = await reach(handle, "waiting for the KYC result")
-    await _decide(settings, status.applicant_id or "", KycDecision.GREEN)
+    await decide_kyc(settings, status.applicant_id or "", KycDecision.GREEN)
     await handle.result()
     return handle.id
 
@@ -136,7 +137,7 @@ async def onboarding_resubmitted(client: Client, settings: Settings) -> str:
 async def onboarding_rejected(client: Client, settings: Settings) -> str:
     handle = await _onboard(client, settings, "rejected")
     status = await reach(handle, "waiting for the KYC result")
-    await _decide(
+    await decide_kyc(
         settings, status.applicant_id or "", KycDecision.RED, KycRejectType.FINAL, ("FORGERY",)
     )
     await handle.result()
@@ -146,7 +147,7 @@ async def onboarding_rejected(client: Client, settings: Settings) -> str:
 async def onboarding_reviewed(client: Client, settings: Settings) -> str:
     handle = await _onboard(client, settings, "reviewed")
     status = await reach(handle, "waiting for the KYC result")
-    await _decide(settings, status.applicant_id or "", KycDecision.ON_HOLD)
+    await decide_kyc(settings, status.applicant_id or "", KycDecision.ON_HOLD)
     await reach(handle, "in operator review")
     await review(
         client,
@@ -215,8 +216,8 @@ async def card_virtual(client: Client, settings: Settings) -> list[str]:
     """An approved customer gets a virtual card, freezes, unfreezes and closes it."""
     _, issue_id, card_id = await funded_virtual_card(client, settings)
     card = client.get_workflow_handle(card_workflow_id(card_id))
-    for update in (FREEZE_UPDATE, UNFREEZE_UPDATE, CLOSE_UPDATE):
-        await card.execute_update(update, CardStateChange(reason="scenario"))
+    for update in (CardEntity.freeze, CardEntity.unfreeze, CardEntity.close):
+        await execute_update(card, update, CardStateChange(reason="scenario"))
     await card.result()
     return [issue_id, card.id]
 
@@ -333,16 +334,16 @@ async def cashback_clawback(client: Client, settings: Settings) -> str:
     return handle.id
 
 
-async def _topup_reaching(client: Client, workflow_id: str, done: Callable[[Any], bool]) -> None:
+async def topup_reaching(client: Client, workflow_id: str, done: Callable[[Any], bool]) -> None:
     """Wait until the top-up (started by a webhook) reports a status `done` accepts."""
     from temporalio.service import RPCError
 
-    from schemas.topup import TopupStatus
+    from workflows.topup import Topup
 
     handle = client.get_workflow_handle(workflow_id)
     for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
         try:
-            if done(await handle.query("status", result_type=TopupStatus)):
+            if done(await handle.query(Topup.status)):
                 return
         except RPCError:
             pass  # its webhook has not started it yet
@@ -360,7 +361,7 @@ async def topup_bank(client: Client, settings: Settings) -> str:
     customer_id = onboarding.removeprefix("onboarding/")
     transfer = await simulate_bank_transfer(settings, customer_id, 10_000, Currency.USD)
     workflow_id = topup_workflow_id("bank", transfer.id)
-    await _topup_reaching(client, workflow_id, lambda status: status.outcome is not None)
+    await topup_reaching(client, workflow_id, lambda status: status.outcome is not None)
     await client.get_workflow_handle(workflow_id).result()
     return workflow_id
 
@@ -393,7 +394,7 @@ async def topup_collects_debt(client: Client, settings: Settings) -> str:
 
     transfer = await simulate_bank_transfer(settings, customer_id, 10_000, Currency.USD)
     workflow_id = topup_workflow_id("bank", transfer.id)
-    await _topup_reaching(client, workflow_id, lambda status: status.outcome is not None)
+    await topup_reaching(client, workflow_id, lambda status: status.outcome is not None)
     await client.get_workflow_handle(workflow_id).result()
     return workflow_id
 
@@ -409,7 +410,7 @@ async def topup_unmatched(client: Client, settings: Settings) -> str:
     customer_id = onboarding.removeprefix("onboarding/")
     transfer = await simulate_bank_transfer(settings, "INVOICE 2291", 5_000, Currency.USD)
     workflow_id = topup_workflow_id("bank", transfer.id)
-    await _topup_reaching(client, workflow_id, lambda status: status.stage == STAGE_REVIEW)
+    await topup_reaching(client, workflow_id, lambda status: status.stage == STAGE_REVIEW)
     decision = TopupReview(
         decision="approve",
         reason="payer confirmed by phone",
@@ -438,10 +439,10 @@ async def topup_usdt(client: Client, settings: Settings) -> str:
     customer_id = onboarding.removeprefix("onboarding/")
     deposit = await simulate_deposit(settings, customer_id, 25_000_000)
     workflow_id = topup_workflow_id("usdt", deposit.tx_hash)
-    await _topup_reaching(client, workflow_id, lambda status: status.stage == STAGE_CONFIRMATIONS)
+    await topup_reaching(client, workflow_id, lambda status: status.stage == STAGE_CONFIRMATIONS)
     for blocks, seen in ((1, 1), (5, 6)):
         await mine_blocks(settings, blocks)
-        await _topup_reaching(client, workflow_id, partial(_has_confirmations, seen))
+        await topup_reaching(client, workflow_id, partial(_has_confirmations, seen))
     await mine_blocks(settings, 13)
     await client.get_workflow_handle(workflow_id).result()
     return workflow_id
@@ -463,7 +464,6 @@ async def purchase_with_cashback(
     refunded and the cashback clawed back in proportion. Returns the
     authorization and the clearing's transaction ids."""
     from activities.cashback import CashbackStore
-    from schemas.cards import CardInput
     from schemas.issuer import Merchant
     from starters.cashback import SAMPLE_CAMPAIGNS_FILE, read_campaign_file
     from starters.cashback import status as cashback_status
@@ -502,7 +502,7 @@ async def purchase_with_cashback(
     card = client.get_workflow_handle(card_workflow_id(card_id))
 
     async def settled() -> bool:
-        state = await card.query("status", result_type=CardInput)
+        state = await card.query(CardEntity.status)
         return not state.authorizations and refunded.id in state.seen_events
 
     await _until(settled, "the card settles the purchase and the refund")
@@ -516,7 +516,7 @@ async def card_purchase(client: Client, settings: Settings) -> list[str]:
     customer_id, _, card_id = await funded_virtual_card(client, settings)
     _, transaction_id = await purchase_with_cashback(client, settings, customer_id, card_id)
     card = client.get_workflow_handle(card_workflow_id(card_id))
-    await card.execute_update(CLOSE_UPDATE, CardStateChange(reason="scenario"))
+    await execute_update(card, CardEntity.close, CardStateChange(reason="scenario"))
     await card.result()
     return [card.id, cashback_workflow_id(transaction_id)]
 
@@ -526,7 +526,7 @@ async def card_exception(client: Client, settings: Settings) -> list[str]:
     exception (ProcessStatus `exception`); the customer pays in and an operator
     charges the wallet, so the ledger matches the issuer's settlement; then the
     card closes."""
-    from schemas.cards import CardInput, ExceptionDecision
+    from schemas.cards import ExceptionDecision
     from starters.cards import resolve_exception
     from starters.simulate import force_post
 
@@ -535,11 +535,11 @@ async def card_exception(client: Client, settings: Settings) -> list[str]:
     card = client.get_workflow_handle(card_workflow_id(card_id))
 
     async def raised() -> bool:
-        state = await card.query("status", result_type=CardInput)
+        state = await card.query(CardEntity.status)
         return any(e.resolution is None for e in state.exceptions)
 
     await _until(raised, "the card raises an exception")
-    state = await card.query("status", result_type=CardInput)
+    state = await card.query(CardEntity.status)
     [raised_exception] = [e for e in state.exceptions if e.resolution is None]
     await _fund_wallet(settings, customer_id, 50_000, key="exception")
     await resolve_exception(
@@ -547,7 +547,7 @@ async def card_exception(client: Client, settings: Settings) -> list[str]:
         card_id,
         ExceptionDecision(exception_id=raised_exception.id, action="charge", reason="scenario"),
     )
-    await card.execute_update(CLOSE_UPDATE, CardStateChange(reason="scenario"))
+    await execute_update(card, CardEntity.close, CardStateChange(reason="scenario"))
     await card.result()
     return [card.id]
 
@@ -557,7 +557,6 @@ async def _ship_and_activate(
 ) -> None:
     """The issuer ships the physical card to delivery; the customer activates it."""
     from activities.providers.issuer import IssuerClient
-    from schemas.cards import CardIssueStatus
     from schemas.issuer import ShippingStatus
     from starters.cards import activate
     from workflows.cards import card_issue_workflow_id
@@ -570,7 +569,7 @@ async def _ship_and_activate(
             )
 
     async def delivered() -> bool:
-        status: CardIssueStatus = await issuing.query("status", result_type=CardIssueStatus)
+        status = await issuing.query(CardIssue.status)
         return status.stage == "delivered: waiting for activation"
 
     await _until(delivered, f"card {card_id} is delivered")
@@ -581,9 +580,7 @@ async def _ship_and_activate(
 async def physical_card_reported_lost(client: Client, settings: Settings) -> tuple[str, str]:
     """An approved customer's physical card, delivered and activated, then
     reported lost: (the lost card's id, its replacement's id)."""
-    from schemas.cards import CardIssueStatus
     from starters.cards import change_card
-    from workflows.cards import REPORT_LOST_UPDATE
 
     onboarding = await onboarding_approved(client, settings)
     customer_id = onboarding.removeprefix("onboarding/")
@@ -601,13 +598,13 @@ async def physical_card_reported_lost(client: Client, settings: Settings) -> tup
     )
 
     async def shipping() -> bool:
-        status: CardIssueStatus = await issued.query("status", result_type=CardIssueStatus)
+        status = await issued.query(CardIssue.status)
         return status.stage == "shipping"
 
     await _until(shipping, "the physical card is ordered")
-    card_id = (await issued.query("status", result_type=CardIssueStatus)).card_id or ""
+    card_id = (await issued.query(CardIssue.status)).card_id or ""
     await _ship_and_activate(client, settings, card_id, issued.id.removeprefix("card-issue/"))
-    replacement = await change_card(client, card_id, REPORT_LOST_UPDATE, "scenario")
+    replacement = await change_card(client, card_id, "report_lost", "scenario")
     await client.get_workflow_handle(card_workflow_id(card_id)).result()
     return card_id, replacement
 
@@ -621,7 +618,7 @@ async def card_replaced(client: Client, settings: Settings) -> list[str]:
     request_id = replacement_request_id(replacement)
     await _ship_and_activate(client, settings, replacement, request_id)
     card = client.get_workflow_handle(card_workflow_id(replacement))
-    await card.execute_update(CLOSE_UPDATE, CardStateChange(reason="scenario"))
+    await execute_update(card, CardEntity.close, CardStateChange(reason="scenario"))
     await card.result()
     return [card_workflow_id(card_id), card_issue_workflow_id(request_id)]
 
@@ -694,6 +691,63 @@ async def dispute_lost(client: Client, settings: Settings) -> str:
     return await _dispute(client, settings, "lost", contested=True)
 
 
+async def reconciliation_clean(client: Client, settings: Settings) -> list[str]:
+    """A funded customer's card clears a purchase on a day that has ended
+    (the issuer's clock set a day behind for it); the daily action, started
+    by hand for that day, reconciles it: every record matched, no drift."""
+    from schemas.reconciliation import (
+        ReconciliationResult,
+        ScheduledReconciliationInput,
+        ScheduledReconciliationResult,
+    )
+    from starters.reconcile import DAILY_SCHEDULE_ID, reports_dir, summary
+    from starters.simulate import authorize, clear, set_issuer_clock_behind
+    from workflows.reconciliation import (
+        SCHEDULED_RECONCILIATION_WORKFLOW,
+        scheduled_reconciliation_start_metadata,
+    )
+
+    _, _, card_id = await funded_virtual_card(client, settings)
+    day = await set_issuer_clock_behind(settings, days=1)
+    try:
+        authorization = await authorize(settings, card_id, 3_000)
+        cleared = await clear(settings, authorization.id, 3_000, final=True)
+    finally:
+        await set_issuer_clock_behind(settings, days=0)
+    card = client.get_workflow_handle(card_workflow_id(card_id))
+
+    async def settled() -> bool:
+        state = await card.query(CardEntity.status)
+        return cleared.id in state.seen_events and not state.authorizations
+
+    await _until(settled, f"the card settles {cleared.id}")
+    queues = settings.task_queues
+    driver_id = f"{DAILY_SCHEDULE_ID}-manual-{uuid.uuid4().hex[:8]}"
+    driver = ScheduledReconciliationInput(
+        settlement_date=day,
+        reports_dir=reports_dir(settings),
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+    metadata = scheduled_reconciliation_start_metadata(driver)
+    started: ScheduledReconciliationResult = await client.execute_workflow(
+        SCHEDULED_RECONCILIATION_WORKFLOW,
+        driver,
+        id=driver_id,
+        task_queue=queues.workflows,
+        static_summary=metadata.summary,
+        static_details=metadata.details,
+        result_type=ScheduledReconciliationResult,
+    )
+    result = await client.get_workflow_handle(
+        started.workflow_id, result_type=ReconciliationResult
+    ).result()
+    if result.report.items or result.report.records_matched < 1:
+        raise RuntimeError(f"the day did not reconcile clean:\n{summary(result)}")
+    return [driver_id, started.workflow_id]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "ping": ping_scenario,
     "onboarding-approved": onboarding_approved,
@@ -719,198 +773,3 @@ SCENARIOS: dict[str, Scenario] = {
     # card's postings, so its force post stays off the day reconciled.
     "card-exception": card_exception,
 }
-
-
-async def demo(client: Client, settings: Settings, say: Callable[[str, str | None], None]) -> None:
-    """The walk-through `make demo` prints: onboarding, a virtual and a physical card.
-
-    The simulated issuer's clock runs a day behind while it walks: what its
-    cards do settles on yesterday, a day that has ended, which is the only
-    kind of day a reconciliation accepts; the walk-through reconciles it."""
-    from starters.simulate import set_issuer_clock_behind
-
-    settlement_day = await set_issuer_clock_behind(settings, days=1)
-    say(
-        f"The simulated issuer's clock runs a day behind: today's card activity settles on"
-        f" {settlement_day.isoformat()}, a day that has ended, so it can be reconciled",
-        None,
-    )
-    try:
-        await _demo_walk(client, settings, say, settlement_day)
-    finally:
-        await set_issuer_clock_behind(settings, days=0)
-
-
-async def _demo_walk(
-    client: Client,
-    settings: Settings,
-    say: Callable[[str, str | None], None],
-    settlement_day: date,
-) -> None:
-    from activities.providers.issuer import IssuerClient
-    from schemas.cards import CardIssueStatus
-    from schemas.issuer import ShippingStatus
-    from starters.cards import activate
-
-    profile = new_customer("demo")
-    handle = await start_onboarding(
-        client, settings.task_queues, OnboardingInput(profile=profile, documents=[PASSPORT])
-    )
-    say(f"Onboarding {profile.customer_id}: wallets opened, KYC applicant created", handle.id)
-    status = await reach(handle, "waiting for the KYC result")
-    await _decide(settings, status.applicant_id or "", KycDecision.GREEN)
-    say("KYC provider answered GREEN (signed webhook -> gateway -> workflow)", None)
-    result = await handle.result()
-    say(f"Onboarding {result.outcome}: wallets {', '.join(result.wallets)}", handle.id)
-    from schemas.topup import TopupResult
-    from starters.topup import simulate_bank_transfer
-    from workflows.topup import topup_workflow_id
-
-    transfer = await simulate_bank_transfer(settings, profile.customer_id, 50_000, Currency.USD)
-    bank_topup = topup_workflow_id("bank", transfer.id)
-    await _topup_reaching(client, bank_topup, lambda status: status.outcome is not None)
-    credited = await client.get_workflow_handle(bank_topup, result_type=TopupResult).result()
-    say(
-        f"Bank transfer of 500.00 USD (webhook -> top-up): {credited.outcome}, "
-        f"fee {credited.fee_minor}",
-        bank_topup,
-    )
-
-    virtual = await issue_card(
-        client,
-        settings.task_queues,
-        CardIssueInput(
-            request_id=f"demo-virtual-{uuid.uuid4().hex[:6]}",
-            customer_id=profile.customer_id,
-            kind="virtual",
-            address=SCENARIO_ADDRESS,
-        ),
-    )
-    issued = await virtual.result()
-    say(f"Virtual card {issued.card_id} open at once (fee {issued.fee_minor})", virtual.id)
-    say("Its card entity workflow runs for the card's life", card_workflow_id(issued.card_id or ""))
-
-    physical = await issue_card(
-        client,
-        settings.task_queues,
-        CardIssueInput(
-            request_id=f"demo-physical-{uuid.uuid4().hex[:6]}",
-            customer_id=profile.customer_id,
-            kind="physical",
-            address=SCENARIO_ADDRESS,
-        ),
-    )
-    for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
-        shipping = await physical.query("status", result_type=CardIssueStatus)
-        if shipping.stage == "shipping":
-            break
-        await asyncio.sleep(0.05)
-    card_id = shipping.card_id or ""
-    say(f"Physical card {card_id} ordered; following its shipment", physical.id)
-    async with IssuerClient(f"{settings.providers_base_url}/issuer") as issuer:
-        for step in (ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED, ShippingStatus.DELIVERED):
-            await issuer.simulate_shipping(
-                card_id, status=step, carrier="DHL", idempotency_key=f"demo-{card_id}-{step.value}"
-            )
-            while True:
-                seen = (await physical.query("status", result_type=CardIssueStatus)).shipping
-                if seen is not None and seen.status is step:
-                    break
-                await asyncio.sleep(0.05)
-            say(
-                f"Shipping {step.value}: carrier {seen.carrier or '-'}, tracking "
-                f"{seen.tracking_number or '-'}, ETA {seen.eta or '-'}",
-                None,
-            )
-    request_id = physical.id.removeprefix("card-issue/")
-    say(await activate(client, request_id), None)
-    done = await physical.result()
-    say(f"Physical card {done.card_id} {done.state} (fee {done.fee_minor})", physical.id)
-    await _demo_money(
-        client, settings, say, profile.customer_id, issued.card_id or "", settlement_day
-    )
-
-
-async def _demo_money(
-    client: Client,
-    settings: Settings,
-    say: Callable[[str, str | None], None],
-    customer_id: str,
-    card_id: str,
-    settlement_day: date,
-) -> None:
-    """The money part of the demo: a USDT top-up, a conversion, a purchase with
-    cashback and a refund, every wallet balance, and the ledger verified."""
-    from activities.ledger.verify import verify
-    from schemas.topup import TopupResult
-    from starters.fx import confirm, quote
-    from starters.topup import mine_blocks, simulate_deposit
-    from workflows.fx import fx_workflow_id
-    from workflows.topup import STAGE_CONFIRMATIONS, topup_workflow_id
-
-    deposit = await simulate_deposit(settings, customer_id, 25_000_000)
-    usdt_topup = topup_workflow_id("usdt", deposit.tx_hash)
-    await _topup_reaching(client, usdt_topup, lambda status: status.stage == STAGE_CONFIRMATIONS)
-    say(f"25 USDT deposited on Tron (tx {deposit.tx_hash[:12]}): waiting for finality", usdt_topup)
-    for blocks in (1, 5, 13):
-        await mine_blocks(settings, blocks)
-    topped = await client.get_workflow_handle(usdt_topup, result_type=TopupResult).result()
-    say(
-        f"USDT final after {deposit.finality_confirmations} confirmations: "
-        f"{topped.outcome}, {topped.credited_minor} USD cents at quote {topped.quote_id}, "
-        f"fee {topped.fee_minor}",
-        usdt_topup,
-    )
-
-    offer = await quote(
-        client,
-        settings.task_queues,
-        FxConversionInput(
-            request_id=f"demo-fx-{uuid.uuid4().hex[:6]}",
-            customer_id=customer_id,
-            sell_currency=Currency.USD,
-            buy_currency=Currency.EUR,
-            sell_amount_minor=10_000,
-        ),
-    )
-    converted = await confirm(client, offer.request_id)
-    say(
-        f"FX: sold {converted.sold_amount_minor} USD cents for EUR at {converted.rate} "
-        f"({converted.outcome})",
-        fx_workflow_id(offer.request_id),
-    )
-
-    authorization_id, transaction_id = await purchase_with_cashback(
-        client, settings, customer_id, card_id
-    )
-    say(
-        f"Purchase {authorization_id}: 50.00 USD authorized in real time and held, cleared "
-        f"at 42.00 ({transaction_id}); cashback paid, then 20.00 refunded and the cashback "
-        "clawed back in proportion",
-        card_workflow_id(card_id),
-    )
-
-    from starters.billing import demo_statement
-    from starters.dispute import demo_disputes
-    from starters.reconcile import demo_reconciliation
-
-    await demo_disputes(client, settings, say, customer_id, card_id)
-    await demo_reconciliation(client, settings, lambda line: say(line, None), settlement_day)
-    await demo_statement(client, settings, say, customer_id)
-
-    pool = await create_pool(settings.effective_database_url, size_max=1)
-    try:
-        ledger = Ledger(pool)
-        for currency in ("USD", "EUR"):
-            balance = await ledger.balance(wallet_code(customer_id, currency))
-            say(
-                f"Wallet {currency}: posted {balance.posted}, held {balance.debits_pending}, "
-                f"available {balance.available}",
-                None,
-            )
-        violations = await verify(pool)
-    finally:
-        await pool.close()
-    if violations:
-        raise RuntimeError(f"ledger verify found {len(violations)} violations: {violations}")
-    say("cardflow ledger verify: no violations", None)

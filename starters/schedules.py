@@ -3,8 +3,9 @@ billing). `cardflow dev up` and `cardflow schedules ensure` create each one
 that does not exist yet and leave an existing one as it is, so running them
 any number of times leaves exactly one schedule per id.
 
-A process adds its schedule to SCHEDULES: an id and a function building the
-Schedule (action, calendar spec, policies) from the settings.
+A process that runs on a schedule has its id and a function building the
+Schedule (action, calendar spec, policies) from the settings in its own
+module; SCHEDULES below names each of them once.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import typer
 from temporalio.client import Client, Schedule, ScheduleAlreadyRunningError
 
+from starters import console
+from starters.billing import BILLING_SCHEDULE_ID, billing_schedule
+from starters.reconcile import DAILY_SCHEDULE_ID, build_daily_schedule
 from workers.settings import Settings
 
 
@@ -24,8 +29,19 @@ class ScheduleSpec:
     description: str
 
 
-# Every schedule cardflow keeps; processes register theirs here.
-SCHEDULES: list[ScheduleSpec] = []
+# Every schedule cardflow keeps.
+SCHEDULES: list[ScheduleSpec] = [
+    ScheduleSpec(
+        schedule_id=BILLING_SCHEDULE_ID,
+        build=billing_schedule,
+        description="Monthly card fees and statements for the month before",
+    ),
+    ScheduleSpec(
+        schedule_id=DAILY_SCHEDULE_ID,
+        build=build_daily_schedule,
+        description="reconcile yesterday's issuer settlement report, daily at 02:00 UTC",
+    ),
+]
 
 
 async def ensure_schedules(client: Client, settings: Settings) -> dict[str, str]:
@@ -40,6 +56,19 @@ async def ensure_schedules(client: Client, settings: Settings) -> dict[str, str]
     return outcome
 
 
-# Processes register their schedules on import (after SCHEDULES exists).
-import starters.billing  # noqa: E402, F401
-import starters.reconcile  # noqa: E402, F401
+# ----- `cardflow schedules ...` -----------------------------------------------
+
+schedules_app = typer.Typer(help="cardflow's Temporal Schedules.", no_args_is_help=True)
+
+
+@schedules_app.command("ensure")
+def schedules_ensure() -> None:
+    """Create every missing schedule (an existing one is left as it is)."""
+    from workers.client import connect
+
+    async def run() -> dict[str, str]:
+        settings = console.settings()
+        return await ensure_schedules(await connect(settings), settings)
+
+    for schedule_id, outcome in console.run(run()).items():
+        typer.echo(f"{schedule_id}: {outcome}")

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from starters import console
 from workers import certificates
 from workers.secrets import (
     WEBHOOK_OVERLAP_HOURS_DEFAULT,
@@ -20,23 +21,14 @@ from workers.secrets import (
     ensure_dev_secrets,
     rotate_dev_webhook_secret,
 )
-from workers.settings import Settings, SettingsError, load_settings
 
 secrets_app = typer.Typer(help="Development secrets under CARDFLOW_HOME.", no_args_is_help=True)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as error:
-        typer.echo(f"cardflow: {error}", err=True)
-        raise typer.Exit(2) from None
 
 
 @secrets_app.command("ensure")
 def ensure() -> None:
     """Make the dev secrets the settings do not give (once; existing ones are kept)."""
-    settings = _settings()
+    settings = console.settings()
     ensure_dev_secrets(settings)
     typer.echo(f"dev secrets in {dev_secrets_dir(settings)} (owner-only)")
 
@@ -54,7 +46,7 @@ def rotate_webhook(
     ] = WEBHOOK_OVERLAP_HOURS_DEFAULT,
 ) -> None:
     """Give a provider a new dev webhook secret; the current one verifies for the overlap."""
-    settings = _settings()
+    settings = console.settings()
     try:
         until = rotate_dev_webhook_secret(settings, provider, overlap_hours)
     except ValueError as error:

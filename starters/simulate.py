@@ -21,6 +21,7 @@ from activities.providers.issuer import IssuerClient
 from schemas.issuer import Authorization, Merchant, Reversal, Transaction
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.providers import ISSUER
+from starters import console
 from starters.arguments import CustomerIdArgument
 from workers.settings import Settings, load_settings
 
@@ -259,3 +260,29 @@ def deposit_command(
     from starters.topup import simulate_deposit
 
     _print(simulate_deposit(load_settings(), customer_id, amount_minor))
+
+
+# ----- `cardflow simulators ...`: serve them ----------------------------------
+
+simulators_app = typer.Typer(help="Local stand-ins for the providers.", no_args_is_help=True)
+
+
+@simulators_app.command("serve")
+def simulators_serve() -> None:
+    """Serve every provider simulator on CARDFLOW_SIMULATORS_PORT."""
+    import uvicorn
+
+    from simulators.server import build
+    from starters.gateway.server import listener_config
+
+    settings = console.settings()
+    config = listener_config(
+        build(settings),
+        settings,
+        host=settings.bind_host,
+        port=settings.simulators_port,
+        # The admin API trusts the connection's own peer only, which the
+        # listener keeps whatever FORWARDED_ALLOW_IPS says.
+        log_level="warning",
+    )
+    uvicorn.Server(config).run()

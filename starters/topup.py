@@ -39,22 +39,20 @@ from schemas.topup import (
     TopupStatus,
 )
 from schemas.tron import ChainHead, Deposit, DepositAddress
+from starters import console
 from starters.arguments import CustomerIdArgument, parse_customer_id
+from starters.updates import UPDATE_RPC_TIMEOUT, execute_update
 from workers.settings import Settings
 from workflows.topup import (
     BANK_TRANSFER_SIGNAL,
     DEPOSIT_SIGNAL,
-    REVIEW_UPDATE,
     STATUS_PROCESSING,
-    STATUS_QUERY,
     TOPUP_WORKFLOW,
+    Topup,
     topup_start_metadata,
     topup_workflow_id,
 )
 
-# An operator waits this long for the process to take the decision; longer
-# means its workers are down, and the caller should retry later.
-UPDATE_RPC_TIMEOUT = timedelta(seconds=30)
 # The sandbox's paying side of simulated deposits: a well-formed Tron address
 # that custody did not make (so it is nobody's deposit address).
 SANDBOX_SENDER_ADDRESS = "TTxaiGudVhUKHmM1qk14JzqZvkJFzHRrZy"
@@ -166,21 +164,18 @@ async def review(
 ) -> str:
     """The operator's decision; the same `update_id` again answers the first one's result."""
     handle = client.get_workflow_handle(topup_workflow_id(source, external_ref))
-    return str(
-        await handle.execute_update(
-            REVIEW_UPDATE,
-            decision.model_dump(mode="json", exclude_none=True),
-            id=update_id,
-            result_type=str,
-            rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
-        )
+    return await execute_update(
+        handle,
+        Topup.review,
+        decision,
+        id=update_id,
+        rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
     )
 
 
 async def status(client: Client, source: TopupSource, external_ref: str) -> TopupStatus:
     handle = client.get_workflow_handle(topup_workflow_id(source, external_ref))
-    answer: TopupStatus = await handle.query(STATUS_QUERY, result_type=TopupStatus)
-    return answer
+    return await handle.query(Topup.status)
 
 
 # ----- the gateway's routes: a provider event -> its top-up ----------------
@@ -279,9 +274,7 @@ def _provider_call(coroutine: Any) -> Any:
 
 
 def _workflow_link(settings: Settings, workflow_id: str) -> str:
-    from starters.cli import _ui_link
-
-    return f"{workflow_id}: {_ui_link(settings, workflow_id)}"
+    return f"{workflow_id}: {console.ui_link(settings, workflow_id)}"
 
 
 @topup_app.command("bank")
@@ -296,7 +289,6 @@ def bank_command(
     from pydantic import ValidationError
 
     from schemas.topup import BankTopupRequest
-    from starters.cli import _refuse_input, _settings
 
     try:
         request = BankTopupRequest.model_validate(
@@ -307,8 +299,8 @@ def bank_command(
             }
         )
     except ValidationError as error:
-        _refuse_input(error)
-    settings = _settings()
+        console.refuse_input(error)
+    settings = console.settings()
     transfer = _provider_call(
         simulate_bank_transfer(
             settings, request.customer_id, request.amount_minor, request.currency
@@ -323,10 +315,9 @@ def start_command(
     transfer_id: Annotated[str, typer.Argument(help="The bank's inbound transfer id")],
 ) -> None:
     """Start (or reach) the top-up of a bank transfer from the bank's record."""
-    from starters.cli import _settings
     from workers.client import connect
 
-    settings = _settings()
+    settings = console.settings()
     transfer = _provider_call(get_bank_transfer(settings, transfer_id))
 
     async def run() -> str:
@@ -340,9 +331,8 @@ def start_command(
 @topup_app.command("address")
 def address_command(customer_id: CustomerIdArgument) -> None:
     """The customer's USDT-TRC20 deposit address."""
-    from starters.cli import _settings
 
-    address = _provider_call(deposit_address(_settings(), customer_id))
+    address = _provider_call(deposit_address(console.settings(), customer_id))
     typer.echo(address.address)
 
 
@@ -355,15 +345,14 @@ def deposit_command(
     from pydantic import ValidationError
 
     from schemas.topup import DepositRequest
-    from starters.cli import _refuse_input, _settings
 
     try:
         request = DepositRequest.model_validate(
             {"customer_id": customer_id, "amount_minor": _integer(amount_minor)}
         )
     except ValidationError as error:
-        _refuse_input(error)
-    settings = _settings()
+        console.refuse_input(error)
+    settings = console.settings()
     deposit = _provider_call(simulate_deposit(settings, request.customer_id, request.amount_minor))
     typer.echo(f"deposit {deposit.tx_hash} detected at {deposit.address}")
     typer.echo("top-up " + _workflow_link(settings, topup_workflow_id("usdt", deposit.tx_hash)))
@@ -374,18 +363,16 @@ def mine_command(
     count: Annotated[int, typer.Argument(min=1, max=1_000, help="Blocks to mine")],
 ) -> None:
     """Sandbox: mine blocks; deposits gain confirmations and finalize."""
-    from starters.cli import _settings
 
-    head = _provider_call(mine_blocks(_settings(), count))
+    head = _provider_call(mine_blocks(console.settings(), count))
     typer.echo(f"mined {head.blocks_mined}; head block {head.head_block_number}")
 
 
 @topup_app.command("reorg")
 def reorg_command(tx_hash: Annotated[str, typer.Argument()]) -> None:
     """Sandbox: a reorg drops a deposit before finality."""
-    from starters.cli import _settings
 
-    deposit = _provider_call(reorg(_settings(), tx_hash))
+    deposit = _provider_call(reorg(console.settings(), tx_hash))
     typer.echo(f"deposit {deposit.tx_hash}: {deposit.status}")
 
 
@@ -394,13 +381,12 @@ def status_command(
     topup_id: Annotated[str, typer.Argument(help="topup/{bank|usdt}/{ref} or {bank|usdt}/{ref}")],
 ) -> None:
     """A top-up's status: stage, amounts, confirmations, pending review."""
-    from starters.cli import _settings
     from workers.client import connect
 
     source, external_ref = _parsed(topup_id)
 
     async def run() -> TopupStatus:
-        return await status(await connect(_settings()), source, external_ref)
+        return await status(await connect(console.settings()), source, external_ref)
 
     typer.echo(asyncio.run(run()).model_dump_json(indent=2))
 
@@ -421,8 +407,6 @@ def review_command(
     """Decide a top-up in operator review (unmatched payment or over a limit)."""
     from pydantic import ValidationError
 
-    from starters.cli import _refuse_input, _send_update
-
     source, external_ref = _parsed(topup_id)
     try:
         decided = TopupReview.model_validate(
@@ -434,8 +418,8 @@ def review_command(
             }
         )
     except ValidationError as error:
-        _refuse_input(error)
-    _send_update(lambda client: review(client, source, external_ref, decided))
+        console.refuse_input(error)
+    console.send_update(lambda client: review(client, source, external_ref, decided))
 
 
 def _parsed(topup_id: str) -> tuple[TopupSource, str]:

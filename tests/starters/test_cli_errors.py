@@ -17,7 +17,8 @@ import typer
 from typer.core import TyperGroup
 from typer.testing import CliRunner
 
-from starters.cli import EXIT_UNAVAILABLE, app
+from starters.cli import app
+from starters.console import EXIT_UNAVAILABLE
 from tests.conftest import free_port
 
 # Nothing listens there: a command that gets as far as calling out fails.
