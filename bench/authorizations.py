@@ -217,11 +217,11 @@ async def measure_floor(client: Client, rate: float, seconds: float) -> Latency:
         handle = await client.start_workflow(
             Noop.run, id=f"bench-noop/{uuid.uuid4().hex[:8]}", task_queue=queue
         )
-        await handle.execute_update(NOOP_UPDATE, 0)  # warm
+        await handle.execute_update(Noop.touch, 0)  # warm
 
         async def one(i: int) -> float:
             started = time.monotonic()
-            await handle.execute_update(NOOP_UPDATE, i, result_type=int)
+            await handle.execute_update(Noop.touch, i)
             return (time.monotonic() - started) * 1000
 
         results = await open_loop(rate, seconds, one)

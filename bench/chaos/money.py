@@ -39,12 +39,13 @@ from bench.chaos.invariants import Violation
 from bench.chaos.workload import Evidence
 from schemas import accounts
 from schemas.cards import CardIssueResult
-from schemas.cashback import CashbackResult, CashbackStatus
-from schemas.disputes import DisputeResult, DisputeStatusView
+from schemas.cashback import CashbackResult
+from schemas.disputes import DisputeResult
 from schemas.fx import FxConversionResult
 from schemas.issuer import Authorization, AuthorizationStatus, Transaction, TransactionType
 from schemas.topup import TopupResult
-from workflows.cashback import cashback_workflow_id
+from workflows.cashback import Cashback, cashback_workflow_id
+from workflows.dispute import DisputeWorkflow
 
 # Reads of processes at once, and of the issuer's listings (one process
 # serving every simulator: more at once only queue there and time out).
@@ -97,8 +98,9 @@ async def _finished_result(client: Client, workflow_id: str, result_type: type[A
     return await asyncio.wait_for(handle.result(), WORKFLOW_RESULT_SECONDS)
 
 
-async def _status(client: Client, workflow_id: str, result_type: type[Any]) -> Any:
-    return await client.get_workflow_handle(workflow_id).query("status", result_type=result_type)
+async def _status(client: Client, workflow_id: str, query: Callable[[Any], T]) -> T:
+    """The running process's answer to its `query` (the workflow's status method)."""
+    return await client.get_workflow_handle(workflow_id).query(query)
 
 
 async def expected_money(
@@ -285,7 +287,7 @@ async def _cashback(client: Client, transaction_id: str) -> tuple[str, int] | No
             return None  # no cashback process for this purchase
         raise
     if result is None:
-        status: CashbackStatus = await _status(client, workflow_id, CashbackStatus)
+        status = await _status(client, workflow_id, Cashback.status)
         if status.currency is None:
             return None
         return status.currency.value, status.reward_minor - status.clawed_back_minor
@@ -297,7 +299,7 @@ async def _cashback(client: Client, transaction_id: str) -> tuple[str, int] | No
 async def _dispute(client: Client, workflow_id: str) -> tuple[str, int] | None:
     result = await _finished_result(client, workflow_id, DisputeResult)
     if result is None:
-        view: DisputeStatusView = await _status(client, workflow_id, DisputeStatusView)
+        view = await _status(client, workflow_id, DisputeWorkflow.status)
         if view.currency is None:
             return None
         return view.currency.value, _dispute_net(

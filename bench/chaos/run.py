@@ -60,9 +60,9 @@ from schemas.providers import ISSUER
 from schemas.reconciliation import (
     ReconciliationItem,
     ReconciliationResult,
-    ReconciliationStatus,
 )
 from schemas.task_queues import QUEUE_KINDS
+from schemas.units import DAY_SECONDS
 from starters.apikeys import create_key
 from starters.devstack.processes import wait_for_port
 from starters.devstack.stack import GATEWAY, SIMULATORS, Stack, worker_part
@@ -70,7 +70,7 @@ from workers.client import connect
 from workers.settings import load_settings
 from workers.telemetry import metrics_port_of
 from workflows.cards import CARD_WORKFLOW
-from workflows.reconciliation import STATUS_QUERY
+from workflows.reconciliation import Reconciliation
 
 DEFAULT_SEED = 1
 DEFAULT_OPERATIONS = 1_000
@@ -82,7 +82,7 @@ DEFAULT_FAULT_RATE = 0.05
 CUSTOMERS_PER_SLOT = 2
 # The simulated issuer's clock runs a day behind: the run's card activity
 # settles yesterday, a day that has ended and can be reconciled at the end.
-ISSUER_CLOCK_BEHIND_SECONDS = 24 * 3600
+ISSUER_CLOCK_BEHIND_SECONDS = DAY_SECONDS
 # A short quote, so a confirmation after expiry costs a few seconds.
 FX_QUOTE_TTL_SECONDS = 15
 MINE_EVERY_SECONDS = 0.5
@@ -661,7 +661,7 @@ class Chaos:
         except TimeoutError:
             # Still running: say where it waits (an operator's decision, a page).
             try:
-                status = await handle.query(STATUS_QUERY, result_type=ReconciliationStatus)
+                status = await handle.query(Reconciliation.status)
             except Exception as error:  # noqa: BLE001 - the timeout is the finding
                 where = f"its status unreadable: {error!r}"
                 return [Violation("reconciliation_unfinished", workflow_id, where[:300])], {}
