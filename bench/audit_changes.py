@@ -75,8 +75,8 @@ CHANGES: dict[str, Change] = {
         "the top-up fee rounded up instead of down",
         ("tests/schemas", "tests/workflows/test_topup.py"),
         path="schemas/topup.py",
-        original="credited_minor * self.bps // BPS_PER_UNIT",
-        mutated="-(-credited_minor * self.bps // BPS_PER_UNIT)",
+        original="credited_minor * self.bps // BASIS_POINTS_PER_UNIT",
+        mutated="-(-credited_minor * self.bps // BASIS_POINTS_PER_UNIT)",
     ),
 }
 

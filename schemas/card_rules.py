@@ -32,8 +32,7 @@ from schemas.cards import (
     Spend,
 )
 from schemas.issuer import CardState
-
-BASIS_POINTS_PER_UNIT = 10_000
+from schemas.units import BASIS_POINTS_PER_UNIT
 
 
 def refusal(

@@ -17,6 +17,7 @@ from schemas.issuer import Reversal as IssuerReversal
 from schemas.issuer import Transaction as IssuerTransaction
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
+from schemas.units import DAY_SECONDS
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
 CardKind = Literal["virtual", "physical"]
@@ -26,8 +27,8 @@ class CardIssuePolicy(BaseModel):
     issuance_fee_virtual_minor: int = Field(default=0, ge=0, le=AMOUNT_MINOR_MAX)
     issuance_fee_physical_minor: int = Field(default=500, ge=0, le=AMOUNT_MINOR_MAX)
     # A physical card not delivered within this is given up (card closed, fee refunded).
-    delivery_wait_seconds: int = Field(default=30 * 24 * 3600, ge=1)
-    activation_wait_seconds: int = Field(default=90 * 24 * 3600, ge=1)
+    delivery_wait_seconds: int = Field(default=30 * DAY_SECONDS, ge=1)
+    activation_wait_seconds: int = Field(default=90 * DAY_SECONDS, ge=1)
 
 
 class CardIssueInput(EdgeModel):
@@ -113,7 +114,7 @@ class CardPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # An approved authorization holds funds this long unless cleared or reversed.
-    hold_expiry_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    hold_expiry_seconds: int = Field(default=7 * DAY_SECONDS, ge=1)
     # A clearing above what was authorized (a tip) posts the excess up to this
     # share of the authorized amount; beyond it the excess waits for an operator.
     clearing_over_tolerance_bps: int = Field(default=2_000, ge=0, le=10_000)
@@ -126,7 +127,7 @@ class CardPolicy(BaseModel):
     # A closed card's process stays this long once it holds nothing, for the
     # issuer's late money (refunds, late presentments); money arriving after
     # that starts the card's process again.
-    closed_linger_seconds: int = Field(default=180 * 24 * 3600, ge=1)
+    closed_linger_seconds: int = Field(default=180 * DAY_SECONDS, ge=1)
 
 
 class Merchant(BaseModel):

@@ -48,10 +48,9 @@ from schemas.edge import TEXT_CHARS_MAX, EdgeModel
 from schemas.ledger import AmountMinor
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
+from schemas.units import BASIS_POINTS_PER_UNIT, DAY_SECONDS
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
-DAY_SECONDS = 24 * 3600
-BASIS_POINTS_PER_UNIT = 10_000
 DEFAULT_SEGMENT = "standard"
 # Limits: campaigns per file and per evaluation, rules per campaign, refunds per purchase.
 CAMPAIGNS_PER_FILE_MAX = 200

@@ -33,9 +33,9 @@ from schemas.issuer import DisputeReason, DisputeStatus, EvidenceType
 from schemas.ledger import AccountSpec, AmountMinor
 from schemas.money import Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
+from schemas.units import DAY_SECONDS
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
-DAY_SECONDS = 24 * 3600
 EVIDENCE_ITEMS_MAX = 20
 # A piece of evidence: text of several lines, as the issuer takes it.
 EVIDENCE_TEXT_CHARS_MAX = TEXT_CHARS_MAX

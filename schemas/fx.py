@@ -28,6 +28,7 @@ from schemas.customers import CustomerId
 from schemas.edge import EdgeModel
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Rate
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
+from schemas.units import BASIS_POINTS_PER_UNIT
 
 
 def _not_a_float(value: Any) -> Any:
@@ -76,7 +77,6 @@ class FxQuote(BaseModel):
 # dollars, a million USDT), the rate source's own ceiling; the policy's
 # per-currency maximum is far below it.
 FX_AMOUNT_MINOR_MAX = 10**12
-BPS_PER_UNIT = 10_000
 # A fee above 10% of the amount is a typo in the policy, not a price.
 FEE_BPS_MAX = 1_000
 _MINUTE_SECONDS = 60
@@ -154,7 +154,7 @@ def conversion_fee_minor(sell_amount_minor: int, terms: FxCurrencyTerms, fee_bps
     source's own rounding, never in the customer's favour by a fraction).
     Integer arithmetic only."""
     assert sell_amount_minor > 0 and fee_bps >= 0
-    proportional = -(-sell_amount_minor * fee_bps // BPS_PER_UNIT)
+    proportional = -(-sell_amount_minor * fee_bps // BASIS_POINTS_PER_UNIT)
     return terms.fee_fixed_minor + proportional
 
 

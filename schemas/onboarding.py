@@ -11,8 +11,8 @@ from schemas.edge import EdgeModel
 from schemas.kyc import KycDocumentType
 from schemas.money import Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
+from schemas.units import DAY_SECONDS
 
-DAY_SECONDS = 24 * 3600
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
 
 

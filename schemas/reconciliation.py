@@ -13,6 +13,7 @@ from schemas.edge import Day, EdgeModel
 from schemas.issuer import SettlementRecord
 from schemas.money import Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
+from schemas.units import DAY_SECONDS, HOUR_SECONDS
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
 
@@ -69,11 +70,11 @@ class ReconciliationPolicy(BaseModel):
     # A difference whose absolute amount is below the currency's threshold is
     # fixed automatically; one at or above it waits for an operator.
     auto_fix_threshold_minor: dict[Currency, int] = Field(default_factory=_default_thresholds)
-    decision_wait_seconds: int = Field(default=24 * 3600, ge=1)
+    decision_wait_seconds: int = Field(default=DAY_SECONDS, ge=1)
     # The download heartbeats every page; a worker that stops for this long
     # is presumed dead and the download resumes on another one.
     download_heartbeat_seconds: int = Field(default=30, ge=1)
-    download_timeout_seconds: int = Field(default=3600, ge=1)
+    download_timeout_seconds: int = Field(default=HOUR_SECONDS, ge=1)
     download_attempts_max: int = Field(default=20, ge=1)
     page_size: int = Field(default=SETTLEMENT_PAGE_SIZE_MAX, ge=1, le=SETTLEMENT_PAGE_SIZE_MAX)
     # Each run looks back this many days (its own included) at earlier fixes

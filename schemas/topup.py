@@ -27,10 +27,9 @@ from schemas.money import AMOUNT_MINOR_MAX, Currency, Money
 from schemas.providers import BANK, TRON
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 from schemas.tron import Deposit
+from schemas.units import BASIS_POINTS_PER_UNIT, DAY_SECONDS, HOUR_SECONDS
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
-DAY_SECONDS = 24 * 3600
-BPS_PER_UNIT = 10_000
 
 TopupSource = Literal["bank", "usdt"]
 TOPUP_SOURCES: tuple[TopupSource, ...] = ("bank", "usdt")
@@ -47,7 +46,7 @@ class TopupFee(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    bps: int = Field(default=0, ge=0, le=BPS_PER_UNIT)
+    bps: int = Field(default=0, ge=0, le=BASIS_POINTS_PER_UNIT)
     fixed_minor: dict[Currency, Annotated[int, Field(ge=0, le=AMOUNT_MINOR_MAX)]] = Field(
         default_factory=dict
     )
@@ -55,7 +54,7 @@ class TopupFee(BaseModel):
     def fee_minor(self, credited_minor: int, currency: Currency) -> int:
         """The fee on a credit: fixed plus bps rounded down (in the customer's
         favour), never more than the credit itself."""
-        fee = self.fixed_minor.get(currency, 0) + credited_minor * self.bps // BPS_PER_UNIT
+        fee = self.fixed_minor.get(currency, 0) + credited_minor * self.bps // BASIS_POINTS_PER_UNIT
         return min(fee, credited_minor)
 
 
@@ -114,10 +113,10 @@ class TopupPolicy(BaseModel):
     confirmation_wait_seconds: int = Field(default=DAY_SECONDS, ge=1)
     # The bank transfer or first deposit snapshot arrives with the start; this
     # bounds a start that came without one.
-    source_wait_seconds: int = Field(default=3600, ge=1)
+    source_wait_seconds: int = Field(default=HOUR_SECONDS, ge=1)
     review_wait_seconds: int = Field(default=3 * DAY_SECONDS, ge=1)
     # A quote with less life left than this is not posted; a new one is taken.
-    quote_remaining_seconds_min: int = Field(default=5, ge=0, le=3600)
+    quote_remaining_seconds_min: int = Field(default=5, ge=0, le=HOUR_SECONDS)
     quote_attempts_max: int = Field(default=10, ge=1, le=100)
     # Seconds between quotes when one came back too short-lived.
     requote_delay_seconds: int = Field(default=1, ge=0, le=60)

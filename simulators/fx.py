@@ -39,6 +39,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
 from schemas.money import AMOUNT_MINOR_MAX, MINOR_UNIT_EXPONENT, Currency, Rate
+from schemas.units import BASIS_POINTS_PER_UNIT
 from simulators.framework.context import SimulatorContext
 
 NAME = "fx"
@@ -50,7 +51,6 @@ RATE_QUANTUM = Decimal(1).scaleb(-RATE_DECIMAL_PLACES)
 # 13, MID_RATE_MAX with RATE_DECIMAL_PLACES) and an inverse mid rate is precise
 # far beyond RATE_DECIMAL_PLACES.
 DECIMAL_PRECISION_DIGITS = 50
-BPS_PER_UNIT = 10_000
 SPREAD_BPS_DEFAULT = 25
 # A spread above 10% is no longer a quote but a mistake in the options.
 SPREAD_BPS_MAX = 1_000
@@ -198,7 +198,7 @@ def customer_rate(mid: Decimal, spread_bps: int) -> Decimal:
     """The mid rate less the spread, truncated: never better than mid - spread."""
     with localcontext() as exact:
         exact.prec = DECIMAL_PRECISION_DIGITS
-        return (mid * (BPS_PER_UNIT - spread_bps) / BPS_PER_UNIT).quantize(
+        return (mid * (BASIS_POINTS_PER_UNIT - spread_bps) / BASIS_POINTS_PER_UNIT).quantize(
             RATE_QUANTUM, rounding=ROUND_DOWN
         )
 

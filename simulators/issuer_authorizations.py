@@ -16,6 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from schemas.units import BASIS_POINTS_PER_UNIT
 from simulators.issuer_models import (
     AdviceIn,
     Authorization,
@@ -54,7 +55,6 @@ AUTHORIZATION_HOLD_DAYS = 7
 # What the network charges the program on a transaction in another currency
 # than the card's, in basis points of the card-currency amount.
 CURRENCY_CONVERSION_FEE_BPS = 100
-BASIS_POINTS_PER_UNIT = 10_000
 
 
 def _require_pending(authorization: Authorization, action: str) -> None:

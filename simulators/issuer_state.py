@@ -17,6 +17,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel
 
 from schemas.money import MINOR_UNIT_EXPONENT, Currency
+from schemas.units import DAY_SECONDS
 from simulators.framework.context import SimulatorContext
 from simulators.issuer_models import (
     Authorization,
@@ -37,8 +38,8 @@ Model = TypeVar("Model", bound=BaseModel)
 # through the admin API instead of waiting. Set behind before anything
 # happens (tests, the demo), what the issuer does now is stamped on a day
 # that has ended, the only kind of day cardflow reconciles.
-CLOCK_OFFSET_SECONDS_MAX = 10 * 365 * 24 * 3600
-CLOCK_BEHIND_SECONDS_MAX = 31 * 24 * 3600
+CLOCK_OFFSET_SECONDS_MAX = 10 * 365 * DAY_SECONDS
+CLOCK_BEHIND_SECONDS_MAX = 31 * DAY_SECONDS
 # A transaction the issuer settles late appears in the settlement report of
 # a later day than the one it happened on, at most this many days later.
 SETTLEMENT_DELAY_DAYS_MAX = 31

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from schemas.units import DAY_SECONDS
 from tests.conftest import free_port
 from tests.providers import running, simulator_process
 
@@ -29,7 +30,6 @@ ADDRESS = {
 CAFE = {"name": "Corner Cafe", "mcc": "5812", "country": "US"}
 HOTEL = {"name": "Hotel Lutetia", "mcc": "7011", "country": "FR"}
 DELIVERY_SECONDS_MAX = 10
-DAY_SECONDS = 24 * 3600
 
 Answer = tuple[int, dict[str, Any], float]
 

@@ -51,6 +51,7 @@ from schemas.reconciliation import (
     ScheduledReconciliationInput,
 )
 from schemas.task_queues import TaskQueues
+from schemas.units import DAY_SECONDS
 from starters.cli import app
 from starters.reconcile import DAILY_SCHEDULE_ID, demo_reconciliation
 from starters.schedules import ensure_schedules
@@ -75,7 +76,6 @@ from workflows.reconciliation import (
 )
 
 THRESHOLD_MINOR = 500
-DAY_SECONDS = 24 * 3600
 POLICY = ReconciliationPolicy(
     auto_fix_threshold_minor={Currency.USD: THRESHOLD_MINOR},
     decision_wait_seconds=12,
