@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import Ledger
+from activities.queues import ledger_activity
 from schemas.billing import (
     STATEMENT_ENTRIES_PER_WALLET_MAX,
     ActiveCard,
@@ -115,7 +116,7 @@ class BillingActivities:
         self.pool = pool
         self.ledger = Ledger(pool)
 
-    @activity.defn(name=CUSTOMERS_PAGE)
+    @ledger_activity(CUSTOMERS_PAGE)
     async def customers_page(self, request: CustomersPageRequest) -> CustomersPage:
         """Customers holding a card issued before the period's end, in id order."""
         rows = await self.pool.fetch(
@@ -133,7 +134,7 @@ class BillingActivities:
             customer_ids=ids, next_after=ids[-1] if len(rows) > request.limit else None
         )
 
-    @activity.defn(name=ACTIVE_CARDS)
+    @ledger_activity(ACTIVE_CARDS)
     async def active_cards(self, request: ActiveCardsRequest) -> list[ActiveCard]:
         """The customer's cards active in the period, with their currency (see
         schemas.billing for the rule); asks each card's process."""
@@ -174,7 +175,7 @@ class BillingActivities:
             active.append(ActiveCard(card_id=card.card_id, currency=card.currency))
         return active
 
-    @activity.defn(name=WRITE_STATEMENT)
+    @ledger_activity(WRITE_STATEMENT)
     async def write_statement(self, request: StatementRequest) -> StatementSummary:
         """Write {statements_dir}/{customer}/{period}.json and .html; returns
         their paths and each wallet's totals. Writing again overwrites."""

@@ -7,8 +7,8 @@ from datetime import datetime
 
 import asyncpg
 from pydantic import AwareDatetime, BaseModel, Field
-from temporalio import activity
 
+from activities.queues import ledger_activity
 from schemas.money import Currency
 
 RECORD_CARD_TRANSACTION = "cards.record_transaction"
@@ -112,11 +112,11 @@ class CardTransactionActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.store = CardTransactionStore(pool)
 
-    @activity.defn(name=RECORD_CARD_TRANSACTION)
+    @ledger_activity(RECORD_CARD_TRANSACTION)
     async def record(self, row: CardTransactionRecord) -> bool:
         return await self.store.record(row)
 
-    @activity.defn(name=CLAIM_CARD_EVENT)
+    @ledger_activity(CLAIM_CARD_EVENT)
     async def claim(self, claim: CardEventClaim) -> bool:
         return await self.store.claim(claim)
 

@@ -7,9 +7,9 @@ import json
 from datetime import datetime
 
 import asyncpg
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.queues import ledger_activity
 from schemas.cashback import (
     CAMPAIGNS_ACTIVE_MAX,
     DEFAULT_SEGMENT,
@@ -221,7 +221,7 @@ class CashbackActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.store = CashbackStore(pool)
 
-    @activity.defn(name=LOAD_CONTEXT)
+    @ledger_activity(LOAD_CONTEXT)
     async def load_context(self, request: CashbackContextRequest) -> CashbackContext:
         """The campaigns in force at the purchase, the customer's segment and the
         purchase counts their recent-activity rules ask for."""

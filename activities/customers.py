@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncpg
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.queues import ledger_activity
 from schemas.customers import CustomerProfile, KycStatus
 
 SAVE_PROFILE = "customers.save_profile"
@@ -84,11 +84,11 @@ class CustomerActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.store = CustomerStore(pool)
 
-    @activity.defn(name=SAVE_PROFILE)
+    @ledger_activity(SAVE_PROFILE)
     async def save_profile(self, profile: CustomerProfile) -> None:
         await self.store.save(profile)
 
-    @activity.defn(name=SET_KYC_STATUS)
+    @ledger_activity(SET_KYC_STATUS)
     async def set_kyc_status(self, customer_id: str, status: KycStatus) -> None:
         try:
             await self.store.set_kyc_status(customer_id, status)
@@ -97,7 +97,7 @@ class CustomerActivities:
                 str(error), type="CustomerNotFound", non_retryable=True
             ) from None
 
-    @activity.defn(name=GET_KYC_STATUS)
+    @ledger_activity(GET_KYC_STATUS)
     async def get_kyc_status(self, customer_id: str) -> KycStatus | None:
         return await self.store.kyc_status(customer_id)
 

@@ -8,9 +8,9 @@ may retry any of them; errors arrive classified by the HTTP boundary.
 from __future__ import annotations
 
 import asyncpg
-from temporalio import activity
 
 from activities.providers.activities import ProviderClients
+from activities.queues import ledger_activity, provider_activity
 from schemas.disputes import DisputedTransaction, IssuerDisputeRequest
 from schemas.issuer import Dispute, DisputeEvidence
 
@@ -26,7 +26,7 @@ class DisputeLedgerActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    @activity.defn(name=LOAD_TRANSACTION)
+    @ledger_activity(LOAD_TRANSACTION)
     async def load_transaction(self, transaction_id: str) -> DisputedTransaction | None:
         """The settled transaction, or None when the card never recorded it."""
         row = await self.pool.fetchrow(
@@ -50,7 +50,7 @@ class DisputeProviderActivities:
     def __init__(self, clients: ProviderClients) -> None:
         self.clients = clients
 
-    @activity.defn(name=ISSUER_OPEN)
+    @provider_activity(ISSUER_OPEN)
     async def issuer_open(self, request: IssuerDisputeRequest) -> Dispute:
         assert request.reason is not None
         return await self.clients.issuer.open_dispute(
@@ -61,23 +61,23 @@ class DisputeProviderActivities:
             idempotency_key=request.key,
         )
 
-    @activity.defn(name=ISSUER_GET)
+    @provider_activity(ISSUER_GET)
     async def issuer_get(self, dispute_id: str) -> Dispute:
         return await self.clients.issuer.get_dispute(dispute_id)
 
-    @activity.defn(name=ISSUER_ADD_EVIDENCE)
+    @provider_activity(ISSUER_ADD_EVIDENCE)
     async def issuer_add_evidence(self, request: IssuerDisputeRequest) -> Dispute:
         return await self.clients.issuer.add_dispute_evidence(
             request.dispute_id, evidence=_evidence(request), idempotency_key=request.key
         )
 
-    @activity.defn(name=ISSUER_WITHDRAW)
+    @provider_activity(ISSUER_WITHDRAW)
     async def issuer_withdraw(self, request: IssuerDisputeRequest) -> Dispute:
         return await self.clients.issuer.withdraw_dispute(
             request.dispute_id, idempotency_key=request.key
         )
 
-    @activity.defn(name=ISSUER_ESCALATE)
+    @provider_activity(ISSUER_ESCALATE)
     async def issuer_escalate(self, request: IssuerDisputeRequest) -> Dispute:
         """Answers the merchant's representment: the dispute goes to pre-arbitration."""
         return await self.clients.issuer.call(

@@ -6,7 +6,8 @@ import os
 import socket
 
 import asyncpg
-from temporalio import activity
+
+from activities.queues import ledger_activity, provider_activity
 
 LEDGER_PING = "ledger_ping"
 PROVIDERS_PING = "providers_ping"
@@ -23,14 +24,14 @@ class LedgerHealthActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @activity.defn(name=LEDGER_PING)
+    @ledger_activity(LEDGER_PING)
     async def ping(self) -> str:
         async with self._pool.acquire() as connection:
             applied = await connection.fetchval("SELECT count(*) FROM schema_migrations")
         return f"{worker_identity()} (database answered, {applied} migrations applied)"
 
 
-@activity.defn(name=PROVIDERS_PING)
+@provider_activity(PROVIDERS_PING)
 async def providers_ping() -> str:
     """Runs on the providers queue: proves the worker polls and answers."""
     return worker_identity()

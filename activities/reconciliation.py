@@ -17,6 +17,7 @@ from temporalio import activity
 
 from activities.metrics import record_reconciliation
 from activities.providers.activities import ProviderClients
+from activities.queues import ledger_activity, provider_activity
 from schemas.money import Currency
 from schemas.notify import Channel
 from schemas.reconciliation import (
@@ -86,7 +87,7 @@ class ReconciliationProviderActivities:
         self.clients = clients
         self.pool = pool
 
-    @activity.defn(name=DOWNLOAD_SETTLEMENT_REPORT)
+    @provider_activity(DOWNLOAD_SETTLEMENT_REPORT)
     async def download(self, request: DownloadRequest) -> DownloadSummary:
         """Stage every record of the day's report under request.run_key, page
         by page, heartbeating the cursor; a retry after a crash resumes from
@@ -153,7 +154,7 @@ class ReconciliationProviderActivities:
             pages_this_attempt=pages_this_attempt,
         )
 
-    @activity.defn(name=NOTIFY_OPERATORS)
+    @provider_activity(NOTIFY_OPERATORS)
     async def notify_operators(self, notice: OperatorNotice) -> str:
         """E-mail the operations mailbox once per notice key; returns the message id."""
         message = await self.clients.notify.send_message(
@@ -368,7 +369,7 @@ class ReconciliationLedgerActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    @activity.defn(name=MATCH_SETTLEMENT)
+    @ledger_activity(MATCH_SETTLEMENT)
     async def match(self, request: MatchRequest) -> MatchResult:
         """Match every staged card-posting record with the ledger's postings
         of the same transaction, and the day's ledger postings with the
@@ -462,7 +463,7 @@ class ReconciliationLedgerActivities:
             differences=differences,
         )
 
-    @activity.defn(name=WRITE_REPORT)
+    @ledger_activity(WRITE_REPORT)
     async def write_report(self, request: ReportWrite) -> ReportPaths:
         """Write the report as JSON and as CSV (one row per difference);
         a retry overwrites the same files. The drift per currency becomes the
@@ -478,7 +479,7 @@ class ReconciliationLedgerActivities:
             )
         return paths
 
-    @activity.defn(name=RECORD_FIX)
+    @ledger_activity(RECORD_FIX)
     async def record_fix(self, fix: FixRecord) -> None:
         """Keep a posted fix for later runs' look-back; a retry keeps the first."""
         difference = fix.difference
@@ -503,7 +504,7 @@ class ReconciliationLedgerActivities:
             difference.delta_minor,
         )
 
-    @activity.defn(name=FIND_LATE_POSTINGS)
+    @ledger_activity(FIND_LATE_POSTINGS)
     async def find_late_postings(self, lookup: LatePostingLookup) -> list[LatePosting]:
         """Earlier fixes that no longer stand, each with its correction.
 
@@ -558,7 +559,7 @@ class ReconciliationLedgerActivities:
             )
         return found
 
-    @activity.defn(name=MARK_REVERSED)
+    @ledger_activity(MARK_REVERSED)
     async def mark_reversed(self, mark: ReversalMark) -> bool:
         """Close a fix once its correction is posted; False when another run
         closed it first (and so reports it)."""

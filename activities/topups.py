@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.providers.activities import ProviderActivities, ProviderClients
+from activities.queues import ledger_activity, provider_activity
 from schemas import accounts
 from schemas.customers import CUSTOMER_ID_PATTERN, KycStatus, Notification, NotificationReceipt
 from schemas.disputes import customer_debt
@@ -41,7 +42,7 @@ class TopupActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @activity.defn(name=MATCH_CUSTOMER)
+    @ledger_activity(MATCH_CUSTOMER)
     async def match_customer(self, request: CustomerMatchRequest) -> CustomerMatch:
         """The customer a payment with this reference belongs to: an approved
         customer with an open wallet in the currency; else why not. Also which
@@ -82,7 +83,7 @@ class TopupActivities:
             )
         return CustomerMatch(customer_id=None, reason=reason, missing_accounts=missing)
 
-    @activity.defn(name=RESERVE_USAGE)
+    @ledger_activity(RESERVE_USAGE)
     async def reserve_usage(self, request: UsageReservation) -> UsageDecision:
         """Count the top-up against the customer's day if it fits under the
         limit (or is forced); a retry answers as the first call did. One call
@@ -106,7 +107,7 @@ class TopupActivities:
             daily_max_minor=request.daily_max_minor,
         )
 
-    @activity.defn(name=SET_USAGE_STATUS)
+    @ledger_activity(SET_USAGE_STATUS)
     async def set_usage_status(self, topup_id: str, status: UsageStatus) -> None:
         """Mark the top-up's usage credited, or released so it no longer counts."""
         await self._pool.execute(
@@ -125,7 +126,7 @@ class TopupReceiptActivities:
     def __init__(self, clients: ProviderClients, pool: asyncpg.Pool) -> None:
         self._providers = ProviderActivities(clients, pool)
 
-    @activity.defn(name=SEND_RECEIPT)
+    @provider_activity(SEND_RECEIPT)
     async def send_receipt(self, request: ReceiptRequest) -> NotificationReceipt:
         """Send the receipt on the customer's channels. A provider that keeps
         failing past `attempts_max` attempts is given up on: the error becomes

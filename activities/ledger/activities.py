@@ -13,7 +13,6 @@ from collections.abc import Awaitable
 from datetime import timedelta
 
 import asyncpg
-from temporalio import activity
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
@@ -21,6 +20,7 @@ from activities.ledger.coalesce import TransferCoalescer
 from activities.ledger.errors import NON_RETRYABLE_ERROR_TYPES, LedgerError
 from activities.ledger.store import Ledger
 from activities.metrics import timed_posting
+from activities.queues import ledger_activity
 from schemas.ledger import (
     Account,
     AccountSpec,
@@ -64,14 +64,14 @@ class LedgerActivities:
         # Concurrent transfer and hold activities of this worker share batches.
         self.coalescer = TransferCoalescer(self.ledger)
 
-    @activity.defn(name=OPEN_ACCOUNT)
+    @ledger_activity(OPEN_ACCOUNT)
     async def open_account(self, spec: AccountSpec) -> Account:
         try:
             return await self.ledger.open_account(spec)
         except LedgerError as error:
             raise _non_retryable(error) from error
 
-    @activity.defn(name=OPEN_ACCOUNTS)
+    @ledger_activity(OPEN_ACCOUNTS)
     async def open_accounts(self, specs: list[AccountSpec]) -> list[Account]:
         """Open each account (or find it open with the same spec), in order."""
         if len(specs) > OPEN_ACCOUNTS_MAX:
@@ -85,26 +85,26 @@ class LedgerActivities:
         except LedgerError as error:
             raise _non_retryable(error) from error
 
-    @activity.defn(name=CLOSE_ACCOUNT)
+    @ledger_activity(CLOSE_ACCOUNT)
     async def close_account(self, code: str) -> bool:
         try:
             return await self.ledger.close_account(code)
         except LedgerError as error:
             raise _non_retryable(error) from error
 
-    @activity.defn(name=TRANSFER)
+    @ledger_activity(TRANSFER)
     async def transfer(self, request: TransferRequest) -> TransferOutcome:
         return await _posted("transfer", self.coalescer.transfer(request))
 
-    @activity.defn(name=HOLD)
+    @ledger_activity(HOLD)
     async def hold(self, request: HoldRequest) -> TransferOutcome:
         return await _posted("hold", self.coalescer.transfer(request))
 
-    @activity.defn(name=RESOLVE_HOLD)
+    @ledger_activity(RESOLVE_HOLD)
     async def resolve_hold(self, request: HoldResolution) -> TransferOutcome:
         return await _posted("resolve_hold", self.ledger.resolve_hold(request))
 
-    @activity.defn(name=SUBMIT_BATCH)
+    @ledger_activity(SUBMIT_BATCH)
     async def submit_batch(self, batch: TransferBatch) -> list[TransferOutcome]:
         with timed_posting("submit_batch") as labels:
             try:
@@ -116,7 +116,7 @@ class LedgerActivities:
             )
             return outcomes
 
-    @activity.defn(name=GET_BALANCE)
+    @ledger_activity(GET_BALANCE)
     async def balance(self, code: str) -> Balance:
         try:
             return await self.ledger.balance(code)

@@ -7,7 +7,6 @@ arrive already classified by the client boundary (activities/providers/http.py).
 from __future__ import annotations
 
 import asyncpg
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.customers import CustomerNotFound, CustomerStore
@@ -19,6 +18,7 @@ from activities.providers.kyc import KycClient
 from activities.providers.notify import NotifyClient
 from activities.providers.quotes import QuoteActivities
 from activities.providers.tron import TronClient
+from activities.queues import provider_activity
 from schemas.customers import Notification, NotificationReceipt
 from schemas.kyc import KycApplicant, KycCheck, KycDocument
 from schemas.notify import Channel
@@ -53,7 +53,7 @@ class ProviderActivities:
         self.pool = pool
         self.customers = CustomerStore(pool)
 
-    @activity.defn(name=KYC_CREATE_APPLICANT)
+    @provider_activity(KYC_CREATE_APPLICANT)
     async def create_applicant(self, request: ApplicantRequest) -> KycApplicant:
         profile = request.profile
         return await self.clients.kyc.create_applicant(
@@ -65,7 +65,7 @@ class ProviderActivities:
             idempotency_key=request.key,
         )
 
-    @activity.defn(name=KYC_ADD_DOCUMENT)
+    @provider_activity(KYC_ADD_DOCUMENT)
     async def add_document(self, upload: DocumentUpload) -> KycDocument:
         return await self.clients.kyc.add_document(
             upload.applicant_id,
@@ -75,11 +75,11 @@ class ProviderActivities:
             idempotency_key=upload.key,
         )
 
-    @activity.defn(name=KYC_START_CHECK)
+    @provider_activity(KYC_START_CHECK)
     async def start_check(self, applicant_id: str, key: str) -> KycCheck:
         return await self.clients.kyc.start_check(applicant_id, idempotency_key=key)
 
-    @activity.defn(name=NOTIFY_CUSTOMER)
+    @provider_activity(NOTIFY_CUSTOMER)
     async def notify_customer(self, notification: Notification) -> NotificationReceipt:
         """Send on each channel the customer prefers, once per channel per key."""
         try:

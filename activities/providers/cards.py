@@ -9,10 +9,10 @@ from datetime import date
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel
-from temporalio import activity
 
 from activities.customers import CustomerStore
 from activities.providers.issuer import IssuerClient
+from activities.queues import provider_activity
 from schemas.issuer import (
     Address,
     Card,
@@ -76,7 +76,7 @@ class CardActivities:
         self.pool = pool
         self.customers = CustomerStore(pool)
 
-    @activity.defn(name=ENSURE_CARDHOLDER)
+    @provider_activity(ENSURE_CARDHOLDER)
     async def ensure_cardholder(self, request: CardholderRequest) -> str:
         """The customer's one cardholder at the issuer, with `address` as its
         address: created with the customer's first card, reused (its address
@@ -167,7 +167,7 @@ class CardActivities:
             cardholder_id,
         )
 
-    @activity.defn(name=CREATE_CARD)
+    @provider_activity(CREATE_CARD)
     async def create_card(self, request: CreateCard) -> Card:
         # The address is sent, not left to the cardholder's: two cards of one
         # customer issued at once to two addresses each go where asked.
@@ -180,30 +180,30 @@ class CardActivities:
             idempotency_key=request.key,
         )
 
-    @activity.defn(name=SET_CARD_STATE)
+    @provider_activity(SET_CARD_STATE)
     async def set_card_state(self, request: CardStateRequest) -> Card:
         return await self.issuer.update_card_state(
             request.card_id, state=request.state, reason=request.reason, idempotency_key=request.key
         )
 
-    @activity.defn(name=RESCHEDULE_DELIVERY)
+    @provider_activity(RESCHEDULE_DELIVERY)
     async def reschedule_delivery(self, card_id: str, delivery_date: date, key: str) -> Card:
         return await self.issuer.reschedule_delivery(
             card_id, delivery_date=delivery_date, idempotency_key=key
         )
 
-    @activity.defn(name=ACTIVATE_CARD)
+    @provider_activity(ACTIVATE_CARD)
     async def activate_card(self, card_id: str, key: str) -> Card:
         return await self.issuer.activate_card(card_id, idempotency_key=key)
 
-    @activity.defn(name=REISSUE_CARD)
+    @provider_activity(REISSUE_CARD)
     async def reissue_card(self, card_id: str, reason: str, key: str) -> Card:
         """A replacement card; the issuer closes the old one."""
         return await self.issuer.reissue_card(
             card_id, reason=ReissueReason(reason), idempotency_key=key
         )
 
-    @activity.defn(name=RECORD_CARD)
+    @provider_activity(RECORD_CARD)
     async def record_card(self, record: CardRecord) -> None:
         await self.pool.execute(
             "INSERT INTO cards (card_id, request_id, customer_id, kind, replaces)"

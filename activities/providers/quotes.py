@@ -5,9 +5,9 @@ same quote, so a retried activity never asks twice."""
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, model_validator
-from temporalio import activity
 
 from activities.providers.fx import FxClient
+from activities.queues import provider_activity
 from schemas.fx import FxQuote
 from schemas.ledger import AmountMinor, IdempotencyKey
 from schemas.money import Currency
@@ -39,7 +39,7 @@ class QuoteActivities:
     def __init__(self, fx: FxClient) -> None:
         self.fx = fx
 
-    @activity.defn(name=FX_QUOTE)
+    @provider_activity(FX_QUOTE)
     async def quote(self, request: QuoteRequest) -> FxQuote:
         return await self.fx.create_quote(
             sell_currency=request.sell_currency,
