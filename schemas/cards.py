@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas.customers import CustomerId
 from schemas.edge import Day, EdgeModel
-from schemas.issuer import Address, CardState, ShippingStatus
+from schemas.issuer import Address, CardState, ReissueReason, ShippingStatus
 from schemas.issuer import Authorization as IssuerAuthorization
 from schemas.issuer import Card as IssuerCard
 from schemas.issuer import Reversal as IssuerReversal
@@ -346,3 +346,26 @@ class CardStateChange(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="customer request", min_length=1, max_length=200)
+
+
+class DeliveryRescheduleRequest(BaseModel):
+    """Ask the issuer to deliver a physical card that has not shipped on a later day."""
+
+    key: str
+    card_id: str
+    delivery_date: date
+
+
+class CardActivationRequest(BaseModel):
+    """Open a delivered physical card at the issuer."""
+
+    key: str
+    card_id: str
+
+
+class CardReissueRequest(BaseModel):
+    """Ask the issuer for a replacement card; it closes the old one."""
+
+    key: str
+    card_id: str
+    reason: ReissueReason

@@ -36,20 +36,11 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.customers import GET_KYC_STATUS
-    from activities.ledger.activities import (
-        OPEN_ACCOUNT,
-        TRANSFER,
-    )
-    from activities.providers.activities import NOTIFY_CUSTOMER
+    from activities.customers import CustomerActivities
+    from activities.ledger.activities import LedgerActivities
+    from activities.providers.activities import ProviderActivities
     from activities.providers.cards import (
-        ACTIVATE_CARD,
-        CREATE_CARD,
-        ENSURE_CARDHOLDER,
-        RECORD_CARD,
-        REISSUE_CARD,
-        RESCHEDULE_DELIVERY,
-        SET_CARD_STATE,
+        CardActivities,
         CardholderRequest,
         CardRecord,
         CardStateRequest,
@@ -59,21 +50,24 @@ with workflow.unsafe.imports_passed_through():
     from schemas.cards import (
         AuthorizationAnswer,
         AuthorizationRequest,
+        CardActivationRequest,
         CardInput,
         CardIssueInput,
         CardIssueResult,
         CardIssueStatus,
         CardNetworkEvent,
         CardReissue,
+        CardReissueRequest,
         CardStateChange,
+        DeliveryRescheduleRequest,
         ExceptionDecision,
         RescheduleDelivery,
         ShippingUpdate,
         SpendingLimits,
     )
     from schemas.customers import KycStatus, Notification
-    from schemas.issuer import Card, CardState, CardType, ShippingStatus
-    from schemas.ledger import Account, TransferOutcome, TransferRequest
+    from schemas.issuer import Card, CardState, CardType, ReissueReason, ShippingStatus
+    from schemas.ledger import TransferRequest
     from schemas.providers import ISSUER
     from schemas.refusals import Refusal, refused
     from schemas.search import CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
@@ -81,7 +75,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.card_money import CardMoney
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.onboarding import wallet_code
-    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+    from workflows.steps import step, step_key, wait_for
 
 CARD_ISSUE_WORKFLOW = "CardIssue"
 CARD_WORKFLOW = "Card"
@@ -271,7 +265,7 @@ class CardIssue:
         if request.reissue is not None:
             return await self._follow_replacement(request, request.reissue)
         self._set_stage("checking the customer")
-        kyc = await self._ledger(GET_KYC_STATUS, request.customer_id, result_type=KycStatus)
+        kyc = await step(request, CustomerActivities.get_kyc_status, request.customer_id)
         if kyc is not KycStatus.APPROVED:
             raise ApplicationError(
                 f"customer {request.customer_id} cannot get a card: onboarding is "
@@ -291,17 +285,18 @@ class CardIssue:
         self._set_stage("creating the card at the issuer")
         # The input's validator: a new card always comes with an address.
         assert request.address is not None
-        cardholder_id = await self._provider(
-            ENSURE_CARDHOLDER,
+        cardholder_id = await step(
+            request,
+            CardActivities.ensure_cardholder,
             CardholderRequest(
                 customer_id=request.customer_id,
                 address=request.address,
                 key=step_key("cardholder-address"),
             ),
-            result_type=str,
         )
-        card = await self._provider(
-            CREATE_CARD,
+        card = await step(
+            request,
+            CardActivities.create_card,
             CreateCard(
                 key=step_key("card"),
                 cardholder_id=cardholder_id,
@@ -309,13 +304,13 @@ class CardIssue:
                 currency=request.currency,
                 address=request.address,
             ),
-            result_type=Card,
         )
         self._card = card
         self._compensations.append(self._close_card)
         workflow.upsert_search_attributes([CARD_ID.value_set(card.id)])
-        await self._provider(
-            RECORD_CARD,
+        await step(
+            request,
+            CardActivities.record_card,
             CardRecord(
                 card_id=card.id,
                 request_id=request.request_id,
@@ -378,12 +373,7 @@ class CardIssue:
     async def _charge_fee(self, request: CardIssueInput, fee: int) -> None:
         self._set_stage("charging the issuance fee")
         revenue = fee_account(request.currency.value)
-        await on_ledger(
-            request.ledger_task_queue,
-            OPEN_ACCOUNT,
-            system_account(revenue),
-            result_type=Account,
-        )
+        await step(request, LedgerActivities.open_account, system_account(revenue))
         wallet = wallet_code(request.customer_id, request.currency.value)
         charge = TransferRequest(
             key=step_key("fee"),
@@ -393,7 +383,7 @@ class CardIssue:
             currency=request.currency,
         )
         try:
-            charged = await self._ledger(TRANSFER, charge, result_type=TransferOutcome)
+            charged = await step(request, LedgerActivities.transfer, charge)
         except ActivityError as error:
             if is_cancellation(error) and workflow.patched(CARD_ISSUE_INTERRUPTED_FEE_PATCH):
                 # The fee may post all the same: undone if the ledger says so.
@@ -409,8 +399,9 @@ class CardIssue:
         self._compensations.append(lambda: self._refund_fee(charge))
 
     async def _refund_fee(self, charge: TransferRequest) -> None:
-        await self._ledger(
-            TRANSFER,
+        await step(
+            self._queues,
+            LedgerActivities.transfer,
             TransferRequest(
                 key=step_key("fee-refund"),
                 debit=charge.credit,
@@ -418,14 +409,13 @@ class CardIssue:
                 amount_minor=charge.amount_minor,
                 currency=charge.currency,
             ),
-            result_type=TransferOutcome,
         )
 
     async def _refund_if_charged(self, charge: TransferRequest) -> None:
         """Compensation of a fee whose posting was interrupted: submitted again
         with its key, the ledger answers the first outcome (or charges it now, if
         the first never got there); refunded if charged."""
-        charged: TransferOutcome = await self._ledger(TRANSFER, charge, result_type=TransferOutcome)
+        charged = await step(self._queues, LedgerActivities.transfer, charge)
         if charged.accepted:
             await self._refund_fee(charge)
 
@@ -476,13 +466,15 @@ class CardIssue:
 
     @workflow.update(name=RESCHEDULE_UPDATE)
     async def reschedule_delivery(self, change: RescheduleDelivery) -> str:
-        assert self._card is not None and self._input is not None
-        card = await self._provider(
-            RESCHEDULE_DELIVERY,
-            self._card.id,
-            change.delivery_date,
-            step_key(f"reschedule/{change.delivery_date}"),
-            result_type=Card,
+        assert self._card is not None
+        card = await step(
+            self._queues,
+            CardActivities.reschedule_delivery,
+            DeliveryRescheduleRequest(
+                key=step_key(f"reschedule/{change.delivery_date}"),
+                card_id=self._card.id,
+                delivery_date=change.delivery_date,
+            ),
         )
         requested = card.shipping.requested_delivery_date if card.shipping else None
         return f"delivery rescheduled to {requested or change.delivery_date}"
@@ -507,7 +499,11 @@ class CardIssue:
     @workflow.update(name=ACTIVATE_UPDATE)
     async def activate(self) -> str:
         assert self._card is not None
-        await self._provider(ACTIVATE_CARD, self._card.id, step_key("activate"), result_type=Card)
+        await step(
+            self._queues,
+            CardActivities.activate_card,
+            CardActivationRequest(key=step_key("activate"), card_id=self._card.id),
+        )
         self._activated = True
         return "card activated"
 
@@ -533,13 +529,13 @@ class CardIssue:
 
     # ----- helpers --------------------------------------------------------
 
-    async def _notify(self, step: str, subject: str, body: str) -> None:
-        assert self._input is not None
-        await self._provider(
-            NOTIFY_CUSTOMER,
+    async def _notify(self, what: str, subject: str, body: str) -> None:
+        await step(
+            self._queues,
+            ProviderActivities.notify_customer,
             Notification(
-                key=step_key(f"notify/{step}"),
-                customer_id=self._input.customer_id,
+                key=step_key(f"notify/{what}"),
+                customer_id=self._queues.customer_id,
                 subject=subject,
                 body=body,
             ),
@@ -547,15 +543,15 @@ class CardIssue:
 
     async def _close_card(self) -> None:
         assert self._card is not None
-        await self._provider(
-            SET_CARD_STATE,
+        await step(
+            self._queues,
+            CardActivities.set_card_state,
             CardStateRequest(
                 key=step_key("close"),
                 card_id=self._card.id,
                 state=CardState.CLOSED,
                 reason="issuing did not complete",
             ),
-            result_type=Card,
         )
 
     def _details(self) -> str:
@@ -574,15 +570,11 @@ class CardIssue:
         workflow.set_current_details(self._details())
         workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
 
-    async def _ledger(self, name: str, *args: object, result_type: type | None = None) -> Any:
+    @property
+    def _queues(self) -> CardIssueInput:
+        """The input, which names the queues of every step once the run began."""
         assert self._input is not None
-        return await on_ledger(self._input.ledger_task_queue, name, *args, result_type=result_type)
-
-    async def _provider(self, name: str, *args: object, result_type: type | None = None) -> Any:
-        assert self._input is not None
-        return await on_providers(
-            self._input.providers_task_queue, name, *args, result_type=result_type
-        )
+        return self._input
 
 
 @workflow.defn(name=CARD_WORKFLOW)
@@ -776,13 +768,12 @@ class CardEntity:
         assert self._state is not None
         self._state.changes += 1
         key = step_key(f"state/{self._state.changes}-{target.value}")
-        await on_providers(
-            self._state.providers_task_queue,
-            SET_CARD_STATE,
+        await step(
+            self._state,
+            CardActivities.set_card_state,
             CardStateRequest(
                 key=key, card_id=self._state.card_id, state=target, reason=change.reason
             ),
-            result_type=Card,
         )
         self._state.state = target
         if target is CardState.CLOSED and self._money.durable:
@@ -908,13 +899,14 @@ class CardEntity:
         """Block this card (the issuer closes it on reissue) and start its replacement."""
         state = self._state
         assert state is not None
-        replacement = await on_providers(
-            state.providers_task_queue,
-            REISSUE_CARD,
-            state.card_id,
-            reason,
-            step_key(f"reissue-{reason}"),
-            result_type=Card,
+        replacement = await step(
+            state,
+            CardActivities.reissue_card,
+            CardReissueRequest(
+                key=step_key(f"reissue-{reason}"),
+                card_id=state.card_id,
+                reason=ReissueReason(reason),
+            ),
         )
         state.state = CardState.CLOSED
         state.replaced_by = replacement.id
@@ -936,9 +928,9 @@ class CardEntity:
             await self._issue_replacement(replacement, successor)
         else:
             await start_card_entity(successor)
-        await on_providers(
-            state.providers_task_queue,
-            NOTIFY_CUSTOMER,
+        await step(
+            state,
+            ProviderActivities.notify_customer,
             Notification(
                 key=step_key(f"notify/{reason}"),
                 customer_id=state.customer_id,
@@ -996,9 +988,9 @@ class CardEntity:
             await start_card_entity(successor)
         # Recorded once its process runs, so the first webhook that finds the
         # record also finds the process.
-        await on_providers(
-            state.providers_task_queue,
-            RECORD_CARD,
+        await step(
+            state,
+            CardActivities.record_card,
             CardRecord(
                 card_id=replacement.id,
                 request_id=request_id,

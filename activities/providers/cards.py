@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import date
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -13,12 +12,12 @@ from pydantic import BaseModel
 from activities.customers import CustomerStore
 from activities.providers.issuer import IssuerClient
 from activities.queues import provider_activity
+from schemas.cards import CardActivationRequest, CardReissueRequest, DeliveryRescheduleRequest
 from schemas.issuer import (
     Address,
     Card,
     CardState,
     CardType,
-    ReissueReason,
     ShippingRequest,
 )
 from schemas.money import Currency
@@ -187,20 +186,20 @@ class CardActivities:
         )
 
     @provider_activity(RESCHEDULE_DELIVERY)
-    async def reschedule_delivery(self, card_id: str, delivery_date: date, key: str) -> Card:
+    async def reschedule_delivery(self, request: DeliveryRescheduleRequest) -> Card:
         return await self.issuer.reschedule_delivery(
-            card_id, delivery_date=delivery_date, idempotency_key=key
+            request.card_id, delivery_date=request.delivery_date, idempotency_key=request.key
         )
 
     @provider_activity(ACTIVATE_CARD)
-    async def activate_card(self, card_id: str, key: str) -> Card:
-        return await self.issuer.activate_card(card_id, idempotency_key=key)
+    async def activate_card(self, request: CardActivationRequest) -> Card:
+        return await self.issuer.activate_card(request.card_id, idempotency_key=request.key)
 
     @provider_activity(REISSUE_CARD)
-    async def reissue_card(self, card_id: str, reason: str, key: str) -> Card:
+    async def reissue_card(self, request: CardReissueRequest) -> Card:
         """A replacement card; the issuer closes the old one."""
         return await self.issuer.reissue_card(
-            card_id, reason=ReissueReason(reason), idempotency_key=key
+            request.card_id, reason=request.reason, idempotency_key=request.key
         )
 
     @provider_activity(RECORD_CARD)
