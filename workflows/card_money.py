@@ -52,19 +52,11 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.card_transactions import (
-        CLAIM_CARD_EVENT,
-        RECORD_CARD_TRANSACTION,
         CardEventClaim,
+        CardTransactionActivities,
         CardTransactionRecord,
     )
-    from activities.ledger.activities import (
-        GET_BALANCE,
-        HOLD,
-        LEDGER_RETRY_POLICY,
-        OPEN_ACCOUNTS,
-        RESOLVE_HOLD,
-        TRANSFER,
-    )
+    from activities.ledger.activities import LEDGER_RETRY_POLICY, LedgerActivities
     from schemas import accounts
     from schemas.card_rules import (
         authorized_total,
@@ -99,8 +91,6 @@ with workflow.unsafe.imports_passed_through():
     from schemas.issuer import Reversal as IssuerReversal
     from schemas.issuer import Transaction as IssuerTransaction
     from schemas.ledger import (
-        Account,
-        Balance,
         HoldRequest,
         HoldResolution,
         TransferOutcome,
@@ -113,7 +103,7 @@ with workflow.unsafe.imports_passed_through():
         cashback_start_metadata,
         cashback_workflow_id,
     )
-    from workflows.steps import on_ledger, step_key
+    from workflows.steps import step, step_key
 
 # The ledger's own expiry of a hold sits this far past the card's timer, so a
 # clearing that races the timer still finds the hold; the timer voids it.
@@ -182,29 +172,20 @@ class CardMoney:
     async def _open_accounts(self) -> None:
         if self._accounts_open:
             return
-        await on_ledger(
-            self.state.ledger_task_queue,
-            OPEN_ACCOUNTS,
+        await step(
+            self.state,
+            LedgerActivities.open_accounts,
             [
                 accounts.system_account(self.settlement),
                 accounts.system_account(accounts.suspense_reconciliation(self.state.currency)),
             ],
-            result_type=list[Account],
         )
         self._accounts_open = True
 
-    async def _local(self, name: str, argument: object, result_type: type) -> object:
-        return await workflow.execute_local_activity(
-            name,
-            argument,
-            result_type=result_type,
-            start_to_close_timeout=LOCAL_LEDGER_TIMEOUT,
-            retry_policy=LEDGER_RETRY_POLICY,
-        )
-
     async def _hold(self, key: str, amount_minor: int, expires_at: datetime) -> TransferOutcome:
-        outcome = await self._local(
-            HOLD,
+        # A local activity: the issuer waits for the answer (latency).
+        return await workflow.execute_local_activity_method(
+            LedgerActivities.hold,
             HoldRequest(
                 key=key,
                 debit=self.wallet,
@@ -213,37 +194,32 @@ class CardMoney:
                 currency=self.state.currency,
                 expires_at=expires_at + HOLD_LEDGER_GRACE,
             ),
-            TransferOutcome,
+            start_to_close_timeout=LOCAL_LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY_POLICY,
         )
-        assert isinstance(outcome, TransferOutcome)
-        return outcome
 
     async def _available(self) -> int:
-        balance = await self._local(GET_BALANCE, self.wallet, Balance)
-        assert isinstance(balance, Balance)
+        balance = await workflow.execute_local_activity_method(
+            LedgerActivities.balance,
+            self.wallet,
+            start_to_close_timeout=LOCAL_LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY_POLICY,
+        )
         return max(balance.available, 0)
 
     async def _available_durably(self) -> int:
         """The wallet's available balance, read by an activity whose result is
         in the history before anything depends on it."""
-        balance: Balance = await on_ledger(
-            self.state.ledger_task_queue, GET_BALANCE, self.wallet, result_type=Balance
-        )
+        balance = await step(self.state, LedgerActivities.balance, self.wallet)
         return max(balance.available, 0)
 
     async def _resolve(self, resolution: HoldResolution) -> TransferOutcome:
-        outcome: TransferOutcome = await on_ledger(
-            self.state.ledger_task_queue,
-            RESOLVE_HOLD,
-            resolution,
-            result_type=TransferOutcome,
-        )
-        return outcome
+        return await step(self.state, LedgerActivities.resolve_hold, resolution)
 
     async def _transfer(self, key: str, debit: str, credit: str, amount: int) -> TransferOutcome:
-        outcome: TransferOutcome = await on_ledger(
-            self.state.ledger_task_queue,
-            TRANSFER,
+        return await step(
+            self.state,
+            LedgerActivities.transfer,
             TransferRequest(
                 key=key,
                 debit=debit,
@@ -251,9 +227,7 @@ class CardMoney:
                 amount_minor=amount,
                 currency=self.state.currency,
             ),
-            result_type=TransferOutcome,
         )
-        return outcome
 
     @property
     def durable(self) -> bool:
@@ -293,17 +267,15 @@ class CardMoney:
         """Claim an issuer money event by its id before it moves money: False
         when another application (a repeat the card forgot, another run) took it."""
         self.state.events_claimed += 1
-        claimed: bool = await on_ledger(
-            self.state.ledger_task_queue,
-            CLAIM_CARD_EVENT,
+        return await step(
+            self.state,
+            CardTransactionActivities.claim,
             CardEventClaim(
                 subject_id=subject_id,
                 card_id=self.state.card_id,
                 claimant=f"{workflow.info().run_id}/{self.state.events_claimed}",
             ),
-            result_type=bool,
         )
-        return claimed
 
     def _finish(self, authorization_id: str) -> None:
         """Forget an authorization for good: a late snapshot never reopens it."""
@@ -961,9 +933,9 @@ class CardMoney:
 
     async def _record(self, transaction: IssuerTransaction) -> None:
         merchant = transaction.merchant
-        await on_ledger(
-            self.state.ledger_task_queue,
-            RECORD_CARD_TRANSACTION,
+        await step(
+            self.state,
+            CardTransactionActivities.record,
             CardTransactionRecord(
                 transaction_id=transaction.id,
                 card_id=self.state.card_id,
@@ -979,7 +951,6 @@ class CardMoney:
                 mcc=merchant.mcc if merchant else None,
                 occurred_at=datetime.fromisoformat(transaction.created_at),
             ),
-            result_type=bool,
         )
 
     async def _start_cashback(self, transaction: IssuerTransaction) -> None:

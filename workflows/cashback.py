@@ -39,18 +39,16 @@ from __future__ import annotations
 import asyncio
 import math
 from datetime import datetime, timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.cashback import LOAD_CONTEXT
-    from activities.ledger.activities import GET_BALANCE, OPEN_ACCOUNTS, SUBMIT_BATCH, TRANSFER
-    from activities.providers.activities import NOTIFY_CUSTOMER
+    from activities.cashback import CashbackActivities
+    from activities.ledger.activities import LedgerActivities
+    from activities.providers.activities import ProviderActivities
     from schemas.accounts import expense_cashback, system_account, wallet
     from schemas.cashback import (
-        CashbackContext,
         CashbackContextRequest,
         CashbackDecision,
         CashbackInput,
@@ -65,8 +63,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.customers import Notification
     from schemas.ledger import (
-        Account,
-        Balance,
         Rejection,
         TransferBatch,
         TransferOutcome,
@@ -76,7 +72,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.search import AMOUNT_MINOR, CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
-    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+    from workflows.steps import step, step_key, wait_for
 
 CASHBACK_WORKFLOW = "Cashback"
 REFUND_SIGNAL = "refund"
@@ -194,14 +190,14 @@ class Cashback:
 
     async def _cashback(self, request: CashbackInput) -> tuple[CashbackOutcome, str]:
         self._set_stage("evaluating")
-        context: CashbackContext = await self._ledger(
-            LOAD_CONTEXT,
+        context = await step(
+            request,
+            CashbackActivities.load_context,
             CashbackContextRequest(
                 customer_id=request.customer_id,
                 transaction_id=request.transaction_id,
                 occurred_at=request.occurred_at,
             ),
-            result_type=CashbackContext,
         )
         self._decision = evaluate(
             context.campaigns,
@@ -237,7 +233,7 @@ class Cashback:
         """Pay every reward in one atomic batch; the rejection, if the ledger refused it."""
         self._set_stage("paying")
         expense = expense_cashback(request.currency)
-        await self._ledger(OPEN_ACCOUNTS, [system_account(expense)], result_type=list[Account])
+        await step(request, LedgerActivities.open_accounts, [system_account(expense)])
         credit = wallet(request.customer_id, request.currency)
         return await self._submit_rewards(
             TransferBatch(
@@ -259,9 +255,7 @@ class Cashback:
     async def _submit_rewards(self, batch: TransferBatch) -> str | None:
         """Submit the reward batch and record the outcome; the rejection, if refused."""
         self._paying = batch
-        outcomes: list[TransferOutcome] = await self._ledger(
-            SUBMIT_BATCH, batch, result_type=list[TransferOutcome]
-        )
+        outcomes = await step(self._input, LedgerActivities.submit_batch, batch)
         self._paying = None
         refused = [outcome for outcome in outcomes if not outcome.accepted]
         if refused:
@@ -325,13 +319,14 @@ class Cashback:
         debit = wallet(request.customer_id, request.currency)
         credit = expense_cashback(request.currency)
 
-        async def take(step: str, amount: int) -> tuple[TransferOutcome, int]:
-            key = step_key(step)
+        async def take(step_name: str, amount: int) -> tuple[TransferOutcome, int]:
+            key = step_key(step_name)
             # Submitted before (a cancellation interrupted it): the same
             # payload again, so the ledger answers the first outcome.
             amount = self._clawbacks_submitted.setdefault(key, amount)
-            outcome: TransferOutcome = await self._ledger(
-                TRANSFER,
+            outcome = await step(
+                request,
+                LedgerActivities.transfer,
                 TransferRequest(
                     key=key,
                     debit=debit,
@@ -339,7 +334,6 @@ class Cashback:
                     amount_minor=amount,
                     currency=request.currency,
                 ),
-                result_type=TransferOutcome,
             )
             return outcome, amount
 
@@ -351,14 +345,14 @@ class Cashback:
         for attempt in range(1, request.policy.clawback_attempts_max + 1):
             if outcome.rejection is not Rejection.INSUFFICIENT_FUNDS:
                 break
-            step = f"clawback/{refund_id}/{attempt}"
-            amount = self._clawbacks_submitted.get(step_key(step), 0)
+            step_name = f"clawback/{refund_id}/{attempt}"
+            amount = self._clawbacks_submitted.get(step_key(step_name), 0)
             if not amount:
-                balance: Balance = await self._ledger(GET_BALANCE, debit, result_type=Balance)
+                balance = await step(request, LedgerActivities.balance, debit)
                 amount = min(due, balance.available)
                 if amount <= 0:
                     return 0, "the wallet is empty"
-            outcome, amount = await take(step, amount)
+            outcome, amount = await take(step_name, amount)
             if outcome.accepted:
                 return amount, f"the wallet covered {amount} of {due}"
         rejection = outcome.rejection.value if outcome.rejection else "rejected"
@@ -368,9 +362,9 @@ class Cashback:
         earned = Money(amount_minor=self._reward_minor, currency=request.currency)
         at = f" at {request.merchant_name}" if request.merchant_name else ""
         try:
-            await on_providers(
-                request.providers_task_queue,
-                NOTIFY_CUSTOMER,
+            await step(
+                request,
+                ProviderActivities.notify_customer,
                 Notification(
                     key=step_key("notify/reward"),
                     customer_id=request.customer_id,
@@ -459,9 +453,6 @@ class Cashback:
         if self._window_closes_at is not None:
             lines.append(f"refunds claw back until {self._window_closes_at.isoformat()}")
         return "\n".join(lines)
-
-    async def _ledger(self, name: str, *args: object, result_type: type | None = None) -> Any:
-        return await on_ledger(self._input.ledger_task_queue, name, *args, result_type=result_type)
 
 
 _FINAL_STAGES: dict[str, str] = {

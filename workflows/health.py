@@ -9,6 +9,7 @@ not waited on forever: the activity's schedule-to-start timeout bounds it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -16,7 +17,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.health import LEDGER_PING, PROVIDERS_PING
+    from activities.health import LedgerHealthActivities, providers_ping
     from schemas.health import PingInput, PingResult, QueueHealth, WebhookEventNote
     from schemas.search import PROCESS_STATUS
     from workflows.metadata import StartMetadata, start_metadata
@@ -66,9 +67,27 @@ class Ping:
             f"Probing {request.ledger_task_queue} and {request.providers_task_queue}"
         )
         # Both probes at once: a dead queue costs one timeout, not two.
+        # Schedule-to-close covers a worker that is down (never starts the
+        # task) and one that is hung (never finishes it).
         ledger, providers = await asyncio.gather(
-            self._probe(LEDGER_PING, request.ledger_task_queue, probe_timeout),
-            self._probe(PROVIDERS_PING, request.providers_task_queue, probe_timeout),
+            self._probe(
+                request.ledger_task_queue,
+                workflow.execute_activity_method(
+                    LedgerHealthActivities.ping,
+                    task_queue=request.ledger_task_queue,
+                    schedule_to_close_timeout=probe_timeout,
+                    retry_policy=PING_RETRY_POLICY,
+                ),
+            ),
+            self._probe(
+                request.providers_task_queue,
+                workflow.execute_activity(
+                    providers_ping,
+                    task_queue=request.providers_task_queue,
+                    schedule_to_close_timeout=probe_timeout,
+                    retry_policy=PING_RETRY_POLICY,
+                ),
+            ),
         )
         if request.webhook_events_expected:
             self._stage = "waiting for webhook events"
@@ -117,19 +136,10 @@ class Ping:
             self._event_ids.add(note.event_id)
             self._events.append(note)
 
-    async def _probe(
-        self, activity_name: str, task_queue: str, probe_timeout: timedelta
-    ) -> QueueHealth:
+    async def _probe(self, task_queue: str, ping: Awaitable[str]) -> QueueHealth:
+        """How the queue answered `ping`, an activity scheduled on it."""
         try:
-            identity = await workflow.execute_activity(
-                activity_name,
-                task_queue=task_queue,
-                # Schedule-to-close covers a worker that is down (never
-                # starts the task) and one that is hung (never finishes it).
-                schedule_to_close_timeout=probe_timeout,
-                retry_policy=PING_RETRY_POLICY,
-                result_type=str,
-            )
+            identity = await ping
         except ActivityError as error:
             cause = error.cause
             detail = str(cause) if cause is not None else str(error)

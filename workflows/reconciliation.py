@@ -81,22 +81,17 @@ from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlrea
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.ledger.activities import OPEN_ACCOUNTS, TRANSFER
+    from activities.ledger.activities import LedgerActivities
     from activities.ledger.errors import IdempotencyConflict
     from activities.providers.http import NON_RETRYABLE_ERROR_TYPES
     from activities.reconciliation import (
-        DOWNLOAD_SETTLEMENT_REPORT,
-        FIND_LATE_POSTINGS,
-        MARK_REVERSED,
-        MATCH_SETTLEMENT,
-        NOTIFY_OPERATORS,
-        RECORD_FIX,
-        WRITE_REPORT,
         OperatorNotice,
+        ReconciliationLedgerActivities,
+        ReconciliationProviderActivities,
         ReportWrite,
     )
     from schemas import accounts
-    from schemas.ledger import Account, TransferOutcome, TransferRequest
+    from schemas.ledger import TransferRequest
     from schemas.money import Currency
     from schemas.periods import PERIOD_NOT_ENDED_ERROR, day_not_ended
     from schemas.reconciliation import (
@@ -116,7 +111,6 @@ with workflow.unsafe.imports_passed_through():
         ReconciliationReport,
         ReconciliationResult,
         ReconciliationStatus,
-        ReportPaths,
         ReversalKind,
         ReversalMark,
         ScheduledReconciliationInput,
@@ -125,7 +119,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.refusals import Refusal, refused
     from schemas.search import AMOUNT_MINOR, PROCESS_STATUS, PROVIDER
     from workflows.metadata import StartMetadata, start_metadata
-    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+    from workflows.steps import step, step_key, wait_for
 
 STATUS_QUERY = "status"
 DECIDE_UPDATE = "decide"
@@ -200,15 +194,15 @@ class Reconciliation:
     async def _reconcile(self, request: ReconciliationInput) -> ReconciliationResult:
         policy = request.policy
         self._set_stage("downloading")
-        download: DownloadSummary = await workflow.execute_activity(
-            DOWNLOAD_SETTLEMENT_REPORT,
+        # Its own timeouts and heartbeat: a long report resumes from its last page.
+        download = await workflow.execute_activity_method(
+            ReconciliationProviderActivities.download,
             DownloadRequest(
                 run_key=workflow.info().workflow_id,
                 settlement_date=request.settlement_date,
                 page_size=policy.page_size,
             ),
             task_queue=request.providers_task_queue,
-            result_type=DownloadSummary,
             start_to_close_timeout=timedelta(seconds=policy.download_timeout_seconds),
             heartbeat_timeout=timedelta(seconds=policy.download_heartbeat_seconds),
             retry_policy=RetryPolicy(
@@ -227,13 +221,12 @@ class Reconciliation:
             for found in late:
                 await self._reverse_late_posting(found)
         self._set_stage("matching")
-        matched: MatchResult = await on_ledger(
-            request.ledger_task_queue,
-            MATCH_SETTLEMENT,
+        matched = await step(
+            request,
+            ReconciliationLedgerActivities.match,
             MatchRequest(
                 run_key=workflow.info().workflow_id, settlement_date=request.settlement_date
             ),
-            result_type=MatchResult,
         )
         for difference in matched.differences:
             small = abs(difference.delta_minor) < policy.threshold(difference.currency)
@@ -264,11 +257,10 @@ class Reconciliation:
                     item.state = "undecided"
         self._set_stage("reporting")
         report = self._report(request, download, matched)
-        paths: ReportPaths = await on_ledger(
-            request.ledger_task_queue,
-            WRITE_REPORT,
+        paths = await step(
+            request,
+            ReconciliationLedgerActivities.write_report,
             ReportWrite(reports_dir=request.reports_dir, report=report),
-            result_type=ReportPaths,
         )
         unexplained = sum(summary.unexplained_minor for summary in report.currencies)
         workflow.upsert_search_attributes([AMOUNT_MINOR.value_set(unexplained)])
@@ -281,9 +273,7 @@ class Reconciliation:
         for currency in sorted(currencies):
             specs.append(accounts.system_account(accounts.issuer_settlement(currency)))
             specs.append(accounts.system_account(accounts.suspense_reconciliation(currency)))
-        await on_ledger(
-            self._input.ledger_task_queue, OPEN_ACCOUNTS, specs, result_type=list[Account]
-        )
+        await step(self._input, LedgerActivities.open_accounts, specs)
 
     async def _post_fix(self, item: ReconciliationItem) -> None:
         """Bring issuer:settlement in line with the issuer through suspense:
@@ -303,9 +293,9 @@ class Reconciliation:
         # settlement account is credited from suspense; < 0 the other way.
         debit, credit = (suspense, settlement) if amount > 0 else (settlement, suspense)
         key = step_key(f"fix/{difference.item_id}/from/{before}/to/{difference.delta_minor}")
-        outcome: TransferOutcome = await on_ledger(
-            self._input.ledger_task_queue,
-            TRANSFER,
+        outcome = await step(
+            self._input,
+            LedgerActivities.transfer,
             TransferRequest(
                 key=key,
                 debit=debit,
@@ -313,16 +303,15 @@ class Reconciliation:
                 amount_minor=abs(amount),
                 currency=difference.currency,
             ),
-            result_type=TransferOutcome,
         )
         # Both accounts are unconstrained system accounts: nothing can refuse it.
         assert outcome.accepted, outcome.detail
         item.transfer_key = key
         # Kept so that a later run can tell when the card's own posting
         # arrives after all and would count twice with this fix.
-        await on_ledger(
-            self._input.ledger_task_queue,
-            RECORD_FIX,
+        await step(
+            self._input,
+            ReconciliationLedgerActivities.record_fix,
             FixRecord(
                 fix_key=key,
                 run_key=workflow.info().workflow_id,
@@ -335,17 +324,15 @@ class Reconciliation:
         """Earlier fixes (this day and the policy's look-back before it) whose
         transaction the card has posted to since they were made."""
         since = request.settlement_date - timedelta(days=request.policy.late_posting_lookback_days)
-        found: list[LatePosting] = await on_ledger(
-            request.ledger_task_queue,
-            FIND_LATE_POSTINGS,
+        return await step(
+            request,
+            ReconciliationLedgerActivities.find_late_postings,
             LatePostingLookup(
                 since_date=since,
                 until_date=request.settlement_date,
                 run_key=workflow.info().workflow_id,
             ),
-            result_type=list[LatePosting],
         )
-        return found
 
     async def _reverse_late_posting(self, late: LatePosting) -> None:
         """Undo what a fix no longer stands for: a late card posting doubled
@@ -367,9 +354,9 @@ class Reconciliation:
         )
         key = late.correction_key
         try:
-            outcome: TransferOutcome = await on_ledger(
-                self._input.ledger_task_queue,
-                TRANSFER,
+            outcome = await step(
+                self._input,
+                LedgerActivities.transfer,
                 TransferRequest(
                     key=key,
                     debit=debit,
@@ -377,7 +364,6 @@ class Reconciliation:
                     amount_minor=abs(late.correction_minor),
                     currency=fixed.currency,
                 ),
-                result_type=TransferOutcome,
             )
         except ActivityError as error:
             cause = error.cause
@@ -388,9 +374,9 @@ class Reconciliation:
             raise
         # Both accounts are unconstrained system accounts: nothing can refuse it.
         assert outcome.accepted, outcome.detail
-        closed: bool = await on_ledger(
-            self._input.ledger_task_queue,
-            MARK_REVERSED,
+        closed = await step(
+            self._input,
+            ReconciliationLedgerActivities.mark_reversed,
             ReversalMark(
                 fix_key=late.fix.fix_key,
                 reversal_key=key,
@@ -398,7 +384,6 @@ class Reconciliation:
                 ledger_amount_now_minor=late.ledger_amount_now_minor,
                 reversed_by=workflow.info().workflow_id,
             ),
-            result_type=bool,
         )
         # A late settlement is this run's to report even when the fix was
         # closed before (by a late posting); a late posting, only if this
@@ -416,9 +401,9 @@ class Reconciliation:
             f"delta {item.difference.delta_minor} {item.difference.currency.value} minor"
             for item in waiting
         ]
-        await on_providers(
-            request.providers_task_queue,
-            NOTIFY_OPERATORS,
+        await step(
+            request,
+            ReconciliationProviderActivities.notify_operators,
             OperatorNotice(
                 key=step_key("notify-operators"),
                 to=request.operators_email,
@@ -431,7 +416,6 @@ class Reconciliation:
                     "--item ITEM --action adjust|dismiss --operator NAME"
                 ),
             ),
-            result_type=str,
         )
 
     def _all_decided(self) -> bool:
