@@ -6,7 +6,7 @@ import asyncpg
 from temporalio.exceptions import ApplicationError
 
 from activities.queues import ledger_activity
-from schemas.customers import CustomerProfile, KycStatus
+from schemas.customers import CustomerProfile, KycStatus, KycStatusChange
 
 SAVE_PROFILE = "customers.save_profile"
 SET_KYC_STATUS = "customers.set_kyc_status"
@@ -89,9 +89,9 @@ class CustomerActivities:
         await self.store.save(profile)
 
     @ledger_activity(SET_KYC_STATUS)
-    async def set_kyc_status(self, customer_id: str, status: KycStatus) -> None:
+    async def set_kyc_status(self, change: KycStatusChange) -> None:
         try:
-            await self.store.set_kyc_status(customer_id, status)
+            await self.store.set_kyc_status(change.customer_id, change.status)
         except CustomerNotFound as error:
             raise ApplicationError(
                 str(error), type="CustomerNotFound", non_retryable=True

@@ -25,7 +25,7 @@ from schemas.topup import (
     ReceiptRequest,
     UsageDecision,
     UsageReservation,
-    UsageStatus,
+    UsageStatusChange,
 )
 
 MATCH_CUSTOMER = "topups.match_customer"
@@ -108,12 +108,12 @@ class TopupActivities:
         )
 
     @ledger_activity(SET_USAGE_STATUS)
-    async def set_usage_status(self, topup_id: str, status: UsageStatus) -> None:
+    async def set_usage_status(self, change: UsageStatusChange) -> None:
         """Mark the top-up's usage credited, or released so it no longer counts."""
         await self._pool.execute(
             "UPDATE topup_usage SET status = $2, updated_at = now() WHERE topup_id = $1",
-            topup_id,
-            status,
+            change.topup_id,
+            change.status,
         )
 
     def all(self) -> list[object]:

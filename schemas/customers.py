@@ -39,6 +39,16 @@ class KycStatus(StrEnum):
     EXPIRED = "expired"
 
 
+class KycStatusChange(BaseModel):
+    """A customer's KYC standing as their onboarding decided it."""
+
+    # A plain string, not CustomerId: an id the pattern refused would fail
+    # decoding, which Temporal retries without end; the customer store refuses
+    # an id it cannot hold (or does not know) without retrying.
+    customer_id: str
+    status: KycStatus
+
+
 class CustomerProfile(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -55,6 +55,13 @@ class DocumentUpload(BaseModel):
     document: DocumentSpec
 
 
+class CheckRequest(BaseModel):
+    """Start a KYC check of the applicant's documents, once per key."""
+
+    key: str
+    applicant_id: str
+
+
 class KycResult(BaseModel):
     """A KYC provider's verdict on one check, as the gateway delivers it."""
 

@@ -297,6 +297,15 @@ class UsageDecision(BaseModel):
 UsageStatus = Literal["credited", "released"]
 
 
+class UsageStatusChange(BaseModel):
+    """Mark a top-up's usage credited, or released so it no longer counts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topup_id: str = Field(min_length=1, max_length=200)
+    status: UsageStatus
+
+
 class ReceiptRequest(BaseModel):
     """The "top-up credited" message, with how many attempts it may take."""
 

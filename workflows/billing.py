@@ -48,8 +48,8 @@ from temporalio.exceptions import (
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.billing import ACTIVE_CARDS, CUSTOMERS_PAGE, WRITE_STATEMENT
-    from activities.ledger.activities import OPEN_ACCOUNTS, TRANSFER
+    from activities.billing import BillingActivities
+    from activities.ledger.activities import LedgerActivities
     from schemas.accounts import revenue_fees, system_account, wallet
     from schemas.billing import (
         ActiveCard,
@@ -60,7 +60,6 @@ with workflow.unsafe.imports_passed_through():
         BillingRunResult,
         BillingRunStatus,
         BillingStatus,
-        CustomersPage,
         CustomersPageRequest,
         FeeCharge,
         StatementRequest,
@@ -68,13 +67,13 @@ with workflow.unsafe.imports_passed_through():
         period_bounds,
         previous_period,
     )
-    from schemas.ledger import Account, TransferOutcome, TransferRequest
+    from schemas.ledger import TransferRequest
     from schemas.money import Currency
     from schemas.periods import PERIOD_NOT_ENDED_ERROR, month_not_ended
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
-    from workflows.steps import on_ledger, step_key
+    from workflows.steps import step, step_key
 
 BILLING_WORKFLOW = "Billing"
 BILLING_RUN_WORKFLOW = "BillingRun"
@@ -191,23 +190,22 @@ class Billing:
                 f"period {request.period} has not begun", type="PeriodNotBegun", non_retryable=True
             )
         self._set_stage("finding_cards")
-        cards: list[ActiveCard] = await on_ledger(
-            request.ledger_task_queue,
-            ACTIVE_CARDS,
+        cards = await step(
+            request,
+            BillingActivities.active_cards,
             ActiveCardsRequest(
                 customer_id=request.customer_id,
                 period_start=start,
                 period_end=end,
                 limit=request.policy.cards_max,
             ),
-            result_type=list[ActiveCard],
         )
         self._set_stage("charging_fees")
         await self._charge_fees(request, cards)
         self._set_stage("writing_statement")
-        self._statement = await on_ledger(
-            request.ledger_task_queue,
-            WRITE_STATEMENT,
+        self._statement = await step(
+            request,
+            BillingActivities.write_statement,
             StatementRequest(
                 customer_id=request.customer_id,
                 period=request.period,
@@ -216,7 +214,6 @@ class Billing:
                 statements_dir=request.statements_dir,
                 fees=self._fees,
             ),
-            result_type=StatementSummary,
         )
         charged: dict[Currency, int] = {}
         waived: dict[Currency, int] = {}
@@ -237,11 +234,10 @@ class Billing:
         fees = request.policy.monthly_fee_minor
         currencies = sorted({c.currency for c in cards if fees.get(c.currency, 0) > 0})
         if currencies:
-            await on_ledger(
-                request.ledger_task_queue,
-                OPEN_ACCOUNTS,
+            await step(
+                request,
+                LedgerActivities.open_accounts,
                 [system_account(revenue_fees(c)) for c in currencies],
-                result_type=list[Account],
             )
         for card in cards:
             amount = fees.get(card.currency, 0)
@@ -267,9 +263,7 @@ class Billing:
     async def _charge(self, request: BillingInput, card: ActiveCard, fee: TransferRequest) -> None:
         """Charge one card's fee (or learn, submitting it again, how it went) and record it."""
         self._charging = (card, fee)
-        outcome: TransferOutcome = await on_ledger(
-            request.ledger_task_queue, TRANSFER, fee, result_type=TransferOutcome
-        )
+        outcome = await step(request, LedgerActivities.transfer, fee)
         self._charging = None
         self._fees.append(
             FeeCharge(
@@ -360,13 +354,12 @@ class BillingRun:
         self._after = request.after
         for _ in range(request.policy.pages_per_run_max):
             self._set_stage("billing")
-            page: CustomersPage = await on_ledger(
-                request.ledger_task_queue,
-                CUSTOMERS_PAGE,
+            page = await step(
+                request,
+                BillingActivities.customers_page,
                 CustomersPageRequest(
                     period_end=end, after=self._after, limit=request.policy.page_size
                 ),
-                result_type=CustomersPage,
             )
             await asyncio.gather(*(self._bill_one(request, c) for c in page.customer_ids))
             if page.next_after is None:

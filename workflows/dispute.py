@@ -45,22 +45,14 @@ import functools
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.disputes import (
-        ISSUER_ADD_EVIDENCE,
-        ISSUER_ESCALATE,
-        ISSUER_GET,
-        ISSUER_OPEN,
-        ISSUER_WITHDRAW,
-        LOAD_TRANSACTION,
-    )
-    from activities.ledger.activities import GET_BALANCE, OPEN_ACCOUNTS, SUBMIT_BATCH, TRANSFER
-    from activities.providers.activities import NOTIFY_CUSTOMER
+    from activities.disputes import DisputeLedgerActivities, DisputeProviderActivities
+    from activities.ledger.activities import LedgerActivities
+    from activities.providers.activities import ProviderActivities
     from schemas.accounts import disputes_provisional, issuer_settlement, system_account, wallet
     from schemas.customers import Notification
     from schemas.disputes import (
@@ -81,8 +73,8 @@ with workflow.unsafe.imports_passed_through():
         customer_debt_spec,
         missing_evidence,
     )
-    from schemas.issuer import Dispute, DisputeStatus
-    from schemas.ledger import Account, Balance, TransferBatch, TransferOutcome, TransferRequest
+    from schemas.issuer import DisputeStatus
+    from schemas.ledger import TransferBatch, TransferRequest
     from schemas.money import Money
     from schemas.providers import ISSUER
     from schemas.refusals import Refusal, refused
@@ -96,7 +88,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.cancellation import is_cancellation
     from workflows.metadata import StartMetadata, start_metadata
-    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+    from workflows.steps import step, step_key, wait_for
 
 DISPUTE_WORKFLOW = "Dispute"
 ADD_EVIDENCE_SIGNAL = "add_evidence"
@@ -241,8 +233,8 @@ class DisputeWorkflow:
 
     async def _dispute(self, request: DisputeInput) -> tuple[DisputeOutcome, str]:
         self._set_stage("checking")
-        transaction: DisputedTransaction | None = await self._ledger(
-            LOAD_TRANSACTION, request.transaction_id, result_type=DisputedTransaction | None
+        transaction = await step(
+            request, DisputeLedgerActivities.load_transaction, request.transaction_id
         )
         refusal = self._refusal(transaction)
         if refusal is not None:
@@ -318,7 +310,7 @@ class DisputeWorkflow:
         # Registered before the call: a cancellation may interrupt it after the issuer opened it.
         self._compensations.append(functools.partial(self._withdraw_opened, opening))
         try:
-            dispute: Dispute = await self._providers(ISSUER_OPEN, opening, result_type=Dispute)
+            dispute = await step(request, DisputeProviderActivities.issuer_open, opening)
         except ActivityError as error:
             if is_cancelled_exception(error):
                 raise  # the process is being cancelled: its compensations run
@@ -333,7 +325,7 @@ class DisputeWorkflow:
         (the opening was interrupted), ask again with the same key: the issuer
         answers the first outcome."""
         if self._issuer_id is None:
-            dispute: Dispute = await self._providers(ISSUER_OPEN, opening, result_type=Dispute)
+            dispute = await step(self._input, DisputeProviderActivities.issuer_open, opening)
             self._issuer_id = dispute.id
             self._apply(dispute.status)
         await self._withdraw_at_issuer()
@@ -408,7 +400,7 @@ class DisputeWorkflow:
         self._set_stage("crediting provisionally")
         self._credit_now = False
         provisional = disputes_provisional(transaction.currency)
-        await self._ledger(OPEN_ACCOUNTS, [system_account(provisional)], result_type=list[Account])
+        await step(self._input, LedgerActivities.open_accounts, [system_account(provisional)])
         amount = self._amount_minor()
         crediting = TransferRequest(
             key=step_key("provisional-credit"),
@@ -419,9 +411,7 @@ class DisputeWorkflow:
         )
         # Registered before the transfer: a cancellation may interrupt it after it posted.
         self._compensations.append(functools.partial(self._undo_credit, crediting))
-        outcome: TransferOutcome = await self._ledger(
-            TRANSFER, crediting, result_type=TransferOutcome
-        )
+        outcome = await step(self._input, LedgerActivities.transfer, crediting)
         if not outcome.accepted:
             # E.g. a closed wallet: an operator credits by hand; never retried here.
             workflow.logger.error("provisional credit refused: %s", outcome.rejection)
@@ -440,9 +430,7 @@ class DisputeWorkflow:
         posted (the transfer was interrupted), ask the ledger again with the same
         key: it answers the first outcome."""
         if not self._credited_minor:
-            outcome: TransferOutcome = await self._ledger(
-                TRANSFER, crediting, result_type=TransferOutcome
-            )
+            outcome = await step(self._input, LedgerActivities.transfer, crediting)
             if not outcome.accepted:
                 return
             self._credited_minor = crediting.amount_minor
@@ -455,12 +443,12 @@ class DisputeWorkflow:
         self._escalated = True
         self._answer_requested = False
         try:
-            dispute: Dispute = await self._providers(
-                ISSUER_ESCALATE,
+            dispute = await step(
+                self._input,
+                DisputeProviderActivities.issuer_escalate,
                 IssuerDisputeRequest(
                     key=step_key("issuer/escalate"), dispute_id=self._issuer_id or ""
                 ),
-                result_type=Dispute,
             )
             self._apply(dispute.status)
         except ActivityError as error:
@@ -477,14 +465,14 @@ class DisputeWorkflow:
         if not new or self._issuer_id is None:
             return
         try:
-            dispute: Dispute = await self._providers(
-                ISSUER_ADD_EVIDENCE,
+            dispute = await step(
+                self._input,
+                DisputeProviderActivities.issuer_add_evidence,
                 IssuerDisputeRequest(
                     key=step_key(f"issuer/evidence/{sent}"),
                     dispute_id=self._issuer_id,
                     evidence=new,
                 ),
-                result_type=Dispute,
             )
         except ActivityError as error:
             if is_cancelled_exception(error) or not _refused_by_state(error):
@@ -504,10 +492,10 @@ class DisputeWorkflow:
         if self._issuer_id is None or self._issuer_status in _DECIDED:
             return
         try:
-            dispute: Dispute = await self._providers(
-                ISSUER_WITHDRAW,
+            dispute = await step(
+                self._input,
+                DisputeProviderActivities.issuer_withdraw,
                 IssuerDisputeRequest(key=step_key("issuer/withdraw"), dispute_id=self._issuer_id),
-                result_type=Dispute,
             )
         except ActivityError as error:
             if is_cancelled_exception(error):
@@ -519,7 +507,7 @@ class DisputeWorkflow:
     async def _refresh(self) -> None:
         if self._issuer_id is None:
             return
-        dispute: Dispute = await self._providers(ISSUER_GET, self._issuer_id, result_type=Dispute)
+        dispute = await step(self._input, DisputeProviderActivities.issuer_get, self._issuer_id)
         self._apply(dispute.status)
 
     async def _close(self, decided: DisputeStatus | None) -> tuple[DisputeOutcome, str]:
@@ -559,10 +547,10 @@ class DisputeWorkflow:
         currency = transaction.currency
         settlement = issuer_settlement(currency)
         provisional = disputes_provisional(currency)
-        await self._ledger(
-            OPEN_ACCOUNTS,
+        await step(
+            self._input,
+            LedgerActivities.open_accounts,
             [system_account(settlement), system_account(provisional)],
-            result_type=list[Account],
         )
         amount = self._amount_minor()
         credited = self._credited_minor
@@ -589,8 +577,8 @@ class DisputeWorkflow:
                     currency=currency,
                 )
             )
-        outcomes: list[TransferOutcome] = await self._ledger(
-            SUBMIT_BATCH, TransferBatch(items=items, atomic=True), result_type=list[TransferOutcome]
+        outcomes = await step(
+            self._input, LedgerActivities.submit_batch, TransferBatch(items=items, atomic=True)
         )
         refused = [outcome for outcome in outcomes if not outcome.accepted]
         if refused:
@@ -614,7 +602,7 @@ class DisputeWorkflow:
         for attempt in range(attempts + 1):
             covered = 0
             if attempt < attempts:
-                balance: Balance = await self._ledger(GET_BALANCE, source, result_type=Balance)
+                balance = await step(self._input, LedgerActivities.balance, source)
                 covered = min(owed, max(0, balance.available))
             # The last attempt records it all as debt, which always succeeds.
             shortfall = owed - covered
@@ -630,10 +618,10 @@ class DisputeWorkflow:
                     )
                 )
             if shortfall:
-                await self._ledger(
-                    OPEN_ACCOUNTS,
+                await step(
+                    self._input,
+                    LedgerActivities.open_accounts,
                     [customer_debt_spec(customer_id, currency)],
-                    result_type=list[Account],
                 )
                 items.append(
                     TransferRequest(
@@ -644,10 +632,8 @@ class DisputeWorkflow:
                         currency=currency,
                     )
                 )
-            outcomes: list[TransferOutcome] = await self._ledger(
-                SUBMIT_BATCH,
-                TransferBatch(items=items, atomic=True),
-                result_type=list[TransferOutcome],
+            outcomes = await step(
+                self._input, LedgerActivities.submit_batch, TransferBatch(items=items, atomic=True)
             )
             if all(outcome.accepted for outcome in outcomes):
                 self._reversed_minor += covered
@@ -658,13 +644,13 @@ class DisputeWorkflow:
             # A card payment took the wallet between the read and the debit: read again.
         raise RuntimeError("the provisional credit could not be reversed")
 
-    async def _notify(self, step: str, subject: str, body: str) -> None:
+    async def _notify(self, occasion: str, subject: str, body: str) -> None:
         try:
-            await on_providers(
-                self._input.providers_task_queue,
-                NOTIFY_CUSTOMER,
+            await step(
+                self._input,
+                ProviderActivities.notify_customer,
                 Notification(
-                    key=step_key(f"notify/{step}"),
+                    key=step_key(f"notify/{occasion}"),
                     customer_id=self._input.customer_id,
                     subject=subject,
                     body=body,
@@ -866,11 +852,3 @@ class DisputeWorkflow:
             if self._final_credit_minor:
                 lines.append(f"final credit {self._money(self._final_credit_minor)}")
         return "\n".join(lines)
-
-    async def _ledger(self, name: str, *args: object, result_type: Any = None) -> Any:
-        return await on_ledger(self._input.ledger_task_queue, name, *args, result_type=result_type)
-
-    async def _providers(self, name: str, *args: object, result_type: Any = None) -> Any:
-        return await on_providers(
-            self._input.providers_task_queue, name, *args, result_type=result_type
-        )

@@ -50,11 +50,11 @@ from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.customers import GET_KYC_STATUS
-    from activities.ledger.activities import GET_BALANCE, OPEN_ACCOUNTS, SUBMIT_BATCH
-    from activities.providers.activities import NOTIFY_CUSTOMER
+    from activities.customers import CustomerActivities
+    from activities.ledger.activities import LedgerActivities
+    from activities.providers.activities import ProviderActivities
     from activities.providers.http import NON_RETRYABLE_ERROR_TYPES
-    from activities.providers.quotes import FX_QUOTE, QuoteRequest
+    from activities.providers.quotes import QuoteActivities, QuoteRequest
     from schemas import accounts
     from schemas.conversion import ConversionLegs, conversion_accounts, conversion_legs
     from schemas.customers import KycStatus, Notification
@@ -70,12 +70,9 @@ with workflow.unsafe.imports_passed_through():
         conversion_fee_minor,
     )
     from schemas.ledger import (
-        Account,
         AccountSpec,
-        Balance,
         Rejection,
         TransferBatch,
-        TransferOutcome,
         TransferRequest,
     )
     from schemas.money import Money
@@ -84,7 +81,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
-    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+    from workflows.steps import step, step_key, wait_for
 
 FX_WORKFLOW = "FxConversion"
 WAIT_QUOTE_UPDATE = "wait_quote"
@@ -242,7 +239,7 @@ class FxConversion:
             )
         if request.sell_amount_minor is not None:
             self._check_limits(request.sell_amount_minor, request, terms)
-        kyc = await self._ledger(GET_KYC_STATUS, request.customer_id, result_type=KycStatus)
+        kyc = await step(request, CustomerActivities.get_kyc_status, request.customer_id)
         if kyc is not KycStatus.APPROVED:
             raise Finished(
                 FxOutcome.REFUSED,
@@ -251,7 +248,7 @@ class FxConversion:
             )
         sell_wallet = accounts.wallet(request.customer_id, request.sell_currency)
         try:
-            await self._ledger(GET_BALANCE, sell_wallet, result_type=Balance)
+            await step(request, LedgerActivities.balance, sell_wallet)
         except ActivityError as error:
             if _error_type(error) == "AccountNotFound":
                 raise Finished(
@@ -283,8 +280,9 @@ class FxConversion:
     async def _get_quote(self, request: FxConversionInput, terms: FxCurrencyTerms) -> FxQuote:
         self._set_stage(STAGE_QUOTING)
         asking = asyncio.ensure_future(
-            self._provider(
-                FX_QUOTE,
+            step(
+                request,
+                QuoteActivities.quote,
                 QuoteRequest(
                     key=step_key("quote"),
                     sell_currency=request.sell_currency,
@@ -292,7 +290,6 @@ class FxConversion:
                     sell_amount_minor=request.sell_amount_minor,
                     buy_amount_minor=request.buy_amount_minor,
                 ),
-                result_type=FxQuote,
             )
         )
         seconds = request.policy.quote_wait_seconds
@@ -302,7 +299,7 @@ class FxConversion:
                 await asking
             raise Finished(FxOutcome.FAILED, f"the rate source gave no quote within {seconds}s")
         try:
-            quote: FxQuote = asking.result()
+            quote = asking.result()
         except ActivityError as error:
             if _error_type(error) in NON_RETRYABLE_ERROR_TYPES:
                 raise Finished(
@@ -375,8 +372,9 @@ class FxConversion:
         fees = accounts.revenue_fees(quote.sell_currency)
         # The buy wallet with onboarding's spec (a no-op if it is open), and the
         # system accounts the batch touches.
-        await self._ledger(
-            OPEN_ACCOUNTS,
+        await step(
+            request,
+            LedgerActivities.open_accounts,
             [
                 AccountSpec(
                     code=buy_wallet,
@@ -387,7 +385,6 @@ class FxConversion:
                 ),
                 *(accounts.system_account(code) for code in (*conversion_accounts(quote), fees)),
             ],
-            result_type=list[Account],
         )
         key = step_key("conversion")
         legs = conversion_legs(key, quote, debit=sell_wallet, credit=buy_wallet)
@@ -402,10 +399,8 @@ class FxConversion:
                     currency=quote.sell_currency,
                 )
             )
-        outcomes: list[TransferOutcome] = await self._ledger(
-            SUBMIT_BATCH,
-            TransferBatch(items=items, atomic=True),
-            result_type=list[TransferOutcome],
+        outcomes = await step(
+            request, LedgerActivities.submit_batch, TransferBatch(items=items, atomic=True)
         )
         rejected = next((outcome for outcome in outcomes if not outcome.accepted), None)
         if rejected is not None:
@@ -430,8 +425,9 @@ class FxConversion:
         self._set_stage(STAGE_NOTIFYING)
         sell, buy = result.sell_currency, result.buy_currency
         sending = asyncio.ensure_future(
-            self._provider(
-                NOTIFY_CUSTOMER,
+            step(
+                request,
+                ProviderActivities.notify_customer,
                 Notification(
                     key=step_key("notify/converted"),
                     customer_id=request.customer_id,
@@ -632,16 +628,6 @@ class FxConversion:
         self._stage = stage
         workflow.set_current_details(self._details())
         workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
-
-    async def _ledger(self, name: str, *args: object, result_type: type | None = None) -> Any:
-        assert self._input is not None
-        return await on_ledger(self._input.ledger_task_queue, name, *args, result_type=result_type)
-
-    async def _provider(self, name: str, *args: object, result_type: type | None = None) -> Any:
-        assert self._input is not None
-        return await on_providers(
-            self._input.providers_task_queue, name, *args, result_type=result_type
-        )
 
 
 def _error_type(error: ActivityError) -> str | None:

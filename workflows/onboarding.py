@@ -17,30 +17,21 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.customers import SAVE_PROFILE, SET_KYC_STATUS
-    from activities.ledger.activities import (
-        CLOSE_ACCOUNT,
-        OPEN_ACCOUNT,
-    )
-    from activities.providers.activities import (
-        KYC_ADD_DOCUMENT,
-        KYC_CREATE_APPLICANT,
-        KYC_START_CHECK,
-        NOTIFY_CUSTOMER,
-    )
+    from activities.customers import CustomerActivities
+    from activities.ledger.activities import LedgerActivities
+    from activities.providers.activities import ProviderActivities
     from schemas import accounts
-    from schemas.customers import KycStatus, Notification
-    from schemas.kyc import KycApplicant, KycCheck
-    from schemas.ledger import Account, AccountSpec
+    from schemas.customers import KycStatus, KycStatusChange, Notification
+    from schemas.ledger import AccountSpec
     from schemas.onboarding import (
         ApplicantRequest,
+        CheckRequest,
         DocumentSpec,
         DocumentUpload,
         KycResult,
@@ -56,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.search import CUSTOMER_ID, PROCESS_STATUS, PROVIDER
     from workflows.cancellation import is_cancellation
     from workflows.metadata import StartMetadata, start_metadata
-    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+    from workflows.steps import step, step_key, wait_for
 
 ONBOARDING_WORKFLOW = "Onboarding"
 KYC_RESULT_SIGNAL = "kyc_result"
@@ -139,7 +130,12 @@ class Onboarding:
             raise
         if outcome != "approved":
             await self._close_wallets()
-        await self._execute_customers(SET_KYC_STATUS, customer_id, KycStatus(outcome))
+        await step(
+            request,
+            CustomerActivities.set_kyc_status,
+            KycStatusChange(customer_id=customer_id, status=KycStatus(outcome)),
+            retry_policy=CUSTOMERS_RETRY_POLICY,
+        )
         await self._notify(f"outcome-{outcome}", *_MESSAGES[outcome])
         self._outcome = outcome
         self._set_stage(outcome)
@@ -158,7 +154,9 @@ class Onboarding:
         profile = request.profile
         policy = request.policy
         self._set_stage("opening wallets")
-        await self._execute_customers(SAVE_PROFILE, profile)
+        await step(
+            request, CustomerActivities.save_profile, profile, retry_policy=CUSTOMERS_RETRY_POLICY
+        )
         for currency in policy.wallet_currencies:
             code = wallet_code(profile.customer_id, currency.value)
             spec = AccountSpec(
@@ -169,7 +167,7 @@ class Onboarding:
                 debits_must_not_exceed_credits=True,
             )
             try:
-                await on_ledger(request.ledger_task_queue, OPEN_ACCOUNT, spec, result_type=Account)
+                await step(request, LedgerActivities.open_account, spec)
             except ActivityError as error:
                 if is_cancellation(error) and workflow.patched(INTERRUPTED_WALLET_PATCH):
                     self._opening = spec
@@ -177,18 +175,17 @@ class Onboarding:
             self._wallets.append(code)
 
         self._set_stage("creating the KYC applicant")
-        applicant = await self._execute_provider(
-            KYC_CREATE_APPLICANT,
+        applicant = await step(
+            request,
+            ProviderActivities.create_applicant,
             ApplicantRequest(key=step_key("applicant"), profile=profile),
-            result_type=KycApplicant,
         )
-        assert isinstance(applicant, KycApplicant)
         self._applicant_id = applicant.id
 
         documents = request.documents
         while True:
             self._attempts += 1
-            await self._check(documents)
+            await self._check(request, documents)
             result = await self._wait_for_verdict(policy.kyc_result_wait_seconds)
             if result.status == "on_hold":
                 await self._wait_for_review(policy.review_wait_seconds)
@@ -201,25 +198,24 @@ class Onboarding:
                 raise Finished("rejected", f"KYC failed {self._attempts} times")
             documents = await self._wait_for_resubmission(policy.resubmission_wait_seconds)
 
-    async def _check(self, documents: list[DocumentSpec]) -> None:
+    async def _check(self, request: OnboardingInput, documents: list[DocumentSpec]) -> None:
         assert self._applicant_id is not None
         self._set_stage(f"KYC check {self._attempts}: uploading documents")
         for index, document in enumerate(documents):
-            await self._execute_provider(
-                KYC_ADD_DOCUMENT,
+            await step(
+                request,
+                ProviderActivities.add_document,
                 DocumentUpload(
                     key=step_key(f"document/{self._attempts}/{index}"),
                     applicant_id=self._applicant_id,
                     document=document,
                 ),
             )
-        check = await self._execute_provider(
-            KYC_START_CHECK,
-            self._applicant_id,
-            step_key(f"check/{self._attempts}"),
-            result_type=KycCheck,
+        check = await step(
+            request,
+            ProviderActivities.start_check,
+            CheckRequest(key=step_key(f"check/{self._attempts}"), applicant_id=self._applicant_id),
         )
-        assert isinstance(check, KycCheck)
         self._current_check = check.id
 
     async def _wait_for_verdict(self, wait_seconds: int) -> KycResult:
@@ -330,42 +326,29 @@ class Onboarding:
         workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
 
     async def _close_wallets(self) -> None:
-        assert self._input is not None
+        request = self._input
+        assert request is not None
         if self._opening is not None:
             # Opened again with the same spec: a no-op if the interrupted opening
             # went through, so the wallet surely exists, and is closed below.
-            await on_ledger(
-                self._input.ledger_task_queue, OPEN_ACCOUNT, self._opening, result_type=Account
-            )
+            await step(request, LedgerActivities.open_account, self._opening)
             self._wallets.append(self._opening.code)
             self._opening = None
         for code in reversed(self._wallets):
-            await on_ledger(self._input.ledger_task_queue, CLOSE_ACCOUNT, code)
+            await step(request, LedgerActivities.close_account, code)
 
-    async def _notify(self, step: str, subject: str, body: str) -> None:
-        assert self._input is not None
-        await self._execute_provider(
-            NOTIFY_CUSTOMER,
+    async def _notify(self, occasion: str, subject: str, body: str) -> None:
+        request = self._input
+        assert request is not None
+        await step(
+            request,
+            ProviderActivities.notify_customer,
             Notification(
-                key=step_key(f"notify/{step}"),
-                customer_id=self._input.profile.customer_id,
+                key=step_key(f"notify/{occasion}"),
+                customer_id=request.profile.customer_id,
                 subject=subject,
                 body=body,
             ),
-        )
-
-    async def _execute_provider(
-        self, name: str, *args: object, result_type: type | None = None
-    ) -> Any:
-        assert self._input is not None
-        return await on_providers(
-            self._input.providers_task_queue, name, *args, result_type=result_type
-        )
-
-    async def _execute_customers(self, name: str, *args: object) -> None:
-        assert self._input is not None
-        await on_ledger(
-            self._input.ledger_task_queue, name, *args, retry_policy=CUSTOMERS_RETRY_POLICY
         )
 
 

@@ -45,34 +45,27 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.ledger.activities import GET_BALANCE, OPEN_ACCOUNTS, SUBMIT_BATCH
-    from activities.providers.quotes import FX_QUOTE, QuoteRequest
-    from activities.topups import (
-        MATCH_CUSTOMER,
-        RESERVE_USAGE,
-        SEND_RECEIPT,
-        SET_USAGE_STATUS,
-    )
+    from activities.ledger.activities import LedgerActivities
+    from activities.providers.quotes import QuoteActivities, QuoteRequest
+    from activities.topups import TopupActivities, TopupReceiptActivities
     from schemas import accounts
     from schemas.bank import InboundTransfer
     from schemas.conversion import conversion_legs
-    from schemas.customers import NotificationReceipt
     from schemas.disputes import customer_debt
     from schemas.fx import FxQuote
-    from schemas.ledger import Account, Balance, TransferBatch, TransferOutcome, TransferRequest
+    from schemas.ledger import TransferBatch, TransferRequest
     from schemas.money import Currency
     from schemas.refusals import Refusal, refused
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
     from schemas.topup import (
         SOURCE_PROVIDER,
-        CustomerMatch,
         CustomerMatchRequest,
         PendingReview,
         ReceiptRequest,
@@ -85,13 +78,17 @@ with workflow.unsafe.imports_passed_through():
         TopupStatus,
         UsageDecision,
         UsageReservation,
+        UsageStatus,
+        UsageStatusChange,
         deposit_rank,
         describe,
     )
     from schemas.tron import Deposit
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
-    from workflows.steps import on_ledger, on_providers, step_key, wait_for
+    from workflows.steps import step, step_key, wait_for
+
+T = TypeVar("T")
 
 TOPUP_WORKFLOW = "Topup"
 BANK_TRANSFER_SIGNAL = "bank_transfer"
@@ -188,7 +185,7 @@ class Topup:
         self._compensations: list[Callable[[], Awaitable[None]]] = []
         # The step whose activity is awaited, run again to learn its outcome
         # (and register its undo) when a cancellation interrupts it.
-        self._interrupted: Callable[[], Awaitable[None]] | None = None
+        self._interrupted: Callable[[], Awaitable[object]] | None = None
         self._search_pending: dict[str, SearchAttributeUpdate[Any]] = {}
         # What the start already set (a starter passes what it knows).
         self._search_flushed: dict[str, Any] = {
@@ -240,21 +237,21 @@ class Topup:
             await undo()
         self._compensations.clear()
 
-    async def _learn(self, step: Callable[[], Awaitable[None]]) -> None:
+    async def _learn(self, interrupted: Callable[[], Awaitable[object]]) -> None:
         """Run an interrupted step again: the ledger (or the usage table) answers
         its first outcome, and the step registers its undo if it took effect."""
         self._interrupted = None
         try:
-            await step()
+            await interrupted()
         except ActivityError as error:
             workflow.logger.error("an interrupted step's outcome is unknown: %s", error)
         except ApplicationError:
             pass  # refused: it took no effect, nothing to undo
 
-    async def _interruptible(self, step: Callable[[], Awaitable[Any]]) -> Any:
-        """Await `step`; a cancellation while it runs leaves it to run again (_learn)."""
-        self._interrupted = step
-        result = await step()
+    async def _interruptible(self, action: Callable[[], Awaitable[T]]) -> T:
+        """Await `action`; a cancellation while it runs leaves it to run again (_learn)."""
+        self._interrupted = action
+        result = await action()
         self._interrupted = None
         return result
 
@@ -365,12 +362,12 @@ class Topup:
         """The customer the money belongs to, by match or by an operator; the
         match also says which of the credit's system accounts are not open yet."""
         self._set_stage("matching the customer")
-        match: CustomerMatch = await self._ledger(
-            MATCH_CUSTOMER,
+        match = await step(
+            self._input,
+            TopupActivities.match_customer,
             CustomerMatchRequest(
                 reference=reference[:200], currency=currency, system_accounts=system
             ),
-            result_type=CustomerMatch,
         )
         self._missing_accounts = match.missing_accounts
         self._debt_outstanding_minor = match.debt_outstanding_minor
@@ -422,8 +419,9 @@ class Topup:
     ) -> UsageDecision:
         if self._day is None:
             self._day = workflow.now().date()
-        decision: UsageDecision = await self._ledger(
-            RESERVE_USAGE,
+        decision = await step(
+            self._input,
+            TopupActivities.reserve_usage,
             UsageReservation(
                 topup_id=workflow.info().workflow_id,
                 customer_id=customer_id,
@@ -433,7 +431,6 @@ class Topup:
                 daily_max_minor=daily_max_minor,
                 force=force,
             ),
-            result_type=UsageDecision,
         )
         if decision.reserved and not self._usage_reserved:
             self._usage_reserved = True
@@ -461,15 +458,16 @@ class Topup:
         for attempt in range(1, policy.quote_attempts_max + 1):
             self._set_stage("quoting")
             self._quotes_taken = attempt
-            quote: FxQuote = await self._provider(
-                FX_QUOTE,
+            self._flush_search_attributes()
+            quote = await step(
+                self._input,
+                QuoteActivities.quote,
                 QuoteRequest(
                     key=step_key(f"quote/{attempt}"),
                     sell_currency=Currency.USDT,
                     buy_currency=currency,
                     sell_amount_minor=amount,
                 ),
-                result_type=FxQuote,
             )
             self._quote = quote
             remaining = quote.expires_at - workflow.now()
@@ -505,8 +503,8 @@ class Topup:
     ) -> None:
         """The credit and its fee, all or nothing."""
         self._set_stage("crediting")
-        outcomes: list[TransferOutcome] = await self._ledger(
-            SUBMIT_BATCH, TransferBatch(items=items), result_type=list[TransferOutcome]
+        outcomes = await step(
+            self._input, LedgerActivities.submit_batch, TransferBatch(items=items)
         )
         refused = [outcome for outcome in outcomes if not outcome.accepted]
         if refused:
@@ -540,7 +538,7 @@ class Topup:
             amount = min(outstanding, net)
             if amount > 0 and attempt > 1:
                 # A card payment may have spent part of the credit since.
-                held: Balance = await self._ledger(GET_BALANCE, source, result_type=Balance)
+                held = await step(self._input, LedgerActivities.balance, source)
                 amount = min(amount, held.available)
             if amount <= 0:
                 return
@@ -554,15 +552,15 @@ class Topup:
             if await self._interruptible(functools.partial(self._collect, collection)):
                 return
             # Another top-up collected first, or the wallet was spent: read again.
-            owed: Balance = await self._ledger(GET_BALANCE, debt, result_type=Balance)
+            owed = await step(self._input, LedgerActivities.balance, debt)
             outstanding = owed.debits_posted - owed.credits_posted - owed.credits_pending
         # The credit stands either way; what was not collected stays outstanding.
         workflow.logger.warning("the debt on %s was not collected", debt)
 
     async def _collect(self, collection: TransferRequest) -> bool:
         """Post one debt collection; True (its undo registered) if the ledger took it."""
-        outcomes: list[TransferOutcome] = await self._ledger(
-            SUBMIT_BATCH, TransferBatch(items=[collection]), result_type=list[TransferOutcome]
+        outcomes = await step(
+            self._input, LedgerActivities.submit_batch, TransferBatch(items=[collection])
         )
         if not outcomes[0].accepted:
             workflow.logger.info("debt collection %s refused: %s", collection.key, outcomes[0])
@@ -576,9 +574,7 @@ class Topup:
     async def _after_credit(self, customer_id: str, currency: Currency) -> None:
         """Record the usage as credited and send the receipt, side by side."""
         self._set_stage("sending the receipt")
-        usage = asyncio.ensure_future(
-            self._ledger(SET_USAGE_STATUS, workflow.info().workflow_id, "credited")
-        )
+        usage = asyncio.ensure_future(self._set_usage_status("credited"))
         net = describe(self._credited_minor - self._fee_minor, currency)
         fee = describe(self._fee_minor, currency)
         body = f"We credited {net} to your {currency.value} wallet (fee {fee})."
@@ -586,8 +582,10 @@ class Topup:
             collected = describe(self._debt_collected_minor, currency)
             body += f" {collected} of it repaid what you owed us."
         try:
-            await self._provider(
-                SEND_RECEIPT,
+            self._flush_search_attributes()
+            await step(
+                self._input,
+                TopupReceiptActivities.send_receipt,
                 ReceiptRequest(
                     key=step_key("notify/credited"),
                     customer_id=customer_id,
@@ -595,7 +593,6 @@ class Topup:
                     body=body,
                     attempts_max=self._input.policy.receipt_attempts_max,
                 ),
-                result_type=NotificationReceipt,
             )
         finally:
             # A failed receipt is compensated only once the usage is recorded,
@@ -617,8 +614,8 @@ class Topup:
             for leg in reversed(self._credit)
         ]
         self._set_stage("reversing the credit")
-        outcomes: list[TransferOutcome] = await self._ledger(
-            SUBMIT_BATCH, TransferBatch(items=reversals), result_type=list[TransferOutcome]
+        outcomes = await step(
+            self._input, LedgerActivities.submit_batch, TransferBatch(items=reversals)
         )
         refused = [outcome for outcome in outcomes if not outcome.accepted]
         currency = self._wallet_currency
@@ -651,8 +648,8 @@ class Topup:
             )
             for leg in self._debt_collection
         ]
-        outcomes: list[TransferOutcome] = await self._ledger(
-            SUBMIT_BATCH, TransferBatch(items=reversals), result_type=list[TransferOutcome]
+        outcomes = await step(
+            self._input, LedgerActivities.submit_batch, TransferBatch(items=reversals)
         )
         # Debiting the debt account and crediting the wallet have no limit to hit.
         if all(outcome.accepted for outcome in outcomes):
@@ -661,7 +658,11 @@ class Topup:
     async def _release_usage(self) -> None:
         # Money the reversal could not take back still counts as credited.
         if not self._reversal_failed:
-            await self._ledger(SET_USAGE_STATUS, workflow.info().workflow_id, "released")
+            await self._set_usage_status("released")
+
+    async def _set_usage_status(self, status: UsageStatus) -> None:
+        change = UsageStatusChange(topup_id=workflow.info().workflow_id, status=status)
+        await step(self._input, TopupActivities.set_usage_status, change)
 
     # ----- messages -------------------------------------------------------
 
@@ -693,12 +694,12 @@ class Topup:
         debt_outstanding_minor = None
         if pending.kind == "unmatched" and decided.decision == "approve":
             assert decided.customer_id is not None and self._currency is not None
-            match = await self._ledger(
-                MATCH_CUSTOMER,
+            match = await step(
+                self._input,
+                TopupActivities.match_customer,
                 CustomerMatchRequest(
                     reference=decided.customer_id, currency=self._credit_currency()
                 ),
-                result_type=CustomerMatch,
             )
             if match.customer_id is None:
                 # Fails this update only; the review stays pending.
@@ -777,10 +778,10 @@ class Topup:
         """Open the system accounts the match found missing (the first credit of
         a currency); idempotent, so a race with another top-up is harmless."""
         if self._missing_accounts:
-            await self._ledger(
-                OPEN_ACCOUNTS,
+            await step(
+                self._input,
+                LedgerActivities.open_accounts,
                 [accounts.system_account(code) for code in self._missing_accounts],
-                result_type=list[Account],
             )
 
     def _result(self, outcome: TopupOutcome, reason: str) -> TopupResult:
@@ -866,14 +867,3 @@ class Topup:
         self._set_stage(stage, searchable=True)
         self._flush_search_attributes()
         return await wait_for(condition, seconds)
-
-    async def _ledger(self, name: str, *args: object, result_type: type | None = None) -> Any:
-        # Ledger steps are short and internal: what they change becomes
-        # searchable at the next wait on the outside or at the end.
-        return await on_ledger(self._input.ledger_task_queue, name, *args, result_type=result_type)
-
-    async def _provider(self, name: str, *args: object, result_type: type | None = None) -> Any:
-        self._flush_search_attributes()
-        return await on_providers(
-            self._input.providers_task_queue, name, *args, result_type=result_type
-        )

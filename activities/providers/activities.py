@@ -22,7 +22,7 @@ from activities.queues import provider_activity
 from schemas.customers import Notification, NotificationReceipt
 from schemas.kyc import KycApplicant, KycCheck, KycDocument
 from schemas.notify import Channel
-from schemas.onboarding import ApplicantRequest, DocumentUpload
+from schemas.onboarding import ApplicantRequest, CheckRequest, DocumentUpload
 from schemas.providers import BANK, FX, ISSUER, KYC, NOTIFY, TRON
 
 KYC_CREATE_APPLICANT = "kyc.create_applicant"
@@ -76,8 +76,8 @@ class ProviderActivities:
         )
 
     @provider_activity(KYC_START_CHECK)
-    async def start_check(self, applicant_id: str, key: str) -> KycCheck:
-        return await self.clients.kyc.start_check(applicant_id, idempotency_key=key)
+    async def start_check(self, request: CheckRequest) -> KycCheck:
+        return await self.clients.kyc.start_check(request.applicant_id, idempotency_key=request.key)
 
     @provider_activity(NOTIFY_CUSTOMER)
     async def notify_customer(self, notification: Notification) -> NotificationReceipt:

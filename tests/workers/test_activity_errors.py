@@ -58,7 +58,7 @@ class ActivityErrorProbe:
 @pytest.mark.parametrize(
     ("activity", "args"),
     [
-        (SET_KYC_STATUS, ["c-\x00", "approved"]),
+        (SET_KYC_STATUS, [{"customer_id": "c-\x00", "status": "approved"}]),
         (MATCH_SETTLEMENT, [{"run_key": "probe", "settlement_date": "9999-12-31"}]),
     ],
     ids=["nul-in-text", "date-overflow"],

@@ -37,6 +37,7 @@ from schemas.topup import (
     TopupSource,
     TopupStatus,
     UsageReservation,
+    UsageStatusChange,
 )
 from schemas.tron import Deposit
 from starters import topup as starter
@@ -402,7 +403,9 @@ async def test_concurrent_top_ups_cannot_both_slip_under_the_daily_limit(
     assert again.reserved and again.used_minor == 4_000
     refused_one = next(i for i, decision in enumerate(decisions) if not decision.reserved)
     assert (await usage.reserve_usage(reservation(refused_one, force=True))).reserved
-    await usage.set_usage_status(f"topup/bank/t-{first}", "released")
+    await usage.set_usage_status(
+        UsageStatusChange(topup_id=f"topup/bank/t-{first}", status="released")
+    )
     used = await ledger_pool.fetchval(
         "SELECT sum(amount_minor) FROM topup_usage WHERE status <> 'released'"
     )
