@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
 from activities.database import create_pool
 from activities.metrics import GatewayMetrics
-from starters.gateway import api, realtime, webhooks
+from starters.gateway import api, errors, realtime, webhooks
 from starters.gateway.intake import Intake
 from workers.client import connect
 from workers.secrets import webhook_secrets
@@ -37,27 +38,31 @@ def create_app(
     to that telemetry's runtime.
     """
 
+    secrets = webhook_secrets(settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned_pool = None
-        app.state.client = client or await connect(
+        temporal = client or await connect(
             settings, identity="cardflow-gateway", telemetry=telemetry
         )
         runtime = (
             telemetry.runtime
             if telemetry is not None
-            else app.state.client.service_client.config.runtime or Runtime.default()
-        )
-        app.state.metrics = GatewayMetrics(
-            runtime.metric_meter,
-            providers=sorted(app.state.webhook_secrets),
-            rejection_reasons=webhooks.REJECTION_REASONS,
+            else temporal.service_client.config.runtime or Runtime.default()
         )
         if pool is None:
             owned_pool = await create_pool(
                 settings.effective_database_url, size_max=GATEWAY_POOL_SIZE_MAX
             )
+        # What the routes are given (starters/gateway/state.py).
+        app.state.client = temporal
         app.state.pool = pool or owned_pool
+        app.state.metrics = GatewayMetrics(
+            runtime.metric_meter,
+            providers=sorted(secrets),
+            rejection_reasons=webhooks.REJECTION_REASONS,
+        )
         try:
             yield
         finally:
@@ -72,15 +77,18 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.queues = settings.task_queues
-    app.state.webhook_secrets = webhook_secrets(settings)
+    app.state.webhook_secrets = secrets
     app.state.settings = settings
 
     @app.get("/health", tags=["operations"], summary="The gateway answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.add_exception_handler(api.ApiError, api.api_error_response)
-    app.add_exception_handler(RequestValidationError, api.validation_error_response)
+    # One error contract (starters/gateway/errors.py) for every answer but a success.
+    app.add_exception_handler(errors.ApiError, errors.api_error_response)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error_response)
+    app.add_exception_handler(RequestValidationError, errors.validation_error_response)
+    app.add_exception_handler(Exception, errors.unexpected_error_response)
     app.include_router(api.router)
     app.include_router(webhooks.router)
     app.include_router(realtime.router)

@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.applications import Starlette
 
 from activities.api_keys import (
     KEY_CACHE_SECONDS,
@@ -49,6 +50,8 @@ from activities.api_keys import (
     api_key_pepper,
     parse_key,
 )
+from starters.gateway.errors import ApiError, GatewayCode
+from starters.gateway.state import pool_of, settings_of
 
 log = logging.getLogger("cardflow.gateway.auth")
 
@@ -123,24 +126,32 @@ class ApiGuard:
     buckets: TokenBuckets
 
 
-def api_guard(app: FastAPI) -> ApiGuard:
+def api_guard(app: Starlette) -> ApiGuard:
     """The app's guard, built on first use from its settings and pool.
 
     Tests may set `app.state.api_guard` beforehand (e.g. a cache of 0 s).
     """
-    state: Any = app.state
-    guard: ApiGuard | None = getattr(state, "api_guard", None)
-    if guard is None:
-        settings = state.settings
-        guard = ApiGuard(
-            verifier=KeyVerifier(
-                ApiKeyStore(state.pool, api_key_pepper(settings)),
-                cache_seconds=KEY_CACHE_SECONDS,
-            ),
-            buckets=TokenBuckets(settings.api_rate_per_second, settings.api_burst),
-        )
-        state.api_guard = guard
+    guard = getattr(app.state, "api_guard", None)
+    if isinstance(guard, ApiGuard):
+        return guard
+    settings = settings_of(app)
+    guard = ApiGuard(
+        verifier=KeyVerifier(
+            ApiKeyStore(pool_of(app), api_key_pepper(settings)),
+            cache_seconds=KEY_CACHE_SECONDS,
+        ),
+        buckets=TokenBuckets(settings.api_rate_per_second, settings.api_burst),
+    )
+    app.state.api_guard = guard
     return guard
+
+
+def key_store_unavailable() -> ApiError:
+    return ApiError(
+        GatewayCode.KEY_STORE_UNAVAILABLE,
+        "API keys cannot be checked right now; try again",
+        headers={"Retry-After": str(KEY_STORE_RETRY_AFTER_SECONDS)},
+    )
 
 
 class RequireScope:
@@ -161,11 +172,7 @@ class RequireScope:
         try:
             principal = await guard.verifier.verify(presented)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
-            raise HTTPException(
-                status_code=503,
-                detail="API keys cannot be checked right now; try again",
-                headers={"Retry-After": str(KEY_STORE_RETRY_AFTER_SECONDS)},
-            ) from None
+            raise key_store_unavailable() from None
         if principal is None:
             # Name the key id only (when the key is well formed), never the key.
             parsed = parse_key(presented) if presented else None
@@ -178,9 +185,9 @@ class RequireScope:
             challenge = 'Bearer realm="cardflow"'
             if presented is not None:
                 challenge += ', error="invalid_token"'
-            raise HTTPException(
-                status_code=401,
-                detail=UNAUTHENTICATED_DETAIL,
+            raise ApiError(
+                GatewayCode.UNAUTHENTICATED,
+                UNAUTHENTICATED_DETAIL,
                 headers={"WWW-Authenticate": challenge},
             )
         route = request.scope.get("route")
@@ -189,12 +196,10 @@ class RequireScope:
         if wait_seconds > 0:
             retry_after = max(1, math.ceil(wait_seconds))
             log.debug("throttled API key %s on %s %s", principal.key_id, request.method, template)
-            raise HTTPException(
-                status_code=429,
-                detail=(
-                    f"too many requests from this API key to {request.method} {template}; "
-                    f"retry after {retry_after} s"
-                ),
+            raise ApiError(
+                GatewayCode.RATE_LIMITED,
+                f"too many requests from this API key to {request.method} {template}; "
+                f"retry after {retry_after} s",
                 headers={"Retry-After": str(retry_after)},
             )
         if self.scope not in principal.scopes:
@@ -206,9 +211,9 @@ class RequireScope:
                 request.method,
                 template,
             )
-            raise HTTPException(
-                status_code=403,
-                detail=f"this API key lacks the scope '{self.scope}' that this route requires",
+            raise ApiError(
+                GatewayCode.SCOPE_MISSING,
+                f"this API key lacks the scope '{self.scope}' that this route requires",
             )
         request.state.api_key_id = principal.key_id
         request.state.api_principal = principal
@@ -234,11 +239,13 @@ def route_scope(route: Any) -> list[str]:
 
 # Documented on every `/v1` route (the OpenAPI contract).
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing, unknown, expired or revoked API key"},
+    401: {"description": "Missing, unknown, expired or revoked API key (unauthenticated)"},
     403: {
-        "description": "The API key lacks the scope this route requires; or, bound to "
-        "customers, the route acts on another customer (customer_not_allowed) or on the "
-        "whole program (program_wide_route)"
+        "description": "The API key lacks the scope this route requires (scope_missing); or, "
+        "bound to customers, the route acts on another customer (customer_not_allowed) or on "
+        "the whole program (program_wide_route)"
     },
-    429: {"description": "This key's budget for this route is spent; see Retry-After"},
+    429: {
+        "description": "This key's budget for this route is spent (rate_limited); see Retry-After"
+    },
 }

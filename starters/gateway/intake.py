@@ -26,20 +26,16 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
 
 import asyncpg
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.providers import ISSUER
-from starters.gateway.api import ApiError
-from starters.gateway.auth import (
-    KEY_STORE_RETRY_AFTER_SECONDS,
-    UNAUTHENTICATED_DETAIL,
-    api_guard,
-)
+from starters.gateway.auth import UNAUTHENTICATED_DETAIL, api_guard, key_store_unavailable
+from starters.gateway.errors import ApiError, GatewayCode
 from starters.gateway.realtime import REALTIME_AUTHORIZATION_PATH, REALTIME_BODY_BYTES_MAX
 from starters.gateway.server import ARRIVED_AT
+from starters.gateway.state import metrics_of, secrets_of, settings_of
 from starters.gateway.webhooks import WEBHOOK_BODY_BYTES_MAX
 
 log = logging.getLogger("cardflow.gateway.intake")
@@ -53,8 +49,8 @@ class BodyRefused(ApiError):
     """A body over its cap or too slow: the route's body read raises it, and
     the app's error handler answers it (and the connection closes)."""
 
-    def __init__(self, status_code: int, code: str, detail: str) -> None:
-        super().__init__(status_code, code, detail, headers={"connection": "close"})
+    def __init__(self, code: GatewayCode, detail: str) -> None:
+        super().__init__(code, detail, headers={"connection": "close"})
 
 
 def _provider(path: str) -> str | None:
@@ -83,7 +79,7 @@ class Intake:
     def body_bytes_max(self, scope: Scope) -> int:
         path: str = scope["path"]
         if path.startswith(API_PREFIX):
-            return int(scope["app"].state.settings.api_body_bytes_max)
+            return settings_of(scope["app"]).api_body_bytes_max
         if path == REALTIME_AUTHORIZATION_PATH:
             return REALTIME_BODY_BYTES_MAX
         if path.startswith(WEBHOOK_PREFIX):
@@ -100,26 +96,26 @@ class Intake:
         if path.startswith(API_PREFIX):
             refusal = await self._key_refusal(scope)
             if refusal is not None:
-                await _answer(send, *refusal)
+                await _answer(send, refusal)
                 return
         limit = self.body_bytes_max(scope)
         length = _header(scope, b"content-length")
         if length is not None:
             if not length.isdigit():
-                await _answer(send, 400, "bad_content_length", "Content-Length is not a number")
+                refused = ApiError(GatewayCode.BAD_CONTENT_LENGTH, "Content-Length is not a number")
+                await _answer(send, refused)
                 return
             if int(length) > limit:
                 self._count(scope, "too_large")
-                await _answer(
-                    send, 413, "body_too_large", f"the request body is over {limit} bytes"
+                refused = ApiError(
+                    GatewayCode.BODY_TOO_LARGE, f"the request body is over {limit} bytes"
                 )
+                await _answer(send, refused)
                 return
-        timeout = float(scope["app"].state.settings.gateway_body_timeout_seconds)
+        timeout = float(settings_of(scope["app"]).gateway_body_timeout_seconds)
         await self.app(scope, _LimitedReceive(self, scope, receive, limit, timeout), send)
 
-    async def _key_refusal(
-        self, scope: Scope
-    ) -> tuple[int, str | None, str, dict[str, str]] | None:
+    async def _key_refusal(self, scope: Scope) -> ApiError | None:
         """401 (or 503) for a `/v1` request without a valid key, the very
         answer of the route's own check; None to go on. The route checks the
         key again with its scope (a known key is cached)."""
@@ -129,26 +125,24 @@ class Intake:
         try:
             principal = await api_guard(scope["app"]).verifier.verify(key)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
-            return (
-                503,
-                None,
-                "API keys cannot be checked right now; try again",
-                {"retry-after": str(KEY_STORE_RETRY_AFTER_SECONDS)},
-            )
+            return key_store_unavailable()
         if principal is not None:
             return None
         challenge = 'Bearer realm="cardflow"'
         if key is not None:
             challenge += ', error="invalid_token"'
-        return 401, None, UNAUTHENTICATED_DETAIL, {"www-authenticate": challenge}
+        return ApiError(
+            GatewayCode.UNAUTHENTICATED,
+            UNAUTHENTICATED_DETAIL,
+            headers={"www-authenticate": challenge},
+        )
 
     def _count(self, scope: Scope, reason: str) -> None:
         provider = _provider(scope["path"])
         if provider is None:
             return
-        app_state: Any = scope["app"].state
-        known = provider if provider in app_state.webhook_secrets else "unknown"
-        metrics = getattr(app_state, "metrics", None)
+        known = provider if provider in secrets_of(scope["app"]) else "unknown"
+        metrics = metrics_of(scope["app"])
         if metrics is not None:
             metrics.rejected(known, reason)
 
@@ -178,30 +172,30 @@ class _LimitedReceive:
         except TimeoutError:
             self._intake._count(self._scope, "too_slow")
             raise BodyRefused(
-                408, "body_too_slow", f"the request body did not arrive within {self._timeout:g} s"
+                GatewayCode.BODY_TOO_SLOW,
+                f"the request body did not arrive within {self._timeout:g} s",
             ) from None
         if message["type"] == "http.request":
             self._received += len(message.get("body", b""))
             if self._received > self._limit:
                 self._intake._count(self._scope, "too_large")
                 raise BodyRefused(
-                    413, "body_too_large", f"the request body is over {self._limit} bytes"
+                    GatewayCode.BODY_TOO_LARGE, f"the request body is over {self._limit} bytes"
                 )
             self._body_done = not message.get("more_body", False)
         return message
 
 
-async def _answer(
-    send: Send, status: int, code: str | None, detail: str, headers: dict[str, str] | None = None
-) -> None:
+async def _answer(send: Send, refusal: ApiError) -> None:
     """A JSON refusal sent before the body is read; the connection closes."""
-    refusal = {"detail": detail} if code is None else {"detail": detail, "code": code}
-    body = json.dumps(refusal).encode()
+    body = json.dumps(refusal.body()).encode()
     raw = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
     ]
-    raw += [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
+    raw += [
+        (name.lower().encode(), value.encode()) for name, value in (refusal.headers or {}).items()
+    ]
+    await send({"type": "http.response.start", "status": refusal.status_code, "headers": raw})
     await send({"type": "http.response.body", "body": body})

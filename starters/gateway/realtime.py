@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -29,10 +29,14 @@ from standardwebhooks import WebhookVerificationError
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.metrics import GatewayMetrics
 from schemas.cards import AuthorizationAnswer, AuthorizationRequest
 from schemas.providers import ISSUER
+from starters.gateway.errors import ApiError, GatewayCode
 from starters.gateway.server import arrived_at
-from starters.gateway.webhooks import verify
+from starters.gateway.state import GatewaySettings, Metrics, Secrets, TemporalClient
+from starters.gateway.webhooks import malformed, verify
+from workers.settings import Settings
 from workflows.cards import AUTHORIZE_UPDATE, card_workflow_id
 
 log = logging.getLogger("cardflow.gateway.realtime")
@@ -67,57 +71,64 @@ def authorize_update_id(event: AuthorizationRequestEvent) -> str:
 
 
 def _answer(
-    state: Any, started: float, source: str, decision: str, approved_minor: int | None, reason: str
+    metrics: GatewayMetrics,
+    started: float,
+    source: str,
+    decision: str,
+    approved_minor: int | None,
+    reason: str,
 ) -> JSONResponse:
     """The answer to the issuer, counted by decision and by where it came from
     (the module's docstring names the sources)."""
-    state.metrics.authorization(decision, source, timedelta(seconds=time.monotonic() - started))
+    metrics.authorization(decision, source, timedelta(seconds=time.monotonic() - started))
     return JSONResponse(
         {"decision": decision, "approved_amount_minor": approved_minor, "reason": reason}
     )
 
 
 def _stand_in(
-    state: Any, started: float, request: AuthorizationRequest, source: str, why: str
+    settings: Settings,
+    metrics: GatewayMetrics,
+    started: float,
+    request: AuthorizationRequest,
+    source: str,
+    why: str,
 ) -> JSONResponse:
-    decision = state.settings.authorization_stand_in
+    decision = settings.authorization_stand_in
     approved = request.amount_minor if decision == "approve" else 0
-    return _answer(state, started, source, decision, approved, f"stand-in {decision}: {why}")
+    return _answer(metrics, started, source, decision, approved, f"stand-in {decision}: {why}")
 
 
 @router.post(REALTIME_AUTHORIZATION_PATH, include_in_schema=False)
-async def authorize(request: Request) -> JSONResponse:
+async def authorize(
+    request: Request,
+    secrets: Secrets,
+    settings: GatewaySettings,
+    metrics: Metrics,
+    client: TemporalClient,
+) -> JSONResponse:
     # The budget runs from the request's arrival, not from this handler's
     # start: time spent waiting for the event loop is the issuer's time too.
     started = arrived_at(request.scope)
-    state: Any = request.app.state
-    secrets: list[str] | None = state.webhook_secrets.get(ISSUER)
-    if not secrets:
-        return JSONResponse({"error": "no issuer secret configured"}, status_code=404)
+    issuer_secrets = secrets.get(ISSUER)
+    if not issuer_secrets:
+        raise ApiError(GatewayCode.UNKNOWN_PROVIDER, "no issuer secret configured")
     body = await request.body()
     if len(body) > REALTIME_BODY_BYTES_MAX:
-        return JSONResponse({"error": "request body too large"}, status_code=413)
+        raise ApiError(GatewayCode.BODY_TOO_LARGE, "request body too large")
     try:
-        verify(body, dict(request.headers), secrets)
+        verify(body, dict(request.headers), issuer_secrets)
     except WebhookVerificationError as error:
         log.warning("refused a real-time request: %s", error)
-        state.metrics.rejected(ISSUER, "signature")
-        return JSONResponse({"error": f"invalid signature: {error}"}, status_code=401)
+        metrics.rejected(ISSUER, "signature")
+        raise ApiError(GatewayCode.INVALID_SIGNATURE, f"invalid signature: {error}") from None
     try:
         event = AuthorizationRequestEvent.model_validate_json(body)
     except ValidationError as error:
-        return JSONResponse(
-            {
-                "error": "malformed authorization request",
-                "detail": error.errors(
-                    include_url=False, include_context=False, include_input=False
-                ),
-            },
-            status_code=400,
-        )
+        raise malformed(error) from None
     question = card_question(event)
-    budget_seconds = state.settings.authorization_budget_ms / 1000 - (time.monotonic() - started)
-    handle = state.client.get_workflow_handle(card_workflow_id(question.card_id))
+    budget_seconds = settings.authorization_budget_ms / 1000 - (time.monotonic() - started)
+    handle = client.get_workflow_handle(card_workflow_id(question.card_id))
     try:
         async with asyncio.timeout(max(budget_seconds, 0)):
             answer: AuthorizationAnswer = await handle.execute_update(
@@ -139,21 +150,24 @@ async def authorize(request: Request) -> JSONResponse:
         log.warning(
             "authorization %s: no decision within the %d ms budget, answered the stand-in %s",
             question.authorization_id,
-            state.settings.authorization_budget_ms,
-            state.settings.authorization_stand_in,
+            settings.authorization_budget_ms,
+            settings.authorization_stand_in,
         )
-        return _stand_in(state, started, question, "timeout", "no decision within the budget")
+        why = "no decision within the budget"
+        return _stand_in(settings, metrics, started, question, "timeout", why)
     except WorkflowUpdateFailedError as error:
-        return _answer(state, started, "refused", "decline", 0, f"refused: {error.cause}")
+        return _answer(metrics, started, "refused", "decline", 0, f"refused: {error.cause}")
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             reason = f"card {question.card_id} is not active here"
-            return _answer(state, started, "unknown_card", "decline", 0, reason)
+            return _answer(metrics, started, "unknown_card", "decline", 0, reason)
         log.error("authorization %s: %s", question.authorization_id, error)
-        return _stand_in(state, started, question, "stand_in", "the card could not be asked")
+        why = "the card could not be asked"
+        return _stand_in(settings, metrics, started, question, "stand_in", why)
     except Exception:  # noqa: BLE001 - e.g. no connection to Temporal
         log.exception("authorization %s", question.authorization_id)
-        return _stand_in(state, started, question, "stand_in", "the card could not be asked")
+        why = "the card could not be asked"
+        return _stand_in(settings, metrics, started, question, "stand_in", why)
     return _answer(
-        state, started, "card", answer.decision, answer.approved_amount_minor, answer.reason
+        metrics, started, "card", answer.decision, answer.approved_amount_minor, answer.reason
     )

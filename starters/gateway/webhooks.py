@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -25,7 +25,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from schemas.task_queues import TaskQueues
+from starters.gateway.errors import ApiError, GatewayCode, refusal_error
 from starters.gateway.routes import ProviderEvent, Route, Start, route_for
+from starters.gateway.state import DatabasePool, Metrics, Queues, Secrets, TemporalClient
 
 # Why a webhook was refused, as the rejections metric labels it.
 REJECTION_REASONS = (
@@ -150,43 +152,47 @@ async def _start_with_signal(
     )
 
 
+def malformed(error: ValidationError) -> ApiError:
+    """A 400 naming each field of the event that is wrong (not its input)."""
+    errors = error.errors(include_url=False, include_context=False, include_input=False)
+    return ApiError(GatewayCode.MALFORMED_EVENT, [dict(found) for found in errors])
+
+
 @router.post("/webhooks/{provider}", include_in_schema=False)
-async def receive_webhook(provider: str, request: Request) -> JSONResponse:
-    state: Any = request.app.state
-    secrets: list[str] | None = state.webhook_secrets.get(provider)
-    if secrets is None:
-        state.metrics.rejected("unknown", "unknown_provider")
-        raise HTTPException(status_code=404, detail=f"unknown provider {provider}")
+async def receive_webhook(
+    provider: str,
+    request: Request,
+    secrets: Secrets,
+    metrics: Metrics,
+    pool: DatabasePool,
+    client: TemporalClient,
+    queues: Queues,
+) -> JSONResponse:
+    provider_secrets = secrets.get(provider)
+    if provider_secrets is None:
+        metrics.rejected("unknown", "unknown_provider")
+        raise ApiError(GatewayCode.UNKNOWN_PROVIDER, f"unknown provider {provider}")
     body = await request.body()
     if len(body) > WEBHOOK_BODY_BYTES_MAX:
-        state.metrics.rejected(provider, "too_large")
-        raise HTTPException(status_code=413, detail="webhook body too large")
+        metrics.rejected(provider, "too_large")
+        raise ApiError(GatewayCode.BODY_TOO_LARGE, "webhook body too large")
     try:
-        verify(body, dict(request.headers), secrets)
+        verify(body, dict(request.headers), provider_secrets)
     except WebhookVerificationError as error:
         log.warning("refused %s webhook: %s", provider, error)
-        state.metrics.rejected(provider, "signature")
-        return JSONResponse({"error": f"invalid webhook signature: {error}"}, status_code=401)
+        metrics.rejected(provider, "signature")
+        raise ApiError(
+            GatewayCode.INVALID_SIGNATURE, f"invalid webhook signature: {error}"
+        ) from None
     try:
         event = ProviderEvent.model_validate_json(body)
     except ValidationError as error:
-        state.metrics.rejected(provider, "malformed")
-        return JSONResponse(
-            {
-                "error": "malformed event",
-                "detail": error.errors(
-                    include_url=False, include_context=False, include_input=False
-                ),
-            },
-            status_code=400,
-        )
+        metrics.rejected(provider, "malformed")
+        raise malformed(error) from None
     if event.id != request.headers.get("webhook-id"):
-        state.metrics.rejected(provider, "malformed")
-        return JSONResponse(
-            {"error": "webhook-id header does not match the event id"}, status_code=400
-        )
+        metrics.rejected(provider, "malformed")
+        raise ApiError(GatewayCode.MALFORMED_EVENT, "webhook-id header does not match the event id")
 
-    pool: asyncpg.Pool = state.pool
     signed_at = int(request.headers["webhook-timestamp"])
     accepted_signed_at = await pool.fetchval(
         "SELECT signed_at FROM gateway_webhook_events WHERE provider = $1 AND event_id = $2",
@@ -196,9 +202,9 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
     if accepted_signed_at is not None:
         if signed_at <= accepted_signed_at:
             # The very message already accepted, sent again: a replay.
-            state.metrics.rejected(provider, "replayed")
-            return JSONResponse({"error": "replayed webhook"}, status_code=401)
-        state.metrics.delivered(provider, "duplicate")
+            metrics.rejected(provider, "replayed")
+            raise ApiError(GatewayCode.REPLAYED, "replayed webhook")
+        metrics.delivered(provider, "duplicate")
         return JSONResponse({"status": "duplicate", "event_id": event.id})
 
     route = route_for(provider, event.type)
@@ -206,38 +212,28 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
     outcome = "ignored"
     if route is not None:
         try:
-            workflow_id = await deliver(state.client, state.queues, provider, event, route, pool)
+            workflow_id = await deliver(client, queues, provider, event, route, pool)
             outcome = "delivered" if workflow_id is not None else "ignored"
         except ValidationError as error:
-            state.metrics.rejected(provider, "malformed")
-            return JSONResponse(
-                {
-                    "error": "event data does not fit its type",
-                    "detail": error.errors(
-                        include_url=False, include_context=False, include_input=False
-                    ),
-                },
-                status_code=400,
-            )
+            metrics.rejected(provider, "malformed")
+            raise malformed(error) from None
         except WorkflowUpdateFailedError as error:
-            state.metrics.rejected(provider, "refused")
-            return JSONResponse(
-                {"error": f"the process refused the event: {error.cause}"}, status_code=409
-            )
+            metrics.rejected(provider, "refused")
+            raise refusal_error(error, f"{provider} event {event.id}") from None
         except WorkflowAlreadyStartedError:
             outcome = "ignored"  # the process finished; a late event starts nothing
         except RPCError as error:
             if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.ALREADY_EXISTS):
                 # Temporal is unreachable or overloaded: the provider retries.
                 log.error("could not deliver %s %s: %s", provider, event.id, error)
-                state.metrics.rejected(provider, "unavailable")
-                return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
+                metrics.rejected(provider, "unavailable")
+                raise _unavailable() from None
             outcome = "ignored"  # no such process (any more)
         except Exception:  # noqa: BLE001 - e.g. no connection to Temporal at all
             # Not delivered and not remembered: the provider's retry will be.
             log.exception("could not deliver %s %s", provider, event.id)
-            state.metrics.rejected(provider, "unavailable")
-            return JSONResponse({"error": "temporarily unable to deliver"}, status_code=503)
+            metrics.rejected(provider, "unavailable")
+            raise _unavailable() from None
     await pool.execute(
         "INSERT INTO gateway_webhook_events"
         " (provider, event_id, event_type, outcome, workflow_id, signed_at)"
@@ -249,5 +245,9 @@ async def receive_webhook(provider: str, request: Request) -> JSONResponse:
         workflow_id,
         signed_at,
     )
-    state.metrics.delivered(provider, outcome)
+    metrics.delivered(provider, outcome)
     return JSONResponse({"status": outcome, "event_id": event.id, "workflow_id": workflow_id})
+
+
+def _unavailable() -> ApiError:
+    return ApiError(GatewayCode.TEMPORARILY_UNAVAILABLE, "temporarily unable to deliver")

@@ -186,7 +186,7 @@ async def test_missing_malformed_unknown_and_wrong_keys_get_the_same_401(api: Ap
     answers = [await api.http.get(READ_ROUTE, headers=headers) for headers in attempts]
     for headers, answer in zip(attempts, answers, strict=True):
         assert answer.status_code == 401, headers
-        assert answer.json() == {"detail": UNAUTHENTICATED_DETAIL}
+        assert answer.json() == {"code": "unauthenticated", "detail": UNAUTHENTICATED_DETAIL}
         assert answer.headers["www-authenticate"].startswith("Bearer")
         assert secret not in answer.text and wrong_secret not in answer.text
     # A start route refuses before it looks at the body or the Idempotency-Key.
@@ -204,14 +204,16 @@ async def test_a_key_without_the_routes_scope_gets_403_naming_it(api: Api) -> No
     body = {"decision": "approve", "operator": "ada", "reason": "ok"}
     for issued in (reader, admin, starter):
         refused = await api.http.post(review, json=body, headers=bearer(issued))
-        assert refused.status_code == 403
+        assert (refused.status_code, refused.json()["code"]) == (403, "scope_missing")
         assert "'operations'" in refused.json()["detail"]
     # `admin` implies no other scope.
     assert (await api.http.get(READ_ROUTE, headers=bearer(admin))).status_code == 403
     starting = await api.http.post("/v1/pings", json={"requested_by": "x"}, headers=bearer(reader))
-    assert starting.status_code == 403 and "'processes:start'" in starting.json()["detail"]
+    assert (starting.status_code, starting.json()["code"]) == (403, "scope_missing")
+    assert "'processes:start'" in starting.json()["detail"]
     billing = await api.http.post("/v1/billing-runs/2026-01", headers=bearer(starter))
-    assert billing.status_code == 403 and "'admin'" in billing.json()["detail"]
+    assert (billing.status_code, billing.json()["code"]) == (403, "scope_missing")
+    assert "'admin'" in billing.json()["detail"]
 
 
 # ----- expiry, revocation, rotation ---------------------------------------------
@@ -231,7 +233,8 @@ async def test_expired_and_revoked_keys_are_refused(api: Api, pool: asyncpg.Pool
     await api.store.revoke(revoked.info.key_id)
     for issued in (expiring, revoked):
         answer = await api.http.get(READ_ROUTE, headers=bearer(issued))
-        assert answer.status_code == 401 and answer.json() == {"detail": UNAUTHENTICATED_DETAIL}
+        assert answer.status_code == 401
+        assert answer.json() == {"code": "unauthenticated", "detail": UNAUTHENTICATED_DETAIL}
 
 
 async def test_a_rotated_key_and_its_predecessor_both_work_until_the_overlap_ends(
@@ -259,7 +262,7 @@ async def test_a_key_over_its_budget_on_a_route_gets_429_with_retry_after(api: A
     for _ in range(3):
         assert (await api.http.get(READ_ROUTE, headers=bearer(flooder))).status_code == 404
     throttled = await api.http.get(READ_ROUTE, headers=bearer(flooder))
-    assert throttled.status_code == 429
+    assert (throttled.status_code, throttled.json()["code"]) == (429, "rate_limited")
     assert throttled.headers["retry-after"] == "2"  # one token at 0.5/s
     assert "retry after 2 s" in throttled.json()["detail"]
     # Another route of the same key, and the same route of another key, go on.

@@ -196,8 +196,8 @@ async def test_an_invalid_webhook_is_refused_and_starts_nothing(
     elif tamper == "id_mismatch":
         request = gateway.signed("kyc", event, message_id="evt_someone_else")
     response = await gateway.http.post("/webhooks/kyc", **request)
-    expected = 400 if tamper == "id_mismatch" else 401
-    assert response.status_code == expected, response.text
+    expected = (400, "malformed_event") if tamper == "id_mismatch" else (401, "invalid_signature")
+    assert (response.status_code, response.json()["code"]) == expected, response.text
     # The gateway answers once it has delivered a webhook or refused it, so
     # nothing of this one is still in flight: it is not remembered, and it
     # started nothing.
@@ -218,7 +218,7 @@ async def test_a_replayed_message_is_refused_and_reaches_the_workflow_once(
     request = gateway.signed("issuer", event)
     assert (await gateway.http.post("/webhooks/issuer", **request)).status_code == 200
     replay = await gateway.http.post("/webhooks/issuer", **request)
-    assert replay.status_code == 401 and "replayed" in replay.text
+    assert (replay.status_code, replay.json()["code"]) == (401, "replayed")
     await gateway.post_event("issuer", ping_event("replay", expected=2, sequence=1))
     result = await gateway.ping_result("replay")
     assert [note.sequence for note in result.webhook_events] == [0, 1]
@@ -252,8 +252,10 @@ async def test_unrouted_and_malformed_events(gateway: Gateway) -> None:
     assert (await gateway.post_event("issuer", unrouted)).json()["status"] == "ignored"
     malformed = {**ping_event("x"), "data": {"ping_id": "has spaces"}}
     response = await gateway.post_event("issuer", malformed)
-    assert response.status_code == 400 and "ping_id" in response.text
-    assert (await gateway.http.post("/webhooks/nowhere", content="{}")).status_code == 404
+    assert (response.status_code, response.json()["code"]) == (400, "malformed_event")
+    assert [error["loc"] for error in response.json()["detail"]] == [["ping_id"]]
+    nowhere = await gateway.http.post("/webhooks/nowhere", content="{}")
+    assert (nowhere.status_code, nowhere.json()["code"]) == (404, "unknown_provider")
 
 
 async def test_an_idempotency_key_repeat_returns_the_same_process(gateway: Gateway) -> None:
@@ -269,7 +271,7 @@ async def test_an_idempotency_key_repeat_returns_the_same_process(gateway: Gatew
     other = await gateway.http.post(
         "/v1/pings", json={"requested_by": "someone else"}, headers={"Idempotency-Key": key}
     )
-    assert other.status_code == 409 and key in other.json()["detail"]
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_key_reused")
     # Once the process has finished, its status says so.
     started = gateway.stack.client.get_workflow_handle(first.json()["workflow_id"])
     await asyncio.wait_for(started.result(), WAIT_SECONDS_MAX)
@@ -277,12 +279,13 @@ async def test_an_idempotency_key_repeat_returns_the_same_process(gateway: Gatew
     assert answer.status_code == 200, answer.text
     status = answer.json()
     assert status["workflow_type"] == "Ping" and status["status"] == "COMPLETED"
-    assert (await gateway.http.get("/v1/processes/ping/none")).status_code == 404
+    missing = await gateway.http.get("/v1/processes/ping/none")
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
 
 
 async def test_bad_input_gets_a_422_naming_the_field(gateway: Gateway) -> None:
     missing_key = await gateway.http.post("/v1/pings", json={"requested_by": "x"})
-    assert missing_key.status_code == 422
+    assert (missing_key.status_code, missing_key.json()["code"]) == (422, "invalid_request")
     assert missing_key.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
     empty = await gateway.http.post(
         "/v1/pings", json={"requested_by": ""}, headers={"Idempotency-Key": "k-1"}
@@ -369,7 +372,10 @@ async def test_a_webhook_is_answered_503_and_not_remembered_while_temporal_is_do
         ):
             response = await http.post("/webhooks/bank", content=body, headers=headers)
         assert response.status_code == 503, response.text
-        assert response.json() == {"error": "temporarily unable to deliver"}
+        assert response.json() == {
+            "code": "temporarily_unavailable",
+            "detail": "temporarily unable to deliver",
+        }
         # Not remembered: the provider's retry is delivered, not taken for a duplicate.
         assert (
             await pool.fetchval(

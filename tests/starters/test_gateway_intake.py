@@ -175,7 +175,7 @@ async def test_a_v1_request_without_a_valid_key_is_refused_before_its_body_is_re
         await writer.drain()
         refused = await answer(reader)
         assert refused.status == 401, refused.body
-        assert refused.json() == {"detail": UNAUTHENTICATED_DETAIL}
+        assert refused.json() == {"code": "unauthenticated", "detail": UNAUTHENTICATED_DETAIL}
         assert refused.headers["www-authenticate"].startswith("Bearer")
         assert refused.headers["connection"] == "close"
         assert await closed_by_server(reader, ANSWER_SECONDS_MAX)

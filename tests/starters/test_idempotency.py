@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from starters.gateway.api import StartPing, _request_hash
+from starters.gateway.v1.idempotency import request_hash
+from starters.gateway.v1.processes import StartPing
 from tests.conftest import Platform, RunningStack, api_key_headers
 from tests.starters.inprocess import gateway
 from tests.workflows.test_fx_conversion import customer as funded_customer
@@ -194,7 +195,7 @@ async def test_a_request_remembered_before_keys_were_scoped_to_api_keys_keeps_it
         "INSERT INTO gateway_api_requests (api_key_id, route, idempotency_key, request_hash,"
         " workflow_id, run_id) VALUES ('', 'pings', $1, $2, $3, 'run-before')",
         key,
-        _request_hash("pings", StartPing(**body)),
+        request_hash("pings", StartPing(**body)),
         before,
     )
     async with gateway(stack, tmp_path) as http:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from activities.api_keys import parse_key
 from schemas.cards import CardInput
 from schemas.issuer import CardState
-from starters.gateway.api import Idempotency
+from starters.gateway.v1.idempotency import Idempotency
 from tests.conftest import RunningStack, StackFactory
 from tests.starters.inprocess import gateway
 from workers.build import build_worker

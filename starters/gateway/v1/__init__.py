@@ -1,0 +1,17 @@
+"""The upstream HTTP API (`/v1`), one router per process.
+
+processes.py      pings and any process's status
+onboarding.py     onboarding/{customer_id}
+cards.py          card-issue/{request_id} and card/{card_id}
+fx.py             fx/{request_id}
+topups.py         topup/{source}/{external_ref}
+billing.py        billing/{customer_id}/{period}, billing runs, statements
+disputes.py       dispute/{transaction_id}
+reconciliation.py reconciliation/issuer/{date}
+
+What they share: shared.py (the router every process's is, how a call on a
+process is answered), idempotency.py (Idempotency-Key of starts and
+updates), ownership.py (the customers a key acts for); the error contract
+is starters/gateway/errors.py, the app's state starters/gateway/state.py.
+starters/gateway/api.py assembles the routers.
+"""

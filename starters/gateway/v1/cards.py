@@ -1,0 +1,234 @@
+"""Cards: issuing `card-issue/{request_id}` and the card itself `card/{card_id}`."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Literal
+
+from fastapi import Depends, Path, Request, Response
+from pydantic import ConfigDict, Field
+
+from activities.api_keys import SCOPE_OPERATIONS, SCOPE_PROCESSES_READ, SCOPE_PROCESSES_START
+from schemas.cards import CardIssueInput, ExceptionDecision, RescheduleDelivery, SpendingLimits
+from schemas.customers import CustomerId
+from schemas.edge import EdgeModel
+from schemas.issuer import Address
+from schemas.money import Currency
+from schemas.views import CardView
+from starters.cards import (
+    activate,
+    card_status,
+    change_card,
+    reschedule,
+    resolve_exception,
+    set_limits,
+)
+from starters.gateway import access
+from starters.gateway.auth import requires
+from starters.gateway.state import DatabasePool, Queues, TemporalClient
+from starters.gateway.v1.idempotency import ProcessStarter, ProcessUpdates, StartKey, UpdateKey
+from starters.gateway.v1.ownership import (
+    PROGRAM_WIDE,
+    request_process_owner,
+    require_customer,
+    require_owner,
+)
+from starters.gateway.v1.shared import (
+    READ_RESPONSES,
+    START_RESPONSES,
+    STEER_RESPONSES,
+    ProcessRef,
+    process_router,
+    steer,
+)
+from workflows.cards import (
+    CARD_ISSUE_WORKFLOW,
+    card_issue_start_metadata,
+    card_issue_workflow_id,
+    card_workflow_id,
+)
+
+router = process_router()
+
+
+class IssueCard(EdgeModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: CustomerId
+    kind: Literal["virtual", "physical"]
+    currency: Currency = Currency.USD
+    address: Address
+
+
+class CardAction(EdgeModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["freeze", "unfreeze", "close", "report_lost", "report_stolen"]
+    reason: str = Field(default="customer request", min_length=1, max_length=200)
+
+
+CardIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+
+
+@access.customer_scoped("the body's customer_id")
+async def _own_card_issue_body(request: Request, body: IssueCard) -> IssueCard:
+    require_customer(request, body.customer_id, f"customer {body.customer_id}")
+    return body
+
+
+@access.customer_scoped("the cards table, by card_id")
+async def _own_card(request: Request, pool: DatabasePool, card_id: CardIdPath) -> str:
+    await require_owner(request, f"card {card_id}", lambda: access.card_customer(pool, card_id))
+    return card_id
+
+
+OwnCardId = Annotated[str, Depends(_own_card)]
+
+
+OwnCardIssueId = Annotated[
+    str, Depends(request_process_owner(card_issue_workflow_id, "card issue", "card issue"))
+]
+
+
+@router.post(
+    "/cards",
+    dependencies=requires(SCOPE_PROCESSES_START),
+    status_code=202,
+    response_model=ProcessRef,
+    responses=START_RESPONSES,
+    summary="Issue a card to an approved customer",
+)
+async def issue_card_route(
+    response: Response,
+    body: Annotated[IssueCard, Depends(_own_card_issue_body)],
+    idempotency: StartKey,
+    queues: Queues,
+    starter: ProcessStarter,
+) -> ProcessRef:
+    issue = CardIssueInput(
+        request_id=idempotency.request_id,
+        customer_id=body.customer_id,
+        kind=body.kind,
+        currency=body.currency,
+        address=body.address,
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+    started = await starter.start(
+        response,
+        route="cards",
+        idempotency=idempotency,
+        body=body,
+        workflow=CARD_ISSUE_WORKFLOW,
+        workflow_id=card_issue_workflow_id(issue.request_id),
+        argument=issue,
+        metadata=card_issue_start_metadata(issue),
+        customer_id=body.customer_id,
+    )
+    # A request remembered before ids were digests has the id it was started with.
+    started.request_id = started.workflow_id.removeprefix(card_issue_workflow_id(""))
+    return started
+
+
+@router.post(
+    "/cards/{card_id}/actions",
+    dependencies=requires(SCOPE_PROCESSES_START),
+    responses=STEER_RESPONSES,
+    summary="Freeze, unfreeze, close, or report a card lost or stolen",
+)
+async def card_action_route(
+    card_id: OwnCardId,
+    body: CardAction,
+    idempotency: UpdateKey,
+    updates: ProcessUpdates,
+) -> dict[str, str]:
+    changed = partial(change_card, updates.client, card_id, body.action, body.reason)
+    workflow_id = card_workflow_id(card_id)
+    return {
+        "result": await updates.send(
+            changed, idempotency, "card-actions", workflow_id, card_id, body
+        )
+    }
+
+
+@router.post(
+    "/card-issues/{request_id}/reschedule",
+    dependencies=requires(SCOPE_PROCESSES_START),
+    responses=STEER_RESPONSES,
+    summary="Move a physical card's delivery date, until it ships",
+)
+async def reschedule_route(
+    request_id: OwnCardIssueId,
+    body: RescheduleDelivery,
+    idempotency: UpdateKey,
+    updates: ProcessUpdates,
+) -> dict[str, str]:
+    rescheduled = partial(reschedule, updates.client, request_id, body)
+    workflow_id = card_issue_workflow_id(request_id)
+    route = "card-issue-reschedule"
+    return {
+        "result": await updates.send(rescheduled, idempotency, route, workflow_id, request_id, body)
+    }
+
+
+@router.post(
+    "/card-issues/{request_id}/activate",
+    dependencies=requires(SCOPE_PROCESSES_START),
+    responses=STEER_RESPONSES,
+    summary="Activate a delivered physical card (a replacement by its own card id)",
+)
+async def activate_route(
+    request_id: OwnCardIssueId,
+    idempotency: UpdateKey,
+    updates: ProcessUpdates,
+) -> dict[str, str]:
+    activated = partial(activate, updates.client, request_id)
+    workflow_id = card_issue_workflow_id(request_id)
+    route = "card-issue-activate"
+    return {"result": await updates.send(activated, idempotency, route, workflow_id, request_id)}
+
+
+@router.put(
+    "/cards/{card_id}/limits",
+    dependencies=requires(SCOPE_PROCESSES_START),
+    responses=STEER_RESPONSES,
+    summary="Set a card's spending limits",
+)
+async def limits_route(
+    card_id: OwnCardId,
+    body: SpendingLimits,
+    idempotency: UpdateKey,
+    updates: ProcessUpdates,
+) -> SpendingLimits:
+    stored = partial(set_limits, updates.client, card_id, body)
+    workflow_id = card_workflow_id(card_id)
+    return await updates.send(stored, idempotency, "card-limits", workflow_id, card_id, body)
+
+
+@router.get(
+    "/cards/{card_id}",
+    dependencies=requires(SCOPE_PROCESSES_READ),
+    responses=READ_RESPONSES,
+    summary="A card's state: limits, open authorizations and holds, exceptions",
+)
+async def card_route(card_id: OwnCardId, client: TemporalClient) -> CardView:
+    return CardView.of(await steer(card_status(client, card_id), card_id))
+
+
+@router.post(
+    "/cards/{card_id}/exceptions",
+    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
+    responses=STEER_RESPONSES,
+    summary="Decide an exception: charge the wallet or write the amount off to suspense",
+)
+async def card_exception_route(
+    card_id: CardIdPath,
+    body: ExceptionDecision,
+    idempotency: UpdateKey,
+    updates: ProcessUpdates,
+) -> dict[str, str]:
+    resolved = partial(resolve_exception, updates.client, card_id, body)
+    workflow_id = card_workflow_id(card_id)
+    route = "card-exceptions"
+    return {"result": await updates.send(resolved, idempotency, route, workflow_id, card_id, body)}
