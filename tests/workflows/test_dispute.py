@@ -394,8 +394,7 @@ async def test_the_api_opens_a_dispute_refuses_incomplete_evidence_with_409_and_
         await stage(platform, transaction_id, "waiting for evidence")
 
         refused = await api.post(f"/disputes/{transaction_id}/submit", json={})
-        assert refused.status_code == 409
-        assert "correspondence" in refused.json()["detail"]
+        assert (refused.status_code, refused.json()["code"]) == (409, "evidence_missing")
         shown = await api.get(f"/disputes/{transaction_id}")
         assert shown.json()["missing_evidence"] == ["correspondence"]
         withdrawn = await api.post(f"/disputes/{transaction_id}/withdraw", json={})

@@ -404,7 +404,7 @@ async def test_the_api_starts_once_per_key_and_takes_the_operator_review(
             json={"documents": [PASSPORT.model_dump(mode="json")]},
         )
         assert missing.status_code == 404, missing.text
-        assert missing.json() == {"detail": "no running process for nobody"}
+        assert missing.json() == {"code": "not_found", "detail": "no running process for nobody"}
 
 
 async def test_notifications_follow_the_customers_channel_preferences(platform: Platform) -> None:

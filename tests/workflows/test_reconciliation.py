@@ -627,7 +627,10 @@ async def test_the_demo_says_zero_unexplained_drift_and_the_api_starts_and_steer
             f"{url}/decisions", json={"item_id": "txn_1", "action": "adjust", "operator": "ana"}
         )
         assert refused.status_code == 404, refused.text
-        assert refused.json() == {"detail": f"no running process for {day.isoformat()}"}
+        assert refused.json() == {
+            "code": "not_found",
+            "detail": f"no running process for {day.isoformat()}",
+        }
         malformed = await http.post(f"{url}/decisions", json={"item_id": "txn_1"})
         assert malformed.status_code == 422, malformed.text
         assert [error["loc"] for error in malformed.json()["detail"]] == [
@@ -650,7 +653,8 @@ async def test_a_day_that_has_not_ended_is_refused_and_left_to_the_schedule(
             url = f"{platform.gateway_url}/v1/reconciliations/issuer/{day.isoformat()}"
             refused = await http.post(url)
             assert refused.status_code == 422, refused.text
-            assert "settlement_date" in refused.text and "has not" in refused.text
+            assert refused.json()["code"] == "period_not_ended"
+            assert refused.json()["detail"][0]["loc"] == ["path", "settlement_date"]
             with pytest.raises(RPCError) as never_started:
                 await client.get_workflow_handle(
                     reconciliation_workflow_id("issuer", day)

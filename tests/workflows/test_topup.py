@@ -296,14 +296,15 @@ async def test_below_the_minimum_waits_for_review_and_an_approval_credits(
         seen = (await http.get(url)).json()
         assert seen["stage"] == STAGE_REVIEW and seen["pending_review"]["kind"] == "limit"
         bad = await http.post(f"{url}/review", json={"decision": "approve", "operator": "x"})
-        assert bad.status_code == 422 and "reason" in bad.text
+        assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
+        assert [error["loc"] for error in bad.json()["detail"]] == [["body", "reason"]]
         decided = await http.post(f"{url}/review", json=approve().model_dump(exclude_none=True))
         assert decided.json() == {"result": "approve recorded"}
         result = await result_of(platform, "bank", transfer.id)
         assert (result.outcome, result.reviewed_by, result.fee_minor) == ("credited", OPERATOR, 25)
         # The top-up has ended: a second review finds no process to take it.
         again = await http.post(f"{url}/review", json=approve().model_dump(exclude_none=True))
-        assert again.status_code == 404
+        assert (again.status_code, again.json()["code"]) == (404, "not_found")
         assert again.json()["detail"] == f"no running process for bank/{transfer.id}"
         missing = await http.get(f"{platform.gateway_url}/v1/topups/bank/ibt_none")
         assert missing.status_code == 404
