@@ -73,10 +73,11 @@ with workflow.unsafe.imports_passed_through():
 
     from activities.customers import CustomerStore
     from activities.database import create_pool
-    from activities.health import LEDGER_PING, PROVIDERS_PING
+    from activities.health import LedgerHealthActivities, providers_ping
     from activities.ledger import Ledger
     from activities.migrate import migrate
     from activities.providers.activities import ProviderClients
+    from activities.queues import QueueKind
     from schemas import accounts
     from schemas.bank import InboundTransfer
     from schemas.customers import CustomerProfile, KycStatus
@@ -92,7 +93,7 @@ with workflow.unsafe.imports_passed_through():
     from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS, build_worker
     from workers.converter import build_data_converter, generate_key
     from workers.secrets import new_webhook_secret
-    from workflows.steps import on_ledger, on_providers
+    from workflows.steps import STEP_POLICIES, step
     from workflows.topup import topup_workflow_id
 
 SKELETON_WORKFLOW = "BenchSkeleton"
@@ -135,9 +136,15 @@ class Skeleton:
 
     async def _noop(self, plan: SkeletonPlan, kind: str) -> None:
         if kind == "ledger":
-            await on_ledger(plan.ledger_task_queue, LEDGER_PING, result_type=str)
+            await step(plan, LedgerHealthActivities.ping)
         else:
-            await on_providers(plan.providers_task_queue, PROVIDERS_PING, result_type=str)
+            policy = STEP_POLICIES[QueueKind.PROVIDERS]
+            await workflow.execute_activity(
+                providers_ping,
+                task_queue=plan.providers_task_queue,
+                start_to_close_timeout=policy.start_to_close,
+                retry_policy=policy.retry_policy,
+            )
 
     @workflow.signal(name=SKELETON_START_SIGNAL)
     def start(self, note: str) -> None:

@@ -92,38 +92,6 @@ async def step(
     )
 
 
-async def on_ledger(
-    task_queue: str,
-    name: str,
-    *args: object,
-    result_type: type | None = None,
-    retry_policy: RetryPolicy = LEDGER_RETRY_POLICY,
-) -> Any:
-    """Run a ledger-queue activity (database work)."""
-    return await workflow.execute_activity(
-        name,
-        args=list(args),
-        task_queue=task_queue,
-        result_type=result_type,
-        start_to_close_timeout=LEDGER_START_TO_CLOSE,
-        retry_policy=retry_policy,
-    )
-
-
-async def on_providers(
-    task_queue: str, name: str, *args: object, result_type: type | None = None
-) -> Any:
-    """Run a providers-queue activity (a call to an outside provider)."""
-    return await workflow.execute_activity(
-        name,
-        args=list(args),
-        task_queue=task_queue,
-        result_type=result_type,
-        start_to_close_timeout=PROVIDER_START_TO_CLOSE,
-        retry_policy=PROVIDER_RETRY_POLICY,
-    )
-
-
 async def wait_for(condition: Callable[[], bool], seconds: int) -> bool:
     """True once `condition` holds; False if `seconds` pass first."""
     try:
