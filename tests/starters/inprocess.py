@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.providers import PROVIDERS
@@ -23,11 +24,19 @@ from workers.settings import load_settings
 from workers.telemetry import start_telemetry
 
 
+@dataclass
+class InProcessGateway:
+    """The gateway's app, and an HTTP client of it holding an API key with every scope."""
+
+    app: FastAPI
+    http: httpx.AsyncClient
+
+
 @contextlib.asynccontextmanager
-async def gateway(
+async def gateway_app(
     stack: RunningStack, home: Path, **settings: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client of a gateway on `stack`, holding an API key with every scope.
+) -> AsyncIterator[InProcessGateway]:
+    """The gateway on `stack`, started (its lifespan run), with a client of it.
 
     An exception in a route is answered 500, as a server would, not raised here.
     """
@@ -46,7 +55,16 @@ async def gateway(
             transport=transport, base_url="http://gateway", headers=headers, timeout=60
         ) as http,
     ):
-        yield http
+        yield InProcessGateway(app, http)
+
+
+@contextlib.asynccontextmanager
+async def gateway(
+    stack: RunningStack, home: Path, **settings: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of a gateway on `stack`, holding an API key with every scope."""
+    async with gateway_app(stack, home, **settings) as started:
+        yield started.http
 
 
 @dataclass
