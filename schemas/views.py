@@ -91,17 +91,11 @@ class CardView(BaseModel):
         )
 
 
-# What the view shows of the card's state as it is.
-_CARD_FIELDS = {
-    "card_id",
-    "customer_id",
-    "state",
-    "currency",
-    "limits",
-    "replaced_by",
-    "spent_day",
-    "spent_day_minor",
-    "spent_month",
-    "spent_month_minor",
-    "closed_at",
+# The view's fields the card's state holds as they are; the others are
+# worked out from it.
+_CARD_FIELDS = set(CardView.model_fields) - {
+    "open_authorizations",
+    "held_minor",
+    "authorizations",
+    "exceptions",
 }

@@ -144,14 +144,17 @@ class ErrorBody(BaseModel):
 
 
 class ValidationErrorBody(BaseModel):
-    """A request that fails validation (422): FastAPI's errors, each with its
-    field's location (`loc`), message (`msg`), `type` and `input`."""
+    """A request the gateway or the process cannot take as sent (422)."""
 
     code: str = Field(
         description="invalid_request; period_not_ended for a day or month not over yet",
         json_schema_extra={"enum": [Refusal.INVALID_REQUEST.value, Refusal.PERIOD_NOT_ENDED.value]},
     )
-    detail: list[dict[str, Any]]
+    detail: list[dict[str, Any]] | str = Field(
+        description="A request that fails validation: FastAPI's errors, each with its field's "
+        "location (loc), message (msg), type and input. A request the process refused as "
+        "invalid: its reason, naming the field"
+    )
 
 
 class ApiError(HTTPException):

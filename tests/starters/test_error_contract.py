@@ -7,7 +7,6 @@ route takes its client from its typed dependency."""
 from __future__ import annotations
 
 import logging
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from schemas.cards import CardInput
 from schemas.fx import FxOutcome
-from schemas.issuer import CardState
 from schemas.money import Currency
 from schemas.refusals import Refusal
 from starters import topup
@@ -30,10 +27,11 @@ from starters.gateway.errors import ERROR_STATUS, ErrorBody, GatewayCode, proces
 from starters.gateway.state import database_pool, temporal_client
 from tests.conftest import Platform, RunningStack
 from tests.starters.inprocess import gateway_app
+from tests.starters.test_update_timeouts import open_card as open_card_entity
 from tests.workflows import test_fx_conversion as fx_helpers
 from tests.workflows import test_topup as topup_helpers
 from tests.workflows.test_authorizations import authorize, open_card
-from workflows.cards import CARD_WORKFLOW, card_workflow_id
+from workflows.cards import card_workflow_id
 from workflows.topup import STAGE_CONFIRMATIONS
 
 # ----- the table and the answer to what a process raised ---------------------
@@ -253,26 +251,12 @@ CARD_VIEW_KEYS = {
 
 
 async def test_the_card_view_shows_no_internal_state(stack: RunningStack, tmp_path: Path) -> None:
-    card_id = f"card_view_{uuid.uuid4().hex[:10]}"
-    handle = await stack.client.start_workflow(
-        CARD_WORKFLOW,
-        CardInput(
-            card_id=card_id,
-            customer_id=f"c-{uuid.uuid4().hex[:10]}",
-            state=CardState.OPEN,
-            ledger_task_queue=stack.queues.ledger,
-            providers_task_queue=stack.queues.providers,
-            workflows_task_queue=stack.queues.workflows,
-            seen_events=["evt_seen_by_the_card"],
-        ),
-        id=card_workflow_id(card_id),
-        task_queue=stack.queues.workflows,
-    )
+    handle = await open_card_entity(stack, seen_events=["evt_seen_by_the_card"])
+    card_id = handle.id.removeprefix(card_workflow_id(""))
     try:
-        await handle.query("status")  # its first task is done
         async with gateway_app(stack, tmp_path) as gateway:
             card = await gateway.http.get(f"/v1/cards/{card_id}")
-            process = await gateway.http.get(f"/v1/processes/{card_workflow_id(card_id)}")
+            process = await gateway.http.get(f"/v1/processes/{handle.id}")
     finally:
         await handle.terminate("the test is over")
     assert card.status_code == 200, card.text

@@ -36,8 +36,9 @@ def workflows_worker(stack: RunningStack) -> Worker:
     return build_worker("workflows", stack.client, stack.queues, pool=stack.pool)
 
 
-async def open_card(stack: RunningStack) -> WorkflowHandle[Any, Any]:
-    """A card entity of the test's own, running (its first task done)."""
+async def open_card(stack: RunningStack, **state: Any) -> WorkflowHandle[Any, Any]:
+    """A card entity of the test's own, running (its first task done), its
+    state's other fields as `state` says."""
     card_id = f"card_own_{uuid.uuid4().hex[:10]}"
     handle = await stack.client.start_workflow(
         CARD_WORKFLOW,
@@ -48,6 +49,7 @@ async def open_card(stack: RunningStack) -> WorkflowHandle[Any, Any]:
             ledger_task_queue=stack.queues.ledger,
             providers_task_queue=stack.queues.providers,
             workflows_task_queue=stack.queues.workflows,
+            **state,
         ),
         id=card_workflow_id(card_id),
         task_queue=stack.queues.workflows,

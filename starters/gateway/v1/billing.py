@@ -8,21 +8,22 @@ from typing import Annotated
 from fastapi import Path, Response
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from activities.api_keys import SCOPE_ADMIN, SCOPE_PROCESSES_READ
+from activities.api_keys import SCOPE_ADMIN
 from schemas.billing import BillingInput, BillingRunInput, BillingStatus, Period, Statement
 from schemas.periods import PeriodNotEnded, refuse_unended_month
 from schemas.refusals import Refusal
 from starters.billing import billing_status, read_statement, start_billing, statements_dir
 from starters.billing import with_queues as with_billing_queues
-from starters.gateway.auth import requires
 from starters.gateway.errors import ApiError, ErrorBody, period_not_ended, process_error
 from starters.gateway.state import GatewaySettings, Queues, TemporalClient
-from starters.gateway.v1.ownership import PROGRAM_WIDE, OwnCustomerId
+from starters.gateway.v1.ownership import OwnCustomerId
 from starters.gateway.v1.shared import (
-    STEER_RESPONSES,
+    READ,
+    START,
     ProcessRef,
-    found_or_started,
     process_router,
+    route,
+    start_by_period,
     steer,
 )
 from workflows.billing import (
@@ -37,13 +38,13 @@ router = process_router()
 PeriodPath = Annotated[Period, Path(description="The month, YYYY-MM")]
 
 
-@router.post(
+@route(
+    router,
+    START,
     "/billing/{customer_id}/{period}",
-    dependencies=requires(SCOPE_ADMIN),
-    status_code=202,
-    response_model=ProcessRef,
+    "Bill a customer's month (a past one too): card fees, then the statement",
+    scope=SCOPE_ADMIN,
     responses={200: {"model": ProcessRef, "description": "This period was billed already"}},
-    summary="Bill a customer's month (a past one too): card fees, then the statement",
 )
 async def billing_start_route(
     response: Response,
@@ -59,29 +60,24 @@ async def billing_start_route(
     billing = BillingInput(
         customer_id=customer_id, period=period, statements_dir=str(statements_dir(settings))
     )
-    try:
-        run_id, replayed = await found_or_started(await start_billing(client, queues, billing))
-    except PeriodNotEnded as error:
-        raise period_not_ended(error, period) from None
-    except Exception as error:  # noqa: BLE001 - Temporal busy or unreachable: 503
-        raise process_error(error, f"{customer_id}/{period}") from None
-    if replayed:
-        response.status_code = 200
-    return ProcessRef(
+    return await start_by_period(
+        response,
+        start_billing(client, queues, billing),
+        period=period,
         workflow_id=billing_workflow_id(customer_id, period),
-        run_id=run_id,
         process="billing",
         status_url=f"/v1/billing/{customer_id}/{period}",
-        replayed=replayed,
     )
 
 
-@router.post(
+@route(
+    router,
+    START,
     "/billing-runs/{period}",
-    dependencies=[*requires(SCOPE_ADMIN), PROGRAM_WIDE],
-    status_code=202,
-    response_model=ProcessRef,
-    summary="Bill every customer with cards for a month (skips those billed already)",
+    "Bill every customer with cards for a month (skips those billed already)",
+    scope=SCOPE_ADMIN,
+    program_wide=True,
+    responses={},
 )
 async def billing_run_route(
     period: PeriodPath, client: TemporalClient, queues: Queues, settings: GatewaySettings
@@ -117,12 +113,12 @@ async def billing_run_route(
     )
 
 
-@router.get(
+@route(
+    router,
+    READ,
     "/billing/{customer_id}/{period}",
-    dependencies=requires(SCOPE_PROCESSES_READ),
+    "A billing process's stage, fees and statement paths",
     response_model=BillingStatus,
-    responses=STEER_RESPONSES,
-    summary="A billing process's stage, fees and statement paths",
 )
 async def billing_status_route(
     customer_id: OwnCustomerId, period: PeriodPath, client: TemporalClient
@@ -130,12 +126,13 @@ async def billing_status_route(
     return await steer(billing_status(client, customer_id, period), f"{customer_id}/{period}")
 
 
-@router.get(
+@route(
+    router,
+    READ,
     "/statements/{customer_id}/{period}",
-    dependencies=requires(SCOPE_PROCESSES_READ),
+    "A customer's statement of a month: balances, every transaction, fees",
     response_model=Statement,
     responses={404: {"model": ErrorBody}},
-    summary="A customer's statement of a month: balances, every transaction, fees",
 )
 async def statement_route(
     customer_id: OwnCustomerId, period: PeriodPath, settings: GatewaySettings

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, Path, Request, Response
 from pydantic import ConfigDict, Field
 
-from activities.api_keys import SCOPE_OPERATIONS, SCOPE_PROCESSES_READ, SCOPE_PROCESSES_START
+from activities.api_keys import SCOPE_OPERATIONS
 from schemas.cards import CardIssueInput, ExceptionDecision, RescheduleDelivery, SpendingLimits
 from schemas.customers import CustomerId
 from schemas.edge import EdgeModel
@@ -24,23 +24,14 @@ from starters.cards import (
     set_limits,
 )
 from starters.gateway import access
-from starters.gateway.auth import requires
 from starters.gateway.state import DatabasePool, Queues, TemporalClient
 from starters.gateway.v1.idempotency import ProcessStarter, ProcessUpdates, StartKey, UpdateKey
 from starters.gateway.v1.ownership import (
-    PROGRAM_WIDE,
     request_process_owner,
     require_customer,
     require_owner,
 )
-from starters.gateway.v1.shared import (
-    READ_RESPONSES,
-    START_RESPONSES,
-    STEER_RESPONSES,
-    ProcessRef,
-    process_router,
-    steer,
-)
+from starters.gateway.v1.shared import READ, START, UPDATE, ProcessRef, process_router, route, steer
 from workflows.cards import (
     CARD_ISSUE_WORKFLOW,
     card_issue_start_metadata,
@@ -90,14 +81,7 @@ OwnCardIssueId = Annotated[
 ]
 
 
-@router.post(
-    "/cards",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    status_code=202,
-    response_model=ProcessRef,
-    responses=START_RESPONSES,
-    summary="Issue a card to an approved customer",
-)
+@route(router, START, "/cards", "Issue a card to an approved customer")
 async def issue_card_route(
     response: Response,
     body: Annotated[IssueCard, Depends(_own_card_issue_body)],
@@ -131,11 +115,11 @@ async def issue_card_route(
     return started
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/cards/{card_id}/actions",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    responses=STEER_RESPONSES,
-    summary="Freeze, unfreeze, close, or report a card lost or stolen",
+    "Freeze, unfreeze, close, or report a card lost or stolen",
 )
 async def card_action_route(
     card_id: OwnCardId,
@@ -152,11 +136,11 @@ async def card_action_route(
     }
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/card-issues/{request_id}/reschedule",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    responses=STEER_RESPONSES,
-    summary="Move a physical card's delivery date, until it ships",
+    "Move a physical card's delivery date, until it ships",
 )
 async def reschedule_route(
     request_id: OwnCardIssueId,
@@ -172,11 +156,11 @@ async def reschedule_route(
     }
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/card-issues/{request_id}/activate",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    responses=STEER_RESPONSES,
-    summary="Activate a delivered physical card (a replacement by its own card id)",
+    "Activate a delivered physical card (a replacement by its own card id)",
 )
 async def activate_route(
     request_id: OwnCardIssueId,
@@ -189,12 +173,7 @@ async def activate_route(
     return {"result": await updates.send(activated, idempotency, route, workflow_id, request_id)}
 
 
-@router.put(
-    "/cards/{card_id}/limits",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    responses=STEER_RESPONSES,
-    summary="Set a card's spending limits",
-)
+@route(router, UPDATE, "/cards/{card_id}/limits", "Set a card's spending limits", method="PUT")
 async def limits_route(
     card_id: OwnCardId,
     body: SpendingLimits,
@@ -206,21 +185,23 @@ async def limits_route(
     return await updates.send(stored, idempotency, "card-limits", workflow_id, card_id, body)
 
 
-@router.get(
+@route(
+    router,
+    READ,
     "/cards/{card_id}",
-    dependencies=requires(SCOPE_PROCESSES_READ),
-    responses=READ_RESPONSES,
-    summary="A card's state: limits, open authorizations and holds, exceptions",
+    "A card's state: limits, open authorizations and holds, exceptions",
 )
 async def card_route(card_id: OwnCardId, client: TemporalClient) -> CardView:
     return CardView.of(await steer(card_status(client, card_id), card_id))
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/cards/{card_id}/exceptions",
-    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
-    responses=STEER_RESPONSES,
-    summary="Decide an exception: charge the wallet or write the amount off to suspense",
+    "Decide an exception: charge the wallet or write the amount off to suspense",
+    scope=SCOPE_OPERATIONS,
+    program_wide=True,
 )
 async def card_exception_route(
     card_id: CardIdPath,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request, Response
 from pydantic import BaseModel
 
-from activities.api_keys import SCOPE_OPERATIONS, SCOPE_PROCESSES_READ, SCOPE_PROCESSES_START
+from activities.api_keys import SCOPE_OPERATIONS, SCOPE_PROCESSES_START
 from schemas.disputes import (
     DisputeInput,
     DisputeRequest,
@@ -25,7 +25,6 @@ from starters.dispute import submit as submit_dispute
 from starters.dispute import with_queues as with_dispute_queues
 from starters.dispute import withdraw as withdraw_dispute
 from starters.gateway import access
-from starters.gateway.auth import requires
 from starters.gateway.state import DatabasePool, Queues, TemporalClient
 from starters.gateway.v1.idempotency import (
     Idempotency,
@@ -36,15 +35,8 @@ from starters.gateway.v1.idempotency import (
     UpdateKey,
     Updates,
 )
-from starters.gateway.v1.ownership import PROGRAM_WIDE, require_customer, require_owner
-from starters.gateway.v1.shared import (
-    READ_RESPONSES,
-    START_RESPONSES,
-    STEER_RESPONSES,
-    ProcessRef,
-    process_router,
-    steer,
-)
+from starters.gateway.v1.ownership import require_customer, require_owner
+from starters.gateway.v1.shared import READ, START, UPDATE, ProcessRef, process_router, route, steer
 from workflows.dispute import DISPUTE_WORKFLOW, dispute_start_metadata, dispute_workflow_id
 
 router = process_router()
@@ -96,13 +88,11 @@ async def _send(
     return await updates.send(update, idempotency, route, workflow_id, transaction_id, body)
 
 
-@router.post(
+@route(
+    router,
+    START,
     "/disputes",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    status_code=202,
-    response_model=ProcessRef,
-    responses=START_RESPONSES,
-    summary="Dispute a cleared transaction (once per transaction); then add evidence and submit",
+    "Dispute a cleared transaction (once per transaction); then add evidence and submit",
 )
 async def open_dispute_route(
     response: Response,
@@ -125,11 +115,13 @@ async def open_dispute_route(
     )
 
 
-@router.post(
+@route(
+    router,
+    READ,
     "/disputes/{transaction_id}/evidence",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    responses=READ_RESPONSES,
-    summary="Hand in one piece of evidence",
+    "Hand in one piece of evidence",
+    method="POST",
+    scope=SCOPE_PROCESSES_START,
 )
 async def dispute_evidence_route(
     transaction_id: OwnTransactionId, body: EvidenceItem, client: TemporalClient
@@ -138,12 +130,12 @@ async def dispute_evidence_route(
     return {"result": "evidence received"}
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/disputes/{transaction_id}/submit",
-    dependencies=requires(SCOPE_PROCESSES_START),
+    "Submit the evidence (or answer a representment); 409 names what is missing",
     response_model=DisputeStatusView,
-    responses=STEER_RESPONSES,
-    summary="Submit the evidence (or answer a representment); 409 names what is missing",
 )
 async def dispute_submit_route(
     transaction_id: OwnTransactionId,
@@ -155,12 +147,12 @@ async def dispute_submit_route(
     return await _send(updates, submitted, idempotency, "dispute-submit", transaction_id, body)
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/disputes/{transaction_id}/withdraw",
-    dependencies=requires(SCOPE_PROCESSES_START),
+    "Withdraw an undecided dispute; any provisional credit is taken back",
     response_model=DisputeStatusView,
-    responses=STEER_RESPONSES,
-    summary="Withdraw an undecided dispute; any provisional credit is taken back",
 )
 async def dispute_withdraw_route(
     transaction_id: OwnTransactionId,
@@ -172,12 +164,14 @@ async def dispute_withdraw_route(
     return await _send(updates, withdrawn, idempotency, "dispute-withdraw", transaction_id, body)
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/disputes/{transaction_id}/operator",
-    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
+    "An operator credits provisionally now, or answers a representment now",
+    scope=SCOPE_OPERATIONS,
+    program_wide=True,
     response_model=DisputeStatusView,
-    responses=STEER_RESPONSES,
-    summary="An operator credits provisionally now, or answers a representment now",
 )
 async def dispute_operator_route(
     transaction_id: TransactionIdPath,
@@ -189,12 +183,12 @@ async def dispute_operator_route(
     return await _send(updates, acted, idempotency, "dispute-operator", transaction_id, body)
 
 
-@router.get(
+@route(
+    router,
+    READ,
     "/disputes/{transaction_id}",
-    dependencies=requires(SCOPE_PROCESSES_READ),
+    "A dispute's stage, evidence, deadlines and amounts",
     response_model=DisputeStatusView,
-    responses=READ_RESPONSES,
-    summary="A dispute's stage, evidence, deadlines and amounts",
 )
 async def dispute_status_route(
     transaction_id: OwnTransactionId, client: TemporalClient

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 from pydantic import Field
 
-from activities.api_keys import SCOPE_PROCESSES_READ, SCOPE_PROCESSES_START
 from schemas.fx import (
     FxConversionInput,
     FxConversionRequest,
@@ -21,17 +20,18 @@ from starters.fx import status as fx_status
 from starters.fx import wait_quote as wait_fx_quote
 from starters.fx import with_queues as with_fx_queues
 from starters.gateway import access
-from starters.gateway.auth import requires
 from starters.gateway.errors import ErrorBody
 from starters.gateway.state import Queues, TemporalClient
 from starters.gateway.v1.idempotency import ProcessStarter, StartKey
 from starters.gateway.v1.ownership import request_process_owner, require_customer
 from starters.gateway.v1.shared import (
-    READ_RESPONSES,
+    READ,
+    START,
     START_RESPONSES,
-    STEER_RESPONSES,
+    UPDATE,
     ProcessRef,
     process_router,
+    route,
     steer,
 )
 from workflows.fx import FX_WORKFLOW, fx_start_metadata, fx_workflow_id
@@ -52,17 +52,17 @@ async def _own_fx_body(request: Request, body: FxConversionRequest) -> FxConvers
 OwnFxId = Annotated[str, Depends(request_process_owner(fx_workflow_id, "FX", "FX conversion"))]
 
 
-@router.post(
+@route(
+    router,
+    START,
     "/fx/quotes",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    status_code=202,
+    "Start a conversion and answer its firm quote (offer.request_id names it)",
     response_model=FxQuoteStarted,
     responses={
         **START_RESPONSES,
         409: {"model": ErrorBody, "description": "Refused (the reason), or a reused key"},
         503: {"model": ErrorBody},
     },
-    summary="Start a conversion and answer its firm quote (offer.request_id names it)",
 )
 async def fx_quote_route(
     response: Response,
@@ -92,33 +92,28 @@ async def fx_quote_route(
     return FxQuoteStarted(**started.model_dump(), offer=offer)
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/fx/{request_id}/confirm",
-    dependencies=requires(SCOPE_PROCESSES_START),
+    "Convert at the quote; 409 with the reason when expired, cancelled or declined",
     response_model=FxConversionResult,
-    responses=STEER_RESPONSES,
-    summary="Convert at the quote; 409 with the reason when expired, cancelled or declined",
 )
 async def fx_confirm_route(request_id: OwnFxId, client: TemporalClient) -> FxConversionResult:
     return await steer(confirm_fx(client, request_id), request_id)
 
 
-@router.post(
-    "/fx/{request_id}/cancel",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    responses=STEER_RESPONSES,
-    summary="Drop an unconfirmed quote; nothing is converted",
-)
+@route(router, UPDATE, "/fx/{request_id}/cancel", "Drop an unconfirmed quote; nothing is converted")
 async def fx_cancel_route(request_id: OwnFxId, client: TemporalClient) -> dict[str, str]:
     return {"result": await steer(cancel_fx(client, request_id), request_id)}
 
 
-@router.get(
+@route(
+    router,
+    READ,
     "/fx/{request_id}",
-    dependencies=requires(SCOPE_PROCESSES_READ),
+    "A conversion's stage, quote, amounts and expiry",
     response_model=FxStatus,
-    responses=READ_RESPONSES,
-    summary="A conversion's stage, quote, amounts and expiry",
 )
 async def fx_status_route(request_id: OwnFxId, client: TemporalClient) -> FxStatus:
     return await steer(fx_status(client, request_id), request_id)

@@ -13,23 +13,15 @@ from schemas.customers import CustomerProfile
 from schemas.edge import EdgeModel
 from schemas.onboarding import DocumentSpec, KycReview, OnboardingInput, Resubmission
 from starters.gateway import access
-from starters.gateway.auth import requires
 from starters.gateway.errors import ErrorBody
 from starters.gateway.state import Queues, TemporalClient
 from starters.gateway.v1.idempotency import ProcessStarter, ProcessUpdates, StartKey, UpdateKey
 from starters.gateway.v1.ownership import (
-    PROGRAM_WIDE,
     CustomerIdPath,
     OwnCustomerId,
     require_customer,
 )
-from starters.gateway.v1.shared import (
-    START_RESPONSES,
-    STEER_RESPONSES,
-    ProcessRef,
-    process_router,
-    steer,
-)
+from starters.gateway.v1.shared import READ, START, UPDATE, ProcessRef, process_router, route, steer
 from starters.onboarding import resubmit, review, with_queues
 from workflows.onboarding import (
     ONBOARDING_WORKFLOW,
@@ -54,14 +46,7 @@ async def _own_onboarding(request: Request, body: StartOnboarding) -> StartOnboa
     return body
 
 
-@router.post(
-    "/onboardings",
-    dependencies=requires(SCOPE_PROCESSES_START),
-    status_code=202,
-    response_model=ProcessRef,
-    responses=START_RESPONSES,
-    summary="Onboard a customer: wallets and KYC",
-)
+@route(router, START, "/onboardings", "Onboard a customer: wallets and KYC")
 async def start_onboarding_route(
     response: Response,
     body: Annotated[StartOnboarding, Depends(_own_onboarding)],
@@ -85,11 +70,13 @@ async def start_onboarding_route(
     )
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/onboardings/{customer_id}/review",
-    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
-    responses=STEER_RESPONSES,
-    summary="An operator decides an onboarding on hold",
+    "An operator decides an onboarding on hold",
+    scope=SCOPE_OPERATIONS,
+    program_wide=True,
 )
 async def review_onboarding_route(
     customer_id: CustomerIdPath,
@@ -106,12 +93,15 @@ async def review_onboarding_route(
     }
 
 
-@router.post(
+@route(
+    router,
+    READ,
     "/onboardings/{customer_id}/documents",
-    dependencies=requires(SCOPE_PROCESSES_START),
+    "The customer resubmits documents after a RETRY verdict",
+    method="POST",
+    scope=SCOPE_PROCESSES_START,
     status_code=202,
     responses={404: {"model": ErrorBody}},
-    summary="The customer resubmits documents after a RETRY verdict",
 )
 async def resubmit_documents_route(
     customer_id: OwnCustomerId, body: Resubmission, client: TemporalClient

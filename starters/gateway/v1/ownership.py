@@ -19,7 +19,6 @@ from schemas.customers import CUSTOMER_ID_CHARS_MAX, CUSTOMER_ID_PATTERN
 from starters.gateway import access
 from starters.gateway.errors import ApiError, GatewayCode, process_error
 from starters.gateway.state import TemporalClient
-from starters.gateway.v1.shared import RequestIdPath
 
 
 def require_customer(request: Request, customer_id: str | None, subject: str) -> None:
@@ -67,6 +66,8 @@ async def program_wide(request: Request) -> None:
 # After a program-wide route's scope: `dependencies=[*requires(SCOPE), PROGRAM_WIDE]`.
 PROGRAM_WIDE = Depends(program_wide)
 
+# The id of a process that is a request's own (a card issue, an FX conversion).
+RequestIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 CustomerIdPath = Annotated[str, Path(pattern=CUSTOMER_ID_PATTERN, max_length=CUSTOMER_ID_CHARS_MAX)]
 
 

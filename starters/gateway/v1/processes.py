@@ -10,19 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.api_keys import SCOPE_PROCESSES_READ, SCOPE_PROCESSES_START
 from schemas.cards import CardInput
 from schemas.edge import EdgeModel
 from schemas.health import PingInput
 from schemas.refusals import Refusal
 from schemas.views import CardView
 from starters.gateway import access
-from starters.gateway.auth import requires
 from starters.gateway.errors import ApiError, ErrorBody, process_error
 from starters.gateway.state import Queues, TemporalClient
 from starters.gateway.v1.idempotency import ProcessStarter, StartKey
-from starters.gateway.v1.ownership import PROGRAM_WIDE, require_process_owner
-from starters.gateway.v1.shared import START_RESPONSES, ProcessRef, process_router
+from starters.gateway.v1.ownership import require_process_owner
+from starters.gateway.v1.shared import READ, START, ProcessRef, process_router, route
 from workflows.cards import CARD_WORKFLOW
 from workflows.health import PING_WORKFLOW, ping_start_metadata, ping_workflow_id
 
@@ -51,14 +49,7 @@ class ProcessStatus(BaseModel):
     close_time: datetime | None = None
 
 
-@router.post(
-    "/pings",
-    dependencies=[*requires(SCOPE_PROCESSES_START), PROGRAM_WIDE],
-    status_code=202,
-    response_model=ProcessRef,
-    responses=START_RESPONSES,
-    summary="Start a health check through every task queue",
-)
+@route(router, START, "/pings", "Start a health check through every task queue", program_wide=True)
 async def start_ping(
     response: Response,
     body: StartPing,
@@ -107,12 +98,13 @@ def _public_details(workflow_type: str, answer: dict[str, Any]) -> dict[str, Any
     return answer
 
 
-@router.get(
+@route(
+    router,
+    READ,
     "/processes/{workflow_id:path}",
-    dependencies=requires(SCOPE_PROCESSES_READ),
+    "A process's status",
     response_model=ProcessStatus,
     responses={404: {"model": ErrorBody}},
-    summary="A process's status",
 )
 async def process_status(workflow_id: OwnProcessId, client: TemporalClient) -> ProcessStatus:
     handle = client.get_workflow_handle(workflow_id)

@@ -9,21 +9,19 @@ from typing import Annotated
 
 from fastapi import Path, Response
 
-from activities.api_keys import SCOPE_ADMIN, SCOPE_OPERATIONS, SCOPE_PROCESSES_READ
+from activities.api_keys import SCOPE_ADMIN, SCOPE_OPERATIONS
 from schemas.edge import DAY_MAX, DAY_MIN
-from schemas.periods import PeriodNotEnded
 from schemas.reconciliation import Decision, ReconciliationItem, ReconciliationStatus
-from starters.gateway.auth import requires
-from starters.gateway.errors import period_not_ended, process_error
 from starters.gateway.state import GatewaySettings, Queues, TemporalClient
 from starters.gateway.v1.idempotency import ProcessUpdates, UpdateKey
-from starters.gateway.v1.ownership import PROGRAM_WIDE
 from starters.gateway.v1.shared import (
-    READ_RESPONSES,
-    STEER_RESPONSES,
+    READ,
+    START,
+    UPDATE,
     ProcessRef,
-    found_or_started,
     process_router,
+    route,
+    start_by_period,
     steer,
 )
 from starters.reconcile import decide as decide_reconciliation
@@ -41,13 +39,14 @@ SettlementDatePath = Annotated[
 ]
 
 
-@router.post(
+@route(
+    router,
+    START,
     "/reconciliations/issuer/{settlement_date}",
-    dependencies=[*requires(SCOPE_ADMIN), PROGRAM_WIDE],
-    status_code=202,
-    response_model=ProcessRef,
+    "Reconcile the issuer's settlement report of a UTC day (YYYY-MM-DD)",
+    scope=SCOPE_ADMIN,
+    program_wide=True,
     responses={200: {"model": ProcessRef, "description": "This day was reconciled already"}},
-    summary="Reconcile the issuer's settlement report of a UTC day (YYYY-MM-DD)",
 )
 async def reconciliation_start_route(
     response: Response,
@@ -60,31 +59,24 @@ async def reconciliation_start_route(
     # one runs again), so no Idempotency-Key is needed. A day not yet over is
     # refused: reconciled early, it would pre-empt the run once it is over.
     day = settlement_date.isoformat()
-    try:
-        reconciliation = reconciliation_input(settings, queues, settlement_date)
-        handle = await start_reconciliation(client, queues, reconciliation)
-        run_id, replayed = await found_or_started(handle)
-    except PeriodNotEnded as error:
-        raise period_not_ended(error, day) from None
-    except Exception as error:  # noqa: BLE001 - Temporal busy or unreachable: 503
-        raise process_error(error, day) from None
-    if replayed:
-        response.status_code = 200
-    return ProcessRef(
+    reconciliation = reconciliation_input(settings, queues, settlement_date)
+    return await start_by_period(
+        response,
+        start_reconciliation(client, queues, reconciliation),
+        period=day,
         workflow_id=reconciliation_workflow_id("issuer", settlement_date),
-        run_id=run_id,
         process="reconciliation",
         status_url=f"/v1/reconciliations/issuer/{day}",
-        replayed=replayed,
     )
 
 
-@router.get(
+@route(
+    router,
+    READ,
     "/reconciliations/issuer/{settlement_date}",
-    dependencies=[*requires(SCOPE_PROCESSES_READ), PROGRAM_WIDE],
+    "A reconciliation's stage and its differences",
+    program_wide=True,
     response_model=ReconciliationStatus,
-    responses=READ_RESPONSES,
-    summary="A reconciliation's stage and its differences",
 )
 async def reconciliation_status_route(
     settlement_date: SettlementDatePath, client: TemporalClient
@@ -93,12 +85,14 @@ async def reconciliation_status_route(
     return await steer(answer, settlement_date.isoformat())
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/reconciliations/issuer/{settlement_date}/decisions",
-    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
+    "An operator decides one difference over the threshold: adjust or dismiss",
+    scope=SCOPE_OPERATIONS,
+    program_wide=True,
     response_model=ReconciliationItem,
-    responses=STEER_RESPONSES,
-    summary="An operator decides one difference over the threshold: adjust or dismiss",
 )
 async def reconciliation_decide_route(
     settlement_date: SettlementDatePath,

@@ -3,15 +3,19 @@ how a call on a running process is answered."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 from temporalio.client import WorkflowHandle
 
-from starters.gateway.auth import AUTH_RESPONSES
-from starters.gateway.errors import ErrorBody, ValidationErrorBody, process_error
+from activities.api_keys import SCOPE_PROCESSES_READ, SCOPE_PROCESSES_START
+from schemas.periods import PeriodNotEnded
+from starters.gateway.auth import AUTH_RESPONSES, requires
+from starters.gateway.errors import ErrorBody, ValidationErrorBody, period_not_ended, process_error
+from starters.gateway.v1.ownership import PROGRAM_WIDE
 
 
 def process_router() -> APIRouter:
@@ -29,10 +33,6 @@ def process_router() -> APIRouter:
     )
 
 
-# The id of a process that is a request's own (a card issue, an FX conversion).
-RequestIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-
-
 class ProcessRef(BaseModel):
     workflow_id: str
     run_id: str
@@ -46,8 +46,10 @@ class ProcessRef(BaseModel):
     )
 
 
+Responses = dict[int | str, dict[str, Any]]
+
 # How every start route answers besides 202 (documented for the OpenAPI contract).
-START_RESPONSES: dict[int | str, dict[str, Any]] = {
+START_RESPONSES: Responses = {
     200: {"model": ProcessRef, "description": "This Idempotency-Key already started it"},
     409: {
         "model": ErrorBody,
@@ -59,26 +61,95 @@ START_RESPONSES: dict[int | str, dict[str, Any]] = {
 # A route that awaits a running process (`steer`): it may be missing (404),
 # refuse (409, or 422 for a request it cannot take), or not answer in time
 # (503); a read cannot refuse.
-STEER_RESPONSES: dict[int | str, dict[str, Any]] = {
+STEER_RESPONSES: Responses = {
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
     503: {"model": ErrorBody},
 }
-READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+READ_RESPONSES: Responses = {
     404: {"model": ErrorBody},
     503: {"model": ErrorBody},
 }
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-async def found_or_started(handle: WorkflowHandle[Any, Any]) -> tuple[str, bool]:
-    """The run of a process a start made, or found already there (a start
-    by the process's own id answers a handle without a run): the run's id,
-    and whether it was found."""
-    if handle.result_run_id is not None:
-        return handle.result_run_id, False
-    return (await handle.describe()).run_id, True
+@dataclass(frozen=True)
+class RouteKind:
+    """What routes of one kind share: their method, success status, the key
+    scope they take by default and how they are documented to answer."""
+
+    method: str
+    scope: str
+    responses: Responses
+    status_code: int | None = None
+    response_model: Any = None
+    program_wide: bool = False
+
+
+# Starts a process: 202 with the process it started.
+START = RouteKind("POST", SCOPE_PROCESSES_START, START_RESPONSES, 202, ProcessRef)
+# Steers a running process, which may refuse.
+UPDATE = RouteKind("POST", SCOPE_PROCESSES_START, STEER_RESPONSES)
+# Reads a process (or hands it something), which cannot refuse.
+READ = RouteKind("GET", SCOPE_PROCESSES_READ, READ_RESPONSES)
+
+
+def route(
+    router: APIRouter, kind: RouteKind, path: str, summary: str, **differences: Any
+) -> Callable[[F], F]:
+    """A route of `router` of `kind` (with `differences` to it: another
+    method, scope, model...): it takes an API key with its scope and, if
+    program-wide, refuses a key bound to customers. With no response_model,
+    the route's return annotation is its answer's model."""
+    spec = replace(kind, **differences)
+    options: dict[str, Any] = {}
+    if spec.status_code is not None:
+        options["status_code"] = spec.status_code
+    if spec.response_model is not None:
+        options["response_model"] = spec.response_model
+    dependencies = [*requires(spec.scope), *([PROGRAM_WIDE] if spec.program_wide else [])]
+    return router.api_route(
+        path,
+        methods=[spec.method],
+        dependencies=dependencies,
+        responses=spec.responses,
+        summary=summary,
+        **options,
+    )
+
+
+async def start_by_period(
+    response: Response,
+    started: Awaitable[WorkflowHandle[Any, Any]],
+    *,
+    period: str,
+    workflow_id: str,
+    process: str,
+    status_url: str,
+) -> ProcessRef:
+    """Start the process whose id is its period's (a customer's month, a
+    day): a repeat finds the first one, answered 200 (no Idempotency-Key is
+    needed); a period not over yet is 422 period_not_ended naming the path's
+    field, before anything starts."""
+    try:
+        handle = await started
+        # A new start knows its run; a handle to the existing process does not.
+        found = handle.result_run_id is None
+        run_id = (await handle.describe()).run_id if found else handle.result_run_id or ""
+    except PeriodNotEnded as error:
+        raise period_not_ended(error, period) from None
+    except Exception as error:  # noqa: BLE001 - Temporal busy or unreachable: 503
+        raise process_error(error, workflow_id) from None
+    response.status_code = 200 if found else 202
+    return ProcessRef(
+        workflow_id=workflow_id,
+        run_id=run_id,
+        process=process,
+        status_url=status_url,
+        replayed=found,
+    )
 
 
 async def steer(call: Awaitable[T], subject: str) -> T:

@@ -8,19 +8,13 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from activities.api_keys import SCOPE_OPERATIONS, SCOPE_PROCESSES_READ
+from activities.api_keys import SCOPE_OPERATIONS
 from schemas.topup import TopupReview, TopupSource, TopupStatus
 from starters.gateway import access
-from starters.gateway.auth import requires
 from starters.gateway.state import TemporalClient
 from starters.gateway.v1.idempotency import ProcessUpdates, UpdateKey
-from starters.gateway.v1.ownership import PROGRAM_WIDE, require_process_owner
-from starters.gateway.v1.shared import (
-    READ_RESPONSES,
-    STEER_RESPONSES,
-    process_router,
-    steer,
-)
+from starters.gateway.v1.ownership import require_process_owner
+from starters.gateway.v1.shared import READ, UPDATE, process_router, route, steer
 from starters.topup import review as review_topup
 from starters.topup import status as topup_status
 from workflows.topup import topup_workflow_id
@@ -48,12 +42,12 @@ async def _own_topup(
     return TopupRef(source, external_ref)
 
 
-@router.get(
+@route(
+    router,
+    READ,
     "/topups/{source}/{external_ref}",
-    dependencies=requires(SCOPE_PROCESSES_READ),
+    "A top-up's stage, amounts, confirmations and pending review",
     response_model=TopupStatus,
-    responses=READ_RESPONSES,
-    summary="A top-up's stage, amounts, confirmations and pending review",
 )
 async def topup_status_route(
     topup: Annotated[TopupRef, Depends(_own_topup)], client: TemporalClient
@@ -61,11 +55,13 @@ async def topup_status_route(
     return await steer(topup_status(client, topup.source, topup.external_ref), str(topup))
 
 
-@router.post(
+@route(
+    router,
+    UPDATE,
     "/topups/{source}/{external_ref}/review",
-    dependencies=[*requires(SCOPE_OPERATIONS), PROGRAM_WIDE],
-    responses=STEER_RESPONSES,
-    summary="An operator approves (assigning an unmatched payment) or rejects a top-up",
+    "An operator approves (assigning an unmatched payment) or rejects a top-up",
+    scope=SCOPE_OPERATIONS,
+    program_wide=True,
 )
 async def topup_review_route(
     source: TopupSource,
