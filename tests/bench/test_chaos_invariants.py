@@ -5,11 +5,8 @@ webhook lost or refused)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 from temporalio.api.failure.v1 import Failure
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
@@ -34,10 +31,10 @@ from schemas.health import PingInput, PingResult
 from schemas.issuer import Authorization, Transaction
 from schemas.ledger import AccountSpec, HoldRequest, TransferRequest
 from schemas.money import Currency
+from tests import polling
 from tests.conftest import Platform
 from tests.workflows.test_authorizations import (
     authorize,
-    eventually,
     issuer,
     open_card,
     wallet_becomes,
@@ -51,28 +48,11 @@ from workflows.cards import (
 )
 from workflows.health import PING_WORKFLOW, ping_workflow_id
 
-T = TypeVar("T")
-
-WAIT_SECONDS_MAX = 20.0
-# How often a condition is asked again while it is awaited.
-POLL_SECONDS = 0.05
 # Long enough that nothing in a healthy test's flow counts as stuck.
 HEALTHY_STUCK_AFTER_SECONDS = 30.0
 # Short, so a workflow planted stuck is seen in about a second.
 PLANTED_STUCK_AFTER_SECONDS = 1.0
 HOLD_LIFETIME_SECONDS = 1.0
-
-
-async def until(produce: Callable[[], Awaitable[T]], ready: Callable[[T], bool], what: str) -> T:
-    """The first value `produce` returns that is `ready`, polled until a deadline."""
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS_MAX
-    while True:
-        value = await produce()
-        if ready(value):
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"never: {what} (last: {value})")
-        await asyncio.sleep(POLL_SECONDS)
 
 
 async def purchase(platform: Platform, amount: int = 5_000) -> tuple[str, str, Authorization]:
@@ -101,7 +81,7 @@ async def webhooks_settled(platform: Platform) -> None:
     async def settled() -> bool:
         return bool(platform.sim.admin("GET", "/health")["webhooks_pending"] == 0)
 
-    await eventually(settled, "every webhook is delivered")
+    await polling.eventually(settled, "every webhook is delivered")
 
 
 def workflows_of(platform: Platform) -> str:
@@ -132,7 +112,7 @@ async def start_ping(platform: Platform, *, run_timeout: timedelta | None = None
         return stage == "waiting for webhook events"
 
     if run_timeout is None:
-        await eventually(waiting, "the ping waits for its webhook event")
+        await polling.eventually(waiting, "the ping waits for its webhook event")
     return workflow_id
 
 
@@ -252,7 +232,7 @@ async def test_a_hold_left_past_its_expiry_is_reported_by_its_key(platform: Plat
     )
     assert held.accepted
     # Nobody resolves it: once the clock passes its expiry it is reported.
-    found = await until(
+    found = await polling.until(
         lambda: hold_violations(platform.stack.pool, margin_seconds=0),
         bool,
         "the hold outlives its expiry",
@@ -320,7 +300,7 @@ async def test_a_terminated_and_a_timed_out_workflow_are_reported(platform: Plat
     await client.get_workflow_handle(terminated).terminate(reason="planted by the test")
     timed_out = await start_ping(platform, run_timeout=timedelta(seconds=1))
     handle: WorkflowHandle[object, object] = client.get_workflow_handle(timed_out)
-    await until(
+    await polling.until(
         lambda: handle.describe(),
         lambda d: d.status is WorkflowExecutionStatus.TIMED_OUT,
         "the ping's run times out",
@@ -393,7 +373,7 @@ async def test_an_activity_failing_forever_is_reported_stuck(platform: Platform)
     platform.sim.fault(kind="error", path_prefix="/issuer/", status=503)
     waiting = await start_ping(platform)
     stuck = await start_card_issue(platform)
-    found = await until(
+    found = await polling.until(
         lambda: workflow_violations(
             platform.stack.client,
             stuck_after_seconds=PLANTED_STUCK_AFTER_SECONDS,
@@ -433,14 +413,16 @@ async def test_a_card_is_idle_beside_its_purchases_open_cashback_and_busy_while_
                 raise
             return "not started"
 
-    await until(cashback_stage, lambda stage: stage == "open for refunds", "cashback open")
+    await polling.until(cashback_stage, lambda stage: stage == "open for refunds", "cashback open")
     card = f'WorkflowId = "{card_workflow_id(card_id)}"'
-    await until(lambda: busy_workflows(platform.stack.client, card), lambda b: b == [], "idle")
+    await polling.until(
+        lambda: busy_workflows(platform.stack.client, card), lambda b: b == [], "idle"
+    )
     # An activity retrying forever is work in flight.
     platform.sim.fault(kind="error", path_prefix="/issuer/", status=503)
     issuing = await start_card_issue(platform)
     issue = f'WorkflowId = "{issuing}"'
-    assert await until(
+    assert await polling.until(
         lambda: busy_workflows(platform.stack.client, issue), bool, "the issuing is busy"
     ) == [issuing]
 
@@ -498,7 +480,7 @@ async def test_a_webhook_lost_refused_or_ignored_is_reported(platform: Platform)
         listed: list[dict[str, object]] = platform.sim.admin("GET", "/webhooks")
         return listed
 
-    await until(webhooks, attempted, "the planted webhooks are tried")
+    await polling.until(webhooks, attempted, "the planted webhooks are tried")
     found = await webhook_violations(platform.stack.pool, admin_url(platform))
     assert sorted((v.check, v.subject) for v in found) == sorted(
         [
@@ -526,7 +508,7 @@ async def test_a_workflow_task_that_keeps_failing_is_reported_stuck(platform: Pl
         id=stuck,
         task_queue=platform.stack.queues.workflows,
     )
-    found = await until(
+    found = await polling.until(
         lambda: workflow_violations(
             platform.stack.client,
             stuck_after_seconds=PLANTED_STUCK_AFTER_SECONDS,

@@ -27,12 +27,12 @@ from starters.gateway.realtime import (
     AuthorizationRequestEvent,
     card_question,
 )
+from tests import polling
 from tests.conftest import Platform, free_port
 from tests.workflows.test_authorizations import (
     SHOP,
     authorize,
     card_state,
-    eventually,
     issuer,
     open_card,
     wallet_becomes,
@@ -125,7 +125,7 @@ async def test_an_increment_at_the_pending_amount_of_one_answered_late_is_decide
         return record is not None and len(record.decisions) == 2 and record.decisions[1].reconciled
 
     # The card approved it late, then followed the issuer's decline.
-    await eventually(followed_the_issuer, "the card follows the issuer's stand-in decline")
+    await polling.eventually(followed_the_issuer, "the card follows the issuer's stand-in decline")
     await wallet_becomes(platform, customer_id, posted=10_000, pending=2_041)
 
     # Another increment at the same pending amount is another question.
@@ -237,6 +237,6 @@ async def test_a_card_past_the_budget_gets_a_stand_in_that_says_so_counted_and_l
     async def forgotten() -> bool:
         return auth.id not in (await card_state(handle)).authorizations
 
-    await eventually(forgotten, "the late approval is voided")
+    await polling.eventually(forgotten, "the late approval is voided")
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
     assert await verify(platform.stack.pool) == []

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from schemas.cards import (
 from schemas.issuer import Authorization, CardType, Merchant
 from schemas.ledger import Balance, TransferRequest
 from schemas.money import Currency
+from tests import polling
 from tests.conftest import Platform
 from tests.interruptions import balances_locked, until_waiting
 from tests.workflows.test_cards import FEES, HOME, customer, refusal
@@ -52,7 +52,6 @@ from workflows.cashback import cashback_workflow_id
 
 SHOP = Merchant(name="Corner Shop", mcc="5411", country="GB")
 CASINO = Merchant(name="Lucky Star", mcc="7995", country="GB")
-WAIT_SECONDS_MAX = 20.0
 
 
 async def open_card(
@@ -115,15 +114,6 @@ async def wallet(platform: Platform, customer_id: str) -> Balance:
     return await Ledger(platform.stack.pool).balance(accounts.wallet(customer_id, "USD"))
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS_MAX
-    while asyncio.get_running_loop().time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never: {what}")
-
-
 async def wallet_becomes(
     platform: Platform, customer_id: str, posted: int, pending: int
 ) -> Balance:
@@ -132,7 +122,7 @@ async def wallet_becomes(
         return (balance.posted, balance.debits_pending) == (posted, pending)
 
     try:
-        await eventually(check, f"wallet posted {posted}, pending {pending}")
+        await polling.eventually(check, f"wallet posted {posted}, pending {pending}")
     except AssertionError:
         raise AssertionError(f"wallet is {await wallet(platform, customer_id)}") from None
     return await wallet(platform, customer_id)
@@ -157,7 +147,7 @@ async def delivered_twice(platform: Platform, *about: str) -> None:
             webhook["delivered_at"] is not None and webhook["deliveries"] == 2 for webhook in ours
         )
 
-    await eventually(delivered, f"every webhook about {', '.join(about)} delivered twice")
+    await polling.eventually(delivered, f"every webhook about {', '.join(about)} delivered twice")
 
 
 async def applied_so_far(handle: WorkflowHandle[Any, Any]) -> CardInput:
@@ -170,7 +160,7 @@ async def applied_so_far(handle: WorkflowHandle[Any, Any]) -> CardInput:
     async def marker_applied() -> bool:
         return marker.event_id in (await card_state(handle)).seen_events
 
-    await eventually(marker_applied, "the card applies the events sent before the marker")
+    await polling.eventually(marker_applied, "the card applies the events sent before the marker")
     return await card_state(handle)
 
 
@@ -203,7 +193,7 @@ async def test_a_purchase_is_held_then_cleared_lower_and_the_rest_released(
         )
         return bool(amount == 4_200)
 
-    await eventually(recorded, "the clearing is recorded")
+    await polling.eventually(recorded, "the clearing is recorded")
     cashback = platform.stack.client.get_workflow_handle(cashback_workflow_id(cleared.id))
 
     async def cashback_started() -> bool:
@@ -214,7 +204,7 @@ async def test_a_purchase_is_held_then_cleared_lower_and_the_rest_released(
                 raise
             return False
 
-    await eventually(cashback_started, "the purchase's cashback process starts")
+    await polling.eventually(cashback_started, "the purchase's cashback process starts")
     assert await verify(platform.stack.pool) == []
 
 
@@ -254,7 +244,7 @@ async def test_a_clearing_over_the_hold_posts_a_tip_within_tolerance_and_flags_m
     async def flagged() -> bool:
         return any(e.resolution is None for e in (await card_state(handle)).exceptions)
 
-    await eventually(flagged, "an exception for an operator")
+    await polling.eventually(flagged, "an exception for an operator")
     exception = (await card_state(handle)).exceptions[0]
     assert (exception.kind, exception.amount_minor) == ("over_tolerance", 500)
     assert "not an open exception" in await refusal(
@@ -330,7 +320,7 @@ async def test_an_increment_grows_the_hold_and_reversals_give_it_back(platform: 
     async def forgotten() -> bool:
         return auth.id not in (await card_state(handle)).authorizations
 
-    await eventually(forgotten, "the reversed authorization is done")
+    await polling.eventually(forgotten, "the reversed authorization is done")
     assert await verify(platform.stack.pool) == []
 
 
@@ -348,7 +338,7 @@ async def test_closing_a_card_with_open_holds_is_refused(platform: Platform) -> 
     async def closable() -> bool:
         return not (await card_state(handle)).authorizations
 
-    await eventually(closable, "no open authorization")
+    await polling.eventually(closable, "no open authorization")
     await handle.execute_update(CLOSE_UPDATE, CardStateChange(reason="x"))
     assert await handle.result() == "closed"
 
@@ -378,7 +368,7 @@ async def test_a_late_decision_after_a_stand_in_decline_is_reconciled(platform: 
     async def reconciled() -> bool:
         return auth.id not in (await card_state(handle)).authorizations
 
-    await eventually(reconciled, "the late approval is voided")
+    await polling.eventually(reconciled, "the late approval is voided")
     assert await verify(platform.stack.pool) == []
 
 
@@ -532,7 +522,7 @@ async def test_a_cleared_purchase_earns_cashback_and_its_refund_claws_it_back(
             return False
         return found.reward_minor > 0 and found.stage == "open for refunds"
 
-    await eventually(paid, "the cashback is paid")
+    await polling.eventually(paid, "the cashback is paid")
     reward = (await cashback_status(platform.stack.client, cleared.id)).reward_minor
     # The sample campaigns pay 2% on groceries over 10.00.
     assert reward == 100
@@ -670,7 +660,7 @@ async def test_the_api_shows_a_card_and_writes_an_exception_off(platform: Platfo
         async def flagged() -> bool:
             return bool((await card_state(handle)).exceptions)
 
-        await eventually(flagged, "an exception")
+        await polling.eventually(flagged, "an exception")
         bad = await api.post(f"/cards/{card_id}/exceptions", json={"exception_id": "exc-1"})
         assert bad.status_code == 422
         done = await api.post(
@@ -753,7 +743,7 @@ async def test_a_charge_the_wallet_cannot_pay_stays_open_and_succeeds_once_it_ca
     async def flagged() -> bool:
         return any(e.resolution is None for e in (await card_state(handle)).exceptions)
 
-    await eventually(flagged, "an exception for an operator")
+    await polling.eventually(flagged, "an exception for an operator")
     exception = (await card_state(handle)).exceptions[0]
     assert (exception.kind, exception.amount_minor) == ("over_tolerance", 500)
     charge = ExceptionDecision(exception_id=exception.id, action="charge", reason="receipt")

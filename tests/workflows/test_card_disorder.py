@@ -46,6 +46,7 @@ from schemas.issuer import Authorization as IssuerAuthorization
 from schemas.issuer import AuthorizationStatus, CardState, DecidedBy
 from schemas.ledger import HoldRequest, TransferRequest
 from schemas.money import Currency
+from tests import polling
 from tests.conftest import Platform
 from tests.interruptions import (
     balances_locked,
@@ -58,7 +59,6 @@ from tests.workflows.test_authorizations import (
     SHOP,
     authorize,
     card_state,
-    eventually,
     issuer,
     open_card,
     wallet,
@@ -123,7 +123,7 @@ async def settles_as(
         return balance.debits_pending == pending == await held_by_card(handle)
 
     try:
-        await eventually(agree, f"ledger and card hold {pending}")
+        await polling.eventually(agree, f"ledger and card hold {pending}")
     except AssertionError:
         balance = await wallet(platform, customer_id)
         held = await held_by_card(handle)
@@ -250,7 +250,7 @@ async def test_a_late_increment_webhook_never_reopens_a_cleared_authorization(
     async def increment_taken_in() -> bool:
         return increments[0] in (await card_state(handle)).seen_events
 
-    await eventually(increment_taken_in, "the card takes the late increment")
+    await polling.eventually(increment_taken_in, "the card takes the late increment")
     await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
     assert auth.id not in (await card_state(handle)).authorizations
     # Finished stays finished, even when the same snapshot comes again much later.
@@ -271,7 +271,7 @@ async def test_a_late_increment_webhook_never_reopens_a_cleared_authorization(
     async def taken_in() -> bool:
         return "late-1" in (await card_state(handle)).seen_events
 
-    await eventually(taken_in, "the card takes the late snapshot")
+    await polling.eventually(taken_in, "the card takes the late snapshot")
     await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
     assert await running(handle)
     assert await verify(platform.stack.pool) == []
@@ -315,7 +315,7 @@ async def test_a_clearing_sent_again_after_the_card_forgot_it_moves_no_money(
         state = await card_state(handle)
         return refund.id in state.seen_events[-2:]
 
-    await eventually(applied_everything, "the card takes every event")
+    await polling.eventually(applied_everything, "the card takes every event")
     balance = await wallet(platform, customer_id)
     assert (balance.posted, balance.debits_pending) == (9_300, 0)
     assert await running(handle)
@@ -350,7 +350,7 @@ async def test_a_ledger_conflict_never_fails_the_card(platform: Platform) -> Non
     async def flagged() -> bool:
         return bool((await card_state(handle)).exceptions)
 
-    await eventually(flagged, "an exception for an operator")
+    await polling.eventually(flagged, "an exception for an operator")
     assert await running(handle)
     # The card still decides.
     auth = await authorize(platform, card_id, 500)
@@ -423,7 +423,7 @@ async def test_a_card_never_ends_with_an_open_exception(platform: Platform) -> N
     async def flagged() -> bool:
         return bool((await card_state(handle)).exceptions)
 
-    await eventually(flagged, "an exception for an operator")
+    await polling.eventually(flagged, "an exception for an operator")
     await handle.execute_update(CLOSE_UPDATE, CardStateChange(reason="customer left"))
     await asyncio.sleep(2.0)  # past the linger: only the open exception keeps it
     assert await running(handle)
@@ -539,7 +539,7 @@ async def test_a_ledger_conflict_on_a_hold_for_the_issuer_never_fails_the_card(
     async def flagged() -> bool:
         return any(e.kind == "ledger_conflict" for e in (await card_state(handle)).exceptions)
 
-    await eventually(flagged, "a ledger_conflict exception for an operator")
+    await polling.eventually(flagged, "a ledger_conflict exception for an operator")
     assert await running(handle)
     assert (await authorize(platform, card_id, 300)).status.value == "pending"
 
@@ -735,7 +735,7 @@ async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order
     async def both_applied() -> bool:
         return "e-2" in (await card_state(handle)).seen_events
 
-    await eventually(both_applied, "the card applies both events")
+    await polling.eventually(both_applied, "the card applies both events")
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
     # The release's completion was taken in by a task that recorded nothing.
     assert await completed_last_in_a_task_that_recorded_nothing(handle)
@@ -960,7 +960,7 @@ async def lost_hold_then_issuer_word(
     async def applied() -> bool:
         return f"e-{len(kinds) - 1}" in (await card_state(handle)).seen_events
 
-    await eventually(applied, "the card applies the issuer's webhooks")
+    await polling.eventually(applied, "the card applies the issuer's webhooks")
     answer = await handle.execute_update(
         AUTHORIZE_UPDATE, question, result_type=AuthorizationAnswer
     )
@@ -1112,7 +1112,9 @@ async def test_a_question_and_the_issuers_decline_taken_in_by_a_restarted_worker
             await card_state(handle)
         ).seen_events and await completed_last_in_a_task_that_recorded_nothing(handle)
 
-    await eventually(release_completed_in_a_task_that_recorded_nothing, "the release's task ends")
+    await polling.eventually(
+        release_completed_in_a_task_that_recorded_nothing, "the release's task ends"
+    )
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
     question = question_to(handle, "evt-cold").model_copy(update={"amount_minor": 2_000})
     declined = stood_in_for(template, question, approved_minor=0)

@@ -39,6 +39,7 @@ from schemas.money import Currency
 from schemas.search import PROCESS_STATUS
 from starters.cashback import SAMPLE_CAMPAIGNS_FILE, read_campaign_file, refund, start_cashback
 from starters.cli import app
+from tests import polling
 from tests.conftest import Platform, RunningStack, StackFactory
 from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
 from workers.build import build_worker
@@ -139,14 +140,11 @@ async def until(
     condition: Callable[[CashbackStatus], bool],
     seconds: float = 20,
 ) -> CashbackStatus:
-    status: CashbackStatus | None = None
-    for _ in range(int(seconds / 0.05)):
-        status = await handle.query("status", result_type=CashbackStatus)
-        assert status is not None
-        if condition(status):
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{handle.id} never got there: {status}")
+    async def status() -> CashbackStatus:
+        answer: CashbackStatus = await handle.query("status", result_type=CashbackStatus)
+        return answer
+
+    return await polling.until(status, condition, f"{handle.id} got there", seconds)
 
 
 async def balance(stack: RunningStack, code: str) -> int:

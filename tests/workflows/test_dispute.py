@@ -29,10 +29,10 @@ from schemas.disputes import (
 from schemas.issuer import Dispute, DisputeOutcome, DisputeReason, DisputeStatus, EvidenceType
 from schemas.search import CARD_ID, PROCESS_STATUS
 from starters import dispute as disputes
+from tests import polling
 from tests.conftest import Platform
 from tests.workflows.test_authorizations import (
     authorize,
-    eventually,
     issuer,
     open_card,
     wallet,
@@ -144,7 +144,7 @@ async def test_a_won_dispute_keeps_the_provisional_credit_and_the_issuer_pays_it
         attributes = (await handle.describe()).typed_search_attributes
         return attributes.get(PROCESS_STATUS) == "submitted" and attributes.get(CARD_ID) == card_id
 
-    await eventually(shows_submitted, "the search attributes show the stage")
+    await polling.eventually(shows_submitted, "the search attributes show the stage")
 
     await decide(platform, dispute_id, DisputeOutcome.WON)
     result = await handle.result()
@@ -367,7 +367,7 @@ async def test_duplicate_and_out_of_order_decision_webhooks_settle_the_dispute_o
     async def settled() -> bool:
         return (await wallet(platform, customer_id)).posted == 10_000
 
-    await eventually(settled, "the wallet keeps the credit once")
+    await polling.eventually(settled, "the wallet keeps the credit once")
     assert await provisional_balance(platform) == 0
     assert await verify(platform.stack.pool) == []
 

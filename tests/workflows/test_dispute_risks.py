@@ -37,11 +37,11 @@ from schemas.disputes import (
 from schemas.issuer import DisputeEvidence, DisputeOutcome, DisputeReason, DisputeStatus
 from schemas.money import Currency
 from starters import dispute as disputes
+from tests import polling
 from tests.conftest import Platform
 from tests.interruptions import POLL_SECONDS, WAIT_SECONDS_MAX, balances_locked, until_waiting
 from tests.workflows.test_authorizations import (
     SHOP,
-    eventually,
     issuer,
     open_card,
     wallet,
@@ -138,7 +138,7 @@ async def refund(platform: Platform, card_id: str, of: str, amount: int) -> str:
         )
         return bool(kind == "refund")
 
-    await eventually(recorded, f"the card recorded the refund {refunded.id}")
+    await polling.eventually(recorded, f"the card recorded the refund {refunded.id}")
     return refunded.id
 
 
@@ -212,7 +212,7 @@ async def test_a_dispute_the_network_never_decides_ends_undecided_with_the_credi
         )
         return bool(outcome == "ignored")
 
-    await eventually(ignored, "the late decision's webhook taken and ignored")
+    await polling.eventually(ignored, "the late decision's webhook taken and ignored")
     balance = await wallet(platform, customer_id)
     assert (balance.posted, balance.debits_pending) == (10_000, 0)
     assert await posted(platform, provisional_account()) == -3_000
@@ -243,7 +243,7 @@ async def test_a_provisional_credit_the_ledger_refuses_is_not_retried_and_a_loss
         view = await disputes.status(platform.stack.client, transaction_id)
         return view.stage == "submitted"
 
-    await eventually(refused_and_taken_in, "the provisional credit refused and taken in")
+    await polling.eventually(refused_and_taken_in, "the provisional credit refused and taken in")
     assert await rejections(platform, transaction_id) == {"provisional-credit": "account_closed"}
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await disputes.operator_action(
@@ -669,7 +669,7 @@ async def escalation_refused(platform: Platform, transaction_id: str) -> None:
         view = await disputes.status(platform.stack.client, transaction_id)
         return view.stage == "representment"
 
-    await eventually(taken_in, "the escalation refused and taken in")
+    await polling.eventually(taken_in, "the escalation refused and taken in")
 
 
 async def test_an_escalation_the_issuer_refused_can_be_asked_again_and_reaches_pre_arbitration(
@@ -760,7 +760,7 @@ async def test_a_representment_past_its_deadline_whose_escalation_was_refused_wa
         found[:] = timers or []
         return timers is not None
 
-    await eventually(polled, "the dispute polled the issuer after the refused escalation")
+    await polling.eventually(polled, "the dispute polled the issuer after the refused escalation")
     assert len(found) == 1, f"timers before the next poll: {found}"
 
     # Nothing was credited (the policy credits after an hour): lost, nothing moves.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from datetime import date
@@ -27,6 +26,7 @@ from schemas.onboarding import (
     OnboardingStatus,
     Resubmission,
 )
+from tests import polling
 from tests.conftest import Platform
 from tests.interruptions import table_locked, until_activity_cancel_requested, until_waiting
 from workflows.onboarding import (
@@ -76,12 +76,13 @@ async def start(
 async def reach(
     handle: WorkflowHandle[Any, Any], stage: str, seconds: float = 20
 ) -> OnboardingStatus:
-    for _ in range(int(seconds / 0.05)):
-        status: OnboardingStatus = await handle.query("status", result_type=OnboardingStatus)
-        if status.stage == stage:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never reached {stage!r}; last stage {status.stage!r}")
+    async def status() -> OnboardingStatus:
+        answer: OnboardingStatus = await handle.query("status", result_type=OnboardingStatus)
+        return answer
+
+    return await polling.until(
+        status, lambda answer: answer.stage == stage, f"reached {stage!r}", seconds
+    )
 
 
 async def refused(handle: WorkflowHandle[Any, Any], review: Any) -> str:

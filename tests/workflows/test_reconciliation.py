@@ -55,11 +55,11 @@ from schemas.units import DAY_SECONDS
 from starters.cli import app
 from starters.reconcile import DAILY_SCHEDULE_ID, demo_reconciliation
 from starters.schedules import ensure_schedules
+from tests import polling
 from tests.conftest import Platform
 from tests.workflows.test_authorizations import (
     SHOP,
     authorize,
-    eventually,
     issuer,
     open_card,
     wallet_becomes,
@@ -175,7 +175,7 @@ async def recorded(platform: Platform, count: int) -> None:
         found = await platform.stack.pool.fetchval("SELECT count(*) FROM card_transactions")
         return bool(found == count)
 
-    await eventually(check, f"{count} card transactions recorded")
+    await polling.eventually(check, f"{count} card transactions recorded")
 
 
 async def test_a_clean_day_reconciles_with_zero_drift_and_writes_the_report(
@@ -257,7 +257,7 @@ async def test_an_exception_an_operator_settled_reconciles_as_the_issuers_transa
         state = await handle.query("status", result_type=CardInput)
         return any(e.resolution is None for e in state.exceptions)
 
-    await eventually(raised, "the card raises an exception")
+    await polling.eventually(raised, "the card raises an exception")
     [exception] = (await handle.query("status", result_type=CardInput)).exceptions
     assert (exception.kind, exception.transaction_id) == ("uncovered", forced.id)
     if action == "charge":
@@ -351,7 +351,7 @@ async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it
         )
         return status.stage == "awaiting_decisions"
 
-    await eventually(awaiting, "the reconciliation waits for operators")
+    await polling.eventually(awaiting, "the reconciliation waits for operators")
     # The operators were told, once, by e-mail.
     async with NotifyClient(platform.sim.provider_url("notify")) as notify:
         page = await notify.list_messages(to="operations@cardflow.example")
@@ -518,7 +518,7 @@ async def test_a_worker_killed_mid_download_resumes_from_its_last_page(
             progress: DownloadProgress = details
             return progress.pages >= 2
 
-        await eventually(two_pages_staged, "two pages staged")
+        await polling.eventually(two_pages_staged, "two pages staged")
         await first.shutdown()
         await running
         second = providers_worker()
@@ -577,7 +577,7 @@ async def test_the_daily_schedule_is_created_once_and_reconciles_yesterday(
                     raise
                 return False  # not started yet
 
-        await eventually(reconciled, "the schedule reconciles yesterday")
+        await polling.eventually(reconciled, "the schedule reconciles yesterday")
         result = await child.result()
         assert result.report.settlement_date == yesterday
         assert result.report.items == []
@@ -918,14 +918,18 @@ async def test_a_rerun_after_the_postings_changed_posts_only_what_remains(
     )
     workflow_id = f"{reconciliation_workflow_id('issuer', day)}/t-{uuid.uuid4().hex[:8]}"
     first = await start_reconciliation(platform, day=day, workflow_id=workflow_id)
-    await eventually(functools.partial(awaiting_on, first), "the first run waits for operators")
+    await polling.eventually(
+        functools.partial(awaiting_on, first), "the first run waits for operators"
+    )
     assert await net_credit(platform, settlement, partial) == 4_000
     await first.terminate("an operator stops the day's run")
 
     # The card posts 200 more of it before the day is run again.
     await post_directly(platform, customer_id, f"card/{card_id}/post/{partial}", 200)
     again = await start_reconciliation(platform, day=day, workflow_id=workflow_id)
-    await eventually(functools.partial(awaiting_on, again), "the re-run waits for operators")
+    await polling.eventually(
+        functools.partial(awaiting_on, again), "the re-run waits for operators"
+    )
     await again.execute_update(
         DECIDE_UPDATE,
         Decision(item_id=waiting, action=DecisionAction.DISMISS, operator="ana"),

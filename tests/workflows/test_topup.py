@@ -41,6 +41,7 @@ from schemas.topup import (
 )
 from schemas.tron import Deposit
 from starters import topup as starter
+from tests import polling
 from tests.conftest import Platform
 from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
 from workflows.topup import REVIEW_UPDATE, STAGE_CONFIRMATIONS, STAGE_REVIEW, topup_workflow_id
@@ -125,17 +126,21 @@ async def status_when(
     """The top-up's status once `holds` is true of it; fails saying `what`
     it waited for when `seconds` pass first."""
     handle = handle_of(platform, source, external_ref)
-    status: TopupStatus | None = None
-    for _ in range(int(seconds / 0.05)):
+
+    async def status() -> TopupStatus | None:
         try:
-            status = await handle.query("status", result_type=TopupStatus)
-            if holds(status):
-                return status
+            answer: TopupStatus = await handle.query("status", result_type=TopupStatus)
         except RPCError as error:
             if error.status is not RPCStatusCode.NOT_FOUND:
                 raise
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{handle.id} never {what}; last {status}")
+            return None  # not started yet
+        return answer
+
+    found = await polling.until(
+        status, lambda answer: answer is not None and holds(answer), f"{handle.id} {what}", seconds
+    )
+    assert found is not None
+    return found
 
 
 async def reach(
