@@ -16,6 +16,7 @@ the same spec (a no-op if it opened) and closed with the others.
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import timedelta
 
 from temporalio import workflow
@@ -44,9 +45,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.providers import KYC
     from schemas.refusals import Refusal, refused
-    from schemas.search import CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from schemas.search import CUSTOMER_ID, PROVIDER
     from workflows.cancellation import is_cancellation
     from workflows.metadata import StartMetadata, start_metadata
+    from workflows.process import Finished, ProcessStage, Saga
     from workflows.steps import step, step_key, wait_for
 
 ONBOARDING_WORKFLOW = "Onboarding"
@@ -79,26 +81,17 @@ def wallet_code(customer_id: str, currency: str) -> str:
     return accounts.wallet(customer_id, currency)
 
 
-class Finished(Exception):
-    """The onboarding reached an outcome (not an error)."""
-
-    def __init__(self, outcome: OnboardingOutcome, reason: str) -> None:
-        super().__init__(reason)
-        self.outcome: OnboardingOutcome = outcome
-        self.reason = reason
-
-
 @workflow.defn(name=ONBOARDING_WORKFLOW)
 class Onboarding:
     def __init__(self) -> None:
         self._input: OnboardingInput | None = None
-        self._stage = "starting"
+        self._progress = ProcessStage("starting", self._details)
         self._outcome: OnboardingOutcome | None = None
         self._applicant_id: str | None = None
         self._attempts = 0
         self._wallets: list[str] = []
-        # The wallet whose opening a cancellation interrupted, if one did.
-        self._opening: AccountSpec | None = None
+        # Closes the wallets opened so far, newest first.
+        self._saga = Saga()
         self._current_check: str | None = None
         self._results: dict[str, KycResult] = {}
         self._review: KycReview | None = None
@@ -112,24 +105,23 @@ class Onboarding:
         customer_id = request.profile.customer_id
         # Attributes added to an upsert the workflow already issues here keep
         # its commands as they were: histories of older runs still replay.
-        workflow.upsert_search_attributes(
-            [CUSTOMER_ID.value_set(customer_id), PROVIDER.value_set(KYC)]
-        )
+        self._progress.search(CUSTOMER_ID.value_set(customer_id), PROVIDER.value_set(KYC))
         try:
             await self._onboard(request)
             raise AssertionError("onboarding ended without an outcome")
         except Finished as finished:
-            outcome, reason = finished.outcome, finished.reason
+            outcome: OnboardingOutcome = finished.outcome
+            reason = finished.reason
         # Failures and cancellation, but not the SDK's eviction of a cached
         # workflow, which must never run compensations.
         except (Exception, asyncio.CancelledError) as error:
             # A step failed for good (or the workflow was cancelled): close what
-            # was opened, shielded so a cancellation cannot stop the cleanup.
-            await asyncio.shield(asyncio.ensure_future(self._close_wallets()))
-            self._set_stage("cancelled" if is_cancellation(error) else "failed")
+            # was opened, to the end even if a cancellation comes meanwhile.
+            await self._saga.compensate()
+            self._progress.enter("cancelled" if is_cancellation(error) else "failed")
             raise
         if outcome != "approved":
-            await self._close_wallets()
+            await self._saga.compensate()
         await step(
             request,
             CustomerActivities.set_kyc_status,
@@ -138,7 +130,7 @@ class Onboarding:
         )
         await self._notify(f"outcome-{outcome}", *_MESSAGES[outcome])
         self._outcome = outcome
-        self._set_stage(outcome)
+        self._progress.enter(outcome)
         return OnboardingResult(
             customer_id=customer_id,
             outcome=outcome,
@@ -153,7 +145,7 @@ class Onboarding:
     async def _onboard(self, request: OnboardingInput) -> None:
         profile = request.profile
         policy = request.policy
-        self._set_stage("opening wallets")
+        self._progress.enter("opening wallets")
         await step(
             request, CustomerActivities.save_profile, profile, retry_policy=CUSTOMERS_RETRY_POLICY
         )
@@ -170,11 +162,13 @@ class Onboarding:
                 await step(request, LedgerActivities.open_account, spec)
             except ActivityError as error:
                 if is_cancellation(error) and workflow.patched(INTERRUPTED_WALLET_PATCH):
-                    self._opening = spec
+                    # The opening may still go through: learn it, then close it.
+                    self._saga.done(functools.partial(self._close_interrupted_wallet, spec))
                 raise
             self._wallets.append(code)
+            self._saga.done(functools.partial(self._close_wallet, code))
 
-        self._set_stage("creating the KYC applicant")
+        self._progress.enter("creating the KYC applicant")
         applicant = await step(
             request,
             ProviderActivities.create_applicant,
@@ -200,7 +194,7 @@ class Onboarding:
 
     async def _check(self, request: OnboardingInput, documents: list[DocumentSpec]) -> None:
         assert self._applicant_id is not None
-        self._set_stage(f"KYC check {self._attempts}: uploading documents")
+        self._progress.enter(f"KYC check {self._attempts}: uploading documents")
         for index, document in enumerate(documents):
             await step(
                 request,
@@ -220,7 +214,7 @@ class Onboarding:
 
     async def _wait_for_verdict(self, wait_seconds: int) -> KycResult:
         check_id = self._current_check
-        self._set_stage("waiting for the KYC result")
+        self._progress.enter("waiting for the KYC result")
         if not await wait_for(lambda: self._decided(check_id), wait_seconds):
             raise Finished("expired", f"no KYC result within {wait_seconds}s")
         assert check_id is not None
@@ -229,7 +223,7 @@ class Onboarding:
     async def _wait_for_review(self, wait_seconds: int) -> None:
         check_id = self._current_check
         assert check_id is not None
-        self._set_stage("in operator review")
+        self._progress.enter("in operator review")
         await self._notify(
             "in-review",
             "We are reviewing your application",
@@ -251,7 +245,7 @@ class Onboarding:
         raise Finished("rejected", "KYC rejected after review")
 
     async def _wait_for_resubmission(self, wait_seconds: int) -> list[DocumentSpec]:
-        self._set_stage("waiting for resubmitted documents")
+        self._progress.enter("waiting for resubmitted documents")
         await self._notify(
             f"resubmit-{self._attempts}",
             "Please resubmit your documents",
@@ -263,6 +257,22 @@ class Onboarding:
         documents = self._resubmission.documents
         self._resubmission = None
         return documents
+
+    # ----- compensations --------------------------------------------------
+
+    async def _close_wallet(self, code: str) -> None:
+        request = self._input
+        assert request is not None
+        await step(request, LedgerActivities.close_account, code)
+
+    async def _close_interrupted_wallet(self, spec: AccountSpec) -> None:
+        """Open the wallet again with the same spec (a no-op if the interrupted
+        opening went through), so it surely exists, and close it."""
+        request = self._input
+        assert request is not None
+        await step(request, LedgerActivities.open_account, spec)
+        self._wallets.append(spec.code)
+        await self._close_wallet(spec.code)
 
     # ----- messages -------------------------------------------------------
 
@@ -276,7 +286,7 @@ class Onboarding:
 
     @workflow.signal(name=RESUBMIT_SIGNAL)
     def resubmit_documents(self, resubmission: Resubmission) -> None:
-        if self._stage == "waiting for resubmitted documents":
+        if self._progress.stage == "waiting for resubmitted documents":
             self._resubmission = resubmission
 
     @workflow.update(name=REVIEW_UPDATE)
@@ -288,15 +298,11 @@ class Onboarding:
 
     @review.validator
     def _validate_review(self, review: KycReview) -> None:
-        if self._outcome is not None or self._stage in (
-            "approved",
-            "rejected",
-            "expired",
-            "failed",
-        ):
-            raise refused(Refusal.FINISHED, f"onboarding already finished ({self._stage})")
-        if self._stage != "in operator review":
-            raise refused(Refusal.WRONG_STATE, f"no review is pending (stage: {self._stage})")
+        stage = self._progress.stage
+        if self._outcome is not None or stage in ("approved", "rejected", "expired", "failed"):
+            raise refused(Refusal.FINISHED, f"onboarding already finished ({stage})")
+        if stage != "in operator review":
+            raise refused(Refusal.WRONG_STATE, f"no review is pending (stage: {stage})")
         if self._review is not None:
             raise refused(Refusal.ALREADY_DONE, "this application was already reviewed")
 
@@ -306,7 +312,7 @@ class Onboarding:
         last = self._results.get(self._current_check or "")
         return OnboardingStatus(
             customer_id=customer_id,
-            stage=self._stage,
+            stage=self._progress.stage,
             outcome=self._outcome,
             applicant_id=self._applicant_id,
             attempts=self._attempts,
@@ -320,22 +326,8 @@ class Onboarding:
         result = self._results.get(check_id or "")
         return result is not None and result.status in ("completed", "on_hold")
 
-    def _set_stage(self, stage: str) -> None:
-        self._stage = stage
-        workflow.set_current_details(f"Onboarding: {stage}")
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
-
-    async def _close_wallets(self) -> None:
-        request = self._input
-        assert request is not None
-        if self._opening is not None:
-            # Opened again with the same spec: a no-op if the interrupted opening
-            # went through, so the wallet surely exists, and is closed below.
-            await step(request, LedgerActivities.open_account, self._opening)
-            self._wallets.append(self._opening.code)
-            self._opening = None
-        for code in reversed(self._wallets):
-            await step(request, LedgerActivities.close_account, code)
+    def _details(self) -> str:
+        return f"Onboarding: {self._progress.stage}"
 
     async def _notify(self, occasion: str, subject: str, body: str) -> None:
         request = self._input
