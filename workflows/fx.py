@@ -78,9 +78,10 @@ with workflow.unsafe.imports_passed_through():
     from schemas.money import Money
     from schemas.providers import FX
     from schemas.refusals import Refusal, refused
-    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROVIDER
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
+    from workflows.process import Finished, ProcessStage
     from workflows.steps import step, step_key, wait_for
 
 FX_WORKFLOW = "FxConversion"
@@ -136,22 +137,13 @@ def fx_start_metadata(request: FxConversionInput) -> StartMetadata:
     )
 
 
-class Finished(Exception):
-    """The conversion reached an outcome other than converted (not an error)."""
-
-    def __init__(self, outcome: FxOutcome, reason: str) -> None:
-        super().__init__(reason)
-        self.outcome = outcome
-        self.reason = reason
-
-
 @workflow.defn(name=FX_WORKFLOW)
 class FxConversion:
     @workflow.init
     def __init__(self, request: FxConversionInput) -> None:
         # Set before any handler or query runs.
         self._input: FxConversionInput | None = request
-        self._stage = STAGE_STARTING
+        self._progress = ProcessStage(STAGE_STARTING, self._details)
         self._quote: FxQuote | None = None
         self._offer: FxQuoteOffer | None = None
         self._fee_minor: int | None = None
@@ -177,7 +169,7 @@ class FxConversion:
         ]
         if request.sell_amount_minor is not None:
             attributes.append(AMOUNT_MINOR.value_set(request.sell_amount_minor))
-        workflow.upsert_search_attributes(attributes)
+        self._progress.search(*attributes)
         try:
             try:
                 result = await self._convert(request)
@@ -191,7 +183,7 @@ class FxConversion:
         except (Exception, asyncio.CancelledError) as error:
             cancelled = is_cancellation(error)
             self._failure = "the conversion was cancelled" if cancelled else str(error)
-            self._set_stage(FxOutcome.CANCELLED.value if cancelled else STAGE_FAILED)
+            self._progress.enter(FxOutcome.CANCELLED.value if cancelled else STAGE_FAILED)
             raise
         # Confirm, cancel and wait_quote calls in flight get their answers.
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -227,11 +219,11 @@ class FxConversion:
         )
         notified = await self._notify_converted(request, result)
         self._result = result = result.model_copy(update={"notified": notified})
-        self._set_stage(FxOutcome.CONVERTED.value)
+        self._progress.enter(FxOutcome.CONVERTED.value)
         return result
 
     async def _check_customer(self, request: FxConversionInput) -> FxCurrencyTerms:
-        self._set_stage(STAGE_CHECKING)
+        self._progress.enter(STAGE_CHECKING)
         terms = request.policy.terms.get(request.sell_currency)
         if terms is None:
             raise Finished(
@@ -278,7 +270,7 @@ class FxConversion:
             )
 
     async def _get_quote(self, request: FxConversionInput, terms: FxCurrencyTerms) -> FxQuote:
-        self._set_stage(STAGE_QUOTING)
+        self._progress.enter(STAGE_QUOTING)
         asking = asyncio.ensure_future(
             step(
                 request,
@@ -308,7 +300,7 @@ class FxConversion:
             raise
         self._check_quote_matches(request, quote)
         self._quote = quote
-        workflow.upsert_search_attributes([AMOUNT_MINOR.value_set(quote.sell_amount_minor)])
+        self._progress.search(AMOUNT_MINOR.value_set(quote.sell_amount_minor))
         self._check_limits(quote.sell_amount_minor, request, terms)
         self._fee_minor = conversion_fee_minor(
             quote.sell_amount_minor, terms, request.policy.fee_bps
@@ -347,7 +339,7 @@ class FxConversion:
 
     async def _await_decision(self, request: FxConversionInput, quote: FxQuote) -> None:
         assert self._expires_at is not None
-        self._set_stage(STAGE_AWAITING)
+        self._progress.enter(STAGE_AWAITING)
         remaining = (self._expires_at - workflow.now()).total_seconds()
         if quote.status is FxQuoteStatus.OPEN and remaining > 0 and not self._decided():
             # Whole seconds, rounded up: the validator refuses confirms from
@@ -366,7 +358,7 @@ class FxConversion:
         )
 
     async def _post(self, request: FxConversionInput, quote: FxQuote) -> ConversionLegs:
-        self._set_stage(STAGE_CONVERTING)
+        self._progress.enter(STAGE_CONVERTING)
         sell_wallet = accounts.wallet(request.customer_id, quote.sell_currency)
         buy_wallet = accounts.wallet(request.customer_id, quote.buy_currency)
         fees = accounts.revenue_fees(quote.sell_currency)
@@ -422,7 +414,7 @@ class FxConversion:
         self, request: FxConversionInput, result: FxConversionResult
     ) -> bool:
         """Tell the customer; True when sent. Never raises: the conversion stands."""
-        self._set_stage(STAGE_NOTIFYING)
+        self._progress.enter(STAGE_NOTIFYING)
         sell, buy = result.sell_currency, result.buy_currency
         sending = asyncio.ensure_future(
             step(
@@ -495,7 +487,8 @@ class FxConversion:
             raise refused(Refusal.CANCELLED, "the conversion was cancelled")
         if self._quote is None or self._expires_at is None:
             raise refused(
-                Refusal.WRONG_STATE, f"there is no quote to confirm yet (stage: {self._stage})"
+                Refusal.WRONG_STATE,
+                f"there is no quote to confirm yet (stage: {self._progress.stage})",
             )
         if workflow.now() >= self._expires_at:
             raise refused(
@@ -538,7 +531,7 @@ class FxConversion:
         return FxStatus(
             request_id=request.request_id,
             customer_id=request.customer_id,
-            stage=self._stage,
+            stage=self._progress.stage,
             outcome=self._result.outcome if self._result else None,
             reason=self._result.reason if self._result else (self._failure or ""),
             sell_currency=request.sell_currency,
@@ -564,7 +557,9 @@ class FxConversion:
         """The code a request refused because the process ended is answered."""
         if self._result is None:
             return (
-                Refusal.CANCELLED if self._stage == FxOutcome.CANCELLED.value else Refusal.FINISHED
+                Refusal.CANCELLED
+                if self._progress.stage == FxOutcome.CANCELLED.value
+                else Refusal.FINISHED
             )
         return self._declined_as or END_REFUSALS[self._result.outcome]
 
@@ -572,7 +567,7 @@ class FxConversion:
         """How the process ended, starting with the outcome's word."""
         if self._result is not None:
             return self._result.summary()
-        return self._failure or self._stage
+        return self._failure or self._progress.stage
 
     def _conclude(
         self, outcome: FxOutcome, reason: str, legs: ConversionLegs | None = None
@@ -602,7 +597,7 @@ class FxConversion:
         )
         self._result = result
         if not converted:
-            self._set_stage(outcome.value)
+            self._progress.enter(outcome.value)
         return result
 
     def _details(self) -> str:
@@ -610,7 +605,7 @@ class FxConversion:
         assert request is not None
         details = (
             f"FX {request.sell_currency.value} -> {request.buy_currency.value}"
-            f" for {request.customer_id}: {self._stage}"
+            f" for {request.customer_id}: {self._progress.stage}"
         )
         quote = self._quote
         if quote is not None:
@@ -623,11 +618,6 @@ class FxConversion:
         if self._result is not None and self._result.outcome is not FxOutcome.CONVERTED:
             details += f" | {self._result.reason}"
         return details
-
-    def _set_stage(self, stage: str) -> None:
-        self._stage = stage
-        workflow.set_current_details(self._details())
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
 
 
 def _error_type(error: ActivityError) -> str | None:
