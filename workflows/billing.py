@@ -70,9 +70,10 @@ with workflow.unsafe.imports_passed_through():
     from schemas.ledger import TransferRequest
     from schemas.money import Currency
     from schemas.periods import PERIOD_NOT_ENDED_ERROR, month_not_ended
-    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
+    from workflows.process import ProcessStage
     from workflows.steps import step, step_key
 
 BILLING_WORKFLOW = "Billing"
@@ -128,7 +129,7 @@ class Billing:
     @workflow.init
     def __init__(self, request: BillingInput) -> None:
         self._input = request
-        self._stage = "starting"
+        self._progress = ProcessStage("starting", self._details)
         self._fees: list[FeeCharge] = []
         # The fee whose posting is awaited, with its card: a cancellation
         # leaves its outcome to learn.
@@ -139,21 +140,21 @@ class Billing:
 
     @workflow.run
     async def run(self, request: BillingInput) -> BillingResult:
-        workflow.upsert_search_attributes([CUSTOMER_ID.value_set(request.customer_id)])
+        self._progress.search(CUSTOMER_ID.value_set(request.customer_id))
         try:
             result = await self._bill(request)
         # Failures and cancellation, but not the SDK's eviction of a cached workflow.
         except (Exception, asyncio.CancelledError) as error:
             if not is_cancellation(error):
-                self._set_stage("failed")
+                self._progress.enter("failed")
                 raise
             if self._charging is not None and workflow.patched(CANCELLED_FEE_PATCH):
                 card, fee = self._charging
                 await shielded(self._charge(request, card, fee))
-            self._set_stage("cancelled")
+            self._progress.enter("cancelled")
             raise
         waived = any(fee.status == "waived" for fee in self._fees)
-        self._set_stage(WAIVED_STATUS if waived else BILLED_STATUS)
+        self._progress.enter(WAIVED_STATUS if waived else BILLED_STATUS)
         return result
 
     @workflow.query(name=STATUS_QUERY)
@@ -161,17 +162,15 @@ class Billing:
         return BillingStatus(
             customer_id=self._input.customer_id,
             period=self._input.period,
-            stage=self._stage,
+            stage=self._progress.stage,
             fees=self._fees,
             statement=self._statement,
         )
 
-    def _set_stage(self, stage: str) -> None:
-        self._stage = stage
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
+    def _details(self) -> str:
         charged = sum(f.amount_minor for f in self._fees if f.status == "charged")
-        workflow.set_current_details(
-            f"Billing {self._input.customer_id} for {self._input.period}: {stage}"
+        return (
+            f"Billing {self._input.customer_id} for {self._input.period}: {self._progress.stage}"
             f" | {len(self._fees)} cards, {charged} minor units of fees charged"
             + (f" | statement {self._statement.html_path}" if self._statement else "")
         )
@@ -189,7 +188,7 @@ class Billing:
             raise ApplicationError(
                 f"period {request.period} has not begun", type="PeriodNotBegun", non_retryable=True
             )
-        self._set_stage("finding_cards")
+        self._progress.enter("finding_cards")
         cards = await step(
             request,
             BillingActivities.active_cards,
@@ -200,9 +199,9 @@ class Billing:
                 limit=request.policy.cards_max,
             ),
         )
-        self._set_stage("charging_fees")
+        self._progress.enter("charging_fees")
         await self._charge_fees(request, cards)
-        self._set_stage("writing_statement")
+        self._progress.enter("writing_statement")
         self._statement = await step(
             request,
             BillingActivities.write_statement,
@@ -277,9 +276,10 @@ class Billing:
             )
         )
         charged = sum(f.amount_minor for f in self._fees if f.status == "charged")
-        workflow.upsert_search_attributes(
-            [AMOUNT_MINOR.value_set(charged), CURRENCY.value_set(card.currency.value)]
+        self._progress.search(
+            AMOUNT_MINOR.value_set(charged), CURRENCY.value_set(card.currency.value)
         )
+        self._progress.show()
 
 
 @workflow.defn(name=BILLING_RUN_WORKFLOW)
@@ -288,7 +288,7 @@ class BillingRun:
     def __init__(self, request: BillingRunInput) -> None:
         self._input = request
         self._period = request.period or ""
-        self._stage = "starting"
+        self._progress = ProcessStage("starting", self._details)
         self._started = request.started
         self._already_billed = request.already_billed
         self._failed = list(request.failed)
@@ -302,7 +302,7 @@ class BillingRun:
             done = await self._bill_pages(request)
         # Failures and cancellation, but not the SDK's eviction of a cached workflow.
         except (Exception, asyncio.CancelledError) as error:
-            self._set_stage("cancelled" if is_cancellation(error) else "failed")
+            self._progress.enter("cancelled" if is_cancellation(error) else "failed")
             raise
         if not done:
             workflow.continue_as_new(
@@ -316,7 +316,7 @@ class BillingRun:
                     }
                 )
             )
-        self._set_stage("failed_some" if self._failed else "done")
+        self._progress.enter("failed_some" if self._failed else "done")
         return BillingRunResult(
             period=self._period,
             started=self._started,
@@ -328,17 +328,15 @@ class BillingRun:
     def status(self) -> BillingRunStatus:
         return BillingRunStatus(
             period=self._period,
-            stage=self._stage,
+            stage=self._progress.stage,
             started=self._started,
             already_billed=self._already_billed,
             failed=self._failed,
         )
 
-    def _set_stage(self, stage: str) -> None:
-        self._stage = stage
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
-        workflow.set_current_details(
-            f"Billing run {self._period}: {stage} | {self._started} billed now,"
+    def _details(self) -> str:
+        return (
+            f"Billing run {self._period}: {self._progress.stage} | {self._started} billed now,"
             f" {self._already_billed} billed before, {len(self._failed)} failed"
         )
 
@@ -353,7 +351,7 @@ class BillingRun:
                 raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
         self._after = request.after
         for _ in range(request.policy.pages_per_run_max):
-            self._set_stage("billing")
+            self._progress.enter("billing")
             page = await step(
                 request,
                 BillingActivities.customers_page,
