@@ -86,6 +86,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.tron import Deposit
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
+    from workflows.process import Finished, Saga
     from workflows.steps import step, step_key, wait_for
 
 T = TypeVar("T")
@@ -134,15 +135,6 @@ def topup_start_metadata(request: TopupInput) -> StartMetadata:
     )
 
 
-class Finished(Exception):
-    """The top-up reached an outcome (not an error)."""
-
-    def __init__(self, outcome: TopupOutcome, reason: str) -> None:
-        super().__init__(reason)
-        self.outcome: TopupOutcome = outcome
-        self.reason = reason
-
-
 def failure_reason(error: BaseException) -> str:
     """The innermost message of an activity failure: what actually went wrong."""
     while isinstance(error, ActivityError) and error.cause is not None:
@@ -182,7 +174,7 @@ class Topup:
         self._reversal_failed = False
         self._compensation = ""
         self._outcome: TopupOutcome | None = None
-        self._compensations: list[Callable[[], Awaitable[None]]] = []
+        self._saga = Saga()
         # The step whose activity is awaited, run again to learn its outcome
         # (and register its undo) when a cancellation interrupts it.
         self._interrupted: Callable[[], Awaitable[object]] | None = None
@@ -201,9 +193,10 @@ class Topup:
             await self._topup(request)
             raise AssertionError("the top-up ended without an outcome")
         except Finished as finished:
-            outcome, reason = finished.outcome, finished.reason
-            if outcome != "credited" and self._compensations:
-                await self._compensate()
+            outcome: TopupOutcome = finished.outcome
+            reason = finished.reason
+            if outcome != "credited":
+                await self._saga.compensate()
         # Failures and cancellation, but not the SDK's eviction of a cached
         # workflow, which must never run compensations.
         except (Exception, asyncio.CancelledError) as error:
@@ -216,7 +209,7 @@ class Topup:
                 await shielded(self._learn(self._interrupted))
             credited = bool(self._credit)
             self._set_stage("compensating")
-            await asyncio.shield(asyncio.ensure_future(self._compensate()))
+            await self._saga.compensate()
             if cancelled or not credited:
                 # Nothing reached the wallet (or it was cancelled): the
                 # failure itself is the outcome an operator sees.
@@ -231,11 +224,6 @@ class Topup:
         self._set_stage(outcome.replace("_", " "), searchable=True)
         self._flush_search_attributes()
         return self._result(outcome, reason)
-
-    async def _compensate(self) -> None:
-        for undo in reversed(self._compensations):
-            await undo()
-        self._compensations.clear()
 
     async def _learn(self, interrupted: Callable[[], Awaitable[object]]) -> None:
         """Run an interrupted step again: the ledger (or the usage table) answers
@@ -434,7 +422,7 @@ class Topup:
         )
         if decision.reserved and not self._usage_reserved:
             self._usage_reserved = True
-            self._compensations.append(self._release_usage)
+            self._saga.done(self._release_usage)
         return decision
 
     async def _await_review(self, kind: ReviewKind, reason: str) -> TopupReview:
@@ -516,7 +504,7 @@ class Topup:
             )
         self._credit = items
         self._credited_minor, self._fee_minor, self._wallet_currency = credited, fee, currency
-        self._compensations.append(self._reverse_credit)
+        self._saga.done(self._reverse_credit)
 
     async def _collect_debt(self, customer_id: str, currency: Currency) -> None:
         """Recover the customer's recorded debt in `currency` (a lost dispute's
@@ -567,7 +555,7 @@ class Topup:
             return False
         self._debt_collection = [collection]
         self._debt_collected_minor = collection.amount_minor
-        self._compensations.append(self._reverse_debt_collection)
+        self._saga.done(self._reverse_debt_collection)
         workflow.set_current_details(self._details())
         return True
 
