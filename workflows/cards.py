@@ -26,7 +26,7 @@ for a new card and starts the replacement's entity once it is activated.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -70,11 +70,12 @@ with workflow.unsafe.imports_passed_through():
     from schemas.ledger import TransferRequest
     from schemas.providers import ISSUER
     from schemas.refusals import Refusal, refused
-    from schemas.search import CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from schemas.search import CARD_ID, CURRENCY, CUSTOMER_ID, PROVIDER
     from workflows.cancellation import is_cancellation
     from workflows.card_money import CardMoney
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.onboarding import wallet_code
+    from workflows.process import ProcessStage, Saga
     from workflows.steps import step, step_key, wait_for
 
 CARD_ISSUE_WORKFLOW = "CardIssue"
@@ -216,11 +217,11 @@ def fee_account(currency: str) -> str:
 class CardIssue:
     def __init__(self) -> None:
         self._input: CardIssueInput | None = None
-        self._stage = "starting"
+        self._progress = ProcessStage("starting", self._details)
         self._card: Card | None = None
         self._shipping: ShippingUpdate | None = None
         self._activated = False
-        self._compensations: list[Callable[[], Awaitable[None]]] = []
+        self._saga = Saga()
 
     # ----- platform: the saga ---------------------------------------------
 
@@ -229,21 +230,19 @@ class CardIssue:
         self._input = request
         # Attributes added to an upsert the workflow already issues here keep
         # its commands as they were: histories of older runs still replay.
-        workflow.upsert_search_attributes(
-            [
-                CUSTOMER_ID.value_set(request.customer_id),
-                CURRENCY.value_set(request.currency.value),
-                PROVIDER.value_set(ISSUER),
-            ]
+        self._progress.search(
+            CUSTOMER_ID.value_set(request.customer_id),
+            CURRENCY.value_set(request.currency.value),
+            PROVIDER.value_set(ISSUER),
         )
         try:
             return await self._issue(request)
         # Failures and cancellation, but not the SDK's eviction of a cached
         # workflow, which must never run compensations.
         except (Exception, asyncio.CancelledError) as error:
-            self._set_stage("compensating")
-            await asyncio.shield(asyncio.ensure_future(self._compensate()))
-            self._set_stage("cancelled" if is_cancellation(error) else "failed")
+            self._progress.enter("compensating")
+            await self._saga.compensate()
+            self._progress.enter("cancelled" if is_cancellation(error) else "failed")
             await asyncio.shield(
                 asyncio.ensure_future(
                     self._notify(
@@ -255,16 +254,12 @@ class CardIssue:
             )
             raise
 
-    async def _compensate(self) -> None:
-        for undo in reversed(self._compensations):
-            await undo()
-
     # ----- business steps -------------------------------------------------
 
     async def _issue(self, request: CardIssueInput) -> CardIssueResult:
         if request.reissue is not None:
             return await self._follow_replacement(request, request.reissue)
-        self._set_stage("checking the customer")
+        self._progress.enter("checking the customer")
         kyc = await step(request, CustomerActivities.get_kyc_status, request.customer_id)
         if kyc is not KycStatus.APPROVED:
             raise ApplicationError(
@@ -282,7 +277,7 @@ class CardIssue:
         if fee:
             await self._charge_fee(request, fee)
 
-        self._set_stage("creating the card at the issuer")
+        self._progress.enter("creating the card at the issuer")
         # The input's validator: a new card always comes with an address.
         assert request.address is not None
         cardholder_id = await step(
@@ -306,8 +301,8 @@ class CardIssue:
             ),
         )
         self._card = card
-        self._compensations.append(self._close_card)
-        workflow.upsert_search_attributes([CARD_ID.value_set(card.id)])
+        self._saga.done(self._close_card)
+        self._progress.search(CARD_ID.value_set(card.id))
         await step(
             request,
             CardActivities.record_card,
@@ -334,7 +329,7 @@ class CardIssue:
                 workflows_task_queue=request.workflows_task_queue,
             )
         )
-        self._set_stage("open")
+        self._progress.enter("open")
         await self._notify(
             "ready",
             f"Your {request.kind} card is ready",
@@ -355,12 +350,12 @@ class CardIssue:
         card = reissue.card
         self._card = card
         # Never delivered or never activated: the replacement is closed at the issuer.
-        self._compensations.append(self._close_card)
-        workflow.upsert_search_attributes([CARD_ID.value_set(card.id)])
+        self._saga.done(self._close_card)
+        self._progress.search(CARD_ID.value_set(card.id))
         if request.kind == "physical":
             await self._deliver(request)
         await start_card_entity(reissue.entity.model_copy(update={"state": CardState.OPEN}))
-        self._set_stage("open")
+        self._progress.enter("open")
         await self._notify(
             "ready",
             f"Your replacement {request.kind} card is ready",
@@ -371,7 +366,7 @@ class CardIssue:
         )
 
     async def _charge_fee(self, request: CardIssueInput, fee: int) -> None:
-        self._set_stage("charging the issuance fee")
+        self._progress.enter("charging the issuance fee")
         revenue = fee_account(request.currency.value)
         await step(request, LedgerActivities.open_account, system_account(revenue))
         wallet = wallet_code(request.customer_id, request.currency.value)
@@ -387,7 +382,7 @@ class CardIssue:
         except ActivityError as error:
             if is_cancellation(error) and workflow.patched(CARD_ISSUE_INTERRUPTED_FEE_PATCH):
                 # The fee may post all the same: undone if the ledger says so.
-                self._compensations.append(lambda: self._refund_if_charged(charge))
+                self._saga.done(lambda: self._refund_if_charged(charge))
             raise
         if not charged.accepted:
             raise ApplicationError(
@@ -396,7 +391,7 @@ class CardIssue:
                 non_retryable=True,
             )
 
-        self._compensations.append(lambda: self._refund_fee(charge))
+        self._saga.done(lambda: self._refund_fee(charge))
 
     async def _refund_fee(self, charge: TransferRequest) -> None:
         await step(
@@ -420,7 +415,7 @@ class CardIssue:
             await self._refund_fee(charge)
 
     async def _deliver(self, request: CardIssueInput) -> None:
-        self._set_stage("shipping")
+        self._progress.enter("shipping")
         delivered = await wait_for(
             lambda: (
                 self._shipping is not None
@@ -439,7 +434,7 @@ class CardIssue:
                 type="NotDelivered",
                 non_retryable=True,
             )
-        self._set_stage("delivered: waiting for activation")
+        self._progress.enter("delivered: waiting for activation")
         if not await wait_for(lambda: self._activated, request.policy.activation_wait_seconds):
             raise ApplicationError(
                 "the card was not activated in time", type="NotActivated", non_retryable=True
@@ -462,7 +457,7 @@ class CardIssue:
             self._shipping.status
         ):
             self._shipping = update
-            workflow.set_current_details(self._details())
+            self._progress.show()
 
     @workflow.update(name=RESCHEDULE_UPDATE)
     async def reschedule_delivery(self, change: RescheduleDelivery) -> str:
@@ -522,7 +517,7 @@ class CardIssue:
     def status(self) -> CardIssueStatus:
         return CardIssueStatus(
             request_id=self._input.request_id if self._input else "",
-            stage=self._stage,
+            stage=self._progress.stage,
             card_id=self._card.id if self._card else None,
             shipping=self._shipping,
         )
@@ -555,7 +550,7 @@ class CardIssue:
         )
 
     def _details(self) -> str:
-        details = f"Card issuing: {self._stage}"
+        details = f"Card issuing: {self._progress.stage}"
         if self._shipping is not None:
             details += (
                 f" | shipping {self._shipping.status.value}"
@@ -564,11 +559,6 @@ class CardIssue:
                 f" ETA {self._shipping.eta or '-'}"
             )
         return details
-
-    def _set_stage(self, stage: str) -> None:
-        self._stage = stage
-        workflow.set_current_details(self._details())
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
 
     @property
     def _queues(self) -> CardIssueInput:
@@ -589,8 +579,10 @@ class CardEntity:
         self._money = CardMoney(card)
         # Issuer events wait here and are applied in order by the run loop.
         self._inbox: list[CardNetworkEvent] = []
-        # The ProcessStatus last upserted (CARD_SEARCH_ATTRIBUTES_PATCH).
-        self._status_published: str | None = None
+        # The card's ProcessStatus as its stage (its state, STATUS_EXCEPTION
+        # or STATUS_REPLACED), with its details; "starting" (no status) until
+        # the run upserts the first.
+        self._progress = ProcessStage("starting", self._details)
         # The run loop's units of work (an expiry pass, one issuer event),
         # started and done: what a decision waits for
         # (CARD_DECISIONS_AFTER_EVENTS_PATCH).
@@ -602,14 +594,11 @@ class CardEntity:
     @workflow.run
     async def run(self, card: CardInput) -> str:
         assert self._state is not None
-        workflow.upsert_search_attributes(
-            [
-                CARD_ID.value_set(card.card_id),
-                CUSTOMER_ID.value_set(card.customer_id),
-                PROCESS_STATUS.value_set(card.state.value),
-            ]
+        self._progress.enter(
+            card.state.value,
+            CARD_ID.value_set(card.card_id),
+            CUSTOMER_ID.value_set(card.customer_id),
         )
-        self._status_published = card.state.value
         if (
             self._money.durable
             and self._state.state is CardState.CLOSED
@@ -618,8 +607,8 @@ class CardEntity:
             # A run started for late money on a card already closed.
             self._state.closed_at = workflow.now()
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
-            workflow.upsert_search_attributes(
-                [CURRENCY.value_set(card.currency.value), PROVIDER.value_set(ISSUER)]
+            self._progress.search(
+                CURRENCY.value_set(card.currency.value), PROVIDER.value_set(ISSUER)
             )
         self._show()
         while True:
@@ -735,23 +724,18 @@ class CardEntity:
         return state.closed_at + timedelta(seconds=state.policy.closed_linger_seconds)
 
     def _show(self) -> None:
-        state = self._state
-        assert state is not None
-        held = sum(r.held_minor for r in state.authorizations.values())
-        details = f"Card {state.card_id}: {state.state.value}"
-        if state.authorizations:
-            details += f" | {len(state.authorizations)} open authorizations holding {held}"
-        exceptions = self._money.open_exceptions()
-        if exceptions:
-            details += f" | {len(exceptions)} exceptions for an operator"
-        workflow.set_current_details(details)
+        """Show the card's details; under CARD_SEARCH_ATTRIBUTES_PATCH also its
+        ProcessStatus, when it changed."""
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
             self._publish_status()
+        else:
+            self._progress.show()
 
     def _publish_status(self) -> None:
-        """Upsert the card's ProcessStatus when it changed: STATUS_EXCEPTION while
-        an exception waits for an operator, STATUS_REPLACED once replaced, else
-        the card's state."""
+        """Enter the card's ProcessStatus (upserted) when it changed:
+        STATUS_EXCEPTION while an exception waits for an operator,
+        STATUS_REPLACED once replaced, else the card's state. The details are
+        shown either way."""
         state = self._state
         assert state is not None
         if self._money.open_exceptions():
@@ -760,9 +744,24 @@ class CardEntity:
             status = STATUS_REPLACED
         else:
             status = state.state.value
-        if status != self._status_published:
-            workflow.upsert_search_attributes([PROCESS_STATUS.value_set(status)])
-            self._status_published = status
+        if status != self._progress.stage:
+            self._progress.enter(status)
+        else:
+            self._progress.show()
+
+    def _details(self) -> str:
+        state = self._state
+        assert state is not None
+        held = sum(r.held_minor for r in state.authorizations.values())
+        details = f"Card {state.card_id}: {state.state.value}"
+        if state.replaced_by:
+            details += f", replaced by {state.replaced_by}"
+        if state.authorizations:
+            details += f" | {len(state.authorizations)} open authorizations holding {held}"
+        exceptions = self._money.open_exceptions()
+        if exceptions:
+            details += f" | {len(exceptions)} exceptions for an operator"
+        return details
 
     async def _change(self, target: CardState, change: CardStateChange) -> str:
         assert self._state is not None
@@ -781,8 +780,7 @@ class CardEntity:
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
             self._publish_status()
         else:
-            workflow.upsert_search_attributes([PROCESS_STATUS.value_set(target.value)])
-        workflow.set_current_details(f"Card {self._state.card_id}: {target.value}")
+            self._progress.enter(target.value)
         return target.value
 
     def _require(self, *allowed: CardState) -> None:
@@ -941,10 +939,7 @@ class CardEntity:
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
             self._publish_status()
         else:
-            workflow.upsert_search_attributes([PROCESS_STATUS.value_set(STATUS_REPLACED)])
-        workflow.set_current_details(
-            f"Card {state.card_id}: reported {reason}, replaced by {replacement.id}"
-        )
+            self._progress.enter(STATUS_REPLACED)
         return str(replacement.id)
 
     @workflow.query
