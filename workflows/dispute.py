@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -83,11 +82,11 @@ with workflow.unsafe.imports_passed_through():
         CARD_ID,
         CURRENCY,
         CUSTOMER_ID,
-        PROCESS_STATUS,
         PROVIDER,
     )
     from workflows.cancellation import is_cancellation
     from workflows.metadata import StartMetadata, start_metadata
+    from workflows.process import ProcessStage, Saga
     from workflows.steps import step, step_key, wait_for
 
 DISPUTE_WORKFLOW = "Dispute"
@@ -158,15 +157,12 @@ def dispute_start_metadata(request: DisputeInput) -> StartMetadata:
     )
 
 
-Compensation = Callable[[], Awaitable[None]]
-
-
 @workflow.defn(name=DISPUTE_WORKFLOW)
 class DisputeWorkflow:
     @workflow.init
     def __init__(self, request: DisputeInput) -> None:
         self._input = request
-        self._stage = "starting"
+        self._progress = ProcessStage("starting", self._details)
         self._final = False
         self._transaction: DisputedTransaction | None = None
         self._evidence: list[EvidenceItem] = []
@@ -187,26 +183,27 @@ class DisputeWorkflow:
         self._reversed_minor = 0
         self._debt_minor = 0
         self._final_credit_minor = 0
-        self._compensations: list[Compensation] = []
+        self._saga = Saga()
 
     # ----- platform: search attributes, compensations, handlers ----------------
 
     @workflow.run
     async def run(self, request: DisputeInput) -> DisputeResult:
-        workflow.upsert_search_attributes(
-            [CUSTOMER_ID.value_set(request.customer_id), PROVIDER.value_set(ISSUER)]
+        self._progress.search(
+            CUSTOMER_ID.value_set(request.customer_id), PROVIDER.value_set(ISSUER)
         )
         try:
             outcome, reason = await self._dispute(request)
         except (Exception, asyncio.CancelledError) as error:
-            await asyncio.shield(asyncio.ensure_future(self._compensate()))
+            # A failing undo step is logged and the next one runs.
+            await self._saga.compensate(keep_going=True)
             self._final = True
-            self._set_stage("cancelled" if is_cancellation(error) else "failed")
+            self._progress.enter("cancelled" if is_cancellation(error) else "failed")
             raise
         self._final = True
         # Every update and signal is handled before the result is final.
         await workflow.wait_condition(workflow.all_handlers_finished)
-        self._set_stage(outcome)
+        self._progress.enter(outcome)
         transaction = self._transaction
         return DisputeResult(
             transaction_id=request.transaction_id,
@@ -221,18 +218,10 @@ class DisputeWorkflow:
             final_credit_minor=self._final_credit_minor,
         )
 
-    async def _compensate(self) -> None:
-        for compensation in reversed(self._compensations):
-            try:
-                await compensation()
-            except (Exception, asyncio.CancelledError) as error:
-                workflow.logger.error("dispute compensation failed: %s", error)
-        self._compensations.clear()
-
     # ----- business steps -----------------------------------------------------
 
     async def _dispute(self, request: DisputeInput) -> tuple[DisputeOutcome, str]:
-        self._set_stage("checking")
+        self._progress.enter("checking")
         transaction = await step(
             request, DisputeLedgerActivities.load_transaction, request.transaction_id
         )
@@ -241,18 +230,16 @@ class DisputeWorkflow:
             return "refused", refusal
         assert transaction is not None
         self._transaction = transaction
-        workflow.upsert_search_attributes(
-            [
-                CARD_ID.value_set(transaction.card_id),
-                AMOUNT_MINOR.value_set(self._amount_minor()),
-                CURRENCY.value_set(transaction.currency.value),
-            ]
+        self._progress.search(
+            CARD_ID.value_set(transaction.card_id),
+            AMOUNT_MINOR.value_set(self._amount_minor()),
+            CURRENCY.value_set(transaction.currency.value),
         )
 
         self._deadline_at = workflow.now() + timedelta(
             seconds=request.policy.evidence_window_seconds
         )
-        self._set_stage(WAITING_FOR_EVIDENCE)
+        self._progress.enter(WAITING_FOR_EVIDENCE)
         submitted = await wait_for(
             lambda: self._submitted or self._withdraw is not None,
             request.policy.evidence_window_seconds,
@@ -271,7 +258,7 @@ class DisputeWorkflow:
         decided = await self._await_decision()
         # A decision is final: nothing left to compensate, and its ledger legs
         # complete even if the process is cancelled meanwhile.
-        self._compensations.clear()
+        self._saga.clear()
         closing = asyncio.ensure_future(self._close(decided))
         try:
             return await asyncio.shield(closing)
@@ -297,7 +284,7 @@ class DisputeWorkflow:
 
     async def _open_at_issuer(self, transaction: DisputedTransaction) -> str | None:
         """Open the dispute at the issuer; the issuer's refusal, if it refused."""
-        self._set_stage("submitting")
+        self._progress.enter("submitting")
         request = self._input
         evidence = list(self._evidence)
         opening = IssuerDisputeRequest(
@@ -308,7 +295,7 @@ class DisputeWorkflow:
             evidence=evidence,
         )
         # Registered before the call: a cancellation may interrupt it after the issuer opened it.
-        self._compensations.append(functools.partial(self._withdraw_opened, opening))
+        self._saga.done(functools.partial(self._withdraw_opened, opening))
         try:
             dispute = await step(request, DisputeProviderActivities.issuer_open, opening)
         except ActivityError as error:
@@ -397,7 +384,7 @@ class DisputeWorkflow:
         """Credit the wallet provisionally, once."""
         transaction = self._transaction
         assert transaction is not None
-        self._set_stage("crediting provisionally")
+        self._progress.enter("crediting provisionally")
         self._credit_now = False
         provisional = disputes_provisional(transaction.currency)
         await step(self._input, LedgerActivities.open_accounts, [system_account(provisional)])
@@ -410,7 +397,7 @@ class DisputeWorkflow:
             currency=transaction.currency,
         )
         # Registered before the transfer: a cancellation may interrupt it after it posted.
-        self._compensations.append(functools.partial(self._undo_credit, crediting))
+        self._saga.done(functools.partial(self._undo_credit, crediting))
         outcome = await step(self._input, LedgerActivities.transfer, crediting)
         if not outcome.accepted:
             # E.g. a closed wallet: an operator credits by hand; never retried here.
@@ -423,7 +410,7 @@ class DisputeWorkflow:
                 f"We credited {self._money(amount)} while your dispute is reviewed",
                 "The credit is provisional until the card network decides.",
             )
-        self._set_stage(self._issuer_stage())
+        self._progress.enter(self._issuer_stage())
 
     async def _undo_credit(self, crediting: TransferRequest) -> None:
         """Compensation: take the provisional credit back. Not knowing whether it
@@ -438,7 +425,7 @@ class DisputeWorkflow:
 
     async def _escalate(self) -> None:
         """Answer the merchant's representment: send new evidence, go to pre-arbitration."""
-        self._set_stage("answering the representment")
+        self._progress.enter("answering the representment")
         await self._send_new_evidence()
         self._escalated = True
         self._answer_requested = False
@@ -457,7 +444,7 @@ class DisputeWorkflow:
             # The network decided first: read where it stands.
             workflow.logger.warning("pre-arbitration refused: %s", error.cause or error)
             await self._refresh()
-        self._set_stage(self._issuer_stage())
+        self._progress.enter(self._issuer_stage())
 
     async def _send_new_evidence(self) -> None:
         sent = self._sent
@@ -517,14 +504,14 @@ class DisputeWorkflow:
         if decided is None:
             return "undecided", "the network did not decide in time; an operator takes over"
         if decided == DisputeStatus.WON:
-            self._set_stage("settling the chargeback")
+            self._progress.enter("settling the chargeback")
             await self._settle_won(transaction)
             await self._notify(
                 "won", "You won your dispute", f"{self._money(amount)} is yours to keep."
             )
             return "won", "the card network decided for the customer"
         if self._credited_minor:
-            self._set_stage("reversing the provisional credit")
+            self._progress.enter("reversing the provisional credit")
             await self._reverse("reversal")
         if decided == DisputeStatus.LOST:
             await self._notify(
@@ -693,7 +680,8 @@ class DisputeWorkflow:
     def _validate_submit(self, submission: DisputeSubmission) -> None:
         if self._final or self._withdraw is not None:
             raise refused(
-                Refusal.WRONG_STATE, f"the dispute is {self._stage}; nothing can be submitted"
+                Refusal.WRONG_STATE,
+                f"the dispute is {self._progress.stage}; nothing can be submitted",
             )
         if not self._submitted:
             # Submitted while the transaction is still being checked counts too.
@@ -716,7 +704,8 @@ class DisputeWorkflow:
     def _validate_withdraw(self, request: WithdrawRequest) -> None:
         if self._final or self._issuer_status in _DECIDED:
             raise refused(
-                Refusal.WRONG_STATE, f"the dispute is {self._stage}; it can no longer be withdrawn"
+                Refusal.WRONG_STATE,
+                f"the dispute is {self._progress.stage}; it can no longer be withdrawn",
             )
         if self._withdraw is not None:
             raise refused(Refusal.ALREADY_DONE, "the dispute is already being withdrawn")
@@ -738,7 +727,8 @@ class DisputeWorkflow:
     def _validate_operator(self, action: OperatorAction) -> None:
         if self._final or self._issuer_status is None or self._issuer_status in _DECIDED:
             raise refused(
-                Refusal.WRONG_STATE, f"the dispute is {self._stage}; no operator action applies"
+                Refusal.WRONG_STATE,
+                f"the dispute is {self._progress.stage}; no operator action applies",
             )
         if action.action == "credit_now" and (self._credited_minor or self._credit_refused):
             raise refused(
@@ -752,7 +742,7 @@ class DisputeWorkflow:
         transaction = self._transaction
         return DisputeStatusView(
             transaction_id=self._input.transaction_id,
-            stage=self._stage,
+            stage=self._progress.stage,
             reason=self._input.reason,
             customer_id=self._input.customer_id,
             card_id=transaction.card_id if transaction else None,
@@ -794,11 +784,11 @@ class DisputeWorkflow:
         elif status != DisputeStatus.OPEN:
             self._deadline_at = None
         if not self._final and status in _STAGE_OF:
-            self._set_stage(_STAGE_OF[status])
+            self._progress.enter(_STAGE_OF[status])
 
     def _issuer_stage(self) -> str:
         if self._issuer_status is None:
-            return self._stage
+            return self._progress.stage
         return _STAGE_OF.get(self._issuer_status, self._issuer_status.value)
 
     def _amount_minor(self) -> int:
@@ -810,15 +800,12 @@ class DisputeWorkflow:
         assert self._transaction is not None
         return str(Money(amount_minor=amount_minor, currency=self._transaction.currency))
 
-    def _set_stage(self, stage: str) -> None:
-        self._stage = stage
-        workflow.set_current_details(self._details())
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
-
     def _details(self) -> str:
         request = self._input
         transaction = self._transaction
-        lines = [f"Dispute of {request.transaction_id} ({request.reason.value}): {self._stage}"]
+        lines = [
+            f"Dispute of {request.transaction_id} ({request.reason.value}): {self._progress.stage}"
+        ]
         if transaction is not None:
             lines.append(
                 f"disputed {self._money(self._amount_minor())} of the "
