@@ -62,7 +62,11 @@ class ProcessStage:
         self._status = status
         self._batched = batched
         self._pending: dict[str, SearchAttributeUpdate[Any]] = {}
-        self._flushed: dict[str, Any] = {}
+        # What the start set counts as upserted: a flush leaves out a value the
+        # process already has.
+        self._flushed: dict[str, Any] = {
+            pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
+        }
 
     @property
     def stage(self) -> str:

@@ -45,10 +45,9 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar, get_args
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -63,7 +62,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.ledger import TransferBatch, TransferRequest
     from schemas.money import Currency
     from schemas.refusals import Refusal, refused
-    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS, PROVIDER
+    from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROVIDER
     from schemas.topup import (
         SOURCE_PROVIDER,
         CustomerMatchRequest,
@@ -86,7 +85,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.tron import Deposit
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
-    from workflows.process import Finished, Saga
+    from workflows.process import Finished, ProcessStage, Saga
     from workflows.steps import step, step_key, wait_for
 
 T = TypeVar("T")
@@ -97,9 +96,24 @@ DEPOSIT_SIGNAL = "deposit_update"
 REVIEW_UPDATE = "review"
 STATUS_QUERY = "status"
 
+STAGE_TRANSFER = "waiting for the transfer"
+STAGE_DEPOSIT = "waiting for the deposit"
 STAGE_REVIEW = "in operator review"
 STAGE_CONFIRMATIONS = "waiting for confirmations"
 STAGE_CREDITED = "credited"
+# The stages that are their own ProcessStatus: the waits on the outside and
+# the ends (the outcomes, spelled with spaces).
+SEARCHABLE_STAGES = frozenset(
+    {
+        STAGE_TRANSFER,
+        STAGE_DEPOSIT,
+        STAGE_CONFIRMATIONS,
+        STAGE_REVIEW,
+        "cancelled",
+        "failed",
+        *(outcome.replace("_", " ") for outcome in get_args(TopupOutcome)),
+    }
+)
 # ProcessStatus while the process runs its own steps: the money's state, not
 # each step (those are in the details and the status query).
 STATUS_PROCESSING = "processing"
@@ -149,7 +163,11 @@ class Topup:
         # Set before any handler runs: the start signal is handled in the same
         # workflow task as the start, before run() begins.
         self._input = request
-        self._stage = "starting"
+        # Batched: the attributes are upserted when the process next waits on
+        # the outside (a provider, an operator, the chain) or ends, so a stage
+        # passed through in between never reaches the history (the details and
+        # the status query show every stage).
+        self._progress = ProcessStage("starting", self._details, status=self._status, batched=True)
         self._transfer: InboundTransfer | None = None
         self._deposit: Deposit | None = None
         self._amount_minor: int | None = None
@@ -178,17 +196,12 @@ class Topup:
         # The step whose activity is awaited, run again to learn its outcome
         # (and register its undo) when a cancellation interrupts it.
         self._interrupted: Callable[[], Awaitable[object]] | None = None
-        self._search_pending: dict[str, SearchAttributeUpdate[Any]] = {}
-        # What the start already set (a starter passes what it knows).
-        self._search_flushed: dict[str, Any] = {
-            pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
-        }
 
     # ----- platform: outcome, saga --------------------------------------
 
     @workflow.run
     async def run(self, request: TopupInput) -> TopupResult:
-        self._search(PROVIDER.value_set(SOURCE_PROVIDER[request.source]))
+        self._progress.search(PROVIDER.value_set(SOURCE_PROVIDER[request.source]))
         try:
             await self._topup(request)
             raise AssertionError("the top-up ended without an outcome")
@@ -208,21 +221,21 @@ class Topup:
             ):
                 await shielded(self._learn(self._interrupted))
             credited = bool(self._credit)
-            self._set_stage("compensating")
+            self._progress.enter("compensating")
             await self._saga.compensate()
             if cancelled or not credited:
                 # Nothing reached the wallet (or it was cancelled): the
                 # failure itself is the outcome an operator sees.
-                self._set_stage("cancelled" if cancelled else "failed", searchable=True)
-                self._flush_search_attributes()
+                self._progress.enter("cancelled" if cancelled else "failed")
+                self._progress.flush()
                 raise
             outcome = "reversal_failed" if self._reversal_failed else "reversed"
             reason = failure_reason(error)
         # No message is lost: an operator's review in flight finishes first.
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._outcome = outcome
-        self._set_stage(outcome.replace("_", " "), searchable=True)
-        self._flush_search_attributes()
+        self._progress.enter(outcome.replace("_", " "))
+        self._progress.flush()
         return self._result(outcome, reason)
 
     async def _learn(self, interrupted: Callable[[], Awaitable[object]]) -> None:
@@ -259,7 +272,7 @@ class Topup:
 
     async def _bank(self, request: TopupInput) -> None:
         if not await self._wait(
-            "waiting for the transfer",
+            STAGE_TRANSFER,
             lambda: self._transfer is not None,
             request.policy.source_wait_seconds,
         ):
@@ -294,7 +307,7 @@ class Topup:
     async def _usdt(self, request: TopupInput) -> None:
         policy = request.policy
         if not await self._wait(
-            "waiting for the deposit", lambda: self._deposit is not None, policy.source_wait_seconds
+            STAGE_DEPOSIT, lambda: self._deposit is not None, policy.source_wait_seconds
         ):
             raise Finished("expired", "no deposit snapshot arrived")
         assert self._deposit is not None
@@ -349,7 +362,7 @@ class Topup:
     async def _match(self, reference: str, currency: Currency, system: list[str]) -> str:
         """The customer the money belongs to, by match or by an operator; the
         match also says which of the credit's system accounts are not open yet."""
-        self._set_stage("matching the customer")
+        self._progress.enter("matching the customer")
         match = await step(
             self._input,
             TopupActivities.match_customer,
@@ -365,11 +378,11 @@ class Topup:
             customer_id = review.customer_id
             assert customer_id is not None  # the validator and handler insist on it
         self._customer_id = customer_id
-        self._search(CUSTOMER_ID.value_set(customer_id))
+        self._progress.search(CUSTOMER_ID.value_set(customer_id))
         return customer_id
 
     async def _check_limits(self, customer_id: str, amount: int, currency: Currency) -> None:
-        self._set_stage("checking limits")
+        self._progress.enter("checking limits")
         limits = self._input.policy.limits.get(currency)
         money = describe(amount, currency)
         over: str | None = None
@@ -444,9 +457,9 @@ class Topup:
         """A quote with enough life left to post at; expiring ones are replaced."""
         policy = self._input.policy
         for attempt in range(1, policy.quote_attempts_max + 1):
-            self._set_stage("quoting")
+            self._progress.enter("quoting")
             self._quotes_taken = attempt
-            self._flush_search_attributes()
+            self._progress.flush()
             quote = await step(
                 self._input,
                 QuoteActivities.quote,
@@ -462,7 +475,7 @@ class Topup:
             if remaining >= timedelta(seconds=policy.quote_remaining_seconds_min):
                 return quote
             if attempt < policy.quote_attempts_max and policy.requote_delay_seconds:
-                self._flush_search_attributes()
+                self._progress.flush()
                 await workflow.sleep(policy.requote_delay_seconds)
         raise ApplicationError(
             f"no FX quote lived {policy.quote_remaining_seconds_min}s in "
@@ -490,7 +503,7 @@ class Topup:
         self, items: list[TransferRequest], credited: int, fee: int, currency: Currency
     ) -> None:
         """The credit and its fee, all or nothing."""
-        self._set_stage("crediting")
+        self._progress.enter("crediting")
         outcomes = await step(
             self._input, LedgerActivities.submit_batch, TransferBatch(items=items)
         )
@@ -517,7 +530,7 @@ class Topup:
             return
         if not workflow.patched(TOPUP_DEBT_COLLECTION_PATCH):
             return
-        self._set_stage("collecting debt")
+        self._progress.enter("collecting debt")
         debt, source = customer_debt(customer_id, currency), accounts.wallet(customer_id, currency)
         net = self._credited_minor - self._fee_minor
         assert net >= 0  # the fee never exceeds the credit (TopupFee.fee_minor)
@@ -556,12 +569,12 @@ class Topup:
         self._debt_collection = [collection]
         self._debt_collected_minor = collection.amount_minor
         self._saga.done(self._reverse_debt_collection)
-        workflow.set_current_details(self._details())
+        self._progress.show()
         return True
 
     async def _after_credit(self, customer_id: str, currency: Currency) -> None:
         """Record the usage as credited and send the receipt, side by side."""
-        self._set_stage("sending the receipt")
+        self._progress.enter("sending the receipt")
         usage = asyncio.ensure_future(self._set_usage_status("credited"))
         net = describe(self._credited_minor - self._fee_minor, currency)
         fee = describe(self._fee_minor, currency)
@@ -570,7 +583,7 @@ class Topup:
             collected = describe(self._debt_collected_minor, currency)
             body += f" {collected} of it repaid what you owed us."
         try:
-            self._flush_search_attributes()
+            self._progress.flush()
             await step(
                 self._input,
                 TopupReceiptActivities.send_receipt,
@@ -601,7 +614,7 @@ class Topup:
             )
             for leg in reversed(self._credit)
         ]
-        self._set_stage("reversing the credit")
+        self._progress.enter("reversing the credit")
         outcomes = await step(
             self._input, LedgerActivities.submit_batch, TransferBatch(items=reversals)
         )
@@ -625,7 +638,7 @@ class Topup:
     async def _reverse_debt_collection(self) -> None:
         """Give the collected amount back to the wallet (the debt stands again),
         so the credit's own reversal finds the money where it put it."""
-        self._set_stage("reversing the debt collection")
+        self._progress.enter("reversing the debt collection")
         reversals = [
             TransferRequest(
                 key=f"{leg.key}/reversal",
@@ -671,7 +684,7 @@ class Topup:
             return
         if self._deposit is None or deposit_rank(deposit) > deposit_rank(self._deposit):
             self._deposit = deposit
-            workflow.set_current_details(self._details())
+            self._progress.show()
 
     @workflow.update(name=REVIEW_UPDATE)
     async def review(self, decided: TopupReview) -> str:
@@ -700,7 +713,8 @@ class Topup:
             raise refused(Refusal.ALREADY_DONE, "this review was already decided")
         if self._pending is not pending:
             raise refused(
-                Refusal.WRONG_STATE, f"the review is no longer pending (stage: {self._stage})"
+                Refusal.WRONG_STATE,
+                f"the review is no longer pending (stage: {self._progress.stage})",
             )
         if debt_outstanding_minor is not None:
             self._debt_outstanding_minor = debt_outstanding_minor
@@ -713,7 +727,9 @@ class Topup:
         if self._outcome is not None:
             raise refused(Refusal.FINISHED, f"the top-up already finished ({self._outcome})")
         if self._pending is None:
-            raise refused(Refusal.WRONG_STATE, f"no review is pending (stage: {self._stage})")
+            raise refused(
+                Refusal.WRONG_STATE, f"no review is pending (stage: {self._progress.stage})"
+            )
         if self._review is not None:
             raise refused(Refusal.ALREADY_DONE, "this review was already decided")
         if self._pending.kind == "unmatched":
@@ -736,7 +752,7 @@ class Topup:
             workflow_id=workflow.info().workflow_id,
             source=self._input.source,
             external_ref=self._input.external_ref,
-            stage=self._stage,
+            stage=self._progress.stage,
             customer_id=self._customer_id,
             amount_minor=self._amount_minor,
             currency=self._currency,
@@ -760,7 +776,9 @@ class Topup:
 
     def _received(self, amount_minor: int, currency: Currency) -> None:
         self._amount_minor, self._currency = amount_minor, currency
-        self._search(AMOUNT_MINOR.value_set(amount_minor), CURRENCY.value_set(currency.value))
+        self._progress.search(
+            AMOUNT_MINOR.value_set(amount_minor), CURRENCY.value_set(currency.value)
+        )
 
     async def _open_missing_accounts(self) -> None:
         """Open the system accounts the match found missing (the first credit of
@@ -795,7 +813,7 @@ class Topup:
 
     def _details(self) -> str:
         request = self._input
-        details = f"Top-up {request.source} {request.external_ref}: {self._stage}"
+        details = f"Top-up {request.source} {request.external_ref}: {self._progress.stage}"
         if self._amount_minor is not None and self._currency is not None:
             details += f" | {describe(self._amount_minor, self._currency)}"
         if self._customer_id:
@@ -819,39 +837,17 @@ class Topup:
             details += f" | {self._compensation}"
         return details
 
-    def _set_stage(self, stage: str, *, searchable: bool = False) -> None:
-        """The stage in the details and status query; a searchable one (a wait
-        or an outcome) is also the ProcessStatus, else that is "processing"
-        until the credit is posted and "credited" after."""
-        self._stage = stage
-        workflow.set_current_details(self._details())
-        if not searchable:
-            stage = STAGE_CREDITED if self._credit else STATUS_PROCESSING
-        self._search(PROCESS_STATUS.value_set(stage))
-
-    def _search(self, *updates: SearchAttributeUpdate[Any]) -> None:
-        """Search attributes to upsert when the process next waits on the
-        outside (a provider, an operator, the chain) or ends."""
-        for update in updates:
-            self._search_pending[update.key.name] = update
-
-    def _flush_search_attributes(self) -> None:
-        # One upsert of what changed: a stage passed through in between never
-        # reaches the history (the details and status query show every stage).
-        changed = [
-            update
-            for name, update in self._search_pending.items()
-            if self._search_flushed.get(name) != update.value
-        ]
-        self._search_pending.clear()
-        if changed:
-            workflow.upsert_search_attributes(changed)
-            self._search_flushed.update({u.key.name: u.value for u in changed})
+    def _status(self, stage: str) -> str:
+        """A searchable stage (a wait or an outcome) is the ProcessStatus; any
+        other is "processing" until the credit is posted and "credited" after."""
+        if stage in SEARCHABLE_STAGES:
+            return stage
+        return STAGE_CREDITED if self._credit else STATUS_PROCESSING
 
     async def _wait(self, stage: str, condition: Callable[[], bool], seconds: int) -> bool:
         """Wait in `stage` until `condition` (False after `seconds`)."""
         if condition():
             return True
-        self._set_stage(stage, searchable=True)
-        self._flush_search_attributes()
+        self._progress.enter(stage)
+        self._progress.flush()
         return await wait_for(condition, seconds)
