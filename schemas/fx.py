@@ -27,6 +27,7 @@ from pydantic import (
 from schemas.customers import CustomerId
 from schemas.edge import EdgeModel
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Rate
+from schemas.refusals import Refusal
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 from schemas.units import BASIS_POINTS_PER_UNIT
 
@@ -230,6 +231,18 @@ class FxQuoteOffer(BaseModel):
     expires_at: AwareDatetime
 
 
+# The refusal a request meets once the conversion has its outcome (a decline
+# names the ledger's reason instead, in the result's declined_as).
+END_REFUSALS = {
+    FxOutcome.CONVERTED: Refusal.ALREADY_DONE,
+    FxOutcome.DECLINED: Refusal.DECLINED,
+    FxOutcome.EXPIRED: Refusal.QUOTE_EXPIRED,
+    FxOutcome.CANCELLED: Refusal.CANCELLED,
+    FxOutcome.REFUSED: Refusal.NOT_ALLOWED,
+    FxOutcome.FAILED: Refusal.PROVIDER_UNAVAILABLE,
+}
+
+
 class FxConversionResult(BaseModel):
     """How a conversion ended; amounts are zero unless it converted."""
 
@@ -257,6 +270,14 @@ class FxConversionResult(BaseModel):
     # Whether the completion notice went out; a failed notice never undoes a
     # conversion. The confirm update answers before it is sent (False there).
     notified: bool = False
+    # The ledger's refusal, when it declined the batch: insufficient_funds or
+    # declined (a closed wallet, a limit).
+    declined_as: Refusal | None = None
+
+    def refusal(self) -> Refusal:
+        """The code a request is refused with once the conversion ended so
+        (confirming a cancelled one, cancelling a converted one)."""
+        return self.declined_as or END_REFUSALS[self.outcome]
 
     @computed_field  # type: ignore[prop-decorator]
     @property

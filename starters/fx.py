@@ -22,11 +22,12 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from schemas.fx import FxConversionInput, FxConversionResult, FxOutcome, FxQuoteOffer, FxStatus
 from schemas.money import AMOUNT_MINOR_MAX
+from schemas.refusals import Refusal, refused
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from starters import console
@@ -94,7 +95,7 @@ async def wait_quote(client: Client, request_id: str) -> FxQuoteOffer:
         )
     except RPCError as error:
         ended = await _ended(handle, error)
-        _refuse(ended.summary())
+        _refuse(ended.refusal(), ended.summary())
     return offer
 
 
@@ -111,7 +112,7 @@ async def confirm(client: Client, request_id: str) -> FxConversionResult:
         ended = await _ended(handle, error)
         if ended.outcome is FxOutcome.CONVERTED:
             return ended
-        _refuse(ended.summary())
+        _refuse(ended.refusal(), ended.summary())
     return result
 
 
@@ -126,7 +127,7 @@ async def cancel(client: Client, request_id: str) -> str:
         ended = await _ended(handle, error)
         if ended.outcome is FxOutcome.CANCELLED:
             return ended.summary()
-        _refuse(ended.summary())
+        _refuse(ended.refusal(), ended.summary())
 
 
 async def status(client: Client, request_id: str) -> FxStatus:
@@ -155,12 +156,13 @@ async def _ended(
     try:
         return await handle.result()
     except WorkflowFailureError as failure:
-        _refuse(f"the conversion ended without an outcome: {failure.cause}")
+        _refuse(Refusal.FINISHED, f"the conversion ended without an outcome: {failure.cause}")
 
 
-def _refuse(reason: str) -> NoReturn:
-    """Refuse the way Temporal refuses an update, so every caller handles one error."""
-    cause = ApplicationError(reason, non_retryable=True)
+def _refuse(code: Refusal, reason: str) -> NoReturn:
+    """Refuse the way the process refuses an update (its ApplicationError
+    typed with the refusal's code), so every caller handles one error."""
+    cause = refused(code, reason)
     raise WorkflowUpdateFailedError(cause) from cause
 
 

@@ -106,17 +106,6 @@ STAGE_FAILED = "failed"
 # the conversion ends converted; runs recorded before it ended cancelled there.
 NOTICE_CANCELLATION_PATCH = "fx-cancellation-after-posting-keeps-converted"
 
-# The refusal a request meets once the conversion has its outcome (a decline
-# names the ledger's reason instead, where it is insufficient funds).
-END_REFUSALS = {
-    FxOutcome.CONVERTED: Refusal.ALREADY_DONE,
-    FxOutcome.DECLINED: Refusal.DECLINED,
-    FxOutcome.EXPIRED: Refusal.QUOTE_EXPIRED,
-    FxOutcome.CANCELLED: Refusal.CANCELLED,
-    FxOutcome.REFUSED: Refusal.NOT_ALLOWED,
-    FxOutcome.FAILED: Refusal.PROVIDER_UNAVAILABLE,
-}
-
 
 def fx_workflow_id(request_id: str) -> str:
     return f"fx/{request_id}"
@@ -561,7 +550,7 @@ class FxConversion:
                 if self._progress.stage == FxOutcome.CANCELLED.value
                 else Refusal.FINISHED
             )
-        return self._declined_as or END_REFUSALS[self._result.outcome]
+        return self._result.refusal()
 
     def _end_reason(self) -> str:
         """How the process ended, starting with the outcome's word."""
@@ -594,6 +583,7 @@ class FxConversion:
             spread_minor=legs.spread_minor if legs else 0,
             rounding_minor=legs.rounding_minor if legs else 0,
             expires_at=self._expires_at,
+            declined_as=self._declined_as if outcome is FxOutcome.DECLINED else None,
         )
         self._result = result
         if not converted:
