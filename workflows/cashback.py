@@ -69,9 +69,10 @@ with workflow.unsafe.imports_passed_through():
         TransferRequest,
     )
     from schemas.money import Money
-    from schemas.search import AMOUNT_MINOR, CARD_ID, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+    from schemas.search import AMOUNT_MINOR, CARD_ID, CURRENCY, CUSTOMER_ID
     from workflows.cancellation import is_cancellation, shielded
     from workflows.metadata import StartMetadata, start_metadata
+    from workflows.process import ProcessStage
     from workflows.steps import step, step_key, wait_for
 
 CASHBACK_WORKFLOW = "Cashback"
@@ -110,7 +111,7 @@ class Cashback:
     def __init__(self, request: CashbackInput) -> None:
         # Set before any handler runs: a refund may arrive with the start.
         self._input = request
-        self._stage = "starting"
+        self._progress = ProcessStage("starting", self._details, status=self._status_label)
         self._decision = CashbackDecision()
         self._reward_minor = 0
         # The reward batch while its posting is awaited: a cancellation then
@@ -132,29 +133,27 @@ class Cashback:
 
     @workflow.run
     async def run(self, request: CashbackInput) -> CashbackResult:
-        workflow.upsert_search_attributes(
-            [
-                CUSTOMER_ID.value_set(request.customer_id),
-                CARD_ID.value_set(request.card_id),
-                AMOUNT_MINOR.value_set(request.amount_minor),
-                CURRENCY.value_set(request.currency.value),
-            ]
+        self._progress.search(
+            CUSTOMER_ID.value_set(request.customer_id),
+            CARD_ID.value_set(request.card_id),
+            AMOUNT_MINOR.value_set(request.amount_minor),
+            CURRENCY.value_set(request.currency.value),
         )
         try:
             outcome, reason = await self._cashback(request)
         # Failures and cancellation, but not the SDK's eviction of a cached workflow.
         except (Exception, asyncio.CancelledError) as error:
             if not self._cancelled(error):
-                self._set_stage("failed")
+                self._progress.enter("failed")
                 raise
             # Refunds already received are the customer's money back: their
             # clawback still runs, shielded from the cancellation.
             await shielded(self._settle_after_cancel())
-            self._set_stage("cancelled")
+            self._progress.enter("cancelled")
             raise
         # Every refund signal is handled before the result is final.
         await workflow.wait_condition(workflow.all_handlers_finished)
-        self._set_stage(_FINAL_STAGES[outcome])
+        self._progress.enter(_FINAL_STAGES[outcome])
         return CashbackResult(
             transaction_id=request.transaction_id,
             outcome=outcome,
@@ -189,7 +188,7 @@ class Cashback:
     # ----- business steps -----------------------------------------------------
 
     async def _cashback(self, request: CashbackInput) -> tuple[CashbackOutcome, str]:
-        self._set_stage("evaluating")
+        self._progress.enter("evaluating")
         context = await step(
             request,
             CashbackActivities.load_context,
@@ -231,7 +230,7 @@ class Cashback:
 
     async def _pay(self, request: CashbackInput) -> str | None:
         """Pay every reward in one atomic batch; the rejection, if the ledger refused it."""
-        self._set_stage("paying")
+        self._progress.enter("paying")
         expense = expense_cashback(request.currency)
         await step(request, LedgerActivities.open_accounts, [system_account(expense)])
         credit = wallet(request.customer_id, request.currency)
@@ -269,7 +268,7 @@ class Cashback:
         return None
 
     async def _refund_window(self, request: CashbackInput) -> str:
-        self._set_stage("open for refunds")
+        self._progress.enter("open for refunds")
         assert self._window_closes_at is not None
         while True:
             await self._settle_refunds()
@@ -292,7 +291,7 @@ class Cashback:
 
     async def _claw_back(self, refund: CashbackRefund) -> None:
         request = self._input
-        self._set_stage("clawing back")
+        self._progress.enter("clawing back")
         refunded = self._refunded_minor + refund.amount_minor
         target = clawback_target_minor(self._reward_minor, request.amount_minor, refunded)
         due = max(0, target - self._clawed_back_minor)
@@ -311,7 +310,7 @@ class Cashback:
                 detail=detail,
             )
         )
-        self._set_stage("open for refunds")
+        self._progress.enter("open for refunds")
 
     async def _collect(self, refund_id: str, due: int) -> tuple[int, str]:
         """Take `due` from the wallet, or as much of it as the wallet holds."""
@@ -376,7 +375,7 @@ class Cashback:
             workflow.logger.warning("the cashback notification failed: %s", error)
             return
         self._notified = True
-        workflow.set_current_details(self._details())
+        self._progress.show()
 
     # ----- messages -----------------------------------------------------------
 
@@ -399,7 +398,7 @@ class Cashback:
     def status(self) -> CashbackStatus:
         return CashbackStatus(
             transaction_id=self._input.transaction_id,
-            stage=self._stage,
+            stage=self._progress.stage,
             currency=self._input.currency,
             rewards=self._decision.rewards if self._reward_minor else [],
             verdicts=self._decision.verdicts,
@@ -414,11 +413,10 @@ class Cashback:
 
     # ----- helpers ------------------------------------------------------------
 
-    def _set_stage(self, stage: str) -> None:
-        self._stage = stage
-        workflow.set_current_details(self._details())
-        label = SHORTFALL_STATUS if self._shortfall_minor else stage
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(label)])
+    def _status_label(self, stage: str) -> str:
+        """The ProcessStatus of `stage`: SHORTFALL_STATUS once a clawback
+        could not be covered in full, whatever the stage."""
+        return SHORTFALL_STATUS if self._shortfall_minor else stage
 
     def _details(self) -> str:
         request = self._input
@@ -428,7 +426,7 @@ class Cashback:
             return str(Money(amount_minor=amount_minor, currency=currency))
 
         lines = [
-            f"Cashback on {request.transaction_id}: {self._stage}",
+            f"Cashback on {request.transaction_id}: {self._progress.stage}",
             f"purchase {money(request.amount_minor)} at {request.merchant_name or '-'} "
             f"(MCC {request.mcc}) on {request.occurred_at.isoformat()}",
         ]
