@@ -68,13 +68,11 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import (
     RetryPolicy,
     SearchAttributeKey,
-    SearchAttributeUpdate,
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
@@ -117,8 +115,9 @@ with workflow.unsafe.imports_passed_through():
         ScheduledReconciliationResult,
     )
     from schemas.refusals import Refusal, refused
-    from schemas.search import AMOUNT_MINOR, PROCESS_STATUS, PROVIDER
+    from schemas.search import AMOUNT_MINOR, PROVIDER
     from workflows.metadata import StartMetadata, start_metadata
+    from workflows.process import ProcessStage
     from workflows.steps import step, step_key, wait_for
 
 STATUS_QUERY = "status"
@@ -167,7 +166,7 @@ def _rate(part_minor: int, whole_minor: int) -> str:
 class Reconciliation:
     def __init__(self) -> None:
         self._input: ReconciliationInput | None = None
-        self._stage = "starting"
+        self._progress = ProcessStage("starting", self._details)
         self._items: dict[str, ReconciliationItem] = {}
         self._reversals: list[LatePosting] = []
         self._deciding = False
@@ -177,12 +176,12 @@ class Reconciliation:
     @workflow.run
     async def run(self, request: ReconciliationInput) -> ReconciliationResult:
         self._input = request
-        workflow.upsert_search_attributes([PROVIDER.value_set(request.provider)])
+        self._progress.search(PROVIDER.value_set(request.provider))
         refusal = day_not_ended(request.settlement_date, workflow.now())
         if refusal is not None:
             # Started past the starters' check: fail before touching anything,
             # so the day's id stays free for the run once the day is over.
-            self._set_stage("refused")
+            self._progress.enter("refused")
             raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
         result = await self._reconcile(request)
         self._deciding = False
@@ -193,7 +192,7 @@ class Reconciliation:
 
     async def _reconcile(self, request: ReconciliationInput) -> ReconciliationResult:
         policy = request.policy
-        self._set_stage("downloading")
+        self._progress.enter("downloading")
         # Its own timeouts and heartbeat: a long report resumes from its last page.
         download = await workflow.execute_activity_method(
             ReconciliationProviderActivities.download,
@@ -217,10 +216,10 @@ class Reconciliation:
         late = await self._find_late_postings(request)
         if late:
             await self._open_accounts({found.fix.difference.currency for found in late})
-            self._set_stage("reversing_late_postings")
+            self._progress.enter("reversing_late_postings")
             for found in late:
                 await self._reverse_late_posting(found)
-        self._set_stage("matching")
+        self._progress.enter("matching")
         matched = await step(
             request,
             ReconciliationLedgerActivities.match,
@@ -236,7 +235,7 @@ class Reconciliation:
         currencies = {item.difference.currency for item in self._items.values()}
         if currencies:
             await self._open_accounts(currencies)
-        self._set_stage("fixing")
+        self._progress.enter("fixing")
         for item in self._items.values():
             if item.state == "auto_fixed":
                 await self._post_fix(item)
@@ -246,7 +245,7 @@ class Reconciliation:
             self._deciding = True
             # What waits for the operators is searchable (AmountMinor: the sum
             # of the differences), in the stage's own upsert.
-            self._set_stage(
+            self._progress.enter(
                 "awaiting_decisions",
                 AMOUNT_MINOR.value_set(sum(abs(item.difference.delta_minor) for item in waiting)),
             )
@@ -255,7 +254,7 @@ class Reconciliation:
             for item in self._items.values():
                 if item.state == "awaiting_decision":
                     item.state = "undecided"
-        self._set_stage("reporting")
+        self._progress.enter("reporting")
         report = self._report(request, download, matched)
         paths = await step(
             request,
@@ -263,8 +262,8 @@ class Reconciliation:
             ReportWrite(reports_dir=request.reports_dir, report=report),
         )
         unexplained = sum(summary.unexplained_minor for summary in report.currencies)
-        workflow.upsert_search_attributes([AMOUNT_MINOR.value_set(unexplained)])
-        self._set_stage("drift" if unexplained else "reconciled")
+        self._progress.search(AMOUNT_MINOR.value_set(unexplained))
+        self._progress.enter("drift" if unexplained else "reconciled")
         return ReconciliationResult(report=report, paths=paths)
 
     async def _open_accounts(self, currencies: set[Currency]) -> None:
@@ -493,7 +492,7 @@ class Reconciliation:
         item.reason = decision.reason or None
         if action is DecisionAction.ADJUST:
             await self._post_fix(item)
-        self._refresh()
+        self._progress.show()
         return item
 
     @decide.validator
@@ -520,7 +519,7 @@ class Reconciliation:
     def status(self) -> ReconciliationStatus:
         assert self._input is not None
         return ReconciliationStatus(
-            stage=self._stage,
+            stage=self._progress.stage,
             settlement_date=self._input.settlement_date,
             items=list(self._items.values()),
             reversals=list(self._reversals),
@@ -528,16 +527,12 @@ class Reconciliation:
 
     # ----- current details --------------------------------------------------
 
-    def _set_stage(self, stage: str, *also: SearchAttributeUpdate[Any]) -> None:
-        self._stage = stage
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage), *also])
-        self._refresh()
-
-    def _refresh(self) -> None:
+    def _details(self) -> str:
         assert self._input is not None
         waiting = sum(1 for item in self._items.values() if item.state == "awaiting_decision")
-        workflow.set_current_details(
-            f"**{self._input.provider} {self._input.settlement_date.isoformat()}**: {self._stage}; "
+        return (
+            f"**{self._input.provider} {self._input.settlement_date.isoformat()}**: "
+            f"{self._progress.stage}; "
             f"{len(self._items)} differences, {waiting} awaiting a decision, "
             f"{len(self._reversals)} earlier fixes reversed after a late posting or settlement"
         )
@@ -551,7 +546,7 @@ class ScheduledReconciliation:
     asked too early) is refused without starting it."""
 
     def __init__(self) -> None:
-        self._stage = "starting"
+        self._progress = ProcessStage("starting", self._details)
         self._child_id: str | None = None
 
     @workflow.run
@@ -559,14 +554,14 @@ class ScheduledReconciliation:
         day = request.settlement_date or self._previous_day()
         child_id = reconciliation_workflow_id("issuer", day)
         self._child_id = child_id
-        workflow.upsert_search_attributes([PROVIDER.value_set("issuer")])
+        self._progress.search(PROVIDER.value_set("issuer"))
         refusal = day_not_ended(day, workflow.now())
         if refusal is not None:
             # A backfill asked for a day not over: no child, so the day's id
             # is free for the scheduled run.
-            self._set_stage("refused")
+            self._progress.enter("refused")
             raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
-        self._set_stage("reconciling")
+        self._progress.enter("reconciling")
         reconciliation = ReconciliationInput(
             settlement_date=day,
             reports_dir=request.reports_dir,
@@ -591,11 +586,11 @@ class ScheduledReconciliation:
                 parent_close_policy=ParentClosePolicy.ABANDON,
             )
         except WorkflowAlreadyStartedError:
-            self._set_stage("already_reconciled")
+            self._progress.enter("already_reconciled")
             return ScheduledReconciliationResult(
                 workflow_id=child_id, settlement_date=day, started=False
             )
-        self._set_stage("done")
+        self._progress.enter("done")
         return ScheduledReconciliationResult(
             workflow_id=child_id, settlement_date=day, started=True
         )
@@ -607,9 +602,7 @@ class ScheduledReconciliation:
 
     @workflow.query(name=STATUS_QUERY)
     def status(self) -> str:
-        return f"{self._stage}: {self._child_id}"
+        return self._details()
 
-    def _set_stage(self, stage: str) -> None:
-        self._stage = stage
-        workflow.upsert_search_attributes([PROCESS_STATUS.value_set(stage)])
-        workflow.set_current_details(f"{stage}: {self._child_id}")
+    def _details(self) -> str:
+        return f"{self._progress.stage}: {self._child_id}"
