@@ -26,31 +26,7 @@ from activities.reconciliation import (
 from activities.topups import TopupActivities, TopupReceiptActivities
 from schemas.task_queues import TaskQueues
 from workers.interceptors import UnrepresentableValueInterceptor
-from workflows.billing import Billing, BillingRun
-from workflows.cards import CardEntity, CardIssue
-from workflows.cashback import Cashback
-from workflows.dispute import DisputeWorkflow
-from workflows.fx import FxConversion
-from workflows.health import Ping
-from workflows.onboarding import Onboarding
-from workflows.reconciliation import Reconciliation, ScheduledReconciliation
-from workflows.topup import Topup
-
-# Every workflow type cardflow runs; the replayer uses the same list.
-ALL_WORKFLOWS: Sequence[type] = (
-    Ping,
-    Onboarding,
-    CardIssue,
-    CardEntity,
-    Cashback,
-    Topup,
-    FxConversion,
-    DisputeWorkflow,
-    Billing,
-    BillingRun,
-    Reconciliation,
-    ScheduledReconciliation,
-)
+from workflows.catalog import ALL_WORKFLOWS
 
 # Models validate e-mail addresses with email-validator, which loads its own
 # modules lazily; they are deterministic and pass through the sandbox. The

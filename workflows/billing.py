@@ -78,7 +78,6 @@ with workflow.unsafe.imports_passed_through():
 
 BILLING_WORKFLOW = "Billing"
 BILLING_RUN_WORKFLOW = "BillingRun"
-STATUS_QUERY = "status"
 WAIVED_STATUS = "billed_with_waivers"
 BILLED_STATUS = "billed"
 # A billing child has this long to finish; it only reads and posts a few transfers.
@@ -157,7 +156,7 @@ class Billing:
         self._progress.enter(WAIVED_STATUS if waived else BILLED_STATUS)
         return result
 
-    @workflow.query(name=STATUS_QUERY)
+    @workflow.query
     def status(self) -> BillingStatus:
         return BillingStatus(
             customer_id=self._input.customer_id,
@@ -324,7 +323,7 @@ class BillingRun:
             failed=self._failed,
         )
 
-    @workflow.query(name=STATUS_QUERY)
+    @workflow.query
     def status(self) -> BillingRunStatus:
         return BillingRunStatus(
             period=self._period,

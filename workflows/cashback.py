@@ -77,7 +77,6 @@ with workflow.unsafe.imports_passed_through():
 
 CASHBACK_WORKFLOW = "Cashback"
 REFUND_SIGNAL = "refund"
-STATUS_QUERY = "status"
 # ProcessStatus while (and after) a clawback could not be covered in full.
 SHORTFALL_STATUS = "shortfall"
 # A cancellation that interrupts a ledger call (it arrives as an ActivityError
@@ -394,7 +393,7 @@ class Cashback:
         self._refund_ids.add(refund.refund_id)
         self._pending.append(refund)
 
-    @workflow.query(name=STATUS_QUERY)
+    @workflow.query
     def status(self) -> CashbackStatus:
         return CashbackStatus(
             transaction_id=self._input.transaction_id,

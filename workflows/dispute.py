@@ -95,7 +95,6 @@ ISSUER_EVENT_SIGNAL = "issuer_event"
 SUBMIT_UPDATE = "submit"
 WITHDRAW_UPDATE = "withdraw"
 OPERATOR_UPDATE = "operator_action"
-STATUS_QUERY = "status"
 
 # Stages (ProcessStatus) an operator filters on.
 WAITING_FOR_EVIDENCE = "waiting for evidence"
@@ -737,7 +736,7 @@ class DisputeWorkflow:
         if action.action == "escalate" and self._issuer_status != DisputeStatus.REPRESENTMENT:
             raise refused(Refusal.WRONG_STATE, "only a representment can be escalated")
 
-    @workflow.query(name=STATUS_QUERY)
+    @workflow.query
     def status(self) -> DisputeStatusView:
         transaction = self._transaction
         return DisputeStatusView(

@@ -88,7 +88,6 @@ FX_WORKFLOW = "FxConversion"
 WAIT_QUOTE_UPDATE = "wait_quote"
 CONFIRM_UPDATE = "confirm"
 CANCEL_UPDATE = "cancel"
-STATUS_QUERY = "status"
 # The update ids the client functions send: a repeat with the same id gets
 # Temporal's stored answer for the first, so a retried confirm never races.
 CONFIRM_UPDATE_ID = "confirm"
@@ -512,7 +511,7 @@ class FxConversion:
                 f"quote {self._quote.id} expired at {self._expires_at.isoformat()}",
             )
 
-    @workflow.query(name=STATUS_QUERY)
+    @workflow.query
     def status(self) -> FxStatus:
         request = self._input
         assert request is not None

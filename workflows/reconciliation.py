@@ -120,7 +120,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.process import ProcessStage
     from workflows.steps import step, step_key, wait_for
 
-STATUS_QUERY = "status"
 DECIDE_UPDATE = "decide"
 RECONCILIATION_WORKFLOW = "Reconciliation"
 SCHEDULED_RECONCILIATION_WORKFLOW = "ScheduledReconciliation"
@@ -515,7 +514,7 @@ class Reconciliation:
                 f"item_id: {decision.item_id!r} is {item.state}, not awaiting a decision",
             )
 
-    @workflow.query(name=STATUS_QUERY)
+    @workflow.query
     def status(self) -> ReconciliationStatus:
         assert self._input is not None
         return ReconciliationStatus(
@@ -600,7 +599,7 @@ class ScheduledReconciliation:
         moment: datetime = scheduled if scheduled is not None else workflow.now()
         return moment.astimezone(UTC).date() - timedelta(days=1)
 
-    @workflow.query(name=STATUS_QUERY)
+    @workflow.query
     def status(self) -> str:
         return self._details()
 

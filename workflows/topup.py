@@ -94,7 +94,6 @@ TOPUP_WORKFLOW = "Topup"
 BANK_TRANSFER_SIGNAL = "bank_transfer"
 DEPOSIT_SIGNAL = "deposit_update"
 REVIEW_UPDATE = "review"
-STATUS_QUERY = "status"
 
 STAGE_TRANSFER = "waiting for the transfer"
 STAGE_DEPOSIT = "waiting for the deposit"
@@ -744,7 +743,7 @@ class Topup:
                 "customer_id: only an unmatched payment is assigned to a customer",
             )
 
-    @workflow.query(name=STATUS_QUERY)
+    @workflow.query
     def status(self) -> TopupStatus:
         deposit = self._deposit
         usdt = self._input.source == "usdt"

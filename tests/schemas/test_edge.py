@@ -29,7 +29,7 @@ from schemas.edge import DAY_MAX, DAY_MIN, NAME_CHARS_MAX, EdgeModel, storable
 from schemas.onboarding import OnboardingInput
 from schemas.reconciliation import ReconciliationInput
 from starters.gateway import api
-from workers.build import ALL_WORKFLOWS
+from workflows.catalog import ALL_WORKFLOWS
 
 
 def _body_params(dependant: Dependant) -> Iterator[ModelField]:

@@ -41,12 +41,13 @@ from starters.onboarding import start_onboarding
 from starters.scenarios import PASSPORT, funded_virtual_card, new_customer, reach
 from starters.topup import simulate_bank_transfer
 from tests.starters.conftest import DemoStack
-from workers.build import ALL_WORKFLOWS, WORKFLOW_SANDBOX_RESTRICTIONS
+from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
 from workers.client import connect
 from workers.converter import build_data_converter
 from workers.settings import Settings, parse_encryption_keys
 from workflows import cards
 from workflows.cards import card_workflow_id
+from workflows.catalog import ALL_WORKFLOWS
 from workflows.dispute import WAITING_FOR_EVIDENCE, dispute_workflow_id
 from workflows.fx import fx_workflow_id
 from workflows.onboarding import onboarding_workflow_id

@@ -103,8 +103,7 @@ def test_the_check_finds_a_cycle_however_the_imports_are_written(
 def test_cardflow_status_knows_the_status_query_of_every_workflow_type_the_workers_run() -> None:
     from temporalio import workflow
 
-    from starters.status import STATUS_QUERIES
-    from workers.build import ALL_WORKFLOWS
+    from workflows.catalog import ALL_WORKFLOWS, STATUS_QUERIES
 
     by_type = {workflow._Definition.must_from_class(cls).name: cls for cls in ALL_WORKFLOWS}
     assert set(STATUS_QUERIES) == set(by_type)

@@ -34,7 +34,6 @@ from schemas.billing import (
     BillingRunInput,
     BillingRunPolicy,
     BillingRunResult,
-    BillingRunStatus,
     BillingStatus,
     Statement,
     StatementRequest,
@@ -70,7 +69,7 @@ from workers.settings import load_settings
 from workflows.billing import (
     BILLING_RUN_WORKFLOW,
     BILLING_WORKFLOW,
-    STATUS_QUERY,
+    BillingRun,
     billing_workflow_id,
 )
 from workflows.cards import CARD_WORKFLOW, card_workflow_id
@@ -640,7 +639,7 @@ async def test_a_run_cancelled_while_it_reads_a_page_of_customers_ends_cancelled
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
     assert isinstance(failure.value.cause, CancelledError)
-    status = await handle.query(STATUS_QUERY, result_type=BillingRunStatus)
+    status = await handle.query(BillingRun.status)
     assert (status.stage, status.started, status.failed) == ("cancelled", 0, [])
     description = await handle.describe()
     assert description.typed_search_attributes.get(PROCESS_STATUS) == "cancelled"

@@ -65,7 +65,7 @@ from tests.workflows.test_authorizations import (
     wallet_becomes,
 )
 from tests.workflows.test_cards import customer
-from workers.build import ALL_WORKFLOWS, WORKFLOW_SANDBOX_RESTRICTIONS
+from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
 from workflows.card_money import HOLD_LEDGER_GRACE
 from workflows.cards import (
     AUTHORIZE_UPDATE,
@@ -76,6 +76,7 @@ from workflows.cards import (
     RESOLVE_EXCEPTION_UPDATE,
     card_workflow_id,
 )
+from workflows.catalog import ALL_WORKFLOWS
 
 # The card's own memory of issuer events by id; a repeat after this many is
 # caught only by what is durable.

@@ -28,9 +28,9 @@ from schemas.onboarding import KycReview
 from schemas.reconciliation import Decision
 from schemas.topup import TopupReview
 from starters.codec_server import create_app
-from workers.build import ALL_WORKFLOWS
 from workers.converter import EncryptionCodec, build_data_converter, generate_key
 from workers.secrets import new_codec_token
+from workflows.catalog import ALL_WORKFLOWS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 OPERATOR_PARAGRAPH_START = "Operators act from the Web UI too"

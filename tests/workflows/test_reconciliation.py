@@ -71,7 +71,7 @@ from workflows.reconciliation import (
     DECIDE_UPDATE,
     RECONCILIATION_WORKFLOW,
     SCHEDULED_RECONCILIATION_WORKFLOW,
-    STATUS_QUERY,
+    Reconciliation,
     reconciliation_workflow_id,
 )
 
@@ -346,9 +346,7 @@ async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it
     handle = await start_reconciliation(platform, day=day)
 
     async def awaiting() -> bool:
-        status: ReconciliationStatus = await handle.query(
-            STATUS_QUERY, result_type=ReconciliationStatus
-        )
+        status: ReconciliationStatus = await handle.query(Reconciliation.status)
         return status.stage == "awaiting_decisions"
 
     await polling.eventually(awaiting, "the reconciliation waits for operators")
@@ -949,9 +947,7 @@ async def test_a_rerun_after_the_postings_changed_posts_only_what_remains(
 
 
 async def awaiting_on(handle: WorkflowHandle[Any, ReconciliationResult]) -> bool:
-    status: ReconciliationStatus = await handle.query(
-        STATUS_QUERY, result_type=ReconciliationStatus
-    )
+    status: ReconciliationStatus = await handle.query(Reconciliation.status)
     return status.stage == "awaiting_decisions"
 
 

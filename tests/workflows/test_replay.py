@@ -16,12 +16,13 @@ from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from starters.histories import RECORDING_KEYS_FILENAME, record
-from workers.build import ALL_WORKFLOWS, WORKFLOW_SANDBOX_RESTRICTIONS
+from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
 from workers.converter import build_data_converter
 from workers.settings import parse_encryption_keys
 from workflows.billing import CANCELLED_FEE_PATCH
 from workflows.cards import CARD_ISSUE_INTERRUPTED_FEE_PATCH
 from workflows.cashback import CANCELLATION_SETTLES_PATCH
+from workflows.catalog import ALL_WORKFLOWS
 from workflows.fx import NOTICE_CANCELLATION_PATCH
 from workflows.onboarding import INTERRUPTED_WALLET_PATCH
 from workflows.topup import TOPUP_INTERRUPTED_STEP_PATCH

@@ -21,7 +21,7 @@ from starters.gateway.state import Queues, TemporalClient
 from starters.gateway.v1.idempotency import ProcessStarter, StartKey
 from starters.gateway.v1.ownership import require_process_owner
 from starters.gateway.v1.shared import READ, START, ProcessRef, process_router, route
-from workflows.cards import CARD_WORKFLOW
+from workflows.catalog import STATUS_QUERIES
 from workflows.health import PING_WORKFLOW, ping_start_metadata, ping_workflow_id
 
 router = process_router()
@@ -89,13 +89,12 @@ async def _own_process(
 OwnProcessId = Annotated[str, Depends(_own_process)]
 
 
-def _public_details(workflow_type: str, answer: dict[str, Any]) -> dict[str, Any]:
+def _public_details(answer: BaseModel) -> dict[str, Any]:
     """A status query's answer as the API shows it: a card's state carries
     its task queues and bookkeeping, so it is shown as the card's view."""
-    if workflow_type == CARD_WORKFLOW:
-        card = CardView.of(CardInput.model_validate(answer))
-        return card.model_dump(mode="json")
-    return answer
+    if isinstance(answer, CardInput):
+        return CardView.of(answer).model_dump(mode="json")
+    return answer.model_dump(mode="json")
 
 
 @route(
@@ -117,15 +116,18 @@ async def process_status(workflow_id: OwnProcessId, client: TemporalClient) -> P
     stage: str | None = None
     details: dict[str, Any] | None = None
     if description.status == WorkflowExecutionStatus.RUNNING:
-        try:
-            answer = await handle.query("status", rpc_timeout=STATUS_QUERY_TIMEOUT)
-        except Exception:  # noqa: BLE001 - a process without the query still has a status
-            answer = None
+        query = STATUS_QUERIES.get(description.workflow_type)
+        answer: Any = None
+        if query is not None:
+            try:
+                answer = await handle.query(query, rpc_timeout=STATUS_QUERY_TIMEOUT)
+            except Exception:  # noqa: BLE001 - a process that cannot answer still has a status
+                answer = None
         if isinstance(answer, str):
             stage = answer
-        elif isinstance(answer, dict):
-            details = _public_details(description.workflow_type, answer)
-            found = answer.get("stage") or answer.get("state")
+        elif isinstance(answer, BaseModel):
+            details = _public_details(answer)
+            found = details.get("stage") or details.get("state")
             stage = str(found) if found is not None else None
     return ProcessStatus(
         workflow_id=workflow_id,

@@ -1,0 +1,59 @@
+"""Every process cardflow runs, and the query that tells each one's status.
+
+The workers run these workflow types and the replayer replays them; the CLI's
+`cardflow status` and the API's process route ask a process its status by
+the query method its type defines, so the answer comes back as that type's
+model. Imported by starters and workers, never from inside a workflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from workflows.billing import BILLING_RUN_WORKFLOW, BILLING_WORKFLOW, Billing, BillingRun
+from workflows.cards import CARD_ISSUE_WORKFLOW, CARD_WORKFLOW, CardEntity, CardIssue
+from workflows.cashback import CASHBACK_WORKFLOW, Cashback
+from workflows.dispute import DISPUTE_WORKFLOW, DisputeWorkflow
+from workflows.fx import FX_WORKFLOW, FxConversion
+from workflows.health import PING_WORKFLOW, Ping
+from workflows.onboarding import ONBOARDING_WORKFLOW, Onboarding
+from workflows.reconciliation import (
+    RECONCILIATION_WORKFLOW,
+    SCHEDULED_RECONCILIATION_WORKFLOW,
+    Reconciliation,
+    ScheduledReconciliation,
+)
+from workflows.topup import TOPUP_WORKFLOW, Topup
+
+# Every workflow type cardflow runs; the replayer uses the same list.
+ALL_WORKFLOWS: Sequence[type] = (
+    Ping,
+    Onboarding,
+    CardIssue,
+    CardEntity,
+    Cashback,
+    Topup,
+    FxConversion,
+    DisputeWorkflow,
+    Billing,
+    BillingRun,
+    Reconciliation,
+    ScheduledReconciliation,
+)
+
+# The `status` query of every workflow type, by the type's name.
+STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
+    PING_WORKFLOW: Ping.status,
+    ONBOARDING_WORKFLOW: Onboarding.status,
+    CARD_ISSUE_WORKFLOW: CardIssue.status,
+    CARD_WORKFLOW: CardEntity.status,
+    CASHBACK_WORKFLOW: Cashback.status,
+    TOPUP_WORKFLOW: Topup.status,
+    FX_WORKFLOW: FxConversion.status,
+    DISPUTE_WORKFLOW: DisputeWorkflow.status,
+    BILLING_WORKFLOW: Billing.status,
+    BILLING_RUN_WORKFLOW: BillingRun.status,
+    RECONCILIATION_WORKFLOW: Reconciliation.status,
+    SCHEDULED_RECONCILIATION_WORKFLOW: ScheduledReconciliation.status,
+}
