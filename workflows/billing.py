@@ -377,13 +377,12 @@ class BillingRun:
         metadata = billing_start_metadata(billing)
         try:
             await workflow.execute_child_workflow(
-                BILLING_WORKFLOW,
+                Billing.run,
                 billing,
                 id=billing_workflow_id(customer_id, self._period),
                 static_summary=metadata.summary,
                 static_details=metadata.details,
                 task_queue=request.workflows_task_queue,
-                result_type=BillingResult,
                 id_reuse_policy=BILLING_ID_REUSE_POLICY,
                 parent_close_policy=ParentClosePolicy.ABANDON,
                 run_timeout=BILLING_CHILD_RUN_TIMEOUT,

@@ -98,8 +98,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.cancellation import is_cancellation
     from workflows.cashback import (
-        CASHBACK_WORKFLOW,
-        REFUND_SIGNAL,
+        Cashback,
         cashback_start_metadata,
         cashback_workflow_id,
     )
@@ -972,7 +971,7 @@ class CardMoney:
         metadata = cashback_start_metadata(cashback)
         try:
             await workflow.start_child_workflow(
-                CASHBACK_WORKFLOW,
+                Cashback.run,
                 cashback,
                 id=cashback_workflow_id(transaction.id),
                 static_summary=metadata.summary,
@@ -992,7 +991,8 @@ class CardMoney:
         )
         try:
             await handle.signal(
-                REFUND_SIGNAL, CashbackRefund(refund_id=refund.id, amount_minor=refund.amount_minor)
+                Cashback.refund,
+                CashbackRefund(refund_id=refund.id, amount_minor=refund.amount_minor),
             )
         except Exception:  # noqa: BLE001 - no cashback process (any more): nothing to claw back
             workflow.logger.info("no cashback to claw back for %s", refund.refunded_transaction_id)

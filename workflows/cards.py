@@ -185,7 +185,7 @@ async def start_card_entity(card: CardInput) -> None:
     """Start the card's own long-lived workflow; it outlives whoever starts it."""
     metadata = card_start_metadata(card)
     await workflow.start_child_workflow(
-        CARD_WORKFLOW,
+        CardEntity.run,
         card,
         id=card_workflow_id(card.card_id),
         task_queue=card.workflows_task_queue,
@@ -199,7 +199,7 @@ async def start_card_issue(request: CardIssueInput) -> None:
     """Start an issuing process that outlives whoever starts it (a replacement's)."""
     metadata = card_issue_start_metadata(request)
     await workflow.start_child_workflow(
-        CARD_ISSUE_WORKFLOW,
+        CardIssue.run,
         request,
         id=card_issue_workflow_id(request.request_id),
         task_queue=request.workflows_task_queue,

@@ -573,13 +573,12 @@ class ScheduledReconciliation:
         metadata = reconciliation_start_metadata(reconciliation)
         try:
             await workflow.execute_child_workflow(
-                RECONCILIATION_WORKFLOW,
+                Reconciliation.run,
                 reconciliation,
                 id=child_id,
                 static_summary=metadata.summary,
                 static_details=metadata.details,
                 task_queue=request.workflows_task_queue,
-                result_type=ReconciliationResult,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 # The day's reconciliation outlives a driver that is terminated.
                 parent_close_policy=ParentClosePolicy.ABANDON,
