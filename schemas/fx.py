@@ -29,7 +29,7 @@ from schemas.edge import EdgeModel
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Rate
 from schemas.refusals import Refusal
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
-from schemas.units import BASIS_POINTS_PER_UNIT
+from schemas.units import BASIS_POINTS_PER_UNIT, MINUTE_SECONDS
 
 
 def _not_a_float(value: Any) -> Any:
@@ -80,7 +80,6 @@ class FxQuote(BaseModel):
 FX_AMOUNT_MINOR_MAX = 10**12
 # A fee above 10% of the amount is a typo in the policy, not a price.
 FEE_BPS_MAX = 1_000
-_MINUTE_SECONDS = 60
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
 
 RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -138,15 +137,15 @@ class FxPolicy(BaseModel):
     terms: dict[Currency, FxCurrencyTerms] = Field(default_factory=_default_terms)
     # The customer confirms before the quote expires, and never later than this
     # after it arrived, whatever the rate source's TTL.
-    confirm_wait_seconds_max: int = Field(default=15 * _MINUTE_SECONDS, ge=1)
+    confirm_wait_seconds_max: int = Field(default=15 * MINUTE_SECONDS, ge=1)
     # After an unconfirmed quote expires the process stays open this long, so a
     # late confirm is refused with the reason instead of finding no process.
-    late_confirm_window_seconds: int = Field(default=_MINUTE_SECONDS, ge=0)
+    late_confirm_window_seconds: int = Field(default=MINUTE_SECONDS, ge=0)
     # The rate source must quote within this (retrying 5xx and 429 meanwhile).
-    quote_wait_seconds: int = Field(default=2 * _MINUTE_SECONDS, ge=1)
+    quote_wait_seconds: int = Field(default=2 * MINUTE_SECONDS, ge=1)
     # The completion notice is best-effort: given up after this, never undoing
     # the conversion.
-    notification_wait_seconds: int = Field(default=5 * _MINUTE_SECONDS, ge=1)
+    notification_wait_seconds: int = Field(default=5 * MINUTE_SECONDS, ge=1)
 
 
 def conversion_fee_minor(sell_amount_minor: int, terms: FxCurrencyTerms, fee_bps: int) -> int:
