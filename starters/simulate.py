@@ -21,6 +21,7 @@ from activities.providers.issuer import IssuerClient
 from schemas.issuer import Authorization, Merchant, Reversal, Transaction
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.providers import ISSUER
+from schemas.units import DAY_SECONDS
 from starters import console
 from starters.arguments import CustomerIdArgument
 from workers.settings import Settings, load_settings
@@ -42,7 +43,6 @@ def _key(action: str) -> str:
 
 # The simulators' admin API (loopback only) answers within this.
 ADMIN_TIMEOUT_SECONDS = 10.0
-DAY_SECONDS = 24 * 3600
 
 
 async def set_issuer_clock_behind(settings: Settings, days: int) -> date:
