@@ -128,7 +128,7 @@ class Billing:
     @workflow.init
     def __init__(self, request: BillingInput) -> None:
         self._input = request
-        self._progress = ProcessStage("starting", self._details)
+        self.progress = ProcessStage("starting", self._details)
         self._fees: list[FeeCharge] = []
         # The fee whose posting is awaited, with its card: a cancellation
         # leaves its outcome to learn.
@@ -139,21 +139,21 @@ class Billing:
 
     @workflow.run
     async def run(self, request: BillingInput) -> BillingResult:
-        self._progress.search(CUSTOMER_ID.value_set(request.customer_id))
+        self.progress.search(CUSTOMER_ID.value_set(request.customer_id))
         try:
             result = await self._bill(request)
         # Failures and cancellation, but not the SDK's eviction of a cached workflow.
         except (Exception, asyncio.CancelledError) as error:
             if not is_cancellation(error):
-                self._progress.enter("failed")
+                self.progress.enter("failed")
                 raise
             if self._charging is not None and workflow.patched(CANCELLED_FEE_PATCH):
                 card, fee = self._charging
                 await shielded(self._charge(request, card, fee))
-            self._progress.enter("cancelled")
+            self.progress.enter("cancelled")
             raise
         waived = any(fee.status == "waived" for fee in self._fees)
-        self._progress.enter(WAIVED_STATUS if waived else BILLED_STATUS)
+        self.progress.enter(WAIVED_STATUS if waived else BILLED_STATUS)
         return result
 
     @workflow.query
@@ -161,7 +161,7 @@ class Billing:
         return BillingStatus(
             customer_id=self._input.customer_id,
             period=self._input.period,
-            stage=self._progress.stage,
+            stage=self.progress.stage,
             fees=self._fees,
             statement=self._statement,
         )
@@ -169,7 +169,7 @@ class Billing:
     def _details(self) -> str:
         charged = sum(f.amount_minor for f in self._fees if f.status == "charged")
         return (
-            f"Billing {self._input.customer_id} for {self._input.period}: {self._progress.stage}"
+            f"Billing {self._input.customer_id} for {self._input.period}: {self.progress.stage}"
             f" | {len(self._fees)} cards, {charged} minor units of fees charged"
             + (f" | statement {self._statement.html_path}" if self._statement else "")
         )
@@ -187,7 +187,7 @@ class Billing:
             raise ApplicationError(
                 f"period {request.period} has not begun", type="PeriodNotBegun", non_retryable=True
             )
-        self._progress.enter("finding_cards")
+        self.progress.enter("finding_cards")
         cards = await step(
             request,
             BillingActivities.active_cards,
@@ -198,9 +198,9 @@ class Billing:
                 limit=request.policy.cards_max,
             ),
         )
-        self._progress.enter("charging_fees")
+        self.progress.enter("charging_fees")
         await self._charge_fees(request, cards)
-        self._progress.enter("writing_statement")
+        self.progress.enter("writing_statement")
         self._statement = await step(
             request,
             BillingActivities.write_statement,
@@ -275,10 +275,10 @@ class Billing:
             )
         )
         charged = sum(f.amount_minor for f in self._fees if f.status == "charged")
-        self._progress.search(
+        self.progress.search(
             AMOUNT_MINOR.value_set(charged), CURRENCY.value_set(card.currency.value)
         )
-        self._progress.show()
+        self.progress.show()
 
 
 @workflow.defn(name=BILLING_RUN_WORKFLOW)
@@ -287,7 +287,7 @@ class BillingRun:
     def __init__(self, request: BillingRunInput) -> None:
         self._input = request
         self._period = request.period or ""
-        self._progress = ProcessStage("starting", self._details)
+        self.progress = ProcessStage("starting", self._details)
         self._started = request.started
         self._already_billed = request.already_billed
         self._failed = list(request.failed)
@@ -301,7 +301,7 @@ class BillingRun:
             done = await self._bill_pages(request)
         # Failures and cancellation, but not the SDK's eviction of a cached workflow.
         except (Exception, asyncio.CancelledError) as error:
-            self._progress.enter("cancelled" if is_cancellation(error) else "failed")
+            self.progress.enter("cancelled" if is_cancellation(error) else "failed")
             raise
         if not done:
             workflow.continue_as_new(
@@ -315,7 +315,7 @@ class BillingRun:
                     }
                 )
             )
-        self._progress.enter("failed_some" if self._failed else "done")
+        self.progress.enter("failed_some" if self._failed else "done")
         return BillingRunResult(
             period=self._period,
             started=self._started,
@@ -327,7 +327,7 @@ class BillingRun:
     def status(self) -> BillingRunStatus:
         return BillingRunStatus(
             period=self._period,
-            stage=self._progress.stage,
+            stage=self.progress.stage,
             started=self._started,
             already_billed=self._already_billed,
             failed=self._failed,
@@ -335,7 +335,7 @@ class BillingRun:
 
     def _details(self) -> str:
         return (
-            f"Billing run {self._period}: {self._progress.stage} | {self._started} billed now,"
+            f"Billing run {self._period}: {self.progress.stage} | {self._started} billed now,"
             f" {self._already_billed} billed before, {len(self._failed)} failed"
         )
 
@@ -350,7 +350,7 @@ class BillingRun:
                 raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
         self._after = request.after
         for _ in range(request.policy.pages_per_run_max):
-            self._progress.enter("billing")
+            self.progress.enter("billing")
             page = await step(
                 request,
                 BillingActivities.customers_page,

@@ -217,7 +217,7 @@ def fee_account(currency: str) -> str:
 class CardIssue:
     def __init__(self) -> None:
         self._input: CardIssueInput | None = None
-        self._progress = ProcessStage("starting", self._details)
+        self.progress = ProcessStage("starting", self._details)
         self._card: Card | None = None
         self._shipping: ShippingUpdate | None = None
         self._activated = False
@@ -230,7 +230,7 @@ class CardIssue:
         self._input = request
         # Attributes added to an upsert the workflow already issues here keep
         # its commands as they were: histories of older runs still replay.
-        self._progress.search(
+        self.progress.search(
             CUSTOMER_ID.value_set(request.customer_id),
             CURRENCY.value_set(request.currency.value),
             PROVIDER.value_set(ISSUER),
@@ -240,9 +240,9 @@ class CardIssue:
         # Failures and cancellation, but not the SDK's eviction of a cached
         # workflow, which must never run compensations.
         except (Exception, asyncio.CancelledError) as error:
-            self._progress.enter("compensating")
+            self.progress.enter("compensating")
             await self._saga.compensate()
-            self._progress.enter("cancelled" if is_cancellation(error) else "failed")
+            self.progress.enter("cancelled" if is_cancellation(error) else "failed")
             await asyncio.shield(
                 asyncio.ensure_future(
                     self._notify(
@@ -259,7 +259,7 @@ class CardIssue:
     async def _issue(self, request: CardIssueInput) -> CardIssueResult:
         if request.reissue is not None:
             return await self._follow_replacement(request, request.reissue)
-        self._progress.enter("checking the customer")
+        self.progress.enter("checking the customer")
         kyc = await step(request, CustomerActivities.get_kyc_status, request.customer_id)
         if kyc is not KycStatus.APPROVED:
             raise ApplicationError(
@@ -277,7 +277,7 @@ class CardIssue:
         if fee:
             await self._charge_fee(request, fee)
 
-        self._progress.enter("creating the card at the issuer")
+        self.progress.enter("creating the card at the issuer")
         # The input's validator: a new card always comes with an address.
         assert request.address is not None
         cardholder_id = await step(
@@ -302,7 +302,7 @@ class CardIssue:
         )
         self._card = card
         self._saga.done(self._close_card)
-        self._progress.search(CARD_ID.value_set(card.id))
+        self.progress.search(CARD_ID.value_set(card.id))
         await step(
             request,
             CardActivities.record_card,
@@ -329,7 +329,7 @@ class CardIssue:
                 workflows_task_queue=request.workflows_task_queue,
             )
         )
-        self._progress.enter("open")
+        self.progress.enter("open")
         await self._notify(
             "ready",
             f"Your {request.kind} card is ready",
@@ -351,11 +351,11 @@ class CardIssue:
         self._card = card
         # Never delivered or never activated: the replacement is closed at the issuer.
         self._saga.done(self._close_card)
-        self._progress.search(CARD_ID.value_set(card.id))
+        self.progress.search(CARD_ID.value_set(card.id))
         if request.kind == "physical":
             await self._deliver(request)
         await start_card_entity(reissue.entity.model_copy(update={"state": CardState.OPEN}))
-        self._progress.enter("open")
+        self.progress.enter("open")
         await self._notify(
             "ready",
             f"Your replacement {request.kind} card is ready",
@@ -366,7 +366,7 @@ class CardIssue:
         )
 
     async def _charge_fee(self, request: CardIssueInput, fee: int) -> None:
-        self._progress.enter("charging the issuance fee")
+        self.progress.enter("charging the issuance fee")
         revenue = fee_account(request.currency.value)
         await step(request, LedgerActivities.open_account, system_account(revenue))
         wallet = wallet_code(request.customer_id, request.currency.value)
@@ -415,7 +415,7 @@ class CardIssue:
             await self._refund_fee(charge)
 
     async def _deliver(self, request: CardIssueInput) -> None:
-        self._progress.enter("shipping")
+        self.progress.enter("shipping")
         delivered = await wait_for(
             lambda: (
                 self._shipping is not None
@@ -434,7 +434,7 @@ class CardIssue:
                 type="NotDelivered",
                 non_retryable=True,
             )
-        self._progress.enter("delivered: waiting for activation")
+        self.progress.enter("delivered: waiting for activation")
         if not await wait_for(lambda: self._activated, request.policy.activation_wait_seconds):
             raise ApplicationError(
                 "the card was not activated in time", type="NotActivated", non_retryable=True
@@ -457,7 +457,7 @@ class CardIssue:
             self._shipping.status
         ):
             self._shipping = update
-            self._progress.show()
+            self.progress.show()
 
     @workflow.update(name=RESCHEDULE_UPDATE)
     async def reschedule_delivery(self, change: RescheduleDelivery) -> str:
@@ -517,7 +517,7 @@ class CardIssue:
     def status(self) -> CardIssueStatus:
         return CardIssueStatus(
             request_id=self._input.request_id if self._input else "",
-            stage=self._progress.stage,
+            stage=self.progress.stage,
             card_id=self._card.id if self._card else None,
             shipping=self._shipping,
         )
@@ -550,7 +550,7 @@ class CardIssue:
         )
 
     def _details(self) -> str:
-        details = f"Card issuing: {self._progress.stage}"
+        details = f"Card issuing: {self.progress.stage}"
         if self._shipping is not None:
             details += (
                 f" | shipping {self._shipping.status.value}"
@@ -582,7 +582,7 @@ class CardEntity:
         # The card's ProcessStatus as its stage (its state, STATUS_EXCEPTION
         # or STATUS_REPLACED), with its details; "starting" (no status) until
         # the run upserts the first.
-        self._progress = ProcessStage("starting", self._details)
+        self.progress = ProcessStage("starting", self._details)
         # The run loop's units of work (an expiry pass, one issuer event),
         # started and done: what a decision waits for
         # (CARD_DECISIONS_AFTER_EVENTS_PATCH).
@@ -594,7 +594,7 @@ class CardEntity:
     @workflow.run
     async def run(self, card: CardInput) -> str:
         assert self._state is not None
-        self._progress.enter(
+        self.progress.enter(
             card.state.value,
             CARD_ID.value_set(card.card_id),
             CUSTOMER_ID.value_set(card.customer_id),
@@ -607,7 +607,7 @@ class CardEntity:
             # A run started for late money on a card already closed.
             self._state.closed_at = workflow.now()
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
-            self._progress.search(
+            self.progress.search(
                 CURRENCY.value_set(card.currency.value), PROVIDER.value_set(ISSUER)
             )
         self._show()
@@ -729,7 +729,7 @@ class CardEntity:
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
             self._publish_status()
         else:
-            self._progress.show()
+            self.progress.show()
 
     def _publish_status(self) -> None:
         """Enter the card's ProcessStatus (upserted) when it changed:
@@ -744,10 +744,10 @@ class CardEntity:
             status = STATUS_REPLACED
         else:
             status = state.state.value
-        if status != self._progress.stage:
-            self._progress.enter(status)
+        if status != self.progress.stage:
+            self.progress.enter(status)
         else:
-            self._progress.show()
+            self.progress.show()
 
     def _details(self) -> str:
         state = self._state
@@ -780,7 +780,7 @@ class CardEntity:
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
             self._publish_status()
         else:
-            self._progress.enter(target.value)
+            self.progress.enter(target.value)
         return target.value
 
     def _require(self, *allowed: CardState) -> None:
@@ -939,7 +939,7 @@ class CardEntity:
         if workflow.patched(CARD_SEARCH_ATTRIBUTES_PATCH):
             self._publish_status()
         else:
-            self._progress.enter(STATUS_REPLACED)
+            self.progress.enter(STATUS_REPLACED)
         return str(replacement.id)
 
     @workflow.query

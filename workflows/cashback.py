@@ -110,7 +110,7 @@ class Cashback:
     def __init__(self, request: CashbackInput) -> None:
         # Set before any handler runs: a refund may arrive with the start.
         self._input = request
-        self._progress = ProcessStage("starting", self._details, status=self._status_label)
+        self.progress = ProcessStage("starting", self._details, status=self._status_label)
         self._decision = CashbackDecision()
         self._reward_minor = 0
         # The reward batch while its posting is awaited: a cancellation then
@@ -132,7 +132,7 @@ class Cashback:
 
     @workflow.run
     async def run(self, request: CashbackInput) -> CashbackResult:
-        self._progress.search(
+        self.progress.search(
             CUSTOMER_ID.value_set(request.customer_id),
             CARD_ID.value_set(request.card_id),
             AMOUNT_MINOR.value_set(request.amount_minor),
@@ -143,16 +143,16 @@ class Cashback:
         # Failures and cancellation, but not the SDK's eviction of a cached workflow.
         except (Exception, asyncio.CancelledError) as error:
             if not self._cancelled(error):
-                self._progress.enter("failed")
+                self.progress.enter("failed")
                 raise
             # Refunds already received are the customer's money back: their
             # clawback still runs, shielded from the cancellation.
             await shielded(self._settle_after_cancel())
-            self._progress.enter("cancelled")
+            self.progress.enter("cancelled")
             raise
         # Every refund signal is handled before the result is final.
         await workflow.wait_condition(workflow.all_handlers_finished)
-        self._progress.enter(_FINAL_STAGES[outcome])
+        self.progress.enter(_FINAL_STAGES[outcome])
         return CashbackResult(
             transaction_id=request.transaction_id,
             outcome=outcome,
@@ -187,7 +187,7 @@ class Cashback:
     # ----- business steps -----------------------------------------------------
 
     async def _cashback(self, request: CashbackInput) -> tuple[CashbackOutcome, str]:
-        self._progress.enter("evaluating")
+        self.progress.enter("evaluating")
         context = await step(
             request,
             CashbackActivities.load_context,
@@ -229,7 +229,7 @@ class Cashback:
 
     async def _pay(self, request: CashbackInput) -> str | None:
         """Pay every reward in one atomic batch; the rejection, if the ledger refused it."""
-        self._progress.enter("paying")
+        self.progress.enter("paying")
         expense = expense_cashback(request.currency)
         await step(request, LedgerActivities.open_accounts, [system_account(expense)])
         credit = wallet(request.customer_id, request.currency)
@@ -267,7 +267,7 @@ class Cashback:
         return None
 
     async def _refund_window(self, request: CashbackInput) -> str:
-        self._progress.enter("open for refunds")
+        self.progress.enter("open for refunds")
         assert self._window_closes_at is not None
         while True:
             await self._settle_refunds()
@@ -290,7 +290,7 @@ class Cashback:
 
     async def _claw_back(self, refund: CashbackRefund) -> None:
         request = self._input
-        self._progress.enter("clawing back")
+        self.progress.enter("clawing back")
         refunded = self._refunded_minor + refund.amount_minor
         target = clawback_target_minor(self._reward_minor, request.amount_minor, refunded)
         due = max(0, target - self._clawed_back_minor)
@@ -309,7 +309,7 @@ class Cashback:
                 detail=detail,
             )
         )
-        self._progress.enter("open for refunds")
+        self.progress.enter("open for refunds")
 
     async def _collect(self, refund_id: str, due: int) -> tuple[int, str]:
         """Take `due` from the wallet, or as much of it as the wallet holds."""
@@ -374,7 +374,7 @@ class Cashback:
             workflow.logger.warning("the cashback notification failed: %s", error)
             return
         self._notified = True
-        self._progress.show()
+        self.progress.show()
 
     # ----- messages -----------------------------------------------------------
 
@@ -397,7 +397,7 @@ class Cashback:
     def status(self) -> CashbackStatus:
         return CashbackStatus(
             transaction_id=self._input.transaction_id,
-            stage=self._progress.stage,
+            stage=self.progress.stage,
             currency=self._input.currency,
             rewards=self._decision.rewards if self._reward_minor else [],
             verdicts=self._decision.verdicts,
@@ -425,7 +425,7 @@ class Cashback:
             return str(Money(amount_minor=amount_minor, currency=currency))
 
         lines = [
-            f"Cashback on {request.transaction_id}: {self._progress.stage}",
+            f"Cashback on {request.transaction_id}: {self.progress.stage}",
             f"purchase {money(request.amount_minor)} at {request.merchant_name or '-'} "
             f"(MCC {request.mcc}) on {request.occurred_at.isoformat()}",
         ]

@@ -161,7 +161,7 @@ class DisputeWorkflow:
     @workflow.init
     def __init__(self, request: DisputeInput) -> None:
         self._input = request
-        self._progress = ProcessStage("starting", self._details)
+        self.progress = ProcessStage("starting", self._details)
         self._final = False
         self._transaction: DisputedTransaction | None = None
         self._evidence: list[EvidenceItem] = []
@@ -188,7 +188,7 @@ class DisputeWorkflow:
 
     @workflow.run
     async def run(self, request: DisputeInput) -> DisputeResult:
-        self._progress.search(
+        self.progress.search(
             CUSTOMER_ID.value_set(request.customer_id), PROVIDER.value_set(ISSUER)
         )
         try:
@@ -197,12 +197,12 @@ class DisputeWorkflow:
             # A failing undo step is logged and the next one runs.
             await self._saga.compensate(keep_going=True)
             self._final = True
-            self._progress.enter("cancelled" if is_cancellation(error) else "failed")
+            self.progress.enter("cancelled" if is_cancellation(error) else "failed")
             raise
         self._final = True
         # Every update and signal is handled before the result is final.
         await workflow.wait_condition(workflow.all_handlers_finished)
-        self._progress.enter(outcome)
+        self.progress.enter(outcome)
         transaction = self._transaction
         return DisputeResult(
             transaction_id=request.transaction_id,
@@ -220,7 +220,7 @@ class DisputeWorkflow:
     # ----- business steps -----------------------------------------------------
 
     async def _dispute(self, request: DisputeInput) -> tuple[DisputeOutcome, str]:
-        self._progress.enter("checking")
+        self.progress.enter("checking")
         transaction = await step(
             request, DisputeLedgerActivities.load_transaction, request.transaction_id
         )
@@ -229,7 +229,7 @@ class DisputeWorkflow:
             return "refused", refusal
         assert transaction is not None
         self._transaction = transaction
-        self._progress.search(
+        self.progress.search(
             CARD_ID.value_set(transaction.card_id),
             AMOUNT_MINOR.value_set(self._amount_minor()),
             CURRENCY.value_set(transaction.currency.value),
@@ -238,7 +238,7 @@ class DisputeWorkflow:
         self._deadline_at = workflow.now() + timedelta(
             seconds=request.policy.evidence_window_seconds
         )
-        self._progress.enter(WAITING_FOR_EVIDENCE)
+        self.progress.enter(WAITING_FOR_EVIDENCE)
         submitted = await wait_for(
             lambda: self._submitted or self._withdraw is not None,
             request.policy.evidence_window_seconds,
@@ -283,7 +283,7 @@ class DisputeWorkflow:
 
     async def _open_at_issuer(self, transaction: DisputedTransaction) -> str | None:
         """Open the dispute at the issuer; the issuer's refusal, if it refused."""
-        self._progress.enter("submitting")
+        self.progress.enter("submitting")
         request = self._input
         evidence = list(self._evidence)
         opening = IssuerDisputeRequest(
@@ -383,7 +383,7 @@ class DisputeWorkflow:
         """Credit the wallet provisionally, once."""
         transaction = self._transaction
         assert transaction is not None
-        self._progress.enter("crediting provisionally")
+        self.progress.enter("crediting provisionally")
         self._credit_now = False
         provisional = disputes_provisional(transaction.currency)
         await step(self._input, LedgerActivities.open_accounts, [system_account(provisional)])
@@ -409,7 +409,7 @@ class DisputeWorkflow:
                 f"We credited {self._money(amount)} while your dispute is reviewed",
                 "The credit is provisional until the card network decides.",
             )
-        self._progress.enter(self._issuer_stage())
+        self.progress.enter(self._issuer_stage())
 
     async def _undo_credit(self, crediting: TransferRequest) -> None:
         """Compensation: take the provisional credit back. Not knowing whether it
@@ -424,7 +424,7 @@ class DisputeWorkflow:
 
     async def _escalate(self) -> None:
         """Answer the merchant's representment: send new evidence, go to pre-arbitration."""
-        self._progress.enter("answering the representment")
+        self.progress.enter("answering the representment")
         await self._send_new_evidence()
         self._escalated = True
         self._answer_requested = False
@@ -443,7 +443,7 @@ class DisputeWorkflow:
             # The network decided first: read where it stands.
             workflow.logger.warning("pre-arbitration refused: %s", error.cause or error)
             await self._refresh()
-        self._progress.enter(self._issuer_stage())
+        self.progress.enter(self._issuer_stage())
 
     async def _send_new_evidence(self) -> None:
         sent = self._sent
@@ -503,14 +503,14 @@ class DisputeWorkflow:
         if decided is None:
             return "undecided", "the network did not decide in time; an operator takes over"
         if decided == DisputeStatus.WON:
-            self._progress.enter("settling the chargeback")
+            self.progress.enter("settling the chargeback")
             await self._settle_won(transaction)
             await self._notify(
                 "won", "You won your dispute", f"{self._money(amount)} is yours to keep."
             )
             return "won", "the card network decided for the customer"
         if self._credited_minor:
-            self._progress.enter("reversing the provisional credit")
+            self.progress.enter("reversing the provisional credit")
             await self._reverse("reversal")
         if decided == DisputeStatus.LOST:
             await self._notify(
@@ -680,7 +680,7 @@ class DisputeWorkflow:
         if self._final or self._withdraw is not None:
             raise refused(
                 Refusal.WRONG_STATE,
-                f"the dispute is {self._progress.stage}; nothing can be submitted",
+                f"the dispute is {self.progress.stage}; nothing can be submitted",
             )
         if not self._submitted:
             # Submitted while the transaction is still being checked counts too.
@@ -704,7 +704,7 @@ class DisputeWorkflow:
         if self._final or self._issuer_status in _DECIDED:
             raise refused(
                 Refusal.WRONG_STATE,
-                f"the dispute is {self._progress.stage}; it can no longer be withdrawn",
+                f"the dispute is {self.progress.stage}; it can no longer be withdrawn",
             )
         if self._withdraw is not None:
             raise refused(Refusal.ALREADY_DONE, "the dispute is already being withdrawn")
@@ -727,7 +727,7 @@ class DisputeWorkflow:
         if self._final or self._issuer_status is None or self._issuer_status in _DECIDED:
             raise refused(
                 Refusal.WRONG_STATE,
-                f"the dispute is {self._progress.stage}; no operator action applies",
+                f"the dispute is {self.progress.stage}; no operator action applies",
             )
         if action.action == "credit_now" and (self._credited_minor or self._credit_refused):
             raise refused(
@@ -741,7 +741,7 @@ class DisputeWorkflow:
         transaction = self._transaction
         return DisputeStatusView(
             transaction_id=self._input.transaction_id,
-            stage=self._progress.stage,
+            stage=self.progress.stage,
             reason=self._input.reason,
             customer_id=self._input.customer_id,
             card_id=transaction.card_id if transaction else None,
@@ -783,11 +783,11 @@ class DisputeWorkflow:
         elif status != DisputeStatus.OPEN:
             self._deadline_at = None
         if not self._final and status in _STAGE_OF:
-            self._progress.enter(_STAGE_OF[status])
+            self.progress.enter(_STAGE_OF[status])
 
     def _issuer_stage(self) -> str:
         if self._issuer_status is None:
-            return self._progress.stage
+            return self.progress.stage
         return _STAGE_OF.get(self._issuer_status, self._issuer_status.value)
 
     def _amount_minor(self) -> int:
@@ -803,7 +803,7 @@ class DisputeWorkflow:
         request = self._input
         transaction = self._transaction
         lines = [
-            f"Dispute of {request.transaction_id} ({request.reason.value}): {self._progress.stage}"
+            f"Dispute of {request.transaction_id} ({request.reason.value}): {self.progress.stage}"
         ]
         if transaction is not None:
             lines.append(

@@ -131,7 +131,7 @@ class FxConversion:
     def __init__(self, request: FxConversionInput) -> None:
         # Set before any handler or query runs.
         self._input: FxConversionInput | None = request
-        self._progress = ProcessStage(STAGE_STARTING, self._details)
+        self.progress = ProcessStage(STAGE_STARTING, self._details)
         self._quote: FxQuote | None = None
         self._offer: FxQuoteOffer | None = None
         self._fee_minor: int | None = None
@@ -157,7 +157,7 @@ class FxConversion:
         ]
         if request.sell_amount_minor is not None:
             attributes.append(AMOUNT_MINOR.value_set(request.sell_amount_minor))
-        self._progress.search(*attributes)
+        self.progress.search(*attributes)
         try:
             try:
                 result = await self._convert(request)
@@ -171,7 +171,7 @@ class FxConversion:
         except (Exception, asyncio.CancelledError) as error:
             cancelled = is_cancellation(error)
             self._failure = "the conversion was cancelled" if cancelled else str(error)
-            self._progress.enter(FxOutcome.CANCELLED.value if cancelled else STAGE_FAILED)
+            self.progress.enter(FxOutcome.CANCELLED.value if cancelled else STAGE_FAILED)
             raise
         # Confirm, cancel and wait_quote calls in flight get their answers.
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -207,11 +207,11 @@ class FxConversion:
         )
         notified = await self._notify_converted(request, result)
         self._result = result = result.model_copy(update={"notified": notified})
-        self._progress.enter(FxOutcome.CONVERTED.value)
+        self.progress.enter(FxOutcome.CONVERTED.value)
         return result
 
     async def _check_customer(self, request: FxConversionInput) -> FxCurrencyTerms:
-        self._progress.enter(STAGE_CHECKING)
+        self.progress.enter(STAGE_CHECKING)
         terms = request.policy.terms.get(request.sell_currency)
         if terms is None:
             raise Finished(
@@ -258,7 +258,7 @@ class FxConversion:
             )
 
     async def _get_quote(self, request: FxConversionInput, terms: FxCurrencyTerms) -> FxQuote:
-        self._progress.enter(STAGE_QUOTING)
+        self.progress.enter(STAGE_QUOTING)
         asking = asyncio.ensure_future(
             step(
                 request,
@@ -288,7 +288,7 @@ class FxConversion:
             raise
         self._check_quote_matches(request, quote)
         self._quote = quote
-        self._progress.search(AMOUNT_MINOR.value_set(quote.sell_amount_minor))
+        self.progress.search(AMOUNT_MINOR.value_set(quote.sell_amount_minor))
         self._check_limits(quote.sell_amount_minor, request, terms)
         self._fee_minor = conversion_fee_minor(
             quote.sell_amount_minor, terms, request.policy.fee_bps
@@ -327,7 +327,7 @@ class FxConversion:
 
     async def _await_decision(self, request: FxConversionInput, quote: FxQuote) -> None:
         assert self._expires_at is not None
-        self._progress.enter(STAGE_AWAITING)
+        self.progress.enter(STAGE_AWAITING)
         remaining = (self._expires_at - workflow.now()).total_seconds()
         if quote.status is FxQuoteStatus.OPEN and remaining > 0 and not self._decided():
             # Whole seconds, rounded up: the validator refuses confirms from
@@ -346,7 +346,7 @@ class FxConversion:
         )
 
     async def _post(self, request: FxConversionInput, quote: FxQuote) -> ConversionLegs:
-        self._progress.enter(STAGE_CONVERTING)
+        self.progress.enter(STAGE_CONVERTING)
         sell_wallet = accounts.wallet(request.customer_id, quote.sell_currency)
         buy_wallet = accounts.wallet(request.customer_id, quote.buy_currency)
         fees = accounts.revenue_fees(quote.sell_currency)
@@ -402,7 +402,7 @@ class FxConversion:
         self, request: FxConversionInput, result: FxConversionResult
     ) -> bool:
         """Tell the customer; True when sent. Never raises: the conversion stands."""
-        self._progress.enter(STAGE_NOTIFYING)
+        self.progress.enter(STAGE_NOTIFYING)
         sell, buy = result.sell_currency, result.buy_currency
         sending = asyncio.ensure_future(
             step(
@@ -476,7 +476,7 @@ class FxConversion:
         if self._quote is None or self._expires_at is None:
             raise refused(
                 Refusal.WRONG_STATE,
-                f"there is no quote to confirm yet (stage: {self._progress.stage})",
+                f"there is no quote to confirm yet (stage: {self.progress.stage})",
             )
         if workflow.now() >= self._expires_at:
             raise refused(
@@ -519,7 +519,7 @@ class FxConversion:
         return FxStatus(
             request_id=request.request_id,
             customer_id=request.customer_id,
-            stage=self._progress.stage,
+            stage=self.progress.stage,
             outcome=self._result.outcome if self._result else None,
             reason=self._result.reason if self._result else (self._failure or ""),
             sell_currency=request.sell_currency,
@@ -546,7 +546,7 @@ class FxConversion:
         if self._result is None:
             return (
                 Refusal.CANCELLED
-                if self._progress.stage == FxOutcome.CANCELLED.value
+                if self.progress.stage == FxOutcome.CANCELLED.value
                 else Refusal.FINISHED
             )
         return self._result.refusal()
@@ -555,7 +555,7 @@ class FxConversion:
         """How the process ended, starting with the outcome's word."""
         if self._result is not None:
             return self._result.summary()
-        return self._failure or self._progress.stage
+        return self._failure or self.progress.stage
 
     def _conclude(
         self, outcome: FxOutcome, reason: str, legs: ConversionLegs | None = None
@@ -586,7 +586,7 @@ class FxConversion:
         )
         self._result = result
         if not converted:
-            self._progress.enter(outcome.value)
+            self.progress.enter(outcome.value)
         return result
 
     def _details(self) -> str:
@@ -594,7 +594,7 @@ class FxConversion:
         assert request is not None
         details = (
             f"FX {request.sell_currency.value} -> {request.buy_currency.value}"
-            f" for {request.customer_id}: {self._progress.stage}"
+            f" for {request.customer_id}: {self.progress.stage}"
         )
         quote = self._quote
         if quote is not None:

@@ -85,7 +85,7 @@ def wallet_code(customer_id: str, currency: str) -> str:
 class Onboarding:
     def __init__(self) -> None:
         self._input: OnboardingInput | None = None
-        self._progress = ProcessStage("starting", self._details)
+        self.progress = ProcessStage("starting", self._details)
         self._outcome: OnboardingOutcome | None = None
         self._applicant_id: str | None = None
         self._attempts = 0
@@ -105,7 +105,7 @@ class Onboarding:
         customer_id = request.profile.customer_id
         # Attributes added to an upsert the workflow already issues here keep
         # its commands as they were: histories of older runs still replay.
-        self._progress.search(CUSTOMER_ID.value_set(customer_id), PROVIDER.value_set(KYC))
+        self.progress.search(CUSTOMER_ID.value_set(customer_id), PROVIDER.value_set(KYC))
         try:
             await self._onboard(request)
             raise AssertionError("onboarding ended without an outcome")
@@ -118,7 +118,7 @@ class Onboarding:
             # A step failed for good (or the workflow was cancelled): close what
             # was opened, to the end even if a cancellation comes meanwhile.
             await self._saga.compensate()
-            self._progress.enter("cancelled" if is_cancellation(error) else "failed")
+            self.progress.enter("cancelled" if is_cancellation(error) else "failed")
             raise
         if outcome != "approved":
             await self._saga.compensate()
@@ -130,7 +130,7 @@ class Onboarding:
         )
         await self._notify(f"outcome-{outcome}", *_MESSAGES[outcome])
         self._outcome = outcome
-        self._progress.enter(outcome)
+        self.progress.enter(outcome)
         return OnboardingResult(
             customer_id=customer_id,
             outcome=outcome,
@@ -145,7 +145,7 @@ class Onboarding:
     async def _onboard(self, request: OnboardingInput) -> None:
         profile = request.profile
         policy = request.policy
-        self._progress.enter("opening wallets")
+        self.progress.enter("opening wallets")
         await step(
             request, CustomerActivities.save_profile, profile, retry_policy=CUSTOMERS_RETRY_POLICY
         )
@@ -168,7 +168,7 @@ class Onboarding:
             self._wallets.append(code)
             self._saga.done(functools.partial(self._close_wallet, code))
 
-        self._progress.enter("creating the KYC applicant")
+        self.progress.enter("creating the KYC applicant")
         applicant = await step(
             request,
             ProviderActivities.create_applicant,
@@ -194,7 +194,7 @@ class Onboarding:
 
     async def _check(self, request: OnboardingInput, documents: list[DocumentSpec]) -> None:
         assert self._applicant_id is not None
-        self._progress.enter(f"KYC check {self._attempts}: uploading documents")
+        self.progress.enter(f"KYC check {self._attempts}: uploading documents")
         for index, document in enumerate(documents):
             await step(
                 request,
@@ -214,7 +214,7 @@ class Onboarding:
 
     async def _wait_for_verdict(self, wait_seconds: int) -> KycResult:
         check_id = self._current_check
-        self._progress.enter("waiting for the KYC result")
+        self.progress.enter("waiting for the KYC result")
         if not await wait_for(lambda: self._decided(check_id), wait_seconds):
             raise Finished("expired", f"no KYC result within {wait_seconds}s")
         assert check_id is not None
@@ -223,7 +223,7 @@ class Onboarding:
     async def _wait_for_review(self, wait_seconds: int) -> None:
         check_id = self._current_check
         assert check_id is not None
-        self._progress.enter("in operator review")
+        self.progress.enter("in operator review")
         await self._notify(
             "in-review",
             "We are reviewing your application",
@@ -245,7 +245,7 @@ class Onboarding:
         raise Finished("rejected", "KYC rejected after review")
 
     async def _wait_for_resubmission(self, wait_seconds: int) -> list[DocumentSpec]:
-        self._progress.enter("waiting for resubmitted documents")
+        self.progress.enter("waiting for resubmitted documents")
         await self._notify(
             f"resubmit-{self._attempts}",
             "Please resubmit your documents",
@@ -286,7 +286,7 @@ class Onboarding:
 
     @workflow.signal(name=RESUBMIT_SIGNAL)
     def resubmit_documents(self, resubmission: Resubmission) -> None:
-        if self._progress.stage == "waiting for resubmitted documents":
+        if self.progress.stage == "waiting for resubmitted documents":
             self._resubmission = resubmission
 
     @workflow.update(name=REVIEW_UPDATE)
@@ -298,7 +298,7 @@ class Onboarding:
 
     @review.validator
     def _validate_review(self, review: KycReview) -> None:
-        stage = self._progress.stage
+        stage = self.progress.stage
         if self._outcome is not None or stage in ("approved", "rejected", "expired", "failed"):
             raise refused(Refusal.FINISHED, f"onboarding already finished ({stage})")
         if stage != "in operator review":
@@ -312,7 +312,7 @@ class Onboarding:
         last = self._results.get(self._current_check or "")
         return OnboardingStatus(
             customer_id=customer_id,
-            stage=self._progress.stage,
+            stage=self.progress.stage,
             outcome=self._outcome,
             applicant_id=self._applicant_id,
             attempts=self._attempts,
@@ -327,7 +327,7 @@ class Onboarding:
         return result is not None and result.status in ("completed", "on_hold")
 
     def _details(self) -> str:
-        return f"Onboarding: {self._progress.stage}"
+        return f"Onboarding: {self.progress.stage}"
 
     async def _notify(self, occasion: str, subject: str, body: str) -> None:
         request = self._input

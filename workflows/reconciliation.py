@@ -165,7 +165,7 @@ def _rate(part_minor: int, whole_minor: int) -> str:
 class Reconciliation:
     def __init__(self) -> None:
         self._input: ReconciliationInput | None = None
-        self._progress = ProcessStage("starting", self._details)
+        self.progress = ProcessStage("starting", self._details)
         self._items: dict[str, ReconciliationItem] = {}
         self._reversals: list[LatePosting] = []
         self._deciding = False
@@ -175,12 +175,12 @@ class Reconciliation:
     @workflow.run
     async def run(self, request: ReconciliationInput) -> ReconciliationResult:
         self._input = request
-        self._progress.search(PROVIDER.value_set(request.provider))
+        self.progress.search(PROVIDER.value_set(request.provider))
         refusal = day_not_ended(request.settlement_date, workflow.now())
         if refusal is not None:
             # Started past the starters' check: fail before touching anything,
             # so the day's id stays free for the run once the day is over.
-            self._progress.enter("refused")
+            self.progress.enter("refused")
             raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
         result = await self._reconcile(request)
         self._deciding = False
@@ -191,7 +191,7 @@ class Reconciliation:
 
     async def _reconcile(self, request: ReconciliationInput) -> ReconciliationResult:
         policy = request.policy
-        self._progress.enter("downloading")
+        self.progress.enter("downloading")
         # Its own timeouts and heartbeat: a long report resumes from its last page.
         download = await workflow.execute_activity_method(
             ReconciliationProviderActivities.download,
@@ -215,10 +215,10 @@ class Reconciliation:
         late = await self._find_late_postings(request)
         if late:
             await self._open_accounts({found.fix.difference.currency for found in late})
-            self._progress.enter("reversing_late_postings")
+            self.progress.enter("reversing_late_postings")
             for found in late:
                 await self._reverse_late_posting(found)
-        self._progress.enter("matching")
+        self.progress.enter("matching")
         matched = await step(
             request,
             ReconciliationLedgerActivities.match,
@@ -234,7 +234,7 @@ class Reconciliation:
         currencies = {item.difference.currency for item in self._items.values()}
         if currencies:
             await self._open_accounts(currencies)
-        self._progress.enter("fixing")
+        self.progress.enter("fixing")
         for item in self._items.values():
             if item.state == "auto_fixed":
                 await self._post_fix(item)
@@ -244,7 +244,7 @@ class Reconciliation:
             self._deciding = True
             # What waits for the operators is searchable (AmountMinor: the sum
             # of the differences), in the stage's own upsert.
-            self._progress.enter(
+            self.progress.enter(
                 "awaiting_decisions",
                 AMOUNT_MINOR.value_set(sum(abs(item.difference.delta_minor) for item in waiting)),
             )
@@ -253,7 +253,7 @@ class Reconciliation:
             for item in self._items.values():
                 if item.state == "awaiting_decision":
                     item.state = "undecided"
-        self._progress.enter("reporting")
+        self.progress.enter("reporting")
         report = self._report(request, download, matched)
         paths = await step(
             request,
@@ -261,8 +261,8 @@ class Reconciliation:
             ReportWrite(reports_dir=request.reports_dir, report=report),
         )
         unexplained = sum(summary.unexplained_minor for summary in report.currencies)
-        self._progress.search(AMOUNT_MINOR.value_set(unexplained))
-        self._progress.enter("drift" if unexplained else "reconciled")
+        self.progress.search(AMOUNT_MINOR.value_set(unexplained))
+        self.progress.enter("drift" if unexplained else "reconciled")
         return ReconciliationResult(report=report, paths=paths)
 
     async def _open_accounts(self, currencies: set[Currency]) -> None:
@@ -491,7 +491,7 @@ class Reconciliation:
         item.reason = decision.reason or None
         if action is DecisionAction.ADJUST:
             await self._post_fix(item)
-        self._progress.show()
+        self.progress.show()
         return item
 
     @decide.validator
@@ -518,7 +518,7 @@ class Reconciliation:
     def status(self) -> ReconciliationStatus:
         assert self._input is not None
         return ReconciliationStatus(
-            stage=self._progress.stage,
+            stage=self.progress.stage,
             settlement_date=self._input.settlement_date,
             items=list(self._items.values()),
             reversals=list(self._reversals),
@@ -531,7 +531,7 @@ class Reconciliation:
         waiting = sum(1 for item in self._items.values() if item.state == "awaiting_decision")
         return (
             f"**{self._input.provider} {self._input.settlement_date.isoformat()}**: "
-            f"{self._progress.stage}; "
+            f"{self.progress.stage}; "
             f"{len(self._items)} differences, {waiting} awaiting a decision, "
             f"{len(self._reversals)} earlier fixes reversed after a late posting or settlement"
         )
@@ -545,7 +545,7 @@ class ScheduledReconciliation:
     asked too early) is refused without starting it."""
 
     def __init__(self) -> None:
-        self._progress = ProcessStage("starting", self._details)
+        self.progress = ProcessStage("starting", self._details)
         self._child_id: str | None = None
 
     @workflow.run
@@ -553,14 +553,14 @@ class ScheduledReconciliation:
         day = request.settlement_date or self._previous_day()
         child_id = reconciliation_workflow_id("issuer", day)
         self._child_id = child_id
-        self._progress.search(PROVIDER.value_set("issuer"))
+        self.progress.search(PROVIDER.value_set("issuer"))
         refusal = day_not_ended(day, workflow.now())
         if refusal is not None:
             # A backfill asked for a day not over: no child, so the day's id
             # is free for the scheduled run.
-            self._progress.enter("refused")
+            self.progress.enter("refused")
             raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
-        self._progress.enter("reconciling")
+        self.progress.enter("reconciling")
         reconciliation = ReconciliationInput(
             settlement_date=day,
             reports_dir=request.reports_dir,
@@ -584,11 +584,11 @@ class ScheduledReconciliation:
                 parent_close_policy=ParentClosePolicy.ABANDON,
             )
         except WorkflowAlreadyStartedError:
-            self._progress.enter("already_reconciled")
+            self.progress.enter("already_reconciled")
             return ScheduledReconciliationResult(
                 workflow_id=child_id, settlement_date=day, started=False
             )
-        self._progress.enter("done")
+        self.progress.enter("done")
         return ScheduledReconciliationResult(
             workflow_id=child_id, settlement_date=day, started=True
         )
@@ -603,4 +603,4 @@ class ScheduledReconciliation:
         return self._details()
 
     def _details(self) -> str:
-        return f"{self._progress.stage}: {self._child_id}"
+        return f"{self.progress.stage}: {self._child_id}"

@@ -166,7 +166,7 @@ class Topup:
         # the outside (a provider, an operator, the chain) or ends, so a stage
         # passed through in between never reaches the history (the details and
         # the status query show every stage).
-        self._progress = ProcessStage("starting", self._details, status=self._status, batched=True)
+        self.progress = ProcessStage("starting", self._details, status=self._status, batched=True)
         self._transfer: InboundTransfer | None = None
         self._deposit: Deposit | None = None
         self._amount_minor: int | None = None
@@ -200,7 +200,7 @@ class Topup:
 
     @workflow.run
     async def run(self, request: TopupInput) -> TopupResult:
-        self._progress.search(PROVIDER.value_set(SOURCE_PROVIDER[request.source]))
+        self.progress.search(PROVIDER.value_set(SOURCE_PROVIDER[request.source]))
         try:
             await self._topup(request)
             raise AssertionError("the top-up ended without an outcome")
@@ -220,21 +220,21 @@ class Topup:
             ):
                 await shielded(self._learn(self._interrupted))
             credited = bool(self._credit)
-            self._progress.enter("compensating")
+            self.progress.enter("compensating")
             await self._saga.compensate()
             if cancelled or not credited:
                 # Nothing reached the wallet (or it was cancelled): the
                 # failure itself is the outcome an operator sees.
-                self._progress.enter("cancelled" if cancelled else "failed")
-                self._progress.flush()
+                self.progress.enter("cancelled" if cancelled else "failed")
+                self.progress.flush()
                 raise
             outcome = "reversal_failed" if self._reversal_failed else "reversed"
             reason = failure_reason(error)
         # No message is lost: an operator's review in flight finishes first.
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._outcome = outcome
-        self._progress.enter(outcome.replace("_", " "))
-        self._progress.flush()
+        self.progress.enter(outcome.replace("_", " "))
+        self.progress.flush()
         return self._result(outcome, reason)
 
     async def _learn(self, interrupted: Callable[[], Awaitable[object]]) -> None:
@@ -361,7 +361,7 @@ class Topup:
     async def _match(self, reference: str, currency: Currency, system: list[str]) -> str:
         """The customer the money belongs to, by match or by an operator; the
         match also says which of the credit's system accounts are not open yet."""
-        self._progress.enter("matching the customer")
+        self.progress.enter("matching the customer")
         match = await step(
             self._input,
             TopupActivities.match_customer,
@@ -377,11 +377,11 @@ class Topup:
             customer_id = review.customer_id
             assert customer_id is not None  # the validator and handler insist on it
         self._customer_id = customer_id
-        self._progress.search(CUSTOMER_ID.value_set(customer_id))
+        self.progress.search(CUSTOMER_ID.value_set(customer_id))
         return customer_id
 
     async def _check_limits(self, customer_id: str, amount: int, currency: Currency) -> None:
-        self._progress.enter("checking limits")
+        self.progress.enter("checking limits")
         limits = self._input.policy.limits.get(currency)
         money = describe(amount, currency)
         over: str | None = None
@@ -456,9 +456,9 @@ class Topup:
         """A quote with enough life left to post at; expiring ones are replaced."""
         policy = self._input.policy
         for attempt in range(1, policy.quote_attempts_max + 1):
-            self._progress.enter("quoting")
+            self.progress.enter("quoting")
             self._quotes_taken = attempt
-            self._progress.flush()
+            self.progress.flush()
             quote = await step(
                 self._input,
                 QuoteActivities.quote,
@@ -474,7 +474,7 @@ class Topup:
             if remaining >= timedelta(seconds=policy.quote_remaining_seconds_min):
                 return quote
             if attempt < policy.quote_attempts_max and policy.requote_delay_seconds:
-                self._progress.flush()
+                self.progress.flush()
                 await workflow.sleep(policy.requote_delay_seconds)
         raise ApplicationError(
             f"no FX quote lived {policy.quote_remaining_seconds_min}s in "
@@ -502,7 +502,7 @@ class Topup:
         self, items: list[TransferRequest], credited: int, fee: int, currency: Currency
     ) -> None:
         """The credit and its fee, all or nothing."""
-        self._progress.enter("crediting")
+        self.progress.enter("crediting")
         outcomes = await step(
             self._input, LedgerActivities.submit_batch, TransferBatch(items=items)
         )
@@ -529,7 +529,7 @@ class Topup:
             return
         if not workflow.patched(TOPUP_DEBT_COLLECTION_PATCH):
             return
-        self._progress.enter("collecting debt")
+        self.progress.enter("collecting debt")
         debt, source = customer_debt(customer_id, currency), accounts.wallet(customer_id, currency)
         net = self._credited_minor - self._fee_minor
         assert net >= 0  # the fee never exceeds the credit (TopupFee.fee_minor)
@@ -568,12 +568,12 @@ class Topup:
         self._debt_collection = [collection]
         self._debt_collected_minor = collection.amount_minor
         self._saga.done(self._reverse_debt_collection)
-        self._progress.show()
+        self.progress.show()
         return True
 
     async def _after_credit(self, customer_id: str, currency: Currency) -> None:
         """Record the usage as credited and send the receipt, side by side."""
-        self._progress.enter("sending the receipt")
+        self.progress.enter("sending the receipt")
         usage = asyncio.ensure_future(self._set_usage_status("credited"))
         net = describe(self._credited_minor - self._fee_minor, currency)
         fee = describe(self._fee_minor, currency)
@@ -582,7 +582,7 @@ class Topup:
             collected = describe(self._debt_collected_minor, currency)
             body += f" {collected} of it repaid what you owed us."
         try:
-            self._progress.flush()
+            self.progress.flush()
             await step(
                 self._input,
                 TopupReceiptActivities.send_receipt,
@@ -613,7 +613,7 @@ class Topup:
             )
             for leg in reversed(self._credit)
         ]
-        self._progress.enter("reversing the credit")
+        self.progress.enter("reversing the credit")
         outcomes = await step(
             self._input, LedgerActivities.submit_batch, TransferBatch(items=reversals)
         )
@@ -637,7 +637,7 @@ class Topup:
     async def _reverse_debt_collection(self) -> None:
         """Give the collected amount back to the wallet (the debt stands again),
         so the credit's own reversal finds the money where it put it."""
-        self._progress.enter("reversing the debt collection")
+        self.progress.enter("reversing the debt collection")
         reversals = [
             TransferRequest(
                 key=f"{leg.key}/reversal",
@@ -683,7 +683,7 @@ class Topup:
             return
         if self._deposit is None or deposit_rank(deposit) > deposit_rank(self._deposit):
             self._deposit = deposit
-            self._progress.show()
+            self.progress.show()
 
     @workflow.update(name=REVIEW_UPDATE)
     async def review(self, decided: TopupReview) -> str:
@@ -713,7 +713,7 @@ class Topup:
         if self._pending is not pending:
             raise refused(
                 Refusal.WRONG_STATE,
-                f"the review is no longer pending (stage: {self._progress.stage})",
+                f"the review is no longer pending (stage: {self.progress.stage})",
             )
         if debt_outstanding_minor is not None:
             self._debt_outstanding_minor = debt_outstanding_minor
@@ -727,7 +727,7 @@ class Topup:
             raise refused(Refusal.FINISHED, f"the top-up already finished ({self._outcome})")
         if self._pending is None:
             raise refused(
-                Refusal.WRONG_STATE, f"no review is pending (stage: {self._progress.stage})"
+                Refusal.WRONG_STATE, f"no review is pending (stage: {self.progress.stage})"
             )
         if self._review is not None:
             raise refused(Refusal.ALREADY_DONE, "this review was already decided")
@@ -751,7 +751,7 @@ class Topup:
             workflow_id=workflow.info().workflow_id,
             source=self._input.source,
             external_ref=self._input.external_ref,
-            stage=self._progress.stage,
+            stage=self.progress.stage,
             customer_id=self._customer_id,
             amount_minor=self._amount_minor,
             currency=self._currency,
@@ -775,7 +775,7 @@ class Topup:
 
     def _received(self, amount_minor: int, currency: Currency) -> None:
         self._amount_minor, self._currency = amount_minor, currency
-        self._progress.search(
+        self.progress.search(
             AMOUNT_MINOR.value_set(amount_minor), CURRENCY.value_set(currency.value)
         )
 
@@ -812,7 +812,7 @@ class Topup:
 
     def _details(self) -> str:
         request = self._input
-        details = f"Top-up {request.source} {request.external_ref}: {self._progress.stage}"
+        details = f"Top-up {request.source} {request.external_ref}: {self.progress.stage}"
         if self._amount_minor is not None and self._currency is not None:
             details += f" | {describe(self._amount_minor, self._currency)}"
         if self._customer_id:
@@ -847,6 +847,6 @@ class Topup:
         """Wait in `stage` until `condition` (False after `seconds`)."""
         if condition():
             return True
-        self._progress.enter(stage)
-        self._progress.flush()
+        self.progress.enter(stage)
+        self.progress.flush()
         return await wait_for(condition, seconds)
