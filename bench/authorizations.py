@@ -53,7 +53,7 @@ from starters.devstack.stack import Stack
 from starters.simulate import issuer
 from workers.client import connect
 from workers.settings import Settings, load_settings
-from workflows.cards import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
+from workflows.card_issue import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
 
 FUNDING_MINOR = 10**12
 CARDS_STARTED_AT_ONCE = 20

@@ -27,14 +27,13 @@ from schemas.task_queues import TaskQueues
 from starters import console
 from starters.arguments import CustomerIdArgument
 from starters.updates import UPDATE_RPC_TIMEOUT, execute_update
-from workflows.cards import (
+from workflows.card_issue import (
     CARD_ISSUE_WORKFLOW,
-    CardEntity,
     CardIssue,
     card_issue_start_metadata,
     card_issue_workflow_id,
-    card_workflow_id,
 )
+from workflows.cards import CardEntity, card_workflow_id
 
 # The card's state changes, by the action's name (the CLI's and the API's).
 CARD_ACTIONS = {

@@ -43,7 +43,8 @@ from starters.scenarios import (
 from starters.simulate import set_issuer_clock_behind
 from starters.topup import mine_blocks, simulate_bank_transfer, simulate_deposit
 from workers.settings import Settings
-from workflows.cards import CardIssue, card_workflow_id
+from workflows.card_issue import CardIssue
+from workflows.cards import card_workflow_id
 from workflows.fx import fx_workflow_id
 from workflows.onboarding import wallet_code
 from workflows.topup import STAGE_CONFIRMATIONS, topup_workflow_id

@@ -37,7 +37,8 @@ from starters.health import ping
 from starters.onboarding import resubmit, review, start_onboarding
 from starters.updates import execute_update
 from workers.settings import Settings
-from workflows.cards import CardEntity, CardIssue, card_workflow_id
+from workflows.card_issue import CardIssue
+from workflows.cards import CardEntity, card_workflow_id
 from workflows.health import ping_workflow_id
 from workflows.onboarding import Onboarding, wallet_code
 
@@ -559,7 +560,7 @@ async def _ship_and_activate(
     from activities.providers.issuer import IssuerClient
     from schemas.issuer import ShippingStatus
     from starters.cards import activate
-    from workflows.cards import card_issue_workflow_id
+    from workflows.card_issue import card_issue_workflow_id
 
     issuing = client.get_workflow_handle(card_issue_workflow_id(request_id))
     async with IssuerClient(f"{settings.providers_base_url}/issuer") as issuer:
@@ -612,7 +613,8 @@ async def physical_card_reported_lost(client: Client, settings: Settings) -> tup
 async def card_replaced(client: Client, settings: Settings) -> list[str]:
     """A physical card is reported lost; its replacement ships, is activated
     once delivered (its issuing is named after the new card) and later closed."""
-    from workflows.cards import card_issue_workflow_id, replacement_request_id
+    from workflows.card_issue import card_issue_workflow_id
+    from workflows.cards import replacement_request_id
 
     card_id, replacement = await physical_card_reported_lost(client, settings)
     request_id = replacement_request_id(replacement)

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from workflows.billing import BILLING_RUN_WORKFLOW, BILLING_WORKFLOW, Billing, BillingRun
-from workflows.cards import CARD_ISSUE_WORKFLOW, CARD_WORKFLOW, CardEntity, CardIssue
+from workflows.card_issue import CARD_ISSUE_WORKFLOW, CardIssue
+from workflows.cards import CARD_WORKFLOW, CardEntity
 from workflows.cashback import CASHBACK_WORKFLOW, Cashback
 from workflows.dispute import DISPUTE_WORKFLOW, DisputeWorkflow
 from workflows.fx import FX_WORKFLOW, FxConversion

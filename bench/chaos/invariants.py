@@ -71,7 +71,8 @@ from activities.ledger.verify import verify
 from schemas.providers import ISSUER
 from starters.gateway.routes import route_for
 from workflows.billing import BILLING_RUN_WORKFLOW, BILLING_WORKFLOW
-from workflows.cards import CARD_ISSUE_WORKFLOW, CARD_WORKFLOW
+from workflows.card_issue import CARD_ISSUE_WORKFLOW
+from workflows.cards import CARD_WORKFLOW
 from workflows.cashback import CASHBACK_WORKFLOW
 from workflows.dispute import DISPUTE_WORKFLOW
 from workflows.fx import FX_WORKFLOW

@@ -47,7 +47,8 @@ from schemas.kyc import KycDecision
 from schemas.money import Currency
 from schemas.providers import BANK, ISSUER, KYC, TRON
 from workers.settings import Settings
-from workflows.cards import card_issue_workflow_id, card_workflow_id, replacement_request_id
+from workflows.card_issue import card_issue_workflow_id
+from workflows.cards import card_workflow_id, replacement_request_id
 from workflows.topup import topup_workflow_id
 
 T = TypeVar("T")

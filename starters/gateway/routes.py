@@ -26,11 +26,10 @@ from schemas.providers import BANK, ISSUER, KYC, TRON
 from schemas.task_queues import TaskQueues
 from schemas.tron import Deposit
 from starters.topup import topup_input_of, topup_workflow_id_of
+from workflows.card_issue import SHIPPING_UPDATE_SIGNAL, card_issue_workflow_id
 from workflows.cards import (
     CARD_WORKFLOW,
     NETWORK_EVENT_SIGNAL,
-    SHIPPING_UPDATE_SIGNAL,
-    card_issue_workflow_id,
     card_start_metadata,
     card_workflow_id,
 )

@@ -32,12 +32,12 @@ from starters.gateway.v1.ownership import (
     require_owner,
 )
 from starters.gateway.v1.shared import READ, START, UPDATE, ProcessRef, process_router, route, steer
-from workflows.cards import (
+from workflows.card_issue import (
     CARD_ISSUE_WORKFLOW,
     card_issue_start_metadata,
     card_issue_workflow_id,
-    card_workflow_id,
 )
+from workflows.cards import card_workflow_id
 
 router = process_router()
 
