@@ -40,12 +40,8 @@ from tests.workflows.test_authorizations import (
     wallet_becomes,
 )
 from tests.workflows.test_cards import FEES, HOME, customer
-from workflows.cards import (
-    CARD_ISSUE_WORKFLOW,
-    CARD_WORKFLOW,
-    card_issue_workflow_id,
-    card_workflow_id,
-)
+from workflows.card_issue import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
+from workflows.cards import CARD_WORKFLOW, card_workflow_id
 from workflows.health import PING_WORKFLOW, ping_workflow_id
 
 # Long enough that nothing in a healthy test's flow counts as stuck.

@@ -559,7 +559,8 @@ async def test_a_partner_key_runs_its_customers_processes_and_no_one_elses(
 ) -> None:
     from tests.workflows.test_dispute import purchase
     from tests.workflows.test_fx_conversion import customer, rates
-    from workflows.cards import card_issue_workflow_id, card_workflow_id
+    from workflows.card_issue import card_issue_workflow_id
+    from workflows.cards import card_workflow_id
 
     rates(platform)
     mine = await customer(platform, {Currency.USD: 50_000})

@@ -37,15 +37,14 @@ from tests import polling
 from tests.conftest import Platform
 from tests.interruptions import balances_locked, until_waiting
 from tests.workflows.test_cards import FEES, HOME, customer, refusal
-from workflows.card_money import HOLD_LEDGER_GRACE
+from workflows.card_issue import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
+from workflows.card_ledger import HOLD_LEDGER_GRACE
 from workflows.cards import (
-    CARD_ISSUE_WORKFLOW,
     CLOSE_UPDATE,
     FREEZE_UPDATE,
     LIMITS_UPDATE,
     NETWORK_EVENT_SIGNAL,
     RESOLVE_EXCEPTION_UPDATE,
-    card_issue_workflow_id,
     card_workflow_id,
 )
 from workflows.cashback import cashback_workflow_id

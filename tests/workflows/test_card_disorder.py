@@ -66,7 +66,7 @@ from tests.workflows.test_authorizations import (
 )
 from tests.workflows.test_cards import customer
 from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
-from workflows.card_money import HOLD_LEDGER_GRACE
+from workflows.card_ledger import HOLD_LEDGER_GRACE
 from workflows.cards import (
     AUTHORIZE_UPDATE,
     CARD_WORKFLOW,

@@ -43,21 +43,23 @@ from tests.interruptions import (
     until_admitted,
     until_waiting,
 )
-from workflows.cards import (
+from workflows.card_issue import (
     ACTIVATE_UPDATE,
     CARD_ISSUE_WORKFLOW,
+    RESCHEDULE_UPDATE,
+    SHIPPING_UPDATE_SIGNAL,
+    card_issue_workflow_id,
+    fee_account,
+)
+from workflows.cards import (
     CARD_WORKFLOW,
     CLOSE_UPDATE,
     FREEZE_UPDATE,
     LIMITS_UPDATE,
     REPORT_LOST_UPDATE,
     REPORT_STOLEN_UPDATE,
-    RESCHEDULE_UPDATE,
-    SHIPPING_UPDATE_SIGNAL,
     UNFREEZE_UPDATE,
-    card_issue_workflow_id,
     card_workflow_id,
-    fee_account,
 )
 from workflows.onboarding import wallet_code
 

@@ -20,7 +20,7 @@ from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
 from workers.converter import build_data_converter
 from workers.settings import parse_encryption_keys
 from workflows.billing import CANCELLED_FEE_PATCH
-from workflows.cards import CARD_ISSUE_INTERRUPTED_FEE_PATCH
+from workflows.card_issue import CARD_ISSUE_INTERRUPTED_FEE_PATCH
 from workflows.cashback import CANCELLATION_SETTLES_PATCH
 from workflows.catalog import ALL_WORKFLOWS
 from workflows.fx import NOTICE_CANCELLATION_PATCH
@@ -102,7 +102,7 @@ async def test_a_card_from_before_durable_keys_replays_only_thanks_to_the_patch(
     replay on the old path; with the guard forced open they would not."""
     from temporalio import workflow
 
-    from workflows.card_money import CARD_MONEY_PATCH
+    from workflows.card_ledger import CARD_MONEY_PATCH
 
     history = load(HISTORIES / f"{name}.json")
     keys_file = HISTORIES / RECORDING_KEYS_FILENAME
