@@ -7,7 +7,8 @@ has done so far. Deterministic; for use inside workflows.
   two upsert policies: at once (every stage is searchable as it is entered),
   or batched (the stage and other attributes are upserted together when the
   process next waits on the outside or ends, so stages passed through in
-  between cost no history event).
+  between cost no history event). A step past its deadline marks the process
+  `stuck` (at once, whatever the policy) until it succeeds.
 - `Finished` is how a business step ends the process with an outcome other
   than its happy one (expired, rejected, refused): not an error, caught once
   by the run method, which turns it into the process's result.
@@ -30,6 +31,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.cancellation import shielded
 
 OutcomeT = TypeVar("OutcomeT")
+
+# The ProcessStatus of a process one of whose steps is past its deadline.
+STATUS_STUCK = "stuck"
 
 
 class Finished(Exception, Generic[OutcomeT]):
@@ -62,6 +66,8 @@ class ProcessStage:
         self._status = status
         self._batched = batched
         self._pending: dict[str, SearchAttributeUpdate[Any]] = {}
+        # Steps past their deadline, each described for the details.
+        self._stuck: list[str] = []
         # What the start set counts as upserted: a flush leaves out a value the
         # process already has.
         self._flushed: dict[str, Any] = {
@@ -77,17 +83,46 @@ class ProcessStage:
         `also`) upserted at once, or at the next `flush` when batched."""
         self._stage = stage
         self.show()
+        if self._stuck:
+            # Stuck it stays: the stage's status is upserted once unstuck.
+            self.search(*also)
+            return
         self.search(PROCESS_STATUS.value_set(self._status(stage)), *also)
 
     def show(self) -> None:
         """Render the current details again (the state behind them changed)."""
-        workflow.set_current_details(self._details())
+        details = self._details()
+        if self._stuck:
+            stuck = "\n".join(f"- {step}" for step in self._stuck)
+            details = f"**Stuck** (an operator should look):\n{stuck}\n\n{details}"
+        workflow.set_current_details(details)
+
+    def stuck(self, step: str) -> None:
+        """`step` is past its deadline: ProcessStatus `stuck` at once."""
+        self._stuck.append(step)
+        self.show()
+        self._upsert_status(STATUS_STUCK)
+
+    def unstuck(self, step: str) -> None:
+        """`step` succeeded after all: once no step is stuck, the stage's
+        ProcessStatus again, at once."""
+        self._stuck.remove(step)
+        self.show()
+        if not self._stuck:
+            self._upsert_status(self._status(self._stage))
+
+    def _upsert_status(self, status: str) -> None:
+        self._pending.pop(PROCESS_STATUS.name, None)
+        if self._flushed.get(PROCESS_STATUS.name) != status:
+            workflow.upsert_search_attributes([PROCESS_STATUS.value_set(status)])
+            self._flushed[PROCESS_STATUS.name] = status
 
     def search(self, *updates: SearchAttributeUpdate[Any]) -> None:
         """Upsert `updates` at once, or at the next `flush` when batched."""
         if not self._batched:
             if updates:
                 workflow.upsert_search_attributes(list(updates))
+                self._flushed.update({update.key.name: update.value for update in updates})
             return
         for update in updates:
             self._pending[update.key.name] = update
