@@ -47,7 +47,8 @@ from workflows.card_issue import CardIssue
 from workflows.cards import card_workflow_id
 from workflows.fx import fx_workflow_id
 from workflows.onboarding import wallet_code
-from workflows.topup import STAGE_CONFIRMATIONS, topup_workflow_id
+from workflows.topup import topup_workflow_id
+from workflows.topup_steps import STAGE_CONFIRMATIONS
 
 # What the walk-through says: a line, and the workflow id it shows (if any).
 Say = Callable[[str, str | None], None]

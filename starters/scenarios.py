@@ -405,7 +405,8 @@ async def topup_unmatched(client: Client, settings: Settings) -> str:
     operator assigns it to an approved customer, and it is credited."""
     from schemas.topup import TopupReview
     from starters.topup import review, simulate_bank_transfer
-    from workflows.topup import STAGE_REVIEW, topup_workflow_id
+    from workflows.topup import topup_workflow_id
+    from workflows.topup_steps import STAGE_REVIEW
 
     onboarding = await onboarding_approved(client, settings)
     customer_id = onboarding.removeprefix("onboarding/")
@@ -434,7 +435,8 @@ async def topup_usdt(client: Client, settings: Settings) -> str:
     from functools import partial
 
     from starters.topup import mine_blocks, simulate_deposit
-    from workflows.topup import STAGE_CONFIRMATIONS, topup_workflow_id
+    from workflows.topup import topup_workflow_id
+    from workflows.topup_steps import STAGE_CONFIRMATIONS
 
     onboarding = await onboarding_approved(client, settings)
     customer_id = onboarding.removeprefix("onboarding/")

@@ -46,12 +46,12 @@ from workers.settings import Settings
 from workflows.topup import (
     BANK_TRANSFER_SIGNAL,
     DEPOSIT_SIGNAL,
-    STATUS_PROCESSING,
     TOPUP_WORKFLOW,
     Topup,
     topup_start_metadata,
     topup_workflow_id,
 )
+from workflows.topup_steps import STATUS_PROCESSING
 
 # The sandbox's paying side of simulated deposits: a well-formed Tron address
 # that custody did not make (so it is nobody's deposit address).
