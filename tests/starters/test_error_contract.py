@@ -32,7 +32,7 @@ from tests.workflows import test_fx_conversion as fx_helpers
 from tests.workflows import test_topup as topup_helpers
 from tests.workflows.test_authorizations import authorize, open_card
 from workflows.cards import card_workflow_id
-from workflows.topup import STAGE_CONFIRMATIONS
+from workflows.topup_steps import STAGE_CONFIRMATIONS
 
 # ----- the table and the answer to what a process raised ---------------------
 

@@ -44,7 +44,8 @@ from starters import topup as starter
 from tests import polling
 from tests.conftest import Platform
 from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
-from workflows.topup import REVIEW_UPDATE, STAGE_CONFIRMATIONS, STAGE_REVIEW, topup_workflow_id
+from workflows.topup import REVIEW_UPDATE, topup_workflow_id
+from workflows.topup_steps import STAGE_CONFIRMATIONS, STAGE_REVIEW
 
 FINALITY = 3
 OPERATOR = "op-jane"

@@ -65,7 +65,7 @@ from tests.workflows.test_topup import (
     status_when,
     wallet,
 )
-from workflows.topup import STAGE_REVIEW
+from workflows.topup_steps import STAGE_REVIEW
 
 USD = Currency.USD
 # A payer's reference that names no customer: the payment waits to be assigned.
