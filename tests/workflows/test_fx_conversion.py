@@ -7,7 +7,6 @@ import asyncio
 import json
 import math
 import uuid
-from datetime import date
 from fractions import Fraction
 from typing import Any
 
@@ -18,11 +17,9 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.exceptions import CancelledError
 from typer.testing import CliRunner
 
-from activities.customers import CustomerStore
 from activities.ledger import AccountNotFound, Ledger
 from activities.ledger.verify import verify
 from schemas import accounts
-from schemas.customers import CustomerProfile, KycStatus
 from schemas.fx import (
     FxConversionInput,
     FxConversionResult,
@@ -32,11 +29,11 @@ from schemas.fx import (
     FxQuoteOffer,
     FxStatus,
 )
-from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import MINOR_UNIT_EXPONENT, Currency
 from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
 from starters import fx
 from tests.conftest import Platform
+from tests.customers import customer, funding_key
 from tests.interruptions import table_locked, until_activity_cancel_requested, until_waiting
 from workflows.fx import CONFIRM_UPDATE, STAGE_NOTIFYING, FxConversion, fx_workflow_id
 
@@ -55,49 +52,6 @@ POLICY = FxPolicy(
 
 
 # ----- helpers ----------------------------------------------------------------
-
-
-async def customer(platform: Platform, funds: dict[Currency, int], *, approved: bool = True) -> str:
-    """A customer with a wallet (opened like onboarding does) per currency in
-    `funds`, each credited that much from the bank."""
-    customer_id = f"c-{uuid.uuid4().hex[:10]}"
-    store = CustomerStore(platform.stack.pool)
-    await store.save(
-        CustomerProfile(
-            customer_id=customer_id,
-            first_name="Ada",
-            last_name="Lovelace",
-            date_of_birth=date(1990, 12, 10),
-            country="GBR",
-            email=f"{customer_id}@example.com",
-        )
-    )
-    if approved:
-        await store.set_kyc_status(customer_id, KycStatus.APPROVED)
-    ledger = Ledger(platform.stack.pool)
-    for currency, amount in funds.items():
-        wallet = accounts.wallet(customer_id, currency)
-        await ledger.open_account(
-            AccountSpec(
-                code=wallet,
-                currency=currency,
-                kind="wallet",
-                owner_id=customer_id,
-                debits_must_not_exceed_credits=True,
-            )
-        )
-        await ledger.open_account(accounts.system_account(accounts.bank_inbound(currency)))
-        if amount:
-            await ledger.transfer(
-                TransferRequest(
-                    key=f"fund-{customer_id}-{currency.value}",
-                    debit=accounts.bank_inbound(currency),
-                    credit=wallet,
-                    amount_minor=amount,
-                    currency=currency,
-                )
-            )
-    return customer_id
 
 
 def rates(platform: Platform, **options: Any) -> None:
@@ -491,7 +445,7 @@ async def test_insufficient_funds_for_the_fee_declines_the_whole_batch(
     }
     # The wallet saw its funding and nothing else.
     page = await Ledger(platform.stack.pool).history(accounts.wallet(customer_id, usd))
-    assert [entry.key for entry in page.entries] == [f"fund-{customer_id}-USD"]
+    assert [entry.key for entry in page.entries] == [funding_key(customer_id, Currency.USD)]
     assert await verify(platform.stack.pool) == []
 
 
