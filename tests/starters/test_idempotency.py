@@ -14,8 +14,8 @@ import pytest
 from starters.gateway.v1.idempotency import request_hash
 from starters.gateway.v1.processes import StartPing
 from tests.conftest import Platform, RunningStack, api_key_headers
+from tests.customers import customer
 from tests.starters.inprocess import gateway
-from tests.workflows.test_fx_conversion import customer as funded_customer
 from tests.workflows.test_fx_conversion import rates
 from workflows.health import ping_workflow_id
 from workflows.onboarding import onboarding_workflow_id
@@ -72,8 +72,8 @@ async def test_two_keys_get_two_fx_quotes_and_each_converts_its_own_money(
 
     rates(platform)
     first_key, second_key = colliding_keys(kind)
-    alice = await funded_customer(platform, {Currency.USD: 20_000})
-    bob = await funded_customer(platform, {Currency.USD: 20_000})
+    alice = await customer(platform, {Currency.USD: 20_000})
+    bob = await customer(platform, {Currency.USD: 20_000})
 
     def body(customer_id: str, sell_minor: int) -> dict[str, Any]:
         return {
