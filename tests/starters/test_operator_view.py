@@ -48,7 +48,8 @@ from workers.settings import Settings, parse_encryption_keys
 from workflows import cards
 from workflows.cards import card_workflow_id
 from workflows.catalog import ALL_WORKFLOWS
-from workflows.dispute import WAITING_FOR_EVIDENCE, dispute_workflow_id
+from workflows.dispute import dispute_workflow_id
+from workflows.dispute_steps import WAITING_FOR_EVIDENCE
 from workflows.fx import fx_workflow_id
 from workflows.onboarding import onboarding_workflow_id
 from workflows.topup import topup_workflow_id
