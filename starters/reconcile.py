@@ -52,10 +52,12 @@ from starters.updates import execute_update
 from workers.settings import Settings
 from workflows.reconciliation import (
     RECONCILIATION_WORKFLOW,
-    SCHEDULED_RECONCILIATION_WORKFLOW,
     Reconciliation,
     reconciliation_start_metadata,
     reconciliation_workflow_id,
+)
+from workflows.scheduled_reconciliation import (
+    SCHEDULED_RECONCILIATION_WORKFLOW,
     scheduled_reconciliation_start_metadata,
 )
 

@@ -706,7 +706,7 @@ async def reconciliation_clean(client: Client, settings: Settings) -> list[str]:
     )
     from starters.reconcile import DAILY_SCHEDULE_ID, reports_dir, summary
     from starters.simulate import authorize, clear, set_issuer_clock_behind
-    from workflows.reconciliation import (
+    from workflows.scheduled_reconciliation import (
         SCHEDULED_RECONCILIATION_WORKFLOW,
         scheduled_reconciliation_start_metadata,
     )

@@ -19,10 +19,9 @@ from workflows.dispute import DISPUTE_WORKFLOW, DisputeWorkflow
 from workflows.fx import FX_WORKFLOW, FxConversion
 from workflows.health import PING_WORKFLOW, Ping
 from workflows.onboarding import ONBOARDING_WORKFLOW, Onboarding
-from workflows.reconciliation import (
-    RECONCILIATION_WORKFLOW,
+from workflows.reconciliation import RECONCILIATION_WORKFLOW, Reconciliation
+from workflows.scheduled_reconciliation import (
     SCHEDULED_RECONCILIATION_WORKFLOW,
-    Reconciliation,
     ScheduledReconciliation,
 )
 from workflows.topup import TOPUP_WORKFLOW, Topup

@@ -65,18 +65,11 @@ explained. The report is written last and is rewritten by a re-run.
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import date, timedelta
 
 from temporalio import workflow
-from temporalio.common import (
-    RetryPolicy,
-    SearchAttributeKey,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
-from temporalio.workflow import ParentClosePolicy
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger.activities import LedgerActivities
@@ -93,39 +86,29 @@ with workflow.unsafe.imports_passed_through():
     from schemas.money import Currency
     from schemas.periods import PERIOD_NOT_ENDED_ERROR, day_not_ended
     from schemas.reconciliation import (
-        CurrencySummary,
         Decision,
         DecisionAction,
-        DifferenceKind,
         DownloadRequest,
-        DownloadSummary,
         FixRecord,
         LatePosting,
         LatePostingLookup,
         MatchRequest,
-        MatchResult,
         ReconciliationInput,
         ReconciliationItem,
-        ReconciliationReport,
         ReconciliationResult,
         ReconciliationStatus,
         ReversalKind,
         ReversalMark,
-        ScheduledReconciliationInput,
-        ScheduledReconciliationResult,
     )
     from schemas.refusals import Refusal, refused
     from schemas.search import AMOUNT_MINOR, PROVIDER
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.process import ProcessStage
+    from workflows.reconciliation_report import reconciliation_report
     from workflows.steps import step, step_key, wait_for
 
 DECIDE_UPDATE = "decide"
 RECONCILIATION_WORKFLOW = "Reconciliation"
-SCHEDULED_RECONCILIATION_WORKFLOW = "ScheduledReconciliation"
-# Set by the Temporal server on every workflow a schedule starts.
-SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
-DRIFT_RATE_PLACES = Decimal("0.000001")
 # The ledger's error type for a key reused with another payload.
 IDEMPOTENCY_CONFLICT = IdempotencyConflict.__name__
 
@@ -142,23 +125,6 @@ def reconciliation_start_metadata(request: ReconciliationInput) -> StartMetadata
         "the issuer's settlement report; operators' `decide` updates for differences"
         " above the threshold",
     )
-
-
-def scheduled_reconciliation_start_metadata(
-    request: ScheduledReconciliationInput,
-) -> StartMetadata:
-    day = request.settlement_date.isoformat() if request.settlement_date else None
-    return start_metadata(
-        f"Daily reconciliation driver ({day or 'the day before the scheduled time'})",
-        {"provider": "issuer", "settlement date": day or "the day before the scheduled time"},
-        "the day's reconciliation (a child `reconciliation/issuer/{date}`)",
-    )
-
-
-def _rate(part_minor: int, whole_minor: int) -> str:
-    if whole_minor == 0:
-        return "0" if part_minor == 0 else "1"
-    return str((Decimal(part_minor) / Decimal(whole_minor)).quantize(DRIFT_RATE_PLACES))
 
 
 @workflow.defn(name=RECONCILIATION_WORKFLOW)
@@ -254,7 +220,14 @@ class Reconciliation:
                 if item.state == "awaiting_decision":
                     item.state = "undecided"
         self.progress.enter("reporting")
-        report = self._report(request, download, matched)
+        report = reconciliation_report(
+            workflow.info().workflow_id,
+            request,
+            download,
+            matched,
+            list(self._items.values()),
+            self._reversals,
+        )
         paths = await step(
             request,
             ReconciliationLedgerActivities.write_report,
@@ -419,67 +392,6 @@ class Reconciliation:
     def _all_decided(self) -> bool:
         return all(item.state != "awaiting_decision" for item in self._items.values())
 
-    def _report(
-        self, request: ReconciliationInput, download: DownloadSummary, matched: MatchResult
-    ) -> ReconciliationReport:
-        items = list(self._items.values())
-        currencies = []
-        volumes = {volume.currency: volume for volume in matched.volumes}
-        reversals = self._reversals
-        for currency in sorted(
-            set(volumes)
-            | {item.difference.currency for item in items}
-            | {late.fix.difference.currency for late in reversals}
-        ):
-            mine = [item for item in items if item.difference.currency == currency]
-            reversed_here = [late for late in reversals if late.fix.difference.currency == currency]
-            drift = sum(abs(item.difference.delta_minor) for item in mine)
-            fixed = sum(
-                abs(item.difference.delta_minor)
-                for item in mine
-                if item.state in ("auto_fixed", "adjusted")
-            )
-            unexplained = sum(
-                abs(item.difference.delta_minor) for item in mine if item.state == "undecided"
-            )
-            volume = volumes.get(currency)
-            volume_minor = volume.volume_minor if volume else 0
-            currencies.append(
-                CurrencySummary(
-                    currency=currency,
-                    records=volume.records if volume else 0,
-                    volume_minor=volume_minor,
-                    differences=len(mine),
-                    drift_minor=drift,
-                    fixed_minor=fixed,
-                    unexplained_minor=unexplained,
-                    drift_rate=_rate(drift, volume_minor),
-                    unexplained_drift_rate=_rate(unexplained, volume_minor),
-                    reversals=len(reversed_here),
-                    reversed_minor=sum(abs(late.correction_minor) for late in reversed_here),
-                )
-            )
-        kinds = Counter(item.difference.kind.value for item in items)
-        states = Counter(item.state for item in items)
-        return ReconciliationReport(
-            workflow_id=workflow.info().workflow_id,
-            provider=request.provider,
-            settlement_date=request.settlement_date,
-            download=download,
-            records_total=matched.records_total,
-            records_matched=matched.records_matched,
-            records_not_applicable=matched.records_not_applicable,
-            counts={kind.value: kinds.get(kind.value, 0) for kind in DifferenceKind},
-            states=dict(sorted(states.items())),
-            currencies=currencies,
-            items=items,
-            reversal_counts={
-                kind.value: sum(1 for late in reversals if late.kind is kind)
-                for kind in ReversalKind
-            },
-            reversals=list(reversals),
-        )
-
     # ----- operators --------------------------------------------------------
 
     @workflow.update(name=DECIDE_UPDATE)
@@ -535,72 +447,3 @@ class Reconciliation:
             f"{len(self._items)} differences, {waiting} awaiting a decision, "
             f"{len(self._reversals)} earlier fixes reversed after a late posting or settlement"
         )
-
-
-@workflow.defn(name=SCHEDULED_RECONCILIATION_WORKFLOW)
-class ScheduledReconciliation:
-    """The daily schedule's action: run `reconciliation/issuer/{day}` for the
-    UTC day before the scheduled time. A day already reconciled (or running)
-    is left alone; a failed one is run again; a day not over (a backfill
-    asked too early) is refused without starting it."""
-
-    def __init__(self) -> None:
-        self.progress = ProcessStage("starting", self._details)
-        self._child_id: str | None = None
-
-    @workflow.run
-    async def run(self, request: ScheduledReconciliationInput) -> ScheduledReconciliationResult:
-        day = request.settlement_date or self._previous_day()
-        child_id = reconciliation_workflow_id("issuer", day)
-        self._child_id = child_id
-        self.progress.search(PROVIDER.value_set("issuer"))
-        refusal = day_not_ended(day, workflow.now())
-        if refusal is not None:
-            # A backfill asked for a day not over: no child, so the day's id
-            # is free for the scheduled run.
-            self.progress.enter("refused")
-            raise ApplicationError(refusal, type=PERIOD_NOT_ENDED_ERROR, non_retryable=True)
-        self.progress.enter("reconciling")
-        reconciliation = ReconciliationInput(
-            settlement_date=day,
-            reports_dir=request.reports_dir,
-            operators_email=request.operators_email,
-            policy=request.policy,
-            ledger_task_queue=request.ledger_task_queue,
-            providers_task_queue=request.providers_task_queue,
-            workflows_task_queue=request.workflows_task_queue,
-        )
-        metadata = reconciliation_start_metadata(reconciliation)
-        try:
-            await workflow.execute_child_workflow(
-                Reconciliation.run,
-                reconciliation,
-                id=child_id,
-                static_summary=metadata.summary,
-                static_details=metadata.details,
-                task_queue=request.workflows_task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                # The day's reconciliation outlives a driver that is terminated.
-                parent_close_policy=ParentClosePolicy.ABANDON,
-            )
-        except WorkflowAlreadyStartedError:
-            self.progress.enter("already_reconciled")
-            return ScheduledReconciliationResult(
-                workflow_id=child_id, settlement_date=day, started=False
-            )
-        self.progress.enter("done")
-        return ScheduledReconciliationResult(
-            workflow_id=child_id, settlement_date=day, started=True
-        )
-
-    def _previous_day(self) -> date:
-        scheduled = workflow.info().typed_search_attributes.get(SCHEDULED_START_TIME)
-        moment: datetime = scheduled if scheduled is not None else workflow.now()
-        return moment.astimezone(UTC).date() - timedelta(days=1)
-
-    @workflow.query
-    def status(self) -> str:
-        return self._details()
-
-    def _details(self) -> str:
-        return f"{self.progress.stage}: {self._child_id}"

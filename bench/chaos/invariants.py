@@ -78,7 +78,8 @@ from workflows.dispute import DISPUTE_WORKFLOW
 from workflows.fx import FX_WORKFLOW
 from workflows.health import PING_WORKFLOW
 from workflows.onboarding import ONBOARDING_WORKFLOW
-from workflows.reconciliation import RECONCILIATION_WORKFLOW, SCHEDULED_RECONCILIATION_WORKFLOW
+from workflows.reconciliation import RECONCILIATION_WORKFLOW
+from workflows.scheduled_reconciliation import SCHEDULED_RECONCILIATION_WORKFLOW
 from workflows.topup import TOPUP_WORKFLOW
 
 # The workflow types cardflow's workers register; other executions in the
