@@ -70,10 +70,10 @@ from workflows.cards import RESOLVE_EXCEPTION_UPDATE
 from workflows.reconciliation import (
     DECIDE_UPDATE,
     RECONCILIATION_WORKFLOW,
-    SCHEDULED_RECONCILIATION_WORKFLOW,
     Reconciliation,
     reconciliation_workflow_id,
 )
+from workflows.scheduled_reconciliation import SCHEDULED_RECONCILIATION_WORKFLOW
 
 THRESHOLD_MINOR = 500
 POLICY = ReconciliationPolicy(
