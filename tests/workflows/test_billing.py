@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,9 @@ from temporalio.service import RPCError
 from typer.testing import CliRunner
 
 from activities.billing import BillingActivities, classify
-from activities.customers import CustomerStore
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
-from schemas.accounts import bank_inbound, revenue_fees, system_account, wallet
+from schemas.accounts import revenue_fees, system_account, wallet
 from schemas.billing import (
     CATEGORIES,
     BillingInput,
@@ -41,10 +40,7 @@ from schemas.billing import (
     period_of,
     previous_period,
 )
-from schemas.cards import CardInput
-from schemas.customers import CustomerProfile
-from schemas.issuer import CardState
-from schemas.ledger import AccountSpec, HistoryEntry, TransferRequest
+from schemas.ledger import HistoryEntry
 from schemas.money import Currency
 from schemas.search import PROCESS_STATUS
 from starters.billing import (
@@ -59,6 +55,7 @@ from starters.billing import (
 )
 from starters.cli import app
 from tests.conftest import RunningStack, api_key_headers
+from tests.customers import card_of_its_own, customer
 from tests.interruptions import (
     balances_locked,
     table_locked,
@@ -72,50 +69,10 @@ from workflows.billing import (
     BillingRun,
     billing_workflow_id,
 )
-from workflows.cards import CARD_WORKFLOW, card_workflow_id
 
 FEE_USD = 150
 FEE_EUR = 120
 POLICY = BillingPolicy(monthly_fee_minor={Currency.USD: FEE_USD, Currency.EUR: FEE_EUR})
-
-
-async def customer(stack: RunningStack, *, usd_minor: int = 0, tag: str = "b") -> str:
-    """A customer with USD and EUR wallets; the USD one funded by a bank transfer."""
-    customer_id = f"{tag}-{uuid.uuid4().hex[:10]}"
-    await CustomerStore(stack.pool).save(
-        CustomerProfile(
-            customer_id=customer_id,
-            first_name="Ada",
-            last_name="Lovelace",
-            date_of_birth=date(1990, 12, 10),
-            country="GBR",
-            email=f"{customer_id}@example.com",
-        )
-    )
-    ledger = Ledger(stack.pool)
-    for currency in (Currency.USD, Currency.EUR):
-        await ledger.open_account(
-            AccountSpec(
-                code=wallet(customer_id, currency),
-                currency=currency,
-                kind="wallet",
-                owner_id=customer_id,
-                debits_must_not_exceed_credits=True,
-            )
-        )
-    if usd_minor:
-        await ledger.open_account(system_account(bank_inbound(Currency.USD)))
-        outcome = await ledger.transfer(
-            TransferRequest(
-                key=f"topup/test/{customer_id}",
-                debit=bank_inbound(Currency.USD),
-                credit=wallet(customer_id, Currency.USD),
-                amount_minor=usd_minor,
-                currency=Currency.USD,
-            )
-        )
-        assert outcome.accepted
-    return customer_id
 
 
 async def card(
@@ -137,20 +94,7 @@ async def card(
         issued_at or datetime.now(UTC),
     )
     if process:
-        await stack.client.start_workflow(
-            CARD_WORKFLOW,
-            CardInput(
-                card_id=card_id,
-                customer_id=customer_id,
-                state=CardState.OPEN,
-                currency=currency,
-                ledger_task_queue=stack.queues.ledger,
-                providers_task_queue=stack.queues.providers,
-                workflows_task_queue=stack.queues.workflows,
-            ),
-            id=card_workflow_id(card_id),
-            task_queue=stack.queues.workflows,
-        )
+        await card_of_its_own(stack, customer_id, card_id=card_id, currency=currency)
     return card_id
 
 
@@ -247,7 +191,7 @@ async def test_fee_per_active_card_charged_once_however_often_the_period_is_bill
     stack: RunningStack, tmp_path: Path
 ) -> None:
     period, start = last_month()
-    customer_id = await customer(stack, usd_minor=10_000)
+    customer_id = await customer(stack, {Currency.USD: 10_000, Currency.EUR: 0})
     usd_cards = [await card(stack, customer_id, Currency.USD, issued_at=start) for _ in range(2)]
     # The EUR wallet is empty: that card's fee is waived and flagged, not charged.
     eur_card = await card(stack, customer_id, Currency.EUR, issued_at=start)
@@ -304,7 +248,7 @@ async def test_statement_balances_every_wallet_and_classifies_every_entry(
     month's statement (written as next month's billing will write it) holds
     the top-up and that fee; last month's holds neither, and balances too."""
     billed, start = last_month()
-    customer_id = await customer(stack, usd_minor=5_000)
+    customer_id = await customer(stack, {Currency.USD: 5_000, Currency.EUR: 0})
     card_id = await card(stack, customer_id, Currency.USD, issued_at=start)
     result = await bill(stack.client, stack.queues, request(customer_id, billed, tmp_path))
     assert [w.closing_minor for w in result.statement.wallets] == [0, 0]
@@ -374,14 +318,14 @@ async def test_backfill_of_a_past_period_bills_the_cards_active_then(
     period = "2026-09"
     start, end = period_bounds(period)
     in_august = datetime(2026, 8, 15, tzinfo=UTC)
-    first = await customer(stack, usd_minor=1_000, tag="b1")
-    second = await customer(stack, usd_minor=1_000, tag="b2")
+    first = await customer(stack, {Currency.USD: 1_000, Currency.EUR: 0}, prefix="b1")
+    second = await customer(stack, {Currency.USD: 1_000, Currency.EUR: 0}, prefix="b2")
     active_first = await card(stack, first, Currency.USD, issued_at=in_august)
     active_second = await card(stack, second, Currency.USD, issued_at=start)
     # Issued after the period: not billed for it.
     await card(stack, first, Currency.USD, issued_at=end)
     # A customer whose only card came later is not billed at all.
-    later = await customer(stack, usd_minor=1_000, tag="b3")
+    later = await customer(stack, {Currency.USD: 1_000, Currency.EUR: 0}, prefix="b3")
     await card(stack, later, Currency.USD, issued_at=end)
 
     # One customer per page and one page per run: the driver continues as new.
@@ -445,7 +389,7 @@ async def test_the_api_bills_a_period_once_and_serves_its_statement(
 ) -> None:
     gateway = _gateway(stack, tmp_path)
     period, start = last_month()
-    customer_id = await customer(stack, usd_minor=1_000)
+    customer_id = await customer(stack, {Currency.USD: 1_000, Currency.EUR: 0})
     card_id = await card(stack, customer_id, Currency.USD, issued_at=start)
     transport = httpx.ASGITransport(app=gateway)
     headers = await api_key_headers(stack.pool, gateway.state.settings)
@@ -478,7 +422,7 @@ async def test_the_api_bills_a_period_once_and_serves_its_statement(
 async def test_a_scheduled_run_bills_the_month_before(stack: RunningStack, tmp_path: Path) -> None:
     last_month = previous_period(datetime.now(UTC))
     start, _ = period_bounds(last_month)
-    customer_id = await customer(stack, usd_minor=1_000)
+    customer_id = await customer(stack, {Currency.USD: 1_000, Currency.EUR: 0})
     card_id = await card(stack, customer_id, Currency.USD, issued_at=start)
 
     # What the schedule starts: no period, the run picks the month before its own.
@@ -507,7 +451,7 @@ async def test_a_month_not_over_is_refused_at_every_door_without_charging(
     this_month = period_of(datetime.now(UTC))
     _, end = period_bounds(this_month)
     next_month = period_of(end)
-    customer_id = await customer(stack, usd_minor=1_000)
+    customer_id = await customer(stack, {Currency.USD: 1_000, Currency.EUR: 0})
     await card(stack, customer_id, Currency.USD)
 
     gateway = _gateway(stack, tmp_path)
@@ -564,7 +508,7 @@ async def test_more_cards_than_the_limit_fail_the_billing_without_charging_part(
     stack: RunningStack, tmp_path: Path
 ) -> None:
     period, start = last_month()
-    customer_id = await customer(stack, usd_minor=1_000)
+    customer_id = await customer(stack, {Currency.USD: 1_000, Currency.EUR: 0})
     for _ in range(2):
         await card(stack, customer_id, Currency.USD, issued_at=start)
     limited = request(customer_id, period, tmp_path).model_copy(
@@ -582,7 +526,7 @@ async def test_a_cancellation_during_a_fee_records_it_charged_and_ends_cancelled
     stack: RunningStack, tmp_path: Path
 ) -> None:
     period, start = last_month()
-    customer_id = await customer(stack, usd_minor=1_000)
+    customer_id = await customer(stack, {Currency.USD: 1_000, Currency.EUR: 0})
     card_id = await card(stack, customer_id, Currency.USD, issued_at=start)
     fees_before = await _fees(stack, Currency.USD)
     usd_wallet = wallet(customer_id, Currency.USD)
@@ -652,7 +596,7 @@ async def test_the_demo_bills_the_month_before_and_says_where_the_statement_is(
         CARDFLOW_HOME=str(tmp_path), CARDFLOW_TASK_QUEUE_PREFIX=stack.queues.prefix
     )
     period, start = last_month()
-    customer_id = await customer(stack, usd_minor=1_000)
+    customer_id = await customer(stack, {Currency.USD: 1_000, Currency.EUR: 0})
     await card(stack, customer_id, Currency.USD, issued_at=start)
     said: list[tuple[str, str | None]] = []
 
