@@ -9,7 +9,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,14 @@ from schemas.cashback import (
     CashbackResult,
     CashbackStatus,
 )
-from schemas.customers import CustomerProfile
-from schemas.ledger import AccountSpec, TransferRequest
+from schemas.ledger import TransferRequest
 from schemas.money import Currency
 from schemas.search import PROCESS_STATUS
 from starters.cashback import SAMPLE_CAMPAIGNS_FILE, read_campaign_file, refund, start_cashback
 from starters.cli import app
 from tests import polling
 from tests.conftest import Platform, RunningStack, StackFactory
+from tests.customers import customer, profile
 from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
 from workers.build import build_worker
 from workflows.cashback import CASHBACK_WORKFLOW, cashback_workflow_id
@@ -54,44 +54,14 @@ OPEN = CashbackPolicy(clawback_window_seconds=600)
 BRIEF = CashbackPolicy(clawback_window_seconds=1)
 
 
-async def customer(stack: RunningStack, *, funds: int = 0, segment: str | None = None) -> str:
-    """A customer with a profile, a USD wallet, the sample campaigns loaded."""
-    customer_id = f"c-{uuid.uuid4().hex[:10]}"
-    await CustomerStore(stack.pool).save(
-        CustomerProfile(
-            customer_id=customer_id,
-            first_name="Ada",
-            last_name="Lovelace",
-            date_of_birth=date(1990, 12, 10),
-            country="GBR",
-            email=f"{customer_id}@example.com",
-        )
-    )
+async def shopper(stack: RunningStack, *, funds: int = 0, segment: str | None = None) -> str:
+    """A customer (tests.customers) with a USD wallet holding `funds`, in
+    `segment` (the default one unless named), the sample campaigns loaded."""
+    customer_id = await customer(stack, {Currency.USD: funds})
     store = CashbackStore(stack.pool)
     await store.load_campaigns(read_campaign_file(SAMPLE_CAMPAIGNS_FILE).campaigns)
     if segment:
         await store.set_segment(customer_id, segment)
-    ledger = Ledger(stack.pool)
-    await ledger.open_account(
-        AccountSpec(
-            code=wallet(customer_id, Currency.USD),
-            currency=Currency.USD,
-            kind="wallet",
-            owner_id=customer_id,
-            debits_must_not_exceed_credits=True,
-        )
-    )
-    if funds:
-        await ledger.open_account(system_account("bank:inbound:USD"))
-        await ledger.transfer(
-            TransferRequest(
-                key=f"fund-{customer_id}",
-                debit="bank:inbound:USD",
-                credit=wallet(customer_id, Currency.USD),
-                amount_minor=funds,
-                currency=Currency.USD,
-            )
-        )
     return customer_id
 
 
@@ -170,7 +140,7 @@ async def transfers_of(stack: RunningStack, transaction_id: str) -> int:
 async def test_a_grocery_purchase_pays_two_percent_once_however_often_it_starts(
     stack: RunningStack,
 ) -> None:
-    customer_id = await customer(stack, funds=1_000)
+    customer_id = await shopper(stack, funds=1_000)
     request = purchase(customer_id)
     handle = await start(stack, request)
     status = await until(handle, lambda s: s.stage == "open for refunds")
@@ -213,7 +183,7 @@ async def test_a_grocery_purchase_pays_two_percent_once_however_often_it_starts(
 async def test_a_purchase_no_campaign_matches_pays_nothing_and_completes_at_once(
     stack: RunningStack,
 ) -> None:
-    customer_id = await customer(stack, funds=1_000)
+    customer_id = await shopper(stack, funds=1_000)
     request = purchase(customer_id, mcc=ELECTRONICS, policy=OPEN)
     result = await (await start(stack, request)).result()
     assert result.outcome == "no_reward" and result.reward_minor == 0
@@ -227,7 +197,7 @@ async def test_a_purchase_no_campaign_matches_pays_nothing_and_completes_at_once
 
 
 async def test_a_purchase_under_the_minimum_earns_nothing(stack: RunningStack) -> None:
-    customer_id = await customer(stack)
+    customer_id = await shopper(stack)
     result = await (await start(stack, purchase(customer_id, amount_minor=999))).result()
     assert result.outcome == "no_reward"
     reasons = {v.campaign_id: v.reason for v in result.verdicts}
@@ -237,8 +207,8 @@ async def test_a_purchase_under_the_minimum_earns_nothing(stack: RunningStack) -
 async def test_the_premium_segment_earns_five_percent_where_standard_earns_two(
     stack: RunningStack,
 ) -> None:
-    premium = await customer(stack, segment="premium")
-    standard = await customer(stack)
+    premium = await shopper(stack, segment="premium")
+    standard = await shopper(stack)
     paid_premium = await (await start(stack, purchase(premium, policy=BRIEF))).result()
     paid_standard = await (await start(stack, purchase(standard, policy=BRIEF))).result()
     assert [(r.campaign_id, r.amount_minor) for r in paid_premium.rewards] == [
@@ -254,8 +224,8 @@ async def test_the_premium_segment_earns_five_percent_where_standard_earns_two(
 async def test_another_purchase_in_the_last_seven_days_adds_the_activity_reward(
     stack: RunningStack,
 ) -> None:
-    active = await customer(stack)
-    dormant = await customer(stack)
+    active = await shopper(stack)
+    dormant = await shopper(stack)
     store = CashbackStore(stack.pool)
     for customer_id, days_ago in ((active, 3), (dormant, 8)):
         await store.add_card_transaction(
@@ -286,7 +256,7 @@ async def test_another_purchase_in_the_last_seven_days_adds_the_activity_reward(
 async def test_refunds_claw_back_in_proportion_then_the_rest_and_a_repeat_is_ignored(
     stack: RunningStack,
 ) -> None:
-    customer_id = await customer(stack, funds=1_000)
+    customer_id = await shopper(stack, funds=1_000)
     request = purchase(customer_id)
     handle = await start(stack, request)
     await until(handle, lambda s: s.stage == "open for refunds")
@@ -314,7 +284,7 @@ async def test_refunds_claw_back_in_proportion_then_the_rest_and_a_repeat_is_ign
 async def test_a_clawback_the_wallet_cannot_cover_records_a_shortfall_and_never_overdraws(
     stack: RunningStack,
 ) -> None:
-    customer_id = await customer(stack)
+    customer_id = await shopper(stack)
     request = purchase(customer_id)
     handle = await start(stack, request)
     await until(handle, lambda s: s.stage == "open for refunds")
@@ -351,7 +321,7 @@ async def test_a_clawback_the_wallet_cannot_cover_records_a_shortfall_and_never_
 async def test_a_clawback_on_an_empty_wallet_takes_nothing_and_records_it_all(
     stack: RunningStack,
 ) -> None:
-    customer_id = await customer(stack)
+    customer_id = await shopper(stack)
     request = purchase(customer_id)
     handle = await start(stack, request)
     await until(handle, lambda s: s.stage == "open for refunds")
@@ -392,7 +362,7 @@ async def test_a_refund_received_before_a_cancellation_is_still_clawed_back(
     # (its worker was away while both arrived): the refund's clawback starts,
     # the cancellation interrupts it, and it is settled all the same.
     async with make_stack(kinds=("ledger", "providers")) as stack:
-        customer_id = await customer(stack, funds=1_000)
+        customer_id = await shopper(stack, funds=1_000)
         request = purchase(customer_id)
         async with workflows_worker(stack):
             handle = await start(stack, request)
@@ -422,7 +392,7 @@ async def test_a_refund_received_before_a_cancellation_is_still_clawed_back(
 async def test_a_cancellation_during_the_reward_payment_learns_it_posted_and_claws_it_back(
     stack: RunningStack,
 ) -> None:
-    customer_id = await customer(stack, funds=1_000)
+    customer_id = await shopper(stack, funds=1_000)
     request = purchase(customer_id)
     customer_wallet = wallet(customer_id, "USD")
     async with balances_locked(stack.database_url, customer_wallet) as lock:
@@ -466,7 +436,7 @@ def messages_to(platform: Platform, email: str) -> list[str]:
 
 
 async def test_the_customer_is_told_of_the_reward(platform: Platform) -> None:
-    customer_id = await customer(platform.stack)
+    customer_id = await shopper(platform.stack)
     handle = await start(platform.stack, purchase(customer_id))
     await until(handle, lambda s: s.notified)
     [body] = messages_to(platform, f"{customer_id}@example.com")
@@ -476,7 +446,7 @@ async def test_the_customer_is_told_of_the_reward(platform: Platform) -> None:
 
 async def test_a_failed_notification_never_undoes_the_reward(platform: Platform) -> None:
     platform.sim.fault(path_prefix="/notify/v1/messages", kind="error", status=503, times=1_000)
-    customer_id = await customer(platform.stack)
+    customer_id = await shopper(platform.stack)
     result = await (
         await start(
             platform.stack, purchase(customer_id, policy=CashbackPolicy(clawback_window_seconds=3))
@@ -550,16 +520,7 @@ def test_a_segment_is_set_for_a_known_customer_only(database_url: str, tmp_path:
     async def known_customer() -> str:
         pool = await create_pool(database_url, size_max=1)
         try:
-            await CustomerStore(pool).save(
-                CustomerProfile(
-                    customer_id="c-known",
-                    first_name="Ada",
-                    last_name="Lovelace",
-                    date_of_birth=date(1990, 12, 10),
-                    country="GBR",
-                    email="c-known@example.com",
-                )
-            )
+            await CustomerStore(pool).save(profile("c-known"))
             return await CashbackStore(pool).segment("c-known")
         finally:
             await pool.close()
