@@ -35,7 +35,8 @@ from starters import fx
 from tests.conftest import Platform
 from tests.customers import customer, funding_key
 from tests.interruptions import table_locked, until_activity_cancel_requested, until_waiting
-from workflows.fx import CONFIRM_UPDATE, STAGE_NOTIFYING, FxConversion, fx_workflow_id
+from workflows.fx import CONFIRM_UPDATE, FxConversion, fx_workflow_id
+from workflows.fx_steps import STAGE_NOTIFYING
 
 # Mid rates the tests set, so the expected amounts do not depend on the
 # simulator's table; the spread is SPREAD_BPS.

@@ -23,7 +23,7 @@ from workflows.billing import CANCELLED_FEE_PATCH
 from workflows.card_issue import CARD_ISSUE_INTERRUPTED_FEE_PATCH
 from workflows.cashback import CANCELLATION_SETTLES_PATCH
 from workflows.catalog import ALL_WORKFLOWS
-from workflows.fx import NOTICE_CANCELLATION_PATCH
+from workflows.fx_steps import NOTICE_CANCELLATION_PATCH
 from workflows.onboarding import INTERRUPTED_WALLET_PATCH
 from workflows.topup import TOPUP_INTERRUPTED_STEP_PATCH
 
