@@ -36,6 +36,10 @@ Steps:
 Compensations (failure or cancellation before a decision, shielded): the
 provisional credit is reversed, and the dispute withdrawn at the issuer.
 The ledger legs are documented in schemas/disputes.py.
+
+This module holds the workflow: its run, the flow to a decision and its
+close, and its messages; its steps, undo steps, stages and details are
+DisputeSteps, workflows/dispute_steps.py.
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ Duplicate confirms are idempotent: every confirm accepted before the outcome
 (or after a conversion) answers the same result, and the batch is keyed by
 this workflow's step key, so it posts once. Confirms after any other outcome
 are refused with that outcome's reason.
+
+This module holds the workflow: its run (outcome, shielding), the wait for a
+decision and its messages; its steps, stages, outcome and details are
+FxSteps, workflows/fx_steps.py.
 """
 
 from __future__ import annotations

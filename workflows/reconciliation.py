@@ -61,6 +61,10 @@ it reads reconciliation's own transfers as they now stand.
 Compensations: none to register. Every posting is a forward correction into
 suspense, idempotent by key; undoing one would re-open the difference it
 explained. The report is written last and is rewritten by a re-run.
+
+The daily driver that runs it from the Temporal Schedule is
+workflows/scheduled_reconciliation.py; the report's figures are computed in
+workflows/reconciliation_report.py.
 """
 
 from __future__ import annotations

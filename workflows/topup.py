@@ -37,6 +37,10 @@ as "waiting for confirmations" or "in operator review", "credited", then the
 outcome), upserted with CustomerId, AmountMinor, Currency and Provider when
 the process waits on the outside or ends; the details and the `status`
 query follow every step.
+
+This module holds the workflow: its run (outcome, saga, interrupted steps),
+the bank and USDT flows and its messages; its steps, stages, details and
+result are TopupSteps, workflows/topup_steps.py.
 """
 
 from __future__ import annotations
