@@ -26,7 +26,7 @@ from schemas.onboarding import (
     OnboardingStatus,
     Resubmission,
 )
-from tests import polling
+from tests import customers, polling
 from tests.conftest import Platform
 from tests.interruptions import table_locked, until_activity_cancel_requested, until_waiting
 from workflows.onboarding import (
@@ -48,26 +48,18 @@ async def start(
     customer_id: str | None = None,
     profile: CustomerProfile | None = None,
 ) -> WorkflowHandle[Any, OnboardingResult]:
-    customer_id = profile.customer_id if profile else customer_id or f"c-{uuid.uuid4().hex[:10]}"
+    profile = profile or customers.profile(customer_id, country="DEU")
     queues = platform.stack.queues
     return await platform.stack.client.start_workflow(
         ONBOARDING_WORKFLOW,
         OnboardingInput(
-            profile=profile
-            or CustomerProfile(
-                customer_id=customer_id,
-                first_name="Ada",
-                last_name="Lovelace",
-                date_of_birth=date(1990, 12, 10),
-                country="DEU",
-                email=f"{customer_id}@example.com",
-            ),
+            profile=profile,
             documents=[PASSPORT],
             policy=policy or OnboardingPolicy(),
             ledger_task_queue=queues.ledger,
             providers_task_queue=queues.providers,
         ),
-        id=onboarding_workflow_id(customer_id),
+        id=onboarding_workflow_id(profile.customer_id),
         task_queue=queues.workflows,
         result_type=OnboardingResult,
     )
@@ -409,30 +401,14 @@ async def test_the_api_starts_once_per_key_and_takes_the_operator_review(
 
 
 async def test_notifications_follow_the_customers_channel_preferences(platform: Platform) -> None:
-    customer_id = f"c-{uuid.uuid4().hex[:10]}"
-    queues = platform.stack.queues
-    profile = CustomerProfile(
-        customer_id=customer_id,
-        first_name="Ada",
-        last_name="Lovelace",
-        date_of_birth=date(1990, 12, 10),
+    customer_id = customers.new_id()
+    profile = customers.profile(
+        customer_id,
         country="DEU",
-        email=f"{customer_id}@example.com",
         telegram_chat_id="424242",
         preferred_channels=[Channel.TELEGRAM, Channel.EMAIL],
     )
-    handle = await platform.stack.client.start_workflow(
-        ONBOARDING_WORKFLOW,
-        OnboardingInput(
-            profile=profile,
-            documents=[PASSPORT],
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-        ),
-        id=onboarding_workflow_id(customer_id),
-        task_queue=queues.workflows,
-        result_type=OnboardingResult,
-    )
+    handle = await start(platform, profile=profile)
     status = await reach(handle, "waiting for the KYC result")
     decide(platform, status.applicant_id or "", "GREEN")
     assert (await handle.result()).outcome == "approved"
