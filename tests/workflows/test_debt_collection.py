@@ -15,11 +15,11 @@ from schemas.money import Currency
 from schemas.topup import TopupPolicy, TopupStatus
 from starters import topup as starter
 from tests.conftest import Platform
+from tests.customers import EMPTY_WALLETS, customer
 from tests.interruptions import balances_locked, until_waiting
 from tests.workflows.test_topup import (
     assert_ledger_clean,
     bank_transfer,
-    customer,
     delivered_twice,
     handle_of,
     posted,
@@ -56,7 +56,7 @@ async def debt(platform: Platform, customer_id: str) -> int:
 async def test_a_top_up_larger_than_the_debt_repays_it_and_credits_the_rest(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 3_000)
     transfer = await bank_transfer(platform, customer_id, 10_000)
     result = await result_of(platform, "bank", transfer.id)
@@ -71,7 +71,7 @@ async def test_a_top_up_larger_than_the_debt_repays_it_and_credits_the_rest(
 
 
 async def test_a_top_up_smaller_than_the_debt_all_goes_to_the_debt(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 5_000)
     transfer = await bank_transfer(platform, customer_id, 2_000)
     result = await result_of(platform, "bank", transfer.id)
@@ -83,7 +83,7 @@ async def test_a_top_up_smaller_than_the_debt_all_goes_to_the_debt(platform: Pla
 
 
 async def test_a_customer_without_debt_keeps_the_whole_credit(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     transfer = await bank_transfer(platform, customer_id, 5_000)
     result = await result_of(platform, "bank", transfer.id)
     assert (result.outcome, result.debt_collected_minor) == ("credited", 0)
@@ -93,7 +93,7 @@ async def test_a_customer_without_debt_keeps_the_whole_credit(platform: Platform
 
 
 async def test_a_webhook_delivered_twice_collects_the_debt_once(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 1_000)
     platform.sim.admin("POST", "/webhooks", {"duplicate": True})
     transfer = await bank_transfer(platform, customer_id, 5_000)
@@ -111,7 +111,7 @@ async def test_a_webhook_delivered_twice_collects_the_debt_once(platform: Platfo
 
 
 async def test_concurrent_top_ups_never_collect_more_than_the_debt(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 3_000)
     transfers = await asyncio.gather(
         bank_transfer(platform, customer_id, 2_000), bank_transfer(platform, customer_id, 2_000)
@@ -127,7 +127,7 @@ async def test_concurrent_top_ups_never_collect_more_than_the_debt(platform: Pla
 async def test_a_reversed_credit_gives_the_collection_back_and_the_debt_stands(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 1_000)
     platform.sim.fault(kind="error", path_prefix="/notify/v1/messages", status=503)
     transfer = await started_with(platform, TopupPolicy(receipt_attempts_max=2), customer_id, 8_000)
@@ -153,7 +153,7 @@ async def test_a_debtor_with_a_balance_repays_from_the_credit_net_of_its_fee(
 ) -> None:
     """The wallet could pay more, but a top-up repays from what it credited,
     net of its fee, never from the balance the customer already had."""
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     before = await with_balance(platform, customer_id, 5_000)
     await in_debt(platform, customer_id, 10_000)
     transfer = await bank_transfer(platform, customer_id, 2_000)
@@ -168,7 +168,7 @@ async def test_a_debtor_with_a_balance_repays_from_the_credit_net_of_its_fee(
 async def test_a_debt_between_the_credits_net_and_gross_is_repaid_by_the_net_only(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     before = await with_balance(platform, customer_id, 5_000)
     await in_debt(platform, customer_id, 1_990)
     transfer = await bank_transfer(platform, customer_id, 2_000)
@@ -182,7 +182,7 @@ async def test_a_debt_between_the_credits_net_and_gross_is_repaid_by_the_net_onl
 async def test_the_debt_account_refuses_a_repayment_beyond_what_is_owed(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await with_balance(platform, customer_id, 5_000)
     await in_debt(platform, customer_id, 1_000)
     ledger = Ledger(platform.stack.pool)
@@ -209,7 +209,7 @@ async def test_a_debt_repaid_while_a_top_up_credits_is_not_collected_again(
     another way while the credit waits on the wallet. Its collection of
     what it read is refused by the debt account, it reads the debt again,
     and collects nothing."""
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     before = await with_balance(platform, customer_id, 5_000)
     await in_debt(platform, customer_id, 1_000)
     ledger = Ledger(platform.stack.pool)
