@@ -6,7 +6,6 @@ reversal of a credit when a later step fails for good."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -19,15 +18,13 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.customers import CustomerStore
 from activities.ledger import AccountNotFound, Ledger
 from activities.ledger.verify import verify
 from activities.providers.quotes import FX_QUOTE
 from activities.topups import TopupActivities
 from schemas import accounts
 from schemas.bank import InboundTransfer
-from schemas.customers import CustomerProfile, KycStatus
-from schemas.ledger import AccountSpec, TransferRequest
+from schemas.ledger import TransferRequest
 from schemas.money import Currency
 from schemas.topup import (
     TopupLimits,
@@ -43,42 +40,13 @@ from schemas.tron import Deposit
 from starters import topup as starter
 from tests import polling
 from tests.conftest import Platform
+from tests.customers import EMPTY_WALLETS, customer
 from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
 from workflows.topup import REVIEW_UPDATE, topup_workflow_id
 from workflows.topup_steps import STAGE_CONFIRMATIONS, STAGE_REVIEW
 
 FINALITY = 3
 OPERATOR = "op-jane"
-
-
-async def customer(platform: Platform, *, approved: bool = True) -> str:
-    """An onboarded customer with open USD and EUR wallets."""
-    customer_id = f"c-{uuid.uuid4().hex[:10]}"
-    store = CustomerStore(platform.stack.pool)
-    await store.save(
-        CustomerProfile(
-            customer_id=customer_id,
-            first_name="Ada",
-            last_name="Lovelace",
-            date_of_birth=date(1990, 12, 10),
-            country="GBR",
-            email=f"{customer_id}@example.com",
-        )
-    )
-    if approved:
-        await store.set_kyc_status(customer_id, KycStatus.APPROVED)
-    ledger = Ledger(platform.stack.pool)
-    for currency in (Currency.USD, Currency.EUR):
-        await ledger.open_account(
-            AccountSpec(
-                code=accounts.wallet(customer_id, currency),
-                currency=currency,
-                kind="wallet",
-                owner_id=customer_id,
-                debits_must_not_exceed_credits=True,
-            )
-        )
-    return customer_id
 
 
 async def posted(platform: Platform, code: str) -> int:
@@ -245,7 +213,7 @@ async def assert_ledger_clean(platform: Platform) -> None:
 
 
 async def test_a_bank_transfer_credits_the_wallet_and_charges_the_fee(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     transfer = await bank_transfer(platform, f"  {customer_id} ", 10_000)
     result = await result_of(platform, "bank", transfer.id)
     # The default bank fee: 0.25 fixed plus 20 bps of 100.00, rounded down.
@@ -264,7 +232,7 @@ async def test_a_bank_transfer_credits_the_wallet_and_charges_the_fee(platform: 
 
 
 async def test_duplicate_webhooks_and_a_second_start_credit_once(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     platform.sim.admin("POST", "/webhooks", {"duplicate": True})
     transfer = await bank_transfer(platform, customer_id, 5_000)
     first = await result_of(platform, "bank", transfer.id)
@@ -282,7 +250,7 @@ async def test_duplicate_webhooks_and_a_second_start_credit_once(platform: Platf
 async def test_below_the_minimum_waits_for_review_and_an_approval_credits(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     transfer = await bank_transfer(platform, customer_id, 50)
     status = await reach(platform, "bank", transfer.id, STAGE_REVIEW)
     assert status.pending_review is not None and status.pending_review.kind == "limit"
@@ -318,7 +286,7 @@ async def test_below_the_minimum_waits_for_review_and_an_approval_credits(
 
 
 async def test_over_the_maximum_rejected_in_review_credits_nothing(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     transfer = await bank_transfer(platform, customer_id, 2_000_000)
     status = await reach(platform, "bank", transfer.id, STAGE_REVIEW)
     assert status.pending_review and "above the maximum" in status.pending_review.reason
@@ -337,7 +305,7 @@ async def test_over_the_maximum_rejected_in_review_credits_nothing(platform: Pla
 async def test_over_the_daily_limit_with_no_review_in_time_credits_nothing(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     policy = TopupPolicy(
         limits={Currency.USD: TopupLimits(min_minor=100, max_minor=20_000, daily_max_minor=15_000)},
         review_wait_seconds=2,
@@ -364,8 +332,8 @@ async def test_over_the_daily_limit_with_no_review_in_time_credits_nothing(
 async def test_an_unmatched_transfer_waits_for_an_operator_to_assign_it(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
-    pending_customer = await customer(platform, approved=False)
+    customer_id = await customer(platform, EMPTY_WALLETS)
+    pending_customer = await customer(platform, EMPTY_WALLETS, approved=False)
     transfer = await bank_transfer(platform, "INVOICE 2291", 7_000, Currency.EUR)
     status = await reach(platform, "bank", transfer.id, STAGE_REVIEW)
     assert status.pending_review is not None and status.pending_review.kind == "unmatched"
@@ -428,7 +396,7 @@ RECEIPT_RETRY_AFTER_SECONDS = 8
 
 
 async def test_a_receipt_that_cannot_be_sent_reverses_the_credit(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     platform.sim.fault(kind="error", path_prefix="/notify/v1/messages", status=503)
     transfer = await started_with(platform, TopupPolicy(receipt_attempts_max=2), customer_id, 8_000)
     result = await result_of(platform, "bank", transfer.id)
@@ -450,7 +418,7 @@ async def test_a_receipt_that_cannot_be_sent_reverses_the_credit(platform: Platf
 async def test_a_cancellation_while_the_credit_posts_reverses_it_once_it_posted(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     async with balances_locked(
         platform.stack.database_url, accounts.wallet(customer_id, "USD")
     ) as lock:
@@ -482,7 +450,7 @@ async def test_a_cancellation_while_the_credit_posts_reverses_it_once_it_posted(
 async def test_a_reversal_the_wallet_cannot_cover_is_left_to_an_operator(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     # The first receipt attempt is told to come back in RECEIPT_RETRY_AFTER_SECONDS
     # (the retry waits that long), the second fails for good: a wide window
     # between the credit and its reversal.
@@ -540,7 +508,7 @@ async def test_a_deposit_is_credited_only_after_finality_through_the_fx_legs(
     platform: Platform,
 ) -> None:
     chain(platform)
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     deposit = await starter.simulate_deposit(platform.settings, customer_id, DEPOSIT_MINOR)
     await reach(platform, "usdt", deposit.tx_hash, STAGE_CONFIRMATIONS)
     assert await refused(platform, "usdt", deposit.tx_hash, approve().model_dump()) == (
@@ -562,7 +530,7 @@ async def test_a_deposit_is_credited_only_after_finality_through_the_fx_legs(
 
 async def test_a_reorg_before_finality_credits_nothing(platform: Platform) -> None:
     chain(platform)
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     deposit = await starter.simulate_deposit(platform.settings, customer_id, DEPOSIT_MINOR)
     await starter.mine_blocks(platform.settings, 1)
     await starter.reorg(platform.settings, deposit.tx_hash)
@@ -582,7 +550,7 @@ async def test_deposit_webhooks_released_in_reverse_still_credit_once(
     platform: Platform,
 ) -> None:
     chain(platform)
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     platform.sim.admin("POST", "/webhooks", {"hold": True, "duplicate": True})
     deposit = await starter.simulate_deposit(platform.settings, customer_id, DEPOSIT_MINOR)
     await starter.mine_blocks(platform.settings, FINALITY)
@@ -598,7 +566,7 @@ async def test_deposit_webhooks_released_in_reverse_still_credit_once(
 
 async def test_fx_quote_failures_that_recover_credit_once(platform: Platform) -> None:
     chain(platform)
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     platform.sim.fault(kind="error", path_prefix="/fx/v1/quotes", status=503, times=1)
     platform.sim.fault(kind="rate_limit", path_prefix="/fx/v1/quotes", seconds=1, times=1)
     deposit = await starter.simulate_deposit(platform.settings, customer_id, DEPOSIT_MINOR)
@@ -635,7 +603,7 @@ async def until_requote_waits(
 
 async def test_a_quote_too_close_to_expiry_is_replaced(platform: Platform) -> None:
     chain(platform)
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     platform.sim.admin("PUT", "/options/fx", {"quote_ttl_seconds": 1})
     platform.sim.admin("POST", "/webhooks", {"hold": True})
     deposit = await starter.simulate_deposit(platform.settings, customer_id, DEPOSIT_MINOR)
@@ -661,7 +629,7 @@ async def test_a_quote_too_close_to_expiry_is_replaced(platform: Platform) -> No
 
 async def test_a_quote_that_never_lives_long_enough_credits_nothing(platform: Platform) -> None:
     chain(platform)
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     platform.sim.admin("PUT", "/options/fx", {"quote_ttl_seconds": 1})
     platform.sim.admin("POST", "/webhooks", {"hold": True})
     deposit = await starter.simulate_deposit(platform.settings, customer_id, DEPOSIT_MINOR)

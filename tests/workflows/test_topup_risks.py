@@ -36,6 +36,7 @@ from schemas.search import PROCESS_STATUS
 from schemas.topup import TopupPolicy, TopupResult, TopupStatus
 from starters import topup as starter
 from tests.conftest import Platform
+from tests.customers import EMPTY_WALLETS, customer
 from tests.interruptions import (
     POLL_SECONDS,
     WAIT_SECONDS_MAX,
@@ -56,7 +57,6 @@ from tests.workflows.test_topup import (
     assert_ledger_clean,
     bank_transfer,
     chain,
-    customer,
     handle_of,
     posted,
     reach,
@@ -233,7 +233,7 @@ async def test_a_credit_refused_by_the_ledger_fails_the_top_up_with_nothing_post
     """A top-up above the maximum waits for review; meanwhile the customer's
     (empty) wallet is closed. The approved credit is refused as a whole, the
     usage the approval forced is released, and the top-up fails saying why."""
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     wallet_code = accounts.wallet(customer_id, USD)
     transfer = await bank_transfer(platform, customer_id, 2_000_000)
     status = await reach(platform, "bank", transfer.id, STAGE_REVIEW)
@@ -280,7 +280,7 @@ async def test_a_debt_collection_refused_after_a_repayment_elsewhere_collects_th
     """The top-up read a debt of 30.00; while its collection waits on the debt
     account, the customer repays 10.00 by bank. The collection of 30.00 is
     refused; the top-up reads the debt again and collects the 20.00 left."""
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 3_000)
     async with balance_held(
         platform.stack.database_url, customer_debt(customer_id, USD)
@@ -317,7 +317,7 @@ async def test_a_debt_collection_cut_off_from_the_database_is_retried_and_collec
 ) -> None:
     """The collection's database session is killed while it waits on the debt
     account (a lost connection); the retry, with the same key, collects once."""
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 3_000)
     async with balances_locked(
         platform.stack.database_url, customer_debt(customer_id, USD)
@@ -348,7 +348,7 @@ async def test_a_debt_collection_refused_on_every_attempt_leaves_the_rest_owed(
     """Each of the policy's two collections is refused: each time the debt was
     partly repaid by bank while the collection waited on it. The credit
     stands whole, nothing is collected, and the debt left stays owed."""
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     debt_code = customer_debt(customer_id, USD)
     await in_debt(platform, customer_id, 3_000)
     policy = TopupPolicy(debt_collection_attempts_max=2)
@@ -402,7 +402,7 @@ async def test_a_usdt_deposit_repays_a_debt_from_its_credit_net_of_fee(
     """10 USDT credit 9.97 USD less a 0.09 fee: the 9.88 net repays a debt of
     9.90 as far as it goes; 0.02 stays owed and the wallet keeps nothing."""
     chain(platform)
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 990)
     deposit = await starter.simulate_deposit(platform.settings, customer_id, DEPOSIT_MINOR)
     await starter.mine_blocks(platform.settings, FINALITY)
@@ -439,7 +439,7 @@ async def test_a_usdt_deposit_repays_a_debt_from_its_credit_net_of_fee(
 async def test_an_unmatched_payment_assigned_to_a_debtor_repays_the_debt_net_of_fee(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 1_000)
     transfer = await bank_transfer(platform, UNMATCHED_REFERENCE, 7_000)
     status = await reach(platform, "bank", transfer.id, STAGE_REVIEW)
@@ -486,8 +486,8 @@ async def test_two_operators_assigning_one_payment_collect_only_the_chosen_custo
     customer without debt, one to a customer owing 10.00. One assignment
     wins; the payment is credited to that customer and only that customer's
     own debt is collected from it."""
-    clear = await customer(platform)
-    owing = await customer(platform)
+    clear = await customer(platform, EMPTY_WALLETS)
+    owing = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, owing, 1_000)
     transfer = await bank_transfer(platform, UNMATCHED_REFERENCE, 7_000)
     await reach(platform, "bank", transfer.id, STAGE_REVIEW)
@@ -543,7 +543,7 @@ async def test_two_operators_assigning_one_payment_collect_only_the_chosen_custo
 
 
 async def test_a_top_up_cancelled_in_review_posts_nothing(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 1_000)
     transfer = await bank_transfer(platform, customer_id, 2_000_000)
     await reach(platform, "bank", transfer.id, STAGE_REVIEW)
@@ -571,7 +571,7 @@ async def test_a_top_up_cancelled_while_reserving_its_usage_releases_the_reserva
 ) -> None:
     """The reservation waits on the daily-limit record and commits after the
     cancellation: the top-up learns so and releases it, crediting nothing."""
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     async with table_locked(platform.stack.database_url, "topup_usage") as lock:
         transfer = await bank_transfer(platform, customer_id, 5_000)
         await until_waiting(platform.stack.pool, lock)
@@ -623,7 +623,7 @@ async def test_a_top_up_cancelled_while_collecting_debt_gives_back_collection_an
     """The collection waits on the debt account and commits after the
     cancellation: the top-up learns so, gives the collection back to the
     wallet, then reverses the credit and fee; the debt stands as before."""
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 1_000)
     async with balances_locked(
         platform.stack.database_url, customer_debt(customer_id, USD)
@@ -643,7 +643,7 @@ async def test_a_top_up_cancelled_while_sending_its_receipt_reverses_collection_
 ) -> None:
     """Credited and the debt collected, the receipt is told to come back
     later; the cancellation then undoes the collection, the fee and the credit."""
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 1_000)
     platform.sim.fault(
         kind="rate_limit",
@@ -667,7 +667,7 @@ async def test_a_top_up_cancelled_while_sending_its_receipt_reverses_collection_
 
 
 async def test_a_credited_top_up_can_no_longer_be_cancelled(platform: Platform) -> None:
-    customer_id = await customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     await in_debt(platform, customer_id, 1_000)
     transfer = await bank_transfer(platform, customer_id, 10_000)
     result = await result_of(platform, "bank", transfer.id)
