@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -13,7 +13,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import CancelledError
 
-from activities.customers import CustomerStore
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
 from activities.providers.issuer import IssuerClient
@@ -21,8 +20,6 @@ from schemas.accounts import system_account
 from schemas.billing import BillingInput, BillingPolicy, period_bounds, previous_period
 from schemas.cards import (
     CardInput,
-    CardIssueInput,
-    CardIssuePolicy,
     CardIssueResult,
     CardIssueStatus,
     CardPolicy,
@@ -31,12 +28,11 @@ from schemas.cards import (
     ShippingUpdate,
     SpendingLimits,
 )
-from schemas.customers import CustomerProfile, KycStatus
 from schemas.issuer import Address, CardState, Merchant, ShippingStatus
-from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from starters.billing import bill
 from tests.conftest import Platform
+from tests.customers import HOME, customer, issue_card
 from tests.interruptions import (
     balances_locked,
     until_activity_cancel_requested,
@@ -45,7 +41,6 @@ from tests.interruptions import (
 )
 from workflows.card_issue import (
     ACTIVATE_UPDATE,
-    CARD_ISSUE_WORKFLOW,
     RESCHEDULE_UPDATE,
     SHIPPING_UPDATE_SIGNAL,
     card_issue_workflow_id,
@@ -62,72 +57,6 @@ from workflows.cards import (
     card_workflow_id,
 )
 from workflows.onboarding import wallet_code
-
-HOME = Address(line1="1 Analytical Way", city="London", postal_code="N1 9GU", country="GB")
-FEES = CardIssuePolicy(issuance_fee_virtual_minor=100, issuance_fee_physical_minor=500)
-
-
-async def customer(platform: Platform, *, approved: bool = True, funds: int = 10_000) -> str:
-    customer_id = f"c-{uuid.uuid4().hex[:10]}"
-    store = CustomerStore(platform.stack.pool)
-    await store.save(
-        CustomerProfile(
-            customer_id=customer_id,
-            first_name="Ada",
-            last_name="Lovelace",
-            date_of_birth=date(1990, 12, 10),
-            country="GBR",
-            email=f"{customer_id}@example.com",
-        )
-    )
-    if approved:
-        await store.set_kyc_status(customer_id, KycStatus.APPROVED)
-    ledger = Ledger(platform.stack.pool)
-    wallet = wallet_code(customer_id, "USD")
-    await ledger.open_account(
-        AccountSpec(
-            code=wallet,
-            currency=Currency.USD,
-            kind="wallet",
-            owner_id=customer_id,
-            debits_must_not_exceed_credits=True,
-        )
-    )
-    await ledger.open_account(system_account("bank:inbound:USD"))
-    if funds:
-        await ledger.transfer(
-            TransferRequest(
-                key=f"fund-{customer_id}",
-                debit="bank:inbound:USD",
-                credit=wallet,
-                amount_minor=funds,
-                currency=Currency.USD,
-            )
-        )
-    return customer_id
-
-
-async def issue(
-    platform: Platform, customer_id: str, kind: str, address: Address = HOME
-) -> WorkflowHandle[Any, CardIssueResult]:
-    queues = platform.stack.queues
-    request_id = f"r-{uuid.uuid4().hex[:10]}"
-    return await platform.stack.client.start_workflow(
-        CARD_ISSUE_WORKFLOW,
-        CardIssueInput(
-            request_id=request_id,
-            customer_id=customer_id,
-            kind=kind,  # type: ignore[arg-type]
-            address=address,
-            policy=FEES,
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
-        ),
-        id=card_issue_workflow_id(request_id),
-        task_queue=queues.workflows,
-        result_type=CardIssueResult,
-    )
 
 
 async def stage_of(
@@ -207,7 +136,7 @@ async def refusal(call: Any) -> str:
 
 async def test_a_customer_not_approved_is_refused_and_charged_nothing(platform: Platform) -> None:
     customer_id = await customer(platform, approved=False)
-    handle = await issue(platform, customer_id, "virtual")
+    handle = await issue_card(platform, customer_id, "virtual")
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
     assert "onboarding is pending" in str(failure.value.cause)
@@ -216,7 +145,7 @@ async def test_a_customer_not_approved_is_refused_and_charged_nothing(platform: 
 
 async def test_a_virtual_card_is_open_at_once_and_its_entity_runs(platform: Platform) -> None:
     customer_id = await customer(platform)
-    result = await (await issue(platform, customer_id, "virtual")).result()
+    result = await (await issue_card(platform, customer_id, "virtual")).result()
     assert result.state == "open" and result.fee_minor == 100 and result.card_id
     assert await wallet_balance(platform, customer_id) == 9_900
     fees = await Ledger(platform.stack.pool).balance(fee_account("USD"))
@@ -231,7 +160,7 @@ async def test_a_physical_card_ships_reschedules_delivers_and_activates(
     platform: Platform,
 ) -> None:
     customer_id = await customer(platform)
-    handle = await issue(platform, customer_id, "physical")
+    handle = await issue_card(platform, customer_id, "physical")
     status = await stage_of(handle, "shipping")
     card_id = status.card_id or ""
     later = (datetime.now(UTC) + timedelta(days=10)).date()
@@ -280,7 +209,7 @@ async def test_an_activation_that_reaches_the_issuing_before_it_started_is_refus
     workflow task that fails on every retry."""
     customer_id = await customer(platform)
     async with platform.stack.workflows_worker_away():
-        handle = await issue(platform, customer_id, "physical")
+        handle = await issue_card(platform, customer_id, "physical")
         await handle.signal(
             SHIPPING_UPDATE_SIGNAL,
             ShippingUpdate(card_id="card_unknown", status=ShippingStatus.DELIVERED),
@@ -305,7 +234,7 @@ async def test_a_card_that_cannot_be_created_refunds_the_fee(platform: Platform)
     # The issuer refuses the cardholder's address (a line longer than the 100
     # characters it takes, within cardflow's 200): nothing can be created.
     bad = Address(line1="x" * 150, city="London", postal_code="N1", country="GB")
-    handle = await issue(platform, customer_id, "virtual", address=bad)
+    handle = await issue_card(platform, customer_id, "virtual", address=bad)
     with pytest.raises(WorkflowFailureError):
         await handle.result()
     assert await wallet_balance(platform, customer_id) == 10_000
@@ -321,7 +250,7 @@ async def test_a_cancellation_while_the_fee_is_charged_refunds_it_once_it_posts(
     async with balances_locked(
         platform.stack.database_url, wallet_code(customer_id, "USD")
     ) as lock:
-        handle = await issue(platform, customer_id, "virtual")
+        handle = await issue_card(platform, customer_id, "virtual")
         # The fee's posting waits for the wallet; the issuing is cancelled there.
         await until_waiting(platform.stack.pool, lock)
         await handle.cancel()
@@ -341,12 +270,12 @@ async def test_a_second_card_to_a_new_address_reuses_the_cardholder_and_ships_th
     platform: Platform,
 ) -> None:
     customer_id = await customer(platform)
-    virtual = await (await issue(platform, customer_id, "virtual")).result()
+    virtual = await (await issue_card(platform, customer_id, "virtual")).result()
     # The customer moved: a physical card is asked for, to go to the new home.
     moved = Address(
         line1="12 Difference Engine Row", city="Manchester", postal_code="M1 1AA", country="GB"
     )
-    handle = await issue(platform, customer_id, "physical", address=moved)
+    handle = await issue_card(platform, customer_id, "physical", address=moved)
     try:
         card_id = (await stage_of(handle, "shipping")).card_id or ""
     except AssertionError:
@@ -377,7 +306,9 @@ async def test_a_second_card_to_a_new_address_reuses_the_cardholder_and_ships_th
 async def test_two_first_cards_at_once_register_one_cardholder(platform: Platform) -> None:
     customer_id = await customer(platform)
     away = Address(line1="3 Babbage Yard", city="Leeds", postal_code="LS1 1AA", country="GB")
-    handles = [await issue(platform, customer_id, "virtual", address=at) for at in (HOME, away)]
+    handles = [
+        await issue_card(platform, customer_id, "virtual", address=at) for at in (HOME, away)
+    ]
     results = await asyncio.gather(*(handle.result() for handle in handles))
     async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
         cards = [await issuer.get_card(result.card_id or "") for result in results]
@@ -386,7 +317,7 @@ async def test_two_first_cards_at_once_register_one_cardholder(platform: Platfor
 
 async def test_a_failed_delivery_closes_the_card_and_refunds_the_fee(platform: Platform) -> None:
     customer_id = await customer(platform)
-    handle = await issue(platform, customer_id, "physical")
+    handle = await issue_card(platform, customer_id, "physical")
     card_id = (await stage_of(handle, "shipping")).card_id or ""
     assert await wallet_balance(platform, customer_id) == 9_500
     async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
@@ -404,7 +335,7 @@ async def test_the_card_entity_freezes_unfreezes_closes_and_survives_continue_as
     platform: Platform,
 ) -> None:
     customer_id = await customer(platform)
-    result = await (await issue(platform, customer_id, "virtual")).result()
+    result = await (await issue_card(platform, customer_id, "virtual")).result()
     card_id = result.card_id or ""
     client = platform.stack.client
     # A fresh entity with a tiny history limit, to cross continue-as-new often.
@@ -456,7 +387,7 @@ async def test_the_card_entity_freezes_unfreezes_closes_and_survives_continue_as
 
 async def test_limits_are_validated_and_a_lost_card_is_replaced(platform: Platform) -> None:
     customer_id = await customer(platform)
-    result = await (await issue(platform, customer_id, "virtual")).result()
+    result = await (await issue_card(platform, customer_id, "virtual")).result()
     card_id = result.card_id or ""
     handle = platform.stack.client.get_workflow_handle(card_workflow_id(card_id))
     limits = SpendingLimits(
@@ -485,7 +416,7 @@ async def test_shipping_webhooks_twice_and_reversed_still_end_delivered(
     platform: Platform,
 ) -> None:
     customer_id = await customer(platform)
-    handle = await issue(platform, customer_id, "physical")
+    handle = await issue_card(platform, customer_id, "physical")
     card_id = (await stage_of(handle, "shipping")).card_id or ""
     platform.sim.admin("POST", "/webhooks", {"hold": True, "duplicate": True})
     async with IssuerClient(platform.sim.provider_url("issuer")) as issuer:
@@ -536,7 +467,7 @@ async def test_the_api_issues_a_card_once_per_key_and_acts_on_it(platform: Platf
 
 async def test_the_api_reschedules_activates_and_sets_limits(platform: Platform) -> None:
     customer_id = await customer(platform)
-    handle = await issue(platform, customer_id, "physical")
+    handle = await issue_card(platform, customer_id, "physical")
     card_id = (await stage_of(handle, "shipping")).card_id or ""
     request_id = handle.id.removeprefix("card-issue/")
     later = (datetime.now(UTC) + timedelta(days=9)).date().isoformat()
@@ -631,7 +562,7 @@ async def test_a_lost_physical_cards_replacement_ships_activates_pays_and_is_bil
     platform: Platform, tmp_path: Any
 ) -> None:
     customer_id = await customer(platform)
-    handle = await issue(platform, customer_id, "physical")
+    handle = await issue_card(platform, customer_id, "physical")
     card_id = (await stage_of(handle, "shipping")).card_id or ""
     await ship(platform, card_id, ShippingStatus.SUBMITTED, ShippingStatus.SHIPPED)
     await ship(platform, card_id, ShippingStatus.DELIVERED)
@@ -687,7 +618,7 @@ async def test_a_stolen_virtual_cards_replacement_is_recorded_open_and_pays_at_o
     platform: Platform, tmp_path: Any
 ) -> None:
     customer_id = await customer(platform)
-    card_id = (await (await issue(platform, customer_id, "virtual")).result()).card_id or ""
+    card_id = (await (await issue_card(platform, customer_id, "virtual")).result()).card_id or ""
     handle = platform.stack.client.get_workflow_handle(card_workflow_id(card_id))
     replacement = await handle.execute_update(
         REPORT_STOLEN_UPDATE, CardStateChange(reason="phone stolen"), result_type=str
