@@ -2,6 +2,7 @@
 
     /issuer /kyc /fx /tron /bank /notify     the simulated provider APIs
     /_admin/...                              faults, webhook modes, reset
+                                             (optionally towards another gateway)
                                              (loopback clients only)
 
 Run with `cardflow simulators serve`; `cardflow dev up` and the test fixtures
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import AnyHttpUrl, BaseModel, Field
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -45,6 +46,16 @@ class Resend(BaseModel):
     back: int = Field(default=0, ge=0, le=1_000_000)
     simulator: str | None = None
     about: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class Reset(BaseModel):
+    """What a reset simulator starts afresh with, besides empty state: the
+    gateway it sends webhooks and real-time requests to, and where its
+    readable ids start (a stack sharing a Temporal server takes its own
+    range). Both keep their current value when left out."""
+
+    gateway_url: AnyHttpUrl | None = None
+    id_offset: int | None = Field(default=None, ge=0, le=10**15)
 
 
 class TestEvent(BaseModel):
@@ -111,8 +122,12 @@ def admin_app(context: SimulatorContext) -> FastAPI:
         context.faults.clear()
 
     @admin.post("/reset", status_code=204)
-    async def reset() -> None:
+    async def reset(fresh: Reset | None = None) -> None:
         context.store.reset()
+        if fresh is not None and fresh.id_offset is not None:
+            context.store.id_offset = fresh.id_offset
+        if fresh is not None and fresh.gateway_url is not None:
+            context.retarget(str(fresh.gateway_url).rstrip("/"))
         context.faults.clear()
         context.outbox.hold = False
         context.outbox.duplicate = False

@@ -9,7 +9,7 @@ from typing import Any
 from schemas.providers import PROVIDERS
 from simulators.app import SimulatorFactory, build_app
 from simulators.framework import FaultRegistry, SimulatorContext, Store, WebhookOutbox
-from simulators.framework.webhooks import WebhookTarget
+from simulators.framework.webhooks import WebhookTarget, webhook_url
 from workers.secrets import webhook_secrets
 from workers.settings import Settings
 
@@ -34,7 +34,7 @@ def build(settings: Settings) -> Any:
     secrets = webhook_secrets(settings)
     targets = {
         provider: WebhookTarget(
-            f"{settings.gateway_base_url}/webhooks/{provider}", secrets[provider][0]
+            webhook_url(settings.gateway_base_url, provider), secrets[provider][0]
         )
         for provider in PROVIDERS
         if provider in secrets

@@ -48,8 +48,19 @@ class SimulatorProcess:
     def fault(self, **fault: Any) -> None:
         self.admin("POST", "/faults", fault)
 
-    def reset(self) -> None:
-        self.admin("POST", "/reset")
+    def reset(self, *, gateway_url: str | None = None, id_offset: int | None = None) -> None:
+        """Empty state, no faults; optionally towards another gateway and id
+        range, which a restart of the process keeps too."""
+        fresh: dict[str, Any] = {}
+        if gateway_url is not None:
+            fresh["gateway_url"] = self.env["CARDFLOW_GATEWAY_URL"] = gateway_url
+        if id_offset is not None:
+            fresh["id_offset"] = id_offset
+            self.env["CARDFLOW_SIMULATOR_ID_OFFSET"] = str(id_offset)
+        self.admin("POST", "/reset", fresh or None)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
         log = open(self.home / "simulators.log", "ab")  # noqa: SIM115 - lives with the process

@@ -7,7 +7,7 @@ from typing import Any
 
 from simulators.framework.faults import FaultRegistry
 from simulators.framework.store import Store
-from simulators.framework.webhooks import WebhookOutbox
+from simulators.framework.webhooks import WebhookOutbox, WebhookTarget, webhook_url
 
 
 @dataclass
@@ -20,6 +20,15 @@ class SimulatorContext:
     # Per-simulator knobs settable through the admin API (e.g. the issuer's
     # stand-in decision); simulators read them on every request.
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def retarget(self, gateway_url: str) -> None:
+        """Send webhooks and real-time requests to the gateway at `gateway_url`
+        from now on (each provider's webhooks to its path there, same secret)."""
+        self.gateway_url = gateway_url
+        self.outbox.targets = {
+            provider: WebhookTarget(webhook_url(gateway_url, provider), target.secret)
+            for provider, target in self.outbox.targets.items()
+        }
 
     def option(self, simulator: str, name: str, default: Any) -> Any:
         return self.options.get(simulator, {}).get(name, default)

@@ -40,6 +40,11 @@ class WebhookTarget:
     secret: str  # whsec_... (Standard Webhooks)
 
 
+def webhook_url(gateway_url: str, provider: str) -> str:
+    """Where cardflow's gateway at `gateway_url` takes a provider's webhooks."""
+    return f"{gateway_url}/webhooks/{provider}"
+
+
 class WebhookOutbox:
     def __init__(self, store: Store, targets: dict[str, WebhookTarget]) -> None:
         self.store = store
