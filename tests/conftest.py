@@ -67,6 +67,18 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+# Tests of pure rules (no server, no database): part of the fast tier.
+PURE_TEST_DIRECTORIES = ("schemas",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests_root = Path(__file__).resolve().parent
+    for item in items:
+        relative = item.path.resolve().relative_to(tests_root)
+        if relative.parts[0] in PURE_TEST_DIRECTORIES:
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.fixture(scope="session")
 def encryption_keys() -> list[tuple[str, bytes]]:
     import base64
@@ -335,9 +347,37 @@ class Platform:
     api_headers: Any = None
 
 
+@pytest.fixture(scope="session")
+def platform_simulators() -> Iterable[Any]:
+    """The provider simulators every platform test shares (one process for the
+    session), each test pointing them at its own gateway after a reset."""
+    from tests.providers import running, simulator_process
+
+    with scratch_directory("cardflow-test-simulators-") as home:
+        process = simulator_process(home, free_port(), UNREACHABLE_PROVIDERS_URL)
+        with running(process):
+            yield process
+
+
+def simulators_for(process: Any, gateway_url: str) -> Any:
+    """The session's simulators, fresh for one test: no state, no faults, no
+    webhook left from an earlier test (those went to its gateway, now gone),
+    pointed at `gateway_url`, with readable ids from a range of their own so
+    workflow ids derived from provider ids (card/{card_id}) never collide with
+    other tests' on the shared Temporal server."""
+    id_offset = secrets.randbelow(10**9) * 1000
+    if not process.alive():
+        process.env["CARDFLOW_GATEWAY_URL"] = gateway_url
+        process.env["CARDFLOW_SIMULATOR_ID_OFFSET"] = str(id_offset)
+        process.process = None
+        process.start()
+    process.reset(gateway_url=gateway_url, id_offset=id_offset)
+    return process
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def platform(
-    make_stack: StackFactory, database_url: str, tmp_path: Path
+    make_stack: StackFactory, database_url: str, tmp_path: Path, platform_simulators: Any
 ) -> AsyncIterator[Platform]:
     import json
 
@@ -345,16 +385,11 @@ async def platform(
 
     from starters.gateway.app import create_app
     from starters.gateway.server import gateway_config
-    from tests.providers import running, simulator_process
     from workers.settings import load_settings
 
     gateway_port = free_port()
     gateway_url = f"http://127.0.0.1:{gateway_port}"
-    (tmp_path / "simulators").mkdir()
-    sim = simulator_process(tmp_path / "simulators", free_port(), gateway_url)
-    # Workflow ids derived from provider ids (card/{card_id}) must not collide
-    # with other tests' on the shared Temporal server.
-    sim.env["CARDFLOW_SIMULATOR_ID_OFFSET"] = str(secrets.randbelow(10**9) * 1000)
+    sim = simulators_for(platform_simulators, gateway_url)
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     settings = load_settings(
         CARDFLOW_HOME=str(tmp_path),
@@ -363,28 +398,25 @@ async def platform(
         DATABASE_URL=database_url,
         CARDFLOW_PROVIDERS_URL=sim.url,
     )
-    with running(sim):
-        async with make_stack(providers_url=sim.url, prefix=prefix) as stack:
-            pool = await create_pool(database_url, size_max=4)
-            app = create_app(settings, client=stack.client, pool=pool)
-            # The production server and its deadlines (starters/gateway/server.py).
-            server = uvicorn.Server(
-                gateway_config(
-                    app, settings, host="127.0.0.1", port=gateway_port, log_level="warning"
-                )
-            )
-            task = asyncio.get_running_loop().create_task(server.serve())
-            for _ in range(int(GATEWAY_START_SECONDS_MAX / 0.01)):
-                if server.started or task.done():
-                    break
-                await asyncio.sleep(0.01)
-            if not server.started:
-                server.should_exit = True
-                raise AssertionError(f"the gateway did not start on port {gateway_port}")
-            try:
-                headers = await api_key_headers(pool, settings)
-                yield Platform(stack, sim, gateway_url, settings, app, headers)
-            finally:
-                server.should_exit = True
-                await task
-                await pool.close()
+    async with make_stack(providers_url=sim.url, prefix=prefix) as stack:
+        pool = await create_pool(database_url, size_max=4)
+        app = create_app(settings, client=stack.client, pool=pool)
+        # The production server and its deadlines (starters/gateway/server.py).
+        server = uvicorn.Server(
+            gateway_config(app, settings, host="127.0.0.1", port=gateway_port, log_level="warning")
+        )
+        task = asyncio.get_running_loop().create_task(server.serve())
+        for _ in range(int(GATEWAY_START_SECONDS_MAX / 0.01)):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        if not server.started:
+            server.should_exit = True
+            raise AssertionError(f"the gateway did not start on port {gateway_port}")
+        try:
+            headers = await api_key_headers(pool, settings)
+            yield Platform(stack, sim, gateway_url, settings, app, headers)
+        finally:
+            server.should_exit = True
+            await task
+            await pool.close()
