@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cardflow-installed
 
-.PHONY: demo test deep-model mutation audit-changes down status lint clean chromium
+.PHONY: demo test test-fast deep-model mutation audit-changes down status lint clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The fast tier: the process skeleton's timer and compensation paths and the
+# pure rules, in seconds (the full suite runs them too).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m fast
 
 # The ledger's model test with the deep profile: far more and longer random
 # sequences than `make test` runs (minutes, not seconds).

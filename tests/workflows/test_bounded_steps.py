@@ -46,7 +46,7 @@ async def process_status(handle: WorkflowHandle[Any, Any]) -> str | None:
 
 async def current_details(handle: WorkflowHandle[Any, Any]) -> str:
     metadata = await handle.query(WORKFLOW_METADATA_QUERY, result_type=WorkflowMetadata)
-    return metadata.current_details
+    return str(metadata.current_details)
 
 
 def test_every_queue_kind_has_a_deadline_past_its_attempts_timeout() -> None:
