@@ -30,16 +30,16 @@ from starters.dispute import demo_disputes
 from starters.fx import confirm, quote
 from starters.onboarding import start_onboarding
 from starters.reconcile import demo_reconciliation
-from starters.scenarios import (
+from starters.scenario_steps import (
     PASSPORT,
     SCENARIO_ADDRESS,
     STAGE_WAIT_SECONDS_MAX,
     decide_kyc,
     new_customer,
-    purchase_with_cashback,
     reach,
-    topup_reaching,
 )
+from starters.scenarios_cards import purchase_with_cashback
+from starters.scenarios_topup import topup_reaching
 from starters.simulate import set_issuer_clock_behind
 from starters.topup import mine_blocks, simulate_bank_transfer, simulate_deposit
 from workers.settings import Settings

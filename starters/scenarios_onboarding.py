@@ -1,0 +1,91 @@
+"""The onboarding's scenarios: a customer approved, asked to resubmit,
+rejected, reviewed by an operator, or left to expire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+
+from schemas.kyc import KycDecision, KycRejectType
+from schemas.onboarding import (
+    KycReview,
+    OnboardingInput,
+    OnboardingPolicy,
+    Resubmission,
+)
+from starters.onboarding import resubmit, review, start_onboarding
+from starters.scenario_steps import (
+    PASSPORT,
+    decide_kyc,
+    new_customer,
+    reach,
+)
+from workers.settings import Settings
+
+
+async def _onboard(
+    client: Client, settings: Settings, tag: str, policy: OnboardingPolicy | None = None
+) -> WorkflowHandle[Any, Any]:
+    request = OnboardingInput(
+        profile=new_customer(tag), documents=[PASSPORT], policy=policy or OnboardingPolicy()
+    )
+    return await start_onboarding(client, settings.task_queues, request)
+
+
+async def onboarding_approved(client: Client, settings: Settings) -> str:
+    handle = await _onboard(client, settings, "approved")
+    status = await reach(handle, "waiting for the KYC result")
+    await decide_kyc(settings, status.applicant_id or "", KycDecision.GREEN)
+    await handle.result()
+    return handle.id
+
+
+async def onboarding_resubmitted(client: Client, settings: Settings) -> str:
+    handle = await _onboard(client, settings, "resubmitted")
+    status = await reach(handle, "waiting for the KYC result")
+    await decide_kyc(
+        settings,
+        status.applicant_id or "",
+        KycDecision.RED,
+        KycRejectType.RETRY,
+        ("DOCUMENT_BLURRY",),
+    )
+    await reach(handle, "waiting for resubmitted documents")
+    await resubmit(client, status.customer_id, Resubmission(documents=[PASSPORT]))
+    status = await reach(handle, "waiting for the KYC result")
+    await decide_kyc(settings, status.applicant_id or "", KycDecision.GREEN)
+    await handle.result()
+    return handle.id
+
+
+async def onboarding_rejected(client: Client, settings: Settings) -> str:
+    handle = await _onboard(client, settings, "rejected")
+    status = await reach(handle, "waiting for the KYC result")
+    await decide_kyc(
+        settings, status.applicant_id or "", KycDecision.RED, KycRejectType.FINAL, ("FORGERY",)
+    )
+    await handle.result()
+    return handle.id
+
+
+async def onboarding_reviewed(client: Client, settings: Settings) -> str:
+    handle = await _onboard(client, settings, "reviewed")
+    status = await reach(handle, "waiting for the KYC result")
+    await decide_kyc(settings, status.applicant_id or "", KycDecision.ON_HOLD)
+    await reach(handle, "in operator review")
+    await review(
+        client,
+        status.customer_id,
+        KycReview(decision="approve", reason="documents match", operator="op-demo"),
+    )
+    await handle.result()
+    return handle.id
+
+
+async def onboarding_expired(client: Client, settings: Settings) -> str:
+    handle = await _onboard(
+        client, settings, "expired", OnboardingPolicy(kyc_result_wait_seconds=1)
+    )
+    await handle.result()
+    return handle.id
