@@ -38,7 +38,8 @@ from starters.dispute import open_dispute, wait_for_stage, wait_until_recorded
 from starters.fx import quote
 from starters.histories import RECORDING_KEYS_FILENAME
 from starters.onboarding import start_onboarding
-from starters.scenarios import PASSPORT, funded_virtual_card, new_customer, reach
+from starters.scenario_steps import PASSPORT, new_customer, reach
+from starters.scenarios_cards import funded_virtual_card
 from starters.topup import simulate_bank_transfer
 from tests.starters.conftest import DemoStack
 from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS

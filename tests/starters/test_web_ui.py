@@ -37,7 +37,7 @@ from schemas.kyc import KycDecision
 from schemas.onboarding import KycReview, OnboardingInput, OnboardingResult
 from schemas.providers import KYC
 from starters.onboarding import start_onboarding
-from starters.scenarios import PASSPORT, new_customer, reach
+from starters.scenario_steps import PASSPORT, new_customer, reach
 from tests.starters.conftest import DemoStack
 from workers.client import connect
 from workers.settings import Settings
