@@ -69,7 +69,7 @@ def chaos_command(
     ] = False,
 ) -> None:
     """Seeded chaos: traffic, faults and kills, then every money invariant checked."""
-    from bench.chaos.run import Options
+    from bench.chaos.options import Options
     from bench.chaos.run import main as run_chaos
 
     options = Options(
