@@ -8,10 +8,7 @@ from temporalio.client import Client
 
 from schemas.cards import CardIssueInput
 from starters.cards import issue_card
-from starters.scenario_steps import (
-    SCENARIO_ADDRESS,
-    fund_wallet,
-)
+from starters.scenario_steps import SCENARIO_ADDRESS, fund_wallet
 from starters.scenarios_onboarding import onboarding_approved
 from workers.settings import Settings
 

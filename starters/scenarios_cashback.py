@@ -10,10 +10,7 @@ from temporalio.client import Client
 
 from activities.database import create_pool
 from schemas.money import Currency
-from starters.scenario_steps import (
-    STAGE_WAIT_SECONDS_MAX,
-    fund_wallet,
-)
+from starters.scenario_steps import STAGE_WAIT_SECONDS_MAX, fund_wallet
 from starters.scenarios_onboarding import onboarding_approved
 from workers.settings import Settings
 

@@ -8,9 +8,7 @@ from temporalio.client import Client
 
 from schemas.fx import FxConversionInput, FxPolicy
 from schemas.money import Currency
-from starters.scenario_steps import (
-    fund_wallet,
-)
+from starters.scenario_steps import fund_wallet
 from starters.scenarios_onboarding import onboarding_approved
 from workers.settings import Settings
 

@@ -8,19 +8,9 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 
 from schemas.kyc import KycDecision, KycRejectType
-from schemas.onboarding import (
-    KycReview,
-    OnboardingInput,
-    OnboardingPolicy,
-    Resubmission,
-)
+from schemas.onboarding import KycReview, OnboardingInput, OnboardingPolicy, Resubmission
 from starters.onboarding import resubmit, review, start_onboarding
-from starters.scenario_steps import (
-    PASSPORT,
-    decide_kyc,
-    new_customer,
-    reach,
-)
+from starters.scenario_steps import PASSPORT, decide_kyc, new_customer, reach
 from workers.settings import Settings
 
 

@@ -6,9 +6,7 @@ import uuid
 
 from temporalio.client import Client
 
-from starters.scenario_steps import (
-    wait_until,
-)
+from starters.scenario_steps import wait_until
 from starters.scenarios_cards import funded_virtual_card
 from workers.settings import Settings
 from workflows.cards import CardEntity, card_workflow_id

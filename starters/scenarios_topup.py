@@ -14,9 +14,7 @@ from activities.ledger import Ledger
 from schemas.accounts import system_account
 from schemas.ledger import TransferRequest
 from schemas.money import Currency
-from starters.scenario_steps import (
-    STAGE_WAIT_SECONDS_MAX,
-)
+from starters.scenario_steps import STAGE_WAIT_SECONDS_MAX
 from starters.scenarios_onboarding import onboarding_approved
 from workers.settings import Settings
 

@@ -35,8 +35,8 @@ from activities.ledger import Ledger
 from activities.ledger.errors import LedgerError
 from activities.providers.issuer import IssuerClient
 from activities.reconciliation import posted_for
+from bench.chaos.evidence import Evidence
 from bench.chaos.invariants import Violation
-from bench.chaos.workload import Evidence
 from schemas import accounts
 from schemas.cards import CardIssueResult
 from schemas.cashback import CashbackResult

@@ -16,9 +16,9 @@ from typing import Any
 
 from activities.database import create_pool
 from bench.chaos import invariants
+from bench.chaos.evidence import Evidence
 from bench.chaos.invariants import Violation
 from bench.chaos.options import Options
-from bench.chaos.workload import Evidence
 from schemas.reconciliation import ReconciliationItem
 from workers.settings import Settings
 

@@ -40,6 +40,7 @@ from activities.api_keys import SCOPES, NewApiKey
 from activities.database import create_pool
 from activities.providers.issuer import IssuerClient
 from bench.chaos import invariants
+from bench.chaos.evidence import Evidence
 from bench.chaos.invariants import Violation
 from bench.chaos.money import money_violations
 from bench.chaos.options import Options
@@ -59,7 +60,8 @@ from bench.chaos.stack import (
     StackHandling,
     stack_for,
 )
-from bench.chaos.workload import Evidence, OperationSkipped, Workload
+from bench.chaos.workload import Workload
+from bench.chaos.workload_calls import OperationSkipped
 from schemas.providers import ISSUER
 from schemas.reconciliation import ReconciliationResult
 from starters.apikeys import create_key

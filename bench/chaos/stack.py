@@ -19,13 +19,7 @@ import psutil
 
 from bench.authorizations import bench_settings
 from bench.chaos.options import Options
-from bench.chaos.plan import (
-    WEBHOOK_WINDOW_SECONDS_MAX,
-    Plan,
-    ProviderFault,
-    Resend,
-    WebhookWindow,
-)
+from bench.chaos.plan import WEBHOOK_WINDOW_SECONDS_MAX, Plan, ProviderFault, Resend, WebhookWindow
 from bench.chaos.report import Tally
 from schemas.providers import ISSUER
 from schemas.task_queues import QUEUE_KINDS
