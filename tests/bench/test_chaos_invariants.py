@@ -14,6 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import Ledger
+from bench.chaos.evidence import Evidence
 from bench.chaos.invariants import (
     Violation,
     busy_workflows,
@@ -24,7 +25,6 @@ from bench.chaos.invariants import (
     workflow_violations,
 )
 from bench.chaos.money import Expected, settlement_violations
-from bench.chaos.workload import Evidence
 from schemas import accounts
 from schemas.cards import CardIssueInput, CardPolicy
 from schemas.health import PingInput, PingResult
