@@ -26,21 +26,21 @@ from bench.chaos.invariants import (
 )
 from bench.chaos.money import Expected, settlement_violations
 from schemas import accounts
-from schemas.cards import CardIssueInput, CardPolicy
 from schemas.health import PingInput, PingResult
 from schemas.issuer import Authorization, Transaction
 from schemas.ledger import AccountSpec, HoldRequest, TransferRequest
 from schemas.money import Currency
 from tests import polling
 from tests.conftest import Platform
-from tests.workflows.test_authorizations import (
+from tests.customers import (
+    FREE,
     authorize,
+    customer,
+    issue_card,
     issuer,
     open_card,
     wallet_becomes,
 )
-from tests.workflows.test_cards import FEES, HOME, customer
-from workflows.card_issue import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
 from workflows.cards import CARD_WORKFLOW, card_workflow_id
 from workflows.health import PING_WORKFLOW, ping_workflow_id
 
@@ -316,26 +316,7 @@ async def test_a_terminated_and_a_timed_out_workflow_are_reported(platform: Plat
 async def start_card_issue(platform: Platform) -> str:
     """A virtual card's issuing for a new customer, started; its workflow id."""
     customer_id = await customer(platform)
-    request_id = f"r-{uuid.uuid4().hex[:10]}"
-    queues = platform.stack.queues
-    workflow_id = card_issue_workflow_id(request_id)
-    await platform.stack.client.start_workflow(
-        CARD_ISSUE_WORKFLOW,
-        CardIssueInput(
-            request_id=request_id,
-            customer_id=customer_id,
-            kind="virtual",
-            address=HOME,
-            policy=FEES.model_copy(update={"issuance_fee_virtual_minor": 0}),
-            card_policy=CardPolicy(),
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
-        ),
-        id=workflow_id,
-        task_queue=queues.workflows,
-    )
-    return workflow_id
+    return (await issue_card(platform, customer_id, fees=FREE)).id
 
 
 async def test_a_failure_is_told_with_its_causes(platform: Platform) -> None:

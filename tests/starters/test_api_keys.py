@@ -497,7 +497,7 @@ async def test_the_cli_refuses_bad_input_naming_the_option(
 async def test_authorizations_are_decided_within_budget_while_another_key_floods_the_api(
     platform: Platform,
 ) -> None:
-    from tests.workflows.test_authorizations import authorize, open_card
+    from tests.customers import authorize, open_card
 
     _, card_id, _ = await open_card(platform)
     store = ApiKeyStore(platform.stack.pool, api_key_pepper(platform.settings))

@@ -14,7 +14,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from activities.api_keys import SCOPES, ApiKeyStore, IssuedKey, NewApiKey, api_k
 from activities.customers import CustomerStore
 from activities.database import create_pool
 from schemas.cards import CardIssueResult
-from schemas.customers import CustomerProfile
 from schemas.fx import FxConversionInput
 from schemas.money import Currency
 from schemas.search import CUSTOMER_ID
@@ -37,6 +36,7 @@ from schemas.topup import TopupInput
 from starters.gateway.access import access_of, route_access
 from starters.gateway.app import create_app
 from tests.conftest import Platform
+from tests.customers import customer, profile
 from tests.starters.test_api_keys import api_routes
 from workers.settings import load_settings
 from workflows.fx import FX_WORKFLOW, fx_workflow_id
@@ -243,16 +243,7 @@ async def resources(gateway: Gateway, everyone: IssuedKey) -> Ids:
         transaction=unique("txn"),
         process="",
     )
-    await CustomerStore(gateway.pool).save(
-        CustomerProfile(
-            customer_id=ids.customer,
-            first_name="Ada",
-            last_name="Lovelace",
-            date_of_birth=date(1990, 12, 10),
-            country="GBR",
-            email=f"{ids.customer}@example.com",
-        )
-    )
+    await CustomerStore(gateway.pool).save(profile(ids.customer))
     await gateway.pool.execute(
         "INSERT INTO cards (card_id, request_id, customer_id, kind) VALUES ($1, $2, $3, 'virtual')",
         ids.card,
@@ -558,7 +549,7 @@ async def test_a_partner_key_runs_its_customers_processes_and_no_one_elses(
     platform: Platform,
 ) -> None:
     from tests.workflows.test_dispute import purchase
-    from tests.workflows.test_fx_conversion import customer, rates
+    from tests.workflows.test_fx_conversion import rates
     from workflows.card_issue import card_issue_workflow_id
     from workflows.cards import card_workflow_id
 

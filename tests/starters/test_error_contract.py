@@ -26,11 +26,10 @@ from starters import topup
 from starters.gateway.errors import ERROR_STATUS, ErrorBody, GatewayCode, process_error
 from starters.gateway.state import database_pool, temporal_client
 from tests.conftest import Platform, RunningStack
+from tests.customers import EMPTY_WALLETS, authorize, card_of_its_own, customer, new_id, open_card
 from tests.starters.inprocess import gateway_app
-from tests.starters.test_update_timeouts import open_card as open_card_entity
 from tests.workflows import test_fx_conversion as fx_helpers
 from tests.workflows import test_topup as topup_helpers
-from tests.workflows.test_authorizations import authorize, open_card
 from workflows.cards import card_workflow_id
 from workflows.topup_steps import STAGE_CONFIRMATIONS
 
@@ -251,7 +250,7 @@ CARD_VIEW_KEYS = {
 
 
 async def test_the_card_view_shows_no_internal_state(stack: RunningStack, tmp_path: Path) -> None:
-    handle = await open_card_entity(stack, seen_events=["evt_seen_by_the_card"])
+    handle = await card_of_its_own(stack, new_id(), seen_events=["evt_seen_by_the_card"])
     card_id = handle.id.removeprefix(card_workflow_id(""))
     try:
         async with gateway_app(stack, tmp_path) as gateway:
@@ -281,7 +280,7 @@ async def test_a_confirm_after_the_quote_expired_is_409_quote_expired(
     platform: Platform,
 ) -> None:
     fx_helpers.rates(platform, quote_ttl_seconds=1)
-    customer_id = await fx_helpers.customer(platform, {Currency.USD: 20_000})
+    customer_id = await customer(platform, {Currency.USD: 20_000})
     # The process stays open long after its quote expired, to refuse late confirms.
     patient = fx_helpers.POLICY.model_copy(update={"late_confirm_window_seconds": 600})
     request = fx_helpers.conversion(
@@ -301,7 +300,7 @@ async def test_a_confirm_the_wallet_cannot_pay_is_409_insufficient_funds(
 ) -> None:
     fx_helpers.rates(platform)
     # The sale, not the fee on top of it.
-    customer_id = await fx_helpers.customer(platform, {Currency.USD: 10_004})
+    customer_id = await customer(platform, {Currency.USD: 10_004})
     request = fx_helpers.conversion(customer_id, Currency.USD, Currency.EUR, sell_minor=10_004)
     await fx_helpers.quoted(platform, request)
     declined = await post(platform, f"/v1/fx/{request.request_id}/confirm")
@@ -323,7 +322,7 @@ async def test_a_review_of_a_top_up_with_none_pending_is_409_wrong_state(
     platform: Platform,
 ) -> None:
     topup_helpers.chain(platform)
-    customer_id = await topup_helpers.customer(platform)
+    customer_id = await customer(platform, EMPTY_WALLETS)
     deposit = await topup.simulate_deposit(
         platform.settings, customer_id, topup_helpers.DEPOSIT_MINOR
     )

@@ -25,15 +25,16 @@ from standardwebhooks import Webhook
 
 from activities.metrics import GatewayMetrics
 from schemas.issuer import DecidedBy
+from schemas.money import Currency
 from schemas.providers import ISSUER, PROVIDERS
 from starters.gateway.app import create_app
 from starters.gateway.auth import UNAUTHENTICATED_DETAIL
 from starters.gateway.realtime import REALTIME_AUTHORIZATION_PATH
 from starters.gateway.server import gateway_config
 from tests.conftest import Platform, StackFactory, api_key_headers, free_port, project_root
+from tests.customers import SHOP, authorize, open_card
 from tests.providers import running, simulator_process
 from tests.starters.test_gateway_realtime import decisions_counted
-from tests.workflows.test_authorizations import SHOP, authorize, open_card
 from workers.secrets import new_webhook_secret
 from workers.settings import Settings, load_settings
 from workers.telemetry import start_telemetry
@@ -376,7 +377,7 @@ FLOOD_SECONDS = 20.0
 async def test_a_flood_of_large_unauthenticated_bodies_leaves_every_decision_in_time(
     platform: Platform,
 ) -> None:
-    _, card_id, _ = await open_card(platform, funds=1_000_000)
+    _, card_id, _ = await open_card(platform, {Currency.USD: 1_000_000})
     metrics_port = free_port()
     telemetry = start_telemetry(
         platform.settings.model_copy(update={"metrics_port": metrics_port}), "gateway"

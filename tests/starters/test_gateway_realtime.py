@@ -29,7 +29,7 @@ from starters.gateway.realtime import (
 )
 from tests import polling
 from tests.conftest import Platform, free_port
-from tests.workflows.test_authorizations import (
+from tests.customers import (
     SHOP,
     authorize,
     card_state,

@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 
 from activities.api_keys import parse_key
 from schemas.cards import CardInput
-from schemas.issuer import CardState
 from starters.gateway.v1.idempotency import Idempotency
 from tests.conftest import RunningStack, StackFactory
+from tests.customers import card_of_its_own, new_id
 from tests.starters.inprocess import gateway
 from workers.build import build_worker
-from workflows.cards import CARD_WORKFLOW, LIMITS_UPDATE, card_workflow_id
+from workflows.cards import LIMITS_UPDATE
 
 # The gateway waits this long for a process before it answers 503.
 API_UPDATE_TIMEOUT_SECONDS = 1
@@ -36,24 +36,10 @@ def workflows_worker(stack: RunningStack) -> Worker:
     return build_worker("workflows", stack.client, stack.queues, pool=stack.pool)
 
 
-async def open_card(stack: RunningStack, **state: Any) -> WorkflowHandle[Any, Any]:
-    """A card entity of the test's own, running (its first task done), its
-    state's other fields as `state` says."""
-    card_id = f"card_own_{uuid.uuid4().hex[:10]}"
-    handle = await stack.client.start_workflow(
-        CARD_WORKFLOW,
-        CardInput(
-            card_id=card_id,
-            customer_id=f"c-{uuid.uuid4().hex[:10]}",
-            state=CardState.OPEN,
-            ledger_task_queue=stack.queues.ledger,
-            providers_task_queue=stack.queues.providers,
-            workflows_task_queue=stack.queues.workflows,
-            **state,
-        ),
-        id=card_workflow_id(card_id),
-        task_queue=stack.queues.workflows,
-    )
+async def card_running(stack: RunningStack) -> WorkflowHandle[Any, Any]:
+    """A card entity of the test's own (tests.customers), its first task done
+    while the workflows worker is up."""
+    handle = await card_of_its_own(stack, new_id())
     await handle.query("status")
     return handle
 
@@ -80,7 +66,7 @@ async def test_an_update_that_times_out_is_a_503_and_its_retry_gets_the_updates_
         ) as http,
     ):
         async with workflows_worker(stack):
-            card = await open_card(stack)
+            card = await card_running(stack)
         card_id = card.id.removeprefix("card/")
         key = f"limits-{uuid.uuid4().hex[:8]}"
         limits = {"per_day_minor": 50_000, "blocked_mccs": ["7995"]}
@@ -130,7 +116,7 @@ async def test_the_cli_says_a_process_did_not_answer_instead_of_a_traceback(
     )
     async with make_stack(kinds=("ledger",)) as stack:
         async with workflows_worker(stack):
-            card = await open_card(stack)
+            card = await card_running(stack)
         keys = ",".join(f"{kid}:{base64.b64encode(key).decode()}" for kid, key in encryption_keys)
         env = {
             "TEMPORAL_ADDRESS": stack.client.service_client.config.target_host,

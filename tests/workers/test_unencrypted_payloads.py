@@ -38,7 +38,7 @@ from schemas.issuer import CardState
 from starters.devstack.stack import temporal_cli_path
 from tests.codec import body, codec_server, payloads_of
 from tests.conftest import Platform
-from tests.workflows.test_authorizations import open_card
+from tests.customers import open_card
 from workers.converter import (
     UNREADABLE_PAYLOAD_ERROR,
     EncryptionCodec,

@@ -18,12 +18,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
-from activities.providers.issuer import IssuerClient
 from schemas import accounts
 from schemas.cards import (
     CardInput,
-    CardIssueInput,
-    CardIssueResult,
     CardNetworkEvent,
     CardPolicy,
     CardStateChange,
@@ -31,13 +28,24 @@ from schemas.cards import (
     SpendingLimits,
 )
 from schemas.issuer import Authorization, CardType, Merchant
-from schemas.ledger import Balance, TransferRequest
+from schemas.ledger import TransferRequest
 from schemas.money import Currency
 from tests import polling
 from tests.conftest import Platform
+from tests.customers import (
+    HOME,
+    SHOP,
+    authorize,
+    card_of_its_own,
+    card_state,
+    customer,
+    issuer,
+    open_card,
+    wallet,
+    wallet_becomes,
+)
 from tests.interruptions import balances_locked, until_waiting
-from tests.workflows.test_cards import FEES, HOME, customer, refusal
-from workflows.card_issue import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
+from tests.workflows.test_cards import refusal
 from workflows.card_ledger import HOLD_LEDGER_GRACE
 from workflows.cards import (
     CLOSE_UPDATE,
@@ -49,87 +57,7 @@ from workflows.cards import (
 )
 from workflows.cashback import cashback_workflow_id
 
-SHOP = Merchant(name="Corner Shop", mcc="5411", country="GB")
 CASINO = Merchant(name="Lucky Star", mcc="7995", country="GB")
-
-
-async def open_card(
-    platform: Platform, *, funds: int = 10_000, policy: CardPolicy | None = None
-) -> tuple[str, str, WorkflowHandle[Any, Any]]:
-    """An approved, funded customer with an open virtual USD card (no fee)."""
-    customer_id = await customer(platform, funds=funds)
-    queues = platform.stack.queues
-    request_id = f"r-{uuid.uuid4().hex[:10]}"
-    issued = await platform.stack.client.execute_workflow(
-        CARD_ISSUE_WORKFLOW,
-        CardIssueInput(
-            request_id=request_id,
-            customer_id=customer_id,
-            kind="virtual",
-            address=HOME,
-            policy=FEES.model_copy(update={"issuance_fee_virtual_minor": 0}),
-            card_policy=policy or CardPolicy(),
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
-        ),
-        id=card_issue_workflow_id(request_id),
-        task_queue=queues.workflows,
-        result_type=CardIssueResult,
-    )
-    card_id = issued.card_id or ""
-    return (
-        customer_id,
-        card_id,
-        platform.stack.client.get_workflow_handle(card_workflow_id(card_id)),
-    )
-
-
-def issuer(platform: Platform) -> IssuerClient:
-    return IssuerClient(platform.sim.provider_url("issuer"))
-
-
-async def authorize(
-    platform: Platform,
-    card_id: str,
-    amount: int,
-    *,
-    merchant: Merchant = SHOP,
-    currency: Currency = Currency.USD,
-    partial: bool = False,
-) -> Authorization:
-    async with issuer(platform) as client:
-        return await client.simulate_authorization(
-            card_id=card_id,
-            amount_minor=amount,
-            currency=currency,
-            merchant=merchant,
-            partial_approval_capable=partial,
-            idempotency_key=f"auth-{uuid.uuid4().hex}",
-        )
-
-
-async def wallet(platform: Platform, customer_id: str) -> Balance:
-    return await Ledger(platform.stack.pool).balance(accounts.wallet(customer_id, "USD"))
-
-
-async def wallet_becomes(
-    platform: Platform, customer_id: str, posted: int, pending: int
-) -> Balance:
-    async def check() -> bool:
-        balance = await wallet(platform, customer_id)
-        return (balance.posted, balance.debits_pending) == (posted, pending)
-
-    try:
-        await polling.eventually(check, f"wallet posted {posted}, pending {pending}")
-    except AssertionError:
-        raise AssertionError(f"wallet is {await wallet(platform, customer_id)}") from None
-    return await wallet(platform, customer_id)
-
-
-async def card_state(handle: WorkflowHandle[Any, Any]) -> CardInput:
-    state: CardInput = await handle.query("status", result_type=CardInput)
-    return state
 
 
 async def delivered_twice(platform: Platform, *about: str) -> None:
@@ -264,7 +192,7 @@ async def test_a_clearing_over_the_hold_posts_a_tip_within_tolerance_and_flags_m
 
 async def test_declines_say_why_and_hold_nothing(platform: Platform) -> None:
     customer_id, card_id, handle = await open_card(
-        platform, funds=3_000, policy=CardPolicy(velocity_count_max=3)
+        platform, {Currency.USD: 3_000}, policy=CardPolicy(velocity_count_max=3)
     )
     await handle.execute_update(
         LIMITS_UPDATE, SpendingLimits(per_transaction_minor=2_000, blocked_mccs=["7995"])
@@ -292,7 +220,7 @@ async def test_declines_say_why_and_hold_nothing(platform: Platform) -> None:
 async def test_a_partial_approval_holds_what_is_available_when_the_merchant_can_take_it(
     platform: Platform,
 ) -> None:
-    customer_id, card_id, _ = await open_card(platform, funds=700)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 700})
     refused = await authorize(platform, card_id, 1_000)
     assert refused.decision_reason == "insufficient_funds"
     partial = await authorize(platform, card_id, 1_000, partial=True)
@@ -485,7 +413,7 @@ async def test_a_foreign_purchase_holds_the_billing_amount(platform: Platform) -
 
 
 async def test_concurrent_authorizations_on_one_card_never_overspend(platform: Platform) -> None:
-    customer_id, card_id, _ = await open_card(platform, funds=5_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 5_000})
     results = await asyncio.gather(*(authorize(platform, card_id, 1_000) for _ in range(8)))
     approved = [r for r in results if r.status.value == "pending"]
     assert len(approved) == 5
@@ -597,7 +525,6 @@ async def test_the_gateway_refuses_unsigned_and_malformed_real_time_requests(
 
 async def test_open_holds_survive_continue_as_new_and_still_clear(platform: Platform) -> None:
     customer_id = await customer(platform)
-    queues = platform.stack.queues
     async with issuer(platform) as client:
         holder = await client.create_cardholder(
             first_name="Ada",
@@ -612,19 +539,8 @@ async def test_open_holds_survive_continue_as_new_and_still_clear(platform: Plat
             currency=Currency.USD,
             idempotency_key=f"card-{customer_id}",
         )
-    handle = await platform.stack.client.start_workflow(
-        "Card",
-        CardInput(
-            card_id=card.id,
-            customer_id=customer_id,
-            state=card.state,
-            history_events_max=60,
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
-        ),
-        id=card_workflow_id(card.id),
-        task_queue=queues.workflows,
+    handle = await card_of_its_own(
+        platform, customer_id, card_id=card.id, state=card.state, history_events_max=60
     )
     first = await authorize(platform, card.id, 1_000)
     for _ in range(14):
@@ -732,7 +648,7 @@ async def test_a_charge_the_wallet_cannot_pay_stays_open_and_succeeds_once_it_ca
     charge is refused, the exception stays open and nothing moves. Once the
     customer has topped up, the operator's next charge goes through, once."""
     customer_id, card_id, handle = await open_card(
-        platform, funds=1_200, policy=CardPolicy(clearing_over_tolerance_bps=0)
+        platform, {Currency.USD: 1_200}, policy=CardPolicy(clearing_over_tolerance_bps=0)
     )
     over = await authorize(platform, card_id, 1_000)
     async with issuer(platform) as client:

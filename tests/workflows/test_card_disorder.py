@@ -34,7 +34,6 @@ from schemas import accounts
 from schemas.cards import (
     AuthorizationAnswer,
     AuthorizationRequest,
-    CardInput,
     CardNetworkEvent,
     CardPolicy,
     CardStateChange,
@@ -43,11 +42,22 @@ from schemas.cards import (
 )
 from schemas.cards import Merchant as CardMerchant
 from schemas.issuer import Authorization as IssuerAuthorization
-from schemas.issuer import AuthorizationStatus, CardState, DecidedBy
+from schemas.issuer import AuthorizationStatus, DecidedBy
 from schemas.ledger import HoldRequest, TransferRequest
 from schemas.money import Currency
 from tests import polling
 from tests.conftest import Platform
+from tests.customers import (
+    SHOP,
+    authorize,
+    card_of_its_own,
+    card_state,
+    customer,
+    issuer,
+    open_card,
+    wallet,
+    wallet_becomes,
+)
 from tests.interruptions import (
     balances_locked,
     table_locked,
@@ -55,21 +65,10 @@ from tests.interruptions import (
     until_admitted,
     until_waiting,
 )
-from tests.workflows.test_authorizations import (
-    SHOP,
-    authorize,
-    card_state,
-    issuer,
-    open_card,
-    wallet,
-    wallet_becomes,
-)
-from tests.workflows.test_cards import customer
 from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
 from workflows.card_ledger import HOLD_LEDGER_GRACE
 from workflows.cards import (
     AUTHORIZE_UPDATE,
-    CARD_WORKFLOW,
     CLOSE_UPDATE,
     LIMITS_UPDATE,
     NETWORK_EVENT_SIGNAL,
@@ -133,28 +132,6 @@ async def settles_as(
         ) from None
 
 
-async def card_of_its_own(
-    platform: Platform, customer_id: str, **fields: Any
-) -> WorkflowHandle[Any, Any]:
-    """A card entity started directly (no issuer card), asked by updates."""
-    queues = platform.stack.queues
-    card_id = f"card_own_{uuid.uuid4().hex[:10]}"
-    fields.setdefault("state", CardState.OPEN)
-    return await platform.stack.client.start_workflow(
-        CARD_WORKFLOW,
-        CardInput(
-            card_id=card_id,
-            customer_id=customer_id,
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
-            **fields,
-        ),
-        id=card_workflow_id(card_id),
-        task_queue=queues.workflows,
-    )
-
-
 def question_to(handle: WorkflowHandle[Any, Any], request_id: str) -> AuthorizationRequest:
     """A hotel's first ask of 1,000 to a card of its own, as the gateway sends it."""
     return AuthorizationRequest(
@@ -215,7 +192,7 @@ async def test_a_worker_killed_after_the_hold_committed_holds_once_what_the_issu
 async def test_a_worker_killed_after_a_partial_hold_committed_holds_it_once(
     platform: Platform,
 ) -> None:
-    customer_id, card_id, handle = await open_card(platform, funds=1_500)
+    customer_id, card_id, handle = await open_card(platform, {Currency.USD: 1_500})
     patient_issuer(platform)
     await authorize(platform, card_id, 500)
     # The full amount is refused, the partial hold commits, the worker dies.
@@ -442,7 +419,7 @@ async def test_a_card_never_ends_with_an_open_exception(platform: Platform) -> N
 async def test_a_request_sent_again_after_the_card_continued_as_new_gets_its_first_answer(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform, funds=10_000)
+    customer_id = await customer(platform, {Currency.USD: 10_000})
     handle = await card_of_its_own(platform, customer_id, history_events_max=50)
     asked = question_to(handle, "evt-1")
     await handle.execute_update(AUTHORIZE_UPDATE, asked, id="a-1")
@@ -468,7 +445,7 @@ async def test_a_request_sent_again_after_the_card_continued_as_new_gets_its_fir
 async def test_an_ask_the_ledger_refuses_outright_leaves_no_trace_and_the_next_is_decided(
     platform: Platform,
 ) -> None:
-    customer_id = await customer(platform, funds=10_000)
+    customer_id = await customer(platform, {Currency.USD: 10_000})
     handle = await card_of_its_own(
         platform, customer_id, limits=SpendingLimits(per_day_minor=2_500)
     )

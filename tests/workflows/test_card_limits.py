@@ -18,17 +18,18 @@ from schemas.cards import AuthorizationAnswer, CardPolicy, SpendingLimits
 from schemas.issuer import Authorization, CardState, DecisionOutcome
 from schemas.money import Currency
 from tests.conftest import Platform
-from tests.workflows.test_authorizations import (
+from tests.customers import (
     authorize,
+    card_of_its_own,
     card_state,
+    customer,
     issuer,
     open_card,
     wallet,
     wallet_becomes,
 )
-from tests.workflows.test_card_disorder import card_of_its_own, question_to
-from tests.workflows.test_cards import customer
-from workflows.cards import AUTHORIZE_UPDATE, LIMITS_UPDATE
+from tests.workflows.test_card_disorder import question_to
+from workflows.cards import AUTHORIZE_UPDATE
 
 
 async def increment(platform: Platform, authorization: Authorization, amount: int) -> str:
@@ -39,12 +40,6 @@ async def increment(platform: Platform, authorization: Authorization, amount: in
         )
     last = grown.decisions[-1]
     return "approved" if last.outcome is DecisionOutcome.APPROVE else last.reason
-
-
-async def with_limits(platform: Platform, limits: SpendingLimits, **card: Any) -> tuple[str, str]:
-    customer_id, card_id, handle = await open_card(platform, **card)
-    await handle.execute_update(LIMITS_UPDATE, limits)
-    return customer_id, card_id
 
 
 async def clear_whole(platform: Platform, authorization: Authorization) -> None:
@@ -63,7 +58,9 @@ async def clear_whole(platform: Platform, authorization: Authorization) -> None:
 async def test_the_per_transaction_limit_counts_the_increments_already_approved(
     platform: Platform,
 ) -> None:
-    customer_id, card_id = await with_limits(platform, SpendingLimits(per_transaction_minor=5_000))
+    customer_id, card_id, _ = await open_card(
+        platform, limits=SpendingLimits(per_transaction_minor=5_000)
+    )
     first = await authorize(platform, card_id, 3_000)
     assert first.decision_reason == "approved"
     assert await increment(platform, first, 1_500) == "approved"
@@ -77,7 +74,9 @@ async def test_the_per_transaction_limit_counts_the_increments_already_approved(
 async def test_an_increment_up_to_the_per_transaction_limit_is_approved_and_a_unit_more_is_not(
     platform: Platform,
 ) -> None:
-    customer_id, card_id = await with_limits(platform, SpendingLimits(per_transaction_minor=4_000))
+    customer_id, card_id, _ = await open_card(
+        platform, limits=SpendingLimits(per_transaction_minor=4_000)
+    )
     first = await authorize(platform, card_id, 2_500)
     assert await increment(platform, first, 1_501) == "over_transaction_limit"
     assert await increment(platform, first, 1_500) == "approved"
@@ -92,8 +91,9 @@ async def test_an_increment_up_to_the_per_transaction_limit_is_approved_and_a_un
 
 
 async def test_the_daily_limit_counts_what_was_spent_earlier_today(platform: Platform) -> None:
-    customer_id, card_id, handle = await open_card(platform)
-    await handle.execute_update(LIMITS_UPDATE, SpendingLimits(per_day_minor=5_000))
+    customer_id, card_id, handle = await open_card(
+        platform, limits=SpendingLimits(per_day_minor=5_000)
+    )
     first = await authorize(platform, card_id, 3_000)
     assert first.decision_reason == "approved"
     await clear_whole(platform, first)
@@ -111,8 +111,9 @@ async def test_the_daily_limit_counts_what_was_spent_earlier_today(platform: Pla
 
 
 async def test_the_daily_limit_counts_holds_still_open_and_increments(platform: Platform) -> None:
-    customer_id, card_id, handle = await open_card(platform)
-    await handle.execute_update(LIMITS_UPDATE, SpendingLimits(per_day_minor=4_000))
+    customer_id, card_id, handle = await open_card(
+        platform, limits=SpendingLimits(per_day_minor=4_000)
+    )
     first = await authorize(platform, card_id, 2_000)
     counted_on = (await card_state(handle)).spent_day
     assert await increment(platform, first, 1_000) == "approved"
@@ -130,8 +131,9 @@ async def test_the_daily_limit_counts_holds_still_open_and_increments(platform: 
 async def test_the_monthly_limit_counts_what_was_spent_earlier_this_month(
     platform: Platform,
 ) -> None:
-    customer_id, card_id, handle = await open_card(platform, funds=20_000)
-    await handle.execute_update(LIMITS_UPDATE, SpendingLimits(per_month_minor=6_000))
+    customer_id, card_id, handle = await open_card(
+        platform, {Currency.USD: 20_000}, limits=SpendingLimits(per_month_minor=6_000)
+    )
     first = await authorize(platform, card_id, 4_000)
     await clear_whole(platform, first)
     await wallet_becomes(platform, customer_id, posted=16_000, pending=0)
@@ -187,7 +189,7 @@ async def test_spending_counted_today_stands_across_a_continue_as_new(
 ) -> None:
     """The card continues as new while its counters hold today's spending:
     the new run declines what the old one would have."""
-    customer_id = await customer(platform, funds=20_000)
+    customer_id = await customer(platform, {Currency.USD: 20_000})
     handle = await card_of_its_own(
         platform,
         customer_id,

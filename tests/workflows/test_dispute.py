@@ -27,11 +27,12 @@ from schemas.disputes import (
     customer_debt,
 )
 from schemas.issuer import Dispute, DisputeOutcome, DisputeReason, DisputeStatus, EvidenceType
+from schemas.money import Currency
 from schemas.search import CARD_ID, PROCESS_STATUS
 from starters import dispute as disputes
 from tests import polling
 from tests.conftest import Platform
-from tests.workflows.test_authorizations import (
+from tests.customers import (
     authorize,
     issuer,
     open_card,
@@ -182,7 +183,7 @@ async def test_a_won_dispute_without_provisional_credit_credits_the_wallet_at_th
 async def test_a_lost_dispute_on_an_empty_wallet_records_the_debt_never_a_negative_wallet(
     platform: Platform,
 ) -> None:
-    customer_id, card_id, _ = await open_card(platform, funds=3_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 3_000})
     transaction_id = await purchase(platform, card_id, 3_000)
     assert (await wallet(platform, customer_id)).posted == 0
     handle = await open_dispute(platform, customer_id, transaction_id, policy=AT_ONCE)

@@ -39,14 +39,14 @@ from schemas.money import Currency
 from starters import dispute as disputes
 from tests import polling
 from tests.conftest import Platform
-from tests.interruptions import POLL_SECONDS, WAIT_SECONDS_MAX, balances_locked, until_waiting
-from tests.workflows.test_authorizations import (
+from tests.customers import (
     SHOP,
     issuer,
     open_card,
     wallet,
     wallet_becomes,
 )
+from tests.interruptions import POLL_SECONDS, WAIT_SECONDS_MAX, balances_locked, until_waiting
 from tests.workflows.test_dispute import (
     AT_ONCE,
     QUIET,
@@ -229,7 +229,7 @@ async def test_a_provisional_credit_the_ledger_refuses_is_not_retried_and_a_loss
     refusal is recorded once, nothing moves, an operator's `credit_now` is
     refused naming it, and a lost decision takes nothing back and records no
     debt."""
-    customer_id, card_id, _ = await open_card(platform, funds=2_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 2_000})
     transaction_id = await purchase(platform, card_id, 2_000)
     await wallet_becomes(platform, customer_id, posted=0, pending=0)
     assert await Ledger(platform.stack.pool).close_account(wallet_account(customer_id))
@@ -318,7 +318,7 @@ async def test_a_reversal_refused_because_a_payment_took_the_wallet_first_reads_
     """The reversal's first debit is refused (a force post took 1,000 of the
     wallet between its read and its debit): it reads the wallet again, takes
     the 2,000 left and records the other 1,000 as the customer's debt."""
-    customer_id, card_id, _ = await open_card(platform, funds=3_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 3_000})
     transaction_id = await purchase(platform, card_id, 3_000)
     handle = await open_dispute(platform, customer_id, transaction_id, policy=AT_ONCE)
     dispute_id = await submitted(platform, transaction_id)
@@ -351,7 +351,7 @@ async def test_a_reversal_whose_every_wallet_attempt_is_refused_records_the_whol
     """With one attempt at the wallet (`reversal_attempts_max=1`), a refused
     debit leaves the wallet as it is and records the whole provisional credit
     as the customer's debt: taken back in full, never a negative wallet."""
-    customer_id, card_id, _ = await open_card(platform, funds=3_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 3_000})
     transaction_id = await purchase(platform, card_id, 3_000)
     policy = AT_ONCE.model_copy(update={"reversal_attempts_max": 1})
     handle = await open_dispute(platform, customer_id, transaction_id, policy=policy)

@@ -57,7 +57,7 @@ from starters.reconcile import DAILY_SCHEDULE_ID, demo_reconciliation
 from starters.schedules import ensure_schedules
 from tests import polling
 from tests.conftest import Platform
-from tests.workflows.test_authorizations import (
+from tests.customers import (
     SHOP,
     authorize,
     issuer,
@@ -182,7 +182,7 @@ async def test_a_clean_day_reconciles_with_zero_drift_and_writes_the_report(
     platform: Platform,
 ) -> None:
     day = issuer_days_behind(platform)
-    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 20_000})
     await clear(platform, card_id, 4_000)
     async with issuer(platform) as client:
         forced = await client.simulate_force_post(
@@ -243,7 +243,7 @@ async def test_an_exception_an_operator_settled_reconciles_as_the_issuers_transa
     transfer is the card's posting of the issuer's transaction: the day
     matches, and nothing is fixed a second time through suspense."""
     day = issuer_days_behind(platform)
-    customer_id, card_id, handle = await open_card(platform, funds=1_000)
+    customer_id, card_id, handle = await open_card(platform, {Currency.USD: 1_000})
     async with issuer(platform) as client:
         forced = await client.simulate_force_post(
             card_id=card_id,
@@ -292,7 +292,7 @@ async def test_each_difference_is_fixed_below_the_threshold_and_decided_above_it
     platform: Platform,
 ) -> None:
     day = issuer_days_behind(platform)
-    customer_id, card_id, _ = await open_card(platform, funds=100_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 100_000})
     matched = await clear(platform, card_id, 5_000)
     mismatch_small = await clear(platform, card_id, 4_000)
     mismatch_large = await clear(platform, card_id, 6_000)
@@ -453,7 +453,7 @@ async def test_a_posting_no_card_recorded_is_matched_on_the_day_it_was_posted(
     matching finds it as missing at the issuer on that day. Posted by this
     test, that day is today, which only the matching itself (not a whole
     reconciliation, which waits for the day to end) may look at."""
-    customer_id, card_id, _ = await open_card(platform, funds=1_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 1_000})
     settlement = accounts.system_account(accounts.issuer_settlement("USD"))
     await Ledger(platform.stack.pool).open_account(settlement)
     await post_directly(platform, customer_id, f"card/{card_id}/post/txn_ghost", 150)
@@ -477,7 +477,7 @@ async def test_a_worker_killed_mid_download_resumes_from_its_last_page(
     platform: Platform,
 ) -> None:
     day = issuer_days_behind(platform)
-    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 20_000})
     for amount in (100, 200, 300, 400, 500, 600):
         await clear(platform, card_id, amount)
     await recorded(platform, 6)
@@ -589,7 +589,7 @@ async def test_the_demo_says_zero_unexplained_drift_and_the_api_starts_and_steer
     # Two days behind: the day the daily schedule's test reconciles
     # (yesterday, under the real id) is not the demo's.
     day = issuer_days_behind(platform, 2)
-    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 20_000})
     await clear(platform, card_id, 2_500)
     await recorded(platform, 1)
     said: list[str] = []
@@ -740,7 +740,7 @@ async def test_a_fix_for_a_held_clearing_is_reversed_once_when_the_late_webhook_
     platform: Platform,
 ) -> None:
     first_day = issuer_days_behind(platform, 2)
-    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 20_000})
     platform.sim.admin("POST", "/webhooks", {"hold": True})
     async with issuer(platform) as client:
         late = await client.simulate_force_post(
@@ -837,7 +837,7 @@ async def test_an_amount_mismatch_fix_is_reversed_when_the_rest_of_the_posting_a
     of the clearing (from its hold), the fix stood in for the rest, and the
     card's posting beyond the hold arrives later."""
     first_day = issuer_days_behind(platform, 2)
-    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 20_000})
     platform.sim.admin("POST", "/webhooks", {"hold": True})
     async with issuer(platform) as client:
         cleared = await client.simulate_force_post(
@@ -891,7 +891,7 @@ async def test_a_rerun_after_the_postings_changed_posts_only_what_remains(
     never meets its own first fix's key with another amount: it posts only
     what is left, and issuer:settlement holds what the issuer settled."""
     day = issuer_days_behind(platform, 2)
-    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 20_000})
     platform.sim.admin("POST", "/webhooks", {"hold": True})
     async with issuer(platform) as client:
         partial, waiting = [
@@ -959,7 +959,7 @@ async def test_a_transaction_the_issuer_settles_a_day_late_leaves_settlement_exa
     next day's report settles it, that fix is reversed: after both days
     issuer:settlement holds what the issuer settled, to the unit."""
     first_day = issuer_days_behind(platform, 2)
-    customer_id, card_id, _ = await open_card(platform, funds=20_000)
+    customer_id, card_id, _ = await open_card(platform, {Currency.USD: 20_000})
     platform.sim.admin("PUT", "/options/issuer", {"settlement_delay_days": 1})
     async with issuer(platform) as client:
         late = await client.simulate_force_post(
