@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from activities.ledger import Ledger
 from activities.ledger.errors import LedgerError
 from activities.providers.issuer import IssuerClient
-from activities.reconciliation import posted_for
+from activities.reconciliation_queries import posted_for
 from bench.chaos.evidence import Evidence
 from bench.chaos.invariants import Violation
 from schemas import accounts
