@@ -5,6 +5,10 @@ PostgreSQL tooling (`TEMPORAL_ADDRESS`, `DATABASE_URL`); everything that is
 cardflow's own starts with `CARDFLOW_`. A bad value stops the process at start
 with a message that names the variable, never later in the middle of a
 transfer.
+
+It stays one module: one pydantic Settings model, its fields commented in
+groups where they are declared, and the parsers its validators check the
+secret values with (encryption keys, webhook secrets, secret files).
 """
 
 from __future__ import annotations
