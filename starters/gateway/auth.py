@@ -41,11 +41,10 @@ from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.applications import Starlette
 
+from activities.api_key_verifier import KEY_CACHE_SECONDS, KeyVerifier
 from activities.api_keys import (
-    KEY_CACHE_SECONDS,
     SCOPES,
     ApiKeyStore,
-    KeyVerifier,
     Principal,
     api_key_pepper,
     parse_key,

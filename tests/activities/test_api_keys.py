@@ -17,15 +17,14 @@ import pytest_asyncio
 from pydantic import ValidationError
 
 from activities import api_keys
+from activities.api_key_verifier import KEY_CACHE_SECONDS, KeyVerifier
 from activities.api_keys import (
-    KEY_CACHE_SECONDS,
     SCOPE_ADMIN,
     SCOPE_OPERATIONS,
     SCOPE_PROCESSES_READ,
     SCOPE_PROCESSES_START,
     ApiKeyError,
     ApiKeyStore,
-    KeyVerifier,
     NewApiKey,
     Scope,
     StoredKey,

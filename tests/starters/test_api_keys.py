@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from temporalio.testing import WorkflowEnvironment
 
+from activities.api_key_verifier import KeyVerifier
 from activities.api_keys import (
     SCOPE_ADMIN,
     SCOPE_OPERATIONS,
@@ -34,7 +35,6 @@ from activities.api_keys import (
     SCOPES,
     ApiKeyStore,
     IssuedKey,
-    KeyVerifier,
     NewApiKey,
     Scope,
     api_key_pepper,
