@@ -68,7 +68,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from simulators import issuer_authorizations, issuer_cards, issuer_disputes, issuer_reports
+from simulators import (
+    issuer_authorizations,
+    issuer_cards,
+    issuer_disputes,
+    issuer_reports,
+    issuer_transactions,
+)
 from simulators.framework.context import SimulatorContext
 from simulators.issuer_state import NAME, IssuerState
 
@@ -80,6 +86,12 @@ def create(context: SimulatorContext) -> FastAPI:
     state = IssuerState(context)
     # What an issuer that died mid-decision left unanswered is declined first.
     issuer_authorizations.recover_asks_in_flight(state)
-    for module in (issuer_cards, issuer_authorizations, issuer_disputes, issuer_reports):
+    for module in (
+        issuer_cards,
+        issuer_authorizations,
+        issuer_transactions,
+        issuer_disputes,
+        issuer_reports,
+    ):
         app.include_router(module.router(state))
     return app
