@@ -36,6 +36,7 @@ from schemas.task_queues import QUEUE_KINDS, TaskQueues
 from starters.devstack import postgres
 from starters.devstack.processes import free_port
 from starters.devstack.stack import temporal_cli_path
+from tests import polling
 from tests.faults import WorkflowTaskFaults
 from workers.build import build_worker
 from workers.converter import EncryptionCodec, build_data_converter, generate_key
@@ -306,12 +307,11 @@ async def sim(simulators: Any, webhook_sink: Any) -> Any:
     Webhooks still on their way from the previous test are let arrive first
     (the sink runs on this event loop), so none lands in this test.
     """
-    deadline = asyncio.get_running_loop().time() + SIMULATOR_DRAIN_SECONDS_MAX
-    while asyncio.get_running_loop().time() < deadline:
-        health = simulators.admin("GET", "/health")
-        if health["webhooks_pending"] == 0:
-            break
-        await asyncio.sleep(0.05)
+
+    async def drained() -> bool:
+        return bool(simulators.admin("GET", "/health")["webhooks_pending"] == 0)
+
+    await polling.settled(drained, SIMULATOR_DRAIN_SECONDS_MAX)
     await asyncio.sleep(0.05)
     simulators.reset()
     webhook_sink.received.clear()
@@ -406,10 +406,11 @@ async def platform(
             gateway_config(app, settings, host="127.0.0.1", port=gateway_port, log_level="warning")
         )
         task = asyncio.get_running_loop().create_task(server.serve())
-        for _ in range(int(GATEWAY_START_SECONDS_MAX / 0.01)):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
+
+        async def started_or_ended() -> bool:
+            return server.started or task.done()
+
+        await polling.settled(started_or_ended, GATEWAY_START_SECONDS_MAX)
         if not server.started:
             server.should_exit = True
             raise AssertionError(f"the gateway did not start on port {gateway_port}")

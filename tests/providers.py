@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from schemas.providers import PROVIDERS
+from tests import polling
 from workers.secrets import new_webhook_secret
 
 STARTUP_SECONDS_MAX = 30
@@ -70,13 +70,19 @@ class SimulatorProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + STARTUP_SECONDS_MAX
-        while time.monotonic() < deadline:
+
+        def health() -> int | None:
+            """The health check's status code; None while nothing answers."""
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/_admin/health", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"simulators did not start; see {self.home / 'simulators.log'}")
+                return httpx.get(f"{self.url}/_admin/health", timeout=1).status_code
+            return None
+
+        polling.until_sync(
+            health,
+            lambda status: status == 200,
+            f"the simulators started (see {self.home / 'simulators.log'})",
+            STARTUP_SECONDS_MAX,
+        )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -142,9 +148,11 @@ class WebhookReceiver:
     async def arrived(self, count: int, seconds: float) -> list[ReceivedWebhook]:
         """What was received once it is `count` webhooks or `seconds` passed,
         whichever comes first (for a poll with its own deadline and check)."""
-        deadline = time.monotonic() + seconds
-        while len(self.received) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+
+        async def enough() -> bool:
+            return len(self.received) >= count
+
+        await polling.settled(enough, seconds)
         return self.received
 
 
