@@ -308,10 +308,10 @@ async def sim(simulators: Any, webhook_sink: Any) -> Any:
     (the sink runs on this event loop), so none lands in this test.
     """
 
-    async def drained() -> bool:
+    async def outbox_empty() -> bool:
         return bool(simulators.admin("GET", "/health")["webhooks_pending"] == 0)
 
-    await polling.settled(drained, SIMULATOR_DRAIN_SECONDS_MAX)
+    await polling.settled(outbox_empty, SIMULATOR_DRAIN_SECONDS_MAX)
     await asyncio.sleep(0.05)
     simulators.reset()
     webhook_sink.received.clear()

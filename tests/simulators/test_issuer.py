@@ -3,10 +3,8 @@ authorizations and what follows them, disputes, funding and settlement."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from schemas.units import DAY_SECONDS
+from tests import polling
 from tests.conftest import free_port
 from tests.providers import running, simulator_process
 
@@ -127,14 +126,18 @@ async def webhooks(sim: Any, webhook_sink: Any) -> list[dict[str, Any]]:
     reached the gateway with a valid signature."""
     emitted = [row["event_id"] for row in sim.admin("GET", "/webhooks")]
     await webhook_sink.wait_for(len(emitted), seconds=DELIVERY_SECONDS_MAX)
-    deadline = time.monotonic() + DELIVERY_SECONDS_MAX
-    while time.monotonic() < deadline:
-        delivered = {received.event_id: received.event for received in webhook_sink.received}
-        if all(event_id in delivered for event_id in emitted):
-            assert webhook_sink.rejected == 0
-            return [delivered[event_id] for event_id in emitted]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not every event was delivered: {emitted}")
+
+    async def delivered() -> dict[str, dict[str, Any]]:
+        return {received.event_id: received.event for received in webhook_sink.received}
+
+    found = await polling.until(
+        delivered,
+        lambda events: all(event_id in events for event_id in emitted),
+        f"every event delivered: {emitted}",
+        DELIVERY_SECONDS_MAX,
+    )
+    assert webhook_sink.rejected == 0
+    return [found[event_id] for event_id in emitted]
 
 
 async def event_types(sim: Any, webhook_sink: Any) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests import polling
 
 # Bounds how long a test waits for its webhooks, and for the outbox to empty.
 WEBHOOK_WAIT_SECONDS_MAX = 10
@@ -42,12 +43,12 @@ def applicant_body() -> dict[str, Any]:
 
 async def drain_webhooks(http: httpx.AsyncClient, sim_url: str) -> None:
     """Wait (asynchronously: the receiver runs on this loop) for an empty outbox."""
-    deadline = time.monotonic() + WEBHOOK_WAIT_SECONDS_MAX
-    while time.monotonic() < deadline:
+
+    async def outbox_empty() -> bool:
         health = (await http.get(f"{sim_url}/_admin/health")).json()
-        if health["webhooks_pending"] == 0:
-            return
-        await asyncio.sleep(0.02)
+        return bool(health["webhooks_pending"] == 0)
+
+    await polling.settled(outbox_empty, WEBHOOK_WAIT_SECONDS_MAX)
 
 
 async def ready_applicant(kyc: httpx.AsyncClient, body: dict[str, Any]) -> str:

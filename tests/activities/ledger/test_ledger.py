@@ -19,6 +19,7 @@ from activities.ledger import (
 from activities.ledger.verify import verify
 from schemas.ledger import AccountSpec, HoldResolution, Rejection, TransferBatch
 from schemas.money import Currency
+from tests import polling
 from tests.activities.ledger.helpers import (
     BANK,
     SETTLEMENT,
@@ -43,11 +44,12 @@ async def database_now(ledger: Ledger) -> datetime:
 async def database_clock_passes(ledger: Ledger, instant: datetime) -> None:
     """Returns once the database's clock (the one the ledger judges expiry
     by) is past `instant`."""
-    for _ in range(int(CLOCK_WAIT_SECONDS_MAX / 0.05)):
-        if await database_now(ledger) > instant:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the database's clock never passed {instant}")
+    await polling.until(
+        lambda: database_now(ledger),
+        lambda now: now > instant,
+        f"the database's clock passed {instant}",
+        CLOCK_WAIT_SECONDS_MAX,
+    )
 
 
 async def test_opening_is_idempotent_and_a_different_spec_conflicts(ledger: Ledger) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from schemas.kyc import (
     KycRejectType,
     KycReviewResult,
 )
+from tests import polling
 
 # Bounds how long a test waits for webhooks, and for the outbox to empty.
 WEBHOOK_WAIT_SECONDS_MAX = 10
@@ -45,12 +45,12 @@ async def drained(sim: Any) -> AsyncIterator[None]:
     """After each test, wait (asynchronously: the receiver runs on this loop)
     until its webhooks have landed, so none reaches the next test."""
     yield
-    deadline = time.monotonic() + WEBHOOK_WAIT_SECONDS_MAX
     async with httpx.AsyncClient(base_url=sim.url) as http:
-        while time.monotonic() < deadline:
-            if (await http.get("/_admin/health")).json()["webhooks_pending"] == 0:
-                return
-            await asyncio.sleep(0.02)
+
+        async def outbox_empty() -> bool:
+            return bool((await http.get("/_admin/health")).json()["webhooks_pending"] == 0)
+
+        await polling.settled(outbox_empty, WEBHOOK_WAIT_SECONDS_MAX)
 
 
 async def applicant(kyc: KycClient, customer_id: str, key: str = "applicant-1") -> KycApplicant:
