@@ -5,7 +5,6 @@ the workflow cancelled while its activity waits, and the call completing
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,8 +19,7 @@ from temporalio.api.workflowservice.v1 import PollWorkflowExecutionUpdateRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-WAIT_SECONDS_MAX = 20.0
-POLL_SECONDS = 0.05
+from tests.polling import eventually, until
 
 
 @dataclass(frozen=True)
@@ -64,27 +62,28 @@ async def table_locked(database_url: str, table: str) -> AsyncIterator[Lock]:
 
 async def until_waiting(pool: asyncpg.Pool, lock: Lock, count: int = 1) -> None:
     """Until `count` database sessions wait for the lock (a posting is held up)."""
-    waiting = 0
-    for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):
-        waiting = await pool.fetchval(
+
+    async def waiting() -> int:
+        found: int = await pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
             lock.pid,
         )
-        if waiting >= count:
-            return
-        await asyncio.sleep(POLL_SECONDS)
-    raise AssertionError(f"{waiting} session(s) waiting for the lock, not {count}")
+        return found
+
+    await until(waiting, lambda found: found >= count, f"{count} session(s) waiting for the lock")
 
 
 async def until_activity_cancel_requested(handle: WorkflowHandle[Any, Any]) -> None:
     """Until the workflow has taken in its cancellation where it awaited an
     activity: it asked the server to cancel that activity."""
-    for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):
+
+    async def cancel_requested() -> bool:
         async for event in handle.fetch_history_events():
             if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED:
-                return
-        await asyncio.sleep(POLL_SECONDS)
-    raise AssertionError(f"{handle.id} never asked to cancel an activity")
+                return True
+        return False
+
+    await eventually(cancel_requested, f"{handle.id} asked to cancel an activity")
 
 
 async def until_admitted(client: Client, handle: WorkflowHandle[Any, Any], update_id: str) -> None:
@@ -101,14 +100,16 @@ async def until_admitted(client: Client, handle: WorkflowHandle[Any, Any], updat
             lifecycle_stage=UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_ADMITTED
         ),
     )
-    for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):
+
+    async def admitted() -> bool:
         try:
             await client.workflow_service.poll_workflow_execution_update(
                 request, timeout=timedelta(seconds=1)
             )
-            return
         except RPCError as error:
             if error.status is not RPCStatusCode.NOT_FOUND:
                 raise
-        await asyncio.sleep(POLL_SECONDS)
-    raise AssertionError(f"update {update_id} was never admitted")
+            return False
+        return True
+
+    await eventually(admitted, f"update {update_id} admitted")

@@ -10,7 +10,6 @@ debt, and every ledger posting the dispute made under its own keys."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from typing import Any
@@ -46,7 +45,7 @@ from tests.customers import (
     wallet,
     wallet_becomes,
 )
-from tests.interruptions import POLL_SECONDS, WAIT_SECONDS_MAX, balances_locked, until_waiting
+from tests.interruptions import balances_locked, until_waiting
 from tests.workflows.test_dispute import (
     AT_ONCE,
     QUIET,
@@ -300,16 +299,17 @@ async def lost_while_a_force_post_takes_the_wallet(
 async def until_queued(pool: asyncpg.Pool, count: int) -> None:
     """Until `count` sessions of the test's database wait for a lock: the first
     behind the lock's holder, each later one behind the one before it."""
-    queued = 0
-    for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):
-        queued = await pool.fetchval(
+
+    async def queued() -> int:
+        found: int = await pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0"
         )
-        if queued >= count:
-            return
-        await asyncio.sleep(POLL_SECONDS)
-    raise AssertionError(f"{queued} session(s) queued for a lock, not {count}")
+        return found
+
+    await polling.until(
+        queued, lambda found: found >= count, f"{count} session(s) queued for a lock"
+    )
 
 
 async def test_a_reversal_refused_because_a_payment_took_the_wallet_first_reads_it_again(

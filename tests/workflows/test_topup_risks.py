@@ -35,11 +35,10 @@ from schemas.money import Currency
 from schemas.search import PROCESS_STATUS
 from schemas.topup import TopupPolicy, TopupResult, TopupStatus
 from starters import topup as starter
+from tests import polling
 from tests.conftest import Platform
 from tests.customers import EMPTY_WALLETS, customer
 from tests.interruptions import (
-    POLL_SECONDS,
-    WAIT_SECONDS_MAX,
     Lock,
     balances_locked,
     table_locked,
@@ -105,14 +104,14 @@ async def usage_of(platform: Platform, workflow_id: str) -> tuple[str, int] | No
 
 async def until_refused(platform: Platform, key: str) -> None:
     """Until the ledger has recorded its refusal of the transfer `key`."""
-    for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):
+
+    async def recorded() -> bool:
         found = await platform.stack.pool.fetchval(
             "SELECT count(*) FROM ledger_rejections WHERE idempotency_key = $1", key
         )
-        if found:
-            return
-        await asyncio.sleep(POLL_SECONDS)
-    raise AssertionError(f"the ledger never refused {key}")
+        return bool(found)
+
+    await polling.eventually(recorded, f"the ledger refused {key}")
 
 
 async def assert_posted(platform: Platform, expected: dict[str, int]) -> None:
@@ -200,13 +199,11 @@ async def sessions_waiting(platform: Platform, lock: Lock) -> list[int]:
 
 async def until_another_waits(platform: Platform, lock: Lock, gone: int) -> None:
     """Until a session other than `gone` waits for the lock."""
-    waiting: list[int] = []
-    for _ in range(int(WAIT_SECONDS_MAX / POLL_SECONDS)):
-        waiting = await sessions_waiting(platform, lock)
-        if [pid for pid in waiting if pid != gone]:
-            return
-        await asyncio.sleep(POLL_SECONDS)
-    raise AssertionError(f"no session but {gone} came to wait for the lock: {waiting}")
+    await polling.until(
+        lambda: sessions_waiting(platform, lock),
+        lambda waiting: any(pid != gone for pid in waiting),
+        f"a session but {gone} came to wait for the lock",
+    )
 
 
 async def ledger_batch_attempts(handle: WorkflowHandle[Any, TopupResult]) -> list[int]:
