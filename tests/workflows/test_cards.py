@@ -31,6 +31,7 @@ from schemas.cards import (
 from schemas.issuer import Address, CardState, Merchant, ShippingStatus
 from schemas.money import Currency
 from starters.billing import bill
+from tests import polling
 from tests.conftest import Platform
 from tests.customers import HOME, customer, issue_card
 from tests.interruptions import (
@@ -62,64 +63,74 @@ from workflows.onboarding import wallet_code
 async def stage_of(
     handle: WorkflowHandle[Any, Any], stage: str, seconds: float = 20
 ) -> CardIssueStatus:
-    status: CardIssueStatus | None = None
-    for _ in range(int(seconds / 0.05)):
-        status = await handle.query("status", result_type=CardIssueStatus)
-        assert status is not None
-        if status.stage == stage:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never reached {stage!r}: {status}")
+
+    async def status() -> CardIssueStatus:
+        answer: CardIssueStatus | None = await handle.query("status", result_type=CardIssueStatus)
+        assert answer is not None
+        return answer
+
+    return await polling.until(
+        status, lambda answer: answer.stage == stage, f"reached {stage!r}", seconds
+    )
 
 
 async def shipping_reaches(
     handle: WorkflowHandle[Any, Any], shipping: ShippingStatus, seconds: float = 20
 ) -> CardIssueStatus:
     """The card issue's status once its shipment has reached `shipping`."""
-    status: CardIssueStatus | None = None
-    for _ in range(int(seconds / 0.05)):
-        status = await handle.query("status", result_type=CardIssueStatus)
-        if status.shipping is not None and status.shipping.status is shipping:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"shipping never reached {shipping.value}: {status}")
+
+    async def status() -> CardIssueStatus:
+        answer: CardIssueStatus = await handle.query("status", result_type=CardIssueStatus)
+        return answer
+
+    return await polling.until(
+        status,
+        lambda answer: answer.shipping is not None and answer.shipping.status is shipping,
+        f"shipping reached {shipping.value}",
+        seconds,
+    )
 
 
 async def shipping_webhooks_delivered_twice(platform: Platform, card_id: str, count: int) -> None:
     """Until the issuer's `count` shipping webhooks about the card are each
     delivered, both copies of it (the outbox's duplicate mode): the gateway
     answers a copy 2xx only once the process has it, or knows it has."""
-    webhooks: list[dict[str, Any]] = []
-    for _ in range(int(20 / 0.05)):
-        webhooks = [
+
+    async def webhooks() -> list[dict[str, Any]]:
+        return [
             webhook
             for webhook in await asyncio.to_thread(platform.sim.admin, "GET", "/webhooks")
             if webhook["type"] == "card.shipping.updated" and webhook["about"] == card_id
         ]
-        if len(webhooks) == count and all(
-            webhook["delivered_at"] is not None and webhook["deliveries"] == 2
-            for webhook in webhooks
-        ):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"shipping webhooks not all delivered twice: {webhooks}")
+
+    await polling.until(
+        webhooks,
+        lambda found: (
+            len(found) == count
+            and all(
+                webhook["delivered_at"] is not None and webhook["deliveries"] == 2
+                for webhook in found
+            )
+        ),
+        "shipping webhooks all delivered twice",
+    )
 
 
 async def signals_taken(handle: WorkflowHandle[Any, Any], seconds: float = 20) -> None:
     """Until a workflow task has completed after the last signal in the
     workflow's history: a signal handler that only records (no await) has then
     run for every signal received."""
-    for _ in range(int(seconds / 0.05)):
+
+    async def last_signal_taken() -> bool:
         taken = True
         async for event in handle.fetch_history_events():
             if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
                 taken = False
             elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
                 taken = True
-        if taken:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the workflow never took its last signal")
+        return taken
+
+    await polling.eventually(last_signal_taken, "the workflow took its last signal", seconds)
 
 
 async def wallet_balance(platform: Platform, customer_id: str) -> int:

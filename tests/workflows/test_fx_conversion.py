@@ -32,6 +32,7 @@ from schemas.fx import (
 from schemas.money import MINOR_UNIT_EXPONENT, Currency
 from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
 from starters import fx
+from tests import polling
 from tests.conftest import Platform
 from tests.customers import customer, funding_key
 from tests.interruptions import table_locked, until_activity_cancel_requested, until_waiting
@@ -149,13 +150,12 @@ def messages_to(platform: Platform, email: str) -> list[str]:
 async def stage_of(
     platform: Platform, request_id: str, stage: str, seconds: float = 20
 ) -> FxStatus:
-    status = None
-    for _ in range(int(seconds / 0.05)):
-        status = await fx.status(platform.stack.client, request_id)
-        if status.stage == stage:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never reached {stage!r}: {status}")
+    return await polling.until(
+        lambda: fx.status(platform.stack.client, request_id),
+        lambda status: status.stage == stage,
+        f"reached {stage!r}",
+        seconds,
+    )
 
 
 # ----- converting ---------------------------------------------------------------

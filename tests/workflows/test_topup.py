@@ -74,14 +74,20 @@ async def result_of(
 ) -> TopupResult:
     """The top-up's result, once a webhook has started it and it has finished."""
     handle = handle_of(platform, source, external_ref)
-    for _ in range(int(seconds / 0.05)):
+
+    async def result() -> TopupResult | None:
         try:
             return await handle.result()
         except RPCError as error:
             if error.status is not RPCStatusCode.NOT_FOUND:
                 raise
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{handle.id} never started")
+            return None  # not started yet
+
+    found = await polling.until(
+        result, lambda answer: answer is not None, f"{handle.id} started", seconds
+    )
+    assert found is not None
+    return found
 
 
 async def status_when(
@@ -134,25 +140,29 @@ async def delivered_twice(platform: Platform, about: str, seconds: float = 20) -
     """Until the bank simulator's webhook about `about` (a transfer id) was
     delivered in both its copies: the gateway answers 2xx only once the
     workflow has the event, so nothing of the duplicate is still on its way."""
-    webhooks: list[dict[str, Any]] = []
-    for _ in range(int(seconds / 0.05)):
-        webhooks = [w for w in platform.sim.admin("GET", "/webhooks") if w["about"] == about]
-        if webhooks and all(w["delivered_at"] and w["deliveries"] == 2 for w in webhooks):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the webhooks about {about} were not delivered twice: {webhooks}")
+
+    async def webhooks() -> list[dict[str, Any]]:
+        return [w for w in platform.sim.admin("GET", "/webhooks") if w["about"] == about]
+
+    await polling.until(
+        webhooks,
+        lambda found: (
+            bool(found) and all(w["delivered_at"] and w["deliveries"] == 2 for w in found)
+        ),
+        f"the webhooks about {about} delivered twice",
+        seconds,
+    )
 
 
 async def webhooks_drained(platform: Platform, seconds: float = 20) -> None:
     """Until the simulators have delivered every webhook they emitted (each
     answered 2xx by the gateway, so each reached its workflow)."""
-    pending = None
-    for _ in range(int(seconds / 0.05)):
-        pending = platform.sim.admin("GET", "/health")["webhooks_pending"]
-        if pending == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{pending} webhooks still to deliver")
+
+    async def pending() -> int:
+        count: int = platform.sim.admin("GET", "/health")["webhooks_pending"]
+        return count
+
+    await polling.until(pending, lambda count: count == 0, "every webhook delivered", seconds)
 
 
 async def refused(platform: Platform, source: TopupSource, ref: str, review: Any) -> str:
@@ -585,7 +595,8 @@ async def until_requote_waits(
 ) -> None:
     """Until the history shows an FX quote taken and then the timer of the
     wait before the next quote."""
-    for _ in range(int(seconds / 0.05)):
+
+    async def waits() -> bool:
         quotes: set[int] = set()
         quoted = False
         async for event in handle.fetch_history_events():
@@ -596,9 +607,10 @@ async def until_requote_waits(
                 completed = event.activity_task_completed_event_attributes
                 quoted = quoted or completed.scheduled_event_id in quotes
             elif event.event_type == EventType.EVENT_TYPE_TIMER_STARTED and quoted:
-                return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{handle.id} never waited to quote again")
+                return True
+        return False
+
+    await polling.eventually(waits, f"{handle.id} waited to quote again", seconds)
 
 
 async def test_a_quote_too_close_to_expiry_is_replaced(platform: Platform) -> None:
