@@ -9,7 +9,6 @@ cards started before it replaying.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -41,6 +40,7 @@ from starters.onboarding import start_onboarding
 from starters.scenario_steps import PASSPORT, new_customer, reach
 from starters.scenarios_cards import funded_virtual_card
 from starters.topup import simulate_bank_transfer
+from tests import polling
 from tests.starters.conftest import DemoStack
 from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
 from workers.client import connect
@@ -155,6 +155,21 @@ async def matching_ids(client: Client, query: str) -> set[str]:
     return {execution.id async for execution in client.list_workflows(query)}
 
 
+async def until_found(client: Client, query: str, wanted: str, question: str) -> None:
+    """Until `query` finds `wanted`: the visibility store indexes a change a
+    moment after the workflow makes it."""
+
+    async def found() -> set[str]:
+        return await matching_ids(client, query)
+
+    await polling.until(
+        found,
+        lambda ids: wanted in ids,
+        f"{question!r}: {query} found {wanted}",
+        VISIBILITY_WAIT_SECONDS,
+    )
+
+
 async def kyc_on_hold(settings: Settings, applicant_id: str) -> None:
     async with KycClient(f"{settings.providers_base_url}/{KYC}") as kyc:
         await kyc.simulate_decision(
@@ -166,12 +181,14 @@ async def card_exception(client: Client, settings: Settings, card_id: str) -> No
     """The issuer force-posts more than the wallet holds: an exception for an operator."""
     await simulate.force_post(settings, card_id, 1_000_000)
     card = client.get_workflow_handle(card_workflow_id(card_id))
-    for _ in range(VISIBILITY_WAIT_SECONDS * 10):
+
+    async def recorded() -> bool:
         state: Any = await card.query("status")
-        if any(e.get("resolution") is None for e in state.get("exceptions", [])):
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"card {card_id} recorded no exception")
+        return any(e.get("resolution") is None for e in state.get("exceptions", []))
+
+    await polling.eventually(
+        recorded, f"card {card_id} recorded an exception", VISIBILITY_WAIT_SECONDS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -274,16 +291,11 @@ async def test_every_saved_query_in_the_readme_runs_and_finds_what_waits(
     assert set(finds) <= set(queries), f"README rows missing: {sorted(set(finds) - set(queries))}"
     for question, query in queries.items():
         # Every query is valid visibility syntax (the server refuses others).
-        found = await matching_ids(client, concrete(query, arranged))
+        await matching_ids(client, concrete(query, arranged))
         wanted = finds.get(question)
         if wanted is None:
             continue
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + VISIBILITY_WAIT_SECONDS
-        while wanted not in found and loop.time() < deadline:
-            await asyncio.sleep(0.2)
-            found = await matching_ids(client, concrete(query, arranged))
-        assert wanted in found, f"{question!r}: {query} did not find {wanted}"
+        await until_found(client, concrete(query, arranged), wanted, question)
 
 
 async def test_the_unmatched_transfer_query_leaves_out_transfers_already_matched(
