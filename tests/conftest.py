@@ -74,9 +74,9 @@ PURE_TEST_DIRECTORIES = ("schemas",)
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     tests_root = Path(__file__).resolve().parent
+    pure = [tests_root / directory for directory in PURE_TEST_DIRECTORIES]
     for item in items:
-        relative = item.path.resolve().relative_to(tests_root)
-        if relative.parts[0] in PURE_TEST_DIRECTORIES:
+        if any(item.path.resolve().is_relative_to(directory) for directory in pure):
             item.add_marker(pytest.mark.fast)
 
 
