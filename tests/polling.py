@@ -66,9 +66,12 @@ def until_sync(
     ready: Callable[[T], bool],
     what: str,
     seconds: float = WAIT_SECONDS_MAX,
+    *,
+    every: float = POLL_SECONDS,
 ) -> T:
     """`until` for a caller with no event loop (a process started before one
-    runs): blocks between polls."""
+    runs): blocks between polls, `every` seconds apart (a costly probe, such
+    as scraping every part's metrics, polls less often)."""
     deadline = time.monotonic() + seconds
     while True:
         value = produce()
@@ -76,4 +79,4 @@ def until_sync(
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"never {what} within {seconds} s (last: {value!r})")
-        time.sleep(POLL_SECONDS)
+        time.sleep(every)

@@ -4,16 +4,14 @@ simulators' own record of what they sent, never from a quiet pause."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
+from tests.polling import until
 from tests.providers import ReceivedWebhook, SimulatorProcess, WebhookReceiver
 
 # Far longer than any delivery here takes (a few retries at most), so only a
 # delivery that never comes reaches it.
 DELIVERY_WAIT_SECONDS_MAX = 15.0
-POLL_INTERVAL_SECONDS = 0.02
 
 
 def described(received: list[ReceivedWebhook]) -> list[tuple[str, str]]:
@@ -45,12 +43,11 @@ async def all_delivered(
     Fails, naming the events still undelivered, when they are not all
     delivered within `seconds`.
     """
-    deadline = time.monotonic() + seconds
-    while undelivered := sim.admin("GET", "/webhooks?undelivered=true"):
-        assert time.monotonic() < deadline, (
-            f"still undelivered after {seconds} s: {[(u['type'], u['about']) for u in undelivered]}"
-        )
-        await asyncio.sleep(POLL_INTERVAL_SECONDS)
+
+    async def undelivered() -> list[dict[str, Any]]:
+        return list(sim.admin("GET", "/webhooks?undelivered=true"))
+
+    await until(undelivered, lambda events: not events, "every event delivered", seconds)
     return list(sim.admin("GET", "/webhooks"))
 
 

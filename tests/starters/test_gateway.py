@@ -24,6 +24,7 @@ from schemas.health import PingResult
 from schemas.providers import PROVIDERS
 from starters.gateway.app import create_app
 from tests.conftest import RunningStack, api_key_headers, free_port
+from tests.polling import eventually, until
 from tests.providers import running, simulator_process
 from workers.converter import build_data_converter
 from workers.secrets import new_webhook_secret
@@ -31,7 +32,6 @@ from workers.settings import load_settings
 from workflows.health import ping_workflow_id
 
 WAIT_SECONDS_MAX = 30.0
-POLL_SECONDS = 0.05
 SERVER_START_SECONDS_MAX = 10.0
 
 
@@ -77,12 +77,11 @@ class Gateway:
             ping_workflow_id(f"webhook-{ping_id}"), result_type=PingResult
         )
         # Webhooks may still be on their way: wait for the workflow to exist.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAIT_SECONDS_MAX
-        while not await workflow_exists(self.stack.client, handle.id):
-            if loop.time() > deadline:
-                raise AssertionError(f"{handle.id} never started")
-            await asyncio.sleep(POLL_SECONDS)
+        await eventually(
+            lambda: workflow_exists(self.stack.client, handle.id),
+            f"{handle.id} started",
+            WAIT_SECONDS_MAX,
+        )
         return await asyncio.wait_for(handle.result(), WAIT_SECONDS_MAX)
 
 
@@ -325,15 +324,16 @@ async def test_simulator_webhooks_delivered_twice_and_reversed_reach_the_workflo
 async def outbox_delivered(process: Any, count: int) -> list[dict[str, Any]]:
     """The simulator's outbox once it holds `count` events, each delivered;
     fails showing the outbox when WAIT_SECONDS_MAX pass first."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_SECONDS_MAX
-    while True:
-        deliveries: list[dict[str, Any]] = process.admin("GET", "/webhooks")
-        if len(deliveries) == count and all(d["delivered_at"] for d in deliveries):
-            return deliveries
-        if loop.time() > deadline:
-            raise AssertionError(f"not {count} events, each delivered: {deliveries}")
-        await asyncio.sleep(POLL_SECONDS)
+
+    async def deliveries() -> list[dict[str, Any]]:
+        return list(process.admin("GET", "/webhooks"))
+
+    return await until(
+        deliveries,
+        lambda found: len(found) == count and all(d["delivered_at"] for d in found),
+        f"{count} events, each delivered",
+        WAIT_SECONDS_MAX,
+    )
 
 
 async def test_a_webhook_is_answered_503_and_not_remembered_while_temporal_is_down(

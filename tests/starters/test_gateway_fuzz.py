@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,13 @@ from activities.providers.activities import ProviderClients
 from schemas.task_queues import QUEUE_KINDS
 from starters.gateway.app import create_app
 from tests.conftest import UNREACHABLE_PROVIDERS_URL, api_key_headers, free_port
+from tests.polling import until_sync
 from workers.build import build_worker
 from workers.client import connect
 from workers.settings import load_settings
 
 FUZZ_EXAMPLES_PER_OPERATION = 40
+GATEWAY_START_SECONDS_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,7 @@ def gateway(workflow_env: Any, database_url: str, tmp_path: Path) -> Iterator[Ga
 
     thread = threading.Thread(target=lambda: asyncio.run(serve_with_workers()), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the gateway did not start"
+    until_sync(lambda: server.started, bool, "the gateway started", GATEWAY_START_SECONDS_MAX)
     try:
         yield Gateway(f"http://127.0.0.1:{port}", api_headers)
     finally:

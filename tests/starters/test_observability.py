@@ -8,7 +8,6 @@ written inside an activity carries the activity's and its workflow's ids.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -22,6 +21,7 @@ from activities.metrics import (
     OPEN_HOLDS_SAMPLE_SECONDS,
 )
 from schemas.money import Currency
+from tests.polling import until_sync
 from tests.starters.conftest import DemoStack
 from workers.telemetry import METRICS_PARTS, metrics_port_of
 
@@ -91,15 +91,14 @@ def scraped_when(
 ) -> dict[str, list[Sample]]:
     """Every part's samples once `unmet` finds nothing missing in them; fails
     naming what was still missing when SCRAPE_WAIT_SECONDS have passed."""
-    deadline = time.monotonic() + SCRAPE_WAIT_SECONDS
-    while True:
-        by_part = {part: scrape(demo_stack, part) for part in METRICS_PARTS}
-        missing = unmet(by_part)
-        if not missing:
-            return by_part
-        if time.monotonic() > deadline:
-            raise AssertionError(f"after {SCRAPE_WAIT_SECONDS:.0f}s still: {missing}")
-        time.sleep(SCRAPE_POLL_SECONDS)
+    by_part = until_sync(
+        lambda: {part: scrape(demo_stack, part) for part in METRICS_PARTS},
+        lambda scraped: not unmet(scraped),
+        "every named metric exposed",
+        SCRAPE_WAIT_SECONDS,
+        every=SCRAPE_POLL_SECONDS,
+    )
+    return by_part
 
 
 def test_every_worker_and_the_gateway_expose_each_named_metric_after_the_demo(
