@@ -23,9 +23,11 @@ message is what Temporal's SDK logs and records.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
+import ssl
 import time
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -123,6 +125,14 @@ def _wait(retry_state: RetryCallState) -> float:
     return float(wait_exponential(multiplier=0.1, max=1.0)(retry_state))
 
 
+@functools.cache
+def provider_tls() -> ssl.SSLContext:
+    """The TLS verification every provider client of a process shares: the
+    CA bundle (httpx's default: certifi's, or SSL_CERT_FILE / SSL_CERT_DIR)
+    is read once per process, not once per client (about 20 ms each)."""
+    return httpx.create_ssl_context()
+
+
 class ProviderClient:
     """Base of every provider client; subclasses add one method per API call."""
 
@@ -136,7 +146,7 @@ class ProviderClient:
         headers: dict[str, str] | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout, headers=headers
+            base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, verify=provider_tls()
         )
 
     async def aclose(self) -> None:
