@@ -15,7 +15,7 @@ import secrets
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,11 +157,72 @@ async def scratch_database(
         await connection.close()
 
 
+class DatabaseSupply:
+    """Fresh copies of the migrated template, each made while the test before
+    the one that takes it runs (PostgreSQL copies on its own time), and
+    dropped after its test without holding up the next one."""
+
+    def __init__(self, server_url: str, template: str) -> None:
+        self._server_url = server_url
+        self._template = template
+        self._next: asyncio.Task[str] | None = None
+        self._drops: set[asyncio.Task[None]] = set()
+
+    async def _execute(self, statement: str) -> None:
+        connection = await asyncpg.connect(self._server_url)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    async def _create(self) -> str:
+        name = f"test_{uuid.uuid4().hex[:16]}"
+        await self._execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
+        return name
+
+    async def take(self) -> str:
+        """The URL of a database no test has used; the next one is started."""
+        made = self._next or asyncio.ensure_future(self._create())
+        self._next = None
+        name = await made
+        self._next = asyncio.ensure_future(self._create())
+        return with_database(self._server_url, name)
+
+    def give_back(self, url: str) -> None:
+        """Drop the database at `url` (its test is over), in the background."""
+        name = urlsplit(url).path.lstrip("/")
+        drop = asyncio.ensure_future(
+            self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )
+        self._drops.add(drop)
+        drop.add_done_callback(self._drops.discard)
+
+    async def close(self) -> None:
+        if self._next is not None:
+            self.give_back(with_database(self._server_url, await self._next))
+            self._next = None
+        await asyncio.gather(*self._drops)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_supply(
+    postgres_server_url: str, template_database: str
+) -> AsyncIterator[DatabaseSupply]:
+    supply = DatabaseSupply(postgres_server_url, template_database)
+    try:
+        yield supply
+    finally:
+        await supply.close()
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def database_url(postgres_server_url: str, template_database: str) -> AsyncIterator[str]:
+async def database_url(database_supply: DatabaseSupply) -> AsyncIterator[str]:
     """A fresh, migrated database of the test's own."""
-    async with scratch_database(postgres_server_url, "test", template_database) as url:
+    url = await database_supply.take()
+    try:
         yield url
+    finally:
+        database_supply.give_back(url)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -347,6 +408,24 @@ class Platform:
     api_headers: Any = None
 
 
+# Servers the tests are done with, shutting down gracefully (uvicorn takes
+# about 0.2 s) while the next test runs: each test's gateway has a port of its
+# own, so nothing waits for the port. All are awaited when the session ends.
+_SHUTTING_DOWN: set[asyncio.Task[None]] = set()
+
+
+def shut_down_later(shutdown: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(shutdown)
+    _SHUTTING_DOWN.add(task)
+    task.add_done_callback(_SHUTTING_DOWN.discard)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session", autouse=True)
+async def servers_shut_down() -> AsyncIterator[None]:
+    yield
+    await asyncio.gather(*_SHUTTING_DOWN)
+
+
 @pytest.fixture(scope="session")
 def platform_simulators() -> Iterable[Any]:
     """The provider simulators every platform test shares (one process for the
@@ -419,5 +498,9 @@ async def platform(
             yield Platform(stack, sim, gateway_url, settings, app, headers)
         finally:
             server.should_exit = True
-            await task
-            await pool.close()
+
+            async def shut_down() -> None:
+                await task
+                await pool.close()
+
+            shut_down_later(shut_down())

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.providers import PROVIDERS
 from starters.gateway.app import create_app
 from starters.gateway.server import gateway_config
-from tests.conftest import RunningStack, api_key_headers, free_port
+from tests.conftest import RunningStack, api_key_headers, free_port, shut_down_later
 from workers.secrets import new_webhook_secret
 from workers.settings import load_settings
 from workers.telemetry import start_telemetry
@@ -121,5 +121,9 @@ async def served_gateway(stack: RunningStack, home: Path) -> AsyncIterator[Serve
         )
     finally:
         server.should_exit = True
-        await task
-        telemetry.shutdown()
+
+        async def shut_down() -> None:
+            await task
+            telemetry.shutdown()
+
+        shut_down_later(shut_down())
