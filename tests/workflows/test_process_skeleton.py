@@ -198,6 +198,18 @@ async def process_status(handle: WorkflowHandle[Any, Any]) -> str | None:
     return (await handle.describe()).typed_search_attributes.get(PROCESS_STATUS)
 
 
+async def event_types(handle: WorkflowHandle[Any, Any]) -> list[EventType.ValueType]:
+    return [event.event_type async for event in handle.fetch_history_events()]
+
+
+def taken_in(kinds: list[EventType.ValueType]) -> bool:
+    """A workflow task completed after the cancellation was requested."""
+    requested = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED
+    if requested not in kinds:
+        return False
+    return EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in kinds[kinds.index(requested) :]
+
+
 async def upserts(handle: WorkflowHandle[Any, Any]) -> int:
     kind = EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
     return len([event async for event in handle.fetch_history_events() if event.event_type == kind])
@@ -234,8 +246,15 @@ async def test_a_cancellation_during_compensation_waits_for_every_undo_step(
     await asyncio.wait_for(probe.stubs.undo_held.wait(), WAIT_SECONDS_MAX)
 
     await handle.cancel()
-    await asyncio.sleep(0.5)
-    # The cancellation reached the process, and its undo steps went on regardless.
+    # The process has taken its cancellation in (a workflow task completed
+    # after the request), and its undo step in flight was not cancelled.
+    kinds = await until(
+        lambda: event_types(handle),
+        taken_in,
+        "the cancellation taken in by the process",
+        WAIT_SECONDS_MAX,
+    )
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED not in kinds
     assert probe.stubs.ran[-1] == "undo 2"
     probe.stubs.undo_released.set()
 
