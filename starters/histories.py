@@ -12,13 +12,13 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from starters.devstack.processes import free_port
 from starters.devstack.stack import Stack
 from starters.scenarios import SCENARIOS
 from workers.client import connect
@@ -44,12 +44,6 @@ _INHERITED_OVERRIDES = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def record(out_dir: Path, names: list[str] | None = None) -> list[Path]:
     """Run the named scenarios (all by default); return the history files written."""
     unknown = sorted(set(names or []) - set(SCENARIOS))
@@ -70,7 +64,7 @@ def record(out_dir: Path, names: list[str] | None = None) -> list[Path]:
     try:
         for name in _INHERITED_OVERRIDES:
             os.environ.pop(name, None)
-        os.environ.update({name: str(_free_port()) for name in _PORT_VARIABLES})
+        os.environ.update({name: str(free_port()) for name in _PORT_VARIABLES})
         os.environ.update(CARDFLOW_HOME=str(home), CARDFLOW_ENCRYPTION_KEYS=keys)
         settings = load_settings()
         stack = Stack(settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import time
@@ -71,23 +72,66 @@ class RunDirectory:
         return record if record is not None and record.is_alive() else None
 
 
+PICKED_PORTS_FLOOR = 20_000
+"""Ports picked for a stack lie above this (the usual fixed ports of common
+services lie below it)."""
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DYNAMIC_PORTS = range(49_152, 65_536)
+"""The IANA dynamic range: what other systems hand out when Linux's range is unknown."""
+PORT_PICK_ATTEMPTS_MAX = 200
+
+
+def ephemeral_ports() -> range:
+    """The ports the OS hands out on its own: to a socket bound to port 0, and
+    to the local end of a connection."""
+    try:
+        low, high = (int(bound) for bound in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return DYNAMIC_PORTS
+    return range(low, high + 1)
+
+
+def _pickable_ports() -> list[int]:
+    ephemeral = ephemeral_ports()
+    return [port for port in range(PICKED_PORTS_FLOOR, 65_536) if port not in ephemeral]
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now (the OS's pick)."""
+    """A loopback port nothing listens on now, for a part about to be started.
+
+    It is picked outside the ports the OS hands out on its own: a port the OS
+    picked (bind to port 0) and that was released can go to the next process
+    that asks for any port before the part binds it. The Temporal dev server
+    binds five internal ports that way as it starts, and a gateway picked
+    such a port before it did not come up."""
+    return free_port_run(1)
+
+
+def free_port_run(length: int) -> int:
+    """The first of `length` consecutive free loopback ports, picked as
+    `free_port` picks one (the dev stack's metrics ports follow
+    CARDFLOW_METRICS_PORT_BASE)."""
+    pickable = _pickable_ports()
+    pickable_set = set(pickable)
+    if pickable:
+        for _ in range(PORT_PICK_ATTEMPTS_MAX):
+            first = random.choice(pickable)
+            run = range(first, first + length)
+            if all(port in pickable_set and port_is_free("127.0.0.1", port) for port in run):
+                return first
+    for _ in range(PORT_PICK_ATTEMPTS_MAX):
+        # Every port is the OS's to hand out: take what it picks.
+        first = _port_the_os_picks()
+        run = range(first, first + length)
+        if run[-1] <= 65_535 and all(port_is_free("127.0.0.1", port) for port in run):
+            return first
+    raise RuntimeError(f"no {length} consecutive free ports found")
+
+
+def _port_the_os_picks() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def free_port_run(length: int, attempts_max: int = 50) -> int:
-    """The first of `length` consecutive free loopback ports (the dev stack's
-    metrics ports follow CARDFLOW_METRICS_PORT_BASE)."""
-    for _ in range(attempts_max):
-        first = free_port()
-        if first + length - 1 > 65535:
-            continue
-        if all(port_is_free("127.0.0.1", port) for port in range(first, first + length)):
-            return first
-    raise RuntimeError(f"no {length} consecutive free ports found")
 
 
 def port_is_free(host: str, port: int) -> bool:

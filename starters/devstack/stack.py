@@ -55,6 +55,7 @@ CODEC = "codec"
 SIMULATORS = "simulators"
 GATEWAY = "gateway"
 HTTP_READY_SECONDS = 30
+LOG_TAIL_LINES = 20
 
 
 def worker_part(kind: str) -> str:
@@ -214,9 +215,7 @@ class Stack:
         )
         self.run.write(record)
         if not wait_for_port(s.bind_host, s.codec_port, CODEC_READY_SECONDS):
-            raise StackError(
-                f"the codec server did not listen in time; see {self.logs / 'codec.log'}"
-            )
+            raise self._not_started(CODEC, "the codec server did not listen in time")
 
     def _up_temporal(self) -> None:
         s = self.settings
@@ -256,7 +255,7 @@ class Stack:
         )
         self.run.write(record)
         if not wait_for_port(s.bind_host, s.temporal_port, TEMPORAL_READY_SECONDS):
-            raise StackError(f"Temporal did not listen in time; see {self.logs / 'temporal.log'}")
+            raise self._not_started(TEMPORAL, "Temporal did not listen in time")
         asyncio.run(self._wait_temporal_serving())
 
     async def _wait_temporal_serving(self) -> None:
@@ -296,7 +295,18 @@ class Stack:
             if not record.is_alive():
                 break
             time.sleep(0.2)
-        raise StackError(f"{name} did not become healthy; see {self.logs / f'{name}.log'}")
+        raise self._not_started(name, f"{name} did not become healthy")
+
+    def _not_started(self, name: str, what: str) -> StackError:
+        """The error for a part that did not come up: what its log ends with
+        (the reason, usually) and where the whole log is."""
+        log_path = self.logs / f"{name}.log"
+        try:
+            lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            lines = []
+        tail = "".join(f"\n  {line}" for line in lines)
+        return StackError(f"{what}; see {log_path}{' (it ends:' + tail + ')' if tail else ''}")
 
     def _up_worker(self, kind: str) -> None:
         name = worker_part(kind)
