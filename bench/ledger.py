@@ -41,6 +41,7 @@ from activities.migrate import migrate
 from schemas.ledger import BATCH_SIZE_MAX, AccountSpec, TransferOutcome, TransferRequest
 from schemas.money import Currency
 from starters.devstack import postgres
+from starters.devstack.processes import free_port
 
 FUNDING_MINOR = 10**15
 HOT_ACCOUNT_SLOTS = 16
@@ -273,11 +274,7 @@ async def main_async(connections: int, seconds: float, as_json: bool) -> None:
         if external:
             server_url = external.rsplit("/", 1)[0] + "/postgres"
         else:
-            import socket
-
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
+            port = free_port()
             password = secrets.token_urlsafe(32)
             postgres.start(
                 data_dir, host="127.0.0.1", port=port, log_path=log_path, password=password

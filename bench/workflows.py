@@ -45,7 +45,6 @@ import importlib
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -88,6 +87,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.task_queues import TaskQueues
     from schemas.topup import TopupResult
     from starters.devstack import postgres
+    from starters.devstack.processes import free_port
     from starters.devstack.stack import temporal_cli_path
     from starters.topup import start_bank_topup
     from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS, build_worker
@@ -166,12 +166,6 @@ class Measured:
     cpu_ms_per_workflow: float
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class StackCpu:
     """CPU seconds spent so far by this process, its children (the Temporal
     server, the simulators) and the embedded PostgreSQL with its backends."""
@@ -195,7 +189,7 @@ class StackCpu:
 @contextlib.contextmanager
 def simulators(home: Path) -> Iterator[str]:
     """The provider simulators as a process, webhooks held; yields their base URL."""
-    port = _free_port()
+    port = free_port()
     env = dict(
         os.environ,
         CARDFLOW_HOME=str(home),
@@ -237,7 +231,7 @@ async def database(scratch: Path) -> AsyncIterator[tuple[str, int | None]]:
     if external:
         server_url = external.rsplit("/", 1)[0] + "/postgres"
     else:
-        port = _free_port()
+        port = free_port()
         password = secrets.token_urlsafe(32)
         postmaster_pid = postgres.start(
             data_dir, host="127.0.0.1", port=port, log_path=log_path, password=password
@@ -450,6 +444,8 @@ async def run(
             search_attributes=ALL_SEARCH_ATTRIBUTES,
             data_converter=build_data_converter(keys),
             dev_server_extra_args=["--ui-disable-news-fetch"],
+            # Picked as the stacks pick theirs, never a port the OS may hand out.
+            port=free_port(),
         )
         (scratch / "simulators").mkdir()
         try:

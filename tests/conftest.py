@@ -101,6 +101,8 @@ async def workflow_env(
         search_attributes=ALL_SEARCH_ATTRIBUTES,
         data_converter=build_data_converter(encryption_keys),
         dev_server_extra_args=["--ui-disable-news-fetch"],
+        # Picked as the stacks pick theirs, never a port the OS may hand out.
+        port=free_port(),
     )
     try:
         yield env
