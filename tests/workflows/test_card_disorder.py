@@ -658,20 +658,22 @@ async def replays(platform: Platform, handle: WorkflowHandle[Any, Any]) -> Excep
     return result.replay_failure
 
 
-async def completed_last_in_a_task_that_recorded_nothing(handle: WorkflowHandle[Any, Any]) -> bool:
-    """Whether the card's last activity completion was taken in by a workflow
-    task that recorded nothing (the history ends with that task)."""
+A_TASK_THAT_RECORDED_NOTHING = [
+    "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
+    "EVENT_TYPE_WORKFLOW_TASK_STARTED",
+    "EVENT_TYPE_WORKFLOW_TASK_COMPLETED",
+]
+
+
+async def after_the_last_completion(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """The card's history after its last activity completion, by event type."""
     events = [event async for event in handle.fetch_history_events()]
     completed = max(
         i
         for i, event in enumerate(events)
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
     )
-    return [EventType.Name(event.event_type) for event in events[completed + 1 :]] == [
-        "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
-        "EVENT_TYPE_WORKFLOW_TASK_STARTED",
-        "EVENT_TYPE_WORKFLOW_TASK_COMPLETED",
-    ]
+    return [EventType.Name(event.event_type) for event in events[completed + 1 :]]
 
 
 async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order_it_ran(
@@ -716,7 +718,7 @@ async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order
     await polling.eventually(both_applied, "the card applies both events")
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
     # The release's completion was taken in by a task that recorded nothing.
-    assert await completed_last_in_a_task_that_recorded_nothing(handle)
+    assert await after_the_last_completion(handle) == A_TASK_THAT_RECORDED_NOTHING
     # The next authorization's task fails after its hold (a worker killed):
     # the retry replays the card from its start.
     platform.stack.faults.fail_after_update(AUTHORIZE_UPDATE)
@@ -1085,13 +1087,14 @@ async def test_a_question_and_the_issuers_decline_taken_in_by_a_restarted_worker
             )
             await until_waiting(platform.stack.pool, lock)
 
-    async def release_completed_in_a_task_that_recorded_nothing() -> bool:
-        return "e-2" in (
-            await card_state(handle)
-        ).seen_events and await completed_last_in_a_task_that_recorded_nothing(handle)
+    async def seen_and_after_the_release() -> tuple[bool, list[str]]:
+        seen = "e-2" in (await card_state(handle)).seen_events
+        return seen, await after_the_last_completion(handle)
 
-    await polling.eventually(
-        release_completed_in_a_task_that_recorded_nothing, "the release's task ends"
+    await polling.until(
+        seen_and_after_the_release,
+        lambda found: found == (True, A_TASK_THAT_RECORDED_NOTHING),
+        "the release's task ends, having recorded nothing",
     )
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
     question = question_to(handle, "evt-cold").model_copy(update={"amount_minor": 2_000})
