@@ -17,12 +17,22 @@ to funded customers, then in one run:
 
 Prints p50/p95/p99 of both and the p99 ratio. Targets on a 2-core machine:
 p99 <= 100 ms at 30/s, none past the deadline, p99 within 3x the floor.
+
+Sweep: .venv/bin/python -m bench.authorizations --sweep [--sweep-start 20]
+       [--sweep-step 20 | --sweep-factor 1.5] [--sweep-max 400] [--seconds 20]
+       [--cards 120] [--json]
+
+steps the rate up, in one stack run, for the floor and then for real
+authorizations and finds each one's knee (the highest rate still within
+p99 <= 100 ms, none failed, none past the deadline), their ratio, and the CPU
+time per authorization by process at the knee; see bench/authorization_sweep.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -30,18 +40,20 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from temporalio import workflow
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.customers import CustomerStore
 from activities.database import create_pool
 from activities.ledger import Ledger
+from activities.providers.issuer import IssuerClient
 from schemas import accounts
 from schemas.cards import CardIssueInput, CardIssueResult
 from schemas.customers import CustomerProfile, KycStatus
@@ -65,6 +77,10 @@ MERCHANTS = [
 ADDRESS = Address(line1="1 Bench Street", city="London", postal_code="N1 9GU", country="GB")
 NOOP_UPDATE = "touch"
 WARM_UP_DRAIN_SECONDS = 3.0
+DEADLINE_MS = 2_000
+"""The issuer's deadline: an answer later than this, it does not wait for."""
+FLOOR_NAME = "floor: bare update"
+AUTHORIZATIONS_NAME = "authorizations (issuer-seen)"
 
 
 @workflow.defn(name="BenchNoop", sandboxed=False)
@@ -211,48 +227,61 @@ async def issue_cards(client: Client, settings: Settings, count: int) -> list[st
         await pool.close()
 
 
-async def measure_floor(client: Client, rate: float, seconds: float) -> Latency:
+@contextlib.asynccontextmanager
+async def noop_workflow(client: Client) -> AsyncIterator[WorkflowHandle[Noop, None]]:
+    """A running no-op workflow on this process's own worker, warmed by one update."""
     queue = f"bench-noop-{uuid.uuid4().hex[:8]}"
     async with Worker(client, task_queue=queue, workflows=[Noop]):
         handle = await client.start_workflow(
             Noop.run, id=f"bench-noop/{uuid.uuid4().hex[:8]}", task_queue=queue
         )
         await handle.execute_update(Noop.touch, 0)  # warm
+        try:
+            yield handle
+        finally:
+            await handle.signal(Noop.stop)
 
-        async def one(i: int) -> float:
-            started = time.monotonic()
-            await handle.execute_update(Noop.touch, i)
-            return (time.monotonic() - started) * 1000
 
-        results = await open_loop(rate, seconds, one)
-        await handle.signal(Noop.stop)
+async def floor_samples(
+    handle: WorkflowHandle[Noop, None], rate: float, seconds: float
+) -> tuple[list[float], int]:
+    """Bare updates open-loop at the rate: their latencies (ms) and the failed count."""
+
+    async def one(i: int) -> float:
+        started = time.monotonic()
+        await handle.execute_update(Noop.touch, i)
+        return (time.monotonic() - started) * 1000
+
+    results = await open_loop(rate, seconds, one)
     samples = [r for r in results if isinstance(r, float)]
-    return summarize("floor: bare update", samples, failed=len(results) - len(samples))
+    return samples, len(results) - len(samples)
 
 
-async def measure_authorizations(
-    settings: Settings, cards: list[str], rate: float, seconds: float
-) -> Latency:
-    rng = random.Random(7)
-    deadline_ms = 2_000
+async def measure_floor(client: Client, rate: float, seconds: float) -> Latency:
+    async with noop_workflow(client) as handle:
+        samples, failed = await floor_samples(handle, rate, seconds)
+    return summarize(FLOOR_NAME, samples, failed=failed)
 
-    # One client (one connection pool) for the run, as a merchant acquirer has.
-    async with issuer(settings) as client:
 
-        async def one(i: int) -> Authorization:
-            return await client.simulate_authorization(
-                card_id=cards[i % len(cards)],
-                amount_minor=rng.randint(100, 5_000),
-                currency=Currency.USD,
-                merchant=MERCHANTS[i % len(MERCHANTS)],
-                idempotency_key=f"bench-{uuid.uuid4().hex}",
-            )
+def authorization_call(
+    client: IssuerClient, cards: list[str], rng: random.Random
+) -> Callable[[int], Awaitable[Authorization]]:
+    """Purchase i, on card i modulo the cards, through the issuer simulator."""
 
-        # Warm every card's workflow into the worker's cache first, then let
-        # the webhooks of the warm-up drain.
-        await open_loop(rate, len(cards) / rate, one)
-        await asyncio.sleep(WARM_UP_DRAIN_SECONDS)
-        results = await open_loop(rate, seconds, one)
+    async def one(i: int) -> Authorization:
+        return await client.simulate_authorization(
+            card_id=cards[i % len(cards)],
+            amount_minor=rng.randint(100, 5_000),
+            currency=Currency.USD,
+            merchant=MERCHANTS[i % len(MERCHANTS)],
+            idempotency_key=f"bench-{uuid.uuid4().hex}",
+        )
+
+    return one
+
+
+def summarize_authorizations(results: list[object]) -> Latency:
+    """The issuer-seen figures of a round's results (an exception is a failure)."""
     samples: list[float] = []
     past = failed = stand_in = 0
     for result in results:
@@ -264,33 +293,56 @@ async def measure_authorizations(
             stand_in += 1  # the gateway's own stand-in: the card missed its budget
         if decision.latency_ms is None or decision.decided_by.value == "stand_in":
             past += 1
-        elif decision.latency_ms > deadline_ms:
+        elif decision.latency_ms > DEADLINE_MS:
             past += 1
         if decision.latency_ms is not None:
             samples.append(float(decision.latency_ms))
-    figures = summarize("authorizations (issuer-seen)", samples, past=past, failed=failed)
+    figures = summarize(AUTHORIZATIONS_NAME, samples, past=past, failed=failed)
     figures.gateway_stand_in = stand_in
     return figures
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
+async def measure_authorizations(
+    settings: Settings, cards: list[str], rate: float, seconds: float
+) -> Latency:
+    rng = random.Random(7)
+
+    # One client (one connection pool) for the run, as a merchant acquirer has.
+    async with issuer(settings) as client:
+        one = authorization_call(client, cards, rng)
+        # Warm every card's workflow into the worker's cache first, then let
+        # the webhooks of the warm-up drain.
+        await open_loop(rate, len(cards) / rate, one)
+        await asyncio.sleep(WARM_UP_DRAIN_SECONDS)
+        results = await open_loop(rate, seconds, one)
+    return summarize_authorizations(results)
+
+
+@contextlib.asynccontextmanager
+async def bench_stack() -> AsyncIterator[Stack]:
+    """The whole embedded stack, up in a temporary home on free ports, then down."""
     with tempfile.TemporaryDirectory(prefix="cardflow-bench-") as home:
-        settings = bench_settings(Path(home))
-        stack = Stack(settings)
+        stack = Stack(bench_settings(Path(home)))
         # The stack's own start-up runs its own event loop: off this one.
         await asyncio.to_thread(stack.up)
         try:
-            client = await connect(settings)
-            started = time.monotonic()
-            cards = await issue_cards(client, settings, args.cards)
-            setup_seconds = time.monotonic() - started
-            rounds: list[tuple[Latency, Latency]] = []
-            for _ in range(args.repeats):
-                floor = await measure_floor(client, args.rate, args.seconds)
-                auths = await measure_authorizations(settings, cards, args.rate, args.seconds)
-                rounds.append((floor, auths))
+            yield stack
         finally:
             await asyncio.to_thread(stack.down)
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    async with bench_stack() as stack:
+        settings = stack.settings
+        client = await connect(settings)
+        started = time.monotonic()
+        cards = await issue_cards(client, settings, args.cards)
+        setup_seconds = time.monotonic() - started
+        rounds: list[tuple[Latency, Latency]] = []
+        for _ in range(args.repeats):
+            floor = await measure_floor(client, args.rate, args.seconds)
+            auths = await measure_authorizations(settings, cards, args.rate, args.seconds)
+            rounds.append((floor, auths))
     floor_p99 = statistics.median(f.p99_ms for f, _ in rounds)
     auth_p99 = statistics.median(a.p99_ms for _, a in rounds)
     return {
@@ -317,9 +369,16 @@ def main() -> None:
     parser.add_argument("--cards", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    # Imported here: the sweep imports this module's helpers.
+    from bench import authorization_sweep
+
+    authorization_sweep.add_arguments(parser)
     args = parser.parse_args()
     if args.cards < 1 or args.rate <= 0 or args.seconds <= 0 or args.repeats < 1:
         parser.error("--cards, --rate, --seconds and --repeats must be positive")
+    if args.sweep:
+        authorization_sweep.main(parser, args)
+        return
     figures = asyncio.run(run(args))
     if args.json:
         print(json.dumps(figures, indent=2))
