@@ -658,11 +658,18 @@ async def replays(platform: Platform, handle: WorkflowHandle[Any, Any]) -> Excep
     return result.replay_failure
 
 
-A_TASK_THAT_RECORDED_NOTHING = [
-    "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
-    "EVENT_TYPE_WORKFLOW_TASK_STARTED",
-    "EVENT_TYPE_WORKFLOW_TASK_COMPLETED",
-]
+# What follows an activity's completion taken in by a workflow task that
+# recorded nothing: the task, scheduled for the completion; or, when a task
+# was already scheduled (for a signal not yet taken in), that task, which the
+# completion joined before it started.
+TAKEN_IN_BY_A_TASK_THAT_RECORDED_NOTHING = (
+    [
+        "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
+        "EVENT_TYPE_WORKFLOW_TASK_STARTED",
+        "EVENT_TYPE_WORKFLOW_TASK_COMPLETED",
+    ],
+    ["EVENT_TYPE_WORKFLOW_TASK_STARTED", "EVENT_TYPE_WORKFLOW_TASK_COMPLETED"],
+)
 
 
 async def after_the_last_completion(handle: WorkflowHandle[Any, Any]) -> list[str]:
@@ -718,7 +725,7 @@ async def test_an_authorization_taken_by_a_restarted_worker_replays_in_the_order
     await polling.eventually(both_applied, "the card applies both events")
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
     # The release's completion was taken in by a task that recorded nothing.
-    assert await after_the_last_completion(handle) == A_TASK_THAT_RECORDED_NOTHING
+    assert await after_the_last_completion(handle) in TAKEN_IN_BY_A_TASK_THAT_RECORDED_NOTHING
     # The next authorization's task fails after its hold (a worker killed):
     # the retry replays the card from its start.
     platform.stack.faults.fail_after_update(AUTHORIZE_UPDATE)
@@ -1093,7 +1100,7 @@ async def test_a_question_and_the_issuers_decline_taken_in_by_a_restarted_worker
 
     await polling.until(
         seen_and_after_the_release,
-        lambda found: found == (True, A_TASK_THAT_RECORDED_NOTHING),
+        lambda found: found[0] and found[1] in TAKEN_IN_BY_A_TASK_THAT_RECORDED_NOTHING,
         "the release's task ends, having recorded nothing",
     )
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
