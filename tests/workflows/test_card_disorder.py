@@ -11,6 +11,7 @@ holds is held once, what it settles is posted once, and the card runs on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -658,6 +659,9 @@ async def replays(platform: Platform, handle: WorkflowHandle[Any, Any]) -> Excep
     return result.replay_failure
 
 
+ACTIVITY_COMPLETED = "EVENT_TYPE_ACTIVITY_TASK_COMPLETED"
+WORKFLOW_TASK = "EVENT_TYPE_WORKFLOW_TASK_"
+WORKFLOW_TASK_SCHEDULED = "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED"
 # What follows an activity's completion taken in by a workflow task that
 # recorded nothing: the task, scheduled for the completion; or, when a task
 # was already scheduled (for a signal not yet taken in), that task, which the
@@ -670,6 +674,19 @@ TAKEN_IN_BY_A_TASK_THAT_RECORDED_NOTHING = (
     ],
     ["EVENT_TYPE_WORKFLOW_TASK_STARTED", "EVENT_TYPE_WORKFLOW_TASK_COMPLETED"],
 )
+
+
+async def release_completed_after_the_next_task_was_scheduled(
+    handle: WorkflowHandle[Any, Any],
+) -> bool:
+    """Whether the card's last activity completion came while a workflow task
+    was scheduled and not yet started."""
+    events = [EventType.Name(event.event_type) async for event in handle.fetch_history_events()]
+    completions = [i for i, kind in enumerate(events) if kind == ACTIVITY_COMPLETED]
+    if not completions:
+        return False
+    before = [kind for kind in events[: completions[-1]] if kind.startswith(WORKFLOW_TASK)]
+    return bool(before) and before[-1] == WORKFLOW_TASK_SCHEDULED
 
 
 async def after_the_last_completion(handle: WorkflowHandle[Any, Any]) -> list[str]:
@@ -1059,8 +1076,13 @@ async def test_a_question_waiting_behind_the_issuers_events_never_holds_a_declin
     assert await verify(platform.stack.pool) == []
 
 
+@pytest.mark.parametrize(
+    "release_joins_the_next_task",
+    [False, True],
+    ids=["release-in-its-own-task", "release-joins-the-next-events-task"],
+)
 async def test_a_question_and_the_issuers_decline_taken_in_by_a_restarted_worker_replay(
-    platform: Platform,
+    platform: Platform, release_joins_the_next_task: bool
 ) -> None:
     """A reversal's release completes in a workflow task that records nothing;
     then the card's worker is killed. While it is away, a late question is
@@ -1072,7 +1094,9 @@ async def test_a_question_and_the_issuers_decline_taken_in_by_a_restarted_worker
     replaying the card's history later gets the completion on its own. The
     card's work must come out in the same order both ways: a card whose
     history no longer replays stops answering for good (seen in the chaos
-    run, seed 42)."""
+    run, seed 42). The release's completion is taken in by a task of its own,
+    or (the card's worker away meanwhile) joins the task already scheduled for
+    the next event."""
     customer_id, card_id, handle = await open_card(platform)
     patient_issuer(platform)
     first = await authorize(platform, card_id, 1_000)
@@ -1084,15 +1108,24 @@ async def test_a_question_and_the_issuers_decline_taken_in_by_a_restarted_worker
         await client.simulate_reversal(first.id, idempotency_key="rev")
         reversed_ = await client.get_authorization(first.id)
     wallet_code = accounts.wallet(customer_id, "USD")
-    async with balances_locked(platform.stack.database_url, wallet_code) as lock:
-        for event_id in ("e-1", "e-2"):
-            await handle.signal(
-                NETWORK_EVENT_SIGNAL,
-                CardNetworkEvent(
-                    event_id=event_id, type="authorization.reversed", authorization=reversed_
-                ),
+    async with contextlib.AsyncExitStack() as worker_away:
+        async with balances_locked(platform.stack.database_url, wallet_code) as lock:
+            for event_id in ("e-1", "e-2"):
+                if event_id == "e-2" and release_joins_the_next_task:
+                    await worker_away.enter_async_context(platform.stack.workflows_worker_away())
+                await handle.signal(
+                    NETWORK_EVENT_SIGNAL,
+                    CardNetworkEvent(
+                        event_id=event_id, type="authorization.reversed", authorization=reversed_
+                    ),
+                )
+                await until_waiting(platform.stack.pool, lock)
+        if release_joins_the_next_task:
+            # The release completes while the task for e-2 waits for a worker.
+            await polling.eventually(
+                lambda: release_completed_after_the_next_task_was_scheduled(handle),
+                "the release completes after the next event's task was scheduled",
             )
-            await until_waiting(platform.stack.pool, lock)
 
     async def seen_and_after_the_release() -> tuple[bool, list[str]]:
         seen = "e-2" in (await card_state(handle)).seen_events
