@@ -46,7 +46,7 @@ from bench.authorizations import (
     bench_stack,
     floor_samples,
     issue_cards,
-    noop_workflow,
+    noop_workflows,
     open_loop,
     summarize,
     summarize_authorizations,
@@ -232,11 +232,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await drain(parts)
         idle = await idle_cpu_ms_per_second(parts)
 
-        async with noop_workflow(client) as handle:
+        async with noop_workflows(client, len(cards)) as handles:
 
             async def floor_step(rate: float) -> Step:
                 async def round_() -> tuple[Latency, int]:
-                    samples, failed = await floor_samples(handle, rate, args.seconds)
+                    samples, failed = await floor_samples(handles, rate, args.seconds)
                     past = sum(1 for sample_ms in samples if sample_ms > DEADLINE_MS)
                     return summarize(FLOOR_NAME, samples, past, failed), len(samples) + failed
 

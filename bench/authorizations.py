@@ -7,7 +7,8 @@ same parts `cardflow dev up` runs: Temporal dev server, PostgreSQL, codec,
 simulators, gateway, one worker per task queue), issues --cards virtual cards
 to funded customers, then in one run:
 
-  floor           a bare update on a running workflow that does nothing,
+  floor           a bare update on running workflows that do nothing (as
+                  many as --cards, each update on the next one),
                   open-loop at --rate, from this process
   authorizations  purchases arriving open-loop at --rate over all cards
                   through the issuer simulator, which asks the gateway in
@@ -228,28 +229,42 @@ async def issue_cards(client: Client, settings: Settings, count: int) -> list[st
 
 
 @contextlib.asynccontextmanager
-async def noop_workflow(client: Client) -> AsyncIterator[WorkflowHandle[Noop, None]]:
-    """A running no-op workflow on this process's own worker, warmed by one update."""
+async def noop_workflows(
+    client: Client, count: int
+) -> AsyncIterator[list[WorkflowHandle[Noop, None]]]:
+    """`count` running no-op workflows on this process's own worker, each
+    warmed by one update. The floor's updates are spread over as many
+    workflows as the authorizations' cards: one workflow would meet the
+    server's own per-workflow limits (10 updates in flight, 2,000 in all)
+    long before the update path's."""
     queue = f"bench-noop-{uuid.uuid4().hex[:8]}"
+    semaphore = asyncio.Semaphore(CARDS_STARTED_AT_ONCE)
+
+    async def one() -> WorkflowHandle[Noop, None]:
+        async with semaphore:
+            handle = await client.start_workflow(
+                Noop.run, id=f"bench-noop/{uuid.uuid4().hex[:8]}", task_queue=queue
+            )
+            await handle.execute_update(Noop.touch, 0)  # warm
+            return handle
+
     async with Worker(client, task_queue=queue, workflows=[Noop]):
-        handle = await client.start_workflow(
-            Noop.run, id=f"bench-noop/{uuid.uuid4().hex[:8]}", task_queue=queue
-        )
-        await handle.execute_update(Noop.touch, 0)  # warm
+        handles = list(await asyncio.gather(*(one() for _ in range(count))))
         try:
-            yield handle
+            yield handles
         finally:
-            await handle.signal(Noop.stop)
+            await asyncio.gather(*(handle.signal(Noop.stop) for handle in handles))
 
 
 async def floor_samples(
-    handle: WorkflowHandle[Noop, None], rate: float, seconds: float
+    handles: list[WorkflowHandle[Noop, None]], rate: float, seconds: float
 ) -> tuple[list[float], int]:
-    """Bare updates open-loop at the rate: their latencies (ms) and the failed count."""
+    """Bare updates open-loop at the rate, update i on workflow i modulo the
+    workflows: their latencies (ms) and the failed count."""
 
     async def one(i: int) -> float:
         started = time.monotonic()
-        await handle.execute_update(Noop.touch, i)
+        await handles[i % len(handles)].execute_update(Noop.touch, i)
         return (time.monotonic() - started) * 1000
 
     results = await open_loop(rate, seconds, one)
@@ -257,9 +272,9 @@ async def floor_samples(
     return samples, len(results) - len(samples)
 
 
-async def measure_floor(client: Client, rate: float, seconds: float) -> Latency:
-    async with noop_workflow(client) as handle:
-        samples, failed = await floor_samples(handle, rate, seconds)
+async def measure_floor(client: Client, rate: float, seconds: float, workflows: int) -> Latency:
+    async with noop_workflows(client, workflows) as handles:
+        samples, failed = await floor_samples(handles, rate, seconds)
     return summarize(FLOOR_NAME, samples, failed=failed)
 
 
@@ -340,7 +355,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         setup_seconds = time.monotonic() - started
         rounds: list[tuple[Latency, Latency]] = []
         for _ in range(args.repeats):
-            floor = await measure_floor(client, args.rate, args.seconds)
+            floor = await measure_floor(client, args.rate, args.seconds, len(cards))
             auths = await measure_authorizations(settings, cards, args.rate, args.seconds)
             rounds.append((floor, auths))
     floor_p99 = statistics.median(f.p99_ms for f, _ in rounds)

@@ -14,9 +14,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
 from bench.authorization_sweep import (
     PLATFORM_PARTS,
@@ -28,7 +32,7 @@ from bench.authorization_sweep import (
     sweep,
     with_platform_total,
 )
-from bench.authorizations import summarize
+from bench.authorizations import floor_samples, noop_workflows, summarize
 from bench.process_cpu import Part, cpu_seconds, deltas, ms_per_call, sample
 from starters.devstack.stack import GATEWAY, SIMULATORS
 
@@ -234,3 +238,22 @@ def test_a_short_sweep_reports_both_knees_and_cpu_by_process(tmp_path: Path) -> 
     assert set(cpu) == {*PLATFORM_PARTS, PLATFORM_TOTAL, SIMULATORS, "bench"}
     assert cpu[PLATFORM_TOTAL] == pytest.approx(sum(cpu[p] for p in PLATFORM_PARTS), abs=0.01)
     assert cpu[PLATFORM_TOTAL] > 0
+
+
+async def test_the_floor_spreads_its_updates_over_as_many_workflows_as_cards(
+    workflow_env: WorkflowEnvironment,
+) -> None:
+    """One workflow would meet the server's own limits (10 updates in flight,
+    2,000 in all) long before the update path's: a sweep's floor failed at
+    60/s that way while its p99 was 37 ms."""
+    async with noop_workflows(workflow_env.client, 3) as handles:
+        samples, failed = await floor_samples(handles, rate=30, seconds=1)
+        counts = [await updates_completed(handle) for handle in handles]
+    assert (len(samples), failed) == (30, 0)
+    # Each took a third of the round, and its warm-up update.
+    assert counts == [11, 11, 11]
+
+
+async def updates_completed(handle: WorkflowHandle[Any, Any]) -> int:
+    kind = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED
+    return len([event async for event in handle.fetch_history_events() if event.event_type == kind])
