@@ -50,27 +50,33 @@ def metrics_of(app: Starlette) -> GatewayMetrics | None:
     return metrics if isinstance(metrics, GatewayMetrics) else None
 
 
-def temporal_client(request: Request) -> Client:
+# The request's dependencies below are coroutines, though they await nothing:
+# FastAPI runs a plain function dependency in its thread pool, a hop to a
+# thread and back for each, on every request (the issuer's real-time
+# authorizations among them).
+
+
+async def temporal_client(request: Request) -> Client:
     return _required(request.app, "client", Client)
 
 
-def database_pool(request: Request) -> asyncpg.Pool:
+async def database_pool(request: Request) -> asyncpg.Pool:
     return pool_of(request.app)
 
 
-def gateway_settings(request: Request) -> Settings:
+async def gateway_settings(request: Request) -> Settings:
     return settings_of(request.app)
 
 
-def task_queues(request: Request) -> TaskQueues:
+async def task_queues(request: Request) -> TaskQueues:
     return _required(request.app, "queues", TaskQueues)
 
 
-def webhook_secrets(request: Request) -> WebhookSecrets:
+async def webhook_secrets(request: Request) -> WebhookSecrets:
     return secrets_of(request.app)
 
 
-def gateway_metrics(request: Request) -> GatewayMetrics:
+async def gateway_metrics(request: Request) -> GatewayMetrics:
     return _required(request.app, "metrics", GatewayMetrics)
 
 

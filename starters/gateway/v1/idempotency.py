@@ -282,7 +282,7 @@ class Starter:
         return description.run_id
 
 
-def starter(client: TemporalClient, pool: DatabasePool, queues: Queues) -> Starter:
+async def starter(client: TemporalClient, pool: DatabasePool, queues: Queues) -> Starter:
     return Starter(client, pool, queues)
 
 
@@ -328,7 +328,7 @@ class Updates:
         return await steer(update(update_id=update_id, rpc_timeout=self.rpc_timeout), subject)
 
 
-def updates(client: TemporalClient, pool: DatabasePool, settings: GatewaySettings) -> Updates:
+async def updates(client: TemporalClient, pool: DatabasePool, settings: GatewaySettings) -> Updates:
     return Updates(client, pool, timedelta(seconds=settings.api_update_timeout_seconds))
 
 
