@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     deliveries      INTEGER NOT NULL DEFAULT 0,
     last_status     TEXT
 );
+-- What the delivery loop asks for on each round: the events due, oldest first
+-- (without it, every round read the whole outbox, every event ever sent).
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at, seq)
+    WHERE delivered_at IS NULL;
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL

@@ -32,6 +32,13 @@ BACKOFF_INITIAL_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 30.0
 DELIVERY_TIMEOUT_SECONDS = 5.0
 POLL_INTERVAL_SECONDS = 0.05
+# The events due for delivery, oldest first, a round at a time (the store's
+# outbox_due index answers it without reading delivered events).
+DUE_EVENTS_QUERY = (
+    "SELECT seq, simulator, body, attempts FROM outbox"
+    " WHERE delivered_at IS NULL AND next_attempt_at <= ?"
+    " ORDER BY next_attempt_at, seq LIMIT 100"
+)
 
 
 @dataclass(frozen=True)
@@ -154,12 +161,7 @@ class WebhookOutbox:
             while True:
                 delivered_any = False
                 if not self.hold:
-                    rows = self.store.execute(
-                        "SELECT seq, simulator, body, attempts FROM outbox"
-                        " WHERE delivered_at IS NULL AND next_attempt_at <= ?"
-                        " ORDER BY next_attempt_at, seq LIMIT 100",
-                        time.time(),
-                    )
+                    rows = self.store.execute(DUE_EVENTS_QUERY, time.time())
                     for seq, simulator, body, attempts in rows:
                         await self._deliver(http, seq, simulator, body, attempts)
                         delivered_any = True
