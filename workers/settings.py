@@ -299,6 +299,13 @@ class Settings(BaseSettings):
     authorization_stand_in: Literal["approve", "decline"] = Field(
         default="decline", validation_alias="CARDFLOW_AUTHORIZATION_STAND_IN"
     )
+    # Admission: the real-time decisions a gateway process waits on at once.
+    # A request beyond it is answered with the stand-in at once (source
+    # `shed`) instead of queueing behind decisions the card cannot take in
+    # time; the issuer's webhook of that stand-in reconciles the card after.
+    authorization_in_flight_max: int = Field(
+        default=32, ge=1, le=10_000, validation_alias="CARDFLOW_AUTHORIZATION_IN_FLIGHT_MAX"
+    )
 
     # The upstream API's keys (`cardflow apikey ...`) are stored as
     # HMAC-SHA256(pepper, secret). Unset: a dev pepper generated once under

@@ -79,6 +79,7 @@ def create_app(
     app.state.queues = settings.task_queues
     app.state.webhook_secrets = secrets
     app.state.settings = settings
+    app.state.decisions_in_flight = realtime.InFlight(settings.authorization_in_flight_max)
 
     @app.get("/health", tags=["operations"], summary="The gateway answers")
     async def health() -> dict[str, str]:

@@ -8,8 +8,14 @@ the configured stand-in decision; the card still decides, and the issuer's
 `authorization.*` webhook later reconciles the card's holds with what the
 issuer actually did.
 
+Admission: at most CARDFLOW_AUTHORIZATION_IN_FLIGHT_MAX decisions are
+awaited at once by a gateway process. A request beyond that is answered with
+the stand-in at once: under a burst the card's decisions would otherwise
+queue behind each other until every answer came past the issuer's deadline.
+
 Each answer is counted by its decision and its source: `card` (the card's
 own), `timeout` (the stand-in, the card not deciding within the budget),
+`shed` (the stand-in, the gateway at its limit of decisions in flight),
 `stand_in` (the stand-in, the card could not be asked), `refused` (the card
 refused the update) or `unknown_card`.
 """
@@ -20,13 +26,17 @@ import asyncio
 import logging
 import time
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 from standardwebhooks import WebhookVerificationError
-from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.metrics import GatewayMetrics
@@ -34,7 +44,12 @@ from schemas.cards import AuthorizationAnswer, AuthorizationRequest
 from schemas.providers import ISSUER
 from starters.gateway.errors import ApiError, GatewayCode
 from starters.gateway.server import arrived_at
-from starters.gateway.state import GatewaySettings, Metrics, Secrets, TemporalClient
+from starters.gateway.state import (
+    GatewaySettings,
+    Metrics,
+    Secrets,
+    TemporalClient,
+)
 from starters.gateway.webhooks import malformed, verify
 from workers.settings import Settings
 from workflows.cards import AUTHORIZE_UPDATE, card_workflow_id
@@ -45,6 +60,34 @@ REALTIME_AUTHORIZATION_PATH = f"/realtime/{ISSUER}/authorization"
 REALTIME_BODY_BYTES_MAX = 64 * 1024
 
 router = APIRouter(tags=["issuer real-time"])
+
+
+class InFlight:
+    """The decisions this gateway process awaits, up to its limit. (One event
+    loop: a plain counter is exact.)"""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def enter(self) -> bool:
+        """Take a place, if one is free."""
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        self.count -= 1
+
+
+async def decisions_in_flight(request: Request) -> InFlight:
+    found = request.app.state.decisions_in_flight
+    assert isinstance(found, InFlight), "made by create_app"
+    return found
+
+
+DecisionsInFlight = Annotated[InFlight, Depends(decisions_in_flight)]
 
 
 class AuthorizationRequestEvent(BaseModel):
@@ -106,6 +149,7 @@ async def authorize(
     settings: GatewaySettings,
     metrics: Metrics,
     client: TemporalClient,
+    in_flight: DecisionsInFlight,
 ) -> JSONResponse:
     # The budget runs from the request's arrival, not from this handler's
     # start: time spent waiting for the event loop is the issuer's time too.
@@ -127,6 +171,23 @@ async def authorize(
     except ValidationError as error:
         raise malformed(error) from None
     question = card_question(event)
+    if not in_flight.enter():
+        why = f"the gateway awaits {in_flight.limit} decisions already"
+        return _stand_in(settings, metrics, started, question, "shed", why)
+    try:
+        return await _ask_the_card(question, event, settings, metrics, client, started)
+    finally:
+        in_flight.leave()
+
+
+async def _ask_the_card(
+    question: AuthorizationRequest,
+    event: AuthorizationRequestEvent,
+    settings: Settings,
+    metrics: GatewayMetrics,
+    client: Client,
+    started: float,
+) -> JSONResponse:
     budget_seconds = settings.authorization_budget_ms / 1000 - (time.monotonic() - started)
     handle = client.get_workflow_handle(card_workflow_id(question.card_id))
     try:

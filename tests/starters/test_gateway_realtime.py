@@ -4,6 +4,7 @@ within the gateway's budget says so, in the answer, the metrics and the log."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -25,6 +26,7 @@ from simulators.issuer_realtime import AUTHORIZATION_DEADLINE_MS_DEFAULT
 from starters.gateway.realtime import (
     REALTIME_AUTHORIZATION_PATH,
     AuthorizationRequestEvent,
+    InFlight,
     card_question,
 )
 from tests import polling
@@ -239,4 +241,46 @@ async def test_a_card_past_the_budget_gets_a_stand_in_that_says_so_counted_and_l
 
     await polling.eventually(forgotten, "the late approval is voided")
     await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_request_past_the_decisions_in_flight_is_answered_at_once_and_reconciled_after(
+    platform: Platform,
+) -> None:
+    """A burst must not queue the card's decisions behind each other until
+    every answer comes past the issuer's deadline: past the gateway's bound
+    of decisions in flight, a request gets the stand-in at once, counted as
+    `shed`; the issuer's webhook of that answer then brings the card in line
+    (here, an approving stand-in: the card holds what the issuer approved)."""
+    waiting_customer, waiting_card, _ = await open_card(platform)
+    customer_id, card_id, handle = await open_card(platform)
+    metrics_port = free_port()
+    telemetry = start_telemetry(
+        platform.settings.model_copy(update={"metrics_port": metrics_port}), "gateway"
+    )
+    platform.app.state.metrics = GatewayMetrics(telemetry.meter)
+    platform.app.state.settings = platform.settings.model_copy(
+        update={"authorization_stand_in": "approve", "authorization_in_flight_max": 1}
+    )
+    platform.app.state.decisions_in_flight = InFlight(1)
+    async with wallet_locked(platform, waiting_customer):
+        first = asyncio.create_task(authorize(platform, waiting_card, 1_000))
+
+        async def one_in_flight() -> int:
+            return int(platform.app.state.decisions_in_flight.count)
+
+        await polling.until(one_in_flight, lambda count: count == 1, "a decision in flight")
+        shed = await authorize(platform, card_id, 2_500)
+        # Answered while the first still waits on its card.
+        assert not first.done()
+    assert (shed.status.value, shed.decided_by.value) == ("pending", "cardflow")
+    assert shed.decision_reason == "stand-in approve: the gateway awaits 1 decisions already"
+    assert (await first).decision_reason == "approved"
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    assert decisions_counted(metrics_url, decision="approve", source="shed") == 1
+    assert decisions_counted(metrics_url, decision="approve", source="card") == 1
+    # The card was never asked; the issuer's webhook of the stand-in makes it hold it.
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=2_500)
+    assert shed.id in (await card_state(handle)).authorizations
+    assert platform.app.state.decisions_in_flight.count == 0
     assert await verify(platform.stack.pool) == []
