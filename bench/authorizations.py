@@ -19,6 +19,12 @@ to funded customers, then in one run:
 Prints p50/p95/p99 of both and the p99 ratio. Targets on a 2-core machine:
 p99 <= 100 ms at 30/s, none past the deadline, p99 within 3x the floor.
 
+Overload: .venv/bin/python -m bench.authorizations --overload [--knee 40]
+          [--burst-seconds 60] [--recovery-seconds 30] [--json]
+
+a burst at twice the authorizations' knee, then recovery at the knee, and the
+ledger against the issuer once settled; see bench/authorization_overload.py.
+
 Sweep: .venv/bin/python -m bench.authorizations --sweep [--sweep-start 20]
        [--sweep-step 20 | --sweep-factor 1.5] [--sweep-max 400] [--seconds 20]
        [--cards 120] [--json]
@@ -384,15 +390,19 @@ def main() -> None:
     parser.add_argument("--cards", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
-    # Imported here: the sweep imports this module's helpers.
-    from bench import authorization_sweep
+    # Imported here: the sweep and the overload import this module's helpers.
+    from bench import authorization_overload, authorization_sweep
 
     authorization_sweep.add_arguments(parser)
+    authorization_overload.add_arguments(parser)
     args = parser.parse_args()
     if args.cards < 1 or args.rate <= 0 or args.seconds <= 0 or args.repeats < 1:
         parser.error("--cards, --rate, --seconds and --repeats must be positive")
     if args.sweep:
         authorization_sweep.main(parser, args)
+        return
+    if args.overload:
+        authorization_overload.main(parser, args)
         return
     figures = asyncio.run(run(args))
     if args.json:

@@ -22,6 +22,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from bench.authorization_overload import p99_by_second, recovered_after
 from bench.authorization_sweep import (
     PLATFORM_PARTS,
     PLATFORM_TOTAL,
@@ -257,3 +258,15 @@ async def test_the_floor_spreads_its_updates_over_as_many_workflows_as_cards(
 async def updates_completed(handle: WorkflowHandle[Any, Any]) -> int:
     kind = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED
     return len([event async for event in handle.fetch_history_events() if event.event_type == kind])
+
+
+@pytest.mark.fast
+def test_recovery_is_the_first_second_from_which_every_later_purchase_is_in_time() -> None:
+    rate = 10.0
+    slow_then_fast = [900.0] * 25 + [30.0] * 75  # 2.5 s slow, then in time
+    assert recovered_after(slow_then_fast, rate, 10) == 3.0
+    # One failure late in the window keeps the recovery from being declared.
+    failed_late: list[float | None] = [30.0] * 99 + [None]
+    assert recovered_after(failed_late, rate, 10) is None
+    assert recovered_after([30.0] * 100, rate, 10) == 0.0
+    assert p99_by_second(slow_then_fast[:30], rate) == [900.0, 900.0, 900.0]
