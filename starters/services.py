@@ -34,12 +34,15 @@ def gateway_serve() -> None:
 
     from starters.gateway.app import create_app
     from starters.gateway.server import gateway_config
+    from workers.heap import freeze_startup
     from workers.telemetry import configure_logging, start_telemetry
 
     settings = console.settings()
     telemetry = start_telemetry(settings, "gateway")
     configure_logging(settings, telemetry.service_name)
     try:
-        uvicorn.Server(gateway_config(create_app(settings, telemetry=telemetry), settings)).run()
+        config = gateway_config(create_app(settings, telemetry=telemetry), settings)
+        freeze_startup()
+        uvicorn.Server(config).run()
     finally:
         telemetry.shutdown()

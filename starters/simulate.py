@@ -274,6 +274,7 @@ def simulators_serve() -> None:
 
     from simulators.server import build
     from starters.gateway.server import listener_config
+    from workers.heap import freeze_startup
 
     settings = console.settings()
     config = listener_config(
@@ -285,4 +286,5 @@ def simulators_serve() -> None:
         # listener keeps whatever FORWARDED_ALLOW_IPS says.
         log_level="warning",
     )
+    freeze_startup()
     uvicorn.Server(config).run()

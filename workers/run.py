@@ -15,6 +15,7 @@ from activities.migrate import migrate
 from activities.providers.activities import ProviderClients
 from workers.build import build_worker
 from workers.client import connect
+from workers.heap import freeze_startup
 from workers.settings import Settings
 from workers.telemetry import configure_logging, start_telemetry
 
@@ -59,6 +60,7 @@ async def run_worker(kind: str, settings: Settings) -> None:
         identity=identity,
         provider_clients=provider_clients,
     )
+    freeze_startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
