@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 import asyncpg
 
 from activities.database import create_pool
-from activities.providers.issuer import IssuerClient
 from bench.authorization_sweep import (
     Step,
     drain,
@@ -56,7 +55,6 @@ from bench.authorizations import (
     summarize_authorizations,
 )
 from bench.chaos.invariants import hold_violations, ledger_violations
-from schemas import accounts
 from schemas.issuer import Authorization, AuthorizationStatus
 from starters.simulate import issuer
 from workers.client import connect
@@ -121,33 +119,43 @@ def p99_by_second(latencies: Sequence[float | None], rate: float) -> list[float 
     ]
 
 
-async def held_against_issuer(
-    pool: asyncpg.Pool, client: IssuerClient, cards: Sequence[str]
+def failed_by_error(answers: Sequence[object]) -> dict[str, int]:
+    """The failed requests by what failed them (the first 80 characters)."""
+    kinds: dict[str, int] = {}
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            kind = f"{type(answer).__name__}: {answer}"[:80]
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def issuer_pending(answers: Sequence[object]) -> dict[str, int]:
+    """What the issuer holds pending by card, from its answers: nothing here
+    clears, reverses or expires a purchase, so each stays as answered."""
+    pending: dict[str, int] = {}
+    for answer in answers:
+        if isinstance(answer, Authorization) and answer.status is AuthorizationStatus.PENDING:
+            pending[answer.card_id] = pending.get(answer.card_id, 0) + answer.pending_amount_minor
+    return pending
+
+
+async def held_otherwise(
+    pool: asyncpg.Pool, cards: Sequence[str], pending: dict[str, int]
 ) -> list[str]:
     """Cards whose wallet holds another total than the issuer's pending one."""
-    mismatched: list[str] = []
-    for card_id in cards:
-        customer_id = await pool.fetchval(
-            "SELECT customer_id FROM cards WHERE card_id = $1", card_id
-        )
-        held = await pool.fetchval(
-            "SELECT coalesce(sum(b.debits_pending), 0) FROM ledger_balances b"
-            " JOIN ledger_accounts a ON a.id = b.account_id WHERE a.code = $1",
-            accounts.wallet(customer_id, "USD"),
-        )
-        pending = 0
-        after: str | None = None
-        while True:
-            page = await client.list_authorizations(card_id, starting_after=after)
-            pending += sum(
-                a.pending_amount_minor for a in page.data if a.status is AuthorizationStatus.PENDING
-            )
-            if not page.has_more or not page.data:
-                break
-            after = page.data[-1].id
-        if held != pending:
-            mismatched.append(f"{card_id}: held {held}, issuer pending {pending}")
-    return mismatched
+    rows = await pool.fetch(
+        "SELECT c.card_id, coalesce(sum(b.debits_pending), 0) AS held FROM cards c"
+        " JOIN ledger_accounts a ON a.owner_id = c.customer_id AND a.kind = 'wallet'"
+        " JOIN ledger_balances b ON b.account_id = a.id"
+        " WHERE c.card_id = ANY($1::text[]) GROUP BY c.card_id",
+        list(cards),
+    )
+    held = {row["card_id"]: int(row["held"]) for row in rows}
+    return [
+        f"{card_id}: held {held.get(card_id, 0)}, issuer pending {pending.get(card_id, 0)}"
+        for card_id in cards
+        if held.get(card_id, 0) != pending.get(card_id, 0)
+    ]
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -157,7 +165,18 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         cards = await issue_cards(client, settings, args.cards)
         parts = stack_parts(stack)
         async with issuer(settings) as issuer_client:
-            one = authorization_call(issuer_client, cards, random.Random(11))
+            call = authorization_call(issuer_client, cards, random.Random(11))
+            answers: list[object] = []
+
+            async def one(i: int) -> Authorization:
+                try:
+                    answer = await call(i)
+                except Exception as error:
+                    answers.append(error)
+                    raise
+                answers.append(answer)
+                return answer
+
             # Every card's workflow into the worker's cache first.
             await open_loop(args.sweep_start, len(cards) / args.sweep_start, one)
             await drain(parts)
@@ -189,7 +208,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             try:
                 started = time.monotonic()
                 while True:
-                    mismatched = await held_against_issuer(pool, issuer_client, cards)
+                    mismatched = await held_otherwise(pool, cards, issuer_pending(answers))
                     waited = time.monotonic() - started
                     if not mismatched or waited > RECONCILED_SECONDS_MAX:
                         break
@@ -225,6 +244,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "reconciled_after_seconds": round(reconciled_seconds, 1),
         "cards_held_otherwise_than_the_issuer": mismatched,
         "ledger_violations": [asdict(v) for v in violations],
+        "failed_by_error": failed_by_error(answers),
     }
 
 
