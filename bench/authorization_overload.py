@@ -48,16 +48,14 @@ from bench.authorization_sweep import (
 from bench.authorizations import (
     Latency,
     authorization_call,
-    bench_stack,
-    issue_cards,
     open_loop,
     percentile,
+    stack_with_cards,
     summarize_authorizations,
 )
 from bench.chaos.invariants import hold_violations, ledger_violations
 from schemas.issuer import Authorization, AuthorizationStatus
 from starters.simulate import issuer
-from workers.client import connect
 
 P99_MAX_MS = 100.0
 RECOVERY_TARGET_SECONDS = 10
@@ -159,11 +157,9 @@ async def held_otherwise(
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    async with bench_stack() as stack:
-        settings = stack.settings
-        client = await connect(settings)
-        cards = await issue_cards(client, settings, args.cards)
-        parts = stack_parts(stack)
+    async with stack_with_cards(args.cards) as bench:
+        settings, cards = bench.stack.settings, bench.cards
+        parts = stack_parts(bench.stack)
         async with issuer(settings) as issuer_client:
             call = authorization_call(issuer_client, cards, random.Random(11))
             answers: list[object] = []

@@ -43,11 +43,10 @@ from bench.authorizations import (
     FLOOR_NAME,
     Latency,
     authorization_call,
-    bench_stack,
     floor_samples,
-    issue_cards,
     noop_workflows,
     open_loop,
+    stack_with_cards,
     summarize,
     summarize_authorizations,
 )
@@ -64,7 +63,6 @@ from starters.devstack.stack import (
     worker_part,
 )
 from starters.simulate import issuer
-from workers.client import connect
 
 P99_MAX_MS = 100.0
 """A rate passes while the p99 stays within this (and nothing fails or is late)."""
@@ -222,13 +220,10 @@ async def measured_step(
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     rates = rate_ladder(args.sweep_start, args.sweep_step, args.sweep_max, args.sweep_factor)
-    async with bench_stack() as stack:
-        settings = stack.settings
-        client = await connect(settings)
-        started = time.monotonic()
-        cards = await issue_cards(client, settings, args.cards)
-        setup_seconds = time.monotonic() - started
-        parts = stack_parts(stack)
+    async with stack_with_cards(args.cards) as bench:
+        settings, client, cards = bench.stack.settings, bench.client, bench.cards
+        setup_seconds = bench.setup_seconds
+        parts = stack_parts(bench.stack)
         await drain(parts)
         idle = await idle_cpu_ms_per_second(parts)
 

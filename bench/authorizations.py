@@ -352,13 +352,30 @@ async def bench_stack() -> AsyncIterator[Stack]:
             await asyncio.to_thread(stack.down)
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
+@dataclass
+class BenchCards:
+    """The stack up, a client of it, and its funded cards."""
+
+    stack: Stack
+    client: Client
+    cards: list[str]
+    setup_seconds: float
+
+
+@contextlib.asynccontextmanager
+async def stack_with_cards(count: int) -> AsyncIterator[BenchCards]:
+    """`bench_stack`, with `count` cards issued to funded customers."""
     async with bench_stack() as stack:
-        settings = stack.settings
-        client = await connect(settings)
+        client = await connect(stack.settings)
         started = time.monotonic()
-        cards = await issue_cards(client, settings, args.cards)
-        setup_seconds = time.monotonic() - started
+        cards = await issue_cards(client, stack.settings, count)
+        yield BenchCards(stack, client, cards, time.monotonic() - started)
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    async with stack_with_cards(args.cards) as bench:
+        settings, client, cards = bench.stack.settings, bench.client, bench.cards
+        setup_seconds = bench.setup_seconds
         rounds: list[tuple[Latency, Latency]] = []
         for _ in range(args.repeats):
             floor = await measure_floor(client, args.rate, args.seconds, len(cards))

@@ -193,6 +193,19 @@ async def test_a_malformed_time_of_asking_is_refused_naming_the_field(platform: 
     assert [error["loc"] for error in refused.json()["detail"]] == [["created_at"]]
 
 
+def gateway_metrics_on_a_port_of_its_own(platform: Platform) -> str:
+    """The test gateway's metrics, served on a port of their own: their URL.
+    (The telemetry is kept with the app: its runtime serves the metrics only
+    while it lives.)"""
+    metrics_port = free_port()
+    telemetry = start_telemetry(
+        platform.settings.model_copy(update={"metrics_port": metrics_port}), "gateway"
+    )
+    platform.app.state.telemetry = telemetry
+    platform.app.state.metrics = GatewayMetrics(telemetry.meter)
+    return f"http://127.0.0.1:{metrics_port}/metrics"
+
+
 def decisions_counted(metrics_url: str, **labels: str) -> float:
     text = httpx.get(metrics_url, timeout=10).text
     return sum(
@@ -208,11 +221,7 @@ async def test_a_card_past_the_budget_gets_a_stand_in_that_says_so_counted_and_l
     platform: Platform, caplog: pytest.LogCaptureFixture
 ) -> None:
     customer_id, card_id, handle = await open_card(platform)
-    metrics_port = free_port()
-    telemetry = start_telemetry(
-        platform.settings.model_copy(update={"metrics_port": metrics_port}), "gateway"
-    )
-    platform.app.state.metrics = GatewayMetrics(telemetry.meter)
+    metrics_url = gateway_metrics_on_a_port_of_its_own(platform)
     platform.app.state.settings = platform.settings.model_copy(
         update={
             "authorization_budget_ms": GATEWAY_BUDGET_SHORT_MS,
@@ -226,7 +235,6 @@ async def test_a_card_past_the_budget_gets_a_stand_in_that_says_so_counted_and_l
     # The gateway answered in time, with its stand-in, and said why.
     assert (auth.status.value, auth.decided_by.value) == ("declined", "cardflow")
     assert auth.decision_reason == "stand-in decline: no decision within the budget"
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     assert decisions_counted(metrics_url, decision="decline", source="timeout") == 1
     assert decisions_counted(metrics_url, source="stand_in") == 0
     lines = [r for r in caplog.records if r.name.startswith("cardflow.gateway")]
@@ -254,11 +262,7 @@ async def test_a_request_past_the_decisions_in_flight_is_answered_at_once_and_re
     (here, an approving stand-in: the card holds what the issuer approved)."""
     waiting_customer, waiting_card, _ = await open_card(platform)
     customer_id, card_id, handle = await open_card(platform)
-    metrics_port = free_port()
-    telemetry = start_telemetry(
-        platform.settings.model_copy(update={"metrics_port": metrics_port}), "gateway"
-    )
-    platform.app.state.metrics = GatewayMetrics(telemetry.meter)
+    metrics_url = gateway_metrics_on_a_port_of_its_own(platform)
     platform.app.state.settings = platform.settings.model_copy(
         update={"authorization_stand_in": "approve", "authorization_in_flight_max": 1}
     )
@@ -276,7 +280,6 @@ async def test_a_request_past_the_decisions_in_flight_is_answered_at_once_and_re
     assert (shed.status.value, shed.decided_by.value) == ("pending", "cardflow")
     assert shed.decision_reason == "stand-in approve: the gateway awaits 1 decisions already"
     assert (await first).decision_reason == "approved"
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     assert decisions_counted(metrics_url, decision="approve", source="shed") == 1
     assert decisions_counted(metrics_url, decision="approve", source="card") == 1
     # The card was never asked; the issuer's webhook of the stand-in makes it hold it.
