@@ -259,7 +259,12 @@ async def noop_workflows(
         try:
             yield handles
         finally:
+            # Ended while their worker still runs: a workflow left with a task
+            # no worker takes has it time out on the worker's sticky queue
+            # later, and the server's handling of 120 such timeouts at once
+            # stalled every card's authorization for ~400 ms in the next round.
             await asyncio.gather(*(handle.signal(Noop.stop) for handle in handles))
+            await asyncio.gather(*(handle.result() for handle in handles))
 
 
 async def floor_samples(

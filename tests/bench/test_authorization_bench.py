@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from bench.authorization_overload import p99_by_second, recovered_after
@@ -253,6 +253,10 @@ async def test_the_floor_spreads_its_updates_over_as_many_workflows_as_cards(
     assert (len(samples), failed) == (30, 0)
     # Each took a third of the round, and its warm-up update.
     assert counts == [11, 11, 11]
+    # And each ended while its worker ran: none is left with a task no worker
+    # takes (its timeout, later, would stall the server during the next round).
+    statuses = [(await handle.describe()).status for handle in handles]
+    assert statuses == [WorkflowExecutionStatus.COMPLETED] * 3
 
 
 async def updates_completed(handle: WorkflowHandle[Any, Any]) -> int:
