@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from bench.authorization_sweep import (
 from bench.authorizations import floor_samples, noop_workflows, summarize
 from bench.process_cpu import Part, cpu_seconds, deltas, ms_per_call, sample
 from starters.devstack.stack import GATEWAY, SIMULATORS
+from tests import polling
 
 BUSY_LOOP = "while True: pass"
 # A parent that starts a busy child, tells its pid, reaps it once it dies,
@@ -120,11 +120,12 @@ def run_until_spent(pids: list[int], seconds: float) -> None:
     targets = {pid: own_seconds(pid) + seconds for pid in pids}
     for pid in pids:
         psutil.Process(pid).resume()
-    deadline = time.monotonic() + CPU_WAIT_SECONDS_MAX
-    while any(own_seconds(pid) < target for pid, target in targets.items()):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the busy loops were not given the CPU")
-        time.sleep(0.05)
+    polling.until_sync(
+        lambda: {pid: own_seconds(pid) for pid in pids},
+        lambda spent: all(spent[pid] >= target for pid, target in targets.items()),
+        f"the busy loops spent {seconds} s of CPU each",
+        CPU_WAIT_SECONDS_MAX,
+    )
     for pid in pids:
         psutil.Process(pid).suspend()
 
