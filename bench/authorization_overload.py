@@ -32,15 +32,17 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import asyncpg
 
 from activities.database import create_pool
 from bench.authorization_sweep import (
+    P99_MAX_MS,
     Step,
+    authorization_step,
     drain,
     knee,
-    measured_step,
     rate_ladder,
     stack_parts,
     sweep,
@@ -57,7 +59,6 @@ from bench.chaos.invariants import hold_violations, ledger_violations
 from schemas.issuer import Authorization, AuthorizationStatus
 from starters.simulate import issuer
 
-P99_MAX_MS = 100.0
 RECOVERY_TARGET_SECONDS = 10
 # How long the issuer's webhooks of the burst may take to reach every card.
 RECONCILED_SECONDS_MAX = 120.0
@@ -86,7 +87,7 @@ def burst_figures(results: list[object]) -> Burst:
 def latency_ms(result: object) -> float | None:
     if not isinstance(result, Authorization):
         return None
-    return None if result.decisions[-1].latency_ms is None else result.decisions[-1].latency_ms
+    return result.decisions[-1].latency_ms
 
 
 def recovered_after(latencies: Sequence[float | None], rate: float, seconds: float) -> float | None:
@@ -179,16 +180,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             steps: list[Step] = []
             found = args.knee
             if found is None:
-
-                async def step(rate: float) -> Step:
-                    async def round_() -> tuple[Latency, int]:
-                        results = await open_loop(rate, args.seconds, one)
-                        return summarize_authorizations(results), len(results)
-
-                    return await measured_step(rate, parts, round_)
-
                 ladder = rate_ladder(args.sweep_start, args.sweep_step, args.sweep_max, None)
-                steps = await sweep(ladder, step)
+                steps = await sweep(ladder, partial(authorization_step, one, parts, args.seconds))
                 found = knee(steps)
                 if found is None:
                     raise SystemExit(f"no rate from {args.sweep_start}/s passed: no knee")

@@ -37,6 +37,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from bench.authorizations import (
     DEADLINE_MS,
@@ -151,6 +152,18 @@ async def sweep(rates: Sequence[float], measure: Callable[[float], Awaitable[Ste
     return steps
 
 
+async def authorization_step(
+    one: Callable[[int], Awaitable[object]], parts: Sequence[Part], seconds: float, rate: float
+) -> Step:
+    """A round of purchases `one(i)` open-loop at the rate, measured."""
+
+    async def round_() -> tuple[Latency, int]:
+        results = await open_loop(rate, seconds, one)
+        return summarize_authorizations(results), len(results)
+
+    return await measured_step(rate, parts, round_)
+
+
 def with_platform_total(spent: dict[str, float]) -> dict[str, float]:
     return {**spent, PLATFORM_TOTAL: total(spent, PLATFORM_PARTS)}
 
@@ -246,14 +259,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await open_loop(rates[0], len(cards) / rates[0], one)
             await drain(parts)
 
-            async def authorization_step(rate: float) -> Step:
-                async def round_() -> tuple[Latency, int]:
-                    results = await open_loop(rate, args.seconds, one)
-                    return summarize_authorizations(results), len(results)
-
-                return await measured_step(rate, parts, round_)
-
-            authorization_steps = await sweep(rates, authorization_step)
+            authorization_steps = await sweep(
+                rates, partial(authorization_step, one, parts, args.seconds)
+            )
     report = figures(args, rates, len(cards), setup_seconds, floor_steps, authorization_steps)
     return {**report, "idle_cpu_ms_per_second": idle}
 

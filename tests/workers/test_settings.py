@@ -26,6 +26,8 @@ from workers.settings import SettingsError, load_settings
         ("CARDFLOW_POSTGRES_PORT", "fivefourthree", "integer"),
         ("TEMPORAL_TLS_CERT", "/nonexistent/client.pem", "does not exist"),
         ("CARDFLOW_TASK_QUEUE_PREFIX", "has spaces", "pattern"),
+        ("CARDFLOW_AUTHORIZATION_IN_FLIGHT_MAX", "0", "greater than or equal to 1"),
+        ("CARDFLOW_AUTHORIZATION_IN_FLIGHT_MAX", "many", "integer"),
     ],
 )
 def test_bad_value_names_the_variable(
