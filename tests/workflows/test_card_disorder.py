@@ -28,6 +28,7 @@ from temporalio.client import (
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from activities.card_transactions import CLAIM_CARD_EVENT
 from activities.ledger import Ledger
 from activities.ledger.activities import HOLD
 from activities.ledger.verify import verify
@@ -92,16 +93,15 @@ async def running(handle: WorkflowHandle[Any, Any]) -> bool:
     return (await handle.describe()).status is WorkflowExecutionStatus.RUNNING
 
 
-async def work_after_signal(
+async def after_signal(
     platform: Platform, handle: WorkflowHandle[Any, Any], event_id: str
 ) -> list[str]:
-    """The activities and markers the workflow recorded after the network
-    event `event_id` was signalled to it."""
-    work = (EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED, EventType.EVENT_TYPE_MARKER_RECORDED)
+    """The types of the events recorded after the network event `event_id`
+    was signalled to the workflow."""
     converter = platform.stack.client.data_converter  # the history's payloads are encrypted
     after: list[str] | None = None
     async for event in handle.fetch_history_events():
-        if after is not None and event.event_type in work:
+        if after is not None:
             after.append(EventType.Name(event.event_type))
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             payloads = event.workflow_execution_signaled_event_attributes.input.payloads
@@ -112,6 +112,46 @@ async def work_after_signal(
                 after = []
     assert after is not None, f"no signal carried {event_id}"
     return after
+
+
+async def work_after_signal(
+    platform: Platform, handle: WorkflowHandle[Any, Any], event_id: str
+) -> list[str]:
+    """The activities and markers the workflow recorded after the network
+    event `event_id` was signalled to it."""
+    work = {"EVENT_TYPE_ACTIVITY_TASK_SCHEDULED", "EVENT_TYPE_MARKER_RECORDED"}
+    return [kind for kind in await after_signal(platform, handle, event_id) if kind in work]
+
+
+async def taken_in(handle: WorkflowHandle[Any, Any], *subject_ids: str) -> None:
+    """Until the card has finished applying the issuer's events on `subject_ids`."""
+
+    async def remembered() -> bool:
+        seen = (await card_state(handle)).seen_events
+        return all(subject in seen for subject in subject_ids)
+
+    await polling.eventually(remembered, f"the card took in {', '.join(subject_ids)}")
+
+
+async def scheduled(handle: WorkflowHandle[Any, Any], activity: str) -> int:
+    """How many times the workflow scheduled `activity`."""
+    found = 0
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            found += event.activity_task_scheduled_event_attributes.activity_type.name == activity
+    return found
+
+
+async def signal_taken(platform: Platform, handle: WorkflowHandle[Any, Any], event_id: str) -> None:
+    """Until a workflow task completed after the signal carrying `event_id`:
+    its handler ran as far as it could."""
+
+    async def completed_after() -> bool:
+        return "EVENT_TYPE_WORKFLOW_TASK_COMPLETED" in await after_signal(
+            platform, handle, event_id
+        )
+
+    await polling.eventually(completed_after, f"a workflow task took in {event_id}")
 
 
 async def settles_as(
@@ -374,8 +414,11 @@ async def test_money_after_the_cards_process_ended_starts_it_again(platform: Pla
             idempotency_key="late-force",
         )
     await wallet_becomes(platform, customer_id, posted=10_500, pending=0)
-    # The same money sent again to the process that took it: applied once.
     again = platform.stack.client.get_workflow_handle(card_workflow_id(card_id))
+    # The money is posted before the card has recorded it: the repeats follow
+    # the card's own work on the late events, not some of it.
+    await taken_in(again, refund.id, forced.id)
+    # The same money sent again to the process that took it: applied once.
     for n, transaction in enumerate((refund, forced)):
         kind = "transaction.refunded" if transaction is refund else "transaction.force_posted"
         event = CardNetworkEvent(event_id=f"again-{n}", type=kind, transaction=transaction)
@@ -386,6 +429,35 @@ async def test_money_after_the_cards_process_ended_starts_it_again(platform: Pla
     await card_state(again)
     assert await work_after_signal(platform, again, "again-0") == []
     assert (await wallet(platform, customer_id)).posted == 10_500
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_an_event_sent_again_while_the_card_applies_it_asks_nothing(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    async with table_locked(platform.stack.database_url, "card_transactions") as lock:
+        async with issuer(platform) as client:
+            forced = await client.simulate_force_post(
+                card_id=card_id,
+                amount_minor=200,
+                currency=Currency.USD,
+                merchant=SHOP,
+                idempotency_key=f"force-{uuid.uuid4().hex}",
+            )
+        # Posted; the card, still applying the event, waits to record it.
+        await until_waiting(platform.stack.pool, lock)
+        repeat = CardNetworkEvent(
+            event_id="again", type="transaction.force_posted", transaction=forced
+        )
+        await handle.signal(NETWORK_EVENT_SIGNAL, repeat)
+        await signal_taken(platform, handle, "again")
+    await taken_in(handle, forced.id)
+    await card_state(handle)  # every signal before this query handled
+    # The repeat waited for the first application and then knew the event:
+    # one claim of the issuer's id, not a second round trip to be refused.
+    assert await scheduled(handle, CLAIM_CARD_EVENT) == 1
+    assert (await wallet(platform, customer_id)).posted == 9_800
     assert await verify(platform.stack.pool) == []
 
 
