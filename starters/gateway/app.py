@@ -66,6 +66,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.decisions_in_flight.aclose()
             if owned_pool is not None:
                 await owned_pool.close()
 

@@ -12,6 +12,8 @@ Admission: at most CARDFLOW_AUTHORIZATION_IN_FLIGHT_MAX decisions are
 awaited at once by a gateway process. A request beyond that is answered with
 the stand-in at once: under a burst the card's decisions would otherwise
 queue behind each other until every answer came past the issuer's deadline.
+A decision answered by the stand-in past the budget counts until the card
+has taken it: the card's time is spent on it all the same.
 
 Each answer is counted by its decision and its source: `card` (the card's
 own), `timeout` (the stand-in, the card not deciding within the budget),
@@ -25,15 +27,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 from standardwebhooks import WebhookVerificationError
 from temporalio.client import (
-    Client,
+    WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -62,13 +65,26 @@ REALTIME_BODY_BYTES_MAX = 64 * 1024
 router = APIRouter(tags=["issuer real-time"])
 
 
+# A place held for a decision the card takes after its answer went out is
+# freed after this at the latest, decided or not (a card whose worker is away
+# may not decide for much longer; its questions are then shed meanwhile).
+DECISION_PLACE_HELD_SECONDS_MAX = 30.0
+
+
 class InFlight:
     """The decisions this gateway process awaits, up to its limit. (One event
-    loop: a plain counter is exact.)"""
+    loop: a plain counter is exact.) A question answered by the stand-in past
+    the budget keeps its place until the card has decided it: the card still
+    spends its time on it, so a burst is shed while the cards catch up rather
+    than piling more questions behind them."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self, limit: int, held_seconds_max: float = DECISION_PLACE_HELD_SECONDS_MAX
+    ) -> None:
         self.limit = limit
         self.count = 0
+        self.held_seconds_max = held_seconds_max
+        self._late: set[asyncio.Task[None]] = set()
 
     def enter(self) -> bool:
         """Take a place, if one is free."""
@@ -79,6 +95,31 @@ class InFlight:
 
     def leave(self) -> None:
         self.count -= 1
+
+    def leave_once_decided(self, decided: Awaitable[object]) -> None:
+        """Free the place when `decided` (the card's decision) completes,
+        however it completes, or after held_seconds_max."""
+
+        async def hold() -> None:
+            try:
+                async with asyncio.timeout(self.held_seconds_max):
+                    await decided
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any end of it frees the place
+                log.debug("a late decision ended without an answer: %r", error)
+            finally:
+                self.leave()
+
+        task = asyncio.get_running_loop().create_task(hold())
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def aclose(self) -> None:
+        """Stop waiting for late decisions (the gateway stopping)."""
+        for task in list(self._late):
+            task.cancel()
+        await asyncio.gather(*self._late, return_exceptions=True)
 
 
 async def decisions_in_flight(request: Request) -> InFlight:
@@ -174,29 +215,36 @@ async def authorize(
     if not in_flight.enter():
         why = f"the gateway awaits {in_flight.limit} decisions already"
         return _stand_in(settings, metrics, started, question, "shed", why)
+    handle = client.get_workflow_handle(card_workflow_id(question.card_id))
+    update_id = authorize_update_id(event)
+    still_deciding = False
     try:
-        return await _ask_the_card(question, event, settings, metrics, client, started)
+        response, still_deciding = await _ask_the_card(
+            question, handle, update_id, settings, metrics, started
+        )
+        return response
     finally:
-        in_flight.leave()
+        if still_deciding:
+            in_flight.leave_once_decided(handle.get_update_handle(update_id).result())
+        else:
+            in_flight.leave()
 
 
 async def _ask_the_card(
     question: AuthorizationRequest,
-    event: AuthorizationRequestEvent,
+    handle: WorkflowHandle[Any, Any],
+    update_id: str,
     settings: Settings,
     metrics: GatewayMetrics,
-    client: Client,
     started: float,
-) -> JSONResponse:
+) -> tuple[JSONResponse, bool]:
+    """The answer to the issuer, and whether the card may still be deciding
+    (answered by the stand-in past the budget)."""
     budget_seconds = settings.authorization_budget_ms / 1000 - (time.monotonic() - started)
-    handle = client.get_workflow_handle(card_workflow_id(question.card_id))
     try:
         async with asyncio.timeout(max(budget_seconds, 0)):
             answer: AuthorizationAnswer = await handle.execute_update(
-                AUTHORIZE_UPDATE,
-                question,
-                id=authorize_update_id(event),
-                result_type=AuthorizationAnswer,
+                AUTHORIZE_UPDATE, question, id=update_id, result_type=AuthorizationAnswer
             )
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         # The budget expired. Cancelled by it mid-call, the SDK raises its own
@@ -215,20 +263,21 @@ async def _ask_the_card(
             settings.authorization_stand_in,
         )
         why = "no decision within the budget"
-        return _stand_in(settings, metrics, started, question, "timeout", why)
+        return _stand_in(settings, metrics, started, question, "timeout", why), True
     except WorkflowUpdateFailedError as error:
-        return _answer(metrics, started, "refused", "decline", 0, f"refused: {error.cause}")
+        refused = f"refused: {error.cause}"
+        return _answer(metrics, started, "refused", "decline", 0, refused), False
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             reason = f"card {question.card_id} is not active here"
-            return _answer(metrics, started, "unknown_card", "decline", 0, reason)
+            return _answer(metrics, started, "unknown_card", "decline", 0, reason), False
         log.error("authorization %s: %s", question.authorization_id, error)
         why = "the card could not be asked"
-        return _stand_in(settings, metrics, started, question, "stand_in", why)
+        return _stand_in(settings, metrics, started, question, "stand_in", why), False
     except Exception:  # noqa: BLE001 - e.g. no connection to Temporal
         log.exception("authorization %s", question.authorization_id)
         why = "the card could not be asked"
-        return _stand_in(settings, metrics, started, question, "stand_in", why)
+        return _stand_in(settings, metrics, started, question, "stand_in", why), False
     return _answer(
         metrics, started, "card", answer.decision, answer.approved_amount_minor, answer.reason
-    )
+    ), False

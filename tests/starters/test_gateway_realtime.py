@@ -287,3 +287,58 @@ async def test_a_request_past_the_decisions_in_flight_is_answered_at_once_and_re
     assert shed.id in (await card_state(handle)).authorizations
     assert platform.app.state.decisions_in_flight.count == 0
     assert await verify(platform.stack.pool) == []
+
+
+async def test_a_decision_answered_past_the_budget_keeps_its_place_until_the_card_has_decided(
+    platform: Platform,
+) -> None:
+    """The stand-in past the budget ends the issuer's wait, not the card's
+    work: the card still decides that question. Until it has, its place among
+    the decisions in flight stays taken, so a burst is shed at once instead
+    of piling more questions onto cards (and a worker) that cannot keep up."""
+    waiting_customer, waiting_card, _ = await open_card(platform)
+    customer_id, card_id, _ = await open_card(platform)
+    metrics_url = gateway_metrics_on_a_port_of_its_own(platform)
+    platform.app.state.settings = platform.settings.model_copy(
+        update={
+            "authorization_budget_ms": GATEWAY_BUDGET_SHORT_MS,
+            "authorization_stand_in": "decline",
+            "authorization_in_flight_max": 1,
+        }
+    )
+    in_flight = platform.app.state.decisions_in_flight = InFlight(1)
+    async with wallet_locked(platform, waiting_customer):
+        late = await authorize(platform, waiting_card, 1_000)
+        assert late.decision_reason == "stand-in decline: no decision within the budget"
+        # Its card, its wallet locked, is still deciding: the place is taken.
+        assert in_flight.count == 1
+        shed = await authorize(platform, card_id, 2_500)
+    assert shed.decision_reason == "stand-in decline: the gateway awaits 1 decisions already"
+    assert decisions_counted(metrics_url, source="timeout") == 1
+    assert decisions_counted(metrics_url, source="shed") == 1
+
+    async def places_taken() -> int:
+        return in_flight.count
+
+    # The card decided once its wallet was free; then the place is free again.
+    await polling.until(places_taken, lambda count: count == 0, "the late decision's place freed")
+    following = await authorize(platform, card_id, 500)
+    assert following.decision_reason == "approved"
+    # The issuer declined both stand-ins: nothing of them stays held.
+    await wallet_becomes(platform, waiting_customer, posted=10_000, pending=0)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=500)
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_place_held_for_a_decision_that_never_comes_is_freed_after_its_bound() -> None:
+    in_flight = InFlight(1, held_seconds_max=0.05)
+    assert in_flight.enter()
+    in_flight.leave_once_decided(asyncio.get_running_loop().create_future())
+    assert not in_flight.enter()  # still held: a burst meanwhile is shed
+
+    async def places_taken() -> int:
+        return in_flight.count
+
+    await polling.until(places_taken, lambda count: count == 0, "the place freed after its bound")
+    assert in_flight.enter()
+    await in_flight.aclose()
