@@ -49,6 +49,7 @@ from bench.authorization_sweep import (
 )
 from bench.authorizations import (
     Latency,
+    acquirer,
     authorization_call,
     open_loop,
     percentile,
@@ -57,7 +58,6 @@ from bench.authorizations import (
 )
 from bench.chaos.invariants import hold_violations, ledger_violations
 from schemas.issuer import Authorization, AuthorizationStatus
-from starters.simulate import issuer
 
 RECOVERY_TARGET_SECONDS = 10
 # How long the issuer's webhooks of the burst may take to reach every card.
@@ -161,7 +161,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     async with stack_with_cards(args.cards) as bench:
         settings, cards = bench.stack.settings, bench.cards
         parts = stack_parts(bench.stack)
-        async with issuer(settings) as issuer_client:
+        async with acquirer(settings) as issuer_client:
             call = authorization_call(issuer_client, cards, random.Random(11))
             answers: list[object] = []
 

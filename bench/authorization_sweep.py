@@ -43,6 +43,7 @@ from bench.authorizations import (
     DEADLINE_MS,
     FLOOR_NAME,
     Latency,
+    acquirer,
     authorization_call,
     floor_samples,
     noop_workflows,
@@ -63,7 +64,6 @@ from starters.devstack.stack import (
     Stack,
     worker_part,
 )
-from starters.simulate import issuer
 
 P99_MAX_MS = 100.0
 """A rate passes while the p99 stays within this (and nothing fails or is late)."""
@@ -253,7 +253,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             floor_steps = await sweep(rates, floor_step)
 
         # One client (one connection pool) for the run, as a merchant acquirer has.
-        async with issuer(settings) as issuer_client:
+        async with acquirer(settings) as issuer_client:
             one = authorization_call(issuer_client, cards, random.Random(7))
             # Every card's workflow into the worker's cache first, at the first rate.
             await open_loop(rates[0], len(cards) / rates[0], one)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -53,6 +54,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
@@ -67,9 +69,9 @@ from schemas.customers import CustomerProfile, KycStatus
 from schemas.issuer import Address, Authorization, Merchant
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
+from schemas.providers import ISSUER
 from starters.devstack.processes import free_port, free_port_run
 from starters.devstack.stack import Stack
-from starters.simulate import issuer
 from workers.client import connect
 from workers.settings import Settings, load_settings
 from workflows.card_issue import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
@@ -289,13 +291,53 @@ async def measure_floor(client: Client, rate: float, seconds: float, workflows: 
     return summarize(FLOOR_NAME, samples, failed=failed)
 
 
+# A merchant acquirer's side of the purchases: many small connection pools,
+# purchases spread over them in turn, and no wait for a free connection. An
+# open loop at twice the knee keeps a few hundred purchases waiting while
+# answers take up to the deadline. The platform's own client (one pool of 100
+# connections, 2 s for a free one) would fail the bench's own calls then, and
+# one pool that large spends the bench's CPU matching requests to connections
+# (httpcore's pool scans every waiting request against every connection).
+ACQUIRER_POOLS = 32
+ACQUIRER_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=5.0, pool=None)
+
+
+class Acquirer:
+    """Clients of the issuer simulator sized for an acquirer's open loop."""
+
+    def __init__(self, settings: Settings, pools: int = ACQUIRER_POOLS) -> None:
+        self._clients = [
+            IssuerClient(
+                f"{settings.providers_base_url}/{ISSUER}",
+                timeout=ACQUIRER_TIMEOUT,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+            )
+            for _ in range(pools)
+        ]
+        self._turn = itertools.count()
+
+    def next(self) -> IssuerClient:
+        """The pool whose turn it is."""
+        return self._clients[next(self._turn) % len(self._clients)]
+
+    async def __aenter__(self) -> Acquirer:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await asyncio.gather(*(client.aclose() for client in self._clients))
+
+
+def acquirer(settings: Settings) -> Acquirer:
+    return Acquirer(settings)
+
+
 def authorization_call(
-    client: IssuerClient, cards: list[str], rng: random.Random
+    client: Acquirer, cards: list[str], rng: random.Random
 ) -> Callable[[int], Awaitable[Authorization]]:
     """Purchase i, on card i modulo the cards, through the issuer simulator."""
 
     async def one(i: int) -> Authorization:
-        return await client.simulate_authorization(
+        return await client.next().simulate_authorization(
             card_id=cards[i % len(cards)],
             amount_minor=rng.randint(100, 5_000),
             currency=Currency.USD,
@@ -334,7 +376,7 @@ async def measure_authorizations(
     rng = random.Random(7)
 
     # One client (one connection pool) for the run, as a merchant acquirer has.
-    async with issuer(settings) as client:
+    async with acquirer(settings) as client:
         one = authorization_call(client, cards, rng)
         # Warm every card's workflow into the worker's cache first, then let
         # the webhooks of the warm-up drain.

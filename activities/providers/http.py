@@ -144,9 +144,14 @@ class ProviderClient:
         *,
         timeout: httpx.Timeout = PROVIDER_TIMEOUT,
         headers: dict[str, str] | None = None,
+        limits: httpx.Limits | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, verify=provider_tls()
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            headers=headers,
+            verify=provider_tls(),
+            limits=limits or httpx.Limits(),
         )
 
     async def aclose(self) -> None:
