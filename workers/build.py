@@ -8,7 +8,8 @@ from typing import Any
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.worker import Interceptor, Worker
+from temporalio.converter import DataConverter
+from temporalio.worker import Interceptor, Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.billing import BillingActivities
@@ -35,6 +36,29 @@ from workflows.catalog import ALL_WORKFLOWS
 WORKFLOW_SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules(
     "email_validator", "idna", "dns", "opentelemetry"
 )
+
+
+def sandboxed_runner() -> SandboxedWorkflowRunner:
+    """The sandbox every workflow runs in on the workers, but those whose
+    definition opts out (the card, whose decisions are the hot path)."""
+    return SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS)
+
+
+def guarded_replayer(
+    workflows: Sequence[type], data_converter: DataConverter, **options: Any
+) -> Replayer:
+    """A replayer that runs every workflow inside the sandbox, also one the
+    workers run outside it: the replays of recorded histories are where a
+    non-deterministic call (a clock, I/O, the environment) in such a workflow
+    is still caught."""
+    return Replayer(
+        workflows=workflows,
+        data_converter=data_converter,
+        workflow_runner=sandboxed_runner(),
+        unsandboxed_workflow_runner=sandboxed_runner(),
+        **options,
+    )
+
 
 # Provider APIs rate-limit us; the worker's task-queue limit keeps the whole
 # fleet under it no matter how many processes run.
@@ -99,7 +123,7 @@ def build_worker(
             workflows=list(ALL_WORKFLOWS),
             activities=local_ledger_activities(pool),
             identity=identity,
-            workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
+            workflow_runner=sandboxed_runner(),
             interceptors=[*interceptors, *ALWAYS_INTERCEPTORS],
         )
     if kind == "ledger":

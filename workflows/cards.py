@@ -127,7 +127,14 @@ async def start_card_entity(card: CardInput) -> None:
     )
 
 
-@workflow.defn(name=CARD_WORKFLOW)
+# Outside the SDK's sandbox on the workers: a card's decision is the
+# platform's hot path, and the sandbox re-enters for every activation and for
+# every payload's serialization context, about a quarter of the workflows
+# worker's CPU per authorization. The card keeps every rule of a workflow (no
+# clock, I/O, randomness or environment), and every replay in the tests runs
+# it inside the sandbox (workers.build.guarded_replayer), where a call
+# breaking those rules fails.
+@workflow.defn(name=CARD_WORKFLOW, sandboxed=False)
 class CardEntity:
     """One card, for its whole life."""
 

@@ -21,8 +21,6 @@ from typing import Any
 import pytest
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHistory
-from temporalio.worker import Replayer
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.providers.kyc import KycClient
 from schemas.disputes import DisputeInput
@@ -42,7 +40,7 @@ from starters.scenarios_cards import funded_virtual_card
 from starters.topup import simulate_bank_transfer
 from tests import polling
 from tests.starters.conftest import DemoStack
-from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
+from workers.build import guarded_replayer
 from workers.client import connect
 from workers.converter import build_data_converter
 from workers.settings import Settings, parse_encryption_keys
@@ -317,11 +315,7 @@ def replay_old_card(monkeypatch: pytest.MonkeyPatch, *, guarded: bool) -> Any:
 
         monkeypatch.setattr(workflow, "patched", always)
     keys = parse_encryption_keys((HISTORIES / RECORDING_KEYS_FILENAME).read_text().strip())
-    replayer = Replayer(
-        workflows=list(ALL_WORKFLOWS),
-        data_converter=build_data_converter(keys),
-        workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
-    )
+    replayer = guarded_replayer(list(ALL_WORKFLOWS), build_data_converter(keys))
     document = json.loads((HISTORIES / "unpatched-card-purchase.json").read_text())
     history = WorkflowHistory.from_json(document["workflow_id"], document["history"])
     return replayer.replay_workflow(history, raise_on_replay_failure=False)

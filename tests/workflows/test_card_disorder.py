@@ -25,8 +25,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateStage,
 )
-from temporalio.worker import Replayer
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.card_transactions import CLAIM_CARD_EVENT
 from activities.ledger import Ledger
@@ -67,7 +65,7 @@ from tests.interruptions import (
     until_admitted,
     until_waiting,
 )
-from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
+from workers.build import guarded_replayer
 from workflows.card_ledger import HOLD_LEDGER_GRACE
 from workflows.cards import (
     AUTHORIZE_UPDATE,
@@ -720,11 +718,7 @@ async def test_an_increment_approved_after_the_issuer_declined_it_is_released_be
 async def replays(platform: Platform, handle: WorkflowHandle[Any, Any]) -> Exception | None:
     """What replaying the card's whole history on a fresh worker fails with:
     a worker that takes the card after a restart does exactly this."""
-    replayer = Replayer(
-        workflows=list(ALL_WORKFLOWS),
-        data_converter=platform.stack.client.data_converter,
-        workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
-    )
+    replayer = guarded_replayer(list(ALL_WORKFLOWS), platform.stack.client.data_converter)
     result = await replayer.replay_workflow(
         await handle.fetch_history(), raise_on_replay_failure=False
     )

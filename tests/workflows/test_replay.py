@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.worker import Replayer
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from temporalio.converter import DataConverter
+from temporalio.worker import Replayer, Worker
 
 from starters.histories import RECORDING_KEYS_FILENAME, record
-from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS
+from tests.conftest import RunningStack
+from tests.workflows.sandbox_probe import AsksTheOperatingSystem
+from workers.build import guarded_replayer, sandboxed_runner
 from workers.converter import build_data_converter
 from workers.settings import parse_encryption_keys
 from workflows.billing import CANCELLED_FEE_PATCH
 from workflows.card_issue import CARD_ISSUE_INTERRUPTED_FEE_PATCH
+from workflows.cards import CARD_WORKFLOW
 from workflows.cashback import CANCELLATION_SETTLES_PATCH
 from workflows.catalog import ALL_WORKFLOWS
 from workflows.fx_steps import NOTICE_CANCELLATION_PATCH
@@ -31,10 +36,9 @@ HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
 
 def replayer(keys_file: Path) -> Replayer:
-    return Replayer(
-        workflows=list(ALL_WORKFLOWS),
-        data_converter=build_data_converter(parse_encryption_keys(keys_file.read_text().strip())),
-        workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
+    return guarded_replayer(
+        list(ALL_WORKFLOWS),
+        build_data_converter(parse_encryption_keys(keys_file.read_text().strip())),
     )
 
 
@@ -180,3 +184,35 @@ async def test_a_billing_of_a_month_not_over_replays_only_thanks_to_the_patch(
     monkeypatch.setattr(workflow, "patched", forced)
     unguarded = await replayer(keys_file).replay_workflow(history, raise_on_replay_failure=False)
     assert unguarded.replay_failure is not None
+
+
+async def test_a_workflow_the_workers_run_outside_the_sandbox_is_replayed_inside_it(
+    stack: RunningStack,
+) -> None:
+    """The card runs outside the sandbox (its decisions are the hot path); the
+    replays here still run it inside, so a non-deterministic call fails them."""
+    queue = f"sandbox-probe-{uuid.uuid4().hex}"
+    async with Worker(
+        stack.client,
+        task_queue=queue,
+        workflows=[AsksTheOperatingSystem],
+        workflow_runner=sandboxed_runner(),
+    ):
+        handle = await stack.client.start_workflow(
+            AsksTheOperatingSystem.run, id=queue, task_queue=queue
+        )
+        assert await handle.result() is True  # outside the sandbox, as its definition asks
+    history = await handle.fetch_history()
+    # The probe takes no input: replayed with plain payloads, its failure reads plainly.
+    plain = DataConverter.default
+    as_the_workers_run_it = Replayer(workflows=[AsksTheOperatingSystem], data_converter=plain)
+    assert (await as_the_workers_run_it.replay_workflow(history)).replay_failure is None
+    guarded = guarded_replayer([AsksTheOperatingSystem], plain)
+    result = await guarded.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is not None
+    assert "os.getcwd" in str(result.replay_failure), result.replay_failure
+
+
+def test_the_card_runs_outside_the_sandbox_and_every_other_workflow_inside_it() -> None:
+    definitions = [workflow._Definition.must_from_class(cls) for cls in ALL_WORKFLOWS]
+    assert {d.name for d in definitions if not d.sandboxed} == {CARD_WORKFLOW}
