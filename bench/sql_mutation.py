@@ -63,6 +63,76 @@ MUTATIONS: dict[str, tuple[int, str, str, str]] = {
         "IF false THEN\n        -- All or nothing",
         "an atomic batch keeps the items before the one rejected",
     ),
+    # ledger_transfer_one (a lone transfer or hold) repeats ledger_submit's
+    # rules for one item, so each rule has a mutant there too. The
+    # ledger_submit mutants above are still killed: by the batch tests and
+    # by the test that runs the two functions side by side.
+    "one_available_ignores_pending": (
+        20,
+        "ELSIF d_dmnec AND a > d_cp - d_dp - d_dpend THEN",
+        "ELSIF d_dmnec AND a > d_cp - d_dp THEN",
+        "a lone transfer: a wallet's available balance leaves out its holds",
+    ),
+    "one_available_boundary": (
+        20,
+        "ELSIF d_dmnec AND a > d_cp - d_dp - d_dpend THEN",
+        "ELSIF d_dmnec AND a >= d_cp - d_dp - d_dpend THEN",
+        "a lone transfer: spending exactly the available balance is refused",
+    ),
+    "one_credits_exceed_debits_off": (
+        20,
+        "ELSIF c_cmned AND a > c_dp - c_cp - c_cpend THEN",
+        "ELSIF false AND a > c_dp - c_cp - c_cpend THEN",
+        "a lone transfer: the credits_must_not_exceed_debits guard is off",
+    ),
+    "one_zero_amount_accepted": (
+        20,
+        "IF a IS NULL OR a <= 0 THEN",
+        "IF a IS NULL OR a < 0 THEN",
+        "a lone transfer of zero is accepted",
+    ),
+    "one_same_account_accepted": (
+        20,
+        "ELSIF c_id = d_id THEN",
+        "ELSIF false THEN",
+        "a lone transfer: an account may pay itself",
+    ),
+    "one_closed_credit_accepted": (
+        20,
+        "ELSIF d_closed OR c_closed THEN",
+        "ELSIF d_closed THEN",
+        "a lone transfer: a closed account may be credited",
+    ),
+    "one_expired_hold_accepted": (
+        20,
+        "ELSIF p_pending AND p_expires <= now_ts THEN",
+        "ELSIF false THEN",
+        "a lone hold may expire in the past",
+    ),
+    "one_debit_overflow_unchecked": (
+        20,
+        "ELSIF a > total_max - d_dp - d_dpend THEN",
+        "ELSIF false THEN",
+        "a lone transfer overflowing the debit's totals is not refused as balance_overflow",
+    ),
+    "one_credit_overflow_unchecked": (
+        20,
+        "ELSIF a > total_max - c_cp - c_cpend THEN",
+        "ELSIF false THEN",
+        "a lone transfer overflowing the credit's totals is not refused as balance_overflow",
+    ),
+    "one_key_reuse_replays": (
+        20,
+        "IF prior_hash = p_hash THEN",
+        "IF true THEN",
+        "a lone transfer's key reused with another payload replays the first outcome",
+    ),
+    "one_hold_posted": (
+        20,
+        "IF p_pending THEN\n        d_dpend := d_dpend + a;",
+        "IF false THEN\n        d_dpend := d_dpend + a;",
+        "a lone hold moves posted balances instead of pending ones",
+    ),
     "post_after_expiry": (
         1,
         "ELSIF p_action = 'post' AND now_ts > hold.expires_at THEN",

@@ -33,6 +33,9 @@ KEY_RACE_RETRIES_MAX = 3
 NOT_A_HOLD = datetime(9999, 12, 31, tzinfo=UTC)
 
 _SUBMIT = "SELECT * FROM ledger_submit($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+# One transfer or hold, as ledger_submit would do it, with scalar arguments
+# and a few plan-cached statements: the call a lone caller makes.
+_TRANSFER_ONE = "SELECT * FROM ledger_transfer_one($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 _RESOLVE = "SELECT * FROM ledger_resolve_hold($1, $2, $3, $4, $5)"
 _RESOLVE_PARTIAL = "SELECT * FROM ledger_resolve_hold_partial($1, $2, $3, $4, $5, $6)"
 
@@ -124,6 +127,8 @@ class Ledger:
         self, requests: Sequence[TransferRequest], *, atomic: bool = True
     ) -> list[TransferOutcome]:
         """Transfers and holds in one call. Atomic: all accepted or all rejected."""
+        if len(requests) == 1:
+            return [await self._submit_one(requests[0], atomic=atomic)]
         keys, hashes, pending, debits, credits, amounts, currencies, expires = (
             [],
             [],
@@ -157,18 +162,24 @@ class Ledger:
             currencies,
             expires,
         )
-        return [
-            TransferOutcome(
-                key=keys[row["item"] - 1],
-                transfer_id=row["transfer_id"],
-                rejection=row["rejection"],
-                detail=row["detail"],
-                replayed=row["replayed"],
-                created_at=row["created_at"],
-                amount_minor=None if row["rejection"] else amounts[row["item"] - 1],
-            )
-            for row in rows
-        ]
+        return [_outcome(keys[row["item"] - 1], amounts[row["item"] - 1], row) for row in rows]
+
+    async def _submit_one(self, request: TransferRequest, *, atomic: bool) -> TransferOutcome:
+        """One transfer or hold, with the outcome ledger_submit would give it."""
+        row = await self._call(
+            self._pool.fetchrow,
+            _TRANSFER_ONE,
+            atomic,
+            request.key,
+            transfer_hash(request),
+            isinstance(request, HoldRequest),
+            request.debit,
+            request.credit,
+            request.amount_minor,
+            request.currency.value,
+            request.expires_at if isinstance(request, HoldRequest) else NOT_A_HOLD,
+        )
+        return _outcome(request.key, request.amount_minor, row)
 
     async def resolve_hold(self, request: HoldResolution) -> TransferOutcome:
         """Post (all or part), void or expire a hold; with rest_key, the part not
@@ -278,6 +289,19 @@ class Ledger:
                     raise typed from None
                 raise
         raise LedgerError(f"idempotency key race did not settle after {KEY_RACE_RETRIES_MAX} tries")
+
+
+def _outcome(key: str, amount_minor: int, row: asyncpg.Record) -> TransferOutcome:
+    """The outcome of one item from a row of ledger_submit or ledger_transfer_one."""
+    return TransferOutcome(
+        key=key,
+        transfer_id=row["transfer_id"],
+        rejection=row["rejection"],
+        detail=row["detail"],
+        replayed=row["replayed"],
+        created_at=row["created_at"],
+        amount_minor=None if row["rejection"] else amount_minor,
+    )
 
 
 def _account(row: asyncpg.Record) -> Account:
