@@ -82,9 +82,10 @@ def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
 def local_ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
     """Ledger calls a workflow makes as local activities, inside its own
     workflow task, where a round trip through a task queue costs too much
-    (a card authorization's hold, answered while the issuer waits)."""
+    (a card authorization's hold, answered while the issuer waits; the void
+    of a hold a lost task may have left, asked for every stand-in answer)."""
     ledger = LedgerActivities(pool)
-    return [ledger.hold, ledger.balance]
+    return [ledger.hold, ledger.balance, ledger.resolve_hold]
 
 
 def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Callable[..., Any]]:

@@ -31,6 +31,12 @@ CARD_RELEASE_ACROSS_HOLDS_PATCH = "card-release-across-holds"
 # decision, should one be in the ledger: held by a workflow task that was lost
 # (its worker killed) whose question never came back before the issuer's word.
 CARD_LOST_HOLDS_PATCH = "card-lost-holds-released"
+# With it, the card looks for such a lost hold by local activities, inside the
+# workflow task that applies the issuer's word, instead of two activities on
+# the ledger's queue: every stand-in answer (a burst the gateway sheds) asks
+# this once its webhook arrives, and two activity round trips through
+# Temporal per stand-in were most of the work a burst left behind it.
+CARD_LOST_HOLDS_LOCAL_PATCH = "card-lost-holds-local"
 
 
 class CardHolds(CardLedger):
@@ -45,9 +51,14 @@ class CardHolds(CardLedger):
         if not self.durable or not workflow.patched(CARD_LOST_HOLDS_PATCH):
             return
         own = step_key(f"auth/{authorization_id}/d{index}")
+        resolve = (
+            self._resolve_locally
+            if workflow.patched(CARD_LOST_HOLDS_LOCAL_PATCH)
+            else self._resolve
+        )
         outcomes = await asyncio.gather(
             *(
-                self._resolve(
+                resolve(
                     HoldResolution(key=derived_key(hold, "void-lost"), hold_key=hold, action="void")
                 )
                 for hold in (own, f"{own}-partial")

@@ -122,6 +122,15 @@ class CardLedger:
     async def _resolve(self, resolution: HoldResolution) -> TransferOutcome:
         return await step(self.state, LedgerActivities.resolve_hold, resolution)
 
+    async def _resolve_locally(self, resolution: HoldResolution) -> TransferOutcome:
+        """`_resolve` as a local activity, inside this workflow task."""
+        return await workflow.execute_local_activity_method(
+            LedgerActivities.resolve_hold,
+            resolution,
+            start_to_close_timeout=LOCAL_LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY_POLICY,
+        )
+
     async def _transfer(self, key: str, debit: str, credit: str, amount: int) -> TransferOutcome:
         return await step(
             self.state,
