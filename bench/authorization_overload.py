@@ -57,6 +57,7 @@ from bench.authorizations import (
     summarize_authorizations,
 )
 from bench.chaos.invariants import hold_violations, ledger_violations
+from bench.process_cpu import deltas, ms_per_call, sample
 from schemas.issuer import Authorization, AuthorizationStatus
 
 RECOVERY_TARGET_SECONDS = 10
@@ -186,10 +187,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 if found is None:
                     raise SystemExit(f"no rate from {args.sweep_start}/s passed: no knee")
             burst_rate = 2 * found
+            before_burst = sample(parts)
             burst_task = asyncio.ensure_future(open_loop(burst_rate, args.burst_seconds, one))
             await asyncio.sleep(args.burst_seconds)
+            after_burst = sample(parts)
             recovery_results = await open_loop(found, args.recovery_seconds, one)
-            burst = burst_figures(await burst_task)
+            after_recovery = sample(parts)
+            burst_results = await burst_task
+            burst = burst_figures(burst_results)
             recovery = burst_figures(recovery_results)
             recovery_latencies = [latency_ms(result) for result in recovery_results]
             drained_seconds, _ = await drain(parts)
@@ -229,6 +234,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "failed_total": burst.latency.failed + recovery.latency.failed,
         "stand_in_total": burst.latency.gateway_stand_in + recovery.latency.gateway_stand_in,
         "shed_total": burst.shed + recovery.shed,
+        # Where the machine's CPU went, per purchase asked in each phase (the
+        # work the burst left behind shows in the recovery's figures).
+        "cpu_ms_per_purchase": {
+            "burst": ms_per_call(deltas(before_burst, after_burst), len(burst_results)),
+            "recovery": ms_per_call(deltas(after_burst, after_recovery), len(recovery_results)),
+        },
         "drain_seconds": drained_seconds,
         "reconciled_after_seconds": round(reconciled_seconds, 1),
         "cards_held_otherwise_than_the_issuer": mismatched,
