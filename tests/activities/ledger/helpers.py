@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from activities.ledger import Ledger
@@ -67,3 +70,24 @@ def resolve(hold_key: str, action: str, amount: int | None = None) -> HoldResolu
         action=action,  # type: ignore[arg-type]
         amount_minor=amount,
     )
+
+
+@contextlib.contextmanager
+def own_event_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A loop of the test's own, made current so asyncpg binds to it rather than
+    to the (idle) session loop of the async fixtures: hypothesis runs each
+    example synchronously. Whatever loop was current (after other tests none
+    may be: a sync test runs in the main thread with no loop set) is put back."""
+    try:
+        previous: asyncio.AbstractEventLoop | None = (
+            asyncio.get_event_loop_policy().get_event_loop()
+        )
+    except RuntimeError:
+        previous = None
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield loop
+    finally:
+        loop.close()
+        asyncio.set_event_loop(previous)

@@ -36,6 +36,7 @@ from schemas.ledger import (
     TransferRequest,
 )
 from schemas.money import Currency
+from tests.activities.ledger.helpers import own_event_loop
 
 NAMES = ("a", "b", "c", "sys", "owed", "ghost")  # "ghost" is never opened
 SHORT_HOLD_SECONDS = 0.5
@@ -433,19 +434,7 @@ MODEL_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
 
 def test_ledger_matches_its_model_under_random_operations(database_url: str) -> None:
-    # A loop of the test's own, made current so asyncpg binds to it rather
-    # than to the (idle) session loop of the async fixtures.
-    # Put back whatever was current; after other tests none may be (a sync
-    # test runs in the main thread with no loop set).
-    try:
-        previous: asyncio.AbstractEventLoop | None = (
-            asyncio.get_event_loop_policy().get_event_loop()
-        )
-    except RuntimeError:
-        previous = None
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
+    with own_event_loop() as loop:
         pool = loop.run_until_complete(asyncpg.create_pool(database_url, min_size=1, max_size=2))
         LedgerMachine.world = World(loop, pool, Ledger(pool))
         run_state_machine_as_test(
@@ -453,6 +442,3 @@ def test_ledger_matches_its_model_under_random_operations(database_url: str) -> 
             settings=settings.get_profile(MODEL_PROFILE),
         )
         loop.run_until_complete(pool.close())
-    finally:
-        loop.close()
-        asyncio.set_event_loop(previous)

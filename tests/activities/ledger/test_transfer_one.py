@@ -5,7 +5,6 @@ error, recorded row and balance of one twin matches the other's."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,14 @@ from activities.ledger.store import NOT_A_HOLD, transfer_hash
 from activities.ledger.verify import verify
 from schemas.ledger import AccountSpec, HoldRequest, Rejection, TransferOutcome, TransferRequest
 from schemas.money import Currency
-from tests.activities.ledger.helpers import BANK, SETTLEMENT, hold, move, open_basics
+from tests.activities.ledger.helpers import (
+    BANK,
+    SETTLEMENT,
+    hold,
+    move,
+    open_basics,
+    own_event_loop,
+)
 
 # The largest total a balance column holds (a bigint).
 TOTAL_MAX = 2**63 - 1
@@ -422,17 +428,7 @@ STEPS = st.builds(
 
 
 def test_random_single_requests_decide_alike_through_both_functions(database_url: str) -> None:
-    # A loop of the test's own, as in test_model: hypothesis runs each
-    # example synchronously. Whatever loop was current is put back.
-    try:
-        previous: asyncio.AbstractEventLoop | None = (
-            asyncio.get_event_loop_policy().get_event_loop()
-        )
-    except RuntimeError:
-        previous = None
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
+    with own_event_loop() as loop:
         pool = loop.run_until_complete(single_connection_pool(database_url))
 
         @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -445,9 +441,6 @@ def test_random_single_requests_decide_alike_through_both_functions(database_url
             assert loop.run_until_complete(verify(pool)) == []
         finally:
             loop.run_until_complete(pool.close())
-    finally:
-        loop.close()
-        asyncio.set_event_loop(previous)
 
 
 async def test_a_lone_request_never_calls_ledger_submit(ledger_pool: asyncpg.Pool) -> None:
