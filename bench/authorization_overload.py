@@ -48,8 +48,8 @@ from bench.authorization_sweep import (
     sweep,
 )
 from bench.authorizations import (
+    Acquirer,
     Latency,
-    acquirer,
     authorization_call,
     open_loop,
     percentile,
@@ -162,7 +162,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     async with stack_with_cards(args.cards) as bench:
         settings, cards = bench.stack.settings, bench.cards
         parts = stack_parts(bench.stack)
-        async with acquirer(settings) as issuer_client:
+        async with Acquirer(settings) as issuer_client:
             call = authorization_call(issuer_client, cards, random.Random(11))
             answers: list[object] = []
 

@@ -42,8 +42,8 @@ from functools import partial
 from bench.authorizations import (
     DEADLINE_MS,
     FLOOR_NAME,
+    Acquirer,
     Latency,
-    acquirer,
     authorization_call,
     floor_samples,
     noop_workflows,
@@ -252,8 +252,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
             floor_steps = await sweep(rates, floor_step)
 
-        # One client (one connection pool) for the run, as a merchant acquirer has.
-        async with acquirer(settings) as issuer_client:
+        # One acquirer's clients for the run, their connections kept open.
+        async with Acquirer(settings) as issuer_client:
             one = authorization_call(issuer_client, cards, random.Random(7))
             # Every card's workflow into the worker's cache first, at the first rate.
             await open_loop(rates[0], len(cards) / rates[0], one)

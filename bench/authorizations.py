@@ -327,10 +327,6 @@ class Acquirer:
         await asyncio.gather(*(client.aclose() for client in self._clients))
 
 
-def acquirer(settings: Settings) -> Acquirer:
-    return Acquirer(settings)
-
-
 def authorization_call(
     client: Acquirer, cards: list[str], rng: random.Random
 ) -> Callable[[int], Awaitable[Authorization]]:
@@ -375,8 +371,8 @@ async def measure_authorizations(
 ) -> Latency:
     rng = random.Random(7)
 
-    # One client (one connection pool) for the run, as a merchant acquirer has.
-    async with acquirer(settings) as client:
+    # One acquirer's clients for the run, their connections kept open.
+    async with Acquirer(settings) as client:
         one = authorization_call(client, cards, rng)
         # Warm every card's workflow into the worker's cache first, then let
         # the webhooks of the warm-up drain.

@@ -68,7 +68,6 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
-    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
     from activities.customers import CustomerStore
     from activities.database import create_pool
@@ -90,7 +89,7 @@ with workflow.unsafe.imports_passed_through():
     from starters.devstack.processes import free_port
     from starters.devstack.stack import temporal_cli_path
     from starters.topup import start_bank_topup
-    from workers.build import WORKFLOW_SANDBOX_RESTRICTIONS, build_worker
+    from workers.build import build_worker, sandboxed_runner
     from workers.converter import build_data_converter, generate_key
     from workers.secrets import new_webhook_secret
     from workflows.steps import STEP_POLICIES, step
@@ -337,7 +336,7 @@ class Phases:
             self.client,
             task_queue=self.queues.workflows,
             workflows=[skeleton],
-            workflow_runner=SandboxedWorkflowRunner(restrictions=WORKFLOW_SANDBOX_RESTRICTIONS),
+            workflow_runner=sandboxed_runner(),
         )
 
     def transfer_id(self, label: str, index: int) -> str:

@@ -162,7 +162,7 @@ class Ledger:
             currencies,
             expires,
         )
-        return [_outcome(keys[row["item"] - 1], amounts[row["item"] - 1], row) for row in rows]
+        return [outcome_of(keys[row["item"] - 1], amounts[row["item"] - 1], row) for row in rows]
 
     async def _submit_one(self, request: TransferRequest, *, atomic: bool) -> TransferOutcome:
         """One transfer or hold, with the outcome ledger_submit would give it."""
@@ -179,7 +179,7 @@ class Ledger:
             request.currency.value,
             request.expires_at if isinstance(request, HoldRequest) else NOT_A_HOLD,
         )
-        return _outcome(request.key, request.amount_minor, row)
+        return outcome_of(request.key, request.amount_minor, row)
 
     async def resolve_hold(self, request: HoldResolution) -> TransferOutcome:
         """Post (all or part), void or expire a hold; with rest_key, the part not
@@ -291,7 +291,7 @@ class Ledger:
         raise LedgerError(f"idempotency key race did not settle after {KEY_RACE_RETRIES_MAX} tries")
 
 
-def _outcome(key: str, amount_minor: int, row: asyncpg.Record) -> TransferOutcome:
+def outcome_of(key: str, amount_minor: int, row: asyncpg.Record) -> TransferOutcome:
     """The outcome of one item from a row of ledger_submit or ledger_transfer_one."""
     return TransferOutcome(
         key=key,

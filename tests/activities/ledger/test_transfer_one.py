@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from activities.ledger import IdempotencyConflict, Ledger, LedgerError, UnrepresentableValue
 from activities.ledger.coalesce import TransferCoalescer
 from activities.ledger.errors import translate
-from activities.ledger.store import NOT_A_HOLD, transfer_hash
+from activities.ledger.store import NOT_A_HOLD, outcome_of, transfer_hash
 from activities.ledger.verify import verify
 from schemas.ledger import AccountSpec, HoldRequest, Rejection, TransferOutcome, TransferRequest
 from schemas.money import Currency
@@ -181,14 +181,7 @@ async def through_submit(
         if typed is None:
             raise
         raise typed from None
-    return TransferOutcome(
-        key=request.key,
-        transfer_id=row["transfer_id"],
-        rejection=row["rejection"],
-        detail=row["detail"],
-        replayed=row["replayed"],
-        created_at=row["created_at"],
-    )
+    return outcome_of(request.key, request.amount_minor, row)
 
 
 def observe(
