@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any, NamedTuple
 
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 
 from activities.customers import CustomerStore
 from activities.ledger import Ledger
@@ -37,6 +37,7 @@ from schemas.ledger import AccountSpec, Balance, TransferRequest
 from schemas.money import Currency
 from tests import polling
 from tests.conftest import Platform, RunningStack
+from tests.replays import NONDETERMINISM, nondeterminism_report
 from workflows.card_issue import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
 from workflows.cards import CARD_WORKFLOW, LIMITS_UPDATE, card_workflow_id
 
@@ -243,8 +244,17 @@ async def card_of_its_own(
 
 
 async def card_state(handle: WorkflowHandle[Any, Any]) -> CardInput:
-    """The card entity's state, as its status query answers it."""
-    state: CardInput = await handle.query("status", result_type=CardInput)
+    """The card entity's state, as its status query answers it. A query that
+    meets a nondeterminism error (the worker replayed the card's history to
+    answer it) fails the test with the histories that do not replay."""
+    try:
+        state: CardInput = await handle.query("status", result_type=CardInput)
+    except WorkflowQueryFailedError as error:
+        if NONDETERMINISM not in str(error):
+            raise
+        # The SDK's handle keeps its client (and so the data converter) to itself.
+        report = await nondeterminism_report(handle._client, handle.id, error)
+        raise AssertionError(report) from error
     return state
 
 

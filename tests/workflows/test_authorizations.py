@@ -45,6 +45,7 @@ from tests.customers import (
     wallet_becomes,
 )
 from tests.interruptions import balances_locked, until_waiting
+from tests.replays import unreplayable
 from tests.workflows.test_cards import refusal
 from workflows.card_ledger import HOLD_LEDGER_GRACE
 from workflows.cards import (
@@ -553,6 +554,9 @@ async def test_open_holds_survive_continue_as_new_and_still_clear(platform: Plat
     await wallet_becomes(platform, customer_id, posted=9_000, pending=1_400)
     assert first.id not in (await card_state(handle)).authorizations
     assert await verify(platform.stack.pool) == []
+    # Every run replays as a worker taking the card at any of its tasks replays it.
+    failures = await unreplayable(platform.stack.client, handle.id)
+    assert not failures, "\n".join(failures)
 
 
 async def test_the_api_shows_a_card_and_writes_an_exception_off(platform: Platform) -> None:
