@@ -87,6 +87,15 @@ CARD_DECISIONS_AFTER_EVENTS_PATCH = "card-decisions-after-earlier-events"
 # the decision then came after the loop's next event's activities on the one
 # and before them on the other, and the card's history no longer replayed.
 CARD_DECISIONS_WHEN_IDLE_PATCH = "card-decisions-when-idle"
+# patch: the card judges its history long enough to continue as new by its
+# length when it last took in a message (an update, an issuer event, its
+# timer), never by the length when it resumes after a local activity. The SDK
+# may hand a local activity's result to the card in a later workflow task than
+# the one that recorded it (a query arriving meanwhile makes that task), while
+# a replay hands it over in the task that recorded it: a decision that
+# finished there saw two different lengths, continued as new live and not on
+# replay, and the card's history no longer replayed.
+CARD_LENGTH_AT_MESSAGES_PATCH = "card-history-length-at-messages"
 # The card's ProcessStatus: its state (open, paused, closed), or one of these.
 STATUS_EXCEPTION = "exception"
 STATUS_REPLACED = "replaced"
@@ -157,10 +166,16 @@ class CardEntity:
         self._work_done = 0
         # Decisions wait for the loop to be idle (CARD_DECISIONS_WHEN_IDLE_PATCH).
         self._decisions_wait_for_idle = False
+        # The history's length when the card last took in a message, and
+        # whether that (not the length now) is what makes the run continue as
+        # new (CARD_LENGTH_AT_MESSAGES_PATCH).
+        self._length_taken = 0
+        self._length_at_messages = False
 
     @workflow.run
     async def run(self, card: CardInput) -> str:
         assert self._state is not None
+        self._length_at_messages = workflow.patched(CARD_LENGTH_AT_MESSAGES_PATCH)
         self.progress.enter(
             card.state.value,
             CARD_ID.value_set(card.card_id),
@@ -203,6 +218,8 @@ class CardEntity:
         its history is long enough to continue as new."""
 
         def history_full() -> bool:
+            if self._length_at_messages:
+                return self._length_taken > history_events_max
             return workflow.info().get_current_history_length() > history_events_max
 
         while True:
@@ -228,13 +245,19 @@ class CardEntity:
                     timeout=timeout,
                 )
             except TimeoutError:
-                pass
+                self._take_in()
             await self._work(self._money.expire_due())
             while self._inbox:
                 await self._work(self._money.apply(self._inbox.pop(0)))
             self._show()
             if (self._finished() or history_full()) and not self._inbox:
                 return
+
+    def _take_in(self) -> None:
+        """Note the history's length as the card takes in a message: the
+        workflow task that delivers an update, a signal or a timer is the
+        same live and on replay (CARD_LENGTH_AT_MESSAGES_PATCH)."""
+        self._length_taken = workflow.info().get_current_history_length()
 
     async def _work(self, unit: Coroutine[Any, Any, None]) -> None:
         self._work_started += 1
@@ -332,6 +355,7 @@ class CardEntity:
 
     async def _change(self, target: CardState, change: CardStateChange) -> str:
         assert self._state is not None
+        self._take_in()
         self._state.changes += 1
         key = step_key(f"state/{self._state.changes}-{target.value}")
         await step(
@@ -390,6 +414,7 @@ class CardEntity:
 
     @workflow.update(name=AUTHORIZE_UPDATE)
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationAnswer:
+        self._take_in()
         await self._after_earlier_events()
         answer = await self._money.authorize(request)
         self._show()
@@ -408,10 +433,12 @@ class CardEntity:
 
     @workflow.signal(name=NETWORK_EVENT_SIGNAL)
     def network_event(self, event: CardNetworkEvent) -> None:
+        self._take_in()
         self._inbox.append(event)
 
     @workflow.update(name=RESOLVE_EXCEPTION_UPDATE)
     async def resolve_exception(self, decision: ExceptionDecision) -> str:
+        self._take_in()
         await self._after_earlier_events()
         resolution = await self._money.resolve_exception(decision)
         self._show()
@@ -437,6 +464,7 @@ class CardEntity:
     @workflow.update(name=LIMITS_UPDATE)
     def set_limits(self, limits: SpendingLimits) -> SpendingLimits:
         assert self._state is not None
+        self._take_in()
         self._state.limits = limits
         return limits
 
@@ -462,6 +490,7 @@ class CardEntity:
 
     async def _replace(self, reason: str, change: CardStateChange) -> str:
         """Block this card (the issuer closes it on reissue) and start its replacement."""
+        self._take_in()
         state = self._state
         assert state is not None
         replacement = await step(

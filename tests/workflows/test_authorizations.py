@@ -524,6 +524,17 @@ async def test_the_gateway_refuses_unsigned_and_malformed_real_time_requests(
         assert "not active" in answer.json()["reason"]
 
 
+async def watched(handle: WorkflowHandle[Any, Any], done: asyncio.Event) -> None:
+    """Query the card over and over, as an operator's screen does, until `done`."""
+    while not done.is_set():
+        await card_state(handle)
+        await asyncio.sleep(WATCH_SECONDS)
+
+
+# How often the watching operator's screen asks the card.
+WATCH_SECONDS = 0.002
+
+
 async def test_open_holds_survive_continue_as_new_and_still_clear(platform: Platform) -> None:
     customer_id = await customer(platform)
     async with issuer(platform) as client:
@@ -543,9 +554,19 @@ async def test_open_holds_survive_continue_as_new_and_still_clear(platform: Plat
     handle = await card_of_its_own(
         platform, customer_id, card_id=card.id, state=card.state, history_events_max=60
     )
-    first = await authorize(platform, card.id, 1_000)
-    for _ in range(14):
-        await authorize(platform, card.id, 100)
+    # An operator watches the card while it decides: a query that reaches the
+    # worker as a decision's local activity ends can make the SDK hand the
+    # activity's result to the card in a later workflow task than the one
+    # recording it (CARD_LENGTH_AT_MESSAGES_PATCH).
+    watching = asyncio.Event()
+    watcher = asyncio.create_task(watched(handle, watching))
+    try:
+        first = await authorize(platform, card.id, 1_000)
+        for _ in range(14):
+            await authorize(platform, card.id, 100)
+    finally:
+        watching.set()
+        await watcher
     await wallet_becomes(platform, customer_id, posted=10_000, pending=2_400)
     runs = [e async for e in platform.stack.client.list_workflows(f"WorkflowId = '{handle.id}'")]
     assert len(runs) > 1, "the card continued as new"
