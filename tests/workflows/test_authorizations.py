@@ -525,14 +525,10 @@ async def test_the_gateway_refuses_unsigned_and_malformed_real_time_requests(
 
 
 async def watched(handle: WorkflowHandle[Any, Any], done: asyncio.Event) -> None:
-    """Query the card over and over, as an operator's screen does, until `done`."""
+    """Query the card over and over, as an operator's screen does, until
+    `done`: each query is asked once the last one is answered."""
     while not done.is_set():
         await card_state(handle)
-        await asyncio.sleep(WATCH_SECONDS)
-
-
-# How often the watching operator's screen asks the card.
-WATCH_SECONDS = 0.002
 
 
 async def test_open_holds_survive_continue_as_new_and_still_clear(platform: Platform) -> None:
