@@ -116,13 +116,18 @@ def own_seconds(pid: int) -> float:
 
 
 def run_until_spent(pids: list[int], seconds: float) -> None:
-    """Let the stopped processes run until each has spent `seconds` more CPU."""
-    targets = {pid: own_seconds(pid) + seconds for pid in pids}
+    """Let the stopped processes run until each has spent `seconds` more CPU.
+
+    "Spent" is the later reading minus the earlier, as `deltas` computes it:
+    `now >= start + seconds` rounds differently (0.37 >= 0.27 + 0.1 holds,
+    0.37 - 0.27 >= 0.1 does not).
+    """
+    starts = {pid: own_seconds(pid) for pid in pids}
     for pid in pids:
         psutil.Process(pid).resume()
     polling.until_sync(
         lambda: {pid: own_seconds(pid) for pid in pids},
-        lambda spent: all(spent[pid] >= target for pid, target in targets.items()),
+        lambda now: all(now[pid] - start >= seconds for pid, start in starts.items()),
         f"the busy loops spent {seconds} s of CPU each",
         CPU_WAIT_SECONDS_MAX,
     )
