@@ -24,6 +24,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.metrics import GatewayMetrics
 from schemas.task_queues import TaskQueues
 from starters.gateway.errors import ApiError, GatewayCode, refusal_error
 from starters.gateway.routes import ProviderEvent, Route, Start, route_for
@@ -93,9 +94,8 @@ async def deliver(
     route: Route,
     pool: asyncpg.Pool,
 ) -> str | None:
-    """Hand the event to its workflow; None when no process is waiting for it."""
-    if route.wanted is not None and not route.wanted(event):
-        return None
+    """Hand the event to its workflow (one its route wants); None when no
+    process is waiting for it."""
     if route.resolve is not None:
         resolved = await route.resolve(pool, event)
         if resolved is None:
@@ -194,50 +194,72 @@ async def receive_webhook(
         raise ApiError(GatewayCode.MALFORMED_EVENT, "webhook-id header does not match the event id")
 
     signed_at = int(request.headers["webhook-timestamp"])
-    accepted_signed_at = await pool.fetchval(
+    route = route_for(provider, event.type)
+    if route is None or (route.wanted is not None and not route.wanted(event)):
+        # Nothing to deliver (most of them: the issuer repeating the card's own
+        # answer): remembering it is the one round trip, and only an event
+        # remembered already needs the second, to tell a redelivery from a replay.
+        if await _remember(pool, provider, event, "ignored", None, signed_at):
+            metrics.delivered(provider, "ignored")
+            return JSONResponse({"status": "ignored", "event_id": event.id, "workflow_id": None})
+        return await _seen_before(pool, provider, event, signed_at, metrics)
+    if await _accepted_signed_at(pool, provider, event) is not None:
+        return await _seen_before(pool, provider, event, signed_at, metrics)
+
+    workflow_id: str | None = None
+    try:
+        workflow_id = await deliver(client, queues, provider, event, route, pool)
+        outcome = "delivered" if workflow_id is not None else "ignored"
+    except ValidationError as error:
+        metrics.rejected(provider, "malformed")
+        raise malformed(error) from None
+    except WorkflowUpdateFailedError as error:
+        metrics.rejected(provider, "refused")
+        raise refusal_error(error, f"{provider} event {event.id}") from None
+    except WorkflowAlreadyStartedError:
+        outcome = "ignored"  # the process finished; a late event starts nothing
+    except RPCError as error:
+        if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.ALREADY_EXISTS):
+            # Temporal is unreachable or overloaded: the provider retries.
+            log.error("could not deliver %s %s: %s", provider, event.id, error)
+            metrics.rejected(provider, "unavailable")
+            raise _unavailable() from None
+        outcome = "ignored"  # no such process (any more)
+    except Exception:  # noqa: BLE001 - e.g. no connection to Temporal at all
+        # Not delivered and not remembered: the provider's retry will be.
+        log.exception("could not deliver %s %s", provider, event.id)
+        metrics.rejected(provider, "unavailable")
+        raise _unavailable() from None
+    await _remember(pool, provider, event, outcome, workflow_id, signed_at)
+    metrics.delivered(provider, outcome)
+    return JSONResponse({"status": outcome, "event_id": event.id, "workflow_id": workflow_id})
+
+
+async def _accepted_signed_at(
+    pool: asyncpg.Pool, provider: str, event: ProviderEvent
+) -> int | None:
+    """When the accepted copy of the event was signed; None if none was accepted."""
+    found = await pool.fetchval(
         "SELECT signed_at FROM gateway_webhook_events WHERE provider = $1 AND event_id = $2",
         provider,
         event.id,
     )
-    if accepted_signed_at is not None:
-        if signed_at <= accepted_signed_at:
-            # The very message already accepted, sent again: a replay.
-            metrics.rejected(provider, "replayed")
-            raise ApiError(GatewayCode.REPLAYED, "replayed webhook")
-        metrics.delivered(provider, "duplicate")
-        return JSONResponse({"status": "duplicate", "event_id": event.id})
+    return None if found is None else int(found)
 
-    route = route_for(provider, event.type)
-    workflow_id = None
-    outcome = "ignored"
-    if route is not None:
-        try:
-            workflow_id = await deliver(client, queues, provider, event, route, pool)
-            outcome = "delivered" if workflow_id is not None else "ignored"
-        except ValidationError as error:
-            metrics.rejected(provider, "malformed")
-            raise malformed(error) from None
-        except WorkflowUpdateFailedError as error:
-            metrics.rejected(provider, "refused")
-            raise refusal_error(error, f"{provider} event {event.id}") from None
-        except WorkflowAlreadyStartedError:
-            outcome = "ignored"  # the process finished; a late event starts nothing
-        except RPCError as error:
-            if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.ALREADY_EXISTS):
-                # Temporal is unreachable or overloaded: the provider retries.
-                log.error("could not deliver %s %s: %s", provider, event.id, error)
-                metrics.rejected(provider, "unavailable")
-                raise _unavailable() from None
-            outcome = "ignored"  # no such process (any more)
-        except Exception:  # noqa: BLE001 - e.g. no connection to Temporal at all
-            # Not delivered and not remembered: the provider's retry will be.
-            log.exception("could not deliver %s %s", provider, event.id)
-            metrics.rejected(provider, "unavailable")
-            raise _unavailable() from None
-    await pool.execute(
+
+async def _remember(
+    pool: asyncpg.Pool,
+    provider: str,
+    event: ProviderEvent,
+    outcome: str,
+    workflow_id: str | None,
+    signed_at: int,
+) -> bool:
+    """Remember the event as accepted; False if it was remembered already."""
+    inserted = await pool.fetchval(
         "INSERT INTO gateway_webhook_events"
         " (provider, event_id, event_type, outcome, workflow_id, signed_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
         provider,
         event.id,
         event.type,
@@ -245,8 +267,20 @@ async def receive_webhook(
         workflow_id,
         signed_at,
     )
-    metrics.delivered(provider, outcome)
-    return JSONResponse({"status": outcome, "event_id": event.id, "workflow_id": workflow_id})
+    return inserted is True
+
+
+async def _seen_before(
+    pool: asyncpg.Pool, provider: str, event: ProviderEvent, signed_at: int, metrics: GatewayMetrics
+) -> JSONResponse:
+    """The answer to an event accepted before: a redelivery (signed later) is a
+    duplicate, answered 200; the very message again is a replay, refused."""
+    accepted_signed_at = await _accepted_signed_at(pool, provider, event)
+    if accepted_signed_at is not None and signed_at <= accepted_signed_at:
+        metrics.rejected(provider, "replayed")
+        raise ApiError(GatewayCode.REPLAYED, "replayed webhook")
+    metrics.delivered(provider, "duplicate")
+    return JSONResponse({"status": "duplicate", "event_id": event.id})
 
 
 def _unavailable() -> ApiError:

@@ -223,6 +223,23 @@ async def test_a_replayed_message_is_refused_and_reaches_the_workflow_once(
     assert [note.sequence for note in result.webhook_events] == [0, 1]
 
 
+async def test_an_event_with_nothing_to_deliver_is_remembered_once_and_its_repeats_told_apart(
+    gateway: Gateway,
+) -> None:
+    # No process takes this type: accepted, remembered, delivered nowhere.
+    event = ping_event("nothing", event_type="cardflow.nobody_listens")
+    request = gateway.signed("bank", event)
+    first = await gateway.http.post("/webhooks/bank", **request)
+    assert (first.status_code, first.json()["status"]) == (200, "ignored"), first.text
+    replay = await gateway.http.post("/webhooks/bank", **request)
+    assert (replay.status_code, replay.json()["code"]) == (401, "replayed")
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    redelivered = await gateway.post_event("bank", event, at=later)
+    assert (redelivered.status_code, redelivered.json()["status"]) == (200, "duplicate")
+    assert await events_remembered(gateway, event["id"]) == 1
+    assert await no_workflow(gateway, "nothing")
+
+
 async def test_the_previous_secret_still_verifies_during_rotation(gateway: Gateway) -> None:
     response = await gateway.post_event(
         "bank", ping_event("rotated"), secret=gateway.secrets["bank"][1]
