@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import httpx
 import pytest
 import schemathesis
 import uvicorn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, find, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
@@ -35,6 +36,56 @@ from workers.settings import load_settings
 
 FUZZ_EXAMPLES_PER_OPERATION = 40
 GATEWAY_START_SECONDS_MAX = 30.0
+
+
+def _load_the_fuzzers_modules() -> None:
+    """Import now, at collection, what schemathesis and hypothesis otherwise
+    import on first use, mid-test, beside the worker's threads. pytest rewrites
+    those plugin modules with ast.parse, and on CPython 3.11 two threads
+    building ASTs at once can fail one of them with "SystemError: AST
+    constructor recursion depth mismatch" (python/cpython#106905)."""
+    warm = schemathesis.openapi.from_dict(
+        {
+            "openapi": "3.1.0",
+            "info": {"title": "warm-up", "version": "1"},
+            "paths": {
+                "/w/{id}": {
+                    "post": {
+                        "parameters": [
+                            {
+                                "name": "id",
+                                "in": "path",
+                                "required": True,
+                                "schema": {"type": "string", "pattern": "^[a-z]+$"},
+                            }
+                        ],
+                        "requestBody": {
+                            "required": True,
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {"n": {"type": "integer", "minimum": 0}},
+                                        "required": ["n"],
+                                    }
+                                }
+                            },
+                        },
+                        "responses": {"200": {"description": "ok"}},
+                    }
+                }
+            },
+        }
+    )
+    for result in warm.get_all_operations():
+        if isinstance(result, Ok):
+            find(result.ok().as_strategy(), lambda _: True)
+    # What only a real run reaches (a run's optimiser; a failing call's report).
+    importlib.import_module("hypothesis.internal.conjecture.optimiser")
+    importlib.import_module("schemathesis.wfc.escalation")
+
+
+_load_the_fuzzers_modules()
 
 
 @dataclass(frozen=True)
