@@ -8,10 +8,12 @@ test's own, and is driven only through the `cardflow` command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import uuid
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 
 from schemas.search import ALL_SEARCH_ATTRIBUTES
+from starters.devstack.stack import TEMPORAL_SQLITE_PRAGMAS
 from starters.health import ping
 from tests.conftest import free_port, scratch_directory
 from tests.starters.conftest import DemoStack, DevStack, stack_env
@@ -82,6 +85,15 @@ def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevS
         assert part["healthy"] and part["running"] and psutil.pid_exists(part["pid"]), part
     assert "ran the Ping workflow" in parts["worker-workflows"]["detail"]
     assert "database answered" in parts["worker-ledger"]["detail"]
+    # Temporal's SQLite file is written ahead, synced at checkpoints.
+    temporal_argv = psutil.Process(parts["temporal"]["pid"]).cmdline()
+    for pragma in TEMPORAL_SQLITE_PRAGMAS:
+        assert ["--sqlite-pragma", pragma] in [
+            temporal_argv[i : i + 2] for i in range(len(temporal_argv))
+        ]
+    database = dev_stack.home / "temporal" / "cardflow.db"
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     settings = dev_stack.settings()
     ui = httpx.get(f"http://127.0.0.1:{settings.temporal_ui_port}/api/v1/settings", timeout=10)
     assert ui.status_code == 200
