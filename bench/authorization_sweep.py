@@ -6,10 +6,11 @@ Run: .venv/bin/python -m bench.authorizations --sweep [--sweep-start 20]
 
 In one run of the whole embedded stack (as bench/authorizations.py starts it),
 the rate steps up from --sweep-start by --sweep-step (or times --sweep-factor)
-to --sweep-max, one open-loop round of --seconds per rate, first for the floor
-(a bare update on a no-op workflow) and then for real authorizations (the
-issuer simulator asks the gateway in real time). A kind stops stepping at its
-first failing rate; its knee is the highest rate before it, where p99 <= 100 ms
+to --sweep-max, one open-loop round of --seconds per rate for the floor (a
+bare update on a no-op workflow) and then one for real authorizations (the
+issuer simulator asks the gateway in real time), side by side at each rate so
+that this machine's changing load touches both. A kind stops stepping at its
+first failing rate, the other goes on; its knee is the highest rate before it, where p99 <= 100 ms
 with none failed and none past the issuer's 2 s deadline. Between rounds the
 stack drains: the next round starts once its processes are idle again.
 
@@ -152,6 +153,23 @@ async def sweep(rates: Sequence[float], measure: Callable[[float], Awaitable[Ste
     return steps
 
 
+async def sweep_side_by_side(
+    rates: Sequence[float], measures: Sequence[Callable[[float], Awaitable[Step]]]
+) -> list[list[Step]]:
+    """Sweep several kinds side by side: at each rate every kind still
+    stepping is measured in turn, so a change in the machine's load between
+    rounds touches them all. A kind stops at its first failing rate, the
+    others go on."""
+    steps: list[list[Step]] = [[] for _ in measures]
+    for rate in rates:
+        stepping = [i for i, kind in enumerate(steps) if not kind or kind[-1].passed]
+        if not stepping:
+            break
+        for i in stepping:
+            steps[i].append(await measures[i](rate))
+    return steps
+
+
 async def authorization_step(
     one: Callable[[int], Awaitable[object]], parts: Sequence[Part], seconds: float, rate: float
 ) -> Step:
@@ -240,7 +258,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await drain(parts)
         idle = await idle_cpu_ms_per_second(parts)
 
-        async with noop_workflows(client, len(cards)) as handles:
+        # One acquirer's clients for the run, their connections kept open.
+        async with (
+            noop_workflows(client, len(cards)) as handles,
+            Acquirer(settings) as issuer_client,
+        ):
 
             async def floor_step(rate: float) -> Step:
                 async def round_() -> tuple[Latency, int]:
@@ -250,17 +272,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
                 return await measured_step(rate, parts, round_)
 
-            floor_steps = await sweep(rates, floor_step)
-
-        # One acquirer's clients for the run, their connections kept open.
-        async with Acquirer(settings) as issuer_client:
             one = authorization_call(issuer_client, cards, random.Random(7))
             # Every card's workflow into the worker's cache first, at the first rate.
             await open_loop(rates[0], len(cards) / rates[0], one)
             await drain(parts)
 
-            authorization_steps = await sweep(
-                rates, partial(authorization_step, one, parts, args.seconds)
+            floor_steps, authorization_steps = await sweep_side_by_side(
+                rates, [floor_step, partial(authorization_step, one, parts, args.seconds)]
             )
     report = figures(args, rates, len(cards), setup_seconds, floor_steps, authorization_steps)
     return {**report, "idle_cpu_ms_per_second": idle}

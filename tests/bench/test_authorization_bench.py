@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from bench.authorization_sweep import (
     passes,
     rate_ladder,
     sweep,
+    sweep_side_by_side,
     with_platform_total,
 )
 from bench.authorizations import floor_samples, noop_workflows, summarize
@@ -108,6 +109,33 @@ async def test_stepping_stops_at_the_first_failing_rate() -> None:
     assert measured == [20, 40, 60]
     assert [s.passed for s in steps] == [True, True, False]
     assert knee(steps) == 40
+
+
+@pytest.mark.fast
+async def test_the_kinds_take_turns_at_each_rate_and_one_that_fails_stops_alone() -> None:
+    measured: list[tuple[str, float]] = []
+
+    def kind(name: str, fails_at: float) -> Callable[[float], Awaitable[Step]]:
+        async def measure(rate: float) -> Step:
+            measured.append((name, rate))
+            return step(rate, SLOW if rate >= fails_at else FAST)
+
+        return measure
+
+    floor, authorizations = await sweep_side_by_side(
+        [20, 40, 60, 80, 100], [kind("floor", 80), kind("authorizations", 40)]
+    )
+    # Side by side at each rate, so a change in the machine's load between
+    # rounds touches both kinds; the one that failed is not measured again.
+    assert measured == [
+        ("floor", 20),
+        ("authorizations", 20),
+        ("floor", 40),
+        ("authorizations", 40),
+        ("floor", 60),
+        ("floor", 80),
+    ]
+    assert knee(floor) == 60 and knee(authorizations) == 20
 
 
 def own_seconds(pid: int) -> float:
