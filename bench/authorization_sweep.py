@@ -144,12 +144,7 @@ def step_at(steps: Sequence[Step], rate: float | None) -> Step | None:
 
 async def sweep(rates: Sequence[float], measure: Callable[[float], Awaitable[Step]]) -> list[Step]:
     """Measure each rate in turn, up to and including the first that fails."""
-    steps: list[Step] = []
-    for rate in rates:
-        step = await measure(rate)
-        steps.append(step)
-        if not step.passed:
-            break
+    [steps] = await sweep_side_by_side(rates, [measure])
     return steps
 
 

@@ -202,9 +202,11 @@ async def receive_webhook(
         if await _remember(pool, provider, event, "ignored", None, signed_at):
             metrics.delivered(provider, "ignored")
             return JSONResponse({"status": "ignored", "event_id": event.id, "workflow_id": None})
-        return await _seen_before(pool, provider, event, signed_at, metrics)
-    if await _accepted_signed_at(pool, provider, event) is not None:
-        return await _seen_before(pool, provider, event, signed_at, metrics)
+        accepted_signed_at = await _accepted_signed_at(pool, provider, event)
+        return _seen_before(provider, event, signed_at, accepted_signed_at, metrics)
+    accepted_signed_at = await _accepted_signed_at(pool, provider, event)
+    if accepted_signed_at is not None:
+        return _seen_before(provider, event, signed_at, accepted_signed_at, metrics)
 
     workflow_id: str | None = None
     try:
@@ -270,12 +272,16 @@ async def _remember(
     return inserted is True
 
 
-async def _seen_before(
-    pool: asyncpg.Pool, provider: str, event: ProviderEvent, signed_at: int, metrics: GatewayMetrics
+def _seen_before(
+    provider: str,
+    event: ProviderEvent,
+    signed_at: int,
+    accepted_signed_at: int | None,
+    metrics: GatewayMetrics,
 ) -> JSONResponse:
-    """The answer to an event accepted before: a redelivery (signed later) is a
-    duplicate, answered 200; the very message again is a replay, refused."""
-    accepted_signed_at = await _accepted_signed_at(pool, provider, event)
+    """The answer to an event accepted before (its copy signed at
+    `accepted_signed_at`): a redelivery, signed later, is a duplicate answered
+    200; the very message again is a replay, refused."""
     if accepted_signed_at is not None and signed_at <= accepted_signed_at:
         metrics.rejected(provider, "replayed")
         raise ApiError(GatewayCode.REPLAYED, "replayed webhook")
