@@ -18,6 +18,16 @@ Names as Prometheus shows them (counters get `_total`, durations are seconds):
 | `cardflow_reconciliation_unexplained_minor` | gauge | provider, currency |
 | `cardflow_webhook_deliveries_total` | counter | provider, outcome |
 | `cardflow_webhook_rejections_total` | counter | provider, reason |
+| `cardflow_ledger_rejections_total` | counter | operation, reason |
+| `cardflow_provider_call_seconds` | histogram | provider, outcome |
+| `cardflow_reconciliation_records` | gauge | provider, result |
+
+The workflows worker's census (`workers.census`) adds the processes' own
+gauges: `cardflow_processes`, `cardflow_operator_waits`,
+`cardflow_operator_wait_oldest_seconds`, the schedules' and its own time.
+
+A decision is timed against the gateway's budget (1.5 s of the issuer's 2 s)
+with buckets fine enough to tell 1.25 s from 1.5 s (AUTHORIZATION_BUCKETS).
 """
 
 from __future__ import annotations
@@ -44,6 +54,18 @@ RECONCILIATION_DRIFT_MINOR = "cardflow_reconciliation_drift_minor"
 RECONCILIATION_UNEXPLAINED_MINOR = "cardflow_reconciliation_unexplained_minor"
 WEBHOOK_DELIVERIES = "cardflow_webhook_deliveries"
 WEBHOOK_REJECTIONS = "cardflow_webhook_rejections"
+LEDGER_REJECTIONS = "cardflow_ledger_rejections"
+PROVIDER_CALL_SECONDS = "cardflow_provider_call_seconds"
+RECONCILIATION_RECORDS = "cardflow_reconciliation_records"
+
+# The histogram buckets, in seconds, of the durations an alert compares with
+# a budget: Temporal's defaults jump from 1 s to 2.5 s.
+AUTHORIZATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+PROVIDER_CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+HISTOGRAM_BUCKETS = {
+    AUTHORIZATION_SECONDS: AUTHORIZATION_BUCKETS,
+    PROVIDER_CALL_SECONDS: PROVIDER_CALL_BUCKETS,
+}
 
 # Every name above, as a scrape of /metrics shows it.
 EXPOSED_NAMES = (
@@ -56,6 +78,9 @@ EXPOSED_NAMES = (
     RECONCILIATION_UNEXPLAINED_MINOR,
     f"{WEBHOOK_DELIVERIES}_total",
     f"{WEBHOOK_REJECTIONS}_total",
+    f"{LEDGER_REJECTIONS}_total",
+    PROVIDER_CALL_SECONDS,
+    RECONCILIATION_RECORDS,
 )
 
 # Open holds are counted from the ledger itself, by each ledger worker, this often.
@@ -82,6 +107,30 @@ def timed_posting(operation: str) -> Iterator[dict[str, str]]:
         _meter().create_histogram_timedelta(
             LEDGER_POSTING_SECONDS, "Time to post a ledger operation, lock to commit", "s"
         ).record(elapsed, labels)
+
+
+def record_ledger_rejection(operation: str, reason: str) -> None:
+    """A posting the ledger refused (counted once: not its replays)."""
+    _meter().create_counter(
+        LEDGER_REJECTIONS, "Ledger postings refused, by operation and reason"
+    ).add(1, {"operation": operation, "reason": reason})
+
+
+def record_provider_call(provider: str, outcome: str, elapsed: timedelta) -> None:
+    """One call to a provider: `ok`, or the error type it was classified as."""
+    _meter().create_histogram_timedelta(
+        PROVIDER_CALL_SECONDS, "Provider API calls, retries in the call included", "s"
+    ).record(elapsed, {"provider": provider, "outcome": outcome})
+
+
+def record_reconciliation_records(provider: str, matched: int, differing: int) -> None:
+    """How many of the last reconciliation's records matched the ledger and
+    how many differed: the drift rate is differing / (matched + differing)."""
+    gauge = _meter().create_gauge(
+        RECONCILIATION_RECORDS, "Records of the last reconciliation, matched or differing"
+    )
+    gauge.set(matched, {"provider": provider, "result": "matched"})
+    gauge.set(differing, {"provider": provider, "result": "differing"})
 
 
 def record_reconciliation(provider: str, currency: str, drift_minor: int, unexplained: int) -> None:

@@ -15,7 +15,7 @@ import asyncpg
 from pydantic import BaseModel
 from temporalio import activity
 
-from activities.metrics import record_reconciliation
+from activities.metrics import record_reconciliation, record_reconciliation_records
 from activities.providers.activities import ProviderClients
 from activities.queues import ledger_activity, provider_activity
 from activities.reconciliation_files import write_report_files
@@ -277,10 +277,12 @@ class ReconciliationLedgerActivities:
     @ledger_activity(WRITE_REPORT)
     async def write_report(self, request: ReportWrite) -> ReportPaths:
         """Write the report as JSON and as CSV (one row per difference);
-        a retry overwrites the same files. The drift per currency becomes the
-        reconciliation gauges, so an alert can watch them."""
+        a retry overwrites the same files. The drift per currency and the
+        records matched and differing become the reconciliation gauges, so an
+        alert can watch the drift and its rate (a retry sets the same values)."""
         paths = await asyncio.to_thread(write_report_files, request.reports_dir, request.report)
         report = request.report
+        record_reconciliation_records(report.provider, report.records_matched, len(report.items))
         for summary in report.currencies:
             record_reconciliation(
                 report.provider,

@@ -14,6 +14,7 @@ from activities.metrics import sampling_open_holds
 from activities.migrate import migrate
 from activities.providers.activities import ProviderClients
 from workers.build import build_worker
+from workers.census import taking_census
 from workers.client import connect
 from workers.heap import freeze_startup
 from workers.settings import Settings
@@ -70,6 +71,8 @@ async def run_worker(kind: str, settings: Settings) -> None:
         async with contextlib.AsyncExitStack() as running:
             if kind == "ledger" and pool is not None:
                 await running.enter_async_context(sampling_open_holds(pool, telemetry.meter))
+            if kind == "workflows":
+                await running.enter_async_context(taking_census(client, telemetry.meter))
             async with worker:
                 await stop.wait()
                 log.info("shutting down: finishing in-flight tasks")

@@ -32,6 +32,7 @@ from temporalio.common import MetricMeter
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from activities.metrics import HISTOGRAM_BUCKETS
 from workers.settings import Settings
 
 # Traces name the library that made them; dashboards group by service name.
@@ -91,6 +92,9 @@ def start_telemetry(
             bind_address=metrics_address,
             counters_total_suffix=True,
             durations_as_seconds=True,
+            histogram_bucket_overrides={
+                name: list(buckets) for name, buckets in HISTOGRAM_BUCKETS.items()
+            },
         )
     runtime = Runtime(
         telemetry=TelemetryConfig(

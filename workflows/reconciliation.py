@@ -112,6 +112,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.steps import step, step_key, wait_for
 
 DECIDE_UPDATE = "decide"
+# The stage (and ProcessStatus) while differences wait for operators' decisions.
+STAGE_AWAITING_DECISIONS = "awaiting_decisions"
 RECONCILIATION_WORKFLOW = "Reconciliation"
 # The ledger's error type for a key reused with another payload.
 IDEMPOTENCY_CONFLICT = IdempotencyConflict.__name__
@@ -215,7 +217,7 @@ class Reconciliation:
             # What waits for the operators is searchable (AmountMinor: the sum
             # of the differences), in the stage's own upsert.
             self.progress.enter(
-                "awaiting_decisions",
+                STAGE_AWAITING_DECISIONS,
                 AMOUNT_MINOR.value_set(sum(abs(item.difference.delta_minor) for item in waiting)),
             )
             await wait_for(self._all_decided, policy.decision_wait_seconds)

@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError
 from activities.ledger.coalesce import TransferCoalescer
 from activities.ledger.errors import NON_RETRYABLE_ERROR_TYPES, LedgerError
 from activities.ledger.store import Ledger
-from activities.metrics import timed_posting
+from activities.metrics import record_ledger_rejection, timed_posting
 from activities.queues import ledger_activity
 from schemas.ledger import (
     Account,
@@ -114,6 +114,8 @@ class LedgerActivities:
             labels["outcome"] = (
                 "posted" if all(outcome.accepted for outcome in outcomes) else "rejected"
             )
+            for outcome in outcomes:
+                _count_rejection("submit_batch", outcome)
             return outcomes
 
     @ledger_activity(GET_BALANCE)
@@ -144,4 +146,11 @@ async def _posted(operation: str, posting: Awaitable[TransferOutcome]) -> Transf
         except LedgerError as error:
             raise _non_retryable(error) from error
         labels["outcome"] = "posted" if outcome.accepted else "rejected"
+        _count_rejection(operation, outcome)
         return outcome
+
+
+def _count_rejection(operation: str, outcome: TransferOutcome) -> None:
+    """Count a refusal once: a retry's replayed refusal is the same one."""
+    if outcome.rejection is not None and not outcome.replayed:
+        record_ledger_rejection(operation, outcome.rejection.value)

@@ -44,6 +44,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from activities.metrics import record_provider_call
+
 log = logging.getLogger("cardflow.providers")
 
 T = TypeVar("T")
@@ -173,7 +175,41 @@ class ProviderClient:
         params: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> T:
-        """One API call, parsed into response_type; raises a classified ApplicationError."""
+        """One API call, parsed into response_type; raises a classified
+        ApplicationError. Timed for the provider-call metric, by outcome:
+        `ok` or the error's type."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._call(
+                method,
+                path,
+                response_type,
+                json=json,
+                params=params,
+                idempotency_key=idempotency_key,
+            )
+        except ApplicationError as error:
+            outcome = error.type or "error"
+            raise
+        except BaseException:
+            outcome = "error"
+            raise
+        finally:
+            record_provider_call(
+                self.provider, outcome, timedelta(seconds=time.perf_counter() - started)
+            )
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        response_type: type[T],
+        *,
+        json: Any,
+        params: dict[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> T:
         method = method.upper()
         if method in MUTATING_METHODS and not idempotency_key:
             raise ValueError(f"{method} {path} needs an idempotency key")

@@ -6,11 +6,14 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
-from temporalio.testing import WorkflowEnvironment
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.ledger import Ledger
@@ -21,7 +24,9 @@ from activities.ledger.activities import (
     LedgerActivities,
 )
 from schemas.ledger import TransferOutcome, TransferRequest
+from starters.devstack.processes import free_port
 from tests.activities.ledger.helpers import BANK, move, open_basics
+from tests.polling import until
 
 
 @workflow.defn(name="LedgerTransferProbe", sandboxed=False)
@@ -138,3 +143,37 @@ async def test_a_reused_key_fails_the_activity_once_without_retrying(
     assert isinstance(cause, ApplicationError)
     assert cause.type == "IdempotencyConflict" and "reused-key" in cause.message
     assert Counting.attempts == 1
+
+
+async def test_a_refusal_is_counted_once_by_reason_not_again_when_replayed(
+    ledger_pool: asyncpg.Pool,
+) -> None:
+    ledger = Ledger(ledger_pool)
+    await open_basics(ledger, "w:a", "w:b")
+    port = free_port()
+    runtime = Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}", counters_total_suffix=True)
+        )
+    )
+    env = ActivityEnvironment()
+    env.metric_meter = runtime.metric_meter
+    activities = LedgerActivities(ledger_pool)
+    request = move("w:a", "w:b", 1)
+    first = await env.run(activities.transfer, request)
+    # The retry of an activity that had answered: the same refusal, replayed.
+    again = await env.run(activities.transfer, request)
+    assert first.rejection == again.rejection == "insufficient_funds" and again.replayed
+
+    async def refusals() -> dict[tuple[str, str], float]:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+        return {
+            (sample.labels["operation"], sample.labels["reason"]): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "cardflow_ledger_rejections_total"
+        }
+
+    counted = await until(refusals, bool, "the refusal counted", 10)
+    assert counted == {("transfer", "insufficient_funds"): 1}
