@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cardflow-installed
 
-.PHONY: demo test test-fast deep-model mutation audit-changes down status lint clean chromium
+.PHONY: demo test test-fast deep-model mutation audit-changes down status lint clean test-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(STAMP)
 # on Temporal, PostgreSQL and the simulators, so two sessions side by side
 # take little more than half the time of one.
 TEST_WORKERS ?= 2
-test: $(STAMP) chromium
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest --numprocesses $(TEST_WORKERS)
 
 # The fast tier: the process skeleton's timer and compensation paths and the
@@ -54,19 +54,27 @@ mutation: $(STAMP)
 audit-changes: $(STAMP)
 	$(BIN)/python -m bench.audit_changes
 
-# The Web UI test drives Debian's chromium (nothing is downloaded at run time):
-# install the package when it is missing, as root directly or through sudo.
+# Tools the tests drive, from Debian (nothing is downloaded at run time):
+# chromium for the Web UI test, promtool and amtool (packages prometheus and
+# prometheus-alertmanager) for the alert rules' and monitoring files' tests.
+# The missing ones are installed, as root directly or through sudo.
 CARDFLOW_CHROMIUM ?= /usr/bin/chromium
-chromium:
-	@if [ ! -x "$(CARDFLOW_CHROMIUM)" ]; then \
+CARDFLOW_PROMTOOL ?= /usr/bin/promtool
+CARDFLOW_AMTOOL ?= /usr/bin/amtool
+test-tools:
+	@missing=""; \
+	[ -x "$(CARDFLOW_CHROMIUM)" ] || missing="$$missing chromium"; \
+	[ -x "$(CARDFLOW_PROMTOOL)" ] || missing="$$missing prometheus"; \
+	[ -x "$(CARDFLOW_AMTOOL)" ] || missing="$$missing prometheus-alertmanager"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
-	  else echo "make test needs Debian's chromium at $(CARDFLOW_CHROMIUM) for the Web UI test:" \
-	    "run 'sudo apt-get install chromium' (or set CARDFLOW_CHROMIUM to a Chromium binary)" >&2; exit 1; fi; \
-	  echo "Installing Debian's chromium for the Web UI test..."; \
+	  else echo "make test needs Debian's$$missing: run 'sudo apt-get install$$missing'" \
+	    "(or set CARDFLOW_CHROMIUM, CARDFLOW_PROMTOOL, CARDFLOW_AMTOOL to the binaries)" >&2; exit 1; fi; \
+	  echo "Installing Debian's$$missing for the tests..."; \
 	  $$sudo apt-get update -qq && \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
-	    || { echo "could not install Debian's chromium with apt-get; install it, or set CARDFLOW_CHROMIUM" >&2; exit 1; }; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+	    || { echo "could not install$$missing with apt-get; install them, or set the CARDFLOW_ paths" >&2; exit 1; }; \
 	fi
 
 down: $(STAMP)

@@ -62,13 +62,20 @@ SAMPLE_VARIABLES: dict[str, str] = {
     "CARDFLOW_TEMPORAL_CERTS_DIR": str(
         Path(tempfile.gettempdir()) / f"cardflow-compose-certs-{os.getpid()}"
     ),
+    "CARDFLOW_GRAFANA_ADMIN_PASSWORD": "compose-test-grafana-password",
 }
+# Written beside the certificates by the `certs` fixture.
+SAMPLE_VARIABLES["CARDFLOW_ALERT_WEBHOOK_URL_FILE"] = str(
+    Path(SAMPLE_VARIABLES["CARDFLOW_TEMPORAL_CERTS_DIR"]) / "alert-webhook-url"
+)
 # Variables the file must refuse to start without (`${VAR:?message}`).
 REQUIRED_VARIABLES = (
     "CARDFLOW_ENCRYPTION_KEYS",
     "CARDFLOW_WEBHOOK_SECRETS",
     "CARDFLOW_CODEC_TOKEN",
     "CARDFLOW_API_KEY_PEPPER",
+    "CARDFLOW_ALERT_WEBHOOK_URL_FILE",
+    "CARDFLOW_GRAFANA_ADMIN_PASSWORD",
 )
 
 # Environment variable names the project's settings own; any of these handed
@@ -338,7 +345,7 @@ def check_required_variables_refuse_to_start(stack: Stack) -> None:
         users = [
             name
             for name, service in stack.raw["services"].items()
-            if variable in environment(service)
+            if "${" + variable in json.dumps(service)
         ]
         assert users, f"no service is given {variable}"
         for name in users:
@@ -812,6 +819,78 @@ def check_cardflow_commands_exist(stack: Stack) -> None:
             assert rest and rest[0] in QUEUE_KINDS, f"{name}: unknown worker kind {rest}"
 
 
+MONITORING = ROOT / "workers" / "monitoring"
+
+
+def check_monitoring(stack: Stack) -> None:
+    """Prometheus scrapes every part with the rules mounted, Alertmanager
+    reads its config and the webhook URL file, Grafana gets its datasource and
+    dashboards where its provisioning says, each UI on loopback only."""
+    prometheus_name, prometheus = only(stack.with_image("prom/prometheus:"), "Prometheus")
+    config_path = mounted_file(prometheus_name, prometheus, "/etc/prometheus/prometheus.yml")
+    config = yaml.safe_load(config_path.read_text())
+    mounts = bind_mounts(prometheus)
+    for pattern in config["rule_files"]:
+        container = str(Path("/etc/prometheus") / pattern)
+        host = next(
+            (
+                mounts[target] / Path(container).relative_to(target)
+                for target in mounts
+                if container.startswith(target + "/")
+            ),
+            None,
+        )
+        assert host is not None and host.is_file(), f"rule file {pattern} is not mounted"
+    scraped: set[tuple[str, int]] = set()
+    for job in config["scrape_configs"]:
+        for dns in job.get("dns_sd_configs", []):
+            scraped |= {(name, int(dns["port"])) for name in dns["names"]}
+        for static in job.get("static_configs", []):
+            scraped |= {host_and_port(target) for target in static["targets"]}
+    for name, service in stack.workers_and_gateway().items():
+        port = settings_of(service).metrics_port
+        assert (name, port) in scraped, f"Prometheus does not scrape {name} on {port}"
+    temporal_name, temporal = only(stack.with_image("temporalio/server:"), "Temporal server")
+    endpoint = environment(temporal).get("PROMETHEUS_ENDPOINT", "")
+    assert endpoint, f"{temporal_name} serves no metrics (PROMETHEUS_ENDPOINT)"
+    assert (temporal_name, host_and_port(endpoint)[1]) in scraped, (
+        f"Prometheus does not scrape {temporal_name}"
+    )
+    alertmanager_name, alertmanager = only(stack.with_image("prom/alertmanager:"), "Alertmanager")
+    targets = {
+        host_and_port(target)
+        for entry in config["alerting"]["alertmanagers"]
+        for static in entry["static_configs"]
+        for target in static["targets"]
+    }
+    assert targets == {(alertmanager_name, 9093)}, f"alerts go to {targets}"
+    routes = yaml.safe_load(
+        mounted_file(
+            alertmanager_name, alertmanager, "/etc/alertmanager/alertmanager.yml"
+        ).read_text()
+    )
+    for receiver in routes["receivers"]:
+        for slack in receiver.get("slack_configs", []):
+            mounted_file(alertmanager_name, alertmanager, slack["api_url_file"])
+    grafana_name, grafana = only(stack.with_image("grafana/grafana:"), "Grafana")
+    provisioning = bind_mounts(grafana).get("/etc/grafana/provisioning")
+    assert provisioning is not None, f"{grafana_name}: provisioning is not mounted"
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    [datasource] = datasources["datasources"]
+    assert host_and_port(urlsplit(datasource["url"]).netloc) == (prometheus_name, 9090)
+    providers = yaml.safe_load((provisioning / "dashboards" / "cardflow.yml").read_text())
+    for provider in providers["providers"]:
+        path = provider["options"]["path"]
+        host = bind_mounts(grafana).get(path)
+        assert host is not None and sorted(host.glob("*.json")), (
+            f"{grafana_name}: no dashboards mounted at {path}"
+        )
+    for name, port in ((prometheus_name, 9090), (alertmanager_name, 9093), (grafana_name, 3000)):
+        assert published_port(stack.service(name), port)[0] == "127.0.0.1", (
+            f"{name} must be published on loopback only"
+        )
+
+
 def only(found: Mapping[str, dict[str, Any]], what: str) -> tuple[str, dict[str, Any]]:
     assert len(found) == 1, f"expected one {what}, found {sorted(found)}"
     return next(iter(found.items()))
@@ -825,6 +904,9 @@ def certs() -> Iterator[Path]:
     """The mTLS files, where the sample CARDFLOW_TEMPORAL_CERTS_DIR points."""
     directory = Path(SAMPLE_VARIABLES["CARDFLOW_TEMPORAL_CERTS_DIR"])
     certificates.generate(directory)
+    Path(SAMPLE_VARIABLES["CARDFLOW_ALERT_WEBHOOK_URL_FILE"]).write_text(
+        "https://hooks.slack.invalid/services/compose-test\n"
+    )
     try:
         yield directory
     finally:
@@ -1153,6 +1235,73 @@ BREAKAGES: dict[str, tuple[Callable[[Stack], None], Breakage]] = {
         ),
     ),
 }
+
+
+def test_prometheus_scrapes_every_part_and_alerts_and_dashboards_are_provisioned(
+    stack: Stack,
+) -> None:
+    check_monitoring(stack)
+
+
+def _without_scrape_of(raw: dict[str, Any], service: str) -> None:
+    """Mount a copy of prometheus.yml that no longer scrapes `service`."""
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        for dns in job.get("dns_sd_configs", []):
+            dns["names"] = [name for name in dns["names"] if name != service]
+    copied = Path(SAMPLE_VARIABLES["CARDFLOW_TEMPORAL_CERTS_DIR"]) / "prometheus.yml"
+    copied.write_text(yaml.safe_dump(config))
+    for volume in raw["services"]["prometheus"]["volumes"]:
+        if isinstance(volume, dict) and volume["target"] == "/etc/prometheus/prometheus.yml":
+            volume["source"] = str(copied)
+
+
+def _move_mount(raw: dict[str, Any], service: str, target: str, elsewhere: str) -> None:
+    for volume in raw["services"][service]["volumes"]:
+        if isinstance(volume, dict) and volume["target"] == target:
+            volume["target"] = elsewhere
+
+
+BREAKAGES.update(
+    {
+        "a worker not scraped": (
+            check_monitoring,
+            lambda raw: _without_scrape_of(raw, "worker-ledger"),
+        ),
+        "Temporal's metrics off": (
+            check_monitoring,
+            lambda raw: _env(raw, "temporal").pop("PROMETHEUS_ENDPOINT"),
+        ),
+        "rules not mounted": (
+            check_monitoring,
+            lambda raw: _move_mount(raw, "prometheus", "/etc/prometheus/rules", "/rules"),
+        ),
+        "no webhook URL for the alerts": (
+            check_monitoring,
+            lambda raw: _move_mount(
+                raw, "alertmanager", "/etc/alertmanager/webhook-url", "/etc/webhook-url"
+            ),
+        ),
+        "dashboards mounted elsewhere": (
+            check_monitoring,
+            lambda raw: _move_mount(
+                raw, "grafana", "/etc/grafana/dashboards", "/var/lib/grafana/dashboards"
+            ),
+        ),
+        "Grafana published beyond loopback": (
+            check_monitoring,
+            lambda raw: raw["services"]["grafana"].update(ports=["3000:3000"]),
+        ),
+        "Prometheus without a healthcheck": (
+            check_long_running_services_have_healthchecks,
+            lambda raw: raw["services"]["prometheus"].pop("healthcheck"),
+        ),
+        "Grafana on a floating tag": (
+            check_images_are_pinned,
+            lambda raw: raw["services"]["grafana"].update(image="grafana/grafana:latest"),
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize("breakage", sorted(BREAKAGES))

@@ -21,12 +21,22 @@ from activities.metrics import (
     OPEN_HOLDS_SAMPLE_SECONDS,
 )
 from schemas.money import Currency
+from starters.billing import BILLING_SCHEDULE_ID
+from starters.reconcile import DAILY_SCHEDULE_ID
 from tests.polling import until_sync
 from tests.starters.conftest import DemoStack
+from workers import census
+from workers.monitoring import MADE_AT_FIRST_EVENT, names_used
 from workers.telemetry import METRICS_PARTS, metrics_port_of
+from workflows.cards import CARD_WORKFLOW
 
-# The open-holds gauges are sampled this often: three samples' time to catch up.
-SCRAPE_WAIT_SECONDS = OPEN_HOLDS_SAMPLE_SECONDS * 3
+# The open-holds gauges are sampled this often, the census taken this often:
+# time for three samples or two censuses to catch up.
+SCRAPE_WAIT_SECONDS = max(OPEN_HOLDS_SAMPLE_SECONDS * 3, census.CENSUS_SECONDS * 2)
+# Every name the platform exports, but those made at their first event (a
+# failure, a refusal), which a healthy demo may never have: the dashboards and
+# alert rules read no other name (test_the_dashboards_and_alerts_read_only_...).
+EXPECTED_NAMES = (set(EXPOSED_NAMES) | set(census.EXPOSED_NAMES)) - MADE_AT_FIRST_EVENT
 SCRAPE_POLL_SECONDS = 0.5
 # Every hold the demo placed was cleared (the rest released): none is left
 # open in any currency, and the gauges publish every currency from the start.
@@ -79,10 +89,17 @@ def unmet_after_the_demo(by_part: dict[str, list[Sample]]) -> list[str]:
     """What the scrape does not show yet of the demo's end: a named metric no
     part exposes, or open-holds gauges not (yet) sampled with none open."""
     exposed = set().union(*(base_names(samples) for samples in by_part.values()))
-    unmet = [f"{name} exposed by no part" for name in sorted(set(EXPOSED_NAMES) - exposed)]
+    unmet = [f"{name} exposed by no part" for name in sorted(EXPECTED_NAMES - exposed)]
     holds = open_holds_read(by_part["worker-ledger"])
     if holds != NO_OPEN_HOLDS:
         unmet.append(f"open holds read {holds}, not {NO_OPEN_HOLDS}")
+    open_cards = sum(
+        sample.value
+        for sample in named(by_part["worker-workflows"], census.PROCESSES)
+        if sample.labels["workflow_type"] == CARD_WORKFLOW and sample.labels["status"] == "open"
+    )
+    if not open_cards:
+        unmet.append("the census counts no open card")
     return unmet
 
 
@@ -91,14 +108,23 @@ def scraped_when(
 ) -> dict[str, list[Sample]]:
     """Every part's samples once `unmet` finds nothing missing in them; fails
     naming what was still missing when SCRAPE_WAIT_SECONDS have passed."""
-    by_part = until_sync(
-        lambda: {part: scrape(demo_stack, part) for part in METRICS_PARTS},
-        lambda scraped: not unmet(scraped),
-        "every named metric exposed",
-        SCRAPE_WAIT_SECONDS,
-        every=SCRAPE_POLL_SECONDS,
-    )
-    return by_part
+    last: dict[str, list[Sample]] = {}
+
+    def scraped() -> dict[str, list[Sample]]:
+        last.update({part: scrape(demo_stack, part) for part in METRICS_PARTS})
+        return dict(last)
+
+    try:
+        return until_sync(
+            scraped,
+            lambda by_part: not unmet(by_part),
+            "every named metric exposed",
+            SCRAPE_WAIT_SECONDS,
+            every=SCRAPE_POLL_SECONDS,
+        )
+    except AssertionError:
+        # Name what is missing, not the whole scrape.
+        raise AssertionError(f"after {SCRAPE_WAIT_SECONDS} s: {unmet(last)}") from None
 
 
 def test_every_worker_and_the_gateway_expose_each_named_metric_after_the_demo(
@@ -138,6 +164,29 @@ def test_every_worker_and_the_gateway_expose_each_named_metric_after_the_demo(
     drift = list(named(ledger, "cardflow_reconciliation_unexplained_minor", provider="issuer"))
     assert drift and all(sample.value == 0 for sample in drift)
 
+    # The day's reconciliation matched records and found none differing.
+    records = {
+        sample.labels["result"]: sample.value
+        for sample in named(ledger, "cardflow_reconciliation_records", provider="issuer")
+    }
+    assert records["matched"] >= 1 and records["differing"] == 0, records
+    # Every provider call was timed, by provider and outcome.
+    providers = by_part["worker-providers"]
+    calls = named(providers, "cardflow_provider_call_seconds_count", outcome="ok")
+    assert {s.labels["provider"] for s in calls} >= {"issuer", "kyc"}
+
+    # The census of processes: the demo's cards, and both schedules, none
+    # paused, none missed, their last run no later than now.
+    open_cards = named(workflows, census.PROCESSES, workflow_type=CARD_WORKFLOW, status="open")
+    assert sum(sample.value for sample in open_cards) >= 1
+    for schedule in (BILLING_SCHEDULE_ID, DAILY_SCHEDULE_ID):
+        [paused] = named(workflows, census.SCHEDULE_PAUSED, schedule=schedule)
+        [missed] = named(workflows, census.SCHEDULE_MISSED_RUNS, schedule=schedule)
+        [interval] = named(workflows, census.SCHEDULE_INTERVAL, schedule=schedule)
+        assert paused.value == 0 and missed.value == 0 and interval.value >= 86_400
+    [taken] = named(workflows, census.CENSUS_TIMESTAMP)
+    assert taken.value > 0
+
     # The SDK's own metrics come from the same endpoints.
     assert any(name.startswith("temporal_workflow_task") for name in base_names(workflows))
     assert any(name.startswith("temporal_activity_execution") for name in base_names(ledger))
@@ -171,3 +220,21 @@ def test_dev_status_names_each_metrics_endpoint(demo_stack: DemoStack) -> None:
     for part in METRICS_PARTS:
         url = f"http://{settings.bind_host}:{metrics_port_of(settings, part)}/metrics"
         assert url in details[part], details[part]
+
+
+def test_the_dashboards_and_alerts_read_only_metrics_the_platform_exports(
+    demo_stack: DemoStack,
+) -> None:
+    """A renamed metric would leave a panel empty and an alert silent: every
+    name the monitoring files read is scraped from the running stack after the
+    demo, or is a counter made at its first event (its name is proven where
+    that event is made to happen: tests/workers/test_monitoring.py and the
+    ledger's activity tests)."""
+    by_part = scraped_when(demo_stack, unmet_after_the_demo)
+    exported = set().union(*(base_names(samples) for samples in by_part.values()))
+    unknown = {
+        name: sorted(where)
+        for name, where in names_used().items()
+        if name not in exported and name not in MADE_AT_FIRST_EVENT
+    }
+    assert not unknown, f"read by the monitoring, exported by no part: {unknown}"
