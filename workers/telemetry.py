@@ -69,6 +69,20 @@ def metrics_port_of(settings: Settings, part: str) -> int:
     return settings.metrics_port_base + METRICS_PARTS.index(part)
 
 
+def prometheus_config(bind_address: str) -> PrometheusConfig:
+    """Counters end in _total and durations are in seconds, as Prometheus
+    conventions and its standard dashboards expect; the histograms an alert
+    reads against a budget get buckets around it."""
+    return PrometheusConfig(
+        bind_address=bind_address,
+        counters_total_suffix=True,
+        durations_as_seconds=True,
+        histogram_bucket_overrides={
+            name: list(buckets) for name, buckets in HISTOGRAM_BUCKETS.items()
+        },
+    )
+
+
 def start_telemetry(
     settings: Settings,
     service: str,
@@ -86,16 +100,7 @@ def start_telemetry(
     metrics = None
     if settings.metrics_port is not None:
         metrics_address = f"{settings.bind_host}:{settings.metrics_port}"
-        # Counters end in _total and durations are in seconds, as Prometheus
-        # conventions and its standard dashboards expect.
-        metrics = PrometheusConfig(
-            bind_address=metrics_address,
-            counters_total_suffix=True,
-            durations_as_seconds=True,
-            histogram_bucket_overrides={
-                name: list(buckets) for name, buckets in HISTOGRAM_BUCKETS.items()
-            },
-        )
+        metrics = prometheus_config(metrics_address)
     runtime = Runtime(
         telemetry=TelemetryConfig(
             metrics=metrics, global_tags={"service": service_name}, attach_service_name=False

@@ -23,6 +23,7 @@ message is what Temporal's SDK logs and records.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -191,6 +192,9 @@ class ProviderClient:
             )
         except ApplicationError as error:
             outcome = error.type or "error"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
             raise
         except BaseException:
             outcome = "error"

@@ -9,14 +9,11 @@ and histories, which hold the same records whichever code wrote them.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 from temporalio import workflow
 from temporalio.client import (
     Client,
@@ -28,13 +25,13 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from schemas.search import ALL_SEARCH_ATTRIBUTES, PROCESS_STATUS
 from starters.devstack.processes import free_port
 from starters.devstack.stack import temporal_cli_path
+from tests.metrics import prometheus_runtime, scrape
 from tests.polling import until
 from workers.census import (
     NO_STATUS,
@@ -260,38 +257,29 @@ async def test_each_schedule_shows_its_last_run_interval_pause_and_misses(
     await client.get_workflow_handle(ran.action.workflow_id).signal(FINISH)
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+Scraped = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def cardflow_series(port: int) -> Scraped:
+    """(name, labels but the process's) -> value of the cardflow series."""
+    own = ("service", "service_name")
     return {
-        (
-            sample.name,
-            tuple(
-                sorted(
-                    (k, v) for k, v in sample.labels.items() if k not in ("service", "service_name")
-                )
-            ),
-        ): (sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
+        (sample.name, tuple(sorted((k, v) for k, v in sample.labels.items() if k not in own))): (
+            sample.value
+        )
+        for sample in await scrape(port)
         if sample.name.startswith("cardflow_")
     }
 
 
 async def test_a_series_the_census_no_longer_finds_reads_zero() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    runtime = Runtime(
-        telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}", durations_as_seconds=True)
-        )
-    )
+    runtime, port = prometheus_runtime()
     gauges = CensusGauges(runtime.metric_meter)
     now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
     # Before any process waits, each kind that can wait reads 0 waits.
     gauges.publish(Census(taken_at=now - timedelta(seconds=30)))
     nobody = await until(
-        lambda: _scrape_async(port), lambda s: bool(s), "the first census published", 5
+        lambda: cardflow_series(port), lambda s: bool(s), "the first census published", 5
     )
     assert {
         labels[0][1]: value
@@ -305,15 +293,11 @@ async def test_a_series_the_census_no_longer_finds_reads_zero() -> None:
     review = ("cardflow_processes", (("status", STAGE_REVIEW), ("workflow_type", "Topup")))
     waits = ("cardflow_operator_waits", (("workflow_type", "Topup"),))
     oldest = ("cardflow_operator_wait_oldest_seconds", (("workflow_type", "Topup"),))
-    scraped = await until(lambda: _scrape_async(port), lambda s: review in s, "published", 5)
+    scraped = await until(lambda: cardflow_series(port), lambda s: review in s, "published", 5)
     assert scraped[review] == 3 and scraped[waits] == 2 and scraped[oldest] == 300
     assert scraped[("cardflow_census_timestamp_seconds", ())] == now.timestamp()
 
     later = Census(taken_at=now + timedelta(seconds=30))
     gauges.publish(later)
-    scraped = await until(lambda: _scrape_async(port), lambda s: s[review] == 0, "zeroed", 5)
+    scraped = await until(lambda: cardflow_series(port), lambda s: s[review] == 0, "zeroed", 5)
     assert scraped[waits] == 0 and scraped[oldest] == 0
-
-
-async def _scrape_async(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return scrape(port)

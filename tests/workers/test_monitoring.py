@@ -19,18 +19,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from starters.devstack.processes import free_port
+from tests.metrics import prometheus_runtime, scrape
 from tests.polling import until
 from workers.monitoring import (
     ALERTMANAGER_CONFIG,
@@ -212,16 +209,7 @@ class BreaksItsTask:
 async def test_the_failure_counters_are_exported_under_the_names_the_rules_read(
     workflow_env: WorkflowEnvironment,
 ) -> None:
-    port = free_port()
-    runtime = Runtime(
-        telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(
-                bind_address=f"127.0.0.1:{port}",
-                counters_total_suffix=True,
-                durations_as_seconds=True,
-            )
-        )
-    )
+    runtime, port = prometheus_runtime()
     config = workflow_env.client.config()
     client = await Client.connect(
         workflow_env.client.service_client.config.target_host,
@@ -240,14 +228,7 @@ async def test_the_failure_counters_are_exported_under_the_names_the_rules_read(
         )
 
         async def exported() -> set[str]:
-            async with httpx.AsyncClient() as http:
-                text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
-            return {
-                sample.name
-                for family in text_string_to_metric_families(text)
-                for sample in family.samples
-                if sample.value > 0
-            }
+            return {sample.name for sample in await scrape(port) if sample.value > 0}
 
         sdk_names = {name for name in MADE_AT_FIRST_EVENT if name.startswith("temporal_")}
         await until(exported, lambda names: sdk_names <= names, "the failures counted", 20)

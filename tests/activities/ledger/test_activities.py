@@ -6,13 +6,10 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -24,8 +21,8 @@ from activities.ledger.activities import (
     LedgerActivities,
 )
 from schemas.ledger import TransferOutcome, TransferRequest
-from starters.devstack.processes import free_port
 from tests.activities.ledger.helpers import BANK, move, open_basics
+from tests.metrics import prometheus_runtime, scrape
 from tests.polling import until
 
 
@@ -150,12 +147,7 @@ async def test_a_refusal_is_counted_once_by_reason_not_again_when_replayed(
 ) -> None:
     ledger = Ledger(ledger_pool)
     await open_basics(ledger, "w:a", "w:b")
-    port = free_port()
-    runtime = Runtime(
-        telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}", counters_total_suffix=True)
-        )
-    )
+    runtime, port = prometheus_runtime()
     env = ActivityEnvironment()
     env.metric_meter = runtime.metric_meter
     activities = LedgerActivities(ledger_pool)
@@ -166,12 +158,9 @@ async def test_a_refusal_is_counted_once_by_reason_not_again_when_replayed(
     assert first.rejection == again.rejection == "insufficient_funds" and again.replayed
 
     async def refusals() -> dict[tuple[str, str], float]:
-        async with httpx.AsyncClient() as http:
-            text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
         return {
             (sample.labels["operation"], sample.labels["reason"]): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
+            for sample in await scrape(port)
             if sample.name == "cardflow_ledger_rejections_total"
         }
 

@@ -15,10 +15,14 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import BaseModel
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from activities.providers.bank import BankClient
 from schemas.money import Currency
+from tests.metrics import prometheus_runtime, scrape
+from tests.polling import until
 
 
 def client(sim: Any, **kwargs: Any) -> BankClient:
@@ -337,3 +341,32 @@ async def test_a_response_breaking_the_contract_keeps_none_of_its_content(
     assert raised.value.type == "ProviderContractError"
     assert leaks(texts_of(raised.value, caplog.records)) == []
     assert "int_parsing at date_of_birth" in raised.value.message
+
+
+async def test_each_call_is_timed_by_provider_and_outcome(sim: Any) -> None:
+    """Inside an activity a call records `cardflow_provider_call_seconds`:
+    `ok`, or the type its failure was classified as."""
+    runtime, port = prometheus_runtime()
+    env = ActivityEnvironment()
+    env.metric_meter = runtime.metric_meter
+
+    @activity.defn(name="bank.arrive")
+    async def arrive_once() -> None:
+        async with client(sim) as bank:
+            await arrive(bank, key=f"timed-{activity.info().attempt}")
+
+    await env.run(arrive_once)
+    sim.fault(path_prefix="/bank/v1/simulate", kind="error", status=503, times=1)
+    with pytest.raises(ApplicationError):
+        await env.run(arrive_once)
+
+    async def calls() -> dict[str, float]:
+        return {
+            sample.labels["outcome"]: sample.value
+            for sample in await scrape(port)
+            if sample.name == "cardflow_provider_call_seconds_count"
+            and sample.labels["provider"] == "bank"
+        }
+
+    counted = await until(calls, lambda c: len(c) == 2, "both calls timed", 10)
+    assert counted == {"ok": 1, "ProviderUnavailable": 1}
