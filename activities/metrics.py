@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import timedelta
 
 import asyncpg
@@ -183,6 +183,27 @@ class GatewayMetrics:
         self._rejections.add(1, {"provider": provider, "reason": reason})
 
 
+@contextlib.asynccontextmanager
+async def sampling_every(
+    seconds: float, sample: Callable[[], Awaitable[None]], name: str
+) -> AsyncIterator[None]:
+    """Run `sample` now and then every `seconds` while the block runs (a
+    gauge kept current); it is cancelled when the block ends."""
+
+    async def forever() -> None:
+        while True:
+            await sample()
+            await asyncio.sleep(seconds)
+
+    task = asyncio.create_task(forever(), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 # Holds still pending: neither posted, voided nor expired, and not yet past
 # their expiry (the expiry sweep records those as expired).
 _OPEN_HOLDS_SQL = """
@@ -211,25 +232,18 @@ async def sampling_open_holds(
     # Every currency reads 0 until it has holds, so the series always exist.
     seen: set[str] = {currency.value for currency in Currency}
 
-    async def sample_forever() -> None:
-        while True:
-            try:
-                current = await open_holds(pool)
-            except (asyncpg.PostgresError, OSError) as error:
-                log.warning("could not count open holds: %s", error)
-            else:
-                # A currency whose holds all closed reads 0, not its last value.
-                for currency in seen | set(current):
-                    holds, minor = current.get(currency, (0, 0))
-                    count.set(holds, {"currency": currency})
-                    amount.set(minor, {"currency": currency})
-                seen.update(current)
-            await asyncio.sleep(every_seconds)
+    async def sample() -> None:
+        try:
+            current = await open_holds(pool)
+        except (asyncpg.PostgresError, OSError) as error:
+            log.warning("could not count open holds: %s", error)
+            return
+        # A currency whose holds all closed reads 0, not its last value.
+        for currency in seen | set(current):
+            holds, minor = current.get(currency, (0, 0))
+            count.set(holds, {"currency": currency})
+            amount.set(minor, {"currency": currency})
+        seen.update(current)
 
-    task = asyncio.create_task(sample_forever(), name="open-holds-gauge")
-    try:
+    async with sampling_every(every_seconds, sample, "open-holds-gauge"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -29,7 +29,6 @@ process keeps waiting in the same status, so each is read once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections import Counter
@@ -44,6 +43,7 @@ from temporalio.client import Client
 from temporalio.common import MetricMeter
 from temporalio.service import RPCError
 
+from activities.metrics import sampling_every
 from schemas.issuer import CardState
 from schemas.search import PROCESS_STATUS
 from workflows.cards import CARD_WORKFLOW, STATUS_EXCEPTION, STATUS_REPLACED
@@ -290,20 +290,13 @@ async def taking_census(
     gauges = CensusGauges(meter)
     wait_starts = WaitStarts(client)
 
-    async def census_forever() -> None:
-        while True:
-            try:
-                census = await take_census(client, wait_starts, datetime.now(UTC))
-            except (RPCError, OSError) as error:
-                log.warning("could not take the census of processes: %s", error)
-            else:
-                gauges.publish(census)
-            await asyncio.sleep(every_seconds)
+    async def sample() -> None:
+        try:
+            census = await take_census(client, wait_starts, datetime.now(UTC))
+        except (RPCError, OSError) as error:
+            log.warning("could not take the census of processes: %s", error)
+            return
+        gauges.publish(census)
 
-    task = asyncio.create_task(census_forever(), name="process-census")
-    try:
+    async with sampling_every(every_seconds, sample, "process-census"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
