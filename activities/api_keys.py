@@ -46,6 +46,8 @@ log = logging.getLogger("cardflow.api_keys")
 SCOPE_PROCESSES_START: Final = "processes:start"
 # Read any process's status (GET routes).
 SCOPE_PROCESSES_READ: Final = "processes:read"
+# Read a customer's own data: KYC standing, balances, debt, cards.
+SCOPE_CUSTOMERS_READ: Final = "customers:read"
 # An operator's decisions: KYC review, top-up review, card exceptions,
 # dispute operator actions, reconciliation decisions.
 SCOPE_OPERATIONS: Final = "operations"
@@ -53,10 +55,11 @@ SCOPE_OPERATIONS: Final = "operations"
 # `admin` implies no other scope: a key holds every scope it needs, by name.
 SCOPE_ADMIN: Final = "admin"
 
-Scope = Literal["processes:start", "processes:read", "operations", "admin"]
+Scope = Literal["processes:start", "processes:read", "customers:read", "operations", "admin"]
 SCOPES: dict[str, str] = {
     SCOPE_PROCESSES_START: "start customer processes and take the customer's steps in them",
     SCOPE_PROCESSES_READ: "read processes' status",
+    SCOPE_CUSTOMERS_READ: "read customers' balances, debt, cards and deposit address",
     SCOPE_OPERATIONS: "operator decisions: KYC and top-up review, exceptions, disputes, "
     "reconciliation differences",
     SCOPE_ADMIN: "administrative runs: billing, reconciliation",

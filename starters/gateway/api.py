@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from starters.gateway.v1 import (
     billing,
     cards,
+    customers,
     disputes,
     fx,
     onboarding,
@@ -25,6 +26,7 @@ from starters.gateway.v1 import (
 
 PROCESS_ROUTERS = (
     processes.router,
+    customers.router,
     onboarding.router,
     cards.router,
     fx.router,

@@ -47,6 +47,7 @@ PROGRAM_WIDE = "program-wide"
 EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("POST", "/v1/pings"): PROGRAM_WIDE,
     ("GET", "/v1/processes/{workflow_id}"): "customer: the process's CustomerId search attribute",
+    ("GET", "/v1/customers/{customer_id}"): "customer: the path's customer_id",
     ("POST", "/v1/onboardings"): "customer: the body's profile.customer_id",
     ("POST", "/v1/onboardings/{customer_id}/review"): PROGRAM_WIDE,
     ("POST", "/v1/onboardings/{customer_id}/documents"): "customer: the path's customer_id",
@@ -321,6 +322,7 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
         f"/v1/processes/{i.process}",
         None,
     ),
+    ("GET", "/v1/customers/{customer_id}"): lambda i: ("GET", f"/v1/customers/{i.customer}", None),
     ("POST", "/v1/onboardings"): lambda i: ("POST", "/v1/onboardings", onboarding(i.customer)),
     ("POST", "/v1/onboardings/{customer_id}/documents"): lambda i: (
         "POST",

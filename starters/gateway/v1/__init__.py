@@ -1,6 +1,7 @@
 """The upstream HTTP API (`/v1`), one router per process.
 
 processes.py      pings and any process's status
+customers.py      a customer's balances, debt, cards and deposit address
 onboarding.py     onboarding/{customer_id}
 cards.py          card-issue/{request_id} and card/{card_id}
 fx.py             fx/{request_id}

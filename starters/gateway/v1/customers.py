@@ -1,0 +1,227 @@
+"""What an app shows a customer: `GET /v1/customers/{customer_id}` (scope
+`customers:read`), read from where each fact lives, never from a workflow's
+state:
+
+- the customer's KYC standing and preferred channels (the customers table);
+- each wallet's posted, pending and available balance, and the debt owed
+  in each currency (the ledger's accounts owned by the customer, summed over
+  their balance rows in one query);
+- each card's public view: its kind, and its state and currency as its
+  process shows them to operators (the ProcessStatus and Currency search
+  attributes of the Card workflows with this CustomerId); a card whose
+  process has not started yet reads `issuing`;
+- the customer's USDT-TRC20 deposit address (the same one every time, from
+  the Tron provider, with a budget of its own).
+
+A source that does not answer in time does not fail the read: the fields it
+gives are empty and `unavailable` names it and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+from pydantic import BaseModel, Field
+from temporalio.client import Client
+
+from activities.api_keys import SCOPE_CUSTOMERS_READ
+from activities.providers.tron import TronClient
+from schemas.money import Currency
+from schemas.providers import TRON
+from schemas.refusals import Refusal
+from schemas.search import CURRENCY, CUSTOMER_ID, PROCESS_STATUS
+from starters.gateway.errors import ApiError, ErrorBody
+from starters.gateway.state import DatabasePool, GatewaySettings, TemporalClient
+from starters.gateway.v1.ownership import OwnCustomerId
+from starters.gateway.v1.shared import READ, process_router, route
+from workers.settings import Settings
+from workflows.cards import CARD_WORKFLOW, card_workflow_id
+
+router = process_router()
+
+# Each source's own budget: a slow one is reported, not waited for.
+CARDS_SECONDS_MAX = 2.0
+DEPOSIT_ADDRESS_SECONDS_MAX = 2.0
+CARD_ISSUING = "issuing"
+
+_ACCOUNTS_SQL = """
+SELECT a.code, a.currency, a.kind,
+       coalesce(sum(b.debits_posted), 0) AS debits_posted,
+       coalesce(sum(b.credits_posted), 0) AS credits_posted,
+       coalesce(sum(b.debits_pending), 0) AS debits_pending,
+       coalesce(sum(b.credits_pending), 0) AS credits_pending
+FROM ledger_accounts a
+LEFT JOIN ledger_balances b ON b.account_id = a.id
+WHERE a.owner_id = $1 AND a.kind IN ('wallet', 'receivable')
+GROUP BY a.id
+ORDER BY a.code
+"""
+
+
+class WalletView(BaseModel):
+    currency: Currency
+    posted_minor: int = Field(description="Credits less debits posted")
+    pending_minor: int = Field(
+        description="Held by open authorizations (debits pending), as a positive amount"
+    )
+    available_minor: int = Field(description="What can be spent now: posted less pending")
+
+
+class DebtView(BaseModel):
+    currency: Currency
+    outstanding_minor: int = Field(
+        description="Owed to the program (a lost dispute's shortfall), collected from top-ups"
+    )
+
+
+class CustomerCardView(BaseModel):
+    card_id: str
+    kind: Literal["virtual", "physical"]
+    state: str = Field(
+        description="open, paused, closed, pending_fulfillment, pending_activation, "
+        "exception (money waits for an operator), replaced, or issuing"
+    )
+    currency: Currency | None
+    issued_at: datetime
+
+
+class CustomerView(BaseModel):
+    customer_id: str
+    kyc_status: Literal["pending", "approved", "rejected", "expired"]
+    preferred_channels: list[str]
+    created_at: datetime
+    wallets: list[WalletView]
+    debts: list[DebtView]
+    cards: list[CustomerCardView]
+    usdt_deposit_address: str | None
+    unavailable: dict[str, str] = Field(
+        default_factory=dict,
+        description="Sources that did not answer in time, by the field they give, and why",
+    )
+
+
+async def _accounts(
+    pool: asyncpg.Pool, customer_id: str
+) -> tuple[list[WalletView], list[DebtView]]:
+    wallets: list[WalletView] = []
+    debts: list[DebtView] = []
+    for row in await pool.fetch(_ACCOUNTS_SQL, customer_id):
+        posted = int(row["credits_posted"]) - int(row["debits_posted"])
+        if row["kind"] == "wallet":
+            pending = int(row["debits_pending"])
+            wallets.append(
+                WalletView(
+                    currency=row["currency"],
+                    posted_minor=posted,
+                    pending_minor=pending,
+                    available_minor=posted - pending,
+                )
+            )
+        elif -posted > 0:
+            # A receivable is debited with what is owed: its balance runs negative.
+            debts.append(DebtView(currency=row["currency"], outstanding_minor=-posted))
+    return wallets, debts
+
+
+async def _cards(pool: asyncpg.Pool, client: Client, customer_id: str) -> list[CustomerCardView]:
+    issued = await pool.fetch(
+        "SELECT card_id, kind, created_at FROM cards WHERE customer_id = $1 ORDER BY created_at",
+        customer_id,
+    )
+    shown: dict[str, tuple[str, Currency | None]] = {}
+    # The id matched CUSTOMER_ID_PATTERN (letters, digits, _ . -): no quote in it.
+    query = f"WorkflowType = '{CARD_WORKFLOW}' AND {CUSTOMER_ID.name} = '{customer_id}'"
+    async for execution in client.list_workflows(query):
+        attributes = execution.typed_search_attributes
+        currency = attributes.get(CURRENCY)
+        shown[execution.id] = (
+            attributes.get(PROCESS_STATUS) or CARD_ISSUING,
+            Currency(currency) if currency else None,
+        )
+    cards = []
+    for row in issued:
+        state, currency = shown.get(card_workflow_id(row["card_id"]), (CARD_ISSUING, None))
+        cards.append(
+            CustomerCardView(
+                card_id=row["card_id"],
+                kind=row["kind"],
+                state=state,
+                currency=currency,
+                issued_at=row["created_at"],
+            )
+        )
+    return cards
+
+
+async def _deposit_address(settings: Settings, customer_id: str) -> str:
+    async with TronClient(f"{settings.providers_base_url}/{TRON}") as tron:
+        address = await tron.get_or_create_address(
+            customer_id, idempotency_key=f"deposit-address/{customer_id}"
+        )
+    return address.address
+
+
+@route(
+    router,
+    READ,
+    "/customers/{customer_id}",
+    "A customer: KYC, wallets (posted, pending, available), debt, cards, deposit address",
+    scope=SCOPE_CUSTOMERS_READ,
+    responses={404: {"model": ErrorBody}},
+)
+async def customer_route(
+    customer_id: OwnCustomerId,
+    pool: DatabasePool,
+    client: TemporalClient,
+    settings: GatewaySettings,
+) -> CustomerView:
+    row = await pool.fetchrow(
+        "SELECT kyc_status, preferred_channels, created_at FROM customers WHERE customer_id = $1",
+        customer_id,
+    )
+    if row is None:
+        raise ApiError(Refusal.NOT_FOUND, f"no customer {customer_id}")
+    unavailable: dict[str, str] = {}
+    cards_read = asyncio.create_task(
+        asyncio.wait_for(_cards(pool, client, customer_id), CARDS_SECONDS_MAX)
+    )
+    address_read = asyncio.create_task(
+        asyncio.wait_for(_deposit_address(settings, customer_id), DEPOSIT_ADDRESS_SECONDS_MAX)
+    )
+    try:
+        wallets, debts = await _accounts(pool, customer_id)
+        cards: list[CustomerCardView] = []
+        address: str | None = None
+        try:
+            cards = await cards_read
+        except Exception as error:  # noqa: BLE001 - reported in the answer, not a failure
+            unavailable["cards"] = _why(error)
+        try:
+            address = await address_read
+        except Exception as error:  # noqa: BLE001 - reported in the answer, not a failure
+            unavailable["usdt_deposit_address"] = _why(error)
+    finally:
+        for task in (cards_read, address_read):
+            task.cancel()
+    return CustomerView(
+        customer_id=customer_id,
+        kyc_status=row["kyc_status"],
+        preferred_channels=list(row["preferred_channels"]),
+        created_at=row["created_at"],
+        wallets=wallets,
+        debts=debts,
+        cards=cards,
+        usdt_deposit_address=address,
+        unavailable=unavailable,
+    )
+
+
+def _why(error: BaseException) -> str:
+    """Why a source gave nothing, without anything it said."""
+    if isinstance(error, TimeoutError):
+        return "did not answer within its budget"
+    kind = getattr(error, "type", None) or type(error).__name__
+    return f"failed ({kind})"
