@@ -48,6 +48,9 @@ SCOPE_PROCESSES_START: Final = "processes:start"
 SCOPE_PROCESSES_READ: Final = "processes:read"
 # Read a customer's own data: KYC standing, balances, debt, cards.
 SCOPE_CUSTOMERS_READ: Final = "customers:read"
+# Have the issuer show a card's number to its holder's device (a
+# single-use token; the number never reaches cardflow).
+SCOPE_CARDS_REVEAL: Final = "cards:reveal"
 # An operator's decisions: KYC review, top-up review, card exceptions,
 # dispute operator actions, reconciliation decisions.
 SCOPE_OPERATIONS: Final = "operations"
@@ -55,11 +58,14 @@ SCOPE_OPERATIONS: Final = "operations"
 # `admin` implies no other scope: a key holds every scope it needs, by name.
 SCOPE_ADMIN: Final = "admin"
 
-Scope = Literal["processes:start", "processes:read", "customers:read", "operations", "admin"]
+Scope = Literal[
+    "processes:start", "processes:read", "customers:read", "cards:reveal", "operations", "admin"
+]
 SCOPES: dict[str, str] = {
     SCOPE_PROCESSES_START: "start customer processes and take the customer's steps in them",
     SCOPE_PROCESSES_READ: "read processes' status",
     SCOPE_CUSTOMERS_READ: "read customers' balances, debt, cards and deposit address",
+    SCOPE_CARDS_REVEAL: "have the issuer show a card's number to its holder's device",
     SCOPE_OPERATIONS: "operator decisions: KYC and top-up review, exceptions, disputes, "
     "reconciliation differences",
     SCOPE_ADMIN: "administrative runs: billing, reconciliation",

@@ -322,6 +322,16 @@ class FundingBalance(BaseModel):
     available_minor: SignedTotalMinor
 
 
+class RevealToken(BaseModel):
+    """A single-use, short-lived token with which the holder's device fetches
+    the card's number from the issuer: the number never passes through us."""
+
+    token: str = Field(min_length=1, max_length=100)
+    url: str = Field(min_length=1, max_length=500)
+    card_id: str
+    expires_at: dt.datetime
+
+
 class ProgramFunding(BaseModel):
     balances: list[FundingBalance]
     as_of: str

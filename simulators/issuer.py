@@ -8,6 +8,8 @@ daily settlement report. Mounted at /issuer.
     PATCH /v1/cardholders/{id}                             new e-mail, phone or billing address
     POST  /v1/cards                                        issue a virtual or physical card
     GET   /v1/cards/{id}                                   last4 and token, never the number
+    POST  /v1/cards/{id}/reveal_tokens                     a single-use token to show the card
+    GET   /v1/embed/card?token=                            the holder's device: number, expiry, CVV
     GET   /v1/cards?cardholder_id=&limit=&starting_after=  a cardholder's cards, paged
     PATCH /v1/cards/{id}                                   pause, resume or close
     POST  /v1/cards/{id}/activate                          a physical card, once delivered
@@ -49,7 +51,8 @@ dispute.representment, dispute.pre_arbitration, dispute.won, dispute.lost,
 dispute.withdrawn.
 
 Options (admin API, PUT /_admin/options/issuer): authorization_deadline_ms
-(default 2000), stand_in_decision ("decline" or "approve"; default
+(default 2000), reveal_token_seconds (a reveal token's life, 1 to 60;
+default 60), stand_in_decision ("decline" or "approve"; default
 "decline"), clock_offset_seconds (moves the issuer's clock forward, or back
 when negative, before anything happens; default 0), settlement_delay_days
 (transactions made while it is set settle that many days late: they are in
@@ -73,6 +76,7 @@ from simulators import (
     issuer_cards,
     issuer_disputes,
     issuer_reports,
+    issuer_reveal,
     issuer_transactions,
 )
 from simulators.framework.context import SimulatorContext
@@ -92,6 +96,7 @@ def create(context: SimulatorContext) -> FastAPI:
         issuer_transactions,
         issuer_disputes,
         issuer_reports,
+        issuer_reveal,
     ):
         app.include_router(module.router(state))
     return app

@@ -31,6 +31,7 @@ from schemas.issuer import (
     Merchant,
     ProgramFunding,
     ReissueReason,
+    RevealToken,
     Reversal,
     SettlementReport,
     ShippingRequest,
@@ -192,6 +193,16 @@ class IssuerClient(ProviderClient):
         )
 
     # ----- money --------------------------------------------------------------
+
+    async def create_reveal_token(self, card_id: str, *, idempotency_key: str) -> RevealToken:
+        """A token for the holder's device to fetch the card's number, expiry
+        and CVV from the issuer directly, once, within its life (60 s at most)."""
+        return await self.call(
+            "POST",
+            f"/v1/cards/{card_id}/reveal_tokens",
+            RevealToken,
+            idempotency_key=idempotency_key,
+        )
 
     async def get_program_funding(self) -> ProgramFunding:
         return await self.call("GET", "/v1/program/funding", ProgramFunding)

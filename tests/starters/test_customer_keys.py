@@ -55,6 +55,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("POST", "/v1/cards/{card_id}/actions"): "customer: the cards table, by card_id",
     ("PUT", "/v1/cards/{card_id}/limits"): "customer: the cards table, by card_id",
     ("GET", "/v1/cards/{card_id}"): "customer: the cards table, by card_id",
+    ("POST", "/v1/cards/{card_id}/reveal"): "customer: the cards table, by card_id",
     ("POST", "/v1/cards/{card_id}/exceptions"): PROGRAM_WIDE,
     ("POST", "/v1/card-issues/{request_id}/reschedule"): (
         "customer: the card issue process's CustomerId search attribute"
@@ -345,6 +346,7 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
         {"per_day_minor": 1_000},
     ),
     ("GET", "/v1/cards/{card_id}"): lambda i: ("GET", f"/v1/cards/{i.card}", None),
+    ("POST", "/v1/cards/{card_id}/reveal"): lambda i: ("POST", f"/v1/cards/{i.card}/reveal", None),
     ("POST", "/v1/card-issues/{request_id}/reschedule"): lambda i: (
         "POST",
         f"/v1/card-issues/{i.card_issue}/reschedule",

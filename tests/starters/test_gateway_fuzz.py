@@ -96,11 +96,16 @@ class Gateway:
 
 
 @pytest.fixture
-def gateway(workflow_env: Any, database_url: str, tmp_path: Path) -> Iterator[Gateway]:
-    """The gateway as its own server with its own event loop, client and pool."""
+def gateway(
+    workflow_env: Any, database_url: str, tmp_path: Path, simulators: Any
+) -> Iterator[Gateway]:
+    """The gateway as its own server with its own event loop, client and pool;
+    the providers it calls itself (the issuer's reveal tokens, the Tron
+    deposit address) are the session's simulators, as in a healthy stack."""
     settings_ = load_settings(
         CARDFLOW_HOME=str(tmp_path),
         DATABASE_URL=database_url,
+        CARDFLOW_PROVIDERS_URL=simulators.url,
         TEMPORAL_ADDRESS=workflow_env.client.service_client.config.target_host,
         CARDFLOW_TASK_QUEUE_PREFIX="fuzz",
         # The fuzzer is one client hammering each route: no throttling here.

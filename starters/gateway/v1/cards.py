@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import Depends, Path, Request, Response
 from pydantic import ConfigDict, Field
+from temporalio.exceptions import ApplicationError
 
-from activities.api_keys import SCOPE_OPERATIONS
+from activities.api_keys import SCOPE_CARDS_REVEAL, SCOPE_OPERATIONS
+from activities.providers.issuer import IssuerClient
 from schemas.cards import CardIssueInput, ExceptionDecision, RescheduleDelivery, SpendingLimits
 from schemas.customers import CustomerId
 from schemas.edge import EdgeModel
-from schemas.issuer import Address
+from schemas.issuer import Address, RevealToken
 from schemas.money import Currency
+from schemas.providers import ISSUER
+from schemas.refusals import Refusal
 from schemas.views import CardView
 from starters.cards import (
     activate,
@@ -24,7 +29,8 @@ from starters.cards import (
     set_limits,
 )
 from starters.gateway import access
-from starters.gateway.state import DatabasePool, Queues, TemporalClient
+from starters.gateway.errors import ApiError, ErrorBody
+from starters.gateway.state import DatabasePool, GatewaySettings, Queues, TemporalClient
 from starters.gateway.v1.idempotency import ProcessStarter, ProcessUpdates, StartKey, UpdateKey
 from starters.gateway.v1.ownership import (
     request_process_owner,
@@ -183,6 +189,37 @@ async def limits_route(
     stored = partial(set_limits, updates.client, card_id, body)
     workflow_id = card_workflow_id(card_id)
     return await updates.send(stored, idempotency, "card-limits", workflow_id, card_id, body)
+
+
+@route(
+    router,
+    READ,
+    "/cards/{card_id}/reveal",
+    "A single-use token with which the holder's device fetches the card's number from the issuer",
+    method="POST",
+    scope=SCOPE_CARDS_REVEAL,
+    status_code=201,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def reveal_route(card_id: OwnCardId, settings: GatewaySettings) -> RevealToken:
+    """The issuer makes the token (single use, bound to the card, 60 s at
+    most); the device trades it for the number at the issuer's URL. The
+    number, expiry and CVV never pass through cardflow."""
+    try:
+        async with IssuerClient(f"{settings.providers_base_url}/{ISSUER}") as issuer:
+            return await issuer.create_reveal_token(
+                card_id, idempotency_key=f"reveal/{card_id}/{uuid.uuid4().hex}"
+            )
+    except ApplicationError as error:
+        if error.type == "ProviderNotFound":
+            raise ApiError(Refusal.NOT_FOUND, f"the issuer knows no card {card_id}") from None
+        if error.type == "ProviderConflict":
+            raise ApiError(
+                Refusal.WRONG_STATE, f"card {card_id} is closed: its number is not shown"
+            ) from None
+        raise ApiError(
+            Refusal.PROVIDER_UNAVAILABLE, f"the issuer did not make a token ({error.type})"
+        ) from None
 
 
 @route(
