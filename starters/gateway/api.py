@@ -19,6 +19,7 @@ from starters.gateway.v1 import (
     disputes,
     fx,
     onboarding,
+    overview,
     processes,
     reconciliation,
     topups,
@@ -27,6 +28,7 @@ from starters.gateway.v1 import (
 PROCESS_ROUTERS = (
     processes.router,
     customers.router,
+    overview.router,
     onboarding.router,
     cards.router,
     fx.router,

@@ -48,6 +48,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("POST", "/v1/pings"): PROGRAM_WIDE,
     ("GET", "/v1/processes/{workflow_id}"): "customer: the process's CustomerId search attribute",
     ("GET", "/v1/customers/{customer_id}"): "customer: the path's customer_id",
+    ("GET", "/v1/customers/{customer_id}/overview"): "customer: the path's customer_id",
     ("POST", "/v1/onboardings"): "customer: the body's profile.customer_id",
     ("POST", "/v1/onboardings/{customer_id}/review"): PROGRAM_WIDE,
     ("POST", "/v1/onboardings/{customer_id}/documents"): "customer: the path's customer_id",
@@ -324,6 +325,11 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
         None,
     ),
     ("GET", "/v1/customers/{customer_id}"): lambda i: ("GET", f"/v1/customers/{i.customer}", None),
+    ("GET", "/v1/customers/{customer_id}/overview"): lambda i: (
+        "GET",
+        f"/v1/customers/{i.customer}/overview",
+        None,
+    ),
     ("POST", "/v1/onboardings"): lambda i: ("POST", "/v1/onboardings", onboarding(i.customer)),
     ("POST", "/v1/onboardings/{customer_id}/documents"): lambda i: (
         "POST",

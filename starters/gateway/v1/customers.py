@@ -26,6 +26,7 @@ from typing import Literal
 import asyncpg
 from pydantic import BaseModel, Field
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from activities.api_keys import SCOPE_CUSTOMERS_READ
 from activities.providers.tron import TronClient
@@ -103,7 +104,7 @@ class CustomerView(BaseModel):
     )
 
 
-async def _accounts(
+async def customer_accounts(
     pool: asyncpg.Pool, customer_id: str
 ) -> tuple[list[WalletView], list[DebtView]]:
     wallets: list[WalletView] = []
@@ -192,17 +193,17 @@ async def customer_route(
         asyncio.wait_for(_deposit_address(settings, customer_id), DEPOSIT_ADDRESS_SECONDS_MAX)
     )
     try:
-        wallets, debts = await _accounts(pool, customer_id)
+        wallets, debts = await customer_accounts(pool, customer_id)
         cards: list[CustomerCardView] = []
         address: str | None = None
         try:
             cards = await cards_read
         except Exception as error:  # noqa: BLE001 - reported in the answer, not a failure
-            unavailable["cards"] = _why(error)
+            unavailable["cards"] = unavailable_reason(error)
         try:
             address = await address_read
         except Exception as error:  # noqa: BLE001 - reported in the answer, not a failure
-            unavailable["usdt_deposit_address"] = _why(error)
+            unavailable["usdt_deposit_address"] = unavailable_reason(error)
     finally:
         for task in (cards_read, address_read):
             task.cancel()
@@ -219,9 +220,12 @@ async def customer_route(
     )
 
 
-def _why(error: BaseException) -> str:
-    """Why a source gave nothing, without anything it said."""
+def unavailable_reason(error: BaseException) -> str:
+    """Why a source gave nothing, without anything it said: out of time, or
+    the kind of its failure (a provider's error type, Temporal's status)."""
     if isinstance(error, TimeoutError):
         return "did not answer within its budget"
+    if isinstance(error, RPCError):
+        return f"failed (temporal {error.status.name.lower()})"
     kind = getattr(error, "type", None) or type(error).__name__
     return f"failed ({kind})"
