@@ -7,100 +7,34 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
-from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from activities.api_keys import (
     SCOPE_CARDS_REVEAL,
     SCOPE_CUSTOMERS_READ,
-    ApiKeyStore,
-    NewApiKey,
-    Scope,
-    api_key_pepper,
 )
 from activities.customers import CustomerStore
-from activities.database import create_pool
 from activities.providers.issuer import IssuerClient
-from schemas.issuer import Address, CardState, CardType
-from schemas.money import Currency
+from schemas.issuer import CardState, CardType
 from simulators.issuer_reveal import luhn_valid
-from starters.gateway.app import create_app
 from tests.customers import new_id, profile
-from workers.settings import load_settings
+from tests.starters.test_v1_customers import Api, api, issuer_card
 
-ADDRESS = Address(line1="1 Main St", city="Berlin", postal_code="10115", country="DE")
 TOKEN_SECONDS_MAX = 60
 
-
-@dataclass
-class Api:
-    http: httpx.AsyncClient
-    keys: ApiKeyStore
-    pool: asyncpg.Pool
-    client: Client
-
-    async def headers(self, scope: Scope) -> dict[str, str]:
-        issued = await self.keys.create(
-            NewApiKey(name=f"app-{uuid.uuid4().hex[:6]}", scopes=[scope])
-        )
-        return {"Authorization": f"Bearer {issued.key}"}
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(
-    workflow_env: WorkflowEnvironment, database_url: str, tmp_path: Path, sim: Any
-) -> AsyncIterator[Api]:
-    settings = load_settings(
-        CARDFLOW_HOME=str(tmp_path), DATABASE_URL=database_url, CARDFLOW_PROVIDERS_URL=sim.url
-    )
-    pool = await create_pool(database_url, size_max=4)
-    app = create_app(settings, client=workflow_env.client, pool=pool)
-    app.state.client, app.state.pool = workflow_env.client, pool
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=30
-        ) as http:
-            yield Api(http, ApiKeyStore(pool, api_key_pepper(settings)), pool, workflow_env.client)
-    finally:
-        await pool.close()
+__all__ = ["api"]
 
 
 async def an_issued_card(api: Api, sim: Any) -> tuple[str, str]:
-    """(card id, last4) of a virtual card the issuer made for a new customer,
-    recorded in the cards table as a card issue records it."""
+    """(card id, last4) of a virtual card the issuer made for a new customer."""
     customer_id = new_id("reveal")
     await CustomerStore(api.pool).save(profile(customer_id))
-    async with IssuerClient(sim.provider_url("issuer")) as issuer:
-        holder = await issuer.create_cardholder(
-            first_name="Ada",
-            last_name="Lovelace",
-            email=f"{customer_id}@example.com",
-            address=ADDRESS,
-            idempotency_key=f"holder-{customer_id}",
-        )
-        card = await issuer.create_card(
-            cardholder_id=holder.id,
-            card_type=CardType.VIRTUAL,
-            currency=Currency.USD,
-            idempotency_key=f"card-{customer_id}",
-        )
-    await api.pool.execute(
-        "INSERT INTO cards (card_id, request_id, customer_id, kind) VALUES ($1, $2, $3, 'virtual')",
-        card.id,
-        f"r-{uuid.uuid4().hex[:8]}",
-        customer_id,
-    )
+    card = await issuer_card(api, sim, customer_id, CardType.VIRTUAL)
     return card.id, card.last4
 
 

@@ -33,10 +33,12 @@ from activities.api_keys import (
 from activities.customers import CustomerStore
 from activities.database import create_pool
 from activities.ledger import Ledger
+from activities.providers.issuer import IssuerClient
 from activities.providers.tron import TronClient
 from schemas import accounts
 from schemas.customers import KycStatus
 from schemas.disputes import customer_debt, customer_debt_spec
+from schemas.issuer import Address, Card, CardType
 from schemas.ledger import AccountSpec, HoldRequest, TransferRequest
 from schemas.money import Currency
 from schemas.search import CURRENCY, CUSTOMER_ID, PROCESS_STATUS
@@ -137,6 +139,37 @@ async def a_customer_with_money(api: Api) -> str:
         )
     )
     return customer_id
+
+
+ADDRESS = Address(line1="1 Main St", city="Berlin", postal_code="10115", country="DE")
+
+
+async def issuer_card(api: Api, sim: Any, customer_id: str, kind: CardType) -> Card:
+    """A card the issuer made for the customer, recorded in the cards table as
+    a card issue records it (its process not started: a physical card's
+    starts once delivered and activated)."""
+    async with IssuerClient(sim.provider_url("issuer")) as issuer:
+        holder = await issuer.create_cardholder(
+            first_name="Ada",
+            last_name="Lovelace",
+            email=f"{customer_id}@example.com",
+            address=ADDRESS,
+            idempotency_key=f"holder-{customer_id}-{kind.value}",
+        )
+        card = await issuer.create_card(
+            cardholder_id=holder.id,
+            card_type=kind,
+            currency=Currency.USD,
+            idempotency_key=f"card-{customer_id}-{kind.value}",
+        )
+    await api.pool.execute(
+        "INSERT INTO cards (card_id, request_id, customer_id, kind) VALUES ($1, $2, $3, $4)",
+        card.id,
+        f"r-{uuid.uuid4().hex[:8]}",
+        customer_id,
+        kind.value,
+    )
+    return card
 
 
 async def a_card(api: Api, customer_id: str, status: str | None) -> str:

@@ -12,48 +12,32 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from activities.api_keys import SCOPE_CUSTOMERS_READ
 from activities.ledger import Ledger
-from activities.providers.issuer import IssuerClient
 from schemas import accounts
-from schemas.issuer import Address, CardType
+from schemas.issuer import CardType
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
 from starters.gateway.v1.overview import SOURCE_SECONDS
 from tests.polling import until
-from tests.starters.test_v1_customers import Api, a_card, a_customer_with_money, api, key
+from tests.starters.test_v1_customers import (
+    Api,
+    a_card,
+    a_customer_with_money,
+    api,
+    issuer_card,
+    key,
+)
 from workflows.dispute import DISPUTE_WORKFLOW, dispute_workflow_id
 from workflows.topup import TOPUP_WORKFLOW, topup_workflow_id
 
 __all__ = ["api"]
 
-ADDRESS = Address(line1="1 Main St", city="Berlin", postal_code="10115", country="DE")
 CASHBACK_USD = accounts.expense_cashback(Currency.USD)
 PAGE_SECONDS_MAX = max(SOURCE_SECONDS.values())
 
 
 async def a_physical_card(api: Api, sim: Any, customer_id: str) -> str:
-    async with IssuerClient(sim.provider_url("issuer")) as issuer:
-        holder = await issuer.create_cardholder(
-            first_name="Ada",
-            last_name="Lovelace",
-            email=f"{customer_id}@example.com",
-            address=ADDRESS,
-            idempotency_key=f"holder-{customer_id}",
-        )
-        card = await issuer.create_card(
-            cardholder_id=holder.id,
-            card_type=CardType.PHYSICAL,
-            currency=Currency.USD,
-            idempotency_key=f"card-{customer_id}",
-        )
-    await api.pool.execute(
-        "INSERT INTO cards (card_id, request_id, customer_id, kind)"
-        " VALUES ($1, $2, $3, 'physical')",
-        card.id,
-        f"r-{uuid.uuid4().hex[:8]}",
-        customer_id,
-    )
-    return card.id
+    return (await issuer_card(api, sim, customer_id, CardType.PHYSICAL)).id
 
 
 async def in_flight(api: Api, customer_id: str, workflow_type: str, workflow_id: str) -> None:
