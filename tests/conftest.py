@@ -40,6 +40,7 @@ from tests import polling
 from tests.faults import WorkflowTaskFaults
 from workers.build import build_worker
 from workers.converter import EncryptionCodec, build_data_converter, generate_key
+from workers.interceptors import PostCloseQueryInterceptor
 
 TEMPLATE_DATABASE = "cardflow_template"
 # Stacks that never call a provider point their clients here (nothing listens).
@@ -103,6 +104,8 @@ async def workflow_env(
         dev_server_extra_args=["--ui-disable-news-fetch"],
         # Picked as the stacks pick theirs, never a port the OS may hand out.
         port=free_port(),
+        # As every cardflow client has it (workers.client.connect).
+        interceptors=[PostCloseQueryInterceptor()],
     )
     try:
         yield env

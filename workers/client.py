@@ -6,6 +6,7 @@ from temporalio.client import Client
 from temporalio.service import TLSConfig
 
 from workers.converter import data_converter_from_settings
+from workers.interceptors import PostCloseQueryInterceptor
 from workers.settings import Settings
 from workers.telemetry import Telemetry, process_telemetry
 
@@ -53,7 +54,10 @@ async def connect(
             api_key=api_key,
             identity=identity,
             runtime=telemetry.runtime if telemetry is not None else None,
-            interceptors=list(telemetry.interceptors) if telemetry is not None else [],
+            interceptors=[
+                PostCloseQueryInterceptor(),
+                *(telemetry.interceptors if telemetry is not None else ()),
+            ],
         )
     except RuntimeError as error:  # the SDK's "Failed client connect: ..."
         raise TemporalUnreachable(
