@@ -225,9 +225,7 @@ async def get_bank_transfer(settings: Settings, transfer_id: str) -> InboundTran
 async def deposit_address(settings: Settings, customer_id: str) -> DepositAddress:
     """The customer's USDT-TRC20 deposit address (the same one every time)."""
     async with TronClient(f"{settings.providers_base_url}/{TRON}") as tron:
-        return await tron.get_or_create_address(
-            customer_id, idempotency_key=f"deposit-address/{customer_id}"
-        )
+        return await tron.customer_address(customer_id)
 
 
 async def simulate_deposit(settings: Settings, customer_id: str, amount_minor: int) -> Deposit:

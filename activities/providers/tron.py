@@ -28,6 +28,13 @@ class TronClient(ProviderClient):
             idempotency_key=idempotency_key,
         )
 
+    async def customer_address(self, customer_id: str) -> DepositAddress:
+        """The customer's deposit address, under the one key every caller uses
+        for it (the CLI, the gateway): asked any number of times, one address."""
+        return await self.get_or_create_address(
+            customer_id, idempotency_key=f"deposit-address/{customer_id}"
+        )
+
     async def get_address(self, address: str) -> DepositAddress:
         return await self.call("GET", f"/v1/addresses/{address}", DepositAddress)
 

@@ -14,8 +14,10 @@ from temporalio.runtime import Runtime
 
 from activities.database import create_pool
 from activities.metrics import GatewayMetrics
+from activities.providers.activities import ProviderClients
 from starters.gateway import api, errors, realtime, webhooks
 from starters.gateway.intake import Intake
+from starters.gateway.v1.overview import SectionCache
 from workers.client import connect
 from workers.secrets import webhook_secrets
 from workers.settings import Settings
@@ -67,6 +69,7 @@ def create_app(
             yield
         finally:
             await app.state.decisions_in_flight.aclose()
+            await app.state.providers.aclose()
             if owned_pool is not None:
                 await owned_pool.close()
 
@@ -81,6 +84,8 @@ def create_app(
     app.state.webhook_secrets = secrets
     app.state.settings = settings
     app.state.decisions_in_flight = realtime.InFlight(settings.authorization_in_flight_max)
+    app.state.providers = ProviderClients(settings.providers_base_url)
+    app.state.overview_cache = SectionCache()
 
     @app.get("/health", tags=["operations"], summary="The gateway answers")
     async def health() -> dict[str, str]:

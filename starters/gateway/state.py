@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from temporalio.client import Client
 
 from activities.metrics import GatewayMetrics
+from activities.providers.activities import ProviderClients
 from schemas.task_queues import TaskQueues
 from workers.secrets import WebhookSecrets
 from workers.settings import Settings
@@ -80,9 +81,16 @@ async def gateway_metrics(request: Request) -> GatewayMetrics:
     return _required(request.app, "metrics", GatewayMetrics)
 
 
+async def provider_clients(request: Request) -> ProviderClients:
+    return _required(request.app, "providers", ProviderClients)
+
+
 TemporalClient = Annotated[Client, Depends(temporal_client)]
 DatabasePool = Annotated[asyncpg.Pool, Depends(database_pool)]
 GatewaySettings = Annotated[Settings, Depends(gateway_settings)]
 Queues = Annotated[TaskQueues, Depends(task_queues)]
 Secrets = Annotated[WebhookSecrets, Depends(webhook_secrets)]
 Metrics = Annotated[GatewayMetrics, Depends(gateway_metrics)]
+# The providers' API clients the gateway calls itself (reveal tokens, deposit
+# addresses, shipping): made once, their connections kept.
+Providers = Annotated[ProviderClients, Depends(provider_clients)]

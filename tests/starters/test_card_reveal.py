@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -123,3 +124,26 @@ async def test_a_closed_card_is_not_revealed_and_the_scope_is_required(api: Api,
         )
     closed = await reveal(api, card_id)
     assert closed.status_code == 409 and closed.json()["code"] == "wrong_state", closed.text
+
+
+async def test_an_issuer_that_fails_or_knows_no_such_card_reveals_nothing(
+    api: Api, sim: Any
+) -> None:
+    card_id, _ = await an_issued_card(api, sim)
+    sim.fault(path_prefix="/issuer/v1/cards", kind="error", status=503, times=1)
+    down = await reveal(api, card_id)
+    assert down.status_code == 503 and down.json()["code"] == "provider_unavailable", down.text
+    # Asked again once the issuer answers, the token comes.
+    assert (await reveal(api, card_id)).status_code == 201
+    # A card of ours the issuer does not know (its record and the issuer apart).
+    customer_id = new_id("reveal")
+    await CustomerStore(api.pool).save(profile(customer_id))
+    unknown_id = f"card-unknown-{uuid.uuid4().hex[:8]}"
+    await api.pool.execute(
+        "INSERT INTO cards (card_id, request_id, customer_id, kind) VALUES ($1, $2, $3, 'virtual')",
+        unknown_id,
+        f"r-{uuid.uuid4().hex[:8]}",
+        customer_id,
+    )
+    unknown = await reveal(api, unknown_id)
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found", unknown.text

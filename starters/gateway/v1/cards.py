@@ -11,13 +11,11 @@ from pydantic import ConfigDict, Field
 from temporalio.exceptions import ApplicationError
 
 from activities.api_keys import SCOPE_CARDS_REVEAL, SCOPE_OPERATIONS
-from activities.providers.issuer import IssuerClient
 from schemas.cards import CardIssueInput, ExceptionDecision, RescheduleDelivery, SpendingLimits
 from schemas.customers import CustomerId
 from schemas.edge import EdgeModel
 from schemas.issuer import Address, RevealToken
 from schemas.money import Currency
-from schemas.providers import ISSUER
 from schemas.refusals import Refusal
 from schemas.views import CardView
 from starters.cards import (
@@ -30,7 +28,7 @@ from starters.cards import (
 )
 from starters.gateway import access
 from starters.gateway.errors import ApiError, ErrorBody
-from starters.gateway.state import DatabasePool, GatewaySettings, Queues, TemporalClient
+from starters.gateway.state import DatabasePool, Providers, Queues, TemporalClient
 from starters.gateway.v1.idempotency import ProcessStarter, ProcessUpdates, StartKey, UpdateKey
 from starters.gateway.v1.ownership import (
     request_process_owner,
@@ -201,15 +199,14 @@ async def limits_route(
     status_code=201,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-async def reveal_route(card_id: OwnCardId, settings: GatewaySettings) -> RevealToken:
+async def reveal_route(card_id: OwnCardId, providers: Providers) -> RevealToken:
     """The issuer makes the token (single use, bound to the card, 60 s at
     most); the device trades it for the number at the issuer's URL. The
     number, expiry and CVV never pass through cardflow."""
     try:
-        async with IssuerClient(f"{settings.providers_base_url}/{ISSUER}") as issuer:
-            return await issuer.create_reveal_token(
-                card_id, idempotency_key=f"reveal/{card_id}/{uuid.uuid4().hex}"
-            )
+        return await providers.issuer.create_reveal_token(
+            card_id, idempotency_key=f"reveal/{card_id}/{uuid.uuid4().hex}"
+        )
     except ApplicationError as error:
         if error.type == "ProviderNotFound":
             raise ApiError(Refusal.NOT_FOUND, f"the issuer knows no card {card_id}") from None

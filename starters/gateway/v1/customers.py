@@ -31,14 +31,12 @@ from temporalio.service import RPCError
 from activities.api_keys import SCOPE_CUSTOMERS_READ
 from activities.providers.tron import TronClient
 from schemas.money import Currency
-from schemas.providers import TRON
 from schemas.refusals import Refusal
 from schemas.search import CURRENCY, CUSTOMER_ID, PROCESS_STATUS
 from starters.gateway.errors import ApiError, ErrorBody
-from starters.gateway.state import DatabasePool, GatewaySettings, TemporalClient
+from starters.gateway.state import DatabasePool, Providers, TemporalClient
 from starters.gateway.v1.ownership import OwnCustomerId
 from starters.gateway.v1.shared import READ, process_router, route
-from workers.settings import Settings
 from workflows.cards import CARD_WORKFLOW, card_workflow_id
 
 router = process_router()
@@ -127,11 +125,28 @@ async def customer_accounts(
     return wallets, debts
 
 
-async def _cards(pool: asyncpg.Pool, client: Client, customer_id: str) -> list[CustomerCardView]:
-    issued = await pool.fetch(
+async def issued_cards(pool: asyncpg.Pool, customer_id: str) -> list[asyncpg.Record]:
+    """card_id, kind and created_at of each card issued to the customer, oldest first."""
+    rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT card_id, kind, created_at FROM cards WHERE customer_id = $1 ORDER BY created_at",
         customer_id,
     )
+    return rows
+
+
+async def known_customer(pool: asyncpg.Pool, customer_id: str) -> asyncpg.Record:
+    """The customer's KYC status, channels and creation; 404 when unknown."""
+    row: asyncpg.Record | None = await pool.fetchrow(
+        "SELECT kyc_status, preferred_channels, created_at FROM customers WHERE customer_id = $1",
+        customer_id,
+    )
+    if row is None:
+        raise ApiError(Refusal.NOT_FOUND, f"no customer {customer_id}")
+    return row
+
+
+async def _cards(pool: asyncpg.Pool, client: Client, customer_id: str) -> list[CustomerCardView]:
+    issued = await issued_cards(pool, customer_id)
     shown: dict[str, tuple[str, Currency | None]] = {}
     # The id matched CUSTOMER_ID_PATTERN (letters, digits, _ . -): no quote in it.
     query = f"WorkflowType = '{CARD_WORKFLOW}' AND {CUSTOMER_ID.name} = '{customer_id}'"
@@ -157,12 +172,8 @@ async def _cards(pool: asyncpg.Pool, client: Client, customer_id: str) -> list[C
     return cards
 
 
-async def _deposit_address(settings: Settings, customer_id: str) -> str:
-    async with TronClient(f"{settings.providers_base_url}/{TRON}") as tron:
-        address = await tron.get_or_create_address(
-            customer_id, idempotency_key=f"deposit-address/{customer_id}"
-        )
-    return address.address
+async def _deposit_address(tron: TronClient, customer_id: str) -> str:
+    return (await tron.customer_address(customer_id)).address
 
 
 @route(
@@ -177,20 +188,15 @@ async def customer_route(
     customer_id: OwnCustomerId,
     pool: DatabasePool,
     client: TemporalClient,
-    settings: GatewaySettings,
+    providers: Providers,
 ) -> CustomerView:
-    row = await pool.fetchrow(
-        "SELECT kyc_status, preferred_channels, created_at FROM customers WHERE customer_id = $1",
-        customer_id,
-    )
-    if row is None:
-        raise ApiError(Refusal.NOT_FOUND, f"no customer {customer_id}")
+    row = await known_customer(pool, customer_id)
     unavailable: dict[str, str] = {}
     cards_read = asyncio.create_task(
         asyncio.wait_for(_cards(pool, client, customer_id), CARDS_SECONDS_MAX)
     )
     address_read = asyncio.create_task(
-        asyncio.wait_for(_deposit_address(settings, customer_id), DEPOSIT_ADDRESS_SECONDS_MAX)
+        asyncio.wait_for(_deposit_address(providers.tron, customer_id), DEPOSIT_ADDRESS_SECONDS_MAX)
     )
     try:
         wallets, debts = await customer_accounts(pool, customer_id)

@@ -36,24 +36,23 @@ from activities.api_keys import SCOPE_CUSTOMERS_READ
 from activities.providers.issuer import IssuerClient
 from schemas.issuer import Shipping
 from schemas.money import Currency
-from schemas.providers import ISSUER
-from schemas.refusals import Refusal
 from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROCESS_STATUS
 from schemas.views import CardView
 from starters.cards import card_status
-from starters.gateway.errors import ApiError, ErrorBody
+from starters.gateway.errors import ErrorBody
 from starters.gateway.server import arrived_at
-from starters.gateway.state import DatabasePool, GatewaySettings, TemporalClient
+from starters.gateway.state import DatabasePool, Providers, TemporalClient
 from starters.gateway.v1.customers import (
     CARD_ISSUING,
     DebtView,
     WalletView,
     customer_accounts,
+    issued_cards,
+    known_customer,
     unavailable_reason,
 )
 from starters.gateway.v1.ownership import OwnCustomerId
 from starters.gateway.v1.shared import READ, process_router, route
-from workers.settings import Settings
 from workflows.dispute import DISPUTE_WORKFLOW
 from workflows.topup import TOPUP_WORKFLOW
 
@@ -153,10 +152,9 @@ class SectionCache:
 
 
 def section_cache(request: Request) -> SectionCache:
-    cache = getattr(request.app.state, "overview_cache", None)
-    if cache is None:
-        cache = request.app.state.overview_cache = SectionCache()
-    assert isinstance(cache, SectionCache)
+    """The gateway process's cache (made with the app)."""
+    cache = request.app.state.overview_cache
+    assert isinstance(cache, SectionCache), "made by create_app"
     return cache
 
 
@@ -192,15 +190,6 @@ async def _rewards(pool: asyncpg.Pool, customer_id: str) -> list[RewardView]:
     return [RewardView(currency=row["currency"], cashback_minor=row["net_minor"]) for row in rows]
 
 
-async def _issued(pool: asyncpg.Pool, customer_id: str) -> list[tuple[str, CardKind]]:
-    """(card id, kind) of each card issued to the customer, oldest first."""
-    rows = await pool.fetch(
-        "SELECT card_id, kind FROM cards WHERE customer_id = $1 ORDER BY created_at",
-        customer_id,
-    )
-    return [(row["card_id"], row["kind"]) for row in rows]
-
-
 async def _card(client: Client, card_id: str, kind: CardKind) -> OverviewCard:
     """The card as its process shows it; `issuing` while it has none (a
     physical card is shipped and activated before its process starts)."""
@@ -214,14 +203,18 @@ async def _card(client: Client, card_id: str, kind: CardKind) -> OverviewCard:
 
 
 async def _cards(pool: asyncpg.Pool, client: Client, customer_id: str) -> list[OverviewCard]:
-    issued = await _issued(pool, customer_id)
-    return list(await asyncio.gather(*(_card(client, card, kind) for card, kind in issued)))
+    issued = await issued_cards(pool, customer_id)
+    return list(
+        await asyncio.gather(*(_card(client, row["card_id"], row["kind"]) for row in issued))
+    )
 
 
-async def _shipping(pool: asyncpg.Pool, settings: Settings, customer_id: str) -> list[ShipmentView]:
-    card_ids = [card for card, kind in await _issued(pool, customer_id) if kind == "physical"]
-    async with IssuerClient(f"{settings.providers_base_url}/{ISSUER}") as issuer:
-        cards = await asyncio.gather(*(issuer.get_card(card_id) for card_id in card_ids))
+async def _shipping(
+    pool: asyncpg.Pool, issuer: IssuerClient, customer_id: str
+) -> list[ShipmentView]:
+    issued = await issued_cards(pool, customer_id)
+    physical = [row["card_id"] for row in issued if row["kind"] == "physical"]
+    cards = await asyncio.gather(*(issuer.get_card(card_id) for card_id in physical))
     return [ShipmentView(card_id=card.id, shipping=card.shipping) for card in cards]
 
 
@@ -266,13 +259,9 @@ async def overview_route(
     customer_id: OwnCustomerId,
     pool: DatabasePool,
     client: TemporalClient,
-    settings: GatewaySettings,
+    providers: Providers,
 ) -> Overview:
-    kyc_status = await pool.fetchval(
-        "SELECT kyc_status FROM customers WHERE customer_id = $1", customer_id
-    )
-    if kyc_status is None:
-        raise ApiError(Refusal.NOT_FOUND, f"no customer {customer_id}")
+    kyc_status = (await known_customer(pool, customer_id))["kyc_status"]
     arrived = arrived_at(request.scope)
     cache = section_cache(request)
     in_flight = asyncio.create_task(_in_flight(client, customer_id))
@@ -280,7 +269,7 @@ async def overview_route(
         "balances": lambda: _balances(pool, customer_id),
         "rewards": lambda: _rewards(pool, customer_id),
         "cards": lambda: _cards(pool, client, customer_id),
-        "shipping": lambda: _shipping(pool, settings, customer_id),
+        "shipping": lambda: _shipping(pool, providers.issuer, customer_id),
         "disputes": lambda: _of_type(in_flight, DISPUTE_WORKFLOW),
         "topups": lambda: _of_type(in_flight, TOPUP_WORKFLOW),
     }
