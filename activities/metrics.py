@@ -116,9 +116,12 @@ def record_ledger_rejection(operation: str, reason: str) -> None:
     ).add(1, {"operation": operation, "reason": reason})
 
 
-def record_provider_call(provider: str, outcome: str, elapsed: timedelta) -> None:
-    """One call to a provider: `ok`, or the error type it was classified as."""
-    _meter().create_histogram_timedelta(
+def record_provider_call(
+    provider: str, outcome: str, elapsed: timedelta, meter: MetricMeter | None = None
+) -> None:
+    """One call to a provider: `ok`, or the error type it was classified as;
+    outside an activity on `meter` (the gateway's), else not at all."""
+    _meter(meter).create_histogram_timedelta(
         PROVIDER_CALL_SECONDS, "Provider API calls, retries in the call included", "s"
     ).record(elapsed, {"provider": provider, "outcome": outcome})
 

@@ -7,12 +7,14 @@ arrive already classified by the client boundary (activities/providers/http.py).
 from __future__ import annotations
 
 import asyncpg
+from temporalio.common import MetricMeter
 from temporalio.exceptions import ApplicationError
 
 from activities.customers import CustomerNotFound, CustomerStore
 from activities.providers.bank import BankClient
 from activities.providers.cards import CardActivities
 from activities.providers.fx import FxClient
+from activities.providers.http import ProviderClient
 from activities.providers.issuer import IssuerClient
 from activities.providers.kyc import KycClient
 from activities.providers.notify import NotifyClient
@@ -42,8 +44,17 @@ class ProviderClients:
         self.bank = BankClient(f"{providers_base_url}/{BANK}")
         self.tron = TronClient(f"{providers_base_url}/{TRON}")
 
+    def _all(self) -> tuple[ProviderClient, ...]:
+        return (self.kyc, self.notify, self.issuer, self.fx, self.bank, self.tron)
+
+    def time_calls_on(self, meter: MetricMeter) -> None:
+        """Time the calls made outside activities (the gateway's) on `meter`;
+        inside an activity a call is timed on the activity's meter."""
+        for client in self._all():
+            client.meter = meter
+
     async def aclose(self) -> None:
-        for client in (self.kyc, self.notify, self.issuer, self.fx, self.bank, self.tron):
+        for client in self._all():
             await client.aclose()
 
 

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from temporalio.common import RetryPolicy
+from temporalio.common import MetricMeter, RetryPolicy
 from temporalio.exceptions import ApplicationError
 from tenacity import (
     AsyncRetrying,
@@ -149,6 +149,8 @@ class ProviderClient:
         headers: dict[str, str] | None = None,
         limits: httpx.Limits | None = None,
     ) -> None:
+        # Where calls made outside an activity are timed (the gateway's meter).
+        self.meter: MetricMeter | None = None
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             timeout=timeout,
@@ -201,7 +203,10 @@ class ProviderClient:
             raise
         finally:
             record_provider_call(
-                self.provider, outcome, timedelta(seconds=time.perf_counter() - started)
+                self.provider,
+                outcome,
+                timedelta(seconds=time.perf_counter() - started),
+                self.meter,
             )
 
     async def _call(

@@ -60,6 +60,7 @@ def create_app(
         # What the routes are given (starters/gateway/state.py).
         app.state.client = temporal
         app.state.pool = pool or owned_pool
+        app.state.providers.time_calls_on(runtime.metric_meter)
         app.state.metrics = GatewayMetrics(
             runtime.metric_meter,
             providers=sorted(secrets),

@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.providers.activities import ProviderClients
 from activities.providers.bank import BankClient
 from schemas.money import Currency
 from tests.metrics import prometheus_runtime, scrape
@@ -370,3 +371,28 @@ async def test_each_call_is_timed_by_provider_and_outcome(sim: Any) -> None:
 
     counted = await until(calls, lambda c: len(c) == 2, "both calls timed", 10)
     assert counted == {"ok": 1, "ProviderUnavailable": 1}
+
+
+async def test_a_call_outside_an_activity_is_timed_on_the_meter_it_is_given(sim: Any) -> None:
+    """The gateway's own calls (reveal tokens, deposit addresses, shipping)
+    are timed on the gateway's meter; a client given none times nothing."""
+    runtime, port = prometheus_runtime()
+    clients = ProviderClients(sim.url)
+    silent = ProviderClients(sim.url)
+    try:
+        clients.time_calls_on(runtime.metric_meter)
+        await arrive(clients.bank, key="gateway-timed")
+        await arrive(silent.bank, key="gateway-silent")
+    finally:
+        await clients.aclose()
+        await silent.aclose()
+
+    async def calls() -> list[float]:
+        return [
+            sample.value
+            for sample in await scrape(port)
+            if sample.name == "cardflow_provider_call_seconds_count"
+            and sample.labels == {**sample.labels, "provider": "bank", "outcome": "ok"}
+        ]
+
+    assert await until(calls, bool, "the call timed", 10) == [1]
