@@ -22,6 +22,7 @@ from starters.gateway.v1 import (
     overview,
     processes,
     reconciliation,
+    rewards,
     topups,
 )
 
@@ -29,6 +30,7 @@ PROCESS_ROUTERS = (
     processes.router,
     customers.router,
     overview.router,
+    rewards.router,
     onboarding.router,
     cards.router,
     fx.router,

@@ -127,6 +127,7 @@ EXPECTED_SCOPES = {
     ("GET", "/v1/processes/{workflow_id}"): SCOPE_PROCESSES_READ,
     ("GET", "/v1/customers/{customer_id}"): SCOPE_CUSTOMERS_READ,
     ("GET", "/v1/customers/{customer_id}/overview"): SCOPE_CUSTOMERS_READ,
+    ("GET", "/v1/customers/{customer_id}/rewards"): SCOPE_CUSTOMERS_READ,
     ("POST", "/v1/cards/{card_id}/reveal"): SCOPE_CARDS_REVEAL,
     ("POST", "/v1/onboardings/{customer_id}/review"): SCOPE_OPERATIONS,
     ("POST", "/v1/topups/{source}/{external_ref}/review"): SCOPE_OPERATIONS,

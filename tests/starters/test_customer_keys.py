@@ -49,6 +49,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/v1/processes/{workflow_id}"): "customer: the process's CustomerId search attribute",
     ("GET", "/v1/customers/{customer_id}"): "customer: the path's customer_id",
     ("GET", "/v1/customers/{customer_id}/overview"): "customer: the path's customer_id",
+    ("GET", "/v1/customers/{customer_id}/rewards"): "customer: the path's customer_id",
     ("POST", "/v1/onboardings"): "customer: the body's profile.customer_id",
     ("POST", "/v1/onboardings/{customer_id}/review"): PROGRAM_WIDE,
     ("POST", "/v1/onboardings/{customer_id}/documents"): "customer: the path's customer_id",
@@ -328,6 +329,11 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
     ("GET", "/v1/customers/{customer_id}/overview"): lambda i: (
         "GET",
         f"/v1/customers/{i.customer}/overview",
+        None,
+    ),
+    ("GET", "/v1/customers/{customer_id}/rewards"): lambda i: (
+        "GET",
+        f"/v1/customers/{i.customer}/rewards",
         None,
     ),
     ("POST", "/v1/onboardings"): lambda i: ("POST", "/v1/onboardings", onboarding(i.customer)),
