@@ -51,6 +51,9 @@ SCOPE_CUSTOMERS_READ: Final = "customers:read"
 # Have the issuer show a card's number to its holder's device (a
 # single-use token; the number never reaches cardflow).
 SCOPE_CARDS_REVEAL: Final = "cards:reveal"
+# Manage where events go (webhook endpoints), read the event stream and
+# have an event delivered again.
+SCOPE_WEBHOOKS_MANAGE: Final = "webhooks:manage"
 # An operator's decisions: KYC review, top-up review, card exceptions,
 # dispute operator actions, reconciliation decisions.
 SCOPE_OPERATIONS: Final = "operations"
@@ -59,13 +62,20 @@ SCOPE_OPERATIONS: Final = "operations"
 SCOPE_ADMIN: Final = "admin"
 
 Scope = Literal[
-    "processes:start", "processes:read", "customers:read", "cards:reveal", "operations", "admin"
+    "processes:start",
+    "processes:read",
+    "customers:read",
+    "cards:reveal",
+    "webhooks:manage",
+    "operations",
+    "admin",
 ]
 SCOPES: dict[str, str] = {
     SCOPE_PROCESSES_START: "start customer processes and take the customer's steps in them",
     SCOPE_PROCESSES_READ: "read processes' status",
     SCOPE_CUSTOMERS_READ: "read customers' balances, debt, cards and deposit address",
     SCOPE_CARDS_REVEAL: "have the issuer show a card's number to its holder's device",
+    SCOPE_WEBHOOKS_MANAGE: "manage webhook endpoints, read the event stream, redeliver events",
     SCOPE_OPERATIONS: "operator decisions: KYC and top-up review, exceptions, disputes, "
     "reconciliation differences",
     SCOPE_ADMIN: "administrative runs: billing, reconciliation",

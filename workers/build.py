@@ -17,6 +17,7 @@ from activities.card_transactions import CardTransactionActivities
 from activities.cashback import CashbackActivities
 from activities.customers import CustomerActivities
 from activities.disputes import DisputeLedgerActivities, DisputeProviderActivities
+from activities.events import EventDeliveryActivities
 from activities.health import LedgerHealthActivities, providers_ping
 from activities.ledger.activities import LedgerActivities
 from activities.providers.activities import ProviderActivities, ProviderClients
@@ -76,6 +77,7 @@ def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
         *ReconciliationLedgerActivities(pool).all(),  # type: ignore[list-item]
         *DisputeLedgerActivities(pool).all(),  # type: ignore[list-item]
         *BillingActivities(pool).all(),  # type: ignore[list-item]
+        *EventDeliveryActivities(pool).ledger(),  # type: ignore[list-item]
     ]
 
 
@@ -95,6 +97,7 @@ def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Ca
         *TopupReceiptActivities(clients, pool).all(),  # type: ignore[list-item]
         *ReconciliationProviderActivities(clients, pool).all(),  # type: ignore[list-item]
         *DisputeProviderActivities(clients).all(),  # type: ignore[list-item]
+        *EventDeliveryActivities(pool).providers(),  # type: ignore[list-item]
     ]
 
 

@@ -361,6 +361,25 @@ class Settings(BaseSettings):
         default="INFO", validation_alias="CARDFLOW_LOG_LEVEL"
     )
 
+    # Event delivery to webhook endpoints (workflows/event_delivery.py): how
+    # often an idle endpoint's process looks for new events, how a failing
+    # delivery is retried, and after how long the endpoint is disabled.
+    events_poll_seconds: float = Field(
+        default=2.0, gt=0, le=3600, validation_alias="CARDFLOW_EVENTS_POLL_SECONDS"
+    )
+    events_retry_initial_seconds: float = Field(
+        default=5.0, gt=0, le=3600, validation_alias="CARDFLOW_EVENTS_RETRY_INITIAL_SECONDS"
+    )
+    events_retry_max_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86400,
+        validation_alias="CARDFLOW_EVENTS_RETRY_MAX_INTERVAL_SECONDS",
+    )
+    events_give_up_after_seconds: float = Field(
+        default=3 * 86400.0, gt=0, le=30 * 86400, validation_alias="CARDFLOW_EVENTS_GIVE_UP_SECONDS"
+    )
+
     task_queue_prefix: str = Field(
         default=DEFAULT_TASK_QUEUE_PREFIX,
         validation_alias="CARDFLOW_TASK_QUEUE_PREFIX",

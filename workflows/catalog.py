@@ -16,6 +16,7 @@ from workflows.card_issue import CARD_ISSUE_WORKFLOW, CardIssue
 from workflows.cards import CARD_WORKFLOW, CardEntity
 from workflows.cashback import CASHBACK_WORKFLOW, Cashback
 from workflows.dispute import DISPUTE_WORKFLOW, DisputeWorkflow
+from workflows.event_delivery import EVENT_DELIVERY_WORKFLOW, EventDelivery
 from workflows.fx import FX_WORKFLOW, FxConversion
 from workflows.health import PING_WORKFLOW, Ping
 from workflows.onboarding import ONBOARDING_WORKFLOW, Onboarding
@@ -40,6 +41,7 @@ ALL_WORKFLOWS: Sequence[type] = (
     BillingRun,
     Reconciliation,
     ScheduledReconciliation,
+    EventDelivery,
 )
 
 # The `status` query of every workflow type, by the type's name.
@@ -56,4 +58,5 @@ STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
     BILLING_RUN_WORKFLOW: BillingRun.status,
     RECONCILIATION_WORKFLOW: Reconciliation.status,
     SCHEDULED_RECONCILIATION_WORKFLOW: ScheduledReconciliation.status,
+    EVENT_DELIVERY_WORKFLOW: EventDelivery.status,
 }

@@ -24,7 +24,9 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.events import REMEMBER_WITH_EVENT_SQL, issuer_event, remember_with_event_args
 from activities.metrics import GatewayMetrics
+from schemas.providers import ISSUER
 from schemas.task_queues import TaskQueues
 from starters.gateway.errors import ApiError, GatewayCode, refusal_error
 from starters.gateway.routes import ProviderEvent, Route, Start, route_for
@@ -257,7 +259,22 @@ async def _remember(
     workflow_id: str | None,
     signed_at: int,
 ) -> bool:
-    """Remember the event as accepted; False if it was remembered already."""
+    """Remember the event as accepted; False if it was remembered already.
+    The issuer's word on a card's authorizations, state, shipping and
+    disputes is a customer event, written in the same statement."""
+    reported = issuer_event(event.id, event.type, event.data) if provider == ISSUER else None
+    if reported is not None:
+        fresh = await pool.fetchval(
+            REMEMBER_WITH_EVENT_SQL,
+            provider,
+            event.id,
+            event.type,
+            outcome,
+            workflow_id,
+            signed_at,
+            *remember_with_event_args(reported),
+        )
+        return fresh is True
     inserted = await pool.fetchval(
         "INSERT INTO gateway_webhook_events"
         " (provider, event_id, event_type, outcome, workflow_id, signed_at)"
