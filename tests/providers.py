@@ -117,6 +117,9 @@ class ReceivedWebhook:
     provider: str
     event_id: str
     event: dict[str, Any]
+    # The message as it came: what a receiver checks a signature against.
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,14 +166,15 @@ async def webhook_receiver(port: int) -> AsyncIterator[WebhookReceiver]:
     async def verified(request: Request) -> ReceivedWebhook | None:
         """The signed message, or None (counted) when its signature does not verify."""
         provider = request.path_params["provider"]
+        body = await request.body()
         try:
-            event = Webhook(receiver.secrets[provider]).verify(
-                await request.body(), dict(request.headers)
-            )
+            event = Webhook(receiver.secrets[provider]).verify(body, dict(request.headers))
         except (WebhookVerificationError, KeyError):
             receiver.rejected += 1
             return None
-        return ReceivedWebhook(provider, request.headers["webhook-id"], event)
+        return ReceivedWebhook(
+            provider, request.headers["webhook-id"], event, body, dict(request.headers)
+        )
 
     async def receive(request: Request) -> JSONResponse:
         message = await verified(request)

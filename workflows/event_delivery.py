@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.events import (
@@ -134,7 +134,7 @@ class EventDelivery:
                 ),
             )
         except ActivityError as error:
-            cause = error.cause or error
+            cause = _last_failure(error)
             self._last_failure = f"{event_id}: {cause}"
             reason = (
                 f"every delivery of {event_id} failed for "
@@ -181,3 +181,14 @@ class EventDelivery:
             redeliveries_waiting=len(self._redeliveries),
             last_failure=self._last_failure,
         )
+
+
+def _last_failure(error: ActivityError) -> str:
+    """What the endpoint last did wrong (its answer, or no answer), found
+    below the retry policy's giving up (a timeout caused by the last failure)."""
+    cause: BaseException | None = error.cause
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return str(cause)
+        cause = getattr(cause, "cause", None)
+    return str(error.cause or error)
