@@ -17,6 +17,7 @@ from schemas.cashback import (
     CampaignLoad,
     CashbackContext,
     CashbackContextRequest,
+    CustomerFacts,
     RecentPurchases,
     StoredCampaign,
 )
@@ -151,10 +152,14 @@ class CashbackStore:
         return str(found) if found else DEFAULT_SEGMENT
 
     async def recent_purchases(
-        self, customer_id: str, transaction_id: str, at: datetime, windows_seconds: list[int]
+        self,
+        customer_id: str,
+        transaction_id: str | None,
+        at: datetime,
+        windows_seconds: list[int],
     ) -> list[RecentPurchases]:
         """For each window, the customer's purchases in the `window` seconds up to
-        `at`, this transaction excluded."""
+        `at`, this transaction (if any) excluded."""
         if not windows_seconds:
             return []
         rows = await self._pool.fetch(
@@ -163,7 +168,7 @@ class CashbackStore:
             FROM unnest($4::integer[]) AS w(seconds)
             LEFT JOIN card_transactions t
               ON t.customer_id = $1
-             AND t.transaction_id <> $2
+             AND t.transaction_id IS DISTINCT FROM $2::text
              AND t.kind = ANY($5::text[])
              AND t.occurred_at <= $3
              AND t.occurred_at > $3 - make_interval(secs => w.seconds)
@@ -180,6 +185,25 @@ class CashbackStore:
             RecentPurchases(within_seconds=row["seconds"], purchases=row["purchases"])
             for row in rows
         ]
+
+    async def customer_facts(
+        self,
+        customer_id: str,
+        campaigns: list[Campaign],
+        at: datetime,
+        transaction_id: str | None = None,
+    ) -> CustomerFacts:
+        """The customer's segment and the purchase counts the campaigns'
+        recent-activity rules ask for, up to `at` (`transaction_id` not counted)."""
+        windows = [
+            campaign.rules.recent_purchases.within_seconds
+            for campaign in campaigns
+            if campaign.rules.recent_purchases is not None
+        ]
+        return CustomerFacts(
+            segment=await self.segment(customer_id),
+            recent=await self.recent_purchases(customer_id, transaction_id, at, windows),
+        )
 
     async def add_card_transaction(
         self,
@@ -231,17 +255,11 @@ class CashbackActivities:
             raise ApplicationError(
                 str(error), type="TooManyCampaigns", non_retryable=True
             ) from None
-        windows = [
-            campaign.rules.recent_purchases.within_seconds
-            for campaign in campaigns
-            if campaign.rules.recent_purchases is not None
-        ]
+        customer = await self.store.customer_facts(
+            request.customer_id, campaigns, request.occurred_at, request.transaction_id
+        )
         return CashbackContext(
-            campaigns=campaigns,
-            segment=await self.store.segment(request.customer_id),
-            recent=await self.store.recent_purchases(
-                request.customer_id, request.transaction_id, request.occurred_at, windows
-            ),
+            campaigns=campaigns, segment=customer.segment, recent=customer.recent
         )
 
     def all(self) -> list[object]:

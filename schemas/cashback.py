@@ -19,6 +19,9 @@ pay and how much:
   rewards never exceeds `total_basis_points_max` of its amount (the policy's
   limit): the best campaign is served first, then stackable ones in id order,
   each cut to what is left.
+- Personal offers: the campaigns in force at an instant whose rules on the
+  customer (segment, recent purchases) hold; the rules on the purchase
+  (currency, minimum, MCC) are the offer's terms.
 - Clawback on refunds: the reward is taken back in proportion to the amount
   refunded so far (cumulative, rounded down, so the total never exceeds what
   was paid); once the whole purchase is refunded, all of it.
@@ -203,15 +206,11 @@ class RecentPurchases(BaseModel):
     purchases: int = Field(ge=0)
 
 
-class PurchaseFacts(BaseModel):
-    """Everything the evaluator knows about one purchase and its customer."""
+class CustomerFacts(BaseModel):
+    """What the evaluator knows about a customer, whatever they buy."""
 
     model_config = ConfigDict(frozen=True)
 
-    amount_minor: AmountMinor
-    currency: Currency
-    mcc: Mcc
-    occurred_at: AwareDatetime
     segment: Segment = DEFAULT_SEGMENT
     recent: list[RecentPurchases] = Field(default_factory=list)
 
@@ -221,6 +220,15 @@ class PurchaseFacts(BaseModel):
                 return counted.purchases
         # Not counted means not known: the rule cannot be shown to hold.
         return 0
+
+
+class PurchaseFacts(CustomerFacts):
+    """Everything the evaluator knows about one purchase and its customer."""
+
+    amount_minor: AmountMinor
+    currency: Currency
+    mcc: Mcc
+    occurred_at: AwareDatetime
 
 
 class CampaignVerdict(BaseModel):
@@ -251,13 +259,18 @@ class CashbackDecision(BaseModel):
         return sum(line.amount_minor for line in self.rewards)
 
 
-def campaign_mismatch(campaign: Campaign, facts: PurchaseFacts) -> str | None:
-    """None when every rule of the campaign holds for the purchase, else the first
-    rule that does not, in words."""
-    if facts.occurred_at < campaign.valid_from:
+def window_mismatch(campaign: Campaign, at: datetime) -> str | None:
+    """None when the campaign is in force at `at`, else why not, in words."""
+    if at < campaign.valid_from:
         return f"starts {campaign.valid_from.isoformat()}"
-    if campaign.valid_to is not None and facts.occurred_at >= campaign.valid_to:
+    if campaign.valid_to is not None and at >= campaign.valid_to:
         return f"ended {campaign.valid_to.isoformat()}"
+    return None
+
+
+def purchase_mismatch(campaign: Campaign, facts: PurchaseFacts) -> str | None:
+    """None when the purchase itself (currency, amount, MCC) is one the
+    campaign rewards, else the first rule it fails, in words."""
     rules = campaign.rules
     if facts.currency not in rules.currencies:
         return f"does not pay in {facts.currency.value}"
@@ -268,6 +281,13 @@ def campaign_mismatch(campaign: Campaign, facts: PurchaseFacts) -> str | None:
         return f"MCC {facts.mcc} not included"
     if facts.mcc in rules.mcc_exclude:
         return f"MCC {facts.mcc} excluded"
+    return None
+
+
+def customer_mismatch(campaign: Campaign, facts: CustomerFacts) -> str | None:
+    """None when the customer (segment, recent purchases) is one the campaign
+    rewards, else the first rule they fail, in words."""
+    rules = campaign.rules
     if rules.segments and facts.segment not in rules.segments:
         return f"segment {facts.segment} not eligible"
     recent = rules.recent_purchases
@@ -279,6 +299,30 @@ def campaign_mismatch(campaign: Campaign, facts: PurchaseFacts) -> str | None:
                 f"needs {recent.purchases_min}"
             )
     return None
+
+
+def campaign_mismatch(campaign: Campaign, facts: PurchaseFacts) -> str | None:
+    """None when every rule of the campaign holds for the purchase, else the first
+    rule that does not, in words."""
+    return (
+        window_mismatch(campaign, facts.occurred_at)
+        or purchase_mismatch(campaign, facts)
+        or customer_mismatch(campaign, facts)
+    )
+
+
+def offered(campaigns: list[Campaign], facts: CustomerFacts, at: datetime) -> list[Campaign]:
+    """The campaigns a purchase by this customer at `at` can earn from: in
+    force then, and every rule on the customer holding (the purchase's own
+    rules, its currency, amount and MCC, are the campaign's terms), by id."""
+    return sorted(
+        (
+            campaign
+            for campaign in campaigns
+            if window_mismatch(campaign, at) is None and customer_mismatch(campaign, facts) is None
+        ),
+        key=lambda campaign: campaign.id,
+    )
 
 
 def reward_minor(campaign: Campaign, facts: PurchaseFacts) -> tuple[int, bool]:
@@ -451,6 +495,8 @@ class CashbackStatus(BaseModel):
     rewards: list[RewardLine] = Field(default_factory=list)
     verdicts: list[CampaignVerdict] = Field(default_factory=list)
     reward_minor: int = 0
+    # Decided by the rules and not paid yet (the ledger has not answered).
+    pending_minor: int = 0
     refunded_minor: int = 0
     clawed_back_minor: int = 0
     shortfall_minor: int = 0

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import math
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -86,8 +87,46 @@ SHORTFALL_STATUS = "shortfall"
 CANCELLATION_SETTLES_PATCH = "cashback-cancellation-in-a-ledger-call-settles"
 
 
+# The stages before the reward is paid: a process in one of them is pending.
+UNPAID_STAGES = ("starting", "evaluating", "paying")
+# The steps that move money, each under the process's id in its ledger keys.
+REWARD_STEP = "reward"
+CLAWBACK_STEP = "clawback"
+
+
 def cashback_workflow_id(transaction_id: str) -> str:
     return f"cashback/{transaction_id}"
+
+
+def reward_step(campaign_id: str) -> str:
+    """The step paying one campaign's reward on the purchase."""
+    return f"{REWARD_STEP}/{campaign_id}"
+
+
+def clawback_step(refund_id: str, attempt: int = 0) -> str:
+    """The step taking back what one refund makes due (attempt 0), or what the
+    wallet holds of it when it could not cover it (attempts 1, 2...)."""
+    return f"{CLAWBACK_STEP}/{refund_id}" + (f"/{attempt}" if attempt else "")
+
+
+class CashbackTransferKey(NamedTuple):
+    transaction_id: str
+    step: str
+    # The campaign of a reward, the refund of a clawback.
+    subject: str
+
+
+def cashback_transfer_key(key: str) -> CashbackTransferKey | None:
+    """What a ledger key this process wrote names: the purchase, the step
+    (REWARD_STEP or CLAWBACK_STEP) and its campaign or refund; None for
+    any other key. Transaction, campaign and refund ids hold no "/"."""
+    prefix = cashback_workflow_id("")
+    if not key.startswith(prefix):
+        return None
+    parts = key.removeprefix(prefix).split("/")
+    if len(parts) < 3 or parts[1] not in (REWARD_STEP, CLAWBACK_STEP):
+        return None
+    return CashbackTransferKey(transaction_id=parts[0], step=parts[1], subject=parts[2])
 
 
 def cashback_start_metadata(request: CashbackInput) -> StartMetadata:
@@ -238,7 +277,7 @@ class Cashback:
                 items=[
                     TransferRequest(
                         # One key per (transaction, campaign): paid once whatever repeats.
-                        key=step_key(f"reward/{line.campaign_id}"),
+                        key=step_key(reward_step(line.campaign_id)),
                         debit=expense,
                         credit=credit,
                         amount_minor=line.amount_minor,
@@ -335,7 +374,7 @@ class Cashback:
             )
             return outcome, amount
 
-        outcome, _ = await take(f"clawback/{refund_id}", due)
+        outcome, _ = await take(clawback_step(refund_id), due)
         if outcome.accepted:
             return due, ""
         # A card payment may take the wallet between the read and the debit:
@@ -343,7 +382,7 @@ class Cashback:
         for attempt in range(1, request.policy.clawback_attempts_max + 1):
             if outcome.rejection is not Rejection.INSUFFICIENT_FUNDS:
                 break
-            step_name = f"clawback/{refund_id}/{attempt}"
+            step_name = clawback_step(refund_id, attempt)
             amount = self._clawbacks_submitted.get(step_key(step_name), 0)
             if not amount:
                 balance = await step(request, LedgerActivities.balance, debit)
@@ -402,6 +441,7 @@ class Cashback:
             rewards=self._decision.rewards if self._reward_minor else [],
             verdicts=self._decision.verdicts,
             reward_minor=self._reward_minor,
+            pending_minor=self._pending_minor(),
             refunded_minor=self._refunded_minor,
             clawed_back_minor=self._clawed_back_minor,
             shortfall_minor=self._shortfall_minor,
@@ -411,6 +451,12 @@ class Cashback:
         )
 
     # ----- helpers ------------------------------------------------------------
+
+    def _pending_minor(self) -> int:
+        """The rewards decided and not paid yet (nothing is decided while evaluating)."""
+        if self._reward_minor or self.progress.stage not in UNPAID_STAGES:
+            return 0
+        return self._decision.total_minor
 
     def _status_label(self, stage: str) -> str:
         """The ProcessStatus of `stage`: SHORTFALL_STATUS once a clawback

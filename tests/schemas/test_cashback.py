@@ -16,11 +16,13 @@ from schemas.cashback import (
     Campaign,
     CampaignFile,
     CashbackRefund,
+    CustomerFacts,
     PurchaseFacts,
     RecentPurchases,
     campaign_mismatch,
     clawback_target_minor,
     evaluate,
+    offered,
 )
 from schemas.money import Currency
 from starters.cashback import SAMPLE_CAMPAIGNS_FILE, read_campaign_file
@@ -109,6 +111,27 @@ def test_the_time_window_is_evaluated_at_the_purchase_time_and_ends_exclusive() 
     assert "ended" in str(
         campaign_mismatch(window, facts(occurred_at=datetime(2026, 4, 1, tzinfo=UTC)))
     )
+
+
+def test_an_offer_is_a_campaign_whose_customer_rules_hold_now_whatever_the_purchase() -> None:
+    terms = campaign(id="terms", rules={"currencies": ["EUR"], "mcc_include": ["5411"]})
+    premium = campaign(id="premium", rules={"segments": ["premium"]})
+    active = campaign(id="active", rules={"recent_purchases": {"within_seconds": WEEK_SECONDS}})
+    later = campaign(id="later", valid_from="2026-04-01T00:00:00Z")
+    ended = campaign(id="ended", valid_to="2026-03-01T00:00:00Z")
+    campaigns = [terms, premium, active, later, ended]
+    recent = [RecentPurchases(within_seconds=WEEK_SECONDS, purchases=1)]
+
+    def ids(customer: CustomerFacts) -> list[str]:
+        return [found.id for found in offered(campaigns, customer, NOW)]
+
+    # The purchase's rules (currency, MCC, amount) are the offer's terms.
+    assert ids(CustomerFacts()) == ["terms"]
+    assert ids(CustomerFacts(segment="premium", recent=recent)) == ["active", "premium", "terms"]
+    # The same rules as a purchase's evaluation: each customer rule fails it alike.
+    purchase = facts(currency=Currency.EUR, segment="standard")
+    assert campaign_mismatch(premium, purchase) == "segment standard not eligible"
+    assert "needs 1" in str(campaign_mismatch(active, purchase))
 
 
 # ----- rewards -------------------------------------------------------------------

@@ -5,7 +5,7 @@ with its own time budget:
 | section | source | budget |
 |---|---|---|
 | balances | the ledger: wallets (posted, pending, available) and debt | 0.5 s |
-| rewards | the ledger: cashback paid to the wallets, net of clawbacks | 0.5 s |
+| rewards | the ledger: cashback paid to the wallets, net of clawbacks (rewards.py) | 0.5 s |
 | cards | each card's process (its status query), `issuing` until it has one | 1 s |
 | shipping | the issuer: each physical card's shipment and tracking | 1 s |
 | disputes | disputes in progress (Temporal's visibility) | 1 s |
@@ -52,6 +52,7 @@ from starters.gateway.v1.customers import (
     unavailable_reason,
 )
 from starters.gateway.v1.ownership import OwnCustomerId
+from starters.gateway.v1.rewards import cashback_paid
 from starters.gateway.v1.shared import READ, process_router, route
 from workflows.dispute import DISPUTE_WORKFLOW
 from workflows.topup import TOPUP_WORKFLOW
@@ -72,20 +73,6 @@ SOURCE_SECONDS: dict[str, float] = {
 STALE_SECONDS_MAX = 60.0
 # Processes listed per section at most.
 PROCESSES_LISTED_MAX = 50
-
-_REWARDS_SQL = """
-SELECT w.currency,
-       coalesce(sum(CASE WHEN t.credit_account_id = w.id THEN t.amount_minor
-                         ELSE -t.amount_minor END), 0) AS net_minor
-FROM ledger_accounts w
-JOIN ledger_transfers t ON (t.credit_account_id = w.id OR t.debit_account_id = w.id)
-JOIN ledger_accounts c ON c.id = CASE WHEN t.credit_account_id = w.id
-                                      THEN t.debit_account_id ELSE t.credit_account_id END
-WHERE w.owner_id = $1 AND w.kind = 'wallet' AND t.kind = 'posted'
-  AND c.code LIKE 'expense:cashback:%'
-GROUP BY w.currency
-ORDER BY w.currency
-"""
 
 
 class Section(BaseModel):
@@ -186,8 +173,8 @@ async def _balances(pool: asyncpg.Pool, customer_id: str) -> BalancesData:
 
 
 async def _rewards(pool: asyncpg.Pool, customer_id: str) -> list[RewardView]:
-    rows = await pool.fetch(_REWARDS_SQL, customer_id)
-    return [RewardView(currency=row["currency"], cashback_minor=row["net_minor"]) for row in rows]
+    paid = await cashback_paid(pool, customer_id)
+    return [RewardView(currency=row.currency, cashback_minor=row.net_minor) for row in paid]
 
 
 async def _card(client: Client, card_id: str, kind: CardKind) -> OverviewCard:
