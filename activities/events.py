@@ -426,6 +426,50 @@ def new_endpoint_id() -> str:
     return "we_" + token_source.token_hex(12)
 
 
+class TooManyEndpoints(Exception):
+    """The program has ENDPOINTS_MAX endpoints already."""
+
+
+async def create_endpoint(
+    pool: asyncpg.Pool, url: str, event_types: list[str]
+) -> tuple[asyncpg.Record, str, int]:
+    """A new enabled endpoint: its row, its secret, and the position its
+    deliveries start behind (every event written so far is behind it)."""
+    secret = new_secret()
+    async with pool.acquire() as connection, connection.transaction():
+        # One creation at a time, so the count below holds.
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('webhook_endpoints', 0))"
+        )
+        count = await connection.fetchval(
+            "SELECT count(*) FROM webhook_endpoints WHERE status <> 'deleted'"
+        )
+        if count >= ENDPOINTS_MAX:
+            raise TooManyEndpoints(f"at most {ENDPOINTS_MAX} webhook endpoints; delete one first")
+        await sequence(connection)
+        after = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM customer_events")
+        row = await connection.fetchrow(
+            "INSERT INTO webhook_endpoints (endpoint_id, url, event_types, secret)"
+            " VALUES ($1, $2, $3, $4) RETURNING *",
+            new_endpoint_id(),
+            url,
+            sorted(set(event_types)),
+            secret,
+        )
+    assert row is not None  # just inserted
+    return row, secret, int(after)
+
+
+async def delete_endpoint(pool: asyncpg.Pool, endpoint_id: str) -> asyncpg.Record | None:
+    """Mark the endpoint deleted (its process ends at its next look); None if unknown."""
+    found: asyncpg.Record | None = await pool.fetchrow(
+        "UPDATE webhook_endpoints SET status = 'deleted', updated_at = now()"
+        " WHERE endpoint_id = $1 AND status <> 'deleted' RETURNING *",
+        endpoint_id,
+    )
+    return found
+
+
 def signing_secrets(row: asyncpg.Record, now: datetime) -> list[str]:
     """The secrets a delivery is signed with now: the current one, and the
     previous one while its overlap lasts."""

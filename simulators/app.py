@@ -1,6 +1,7 @@
 """All provider simulators in one ASGI app, each mounted under its name.
 
     /issuer /kyc /fx /tron /bank /notify     the simulated provider APIs
+    /upstream                                an app that takes cardflow's events
     /_admin/...                              faults, webhook modes, reset
                                              (optionally towards another gateway)
                                              (loopback clients only)

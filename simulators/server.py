@@ -13,12 +13,16 @@ from simulators.framework.webhooks import WebhookTarget, webhook_url
 from workers.secrets import webhook_secrets
 from workers.settings import Settings
 
+# Simulators that are not providers of cardflow: an upstream app taking
+# cardflow's events.
+CONSUMERS = ("upstream",)
+
 
 def simulators() -> dict[str, SimulatorFactory]:
-    """Every simulator, by provider name: the module simulators/{name}.py with
-    NAME and create(context) -> FastAPI."""
+    """Every simulator, by name: the module simulators/{name}.py with NAME
+    and create(context) -> FastAPI, for each provider and each consumer."""
     found: dict[str, SimulatorFactory] = {}
-    for provider in PROVIDERS:
+    for provider in (*PROVIDERS, *CONSUMERS):
         if importlib.util.find_spec(f"simulators.{provider}") is None:
             continue
         module = importlib.import_module(f"simulators.{provider}")

@@ -16,6 +16,7 @@ from starters.scenarios_billing import billing_period
 from starters.scenarios_cards import card_exception, card_purchase, card_replaced, card_virtual
 from starters.scenarios_cashback import cashback_clawback
 from starters.scenarios_dispute import dispute_lost, dispute_won
+from starters.scenarios_events import events_delivered
 from starters.scenarios_fx import fx_confirmed, fx_expired
 from starters.scenarios_onboarding import (
     onboarding_approved,
@@ -63,4 +64,5 @@ SCENARIOS: dict[str, Scenario] = {
     # After the reconciliation: a card exception is not (yet) one of the
     # card's postings, so its force post stays off the day reconciled.
     "card-exception": card_exception,
+    "events-delivered": events_delivered,
 }

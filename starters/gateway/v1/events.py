@@ -18,8 +18,6 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import Path, Query
-from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
 
 from activities.api_keys import SCOPE_CUSTOMERS_READ, SCOPE_WEBHOOKS_MANAGE
 from activities.events import (
@@ -27,17 +25,15 @@ from activities.events import (
     EVENTS_PAGE_MAX,
     FEED_PAGE_MAX,
     FeedQuery,
+    TooManyEndpoints,
+    delete_endpoint,
     event_by_id,
     events_after,
     feed,
-    new_endpoint_id,
     new_secret,
     overlap_ends,
-    sequence,
 )
 from schemas.events import (
-    DeliveryPolicy,
-    EventDeliveryInput,
     EventPage,
     EventType,
     FeedKind,
@@ -49,6 +45,7 @@ from schemas.events import (
     WebhookEndpointView,
 )
 from schemas.refusals import Refusal
+from starters.events import register_endpoint, wake_delivery
 from starters.gateway.errors import ApiError, ErrorBody
 from starters.gateway.state import DatabasePool, GatewaySettings, Queues, TemporalClient
 from starters.gateway.v1.customers import known_customer
@@ -56,11 +53,13 @@ from starters.gateway.v1.ownership import OwnCustomerId
 from starters.gateway.v1.shared import READ, process_router, route, steer
 from workflows.event_delivery import (
     EventDelivery,
-    event_delivery_start_metadata,
     event_delivery_workflow_id,
 )
 
 router = process_router()
+
+# Positions are PostgreSQL bigints.
+SEQ_MAX = 2**63 - 1
 
 CursorQuery = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor")]
 EndpointIdPath = Annotated[str, Path(pattern=r"^we_[a-z0-9]{1,40}$")]
@@ -116,7 +115,9 @@ async def transactions_route(
 )
 async def events_route(
     pool: DatabasePool,
-    after: Annotated[int, Query(ge=0, description="The position (seq) to continue after")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=SEQ_MAX, description="The position (seq) to continue after")
+    ] = 0,
     type: Annotated[list[EventType] | None, Query(max_length=len(EventType))] = None,  # noqa: A002
     customer_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=EVENTS_PAGE_MAX)] = EVENTS_PAGE_MAX,
@@ -188,19 +189,6 @@ async def _endpoint(pool: asyncpg.Pool, endpoint_id: str) -> asyncpg.Record:
     return row
 
 
-async def start_delivery(client: Client, queues: Queues, request: EventDeliveryInput) -> None:
-    metadata = event_delivery_start_metadata(request)
-    await client.start_workflow(
-        EventDelivery.run,
-        request,
-        id=event_delivery_workflow_id(request.endpoint_id),
-        task_queue=queues.workflows,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        static_summary=metadata.summary,
-        static_details=metadata.details,
-    )
-
-
 @route(
     router,
     READ,
@@ -219,43 +207,12 @@ async def create_endpoint_route(
     queues: Queues,
     settings: GatewaySettings,
 ) -> WebhookEndpointCreated:
-    endpoint_id = new_endpoint_id()
-    secret = new_secret()
-    async with pool.acquire() as connection, connection.transaction():
-        count = await connection.fetchval(
-            "SELECT count(*) FROM webhook_endpoints WHERE status <> 'deleted'"
+    try:
+        row, secret = await register_endpoint(
+            pool, client, queues, str(body.url), [t.value for t in body.event_types], settings
         )
-        if count >= ENDPOINTS_MAX:
-            raise ApiError(
-                Refusal.NOT_ALLOWED, f"at most {ENDPOINTS_MAX} webhook endpoints; delete one first"
-            )
-        # Events from now on: every one already written has its position first.
-        await sequence(connection)
-        after = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM customer_events")
-        row = await connection.fetchrow(
-            "INSERT INTO webhook_endpoints (endpoint_id, url, event_types, secret)"
-            " VALUES ($1, $2, $3, $4) RETURNING *",
-            endpoint_id,
-            str(body.url),
-            sorted({t.value for t in body.event_types}),
-            secret,
-        )
-    await start_delivery(
-        client,
-        queues,
-        EventDeliveryInput(
-            endpoint_id=endpoint_id,
-            after_seq=int(after),
-            policy=DeliveryPolicy(
-                idle_poll_seconds=settings.events_poll_seconds,
-                retry_initial_seconds=settings.events_retry_initial_seconds,
-                retry_max_interval_seconds=settings.events_retry_max_interval_seconds,
-                give_up_after_seconds=settings.events_give_up_after_seconds,
-            ),
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-        ),
-    )
+    except TooManyEndpoints as error:
+        raise ApiError(Refusal.NOT_ALLOWED, str(error)) from None
     return WebhookEndpointCreated(**_view(row).model_dump(), secret=secret)
 
 
@@ -301,17 +258,10 @@ async def endpoint_route(endpoint_id: EndpointIdPath, pool: DatabasePool) -> Web
 async def delete_endpoint_route(
     endpoint_id: EndpointIdPath, pool: DatabasePool, client: TemporalClient
 ) -> WebhookEndpointView:
-    await _endpoint(pool, endpoint_id)
-    row = await pool.fetchrow(
-        "UPDATE webhook_endpoints SET status = 'deleted', updated_at = now()"
-        " WHERE endpoint_id = $1 RETURNING *",
-        endpoint_id,
-    )
-    handle = client.get_workflow_handle(event_delivery_workflow_id(endpoint_id))
-    try:
-        await handle.signal(EventDelivery.wake)
-    except Exception:  # noqa: BLE001 - a process already ended needs no wake
-        pass
+    row = await delete_endpoint(pool, endpoint_id)
+    if row is None:
+        raise ApiError(Refusal.NOT_FOUND, f"no webhook endpoint {endpoint_id}")
+    await wake_delivery(client, endpoint_id)
     return _view(row)
 
 
