@@ -50,6 +50,14 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/v1/customers/{customer_id}"): "customer: the path's customer_id",
     ("GET", "/v1/customers/{customer_id}/overview"): "customer: the path's customer_id",
     ("GET", "/v1/customers/{customer_id}/rewards"): "customer: the path's customer_id",
+    ("GET", "/v1/customers/{customer_id}/transactions"): "customer: the path's customer_id",
+    ("GET", "/v1/events"): PROGRAM_WIDE,
+    ("POST", "/v1/events/{event_id}/redeliver"): PROGRAM_WIDE,
+    ("POST", "/v1/webhook-endpoints"): PROGRAM_WIDE,
+    ("GET", "/v1/webhook-endpoints"): PROGRAM_WIDE,
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}"): PROGRAM_WIDE,
+    ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): PROGRAM_WIDE,
+    ("POST", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): PROGRAM_WIDE,
     ("POST", "/v1/onboardings"): "customer: the body's profile.customer_id",
     ("POST", "/v1/onboardings/{customer_id}/review"): PROGRAM_WIDE,
     ("POST", "/v1/onboardings/{customer_id}/documents"): "customer: the path's customer_id",
@@ -113,7 +121,9 @@ IDENTIFYING_PARAMS = {
     "source",
     "external_ref",
 }
-OTHER_PARAMS = {"period", "settlement_date"}
+# Periods, and the ids of what belongs to the program, not to a customer
+# (webhook endpoints and the event stream).
+OTHER_PARAMS = {"period", "settlement_date", "endpoint_id", "event_id"}
 
 
 # ----- every route is classified ------------------------------------------------
@@ -336,6 +346,11 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
         f"/v1/customers/{i.customer}/rewards",
         None,
     ),
+    ("GET", "/v1/customers/{customer_id}/transactions"): lambda i: (
+        "GET",
+        f"/v1/customers/{i.customer}/transactions",
+        None,
+    ),
     ("POST", "/v1/onboardings"): lambda i: ("POST", "/v1/onboardings", onboarding(i.customer)),
     ("POST", "/v1/onboardings/{customer_id}/documents"): lambda i: (
         "POST",
@@ -506,6 +521,13 @@ PROGRAM_ROUTES: list[Request] = [
     ("POST", "/v1/reconciliations/issuer/2025-01-01", None),
     ("GET", "/v1/reconciliations/issuer/2025-01-01", None),
     ("POST", "/v1/reconciliations/issuer/2025-01-01/decisions", {}),
+    ("GET", "/v1/events", None),
+    ("POST", f"/v1/events/evt_{'0' * 32}/redeliver", None),
+    ("POST", "/v1/webhook-endpoints", {"url": "https://app.example/hooks", "event_types": []}),
+    ("GET", "/v1/webhook-endpoints", None),
+    ("GET", "/v1/webhook-endpoints/we_0", None),
+    ("DELETE", "/v1/webhook-endpoints/we_0", None),
+    ("POST", "/v1/webhook-endpoints/we_0/rotate-secret", {}),
 ]
 
 
