@@ -15,7 +15,7 @@ import json
 import secrets as token_source
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import httpx
@@ -25,6 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.queues import ledger_activity, provider_activity
+from schemas.customers import Notification, NotificationReceipt
 from schemas.events import (
     CustomerEvent,
     EventType,
@@ -33,6 +34,7 @@ from schemas.events import (
     FeedMerchant,
     decline_sentence,
 )
+from schemas.money import Currency, Money
 
 SEQUENCE_BATCH_MAX = 10_000
 EVENTS_PAGE_MAX = 100
@@ -43,6 +45,12 @@ DELIVERY_TIMEOUT_SECONDS = 10.0
 # Of an endpoint's answer, this much is kept to say why it failed.
 DELIVERY_ANSWER_CHARS_MAX = 200
 SECRET_BYTES = 24
+
+# The endpoint that is the customers themselves: its events are sent to each
+# customer as a notification on the channels they prefer, not to a URL.
+CUSTOMERS_ENDPOINT_ID = "we_customers"
+CUSTOMERS_SINK_URL = "cardflow:customers"
+CUSTOMER_NOTIFIED_TYPES = (EventType.AUTHORIZATION_DECLINED, EventType.TRANSACTION_CLEARED)
 
 EVENTS_NEXT_FOR_ENDPOINT = "events.next_for_endpoint"
 EVENTS_DISABLE_ENDPOINT = "events.disable_endpoint"
@@ -489,7 +497,42 @@ def delivery_body(event: CustomerEvent) -> str:
     return event.model_dump_json()
 
 
+def _money(data: dict[str, Any], name: str, currency: str | None) -> str:
+    amount = data.get(name)
+    if amount is None or currency is None:
+        return "a payment"
+    return str(Money(amount_minor=int(amount), currency=Currency(currency)))
+
+
+def customer_notification(event: CustomerEvent, currency: str | None) -> Notification | None:
+    """What the customer is told of an event: a declined purchase and why,
+    or a purchase that cleared."""
+    merchant = event.data.get("merchant_name") or "A merchant"
+    if event.type == EventType.AUTHORIZATION_DECLINED:
+        amount = _money(event.data, "requested_minor", currency)
+        reason = event.data.get("reason") or decline_sentence("")
+        return Notification(
+            key=f"events/{event.id}",
+            customer_id=event.customer_id,
+            subject="Payment declined",
+            body=f"{merchant}: {amount} was declined. {reason}",
+        )
+    if event.type == EventType.TRANSACTION_CLEARED:
+        amount = _money(event.data, "amount_minor", currency)
+        return Notification(
+            key=f"events/{event.id}",
+            customer_id=event.customer_id,
+            subject="Card payment",
+            body=f"{merchant}: {amount} paid with your card.",
+        )
+    return None
+
+
 # ----- delivering events ------------------------------------------------------------
+
+
+class CustomerNotifier(Protocol):
+    async def notify_customer(self, notification: Notification) -> NotificationReceipt: ...
 
 
 class EndpointBatchRequest(BaseModel):
@@ -529,8 +572,9 @@ class DisableRequest(BaseModel):
 class EventDeliveryActivities:
     """What the delivery process of an endpoint (workflows/event_delivery.py) runs."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, notifier: CustomerNotifier | None = None) -> None:
         self._pool = pool
+        self._notifier = notifier
         self._http: httpx.AsyncClient | None = None
 
     @ledger_activity(EVENTS_NEXT_FOR_ENDPOINT)
@@ -581,6 +625,8 @@ class EventDeliveryActivities:
         event = await event_by_id(self._pool, request.event_id)
         if event is None:
             return DeliveryOutcome(delivered=False, skipped="no such event")
+        if endpoint["url"] == CUSTOMERS_SINK_URL:
+            return await self._notify(event)
         now = datetime.now(UTC)
         body = delivery_body(event)
         headers = {
@@ -603,6 +649,18 @@ class EventDeliveryActivities:
             )
         activity.logger.info("delivered %s to %s", event.id, request.endpoint_id)
         return DeliveryOutcome(delivered=True, status_code=answer.status_code)
+
+    async def _notify(self, event: CustomerEvent) -> DeliveryOutcome:
+        """Tell the customer, once per event and channel (the key dedupes)."""
+        assert self._notifier is not None, "the providers worker sends notifications"
+        currency = await self._pool.fetchval(
+            "SELECT currency FROM customer_events WHERE event_id = $1", event.id
+        )
+        notification = customer_notification(event, currency)
+        if notification is None:
+            return DeliveryOutcome(delivered=False, skipped=f"{event.type} is not notified")
+        receipt = await self._notifier.notify_customer(notification)
+        return DeliveryOutcome(delivered=bool(receipt.message_ids))
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:

@@ -9,7 +9,14 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from activities.events import create_endpoint
+from activities.events import (
+    CUSTOMER_NOTIFIED_TYPES,
+    CUSTOMERS_ENDPOINT_ID,
+    CUSTOMERS_SINK_URL,
+    create_endpoint,
+    new_secret,
+    sequence,
+)
 from schemas.events import DeliveryPolicy, EventDeliveryInput
 from schemas.task_queues import TaskQueues
 from workers.settings import Settings
@@ -76,3 +83,34 @@ async def wake_delivery(client: Client, endpoint_id: str) -> None:
         )
     except RPCError:
         pass  # a process that ended needs no wake
+
+
+async def ensure_customer_notifications(
+    pool: asyncpg.Pool, client: Client, queues: TaskQueues, settings: Settings
+) -> str:
+    """The customers' own endpoint and its delivery process: each declined
+    purchase (with its reason) and each cleared one is sent to its customer
+    on the channels they prefer. Returns "created" or "exists"."""
+    async with pool.acquire() as connection, connection.transaction():
+        await sequence(connection)
+        created = await connection.fetchval(
+            "INSERT INTO webhook_endpoints (endpoint_id, url, event_types, secret)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (endpoint_id) DO NOTHING RETURNING true",
+            CUSTOMERS_ENDPOINT_ID,
+            CUSTOMERS_SINK_URL,
+            [t.value for t in CUSTOMER_NOTIFIED_TYPES],
+            new_secret(),
+        )
+        after = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM customer_events")
+    await start_delivery(
+        client,
+        queues,
+        EventDeliveryInput(
+            endpoint_id=CUSTOMERS_ENDPOINT_ID,
+            after_seq=int(after) if created else 0,
+            policy=delivery_policy(settings),
+            ledger_task_queue=queues.ledger,
+            providers_task_queue=queues.providers,
+        ),
+    )
+    return "created" if created else "exists"

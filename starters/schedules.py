@@ -56,6 +56,25 @@ async def ensure_schedules(client: Client, settings: Settings) -> dict[str, str]
     return outcome
 
 
+async def ensure_standing(client: Client, settings: Settings) -> dict[str, str]:
+    """What always runs: every schedule, and the customers' notifications
+    (starters/events.py); name -> "created" or "exists"."""
+    from activities.database import create_pool
+    from activities.events import CUSTOMERS_ENDPOINT_ID
+    from starters.events import ensure_customer_notifications
+    from workflows.event_delivery import event_delivery_workflow_id
+
+    outcome = await ensure_schedules(client, settings)
+    pool = await create_pool(settings.effective_database_url, size_max=1)
+    try:
+        outcome[event_delivery_workflow_id(CUSTOMERS_ENDPOINT_ID)] = (
+            await ensure_customer_notifications(pool, client, settings.task_queues, settings)
+        )
+    finally:
+        await pool.close()
+    return outcome
+
+
 # ----- `cardflow schedules ...` -----------------------------------------------
 
 schedules_app = typer.Typer(help="cardflow's Temporal Schedules.", no_args_is_help=True)
@@ -63,12 +82,13 @@ schedules_app = typer.Typer(help="cardflow's Temporal Schedules.", no_args_is_he
 
 @schedules_app.command("ensure")
 def schedules_ensure() -> None:
-    """Create every missing schedule (an existing one is left as it is)."""
+    """Create every missing schedule and start the customers' notifications
+    if they are not running (an existing one is left as it is)."""
     from workers.client import connect
 
     async def run() -> dict[str, str]:
         settings = console.settings()
-        return await ensure_schedules(await connect(settings), settings)
+        return await ensure_standing(await connect(settings), settings)
 
     for schedule_id, outcome in console.run(run()).items():
         typer.echo(f"{schedule_id}: {outcome}")

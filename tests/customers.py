@@ -52,6 +52,7 @@ FEES = CardIssuePolicy(issuance_fee_virtual_minor=100, issuance_fee_physical_min
 FREE = CardIssuePolicy(issuance_fee_virtual_minor=0, issuance_fee_physical_minor=0)
 
 SHOP = Merchant(name="Corner Shop", mcc="5411", country="GB")
+CASINO = Merchant(name="Lucky Star", mcc="7995", country="GB")
 
 Where = Platform | RunningStack
 

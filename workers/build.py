@@ -97,7 +97,9 @@ def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Ca
         *TopupReceiptActivities(clients, pool).all(),  # type: ignore[list-item]
         *ReconciliationProviderActivities(clients, pool).all(),  # type: ignore[list-item]
         *DisputeProviderActivities(clients).all(),  # type: ignore[list-item]
-        *EventDeliveryActivities(pool).providers(),  # type: ignore[list-item]
+        *EventDeliveryActivities(  # type: ignore[list-item]
+            pool, ProviderActivities(clients, pool)
+        ).providers(),
     ]
 
 

@@ -133,12 +133,13 @@ class Stack:
         return self.status()
 
     def _ensure_schedules(self) -> None:
-        """Create cardflow's Temporal Schedules that are missing (never twice)."""
-        from starters.schedules import ensure_schedules
+        """Create cardflow's Temporal Schedules that are missing (never twice),
+        and start the customers' notifications if they are not running."""
+        from starters.schedules import ensure_standing
         from workers.client import connect
 
         async def ensure() -> dict[str, str]:
-            return await ensure_schedules(await connect(self.settings), self.settings)
+            return await ensure_standing(await connect(self.settings), self.settings)
 
         self.schedules = asyncio.run(ensure())
 

@@ -181,17 +181,24 @@ def test_a_second_dev_up_reuses_the_running_parts(dev_stack: DevStack) -> None:
 
 
 async def test_every_schedule_exists_once_however_often_dev_up_runs(dev_stack: DevStack) -> None:
+    from activities.events import CUSTOMERS_ENDPOINT_ID
     from starters.schedules import SCHEDULES
+    from workflows.event_delivery import event_delivery_workflow_id
 
     again = dev_stack.cardflow("dev", "up", "--json")
     assert again.returncode == 0, again.stderr
     ensured = dev_stack.cardflow("schedules", "ensure")
     assert ensured.returncode == 0, ensured.stderr
     expected = sorted(spec.schedule_id for spec in SCHEDULES)
+    # And the customers' notifications, started by the first dev up, run once.
+    notifications = event_delivery_workflow_id(CUSTOMERS_ENDPOINT_ID)
+    standing = [*expected, notifications]
     assert sorted(ensured.stdout.split()) == sorted(
-        [f"{schedule_id}:" for schedule_id in expected] + ["exists"] * len(expected)
+        [f"{name}:" for name in standing] + ["exists"] * len(standing)
     )
     client = await connect(dev_stack.settings())
+    described = await client.get_workflow_handle(notifications).describe()
+    assert described.status is not None and described.status.name == "RUNNING"
     listed: list[str] = []
     for _ in range(100):  # the schedule list is eventually consistent
         listed = sorted([entry.id async for entry in await client.list_schedules()])

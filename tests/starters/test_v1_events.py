@@ -24,15 +24,13 @@ from activities.events import sequence
 from activities.ledger import Ledger
 from schemas import accounts
 from schemas.cards import SpendingLimits
-from schemas.issuer import Merchant
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from tests import polling
 from tests.conftest import Platform
-from tests.customers import SHOP, authorize, customer, issuer, open_card, wallet
+from tests.customers import CASINO, SHOP, authorize, customer, issuer, open_card, wallet
 from workflows.cards import LIMITS_UPDATE
 
-CASINO = Merchant(name="Lucky Spin", mcc="7995", country="US")
 BANK_USD = accounts.bank_inbound(Currency.USD)
 
 

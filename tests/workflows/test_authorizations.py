@@ -27,12 +27,13 @@ from schemas.cards import (
     ExceptionDecision,
     SpendingLimits,
 )
-from schemas.issuer import Authorization, CardType, Merchant
+from schemas.issuer import Authorization, CardType
 from schemas.ledger import TransferRequest
 from schemas.money import Currency
 from tests import polling
 from tests.conftest import Platform
 from tests.customers import (
+    CASINO,
     HOME,
     SHOP,
     authorize,
@@ -57,8 +58,6 @@ from workflows.cards import (
     card_workflow_id,
 )
 from workflows.cashback import cashback_workflow_id
-
-CASINO = Merchant(name="Lucky Star", mcc="7995", country="GB")
 
 
 async def delivered_twice(platform: Platform, *about: str) -> None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from standardwebhooks import Webhook, WebhookVerificationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import (
     SCOPE_CUSTOMERS_READ,
@@ -24,16 +25,24 @@ from activities.api_keys import (
     Scope,
     api_key_pepper,
 )
+from activities.customers import CustomerStore
+from activities.events import CUSTOMERS_ENDPOINT_ID, sequence
 from activities.ledger import Ledger
+from activities.providers.notify import NotifyClient
 from schemas import accounts
+from schemas.cards import SpendingLimits
 from schemas.events import EventDeliveryStatus
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
+from schemas.notify import Channel
 from schemas.search import PROCESS_STATUS
 from starters.devstack.processes import free_port
+from starters.events import ensure_customer_notifications
+from tests import polling
 from tests.conftest import Platform
-from tests.customers import customer
+from tests.customers import CASINO, SHOP, authorize, customer, issuer, open_card, profile
 from tests.providers import WebhookReceiver, webhook_receiver
+from workflows.cards import LIMITS_UPDATE
 from workflows.event_delivery import STAGE_DISABLED, event_delivery_workflow_id
 
 TOPUP = "topup.credited"
@@ -278,3 +287,69 @@ async def test_the_stream_is_ordered_and_resumes_after_a_position(
     )
     assert [e["data"]["amount_minor"] for e in behind.json()["data"]] == [3, 5]
     assert behind.json()["next_cursor"] == str(positions[4])
+
+
+async def test_customers_are_told_of_a_decline_with_its_reason_and_of_each_clearing_once(
+    platform: Platform,
+) -> None:
+    client = platform.stack.client
+    handle = client.get_workflow_handle(event_delivery_workflow_id(CUSTOMERS_ENDPOINT_ID))
+    # One such process per program: an earlier test's (another database) ends first.
+    try:
+        await handle.terminate("another test's")
+    except RPCError as error:
+        if error.status is not RPCStatusCode.NOT_FOUND:
+            raise
+    settings = platform.settings.model_copy(
+        update={"events_poll_seconds": 0.2, "events_retry_initial_seconds": 0.2}
+    )
+    pool = platform.stack.pool
+    assert (
+        await ensure_customer_notifications(pool, client, platform.stack.queues, settings)
+        == "created"
+    )
+    customer_id, card_id, card = await open_card(platform)
+    chat = str(int(uuid.uuid4().int % 10**12))
+    await CustomerStore(pool).save(
+        profile(customer_id, telegram_chat_id=chat, preferred_channels=[Channel.TELEGRAM])
+    )
+    await card.execute_update(LIMITS_UPDATE, SpendingLimits(blocked_mccs=["7995"]))
+    # Every issuer webhook arrives twice: the customer is still told once.
+    platform.sim.admin("POST", "/webhooks", {"duplicate": True})
+    await authorize(platform, card_id, 700, merchant=CASINO)
+    bought = await authorize(platform, card_id, 2_500)
+    async with issuer(platform) as network:
+        await network.simulate_clearing(
+            bought.id, amount_minor=2_500, final=True, idempotency_key=f"clear-{bought.id}"
+        )
+    try:
+        async with NotifyClient(platform.sim.provider_url("notify")) as notify:
+
+            async def told() -> list[str]:
+                page = await notify.list_messages(channel=Channel.TELEGRAM, to=chat)
+                return [message.body for message in page.data]
+
+            async def both_told() -> bool:
+                return len(await told()) >= 2
+
+            await polling.eventually(both_told, "the customer is told of both")
+            # Nothing more comes: the process has gone past every event of both.
+            await sequence(pool)
+            last = await pool.fetchval(
+                "SELECT max(seq) FROM customer_events WHERE customer_id = $1"
+                " AND type IN ('authorization.declined', 'transaction.cleared')",
+                customer_id,
+            )
+
+            async def past_them() -> bool:
+                status = await handle.query("status", result_type=EventDeliveryStatus)
+                return bool(status.after_seq >= last)
+
+            await polling.eventually(past_them, "the process is past the customer's events")
+            bodies = await told()
+    finally:
+        await handle.terminate("test over")
+    assert len(bodies) == 2, bodies
+    declined, cleared = bodies
+    assert "Lucky Star: 7.00 USD was declined." in declined and "blocked" in declined
+    assert cleared == f"{SHOP.name}: 25.00 USD paid with your card."
