@@ -126,6 +126,9 @@ def issuer_event(issuer_event_id: str, kind: str, data: dict[str, Any]) -> Issue
             common |= {"reason_code": reason, "reason": decline_sentence(reason)}
             type_, feed = EventType.AUTHORIZATION_DECLINED, FeedKind.DECLINE
         elif kind == "authorization.expired":
+            # The same id as the card's own expiry of the hold (the ledger's
+            # trigger): one event, whichever comes first.
+            source = event_id(f"hold-expired/{data.get('id')}")
             type_, feed = EventType.HOLD_EXPIRED, None
         elif kind == "authorization.reversed":
             # The issuer's reversal, not the authorization.

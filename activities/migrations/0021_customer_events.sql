@@ -134,6 +134,23 @@ BEGIN
           AND w.owner_id IS NOT NULL
     ) m
     ON CONFLICT (event_id) DO NOTHING;
+    -- A card's hold released by its own expiry timer. The issuer's word that
+    -- the authorization expired (from the gateway) takes the same id: one
+    -- event, whichever comes first.
+    INSERT INTO customer_events (event_id, type, customer_id, card_id, authorization_id,
+                                 currency, process_id, occurred_at, data)
+    SELECT 'evt_' || left(encode(sha256(convert_to('hold-expired/' || split_part(t.idempotency_key, '/', 4),
+                                                   'UTF8')), 'hex'), 32),
+           'hold.expired', a.owner_id, split_part(t.idempotency_key, '/', 2),
+           split_part(t.idempotency_key, '/', 4), t.currency,
+           ledger_key_process(t.idempotency_key), t.created_at,
+           jsonb_build_object('released_minor', t.amount_minor, 'pending_minor', 0,
+                              'authorization_status', 'expired')
+    FROM inserted t
+    JOIN ledger_accounts a ON a.id = t.debit_account_id AND a.kind = 'wallet'
+    WHERE t.kind = 'void_pending' AND t.idempotency_key LIKE 'card/%/auth/%/void/expired'
+      AND a.owner_id IS NOT NULL
+    ON CONFLICT (event_id) DO NOTHING;
     RETURN NULL;
 END;
 $$;

@@ -23,12 +23,21 @@ from activities.api_keys import (
 from activities.events import sequence
 from activities.ledger import Ledger
 from schemas import accounts
-from schemas.cards import SpendingLimits
+from schemas.cards import CardPolicy, SpendingLimits
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from tests import polling
 from tests.conftest import Platform
-from tests.customers import CASINO, SHOP, authorize, customer, issuer, open_card, wallet
+from tests.customers import (
+    CASINO,
+    SHOP,
+    authorize,
+    customer,
+    issuer,
+    open_card,
+    wallet,
+    wallet_becomes,
+)
 from workflows.cards import LIMITS_UPDATE
 
 BANK_USD = accounts.bank_inbound(Currency.USD)
@@ -234,3 +243,36 @@ async def test_the_feed_pages_without_gaps_or_repeats_while_new_money_arrives(
     assert [entry["amount_minor"] for entry in newest][: arriving - 100] == list(
         range(arriving, 100, -1)
     )
+
+
+async def test_a_hold_the_cards_timer_expires_shows_expired_once(platform: Platform) -> None:
+    customer_id, card_id, _ = await open_card(platform, policy=CardPolicy(hold_expiry_seconds=1))
+    auth = await authorize(platform, card_id, 1_200)
+    await wallet_becomes(platform, customer_id, posted=10_000, pending=0)
+
+    async def expired() -> bool:
+        holds = await feed_of(platform, customer_id, kind=["authorization"])
+        return [(h["status"], h["pending_minor"]) for h in holds] == [("expired", 0)]
+
+    # The card's own timer released it: the ledger's release is the event.
+    await polling.eventually(expired, "the hold shows expired")
+    # The issuer too says the authorization expired, twice: still one event.
+    platform.sim.admin("POST", "/webhooks", {"duplicate": True})
+    async with issuer(platform) as client:
+        await client.simulate_expiry(auth.id, idempotency_key=f"expire-{auth.id}")
+    manager = await headers_for(platform, SCOPE_WEBHOOKS_MANAGE)
+    async with httpx.AsyncClient(base_url=platform.gateway_url, headers=manager) as http:
+
+        async def issuer_word_in() -> bool:
+            count = await platform.stack.pool.fetchval(
+                "SELECT count(*) FROM gateway_webhook_events WHERE event_type ="
+                " 'authorization.expired'"
+            )
+            return bool(count)
+
+        await polling.eventually(issuer_word_in, "the issuer's expiry arrived")
+        answer = await http.get(
+            "/v1/events", params={"customer_id": customer_id, "type": "hold.expired"}
+        )
+    [event] = answer.json()["data"]
+    assert (event["authorization_id"], event["card_id"]) == (auth.id, card_id)
