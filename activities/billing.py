@@ -23,6 +23,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.events import RecordedEvent, record_event
 from activities.ledger import Ledger
 from activities.queues import ledger_activity
 from schemas.billing import (
@@ -32,6 +33,7 @@ from schemas.billing import (
     Category,
     CustomersPage,
     CustomersPageRequest,
+    FeeCharge,
     Statement,
     StatementEntry,
     StatementRequest,
@@ -40,6 +42,7 @@ from schemas.billing import (
     WalletTotals,
 )
 from schemas.cards import CardInput
+from schemas.events import EventType
 from schemas.ledger import HISTORY_PAGE_SIZE_MAX, HistoryEntry
 from schemas.money import Currency, Money
 
@@ -199,6 +202,29 @@ class BillingActivities:
             fees=request.fees,
         )
         json_path, html_path = await asyncio.to_thread(_write_files, request, statement)
+        # Written, so ready: its event once (a statement written again is the same one).
+        await record_event(
+            self.pool,
+            RecordedEvent(
+                source=f"statement/{request.customer_id}/{request.period}",
+                type=EventType.STATEMENT_READY,
+                customer_id=request.customer_id,
+                process_id=f"billing/{request.customer_id}/{request.period}",
+                occurred_at=cutoff,
+                data={
+                    "period": request.period,
+                    "url": f"/v1/statements/{request.customer_id}/{request.period}",
+                    "wallets": {
+                        w.currency.value: {
+                            "opening_minor": w.opening_minor,
+                            "closing_minor": w.closing_minor,
+                        }
+                        for w in wallets
+                    },
+                    "fees_charged_minor": _charged_by_currency(request.fees),
+                },
+            ),
+        )
         return StatementSummary(
             json_path=json_path,
             html_path=html_path,
@@ -370,3 +396,11 @@ def render_html(statement: Statement) -> str:
         parts.append('<tr><td colspan="4">No active cards in this period.</td></tr>')
     parts += ["</table>", "</body></html>", ""]
     return "\n".join(parts)
+
+
+def _charged_by_currency(fees: list[FeeCharge]) -> dict[str, int]:
+    charged: dict[str, int] = {}
+    for fee in fees:
+        if fee.status == "charged":
+            charged[fee.currency.value] = charged.get(fee.currency.value, 0) + fee.amount_minor
+    return charged

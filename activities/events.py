@@ -252,6 +252,40 @@ def remember_with_event_args(row: IssuerEventRow) -> tuple[Any, ...]:
     )
 
 
+# ----- events a process records ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """An event whose state is not in the database, recorded by the activity
+    of the process that caused it; `source` names what it reports, once."""
+
+    source: str
+    type: EventType
+    customer_id: str
+    process_id: str
+    occurred_at: datetime
+    data: dict[str, Any]
+    card_id: str | None = None
+
+
+async def record_event(pool: asyncpg.Pool, event: RecordedEvent) -> bool:
+    """Write the event once; False when it was written before."""
+    written = await pool.fetchval(
+        "INSERT INTO customer_events (event_id, type, customer_id, card_id, process_id,"
+        " occurred_at, data) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING true",
+        event_id(event.source),
+        event.type.value,
+        event.customer_id,
+        event.card_id,
+        event.process_id,
+        event.occurred_at,
+        json.dumps(event.data),
+    )
+    return written is True
+
+
 # ----- reading events in order ------------------------------------------------------
 
 

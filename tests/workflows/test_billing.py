@@ -22,6 +22,7 @@ from temporalio.service import RPCError
 from typer.testing import CliRunner
 
 from activities.billing import BillingActivities, classify
+from activities.events import events_after
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
 from schemas.accounts import revenue_fees, system_account, wallet
@@ -239,6 +240,19 @@ async def test_fee_per_active_card_charged_once_however_often_the_period_is_bill
     assert await posted(stack, wallet(customer_id, Currency.USD)) == 10_000 - 2 * FEE_USD
     assert await _fees(stack, Currency.USD) == fees_before + 2 * FEE_USD
     assert await verify(stack.pool) == []
+    # Its events, once however often it ran: each fee charged, the statement ready.
+    events = await events_after(stack.pool, 0, 100, customer_id=customer_id)
+    fees = [e for e in events if e.type == "fee.charged"]
+    assert sorted(e.data["amount_minor"] for e in fees) == [FEE_USD, FEE_USD]
+    assert {e.process_id for e in fees} == {billing_workflow_id(customer_id, period)}
+    [ready] = [e for e in events if e.type == "statement.ready"]
+    assert ready.data["url"] == f"/v1/statements/{customer_id}/{period}"
+    assert ready.data["fees_charged_minor"] == {"USD": 2 * FEE_USD}
+    assert first.statement is not None
+    assert ready.data["wallets"] == {
+        w.currency.value: {"opening_minor": w.opening_minor, "closing_minor": w.closing_minor}
+        for w in first.statement.wallets
+    }
 
 
 async def test_statement_balances_every_wallet_and_classifies_every_entry(
