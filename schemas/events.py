@@ -44,6 +44,7 @@ class EventType(StrEnum):
     DISPUTE_UPDATED = "dispute.updated"
     ADJUSTMENT_CREDITED = "adjustment.credited"
     ADJUSTMENT_DEBITED = "adjustment.debited"
+    CARD_ISSUED = "card.issued"
     CARD_STATE_CHANGED = "card.state_changed"
     CARD_SHIPPING_UPDATED = "card.shipping_updated"
     STATEMENT_READY = "statement.ready"

@@ -89,7 +89,7 @@ BEGIN
                                                    || m.side, 'UTF8')), 'hex'), 32),
            CASE m.family || (CASE WHEN m.sign > 0 THEN '+' ELSE '-' END)
                WHEN 'topup+' THEN 'topup.credited'
-               WHEN 'topup-' THEN 'debt.collected'
+               WHEN 'debt-' THEN 'debt.collected'
                WHEN 'fx+' THEN 'fx.converted'
                WHEN 'fx-' THEN 'fx.converted'
                WHEN 'cashback+' THEN 'cashback.earned'
@@ -98,10 +98,12 @@ BEGIN
                WHEN 'fee-' THEN 'fee.charged'
                WHEN 'dispute+' THEN 'dispute.credited'
                WHEN 'dispute-' THEN 'dispute.debited'
-               WHEN 'adjustment+' THEN 'adjustment.credited'
-               ELSE 'adjustment.debited' END,
+               ELSE CASE WHEN m.sign > 0 THEN 'adjustment.credited'
+                         ELSE 'adjustment.debited' END END,
            m.owner_id,
-           CASE WHEN m.family = 'topup' AND m.sign < 0 THEN 'debt' ELSE m.family END,
+           -- The feed's kind: the family, but for the two moves no type names.
+           CASE WHEN (m.family = 'topup' AND m.sign < 0) OR (m.family = 'debt' AND m.sign > 0)
+                THEN 'adjustment' ELSE m.family END,
            m.sign * m.amount_minor,
            m.currency,
            ledger_key_process(m.idempotency_key),
@@ -112,11 +114,16 @@ BEGIN
     FROM (
         SELECT t.idempotency_key, t.amount_minor, t.currency, t.created_at,
                w.owner_id, w.side, w.sign, w.counterparty,
-               CASE split_part(t.idempotency_key, '/', 1)
-                   WHEN 'topup' THEN 'topup' WHEN 'fx' THEN 'fx'
-                   WHEN 'cashback' THEN 'cashback' WHEN 'billing' THEN 'fee'
-                   WHEN 'card-issue' THEN 'fee' WHEN 'dispute' THEN 'dispute'
-                   ELSE 'adjustment' END AS family
+               -- What it is: by what the wallet paid or was paid by, else by
+               -- the process that moved it.
+               CASE WHEN w.counterparty LIKE 'revenue:fees:%' THEN 'fee'
+                    WHEN w.counterparty LIKE 'expense:cashback:%' THEN 'cashback'
+                    WHEN w.counterparty LIKE 'customer:%:debt:%' THEN 'debt'
+                    ELSE CASE split_part(t.idempotency_key, '/', 1)
+                             WHEN 'topup' THEN 'topup' WHEN 'fx' THEN 'fx'
+                             WHEN 'cashback' THEN 'cashback' WHEN 'billing' THEN 'fee'
+                             WHEN 'card-issue' THEN 'fee' WHEN 'dispute' THEN 'dispute'
+                             ELSE 'adjustment' END END AS family
         FROM inserted t
         CROSS JOIN LATERAL (
             SELECT a.owner_id, 'debit' AS side, -1 AS sign, c.code AS counterparty
@@ -139,8 +146,8 @@ BEGIN
     -- event, whichever comes first.
     INSERT INTO customer_events (event_id, type, customer_id, card_id, authorization_id,
                                  currency, process_id, occurred_at, data)
-    SELECT 'evt_' || left(encode(sha256(convert_to('hold-expired/' || split_part(t.idempotency_key, '/', 4),
-                                                   'UTF8')), 'hex'), 32),
+    SELECT 'evt_' || left(encode(sha256(convert_to(
+               'hold-expired/' || split_part(t.idempotency_key, '/', 4), 'UTF8')), 'hex'), 32),
            'hold.expired', a.owner_id, split_part(t.idempotency_key, '/', 2),
            split_part(t.idempotency_key, '/', 4), t.currency,
            ledger_key_process(t.idempotency_key), t.created_at,

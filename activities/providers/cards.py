@@ -10,9 +10,11 @@ from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel
 
 from activities.customers import CustomerStore
+from activities.events import event_id
 from activities.providers.issuer import IssuerClient
 from activities.queues import provider_activity
 from schemas.cards import CardActivationRequest, CardReissueRequest, DeliveryRescheduleRequest
+from schemas.events import EventType
 from schemas.issuer import (
     Address,
     Card,
@@ -204,14 +206,23 @@ class CardActivities:
 
     @provider_activity(RECORD_CARD)
     async def record_card(self, record: CardRecord) -> None:
+        """Record the card cardflow issued, and its `card.issued` event with it."""
         await self.pool.execute(
-            "INSERT INTO cards (card_id, request_id, customer_id, kind, replaces)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (card_id) DO NOTHING",
+            "WITH recorded AS (INSERT INTO cards (card_id, request_id, customer_id, kind, replaces)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (card_id) DO NOTHING RETURNING *)"
+            " INSERT INTO customer_events (event_id, type, customer_id, card_id, process_id,"
+            " occurred_at, data)"
+            " SELECT $6, $7, r.customer_id, r.card_id, $8, r.created_at,"
+            " jsonb_strip_nulls(jsonb_build_object('kind', r.kind, 'replaces', r.replaces))"
+            " FROM recorded r ON CONFLICT (event_id) DO NOTHING",
             record.card_id,
             record.request_id,
             record.customer_id,
             record.kind,
             record.replaces,
+            event_id(f"card-issued/{record.card_id}"),
+            EventType.CARD_ISSUED.value,
+            f"card-issue/{record.request_id}",
         )
 
     def all(self) -> list[object]:

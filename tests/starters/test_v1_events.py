@@ -23,7 +23,7 @@ from activities.api_keys import (
 from activities.events import sequence
 from activities.ledger import Ledger
 from schemas import accounts
-from schemas.cards import CardPolicy, SpendingLimits
+from schemas.cards import CardPolicy, CardStateChange, SpendingLimits
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from tests import polling
@@ -38,7 +38,7 @@ from tests.customers import (
     wallet,
     wallet_becomes,
 )
-from workflows.cards import LIMITS_UPDATE
+from workflows.cards import FREEZE_UPDATE, LIMITS_UPDATE, UNFREEZE_UPDATE
 
 BANK_USD = accounts.bank_inbound(Currency.USD)
 
@@ -276,3 +276,31 @@ async def test_a_hold_the_cards_timer_expires_shows_expired_once(platform: Platf
         )
     [event] = answer.json()["data"]
     assert (event["authorization_id"], event["card_id"]) == (auth.id, card_id)
+
+
+async def test_a_card_frozen_and_unfrozen_is_told_as_the_issuer_changed_it(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(platform)
+    await handle.execute_update(FREEZE_UPDATE, CardStateChange(reason="lost it"))
+    await handle.execute_update(UNFREEZE_UPDATE, CardStateChange(reason="found it"))
+    manager = await headers_for(platform, SCOPE_WEBHOOKS_MANAGE)
+    async with httpx.AsyncClient(base_url=platform.gateway_url, headers=manager) as http:
+
+        async def changes() -> list[tuple[str, str]]:
+            answer = await http.get(
+                "/v1/events", params={"customer_id": customer_id, "type": "card.state_changed"}
+            )
+            return [(e["data"]["change"], e["data"]["state"]) for e in answer.json()["data"]]
+
+        async def both() -> bool:
+            return len(await changes()) >= 2
+
+        await polling.eventually(both, "the card's changes are events")
+        assert await changes() == [("paused", "paused"), ("resumed", "open")]
+        issued = await http.get(
+            "/v1/events", params={"customer_id": customer_id, "type": "card.issued"}
+        )
+    [card] = issued.json()["data"]
+    assert (card["card_id"], card["data"]["kind"]) == (card_id, "virtual")
+    assert card["process_id"].startswith("card-issue/")

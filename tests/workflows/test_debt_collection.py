@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from activities.events import events_after
 from activities.ledger import Ledger
 from schemas import accounts
 from schemas.disputes import customer_debt, customer_debt_spec
@@ -68,6 +69,15 @@ async def test_a_top_up_larger_than_the_debt_repays_it_and_credits_the_rest(
     status = await handle_of(platform, "bank", transfer.id).query("status", result_type=TopupStatus)
     assert status.debt_collected_minor == 3_000
     await assert_ledger_clean(platform)
+    # In the customer's feed: the credit, its fee and the debt it repaid, as
+    # the wallet moved, each named by the top-up.
+    events = await events_after(platform.stack.pool, 0, 100, customer_id=customer_id)
+    assert sorted((e.type, e.data["amount_minor"]) for e in events) == [
+        ("debt.collected", 3_000),
+        ("fee.charged", 45),
+        ("topup.credited", 10_000),
+    ]
+    assert {e.process_id for e in events} == {result.workflow_id}
 
 
 async def test_a_top_up_smaller_than_the_debt_all_goes_to_the_debt(platform: Platform) -> None:

@@ -17,6 +17,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.exceptions import CancelledError
 from typer.testing import CliRunner
 
+from activities.events import events_after
 from activities.ledger import AccountNotFound, Ledger
 from activities.ledger.verify import verify
 from schemas import accounts
@@ -220,6 +221,18 @@ async def test_a_confirmed_conversion_posts_one_batch_of_exact_legs(platform: Pl
         accounts.revenue_fees(usd): 76,
     }
     assert await verify(platform.stack.pool) == []
+    # The customer's events: both legs converted, the fee a fee, all of this process.
+    events = await events_after(platform.stack.pool, 0, 100, customer_id=customer_id)
+    moved = [
+        (e.type, e.data["direction"], e.data["amount_minor"])
+        for e in events
+        if e.process_id == fx_workflow_id(request.request_id)
+    ]
+    assert sorted(moved) == [
+        ("fee.charged", "out", 76),
+        ("fx.converted", "in", 9_206),
+        ("fx.converted", "out", 10_004),
+    ]
 
     description = await handle.describe()
     attributes = description.typed_search_attributes
