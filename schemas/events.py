@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from schemas.cards import DeclineReason
+from schemas.edge import TEXT_CHARS_MAX, EdgeModel
 from schemas.money import Currency
 from schemas.task_queues import TaskQueues
 
@@ -157,15 +158,25 @@ class FeedPage(BaseModel):
 WEBHOOK_EVENT_TYPES_MAX = len(EventType)
 
 
-class WebhookEndpointCreate(BaseModel):
-    url: AnyHttpUrl = Field(description="Where events are POSTed, signed with Standard Webhooks")
+# The longest endpoint URL taken (most clients and servers stop near here).
+ENDPOINT_URL_CHARS_MAX = 2_000
+
+
+class WebhookEndpointCreate(EdgeModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl = Field(
+        max_length=ENDPOINT_URL_CHARS_MAX,
+        description="Where events are POSTed (http or https), signed with Standard Webhooks",
+    )
     event_types: list[EventType] = Field(
         min_length=1, max_length=WEBHOOK_EVENT_TYPES_MAX, description="The events it wants"
     )
-    description: str | None = Field(default=None, max_length=500)
 
 
-class SecretRotation(BaseModel):
+class SecretRotation(EdgeModel):
+    model_config = ConfigDict(extra="forbid")
+
     overlap_seconds: int = Field(
         default=24 * 3600,
         ge=0,
@@ -192,6 +203,10 @@ class WebhookEndpointPage(BaseModel):
     data: list[WebhookEndpointView]
 
 
+# Events asked to be delivered again that may wait at once.
+REDELIVERIES_WAITING_MAX = 1_000
+
+
 class DeliveryPolicy(BaseModel):
     """How an endpoint's events are delivered: how often it looks for new
     ones, and how a failing delivery is retried before the endpoint is
@@ -209,12 +224,12 @@ class DeliveryPolicy(BaseModel):
 class EventDeliveryInput(BaseModel):
     """The delivery process of one endpoint, `events/{endpoint_id}`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", str_max_length=TEXT_CHARS_MAX)
 
     endpoint_id: str = Field(pattern=r"^we_[a-z0-9]{1,40}$")
     after_seq: int = Field(default=0, ge=0, description="Delivered up to this position")
     delivered: int = Field(default=0, ge=0)
-    redeliveries: list[str] = Field(default_factory=list, max_length=1_000)
+    redeliveries: list[str] = Field(default_factory=list, max_length=REDELIVERIES_WAITING_MAX)
     policy: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
     ledger_task_queue: str = _QUEUES.ledger
     providers_task_queue: str = _QUEUES.providers

@@ -31,7 +31,11 @@ with workflow.unsafe.imports_passed_through():
         EndpointBatchRequest,
         EventDeliveryActivities,
     )
-    from schemas.events import EventDeliveryInput, EventDeliveryStatus
+    from schemas.events import (
+        REDELIVERIES_WAITING_MAX,
+        EventDeliveryInput,
+        EventDeliveryStatus,
+    )
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.process import ProcessStage
     from workflows.steps import step
@@ -40,7 +44,6 @@ EVENT_DELIVERY_WORKFLOW = "EventDelivery"
 REDELIVER_SIGNAL = "redeliver"
 WAKE_SIGNAL = "wake"
 STAGE_DELIVERING = "delivering"
-STAGE_RETRYING = "retrying"
 STAGE_DISABLED = "disabled"
 STAGE_DELETED = "deleted"
 # One attempt may take the endpoint's own timeout and a little more.
@@ -164,6 +167,10 @@ class EventDelivery:
 
     @workflow.signal(name=REDELIVER_SIGNAL)
     def redeliver(self, event_id: str) -> None:
+        if len(self._redeliveries) >= REDELIVERIES_WAITING_MAX:
+            # A signal cannot be refused: this one is dropped (asked again later, it is taken).
+            workflow.logger.warning("redelivery of %s dropped: too many waiting", event_id)
+            return
         if event_id not in self._redeliveries:
             self._redeliveries.append(event_id)
 

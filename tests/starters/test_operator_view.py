@@ -78,6 +78,7 @@ REQUIRED_SEARCH_ATTRIBUTES: dict[str, set[str]] = {
     "BillingRun": {"ProcessStatus"},
     "Cashback": {"CustomerId", "CardId", "AmountMinor", "Currency", "ProcessStatus"},
     "Ping": {"ProcessStatus"},
+    "EventDelivery": {"ProcessStatus"},
 }
 # The processes `cardflow demo` runs (at the least).
 DEMO_WORKFLOW_TYPES = {
