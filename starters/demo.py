@@ -1,7 +1,9 @@
 """The walk-through `cardflow demo` (and `make demo`) prints once the stack is
 up: a customer onboarded, topped up by bank transfer, given a virtual and a
 physical card; then USDT, a conversion, a purchase with cashback and a
-refund, disputes, the day reconciled, a statement, and the ledger verified.
+refund, disputes, the day reconciled, a statement, and the ledger verified;
+at the end, the customer's overview and feed as an app reads them, and the
+events an upstream app was sent.
 Each line names the process it shows, so the Web UI link can follow it."""
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from schemas.onboarding import OnboardingInput
 from schemas.topup import TopupResult
 from starters.billing import demo_statement
 from starters.cards import activate, issue_card
+from starters.demo_app import register_demo_app, show_as_an_app
 from starters.dispute import demo_disputes
 from starters.fx import confirm, quote
 from starters.onboarding import start_onboarding
@@ -161,7 +164,9 @@ async def _money(
     settlement_day: date,
 ) -> None:
     """The money part of the demo: a USDT top-up, a conversion, a purchase with
-    cashback and a refund, every wallet balance, and the ledger verified."""
+    cashback and a refund, every wallet balance, and the ledger verified; then
+    what an app built on cardflow shows and was sent."""
+    app = await register_demo_app(client, settings, say)
     deposit = await simulate_deposit(settings, customer_id, 25_000_000)
     usdt_topup = topup_workflow_id("usdt", deposit.tx_hash)
     await topup_reaching(client, usdt_topup, lambda status: status.stage == STAGE_CONFIRMATIONS)
@@ -224,3 +229,4 @@ async def _money(
     if violations:
         raise RuntimeError(f"ledger verify found {len(violations)} violations: {violations}")
     say("cardflow ledger verify: no violations", None)
+    await show_as_an_app(client, settings, say, app, customer_id, card_id)

@@ -123,6 +123,11 @@ def test_the_demo_walks_a_customer_through_kyc_and_two_cards(demo_stack: DemoSta
         assert step in output
     assert "open (fee 500)" in output
     assert "/namespaces/default/workflows/onboarding%2F" in output
+    # At its end, what an app shows: the overview and the feed, the decline's reason in it.
+    assert "The app's home screen" in output and "The app's feed" in output
+    assert "declined: insufficient_funds" in output
+    assert "decline" in output and "Not enough money in your wallet" in output
+    assert "each signature verified" in output and "upstream app was sent 0 " not in output
 
 
 async def test_search_attributes_exist_on_the_server_after_dev_up(dev_stack: DevStack) -> None:

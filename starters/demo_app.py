@@ -1,0 +1,151 @@
+"""The demo as an app built on cardflow sees it: an upstream app's webhook
+endpoint (the simulator's) that is sent the customer's events while the
+demo runs, a purchase the card declines, then the customer's overview and
+transaction feed read through the public API with a key bound to them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+
+from activities.api_keys import (
+    SCOPE_CUSTOMERS_READ,
+    ApiKeyStore,
+    NewApiKey,
+    api_key_pepper,
+)
+from activities.database import create_pool
+from activities.providers.issuer import IssuerClient
+from schemas.events import EventType
+from schemas.issuer import Merchant
+from schemas.money import Currency, Money
+from starters.events import register_endpoint
+from starters.scenario_steps import STAGE_WAIT_SECONDS_MAX
+from workers.settings import Settings
+from workflows.event_delivery import event_delivery_workflow_id
+
+Say = Callable[[str, str | None], None]
+DEMO_RECEIVER = "demo-app"
+FEED_LINES_MAX = 12
+TOO_DEAR = Merchant(name="Grand Piano Store", mcc="5733", country="GB")
+
+
+@dataclass(frozen=True)
+class DemoApp:
+    """The upstream app's endpoint, registered at the demo's start."""
+
+    endpoint_id: str
+    upstream_url: str
+
+
+async def register_demo_app(client: Client, settings: Settings, say: Say) -> DemoApp:
+    """Register the simulator's upstream app for every event type."""
+    upstream = f"{settings.providers_base_url}/upstream"
+    pool = await create_pool(settings.effective_database_url, size_max=1)
+    try:
+        row, secret = await register_endpoint(
+            pool,
+            client,
+            settings.task_queues,
+            f"{upstream}/hooks/{DEMO_RECEIVER}",
+            [t.value for t in EventType],
+            settings,
+        )
+    finally:
+        await pool.close()
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.put(f"{upstream}/v1/receivers/{DEMO_RECEIVER}", json={"secret": secret})
+        answer.raise_for_status()
+    endpoint_id = row["endpoint_id"]
+    say(
+        f"Webhook endpoint {endpoint_id}: the upstream app is sent every event, signed",
+        event_delivery_workflow_id(endpoint_id),
+    )
+    return DemoApp(endpoint_id, upstream)
+
+
+def _money(amount_minor: int | None, currency: str) -> str:
+    if amount_minor is None:
+        return "-"
+    return str(Money(amount_minor=amount_minor, currency=Currency(currency)))
+
+
+def feed_line(entry: dict[str, Any]) -> str:
+    """One feed entry as the app would list it."""
+    merchant = (entry.get("merchant") or {}).get("name")
+    what = f"{entry['kind']:<13} {_money(entry['amount_minor'], entry['currency']):>14}"
+    status = entry["status"]
+    line = f"{what}  {status:<8} {merchant or entry.get('process_id') or ''}"
+    if entry.get("reason"):
+        line += f" - {entry['reason']}"
+    return line
+
+
+async def show_as_an_app(
+    client: Client, settings: Settings, say: Say, app: DemoApp, customer_id: str, card_id: str
+) -> None:
+    """A declined purchase, then what the app shows and what it was sent."""
+    async with IssuerClient(f"{settings.providers_base_url}/issuer") as issuer:
+        declined = await issuer.simulate_authorization(
+            card_id=card_id,
+            amount_minor=5_000_000,
+            currency=Currency.USD,
+            merchant=TOO_DEAR,
+            partial_approval_capable=False,
+            idempotency_key=f"demo-decline-{uuid.uuid4().hex[:8]}",
+        )
+    say(f"A 50,000.00 USD purchase is declined: {declined.decision_reason}", None)
+    pool = await create_pool(settings.effective_database_url, size_max=1)
+    try:
+        issued = await ApiKeyStore(pool, api_key_pepper(settings)).create(
+            NewApiKey(name="demo app", scopes=[SCOPE_CUSTOMERS_READ], customers=[customer_id])
+        )
+    finally:
+        await pool.close()
+    headers = {"Authorization": f"Bearer {issued.key}"}
+    async with httpx.AsyncClient(
+        base_url=settings.gateway_base_url, headers=headers, timeout=10
+    ) as http:
+        overview = (await http.get(f"/v1/customers/{customer_id}/overview")).json()
+        say(f"The app's home screen (GET /v1/customers/{customer_id}/overview):", None)
+        for wallet in overview["balances"]["data"]["wallets"]:
+            say(
+                f"  {wallet['currency']}: available "
+                f"{_money(wallet['available_minor'], wallet['currency'])}",
+                None,
+            )
+        cards = overview["cards"]["data"] or []
+        shown = ", ".join(f"{card['card_id']} {card['state']}" for card in cards)
+        say(f"  cards: {shown}", None)
+        for name, section in overview.items():
+            if isinstance(section, dict) and section.get("status") not in (None, "ok"):
+                say(f"  section {name}: {section['status']} ({section.get('reason')})", None)
+        # The decline's event comes with the issuer's webhook: wait for it.
+        entries: list[dict[str, Any]] = []
+        for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
+            page = await http.get(
+                f"/v1/customers/{customer_id}/transactions", params={"limit": FEED_LINES_MAX}
+            )
+            entries = page.json()["data"]
+            if any(e["authorization_id"] == declined.id for e in entries):
+                break
+            await asyncio.sleep(0.05)
+        say(f"The app's feed (GET /v1/customers/{customer_id}/transactions), newest first:", None)
+        for entry in entries:
+            say(f"  {feed_line(entry)}", None)
+    async with httpx.AsyncClient(timeout=10) as http:
+        arrived = await http.get(f"{app.upstream_url}/v1/receivers/{DEMO_RECEIVER}/deliveries")
+    deliveries = arrived.json()["data"]
+    accepted = [d for d in deliveries if d["outcome"] == "accepted"]
+    kinds = sorted({d["type"] for d in accepted})
+    say(
+        f"The upstream app was sent {len(accepted)} events so far, each signature verified "
+        f"({', '.join(kinds)})",
+        event_delivery_workflow_id(app.endpoint_id),
+    )
