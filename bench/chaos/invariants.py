@@ -38,6 +38,10 @@ What the checks promise, precisely:
   (retries write no events, so this is how long the workflow has made no
   progress). A workflow with nothing pending (waiting for a timer, a
   signal, an update, an operator) is never stuck.
+- `feed_violations`: every customer wallet's posted balance is the sum of
+  what its customer's events say they moved it by (`posted_minor`, in its
+  currency): the feed and the event stream agree with the ledger to the
+  unit, however the events were repeated, reordered or cut by kills.
 - `webhook_violations`: every event the simulators emitted was delivered
   (2xx, `delivered_at` set) and the gateway remembers it exactly once with a
   fitting outcome: 'delivered' only for an event type that has a route, and
@@ -175,6 +179,41 @@ async def ledger_violations(pool: asyncpg.Pool) -> list[Violation]:
             )
         )
     return found
+
+
+# ----- the feed ---------------------------------------------------------------
+
+_FEED_DISAGREES = """
+WITH wallets AS (
+    SELECT a.code, a.owner_id, a.currency,
+           (sum(b.credits_posted) - sum(b.debits_posted))::bigint AS posted
+    FROM ledger_accounts a JOIN ledger_balances b ON b.account_id = a.id
+    WHERE a.kind = 'wallet' AND a.owner_id IS NOT NULL
+    GROUP BY a.id
+), told AS (
+    SELECT customer_id, currency, sum(posted_minor)::bigint AS posted
+    FROM customer_events WHERE posted_minor IS NOT NULL
+    GROUP BY customer_id, currency
+)
+SELECT w.code, w.currency, w.posted, coalesce(t.posted, 0) AS told
+FROM wallets w
+LEFT JOIN told t ON t.customer_id = w.owner_id AND t.currency = w.currency
+WHERE w.posted <> coalesce(t.posted, 0)
+ORDER BY w.code
+LIMIT $1
+"""
+
+
+async def feed_violations(pool: asyncpg.Pool) -> list[Violation]:
+    """Every wallet whose posted balance its customer's events do not add up to."""
+    return [
+        Violation(
+            "feed_disagrees_with_ledger",
+            row["code"],
+            f"posted {row['posted']} {row['currency']} minor, the events say {row['told']}",
+        )
+        for row in await pool.fetch(_FEED_DISAGREES, ROWS_CHECKED_MAX)
+    ]
 
 
 # ----- holds ----------------------------------------------------------------

@@ -277,6 +277,7 @@ class Chaos(StackHandling, Reporting):
             self.client, stuck_after_seconds=STUCK_AFTER_SECONDS
         )
         violations += await invariants.webhook_violations(pool, self.admin_url)
+        violations += await invariants.feed_violations(pool)
         money, figures = await money_violations(self.client, pool, issuer, self.evidence)
         violations += money
         found, figures["reconciliation"] = await self.reconciliation_violations(reconciliation_id)

@@ -19,6 +19,7 @@ from bench.chaos.invariants import (
     Violation,
     busy_workflows,
     failure_message,
+    feed_violations,
     hold_violations,
     ledger_violations,
     webhook_violations,
@@ -144,6 +145,47 @@ async def test_a_wallet_below_zero_is_reported_with_its_figures(platform: Platfo
             "wallet_negative",
             code,
             "available -700 USD minor = credits 0 - debits 700 - pending debits 0",
+        )
+    ]
+
+
+# ----- the feed ---------------------------------------------------------------
+
+
+async def test_a_purchase_cleared_leaves_the_feed_agreeing_with_the_ledger(
+    platform: Platform,
+) -> None:
+    customer_id, _, auth = await purchase(platform)
+    await clear(platform, auth, 4_200)
+    await wallet_becomes(platform, customer_id, posted=5_800, pending=0)
+
+    async def recorded() -> bool:
+        return bool(
+            await platform.stack.pool.fetchval(
+                "SELECT count(*) FROM customer_events WHERE type = 'transaction.cleared'"
+                " AND customer_id = $1",
+                customer_id,
+            )
+        )
+
+    await polling.eventually(recorded, "the clearing is an event")
+    assert await feed_violations(platform.stack.pool) == []
+
+
+async def test_a_transaction_told_but_never_posted_is_reported(platform: Platform) -> None:
+    customer_id, card_id, _ = await purchase(platform)
+    await platform.stack.pool.execute(
+        "INSERT INTO card_transactions (transaction_id, card_id, customer_id, kind,"
+        " amount_minor, currency, occurred_at) VALUES ($1, $2, $3, 'clearing', 300, 'USD', now())",
+        f"txn-told-{uuid.uuid4().hex[:8]}",
+        card_id,
+        customer_id,
+    )
+    assert await feed_violations(platform.stack.pool) == [
+        Violation(
+            "feed_disagrees_with_ledger",
+            accounts.wallet(customer_id, "USD"),
+            "posted 10000 USD minor, the events say 9700",
         )
     ]
 
