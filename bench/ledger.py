@@ -11,6 +11,9 @@ migrations, then measures, in one run on the same server:
   2 accounts   single transfers back and forth between 2 constrained wallets
   hot account  single transfers from 50 wallets into one striped system account
   batches      atomic batches of 8,000 transfers over 50 wallets
+  no events    the single transfers again with the customer-events trigger
+               off (each wallet has an owner, so with it on every transfer
+               writes an event for each of its two wallets): its cost
 
 All constraints and idempotency are on: every transfer has its own key, is
 checked against the wallet's available balance inside the lock, and is
@@ -43,6 +46,8 @@ from schemas.money import Currency
 from starters.devstack import postgres
 from starters.devstack.processes import free_port
 
+# activities/migrations/0021_customer_events.sql
+EVENTS_TRIGGER = "ledger_transfers_customer_events"
 FUNDING_MINOR = 10**15
 HOT_ACCOUNT_SLOTS = 16
 BATCHES_IN_FLIGHT = 2
@@ -117,7 +122,11 @@ async def open_wallets(ledger: Ledger, prefix: str, count: int) -> list[str]:
     for code in codes:
         await ledger.open_account(
             AccountSpec(
-                code=code, currency=Currency.USD, kind="wallet", debits_must_not_exceed_credits=True
+                code=code,
+                currency=Currency.USD,
+                kind="wallet",
+                owner_id=code.replace(":", "-"),
+                debits_must_not_exceed_credits=True,
             )
         )
     await ledger.submit(
@@ -246,6 +255,30 @@ async def run(connections: int, seconds: float, database_url: str) -> list[Figur
                 )
             )
         figures.append(await measure_batches(ledger, fifty, seconds))
+        # Side by side: the same single transfers with no customer event written.
+        await pool.execute(f"ALTER TABLE ledger_transfers DISABLE TRIGGER {EVENTS_TRIGGER}")
+        try:
+            for label, pairs in workloads[:1]:
+                figures.append(
+                    await measure_transfers(
+                        coalescer.transfer,
+                        f"no events, single, {label}",
+                        pairs,
+                        connections,
+                        seconds,
+                    )
+                )
+                figures.append(
+                    await measure_transfers(
+                        ledger.transfer,
+                        f"no events, one call, {label}",
+                        pairs,
+                        connections,
+                        seconds,
+                    )
+                )
+        finally:
+            await pool.execute(f"ALTER TABLE ledger_transfers ENABLE TRIGGER {EVENTS_TRIGGER}")
     finally:
         await pool.close()
     for figure in figures:
@@ -264,6 +297,20 @@ def print_table(figures: list[Figure], connections: int) -> None:
     print(
         f"single transfers: 2 accounts / 50 accounts {figures[2].rate_per_second / fifty:.2f}, "
         f"hot account / 50 accounts {figures[3].rate_per_second / fifty:.2f}"
+    )
+    by_name = {f.name: f for f in figures}
+    with_events = (
+        by_name["single transfers, 50 accounts"],
+        by_name["  one call each, 50 accounts"],
+    )
+    without = (
+        by_name["no events, single, 50 accounts"],
+        by_name["no events, one call, 50 accounts"],
+    )
+    print(
+        "with customer events / without, 50 accounts: coalesced "
+        f"{with_events[0].rate_per_second / without[0].rate_per_second:.2f}, one call each "
+        f"{with_events[1].rate_per_second / without[1].rate_per_second:.2f}"
     )
 
 
