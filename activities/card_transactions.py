@@ -38,6 +38,9 @@ class CardTransactionRecord(BaseModel):
     merchant_name: str | None = None
     mcc: str | None = Field(default=None, pattern=r"^[0-9]{4}$")
     occurred_at: AwareDatetime
+    # What the card moved on the wallet for it: the amount, or less while an
+    # exception waits for an operator (None: recorded before it was kept).
+    posted_minor: int | None = Field(default=None, ge=0)
 
 
 class CardTransactionStore:
@@ -50,8 +53,9 @@ class CardTransactionStore:
             """
             INSERT INTO card_transactions (transaction_id, card_id, customer_id, kind,
                 authorization_id, refunded_transaction_id, amount_minor, currency,
-                merchant_amount_minor, merchant_currency, merchant_name, mcc, occurred_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                merchant_amount_minor, merchant_currency, merchant_name, mcc, occurred_at,
+                posted_minor)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
             ON CONFLICT (transaction_id) DO NOTHING
             RETURNING true
             """,
@@ -68,6 +72,7 @@ class CardTransactionStore:
             row.merchant_name,
             row.mcc,
             row.occurred_at,
+            row.posted_minor,
         )
         return bool(inserted)
 

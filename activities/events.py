@@ -456,6 +456,12 @@ def _entry(row: asyncpg.Record) -> FeedEntry:
         }
     elif kind is FeedKind.REVERSAL:
         entry |= {"amount_minor": _amount(data, "amount_minor")}
+    elif kind in (FeedKind.CLEARING, FeedKind.FORCE_POST):
+        # The merchant's whole amount; the wallet paid `posted_minor` of it so far.
+        entry |= {
+            "amount_minor": -_amount(data, "amount_minor"),
+            "unposted_minor": _amount(data, "unposted_minor"),
+        }
     return FeedEntry.model_validate(entry)
 
 

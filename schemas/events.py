@@ -140,6 +140,11 @@ class FeedEntry(BaseModel):
     pending_minor: int = Field(
         default=0, description="Of a hold: what it still holds now, as a positive amount"
     )
+    unposted_minor: int = Field(
+        default=0,
+        description="Of a clearing: what the merchant took beyond what the wallet was charged, "
+        "waiting for an operator (charged, then an adjustment, or written off)",
+    )
     hold_expires_at: datetime | None = None
     card_id: str | None = None
     authorization_id: str | None = None

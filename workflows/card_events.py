@@ -217,7 +217,7 @@ class CardEvents(CardHolds):
                 self.wallet,
                 transaction.amount_minor,
             )
-            await self._record(transaction)
+            await self._record(transaction, transaction.amount_minor)
             if transaction.refunded_transaction_id:
                 await self._claw_back(transaction)
             return
@@ -232,8 +232,9 @@ class CardEvents(CardHolds):
         if record is not None:
             remaining = await self._post_from_holds(record, remaining, transaction.id)
             record.cleared_minor += transaction.amount_minor
+        unposted = 0
         if remaining > 0:
-            await self._post_excess(record, transaction, remaining)
+            unposted = await self._post_excess(record, transaction, remaining)
         if record is not None:
             if transaction.released_amount_minor:
                 await self._release(
@@ -242,16 +243,17 @@ class CardEvents(CardHolds):
             if transaction.authorization_status not in (None, AuthorizationStatus.PENDING):
                 await self._release(record, record.held_minor, None, f"final-{transaction.id}")
             self._forget_if_done(record, transaction.authorization_status)
-        await self._record(transaction)
+        await self._record(transaction, transaction.amount_minor - unposted)
         await self._start_cashback(transaction)
 
     async def _post_excess(
         self, record: AuthorizationRecord | None, transaction: IssuerTransaction, excess: int
-    ) -> None:
+    ) -> int:
         """Post what a clearing takes beyond the holds: within the tolerance
         of what was authorized (or with no authorization at all: a force post
         or a late presentment) straight from the wallet; beyond it, or when
-        the wallet cannot cover it, an exception for an operator."""
+        the wallet cannot cover it, an exception for an operator. Returns
+        what was left unposted (0, or the excess the exception holds)."""
         if record is not None and not excess_within_tolerance(
             record.authorized_minor,
             record.cleared_minor,
@@ -267,14 +269,14 @@ class CardEvents(CardHolds):
                 f"clearing {transaction.id} is {excess} over the authorization, beyond the "
                 f"{self.state.policy.clearing_over_tolerance_bps} bps tolerance",
             )
-            return
+            return excess
         posted = await self._transfer(
             step_key(f"post/{transaction.id}"), self.wallet, self.settlement, excess
         )
         if posted.accepted:
             if record is not None and record.cleared_minor > record.authorized_minor:
                 record.over_minor += excess
-            return
+            return 0
         self._exception(
             "uncovered",
             excess,
@@ -282,6 +284,7 @@ class CardEvents(CardHolds):
             transaction.id,
             f"the issuer settled {excess} the wallet cannot cover ({posted.detail})",
         )
+        return excess
 
     async def _reverse(self, reversal: IssuerReversal) -> None:
         record = self.state.authorizations.get(reversal.authorization_id)
@@ -295,7 +298,9 @@ class CardEvents(CardHolds):
 
     # ----- follow-ups -------------------------------------------------------
 
-    async def _record(self, transaction: IssuerTransaction) -> None:
+    async def _record(self, transaction: IssuerTransaction, posted_minor: int) -> None:
+        """Record the settled transaction, with what the card posted for it
+        (less than its amount while an exception holds the rest)."""
         merchant = transaction.merchant
         await step(
             self.state,
@@ -314,6 +319,7 @@ class CardEvents(CardHolds):
                 merchant_name=merchant.name if merchant else None,
                 mcc=merchant.mcc if merchant else None,
                 occurred_at=datetime.fromisoformat(transaction.created_at),
+                posted_minor=posted_minor,
             ),
         )
 

@@ -167,6 +167,11 @@ CREATE TRIGGER ledger_transfers_customer_events
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_transfers_customer_events();
 
+-- What the card moved on the wallet for a transaction: its amount, or less
+-- while an exception holds the rest for an operator (NULL: recorded before
+-- this was kept, taken as the amount).
+ALTER TABLE card_transactions ADD COLUMN posted_minor bigint CHECK (posted_minor >= 0);
+
 CREATE FUNCTION card_transactions_customer_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -179,12 +184,13 @@ BEGIN
                        ELSE 'transaction.force_posted' END,
            t.customer_id, t.card_id, t.authorization_id,
            t.kind,
-           CASE t.kind WHEN 'refund' THEN t.amount_minor ELSE -t.amount_minor END,
+           CASE t.kind WHEN 'refund' THEN 1 ELSE -1 END * coalesce(t.posted_minor, t.amount_minor),
            t.currency,
            'card/' || t.card_id,
            t.occurred_at,
            jsonb_strip_nulls(jsonb_build_object(
                'transaction_id', t.transaction_id, 'amount_minor', t.amount_minor,
+               'unposted_minor', nullif(t.amount_minor - coalesce(t.posted_minor, t.amount_minor), 0),
                'refunded_transaction_id', t.refunded_transaction_id,
                'merchant_name', t.merchant_name, 'mcc', t.mcc,
                'merchant_amount_minor', t.merchant_amount_minor,

@@ -23,7 +23,7 @@ from activities.api_keys import (
 from activities.events import sequence
 from activities.ledger import Ledger
 from schemas import accounts
-from schemas.cards import CardPolicy, CardStateChange, SpendingLimits
+from schemas.cards import CardPolicy, CardStateChange, ExceptionDecision, SpendingLimits
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from tests import polling
@@ -32,13 +32,19 @@ from tests.customers import (
     CASINO,
     SHOP,
     authorize,
+    card_state,
     customer,
     issuer,
     open_card,
     wallet,
     wallet_becomes,
 )
-from workflows.cards import FREEZE_UPDATE, LIMITS_UPDATE, UNFREEZE_UPDATE
+from workflows.cards import (
+    FREEZE_UPDATE,
+    LIMITS_UPDATE,
+    RESOLVE_EXCEPTION_UPDATE,
+    UNFREEZE_UPDATE,
+)
 
 BANK_USD = accounts.bank_inbound(Currency.USD)
 
@@ -304,3 +310,47 @@ async def test_a_card_frozen_and_unfrozen_is_told_as_the_issuer_changed_it(
     [card] = issued.json()["data"]
     assert (card["card_id"], card["data"]["kind"]) == (card_id, "virtual")
     assert card["process_id"].startswith("card-issue/")
+
+
+async def test_a_clearing_beyond_the_tolerance_shows_what_the_wallet_paid_and_what_waits(
+    platform: Platform,
+) -> None:
+    customer_id, card_id, handle = await open_card(
+        platform, policy=CardPolicy(clearing_over_tolerance_bps=2_000)
+    )
+    over = await authorize(platform, card_id, 1_000)
+    async with issuer(platform) as client:
+        cleared = await client.simulate_clearing(over.id, amount_minor=1_500, idempotency_key="t2")
+    await wallet_becomes(platform, customer_id, posted=9_000, pending=0)
+
+    async def clearing() -> dict[str, Any] | None:
+        found = await feed_of(platform, customer_id, kind=["clearing"])
+        return found[0] if found else None
+
+    async def shown() -> bool:
+        return await clearing() is not None
+
+    await polling.eventually(shown, "the clearing is in the feed")
+    entry = await clearing()
+    assert entry is not None and entry["transaction_id"] == cleared.id
+    assert (entry["amount_minor"], entry["posted_minor"], entry["unposted_minor"]) == (
+        -1_500,
+        -1_000,
+        500,
+    )
+    [exception] = (await card_state(handle)).exceptions
+    await handle.execute_update(
+        RESOLVE_EXCEPTION_UPDATE,
+        ExceptionDecision(exception_id=exception.id, action="charge", reason="receipt"),
+        result_type=str,
+    )
+    await wallet_becomes(platform, customer_id, posted=8_500, pending=0)
+
+    async def agrees() -> bool:
+        entries = await feed_of(platform, customer_id)
+        return bool(sum(e["posted_minor"] for e in entries) == 8_500)
+
+    # The operator's charge is an adjustment: the feed adds up to the wallet again.
+    await polling.eventually(agrees, "the feed adds up to the wallet")
+    kinds = [e["kind"] for e in await feed_of(platform, customer_id)]
+    assert kinds[0] == "adjustment"
