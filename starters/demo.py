@@ -166,7 +166,7 @@ async def _money(
     """The money part of the demo: a USDT top-up, a conversion, a purchase with
     cashback and a refund, every wallet balance, and the ledger verified; then
     what an app built on cardflow shows and was sent."""
-    app = await register_demo_app(client, settings, say)
+    app_endpoint = await register_demo_app(client, settings, say)
     deposit = await simulate_deposit(settings, customer_id, 25_000_000)
     usdt_topup = topup_workflow_id("usdt", deposit.tx_hash)
     await topup_reaching(client, usdt_topup, lambda status: status.stage == STAGE_CONFIRMATIONS)
@@ -229,4 +229,4 @@ async def _money(
     if violations:
         raise RuntimeError(f"ledger verify found {len(violations)} violations: {violations}")
     say("cardflow ledger verify: no violations", None)
-    await show_as_an_app(client, settings, say, app, customer_id, card_id)
+    await show_as_an_app(client, settings, say, app_endpoint, customer_id, card_id)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -25,8 +24,8 @@ from activities.providers.issuer import IssuerClient
 from schemas.events import EventType
 from schemas.issuer import Merchant
 from schemas.money import Currency, Money
-from starters.events import register_endpoint
 from starters.scenario_steps import STAGE_WAIT_SECONDS_MAX
+from starters.scenarios_events import upstream_deliveries, upstream_endpoint
 from workers.settings import Settings
 from workflows.event_delivery import event_delivery_workflow_id
 
@@ -36,38 +35,16 @@ FEED_LINES_MAX = 12
 TOO_DEAR = Merchant(name="Grand Piano Store", mcc="5733", country="GB")
 
 
-@dataclass(frozen=True)
-class DemoApp:
-    """The upstream app's endpoint, registered at the demo's start."""
-
-    endpoint_id: str
-    upstream_url: str
-
-
-async def register_demo_app(client: Client, settings: Settings, say: Say) -> DemoApp:
-    """Register the simulator's upstream app for every event type."""
-    upstream = f"{settings.providers_base_url}/upstream"
-    pool = await create_pool(settings.effective_database_url, size_max=1)
-    try:
-        row, secret = await register_endpoint(
-            pool,
-            client,
-            settings.task_queues,
-            f"{upstream}/hooks/{DEMO_RECEIVER}",
-            [t.value for t in EventType],
-            settings,
-        )
-    finally:
-        await pool.close()
-    async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.put(f"{upstream}/v1/receivers/{DEMO_RECEIVER}", json={"secret": secret})
-        answer.raise_for_status()
-    endpoint_id = row["endpoint_id"]
+async def register_demo_app(client: Client, settings: Settings, say: Say) -> str:
+    """Register the simulator's upstream app for every event type; its endpoint id."""
+    endpoint_id = await upstream_endpoint(
+        client, settings, DEMO_RECEIVER, [t.value for t in EventType]
+    )
     say(
         f"Webhook endpoint {endpoint_id}: the upstream app is sent every event, signed",
         event_delivery_workflow_id(endpoint_id),
     )
-    return DemoApp(endpoint_id, upstream)
+    return endpoint_id
 
 
 def _money(amount_minor: int | None, currency: str) -> str:
@@ -88,7 +65,7 @@ def feed_line(entry: dict[str, Any]) -> str:
 
 
 async def show_as_an_app(
-    client: Client, settings: Settings, say: Say, app: DemoApp, customer_id: str, card_id: str
+    client: Client, settings: Settings, say: Say, endpoint_id: str, customer_id: str, card_id: str
 ) -> None:
     """A declined purchase, then what the app shows and what it was sent."""
     async with IssuerClient(f"{settings.providers_base_url}/issuer") as issuer:
@@ -139,13 +116,11 @@ async def show_as_an_app(
         say(f"The app's feed (GET /v1/customers/{customer_id}/transactions), newest first:", None)
         for entry in entries:
             say(f"  {feed_line(entry)}", None)
-    async with httpx.AsyncClient(timeout=10) as http:
-        arrived = await http.get(f"{app.upstream_url}/v1/receivers/{DEMO_RECEIVER}/deliveries")
-    deliveries = arrived.json()["data"]
+    deliveries = await upstream_deliveries(settings, DEMO_RECEIVER)
     accepted = [d for d in deliveries if d["outcome"] == "accepted"]
     kinds = sorted({d["type"] for d in accepted})
     say(
         f"The upstream app was sent {len(accepted)} events so far, each signature verified "
         f"({', '.join(kinds)})",
-        event_delivery_workflow_id(app.endpoint_id),
+        event_delivery_workflow_id(endpoint_id),
     )

@@ -389,12 +389,21 @@ async def sim(simulators: Any, webhook_sink: Any) -> Any:
 
 
 async def api_key_headers(
-    pool: asyncpg.Pool, settings: Any, *scopes: str, name: str = "tests"
+    pool: asyncpg.Pool,
+    settings: Any,
+    *scopes: str,
+    name: str = "tests",
+    customers: list[str] | None = None,
 ) -> dict[str, str]:
-    """Headers carrying a new API key (every scope unless named) for a gateway of `settings`."""
+    """Headers carrying a new API key (every scope unless named; bound to
+    `customers` when given) for a gateway of `settings`."""
     from activities.api_keys import SCOPES, ApiKeyStore, NewApiKey, api_key_pepper
 
-    new = NewApiKey(name=name, scopes=list(scopes or SCOPES))  # type: ignore[arg-type]
+    new = NewApiKey(
+        name=name,
+        scopes=list(scopes or SCOPES),  # type: ignore[arg-type]
+        customers=customers,
+    )
     issued = await ApiKeyStore(pool, api_key_pepper(settings)).create(new)
     return {"Authorization": f"Bearer {issued.key}"}
 
@@ -411,6 +420,10 @@ class Platform:
     app: Any = None
     # `Authorization: Bearer cfk_...` of a key holding every scope, for `/v1` calls.
     api_headers: Any = None
+
+    async def key_headers(self, *scopes: str, customers: list[str] | None = None) -> dict[str, str]:
+        """Headers of a new key with these scopes, bound to `customers` when given."""
+        return await api_key_headers(self.stack.pool, self.settings, *scopes, customers=customers)
 
 
 # Servers the tests are done with, shutting down gracefully (uvicorn takes

@@ -251,6 +251,13 @@ async def _accepted_signed_at(
     return None if found is None else int(found)
 
 
+_REMEMBER_SQL = (
+    "INSERT INTO gateway_webhook_events"
+    " (provider, event_id, event_type, outcome, workflow_id, signed_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true"
+)
+
+
 async def _remember(
     pool: asyncpg.Pool,
     provider: str,
@@ -262,31 +269,15 @@ async def _remember(
     """Remember the event as accepted; False if it was remembered already.
     The issuer's word on a card's authorizations, state, shipping and
     disputes is a customer event, written in the same statement."""
+    remembered = (provider, event.id, event.type, outcome, workflow_id, signed_at)
     reported = issuer_event(event.id, event.type, event.data) if provider == ISSUER else None
     if reported is not None:
         fresh = await pool.fetchval(
-            REMEMBER_WITH_EVENT_SQL,
-            provider,
-            event.id,
-            event.type,
-            outcome,
-            workflow_id,
-            signed_at,
-            *remember_with_event_args(reported),
+            REMEMBER_WITH_EVENT_SQL, *remembered, *remember_with_event_args(reported)
         )
-        return fresh is True
-    inserted = await pool.fetchval(
-        "INSERT INTO gateway_webhook_events"
-        " (provider, event_id, event_type, outcome, workflow_id, signed_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
-        provider,
-        event.id,
-        event.type,
-        outcome,
-        workflow_id,
-        signed_at,
-    )
-    return inserted is True
+    else:
+        fresh = await pool.fetchval(_REMEMBER_SQL, *remembered)
+    return fresh is True
 
 
 def _seen_before(

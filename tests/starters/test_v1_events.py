@@ -15,10 +15,6 @@ from activities.api_keys import (
     SCOPE_CUSTOMERS_READ,
     SCOPE_PROCESSES_READ,
     SCOPE_WEBHOOKS_MANAGE,
-    ApiKeyStore,
-    NewApiKey,
-    Scope,
-    api_key_pepper,
 )
 from activities.events import sequence
 from activities.ledger import Ledger
@@ -49,19 +45,9 @@ from workflows.cards import (
 BANK_USD = accounts.bank_inbound(Currency.USD)
 
 
-async def headers_for(
-    platform: Platform, *scopes: Scope, customers: list[str] | None = None
-) -> dict[str, str]:
-    store = ApiKeyStore(platform.stack.pool, api_key_pepper(platform.settings))
-    issued = await store.create(
-        NewApiKey(name=f"app-{uuid.uuid4().hex[:6]}", scopes=list(scopes), customers=customers)
-    )
-    return {"Authorization": f"Bearer {issued.key}"}
-
-
 async def feed_of(platform: Platform, customer_id: str, **params: Any) -> list[dict[str, Any]]:
     """Every entry of the customer's feed, page by page."""
-    headers = await headers_for(platform, SCOPE_CUSTOMERS_READ, customers=[customer_id])
+    headers = await platform.key_headers(SCOPE_CUSTOMERS_READ, customers=[customer_id])
     entries: list[dict[str, Any]] = []
     cursor: str | None = None
     async with httpx.AsyncClient(base_url=platform.gateway_url, headers=headers) as http:
@@ -138,12 +124,12 @@ async def test_the_feed_takes_customers_read_and_knows_its_customers(platform: P
     customer_id = await customer(platform)
     async with httpx.AsyncClient(base_url=platform.gateway_url) as http:
         path = f"/v1/customers/{customer_id}/transactions"
-        reader = await headers_for(platform, SCOPE_PROCESSES_READ)
+        reader = await platform.key_headers(SCOPE_PROCESSES_READ)
         refused = await http.get(path, headers=reader)
         assert refused.status_code == 403 and refused.json()["code"] == "scope_missing"
-        other = await headers_for(platform, SCOPE_CUSTOMERS_READ, customers=["someone_else"])
+        other = await platform.key_headers(SCOPE_CUSTOMERS_READ, customers=["someone_else"])
         assert (await http.get(path, headers=other)).status_code in (403, 404)
-        allowed = await headers_for(platform, SCOPE_CUSTOMERS_READ)
+        allowed = await platform.key_headers(SCOPE_CUSTOMERS_READ)
         missing = await http.get("/v1/customers/nobody_here/transactions", headers=allowed)
         assert missing.status_code == 404, missing.text
         bad = await http.get(path, headers=allowed, params={"cursor": "x1"})
@@ -183,7 +169,7 @@ async def test_a_writer_committing_late_never_leaves_a_gap_behind_a_reader(
         await Ledger(pool).open_account(
             AccountSpec(code=accounts.bank_inbound(currency), currency=currency, kind="bank")
         )
-    manager = await headers_for(platform, SCOPE_WEBHOOKS_MANAGE)
+    manager = await platform.key_headers(SCOPE_WEBHOOKS_MANAGE)
     async with httpx.AsyncClient(base_url=platform.gateway_url, headers=manager) as http:
 
         async def events_after(after: int) -> list[dict[str, Any]]:
@@ -228,7 +214,7 @@ async def test_the_feed_pages_without_gaps_or_repeats_while_new_money_arrives(
     for amount in range(1, 8):
         await _topup_credit(pool, customer_id, amount)
     await sequence(pool)
-    headers = await headers_for(platform, SCOPE_CUSTOMERS_READ, customers=[customer_id])
+    headers = await platform.key_headers(SCOPE_CUSTOMERS_READ, customers=[customer_id])
     seen: list[int] = []
     cursor: str | None = None
     arriving = 100
@@ -266,7 +252,7 @@ async def test_a_hold_the_cards_timer_expires_shows_expired_once(platform: Platf
     platform.sim.admin("POST", "/webhooks", {"duplicate": True})
     async with issuer(platform) as client:
         await client.simulate_expiry(auth.id, idempotency_key=f"expire-{auth.id}")
-    manager = await headers_for(platform, SCOPE_WEBHOOKS_MANAGE)
+    manager = await platform.key_headers(SCOPE_WEBHOOKS_MANAGE)
     async with httpx.AsyncClient(base_url=platform.gateway_url, headers=manager) as http:
 
         async def issuer_word_in() -> bool:
@@ -290,7 +276,7 @@ async def test_a_card_frozen_and_unfrozen_is_told_as_the_issuer_changed_it(
     customer_id, card_id, handle = await open_card(platform)
     await handle.execute_update(FREEZE_UPDATE, CardStateChange(reason="lost it"))
     await handle.execute_update(UNFREEZE_UPDATE, CardStateChange(reason="found it"))
-    manager = await headers_for(platform, SCOPE_WEBHOOKS_MANAGE)
+    manager = await platform.key_headers(SCOPE_WEBHOOKS_MANAGE)
     async with httpx.AsyncClient(base_url=platform.gateway_url, headers=manager) as http:
 
         async def changes() -> list[tuple[str, str]]:

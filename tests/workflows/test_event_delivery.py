@@ -20,10 +20,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.api_keys import (
     SCOPE_CUSTOMERS_READ,
     SCOPE_WEBHOOKS_MANAGE,
-    ApiKeyStore,
-    NewApiKey,
-    Scope,
-    api_key_pepper,
 )
 from activities.customers import CustomerStore
 from activities.events import CUSTOMERS_ENDPOINT_ID, sequence
@@ -49,16 +45,6 @@ TOPUP = "topup.credited"
 APP = "app"
 
 
-async def headers_for(
-    platform: Platform, *scopes: Scope, customers: list[str] | None = None
-) -> dict[str, str]:
-    store = ApiKeyStore(platform.stack.pool, api_key_pepper(platform.settings))
-    issued = await store.create(
-        NewApiKey(name=f"app-{uuid.uuid4().hex[:6]}", scopes=list(scopes), customers=customers)
-    )
-    return {"Authorization": f"Bearer {issued.key}"}
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def receiver() -> AsyncIterator[WebhookReceiver]:
     async with webhook_receiver(free_port()) as running:
@@ -75,7 +61,7 @@ async def manager(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
             "events_retry_max_interval_seconds": 1.0,
         }
     )
-    headers = await headers_for(platform, SCOPE_WEBHOOKS_MANAGE)
+    headers = await platform.key_headers(SCOPE_WEBHOOKS_MANAGE)
     async with httpx.AsyncClient(
         base_url=platform.gateway_url, headers=headers, timeout=30
     ) as http:
@@ -258,7 +244,7 @@ async def test_a_deleted_endpoint_ends_its_process_and_endpoints_take_the_scope(
         "/v1/webhook-endpoints", json={"url": "not a url", "event_types": ["lottery.won"]}
     )
     assert bad.status_code == 422 and "url" in bad.text and "event_types" in bad.text
-    reader = await headers_for(platform, SCOPE_CUSTOMERS_READ)
+    reader = await platform.key_headers(SCOPE_CUSTOMERS_READ)
     async with httpx.AsyncClient(base_url=platform.gateway_url, headers=reader) as http:
         for method, path in (
             ("GET", "/v1/webhook-endpoints"),
@@ -267,7 +253,7 @@ async def test_a_deleted_endpoint_ends_its_process_and_endpoints_take_the_scope(
         ):
             refused = await http.request(method, path)
             assert refused.status_code == 403 and refused.json()["code"] == "scope_missing"
-    bound = await headers_for(platform, SCOPE_WEBHOOKS_MANAGE, customers=["c_someone"])
+    bound = await platform.key_headers(SCOPE_WEBHOOKS_MANAGE, customers=["c_someone"])
     async with httpx.AsyncClient(base_url=platform.gateway_url, headers=bound) as http:
         assert (await http.get("/v1/events")).status_code == 403
 
