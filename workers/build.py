@@ -17,7 +17,7 @@ from activities.card_transactions import CardTransactionActivities
 from activities.cashback import CashbackActivities
 from activities.customers import CustomerActivities
 from activities.disputes import DisputeLedgerActivities, DisputeProviderActivities
-from activities.events import EventDeliveryActivities
+from activities.event_delivery import EventDeliveryActivities
 from activities.health import LedgerHealthActivities, providers_ping
 from activities.ledger.activities import LedgerActivities
 from activities.providers.activities import ProviderActivities, ProviderClients

@@ -24,7 +24,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.events import (
+    from activities.event_delivery import (
         DELIVERY_TIMEOUT_SECONDS,
         DeliveryRequest,
         DisableRequest,

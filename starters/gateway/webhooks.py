@@ -24,7 +24,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.events import REMEMBER_WITH_EVENT_SQL, issuer_event, remember_with_event_args
+from activities.issuer_events import REMEMBER_WITH_EVENT_SQL, issuer_event, remember_with_event_args
 from activities.metrics import GatewayMetrics
 from schemas.providers import ISSUER
 from schemas.task_queues import TaskQueues
