@@ -95,16 +95,14 @@ class EventDelivery:
                     return STAGE_DISABLED
                 self._request.after_seq = ref.seq
                 self._request.delivered += 1
+                await self._continue_as_new_if_long()
             while self._redeliveries:
                 if not await self._deliver(self._redeliveries[0], self._request.delivered):
                     return STAGE_DISABLED
                 self._redeliveries.pop(0)
+                await self._continue_as_new_if_long()
             self.progress.show()
-            if workflow.info().get_current_history_length() > policy.history_events_max:
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(
-                    self._request.model_copy(update={"redeliveries": self._redeliveries})
-                )
+            await self._continue_as_new_if_long()
             if not batch.events:
                 self._woken = False
                 try:
@@ -114,6 +112,16 @@ class EventDelivery:
                     )
                 except TimeoutError:
                     pass
+
+    async def _continue_as_new_if_long(self) -> None:
+        """Past the policy's history length, go on in a new run from here:
+        the position and the redeliveries waiting are carried."""
+        if workflow.info().get_current_history_length() <= self._request.policy.history_events_max:
+            return
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(
+            self._request.model_copy(update={"redeliveries": self._redeliveries})
+        )
 
     async def _deliver(self, event_id: str, redelivery: int) -> bool:
         """Deliver one event, retrying by the policy; False when the endpoint
@@ -155,8 +163,7 @@ class EventDelivery:
     def _details(self) -> str:
         request = self._request
         lines = [
-            f"**{self.progress.stage if hasattr(self, 'progress') else STAGE_DELIVERING}**"
-            f" · endpoint {request.endpoint_id}",
+            f"**{self.progress.stage}** · endpoint {request.endpoint_id}",
             f"delivered {request.delivered}, up to position {request.after_seq}",
         ]
         if self._redeliveries:

@@ -22,18 +22,18 @@ from activities.api_keys import (
     SCOPE_WEBHOOKS_MANAGE,
 )
 from activities.customers import CustomerStore
-from activities.events import CUSTOMERS_ENDPOINT_ID, sequence
+from activities.events import CUSTOMERS_ENDPOINT_ID, create_endpoint, sequence
 from activities.ledger import Ledger
 from activities.providers.notify import NotifyClient
 from schemas import accounts
 from schemas.cards import SpendingLimits
-from schemas.events import EventDeliveryStatus
+from schemas.events import DeliveryPolicy, EventDeliveryInput, EventDeliveryStatus
 from schemas.ledger import AccountSpec, TransferRequest
 from schemas.money import Currency
 from schemas.notify import Channel
 from schemas.search import PROCESS_STATUS
 from starters.devstack.processes import free_port
-from starters.events import ensure_customer_notifications
+from starters.events import ensure_customer_notifications, start_delivery
 from tests import polling
 from tests.conftest import Platform
 from tests.customers import CASINO, SHOP, authorize, customer, issuer, open_card, profile
@@ -339,3 +339,43 @@ async def test_customers_are_told_of_a_decline_with_its_reason_and_of_each_clear
     declined, cleared = bodies
     assert "Lucky Star: 7.00 USD was declined." in declined and "blocked" in declined
     assert cleared == f"{SHOP.name}: 25.00 USD paid with your card."
+
+
+async def test_a_long_delivery_continues_as_new_and_loses_or_repeats_nothing(
+    platform: Platform, receiver: WebhookReceiver
+) -> None:
+    [customer_id] = await bank_and_customers(platform, 1)
+    pool = platform.stack.pool
+    row, secret, after = await create_endpoint(pool, f"{receiver.url}/webhooks/{APP}", [TOPUP])
+    receiver.secrets[APP] = secret
+    queues = platform.stack.queues
+    # A history this short continues as new every few deliveries.
+    policy = DeliveryPolicy(
+        idle_poll_seconds=0.2, retry_initial_seconds=0.2, history_events_max=100
+    )
+    request = EventDeliveryInput(
+        endpoint_id=row["endpoint_id"],
+        after_seq=after,
+        policy=policy,
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+    )
+    await start_delivery(platform.stack.client, queues, request)
+    amounts = list(range(1, 31))
+    for amount in amounts:
+        await topped_up(platform, customer_id, amount)
+    received = await receiver.wait_for(len(amounts), seconds=90)
+    assert [r.event["data"]["amount_minor"] for r in received] == amounts
+    handle = platform.stack.client.get_workflow_handle(
+        event_delivery_workflow_id(row["endpoint_id"])
+    )
+    # The delivery continued as new on the way, carrying its position.
+
+    async def continued() -> bool:
+        history = await handle.fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        return bool(started.continued_execution_run_id)
+
+    await polling.eventually(continued, "the delivery continues as new")
+    status = await handle.query("status", result_type=EventDeliveryStatus)
+    assert status.delivered == len(amounts)
