@@ -80,12 +80,14 @@ LANGUAGE sql IMMUTABLE AS $$
         CASE split_part(p_key, '/', 1) WHEN 'topup' THEN 3 WHEN 'billing' THEN 3 ELSE 2 END)], '/')
 $$;
 
-CREATE FUNCTION ledger_transfers_customer_events() RETURNS trigger
+-- Row triggers whose WHEN leaves out a card's own transfers (holds, their
+-- postings and releases, the hot path), so those pay nothing here.
+CREATE FUNCTION ledger_transfer_customer_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO customer_events (event_id, type, customer_id, feed_kind, posted_minor, currency,
                                  process_id, occurred_at, data)
-    SELECT 'evt_' || left(encode(sha256(convert_to('ledger/' || m.idempotency_key || '/'
+    SELECT 'evt_' || left(encode(sha256(convert_to('ledger/' || NEW.idempotency_key || '/'
                                                    || m.side, 'UTF8')), 'hex'), 32),
            CASE m.family || (CASE WHEN m.sign > 0 THEN '+' ELSE '-' END)
                WHEN 'topup+' THEN 'topup.credited'
@@ -104,68 +106,78 @@ BEGIN
            -- The feed's kind: the family, but for the two moves no type names.
            CASE WHEN (m.family = 'topup' AND m.sign < 0) OR (m.family = 'debt' AND m.sign > 0)
                 THEN 'adjustment' ELSE m.family END,
-           m.sign * m.amount_minor,
-           m.currency,
-           ledger_key_process(m.idempotency_key),
-           m.created_at,
-           jsonb_build_object('amount_minor', m.amount_minor,
+           m.sign * NEW.amount_minor,
+           NEW.currency,
+           ledger_key_process(NEW.idempotency_key),
+           NEW.created_at,
+           jsonb_build_object('amount_minor', NEW.amount_minor,
                               'direction', CASE WHEN m.sign > 0 THEN 'in' ELSE 'out' END,
                               'counterparty', m.counterparty)
     FROM (
-        SELECT t.idempotency_key, t.amount_minor, t.currency, t.created_at,
-               w.owner_id, w.side, w.sign, w.counterparty,
+        SELECT w.owner_id, w.side, w.sign, w.counterparty,
                -- What it is: by what the wallet paid or was paid by, else by
                -- the process that moved it.
                CASE WHEN w.counterparty LIKE 'revenue:fees:%' THEN 'fee'
                     WHEN w.counterparty LIKE 'expense:cashback:%' THEN 'cashback'
                     WHEN w.counterparty LIKE 'customer:%:debt:%' THEN 'debt'
-                    ELSE CASE split_part(t.idempotency_key, '/', 1)
+                    ELSE CASE split_part(NEW.idempotency_key, '/', 1)
                              WHEN 'topup' THEN 'topup' WHEN 'fx' THEN 'fx'
                              WHEN 'cashback' THEN 'cashback' WHEN 'billing' THEN 'fee'
                              WHEN 'card-issue' THEN 'fee' WHEN 'dispute' THEN 'dispute'
                              ELSE 'adjustment' END END AS family
-        FROM inserted t
-        CROSS JOIN LATERAL (
+        FROM (
             SELECT a.owner_id, 'debit' AS side, -1 AS sign, c.code AS counterparty
             FROM ledger_accounts a, ledger_accounts c
-            WHERE a.id = t.debit_account_id AND a.kind = 'wallet' AND c.id = t.credit_account_id
+            WHERE a.id = NEW.debit_account_id AND a.kind = 'wallet' AND c.id = NEW.credit_account_id
             UNION ALL
             SELECT a.owner_id, 'credit', 1, c.code
             FROM ledger_accounts a, ledger_accounts c
-            WHERE a.id = t.credit_account_id AND a.kind = 'wallet' AND c.id = t.debit_account_id
+            WHERE a.id = NEW.credit_account_id AND a.kind = 'wallet' AND c.id = NEW.debit_account_id
         ) w
-        WHERE t.kind IN ('posted', 'post_pending')
-          -- A card's own money is reported by what it settles (card_transactions)
-          -- and by the issuer; an operator's charge on a card is an adjustment.
-          AND (t.idempotency_key NOT LIKE 'card/%' OR t.idempotency_key LIKE 'card/%/exception/%')
-          AND w.owner_id IS NOT NULL
+        WHERE w.owner_id IS NOT NULL
     ) m
-    ON CONFLICT (event_id) DO NOTHING;
-    -- A card's hold released by its own expiry timer. The issuer's word that
-    -- the authorization expired (from the gateway) takes the same id: one
-    -- event, whichever comes first.
-    INSERT INTO customer_events (event_id, type, customer_id, card_id, authorization_id,
-                                 currency, process_id, occurred_at, data)
-    SELECT 'evt_' || left(encode(sha256(convert_to(
-               'hold-expired/' || split_part(t.idempotency_key, '/', 4), 'UTF8')), 'hex'), 32),
-           'hold.expired', a.owner_id, split_part(t.idempotency_key, '/', 2),
-           split_part(t.idempotency_key, '/', 4), t.currency,
-           ledger_key_process(t.idempotency_key), t.created_at,
-           jsonb_build_object('released_minor', t.amount_minor, 'pending_minor', 0,
-                              'authorization_status', 'expired')
-    FROM inserted t
-    JOIN ledger_accounts a ON a.id = t.debit_account_id AND a.kind = 'wallet'
-    WHERE t.kind = 'void_pending' AND t.idempotency_key LIKE 'card/%/auth/%/void/expired'
-      AND a.owner_id IS NOT NULL
     ON CONFLICT (event_id) DO NOTHING;
     RETURN NULL;
 END;
 $$;
 
+-- A card's own money is reported by what it settles (card_transactions) and
+-- by the issuer; an operator's charge on a card is an adjustment.
 CREATE TRIGGER ledger_transfers_customer_events
     AFTER INSERT ON ledger_transfers
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_transfers_customer_events();
+    FOR EACH ROW
+    WHEN (NEW.kind IN ('posted', 'post_pending')
+          AND (NEW.idempotency_key NOT LIKE 'card/%'
+               OR NEW.idempotency_key LIKE 'card/%/exception/%'))
+    EXECUTE FUNCTION ledger_transfer_customer_events();
+
+-- A card's hold released by its own expiry timer. The issuer's word that the
+-- authorization expired (from the gateway) takes the same id: one event,
+-- whichever comes first.
+CREATE FUNCTION ledger_hold_expired_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO customer_events (event_id, type, customer_id, card_id, authorization_id,
+                                 currency, process_id, occurred_at, data)
+    SELECT 'evt_' || left(encode(sha256(convert_to(
+               'hold-expired/' || split_part(NEW.idempotency_key, '/', 4), 'UTF8')), 'hex'), 32),
+           'hold.expired', a.owner_id, split_part(NEW.idempotency_key, '/', 2),
+           split_part(NEW.idempotency_key, '/', 4), NEW.currency,
+           ledger_key_process(NEW.idempotency_key), NEW.created_at,
+           jsonb_build_object('released_minor', NEW.amount_minor, 'pending_minor', 0,
+                              'authorization_status', 'expired')
+    FROM ledger_accounts a
+    WHERE a.id = NEW.debit_account_id AND a.kind = 'wallet' AND a.owner_id IS NOT NULL
+    ON CONFLICT (event_id) DO NOTHING;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER ledger_transfers_hold_expired
+    AFTER INSERT ON ledger_transfers
+    FOR EACH ROW
+    WHEN (NEW.kind = 'void_pending' AND NEW.idempotency_key LIKE 'card/%/auth/%/void/expired')
+    EXECUTE FUNCTION ledger_hold_expired_event();
 
 -- What the card moved on the wallet for a transaction: its amount, or less
 -- while an exception holds the rest for an operator (NULL: recorded before
