@@ -13,6 +13,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import CancelledError
 
+from activities.events import events_after
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
 from activities.providers.issuer import IssuerClient
@@ -206,6 +207,23 @@ async def test_a_physical_card_ships_reschedules_delivers_and_activates(
     result = await handle.result()
     assert result.state == "open" and result.fee_minor == 500
     assert await wallet_balance(platform, customer_id) == 9_500
+
+    # The customer's events: the card issued, each shipping step, the fee.
+    async def shipped_events() -> list[str]:
+        events = await events_after(platform.stack.pool, 0, 100, customer_id=customer_id)
+        return [e.data["status"] for e in events if e.type == "card.shipping_updated"]
+
+    async def all_shipped() -> bool:
+        return "delivered" in await shipped_events()
+
+    await polling.eventually(all_shipped, "each shipping step is an event")
+    # The reschedule (still pending), then each step of the shipment.
+    assert await shipped_events() == ["pending", "submitted", "shipped", "delivered"]
+    events = await events_after(platform.stack.pool, 0, 100, customer_id=customer_id)
+    assert [e.card_id for e in events if e.type == "card.issued"] == [card_id]
+    assert [(e.type, e.data["amount_minor"]) for e in events if e.type.startswith("fee.")] == [
+        ("fee.charged", 500)
+    ]
 
 
 async def test_an_activation_that_reaches_the_issuing_before_it_started_is_refused(

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 
+from activities.events import events_after
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
 from schemas import accounts
@@ -158,6 +159,20 @@ async def test_a_won_dispute_keeps_the_provisional_credit_and_the_issuer_pays_it
     # The issuer's chargeback settled the provisional credit.
     assert await provisional_balance(platform) == 0
     assert await verify(platform.stack.pool) == []
+
+    # The customer's events: the provisional credit, and each of the issuer's steps.
+    async def dispute_changes() -> list[str]:
+        events = await events_after(platform.stack.pool, 0, 100, customer_id=customer_id)
+        return [e.data["change"] for e in events if e.type == "dispute.updated"]
+
+    async def won() -> bool:
+        return "won" in await dispute_changes()
+
+    await polling.eventually(won, "the issuer's decision is an event")
+    assert (await dispute_changes())[0] == "created"
+    events = await events_after(platform.stack.pool, 0, 100, customer_id=customer_id)
+    credited = [e for e in events if e.type == "dispute.credited"]
+    assert [(e.data["amount_minor"], e.process_id) for e in credited] == [(3_000, handle.id)]
 
 
 async def test_a_won_dispute_without_provisional_credit_credits_the_wallet_at_the_decision(
