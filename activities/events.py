@@ -13,7 +13,7 @@ import hashlib
 import json
 import secrets as token_source
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -313,5 +313,20 @@ async def delete_endpoint(pool: asyncpg.Pool, endpoint_id: str) -> asyncpg.Recor
     return found
 
 
-def overlap_ends(now: datetime, seconds: int) -> datetime:
-    return now + timedelta(seconds=seconds)
+async def rotate_secret(
+    pool: asyncpg.Pool, endpoint_id: str, overlap_seconds: int
+) -> tuple[asyncpg.Record, str] | None:
+    """A new signing secret; the previous one signs beside it for the
+    overlap (none when 0). None when there is no such endpoint."""
+    secret = new_secret()
+    row: asyncpg.Record | None = await pool.fetchrow(
+        "UPDATE webhook_endpoints SET previous_secret = CASE WHEN $3 > 0 THEN secret END,"
+        " previous_expires_at = CASE WHEN $3 > 0 THEN $4::timestamptz END,"
+        " secret = $2, updated_at = now()"
+        " WHERE endpoint_id = $1 AND status <> 'deleted' RETURNING *",
+        endpoint_id,
+        secret,
+        overlap_seconds,
+        datetime.now(UTC) + timedelta(seconds=overlap_seconds),
+    )
+    return None if row is None else (row, secret)

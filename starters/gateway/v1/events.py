@@ -13,7 +13,7 @@ webhook endpoints events are delivered to (schemas/events.py).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import asyncpg
@@ -30,8 +30,7 @@ from activities.events import (
     event_by_id,
     events_after,
     feed,
-    new_secret,
-    overlap_ends,
+    rotate_secret,
 )
 from schemas.events import (
     EventPage,
@@ -278,15 +277,8 @@ async def delete_endpoint_route(
 async def rotate_secret_route(
     endpoint_id: EndpointIdPath, body: SecretRotation, pool: DatabasePool
 ) -> WebhookEndpointCreated:
-    await _endpoint(pool, endpoint_id)
-    secret = new_secret()
-    row = await pool.fetchrow(
-        "UPDATE webhook_endpoints SET previous_secret = CASE WHEN $3 > 0 THEN secret END,"
-        " previous_expires_at = CASE WHEN $3 > 0 THEN $4::timestamptz END,"
-        " secret = $2, updated_at = now() WHERE endpoint_id = $1 RETURNING *",
-        endpoint_id,
-        secret,
-        body.overlap_seconds,
-        overlap_ends(datetime.now(UTC), body.overlap_seconds),
-    )
+    rotated = await rotate_secret(pool, endpoint_id, body.overlap_seconds)
+    if rotated is None:
+        raise ApiError(Refusal.NOT_FOUND, f"no webhook endpoint {endpoint_id}")
+    row, secret = rotated
     return WebhookEndpointCreated(**_view(row).model_dump(), secret=secret)
