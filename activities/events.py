@@ -24,6 +24,7 @@ from schemas.events import (
     FeedEntry,
     FeedKind,
     FeedMerchant,
+    FeedPage,
 )
 
 SEQUENCE_BATCH_MAX = 10_000
@@ -191,6 +192,12 @@ async def feed(pool: asyncpg.Pool, query: FeedQuery) -> tuple[list[FeedEntry], i
     entries = [_entry(row) for row in rows[:limit]]
     more = len(rows) > limit
     return entries, (int(rows[limit - 1]["seq"]) if more else None)
+
+
+async def feed_page(pool: asyncpg.Pool, query: FeedQuery) -> FeedPage:
+    """One page of the feed as the API answers it."""
+    entries, more = await feed(pool, query)
+    return FeedPage(data=entries, next_cursor=None if more is None else str(more))
 
 
 def _amount(data: dict[str, Any], name: str) -> int:

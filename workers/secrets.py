@@ -22,6 +22,7 @@ from pathlib import Path
 from schemas.providers import PROVIDERS
 from workers.settings import (
     CODEC_TOKEN_PATTERN,
+    TELEGRAM_BOT_TOKEN_PATTERN,
     Settings,
     WebhookSecret,
     parse_webhook_secret_entries,
@@ -30,6 +31,9 @@ from workers.settings import (
 DEV_SECRETS_DIRNAME = "secrets"
 DEV_WEBHOOK_SECRETS_FILENAME = "webhook-secrets.json"
 DEV_CODEC_TOKEN_FILENAME = "codec-token"
+DEV_TELEGRAM_BOT_TOKEN_FILENAME = "telegram-bot-token"
+# The dev bot's id (the part of a token before its colon).
+DEV_TELEGRAM_BOT_ID = 7_000_000_001
 DEV_POSTGRES_PASSWORD_FILENAME = "postgres-password"
 POSTGRES_PASSWORD_BYTES = 32
 _POSTGRES_PASSWORD_PATTERN = re.compile(r"^[A-Za-z0-9_-]{32,256}$")
@@ -188,6 +192,21 @@ def codec_token(settings: Settings) -> str:
     token = path.read_text().strip()
     if not CODEC_TOKEN_PATTERN.match(token):
         raise ValueError(f"the dev codec token in {path} is malformed; delete the file")
+    return token
+
+
+def telegram_bot_token(settings: Settings) -> str:
+    """CARDFLOW_TELEGRAM_BOT_TOKEN (or its _FILE), else the dev bot's token
+    made once (the Telegram simulator takes any well-formed token)."""
+    if settings.telegram_bot_token is not None:
+        return settings.telegram_bot_token.get_secret_value()
+    path = dev_secrets_dir(settings) / DEV_TELEGRAM_BOT_TOKEN_FILENAME
+    write_secret_once(
+        path, f"{DEV_TELEGRAM_BOT_ID}:{random_secrets.token_urlsafe(CODEC_TOKEN_BYTES)}\n"
+    )
+    token = path.read_text().strip()
+    if not TELEGRAM_BOT_TOKEN_PATTERN.match(token):
+        raise ValueError(f"the dev Telegram bot token in {path} is malformed; delete the file")
     return token
 
 

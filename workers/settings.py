@@ -156,11 +156,13 @@ SECRET_FILE_VARIABLES: dict[str, str] = {
     "CARDFLOW_WEBHOOK_SECRETS": "CARDFLOW_WEBHOOK_SECRETS_FILE",
     "CARDFLOW_API_KEY_PEPPER": "CARDFLOW_API_KEY_PEPPER_FILE",
     "CARDFLOW_CODEC_TOKEN": "CARDFLOW_CODEC_TOKEN_FILE",
+    "CARDFLOW_TELEGRAM_BOT_TOKEN": "CARDFLOW_TELEGRAM_BOT_TOKEN_FILE",
     "DATABASE_URL": "DATABASE_URL_FILE",
     "TEMPORAL_API_KEY": "TEMPORAL_API_KEY_FILE",
 }
 SECRET_FILE_BYTES_MAX = 64 * 1024
 CODEC_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{24,256}$")
+TELEGRAM_BOT_TOKEN_PATTERN = re.compile(r"^[0-9]{1,20}:[A-Za-z0-9_-]{20,100}$")
 
 
 def read_secret_file(variable: str, path: str) -> str:
@@ -267,6 +269,16 @@ class Settings(BaseSettings):
     # The codec server's credential (Bearer header, or /t/<token>/ path prefix
     # for the Web UI). Unset: a dev token generated once under CARDFLOW_HOME.
     codec_token: SecretStr | None = Field(default=None, validation_alias="CARDFLOW_CODEC_TOKEN")
+    # The Telegram bot's token from @BotFather; it also signs the WebApp's
+    # initData. Unset: a dev token made once under CARDFLOW_HOME, which the
+    # Telegram simulator takes.
+    telegram_bot_token: SecretStr | None = Field(
+        default=None, validation_alias="CARDFLOW_TELEGRAM_BOT_TOKEN"
+    )
+    # The WebApp's initData is refused once its auth_date is older than this.
+    webapp_init_data_seconds_max: int = Field(
+        default=3600, ge=10, le=7 * 86400, validation_alias="CARDFLOW_WEBAPP_INIT_DATA_SECONDS_MAX"
+    )
 
     # Files holding a secret setting's value (SECRET_FILE_VARIABLES); read at
     # start into the setting itself. Setting both a value and its file is an error.
@@ -281,6 +293,9 @@ class Settings(BaseSettings):
     )
     codec_token_file: Path | None = Field(
         default=None, validation_alias="CARDFLOW_CODEC_TOKEN_FILE"
+    )
+    telegram_bot_token_file: Path | None = Field(
+        default=None, validation_alias="CARDFLOW_TELEGRAM_BOT_TOKEN_FILE"
     )
     database_url_file: Path | None = Field(default=None, validation_alias="DATABASE_URL_FILE")
     temporal_api_key_file: Path | None = Field(
@@ -416,6 +431,13 @@ class Settings(BaseSettings):
         else:
             data.pop("DATABASE_PASSWORD_FILE", None)
         return data
+
+    @field_validator("telegram_bot_token")
+    @classmethod
+    def _check_bot_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not TELEGRAM_BOT_TOKEN_PATTERN.match(value.get_secret_value()):
+            raise ValueError("must be a bot token as @BotFather gives it: <bot id>:<secret>")
+        return value
 
     @field_validator("codec_token")
     @classmethod

@@ -29,7 +29,7 @@ from activities.events import (
     delete_endpoint,
     event_by_id,
     events_after,
-    feed,
+    feed_page,
     rotate_secret,
 )
 from schemas.events import (
@@ -86,7 +86,7 @@ async def transactions_route(
     limit: Annotated[int, Query(ge=1, le=FEED_PAGE_MAX)] = 25,
 ) -> FeedPage:
     await known_customer(pool, customer_id)
-    entries, more = await feed(
+    return await feed_page(
         pool,
         FeedQuery(
             customer_id=customer_id,
@@ -98,7 +98,6 @@ async def transactions_route(
             limit=limit,
         ),
     )
-    return FeedPage(data=entries, next_cursor=None if more is None else str(more))
 
 
 # ----- the event stream ---------------------------------------------------------------
