@@ -2,6 +2,7 @@
 
     /issuer /kyc /fx /tron /bank /notify     the simulated provider APIs
     /upstream                                an app that takes cardflow's events
+    /telegram                                the Telegram Bot API and its users
     /_admin/...                              faults, webhook modes, reset
                                              (optionally towards another gateway)
                                              (loopback clients only)

@@ -13,16 +13,16 @@ from simulators.framework.webhooks import WebhookTarget, webhook_url
 from workers.secrets import webhook_secrets
 from workers.settings import Settings
 
-# Simulators that are not providers of cardflow: an upstream app taking
-# cardflow's events.
-CONSUMERS = ("upstream",)
+# Simulators of parts that send cardflow no signed webhooks: an upstream app
+# taking cardflow's events, and Telegram, whose Bot API the bot calls.
+OTHER_SIMULATORS = ("upstream", "telegram")
 
 
 def simulators() -> dict[str, SimulatorFactory]:
     """Every simulator, by name: the module simulators/{name}.py with NAME
-    and create(context) -> FastAPI, for each provider and each consumer."""
+    and create(context) -> FastAPI, for each provider and each other part."""
     found: dict[str, SimulatorFactory] = {}
-    for provider in (*PROVIDERS, *CONSUMERS):
+    for provider in (*PROVIDERS, *OTHER_SIMULATORS):
         if importlib.util.find_spec(f"simulators.{provider}") is None:
             continue
         module = importlib.import_module(f"simulators.{provider}")

@@ -15,9 +15,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.database import create_pool
 from activities.telegram import AlreadyLinked, TelegramLinks
+from simulators.telegram import signed_init_data
 from starters.gateway.app import create_app
 from tests.starters.test_v1_customers import Api, a_customer_with_money
-from tests.telegram import signed_init_data
 from workers.settings import load_settings
 
 BOT_TOKEN = "7000000042:" + "k" * 35
