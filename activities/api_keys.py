@@ -54,6 +54,8 @@ SCOPE_CARDS_REVEAL: Final = "cards:reveal"
 # Manage where events go (webhook endpoints), read the event stream and
 # have an event delivered again.
 SCOPE_WEBHOOKS_MANAGE: Final = "webhooks:manage"
+# The Telegram bot: link Telegram users to customers and find whose they are.
+SCOPE_TELEGRAM_LINK: Final = "telegram:link"
 # An operator's decisions: KYC review, top-up review, card exceptions,
 # dispute operator actions, reconciliation decisions.
 SCOPE_OPERATIONS: Final = "operations"
@@ -67,6 +69,7 @@ Scope = Literal[
     "customers:read",
     "cards:reveal",
     "webhooks:manage",
+    "telegram:link",
     "operations",
     "admin",
 ]
@@ -76,6 +79,7 @@ SCOPES: dict[str, str] = {
     SCOPE_CUSTOMERS_READ: "read customers' balances, debt, cards and deposit address",
     SCOPE_CARDS_REVEAL: "have the issuer show a card's number to its holder's device",
     SCOPE_WEBHOOKS_MANAGE: "manage webhook endpoints, read the event stream, redeliver events",
+    SCOPE_TELEGRAM_LINK: "the Telegram bot: link Telegram users to customers, find whose they are",
     SCOPE_OPERATIONS: "operator decisions: KYC and top-up review, exceptions, disputes, "
     "reconciliation differences",
     SCOPE_ADMIN: "administrative runs: billing, reconciliation",

@@ -275,6 +275,12 @@ class Settings(BaseSettings):
     telegram_bot_token: SecretStr | None = Field(
         default=None, validation_alias="CARDFLOW_TELEGRAM_BOT_TOKEN"
     )
+    # The bot's @username: its deep links (t.me/<username>?start=<code>).
+    telegram_bot_username: str = Field(
+        default="cardflow_bot",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{3,31}$",
+        validation_alias="CARDFLOW_TELEGRAM_BOT_USERNAME",
+    )
     # The WebApp's initData is refused once its auth_date is older than this.
     webapp_init_data_seconds_max: int = Field(
         default=3600, ge=10, le=7 * 86400, validation_alias="CARDFLOW_WEBAPP_INIT_DATA_SECONDS_MAX"

@@ -24,6 +24,7 @@ from starters.gateway.v1 import (
     processes,
     reconciliation,
     rewards,
+    telegram,
     topups,
 )
 
@@ -33,6 +34,7 @@ PROCESS_ROUTERS = (
     overview.router,
     rewards.router,
     events.router,
+    telegram.router,
     onboarding.router,
     cards.router,
     fx.router,

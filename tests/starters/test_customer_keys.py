@@ -51,6 +51,9 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/v1/customers/{customer_id}/overview"): "customer: the path's customer_id",
     ("GET", "/v1/customers/{customer_id}/rewards"): "customer: the path's customer_id",
     ("GET", "/v1/customers/{customer_id}/transactions"): "customer: the path's customer_id",
+    ("POST", "/v1/customers/{customer_id}/telegram-link"): "customer: the path's customer_id",
+    ("POST", "/v1/telegram/links"): PROGRAM_WIDE,
+    ("GET", "/v1/telegram/links/{telegram_user_id}"): PROGRAM_WIDE,
     ("GET", "/v1/events"): PROGRAM_WIDE,
     ("POST", "/v1/events/{event_id}/redeliver"): PROGRAM_WIDE,
     ("POST", "/v1/webhook-endpoints"): PROGRAM_WIDE,
@@ -122,8 +125,8 @@ IDENTIFYING_PARAMS = {
     "external_ref",
 }
 # Periods, and the ids of what belongs to the program, not to a customer
-# (webhook endpoints and the event stream).
-OTHER_PARAMS = {"period", "settlement_date", "endpoint_id", "event_id"}
+# (webhook endpoints, the event stream, Telegram users the bot looks up).
+OTHER_PARAMS = {"period", "settlement_date", "endpoint_id", "event_id", "telegram_user_id"}
 
 
 # ----- every route is classified ------------------------------------------------
@@ -351,6 +354,11 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
         f"/v1/customers/{i.customer}/transactions",
         None,
     ),
+    ("POST", "/v1/customers/{customer_id}/telegram-link"): lambda i: (
+        "POST",
+        f"/v1/customers/{i.customer}/telegram-link",
+        None,
+    ),
     ("POST", "/v1/onboardings"): lambda i: ("POST", "/v1/onboardings", onboarding(i.customer)),
     ("POST", "/v1/onboardings/{customer_id}/documents"): lambda i: (
         "POST",
@@ -528,6 +536,8 @@ PROGRAM_ROUTES: list[Request] = [
     ("GET", "/v1/webhook-endpoints/we_0", None),
     ("DELETE", "/v1/webhook-endpoints/we_0", None),
     ("POST", "/v1/webhook-endpoints/we_0/rotate-secret", {}),
+    ("POST", "/v1/telegram/links", {"code": "x" * 32, "telegram_user_id": 1}),
+    ("GET", "/v1/telegram/links/1", None),
 ]
 
 

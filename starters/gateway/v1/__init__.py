@@ -4,6 +4,7 @@ processes.py      pings and any process's status
 customers.py      a customer's balances, debt, cards and deposit address
 overview.py       a customer's home screen, each section on its own budget
 events.py         a customer's feed, the event stream, webhook endpoints
+telegram.py       linking a customer's Telegram account (the bot's)
 rewards.py        a customer's cashback and personal offers
 onboarding.py     onboarding/{customer_id}
 cards.py          card-issue/{request_id} and card/{card_id}

@@ -1,0 +1,117 @@
+"""Linking a customer's Telegram account (activities/telegram.py):
+
+- `POST /v1/customers/{customer_id}/telegram-link` (scope `processes:start`,
+  the customer's own step): a single-use code, valid 10 minutes, and the
+  bot's deep link that carries it (`https://t.me/<bot>?start=<code>`);
+- `POST /v1/telegram/links` (scope `telegram:link`, the bot's): the bot
+  redeems the code for the Telegram user who pressed Start;
+- `GET /v1/telegram/links/{telegram_user_id}` (scope `telegram:link`): the
+  customer a Telegram user is linked to.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Path, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from activities.api_keys import SCOPE_PROCESSES_START, SCOPE_TELEGRAM_LINK
+from activities.telegram import LINK_CODE_PATTERN, AlreadyLinked, LinkCodeInvalid, TelegramLinks
+from schemas.edge import EdgeModel
+from schemas.refusals import Refusal
+from starters.gateway.errors import ApiError, ErrorBody
+from starters.gateway.state import DatabasePool, GatewaySettings
+from starters.gateway.v1.customers import known_customer
+from starters.gateway.v1.ownership import OwnCustomerId
+from starters.gateway.v1.shared import READ, process_router, route
+
+router = process_router()
+
+# Telegram user ids are positive 64-bit integers.
+TELEGRAM_USER_ID_MAX = 2**63 - 1
+TelegramUserId = Annotated[int, Path(ge=1, le=TELEGRAM_USER_ID_MAX)]
+
+
+class TelegramLinkCode(BaseModel):
+    code: str
+    url: str = Field(description="The bot's deep link: opening it links the Telegram user")
+    expires_at: datetime
+
+
+class LinkRedemption(EdgeModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=16, max_length=64, pattern=LINK_CODE_PATTERN)
+    telegram_user_id: int = Field(ge=1, le=TELEGRAM_USER_ID_MAX)
+
+
+class TelegramLink(BaseModel):
+    telegram_user_id: int
+    customer_id: str
+
+
+@route(
+    router,
+    READ,
+    "/customers/{customer_id}/telegram-link",
+    "A single-use code and the bot's deep link that links the customer's Telegram account",
+    method="POST",
+    scope=SCOPE_PROCESSES_START,
+    status_code=201,
+    responses={404: {"model": ErrorBody}},
+)
+async def link_code_route(
+    customer_id: OwnCustomerId, pool: DatabasePool, settings: GatewaySettings
+) -> TelegramLinkCode:
+    await known_customer(pool, customer_id)
+    code, expires_at = await TelegramLinks(pool).issue_code(customer_id)
+    return TelegramLinkCode(
+        code=code,
+        url=f"https://t.me/{settings.telegram_bot_username}?start={code}",
+        expires_at=expires_at,
+    )
+
+
+@route(
+    router,
+    READ,
+    "/telegram/links",
+    "Redeem a link code for the Telegram user who pressed Start (the bot's call)",
+    method="POST",
+    scope=SCOPE_TELEGRAM_LINK,
+    program_wide=True,
+    status_code=201,
+    responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+async def redeem_route(
+    body: LinkRedemption, pool: DatabasePool, response: Response
+) -> TelegramLink:
+    links = TelegramLinks(pool)
+    before = await links.customer_of(body.telegram_user_id)
+    try:
+        customer_id = await links.redeem(body.code, body.telegram_user_id)
+    except LinkCodeInvalid as error:
+        raise ApiError(Refusal.INVALID_REQUEST, str(error)) from None
+    except AlreadyLinked as error:
+        raise ApiError(Refusal.ALREADY_DONE, str(error)) from None
+    if before == customer_id:
+        response.status_code = 200
+    return TelegramLink(telegram_user_id=body.telegram_user_id, customer_id=customer_id)
+
+
+@route(
+    router,
+    READ,
+    "/telegram/links/{telegram_user_id}",
+    "The customer a Telegram user is linked to",
+    scope=SCOPE_TELEGRAM_LINK,
+    program_wide=True,
+    responses={404: {"model": ErrorBody}},
+)
+async def link_route(telegram_user_id: TelegramUserId, pool: DatabasePool) -> TelegramLink:
+    customer_id = await TelegramLinks(pool).customer_of(telegram_user_id)
+    if customer_id is None:
+        raise ApiError(Refusal.NOT_FOUND, f"Telegram user {telegram_user_id} is linked to no one")
+    return TelegramLink(telegram_user_id=telegram_user_id, customer_id=customer_id)

@@ -1,0 +1,103 @@
+"""Linking a customer's Telegram account: the customer's app asks for a
+single-use code and the bot's deep link; the bot redeems it for the user who
+pressed Start, once; the WebApp then knows the user as that customer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from activities.api_keys import (
+    SCOPE_CUSTOMERS_READ,
+    SCOPE_PROCESSES_START,
+    SCOPE_TELEGRAM_LINK,
+)
+from activities.telegram import TelegramLinks
+from tests.starters.test_v1_customers import Api, a_customer_with_money, api
+
+__all__ = ["api"]
+
+ADA, GRACE = 4_242, 5_353
+
+
+async def code_for(api: Api, customer_id: str) -> dict[str, str]:
+    headers = await api.headers(SCOPE_PROCESSES_START, customers=[customer_id])
+    answer = await api.http.post(f"/v1/customers/{customer_id}/telegram-link", headers=headers)
+    assert answer.status_code == 201, answer.text
+    issued: dict[str, str] = answer.json()
+    return issued
+
+
+async def test_a_code_links_the_user_who_redeems_it_once(api: Api) -> None:
+    customer_id = await a_customer_with_money(api)
+    issued = await code_for(api, customer_id)
+    assert issued["url"] == f"https://t.me/cardflow_bot?start={issued['code']}"
+    expires_at = datetime.fromisoformat(issued["expires_at"])
+    assert timedelta(minutes=9) < expires_at - datetime.now(UTC) <= timedelta(minutes=10)
+    bot = await api.headers(SCOPE_TELEGRAM_LINK)
+    body = {"code": issued["code"], "telegram_user_id": ADA}
+    first = await api.http.post("/v1/telegram/links", json=body, headers=bot)
+    assert first.status_code == 201, first.text
+    assert first.json() == {"telegram_user_id": ADA, "customer_id": customer_id}
+    # Start pressed twice: the same link, nothing new.
+    again = await api.http.post("/v1/telegram/links", json=body, headers=bot)
+    assert again.status_code == 200 and again.json() == first.json()
+    # The code is spent for anyone else.
+    stolen = await api.http.post(
+        "/v1/telegram/links", json={**body, "telegram_user_id": GRACE}, headers=bot
+    )
+    assert stolen.status_code == 422 and "another Telegram user" in stolen.json()["detail"]
+    found = await api.http.get(f"/v1/telegram/links/{ADA}", headers=bot)
+    assert found.json()["customer_id"] == customer_id
+    assert (await api.http.get(f"/v1/telegram/links/{GRACE}", headers=bot)).status_code == 404
+    assert await TelegramLinks(api.pool).customer_of(ADA) == customer_id
+
+
+async def test_an_expired_or_unknown_code_and_a_second_customer_are_refused(api: Api) -> None:
+    ada, grace = await a_customer_with_money(api), await a_customer_with_money(api)
+    bot = await api.headers(SCOPE_TELEGRAM_LINK)
+    expired = await code_for(api, ada)
+    await api.pool.execute(
+        "UPDATE telegram_link_codes SET expires_at = now() - interval '1 second'"
+    )
+    late = await api.http.post(
+        "/v1/telegram/links", json={"code": expired["code"], "telegram_user_id": ADA}, headers=bot
+    )
+    assert late.status_code == 422 and "expired" in late.json()["detail"]
+    unknown = await api.http.post(
+        "/v1/telegram/links", json={"code": "x" * 32, "telegram_user_id": ADA}, headers=bot
+    )
+    assert unknown.status_code == 422 and "no such" in unknown.json()["detail"]
+    linked = await code_for(api, ada)
+    assert (
+        await api.http.post(
+            "/v1/telegram/links",
+            json={"code": linked["code"], "telegram_user_id": ADA},
+            headers=bot,
+        )
+    ).status_code == 201
+    # One Telegram user, one customer: Grace's code cannot take Ada's Telegram.
+    other = await code_for(api, grace)
+    taken = await api.http.post(
+        "/v1/telegram/links", json={"code": other["code"], "telegram_user_id": ADA}, headers=bot
+    )
+    assert taken.status_code == 409 and taken.json()["code"] == "already_done"
+    # Refused, so Grace's code is still hers to use.
+    mine = await api.http.post(
+        "/v1/telegram/links", json={"code": other["code"], "telegram_user_id": GRACE}, headers=bot
+    )
+    assert mine.status_code == 201, mine.text
+
+
+async def test_the_routes_take_their_scopes_and_the_customers_key(api: Api) -> None:
+    customer_id = await a_customer_with_money(api)
+    reader = await api.headers(SCOPE_CUSTOMERS_READ)
+    refused = await api.http.post("/v1/telegram/links", json={}, headers=reader)
+    assert refused.status_code == 403 and refused.json()["code"] == "scope_missing"
+    others = await api.headers(SCOPE_PROCESSES_START, customers=["c-someone-else"])
+    theirs = await api.http.post(f"/v1/customers/{customer_id}/telegram-link", headers=others)
+    assert theirs.status_code == 403 and theirs.json()["code"] == "customer_not_allowed"
+    bot = await api.headers(SCOPE_TELEGRAM_LINK)
+    bad = await api.http.post(
+        "/v1/telegram/links", json={"code": "short", "telegram_user_id": 0}, headers=bot
+    )
+    assert bad.status_code == 422 and "code" in bad.text and "telegram_user_id" in bad.text
