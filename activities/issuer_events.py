@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from activities.events import event_id
+from schemas.cards import CARD_REASONS, DeclineReason
 from schemas.events import EventType, FeedKind, decline_sentence
 
 
@@ -46,6 +47,26 @@ def _merchant(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The issuer's own refusals (it declines a paused or closed card without
+# asking the card), by what its reason says.
+ISSUER_REFUSALS = (
+    ("is paused", DeclineReason.CARD_PAUSED),
+    ("is closed", DeclineReason.CARD_CLOSED),
+)
+ISSUER_DECLINED = "issuer_declined"
+
+
+def decline_code(reason: str) -> str:
+    """The reason code of a decline: the card's own, or the issuer's refusal
+    named the same way, else `issuer_declined` (a stand-in, say)."""
+    if reason in CARD_REASONS:
+        return reason
+    for words, code in ISSUER_REFUSALS:
+        if words in reason:
+            return code.value
+    return ISSUER_DECLINED
+
+
 def issuer_event(issuer_event_id: str, kind: str, data: dict[str, Any]) -> IssuerEventRow | None:
     """The customer event an issuer webhook reports, if any. Transactions are
     not among them: the card reports what it settles (card_transactions)."""
@@ -72,7 +93,7 @@ def issuer_event(issuer_event_id: str, kind: str, data: dict[str, Any]) -> Issue
                 return None  # its authorization.declined follows
             type_, feed = EventType.AUTHORIZATION_APPROVED, FeedKind.AUTHORIZATION
         elif kind == "authorization.declined":
-            reason = str(data.get("decision_reason") or last.get("reason") or "")
+            reason = decline_code(str(data.get("decision_reason") or last.get("reason") or ""))
             common |= {"reason_code": reason, "reason": decline_sentence(reason)}
             type_, feed = EventType.AUTHORIZATION_DECLINED, FeedKind.DECLINE
         elif kind == "authorization.expired":

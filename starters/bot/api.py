@@ -1,0 +1,84 @@
+"""The `/v1` calls the bot makes, with its API key (scopes telegram:link,
+customers:read, processes:start): the bot sees and does only what the API
+lets any client see and do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+# The bot answers a person: an API call slower than this is reported, not waited on.
+API_TIMEOUT_SECONDS = 10.0
+FEED_LINES = 10
+
+
+class NotLinked(Exception):
+    """This Telegram user is linked to no customer."""
+
+
+class ApiRefused(Exception):
+    """The API refused the call; `detail` says why, for the person."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class CardflowApi:
+    def __init__(self, base_url: str, api_key: str) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=API_TIMEOUT_SECONDS,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _json(self, answer: httpx.Response) -> Any:
+        if answer.is_success:
+            return answer.json()
+        try:
+            error = answer.json()
+            code, detail = str(error.get("code")), str(error.get("detail"))
+        except ValueError:
+            code, detail = "unknown", answer.text[:200]
+        raise ApiRefused(answer.status_code, code, detail)
+
+    async def link(self, code: str, telegram_user_id: int) -> str:
+        """Redeem a link code for this user; the customer's id."""
+        answer = await self._http.post(
+            "/v1/telegram/links", json={"code": code, "telegram_user_id": telegram_user_id}
+        )
+        return str((await self._json(answer))["customer_id"])
+
+    async def customer_of(self, telegram_user_id: int) -> str:
+        answer = await self._http.get(f"/v1/telegram/links/{telegram_user_id}")
+        if answer.status_code == 404:
+            raise NotLinked(str(telegram_user_id))
+        return str((await self._json(answer))["customer_id"])
+
+    async def customer(self, customer_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = await self._json(
+            await self._http.get(f"/v1/customers/{customer_id}")
+        )
+        return found
+
+    async def feed(self, customer_id: str) -> list[dict[str, Any]]:
+        answer = await self._http.get(
+            f"/v1/customers/{customer_id}/transactions", params={"limit": FEED_LINES}
+        )
+        found: list[dict[str, Any]] = (await self._json(answer))["data"]
+        return found
+
+    async def card_action(self, card_id: str, action: str, idempotency_key: str) -> str:
+        """Freeze or unfreeze; the same key acts once however often it is sent."""
+        answer = await self._http.post(
+            f"/v1/cards/{card_id}/actions",
+            json={"action": action, "reason": "the customer, in Telegram"},
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        return str((await self._json(answer))["result"])

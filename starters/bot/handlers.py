@@ -1,0 +1,153 @@
+"""What the customers' bot answers (aiogram), every answer read from or
+acted on through the public API (starters/bot/api.py):
+
+- `/start <code>`: the deep link from the customer's app links this Telegram
+  user to the customer; `/start` alone tells a linked user what to ask, and
+  anyone else how to link;
+- `/balance`: each wallet's available and held amounts;
+- `/cards`: each card with its state and a Freeze or Unfreeze button; a
+  button acts once however often it is pressed (its Idempotency-Key is the
+  message and the action);
+- `/transactions`: the last entries of the feed, declines with their reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiogram import Dispatcher, F, Router
+from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
+
+from schemas.money import Currency, Money
+from starters.bot.api import ApiRefused, CardflowApi, NotLinked
+
+router = Router(name="cardflow")
+
+NOT_LINKED = (
+    "This Telegram account is not linked to a cardflow customer yet. "
+    "Open the cardflow app and tap Connect Telegram."
+)
+MENU = "/balance your money, /cards your cards, /transactions what happened lately"
+# What each card state lets the customer do from here, and the button's label.
+BUTTONS = {"open": ("freeze", "Freeze"), "paused": ("unfreeze", "Unfreeze")}
+
+
+class CardPress(CallbackData, prefix="card"):
+    action: str
+    card_id: str
+
+
+def money(amount_minor: int, currency: str) -> str:
+    return str(Money(amount_minor=amount_minor, currency=Currency(currency)))
+
+
+def dispatcher(api: CardflowApi) -> Dispatcher:
+    """The bot's dispatcher, its handlers given `api`."""
+    found = Dispatcher()
+    found["api"] = api
+    found.include_router(router)
+    return found
+
+
+async def _customer(message: Message, api: CardflowApi) -> str | None:
+    assert message.from_user is not None
+    try:
+        return await api.customer_of(message.from_user.id)
+    except NotLinked:
+        await message.answer(NOT_LINKED)
+        return None
+
+
+@router.message(CommandStart(deep_link=True))
+async def start_with_code(message: Message, command: CommandObject, api: CardflowApi) -> None:
+    assert message.from_user is not None
+    try:
+        await api.link(command.args or "", message.from_user.id)
+    except ApiRefused as refused:
+        await message.answer(f"This link did not work: {refused.detail}")
+        return
+    await message.answer(f"Your Telegram is linked to cardflow. {MENU}")
+
+
+@router.message(CommandStart())
+async def start(message: Message, api: CardflowApi) -> None:
+    if await _customer(message, api) is not None:
+        await message.answer(f"Welcome back. {MENU}")
+
+
+@router.message(Command("balance"))
+async def balance(message: Message, api: CardflowApi) -> None:
+    customer_id = await _customer(message, api)
+    if customer_id is None:
+        return
+    view = await api.customer(customer_id)
+    lines = [
+        f"{w['currency']}: {money(w['available_minor'], w['currency'])} available"
+        + (f", {money(w['pending_minor'], w['currency'])} held" if w["pending_minor"] else "")
+        for w in view["wallets"]
+    ]
+    await message.answer("\n".join(lines) or "No wallet yet.")
+
+
+def _card_markup(card: dict[str, Any]) -> InlineKeyboardMarkup | None:
+    button = BUTTONS.get(card["state"])
+    if button is None:
+        return None
+    action, label = button
+    data = CardPress(action=action, card_id=card["card_id"]).pack()
+    return InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text=label, callback_data=data)]]
+    )
+
+
+@router.message(Command("cards"))
+async def cards(message: Message, api: CardflowApi) -> None:
+    customer_id = await _customer(message, api)
+    if customer_id is None:
+        return
+    view = await api.customer(customer_id)
+    if not view["cards"]:
+        await message.answer("No card yet.")
+    for card in view["cards"]:
+        await message.answer(
+            f"Card {card['card_id']} ({card['kind']}): {card['state']}",
+            reply_markup=_card_markup(card),
+        )
+
+
+@router.callback_query(CardPress.filter(F.action.in_({"freeze", "unfreeze"})))
+async def press(query: CallbackQuery, callback_data: CardPress, api: CardflowApi) -> None:
+    message = query.message
+    assert message is not None
+    # The same button pressed again names the same action: it acts once.
+    key = f"tg-{message.chat.id}-{message.message_id}-{callback_data.action}"
+    try:
+        result = await api.card_action(callback_data.card_id, callback_data.action, key)
+    except ApiRefused as refused:
+        await query.answer(refused.detail[:200], show_alert=True)
+        return
+    state = "paused" if callback_data.action == "freeze" else "open"
+    await query.answer(result[:200])
+    if isinstance(message, Message):
+        await message.edit_text(
+            f"Card {callback_data.card_id}: {state}",
+            reply_markup=_card_markup({"card_id": callback_data.card_id, "state": state}),
+        )
+
+
+@router.message(Command("transactions"))
+async def transactions(message: Message, api: CardflowApi) -> None:
+    customer_id = await _customer(message, api)
+    if customer_id is None:
+        return
+    entries = await api.feed(customer_id)
+    lines = []
+    for entry in entries:
+        merchant = (entry.get("merchant") or {}).get("name") or entry["kind"]
+        line = f"{money(entry['amount_minor'], entry['currency'])} {merchant} ({entry['status']})"
+        if entry.get("reason"):
+            line += f": {entry['reason']}"
+        lines.append(line)
+    await message.answer("\n".join(lines) or "Nothing yet.")

@@ -1,0 +1,138 @@
+"""The customers' Telegram bot, end to end through the Telegram simulator and
+the public API: linked by the app's deep link, it tells the balance, freezes
+the card once however often the button is pressed, and shows the decline
+that follows with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest_asyncio
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+
+from activities.api_keys import SCOPE_CUSTOMERS_READ, SCOPE_PROCESSES_START, SCOPE_TELEGRAM_LINK
+from schemas.cards import CardInput
+from schemas.issuer import CardState
+from starters.bot.api import CardflowApi
+from starters.bot.handlers import dispatcher
+from tests import polling
+from tests.conftest import Platform
+from tests.customers import authorize, card_state, open_card
+
+
+@dataclass
+class Chat:
+    """One Telegram user talking to the bot, through the simulator."""
+
+    telegram: httpx.AsyncClient
+    bot_id: int
+    user_id: int
+
+    async def say(self, text: str) -> None:
+        said = await self.telegram.post(
+            f"/simulate/bots/{self.bot_id}/users/{self.user_id}/messages", json={"text": text}
+        )
+        assert said.status_code == 201, said.text
+
+    async def press(self, message_id: int, data: str) -> str:
+        pressed = await self.telegram.post(
+            f"/simulate/bots/{self.bot_id}/users/{self.user_id}/presses",
+            json={"message_id": message_id, "data": data},
+        )
+        assert pressed.status_code == 201, pressed.text
+        query_id: str = pressed.json()["callback_query_id"]
+        return query_id
+
+    async def bot_said(self) -> list[dict[str, Any]]:
+        answer = await self.telegram.get(
+            f"/simulate/bots/{self.bot_id}/chats/{self.user_id}/messages"
+        )
+        said: list[dict[str, Any]] = answer.json()["data"]
+        return said
+
+    async def reply_to(self, text: str) -> dict[str, Any]:
+        """Say `text` and wait for the bot's next message."""
+        before = len(await self.bot_said())
+        await self.say(text)
+
+        async def answered() -> bool:
+            return len(await self.bot_said()) > before
+
+        await polling.eventually(answered, f"the bot answers {text!r}")
+        return (await self.bot_said())[before]
+
+    async def answered(self, query_id: str) -> bool:
+        found = await self.telegram.get(f"/simulate/bots/{self.bot_id}/presses/{query_id}")
+        return bool(found.json()["answered"])
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def chat(platform: Platform) -> AsyncIterator[Chat]:
+    bot_id = 7_100_000_000 + uuid.uuid4().int % 1_000_000
+    headers = await platform.key_headers(
+        SCOPE_TELEGRAM_LINK, SCOPE_CUSTOMERS_READ, SCOPE_PROCESSES_START
+    )
+    api = CardflowApi(platform.gateway_url, headers["Authorization"].removeprefix("Bearer "))
+    telegram_url = platform.sim.provider_url("telegram")
+    bot = Bot(
+        f"{bot_id}:{uuid.uuid4().hex}",
+        session=AiohttpSession(api=TelegramAPIServer.from_base(telegram_url)),
+    )
+    polling_task = asyncio.ensure_future(
+        dispatcher(api).start_polling(bot, handle_signals=False, polling_timeout=1)
+    )
+    try:
+        async with httpx.AsyncClient(base_url=telegram_url, timeout=10) as telegram:
+            yield Chat(telegram, bot_id, 4_000_000 + uuid.uuid4().int % 1_000_000)
+    finally:
+        polling_task.cancel()
+        await asyncio.gather(polling_task, return_exceptions=True)
+        await bot.session.close()
+        await api.aclose()
+
+
+async def test_linked_by_the_app_the_bot_shows_money_freezes_once_and_says_why_declined(
+    platform: Platform, chat: Chat
+) -> None:
+    customer_id, card_id, card = await open_card(platform)
+    not_yet = await chat.reply_to("/balance")
+    assert "not linked" in not_yet["text"]
+    app = await platform.key_headers(SCOPE_PROCESSES_START, customers=[customer_id])
+    async with httpx.AsyncClient(base_url=platform.gateway_url, headers=app) as http:
+        issued = await http.post(f"/v1/customers/{customer_id}/telegram-link")
+    code = issued.json()["code"]
+    linked = await chat.reply_to(f"/start {code}")
+    assert "linked" in linked["text"]
+    shown = await chat.reply_to("/balance")
+    assert "USD: 100.00 USD available" in shown["text"]
+
+    listed = await chat.reply_to("/cards")
+    assert listed["text"] == f"Card {card_id} (virtual): open"
+    [[button]] = listed["reply_markup"]["inline_keyboard"]
+    assert button["text"] == "Freeze"
+    # Pressed twice before the bot answers the first: one freeze.
+    first = await chat.press(listed["message_id"], button["callback_data"])
+    second = await chat.press(listed["message_id"], button["callback_data"])
+
+    async def both_answered() -> bool:
+        return await chat.answered(first) and await chat.answered(second)
+
+    await polling.eventually(both_answered, "both presses are answered")
+    state: CardInput = await card_state(card)
+    assert state.state is CardState.PAUSED and state.changes == 1
+
+    declined = await authorize(platform, card_id, 700)
+    assert declined.status.value == "declined"
+
+    async def decline_listed() -> bool:
+        said = await chat.reply_to("/transactions")
+        return "frozen" in said["text"]
+
+    await polling.eventually(decline_listed, "the decline and its reason are listed")
