@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from starters.apikeys import apikey_app
 from starters.billing import billing_app, statement_app
+from starters.bot.run import bot_app
 from starters.cards import card_app
 from starters.cashback import cashback_app
 from starters.chaos import chaos_command
@@ -100,6 +101,7 @@ app.add_typer(kyc_app, name="kyc")
 app.add_typer(card_app, name="card")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(histories_app, name="histories")
+app.add_typer(bot_app, name="bot")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from temporalio.client import Client
 
 from activities.api_keys import (
     SCOPE_CUSTOMERS_READ,
+    SCOPE_PROCESSES_START,
     ApiKeyStore,
     NewApiKey,
     api_key_pepper,
@@ -26,11 +27,14 @@ from schemas.issuer import Merchant
 from schemas.money import Currency, Money
 from starters.scenario_steps import STAGE_WAIT_SECONDS_MAX
 from starters.scenarios_events import upstream_deliveries, upstream_endpoint
+from workers.secrets import telegram_bot_token
 from workers.settings import Settings
 from workflows.event_delivery import event_delivery_workflow_id
 
 Say = Callable[[str, str | None], None]
 DEMO_RECEIVER = "demo-app"
+# The Telegram user the demo's instructions speak as.
+DEMO_TELEGRAM_USER = 424242
 FEED_LINES_MAX = 12
 TOO_DEAR = Merchant(name="Grand Piano Store", mcc="5733", country="GB")
 
@@ -116,6 +120,7 @@ async def show_as_an_app(
         say(f"The app's feed (GET /v1/customers/{customer_id}/transactions), newest first:", None)
         for entry in entries:
             say(f"  {feed_line(entry)}", None)
+    await _bot_how_to(settings, say, customer_id)
     deliveries = await upstream_deliveries(settings, DEMO_RECEIVER)
     accepted = [d for d in deliveries if d["outcome"] == "accepted"]
     kinds = sorted({d["type"] for d in accepted})
@@ -124,3 +129,36 @@ async def show_as_an_app(
         f"({', '.join(kinds)})",
         event_delivery_workflow_id(endpoint_id),
     )
+
+
+async def _bot_how_to(settings: Settings, say: Say, customer_id: str) -> None:
+    """How to talk to the customer's bot through the Telegram simulator, linked
+    by a code as the customer's app would hand it over."""
+    pool = await create_pool(settings.effective_database_url, size_max=1)
+    try:
+        issued = await ApiKeyStore(pool, api_key_pepper(settings)).create(
+            NewApiKey(name="demo app link", scopes=[SCOPE_PROCESSES_START], customers=[customer_id])
+        )
+    finally:
+        await pool.close()
+    async with httpx.AsyncClient(
+        base_url=settings.gateway_base_url,
+        headers={"Authorization": f"Bearer {issued.key}"},
+        timeout=10,
+    ) as http:
+        answer = await http.post(f"/v1/customers/{customer_id}/telegram-link")
+    answer.raise_for_status()
+    code = answer.json()["code"]
+    bot_id = telegram_bot_token(settings).split(":", 1)[0]
+    users = f"{settings.providers_base_url}/telegram/simulate/bots/{bot_id}"
+    say(
+        "Talk to the customer's Telegram bot through the simulator (the link is valid 10 min):",
+        None,
+    )
+    for text in (f"/start {code}", "/balance", "/cards", "/transactions"):
+        say(
+            f"  curl -s -X POST {users}/users/{DEMO_TELEGRAM_USER}/messages"
+            f" -H 'content-type: application/json' -d '{{\"text\": \"{text}\"}}'",
+            None,
+        )
+    say(f"  and read its answers: curl -s {users}/chats/{DEMO_TELEGRAM_USER}/messages", None)

@@ -67,9 +67,9 @@ async def ensure_standing(client: Client, settings: Settings) -> dict[str, str]:
     outcome = await ensure_schedules(client, settings)
     pool = await create_pool(settings.effective_database_url, size_max=1)
     try:
-        outcome[event_delivery_workflow_id(CUSTOMERS_ENDPOINT_ID)] = (
-            await ensure_customer_notifications(pool, client, settings.task_queues, settings)
-        )
+        outcome[
+            event_delivery_workflow_id(CUSTOMERS_ENDPOINT_ID)
+        ] = await ensure_customer_notifications(pool, client, settings.task_queues, settings)
     finally:
         await pool.close()
     return outcome

@@ -157,6 +157,7 @@ SECRET_FILE_VARIABLES: dict[str, str] = {
     "CARDFLOW_API_KEY_PEPPER": "CARDFLOW_API_KEY_PEPPER_FILE",
     "CARDFLOW_CODEC_TOKEN": "CARDFLOW_CODEC_TOKEN_FILE",
     "CARDFLOW_TELEGRAM_BOT_TOKEN": "CARDFLOW_TELEGRAM_BOT_TOKEN_FILE",
+    "CARDFLOW_BOT_API_KEY": "CARDFLOW_BOT_API_KEY_FILE",
     "DATABASE_URL": "DATABASE_URL_FILE",
     "TEMPORAL_API_KEY": "TEMPORAL_API_KEY_FILE",
 }
@@ -275,6 +276,12 @@ class Settings(BaseSettings):
     telegram_bot_token: SecretStr | None = Field(
         default=None, validation_alias="CARDFLOW_TELEGRAM_BOT_TOKEN"
     )
+    # The bot's key to cardflow's API (scopes telegram:link, customers:read,
+    # processes:start); `cardflow dev up` issues one for its bot.
+    bot_api_key: SecretStr | None = Field(default=None, validation_alias="CARDFLOW_BOT_API_KEY")
+    # The Telegram Bot API: https://api.telegram.org in production; unset,
+    # the simulators' /telegram.
+    telegram_api_url: str | None = Field(default=None, validation_alias="CARDFLOW_TELEGRAM_API_URL")
     # The bot's @username: its deep links (t.me/<username>?start=<code>).
     telegram_bot_username: str = Field(
         default="cardflow_bot",
@@ -302,6 +309,9 @@ class Settings(BaseSettings):
     )
     telegram_bot_token_file: Path | None = Field(
         default=None, validation_alias="CARDFLOW_TELEGRAM_BOT_TOKEN_FILE"
+    )
+    bot_api_key_file: Path | None = Field(
+        default=None, validation_alias="CARDFLOW_BOT_API_KEY_FILE"
     )
     database_url_file: Path | None = Field(default=None, validation_alias="DATABASE_URL_FILE")
     temporal_api_key_file: Path | None = Field(

@@ -1,8 +1,9 @@
 """Bring the embedded stack up, report its health, take it down.
 
 Parts and their order: PostgreSQL (data, then migrations), the codec server
-(the Web UI needs it), the Temporal dev server, then one worker process per
-task queue. A part that already runs is reused; a part whose port is held by
+(the Web UI needs it), the Temporal dev server, the simulators and the
+gateway, one worker process per task queue, then the customers' Telegram bot
+(with an API key issued for it). A part that already runs is reused; a part whose port is held by
 something else stops `up` before anything starts, with the port and its owner.
 """
 
@@ -40,7 +41,9 @@ from workers.secrets import (
     codec_ui_endpoint,
     dev_postgres_password,
     dev_postgres_password_path,
+    dev_secrets_dir,
     ensure_dev_secrets,
+    write_secret_once,
 )
 from workers.settings import Settings
 from workers.telemetry import METRICS_PARTS, metrics_port_of
@@ -54,6 +57,8 @@ TEMPORAL = "temporal"
 CODEC = "codec"
 SIMULATORS = "simulators"
 GATEWAY = "gateway"
+BOT = "bot"
+DEV_BOT_API_KEY_FILENAME = "bot-api-key"
 HTTP_READY_SECONDS = 30
 LOG_TAIL_LINES = 20
 # The dev server's SQLite file, written ahead (WAL) and synced at checkpoints:
@@ -130,7 +135,48 @@ class Stack:
             self._up_worker(kind)
         self._wait_for_workers()
         self._ensure_schedules()
+        self._up_bot()
         return self.status()
+
+    def _up_bot(self) -> None:
+        """The customers' Telegram bot, with an API key of its own issued now
+        (a file under the dev secrets; the bot reads it from there)."""
+        if self.run.alive(BOT) is not None:
+            return
+        key_path = dev_secrets_dir(self.settings) / DEV_BOT_API_KEY_FILENAME
+        if self.settings.bot_api_key is None:
+            key = asyncio.run(self._issue_bot_key())
+            key_path.unlink(missing_ok=True)
+            write_secret_once(key_path, key + "\n")
+        env = self._children_env(BOT)
+        if self.settings.bot_api_key is None:
+            env["CARDFLOW_BOT_API_KEY_FILE"] = str(key_path)
+        record = spawn(
+            BOT,
+            [sys.executable, "-m", "starters.cli", "bot", "run"],
+            env=env,
+            log_path=self.logs / f"{BOT}.log",
+            address=self._telegram_url(),
+        )
+        self.run.write(record)
+
+    async def _issue_bot_key(self) -> str:
+        from activities.api_keys import ApiKeyStore, NewApiKey, api_key_pepper
+        from activities.database import create_pool
+        from starters.bot.run import BOT_SCOPES
+
+        pool = await create_pool(self.settings.effective_database_url, size_max=1)
+        try:
+            new = NewApiKey(name="telegram bot (dev stack)", scopes=list(BOT_SCOPES))  # type: ignore[arg-type]
+            issued = await ApiKeyStore(pool, api_key_pepper(self.settings)).create(new)
+        finally:
+            await pool.close()
+        return issued.key
+
+    def _telegram_url(self) -> str:
+        from starters.bot.run import telegram_server
+
+        return telegram_server(self.settings).base.split("/bot{token}")[0]
 
     def _ensure_schedules(self) -> None:
         """Create cardflow's Temporal Schedules that are missing (never twice),
@@ -347,6 +393,7 @@ class Stack:
     def down(self) -> list[str]:
         stopped: list[str] = []
         for name in [
+            BOT,
             *(worker_part(kind) for kind in QUEUE_KINDS),
             GATEWAY,
             SIMULATORS,
@@ -378,6 +425,7 @@ class Stack:
             )
         parts.append(await self._http_status(GATEWAY, self.settings.gateway_port, "/health"))
         parts += await self._worker_statuses(temporal.healthy)
+        parts.append(self._bot_status())
         for part in parts:
             if part.name in METRICS_PARTS and part.running:
                 port = metrics_port_of(self.settings, part.name)
@@ -450,6 +498,18 @@ class Stack:
             running,
             healthy,
             detail,
+        )
+
+    def _bot_status(self) -> PartStatus:
+        record = self.run.alive(BOT)
+        return PartStatus(
+            BOT,
+            self._telegram_url(),
+            record.pid if record else None,
+            True,
+            record is not None,
+            record is not None,
+            "polling the Telegram Bot API" if record else "not running",
         )
 
     async def _worker_statuses(self, temporal_healthy: bool) -> list[PartStatus]:

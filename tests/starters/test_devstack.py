@@ -32,6 +32,7 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from schemas.search import ALL_SEARCH_ATTRIBUTES
 from starters.devstack.stack import TEMPORAL_SQLITE_PRAGMAS
 from starters.health import ping
+from tests import polling
 from tests.conftest import free_port, scratch_directory
 from tests.starters.conftest import DemoStack, DevStack, stack_env
 from tests.starters.test_embedded_postgres import (
@@ -40,7 +41,7 @@ from tests.starters.test_embedded_postgres import (
     start_as_an_older_cardflow,
 )
 from workers.client import connect
-from workers.secrets import codec_token, codec_ui_endpoint
+from workers.secrets import codec_token, codec_ui_endpoint, telegram_bot_token
 from workflows.health import ping_workflow_id
 
 
@@ -80,6 +81,7 @@ def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevS
         "worker-workflows",
         "worker-ledger",
         "worker-providers",
+        "bot",
     }
     for part in parts.values():
         assert part["healthy"] and part["running"] and psutil.pid_exists(part["pid"]), part
@@ -106,8 +108,27 @@ def test_dev_up_starts_every_part_healthy_and_the_web_ui_answers(dev_stack: DevS
         "worker-workflows",
         "worker-ledger",
         "worker-providers",
+        "bot",
     ):
         assert (dev_stack.home / "logs" / f"{log}.log").exists()
+
+
+def test_the_dev_stacks_bot_answers_a_telegram_user_through_the_simulator(
+    dev_stack: DevStack,
+) -> None:
+    settings = dev_stack.settings()
+    bot_id = telegram_bot_token(settings).split(":", 1)[0]
+    users = f"{settings.providers_base_url}/telegram/simulate/bots/{bot_id}"
+    said = httpx.post(f"{users}/users/9191/messages", json={"text": "/balance"}, timeout=10)
+    assert said.status_code == 201, said.text
+
+    def answers() -> list[str]:
+        found = httpx.get(f"{users}/chats/9191/messages", timeout=10).json()["data"]
+        return [message["text"] for message in found]
+
+    said_back = polling.until_sync(answers, bool, "the bot answers", seconds=30)
+    # A stranger is told how to link, by the bot the stack runs.
+    assert "not linked" in said_back[0], said_back
 
 
 def test_the_demo_walks_a_customer_through_kyc_and_two_cards(demo_stack: DemoStack) -> None:
@@ -128,6 +149,8 @@ def test_the_demo_walks_a_customer_through_kyc_and_two_cards(demo_stack: DemoSta
     assert "declined: insufficient_funds" in output
     assert "decline" in output and "Not enough money in your wallet" in output
     assert "each signature verified" in output and "upstream app was sent 0 " not in output
+    # And how to talk to the customer's bot, linked by a fresh code.
+    assert "/telegram/simulate/bots/" in output and "/start " in output
 
 
 async def test_search_attributes_exist_on_the_server_after_dev_up(dev_stack: DevStack) -> None:
