@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import typer
-from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 
 from starters import console
-from starters.bot.api import CardflowApi
-from starters.bot.handlers import dispatcher
 from workers.secrets import telegram_bot_token
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from aiogram.client.telegram import TelegramAPIServer
 
 log = logging.getLogger("cardflow.bot")
 
@@ -28,14 +27,30 @@ POLLING_TIMEOUT_SECONDS = 10
 bot_app = typer.Typer(help="The customers' Telegram bot.", no_args_is_help=True)
 
 
+def telegram_base_url(settings: Settings) -> str:
+    """Where the Bot API is: the configured one, else the simulators'."""
+    if settings.telegram_api_url:
+        return settings.telegram_api_url.rstrip("/")
+    return f"{settings.providers_base_url}/telegram"
+
+
 def telegram_server(settings: Settings) -> TelegramAPIServer:
-    """The Bot API the bot calls: the configured one, else the simulators'."""
+    """The Bot API the bot calls (aiogram is imported by the bot alone: its
+    import costs every other command 2.6 s)."""
+    from aiogram.client.telegram import TelegramAPIServer
+
     if settings.telegram_api_url:
         return TelegramAPIServer.from_base(settings.telegram_api_url.rstrip("/"))
     return TelegramAPIServer.from_base(f"{settings.providers_base_url}/telegram")
 
 
 async def run_bot(settings: Settings) -> None:
+    from aiogram import Bot
+    from aiogram.client.session.aiohttp import AiohttpSession
+
+    from starters.bot.api import CardflowApi
+    from starters.bot.handlers import dispatcher
+
     if settings.bot_api_key is None:
         raise typer.BadParameter(
             "set CARDFLOW_BOT_API_KEY: cardflow apikey create --name bot "

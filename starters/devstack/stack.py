@@ -174,9 +174,9 @@ class Stack:
         return issued.key
 
     def _telegram_url(self) -> str:
-        from starters.bot.run import telegram_server
+        from starters.bot.run import telegram_base_url
 
-        return telegram_server(self.settings).base.split("/bot{token}")[0]
+        return telegram_base_url(self.settings)
 
     def _ensure_schedules(self) -> None:
         """Create cardflow's Temporal Schedules that are missing (never twice),

@@ -3,8 +3,9 @@ inside Telegram reads, for the customer the Telegram user is linked to.
 
 Every request carries the WebApp's initData as `Authorization: tma
 <initData>`. It is checked with the bot's token (Telegram's HMAC-SHA256, by
-aiogram), its `auth_date` must be at most CARDFLOW_WEBAPP_INIT_DATA_SECONDS_MAX
-old, and its user must be linked to a customer (activities/telegram.py):
+telegram-webapp-auth), its `auth_date` must be at most
+CARDFLOW_WEBAPP_INIT_DATA_SECONDS_MAX old, and its user must be linked to a
+customer (activities/telegram.py):
 
 - a forged or malformed initData, or a stale one, is 401 `unauthenticated`;
 - a user linked to no customer is 403 `customer_not_allowed`.
@@ -14,11 +15,12 @@ The routes take no customer id: a user only ever reads their own customer.
 
 from __future__ import annotations
 
-import time
+from datetime import timedelta
 from typing import Annotated
 
-from aiogram.utils.web_app import safe_parse_webapp_init_data
 from fastapi import APIRouter, Depends, Query, Request
+from telegram_webapp_auth.auth import TelegramAuthenticator, generate_secret_key
+from telegram_webapp_auth.errors import BaseTWAError, ExpiredInitDataError
 
 from activities.events import FEED_PAGE_MAX, FeedQuery, feed_page
 from activities.telegram import TelegramLinks
@@ -39,13 +41,14 @@ router = APIRouter(
 )
 
 
-def _bot_token(request: Request) -> str:
-    """The bot's token, read once per app."""
-    token: str | None = getattr(request.app.state, "telegram_bot_token", None)
-    if token is None:
+def _authenticator(request: Request) -> TelegramAuthenticator:
+    """The initData checker keyed by the bot's token, made once per app."""
+    found: TelegramAuthenticator | None = getattr(request.app.state, "webapp_authenticator", None)
+    if found is None:
         token = telegram_bot_token(settings_of(request.app))
-        request.app.state.telegram_bot_token = token
-    return token
+        found = TelegramAuthenticator(generate_secret_key(token))
+        request.app.state.webapp_authenticator = found
+    return found
 
 
 async def webapp_customer(request: Request, pool: DatabasePool) -> str:
@@ -57,13 +60,15 @@ async def webapp_customer(request: Request, pool: DatabasePool) -> str:
         )
     if len(init_data) > INIT_DATA_CHARS_MAX:
         raise ApiError(GatewayCode.UNAUTHENTICATED, "initData is too long to be one")
+    age_max = timedelta(seconds=settings_of(request.app).webapp_init_data_seconds_max)
     try:
-        parsed = safe_parse_webapp_init_data(_bot_token(request), init_data)
-    except ValueError:
+        parsed = _authenticator(request).validate(init_data, expr_in=age_max)
+    except ExpiredInitDataError:
+        raise ApiError(
+            GatewayCode.UNAUTHENTICATED, "initData is too old: open the WebApp again"
+        ) from None
+    except (BaseTWAError, ValueError):
         raise ApiError(GatewayCode.UNAUTHENTICATED, "initData does not verify") from None
-    age_seconds = time.time() - parsed.auth_date.timestamp()
-    if age_seconds > settings_of(request.app).webapp_init_data_seconds_max:
-        raise ApiError(GatewayCode.UNAUTHENTICATED, "initData is too old: open the WebApp again")
     if parsed.user is None:
         raise ApiError(GatewayCode.UNAUTHENTICATED, "initData names no user")
     customer_id = await TelegramLinks(pool).customer_of(parsed.user.id)
