@@ -26,6 +26,8 @@ Options (PUT /_admin/options/telegram), read on every Bot API call:
                        parameters.retry_after = retry_after seconds (0)
     retry_after        seconds (1)
     server_errors      the next this many calls answer 502 Bad Gateway (0)
+    fault_methods      the methods those answers are for, e.g. ["sendMessage"]
+                       (unset: any call)
 """
 
 from __future__ import annotations
@@ -143,8 +145,12 @@ def create(context: SimulatorContext) -> FastAPI:
     def option(name: str, default: Any) -> Any:
         return context.option(NAME, name, default)
 
-    def take_fault() -> None:
-        """The options' 429 and 5xx, each consumed by one call."""
+    def take_fault(method: str) -> None:
+        """The options' 429 and 5xx, each consumed by one call (of the
+        methods `fault_methods` names, when it names any)."""
+        methods = option("fault_methods", None)
+        if methods and method not in methods:
+            return
         throttled = int(option("too_many_requests", 0))
         if throttled > 0:
             context.options.setdefault(NAME, {})["too_many_requests"] = throttled - 1
@@ -278,7 +284,7 @@ def create(context: SimulatorContext) -> FastAPI:
         bot_id = int(matched["bot_id"])
         store.put(BOTS, str(bot_id), {"token": token})
         try:
-            take_fault()
+            take_fault(method)
             result = await call(bot_id, method, await arguments(request))
         except BotApiError as error:
             return _error(error)

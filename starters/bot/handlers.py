@@ -23,8 +23,6 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 from schemas.money import Currency, Money
 from starters.bot.api import ApiRefused, CardflowApi, NotLinked
 
-router = Router(name="cardflow")
-
 NOT_LINKED = (
     "This Telegram account is not linked to a cardflow customer yet. "
     "Open the cardflow app and tap Connect Telegram."
@@ -32,6 +30,7 @@ NOT_LINKED = (
 MENU = "/balance your money, /cards your cards, /transactions what happened lately"
 # What each card state lets the customer do from here, and the button's label.
 BUTTONS = {"open": ("freeze", "Freeze"), "paused": ("unfreeze", "Unfreeze")}
+BUTTON_ACTIONS = [action for action, _ in BUTTONS.values()]
 
 
 class CardPress(CallbackData, prefix="card"):
@@ -44,7 +43,14 @@ def money(amount_minor: int, currency: str) -> str:
 
 
 def dispatcher(api: CardflowApi) -> Dispatcher:
-    """The bot's dispatcher, its handlers given `api`."""
+    """The bot's dispatcher (a new one each time), its handlers given `api`."""
+    router = Router(name="cardflow")
+    router.message.register(start_with_code, CommandStart(deep_link=True))
+    router.message.register(start, CommandStart())
+    router.message.register(balance, Command("balance"))
+    router.message.register(cards, Command("cards"))
+    router.message.register(transactions, Command("transactions"))
+    router.callback_query.register(press, CardPress.filter(F.action.in_(set(BUTTON_ACTIONS))))
     found = Dispatcher()
     found["api"] = api
     found.include_router(router)
@@ -60,7 +66,6 @@ async def _customer(message: Message, api: CardflowApi) -> str | None:
         return None
 
 
-@router.message(CommandStart(deep_link=True))
 async def start_with_code(message: Message, command: CommandObject, api: CardflowApi) -> None:
     assert message.from_user is not None
     try:
@@ -71,13 +76,11 @@ async def start_with_code(message: Message, command: CommandObject, api: Cardflo
     await message.answer(f"Your Telegram is linked to cardflow. {MENU}")
 
 
-@router.message(CommandStart())
 async def start(message: Message, api: CardflowApi) -> None:
     if await _customer(message, api) is not None:
         await message.answer(f"Welcome back. {MENU}")
 
 
-@router.message(Command("balance"))
 async def balance(message: Message, api: CardflowApi) -> None:
     customer_id = await _customer(message, api)
     if customer_id is None:
@@ -102,7 +105,6 @@ def _card_markup(card: dict[str, Any]) -> InlineKeyboardMarkup | None:
     )
 
 
-@router.message(Command("cards"))
 async def cards(message: Message, api: CardflowApi) -> None:
     customer_id = await _customer(message, api)
     if customer_id is None:
@@ -117,7 +119,6 @@ async def cards(message: Message, api: CardflowApi) -> None:
         )
 
 
-@router.callback_query(CardPress.filter(F.action.in_({"freeze", "unfreeze"})))
 async def press(query: CallbackQuery, callback_data: CardPress, api: CardflowApi) -> None:
     message = query.message
     assert message is not None
@@ -137,7 +138,6 @@ async def press(query: CallbackQuery, callback_data: CardPress, api: CardflowApi
         )
 
 
-@router.message(Command("transactions"))
 async def transactions(message: Message, api: CardflowApi) -> None:
     customer_id = await _customer(message, api)
     if customer_id is None:

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import typer
 
 from starters import console
 from workers.secrets import telegram_bot_token
 from workers.settings import Settings
-
-if TYPE_CHECKING:
-    from aiogram.client.telegram import TelegramAPIServer
 
 log = logging.getLogger("cardflow.bot")
 
@@ -34,22 +30,10 @@ def telegram_base_url(settings: Settings) -> str:
     return f"{settings.providers_base_url}/telegram"
 
 
-def telegram_server(settings: Settings) -> TelegramAPIServer:
-    """The Bot API the bot calls (aiogram is imported by the bot alone: its
-    import costs every other command 2.6 s)."""
-    from aiogram.client.telegram import TelegramAPIServer
-
-    if settings.telegram_api_url:
-        return TelegramAPIServer.from_base(settings.telegram_api_url.rstrip("/"))
-    return TelegramAPIServer.from_base(f"{settings.providers_base_url}/telegram")
-
-
 async def run_bot(settings: Settings) -> None:
-    from aiogram import Bot
-    from aiogram.client.session.aiohttp import AiohttpSession
-
     from starters.bot.api import CardflowApi
     from starters.bot.handlers import dispatcher
+    from starters.bot.retries import retrying_bot
 
     if settings.bot_api_key is None:
         raise typer.BadParameter(
@@ -57,7 +41,7 @@ async def run_bot(settings: Settings) -> None:
             + " ".join(f"--scope {scope}" for scope in BOT_SCOPES)
         )
     api = CardflowApi(settings.gateway_base_url, settings.bot_api_key.get_secret_value())
-    bot = Bot(telegram_bot_token(settings), session=AiohttpSession(api=telegram_server(settings)))
+    bot = retrying_bot(telegram_bot_token(settings), telegram_base_url(settings))
     try:
         me = await bot.get_me()
         log.info("bot @%s polls for updates", me.username)

@@ -15,15 +15,13 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
-from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 
 from activities.api_keys import SCOPE_CUSTOMERS_READ, SCOPE_PROCESSES_START, SCOPE_TELEGRAM_LINK
 from schemas.cards import CardInput
 from schemas.issuer import CardState
 from starters.bot.api import CardflowApi
 from starters.bot.handlers import dispatcher
+from starters.bot.retries import retrying_bot
 from tests import polling
 from tests.conftest import Platform
 from tests.customers import authorize, card_state, open_card
@@ -83,10 +81,7 @@ async def chat(platform: Platform) -> AsyncIterator[Chat]:
     )
     api = CardflowApi(platform.gateway_url, headers["Authorization"].removeprefix("Bearer "))
     telegram_url = platform.sim.provider_url("telegram")
-    bot = Bot(
-        f"{bot_id}:{uuid.uuid4().hex}",
-        session=AiohttpSession(api=TelegramAPIServer.from_base(telegram_url)),
-    )
+    bot = retrying_bot(f"{bot_id}:{uuid.uuid4().hex}", telegram_url)
     polling_task = asyncio.ensure_future(
         dispatcher(api).start_polling(bot, handle_signals=False, polling_timeout=1)
     )
@@ -138,6 +133,27 @@ async def test_linked_by_the_app_the_bot_shows_money_freezes_once_and_says_why_d
         return "frozen" in said["text"]
 
     await polling.eventually(decline_listed, "the decline and its reason are listed")
+
+
+async def test_the_bot_answers_through_telegrams_429_and_5xx(
+    platform: Platform, chat: Chat
+) -> None:
+    # Telegram throttles the bot's next answer (retry after 1 s), then fails two with 502.
+    platform.sim.admin(
+        "PUT",
+        "/options/telegram",
+        {"fault_methods": ["sendMessage"], "too_many_requests": 1, "retry_after": 1},
+    )
+    throttled = await chat.reply_to("/start")
+    assert "not linked" in throttled["text"]
+    platform.sim.admin("PUT", "/options/telegram", {"server_errors": 2})
+    failed_twice = await chat.reply_to("/balance")
+    assert "not linked" in failed_twice["text"]
+    options = platform.sim.admin("PUT", "/options/telegram", {})
+    # Both faults were taken by the answers, which got through all the same.
+    assert (options["too_many_requests"], options["server_errors"]) == (0, 0)
+    # Each answer was sent once, not once per attempt.
+    assert [m["text"] for m in await chat.bot_said()].count(failed_twice["text"]) == 2
 
 
 def test_only_the_bot_imports_aiogram() -> None:
