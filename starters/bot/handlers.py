@@ -8,17 +8,28 @@ acted on through the public API (starters/bot/api.py):
 - `/cards`: each card with its state and a Freeze or Unfreeze button; a
   button acts once however often it is pressed (its Idempotency-Key is the
   message and the action);
-- `/transactions`: the last entries of the feed, declines with their reason.
+- `/transactions`: the last entries of the feed, declines with their reason;
+- `/topup`: how to top up: the bank transfer's reference (the customer's id,
+  which the bank top-up matches) and the USDT-TRC20 deposit address, with
+  its QR code.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import segno
 from aiogram import Dispatcher, F, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
+from aiogram.types import (
+    BufferedInputFile,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+)
 
 from schemas.money import Currency, Money
 from starters.bot.api import ApiRefused, CardflowApi, NotLinked
@@ -27,7 +38,12 @@ NOT_LINKED = (
     "This Telegram account is not linked to a cardflow customer yet. "
     "Open the cardflow app and tap Connect Telegram."
 )
-MENU = "/balance your money, /cards your cards, /transactions what happened lately"
+MENU = (
+    "/balance your money, /cards your cards, /transactions what happened lately, "
+    "/topup how to add money"
+)
+# A QR code's module size in pixels: a phone's camera reads it off a screen.
+QR_SCALE = 8
 # What each card state lets the customer do from here, and the button's label.
 BUTTONS = {"open": ("freeze", "Freeze"), "paused": ("unfreeze", "Unfreeze")}
 BUTTON_ACTIONS = [action for action, _ in BUTTONS.values()]
@@ -50,6 +66,7 @@ def dispatcher(api: CardflowApi) -> Dispatcher:
     router.message.register(balance, Command("balance"))
     router.message.register(cards, Command("cards"))
     router.message.register(transactions, Command("transactions"))
+    router.message.register(topup, Command("topup"))
     router.callback_query.register(press, CardPress.filter(F.action.in_(set(BUTTON_ACTIONS))))
     found = Dispatcher()
     found["api"] = api
@@ -151,3 +168,24 @@ async def transactions(message: Message, api: CardflowApi) -> None:
             line += f": {entry['reason']}"
         lines.append(line)
     await message.answer("\n".join(lines) or "Nothing yet.")
+
+
+async def topup(message: Message, api: CardflowApi) -> None:
+    customer_id = await _customer(message, api)
+    if customer_id is None:
+        return
+    view = await api.customer(customer_id)
+    await message.answer(
+        f"By bank transfer: write {customer_id} as the payment reference; it is credited "
+        "to the wallet of the transfer's currency."
+    )
+    address = view.get("usdt_deposit_address")
+    if not address:
+        await message.answer("The USDT address is not available right now: try /topup later.")
+        return
+    image = io.BytesIO()
+    segno.make(address, error="m").save(image, kind="png", scale=QR_SCALE)
+    await message.answer_photo(
+        BufferedInputFile(image.getvalue(), filename="usdt-trc20.png"),
+        caption=f"USDT on Tron (TRC-20) to {address}",
+    )

@@ -6,6 +6,8 @@ that follows with its reason."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import subprocess
 import sys
 import uuid
@@ -15,12 +17,14 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
+import segno
 
 from activities.api_keys import SCOPE_CUSTOMERS_READ, SCOPE_PROCESSES_START, SCOPE_TELEGRAM_LINK
+from activities.providers.tron import TronClient
 from schemas.cards import CardInput
 from schemas.issuer import CardState
 from starters.bot.api import CardflowApi
-from starters.bot.handlers import dispatcher
+from starters.bot.handlers import QR_SCALE, dispatcher
 from starters.bot.retries import retrying_bot
 from tests import polling
 from tests.conftest import Platform
@@ -109,6 +113,7 @@ async def test_linked_by_the_app_the_bot_shows_money_freezes_once_and_says_why_d
     assert "linked" in linked["text"]
     shown = await chat.reply_to("/balance")
     assert "USD: 100.00 USD available" in shown["text"]
+    await topup_told(platform, chat, customer_id)
 
     listed = await chat.reply_to("/cards")
     assert listed["text"] == f"Card {card_id} (virtual): open"
@@ -133,6 +138,28 @@ async def test_linked_by_the_app_the_bot_shows_money_freezes_once_and_says_why_d
         return "frozen" in said["text"]
 
     await polling.eventually(decline_listed, "the decline and its reason are listed")
+
+
+async def topup_told(platform: Platform, chat: Chat, customer_id: str) -> None:
+    """/topup: the bank reference, then the USDT address with its QR code."""
+    before = len(await chat.bot_said())
+    await chat.say("/topup")
+
+    async def both() -> bool:
+        return len(await chat.bot_said()) >= before + 2
+
+    await polling.eventually(both, "the bot tells how to top up")
+    bank, usdt = (await chat.bot_said())[before : before + 2]
+    assert f"write {customer_id} as the payment reference" in bank["text"]
+    async with TronClient(platform.sim.provider_url("tron")) as tron:
+        address = (await tron.customer_address(customer_id)).address
+    assert usdt["caption"] == f"USDT on Tron (TRC-20) to {address}"
+    # The picture is the QR code of that very address.
+    expected = io.BytesIO()
+    segno.make(address, error="m").save(expected, kind="png", scale=QR_SCALE)
+    [photo] = usdt["photo"]
+    assert photo["file_size"] == len(expected.getvalue())
+    assert photo["file_unique_id"] == hashlib.sha256(expected.getvalue()).hexdigest()[:16]
 
 
 async def test_the_bot_answers_through_telegrams_429_and_5xx(
