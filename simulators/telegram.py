@@ -18,6 +18,7 @@ Users, driven by tests and the demo:
     POST /telegram/simulate/bots/{bot_id}/users/{user_id}/messages   {"text"}
     POST /telegram/simulate/bots/{bot_id}/users/{user_id}/presses    {"message_id", "data"}
     GET  /telegram/simulate/bots/{bot_id}/chats/{chat_id}/messages   what the bot sent
+    GET  /telegram/simulate/bots/{bot_id}/polls                      long polls waiting
     POST /telegram/simulate/bots/{bot_id}/users/{user_id}/webapp     initData, signed
          with the bot's token as Telegram signs it for a user opening the WebApp
 
@@ -92,6 +93,8 @@ def create(context: SimulatorContext) -> FastAPI:
     store = context.store
     # Long polls waiting for a bot's next update, by bot id.
     arrived: dict[int, asyncio.Event] = {}
+    # Long polls waiting now, by bot id (a test writes once the bot waits).
+    polling: dict[int, int] = {}
 
     def wake(bot_id: int) -> None:
         arrived.setdefault(bot_id, asyncio.Event()).set()
@@ -214,10 +217,13 @@ def create(context: SimulatorContext) -> FastAPI:
             if not found and wait:
                 event = arrived.setdefault(bot_id, asyncio.Event())
                 event.clear()
+                polling[bot_id] = polling.get(bot_id, 0) + 1
                 try:
                     await asyncio.wait_for(event.wait(), wait)
                 except TimeoutError:
                     pass
+                finally:
+                    polling[bot_id] -= 1
                 found = pending_updates(bot_id, offset, limit)
             return found
         if method == "sendMessage":
@@ -338,6 +344,10 @@ def create(context: SimulatorContext) -> FastAPI:
             f"{bot_id}/{chat_id}/%",
         )
         return {"data": [json.loads(row[0]) for row in rows]}
+
+    @app.get("/simulate/bots/{bot_id}/polls")
+    async def polls_waiting(bot_id: UserId) -> dict[str, int]:
+        return {"waiting": polling.get(bot_id, 0)}
 
     @app.get("/simulate/bots/{bot_id}/presses/{callback_query_id}")
     async def press_answered(bot_id: UserId, callback_query_id: str) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from aiogram.exceptions import TelegramRetryAfter, TelegramServerError, Telegram
 from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
 from aiogram.utils.web_app import safe_parse_webapp_init_data
 
+from tests import polling
+
 BOT_ID = 7_000_000_077
 
 
@@ -90,9 +92,17 @@ async def test_a_long_poll_returns_as_soon_as_a_user_writes(bot: Bot, sim: Any) 
     backlog = await bot.get_updates(offset=0, timeout=0)
     offset = backlog[-1].update_id + 1 if backlog else 0
     waiting = asyncio.ensure_future(bot.get_updates(offset=offset, timeout=20))
-    await asyncio.sleep(0)  # the poll is out before the user writes
-    with users(sim) as telegram:
-        telegram.post(f"/users/{user_id}/messages", json={"text": "balance"})
+    async with httpx.AsyncClient(
+        base_url=f"{sim.provider_url('telegram')}/simulate/bots/{BOT_ID}"
+    ) as telegram:
+
+        async def poll_waits() -> bool:
+            return bool((await telegram.get("/polls")).json()["waiting"])
+
+        # The user writes once Telegram reports the bot's poll waiting.
+        await polling.eventually(poll_waits, "the bot's long poll waits")
+        await telegram.post(f"/users/{user_id}/messages", json={"text": "balance"})
+    # Answered at the message, well before the poll's 20 s.
     updates = await asyncio.wait_for(waiting, 10)
     assert [u.message.text for u in updates if u.message] == ["balance"]
 

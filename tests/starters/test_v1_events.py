@@ -128,7 +128,8 @@ async def test_the_feed_takes_customers_read_and_knows_its_customers(platform: P
         refused = await http.get(path, headers=reader)
         assert refused.status_code == 403 and refused.json()["code"] == "scope_missing"
         other = await platform.key_headers(SCOPE_CUSTOMERS_READ, customers=["someone_else"])
-        assert (await http.get(path, headers=other)).status_code in (403, 404)
+        theirs = await http.get(path, headers=other)
+        assert theirs.status_code == 403 and theirs.json()["code"] == "customer_not_allowed"
         allowed = await platform.key_headers(SCOPE_CUSTOMERS_READ)
         missing = await http.get("/v1/customers/nobody_here/transactions", headers=allowed)
         assert missing.status_code == 404, missing.text
