@@ -129,7 +129,9 @@ async def events_after(
 
 
 async def event_by_id(pool: asyncpg.Pool, found_id: str) -> CustomerEvent | None:
-    await sequence(pool)
+    """An event that has its position. Its id was learnt from the stream or a
+    delivery, both of which read positioned events: no sequencing here (it
+    would cost every delivery a second round trip)."""
     row = await pool.fetchrow(
         f"SELECT {_EVENT_COLUMNS} FROM customer_events WHERE event_id = $1 AND seq IS NOT NULL",
         found_id,
