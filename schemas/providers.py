@@ -8,5 +8,7 @@ FX = "fx"
 TRON = "tron"
 BANK = "bank"
 NOTIFY = "notify"
+# The Telegram Bot API: cardflow's own bot, not a webhook-sending provider.
+TELEGRAM = "telegram"
 
 PROVIDERS: tuple[str, ...] = (ISSUER, KYC, FX, TRON, BANK, NOTIFY)

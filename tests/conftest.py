@@ -269,10 +269,11 @@ async def make_stack(
         *,
         providers_url: str = UNREACHABLE_PROVIDERS_URL,
         prefix: str | None = None,
+        telegram_bot_token: str | None = None,
     ) -> AsyncIterator[RunningStack]:
         queues = TaskQueues(prefix=prefix or f"test-{uuid.uuid4().hex[:12]}")
         pool = await create_pool(database_url, size_max=TEST_POOL_SIZE_MAX)
-        clients = ProviderClients(providers_url)
+        clients = ProviderClients(providers_url, telegram_bot_token=telegram_bot_token)
         faults = WorkflowTaskFaults()
 
         def worker_of(kind: str) -> Worker:
@@ -482,6 +483,7 @@ async def platform(
 
     from starters.gateway.app import create_app
     from starters.gateway.server import gateway_config
+    from workers.secrets import telegram_bot_token
     from workers.settings import load_settings
 
     gateway_port = free_port()
@@ -495,7 +497,12 @@ async def platform(
         DATABASE_URL=database_url,
         CARDFLOW_PROVIDERS_URL=sim.url,
     )
-    async with make_stack(providers_url=sim.url, prefix=prefix) as stack:
+    # The customers' bot's token, as the gateway (WebApp initData) and the
+    # providers worker (Telegram notifications) both know it.
+    bot_token = telegram_bot_token(settings)
+    async with make_stack(
+        providers_url=sim.url, prefix=prefix, telegram_bot_token=bot_token
+    ) as stack:
         pool = await create_pool(database_url, size_max=4)
         app = create_app(settings, client=stack.client, pool=pool)
         # The production server and its deadlines (starters/gateway/server.py).

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any, NamedTuple
 
+import httpx
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 
 from activities.customers import CustomerStore
@@ -38,6 +39,7 @@ from schemas.money import Currency
 from tests import polling
 from tests.conftest import Platform, RunningStack
 from tests.replays import NONDETERMINISM, nondeterminism_report
+from workers.secrets import telegram_bot_token
 from workflows.card_issue import CARD_ISSUE_WORKFLOW, card_issue_workflow_id
 from workflows.cards import CARD_WORKFLOW, LIMITS_UPDATE, card_workflow_id
 
@@ -286,3 +288,20 @@ async def authorize(
             partial_approval_capable=partial,
             idempotency_key=f"auth-{uuid.uuid4().hex}",
         )
+
+
+# ----- Telegram ------------------------------------------------------------------------
+
+
+def bot_id(platform: Platform) -> int:
+    """The id of the customers' bot the platform's gateway and workers know."""
+    return int(telegram_bot_token(platform.settings).split(":")[0])
+
+
+async def telegram_said(platform: Platform, chat_id: int | str) -> list[str]:
+    """The texts the customers' bot sent to the chat, oldest first (the
+    Telegram simulator's record)."""
+    async with httpx.AsyncClient(base_url=platform.sim.provider_url("telegram")) as telegram:
+        answer = await telegram.get(f"/simulate/bots/{bot_id(platform)}/chats/{chat_id}/messages")
+    assert answer.status_code == 200, answer.text
+    return [str(message.get("text") or message.get("caption")) for message in answer.json()["data"]]

@@ -17,6 +17,7 @@ from workers.build import build_worker
 from workers.census import taking_census
 from workers.client import connect
 from workers.heap import freeze_startup
+from workers.secrets import telegram_bot_token
 from workers.settings import Settings
 from workers.telemetry import configure_logging, start_telemetry
 
@@ -51,7 +52,11 @@ async def run_worker(kind: str, settings: Settings) -> None:
     if kind == "providers":
         # Reads customers' notification preferences; a few connections suffice.
         pool = await create_pool(settings.effective_database_url, size_max=PROVIDERS_POOL_SIZE_MAX)
-        provider_clients = ProviderClients(settings.providers_base_url)
+        provider_clients = ProviderClients(
+            settings.providers_base_url,
+            telegram_bot_token=telegram_bot_token(settings),
+            telegram_api_url=settings.telegram_api_url,
+        )
     worker = build_worker(
         kind,
         client,

@@ -19,13 +19,14 @@ from activities.providers.issuer import IssuerClient
 from activities.providers.kyc import KycClient
 from activities.providers.notify import NotifyClient
 from activities.providers.quotes import QuoteActivities
+from activities.providers.telegram import TelegramBotClient
 from activities.providers.tron import TronClient
 from activities.queues import provider_activity
 from schemas.customers import Notification, NotificationReceipt
 from schemas.kyc import KycApplicant, KycCheck, KycDocument
 from schemas.notify import Channel
 from schemas.onboarding import ApplicantRequest, CheckRequest, DocumentUpload
-from schemas.providers import BANK, FX, ISSUER, KYC, NOTIFY, TRON
+from schemas.providers import BANK, FX, ISSUER, KYC, NOTIFY, TELEGRAM, TRON
 
 KYC_CREATE_APPLICANT = "kyc.create_applicant"
 KYC_ADD_DOCUMENT = "kyc.add_document"
@@ -36,16 +37,30 @@ NOTIFY_CUSTOMER = "notifications.send"
 class ProviderClients:
     """One client per provider, for one worker process."""
 
-    def __init__(self, providers_base_url: str) -> None:
+    def __init__(
+        self,
+        providers_base_url: str,
+        *,
+        telegram_bot_token: str | None = None,
+        telegram_api_url: str | None = None,
+    ) -> None:
         self.kyc = KycClient(f"{providers_base_url}/{KYC}")
         self.notify = NotifyClient(f"{providers_base_url}/{NOTIFY}")
         self.issuer = IssuerClient(f"{providers_base_url}/{ISSUER}")
         self.fx = FxClient(f"{providers_base_url}/{FX}")
         self.bank = BankClient(f"{providers_base_url}/{BANK}")
         self.tron = TronClient(f"{providers_base_url}/{TRON}")
+        # The customers' bot sends their Telegram notifications itself; without
+        # its token, none can be sent (the Bot API is the simulators' unless set).
+        self.telegram: TelegramBotClient | None = None
+        if telegram_bot_token is not None:
+            self.telegram = TelegramBotClient(
+                telegram_api_url or f"{providers_base_url}/{TELEGRAM}", telegram_bot_token
+            )
 
     def _all(self) -> tuple[ProviderClient, ...]:
-        return (self.kyc, self.notify, self.issuer, self.fx, self.bank, self.tron)
+        clients = (self.kyc, self.notify, self.issuer, self.fx, self.bank, self.tron)
+        return clients + ((self.telegram,) if self.telegram is not None else ())
 
     def time_calls_on(self, meter: MetricMeter) -> None:
         """Time the calls made outside activities (the gateway's) on `meter`;
@@ -111,6 +126,10 @@ class ProviderActivities:
             if not address:
                 continue
             key = f"{notification.key}/{channel.value}"
+            if channel is Channel.TELEGRAM:
+                message_ids.append(await self._telegram(key, int(address), notification))
+                channels.append(channel)
+                continue
             message = await self.clients.notify.send_message(
                 channel=channel,
                 to=address,
@@ -122,6 +141,32 @@ class ProviderActivities:
             message_ids.append(message.id)
             channels.append(channel)
         return NotificationReceipt(key=notification.key, message_ids=message_ids, channels=channels)
+
+    async def _telegram(self, key: str, chat_id: int, notification: Notification) -> str:
+        """Send through the customers' bot, once per key: a send already made is
+        found in telegram_messages. The Bot API has no idempotency key, so a
+        send whose answer was lost is made again (at least once, never lost)."""
+        sent = await self.pool.fetchval(
+            "SELECT message_id FROM telegram_messages WHERE dedupe_key = $1", key
+        )
+        if sent is None:
+            if self.clients.telegram is None:
+                raise ApplicationError(
+                    "the customer prefers Telegram and no bot token is configured"
+                    " (CARDFLOW_TELEGRAM_BOT_TOKEN)",
+                    type="TelegramNotConfigured",
+                    non_retryable=True,
+                )
+            text = f"{notification.subject}\n\n{notification.body}"
+            sent = await self.clients.telegram.send_message(chat_id, text, idempotency_key=key)
+            await self.pool.execute(
+                "INSERT INTO telegram_messages (dedupe_key, chat_id, message_id)"
+                " VALUES ($1, $2, $3) ON CONFLICT (dedupe_key) DO NOTHING",
+                key,
+                chat_id,
+                sent,
+            )
+        return f"tg_{chat_id}_{sent}"
 
     def all(self) -> list[object]:
         return [

@@ -99,13 +99,28 @@ class _RetryInCall(Exception):
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
+    """The wait a 429 asks for: its Retry-After header, or in the Telegram Bot
+    API's own shape, the body's `parameters.retry_after`."""
     value = response.headers.get("retry-after")
+    if value is None and response.status_code == 429:
+        value = _body_retry_after(response)
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _body_retry_after(response: httpx.Response) -> Any:
+    if len(response.content) > ERROR_BODY_BYTES_MAX:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    parameters = body.get("parameters") if isinstance(body, dict) else None
+    return parameters.get("retry_after") if isinstance(parameters, dict) else None
 
 
 def _in_call_retryable(method: str, keyed: bool) -> Any:

@@ -2,7 +2,8 @@
 
 A POST/PUT/PATCH/DELETE with an `Idempotency-Key` header is answered once;
 a repeat with the same body gets the stored answer (with header
-`Idempotent-Replayed: true`), a repeat with another body gets 409. A request
+`Idempotent-Replayed: true`), a repeat with another body gets 409 (except on
+UNKEYED_PATH_PREFIXES). A request
 whose client disconnected before its body arrived is neither served nor
 remembered.
 """
@@ -17,6 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from simulators.framework.store import Store
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+# Paths that take no Idempotency-Key: the admin API, and the Telegram Bot
+# API, which ignores the header (a repeated sendMessage sends again).
+UNKEYED_PATH_PREFIXES = ("/_admin", "/telegram/")
 
 
 class IdempotencyMiddleware:
@@ -30,7 +34,7 @@ class IdempotencyMiddleware:
             return
         headers = dict(scope.get("headers", []))
         key = headers.get(b"idempotency-key", b"").decode()
-        if not key or scope.get("path", "").startswith("/_admin"):
+        if not key or scope.get("path", "").startswith(UNKEYED_PATH_PREFIXES):
             await self.app(scope, receive, send)
             return
         body = b""

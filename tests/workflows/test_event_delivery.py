@@ -24,7 +24,6 @@ from activities.api_keys import (
 from activities.customers import CustomerStore
 from activities.events import CUSTOMERS_ENDPOINT_ID, create_endpoint, sequence
 from activities.ledger import Ledger
-from activities.providers.notify import NotifyClient
 from schemas import accounts
 from schemas.cards import SpendingLimits
 from schemas.events import DeliveryPolicy, EventDeliveryInput, EventDeliveryStatus
@@ -36,7 +35,16 @@ from starters.devstack.processes import free_port
 from starters.events import ensure_customer_notifications, start_delivery
 from tests import polling
 from tests.conftest import Platform
-from tests.customers import CASINO, SHOP, authorize, customer, issuer, open_card, profile
+from tests.customers import (
+    CASINO,
+    SHOP,
+    authorize,
+    customer,
+    issuer,
+    open_card,
+    profile,
+    telegram_said,
+)
 from tests.providers import WebhookReceiver, webhook_receiver
 from workflows.cards import LIMITS_UPDATE
 from workflows.event_delivery import STAGE_DISABLED, event_delivery_workflow_id
@@ -309,36 +317,34 @@ async def test_customers_are_told_of_a_decline_with_its_reason_and_of_each_clear
             bought.id, amount_minor=2_500, final=True, idempotency_key=f"clear-{bought.id}"
         )
     try:
-        async with NotifyClient(platform.sim.provider_url("notify")) as notify:
 
-            async def told() -> list[str]:
-                page = await notify.list_messages(channel=Channel.TELEGRAM, to=chat)
-                return [message.body for message in page.data]
+        async def told() -> list[str]:
+            return await telegram_said(platform, chat)
 
-            async def both_told() -> bool:
-                return len(await told()) >= 2
+        async def both_told() -> bool:
+            return len(await told()) >= 2
 
-            await polling.eventually(both_told, "the customer is told of both")
-            # Nothing more comes: the process has gone past every event of both.
-            await sequence(pool)
-            last = await pool.fetchval(
-                "SELECT max(seq) FROM customer_events WHERE customer_id = $1"
-                " AND type IN ('authorization.declined', 'transaction.cleared')",
-                customer_id,
-            )
+        await polling.eventually(both_told, "the customer is told of both")
+        # Nothing more comes: the process has gone past every event of both.
+        await sequence(pool)
+        last = await pool.fetchval(
+            "SELECT max(seq) FROM customer_events WHERE customer_id = $1"
+            " AND type IN ('authorization.declined', 'transaction.cleared')",
+            customer_id,
+        )
 
-            async def past_them() -> bool:
-                status = await handle.query("status", result_type=EventDeliveryStatus)
-                return bool(status.after_seq >= last)
+        async def past_them() -> bool:
+            status = await handle.query("status", result_type=EventDeliveryStatus)
+            return bool(status.after_seq >= last)
 
-            await polling.eventually(past_them, "the process is past the customer's events")
-            bodies = await told()
+        await polling.eventually(past_them, "the process is past the customer's events")
+        bodies = await told()
     finally:
         await handle.terminate("test over")
     assert len(bodies) == 2, bodies
     declined, cleared = bodies
     assert "Lucky Star: 7.00 USD was declined." in declined and "blocked" in declined
-    assert cleared == f"{SHOP.name}: 25.00 USD paid with your card."
+    assert cleared == f"Card payment\n\n{SHOP.name}: 25.00 USD paid with your card."
 
 
 async def test_a_long_delivery_continues_as_new_and_loses_or_repeats_nothing(
