@@ -91,3 +91,12 @@ class KycCheck(BaseModel):
     document_ids: list[str]
     created_at: AwareDatetime
     completed_at: AwareDatetime | None
+
+
+class KycLink(BaseModel):
+    """A link to the provider's own page where the person uploads documents;
+    their upload starts the check."""
+
+    url: str
+    applicant_id: str
+    expires_at: AwareDatetime

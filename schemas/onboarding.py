@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,11 +34,24 @@ class DocumentSpec(EdgeModel):
     file_name: str = Field(min_length=1, max_length=200)
 
 
+# Documents an application brings; none: the customer uploads them at the KYC
+# provider's own page, whose link the onboarding sends them.
+Documents = Annotated[
+    list[DocumentSpec],
+    Field(
+        default_factory=list,
+        max_length=10,
+        description="The documents; empty: the customer is sent the KYC provider's link"
+        " and uploads them there",
+    ),
+]
+
+
 class OnboardingInput(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: CustomerProfile
-    documents: list[DocumentSpec] = Field(min_length=1, max_length=10)
+    documents: Documents
     policy: OnboardingPolicy = Field(default_factory=OnboardingPolicy)
     ledger_task_queue: str = _QUEUES.ledger
     providers_task_queue: str = _QUEUES.providers
@@ -53,6 +66,13 @@ class DocumentUpload(BaseModel):
     key: str
     applicant_id: str
     document: DocumentSpec
+
+
+class LinkRequest(BaseModel):
+    """A link to the KYC provider's upload page for the applicant, once per key."""
+
+    key: str
+    applicant_id: str
 
 
 class CheckRequest(BaseModel):
@@ -106,3 +126,5 @@ class OnboardingStatus(BaseModel):
     attempts: int
     wallets: list[str]
     last_check: KycResult | None
+    # The KYC provider's upload page the customer was sent, when they upload there.
+    verification_url: str | None = None

@@ -5,6 +5,13 @@
     POST /kyc/v1/applicants/{id}/documents              record an uploaded document
     POST /kyc/v1/applicants/{id}/checks                 start a check; it is pending
     GET  /kyc/v1/checks/{id}                            read a check back
+    POST /kyc/v1/applicants/{id}/links                  a link to the provider's own page
+                                                        where the person uploads documents
+    GET  /kyc/verify/{token}                            that page: a form
+    POST /kyc/verify/{token}                            the person's upload (a form with the
+                                                        document's type, country and file);
+                                                        it starts the check, as Sumsub's
+                                                        WebSDK and Onfido's hosted flow do
     POST /kyc/v1/simulate/applicants/{id}/decide        decide the applicant's open check
 
 Webhooks: `applicant.created` (the applicant), then per check `check.pending`,
@@ -23,10 +30,13 @@ Options (admin API, `PUT /_admin/options/kyc`):
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+import html
+import secrets
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -70,7 +80,14 @@ RejectType = Literal["RETRY", "FINAL"]
 # Applicant states in which a check is open and waiting for a decision.
 OPEN_CHECK_STATUSES: frozenset[str] = frozenset({"pending", "on_hold"})
 
+# A verification link works this long (Sumsub's default lifetime is a day).
+LINK_SECONDS = 24 * 3600
+LINK_TOKEN_BYTES = 24
+# A photo of a document, at most; a bigger upload is refused.
+UPLOAD_BYTES_MAX = 10 * 1024 * 1024
+
 APPLICANTS = "kyc.applicant"
+LINKS = "kyc.link"
 APPLICANT_BY_EXTERNAL_ID = "kyc.applicant_by_external_id"
 DOCUMENTS = "kyc.document"
 CHECKS = "kyc.check"
@@ -132,6 +149,12 @@ class Document(DocumentIn):
     id: str
     applicant_id: str
     uploaded_at: datetime
+
+
+class VerificationLink(BaseModel):
+    url: str = Field(description="The provider's page where the person uploads documents")
+    applicant_id: str
+    expires_at: datetime
 
 
 class Check(BaseModel):
@@ -293,6 +316,9 @@ def create(context: SimulatorContext) -> FastAPI:
     async def add_document(applicant_id: str, body: DocumentIn) -> Document:
         """Record a document's metadata. Refused (409) once the applicant is
         rejected for good, or past DOCUMENTS_PER_APPLICANT_MAX."""
+        return record_document(applicant_id, body)
+
+    def record_document(applicant_id: str, body: DocumentIn) -> Document:
         applicant = load_applicant(applicant_id)
         if applicant.status == "rejected":
             raise HTTPException(
@@ -325,6 +351,9 @@ def create(context: SimulatorContext) -> FastAPI:
         option, in which case it is returned decided). Needs an identity
         document; refused (409) while another check is open, once approved,
         or once rejected with FINAL."""
+        return open_check(applicant_id)
+
+    def open_check(applicant_id: str) -> Check:
         applicant = load_applicant(applicant_id)
         if applicant.status in OPEN_CHECK_STATUSES:
             raise HTTPException(
@@ -386,6 +415,85 @@ def create(context: SimulatorContext) -> FastAPI:
     async def get_check(check_id: str) -> Check:
         """The check as it stands: pending, on hold, or completed with its result."""
         return load_check(check_id)
+
+    @app.post("/v1/applicants/{applicant_id}/links", status_code=201)
+    async def create_link(applicant_id: str, request: Request) -> VerificationLink:
+        """A link to this provider's page where the person uploads their
+        documents themselves; submitting there starts the check (check.pending
+        follows). Valid LINK_SECONDS; refused (409) once the applicant is
+        approved or rejected for good."""
+        applicant = load_applicant(applicant_id)
+        if applicant.status in ("approved", "rejected"):
+            raise HTTPException(
+                status_code=409, detail=f"applicant {applicant_id} is already {applicant.status}"
+            )
+        token = secrets.token_urlsafe(LINK_TOKEN_BYTES)
+        expires_at = _now() + timedelta(seconds=LINK_SECONDS)
+        store.put(
+            LINKS, token, {"applicant_id": applicant_id, "expires_at": expires_at.isoformat()}
+        )
+        base = str(request.url).split("/v1/applicants/", 1)[0]
+        return VerificationLink(
+            url=f"{base}/verify/{token}", applicant_id=applicant_id, expires_at=expires_at
+        )
+
+    def applicant_of_link(token: str) -> Applicant:
+        found = store.get(LINKS, token)
+        if found is None or datetime.fromisoformat(found["expires_at"]) <= _now():
+            raise HTTPException(status_code=404, detail="this link is unknown or expired")
+        return load_applicant(found["applicant_id"])
+
+    @app.get("/verify/{token}", response_class=HTMLResponse)
+    async def verification_page(token: str) -> HTMLResponse:
+        """The page the person opens: their name and an upload form."""
+        applicant = applicant_of_link(token)
+        name = html.escape(f"{applicant.first_name} {applicant.last_name}")
+        options = "".join(
+            f'<option value="{kind}">{kind.replace("_", " ")}</option>'
+            for kind in sorted(IDENTITY_DOCUMENT_TYPES)
+        )
+        return HTMLResponse(
+            "<!doctype html><title>Verify your identity</title>"
+            f"<h1>Verify your identity, {name}</h1>"
+            '<form method="post" enctype="multipart/form-data">'
+            f'<label>Document <select name="type">{options}</select></label> '
+            '<label>Issued by (3 letters) <input name="country" pattern="[A-Z]{3}" required>'
+            '</label> <label>Photo <input type="file" name="file" required></label> '
+            '<button type="submit">Submit</button></form>'
+        )
+
+    @app.post("/verify/{token}", response_class=HTMLResponse, status_code=201)
+    async def verification_submitted(
+        token: str,
+        kind: Annotated[DocumentType, Form(alias="type")],
+        file: UploadFile,
+        country: Annotated[str | None, Form()] = None,
+    ) -> HTMLResponse:
+        """The person's upload: the document is recorded and the check starts
+        (409 while one is open, as the API's). The photo itself is only
+        measured: the simulator keeps no image."""
+        applicant = applicant_of_link(token)
+        if applicant.status in {*OPEN_CHECK_STATUSES, "approved", "rejected"}:
+            raise HTTPException(
+                status_code=409,
+                detail=f"your documents were received already ({applicant.status})",
+            )
+        photo = await file.read(UPLOAD_BYTES_MAX + 1)
+        if not photo or len(photo) > UPLOAD_BYTES_MAX:
+            raise HTTPException(
+                status_code=422, detail=f"file must be 1 byte to {UPLOAD_BYTES_MAX} bytes"
+            )
+        try:
+            document = DocumentIn(type=kind, country=country, file_name=file.filename or "photo")
+        except ValidationError as error:
+            raise HTTPException(status_code=422, detail=error.errors(include_input=False)) from None
+        record_document(applicant.id, document)
+        check = open_check(applicant.id)
+        return HTMLResponse(
+            "<!doctype html><title>Thank you</title>"
+            f"<h1>Thank you</h1><p>Your documents are being checked ({check.id}).</p>",
+            status_code=201,
+        )
 
     @app.post("/v1/simulate/applicants/{applicant_id}/decide")
     async def simulate_decide(applicant_id: str, body: DecisionIn) -> Check:

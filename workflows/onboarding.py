@@ -4,7 +4,10 @@ Steps: save the profile; open the customer's wallets (idempotent by code);
 create the KYC applicant; upload documents and start a check; wait for the
 provider's verdict (signal `kyc_result`, from the gateway). GREEN approves.
 RED with RETRY asks the customer to resubmit (signal `resubmit_documents`)
-and checks again, up to the policy's attempts. RED with FINAL rejects. On
+and checks again, up to the policy's attempts. An application without
+documents sends the customer a link to the provider's own upload page
+instead; their upload there starts the check (its `check.pending` names it),
+and a RETRY sends a new link. RED with FINAL rejects. On
 hold waits for an operator's `review` update. A wait that outlives its
 policy expires the onboarding. Rejection and expiry close the wallets; a
 failure after they were opened closes them too (compensation), and so does a
@@ -37,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         DocumentUpload,
         KycResult,
         KycReview,
+        LinkRequest,
         OnboardingInput,
         OnboardingOutcome,
         OnboardingResult,
@@ -96,6 +100,10 @@ class Onboarding:
         self._results: dict[str, KycResult] = {}
         self._review: KycReview | None = None
         self._resubmission: Resubmission | None = None
+        # Checks this onboarding has had a verdict on; an upload at the
+        # provider's page starts a check not among them.
+        self._checks_done: list[str] = []
+        self._verification_url: str | None = None
 
     # ----- platform: outcome, compensation -------------------------------
 
@@ -177,9 +185,14 @@ class Onboarding:
         self._applicant_id = applicant.id
 
         documents = request.documents
+        # No documents: the customer uploads them at the provider's page.
+        hosted = not documents
         while True:
             self._attempts += 1
-            await self._check(request, documents)
+            if hosted:
+                await self._hosted_check(request)
+            else:
+                await self._check(request, documents)
             result = await self._wait_for_verdict(policy.kyc_result_wait_seconds)
             if result.status == "on_hold":
                 await self._wait_for_review(policy.review_wait_seconds)
@@ -190,6 +203,8 @@ class Onboarding:
                 raise Finished("rejected", "KYC rejected: " + ", ".join(result.reject_labels))
             if self._attempts >= policy.kyc_attempts_max:
                 raise Finished("rejected", f"KYC failed {self._attempts} times")
+            if hosted:
+                continue  # a new link, and the customer's new upload
             documents = await self._wait_for_resubmission(policy.resubmission_wait_seconds)
 
     async def _check(self, request: OnboardingInput, documents: list[DocumentSpec]) -> None:
@@ -212,12 +227,41 @@ class Onboarding:
         )
         self._current_check = check.id
 
+    async def _hosted_check(self, request: OnboardingInput) -> None:
+        """Send the customer the provider's upload page; their upload there
+        starts the check, which the provider's check.pending names."""
+        assert self._applicant_id is not None
+        self.progress.enter(f"KYC check {self._attempts}: sending the upload link")
+        link = await step(
+            request,
+            ProviderActivities.verification_link,
+            LinkRequest(key=step_key(f"link/{self._attempts}"), applicant_id=self._applicant_id),
+        )
+        self._verification_url = link.url
+        again = self._attempts > 1
+        await self._notify(
+            f"verify-{self._attempts}",
+            "Please upload your documents again" if again else "Verify your identity",
+            ("We could not verify your documents. " if again else "")
+            + f"Open {link.url} and photograph your passport, ID card or driving licence.",
+        )
+        self.progress.enter("waiting for the customer's documents")
+        wait_seconds = request.policy.resubmission_wait_seconds
+        if not await wait_for(lambda: self._new_check() is not None, wait_seconds):
+            raise Finished("expired", f"no documents uploaded within {wait_seconds}s")
+        self._current_check = self._new_check()
+
+    def _new_check(self) -> str | None:
+        """The first check the provider told of that has had no verdict here."""
+        return next((check for check in self._results if check not in self._checks_done), None)
+
     async def _wait_for_verdict(self, wait_seconds: int) -> KycResult:
         check_id = self._current_check
         self.progress.enter("waiting for the KYC result")
         if not await wait_for(lambda: self._decided(check_id), wait_seconds):
             raise Finished("expired", f"no KYC result within {wait_seconds}s")
         assert check_id is not None
+        self._checks_done.append(check_id)
         return self._results[check_id]
 
     async def _wait_for_review(self, wait_seconds: int) -> None:
@@ -318,6 +362,7 @@ class Onboarding:
             attempts=self._attempts,
             wallets=self._wallets,
             last_check=last,
+            verification_url=self._verification_url,
         )
 
     # ----- helpers --------------------------------------------------------

@@ -23,14 +23,15 @@ from activities.providers.telegram import TelegramBotClient
 from activities.providers.tron import TronClient
 from activities.queues import provider_activity
 from schemas.customers import Notification, NotificationReceipt
-from schemas.kyc import KycApplicant, KycCheck, KycDocument
+from schemas.kyc import KycApplicant, KycCheck, KycDocument, KycLink
 from schemas.notify import Channel
-from schemas.onboarding import ApplicantRequest, CheckRequest, DocumentUpload
+from schemas.onboarding import ApplicantRequest, CheckRequest, DocumentUpload, LinkRequest
 from schemas.providers import BANK, FX, ISSUER, KYC, NOTIFY, TELEGRAM, TRON
 
 KYC_CREATE_APPLICANT = "kyc.create_applicant"
 KYC_ADD_DOCUMENT = "kyc.add_document"
 KYC_START_CHECK = "kyc.start_check"
+KYC_VERIFICATION_LINK = "kyc.verification_link"
 NOTIFY_CUSTOMER = "notifications.send"
 
 
@@ -105,6 +106,10 @@ class ProviderActivities:
     async def start_check(self, request: CheckRequest) -> KycCheck:
         return await self.clients.kyc.start_check(request.applicant_id, idempotency_key=request.key)
 
+    @provider_activity(KYC_VERIFICATION_LINK)
+    async def verification_link(self, request: LinkRequest) -> KycLink:
+        return await self.clients.kyc.create_link(request.applicant_id, idempotency_key=request.key)
+
     @provider_activity(NOTIFY_CUSTOMER)
     async def notify_customer(self, notification: Notification) -> NotificationReceipt:
         """Send on each channel the customer prefers, once per channel per key."""
@@ -173,6 +178,7 @@ class ProviderActivities:
             self.create_applicant,
             self.add_document,
             self.start_check,
+            self.verification_link,
             self.notify_customer,
             *CardActivities(self.clients.issuer, self.pool).all(),
             *QuoteActivities(self.clients.fx).all(),

@@ -12,6 +12,7 @@ from schemas.kyc import (
     KycDecision,
     KycDocument,
     KycDocumentType,
+    KycLink,
     KycRejectType,
 )
 from schemas.providers import KYC
@@ -74,6 +75,16 @@ class KycClient(ProviderClient):
             "POST",
             f"/v1/applicants/{applicant_id}/checks",
             KycCheck,
+            idempotency_key=idempotency_key,
+        )
+
+    async def create_link(self, applicant_id: str, *, idempotency_key: str) -> KycLink:
+        """A link to the provider's page where the person uploads documents
+        themselves; their upload starts a check (check.pending follows)."""
+        return await self.call(
+            "POST",
+            f"/v1/applicants/{applicant_id}/links",
+            KycLink,
             idempotency_key=idempotency_key,
         )
 

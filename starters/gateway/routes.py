@@ -307,7 +307,11 @@ ROUTES: dict[tuple[str, str], Route] = {
         argument=_shipping,
         resolve=_card_issue_of,
     ),
-    # The KYC provider's verdicts go to the customer's onboarding.
+    # The KYC provider's verdicts go to the customer's onboarding, and so does a
+    # check's start: an upload at the provider's own page starts one.
+    (KYC, "check.pending"): Route(
+        kind="signal", name=KYC_RESULT_SIGNAL, workflow_id=_onboarding_id, argument=_kyc_result
+    ),
     (KYC, "check.completed"): Route(
         kind="signal", name=KYC_RESULT_SIGNAL, workflow_id=_onboarding_id, argument=_kyc_result
     ),

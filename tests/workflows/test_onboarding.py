@@ -47,6 +47,7 @@ async def start(
     policy: OnboardingPolicy | None = None,
     customer_id: str | None = None,
     profile: CustomerProfile | None = None,
+    documents: list[DocumentSpec] | None = None,
 ) -> WorkflowHandle[Any, OnboardingResult]:
     profile = profile or customers.profile(customer_id, country="DEU")
     queues = platform.stack.queues
@@ -54,7 +55,7 @@ async def start(
         ONBOARDING_WORKFLOW,
         OnboardingInput(
             profile=profile,
-            documents=[PASSPORT],
+            documents=[PASSPORT] if documents is None else documents,
             policy=policy or OnboardingPolicy(),
             ledger_task_queue=queues.ledger,
             providers_task_queue=queues.providers,
@@ -252,6 +253,52 @@ async def test_repeated_and_reordered_verdicts_reach_the_onboarding_once(
     platform.sim.admin("POST", "/webhooks/release", {"order": "reverse"})
     result = await handle.result()
     assert result.outcome == "approved" and result.attempts == 1
+
+
+async def upload_at(url: str, person: str) -> httpx.Response:
+    """The person opens the provider's page and uploads a passport's photo."""
+    async with httpx.AsyncClient(timeout=10) as browser:
+        page = await browser.get(url)
+        assert page.status_code == 200, page.text
+        assert f"Verify your identity, {person}" in page.text
+        return await browser.post(
+            url,
+            data={"type": "passport", "country": "DEU"},
+            files={"file": ("passport.jpg", b"\xff\xd8\xff a photo", "image/jpeg")},
+        )
+
+
+async def test_without_documents_the_customer_uploads_at_the_providers_page_and_again_on_retry(
+    platform: Platform,
+) -> None:
+    profile = customers.profile(country="DEU")
+    person = f"{profile.first_name} {profile.last_name}"
+    handle = await start(platform, profile=profile, documents=[])
+    first = await reach(handle, "waiting for the customer's documents")
+    assert first.verification_url is not None and first.attempts == 1
+    assert messages_to(platform, str(profile.email)) == [
+        f"Open {first.verification_url} and photograph your passport, ID card or driving licence."
+    ]
+    assert (await upload_at(first.verification_url, person)).status_code == 201
+    status = await reach(handle, "waiting for the KYC result")
+    # Uploading twice starts no second check.
+    assert (await upload_at(first.verification_url, person)).status_code == 409
+    decide(platform, status.applicant_id or "", "RED", "RETRY", ["DOCUMENT_DAMAGED"])
+
+    again = await reach(handle, "waiting for the customer's documents")
+    assert again.attempts == 2 and again.verification_url not in (None, first.verification_url)
+    assert messages_to(platform, str(profile.email))[-1] == (
+        f"We could not verify your documents. Open {again.verification_url} and photograph"
+        " your passport, ID card or driving licence."
+    )
+    platform.sim.admin("POST", "/webhooks", {"hold": True, "duplicate": True})
+    assert (await upload_at(str(again.verification_url), person)).status_code == 201
+    decide(platform, status.applicant_id or "", "GREEN")
+    # The verdict arrives before the check's start, each twice: the
+    # onboarding learns the check from whichever comes first.
+    platform.sim.admin("POST", "/webhooks/release", {"order": "reverse"})
+    result = await handle.result()
+    assert (result.outcome, result.attempts) == ("approved", 2)
 
 
 async def test_transient_kyc_outage_is_retried(platform: Platform) -> None:

@@ -6,12 +6,12 @@ from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict
 
 from activities.api_keys import SCOPE_OPERATIONS, SCOPE_PROCESSES_START
 from schemas.customers import CustomerProfile
 from schemas.edge import EdgeModel
-from schemas.onboarding import DocumentSpec, KycReview, OnboardingInput, Resubmission
+from schemas.onboarding import Documents, KycReview, OnboardingInput, Resubmission
 from starters.gateway import access
 from starters.gateway.errors import ErrorBody
 from starters.gateway.state import Queues, TemporalClient
@@ -36,7 +36,7 @@ class StartOnboarding(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: CustomerProfile
-    documents: list[DocumentSpec] = Field(min_length=1, max_length=10)
+    documents: Documents
 
 
 @access.customer_scoped("the body's profile.customer_id")
