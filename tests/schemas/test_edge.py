@@ -28,7 +28,7 @@ from schemas.disputes import DisputeSubmission, EvidenceItem
 from schemas.edge import DAY_MAX, DAY_MIN, NAME_CHARS_MAX, EdgeModel, storable
 from schemas.onboarding import OnboardingInput
 from schemas.reconciliation import ReconciliationInput
-from starters.gateway import api
+from starters.gateway import api, webapp
 from workflows.catalog import ALL_WORKFLOWS
 
 
@@ -40,8 +40,9 @@ def _body_params(dependant: Dependant) -> Iterator[ModelField]:
 
 
 def api_bodies() -> Iterator[tuple[str, Any]]:
-    """(path, body type) of each API route that takes a body."""
-    for route in api.router.routes:
+    """(path, body type) of each API route that takes a body: the upstream
+    API's and the Telegram WebApp's."""
+    for route in [*api.router.routes, *webapp.router.routes]:
         if isinstance(route, APIRoute):
             for param in _body_params(route.dependant):
                 yield route.path, param.field_info.annotation
