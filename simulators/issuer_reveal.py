@@ -11,6 +11,12 @@ card's last4, passing the Luhn check) and kept here only. A token used,
 expired (TTL `reveal_token_seconds`, at most 60, default 60, on the issuer's
 clock) or unknown gets 410 or 404 and reveals nothing; a closed card gets no
 token.
+
+The embed route answers any origin (`Access-Control-Allow-Origin: *`, as an
+issuer's embeddable card is meant to be loaded from the program's own
+pages, e.g. the Telegram WebApp on the gateway): the token in its URL is the
+only credential, and no cookie is ever read. Nothing else of the issuer's
+API is open to browsers.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from simulators.issuer_models import Card
@@ -30,6 +36,9 @@ REVEAL_TOKEN_SECONDS_MAX = 60
 PAN_DIGITS = 16
 # A test issuer's range, as sandbox numbers are.
 PAN_PREFIX = "4111"
+# What the embed route answers a browser with, its refusals included, so a
+# page of another origin can read either; the card is never cached.
+EMBED_HEADERS = {"Access-Control-Allow-Origin": "*", "Cache-Control": "no-store"}
 
 
 class CardSecret(BaseModel):
@@ -133,15 +142,18 @@ def router(state: IssuerState) -> APIRouter:
         )
 
     @api.get("/v1/embed/card")
-    async def reveal(token: Annotated[str, Query(min_length=1, max_length=100)]) -> CardDetails:
+    async def reveal(
+        token: Annotated[str, Query(min_length=1, max_length=100)], response: Response
+    ) -> CardDetails:
         """The holder's device: the card's number, expiry and CVV, once per token."""
+        response.headers.update(EMBED_HEADERS)
         found = state.find(TOKENS, token)
         if found is None:
-            raise HTTPException(status_code=404, detail="no such reveal token")
+            raise HTTPException(404, "no such reveal token", headers=EMBED_HEADERS)
         if found.used_at is not None:
-            raise HTTPException(status_code=410, detail="this reveal token was used")
+            raise HTTPException(410, "this reveal token was used", headers=EMBED_HEADERS)
         if state.now() >= found.expires_at:
-            raise HTTPException(status_code=410, detail="this reveal token expired")
+            raise HTTPException(410, "this reveal token expired", headers=EMBED_HEADERS)
         state.save(TOKENS, found.model_copy(update={"used_at": state.now()}))
         card = state.load(CARDS, found.card_id)
         secret = _secret_of(state, card)
