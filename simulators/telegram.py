@@ -95,6 +95,10 @@ def create(context: SimulatorContext) -> FastAPI:
     arrived: dict[int, asyncio.Event] = {}
     # Long polls waiting now, by bot id (a test writes once the bot waits).
     polling: dict[int, int] = {}
+    # The latest getUpdates of each bot: as Telegram does, a newer one ends an
+    # older one still waiting with 409, which then confirms (deletes) nothing.
+    latest_poll: dict[int, int] = {}
+    last_update: dict[int, int] = {}
 
     def wake(bot_id: int) -> None:
         arrived.setdefault(bot_id, asyncio.Event()).set()
@@ -106,7 +110,11 @@ def create(context: SimulatorContext) -> FastAPI:
         return {"id": bot_id, "is_bot": True, "first_name": "cardflow", "username": "cardflow_bot"}
 
     def enqueue(bot_id: int, update: dict[str, Any]) -> int:
-        update_id = store.next_number(f"{UPDATES}/{bot_id}")
+        # A bot's update ids only grow, as Telegram's do, across the
+        # simulator's resets too: an offset a bot sent earlier never skips a
+        # newer update.
+        update_id = max(store.next_number(f"{UPDATES}/{bot_id}"), last_update.get(bot_id, 0) + 1)
+        last_update[bot_id] = update_id
         store.put(UPDATES, f"{bot_id}/{update_id:015d}", {"update_id": update_id, **update})
         wake(bot_id)
         return update_id
@@ -213,10 +221,13 @@ def create(context: SimulatorContext) -> FastAPI:
             offset = number(args, "offset", default=0)
             limit = min(max(number(args, "limit", default=UPDATES_LIMIT_MAX), 1), UPDATES_LIMIT_MAX)
             wait = min(max(number(args, "timeout", default=0), 0), LONG_POLL_SECONDS_MAX)
+            poll = latest_poll[bot_id] = latest_poll.get(bot_id, 0) + 1
+            superseded = arrived.pop(bot_id, None)
+            if superseded is not None:
+                superseded.set()
             found = pending_updates(bot_id, offset, limit)
             if not found and wait:
                 event = arrived.setdefault(bot_id, asyncio.Event())
-                event.clear()
                 polling[bot_id] = polling.get(bot_id, 0) + 1
                 try:
                     await asyncio.wait_for(event.wait(), wait)
@@ -224,6 +235,12 @@ def create(context: SimulatorContext) -> FastAPI:
                     pass
                 finally:
                     polling[bot_id] -= 1
+                if latest_poll[bot_id] != poll:
+                    raise BotApiError(
+                        409,
+                        "Conflict: terminated by other getUpdates request; make sure that"
+                        " only one bot instance is running",
+                    )
                 found = pending_updates(bot_id, offset, limit)
             return found
         if method == "sendMessage":

@@ -11,6 +11,8 @@ import httpx
 # The bot answers a person: an API call slower than this is reported, not waited on.
 API_TIMEOUT_SECONDS = 10.0
 FEED_LINES = 10
+# How far back a payment disputed from the list is looked for among the customer's.
+OWNED_PAYMENTS_SEEN = 100
 
 
 class NotLinked(Exception):
@@ -74,6 +76,22 @@ class CardflowApi:
         found: list[dict[str, Any]] = (await self._json(answer))["data"]
         return found
 
+    async def owns_card(self, customer_id: str, card_id: str) -> bool:
+        """A button's data comes from the user's Telegram client, which can
+        send any: the card must be this customer's."""
+        cards = (await self.customer(customer_id))["cards"]
+        return any(card["card_id"] == card_id for card in cards)
+
+    async def owns_payment(self, customer_id: str, transaction_id: str) -> bool:
+        """The transaction is one of the customer's recent card payments (the
+        list the bot shows, and more)."""
+        answer = await self._http.get(
+            f"/v1/customers/{customer_id}/transactions",
+            params={"kind": ["clearing", "force_post"], "limit": OWNED_PAYMENTS_SEEN},
+        )
+        entries = (await self._json(answer))["data"]
+        return any(entry.get("transaction_id") == transaction_id for entry in entries)
+
     async def card_action(self, card_id: str, action: str, idempotency_key: str) -> str:
         """Freeze or unfreeze; the same key acts once however often it is sent."""
         answer = await self._http.post(
@@ -82,3 +100,44 @@ class CardflowApi:
             headers={"Idempotency-Key": idempotency_key},
         )
         return str((await self._json(answer))["result"])
+
+    async def sign_up(self, answers: dict[str, Any], idempotency_key: str) -> str:
+        """A person new to cardflow: their customer, linked to them, onboarding."""
+        answer = await self._http.post(
+            "/v1/telegram/signups", json=answers, headers={"Idempotency-Key": idempotency_key}
+        )
+        return str((await self._json(answer))["workflow_id"])
+
+    async def issue_card(
+        self, customer_id: str, address: dict[str, str], idempotency_key: str
+    ) -> str:
+        """A virtual card for the customer; the card-issue process's id."""
+        answer = await self._http.post(
+            "/v1/cards",
+            json={"customer_id": customer_id, "kind": "virtual", "address": address},
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        return str((await self._json(answer))["workflow_id"])
+
+    async def dispute(
+        self, customer_id: str, transaction_id: str, reason: str, statement: str, key: str
+    ) -> str:
+        """Open the transaction's dispute with the customer's statement and
+        submit it; the dispute's stage. Both calls are keyed by `key`."""
+        opened = await self._http.post(
+            "/v1/disputes",
+            json={
+                "transaction_id": transaction_id,
+                "customer_id": customer_id,
+                "reason": reason,
+                "evidence": [{"type": "cardholder_statement", "description": statement}],
+            },
+            headers={"Idempotency-Key": key},
+        )
+        await self._json(opened)
+        submitted = await self._http.post(
+            f"/v1/disputes/{transaction_id}/submit",
+            json={},
+            headers={"Idempotency-Key": f"{key}-submit"},
+        )
+        return str((await self._json(submitted)).get("stage", "submitted"))

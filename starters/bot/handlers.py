@@ -8,10 +8,15 @@ acted on through the public API (starters/bot/api.py):
 - `/cards`: each card with its state and a Freeze or Unfreeze button; a
   button acts once however often it is pressed (its Idempotency-Key is the
   message and the action);
-- `/transactions`: the last entries of the feed, declines with their reason;
+- `/transactions`: the last entries of the feed, declines with their reason,
+  and a Dispute button under each card payment; the dispute's reason is
+  asked with buttons, then the dispute is opened with the customer's
+  statement and submitted (once, however often either button is pressed);
 - `/topup`: how to top up: the bank transfer's reference (the customer's id,
   which the bank top-up matches) and the USDT-TRC20 deposit address, with
-  its QR code.
+  its QR code;
+- `/signup` and `/newcard` (starters/bot/signup.py): a new person's account,
+  and a virtual card.
 """
 
 from __future__ import annotations
@@ -32,16 +37,27 @@ from aiogram.types import (
 )
 
 from schemas.money import Currency, Money
+from starters.bot import signup
 from starters.bot.api import ApiRefused, CardflowApi, NotLinked
 
 NOT_LINKED = (
     "This Telegram account is not linked to a cardflow customer yet. "
-    "Open the cardflow app and tap Connect Telegram."
+    "New to cardflow? /signup. A customer already? Open the cardflow app and tap "
+    "Connect Telegram."
 )
 MENU = (
     "/balance your money, /cards your cards, /transactions what happened lately, "
-    "/topup how to add money"
+    "/topup how to add money, /newcard a virtual card"
 )
+NOT_YOURS = "This is not one of your cards or payments."
+# What a customer may dispute from the list, with the statement that goes with it.
+DISPUTE_REASONS = {
+    "fraudulent": ("I did not make it", "I did not make or allow this payment."),
+    "other": ("Something else is wrong", "This payment is wrong; I ask for it back."),
+}
+DISPUTABLE = {"clearing", "force_post"}
+# Telegram's limit on a button's callback data, in bytes.
+CALLBACK_DATA_BYTES_MAX = 64
 # A QR code's module size in pixels: a phone's camera reads it off a screen.
 QR_SCALE = 8
 # What each card state lets the customer do from here, and the button's label.
@@ -52,6 +68,13 @@ BUTTON_ACTIONS = [action for action, _ in BUTTONS.values()]
 class CardPress(CallbackData, prefix="card"):
     action: str
     card_id: str
+
+
+class DisputePress(CallbackData, prefix="dispute"):
+    """Dispute a payment (no reason yet), or with the reason chosen."""
+
+    transaction_id: str
+    reason: str = ""
 
 
 def money(amount_minor: int, currency: str) -> str:
@@ -68,6 +91,9 @@ def dispatcher(api: CardflowApi) -> Dispatcher:
     router.message.register(transactions, Command("transactions"))
     router.message.register(topup, Command("topup"))
     router.callback_query.register(press, CardPress.filter(F.action.in_(set(BUTTON_ACTIONS))))
+    router.callback_query.register(dispute_reasons, DisputePress.filter(F.reason == ""))
+    router.callback_query.register(dispute, DisputePress.filter(F.reason.in_(set(DISPUTE_REASONS))))
+    signup.register(router)
     found = Dispatcher()
     found["api"] = api
     found.include_router(router)
@@ -142,7 +168,14 @@ async def press(query: CallbackQuery, callback_data: CardPress, api: CardflowApi
     # The same button pressed again names the same action: it acts once.
     key = f"tg-{message.chat.id}-{message.message_id}-{callback_data.action}"
     try:
+        customer_id = await api.customer_of(query.from_user.id)
+        if not await api.owns_card(customer_id, callback_data.card_id):
+            await query.answer(NOT_YOURS, show_alert=True)
+            return
         result = await api.card_action(callback_data.card_id, callback_data.action, key)
+    except NotLinked:
+        await query.answer(NOT_LINKED[:200], show_alert=True)
+        return
     except ApiRefused as refused:
         await query.answer(refused.detail[:200], show_alert=True)
         return
@@ -161,13 +194,76 @@ async def transactions(message: Message, api: CardflowApi) -> None:
         return
     entries = await api.feed(customer_id)
     lines = []
+    buttons = []
     for entry in entries:
         merchant = (entry.get("merchant") or {}).get("name") or entry["kind"]
-        line = f"{money(entry['amount_minor'], entry['currency'])} {merchant} ({entry['status']})"
+        amount = money(entry["amount_minor"], entry["currency"])
+        line = f"{amount} {merchant} ({entry['status']})"
         if entry.get("reason"):
             line += f": {entry['reason']}"
         lines.append(line)
-    await message.answer("\n".join(lines) or "Nothing yet.")
+        transaction_id = entry.get("transaction_id")
+        if entry["kind"] in DISPUTABLE and transaction_id:
+            data = DisputePress(transaction_id=transaction_id).pack()
+            if len(data.encode()) <= CALLBACK_DATA_BYTES_MAX:
+                paid = money(abs(entry["amount_minor"]), entry["currency"])
+                label = f"Dispute {paid} {merchant}"
+                buttons.append([InlineKeyboardButton(text=label, callback_data=data)])
+    markup = InlineKeyboardMarkup(inline_keyboard=buttons) if buttons else None
+    await message.answer("\n".join(lines) or "Nothing yet.", reply_markup=markup)
+
+
+async def dispute_reasons(query: CallbackQuery, callback_data: DisputePress) -> None:
+    """Which is wrong with the payment: a button per reason."""
+    message = query.message
+    assert message is not None
+    choices = [
+        [
+            InlineKeyboardButton(
+                text=label,
+                callback_data=DisputePress(
+                    transaction_id=callback_data.transaction_id, reason=reason
+                ).pack(),
+            )
+        ]
+        for reason, (label, _) in DISPUTE_REASONS.items()
+    ]
+    await query.answer()
+    await message.answer(
+        "What is wrong with this payment?",
+        reply_markup=InlineKeyboardMarkup(inline_keyboard=choices),
+    )
+
+
+async def dispute(query: CallbackQuery, callback_data: DisputePress, api: CardflowApi) -> None:
+    """Open and submit the dispute; a second press finds it open (one dispute)."""
+    message = query.message
+    assert message is not None
+    _, statement = DISPUTE_REASONS[callback_data.reason]
+    transaction_id = callback_data.transaction_id
+    try:
+        customer_id = await api.customer_of(query.from_user.id)
+        if not await api.owns_payment(customer_id, transaction_id):
+            await query.answer(NOT_YOURS, show_alert=True)
+            return
+        stage = await api.dispute(
+            customer_id,
+            transaction_id,
+            callback_data.reason,
+            statement,
+            f"tg-dispute-{transaction_id}-{callback_data.reason}",
+        )
+    except NotLinked:
+        await query.answer(NOT_LINKED[:200], show_alert=True)
+        return
+    except ApiRefused as refused:
+        await query.answer(refused.detail[:200], show_alert=True)
+        return
+    await query.answer("Dispute sent")
+    if isinstance(message, Message):
+        await message.edit_text(
+            f"Your dispute of {transaction_id} is sent ({stage}). We will tell you the decision."
+        )
 
 
 async def topup(message: Message, api: CardflowApi) -> None:

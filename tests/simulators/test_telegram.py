@@ -15,7 +15,12 @@ import pytest_asyncio
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.exceptions import TelegramRetryAfter, TelegramServerError, TelegramUnauthorizedError
+from aiogram.exceptions import (
+    TelegramConflictError,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
 from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
 from aiogram.utils.web_app import safe_parse_webapp_init_data
 
@@ -105,6 +110,35 @@ async def test_a_long_poll_returns_as_soon_as_a_user_writes(bot: Bot, sim: Any) 
     # Answered at the message, well before the poll's 20 s.
     updates = await asyncio.wait_for(waiting, 10)
     assert [u.message.text for u in updates if u.message] == ["balance"]
+
+
+async def test_a_newer_poll_ends_a_waiting_one_with_409_and_update_ids_only_grow(
+    bot: Bot, sim: Any
+) -> None:
+    """A bot instance that stopped while its long poll waited, and the one
+    started after it: the old poll ends with Telegram's 409 and confirms
+    nothing, even across a reset of the simulator to lower ids."""
+    user_id = 5_000 + uuid.uuid4().int % 1_000_000
+    async with httpx.AsyncClient(
+        base_url=f"{sim.provider_url('telegram')}/simulate/bots/{BOT_ID}"
+    ) as telegram:
+        await telegram.post(f"/users/{user_id}/messages", json={"text": "first"})
+        [first] = [u for u in await bot.get_updates(offset=0, timeout=0) if u.message]
+        stale = asyncio.ensure_future(bot.get_updates(offset=first.update_id + 1, timeout=20))
+
+        async def old_poll_waits() -> bool:
+            return bool((await telegram.get("/polls")).json()["waiting"])
+
+        await polling.eventually(old_poll_waits, "the old poll waits")
+        sim.admin("POST", "/reset", {"id_offset": 0})
+        fresh = asyncio.ensure_future(bot.get_updates(offset=0, timeout=20))
+        with pytest.raises(TelegramConflictError, match="terminated by other getUpdates"):
+            await asyncio.wait_for(stale, 10)
+        await telegram.post(f"/users/{user_id}/messages", json={"text": "second"})
+        updates = await asyncio.wait_for(fresh, 10)
+    [second] = [u for u in updates if u.message]
+    assert second.message is not None and second.message.text == "second"
+    assert second.update_id > first.update_id
 
 
 async def test_the_webapp_init_data_verifies_with_the_bots_token_only(bot: Bot, sim: Any) -> None:

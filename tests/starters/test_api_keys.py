@@ -140,6 +140,7 @@ EXPECTED_SCOPES = {
     ("POST", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): SCOPE_WEBHOOKS_MANAGE,
     ("POST", "/v1/telegram/links"): SCOPE_TELEGRAM_LINK,
     ("GET", "/v1/telegram/links/{telegram_user_id}"): SCOPE_TELEGRAM_LINK,
+    ("POST", "/v1/telegram/signups"): SCOPE_TELEGRAM_LINK,
     ("POST", "/v1/cards/{card_id}/reveal"): SCOPE_CARDS_REVEAL,
     ("POST", "/v1/onboardings/{customer_id}/review"): SCOPE_OPERATIONS,
     ("POST", "/v1/topups/{source}/{external_ref}/review"): SCOPE_OPERATIONS,

@@ -1,7 +1,10 @@
 """The customers' Telegram bot, end to end through the Telegram simulator and
-the public API: linked by the app's deep link, it tells the balance, freezes
-the card once however often the button is pressed, and shows the decline
-that follows with its reason."""
+the public API: a new person signs up, verifies at the KYC provider's page
+the bot's messages hand them, is funded, gets a card and disputes a payment
+from the list; a customer linked by the app's deep link sees the balance,
+freezes the card once however often the button is pressed, and sees the
+decline that follows with its reason; Telegram's 429 and 5xx are ridden
+out; a button naming someone else's card does nothing."""
 
 from __future__ import annotations
 
@@ -22,13 +25,28 @@ import segno
 from activities.api_keys import SCOPE_CUSTOMERS_READ, SCOPE_PROCESSES_START, SCOPE_TELEGRAM_LINK
 from activities.providers.tron import TronClient
 from schemas.cards import CardInput
+from schemas.disputes import DisputeStatusView
 from schemas.issuer import CardState
+from schemas.money import Currency
+from schemas.onboarding import OnboardingStatus
+from starters import topup as starter
 from starters.bot.api import CardflowApi
-from starters.bot.handlers import QR_SCALE, dispatcher
+from starters.bot.handlers import QR_SCALE, CardPress, dispatcher
 from starters.bot.retries import retrying_bot
 from tests import polling
 from tests.conftest import Platform
-from tests.customers import authorize, card_state, open_card
+from tests.customers import (
+    SHOP,
+    authorize,
+    bot_id,
+    card_state,
+    issuer,
+    open_card,
+    upload_at,
+)
+from workers.secrets import telegram_bot_token
+from workflows.dispute import dispute_workflow_id
+from workflows.onboarding import onboarding_workflow_id
 
 
 @dataclass
@@ -72,6 +90,18 @@ class Chat:
         await polling.eventually(answered, f"the bot answers {text!r}")
         return (await self.bot_said())[before]
 
+    async def told(self, fragment: str) -> str:
+        """Wait for a message of the bot's (an answer or a notification) that
+        says `fragment`; its text."""
+
+        async def said() -> list[str]:
+            return [str(m.get("text") or m.get("caption")) for m in await self.bot_said()]
+
+        found = await polling.until(
+            said, lambda texts: any(fragment in text for text in texts), f"told {fragment!r}"
+        )
+        return next(text for text in found if fragment in text)
+
     async def answered(self, query_id: str) -> bool:
         found = await self.telegram.get(f"/simulate/bots/{self.bot_id}/presses/{query_id}")
         return bool(found.json()["answered"])
@@ -79,22 +109,28 @@ class Chat:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def chat(platform: Platform) -> AsyncIterator[Chat]:
-    bot_id = 7_100_000_000 + uuid.uuid4().int % 1_000_000
+    """A new Telegram user and the customers' bot, the one whose token the
+    platform's gateway and workers know (they send its notifications)."""
     headers = await platform.key_headers(
         SCOPE_TELEGRAM_LINK, SCOPE_CUSTOMERS_READ, SCOPE_PROCESSES_START
     )
     api = CardflowApi(platform.gateway_url, headers["Authorization"].removeprefix("Bearer "))
     telegram_url = platform.sim.provider_url("telegram")
-    bot = retrying_bot(f"{bot_id}:{uuid.uuid4().hex}", telegram_url)
+    bot = retrying_bot(telegram_bot_token(platform.settings), telegram_url)
+    bot_dispatcher = dispatcher(api)
     polling_task = asyncio.ensure_future(
-        dispatcher(api).start_polling(bot, handle_signals=False, polling_timeout=1)
+        bot_dispatcher.start_polling(bot, handle_signals=False, polling_timeout=1)
     )
     try:
         async with httpx.AsyncClient(base_url=telegram_url, timeout=10) as telegram:
-            yield Chat(telegram, bot_id, 4_000_000 + uuid.uuid4().int % 1_000_000)
+            yield Chat(telegram, bot_id(platform), 4_000_000 + uuid.uuid4().int % 1_000_000)
     finally:
-        polling_task.cancel()
-        await asyncio.gather(polling_task, return_exceptions=True)
+        # Stopped, not cancelled: a cancelled start_polling leaves its poller
+        # running (aiogram waits on it without cancelling it), and the next
+        # test's bot, the same one, would share its updates with it.
+        if not polling_task.done():
+            await bot_dispatcher.stop_polling()
+        await polling_task
         await bot.session.close()
         await api.aclose()
 
@@ -194,3 +230,104 @@ def test_only_the_bot_imports_aiogram() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert found.stdout.strip() == "[]", found.stdout
+
+
+async def test_a_new_person_signs_up_verifies_tops_up_gets_a_card_and_disputes_a_payment(
+    platform: Platform, chat: Chat
+) -> None:
+    assert "/signup" in (await chat.reply_to("/start"))["text"]
+    assert "first name" in (await chat.reply_to("/signup"))["text"]
+    assert "last name" in (await chat.reply_to("Ada"))["text"]
+    assert "date of birth" in (await chat.reply_to("Lovelace"))["text"]
+    # A wrong answer is asked again; nothing is sent until the last one.
+    assert "YYYY-MM-DD" in (await chat.reply_to("10/12/1990"))["text"]
+    assert "three letters" in (await chat.reply_to("1990-12-10"))["text"]
+    assert (await chat.reply_to("deu"))["text"].startswith("Thank you, Ada.")
+    customer_id = f"tg-{chat.user_id}"
+
+    # The onboarding sends the KYC provider's page here; the person uploads there.
+    verify = await chat.told("Verify your identity")
+    url = verify.split("Open ", 1)[1].split(" ", 1)[0]
+    assert (await upload_at(url, "Ada Lovelace")).status_code == 201
+    onboarding = platform.stack.client.get_workflow_handle(onboarding_workflow_id(customer_id))
+    status = await polling.until(
+        lambda: onboarding.query("status", result_type=OnboardingStatus),
+        lambda found: found.stage == "waiting for the KYC result",
+        "the check started by the upload is awaited",
+    )
+    decided = httpx.post(
+        f"{platform.sim.provider_url('kyc')}/v1/simulate/applicants/{status.applicant_id}/decide",
+        json={"result": "GREEN"},
+        timeout=10,
+    )
+    assert decided.status_code == 200, decided.text
+    await chat.told("Your identity is verified")
+
+    # Funded by the bank transfer /topup asks for; the receipt comes here too.
+    await starter.simulate_bank_transfer(platform.settings, customer_id, 10_000, Currency.USD)
+    await chat.told("Your top-up of 99.55 USD is in your wallet")
+    assert "USD: 99.55 USD available" in (await chat.reply_to("/balance"))["text"]
+
+    assert "billing address" in (await chat.reply_to("/newcard"))["text"]
+    issuing = await chat.reply_to("1 Main St, London, N1 9GU, GB")
+    assert "being issued" in issuing["text"]
+
+    async def card_listed() -> dict[str, Any]:
+        return await chat.reply_to("/cards")
+
+    listed = await polling.until(
+        card_listed, lambda said: said["text"].endswith("(virtual): open"), "the card is open"
+    )
+    card_id = listed["text"].removeprefix("Card ").split(" ", 1)[0]
+    bought = await authorize(platform, card_id, 2_500)
+    async with issuer(platform) as network:
+        cleared = await network.simulate_clearing(
+            bought.id, amount_minor=2_500, final=True, idempotency_key=f"clear-{bought.id}"
+        )
+
+    # A button that names another customer's card acts on nothing.
+    _, other_card, other = await open_card(platform)
+    forged = await chat.press(
+        listed["message_id"], CardPress(action="freeze", card_id=other_card).pack()
+    )
+    await polling.eventually(lambda: chat.answered(forged), "the forged press is answered")
+    assert (await card_state(other)).state is CardState.OPEN
+
+    async def payment_listed() -> dict[str, Any]:
+        return await chat.reply_to("/transactions")
+
+    payments = await polling.until(
+        payment_listed,
+        lambda said: "reply_markup" in said,
+        "the payment is listed with its Dispute button",
+    )
+    [[dispute_button]] = payments["reply_markup"]["inline_keyboard"]
+    assert dispute_button["text"] == f"Dispute 25.00 USD {SHOP.name}"
+    before = len(await chat.bot_said())
+    await chat.press(payments["message_id"], dispute_button["callback_data"])
+    reasons = await polling.until(
+        chat.bot_said, lambda said: len(said) > before, "the bot asks why"
+    )
+    question = reasons[before]
+    assert question["text"] == "What is wrong with this payment?"
+    fraud = question["reply_markup"]["inline_keyboard"][0][0]
+    assert fraud["text"] == "I did not make it"
+    # Pressed twice: one dispute, opened and submitted once.
+    first = await chat.press(question["message_id"], fraud["callback_data"])
+    second = await chat.press(question["message_id"], fraud["callback_data"])
+
+    async def both_answered() -> bool:
+        return await chat.answered(first) and await chat.answered(second)
+
+    await polling.eventually(both_answered, "both presses are answered")
+    dispute = platform.stack.client.get_workflow_handle(dispute_workflow_id(cleared.id))
+    view = await dispute.query("status", result_type=DisputeStatusView)
+    assert (view.customer_id, view.reason.value, view.amount_minor) == (
+        customer_id,
+        "fraudulent",
+        2_500,
+    )
+    assert [item.description for item in view.evidence] == ["I did not make or allow this payment."]
+    assert view.missing_evidence == []
+    sent = await chat.told("Your dispute of")
+    assert sent.startswith(f"Your dispute of {cleared.id} is sent")

@@ -54,6 +54,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("POST", "/v1/customers/{customer_id}/telegram-link"): "customer: the path's customer_id",
     ("POST", "/v1/telegram/links"): PROGRAM_WIDE,
     ("GET", "/v1/telegram/links/{telegram_user_id}"): PROGRAM_WIDE,
+    ("POST", "/v1/telegram/signups"): PROGRAM_WIDE,
     ("GET", "/v1/events"): PROGRAM_WIDE,
     ("POST", "/v1/events/{event_id}/redeliver"): PROGRAM_WIDE,
     ("POST", "/v1/webhook-endpoints"): PROGRAM_WIDE,
@@ -538,6 +539,7 @@ PROGRAM_ROUTES: list[Request] = [
     ("POST", "/v1/webhook-endpoints/we_0/rotate-secret", {}),
     ("POST", "/v1/telegram/links", {"code": "x" * 32, "telegram_user_id": 1}),
     ("GET", "/v1/telegram/links/1", None),
+    ("POST", "/v1/telegram/signups", {}),
 ]
 
 

@@ -4,15 +4,21 @@ pressed Start, once; the WebApp then knows the user as that customer."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
+
+from temporalio.client import WorkflowExecutionStatus
 
 from activities.api_keys import (
     SCOPE_CUSTOMERS_READ,
     SCOPE_PROCESSES_START,
     SCOPE_TELEGRAM_LINK,
 )
+from activities.customers import CustomerStore
 from activities.telegram import TelegramLinks
+from schemas.notify import Channel
 from tests.starters.test_v1_customers import Api, a_customer_with_money, api
+from workflows.onboarding import onboarding_workflow_id
 
 __all__ = ["api"]
 
@@ -101,3 +107,57 @@ async def test_the_routes_take_their_scopes_and_the_customers_key(api: Api) -> N
         "/v1/telegram/links", json={"code": "short", "telegram_user_id": 0}, headers=bot
     )
     assert bad.status_code == 422 and "code" in bad.text and "telegram_user_id" in bad.text
+
+
+SIGNUP = {
+    "first_name": "Ada",
+    "last_name": "Lovelace",
+    "date_of_birth": "1990-12-10",
+    "country": "DEU",
+}
+
+
+async def test_a_signup_saves_links_and_onboards_once_and_refuses_a_linked_user(api: Api) -> None:
+    user = 7_000_000 + uuid.uuid4().int % 1_000_000
+    bot = await api.headers(SCOPE_TELEGRAM_LINK) | {"Idempotency-Key": f"tg-signup-{user}"}
+    body = SIGNUP | {"telegram_user_id": user}
+    bad = await api.http.post(
+        "/v1/telegram/signups",
+        json=body | {"country": "de", "date_of_birth": "2999-01-01"},
+        headers=bot,
+    )
+    assert bad.status_code == 422, bad.text
+    assert {tuple(error["loc"]) for error in bad.json()["detail"]} == {
+        ("body", "country"),
+        ("body", "date_of_birth"),
+    }
+    # Nothing was written for the refused body.
+    assert await TelegramLinks(api.pool).customer_of(user) is None
+
+    first = await api.http.post("/v1/telegram/signups", json=body, headers=bot)
+    assert first.status_code == 202, first.text
+    customer_id = f"tg-{user}"
+    assert first.json()["workflow_id"] == onboarding_workflow_id(customer_id)
+    again = await api.http.post("/v1/telegram/signups", json=body, headers=bot)
+    assert again.status_code == 200 and again.json()["replayed"] is True
+    assert again.json()["run_id"] == first.json()["run_id"]
+    assert await TelegramLinks(api.pool).customer_of(user) == customer_id
+    saved = await CustomerStore(api.pool).get(customer_id)
+    assert (saved.telegram_chat_id, saved.preferred_channels) == (str(user), [Channel.TELEGRAM])
+    started = await api.client.get_workflow_handle(onboarding_workflow_id(customer_id)).describe()
+    assert started.status is WorkflowExecutionStatus.RUNNING
+
+    # A user linked to a customer of the app's signs up: refused, nothing written.
+    linked_user = user + 1
+    existing = await a_customer_with_money(api)
+    await TelegramLinks(api.pool).link(linked_user, existing)
+    refused = await api.http.post(
+        "/v1/telegram/signups",
+        json=SIGNUP | {"telegram_user_id": linked_user},
+        headers=bot | {"Idempotency-Key": f"tg-signup-{linked_user}"},
+    )
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["code"] == "already_done"
+    assert not await api.pool.fetchval(
+        "SELECT count(*) FROM customers WHERE customer_id = $1", f"tg-{linked_user}"
+    )

@@ -255,19 +255,6 @@ async def test_repeated_and_reordered_verdicts_reach_the_onboarding_once(
     assert result.outcome == "approved" and result.attempts == 1
 
 
-async def upload_at(url: str, person: str) -> httpx.Response:
-    """The person opens the provider's page and uploads a passport's photo."""
-    async with httpx.AsyncClient(timeout=10) as browser:
-        page = await browser.get(url)
-        assert page.status_code == 200, page.text
-        assert f"Verify your identity, {person}" in page.text
-        return await browser.post(
-            url,
-            data={"type": "passport", "country": "DEU"},
-            files={"file": ("passport.jpg", b"\xff\xd8\xff a photo", "image/jpeg")},
-        )
-
-
 async def test_without_documents_the_customer_uploads_at_the_providers_page_and_again_on_retry(
     platform: Platform,
 ) -> None:
@@ -279,10 +266,10 @@ async def test_without_documents_the_customer_uploads_at_the_providers_page_and_
     assert messages_to(platform, str(profile.email)) == [
         f"Open {first.verification_url} and photograph your passport, ID card or driving licence."
     ]
-    assert (await upload_at(first.verification_url, person)).status_code == 201
+    assert (await customers.upload_at(first.verification_url, person)).status_code == 201
     status = await reach(handle, "waiting for the KYC result")
     # Uploading twice starts no second check.
-    assert (await upload_at(first.verification_url, person)).status_code == 409
+    assert (await customers.upload_at(first.verification_url, person)).status_code == 409
     decide(platform, status.applicant_id or "", "RED", "RETRY", ["DOCUMENT_DAMAGED"])
 
     again = await reach(handle, "waiting for the customer's documents")
@@ -292,7 +279,7 @@ async def test_without_documents_the_customer_uploads_at_the_providers_page_and_
         " your passport, ID card or driving licence."
     )
     platform.sim.admin("POST", "/webhooks", {"hold": True, "duplicate": True})
-    assert (await upload_at(str(again.verification_url), person)).status_code == 201
+    assert (await customers.upload_at(str(again.verification_url), person)).status_code == 201
     decide(platform, status.applicant_id or "", "GREEN")
     # The verdict arrives before the check's start, each twice: the
     # onboarding learns the check from whichever comes first.
