@@ -7,10 +7,15 @@ from temporalio.exceptions import ApplicationError
 
 from activities.queues import ledger_activity
 from schemas.customers import CustomerProfile, KycStatus, KycStatusChange
+from schemas.notify import Channel
 
 SAVE_PROFILE = "customers.save_profile"
 SET_KYC_STATUS = "customers.set_kyc_status"
 GET_KYC_STATUS = "customers.get_kyc_status"
+
+
+class NoAddress(Exception):
+    """A channel chosen has no address on file (no email, push token or chat)."""
 
 
 class CustomerNotFound(Exception):
@@ -63,6 +68,33 @@ class CustomerStore:
             telegram_chat_id=row["telegram_chat_id"],
             preferred_channels=row["preferred_channels"],
         )
+
+    async def set_channels(self, customer_id: str, channels: list[Channel]) -> list[Channel]:
+        """The channels the customer is told on, each of which must have its
+        address on file (checked in the same statement that sets them)."""
+        wanted = [channel.value for channel in channels]
+        row = await self._pool.fetchrow(
+            """
+            UPDATE customers SET preferred_channels = $2, updated_at = now()
+            WHERE customer_id = $1
+              AND ('email' <> ALL($2) OR email IS NOT NULL)
+              AND ('push' <> ALL($2) OR push_token IS NOT NULL)
+              AND ('telegram' <> ALL($2) OR telegram_chat_id IS NOT NULL)
+            RETURNING preferred_channels
+            """,
+            customer_id,
+            wanted,
+        )
+        if row is not None:
+            return [Channel(value) for value in row["preferred_channels"]]
+        profile = await self.get(customer_id)
+        addresses = {
+            Channel.EMAIL: profile.email,
+            Channel.PUSH: profile.push_token,
+            Channel.TELEGRAM: profile.telegram_chat_id,
+        }
+        missing = [channel.value for channel in channels if not addresses[channel]]
+        raise NoAddress(f"no address on file for {', '.join(missing)}")
 
     async def set_kyc_status(self, customer_id: str, status: KycStatus) -> None:
         updated = await self._pool.execute(

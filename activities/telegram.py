@@ -102,6 +102,14 @@ class TelegramLinks:
                         f"Telegram user {telegram_user_id} or customer {row['customer_id']}"
                         " is linked already"
                     )
+            # The user's private chat with the bot has the user's id: the
+            # address the customer's Telegram notifications go to, if chosen.
+            await connection.execute(
+                "UPDATE customers SET telegram_chat_id = $2, updated_at = now()"
+                " WHERE customer_id = $1",
+                row["customer_id"],
+                str(telegram_user_id),
+            )
             return str(row["customer_id"])
 
 

@@ -141,3 +141,11 @@ class CardflowApi:
             headers={"Idempotency-Key": f"{key}-submit"},
         )
         return str((await self._json(submitted)).get("stage", "submitted"))
+
+    async def set_channels(self, customer_id: str, channels: list[str]) -> list[str]:
+        """The channels the customer is told on (a PUT: the same twice is one)."""
+        answer = await self._http.put(
+            f"/v1/customers/{customer_id}/notification-channels",
+            json={"preferred_channels": channels},
+        )
+        return list((await self._json(answer))["preferred_channels"])

@@ -15,6 +15,9 @@ acted on through the public API (starters/bot/api.py):
 - `/topup`: how to top up: the bank transfer's reference (the customer's id,
   which the bank top-up matches) and the USDT-TRC20 deposit address, with
   its QR code;
+- `/notifications`: the channels the customer is told on, with a button
+  that has the bot tell them (declines, payments, top-ups, disputes'
+  decisions, shipping...) here in Telegram, or stop;
 - `/signup` and `/newcard` (starters/bot/signup.py): a new person's account,
   and a virtual card.
 """
@@ -47,9 +50,10 @@ NOT_LINKED = (
 )
 MENU = (
     "/balance your money, /cards your cards, /transactions what happened lately, "
-    "/topup how to add money, /newcard a virtual card"
+    "/topup how to add money, /newcard a virtual card, /notifications where you are told"
 )
 NOT_YOURS = "This is not one of your cards or payments."
+TELEGRAM = "telegram"
 # What a customer may dispute from the list, with the statement that goes with it.
 DISPUTE_REASONS = {
     "fraudulent": ("I did not make it", "I did not make or allow this payment."),
@@ -68,6 +72,12 @@ BUTTON_ACTIONS = [action for action, _ in BUTTONS.values()]
 class CardPress(CallbackData, prefix="card"):
     action: str
     card_id: str
+
+
+class NotifyPress(CallbackData, prefix="notify"):
+    """Be told in Telegram (`on`), or stop."""
+
+    on: bool
 
 
 class DisputePress(CallbackData, prefix="dispute"):
@@ -91,6 +101,8 @@ def dispatcher(api: CardflowApi) -> Dispatcher:
     router.message.register(transactions, Command("transactions"))
     router.message.register(topup, Command("topup"))
     router.callback_query.register(press, CardPress.filter(F.action.in_(set(BUTTON_ACTIONS))))
+    router.message.register(notifications, Command("notifications"))
+    router.callback_query.register(notify_press, NotifyPress.filter())
     router.callback_query.register(dispute_reasons, DisputePress.filter(F.reason == ""))
     router.callback_query.register(dispute, DisputePress.filter(F.reason.in_(set(DISPUTE_REASONS))))
     signup.register(router)
@@ -285,3 +297,50 @@ async def topup(message: Message, api: CardflowApi) -> None:
         BufferedInputFile(image.getvalue(), filename="usdt-trc20.png"),
         caption=f"USDT on Tron (TRC-20) to {address}",
     )
+
+
+def _channels_said(channels: list[str]) -> tuple[str, InlineKeyboardMarkup]:
+    here = TELEGRAM in channels
+    said = f"You are told by {', '.join(channels)}."
+    label = "Stop telling me here" if here else "Tell me here in Telegram"
+    data = NotifyPress(on=not here).pack()
+    button = InlineKeyboardButton(text=label, callback_data=data)
+    return said, InlineKeyboardMarkup(inline_keyboard=[[button]])
+
+
+async def notifications(message: Message, api: CardflowApi) -> None:
+    customer_id = await _customer(message, api)
+    if customer_id is None:
+        return
+    said, markup = _channels_said(list((await api.customer(customer_id))["preferred_channels"]))
+    await message.answer(said, reply_markup=markup)
+
+
+async def notify_press(query: CallbackQuery, callback_data: NotifyPress, api: CardflowApi) -> None:
+    """Add or remove Telegram; what is set is the whole list, so pressing
+    twice sets it once."""
+    message = query.message
+    assert message is not None
+    try:
+        customer_id = await api.customer_of(query.from_user.id)
+        channels = [
+            channel
+            for channel in (await api.customer(customer_id))["preferred_channels"]
+            if channel != TELEGRAM
+        ]
+        if callback_data.on:
+            channels.insert(0, TELEGRAM)
+        if not channels:
+            await query.answer("Telegram is your only channel: it stays.", show_alert=True)
+            return
+        chosen = await api.set_channels(customer_id, channels)
+    except NotLinked:
+        await query.answer(NOT_LINKED[:200], show_alert=True)
+        return
+    except ApiRefused as refused:
+        await query.answer(refused.detail[:200], show_alert=True)
+        return
+    await query.answer("Done")
+    said, markup = _channels_said(chosen)
+    if isinstance(message, Message):
+        await message.edit_text(said, reply_markup=markup)

@@ -23,11 +23,13 @@ import pytest_asyncio
 import segno
 
 from activities.api_keys import SCOPE_CUSTOMERS_READ, SCOPE_PROCESSES_START, SCOPE_TELEGRAM_LINK
+from activities.customers import CustomerStore
 from activities.providers.tron import TronClient
 from schemas.cards import CardInput
 from schemas.disputes import DisputeStatusView
 from schemas.issuer import CardState
 from schemas.money import Currency
+from schemas.notify import Channel
 from schemas.onboarding import OnboardingStatus
 from starters import topup as starter
 from starters.bot.api import CardflowApi
@@ -150,6 +152,7 @@ async def test_linked_by_the_app_the_bot_shows_money_freezes_once_and_says_why_d
     shown = await chat.reply_to("/balance")
     assert "USD: 100.00 USD available" in shown["text"]
     await topup_told(platform, chat, customer_id)
+    await told_here_from_now_on(platform, chat, customer_id)
 
     listed = await chat.reply_to("/cards")
     assert listed["text"] == f"Card {card_id} (virtual): open"
@@ -174,6 +177,27 @@ async def test_linked_by_the_app_the_bot_shows_money_freezes_once_and_says_why_d
         return "frozen" in said["text"]
 
     await polling.eventually(decline_listed, "the decline and its reason are listed")
+
+
+async def told_here_from_now_on(platform: Platform, chat: Chat, customer_id: str) -> None:
+    """/notifications: the customer chooses Telegram (pressed twice: set
+    once), and the next top-up's receipt arrives here."""
+    asked = await chat.reply_to("/notifications")
+    assert asked["text"] == "You are told by email."
+    [[button]] = asked["reply_markup"]["inline_keyboard"]
+    assert button["text"] == "Tell me here in Telegram"
+    presses = [await chat.press(asked["message_id"], button["callback_data"]) for _ in range(2)]
+
+    async def both_answered() -> bool:
+        return all([await chat.answered(press) for press in presses])
+
+    await polling.eventually(both_answered, "both presses are answered")
+    profile = await CustomerStore(platform.stack.pool).get(customer_id)
+    assert profile.preferred_channels == [Channel.TELEGRAM, Channel.EMAIL]
+    assert profile.telegram_chat_id == str(chat.user_id)
+    await starter.simulate_bank_transfer(platform.settings, customer_id, 1_000, Currency.USD)
+    receipt = await chat.told("Your top-up of")
+    assert receipt.startswith("Your top-up of 9.73 USD is in your wallet")
 
 
 async def topup_told(platform: Platform, chat: Chat, customer_id: str) -> None:

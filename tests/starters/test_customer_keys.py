@@ -55,6 +55,10 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("POST", "/v1/telegram/links"): PROGRAM_WIDE,
     ("GET", "/v1/telegram/links/{telegram_user_id}"): PROGRAM_WIDE,
     ("POST", "/v1/telegram/signups"): PROGRAM_WIDE,
+    (
+        "PUT",
+        "/v1/customers/{customer_id}/notification-channels",
+    ): "customer: the path's customer_id",
     ("GET", "/v1/events"): PROGRAM_WIDE,
     ("POST", "/v1/events/{event_id}/redeliver"): PROGRAM_WIDE,
     ("POST", "/v1/webhook-endpoints"): PROGRAM_WIDE,
@@ -359,6 +363,11 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
         "POST",
         f"/v1/customers/{i.customer}/telegram-link",
         None,
+    ),
+    ("PUT", "/v1/customers/{customer_id}/notification-channels"): lambda i: (
+        "PUT",
+        f"/v1/customers/{i.customer}/notification-channels",
+        {"preferred_channels": ["email"]},
     ),
     ("POST", "/v1/onboardings"): lambda i: ("POST", "/v1/onboardings", onboarding(i.customer)),
     ("POST", "/v1/onboardings/{customer_id}/documents"): lambda i: (

@@ -161,3 +161,45 @@ async def test_a_signup_saves_links_and_onboards_once_and_refuses_a_linked_user(
     assert not await api.pool.fetchval(
         "SELECT count(*) FROM customers WHERE customer_id = $1", f"tg-{linked_user}"
     )
+
+
+async def test_linking_records_the_chat_and_the_customer_chooses_telegram(api: Api) -> None:
+    customer_id = await a_customer_with_money(api)
+    own = await api.headers(SCOPE_PROCESSES_START, customers=[customer_id])
+    path = f"/v1/customers/{customer_id}/notification-channels"
+    # No Telegram chat on file yet: choosing it is refused, naming the field.
+    early = await api.http.put(path, json={"preferred_channels": ["telegram"]}, headers=own)
+    assert early.status_code == 422, early.text
+    assert early.json() == {
+        "code": "invalid_request",
+        "detail": "preferred_channels: no address on file for telegram",
+    }
+    user = 8_000_000 + uuid.uuid4().int % 1_000_000
+    issued = await code_for(api, customer_id)
+    bot = await api.headers(SCOPE_TELEGRAM_LINK)
+    linked = await api.http.post(
+        "/v1/telegram/links", json={"code": issued["code"], "telegram_user_id": user}, headers=bot
+    )
+    assert linked.status_code == 201, linked.text
+    assert (await CustomerStore(api.pool).get(customer_id)).telegram_chat_id == str(user)
+    chosen = {"preferred_channels": ["telegram", "email"]}
+    for _ in range(2):  # the same choice twice: the same answer
+        answer = await api.http.put(path, json=chosen, headers=own)
+        assert answer.status_code == 200 and answer.json() == chosen, answer.text
+    saved = await CustomerStore(api.pool).get(customer_id)
+    assert saved.preferred_channels == [Channel.TELEGRAM, Channel.EMAIL]
+    for body in ({"preferred_channels": []}, {"preferred_channels": ["email", "email"]}):
+        bad = await api.http.put(path, json=body, headers=own)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == [
+            "body",
+            "preferred_channels",
+        ], bad.text
+    push = await api.http.put(path, json={"preferred_channels": ["push"]}, headers=own)
+    assert push.json()["detail"] == "preferred_channels: no address on file for push"
+    other = await api.headers(SCOPE_PROCESSES_START, customers=[await a_customer_with_money(api)])
+    assert (await api.http.put(path, json=chosen, headers=other)).status_code == 403
+    # Nothing refused changed the choice.
+    assert (await CustomerStore(api.pool).get(customer_id)).preferred_channels == [
+        Channel.TELEGRAM,
+        Channel.EMAIL,
+    ]

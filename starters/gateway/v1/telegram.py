@@ -7,6 +7,10 @@
   redeems the code for the Telegram user who pressed Start;
 - `GET /v1/telegram/links/{telegram_user_id}` (scope `telegram:link`): the
   customer a Telegram user is linked to;
+- `PUT /v1/customers/{customer_id}/notification-channels` (scope
+  `processes:start`, the customer's own choice): the channels the customer
+  is told on, each with its address on file (linking Telegram records the
+  chat; choosing it makes the bot send the customer's notifications);
 - `POST /v1/telegram/signups` (scope `telegram:link`, the bot's): a person
   new to cardflow signs up in the bot: their customer (`tg-<user id>`) is
   saved and linked to them, told on Telegram, and onboarded with the KYC
@@ -19,10 +23,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Path, Response
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from activities.api_keys import SCOPE_PROCESSES_START, SCOPE_TELEGRAM_LINK
-from activities.customers import CustomerStore
+from activities.customers import CustomerNotFound, CustomerStore, NoAddress
 from activities.telegram import LINK_CODE_PATTERN, AlreadyLinked, LinkCodeInvalid, TelegramLinks
 from schemas.customers import BirthDate, CustomerProfile
 from schemas.edge import EdgeModel, Name
@@ -94,6 +98,19 @@ def signup_profile(body: TelegramSignup) -> CustomerProfile:
         telegram_chat_id=str(body.telegram_user_id),
         preferred_channels=[Channel.TELEGRAM, *([Channel.EMAIL] if body.email else [])],
     )
+
+
+class NotificationChannels(EdgeModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preferred_channels: list[Channel] = Field(min_length=1, max_length=len(Channel))
+
+    @field_validator("preferred_channels")
+    @classmethod
+    def _each_once(cls, channels: list[Channel]) -> list[Channel]:
+        if len(set(channels)) != len(channels):
+            raise ValueError("each channel at most once")
+        return channels
 
 
 class TelegramLink(BaseModel):
@@ -211,3 +228,25 @@ async def signup_route(
         metadata=onboarding_start_metadata(onboarding),
         customer_id=customer_id,
     )
+
+
+@route(
+    router,
+    READ,
+    "/customers/{customer_id}/notification-channels",
+    "Choose the channels the customer is told on (each needs its address on file)",
+    method="PUT",
+    scope=SCOPE_PROCESSES_START,
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+async def channels_route(
+    customer_id: OwnCustomerId, body: NotificationChannels, pool: DatabasePool
+) -> NotificationChannels:
+    """Setting the same channels again changes nothing (a PUT)."""
+    try:
+        chosen = await CustomerStore(pool).set_channels(customer_id, body.preferred_channels)
+    except CustomerNotFound:
+        raise ApiError(Refusal.NOT_FOUND, f"no customer {customer_id}") from None
+    except NoAddress as error:
+        raise ApiError(Refusal.INVALID_REQUEST, f"preferred_channels: {error}") from None
+    return NotificationChannels(preferred_channels=chosen)
