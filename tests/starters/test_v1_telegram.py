@@ -188,7 +188,11 @@ async def test_linking_records_the_chat_and_the_customer_chooses_telegram(api: A
         assert answer.status_code == 200 and answer.json() == chosen, answer.text
     saved = await CustomerStore(api.pool).get(customer_id)
     assert saved.preferred_channels == [Channel.TELEGRAM, Channel.EMAIL]
-    for body in ({"preferred_channels": []}, {"preferred_channels": ["email", "email"]}):
+    refused_bodies: list[dict[str, list[str]]] = [
+        {"preferred_channels": []},
+        {"preferred_channels": ["email", "email"]},
+    ]
+    for body in refused_bodies:
         bad = await api.http.put(path, json=body, headers=own)
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == [
             "body",
