@@ -288,6 +288,11 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z][A-Za-z0-9_]{3,31}$",
         validation_alias="CARDFLOW_TELEGRAM_BOT_USERNAME",
     )
+    # Where Telegram opens the customers' WebApp (the bot's /app button): an
+    # https URL Telegram reaches in production; unset, the gateway's /webapp/.
+    webapp_url: str | None = Field(
+        default=None, max_length=2_000, validation_alias="CARDFLOW_WEBAPP_URL"
+    )
     # The WebApp's initData is refused once its auth_date is older than this.
     webapp_init_data_seconds_max: int = Field(
         default=3600, ge=10, le=7 * 86400, validation_alias="CARDFLOW_WEBAPP_INIT_DATA_SECONDS_MAX"
@@ -593,6 +598,10 @@ class Settings(BaseSettings):
     @property
     def gateway_base_url(self) -> str:
         return (self.gateway_url or f"http://{self.bind_host}:{self.gateway_port}").rstrip("/")
+
+    @property
+    def webapp_page_url(self) -> str:
+        return self.webapp_url or f"{self.gateway_base_url}/webapp/"
 
     @property
     def web_ui_url(self) -> str:

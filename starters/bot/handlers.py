@@ -15,6 +15,8 @@ acted on through the public API (starters/bot/api.py):
 - `/topup`: how to top up: the bank transfer's reference (the customer's id,
   which the bank top-up matches) and the USDT-TRC20 deposit address, with
   its QR code;
+- `/app`: a button that opens the WebApp (the card, balances, feed, freeze,
+  limits) inside Telegram;
 - `/notifications`: the channels the customer is told on, with a button
   that has the bot tell them (declines, payments, top-ups, disputes'
   decisions, shipping...) here in Telegram, or stop;
@@ -37,6 +39,7 @@ from aiogram.types import (
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     Message,
+    WebAppInfo,
 )
 
 from schemas.money import Currency, Money
@@ -50,7 +53,8 @@ NOT_LINKED = (
 )
 MENU = (
     "/balance your money, /cards your cards, /transactions what happened lately, "
-    "/topup how to add money, /newcard a virtual card, /notifications where you are told"
+    "/topup how to add money, /newcard a virtual card, /notifications where you are told, "
+    "/app your card in the WebApp"
 )
 NOT_YOURS = "This is not one of your cards or payments."
 TELEGRAM = "telegram"
@@ -91,8 +95,9 @@ def money(amount_minor: int, currency: str) -> str:
     return str(Money(amount_minor=amount_minor, currency=Currency(currency)))
 
 
-def dispatcher(api: CardflowApi) -> Dispatcher:
-    """The bot's dispatcher (a new one each time), its handlers given `api`."""
+def dispatcher(api: CardflowApi, webapp_url: str) -> Dispatcher:
+    """The bot's dispatcher (a new one each time), its handlers given `api`
+    and the WebApp's URL."""
     router = Router(name="cardflow")
     router.message.register(start_with_code, CommandStart(deep_link=True))
     router.message.register(start, CommandStart())
@@ -102,12 +107,14 @@ def dispatcher(api: CardflowApi) -> Dispatcher:
     router.message.register(topup, Command("topup"))
     router.callback_query.register(press, CardPress.filter(F.action.in_(set(BUTTON_ACTIONS))))
     router.message.register(notifications, Command("notifications"))
+    router.message.register(app, Command("app"))
     router.callback_query.register(notify_press, NotifyPress.filter())
     router.callback_query.register(dispute_reasons, DisputePress.filter(F.reason == ""))
     router.callback_query.register(dispute, DisputePress.filter(F.reason.in_(set(DISPUTE_REASONS))))
     signup.register(router)
     found = Dispatcher()
     found["api"] = api
+    found["webapp_url"] = webapp_url
     found.include_router(router)
     return found
 
@@ -344,3 +351,15 @@ async def notify_press(query: CallbackQuery, callback_data: NotifyPress, api: Ca
     said, markup = _channels_said(chosen)
     if isinstance(message, Message):
         await message.edit_text(said, reply_markup=markup)
+
+
+async def app(message: Message, api: CardflowApi, webapp_url: str) -> None:
+    """The WebApp's button: Telegram opens the page with the user's signed
+    initData, which is all the page shows the customer by."""
+    if await _customer(message, api) is None:
+        return
+    button = InlineKeyboardButton(text="Open my card", web_app=WebAppInfo(url=webapp_url))
+    await message.answer(
+        "Your card, balances and payments:",
+        reply_markup=InlineKeyboardMarkup(inline_keyboard=[[button]]),
+    )

@@ -45,7 +45,7 @@ async def run_bot(settings: Settings) -> None:
     try:
         me = await bot.get_me()
         log.info("bot @%s polls for updates", me.username)
-        await dispatcher(api).start_polling(
+        await dispatcher(api, settings.webapp_page_url).start_polling(
             bot, polling_timeout=POLLING_TIMEOUT_SECONDS, handle_signals=True
         )
     finally:

@@ -119,7 +119,7 @@ async def chat(platform: Platform) -> AsyncIterator[Chat]:
     api = CardflowApi(platform.gateway_url, headers["Authorization"].removeprefix("Bearer "))
     telegram_url = platform.sim.provider_url("telegram")
     bot = retrying_bot(telegram_bot_token(platform.settings), telegram_url)
-    bot_dispatcher = dispatcher(api)
+    bot_dispatcher = dispatcher(api, f"{platform.gateway_url}/webapp/")
     polling_task = asyncio.ensure_future(
         bot_dispatcher.start_polling(bot, handle_signals=False, polling_timeout=1)
     )
@@ -153,6 +153,7 @@ async def test_linked_by_the_app_the_bot_shows_money_freezes_once_and_says_why_d
     assert "USD: 100.00 USD available" in shown["text"]
     await topup_told(platform, chat, customer_id)
     await told_here_from_now_on(platform, chat, customer_id)
+    await card_page_opened(platform, chat, customer_id)
 
     listed = await chat.reply_to("/cards")
     assert listed["text"] == f"Card {card_id} (virtual): open"
@@ -198,6 +199,21 @@ async def told_here_from_now_on(platform: Platform, chat: Chat, customer_id: str
     await starter.simulate_bank_transfer(platform.settings, customer_id, 1_000, Currency.USD)
     receipt = await chat.told("Your top-up of")
     assert receipt.startswith("Your top-up of 9.73 USD is in your wallet")
+
+
+async def card_page_opened(platform: Platform, chat: Chat, customer_id: str) -> None:
+    """/app: the WebApp's button; Telegram opens it with initData signed for
+    this user, by which the gateway knows them as their customer."""
+    said = await chat.reply_to("/app")
+    [[button]] = said["reply_markup"]["inline_keyboard"]
+    assert button["web_app"] == {"url": f"{platform.gateway_url}/webapp/"}
+    opened = await chat.telegram.post(f"/simulate/bots/{chat.bot_id}/users/{chat.user_id}/webapp")
+    init_data = opened.json()["init_data"]
+    async with httpx.AsyncClient(base_url=platform.gateway_url) as http:
+        page = await http.get("/webapp/")
+        me = await http.get("/webapp/v1/me", headers={"Authorization": f"tma {init_data}"})
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert me.status_code == 200 and me.json()["customer_id"] == customer_id, me.text
 
 
 async def topup_told(platform: Platform, chat: Chat, customer_id: str) -> None:
