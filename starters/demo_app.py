@@ -9,6 +9,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from temporalio.client import Client
@@ -33,8 +34,9 @@ from workflows.event_delivery import event_delivery_workflow_id
 
 Say = Callable[[str, str | None], None]
 DEMO_RECEIVER = "demo-app"
-# The Telegram user the demo's instructions speak as.
-DEMO_TELEGRAM_USER = 424242
+# The Telegram users the demo's instructions speak as: a new one each run, as
+# a Telegram user is linked to one customer and each run makes its own.
+DEMO_TELEGRAM_USERS = 420_000_000
 FEED_LINES_MAX = 12
 TOO_DEAR = Merchant(name="Grand Piano Store", mcc="5733", country="GB")
 
@@ -132,8 +134,10 @@ async def show_as_an_app(
 
 
 async def _bot_how_to(settings: Settings, say: Say, customer_id: str) -> None:
-    """How to talk to the customer's bot through the Telegram simulator, linked
-    by a code as the customer's app would hand it over."""
+    """The customer's Telegram: linked through the bot (the demo's Telegram
+    user says /start with the code the customer's app hands over), then how to
+    talk to the bot through the Telegram simulator and the WebApp's URL,
+    opened as Telegram opens it (initData signed for that user)."""
     pool = await create_pool(settings.effective_database_url, size_max=1)
     try:
         issued = await ApiKeyStore(pool, api_key_pepper(settings)).create(
@@ -151,14 +155,36 @@ async def _bot_how_to(settings: Settings, say: Say, customer_id: str) -> None:
     code = answer.json()["code"]
     bot_id = telegram_bot_token(settings).split(":", 1)[0]
     users = f"{settings.providers_base_url}/telegram/simulate/bots/{bot_id}"
+    user = DEMO_TELEGRAM_USERS + uuid.uuid4().int % 1_000_000
+    async with httpx.AsyncClient(base_url=users, timeout=10) as telegram:
+        await telegram.post(f"/users/{user}/messages", json={"text": f"/start {code}"})
+        answered: list[dict[str, Any]] = []
+        for _ in range(STAGE_WAIT_SECONDS_MAX * 20):
+            answered = (await telegram.get(f"/chats/{user}/messages")).json()["data"]
+            if answered:
+                break
+            await asyncio.sleep(0.05)
+        if not answered:
+            say("The bot did not answer /start: `cardflow dev status` shows its part", None)
+            return
+        opened = await telegram.post(f"/users/{user}/webapp")
+        opened.raise_for_status()
+    say(f"Telegram user {user} said /start <code> to the bot: {answered[0]['text']}", None)
+    webapp = f"{settings.webapp_page_url}#tgWebAppData={quote(opened.json()['init_data'])}"
     say(
-        "Talk to the customer's Telegram bot through the simulator (the link is valid 10 min):",
+        f"The customer's WebApp, as Telegram opens it (valid "
+        f"{settings.webapp_init_data_seconds_max // 60} min): {webapp}",
         None,
     )
-    for text in (f"/start {code}", "/balance", "/cards", "/transactions"):
+    say("Talk to the bot through the Telegram simulator, as that user:", None)
+    for text in ("/balance", "/cards", "/transactions", "/topup", "/notifications", "/app"):
         say(
-            f"  curl -s -X POST {users}/users/{DEMO_TELEGRAM_USER}/messages"
+            f"  curl -s -X POST {users}/users/{user}/messages"
             f" -H 'content-type: application/json' -d '{{\"text\": \"{text}\"}}'",
             None,
         )
-    say(f"  and read its answers: curl -s {users}/chats/{DEMO_TELEGRAM_USER}/messages", None)
+    say(f"  and read its answers: curl -s {users}/chats/{user}/messages", None)
+    say(
+        "  a new person signs up as any other user id: /signup, then the questions it asks",
+        None,
+    )
