@@ -24,6 +24,7 @@ from starters.scenarios_onboarding import (
     onboarding_rejected,
     onboarding_resubmitted,
     onboarding_reviewed,
+    onboarding_uploaded,
 )
 from starters.scenarios_reconciliation import reconciliation_clean
 from starters.scenarios_topup import topup_bank, topup_collects_debt, topup_unmatched, topup_usdt
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, Scenario] = {
     "onboarding-resubmitted": onboarding_resubmitted,
     "onboarding-rejected": onboarding_rejected,
     "onboarding-reviewed": onboarding_reviewed,
+    "onboarding-uploaded": onboarding_uploaded,
     "onboarding-expired": onboarding_expired,
     "card-virtual": card_virtual,
     "card-purchase": card_purchase,

@@ -1,10 +1,12 @@
 """The onboarding's scenarios: a customer approved, asked to resubmit,
-rejected, reviewed by an operator, or left to expire."""
+rejected, reviewed by an operator, or left to expire; and one who uploads
+their documents at the KYC provider's page they were sent."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from temporalio.client import Client, WorkflowHandle
 
 from schemas.kyc import KycDecision, KycRejectType
@@ -15,16 +17,41 @@ from workers.settings import Settings
 
 
 async def _onboard(
-    client: Client, settings: Settings, tag: str, policy: OnboardingPolicy | None = None
+    client: Client,
+    settings: Settings,
+    tag: str,
+    policy: OnboardingPolicy | None = None,
+    *,
+    uploaded_by_customer: bool = False,
 ) -> WorkflowHandle[Any, Any]:
     request = OnboardingInput(
-        profile=new_customer(tag), documents=[PASSPORT], policy=policy or OnboardingPolicy()
+        profile=new_customer(tag),
+        documents=[] if uploaded_by_customer else [PASSPORT],
+        policy=policy or OnboardingPolicy(),
     )
     return await start_onboarding(client, settings.task_queues, request)
 
 
 async def onboarding_approved(client: Client, settings: Settings) -> str:
     handle = await _onboard(client, settings, "approved")
+    status = await reach(handle, "waiting for the KYC result")
+    await decide_kyc(settings, status.applicant_id or "", KycDecision.GREEN)
+    await handle.result()
+    return handle.id
+
+
+async def onboarding_uploaded(client: Client, settings: Settings) -> str:
+    """No documents given: the customer is sent the provider's page and
+    uploads a passport's photo there, which starts the check."""
+    handle = await _onboard(client, settings, "uploaded", uploaded_by_customer=True)
+    status = await reach(handle, "waiting for the customer's documents")
+    async with httpx.AsyncClient(timeout=10) as browser:
+        uploaded = await browser.post(
+            status.verification_url or "",
+            data={"type": "passport", "country": "DEU"},
+            files={"file": ("passport.jpg", b"\xff\xd8\xff a photo", "image/jpeg")},
+        )
+    uploaded.raise_for_status()
     status = await reach(handle, "waiting for the KYC result")
     await decide_kyc(settings, status.applicant_id or "", KycDecision.GREEN)
     await handle.result()
