@@ -27,7 +27,7 @@ from activities.customers import CustomerStore
 from activities.providers.tron import TronClient
 from schemas.cards import CardInput
 from schemas.disputes import DisputeStatusView
-from schemas.issuer import CardState
+from schemas.issuer import CardState, DisputeOutcome
 from schemas.money import Currency
 from schemas.notify import Channel
 from schemas.onboarding import OnboardingStatus
@@ -371,3 +371,32 @@ async def test_a_new_person_signs_up_verifies_tops_up_gets_a_card_and_disputes_a
     assert view.missing_evidence == []
     sent = await chat.told("Your dispute of")
     assert sent.startswith(f"Your dispute of {cleared.id} is sent")
+    # The card network decides for the customer: told here.
+    at_issuer = await polling.until(
+        lambda: dispute.query("status", result_type=DisputeStatusView),
+        lambda found: found.issuer_dispute_id is not None,
+        "the issuer has the dispute",
+    )
+    async with issuer(platform) as network:
+        await network.simulate_dispute_decision(
+            str(at_issuer.issuer_dispute_id),
+            outcome=DisputeOutcome.WON,
+            idempotency_key=f"decide-{cleared.id}",
+        )
+    assert await chat.told("You won your dispute") == (
+        "You won your dispute\n\n25.00 USD is yours to keep."
+    )
+
+    # Frozen from the list, the card declines, and the list says why.
+    cards_now = await chat.reply_to("/cards")
+    [[freeze]] = cards_now["reply_markup"]["inline_keyboard"]
+    assert freeze["text"] == "Freeze"
+    frozen = await chat.press(cards_now["message_id"], freeze["callback_data"])
+    await polling.eventually(lambda: chat.answered(frozen), "the freeze is answered")
+    declined = await authorize(platform, card_id, 700)
+    assert declined.status.value == "declined"
+
+    async def decline_listed() -> bool:
+        return "frozen" in (await chat.reply_to("/transactions"))["text"]
+
+    await polling.eventually(decline_listed, "the decline and its reason are listed")
