@@ -29,6 +29,8 @@ Options (PUT /_admin/options/telegram), read on every Bot API call:
     server_errors      the next this many calls answer 502 Bad Gateway (0)
     fault_methods      the methods those answers are for, e.g. ["sendMessage"]
                        (unset: any call)
+    blocked_chats      chat ids whose users blocked the bot: sending to them
+                       answers 403 "Forbidden: bot was blocked by the user"
 """
 
 from __future__ import annotations
@@ -245,6 +247,8 @@ def create(context: SimulatorContext) -> FastAPI:
             return found
         if method == "sendMessage":
             chat_id = number(args, "chat_id")
+            if chat_id in option("blocked_chats", []):
+                raise BotApiError(403, "Forbidden: bot was blocked by the user")
             return sent(
                 bot_id, chat_id, {"text": text_of(args, "text", TEXT_CHARS_MAX), **markup(args)}
             )

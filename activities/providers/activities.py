@@ -6,6 +6,8 @@ arrive already classified by the client boundary (activities/providers/http.py).
 
 from __future__ import annotations
 
+import logging
+
 import asyncpg
 from temporalio.common import MetricMeter
 from temporalio.exceptions import ApplicationError
@@ -33,6 +35,11 @@ KYC_ADD_DOCUMENT = "kyc.add_document"
 KYC_START_CHECK = "kyc.start_check"
 KYC_VERIFICATION_LINK = "kyc.verification_link"
 NOTIFY_CUSTOMER = "notifications.send"
+# What Telegram answers for a chat it will never deliver to: 400 no such chat,
+# 403 the user blocked the bot (or deleted their account).
+TELEGRAM_CHAT_REFUSED = (400, 403)
+
+log = logging.getLogger("cardflow.providers")
 
 
 class ProviderClients:
@@ -132,8 +139,10 @@ class ProviderActivities:
                 continue
             key = f"{notification.key}/{channel.value}"
             if channel is Channel.TELEGRAM:
-                message_ids.append(await self._telegram(key, int(address), notification))
-                channels.append(channel)
+                sent = await self._telegram(key, int(address), notification)
+                if sent is not None:
+                    message_ids.append(sent)
+                    channels.append(channel)
                 continue
             message = await self.clients.notify.send_message(
                 channel=channel,
@@ -147,10 +156,14 @@ class ProviderActivities:
             channels.append(channel)
         return NotificationReceipt(key=notification.key, message_ids=message_ids, channels=channels)
 
-    async def _telegram(self, key: str, chat_id: int, notification: Notification) -> str:
+    async def _telegram(self, key: str, chat_id: int, notification: Notification) -> str | None:
         """Send through the customers' bot, once per key: a send already made is
         found in telegram_messages. The Bot API has no idempotency key, so a
-        send whose answer was lost is made again (at least once, never lost)."""
+        send whose answer was lost is made again (at least once, never lost).
+
+        A chat Telegram refuses for good (403: the user blocked the bot or
+        left; 400: no such chat) is skipped, not failed: the customer's
+        choice must not fail the process that tells them (None)."""
         sent = await self.pool.fetchval(
             "SELECT message_id FROM telegram_messages WHERE dedupe_key = $1", key
         )
@@ -163,7 +176,15 @@ class ProviderActivities:
                     non_retryable=True,
                 )
             text = f"{notification.subject}\n\n{notification.body}"
-            sent = await self.clients.telegram.send_message(chat_id, text, idempotency_key=key)
+            try:
+                sent = await self.clients.telegram.send_message(chat_id, text, idempotency_key=key)
+            except ApplicationError as error:
+                details = error.details[0] if error.details else {}
+                status = details.get("status") if isinstance(details, dict) else None
+                if error.non_retryable and status in TELEGRAM_CHAT_REFUSED:
+                    log.warning("Telegram refused chat %s (%s): not told there", chat_id, status)
+                    return None
+                raise
             await self.pool.execute(
                 "INSERT INTO telegram_messages (dedupe_key, chat_id, message_id)"
                 " VALUES ($1, $2, $3) ON CONFLICT (dedupe_key) DO NOTHING",

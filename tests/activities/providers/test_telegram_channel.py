@@ -88,3 +88,29 @@ async def test_telegram_chosen_without_a_bot_token_is_a_final_error(
     finally:
         await clients.aclose()
     assert refused.value.type == "TelegramNotConfigured" and refused.value.non_retryable
+
+
+async def test_a_customer_who_blocked_the_bot_is_told_on_their_other_channels(
+    sim: Any, ledger_pool: asyncpg.Pool
+) -> None:
+    chat = uuid.uuid4().int % 10**12
+    customer = profile(
+        telegram_chat_id=str(chat),
+        email="grace@example.com",
+        preferred_channels=[Channel.TELEGRAM, Channel.EMAIL],
+    )
+    await CustomerStore(ledger_pool).save(customer)
+    clients = ProviderClients(sim.url, telegram_bot_token=TOKEN)
+    sim.admin("PUT", "/options/telegram", {"blocked_chats": [chat]})
+    try:
+        receipt = await ProviderActivities(clients, ledger_pool).notify_customer(
+            Notification(
+                key=f"blocked/{chat}", customer_id=customer.customer_id, subject="s", body="b"
+            )
+        )
+    finally:
+        sim.admin("PUT", "/options/telegram", {"blocked_chats": []})
+        await clients.aclose()
+    # Not a failure of the process that tells them: the email went, Telegram is skipped.
+    assert receipt.channels == [Channel.EMAIL]
+    assert await bot_said(sim, chat) == []
