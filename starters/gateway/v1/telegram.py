@@ -149,7 +149,7 @@ async def link_code_route(
     scope=SCOPE_TELEGRAM_LINK,
     program_wide=True,
     status_code=201,
-    responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={409: {"model": ErrorBody}},
 )
 async def redeem_route(
     body: LinkRedemption, pool: DatabasePool, response: Response
@@ -237,7 +237,7 @@ async def signup_route(
     "Choose the channels the customer is told on (each needs its address on file)",
     method="PUT",
     scope=SCOPE_PROCESSES_START,
-    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={404: {"model": ErrorBody}},
 )
 async def channels_route(
     customer_id: OwnCustomerId, body: NotificationChannels, pool: DatabasePool
