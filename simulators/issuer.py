@@ -17,6 +17,12 @@ daily settlement report. Mounted at /issuer.
     POST  /v1/cards/{id}/shipping/reschedule               a later delivery date, before shipment
     GET   /v1/program/funding                              funded balance per currency
     POST  /v1/program/funding/deposits                     add funding
+    GET   /v1/program/balances                             the prefunded balance per currency
+    GET   /v1/program/balance_transactions?currency=&limit=&starting_after=
+                                                           its movements, paged
+    POST  /v1/program/fundings                             the program's wire (Idempotency-Key)
+    GET   /v1/program/fundings/{id}                        pending or credited
+    GET   /v1/program/fundings?reference=&limit=&starting_after=
     GET   /v1/authorizations/{id}
     GET   /v1/authorizations?card_id=&limit=&starting_after=   a card's authorizations, paged
     GET   /v1/transactions/{id}
@@ -38,6 +44,7 @@ daily settlement report. Mounted at /issuer.
     POST  /v1/simulate/refunds                             a credit to a card
     POST  /v1/simulate/force_posts                         a clearing with no authorization
     POST  /v1/simulate/disputes/{id}/decide                representment, pre_arbitration, won, lost
+    POST  /v1/simulate/program/fundings/{id}/credit        the program's wire arrives now
 
 Webhooks (data: the resource after the change): cardholder.created,
 cardholder.updated, card.created, card.activated, card.paused, card.resumed,
@@ -46,9 +53,9 @@ authorization.declined, authorization.incremented,
 authorization.increment_declined, authorization.advice,
 authorization.reversed, authorization.expired, transaction.cleared,
 transaction.force_posted, transaction.refunded, fee.charged,
-funding_deposit.created, dispute.created, dispute.evidence_added,
-dispute.representment, dispute.pre_arbitration, dispute.won, dispute.lost,
-dispute.withdrawn.
+funding_deposit.created, program.funding.credited, dispute.created,
+dispute.evidence_added, dispute.representment, dispute.pre_arbitration,
+dispute.won, dispute.lost, dispute.withdrawn.
 
 Options (admin API, PUT /_admin/options/issuer): authorization_deadline_ms
 (default 2000), reveal_token_seconds (a reveal token's life, 1 to 60;
@@ -59,7 +66,19 @@ when negative, before anything happens; default 0), settlement_delay_days
 a later day's settlement report than the day they happened; default 0),
 die_before_recording_decision (true: the process exits the moment it has
 cardflow's answer to an authorization or increment, before recording it, as
-a crash at the worst moment does; default false).
+a crash at the worst moment does; default false), program_balances (the
+program's opening prefunded balance, {currency: minor units}, read once at
+the first use after a reset; a currency left out opens at 10**13),
+funding_lead_seconds (how long a program funding is pending before it is
+credited, 0 to 30 days; default 0: credited at once).
+
+The program's prefunded balance (simulators/issuer_program.py) is drawn down
+by clearings, force posts and fees and added to by refunds, chargebacks and
+fundings, each movement a balance transaction. The issuer itself declines,
+without asking cardflow, an authorization or increment on a card that is not
+open, or one asking for more than the program's balance in the card's
+currency: decided_by "issuer", reason "program_underfunded", announced as
+authorization.created and .declined (or .increment_declined) like any other.
 
 An issuer that died while cardflow decided a request declines that request
 when it starts again (the network had no answer in time) and announces it
@@ -69,12 +88,13 @@ releases what it held for it.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from simulators import (
     issuer_authorizations,
     issuer_cards,
     issuer_disputes,
+    issuer_program,
     issuer_reports,
     issuer_reveal,
     issuer_transactions,
@@ -86,8 +106,14 @@ __all__ = ["NAME", "create"]
 
 
 def create(context: SimulatorContext) -> FastAPI:
-    app = FastAPI(title="Card issuer (simulated)")
     state = IssuerState(context)
+    # Every settled transaction, fee and deposit moves the program's balance,
+    # and every request first credits the program's fundings now due.
+    issuer_program.install(state)
+    app = FastAPI(
+        title="Card issuer (simulated)",
+        dependencies=[Depends(issuer_program.crediting_due_fundings(state))],
+    )
     # What an issuer that died mid-decision left unanswered is declined first.
     issuer_authorizations.recover_asks_in_flight(state)
     for module in (
@@ -97,6 +123,7 @@ def create(context: SimulatorContext) -> FastAPI:
         issuer_disputes,
         issuer_reports,
         issuer_reveal,
+        issuer_program,
     ):
         app.include_router(module.router(state))
     return app

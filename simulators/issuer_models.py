@@ -383,6 +383,69 @@ class ProgramFunding(BaseModel):
     as_of: str
 
 
+# ----- the program's prefunded balance ---------------------------------------------
+
+ProgramBalanceTransactionType = Literal[
+    "opening", "funding", "clearing", "force_post", "refund", "dispute", "fee"
+]
+ProgramFundingStatus = Literal["pending", "credited"]
+FUNDING_REFERENCE_CHARS_MAX = 140
+
+
+class ProgramBalance(BaseModel):
+    """What the program has prefunded at the issuer in one currency and not
+    yet spent; it may be below zero (settlement is never refused)."""
+
+    currency: Currency
+    available_minor: int
+
+
+class ProgramBalanceList(BaseModel):
+    data: list[ProgramBalance]
+
+
+class ProgramBalanceTransaction(BaseModel):
+    """One movement of the program's balance, and what caused it."""
+
+    id: str
+    type: ProgramBalanceTransactionType
+    amount_minor: int = Field(description="Signed: what it added to the balance")
+    currency: Currency
+    source_id: str | None = Field(
+        description="The transaction, fee or funding behind it; None for the opening balance"
+    )
+    created_at: str
+
+
+class ProgramBalanceTransactionPage(BaseModel):
+    data: list[ProgramBalanceTransaction]
+    has_more: bool
+
+
+class FundingTransferIn(Input):
+    """The program sends money to its issuer (a bank wire)."""
+
+    amount_minor: AmountMinor
+    currency: Currency
+    reference: str = Field(min_length=1, max_length=FUNDING_REFERENCE_CHARS_MAX)
+
+
+class FundingTransfer(FundingTransferIn):
+    """A program funding: pending while the wire is on its way, then credited
+    to the program's balance."""
+
+    id: str
+    status: ProgramFundingStatus
+    created_at: str
+    credit_due_at: str = Field(description="When the issuer credits it at the latest")
+    credited_at: str | None = None
+
+
+class FundingTransferPage(BaseModel):
+    data: list[FundingTransfer]
+    has_more: bool
+
+
 SettlementRecordType = Literal["clearing", "force_post", "refund", "chargeback", "reversal", "fee"]
 
 

@@ -1,6 +1,8 @@
-"""Real-time authorization decisions: the issuer's own refusals, the signed
-request to cardflow's gateway, and the stand-in decision when cardflow's
-answer does not come in time or cannot be used.
+"""Real-time authorization decisions: the issuer's own refusals (a card that
+is not open; a request above the program's prefunded balance, declined with
+the reason "program_underfunded"), the signed request to cardflow's gateway,
+and the stand-in decision when cardflow's answer does not come in time or
+cannot be used.
 
 The request is a POST to {gateway_url}/realtime/issuer/authorization of
 {"id", "type": "authorization.request", "created_at", "data"}, signed with
@@ -30,6 +32,7 @@ from simulators.issuer_models import (
     DecisionOutcome,
     GatewayAnswer,
 )
+from simulators.issuer_program import UNDERFUNDED_REASON, available_minor
 from simulators.issuer_state import NAME, IssuerState
 
 REALTIME_AUTHORIZATION_PATH = f"/realtime/{NAME}/authorization"
@@ -107,7 +110,9 @@ async def ask_gateway(state: IssuerState, request: AuthorizationRequestData) -> 
     return GatewayOutcome(answer, "", latency_ms)
 
 
-def _issuer_refusal(card: Card) -> str | None:
+def _issuer_refusal(
+    state: IssuerState, card: Card, request: AuthorizationRequestData
+) -> str | None:
     """Why the issuer declines on its own, without asking cardflow."""
     if card.state == "closed":
         return f"card {card.id} is closed"
@@ -115,6 +120,10 @@ def _issuer_refusal(card: Card) -> str | None:
         return f"card {card.id} is paused"
     if card.state != "open":
         return f"card {card.id} is not activated ({card.state})"
+    # The issuer pays the network from the program's prefunded balance: it
+    # will not approve (nor let cardflow approve) what that cannot cover.
+    if request.amount_minor > available_minor(state, request.currency):
+        return UNDERFUNDED_REASON
     return None
 
 
@@ -141,7 +150,7 @@ async def decide(state: IssuerState, card: Card, request: AuthorizationRequestDa
             decided_at=state.now_iso(),
         )
 
-    refusal = _issuer_refusal(card)
+    refusal = _issuer_refusal(state, card, request)
     if refusal is not None:
         return decision("decline", 0, "issuer", refusal)
     gateway = await ask_gateway(state, request)

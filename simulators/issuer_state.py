@@ -8,6 +8,8 @@ nothing; ids are readable and stable ("card_000001").
 from __future__ import annotations
 
 import itertools
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, localcontext
@@ -27,6 +29,8 @@ from simulators.issuer_models import (
     Dispute,
     Fee,
     FundingDeposit,
+    FundingTransfer,
+    ProgramBalanceTransaction,
     Reversal,
     Transaction,
 )
@@ -77,6 +81,13 @@ REVERSALS = Collection("issuer.reversals", "rev", "reversal", Reversal)
 FEES = Collection("issuer.fees", "fee", "fee", Fee)
 DEPOSITS = Collection("issuer.deposits", "fund", "funding deposit", FundingDeposit)
 DISPUTES = Collection("issuer.disputes", "dp", "dispute", Dispute)
+PROGRAM_FUNDINGS = Collection("issuer.program_fundings", "pfd", "program funding", FundingTransfer)
+PROGRAM_BALANCE_TRANSACTIONS = Collection(
+    "issuer.program_balance_transactions",
+    "pbt",
+    "program balance transaction",
+    ProgramBalanceTransaction,
+)
 
 
 def conflict(message: str) -> NoReturn:
@@ -109,6 +120,7 @@ class IssuerState:
         # as a card network keeps its links to an issuer processor open.
         self._gateway_pools: list[httpx.AsyncClient] = []
         self._gateway_turn = itertools.count()
+        self._listeners: dict[str, list[Callable[[Any], None]]] = defaultdict(list)
 
     def gateway_http(self) -> httpx.AsyncClient:
         """The gateway connection pool whose turn it is."""
@@ -188,7 +200,16 @@ class IssuerState:
     def save(self, collection: Collection[Model], document: Model) -> Model:
         body = document.model_dump(mode="json")
         self.context.store.put(collection.kind, str(body["id"]), body)
+        for listener in self._listeners.get(collection.kind, ()):
+            listener(document)
         return document
+
+    def on_save(self, collection: Collection[Model], listener: Callable[[Model], None]) -> None:
+        """Call `listener` with each document of `collection` saved from now
+        on, right after it is stored: what one part of the issuer records
+        (a settled transaction, a fee) moves what another keeps (the
+        program's balance), whichever route recorded it."""
+        self._listeners[collection.kind].append(listener)
 
     # ----- webhooks -------------------------------------------------------------
 
