@@ -129,6 +129,23 @@ class EvidenceType(StrEnum):
     OTHER = "other"
 
 
+class ProgramBalanceTransactionType(StrEnum):
+    """What moved the program's prefunded balance."""
+
+    OPENING = "opening"
+    FUNDING = "funding"
+    CLEARING = "clearing"
+    FORCE_POST = "force_post"
+    REFUND = "refund"
+    DISPUTE = "dispute"
+    FEE = "fee"
+
+
+class ProgramFundingStatus(StrEnum):
+    PENDING = "pending"
+    CREDITED = "credited"
+
+
 class SettlementRecordType(StrEnum):
     CLEARING = "clearing"
     FORCE_POST = "force_post"
@@ -332,7 +349,10 @@ class RevealToken(BaseModel):
     expires_at: dt.datetime
 
 
-class ProgramFunding(BaseModel):
+class FundingSummary(BaseModel):
+    """The issuer's account of the program's funding deposits, settled spend
+    and fees, per currency (its balance counted from deposits alone)."""
+
     balances: list[FundingBalance]
     as_of: str
 
@@ -400,4 +420,55 @@ class AuthorizationPage(BaseModel):
 
 class TransactionPage(BaseModel):
     data: list[Transaction]
+    has_more: bool
+
+
+# ----- the program's prefunded balance -------------------------------------------------
+
+
+class ProgramBalance(BaseModel):
+    """What the program has prefunded at the issuer in one currency and not
+    yet spent; below zero when settlement took more than was funded."""
+
+    currency: Currency
+    available_minor: SignedTotalMinor
+
+
+class ProgramBalanceList(BaseModel):
+    data: list[ProgramBalance]
+
+
+class ProgramBalanceTransaction(BaseModel):
+    """One movement of the program's balance: signed, what it added."""
+
+    id: str
+    type: ProgramBalanceTransactionType
+    amount_minor: SignedTotalMinor
+    currency: Currency
+    # The transaction, fee or funding behind it; None for the opening balance.
+    source_id: str | None = None
+    created_at: str
+
+
+class ProgramBalanceTransactionPage(BaseModel):
+    data: list[ProgramBalanceTransaction]
+    has_more: bool
+
+
+class ProgramFunding(BaseModel):
+    """The program's wire to its issuer: pending until the issuer credits it
+    to the program's balance (by credit_due_at at the latest)."""
+
+    id: str
+    status: ProgramFundingStatus
+    amount_minor: AmountMinor
+    currency: Currency
+    reference: str
+    created_at: str
+    credit_due_at: str
+    credited_at: str | None = None
+
+
+class ProgramFundingPage(BaseModel):
+    data: list[ProgramFunding]
     has_more: bool

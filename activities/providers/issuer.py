@@ -28,8 +28,14 @@ from schemas.issuer import (
     DisputeOutcome,
     DisputeReason,
     FundingDeposit,
+    FundingSummary,
     Merchant,
+    ProgramBalance,
+    ProgramBalanceList,
+    ProgramBalanceTransaction,
+    ProgramBalanceTransactionPage,
     ProgramFunding,
+    ProgramFundingPage,
     ReissueReason,
     RevealToken,
     Reversal,
@@ -44,8 +50,14 @@ from schemas.providers import ISSUER
 from schemas.reconciliation import SettlementReportPage
 
 CARDS_PAGE_SIZE_MAX = 100
-# Authorizations and transactions of a card, per page.
+# Authorizations and transactions of a card, per page; so are the program's
+# balance transactions and fundings.
 PAGE_SIZE_MAX = 100
+# Fundings under one reference are a handful (a retried funding at most).
+FUNDING_PAGES_MAX = 10
+# Beyond this many movements a balance's history is read page by page
+# (program_balance_transactions_page).
+BALANCE_TRANSACTION_PAGES_MAX = 100
 
 
 def _wire(model: BaseModel) -> dict[str, Any]:
@@ -204,8 +216,9 @@ class IssuerClient(ProviderClient):
             idempotency_key=idempotency_key,
         )
 
-    async def get_program_funding(self) -> ProgramFunding:
-        return await self.call("GET", "/v1/program/funding", ProgramFunding)
+    async def get_funding_summary(self) -> FundingSummary:
+        """The issuer's account of funding deposits, settled spend and fees."""
+        return await self.call("GET", "/v1/program/funding", FundingSummary)
 
     async def deposit_program_funding(
         self, *, amount_minor: int, currency: Currency, reference: str, idempotency_key: str
@@ -217,6 +230,84 @@ class IssuerClient(ProviderClient):
             json={"amount_minor": amount_minor, "currency": currency.value, "reference": reference},
             idempotency_key=idempotency_key,
         )
+
+    # ----- the program's prefunded balance -----------------------------------------
+
+    async def program_balances(self) -> list[ProgramBalance]:
+        """What the program has prefunded at the issuer and not yet spent, in
+        every currency; the issuer declines authorizations above it itself."""
+        listed = await self.call("GET", "/v1/program/balances", ProgramBalanceList)
+        return listed.data
+
+    async def program_balance_transactions_page(
+        self, currency: Currency, *, limit: int | None = None, starting_after: str | None = None
+    ) -> ProgramBalanceTransactionPage:
+        """One page of the balance's movements in `currency`, oldest first."""
+        params: dict[str, Any] = {"currency": currency.value}
+        if limit is not None:
+            params["limit"] = limit
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        return await self.call(
+            "GET", "/v1/program/balance_transactions", ProgramBalanceTransactionPage, params=params
+        )
+
+    async def program_balance_transactions(
+        self, currency: Currency
+    ) -> list[ProgramBalanceTransaction]:
+        """Every movement of the balance in `currency`, oldest first, each
+        signed: its opening, fundings, refunds and won disputes positive,
+        clearings, force posts and fees negative."""
+        movements: list[ProgramBalanceTransaction] = []
+        starting_after: str | None = None
+        for _ in range(BALANCE_TRANSACTION_PAGES_MAX):
+            page = await self.program_balance_transactions_page(
+                currency, limit=PAGE_SIZE_MAX, starting_after=starting_after
+            )
+            movements += page.data
+            if not page.has_more:
+                return movements
+            starting_after = page.data[-1].id
+        raise RuntimeError(
+            f"the program's {currency.value} balance moved more than"
+            f" {BALANCE_TRANSACTION_PAGES_MAX * PAGE_SIZE_MAX} times:"
+            " read it with program_balance_transactions_page"
+        )
+
+    async def fund_program(
+        self, *, amount_minor: int, currency: Currency, reference: str, idempotency_key: str
+    ) -> ProgramFunding:
+        """Announces the program's wire of `amount_minor` to the issuer,
+        `reference` being the program's own id for it. Pending until the
+        issuer credits it (program.funding.credited); credited at once when
+        the issuer needs no lead time."""
+        return await self.call(
+            "POST",
+            "/v1/program/fundings",
+            ProgramFunding,
+            json={"amount_minor": amount_minor, "currency": currency.value, "reference": reference},
+            idempotency_key=idempotency_key,
+        )
+
+    async def get_program_funding(self, funding_id: str) -> ProgramFunding:
+        return await self.call("GET", f"/v1/program/fundings/{funding_id}", ProgramFunding)
+
+    async def program_fundings_by_reference(self, reference: str) -> list[ProgramFunding]:
+        """Every funding made with `reference`, oldest first (none when a
+        funding that went unanswered never reached the issuer)."""
+        fundings: list[ProgramFunding] = []
+        params: dict[str, Any] = {"reference": reference, "limit": PAGE_SIZE_MAX}
+        for _ in range(FUNDING_PAGES_MAX):
+            page = await self.call("GET", "/v1/program/fundings", ProgramFundingPage, params=params)
+            fundings += page.data
+            if not page.has_more:
+                return fundings
+            params["starting_after"] = page.data[-1].id
+        raise RuntimeError(
+            f"more than {FUNDING_PAGES_MAX * PAGE_SIZE_MAX} program fundings share a reference"
+        )
+
+    # ----- settlement ------------------------------------------------------------------
 
     async def get_settlement_report(self, settlement_date: date) -> SettlementReport:
         """Every clearing, force post, refund, chargeback, reversal and fee of the UTC date."""
@@ -486,6 +577,18 @@ class IssuerClient(ProviderClient):
             f"/v1/simulate/disputes/{dispute_id}/decide",
             Dispute,
             json=body,
+            idempotency_key=idempotency_key,
+        )
+
+    async def simulate_program_funding_credited(
+        self, funding_id: str, *, idempotency_key: str
+    ) -> ProgramFunding:
+        """Sandbox: the program's wire arrives now; a funding already credited
+        is a ProviderConflict."""
+        return await self.call(
+            "POST",
+            f"/v1/simulate/program/fundings/{funding_id}/credit",
+            ProgramFunding,
             idempotency_key=idempotency_key,
         )
 

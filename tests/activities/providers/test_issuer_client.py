@@ -29,6 +29,8 @@ from schemas.issuer import (
     DisputeStatus,
     EvidenceType,
     Merchant,
+    ProgramBalanceTransactionType,
+    ProgramFundingStatus,
     ReissueReason,
     SettlementRecordType,
     ShippingRequest,
@@ -201,7 +203,7 @@ async def test_authorizations_and_settlement_parse_into_cardflows_models(
     )
     assert refund.direction is Direction.CREDIT and forced.authorization_id is None
 
-    usd = (await issuer.get_program_funding()).balance(Currency.USD)
+    usd = (await issuer.get_funding_summary()).balance(Currency.USD)
     fee_minor = 120  # 1% of the 12_000 settled in USD for a purchase in EUR
     assert usd.balance_minor == 50_000 - 12_000 - 700 + 300 - fee_minor
     report = await issuer.get_settlement_report(datetime.now(UTC).date())
@@ -336,3 +338,118 @@ async def test_missing_and_malformed_requests_are_final(issuer: IssuerClient) ->
         )
     assert too_large.value.type == "ProviderRejectedRequest" and too_large.value.non_retryable
     assert "amount_minor" in str(too_large.value)
+
+
+# ----- the program's prefunded balance ---------------------------------------------------
+
+
+async def test_the_program_balance_and_its_movements_parse_into_cardflows_models(
+    sim: Any, issuer: IssuerClient, webhook_sink: Any
+) -> None:
+    sim.admin("PUT", "/options/issuer", {"program_balances": {"USD": 10_000}})
+    webhook_sink.realtime = approve
+    card = await new_card(issuer)
+    auth = await issuer.simulate_authorization(
+        card_id=card.id,
+        amount_minor=4_000,
+        currency=Currency.USD,
+        merchant=CAFE,
+        idempotency_key="auth-1",
+    )
+    cleared = await issuer.simulate_clearing(auth.id, idempotency_key="clr-1")
+    refund = await issuer.simulate_refund(
+        card_id=card.id,
+        amount_minor=500,
+        currency=Currency.USD,
+        merchant=CAFE,
+        idempotency_key="rf-1",
+    )
+
+    balances = await issuer.program_balances()
+    assert [(balance.currency, balance.available_minor) for balance in balances] == [
+        (Currency.USD, 6_500),
+        *((currency, 10**13) for currency in list(Currency)[1:]),
+    ]
+    movements = await issuer.program_balance_transactions(Currency.USD)
+    assert [(m.type, m.amount_minor, m.source_id) for m in movements] == [
+        (ProgramBalanceTransactionType.OPENING, 10_000, None),
+        (ProgramBalanceTransactionType.CLEARING, -4_000, cleared.id),
+        (ProgramBalanceTransactionType.REFUND, 500, refund.id),
+    ]
+    assert {m.currency for m in movements} == {Currency.USD}
+    page = await issuer.program_balance_transactions_page(Currency.USD, limit=1)
+    assert page.data == movements[:1] and page.has_more
+
+
+async def test_a_program_funding_is_pending_then_credited_once_per_key(
+    sim: Any, issuer: IssuerClient, webhook_sink: Any
+) -> None:
+    sim.admin(
+        "PUT",
+        "/options/issuer",
+        {"program_balances": {"USD": 0}, "funding_lead_seconds": 3_600},
+    )
+    webhook_sink.realtime = approve
+    funding = await issuer.fund_program(
+        amount_minor=2_000, currency=Currency.USD, reference="wire-1", idempotency_key="fund-1"
+    )
+    assert (funding.id, funding.status, funding.amount_minor, funding.credited_at) == (
+        "pfd_000001",
+        ProgramFundingStatus.PENDING,
+        2_000,
+        None,
+    )
+    again = await issuer.fund_program(
+        amount_minor=2_000, currency=Currency.USD, reference="wire-1", idempotency_key="fund-1"
+    )
+    assert again == funding == await issuer.get_program_funding(funding.id)
+    assert await issuer.program_fundings_by_reference("wire-1") == [funding]
+    assert await issuer.program_fundings_by_reference("wire-2") == []
+
+    # Underfunded, the issuer declines on its own, without asking cardflow.
+    card = await new_card(issuer)
+    declined = await issuer.simulate_authorization(
+        card_id=card.id,
+        amount_minor=2_000,
+        currency=Currency.USD,
+        merchant=CAFE,
+        idempotency_key="auth-1",
+    )
+    assert declined.status is AuthorizationStatus.DECLINED
+    assert (declined.decided_by, declined.decision_reason) == (
+        DecidedBy.ISSUER,
+        "program_underfunded",
+    )
+    assert webhook_sink.realtime_received == []
+
+    credited = await issuer.simulate_program_funding_credited(funding.id, idempotency_key="cr-1")
+    assert credited.status is ProgramFundingStatus.CREDITED and credited.credited_at is not None
+    assert await issuer.get_program_funding(funding.id) == credited
+    with pytest.raises(ApplicationError) as twice:
+        await issuer.simulate_program_funding_credited(funding.id, idempotency_key="cr-2")
+    assert twice.value.type == "ProviderConflict" and twice.value.non_retryable
+    [usd] = [b for b in await issuer.program_balances() if b.currency is Currency.USD]
+    assert usd.available_minor == 2_000
+    approved = await issuer.simulate_authorization(
+        card_id=card.id,
+        amount_minor=2_000,
+        currency=Currency.USD,
+        merchant=CAFE,
+        idempotency_key="auth-2",
+    )
+    assert (approved.status, approved.decided_by) == (
+        AuthorizationStatus.PENDING,
+        DecidedBy.CARDFLOW,
+    )
+
+
+async def test_a_bad_program_funding_is_final_and_names_the_field(issuer: IssuerClient) -> None:
+    with pytest.raises(ApplicationError) as refused:
+        await issuer.fund_program(
+            amount_minor=0, currency=Currency.USD, reference="wire-1", idempotency_key="bad"
+        )
+    assert refused.value.type == "ProviderRejectedRequest" and refused.value.non_retryable
+    assert "amount_minor" in str(refused.value)
+    with pytest.raises(ApplicationError) as missing:
+        await issuer.get_program_funding("pfd_999999")
+    assert missing.value.type == "ProviderNotFound"
