@@ -20,6 +20,11 @@ def bank_inbound(currency: Currency | str) -> str:
     return f"bank:inbound:{Currency(currency).value}"
 
 
+def bank_outbound(currency: Currency | str) -> str:
+    """Payouts from the program's bank account: withdrawals sent out."""
+    return f"bank:outbound:{Currency(currency).value}"
+
+
 def crypto_custody() -> str:
     return f"crypto:custody:{Currency.USDT.value}"
 
@@ -59,6 +64,7 @@ def suspense_reconciliation(currency: Currency | str) -> str:
 # Account code prefix -> the kind a system account of that family is opened with.
 _SYSTEM_KINDS: dict[str, str] = {
     "bank:inbound": "bank",
+    "bank:outbound": "bank",
     "crypto:custody": "custody",
     "issuer:settlement": "settlement",
     "fx:pool": "fx_pool",

@@ -26,6 +26,7 @@ from activities.reconciliation import (
     ReconciliationProviderActivities,
 )
 from activities.topups import TopupActivities, TopupReceiptActivities
+from activities.withdrawals import PayoutActivities, WithdrawalActivities
 from schemas.task_queues import TaskQueues
 from workers.interceptors import UnrepresentableValueInterceptor
 from workflows.catalog import ALL_WORKFLOWS
@@ -78,6 +79,7 @@ def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
         *DisputeLedgerActivities(pool).all(),  # type: ignore[list-item]
         *BillingActivities(pool).all(),  # type: ignore[list-item]
         *EventDeliveryActivities(pool).ledger(),  # type: ignore[list-item]
+        *WithdrawalActivities(pool).all(),  # type: ignore[list-item]
     ]
 
 
@@ -100,6 +102,7 @@ def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Ca
         *EventDeliveryActivities(  # type: ignore[list-item]
             pool, ProviderActivities(clients, pool)
         ).providers(),
+        *PayoutActivities(clients).all(),  # type: ignore[list-item]
     ]
 
 

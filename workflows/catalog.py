@@ -26,6 +26,7 @@ from workflows.scheduled_reconciliation import (
     ScheduledReconciliation,
 )
 from workflows.topup import TOPUP_WORKFLOW, Topup
+from workflows.withdrawal import WITHDRAWAL_WORKFLOW, Withdrawal
 
 # Every workflow type cardflow runs; the replayer uses the same list.
 ALL_WORKFLOWS: Sequence[type] = (
@@ -42,6 +43,7 @@ ALL_WORKFLOWS: Sequence[type] = (
     Reconciliation,
     ScheduledReconciliation,
     EventDelivery,
+    Withdrawal,
 )
 
 # The `status` query of every workflow type, by the type's name.
@@ -59,4 +61,5 @@ STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
     RECONCILIATION_WORKFLOW: Reconciliation.status,
     SCHEDULED_RECONCILIATION_WORKFLOW: ScheduledReconciliation.status,
     EVENT_DELIVERY_WORKFLOW: EventDelivery.status,
+    WITHDRAWAL_WORKFLOW: Withdrawal.status,
 }

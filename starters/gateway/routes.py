@@ -25,6 +25,7 @@ from schemas.onboarding import KycResult
 from schemas.providers import BANK, ISSUER, KYC, TRON
 from schemas.task_queues import TaskQueues
 from schemas.tron import Deposit
+from schemas.withdrawals import PayoutUpdate
 from starters.topup import topup_input_of, topup_workflow_id_of
 from workflows.card_issue import SHIPPING_UPDATE_SIGNAL, card_issue_workflow_id
 from workflows.cards import (
@@ -48,6 +49,7 @@ from workflows.topup import (
     TOPUP_WORKFLOW,
     topup_start_metadata,
 )
+from workflows.withdrawal import PAYOUT_UPDATE_SIGNAL, withdrawal_workflow_id
 
 ANY_PROVIDER = "*"
 
@@ -120,6 +122,20 @@ def _ping_start(provider: str, event: ProviderEvent, queues: TaskQueues) -> Star
             webhook_events_expected=data.expected,
         ),
         task_queue=queues.workflows,
+    )
+
+
+def _withdrawal_id(_: str, event: ProviderEvent) -> str:
+    return withdrawal_workflow_id(str(event.data.get("reference", "")))
+
+
+def _payout_update(_: str, event: ProviderEvent) -> PayoutUpdate:
+    data = event.data
+    return PayoutUpdate(
+        payout_id=data["id"],
+        status=data["status"],
+        amount_minor=data["amount_minor"],
+        reason=data.get("return_reason") or data.get("failure_reason"),
     )
 
 
@@ -307,6 +323,16 @@ ROUTES: dict[tuple[str, str], Route] = {
         argument=_shipping,
         resolve=_card_issue_of,
     ),
+    # The bank's word on a payout goes to the withdrawal it pays (its reference).
+    **{
+        (BANK, event_type): Route(
+            kind="signal",
+            name=PAYOUT_UPDATE_SIGNAL,
+            workflow_id=_withdrawal_id,
+            argument=_payout_update,
+        )
+        for event_type in ("payout.sent", "payout.failed", "payout.returned")
+    },
     # The KYC provider's verdicts go to the customer's onboarding, and so does a
     # check's start: an upload at the provider's own page starts one.
     (KYC, "check.pending"): Route(
