@@ -82,7 +82,9 @@ class BankClient(ProviderClient):
             if not page.has_more:
                 return payouts
             params["starting_after"] = page.data[-1].id
-        raise RuntimeError(f"more than {PAYOUT_PAGES_MAX * PAGE_SIZE_MAX} payouts share a reference")
+        raise RuntimeError(
+            f"more than {PAYOUT_PAGES_MAX * PAGE_SIZE_MAX} payouts share a reference"
+        )
 
     async def balance(self, currency: Currency) -> BankBalance:
         """What the operating account holds in `currency`, available to pay out."""
