@@ -1,4 +1,12 @@
-"""Client of the Tron (USDT-TRC20) custody API: deposit addresses and deposits.
+"""Client of the Tron (USDT-TRC20) custody API: deposit addresses and deposits,
+USDT sent from custody, and the custody balance.
+
+A send refused for the custody balance is a ProviderConflict whose code is
+`insufficient_funds` (schemas.tron.INSUFFICIENT_FUNDS); like every answer to a
+keyed call, the refusal is what a retry with the same key gets again. A send
+that went unanswered (ProviderTimeout, ProviderUnreachable) may or may not
+have been broadcast: `withdrawals_by_reference` tells, and a retry with the
+same key returns the withdrawal it made, never a second one.
 
 The simulate_* and mine_blocks calls exist only on the sandbox; the demo and
 tests use them to move the chain.
@@ -10,7 +18,20 @@ from typing import Any
 
 from activities.providers.http import ProviderClient
 from schemas.providers import TRON
-from schemas.tron import ChainHead, Deposit, DepositAddress, DepositPage
+from schemas.tron import (
+    ChainHead,
+    ChainWithdrawal,
+    CustodyBalance,
+    Deposit,
+    DepositAddress,
+    DepositPage,
+    WithdrawalPage,
+)
+
+# The most custody answers per page; withdrawals_by_reference reads pages of it.
+PAGE_SIZE_MAX = 200
+# Withdrawals under one reference are a handful (a retried request at most).
+WITHDRAWAL_PAGES_MAX = 10
 
 
 class TronClient(ProviderClient):
@@ -83,5 +104,57 @@ class TronClient(ProviderClient):
             "POST",
             f"/v1/simulate/deposits/{tx_hash}/reorg",
             Deposit,
+            idempotency_key=idempotency_key,
+        )
+
+    async def send_usdt(
+        self, *, to_address: str, amount_minor: int, reference: str, idempotency_key: str
+    ) -> ChainWithdrawal:
+        """Send `amount_minor` micro-USDT from custody to `to_address`; `reference` is
+        the payer's own id for it (a withdrawal request's). The withdrawal is
+        confirming in the head block; ProviderRejectedRequest names a bad field
+        (an address whose checksum fails), ProviderConflict `insufficient_funds`
+        when custody holds less."""
+        return await self.call(
+            "POST",
+            "/v1/withdrawals",
+            ChainWithdrawal,
+            json={"to_address": to_address, "amount_minor": amount_minor, "reference": reference},
+            idempotency_key=idempotency_key,
+        )
+
+    async def get_withdrawal(self, tx_hash: str) -> ChainWithdrawal:
+        return await self.call("GET", f"/v1/withdrawals/{tx_hash}", ChainWithdrawal)
+
+    async def withdrawals_by_reference(self, reference: str) -> list[ChainWithdrawal]:
+        """Every withdrawal sent with `reference`, oldest first (none when a send
+        that went unanswered never reached custody)."""
+        withdrawals: list[ChainWithdrawal] = []
+        params: dict[str, Any] = {"reference": reference, "limit": PAGE_SIZE_MAX}
+        for _ in range(WITHDRAWAL_PAGES_MAX):
+            page = await self.call("GET", "/v1/withdrawals", WithdrawalPage, params=params)
+            withdrawals += page.data
+            if not page.has_more:
+                return withdrawals
+            params["starting_after"] = page.data[-1].tx_hash
+        raise RuntimeError(
+            f"more than {WITHDRAWAL_PAGES_MAX * PAGE_SIZE_MAX} withdrawals share a reference"
+        )
+
+    async def custody_balance(self) -> CustodyBalance:
+        """What custody holds: finalized deposits in, every withdrawal not failed out."""
+        return await self.call("GET", "/v1/custody/balance", CustodyBalance)
+
+    async def simulate_withdrawal_failed(
+        self, tx_hash: str, reason: str, *, idempotency_key: str
+    ) -> ChainWithdrawal:
+        """Sandbox only: a confirming withdrawal fails (`reason` a code such as
+        out_of_energy or reverted), its money staying in custody; ProviderConflict
+        once it is final."""
+        return await self.call(
+            "POST",
+            f"/v1/simulate/withdrawals/{tx_hash}/fail",
+            ChainWithdrawal,
+            json={"reason": reason},
             idempotency_key=idempotency_key,
         )
