@@ -1,5 +1,6 @@
 """Withdrawal activities: the customer's standing, tier limits and month's
-usage (ledger queue, PostgreSQL), and the payout at the bank (providers queue).
+usage (ledger queue, PostgreSQL), and the payout at the bank or the send from
+custody (providers queue).
 
 Every one is idempotent: the check reserves a request's usage once (a retry
 answers as the first call did); a usage status change and a destination
@@ -17,10 +18,13 @@ from activities.queues import ledger_activity, provider_activity
 from schemas import accounts
 from schemas.bank import Payout
 from schemas.customers import KycStatus
+from schemas.tron import ChainWithdrawal
 from schemas.withdrawals import (
+    ChainSendRequest,
     DestinationUse,
     KycTier,
     PayoutRequest,
+    PayoutStatus,
     PayoutUpdate,
     UsageChange,
     WithdrawalCheck,
@@ -32,6 +36,8 @@ SET_WITHDRAWAL_USAGE = "withdrawals.set_usage"
 REMEMBER_DESTINATION = "withdrawals.remember_destination"
 SEND_PAYOUT = "withdrawals.send_payout"
 PAYOUT_STATUS = "withdrawals.payout_status"
+SEND_USDT = "withdrawals.send_usdt"
+SEND_STATUS = "withdrawals.send_status"
 
 
 class WithdrawalActivities:
@@ -188,8 +194,35 @@ class PayoutActivities:
         """The payout as the bank has it now (asked when its webhook is late)."""
         return _update(await self._clients.bank.get_payout(payout_id))
 
+    @provider_activity(SEND_USDT)
+    async def send_usdt(self, request: ChainSendRequest) -> PayoutUpdate:
+        """The send of this reference from custody: the one custody has
+        already, else a new one made with the request's key. Never two."""
+        tron = self._clients.tron
+        made = await tron.withdrawals_by_reference(request.reference)
+        if len(made) > 1:
+            raise ApplicationError(
+                f"custody holds {len(made)} sends with reference {request.reference}",
+                type="PayoutDuplicated",
+                non_retryable=True,
+            )
+        sent = made[0] if made else None
+        if sent is None:
+            sent = await tron.send_usdt(
+                to_address=request.address,
+                amount_minor=request.amount_minor,
+                reference=request.reference,
+                idempotency_key=request.key,
+            )
+        return chain_update(sent)
+
+    @provider_activity(SEND_STATUS)
+    async def send_status(self, tx_hash: str) -> PayoutUpdate:
+        """The send as the chain has it now (asked when its webhook is late)."""
+        return chain_update(await self._clients.tron.get_withdrawal(tx_hash))
+
     def all(self) -> list[object]:
-        return [self.send_payout, self.payout_status]
+        return [self.send_payout, self.payout_status, self.send_usdt, self.send_status]
 
 
 def _update(payout: Payout) -> PayoutUpdate:
@@ -198,4 +231,21 @@ def _update(payout: Payout) -> PayoutUpdate:
         status=payout.status,
         amount_minor=payout.amount_minor,
         reason=payout.return_reason or payout.failure_reason,
+    )
+
+
+# A chain send's status as a payout's: on its way, done for good, or failed.
+CHAIN_STATUSES: dict[str, PayoutStatus] = {
+    "confirming": "accepted",
+    "finalized": "sent",
+    "failed": "failed",
+}
+
+
+def chain_update(sent: ChainWithdrawal) -> PayoutUpdate:
+    return PayoutUpdate(
+        payout_id=sent.tx_hash,
+        status=CHAIN_STATUSES[sent.status],
+        amount_minor=sent.amount_minor,
+        reason=sent.failure_reason,
     )

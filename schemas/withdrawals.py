@@ -1,13 +1,18 @@
 """Withdrawals `withdrawal/{request_id}`: a customer's money paid out of their
-wallet to a bank account, at most their KYC tier's limits, less a fee.
+wallet to a bank account or a USDT-TRC20 address, within their KYC tier's
+limits, less a fee.
 
-Ledger legs (the wallet's currency), held first, posted once the bank has
-sent the payout, voided when it failed or never started:
+Ledger legs, held first (the wallet's currency), posted once the bank has
+sent the payout or the chain finalized the send, voided when it failed or
+never started:
 
-    principal    wallet -> bank:outbound:{CCY}     the payout
-    fee          wallet -> revenue:fees:{CCY}      the withdrawal fee
-    returned     bank:outbound:{CCY} -> wallet     a payout the bank returned
-                                                   after sending it (principal)
+    bank         wallet -> bank:outbound:{CCY}      the payout
+    usdt         wallet -> fx:pool:{CCY}            the amount sold, then at a
+                 fx:pool:USDT -> crypto:custody:USDT  firm quote the USDT sent,
+                 (spread and rounding as any conversion: schemas/conversion.py)
+    fee          wallet -> revenue:fees:{CCY}       the withdrawal fee
+    returned     bank:outbound:{CCY} -> wallet      a payout the bank returned
+                                                    after sending it (principal)
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from schemas.customers import CustomerId
 from schemas.edge import EdgeModel, Name
 from schemas.ledger import AmountMinor
+from schemas.tron import TronAddress
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
 from schemas.units import BASIS_POINTS_PER_UNIT, DAY_SECONDS, HOUR_SECONDS
@@ -53,6 +59,7 @@ class BankDestination(EdgeModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    rail: Literal["bank"] = "bank"
     iban: str = Field(pattern=IBAN_PATTERN, description="Without spaces, upper case")
     name: Name = Field(description="The account holder, as the bank knows them")
 
@@ -66,6 +73,30 @@ class BankDestination(EdgeModel):
     def fingerprint(self) -> str:
         """What makes two destinations the same one."""
         return f"bank:{self.iban}"
+
+    def describe(self) -> str:
+        return f"bank account ending {self.iban[-4:]}"
+
+
+class TronDestination(EdgeModel):
+    """A USDT-TRC20 address (the chain checks nothing: the custodian refuses
+    one whose Base58Check checksum fails)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rail: Literal["usdt"]
+    address: TronAddress = Field(description="Tron base58 address, its checksum verified")
+
+    @property
+    def fingerprint(self) -> str:
+        return f"usdt:{self.address}"
+
+    def describe(self) -> str:
+        return f"USDT-TRC20 address {self.address[:6]}...{self.address[-4:]}"
+
+
+Destination = Annotated[BankDestination | TronDestination, Field(discriminator="rail")]
+Rail = Literal["bank", "usdt"]
 
 
 class WithdrawalFee(BaseModel):
@@ -92,11 +123,13 @@ class TierLimits(BaseModel):
     monthly_max_minor: int = Field(ge=0, le=AMOUNT_MINOR_MAX)
 
 
-def _default_fee() -> WithdrawalFee:  # pragma: no mutate block
-    return WithdrawalFee(
-        bps=0,
-        fixed_minor={Currency.USD: 100, Currency.EUR: 100, Currency.GBP: 100, Currency.JPY: 150},
-    )
+def _default_fees() -> dict[Rail, WithdrawalFee]:  # pragma: no mutate block
+    fixed = {Currency.USD: 100, Currency.EUR: 100, Currency.GBP: 100, Currency.JPY: 150}
+    return {
+        "bank": WithdrawalFee(bps=0, fixed_minor=fixed),
+        # A chain send costs the custodian energy; the conversion its spread.
+        "usdt": WithdrawalFee(bps=50, fixed_minor=fixed),
+    }
 
 
 def _default_limits() -> dict[KycTier, dict[Currency, TierLimits]]:  # pragma: no mutate block
@@ -129,7 +162,7 @@ class WithdrawalPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fee: WithdrawalFee = Field(default_factory=_default_fee)
+    fees: dict[Rail, WithdrawalFee] = Field(default_factory=_default_fees)
     limits: dict[KycTier, dict[Currency, TierLimits]] = Field(default_factory=_default_limits)
     # A destination never paid to before waits this long first (the customer
     # is told, and may cancel if it was not them)...
@@ -147,6 +180,10 @@ class WithdrawalPolicy(BaseModel):
     # days); the process watches for it.
     return_watch_seconds: int = Field(default=14 * DAY_SECONDS, ge=0)
 
+    def fee_minor(self, rail: Rail, amount_minor: int, currency: Currency) -> int:
+        """The fee for a withdrawal by `rail`; none when the policy names none."""
+        return self.fees.get(rail, WithdrawalFee()).fee_minor(amount_minor, currency)
+
 
 class WithdrawalRequest(EdgeModel):
     """A customer's withdrawal as the API takes it."""
@@ -157,7 +194,7 @@ class WithdrawalRequest(EdgeModel):
     customer_id: CustomerId
     amount_minor: AmountMinor
     currency: Currency
-    destination: BankDestination
+    destination: Destination
 
 
 class WithdrawalInput(WithdrawalRequest):
@@ -190,6 +227,16 @@ class PayoutRequest(BaseModel):
     currency: Currency
     iban: str
     name: str
+
+
+class ChainSendRequest(BaseModel):
+    """Send USDT from custody once: custody is asked for a send with this
+    reference first."""
+
+    key: str
+    reference: str
+    amount_minor: int
+    address: str
 
 
 class WithdrawalCheck(BaseModel):

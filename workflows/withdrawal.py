@@ -1,5 +1,6 @@
 """Withdrawal `withdrawal/{request_id}`: a customer's money paid out of their
-wallet to their bank account, exactly once per request id.
+wallet to their bank account or a USDT-TRC20 address, exactly once per
+request id.
 
 Steps: check the customer (approved, an open wallet) and their KYC tier's
 limits, reserving the month's usage in the same transaction; a destination
@@ -15,6 +16,14 @@ post both holds, count the usage paid, remember the destination. Failed:
 void both holds and release the usage. A sent payout the bank returns later
 (watched for `return_watch_seconds`) credits the principal back once, keyed
 by the payout.
+
+To a USDT-TRC20 address: a firm quote from the wallet's currency into USDT
+first (`fx.quote`); the amount is held into the FX pool; custody is asked
+for the send by reference before one is made (`withdrawals.send_usdt`); the
+chain's finality posts the holds and then, at the quote, the conversion's
+other legs (fx:pool:USDT pays custody, the spread and the rounding) in one
+atomic batch; a send that fails voids the holds. A chain send is not
+returned.
 
 Compensations (newest first): void the holds, release the usage. They run
 when a step fails for good or the process is cancelled before the payout
@@ -36,18 +45,23 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.ledger.activities import LedgerActivities
     from activities.providers.activities import ProviderActivities
+    from activities.providers.quotes import QuoteActivities, QuoteRequest
     from activities.withdrawals import PayoutActivities, WithdrawalActivities
     from schemas import accounts
+    from schemas.conversion import conversion_legs
     from schemas.customers import Notification
+    from schemas.fx import FxQuote
     from schemas.ledger import HoldRequest, HoldResolution, TransferBatch, TransferRequest
-    from schemas.money import Money
-    from schemas.providers import BANK
+    from schemas.money import Currency, Money
+    from schemas.providers import BANK, TRON
     from schemas.refusals import Refusal, refused
     from schemas.search import AMOUNT_MINOR, CURRENCY, CUSTOMER_ID, PROVIDER
     from schemas.withdrawals import (
+        ChainSendRequest,
         DestinationUse,
         PayoutRequest,
         PayoutUpdate,
+        TronDestination,
         UsageChange,
         WithdrawalCheck,
         WithdrawalInput,
@@ -69,8 +83,8 @@ STAGE_CHECKING = "checking"
 STAGE_COOLING = "cooling: new destination"
 STAGE_REVIEW = "in operator review"
 STAGE_HOLDING = "holding the money"
-STAGE_PAYING = "asking the bank to pay"
-STAGE_WAITING = "waiting for the bank"
+STAGE_PAYING = "asking for the payout"
+STAGE_WAITING = "waiting for the payout's outcome"
 STAGE_SENT = "sent: watching for a return"
 # The bank's statuses that end the wait for its word.
 DECIDED = ("sent", "failed", "returned")
@@ -87,10 +101,10 @@ def withdrawal_start_metadata(request: WithdrawalInput) -> StartMetadata:
         {
             "request": request.request_id,
             "customer": request.customer_id,
-            "to": f"{request.destination.name}, IBAN ending {request.destination.iban[-4:]}",
+            "to": request.destination.describe(),
         },
-        "the bank's word on the payout (signal `payout_update`, from its webhooks); an"
-        " operator's `review` update for a new destination above the threshold",
+        "the bank's or the chain's word on the payout (signal `payout_update`, from their"
+        " webhooks); an operator's `review` update for a new destination above the threshold",
     )
 
 
@@ -105,7 +119,10 @@ class Withdrawal:
         self._input = request
         self.progress = ProcessStage(STAGE_CHECKING, self._details)
         self._saga = Saga()
-        self._fee_minor = request.policy.fee.fee_minor(request.amount_minor, request.currency)
+        self._fee_minor = request.policy.fee_minor(
+            request.destination.rail, request.amount_minor, request.currency
+        )
+        self._quote: FxQuote | None = None
         self._outcome: WithdrawalOutcome | None = None
         self._reason: str | None = None
         self._new_destination = False
@@ -125,7 +142,7 @@ class Withdrawal:
             CUSTOMER_ID.value_set(request.customer_id),
             AMOUNT_MINOR.value_set(request.amount_minor),
             CURRENCY.value_set(request.currency.value),
-            PROVIDER.value_set(BANK),
+            PROVIDER.value_set(TRON if self._on_chain() else BANK),
         )
         try:
             await self._withdraw(request)
@@ -187,19 +204,43 @@ class Withdrawal:
 
         self.progress.enter(STAGE_HOLDING)
         wallet = accounts.wallet(request.customer_id, request.currency)
-        outbound = accounts.bank_outbound(request.currency)
         fees = accounts.revenue_fees(request.currency)
+        if self._on_chain():
+            # The rate is fixed before anything is held: the holds are the
+            # wallet's side of that quote.
+            self._quote = await step(
+                request,
+                QuoteActivities.quote,
+                QuoteRequest(
+                    key=step_key("quote"),
+                    sell_currency=request.currency,
+                    buy_currency=Currency.USDT,
+                    sell_amount_minor=request.amount_minor,
+                ),
+            )
+            paid_into = accounts.fx_pool(request.currency)
+            system = [
+                paid_into,
+                accounts.fx_pool(Currency.USDT),
+                accounts.revenue_fx(Currency.USDT),
+                accounts.fx_rounding(Currency.USDT),
+                accounts.crypto_custody(),
+                fees,
+            ]
+        else:
+            paid_into = accounts.bank_outbound(request.currency)
+            system = [paid_into, fees]
         await step(
             request,
             LedgerActivities.open_accounts,
-            [accounts.system_account(outbound), accounts.system_account(fees)],
+            [accounts.system_account(code) for code in system],
         )
         expires_at = request.requested_at + timedelta(seconds=request.policy.hold_seconds)
         holds = [
             HoldRequest(
                 key=step_key("hold/amount"),
                 debit=wallet,
-                credit=outbound,
+                credit=paid_into,
                 amount_minor=request.amount_minor,
                 currency=request.currency,
                 expires_at=expires_at,
@@ -231,7 +272,7 @@ class Withdrawal:
     async def _new_destination_wait(self, request: WithdrawalInput) -> None:
         policy = request.policy
         threshold = policy.new_destination_review_minor.get(request.currency)
-        destination = f"IBAN ending {request.destination.iban[-4:]}"
+        destination = request.destination.describe()
         if threshold is not None and request.amount_minor > threshold:
             self.progress.enter(STAGE_REVIEW)
             if not await wait_for(lambda: self._review is not None, policy.review_wait_seconds):
@@ -255,33 +296,54 @@ class Withdrawal:
         )
         await workflow.sleep(timedelta(seconds=seconds))
 
-    async def _pay(self, request: WithdrawalInput) -> None:
-        self.progress.enter(STAGE_PAYING)
-        try:
-            payout = await step(
+    async def _ask_payout(self, request: WithdrawalInput) -> PayoutUpdate:
+        """The bank's payout or custody's send of this request: one, asked for
+        by reference before it is made."""
+        destination = request.destination
+        if isinstance(destination, TronDestination):
+            assert self._quote is not None
+            return await step(
                 request,
-                PayoutActivities.send_payout,
-                PayoutRequest(
+                PayoutActivities.send_usdt,
+                ChainSendRequest(
                     key=step_key("payout"),
                     reference=request.request_id,
-                    amount_minor=request.amount_minor,
-                    currency=request.currency,
-                    iban=request.destination.iban,
-                    name=request.destination.name,
+                    amount_minor=self._quote.buy_amount_minor,
+                    address=destination.address,
                 ),
             )
+        return await step(
+            request,
+            PayoutActivities.send_payout,
+            PayoutRequest(
+                key=step_key("payout"),
+                reference=request.request_id,
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+                iban=destination.iban,
+                name=destination.name,
+            ),
+        )
+
+    async def _pay(self, request: WithdrawalInput) -> None:
+        self.progress.enter(STAGE_PAYING)
+        payer = "custody" if self._on_chain() else "the bank"
+        try:
+            payout = await self._ask_payout(request)
         except ActivityError as error:
             cause = error.cause
             if isinstance(cause, ApplicationError) and cause.non_retryable:
-                # The bank refused the payout itself: nothing was sent.
-                raise Finished("failed", f"the bank refused the payout: {cause.message}") from None
+                # The payer refused the payout itself: nothing was sent.
+                raise Finished("failed", f"{payer} refused the payout: {cause.message}") from None
             raise
         self._payout = payout
         self._heard(payout)
         word = await self._bank_decides(request, payout.payout_id)
         if word.status == "failed":
-            raise Finished("failed", f"the bank could not pay: {word.reason or 'no reason'}")
+            raise Finished("failed", f"{payer} could not pay: {word.reason or 'no reason'}")
         await self._post_holds()
+        if self._quote is not None:
+            await self._convert(request, self._quote)
         await step(
             request,
             WithdrawalActivities.set_usage,
@@ -296,6 +358,8 @@ class Withdrawal:
                 request_id=request.request_id,
             ),
         )
+        if self._on_chain():
+            raise Finished("paid", "the chain finalized the send")
         self.progress.enter(STAGE_SENT)
         if word.status != "returned":
             await wait_for(self._returned, request.policy.return_watch_seconds)
@@ -309,8 +373,9 @@ class Withdrawal:
         """The bank's final word on the payout: its webhook, or its answer when
         asked after `outcome_poll_seconds` of silence. Never a guess."""
         self.progress.enter(STAGE_WAITING)
+        asked = PayoutActivities.send_status if self._on_chain() else PayoutActivities.payout_status
         while not await wait_for(self._decided, request.policy.outcome_poll_seconds):
-            self._heard(await step(request, PayoutActivities.payout_status, payout_id))
+            self._heard(await step(request, asked, payout_id))
         assert self._word is not None
         return self._word
 
@@ -333,6 +398,21 @@ class Withdrawal:
             )
         # Posted: nothing is to be undone any more.
         self._saga.clear()
+
+    async def _convert(self, request: WithdrawalInput, quote: FxQuote) -> None:
+        """The conversion's legs after the sale the holds posted: fx:pool:USDT
+        pays custody what was sent, the spread and the rounding; one batch."""
+        legs = conversion_legs(
+            step_key("convert"),
+            quote,
+            debit=accounts.wallet(request.customer_id, request.currency),
+            credit=accounts.crypto_custody(),
+        )
+        bought = [leg for leg in legs.transfers if not leg.key.endswith("/sell")]
+        outcomes = await step(request, LedgerActivities.submit_batch, TransferBatch(items=bought))
+        refusal = next((o for o in outcomes if not o.accepted), None)
+        if refusal is not None:
+            raise RuntimeError(f"the conversion's legs were refused: {refusal.detail}")
 
     async def _credit_return(self, request: WithdrawalInput) -> None:
         """The principal back into the wallet, once per payout (the fee stays)."""
@@ -420,6 +500,9 @@ class Withdrawal:
         if self._word is None or order.index(update.status) > order.index(self._word.status):
             self._word = update
 
+    def _on_chain(self) -> bool:
+        return isinstance(self._input.destination, TronDestination)
+
     def _decided(self) -> bool:
         return self._word is not None and self._word.status in DECIDED
 
@@ -446,7 +529,10 @@ class Withdrawal:
         """Tell the customer how it ended (best effort: the money is settled)."""
         amount = self._money(self._input.amount_minor)
         subjects = {
-            "paid": ("Your withdrawal is on its way", f"{amount} was sent to your bank."),
+            "paid": (
+                "Your withdrawal is on its way",
+                f"{amount} was sent to your {self._input.destination.describe()}.",
+            ),
             "returned": (
                 "Your withdrawal came back",
                 f"Your bank returned {amount}; it is back in your wallet. {reason}",

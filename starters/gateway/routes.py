@@ -15,6 +15,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, Field
 
+from activities.withdrawals import chain_update
 from schemas.bank import InboundTransfer
 from schemas.cards import CARD_REASONS, CardInput, CardNetworkEvent, ShippingUpdate
 from schemas.disputes import IssuerDisputeEvent
@@ -24,7 +25,7 @@ from schemas.issuer import Authorization, CardState, DecidedBy, Reversal, Transa
 from schemas.onboarding import KycResult
 from schemas.providers import BANK, ISSUER, KYC, TRON
 from schemas.task_queues import TaskQueues
-from schemas.tron import Deposit
+from schemas.tron import ChainWithdrawal, Deposit
 from schemas.withdrawals import PayoutUpdate
 from starters.topup import topup_input_of, topup_workflow_id_of
 from workflows.card_issue import SHIPPING_UPDATE_SIGNAL, card_issue_workflow_id
@@ -137,6 +138,10 @@ def _payout_update(_: str, event: ProviderEvent) -> PayoutUpdate:
         amount_minor=data["amount_minor"],
         reason=data.get("return_reason") or data.get("failure_reason"),
     )
+
+
+def _chain_send_update(_: str, event: ProviderEvent) -> PayoutUpdate:
+    return chain_update(ChainWithdrawal.model_validate(event.data))
 
 
 def _onboarding_id(_: str, event: ProviderEvent) -> str:
@@ -332,6 +337,16 @@ ROUTES: dict[tuple[str, str], Route] = {
             argument=_payout_update,
         )
         for event_type in ("payout.sent", "payout.failed", "payout.returned")
+    },
+    # Custody's word on a USDT send, likewise.
+    **{
+        (TRON, event_type): Route(
+            kind="signal",
+            name=PAYOUT_UPDATE_SIGNAL,
+            workflow_id=_withdrawal_id,
+            argument=_chain_send_update,
+        )
+        for event_type in ("withdrawal.confirming", "withdrawal.finalized", "withdrawal.failed")
     },
     # The KYC provider's verdicts go to the customer's onboarding, and so does a
     # check's start: an upload at the provider's own page starts one.

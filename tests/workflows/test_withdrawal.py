@@ -16,6 +16,7 @@ from temporalio.client import WorkflowHandle
 from activities.ledger import Ledger
 from activities.ledger.verify import verify
 from activities.providers.bank import BankClient
+from activities.providers.tron import TronClient
 from schemas import accounts
 from schemas.bank import Payout
 from schemas.money import Currency
@@ -23,6 +24,7 @@ from schemas.withdrawals import (
     BankDestination,
     KycTier,
     TierLimits,
+    TronDestination,
     WithdrawalInput,
     WithdrawalPolicy,
     WithdrawalResult,
@@ -65,7 +67,7 @@ async def start(
     customer_id: str,
     amount_minor: int,
     policy: WithdrawalPolicy = QUICK,
-    destination: BankDestination = ADA_IBAN,
+    destination: BankDestination | TronDestination = ADA_IBAN,
 ) -> WorkflowHandle[Any, WithdrawalResult]:
     queues = platform.stack.queues
     request_id = f"w-{uuid.uuid4().hex[:12]}"
@@ -337,3 +339,58 @@ async def test_a_new_account_below_the_threshold_waits_its_cooling_period(
     # Nothing went to the bank during the wait.
     assert await payouts(platform, cooling.request_id) == []
     assert (await handle.result()).outcome == "paid"
+
+
+async def an_address(platform: Platform) -> TronDestination:
+    """A valid Tron address outside custody (the simulator's, for another owner)."""
+    async with TronClient(platform.sim.provider_url("tron")) as tron:
+        found = await tron.customer_address(f"elsewhere-{uuid.uuid4().hex[:8]}")
+    return TronDestination(rail="usdt", address=found.address)
+
+
+async def test_usdt_is_sent_at_a_firm_quote_and_posted_once_final(platform: Platform) -> None:
+    customer_id = await customer(platform, FUNDS)
+    destination = await an_address(platform)
+    platform.sim.admin("POST", "/webhooks", {"duplicate": True})
+    handle = await start(platform, customer_id, 5_000, destination=destination)
+    waiting = await reach(handle, STAGE_WAITING)
+    # 0.5% and 1.00 USD: 1.25 USD.
+    assert waiting.fee_minor == 125 and waiting.payout_id is not None
+    async with TronClient(platform.sim.provider_url("tron")) as tron:
+        sent = await tron.get_withdrawal(waiting.payout_id)
+        assert (sent.to_address, sent.status) == (destination.address, "confirming")
+        wallet = await Ledger(platform.stack.pool).balance(
+            accounts.wallet(customer_id, Currency.USD)
+        )
+        assert (wallet.posted, wallet.debits_pending) == (10_000, 5_125)
+        await tron.mine_blocks(19, idempotency_key=f"mine-{uuid.uuid4()}")
+    result = await handle.result()
+    assert (result.outcome, result.payout_id) == ("paid", sent.tx_hash)
+    ledger = Ledger(platform.stack.pool)
+    wallet = await ledger.balance(accounts.wallet(customer_id, Currency.USD))
+    assert (wallet.posted, wallet.debits_pending) == (10_000 - 5_125, 0)
+    # Custody paid out exactly what the chain sent, once (webhooks came twice).
+    custody_moves = await platform.stack.pool.fetch(
+        "SELECT t.amount_minor FROM ledger_transfers t JOIN ledger_accounts a"
+        " ON a.id = t.credit_account_id WHERE a.code = 'crypto:custody:USDT'"
+        " AND t.idempotency_key LIKE $1",
+        f"{handle.id}/%",
+    )
+    assert [row["amount_minor"] for row in custody_moves] == [sent.amount_minor]
+    assert await verify(platform.stack.pool) == []
+
+
+async def test_a_usdt_send_that_fails_voids_the_holds(platform: Platform) -> None:
+    customer_id = await customer(platform, FUNDS)
+    handle = await start(platform, customer_id, 3_000, destination=await an_address(platform))
+    waiting = await reach(handle, STAGE_WAITING)
+    assert waiting.payout_id is not None
+    async with TronClient(platform.sim.provider_url("tron")) as tron:
+        await tron.simulate_withdrawal_failed(
+            waiting.payout_id, "out_of_energy", idempotency_key=f"fail-{waiting.payout_id}"
+        )
+    result = await handle.result()
+    assert (result.outcome, result.reason) == ("failed", "custody could not pay: out_of_energy")
+    wallet = await Ledger(platform.stack.pool).balance(accounts.wallet(customer_id, Currency.USD))
+    assert (wallet.posted, wallet.debits_pending) == (10_000, 0)
+    assert await verify(platform.stack.pool) == []
