@@ -140,6 +140,8 @@ def _refusal(
         return f"customer {request.customer_id} is not approved (KYC {kyc_status})"
     if wallet_status != "open":
         return f"customer {request.customer_id} has no open {request.currency.value} wallet"
+    if not request.policy.tier_limits_apply:
+        return None
     limits = request.policy.limits.get(tier, {}).get(request.currency)
     if limits is None or limits.per_withdrawal_max_minor == 0:
         return f"the {tier.value} tier cannot withdraw {request.currency.value}"

@@ -179,6 +179,9 @@ class WithdrawalPolicy(BaseModel):
     # A sent payout can come back this long after (SEPA returns come within
     # days); the process watches for it.
     return_watch_seconds: int = Field(default=14 * DAY_SECONDS, ge=0)
+    # An account's closure pays the whole balance out whatever the tier's
+    # limits: a holder of e-money may always redeem it.
+    tier_limits_apply: bool = True
 
     def fee_minor(self, rail: Rail, amount_minor: int, currency: Currency) -> int:
         """The fee for a withdrawal by `rail`; none when the policy names none."""
@@ -212,10 +215,10 @@ PayoutStatus = Literal["accepted", "sent", "failed", "returned"]
 class PayoutUpdate(BaseModel):
     """The bank's word on the payout (its webhook, or its answer when asked)."""
 
-    payout_id: str
+    payout_id: str = Field(min_length=1, max_length=100)
     status: PayoutStatus
     amount_minor: int
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=500)
 
 
 class PayoutRequest(BaseModel):

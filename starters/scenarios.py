@@ -28,6 +28,7 @@ from starters.scenarios_onboarding import (
 )
 from starters.scenarios_reconciliation import reconciliation_clean
 from starters.scenarios_topup import topup_bank, topup_collects_debt, topup_unmatched, topup_usdt
+from starters.scenarios_withdrawals import closure_closed, withdrawal_paid, withdrawal_usdt
 from workers.settings import Settings
 from workflows.health import ping_workflow_id
 
@@ -67,4 +68,7 @@ SCENARIOS: dict[str, Scenario] = {
     # card's postings, so its force post stays off the day reconciled.
     "card-exception": card_exception,
     "events-delivered": events_delivered,
+    "withdrawal-paid": withdrawal_paid,
+    "withdrawal-usdt": withdrawal_usdt,
+    "closure-closed": closure_closed,
 }

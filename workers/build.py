@@ -15,6 +15,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.billing import BillingActivities
 from activities.card_transactions import CardTransactionActivities
 from activities.cashback import CashbackActivities
+from activities.closures import ClosureActivities
 from activities.customers import CustomerActivities
 from activities.disputes import DisputeLedgerActivities, DisputeProviderActivities
 from activities.event_delivery import EventDeliveryActivities
@@ -142,7 +143,8 @@ def build_worker(
         return Worker(
             client,
             task_queue=queues.ledger,
-            activities=ledger_activities(pool),
+            # A closure asks cards to freeze and close through their updates.
+            activities=[*ledger_activities(pool), *ClosureActivities(pool, client).all()],  # type: ignore[list-item]
             max_concurrent_activities=pool_size_max,
             identity=identity,
             interceptors=ALWAYS_INTERCEPTORS,

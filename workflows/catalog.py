@@ -15,6 +15,7 @@ from workflows.billing import BILLING_RUN_WORKFLOW, BILLING_WORKFLOW, Billing, B
 from workflows.card_issue import CARD_ISSUE_WORKFLOW, CardIssue
 from workflows.cards import CARD_WORKFLOW, CardEntity
 from workflows.cashback import CASHBACK_WORKFLOW, Cashback
+from workflows.closure import CLOSURE_WORKFLOW, AccountClosure
 from workflows.dispute import DISPUTE_WORKFLOW, DisputeWorkflow
 from workflows.event_delivery import EVENT_DELIVERY_WORKFLOW, EventDelivery
 from workflows.fx import FX_WORKFLOW, FxConversion
@@ -44,6 +45,7 @@ ALL_WORKFLOWS: Sequence[type] = (
     ScheduledReconciliation,
     EventDelivery,
     Withdrawal,
+    AccountClosure,
 )
 
 # The `status` query of every workflow type, by the type's name.
@@ -62,4 +64,5 @@ STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
     SCHEDULED_RECONCILIATION_WORKFLOW: ScheduledReconciliation.status,
     EVENT_DELIVERY_WORKFLOW: EventDelivery.status,
     WITHDRAWAL_WORKFLOW: Withdrawal.status,
+    CLOSURE_WORKFLOW: AccountClosure.status,
 }
