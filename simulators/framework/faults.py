@@ -7,6 +7,9 @@ requests (or every request). Kinds:
   rate_limit    answer 429 with Retry-After: `seconds`
   timeout       sleep `seconds` (longer than the client waits), then answer
   drop          start the response and close the connection mid-body
+  answer_lost   serve the request in full (it takes effect), then answer
+                nothing for `seconds` (longer than the client waits) and
+                drop the connection: the caller cannot know it was made
   reject        answer 422 with a validation error that echoes the request body
                 as its `input`, as FastAPI and many real providers do (what a
                 client must never copy into its logs)
@@ -20,9 +23,9 @@ import threading
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-FaultKind = Literal["latency", "error", "rate_limit", "timeout", "drop", "reject"]
+FaultKind = Literal["latency", "error", "rate_limit", "timeout", "drop", "reject", "answer_lost"]
 
 
 class Fault(BaseModel):
@@ -86,6 +89,10 @@ class FaultMiddleware:
         if fault.kind in ("latency", "timeout"):
             await asyncio.sleep(fault.seconds)
             await self.app(scope, receive, send)
+        elif fault.kind == "answer_lost":
+            await self.app(scope, receive, _discarded)
+            await asyncio.sleep(fault.seconds)
+            raise ConnectionAbortedError("injected lost answer")
         elif fault.kind == "error":
             await _json(
                 send, fault.status, {"error": {"type": "api_error", "message": "injected failure"}}
@@ -112,6 +119,10 @@ class FaultMiddleware:
             )
             await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
             raise ConnectionAbortedError("injected dropped connection")
+
+
+async def _discarded(message: Message) -> None:
+    """A response nobody receives."""
 
 
 async def _body(receive: Receive) -> bytes:

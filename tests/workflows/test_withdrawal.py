@@ -219,9 +219,9 @@ async def test_a_payout_the_bank_fails_voids_the_holds_and_releases_the_month(
 
 async def test_a_create_whose_answer_is_lost_makes_one_payout(platform: Platform) -> None:
     customer_id = await customer(platform, FUNDS)
-    # The bank makes the payout, but its answer comes after the client gave up.
+    # The bank makes the payout, but its answer never comes: the client gives up.
     platform.sim.fault(
-        path_prefix="/bank/v1/payouts", method="POST", kind="timeout", seconds=6, times=1
+        path_prefix="/bank/v1/payouts", method="POST", kind="answer_lost", seconds=6, times=1
     )
     platform.sim.admin("PUT", "/options/bank", {"payouts_auto_send": True})
     handle = await start(platform, customer_id, 2_000)
@@ -229,6 +229,8 @@ async def test_a_create_whose_answer_is_lost_makes_one_payout(platform: Platform
     assert result.outcome == "paid"
     [payout] = await payouts(platform, result.request_id)
     assert payout.id == result.payout_id and payout.status == "sent"
+    # The fault fired: the first ask timed out, the retry found the payout made.
+    assert platform.sim.admin("GET", "/faults") == []
     wallet = await Ledger(platform.stack.pool).balance(accounts.wallet(customer_id, Currency.USD))
     assert (wallet.posted, wallet.debits_pending) == (10_000 - 2_100, 0)
 
