@@ -160,6 +160,15 @@ def test_each_fault_mode_is_injected_per_endpoint(
     assert post(sim, TRANSFER).status_code == 201
 
 
+def test_an_answer_lost_fault_serves_the_request_and_never_answers(sim: Any) -> None:
+    sim.fault(path_prefix="/bank/v1/simulate", kind="answer_lost", seconds=3, times=1)
+    with pytest.raises(httpx.ReadTimeout):
+        post(sim, TRANSFER, key="lost-1", timeout=1.5)
+    # It was made all the same: the keyed retry gets the stored answer.
+    again = post(sim, TRANSFER, key="lost-1")
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+
+
 def test_a_reject_fault_echoes_the_request_body_like_a_validation_error(sim: Any) -> None:
     sim.fault(path_prefix="/bank/v1/simulate", kind="reject", times=1)
     response = post(sim, TRANSFER)
