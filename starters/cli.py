@@ -27,6 +27,7 @@ from starters.health import ping_command
 from starters.histories import histories_app
 from starters.ledger import db_app, ledger_app
 from starters.onboarding import kyc_app, onboard_command
+from starters.program_funding import funding_app
 from starters.reconcile import reconcile_app
 from starters.schedules import schedules_app
 from starters.secrets import secrets_app
@@ -34,6 +35,7 @@ from starters.services import gateway_serve, worker_app
 from starters.simulate import simulate_app, simulators_app
 from starters.status import status_command
 from starters.topup import topup_app
+from starters.withdrawal import withdrawal_app
 from workers.settings import SettingsError
 
 
@@ -90,11 +92,13 @@ app.add_typer(simulators_app, name="simulators")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(topup_app, name="topup")
 app.add_typer(fx_app, name="fx")
+app.add_typer(withdrawal_app, name="withdrawal")
 app.add_typer(cashback_app, name="cashback")
 app.add_typer(dispute_app, name="dispute")
 app.add_typer(billing_app, name="billing")
 app.add_typer(statement_app, name="statement")
 app.add_typer(reconcile_app, name="reconcile")
+app.add_typer(funding_app, name="funding")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(kyc_app, name="kyc")

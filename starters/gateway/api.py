@@ -26,6 +26,7 @@ from starters.gateway.v1 import (
     rewards,
     telegram,
     topups,
+    withdrawals,
 )
 
 PROCESS_ROUTERS = (
@@ -41,6 +42,7 @@ PROCESS_ROUTERS = (
     topups.router,
     billing.router,
     disputes.router,
+    withdrawals.router,
     reconciliation.router,
 )
 

@@ -145,6 +145,7 @@ EXPECTED_SCOPES = {
     ("POST", "/v1/onboardings/{customer_id}/review"): SCOPE_OPERATIONS,
     ("POST", "/v1/topups/{source}/{external_ref}/review"): SCOPE_OPERATIONS,
     ("POST", "/v1/disputes/{transaction_id}/operator"): SCOPE_OPERATIONS,
+    ("POST", "/v1/withdrawals/{request_id}/review"): SCOPE_OPERATIONS,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}/decisions"): SCOPE_OPERATIONS,
     ("POST", "/v1/billing-runs/{period}"): SCOPE_ADMIN,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}"): SCOPE_ADMIN,

@@ -77,6 +77,17 @@ def _not_found_commands() -> dict[str, list[str]]:
         ],  # fmt: skip
         "fx-confirm": ["fx", "confirm", f"fx-{nope}"],
         "fx-status": ["fx", "status", f"fx-{nope}"],
+        "withdrawal-status": ["withdrawal", "status", f"w-{nope}"],
+        "withdrawal-review": [
+            "withdrawal",
+            "review",
+            f"w-{nope}",
+            "--approve",
+            "--reason",
+            "called the customer",
+            "--operator",
+            "ops",
+        ],  # fmt: skip
         "dispute-evidence": [
             "dispute",
             "evidence",
@@ -154,8 +165,39 @@ def test_a_number_or_date_out_of_range_is_refused_naming_the_argument(
     [
         (["card", "freeze", "card_x", "--reason", "lost\x1b[2J"], "reason"),
         (["dispute", "withdraw", "txn_x", "--by", "nobody"], "by"),
+        (
+            ["withdrawal", "start", "c-1", "100", "--iban", "DE89370400440532013001"]
+            + ["--name", "Ada Lovelace"],
+            "destination.bank",
+        ),
+        (
+            ["withdrawal", "start", "c-1", "0", "--iban", "DE89370400440532013000"]
+            + ["--name", "Ada Lovelace"],
+            "amount_minor",
+        ),
+        (
+            ["withdrawal", "start", "c-1", "100", "--address", "T-not-an-address"],
+            "destination.usdt.address",
+        ),
+        (
+            ["withdrawal", "start", "c-1", "100", "--address", "TTxaiGudVhUKHmM1qk14JzqZvkJFzHRrZy"]
+            + ["--iban", "DE89370400440532013000"],
+            "--address",
+        ),
+        (
+            ["withdrawal", "review", "w-1", "--reject", "--reason", "no", "--operator", "o"],
+            "reason",
+        ),
     ],
-    ids=["card-reason", "withdrawn-by"],
+    ids=[
+        "card-reason",
+        "withdrawn-by",
+        "withdrawal-iban",
+        "withdrawal-amount",
+        "withdrawal-address",
+        "withdrawal-address-and-iban",
+        "withdrawal-reason",
+    ],
 )
 def test_a_value_its_model_refuses_is_refused_naming_it_before_calling_anyone(
     args: list[str], field: str
@@ -197,6 +239,7 @@ def test_an_out_of_range_cursor_is_one_line_from_the_real_command(tmp_path: Path
         ["topup", "address", "{id}"],
         ["topup", "deposit", "{id}", "100"],
         ["fx", "quote", "{id}", "--sell", "USD", "--buy", "EUR", "--sell-amount", "100"],
+        ["withdrawal", "start", "{id}", "100", "--iban", "DE89370400440532013000", "--name", "A"],
         ["cashback", "segment", "{id}", "vip"],
         ["dispute", "open", "txn_x", "--customer-id", "{id}", "--reason", "fraudulent"],
         ["kyc", "review", "{id}", "--decision", "approve", "--reason", "fine", "--operator", "o"],

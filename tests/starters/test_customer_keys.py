@@ -42,6 +42,7 @@ from workers.settings import load_settings
 from workflows.fx import FX_WORKFLOW, fx_workflow_id
 from workflows.onboarding import onboarding_workflow_id
 from workflows.topup import TOPUP_WORKFLOW, topup_workflow_id
+from workflows.withdrawal import withdrawal_workflow_id
 
 PROGRAM_WIDE = "program-wide"
 EXPECTED_ACCESS: dict[tuple[str, str], str] = {
@@ -113,6 +114,11 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/v1/disputes/{transaction_id}"): (
         "customer: the card_transactions table, by transaction_id"
     ),
+    ("POST", "/v1/withdrawals"): "customer: the body's customer_id",
+    ("GET", "/v1/withdrawals/{request_id}"): (
+        "customer: the withdrawal process's CustomerId search attribute"
+    ),
+    ("POST", "/v1/withdrawals/{request_id}/review"): PROGRAM_WIDE,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("GET", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}/decisions"): PROGRAM_WIDE,
@@ -222,6 +228,16 @@ ADDRESS = {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "coun
 PASSPORT = {"type": "passport", "country": "DEU", "file_name": "passport.jpg"}
 
 
+def withdrawal(request_id: str, customer_id: str) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "customer_id": customer_id,
+        "amount_minor": 1_000,
+        "currency": "USD",
+        "destination": {"rail": "bank", "iban": "DE89370400440532013000", "name": "Grace Hopper"},
+    }
+
+
 def onboarding(customer_id: str) -> dict[str, Any]:
     return {
         "profile": {
@@ -247,6 +263,7 @@ class Ids:
     topup: str
     transaction: str
     process: str
+    withdrawal: str
 
 
 def unique(prefix: str) -> str:
@@ -264,6 +281,7 @@ async def resources(gateway: Gateway, everyone: IssuedKey) -> Ids:
         topup=unique("ref"),
         transaction=unique("txn"),
         process="",
+        withdrawal=unique("w"),
     )
     await CustomerStore(gateway.pool).save(profile(ids.customer))
     await gateway.pool.execute(
@@ -293,6 +311,12 @@ async def resources(gateway: Gateway, everyone: IssuedKey) -> Ids:
         headers={**bearer(everyone), "Idempotency-Key": uuid.uuid4().hex},
     )
     assert issue.status_code == 202, issue.text
+    paid_out = await gateway.http.post(
+        "/v1/withdrawals",
+        json=withdrawal(ids.withdrawal, ids.customer),
+        headers={**bearer(everyone), "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert paid_out.status_code == 202, paid_out.text
     # As a webhook or starter would start them, with the customer the
     # process itself keeps in its CustomerId.
     queue = unique("nobody-polls")
@@ -332,6 +356,7 @@ def missing() -> Ids:
         topup=unique("ref"),
         transaction=unique("txn"),
         process=onboarding_workflow_id(unique("c")),
+        withdrawal=unique("w"),
     )
 
 
@@ -460,6 +485,16 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
         f"/v1/disputes/{i.transaction}",
         None,
     ),
+    ("POST", "/v1/withdrawals"): lambda i: (
+        "POST",
+        "/v1/withdrawals",
+        withdrawal(unique("w"), i.customer),
+    ),
+    ("GET", "/v1/withdrawals/{request_id}"): lambda i: (
+        "GET",
+        f"/v1/withdrawals/{i.withdrawal}",
+        None,
+    ),
 }
 
 
@@ -517,7 +552,11 @@ async def test_a_bound_key_gets_the_same_403_for_another_customers_resources_and
     )
     assert read.status_code == 403 and read.json()["code"] == "customer_not_allowed"
     # The other customer's processes still stand as they were: nothing was started or changed.
-    for workflow_id in (fx_workflow_id(theirs.fx), onboarding_workflow_id(theirs.customer)):
+    for workflow_id in (
+        fx_workflow_id(theirs.fx),
+        onboarding_workflow_id(theirs.customer),
+        withdrawal_workflow_id(theirs.withdrawal),
+    ):
         description = await gateway.client.get_workflow_handle(workflow_id).describe()
         assert description.status is not None and description.status.name == "RUNNING"
     for request in (
@@ -536,6 +575,7 @@ PROGRAM_ROUTES: list[Request] = [
     ("POST", "/v1/topups/bank/{topup}/review", {}),
     ("POST", "/v1/billing-runs/2025-01", None),
     ("POST", "/v1/disputes/{transaction}/operator", {}),
+    ("POST", "/v1/withdrawals/{withdrawal}/review", {}),
     ("POST", "/v1/reconciliations/issuer/2025-01-01", None),
     ("GET", "/v1/reconciliations/issuer/2025-01-01", None),
     ("POST", "/v1/reconciliations/issuer/2025-01-01/decisions", {}),
@@ -560,7 +600,7 @@ async def test_a_bound_key_is_refused_every_program_wide_route_whatever_its_scop
     partner = await gateway.key([mine.customer])
     assert len(PROGRAM_ROUTES) == list(EXPECTED_ACCESS.values()).count(PROGRAM_WIDE)
     for method, path, body in PROGRAM_ROUTES:
-        # Even on its own customer's onboarding, card, top-up or dispute.
+        # Even on its own customer's onboarding, card, top-up, dispute or withdrawal.
         answer = await send(gateway, partner, (method, path.format(**mine.__dict__), body))
         assert answer.status_code == 403, (path, answer.text)
         assert answer.json()["code"] == "program_wide_route", path
