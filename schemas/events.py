@@ -49,6 +49,8 @@ class EventType(StrEnum):
     CARD_STATE_CHANGED = "card.state_changed"
     CARD_SHIPPING_UPDATED = "card.shipping_updated"
     STATEMENT_READY = "statement.ready"
+    WITHDRAWAL_PAID = "withdrawal.paid"
+    WITHDRAWAL_RETURNED = "withdrawal.returned"
 
 
 class FeedKind(StrEnum):
@@ -67,6 +69,7 @@ class FeedKind(StrEnum):
     DISPUTE = "dispute"
     DEBT = "debt"
     ADJUSTMENT = "adjustment"
+    WITHDRAWAL = "withdrawal"
 
 
 # What a customer is told when a purchase is declined, by the card's reason.

@@ -21,14 +21,22 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
 
 from schemas.customers import CustomerId
 from schemas.edge import EdgeModel, Name
 from schemas.ledger import AmountMinor
-from schemas.tron import TronAddress
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
+from schemas.tron import TronAddress
 from schemas.units import BASIS_POINTS_PER_UNIT, DAY_SECONDS, HOUR_SECONDS
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
@@ -63,11 +71,12 @@ class BankDestination(EdgeModel):
     iban: str = Field(pattern=IBAN_PATTERN, description="Without spaces, upper case")
     name: Name = Field(description="The account holder, as the bank knows them")
 
-    @model_validator(mode="after")
-    def _checksum(self) -> BankDestination:
-        if not iban_checksum_valid(self.iban):
-            raise ValueError("iban: the check digits do not match")
-        return self
+    @field_validator("iban")
+    @classmethod
+    def _checksum(cls, iban: str) -> str:
+        if not iban_checksum_valid(iban):
+            raise ValueError("the check digits do not match")
+        return iban
 
     @property
     def fingerprint(self) -> str:
@@ -95,7 +104,17 @@ class TronDestination(EdgeModel):
         return f"USDT-TRC20 address {self.address[:6]}...{self.address[-4:]}"
 
 
-Destination = Annotated[BankDestination | TronDestination, Field(discriminator="rail")]
+def _rail(value: object) -> str:
+    """A destination's rail; one that names none is a bank account."""
+    if isinstance(value, dict):
+        return str(value.get("rail", "bank"))
+    return str(getattr(value, "rail", "bank"))
+
+
+Destination = Annotated[
+    Annotated[BankDestination, Tag("bank")] | Annotated[TronDestination, Tag("usdt")],
+    Discriminator(_rail),
+]
 Rail = Literal["bank", "usdt"]
 
 
@@ -299,6 +318,9 @@ class WithdrawalStatus(BaseModel):
     cooling_until: datetime | None
     payout_id: str | None
     payout_status: PayoutStatus | None
+    # The money left: posted to the bank or the chain (a bank payout is then
+    # watched for a return until `return_watch_seconds` pass).
+    paid: bool = False
 
 
 class WithdrawalResult(BaseModel):

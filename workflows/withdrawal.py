@@ -133,6 +133,7 @@ class Withdrawal:
         # reorder: a later status never goes back to an earlier one).
         self._word: PayoutUpdate | None = None
         self._asked_payout = False
+        self._paid = False
 
     # ----- platform: outcome, saga --------------------------------------------
 
@@ -398,6 +399,7 @@ class Withdrawal:
             )
         # Posted: nothing is to be undone any more.
         self._saga.clear()
+        self._paid = True
 
     async def _convert(self, request: WithdrawalInput, quote: FxQuote) -> None:
         """The conversion's legs after the sale the holds posted: fx:pool:USDT
@@ -491,6 +493,7 @@ class Withdrawal:
             cooling_until=self._cooling_until,
             payout_id=self._payout.payout_id if self._payout else None,
             payout_status=self._word.status if self._word else None,
+            paid=self._paid,
         )
 
     # ----- helpers ------------------------------------------------------------

@@ -168,7 +168,7 @@ def test_a_number_or_date_out_of_range_is_refused_naming_the_argument(
         (
             ["withdrawal", "start", "c-1", "100", "--iban", "DE89370400440532013001"]
             + ["--name", "Ada Lovelace"],
-            "destination.bank",
+            "destination.bank.iban",
         ),
         (
             ["withdrawal", "start", "c-1", "0", "--iban", "DE89370400440532013000"]

@@ -134,6 +134,7 @@ def sent_status(
         "cooling_until": None,
         "payout_id": payout_id,
         "payout_status": "sent",
+        "paid": True,
     }
 
 
@@ -233,8 +234,8 @@ async def test_a_malformed_withdrawal_is_422_naming_the_field_and_starts_nothing
             {**valid, "destination": wrong_check_digits},
             [
                 {
-                    "loc": ["body", "destination", "bank"],
-                    "msg": "Value error, iban: the check digits do not match",
+                    "loc": ["body", "destination", "bank", "iban"],
+                    "msg": "Value error, the check digits do not match",
                 }
             ],
         ),

@@ -134,6 +134,16 @@ async def balances(platform: Platform, customer_id: str) -> dict[str, tuple[int,
     return found
 
 
+async def events_of(platform: Platform, customer_id: str) -> list[tuple[str, int]]:
+    """The customer's money events (type, posted amount), sorted."""
+    rows = await platform.stack.pool.fetch(
+        "SELECT type, posted_minor FROM customer_events"
+        " WHERE customer_id = $1 AND posted_minor IS NOT NULL",
+        customer_id,
+    )
+    return sorted((row["type"], row["posted_minor"]) for row in rows)
+
+
 async def usage(platform: Platform, request_id: str) -> str | None:
     found: str | None = await platform.stack.pool.fetchval(
         "SELECT status FROM withdrawal_usage WHERE request_id = $1", request_id
@@ -171,6 +181,12 @@ async def test_held_then_posted_when_the_bank_sends_it_and_the_account_is_known_
     assert (wallet.posted, wallet.debits_pending) == (10_000 - 5_100, 0)
     assert await usage(platform, result.request_id) == "paid"
     assert await verify(platform.stack.pool) == []
+    # The customer's events tell the same story as the ledger.
+    assert await events_of(platform, customer_id) == [
+        ("adjustment.credited", 10_000),
+        ("fee.charged", -FEE),
+        ("withdrawal.paid", -5_000),
+    ]
 
     # The same account again: no longer new.
     again = await start(platform, customer_id, 1_000)
@@ -196,6 +212,12 @@ async def test_a_return_after_sending_credits_the_principal_back_once(platform: 
     wallet = await Ledger(platform.stack.pool).balance(accounts.wallet(customer_id, Currency.USD))
     # The principal came back; the fee was earned.
     assert (wallet.posted, wallet.debits_pending) == (10_000 - FEE, 0)
+    assert await events_of(platform, customer_id) == [
+        ("adjustment.credited", 10_000),
+        ("fee.charged", -FEE),
+        ("withdrawal.paid", -4_000),
+        ("withdrawal.returned", 4_000),
+    ]
     assert await verify(platform.stack.pool) == []
 
 

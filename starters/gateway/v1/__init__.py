@@ -4,7 +4,8 @@ processes.py      pings and any process's status
 customers.py      a customer's balances, debt, cards and deposit address
 overview.py       a customer's home screen, each section on its own budget
 events.py         a customer's feed, the event stream, webhook endpoints
-telegram.py       linking a customer's Telegram account (the bot's)
+telegram.py       linking a customer's Telegram account, signing up in the bot,
+                  a customer's notification channels
 rewards.py        a customer's cashback and personal offers
 onboarding.py     onboarding/{customer_id}
 cards.py          card-issue/{request_id} and card/{card_id}
@@ -12,6 +13,7 @@ fx.py             fx/{request_id}
 topups.py         topup/{source}/{external_ref}
 billing.py        billing/{customer_id}/{period}, billing runs, statements
 disputes.py       dispute/{transaction_id}
+withdrawals.py    withdrawal/{request_id}
 reconciliation.py reconciliation/issuer/{date}
 
 What they share: shared.py (the router every process's is, how a call on a
