@@ -1,7 +1,8 @@
 """The walk-through `cardflow demo` (and `make demo`) prints once the stack is
 up: a customer onboarded, topped up by bank transfer, given a virtual and a
 physical card; then USDT, a conversion, a purchase with cashback and a
-refund, disputes, the day reconciled, a statement, and the ledger verified;
+refund, disputes, the day reconciled, a statement, a withdrawal to a bank
+account and a second customer's account closed, and the ledger verified;
 at the end, the customer's overview and feed as an app reads them, and the
 events an upstream app was sent.
 Each line names the process it shows, so the Web UI link can follow it."""
@@ -29,6 +30,7 @@ from schemas.topup import TopupResult
 from starters.billing import demo_statement
 from starters.cards import activate, issue_card
 from starters.demo_app import register_demo_app, show_as_an_app
+from starters.demo_money_out import demo_money_out
 from starters.dispute import demo_disputes
 from starters.fx import confirm, quote
 from starters.onboarding import start_onboarding
@@ -212,6 +214,7 @@ async def _money(
     await demo_disputes(client, settings, say, customer_id, card_id)
     await demo_reconciliation(client, settings, lambda line: say(line, None), settlement_day)
     await demo_statement(client, settings, say, customer_id)
+    await demo_money_out(client, settings, say, customer_id)
 
     pool = await create_pool(settings.effective_database_url, size_max=1)
     try:
