@@ -35,6 +35,7 @@ from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from schemas.withdrawals import (
     WithdrawalInput,
+    WithdrawalPolicy,
     WithdrawalRequest,
     WithdrawalResult,
     WithdrawalReview,
@@ -43,6 +44,7 @@ from schemas.withdrawals import (
 from starters import console
 from starters.arguments import CustomerIdArgument
 from starters.updates import UPDATE_RPC_TIMEOUT, execute_update
+from workers.settings import Settings
 from workflows.withdrawal import (
     WITHDRAWAL_WORKFLOW,
     Withdrawal,
@@ -57,13 +59,30 @@ def with_queues(request: WithdrawalInput, queues: TaskQueues) -> WithdrawalInput
     )
 
 
+def withdrawal_policy(settings: Settings) -> WithdrawalPolicy:
+    """The policy of the withdrawals this deployment starts: its waits from
+    the settings (CARDFLOW_WITHDRAWAL_*), the rest the defaults."""
+    return WithdrawalPolicy(
+        new_destination_cooling_seconds=settings.withdrawal_cooling_seconds,
+        return_watch_seconds=settings.withdrawal_return_watch_seconds,
+        outcome_poll_seconds=settings.withdrawal_outcome_poll_seconds,
+    )
+
+
 def withdrawal_input(
-    request: WithdrawalRequest, queues: TaskQueues, requested_at: datetime | None = None
+    request: WithdrawalRequest,
+    queues: TaskQueues,
+    requested_at: datetime | None = None,
+    policy: WithdrawalPolicy | None = None,
 ) -> WithdrawalInput:
     """The process's input of `request`, requested at `requested_at` (by
     default now, by this clock, in UTC), for this deployment's queues."""
     made = WithdrawalInput.model_validate(
-        {**request.model_dump(), "requested_at": requested_at or datetime.now(UTC)}
+        {
+            **request.model_dump(),
+            "requested_at": requested_at or datetime.now(UTC),
+            "policy": policy or WithdrawalPolicy(),
+        }
     )
     return with_queues(made, queues)
 
@@ -213,7 +232,11 @@ def start_command(
     queues = settings.task_queues
 
     async def action(client: Client) -> str:
-        started = await start(client, queues, withdrawal_input(request, queues))
+        started = await start(
+            client,
+            queues,
+            withdrawal_input(request, queues, policy=withdrawal_policy(settings)),
+        )
         return (
             f"{started.id}: {console.ui_link(settings, started.id)}\n"
             f"follow it: cardflow withdrawal status {request.request_id}"

@@ -416,6 +416,23 @@ class Settings(BaseSettings):
         default=3 * 86400.0, gt=0, le=30 * 86400, validation_alias="CARDFLOW_EVENTS_GIVE_UP_SECONDS"
     )
 
+    # Withdrawals (and an account closure's payouts) the API starts: how long
+    # a destination never paid to waits, how long a sent bank payout is
+    # watched for a return, and how long the payer's silence lasts before it
+    # is asked.
+    withdrawal_cooling_seconds: int = Field(
+        default=86400, ge=0, le=30 * 86400, validation_alias="CARDFLOW_WITHDRAWAL_COOLING_SECONDS"
+    )
+    withdrawal_return_watch_seconds: int = Field(
+        default=14 * 86400,
+        ge=0,
+        le=90 * 86400,
+        validation_alias="CARDFLOW_WITHDRAWAL_RETURN_WATCH_SECONDS",
+    )
+    withdrawal_outcome_poll_seconds: int = Field(
+        default=3600, ge=1, le=86400, validation_alias="CARDFLOW_WITHDRAWAL_OUTCOME_POLL_SECONDS"
+    )
+
     task_queue_prefix: str = Field(
         default=DEFAULT_TASK_QUEUE_PREFIX,
         validation_alias="CARDFLOW_TASK_QUEUE_PREFIX",

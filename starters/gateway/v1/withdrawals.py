@@ -12,7 +12,7 @@ from fastapi import Depends, Request, Response
 from activities.api_keys import SCOPE_OPERATIONS
 from schemas.withdrawals import WithdrawalRequest, WithdrawalReview, WithdrawalStatus
 from starters.gateway import access
-from starters.gateway.state import Queues, TemporalClient
+from starters.gateway.state import GatewaySettings, Queues, TemporalClient
 from starters.gateway.v1.idempotency import ProcessStarter, ProcessUpdates, StartKey, UpdateKey
 from starters.gateway.v1.ownership import (
     RequestIdPath,
@@ -22,7 +22,7 @@ from starters.gateway.v1.ownership import (
 from starters.gateway.v1.shared import READ, START, UPDATE, ProcessRef, process_router, route, steer
 from starters.withdrawal import review as review_withdrawal
 from starters.withdrawal import status as withdrawal_status
-from starters.withdrawal import withdrawal_input
+from starters.withdrawal import withdrawal_input, withdrawal_policy
 from workflows.withdrawal import (
     WITHDRAWAL_WORKFLOW,
     withdrawal_start_metadata,
@@ -55,11 +55,12 @@ async def start_withdrawal_route(
     idempotency: StartKey,
     queues: Queues,
     starter: ProcessStarter,
+    settings: GatewaySettings,
 ) -> ProcessRef:
     # Requested now, by the gateway's clock: the month its limits count it
     # in. A retry of this Idempotency-Key answers the process the first
     # sending started, whose input (and time) it keeps.
-    withdrawal = withdrawal_input(body, queues)
+    withdrawal = withdrawal_input(body, queues, policy=withdrawal_policy(settings))
     started = await starter.start(
         response,
         route="withdrawals",
