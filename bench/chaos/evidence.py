@@ -60,6 +60,7 @@ class Evidence:
     conversions: dict[str, int] = field(default_factory=dict)
     card_issues: dict[str, int] = field(default_factory=dict)
     disputes: dict[str, int] = field(default_factory=dict)
+    withdrawals: dict[str, int] = field(default_factory=dict)
     # workflow id -> the operation that started it, for a violation's report.
     started_by: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)

@@ -44,6 +44,7 @@ from schemas.disputes import DisputeResult
 from schemas.fx import FxConversionResult
 from schemas.issuer import Authorization, AuthorizationStatus, Transaction, TransactionType
 from schemas.topup import TopupResult
+from schemas.withdrawals import WithdrawalResult
 from workflows.cashback import Cashback, cashback_workflow_id
 from workflows.dispute import DisputeWorkflow
 
@@ -224,6 +225,22 @@ async def expected_money(
             currency, net = result
             if net:
                 expected[customer].add(currency, net, "cashback")
+
+    withdrawals = list(evidence.withdrawals)
+    results = await _gather_bounded(
+        [_finished_result(client, w, WithdrawalResult) for w in withdrawals]
+    )
+    for workflow_id, result in zip(withdrawals, results, strict=True):
+        customer = evidence.withdrawals[workflow_id]
+        if isinstance(result, WithdrawalResult):
+            # Paid: the amount and the fee left; returned: the fee stayed earned.
+            if result.outcome == "paid":
+                paid = result.amount_minor + result.fee_minor
+                expected[customer].add(result.currency.value, -paid, "withdrawal")
+            elif result.outcome == "returned":
+                expected[customer].add(result.currency.value, -result.fee_minor, "withdrawal")
+        else:
+            unread.append(_unfinished(workflow_id, result, evidence))
 
     disputes = list(evidence.disputes)
     results = await _gather_bounded([_dispute(client, w) for w in disputes])

@@ -30,6 +30,7 @@ OPERATION_WEIGHTS: dict[str, int] = {
     "replace": 1,
     "dispute": 2,
     "represent": 2,
+    "withdraw": 3,
 }
 OPERATION_KINDS = tuple(OPERATION_WEIGHTS)
 
@@ -44,8 +45,11 @@ TOPUP_USDT_MINOR_MIN = 5_000_000
 TOPUP_USDT_MINOR_MAX = 50_000_000
 FX_SELL_MINOR_MIN = 500
 FX_SELL_MINOR_MAX = 10_000
+WITHDRAW_MINOR_MIN = 500
+WITHDRAW_MINOR_MAX = 5_000
 # Of every VARIANTS_MAX, the share of a kind's variants (clear: equal, lower,
-# higher; reverse: partial or full; fx: confirmed in time or after expiry).
+# higher; reverse: partial or full; fx: confirmed in time or after expiry;
+# withdraw: the bank sends it, fails it, or sends it and returns it).
 VARIANTS_MAX = 100
 
 # Faults: what a provider does wrong, on the paths cardflow calls (never the
@@ -65,6 +69,7 @@ PROVIDER_FAULT_PATHS = (
     "/tron/v1/addresses",
     "/tron/v1/deposits",
     "/bank/v1/inbound_transfers",
+    "/bank/v1/payouts",
     "/notify/v1/messages",
 )
 # A webhook window: for its length (in operations) the simulators deliver
@@ -170,6 +175,8 @@ def _amount(rng: random.Random, kind: str) -> int:
         return rng.randint(TOPUP_USDT_MINOR_MIN, TOPUP_USDT_MINOR_MAX)
     if kind == "fx":
         return rng.randint(FX_SELL_MINOR_MIN, FX_SELL_MINOR_MAX)
+    if kind == "withdraw":
+        return rng.randint(WITHDRAW_MINOR_MIN, WITHDRAW_MINOR_MAX)
     return rng.randint(PURCHASE_MINOR_MIN, PURCHASE_MINOR_MAX)
 
 

@@ -41,6 +41,11 @@ WORKER_READY_SECONDS_MAX = 120.0
 # difference may take to converge before it is a violation.
 QUIESCE_SECONDS_MAX = 300.0
 ADMIN_TIMEOUT_SECONDS = 10.0
+CHAOS_WITHDRAWAL_SETTINGS = {
+    "CARDFLOW_WITHDRAWAL_COOLING_SECONDS": "0",
+    "CARDFLOW_WITHDRAWAL_RETURN_WATCH_SECONDS": "5",
+    "CARDFLOW_WITHDRAWAL_OUTCOME_POLL_SECONDS": "5",
+}
 
 
 @contextlib.asynccontextmanager
@@ -48,6 +53,8 @@ async def stack_for(options: Options) -> AsyncIterator[Stack]:
     if options.existing:
         yield Stack(load_settings())
         return
+    # Withdrawals the run starts wait for nothing but the bank it plays.
+    os.environ.update(CHAOS_WITHDRAWAL_SETTINGS)
     home = tempfile.mkdtemp(prefix="cardflow-chaos-")
     os.chmod(home, 0o755)  # the embedded PostgreSQL may run as another user
     # Free ports and a home of its own, as the benchmarks start their stacks.
