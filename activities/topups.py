@@ -11,14 +11,22 @@ from __future__ import annotations
 import re
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.providers.activities import ProviderActivities, ProviderClients
 from activities.queues import ledger_activity, provider_activity
 from schemas import accounts
-from schemas.customers import CUSTOMER_ID_PATTERN, KycStatus, Notification, NotificationReceipt
+from schemas.customers import (
+    CUSTOMER_ID_PATTERN,
+    KycStatus,
+    KycTier,
+    Notification,
+    NotificationReceipt,
+)
 from schemas.disputes import customer_debt
+from schemas.money import Currency, Money
 from schemas.topup import (
     CustomerMatch,
     CustomerMatchRequest,
@@ -86,18 +94,40 @@ class TopupActivities:
     @ledger_activity(RESERVE_USAGE)
     async def reserve_usage(self, request: UsageReservation) -> UsageDecision:
         """Count the top-up against the customer's day if it fits under the
-        limit (or is forced); a retry answers as the first call did. One call
-        of topup_reserve_usage (migrations/0006_topups.sql), under its lock."""
-        row = await self._pool.fetchrow(
-            "SELECT * FROM topup_reserve_usage($1, $2, $3, $4, $5, $6, $7)",
-            request.topup_id,
-            request.customer_id,
-            request.currency.value,
-            request.amount_minor,
-            request.day,
-            request.daily_max_minor,
-            request.force,
-        )
+        limit and their KYC tier's caps (the month's top-ups, the wallet's
+        balance with every top-up reserved and not yet credited), or if it is
+        forced; a retry answers as the first call did. The tier's check and
+        topup_reserve_usage (migrations/0006_topups.sql) run in one
+        transaction, under the customer's lock for the currency."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"topup-tier/{request.customer_id}/{request.currency.value}",
+            )
+            over = None
+            if not request.force and request.tier_limits:
+                over = await _over_tier(connection, request)
+            if over is not None:
+                existing = await connection.fetchval(
+                    "SELECT status FROM topup_usage WHERE topup_id = $1", request.topup_id
+                )
+                if existing is None or existing == "released":
+                    return UsageDecision(
+                        reserved=False,
+                        used_minor=0,
+                        daily_max_minor=request.daily_max_minor,
+                        over=over,
+                    )
+            row = await connection.fetchrow(
+                "SELECT * FROM topup_reserve_usage($1, $2, $3, $4, $5, $6, $7)",
+                request.topup_id,
+                request.customer_id,
+                request.currency.value,
+                request.amount_minor,
+                request.day,
+                request.daily_max_minor,
+                request.force,
+            )
         assert row is not None
         existing = row["existing"]
         reserved = row["inserted"] or (existing is not None and existing != "released")
@@ -153,3 +183,54 @@ class TopupReceiptActivities:
 
     def all(self) -> list[object]:
         return [self.send_receipt]
+
+
+async def _over_tier(connection: PoolConnectionProxy, request: UsageReservation) -> str | None:
+    """Why the customer's KYC tier does not let this top-up in, if it does not."""
+    row = await connection.fetchrow(
+        """
+        SELECT c.kyc_tier,
+               (SELECT coalesce(sum(u.amount_minor), 0) FROM topup_usage u
+                WHERE u.customer_id = $1 AND u.currency = $2
+                  AND date_trunc('month', u.day) = date_trunc('month', $3::date)
+                  AND u.status IN ('reserved', 'credited') AND u.topup_id <> $4) AS month,
+               (SELECT coalesce(sum(u.amount_minor), 0) FROM topup_usage u
+                WHERE u.customer_id = $1 AND u.currency = $2
+                  AND u.status = 'reserved' AND u.topup_id <> $4) AS coming,
+               (SELECT coalesce(sum(b.credits_posted - b.debits_posted), 0)
+                FROM ledger_balances b JOIN ledger_accounts a ON a.id = b.account_id
+                WHERE a.code = $5) AS balance
+        FROM customers c WHERE c.customer_id = $1
+        """,
+        request.customer_id,
+        request.currency.value,
+        request.day,
+        request.topup_id,
+        accounts.wallet(request.customer_id, request.currency),
+    )
+    if row is None:
+        return None
+    tier = KycTier(row["kyc_tier"])
+    limits = request.tier_limits.get(tier, {}).get(request.currency)
+    if limits is None:
+        return None
+    amount = request.amount_minor
+    month = int(row["month"])
+    if month + amount > limits.monthly_load_minor:
+        return (
+            f"{_money(amount, request.currency)} would take this month's top-ups to "
+            f"{_money(month + amount, request.currency)}, over the {tier.value} tier's "
+            f"{_money(limits.monthly_load_minor, request.currency)}"
+        )
+    balance = int(row["balance"]) + int(row["coming"])
+    if limits.balance_cap_minor is not None and balance + amount > limits.balance_cap_minor:
+        return (
+            f"{_money(amount, request.currency)} would take the wallet to "
+            f"{_money(balance + amount, request.currency)}, over the {tier.value} tier's "
+            f"cap of {_money(limits.balance_cap_minor, request.currency)}"
+        )
+    return None
+
+
+def _money(amount_minor: int, currency: Currency) -> str:
+    return str(Money(amount_minor=amount_minor, currency=currency))

@@ -39,6 +39,15 @@ class KycStatus(StrEnum):
     EXPIRED = "expired"
 
 
+class KycTier(StrEnum):
+    """How far a customer is verified; each tier has its own limits (top-ups,
+    withdrawals). An approved onboarding makes a customer `standard`."""
+
+    BASIC = "basic"
+    STANDARD = "standard"
+    ENHANCED = "enhanced"
+
+
 class KycStatusChange(BaseModel):
     """A customer's KYC standing as their onboarding decided it."""
 

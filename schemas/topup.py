@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from schemas.customers import CustomerId
+from schemas.customers import CustomerId, KycTier
 from schemas.edge import TEXT_CHARS_MAX, EdgeModel
 from schemas.money import AMOUNT_MINOR_MAX, Currency, Money
 from schemas.providers import BANK, TRON
@@ -88,6 +88,38 @@ def _default_limits() -> dict[Currency, TopupLimits]:  # pragma: no mutate block
     }
 
 
+class TierTopupLimits(BaseModel):
+    """What a KYC tier lets a wallet receive, in the top-up's currency's minor
+    units: its balance after the credit (a wallet's cap; not for USDT, whose
+    credit lands in another currency) and its top-ups in a calendar month."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    balance_cap_minor: int | None = Field(default=None, ge=0, le=AMOUNT_MINOR_MAX)
+    monthly_load_minor: int = Field(ge=0, le=AMOUNT_MINOR_MAX)
+
+
+def _default_tier_limits() -> dict[
+    KycTier, dict[Currency, TierTopupLimits]
+]:  # pragma: no mutate block
+    def each(cap: int, monthly: int) -> dict[Currency, TierTopupLimits]:
+        units = {Currency.USD: 100, Currency.EUR: 100, Currency.GBP: 100, Currency.JPY: 150}
+        found = {
+            currency: TierTopupLimits(
+                balance_cap_minor=cap * unit, monthly_load_minor=monthly * unit
+            )
+            for currency, unit in units.items()
+        }
+        found[Currency.USDT] = TierTopupLimits(monthly_load_minor=monthly * 1_000_000)
+        return found
+
+    return {
+        KycTier.BASIC: each(1_000, 1_000),
+        KycTier.STANDARD: each(100_000, 100_000),
+        KycTier.ENHANCED: each(1_000_000, 1_000_000),
+    }
+
+
 def _default_fees() -> dict[TopupSource, TopupFee]:  # pragma: no mutate block
     return {
         "bank": TopupFee(
@@ -106,6 +138,10 @@ class TopupPolicy(BaseModel):
     fees: dict[TopupSource, TopupFee] = Field(default_factory=_default_fees)
     # A currency left out has no limits configured: its top-ups go to review.
     limits: dict[Currency, TopupLimits] = Field(default_factory=_default_limits)
+    # The customer's KYC tier's caps; over one, an operator reviews it.
+    tier_limits: dict[KycTier, dict[Currency, TierTopupLimits]] = Field(
+        default_factory=_default_tier_limits
+    )
     # A deposit is credited once it has this many confirmations or the chain
     # calls it finalized (Tron's finality is 19 blocks), whichever comes first.
     confirmations_required: int = Field(default=19, ge=1, le=1_000)
@@ -285,6 +321,8 @@ class UsageReservation(BaseModel):
     daily_max_minor: int = Field(ge=0, le=AMOUNT_MINOR_MAX)
     # An operator approved going over the limit.
     force: bool = False
+    # The KYC tiers' caps (the customer's tier is read with the usage).
+    tier_limits: dict[KycTier, dict[Currency, TierTopupLimits]] = Field(default_factory=dict)
 
 
 class UsageDecision(BaseModel):
@@ -292,6 +330,8 @@ class UsageDecision(BaseModel):
     # Reserved or credited for the customer that day before this top-up.
     used_minor: int
     daily_max_minor: int
+    # Why it was not reserved, when a tier's cap said no (else the day's limit).
+    over: str | None = None
 
 
 UsageStatus = Literal["credited", "released"]

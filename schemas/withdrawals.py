@@ -18,7 +18,6 @@ never started:
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -31,7 +30,7 @@ from pydantic import (
     field_validator,
 )
 
-from schemas.customers import CustomerId
+from schemas.customers import CustomerId, KycTier
 from schemas.edge import EdgeModel, Name
 from schemas.ledger import AmountMinor
 from schemas.money import AMOUNT_MINOR_MAX, Currency
@@ -44,14 +43,6 @@ _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
 RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 # ISO 13616: two letters, two check digits, up to 30 letters and digits.
 IBAN_PATTERN = r"^[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}$"
-
-
-class KycTier(StrEnum):
-    """How far a customer is verified; each tier has its own limits."""
-
-    BASIC = "basic"
-    STANDARD = "standard"
-    ENHANCED = "enhanced"
 
 
 def iban_checksum_valid(iban: str) -> bool:

@@ -164,7 +164,7 @@ class TopupSteps:
                 lambda: self._reserve(customer_id, amount, currency, limits.daily_max_minor)
             )
             if not decision.reserved:
-                over = (
+                over = decision.over or (
                     f"{money} would take today's top-ups to "
                     f"{describe(decision.used_minor + amount, currency)}, over the daily limit "
                     f"of {describe(decision.daily_max_minor, currency)}"
@@ -198,6 +198,7 @@ class TopupSteps:
                 day=self._day,
                 daily_max_minor=daily_max_minor,
                 force=force,
+                tier_limits=self._input.policy.tier_limits,
             ),
         )
         if decision.reserved and not self._usage_reserved:

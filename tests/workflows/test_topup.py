@@ -40,7 +40,7 @@ from schemas.tron import Deposit
 from starters import topup as starter
 from tests import polling
 from tests.conftest import Platform
-from tests.customers import EMPTY_WALLETS, customer
+from tests.customers import EMPTY_WALLETS, customer, fund
 from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
 from workflows.topup import REVIEW_UPDATE, topup_workflow_id
 from workflows.topup_steps import STAGE_CONFIRMATIONS, STAGE_REVIEW
@@ -659,3 +659,44 @@ async def test_a_quote_that_never_lives_long_enough_credits_nothing(platform: Pl
     assert "no FX quote lived 2s in 2 attempts" in str(failure.value.cause)
     assert await wallet(platform, customer_id) == 0
     assert await posted(platform, accounts.crypto_custody()) == 0
+
+
+async def test_a_basic_tier_customer_over_the_months_load_or_the_cap_waits_for_review(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform, EMPTY_WALLETS)
+    await platform.stack.pool.execute(
+        "UPDATE customers SET kyc_tier = 'basic' WHERE customer_id = $1", customer_id
+    )
+    # 600.00 fits the basic tier's month (1,000.00) and cap (1,000.00).
+    first = await bank_transfer(platform, customer_id, 60_000)
+    assert (await result_of(platform, "bank", first.id)).outcome == "credited"
+    # 500.00 more would take the month to 1,100.00.
+    second = await bank_transfer(platform, customer_id, 50_000)
+    status = await reach(platform, "bank", second.id, STAGE_REVIEW)
+    assert status.pending_review is not None and status.pending_review.kind == "limit"
+    assert status.pending_review.reason == (
+        "500.00 USD would take this month's top-ups to 1100.00 USD, over the basic"
+        " tier's 1000.00 USD"
+    )
+    # Enhanced, the same customer's next top-up goes through; its cap is far off.
+    await platform.stack.pool.execute(
+        "UPDATE customers SET kyc_tier = 'enhanced' WHERE customer_id = $1", customer_id
+    )
+    third = await bank_transfer(platform, customer_id, 50_000)
+    assert (await result_of(platform, "bank", third.id)).outcome == "credited"
+
+
+async def test_a_wallet_at_its_tiers_cap_takes_no_more_without_review(platform: Platform) -> None:
+    customer_id = await customer(platform, EMPTY_WALLETS)
+    await platform.stack.pool.execute(
+        "UPDATE customers SET kyc_tier = 'basic' WHERE customer_id = $1", customer_id
+    )
+    # Money already there (moved in outside a top-up): 990.00 of the 1,000.00 cap.
+    await fund(platform, customer_id, Currency.USD, 99_000)
+    transfer = await bank_transfer(platform, customer_id, 2_000)
+    status = await reach(platform, "bank", transfer.id, STAGE_REVIEW)
+    assert status.pending_review is not None
+    assert status.pending_review.reason == (
+        "20.00 USD would take the wallet to 1010.00 USD, over the basic tier's cap of 1000.00 USD"
+    )
