@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from starters.gateway.v1 import (
     billing,
     cards,
+    closures,
     customers,
     disputes,
     events,
@@ -43,6 +44,7 @@ PROCESS_ROUTERS = (
     billing.router,
     disputes.router,
     withdrawals.router,
+    closures.router,
     reconciliation.router,
 )
 

@@ -88,6 +88,17 @@ def _not_found_commands() -> dict[str, list[str]]:
             "--operator",
             "ops",
         ],  # fmt: skip
+        "closure-status": ["closure", "status", f"c-{nope}"],
+        "closure-decide": [
+            "closure",
+            "decide",
+            f"c-{nope}",
+            "--retry",
+            "--reason",
+            "the customer gave another account",
+            "--operator",
+            "ops",
+        ],  # fmt: skip
         "dispute-evidence": [
             "dispute",
             "evidence",
@@ -188,6 +199,33 @@ def test_a_number_or_date_out_of_range_is_refused_naming_the_argument(
             ["withdrawal", "review", "w-1", "--reject", "--reason", "no", "--operator", "o"],
             "reason",
         ),
+        (
+            ["closure", "start", "c-1", "--iban", "DE89370400440532013001"]
+            + ["--name", "Ada Lovelace"],
+            "destination.bank.iban",
+        ),
+        (["closure", "start", "c-1", "--iban", "DE89370400440532013000"], "destination.bank.name"),
+        (["closure", "start", "c-1", "--address", "T-not-an-address"], "destination.usdt.address"),
+        (
+            ["closure", "start", "c-1", "--address", "TTxaiGudVhUKHmM1qk14JzqZvkJFzHRrZy"]
+            + ["--iban", "DE89370400440532013000"],
+            "--address",
+        ),
+        (["closure", "start", "c-1"], "--iban"),
+        (
+            ["closure", "start", "c-1", "--iban", "DE89370400440532013000"]
+            + ["--name", "Ada Lovelace", "--reason", ""],
+            "reason",
+        ),
+        (
+            ["closure", "decide", "c-1", "--retry", "--reason", "new account", "--operator", "o"]
+            + ["--iban", "GB82WEST12345698765433", "--name", "Ada Lovelace"],
+            "destination.bank.iban",
+        ),
+        (
+            ["closure", "decide", "c-1", "--abandon", "--reason", "no", "--operator", "o"],
+            "reason",
+        ),
     ],
     ids=[
         "card-reason",
@@ -197,6 +235,14 @@ def test_a_number_or_date_out_of_range_is_refused_naming_the_argument(
         "withdrawal-address",
         "withdrawal-address-and-iban",
         "withdrawal-reason",
+        "closure-iban",
+        "closure-name",
+        "closure-address",
+        "closure-address-and-iban",
+        "closure-no-destination",
+        "closure-reason",
+        "closure-decide-iban",
+        "closure-decide-reason",
     ],
 )
 def test_a_value_its_model_refuses_is_refused_naming_it_before_calling_anyone(
@@ -240,6 +286,9 @@ def test_an_out_of_range_cursor_is_one_line_from_the_real_command(tmp_path: Path
         ["topup", "deposit", "{id}", "100"],
         ["fx", "quote", "{id}", "--sell", "USD", "--buy", "EUR", "--sell-amount", "100"],
         ["withdrawal", "start", "{id}", "100", "--iban", "DE89370400440532013000", "--name", "A"],
+        ["closure", "start", "{id}", "--iban", "DE89370400440532013000", "--name", "A"],
+        ["closure", "status", "{id}"],
+        ["closure", "decide", "{id}", "--retry", "--reason", "fine", "--operator", "o"],
         ["cashback", "segment", "{id}", "vip"],
         ["dispute", "open", "txn_x", "--customer-id", "{id}", "--reason", "fraudulent"],
         ["kyc", "review", "{id}", "--decision", "approve", "--reason", "fine", "--operator", "o"],

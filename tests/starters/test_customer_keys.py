@@ -119,6 +119,9 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
         "customer: the withdrawal process's CustomerId search attribute"
     ),
     ("POST", "/v1/withdrawals/{request_id}/review"): PROGRAM_WIDE,
+    ("POST", "/v1/closures"): "customer: the body's customer_id",
+    ("GET", "/v1/closures/{customer_id}"): "customer: the path's customer_id",
+    ("POST", "/v1/closures/{customer_id}/decide"): PROGRAM_WIDE,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("GET", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}/decisions"): PROGRAM_WIDE,
@@ -495,6 +498,15 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
         f"/v1/withdrawals/{i.withdrawal}",
         None,
     ),
+    ("POST", "/v1/closures"): lambda i: (
+        "POST",
+        "/v1/closures",
+        {
+            "customer_id": i.customer,
+            "destination": {"iban": "DE89370400440532013000", "name": "Grace Hopper"},
+        },
+    ),
+    ("GET", "/v1/closures/{customer_id}"): lambda i: ("GET", f"/v1/closures/{i.customer}", None),
 }
 
 
@@ -576,6 +588,7 @@ PROGRAM_ROUTES: list[Request] = [
     ("POST", "/v1/billing-runs/2025-01", None),
     ("POST", "/v1/disputes/{transaction}/operator", {}),
     ("POST", "/v1/withdrawals/{withdrawal}/review", {}),
+    ("POST", "/v1/closures/{customer}/decide", {}),
     ("POST", "/v1/reconciliations/issuer/2025-01-01", None),
     ("GET", "/v1/reconciliations/issuer/2025-01-01", None),
     ("POST", "/v1/reconciliations/issuer/2025-01-01/decisions", {}),

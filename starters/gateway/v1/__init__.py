@@ -14,6 +14,7 @@ topups.py         topup/{source}/{external_ref}
 billing.py        billing/{customer_id}/{period}, billing runs, statements
 disputes.py       dispute/{transaction_id}
 withdrawals.py    withdrawal/{request_id}
+closures.py       closure/{customer_id}
 reconciliation.py reconciliation/issuer/{date}
 
 What they share: shared.py (the router every process's is, how a call on a
