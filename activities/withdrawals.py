@@ -17,12 +17,11 @@ from activities.providers.activities import ProviderClients
 from activities.queues import ledger_activity, provider_activity
 from schemas import accounts
 from schemas.bank import Payout
-from schemas.customers import KycStatus
+from schemas.customers import KycStatus, KycTier
 from schemas.tron import ChainWithdrawal
 from schemas.withdrawals import (
     ChainSendRequest,
     DestinationUse,
-    KycTier,
     PayoutRequest,
     PayoutStatus,
     PayoutUpdate,

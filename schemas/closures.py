@@ -28,8 +28,10 @@ class ClosurePolicy(BaseModel):
     card_retry_seconds: int = Field(default=HOUR_SECONDS, ge=1)
     # ...for at most this long (holds expire within days); then an operator.
     cards_wait_seconds: int = Field(default=10 * DAY_SECONDS, ge=1)
-    # The payout's withdrawal watches for a bank return this long.
+    # The payout's withdrawal watches for a bank return this long, and asks
+    # the bank after this long without its word.
     return_watch_seconds: int = Field(default=14 * DAY_SECONDS, ge=0)
+    outcome_poll_seconds: int = Field(default=HOUR_SECONDS, ge=1)
     operator_wait_seconds: int = Field(default=30 * DAY_SECONDS, ge=1)
 
 

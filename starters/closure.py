@@ -67,9 +67,13 @@ def with_queues(request: ClosureInput, queues: TaskQueues) -> ClosureInput:
 
 def closure_policy(settings: Settings) -> ClosurePolicy:
     """The policy of the closures this deployment starts: its payouts watched
-    for a return as its withdrawals are (CARDFLOW_WITHDRAWAL_RETURN_WATCH_SECONDS),
-    the rest the defaults."""
-    return ClosurePolicy(return_watch_seconds=settings.withdrawal_return_watch_seconds)
+    for a return and the bank asked as its withdrawals are
+    (CARDFLOW_WITHDRAWAL_RETURN_WATCH_SECONDS, _OUTCOME_POLL_SECONDS), the
+    rest the defaults."""
+    return ClosurePolicy(
+        return_watch_seconds=settings.withdrawal_return_watch_seconds,
+        outcome_poll_seconds=settings.withdrawal_outcome_poll_seconds,
+    )
 
 
 def closure_input(

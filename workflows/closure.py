@@ -153,7 +153,6 @@ class AccountClosure:
         holdings = await step(request, ClosureActivities.holdings, request.customer_id)
         await self._settle_debts(request, holdings)
 
-        self.progress.enter(STAGE_PAYING)
         self._paying = True
         holdings = await step(request, ClosureActivities.holdings, request.customer_id)
         for currency, balance in sorted(holdings.wallets.items()):
@@ -244,6 +243,9 @@ class AccountClosure:
             request_id = (
                 f"closure-{request.customer_id}-{currency.value.lower()}-{self._payout_attempts}"
             )[:64]
+            # The payout in progress, named as soon as it starts.
+            self._payouts[currency] = request_id
+            self.progress.enter(STAGE_PAYING)
             result: WithdrawalResult = await workflow.execute_child_workflow(
                 WITHDRAWAL_WORKFLOW,
                 WithdrawalInput(
@@ -258,6 +260,7 @@ class AccountClosure:
                         new_destination_cooling_seconds=0,
                         new_destination_review_minor={},
                         return_watch_seconds=request.policy.return_watch_seconds,
+                        outcome_poll_seconds=request.policy.outcome_poll_seconds,
                         tier_limits_apply=False,
                     ),
                     ledger_task_queue=request.ledger_task_queue,
@@ -268,14 +271,12 @@ class AccountClosure:
                 result_type=WithdrawalResult,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
-            self._payouts[currency] = request_id
             if result.outcome == "paid":
                 self._paid[currency] = balance
                 return
             await self._operator(
                 f"the {currency.value} payout ended {result.outcome}: {result.reason}"
             )
-            self.progress.enter(STAGE_PAYING)
 
     async def _operator(self, why: str) -> None:
         """Wait for an operator's decision: retry goes on, abandon ends it."""

@@ -196,7 +196,7 @@ async def test_a_closure_through_the_api_pays_the_whole_balance_out_to_the_accou
         # The closure waits out the payout's return watch: the account is
         # closing, and no decision is asked of an operator.
         assert await stage(http, customer_id, STAGE_PAYING) == closure_status(
-            customer_id, STAGE_PAYING
+            customer_id, STAGE_PAYING, payouts={"USD": payout_request_id(customer_id, 1)}
         )
         assert await account_status(platform, customer_id) == "closing"
         refused = await ops.post(
@@ -297,7 +297,7 @@ async def test_the_same_idempotency_key_starts_one_closure_and_another_request_g
             ADA.iban,
         )
         assert await stage(http, customer_id, STAGE_PAYING) == closure_status(
-            customer_id, STAGE_PAYING
+            customer_id, STAGE_PAYING, payouts={"USD": payout_request_id(customer_id, 1)}
         )
     assert await payouts(platform, payout_request_id(customer_id, 2)) == []
     assert await wallet(platform, customer_id) == (BALANCE_MINOR, BALANCE_MINOR)
@@ -388,13 +388,17 @@ async def test_a_key_bound_to_a_customer_closes_and_reads_only_their_account(
         # the partner's to make, whatever its scopes.
         mine_started = await http.post("/v1/closures", json=closure(mine), headers=keyed())
         assert mine_started.status_code == 202, mine_started.text
-        assert await stage(http, mine, STAGE_PAYING) == closure_status(mine, STAGE_PAYING)
+        assert await stage(http, mine, STAGE_PAYING) == closure_status(
+            mine, STAGE_PAYING, payouts={"USD": payout_request_id(mine, 1)}
+        )
         decided = await http.post(
             f"/v1/closures/{mine}/decide",
             json={"action": "abandon", "reason": "the customer stays", "operator": "op-1"},
         )
         assert (decided.status_code, decided.json()["code"]) == (403, "program_wide_route")
-        assert await stage(ops, theirs, STAGE_PAYING) == closure_status(theirs, STAGE_PAYING)
+        assert await stage(ops, theirs, STAGE_PAYING) == closure_status(
+            theirs, STAGE_PAYING, payouts={"USD": payout_request_id(theirs, 1)}
+        )
     assert await account_status(platform, mine) == "closing"
 
 
@@ -462,7 +466,7 @@ async def test_an_operator_retries_a_failed_payout_to_another_account_through_th
         assert [payout.status for payout in await payouts(platform, first_id)] == ["failed"]
         assert await wallet(platform, customer_id) == (0, 0)
         assert await stage(http, customer_id, STAGE_PAYING) == closure_status(
-            customer_id, STAGE_PAYING, payouts={"USD": first_id}
+            customer_id, STAGE_PAYING, payouts={"USD": payout_request_id(customer_id, 2)}
         )
     assert await verify(platform.stack.pool) == []
 

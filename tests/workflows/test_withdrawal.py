@@ -19,10 +19,10 @@ from activities.providers.bank import BankClient
 from activities.providers.tron import TronClient
 from schemas import accounts
 from schemas.bank import Payout
+from schemas.customers import KycTier
 from schemas.money import Currency
 from schemas.withdrawals import (
     BankDestination,
-    KycTier,
     TierLimits,
     TronDestination,
     WithdrawalInput,
