@@ -21,10 +21,19 @@ Names as Prometheus shows them (counters get `_total`, durations are seconds):
 | `cardflow_ledger_rejections_total` | counter | operation, reason |
 | `cardflow_provider_call_seconds` | histogram | provider, outcome |
 | `cardflow_reconciliation_records` | gauge | provider, result |
+| `cardflow_program_coverage_bps` | gauge | currency |
+| `cardflow_program_coverage_threshold_bps` | gauge | currency |
+| `cardflow_bank_drift_lines` | gauge | currency, kind |
+| `cardflow_custody_missing_minor` | gauge | currency |
+| `cardflow_program_funding_last_run_timestamp_seconds` | gauge | |
 
 The workflows worker's census (`workers.census`) adds the processes' own
 gauges: `cardflow_processes`, `cardflow_operator_waits`,
 `cardflow_operator_wait_oldest_seconds`, the schedules' and its own time.
+
+The program-funding run's gauges are set by whichever ledger worker records
+the run, so a replica that recorded an older run keeps its older values: the
+rules read them from the replica with the latest run (its timestamp gauge).
 
 A decision is timed against the gateway's budget (1.5 s of the issuer's 2 s)
 with buckets fine enough to tell 1.25 s from 1.5 s (AUTHORIZATION_BUCKETS).
@@ -57,6 +66,11 @@ WEBHOOK_REJECTIONS = "cardflow_webhook_rejections"
 LEDGER_REJECTIONS = "cardflow_ledger_rejections"
 PROVIDER_CALL_SECONDS = "cardflow_provider_call_seconds"
 RECONCILIATION_RECORDS = "cardflow_reconciliation_records"
+PROGRAM_COVERAGE_BPS = "cardflow_program_coverage_bps"
+PROGRAM_COVERAGE_THRESHOLD_BPS = "cardflow_program_coverage_threshold_bps"
+BANK_DRIFT_LINES = "cardflow_bank_drift_lines"
+CUSTODY_MISSING_MINOR = "cardflow_custody_missing_minor"
+PROGRAM_FUNDING_LAST_RUN = "cardflow_program_funding_last_run_timestamp_seconds"
 
 # The histogram buckets, in seconds, of the durations an alert compares with
 # a budget: Temporal's defaults jump from 1 s to 2.5 s.
@@ -81,6 +95,19 @@ EXPOSED_NAMES = (
     f"{LEDGER_REJECTIONS}_total",
     PROVIDER_CALL_SECONDS,
     RECONCILIATION_RECORDS,
+    PROGRAM_COVERAGE_BPS,
+    PROGRAM_COVERAGE_THRESHOLD_BPS,
+    BANK_DRIFT_LINES,
+    CUSTODY_MISSING_MINOR,
+    PROGRAM_FUNDING_LAST_RUN,
+)
+# Set by a program-funding run, which the demo does not make.
+PROGRAM_FUNDING_NAMES = (
+    PROGRAM_COVERAGE_BPS,
+    PROGRAM_COVERAGE_THRESHOLD_BPS,
+    BANK_DRIFT_LINES,
+    CUSTODY_MISSING_MINOR,
+    PROGRAM_FUNDING_LAST_RUN,
 )
 
 # Open holds are counted from the ledger itself, by each ledger worker, this often.
@@ -146,6 +173,43 @@ def record_reconciliation(provider: str, currency: str, drift_minor: int, unexpl
         RECONCILIATION_UNEXPLAINED_MINOR,
         "Drift the last reconciliation left unexplained, minor units",
     ).set(unexplained, labels)
+
+
+def record_program_funding(
+    run_at_seconds: int,
+    coverage: Iterable[tuple[str, int, int]],
+    bank_drift: Iterable[tuple[str, dict[str, int]]],
+    custody: tuple[str, int] | None,
+) -> None:
+    """A program-funding run's findings: per currency its coverage and the
+    threshold it alerts under (bps), each bank currency's drifting statement
+    lines by kind (every kind named, 0 included, so a cleared drift reads 0),
+    custody's missing money; then the run's time, which tells the rules
+    this replica holds the latest run."""
+    meter = _meter()
+    covered = meter.create_gauge(
+        PROGRAM_COVERAGE_BPS, "The issuer's program balance over the customers' money, bps"
+    )
+    threshold = meter.create_gauge(
+        PROGRAM_COVERAGE_THRESHOLD_BPS, "The coverage under which the program-funding run alerts"
+    )
+    for currency, coverage_bps, threshold_bps in coverage:
+        covered.set(coverage_bps, {"currency": currency})
+        threshold.set(threshold_bps, {"currency": currency})
+    lines = meter.create_gauge(
+        BANK_DRIFT_LINES, "Bank statement lines the ledger lacks or has with another amount"
+    )
+    for currency, counts in bank_drift:
+        for kind, count in counts.items():
+            lines.set(count, {"currency": currency, "kind": kind})
+    if custody is not None:
+        currency, missing_minor = custody
+        meter.create_gauge(
+            CUSTODY_MISSING_MINOR, "The ledger's custody holding less the custodian's, minor units"
+        ).set(missing_minor, {"currency": currency})
+    meter.create_gauge(
+        PROGRAM_FUNDING_LAST_RUN, "When the program-funding run these gauges come from ran"
+    ).set(run_at_seconds, {})
 
 
 class GatewayMetrics:

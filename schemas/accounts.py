@@ -33,6 +33,11 @@ def issuer_settlement(currency: Currency | str) -> str:
     return f"issuer:settlement:{Currency(currency).value}"
 
 
+def issuer_prefunding(currency: Currency | str) -> str:
+    """The program's money wired to its issuer to prefund the cards' spend."""
+    return f"issuer:prefunding:{Currency(currency).value}"
+
+
 def fx_pool(currency: Currency | str) -> str:
     return f"fx:pool:{Currency(currency).value}"
 
@@ -67,6 +72,7 @@ _SYSTEM_KINDS: dict[str, str] = {
     "bank:outbound": "bank",
     "crypto:custody": "custody",
     "issuer:settlement": "settlement",
+    "issuer:prefunding": "prefunding",
     "fx:pool": "fx_pool",
     "fx:rounding": "fx_rounding",
     "revenue:fees": "revenue",

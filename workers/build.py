@@ -21,6 +21,10 @@ from activities.disputes import DisputeLedgerActivities, DisputeProviderActiviti
 from activities.event_delivery import EventDeliveryActivities
 from activities.health import LedgerHealthActivities, providers_ping
 from activities.ledger.activities import LedgerActivities
+from activities.program_funding import (
+    ProgramFundingLedgerActivities,
+    ProgramFundingProviderActivities,
+)
 from activities.providers.activities import ProviderActivities, ProviderClients
 from activities.reconciliation import (
     ReconciliationLedgerActivities,
@@ -81,6 +85,7 @@ def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
         *BillingActivities(pool).all(),  # type: ignore[list-item]
         *EventDeliveryActivities(pool).ledger(),  # type: ignore[list-item]
         *WithdrawalActivities(pool).all(),  # type: ignore[list-item]
+        *ProgramFundingLedgerActivities(pool).all(),  # type: ignore[list-item]
     ]
 
 
@@ -104,6 +109,7 @@ def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Ca
             pool, ProviderActivities(clients, pool)
         ).providers(),
         *PayoutActivities(clients).all(),  # type: ignore[list-item]
+        *ProgramFundingProviderActivities(clients, pool).all(),  # type: ignore[list-item]
     ]
 
 

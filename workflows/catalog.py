@@ -21,6 +21,7 @@ from workflows.event_delivery import EVENT_DELIVERY_WORKFLOW, EventDelivery
 from workflows.fx import FX_WORKFLOW, FxConversion
 from workflows.health import PING_WORKFLOW, Ping
 from workflows.onboarding import ONBOARDING_WORKFLOW, Onboarding
+from workflows.program_funding import PROGRAM_FUNDING_WORKFLOW, ProgramFunding
 from workflows.reconciliation import RECONCILIATION_WORKFLOW, Reconciliation
 from workflows.scheduled_reconciliation import (
     SCHEDULED_RECONCILIATION_WORKFLOW,
@@ -46,6 +47,7 @@ ALL_WORKFLOWS: Sequence[type] = (
     EventDelivery,
     Withdrawal,
     AccountClosure,
+    ProgramFunding,
 )
 
 # The `status` query of every workflow type, by the type's name.
@@ -65,4 +67,5 @@ STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
     EVENT_DELIVERY_WORKFLOW: EventDelivery.status,
     WITHDRAWAL_WORKFLOW: Withdrawal.status,
     CLOSURE_WORKFLOW: AccountClosure.status,
+    PROGRAM_FUNDING_WORKFLOW: ProgramFunding.status,
 }

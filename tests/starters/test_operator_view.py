@@ -79,6 +79,8 @@ REQUIRED_SEARCH_ATTRIBUTES: dict[str, set[str]] = {
     "Cashback": {"CustomerId", "CardId", "AmountMinor", "Currency", "ProcessStatus"},
     "Ping": {"ProcessStatus"},
     "EventDelivery": {"ProcessStatus"},
+    # The schedule's hourly run may come while these tests run.
+    "ProgramFunding": {"ProcessStatus"},
 }
 # The processes `cardflow demo` runs (at the least).
 DEMO_WORKFLOW_TYPES = {

@@ -21,14 +21,21 @@ RULES_TESTS = HERE / "rules" / "cardflow.rules.test.yml"
 DASHBOARDS = HERE / "grafana" / "dashboards"
 GRAFANA_PROVISIONING = HERE / "grafana" / "provisioning"
 
-# Counters made at their first event, so a scrape of a healthy stack may not
-# show them yet: the SDK's failures, and the ledger's refusals.
+# Series made at their first event, so a scrape of a healthy stack may not
+# show them yet: the SDK's failures, the ledger's refusals, and the gauges a
+# program-funding run sets (the demo makes none; tests/workflows/
+# test_program_funding.py proves a run sets every one).
 MADE_AT_FIRST_EVENT = frozenset(
     {
         "temporal_workflow_failed_total",
         "temporal_workflow_task_execution_failed_total",
         "temporal_activity_execution_failed_total",
         "cardflow_ledger_rejections_total",
+        "cardflow_program_coverage_bps",
+        "cardflow_program_coverage_threshold_bps",
+        "cardflow_bank_drift_lines",
+        "cardflow_custody_missing_minor",
+        "cardflow_program_funding_last_run_timestamp_seconds",
     }
 )
 
