@@ -26,6 +26,7 @@ from starters.scenarios_onboarding import (
     onboarding_reviewed,
     onboarding_uploaded,
 )
+from starters.scenarios_program_funding import program_funding_funded
 from starters.scenarios_reconciliation import reconciliation_clean
 from starters.scenarios_topup import topup_bank, topup_collects_debt, topup_unmatched, topup_usdt
 from starters.scenarios_withdrawals import closure_closed, withdrawal_paid, withdrawal_usdt
@@ -71,4 +72,6 @@ SCENARIOS: dict[str, Scenario] = {
     "withdrawal-paid": withdrawal_paid,
     "withdrawal-usdt": withdrawal_usdt,
     "closure-closed": closure_closed,
+    # Last: with the issuer already used, its run finds the program covered.
+    "program-funding": program_funding_funded,
 }
