@@ -31,7 +31,7 @@ GROUP BY a.id
 
 
 class ClosureActivities:
-    def __init__(self, pool: asyncpg.Pool, client: Client) -> None:
+    def __init__(self, pool: asyncpg.Pool, client: Client | None) -> None:
         self._pool = pool
         self._client = client
 
@@ -67,6 +67,8 @@ class ClosureActivities:
     async def change_card(self, change: CardChange) -> CardChangeOutcome:
         """Ask the card to freeze or close. A card already so (or further:
         closed) is done; one with open authorizations is not yet."""
+        if self._client is None:
+            raise RuntimeError("this worker has no Temporal client to reach the cards with")
         handle = self._client.get_workflow_handle(card_workflow_id(change.card_id))
         update = FREEZE_UPDATE if change.action == "freeze" else CLOSE_UPDATE
         try:

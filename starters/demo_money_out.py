@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from temporalio.client import Client
 
 from activities.providers.bank import BankClient
-from schemas.closures import ClosureInput, ClosurePolicy, ClosureResult
+from schemas.closures import ClosureInput, ClosurePolicy
 from schemas.kyc import KycDecision
 from schemas.money import Currency, Money
 from schemas.onboarding import OnboardingInput
@@ -23,9 +23,9 @@ from schemas.withdrawals import (
     BankDestination,
     WithdrawalInput,
     WithdrawalPolicy,
-    WithdrawalResult,
     WithdrawalStatus,
 )
+from starters.closure import start as start_closure
 from starters.onboarding import start_onboarding
 from starters.scenario_steps import (
     PASSPORT,
@@ -36,14 +36,12 @@ from starters.scenario_steps import (
 )
 from starters.scenarios_topup import topup_reaching
 from starters.topup import simulate_bank_transfer
+from starters.withdrawal import start as start_withdrawal
 from workers.settings import Settings
-from workflows.closure import CLOSURE_WORKFLOW, closure_workflow_id
 from workflows.topup import topup_workflow_id
 from workflows.withdrawal import (
     STAGE_COOLING,
-    WITHDRAWAL_WORKFLOW,
     Withdrawal,
-    withdrawal_workflow_id,
 )
 
 Say = Callable[[str, str | None], None]
@@ -75,8 +73,9 @@ async def demo_money_out(client: Client, settings: Settings, say: Say, customer_
 async def _withdraw(client: Client, settings: Settings, say: Say, customer_id: str) -> None:
     queues = settings.task_queues
     request_id = f"demo-withdrawal-{uuid.uuid4().hex[:6]}"
-    handle = await client.start_workflow(
-        WITHDRAWAL_WORKFLOW,
+    handle = await start_withdrawal(
+        client,
+        queues,
         WithdrawalInput(
             request_id=request_id,
             customer_id=customer_id,
@@ -87,12 +86,7 @@ async def _withdraw(client: Client, settings: Settings, say: Say, customer_id: s
             policy=WithdrawalPolicy(
                 new_destination_cooling_seconds=DEMO_COOLING_SECONDS, return_watch_seconds=0
             ),
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
         ),
-        id=withdrawal_workflow_id(request_id),
-        task_queue=queues.workflows,
-        result_type=WithdrawalResult,
     )
     amount = Money(amount_minor=DEMO_WITHDRAWAL_MINOR, currency=Currency.USD)
     status: WithdrawalStatus | None = None
@@ -133,21 +127,16 @@ async def _close_an_account(client: Client, settings: Settings, say: Say) -> Non
         f" ({credited.credited_minor - credited.fee_minor} USD cents), asks to close the account",
         onboarding.id,
     )
-    handle = await client.start_workflow(
-        CLOSURE_WORKFLOW,
+    handle = await start_closure(
+        client,
+        queues,
         ClosureInput(
             customer_id=profile.customer_id,
             destination=DEMO_IBAN,
             reason="the customer is leaving",
             requested_at=datetime.now(UTC),
             policy=ClosurePolicy(card_retry_seconds=1, return_watch_seconds=0),
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
         ),
-        id=closure_workflow_id(profile.customer_id),
-        task_queue=queues.workflows,
-        result_type=ClosureResult,
     )
     await _bank_sends(settings, f"closure-{profile.customer_id}-usd-1")
     closed = await handle.result()

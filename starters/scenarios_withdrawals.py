@@ -22,11 +22,12 @@ from schemas.withdrawals import (
     WithdrawalInput,
     WithdrawalPolicy,
 )
+from starters.closure import start as start_closure
 from starters.scenario_steps import STAGE_WAIT_SECONDS_MAX
 from starters.scenarios_topup import topup_bank
+from starters.withdrawal import start as start_withdrawal
 from workers.settings import Settings
-from workflows.closure import CLOSURE_WORKFLOW, closure_workflow_id
-from workflows.withdrawal import WITHDRAWAL_WORKFLOW, withdrawal_workflow_id
+from workflows.withdrawal import withdrawal_workflow_id
 
 SCENARIO_IBAN = BankDestination(iban="DE89370400440532013000", name="Ada Lovelace")
 # No wait for a new account, no watch for a return: the scenario ends at once.
@@ -67,10 +68,10 @@ async def _withdraw(
     amount_minor: int,
     destination: BankDestination | TronDestination,
 ) -> str:
-    queues = settings.task_queues
     request_id = f"scenario-{uuid.uuid4().hex[:10]}"
-    await client.start_workflow(
-        WITHDRAWAL_WORKFLOW,
+    await start_withdrawal(
+        client,
+        settings.task_queues,
         WithdrawalInput(
             request_id=request_id,
             customer_id=customer_id,
@@ -79,11 +80,7 @@ async def _withdraw(
             destination=destination,
             requested_at=datetime.now(UTC),
             policy=SCENARIO_POLICY,
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
         ),
-        id=withdrawal_workflow_id(request_id),
-        task_queue=queues.workflows,
     )
     return request_id
 
@@ -117,20 +114,15 @@ async def withdrawal_usdt(client: Client, settings: Settings) -> str:
 async def closure_closed(client: Client, settings: Settings) -> str:
     """A customer with no card leaves: the balance paid out, the wallets closed."""
     customer_id = await _funded_customer(client, settings)
-    queues = settings.task_queues
-    handle = await client.start_workflow(
-        CLOSURE_WORKFLOW,
+    handle = await start_closure(
+        client,
+        settings.task_queues,
         ClosureInput(
             customer_id=customer_id,
             destination=SCENARIO_IBAN,
             requested_at=datetime.now(UTC),
             policy=ClosurePolicy(card_retry_seconds=1, return_watch_seconds=0),
-            ledger_task_queue=queues.ledger,
-            providers_task_queue=queues.providers,
-            workflows_task_queue=queues.workflows,
         ),
-        id=closure_workflow_id(customer_id),
-        task_queue=queues.workflows,
     )
     await _sent(settings, f"closure-{customer_id}-usd-1")
     await handle.result()

@@ -72,8 +72,11 @@ def guarded_replayer(
 PROVIDERS_ACTIVITIES_PER_SECOND_MAX = 50.0
 
 
-def ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
+def ledger_activities(pool: asyncpg.Pool, client: Client | None = None) -> list[Callable[..., Any]]:
+    """The ledger queue's activities; `client` is how a closure asks cards to
+    freeze and close through their updates (without one, only listed)."""
     return [
+        *ClosureActivities(pool, client).all(),  # type: ignore[list-item]
         LedgerHealthActivities(pool).ping,
         *LedgerActivities(pool).all(),  # type: ignore[list-item]
         *CustomerActivities(pool).all(),  # type: ignore[list-item]
@@ -149,8 +152,7 @@ def build_worker(
         return Worker(
             client,
             task_queue=queues.ledger,
-            # A closure asks cards to freeze and close through their updates.
-            activities=[*ledger_activities(pool), *ClosureActivities(pool, client).all()],  # type: ignore[list-item]
+            activities=ledger_activities(pool, client),
             max_concurrent_activities=pool_size_max,
             identity=identity,
             interceptors=ALWAYS_INTERCEPTORS,

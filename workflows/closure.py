@@ -63,7 +63,11 @@ with workflow.unsafe.imports_passed_through():
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.process import Finished, ProcessStage
     from workflows.steps import step, step_key, wait_for
-    from workflows.withdrawal import WITHDRAWAL_WORKFLOW, withdrawal_workflow_id
+    from workflows.withdrawal import (
+        WITHDRAWAL_WORKFLOW,
+        withdrawal_start_metadata,
+        withdrawal_workflow_id,
+    )
 
 CLOSURE_WORKFLOW = "AccountClosure"
 DECIDE_UPDATE = "decide"
@@ -246,30 +250,34 @@ class AccountClosure:
             # The payout in progress, named as soon as it starts.
             self._payouts[currency] = request_id
             self.progress.enter(STAGE_PAYING)
+            payout = WithdrawalInput(
+                request_id=request_id,
+                customer_id=request.customer_id,
+                amount_minor=balance,
+                currency=currency,
+                destination=self._destination,
+                requested_at=workflow.now(),
+                policy=WithdrawalPolicy(
+                    fees={},
+                    new_destination_cooling_seconds=0,
+                    new_destination_review_minor={},
+                    return_watch_seconds=request.policy.return_watch_seconds,
+                    outcome_poll_seconds=request.policy.outcome_poll_seconds,
+                    tier_limits_apply=False,
+                ),
+                ledger_task_queue=request.ledger_task_queue,
+                providers_task_queue=request.providers_task_queue,
+            )
+            metadata = withdrawal_start_metadata(payout)
             result: WithdrawalResult = await workflow.execute_child_workflow(
                 WITHDRAWAL_WORKFLOW,
-                WithdrawalInput(
-                    request_id=request_id,
-                    customer_id=request.customer_id,
-                    amount_minor=balance,
-                    currency=currency,
-                    destination=self._destination,
-                    requested_at=workflow.now(),
-                    policy=WithdrawalPolicy(
-                        fees={},
-                        new_destination_cooling_seconds=0,
-                        new_destination_review_minor={},
-                        return_watch_seconds=request.policy.return_watch_seconds,
-                        outcome_poll_seconds=request.policy.outcome_poll_seconds,
-                        tier_limits_apply=False,
-                    ),
-                    ledger_task_queue=request.ledger_task_queue,
-                    providers_task_queue=request.providers_task_queue,
-                ),
+                payout,
                 id=withdrawal_workflow_id(request_id),
                 task_queue=request.workflows_task_queue,
                 result_type=WithdrawalResult,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=metadata.summary,
+                static_details=metadata.details,
             )
             if result.outcome == "paid":
                 self._paid[currency] = balance

@@ -374,9 +374,11 @@ class Withdrawal:
         """The bank's final word on the payout: its webhook, or its answer when
         asked after `outcome_poll_seconds` of silence. Never a guess."""
         self.progress.enter(STAGE_WAITING)
-        asked = PayoutActivities.send_status if self._on_chain() else PayoutActivities.payout_status
         while not await wait_for(self._decided, request.policy.outcome_poll_seconds):
-            self._heard(await step(request, asked, payout_id))
+            if self._on_chain():
+                self._heard(await step(request, PayoutActivities.send_status, payout_id))
+            else:
+                self._heard(await step(request, PayoutActivities.payout_status, payout_id))
         assert self._word is not None
         return self._word
 

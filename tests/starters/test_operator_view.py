@@ -79,6 +79,8 @@ REQUIRED_SEARCH_ATTRIBUTES: dict[str, set[str]] = {
     "Cashback": {"CustomerId", "CardId", "AmountMinor", "Currency", "ProcessStatus"},
     "Ping": {"ProcessStatus"},
     "EventDelivery": {"ProcessStatus"},
+    "Withdrawal": {"CustomerId", "AmountMinor", "Currency", "Provider", "ProcessStatus"},
+    "AccountClosure": {"CustomerId", "ProcessStatus"},
     # The schedule's hourly run may come while these tests run.
     "ProgramFunding": {"ProcessStatus"},
 }
@@ -93,6 +95,8 @@ DEMO_WORKFLOW_TYPES = {
     "Dispute",
     "Reconciliation",
     "Billing",
+    "Withdrawal",
+    "AccountClosure",
 }
 
 
