@@ -18,19 +18,16 @@ including when the closure has already ended: then its outcome is named.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from temporalio.client import (
     Client,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
     WorkflowHandle,
-    WorkflowUpdateFailedError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from schemas.closures import (
     ClosureDecision,
@@ -40,12 +37,12 @@ from schemas.closures import (
     ClosureResult,
     ClosureStatus,
 )
-from schemas.refusals import Refusal, refused
+from schemas.refusals import Refusal
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from starters import console
 from starters.arguments import CustomerIdArgument
-from starters.updates import UPDATE_RPC_TIMEOUT, execute_update
+from starters.updates import UPDATE_RPC_TIMEOUT, ended_result, execute_update, refuse
 from workers.settings import Settings
 from workflows.closure import (
     CLOSURE_WORKFLOW,
@@ -149,36 +146,12 @@ async def decide(
             rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
         )
     except RPCError as error:
-        ended = await _ended(handle, error)
-        _refuse(Refusal.FINISHED, f"closure already finished ({ended.outcome})")
+        ended = await ended_result(handle, error, "closure")
+        refuse(Refusal.FINISHED, f"closure already finished ({ended.outcome})")
 
 
 def _handle(client: Client, customer_id: str) -> WorkflowHandle[Any, ClosureResult]:
     return client.get_workflow_handle(closure_workflow_id(customer_id), result_type=ClosureResult)
-
-
-async def _ended(handle: WorkflowHandle[Any, ClosureResult], error: RPCError) -> ClosureResult:
-    """The result of a closure that has ended (Temporal refuses updates
-    then); re-raises `error` when it is running or does not exist."""
-    if error.status != RPCStatusCode.NOT_FOUND:
-        raise error
-    try:
-        description = await handle.describe()
-    except RPCError:
-        raise error from None
-    if description.status == WorkflowExecutionStatus.RUNNING:
-        raise error
-    try:
-        return await handle.result()
-    except WorkflowFailureError as failure:
-        _refuse(Refusal.FINISHED, f"the closure ended without an outcome: {failure.cause}")
-
-
-def _refuse(code: Refusal, reason: str) -> NoReturn:
-    """Refuse the way the process refuses an update (its ApplicationError
-    typed with the refusal's code), so every caller handles one error."""
-    cause = refused(code, reason)
-    raise WorkflowUpdateFailedError(cause) from cause
 
 
 # ----- `cardflow closure ...` ----------------------------------------------------

@@ -11,28 +11,24 @@ it answers the first confirm's result.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from temporalio.client import (
     Client,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
     WorkflowHandle,
-    WorkflowUpdateFailedError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from schemas.fx import FxConversionInput, FxConversionResult, FxOutcome, FxQuoteOffer, FxStatus
 from schemas.money import AMOUNT_MINOR_MAX
-from schemas.refusals import Refusal, refused
 from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from starters import console
 from starters.arguments import CustomerIdArgument
-from starters.updates import UPDATE_RPC_TIMEOUT, execute_update
+from starters.updates import UPDATE_RPC_TIMEOUT, ended_result, execute_update, refuse
 from workflows.fx import (
     CANCEL_UPDATE_ID,
     CONFIRM_UPDATE_ID,
@@ -94,8 +90,8 @@ async def wait_quote(client: Client, request_id: str) -> FxQuoteOffer:
             handle, FxConversion.wait_quote, rpc_timeout=UPDATE_RPC_TIMEOUT
         )
     except RPCError as error:
-        ended = await _ended(handle, error)
-        _refuse(ended.refusal(), ended.summary())
+        ended = await ended_result(handle, error, "conversion")
+        refuse(ended.refusal(), ended.summary())
     return offer
 
 
@@ -109,10 +105,10 @@ async def confirm(client: Client, request_id: str) -> FxConversionResult:
             handle, FxConversion.confirm, id=CONFIRM_UPDATE_ID, rpc_timeout=UPDATE_RPC_TIMEOUT
         )
     except RPCError as error:
-        ended = await _ended(handle, error)
+        ended = await ended_result(handle, error, "conversion")
         if ended.outcome is FxOutcome.CONVERTED:
             return ended
-        _refuse(ended.refusal(), ended.summary())
+        refuse(ended.refusal(), ended.summary())
     return result
 
 
@@ -124,10 +120,10 @@ async def cancel(client: Client, request_id: str) -> str:
             handle, FxConversion.cancel, id=CANCEL_UPDATE_ID, rpc_timeout=UPDATE_RPC_TIMEOUT
         )
     except RPCError as error:
-        ended = await _ended(handle, error)
+        ended = await ended_result(handle, error, "conversion")
         if ended.outcome is FxOutcome.CANCELLED:
             return ended.summary()
-        _refuse(ended.refusal(), ended.summary())
+        refuse(ended.refusal(), ended.summary())
 
 
 async def status(client: Client, request_id: str) -> FxStatus:
@@ -138,32 +134,6 @@ async def status(client: Client, request_id: str) -> FxStatus:
 
 def _handle(client: Client, request_id: str) -> WorkflowHandle[Any, FxConversionResult]:
     return client.get_workflow_handle(fx_workflow_id(request_id), result_type=FxConversionResult)
-
-
-async def _ended(
-    handle: WorkflowHandle[Any, FxConversionResult], error: RPCError
-) -> FxConversionResult:
-    """The result of a process that has ended (Temporal refuses updates then);
-    re-raises `error` when the process is running or does not exist."""
-    if error.status != RPCStatusCode.NOT_FOUND:
-        raise error
-    try:
-        description = await handle.describe()
-    except RPCError:
-        raise error from None
-    if description.status == WorkflowExecutionStatus.RUNNING:
-        raise error
-    try:
-        return await handle.result()
-    except WorkflowFailureError as failure:
-        _refuse(Refusal.FINISHED, f"the conversion ended without an outcome: {failure.cause}")
-
-
-def _refuse(code: Refusal, reason: str) -> NoReturn:
-    """Refuse the way the process refuses an update (its ApplicationError
-    typed with the refusal's code), so every caller handles one error."""
-    cause = refused(code, reason)
-    raise WorkflowUpdateFailedError(cause) from cause
 
 
 # ----- `cardflow fx ...` ------------------------------------------------------

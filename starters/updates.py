@@ -13,10 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
-from temporalio.client import WorkflowHandle
+from temporalio.client import (
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.workflow import UpdateMethodMultiParam
+
+from schemas.refusals import Refusal, refused
 
 # How long a caller waits for the process to take an update (unless it says
 # otherwise); longer means its workers are down or far behind, and the call
@@ -66,3 +74,30 @@ async def execute_update(
     `arg`, if it takes one) as `handle.execute_update` does, and answer its result."""
     arguments = [] if arg is _NO_ARGUMENT else [arg]
     return await handle.execute_update(update, args=arguments, id=id, rpc_timeout=rpc_timeout)
+
+
+async def ended_result(
+    handle: WorkflowHandle[Any, ResultT], error: RPCError, process: str
+) -> ResultT:
+    """The result of a process that has ended (Temporal refuses updates then);
+    re-raises `error` when the process is running or does not exist. One that
+    ended without an outcome (failed, terminated) is refused as finished."""
+    if error.status != RPCStatusCode.NOT_FOUND:
+        raise error
+    try:
+        description = await handle.describe()
+    except RPCError:
+        raise error from None
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        raise error
+    try:
+        return await handle.result()
+    except WorkflowFailureError as failure:
+        refuse(Refusal.FINISHED, f"the {process} ended without an outcome: {failure.cause}")
+
+
+def refuse(code: Refusal, reason: str) -> NoReturn:
+    """Refuse the way a process refuses an update (its ApplicationError typed
+    with the refusal's code), so every caller handles one error."""
+    cause = refused(code, reason)
+    raise WorkflowUpdateFailedError(cause) from cause
