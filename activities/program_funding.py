@@ -436,24 +436,14 @@ class ProgramFundingProviderActivities:
         """The funding's wire: the payout the bank already holds under its
         reference, else one made now with its key. The bank's refusal
         (insufficient_funds, a bad IBAN) is non-retryable and makes nothing."""
-        bank = self._clients.bank
-        made = await bank.payouts_by_reference(request.reference)
-        if len(made) > 1:
-            raise ApplicationError(
-                f"the bank holds {len(made)} payouts with reference {request.reference}",
-                type="WireDuplicated",
-                non_retryable=True,
-            )
-        payout = made[0] if made else None
-        if payout is None:
-            payout = await bank.create_payout(
-                amount_minor=request.amount_minor,
-                currency=request.currency,
-                iban=request.iban,
-                name=request.name,
-                reference=request.reference,
-                idempotency_key=request.key,
-            )
+        payout = await self._clients.bank.payout_once(
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            iban=request.iban,
+            name=request.name,
+            reference=request.reference,
+            idempotency_key=request.key,
+        )
         return Wire(payout_id=payout.id, amount_minor=payout.amount_minor, status=payout.status)
 
     @provider_activity(ANNOUNCE_FUNDING)

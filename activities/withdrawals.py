@@ -170,24 +170,14 @@ class PayoutActivities:
         create whose answer was lost, a retry after a crash), else a new one
         made with the request's key. Never two: the bank is asked first, and
         the key makes a repeated create the same payout."""
-        bank = self._clients.bank
-        made = await bank.payouts_by_reference(request.reference)
-        if len(made) > 1:
-            raise ApplicationError(
-                f"the bank holds {len(made)} payouts with reference {request.reference}",
-                type="PayoutDuplicated",
-                non_retryable=True,
-            )
-        payout = made[0] if made else None
-        if payout is None:
-            payout = await bank.create_payout(
-                amount_minor=request.amount_minor,
-                currency=request.currency,
-                iban=request.iban,
-                name=request.name,
-                reference=request.reference,
-                idempotency_key=request.key,
-            )
+        payout = await self._clients.bank.payout_once(
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            iban=request.iban,
+            name=request.name,
+            reference=request.reference,
+            idempotency_key=request.key,
+        )
         return _update(payout)
 
     @provider_activity(PAYOUT_STATUS)

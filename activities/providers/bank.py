@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from temporalio.exceptions import ApplicationError
+
 from activities.providers.http import ProviderClient
 from schemas.bank import (
     BankBalance,
@@ -70,6 +72,39 @@ class BankClient(ProviderClient):
 
     async def get_payout(self, payout_id: str) -> Payout:
         return await self.call("GET", f"/v1/payouts/{payout_id}", Payout)
+
+    async def payout_once(
+        self,
+        *,
+        amount_minor: int,
+        currency: Currency,
+        iban: str,
+        name: str,
+        reference: str,
+        idempotency_key: str,
+    ) -> Payout:
+        """The payout of `reference`: the one the bank holds already (a create
+        whose answer was lost, a retry after a crash), else one made now with
+        the key. Never two: the bank is asked first, and the key makes a
+        repeated create the same payout. Two already there is non-retryable
+        PayoutDuplicated, for an operator."""
+        made = await self.payouts_by_reference(reference)
+        if len(made) > 1:
+            raise ApplicationError(
+                f"the bank holds {len(made)} payouts with reference {reference}",
+                type="PayoutDuplicated",
+                non_retryable=True,
+            )
+        if made:
+            return made[0]
+        return await self.create_payout(
+            amount_minor=amount_minor,
+            currency=currency,
+            iban=iban,
+            name=name,
+            reference=reference,
+            idempotency_key=idempotency_key,
+        )
 
     async def payouts_by_reference(self, reference: str) -> list[Payout]:
         """Every payout made with `reference`, oldest first (none when a create
