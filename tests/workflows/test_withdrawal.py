@@ -117,23 +117,6 @@ async def the_payout(platform: Platform, handle: WorkflowHandle[Any, Any]) -> Pa
     return found[0]
 
 
-async def balances(platform: Platform, customer_id: str) -> dict[str, tuple[int, int]]:
-    """(posted, pending debits) of the wallet, the bank's outbound and the fees."""
-    ledger = Ledger(platform.stack.pool)
-    found = {}
-    for code in (
-        accounts.wallet(customer_id, Currency.USD),
-        accounts.bank_outbound(Currency.USD),
-        accounts.revenue_fees(Currency.USD),
-    ):
-        balance = await ledger.balance(code)
-        found[code.split(":")[0] if "wallet" not in code else "wallet"] = (
-            balance.posted,
-            balance.debits_pending,
-        )
-    return found
-
-
 async def events_of(platform: Platform, customer_id: str) -> list[tuple[str, int]]:
     """The customer's money events (type, posted amount), sorted."""
     rows = await platform.stack.pool.fetch(
@@ -155,12 +138,6 @@ async def test_held_then_posted_when_the_bank_sends_it_and_the_account_is_known_
     platform: Platform,
 ) -> None:
     customer_id = await customer(platform, FUNDS)
-    outbound_before = (
-        (await Ledger(platform.stack.pool).balance(accounts.bank_outbound(Currency.USD))).posted
-        if False
-        else None
-    )
-    del outbound_before
     handle = await start(platform, customer_id, 5_000)
     waiting = await reach(handle, STAGE_WAITING)
     assert waiting.new_destination and waiting.fee_minor == FEE
