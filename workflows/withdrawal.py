@@ -37,6 +37,7 @@ stays waiting, asking again, with its holds in place.
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -183,6 +184,9 @@ class Withdrawal:
     # ----- business steps -----------------------------------------------------
 
     async def _withdraw(self, request: WithdrawalInput) -> None:
+        # Registered first: a check a cancellation interrupts may still
+        # reserve the month's usage, and releasing none is a no-op.
+        self._saga.done(self._release_usage)
         checked = await step(
             request,
             WithdrawalActivities.check,
@@ -198,7 +202,6 @@ class Withdrawal:
         )
         if checked.refused is not None:
             raise Finished("rejected", checked.refused)
-        self._saga.done(self._release_usage)
         self._new_destination = checked.new_destination
         if checked.new_destination:
             await self._new_destination_wait(request)
@@ -258,9 +261,15 @@ class Withdrawal:
                     expires_at=expires_at,
                 )
             )
-        outcomes = await step(
-            request, LedgerActivities.submit_batch, TransferBatch(items=list(holds))
-        )
+        batch = TransferBatch(items=list(holds))
+        try:
+            outcomes = await step(request, LedgerActivities.submit_batch, batch)
+        except ActivityError as error:
+            if is_cancellation(error):
+                # The batch runs on and may commit: it is submitted again
+                # (the same keys) to learn so, and what it held is released.
+                self._saga.done(functools.partial(self._void_interrupted_holds, batch))
+            raise
         refusal = next((o for o in outcomes if not o.accepted), None)
         if refusal is not None:
             raise Finished("rejected", f"the wallet cannot cover it: {refusal.detail}")
@@ -445,6 +454,11 @@ class Withdrawal:
                     key=step_key(f"void/{leg}"), hold_key=step_key(f"hold/{leg}"), action="void"
                 ),
             )
+
+    async def _void_interrupted_holds(self, batch: TransferBatch) -> None:
+        outcomes = await step(self._input, LedgerActivities.submit_batch, batch)
+        if all(outcome.accepted for outcome in outcomes):
+            await self._void_holds()
 
     async def _release_usage(self) -> None:
         await step(

@@ -34,7 +34,7 @@ from schemas.withdrawals import (
 from tests import polling
 from tests.conftest import Platform
 from tests.customers import customer
-from tests.interruptions import balances_locked, until_waiting
+from tests.interruptions import balances_locked, until_activity_cancel_requested, until_waiting
 from workflows.withdrawal import (
     REVIEW_UPDATE,
     STAGE_COOLING,
@@ -395,3 +395,29 @@ async def test_a_usdt_send_that_fails_voids_the_holds(platform: Platform) -> Non
     wallet = await Ledger(platform.stack.pool).balance(accounts.wallet(customer_id, Currency.USD))
     assert (wallet.posted, wallet.debits_pending) == (10_000, 0)
     assert await verify(platform.stack.pool) == []
+
+
+async def test_a_withdrawal_cancelled_while_its_hold_is_on_its_way_holds_nothing(
+    platform: Platform,
+) -> None:
+    customer_id = await customer(platform, FUNDS)
+    stack = platform.stack
+    wallet_code = accounts.wallet(customer_id, Currency.USD)
+    locked: Any = balances_locked(stack.database_url, wallet_code)
+    lock = await locked.__aenter__()
+    try:
+        handle = await start(platform, customer_id, 2_000)
+        # The hold waits on the wallet's rows when the cancellation comes; it
+        # commits after, with the process no longer waiting for it.
+        await until_waiting(stack.pool, lock)
+        await handle.cancel()
+        await until_activity_cancel_requested(handle)
+    finally:
+        await locked.__aexit__(None, None, None)
+    result = await handle.result()
+    assert result.outcome == "cancelled"
+    wallet = await Ledger(stack.pool).balance(wallet_code)
+    assert (wallet.posted, wallet.debits_pending) == (10_000, 0)
+    assert await usage(platform, result.request_id) == "released"
+    assert await payouts(platform, result.request_id) == []
+    assert await verify(stack.pool) == []
