@@ -18,6 +18,9 @@ from schemas.money import AMOUNT_MINOR_MAX, Currency
 INSUFFICIENT_FUNDS = "insufficient_funds"
 
 WITHDRAWAL_REFERENCE_CHARS_MAX = 140
+# What a sandbox custodian (the Tron simulator) holds of its own at the start:
+# a million USDT, in micro-USDT.
+CUSTODY_OPENING_BALANCE_MINOR_DEFAULT = 10**12
 
 # A Tron address is Base58Check of a 0x41 byte, 20 account bytes and a 4-byte
 # checksum (the first bytes of the payload's double SHA-256): always 34

@@ -60,6 +60,7 @@ from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.tron import (
+    CUSTODY_OPENING_BALANCE_MINOR_DEFAULT,
     INSUFFICIENT_FUNDS,
     TRON_ACCOUNT_BYTES,
     TRON_ADDRESS_CHARS,
@@ -96,7 +97,6 @@ CUSTOMER_ID_CHARS_MAX = 64
 # The chain does not start at block 1: heights look like mainnet's.
 GENESIS_BLOCK_NUMBER = 60_000_000
 # Generous: tests that are not about the custody balance never meet it.
-CUSTODY_OPENING_BALANCE_MINOR_DEFAULT = 10**12
 
 # Salts the derivation so custody addresses are not simply hashes of customer ids.
 ADDRESS_DERIVATION_DOMAIN = b"cardflow-simulated-tron-custody\x00"

@@ -29,11 +29,13 @@ from temporalio.common import WorkflowIDConflictPolicy
 
 from schemas.money import Money
 from schemas.program_funding import (
+    IssuerAccount,
     ProgramFundingInput,
     ProgramFundingPolicy,
     ProgramFundingReport,
 )
 from schemas.task_queues import TaskQueues
+from schemas.tron import CUSTODY_OPENING_BALANCE_MINOR_DEFAULT
 from starters import console
 from workers.settings import Settings
 from workflows.program_funding import (
@@ -160,8 +162,29 @@ def summary(report: ProgramFundingReport) -> str:
 # ----- the schedule --------------------------------------------------------------------
 
 
+def funding_policy(settings: Settings) -> ProgramFundingPolicy:
+    """The policy of this deployment's runs: the issuer's account and the
+    custodian's opening float from the settings (CARDFLOW_FUNDING_*); on a
+    stack of its own simulators, the Tron simulator's opening balance is that
+    float, so its runs do not report it as custody drift."""
+    account = IssuerAccount.model_validate(
+        {
+            key: value
+            for key, value in (
+                ("iban", settings.funding_issuer_iban),
+                ("name", settings.funding_issuer_name),
+            )
+            if value is not None
+        }
+    )
+    opening = settings.funding_custody_opening_minor
+    if opening is None:
+        opening = 0 if settings.providers_url else CUSTODY_OPENING_BALANCE_MINOR_DEFAULT
+    return ProgramFundingPolicy(custody_opening_minor=opening, issuer_account=account)
+
+
 def program_funding_schedule(settings: Settings) -> Schedule:
-    request = program_funding_input(settings.task_queues)
+    request = program_funding_input(settings.task_queues, funding_policy(settings))
     metadata = program_funding_start_metadata(request)
     return Schedule(
         action=ScheduleActionStartWorkflow(
@@ -199,7 +222,10 @@ def run_command() -> None:
         workflow_id = manual_workflow_id(datetime.now(UTC))
         typer.echo(f"{workflow_id}: {console.ui_link(settings, workflow_id)}")
         report = await run(
-            client, settings.task_queues, program_funding_input(settings.task_queues), workflow_id
+            client,
+            settings.task_queues,
+            program_funding_input(settings.task_queues, funding_policy(settings)),
+            workflow_id,
         )
         typer.echo(summary(report))
         return 0

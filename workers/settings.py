@@ -433,6 +433,20 @@ class Settings(BaseSettings):
         default=3600, ge=1, le=86400, validation_alias="CARDFLOW_WITHDRAWAL_OUTCOME_POLL_SECONDS"
     )
 
+    # The program's funding at the issuer (the program-funding schedule): the
+    # issuer's bank account its wires go to, and what the Tron custodian holds
+    # of the program's own (its opening float; unset: the simulator's own when
+    # this deployment runs the simulators, else none).
+    funding_issuer_iban: str | None = Field(
+        default=None, max_length=34, validation_alias="CARDFLOW_FUNDING_ISSUER_IBAN"
+    )
+    funding_issuer_name: str | None = Field(
+        default=None, max_length=140, validation_alias="CARDFLOW_FUNDING_ISSUER_NAME"
+    )
+    funding_custody_opening_minor: int | None = Field(
+        default=None, ge=0, le=10**15, validation_alias="CARDFLOW_FUNDING_CUSTODY_OPENING_MINOR"
+    )
+
     task_queue_prefix: str = Field(
         default=DEFAULT_TASK_QUEUE_PREFIX,
         validation_alias="CARDFLOW_TASK_QUEUE_PREFIX",

@@ -61,6 +61,7 @@ from schemas.program_funding import (
     CurrencyFunding,
     CustodyCheck,
     FundingRecord,
+    ProgramFundingInput,
     ProgramFundingPolicy,
     ProgramFundingReport,
     coverage_bps,
@@ -81,6 +82,7 @@ from tests.metrics import prometheus_runtime, scrape
 from tests.workflows.test_bounded_steps import current_details
 from tests.workflows.test_reconciliation import clear
 from workers.monitoring import MADE_AT_FIRST_EVENT
+from workers.settings import load_settings
 from workflows.program_funding import PROGRAM_FUNDING_WORKFLOW
 from workflows.topup import topup_workflow_id
 from workflows.withdrawal import withdrawal_workflow_id
@@ -662,6 +664,8 @@ async def test_the_funding_command_runs_a_process_and_reads_a_run(
         "CARDFLOW_ENCRYPTION_KEYS": keys,
         "CARDFLOW_TASK_QUEUE_PREFIX": stack.queues.prefix,
         "CARDFLOW_HOME": str(tmp_path),
+        # The deployment's providers: the platform's simulators, not the CLI's own.
+        "CARDFLOW_PROVIDERS_URL": platform.sim.url,
     }
     ran = await asyncio.to_thread(CliRunner().invoke, app, ["funding", "run"], env=env)
     assert ran.exit_code == 0, ran.output
@@ -779,3 +783,34 @@ async def test_a_run_sets_the_gauges_the_alert_rules_read(platform: Platform) ->
         read("cardflow_program_funding_last_run_timestamp_seconds")
         == datetime(2026, 3, 1, tzinfo=UTC).timestamp()
     )
+
+
+def test_the_deployments_policy_takes_the_issuer_account_and_custody_float_from_settings(
+    tmp_path: Path,
+) -> None:
+    own_simulators = load_settings(CARDFLOW_HOME=str(tmp_path))
+    # A stack running its own simulators: their custodian's opening float.
+    assert starter.funding_policy(own_simulators).custody_opening_minor == 10**12
+    elsewhere = load_settings(
+        CARDFLOW_HOME=str(tmp_path), CARDFLOW_PROVIDERS_URL="https://providers.example"
+    )
+    assert starter.funding_policy(elsewhere).custody_opening_minor == 0
+    set_by_operator = load_settings(
+        CARDFLOW_HOME=str(tmp_path),
+        CARDFLOW_PROVIDERS_URL="https://providers.example",
+        CARDFLOW_FUNDING_CUSTODY_OPENING_MINOR="5000000",
+        CARDFLOW_FUNDING_ISSUER_IBAN="DE89370400440532013000",
+        CARDFLOW_FUNDING_ISSUER_NAME="Issuer Prefunding Ltd",
+    )
+    policy = starter.funding_policy(set_by_operator)
+    assert policy.custody_opening_minor == 5_000_000
+    assert (policy.issuer_account.iban, policy.issuer_account.name) == (
+        "DE89370400440532013000",
+        "Issuer Prefunding Ltd",
+    )
+    # The schedule starts its runs with that policy.
+    schedule = starter.program_funding_schedule(set_by_operator)
+    action = schedule.action
+    assert isinstance(action, ScheduleActionStartWorkflow)
+    [request] = action.args
+    assert isinstance(request, ProgramFundingInput) and request.policy == policy
