@@ -25,8 +25,6 @@ from temporalio.client import (
     Client,
     WorkflowHandle,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from schemas.closures import (
@@ -38,10 +36,10 @@ from schemas.closures import (
     ClosureStatus,
 )
 from schemas.refusals import Refusal
-from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from starters import console
 from starters.arguments import CustomerIdArgument
+from starters.starting import start_once
 from starters.updates import UPDATE_RPC_TIMEOUT, ended_result, execute_update, refuse
 from workers.settings import Settings
 from workflows.closure import (
@@ -98,22 +96,16 @@ async def start(
     started gets that process (which keeps its own input)."""
     workflow_id = closure_workflow_id(request.customer_id)
     metadata = closure_start_metadata(request)
-    try:
-        return await client.start_workflow(
-            CLOSURE_WORKFLOW,
-            with_queues(request, queues),
-            id=workflow_id,
-            task_queue=queues.workflows,
-            result_type=ClosureResult,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
-            ),
-            static_summary=metadata.summary,
-            static_details=metadata.details,
-        )
-    except WorkflowAlreadyStartedError:
-        return _handle(client, request.customer_id)
+    return await start_once(
+        client,
+        CLOSURE_WORKFLOW,
+        with_queues(request, queues),
+        workflow_id=workflow_id,
+        task_queue=queues.workflows,
+        result_type=ClosureResult,
+        customer_id=request.customer_id,
+        metadata=metadata,
+    )
 
 
 async def status(client: Client, customer_id: str) -> ClosureStatus:

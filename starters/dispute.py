@@ -16,8 +16,6 @@ from typing import Annotated, Any
 
 import typer
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from schemas.disputes import (
     DisputeInput,
@@ -31,10 +29,10 @@ from schemas.disputes import (
 )
 from schemas.issuer import DisputeOutcome, DisputeReason, EvidenceType
 from schemas.money import AMOUNT_MINOR_MAX
-from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from starters import console
 from starters.arguments import parse_customer_id
+from starters.starting import start_once
 from starters.updates import UPDATE_RPC_TIMEOUT, execute_update
 from workers.settings import Settings
 from workflows.dispute import (
@@ -65,22 +63,16 @@ async def open_dispute(
     (a transaction is disputed once)."""
     workflow_id = dispute_workflow_id(request.transaction_id)
     metadata = dispute_start_metadata(request)
-    try:
-        return await client.start_workflow(
-            DISPUTE_WORKFLOW,
-            with_queues(request, queues),
-            id=workflow_id,
-            task_queue=queues.workflows,
-            result_type=DisputeResult,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
-            ),
-            static_summary=metadata.summary,
-            static_details=metadata.details,
-        )
-    except WorkflowAlreadyStartedError:
-        return handle(client, request.transaction_id)
+    return await start_once(
+        client,
+        DISPUTE_WORKFLOW,
+        with_queues(request, queues),
+        workflow_id=workflow_id,
+        task_queue=queues.workflows,
+        result_type=DisputeResult,
+        customer_id=request.customer_id,
+        metadata=metadata,
+    )
 
 
 def handle(client: Client, transaction_id: str) -> WorkflowHandle[Any, DisputeResult]:

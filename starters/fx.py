@@ -18,16 +18,14 @@ from temporalio.client import (
     Client,
     WorkflowHandle,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from schemas.fx import FxConversionInput, FxConversionResult, FxOutcome, FxQuoteOffer, FxStatus
 from schemas.money import AMOUNT_MINOR_MAX
-from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from starters import console
 from starters.arguments import CustomerIdArgument
+from starters.starting import start_once
 from starters.updates import UPDATE_RPC_TIMEOUT, ended_result, execute_update, refuse
 from workflows.fx import (
     CANCEL_UPDATE_ID,
@@ -55,22 +53,16 @@ async def start(
     """Start fx/{request_id}; a request id already used returns that process."""
     workflow_id = fx_workflow_id(request.request_id)
     metadata = fx_start_metadata(request)
-    try:
-        return await client.start_workflow(
-            FX_WORKFLOW,
-            with_queues(request, queues),
-            id=workflow_id,
-            task_queue=queues.workflows,
-            result_type=FxConversionResult,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
-            ),
-            static_summary=metadata.summary,
-            static_details=metadata.details,
-        )
-    except WorkflowAlreadyStartedError:
-        return client.get_workflow_handle(workflow_id, result_type=FxConversionResult)
+    return await start_once(
+        client,
+        FX_WORKFLOW,
+        with_queues(request, queues),
+        workflow_id=workflow_id,
+        task_queue=queues.workflows,
+        result_type=FxConversionResult,
+        customer_id=request.customer_id,
+        metadata=metadata,
+    )
 
 
 async def quote(client: Client, queues: TaskQueues, request: FxConversionInput) -> FxQuoteOffer:

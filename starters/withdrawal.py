@@ -23,12 +23,9 @@ from temporalio.client import (
     Client,
     WorkflowHandle,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from schemas.refusals import Refusal
-from schemas.search import CUSTOMER_ID
 from schemas.task_queues import TaskQueues
 from schemas.withdrawals import (
     WithdrawalInput,
@@ -40,6 +37,7 @@ from schemas.withdrawals import (
 )
 from starters import console
 from starters.arguments import CustomerIdArgument
+from starters.starting import start_once
 from starters.updates import UPDATE_RPC_TIMEOUT, ended_result, execute_update, refuse
 from workers.settings import Settings
 from workflows.withdrawal import (
@@ -91,22 +89,16 @@ async def start(
     process (which keeps its own input)."""
     workflow_id = withdrawal_workflow_id(request.request_id)
     metadata = withdrawal_start_metadata(request)
-    try:
-        return await client.start_workflow(
-            WITHDRAWAL_WORKFLOW,
-            with_queues(request, queues),
-            id=workflow_id,
-            task_queue=queues.workflows,
-            result_type=WithdrawalResult,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(CUSTOMER_ID, request.customer_id)]
-            ),
-            static_summary=metadata.summary,
-            static_details=metadata.details,
-        )
-    except WorkflowAlreadyStartedError:
-        return _handle(client, request.request_id)
+    return await start_once(
+        client,
+        WITHDRAWAL_WORKFLOW,
+        with_queues(request, queues),
+        workflow_id=workflow_id,
+        task_queue=queues.workflows,
+        result_type=WithdrawalResult,
+        customer_id=request.customer_id,
+        metadata=metadata,
+    )
 
 
 async def status(client: Client, request_id: str) -> WithdrawalStatus:
