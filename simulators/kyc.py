@@ -486,7 +486,9 @@ def create(context: SimulatorContext) -> FastAPI:
         try:
             document = DocumentIn(type=kind, country=country, file_name=file.filename or "photo")
         except ValidationError as error:
-            raise HTTPException(status_code=422, detail=error.errors(include_input=False)) from None
+            raise HTTPException(
+                status_code=422, detail=error.errors(include_input=False, include_context=False)
+            ) from None
         record_document(applicant.id, document)
         check = open_check(applicant.id)
         return HTMLResponse(

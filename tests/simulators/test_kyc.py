@@ -366,3 +366,36 @@ async def test_unknown_ids_are_404(kyc: httpx.AsyncClient) -> None:
     assert (await kyc.get("/v1/checks/chk_999999")).status_code == 404
     assert (await start_check(kyc, "app_999999")).status_code == 404
     assert (await decide(kyc, "app_999999", result="GREEN")).status_code == 404
+
+
+async def test_the_upload_page_refuses_an_unknown_link_a_bad_upload_and_a_decided_applicant(
+    kyc: httpx.AsyncClient, applicant_body: dict[str, Any]
+) -> None:
+    created = await kyc.post("/v1/applicants", json=applicant_body)
+    applicant_id = created.json()["id"]
+    link = await kyc.post(f"/v1/applicants/{applicant_id}/links", headers={"Idempotency-Key": "l1"})
+    assert link.status_code == 201, link.text
+    path = "/verify/" + link.json()["url"].rsplit("/verify/", 1)[1]
+    photo = {"file": ("passport.jpg", b"\xff\xd8 a photo", "image/jpeg")}
+    assert (await kyc.get("/verify/no-such-token")).status_code == 404
+    empty = await kyc.post(
+        path,
+        data={"type": "passport", "country": "GBR"},
+        files={"file": ("p.jpg", b"", "image/jpeg")},
+    )
+    assert empty.status_code == 422, empty.text
+    # An identity document names its issuing country.
+    stateless = await kyc.post(path, data={"type": "passport"}, files=photo)
+    assert stateless.status_code == 422 and "country is required" in stateless.text
+    # Nothing was recorded for either refusal.
+    assert (await kyc.get(f"/v1/applicants/{applicant_id}")).json()["document_ids"] == []
+    uploaded = await kyc.post(path, data={"type": "passport", "country": "GBR"}, files=photo)
+    assert uploaded.status_code == 201, uploaded.text
+    assert (await decide(kyc, applicant_id, result="GREEN")).status_code == 200
+    # Approved: neither the page's upload nor a new link is taken.
+    again = await kyc.post(path, data={"type": "passport", "country": "GBR"}, files=photo)
+    assert again.status_code == 409
+    refused = await kyc.post(
+        f"/v1/applicants/{applicant_id}/links", headers={"Idempotency-Key": "l2"}
+    )
+    assert refused.status_code == 409
