@@ -6,7 +6,7 @@ import asyncpg
 from temporalio.exceptions import ApplicationError
 
 from activities.queues import ledger_activity
-from schemas.customers import CustomerProfile, KycStatus, KycStatusChange
+from schemas.customers import CustomerProfile, KycStatus, KycStatusChange, KycTier, TierChange
 from schemas.notify import Channel
 
 SAVE_PROFILE = "customers.save_profile"
@@ -104,6 +104,34 @@ class CustomerStore:
         )
         if updated == "UPDATE 0":
             raise CustomerNotFound(f"no customer {customer_id}")
+
+    async def set_tier(self, customer_id: str, change: TierChange, changed_by: str) -> KycTier:
+        """Move the customer to `change.tier`, recording who and why; the tier
+        it was in. The same tier again changes and records nothing. Every
+        card's next decision applies the new tier's limits (they read it)."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            previous = await connection.fetchval(
+                "SELECT kyc_tier FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
+            )
+            if previous is None:
+                raise CustomerNotFound(f"no customer {customer_id}")
+            if previous != change.tier.value:
+                await connection.execute(
+                    "UPDATE customers SET kyc_tier = $2, updated_at = now() WHERE customer_id = $1",
+                    customer_id,
+                    change.tier.value,
+                )
+                await connection.execute(
+                    "INSERT INTO kyc_tier_changes"
+                    " (customer_id, from_tier, to_tier, reason, changed_by)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    customer_id,
+                    previous,
+                    change.tier.value,
+                    change.reason,
+                    changed_by,
+                )
+        return KycTier(previous)
 
     async def kyc_status(self, customer_id: str) -> KycStatus | None:
         value = await self._pool.fetchval(

@@ -176,6 +176,10 @@ class DeclineReason(StrEnum):
     TOO_MANY_OPEN_AUTHORIZATIONS = "too_many_open_authorizations"
     # Asked after the issuer ended it (its stand-in decline, applied first).
     AUTHORIZATION_FINISHED = "authorization_finished"
+    # The customer's KYC tier's limits (schemas/card_tiers.py): per purchase,
+    # and the month's spend over all their cards.
+    OVER_TIER_TRANSACTION_LIMIT = "over_tier_transaction_limit"
+    OVER_TIER_MONTHLY_LIMIT = "over_tier_monthly_limit"
 
 
 # Every reason a card's own answer carries; an issuer record with another

@@ -41,11 +41,21 @@ class KycStatus(StrEnum):
 
 class KycTier(StrEnum):
     """How far a customer is verified; each tier has its own limits (top-ups,
-    withdrawals). An approved onboarding makes a customer `standard`."""
+    withdrawals, card spend). A customer is `standard` unless an operator
+    moves them (`PUT /v1/customers/{id}/kyc-tier`, `cardflow kyc tier`)."""
 
     BASIC = "basic"
     STANDARD = "standard"
     ENHANCED = "enhanced"
+
+
+class TierChange(EdgeModel):
+    """An operator's move of a customer to another KYC tier, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tier: KycTier
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class KycStatusChange(BaseModel):

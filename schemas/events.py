@@ -89,6 +89,14 @@ DECLINE_SENTENCES: dict[str, str] = {
         "Too many payments are still pending on this card. Try again once some have settled."
     ),
     DeclineReason.AUTHORIZATION_FINISHED: "The payment had already ended when the card was asked.",
+    DeclineReason.OVER_TIER_TRANSACTION_LIMIT: (
+        "The amount is over what your verification level allows per purchase."
+        " Complete further verification to raise it."
+    ),
+    DeclineReason.OVER_TIER_MONTHLY_LIMIT: (
+        "This purchase would pass what your verification level allows your cards"
+        " to spend this month. Complete further verification to raise it."
+    ),
 }
 UNKNOWN_DECLINE_SENTENCE = "The card issuer declined this payment."
 

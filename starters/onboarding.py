@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 
+from schemas.customers import TierChange
 from schemas.onboarding import (
     DocumentSpec,
     KycReview,
@@ -158,3 +159,41 @@ def kyc_review_command(
     except ValidationError as error:
         console.refuse_input(error)
     console.send_update(lambda client: review(client, customer_id, decided))
+
+
+@kyc_app.command("tier")
+def kyc_tier_command(
+    customer_id: CustomerIdArgument,
+    tier: Annotated[str, typer.Argument(help="basic, standard or enhanced")],
+    reason: Annotated[str, typer.Option(help="Why (recorded with the change)")],
+    operator: Annotated[str, typer.Option(help="Who decides (recorded with the change)")],
+) -> None:
+    """Move a customer to another KYC tier: its limits apply to their next
+    top-up, withdrawal and card decision."""
+    import asyncpg
+
+    from activities.customers import CustomerNotFound, CustomerStore
+
+    try:
+        change = TierChange.model_validate({"tier": tier, "reason": reason})
+    except ValidationError as error:
+        console.refuse_input(error)
+
+    async def run() -> int:
+        pool = await asyncpg.create_pool(
+            console.settings().effective_database_url, min_size=1, max_size=1
+        )
+        try:
+            previous = await CustomerStore(pool).set_tier(
+                customer_id, change, changed_by=f"operator:{operator}"
+            )
+        except CustomerNotFound as error:
+            typer.echo(str(error), err=True)
+            return 1
+        finally:
+            await pool.close()
+        moved = "unchanged" if previous is change.tier else f"was {previous.value}"
+        typer.echo(f"{customer_id}: {change.tier.value} ({moved})")
+        return 0
+
+    raise typer.Exit(console.run(run()))

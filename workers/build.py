@@ -13,6 +13,7 @@ from temporalio.worker import Interceptor, Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.billing import BillingActivities
+from activities.card_tiers import CardTierActivities
 from activities.card_transactions import CardTransactionActivities
 from activities.cashback import CashbackActivities
 from activities.closures import ClosureActivities
@@ -77,6 +78,7 @@ def ledger_activities(pool: asyncpg.Pool, client: Client | None = None) -> list[
     freeze and close through their updates (without one, only listed)."""
     return [
         *ClosureActivities(pool, client).all(),  # type: ignore[list-item]
+        *CardTierActivities(pool).all(),  # type: ignore[list-item]
         LedgerHealthActivities(pool).ping,
         *LedgerActivities(pool).all(),  # type: ignore[list-item]
         *CustomerActivities(pool).all(),  # type: ignore[list-item]
@@ -98,7 +100,12 @@ def local_ledger_activities(pool: asyncpg.Pool) -> list[Callable[..., Any]]:
     (a card authorization's hold, answered while the issuer waits; the void
     of a hold a lost task may have left, asked for every stand-in answer)."""
     ledger = LedgerActivities(pool)
-    return [ledger.hold, ledger.balance, ledger.resolve_hold]
+    return [
+        ledger.hold,
+        ledger.balance,
+        ledger.resolve_hold,
+        CardTierActivities(pool).hold_within_tier,
+    ]
 
 
 def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Callable[..., Any]]:

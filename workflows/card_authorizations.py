@@ -81,12 +81,12 @@ class CardAuthorizations(CardLedger):
             if followed is not None:
                 return _answer(followed)
         now = workflow.now()
+        # The hold's expiry is part of its idempotent payload: from the
+        # issuer's time of asking, never this workflow task's clock.
+        asked_at = (
+            request.requested_at if self.durable and request.requested_at is not None else now
+        )
         if record is None:
-            # The hold's expiry is part of its idempotent payload: from the
-            # issuer's time of asking, never this workflow task's clock.
-            asked_at = (
-                request.requested_at if self.durable and request.requested_at is not None else now
-            )
             record = AuthorizationRecord(
                 authorization_id=request.authorization_id,
                 merchant=request.merchant,
@@ -121,7 +121,13 @@ class CardAuthorizations(CardLedger):
             key = step_key(f"auth/{record.authorization_id}/d{index}")
             try:
                 await self._open_accounts()
-                held = await self._hold(key, request.amount_minor, record.expires_at)
+                held = await self._hold_in_tier(
+                    key,
+                    request.amount_minor,
+                    record.expires_at,
+                    asked_at,
+                    authorized_minor=record.authorized_minor,
+                )
             except LEDGER_REFUSALS as error:
                 if not self.durable or is_cancellation(error):
                     raise
@@ -133,6 +139,10 @@ class CardAuthorizations(CardLedger):
                 if not record.decisions and not record.held:
                     state.authorizations.pop(record.authorization_id, None)
                 raise
+            if isinstance(held, DeclineReason):
+                # The customer's KYC tier refused it before the ledger.
+                count(state, now, -request.amount_minor)
+                return self._decide(record, index, request, 0, held.value)
             approved, why = request.amount_minor, APPROVED
             if not held.accepted:
                 approved, why = 0, DeclineReason.INSUFFICIENT_FUNDS.value
@@ -144,10 +154,14 @@ class CardAuthorizations(CardLedger):
                     )
                     partial_minor = partial_approval(request.amount_minor, available)
                     if partial_minor:
-                        partial = await self._hold(
-                            f"{key}-partial", partial_minor, record.expires_at
+                        partial = await self._hold_in_tier(
+                            f"{key}-partial",
+                            partial_minor,
+                            record.expires_at,
+                            asked_at,
+                            authorized_minor=record.authorized_minor,
                         )
-                        if partial.accepted:
+                        if not isinstance(partial, DeclineReason) and partial.accepted:
                             approved, why = partial_minor, PARTIALLY_APPROVED
                             key = partial.key
             count(state, now, approved - request.amount_minor)

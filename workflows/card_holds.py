@@ -13,7 +13,7 @@ from datetime import datetime
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.cards import AuthorizationRecord, HeldPart
+    from schemas.cards import AuthorizationRecord, DeclineReason, HeldPart
     from schemas.issuer import AuthorizationStatus
     from schemas.ledger import HoldResolution
     from workflows.cancellation import is_cancellation
@@ -78,7 +78,12 @@ class CardHolds(CardLedger):
         """Hold what the issuer approved without the card (stand-in, advice);
         under the patch the key is named by the issuer's decision or entry."""
         key = self._issuer_hold_key(record, name, "issuer-hold")
-        held = await self._hold(key, amount_minor, record.expires_at)
+        # Counted towards the customer's tier, never refused by it: the
+        # issuer has already approved it.
+        held = await self._hold_in_tier(
+            key, amount_minor, record.expires_at, record.created_at, enforce=False
+        )
+        assert not isinstance(held, DeclineReason)
         if held.accepted:
             record.held.append(
                 HeldPart(

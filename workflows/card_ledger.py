@@ -18,10 +18,18 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.card_tiers import CardTierActivities
     from activities.card_transactions import CardEventClaim, CardTransactionActivities
     from activities.ledger.activities import LEDGER_RETRY_POLICY, LedgerActivities
     from schemas import accounts
-    from schemas.cards import AuthorizationRecord, CardException, CardInput, HeldPart
+    from schemas.card_tiers import TierHoldRequest, tier_month
+    from schemas.cards import (
+        AuthorizationRecord,
+        CardException,
+        CardInput,
+        DeclineReason,
+        HeldPart,
+    )
     from schemas.ledger import HoldRequest, HoldResolution, TransferOutcome, TransferRequest
     from workflows.steps import step, step_key
 
@@ -52,6 +60,11 @@ CARD_MONEY_PATCH = "card-money-durable-keys"
 # gets that answer. Both once held what the issuer had declined, and nothing
 # released it.
 CARD_FINISHED_BEFORE_DECIDED_PATCH = "card-finished-before-decided"
+# With it, the card's holds are placed within its customer's KYC tier
+# (activities/card_tiers.py): the card's own decisions are refused past the
+# tier's limits, and every hold, the issuer's stand-ins too, counts towards
+# the month's spend over all the customer's cards.
+CARD_TIER_LIMITS_PATCH = "card-holds-within-kyc-tier"
 
 
 class CardLedger:
@@ -88,21 +101,57 @@ class CardLedger:
         )
         self._accounts_open = True
 
+    def _hold_request(self, key: str, amount_minor: int, expires_at: datetime) -> HoldRequest:
+        return HoldRequest(
+            key=key,
+            debit=self.wallet,
+            credit=self.settlement,
+            amount_minor=amount_minor,
+            currency=self.state.currency,
+            expires_at=expires_at + HOLD_LEDGER_GRACE,
+        )
+
     async def _hold(self, key: str, amount_minor: int, expires_at: datetime) -> TransferOutcome:
         # A local activity: the issuer waits for the answer (latency).
         return await workflow.execute_local_activity_method(
             LedgerActivities.hold,
-            HoldRequest(
-                key=key,
-                debit=self.wallet,
-                credit=self.settlement,
-                amount_minor=amount_minor,
-                currency=self.state.currency,
-                expires_at=expires_at + HOLD_LEDGER_GRACE,
+            self._hold_request(key, amount_minor, expires_at),
+            start_to_close_timeout=LOCAL_LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY_POLICY,
+        )
+
+    async def _hold_in_tier(
+        self,
+        key: str,
+        amount_minor: int,
+        expires_at: datetime,
+        asked_at: datetime,
+        *,
+        authorized_minor: int = 0,
+        enforce: bool = True,
+    ) -> TransferOutcome | DeclineReason:
+        """The hold (a local activity), within the customer's KYC tier under
+        CARD_TIER_LIMITS_PATCH: the ledger's outcome, or the tier's reason to
+        refuse it (nothing held). The approval counts in `asked_at`'s month;
+        without `enforce` it is only counted."""
+        if not workflow.patched(CARD_TIER_LIMITS_PATCH):
+            return await self._hold(key, amount_minor, expires_at)
+        within = await workflow.execute_local_activity_method(
+            CardTierActivities.hold_within_tier,
+            TierHoldRequest(
+                hold=self._hold_request(key, amount_minor, expires_at),
+                customer_id=self.state.customer_id,
+                month=tier_month(asked_at),
+                authorized_minor=authorized_minor,
+                enforce=enforce,
             ),
             start_to_close_timeout=LOCAL_LEDGER_TIMEOUT,
             retry_policy=LEDGER_RETRY_POLICY,
         )
+        if within.refusal is not None:
+            return within.refusal
+        assert within.outcome is not None
+        return within.outcome
 
     async def _available(self) -> int:
         balance = await workflow.execute_local_activity_method(

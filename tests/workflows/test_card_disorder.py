@@ -26,9 +26,10 @@ from temporalio.client import (
     WorkflowUpdateStage,
 )
 
+from activities.card_tiers import HOLD_WITHIN_TIER
 from activities.card_transactions import CLAIM_CARD_EVENT
 from activities.ledger import Ledger
-from activities.ledger.activities import HOLD, RESOLVE_HOLD
+from activities.ledger.activities import RESOLVE_HOLD
 from activities.ledger.verify import verify
 from schemas import accounts
 from schemas.cards import (
@@ -211,9 +212,9 @@ async def test_a_worker_killed_after_the_hold_committed_holds_once_what_the_issu
     # A first purchase: the card's accounts are open, so the next decision
     # runs whole inside the workflow task that takes the question.
     first = await authorize(platform, card_id, 1_000)
-    platform.stack.faults.fail_after_local_activity(HOLD, times=1)
+    platform.stack.faults.fail_after_local_activity(HOLD_WITHIN_TIER, times=1)
     auth = await authorize(platform, card_id, 2_500)
-    assert platform.stack.faults.injected == [f"local_activity {HOLD}"]
+    assert platform.stack.faults.injected == [f"local_activity {HOLD_WITHIN_TIER}"]
     async with issuer(platform) as client:
         seen = await client.get_authorization(auth.id)
     # What the issuer decided, the ledger holds exactly, once, and the card
@@ -235,7 +236,7 @@ async def test_a_worker_killed_after_a_partial_hold_committed_holds_it_once(
     patient_issuer(platform)
     await authorize(platform, card_id, 500)
     # The full amount is refused, the partial hold commits, the worker dies.
-    platform.stack.faults.fail_after_local_activity(HOLD, times=2)
+    platform.stack.faults.fail_after_local_activity(HOLD_WITHIN_TIER, times=2)
     auth = await authorize(platform, card_id, 1_600, partial=True)
     async with issuer(platform) as client:
         seen = await client.get_authorization(auth.id)
@@ -960,7 +961,7 @@ async def test_a_hold_whose_task_was_lost_follows_the_issuers_decline_that_came_
     customer_id, handle, template = await holding_a_first_purchase(platform)
     question = question_to(handle, "evt-lost").model_copy(update={"amount_minor": 2_000})
     declined = stood_in_for(template, question, approved_minor=0)
-    platform.stack.faults.fail_after_local_activity(HOLD)
+    platform.stack.faults.fail_after_local_activity(HOLD_WITHIN_TIER)
     wallet_code = accounts.wallet(customer_id, "USD")
     async with balances_locked(platform.stack.database_url, wallet_code) as lock:
         asked = asyncio.create_task(
@@ -975,7 +976,7 @@ async def test_a_hold_whose_task_was_lost_follows_the_issuers_decline_that_came_
     # The card's answer reaches nobody: the issuer has decided.
     answer = await asked
     assert (answer.decision, answer.reason) == ("decline", "authorization_finished")
-    assert platform.stack.faults.injected == [f"local_activity {HOLD}"]
+    assert platform.stack.faults.injected == [f"local_activity {HOLD_WITHIN_TIER}"]
     await settles_as(platform, customer_id, handle, 1_000)
     assert await running(handle)
     assert await replays(platform, handle) is None

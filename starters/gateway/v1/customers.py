@@ -2,7 +2,8 @@
 `customers:read`), read from where each fact lives, never from a workflow's
 state:
 
-- the customer's KYC standing and preferred channels (the customers table);
+- the customer's KYC standing and tier, and preferred channels (the
+  customers table);
 - each wallet's posted, pending and available balance, and the debt owed
   in each currency (the ledger's accounts owned by the customer, summed over
   their balance rows in one query);
@@ -12,6 +13,10 @@ state:
   process has not started yet reads `issuing`;
 - the customer's USDT-TRC20 deposit address (the same one every time, from
   the Tron provider, with a budget of its own).
+
+`PUT /v1/customers/{customer_id}/kyc-tier` (scope `operations`, program-wide)
+moves a customer to another KYC tier, recording who and why; the tier's
+limits apply from the next top-up, withdrawal or card decision on.
 
 A source that does not answer in time does not fail the read: the fields it
 gives are empty and `unavailable` names it and why.
@@ -24,18 +29,21 @@ from datetime import datetime
 from typing import Literal
 
 import asyncpg
+from fastapi import Request
 from pydantic import BaseModel, Field
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from activities.api_keys import SCOPE_CUSTOMERS_READ
+from activities.api_keys import SCOPE_CUSTOMERS_READ, SCOPE_OPERATIONS
+from activities.customers import CustomerNotFound, CustomerStore
 from activities.providers.tron import TronClient
+from schemas.customers import KycTier, TierChange
 from schemas.money import Currency
 from schemas.refusals import Refusal
 from schemas.search import CURRENCY, CUSTOMER_ID, PROCESS_STATUS
 from starters.gateway.errors import ApiError, ErrorBody
 from starters.gateway.state import DatabasePool, Providers, TemporalClient
-from starters.gateway.v1.ownership import OwnCustomerId
+from starters.gateway.v1.ownership import CustomerIdPath, OwnCustomerId
 from starters.gateway.v1.shared import READ, process_router, route
 from workflows.cards import CARD_WORKFLOW, card_workflow_id
 
@@ -90,6 +98,9 @@ class CustomerCardView(BaseModel):
 class CustomerView(BaseModel):
     customer_id: str
     kyc_status: Literal["pending", "approved", "rejected", "expired"]
+    kyc_tier: KycTier = Field(
+        description="The verification level whose limits apply (top-ups, withdrawals, card spend)"
+    )
     preferred_channels: list[str]
     created_at: datetime
     wallets: list[WalletView]
@@ -137,7 +148,8 @@ async def issued_cards(pool: asyncpg.Pool, customer_id: str) -> list[asyncpg.Rec
 async def known_customer(pool: asyncpg.Pool, customer_id: str) -> asyncpg.Record:
     """The customer's KYC status, channels and creation; 404 when unknown."""
     row: asyncpg.Record | None = await pool.fetchrow(
-        "SELECT kyc_status, preferred_channels, created_at FROM customers WHERE customer_id = $1",
+        "SELECT kyc_status, kyc_tier, preferred_channels, created_at FROM customers"
+        " WHERE customer_id = $1",
         customer_id,
     )
     if row is None:
@@ -216,6 +228,7 @@ async def customer_route(
     return CustomerView(
         customer_id=customer_id,
         kyc_status=row["kyc_status"],
+        kyc_tier=row["kyc_tier"],
         preferred_channels=list(row["preferred_channels"]),
         created_at=row["created_at"],
         wallets=wallets,
@@ -223,6 +236,41 @@ async def customer_route(
         cards=cards,
         usdt_deposit_address=address,
         unavailable=unavailable,
+    )
+
+
+class TierView(BaseModel):
+    customer_id: str
+    kyc_tier: KycTier
+    previous_tier: KycTier
+    changed: bool = Field(description="False when the customer was in this tier already")
+
+
+@route(
+    router,
+    READ,
+    "/customers/{customer_id}/kyc-tier",
+    "An operator moves a customer to another KYC tier (its limits apply at once)",
+    method="PUT",
+    scope=SCOPE_OPERATIONS,
+    program_wide=True,
+    responses={404: {"model": ErrorBody}},
+)
+async def tier_route(
+    customer_id: CustomerIdPath, body: TierChange, request: Request, pool: DatabasePool
+) -> TierView:
+    """The same tier again changes and records nothing (a PUT)."""
+    try:
+        previous = await CustomerStore(pool).set_tier(
+            customer_id, body, changed_by=f"api-key:{request.state.api_key_id}"
+        )
+    except CustomerNotFound:
+        raise ApiError(Refusal.NOT_FOUND, f"no customer {customer_id}") from None
+    return TierView(
+        customer_id=customer_id,
+        kyc_tier=body.tier,
+        previous_tier=previous,
+        changed=previous is not body.tier,
     )
 
 
