@@ -149,6 +149,7 @@ EXPECTED_SCOPES = {
     ("POST", "/v1/closures"): SCOPE_PROCESSES_START,
     ("GET", "/v1/closures/{customer_id}"): SCOPE_PROCESSES_READ,
     ("POST", "/v1/closures/{customer_id}/decide"): SCOPE_OPERATIONS,
+    ("PUT", "/v1/customers/{customer_id}/kyc-tier"): SCOPE_OPERATIONS,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}/decisions"): SCOPE_OPERATIONS,
     ("POST", "/v1/billing-runs/{period}"): SCOPE_ADMIN,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}"): SCOPE_ADMIN,

@@ -122,6 +122,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("POST", "/v1/closures"): "customer: the body's customer_id",
     ("GET", "/v1/closures/{customer_id}"): "customer: the path's customer_id",
     ("POST", "/v1/closures/{customer_id}/decide"): PROGRAM_WIDE,
+    ("PUT", "/v1/customers/{customer_id}/kyc-tier"): PROGRAM_WIDE,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("GET", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}/decisions"): PROGRAM_WIDE,
@@ -589,6 +590,7 @@ PROGRAM_ROUTES: list[Request] = [
     ("POST", "/v1/disputes/{transaction}/operator", {}),
     ("POST", "/v1/withdrawals/{withdrawal}/review", {}),
     ("POST", "/v1/closures/{customer}/decide", {}),
+    ("PUT", "/v1/customers/{customer}/kyc-tier", {"tier": "enhanced", "reason": "partner"}),
     ("POST", "/v1/reconciliations/issuer/2025-01-01", None),
     ("GET", "/v1/reconciliations/issuer/2025-01-01", None),
     ("POST", "/v1/reconciliations/issuer/2025-01-01/decisions", {}),
@@ -617,7 +619,11 @@ async def test_a_bound_key_is_refused_every_program_wide_route_whatever_its_scop
         answer = await send(gateway, partner, (method, path.format(**mine.__dict__), body))
         assert answer.status_code == 403, (path, answer.text)
         assert answer.json()["code"] == "program_wide_route", path
-    # Nothing was started under the key: not a ping, not a billing run.
+    # Nothing was changed under the key: not its customer's KYC tier...
+    assert await gateway.pool.fetchval(
+        "SELECT kyc_tier FROM customers WHERE customer_id = $1", mine.customer
+    ) in (None, "standard")
+    # ...and nothing was started: not a ping, not a billing run.
     assert (
         await gateway.pool.fetchval(
             "SELECT count(*) FROM gateway_api_requests WHERE api_key_id = $1", partner.info.key_id

@@ -24,11 +24,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.api_keys import (
     SCOPE_CUSTOMERS_READ,
+    SCOPE_OPERATIONS,
     SCOPE_PROCESSES_READ,
     ApiKeyStore,
     NewApiKey,
     Scope,
     api_key_pepper,
+    parse_key,
 )
 from activities.customers import CustomerStore
 from activities.database import create_pool
@@ -270,3 +272,105 @@ async def test_the_route_takes_the_customers_read_scope_and_knows_its_customers(
     assert missing.status_code == 404, missing.text
     bad = await api.http.get("/v1/customers/not%20an%20id", headers=allowed)
     assert bad.status_code == 422, bad.text
+
+
+# ----- PUT /v1/customers/{customer_id}/kyc-tier: an operator moves a tier -------------
+
+
+async def test_an_operator_moves_a_customers_tier_once_recording_who_and_why(api: Api) -> None:
+    customer_id = await a_customer_with_money(api)
+    operator = await api.headers(SCOPE_OPERATIONS)
+    parsed = parse_key(operator["Authorization"].removeprefix("Bearer "))
+    assert parsed is not None
+    key_id = parsed[0]
+    change = {"tier": "enhanced", "reason": "source of funds verified"}
+    first = await api.http.put(
+        f"/v1/customers/{customer_id}/kyc-tier", json=change, headers=operator
+    )
+    again = await api.http.put(
+        f"/v1/customers/{customer_id}/kyc-tier", json=change, headers=operator
+    )
+    assert (first.status_code, first.json()) == (
+        200,
+        {
+            "customer_id": customer_id,
+            "kyc_tier": "enhanced",
+            "previous_tier": "standard",
+            "changed": True,
+        },
+    )
+    assert again.json() == {**first.json(), "previous_tier": "enhanced", "changed": False}
+    # One change on record (the same tier again records nothing), named by the key.
+    changes = await api.pool.fetch(
+        "SELECT from_tier, to_tier, reason, changed_by FROM kyc_tier_changes"
+        " WHERE customer_id = $1",
+        customer_id,
+    )
+    assert [dict(row) for row in changes] == [
+        {
+            "from_tier": "standard",
+            "to_tier": "enhanced",
+            "reason": "source of funds verified",
+            "changed_by": f"api-key:{key_id}",
+        }
+    ]
+    reader = await api.headers(SCOPE_CUSTOMERS_READ)
+    view = await api.http.get(f"/v1/customers/{customer_id}", headers=reader)
+    assert view.json()["kyc_tier"] == "enhanced"
+
+
+async def test_a_bad_tier_change_is_422_naming_the_field_and_an_unknown_customer_404(
+    api: Api,
+) -> None:
+    customer_id = await a_customer_with_money(api)
+    operator = await api.headers(SCOPE_OPERATIONS)
+    refusals: list[tuple[dict[str, Any], list[Any]]] = [
+        (
+            {"tier": "platinum", "reason": "x"},
+            [("body", "tier"), "Input should be 'basic', 'standard' or 'enhanced'"],
+        ),
+        ({"tier": "basic"}, [("body", "reason"), "Field required"]),
+        (
+            {"tier": "basic", "reason": ""},
+            [("body", "reason"), "String should have at least 1 character"],
+        ),
+        (
+            {"tier": "basic", "reason": "x", "by": "me"},
+            [("body", "by"), "Extra inputs are not permitted"],
+        ),
+    ]
+    for body, (loc, msg) in refusals:
+        answer = await api.http.put(
+            f"/v1/customers/{customer_id}/kyc-tier", json=body, headers=operator
+        )
+        assert (answer.status_code, answer.json()["code"]) == (422, "invalid_request"), body
+        assert [(tuple(e["loc"]), e["msg"]) for e in answer.json()["detail"]] == [(loc, msg)]
+    assert (
+        await api.pool.fetchval(
+            "SELECT kyc_tier FROM customers WHERE customer_id = $1", customer_id
+        )
+        == "standard"
+    )
+    assert (
+        await api.pool.fetchval(
+            "SELECT count(*) FROM kyc_tier_changes WHERE customer_id = $1", customer_id
+        )
+        == 0
+    )
+    nobody = new_id("nobody")
+    missing = await api.http.put(
+        f"/v1/customers/{nobody}/kyc-tier",
+        json={"tier": "basic", "reason": "x"},
+        headers=operator,
+    )
+    assert (missing.status_code, missing.json()) == (
+        404,
+        {"code": "not_found", "detail": f"no customer {nobody}"},
+    )
+    reader = await api.headers(SCOPE_CUSTOMERS_READ)
+    unscoped = await api.http.put(
+        f"/v1/customers/{customer_id}/kyc-tier",
+        json={"tier": "basic", "reason": "x"},
+        headers=reader,
+    )
+    assert unscoped.status_code == 403 and unscoped.json()["code"] == "scope_missing"
