@@ -42,6 +42,13 @@ What the checks promise, precisely:
   what its customer's events say they moved it by (`posted_minor`, in its
   currency): the feed and the event stream agree with the ledger to the
   unit, however the events were repeated, reordered or cut by kills.
+- `tier_spend_violations`: what each customer's cards counted against
+  their KYC tier (card_tier_spend, over every month, in each currency)
+  equals the card holds placed from their wallet: every hold whose key's
+  root is a placement (`d{n}`, `d{n}-partial`, `d{n}/issuer`, `advice/{n}`;
+  not a rest re-held under a derived key), whatever became of it. A hold
+  counted twice (a retried task) or not at all breaks it. (A run's cards
+  all start under CARD_TIER_LIMITS_PATCH; older cards' holds are not counted.)
 - `webhook_violations`: every event the simulators emitted was delivered
   (2xx, `delivered_at` set) and the gateway remembers it exactly once with a
   fitting outcome: 'delivered' only for an event type that has a route, and
@@ -74,36 +81,12 @@ from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from activities.ledger.verify import verify
 from schemas.providers import ISSUER
 from starters.gateway.routes import route_for
-from workflows.billing import BILLING_RUN_WORKFLOW, BILLING_WORKFLOW
-from workflows.card_issue import CARD_ISSUE_WORKFLOW
-from workflows.cards import CARD_WORKFLOW
-from workflows.cashback import CASHBACK_WORKFLOW
-from workflows.dispute import DISPUTE_WORKFLOW
-from workflows.fx import FX_WORKFLOW
-from workflows.health import PING_WORKFLOW
-from workflows.onboarding import ONBOARDING_WORKFLOW
-from workflows.reconciliation import RECONCILIATION_WORKFLOW
-from workflows.scheduled_reconciliation import SCHEDULED_RECONCILIATION_WORKFLOW
-from workflows.topup import TOPUP_WORKFLOW
+from workflows.catalog import STATUS_QUERIES
 
-# The workflow types cardflow's workers register; other executions in the
+# The workflow types cardflow's workers register (every one of them: a
+# withdrawal or a closure fails like any other); other executions in the
 # namespace are not cardflow's to judge.
-CARDFLOW_WORKFLOW_TYPES = frozenset(
-    {
-        BILLING_RUN_WORKFLOW,
-        BILLING_WORKFLOW,
-        CARD_ISSUE_WORKFLOW,
-        CARD_WORKFLOW,
-        CASHBACK_WORKFLOW,
-        DISPUTE_WORKFLOW,
-        FX_WORKFLOW,
-        ONBOARDING_WORKFLOW,
-        PING_WORKFLOW,
-        RECONCILIATION_WORKFLOW,
-        SCHEDULED_RECONCILIATION_WORKFLOW,
-        TOPUP_WORKFLOW,
-    }
-)
+CARDFLOW_WORKFLOW_TYPES = frozenset(STATUS_QUERIES)
 # An activity on this attempt has failed four times in a row: whatever the
 # clock says, it is not converging on its own.
 ACTIVITY_ATTEMPTS_STUCK_MIN = 5
@@ -213,6 +196,45 @@ async def feed_violations(pool: asyncpg.Pool) -> list[Violation]:
             f"posted {row['posted']} {row['currency']} minor, the events say {row['told']}",
         )
         for row in await pool.fetch(_FEED_DISAGREES, ROWS_CHECKED_MAX)
+    ]
+
+
+# ----- KYC tiers ----------------------------------------------------------------
+
+_TIER_SPEND_DISAGREES = r"""
+WITH placed AS (
+    SELECT w.owner_id AS customer_id, h.currency, sum(h.amount_minor)::bigint AS held
+    FROM ledger_transfers h
+    JOIN ledger_accounts w ON w.id = h.debit_account_id AND w.kind = 'wallet'
+    JOIN ledger_accounts c ON c.id = h.credit_account_id
+    WHERE h.kind = 'pending' AND c.code LIKE 'issuer:settlement:%'
+      AND h.idempotency_key ~ '^card/[^/]+/auth/[^/]+/(d[0-9]+(-partial|/issuer)?|advice/[0-9]+)$'
+    GROUP BY w.owner_id, h.currency
+), counted AS (
+    SELECT customer_id, currency, sum(spent_minor)::bigint AS spent
+    FROM card_tier_spend GROUP BY customer_id, currency
+)
+SELECT coalesce(p.customer_id, c.customer_id) AS customer_id,
+       coalesce(p.currency, c.currency) AS currency,
+       coalesce(p.held, 0) AS held, coalesce(c.spent, 0) AS spent
+FROM placed p FULL JOIN counted c ON c.customer_id = p.customer_id AND c.currency = p.currency
+WHERE coalesce(p.held, 0) <> coalesce(c.spent, 0)
+ORDER BY 1, 2
+LIMIT $1
+"""
+
+
+async def tier_spend_violations(pool: asyncpg.Pool) -> list[Violation]:
+    """Every customer whose cards' count against their tier is not the sum
+    of the card holds placed from their wallet."""
+    return [
+        Violation(
+            "tier_spend_disagrees_with_holds",
+            row["customer_id"],
+            f"{row['spent']} {row['currency']} minor counted against the KYC tier,"
+            f" {row['held']} held by the customer's cards",
+        )
+        for row in await pool.fetch(_TIER_SPEND_DISAGREES, ROWS_CHECKED_MAX)
     ]
 
 

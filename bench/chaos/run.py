@@ -278,6 +278,7 @@ class Chaos(StackHandling, Reporting):
         )
         violations += await invariants.webhook_violations(pool, self.admin_url)
         violations += await invariants.feed_violations(pool)
+        violations += await invariants.tier_spend_violations(pool)
         money, figures = await money_violations(self.client, pool, issuer, self.evidence)
         violations += money
         found, figures["reconciliation"] = await self.reconciliation_violations(reconciliation_id)

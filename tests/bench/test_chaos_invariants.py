@@ -22,6 +22,7 @@ from bench.chaos.invariants import (
     feed_violations,
     hold_violations,
     ledger_violations,
+    tier_spend_violations,
     webhook_violations,
     workflow_violations,
 )
@@ -186,6 +187,36 @@ async def test_a_transaction_told_but_never_posted_is_reported(platform: Platfor
             "feed_disagrees_with_ledger",
             accounts.wallet(customer_id, "USD"),
             "posted 10000 USD minor, the events say 9700",
+        )
+    ]
+
+
+# ----- KYC tiers ----------------------------------------------------------------
+
+
+async def test_the_tiers_count_agrees_with_the_holds_placed_and_a_miscount_is_named(
+    platform: Platform,
+) -> None:
+    customer_id, _, auth = await purchase(platform)
+    async with issuer(platform) as client:
+        await client.simulate_increment(
+            auth.id, amount_minor=1_000, idempotency_key=uuid.uuid4().hex
+        )
+        # Cleared in part, not final: the rest is held again under a derived key.
+        await client.simulate_clearing(
+            auth.id, amount_minor=2_000, final=False, idempotency_key=uuid.uuid4().hex
+        )
+    await wallet_becomes(platform, customer_id, posted=8_000, pending=4_000)
+    assert await tier_spend_violations(platform.stack.pool) == []
+    await platform.stack.pool.execute(
+        "UPDATE card_tier_spend SET spent_minor = spent_minor + 1 WHERE customer_id = $1",
+        customer_id,
+    )
+    assert await tier_spend_violations(platform.stack.pool) == [
+        Violation(
+            "tier_spend_disagrees_with_holds",
+            customer_id,
+            "6001 USD minor counted against the KYC tier, 6000 held by the customer's cards",
         )
     ]
 

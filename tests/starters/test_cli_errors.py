@@ -5,6 +5,7 @@ a safe identifier, Temporal or the database out of reach."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import typer
 from typer.core import TyperGroup
@@ -226,6 +228,8 @@ def test_a_number_or_date_out_of_range_is_refused_naming_the_argument(
             ["closure", "decide", "c-1", "--abandon", "--reason", "no", "--operator", "o"],
             "reason",
         ),
+        (["kyc", "tier", "c-1", "platinum", "--reason", "seen", "--operator", "o"], "tier"),
+        (["kyc", "tier", "c-1", "basic", "--reason", "", "--operator", "o"], "reason"),
     ],
     ids=[
         "card-reason",
@@ -243,6 +247,8 @@ def test_a_number_or_date_out_of_range_is_refused_naming_the_argument(
         "closure-reason",
         "closure-decide-iban",
         "closure-decide-reason",
+        "kyc-tier",
+        "kyc-tier-reason",
     ],
 )
 def test_a_value_its_model_refuses_is_refused_naming_it_before_calling_anyone(
@@ -349,7 +355,12 @@ def test_an_implausible_birth_date_is_refused_naming_it(born: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["status", "ping/x"], ["ledger", "history", "customer:c-1:wallet:USD"]]
+    "args",
+    [
+        ["status", "ping/x"],
+        ["ledger", "history", "customer:c-1:wallet:USD"],
+        ["kyc", "tier", "c-1", "basic", "--reason", "seen", "--operator", "o"],
+    ],
 )
 def test_temporal_or_the_database_out_of_reach_is_one_line_naming_where(
     tmp_path: Path, args: list[str]
@@ -410,3 +421,30 @@ def test_every_customer_id_a_command_takes_is_checked_as_it_is_parsed() -> None:
         and (path, parameter.name) not in CHECKED_BY_THEIR_MODEL
     ]
     assert unchecked == []
+
+
+def test_kyc_tier_moves_a_known_customer_and_names_an_unknown_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    customer_id = f"c-{uuid.uuid4().hex[:10]}"
+    env = {**NOWHERE, "DATABASE_URL": database_url}
+    move = ["kyc", "tier", customer_id, "enhanced", "--reason", "funds seen", "--operator", "jane"]
+    unknown = cardflow(*move, env=env, home=tmp_path)
+    assert one_line_error(unknown) == f"no customer {customer_id}"
+
+    async def save() -> None:
+        connection = await asyncpg.connect(database_url)
+        try:
+            await connection.execute(
+                "INSERT INTO customers (customer_id, first_name, last_name, date_of_birth, country)"
+                " VALUES ($1, 'Ada', 'Lovelace', '1990-12-10', 'GBR')",
+                customer_id,
+            )
+        finally:
+            await connection.close()
+
+    asyncio.run(save())
+    moved = cardflow(*move, env=env, home=tmp_path)
+    assert (moved.returncode, moved.stdout) == (0, f"{customer_id}: enhanced (was standard)\n")
+    again = cardflow(*move, env=env, home=tmp_path)
+    assert again.stdout == f"{customer_id}: enhanced (unchanged)\n"
