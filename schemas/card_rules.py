@@ -6,10 +6,18 @@ follow, with no I/O and no clock of their own (`now` is always passed in).
   take the authorization past the per-transaction limit, the day or the month
   (UTC) past their limits, or the velocity window past its count or amount,
   is declined with the first reason that applies, in that order.
+- Controls (schemas/card_controls.py), after the blocked MCCs and before
+  the open-authorizations maximum: the nightly freeze, the merchant lock, a
+  single-use card already used (its first purchase; increments of it pass),
+  the MCC allow and block lists, the country allow and block lists; and
+  after the card's own limits and velocity, each window limit (amount, then
+  count for a new purchase), overall before per MCC group.
 - Spend counters: an approval counts towards the day, the month and the
-  velocity window at the moment it is approved; an approval taken back (a
-  hold refused, a decision followed down to the issuer's) is subtracted from
-  the same counters. A new day or month (UTC) starts its counter at zero.
+  velocity window at the moment it is approved, and towards every window of
+  the controls (overall and for each group of its MCC); an approval taken
+  back (a hold refused, a decision followed down to the issuer's, a
+  reversal) is subtracted from the same counters. A new period (UTC) starts
+  its counter at zero.
 - Partial approval: when the full amount cannot be held and the merchant
   takes partial approvals, what the wallet has available, if it is more than
   zero and less than what was asked.
@@ -24,6 +32,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
+from schemas.card_controls import (
+    WINDOWS,
+    Controls,
+    Window,
+    WindowSpend,
+    counter_key,
+    effective,
+    groups_of,
+    names,
+    period,
+)
 from schemas.cards import (
     AuthorizationRequest,
     CardInput,
@@ -61,6 +80,10 @@ def refusal(
         return DeclineReason.CURRENCY_MISMATCH
     if request.merchant.mcc in limits.blocked_mccs:
         return DeclineReason.BLOCKED_MCC
+    controls = card_controls(card, now)
+    controlled = controls_refusal(card, controls, request, now)
+    if controlled is not None:
+        return controlled
     if request.kind == "initial" and (
         open_authorizations > policy.open_authorizations_max
         or (open_authorizations == policy.open_authorizations_max and declines_at_open_max())
@@ -86,7 +109,98 @@ def refusal(
         sum(s.amount_minor for s in card.recent) + amount > policy.velocity_amount_max_minor
     ):
         return DeclineReason.VELOCITY_AMOUNT
+    return window_refusal(card, controls, request, now)
+
+
+_OVER_WINDOW: dict[Window, DeclineReason] = {
+    "day": DeclineReason.OVER_DAILY_LIMIT,
+    "week": DeclineReason.OVER_WEEKLY_LIMIT,
+    "month": DeclineReason.OVER_MONTHLY_LIMIT,
+    "year": DeclineReason.OVER_YEARLY_LIMIT,
+    "lifetime": DeclineReason.OVER_LIFETIME_LIMIT,
+}
+
+
+def card_controls(card: CardInput, now: datetime) -> Controls:
+    """The card's effective controls at `now` (the narrowest scope wins)."""
+    program = card.scoped_controls.get("program")
+    customer = card.scoped_controls.get("customer")
+    return effective(
+        program.controls if program else None,
+        customer.controls if customer else None,
+        card.controls,
+        card.temporary_controls,
+        now,
+    )
+
+
+def controls_refusal(
+    card: CardInput, controls: Controls, request: AuthorizationRequest, now: datetime
+) -> DeclineReason | None:
+    """Why the card's controls refuse the request (before any amount)."""
+    merchant = request.merchant
+    if controls.nightly_freeze is not None and controls.nightly_freeze.frozen_at(now):
+        return DeclineReason.FROZEN_BY_SCHEDULE
+    lock = controls.merchant_lock
+    if lock is not None:
+        locked = lock.name if lock.mode == "named" else card.locked_merchant
+        if locked is not None and locked.casefold() != merchant.name.casefold():
+            return DeclineReason.MERCHANT_LOCKED
+    if controls.single_use and request.kind == "initial" and card.purchases_approved > 0:
+        return DeclineReason.SINGLE_USE_CARD_USED
+    if controls.mcc_block is not None and names(controls.mcc_block, merchant.mcc):
+        return DeclineReason.MCC_NOT_ALLOWED
+    if controls.mcc_allow is not None and not names(controls.mcc_allow, merchant.mcc):
+        return DeclineReason.MCC_NOT_ALLOWED
+    if controls.country_block is not None and merchant.country in controls.country_block:
+        return DeclineReason.COUNTRY_NOT_ALLOWED
+    if controls.country_allow is not None and merchant.country not in controls.country_allow:
+        return DeclineReason.COUNTRY_NOT_ALLOWED
     return None
+
+
+def window_refusal(
+    card: CardInput, controls: Controls, request: AuthorizationRequest, now: datetime
+) -> DeclineReason | None:
+    """Why a window limit refuses the request: overall limits first, then
+    those of the request's MCC groups; amount before count."""
+    groups = set(groups_of(request.merchant.mcc))
+    purchases = 1 if request.kind == "initial" else 0
+    for limit in sorted(controls.limits or (), key=lambda limit: limit.mcc_group is not None):
+        if limit.mcc_group is not None and limit.mcc_group not in groups:
+            continue
+        spent = _spent(card, limit.window, limit.mcc_group, now)
+        over_amount = (
+            limit.amount_max_minor is not None
+            and spent.amount_minor + request.amount_minor > limit.amount_max_minor
+        )
+        over_count = limit.count_max is not None and spent.count + purchases > limit.count_max
+        if over_amount or over_count:
+            if limit.mcc_group is not None:
+                return DeclineReason.OVER_MCC_GROUP_LIMIT
+            return _OVER_WINDOW[limit.window] if over_amount else DeclineReason.OVER_COUNT_LIMIT
+    return None
+
+
+def _spent(card: CardInput, window: Window, group: str | None, now: datetime) -> WindowSpend:
+    found = card.control_spend.get(counter_key(window, group))
+    if found is None or found.period != period(window, now):
+        return WindowSpend(period=period(window, now))
+    return found
+
+
+def count_controls(
+    card: CardInput, mcc: str | None, now: datetime, amount_minor: int, purchases: int
+) -> None:
+    """Add (negative: take back) approvals to every window's counter, overall
+    and for each group of `mcc` (when known)."""
+    groups: tuple[str | None, ...] = (None, *(groups_of(mcc) if mcc else ()))
+    for window in WINDOWS:
+        for group in groups:
+            spent = _spent(card, window, group, now)
+            spent.amount_minor = max(spent.amount_minor + amount_minor, 0)
+            spent.count = max(spent.count + purchases, 0)
+            card.control_spend[counter_key(window, group)] = spent
 
 
 def roll(card: CardInput, now: datetime) -> None:
@@ -100,8 +214,17 @@ def roll(card: CardInput, now: datetime) -> None:
         card.spent_month, card.spent_month_minor = month, 0
 
 
-def count(card: CardInput, now: datetime, amount_minor: int) -> None:
-    """Add (or, negative, take back) an approval to the limits' counters."""
+def count(
+    card: CardInput,
+    now: datetime,
+    amount_minor: int,
+    *,
+    mcc: str | None = None,
+    purchases: int = 0,
+) -> None:
+    """Add (or, negative, take back) an approval to the limits' counters:
+    `purchases` new purchases (1, or -1 taking one back), at `mcc`."""
+    count_controls(card, mcc, now, amount_minor, purchases)
     roll(card, now)
     card.spent_day_minor += amount_minor
     card.spent_month_minor += amount_minor

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.card_controls import Controls, ScopedControls, TemporaryControl, WindowSpend
 from schemas.customers import CustomerId
 from schemas.edge import Day, EdgeModel
 from schemas.issuer import Address, CardState, ReissueReason, ShippingStatus
@@ -180,6 +181,17 @@ class DeclineReason(StrEnum):
     # and the month's spend over all their cards.
     OVER_TIER_TRANSACTION_LIMIT = "over_tier_transaction_limit"
     OVER_TIER_MONTHLY_LIMIT = "over_tier_monthly_limit"
+    # The card's controls (schemas/card_controls.py), from whichever scope.
+    FROZEN_BY_SCHEDULE = "card_frozen_by_schedule"
+    MERCHANT_LOCKED = "merchant_locked"
+    SINGLE_USE_CARD_USED = "single_use_card_used"
+    MCC_NOT_ALLOWED = "mcc_not_allowed"
+    COUNTRY_NOT_ALLOWED = "country_not_allowed"
+    OVER_WEEKLY_LIMIT = "over_weekly_limit"
+    OVER_YEARLY_LIMIT = "over_yearly_limit"
+    OVER_LIFETIME_LIMIT = "over_lifetime_limit"
+    OVER_COUNT_LIMIT = "over_count_limit"
+    OVER_MCC_GROUP_LIMIT = "over_mcc_group_limit"
 
 
 # Every reason a card's own answer carries; an issuer record with another
@@ -331,6 +343,20 @@ class CardInput(BaseModel):
     events_claimed: int = 0
     # When the card closed (or, in a run started for late money, that run's start).
     closed_at: datetime | None = None
+    # Controls as data (schemas/card_controls.py): the card's own, the
+    # program's and the customer's as last sent (by scope, newest version),
+    # and temporary ones its timers undo.
+    controls: Controls = Field(default_factory=Controls)
+    scoped_controls: dict[str, ScopedControls] = Field(default_factory=dict)
+    temporary_controls: list[TemporaryControl] = Field(default_factory=list)
+    # Approvals per window (and MCC group) the window limits are checked against.
+    control_spend: dict[str, WindowSpend] = Field(default_factory=dict)
+    # The merchant a `first` lock locked the card to (its first approval's).
+    locked_merchant: str | None = None
+    # Purchases (initial authorizations) approved over the card's life, and
+    # whether one has cleared (a single-use card closes after it).
+    purchases_approved: int = 0
+    cleared_once: bool = False
 
 
 class CardReissue(BaseModel):

@@ -89,6 +89,18 @@ DECLINE_SENTENCES: dict[str, str] = {
         "Too many payments are still pending on this card. Try again once some have settled."
     ),
     DeclineReason.AUTHORIZATION_FINISHED: "The payment had already ended when the card was asked.",
+    DeclineReason.FROZEN_BY_SCHEDULE: "This card is frozen at this time of day by its settings.",
+    DeclineReason.MERCHANT_LOCKED: "This card pays only the merchant it is locked to.",
+    DeclineReason.SINGLE_USE_CARD_USED: "This single-use card has already been used.",
+    DeclineReason.MCC_NOT_ALLOWED: "Purchases of this kind are not allowed on this card.",
+    DeclineReason.COUNTRY_NOT_ALLOWED: "Purchases in this country are not allowed on this card.",
+    DeclineReason.OVER_WEEKLY_LIMIT: "This purchase would pass the card's weekly spending limit.",
+    DeclineReason.OVER_YEARLY_LIMIT: "This purchase would pass the card's yearly spending limit.",
+    DeclineReason.OVER_LIFETIME_LIMIT: "This purchase would pass the card's lifetime limit.",
+    DeclineReason.OVER_COUNT_LIMIT: "The card has reached its number of purchases for now.",
+    DeclineReason.OVER_MCC_GROUP_LIMIT: (
+        "This purchase would pass the card's limit for purchases of this kind."
+    ),
     DeclineReason.OVER_TIER_TRANSACTION_LIMIT: (
         "The amount is over what your verification level allows per purchase."
         " Complete further verification to raise it."

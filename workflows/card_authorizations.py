@@ -110,13 +110,15 @@ class CardAuthorizations(CardLedger):
             return self._decide(record, index, request, 0, reason.value)
         # Counted before the hold is awaited, so concurrent requests on this
         # card see each other and never pass a limit together.
-        count(state, now, request.amount_minor)
+        mcc = request.merchant.mcc
+        purchase = 1 if request.kind == "initial" else 0
+        count(state, now, request.amount_minor, mcc=mcc, purchases=purchase)
         async with self.lock:
             raced = next((d for d in record.decisions if d.index == index), None)
             if raced is not None:
                 # The issuer's webhook about this very question got the lock
                 # first: the card already follows the issuer's answer.
-                count(state, now, -request.amount_minor)
+                count(state, now, -request.amount_minor, mcc=mcc, purchases=-purchase)
                 return _answer(raced)
             key = step_key(f"auth/{record.authorization_id}/d{index}")
             try:
@@ -133,7 +135,7 @@ class CardAuthorizations(CardLedger):
                     raise
                 # Refused outright (no answer was given): give back what this
                 # ask counted, and leave no empty record for a later ask to wait on.
-                count(state, now, -request.amount_minor)
+                count(state, now, -request.amount_minor, mcc=mcc, purchases=-purchase)
                 if record.next_decision == index + 1:
                     record.next_decision = index
                 if not record.decisions and not record.held:
@@ -141,7 +143,7 @@ class CardAuthorizations(CardLedger):
                 raise
             if isinstance(held, DeclineReason):
                 # The customer's KYC tier refused it before the ledger.
-                count(state, now, -request.amount_minor)
+                count(state, now, -request.amount_minor, mcc=mcc, purchases=-purchase)
                 return self._decide(record, index, request, 0, held.value)
             approved, why = request.amount_minor, APPROVED
             if not held.accepted:
@@ -164,9 +166,19 @@ class CardAuthorizations(CardLedger):
                         if not isinstance(partial, DeclineReason) and partial.accepted:
                             approved, why = partial_minor, PARTIALLY_APPROVED
                             key = partial.key
-            count(state, now, approved - request.amount_minor)
+            count(
+                state,
+                now,
+                approved - request.amount_minor,
+                mcc=mcc,
+                purchases=0 if approved else -purchase,
+            )
             if approved:
                 record.held.append(HeldPart(key=key, amount_minor=approved, decision=index))
+                state.purchases_approved += purchase
+                if state.locked_merchant is None:
+                    # A `first` merchant lock locks the card to this merchant.
+                    state.locked_merchant = request.merchant.name
             return self._decide(record, index, request, approved, why)
 
     def _claim_stood_in(

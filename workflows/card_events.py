@@ -177,7 +177,24 @@ class CardEvents(CardHolds):
                 await self._hold_for_issuer(
                     record, issuer_minor - ours.approved_minor, index, f"d{index}/issuer"
                 )
-            count(self.state, workflow.now(), issuer_minor - ours.approved_minor)
+            purchase = 1 if ours.kind == "initial" else 0
+            count(
+                self.state,
+                workflow.now(),
+                issuer_minor - ours.approved_minor,
+                mcc=record.merchant.mcc,
+                purchases=(
+                    purchase
+                    if ours.approved_minor == 0 < issuer_minor
+                    else -purchase
+                    if issuer_minor == 0 < ours.approved_minor
+                    else 0
+                ),
+            )
+            if ours.approved_minor == 0 < issuer_minor:
+                self.state.purchases_approved += purchase
+                if self.state.locked_merchant is None:
+                    self.state.locked_merchant = record.merchant.name
             ours.approved_minor = issuer_minor
             ours.reconciled = True
         record.authorized_minor = authorized_total(record.decisions)
@@ -244,6 +261,8 @@ class CardEvents(CardHolds):
                 await self._release(record, record.held_minor, None, f"final-{transaction.id}")
             self._forget_if_done(record, transaction.authorization_status)
         await self._record(transaction, transaction.amount_minor - unposted)
+        # A single-use card closes once it holds nothing (the card entity).
+        state.cleared_once = True
         await self._start_cashback(transaction)
 
     async def _post_excess(
@@ -291,7 +310,7 @@ class CardEvents(CardHolds):
         if record is None:
             return
         await self._release(record, reversal.amount_minor, None, f"reversal-{reversal.id}")
-        count(self.state, workflow.now(), -reversal.amount_minor)
+        count(self.state, workflow.now(), -reversal.amount_minor, mcc=record.merchant.mcc)
         if reversal.authorization_status is not AuthorizationStatus.PENDING:
             await self._release(record, record.held_minor, None, f"final-{reversal.id}")
         self._forget_if_done(record, reversal.authorization_status)

@@ -30,6 +30,13 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from activities.providers.activities import ProviderActivities
     from activities.providers.cards import CardActivities, CardStateRequest
+    from schemas.card_controls import (
+        TEMPORARY_CONTROLS_MAX,
+        Controls,
+        ScopedControls,
+        TemporaryControl,
+    )
+    from schemas.card_rules import card_controls
     from schemas.cards import (
         AuthorizationAnswer,
         AuthorizationRequest,
@@ -60,6 +67,12 @@ REPORT_STOLEN_UPDATE = "report_stolen"
 AUTHORIZE_UPDATE = "authorize"
 NETWORK_EVENT_SIGNAL = "network_event"
 RESOLVE_EXCEPTION_UPDATE = "resolve_exception"
+CONTROLS_UPDATE = "set_controls"
+ADD_TEMPORARY_CONTROL_UPDATE = "add_temporary_control"
+REMOVE_TEMPORARY_CONTROL_UPDATE = "remove_temporary_control"
+# The program's or the customer's controls at a version (newest kept).
+SCOPED_CONTROLS_SIGNAL = "scoped_controls"
+SINGLE_USE_CLOSED_REASON = "single-use card used"
 # Cards live for years, so this change of the card's commands is behind a
 # patch: a card that started before it replays without it (patched() is False
 # there). With it, the card also carries Currency and Provider, and its
@@ -228,12 +241,16 @@ class CardEntity:
             linger_ends = self._linger_ends()
             if linger_ends is not None and (wake is None or linger_ends < wake):
                 wake = linger_ends
+            # A temporary control undoes itself on this timer.
+            controls_end = self._next_control_end()
+            if controls_end is not None and (wake is None or controls_end < wake):
+                wake = controls_end
             timeout = None
             if wake is not None:
                 timeout = max((wake - workflow.now()).total_seconds(), 0.001)
             try:
                 await workflow.wait_condition(
-                    lambda expiry=expiry, linger_ends=linger_ends: (  # type: ignore[misc]
+                    lambda expiry=expiry, linger_ends=linger_ends, ends=controls_end: (  # type: ignore[misc]
                         bool(self._inbox)
                         or self._finished()
                         or history_full()
@@ -241,6 +258,9 @@ class CardEntity:
                         or self._money.next_expiry() != expiry
                         # Closed just now: the late-money window starts.
                         or self._linger_ends() != linger_ends
+                        # A temporary control added or removed.
+                        or self._next_control_end() != ends
+                        or self._single_use_spent()
                     ),
                     timeout=timeout,
                 )
@@ -249,9 +269,39 @@ class CardEntity:
             await self._work(self._money.expire_due())
             while self._inbox:
                 await self._work(self._money.apply(self._inbox.pop(0)))
+            self._expire_controls()
+            if self._single_use_spent():
+                await self._work(self._close_single_use())
             self._show()
             if (self._finished() or history_full()) and not self._inbox:
                 return
+
+    def _next_control_end(self) -> datetime | None:
+        """When the soonest temporary control undoes itself."""
+        assert self._state is not None
+        return min((t.until for t in self._state.temporary_controls), default=None)
+
+    async def _close_single_use(self) -> None:
+        await self._change(CardState.CLOSED, CardStateChange(reason=SINGLE_USE_CLOSED_REASON))
+
+    def _expire_controls(self) -> None:
+        assert self._state is not None
+        now = workflow.now()
+        self._state.temporary_controls = [
+            t for t in self._state.temporary_controls if t.until > now
+        ]
+
+    def _single_use_spent(self) -> bool:
+        """A single-use card whose purchase cleared and that holds nothing:
+        it closes itself."""
+        state = self._state
+        assert state is not None
+        return (
+            state.cleared_once
+            and state.state is CardState.OPEN
+            and not any(r.held for r in state.authorizations.values())
+            and bool(card_controls(state, workflow.now()).single_use)
+        )
 
     def _take_in(self) -> None:
         """Note the history's length as the card takes in a message: the
@@ -472,6 +522,59 @@ class CardEntity:
     def _validate_limits(self, limits: SpendingLimits) -> None:
         self._require(CardState.OPEN, CardState.PAUSED)
 
+    @workflow.update(name=CONTROLS_UPDATE)
+    def set_controls(self, controls: Controls) -> Controls:
+        """The card's own controls (narrowest scope but its temporary ones)."""
+        assert self._state is not None
+        self._take_in()
+        self._state.controls = controls
+        return controls
+
+    @set_controls.validator
+    def _validate_controls(self, controls: Controls) -> None:
+        self._require(CardState.OPEN, CardState.PAUSED)
+
+    @workflow.update(name=ADD_TEMPORARY_CONTROL_UPDATE)
+    def add_temporary_control(self, temporary: TemporaryControl) -> list[TemporaryControl]:
+        """Controls that undo themselves at `until` (one id replaces its own)."""
+        assert self._state is not None
+        self._take_in()
+        kept = [t for t in self._state.temporary_controls if t.id != temporary.id]
+        self._state.temporary_controls = [*kept, temporary]
+        return self._state.temporary_controls
+
+    @add_temporary_control.validator
+    def _validate_temporary(self, temporary: TemporaryControl) -> None:
+        self._require(CardState.OPEN, CardState.PAUSED)
+        assert self._state is not None
+        if temporary.until <= workflow.now():
+            raise refused(Refusal.INVALID_REQUEST, "until must be in the future")
+        others = [t for t in self._state.temporary_controls if t.id != temporary.id]
+        if len(others) >= TEMPORARY_CONTROLS_MAX:
+            raise refused(
+                Refusal.INVALID_REQUEST,
+                f"the card keeps at most {TEMPORARY_CONTROLS_MAX} temporary controls",
+            )
+
+    @workflow.update(name=REMOVE_TEMPORARY_CONTROL_UPDATE)
+    def remove_temporary_control(self, control_id: str) -> list[TemporaryControl]:
+        assert self._state is not None
+        self._take_in()
+        self._state.temporary_controls = [
+            t for t in self._state.temporary_controls if t.id != control_id
+        ]
+        return self._state.temporary_controls
+
+    @workflow.signal(name=SCOPED_CONTROLS_SIGNAL)
+    def scoped_controls(self, scoped: ScopedControls) -> None:
+        """The program's or the customer's controls; an older version than
+        the card has (a late or repeated signal) changes nothing."""
+        assert self._state is not None
+        self._take_in()
+        held = self._state.scoped_controls.get(scoped.scope)
+        if held is None or scoped.version > held.version:
+            self._state.scoped_controls[scoped.scope] = scoped
+
     @workflow.update(name=REPORT_LOST_UPDATE)
     async def report_lost(self, change: CardStateChange) -> str:
         return await self._replace("lost", change)
@@ -513,6 +616,8 @@ class CardEntity:
             currency=state.currency,
             limits=state.limits,
             policy=state.policy,
+            controls=state.controls,
+            scoped_controls=state.scoped_controls,
             ledger_task_queue=state.ledger_task_queue,
             providers_task_queue=state.providers_task_queue,
             workflows_task_queue=state.workflows_task_queue,
