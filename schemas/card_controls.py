@@ -237,3 +237,62 @@ class WindowSpend(BaseModel):
 
 def counter_key(window: Window, group: str | None) -> str:
     return f"{window}|{group or ''}"
+
+
+# ----- changes of the program's and customers' controls ------------------------
+
+CONTROLLED_CARDS_PAGE_MAX = 500
+
+
+class ControlsChange(EdgeModel):
+    """New controls for the program (`customer_id` None) or one customer's
+    cards: a new version of that scope, sent to each of its cards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    customer_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    controls: Controls
+    reason: str = Field(min_length=1, max_length=200)
+    changed_by: str = Field(min_length=1, max_length=200)
+
+    @property
+    def scope(self) -> Literal["program", "customer"]:
+        return "program" if self.customer_id is None else "customer"
+
+
+class ControlsChangeInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    change: ControlsChange
+    ledger_task_queue: str
+    providers_task_queue: str
+    # Where a continued run resumes sending (the last card id sent to).
+    after_card_id: str = ""
+    cards_sent: int = 0
+    cards_gone: int = 0
+
+
+class ControlledCardsPage(BaseModel):
+    """Cards of the program (or of one customer) after `after_card_id`, in id order."""
+
+    customer_id: str | None = None
+    after_card_id: str = ""
+    limit: int = Field(default=CONTROLLED_CARDS_PAGE_MAX, ge=1, le=CONTROLLED_CARDS_PAGE_MAX)
+
+
+class ControlsChangeResult(BaseModel):
+    scope: Literal["program", "customer"]
+    customer_id: str | None
+    version: int
+    # Cards sent the new version, and cards whose process had ended (a
+    # closed card past its linger: it decides nothing any more).
+    cards_sent: int
+    cards_gone: int
+
+
+class ControlsChangeStatus(BaseModel):
+    stage: str
+    version: int | None
+    cards_sent: int
+    cards_gone: int

@@ -19,6 +19,7 @@ from starters.cards import card_app
 from starters.cashback import cashback_app
 from starters.chaos import chaos_command
 from starters.closure import closure_app
+from starters.controls import controls_app
 from starters.codec_server import codec_app
 from starters.console import EXIT_UNAVAILABLE
 from starters.devstack.commands import demo_command, dev_app
@@ -95,6 +96,7 @@ app.add_typer(topup_app, name="topup")
 app.add_typer(fx_app, name="fx")
 app.add_typer(withdrawal_app, name="withdrawal")
 app.add_typer(closure_app, name="closure")
+app.add_typer(controls_app, name="controls")
 app.add_typer(cashback_app, name="cashback")
 app.add_typer(dispute_app, name="dispute")
 app.add_typer(billing_app, name="billing")

@@ -13,6 +13,7 @@ from temporalio.worker import Interceptor, Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.billing import BillingActivities
+from activities.card_controls import CardControlActivities
 from activities.card_tiers import CardTierActivities
 from activities.card_transactions import CardTransactionActivities
 from activities.cashback import CashbackActivities
@@ -79,6 +80,7 @@ def ledger_activities(pool: asyncpg.Pool, client: Client | None = None) -> list[
     return [
         *ClosureActivities(pool, client).all(),  # type: ignore[list-item]
         *CardTierActivities(pool).all(),  # type: ignore[list-item]
+        *CardControlActivities(pool).all(),  # type: ignore[list-item]
         LedgerHealthActivities(pool).ping,
         *LedgerActivities(pool).all(),  # type: ignore[list-item]
         *CustomerActivities(pool).all(),  # type: ignore[list-item]

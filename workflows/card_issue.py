@@ -25,6 +25,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.card_controls import CardControlActivities
     from activities.customers import CustomerActivities
     from activities.ledger.activities import LedgerActivities
     from activities.providers.activities import ProviderActivities
@@ -36,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         CreateCard,
     )
     from schemas.accounts import revenue_fees, system_account
+    from schemas.card_controls import ScopedControls
     from schemas.cards import (
         CardActivationRequest,
         CardInput,
@@ -68,6 +70,9 @@ ACTIVATE_UPDATE = "activate"
 # charge it) refunds the fee if the ledger says it was charged, learnt by
 # submitting the fee again with its key; runs recorded before it kept the fee.
 CARD_ISSUE_INTERRUPTED_FEE_PATCH = "card-issue-interrupted-fee-refunded"
+# With it, a new card starts with the program's and its customer's card
+# controls in force (schemas/card_controls.py), read once it is recorded.
+CARD_ISSUE_CONTROLS_PATCH = "card-issue-reads-controls"
 
 
 def card_issue_workflow_id(request_id: str) -> str:
@@ -271,6 +276,12 @@ class CardIssue:
         if request.kind == "physical":
             await self._deliver(request)
 
+        scoped: dict[str, ScopedControls] = {}
+        if workflow.patched(CARD_ISSUE_CONTROLS_PATCH):
+            # Read once the card is recorded: a change of controls saved
+            # before this read is here, one saved after it finds the card.
+            current = await step(request, CardControlActivities.current, request.customer_id)
+            scoped = {controls.scope: controls for controls in current}
         await start_card_entity(
             CardInput(
                 card_id=card.id,
@@ -278,6 +289,7 @@ class CardIssue:
                 state=CardState.OPEN,
                 currency=request.currency,
                 policy=request.card_policy,
+                scoped_controls=scoped,
                 ledger_task_queue=request.ledger_task_queue,
                 providers_task_queue=request.providers_task_queue,
                 workflows_task_queue=request.workflows_task_queue,

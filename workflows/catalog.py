@@ -16,6 +16,7 @@ from workflows.card_issue import CARD_ISSUE_WORKFLOW, CardIssue
 from workflows.cards import CARD_WORKFLOW, CardEntity
 from workflows.cashback import CASHBACK_WORKFLOW, Cashback
 from workflows.closure import CLOSURE_WORKFLOW, AccountClosure
+from workflows.controls_change import CONTROLS_CHANGE_WORKFLOW, ControlsChange
 from workflows.dispute import DISPUTE_WORKFLOW, DisputeWorkflow
 from workflows.event_delivery import EVENT_DELIVERY_WORKFLOW, EventDelivery
 from workflows.fx import FX_WORKFLOW, FxConversion
@@ -48,6 +49,7 @@ ALL_WORKFLOWS: Sequence[type] = (
     Withdrawal,
     AccountClosure,
     ProgramFunding,
+    ControlsChange,
 )
 
 # The `status` query of every workflow type, by the type's name.
@@ -68,4 +70,5 @@ STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
     WITHDRAWAL_WORKFLOW: Withdrawal.status,
     CLOSURE_WORKFLOW: AccountClosure.status,
     PROGRAM_FUNDING_WORKFLOW: ProgramFunding.status,
+    CONTROLS_CHANGE_WORKFLOW: ControlsChange.status,
 }

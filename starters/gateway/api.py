@@ -16,6 +16,7 @@ from starters.gateway.v1 import (
     billing,
     cards,
     closures,
+    controls,
     customers,
     disputes,
     events,
@@ -45,6 +46,7 @@ PROCESS_ROUTERS = (
     disputes.router,
     withdrawals.router,
     closures.router,
+    controls.router,
     reconciliation.router,
 )
 

@@ -123,6 +123,14 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/v1/closures/{customer_id}"): "customer: the path's customer_id",
     ("POST", "/v1/closures/{customer_id}/decide"): PROGRAM_WIDE,
     ("PUT", "/v1/customers/{customer_id}/kyc-tier"): PROGRAM_WIDE,
+    ("PUT", "/v1/cards/{card_id}/controls"): "customer: the cards table, by card_id",
+    ("POST", "/v1/cards/{card_id}/temporary-controls"): "customer: the cards table, by card_id",
+    ("DELETE", "/v1/cards/{card_id}/temporary-controls/{control_id}"): (
+        "customer: the cards table, by card_id"
+    ),
+    ("POST", "/v1/customers/{customer_id}/card-controls"): "customer: the path's customer_id",
+    ("GET", "/v1/customers/{customer_id}/card-controls"): "customer: the path's customer_id",
+    ("POST", "/v1/card-controls"): PROGRAM_WIDE,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("GET", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}/decisions"): PROGRAM_WIDE,
@@ -141,7 +149,15 @@ IDENTIFYING_PARAMS = {
 }
 # Periods, and the ids of what belongs to the program, not to a customer
 # (webhook endpoints, the event stream, Telegram users the bot looks up).
-OTHER_PARAMS = {"period", "settlement_date", "endpoint_id", "event_id", "telegram_user_id"}
+# A card's temporary control is named within the card, whose id is checked.
+OTHER_PARAMS = {
+    "period",
+    "settlement_date",
+    "endpoint_id",
+    "event_id",
+    "telegram_user_id",
+    "control_id",
+}
 
 
 # ----- every route is classified ------------------------------------------------
@@ -508,6 +524,31 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
         },
     ),
     ("GET", "/v1/closures/{customer_id}"): lambda i: ("GET", f"/v1/closures/{i.customer}", None),
+    ("PUT", "/v1/cards/{card_id}/controls"): lambda i: (
+        "PUT",
+        f"/v1/cards/{i.card}/controls",
+        {"mcc_block": ["group:gambling"]},
+    ),
+    ("POST", "/v1/cards/{card_id}/temporary-controls"): lambda i: (
+        "POST",
+        f"/v1/cards/{i.card}/temporary-controls",
+        {"id": "trip", "controls": {"country_allow": ["FR"]}, "until": "2099-01-01T00:00:00Z"},
+    ),
+    ("DELETE", "/v1/cards/{card_id}/temporary-controls/{control_id}"): lambda i: (
+        "DELETE",
+        f"/v1/cards/{i.card}/temporary-controls/trip",
+        None,
+    ),
+    ("POST", "/v1/customers/{customer_id}/card-controls"): lambda i: (
+        "POST",
+        f"/v1/customers/{i.customer}/card-controls",
+        {"request_id": unique("ctl"), "controls": {"single_use": True}, "reason": "partner"},
+    ),
+    ("GET", "/v1/customers/{customer_id}/card-controls"): lambda i: (
+        "GET",
+        f"/v1/customers/{i.customer}/card-controls",
+        None,
+    ),
 }
 
 
@@ -591,6 +632,7 @@ PROGRAM_ROUTES: list[Request] = [
     ("POST", "/v1/withdrawals/{withdrawal}/review", {}),
     ("POST", "/v1/closures/{customer}/decide", {}),
     ("PUT", "/v1/customers/{customer}/kyc-tier", {"tier": "enhanced", "reason": "partner"}),
+    ("POST", "/v1/card-controls", {"request_id": "ctl-1", "controls": {}, "reason": "partner"}),
     ("POST", "/v1/reconciliations/issuer/2025-01-01", None),
     ("GET", "/v1/reconciliations/issuer/2025-01-01", None),
     ("POST", "/v1/reconciliations/issuer/2025-01-01/decisions", {}),
