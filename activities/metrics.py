@@ -26,6 +26,9 @@ Names as Prometheus shows them (counters get `_total`, durations are seconds):
 | `cardflow_bank_drift_lines` | gauge | currency, kind |
 | `cardflow_custody_missing_minor` | gauge | currency |
 | `cardflow_program_funding_last_run_timestamp_seconds` | gauge | |
+| `cardflow_fraud_cases_opened_total` | counter | auto_freeze |
+| `cardflow_fraud_auto_freezes_total` | counter | |
+| `cardflow_fraud_decisions_total` | counter | decision |
 
 The workflows worker's census (`workers.census`) adds the processes' own
 gauges: `cardflow_processes`, `cardflow_operator_waits`,
@@ -71,6 +74,9 @@ PROGRAM_COVERAGE_THRESHOLD_BPS = "cardflow_program_coverage_threshold_bps"
 BANK_DRIFT_LINES = "cardflow_bank_drift_lines"
 CUSTODY_MISSING_MINOR = "cardflow_custody_missing_minor"
 PROGRAM_FUNDING_LAST_RUN = "cardflow_program_funding_last_run_timestamp_seconds"
+FRAUD_CASES_OPENED = "cardflow_fraud_cases_opened"
+FRAUD_AUTO_FREEZES = "cardflow_fraud_auto_freezes"
+FRAUD_DECISIONS = "cardflow_fraud_decisions"
 
 # The histogram buckets, in seconds, of the durations an alert compares with
 # a budget: Temporal's defaults jump from 1 s to 2.5 s.
@@ -100,6 +106,15 @@ EXPOSED_NAMES = (
     BANK_DRIFT_LINES,
     CUSTODY_MISSING_MINOR,
     PROGRAM_FUNDING_LAST_RUN,
+    f"{FRAUD_CASES_OPENED}_total",
+    f"{FRAUD_AUTO_FREEZES}_total",
+    f"{FRAUD_DECISIONS}_total",
+)
+# Counted by fraud cases, which the demo does not open.
+FRAUD_NAMES = (
+    f"{FRAUD_CASES_OPENED}_total",
+    f"{FRAUD_AUTO_FREEZES}_total",
+    f"{FRAUD_DECISIONS}_total",
 )
 # Set by a program-funding run, which the demo does not make.
 PROGRAM_FUNDING_NAMES = (
@@ -210,6 +225,28 @@ def record_program_funding(
     meter.create_gauge(
         PROGRAM_FUNDING_LAST_RUN, "When the program-funding run these gauges come from ran"
     ).set(run_at_seconds, {})
+
+
+def record_fraud_case_opened(auto_freeze: bool) -> None:
+    """A fraud case recorded as it opened (counted once: not its retries)."""
+    _meter().create_counter(
+        FRAUD_CASES_OPENED, "Fraud cases opened, by whether they froze the cards"
+    ).add(1, {"auto_freeze": "true" if auto_freeze else "false"})
+
+
+def record_fraud_auto_freezes(cards: int) -> None:
+    """Cards a fraud case froze as it opened (each counted once)."""
+    if cards > 0:
+        _meter().create_counter(
+            FRAUD_AUTO_FREEZES, "Cards frozen by fraud cases as they opened"
+        ).add(cards, {})
+
+
+def record_fraud_decision(decision: str) -> None:
+    """An operator's decision on a fraud case (counted once)."""
+    _meter().create_counter(FRAUD_DECISIONS, "Operators' decisions on fraud cases").add(
+        1, {"decision": decision}
+    )
 
 
 class GatewayMetrics:

@@ -24,6 +24,7 @@ from starters.codec_server import codec_app
 from starters.console import EXIT_UNAVAILABLE
 from starters.devstack.commands import demo_command, dev_app
 from starters.dispute import dispute_app
+from starters.fraud import fraud_app
 from starters.fx import fx_app
 from starters.health import ping_command
 from starters.histories import histories_app
@@ -103,6 +104,7 @@ app.add_typer(billing_app, name="billing")
 app.add_typer(statement_app, name="statement")
 app.add_typer(reconcile_app, name="reconcile")
 app.add_typer(funding_app, name="funding")
+app.add_typer(fraud_app, name="fraud")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(kyc_app, name="kyc")

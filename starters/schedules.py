@@ -1,7 +1,8 @@
 """The Temporal Schedules cardflow keeps (daily reconciliation, monthly
-billing, hourly program funding). `cardflow dev up` and `cardflow schedules
-ensure` create each one that does not exist yet and leave an existing one as
-it is, so running them any number of times leaves exactly one schedule per id.
+billing, hourly program funding, the fraud scan every six hours). `cardflow
+dev up` and `cardflow schedules ensure` create each one that does not exist
+yet and leave an existing one as it is, so running them any number of times
+leaves exactly one schedule per id.
 
 A process that runs on a schedule has its id and a function building the
 Schedule (action, calendar spec, policies) from the settings in its own
@@ -18,6 +19,7 @@ from temporalio.client import Client, Schedule, ScheduleAlreadyRunningError
 
 from starters import console
 from starters.billing import BILLING_SCHEDULE_ID, billing_schedule
+from starters.fraud import FRAUD_SCAN_SCHEDULE_ID, fraud_scan_schedule
 from starters.program_funding import PROGRAM_FUNDING_SCHEDULE_ID, program_funding_schedule
 from starters.reconcile import DAILY_SCHEDULE_ID, build_daily_schedule
 from workers.settings import Settings
@@ -46,6 +48,11 @@ SCHEDULES: list[ScheduleSpec] = [
         schedule_id=PROGRAM_FUNDING_SCHEDULE_ID,
         build=program_funding_schedule,
         description="keep the card program funded at the issuer; reconcile the bank and custody",
+    ),
+    ScheduleSpec(
+        schedule_id=FRAUD_SCAN_SCHEDULE_ID,
+        build=fraud_scan_schedule,
+        description="score customers' recent activity; open fraud cases over the threshold",
     ),
 ]
 

@@ -9,6 +9,9 @@ work (its local activities included) is done. The server then retries the
 task, which replays from history and runs the handler a second time.
 `fail_after_local_activity` fails the task right after a local activity
 (e.g. a card's hold) committed: its result never reaches the history.
+`fail_after_activity` fails the task that took an activity's result (e.g. a
+card frozen through its update): the task runs again from the history,
+which holds the result, and the workflow's next steps run a second time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from temporalio.worker import (
     ExecuteWorkflowInput,
     HandleUpdateInput,
     Interceptor,
+    StartActivityInput,
     StartLocalActivityInput,
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
@@ -50,6 +54,11 @@ class WorkflowTaskFaults:
         """Fail the task of the next `times` local activities `name`, once each committed."""
         with self._lock:
             self._armed[("local_activity", name)] = times
+
+    def fail_after_activity(self, name: str, times: int = 1) -> None:
+        """Fail the task of the next `times` activities `name`, once each completed."""
+        with self._lock:
+            self._armed[("activity", name)] = times
 
     def take(self, kind: str, name: str) -> bool:
         with self._lock:
@@ -87,6 +96,17 @@ class _FaultsInterceptor(Interceptor):
                 super().init(FailingOutbound(outbound))
 
         class FailingOutbound(WorkflowOutboundInterceptor):
+            def start_activity(self, input: StartActivityInput) -> ActivityHandle[Any]:
+                handle = super().start_activity(input)
+                if not faults.take("activity", input.activity):
+                    return handle
+
+                async def completed_then_crash() -> Any:
+                    await handle
+                    raise InjectedWorkerCrash(f"worker killed after activity {input.activity}")
+
+                return asyncio.ensure_future(completed_then_crash())  # type: ignore[return-value]
+
             def start_local_activity(self, input: StartLocalActivityInput) -> ActivityHandle[Any]:
                 handle = super().start_local_activity(input)
                 if not faults.take("local_activity", input.activity):

@@ -21,6 +21,7 @@ from activities.closures import ClosureActivities
 from activities.customers import CustomerActivities
 from activities.disputes import DisputeLedgerActivities, DisputeProviderActivities
 from activities.event_delivery import EventDeliveryActivities
+from activities.fraud import FraudLedgerActivities, FraudProviderActivities
 from activities.health import LedgerHealthActivities, providers_ping
 from activities.ledger.activities import LedgerActivities
 from activities.program_funding import (
@@ -75,8 +76,9 @@ PROVIDERS_ACTIVITIES_PER_SECOND_MAX = 50.0
 
 
 def ledger_activities(pool: asyncpg.Pool, client: Client | None = None) -> list[Callable[..., Any]]:
-    """The ledger queue's activities; `client` is how a closure asks cards to
-    freeze and close through their updates (without one, only listed)."""
+    """The ledger queue's activities; `client` is how a closure or a fraud
+    case asks cards to freeze and close through their updates, and how a
+    fraud scan lists disputes (without one, only listed)."""
     return [
         *ClosureActivities(pool, client).all(),  # type: ignore[list-item]
         *CardTierActivities(pool).all(),  # type: ignore[list-item]
@@ -93,6 +95,7 @@ def ledger_activities(pool: asyncpg.Pool, client: Client | None = None) -> list[
         *EventDeliveryActivities(pool).ledger(),  # type: ignore[list-item]
         *WithdrawalActivities(pool).all(),  # type: ignore[list-item]
         *ProgramFundingLedgerActivities(pool).all(),  # type: ignore[list-item]
+        *FraudLedgerActivities(pool, client).all(),  # type: ignore[list-item]
     ]
 
 
@@ -122,6 +125,7 @@ def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Ca
         ).providers(),
         *PayoutActivities(clients).all(),  # type: ignore[list-item]
         *ProgramFundingProviderActivities(clients, pool).all(),  # type: ignore[list-item]
+        *FraudProviderActivities(clients).all(),  # type: ignore[list-item]
     ]
 
 

@@ -19,6 +19,7 @@ from workflows.closure import CLOSURE_WORKFLOW, AccountClosure
 from workflows.controls_change import CONTROLS_CHANGE_WORKFLOW, ControlsChange
 from workflows.dispute import DISPUTE_WORKFLOW, DisputeWorkflow
 from workflows.event_delivery import EVENT_DELIVERY_WORKFLOW, EventDelivery
+from workflows.fraud import FRAUD_CASE_WORKFLOW, FRAUD_SCAN_WORKFLOW, FraudCase, FraudScan
 from workflows.fx import FX_WORKFLOW, FxConversion
 from workflows.health import PING_WORKFLOW, Ping
 from workflows.onboarding import ONBOARDING_WORKFLOW, Onboarding
@@ -46,6 +47,8 @@ ALL_WORKFLOWS: Sequence[type] = (
     Reconciliation,
     ScheduledReconciliation,
     EventDelivery,
+    FraudScan,
+    FraudCase,
     Withdrawal,
     AccountClosure,
     ProgramFunding,
@@ -67,6 +70,8 @@ STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
     RECONCILIATION_WORKFLOW: Reconciliation.status,
     SCHEDULED_RECONCILIATION_WORKFLOW: ScheduledReconciliation.status,
     EVENT_DELIVERY_WORKFLOW: EventDelivery.status,
+    FRAUD_SCAN_WORKFLOW: FraudScan.status,
+    FRAUD_CASE_WORKFLOW: FraudCase.status,
     WITHDRAWAL_WORKFLOW: Withdrawal.status,
     CLOSURE_WORKFLOW: AccountClosure.status,
     PROGRAM_FUNDING_WORKFLOW: ProgramFunding.status,

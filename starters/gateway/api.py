@@ -20,6 +20,7 @@ from starters.gateway.v1 import (
     customers,
     disputes,
     events,
+    fraud,
     fx,
     onboarding,
     overview,
@@ -47,6 +48,7 @@ PROCESS_ROUTERS = (
     withdrawals.router,
     closures.router,
     controls.router,
+    fraud.router,
     reconciliation.router,
 )
 

@@ -146,6 +146,8 @@ EXPECTED_SCOPES = {
     ("POST", "/v1/topups/{source}/{external_ref}/review"): SCOPE_OPERATIONS,
     ("POST", "/v1/disputes/{transaction_id}/operator"): SCOPE_OPERATIONS,
     ("POST", "/v1/withdrawals/{request_id}/review"): SCOPE_OPERATIONS,
+    ("GET", "/v1/fraud-cases/{case_id}"): SCOPE_OPERATIONS,
+    ("POST", "/v1/fraud-cases/{case_id}/decide"): SCOPE_OPERATIONS,
     ("POST", "/v1/closures"): SCOPE_PROCESSES_START,
     ("GET", "/v1/closures/{customer_id}"): SCOPE_PROCESSES_READ,
     ("POST", "/v1/closures/{customer_id}/decide"): SCOPE_OPERATIONS,

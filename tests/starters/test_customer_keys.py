@@ -119,6 +119,8 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
         "customer: the withdrawal process's CustomerId search attribute"
     ),
     ("POST", "/v1/withdrawals/{request_id}/review"): PROGRAM_WIDE,
+    ("GET", "/v1/fraud-cases/{case_id}"): PROGRAM_WIDE,
+    ("POST", "/v1/fraud-cases/{case_id}/decide"): PROGRAM_WIDE,
     ("POST", "/v1/closures"): "customer: the body's customer_id",
     ("GET", "/v1/closures/{customer_id}"): "customer: the path's customer_id",
     ("POST", "/v1/closures/{customer_id}/decide"): PROGRAM_WIDE,
@@ -146,6 +148,8 @@ IDENTIFYING_PARAMS = {
     "workflow_id",
     "source",
     "external_ref",
+    # A customer's fraud case: read and decided only program-wide.
+    "case_id",
 }
 # Periods, and the ids of what belongs to the program, not to a customer
 # (webhook endpoints, the event stream, Telegram users the bot looks up).
@@ -630,6 +634,8 @@ PROGRAM_ROUTES: list[Request] = [
     ("POST", "/v1/billing-runs/2025-01", None),
     ("POST", "/v1/disputes/{transaction}/operator", {}),
     ("POST", "/v1/withdrawals/{withdrawal}/review", {}),
+    ("GET", "/v1/fraud-cases/{customer}-20250101", None),
+    ("POST", "/v1/fraud-cases/{customer}-20250101/decide", {}),
     ("POST", "/v1/closures/{customer}/decide", {}),
     ("PUT", "/v1/customers/{customer}/kyc-tier", {"tier": "enhanced", "reason": "partner"}),
     ("POST", "/v1/card-controls", {"request_id": "ctl-1", "controls": {}, "reason": "partner"}),

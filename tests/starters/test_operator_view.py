@@ -83,6 +83,8 @@ REQUIRED_SEARCH_ATTRIBUTES: dict[str, set[str]] = {
     "AccountClosure": {"CustomerId", "ProcessStatus"},
     # The schedule's hourly run may come while these tests run.
     "ProgramFunding": {"ProcessStatus"},
+    "FraudScan": {"ProcessStatus"},
+    "FraudCase": {"CustomerId", "ProcessStatus"},
 }
 # The processes `cardflow demo` runs (at the least).
 DEMO_WORKFLOW_TYPES = {

@@ -24,7 +24,8 @@ GRAFANA_PROVISIONING = HERE / "grafana" / "provisioning"
 # Series made at their first event, so a scrape of a healthy stack may not
 # show them yet: the SDK's failures, the ledger's refusals, and the gauges a
 # program-funding run sets (the demo makes none; tests/workflows/
-# test_program_funding.py proves a run sets every one).
+# test_program_funding.py proves a run sets every one), and the fraud cases'
+# counters (tests/workflows/test_fraud.py counts them).
 MADE_AT_FIRST_EVENT = frozenset(
     {
         "temporal_workflow_failed_total",
@@ -36,6 +37,9 @@ MADE_AT_FIRST_EVENT = frozenset(
         "cardflow_bank_drift_lines",
         "cardflow_custody_missing_minor",
         "cardflow_program_funding_last_run_timestamp_seconds",
+        "cardflow_fraud_cases_opened_total",
+        "cardflow_fraud_auto_freezes_total",
+        "cardflow_fraud_decisions_total",
     }
 )
 

@@ -15,6 +15,7 @@ billing.py        billing/{customer_id}/{period}, billing runs, statements
 disputes.py       dispute/{transaction_id}
 withdrawals.py    withdrawal/{request_id}
 closures.py       closure/{customer_id}
+fraud.py          fraud-case/{case_id}: an operator's read and decision
 controls.py       card controls: a card's own and temporary ones, and
                   controls-change/{request_id} for the program's or a customer's
 reconciliation.py reconciliation/issuer/{date}
