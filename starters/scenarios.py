@@ -15,6 +15,7 @@ from starters.health import ping
 from starters.scenarios_billing import billing_period
 from starters.scenarios_cards import card_exception, card_purchase, card_replaced, card_virtual
 from starters.scenarios_cashback import cashback_clawback
+from starters.scenarios_controls import card_controls
 from starters.scenarios_dispute import dispute_lost, dispute_won
 from starters.scenarios_events import events_delivered
 from starters.scenarios_fx import fx_confirmed, fx_expired
@@ -74,4 +75,5 @@ SCENARIOS: dict[str, Scenario] = {
     "closure-closed": closure_closed,
     # Last: with the issuer already used, its run finds the program covered.
     "program-funding": program_funding_funded,
+    "card-controls": card_controls,
 }

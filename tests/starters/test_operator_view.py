@@ -83,6 +83,8 @@ REQUIRED_SEARCH_ATTRIBUTES: dict[str, set[str]] = {
     "AccountClosure": {"CustomerId", "ProcessStatus"},
     # The schedule's hourly run may come while these tests run.
     "ProgramFunding": {"ProcessStatus"},
+    # A change of the program's controls names no customer.
+    "ControlsChange": {"ProcessStatus"},
     "FraudScan": {"ProcessStatus"},
     "FraudCase": {"CustomerId", "ProcessStatus"},
 }
