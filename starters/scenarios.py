@@ -18,6 +18,7 @@ from starters.scenarios_cashback import cashback_clawback
 from starters.scenarios_controls import card_controls
 from starters.scenarios_dispute import dispute_lost, dispute_won
 from starters.scenarios_events import events_delivered
+from starters.scenarios_fraud import fraud_case_cleared
 from starters.scenarios_fx import fx_confirmed, fx_expired
 from starters.scenarios_onboarding import (
     onboarding_approved,
@@ -76,4 +77,5 @@ SCENARIOS: dict[str, Scenario] = {
     # Last: with the issuer already used, its run finds the program covered.
     "program-funding": program_funding_funded,
     "card-controls": card_controls,
+    "fraud-case": fraud_case_cleared,
 }
