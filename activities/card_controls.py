@@ -40,6 +40,19 @@ class ControlsStore:
                 change.request_id,
             )
             if row is None:
+                controls = change.controls
+                if change.only_fields is not None:
+                    # The version in force, with only these fields changed.
+                    previous = await connection.fetchval(
+                        "SELECT controls FROM card_controls WHERE scope = $1 AND scope_id = $2"
+                        " ORDER BY version DESC LIMIT 1",
+                        change.scope,
+                        scope_id,
+                    )
+                    kept = Controls.model_validate(json.loads(previous)) if previous else Controls()
+                    controls = kept.model_copy(
+                        update={name: getattr(change.controls, name) for name in change.only_fields}
+                    )
                 row = await connection.fetchrow(
                     """
                     INSERT INTO card_controls
@@ -50,7 +63,7 @@ class ControlsStore:
                     """,
                     change.scope,
                     scope_id,
-                    change.controls.model_dump_json(exclude_none=True),
+                    controls.model_dump_json(exclude_none=True),
                     change.request_id,
                     change.reason,
                     change.changed_by,

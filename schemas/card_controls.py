@@ -30,61 +30,16 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.auth_rules import RULES_MAX, Rule
 from schemas.edge import EdgeModel
+from schemas.merchant_codes import MCC_GROUPS, country_codes, mcc_entries
 from schemas.money import AMOUNT_MINOR_MAX
 
 Window = Literal["day", "week", "month", "year", "lifetime"]
 WINDOWS: tuple[Window, ...] = ("day", "week", "month", "year", "lifetime")
-GROUP_PREFIX = "group:"
-# Named MCC groups a control may name as "group:<name>".
-MCC_GROUPS: dict[str, frozenset[str]] = {  # pragma: no mutate block
-    "gambling": frozenset({"7800", "7801", "7802", "7995"}),
-    "cash": frozenset({"6010", "6011"}),
-    "quasi_cash": frozenset({"4829", "6050", "6051", "6540"}),
-    "travel": frozenset({"4111", "4112", "4121", "4131", "4411", "4511", "4722", "7011", "7512"}),
-    "dining": frozenset({"5811", "5812", "5813", "5814"}),
-    "grocery": frozenset({"5411", "5422", "5441", "5451", "5499"}),
-    "fuel": frozenset({"5541", "5542", "5983"}),
-    "digital": frozenset({"5815", "5816", "5817", "5818"}),
-    "adult": frozenset({"5967", "7273"}),
-}
 # Temporary controls a card keeps at once.
 TEMPORARY_CONTROLS_MAX = 20
 LIST_ENTRIES_MAX = 200
-
-
-def groups_of(mcc: str) -> tuple[str, ...]:
-    """The named groups an MCC belongs to, in name order."""
-    return tuple(sorted(name for name, mccs in MCC_GROUPS.items() if mcc in mccs))
-
-
-def names(entries: list[str], mcc: str) -> bool:
-    """Whether an MCC list names `mcc`, itself or through one of its groups."""
-    groups = {f"{GROUP_PREFIX}{group}" for group in groups_of(mcc)}
-    return any(entry == mcc or entry in groups for entry in entries)
-
-
-def _mcc_entries(value: list[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    for entry in value:
-        if entry.startswith(GROUP_PREFIX):
-            if entry.removeprefix(GROUP_PREFIX) not in MCC_GROUPS:
-                raise ValueError(
-                    f"{entry!r} names no MCC group; groups: {', '.join(sorted(MCC_GROUPS))}"
-                )
-        elif len(entry) != 4 or not entry.isdigit():
-            raise ValueError(f"{entry!r} is neither a 4-digit MCC nor group:<name>")
-    return sorted(set(value))
-
-
-def _countries(value: list[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    for entry in value:
-        if len(entry) != 2 or not entry.isascii() or not entry.isupper():
-            raise ValueError(f"{entry!r} is not an ISO 3166-1 alpha-2 country code")
-    return sorted(set(value))
 
 
 class WindowLimit(EdgeModel):
@@ -158,16 +113,19 @@ class Controls(EdgeModel):
     single_use: bool | None = None
     limits: list[WindowLimit] | None = Field(default=None, max_length=20)
     nightly_freeze: NightlyFreeze | None = None
+    # Authorization rules (schemas/auth_rules.py), evaluated in order; the
+    # narrowest scope that sets them replaces the wider ones' as a whole.
+    rules: list[Rule] | None = Field(default=None, max_length=RULES_MAX)
 
     @field_validator("mcc_allow", "mcc_block")
     @classmethod
     def _mccs(cls, value: list[str] | None) -> list[str] | None:
-        return _mcc_entries(value)
+        return mcc_entries(value)
 
     @field_validator("country_allow", "country_block")
     @classmethod
     def _country_codes(cls, value: list[str] | None) -> list[str] | None:
-        return _countries(value)
+        return country_codes(value)
 
 
 FIELDS: tuple[str, ...] = tuple(Controls.model_fields)
@@ -255,13 +213,24 @@ class ControlsChange(EdgeModel):
     controls: Controls
     reason: str = Field(min_length=1, max_length=200)
     changed_by: str = Field(min_length=1, max_length=200)
+    # Only these fields change (the rest kept from the version in force);
+    # None replaces the scope's controls as a whole.
+    only_fields: list[str] | None = Field(default=None, max_length=len(Controls.model_fields))
+
+    @field_validator("only_fields")
+    @classmethod
+    def _known_fields(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            if name not in Controls.model_fields:
+                raise ValueError(f"{name!r} is not a control")
+        return value
 
     @property
     def scope(self) -> Literal["program", "customer"]:
         return "program" if self.customer_id is None else "customer"
 
 
-class ControlsChangeInput(BaseModel):
+class ControlsChangeInput(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     change: ControlsChange

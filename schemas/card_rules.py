@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
+from schemas.auth_rules import Facts, Rule, Verdict, evaluate
 from schemas.card_controls import (
     WINDOWS,
     Controls,
@@ -39,8 +40,6 @@ from schemas.card_controls import (
     WindowSpend,
     counter_key,
     effective,
-    groups_of,
-    names,
     period,
 )
 from schemas.cards import (
@@ -51,6 +50,7 @@ from schemas.cards import (
     Spend,
 )
 from schemas.issuer import CardState
+from schemas.merchant_codes import groups_of, names
 from schemas.units import BASIS_POINTS_PER_UNIT
 
 
@@ -267,3 +267,36 @@ def excess_within_tolerance(
         return True
     allowance = authorized_minor * tolerance_bps // BASIS_POINTS_PER_UNIT
     return over_minor + excess_minor <= allowance
+
+
+def card_rules(card: CardInput, now: datetime) -> tuple[list[Rule], str | None]:
+    """The authorization rules in force on the card, and their source: the
+    narrowest scope that sets them ("card", "customer v2", "program v5")."""
+    for temporary in reversed(card.temporary_controls):
+        if temporary.until > now and temporary.controls.rules is not None:
+            return temporary.controls.rules, f"card temporary {temporary.id}"
+    if card.controls.rules is not None:
+        return card.controls.rules, "card"
+    for scope in ("customer", "program"):
+        scoped = card.scoped_controls.get(scope)
+        if scoped is not None and scoped.controls.rules is not None:
+            return scoped.controls.rules, f"{scope} v{scoped.version}"
+    return [], None
+
+
+def rules_verdict(
+    rules: list[Rule], card: CardInput, request: AuthorizationRequest, at: datetime
+) -> Verdict:
+    """The rules' verdict on the request, from the card's state at `at`."""
+    return evaluate(
+        rules,
+        Facts(
+            amount_minor=request.amount_minor,
+            mcc=request.merchant.mcc,
+            country=request.merchant.country,
+            at=at,
+            card_started_at=card.opened_at,
+            segment=card.customer_tier,
+            approvals=card.rule_approvals,
+        ),
+    )

@@ -8,8 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.auth_rules import Approval
+from schemas.authentication import AuthenticationPolicy, AuthenticationRecord
 from schemas.card_controls import Controls, ScopedControls, TemporaryControl, WindowSpend
-from schemas.customers import CustomerId
+from schemas.customers import CustomerId, KycTier
 from schemas.edge import Day, EdgeModel
 from schemas.issuer import Address, CardState, ReissueReason, ShippingStatus
 from schemas.issuer import Authorization as IssuerAuthorization
@@ -129,6 +131,8 @@ class CardPolicy(BaseModel):
     # issuer's late money (refunds, late presentments); money arriving after
     # that starts the card's process again.
     closed_linger_seconds: int = Field(default=180 * DAY_SECONDS, ge=1)
+    # 3-D Secure: when the card challenges (schemas/authentication.py).
+    authentication: AuthenticationPolicy = Field(default_factory=AuthenticationPolicy)
 
 
 class Merchant(BaseModel):
@@ -160,6 +164,8 @@ class AuthorizationRequest(BaseModel):
     # The issuer's id of this request (its envelope's), set by the gateway: a
     # resend of the same request is answered as first decided, in any run.
     request_id: str | None = Field(default=None, max_length=200)
+    # The 3-D Secure authentication this purchase follows, as the network carries it.
+    authentication_id: str | None = Field(default=None, max_length=100)
 
 
 class DeclineReason(StrEnum):
@@ -192,6 +198,10 @@ class DeclineReason(StrEnum):
     OVER_LIFETIME_LIMIT = "over_lifetime_limit"
     OVER_COUNT_LIMIT = "over_count_limit"
     OVER_MCC_GROUP_LIMIT = "over_mcc_group_limit"
+    # The 3-D Secure authentication it carries failed, timed out or was declined.
+    AUTHENTICATION_FAILED = "authentication_failed"
+    # An active authorization rule (schemas/auth_rules.py); the answer names it.
+    DECLINED_BY_RULE = "declined_by_rule"
 
 
 # Every reason a card's own answer carries; an issuer record with another
@@ -210,6 +220,13 @@ class AuthorizationAnswer(BaseModel):
     decision: Literal["approve", "decline"]
     approved_amount_minor: int = Field(ge=0)
     reason: str
+    # The active rule that declined it (reason `declined_by_rule`), the
+    # shadow rules that would have, the rules' source ("program v3",
+    # "customer v1", "card") and the customer's KYC tier the card knew.
+    rule_id: str | None = None
+    shadow_rules: list[str] = Field(default_factory=list)
+    rules_version: str | None = None
+    segment: KycTier | None = None
 
 
 class HeldPart(BaseModel):
@@ -232,6 +249,13 @@ class DecisionRecord(BaseModel):
     reconciled: bool = False
     # The issuer's id of the request this answered, when the card was asked.
     request_id: str | None = None
+    # The 3-D Secure authentication the request carried.
+    authentication_id: str | None = None
+    # The rules' part in it (see AuthorizationAnswer).
+    rule_id: str | None = None
+    shadow_rules: list[str] = Field(default_factory=list)
+    rules_version: str | None = None
+    segment: KycTier | None = None
 
 
 class AuthorizationRecord(BaseModel):
@@ -357,6 +381,14 @@ class CardInput(BaseModel):
     # whether one has cleared (a single-use card closes after it).
     purchases_approved: int = 0
     cleared_once: bool = False
+    # 3-D Secure outcomes, newest last (bounded by the policy's remembered_max).
+    authentications: list[AuthenticationRecord] = Field(default_factory=list)
+    # For authorization rules: the card's approvals velocity rules look back
+    # over, when the card started (its age), and the customer's KYC tier as
+    # the card's last hold found it (their segment).
+    rule_approvals: list[Approval] = Field(default_factory=list)
+    opened_at: datetime | None = None
+    customer_tier: KycTier | None = None
 
 
 class CardReissue(BaseModel):

@@ -101,6 +101,7 @@ DECLINE_SENTENCES: dict[str, str] = {
     DeclineReason.OVER_MCC_GROUP_LIMIT: (
         "This purchase would pass the card's limit for purchases of this kind."
     ),
+    DeclineReason.DECLINED_BY_RULE: "This payment was declined by the card program's rules.",
     DeclineReason.OVER_TIER_TRANSACTION_LIMIT: (
         "The amount is over what your verification level allows per purchase."
         " Complete further verification to raise it."

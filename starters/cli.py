@@ -19,9 +19,9 @@ from starters.cards import card_app
 from starters.cashback import cashback_app
 from starters.chaos import chaos_command
 from starters.closure import closure_app
-from starters.controls import controls_app
 from starters.codec_server import codec_app
 from starters.console import EXIT_UNAVAILABLE
+from starters.controls import controls_app
 from starters.devstack.commands import demo_command, dev_app
 from starters.dispute import dispute_app
 from starters.fraud import fraud_app

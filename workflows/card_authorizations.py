@@ -15,7 +15,15 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.card_rules import authorized_total, count, partial_approval, refusal
+    from schemas.auth_rules import Approval, keep_approvals
+    from schemas.card_rules import (
+        authorized_total,
+        card_rules,
+        count,
+        partial_approval,
+        refusal,
+        rules_verdict,
+    )
     from schemas.cards import (
         APPROVED,
         PARTIALLY_APPROVED,
@@ -108,6 +116,21 @@ class CardAuthorizations(CardLedger):
         )
         if reason is not None:
             return self._decide(record, index, request, 0, reason.value)
+        rules, source = card_rules(state, now)
+        verdict = rules_verdict(rules, state, request, asked_at) if rules else None
+        if verdict is not None:
+            _count_rules(verdict.shadow_hits, verdict.declined_by)
+            if verdict.declined_by is not None:
+                return self._decide(
+                    record,
+                    index,
+                    request,
+                    0,
+                    DeclineReason.DECLINED_BY_RULE.value,
+                    rule_id=verdict.declined_by,
+                    shadow_rules=verdict.shadow_hits,
+                    rules_version=source,
+                )
         # Counted before the hold is awaited, so concurrent requests on this
         # card see each other and never pass a limit together.
         mcc = request.merchant.mcc
@@ -179,7 +202,19 @@ class CardAuthorizations(CardLedger):
                 if state.locked_merchant is None:
                     # A `first` merchant lock locks the card to this merchant.
                     state.locked_merchant = request.merchant.name
-            return self._decide(record, index, request, approved, why)
+                state.rule_approvals = keep_approvals(
+                    [*state.rule_approvals, Approval(at=asked_at, amount_minor=approved)],
+                    asked_at,
+                )
+            return self._decide(
+                record,
+                index,
+                request,
+                approved,
+                why,
+                shadow_rules=verdict.shadow_hits if verdict else [],
+                rules_version=source,
+            )
 
     def _claim_stood_in(
         self, record: AuthorizationRecord, request: AuthorizationRequest
@@ -206,6 +241,10 @@ class CardAuthorizations(CardLedger):
         request: AuthorizationRequest,
         approved_minor: int,
         reason: str,
+        *,
+        rule_id: str | None = None,
+        shadow_rules: list[str] | None = None,
+        rules_version: str | None = None,
     ) -> AuthorizationAnswer:
         decision = DecisionRecord(
             index=index,
@@ -214,6 +253,10 @@ class CardAuthorizations(CardLedger):
             approved_minor=approved_minor,
             reason=reason,
             request_id=request.request_id,
+            rule_id=rule_id,
+            shadow_rules=shadow_rules or [],
+            rules_version=rules_version,
+            segment=self.state.customer_tier,
         )
         record.decisions.append(decision)
         record.decisions.sort(key=lambda d: d.index)
@@ -233,7 +276,27 @@ def _answer(decision: DecisionRecord) -> AuthorizationAnswer:
         decision="approve" if decision.approved_minor > 0 else "decline",
         approved_amount_minor=decision.approved_minor,
         reason=decision.reason,
+        rule_id=decision.rule_id,
+        shadow_rules=decision.shadow_rules,
+        rules_version=decision.rules_version,
+        segment=decision.segment,
     )
+
+
+def _count_rules(shadow_hits: list[str], declined_by: str | None) -> None:
+    """Metrics (never emitted while replaying): what each shadow rule would
+    have declined, and each active rule's declines."""
+    meter = workflow.metric_meter()
+    if shadow_hits:
+        shadow = meter.create_counter(
+            "cardflow_rule_shadow_declines", "Authorizations a shadow rule would have declined"
+        )
+        for rule in shadow_hits:
+            shadow.add(1, {"rule": rule})
+    if declined_by is not None:
+        meter.create_counter(
+            "cardflow_rule_declines", "Authorizations an active rule declined"
+        ).add(1, {"rule": declined_by})
 
 
 def _decline(reason: DeclineReason) -> AuthorizationAnswer:

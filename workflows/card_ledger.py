@@ -148,6 +148,8 @@ class CardLedger:
             start_to_close_timeout=LOCAL_LEDGER_TIMEOUT,
             retry_policy=LEDGER_RETRY_POLICY,
         )
+        # The customer's segment for authorization rules, as last seen.
+        self.state.customer_tier = within.tier
         if within.refusal is not None:
             return within.refusal
         assert within.outcome is not None

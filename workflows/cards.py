@@ -205,6 +205,9 @@ class CardEntity:
             self.progress.search(
                 CURRENCY.value_set(card.currency.value), PROVIDER.value_set(ISSUER)
             )
+        if self._state.opened_at is None:
+            # The card's age for authorization rules counts from here.
+            self._state.opened_at = workflow.now()
         self._show()
         while True:
             await self._serve(card.history_events_max)

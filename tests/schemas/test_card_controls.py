@@ -15,12 +15,12 @@ from schemas.card_controls import (
     TemporaryControl,
     WindowLimit,
     effective,
-    names,
     period,
 )
 from schemas.card_rules import count, window_refusal
 from schemas.cards import AuthorizationRequest, CardInput, DeclineReason, Merchant
 from schemas.issuer import CardState
+from schemas.merchant_codes import names
 from schemas.money import Currency
 
 NOW = datetime(2026, 12, 31, 23, 30, tzinfo=UTC)

@@ -7,7 +7,11 @@
 - `POST /v1/customers/{customer_id}/card-controls`: the customer's controls,
   a new version sent to each of their cards (`controls-change/{request_id}`);
 - `POST /v1/card-controls` (scope `operations`, program-wide): the program's;
-- `GET /v1/customers/{customer_id}/card-controls`: the versions in force.
+- `GET /v1/customers/{customer_id}/card-controls`: the versions in force;
+- `POST /v1/rules` and `GET /v1/rules` (scope `operations`, program-wide):
+  the program's authorization rules (schemas/auth_rules.py), a new version
+  of the program's controls with only its rules changed, and the rules in
+  force.
 
 A card's effective controls take each field from the narrowest scope that
 sets it: its temporary controls, its own, its customer's, the program's.
@@ -19,10 +23,11 @@ from functools import partial
 from typing import Annotated
 
 from fastapi import Path, Request, Response
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.api_keys import SCOPE_OPERATIONS
 from activities.card_controls import ControlsStore
+from schemas.auth_rules import RULES_MAX, Rule
 from schemas.card_controls import Controls, ControlsChange, ScopedControls, TemporaryControl
 from schemas.edge import EdgeModel
 from starters.controls import (
@@ -54,6 +59,21 @@ class ControlsRequest(EdgeModel):
     request_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     controls: Controls
     reason: str = Field(min_length=1, max_length=200)
+
+
+class RulesRequest(EdgeModel):
+    """The program's authorization rules, as a whole, named by a request id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    rules: list[Rule] = Field(max_length=RULES_MAX)
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class RulesInForce(BaseModel):
+    version: int | None = Field(description="The program's controls version (None: never set)")
+    rules: list[Rule]
 
 
 ControlIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -113,7 +133,7 @@ async def _start_change(
     starter: ProcessStarter,
     idempotency: StartKey,
     queues: Queues,
-    body: ControlsRequest,
+    body: ControlsRequest | RulesRequest,
     change: ControlsChange,
 ) -> ProcessRef:
     request = controls_change_input(change, queues)
@@ -190,3 +210,46 @@ async def current_controls_route(
     customer_id: OwnCustomerId, pool: DatabasePool
 ) -> list[ScopedControls]:
     return await ControlsStore(pool).current(customer_id)
+
+
+@route(
+    router,
+    START,
+    "/rules",
+    "Load the program's authorization rules (a new version, sent to every card)",
+    scope=SCOPE_OPERATIONS,
+    program_wide=True,
+)
+async def rules_route(
+    body: RulesRequest,
+    request: Request,
+    response: Response,
+    idempotency: StartKey,
+    queues: Queues,
+    starter: ProcessStarter,
+) -> ProcessRef:
+    change = ControlsChange(
+        request_id=body.request_id,
+        controls=Controls(rules=body.rules),
+        reason=body.reason,
+        changed_by=_changed_by(request),
+        only_fields=["rules"],
+    )
+    return await _start_change(response, starter, idempotency, queues, body, change)
+
+
+@route(
+    router,
+    READ,
+    "/rules",
+    "The program's authorization rules in force, with their version",
+    scope=SCOPE_OPERATIONS,
+    program_wide=True,
+)
+async def rules_in_force_route(pool: DatabasePool) -> RulesInForce:
+    program = next(
+        (c for c in await ControlsStore(pool).current(None) if c.scope == "program"), None
+    )
+    if program is None:
+        return RulesInForce(version=None, rules=[])
+    return RulesInForce(version=program.version, rules=program.controls.rules or [])
