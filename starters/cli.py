@@ -32,6 +32,7 @@ from starters.ledger import db_app, ledger_app
 from starters.onboarding import kyc_app, onboard_command
 from starters.program_funding import funding_app
 from starters.reconcile import reconcile_app
+from starters.rules import rules_app
 from starters.schedules import schedules_app
 from starters.secrets import secrets_app
 from starters.services import gateway_serve, worker_app
@@ -98,6 +99,7 @@ app.add_typer(fx_app, name="fx")
 app.add_typer(withdrawal_app, name="withdrawal")
 app.add_typer(closure_app, name="closure")
 app.add_typer(controls_app, name="controls")
+app.add_typer(rules_app, name="rules")
 app.add_typer(cashback_app, name="cashback")
 app.add_typer(dispute_app, name="dispute")
 app.add_typer(billing_app, name="billing")
