@@ -67,6 +67,10 @@ ESCALATION_SECONDS_MAX = 30 * DAY_SECONDS
 CASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}-[0-9]{8}$"
 
 
+# Currencies a signal's amounts are summed in, at most.
+CURRENCIES_MAX = 20
+
+
 class SignalName(StrEnum):
     REFUND_AFTER_REWARD = "refund_after_reward"
     CASHBACK_FARMING = "cashback_farming"
@@ -211,23 +215,23 @@ class CustomerFacts(BaseModel):
 # ----- scores ----------------------------------------------------------------------------
 
 
-class Signal(BaseModel):
+class Signal(EdgeModel):
     """One signal of a customer's score: how many, how much, which."""
 
     name: SignalName
     points: int
     count: int
     # Summed per currency.
-    amounts_minor: dict[str, int] = Field(default_factory=dict)
+    amounts_minor: dict[str, int] = Field(default_factory=dict, max_length=CURRENCIES_MAX)
     # The first EVIDENCE_IDS_MAX ids (transactions, top-ups, cards, addresses).
-    evidence: list[str] = Field(default_factory=list)
+    evidence: list[str] = Field(default_factory=list, max_length=EVIDENCE_IDS_MAX)
     detail: str
 
 
-class FraudScore(BaseModel):
+class FraudScore(EdgeModel):
     customer_id: str
     score: int
-    signals: list[Signal] = Field(default_factory=list)
+    signals: list[Signal] = Field(default_factory=list, max_length=len(SignalName))
     since: datetime
     until: datetime
 
@@ -445,7 +449,7 @@ def fraud_case_id(customer_id: str, day: date) -> str:
 # ----- the scan ----------------------------------------------------------------------------
 
 
-class FraudScanInput(BaseModel):
+class FraudScanInput(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     policy: FraudPolicy = Field(default_factory=FraudPolicy)
@@ -545,7 +549,7 @@ class FraudDecision(EdgeModel):
         return self
 
 
-class FraudCaseInput(BaseModel):
+class FraudCaseInput(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     case_id: str = Field(pattern=CASE_ID_PATTERN)
