@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
@@ -472,3 +472,27 @@ class ProgramFunding(BaseModel):
 class ProgramFundingPage(BaseModel):
     data: list[ProgramFunding]
     has_more: bool
+
+
+# ----- 3-D Secure ------------------------------------------------------------------------
+
+AuthenticationStatus = Literal[
+    "pending_challenge", "authenticated", "failed", "timed_out", "declined"
+]
+
+
+class Authentication(BaseModel):
+    """A 3-D Secure authentication as the issuer keeps it."""
+
+    id: str
+    card_id: str
+    status: AuthenticationStatus
+    merchant: Merchant
+    currency: Currency
+    amount_minor: int
+    decision: Literal["frictionless", "challenge", "decline"] | None
+    decided_by: str
+    decision_reason: str
+    challenge_expires_at: str | None = None
+    created_at: str
+    completed_at: str | None = None

@@ -23,6 +23,8 @@ daily settlement report. Mounted at /issuer.
     POST  /v1/program/fundings                             the program's wire (Idempotency-Key)
     GET   /v1/program/fundings/{id}                        pending or credited
     GET   /v1/program/fundings?reference=&limit=&starting_after=
+    GET   /v1/authentications/{id}                         a 3-D Secure authentication
+    POST  /v1/authentications/{id}/challenge_response      the program reports a challenge's outcome
     GET   /v1/authorizations/{id}
     GET   /v1/authorizations?card_id=&limit=&starting_after=   a card's authorizations, paged
     GET   /v1/transactions/{id}
@@ -35,7 +37,9 @@ daily settlement report. Mounted at /issuer.
 
   sandbox (what the network, merchants and carriers do):
     POST  /v1/simulate/cards/{id}/shipping                 advance a shipment
-    POST  /v1/simulate/authorize                           a merchant authorization
+    POST  /v1/simulate/authentications                     a checkout's 3-D Secure authentication
+    POST  /v1/simulate/authorize                           a merchant authorization (after
+                                                           3-D Secure: its authentication_id)
     POST  /v1/simulate/authorizations/{id}/increment       ask to hold more
     POST  /v1/simulate/authorizations/{id}/advice          the held amount changed
     POST  /v1/simulate/authorizations/{id}/clear           a clearing (creates txn_...)
@@ -70,7 +74,11 @@ a crash at the worst moment does; default false), program_balances (the
 program's opening prefunded balance, {currency: minor units}, read once at
 the first use after a reset; a currency left out opens at 10**13),
 funding_lead_seconds (how long a program funding is pending before it is
-credited, 0 to 30 days; default 0: credited at once).
+credited, 0 to 30 days; default 0: credited at once),
+authentication_deadline_ms (3-D Secure's real-time deadline; default 3000),
+challenge_window_seconds (how long a 3-D Secure challenge waits for its
+outcome; default 600), authentication_stand_in ("decline" or
+"frictionless"; default "decline"). See simulators/issuer_authentications.py.
 
 The program's prefunded balance (simulators/issuer_program.py) is drawn down
 by clearings, force posts and fees and added to by refunds, chargebacks and
@@ -91,6 +99,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from simulators import (
+    issuer_authentications,
     issuer_authorizations,
     issuer_cards,
     issuer_disputes,
@@ -118,6 +127,7 @@ def create(context: SimulatorContext) -> FastAPI:
     issuer_authorizations.recover_asks_in_flight(state)
     for module in (
         issuer_cards,
+        issuer_authentications,
         issuer_authorizations,
         issuer_transactions,
         issuer_disputes,

@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from simulators.issuer_authentications import require_authentication_of
 from simulators.issuer_models import (
     AdviceIn,
     Authorization,
@@ -191,6 +192,8 @@ def router(state: IssuerState) -> APIRouter:
                 f"converts to nothing in the card's currency {card.currency}",
                 body.amount_minor,
             )
+        if body.authentication_id is not None:
+            require_authentication_of(state, body.authentication_id, card.id)
         request = AuthorizationRequestData(
             authorization_id=state.new_id(AUTHORIZATIONS),
             kind="initial",
@@ -204,6 +207,7 @@ def router(state: IssuerState) -> APIRouter:
             merchant=body.merchant,
             partial_approval_capable=body.partial_approval_capable,
             pending_amount_minor=0,
+            authentication_id=body.authentication_id,
         )
         ask_id = _ask_in_flight(state, request, 0)
         decision = await decide(state, card, request)
@@ -242,6 +246,7 @@ def router(state: IssuerState) -> APIRouter:
             created_at=stamp,
             updated_at=stamp,
             expires_at=(now + timedelta(days=AUTHORIZATION_HOLD_DAYS)).isoformat(),
+            authentication_id=body.authentication_id,
         )
         state.save(AUTHORIZATIONS, authorization)
         _ask_answered(state, ask_id)

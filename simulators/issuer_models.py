@@ -196,6 +196,9 @@ class AuthorizeIn(Input):
     currency: Currency = Field(description="The merchant's currency")
     merchant: Merchant
     partial_approval_capable: bool = False
+    authentication_id: ResourceId | None = Field(
+        default=None, description="The 3-D Secure authentication this purchase follows"
+    )
 
 
 class IncrementIn(Input):
@@ -255,6 +258,8 @@ class AuthorizationRequestData(BaseModel):
     merchant: Merchant
     partial_approval_capable: bool
     pending_amount_minor: int = Field(description="Held before this request")
+    # The 3-D Secure authentication the purchase follows, as the network carries it.
+    authentication_id: str | None = None
 
 
 class Decision(BaseModel):
@@ -302,6 +307,74 @@ class Authorization(BaseModel):
     created_at: str
     updated_at: str
     expires_at: str
+    authentication_id: str | None = None
+
+
+# ----- 3-D Secure -------------------------------------------------------------------
+
+AuthenticationDecision = Literal["frictionless", "challenge", "decline"]
+AuthenticationStatus = Literal[
+    "pending_challenge", "authenticated", "failed", "timed_out", "declined"
+]
+ChallengeOutcome = Literal["authenticated", "failed", "timed_out"]
+
+
+class AuthenticateIn(Input):
+    """A merchant's checkout asks the issuer to authenticate the cardholder."""
+
+    card_id: ResourceId
+    amount_minor: AmountMinor = Field(description="In the merchant's currency")
+    currency: Currency = Field(description="The merchant's currency")
+    merchant: Merchant
+
+
+class AuthenticationRequestData(BaseModel):
+    """What the issuer asks cardflow's gateway in real time for 3-D Secure."""
+
+    authentication_id: str
+    card_id: str
+    cardholder_id: str
+    amount_minor: int = Field(description="In the card's currency")
+    currency: Currency
+    merchant_amount_minor: int
+    merchant_currency: Currency
+    conversion_rate: Rate
+    merchant: Merchant
+    challenge_expires_at: str = Field(description="Until when a challenge's outcome is taken")
+
+
+class AuthenticationGatewayAnswer(BaseModel):
+    """cardflow's answer to a real-time 3-D Secure request."""
+
+    decision: AuthenticationDecision
+    reason: str = Field(max_length=REASON_CHARS_MAX)
+
+
+class ChallengeResponseIn(Input):
+    """The program reports how the cardholder answered the challenge."""
+
+    outcome: ChallengeOutcome
+
+
+class Authentication(BaseModel):
+    id: str
+    card_id: str
+    cardholder_id: str
+    status: AuthenticationStatus
+    merchant: Merchant
+    merchant_amount_minor: int
+    merchant_currency: Currency
+    conversion_rate: Rate
+    currency: Currency
+    amount_minor: int
+    decision: AuthenticationDecision | None
+    decided_by: DecidedBy
+    decision_reason: str
+    latency_ms: int | None = None
+    challenge_expires_at: str | None = None
+    created_at: str
+    updated_at: str
+    completed_at: str | None = None
 
 
 TransactionType = Literal["clearing", "force_post", "refund", "chargeback"]

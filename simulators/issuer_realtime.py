@@ -19,9 +19,10 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from standardwebhooks import Webhook
 
 from simulators.issuer_models import (
@@ -34,6 +35,8 @@ from simulators.issuer_models import (
 )
 from simulators.issuer_program import UNDERFUNDED_REASON, available_minor
 from simulators.issuer_state import NAME, IssuerState
+
+AnswerT = TypeVar("AnswerT", bound=BaseModel)
 
 REALTIME_AUTHORIZATION_PATH = f"/realtime/{NAME}/authorization"
 AUTHORIZATION_DEADLINE_MS_DEFAULT = 2_000
@@ -55,24 +58,46 @@ class GatewayOutcome:
 
 async def ask_gateway(state: IssuerState, request: AuthorizationRequestData) -> GatewayOutcome:
     """Sends the signed real-time request and waits up to the deadline."""
-    target = state.context.outbox.targets.get(NAME)
-    if target is None:
-        return GatewayOutcome(None, "no signing secret configured for cardflow's gateway", None)
     deadline_ms = state.option_int(
         "authorization_deadline_ms",
         AUTHORIZATION_DEADLINE_MS_DEFAULT,
         1,
         AUTHORIZATION_DEADLINE_MS_MAX,
     )
+    answer, failure, latency_ms = await ask_signed(
+        state,
+        REALTIME_AUTHORIZATION_PATH,
+        "authorization.request",
+        request,
+        deadline_ms,
+        GatewayAnswer,
+    )
+    return GatewayOutcome(answer, failure, latency_ms)
+
+
+async def ask_signed(
+    state: IssuerState,
+    path: str,
+    event_type: str,
+    data: BaseModel,
+    deadline_ms: int,
+    answer_type: type[AnswerT],
+) -> tuple[AnswerT | None, str, int | None]:
+    """Put `data` to cardflow's gateway at `path` as a signed `event_type`
+    request and wait up to `deadline_ms`: the answer, or why there is none
+    usable, and the latency when an answer came."""
+    target = state.context.outbox.targets.get(NAME)
+    if target is None:
+        return None, "no signing secret configured for cardflow's gateway", None
     deadline_seconds = deadline_ms / 1000
     event_id = f"evt_{secrets.token_hex(12)}"
     stamp = datetime.now(UTC)
     body = json.dumps(
         {
             "id": event_id,
-            "type": "authorization.request",
+            "type": event_type,
             "created_at": stamp.isoformat(),
-            "data": request.model_dump(mode="json"),
+            "data": data.model_dump(mode="json"),
         }
     )
     # Signed exactly like a webhook, so the gateway verifies both the same way.
@@ -82,7 +107,7 @@ async def ask_gateway(state: IssuerState, request: AuthorizationRequestData) -> 
         "webhook-timestamp": str(int(stamp.timestamp())),
         "webhook-signature": Webhook(target.secret).sign(event_id, stamp, body),
     }
-    url = f"{state.context.gateway_url.rstrip('/')}{REALTIME_AUTHORIZATION_PATH}"
+    url = f"{state.context.gateway_url.rstrip('/')}{path}"
     started = time.monotonic()
     try:
         # The whole exchange, connection included, must fit the deadline.
@@ -91,23 +116,21 @@ async def ask_gateway(state: IssuerState, request: AuthorizationRequestData) -> 
                 url, content=body, headers=headers, timeout=deadline_seconds
             )
     except (TimeoutError, httpx.TimeoutException):
-        return GatewayOutcome(None, f"no answer within the {deadline_ms} ms deadline", None)
+        return None, f"no answer within the {deadline_ms} ms deadline", None
     except httpx.HTTPError as error:
-        return GatewayOutcome(None, f"gateway unreachable ({type(error).__name__})", None)
+        return None, f"gateway unreachable ({type(error).__name__})", None
     latency_ms = round((time.monotonic() - started) * 1000)
     if not 200 <= response.status_code < 300:
-        return GatewayOutcome(None, f"gateway answered HTTP {response.status_code}", latency_ms)
+        return None, f"gateway answered HTTP {response.status_code}", latency_ms
     if len(response.content) > GATEWAY_ANSWER_BYTES_MAX:
-        return GatewayOutcome(None, "malformed gateway answer: too large", latency_ms)
+        return None, "malformed gateway answer: too large", latency_ms
     try:
-        answer = GatewayAnswer.model_validate_json(response.content)
+        answer = answer_type.model_validate_json(response.content)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
-        return GatewayOutcome(
-            None, f"malformed gateway answer: {where}: {first['msg']}", latency_ms
-        )
-    return GatewayOutcome(answer, "", latency_ms)
+        return None, f"malformed gateway answer: {where}: {first['msg']}", latency_ms
+    return answer, "", latency_ms
 
 
 def _issuer_refusal(

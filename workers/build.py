@@ -12,6 +12,10 @@ from temporalio.converter import DataConverter
 from temporalio.worker import Interceptor, Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.authentication import (
+    AuthenticationLedgerActivities,
+    AuthenticationProviderActivities,
+)
 from activities.billing import BillingActivities
 from activities.card_controls import CardControlActivities
 from activities.card_tiers import CardTierActivities
@@ -96,6 +100,7 @@ def ledger_activities(pool: asyncpg.Pool, client: Client | None = None) -> list[
         *WithdrawalActivities(pool).all(),  # type: ignore[list-item]
         *ProgramFundingLedgerActivities(pool).all(),  # type: ignore[list-item]
         *FraudLedgerActivities(pool, client).all(),  # type: ignore[list-item]
+        *AuthenticationLedgerActivities(pool).all(),  # type: ignore[list-item]
     ]
 
 
@@ -126,6 +131,7 @@ def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Ca
         *PayoutActivities(clients).all(),  # type: ignore[list-item]
         *ProgramFundingProviderActivities(clients, pool).all(),  # type: ignore[list-item]
         *FraudProviderActivities(clients).all(),  # type: ignore[list-item]
+        *AuthenticationProviderActivities(clients, pool).all(),  # type: ignore[list-item]
     ]
 
 

@@ -335,6 +335,11 @@ class Settings(BaseSettings):
     authorization_stand_in: Literal["approve", "decline"] = Field(
         default="decline", validation_alias="CARDFLOW_AUTHORIZATION_STAND_IN"
     )
+    # 3-D Secure: the gateway answers the issuer's authentication request
+    # within this budget (the issuer waits 3,000 ms), else declines it.
+    authentication_budget_ms: int = Field(
+        default=2_000, ge=1, le=30_000, validation_alias="CARDFLOW_AUTHENTICATION_BUDGET_MS"
+    )
     # Admission: the real-time decisions a gateway process waits on at once.
     # A request beyond it is answered with the stand-in at once (source
     # `shed`) instead of queueing behind decisions the card cannot take in

@@ -30,6 +30,12 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from activities.providers.activities import ProviderActivities
     from activities.providers.cards import CardActivities, CardStateRequest
+    from schemas.authentication import (
+        AUTHENTICATION_OUTCOME_SIGNAL,
+        AuthenticationAnswer,
+        AuthenticationRequest,
+        AuthenticationResult,
+    )
     from schemas.card_controls import (
         TEMPORARY_CONTROLS_MAX,
         Controls,
@@ -52,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.providers import ISSUER
     from schemas.refusals import Refusal, refused
     from schemas.search import CARD_ID, CURRENCY, CUSTOMER_ID, PROVIDER
+    from workflows import card_authentication
     from workflows.card_money import CardMoney
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.process import ProcessStage
@@ -65,6 +72,7 @@ LIMITS_UPDATE = "set_limits"
 REPORT_LOST_UPDATE = "report_lost"
 REPORT_STOLEN_UPDATE = "report_stolen"
 AUTHORIZE_UPDATE = "authorize"
+AUTHENTICATE_UPDATE = "authenticate"
 NETWORK_EVENT_SIGNAL = "network_event"
 RESOLVE_EXCEPTION_UPDATE = "resolve_exception"
 CONTROLS_UPDATE = "set_controls"
@@ -469,7 +477,8 @@ class CardEntity:
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationAnswer:
         self._take_in()
         await self._after_earlier_events()
-        answer = await self._money.authorize(request)
+        assert self._state is not None
+        answer = await card_authentication.authorized(self._state, request, self._money.authorize)
         self._show()
         return answer
 
@@ -483,6 +492,26 @@ class CardEntity:
             raise refused(
                 Refusal.INVALID_REQUEST, "requested_at (the issuer's time of asking) is required"
             )
+
+    @workflow.update(name=AUTHENTICATE_UPDATE)
+    async def authenticate(self, request: AuthenticationRequest) -> AuthenticationAnswer:
+        """The issuer's 3-D Secure question (workflows/card_authentication.py)."""
+        assert self._state is not None
+        self._take_in()
+        return await card_authentication.authenticate(self._state, request)
+
+    @authenticate.validator
+    def _validate_authenticate(self, request: AuthenticationRequest) -> None:
+        assert self._state is not None
+        if request.card_id != self._state.card_id:
+            raise refused(Refusal.INVALID_REQUEST, f"card_id {request.card_id} is not this card")
+
+    @workflow.signal(name=AUTHENTICATION_OUTCOME_SIGNAL)
+    def authentication_outcome(self, result: AuthenticationResult) -> None:
+        """A challenge's outcome, remembered for the authorization that follows."""
+        assert self._state is not None
+        self._take_in()
+        card_authentication.take_outcome(self._state, result)
 
     @workflow.signal(name=NETWORK_EVENT_SIGNAL)
     def network_event(self, event: CardNetworkEvent) -> None:

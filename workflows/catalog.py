@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from schemas.authentication import AUTHENTICATION_WORKFLOW
+from workflows.authentication import Authentication
 from workflows.billing import BILLING_RUN_WORKFLOW, BILLING_WORKFLOW, Billing, BillingRun
 from workflows.card_issue import CARD_ISSUE_WORKFLOW, CardIssue
 from workflows.cards import CARD_WORKFLOW, CardEntity
@@ -53,6 +55,7 @@ ALL_WORKFLOWS: Sequence[type] = (
     AccountClosure,
     ProgramFunding,
     ControlsChange,
+    Authentication,
 )
 
 # The `status` query of every workflow type, by the type's name.
@@ -76,4 +79,5 @@ STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
     CLOSURE_WORKFLOW: AccountClosure.status,
     PROGRAM_FUNDING_WORKFLOW: ProgramFunding.status,
     CONTROLS_CHANGE_WORKFLOW: ControlsChange.status,
+    AUTHENTICATION_WORKFLOW: Authentication.status,
 }

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from activities.providers.http import ProviderClient
 from schemas.issuer import (
     Address,
+    Authentication,
     Authorization,
     AuthorizationPage,
     Card,
@@ -430,20 +431,64 @@ class IssuerClient(ProviderClient):
         merchant: Merchant,
         partial_approval_capable: bool = False,
         idempotency_key: str,
+        authentication_id: str | None = None,
     ) -> Authorization:
         """Sandbox: a merchant authorization in the merchant's currency, which the
-        issuer puts to cardflow's gateway in real time."""
+        issuer puts to cardflow's gateway in real time; after 3-D Secure it
+        carries the authentication's id."""
+        body: dict[str, Any] = {
+            "card_id": card_id,
+            "amount_minor": amount_minor,
+            "currency": currency.value,
+            "merchant": _wire(merchant),
+            "partial_approval_capable": partial_approval_capable,
+        }
+        if authentication_id is not None:
+            body["authentication_id"] = authentication_id
         return await self.call(
             "POST",
             "/v1/simulate/authorize",
             Authorization,
+            json=body,
+            idempotency_key=idempotency_key,
+        )
+
+    async def simulate_authentication(
+        self,
+        *,
+        card_id: str,
+        amount_minor: int,
+        currency: Currency,
+        merchant: Merchant,
+        idempotency_key: str,
+    ) -> Authentication:
+        """Sandbox: a checkout's 3-D Secure authentication, which the issuer
+        puts to cardflow's gateway in real time."""
+        return await self.call(
+            "POST",
+            "/v1/simulate/authentications",
+            Authentication,
             json={
                 "card_id": card_id,
                 "amount_minor": amount_minor,
                 "currency": currency.value,
                 "merchant": _wire(merchant),
-                "partial_approval_capable": partial_approval_capable,
             },
+            idempotency_key=idempotency_key,
+        )
+
+    async def get_authentication(self, authentication_id: str) -> Authentication:
+        return await self.call("GET", f"/v1/authentications/{authentication_id}", Authentication)
+
+    async def report_challenge_outcome(
+        self, authentication_id: str, outcome: str, *, idempotency_key: str
+    ) -> Authentication:
+        """Tell the issuer how the cardholder answered a 3-D Secure challenge."""
+        return await self.call(
+            "POST",
+            f"/v1/authentications/{authentication_id}/challenge_response",
+            Authentication,
+            json={"outcome": outcome},
             idempotency_key=idempotency_key,
         )
 

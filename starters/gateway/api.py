@@ -13,6 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from starters.gateway.v1 import (
+    authentications,
     billing,
     cards,
     closures,
@@ -41,6 +42,7 @@ PROCESS_ROUTERS = (
     telegram.router,
     onboarding.router,
     cards.router,
+    authentications.router,
     fx.router,
     topups.router,
     billing.router,

@@ -15,7 +15,15 @@ from temporalio.runtime import Runtime
 from activities.database import create_pool
 from activities.metrics import GatewayMetrics
 from activities.providers.activities import ProviderClients
-from starters.gateway import api, errors, realtime, webapp, webapp_page, webhooks
+from starters.gateway import (
+    api,
+    errors,
+    realtime,
+    realtime_authentication,
+    webapp,
+    webapp_page,
+    webhooks,
+)
 from starters.gateway.intake import Intake
 from starters.gateway.v1.overview import SectionCache
 from workers.client import connect
@@ -100,6 +108,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(webhooks.router)
     app.include_router(realtime.router)
+    app.include_router(realtime_authentication.router)
     app.include_router(webapp.router)
     app.include_router(webapp_page.router)
     if telemetry is not None and telemetry.tracer_provider is not None:

@@ -142,6 +142,11 @@ EXPECTED_SCOPES = {
     ("GET", "/v1/telegram/links/{telegram_user_id}"): SCOPE_TELEGRAM_LINK,
     ("POST", "/v1/telegram/signups"): SCOPE_TELEGRAM_LINK,
     ("POST", "/v1/cards/{card_id}/reveal"): SCOPE_CARDS_REVEAL,
+    ("POST", "/v1/cards/{card_id}/authentications/{authentication_id}/answer"): (
+        SCOPE_PROCESSES_START
+    ),
+    ("GET", "/v1/cards/{card_id}/authentications/{authentication_id}"): SCOPE_PROCESSES_READ,
+    ("GET", "/v1/customers/{customer_id}/authentications"): SCOPE_CUSTOMERS_READ,
     ("POST", "/v1/onboardings/{customer_id}/review"): SCOPE_OPERATIONS,
     ("POST", "/v1/topups/{source}/{external_ref}/review"): SCOPE_OPERATIONS,
     ("POST", "/v1/disputes/{transaction_id}/operator"): SCOPE_OPERATIONS,

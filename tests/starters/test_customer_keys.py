@@ -76,6 +76,13 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/v1/cards/{card_id}"): "customer: the cards table, by card_id",
     ("POST", "/v1/cards/{card_id}/reveal"): "customer: the cards table, by card_id",
     ("POST", "/v1/cards/{card_id}/exceptions"): PROGRAM_WIDE,
+    ("POST", "/v1/cards/{card_id}/authentications/{authentication_id}/answer"): (
+        "customer: the cards table, by card_id"
+    ),
+    ("GET", "/v1/cards/{card_id}/authentications/{authentication_id}"): (
+        "customer: the cards table, by card_id"
+    ),
+    ("GET", "/v1/customers/{customer_id}/authentications"): "customer: the path's customer_id",
     ("POST", "/v1/card-issues/{request_id}/reschedule"): (
         "customer: the card issue process's CustomerId search attribute"
     ),
@@ -155,7 +162,8 @@ IDENTIFYING_PARAMS = {
 }
 # Periods, and the ids of what belongs to the program, not to a customer
 # (webhook endpoints, the event stream, Telegram users the bot looks up).
-# A card's temporary control is named within the card, whose id is checked.
+# A card's temporary control is named within the card, whose id is checked;
+# so is a card's 3-D Secure authentication (the challenge refuses another card's).
 OTHER_PARAMS = {
     "period",
     "settlement_date",
@@ -163,6 +171,7 @@ OTHER_PARAMS = {
     "event_id",
     "telegram_user_id",
     "control_id",
+    "authentication_id",
 }
 
 
@@ -443,6 +452,21 @@ CUSTOMER_ROUTES: dict[tuple[str, str], Callable[[Ids], Request]] = {
     ),
     ("GET", "/v1/cards/{card_id}"): lambda i: ("GET", f"/v1/cards/{i.card}", None),
     ("POST", "/v1/cards/{card_id}/reveal"): lambda i: ("POST", f"/v1/cards/{i.card}/reveal", None),
+    ("POST", "/v1/cards/{card_id}/authentications/{authentication_id}/answer"): lambda i: (
+        "POST",
+        f"/v1/cards/{i.card}/authentications/3ds_000001/answer",
+        {"code": "123456"},
+    ),
+    ("GET", "/v1/cards/{card_id}/authentications/{authentication_id}"): lambda i: (
+        "GET",
+        f"/v1/cards/{i.card}/authentications/3ds_000001",
+        None,
+    ),
+    ("GET", "/v1/customers/{customer_id}/authentications"): lambda i: (
+        "GET",
+        f"/v1/customers/{i.customer}/authentications",
+        None,
+    ),
     ("POST", "/v1/card-issues/{request_id}/reschedule"): lambda i: (
         "POST",
         f"/v1/card-issues/{i.card_issue}/reschedule",

@@ -87,6 +87,7 @@ REQUIRED_SEARCH_ATTRIBUTES: dict[str, set[str]] = {
     "ControlsChange": {"ProcessStatus"},
     "FraudScan": {"ProcessStatus"},
     "FraudCase": {"CustomerId", "ProcessStatus"},
+    "Authentication": {"CustomerId", "CardId", "ProcessStatus"},
 }
 # The processes `cardflow demo` runs (at the least).
 DEMO_WORKFLOW_TYPES = {

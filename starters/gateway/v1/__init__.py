@@ -9,6 +9,8 @@ telegram.py       linking a customer's Telegram account, signing up in the bot,
 rewards.py        a customer's cashback and personal offers
 onboarding.py     onboarding/{customer_id}
 cards.py          card-issue/{request_id} and card/{card_id}
+authentications.py authentication/{authentication_id}: 3-D Secure challenges
+                  answered with the customer's code
 fx.py             fx/{request_id}
 topups.py         topup/{source}/{external_ref}
 billing.py        billing/{customer_id}/{period}, billing runs, statements
