@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from temporalio.client import Client
 
 from starters.health import ping
+from starters.scenarios_authentication import authentication_challenged
 from starters.scenarios_billing import billing_period
 from starters.scenarios_cards import card_exception, card_purchase, card_replaced, card_virtual
 from starters.scenarios_cashback import cashback_clawback
@@ -78,4 +79,5 @@ SCENARIOS: dict[str, Scenario] = {
     "program-funding": program_funding_funded,
     "card-controls": card_controls,
     "fraud-case": fraud_case_cleared,
+    "authentication-challenged": authentication_challenged,
 }

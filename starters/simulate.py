@@ -66,8 +66,10 @@ async def authorize(
     merchant: Merchant = DEFAULT_MERCHANT,
     *,
     partial_approval_capable: bool = False,
+    authentication_id: str | None = None,
 ) -> Authorization:
-    """A merchant asks to authorize a purchase; the issuer asks cardflow in real time."""
+    """A merchant asks to authorize a purchase (after 3-D Secure, carrying
+    its authentication); the issuer asks cardflow in real time."""
     async with issuer(settings) as client:
         return await client.simulate_authorization(
             card_id=card_id,
@@ -76,6 +78,7 @@ async def authorize(
             merchant=merchant,
             partial_approval_capable=partial_approval_capable,
             idempotency_key=_key("authorize"),
+            authentication_id=authentication_id,
         )
 
 

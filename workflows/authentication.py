@@ -80,6 +80,7 @@ class Authentication:
         self._answers = 0
         self._checking = False
         self._reported = False
+        self._sent = False
 
     # ----- platform ---------------------------------------------------------------
 
@@ -113,6 +114,7 @@ class Authentication:
                 attempts_max=challenge.code_attempts_max,
             ),
         )
+        self._sent = True
         self.progress.enter(STAGE_WAITING)
         remaining_seconds = (challenge.expires_at - workflow.now()).total_seconds()
         try:
@@ -167,8 +169,9 @@ class Authentication:
 
     @workflow.update(name=ANSWER_UPDATE)
     async def answer(self, answer: ChallengeAnswer) -> ChallengeReply:
-        """The customer's code; answers are checked one at a time."""
-        await workflow.wait_condition(lambda: not self._checking)
+        """The customer's code; answers are checked one at a time, once the
+        code's sending is recorded (a quick customer may answer before)."""
+        await workflow.wait_condition(lambda: self._sent and not self._checking)
         challenge = self._input
         if self._outcome != "pending":
             return self._reply(correct=False)
@@ -199,8 +202,6 @@ class Authentication:
                 Refusal.NOT_FOUND,
                 f"authentication {self._input.authentication_id} is not of card {answer.card_id}",
             )
-        if self.progress.stage == STAGE_SENDING:
-            raise refused(Refusal.WRONG_STATE, "the code is on its way: answer once it arrives")
         if self._outcome != "pending":
             raise refused(Refusal.FINISHED, f"the authentication is {self._outcome}")
         if workflow.now() >= self._input.expires_at:
