@@ -149,3 +149,21 @@ class CardflowApi:
             json={"preferred_channels": channels},
         )
         return list((await self._json(answer))["preferred_channels"])
+
+    async def pending_authentications(self, customer_id: str) -> list[dict[str, Any]]:
+        """The customer's 3-D Secure challenges waiting for a code, newest first."""
+        answer = await self._http.get(f"/v1/customers/{customer_id}/authentications")
+        found: list[dict[str, Any]] = (await self._json(answer))["data"]
+        return found
+
+    async def answer_authentication(
+        self, card_id: str, authentication_id: str, code: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        """Answer a challenge with the customer's code; what it did."""
+        answer = await self._http.post(
+            f"/v1/cards/{card_id}/authentications/{authentication_id}/answer",
+            json={"code": code},
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        reply: dict[str, Any] = await self._json(answer)
+        return reply

@@ -21,7 +21,10 @@ acted on through the public API (starters/bot/api.py):
   that has the bot tell them (declines, payments, top-ups, disputes'
   decisions, shipping...) here in Telegram, or stop;
 - `/signup` and `/newcard` (starters/bot/signup.py): a new person's account,
-  and a virtual card.
+  and a virtual card;
+- a 3-D Secure code: a message of just the six digits the customer was sent
+  answers their newest challenge waiting for one (the same message sent
+  twice answers once).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import segno
 from aiogram import Dispatcher, F, Router
-from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.filters import Command, CommandObject, CommandStart, StateFilter
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import (
     BufferedInputFile,
@@ -71,6 +74,8 @@ QR_SCALE = 8
 # What each card state lets the customer do from here, and the button's label.
 BUTTONS = {"open": ("freeze", "Freeze"), "paused": ("unfreeze", "Unfreeze")}
 BUTTON_ACTIONS = [action for action, _ in BUTTONS.values()]
+# A message that is only a one-time code answers a 3-D Secure challenge.
+AUTHENTICATION_CODE = r"^\s*[0-9]{6}\s*$"
 
 
 class CardPress(CallbackData, prefix="card"):
@@ -111,6 +116,10 @@ def dispatcher(api: CardflowApi, webapp_url: str) -> Dispatcher:
     router.callback_query.register(notify_press, NotifyPress.filter())
     router.callback_query.register(dispute_reasons, DisputePress.filter(F.reason == ""))
     router.callback_query.register(dispute, DisputePress.filter(F.reason.in_(set(DISPUTE_REASONS))))
+    # Only outside a conversation's question (a postal code may be six digits).
+    router.message.register(
+        authentication_code, StateFilter(None), F.text.regexp(AUTHENTICATION_CODE)
+    )
     signup.register(router)
     found = Dispatcher()
     found["api"] = api
@@ -363,3 +372,35 @@ async def app(message: Message, api: CardflowApi, webapp_url: str) -> None:
         "Your card, balances and payments:",
         reply_markup=InlineKeyboardMarkup(inline_keyboard=[[button]]),
     )
+
+
+async def authentication_code(message: Message, api: CardflowApi) -> None:
+    """The code of a 3-D Secure challenge: it answers the customer's newest
+    challenge waiting for one."""
+    customer_id = await _customer(message, api)
+    if customer_id is None or message.text is None:
+        return
+    pending = await api.pending_authentications(customer_id)
+    if not pending:
+        await message.answer("No payment is waiting for a code right now.")
+        return
+    challenge = pending[0]
+    key = f"tg-{message.chat.id}-{message.message_id}-3ds"
+    try:
+        reply = await api.answer_authentication(
+            challenge["card_id"], challenge["authentication_id"], message.text.strip(), key
+        )
+    except ApiRefused as refused:
+        await message.answer(f"That code could not be used: {refused.detail}")
+        return
+    merchant = challenge["merchant_name"]
+    if reply["outcome"] == "authenticated":
+        await message.answer(f"Confirmed: your payment at {merchant} can go ahead.")
+    elif reply["outcome"] == "failed":
+        await message.answer(
+            f"That code is wrong too many times: the payment at {merchant} is refused."
+        )
+    else:
+        await message.answer(
+            f"That code is wrong: {reply['attempts_left']} more tries for {merchant}."
+        )
