@@ -7,7 +7,8 @@ approvals over a trailing window, this one included, by count and/or
 amount), the card's age, the customer's segment (their KYC tier) and the
 time of day (UTC hours). Each rule is `active` (its decline is the card's
 answer, naming the rule) or `shadow` (what it would have done is recorded
-and counted; the answer is unchanged).
+and counted; the answer is unchanged). A rule's action is `decline` (the
+default) or `challenge`, which decides 3-D Secure authentications only.
 
 Rules are a field of the card's controls (`Controls.rules`), so they come
 versioned by scope like any control: usually the program's, replaced as a
@@ -152,6 +153,10 @@ class Rule(EdgeModel):
     id: str = Field(pattern=RULE_ID_PATTERN)
     description: str = Field(default="", max_length=300)
     mode: Literal["active", "shadow"] = "shadow"
+    # `decline` decides authorizations (and declines a 3-D Secure
+    # authentication too); `challenge` decides 3-D Secure only: a checkout it
+    # matches is challenged with a one-time code.
+    action: Literal["decline", "challenge"] = "decline"
     conditions: list[Condition] = Field(min_length=1, max_length=CONDITIONS_MAX)
 
 
@@ -235,10 +240,13 @@ def holds(condition: Condition, facts: Facts) -> bool:
     return hour >= condition.from_hour or hour < condition.to_hour
 
 
-def evaluate(rules: Iterable[Rule], facts: Facts) -> Verdict:
-    """Every shadow rule is evaluated; active ones until the first declines."""
+def evaluate(rules: Iterable[Rule], facts: Facts, action: str = "decline") -> Verdict:
+    """The rules of `action`: every shadow rule is evaluated, active ones
+    until the first matches (`declined_by`: the rule that decides)."""
     verdict = Verdict()
     for rule in rules:
+        if rule.action != action:
+            continue
         if rule.mode == "active" and verdict.declined_by is not None:
             continue
         if all(holds(condition, facts) for condition in rule.conditions):
