@@ -31,8 +31,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from typing import Literal
 
 from schemas.auth_rules import Facts, Rule, Verdict, evaluate
+from schemas.authentication import AuthenticationRequest
 from schemas.card_controls import (
     WINDOWS,
     Controls,
@@ -300,3 +302,28 @@ def rules_verdict(
             approvals=card.rule_approvals,
         ),
     )
+
+
+def authentication_by_rules(
+    card: CardInput, request: AuthenticationRequest, at: datetime
+) -> tuple[Literal["decline", "challenge"], str] | None:
+    """What the card's active rules say of a 3-D Secure authentication: a
+    decline rule declines it, else a challenge rule challenges it (the
+    reason names the rule); None when no rule matches."""
+    rules, _ = card_rules(card, at)
+    if not rules:
+        return None
+    facts = Facts(
+        amount_minor=request.amount_minor,
+        mcc=request.merchant.mcc,
+        country=request.merchant.country,
+        at=at,
+        card_started_at=card.opened_at,
+        segment=card.customer_tier,
+        approvals=card.rule_approvals,
+    )
+    for action in ("decline", "challenge"):
+        decided_by = evaluate(rules, facts, action).declined_by
+        if decided_by is not None:
+            return action, f"rule:{decided_by}"
+    return None

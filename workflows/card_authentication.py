@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         remember,
         remembered,
     )
+    from schemas.card_rules import authentication_by_rules
     from schemas.cards import (
         AuthorizationAnswer,
         AuthorizationRequest,
@@ -54,7 +55,14 @@ async def authenticate(state: CardInput, request: AuthenticationRequest) -> Auth
     known = remembered(state.authentications, request.authentication_id)
     if known is not None:
         return _answer(known)
-    decision, reason = authentication_decision(state, request, workflow.now())
+    now = workflow.now()
+    decision, reason = authentication_decision(state, request, now)
+    if decision != "decline":
+        # The card's active rules (a decline rule, then a challenge rule)
+        # decide before its 3-D Secure policy.
+        by_rules = authentication_by_rules(state, request, request.requested_at or now)
+        if by_rules is not None:
+            decision, reason = by_rules
     policy = state.policy.authentication
     record = AuthenticationRecord(
         authentication_id=request.authentication_id,

@@ -284,3 +284,50 @@ async def test_the_real_time_route_names_bad_fields_and_answers_a_repeat_the_sam
     await code_arrives(platform, card.customer_id, data["authentication_id"])
     state = await card_state(card.handle)
     assert [a.authentication_id for a in state.authentications] == [data["authentication_id"]]
+
+
+async def test_the_cards_rules_decide_3ds_a_decline_rule_before_a_challenge_rule(
+    platform: Platform,
+) -> None:
+    card = await open_card(platform, policy=POLICY)
+    rules = [
+        {
+            "id": "no-gambling",
+            "mode": "active",
+            "conditions": [{"kind": "mcc", "any_of": ["group:gambling"]}],
+        },
+        {
+            "id": "challenge-dining",
+            "mode": "active",
+            "action": "challenge",
+            "conditions": [{"kind": "mcc", "any_of": ["group:dining", "group:gambling"]}],
+        },
+        {
+            "id": "watch-grocery",
+            "mode": "shadow",
+            "action": "challenge",
+            "conditions": [{"kind": "mcc", "any_of": ["group:grocery"]}],
+        },
+    ]
+    async with httpx.AsyncClient(
+        base_url=platform.gateway_url, headers=platform.api_headers, timeout=60
+    ) as http:
+        put = await http.put(
+            f"/v1/cards/{card.card_id}/controls",
+            json={"rules": rules},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+    assert put.status_code == 200, put.text
+    casino = Merchant(name="Lucky Star", mcc="7995", country="GB")
+    bistro = Merchant(name="Le Bistro", mcc="5812", country="GB")
+    declined = await authenticate(platform, card.card_id, 1_000, casino)
+    assert (declined.decision, declined.decision_reason) == ("decline", "rule:no-gambling")
+    challenged = await authenticate(platform, card.card_id, 1_000, bistro)
+    assert (challenged.decision, challenged.decision_reason) == (
+        "challenge",
+        "rule:challenge-dining",
+    )
+    # A shadow rule decides nothing, and a purchase no rule names keeps the
+    # card's own policy: small and at home, frictionless.
+    grocer = await authenticate(platform, card.card_id, 1_000, SHOP)
+    assert (grocer.decision, grocer.status) == ("frictionless", "authenticated")
