@@ -29,6 +29,12 @@ Names as Prometheus shows them (counters get `_total`, durations are seconds):
 | `cardflow_fraud_cases_opened_total` | counter | auto_freeze |
 | `cardflow_fraud_auto_freezes_total` | counter | |
 | `cardflow_fraud_decisions_total` | counter | decision |
+| `cardflow_rule_declines_total` | counter | rule |
+| `cardflow_rule_shadow_declines_total` | counter | rule |
+
+The authorization rules' counters are recorded by the card's workflow (its
+worker's meter, never while replaying): each active rule's declines, and
+what each shadow rule would have declined.
 
 The workflows worker's census (`workers.census`) adds the processes' own
 gauges: `cardflow_processes`, `cardflow_operator_waits`,

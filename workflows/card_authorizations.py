@@ -119,7 +119,7 @@ class CardAuthorizations(CardLedger):
         rules, source = card_rules(state, now)
         verdict = rules_verdict(rules, state, request, asked_at) if rules else None
         if verdict is not None:
-            _count_rules(verdict.shadow_hits, verdict.declined_by)
+            count_rules(verdict.shadow_hits, verdict.declined_by)
             if verdict.declined_by is not None:
                 return self._decide(
                     record,
@@ -283,7 +283,7 @@ def _answer(decision: DecisionRecord) -> AuthorizationAnswer:
     )
 
 
-def _count_rules(shadow_hits: list[str], declined_by: str | None) -> None:
+def count_rules(shadow_hits: list[str], declined_by: str | None) -> None:
     """Metrics (never emitted while replaying): what each shadow rule would
     have declined, and each active rule's declines."""
     meter = workflow.metric_meter()

@@ -10,7 +10,9 @@ import uuid
 from typing import Any
 
 import httpx
-from temporalio.client import WorkflowHandle
+from temporalio import workflow
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
 
 from activities.api_keys import SCOPE_OPERATIONS
 from activities.ledger.verify import verify
@@ -21,7 +23,10 @@ from schemas.issuer import Merchant
 from schemas.money import Currency
 from tests.conftest import Platform
 from tests.customers import authorize, open_card, wallet_becomes
+from tests.metrics import prometheus_runtime, scrape
 from tests.workflows.test_card_disorder import question_to
+from workers.monitoring import MADE_AT_FIRST_EVENT
+from workflows.card_authorizations import count_rules
 from workflows.cards import AUTHORIZE_UPDATE
 
 FUNDS = {Currency.USD: 500_000}
@@ -160,3 +165,39 @@ async def test_program_rules_loaded_through_the_api_reach_every_card_keeping_oth
         in_force = (await http.get("/v1/rules", headers=operator)).json()
     assert in_force["version"] == loaded.version
     assert [rule["id"] for rule in in_force["rules"]] == ["big-spend", "no-gambling"]
+
+
+@workflow.defn(name="CountsRules", sandboxed=False)
+class CountsRules:
+    """What a card records as it decides: two shadow rules would have declined,
+    an active one declined."""
+
+    @workflow.run
+    async def run(self) -> None:
+        count_rules(["watch", "big-spend"], "no-gambling")
+        count_rules(["watch"], None)
+
+
+async def test_the_rules_counters_are_exported_under_their_names(platform: Platform) -> None:
+    names = {"cardflow_rule_declines_total", "cardflow_rule_shadow_declines_total"}
+    assert names <= MADE_AT_FIRST_EVENT
+    runtime, port = prometheus_runtime()
+    client = await Client.connect(
+        platform.stack.client.service_client.config.target_host,
+        namespace=platform.stack.client.namespace,
+        runtime=runtime,
+        data_converter=platform.stack.client.config()["data_converter"],
+    )
+    queue = f"counts-rules-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=queue, workflows=[CountsRules]):
+        await client.execute_workflow(CountsRules.run, id=f"counts/{queue}", task_queue=queue)
+    found = {
+        (sample.name, sample.labels.get("rule")): sample.value
+        for sample in await scrape(port)
+        if sample.name in names
+    }
+    assert found == {
+        ("cardflow_rule_shadow_declines_total", "watch"): 2,
+        ("cardflow_rule_shadow_declines_total", "big-spend"): 1,
+        ("cardflow_rule_declines_total", "no-gambling"): 1,
+    }

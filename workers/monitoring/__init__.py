@@ -40,6 +40,9 @@ MADE_AT_FIRST_EVENT = frozenset(
         "cardflow_fraud_cases_opened_total",
         "cardflow_fraud_auto_freezes_total",
         "cardflow_fraud_decisions_total",
+        # Only once a program loads rules (tests/workflows/test_auth_rules.py).
+        "cardflow_rule_declines_total",
+        "cardflow_rule_shadow_declines_total",
     }
 )
 
