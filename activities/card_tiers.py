@@ -47,7 +47,7 @@ class CardTierActivities:
         hold = request.hold
         tiers = list(KycTier)
         in_currency = [self._limits.get(tier, {}).get(hold.currency) for tier in tiers]
-        with timed_posting("hold_within_tier") as labels:
+        with timed_posting("hold") as labels:
             row = await self._call(
                 request.customer_id,
                 request.month,
@@ -83,7 +83,7 @@ class CardTierActivities:
             )
             labels["outcome"] = "posted" if outcome.accepted else "rejected"
             if outcome.rejection is not None and not outcome.replayed:
-                record_ledger_rejection("hold_within_tier", outcome.rejection.value)
+                record_ledger_rejection("hold", outcome.rejection.value)
             return TierHoldOutcome(
                 tier=KycTier(row["tier"]), spent_minor=row["spent_minor"], outcome=outcome
             )

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.edge import EdgeModel
 from schemas.issuer import CardState, Merchant
 from schemas.money import AMOUNT_MINOR_MAX, Currency
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
@@ -66,7 +67,7 @@ def authentication_workflow_id(authentication_id: str) -> str:
     return f"authentication/{authentication_id}"
 
 
-class AuthenticationPolicy(BaseModel):
+class AuthenticationPolicy(EdgeModel):
     """When the card challenges, and how long a challenge may take."""
 
     model_config = ConfigDict(extra="forbid")
@@ -85,7 +86,7 @@ class AuthenticationPolicy(BaseModel):
     remembered_max: int = Field(default=50, ge=1, le=500)
 
 
-class AuthenticationRequest(BaseModel):
+class AuthenticationRequest(EdgeModel):
     """The issuer's real-time 3-D Secure question, as the gateway hands it to
     the card; amounts in the card's currency."""
 
@@ -126,7 +127,7 @@ class AuthenticationRecord(BaseModel):
     challenge_expires_at: datetime | None = None
 
 
-class AuthenticationResult(BaseModel):
+class AuthenticationResult(EdgeModel):
     """A challenge's outcome, as its process tells the card."""
 
     authentication_id: str
@@ -180,7 +181,7 @@ def remembered(
 # ----- the challenge -----------------------------------------------------------------------
 
 
-class ChallengeInput(BaseModel):
+class ChallengeInput(EdgeModel):
     """The process of one challenge, `authentication/{authentication_id}`."""
 
     authentication_id: str = Field(pattern=AUTHENTICATION_ID_PATTERN)
@@ -195,7 +196,7 @@ class ChallengeInput(BaseModel):
     providers_task_queue: str = _QUEUES.providers
 
 
-class ChallengeAnswer(BaseModel):
+class ChallengeAnswer(EdgeModel):
     """The cardholder's answer: the code they were sent, for the card the
     challenge is of (an answer naming another card is refused)."""
 

@@ -166,7 +166,7 @@ class Address(EdgeModel):
     line2: AddressLine | None = None
     city: AddressLine
     postal_code: str = Field(min_length=1, max_length=POSTAL_CODE_CHARS_MAX)
-    country: str = Field(pattern=r"^[A-Z]{2}$")
+    country: str = Field(pattern=r"^[A-Z]{2}$", max_length=2)
 
 
 class ShippingRequest(EdgeModel):
@@ -178,9 +178,9 @@ class ShippingRequest(EdgeModel):
 
 
 class Merchant(BaseModel):
-    name: str
-    mcc: str = Field(pattern=r"^[0-9]{4}$")
-    country: str = Field(pattern=r"^[A-Z]{2}$")
+    name: str = Field(min_length=1, max_length=200)
+    mcc: str = Field(pattern=r"^[0-9]{4}$", max_length=4)
+    country: str = Field(pattern=r"^[A-Z]{2}$", max_length=2)
 
 
 class DisputeEvidence(BaseModel):

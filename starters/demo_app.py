@@ -77,13 +77,13 @@ async def show_as_an_app(
     async with IssuerClient(f"{settings.providers_base_url}/issuer") as issuer:
         declined = await issuer.simulate_authorization(
             card_id=card_id,
-            amount_minor=5_000_000,
+            amount_minor=1_500_000,
             currency=Currency.USD,
             merchant=TOO_DEAR,
             partial_approval_capable=False,
             idempotency_key=f"demo-decline-{uuid.uuid4().hex[:8]}",
         )
-    say(f"A 50,000.00 USD purchase is declined: {declined.decision_reason}", None)
+    say(f"A 15,000.00 USD purchase is declined: {declined.decision_reason}", None)
     pool = await create_pool(settings.effective_database_url, size_max=1)
     try:
         issued = await ApiKeyStore(pool, api_key_pepper(settings)).create(

@@ -21,6 +21,7 @@ from schemas.authentication import (
     PendingChallenge,
     authentication_workflow_id,
 )
+from schemas.edge import EdgeModel
 from schemas.refusals import Refusal
 from starters.authentication import answer_challenge, challenge_status
 from starters.gateway.errors import ApiError
@@ -35,7 +36,7 @@ router = process_router()
 AuthenticationIdPath = Annotated[str, Path(pattern=AUTHENTICATION_ID_PATTERN)]
 
 
-class AnswerBody(BaseModel):
+class AnswerBody(EdgeModel):
     model_config = ConfigDict(extra="forbid")
 
     code: str = Field(pattern=CODE_PATTERN, description="The one-time code the customer was sent")
