@@ -34,6 +34,9 @@ daily settlement report. Mounted at /issuer.
     POST  /v1/disputes/{id}/evidence
     POST  /v1/disputes/{id}/withdraw
     GET   /v1/reports/settlement/{date}?format=json|csv    the UTC day's settlement
+    GET   /v1/settlement-files/{date}?format=jsonl|csv     the day's settlement file's manifest
+    GET   /v1/settlement-files/{date}/content              the file itself, in byte ranges
+                                                           (simulators/issuer_settlement_files.py)
 
   sandbox (what the network, merchants and carriers do):
     POST  /v1/simulate/cards/{id}/shipping                 advance a shipment
@@ -49,6 +52,8 @@ daily settlement report. Mounted at /issuer.
     POST  /v1/simulate/force_posts                         a clearing with no authorization
     POST  /v1/simulate/disputes/{id}/decide                representment, pre_arbitration, won, lost
     POST  /v1/simulate/program/fundings/{id}/credit        the program's wire arrives now
+    GET   /v1/simulate/settlement-files/{date}/platform-view  what cardflow is meant to
+                                                           have seen of each record of the file
 
 Webhooks (data: the resource after the change): cardholder.created,
 cardholder.updated, card.created, card.activated, card.paused, card.resumed,
@@ -79,6 +84,9 @@ authentication_deadline_ms (3-D Secure's real-time deadline; default 3000),
 challenge_window_seconds (how long a 3-D Secure challenge waits for its
 outcome; default 600), authentication_stand_in ("decline" or
 "frictionless"; default "decline"). See simulators/issuer_authentications.py.
+The settlement file's volume, seed, shares cardflow never saw or saw with
+another amount, and member size: settlement_file_* (see
+simulators/issuer_settlement_files.py).
 
 The program's prefunded balance (simulators/issuer_program.py) is drawn down
 by clearings, force posts and fees and added to by refunds, chargebacks and
@@ -106,6 +114,7 @@ from simulators import (
     issuer_program,
     issuer_reports,
     issuer_reveal,
+    issuer_settlement_files,
     issuer_transactions,
 )
 from simulators.framework.context import SimulatorContext
@@ -132,6 +141,7 @@ def create(context: SimulatorContext) -> FastAPI:
         issuer_transactions,
         issuer_disputes,
         issuer_reports,
+        issuer_settlement_files,
         issuer_reveal,
         issuer_program,
     ):

@@ -6,7 +6,10 @@ requests (or every request). Kinds:
   error         answer `status` (a 5xx) with a JSON error
   rate_limit    answer 429 with Retry-After: `seconds`
   timeout       sleep `seconds` (longer than the client waits), then answer
-  drop          start the response and close the connection mid-body
+  drop          start the response and close the connection mid-body; with
+                `after_bytes`, serve the real response and close the
+                connection once that many bytes of its body are sent (a
+                large download cut halfway)
   answer_lost   serve the request in full (it takes effect), then answer
                 nothing for `seconds` (longer than the client waits) and
                 drop the connection: the caller cannot know it was made
@@ -35,6 +38,9 @@ class Fault(BaseModel):
     times: int | None = Field(default=None, ge=1, description="Fire this many times; None: always")
     seconds: float = Field(default=0.0, ge=0, le=120)
     status: int = Field(default=503, ge=500, le=599)
+    after_bytes: int | None = Field(
+        default=None, ge=0, description="drop: cut the real body after this many bytes"
+    )
 
 
 class FaultRegistry:
@@ -106,6 +112,9 @@ class FaultMiddleware:
                 {"error": {"type": "rate_limit_error", "message": "too many requests"}},
                 [(b"retry-after", str(max(1, round(fault.seconds))).encode())],
             )
+        elif fault.after_bytes is not None:
+            # A body no longer than the cut is served whole.
+            await self.app(scope, receive, _cut_after(send, fault.after_bytes))
         else:  # drop: promise a body, send part of it, then fail the connection.
             await send(
                 {
@@ -119,6 +128,28 @@ class FaultMiddleware:
             )
             await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
             raise ConnectionAbortedError("injected dropped connection")
+
+
+def _cut_after(send: Send, body_bytes: int) -> Send:
+    """`send` that passes the response on until `body_bytes` of its body are
+    sent, then fails the connection."""
+    sent = 0
+
+    async def cutting(message: Message) -> None:
+        nonlocal sent
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        body = message.get("body", b"")
+        if sent + len(body) <= body_bytes:
+            sent += len(body)
+            await send(message)
+            return
+        kept = body[: body_bytes - sent]
+        await send({"type": "http.response.body", "body": kept, "more_body": True})
+        raise ConnectionAbortedError("injected dropped connection")
+
+    return cutting
 
 
 async def _discarded(message: Message) -> None:
