@@ -1,7 +1,9 @@
 """The issuer's daily settlement file, served as real issuers serve large
 files: made once per day and content, kept on disk, read in byte ranges.
 
-    GET /v1/settlement-files/{date}?format=jsonl|csv          its manifest
+    GET /v1/settlement-files/{date}?format=jsonl|csv          its manifest (503 with
+        Retry-After and error type settlement_file_preparing while a large
+        day is being written)
     GET /v1/settlement-files/{date}/content?format=jsonl|csv  the file, with
         Range (206, Content-Range; 416 when no byte of it is in the file),
         If-Range (a range only from the file with that ETag), Accept-Ranges
@@ -45,7 +47,7 @@ from pathlib import Path
 from typing import IO, Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from schemas.settlement import (
     SETTLEMENT_FILE_COLUMNS,
@@ -87,6 +89,12 @@ GZIP_LEVEL = 6
 # when a new one is made; a download already reading one keeps its handle.
 SETTLEMENT_FILES_DIRECTORY = "settlement-files"
 PLATFORM_VIEW_BATCH_RECORDS = 1_000
+# A request waits this long for a file being written (a small day is written
+# well within it), then is told to come back: a client's read timeout is
+# longer, and a day of millions of records takes far longer to write.
+PREPARING_WAIT_SECONDS_MAX = 2.0
+PREPARING_RETRY_AFTER_SECONDS = 2
+PREPARING_ERROR_TYPE = "settlement_file_preparing"
 
 
 @dataclass(frozen=True)
@@ -354,34 +362,48 @@ FormatQuery = Annotated[SettlementFileFormat, Query(alias="format")]
 def router(state: IssuerState) -> APIRouter:
     api = APIRouter()
     directory = settlement_files_directory(state)
-    # One writer per file at a time; the others wait and read what it wrote.
-    writing: dict[str, asyncio.Lock] = {}
+    # The file being written, per content: one writer, every request waits on it.
+    writing: dict[str, asyncio.Task[tuple[SettlementFileManifest, Path]]] = {}
 
     async def current_file(
         day: date, file_format: SettlementFileFormat
-    ) -> tuple[SettlementFileManifest, Path]:
+    ) -> tuple[SettlementFileManifest, Path] | JSONResponse:
+        """The day's file as it is now, or, when it takes longer to write
+        than a request should wait, 503 with Retry-After while it is written."""
         parameters = file_parameters(state, day, file_format)
         recorded = recorded_records(state, day)
         key = file_key(parameters, recorded)
-        lock = writing.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                # A large day takes seconds to write: off the event loop, so
-                # real-time authorizations keep their deadline meanwhile.
-                return await asyncio.to_thread(materialize, directory, parameters, recorded, key)
-        finally:
-            if not lock.locked():
-                writing.pop(key, None)
+        task = writing.get(key)
+        if task is None:
+            # Off the event loop: real-time authorizations keep their deadline
+            # while a large day is written.
+            task = asyncio.create_task(
+                asyncio.to_thread(materialize, directory, parameters, recorded, key)
+            )
+            writing[key] = task
+            task.add_done_callback(lambda _: writing.pop(key, None))
+        done, _ = await asyncio.wait({task}, timeout=PREPARING_WAIT_SECONDS_MAX)
+        if not done:
+            return JSONResponse(
+                {"error": {"type": PREPARING_ERROR_TYPE, "message": "the file is being written"}},
+                status_code=503,
+                headers={"retry-after": str(PREPARING_RETRY_AFTER_SECONDS)},
+            )
+        return task.result()
 
-    @api.get("/v1/settlement-files/{settlement_date}")
+    @api.get(
+        "/v1/settlement-files/{settlement_date}",
+        response_model=SettlementFileManifest,
+        responses={503: {"description": "The file is being written: ask again after Retry-After"}},
+    )
     async def get_settlement_file(
         settlement_date: date,
         file_format: FormatQuery = SettlementFileFormat.JSONL,
-    ) -> SettlementFileManifest:
+    ) -> SettlementFileManifest | JSONResponse:
         """The day's settlement file: its size, sha256 and ETag, and each gzip
         member's byte offset, length, record count and first record."""
-        manifest, _ = await current_file(settlement_date, file_format)
-        return manifest
+        current = await current_file(settlement_date, file_format)
+        return current if isinstance(current, JSONResponse) else current[0]
 
     @api.api_route(
         "/v1/settlement-files/{settlement_date}/content",
@@ -397,7 +419,10 @@ def router(state: IssuerState) -> APIRouter:
         range asked (Range: bytes=start-end; 206 with Content-Range; 416 when
         it starts past the end); with If-Range, the range only if the file
         still has that ETag, else the whole current file."""
-        manifest, path = await current_file(settlement_date, file_format)
+        current = await current_file(settlement_date, file_format)
+        if isinstance(current, JSONResponse):
+            return current
+        manifest, path = current
         return FileResponse(
             path,
             media_type=SETTLEMENT_FILE_MEDIA_TYPE,
