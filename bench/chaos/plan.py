@@ -31,6 +31,8 @@ OPERATION_WEIGHTS: dict[str, int] = {
     "dispute": 2,
     "represent": 2,
     "withdraw": 3,
+    "controls": 2,
+    "program_rules": 1,
 }
 OPERATION_KINDS = tuple(OPERATION_WEIGHTS)
 

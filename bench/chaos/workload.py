@@ -30,6 +30,7 @@ from bench.chaos.evidence import CustomerRef
 from bench.chaos.plan import Operation
 from bench.chaos.workload_calls import expect
 from bench.chaos.workload_card import CardTraffic
+from bench.chaos.workload_controls import CardControls
 from bench.chaos.workload_dispute import Disputes
 from bench.chaos.workload_issuing import CardIssuing
 from bench.chaos.workload_money import MoneyIn, MoneyOut
@@ -43,7 +44,7 @@ OPENING_FUNDS_MINOR = 500_000
 ONBOARDING_WAITS_FOR_KYC = "waiting for the KYC result"
 
 
-class Workload(CardTraffic, Redelivery, CardIssuing, MoneyIn, MoneyOut, Disputes):
+class Workload(CardTraffic, Redelivery, CardIssuing, CardControls, MoneyIn, MoneyOut, Disputes):
     """Does the plan's operations; one instance per run."""
 
     # ----- set-up: customers onboarded, funded, with a card --------------
