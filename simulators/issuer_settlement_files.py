@@ -18,7 +18,8 @@ processing fee totals (simulators/issuer_settlement_records.py). It is
 gzipped JSON lines or CSV in independent gzip members of a fixed number of
 records (schemas/settlement.py), written once, streamed to the simulator's
 data directory, and made anew only when what the issuer recorded that day,
-or an option below, changes: its ETag (its sha256) changes with it.
+or its volume, seed or member size, changes: its ETag (its sha256) changes
+with it.
 
 Options (PUT /_admin/options/issuer): settlement_file_volume (card records
 in the day's file, the issuer's own included; default 0: only its own),
@@ -287,7 +288,10 @@ def settlement_files_directory(state: IssuerState) -> Path:
 def file_key(parameters: FileParameters, recorded: list[SettlementFileRecord]) -> str:
     """Names the file's content: its parameters and what the issuer recorded."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(asdict(parameters), default=str, sort_keys=True).encode())
+    shaping = asdict(parameters)
+    # The shares mark what cardflow is meant to have seen; the bytes are the same.
+    del shaping["never_seen_bps"], shaping["other_amount_bps"]
+    digest.update(json.dumps(shaping, default=str, sort_keys=True).encode())
     for record in recorded:
         digest.update(record_json_line(record))
     return digest.hexdigest()[:24]
@@ -317,9 +321,14 @@ def materialize(
     with tempfile.NamedTemporaryFile(
         dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False
     ) as out:
-        members, record_count, sha256 = write_settlement_file(
-            out, records, parameters.file_format, parameters.records_per_member
-        )
+        try:
+            members, record_count, sha256 = write_settlement_file(
+                out, records, parameters.file_format, parameters.records_per_member
+            )
+        except BaseException:
+            # Half a file is never left behind to fill the disk.
+            Path(out.name).unlink(missing_ok=True)
+            raise
     day, file_format = parameters.day.isoformat(), parameters.file_format.value
     manifest = SettlementFileManifest(
         settlement_date=parameters.day,

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
+from pydantic import ValidationError
 
 from schemas.settlement import (
     SETTLEMENT_FILE_COLUMNS,
@@ -150,6 +152,32 @@ def test_every_synthetic_record_is_valid_and_the_mix_is_a_card_programs() -> Non
     assert types[SettlementFileRecordType.CLEARING] > 7_500
     for kind in ("force_post", "refund", "reversal", "chargeback", "fee", "interchange"):
         assert types[SettlementFileRecordType(kind)] > 0, kind
+
+
+def test_a_record_that_contradicts_itself_or_carries_a_fraction_is_refused() -> None:
+    record = next(
+        generated.record
+        for generated in settlement_records(DAY, 100, 1)
+        if generated.record.record_type == SettlementFileRecordType.CLEARING
+    )
+    line = record.model_dump(mode="json")
+    assert SettlementFileRecord.model_validate_json(json.dumps(line)) == record
+    refused = [
+        {**line, "amount_minor": 10.5},
+        {**line, "amount_minor": "1050"},
+        {**line, "direction": "credit"},  # a clearing never credits the program
+        {**line, "card_id": None},
+        {**line, "fee_type": "processing"},
+        {**line, "record_type": "reversal"},  # a reversal carries no interchange
+        {**line, "occurred_at": "2025-03-14T10:00:00"},  # no time zone
+        {**line, "record_id": "sr,1"},
+    ]
+    for bad in refused:
+        with pytest.raises(ValidationError):
+            SettlementFileRecord.model_validate_json(json.dumps(bad))
+    row = ["10.5" if name == "amount_minor" else "" for name in SETTLEMENT_FILE_COLUMNS]
+    with pytest.raises(ValueError, match="amount_minor is not an integer"):
+        record_from_csv_row(row, SETTLEMENT_FILE_COLUMNS)
 
 
 def test_a_200_000_record_file_is_written_with_memory_bounded(tmp_path: Path) -> None:
