@@ -50,6 +50,16 @@ def revenue_fees(currency: Currency | str) -> str:
     return f"revenue:fees:{Currency(currency).value}"
 
 
+def revenue_interchange(currency: Currency | str) -> str:
+    """The interchange the program earns on its cards' purchases, settled daily."""
+    return f"revenue:interchange:{Currency(currency).value}"
+
+
+def expense_issuer_fees(currency: Currency | str) -> str:
+    """The issuer's fees to the program (processing, conversion, card production)."""
+    return f"expense:issuer-fees:{Currency(currency).value}"
+
+
 def revenue_fx(currency: Currency | str) -> str:
     return f"revenue:fx:{Currency(currency).value}"
 
@@ -77,6 +87,8 @@ _SYSTEM_KINDS: dict[str, str] = {
     "fx:rounding": "fx_rounding",
     "revenue:fees": "revenue",
     "revenue:fx": "revenue",
+    "revenue:interchange": "revenue",
+    "expense:issuer-fees": "expense",
     "expense:cashback": "expense",
     "disputes:provisional": "disputes",
     "suspense:reconciliation": "suspense",

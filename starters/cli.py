@@ -36,6 +36,7 @@ from starters.rules import rules_app
 from starters.schedules import schedules_app
 from starters.secrets import secrets_app
 from starters.services import gateway_serve, worker_app
+from starters.settlement import settlement_app
 from starters.simulate import simulate_app, simulators_app
 from starters.status import status_command
 from starters.topup import topup_app
@@ -105,6 +106,7 @@ app.add_typer(dispute_app, name="dispute")
 app.add_typer(billing_app, name="billing")
 app.add_typer(statement_app, name="statement")
 app.add_typer(reconcile_app, name="reconcile")
+app.add_typer(settlement_app, name="settlement")
 app.add_typer(funding_app, name="funding")
 app.add_typer(fraud_app, name="fraud")
 app.add_typer(apikey_app, name="apikey")

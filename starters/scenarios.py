@@ -31,6 +31,7 @@ from starters.scenarios_onboarding import (
 )
 from starters.scenarios_program_funding import program_funding_funded
 from starters.scenarios_reconciliation import reconciliation_clean
+from starters.scenarios_settlement import settlement_ingested
 from starters.scenarios_topup import topup_bank, topup_collects_debt, topup_unmatched, topup_usdt
 from starters.scenarios_withdrawals import closure_closed, withdrawal_paid, withdrawal_usdt
 from workers.settings import Settings
@@ -80,4 +81,5 @@ SCENARIOS: dict[str, Scenario] = {
     "card-controls": card_controls,
     "fraud-case": fraud_case_cleared,
     "authentication-challenged": authentication_challenged,
+    "settlement-ingested": settlement_ingested,
 }

@@ -37,6 +37,7 @@ from activities.reconciliation import (
     ReconciliationLedgerActivities,
     ReconciliationProviderActivities,
 )
+from activities.settlement_ingest import SettlementIngestActivities
 from activities.topups import TopupActivities, TopupReceiptActivities
 from activities.withdrawals import PayoutActivities, WithdrawalActivities
 from schemas.task_queues import TaskQueues
@@ -101,6 +102,7 @@ def ledger_activities(pool: asyncpg.Pool, client: Client | None = None) -> list[
         *ProgramFundingLedgerActivities(pool).all(),  # type: ignore[list-item]
         *FraudLedgerActivities(pool, client).all(),  # type: ignore[list-item]
         *AuthenticationLedgerActivities(pool).all(),  # type: ignore[list-item]
+        *SettlementIngestActivities(None, pool).ledger_side(),  # type: ignore[list-item]
     ]
 
 
@@ -132,6 +134,9 @@ def provider_activities(clients: ProviderClients, pool: asyncpg.Pool) -> list[Ca
         *ProgramFundingProviderActivities(clients, pool).all(),  # type: ignore[list-item]
         *FraudProviderActivities(clients).all(),  # type: ignore[list-item]
         *AuthenticationProviderActivities(clients, pool).all(),  # type: ignore[list-item]
+        # A settlement file's chunks: read from the issuer, written to the
+        # database a batch at a time (activities/settlement_ingest.py).
+        *SettlementIngestActivities(clients, pool).providers(),  # type: ignore[list-item]
     ]
 
 

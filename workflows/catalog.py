@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from schemas.authentication import AUTHENTICATION_WORKFLOW
+from schemas.settlement_ingest import SETTLEMENT_INGEST_WORKFLOW
 from workflows.authentication import Authentication
 from workflows.billing import BILLING_RUN_WORKFLOW, BILLING_WORKFLOW, Billing, BillingRun
 from workflows.card_issue import CARD_ISSUE_WORKFLOW, CardIssue
@@ -31,6 +32,7 @@ from workflows.scheduled_reconciliation import (
     SCHEDULED_RECONCILIATION_WORKFLOW,
     ScheduledReconciliation,
 )
+from workflows.settlement import SettlementIngest
 from workflows.topup import TOPUP_WORKFLOW, Topup
 from workflows.withdrawal import WITHDRAWAL_WORKFLOW, Withdrawal
 
@@ -56,6 +58,7 @@ ALL_WORKFLOWS: Sequence[type] = (
     ProgramFunding,
     ControlsChange,
     Authentication,
+    SettlementIngest,
 )
 
 # The `status` query of every workflow type, by the type's name.
@@ -80,4 +83,5 @@ STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
     PROGRAM_FUNDING_WORKFLOW: ProgramFunding.status,
     CONTROLS_CHANGE_WORKFLOW: ControlsChange.status,
     AUTHENTICATION_WORKFLOW: Authentication.status,
+    SETTLEMENT_INGEST_WORKFLOW: SettlementIngest.status,
 }

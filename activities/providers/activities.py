@@ -21,6 +21,7 @@ from activities.providers.issuer import IssuerClient
 from activities.providers.kyc import KycClient
 from activities.providers.notify import NotifyClient
 from activities.providers.quotes import QuoteActivities
+from activities.providers.settlement_files import SettlementFileClient
 from activities.providers.telegram import TelegramBotClient
 from activities.providers.tron import TronClient
 from activities.queues import provider_activity
@@ -55,6 +56,7 @@ class ProviderClients:
         self.kyc = KycClient(f"{providers_base_url}/{KYC}")
         self.notify = NotifyClient(f"{providers_base_url}/{NOTIFY}")
         self.issuer = IssuerClient(f"{providers_base_url}/{ISSUER}")
+        self.settlement_files = SettlementFileClient(f"{providers_base_url}/{ISSUER}")
         self.fx = FxClient(f"{providers_base_url}/{FX}")
         self.bank = BankClient(f"{providers_base_url}/{BANK}")
         self.tron = TronClient(f"{providers_base_url}/{TRON}")
@@ -67,7 +69,15 @@ class ProviderClients:
             )
 
     def _all(self) -> tuple[ProviderClient, ...]:
-        clients = (self.kyc, self.notify, self.issuer, self.fx, self.bank, self.tron)
+        clients = (
+            self.kyc,
+            self.notify,
+            self.issuer,
+            self.settlement_files,
+            self.fx,
+            self.bank,
+            self.tron,
+        )
         return clients + ((self.telegram,) if self.telegram is not None else ())
 
     def time_calls_on(self, meter: MetricMeter) -> None:

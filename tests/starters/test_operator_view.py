@@ -88,6 +88,7 @@ REQUIRED_SEARCH_ATTRIBUTES: dict[str, set[str]] = {
     "FraudScan": {"ProcessStatus"},
     "FraudCase": {"CustomerId", "ProcessStatus"},
     "Authentication": {"CustomerId", "CardId", "ProcessStatus"},
+    "SettlementIngest": {"Provider", "ProcessStatus"},
 }
 # The processes `cardflow demo` runs (at the least).
 DEMO_WORKFLOW_TYPES = {
