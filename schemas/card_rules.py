@@ -290,17 +290,22 @@ def rules_verdict(
     rules: list[Rule], card: CardInput, request: AuthorizationRequest, at: datetime
 ) -> Verdict:
     """The rules' verdict on the request, from the card's state at `at`."""
-    return evaluate(
-        rules,
-        Facts(
-            amount_minor=request.amount_minor,
-            mcc=request.merchant.mcc,
-            country=request.merchant.country,
-            at=at,
-            card_started_at=card.opened_at,
-            segment=card.customer_tier,
-            approvals=card.rule_approvals,
-        ),
+    return evaluate(rules, card_facts(card, request, at))
+
+
+def card_facts(
+    card: CardInput, request: AuthorizationRequest | AuthenticationRequest, at: datetime
+) -> Facts:
+    """What the rules look at: the request's amount and merchant, and the
+    card's state at `at` (its age, its customer's segment, its approvals)."""
+    return Facts(
+        amount_minor=request.amount_minor,
+        mcc=request.merchant.mcc,
+        country=request.merchant.country,
+        at=at,
+        card_started_at=card.opened_at,
+        segment=card.customer_tier,
+        approvals=card.rule_approvals,
     )
 
 
@@ -313,15 +318,7 @@ def authentication_by_rules(
     rules, _ = card_rules(card, at)
     if not rules:
         return None
-    facts = Facts(
-        amount_minor=request.amount_minor,
-        mcc=request.merchant.mcc,
-        country=request.merchant.country,
-        at=at,
-        card_started_at=card.opened_at,
-        segment=card.customer_tier,
-        approvals=card.rule_approvals,
-    )
+    facts = card_facts(card, request, at)
     for action in ("decline", "challenge"):
         decided_by = evaluate(rules, facts, action).declined_by
         if decided_by is not None:

@@ -6,12 +6,14 @@ codes a command ends with."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from temporalio.client import (
     Client,
     WorkflowUpdateFailedError,
@@ -42,6 +44,23 @@ def refuse_input(error: ValidationError) -> NoReturn:
     for problem in error.errors():
         typer.echo(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}", err=True)
     raise typer.Exit(2) from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_model_file(path: Path, model: type[M], argument: str) -> M:
+    """A JSON file read as `model`: one that cannot be read names `argument`,
+    one the model refuses names each field; either ends the command (2)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        typer.echo(f"{argument}: cannot read {path} as JSON ({error})", err=True)
+        raise typer.Exit(2) from None
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        refuse_input(error)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -66,6 +66,20 @@ async def start_controls_change(
         return client.get_workflow_handle(workflow_id, result_type=ControlsChangeResult)
 
 
+async def _card_update(
+    client: Client,
+    card_id: str,
+    update: Any,
+    argument: Any,
+    update_id: str | None,
+    rpc_timeout: timedelta | None,
+) -> Any:
+    handle = client.get_workflow_handle(card_workflow_id(card_id))
+    return await handle.execute_update(
+        update, argument, id=update_id, rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT
+    )
+
+
 async def set_card_controls(
     client: Client,
     card_id: str,
@@ -75,13 +89,10 @@ async def set_card_controls(
     rpc_timeout: timedelta | None = None,
 ) -> Controls:
     """Replace the card's own controls; answers them as the card stored them."""
-    handle = client.get_workflow_handle(card_workflow_id(card_id))
-    return await handle.execute_update(
-        CardEntity.set_controls,
-        controls,
-        id=update_id,
-        rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
+    stored: Controls = await _card_update(
+        client, card_id, CardEntity.set_controls, controls, update_id, rpc_timeout
     )
+    return stored
 
 
 async def add_temporary_control(
@@ -93,13 +104,10 @@ async def add_temporary_control(
     rpc_timeout: timedelta | None = None,
 ) -> list[TemporaryControl]:
     """Add (or replace, by id) temporary controls; answers the card's list."""
-    handle = client.get_workflow_handle(card_workflow_id(card_id))
-    return await handle.execute_update(
-        CardEntity.add_temporary_control,
-        temporary,
-        id=update_id,
-        rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
+    kept: list[TemporaryControl] = await _card_update(
+        client, card_id, CardEntity.add_temporary_control, temporary, update_id, rpc_timeout
     )
+    return kept
 
 
 async def remove_temporary_control(
@@ -110,25 +118,15 @@ async def remove_temporary_control(
     update_id: str | None = None,
     rpc_timeout: timedelta | None = None,
 ) -> list[TemporaryControl]:
-    handle = client.get_workflow_handle(card_workflow_id(card_id))
-    return await handle.execute_update(
-        CardEntity.remove_temporary_control,
-        control_id,
-        id=update_id,
-        rpc_timeout=rpc_timeout or UPDATE_RPC_TIMEOUT,
+    """Undo a temporary control before its time; answers the card's list."""
+    kept: list[TemporaryControl] = await _card_update(
+        client, card_id, CardEntity.remove_temporary_control, control_id, update_id, rpc_timeout
     )
+    return kept
 
 
 def _controls_file(path: Path) -> Controls:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        typer.echo(f"FILE: cannot read {path} as JSON ({error})", err=True)
-        raise typer.Exit(2) from None
-    try:
-        return Controls.model_validate(document)
-    except ValidationError as error:
-        console.refuse_input(error)
+    return console.read_model_file(path, Controls, "FILE")
 
 
 FileArgument = Annotated[Path, typer.Argument(help="The controls as JSON (see the README)")]

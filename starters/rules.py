@@ -32,15 +32,7 @@ RulesFile = Annotated[Path, typer.Argument(help='A JSON file: {"rules": [...]}')
 
 def read_rules(path: Path) -> RuleSet:
     """The rules file, checked; what is wrong with it ends the command (2)."""
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        typer.echo(f"RULES_FILE: cannot read {path} as JSON ({error})", err=True)
-        raise typer.Exit(2) from None
-    try:
-        return RuleSet.model_validate(document)
-    except ValidationError as error:
-        console.refuse_input(error)
+    return console.read_model_file(path, RuleSet, "RULES_FILE")
 
 
 @rules_app.command("load")
