@@ -31,6 +31,10 @@ Names as Prometheus shows them (counters get `_total`, durations are seconds):
 | `cardflow_fraud_decisions_total` | counter | decision |
 | `cardflow_rule_declines_total` | counter | rule |
 | `cardflow_rule_shadow_declines_total` | counter | rule |
+| `cardflow_settlement_records` | gauge | provider, class |
+| `cardflow_settlement_drift_rate_bps` | gauge | provider, class |
+| `cardflow_settlement_drift_alert_bps` | gauge | provider |
+| `cardflow_settlement_last_ingest_timestamp_seconds` | gauge | provider |
 
 The authorization rules' counters are recorded by the card's workflow (its
 worker's meter, never while replaying): each active rule's declines, and
@@ -43,6 +47,12 @@ gauges: `cardflow_processes`, `cardflow_operator_waits`,
 The program-funding run's gauges are set by whichever ledger worker records
 the run, so a replica that recorded an older run keeps its older values: the
 rules read them from the replica with the latest run (its timestamp gauge).
+
+The settlement ingest's gauges are its last run's: every record class (0
+included) and each drift class's rate of the card postings, the rate its
+policy alerts at (class `all` is the day's whole drift), set by the ledger
+worker that records the run; the rules read the replica with the latest
+run, as they do program funding's.
 
 A decision is timed against the gateway's budget (1.5 s of the issuer's 2 s)
 with buckets fine enough to tell 1.25 s from 1.5 s (AUTHORIZATION_BUCKETS).
@@ -83,6 +93,12 @@ PROGRAM_FUNDING_LAST_RUN = "cardflow_program_funding_last_run_timestamp_seconds"
 FRAUD_CASES_OPENED = "cardflow_fraud_cases_opened"
 FRAUD_AUTO_FREEZES = "cardflow_fraud_auto_freezes"
 FRAUD_DECISIONS = "cardflow_fraud_decisions"
+SETTLEMENT_RECORDS = "cardflow_settlement_records"
+SETTLEMENT_DRIFT_RATE_BPS = "cardflow_settlement_drift_rate_bps"
+SETTLEMENT_DRIFT_ALERT_BPS = "cardflow_settlement_drift_alert_bps"
+SETTLEMENT_LAST_INGEST = "cardflow_settlement_last_ingest_timestamp_seconds"
+# The drift rate of all drift classes together, beside each class's.
+SETTLEMENT_DRIFT_ALL = "all"
 
 # The histogram buckets, in seconds, of the durations an alert compares with
 # a budget: Temporal's defaults jump from 1 s to 2.5 s.
@@ -115,6 +131,10 @@ EXPOSED_NAMES = (
     f"{FRAUD_CASES_OPENED}_total",
     f"{FRAUD_AUTO_FREEZES}_total",
     f"{FRAUD_DECISIONS}_total",
+    SETTLEMENT_RECORDS,
+    SETTLEMENT_DRIFT_RATE_BPS,
+    SETTLEMENT_DRIFT_ALERT_BPS,
+    SETTLEMENT_LAST_INGEST,
 )
 # Counted by fraud cases, which the demo does not open.
 FRAUD_NAMES = (
@@ -129,6 +149,13 @@ PROGRAM_FUNDING_NAMES = (
     BANK_DRIFT_LINES,
     CUSTODY_MISSING_MINOR,
     PROGRAM_FUNDING_LAST_RUN,
+)
+# Set by a settlement ingest, which the demo does not run.
+SETTLEMENT_NAMES = (
+    SETTLEMENT_RECORDS,
+    SETTLEMENT_DRIFT_RATE_BPS,
+    SETTLEMENT_DRIFT_ALERT_BPS,
+    SETTLEMENT_LAST_INGEST,
 )
 
 # Open holds are counted from the ledger itself, by each ledger worker, this often.
@@ -231,6 +258,39 @@ def record_program_funding(
     meter.create_gauge(
         PROGRAM_FUNDING_LAST_RUN, "When the program-funding run these gauges come from ran"
     ).set(run_at_seconds, {})
+
+
+def record_settlement_drift(
+    provider: str,
+    records: dict[str, int],
+    drift_rates_bps: dict[str, int],
+    drift_rate_bps: int,
+    drift_alert_bps: int,
+    ingested_at_seconds: int,
+) -> None:
+    """A settlement ingest's findings: its records by class (every class
+    named, 0 included, so a cleared drift reads 0), each drift class's rate
+    and the whole drift's (class `all`) in bps of the card postings, the
+    rate its policy alerts at; then the run's time, which tells the rules
+    this replica holds the latest ingest."""
+    meter = _meter()
+    counted = meter.create_gauge(
+        SETTLEMENT_RECORDS, "Records of the last settlement file ingested, by class"
+    )
+    for record_class, count in records.items():
+        counted.set(count, {"provider": provider, "class": record_class})
+    rates = meter.create_gauge(
+        SETTLEMENT_DRIFT_RATE_BPS, "Drift of the last settlement file, bps of its card postings"
+    )
+    for record_class, rate_bps in drift_rates_bps.items():
+        rates.set(rate_bps, {"provider": provider, "class": record_class})
+    rates.set(drift_rate_bps, {"provider": provider, "class": SETTLEMENT_DRIFT_ALL})
+    meter.create_gauge(
+        SETTLEMENT_DRIFT_ALERT_BPS, "The drift rate at which the settlement ingest alerts, bps"
+    ).set(drift_alert_bps, {"provider": provider})
+    meter.create_gauge(
+        SETTLEMENT_LAST_INGEST, "When the settlement ingest these gauges come from ended"
+    ).set(ingested_at_seconds, {"provider": provider})
 
 
 def record_fraud_case_opened(auto_freeze: bool) -> None:

@@ -17,6 +17,13 @@ Every record of the file gets one class:
 
 Drift is missing_in_ledger, amount_mismatch and unknown, its rate in basis
 points of the card postings (matched and drift).
+
+A difference at or over its currency's auto-fix threshold (and every
+unknown record) is an operator item: operators adjust it (the fix posted,
+keyed from the record id) or dismiss it (nothing posted) with the
+workflow's `decide` update while the policy's wait lasts; an item still
+undecided then is flagged in the result and stays open for the day's next
+run.
 """
 
 from __future__ import annotations
@@ -27,12 +34,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.edge import Day, EdgeModel
+from schemas.edge import NAME_CHARS_MAX, REASON_CHARS_MAX, Day, EdgeModel
 from schemas.money import Currency
-from schemas.reconciliation import OPERATORS_EMAIL_DEFAULT
+from schemas.reconciliation import OPERATORS_EMAIL_DEFAULT, DecisionAction
 from schemas.settlement import SettlementFileFormat
 from schemas.task_queues import DEFAULT_TASK_QUEUE_PREFIX, TaskQueues
-from schemas.units import BASIS_POINTS_PER_UNIT, HOUR_SECONDS
+from schemas.units import BASIS_POINTS_PER_UNIT, DAY_SECONDS, HOUR_SECONDS
 
 _QUEUES = TaskQueues(prefix=DEFAULT_TASK_QUEUE_PREFIX)
 
@@ -45,6 +52,15 @@ BATCH_RECORDS_DEFAULT = 1_000
 # its history stays short whatever the file's size.
 CHUNKS_PER_RUN_MAX = 1_000
 CHUNKS_IN_FLIGHT_MAX = 256
+# Operator items one run holds for decisions (the oldest record ids first):
+# the rest stay open in the table for the day's next run, so the run's
+# history and the e-mail stay bounded whatever the day's drift.
+DECISION_ITEMS_MAX = 5_000
+DECISION_ITEMS_DEFAULT = 1_000
+# Items the operators' e-mail names one by one; it counts the rest.
+NOTICE_ITEMS_MAX = 50
+# The longest record id the issuer sends (schemas/settlement.py) and an item id.
+ITEM_ID_CHARS_MAX = 200
 
 
 class RecordClass(StrEnum):
@@ -90,6 +106,10 @@ class SettlementIngestPolicy(BaseModel):
     chunk_attempts_max: int = Field(default=20, ge=1)
     # Operators are told when drift passes this share of the card postings.
     drift_alert_bps: int = Field(default=100, ge=0, le=BASIS_POINTS_PER_UNIT)
+    # How long operators have to decide the items over the threshold, and
+    # how many of them one run holds.
+    decision_wait_seconds: int = Field(default=DAY_SECONDS, ge=1)
+    decision_items_max: int = Field(default=DECISION_ITEMS_DEFAULT, ge=1, le=DECISION_ITEMS_MAX)
 
     def threshold(self, currency: Currency) -> int:
         return self.auto_fix_threshold_minor.get(currency, 0)
@@ -213,6 +233,69 @@ class DriftRate(BaseModel):
     rate_bps: int
 
 
+OperatorItemState = Literal["awaiting_decision", "adjusted", "dismissed", "undecided"]
+
+
+class OperatorItem(BaseModel):
+    """A record whose difference waits for (or had) an operator's decision."""
+
+    record_id: str
+    record_class: RecordClass
+    transaction_id: str | None = None
+    currency: Currency
+    # Issuer minus cardflow, signed for issuer:settlement (what an
+    # adjustment credits it, through suspense).
+    delta_minor: int
+    state: OperatorItemState
+    decided_by: str | None = None
+    reason: str | None = None
+    transfer_key: str | None = None
+
+
+class SettlementDecision(EdgeModel):
+    """An operator's decision on one item (its record id): adjust (post the
+    fix through suspense) or dismiss (post nothing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str = Field(min_length=1, max_length=ITEM_ID_CHARS_MAX)
+    action: DecisionAction
+    operator: str = Field(min_length=1, max_length=NAME_CHARS_MAX)
+    reason: str = Field(min_length=1, max_length=REASON_CHARS_MAX)
+
+
+class OperatorItemsRequest(BaseModel):
+    provider: str
+    settlement_date: date
+    items_max: int = Field(ge=1, le=DECISION_ITEMS_MAX)
+
+
+class OperatorItems(BaseModel):
+    """The day's items awaiting a decision (at most items_max), and how many there are."""
+
+    items: list[OperatorItem]
+    awaiting_total: int
+
+
+class DecisionRecord(BaseModel):
+    """A decision to record (and, for an adjustment, post) once."""
+
+    provider: str
+    settlement_date: date
+    decision: SettlementDecision
+
+
+class DriftReport(BaseModel):
+    """What the ingest found, for the dashboards' gauges."""
+
+    provider: str
+    settlement_date: date
+    counts: ChunkCounts
+    drift_rate_bps: int
+    drift_by_class: list[DriftRate]
+    drift_alert_bps: int
+
+
 class SettlementIngestStatus(BaseModel):
     stage: str
     settlement_date: date
@@ -221,6 +304,8 @@ class SettlementIngestStatus(BaseModel):
     records_done: int
     records_total: int
     counts: ChunkCounts
+    # The items over the threshold this run holds, as decided so far.
+    items: list[OperatorItem] = Field(default_factory=list)
 
 
 class SettlementIngestResult(BaseModel):
@@ -232,6 +317,34 @@ class SettlementIngestResult(BaseModel):
     drift_rate_bps: int
     drift_by_class: list[DriftRate]
     alerted: bool
+    # Operators' decisions on the items over the threshold this run held;
+    # the record ids still undecided when the wait ended (flagged), and the
+    # items beyond the run's decision_items_max, left for the next run.
+    adjusted: int = 0
+    dismissed: int = 0
+    undecided: list[str] = Field(default_factory=list)
+    items_not_held: int = 0
+
+
+class ScheduledSettlementInput(EdgeModel):
+    """The daily schedule's action: ingest the issuer's file of the UTC day
+    before the scheduled time (or settlement_date, for a backfill)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settlement_date: Day | None = None
+    file_format: SettlementFileFormat = SettlementFileFormat.JSONL
+    operators_email: str = Field(default=OPERATORS_EMAIL_DEFAULT, min_length=3, max_length=200)
+    policy: SettlementIngestPolicy = Field(default_factory=SettlementIngestPolicy)
+    ledger_task_queue: str = Field(default=_QUEUES.ledger, max_length=200)
+    providers_task_queue: str = Field(default=_QUEUES.providers, max_length=200)
+    workflows_task_queue: str = Field(default=_QUEUES.workflows, max_length=200)
+
+
+class ScheduledSettlementResult(BaseModel):
+    workflow_id: str
+    settlement_date: date
+    started: bool = Field(description="False when that day's ingest had run or was running")
 
 
 SettlementIngestInput.model_rebuild()

@@ -1,5 +1,6 @@
-"""The Temporal Schedules cardflow keeps (daily reconciliation, monthly
-billing, hourly program funding, the fraud scan every six hours). `cardflow
+"""The Temporal Schedules cardflow keeps (daily reconciliation, the daily
+settlement file's ingest, monthly billing, hourly program funding, the
+fraud scan every six hours). `cardflow
 dev up` and `cardflow schedules ensure` create each one that does not exist
 yet and leave an existing one as it is, so running them any number of times
 leaves exactly one schedule per id.
@@ -22,6 +23,7 @@ from starters.billing import BILLING_SCHEDULE_ID, billing_schedule
 from starters.fraud import FRAUD_SCAN_SCHEDULE_ID, fraud_scan_schedule
 from starters.program_funding import PROGRAM_FUNDING_SCHEDULE_ID, program_funding_schedule
 from starters.reconcile import DAILY_SCHEDULE_ID, build_daily_schedule
+from starters.settlement import SETTLEMENT_SCHEDULE_ID, settlement_schedule
 from workers.settings import Settings
 
 
@@ -43,6 +45,11 @@ SCHEDULES: list[ScheduleSpec] = [
         schedule_id=DAILY_SCHEDULE_ID,
         build=build_daily_schedule,
         description="reconcile yesterday's issuer settlement report, daily at 02:00 UTC",
+    ),
+    ScheduleSpec(
+        schedule_id=SETTLEMENT_SCHEDULE_ID,
+        build=settlement_schedule,
+        description="ingest yesterday's issuer settlement file, daily at 03:00 UTC",
     ),
     ScheduleSpec(
         schedule_id=PROGRAM_FUNDING_SCHEDULE_ID,

@@ -1,30 +1,47 @@
-"""Starting and watching the ingest of the issuer's daily settlement file
-`settlement/{provider}/{date}`: one client function per action, shared by
-the CLI (`cardflow settlement ingest|status`), the scenarios and tests.
+"""Starting, watching and steering the ingest of the issuer's daily
+settlement file `settlement/{provider}/{date}`: one client function per
+action, shared by the CLI (`cardflow settlement ingest|status|decide`), the
+gateway, the scenarios and tests; and the daily schedule that ingests
+yesterday's file (`settlement-issuer-daily`, registered in starters.schedules).
 
 `ingest` starts the day's ingest (or joins the one running) and waits for
 it, showing its chunks and records as progress bars (from the workflow's
-`status` query), then a summary table of the records by class.
+`status` query), then a summary table of the records by class. Operators
+hear about the items over the auto-fix threshold by e-mail and answer each
+with `decide` (adjust or dismiss).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import date
+from datetime import date, timedelta
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleCalendarSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleRange,
+    ScheduleSpec,
+    WorkflowHandle,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from schemas.edge import DAY_MAX, DAY_MIN
-from schemas.reconciliation import ISSUER_PROVIDER
+from schemas.reconciliation import ISSUER_PROVIDER, DecisionAction
 from schemas.settlement_ingest import (
     SETTLEMENT_INGEST_WORKFLOW,
+    OperatorItem,
+    ScheduledSettlementInput,
+    SettlementDecision,
     SettlementIngestInput,
     SettlementIngestPolicy,
     SettlementIngestResult,
@@ -32,7 +49,12 @@ from schemas.settlement_ingest import (
 )
 from schemas.task_queues import TaskQueues
 from starters import console
+from starters.updates import execute_update
 from workers.settings import Settings
+from workflows.scheduled_settlement import (
+    SCHEDULED_SETTLEMENT_WORKFLOW,
+    scheduled_settlement_start_metadata,
+)
 from workflows.settlement import (
     SettlementIngest,
     settlement_start_metadata,
@@ -41,6 +63,14 @@ from workflows.settlement import (
 
 # How often the progress bars ask the workflow where it is.
 PROGRESS_POLL_SECONDS = 1.0
+SETTLEMENT_SCHEDULE_ID = "settlement-issuer-daily"
+# The issuer closes a UTC day's file at its cut-off, shortly after midnight
+# (a manifest asked before it is written is answered 503 and waited for);
+# the ingest runs at 03:00, after the cut-off and an hour after the day's
+# reconciliation (02:00), so the two do not contend for the ledger.
+SETTLEMENT_RUN_HOUR_UTC = 3
+# A run missed while the server was down still runs within this window.
+SETTLEMENT_CATCHUP_WINDOW = timedelta(hours=12)
 
 
 def settlement_input(
@@ -78,8 +108,71 @@ async def start(
 
 
 async def status(client: Client, settlement_date: date) -> SettlementIngestStatus:
-    handle = client.get_workflow_handle(settlement_workflow_id(ISSUER_PROVIDER, settlement_date))
-    return await handle.query(SettlementIngest.status)
+    return await _handle(client, settlement_date).query(SettlementIngest.status)
+
+
+async def decide(
+    client: Client,
+    settlement_date: date,
+    decision: SettlementDecision,
+    *,
+    update_id: str | None = None,
+    rpc_timeout: timedelta | None = None,
+) -> OperatorItem:
+    """An operator's decision on one item over the threshold of the day's
+    ingest; the validator refuses an item the ingest does not hold or one
+    no longer awaiting a decision. The same `update_id` again answers the
+    first one's result."""
+    return await execute_update(
+        _handle(client, settlement_date),
+        SettlementIngest.decide,
+        decision,
+        id=update_id,
+        rpc_timeout=rpc_timeout,
+    )
+
+
+def _handle(
+    client: Client, settlement_date: date
+) -> WorkflowHandle[SettlementIngest, SettlementIngestResult]:
+    return client.get_workflow_handle_for(
+        SettlementIngest.run, settlement_workflow_id(ISSUER_PROVIDER, settlement_date)
+    )
+
+
+# ----- the daily schedule ------------------------------------------------------------
+
+
+def settlement_schedule(settings: Settings) -> Schedule:
+    """Every day at SETTLEMENT_RUN_HOUR_UTC: ingest yesterday's file under
+    `settlement/issuer/{yesterday}` (the driver starts it and ends)."""
+    queues = settings.task_queues
+    driver = ScheduledSettlementInput(
+        ledger_task_queue=queues.ledger,
+        providers_task_queue=queues.providers,
+        workflows_task_queue=queues.workflows,
+    )
+    metadata = scheduled_settlement_start_metadata(driver)
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            SCHEDULED_SETTLEMENT_WORKFLOW,
+            driver,
+            id=SETTLEMENT_SCHEDULE_ID,
+            task_queue=queues.workflows,
+            static_summary=metadata.summary,
+            static_details=metadata.details,
+        ),
+        spec=ScheduleSpec(
+            calendars=[
+                ScheduleCalendarSpec(
+                    hour=[ScheduleRange(SETTLEMENT_RUN_HOUR_UTC)], minute=[ScheduleRange(0)]
+                )
+            ]
+        ),
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP, catchup_window=SETTLEMENT_CATCHUP_WINDOW
+        ),
+    )
 
 
 async def watch(
@@ -117,7 +210,11 @@ def summary_table(workflow_id: str, result: SettlementIngestResult) -> Table:
     table.caption = (
         f"drift {result.drift_records} records, {result.drift_rate_bps} bps"
         f"{' (operators alerted)' if result.alerted else ''}; "
-        f"{result.counts.auto_fixed} fixed, {result.counts.operator_items} for operators; "
+        f"{result.counts.auto_fixed} fixed, {result.counts.operator_items} for operators"
+        f" ({result.adjusted} adjusted, {result.dismissed} dismissed,"
+        f" {len(result.undecided)} undecided"
+        + (f", {result.items_not_held} left for the next run" if result.items_not_held else "")
+        + "); "
         + ", ".join(
             f"{posting.currency.value} interchange {posting.interchange_minor}"
             f" fees {posting.fees_minor}"
@@ -130,7 +227,7 @@ def summary_table(workflow_id: str, result: SettlementIngestResult) -> Table:
 # ----- `cardflow settlement ...` ------------------------------------------------------
 
 settlement_app = typer.Typer(
-    help="The issuer's daily settlement file: ingest a day, see its progress.",
+    help="The issuer's daily settlement file: ingest a day, see its progress, decide items.",
     no_args_is_help=True,
 )
 
@@ -186,3 +283,33 @@ def status_command(
         return 0
 
     raise typer.Exit(console.run(go()))
+
+
+@settlement_app.command("decide")
+def decide_command(
+    day: Annotated[str, typer.Option("--date", help="The ingested UTC day, YYYY-MM-DD")],
+    item: Annotated[str, typer.Argument(help="The item's record id")],
+    operator: Annotated[str, typer.Option("--operator", help="Who decides")],
+    reason: Annotated[str, typer.Option("--reason", help="Why")],
+    adjust: Annotated[bool, typer.Option("--adjust", help="Post the fix through suspense")] = False,
+    dismiss: Annotated[bool, typer.Option("--dismiss", help="Post nothing")] = False,
+) -> None:
+    """Decide one item over the auto-fix threshold: --adjust or --dismiss."""
+    from pydantic import ValidationError
+
+    settlement_date = _date(day)
+    if adjust == dismiss:
+        typer.echo("action: give exactly one of --adjust, --dismiss", err=True)
+        raise typer.Exit(2)
+    action = DecisionAction.ADJUST if adjust else DecisionAction.DISMISS
+    try:
+        decision = SettlementDecision.model_validate(
+            {"item_id": item, "action": action, "operator": operator, "reason": reason}
+        )
+    except ValidationError as error:
+        console.refuse_input(error)
+
+    async def action_(client: Client) -> str:
+        return (await decide(client, settlement_date, decision)).model_dump_json(indent=2)
+
+    console.send_update(action_)

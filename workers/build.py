@@ -37,6 +37,7 @@ from activities.reconciliation import (
     ReconciliationLedgerActivities,
     ReconciliationProviderActivities,
 )
+from activities.settlement_decisions import SettlementDecisionActivities
 from activities.settlement_ingest import SettlementIngestActivities
 from activities.topups import TopupActivities, TopupReceiptActivities
 from activities.withdrawals import PayoutActivities, WithdrawalActivities
@@ -103,6 +104,7 @@ def ledger_activities(pool: asyncpg.Pool, client: Client | None = None) -> list[
         *FraudLedgerActivities(pool, client).all(),  # type: ignore[list-item]
         *AuthenticationLedgerActivities(pool).all(),  # type: ignore[list-item]
         *SettlementIngestActivities(None, pool).ledger_side(),  # type: ignore[list-item]
+        *SettlementDecisionActivities(pool).all(),  # type: ignore[list-item]
     ]
 
 

@@ -32,6 +32,10 @@ from workflows.scheduled_reconciliation import (
     SCHEDULED_RECONCILIATION_WORKFLOW,
     ScheduledReconciliation,
 )
+from workflows.scheduled_settlement import (
+    SCHEDULED_SETTLEMENT_WORKFLOW,
+    ScheduledSettlementIngest,
+)
 from workflows.settlement import SettlementIngest
 from workflows.topup import TOPUP_WORKFLOW, Topup
 from workflows.withdrawal import WITHDRAWAL_WORKFLOW, Withdrawal
@@ -59,6 +63,7 @@ ALL_WORKFLOWS: Sequence[type] = (
     ControlsChange,
     Authentication,
     SettlementIngest,
+    ScheduledSettlementIngest,
 )
 
 # The `status` query of every workflow type, by the type's name.
@@ -84,4 +89,5 @@ STATUS_QUERIES: dict[str, Callable[[Any], Any]] = {
     CONTROLS_CHANGE_WORKFLOW: ControlsChange.status,
     AUTHENTICATION_WORKFLOW: Authentication.status,
     SETTLEMENT_INGEST_WORKFLOW: SettlementIngest.status,
+    SCHEDULED_SETTLEMENT_WORKFLOW: ScheduledSettlementIngest.status,
 }

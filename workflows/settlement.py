@@ -17,8 +17,21 @@ Steps (activities/settlement_ingest.py):
    per currency in one ledger batch, keyed by provider, day and currency
    (`post_day_totals`, ledger queue);
 4. drift (missing in the ledger, amount mismatch, unknown) counted and its
-   rate in basis points of the card postings, by class; operators e-mailed
-   once when the rate reaches the policy's threshold.
+   rate in basis points of the card postings, by class, set as gauges for
+   the dashboards (`record_drift`, ledger queue); operators e-mailed once
+   when the rate reaches the policy's threshold;
+5. the day's items over the auto-fix threshold still awaiting a decision
+   (`operator_items`, at most the policy's decision_items_max, the oldest
+   record ids first) named in one e-mail to the operators, who answer each
+   with the `decide` update (adjust: the fix posted under the key of the
+   record id, as an automatic fix would be; dismiss: nothing posted) until
+   the policy's decision wait ends; the items undecided then are flagged in
+   the result and stay open in the table for the day's next run.
+
+A decision is recorded in the item's row before its fix is posted
+(`decide_item`, ledger queue): the validator takes only an item this run
+holds that awaits a decision, and the row takes only its first decision,
+so a decision sent twice, or retried after a kill, posts its fix once.
 
 The same file ingested twice, a chunk retried after a kill or a workflow
 task run again changes nothing: every write is keyed by durable inputs (the
@@ -41,17 +54,26 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from activities.providers.http import NON_RETRYABLE_ERROR_TYPES
     from activities.reconciliation import OperatorNotice, ReconciliationProviderActivities
+    from activities.settlement_decisions import SettlementDecisionActivities
     from activities.settlement_ingest import SettlementIngestActivities
+    from schemas.reconciliation import DecisionAction
+    from schemas.refusals import Refusal, refused
     from schemas.search import PROVIDER
     from schemas.settlement_ingest import (
         CARD_POSTING_CLASSES,
         DRIFT_CLASSES,
+        NOTICE_ITEMS_MAX,
         SETTLEMENT_INGEST_WORKFLOW,
         ChunkCounts,
         ChunkRequest,
         DayTotalsRequest,
+        DecisionRecord,
         DriftRate,
+        DriftReport,
         IngestCarried,
+        OperatorItem,
+        OperatorItemsRequest,
+        SettlementDecision,
         SettlementFileRequest,
         SettlementFileSummary,
         SettlementIngestInput,
@@ -61,7 +83,8 @@ with workflow.unsafe.imports_passed_through():
     from schemas.units import BASIS_POINTS_PER_UNIT
     from workflows.metadata import StartMetadata, start_metadata
     from workflows.process import ProcessStage
-    from workflows.steps import step, step_key
+    from workflows.reconciliation import DECIDE_UPDATE, STAGE_AWAITING_DECISIONS
+    from workflows.steps import step, step_key, wait_for
 
 STAGE_CHUNKS = "ingesting"
 
@@ -93,6 +116,8 @@ class SettlementIngest:
         self._chunks_done = 0
         self._counts = ChunkCounts()
         self._next_member = 0
+        self._items: dict[str, OperatorItem] = {}
+        self._deciding = False
 
     # ----- platform ---------------------------------------------------------
 
@@ -100,7 +125,10 @@ class SettlementIngest:
     async def run(self, request: SettlementIngestInput) -> SettlementIngestResult:
         self._input = request
         self.progress.search(PROVIDER.value_set(request.provider))
-        return await self._ingest(request)
+        result = await self._ingest(request)
+        self._deciding = False
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return result
 
     # ----- business steps ---------------------------------------------------
 
@@ -150,9 +178,30 @@ class SettlementIngest:
         card_postings = sum(self._counts.count(kind) for kind in CARD_POSTING_CLASSES)
         drift = sum(self._counts.count(kind) for kind in DRIFT_CLASSES)
         drift_rate = rate_bps(drift, card_postings)
+        drift_by_class = [
+            DriftRate(
+                record_class=kind,
+                records=self._counts.count(kind),
+                rate_bps=rate_bps(self._counts.count(kind), card_postings),
+            )
+            for kind in sorted(DRIFT_CLASSES)
+        ]
+        await step(
+            request,
+            SettlementDecisionActivities.record_drift,
+            DriftReport(
+                provider=request.provider,
+                settlement_date=request.settlement_date,
+                counts=self._counts,
+                drift_rate_bps=drift_rate,
+                drift_by_class=drift_by_class,
+                drift_alert_bps=policy.drift_alert_bps,
+            ),
+        )
         alerted = card_postings > 0 and drift_rate >= policy.drift_alert_bps
         if alerted:
             await self._alert(request, drift, drift_rate)
+        not_held = await self._operator_decisions(request)
         self.progress.enter("drift" if drift else "settled")
         return SettlementIngestResult(
             file=file,
@@ -161,15 +210,84 @@ class SettlementIngest:
             day_postings=day_postings,
             drift_records=drift,
             drift_rate_bps=drift_rate,
-            drift_by_class=[
-                DriftRate(
-                    record_class=kind,
-                    records=self._counts.count(kind),
-                    rate_bps=rate_bps(self._counts.count(kind), card_postings),
-                )
-                for kind in sorted(DRIFT_CLASSES)
-            ],
+            drift_by_class=drift_by_class,
             alerted=alerted,
+            adjusted=self._decided("adjusted"),
+            dismissed=self._decided("dismissed"),
+            undecided=[
+                item.record_id for item in self._items.values() if item.state == "undecided"
+            ],
+            items_not_held=not_held,
+        )
+
+    async def _operator_decisions(self, request: SettlementIngestInput) -> int:
+        """Hold the day's items awaiting a decision, tell the operators once
+        and wait for their decisions until the policy's wait ends; flag the
+        ones left. Answers how many items await a decision beyond those held."""
+        policy = request.policy
+        found = await step(
+            request,
+            SettlementDecisionActivities.operator_items,
+            OperatorItemsRequest(
+                provider=request.provider,
+                settlement_date=request.settlement_date,
+                items_max=policy.decision_items_max,
+            ),
+        )
+        if not found.items:
+            return 0
+        self._items = {item.record_id: item for item in found.items}
+        await self._ask_operators(request, found.awaiting_total)
+        self._deciding = True
+        self.progress.enter(STAGE_AWAITING_DECISIONS)
+        await wait_for(self._all_decided, policy.decision_wait_seconds)
+        self._deciding = False
+        for item in self._items.values():
+            if item.state == "awaiting_decision":
+                item.state = "undecided"
+        return found.awaiting_total - len(found.items)
+
+    def _all_decided(self) -> bool:
+        return all(item.state != "awaiting_decision" for item in self._items.values())
+
+    def _decided(self, state: str) -> int:
+        return sum(1 for item in self._items.values() if item.state == state)
+
+    async def _ask_operators(self, request: SettlementIngestInput, awaiting_total: int) -> None:
+        workflow_id = workflow.info().workflow_id
+        held = list(self._items.values())
+        lines = [
+            f"- {item.record_id}: {item.record_class.value}"
+            + (f" of {item.transaction_id}" if item.transaction_id else "")
+            + f", delta {item.delta_minor} {item.currency.value} minor"
+            for item in held[:NOTICE_ITEMS_MAX]
+        ]
+        if len(held) > NOTICE_ITEMS_MAX:
+            lines.append(
+                f"- and {len(held) - NOTICE_ITEMS_MAX} more (`cardflow settlement status`)"
+            )
+        if awaiting_total > len(held):
+            lines.append(
+                f"{awaiting_total - len(held)} more wait for the day's next run"
+                f" (this run holds {len(held)})."
+            )
+        day = request.settlement_date.isoformat()
+        await step(
+            request,
+            ReconciliationProviderActivities.notify_operators,
+            OperatorNotice(
+                key=step_key("operator-items"),
+                to=request.operators_email,
+                subject=f"{workflow_id}: {len(held)} settlement records need a decision",
+                body=(
+                    f"Settlement ingest {workflow_id} found differences over the auto-fix"
+                    " threshold:\n"
+                    + "\n".join(lines)
+                    + f"\nDecide each within {request.policy.decision_wait_seconds} s:"
+                    f" cardflow settlement decide --date {day} ITEM --adjust|--dismiss"
+                    " --reason TEXT --operator NAME"
+                ),
+            ),
         )
 
     async def _lane(self, request: SettlementIngestInput, run_end: int) -> None:
@@ -228,6 +346,45 @@ class SettlementIngest:
             ),
         )
 
+    # ----- operators --------------------------------------------------------
+
+    @workflow.update(name=DECIDE_UPDATE)
+    async def decide(self, decision: SettlementDecision) -> OperatorItem:
+        assert self._input is not None
+        item = self._items[decision.item_id]
+        # Taken now, before the activity runs, so that a second decision on
+        # the item meanwhile is refused by the validator.
+        adjust = decision.action is DecisionAction.ADJUST
+        item.state = "adjusted" if adjust else "dismissed"
+        recorded = await step(
+            self._input,
+            SettlementDecisionActivities.decide_item,
+            DecisionRecord(
+                provider=self._input.provider,
+                settlement_date=self._input.settlement_date,
+                decision=decision,
+            ),
+        )
+        # The row's decision is the one that counts (a run before this one
+        # may have recorded another).
+        self._items[decision.item_id] = recorded
+        self.progress.show()
+        return recorded
+
+    @decide.validator
+    def _validate_decide(self, decision: SettlementDecision) -> None:
+        item = self._items.get(decision.item_id)
+        if item is None:
+            raise refused(
+                Refusal.NOT_FOUND,
+                f"item_id: no item {decision.item_id!r} awaiting a decision in this ingest",
+            )
+        if not self._deciding or item.state != "awaiting_decision":
+            raise refused(
+                Refusal.WRONG_STATE,
+                f"item_id: {decision.item_id!r} is {item.state}, not awaiting a decision",
+            )
+
     @workflow.query
     def status(self) -> SettlementIngestStatus:
         assert self._input is not None
@@ -239,6 +396,7 @@ class SettlementIngest:
             records_done=self._counts.records,
             records_total=self._file.record_count if self._file else 0,
             counts=self._counts,
+            items=list(self._items.values()),
         )
 
     # ----- current details --------------------------------------------------
@@ -256,4 +414,9 @@ class SettlementIngest:
             f"records {self._counts.records}/{records_total}"
             + (f"; {classes}" if classes else "")
             + f"; {self._counts.auto_fixed} fixed, {self._counts.operator_items} for operators"
+            + (
+                f"; {self._decided('awaiting_decision')} of {len(self._items)} awaiting a decision"
+                if self._items
+                else ""
+            )
         )

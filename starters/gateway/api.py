@@ -28,6 +28,7 @@ from starters.gateway.v1 import (
     processes,
     reconciliation,
     rewards,
+    settlements,
     telegram,
     topups,
     withdrawals,
@@ -52,6 +53,7 @@ PROCESS_ROUTERS = (
     controls.router,
     fraud.router,
     reconciliation.router,
+    settlements.router,
 )
 
 # Every route of every process, in one router (each route carries its own

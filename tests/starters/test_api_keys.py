@@ -166,6 +166,8 @@ EXPECTED_SCOPES = {
     ("POST", "/v1/rules"): SCOPE_OPERATIONS,
     ("GET", "/v1/rules"): SCOPE_OPERATIONS,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}/decisions"): SCOPE_OPERATIONS,
+    ("POST", "/v1/settlements/issuer/{settlement_date}/decisions"): SCOPE_OPERATIONS,
+    ("GET", "/v1/settlements/issuer/{settlement_date}"): SCOPE_PROCESSES_READ,
     ("POST", "/v1/billing-runs/{period}"): SCOPE_ADMIN,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}"): SCOPE_ADMIN,
 }

@@ -145,6 +145,8 @@ EXPECTED_ACCESS: dict[tuple[str, str], str] = {
     ("POST", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("GET", "/v1/reconciliations/issuer/{settlement_date}"): PROGRAM_WIDE,
     ("POST", "/v1/reconciliations/issuer/{settlement_date}/decisions"): PROGRAM_WIDE,
+    ("GET", "/v1/settlements/issuer/{settlement_date}"): PROGRAM_WIDE,
+    ("POST", "/v1/settlements/issuer/{settlement_date}/decisions"): PROGRAM_WIDE,
 }
 # Path parameters that name what a route acts on: a customer-scoped route
 # reads them only through the dependency that checks them. Any other path
@@ -670,6 +672,8 @@ PROGRAM_ROUTES: list[Request] = [
     ("POST", "/v1/reconciliations/issuer/2025-01-01", None),
     ("GET", "/v1/reconciliations/issuer/2025-01-01", None),
     ("POST", "/v1/reconciliations/issuer/2025-01-01/decisions", {}),
+    ("GET", "/v1/settlements/issuer/2025-01-01", None),
+    ("POST", "/v1/settlements/issuer/2025-01-01/decisions", {}),
     ("GET", "/v1/events", None),
     ("POST", f"/v1/events/evt_{'0' * 32}/redeliver", None),
     ("POST", "/v1/webhook-endpoints", {"url": "https://app.example/hooks", "event_types": []}),

@@ -47,6 +47,8 @@ POLICY = SettlementIngestPolicy(
     chunks_in_flight=2,
     chunk_heartbeat_seconds=5,
     drift_alert_bps=100,
+    # Nobody decides here: the items over the threshold are flagged at once.
+    decision_wait_seconds=1,
 )
 CARD_POSTINGS = ("clearing", "force_post", "refund")
 SIGN = {"debit": 1, "credit": -1, "none": 0}
@@ -77,11 +79,11 @@ def the_file(sim: Any) -> None:
     )
 
 
-async def seed_platform(sim: Any, pool: asyncpg.Pool) -> Expected:
+async def seed_platform(sim: Any, pool: asyncpg.Pool, day: date = DAY) -> Expected:
     """cardflow's card postings as the simulator says cardflow saw them, and
     what the ingest must find, computed from the same view."""
     url = (
-        f"{sim.provider_url('issuer')}/v1/simulate/settlement-files/{DAY.isoformat()}/platform-view"
+        f"{sim.provider_url('issuer')}/v1/simulate/settlement-files/{day.isoformat()}/platform-view"
     )
     rows: list[tuple[Any, ...]] = []
     expected = Expected(Counter(), 0, 0, Counter(), Counter(), Counter())
@@ -210,6 +212,13 @@ async def test_a_file_is_classified_exactly_fixed_once_and_ingested_twice_change
         assert fixes == expected.auto_fixed
         items = await stack.pool.fetchval("SELECT count(*) FROM settlement_operator_items")
         assert items == expected.operator_items
+        # Nobody decided within the wait: every item flagged, none posted, all still open.
+        assert len(first.undecided) == expected.operator_items
+        assert (first.adjusted, first.dismissed, first.items_not_held) == (0, 0, 0)
+        awaiting = await stack.pool.fetchval(
+            "SELECT count(*) FROM settlement_operator_items WHERE state = 'awaiting_decision'"
+        )
+        assert awaiting == expected.operator_items
 
         # The day's interchange and fees, once per currency.
         postings = {posting.currency.value: posting for posting in first.day_postings}
@@ -237,7 +246,13 @@ async def test_a_file_is_classified_exactly_fixed_once_and_ingested_twice_change
         assert by_class[RecordClass.MISSING_IN_LEDGER] == expected.classes["missing_in_ledger"]
         async with NotifyClient(sim.provider_url("notify")) as notify:
             page = await notify.list_messages(to="operations@cardflow.example")
-        assert len(page.data) == 1 and "missing_in_ledger" in page.data[0].body
+        # One alert of the drift, and one e-mail naming the items over the threshold.
+        [alert] = [message for message in page.data if "drift" in message.subject]
+        assert "missing_in_ledger" in alert.body
+        [asked] = [message for message in page.data if "need a decision" in message.subject]
+        assert f"{expected.operator_items} settlement records" in asked.subject
+        assert "cardflow settlement decide" in asked.body
+        assert len(page.data) == 2
 
         # The same file again, with a higher alert threshold and continuing
         # as new every three chunks: the same figures (carried across runs),

@@ -43,6 +43,12 @@ MADE_AT_FIRST_EVENT = frozenset(
         # Only once a program loads rules (tests/workflows/test_auth_rules.py).
         "cardflow_rule_declines_total",
         "cardflow_rule_shadow_declines_total",
+        # Only once a settlement file is ingested (tests/workflows/
+        # test_settlement_decisions.py proves an ingest sets every one).
+        "cardflow_settlement_records",
+        "cardflow_settlement_drift_rate_bps",
+        "cardflow_settlement_drift_alert_bps",
+        "cardflow_settlement_last_ingest_timestamp_seconds",
     }
 )
 

@@ -21,6 +21,7 @@ fraud.py          fraud-case/{case_id}: an operator's read and decision
 controls.py       card controls: a card's own and temporary ones, and
                   controls-change/{request_id} for the program's or a customer's
 reconciliation.py reconciliation/issuer/{date}
+settlements.py    settlement/issuer/{date}: the ingest's status, operators' decisions
 
 What they share: shared.py (the router every process's is, how a call on a
 process is answered), idempotency.py (Idempotency-Key of starts and
