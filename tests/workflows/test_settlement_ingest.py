@@ -247,11 +247,12 @@ async def test_a_file_is_classified_exactly_fixed_once_and_ingested_twice_change
         async with NotifyClient(sim.provider_url("notify")) as notify:
             page = await notify.list_messages(to="operations@cardflow.example")
         # One alert of the drift, and one e-mail naming the items over the threshold.
-        [alert] = [message for message in page.data if "drift" in message.subject]
-        assert "missing_in_ledger" in alert.body
-        [asked] = [message for message in page.data if "need a decision" in message.subject]
-        assert f"{expected.operator_items} settlement records" in asked.subject
-        assert "cardflow settlement decide" in asked.body
+        mails = {message.subject or "": message.body or "" for message in page.data}
+        [alert] = [body for subject, body in mails.items() if "drift" in subject]
+        assert "missing_in_ledger" in alert
+        [asked] = [subject for subject in mails if "need a decision" in subject]
+        assert f"{expected.operator_items} settlement records" in asked
+        assert "cardflow settlement decide" in mails[asked]
         assert len(page.data) == 2
 
         # The same file again, with a higher alert threshold and continuing
