@@ -26,7 +26,9 @@ decoded as the member's bytes stream in; nothing holds a member or the file.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from datetime import date
 
 import asyncpg
@@ -264,11 +266,18 @@ class SettlementIngestActivities:
         progress = ChunkProgress.model_validate(details[0]) if details else ChunkProgress()
         resumed_from = progress.records_done
         fixes_posted = 0
+        clock = StageClock()
         records = self.clients.settlement_files.member_records(
             manifest, member, skip_records=progress.records_done
         )
-        async for batch in _batches(records, request.batch_records):
-            counts, posted = await self._ingest_batch(request, row["settlement_date"], batch)
+        batches = _batches(records, request.batch_records)
+        while True:
+            started = time.perf_counter()
+            batch = await anext(batches, None)
+            clock.read_seconds += time.perf_counter() - started
+            if batch is None:
+                break
+            counts, posted = await self._ingest_batch(request, row["settlement_date"], batch, clock)
             fixes_posted += posted
             progress.records_done += len(batch)
             progress.counts.add(counts)
@@ -291,12 +300,20 @@ class SettlementIngestActivities:
             counts=ChunkCounts.model_validate_json(stored),
             resumed_from_record=resumed_from,
             fixes_posted=fixes_posted,
+            read_ms=round(clock.read_seconds * 1000),
+            match_ms=round(clock.match_seconds * 1000),
+            post_ms=round(clock.post_seconds * 1000),
         )
 
     async def _ingest_batch(
-        self, request: ChunkRequest, settlement_date: date, batch: list[SettlementFileRecord]
+        self,
+        request: ChunkRequest,
+        settlement_date: date,
+        batch: list[SettlementFileRecord],
+        clock: StageClock,
     ) -> tuple[ChunkCounts, int]:
         """Stage, classify and fix one batch; its counts and the fixes posted now."""
+        started = time.perf_counter()
         thresholds = sorted(request.auto_fix_threshold_minor.items())
         await self.pool.execute(
             _STAGE_BATCH_SQL,
@@ -330,8 +347,10 @@ class SettlementIngestActivities:
         # A record id twice in a batch is one record (one row, one fix).
         assert len(rows) <= len(batch)
         counts.records = len(rows)
+        clock.match_seconds += time.perf_counter() - started
         if not fixes:
             return counts, 0
+        started = time.perf_counter()
         await self._open_accounts(
             code
             for fix in fixes
@@ -343,6 +362,7 @@ class SettlementIngestActivities:
         outcomes = await self.ledger.submit(fixes, atomic=True)
         # Both accounts are unconstrained system accounts: nothing refuses a fix.
         assert all(outcome.accepted for outcome in outcomes), outcomes
+        clock.post_seconds += time.perf_counter() - started
         return counts, sum(1 for outcome in outcomes if not outcome.replayed)
 
     async def _open_accounts(self, codes: Iterable[str]) -> None:
@@ -423,6 +443,16 @@ class SettlementIngestActivities:
 
     def ledger_side(self) -> list[object]:
         return [self.post_day_totals]
+
+
+@dataclass
+class StageClock:
+    """Where one chunk's time went: reading (download and decode), matching
+    (stage, classify, read back) and posting the fixes, in seconds."""
+
+    read_seconds: float = 0.0
+    match_seconds: float = 0.0
+    post_seconds: float = 0.0
 
 
 def _fix(key: str, currency: Currency, delta_minor: int) -> TransferRequest:
