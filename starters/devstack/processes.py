@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,6 +81,10 @@ EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 DYNAMIC_PORTS = range(49_152, 65_536)
 """The IANA dynamic range: what other systems hand out when Linux's range is unknown."""
 PORT_PICK_ATTEMPTS_MAX = 200
+PICKED_PORTS_DIR = Path(tempfile.gettempdir()) / "cardflow-picked-ports"
+"""Where a picked port is noted, so no other process on the machine picks it
+until its part had time to bind it (a free port is free until bound)."""
+PICK_HELD_SECONDS = 600
 
 
 def ephemeral_ports() -> range:
@@ -117,7 +123,9 @@ def free_port_run(length: int) -> int:
         for _ in range(PORT_PICK_ATTEMPTS_MAX):
             first = random.choice(pickable)
             run = range(first, first + length)
-            if all(port in pickable_set and port_is_free("127.0.0.1", port) for port in run):
+            if all(
+                port in pickable_set and port_is_free("127.0.0.1", port) for port in run
+            ) and _note_picked(run):
                 return first
     for _ in range(PORT_PICK_ATTEMPTS_MAX):
         # Every port is the OS's to hand out: take what it picks.
@@ -126,6 +134,27 @@ def free_port_run(length: int) -> int:
         if run[-1] <= 65_535 and all(port_is_free("127.0.0.1", port) for port in run):
             return first
     raise RuntimeError(f"no {length} consecutive free ports found")
+
+
+def _note_picked(run: range) -> bool:
+    """Note every port of `run` as picked, unless another process (a test
+    worker beside this one, a stack starting) picked one of them within
+    PICK_HELD_SECONDS; only then is the run this caller's."""
+    PICKED_PORTS_DIR.mkdir(parents=True, exist_ok=True)
+    noted: list[Path] = []
+    for port in run:
+        path = PICKED_PORTS_DIR / str(port)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - path.stat().st_mtime > PICK_HELD_SECONDS:
+                path.unlink(missing_ok=True)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            for taken in noted:
+                taken.unlink(missing_ok=True)
+            return False
+        noted.append(path)
+    return True
 
 
 def _port_the_os_picks() -> int:

@@ -70,3 +70,28 @@ def test_a_part_that_does_not_come_up_is_reported_with_the_end_of_its_log(
     message = str(raised.value)
     assert message.startswith(f"{GATEWAY} did not become healthy; see {tmp_path}")
     assert "no-such-part" in message, message
+
+
+def test_a_port_picked_is_not_picked_again_by_any_process_until_its_part_could_bind_it() -> None:
+    """The way a demo stack once failed: its Temporal UI port was picked,
+    and before `dev up` bound it a test in the worker beside it picked the
+    same free port and bound it first. A pick is noted for every process on
+    the machine until its part had time to bind it."""
+    import subprocess
+    import sys
+
+    ours = [free_port() for _ in range(PICKS)]
+    theirs = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from starters.devstack.processes import free_port\n"
+            f"print(' '.join(str(free_port()) for _ in range({PICKS})))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    assert len(set(ours)) == PICKS
+    assert set(ours).isdisjoint(int(port) for port in theirs)
