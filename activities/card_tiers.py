@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncpg
 from temporalio.exceptions import ApplicationError
 
-from activities.ledger.errors import LedgerError, translate
-from activities.ledger.store import KEY_RACE_RETRIES_MAX, transfer_hash
+from activities.ledger.errors import LedgerError
+from activities.ledger.store import Ledger, transfer_hash
 from activities.metrics import record_ledger_rejection, timed_posting
 from activities.queues import ledger_activity
 from schemas.card_tiers import (
@@ -40,6 +40,7 @@ class CardTierActivities:
 
     def __init__(self, pool: asyncpg.Pool, limits: TierCardLimitsTable | None = None) -> None:
         self._pool = pool
+        self._ledger = Ledger(pool)
         self._limits = default_tier_card_limits() if limits is None else limits
 
     @ledger_activity(HOLD_WITHIN_TIER)
@@ -89,28 +90,18 @@ class CardTierActivities:
             )
 
     async def _call(self, *args: object) -> asyncpg.Record:
-        """The statement, retried when a concurrent first use of its key won
-        the insert (the retry then finds that outcome); the ledger's own
-        errors (a key reused with another payload) are final."""
-        for _ in range(KEY_RACE_RETRIES_MAX):
-            try:
-                row = await self._pool.fetchrow(_HOLD_WITHIN_TIER, *args)
-            except asyncpg.UniqueViolationError:
-                continue
-            except asyncpg.PostgresError as error:
-                typed = translate(error)
-                if typed is None:
-                    raise
-                raise ApplicationError(
-                    str(typed), type=type(typed).__name__, non_retryable=True
-                ) from None
-            assert row is not None
-            return row
-        raise ApplicationError(
-            f"idempotency key race did not settle after {KEY_RACE_RETRIES_MAX} tries",
-            type=LedgerError.__name__,
-            non_retryable=True,
-        )
+        """The statement, through the ledger's own keyed call; its errors (a
+        key reused with another payload) are final."""
+        try:
+            row: asyncpg.Record | None = await self._ledger.keyed_call(
+                self._pool.fetchrow, _HOLD_WITHIN_TIER, *args
+            )
+        except LedgerError as error:
+            raise ApplicationError(
+                str(error), type=type(error).__name__, non_retryable=True
+            ) from None
+        assert row is not None
+        return row
 
     def all(self) -> list[object]:
         return [self.hold_within_tier]

@@ -113,7 +113,7 @@ class Ledger:
 
     async def close_account(self, code: str) -> bool:
         """Close at zero balance with no open holds; False if it was already closed."""
-        result = await self._call(self._pool.fetchval, "SELECT ledger_close_account($1)", code)
+        result = await self.keyed_call(self._pool.fetchval, "SELECT ledger_close_account($1)", code)
         return bool(result == "closed")
 
     # ----- transfers and holds ----------------------------------------
@@ -149,7 +149,7 @@ class Ledger:
             amounts.append(request.amount_minor)
             currencies.append(request.currency.value)
             expires.append(request.expires_at if isinstance(request, HoldRequest) else NOT_A_HOLD)
-        rows = await self._call(
+        rows = await self.keyed_call(
             self._pool.fetch,
             _SUBMIT,
             atomic,
@@ -166,7 +166,7 @@ class Ledger:
 
     async def _submit_one(self, request: TransferRequest, *, atomic: bool) -> TransferOutcome:
         """One transfer or hold, with the outcome ledger_submit would give it."""
-        row = await self._call(
+        row = await self.keyed_call(
             self._pool.fetchrow,
             _TRANSFER_ONE,
             atomic,
@@ -185,7 +185,7 @@ class Ledger:
         """Post (all or part), void or expire a hold; with rest_key, the part not
         posted or voided stays held under that key."""
         partial = request.rest_key is not None
-        row = await self._call(
+        row = await self.keyed_call(
             self._pool.fetchrow,
             _RESOLVE_PARTIAL if partial else _RESOLVE,
             request.key,
@@ -277,7 +277,11 @@ class Ledger:
 
     # ----- plumbing -----------------------------------------------------
 
-    async def _call(self, method: Any, query: str, *args: Any) -> Any:
+    async def keyed_call(self, method: Any, query: str, *args: Any) -> Any:
+        """`method(query, *args)` for a statement that writes under an
+        idempotency key: retried when a concurrent first use of the key won its
+        insert (the retry finds that outcome); the database's ledger errors
+        raised as their LedgerError."""
         for _ in range(KEY_RACE_RETRIES_MAX):
             try:
                 return await method(query, *args)

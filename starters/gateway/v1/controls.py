@@ -79,10 +79,6 @@ class RulesInForce(BaseModel):
 ControlIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
-def _changed_by(request: Request) -> str:
-    return f"api-key:{request.state.api_key_id}"
-
-
 @route(router, UPDATE, "/cards/{card_id}/controls", "Set a card's own controls", method="PUT")
 async def card_controls_route(
     card_id: OwnCardId, body: Controls, idempotency: UpdateKey, updates: ProcessUpdates
@@ -133,9 +129,22 @@ async def _start_change(
     starter: ProcessStarter,
     idempotency: StartKey,
     queues: Queues,
+    caller: Request,
     body: ControlsRequest | RulesRequest,
-    change: ControlsChange,
+    controls: Controls,
+    *,
+    customer_id: str | None = None,
+    only_fields: list[str] | None = None,
 ) -> ProcessRef:
+    """Start the change of `body` (by the calling key) once per request id."""
+    change = ControlsChange(
+        request_id=body.request_id,
+        customer_id=customer_id,
+        controls=controls,
+        reason=body.reason,
+        changed_by=f"api-key:{caller.state.api_key_id}",
+        only_fields=only_fields,
+    )
     request = controls_change_input(change, queues)
     return await starter.start(
         response,
@@ -165,14 +174,16 @@ async def customer_controls_route(
     queues: Queues,
     starter: ProcessStarter,
 ) -> ProcessRef:
-    change = ControlsChange(
-        request_id=body.request_id,
+    return await _start_change(
+        response,
+        starter,
+        idempotency,
+        queues,
+        request,
+        body,
+        body.controls,
         customer_id=customer_id,
-        controls=body.controls,
-        reason=body.reason,
-        changed_by=_changed_by(request),
     )
-    return await _start_change(response, starter, idempotency, queues, body, change)
 
 
 @route(
@@ -191,13 +202,7 @@ async def program_controls_route(
     queues: Queues,
     starter: ProcessStarter,
 ) -> ProcessRef:
-    change = ControlsChange(
-        request_id=body.request_id,
-        controls=body.controls,
-        reason=body.reason,
-        changed_by=_changed_by(request),
-    )
-    return await _start_change(response, starter, idempotency, queues, body, change)
+    return await _start_change(response, starter, idempotency, queues, request, body, body.controls)
 
 
 @route(
@@ -228,14 +233,10 @@ async def rules_route(
     queues: Queues,
     starter: ProcessStarter,
 ) -> ProcessRef:
-    change = ControlsChange(
-        request_id=body.request_id,
-        controls=Controls(rules=body.rules),
-        reason=body.reason,
-        changed_by=_changed_by(request),
-        only_fields=["rules"],
+    rules = Controls(rules=body.rules)
+    return await _start_change(
+        response, starter, idempotency, queues, request, body, rules, only_fields=["rules"]
     )
-    return await _start_change(response, starter, idempotency, queues, body, change)
 
 
 @route(
