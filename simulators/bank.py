@@ -180,7 +180,7 @@ def _number(doc_id: str) -> int:
 
 
 def create(context: SimulatorContext) -> FastAPI:
-    app = FastAPI(title="Bank (simulated)")
+    app = context.app(title="Bank (simulated)")
 
     @app.exception_handler(Refused)
     async def refused(_: Request, error: Refused) -> JSONResponse:

@@ -231,7 +231,7 @@ def quote_amounts(
 
 
 def create(context: SimulatorContext) -> FastAPI:
-    app = FastAPI(title="FX rate source (simulated)")
+    app = context.app(title="FX rate source (simulated)")
     store = context.store
 
     def configured_mid_rates() -> dict[tuple[Currency, Currency], Decimal]:

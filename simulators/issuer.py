@@ -128,7 +128,7 @@ def create(context: SimulatorContext) -> FastAPI:
     # Every settled transaction, fee and deposit moves the program's balance,
     # and every request first credits the program's fundings now due.
     issuer_program.install(state)
-    app = FastAPI(
+    app = context.app(
         title="Card issuer (simulated)",
         dependencies=[Depends(issuer_program.crediting_due_fundings(state))],
     )

@@ -90,7 +90,7 @@ def require_authentication_of(state: IssuerState, authentication_id: str, card_i
 
 
 def router(state: IssuerState) -> APIRouter:
-    api = APIRouter()
+    api = state.context.router()
 
     @api.post("/v1/simulate/authentications", status_code=201)
     async def simulate_authentication(body: AuthenticateIn) -> Authentication:

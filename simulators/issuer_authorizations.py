@@ -156,7 +156,7 @@ def recover_asks_in_flight(state: IssuerState) -> int:
 
 
 def router(state: IssuerState) -> APIRouter:
-    api = APIRouter()
+    api = state.context.router()
 
     @api.get("/v1/authorizations")
     async def list_authorizations(

@@ -139,7 +139,7 @@ def _shipping_of(card: Card, action: str) -> Shipping:
 
 
 def router(state: IssuerState) -> APIRouter:
-    api = APIRouter()
+    api = state.context.router()
 
     # ----- cardholders -------------------------------------------------------
 

@@ -48,7 +48,7 @@ def _evidence(items: list[EvidenceIn], stamp: str) -> list[Evidence]:
 
 
 def router(state: IssuerState) -> APIRouter:
-    api = APIRouter()
+    api = state.context.router()
 
     def active_dispute(dispute_id: str, action: str) -> Dispute:
         dispute = state.load(DISPUTES, dispute_id)

@@ -236,7 +236,7 @@ def _page_start(ids: list[str], starting_after: str | None, what: str) -> int:
 
 
 def router(state: IssuerState) -> APIRouter:
-    api = APIRouter()
+    api = state.context.router()
 
     @api.get("/v1/program/balances")
     async def get_program_balances() -> ProgramBalanceList:

@@ -180,7 +180,7 @@ def program_funding(state: IssuerState) -> ProgramFunding:
 
 
 def router(state: IssuerState) -> APIRouter:
-    api = APIRouter()
+    api = state.context.router()
 
     @api.get("/v1/program/funding")
     async def get_program_funding() -> ProgramFunding:

@@ -114,7 +114,7 @@ def _secret_of(state: IssuerState, card: Card) -> CardSecret:
 
 
 def router(state: IssuerState) -> APIRouter:
-    api = APIRouter()
+    api = state.context.router()
 
     @api.post("/v1/cards/{card_id}/reveal_tokens", status_code=201)
     async def create_reveal_token(card_id: str, request: Request) -> RevealTokenOut:

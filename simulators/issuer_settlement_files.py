@@ -369,7 +369,7 @@ FormatQuery = Annotated[SettlementFileFormat, Query(alias="format")]
 
 
 def router(state: IssuerState) -> APIRouter:
-    api = APIRouter()
+    api = state.context.router()
     directory = settlement_files_directory(state)
     # The file being written, per content: one writer, every request waits on it.
     writing: dict[str, asyncio.Task[tuple[SettlementFileManifest, Path]]] = {}

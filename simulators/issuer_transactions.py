@@ -77,7 +77,7 @@ def page_of(ids: list[str], starting_after: str | None, card_id: str) -> tuple[i
 
 
 def router(state: IssuerState) -> APIRouter:
-    api = APIRouter()
+    api = state.context.router()
 
     @api.get("/v1/transactions")
     async def list_transactions(

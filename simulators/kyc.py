@@ -212,7 +212,7 @@ def _now() -> datetime:
 
 
 def create(context: SimulatorContext) -> FastAPI:
-    app = FastAPI(title="KYC provider (simulated)")
+    app = context.app(title="KYC provider (simulated)")
     store = context.store
 
     # Every handler below reads, checks and writes without awaiting in

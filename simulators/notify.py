@@ -157,7 +157,7 @@ FAILING_CHANNELS = TypeAdapter(list[Channel])
 
 
 def create(context: SimulatorContext) -> FastAPI:
-    app = FastAPI(title="Notification channels (simulated)")
+    app = context.app(title="Notification channels (simulated)")
 
     def failing_channels() -> list[Channel]:
         try:

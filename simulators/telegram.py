@@ -91,7 +91,7 @@ class BotApiError(Exception):
 
 
 def create(context: SimulatorContext) -> FastAPI:
-    app = FastAPI(title="Telegram Bot API (simulated)")
+    app = context.app(title="Telegram Bot API (simulated)")
     store = context.store
     # Long polls waiting for a bot's next update, by bot id.
     arrived: dict[int, asyncio.Event] = {}

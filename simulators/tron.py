@@ -239,7 +239,7 @@ def deposit_address(customer_id: str) -> str:
 
 
 def create(context: SimulatorContext) -> FastAPI:
-    app = FastAPI(title="Tron USDT-TRC20 custody (simulated)")
+    app = context.app(title="Tron USDT-TRC20 custody (simulated)")
 
     @app.exception_handler(Refused)
     async def refused(_: Request, error: Refused) -> JSONResponse:

@@ -56,7 +56,7 @@ class DeliveryPage(BaseModel):
 
 
 def create(context: SimulatorContext) -> FastAPI:
-    app = FastAPI(title="Upstream app (simulated)")
+    app = context.app(title="Upstream app (simulated)")
     store = context.store
 
     @app.put("/v1/receivers/{name}")

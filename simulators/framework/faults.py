@@ -13,6 +13,9 @@ requests (or every request). Kinds:
   answer_lost   serve the request in full (it takes effect), then answer
                 nothing for `seconds` (longer than the client waits) and
                 drop the connection: the caller cannot know it was made
+  crash         kill the simulator process (as SIGKILL would) right after
+                the request's `after_writes`-th write to its store: what a
+                call had not committed when it died is gone on restart
   reject        answer 422 with a validation error that echoes the request body
                 as its `input`, as FastAPI and many real providers do (what a
                 client must never copy into its logs)
@@ -28,7 +31,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-FaultKind = Literal["latency", "error", "rate_limit", "timeout", "drop", "reject", "answer_lost"]
+from simulators.framework.store import crash_after_writes
+
+FaultKind = Literal[
+    "latency", "error", "rate_limit", "timeout", "drop", "reject", "answer_lost", "crash"
+]
 
 
 class Fault(BaseModel):
@@ -40,6 +47,9 @@ class Fault(BaseModel):
     status: int = Field(default=503, ge=500, le=599)
     after_bytes: int | None = Field(
         default=None, ge=0, description="drop: cut the real body after this many bytes"
+    )
+    after_writes: int = Field(
+        default=0, ge=0, le=1000, description="crash: die after this many writes of the request"
     )
 
 
@@ -94,6 +104,9 @@ class FaultMiddleware:
             return
         if fault.kind in ("latency", "timeout"):
             await asyncio.sleep(fault.seconds)
+            await self.app(scope, receive, send)
+        elif fault.kind == "crash":
+            crash_after_writes(fault.after_writes)
             await self.app(scope, receive, send)
         elif fault.kind == "answer_lost":
             await self.app(scope, receive, _discarded)

@@ -2,13 +2,23 @@
 
 Documents are JSON objects addressed by (kind, id). Calls are synchronous and
 short; simulators are test doubles serving one machine, not a database.
+
+A provider's call changes its state all at once or not at all: what a call
+writes between two of its awaits (a transaction saved with the webhook that
+announces it) is one SQLite transaction (`atomic`, used by
+simulators/framework/atomic.py), so a simulator killed halfway leaves either
+both or neither, as a real provider does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +62,31 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+# The exit status of a simulator killed by an injected crash (as SIGKILL's 128 + 9).
+CRASH_EXIT_STATUS = 137
+# The writes a request may still make before its process dies (a `crash`
+# fault, simulators/framework/faults.py); unset: no crash armed.
+_WRITES_BEFORE_CRASH: ContextVar[list[int] | None] = ContextVar("writes_before_crash", default=None)
+
+
+def crash_after_writes(writes: int) -> None:
+    """Kill this process, as SIGKILL would (nothing flushed, nothing
+    committed), right after the current request's `writes`-th write: 0 kills
+    it before the first."""
+    if writes == 0:
+        os._exit(CRASH_EXIT_STATUS)
+    _WRITES_BEFORE_CRASH.set([writes])
+
+
+def _counted_write() -> None:
+    remaining = _WRITES_BEFORE_CRASH.get()
+    if remaining is None:
+        return
+    remaining[0] -= 1
+    if remaining[0] == 0:
+        os._exit(CRASH_EXIT_STATUS)
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -69,11 +104,41 @@ class Store:
         self._connection.execute("PRAGMA synchronous=NORMAL")
         self._connection.executescript(_SCHEMA)
         self._lock = threading.RLock()
+        self._atomic_depth = 0
 
     def execute(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
             cursor = self._connection.execute(sql, args)
-            return cursor.fetchall()
+            rows = cursor.fetchall()
+        if not sql.lstrip().upper().startswith("SELECT"):
+            _counted_write()
+        return rows
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Everything written inside is committed together, or rolled back
+        when the block raises (or never reaches disk when the process dies).
+        Nested blocks join the outermost. The block must not await: the
+        connection is shared by every request of the process."""
+        with self._lock:
+            if self._atomic_depth:
+                self._atomic_depth += 1
+                try:
+                    yield
+                finally:
+                    self._atomic_depth -= 1
+                return
+            self._connection.execute("BEGIN IMMEDIATE")
+            self._atomic_depth = 1
+            try:
+                yield
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            else:
+                self._connection.execute("COMMIT")
+            finally:
+                self._atomic_depth = 0
 
     # ----- documents ----------------------------------------------------
 

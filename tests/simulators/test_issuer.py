@@ -1063,3 +1063,80 @@ async def test_cards_and_authorizations_survive_a_restart(tmp_path: Path) -> Non
             "card.created",
             "card.shipping.updated",
         ]
+
+
+async def test_a_clearing_killed_at_any_write_is_recorded_whole_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    """The issuer's process is killed (as SIGKILL would) after the first,
+    second, third... write of a clearing, until one clearing gets through.
+    Each time it comes back with the clearing whole (the authorization
+    cleared, its transaction, the transaction.cleared event to send) or not
+    at all, and the merchant's retry under the same Idempotency-Key ends with
+    exactly one of each: never a cleared authorization nobody is told about."""
+    from tests.providers import webhook_receiver
+
+    async with webhook_receiver(free_port()) as gateway:
+        gateway.realtime = APPROVE
+        process = simulator_process(tmp_path, free_port(), gateway.url)
+        gateway.secrets.update(process.secrets)
+        with running(process):
+            async with httpx.AsyncClient(
+                base_url=process.provider_url("issuer"), timeout=10
+            ) as http:
+                issuer = Issuer(http)
+                card_id = (await issuer.card())["id"]
+                killed_at = 0
+                while True:
+                    auth = await issuer.authorize(card_id, 2_500)
+                    assert auth["status"] == "pending", auth
+                    process.fault(
+                        kind="crash",
+                        method="POST",
+                        path_prefix=f"/issuer/v1/simulate/authorizations/{auth['id']}/clear",
+                        after_writes=killed_at,
+                        times=1,
+                    )
+                    path = f"/v1/simulate/authorizations/{auth['id']}/clear"
+                    key = {"Idempotency-Key": f"clear-{auth['id']}"}
+                    try:
+                        cleared = await http.post(path, json={"final": True}, headers=key)
+                    except httpx.HTTPError:
+                        cleared = None
+                    if cleared is not None:
+                        # The clearing wrote fewer times than the crash waited for.
+                        assert cleared.status_code == 201, cleared.text
+                        assert killed_at > 2, "a clearing writes more than twice"
+                        break
+                    assert process.process is not None
+                    assert process.process.wait(timeout=10) != 0
+                    process.start()
+                    found = await issuer.authorization(auth["id"])
+                    listed = await issuer.ok("GET", f"/v1/transactions?card_id={card_id}")
+                    transactions = [
+                        t for t in listed["data"] if t.get("authorization_id") == auth["id"]
+                    ]
+                    events = [
+                        row
+                        for row in process.admin("GET", "/webhooks")
+                        if row["type"] == "transaction.cleared"
+                        and row["about"] in {t["id"] for t in transactions}
+                    ]
+                    seen = (found["status"], len(transactions), len(events))
+                    assert seen in {("pending", 0, 0), ("cleared", 1, 1)}, (killed_at, seen)
+                    retried = await http.post(path, json={"final": True}, headers=key)
+                    if seen[0] == "pending":
+                        assert retried.status_code == 201, retried.text
+                    listed = await issuer.ok("GET", f"/v1/transactions?card_id={card_id}")
+                    transactions = [
+                        t for t in listed["data"] if t.get("authorization_id") == auth["id"]
+                    ]
+                    events = [
+                        row
+                        for row in process.admin("GET", "/webhooks")
+                        if row["type"] == "transaction.cleared"
+                        and row["about"] == transactions[0]["id"]
+                    ]
+                    assert (len(transactions), len(events)) == (1, 1), killed_at
+                    assert (await issuer.authorization(auth["id"]))["status"] == "cleared"
+                    killed_at += 1

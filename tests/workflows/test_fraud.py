@@ -8,6 +8,7 @@ decide route's refusals; a worker killed after the freeze."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -553,10 +554,20 @@ async def test_an_unanswered_case_is_escalated_and_keeps_waiting(platform: Platf
 
     escalated = await polling.until(status, lambda found: found.escalations == 2, "escalated twice")
     assert escalated.stage == STAGE_ESCALATED and not escalated.auto_freeze
-    row = await platform.stack.pool.fetchrow(
-        "SELECT status, escalations FROM fraud_cases WHERE case_id = $1", case_id
-    )
-    assert row is not None and tuple(row) == ("escalated", 2)
+
+    async def recorded() -> tuple[str, int] | None:
+        row = await platform.stack.pool.fetchrow(
+            "SELECT status, escalations FROM fraud_cases WHERE case_id = $1", case_id
+        )
+        return None if row is None else (row["status"], row["escalations"])
+
+    # The process counts the escalation before its activity records it, so
+    # the row follows the status a moment later.
+    assert await polling.until(
+        recorded, lambda row: row == ("escalated", 2), "the second escalation recorded"
+    ) == ("escalated", 2)
+    await asyncio.sleep(2.5)
+    assert await recorded() == ("escalated", 2), "escalated past escalations_max"
     # Still waiting: an operator's word ends it.
     result = await starter.decide(
         platform.stack.client,
