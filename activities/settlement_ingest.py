@@ -87,9 +87,12 @@ LIMIT 1
 """
 
 # One batch: staged from arrays, classified against card_transactions,
-# inserted once per record id; the differences left to operators recorded
-# with them. Signs are for issuer:settlement: > 0 cardflow owes the issuer
-# (a purchase, a fee), < 0 the issuer owes cardflow (a refund, a
+# inserted once per record id, the differences left to operators recorded
+# with them; answers every record of the batch as first classified (this
+# statement's or an earlier one's). A clearing, force post or refund claims
+# its transaction: a later record of the same transaction (another record
+# id) is a duplicate. Signs are for issuer:settlement: > 0 cardflow owes the
+# issuer (a purchase, a fee), < 0 the issuer owes cardflow (a refund, a
 # chargeback, interchange); a card's posting is signed the same way.
 _STAGE_BATCH_SQL = """
 WITH batch AS (
@@ -101,6 +104,15 @@ WITH batch AS (
 thresholds AS (
     SELECT * FROM unnest($11::text[], $12::bigint[]) AS t(currency, threshold_minor)
 ),
+claimed AS (
+    INSERT INTO settlement_claims (transaction_id, record_id)
+    SELECT DISTINCT ON (transaction_id) transaction_id, record_id
+    FROM batch
+    WHERE record_type IN ('clearing', 'force_post', 'refund') AND transaction_id IS NOT NULL
+    ORDER BY transaction_id, record_id
+    ON CONFLICT (transaction_id) DO NOTHING
+    RETURNING record_id
+),
 matched AS (
     SELECT b.*,
         CASE b.direction WHEN 'debit' THEN b.amount_minor
@@ -109,9 +121,13 @@ matched AS (
         ct.currency AS known_currency,
         CASE WHEN ct.kind = 'refund' THEN -ct.amount_minor ELSE ct.amount_minor END
             AS known_effect,
-        (ct.kind = 'refund') <> (b.record_type = 'refund') AS other_kind
+        (ct.kind = 'refund') <> (b.record_type = 'refund') AS other_kind,
+        b.record_type IN ('clearing', 'force_post', 'refund') AND b.transaction_id IS NOT NULL
+            AND b.record_id NOT IN (SELECT record_id FROM claimed)
+            AND coalesce(sc.record_id <> b.record_id, true) AS duplicate
     FROM batch b
     LEFT JOIN card_transactions ct ON ct.transaction_id = b.transaction_id
+    LEFT JOIN settlement_claims sc ON sc.transaction_id = b.transaction_id
 ),
 classified AS (
     SELECT m.*,
@@ -121,6 +137,7 @@ classified AS (
             WHEN m.record_type = 'fee' THEN 'fee'
             WHEN m.record_type = 'interchange' THEN 'interchange'
             WHEN m.transaction_id IS NULL THEN 'unknown'
+            WHEN m.duplicate THEN 'duplicate'
             WHEN m.known_id IS NULL THEN 'missing_in_ledger'
             WHEN m.known_currency <> m.currency OR m.other_kind THEN 'unknown'
             WHEN m.known_effect = m.issuer_effect THEN 'matched'
@@ -133,6 +150,7 @@ resolved AS (
         CASE WHEN c.class IN ('matched', 'missing_in_ledger', 'amount_mismatch', 'unknown')
              THEN coalesce(c.known_effect, 0) ELSE 0 END AS ledger_effect,
         CASE
+            WHEN c.class = 'duplicate' THEN 'operator'
             WHEN c.class IN ('missing_in_ledger', 'amount_mismatch')
                  AND c.issuer_effect = coalesce(c.known_effect, 0) THEN 'none'
             WHEN c.class IN ('missing_in_ledger', 'amount_mismatch')
@@ -150,23 +168,32 @@ inserted AS (
         ledger_amount_minor, delta_minor, resolution, fix_key)
     SELECT record_id, $1, $2, $3, record_type, class, transaction_id, card_id, currency,
         issuer_effect, ledger_effect,
-        CASE WHEN class IN ('missing_in_ledger', 'amount_mismatch', 'unknown')
+        CASE WHEN class IN ('missing_in_ledger', 'amount_mismatch', 'unknown', 'duplicate')
              THEN issuer_effect - ledger_effect ELSE 0 END,
         resolution,
         CASE WHEN resolution = 'auto_fix'
              THEN 'settlement/' || $13 || '/record/' || record_id || '/fix' END
     FROM resolved
     ON CONFLICT (record_id) DO NOTHING
-    RETURNING record_id, class, transaction_id, currency, delta_minor, resolution
+    RETURNING record_id, class, transaction_id, currency, delta_minor, resolution, fix_key
+),
+left_to_operators AS (
+    INSERT INTO settlement_operator_items (record_id, provider, settlement_date, class,
+        transaction_id, currency, delta_minor)
+    SELECT record_id, $13, $3, class, transaction_id, currency, delta_minor
+    FROM inserted WHERE resolution = 'operator'
+    ON CONFLICT (record_id) DO NOTHING
 )
-INSERT INTO settlement_operator_items (record_id, provider, settlement_date, class,
-    transaction_id, currency, delta_minor)
-SELECT record_id, $13, $3, class, transaction_id, currency, delta_minor
-FROM inserted WHERE resolution = 'operator'
-ON CONFLICT (record_id) DO NOTHING
+SELECT record_id, class, currency, delta_minor, resolution, fix_key FROM inserted
+UNION ALL
+SELECT record_id, class, currency, delta_minor, resolution, fix_key
+FROM settlement_records
+WHERE record_id = ANY($4::text[]) AND record_id NOT IN (SELECT record_id FROM inserted)
 """
 
-# The batch's records as first classified (this call's or an earlier one's).
+# The batch's records as first classified, read on their own: when an
+# attempt racing this one inserted some of them after this statement
+# began, the statement above could not see them.
 _BATCH_RESULTS_SQL = """
 SELECT record_id, class, currency, delta_minor, resolution, fix_key
 FROM settlement_records WHERE record_id = ANY($1::text[])
@@ -315,12 +342,13 @@ class SettlementIngestActivities:
         """Stage, classify and fix one batch; its counts and the fixes posted now."""
         started = time.perf_counter()
         thresholds = sorted(request.auto_fix_threshold_minor.items())
-        await self.pool.execute(
+        record_ids = [record.record_id for record in batch]
+        rows = await self.pool.fetch(
             _STAGE_BATCH_SQL,
             request.file_id,
             request.member_index,
             settlement_date,
-            [record.record_id for record in batch],
+            record_ids,
             [record.record_type.value for record in batch],
             [record.transaction_id for record in batch],
             [record.card_id for record in batch],
@@ -331,7 +359,8 @@ class SettlementIngestActivities:
             [threshold for _, threshold in thresholds],
             request.provider,
         )
-        rows = await self.pool.fetch(_BATCH_RESULTS_SQL, [record.record_id for record in batch])
+        if len(rows) < len(set(record_ids)):
+            rows = await self.pool.fetch(_BATCH_RESULTS_SQL, record_ids)
         counts = ChunkCounts(records=len(batch))
         fixes: list[TransferRequest] = []
         for row in rows:

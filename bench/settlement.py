@@ -98,6 +98,8 @@ SEED = 26
 MEMBER_RECORDS_DEFAULT = 10_000
 NEVER_SEEN_BPS = 100
 OTHER_AMOUNT_BPS = 50
+# Of the clearings, force posts and refunds, those the issuer settles twice.
+DUPLICATED_BPS = 20
 # Rows written to card_transactions per COPY while seeding.
 SEED_COPY_ROWS = 50_000
 # How long the issuer may take to write a large day's file.
@@ -159,6 +161,11 @@ def expect(seen: dict[str, Any], policy: SettlementIngestPolicy, expected: Expec
     kind = record["record_type"]
     if kind not in CARD_POSTINGS:
         expected.classes[kind] += 1
+        return False
+    if view == "duplicate":
+        # Settled twice by the issuer: all of it left to operators.
+        expected.classes["duplicate"] += 1
+        expected.operator_items += 1
         return False
     effect = SIGN[record["direction"]] * record["amount_minor"]
     if view == "never_seen":
@@ -247,6 +254,7 @@ async def prepare_file(
             "settlement_file_member_records": member_records,
             "settlement_file_never_seen_bps": NEVER_SEEN_BPS,
             "settlement_file_other_amount_bps": OTHER_AMOUNT_BPS,
+            "settlement_file_duplicated_bps": DUPLICATED_BPS,
         },
     )
     started = time.monotonic()

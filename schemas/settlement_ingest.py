@@ -68,6 +68,8 @@ class RecordClass(StrEnum):
     MISSING_IN_LEDGER = "missing_in_ledger"
     AMOUNT_MISMATCH = "amount_mismatch"
     UNKNOWN = "unknown"
+    # A transaction settled again under another record id: charged twice.
+    DUPLICATE = "duplicate"
     REVERSAL = "reversal"
     CHARGEBACK = "chargeback"
     FEE = "fee"
@@ -75,7 +77,12 @@ class RecordClass(StrEnum):
 
 
 DRIFT_CLASSES = frozenset(
-    {RecordClass.MISSING_IN_LEDGER, RecordClass.AMOUNT_MISMATCH, RecordClass.UNKNOWN}
+    {
+        RecordClass.MISSING_IN_LEDGER,
+        RecordClass.AMOUNT_MISMATCH,
+        RecordClass.UNKNOWN,
+        RecordClass.DUPLICATE,
+    }
 )
 CARD_POSTING_CLASSES = DRIFT_CLASSES | {RecordClass.MATCHED}
 

@@ -26,8 +26,10 @@ in the day's file, the issuer's own included; default 0: only its own),
 settlement_file_seed (default 0), settlement_file_never_seen_bps and
 settlement_file_other_amount_bps (of the synthetic records, the shares
 cardflow is meant never to have seen and to have seen with another amount;
-defaults 100 and 50), settlement_file_member_records (records per gzip
-member; default 10,000).
+defaults 100 and 50), settlement_file_duplicated_bps (of the synthetic
+clearings, force posts and refunds, the share the issuer settles twice;
+default 0), settlement_file_member_records (records per gzip member;
+default 10,000).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class FileParameters:
     records_per_member: int
     never_seen_bps: int
     other_amount_bps: int
+    duplicated_bps: int = 0
 
     @property
     def shares(self) -> SyntheticShares:
@@ -138,6 +141,9 @@ def file_parameters(
         records_per_member=max(per_member, -(-volume // MEMBERS_MAX)),
         never_seen_bps=never,
         other_amount_bps=other,
+        duplicated_bps=state.option_int(
+            "settlement_file_duplicated_bps", 0, 0, BASIS_POINTS_PER_UNIT
+        ),
     )
 
 
@@ -179,6 +185,7 @@ def generated(
         parameters.seed,
         recorded=recorded,
         shares=parameters.shares,
+        duplicated_bps=parameters.duplicated_bps,
     )
 
 

@@ -12,6 +12,10 @@ announced to cardflow as they happened; of the synthetic ones, an exact
 share was never seen, another was seen with another amount, and the rest
 were seen exactly. The shares decide only these marks, never the records:
 the file of a day is the same whatever cardflow is meant to have seen.
+
+An issuer's own mistake can be asked for too: `duplicated_bps` of the
+synthetic clearings, force posts and refunds are settled a second time,
+right after, under another record id (the program charged twice).
 """
 
 from __future__ import annotations
@@ -92,6 +96,16 @@ _DIRECTIONS = {
 }
 
 
+# What an issuer may settle twice: the records that settle a transaction.
+_SETTLED_AGAIN = frozenset(
+    {
+        SettlementFileRecordType.CLEARING,
+        SettlementFileRecordType.FORCE_POST,
+        SettlementFileRecordType.REFUND,
+    }
+)
+
+
 class PlatformView(StrEnum):
     """What cardflow is meant to know of a record of the file."""
 
@@ -102,6 +116,8 @@ class PlatformView(StrEnum):
     NEVER_SEEN = "never_seen"
     # The day's interchange or processing fees: cardflow learns them here.
     DAY_TOTAL = "day_total"
+    # The issuer settling a transaction of the file a second time.
+    DUPLICATE = "duplicate"
 
 
 class GeneratedRecord(NamedTuple):
@@ -165,6 +181,7 @@ def settlement_records(
     *,
     recorded: Sequence[SettlementFileRecord] = (),
     shares: SyntheticShares = SyntheticShares(),
+    duplicated_bps: int = 0,
 ) -> Iterator[GeneratedRecord]:
     """The day's settlement records in time order: `recorded` (the issuer's
     own, oldest first) merged with synthetic card records up to `volume`
@@ -175,7 +192,7 @@ def settlement_records(
     own = (GeneratedRecord(one, PlatformView.RECORDED, one.amount_minor) for one in recorded)
     card_records = heapq.merge(
         own,
-        _synthetic(day, synthetic, seed, shares),
+        _synthetic(day, synthetic, seed, shares, duplicated_bps),
         key=lambda generated: generated.record.occurred_at,
     )
     interchange: dict[Currency, int] = {}
@@ -258,7 +275,7 @@ def _spread(count: int, seed: int) -> tuple[int, int]:
 
 
 def _synthetic(
-    day: date, count: int, seed: int, shares: SyntheticShares
+    day: date, count: int, seed: int, shares: SyntheticShares, duplicated_bps: int
 ) -> Iterator[GeneratedRecord]:
     rng = random.Random(f"settlement:{day.isoformat()}:{seed}")
     tag, stamp = synthetic_tag(seed), day.strftime("%Y%m%d")
@@ -319,3 +336,9 @@ def _synthetic(
             yield GeneratedRecord(record, PlatformView.SEEN_OTHER_AMOUNT, seen)
         else:
             yield GeneratedRecord(record, PlatformView.SEEN_EXACT, amount_minor)
+        if (
+            record_type in _SETTLED_AGAIN
+            and difference_draw % BASIS_POINTS_PER_UNIT < duplicated_bps
+        ):
+            again = record.model_copy(update={"record_id": f"sr_{serial}_again"})
+            yield GeneratedRecord(again, PlatformView.DUPLICATE, None)

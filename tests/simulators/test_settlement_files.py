@@ -135,6 +135,27 @@ def test_the_shares_never_seen_and_seen_with_another_amount_are_exact() -> None:
     assert views[PlatformView.DAY_TOTAL] == 8
 
 
+def test_a_transaction_settled_twice_follows_its_first_record_under_another_id() -> None:
+    """The issuer's mistake on demand: a share of the clearings, force posts
+    and refunds settled again, right after, the same in all but the record
+    id; the records around them are the file without duplicates."""
+    plain = list(settlement_records(DAY, 5_000, 3))
+    doubled = list(settlement_records(DAY, 5_000, 3, duplicated_bps=200))
+    again = [g for g in doubled if g.view == PlatformView.DUPLICATE]
+    settling = [g for g in plain if g.record.record_type in ("clearing", "force_post", "refund")]
+    # About 2 % of them (the draw is uniform): well away from none or all.
+    assert len(settling) // 100 < len(again) < len(settling) * 4 // 100
+    for index, generated in enumerate(doubled):
+        if generated.view != PlatformView.DUPLICATE:
+            continue
+        first = doubled[index - 1].record
+        assert generated.record.record_id == f"{first.record_id}_again"
+        assert generated.record.model_copy(update={"record_id": first.record_id}) == first
+        assert generated.platform_amount_minor is None
+    card_records = [g for g in doubled if g.view not in (PlatformView.DUPLICATE,)]
+    assert [g.record for g in card_records][:-8] == [g.record for g in plain][:-8]
+
+
 def test_every_synthetic_record_is_valid_and_the_mix_is_a_card_programs() -> None:
     types: Counter[SettlementFileRecordType] = Counter()
     ids = set()

@@ -75,6 +75,7 @@ def the_file(sim: Any) -> None:
             "settlement_file_member_records": MEMBER_RECORDS,
             "settlement_file_never_seen_bps": 100,
             "settlement_file_other_amount_bps": 50,
+            "settlement_file_duplicated_bps": 100,
         },
     )
 
@@ -101,6 +102,11 @@ async def seed_platform(sim: Any, pool: asyncpg.Pool, day: date = DAY) -> Expect
                 expected.interchange_minor[currency] += -effect
             elif kind == "fee":
                 expected.fees_minor[currency] += effect
+            continue
+        if view == "duplicate":
+            # Settled again: charged twice, all of it left to operators.
+            expected.classes["duplicate"] += 1
+            expected.operator_items += 1
             continue
         if view == "never_seen":
             expected.classes["missing_in_ledger"] += 1
@@ -133,6 +139,7 @@ async def seed_platform(sim: Any, pool: asyncpg.Pool, day: date = DAY) -> Expect
         rows,
     )
     assert expected.classes["missing_in_ledger"] and expected.classes["amount_mismatch"]
+    assert expected.classes["duplicate"]
     assert expected.auto_fixed and expected.operator_items
     return expected
 
@@ -237,13 +244,36 @@ async def test_a_file_is_classified_exactly_fixed_once_and_ingested_twice_change
         }
 
         # Drift: 1.5 % of the card postings, past the 1 % threshold: one e-mail.
-        drift = expected.classes["missing_in_ledger"] + expected.classes["amount_mismatch"]
+        drift = sum(
+            expected.classes[kind] for kind in ("missing_in_ledger", "amount_mismatch", "duplicate")
+        )
         assert first.drift_records == drift
         card_postings = drift + expected.classes["matched"]
         assert first.drift_rate_bps == drift * 10_000 // card_postings
         assert first.alerted
         by_class = {rate.record_class: rate.records for rate in first.drift_by_class}
         assert by_class[RecordClass.MISSING_IN_LEDGER] == expected.classes["missing_in_ledger"]
+        assert by_class[RecordClass.DUPLICATE] == expected.classes["duplicate"]
+        # A transaction settled twice: one record matched, the other left to
+        # operators whole (cardflow posted it once), never fixed on its own.
+        settled_twice = await stack.pool.fetch(
+            "SELECT r.transaction_id, r.class, r.issuer_amount_minor, r.delta_minor,"
+            " r.resolution, o.delta_minor AS item_delta FROM settlement_records r"
+            " LEFT JOIN settlement_operator_items o USING (record_id)"
+            " WHERE r.record_type IN ('clearing', 'force_post', 'refund')"
+            " AND r.transaction_id IN (SELECT transaction_id FROM settlement_records"
+            " WHERE class = 'duplicate')"
+        )
+        twice = [row for row in settled_twice if row["class"] == "duplicate"]
+        assert len(twice) == expected.classes["duplicate"]
+        assert all(
+            row["delta_minor"] == row["item_delta"] == row["issuer_amount_minor"] != 0
+            and row["resolution"] == "operator"
+            for row in twice
+        )
+        assert Counter(row["transaction_id"] for row in settled_twice) == Counter(
+            {row["transaction_id"]: 2 for row in twice}
+        )
         async with NotifyClient(sim.provider_url("notify")) as notify:
             page = await notify.list_messages(to="operations@cardflow.example")
         # One alert of the drift, and one e-mail naming the items over the threshold.
