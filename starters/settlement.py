@@ -5,8 +5,9 @@ gateway, the scenarios and tests; and the daily schedule that ingests
 yesterday's file (`settlement-issuer-daily`, registered in starters.schedules).
 
 `ingest` starts the day's ingest (or joins the one running) and waits for
-it, showing its chunks and records as progress bars (from the workflow's
-`status` query), then a summary table of the records by class. Operators
+it, showing a progress bar per stage (from the workflow's `status` query:
+the manifest, chunks, records, the day's totals, the operators' decisions),
+then a summary table of the records by class. Operators
 hear about the items over the auto-fix threshold by e-mail and answer each
 with `decide` (adjust or dismiss).
 """
@@ -15,12 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from temporalio.client import (
     Client,
@@ -51,11 +60,13 @@ from schemas.task_queues import TaskQueues
 from starters import console
 from starters.updates import execute_update
 from workers.settings import Settings
+from workflows.reconciliation import STAGE_AWAITING_DECISIONS
 from workflows.scheduled_settlement import (
     SCHEDULED_SETTLEMENT_WORKFLOW,
     scheduled_settlement_start_metadata,
 )
 from workflows.settlement import (
+    STAGE_CHUNKS,
     SettlementIngest,
     settlement_start_metadata,
     settlement_workflow_id,
@@ -175,53 +186,111 @@ def settlement_schedule(settings: Settings) -> Schedule:
     )
 
 
+@dataclass(frozen=True)
+class StageBar:
+    """One stage of the ingest as a progress bar: done of total (None: not
+    known yet)."""
+
+    label: str
+    completed: int
+    total: int | None
+
+
+# The ingest's stages in order (workflows/settlement.py): a stage after
+# another's means that one is over.
+STAGE_ORDER = (
+    "starting",
+    "reading_manifest",
+    STAGE_CHUNKS,
+    "posting_day_totals",
+    STAGE_AWAITING_DECISIONS,
+)
+STAGES_FINISHED = ("settled", "drift")
+
+
+def stage_bars(now: SettlementIngestStatus) -> list[StageBar]:
+    """Where the ingest is, a bar per stage: the file's manifest recorded,
+    its chunks and records ingested (read, matched and fixed), the day's
+    interchange and fees posted, the items over the threshold decided."""
+    reached = (
+        len(STAGE_ORDER)
+        if now.stage in STAGES_FINISHED
+        else STAGE_ORDER.index(now.stage)
+        if now.stage in STAGE_ORDER
+        else 0
+    )
+
+    def over(stage: str) -> int:
+        return int(reached > STAGE_ORDER.index(stage))
+
+    decided = sum(1 for item in now.items if item.state != "awaiting_decision")
+    held = len(now.items)
+    return [
+        StageBar("manifest", over("reading_manifest"), 1),
+        StageBar("chunks", now.chunks_done, now.chunks_total or None),
+        StageBar("records", now.records_done, now.records_total or None),
+        StageBar("day totals", over("posting_day_totals"), 1),
+        StageBar(
+            "decisions",
+            decided if held else over(STAGE_AWAITING_DECISIONS),
+            held if held else (1 if reached >= len(STAGE_ORDER) else None),
+        ),
+    ]
+
+
 async def watch(
     handle: WorkflowHandle[SettlementIngest, SettlementIngestResult], out: Console
 ) -> SettlementIngestResult:
-    """The ingest's result, with its chunks and records as progress bars meanwhile."""
+    """The ingest's result, with a progress bar per stage meanwhile (each
+    stops its clock when done, so the bars end as the time of each stage)."""
     result_task = asyncio.ensure_future(handle.result())
     columns = (
-        TextColumn("{task.description:<8}"),
+        TextColumn("{task.description:<10}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=out, transient=True) as progress:
-        chunks = progress.add_task("chunks", total=None)
-        records = progress.add_task("records", total=None)
-        while not result_task.done():
+    with Progress(*columns, console=out) as progress:
+        tasks: dict[str, TaskID] = {}
+        while True:
             with contextlib.suppress(Exception):  # not started yet, or between runs
                 now = await handle.query(SettlementIngest.status)
-                progress.update(chunks, completed=now.chunks_done, total=now.chunks_total or None)
-                progress.update(
-                    records, completed=now.records_done, total=now.records_total or None
-                )
+                for bar in stage_bars(now):
+                    if bar.label not in tasks:
+                        tasks[bar.label] = progress.add_task(bar.label, total=bar.total)
+                    progress.update(tasks[bar.label], completed=bar.completed, total=bar.total)
+            if result_task.done():
+                break
             await asyncio.wait({result_task}, timeout=PROGRESS_POLL_SECONDS)
     return await result_task
 
 
-def summary_table(workflow_id: str, result: SettlementIngestResult) -> Table:
-    table = Table(title=f"{workflow_id}: {result.counts.records} records, {result.chunks} chunks")
+def summary(workflow_id: str, result: SettlementIngestResult) -> list[str | Table]:
+    """What the ingest found: the records by class as a table, then its
+    drift, fixes, decisions and the day's postings, a line each."""
+    table = Table()
     table.add_column("class")
     table.add_column("records", justify="right")
     table.add_column("delta (minor)", justify="right")
     for record_class, count in sorted(result.counts.classes.items()):
         table.add_row(record_class.value, str(count.records), str(count.delta_minor))
-    table.caption = (
-        f"drift {result.drift_records} records, {result.drift_rate_bps} bps"
-        f"{' (operators alerted)' if result.alerted else ''}; "
-        f"{result.counts.auto_fixed} fixed, {result.counts.operator_items} for operators"
+    lines: list[str | Table] = [
+        f"{workflow_id}: {result.counts.records} records, {result.chunks} chunks",
+        table,
+        f"drift: {result.drift_records} records, {result.drift_rate_bps} bps"
+        + (" (operators alerted)" if result.alerted else ""),
+        f"fixes: {result.counts.auto_fixed} fixed, {result.counts.operator_items} for operators"
         f" ({result.adjusted} adjusted, {result.dismissed} dismissed,"
         f" {len(result.undecided)} undecided"
         + (f", {result.items_not_held} left for the next run" if result.items_not_held else "")
-        + "); "
-        + ", ".join(
-            f"{posting.currency.value} interchange {posting.interchange_minor}"
-            f" fees {posting.fees_minor}"
-            for posting in result.day_postings
-        )
-    )
-    return table
+        + ")",
+    ]
+    lines += [
+        f"day totals {posting.currency.value}: interchange {posting.interchange_minor},"
+        f" fees {posting.fees_minor}" + (" (posted before)" if posting.replayed else "")
+        for posting in result.day_postings
+    ]
+    return lines
 
 
 # ----- `cardflow settlement ...` ------------------------------------------------------
@@ -261,7 +330,8 @@ def ingest_command(
         typer.echo(f"{handle.id}: {console.ui_link(settings, handle.id)}")
         out = Console()
         result = await watch(handle, out)
-        out.print(summary_table(handle.id, result))
+        for part in summary(handle.id, result):
+            out.print(part)
         return 0
 
     raise typer.Exit(console.run(go()))
