@@ -16,7 +16,8 @@ Steps (activities/settlement_ingest.py):
 3. once every chunk is done, the day's interchange revenue and issuer fees
    per currency in one ledger batch, keyed by provider, day and currency
    (`post_day_totals`, ledger queue);
-4. drift (missing in the ledger, amount mismatch, unknown) counted and its
+4. drift (missing in the ledger, amount mismatch, unknown, duplicate: a
+   transaction the issuer settled twice) counted and its
    rate in basis points of the card postings, by class, set as gauges for
    the dashboards (`record_drift`, ledger queue); operators e-mailed once
    when the rate reaches the policy's threshold;
