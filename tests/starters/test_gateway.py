@@ -160,8 +160,17 @@ async def test_a_signed_event_starts_the_workflow_and_repeats_reach_it_once(
 ) -> None:
     events = [ping_event("p1", expected=3, sequence=i) for i in range(3)]
     # Out of order, and the middle one redelivered (signed afresh, later).
-    later = datetime.now(UTC) + timedelta(seconds=2)
-    for event, at in ((events[2], None), (events[1], None), (events[1], later), (events[0], None)):
+    # Every signing time is set here: one taken from the clock as the post
+    # goes out could fall in the redelivery's second on a slow machine, and
+    # the same message id signed at the same second is a replay.
+    first = datetime.now(UTC)
+    later = first + timedelta(seconds=2)
+    for event, at in (
+        (events[2], first),
+        (events[1], first),
+        (events[1], later),
+        (events[0], first),
+    ):
         response = await gateway.post_event("bank", event, at=at)
         assert response.status_code == 200, response.text
     redelivered = await gateway.post_event("bank", events[1], at=later + timedelta(seconds=1))

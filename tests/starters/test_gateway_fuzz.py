@@ -34,7 +34,7 @@ from workers.build import build_worker
 from workers.client import connect
 from workers.settings import load_settings
 
-FUZZ_EXAMPLES_PER_OPERATION = 40
+FUZZ_EXAMPLES_PER_OPERATION = 25
 GATEWAY_START_SECONDS_MAX = 30.0
 
 
