@@ -122,12 +122,12 @@ matched AS (
         CASE WHEN ct.kind = 'refund' THEN -ct.amount_minor ELSE ct.amount_minor END
             AS known_effect,
         (ct.kind = 'refund') <> (b.record_type = 'refund') AS other_kind,
+        -- A record of a batch retried lost its claim to itself: it is
+        -- stored already, so its row (first classification) is what counts.
         b.record_type IN ('clearing', 'force_post', 'refund') AND b.transaction_id IS NOT NULL
-            AND b.record_id NOT IN (SELECT record_id FROM claimed)
-            AND coalesce(sc.record_id <> b.record_id, true) AS duplicate
+            AND b.record_id NOT IN (SELECT record_id FROM claimed) AS duplicate
     FROM batch b
     LEFT JOIN card_transactions ct ON ct.transaction_id = b.transaction_id
-    LEFT JOIN settlement_claims sc ON sc.transaction_id = b.transaction_id
 ),
 classified AS (
     SELECT m.*,
