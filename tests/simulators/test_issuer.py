@@ -1065,6 +1065,19 @@ async def test_cards_and_authorizations_survive_a_restart(tmp_path: Path) -> Non
         ]
 
 
+async def clearing_of(issuer: Issuer, process: Any, card_id: str, auth_id: str) -> tuple[int, int]:
+    """The issuer's transactions clearing `auth_id`, and the
+    transaction.cleared events it holds to send about them."""
+    listed = await issuer.ok("GET", f"/v1/transactions?card_id={card_id}")
+    ids = {t["id"] for t in listed["data"] if t.get("authorization_id") == auth_id}
+    events = [
+        row
+        for row in process.admin("GET", "/webhooks")
+        if row["type"] == "transaction.cleared" and row["about"] in ids
+    ]
+    return len(ids), len(events)
+
+
 async def test_a_clearing_killed_at_any_write_is_recorded_whole_or_not_at_all(
     tmp_path: Path,
 ) -> None:
@@ -1112,31 +1125,12 @@ async def test_a_clearing_killed_at_any_write_is_recorded_whole_or_not_at_all(
                     assert process.process.wait(timeout=10) != 0
                     process.start()
                     found = await issuer.authorization(auth["id"])
-                    listed = await issuer.ok("GET", f"/v1/transactions?card_id={card_id}")
-                    transactions = [
-                        t for t in listed["data"] if t.get("authorization_id") == auth["id"]
-                    ]
-                    events = [
-                        row
-                        for row in process.admin("GET", "/webhooks")
-                        if row["type"] == "transaction.cleared"
-                        and row["about"] in {t["id"] for t in transactions}
-                    ]
-                    seen = (found["status"], len(transactions), len(events))
+                    transactions, events = await clearing_of(issuer, process, card_id, auth["id"])
+                    seen = (found["status"], transactions, events)
                     assert seen in {("pending", 0, 0), ("cleared", 1, 1)}, (killed_at, seen)
                     retried = await http.post(path, json={"final": True}, headers=key)
                     if seen[0] == "pending":
                         assert retried.status_code == 201, retried.text
-                    listed = await issuer.ok("GET", f"/v1/transactions?card_id={card_id}")
-                    transactions = [
-                        t for t in listed["data"] if t.get("authorization_id") == auth["id"]
-                    ]
-                    events = [
-                        row
-                        for row in process.admin("GET", "/webhooks")
-                        if row["type"] == "transaction.cleared"
-                        and row["about"] == transactions[0]["id"]
-                    ]
-                    assert (len(transactions), len(events)) == (1, 1), killed_at
+                    assert await clearing_of(issuer, process, card_id, auth["id"]) == (1, 1)
                     assert (await issuer.authorization(auth["id"]))["status"] == "cleared"
                     killed_at += 1
