@@ -12,6 +12,7 @@ import sys
 from datetime import date
 
 import asyncpg
+from temporalio.service import RPCError, RPCStatusCode
 
 from bench.settlement import prepare_file, seed_platform
 from schemas.reconciliation import DecisionAction
@@ -63,8 +64,10 @@ async def test_the_ingest_command_shows_a_bar_per_stage_and_ends_with_the_summar
     async def now() -> SettlementIngestStatus | None:
         try:
             return await settlement.status(client, DAY)
-        except Exception:  # not started yet
-            return None
+        except RPCError as error:
+            if error.status is not RPCStatusCode.NOT_FOUND:
+                raise
+            return None  # the command has not started it yet
 
     waiting = await polling.until(
         now,

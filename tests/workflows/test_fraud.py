@@ -8,12 +8,12 @@ decide route's refusals; a worker killed after the freeze."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from activities.cashback import CashbackStore
@@ -544,6 +544,11 @@ async def test_confirm_closes_the_cards_and_a_decided_case_refuses_another_decis
     )
 
 
+# Waits of escalation_seconds an unanswered case makes with escalations_max
+# 2: one before each escalation, and the one that finds the maximum reached.
+ESCALATION_WAITS = 3
+
+
 async def test_an_unanswered_case_is_escalated_and_keeps_waiting(platform: Platform) -> None:
     customer_id = await customer(platform)
     quick = FARMING.model_copy(update={"escalation_seconds": 1, "escalations_max": 2})
@@ -566,7 +571,23 @@ async def test_an_unanswered_case_is_escalated_and_keeps_waiting(platform: Platf
     assert await polling.until(
         recorded, lambda row: row == ("escalated", 2), "the second escalation recorded"
     ) == ("escalated", 2)
-    await asyncio.sleep(2.5)
+
+    # The wait after the second escalation ends too (its timer fires), and
+    # the task that sees it completes: past escalations_max, it must start
+    # nothing (no third escalation, no e-mail) and wait for the operator.
+    async def after_third_wait() -> list[EventType.ValueType] | None:
+        kinds = [event.event_type for event in (await handle.fetch_history()).events]
+        fired = [i for i, kind in enumerate(kinds) if kind == EventType.EVENT_TYPE_TIMER_FIRED]
+        if len(fired) < ESCALATION_WAITS:
+            return None
+        after = kinds[fired[ESCALATION_WAITS - 1] :]
+        done = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in after
+        return after if done else None
+
+    after = await polling.until(after_third_wait, bool, "the third wait over, its task done")
+    assert after is not None
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in after, after
+    assert EventType.EVENT_TYPE_TIMER_STARTED not in after, after
     assert await recorded() == ("escalated", 2), "escalated past escalations_max"
     # Still waiting: an operator's word ends it.
     result = await starter.decide(
